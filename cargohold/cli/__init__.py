@@ -1,0 +1,1 @@
+"""The ``cargohold`` command. One small module per command group, registered in ``main``."""

@@ -1,0 +1,1 @@
+"""Placeholder: replica commands are registered here once the server lands."""

@@ -1,0 +1,19 @@
+"""Defaults shared by several layers. Protocol constants live in their codec; tunables
+live in ``settings``."""
+
+from __future__ import annotations
+
+BLOCK_SIZE = 4096
+"""The logical block of every volume and replica: checksums and change tracking are per block."""
+
+BLOCK_SHIFT = 12
+
+MAX_IO_BYTES = 32 * 1024 * 1024
+"""The largest single read or write on the replica wire."""
+
+DEFAULT_REPLICA_PORT = 9500
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+TIB = 1024 * GIB

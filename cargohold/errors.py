@@ -1,0 +1,157 @@
+"""The one exception tree of cargohold.
+
+Two families matter most on the data path (STYLE.md, convention 5):
+
+- ``ProtocolError``: a peer broke the protocol. The only safe answer is to drop that
+  connection; the daemon keeps serving everybody else.
+- ``RequestError``: this one request failed. Reply with an error status and go on.
+
+Every ``RequestError`` carries a wire ``status`` code (see docs/formats/replica-wire.md);
+mapping to NBD errno, gRPC status or HTTP status happens only at the edges.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Any, ClassVar
+
+
+class CargoholdError(Exception):
+    """Root of every error cargohold raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- the peer broke the protocol: drop the connection -------------------------------
+
+
+class ProtocolError(CargoholdError):
+    """A frame or message violates the protocol; the connection must be closed."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side sent something the protocol forbids (its fault)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something the protocol forbids (our fault)."""
+
+
+# --- formats on disk ---------------------------------------------------------------
+
+
+class FormatError(CargoholdError):
+    """An on-disk structure has a wrong magic, version, size or checksum."""
+
+    exit_code = 3
+
+
+# --- this request failed: reply with an error and go on -------------------------------
+
+
+class RequestError(CargoholdError):
+    """One request failed; the connection and the daemon go on.
+
+    ``status`` is the code on the replica wire; ``errno`` is what an NBD frontend sends.
+    """
+
+    status: ClassVar[int] = 5
+    errno: ClassVar[int] = _errno.EIO
+
+
+class InvalidArgument(RequestError):
+    status = 22
+    errno = _errno.EINVAL
+
+
+class NotFound(RequestError):
+    status = 2
+    errno = _errno.ENOENT
+
+
+class AlreadyExists(RequestError):
+    status = 17
+    errno = _errno.EEXIST
+
+
+class NoSpace(RequestError):
+    """The disk under a replica is full. Nothing acknowledged earlier is affected."""
+
+    status = 28
+    errno = _errno.ENOSPC
+
+
+class ReplicaIOError(RequestError):
+    status = 5
+    errno = _errno.EIO
+
+
+class Unsupported(RequestError):
+    status = 95
+    errno = _errno.EOPNOTSUPP
+
+
+class Busy(RequestError):
+    status = 16
+    errno = _errno.EBUSY
+
+
+class NotOpen(RequestError):
+    """A data request arrived on a connection that has not opened a replica."""
+
+    status = 1002
+    errno = _errno.EINVAL
+
+
+class Fenced(RequestError):
+    """The request's epoch is older than the newest epoch the replica has accepted.
+
+    A newer engine owns the replica; the old one must stop (invariant 3).
+    """
+
+    status = 1000
+    errno = _errno.EROFS
+
+
+class ChecksumError(RequestError):
+    """Stored data does not match its CRC32C. ``detail['blocks']`` names the bad blocks."""
+
+    status = 1001
+    errno = _errno.EIO
+
+
+class ConfigError(CargoholdError):
+    """Bad settings or command-line input."""
+
+    exit_code = 2
+
+
+STATUS_TO_ERROR: dict[int, type[RequestError]] = {
+    cls.status: cls
+    for cls in (
+        RequestError,
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        NoSpace,
+        Unsupported,
+        Busy,
+        NotOpen,
+        Fenced,
+        ChecksumError,
+    )
+}
+
+
+def error_for_status(status: int, message: str, **detail: Any) -> RequestError:
+    """Rebuild the error a remote peer reported (client side of the wire)."""
+    cls = STATUS_TO_ERROR.get(status, RequestError)
+    return cls(message, **detail)

@@ -1,0 +1,299 @@
+"""The contract of a replica store, kept by the file store and by its in-memory twin.
+
+Callers: the replica server (one store per open replica) and, in tests, the engine.
+Offsets and lengths are bytes and must be multiples of the 4 KiB block. Every mutation
+advances the replica's generation by one; the generation is persisted with the data.
+
+Shared logic that only needs the primitives (export, import, changed ranges) lives here, so
+both stores behave the same way by construction.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import crc32c
+import numpy as np
+
+from cargohold.constants import BLOCK_SIZE, MIB
+from cargohold.errors import ChecksumError, Fenced, InvalidArgument
+from cargohold.protocol import extent_stream as xs
+
+# What a block resolves to through the layer chain.
+HOLE = 0  # never written (reads as zeros without touching data files)
+DATA = 1
+ZERO = 2  # explicitly zeroed or trimmed
+
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_EXPORT_BYTES = 8 * MIB
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    name: str
+    created: float  # unix time
+    generation: int  # the replica's generation when the snapshot was taken
+    size_bytes: int  # bytes of data held in this snapshot's own layer
+    labels: dict[str, str] = field(default_factory=dict)
+    parent: str | None = None  # the snapshot below this one, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BadBlock:
+    layer: str  # "head" or the snapshot's name
+    block: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "block": self.block, "offset": self.block * BLOCK_SIZE}
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubReport:
+    checked_blocks: int
+    bad: tuple[BadBlock, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checked_blocks": self.checked_blocks, "bad": [b.to_dict() for b in self.bad]}
+
+
+def check_range(offset: int, length: int, size: int) -> tuple[int, int]:
+    """Validate a byte range against the block size and the replica size -> (lba, nblocks)."""
+    if offset < 0 or length < 0:
+        raise InvalidArgument(f"negative offset or length ({offset}, {length})")
+    if offset % BLOCK_SIZE or length % BLOCK_SIZE:
+        raise InvalidArgument(
+            f"offset {offset} and length {length} must be multiples of {BLOCK_SIZE}"
+        )
+    if offset + length > size:
+        raise InvalidArgument(f"range [{offset}, {offset + length}) beyond the size {size}")
+    return offset // BLOCK_SIZE, length // BLOCK_SIZE
+
+
+def block_crcs(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """CRC32C of every 4 KiB block of ``data`` (C-backed, one call per block)."""
+    mv = memoryview(data)
+    n = len(mv) // BLOCK_SIZE
+    if n == 1:
+        return np.array([crc32c.crc32c(mv)], dtype="<u4")
+    return np.fromiter(
+        map(crc32c.crc32c, [mv[i : i + BLOCK_SIZE] for i in range(0, n * BLOCK_SIZE, BLOCK_SIZE)]),
+        dtype="<u4",
+        count=n,
+    )
+
+
+def runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(start, stop) index pairs of the True runs in a boolean array."""
+    if not mask.any():
+        return
+    m = np.concatenate(([False], mask, [False])).astype(np.int8)
+    d = np.diff(m)
+    starts = np.flatnonzero(d == 1)
+    stops = np.flatnonzero(d == -1)
+    yield from zip(starts.tolist(), stops.tolist(), strict=True)
+
+
+class ReplicaStore(ABC):
+    """One replica of one volume. Not thread-safe: one owner (an event loop) at a time."""
+
+    # --- identity and state --------------------------------------------------------
+    @property
+    @abstractmethod
+    def size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def generation(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def epoch(self) -> int: ...
+
+    @abstractmethod
+    def _persist_epoch(self, epoch: int) -> None: ...
+
+    def accept_epoch(self, epoch: int) -> None:
+        """Fence: accept ``epoch`` if it is not older than the newest accepted (persisted)."""
+        if epoch < self.epoch:
+            raise Fenced(
+                f"epoch {epoch} is older than the replica's epoch {self.epoch}",
+                epoch=self.epoch,
+            )
+        if epoch > self.epoch:
+            self._persist_epoch(epoch)
+
+    # --- I/O ---------------------------------------------------------------------
+    @abstractmethod
+    def read(self, offset: int, length: int, snapshot: str | None = None) -> bytearray:
+        """Read and verify every block (of the head, or of a snapshot); ChecksumError names
+        the bad blocks. Blocks beyond what a snapshot held read as zeros."""
+
+    @abstractmethod
+    def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> int:
+        """Write whole blocks; with ``fua`` the write is durable on return. -> generation."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Make every completed write durable."""
+
+    @abstractmethod
+    def write_zeroes(self, offset: int, length: int) -> int:
+        """Make the range read as zeros and release its space. -> generation."""
+
+    def trim(self, offset: int, length: int) -> int:
+        """Discard the range; it reads as zeros afterwards and its space is released."""
+        return self.write_zeroes(offset, length)
+
+    @abstractmethod
+    def expand(self, new_size: int) -> None: ...
+
+    # --- snapshots -----------------------------------------------------------------
+    @abstractmethod
+    def snapshot_create(self, name: str, labels: dict[str, str] | None = None) -> SnapshotInfo:
+        """O(1): the current head becomes the snapshot, a new empty head goes on top."""
+
+    @abstractmethod
+    def snapshot_list(self) -> list[SnapshotInfo]: ...
+
+    @abstractmethod
+    def snapshot_delete(self, name: str) -> None: ...
+
+    @abstractmethod
+    def snapshot_revert(self, name: str) -> None:
+        """Make the head read exactly as the snapshot; later snapshots stay readable."""
+
+    # --- maps, deltas, integrity -----------------------------------------------------
+    @abstractmethod
+    def resolve(self, lba: int, n: int, snapshot: str | None = None) -> np.ndarray:
+        """What each block resolves to through the chain: HOLE, DATA or ZERO (uint8)."""
+
+    @abstractmethod
+    def changed_mask(self, since: int, lba: int, n: int) -> np.ndarray:
+        """Which blocks may differ from what they were at generation ``since`` (bool)."""
+
+    @abstractmethod
+    def scrub(self) -> ScrubReport:
+        """Verify every allocated block of every layer against its checksum."""
+
+    @abstractmethod
+    def repair(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Rewrite bad blocks in every layer whose recorded checksum ``data`` matches.
+        -> the number of blocks repaired."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # --- shared on top of the primitives -------------------------------------------------
+    def validate_snapshot_name(self, name: str) -> None:
+        if not isinstance(name, str) or not SNAPSHOT_NAME.match(name):
+            raise InvalidArgument(
+                f"bad snapshot name {name!r}: 1-128 of [A-Za-z0-9._-], starting alphanumeric"
+            )
+
+    def extents(
+        self, offset: int, length: int, snapshot: str | None = None
+    ) -> list[tuple[int, int, int]]:
+        """Allocation map of a range: (offset, length, HOLE|DATA|ZERO) runs."""
+        lba, n = check_range(offset, length, self.size)
+        kinds = self.resolve(lba, n, snapshot)
+        if n == 0:
+            return []
+        cut = np.flatnonzero(np.diff(kinds)) + 1
+        starts = np.concatenate(([0], cut))
+        stops = np.concatenate((cut, [n]))
+        return [
+            ((lba + a) * BLOCK_SIZE, (b - a) * BLOCK_SIZE, int(kinds[a]))
+            for a, b in zip(starts.tolist(), stops.tolist(), strict=True)
+        ]
+
+    def changed_since(
+        self, since: int, offset: int = 0, length: int | None = None
+    ) -> list[tuple[int, int]]:
+        """Byte ranges that changed after generation ``since`` (delta rebuild, backup)."""
+        if length is None:
+            length = self.size - offset
+        lba, n = check_range(offset, length, self.size)
+        mask = self.changed_mask(since, lba, n)
+        return [((lba + a) * BLOCK_SIZE, (b - a) * BLOCK_SIZE) for a, b in runs(mask)]
+
+    def export(
+        self,
+        offset: int,
+        length: int,
+        since: int = 0,
+        max_bytes: int = DEFAULT_EXPORT_BYTES,
+        snapshot: str | None = None,
+    ) -> list[bytes | memoryview]:
+        """A chunk of the range as an extent stream (buffers, ready for writelines).
+
+        Covers [offset, end) where ``end`` is in the stream header; data blocks are
+        verified on the way out. ``since`` > 0 exports only what changed after that
+        generation, with zeroed or reverted-away blocks as ZERO extents. ``snapshot`` exports
+        a snapshot's content instead of the head's (full content only).
+        """
+        lba, n = check_range(offset, length, self.size)
+        max_blocks = max(1, max_bytes // BLOCK_SIZE)
+        kinds = self.resolve(lba, n, snapshot)
+        if since > 0 and snapshot is not None:
+            raise InvalidArgument("a delta export (since > 0) is of the head only")
+        if since > 0:
+            changed = self.changed_mask(since, lba, n)
+            kinds = np.where(changed, np.where(kinds == HOLE, ZERO, kinds), HOLE)
+        # stop once max_blocks of data are in the chunk
+        data_cum = np.cumsum(kinds == DATA)
+        stop = n if not n or data_cum[-1] <= max_blocks else int(np.searchsorted(data_cum, max_blocks, "right"))
+        out_ext: list[xs.Extent] = []
+        for kind in (DATA, ZERO):
+            for a, b in runs(kinds[:stop] == kind):
+                if kind == ZERO:
+                    out_ext.append(xs.Extent(xs.KIND_ZERO, lba + a, b - a))
+                else:
+                    data = self.read((lba + a) * BLOCK_SIZE, (b - a) * BLOCK_SIZE, snapshot)
+                    crcs = block_crcs(data)
+                    out_ext.append(
+                        xs.Extent(xs.KIND_DATA, lba + a, b - a, memoryview(data), memoryview(crcs.tobytes()))
+                    )
+        out_ext.sort(key=lambda e: e.lba)
+        header = xs.StreamHeader(offset, (lba + stop) * BLOCK_SIZE, since, self.generation)
+        return xs.encode(header, out_ext)
+
+    def import_stream(self, buf: bytes | bytearray | memoryview) -> int:
+        """Apply an extent stream made by ``export`` (of this or another replica)."""
+        header, extents = xs.decode(buf)
+        if header.end > self.size:
+            raise InvalidArgument(f"stream covers up to {header.end}, replica size {self.size}")
+        # verify everything before applying anything
+        for e in extents:
+            if e.kind == xs.KIND_DATA:
+                assert e.crcs is not None and e.data is not None
+                want = np.frombuffer(e.crcs, dtype="<u4")
+                got = block_crcs(e.data)
+                bad = np.flatnonzero(want != got)
+                if bad.size:
+                    blocks = [e.lba + int(i) for i in bad[:64]]
+                    raise ChecksumError(
+                        f"extent stream: {bad.size} block(s) fail their checksum, first {blocks[0]}",
+                        blocks=blocks,
+                    )
+        for e in extents:
+            if e.kind == xs.KIND_DATA:
+                self.write(e.lba * BLOCK_SIZE, e.data)  # type: ignore[arg-type]
+            else:
+                self.write_zeroes(e.lba * BLOCK_SIZE, e.count * BLOCK_SIZE)
+        return self.generation
+
+
+def stream_end(buffers: list[bytes | memoryview]) -> int:
+    """The ``end`` offset of an encoded extent stream (where the next chunk starts)."""
+    return struct.unpack_from("<Q", buffers[0], 24)[0]

@@ -1,0 +1,286 @@
+"""One layer of a replica: a sparse data file and an mmap'd block map.
+
+A replica is a chain of layers (head on top, snapshots below). The data file holds block
+``b`` at ``HEADER_SIZE + b * 4096``; the map file holds one 16-byte record per block at
+``HEADER_SIZE + b * 16`` (see ``format.RECORD``). Both are sparse: space follows data.
+
+RAM: the map is file-backed (mmap), paged in on use and evictable; the only per-size
+anonymous memory is one byte per map page (per 256 blocks = 1 MiB of volume) for the
+layers that take writes, i.e. 1 MiB per TiB. Called only by ``file_store``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+
+from cargohold.constants import BLOCK_SIZE
+from cargohold.errors import FormatError, NoSpace, ReplicaIOError
+from cargohold.store import format as fmt
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Release the space of a byte range (it reads as zeros afterwards)."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def io_error(e: OSError, what: str) -> Exception:
+    """Map an OSError of the data path onto the request-error tree."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"{what}: no space left on the replica's disk")
+    return ReplicaIOError(f"{what}: {e.strerror or e}")
+
+
+def data_path(directory: str, layer_id: int) -> str:
+    return os.path.join(directory, f"layer-{layer_id:06d}.data")
+
+
+def map_path(directory: str, layer_id: int) -> str:
+    return os.path.join(directory, f"layer-{layer_id:06d}.map")
+
+
+class Layer:
+    """A layer's files, opened read-write, with numpy views over its block map."""
+
+    def __init__(self, directory: str, layer_id: int, data_fd: int, map_fd: int) -> None:
+        self.directory = directory
+        self.id = layer_id
+        self.data_fd = data_fd
+        self.map_fd = map_fd
+        self._page_alloc: np.ndarray | None = None  # 1 = map page backed by disk space
+        self._map_view()
+
+    # --- life cycle --------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: str, layer_id: int, nblocks: int, generation: int) -> Layer:
+        luuid = fmt.new_uuid()
+        dpath, mpath = data_path(directory, layer_id), map_path(directory, layer_id)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        dfd = os.open(dpath, flags, 0o600)
+        mfd = os.open(mpath, flags, 0o600)
+        try:
+            os.pwrite(dfd, fmt.encode_data_header(luuid), 0)
+            os.ftruncate(dfd, fmt.HEADER_SIZE + nblocks * BLOCK_SIZE)
+            hdr = fmt.MapHeader(nblocks, luuid, generation, clean=False)
+            os.pwrite(mfd, fmt.encode_map_header(hdr), 0)
+            os.ftruncate(mfd, fmt.HEADER_SIZE + nblocks * fmt.RECORD_SIZE)
+            os.fsync(dfd)
+            os.fsync(mfd)
+        except OSError as e:
+            os.close(dfd)
+            os.close(mfd)
+            for p in (dpath, mpath):
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+            raise io_error(e, "create layer") from None
+        return cls(directory, layer_id, dfd, mfd)
+
+    @classmethod
+    def open(cls, directory: str, layer_id: int) -> Layer:
+        dpath, mpath = data_path(directory, layer_id), map_path(directory, layer_id)
+        try:
+            dfd = os.open(dpath, os.O_RDWR | os.O_CLOEXEC)
+            mfd = os.open(mpath, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise FormatError(f"layer {layer_id}: missing file {e.filename}") from None
+        dhdr = os.pread(dfd, fmt.HEADER_SIZE, 0)
+        mhdr = os.pread(mfd, fmt.HEADER_SIZE, 0)
+        duuid = fmt.decode_data_header(dhdr, dpath)
+        h = fmt.decode_map_header(mhdr, mpath)
+        if duuid != h.layer_uuid:
+            raise FormatError(f"layer {layer_id}: data and map files belong to different layers")
+        want = fmt.HEADER_SIZE + h.nblocks * fmt.RECORD_SIZE
+        if os.fstat(mfd).st_size < want:
+            raise FormatError(f"{mpath}: {os.fstat(mfd).st_size} bytes, expected {want}")
+        return cls(directory, layer_id, dfd, mfd)
+
+    def _map_view(self) -> None:
+        size = os.fstat(self.map_fd).st_size
+        self.mm = mmap.mmap(self.map_fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        h = fmt.decode_map_header(self.mm[: fmt.HEADER_SIZE], map_path(self.directory, self.id))
+        self.nblocks = h.nblocks
+        self.uuid = h.layer_uuid
+        self.recs = np.frombuffer(self.mm, dtype=fmt.RECORD, count=h.nblocks, offset=fmt.HEADER_SIZE)
+        self.cur = self.recs["cur"]
+        self.pend = self.recs["pend"]
+        self.meta = self.recs["meta"]
+
+    def _unmap(self) -> None:
+        del self.cur, self.pend, self.meta, self.recs
+        self.mm.close()
+
+    def grow(self, nblocks: int) -> None:
+        if nblocks <= self.nblocks:
+            return
+        try:
+            os.ftruncate(self.data_fd, fmt.HEADER_SIZE + nblocks * BLOCK_SIZE)
+            os.ftruncate(self.map_fd, fmt.HEADER_SIZE + nblocks * fmt.RECORD_SIZE)
+        except OSError as e:
+            raise io_error(e, "expand") from None
+        self._unmap()
+        hdr = bytearray(os.pread(self.map_fd, fmt.HEADER_SIZE, 0))
+        h = fmt.decode_map_header(hdr)
+        new = fmt.encode_map_header(
+            fmt.MapHeader(nblocks, h.layer_uuid, self_gen_from(hdr), clean=False)
+        )
+        os.pwrite(self.map_fd, new, 0)
+        os.fsync(self.map_fd)
+        self._page_alloc = None
+        self._map_view()
+
+    def close(self) -> None:
+        self._unmap()
+        os.close(self.data_fd)
+        os.close(self.map_fd)
+
+    def unlink(self) -> None:
+        for p in (data_path(self.directory, self.id), map_path(self.directory, self.id)):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    # --- header fields that change while running -------------------------------------
+    @property
+    def generation(self) -> int:
+        return struct.unpack_from("<Q", self.mm, fmt.MAP_GEN_OFFSET)[0]
+
+    @generation.setter
+    def generation(self, gen: int) -> None:
+        struct.pack_into("<Q", self.mm, fmt.MAP_GEN_OFFSET, gen)
+
+    @property
+    def clean(self) -> bool:
+        return bool(struct.unpack_from("<I", self.mm, fmt.MAP_FLAGS_OFFSET)[0] & fmt.MAP_FLAG_CLEAN)
+
+    @clean.setter
+    def clean(self, value: bool) -> None:
+        struct.pack_into("<I", self.mm, fmt.MAP_FLAGS_OFFSET, fmt.MAP_FLAG_CLEAN if value else 0)
+
+    # --- space ---------------------------------------------------------------------
+    def ensure_map_space(self, lba: int, n: int) -> None:
+        """Back the map pages of [lba, lba+n) with disk space before storing into them.
+
+        A store into an mmap'd hole on a full disk would kill the process with SIGBUS;
+        allocating first turns that into a clean ENOSPC for this one request.
+        """
+        first = lba // fmt.RECORDS_PER_PAGE
+        last = (lba + n - 1) // fmt.RECORDS_PER_PAGE
+        pa = self._page_alloc
+        if pa is None:
+            pa = self._page_alloc = self._scan_page_alloc()
+        if pa[first : last + 1].all():
+            return
+        try:
+            os.posix_fallocate(
+                self.map_fd,
+                fmt.HEADER_SIZE + first * 4096,
+                (last - first + 1) * 4096,
+            )
+        except OSError as e:
+            raise io_error(e, "block map") from None
+        pa[first : last + 1] = 1
+
+    def _scan_page_alloc(self) -> np.ndarray:
+        npages = (self.nblocks + fmt.RECORDS_PER_PAGE - 1) // fmt.RECORDS_PER_PAGE
+        pa = np.zeros(npages, dtype=np.uint8)
+        for a, b in self.record_ranges(0, self.nblocks):
+            pa[a // fmt.RECORDS_PER_PAGE : (b + fmt.RECORDS_PER_PAGE - 1) // fmt.RECORDS_PER_PAGE] = 1
+        return pa
+
+    def record_ranges(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        """Block ranges within [lo, hi) whose map records are backed by disk (may be set).
+
+        Uses SEEK_DATA/SEEK_HOLE on the map file, so the cost follows what was written,
+        not the size of the volume.
+        """
+        start = fmt.HEADER_SIZE + lo * fmt.RECORD_SIZE
+        end = fmt.HEADER_SIZE + hi * fmt.RECORD_SIZE
+        pos = start
+        while pos < end:
+            try:
+                d = os.lseek(self.map_fd, pos, SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    return
+                raise
+            if d >= end:
+                return
+            h = os.lseek(self.map_fd, d, SEEK_HOLE)
+            a = max(lo, (d - fmt.HEADER_SIZE) // fmt.RECORD_SIZE)
+            b = min(hi, -(-(h - fmt.HEADER_SIZE) // fmt.RECORD_SIZE))
+            if b > a:
+                yield a, b
+            pos = h
+
+    def has_records(self, lo: int, hi: int) -> bool:
+        return next(self.record_ranges(lo, hi), None) is not None
+
+    def data_bytes(self) -> int:
+        """Disk space taken by this layer's block data."""
+        return max(0, os.fstat(self.data_fd).st_blocks * 512 - fmt.HEADER_SIZE)
+
+    def map_bytes(self) -> int:
+        return os.fstat(self.map_fd).st_blocks * 512
+
+    # --- block I/O -------------------------------------------------------------------
+    def pwrite(self, lba: int, data: memoryview) -> None:
+        off = fmt.HEADER_SIZE + lba * BLOCK_SIZE
+        done = 0
+        total = len(data)
+        while done < total:
+            done += os.pwrite(self.data_fd, data[done:] if done else data, off + done)
+
+    def pread_into(self, lba: int, out: memoryview) -> None:
+        off = fmt.HEADER_SIZE + lba * BLOCK_SIZE
+        done = 0
+        total = len(out)
+        while done < total:
+            got = os.preadv(self.data_fd, [out[done:]], off + done)
+            if got == 0:  # beyond EOF cannot happen (files are sized); be safe
+                out[done:] = bytes(total - done)
+                return
+            done += got
+
+    def punch(self, lba: int, n: int) -> None:
+        punch_hole(self.data_fd, fmt.HEADER_SIZE + lba * BLOCK_SIZE, n * BLOCK_SIZE)
+
+    def copy_from(self, other: Layer, lba: int, n: int) -> None:
+        """Copy blocks from another layer's data file (in the kernel; reflink where possible)."""
+        off = fmt.HEADER_SIZE + lba * BLOCK_SIZE
+        total = n * BLOCK_SIZE
+        done = 0
+        while done < total:
+            got = os.copy_file_range(
+                other.data_fd, self.data_fd, total - done, off + done, off + done
+            )
+            if got == 0:
+                raise ReplicaIOError(f"copy of blocks {lba}+{n} stopped short")
+            done += got
+
+    def sync(self) -> None:
+        os.fdatasync(self.data_fd)
+        os.fdatasync(self.map_fd)
+
+
+def self_gen_from(hdr: bytes | bytearray) -> int:
+    return struct.unpack_from("<Q", hdr, fmt.MAP_GEN_OFFSET)[0]
