@@ -1,1 +1,152 @@
-"""Placeholder: replica commands are registered here once the server lands."""
+"""``cargohold replica-server`` runs a node's replica server; ``cargohold replica ...`` talks
+to one (list, create, delete, info, snapshots, scrub) for operators and scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cargohold.cli.main import app
+from cargohold.constants import DEFAULT_REPLICA_PORT
+from cargohold.errors import CargoholdError, ConfigError
+
+replica_app = typer.Typer(help="Talk to a node's replica server.", no_args_is_help=True)
+app.add_typer(replica_app, name="replica")
+console = Console()
+
+
+def parse_size(text: str) -> int:
+    """'10GiB', '512MiB', '4096', '1G' -> bytes."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        return int(float(num) * units[unit])
+    except ValueError:
+        raise ConfigError(f"cannot read size {text!r} (examples: 4096, 512MiB, 10GiB)") from None
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host:
+        return addr, DEFAULT_REPLICA_PORT
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise ConfigError(f"bad address {addr!r}, expected HOST:PORT") from None
+
+
+@app.command("replica-server")
+def replica_server(
+    disk: list[str] = typer.Option(..., "--disk", help="directory for replicas (repeatable)"),
+    listen: str = typer.Option(f"127.0.0.1:{DEFAULT_REPLICA_PORT}", help="HOST:PORT (port 0 = any)"),
+    unix: str | None = typer.Option(None, help="also listen on this unix socket"),
+    node: str = typer.Option("local", help="node name reported to clients"),
+    workers: int = typer.Option(1, min=1, max=64, help="processes (replicas sharded by id)"),
+) -> None:
+    """Serve every replica on this node's disks over the replica wire protocol."""
+    from cargohold.replica.server import run
+    from cargohold.settings import ReplicaServerSettings
+
+    host, port = split_addr(listen)
+    run(ReplicaServerSettings(host=host, port=port, unix_socket=unix, disks=disk, node=node,
+                              workers=workers))
+
+
+def _run(server: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    from cargohold.replica.client import ReplicaClient
+
+    async def go() -> Any:
+        host, port = split_addr(server)
+        c = await ReplicaClient.connect(host, port)
+        try:
+            return await fn(c)
+        finally:
+            await c.close()
+
+    try:
+        return asyncio.run(go())
+    except CargoholdError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(getattr(e, "exit_code", 1)) from None
+
+
+SERVER = typer.Option(f"127.0.0.1:{DEFAULT_REPLICA_PORT}", "--server", "-s", help="HOST:PORT")
+OUTPUT = typer.Option("table", "--output", "-o", help="table or json")
+
+
+@replica_app.command("list")
+def list_(server: str = SERVER, output: str = OUTPUT) -> None:
+    """List the replicas on a node."""
+    reps = _run(server, lambda c: c.list())
+    if output == "json":
+        print(json.dumps(reps, indent=2))
+        return
+    t = Table("replica", "disk", "open", "size", "generation", "epoch")
+    for r in reps:
+        t.add_row(r["id"], r["disk"], str(r["open"]), str(r.get("size", "")),
+                  str(r.get("generation", "")), str(r.get("epoch", "")))
+    console.print(t)
+
+
+@replica_app.command("create")
+def create(replica: str, size: str = typer.Option(..., help="e.g. 10GiB"), server: str = SERVER) -> None:
+    """Create an empty replica."""
+    out = _run(server, lambda c: c.create(replica, parse_size(size)))
+    console.print(f"created replica [bold]{out['replica']}[/bold] ({out['size']} bytes) at {out['path']}")
+
+
+@replica_app.command("delete")
+def delete(replica: str, server: str = SERVER) -> None:
+    """Delete a replica and its data."""
+    _run(server, lambda c: c.delete(replica))
+    console.print(f"deleted replica {replica}")
+
+
+async def _opened(c: Any, replica: str, epoch: int) -> Any:
+    await c.open(replica, epoch)
+    return c
+
+
+@replica_app.command("info")
+def info(replica: str, server: str = SERVER, epoch: int = 0) -> None:
+    """Size, generation, epoch and space of a replica (JSON)."""
+    async def go(c: Any) -> Any:
+        await _opened(c, replica, epoch)
+        return await c.stats()
+    print(json.dumps(_run(server, go), indent=2))
+
+
+@replica_app.command("snapshots")
+def snapshots(replica: str, server: str = SERVER, epoch: int = 0, output: str = OUTPUT) -> None:
+    """List a replica's snapshots."""
+    async def go(c: Any) -> Any:
+        await _opened(c, replica, epoch)
+        return await c.snapshot_list()
+    snaps = _run(server, go)
+    if output == "json":
+        print(json.dumps(snaps, indent=2))
+        return
+    t = Table("name", "generation", "size_bytes", "parent", "labels")
+    for s in snaps:
+        t.add_row(s["name"], str(s["generation"]), str(s["size_bytes"]), str(s["parent"] or ""),
+                  ",".join(f"{k}={v}" for k, v in s["labels"].items()))
+    console.print(t)
+
+
+@replica_app.command("scrub")
+def scrub(replica: str, server: str = SERVER, epoch: int = 0) -> None:
+    """Verify every allocated block of a replica; exit 1 if any is bad."""
+    async def go(c: Any) -> Any:
+        await _opened(c, replica, epoch)
+        return await c.scrub()
+    report = _run(server, go)
+    print(json.dumps(report, indent=2))
+    if report["bad"]:
+        raise typer.Exit(1)

@@ -144,6 +144,11 @@ class ReplicaStore(ABC):
     def flush(self) -> None:
         """Make every completed write durable."""
 
+    def flush_handles(self) -> list[int]:
+        """Descriptors to fdatasync (and close) for a FLUSH done in another thread."""
+        self.flush()
+        return []
+
     @abstractmethod
     def write_zeroes(self, offset: int, length: int) -> int:
         """Make the range read as zeros and release its space. -> generation."""

@@ -43,7 +43,7 @@ from cargohold.store.base import (
     check_range,
     runs,
 )
-from cargohold.store.layer import Layer, io_error
+from cargohold.store.layer import Layer, io_error, sync_fds
 
 META_FILE = "replica.meta"
 _CHUNK = 1 << 16  # blocks per step of long operations (256 MiB of volume)
@@ -381,16 +381,20 @@ class FileStore(ReplicaStore):
         self.counters["zeroes"] += 1
         return gen
 
-    def flush(self) -> None:
+    def flush_handles(self) -> list[int]:
+        """Duplicates of the descriptors a FLUSH must sync, for syncing in another thread
+        while this one goes on serving (the caller owns and closes them: ``sync_fds``)."""
+        fds = []
         for lid in sorted(self._dirty):
             layer = self._layers.get(lid)
             if layer is not None:
-                try:
-                    layer.sync()
-                except OSError as e:
-                    raise io_error(e, "flush") from None
+                fds += [os.dup(layer.data_fd), os.dup(layer.map_fd)]
         self._dirty.clear()
         self.counters["flushes"] += 1
+        return fds
+
+    def flush(self) -> None:
+        sync_fds(self.flush_handles())
 
     def expand(self, new_size: int) -> None:
         if new_size % BLOCK_SIZE:

@@ -48,6 +48,20 @@ def io_error(e: OSError, what: str) -> Exception:
     return ReplicaIOError(f"{what}: {e.strerror or e}")
 
 
+def sync_fds(fds: list[int]) -> None:
+    """fdatasync and close each descriptor (all are closed even when one sync fails)."""
+    err: OSError | None = None
+    for fd in fds:
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            err = err or e
+        finally:
+            os.close(fd)
+    if err is not None:
+        raise io_error(err, "flush")
+
+
 def data_path(directory: str, layer_id: int) -> str:
     return os.path.join(directory, f"layer-{layer_id:06d}.data")
 

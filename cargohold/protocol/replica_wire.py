@@ -1,0 +1,243 @@
+"""The replica wire protocol: framing between volume engines and replica servers. Sans-I/O.
+
+Binary, versioned, pipelined: every request carries a 64-bit id, many may be in flight on
+one connection, replies may come back in any order. Bulk data travels raw after the
+header; control arguments and results are small JSON objects. Layout and op table:
+docs/formats/replica-wire.md (keep in step with this module).
+
+A broken frame (bad magic, oversized payload) raises ``RemoteProtocolError``: drop the
+connection. A well-framed request that is wrong (unknown op, bad JSON, bad range) is the
+server's business: it answers with an error status and goes on.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from cargohold.constants import MAX_IO_BYTES
+from cargohold.errors import InvalidArgument, RemoteProtocolError
+
+VERSION = 1
+VERSIONS_SUPPORTED = frozenset({1})
+
+REQUEST_MAGIC = b"CHRQ"
+REPLY_MAGIC = b"CHRP"
+# magic, op, flags, request id, offset, length, payload length
+REQUEST = struct.Struct("<4sHHQQII")
+# magic, status, request id, generation, payload length, reserved
+REPLY = struct.Struct("<4sIQQII")
+MAX_PAYLOAD = MAX_IO_BYTES + 64 * 1024  # largest write, or an export chunk with its records
+
+
+class Op(enum.IntEnum):
+    HELLO = 1
+    CREATE = 2
+    DELETE = 3
+    LIST = 4
+    OPEN = 5
+    CLOSE = 6
+    READ = 16
+    WRITE = 17
+    FLUSH = 18
+    TRIM = 19
+    WRITE_ZEROES = 20
+    SNAPSHOT_CREATE = 32
+    SNAPSHOT_LIST = 33
+    SNAPSHOT_DELETE = 34
+    SNAPSHOT_REVERT = 35
+    INFO = 48
+    CHANGED = 49
+    EXPORT = 50
+    IMPORT = 51
+    SCRUB = 52
+    STATS = 53
+    EXPAND = 54
+    EXTENTS = 55
+    REPAIR = 56
+
+
+OPS = frozenset(int(o) for o in Op)
+FLAG_FUA = 1  # WRITE: durable before the reply
+STATUS_OK = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    op: int
+    flags: int
+    id: int
+    offset: int
+    length: int
+    payload: memoryview | bytes
+
+    def args(self) -> dict[str, Any]:
+        """The request's JSON arguments; a bad body is a bad request (InvalidArgument)."""
+        return parse_json(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    id: int
+    generation: int
+    payload: memoryview | bytes
+
+    def result(self) -> dict[str, Any]:
+        return parse_json(self.payload)
+
+
+def parse_json(payload: memoryview | bytes) -> dict[str, Any]:
+    if not payload:
+        return {}
+    try:
+        out = json.loads(bytes(payload))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"arguments are not valid JSON: {e}") from None
+    if not isinstance(out, dict):
+        raise InvalidArgument("arguments must be a JSON object")
+    return out
+
+
+def dump_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def encode_request(
+    op: int,
+    req_id: int,
+    offset: int = 0,
+    length: int = 0,
+    payload: bytes | bytearray | memoryview = b"",
+    flags: int = 0,
+) -> list[bytes | bytearray | memoryview]:
+    """Header and payload as separate buffers (for ``writelines``: no copy of the data)."""
+    n = len(payload)
+    if n > MAX_PAYLOAD:
+        raise InvalidArgument(f"payload of {n} bytes exceeds the limit of {MAX_PAYLOAD}")
+    hdr = REQUEST.pack(REQUEST_MAGIC, op, flags, req_id, offset, length, n)
+    return [hdr, payload] if n else [hdr]
+
+
+def encode_reply(
+    req_id: int,
+    status: int = STATUS_OK,
+    generation: int = 0,
+    payload: bytes | bytearray | memoryview = b"",
+) -> list[bytes | bytearray | memoryview]:
+    n = len(payload)
+    hdr = REPLY.pack(REPLY_MAGIC, status, req_id, generation, n, 0)
+    return [hdr, payload] if n else [hdr]
+
+
+def encode_reply_parts(
+    req_id: int, generation: int, parts: list[bytes | memoryview]
+) -> list[bytes | bytearray | memoryview]:
+    """A successful reply whose payload is several buffers (an extent stream, say)."""
+    n = sum(len(p) for p in parts)
+    return [REPLY.pack(REPLY_MAGIC, STATUS_OK, req_id, generation, n, 0), *parts]
+
+
+class _FrameDecoder:
+    """Turns a byte stream into frames. Frames that arrive whole in one chunk are sliced out
+    without copying; a large frame that spans chunks is joined once, when complete."""
+
+    _hdr: struct.Struct
+    _magic: bytes
+    _what: str
+
+    def __init__(self) -> None:
+        self._rest: bytes = b""
+        self._parts: list[bytes] = []
+        self._parts_len = 0
+        self._need = 0
+
+    def _make(self, fields: tuple[Any, ...], payload: memoryview) -> Any:
+        raise NotImplementedError
+
+    def _payload_len(self, fields: tuple[Any, ...]) -> int:
+        raise NotImplementedError
+
+    @property
+    def buffered(self) -> int:
+        return len(self._rest) + self._parts_len
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        if self._parts:
+            self._parts.append(bytes(data))
+            self._parts_len += len(data)
+            if self._parts_len < self._need:
+                return []
+            data = b"".join(self._parts)
+            self._parts, self._parts_len, self._need = [], 0, 0
+        elif self._rest:
+            data = self._rest + bytes(data)
+            self._rest = b""
+        elif not isinstance(data, bytes):
+            data = bytes(data)
+        hdr = self._hdr
+        hs = hdr.size
+        mv = memoryview(data)
+        end = len(data)
+        pos = 0
+        out = []
+        while end - pos >= hs:
+            fields = hdr.unpack_from(data, pos)
+            if fields[0] != self._magic:
+                raise RemoteProtocolError(
+                    f"bad {self._what} magic {fields[0]!r} (expected {self._magic!r})"
+                )
+            plen = self._payload_len(fields)
+            if plen > MAX_PAYLOAD:
+                raise RemoteProtocolError(
+                    f"{self._what} payload of {plen} bytes exceeds the limit of {MAX_PAYLOAD}"
+                )
+            total = hs + plen
+            if end - pos < total:
+                self._need = total
+                break
+            out.append(self._make(fields, mv[pos + hs : pos + total]))
+            pos += total
+        if pos < end:
+            rest = data[pos:]
+            if len(rest) >= hs and self._need > 4 * len(rest):
+                self._parts, self._parts_len = [rest], len(rest)  # big frame: collect, join once
+            else:
+                self._rest = rest
+                self._need = 0
+        else:
+            self._need = 0
+        return out
+
+
+class RequestDecoder(_FrameDecoder):
+    """Server side: bytes from an engine in, ``Request`` events out."""
+
+    _hdr = REQUEST
+    _magic = REQUEST_MAGIC
+    _what = "request"
+
+    def _payload_len(self, fields: tuple[Any, ...]) -> int:
+        return fields[6]
+
+    def _make(self, fields: tuple[Any, ...], payload: memoryview) -> Request:
+        _, op, flags, rid, offset, length, _ = fields
+        return Request(op, flags, rid, offset, length, payload)
+
+
+class ReplyDecoder(_FrameDecoder):
+    """Client side: bytes from a replica server in, ``Reply`` events out."""
+
+    _hdr = REPLY
+    _magic = REPLY_MAGIC
+    _what = "reply"
+
+    def _payload_len(self, fields: tuple[Any, ...]) -> int:
+        return fields[4]
+
+    def _make(self, fields: tuple[Any, ...], payload: memoryview) -> Reply:
+        _, status, rid, gen, _, _ = fields
+        return Reply(status, rid, gen, payload)

@@ -1,0 +1,238 @@
+"""The client side of the replica wire: pipelined requests over one connection.
+
+Used by volume engines (and by tools, tests and benchmarks) to talk to a replica server.
+Every call returns when its reply arrives; many calls may be in flight at once. A reply
+with an error status raises the matching ``RequestError``; a lost connection fails every
+pending call with ``ReplicaIOError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from typing import Any
+
+from cargohold.errors import ProtocolError, ReplicaIOError, error_for_status
+from cargohold.protocol import extent_stream as xs
+from cargohold.protocol import replica_wire as wire
+from cargohold.protocol.replica_wire import Op, Reply
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.decoder = wire.ReplyDecoder()
+        self.pending: dict[int, asyncio.Future[Reply]] = {}
+        self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self.decoder.feed(data)
+        except ProtocolError as e:
+            self._fail(ReplicaIOError(f"replica server broke the protocol: {e}"))
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        for r in replies:
+            fut = self.pending.pop(r.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(r)
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ReplicaIOError(f"connection to the replica server lost: {exc or 'closed'}"))
+        self._drained.set()
+
+    def _fail(self, err: Exception) -> None:
+        self.lost = err
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+
+
+class ReplicaClient:
+    def __init__(self, proto: _ClientProtocol, where: str) -> None:
+        self._p = proto
+        self._ids = itertools.count(1)
+        self.where = where
+        self.generation = 0
+
+    @classmethod
+    async def connect(
+        cls, host: str | None = None, port: int | None = None, unix: str | None = None,
+        timeout: float = 10.0,
+    ) -> ReplicaClient:
+        loop = asyncio.get_running_loop()
+        try:
+            if unix:
+                _, proto = await asyncio.wait_for(
+                    loop.create_unix_connection(_ClientProtocol, unix), timeout
+                )
+                where = unix
+            else:
+                _, proto = await asyncio.wait_for(
+                    loop.create_connection(_ClientProtocol, host, port), timeout
+                )
+                where = f"{host}:{port}"
+        except (OSError, TimeoutError) as e:
+            raise ReplicaIOError(f"cannot connect to replica server {host or unix}:{port}: {e}") from None
+        return cls(proto, where)
+
+    async def close(self) -> None:
+        if self._p.transport is not None:
+            self._p.transport.close()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._p.pending)
+
+    def send(
+        self, op: int, offset: int = 0, length: int = 0, payload: Any = b"", flags: int = 0,
+        args: dict[str, Any] | None = None,
+    ) -> asyncio.Future[Reply]:
+        """Queue one request; the future resolves to its raw ``Reply``."""
+        if self._p.lost is not None:
+            raise self._p.lost
+        if args is not None:
+            payload = wire.dump_json(args)
+        rid = next(self._ids)
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._p.pending[rid] = fut
+        assert self._p.transport is not None
+        if isinstance(payload, list):
+            n = sum(len(p) for p in payload)
+            hdr = wire.REQUEST.pack(wire.REQUEST_MAGIC, op, flags, rid, offset, length, n)
+            self._p.transport.writelines([hdr, *payload])
+        else:
+            self._p.transport.writelines(wire.encode_request(op, rid, offset, length, payload, flags))
+        return fut
+
+    async def call(self, op: int, offset: int = 0, length: int = 0, payload: Any = b"",
+                   flags: int = 0, args: dict[str, Any] | None = None) -> Reply:
+        if not self._p._drained.is_set():
+            await self._p._drained.wait()
+        reply = await self.send(op, offset, length, payload, flags, args)
+        return self.check(reply)
+
+    def check(self, reply: Reply) -> Reply:
+        if reply.generation > self.generation:
+            self.generation = reply.generation
+        if reply.status != wire.STATUS_OK:
+            try:
+                body = wire.parse_json(reply.payload)
+            except Exception:
+                body = {"error": bytes(reply.payload).decode(errors="replace")}
+            detail = body.get("detail") or {}
+            raise error_for_status(reply.status, body.get("error", "error"), **detail)
+        return reply
+
+    # --- node-level -----------------------------------------------------------------
+    async def hello(self) -> dict[str, Any]:
+        return (await self.call(Op.HELLO, args={"version": wire.VERSION, "client": "cargohold"})).result()
+
+    async def create(self, replica: str, size: int, disk: str | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {"replica": replica, "size": size}
+        if disk:
+            args["disk"] = disk
+        return (await self.call(Op.CREATE, args=args)).result()
+
+    async def delete(self, replica: str) -> None:
+        await self.call(Op.DELETE, args={"replica": replica})
+
+    async def list(self) -> list[dict[str, Any]]:
+        return (await self.call(Op.LIST)).result()["replicas"]
+
+    async def open(self, replica: str, epoch: int) -> dict[str, Any]:
+        return (await self.call(Op.OPEN, args={"replica": replica, "epoch": epoch})).result()
+
+    # --- data -----------------------------------------------------------------------
+    async def read(self, offset: int, length: int, snapshot: str | None = None) -> memoryview:
+        args = {"snapshot": snapshot} if snapshot else None
+        return (await self.call(Op.READ, offset, length, args=args)).payload  # type: ignore[return-value]
+
+    async def write(self, offset: int, data: Any, fua: bool = False) -> int:
+        r = await self.call(Op.WRITE, offset, len(data), data, wire.FLAG_FUA if fua else 0)
+        return r.generation
+
+    async def flush(self) -> int:
+        return (await self.call(Op.FLUSH)).generation
+
+    async def trim(self, offset: int, length: int) -> int:
+        return (await self.call(Op.TRIM, offset, length)).generation
+
+    async def write_zeroes(self, offset: int, length: int) -> int:
+        return (await self.call(Op.WRITE_ZEROES, offset, length)).generation
+
+    # --- snapshots, deltas, maintenance -------------------------------------------------
+    async def snapshot_create(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        return (await self.call(Op.SNAPSHOT_CREATE, args={"name": name, "labels": labels or {}})).result()
+
+    async def snapshot_list(self) -> list[dict[str, Any]]:
+        return (await self.call(Op.SNAPSHOT_LIST)).result()["snapshots"]
+
+    async def snapshot_delete(self, name: str) -> None:
+        await self.call(Op.SNAPSHOT_DELETE, args={"name": name})
+
+    async def snapshot_revert(self, name: str) -> None:
+        await self.call(Op.SNAPSHOT_REVERT, args={"name": name})
+
+    async def info(self) -> dict[str, Any]:
+        return (await self.call(Op.INFO)).result()
+
+    async def changed_since(self, since: int, offset: int = 0, length: int = 0) -> list[list[int]]:
+        return (await self.call(Op.CHANGED, offset, length, args={"since": since})).result()["extents"]
+
+    async def extents(self, offset: int, length: int, snapshot: str | None = None) -> list[list[int]]:
+        args = {"snapshot": snapshot} if snapshot else {}
+        return (await self.call(Op.EXTENTS, offset, length, args=args)).result()["extents"]
+
+    async def export(self, offset: int, length: int, since: int = 0, max_bytes: int = 8 << 20,
+                     snapshot: str | None = None) -> memoryview:
+        args: dict[str, Any] = {"since": since, "max_bytes": max_bytes}
+        if snapshot:
+            args["snapshot"] = snapshot
+        return (await self.call(Op.EXPORT, offset, length, args=args)).payload  # type: ignore[return-value]
+
+    async def import_stream(self, stream: Any) -> int:
+        return (await self.call(Op.IMPORT, payload=stream)).generation
+
+    async def copy_to(self, other: ReplicaClient, since: int = 0, chunk: int = 8 << 20) -> int:
+        """Stream this replica's content (or its delta since a generation) into another."""
+        info = await self.info()
+        size = info["size"]
+        off = 0
+        moved = 0
+        while off < size:
+            blob = await self.export(off, size - off, since=since, max_bytes=chunk)
+            header, _ = xs.decode(blob)
+            await other.import_stream(blob)
+            moved += len(blob)
+            off = header.end
+        return moved
+
+    async def scrub(self) -> dict[str, Any]:
+        return (await self.call(Op.SCRUB)).result()
+
+    async def stats(self) -> dict[str, Any]:
+        return (await self.call(Op.STATS)).result()
+
+    async def expand(self, size: int) -> None:
+        await self.call(Op.EXPAND, args={"size": size})
+
+    async def repair(self, offset: int, data: Any) -> int:
+        return (await self.call(Op.REPAIR, offset, len(data), data)).result()["repaired"]

@@ -1,0 +1,126 @@
+"""The node's replicas: where each lives (``<disk>/replicas/<id>/``), opened on demand.
+
+Called by sessions of the replica server. A replica is opened once and shared by every
+session that opens it; deleting it closes it for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold.errors import AlreadyExists, InvalidArgument, NotFound
+from cargohold.store.file_store import FileStore
+
+log = logging.getLogger("cargohold.replica")
+
+REPLICA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class OpenReplica:
+    id: str
+    path: str
+    store: FileStore
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # snapshot, scrub, expand
+    deleted: bool = False
+    sessions: int = 0
+
+
+class Registry:
+    def __init__(self, disks: list[str], owns: Any = None) -> None:
+        if not disks:
+            raise InvalidArgument("a replica server needs at least one disk directory")
+        self.disks = [os.path.abspath(d) for d in disks]
+        for d in self.disks:
+            os.makedirs(os.path.join(d, "replicas"), exist_ok=True)
+        self.open: dict[str, OpenReplica] = {}
+        self._owns = owns  # predicate: does this worker own a replica id (None = all)
+
+    def _check_id(self, rid: Any) -> str:
+        if not isinstance(rid, str) or not REPLICA_ID.match(rid):
+            raise InvalidArgument(f"bad replica id {rid!r}: 1-128 of [A-Za-z0-9._-]")
+        return rid
+
+    def locate(self, rid: str) -> str | None:
+        for d in self.disks:
+            path = os.path.join(d, "replicas", rid)
+            if os.path.exists(os.path.join(path, "replica.meta")):
+                return path
+        return None
+
+    def create(self, rid: Any, size: Any, disk: Any = None) -> OpenReplica:
+        rid = self._check_id(rid)
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise InvalidArgument(f"size must be an integer number of bytes, got {size!r}")
+        if self.locate(rid) is not None:
+            raise AlreadyExists(f"replica {rid} exists")
+        if disk is None:
+            disk = max(self.disks, key=lambda d: shutil.disk_usage(d).free)
+        elif os.path.abspath(str(disk)) not in self.disks:
+            raise InvalidArgument(f"disk {disk!r} is not one of this server's disks {self.disks}")
+        path = os.path.join(os.path.abspath(str(disk)), "replicas", rid)
+        try:
+            store = FileStore.create(path, size, replica=rid)
+        except Exception:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        rep = OpenReplica(rid, path, store)
+        self.open[rid] = rep
+        log.info("created replica %s (%d bytes) in %s", rid, size, path)
+        return rep
+
+    def get(self, rid: Any) -> OpenReplica:
+        rid = self._check_id(rid)
+        rep = self.open.get(rid)
+        if rep is not None:
+            return rep
+        path = self.locate(rid)
+        if path is None:
+            raise NotFound(f"no replica {rid} on this node")
+        rep = OpenReplica(rid, path, FileStore.open(path))
+        self.open[rid] = rep
+        return rep
+
+    def delete(self, rid: Any) -> None:
+        rid = self._check_id(rid)
+        rep = self.open.pop(rid, None)
+        path = rep.path if rep else self.locate(rid)
+        if path is None:
+            raise NotFound(f"no replica {rid} on this node")
+        if rep is not None:
+            rep.deleted = True
+            rep.store.close()
+        shutil.rmtree(path)
+        log.info("deleted replica %s", rid)
+
+    def list(self) -> list[dict[str, Any]]:
+        out = []
+        for d in self.disks:
+            root = os.path.join(d, "replicas")
+            for rid in sorted(os.listdir(root)):
+                if self._owns is not None and not self._owns(rid):
+                    continue
+                if not os.path.exists(os.path.join(root, rid, "replica.meta")):
+                    continue
+                rep = self.open.get(rid)
+                item: dict[str, Any] = {"id": rid, "disk": d, "open": rep is not None}
+                if rep is not None:
+                    item.update(
+                        size=rep.store.size, generation=rep.store.generation, epoch=rep.store.epoch
+                    )
+                out.append(item)
+        return out
+
+    def close_all(self) -> None:
+        for rep in self.open.values():
+            try:
+                rep.store.close()
+            except Exception:  # closing on shutdown: log and go on with the others
+                log.exception("closing replica %s", rep.id)
+        self.open.clear()

@@ -1,0 +1,401 @@
+"""One connection to the replica server: decode requests, fence, call the store, reply.
+
+A session is a thin asyncio shell around the sans-I/O codec. It opens at most one replica
+(OPEN with an epoch) and checks that epoch against the replica's on *every* data request,
+so a connection opened by an old engine is refused as soon as a newer engine has opened the
+replica (invariant 3). A broken frame closes this connection only; a bad request gets an
+error reply; nothing a client sends can stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cargohold import __version__
+from cargohold.constants import MAX_IO_BYTES
+from cargohold.errors import (
+    CargoholdError,
+    Fenced,
+    InvalidArgument,
+    NotFound,
+    NotOpen,
+    ProtocolError,
+    ReplicaIOError,
+    RequestError,
+    Unsupported,
+)
+from cargohold.protocol import replica_wire as wire
+from cargohold.protocol.replica_wire import Op, Request
+from cargohold.store.layer import sync_fds
+
+if TYPE_CHECKING:
+    from cargohold.replica.registry import OpenReplica
+    from cargohold.replica.server import ReplicaServer
+
+log = logging.getLogger("cargohold.replica")
+
+Result = tuple[int, Any]  # (generation, payload bytes | list of buffers)
+
+
+def error_payload(e: CargoholdError) -> bytes:
+    detail = {k: v for k, v in e.detail.items() if isinstance(v, str | int | float | list | dict)}
+    return wire.dump_json({"error": e.message, "type": type(e).__name__, "detail": detail})
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, server: ReplicaServer) -> None:
+        self.server = server
+        self.decoder = wire.RequestDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.rep: OpenReplica | None = None
+        self.epoch = 0
+        self.peer = "?"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # --- transport callbacks ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.peer = str(transport.get_extra_info("peername") or "unix")
+        self.server.sessions.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.server.sessions.discard(self)
+        if self.rep is not None:
+            self.rep.sessions -= 1
+            self.rep = None
+
+    def pause_writing(self) -> None:  # the peer reads slower than we answer
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self.transport is not None
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            requests = self.decoder.feed(data)
+        except ProtocolError as e:
+            self.server.counters["protocol_errors"] += 1
+            log.warning("closing connection from %s: %s", self.peer, e)
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        out: list[Any] = []
+        for req in requests:
+            self._handle(req, out)
+        if out and not self._closed:
+            assert self.transport is not None
+            self.transport.writelines(out)
+
+    # --- dispatch -------------------------------------------------------------------------
+    def _handle(self, req: Request, out: list[Any]) -> None:
+        self.server.counters["requests"] += 1
+        handler = _HANDLERS.get(req.op)
+        try:
+            if handler is None:
+                raise Unsupported(f"unknown op {req.op}")
+            res = handler(self, req)
+            if asyncio.iscoroutine(res):
+                task = asyncio.get_running_loop().create_task(self._finish(req, res))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            gen, payload = res
+            if isinstance(payload, list):
+                out += wire.encode_reply_parts(req.id, gen, payload)
+            else:
+                out += wire.encode_reply(req.id, wire.STATUS_OK, gen, payload)
+        except Exception as e:
+            out += self._error_reply(req, e)
+
+    async def _finish(self, req: Request, coro: Any) -> None:
+        try:
+            gen, payload = await coro
+            msg = wire.encode_reply(req.id, wire.STATUS_OK, gen, payload)
+        except Exception as e:
+            msg = self._error_reply(req, e)
+        if not self._closed and self.transport is not None:
+            self.transport.writelines(msg)
+
+    def _error_reply(self, req: Request, e: Exception) -> list[Any]:
+        if isinstance(e, RequestError):
+            err: CargoholdError = e
+            status = e.status
+        elif isinstance(e, CargoholdError):
+            err, status = e, ReplicaIOError.status
+        else:
+            log.exception("op %s from %s failed", req.op, self.peer)
+            err, status = ReplicaIOError(f"internal error: {type(e).__name__}: {e}"), 5
+        self.server.counters["errors"] += 1
+        gen = self.rep.store.generation if self.rep is not None and not self.rep.deleted else 0
+        return wire.encode_reply(req.id, status, gen, error_payload(err))
+
+    def _replica(self) -> OpenReplica:
+        rep = self.rep
+        if rep is None:
+            raise NotOpen("no replica is open on this connection (send OPEN first)")
+        if rep.deleted:
+            raise NotFound(f"replica {rep.id} was deleted")
+        if self.epoch < rep.store.epoch:
+            self.server.counters["fenced"] += 1
+            raise Fenced(
+                f"replica {rep.id}: this session's epoch {self.epoch} is older than "
+                f"{rep.store.epoch}; a newer engine owns the replica",
+                epoch=rep.store.epoch,
+            )
+        return rep
+
+    # --- node-level ops ---------------------------------------------------------------
+    def op_hello(self, req: Request) -> Result:
+        args = req.args()
+        version = args.get("version", wire.VERSION)
+        if version not in wire.VERSIONS_SUPPORTED:
+            raise Unsupported(
+                f"protocol version {version} not supported (supported: "
+                f"{sorted(wire.VERSIONS_SUPPORTED)})"
+            )
+        return 0, wire.dump_json(
+            {"version": wire.VERSION, "server": f"cargohold/{__version__}",
+             "node": self.server.settings.node}
+        )
+
+    def op_create(self, req: Request) -> Result:
+        args = req.args()
+        rep = self.server.registry.create(args.get("replica"), args.get("size"), args.get("disk"))
+        return 0, wire.dump_json({"replica": rep.id, "path": rep.path, "size": rep.store.size})
+
+    def op_delete(self, req: Request) -> Result:
+        self.server.registry.delete(req.args().get("replica"))
+        return 0, b""
+
+    def op_list(self, req: Request) -> Result:
+        return 0, wire.dump_json({"replicas": self.server.registry.list()})
+
+    def op_open(self, req: Request) -> Result:
+        args = req.args()
+        epoch = args.get("epoch", 0)
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise InvalidArgument(f"epoch must be a non-negative integer, got {epoch!r}")
+        rep = self.server.registry.get(args.get("replica"))
+        rep.store.accept_epoch(epoch)  # persisted before we answer; older epochs now fail
+        if self.rep is not None:
+            self.rep.sessions -= 1
+        self.rep, self.epoch = rep, epoch
+        rep.sessions += 1
+        return rep.store.generation, wire.dump_json(self._info(rep))
+
+    def op_close(self, req: Request) -> Result:
+        if self.rep is not None:
+            self.rep.sessions -= 1
+            self.rep = None
+        return 0, b""
+
+    def _info(self, rep: OpenReplica) -> dict[str, Any]:
+        s = rep.store
+        return {"replica": rep.id, "size": s.size, "generation": s.generation, "epoch": s.epoch,
+                "snapshots": [x.name for x in s.snapshot_list()]}
+
+    # --- data ops ---------------------------------------------------------------------
+    def op_read(self, req: Request) -> Result:
+        rep = self._replica()
+        if req.length > MAX_IO_BYTES:
+            raise InvalidArgument(f"read of {req.length} bytes exceeds {MAX_IO_BYTES}")
+        snapshot = req.args().get("snapshot") if req.payload else None
+        data = rep.store.read(req.offset, req.length, snapshot)
+        return rep.store.generation, data
+
+    def op_write(self, req: Request) -> Result | Any:
+        rep = self._replica()
+        if len(req.payload) != req.length:
+            raise InvalidArgument(
+                f"write length {req.length} but {len(req.payload)} bytes of payload"
+            )
+        gen = rep.store.write(req.offset, req.payload)
+        if req.flags & wire.FLAG_FUA:
+            return self._flush(rep, gen)
+        return gen, b""
+
+    def op_flush(self, req: Request) -> Any:
+        rep = self._replica()
+        return self._flush(rep, rep.store.generation)
+
+    async def _flush(self, rep: OpenReplica, gen: int) -> Result:
+        """fdatasync in a thread; this FLUSH also waits for flushes already under way, so it
+        never answers before writes that completed earlier are durable."""
+        fds = rep.store.flush_handles()
+        earlier = list(self.server.flushing.get(rep.id, ()))
+        fut = asyncio.get_running_loop().run_in_executor(None, sync_fds, fds)
+        self.server.flushing.setdefault(rep.id, set()).add(fut)
+        try:
+            for f in earlier:
+                try:
+                    await asyncio.shield(f)
+                except Exception:  # that flush's error went to its own requester
+                    pass
+            await fut
+        finally:
+            self.server.flushing[rep.id].discard(fut)
+        return gen, b""
+
+    def op_trim(self, req: Request) -> Result:
+        rep = self._replica()
+        return rep.store.trim(req.offset, req.length), b""
+
+    def op_write_zeroes(self, req: Request) -> Result:
+        rep = self._replica()
+        return rep.store.write_zeroes(req.offset, req.length), b""
+
+    # --- snapshots and maintenance -------------------------------------------------------
+    async def op_snapshot_create(self, req: Request) -> Result:
+        rep = self._replica()
+        args = req.args()
+        async with rep.lock:
+            self._replica()
+            await self._drain_flushes(rep)
+            info = rep.store.snapshot_create(args.get("name"), args.get("labels") or {})
+        return rep.store.generation, wire.dump_json(info.to_dict())
+
+    def op_snapshot_list(self, req: Request) -> Result:
+        rep = self._replica()
+        return rep.store.generation, wire.dump_json(
+            {"snapshots": [s.to_dict() for s in rep.store.snapshot_list()]}
+        )
+
+    async def op_snapshot_delete(self, req: Request) -> Result:
+        rep = self._replica()
+        name = req.args().get("name")
+        async with rep.lock:
+            self._replica()
+            await self._drain_flushes(rep)
+            for _ in rep.store.snapshot_delete_steps(name):
+                await asyncio.sleep(0)  # let I/O through between chunks: online deletion
+        return rep.store.generation, b""
+
+    async def op_snapshot_revert(self, req: Request) -> Result:
+        rep = self._replica()
+        name = req.args().get("name")
+        async with rep.lock:
+            self._replica()
+            await self._drain_flushes(rep)
+            rep.store.snapshot_revert(name)
+        return rep.store.generation, b""
+
+    async def _drain_flushes(self, rep: OpenReplica) -> None:
+        for f in list(self.server.flushing.get(rep.id, ())):
+            try:
+                await asyncio.shield(f)
+            except Exception:
+                pass
+
+    def op_info(self, req: Request) -> Result:
+        rep = self._replica()
+        return rep.store.generation, wire.dump_json(self._info(rep))
+
+    def op_changed(self, req: Request) -> Result:
+        rep = self._replica()
+        since = _int_arg(req.args(), "since", 0)
+        length = req.length or rep.store.size - req.offset
+        extents = rep.store.changed_since(since, req.offset, length)
+        return rep.store.generation, wire.dump_json({"since": since, "extents": extents})
+
+    def op_extents(self, req: Request) -> Result:
+        rep = self._replica()
+        args = req.args()
+        ext = rep.store.extents(req.offset, req.length, args.get("snapshot"))
+        return rep.store.generation, wire.dump_json({"extents": ext})
+
+    def op_export(self, req: Request) -> Result:
+        rep = self._replica()
+        args = req.args()
+        bufs = rep.store.export(
+            req.offset,
+            req.length,
+            since=_int_arg(args, "since", 0),
+            max_bytes=min(_int_arg(args, "max_bytes", 8 << 20), MAX_IO_BYTES),
+            snapshot=args.get("snapshot"),
+        )
+        return rep.store.generation, bufs
+
+    def op_import(self, req: Request) -> Result:
+        rep = self._replica()
+        try:
+            gen = rep.store.import_stream(req.payload)
+        except ProtocolError as e:  # a bad stream inside a good frame: a bad request
+            raise InvalidArgument(str(e)) from None
+        return gen, b""
+
+    def op_repair(self, req: Request) -> Result:
+        rep = self._replica()
+        fixed = rep.store.repair(req.offset, req.payload)
+        return rep.store.generation, wire.dump_json({"repaired": fixed})
+
+    async def op_scrub(self, req: Request) -> Result:
+        rep = self._replica()
+        async with rep.lock:
+            self._replica()
+            steps = rep.store.scrub_steps()
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as stop:
+                    report = stop.value
+                    break
+                await asyncio.sleep(0)
+        return rep.store.generation, wire.dump_json(report.to_dict())
+
+    def op_stats(self, req: Request) -> Result:
+        rep = self._replica()
+        return rep.store.generation, wire.dump_json(rep.store.stats())
+
+    async def op_expand(self, req: Request) -> Result:
+        rep = self._replica()
+        size = _int_arg(req.args(), "size", -1)
+        async with rep.lock:
+            self._replica()
+            rep.store.expand(size)
+        return rep.store.generation, wire.dump_json({"size": rep.store.size})
+
+
+def _int_arg(args: dict[str, Any], key: str, default: int) -> int:
+    v = args.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise InvalidArgument(f"{key} must be a non-negative integer, got {v!r}")
+    return v
+
+
+_HANDLERS: dict[int, Callable[[Session, Request], Any]] = {
+    Op.HELLO: Session.op_hello,
+    Op.CREATE: Session.op_create,
+    Op.DELETE: Session.op_delete,
+    Op.LIST: Session.op_list,
+    Op.OPEN: Session.op_open,
+    Op.CLOSE: Session.op_close,
+    Op.READ: Session.op_read,
+    Op.WRITE: Session.op_write,
+    Op.FLUSH: Session.op_flush,
+    Op.TRIM: Session.op_trim,
+    Op.WRITE_ZEROES: Session.op_write_zeroes,
+    Op.SNAPSHOT_CREATE: Session.op_snapshot_create,
+    Op.SNAPSHOT_LIST: Session.op_snapshot_list,
+    Op.SNAPSHOT_DELETE: Session.op_snapshot_delete,
+    Op.SNAPSHOT_REVERT: Session.op_snapshot_revert,
+    Op.INFO: Session.op_info,
+    Op.CHANGED: Session.op_changed,
+    Op.EXPORT: Session.op_export,
+    Op.IMPORT: Session.op_import,
+    Op.SCRUB: Session.op_scrub,
+    Op.STATS: Session.op_stats,
+    Op.EXPAND: Session.op_expand,
+    Op.EXTENTS: Session.op_extents,
+    Op.REPAIR: Session.op_repair,
+}

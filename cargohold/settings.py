@@ -1,0 +1,23 @@
+"""Typed settings, one class per area. Read from arguments and CARGOHOLD_* environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cargohold.constants import DEFAULT_REPLICA_PORT
+
+
+class ReplicaServerSettings(BaseSettings):
+    """The replica server of one node (``cargohold replica-server``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CARGOHOLD_REPLICA_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_REPLICA_PORT, ge=0, le=65535)
+    unix_socket: str | None = None
+    disks: list[str] = Field(default_factory=list, description="directories holding replicas")
+    node: str = "local"
+    workers: int = Field(1, ge=1, le=64, description="processes serving replicas")
+    max_connections: int = Field(4096, ge=1)
+    idle_close_seconds: float = Field(0, ge=0, description="0 = never close idle sessions")
