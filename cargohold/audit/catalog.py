@@ -221,7 +221,7 @@ RULES: tuple[Rule, ...] = (
         fix_yaml="accessModes: [ReadWriteOncePod]",
         example=_PG.replace(
             "metadata:\n  name: pg\n",
-            "metadata:\n  name: pg\n  labels:\n    audit.cargohold.io/sensitive: \"true\"\n",
+            'metadata:\n  name: pg\n  labels:\n    audit.cargohold.io/sensitive: "true"\n',
         ),
         tags=("security", "access-modes"),
     ),
@@ -371,7 +371,7 @@ spec:
         ),
         fix_yaml=(
             "apiVersion: snapscheduler.backube/v1\nkind: SnapshotSchedule\nmetadata:\n"
-            "  name: hourly\nspec:\n  schedule: \"0 * * * *\"\n  retention:\n    maxCount: 24"
+            '  name: hourly\nspec:\n  schedule: "0 * * * *"\n  retention:\n    maxCount: 24'
         ),
         example=_SC_HEAD
         + "volumeBindingMode: WaitForFirstConsumer\nreclaimPolicy: Delete\n"
@@ -391,8 +391,8 @@ spec:
             "backups of these volumes are then readable by anyone who gets the raw blocks."
         ),
         fix=(
-            "Turn on encryption in the class parameters (ebs: encrypted: \"true\" and "
-            "kmsKeyId; ceph rbd: encrypted: \"true\"; cargohold: encrypted: \"true\"), in a new "
+            'Turn on encryption in the class parameters (ebs: encrypted: "true" and '
+            'kmsKeyId; ceph rbd: encrypted: "true"; cargohold: encrypted: "true"), in a new '
             "class, and move the claims to it."
         ),
         fix_yaml='parameters:\n  encrypted: "true"',
@@ -422,7 +422,7 @@ allowVolumeExpansion: true
         ),
         fix=(
             "Set storageClassName on the claim (or the volumeClaimTemplate), or mark one class "
-            "with the annotation storageclass.kubernetes.io/is-default-class: \"true\"."
+            'with the annotation storageclass.kubernetes.io/is-default-class: "true".'
         ),
         fix_yaml="spec:\n  storageClassName: fast",
         example=_SC_HEAD

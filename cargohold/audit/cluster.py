@@ -43,9 +43,13 @@ LISTINGS: tuple[Listing, ...] = (
     Listing("core", "list_namespace", "Namespace", "v1"),
     Listing("core", "list_node", "Node", "v1"),
     Listing("storage", "list_storage_class", "StorageClass", "storage.k8s.io/v1"),
-    Listing("core", "list_persistent_volume_claim_for_all_namespaces", "PersistentVolumeClaim", "v1"),
+    Listing(
+        "core", "list_persistent_volume_claim_for_all_namespaces", "PersistentVolumeClaim", "v1"
+    ),
     Listing("core", "list_pod_for_all_namespaces", "Pod", "v1"),
-    Listing("core", "list_replication_controller_for_all_namespaces", "ReplicationController", "v1"),
+    Listing(
+        "core", "list_replication_controller_for_all_namespaces", "ReplicationController", "v1"
+    ),
     Listing("apps", "list_deployment_for_all_namespaces", "Deployment", "apps/v1"),
     Listing("apps", "list_stateful_set_for_all_namespaces", "StatefulSet", "apps/v1"),
     Listing("apps", "list_daemon_set_for_all_namespaces", "DaemonSet", "apps/v1"),
@@ -124,7 +128,10 @@ class ClusterReader:
         items: list[dict] = []
         token = None
         while True:
-            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": REQUEST_TIMEOUT_SECONDS}
+            kwargs: dict[str, Any] = {
+                "limit": PAGE_SIZE,
+                "_request_timeout": REQUEST_TIMEOUT_SECONDS,
+            }
             if token:
                 kwargs["_continue"] = token
             try:

@@ -57,7 +57,7 @@ def run(
                 suppressed.append(replace(finding, suppressed_by=reason))
             else:
                 active.append(finding)
-    notes = [*warnings, *ignores.unknown_annotation_ids(inv.manifests)]
+    notes = [*warnings, *inv.warnings, *ignores.unknown_annotation_ids(inv.manifests)]
     return AuditResult(
         findings=tuple(sorted(active, key=Finding.sort_key)),
         suppressed=tuple(sorted(suppressed, key=Finding.sort_key)),

@@ -50,6 +50,7 @@ class Inventory:
         self.workloads: list[Workload] = []
         self.claims: list[Claim] = []
         self.mounts: list[Mount] = []
+        self.warnings: list[str] = _duplicates(self.manifests)
         keys = {m.key for m in self.manifests}
         pvcs: list[Manifest] = []
         for m in self.manifests:
@@ -163,6 +164,20 @@ def _prefer_files(manifests: list[Manifest]) -> list[Manifest]:
     return [m for m in manifests if m.origin != "cluster" or m.key not in from_files]
 
 
+def _duplicates(manifests: list[Manifest]) -> list[str]:
+    """Warnings for objects defined more than once (joins use the first definition)."""
+    seen: dict[tuple[str, str, str], Manifest] = {}
+    out = []
+    for m in manifests:
+        first = seen.setdefault(m.key, m)
+        if first is not m:
+            out.append(
+                f"{m.location()}: {m.ref()} is also defined at {first.location()}; "
+                "PVC and StorageClass joins use the first definition"
+            )
+    return out
+
+
 def _controller_refs(manifest: Manifest) -> list[dict]:
     refs = manifest.metadata.get("ownerReferences") or []
     return [r for r in refs if isinstance(r, dict) and r.get("controller")]
@@ -187,7 +202,9 @@ def _stamped_claim_patterns(workloads: list[Workload]) -> dict[str, list[re.Patt
     for w in workloads:
         for use in w.claim_uses:
             if use.source == "template":
-                pattern = re.compile(rf"{re.escape(use.claim_name)}-{re.escape(w.manifest.name)}-\d+")
+                pattern = re.compile(
+                    rf"{re.escape(use.claim_name)}-{re.escape(w.manifest.name)}-\d+"
+                )
                 patterns.setdefault(w.ns_key, []).append(pattern)
     return patterns
 

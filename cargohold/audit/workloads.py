@@ -268,7 +268,10 @@ class Claim:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in ((self.obj.get("metadata") or {}).get("labels") or {}).items()}
+        return {
+            str(k): str(v)
+            for k, v in ((self.obj.get("metadata") or {}).get("labels") or {}).items()
+        }
 
     @property
     def annotations(self) -> dict[str, str]:
@@ -301,7 +304,9 @@ class Claim:
     @property
     def binds_static_volume(self) -> bool:
         return (
-            self.explicit_class == "" or bool(self.spec.get("volumeName")) or "selector" in self.spec
+            self.explicit_class == ""
+            or bool(self.spec.get("volumeName"))
+            or "selector" in self.spec
         )
 
     def describe(self) -> str:

@@ -43,7 +43,7 @@ from cargohold.store.base import (
     check_range,
     runs,
 )
-from cargohold.store.layer import Layer, io_error, sync_fds
+from cargohold.store.layer import Layer, file_names, io_error, sync_fds
 
 META_FILE = "replica.meta"
 _CHUNK = 1 << 16  # blocks per step of long operations (256 MiB of volume)
@@ -127,7 +127,7 @@ class FileStore(ReplicaStore):
             for layer in layers.values():
                 layer.close()
             raise
-        known = {f"layer-{lid:06d}.{ext}" for lid in layers for ext in ("data", "map")}
+        known = set().union(*(file_names(lid, layer.nblocks) for lid, layer in layers.items()))
         for name in os.listdir(directory):  # leftovers of an operation a crash cut short
             if (name.startswith("layer-") and name not in known) or name.endswith(".tmp"):
                 os.unlink(os.path.join(directory, name))
@@ -388,7 +388,7 @@ class FileStore(ReplicaStore):
         for lid in sorted(self._dirty):
             layer = self._layers.get(lid)
             if layer is not None:
-                fds += [os.dup(layer.data_fd), os.dup(layer.map_fd)]
+                fds += layer.sync_handles()
         self._dirty.clear()
         self.counters["flushes"] += 1
         return fds
@@ -585,6 +585,13 @@ class FileStore(ReplicaStore):
             self._busy = False
 
     # --- deltas, integrity, stats -------------------------------------------------------
+    def may_have_records(self, lba: int, n: int) -> bool:
+        return any(
+            layer.has_records(lba, min(lba + n, layer.nblocks))
+            for layer in self._chain
+            if layer.nblocks > lba
+        )
+
     def changed_mask(self, since: int, lba: int, n: int) -> np.ndarray:
         mask = np.zeros(n, dtype=bool)
         limit = np.uint64(since)
@@ -649,7 +656,7 @@ class FileStore(ReplicaStore):
                     continue  # this copy is fine
                 try:
                     layer.pwrite(lba + i, mv[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
-                    os.fdatasync(layer.data_fd)
+                    layer.sync()
                 except OSError as e:
                     raise io_error(e, "repair") from None
                 layer.cur[lba + i] = crcs[i]

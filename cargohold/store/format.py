@@ -52,7 +52,11 @@ MAP_FLAG_CLEAN = 1
 DATA_MAGIC = b"CHDATA\x00\x00"
 DATA_VERSION = 1
 DATA_VERSIONS_READ = frozenset({1})
-_DATA_HDR = struct.Struct("<8sHHI16s")  # magic, version, header size, block size, layer uuid
+# magic, version, header size, block size, layer uuid, segment index
+_DATA_HDR = struct.Struct("<8sHHI16sI")
+SEGMENT_BLOCKS = 1 << 30
+"""Blocks per data segment file (4 TiB): ext4 caps one file at 16 TiB - 4 KiB, so a layer's
+data is split into segments ``layer-N.data`` (segment 0), ``layer-N.data.1``, ..."""
 
 # --- replica meta file ---------------------------------------------------------------
 META_MAGIC = b"CHREPLIC"
@@ -106,19 +110,21 @@ def decode_map_header(buf: bytes | memoryview, where: str = "map file") -> MapHe
     return MapHeader(nblocks, luuid, gen, bool(flags & MAP_FLAG_CLEAN), version, bsize)
 
 
-def encode_data_header(layer_uuid: bytes) -> bytes:
+def encode_data_header(layer_uuid: bytes, segment: int = 0) -> bytes:
     buf = bytearray(HEADER_SIZE)
-    _DATA_HDR.pack_into(buf, 0, DATA_MAGIC, DATA_VERSION, HEADER_SIZE, BLOCK_SIZE, layer_uuid)
+    _DATA_HDR.pack_into(
+        buf, 0, DATA_MAGIC, DATA_VERSION, HEADER_SIZE, BLOCK_SIZE, layer_uuid, segment
+    )
     struct.pack_into("<I", buf, _DATA_HDR.size, crc32c.crc32c(bytes(buf[: _DATA_HDR.size])))
     return bytes(buf)
 
 
-def decode_data_header(buf: bytes | memoryview, where: str = "data file") -> bytes:
-    """Check a data-file header and return the layer uuid it belongs to."""
+def decode_data_header(buf: bytes | memoryview, where: str = "data file") -> tuple[bytes, int]:
+    """Check a data-file header -> (the layer uuid it belongs to, its segment index)."""
     n = _DATA_HDR.size
     if len(buf) < n + 4:
         raise FormatError(f"{where}: header truncated")
-    magic, version, hsize, bsize, luuid = _DATA_HDR.unpack_from(buf, 0)
+    magic, version, hsize, bsize, luuid, segment = _DATA_HDR.unpack_from(buf, 0)
     if magic != DATA_MAGIC:
         raise FormatError(f"{where}: bad magic {magic!r}, expected {DATA_MAGIC!r}")
     if version not in DATA_VERSIONS_READ:
@@ -128,7 +134,7 @@ def decode_data_header(buf: bytes | memoryview, where: str = "data file") -> byt
         raise FormatError(f"{where}: header checksum mismatch")
     if hsize != HEADER_SIZE or bsize != BLOCK_SIZE:
         raise FormatError(f"{where}: header size {hsize} / block size {bsize} unexpected")
-    return luuid
+    return luuid, segment
 
 
 def encode_meta(body: dict[str, Any]) -> bytes:

@@ -62,70 +62,116 @@ def sync_fds(fds: list[int]) -> None:
         raise io_error(err, "flush")
 
 
-def data_path(directory: str, layer_id: int) -> str:
-    return os.path.join(directory, f"layer-{layer_id:06d}.data")
+def data_path(directory: str, layer_id: int, segment: int = 0) -> str:
+    base = os.path.join(directory, f"layer-{layer_id:06d}.data")
+    return base if segment == 0 else f"{base}.{segment}"
 
 
 def map_path(directory: str, layer_id: int) -> str:
     return os.path.join(directory, f"layer-{layer_id:06d}.map")
 
 
+def file_names(layer_id: int, nblocks: int) -> set[str]:
+    """Every file name a layer of ``nblocks`` owns (for cleaning up leftovers)."""
+    segs = max(1, -(-nblocks // fmt.SEGMENT_BLOCKS))
+    names = {f"layer-{layer_id:06d}.map"}
+    names.update(os.path.basename(data_path("", layer_id, k)) for k in range(segs))
+    return names
+
+
+def _segment_count(nblocks: int) -> int:
+    return max(1, -(-nblocks // fmt.SEGMENT_BLOCKS))
+
+
+def _segment_bytes(nblocks: int, k: int) -> int:
+    blocks = min(fmt.SEGMENT_BLOCKS, nblocks - k * fmt.SEGMENT_BLOCKS)
+    return fmt.HEADER_SIZE + max(0, blocks) * BLOCK_SIZE
+
+
 class Layer:
     """A layer's files, opened read-write, with numpy views over its block map."""
 
-    def __init__(self, directory: str, layer_id: int, data_fd: int, map_fd: int) -> None:
+    def __init__(self, directory: str, layer_id: int, data_fds: list[int], map_fd: int) -> None:
         self.directory = directory
         self.id = layer_id
-        self.data_fd = data_fd
+        self.data_fds = data_fds
         self.map_fd = map_fd
         self._page_alloc: np.ndarray | None = None  # 1 = map page backed by disk space
         self._map_view()
 
+    @property
+    def data_fd(self) -> int:
+        return self.data_fds[0]
+
     # --- life cycle --------------------------------------------------------------
+    @staticmethod
+    def _new_segment(directory: str, layer_id: int, luuid: bytes, k: int, nblocks: int) -> int:
+        path = data_path(directory, layer_id, k)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.pwrite(fd, fmt.encode_data_header(luuid, k), 0)
+            os.ftruncate(fd, _segment_bytes(nblocks, k))
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return fd
+
     @classmethod
     def create(cls, directory: str, layer_id: int, nblocks: int, generation: int) -> Layer:
         luuid = fmt.new_uuid()
-        dpath, mpath = data_path(directory, layer_id), map_path(directory, layer_id)
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        dfd = os.open(dpath, flags, 0o600)
-        mfd = os.open(mpath, flags, 0o600)
+        mpath = map_path(directory, layer_id)
+        fds: list[int] = []
+        mfd = -1
         try:
-            os.pwrite(dfd, fmt.encode_data_header(luuid), 0)
-            os.ftruncate(dfd, fmt.HEADER_SIZE + nblocks * BLOCK_SIZE)
+            for k in range(_segment_count(nblocks)):
+                fds.append(cls._new_segment(directory, layer_id, luuid, k, nblocks))
+            mfd = os.open(mpath, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             hdr = fmt.MapHeader(nblocks, luuid, generation, clean=False)
             os.pwrite(mfd, fmt.encode_map_header(hdr), 0)
             os.ftruncate(mfd, fmt.HEADER_SIZE + nblocks * fmt.RECORD_SIZE)
-            os.fsync(dfd)
             os.fsync(mfd)
         except OSError as e:
-            os.close(dfd)
-            os.close(mfd)
-            for p in (dpath, mpath):
+            for fd in [*fds, mfd]:
+                if fd >= 0:
+                    os.close(fd)
+            for name in file_names(layer_id, nblocks):
                 try:
-                    os.unlink(p)
+                    os.unlink(os.path.join(directory, name))
                 except OSError:
                     pass
             raise io_error(e, "create layer") from None
-        return cls(directory, layer_id, dfd, mfd)
+        return cls(directory, layer_id, fds, mfd)
 
     @classmethod
     def open(cls, directory: str, layer_id: int) -> Layer:
-        dpath, mpath = data_path(directory, layer_id), map_path(directory, layer_id)
+        mpath = map_path(directory, layer_id)
         try:
-            dfd = os.open(dpath, os.O_RDWR | os.O_CLOEXEC)
             mfd = os.open(mpath, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError as e:
             raise FormatError(f"layer {layer_id}: missing file {e.filename}") from None
-        dhdr = os.pread(dfd, fmt.HEADER_SIZE, 0)
-        mhdr = os.pread(mfd, fmt.HEADER_SIZE, 0)
-        duuid = fmt.decode_data_header(dhdr, dpath)
-        h = fmt.decode_map_header(mhdr, mpath)
-        if duuid != h.layer_uuid:
-            raise FormatError(f"layer {layer_id}: data and map files belong to different layers")
-        want = fmt.HEADER_SIZE + h.nblocks * fmt.RECORD_SIZE
-        if os.fstat(mfd).st_size < want:
-            raise FormatError(f"{mpath}: {os.fstat(mfd).st_size} bytes, expected {want}")
-        return cls(directory, layer_id, dfd, mfd)
+        fds: list[int] = []
+        try:
+            h = fmt.decode_map_header(os.pread(mfd, fmt.HEADER_SIZE, 0), mpath)
+            want = fmt.HEADER_SIZE + h.nblocks * fmt.RECORD_SIZE
+            if os.fstat(mfd).st_size < want:
+                raise FormatError(f"{mpath}: {os.fstat(mfd).st_size} bytes, expected {want}")
+            for k in range(_segment_count(h.nblocks)):
+                dpath = data_path(directory, layer_id, k)
+                try:
+                    fd = os.open(dpath, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    raise FormatError(f"layer {layer_id}: missing file {dpath}") from None
+                fds.append(fd)
+                duuid, seg = fmt.decode_data_header(os.pread(fd, fmt.HEADER_SIZE, 0), dpath)
+                if duuid != h.layer_uuid or seg != k:
+                    raise FormatError(f"{dpath}: belongs to another layer or segment")
+        except BaseException:
+            for fd in [*fds, mfd]:
+                os.close(fd)
+            raise
+        return cls(directory, layer_id, fds, mfd)
 
     def _map_view(self) -> None:
         size = os.fstat(self.map_fd).st_size
@@ -146,16 +192,18 @@ class Layer:
         if nblocks <= self.nblocks:
             return
         try:
-            os.ftruncate(self.data_fd, fmt.HEADER_SIZE + nblocks * BLOCK_SIZE)
+            for k in range(len(self.data_fds)):
+                os.ftruncate(self.data_fds[k], _segment_bytes(nblocks, k))
+            for k in range(len(self.data_fds), _segment_count(nblocks)):
+                self.data_fds.append(
+                    self._new_segment(self.directory, self.id, self.uuid, k, nblocks)
+                )
             os.ftruncate(self.map_fd, fmt.HEADER_SIZE + nblocks * fmt.RECORD_SIZE)
         except OSError as e:
             raise io_error(e, "expand") from None
+        gen = self.generation
         self._unmap()
-        hdr = bytearray(os.pread(self.map_fd, fmt.HEADER_SIZE, 0))
-        h = fmt.decode_map_header(hdr)
-        new = fmt.encode_map_header(
-            fmt.MapHeader(nblocks, h.layer_uuid, self_gen_from(hdr), clean=False)
-        )
+        new = fmt.encode_map_header(fmt.MapHeader(nblocks, self.uuid, gen, clean=False))
         os.pwrite(self.map_fd, new, 0)
         os.fsync(self.map_fd)
         self._page_alloc = None
@@ -163,13 +211,14 @@ class Layer:
 
     def close(self) -> None:
         self._unmap()
-        os.close(self.data_fd)
+        for fd in self.data_fds:
+            os.close(fd)
         os.close(self.map_fd)
 
     def unlink(self) -> None:
-        for p in (data_path(self.directory, self.id), map_path(self.directory, self.id)):
+        for name in file_names(self.id, self.nblocks):
             try:
-                os.unlink(p)
+                os.unlink(os.path.join(self.directory, name))
             except FileNotFoundError:
                 pass
 
@@ -251,50 +300,60 @@ class Layer:
 
     def data_bytes(self) -> int:
         """Disk space taken by this layer's block data."""
-        return max(0, os.fstat(self.data_fd).st_blocks * 512 - fmt.HEADER_SIZE)
+        used = sum(os.fstat(fd).st_blocks * 512 for fd in self.data_fds)
+        return max(0, used - fmt.HEADER_SIZE * len(self.data_fds))
 
     def map_bytes(self) -> int:
         return os.fstat(self.map_fd).st_blocks * 512
 
-    # --- block I/O -------------------------------------------------------------------
-    def pwrite(self, lba: int, data: memoryview) -> None:
-        off = fmt.HEADER_SIZE + lba * BLOCK_SIZE
+    # --- block I/O (split where a range crosses a segment boundary) -----------------------
+    def _spans(self, lba: int, n: int) -> Iterator[tuple[int, int, int, int]]:
+        """(fd, file offset, byte offset into the caller's buffer, bytes) per segment."""
         done = 0
-        total = len(data)
-        while done < total:
-            done += os.pwrite(self.data_fd, data[done:] if done else data, off + done)
+        while done < n:
+            k, rel = divmod(lba + done, fmt.SEGMENT_BLOCKS)
+            take = min(n - done, fmt.SEGMENT_BLOCKS - rel)
+            yield (self.data_fds[k], fmt.HEADER_SIZE + rel * BLOCK_SIZE, done * BLOCK_SIZE,
+                   take * BLOCK_SIZE)
+            done += take
+
+    def pwrite(self, lba: int, data: memoryview) -> None:
+        for fd, off, pos, length in self._spans(lba, len(data) // BLOCK_SIZE):
+            done = 0
+            while done < length:
+                done += os.pwrite(fd, data[pos + done : pos + length], off + done)
 
     def pread_into(self, lba: int, out: memoryview) -> None:
-        off = fmt.HEADER_SIZE + lba * BLOCK_SIZE
-        done = 0
-        total = len(out)
-        while done < total:
-            got = os.preadv(self.data_fd, [out[done:]], off + done)
-            if got == 0:  # beyond EOF cannot happen (files are sized); be safe
-                out[done:] = bytes(total - done)
-                return
-            done += got
+        for fd, off, pos, length in self._spans(lba, len(out) // BLOCK_SIZE):
+            done = 0
+            while done < length:
+                got = os.preadv(fd, [out[pos + done : pos + length]], off + done)
+                if got == 0:  # beyond EOF cannot happen (files are sized); be safe
+                    out[pos + done : pos + length] = bytes(length - done)
+                    break
+                done += got
 
     def punch(self, lba: int, n: int) -> None:
-        punch_hole(self.data_fd, fmt.HEADER_SIZE + lba * BLOCK_SIZE, n * BLOCK_SIZE)
+        for fd, off, _, length in self._spans(lba, n):
+            punch_hole(fd, off, length)
 
     def copy_from(self, other: Layer, lba: int, n: int) -> None:
         """Copy blocks from another layer's data file (in the kernel; reflink where possible)."""
-        off = fmt.HEADER_SIZE + lba * BLOCK_SIZE
-        total = n * BLOCK_SIZE
-        done = 0
-        while done < total:
-            got = os.copy_file_range(
-                other.data_fd, self.data_fd, total - done, off + done, off + done
-            )
-            if got == 0:
-                raise ReplicaIOError(f"copy of blocks {lba}+{n} stopped short")
-            done += got
+        for (sfd, off, _, length), (dfd, _, _, _) in zip(
+            other._spans(lba, n), self._spans(lba, n), strict=True
+        ):
+            done = 0
+            while done < length:
+                got = os.copy_file_range(sfd, dfd, length - done, off + done, off + done)
+                if got == 0:
+                    raise ReplicaIOError(f"copy of blocks {lba}+{n} stopped short")
+                done += got
+
+    def sync_handles(self) -> list[int]:
+        """Duplicated descriptors of every file of this layer, for a sync elsewhere."""
+        return [os.dup(fd) for fd in (*self.data_fds, self.map_fd)]
 
     def sync(self) -> None:
-        os.fdatasync(self.data_fd)
+        for fd in self.data_fds:
+            os.fdatasync(fd)
         os.fdatasync(self.map_fd)
-
-
-def self_gen_from(hdr: bytes | bytearray) -> int:
-    return struct.unpack_from("<Q", hdr, fmt.MAP_GEN_OFFSET)[0]

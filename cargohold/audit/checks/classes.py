@@ -79,7 +79,9 @@ def expansion_disabled(inv: Inventory) -> Iterator[Hit]:
         if _provisioner(sc) in knowledge.NO_EXPANSION_PROVISIONERS:
             continue
         growing = [
-            w for w in inv.workloads_using_class(sc.name) if w.kind == "StatefulSet" or w.is_database
+            w
+            for w in inv.workloads_using_class(sc.name)
+            if w.kind == "StatefulSet" or w.is_database
         ]
         if growing:
             yield Hit(
