@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +21,7 @@ class ServerProc:
     unix: str | None = None
     workers: int = 1
     proc: subprocess.Popen | None = None
-    log: list[str] = field(default_factory=list)
+    log_path: str = ""
 
     def start(self, timeout: float = 20.0) -> ServerProc:
         cmd = [sys.executable, "-m", "cargohold", "replica-server",
@@ -32,25 +31,29 @@ class ServerProc:
         if self.unix:
             cmd += ["--unix", self.unix]
         env = dict(os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG=os.environ.get("CARGOHOLD_LOG", "WARNING"))
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=env, text=True, bufsize=1)
+        # output goes to a file, never a pipe nobody drains (a full pipe would block the server)
+        self.log_path = os.path.join(self.disks[0], f"server-{time.monotonic_ns()}.log")
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
         while time.monotonic() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if r:
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                self.log.append(line)
-                m = re.search(r"listening on [^ ]+:(\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                    return self
+            text = self.output()
+            m = re.search(r"listening on [^ ]+:(\d+)", text)
+            if m:
+                self.port = int(m.group(1))
+                return self
             if self.proc.poll() is not None:
                 break
+            time.sleep(0.02)
         self.kill()
-        raise RuntimeError("replica server did not start:\n" + "".join(self.log))
+        raise RuntimeError("replica server did not start:\n" + self.output())
+
+    def output(self) -> str:
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
 
     @property
     def pid(self) -> int:
@@ -68,8 +71,8 @@ class ServerProc:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

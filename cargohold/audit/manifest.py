@@ -8,6 +8,7 @@ that field, or of the nearest enclosing field that has a line.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from cargohold.audit.model import Location, ObjectRef
 
 FieldPath = tuple[str | int, ...]
+
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
 
 CLUSTER_SCOPED_KINDS = frozenset(
     {
@@ -109,6 +112,23 @@ class Manifest:
 
     def ref(self) -> ObjectRef:
         return ObjectRef(kind=self.kind, name=self.name, namespace=self.namespace)
+
+    def declares(self, key: str) -> bool:
+        """Whether the author wrote top-level field ``key``. Objects read from a cluster
+        carry API-server defaults (a StorageClass always has a reclaimPolicy); when kubectl
+        recorded what was applied, that record decides."""
+        if key not in self.obj:
+            return False
+        if self.origin != "cluster":
+            return True
+        applied = self.annotations.get(LAST_APPLIED_ANNOTATION)
+        if not applied:
+            return True
+        try:
+            original = json.loads(applied)
+        except ValueError:
+            return True
+        return not isinstance(original, dict) or key in original
 
     def get(self, path: FieldPath, default: Any = None) -> Any:
         """The value at ``path`` or ``default`` when any step is missing."""

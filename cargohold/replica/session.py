@@ -210,7 +210,7 @@ class Session(asyncio.Protocol):
         rep = self._replica()
         if req.length > MAX_IO_BYTES:
             raise InvalidArgument(f"read of {req.length} bytes exceeds {MAX_IO_BYTES}")
-        snapshot = req.args().get("snapshot") if req.payload else None
+        snapshot = _str_arg(req.args(), "snapshot") if req.payload else None
         data = rep.store.read(req.offset, req.length, snapshot)
         return rep.store.generation, data
 
@@ -262,7 +262,7 @@ class Session(asyncio.Protocol):
         async with rep.lock:
             self._replica()
             await self._drain_flushes(rep)
-            info = rep.store.snapshot_create(args.get("name"), args.get("labels") or {})
+            info = rep.store.snapshot_create(args.get("name"), _labels(args.get("labels")))
         return rep.store.generation, wire.dump_json(info.to_dict())
 
     def op_snapshot_list(self, req: Request) -> Result:
@@ -311,7 +311,7 @@ class Session(asyncio.Protocol):
     def op_extents(self, req: Request) -> Result:
         rep = self._replica()
         args = req.args()
-        ext = rep.store.extents(req.offset, req.length, args.get("snapshot"))
+        ext = rep.store.extents(req.offset, req.length, _str_arg(args, "snapshot"))
         return rep.store.generation, wire.dump_json({"extents": ext})
 
     def op_export(self, req: Request) -> Result:
@@ -322,7 +322,7 @@ class Session(asyncio.Protocol):
             req.length,
             since=_int_arg(args, "since", 0),
             max_bytes=min(_int_arg(args, "max_bytes", 8 << 20), MAX_IO_BYTES),
-            snapshot=args.get("snapshot"),
+            snapshot=_str_arg(args, "snapshot"),
         )
         return rep.store.generation, bufs
 
@@ -364,6 +364,23 @@ class Session(asyncio.Protocol):
             self._replica()
             rep.store.expand(size)
         return rep.store.generation, wire.dump_json({"size": rep.store.size})
+
+
+def _labels(v: Any) -> dict[str, str]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items()
+    ):
+        raise InvalidArgument("labels must be an object of string keys and string values")
+    return v
+
+
+def _str_arg(args: dict[str, Any], key: str) -> str | None:
+    v = args.get(key)
+    if v is not None and not isinstance(v, str):
+        raise InvalidArgument(f"{key} must be a string, got {v!r}")
+    return v
 
 
 def _int_arg(args: dict[str, Any], key: str, default: int) -> int:

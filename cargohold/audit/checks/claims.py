@@ -29,11 +29,12 @@ def rwx_database(inv: Inventory) -> Iterator[Hit]:
         if RWX not in claim.access_modes:
             continue
         for w in _distinct([m.workload for m in mounts if m.writable and m.workload.is_database]):
+            who = "its own database pods" if w is claim.owner else f"database {w}"
             yield Hit(
                 claim.manifest,
                 claim.access_modes_path,
-                f"{claim.describe()} is ReadWriteMany and mounted read-write by database "
-                f"{w} ({w.database_hint})",
+                f"{claim.describe()} is ReadWriteMany and mounted read-write by {who} "
+                f"({w.database_hint})",
             )
 
 
@@ -104,15 +105,20 @@ def shared_rwo(inv: Inventory) -> Iterator[Hit]:
             w = mount.workload
             others = [o for o in users if o is not w]
             if w.multi_pod:
-                why = f"{w.kind} runs {w.pods_text} that all mount {mode} PVC {claim.name}"
+                why = f"{w.kind} runs {w.pods_text}, all mounting {mode} PVC {claim.name}"
             elif others:
                 why = f"{mode} PVC {claim.name} is also mounted by {others[0]}"
             else:
                 continue
+            effect = (
+                "only one pod at a time can use it, the others stay Pending"
+                if mode == RWOP
+                else "pods on other nodes fail to attach it, pods on one node share it"
+            )
             yield Hit(
                 w.manifest,
                 (*mount.use.path, "persistentVolumeClaim", "claimName"),
-                f"{why}; pods on other nodes fail to attach it, pods on one node share it",
+                f"{why}; {effect}",
             )
 
 
@@ -129,11 +135,12 @@ def rwo_rolling_update(inv: Inventory) -> Iterator[Hit]:
         if strategy == "Recreate":
             continue
         seen.append(w)
+        mode = RWOP if RWOP in claim.access_modes else RWO
         yield Hit(
             w.manifest,
             ("spec", "strategy"),
-            f"strategy is {strategy} with ReadWriteOnce PVC {claim.name}: a rollout starts the "
-            "new pod before the old one lets go of the volume and can hang on Multi-Attach",
+            f"strategy is {strategy} with {mode} PVC {claim.name}: a rollout starts the new "
+            "pod before the old one releases the volume and can hang on it",
         )
 
 

@@ -59,7 +59,7 @@ def immediate_binding(inv: Inventory) -> Iterator[Hit]:
 @check("CH002")
 def reclaim_policy_unset(inv: Inventory) -> Iterator[Hit]:
     for sc in storage_classes(inv):
-        if "reclaimPolicy" in sc.obj:
+        if sc.declares("reclaimPolicy"):
             continue
         users = inv.workloads_using_class(sc.name)
         if users:

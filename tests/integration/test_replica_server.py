@@ -1,0 +1,227 @@
+"""The replica server as a real process: every op over the wire, fencing, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+
+import pytest
+
+from cargohold.constants import BLOCK_SIZE, MIB
+from cargohold.errors import (
+    AlreadyExists,
+    Fenced,
+    InvalidArgument,
+    NotFound,
+    NotOpen,
+    ReplicaIOError,
+    Unsupported,
+)
+from cargohold.protocol import replica_wire as wire
+from cargohold.protocol.replica_wire import Op
+from cargohold.replica.client import ReplicaClient
+from tests.procs import ServerProc
+
+
+async def connect(server) -> ReplicaClient:
+    return await ReplicaClient.connect("127.0.0.1", server.port)
+
+
+async def test_lifecycle_io_and_snapshots_over_tcp_and_unix(server):
+    c = await connect(server)
+    assert (await c.hello())["version"] == 1
+    await c.create("vol-a", 64 * MIB)
+    with pytest.raises(AlreadyExists):
+        await c.create("vol-a", 64 * MIB)
+    info = await c.open("vol-a", 1)
+    assert info["size"] == 64 * MIB and info["generation"] == 0
+    data = os.urandom(256 * 1024)
+    gen = await c.write(MIB, data, fua=True)
+    assert gen == 1
+    assert bytes(await c.read(MIB, len(data))) == data
+    snap = await c.snapshot_create("s1", {"k": "v"})
+    assert snap["name"] == "s1" and snap["generation"] == 1
+    await c.write_zeroes(MIB, 8192)
+    await c.trim(MIB + 8192, 8192)
+    assert bytes(await c.read(MIB, 16384)) == bytes(16384)
+    assert bytes(await c.read(MIB, len(data), snapshot="s1")) == data
+    assert await c.changed_since(1) == [[MIB, 16384]]
+    ext = await c.extents(0, 2 * MIB)
+    assert [e[2] for e in ext] == [0, 2, 1, 0]
+    await c.snapshot_revert("s1")
+    assert bytes(await c.read(MIB, len(data))) == data
+    await c.snapshot_delete("s1")
+    assert await c.snapshot_list() == []
+    await c.expand(128 * MIB)
+    assert (await c.info())["size"] == 128 * MIB
+    st = await c.stats()
+    assert st["allocated_bytes"] == len(data)
+    assert (await c.scrub()) == {"checked_blocks": len(data) // BLOCK_SIZE, "bad": []}
+
+    u = await ReplicaClient.connect(unix=server.unix)
+    await u.open("vol-a", 1)
+    assert bytes(await u.read(MIB, len(data))) == data
+    assert [r["id"] for r in await u.list()] == ["vol-a"]
+    await u.close()
+    await c.delete("vol-a")
+    with pytest.raises(NotFound):
+        await c.read(0, BLOCK_SIZE)
+    await c.close()
+
+
+async def test_copy_between_replicas_full_then_delta(server):
+    c = await connect(server)
+    for rid in ("src", "dst"):
+        await c.create(rid, 32 * MIB)
+    src, dst = await connect(server), await connect(server)
+    await src.open("src", 1)
+    await dst.open("dst", 1)
+    await src.write(0, os.urandom(4 * MIB))
+    await src.write(20 * MIB, os.urandom(BLOCK_SIZE))
+    moved = await src.copy_to(dst, chunk=MIB)
+    assert moved > 4 * MIB
+    g = (await src.info())["generation"]
+    await src.write(MIB, os.urandom(2 * BLOCK_SIZE))
+    await src.write_zeroes(20 * MIB, BLOCK_SIZE)
+    moved = await src.copy_to(dst, since=g)
+    assert moved < 3 * BLOCK_SIZE + 1024  # only the delta travels
+    assert bytes(await src.read(0, 32 * MIB)) == bytes(await dst.read(0, 32 * MIB))
+    for x in (c, src, dst):
+        await x.close()
+
+
+async def test_fencing_rejects_older_epochs_also_on_open_connections(server):
+    c = await connect(server)
+    await c.create("f", 16 * MIB)
+    old = await connect(server)
+    await old.open("f", 1)
+    await old.write(0, b"1" * BLOCK_SIZE)
+    new = await connect(server)
+    await new.open("f", 2)
+    with pytest.raises(Fenced, match="epoch 1 is older than 2"):
+        await old.write(BLOCK_SIZE, b"x" * BLOCK_SIZE)
+    with pytest.raises(Fenced):
+        await old.read(0, BLOCK_SIZE)
+    with pytest.raises(Fenced):
+        await old.flush()
+    late = await connect(server)
+    with pytest.raises(Fenced):
+        await late.open("f", 1)
+    # the new engine sees everything the old one had acknowledged, and nothing after
+    assert bytes(await new.read(0, 2 * BLOCK_SIZE)) == b"1" * BLOCK_SIZE + bytes(BLOCK_SIZE)
+    for x in (c, old, new, late):
+        await x.close()
+
+
+async def test_epoch_survives_a_restart(tmp_path):
+    (tmp_path / "d").mkdir()
+    s = ServerProc([str(tmp_path / "d")]).start()
+    try:
+        c = await ReplicaClient.connect("127.0.0.1", s.port)
+        await c.create("e", 16 * MIB)
+        await c.open("e", 5)
+        await c.close()
+        s.kill()
+        s = ServerProc([str(tmp_path / "d")]).start()
+        c = await ReplicaClient.connect("127.0.0.1", s.port)
+        with pytest.raises(Fenced):
+            await c.open("e", 4)
+        assert (await c.open("e", 5))["epoch"] == 5
+        await c.close()
+    finally:
+        s.stop()
+
+
+async def test_bad_requests_get_errors_and_the_connection_goes_on(server):
+    c = await connect(server)
+    with pytest.raises(NotOpen):
+        await c.read(0, BLOCK_SIZE)
+    await c.create("b", 16 * MIB)
+    await c.open("b", 1)
+    with pytest.raises(Unsupported, match="unknown op 999"):
+        await c.call(999)
+    with pytest.raises(InvalidArgument, match="not valid JSON"):
+        await c.call(Op.SNAPSHOT_CREATE, payload=b"{{{")
+    with pytest.raises(InvalidArgument, match="multiples of 4096"):
+        await c.write(100, b"x" * BLOCK_SIZE)
+    with pytest.raises(InvalidArgument, match="beyond the size"):
+        await c.read(16 * MIB, BLOCK_SIZE)
+    with pytest.raises(InvalidArgument, match="bytes of payload"):
+        await c.call(Op.WRITE, 0, 8192, b"x" * BLOCK_SIZE)
+    with pytest.raises(InvalidArgument, match="bad replica id"):
+        await c.create("../../etc", MIB)
+    with pytest.raises(InvalidArgument, match="size must be an integer"):
+        await c.call(Op.CREATE, args={"replica": "z", "size": "big"})
+    with pytest.raises(InvalidArgument, match="extent stream"):
+        await c.import_stream(b"garbage")
+    with pytest.raises(InvalidArgument, match="epoch must be"):
+        await c.call(Op.OPEN, args={"replica": "b", "epoch": -1})
+    assert bytes(await c.read(0, BLOCK_SIZE)) == bytes(BLOCK_SIZE)  # still fine
+    await c.close()
+
+
+async def test_malformed_frame_closes_only_that_connection(server):
+    good = await connect(server)
+    await good.create("m", 16 * MIB)
+    await good.open("m", 1)
+    await good.write(0, b"g" * BLOCK_SIZE)
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.sendall(b"GARBAGE!" * 8)
+    raw.settimeout(10)
+    assert raw.recv(100) == b""  # closed by the server
+    raw.close()
+    # an oversized payload header is refused before any buffering
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.sendall(struct.pack("<4sHHQQII", b"CHRQ", Op.WRITE, 0, 1, 0, 0, 2**31))
+    raw.settimeout(10)
+    assert raw.recv(100) == b""
+    raw.close()
+    assert bytes(await good.read(0, BLOCK_SIZE)) == b"g" * BLOCK_SIZE
+    await good.close()
+
+
+async def test_many_requests_in_flight_on_one_connection(server):
+    c = await connect(server)
+    await c.create("p", 64 * MIB)
+    await c.open("p", 1)
+    futs = [c.send(Op.WRITE, i * BLOCK_SIZE, BLOCK_SIZE, bytes([i % 256]) * BLOCK_SIZE)
+            for i in range(2000)]
+    replies = await asyncio.gather(*futs)
+    assert all(r.status == 0 for r in replies)
+    assert sorted(r.generation for r in replies) == list(range(1, 2001))
+    data = bytes(await c.read(0, 2000 * BLOCK_SIZE))
+    assert all(data[i * BLOCK_SIZE] == i % 256 for i in range(2000))
+    await c.close()
+
+
+async def test_a_client_that_vanishes_mid_frame_does_not_hurt_others(server):
+    c = await connect(server)
+    await c.create("v", 16 * MIB)
+    await c.open("v", 1)
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    hdr = wire.REQUEST.pack(wire.REQUEST_MAGIC, Op.WRITE, 0, 1, 0, MIB, MIB)
+    raw.sendall(hdr + b"x" * 1000)
+    raw.close()
+    await c.write(0, b"ok" * 2048)
+    assert bytes(await c.read(0, BLOCK_SIZE)) == b"ok" * 2048
+    await c.close()
+
+
+async def test_wrongly_typed_arguments_are_bad_requests(server):
+    c = await connect(server)
+    await c.create("t", 16 * MIB)
+    await c.open("t", 1)
+    for op, args, msg in [
+        (Op.SNAPSHOT_CREATE, {"name": "a", "labels": "x"}, "labels must be"),
+        (Op.SNAPSHOT_CREATE, {"name": 5}, "bad snapshot name"),
+        (Op.READ, {"snapshot": 3}, "snapshot must be a string"),
+        (Op.CHANGED, {"since": "yesterday"}, "since must be"),
+        (Op.EXPAND, {"size": True}, "size must be"),
+        (Op.EXPORT, {"max_bytes": -1}, "max_bytes must be"),
+    ]:
+        with pytest.raises(InvalidArgument, match=msg):
+            await c.call(op, 0, BLOCK_SIZE if op == Op.READ else 0, args=args)
+    assert "Traceback" not in server.output()
+    await c.close()
