@@ -210,8 +210,14 @@ CSI_SIDECARS = frozenset(
         "csi-external-health-monitor-controller",
         "livenessprobe",
         "snapshot-controller",
+        "external-provisioner",
+        "external-attacher",
+        "external-resizer",
+        "external-snapshotter",
+        "node-driver-registrar",
     }
 )
+"""Images (or container names) of the CSI sidecars, upstream and EKS-distro spellings."""
 CSI_LABEL_KEYS = (
     "app",
     "app.kubernetes.io/name",

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.errors import AlreadyExists, InvalidArgument, NotFound
+from cargohold.errors import AlreadyExists, Busy, InvalidArgument, NotFound
 from cargohold.store.file_store import FileStore
 
 log = logging.getLogger("cargohold.replica")
@@ -40,11 +40,16 @@ class Registry:
         for d in self.disks:
             os.makedirs(os.path.join(d, "replicas"), exist_ok=True)
         self.open: dict[str, OpenReplica] = {}
-        self._owns = owns  # predicate: does this worker own a replica id (None = all)
+        self._owns = owns  # with worker processes: does this one own a replica id?
 
     def _check_id(self, rid: Any) -> str:
         if not isinstance(rid, str) or not REPLICA_ID.match(rid):
             raise InvalidArgument(f"bad replica id {rid!r}: 1-128 of [A-Za-z0-9._-]")
+        if self._owns is not None and not self._owns(rid):
+            raise Busy(
+                f"replica {rid} is served by another worker process of this server; "
+                "open a new connection for it"
+            )
         return rid
 
     def locate(self, rid: str) -> str | None:
@@ -104,8 +109,6 @@ class Registry:
         for d in self.disks:
             root = os.path.join(d, "replicas")
             for rid in sorted(os.listdir(root)):
-                if self._owns is not None and not self._owns(rid):
-                    continue
                 if not os.path.exists(os.path.join(root, rid, "replica.meta")):
                     continue
                 rep = self.open.get(rid)

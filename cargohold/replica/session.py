@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -203,7 +204,7 @@ class Session(asyncio.Protocol):
     def _info(self, rep: OpenReplica) -> dict[str, Any]:
         s = rep.store
         return {"replica": rep.id, "size": s.size, "generation": s.generation, "epoch": s.epoch,
-                "snapshots": [x.name for x in s.snapshot_list()]}
+                "snapshots": [x.name for x in s.snapshot_list()], "pid": os.getpid()}
 
     # --- data ops ---------------------------------------------------------------------
     def op_read(self, req: Request) -> Result:

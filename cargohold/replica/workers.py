@@ -1,0 +1,271 @@
+"""Several processes for one replica server, when one core is not enough.
+
+The parent process owns the listening sockets. For each connection it *peeks* at the first
+frames without consuming them: HELLO and LIST it answers itself; the first frame that
+names a replica (OPEN, CREATE, DELETE) decides which worker owns the connection — replicas
+are sharded by ``crc32c(replica id) % workers`` — and the parent passes the socket itself
+to that worker over a unix socketpair (SCM_RIGHTS). Nothing has been read past that frame,
+so the worker's session starts on a clean stream. One replica is always served by one
+process: its store has exactly one owner. Workers that die are restarted (their replicas
+recover as after any crash).
+
+A connection stays with the worker it was handed to: OPEN of a replica another worker owns
+answers ``Busy`` ("open a new connection"). Engines use one connection per replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+
+import crc32c
+
+from cargohold.protocol import replica_wire as wire
+from cargohold.protocol.replica_wire import Op
+from cargohold.replica.registry import Registry
+from cargohold.settings import ReplicaServerSettings
+
+log = logging.getLogger("cargohold.replica")
+
+_ROUTED = {Op.OPEN, Op.CREATE, Op.DELETE}
+_LOCAL = {Op.HELLO, Op.LIST}
+_MAX_PEEK = 64 * 1024
+
+
+def owner(replica_id: str, workers: int) -> int:
+    return crc32c.crc32c(replica_id.encode()) % workers
+
+
+# --- worker side ---------------------------------------------------------------------------
+
+
+async def _worker_main(settings: ReplicaServerSettings, index: int, channel: socket.socket) -> None:
+    from cargohold.replica.server import ReplicaServer
+    from cargohold.replica.session import Session
+
+    n = settings.workers
+    server = ReplicaServer(settings, owns=lambda rid: owner(rid, n) == index)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    channel.setblocking(False)
+
+    def adopt() -> None:
+        try:
+            _, fds, _, _ = socket.recv_fds(channel, 1, 4)
+        except BlockingIOError:
+            return
+        except OSError:
+            stop.set()
+            return
+        if not fds:  # the parent is gone
+            stop.set()
+            return
+        for fd in fds:
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            loop.create_task(loop.connect_accepted_socket(lambda: Session(server), sock))
+
+    loop.add_reader(channel.fileno(), adopt)
+    await stop.wait()
+    loop.remove_reader(channel.fileno())
+    await server.stop()
+
+
+def _run_worker(settings: ReplicaServerSettings, index: int, channel: socket.socket) -> None:
+    import uvloop
+
+    os.environ["CARGOHOLD_WORKER"] = str(index)
+    try:
+        uvloop.run(_worker_main(settings, index, channel))
+    finally:
+        os._exit(0)
+
+
+# --- parent side ---------------------------------------------------------------------------
+
+
+class _Parent:
+    def __init__(self, settings: ReplicaServerSettings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.disks)
+        self.channels: list[socket.socket] = []
+        self.pids: list[int] = []
+        self.loop = asyncio.get_running_loop()
+
+    def spawn(self, index: int) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # child
+            parent_end.close()
+            for ch in self.channels:
+                with contextlib.suppress(OSError):
+                    ch.close()
+            signal.set_wakeup_fd(-1)
+            _run_worker(self.settings, index, child_end)
+        child_end.close()
+        if index < len(self.channels):
+            self.channels[index].close()
+            self.channels[index], self.pids[index] = parent_end, pid
+        else:
+            self.channels.append(parent_end)
+            self.pids.append(pid)
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def reap(self) -> None:
+        """Restart workers that died."""
+        for i, pid in enumerate(self.pids):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                log.warning("worker %d (pid %d) exited with status %d; restarting", i, pid, status)
+                self.spawn(i)
+
+    # peeking at a new connection --------------------------------------------------------
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.loop.add_reader(conn.fileno(), self.peek, conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.loop.remove_reader(conn.fileno())
+        conn.close()
+
+    def peek(self, conn: socket.socket) -> None:
+        try:
+            head = conn.recv(wire.REQUEST.size, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not head:
+            self._drop(conn)
+            return
+        if len(head) < wire.REQUEST.size:
+            return  # wait for the rest of the header
+        magic, op, _, rid, _, _, plen = wire.REQUEST.unpack(head)
+        if magic != wire.REQUEST_MAGIC or (plen > _MAX_PEEK and op in (_ROUTED | _LOCAL)):
+            self._drop(conn)
+            return
+        if op not in _ROUTED and op not in _LOCAL:
+            self.hand_over(conn, 0)  # worker 0 answers whatever this is
+            return
+        total = wire.REQUEST.size + plen
+        frame = conn.recv(total, socket.MSG_PEEK)
+        if len(frame) < total:
+            return  # payload not all here yet
+        payload = frame[wire.REQUEST.size :]
+        if op in _LOCAL:
+            conn.recv(total)  # consume it: this process answers
+            reply = self.answer_locally(op, rid)
+            try:
+                conn.setblocking(True)
+                conn.sendall(reply)
+                conn.setblocking(False)
+            except OSError:
+                self._drop(conn)
+            return
+        try:
+            replica = json.loads(payload).get("replica")
+        except (ValueError, AttributeError):
+            replica = None
+        index = owner(replica, self.settings.workers) if isinstance(replica, str) else 0
+        self.hand_over(conn, index)
+
+    def answer_locally(self, op: int, rid: int) -> bytes:
+        if op == Op.HELLO:
+            from cargohold import __version__
+
+            body = {"version": wire.VERSION, "server": f"cargohold/{__version__}",
+                    "node": self.settings.node, "workers": self.settings.workers}
+        else:
+            body = {"replicas": self.registry.list()}
+        return b"".join(bytes(b) for b in wire.encode_reply(rid, 0, 0, wire.dump_json(body)))
+
+    def hand_over(self, conn: socket.socket, index: int) -> None:
+        self.loop.remove_reader(conn.fileno())
+        try:
+            socket.send_fds(self.channels[index], [b"c"], [conn.fileno()])
+        except OSError as e:
+            log.warning("could not hand a connection to worker %d: %s", index, e)
+        conn.close()
+
+
+async def _parent_main(settings: ReplicaServerSettings) -> None:
+    parent = _Parent(settings)
+    loop = asyncio.get_running_loop()
+    listeners = []
+    tcp = socket.create_server((settings.host, settings.port), backlog=1024, reuse_port=False)
+    tcp.setblocking(False)
+    listeners.append(tcp)
+    if settings.unix_socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(settings.unix_socket)
+        us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        us.bind(settings.unix_socket)
+        us.listen(1024)
+        us.setblocking(False)
+        listeners.append(us)
+    for i in range(settings.workers):
+        parent.spawn(i)
+    for ls in listeners:
+        loop.add_reader(ls.fileno(), parent.accept, ls)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def supervise() -> None:  # uvloop keeps SIGCHLD for itself: poll instead
+        while not stop.is_set():
+            parent.reap()
+            await asyncio.sleep(0.2)
+
+    supervisor = loop.create_task(supervise())
+    port = tcp.getsockname()[1]
+    where = f"{settings.host}:{port}" + (f" and {settings.unix_socket}" if settings.unix_socket else "")
+    print(f"replica server listening on {where} (node {settings.node}, {settings.workers} "
+          f"workers, disks {', '.join(parent.registry.disks)})", flush=True)
+    await stop.wait()
+    supervisor.cancel()
+    for ls in listeners:
+        loop.remove_reader(ls.fileno())
+        ls.close()
+    for pid in parent.pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for pid in parent.pids:
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            await asyncio.sleep(0.05)
+    if settings.unix_socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(settings.unix_socket)
+
+
+def run_workers(settings: ReplicaServerSettings) -> None:
+    import uvloop
+
+    uvloop.run(_parent_main(settings))
+
+
+__all__ = ["owner", "run_workers"]
