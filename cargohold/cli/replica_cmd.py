@@ -45,7 +45,9 @@ def split_addr(addr: str) -> tuple[str, int]:
 @app.command("replica-server")
 def replica_server(
     disk: list[str] = typer.Option(..., "--disk", help="directory for replicas (repeatable)"),
-    listen: str = typer.Option(f"127.0.0.1:{DEFAULT_REPLICA_PORT}", help="HOST:PORT (port 0 = any)"),
+    listen: str = typer.Option(
+        f"127.0.0.1:{DEFAULT_REPLICA_PORT}", help="HOST:PORT (port 0 = any)"
+    ),
     unix: str | None = typer.Option(None, help="also listen on this unix socket"),
     node: str = typer.Option("local", help="node name reported to clients"),
     workers: int = typer.Option(1, min=1, max=64, help="processes (replicas sharded by id)"),
@@ -55,8 +57,11 @@ def replica_server(
     from cargohold.settings import ReplicaServerSettings
 
     host, port = split_addr(listen)
-    run(ReplicaServerSettings(host=host, port=port, unix_socket=unix, disks=disk, node=node,
-                              workers=workers))
+    run(
+        ReplicaServerSettings(
+            host=host, port=port, unix_socket=unix, disks=disk, node=node, workers=workers
+        )
+    )
 
 
 def _run(server: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -90,16 +95,26 @@ def list_(server: str = SERVER, output: str = OUTPUT) -> None:
         return
     t = Table("replica", "disk", "open", "size", "generation", "epoch")
     for r in reps:
-        t.add_row(r["id"], r["disk"], str(r["open"]), str(r.get("size", "")),
-                  str(r.get("generation", "")), str(r.get("epoch", "")))
+        t.add_row(
+            r["id"],
+            r["disk"],
+            str(r["open"]),
+            str(r.get("size", "")),
+            str(r.get("generation", "")),
+            str(r.get("epoch", "")),
+        )
     console.print(t)
 
 
 @replica_app.command("create")
-def create(replica: str, size: str = typer.Option(..., help="e.g. 10GiB"), server: str = SERVER) -> None:
+def create(
+    replica: str, size: str = typer.Option(..., help="e.g. 10GiB"), server: str = SERVER
+) -> None:
     """Create an empty replica."""
     out = _run(server, lambda c: c.create(replica, parse_size(size)))
-    console.print(f"created replica [bold]{out['replica']}[/bold] ({out['size']} bytes) at {out['path']}")
+    console.print(
+        f"created replica [bold]{out['replica']}[/bold] ({out['size']} bytes) at {out['path']}"
+    )
 
 
 @replica_app.command("delete")
@@ -117,35 +132,46 @@ async def _opened(c: Any, replica: str, epoch: int) -> Any:
 @replica_app.command("info")
 def info(replica: str, server: str = SERVER, epoch: int = 0) -> None:
     """Size, generation, epoch and space of a replica (JSON)."""
+
     async def go(c: Any) -> Any:
         await _opened(c, replica, epoch)
         return await c.stats()
+
     print(json.dumps(_run(server, go), indent=2))
 
 
 @replica_app.command("snapshots")
 def snapshots(replica: str, server: str = SERVER, epoch: int = 0, output: str = OUTPUT) -> None:
     """List a replica's snapshots."""
+
     async def go(c: Any) -> Any:
         await _opened(c, replica, epoch)
         return await c.snapshot_list()
+
     snaps = _run(server, go)
     if output == "json":
         print(json.dumps(snaps, indent=2))
         return
     t = Table("name", "generation", "size_bytes", "parent", "labels")
     for s in snaps:
-        t.add_row(s["name"], str(s["generation"]), str(s["size_bytes"]), str(s["parent"] or ""),
-                  ",".join(f"{k}={v}" for k, v in s["labels"].items()))
+        t.add_row(
+            s["name"],
+            str(s["generation"]),
+            str(s["size_bytes"]),
+            str(s["parent"] or ""),
+            ",".join(f"{k}={v}" for k, v in s["labels"].items()),
+        )
     console.print(t)
 
 
 @replica_app.command("scrub")
 def scrub(replica: str, server: str = SERVER, epoch: int = 0) -> None:
     """Verify every allocated block of a replica; exit 1 if any is bad."""
+
     async def go(c: Any) -> Any:
         await _opened(c, replica, epoch)
         return await c.scrub()
+
     report = _run(server, go)
     print(json.dumps(report, indent=2))
     if report["bad"]:

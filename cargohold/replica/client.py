@@ -74,7 +74,10 @@ class ReplicaClient:
 
     @classmethod
     async def connect(
-        cls, host: str | None = None, port: int | None = None, unix: str | None = None,
+        cls,
+        host: str | None = None,
+        port: int | None = None,
+        unix: str | None = None,
         timeout: float = 10.0,
     ) -> ReplicaClient:
         loop = asyncio.get_running_loop()
@@ -90,7 +93,9 @@ class ReplicaClient:
                 )
                 where = f"{host}:{port}"
         except (OSError, TimeoutError) as e:
-            raise ReplicaIOError(f"cannot connect to replica server {host or unix}:{port}: {e}") from None
+            raise ReplicaIOError(
+                f"cannot connect to replica server {host or unix}:{port}: {e}"
+            ) from None
         return cls(proto, where)
 
     async def close(self) -> None:
@@ -102,7 +107,12 @@ class ReplicaClient:
         return len(self._p.pending)
 
     def send(
-        self, op: int, offset: int = 0, length: int = 0, payload: Any = b"", flags: int = 0,
+        self,
+        op: int,
+        offset: int = 0,
+        length: int = 0,
+        payload: Any = b"",
+        flags: int = 0,
         args: dict[str, Any] | None = None,
     ) -> asyncio.Future[Reply]:
         """Queue one request; the future resolves to its raw ``Reply``."""
@@ -119,11 +129,20 @@ class ReplicaClient:
             hdr = wire.REQUEST.pack(wire.REQUEST_MAGIC, op, flags, rid, offset, length, n)
             self._p.transport.writelines([hdr, *payload])
         else:
-            self._p.transport.writelines(wire.encode_request(op, rid, offset, length, payload, flags))
+            self._p.transport.writelines(
+                wire.encode_request(op, rid, offset, length, payload, flags)
+            )
         return fut
 
-    async def call(self, op: int, offset: int = 0, length: int = 0, payload: Any = b"",
-                   flags: int = 0, args: dict[str, Any] | None = None) -> Reply:
+    async def call(
+        self,
+        op: int,
+        offset: int = 0,
+        length: int = 0,
+        payload: Any = b"",
+        flags: int = 0,
+        args: dict[str, Any] | None = None,
+    ) -> Reply:
         if not self._p._drained.is_set():
             await self._p._drained.wait()
         reply = await self.send(op, offset, length, payload, flags, args)
@@ -143,7 +162,9 @@ class ReplicaClient:
 
     # --- node-level -----------------------------------------------------------------
     async def hello(self) -> dict[str, Any]:
-        return (await self.call(Op.HELLO, args={"version": wire.VERSION, "client": "cargohold"})).result()
+        return (
+            await self.call(Op.HELLO, args={"version": wire.VERSION, "client": "cargohold"})
+        ).result()
 
     async def create(self, replica: str, size: int, disk: str | None = None) -> dict[str, Any]:
         args: dict[str, Any] = {"replica": replica, "size": size}
@@ -179,8 +200,12 @@ class ReplicaClient:
         return (await self.call(Op.WRITE_ZEROES, offset, length)).generation
 
     # --- snapshots, deltas, maintenance -------------------------------------------------
-    async def snapshot_create(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-        return (await self.call(Op.SNAPSHOT_CREATE, args={"name": name, "labels": labels or {}})).result()
+    async def snapshot_create(
+        self, name: str, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        return (
+            await self.call(Op.SNAPSHOT_CREATE, args={"name": name, "labels": labels or {}})
+        ).result()
 
     async def snapshot_list(self) -> list[dict[str, Any]]:
         return (await self.call(Op.SNAPSHOT_LIST)).result()["snapshots"]
@@ -195,14 +220,24 @@ class ReplicaClient:
         return (await self.call(Op.INFO)).result()
 
     async def changed_since(self, since: int, offset: int = 0, length: int = 0) -> list[list[int]]:
-        return (await self.call(Op.CHANGED, offset, length, args={"since": since})).result()["extents"]
+        return (await self.call(Op.CHANGED, offset, length, args={"since": since})).result()[
+            "extents"
+        ]
 
-    async def extents(self, offset: int, length: int, snapshot: str | None = None) -> list[list[int]]:
+    async def extents(
+        self, offset: int, length: int, snapshot: str | None = None
+    ) -> list[list[int]]:
         args = {"snapshot": snapshot} if snapshot else {}
         return (await self.call(Op.EXTENTS, offset, length, args=args)).result()["extents"]
 
-    async def export(self, offset: int, length: int, since: int = 0, max_bytes: int = 8 << 20,
-                     snapshot: str | None = None) -> memoryview:
+    async def export(
+        self,
+        offset: int,
+        length: int,
+        since: int = 0,
+        max_bytes: int = 8 << 20,
+        snapshot: str | None = None,
+    ) -> memoryview:
         args: dict[str, Any] = {"since": since, "max_bytes": max_bytes}
         if snapshot:
             args["snapshot"] = snapshot

@@ -41,8 +41,11 @@ class ReplicaServer:
             srv = await loop.create_server(lambda: Session(self), sock=sock, backlog=1024)
         else:
             srv = await loop.create_server(
-                lambda: Session(self), self.settings.host, self.settings.port,
-                reuse_address=True, backlog=1024,
+                lambda: Session(self),
+                self.settings.host,
+                self.settings.port,
+                reuse_address=True,
+                backlog=1024,
             )
         self._servers.append(srv)
         self.port = srv.sockets[0].getsockname()[1]
@@ -79,8 +82,11 @@ async def serve(settings: ReplicaServerSettings, ready_fd: int | None = None) ->
     where = f"{settings.host}:{server.port}"
     if settings.unix_socket:
         where += f" and {settings.unix_socket}"
-    print(f"replica server listening on {where} (node {settings.node}, disks "
-          f"{', '.join(server.registry.disks)})", flush=True)
+    print(
+        f"replica server listening on {where} (node {settings.node}, disks "
+        f"{', '.join(server.registry.disks)})",
+        flush=True,
+    )
     await stop.wait()
     log.info("shutting down")
     await server.stop()
@@ -89,7 +95,8 @@ async def serve(settings: ReplicaServerSettings, ready_fd: int | None = None) ->
 def run(settings: ReplicaServerSettings) -> None:
     """Run the server until SIGTERM/SIGINT (uvloop when available)."""
     logging.basicConfig(
-        level=os.environ.get("CARGOHOLD_LOG", "INFO"), stream=sys.stderr,
+        level=os.environ.get("CARGOHOLD_LOG", "INFO"),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if settings.workers > 1:

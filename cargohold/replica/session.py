@@ -166,8 +166,11 @@ class Session(asyncio.Protocol):
                 f"{sorted(wire.VERSIONS_SUPPORTED)})"
             )
         return 0, wire.dump_json(
-            {"version": wire.VERSION, "server": f"cargohold/{__version__}",
-             "node": self.server.settings.node}
+            {
+                "version": wire.VERSION,
+                "server": f"cargohold/{__version__}",
+                "node": self.server.settings.node,
+            }
         )
 
     def op_create(self, req: Request) -> Result:
@@ -203,8 +206,14 @@ class Session(asyncio.Protocol):
 
     def _info(self, rep: OpenReplica) -> dict[str, Any]:
         s = rep.store
-        return {"replica": rep.id, "size": s.size, "generation": s.generation, "epoch": s.epoch,
-                "snapshots": [x.name for x in s.snapshot_list()], "pid": os.getpid()}
+        return {
+            "replica": rep.id,
+            "size": s.size,
+            "generation": s.generation,
+            "epoch": s.epoch,
+            "snapshots": [x.name for x in s.snapshot_list()],
+            "pid": os.getpid(),
+        }
 
     # --- data ops ---------------------------------------------------------------------
     def op_read(self, req: Request) -> Result:

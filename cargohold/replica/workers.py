@@ -56,6 +56,7 @@ async def _worker_main(settings: ReplicaServerSettings, index: int, channel: soc
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     channel.setblocking(False)
+    adopting: set[asyncio.Task] = set()
 
     def adopt() -> None:
         try:
@@ -71,7 +72,9 @@ async def _worker_main(settings: ReplicaServerSettings, index: int, channel: soc
         for fd in fds:
             sock = socket.socket(fileno=fd)
             sock.setblocking(False)
-            loop.create_task(loop.connect_accepted_socket(lambda: Session(server), sock))
+            task = loop.create_task(loop.connect_accepted_socket(lambda: Session(server), sock))
+            adopting.add(task)
+            task.add_done_callback(adopting.discard)
 
     loop.add_reader(channel.fileno(), adopt)
     await stop.wait()
@@ -191,8 +194,12 @@ class _Parent:
         if op == Op.HELLO:
             from cargohold import __version__
 
-            body = {"version": wire.VERSION, "server": f"cargohold/{__version__}",
-                    "node": self.settings.node, "workers": self.settings.workers}
+            body = {
+                "version": wire.VERSION,
+                "server": f"cargohold/{__version__}",
+                "node": self.settings.node,
+                "workers": self.settings.workers,
+            }
         else:
             body = {"replicas": self.registry.list()}
         return b"".join(bytes(b) for b in wire.encode_reply(rid, 0, 0, wire.dump_json(body)))
@@ -236,9 +243,14 @@ async def _parent_main(settings: ReplicaServerSettings) -> None:
 
     supervisor = loop.create_task(supervise())
     port = tcp.getsockname()[1]
-    where = f"{settings.host}:{port}" + (f" and {settings.unix_socket}" if settings.unix_socket else "")
-    print(f"replica server listening on {where} (node {settings.node}, {settings.workers} "
-          f"workers, disks {', '.join(parent.registry.disks)})", flush=True)
+    where = f"{settings.host}:{port}" + (
+        f" and {settings.unix_socket}" if settings.unix_socket else ""
+    )
+    print(
+        f"replica server listening on {where} (node {settings.node}, {settings.workers} "
+        f"workers, disks {', '.join(parent.registry.disks)})",
+        flush=True,
+    )
     await stop.wait()
     supervisor.cancel()
     for ls in listeners:
