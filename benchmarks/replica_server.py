@@ -16,6 +16,8 @@ import json
 import os
 import platform
 import random
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,8 +33,9 @@ from cargohold.replica.client import ReplicaClient  # noqa: E402
 from tests.procs import ServerProc  # noqa: E402
 
 
-async def run_load(c: ReplicaClient, kind: str, bs: int, qd: int, seconds: float, size: int,
-                   sequential: bool) -> dict:
+async def run_load(
+    c: ReplicaClient, kind: str, bs: int, qd: int, seconds: float, size: int, sequential: bool
+) -> dict:
     payload = os.urandom(bs)
     nblk = size // bs
     lat: list[float] = []
@@ -62,10 +65,71 @@ async def run_load(c: ReplicaClient, kind: str, bs: int, qd: int, seconds: float
     el = time.perf_counter() - t0
     a = np.array(lat) * 1e6
     return {
-        "ops_per_s": ops / el, "mb_per_s": ops * bs / el / 1e6,
-        "lat_mean_us": float(a.mean()), "lat_p50_us": float(np.percentile(a, 50)),
-        "lat_p99_us": float(np.percentile(a, 99)), "lat_p999_us": float(np.percentile(a, 99.9)),
+        "ops_per_s": ops / el,
+        "mb_per_s": ops * bs / el / 1e6,
+        "lat_mean_us": float(a.mean()),
+        "lat_p50_us": float(np.percentile(a, 50)),
+        "lat_p99_us": float(np.percentile(a, 99)),
+        "lat_p999_us": float(np.percentile(a, 99.9)),
     }
+
+
+FIO_PLAN = [
+    ("4KiB randwrite QD16", "randwrite", "4k", 16),
+    ("4KiB randread QD16", "randread", "4k", 16),
+    ("1MiB seqwrite QD4", "write", "1M", 4),
+    ("1MiB seqread QD4", "read", "1M", 4),
+    ("4KiB randwrite QD1", "randwrite", "4k", 1),
+]
+
+
+def fio_local(directory: str, seconds: float, size: int) -> dict[str, dict]:
+    """The physical limit: fio on a file in the same directory (libaio, O_DIRECT)."""
+    if shutil.which("fio") is None:
+        return {}
+    path = os.path.join(directory, "fio.dat")
+    out = {}
+    for name, rw, bs, qd in FIO_PLAN:
+        cmd = [
+            "fio",
+            "--name=x",
+            f"--filename={path}",
+            f"--size={size}",
+            f"--rw={rw}",
+            f"--bs={bs}",
+            f"--iodepth={qd}",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--time_based",
+            f"--runtime={seconds}",
+            "--ramp_time=1",
+            "--output-format=json",
+            "--randrepeat=0",
+        ]
+        res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        job = res["jobs"][0]
+        side = job["write"] if "write" in rw else job["read"]
+        pct = side["clat_ns"].get("percentile", {})
+        out[name] = {
+            "ops_per_s": side["iops"],
+            "mb_per_s": side["bw_bytes"] / 1e6,
+            "lat_mean_us": side["clat_ns"]["mean"] / 1000,
+            "lat_p50_us": pct.get("50.000000", 0) / 1000,
+            "lat_p99_us": pct.get("99.000000", 0) / 1000,
+            "lat_p999_us": pct.get("99.900000", 0) / 1000,
+        }
+    os.unlink(path)
+    return out
+
+
+HEAD = f"{'workload':24} {'ops/s':>10} {'MB/s':>9} {'mean us':>9} {'p50 us':>9} {'p99 us':>9} {'p99.9 us':>9}"
+
+
+def row(name: str, r: dict) -> str:
+    return (
+        f"{name:24} {r['ops_per_s']:10.0f} {r['mb_per_s']:9.1f} {r['lat_mean_us']:9.0f} "
+        f"{r['lat_p50_us']:9.0f} {r['lat_p99_us']:9.0f} {r['lat_p999_us']:9.0f}"
+    )
 
 
 async def main_async(args: argparse.Namespace) -> list[dict]:
@@ -97,29 +161,49 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
             await c.close()
         finally:
             srv.stop()
+        peers = fio_local(d, args.seconds, size)
+        for r in results:
+            p = peers.get(r["workload"])
+            if p:
+                r["local_fio"] = p
+                r["ratio_to_local"] = r["ops_per_s"] / p["ops_per_s"] if p["ops_per_s"] else None
     return results
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--size", default="2GiB")
     ap.add_argument("--dir", default=None, help="where the replica lives (default: a temp dir)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    try:
-        import uvloop
-        results = uvloop.run(main_async(args))
-    except ImportError:
-        results = asyncio.run(main_async(args))
-    print(f"{'workload':24} {'ops/s':>10} {'MB/s':>9} {'mean us':>9} {'p50 us':>9} {'p99 us':>9} {'p99.9 us':>9}")
+    import uvloop
+
+    results = uvloop.run(main_async(args))
+    print("cargohold replica server (loopback, pipelined, CRC32C on every block):")
+    print(HEAD)
     for r in results:
-        print(f"{r['workload']:24} {r['ops_per_s']:10.0f} {r['mb_per_s']:9.1f} {r['lat_mean_us']:9.0f} "
-              f"{r['lat_p50_us']:9.0f} {r['lat_p99_us']:9.0f} {r['lat_p999_us']:9.0f}")
-    out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                       "python": platform.python_version()},
-           "date": time.strftime("%Y-%m-%d"), "seconds": args.seconds, "results": results}
+        print(row(r["workload"], r))
+    if any("local_fio" in r for r in results):
+        print("\nlocal file, fio libaio O_DIRECT (the physical limit; same directory, same run):")
+        print(HEAD + "   cargohold/local")
+        for r in results:
+            if "local_fio" in r:
+                print(row(r["workload"], r["local_fio"]) + f"   {r['ratio_to_local']:.2f}")
+    out = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": args.seconds,
+        "results": results,
+    }
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
 

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc   # a Python 3.11 to build the venv from
   e2fsprogs          # mkfs.ext4, e2fsck, debugfs: the demo's filesystem and the disk-full test
   util-linux         # losetup, mount
-  procps             # ps/pkill-free process inspection in tests
+  fio                # benchmarks: the local disk's physical limit, measured in the same run
 )
 
 missing=()

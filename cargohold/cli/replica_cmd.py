@@ -44,24 +44,40 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 @app.command("replica-server")
 def replica_server(
-    disk: list[str] = typer.Option(..., "--disk", help="directory for replicas (repeatable)"),
+    disk: list[str] = typer.Option(None, "--disk", help="directory for replicas (repeatable)"),
     listen: str = typer.Option(
-        f"127.0.0.1:{DEFAULT_REPLICA_PORT}", help="HOST:PORT (port 0 = any)"
+        None, help=f"HOST:PORT (default 127.0.0.1:{DEFAULT_REPLICA_PORT}; port 0 = any)"
     ),
-    unix: str | None = typer.Option(None, help="also listen on this unix socket"),
-    node: str = typer.Option("local", help="node name reported to clients"),
-    workers: int = typer.Option(1, min=1, max=64, help="processes (replicas sharded by id)"),
+    unix: str = typer.Option(None, help="also listen on this unix socket"),
+    node: str = typer.Option(None, help="node name reported to clients (default: local)"),
+    workers: int = typer.Option(None, min=1, max=64, help="processes (replicas sharded by id)"),
 ) -> None:
-    """Serve every replica on this node's disks over the replica wire protocol."""
+    """Serve every replica on this node's disks over the replica wire protocol.
+
+    Options not given come from CARGOHOLD_REPLICA_* environment variables, then defaults."""
+    from pydantic import ValidationError
+
     from cargohold.replica.server import run
     from cargohold.settings import ReplicaServerSettings
 
-    host, port = split_addr(listen)
-    run(
-        ReplicaServerSettings(
-            host=host, port=port, unix_socket=unix, disks=disk, node=node, workers=workers
-        )
-    )
+    given: dict[str, Any] = {"unix_socket": unix, "node": node, "workers": workers}
+    if disk:
+        given["disks"] = disk
+    if listen:
+        given["host"], given["port"] = split_addr(listen)
+    try:
+        settings = ReplicaServerSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        console.print(f"[red]error:[/red] bad settings: {e}")
+        raise typer.Exit(2) from None
+    if not settings.disks:
+        console.print("[red]error:[/red] give at least one --disk (or CARGOHOLD_REPLICA_DISKS)")
+        raise typer.Exit(2)
+    try:
+        run(settings)
+    except CargoholdError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(getattr(e, "exit_code", 1)) from None
 
 
 def _run(server: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
