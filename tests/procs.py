@@ -24,13 +24,23 @@ class ServerProc:
     log_path: str = ""
 
     def start(self, timeout: float = 20.0) -> ServerProc:
-        cmd = [sys.executable, "-m", "cargohold", "replica-server",
-               "--listen", f"{self.host}:{self.port}", "--workers", str(self.workers)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cargohold",
+            "replica-server",
+            "--listen",
+            f"{self.host}:{self.port}",
+            "--workers",
+            str(self.workers),
+        ]
         for d in self.disks:
             cmd += ["--disk", d]
         if self.unix:
             cmd += ["--unix", self.unix]
-        env = dict(os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG=os.environ.get("CARGOHOLD_LOG", "WARNING"))
+        env = dict(
+            os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG=os.environ.get("CARGOHOLD_LOG", "WARNING")
+        )
         # output goes to a file, never a pipe nobody drains (a full pipe would block the server)
         self.log_path = os.path.join(self.disks[0], f"server-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "w")

@@ -49,7 +49,13 @@ def encode(header: StreamHeader, extents: Iterable[Extent]) -> list[bytes | memo
     """Encode a stream as a list of buffers (ready for ``writelines``, no copying of data)."""
     out: list[bytes | memoryview] = [
         HEADER.pack(
-            MAGIC, VERSION, 0, BLOCK_SIZE, header.start, header.end, header.since,
+            MAGIC,
+            VERSION,
+            0,
+            BLOCK_SIZE,
+            header.start,
+            header.end,
+            header.since,
             header.generation,
         )
     ]
@@ -70,7 +76,8 @@ def data_extent(lba: int, data: bytes | bytearray | memoryview) -> Extent:
     mv = memoryview(data)
     count = len(mv) // BLOCK_SIZE
     crcs = struct.pack(
-        f"<{count}I", *map(crc32c.crc32c, (mv[i : i + BLOCK_SIZE] for i in range(0, len(mv), BLOCK_SIZE)))
+        f"<{count}I",
+        *map(crc32c.crc32c, (mv[i : i + BLOCK_SIZE] for i in range(0, len(mv), BLOCK_SIZE))),
     )
     return Extent(KIND_DATA, lba, count, mv, memoryview(crcs))
 

@@ -279,7 +279,11 @@ class ReplicaStore(ABC):
             kinds = np.where(changed, np.where(kinds == HOLE, ZERO, kinds), HOLE)
         # stop once max_blocks of data are in the chunk
         data_cum = np.cumsum(kinds == DATA)
-        stop = n if not n or data_cum[-1] <= max_blocks else int(np.searchsorted(data_cum, max_blocks, "right"))
+        stop = (
+            n
+            if not n or data_cum[-1] <= max_blocks
+            else int(np.searchsorted(data_cum, max_blocks, "right"))
+        )
         out_ext: list[xs.Extent] = []
         for kind in (DATA, ZERO):
             for a, b in runs(kinds[:stop] == kind):
@@ -289,7 +293,13 @@ class ReplicaStore(ABC):
                     data = self.read((lba + a) * BLOCK_SIZE, (b - a) * BLOCK_SIZE, snapshot)
                     crcs = block_crcs(data)
                     out_ext.append(
-                        xs.Extent(xs.KIND_DATA, lba + a, b - a, memoryview(data), memoryview(crcs.tobytes()))
+                        xs.Extent(
+                            xs.KIND_DATA,
+                            lba + a,
+                            b - a,
+                            memoryview(data),
+                            memoryview(crcs.tobytes()),
+                        )
                     )
         out_ext.sort(key=lambda e: e.lba)
         header = xs.StreamHeader(offset, (lba + stop) * BLOCK_SIZE, since, self.generation)

@@ -81,8 +81,15 @@ class FileStore(ReplicaStore):
         self._busy = False
         self.counters = dict.fromkeys(
             (
-                "reads", "writes", "read_bytes", "written_bytes", "flushes", "zeroes",
-                "checksum_errors", "repaired_blocks", "recovered_blocks",
+                "reads",
+                "writes",
+                "read_bytes",
+                "written_bytes",
+                "flushes",
+                "zeroes",
+                "checksum_errors",
+                "repaired_blocks",
+                "recovered_blocks",
             ),
             0,
         )
@@ -313,7 +320,10 @@ class FileStore(ReplicaStore):
         else:
             idx = np.flatnonzero(mask)
             got = np.fromiter(
-                (int(block_crcs(mv[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])[0]) for i in idx.tolist()),
+                (
+                    int(block_crcs(mv[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])[0])
+                    for i in idx.tolist()
+                ),
                 dtype="<u4",
                 count=idx.size,
             )
@@ -431,7 +441,10 @@ class FileStore(ReplicaStore):
             new = Layer.create(self.directory, lid, old.nblocks, generation=self._gen)
             self._meta["next_layer"] = lid + 1
             self._meta["layers"][str(old.id)]["snapshot"] = {
-                "name": name, "created": time.time(), "labels": labels, "generation": self._gen,
+                "name": name,
+                "created": time.time(),
+                "labels": labels,
+                "generation": self._gen,
             }
             self._meta["layers"][str(lid)] = {"parent": old.id, "snapshot": None}
             self._meta["head"] = lid
@@ -500,7 +513,8 @@ class FileStore(ReplicaStore):
             head = self._chain[0].id
             victim = next(
                 (
-                    int(k) for k, v in self._meta["layers"].items()
+                    int(k)
+                    for k, v in self._meta["layers"].items()
                     if v["snapshot"] is None and int(k) != head and len(self._children(int(k))) <= 1
                 ),
                 None,
@@ -510,7 +524,9 @@ class FileStore(ReplicaStore):
             kids = self._children(victim)
             if kids:
                 yield from self._merge_into(self._layers[victim], self._layers[kids[0]])
-                self._meta["layers"][str(kids[0])]["parent"] = self._meta["layers"][str(victim)]["parent"]
+                self._meta["layers"][str(kids[0])]["parent"] = self._meta["layers"][str(victim)][
+                    "parent"
+                ]
             del self._meta["layers"][str(victim)]
             self._save_meta()
             layer = self._layers.pop(victim)

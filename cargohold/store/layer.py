@@ -179,7 +179,9 @@ class Layer:
         h = fmt.decode_map_header(self.mm[: fmt.HEADER_SIZE], map_path(self.directory, self.id))
         self.nblocks = h.nblocks
         self.uuid = h.layer_uuid
-        self.recs = np.frombuffer(self.mm, dtype=fmt.RECORD, count=h.nblocks, offset=fmt.HEADER_SIZE)
+        self.recs = np.frombuffer(
+            self.mm, dtype=fmt.RECORD, count=h.nblocks, offset=fmt.HEADER_SIZE
+        )
         self.cur = self.recs["cur"]
         self.pend = self.recs["pend"]
         self.meta = self.recs["meta"]
@@ -267,7 +269,9 @@ class Layer:
         npages = (self.nblocks + fmt.RECORDS_PER_PAGE - 1) // fmt.RECORDS_PER_PAGE
         pa = np.zeros(npages, dtype=np.uint8)
         for a, b in self.record_ranges(0, self.nblocks):
-            pa[a // fmt.RECORDS_PER_PAGE : (b + fmt.RECORDS_PER_PAGE - 1) // fmt.RECORDS_PER_PAGE] = 1
+            pa[
+                a // fmt.RECORDS_PER_PAGE : (b + fmt.RECORDS_PER_PAGE - 1) // fmt.RECORDS_PER_PAGE
+            ] = 1
         return pa
 
     def record_ranges(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
@@ -313,8 +317,12 @@ class Layer:
         while done < n:
             k, rel = divmod(lba + done, fmt.SEGMENT_BLOCKS)
             take = min(n - done, fmt.SEGMENT_BLOCKS - rel)
-            yield (self.data_fds[k], fmt.HEADER_SIZE + rel * BLOCK_SIZE, done * BLOCK_SIZE,
-                   take * BLOCK_SIZE)
+            yield (
+                self.data_fds[k],
+                fmt.HEADER_SIZE + rel * BLOCK_SIZE,
+                done * BLOCK_SIZE,
+                take * BLOCK_SIZE,
+            )
             done += take
 
     def pwrite(self, lba: int, data: memoryview) -> None:

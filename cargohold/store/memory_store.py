@@ -14,7 +14,14 @@ import crc32c
 import numpy as np
 
 from cargohold.constants import BLOCK_SIZE
-from cargohold.errors import AlreadyExists, Busy, ChecksumError, InvalidArgument, NotFound, Unsupported
+from cargohold.errors import (
+    AlreadyExists,
+    Busy,
+    ChecksumError,
+    InvalidArgument,
+    NotFound,
+    Unsupported,
+)
 from cargohold.store.base import (
     DATA,
     HOLE,
@@ -116,7 +123,8 @@ class MemoryStore(ReplicaStore):
                 name = "head" if layer.id == self._head else self._name(layer)
                 raise ChecksumError(
                     f"checksum mismatch in block {lba + i} (layer {name})",
-                    blocks=[lba + i], layer=name,
+                    blocks=[lba + i],
+                    layer=name,
                 )
             out[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = data
         return out
@@ -176,7 +184,9 @@ class MemoryStore(ReplicaStore):
             raise AlreadyExists(f"snapshot {name!r} exists")
         old = self._layers[self._head]
         old.snapshot = {
-            "name": name, "created": time.time(), "generation": self._gen,
+            "name": name,
+            "created": time.time(),
+            "generation": self._gen,
             "labels": {str(k): str(v) for k, v in (labels or {}).items()},
         }
         new = _Layer(self._next, old.id, old.nblocks, self._gen)
@@ -197,7 +207,9 @@ class MemoryStore(ReplicaStore):
             parent = p.parent
         size = sum(BLOCK_SIZE for e in layer.blocks.values() if e[0] == DATA)
         s = layer.snapshot
-        return SnapshotInfo(s["name"], s["created"], s["generation"], size, dict(s["labels"]), pname)
+        return SnapshotInfo(
+            s["name"], s["created"], s["generation"], size, dict(s["labels"]), pname
+        )
 
     def snapshot_list(self) -> list[SnapshotInfo]:
         out = [self._info(x) for x in self._layers.values() if x.snapshot]
@@ -209,8 +221,11 @@ class MemoryStore(ReplicaStore):
     def _purge(self) -> None:
         while True:
             victim = next(
-                (x for x in self._layers.values()
-                 if x.snapshot is None and x.id != self._head and len(self._children(x.id)) <= 1),
+                (
+                    x
+                    for x in self._layers.values()
+                    if x.snapshot is None and x.id != self._head and len(self._children(x.id)) <= 1
+                ),
                 None,
             )
             if victim is None:
@@ -297,10 +312,13 @@ class MemoryStore(ReplicaStore):
             BLOCK_SIZE for x in self._layers.values() for e in x.blocks.values() if e[0] == DATA
         )
         return {
-            "size": self._size, "generation": self._gen, "epoch": self._epoch,
+            "size": self._size,
+            "generation": self._gen,
+            "epoch": self._epoch,
             "layers": len(self._layers),
             "snapshots": sum(1 for x in self._layers.values() if x.snapshot),
-            "allocated_bytes": data, **self.counters,
+            "allocated_bytes": data,
+            **self.counters,
         }
 
     def close(self) -> None:

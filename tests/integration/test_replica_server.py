@@ -16,7 +16,6 @@ from cargohold.errors import (
     InvalidArgument,
     NotFound,
     NotOpen,
-    ReplicaIOError,
     Unsupported,
 )
 from cargohold.protocol import replica_wire as wire
@@ -186,8 +185,10 @@ async def test_many_requests_in_flight_on_one_connection(server):
     c = await connect(server)
     await c.create("p", 64 * MIB)
     await c.open("p", 1)
-    futs = [c.send(Op.WRITE, i * BLOCK_SIZE, BLOCK_SIZE, bytes([i % 256]) * BLOCK_SIZE)
-            for i in range(2000)]
+    futs = [
+        c.send(Op.WRITE, i * BLOCK_SIZE, BLOCK_SIZE, bytes([i % 256]) * BLOCK_SIZE)
+        for i in range(2000)
+    ]
     replies = await asyncio.gather(*futs)
     assert all(r.status == 0 for r in replies)
     assert sorted(r.generation for r in replies) == list(range(1, 2001))

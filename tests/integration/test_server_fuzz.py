@@ -19,10 +19,28 @@ json_args = st.one_of(
     st.just(b""),
     st.binary(max_size=64),
     st.dictionaries(
-        st.sampled_from(["replica", "epoch", "size", "since", "name", "labels", "snapshot",
-                         "max_bytes", "disk", "version"]),
-        st.one_of(st.integers(-5, 2**65), st.text(max_size=20), st.none(), st.booleans(),
-                  st.lists(st.integers(), max_size=3), st.just("fz")),
+        st.sampled_from(
+            [
+                "replica",
+                "epoch",
+                "size",
+                "since",
+                "name",
+                "labels",
+                "snapshot",
+                "max_bytes",
+                "disk",
+                "version",
+            ]
+        ),
+        st.one_of(
+            st.integers(-5, 2**65),
+            st.text(max_size=20),
+            st.none(),
+            st.booleans(),
+            st.lists(st.integers(), max_size=3),
+            st.just("fz"),
+        ),
         max_size=4,
     ).map(lambda d: json.dumps(d).encode()),
 )
@@ -30,7 +48,7 @@ json_args = st.one_of(
 frames = st.tuples(
     st.one_of(st.sampled_from(sorted(wire.OPS)), st.integers(0, 0xFFFF)),
     st.integers(0, 3),
-    st.one_of(st.integers(0, 64) .map(lambda b: b * BLOCK_SIZE), st.integers(0, 2**64 - 1)),
+    st.one_of(st.integers(0, 64).map(lambda b: b * BLOCK_SIZE), st.integers(0, 2**64 - 1)),
     st.one_of(st.sampled_from([0, BLOCK_SIZE, 8192]), st.integers(0, 2**32 - 1)),
     json_args,
 )
@@ -42,7 +60,9 @@ def fuzz_server(tmp_path_factory):
     s = ServerProc([str(d)]).start()
     sock = socket.create_connection(("127.0.0.1", s.port))
     for req in (
-        wire.encode_request(Op.CREATE, 1, payload=wire.dump_json({"replica": "fz", "size": 4 * MIB})),
+        wire.encode_request(
+            Op.CREATE, 1, payload=wire.dump_json({"replica": "fz", "size": 4 * MIB})
+        ),
     ):
         sock.sendall(b"".join(bytes(x) for x in req))
     sock.settimeout(10)
@@ -64,16 +84,25 @@ def _read_replies(sock: socket.socket, want: int) -> int:
 
 
 @given(st.lists(frames, min_size=1, max_size=12))
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_random_requests_never_take_the_server_down(fuzz_server, reqs):
     sock = socket.create_connection(("127.0.0.1", fuzz_server.port))
     sock.settimeout(20)
     try:
-        blob = b"".join(bytes(b) for b in wire.encode_request(Op.OPEN, 1, payload=wire.dump_json({"replica": "fz", "epoch": 1})))
+        blob = b"".join(
+            bytes(b)
+            for b in wire.encode_request(
+                Op.OPEN, 1, payload=wire.dump_json({"replica": "fz", "epoch": 1})
+            )
+        )
         for i, (op, flags, off, length, payload) in enumerate(reqs, start=2):
             if op in (Op.WRITE, Op.REPAIR) and length <= 8192:
                 payload = b"\x5a" * length
-            blob += b"".join(bytes(b) for b in wire.encode_request(op, i, off, length, payload, flags))
+            blob += b"".join(
+                bytes(b) for b in wire.encode_request(op, i, off, length, payload, flags)
+            )
         sock.sendall(blob)
         got = _read_replies(sock, len(reqs) + 1)
         assert got in (-1, len(reqs) + 1)
@@ -83,7 +112,9 @@ def test_random_requests_never_take_the_server_down(fuzz_server, reqs):
 
 
 @given(st.binary(min_size=1, max_size=2000))
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_random_bytes_close_the_connection_only(fuzz_server, blob):
     sock = socket.create_connection(("127.0.0.1", fuzz_server.port))
     sock.settimeout(5)

@@ -60,7 +60,9 @@ async def test_pipelined_frames_after_open_are_not_lost_in_the_hand_over(wserver
     from cargohold.protocol.replica_wire import Op
 
     futs = [c.send(Op.OPEN, args={"replica": a, "epoch": 1})]
-    futs += [c.send(Op.WRITE, i * BLOCK_SIZE, BLOCK_SIZE, bytes([i]) * BLOCK_SIZE) for i in range(200)]
+    futs += [
+        c.send(Op.WRITE, i * BLOCK_SIZE, BLOCK_SIZE, bytes([i]) * BLOCK_SIZE) for i in range(200)
+    ]
     for f in futs:
         c.check(await f)
     data = bytes(await c.read(0, 200 * BLOCK_SIZE))

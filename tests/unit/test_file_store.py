@@ -224,8 +224,12 @@ def test_16_tib_volume_in_little_ram(tmp_path):
     s.close()
     names = sorted(p.name for p in (tmp_path / "r").iterdir())
     assert names == [
-        "layer-000001.data", "layer-000001.data.1", "layer-000001.data.2",
-        "layer-000001.data.3", "layer-000001.map", "replica.meta",
+        "layer-000001.data",
+        "layer-000001.data.1",
+        "layer-000001.data.2",
+        "layer-000001.data.3",
+        "layer-000001.map",
+        "replica.meta",
     ]
     s = FileStore.open(str(tmp_path / "r"))
     assert s.read(spots[-1], 4 * BLOCK_SIZE) == blocks(4, 3)
@@ -285,4 +289,8 @@ def test_leftovers_of_an_interrupted_operation_are_removed(tmp_path):
     (tmp_path / "r" / "layer-000009.data").write_bytes(b"junk")
     (tmp_path / "r" / "replica.meta.tmp").write_bytes(b"junk")
     FileStore.open(str(tmp_path / "r")).close()
-    assert sorted(os.listdir(tmp_path / "r")) == ["layer-000001.data", "layer-000001.map", "replica.meta"]
+    assert sorted(os.listdir(tmp_path / "r")) == [
+        "layer-000001.data",
+        "layer-000001.map",
+        "replica.meta",
+    ]

@@ -44,10 +44,21 @@ def test_requests_round_trip_under_any_chunking(reqs, data):
     assert dec.buffered == 0
 
 
-@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1),
-                          st.integers(0, 2**64 - 1), st.binary(max_size=5000)), max_size=10))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**64 - 1),
+            st.integers(0, 2**64 - 1),
+            st.binary(max_size=5000),
+        ),
+        max_size=10,
+    )
+)
 def test_replies_round_trip(replies):
-    stream = b"".join(_join(wire.encode_reply(rid, status, gen, p)) for status, rid, gen, p in replies)
+    stream = b"".join(
+        _join(wire.encode_reply(rid, status, gen, p)) for status, rid, gen, p in replies
+    )
     dec = wire.ReplyDecoder()
     got = []
     for i in range(0, len(stream), 777):

@@ -13,7 +13,13 @@ import tempfile
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from cargohold.constants import BLOCK_SIZE
 from cargohold.errors import NotFound
@@ -44,7 +50,9 @@ class StoreMachine(RuleBasedStateMachine):
     @initialize()
     def make(self) -> None:
         size = self.nblocks * BLOCK_SIZE
-        self.store = FileStore.create(self.dir + "/r", size) if self.kind == "file" else MemoryStore(size)
+        self.store = (
+            FileStore.create(self.dir + "/r", size) if self.kind == "file" else MemoryStore(size)
+        )
 
     def teardown(self) -> None:
         try:
@@ -123,10 +131,15 @@ class StoreMachine(RuleBasedStateMachine):
         twin = MemoryStore(self.nblocks * BLOCK_SIZE)
         off = 0
         while off < self.store.size:
-            bufs = self.store.export(off, self.store.size - off, max_bytes=data.draw(st.sampled_from([BLOCK_SIZE, 5 * BLOCK_SIZE, 1 << 20])))
+            bufs = self.store.export(
+                off,
+                self.store.size - off,
+                max_bytes=data.draw(st.sampled_from([BLOCK_SIZE, 5 * BLOCK_SIZE, 1 << 20])),
+            )
             blob = b"".join(bytes(b) for b in bufs)
             twin.import_stream(blob)
             from cargohold.store.base import stream_end
+
             new_off = stream_end(bufs)
             assert new_off > off
             off = new_off
@@ -178,7 +191,9 @@ class MemoryMachine(StoreMachine):
 
 
 _settings = settings(
-    max_examples=100, stateful_step_count=40, deadline=None,
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestFileStoreModel = StoreMachine.TestCase
