@@ -12,6 +12,7 @@ Layout, top-down::
                              \\-> matrix, ignores        knowledge (data tables)
     inputs:  loader (files, stdin), kustomize, cluster (the only kubernetes import)
     outputs: report (table, JSON), sarif; docs renders docs/audit.md's rule section
+    settings (CARGOHOLD_AUDIT_* tunables), errors (all exit code 2)
 """
 
 from cargohold.audit.catalog import RULES, RULES_BY_ID

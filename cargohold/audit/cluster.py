@@ -24,9 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cargohold.audit.errors import ClusterError
 from cargohold.audit.manifest import Manifest
-
-PAGE_SIZE = 500
-REQUEST_TIMEOUT_SECONDS = 30
+from cargohold.audit.settings import AuditSettings
 
 
 @dataclass(frozen=True)
@@ -101,9 +99,16 @@ class Apis:
 class ClusterReader:
     """Lists the objects the auditor needs. ``read()`` returns them with warnings."""
 
-    def __init__(self, apis: Apis, serializer: Any, source: str) -> None:
+    def __init__(
+        self,
+        apis: Apis,
+        serializer: Any,
+        source: str,
+        settings: AuditSettings | None = None,
+    ) -> None:
         self._apis = apis
         self._serializer = serializer
+        self._settings = settings or AuditSettings()
         self.source = source
         self.warnings: list[str] = []
 
@@ -129,8 +134,8 @@ class ClusterReader:
         token = None
         while True:
             kwargs: dict[str, Any] = {
-                "limit": PAGE_SIZE,
-                "_request_timeout": REQUEST_TIMEOUT_SECONDS,
+                "limit": self._settings.page_size,
+                "_request_timeout": self._settings.request_timeout_seconds,
             }
             if token:
                 kwargs["_continue"] = token
@@ -140,6 +145,9 @@ class ClusterReader:
                 return self._failed(exc, kind, optional)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise ClusterError(f"{self.source}: cannot reach the API server: {exc}") from None
+            except ValueError as exc:  # the typed client could not decode the answer
+                self.warnings.append(f"{self.source}: cannot decode the {kind} list: {exc}")
+                return items
             data = response if isinstance(response, dict) else self._serialize(response)
             items += [i for i in data.get("items") or [] if isinstance(i, dict)]
             token = (data.get("metadata") or {}).get("continue")
@@ -172,7 +180,11 @@ class ClusterReader:
         return out
 
 
-def connect(kubeconfig: str | None = None, context: str | None = None) -> ClusterReader:
+def connect(
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    settings: AuditSettings | None = None,
+) -> ClusterReader:
     """A reader for the cluster of ``context`` in ``kubeconfig`` (defaults: $KUBECONFIG or
     ~/.kube/config and its current context; in a pod, the service account)."""
     try:
@@ -184,7 +196,7 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluste
         if kubeconfig is not None or context is not None:
             raise ClusterError(f"cannot load kubeconfig: {exc}") from None
         api_client, name = _in_cluster(exc)
-    return ClusterReader(Apis.of(api_client), api_client, source=f"cluster:{name}")
+    return ClusterReader(Apis.of(api_client), api_client, f"cluster:{name}", settings)
 
 
 def _current_context(kubeconfig: str | None) -> str | None:

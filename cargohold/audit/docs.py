@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from cargohold.audit.catalog import RULES
+from cargohold.audit.engine import audit
+from cargohold.audit.loader import ManifestLoader
 from cargohold.audit.model import Rule
 
 BEGIN = "<!-- rules:begin -->"
@@ -49,7 +51,16 @@ def _rule_section(rule: Rule) -> list[str]:
     if rule.example:
         out += ["Bad example (the auditor reports it):", "", "```yaml", rule.example.rstrip()]
         out += ["```", ""]
+        others = _also_reported(rule)
+        if others:
+            out += [f"The example also triggers {', '.join(others)}.", ""]
     return out
+
+
+def _also_reported(rule: Rule) -> list[str]:
+    """Other rules the example trips, so a reader is not surprised when trying it."""
+    manifests = ManifestLoader().load_text(rule.example, f"{rule.id}.yaml")
+    return sorted({f.rule_id for f in audit(manifests).findings} - {rule.id})
 
 
 def splice(document: str) -> str:

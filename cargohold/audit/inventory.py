@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from cargohold.audit import knowledge
-from cargohold.audit.manifest import Manifest
+from cargohold.audit.manifest import Manifest, sequence
 from cargohold.audit.workloads import Claim, ClaimUse, Workload, is_workload
 
 SCHEDULE_KINDS = frozenset({"SnapshotSchedule", "VolumeSnapshotSchedule", "ScheduledBackup"})
@@ -125,10 +125,6 @@ class Inventory:
             return self.default_class
         return explicit or None
 
-    def class_of(self, claim: Claim) -> Manifest | None:
-        name = self.class_name_of(claim)
-        return self.storage_classes.get(name) if name else None
-
     def mounts_of(self, claim: Claim) -> list[Mount]:
         return [m for m in self.mounts if m.claim is claim]
 
@@ -179,7 +175,7 @@ def _duplicates(manifests: list[Manifest]) -> list[str]:
 
 
 def _controller_refs(manifest: Manifest) -> list[dict]:
-    refs = manifest.metadata.get("ownerReferences") or []
+    refs = sequence(manifest.metadata.get("ownerReferences"))
     return [r for r in refs if isinstance(r, dict) and r.get("controller")]
 
 

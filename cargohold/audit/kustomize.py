@@ -19,13 +19,15 @@ import yaml
 from cargohold.audit.errors import InputError, KustomizeError
 from cargohold.audit.loader import KUSTOMIZATION_FILES, ManifestLoader
 from cargohold.audit.manifest import Manifest
+from cargohold.audit.settings import AuditSettings
 
 ORIGIN_ANNOTATION = "config.kubernetes.io/origin"
-TIMEOUT_SECONDS = 120
 
 
-def render(directory: str, *, kubectl: str = "kubectl") -> str:
+def render(directory: str, settings: AuditSettings | None = None) -> str:
     """The YAML that ``kubectl kustomize DIRECTORY`` prints."""
+    settings = settings or AuditSettings()
+    kubectl = settings.kubectl
     if not Path(directory).is_dir():
         raise KustomizeError(f"{directory}: not a directory (--kustomize needs a directory)")
     exe = shutil.which(kubectl)
@@ -36,7 +38,7 @@ def render(directory: str, *, kubectl: str = "kubectl") -> str:
             [exe, "kustomize", directory],
             capture_output=True,
             text=True,
-            timeout=TIMEOUT_SECONDS,
+            timeout=settings.kustomize_timeout_seconds,
             check=False,
         )
     except subprocess.TimeoutExpired:
@@ -47,9 +49,11 @@ def render(directory: str, *, kubectl: str = "kubectl") -> str:
     return proc.stdout
 
 
-def load(directory: str, loader: ManifestLoader, *, kubectl: str = "kubectl") -> list[Manifest]:
+def load(
+    directory: str, loader: ManifestLoader, settings: AuditSettings | None = None
+) -> list[Manifest]:
     """Render ``directory`` and return its objects, mapped to their source files if known."""
-    text = render(directory, kubectl=kubectl)
+    text = render(directory, settings)
     rendered = loader.load_text(text, _kustomization_file(Path(directory)), origin="kustomize")
     sources = _SourceFiles()
     out = []

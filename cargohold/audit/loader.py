@@ -81,8 +81,14 @@ class ManifestLoader:
     ) -> list[Manifest]:
         """Parse one YAML stream or JSON document into manifests."""
         is_file = origin in ("file", "stdin", "kustomize")
-        if json_hint or text.lstrip()[:1] in ("{", "["):
+        if json_hint:
             docs = _parse_json(text, source)
+        elif text.lstrip()[:1] in ("{", "["):
+            # Probably JSON (kubectl get -o json); YAML flow style also starts this way.
+            try:
+                docs = _parse_json(text, source)
+            except InputError:
+                docs = _parse_yaml(text, source)
         else:
             docs = _parse_yaml(text, source)
         manifests: list[Manifest] = []

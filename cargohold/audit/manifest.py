@@ -75,8 +75,7 @@ class Manifest:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        meta = self.obj.get("metadata")
-        return meta if isinstance(meta, dict) else {}
+        return mapping(self.obj.get("metadata"))
 
     @property
     def name(self) -> str:
@@ -99,11 +98,11 @@ class Manifest:
 
     @property
     def labels(self) -> dict[str, str]:
-        return _str_map(self.metadata.get("labels"))
+        return str_map(self.metadata.get("labels"))
 
     @property
     def annotations(self) -> dict[str, str]:
-        return _str_map(self.metadata.get("annotations"))
+        return str_map(self.metadata.get("annotations"))
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -155,7 +154,18 @@ class Manifest:
         return Location(source=self.source, line=self.line_of(path), is_file=self.is_file)
 
 
-def _str_map(value: Any) -> dict[str, str]:
+def mapping(value: Any) -> dict[str, Any]:
+    """``value`` if it is a mapping, else empty: manifests are untrusted input."""
+    return value if isinstance(value, dict) else {}
+
+
+def sequence(value: Any) -> list[Any]:
+    """``value`` if it is a list, else empty."""
+    return value if isinstance(value, list) else []
+
+
+def str_map(value: Any) -> dict[str, str]:
+    """Labels or annotations as ``str -> str``; anything that is not a mapping is empty."""
     if not isinstance(value, dict):
         return {}
     return {str(k): "" if v is None else str(v) for k, v in value.items()}

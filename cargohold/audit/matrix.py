@@ -138,7 +138,7 @@ def _advice(claim: Claim, mounts: list[Mount]) -> Advice:
     elif misfits:
         w, s = misfits[0]
         scenario, recommended, verdict = s.label, s.approach, "mismatch"
-        note = f"{w} fits the row '{s.label}', which recommends {s.approach} ({s.why})"
+        note = f"for {w} the matrix recommends {s.approach} ({s.why})"
     else:
         _, s = known[0]
         scenario, recommended, verdict = s.label, s.approach, "fits"

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any
 
 from cargohold.audit import knowledge
-from cargohold.audit.manifest import FieldPath, Manifest
+from cargohold.audit.manifest import FieldPath, Manifest, mapping, sequence, str_map
 from cargohold.audit.model import ObjectRef
 
 _TEMPLATE = ("spec", "template", "spec")
@@ -81,27 +81,21 @@ class Workload:
 
     @cached_property
     def pod_spec(self) -> dict[str, Any]:
-        spec = self.manifest.get(self.pod_path)
-        return spec if isinstance(spec, dict) else {}
+        return mapping(self.manifest.get(self.pod_path))
 
     @cached_property
     def template_meta(self) -> dict[str, Any]:
-        meta = self.manifest.get((*self.pod_path[:-1], "metadata"))
-        return meta if isinstance(meta, dict) else {}
+        return mapping(self.manifest.get((*self.pod_path[:-1], "metadata")))
 
     @cached_property
     def labels(self) -> dict[str, str]:
         """Object labels overlaid with pod template labels."""
-        merged = dict(self.manifest.labels)
-        merged.update({str(k): str(v) for k, v in (self.template_meta.get("labels") or {}).items()})
-        return merged
+        return self.manifest.labels | str_map(self.template_meta.get("labels"))
 
     @cached_property
     def annotations(self) -> dict[str, str]:
-        merged = dict(self.manifest.annotations)
-        raw = self.template_meta.get("annotations") or {}
-        merged.update({str(k): str(v) for k, v in raw.items()})
-        return merged
+        """Object annotations overlaid with pod template annotations."""
+        return self.manifest.annotations | str_map(self.template_meta.get("annotations"))
 
     @cached_property
     def replicas(self) -> int | None:
@@ -133,7 +127,7 @@ class Workload:
         keys = ("initContainers", "containers") if init else ("containers",)
         out = []
         for key in keys:
-            for i, container in enumerate(self.pod_spec.get(key) or []):
+            for i, container in enumerate(sequence(self.pod_spec.get(key))):
                 if isinstance(container, dict):
                     out.append(((*self.pod_path, key, i), container))
         return out
@@ -141,7 +135,7 @@ class Workload:
     def volumes(self) -> list[tuple[FieldPath, dict[str, Any]]]:
         return [
             ((*self.pod_path, "volumes", i), vol)
-            for i, vol in enumerate(self.pod_spec.get("volumes") or [])
+            for i, vol in enumerate(sequence(self.pod_spec.get("volumes")))
             if isinstance(vol, dict)
         ]
 
@@ -188,7 +182,7 @@ class Workload:
         """(container, volumeMount) for each container that mounts ``volume``."""
         out = []
         for _, container in self.containers(init=True):
-            for mount in container.get("volumeMounts") or []:
+            for mount in sequence(container.get("volumeMounts")):
                 if isinstance(mount, dict) and mount.get("name") == volume:
                     out.append((container, mount))
         return out
@@ -210,8 +204,9 @@ class Workload:
                 claim_path = (*path, "ephemeral", "volumeClaimTemplate")
                 uses.append(self._use(name, name, "ephemeral", claim_path, False))
         if self.kind == "StatefulSet":
-            for i, tpl in enumerate(self.manifest.get(("spec", "volumeClaimTemplates")) or []):
-                name = str(((tpl or {}).get("metadata") or {}).get("name") or "")
+            templates = sequence(self.manifest.get(("spec", "volumeClaimTemplates")))
+            for i, tpl in enumerate(templates):
+                name = str(mapping(mapping(tpl).get("metadata")).get("name") or "")
                 if name and name not in declared:
                     path = ("spec", "volumeClaimTemplates", i)
                     uses.append(self._use(name, name, "template", path, False))
@@ -225,8 +220,8 @@ class Workload:
 
     def non_root_reason(self, container: dict[str, Any]) -> str | None:
         """Why ``container`` runs as non-root (``runAsUser 1000``), or ``None``."""
-        pod_sc = self.pod_spec.get("securityContext") or {}
-        own_sc = container.get("securityContext") or {}
+        pod_sc = mapping(self.pod_spec.get("securityContext"))
+        own_sc = mapping(container.get("securityContext"))
         uid = own_sc.get("runAsUser", pod_sc.get("runAsUser"))
         non_root = own_sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
         if isinstance(uid, int) and not isinstance(uid, bool):
@@ -258,29 +253,30 @@ class Claim:
 
     @cached_property
     def obj(self) -> dict[str, Any]:
-        value = self.manifest.get(self.path)
-        return value if isinstance(value, dict) else {}
+        return mapping(self.manifest.get(self.path))
 
     @property
     def spec(self) -> dict[str, Any]:
-        spec = self.obj.get("spec")
-        return spec if isinstance(spec, dict) else {}
+        return mapping(self.obj.get("spec"))
+
+    @property
+    def _metadata(self) -> dict[str, Any]:
+        return mapping(self.obj.get("metadata"))
 
     @property
     def labels(self) -> dict[str, str]:
-        return {
-            str(k): str(v)
-            for k, v in ((self.obj.get("metadata") or {}).get("labels") or {}).items()
-        }
+        return str_map(self._metadata.get("labels"))
 
     @property
     def annotations(self) -> dict[str, str]:
-        raw = (self.obj.get("metadata") or {}).get("annotations") or {}
-        return {str(k): str(v) for k, v in raw.items()}
+        return str_map(self._metadata.get("annotations"))
 
     @property
     def access_modes(self) -> tuple[str, ...]:
-        return tuple(str(m) for m in self.spec.get("accessModes") or [])
+        modes = self.spec.get("accessModes")
+        if isinstance(modes, str):  # a common slip: one mode written without a list
+            return (modes,)
+        return tuple(str(m) for m in sequence(modes))
 
     @property
     def access_modes_path(self) -> FieldPath:
@@ -296,9 +292,9 @@ class Claim:
     def explicit_class(self) -> str | None:
         """The class named by ``storageClassName`` (or the legacy annotation); ``""`` means
         "no class, bind a pre-created PV"; ``None`` means "unset: the default class"."""
-        if "storageClassName" in self.spec:
-            value = self.spec.get("storageClassName")
-            return "" if value is None else str(value)
+        value = self.spec.get("storageClassName")
+        if value is not None:
+            return str(value)
         return self.annotations.get("volume.beta.kubernetes.io/storage-class")
 
     @property

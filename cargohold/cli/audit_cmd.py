@@ -19,16 +19,16 @@ import sys
 import typer
 from rich.console import Console
 
-from cargohold.audit import engine, kustomize, report, sarif
+from cargohold.audit import engine, ignores, kustomize, report, sarif
 from cargohold.audit.errors import AuditError
 from cargohold.audit.loader import ManifestLoader
 from cargohold.audit.manifest import Manifest
 from cargohold.audit.model import AuditResult, Severity
+from cargohold.audit.settings import AuditSettings, load_settings
 from cargohold.cli.main import app
 from cargohold.errors import CargoholdError
 
 EXIT_FINDINGS = 1
-CI_CONSOLE_WIDTH = 140
 
 
 class OutputFormat(enum.StrEnum):
@@ -92,6 +92,7 @@ def audit_command(
     """Audit Kubernetes manifests and clusters for storage pitfalls (see docs/audit.md)."""
     threshold = fail_on.severity()
     try:
+        settings = load_settings()
         result = _audit(
             paths or [],
             kustomize_dirs or [],
@@ -99,13 +100,14 @@ def audit_command(
             context=context,
             cluster=cluster,
             ignore=ignore or [],
+            settings=settings,
         )
     except CargoholdError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    _emit(result, output, threshold, advice)
+    _emit(result, output, threshold, advice, settings)
     if threshold is not None and result.at_or_above(threshold):
         raise typer.Exit(EXIT_FINDINGS)
 
@@ -118,6 +120,7 @@ def _audit(
     context: str | None,
     cluster: bool,
     ignore: list[str],
+    settings: AuditSettings,
 ) -> AuditResult:
     live = cluster or kubeconfig is not None or context is not None
     if not paths and not kustomize_dirs and not live:
@@ -125,21 +128,28 @@ def _audit(
             "nothing to audit: give manifest paths (or - for stdin), --kustomize DIR, "
             "or a cluster with --cluster, --kubeconfig or --context"
         )
+    ignores.parse_cli_ignores(ignore)  # a typo fails before any file or cluster is read
     loader = ManifestLoader()
     manifests: list[Manifest] = loader.load_paths(paths, stdin=sys.stdin)
     for directory in kustomize_dirs:
-        manifests += kustomize.load(directory, loader)
+        manifests += kustomize.load(directory, loader, settings)
     warnings = list(loader.warnings)
     if live:
         from cargohold.audit import cluster as cluster_source  # imports kubernetes: lazily
 
-        reader = cluster_source.connect(kubeconfig=kubeconfig, context=context)
+        reader = cluster_source.connect(kubeconfig, context, settings)
         manifests += reader.read()
         warnings += reader.warnings
     return engine.audit(manifests, ignore=ignore, warnings=warnings)
 
 
-def _emit(result: AuditResult, output: OutputFormat, threshold: Severity | None, advice: bool):
+def _emit(
+    result: AuditResult,
+    output: OutputFormat,
+    threshold: Severity | None,
+    advice: bool,
+    settings: AuditSettings,
+) -> None:
     if output is OutputFormat.json:
         typer.echo(report.render_json(result, fail_on=threshold))
     elif output is OutputFormat.sarif:
@@ -147,5 +157,5 @@ def _emit(result: AuditResult, output: OutputFormat, threshold: Severity | None,
     else:
         console = Console()
         if not console.is_terminal and "COLUMNS" not in os.environ:
-            console = Console(width=CI_CONSOLE_WIDTH)
+            console = Console(width=settings.table_width)
         report.render_table(result, console, fail_on=threshold, advice=advice)

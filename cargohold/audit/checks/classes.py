@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from cargohold.audit import knowledge
 from cargohold.audit.checks.registry import Hit, check, names
 from cargohold.audit.inventory import Inventory
-from cargohold.audit.manifest import Manifest
+from cargohold.audit.manifest import Manifest, mapping, sequence
 
 
 def storage_classes(inv: Inventory) -> list[Manifest]:
@@ -25,10 +25,11 @@ def _provisioner(sc: Manifest) -> str:
 
 def _allowed_zones(sc: Manifest) -> set[str]:
     zones: set[str] = set()
-    for term in sc.obj.get("allowedTopologies") or []:
-        for expr in (term or {}).get("matchLabelExpressions") or []:
-            if str((expr or {}).get("key", "")).endswith("zone"):
-                zones.update(str(v) for v in expr.get("values") or [])
+    for term in sequence(sc.obj.get("allowedTopologies")):
+        for expr in sequence(mapping(term).get("matchLabelExpressions")):
+            expr = mapping(expr)
+            if str(expr.get("key", "")).endswith("zone"):
+                zones.update(str(v) for v in sequence(expr.get("values")))
     return zones
 
 
@@ -123,8 +124,7 @@ def sensitive_unencrypted(inv: Inventory) -> Iterator[Hit]:
         provisioner = _provisioner(sc)
         if knowledge.csi_driver(provisioner) in knowledge.ENCRYPTED_AT_REST_BY_DEFAULT:
             continue
-        params = sc.obj.get("parameters")
-        if knowledge.has_encryption(params if isinstance(params, dict) else {}):
+        if knowledge.has_encryption(mapping(sc.obj.get("parameters"))):
             continue
         reason = _sensitive_reason(sc, inv)
         if reason:

@@ -9,36 +9,45 @@ from collections.abc import Iterator
 
 from cargohold.audit.checks.registry import Hit, check
 from cargohold.audit.inventory import Inventory
+from cargohold.audit.manifest import mapping
+from cargohold.audit.workloads import ClaimUse, Workload
+
+
+def _non_root_claim_mount(w: Workload) -> tuple[ClaimUse, dict, str] | None:
+    """The first (claim, container, reason) where a non-root container mounts a claim."""
+    for use in w.claim_uses:
+        for container, _ in w.mounting_containers(use.volume_name):
+            reason = w.non_root_reason(container)
+            if reason:
+                return use, container, reason
+    return None
 
 
 @check("CH004")
 def missing_fs_group(inv: Inventory) -> Iterator[Hit]:
     for w in inv.workloads:
         spec = w.pod_spec
-        if (spec.get("securityContext") or {}).get("fsGroup") is not None:
+        if mapping(spec.get("securityContext")).get("fsGroup") is not None:
             continue
-        if (spec.get("os") or {}).get("name") == "windows":
+        if mapping(spec.get("os")).get("name") == "windows":
             continue
-        hit = None
-        for use in w.claim_uses:
-            for container, _ in w.mounting_containers(use.volume_name):
-                reason = w.non_root_reason(container)
-                if reason and hit is None:
-                    what = f"PVC {use.claim_name}" if use.source == "pvc" else use.claim_name
-                    hit = Hit(
-                        w.manifest,
-                        (*w.pod_path, "securityContext"),
-                        f"container {container.get('name')} mounts {what} and runs as non-root "
-                        f"({reason}) but the pod sets no securityContext.fsGroup",
-                    )
-        if hit is not None:
-            yield hit
+        found = _non_root_claim_mount(w)
+        if found is None:
+            continue
+        use, container, reason = found
+        what = f"PVC {use.claim_name}" if use.source == "pvc" else use.claim_name
+        yield Hit(
+            w.manifest,
+            (*w.pod_path, "securityContext"),
+            f"container {container.get('name')} mounts {what} and runs as non-root ({reason}) "
+            "but the pod sets no securityContext.fsGroup",
+        )
 
 
 def _missing_resources(container: dict) -> list[str]:
-    resources = container.get("resources") or {}
-    requests = resources.get("requests") or {}
-    limits = resources.get("limits") or {}
+    resources = mapping(container.get("resources"))
+    requests = mapping(resources.get("requests"))
+    limits = mapping(resources.get("limits"))
     missing = []
     # A limit without a request makes the request equal to the limit.
     if "cpu" not in requests and "cpu" not in limits:
