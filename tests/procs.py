@@ -22,6 +22,7 @@ class ServerProc:
     workers: int = 1
     proc: subprocess.Popen | None = None
     log_path: str = ""
+    log_dir: str | None = None  # default: next to the first disk (not on it: it may be full)
 
     def start(self, timeout: float = 20.0) -> ServerProc:
         cmd = [
@@ -42,7 +43,8 @@ class ServerProc:
             os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG=os.environ.get("CARGOHOLD_LOG", "WARNING")
         )
         # output goes to a file, never a pipe nobody drains (a full pipe would block the server)
-        self.log_path = os.path.join(self.disks[0], f"server-{time.monotonic_ns()}.log")
+        log_dir = self.log_dir or os.path.dirname(os.path.abspath(self.disks[0]))
+        self.log_path = os.path.join(log_dir, f"replica-server-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

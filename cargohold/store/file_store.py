@@ -12,6 +12,8 @@ checksum always verifies. Callers: the replica server; tests.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import time
 from collections.abc import Iterator
@@ -52,19 +54,28 @@ _SRC_ZERO = -2
 
 
 def _write_atomic(directory: str, name: str, blob: bytes) -> None:
+    """Replace ``name`` with ``blob`` atomically (tmp + fsync + rename + fsync of the dir).
+    A failure (a full disk, say) leaves the old file in place and raises NoSpace/IOError."""
     tmp = os.path.join(directory, name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, blob)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, os.path.join(directory, name))
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(directory, name))
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise io_error(e, f"write {name}") from None
 
 
 class FileStore(ReplicaStore):
@@ -99,9 +110,12 @@ class FileStore(ReplicaStore):
     def create(cls, directory: str, size: int, **labels: Any) -> FileStore:
         if size <= 0 or size % BLOCK_SIZE:
             raise InvalidArgument(f"size {size} must be a positive multiple of {BLOCK_SIZE}")
-        os.makedirs(directory, exist_ok=True)
         if os.path.exists(os.path.join(directory, META_FILE)):
             raise AlreadyExists(f"a replica already exists in {directory}")
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise io_error(e, "create replica") from None
         layer = Layer.create(directory, 1, size // BLOCK_SIZE, generation=0)
         meta: dict[str, Any] = {
             "format": fmt.META_VERSION,
@@ -113,7 +127,12 @@ class FileStore(ReplicaStore):
             "next_layer": 2,
             "layers": {"1": {"parent": None, "snapshot": None}},
         }
-        _write_atomic(directory, META_FILE, fmt.encode_meta(meta))
+        try:
+            _write_atomic(directory, META_FILE, fmt.encode_meta(meta))
+        except Exception:
+            layer.close()
+            layer.unlink()
+            raise
         store = cls(directory, meta, {1: layer})
         store._mark_open()
         return store
@@ -201,8 +220,14 @@ class FileStore(ReplicaStore):
             lid = None if parent is None else int(parent)
         self._chain = chain
 
-    def _save_meta(self) -> None:
-        _write_atomic(self.directory, META_FILE, fmt.encode_meta(self._meta))
+    def _draft(self) -> dict[str, Any]:
+        """A copy of the metadata to change; ``_commit`` makes it durable, then current.
+        If the write fails (a full disk), memory keeps agreeing with the disk."""
+        return copy.deepcopy(self._meta)
+
+    def _commit(self, meta: dict[str, Any]) -> None:
+        _write_atomic(self.directory, META_FILE, fmt.encode_meta(meta))
+        self._meta = meta
 
     def _layer_name(self, lid: int) -> str:
         if lid == self._chain[0].id:
@@ -234,8 +259,9 @@ class FileStore(ReplicaStore):
         return int(self._meta["epoch"])
 
     def _persist_epoch(self, epoch: int) -> None:
-        self._meta["epoch"] = epoch
-        self._save_meta()
+        meta = self._draft()
+        meta["epoch"] = epoch
+        self._commit(meta)
 
     def _next_gen(self) -> int:
         self._gen += 1
@@ -379,14 +405,12 @@ class FileStore(ReplicaStore):
         head = self._chain[0]
         head.ensure_map_space(lba, n)
         gen = self._next_gen()
-        meta = head.meta[lba : lba + n]
-        had_data = (meta & np.uint64(fmt.STATE_MASK)) == fmt.DATA
-        meta[:] = np.uint64((gen << fmt.GEN_SHIFT) | fmt.ZERO)
-        for a, b in runs(had_data):
-            try:
-                head.punch(lba + a, b - a)
-            except OSError as e:
-                raise io_error(e, "punch hole") from None
+        head.meta[lba : lba + n] = np.uint64((gen << fmt.GEN_SHIFT) | fmt.ZERO)
+        # punch the whole range: also frees data a failed or crash-cut write left behind
+        try:
+            head.punch(lba, n)
+        except OSError as e:
+            raise io_error(e, "punch hole") from None
         self._dirty.add(head.id)
         self.counters["zeroes"] += 1
         return gen
@@ -414,8 +438,9 @@ class FileStore(ReplicaStore):
         if new_size == self.size:
             return
         self._chain[0].grow(new_size // BLOCK_SIZE)
-        self._meta["size"] = new_size
-        self._save_meta()
+        meta = self._draft()
+        meta["size"] = new_size
+        self._commit(meta)
 
     # --- snapshots --------------------------------------------------------------------
     def _start(self) -> None:
@@ -439,24 +464,22 @@ class FileStore(ReplicaStore):
             old.sync()
             lid = int(self._meta["next_layer"])
             new = Layer.create(self.directory, lid, old.nblocks, generation=self._gen)
-            self._meta["next_layer"] = lid + 1
-            self._meta["layers"][str(old.id)]["snapshot"] = {
+            meta = self._draft()
+            meta["next_layer"] = lid + 1
+            meta["layers"][str(old.id)]["snapshot"] = {
                 "name": name,
                 "created": time.time(),
                 "labels": labels,
                 "generation": self._gen,
             }
-            self._meta["layers"][str(lid)] = {"parent": old.id, "snapshot": None}
-            self._meta["head"] = lid
+            meta["layers"][str(lid)] = {"parent": old.id, "snapshot": None}
+            meta["head"] = lid
             try:
-                self._save_meta()
-            except OSError as e:
+                self._commit(meta)
+            except Exception:
                 new.close()
                 new.unlink()
-                self._meta["head"] = old.id
-                del self._meta["layers"][str(lid)]
-                self._meta["layers"][str(old.id)]["snapshot"] = None
-                raise io_error(e, "snapshot") from None
+                raise
             old.clean = True
             self._layers[lid] = new
             self._rebuild_chain()
@@ -501,8 +524,9 @@ class FileStore(ReplicaStore):
         lid = self._snapshot_layer(name)
         self._start()
         try:
-            self._meta["layers"][str(lid)]["snapshot"] = None
-            self._save_meta()
+            meta = self._draft()
+            meta["layers"][str(lid)]["snapshot"] = None
+            self._commit(meta)
             yield from self._purge()
         finally:
             self._busy = False
@@ -524,11 +548,11 @@ class FileStore(ReplicaStore):
             kids = self._children(victim)
             if kids:
                 yield from self._merge_into(self._layers[victim], self._layers[kids[0]])
-                self._meta["layers"][str(kids[0])]["parent"] = self._meta["layers"][str(victim)][
-                    "parent"
-                ]
-            del self._meta["layers"][str(victim)]
-            self._save_meta()
+            meta = self._draft()
+            if kids:
+                meta["layers"][str(kids[0])]["parent"] = meta["layers"][str(victim)]["parent"]
+            del meta["layers"][str(victim)]
+            self._commit(meta)
             layer = self._layers.pop(victim)
             self._rebuild_chain()
             layer.close()
@@ -588,10 +612,16 @@ class FileStore(ReplicaStore):
                             new.ensure_map_space(lo, hi - lo)
                             new.meta[lo + touched] = tag
             new.sync()
-            self._meta["next_layer"] = nid + 1
-            self._meta["layers"][str(nid)] = {"parent": target, "snapshot": None}
-            self._meta["head"] = nid
-            self._save_meta()
+            meta = self._draft()
+            meta["next_layer"] = nid + 1
+            meta["layers"][str(nid)] = {"parent": target, "snapshot": None}
+            meta["head"] = nid
+            try:
+                self._commit(meta)
+            except Exception:
+                new.close()
+                new.unlink()
+                raise
             self._layers[nid] = new
             self._rebuild_chain()
             old_head.clean = True

@@ -1,9 +1,9 @@
-"""Helpers for the probe tests: a replica server whose output is drained, and block patterns.
+"""Helpers for the probe tests: a replica server that can be killed from a timer, and block
+patterns that make every value read back traceable to the write that put it there.
 
-``ProbeServer`` is ``tests.procs.ServerProc`` plus a thread that keeps reading the server's
-merged stdout/stderr after start, so a chatty server never blocks on a full pipe and a failing
-test can show what the server said (``log_tail``). ``kill_now`` sends SIGKILL without waiting
-(for timers); ``kill`` reaps the process. Only the process this object started is signalled.
+``ProbeServer`` is ``tests.procs.ServerProc`` plus ``kill_now`` (SIGKILL to the process this
+object started, without waiting: safe from a timer callback) and ``log_tail`` (the end of the
+server's output, for failure messages). ``kill`` (inherited) reaps the process.
 
 Block patterns: every 4 KiB block a probe writes names the block and the write's sequence
 number in a header and a trailer, with filler derived from both in between, so any value read
@@ -16,8 +16,6 @@ import hashlib
 import os
 import signal
 import struct
-import subprocess
-import threading
 
 from tests.procs import ServerProc
 
@@ -30,49 +28,21 @@ _FILL = BLOCK - 2 * _TAG.size  # 4064 = 127 * 32
 
 
 class ProbeServer(ServerProc):
-    """A real ``cargohold replica-server`` process whose output is always drained."""
-
-    _pump_thread: threading.Thread | None = None
+    """A real ``cargohold replica-server`` process (see ``tests.procs.ServerProc``)."""
 
     def start(self, timeout: float = 20.0) -> ProbeServer:
         super().start(timeout)
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
         return self
-
-    def _pump(self) -> None:
-        out = self.proc.stdout if self.proc is not None else None
-        if out is None:
-            return
-        try:
-            for line in out:
-                self.log.append(line)
-        except (OSError, ValueError):  # closed under us: the process is gone
-            pass
 
     def kill_now(self) -> None:
         """SIGKILL this server's process and return at once (safe to call from a timer)."""
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            os.kill(proc.pid, sig)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=20)
-        if self._pump_thread is not None:
-            self._pump_thread.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
     def log_tail(self, n: int = 40) -> str:
-        return "".join(self.log[-n:])
+        output = getattr(self, "output", None)
+        text = output() if output is not None else ""
+        return "\n".join(text.splitlines()[-n:])
 
 
 def pattern(block: int, seq: int) -> bytes:
