@@ -8,6 +8,9 @@ BLOCK_SIZE = 4096
 
 BLOCK_SHIFT = 12
 
+MAX_VOLUME_SIZE = 256 * 1024**4
+"""The largest volume (256 TiB): 64 data segments and a 1 TiB block map per layer."""
+
 MAX_IO_BYTES = 32 * 1024 * 1024
 """The largest single read or write on the replica wire."""
 

@@ -160,7 +160,7 @@ class Session(asyncio.Protocol):
     def op_hello(self, req: Request) -> Result:
         args = req.args()
         version = args.get("version", wire.VERSION)
-        if version not in wire.VERSIONS_SUPPORTED:
+        if not isinstance(version, int) or version not in wire.VERSIONS_SUPPORTED:
             raise Unsupported(
                 f"protocol version {version} not supported (supported: "
                 f"{sorted(wire.VERSIONS_SUPPORTED)})"

@@ -20,7 +20,7 @@ from typing import Any
 import crc32c
 import numpy as np
 
-from cargohold.constants import BLOCK_SIZE, MIB
+from cargohold.constants import BLOCK_SIZE, MAX_VOLUME_SIZE, MIB
 from cargohold.errors import ChecksumError, Fenced, InvalidArgument
 from cargohold.protocol import extent_stream as xs
 
@@ -77,6 +77,19 @@ def check_range(offset: int, length: int, size: int) -> tuple[int, int]:
     if offset + length > size:
         raise InvalidArgument(f"range [{offset}, {offset + length}) beyond the size {size}")
     return offset // BLOCK_SIZE, length // BLOCK_SIZE
+
+
+def check_size(size: object) -> int:
+    """A volume size: a positive multiple of the block size, at most MAX_VOLUME_SIZE."""
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise InvalidArgument(f"size must be an integer number of bytes, got {size!r}")
+    if size <= 0 or size % BLOCK_SIZE:
+        raise InvalidArgument(f"size {size} must be a positive multiple of {BLOCK_SIZE}")
+    if size > MAX_VOLUME_SIZE:
+        raise InvalidArgument(
+            f"size {size} exceeds the largest volume, {MAX_VOLUME_SIZE} (256 TiB)"
+        )
+    return size
 
 
 def block_crcs(data: bytes | bytearray | memoryview) -> np.ndarray:

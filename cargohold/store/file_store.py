@@ -27,7 +27,6 @@ from cargohold.errors import (
     Busy,
     ChecksumError,
     FormatError,
-    InvalidArgument,
     NotFound,
     ReplicaIOError,
     Unsupported,
@@ -43,6 +42,7 @@ from cargohold.store.base import (
     SnapshotInfo,
     block_crcs,
     check_range,
+    check_size,
     runs,
 )
 from cargohold.store.layer import Layer, file_names, io_error, sync_fds
@@ -108,8 +108,7 @@ class FileStore(ReplicaStore):
     # --- create / open / close --------------------------------------------------------
     @classmethod
     def create(cls, directory: str, size: int, **labels: Any) -> FileStore:
-        if size <= 0 or size % BLOCK_SIZE:
-            raise InvalidArgument(f"size {size} must be a positive multiple of {BLOCK_SIZE}")
+        check_size(size)
         if os.path.exists(os.path.join(directory, META_FILE)):
             raise AlreadyExists(f"a replica already exists in {directory}")
         try:
@@ -431,8 +430,7 @@ class FileStore(ReplicaStore):
         sync_fds(self.flush_handles())
 
     def expand(self, new_size: int) -> None:
-        if new_size % BLOCK_SIZE:
-            raise InvalidArgument(f"size {new_size} must be a multiple of {BLOCK_SIZE}")
+        check_size(new_size)
         if new_size < self.size:
             raise Unsupported(f"shrinking from {self.size} to {new_size} is not supported")
         if new_size == self.size:

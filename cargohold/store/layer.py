@@ -11,6 +11,7 @@ layers that take writes, i.e. 1 MiB per TiB. Called only by ``file_store``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -193,15 +194,21 @@ class Layer:
     def grow(self, nblocks: int) -> None:
         if nblocks <= self.nblocks:
             return
+        had = len(self.data_fds)
         try:
-            for k in range(len(self.data_fds)):
-                os.ftruncate(self.data_fds[k], _segment_bytes(nblocks, k))
-            for k in range(len(self.data_fds), _segment_count(nblocks)):
+            os.ftruncate(self.map_fd, fmt.HEADER_SIZE + nblocks * fmt.RECORD_SIZE)
+            for k in range(had, _segment_count(nblocks)):
                 self.data_fds.append(
                     self._new_segment(self.directory, self.id, self.uuid, k, nblocks)
                 )
-            os.ftruncate(self.map_fd, fmt.HEADER_SIZE + nblocks * fmt.RECORD_SIZE)
+            for k in range(had):
+                os.ftruncate(self.data_fds[k], _segment_bytes(nblocks, k))
         except OSError as e:
+            for k in range(had, len(self.data_fds)):  # undo new segments; old sizes are harmless
+                os.close(self.data_fds[k])
+                with contextlib.suppress(OSError):
+                    os.unlink(data_path(self.directory, self.id, k))
+            del self.data_fds[had:]
             raise io_error(e, "expand") from None
         gen = self.generation
         self._unmap()

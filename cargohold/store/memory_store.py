@@ -18,7 +18,6 @@ from cargohold.errors import (
     AlreadyExists,
     Busy,
     ChecksumError,
-    InvalidArgument,
     NotFound,
     Unsupported,
 )
@@ -31,6 +30,7 @@ from cargohold.store.base import (
     ScrubReport,
     SnapshotInfo,
     check_range,
+    check_size,
 )
 
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
@@ -51,8 +51,7 @@ class _Layer:
 
 class MemoryStore(ReplicaStore):
     def __init__(self, size: int) -> None:
-        if size <= 0 or size % BLOCK_SIZE:
-            raise InvalidArgument(f"size {size} must be a positive multiple of {BLOCK_SIZE}")
+        check_size(size)
         self._size = size
         self._gen = 0
         self._epoch = 0
@@ -157,8 +156,7 @@ class MemoryStore(ReplicaStore):
         return None
 
     def expand(self, new_size: int) -> None:
-        if new_size % BLOCK_SIZE:
-            raise InvalidArgument(f"size {new_size} must be a multiple of {BLOCK_SIZE}")
+        check_size(new_size)
         if new_size < self._size:
             raise Unsupported(f"shrinking from {self._size} to {new_size} is not supported")
         self._size = new_size

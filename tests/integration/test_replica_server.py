@@ -214,6 +214,8 @@ async def test_wrongly_typed_arguments_are_bad_requests(server):
     c = await connect(server)
     await c.create("t", 16 * MIB)
     await c.open("t", 1)
+    with pytest.raises(Unsupported, match="protocol version"):
+        await c.call(Op.HELLO, args={"version": [1]})
     for op, args, msg in [
         (Op.SNAPSHOT_CREATE, {"name": "a", "labels": "x"}, "labels must be"),
         (Op.SNAPSHOT_CREATE, {"name": 5}, "bad snapshot name"),
@@ -221,6 +223,8 @@ async def test_wrongly_typed_arguments_are_bad_requests(server):
         (Op.CHANGED, {"since": "yesterday"}, "since must be"),
         (Op.EXPAND, {"size": True}, "size must be"),
         (Op.EXPORT, {"max_bytes": -1}, "max_bytes must be"),
+        (Op.EXPAND, {"size": 2**62}, "exceeds the largest volume"),
+        (Op.CREATE, {"replica": "big", "size": 2**62}, "exceeds the largest volume"),
     ]:
         with pytest.raises(InvalidArgument, match=msg):
             await c.call(op, 0, BLOCK_SIZE if op == Op.READ else 0, args=args)

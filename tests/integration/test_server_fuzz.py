@@ -85,7 +85,7 @@ def _read_replies(sock: socket.socket, want: int) -> int:
 
 @given(st.lists(frames, min_size=1, max_size=12))
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 def test_random_requests_never_take_the_server_down(fuzz_server, reqs):
     sock = socket.create_connection(("127.0.0.1", fuzz_server.port))
