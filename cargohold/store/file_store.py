@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from crc32c import crc32c
 
 from cargohold.constants import BLOCK_SIZE
 from cargohold.errors import (
@@ -304,11 +305,13 @@ class FileStore(ReplicaStore):
 
     def read(self, offset: int, length: int, snapshot: str | None = None) -> bytearray:
         lba, n = check_range(offset, length, self.size)
+        chain = self._chain_of(snapshot)
+        if n == 1:
+            return self._read_one(lba, chain)
         out = bytearray(length)
         if n == 0:
             return out
         mv = memoryview(out)
-        chain = self._chain_of(snapshot)
         head = chain[0]
         if len(chain) == 1 and head.nblocks >= lba + n:
             st = head.meta[lba : lba + n] & fmt.STATE_MASK
@@ -338,8 +341,8 @@ class FileStore(ReplicaStore):
         if mask is None:
             n = len(out) // BLOCK_SIZE
             got = block_crcs(mv)
-            cur = layer.cur[lba : lba + n]
-            pend = layer.pend[lba : lba + n]
+            cur = layer.cur[lba : lba + n].copy()  # copies: an exception must not pin the map
+            pend = layer.pend[lba : lba + n].copy()
             bad = (got != cur) & (got != pend)
             idx = None
         else:
@@ -370,6 +373,8 @@ class FileStore(ReplicaStore):
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
         lba, n = check_range(offset, len(mv), self.size)
+        if n == 1:
+            return self._write_one(lba, mv, fua)
         if n == 0:
             return self._gen
         crcs = block_crcs(mv)
@@ -386,6 +391,7 @@ class FileStore(ReplicaStore):
         try:
             head.pwrite(lba, mv)
         except OSError as e:
+            del meta  # a traceback holding a view of the map would keep it from closing
             raise io_error(e, f"write at {offset}") from None
         # 4. commit: the new checksum becomes the current one, the block lives here
         head.cur[lba : lba + n] = crcs
@@ -396,6 +402,47 @@ class FileStore(ReplicaStore):
         if fua:
             self.flush()
         return gen
+
+    def _write_one(self, lba: int, mv: memoryview, fua: bool) -> int:
+        """``write`` for one block, same steps, with scalar stores instead of numpy."""
+        crc = crc32c(mv)
+        head = self._chain[0]
+        head.ensure_map_space(lba, 1)
+        gen = self._next_gen()
+        q, u, i = head.q, head.u, 2 * lba + 1
+        q[i] = (gen << fmt.GEN_SHIFT) | (q[i] & fmt.STATE_MASK)
+        u[4 * lba + 1] = crc
+        try:
+            head.pwrite(lba, mv)
+        except OSError as e:
+            raise io_error(e, f"write at {lba * BLOCK_SIZE}") from None
+        u[4 * lba] = crc
+        q[i] = (gen << fmt.GEN_SHIFT) | fmt.DATA
+        self._dirty.add(head.id)
+        self.counters["writes"] += 1
+        self.counters["written_bytes"] += BLOCK_SIZE
+        if fua:
+            self.flush()
+        return gen
+
+    def _read_one(self, lba: int, chain: list[Layer]) -> bytearray:
+        """``read`` for one block: walk the chain with scalar loads."""
+        out = bytearray(BLOCK_SIZE)
+        for layer in chain:
+            if lba >= layer.nblocks:
+                continue
+            state = layer.q[2 * lba + 1] & fmt.STATE_MASK
+            if state == fmt.ABSENT:
+                continue
+            if state == fmt.DATA:
+                layer.pread_into(lba, memoryview(out))
+                got = crc32c(out)
+                if got != layer.u[4 * lba] and got != layer.u[4 * lba + 1]:
+                    self._verify(layer, lba, None, out)  # raises, naming the block
+            break
+        self.counters["reads"] += 1
+        self.counters["read_bytes"] += BLOCK_SIZE
+        return out
 
     def write_zeroes(self, offset: int, length: int) -> int:
         lba, n = check_range(offset, length, self.size)

@@ -18,6 +18,7 @@ import errno
 import mmap
 import os
 import struct
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -30,6 +31,9 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+
+if sys.byteorder != "little":  # pragma: no cover - the scalar map views assume it
+    raise ImportError("the replica store's block maps are little-endian; this host is not")
 
 SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
@@ -186,10 +190,24 @@ class Layer:
         self.cur = self.recs["cur"]
         self.pend = self.recs["pend"]
         self.meta = self.recs["meta"]
+        # scalar views for one-block I/O, where numpy's per-call cost would dominate:
+        # q[2b + 1] is block b's meta; u[4b] its cur, u[4b + 1] its pend; hq[8] the generation
+        body = memoryview(self.mm)[fmt.HEADER_SIZE : fmt.HEADER_SIZE + h.nblocks * fmt.RECORD_SIZE]
+        self.q = body.cast("Q")
+        self.u = body.cast("I")
+        self.hq = memoryview(self.mm)[: fmt.HEADER_SIZE].cast("Q")
+        body.release()
 
     def _unmap(self) -> None:
         del self.cur, self.pend, self.meta, self.recs
-        self.mm.close()
+        for v in (self.q, self.u, self.hq):
+            v.release()
+        try:
+            self.mm.close()
+        except BufferError:
+            # a view is still alive somewhere (say, in a traceback a caller keeps): the
+            # mapping goes away with the last view; the descriptors are closed regardless
+            pass
 
     def grow(self, nblocks: int) -> None:
         if nblocks <= self.nblocks:
@@ -234,11 +252,11 @@ class Layer:
     # --- header fields that change while running -------------------------------------
     @property
     def generation(self) -> int:
-        return struct.unpack_from("<Q", self.mm, fmt.MAP_GEN_OFFSET)[0]
+        return self.hq[fmt.MAP_GEN_OFFSET // 8]
 
     @generation.setter
     def generation(self, gen: int) -> None:
-        struct.pack_into("<Q", self.mm, fmt.MAP_GEN_OFFSET, gen)
+        self.hq[fmt.MAP_GEN_OFFSET // 8] = gen
 
     @property
     def clean(self) -> bool:
@@ -260,7 +278,10 @@ class Layer:
         pa = self._page_alloc
         if pa is None:
             pa = self._page_alloc = self._scan_page_alloc()
-        if pa[first : last + 1].all():
+        if first == last:
+            if pa[first]:
+                return
+        elif pa[first : last + 1].all():
             return
         try:
             os.posix_fallocate(

@@ -104,6 +104,11 @@ def test_flipped_byte_is_named_on_read_listed_by_scrub_and_repaired(tmp_path):
         s.read(0, 16 * BLOCK_SIZE)
     assert ei.value.detail["blocks"] == [5]
     assert "block 5" in str(ei.value) and "before" in str(ei.value)
+    with pytest.raises(ChecksumError) as ei:  # the one-block read path too
+        s.read(5 * BLOCK_SIZE, BLOCK_SIZE)
+    assert ei.value.detail["blocks"] == [5]
+    with pytest.raises(ChecksumError, match="block 40"):
+        s.read(40 * BLOCK_SIZE, BLOCK_SIZE)
     report = s.scrub()
     assert sorted((b.layer, b.block) for b in report.bad) == [("before", 5), ("head", 40)]
     assert report.checked_blocks == 17
