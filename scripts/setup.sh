@@ -28,15 +28,20 @@ if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   echo "setup: need Python >= 3.11 (found $("$PY" --version 2>&1))" >&2
   exit 1
 fi
-if [ ! -x .venv/bin/python ]; then
+stamp=".venv/.cargohold-installed"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' 2>/dev/null; then
   echo "setup: creating .venv with $("$PY" --version)"
+  rm -rf .venv
   "$PY" -m venv .venv
 fi
-stamp=".venv/.cargohold-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+# reinstall when pyproject.toml changed, or when the environment is not whole
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
+   || ! .venv/bin/python -c 'import cargohold, uvloop, numpy, crc32c, pytest, hypothesis' 2>/dev/null \
+   || [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/lint-imports ]; then
   echo "setup: installing Python dependencies (pinned in pyproject.toml)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v -e "BuildBackendWarning" -e "^ *$" >&2 || true
+  .venv/bin/python -c 'import cargohold, uvloop, numpy, crc32c, pytest, hypothesis'  # fail loudly
   echo "$want" > "$stamp"
 fi

@@ -27,9 +27,7 @@ from cargohold.errors import (
     AlreadyExists,
     Busy,
     ChecksumError,
-    FormatError,
     NotFound,
-    ReplicaIOError,
     Unsupported,
 )
 from cargohold.store import format as fmt
@@ -37,7 +35,6 @@ from cargohold.store.base import (
     DATA,
     HOLE,
     ZERO,
-    BadBlock,
     ReplicaStore,
     ScrubReport,
     SnapshotInfo,
@@ -46,6 +43,7 @@ from cargohold.store.base import (
     check_size,
     runs,
 )
+from cargohold.store.integrity import recover_head, repair_layers, scrub_layers
 from cargohold.store.layer import Layer, file_names, io_error, sync_fds
 
 META_FILE = "replica.meta"
@@ -160,7 +158,7 @@ class FileStore(ReplicaStore):
         store = cls(directory, meta, layers)
         head = store._chain[0]
         if not head.clean:
-            store._recover(head)
+            store._gen, store.counters["recovered_blocks"] = recover_head(head, store._gen)
         store._mark_open()
         return store
 
@@ -181,44 +179,33 @@ class FileStore(ReplicaStore):
         self._layers = {}
         self._chain = []
 
-    def _recover(self, head: Layer) -> None:
-        """After a crash: settle writes that were in flight and restore the generation."""
-        top = self._gen
-        fixed = 0
-        for a, b in head.record_ranges(0, head.nblocks):
-            for lo in range(a, b, _CHUNK):
-                hi = min(b, lo + _CHUNK)
-                meta = head.meta[lo:hi]
-                if meta.size:
-                    top = max(top, int((meta >> fmt.GEN_SHIFT).max()))
-                torn = np.flatnonzero(
-                    ((meta & fmt.STATE_MASK) == fmt.DATA) & (head.cur[lo:hi] != head.pend[lo:hi])
-                )
-                buf = bytearray(BLOCK_SIZE)
-                for i in (lo + torn).tolist():
-                    head.pread_into(i, memoryview(buf))
-                    c = int(block_crcs(buf)[0])
-                    if c == head.pend[i]:
-                        head.cur[i] = c
-                    elif c == head.cur[i]:
-                        head.pend[i] = c
-                    else:
-                        continue  # really bad: scrub and reads report it
-                    fixed += 1
-        self._gen = top
-        head.generation = top
-        head.sync()
-        self.counters["recovered_blocks"] = fixed
-
     # --- the layer tree ---------------------------------------------------------------
-    def _rebuild_chain(self) -> None:
-        chain = []
-        lid: int | None = int(self._meta["head"])
+    def _ancestry(self, lid: int | None) -> list[int]:
+        """``lid`` and its ancestors, nearest first."""
+        out = []
         while lid is not None:
-            chain.append(self._layers[lid])
+            out.append(lid)
             parent = self._meta["layers"][str(lid)]["parent"]
             lid = None if parent is None else int(parent)
-        self._chain = chain
+        return out
+
+    def _rebuild_chain(self) -> None:
+        self._chain = [self._layers[lid] for lid in self._ancestry(int(self._meta["head"]))]
+
+    def _install_head(self, new: Layer, parent: int, meta: dict[str, Any]) -> None:
+        """Make ``new`` (already created and synced) the head on top of ``parent``, in the
+        same durable metadata change as whatever ``meta`` (a draft) carries already."""
+        meta["next_layer"] = new.id + 1
+        meta["layers"][str(new.id)] = {"parent": parent, "snapshot": None}
+        meta["head"] = new.id
+        try:
+            self._commit(meta)
+        except Exception:
+            new.close()
+            new.unlink()
+            raise
+        self._layers[new.id] = new
+        self._rebuild_chain()
 
     def _draft(self) -> dict[str, Any]:
         """A copy of the metadata to change; ``_commit`` makes it durable, then current.
@@ -272,13 +259,7 @@ class FileStore(ReplicaStore):
     def _chain_of(self, snapshot: str | None) -> list[Layer]:
         if snapshot is None:
             return self._chain
-        out = []
-        lid: int | None = self._snapshot_layer(snapshot)
-        while lid is not None:
-            out.append(self._layers[lid])
-            p = self._meta["layers"][str(lid)]["parent"]
-            lid = None if p is None else int(p)
-        return out
+        return [self._layers[lid] for lid in self._ancestry(self._snapshot_layer(snapshot))]
 
     def _sources(self, lba: int, n: int, chain: list[Layer]) -> np.ndarray:
         """Per block: depth in the chain of the layer holding its data, or HOLE/ZERO."""
@@ -510,24 +491,14 @@ class FileStore(ReplicaStore):
             lid = int(self._meta["next_layer"])
             new = Layer.create(self.directory, lid, old.nblocks, generation=self._gen)
             meta = self._draft()
-            meta["next_layer"] = lid + 1
             meta["layers"][str(old.id)]["snapshot"] = {
                 "name": name,
                 "created": time.time(),
                 "labels": labels,
                 "generation": self._gen,
             }
-            meta["layers"][str(lid)] = {"parent": old.id, "snapshot": None}
-            meta["head"] = lid
-            try:
-                self._commit(meta)
-            except Exception:
-                new.close()
-                new.unlink()
-                raise
+            self._install_head(new, old.id, meta)
             old.clean = True
-            self._layers[lid] = new
-            self._rebuild_chain()
         finally:
             self._busy = False
         return self._snapshot_info(old.id)
@@ -592,7 +563,7 @@ class FileStore(ReplicaStore):
                 return
             kids = self._children(victim)
             if kids:
-                yield from self._merge_into(self._layers[victim], self._layers[kids[0]])
+                yield from self._layers[kids[0]].absorb(self._layers[victim])
             meta = self._draft()
             if kids:
                 meta["layers"][str(kids[0])]["parent"] = meta["layers"][str(victim)]["parent"]
@@ -603,43 +574,12 @@ class FileStore(ReplicaStore):
             layer.close()
             layer.unlink()
 
-    def _merge_into(self, src: Layer, dst: Layer) -> Iterator[None]:
-        """Copy what ``src`` has and ``dst`` lacks into ``dst`` (same content either way)."""
-        st_mask = np.uint64(fmt.STATE_MASK)
-        for a, b in list(src.record_ranges(0, src.nblocks)):
-            for lo in range(a, b, _CHUNK):
-                hi = min(b, lo + _CHUNK)
-                sm = src.meta[lo:hi]
-                dm = dst.meta[lo:hi]
-                ss = sm & st_mask
-                # also carry "touched" markers (ABSENT with a generation) for delta queries
-                take = (sm != 0) & ((dm & st_mask) == fmt.ABSENT)
-                if take.any():
-                    dst.ensure_map_space(lo, hi - lo)
-                    for s, e in runs(take & (ss == fmt.DATA)):
-                        try:
-                            dst.copy_from(src, lo + s, e - s)
-                        except OSError as err:
-                            raise io_error(err, "merge snapshot") from None
-                    idx = np.flatnonzero(take)
-                    dst.cur[lo + idx] = src.cur[lo + idx]
-                    dst.pend[lo + idx] = src.pend[lo + idx]
-                    gen = np.maximum(sm[idx] >> np.uint64(2), dm[idx] >> np.uint64(2))
-                    dst.meta[lo + idx] = (gen << np.uint64(fmt.GEN_SHIFT)) | ss[idx]
-                yield
-        dst.sync()
-
     def snapshot_revert(self, name: str) -> None:
         target = self._snapshot_layer(name)
         self._start()
         try:
             self.flush()
-            ancestors = set()
-            lid: int | None = target
-            while lid is not None:
-                ancestors.add(lid)
-                p = self._meta["layers"][str(lid)]["parent"]
-                lid = None if p is None else int(p)
+            ancestors = set(self._ancestry(target))
             gen = self._next_gen()
             old_head = self._chain[0]
             nid = int(self._meta["next_layer"])
@@ -657,18 +597,7 @@ class FileStore(ReplicaStore):
                             new.ensure_map_space(lo, hi - lo)
                             new.meta[lo + touched] = tag
             new.sync()
-            meta = self._draft()
-            meta["next_layer"] = nid + 1
-            meta["layers"][str(nid)] = {"parent": target, "snapshot": None}
-            meta["head"] = nid
-            try:
-                self._commit(meta)
-            except Exception:
-                new.close()
-                new.unlink()
-                raise
-            self._layers[nid] = new
-            self._rebuild_chain()
+            self._install_head(new, target, self._draft())
             old_head.clean = True
             for _ in self._purge():
                 pass
@@ -695,64 +624,24 @@ class FileStore(ReplicaStore):
         return mask
 
     def scrub(self) -> ScrubReport:
-        gen = self.scrub_steps()
+        steps = self.scrub_steps()
         while True:
             try:
-                next(gen)
+                next(steps)
             except StopIteration as stop:
                 return stop.value
 
     def scrub_steps(self) -> Iterator[int]:
         """Verify every data block of every layer; yields blocks checked so far."""
-        checked = 0
-        bad: list[BadBlock] = []
-        step = 256  # 1 MiB reads
-        buf = bytearray(step * BLOCK_SIZE)
-        mv = memoryview(buf)
-        for layer in list(self._layers.values()):
-            name = self._layer_name(layer.id)
-            for a, b in list(layer.record_ranges(0, layer.nblocks)):
-                for lo in range(a, b, step):
-                    hi = min(b, lo + step)
-                    mask = (layer.meta[lo:hi] & np.uint64(fmt.STATE_MASK)) == fmt.DATA
-                    for s, e in runs(mask):
-                        part = mv[s * BLOCK_SIZE : e * BLOCK_SIZE]
-                        layer.pread_into(lo + s, part)
-                        got = block_crcs(part)
-                        sl = slice(lo + s, lo + e)
-                        wrong = np.flatnonzero((got != layer.cur[sl]) & (got != layer.pend[sl]))
-                        bad.extend(BadBlock(name, lo + s + int(i)) for i in wrong)
-                        checked += e - s
-                    yield checked
-        self.counters["checksum_errors"] += len(bad)
-        return ScrubReport(checked, tuple(bad))
+        named = [(self._layer_name(lid), layer) for lid, layer in self._layers.items()]
+        report = yield from scrub_layers(named)
+        self.counters["checksum_errors"] += len(report.bad)
+        return report
 
     def repair(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         mv = memoryview(data).cast("B")
-        lba, n = check_range(offset, len(mv), self.size)
-        crcs = block_crcs(mv)
-        fixed = 0
-        probe = bytearray(BLOCK_SIZE)
-        for layer in self._layers.values():
-            m = min(n, layer.nblocks - lba)
-            if m <= 0:
-                continue
-            st = layer.meta[lba : lba + m] & np.uint64(fmt.STATE_MASK)
-            fits = (st == fmt.DATA) & (
-                (layer.cur[lba : lba + m] == crcs[:m]) | (layer.pend[lba : lba + m] == crcs[:m])
-            )
-            for i in np.flatnonzero(fits).tolist():
-                layer.pread_into(lba + i, memoryview(probe))
-                if int(block_crcs(probe)[0]) == int(crcs[i]):
-                    continue  # this copy is fine
-                try:
-                    layer.pwrite(lba + i, mv[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
-                    layer.sync()
-                except OSError as e:
-                    raise io_error(e, "repair") from None
-                layer.cur[lba + i] = crcs[i]
-                layer.pend[lba + i] = crcs[i]
-                fixed += 1
+        lba, _ = check_range(offset, len(mv), self.size)
+        fixed = repair_layers(list(self._layers.values()), lba, mv)
         self.counters["repaired_blocks"] += fixed
         return fixed
 
@@ -770,16 +659,3 @@ class FileStore(ReplicaStore):
             "metadata_bytes": maps,
             **self.counters,
         }
-
-
-def check_replica_dir(directory: str) -> None:
-    """Raise FormatError if ``directory`` does not hold a readable replica (used by tools)."""
-    store = FileStore.open(directory)
-    try:
-        if store.size <= 0:
-            raise FormatError("replica size is not positive")
-    finally:
-        store.close()
-
-
-__all__ = ["FileStore", "ReplicaIOError", "check_replica_dir"]

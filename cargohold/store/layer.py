@@ -36,6 +36,7 @@ if sys.byteorder != "little":  # pragma: no cover - the scalar map views assume 
     raise ImportError("the replica store's block maps are little-endian; this host is not")
 
 SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+_MERGE_CHUNK = 1 << 16  # blocks per step of a merge (256 MiB of volume)
 SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 
@@ -385,6 +386,35 @@ class Layer:
                     raise ReplicaIOError(f"copy of blocks {lba}+{n} stopped short")
                 done += got
 
+    def absorb(self, parent: Layer) -> Iterator[None]:
+        """Copy into this layer what ``parent`` has and this layer lacks, so ``parent`` can
+        go (snapshot deletion). Reads see the same content before, during and after: data
+        is copied before the records that point at it. Yields between chunks."""
+        st_mask = np.uint64(fmt.STATE_MASK)
+        for a, b in list(parent.record_ranges(0, parent.nblocks)):
+            for lo in range(a, b, _MERGE_CHUNK):
+                hi = min(b, lo + _MERGE_CHUNK)
+                sm = parent.meta[lo:hi]
+                dm = self.meta[lo:hi]
+                ss = sm & st_mask
+                # also carry "touched" markers (ABSENT with a generation) for delta queries
+                take = (sm != 0) & ((dm & st_mask) == fmt.ABSENT)
+                if take.any():
+                    self.ensure_map_space(lo, hi - lo)
+                    for s, e in _runs(take & (ss == fmt.DATA)):
+                        try:
+                            self.copy_from(parent, lo + s, e - s)
+                        except OSError as err:
+                            raise io_error(err, "merge snapshot") from None
+                    idx = np.flatnonzero(take)
+                    self.cur[lo + idx] = parent.cur[lo + idx]
+                    self.pend[lo + idx] = parent.pend[lo + idx]
+                    gen = np.maximum(sm[idx] >> np.uint64(2), dm[idx] >> np.uint64(2))
+                    self.meta[lo + idx] = (gen << np.uint64(fmt.GEN_SHIFT)) | ss[idx]
+                del sm, dm, ss
+                yield
+        self.sync()
+
     def sync_handles(self) -> list[int]:
         """Duplicated descriptors of every file of this layer, for a sync elsewhere."""
         return [os.dup(fd) for fd in (*self.data_fds, self.map_fd)]
@@ -393,3 +423,11 @@ class Layer:
         for fd in self.data_fds:
             os.fdatasync(fd)
         os.fdatasync(self.map_fd)
+
+
+def _runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(start, stop) of the True runs of a boolean array."""
+    if not mask.any():
+        return
+    d = np.diff(np.concatenate(([False], mask, [False])).astype(np.int8))
+    yield from zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist(), strict=True)
