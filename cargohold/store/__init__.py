@@ -4,5 +4,6 @@
 - ``format``       on-disk headers: encode, decode, check (no I/O)
 - ``layer``        one layer of a replica: a sparse data file and an mmap'd block map
 - ``file_store``   the real store, built from layers, crash-safe
+- ``integrity``    settle a crash, scrub, repair
 - ``memory_store`` the in-memory twin with the same contract, for engine tests
 """
