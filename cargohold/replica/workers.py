@@ -36,6 +36,7 @@ log = logging.getLogger("cargohold.replica")
 _ROUTED = {Op.OPEN, Op.CREATE, Op.DELETE}
 _LOCAL = {Op.HELLO, Op.LIST}
 _MAX_PEEK = 64 * 1024
+_FIRST_FRAME_SECONDS = 30.0
 
 
 def owner(replica_id: str, workers: int) -> int:
@@ -102,6 +103,7 @@ class _Parent:
         self.channels: list[socket.socket] = []
         self.pids: list[int] = []
         self.loop = asyncio.get_running_loop()
+        self.deadlines: dict[int, float] = {}  # fd -> when a first frame must be complete
 
     def spawn(self, index: int) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -142,9 +144,22 @@ class _Parent:
         conn.setblocking(False)
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.deadlines[conn.fileno()] = time.monotonic() + _FIRST_FRAME_SECONDS
         self.loop.add_reader(conn.fileno(), self.peek, conn)
 
+    def _later(self, conn: socket.socket) -> None:
+        """Part of a frame is here, the rest is not. Peeking does not consume, so the socket
+        stays readable: look again shortly instead of spinning; give up at the deadline."""
+        fd = conn.fileno()
+        self.loop.remove_reader(fd)
+        if time.monotonic() > self.deadlines.get(fd, 0):
+            log.warning("dropping a connection that sent no complete first frame in time")
+            self._drop(conn)
+            return
+        self.loop.call_later(0.005, self.loop.add_reader, fd, self.peek, conn)
+
     def _drop(self, conn: socket.socket) -> None:
+        self.deadlines.pop(conn.fileno(), None)
         self.loop.remove_reader(conn.fileno())
         conn.close()
 
@@ -160,7 +175,8 @@ class _Parent:
             self._drop(conn)
             return
         if len(head) < wire.REQUEST.size:
-            return  # wait for the rest of the header
+            self._later(conn)  # wait for the rest of the header
+            return
         magic, op, _, rid, _, _, plen = wire.REQUEST.unpack(head)
         if magic != wire.REQUEST_MAGIC or (plen > _MAX_PEEK and op in (_ROUTED | _LOCAL)):
             self._drop(conn)
@@ -171,7 +187,8 @@ class _Parent:
         total = wire.REQUEST.size + plen
         frame = conn.recv(total, socket.MSG_PEEK)
         if len(frame) < total:
-            return  # payload not all here yet
+            self._later(conn)  # payload not all here yet
+            return
         payload = frame[wire.REQUEST.size :]
         if op in _LOCAL:
             conn.recv(total)  # consume it: this process answers
@@ -205,6 +222,7 @@ class _Parent:
         return b"".join(bytes(b) for b in wire.encode_reply(rid, 0, 0, wire.dump_json(body)))
 
     def hand_over(self, conn: socket.socket, index: int) -> None:
+        self.deadlines.pop(conn.fileno(), None)
         self.loop.remove_reader(conn.fileno())
         try:
             socket.send_fds(self.channels[index], [b"c"], [conn.fileno()])

@@ -95,3 +95,28 @@ async def test_a_killed_worker_is_restarted_and_its_replicas_recover(wserver):
         await c3.open(a, 1)
     for x in (c, c2, c3):
         await x.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_a_slow_first_frame_neither_spins_the_parent_nor_gets_lost(wserver):
+    import socket
+
+    from cargohold.protocol import replica_wire as wire
+    from cargohold.protocol.replica_wire import Op
+
+    frame = b"".join(bytes(b) for b in wire.encode_request(Op.HELLO, 7, payload=b"{}"))
+    s = socket.create_connection(("127.0.0.1", wserver.port))
+    s.sendall(frame[:10])  # part of the header only
+    before = _cpu_seconds(wserver.pid)
+    time.sleep(1.0)
+    spent = _cpu_seconds(wserver.pid) - before
+    assert spent < 0.3, f"the parent spent {spent:.2f} s of CPU waiting for a header"
+    s.sendall(frame[10:])
+    s.settimeout(10)
+    (reply,) = wire.ReplyDecoder().feed(s.recv(4096))
+    assert reply.id == 7 and reply.status == 0
+    s.close()
