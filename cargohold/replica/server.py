@@ -58,6 +58,12 @@ class ReplicaServer:
     async def stop(self) -> None:
         for srv in self._servers:
             srv.close()
+        # long operations (snapshot merges, scrubs) stop at their next step, before any
+        # replica is closed under them; what they did so far is consistent on disk
+        tasks = [t for s in list(self.sessions) for t in s._tasks]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for s in list(self.sessions):
             if s.transport is not None:
                 s.transport.close()

@@ -178,8 +178,15 @@ class Session(asyncio.Protocol):
         rep = self.server.registry.create(args.get("replica"), args.get("size"), args.get("disk"))
         return 0, wire.dump_json({"replica": rep.id, "path": rep.path, "size": rep.store.size})
 
-    def op_delete(self, req: Request) -> Result:
-        self.server.registry.delete(req.args().get("replica"))
+    async def op_delete(self, req: Request) -> Result:
+        rid = req.args().get("replica")
+        rep = self.server.registry.open.get(rid) if isinstance(rid, str) else None
+        if rep is None:
+            self.server.registry.delete(rid)
+            return 0, b""
+        async with rep.lock:  # not in the middle of a snapshot merge, scrub or expand
+            await self._drain_flushes(rep)
+            self.server.registry.delete(rid)
         return 0, b""
 
     def op_list(self, req: Request) -> Result:

@@ -160,6 +160,8 @@ class FileStore(ReplicaStore):
         if not head.clean:
             store._gen, store.counters["recovered_blocks"] = recover_head(head, store._gen)
         store._mark_open()
+        for _ in store._purge():  # finish a snapshot deletion that a crash or stop cut short
+            pass
         return store
 
     def _mark_open(self) -> None:

@@ -299,3 +299,20 @@ def test_leftovers_of_an_interrupted_operation_are_removed(tmp_path):
         "layer-000001.map",
         "replica.meta",
     ]
+
+
+def test_a_snapshot_deletion_cut_short_is_finished_on_open(tmp_path):
+    s = FileStore.create(str(tmp_path / "r"), 1 * GIB)
+    for i in range(4):  # data in four 256 MiB chunks, so the merge takes several steps
+        s.write(i * 256 * MIB, blocks(8, i))
+    s.snapshot_create("old")
+    s.write(0, blocks(1, 9))
+    steps = s.snapshot_delete_steps("old")
+    next(steps)  # one chunk merged, then the server stops
+    s.close()
+    s = FileStore.open(str(tmp_path / "r"))
+    assert s.snapshot_list() == [] and s.stats()["layers"] == 1
+    assert s.read(0, BLOCK_SIZE) == blocks(1, 9)
+    for i in range(1, 4):
+        assert s.read(i * 256 * MIB, 8 * BLOCK_SIZE) == blocks(8, i)
+    s.close()
