@@ -23,9 +23,11 @@ class ServerProc:
     proc: subprocess.Popen | None = None
     log_path: str = ""
     log_dir: str | None = None  # default: next to the first disk (not on it: it may be full)
+    prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NS) to run it on a lab node
 
     def start(self, timeout: float = 20.0) -> ServerProc:
         cmd = [
+            *self.prefix,
             sys.executable,
             "-m",
             "cargohold",

@@ -79,10 +79,15 @@ class ReplicaClient:
         port: int | None = None,
         unix: str | None = None,
         timeout: float = 10.0,
+        sock: socket.socket | None = None,
     ) -> ReplicaClient:
+        """Connect by TCP address, unix socket path, or over an already connected socket."""
         loop = asyncio.get_running_loop()
         try:
-            if unix:
+            if sock is not None:
+                _, proto = await loop.create_connection(_ClientProtocol, sock=sock)
+                where = str(sock.getpeername())
+            elif unix:
                 _, proto = await asyncio.wait_for(
                     loop.create_unix_connection(_ClientProtocol, unix), timeout
                 )
