@@ -10,6 +10,11 @@ APT_PACKAGES=(
   e2fsprogs          # mkfs.ext4, e2fsck, debugfs: the demo's filesystem and the disk-full test
   util-linux         # losetup, mount
   fio                # benchmarks: the local disk's physical limit, measured in the same run
+  qemu-utils         # NBD interop tests: qemu-io, qemu-img
+  libnbd-bin         # NBD interop tests: nbdinfo, nbdcopy, nbdfuse
+  nbdkit             # the C reference NBD server (benchmarks, fault-injecting proxies)
+  python3-libnbd     # libnbd's Python bindings (Debian's /usr/bin/python3 only)
+  fuse3              # nbdfuse: an NBD export as a file, then a loop device
 )
 
 missing=()

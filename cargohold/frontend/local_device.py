@@ -1,0 +1,74 @@
+"""A BlockDevice on one replica store in this process: one replica, no network.
+
+For tests, for ``cargohold nbd-serve`` and to measure what the NBD layer itself costs.
+Reads and writes run inline on the event loop (page-cache I/O takes microseconds, as in the
+replica server); FLUSH and FUA ``fdatasync`` duplicated descriptors in a thread so that I/O
+goes on meanwhile. A FLUSH returns only when every flush already under way has finished
+too: a flush that found nothing new to sync still waits for the one syncing its writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from cargohold.constants import BLOCK_SIZE
+from cargohold.frontend.device import STATE_HOLE, STATE_ZERO
+from cargohold.store.base import DATA, ReplicaStore
+from cargohold.store.layer import sync_fds
+
+
+class LocalDevice:
+    """Serves ``store`` (a FileStore or a MemoryStore). Owns it: ``close`` closes it."""
+
+    block_size = BLOCK_SIZE
+    can_multi_conn = True  # one store, one cache, shared by every connection
+
+    def __init__(self, store: ReplicaStore, read_only: bool = False) -> None:
+        self.store = store
+        self.read_only = read_only
+        self._flushing: set[asyncio.Future[None]] = set()
+
+    @property
+    def size(self) -> int:
+        return self.store.size
+
+    async def read(self, offset: int, length: int) -> bytearray:
+        return self.store.read(offset, length)
+
+    async def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        self.store.write(offset, data)
+        if fua:
+            await self.flush()
+
+    async def trim(self, offset: int, length: int) -> None:
+        self.store.trim(offset, length)
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        self.store.write_zeroes(offset, length)
+        if fua:
+            await self.flush()
+
+    async def flush(self) -> None:
+        earlier = list(self._flushing)
+        fds = self.store.flush_handles()
+        mine: asyncio.Future[None] | None = None
+        if fds:
+            mine = asyncio.get_running_loop().run_in_executor(None, sync_fds, fds)
+            self._flushing.add(mine)
+            mine.add_done_callback(self._flushing.discard)
+        # wait for our own sync and for every sync that was under way when we came
+        for fut in [*earlier, *([mine] if mine else [])]:
+            await asyncio.shield(fut)
+
+    async def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for _, n, kind in self.store.extents(offset, length):
+            flags = 0 if kind == DATA else STATE_HOLE | STATE_ZERO
+            if out and out[-1][1] == flags:
+                out[-1] = (out[-1][0] + n, flags)
+            else:
+                out.append((n, flags))
+        return out
+
+    def close(self) -> None:
+        self.store.close()

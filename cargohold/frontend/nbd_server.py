@@ -1,0 +1,429 @@
+"""The NBD server: a thin asyncio (uvloop) shell around the sans-I/O codec ``protocol.nbd``.
+
+Serves one BlockDevice (the engine's volume, or a ``LocalDevice``) on TCP (TCP_NODELAY) and
+on a unix socket, to many clients at once (multi-conn). Called by ``cargohold nbd-serve``
+and, later, by the engine. Per connection, pipelined requests run concurrently, one task
+each; replies go out with ``writelines`` (read data is never copied). Reading pauses while
+the connection's write buffer is high or too many of its requests are in flight. A client
+that breaks the protocol loses its own connection and nothing else.
+
+Unaligned requests: a client that negotiated block sizes (NBD_INFO_BLOCK_SIZE in NBD_OPT_GO)
+was told the minimum is 4 KiB, and the codec answers its unaligned requests with EINVAL.
+Every other client was told the minimum is 1: its unaligned reads read the covering blocks,
+and its unaligned writes, trims and zeroes read-modify-write the partial blocks while
+holding an exclusive lock on the 4 KiB-aligned span (``SpanLocks``, shared by every
+connection to the device; aligned writes take the span shared, so they never wait for
+one another, only for a read-modify-write on the same blocks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from cargohold.errors import ProtocolError, RequestError, Unsupported
+from cargohold.frontend.device import BlockDevice
+from cargohold.protocol import nbd
+
+log = logging.getLogger("cargohold.nbd")
+
+MAX_INFLIGHT = 256  # requests per connection before we stop reading from it
+WRITE_HIGH = 8 * 1024 * 1024  # write buffer marks of each transport
+WRITE_LOW = 1024 * 1024
+HANDSHAKE_TIMEOUT = 30.0
+ZERO_CHUNK = 1024 * 1024
+_ZEROES = bytes(ZERO_CHUNK)
+
+
+class SpanLocks:
+    """Byte-range locks over one device: exclusive for read-modify-write, shared for plain
+    writes. The common case (nothing exclusive held) takes no scan and no await."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, tuple[int, int, bool]] = {}
+        self._exclusive = 0
+        self._next = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _conflicts(self, lo: int, hi: int, exclusive: bool) -> bool:
+        if not exclusive and not self._exclusive:
+            return False
+        return any(a < hi and lo < b and (ex or exclusive) for a, b, ex in self._held.values())
+
+    async def acquire(self, lo: int, hi: int, exclusive: bool) -> int:
+        while self._conflicts(lo, hi, exclusive):
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            await fut
+        token = self._next
+        self._next += 1
+        self._held[token] = (lo, hi, exclusive)
+        self._exclusive += exclusive
+        return token
+
+    def release(self, token: int) -> None:
+        _, _, exclusive = self._held.pop(token)
+        self._exclusive -= exclusive
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+
+class NBDServer:
+    """Serves ``device`` over NBD until ``close``."""
+
+    def __init__(
+        self,
+        device: BlockDevice,
+        name: str = "",
+        description: str = "",
+        max_connections: int = 1024,
+    ) -> None:
+        self.device = device
+        self.export = nbd.Export(
+            name=name,
+            description=description,
+            read_only=device.read_only,
+            multi_conn=device.can_multi_conn,
+            min_block=device.block_size,
+            preferred_block=device.block_size,
+        )
+        self.max_connections = max_connections
+        self.locks = SpanLocks()
+        self.connections: set[NBDConnection] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+        self.addresses: list[str] = []
+
+    async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(lambda: NBDConnection(self), host, port, backlog=512)
+        self._servers.append(srv)
+        addr = srv.sockets[0].getsockname()
+        self.addresses.append(f"{addr[0]}:{addr[1]}")
+        return addr[0], addr[1]
+
+    async def listen_unix(self, path: str) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_unix_server(lambda: NBDConnection(self), path, backlog=512)
+        self._servers.append(srv)
+        self.addresses.append(f"unix:{path}")
+        return path
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish, close every connection."""
+        for srv in self._servers:
+            srv.close()
+        conns = list(self.connections)
+        for c in conns:
+            c.stop_reading()
+        pending = [t for c in conns for t in c.tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for c in conns:
+            c.close()
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 1.0)
+        self._servers.clear()
+
+
+class NBDConnection(asyncio.Protocol):
+    """One client: the codec, its transport, and the requests it has in flight."""
+
+    def __init__(self, server: NBDServer) -> None:
+        self.server = server
+        self.device = server.device
+        self.codec = nbd.ServerConnection(server.export, lambda: self.device.size)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.ready: nbd.Ready | None = None
+        self._closing_after_drain = False
+        self._write_paused = False
+        self._reading_paused = False
+        self._stopped = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio callbacks --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = str(transport.get_extra_info("peername") or "unix")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(self.server.connections) >= self.server.max_connections:
+            log.warning("refusing %s: %d connections", self.peer, len(self.server.connections))
+            transport.abort()
+            return
+        self.server.connections.add(self)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        transport.write(self.codec.greeting())
+        self._timer = asyncio.get_running_loop().call_later(
+            HANDSHAKE_TIMEOUT, self._handshake_timeout
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.codec.feed(data)
+        except ProtocolError as e:
+            log.warning("NBD client %s broke the protocol, closing: %s", self.peer, e)
+            self.abort()
+            return
+        if self.ready is None and self.transport is not None:
+            out = self.codec.data_to_send()
+            if out:
+                self.transport.write(out)
+        for ev in events:
+            t = type(ev)
+            if t is nbd.Request:
+                self._spawn(ev)  # type: ignore[arg-type]
+            elif t is nbd.Invalid:
+                self._send(self.codec.reply_error(ev.handle, ev.errno, ev.message))  # type: ignore[union-attr]
+            elif t is nbd.Ready:
+                self.ready = ev  # type: ignore[assignment]
+                if self._timer is not None:
+                    self._timer.cancel()
+            elif t is nbd.Disconnect or t is nbd.Aborted:
+                self._close_when_idle()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def eof_received(self) -> bool | None:
+        self._close_when_idle()
+        return True  # keep the write side open until the replies are out
+
+    # --- flow control -----------------------------------------------------------------------
+    def _update_reading(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        want_pause = self._stopped or self._write_paused or len(self.tasks) >= MAX_INFLIGHT
+        if want_pause and not self._reading_paused:
+            t.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            t.resume_reading()
+            self._reading_paused = False
+
+    def stop_reading(self) -> None:
+        self._stopped = True
+        self._update_reading()
+
+    def _handshake_timeout(self) -> None:
+        if self.ready is None:
+            log.warning("NBD client %s did not finish the handshake in time", self.peer)
+            self.abort()
+
+    def _close_when_idle(self) -> None:
+        self._closing_after_drain = True
+        if not self.tasks:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _send(self, buffers: list) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.writelines(buffers)
+
+    # --- requests ------------------------------------------------------------------------------
+    def _spawn(self, req: nbd.Request) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(req))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        if len(self.tasks) >= MAX_INFLIGHT:
+            self._update_reading()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self._reading_paused:
+            self._update_reading()
+        if self._closing_after_drain and not self.tasks:
+            self.close()
+
+    async def _run(self, req: nbd.Request) -> None:
+        codec = self.codec
+        try:
+            out = await self._handle(req)
+        except RequestError as e:
+            out = codec.reply_error(req.handle, e.errno, str(e))
+        except Exception as e:  # a bug must not take the connection or the server down
+            log.exception("NBD %s failed", nbd.command_name(req.cmd))
+            out = codec.reply_error(req.handle, 5, f"internal error: {e}")
+        self._send(out)
+
+    async def _handle(self, req: nbd.Request) -> list:
+        cmd, off, n = req.cmd, req.offset, req.length
+        dev = self.device
+        codec = self.codec
+        bs = dev.block_size
+        if cmd == nbd.CMD_READ:
+            if not (off | n) % bs:
+                return codec.reply_read(req.handle, off, await dev.read(off, n))
+            lo, hi = _outward(off, n, bs)
+            data = memoryview(await dev.read(lo, hi - lo))
+            return codec.reply_read(req.handle, off, data[off - lo : off - lo + n])
+        fua = bool(req.flags & nbd.CMD_FLAG_FUA)
+        if cmd == nbd.CMD_WRITE:
+            assert req.data is not None
+            if not (off | n) % bs:
+                await self._locked(off, off + n, False, lambda: dev.write(off, req.data, fua))
+            else:
+                await self._rmw_write(off, req.data, fua)
+        elif cmd == nbd.CMD_FLUSH:
+            await dev.flush()
+        elif cmd == nbd.CMD_WRITE_ZEROES:
+            await self._write_zeroes(off, n, req.flags)
+        elif cmd == nbd.CMD_TRIM:
+            lo, hi = -(-off // bs) * bs, (off + n) // bs * bs  # only whole blocks: a hint
+            if hi > lo:
+                await self._locked(lo, hi, False, lambda: dev.trim(lo, hi - lo))
+            if fua:
+                await dev.flush()
+        elif cmd == nbd.CMD_BLOCK_STATUS:
+            return codec.reply_block_status(req.handle, await self._block_status(req))
+        # CMD_CACHE: a hint; every read is served from the store anyway
+        return codec.reply_ok(req.handle)
+
+    async def _locked(self, lo: int, hi: int, exclusive: bool, fn: Callable) -> None:
+        locks = self.server.locks
+        token = await locks.acquire(lo, hi, exclusive)
+        try:
+            await fn()
+        finally:
+            locks.release(token)
+
+    async def _rmw_write(self, off: int, data: memoryview, fua: bool) -> None:
+        """Unaligned write: merge the partial edge blocks with what they hold."""
+        dev = self.device
+        bs = dev.block_size
+        n = len(data)
+        lo, hi = _outward(off, n, bs)
+        locks = self.server.locks
+        token = await locks.acquire(lo, hi, True)
+        try:
+            buf = bytearray(hi - lo)
+            if hi - lo == bs:
+                buf[:] = await dev.read(lo, bs)
+            else:
+                if off != lo:
+                    buf[:bs] = await dev.read(lo, bs)
+                if off + n != hi:
+                    buf[-bs:] = await dev.read(hi - bs, bs)
+            buf[off - lo : off - lo + n] = data
+            await dev.write(lo, memoryview(buf), fua)
+        finally:
+            locks.release(token)
+
+    async def _write_zeroes(self, off: int, n: int, flags: int) -> None:
+        dev = self.device
+        bs = dev.block_size
+        fua = bool(flags & nbd.CMD_FLAG_FUA)
+        if flags & nbd.CMD_FLAG_NO_HOLE:
+            if flags & nbd.CMD_FLAG_FAST_ZERO:
+                raise Unsupported("zeroing without holes is not fast here")
+            for pos in range(off, off + n, ZERO_CHUNK):  # per MiB, not per block
+                chunk = memoryview(_ZEROES)[: min(ZERO_CHUNK, off + n - pos)]
+                if (pos | len(chunk)) % bs:
+                    await self._rmw_write(pos, chunk, fua)
+                else:
+                    write = functools.partial(dev.write, pos, chunk, fua)
+                    await self._locked(pos, pos + len(chunk), False, write)
+            return
+        if not (off | n) % bs:
+            await self._locked(off, off + n, False, lambda: dev.write_zeroes(off, n, fua))
+            return
+        lo, hi = -(-off // bs) * bs, (off + n) // bs * bs  # the whole blocks inside
+        if hi <= lo:  # within one block, or two partial ones
+            await self._rmw_write(off, memoryview(_ZEROES)[:n], fua)
+            return
+        if off < lo:
+            await self._rmw_write(off, memoryview(_ZEROES)[: lo - off], fua)
+        await self._locked(lo, hi, False, lambda: dev.write_zeroes(lo, hi - lo, fua))
+        if off + n > hi:
+            await self._rmw_write(hi, memoryview(_ZEROES)[: off + n - hi], fua)
+
+    async def _block_status(self, req: nbd.Request) -> list[tuple[int, int]]:
+        bs = self.device.block_size
+        off, n = req.offset, req.length
+        lo, hi = _outward(off, n, bs)
+        runs = await self.device.block_status(lo, hi - lo)
+        out: list[tuple[int, int]] = []
+        skip = off - lo
+        left = n
+        for length, flags in runs:
+            if skip:
+                cut = min(skip, length)
+                length -= cut
+                skip -= cut
+            length = min(length, left)
+            if length <= 0:
+                continue
+            out.append((length, flags))
+            left -= length
+            if left == 0 or len(out) >= nbd.MAX_BLOCK_STATUS_EXTENTS:
+                break
+        if not out:  # the device said nothing we can use: "unknown" is always true
+            out = [(n, 0)]
+        if req.flags & nbd.CMD_FLAG_REQ_ONE:
+            out = out[:1]
+        return out
+
+
+def _outward(off: int, n: int, bs: int) -> tuple[int, int]:
+    """The block-aligned span covering [off, off + n)."""
+    return off // bs * bs, -(-(off + n) // bs) * bs
+
+
+async def serve(
+    device: BlockDevice,
+    host: str | None = "127.0.0.1",
+    port: int = 10809,
+    unix: str | None = None,
+    name: str = "",
+    description: str = "",
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve ``device`` until ``stop`` is set, then drain, close and flush the device."""
+    server = NBDServer(device, name=name, description=description)
+    if host is not None:
+        await server.listen_tcp(host, port)
+    if unix:
+        await server.listen_unix(unix)
+    print(f"nbd server listening on {' '.join(server.addresses)}", flush=True)
+    stop = stop or asyncio.Event()
+    await stop.wait()
+    log.info("shutting down")
+    await server.close()
+    await device.flush()
