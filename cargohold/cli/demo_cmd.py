@@ -253,6 +253,8 @@ async def _demo(root: str) -> None:
         await src.open("demo-r", epoch=2)
         t0 = time.perf_counter()
         moved = await src.copy_to(c2, since=stale_gen)
+        current = (await src.info())["generation"]
+        await c2.mark_current(current)  # the engine's last step of a rebuild
         el = time.perf_counter() - t0
         _say(
             "7/8",
@@ -262,7 +264,10 @@ async def _demo(root: str) -> None:
         images = [await _read_all(c, size) for c in (src, c2, clients[2])]
         digests = {hashlib.sha256(x).hexdigest()[:16] for x in images}
         assert len(digests) == 1, "replicas differ"
-        console.print(f"      all three replicas identical: sha256 {digests.pop()}")
+        console.print(
+            f"      all three replicas identical: sha256 {digests.pop()}; node-2 "
+            f"marked current at generation {current}"
+        )
         rebuilt = os.path.join(work, "from-node-2.img")
         with open(rebuilt, "wb") as f:
             f.write(images[1])

@@ -26,8 +26,8 @@ VERSIONS_SUPPORTED = frozenset({1})
 
 REQUEST_MAGIC = b"CHRQ"
 REPLY_MAGIC = b"CHRP"
-# magic, op, flags, request id, offset, length, payload length
-REQUEST = struct.Struct("<4sHHQQII")
+# magic, op, flags, request id, offset, length, payload length, generation
+REQUEST = struct.Struct("<4sHHQQIIQ")
 # magic, status, request id, generation, payload length, reserved
 REPLY = struct.Struct("<4sIQQII")
 MAX_PAYLOAD = MAX_IO_BYTES + 64 * 1024  # largest write, or an export chunk with its records
@@ -58,6 +58,7 @@ class Op(enum.IntEnum):
     EXPAND = 54
     EXTENTS = 55
     REPAIR = 56
+    MARK_CURRENT = 57
 
 
 OPS = frozenset(int(o) for o in Op)
@@ -73,6 +74,7 @@ class Request:
     offset: int
     length: int
     payload: memoryview | bytes
+    generation: int = 0  # mutations: the engine's number for it (0 = the replica numbers it)
 
     def args(self) -> dict[str, Any]:
         """The request's JSON arguments; a bad body is a bad request (InvalidArgument)."""
@@ -113,12 +115,13 @@ def encode_request(
     length: int = 0,
     payload: bytes | bytearray | memoryview = b"",
     flags: int = 0,
+    generation: int = 0,
 ) -> list[bytes | bytearray | memoryview]:
     """Header and payload as separate buffers (for ``writelines``: no copy of the data)."""
     n = len(payload)
     if n > MAX_PAYLOAD:
         raise InvalidArgument(f"payload of {n} bytes exceeds the limit of {MAX_PAYLOAD}")
-    hdr = REQUEST.pack(REQUEST_MAGIC, op, flags, req_id, offset, length, n)
+    hdr = REQUEST.pack(REQUEST_MAGIC, op, flags, req_id, offset, length, n, generation)
     return [hdr, payload] if n else [hdr]
 
 
@@ -224,8 +227,8 @@ class RequestDecoder(_FrameDecoder):
         return fields[6]
 
     def _make(self, fields: tuple[Any, ...], payload: memoryview) -> Request:
-        _, op, flags, rid, offset, length, _ = fields
-        return Request(op, flags, rid, offset, length, payload)
+        _, op, flags, rid, offset, length, _, gen = fields
+        return Request(op, flags, rid, offset, length, payload, gen)
 
 
 class ReplyDecoder(_FrameDecoder):

@@ -119,6 +119,7 @@ class ReplicaClient:
         payload: Any = b"",
         flags: int = 0,
         args: dict[str, Any] | None = None,
+        generation: int = 0,
     ) -> asyncio.Future[Reply]:
         """Queue one request; the future resolves to its raw ``Reply``."""
         if self._p.lost is not None:
@@ -131,11 +132,13 @@ class ReplicaClient:
         assert self._p.transport is not None
         if isinstance(payload, list):
             n = sum(len(p) for p in payload)
-            hdr = wire.REQUEST.pack(wire.REQUEST_MAGIC, op, flags, rid, offset, length, n)
+            hdr = wire.REQUEST.pack(
+                wire.REQUEST_MAGIC, op, flags, rid, offset, length, n, generation
+            )
             self._p.transport.writelines([hdr, *payload])
         else:
             self._p.transport.writelines(
-                wire.encode_request(op, rid, offset, length, payload, flags)
+                wire.encode_request(op, rid, offset, length, payload, flags, generation)
             )
         return fut
 
@@ -147,10 +150,11 @@ class ReplicaClient:
         payload: Any = b"",
         flags: int = 0,
         args: dict[str, Any] | None = None,
+        generation: int = 0,
     ) -> Reply:
         if not self._p._drained.is_set():
             await self._p._drained.wait()
-        reply = await self.send(op, offset, length, payload, flags, args)
+        reply = await self.send(op, offset, length, payload, flags, args, generation)
         return self.check(reply)
 
     def check(self, reply: Reply) -> Reply:
@@ -191,18 +195,20 @@ class ReplicaClient:
         args = {"snapshot": snapshot} if snapshot else None
         return (await self.call(Op.READ, offset, length, args=args)).payload  # type: ignore[return-value]
 
-    async def write(self, offset: int, data: Any, fua: bool = False) -> int:
-        r = await self.call(Op.WRITE, offset, len(data), data, wire.FLAG_FUA if fua else 0)
+    async def write(self, offset: int, data: Any, fua: bool = False, generation: int = 0) -> int:
+        """-> the generation the replica is complete through (see docs/formats/replica-wire.md)"""
+        flags = wire.FLAG_FUA if fua else 0
+        r = await self.call(Op.WRITE, offset, len(data), data, flags, generation=generation)
         return r.generation
 
     async def flush(self) -> int:
         return (await self.call(Op.FLUSH)).generation
 
-    async def trim(self, offset: int, length: int) -> int:
-        return (await self.call(Op.TRIM, offset, length)).generation
+    async def trim(self, offset: int, length: int, generation: int = 0) -> int:
+        return (await self.call(Op.TRIM, offset, length, generation=generation)).generation
 
-    async def write_zeroes(self, offset: int, length: int) -> int:
-        return (await self.call(Op.WRITE_ZEROES, offset, length)).generation
+    async def write_zeroes(self, offset: int, length: int, generation: int = 0) -> int:
+        return (await self.call(Op.WRITE_ZEROES, offset, length, generation=generation)).generation
 
     # --- snapshots, deltas, maintenance -------------------------------------------------
     async def snapshot_create(
@@ -218,8 +224,8 @@ class ReplicaClient:
     async def snapshot_delete(self, name: str) -> None:
         await self.call(Op.SNAPSHOT_DELETE, args={"name": name})
 
-    async def snapshot_revert(self, name: str) -> None:
-        await self.call(Op.SNAPSHOT_REVERT, args={"name": name})
+    async def snapshot_revert(self, name: str, generation: int = 0) -> None:
+        await self.call(Op.SNAPSHOT_REVERT, args={"name": name}, generation=generation)
 
     async def info(self) -> dict[str, Any]:
         return (await self.call(Op.INFO)).result()
@@ -248,8 +254,16 @@ class ReplicaClient:
             args["snapshot"] = snapshot
         return (await self.call(Op.EXPORT, offset, length, args=args)).payload  # type: ignore[return-value]
 
-    async def import_stream(self, stream: Any) -> int:
-        return (await self.call(Op.IMPORT, payload=stream)).generation
+    async def import_stream(self, stream: Any, generation: int = 0) -> int:
+        """Apply an extent stream. Imported blocks are history: they do not make the replica
+        complete through anything (``mark_current`` does, after a rebuild)."""
+        return (await self.call(Op.IMPORT, payload=stream, generation=generation)).generation
+
+    async def mark_current(self, generation: int = 0) -> int:
+        """After a rebuild: the replica holds every mutation up to ``generation`` (0: the
+        newest it has seen). Durable when this returns."""
+        args = {"generation": generation} if generation else {}
+        return (await self.call(Op.MARK_CURRENT, args=args)).generation
 
     async def copy_to(self, other: ReplicaClient, since: int = 0, chunk: int = 8 << 20) -> int:
         """Stream this replica's content (or its delta since a generation) into another."""

@@ -217,6 +217,7 @@ class Session(asyncio.Protocol):
             "replica": rep.id,
             "size": s.size,
             "generation": s.generation,
+            "seen": s.seen,
             "epoch": s.epoch,
             "snapshots": [x.name for x in s.snapshot_list()],
             "pid": os.getpid(),
@@ -237,7 +238,7 @@ class Session(asyncio.Protocol):
             raise InvalidArgument(
                 f"write length {req.length} but {len(req.payload)} bytes of payload"
             )
-        gen = rep.store.write(req.offset, req.payload)
+        gen = rep.store.write(req.offset, req.payload, generation=req.generation or None)
         if req.flags & wire.FLAG_FUA:
             return self._flush(rep, gen)
         return gen, b""
@@ -266,11 +267,11 @@ class Session(asyncio.Protocol):
 
     def op_trim(self, req: Request) -> Result:
         rep = self._replica()
-        return rep.store.trim(req.offset, req.length), b""
+        return rep.store.trim(req.offset, req.length, req.generation or None), b""
 
     def op_write_zeroes(self, req: Request) -> Result:
         rep = self._replica()
-        return rep.store.write_zeroes(req.offset, req.length), b""
+        return rep.store.write_zeroes(req.offset, req.length, req.generation or None), b""
 
     # --- snapshots and maintenance -------------------------------------------------------
     async def op_snapshot_create(self, req: Request) -> Result:
@@ -304,7 +305,7 @@ class Session(asyncio.Protocol):
         async with rep.lock:
             self._replica()
             await self._drain_flushes(rep)
-            rep.store.snapshot_revert(name)
+            rep.store.snapshot_revert(name, req.generation or None)
         return rep.store.generation, b""
 
     async def _drain_flushes(self, rep: OpenReplica) -> None:
@@ -346,10 +347,20 @@ class Session(asyncio.Protocol):
     def op_import(self, req: Request) -> Result:
         rep = self._replica()
         try:
-            gen = rep.store.import_stream(req.payload)
+            gen = rep.store.import_stream(req.payload, req.generation or None)
         except ProtocolError as e:  # a bad stream inside a good frame: a bad request
             raise InvalidArgument(str(e)) from None
         return gen, b""
+
+    async def op_mark_current(self, req: Request) -> Result:
+        rep = self._replica()
+        args = req.args()
+        generation = _int_arg(args, "generation", 0) if "generation" in args else None
+        async with rep.lock:
+            self._replica()
+            await self._drain_flushes(rep)
+            rep.store.mark_current(generation)
+        return rep.store.generation, wire.dump_json(self._info(rep))
 
     def op_repair(self, req: Request) -> Result:
         rep = self._replica()
@@ -432,4 +443,5 @@ _HANDLERS: dict[int, Callable[[Session, Request], Any]] = {
     Op.EXPAND: Session.op_expand,
     Op.EXTENTS: Session.op_extents,
     Op.REPAIR: Session.op_repair,
+    Op.MARK_CURRENT: Session.op_mark_current,
 }

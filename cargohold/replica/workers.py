@@ -177,7 +177,7 @@ class _Parent:
         if len(head) < wire.REQUEST.size:
             self._later(conn)  # wait for the rest of the header
             return
-        magic, op, _, rid, _, _, plen = wire.REQUEST.unpack(head)
+        magic, op, _, rid, _, _, plen, _ = wire.REQUEST.unpack(head)
         if magic != wire.REQUEST_MAGIC or (plen > _MAX_PEEK and op in (_ROUTED | _LOCAL)):
             self._drop(conn)
             return

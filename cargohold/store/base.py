@@ -130,7 +130,16 @@ class ReplicaStore(ABC):
 
     @property
     @abstractmethod
+    def seen(self) -> int:
+        """The newest generation recorded at all (>= ``generation``; above it after a gap)."""
+
+    @property
+    @abstractmethod
     def epoch(self) -> int: ...
+
+    @abstractmethod
+    def mark_current(self, generation: int | None = None) -> None:
+        """After a rebuild: complete through ``generation`` (default ``seen``); durable."""
 
     @abstractmethod
     def _persist_epoch(self, epoch: int) -> None: ...
@@ -152,8 +161,18 @@ class ReplicaStore(ABC):
         the bad blocks. Blocks beyond what a snapshot held read as zeros."""
 
     @abstractmethod
-    def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> int:
-        """Write whole blocks; with ``fua`` the write is durable on return. -> generation."""
+    def write(
+        self,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        fua: bool = False,
+        generation: int | None = None,
+    ) -> int:
+        """Write whole blocks; with ``fua`` the write is durable on return.
+
+        ``generation`` numbers the mutation (the engine numbers a volume's mutations so that
+        all its replicas agree); it must be above ``seen``. Default: ``seen + 1``.
+        -> the generation the replica is complete through afterwards."""
 
     @abstractmethod
     def flush(self) -> None:
@@ -165,12 +184,16 @@ class ReplicaStore(ABC):
         return []
 
     @abstractmethod
-    def write_zeroes(self, offset: int, length: int) -> int:
+    def write_zeroes(self, offset: int, length: int, generation: int | None = None) -> int:
         """Make the range read as zeros and release its space. -> generation."""
 
-    def trim(self, offset: int, length: int) -> int:
+    def trim(self, offset: int, length: int, generation: int | None = None) -> int:
         """Discard the range; it reads as zeros afterwards and its space is released."""
-        return self.write_zeroes(offset, length)
+        return self.write_zeroes(offset, length, generation)
+
+    @abstractmethod
+    def _import_extents(self, extents: list[Any], generation: int) -> None:
+        """Apply verified extents, recorded at ``generation``, without claiming it."""
 
     @abstractmethod
     def expand(self, new_size: int) -> None: ...
@@ -187,7 +210,7 @@ class ReplicaStore(ABC):
     def snapshot_delete(self, name: str) -> None: ...
 
     @abstractmethod
-    def snapshot_revert(self, name: str) -> None:
+    def snapshot_revert(self, name: str, generation: int | None = None) -> None:
         """Make the head read exactly as the snapshot; later snapshots stay readable."""
 
     # --- maps, deltas, integrity -----------------------------------------------------
@@ -318,8 +341,15 @@ class ReplicaStore(ABC):
         header = xs.StreamHeader(offset, (lba + stop) * BLOCK_SIZE, since, self.generation)
         return xs.encode(header, out_ext)
 
-    def import_stream(self, buf: bytes | bytearray | memoryview) -> int:
-        """Apply an extent stream made by ``export`` (of this or another replica)."""
+    def import_stream(
+        self, buf: bytes | bytearray | memoryview, generation: int | None = None
+    ) -> int:
+        """Apply an extent stream made by ``export`` (of this or another replica).
+
+        Imported blocks are history, not new mutations: they are recorded at ``generation``
+        (default: the newer of ``seen`` and the stream's source generation) and do not make
+        the replica complete through anything; after a rebuild the engine calls
+        ``mark_current``."""
         header, extents = xs.decode(buf)
         if header.end > self.size:
             raise InvalidArgument(f"stream covers up to {header.end}, replica size {self.size}")
@@ -336,11 +366,8 @@ class ReplicaStore(ABC):
                         f"extent stream: {bad.size} block(s) fail their checksum, first {blocks[0]}",
                         blocks=blocks,
                     )
-        for e in extents:
-            if e.kind == xs.KIND_DATA:
-                self.write(e.lba * BLOCK_SIZE, e.data)  # type: ignore[arg-type]
-            else:
-                self.write_zeroes(e.lba * BLOCK_SIZE, e.count * BLOCK_SIZE)
+        g = max(self.seen, header.generation) if generation is None else generation
+        self._import_extents(extents, g)
         return self.generation
 
 

@@ -27,9 +27,11 @@ from cargohold.errors import (
     AlreadyExists,
     Busy,
     ChecksumError,
+    InvalidArgument,
     NotFound,
     Unsupported,
 )
+from cargohold.protocol.extent_stream import KIND_DATA
 from cargohold.store import format as fmt
 from cargohold.store.base import (
     DATA,
@@ -86,7 +88,9 @@ class FileStore(ReplicaStore):
         self._layers = layers
         self._chain: list[Layer] = []
         self._rebuild_chain()
-        self._gen = self._chain[0].generation
+        head = self._chain[0]
+        self._gen = head.generation  # complete through: every mutation up to it is here
+        self._seen = max(head.seen, self._gen)  # the newest mutation recorded at all
         self._dirty: set[int] = set()
         self._busy = False
         self.counters = dict.fromkeys(
@@ -158,7 +162,8 @@ class FileStore(ReplicaStore):
         store = cls(directory, meta, layers)
         head = store._chain[0]
         if not head.clean:
-            store._gen, store.counters["recovered_blocks"] = recover_head(head, store._gen)
+            seen, store.counters["recovered_blocks"] = recover_head(head, store._seen)
+            store._seen = head.seen = seen
         store._mark_open()
         for _ in store._purge():  # finish a snapshot deletion that a crash or stop cut short
             pass
@@ -252,10 +257,47 @@ class FileStore(ReplicaStore):
         meta["epoch"] = epoch
         self._commit(meta)
 
-    def _next_gen(self) -> int:
-        self._gen += 1
-        self._chain[0].generation = self._gen
-        return self._gen
+    @property
+    def seen(self) -> int:
+        return self._seen
+
+    def _claim(self, generation: int | None) -> tuple[int, bool]:
+        """Take the generation of a mutation: the caller's (the engine numbers the volume's
+        mutations) or the next one. -> (generation, whether it continues the sequence)."""
+        g = self._seen + 1 if generation is None else generation
+        if not isinstance(g, int) or isinstance(g, bool) or g <= self._seen:
+            raise InvalidArgument(
+                f"generation {g!r} is not above the newest this replica has seen, {self._seen}"
+            )
+        contiguous = self._gen == self._seen and g == self._gen + 1
+        self._seen = g
+        self._chain[0].seen = g
+        return g, contiguous
+
+    def _complete(self, g: int, contiguous: bool) -> None:
+        """The mutation claimed as ``g`` is fully applied: the replica is complete through it
+        if nothing before it is missing. A failed mutation never gets here: a gap remains
+        and the generation stays put until ``mark_current``."""
+        if contiguous:
+            self._gen = g
+            self._chain[0].generation = g
+
+    def mark_current(self, generation: int | None = None) -> None:
+        """After a rebuild: this replica now holds every mutation up to ``generation``
+        (default: the newest it has seen). Made durable before returning."""
+        g = self._seen if generation is None else generation
+        if not isinstance(g, int) or isinstance(g, bool) or g < self._seen:
+            raise InvalidArgument(
+                f"generation {g!r} is below the newest this replica has seen, {self._seen}"
+            )
+        self.flush()
+        self._gen = self._seen = g
+        head = self._chain[0]
+        head.generation = head.seen = g
+        try:
+            head.sync()
+        except OSError as e:
+            raise io_error(e, "mark current") from None
 
     # --- reads ------------------------------------------------------------------------
     def _chain_of(self, snapshot: str | None) -> list[Layer]:
@@ -351,20 +393,49 @@ class FileStore(ReplicaStore):
             )
 
     # --- writes -----------------------------------------------------------------------
-    def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> int:
+    def write(
+        self,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        fua: bool = False,
+        generation: int | None = None,
+    ) -> int:
         mv = memoryview(data)
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
         lba, n = check_range(offset, len(mv), self.size)
-        if n == 1:
-            return self._write_one(lba, mv, fua)
         if n == 0:
             return self._gen
-        crcs = block_crcs(mv)
+        self._chain[0].ensure_map_space(lba, n)
+        g, contiguous = self._claim(generation)
+        self._put(lba, mv, g)
+        self._complete(g, contiguous)
+        self.counters["writes"] += 1
+        self.counters["written_bytes"] += len(mv)
+        if fua:
+            self.flush()
+        return self._gen
+
+    def _put(self, lba: int, mv: memoryview, g: int) -> None:
+        """Store whole blocks in the head, recorded at generation ``g``, in the crash-safe
+        order of docs/formats/replica-store.md."""
         head = self._chain[0]
-        head.ensure_map_space(lba, n)
-        gen = self._next_gen()
-        tag = np.uint64(gen << fmt.GEN_SHIFT)
+        n = len(mv) // BLOCK_SIZE
+        if n == 1:  # scalar stores: numpy's per-call cost would dominate one block
+            crc = crc32c(mv)
+            q, u, i = head.q, head.u, 2 * lba + 1
+            q[i] = (g << fmt.GEN_SHIFT) | (q[i] & fmt.STATE_MASK)
+            u[4 * lba + 1] = crc
+            try:
+                head.pwrite(lba, mv)
+            except OSError as e:
+                raise io_error(e, f"write at {lba * BLOCK_SIZE}") from None
+            u[4 * lba] = crc
+            q[i] = (g << fmt.GEN_SHIFT) | fmt.DATA
+            self._dirty.add(head.id)
+            return
+        crcs = block_crcs(mv)
+        tag = np.uint64(g << fmt.GEN_SHIFT)
         meta = head.meta[lba : lba + n]
         # 1. mark the blocks as changed at this generation, state unchanged
         meta[:] = (meta & np.uint64(fmt.STATE_MASK)) | tag
@@ -375,38 +446,11 @@ class FileStore(ReplicaStore):
             head.pwrite(lba, mv)
         except OSError as e:
             del meta  # a traceback holding a view of the map would keep it from closing
-            raise io_error(e, f"write at {offset}") from None
+            raise io_error(e, f"write at {lba * BLOCK_SIZE}") from None
         # 4. commit: the new checksum becomes the current one, the block lives here
         head.cur[lba : lba + n] = crcs
         meta[:] = tag | np.uint64(fmt.DATA)
         self._dirty.add(head.id)
-        self.counters["writes"] += 1
-        self.counters["written_bytes"] += len(mv)
-        if fua:
-            self.flush()
-        return gen
-
-    def _write_one(self, lba: int, mv: memoryview, fua: bool) -> int:
-        """``write`` for one block, same steps, with scalar stores instead of numpy."""
-        crc = crc32c(mv)
-        head = self._chain[0]
-        head.ensure_map_space(lba, 1)
-        gen = self._next_gen()
-        q, u, i = head.q, head.u, 2 * lba + 1
-        q[i] = (gen << fmt.GEN_SHIFT) | (q[i] & fmt.STATE_MASK)
-        u[4 * lba + 1] = crc
-        try:
-            head.pwrite(lba, mv)
-        except OSError as e:
-            raise io_error(e, f"write at {lba * BLOCK_SIZE}") from None
-        u[4 * lba] = crc
-        q[i] = (gen << fmt.GEN_SHIFT) | fmt.DATA
-        self._dirty.add(head.id)
-        self.counters["writes"] += 1
-        self.counters["written_bytes"] += BLOCK_SIZE
-        if fua:
-            self.flush()
-        return gen
 
     def _read_one(self, lba: int, chain: list[Layer]) -> bytearray:
         """``read`` for one block: walk the chain with scalar loads."""
@@ -427,22 +471,36 @@ class FileStore(ReplicaStore):
         self.counters["read_bytes"] += BLOCK_SIZE
         return out
 
-    def write_zeroes(self, offset: int, length: int) -> int:
+    def write_zeroes(self, offset: int, length: int, generation: int | None = None) -> int:
         lba, n = check_range(offset, length, self.size)
         if n == 0:
             return self._gen
+        self._chain[0].ensure_map_space(lba, n)
+        g, contiguous = self._claim(generation)
+        self._zero(lba, n, g)
+        self._complete(g, contiguous)
+        self.counters["zeroes"] += 1
+        return self._gen
+
+    def _zero(self, lba: int, n: int, g: int) -> None:
         head = self._chain[0]
-        head.ensure_map_space(lba, n)
-        gen = self._next_gen()
-        head.meta[lba : lba + n] = np.uint64((gen << fmt.GEN_SHIFT) | fmt.ZERO)
+        head.meta[lba : lba + n] = np.uint64((g << fmt.GEN_SHIFT) | fmt.ZERO)
         # punch the whole range: also frees data a failed or crash-cut write left behind
         try:
             head.punch(lba, n)
         except OSError as e:
             raise io_error(e, "punch hole") from None
         self._dirty.add(head.id)
-        self.counters["zeroes"] += 1
-        return gen
+
+    def _import_extents(self, extents: list[Any], g: int) -> None:
+        for e in extents:
+            self._chain[0].ensure_map_space(e.lba, e.count)
+            if e.kind == KIND_DATA:
+                self._put(e.lba, e.data, g)
+            else:
+                self._zero(e.lba, e.count, g)
+        self._seen = max(self._seen, g)
+        self._chain[0].seen = self._seen
 
     def flush_handles(self) -> list[int]:
         """Duplicates of the descriptors a FLUSH must sync, for syncing in another thread
@@ -491,7 +549,7 @@ class FileStore(ReplicaStore):
             old = self._chain[0]
             old.sync()
             lid = int(self._meta["next_layer"])
-            new = Layer.create(self.directory, lid, old.nblocks, generation=self._gen)
+            new = Layer.create(self.directory, lid, old.nblocks, self._gen, self._seen)
             meta = self._draft()
             meta["layers"][str(old.id)]["snapshot"] = {
                 "name": name,
@@ -576,16 +634,18 @@ class FileStore(ReplicaStore):
             layer.close()
             layer.unlink()
 
-    def snapshot_revert(self, name: str) -> None:
+    def snapshot_revert(self, name: str, generation: int | None = None) -> None:
         target = self._snapshot_layer(name)
         self._start()
         try:
             self.flush()
             ancestors = set(self._ancestry(target))
-            gen = self._next_gen()
+            gen, contiguous = self._claim(generation)
             old_head = self._chain[0]
             nid = int(self._meta["next_layer"])
-            new = Layer.create(self.directory, nid, old_head.nblocks, generation=gen)
+            new = Layer.create(
+                self.directory, nid, old_head.nblocks, gen if contiguous else self._gen, gen
+            )
             tag = np.uint64(gen << fmt.GEN_SHIFT)
             # blocks that may read differently now are marked changed (for delta queries)
             for layer in self._chain:
@@ -600,6 +660,7 @@ class FileStore(ReplicaStore):
                             new.meta[lo + touched] = tag
             new.sync()
             self._install_head(new, target, self._draft())
+            self._complete(gen, contiguous)
             old_head.clean = True
             for _ in self._purge():
                 pass
@@ -618,7 +679,7 @@ class FileStore(ReplicaStore):
         mask = np.zeros(n, dtype=bool)
         limit = np.uint64(since)
         for layer in self._chain:
-            top = self._gen if layer is self._chain[0] else layer.generation
+            top = self._seen if layer is self._chain[0] else max(layer.generation, layer.seen)
             if top <= since:
                 continue
             for a, b in layer.record_ranges(lba, min(lba + n, layer.nblocks)):
@@ -653,6 +714,7 @@ class FileStore(ReplicaStore):
         return {
             "size": self.size,
             "generation": self._gen,
+            "seen": self._seen,
             "epoch": self.epoch,
             "layers": len(self._layers),
             "snapshots": sum(1 for v in self._meta["layers"].values() if v["snapshot"]),

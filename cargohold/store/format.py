@@ -44,8 +44,9 @@ MAP_VERSIONS_READ = frozenset({1})
 # static part, CRC-protected: magic, version, header size, block size, nblocks, layer uuid
 _MAP_STATIC = struct.Struct("<8sHHIQ16s")  # 40 bytes
 _MAP_STATIC_CRC = struct.Struct("<I")  # at offset 40
-MAP_GEN_OFFSET = 64  # u64: highest generation written into this layer
+MAP_GEN_OFFSET = 64  # u64: generation the replica is complete through (the head's counts)
 MAP_FLAGS_OFFSET = 72  # u32: bit 0 = closed cleanly
+MAP_SEEN_OFFSET = 80  # u64: the newest generation recorded in this layer
 MAP_FLAG_CLEAN = 1
 
 # --- data file header --------------------------------------------------------------
@@ -73,6 +74,7 @@ class MapHeader:
     generation: int = 0
     clean: bool = True
     version: int = MAP_VERSION
+    seen: int = 0
     block_size: int = BLOCK_SIZE
 
 
@@ -84,6 +86,7 @@ def encode_map_header(h: MapHeader) -> bytes:
     _MAP_STATIC_CRC.pack_into(buf, 40, crc32c.crc32c(bytes(buf[:40])))
     struct.pack_into("<Q", buf, MAP_GEN_OFFSET, h.generation)
     struct.pack_into("<I", buf, MAP_FLAGS_OFFSET, MAP_FLAG_CLEAN if h.clean else 0)
+    struct.pack_into("<Q", buf, MAP_SEEN_OFFSET, max(h.seen, h.generation))
     return bytes(buf)
 
 
@@ -107,7 +110,8 @@ def decode_map_header(buf: bytes | memoryview, where: str = "map file") -> MapHe
         )
     (gen,) = struct.unpack_from("<Q", buf, MAP_GEN_OFFSET)
     (flags,) = struct.unpack_from("<I", buf, MAP_FLAGS_OFFSET)
-    return MapHeader(nblocks, luuid, gen, bool(flags & MAP_FLAG_CLEAN), version, bsize)
+    (seen,) = struct.unpack_from("<Q", buf, MAP_SEEN_OFFSET)
+    return MapHeader(nblocks, luuid, gen, bool(flags & MAP_FLAG_CLEAN), version, bsize, seen)
 
 
 def encode_data_header(layer_uuid: bytes, segment: int = 0) -> bytes:

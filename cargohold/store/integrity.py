@@ -1,8 +1,8 @@
 """Integrity work on layers: settle a crash, scrub, repair. Called by ``file_store``.
 
 - ``recover_head`` after an unclean shutdown: writes that were in flight end as their old
-  or their new content (whichever the block holds), and the generation is restored from
-  the block map.
+  or their new content (whichever the block holds), and the newest generation recorded in
+  the block map is found (the complete-through generation in the header stays).
 - ``scrub_layers`` verifies every data block of every layer against its CRC32C.
 - ``repair_layers`` rewrites bad blocks with good content, but only content whose
   checksum matches what the map recorded: a repair can never bring in other data.
@@ -23,9 +23,10 @@ CHUNK = 1 << 16  # blocks per step (256 MiB of volume)
 SCRUB_STEP = 256  # blocks per scrub read (1 MiB)
 
 
-def recover_head(head: Layer, generation: int) -> tuple[int, int]:
-    """-> (the recovered generation, how many in-flight blocks were settled)."""
-    top = generation
+def recover_head(head: Layer, seen: int) -> tuple[int, int]:
+    """-> (the newest generation recorded in the map, how many in-flight blocks were
+    settled). The complete-through generation in the header is left as it is."""
+    top = seen
     fixed = 0
     buf = bytearray(BLOCK_SIZE)
     for a, b in head.record_ranges(0, head.nblocks):
@@ -48,7 +49,6 @@ def recover_head(head: Layer, generation: int) -> tuple[int, int]:
                 else:
                     continue  # really bad: scrub and reads report it
                 fixed += 1
-    head.generation = top
     head.sync()
     return top, fixed
 

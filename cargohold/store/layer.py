@@ -125,7 +125,9 @@ class Layer:
         return fd
 
     @classmethod
-    def create(cls, directory: str, layer_id: int, nblocks: int, generation: int) -> Layer:
+    def create(
+        cls, directory: str, layer_id: int, nblocks: int, generation: int, seen: int = 0
+    ) -> Layer:
         luuid = fmt.new_uuid()
         mpath = map_path(directory, layer_id)
         fds: list[int] = []
@@ -134,7 +136,7 @@ class Layer:
             for k in range(_segment_count(nblocks)):
                 fds.append(cls._new_segment(directory, layer_id, luuid, k, nblocks))
             mfd = os.open(mpath, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            hdr = fmt.MapHeader(nblocks, luuid, generation, clean=False)
+            hdr = fmt.MapHeader(nblocks, luuid, generation, clean=False, seen=seen)
             os.pwrite(mfd, fmt.encode_map_header(hdr), 0)
             os.ftruncate(mfd, fmt.HEADER_SIZE + nblocks * fmt.RECORD_SIZE)
             os.fsync(mfd)
@@ -229,9 +231,9 @@ class Layer:
                     os.unlink(data_path(self.directory, self.id, k))
             del self.data_fds[had:]
             raise io_error(e, "expand") from None
-        gen = self.generation
+        gen, seen = self.generation, self.seen
         self._unmap()
-        new = fmt.encode_map_header(fmt.MapHeader(nblocks, self.uuid, gen, clean=False))
+        new = fmt.encode_map_header(fmt.MapHeader(nblocks, self.uuid, gen, False, seen=seen))
         os.pwrite(self.map_fd, new, 0)
         os.fsync(self.map_fd)
         self._page_alloc = None
@@ -258,6 +260,14 @@ class Layer:
     @generation.setter
     def generation(self, gen: int) -> None:
         self.hq[fmt.MAP_GEN_OFFSET // 8] = gen
+
+    @property
+    def seen(self) -> int:
+        return self.hq[fmt.MAP_SEEN_OFFSET // 8]
+
+    @seen.setter
+    def seen(self, gen: int) -> None:
+        self.hq[fmt.MAP_SEEN_OFFSET // 8] = gen
 
     @property
     def clean(self) -> bool:

@@ -18,6 +18,7 @@ from cargohold.errors import (
     AlreadyExists,
     Busy,
     ChecksumError,
+    InvalidArgument,
     NotFound,
     Unsupported,
 )
@@ -54,6 +55,7 @@ class MemoryStore(ReplicaStore):
         check_size(size)
         self._size = size
         self._gen = 0
+        self._seen = 0
         self._epoch = 0
         self._layers = {1: _Layer(1, None, size // BLOCK_SIZE, 0)}
         self._head = 1
@@ -74,8 +76,45 @@ class MemoryStore(ReplicaStore):
         return self._gen
 
     @property
+    def seen(self) -> int:
+        return self._seen
+
+    @property
     def epoch(self) -> int:
         return self._epoch
+
+    def _claim(self, generation: int | None) -> tuple[int, bool]:
+        g = self._seen + 1 if generation is None else generation
+        if not isinstance(g, int) or isinstance(g, bool) or g <= self._seen:
+            raise InvalidArgument(
+                f"generation {g!r} is not above the newest this replica has seen, {self._seen}"
+            )
+        contiguous = self._gen == self._seen and g == self._gen + 1
+        self._seen = g
+        return g, contiguous
+
+    def _complete(self, g: int, contiguous: bool) -> None:
+        if contiguous:
+            self._gen = g
+
+    def mark_current(self, generation: int | None = None) -> None:
+        g = self._seen if generation is None else generation
+        if not isinstance(g, int) or isinstance(g, bool) or g < self._seen:
+            raise InvalidArgument(
+                f"generation {g!r} is below the newest this replica has seen, {self._seen}"
+            )
+        self._gen = self._seen = g
+
+    def _import_extents(self, extents: list[Any], generation: int) -> None:
+        head = self._layers[self._head]
+        for e in extents:
+            for i in range(e.count):
+                if e.kind == 1:  # DATA
+                    blk = bytes(e.data[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+                    head.blocks[e.lba + i] = (DATA, generation, blk, crc32c.crc32c(blk))
+                else:
+                    head.blocks[e.lba + i] = (ZERO, generation, None, 0)
+        self._seen = max(self._seen, generation)
 
     def _persist_epoch(self, epoch: int) -> None:
         self._epoch = epoch
@@ -128,28 +167,36 @@ class MemoryStore(ReplicaStore):
             out[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = data
         return out
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> int:
+    def write(
+        self,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        fua: bool = False,
+        generation: int | None = None,
+    ) -> int:
         mv = memoryview(data).cast("B")
         lba, n = check_range(offset, len(mv), self._size)
         if n == 0:
             return self._gen
-        self._gen += 1
+        g, contiguous = self._claim(generation)
         head = self._layers[self._head]
         for i in range(n):
             blk = bytes(mv[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
-            head.blocks[lba + i] = (DATA, self._gen, blk, crc32c.crc32c(blk))
-        head.gen = self._gen
+            head.blocks[lba + i] = (DATA, g, blk, crc32c.crc32c(blk))
+        head.gen = g
+        self._complete(g, contiguous)
         return self._gen
 
-    def write_zeroes(self, offset: int, length: int) -> int:
+    def write_zeroes(self, offset: int, length: int, generation: int | None = None) -> int:
         lba, n = check_range(offset, length, self._size)
         if n == 0:
             return self._gen
-        self._gen += 1
+        g, contiguous = self._claim(generation)
         head = self._layers[self._head]
         for i in range(n):
-            head.blocks[lba + i] = (ZERO, self._gen, None, 0)
-        head.gen = self._gen
+            head.blocks[lba + i] = (ZERO, g, None, 0)
+        head.gen = g
+        self._complete(g, contiguous)
         return self._gen
 
     def flush(self) -> None:
@@ -241,24 +288,25 @@ class MemoryStore(ReplicaStore):
         self._find(name).snapshot = None
         self._purge()
 
-    def snapshot_revert(self, name: str) -> None:
+    def snapshot_revert(self, name: str, generation: int | None = None) -> None:
         target = self._find(name)
         anc = set()
         lid: int | None = target.id
         while lid is not None:
             anc.add(lid)
             lid = self._layers[lid].parent
-        self._gen += 1
-        new = _Layer(self._next, target.id, self._size // BLOCK_SIZE, self._gen)
+        g, contiguous = self._claim(generation)
+        new = _Layer(self._next, target.id, self._size // BLOCK_SIZE, g)
         for layer in self._chain():
             if layer.id in anc:
                 break
             for b in layer.blocks:
-                new.blocks[b] = (HOLE, self._gen, None, 0)
+                new.blocks[b] = (HOLE, g, None, 0)
         self._layers[new.id] = new
         self._head = new.id
         self._next += 1
         self._purge()
+        self._complete(g, contiguous)
 
     # --- deltas, integrity, stats -------------------------------------------------------
     def changed_mask(self, since: int, lba: int, n: int) -> np.ndarray:
@@ -312,6 +360,7 @@ class MemoryStore(ReplicaStore):
         return {
             "size": self._size,
             "generation": self._gen,
+            "seen": self._seen,
             "epoch": self._epoch,
             "layers": len(self._layers),
             "snapshots": sum(1 for x in self._layers.values() if x.snapshot),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import struct
 
 import pytest
 
@@ -173,7 +172,7 @@ async def test_malformed_frame_closes_only_that_connection(server):
     raw.close()
     # an oversized payload header is refused before any buffering
     raw = socket.create_connection(("127.0.0.1", server.port))
-    raw.sendall(struct.pack("<4sHHQQII", b"CHRQ", Op.WRITE, 0, 1, 0, 0, 2**31))
+    raw.sendall(wire.REQUEST.pack(wire.REQUEST_MAGIC, Op.WRITE, 0, 1, 0, 0, 2**31, 0))
     raw.settimeout(10)
     assert raw.recv(100) == b""
     raw.close()
@@ -202,7 +201,7 @@ async def test_a_client_that_vanishes_mid_frame_does_not_hurt_others(server):
     await c.create("v", 16 * MIB)
     await c.open("v", 1)
     raw = socket.create_connection(("127.0.0.1", server.port))
-    hdr = wire.REQUEST.pack(wire.REQUEST_MAGIC, Op.WRITE, 0, 1, 0, MIB, MIB)
+    hdr = wire.REQUEST.pack(wire.REQUEST_MAGIC, Op.WRITE, 0, 1, 0, MIB, MIB, 0)
     raw.sendall(hdr + b"x" * 1000)
     raw.close()
     await c.write(0, b"ok" * 2048)
@@ -230,3 +229,35 @@ async def test_wrongly_typed_arguments_are_bad_requests(server):
             await c.call(op, 0, BLOCK_SIZE if op == Op.READ else 0, args=args)
     assert "Traceback" not in server.output()
     await c.close()
+
+
+async def test_engine_numbered_generations_gap_rebuild_and_mark_current(server):
+    """The engine numbers the volume's mutations; a replica that misses one keeps its
+    generation at the gap (it is not complete through anything later) until a delta rebuild
+    from a complete replica and MARK_CURRENT."""
+    c = await connect(server)
+    for rid in ("ga", "gb"):
+        await c.create(rid, 16 * MIB)
+    a, b = await connect(server), await connect(server)
+    await a.open("ga", 1)
+    await b.open("gb", 1)
+    for g in (1, 2, 3):  # both get 1..3
+        blk = bytes([g]) * BLOCK_SIZE
+        assert await a.write(g * BLOCK_SIZE, blk, generation=g) == g
+        assert await b.write(g * BLOCK_SIZE, blk, generation=g) == g
+    await a.write(10 * BLOCK_SIZE, b"4" * BLOCK_SIZE, generation=4)  # b misses 4
+    assert await a.write(11 * BLOCK_SIZE, b"5" * BLOCK_SIZE, generation=5) == 5
+    assert await b.write(11 * BLOCK_SIZE, b"5" * BLOCK_SIZE, generation=5) == 3  # a gap
+    info = await b.info()
+    assert (info["generation"], info["seen"]) == (3, 5)
+    with pytest.raises(InvalidArgument, match="not above the newest"):
+        await b.write(0, bytes(BLOCK_SIZE), generation=5)  # replayed or stale: refused
+    # rebuild: what changed on the complete replica after b's generation, then mark current
+    assert await a.changed_since(3) == [[10 * BLOCK_SIZE, 2 * BLOCK_SIZE]]
+    await a.copy_to(b, since=3)
+    assert (await b.info())["generation"] == 3  # imports are history, not completeness
+    assert await b.mark_current(5) == 5
+    assert bytes(await a.read(0, 16 * BLOCK_SIZE)) == bytes(await b.read(0, 16 * BLOCK_SIZE))
+    assert await b.write(0, b"6" * BLOCK_SIZE, generation=6) == 6  # contiguous again
+    for x in (a, b, c):
+        await x.close()

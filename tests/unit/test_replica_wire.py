@@ -16,13 +16,14 @@ def _join(bufs) -> bytes:
 
 
 requests = st.builds(
-    lambda op, flags, rid, off, ln, payload: (op, flags, rid, off, ln, payload),
+    lambda op, flags, rid, off, ln, payload, gen: (op, flags, rid, off, ln, payload, gen),
     st.sampled_from(sorted(wire.OPS)),
     st.integers(0, 0xFFFF),
     st.integers(0, 2**64 - 1),
     st.integers(0, 2**64 - 1),
     st.integers(0, 2**32 - 1),
     st.binary(max_size=9000),
+    st.integers(0, 2**64 - 1),
 )
 
 
@@ -30,8 +31,8 @@ requests = st.builds(
 @settings(max_examples=200, deadline=None)
 def test_requests_round_trip_under_any_chunking(reqs, data):
     stream = b"".join(
-        _join(wire.encode_request(op, rid, off, ln, payload, flags))
-        for op, flags, rid, off, ln, payload in reqs
+        _join(wire.encode_request(op, rid, off, ln, payload, flags, gen))
+        for op, flags, rid, off, ln, payload, gen in reqs
     )
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
     dec = wire.RequestDecoder()
@@ -40,7 +41,9 @@ def test_requests_round_trip_under_any_chunking(reqs, data):
     for c in [*cuts, len(stream)]:
         got += dec.feed(stream[prev:c])
         prev = c
-    assert [(r.op, r.flags, r.id, r.offset, r.length, bytes(r.payload)) for r in got] == reqs
+    assert [
+        (r.op, r.flags, r.id, r.offset, r.length, bytes(r.payload), r.generation) for r in got
+    ] == reqs
     assert dec.buffered == 0
 
 
@@ -95,7 +98,7 @@ def test_bad_magic_is_a_remote_protocol_error():
 
 
 def test_oversized_payload_is_refused_before_buffering():
-    hdr = wire.REQUEST.pack(wire.REQUEST_MAGIC, Op.WRITE, 0, 1, 0, 0, wire.MAX_PAYLOAD + 1)
+    hdr = wire.REQUEST.pack(wire.REQUEST_MAGIC, Op.WRITE, 0, 1, 0, 0, wire.MAX_PAYLOAD + 1, 0)
     with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
         wire.RequestDecoder().feed(hdr)
 
@@ -125,3 +128,4 @@ def test_sample_frames_decode(tmp_path):
     assert reqs[1].args() == {"replica": "pvc-1234-r0", "epoch": 7}
     assert bytes(reqs[2].payload) == b"\xab" * 4096
     assert reqs[2].flags == wire.FLAG_FUA
+    assert reqs[2].generation == 42 and reqs[4].generation == 0

@@ -22,7 +22,7 @@ from hypothesis.stateful import (
 )
 
 from cargohold.constants import BLOCK_SIZE
-from cargohold.errors import NotFound
+from cargohold.errors import InvalidArgument, NotFound
 from cargohold.store.file_store import FileStore
 from cargohold.store.memory_store import MemoryStore
 
@@ -46,6 +46,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.history: list[tuple[int, dict[int, bytes], int]] = []  # gen, content, nblocks
         self.counter = 0
         self.last_gen = 0
+        self.gen = 0  # complete through
+        self.seen = 0  # newest generation recorded
 
     @initialize()
     def make(self) -> None:
@@ -74,7 +76,16 @@ class StoreMachine(RuleBasedStateMachine):
         n = data.draw(st.integers(1, min(6, self.nblocks - lba)))
         self.counter += 1
         payload = b"".join(block(self.counter % 251 + 1, lba + i) for i in range(n))
-        self.store.write(lba * BLOCK_SIZE, payload, fua=data.draw(st.booleans()))
+        skip = data.draw(st.sampled_from([1, 1, 1, 1, 2, 5]))  # > 1: an engine's gap
+        g = self.seen + skip
+        explicit = skip > 1 or data.draw(st.booleans())
+        self.store.write(
+            lba * BLOCK_SIZE,
+            payload,
+            fua=data.draw(st.booleans()),
+            generation=g if explicit else None,
+        )
+        self._advance(g)
         for i in range(n):
             self.model[lba + i] = payload[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
         self._remember()
@@ -84,6 +95,7 @@ class StoreMachine(RuleBasedStateMachine):
         lba = data.draw(st.integers(0, self.nblocks - 1))
         n = data.draw(st.integers(1, min(8, self.nblocks - lba)))
         (self.store.trim if trim else self.store.write_zeroes)(lba * BLOCK_SIZE, n * BLOCK_SIZE)
+        self._advance(self.seen + 1)
         for i in range(n):
             self.model.pop(lba + i, None)
         self._remember()
@@ -110,8 +122,27 @@ class StoreMachine(RuleBasedStateMachine):
     def revert(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(sorted(self.snaps)))
         self.store.snapshot_revert(name)
+        self._advance(self.seen + 1)
         self.model = dict(self.snaps[name])
         self._remember()
+
+    def _advance(self, g: int) -> None:
+        if self.gen == self.seen and g == self.gen + 1:
+            self.gen = g
+        self.seen = g
+
+    @rule(extra=st.integers(0, 3))
+    def mark_current(self, extra: int) -> None:
+        """What the engine does after a rebuild: complete through the newest (or later)."""
+        self.store.mark_current(self.seen + extra)
+        self.gen = self.seen = self.seen + extra
+
+    @rule()
+    def stale_generation_is_refused(self) -> None:
+        with pytest.raises(InvalidArgument, match="not above the newest"):
+            self.store.write(0, bytes(BLOCK_SIZE), generation=self.seen)
+        with pytest.raises(InvalidArgument, match="below the newest"):
+            self.store.mark_current(self.seen - 1)
 
     @precondition(lambda self: self.nblocks < 3 * BLOCKS)
     @rule(extra=st.integers(1, 16))
@@ -174,6 +205,7 @@ class StoreMachine(RuleBasedStateMachine):
         if not hasattr(self, "store"):
             return
         gen = self.store.generation
+        assert (gen, self.store.seen) == (self.gen, self.seen)
         assert gen >= self.last_gen
         self.last_gen = gen
         for g, content, nb in self.history:
