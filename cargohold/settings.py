@@ -21,3 +21,22 @@ class ReplicaServerSettings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="processes serving replicas")
     max_connections: int = Field(4096, ge=1)
     idle_close_seconds: float = Field(0, ge=0, description="0 = never close idle sessions")
+
+
+class EngineSettings(BaseSettings):
+    """One volume's engine (``cargohold engine``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CARGOHOLD_ENGINE_", extra="forbid")
+
+    replica_timeout: float = Field(
+        5.0, gt=0, description="seconds a replica may take to answer before it is dropped (ERR)"
+    )
+    min_replicas: int = Field(
+        1, ge=1, description="below this many replicas in the write set, I/O fails (EIO)"
+    )
+    rebuild_bandwidth: int = Field(
+        0, ge=0, description="bytes per second a rebuild may copy (0 = unlimited)"
+    )
+    rebuild_window: int = Field(
+        64 * 1024 * 1024, ge=1 << 20, description="bytes of volume a rebuild step covers"
+    )

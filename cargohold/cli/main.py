@@ -27,7 +27,7 @@ def version() -> None:
 
 def _register() -> None:
     # Each command group lives in its own module and adds itself to ``app``.
-    from cargohold.cli import demo_cmd, nbd_cmd, replica_cmd  # noqa: F401
+    from cargohold.cli import demo_cmd, engine_cmd, nbd_cmd, replica_cmd  # noqa: F401
 
     try:
         from cargohold.cli import audit_cmd  # noqa: F401

@@ -104,6 +104,10 @@ class ReplicaClient:
         return cls(proto, where)
 
     async def close(self) -> None:
+        self.close_nowait()
+
+    def close_nowait(self) -> None:
+        """Close the connection; every call still pending fails with ReplicaIOError."""
         if self._p.transport is not None:
             self._p.transport.close()
 

@@ -1,0 +1,82 @@
+"""One replica of a volume as its engine sees it: where it is, its connection, its mode.
+
+Modes: RW (in the write set and serving reads), WO (in the write set, being rebuilt: takes
+live writes, serves no reads — invariant 2), ERR (dropped after an error, a timeout or a
+lost connection; it gets no more I/O until it is rebuilt). Called by ``volume`` and
+``rebuild``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold.errors import ConfigError
+from cargohold.replica.client import ReplicaClient
+
+
+class Mode(enum.StrEnum):
+    RW = "RW"
+    WO = "WO"
+    ERR = "ERR"
+
+
+_SPEC = re.compile(
+    r"^(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<host>[^:@/]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$"
+)
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """``ID@HOST:PORT``: replica ``ID`` on the replica server at ``HOST:PORT``."""
+
+    id: str
+    host: str
+    port: int
+    local: bool = False  # on this engine's node: preferred for reads
+
+    @classmethod
+    def parse(cls, text: str, local: bool = False) -> ReplicaSpec:
+        m = _SPEC.match(text.strip())
+        if not m:
+            raise ConfigError(f"bad replica {text!r}: expected ID@HOST:PORT, e.g. r1@10.0.0.5:9500")
+        return cls(m["id"], m["host"].strip("[]"), int(m["port"]), local)
+
+    def __str__(self) -> str:
+        return f"{self.id}@{self.host}:{self.port}"
+
+
+@dataclass
+class ReplicaLink:
+    spec: ReplicaSpec
+    client: ReplicaClient | None = None
+    mode: Mode = Mode.ERR
+    generation: int = 0  # complete through, as the replica last reported
+    seen: int = 0
+    error: str = ""
+    rebuild: dict[str, Any] = field(default_factory=dict)  # progress while WO
+
+    def drop(self, why: str) -> None:
+        """Out of the write set (ERR); its connection is closed so nothing more reaches it."""
+        if self.mode is not Mode.ERR:
+            self.mode = Mode.ERR
+            self.error = why
+        if self.client is not None:
+            client, self.client = self.client, None
+            client.close_nowait()
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.spec.id,
+            "address": f"{self.spec.host}:{self.spec.port}",
+            "mode": self.mode.value,
+            "generation": self.generation,
+            "local": self.spec.local,
+        }
+        if self.error:
+            out["error"] = self.error
+        if self.rebuild:
+            out["rebuild"] = dict(self.rebuild)
+        return out

@@ -1,0 +1,454 @@
+"""A replicated volume: the block device the NBD frontend serves (``frontend.BlockDevice``).
+
+Called by ``cargohold engine``. One instance per attached volume; one connection per
+replica, shared by I/O and rebuild so that each replica applies everything in the order the
+engine sent it.
+
+- **Start** (``start``): connect to every replica and OPEN it with this engine's epoch,
+  which fences out every older engine (invariant 3). The replicas whose persisted
+  generation is highest are current (RW); the others are stale (WO) and are rebuilt from a
+  current one before they serve reads (invariants 2 and 4).
+- **Mutations** (write, trim, write-zeroes) get the engine's next generation and go to every
+  replica of the write set (RW and WO) at once; the reply comes when all have answered.
+  A replica that errs, times out or reports a gap in its generations is dropped (ERR), and
+  the request succeeds if at least ``min_replicas`` stored it, else fails with EIO: the
+  engine never acknowledges what it did not store (invariant 1).
+- **Reads** go to an RW replica, the local one first, else in turn. A checksum error is
+  read again from another replica, and the bad block is repaired in place (invariant 5).
+- **Snapshots** hold new mutations, wait for those in flight, snapshot every replica at the
+  same point, and resume: crash-consistent across replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cargohold.constants import BLOCK_SIZE
+from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec
+from cargohold.errors import (
+    Busy,
+    CargoholdError,
+    ChecksumError,
+    Fenced,
+    InvalidArgument,
+    ReplicaIOError,
+    RequestError,
+)
+from cargohold.protocol.nbd import STATE_HOLE, STATE_ZERO
+from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
+from cargohold.replica.client import ReplicaClient
+from cargohold.settings import EngineSettings
+
+log = logging.getLogger("cargohold.engine")
+
+
+class Volume:
+    block_size = BLOCK_SIZE
+    can_multi_conn = True  # every connection goes through this one engine
+    read_only = False
+
+    def __init__(
+        self, name: str, replicas: list[ReplicaSpec], epoch: int, settings: EngineSettings
+    ) -> None:
+        if not replicas:
+            raise InvalidArgument("a volume needs at least one replica")
+        self.name = name
+        self.epoch = epoch
+        self.settings = settings
+        self.links = [ReplicaLink(spec) for spec in replicas]
+        self.gen = 0  # the last generation handed out
+        self._size = 0
+        self.fenced: str | None = None
+        self._running = asyncio.Event()  # cleared while mutations are held
+        self._running.set()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._window: tuple[int, int] | None = None  # a rebuild step's range
+        self._window_free = asyncio.Event()
+        self._window_free.set()
+        self._turn = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.latency: dict[str, collections.Counter[int]] = collections.defaultdict(
+            collections.Counter
+        )
+
+    # --- start and stop --------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, fence older engines, decide which replicas are current, start rebuilds."""
+        await asyncio.gather(*(self._open(link) for link in self.links))
+        reachable = [link for link in self.links if link.client is not None]
+        if len(reachable) < self.settings.min_replicas:
+            why = "; ".join(f"{link.spec}: {link.error}" for link in self.links if link.error)
+            raise ReplicaIOError(
+                f"volume {self.name}: {len(reachable)} of {len(self.links)} replicas reachable, "
+                f"{self.settings.min_replicas} needed ({why})"
+            )
+        top = max(link.generation for link in reachable)
+        self.gen = max(link.seen for link in reachable)
+        for link in reachable:
+            link.mode = Mode.RW if link.generation == top else Mode.WO
+        current = [link for link in reachable if link.mode is Mode.RW]
+        self._size = max(link.rebuild.pop("size", 0) for link in current)
+        log.info(
+            "volume %s: epoch %d, generation %d, current %s, stale %s",
+            self.name,
+            self.epoch,
+            top,
+            [str(x.spec) for x in current],
+            [str(x.spec) for x in reachable if x.mode is Mode.WO],
+        )
+        for link in reachable:
+            link.rebuild.pop("size", None)
+            if link.mode is Mode.WO:
+                self._spawn(self._rebuild(link))
+
+    async def _open(self, link: ReplicaLink) -> None:
+        try:
+            client = await ReplicaClient.connect(
+                link.spec.host, link.spec.port, timeout=self.settings.replica_timeout
+            )
+            info = await asyncio.wait_for(
+                client.open(link.spec.id, self.epoch), self.settings.replica_timeout
+            )
+        except (CargoholdError, OSError, TimeoutError) as e:
+            link.drop(f"open failed: {e}")
+            return
+        link.client = client
+        link.generation = info["generation"]
+        link.seen = info.get("seen", info["generation"])
+        link.rebuild["size"] = info["size"]
+        link.error = ""
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in self.links:
+            if link.client is not None:
+                await link.client.close()
+                link.client = None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the write set ------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write_set(self) -> list[ReplicaLink]:
+        return [link for link in self.links if link.mode is not Mode.ERR]
+
+    def robustness(self) -> str:
+        rw = sum(1 for link in self.links if link.mode is Mode.RW)
+        if self.fenced or rw == 0:
+            return "faulted"
+        return "healthy" if rw == len(self.links) else "degraded"
+
+    def _check_usable(self) -> None:
+        if self.fenced:
+            raise Fenced(f"volume {self.name}: {self.fenced}")
+
+    async def _await(self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int) -> bool:
+        """One replica's answer to a mutation: True if it stored it, else it is dropped."""
+        try:
+            reply = await asyncio.wait_for(fut, self.settings.replica_timeout)
+            assert link.client is not None
+            link.client.check(reply)
+        except Fenced as e:
+            self.fenced = f"a newer engine owns replica {link.spec}: {e}"
+            link.drop(str(e))
+            return False
+        except (TimeoutError, CargoholdError, OSError, AssertionError) as e:
+            link.drop(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            self.counters["replica_errors"] += 1
+            log.warning("volume %s: replica %s dropped: %s", self.name, link.spec, link.error)
+            return False
+        if gen and link.mode is Mode.RW and reply.generation != gen:
+            link.drop(f"missed a mutation: generation {reply.generation}, expected {gen}")
+            log.warning("volume %s: replica %s dropped: %s", self.name, link.spec, link.error)
+            return False
+        link.generation = reply.generation
+        return True
+
+    async def _fan_out(
+        self, offset: int, length: int, send: Callable[[ReplicaClient, int], Any], what: str
+    ) -> None:
+        """A mutation: next generation, to every replica of the write set, all answers."""
+        self._check_usable()
+        await self._running.wait()
+        while self._window is not None and _overlap(self._window, offset, length):
+            await self._window_free.wait()
+        self._check_usable()
+        targets = self.write_set()
+        if len(targets) < self.settings.min_replicas:
+            raise ReplicaIOError(
+                f"volume {self.name}: {len(targets)} replicas in the write set, "
+                f"{self.settings.min_replicas} needed"
+            )
+        self.gen += 1
+        gen = self.gen
+        sent = []
+        for link in targets:  # no await in this loop: every replica gets the same order
+            assert link.client is not None
+            try:
+                sent.append((link, send(link.client, gen)))
+            except CargoholdError as e:
+                link.drop(str(e))
+        self._inflight += 1
+        self._idle.clear()
+        t0 = time.perf_counter()
+        try:
+            ok = sum(await asyncio.gather(*(self._await(lk, f, gen) for lk, f in sent)))
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        self._observe(what, t0)
+        self._check_usable()
+        if ok < self.settings.min_replicas:
+            raise ReplicaIOError(
+                f"volume {self.name}: {what} stored on {ok} replicas, "
+                f"{self.settings.min_replicas} needed"
+            )
+
+    def _observe(self, what: str, t0: float) -> None:
+        us = int((time.perf_counter() - t0) * 1e6)
+        self.counters[what] += 1
+        self.latency[what][max(0, us.bit_length() - 1)] += 1  # log2 buckets of microseconds
+
+    # --- BlockDevice --------------------------------------------------------------------
+    async def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        flags = FLAG_FUA if fua else 0
+        await self._fan_out(
+            offset,
+            len(data),
+            lambda c, g: c.send(Op.WRITE, offset, len(data), data, flags, generation=g),
+            "write",
+        )
+        self.counters["written_bytes"] += len(data)
+
+    async def trim(self, offset: int, length: int) -> None:
+        await self._fan_out(
+            offset, length, lambda c, g: c.send(Op.TRIM, offset, length, generation=g), "trim"
+        )
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        await self._fan_out(
+            offset,
+            length,
+            lambda c, g: c.send(Op.WRITE_ZEROES, offset, length, generation=g),
+            "write_zeroes",
+        )
+        if fua:
+            await self.flush()
+
+    async def flush(self) -> None:
+        self._check_usable()
+        targets = self.write_set()
+        sent = []
+        for link in targets:
+            assert link.client is not None
+            sent.append((link, link.client.send(Op.FLUSH)))
+        t0 = time.perf_counter()
+        ok = sum(await asyncio.gather(*(self._await(lk, f, 0) for lk, f in sent)))
+        self._observe("flush", t0)
+        if ok < self.settings.min_replicas:
+            raise ReplicaIOError(
+                f"volume {self.name}: flush durable on {ok} replicas, "
+                f"{self.settings.min_replicas} needed"
+            )
+
+    def _readers(self) -> list[ReplicaLink]:
+        rw = [link for link in self.links if link.mode is Mode.RW]
+        local = [link for link in rw if link.spec.local]
+        others = [link for link in rw if not link.spec.local]
+        if others:
+            self._turn = (self._turn + 1) % len(others)
+            others = others[self._turn :] + others[: self._turn]
+        return local + others
+
+    async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
+        self._check_usable()
+        bad: list[tuple[ReplicaLink, list[int]]] = []
+        t0 = time.perf_counter()
+        for link in self._readers():
+            assert link.client is not None
+            try:
+                data = await asyncio.wait_for(
+                    link.client.read(offset, length), self.settings.replica_timeout
+                )
+            except ChecksumError as e:
+                self.counters["checksum_errors"] += 1
+                bad.append((link, list(e.detail.get("blocks", []))))
+                log.warning("volume %s: %s on %s; reading elsewhere", self.name, e, link.spec)
+                continue
+            except Fenced as e:
+                self.fenced = f"a newer engine owns replica {link.spec}: {e}"
+                raise
+            except (TimeoutError, CargoholdError, OSError) as e:
+                link.drop(f"read failed: {type(e).__name__}: {e}")
+                continue
+            for victim, blocks in bad:
+                self._spawn(self._repair(victim, blocks, offset, data))
+            self._observe("read", t0)
+            self.counters["read_bytes"] += length
+            return data
+        raise ReplicaIOError(f"volume {self.name}: no current replica could serve the read")
+
+    async def _repair(
+        self, link: ReplicaLink, blocks: list[int], offset: int, data: memoryview | bytes
+    ) -> None:
+        for b in blocks:
+            rel = b * BLOCK_SIZE - offset
+            if link.client is None or not 0 <= rel < len(data):
+                continue
+            try:
+                fixed = await link.client.repair(b * BLOCK_SIZE, data[rel : rel + BLOCK_SIZE])
+            except (CargoholdError, OSError) as e:
+                link.drop(f"repair failed: {e}")
+                return
+            self.counters["repaired_blocks"] += fixed
+            log.info("volume %s: block %d repaired on %s", self.name, b, link.spec)
+
+    async def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        self._check_usable()
+        for link in self._readers():
+            assert link.client is not None
+            try:
+                extents = await asyncio.wait_for(
+                    link.client.extents(offset, length), self.settings.replica_timeout
+                )
+            except (TimeoutError, CargoholdError, OSError) as e:
+                if isinstance(e, Fenced):
+                    raise
+                link.drop(f"block status failed: {e}")
+                continue
+            out: list[tuple[int, int]] = []
+            for _, n, kind in extents:
+                flags = 0 if kind == 1 else STATE_HOLE | STATE_ZERO if kind == 0 else STATE_ZERO
+                if out and out[-1][1] == flags:
+                    out[-1] = (out[-1][0] + n, flags)
+                else:
+                    out.append((n, flags))
+            return out
+        raise ReplicaIOError(f"volume {self.name}: no current replica for block status")
+
+    # --- holding mutations (snapshots, the end of a rebuild) ------------------------------
+    async def _hold(self) -> None:
+        """Hold new mutations and wait until those in flight are answered."""
+        while not self._running.is_set():
+            await self._running.wait()
+        self._running.clear()
+        await self._idle.wait()
+
+    def _release(self) -> None:
+        self._running.set()
+
+    async def snapshot_create(
+        self, name: str, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The same point in every replica: hold mutations, drain, snapshot all, resume."""
+        self._check_usable()
+        if any(link.mode is Mode.WO for link in self.links):
+            raise Busy(f"volume {self.name}: a rebuild is running; snapshot after it")
+        await self._hold()
+        try:
+            targets = [link for link in self.links if link.mode is Mode.RW]
+            results = await asyncio.gather(
+                *(self._snap_one(link, name, labels or {}) for link in targets)
+            )
+        finally:
+            self._release()
+        done = [r for r in results if r is not None]
+        if len(done) < self.settings.min_replicas:
+            raise ReplicaIOError(f"volume {self.name}: snapshot taken on {len(done)} replicas")
+        return done[0]
+
+    async def _snap_one(self, link: ReplicaLink, name: str, labels: dict[str, str]) -> Any:
+        assert link.client is not None
+        try:
+            return await asyncio.wait_for(
+                link.client.snapshot_create(name, labels), self.settings.replica_timeout * 4
+            )
+        except RequestError as e:
+            if isinstance(e, InvalidArgument | Busy) or "exists" in str(e):
+                raise  # the request is wrong, not the replica
+            link.drop(f"snapshot failed: {e}")
+        except (TimeoutError, OSError) as e:
+            link.drop(f"snapshot failed: {e}")
+        return None
+
+    # --- rebuild ---------------------------------------------------------------------------
+    async def _rebuild(self, link: ReplicaLink) -> None:
+        from cargohold.engine.rebuild import rebuild
+
+        try:
+            await rebuild(self, link)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the rebuild failed: the replica stays out
+            link.drop(f"rebuild failed: {type(e).__name__}: {e}")
+            log.warning("volume %s: rebuild of %s failed: %s", self.name, link.spec, e)
+
+    def window(self, lo: int, hi: int) -> None:
+        self._window = (lo, hi)
+        self._window_free.clear()
+
+    def window_done(self) -> None:
+        self._window = None
+        self._window_free.set()
+
+    # --- membership ---------------------------------------------------------------------
+    async def add_replica(self, spec: ReplicaSpec) -> None:
+        """A new (or returning) replica joins write-only and is rebuilt online."""
+        link = next((x for x in self.links if x.spec.id == spec.id), None)
+        if link is None:
+            link = ReplicaLink(spec)
+            self.links.append(link)
+        elif link.mode is not Mode.ERR:
+            raise InvalidArgument(f"replica {spec.id} is already in the write set")
+        else:
+            link.spec = spec
+        await self._open(link)
+        if link.client is None:
+            raise ReplicaIOError(f"replica {spec}: {link.error}")
+        link.rebuild.pop("size", None)
+        link.mode = Mode.WO
+        self._spawn(self._rebuild(link))
+
+    def remove_replica(self, replica_id: str) -> None:
+        link = next((x for x in self.links if x.spec.id == replica_id), None)
+        if link is None:
+            raise InvalidArgument(f"no replica {replica_id} in volume {self.name}")
+        if link.mode is Mode.RW and sum(x.mode is Mode.RW for x in self.links) <= 1:
+            raise Busy(f"replica {replica_id} is the last current one of volume {self.name}")
+        link.drop("removed")
+        self.links.remove(link)
+
+    # --- status ------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "volume": self.name,
+            "epoch": self.epoch,
+            "size_bytes": self._size,
+            "generation": self.gen,
+            "robustness": self.robustness(),
+            "fenced": self.fenced,
+            "replicas": [link.status() for link in self.links],
+            "counters": dict(self.counters),
+            "latency_log2_us": {k: dict(v) for k, v in self.latency.items()},
+        }
+
+
+def _overlap(window: tuple[int, int], offset: int, length: int) -> bool:
+    return offset < window[1] and window[0] < offset + length

@@ -1,0 +1,112 @@
+"""Run ``cargohold engine`` as a real process for tests, and talk to its control socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from tests.procs import ROOT
+
+
+@dataclass
+class EngineProc:
+    volume: str
+    replicas: list[str]
+    epoch: int
+    workdir: str
+    local: str | None = None
+    extra: list[str] = field(default_factory=list)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def control(self) -> str:
+        return os.path.join(self.workdir, f"{self.volume}-e{self.epoch}.ctl")
+
+    @property
+    def uri(self) -> str:
+        return f"nbd://127.0.0.1:{self.port}/{self.volume}"
+
+    def start(self, timeout: float = 30.0) -> EngineProc:
+        cmd = [
+            sys.executable,
+            "-m",
+            "cargohold",
+            "engine",
+            "--volume",
+            self.volume,
+            "--epoch",
+            str(self.epoch),
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            self.control,
+        ]
+        for r in self.replicas:
+            cmd += ["--replica", r]
+        if self.local:
+            cmd += ["--local", self.local]
+        cmd += self.extra
+        self.log_path = os.path.join(self.workdir, f"engine-{time.monotonic_ns()}.log")
+        self._log = open(self.log_path, "w")
+        env = dict(os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG="INFO")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"nbd server listening on 127\.0\.0\.1:(\d+)", self.output())
+            if m:
+                self.port = int(m.group(1))
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("engine did not start:\n" + self.output())
+
+    def output(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def ctl(self, **request: object) -> dict:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(self.control)
+            s.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data)
+
+    def wait_for(self, predicate, timeout: float = 60.0, what: str = "") -> dict:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        status = self.ctl(op="status")
+        while not predicate(status):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {status}")
+            time.sleep(0.1)
+            status = self.ctl(op="status")
+        return status
+
+    def modes(self) -> dict[str, str]:
+        return {r["id"]: r["mode"] for r in self.ctl(op="status")["replicas"]}
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
