@@ -5,8 +5,9 @@ Each request is one JSON object on one line, each answer too: ``{"ok": true, ...
 engine's node (``cargohold engine --control PATH``); ``socat - UNIX:PATH`` works by hand.
 
 Ops: ``status`` (replicas with mode RW/WO/ERR, generation, rebuild progress, counters,
-latency histograms), ``snapshot`` (``name``, ``labels``), ``add-replica`` (``replica``:
-``ID@HOST:PORT``; joins WO and is rebuilt), ``remove-replica`` (``id``).
+latency histograms), ``snapshot`` (``name``, ``labels``), ``snapshots``, ``snapshot-delete``
+and ``snapshot-revert`` (``name``), ``expand`` (``size`` in bytes), ``add-replica``
+(``replica``: ``ID@HOST:PORT``; joins WO and is rebuilt), ``remove-replica`` (``id``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 from typing import Any
 
+from cargohold.engine import snapshots
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.volume import Volume
 from cargohold.errors import CargoholdError, InvalidArgument
@@ -30,11 +32,22 @@ async def handle(vol: Volume, request: dict[str, Any]) -> dict[str, Any]:
     if op == "status":
         return vol.status()
     if op == "snapshot":
-        name = request.get("name")
         labels = request.get("labels") or {}
         if not isinstance(labels, dict):
             raise InvalidArgument("labels must be an object")
-        return {"snapshot": await vol.snapshot_create(name, labels)}  # type: ignore[arg-type]
+        return {"snapshot": await snapshots.create(vol, _name(request), labels)}
+    if op == "snapshots":
+        return {"snapshots": await snapshots.listing(vol)}
+    if op == "snapshot-delete":
+        await snapshots.delete(vol, _name(request))
+        return {}
+    if op == "snapshot-revert":
+        await snapshots.revert(vol, _name(request))
+        return {}
+    if op == "expand":
+        size = request.get("size")
+        await vol.expand(size)  # type: ignore[arg-type]
+        return {"size_bytes": vol.size}
     if op == "add-replica":
         spec = ReplicaSpec.parse(str(request.get("replica", "")))
         await vol.add_replica(spec)
@@ -42,7 +55,17 @@ async def handle(vol: Volume, request: dict[str, Any]) -> dict[str, Any]:
     if op == "remove-replica":
         vol.remove_replica(str(request.get("id", "")))
         return vol.status()
-    raise InvalidArgument(f"unknown op {op!r} (status, snapshot, add-replica, remove-replica)")
+    raise InvalidArgument(
+        f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
+        "expand, add-replica, remove-replica)"
+    )
+
+
+def _name(request: dict[str, Any]) -> str:
+    name = request.get("name")
+    if not isinstance(name, str):
+        raise InvalidArgument("name (a string) is required")
+    return name
 
 
 async def serve_control(vol: Volume, path: str) -> asyncio.AbstractServer:

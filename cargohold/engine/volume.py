@@ -15,8 +15,8 @@ engine sent it.
   engine never acknowledges what it did not store (invariant 1).
 - **Reads** go to an RW replica, the local one first, else in turn. A checksum error is
   read again from another replica, and the bad block is repaired in place (invariant 5).
-- **Snapshots** hold new mutations, wait for those in flight, snapshot every replica at the
-  same point, and resume: crash-consistent across replicas.
+- **Snapshots** (``snapshots``) hold new mutations, wait for those in flight, snapshot every
+  replica at the same point, and resume: crash-consistent across replicas.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from typing import Any
 from cargohold.constants import BLOCK_SIZE
 from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec
 from cargohold.errors import (
+    AlreadyExists,
     Busy,
     CargoholdError,
     ChecksumError,
     Fenced,
     InvalidArgument,
     ReplicaIOError,
-    RequestError,
 )
 from cargohold.protocol.nbd import STATE_HOLE, STATE_ZERO
 from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
@@ -354,40 +354,6 @@ class Volume:
     def _release(self) -> None:
         self._running.set()
 
-    async def snapshot_create(
-        self, name: str, labels: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """The same point in every replica: hold mutations, drain, snapshot all, resume."""
-        self._check_usable()
-        if any(link.mode is Mode.WO for link in self.links):
-            raise Busy(f"volume {self.name}: a rebuild is running; snapshot after it")
-        await self._hold()
-        try:
-            targets = [link for link in self.links if link.mode is Mode.RW]
-            results = await asyncio.gather(
-                *(self._snap_one(link, name, labels or {}) for link in targets)
-            )
-        finally:
-            self._release()
-        done = [r for r in results if r is not None]
-        if len(done) < self.settings.min_replicas:
-            raise ReplicaIOError(f"volume {self.name}: snapshot taken on {len(done)} replicas")
-        return done[0]
-
-    async def _snap_one(self, link: ReplicaLink, name: str, labels: dict[str, str]) -> Any:
-        assert link.client is not None
-        try:
-            return await asyncio.wait_for(
-                link.client.snapshot_create(name, labels), self.settings.replica_timeout * 4
-            )
-        except RequestError as e:
-            if isinstance(e, InvalidArgument | Busy) or "exists" in str(e):
-                raise  # the request is wrong, not the replica
-            link.drop(f"snapshot failed: {e}")
-        except (TimeoutError, OSError) as e:
-            link.drop(f"snapshot failed: {e}")
-        return None
-
     # --- rebuild ---------------------------------------------------------------------------
     async def _rebuild(self, link: ReplicaLink) -> None:
         from cargohold.engine.rebuild import rebuild
@@ -407,6 +373,48 @@ class Volume:
     def window_done(self) -> None:
         self._window = None
         self._window_free.set()
+
+    async def broadcast(
+        self, call: Any, targets: list[ReplicaLink] | None = None, tolerate: tuple[type, ...] = ()
+    ) -> list[Any]:
+        """Run ``call(client)`` on each target (default: the write set) at once. A replica
+        that fails is dropped, except for errors in ``tolerate`` (returned as None) and
+        errors in the request itself (InvalidArgument, Busy, AlreadyExists: raised)."""
+        targets = self.write_set() if targets is None else targets
+
+        async def one(link: ReplicaLink) -> Any:
+            assert link.client is not None
+            try:
+                return await asyncio.wait_for(call(link.client), self.settings.replica_timeout * 4)
+            except tolerate:
+                return None
+            except Fenced as e:
+                self.fenced = f"a newer engine owns replica {link.spec}: {e}"
+                raise
+            except (InvalidArgument, Busy, AlreadyExists):
+                raise
+            except (TimeoutError, CargoholdError, OSError) as e:
+                link.drop(f"{type(e).__name__}: {e}")
+                return _FAILED
+
+        results = await asyncio.gather(*(one(link) for link in targets))
+        ok = [r for r in results if r is not _FAILED]
+        if len(ok) < self.settings.min_replicas:
+            raise ReplicaIOError(
+                f"volume {self.name}: done on {len(ok)} replicas, {self.settings.min_replicas} needed"
+            )
+        return ok
+
+    async def expand(self, new_size: int) -> None:
+        """Online expansion: every replica grows, then the volume. NBD clients see the new
+        size when they reconnect (NBD has no resize notification)."""
+        self._check_usable()
+        if not isinstance(new_size, int) or new_size % BLOCK_SIZE or new_size < self._size:
+            raise InvalidArgument(
+                f"new size {new_size!r}: a multiple of {BLOCK_SIZE}, at least {self._size}"
+            )
+        await self.broadcast(lambda c: c.expand(new_size))
+        self._size = new_size
 
     # --- membership ---------------------------------------------------------------------
     async def add_replica(self, spec: ReplicaSpec) -> None:
@@ -448,6 +456,9 @@ class Volume:
             "counters": dict(self.counters),
             "latency_log2_us": {k: dict(v) for k, v in self.latency.items()},
         }
+
+
+_FAILED = object()
 
 
 def _overlap(window: tuple[int, int], offset: int, length: int) -> bool:

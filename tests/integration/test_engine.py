@@ -211,3 +211,29 @@ def test_a_bad_block_is_read_elsewhere_and_repaired(cluster, engine_factory):
         assert len(set(cluster.digests(2))) == 1
     finally:
         e2.stop()
+
+
+def test_snapshots_revert_and_online_expansion_through_the_engine(cluster, engine_factory):
+    need("qemu-io")
+    e = engine_factory(1)
+    qemu_io(e.uri, "write -P 0x71 0 2M", "flush")
+    snap = e.ctl(op="snapshot", name="before", labels={"app": "db"})
+    assert snap["ok"] and snap["snapshot"]["name"] == "before", snap
+    qemu_io(e.uri, "write -P 0x72 0 1M", "flush")
+    assert [s["name"] for s in e.ctl(op="snapshots")["snapshots"]] == ["before"]
+    bad = e.ctl(op="snapshot", name="before")
+    assert not bad["ok"] and bad["type"] == "AlreadyExists"
+    gen = e.ctl(op="status")["generation"]
+    assert e.ctl(op="snapshot-revert", name="before")["ok"]
+    st = e.ctl(op="status")
+    assert st["generation"] == gen + 1 and {r["generation"] for r in st["replicas"]} == {gen + 1}
+    qemu_io(e.uri, "read -P 0x71 0 2M")  # back to the snapshot on every replica
+    assert len(set(cluster.digests(1))) == 1
+    deleted = e.ctl(op="snapshot-delete", name="before")
+    assert deleted["ok"], deleted
+    assert e.ctl(op="snapshots")["snapshots"] == []
+    # online expansion: every replica grows; a client that reconnects sees the new size
+    assert e.ctl(op="expand", size=SIZE + 64 * MIB)["size_bytes"] == SIZE + 64 * MIB
+    qemu_io(e.uri, f"write -P 0x73 {SIZE + 32 * MIB} 1M", f"read -P 0x73 {SIZE + 32 * MIB} 1M")
+    assert not e.ctl(op="expand", size=4096)["ok"]  # shrinking is refused
+    qemu_io(e.uri, "read -P 0x71 0 2M")
