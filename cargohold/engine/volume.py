@@ -335,7 +335,8 @@ class Volume:
                 continue
             out: list[tuple[int, int]] = []
             for _, n, kind in extents:
-                flags = 0 if kind == 1 else STATE_HOLE | STATE_ZERO if kind == 0 else STATE_ZERO
+                # zeroed and trimmed blocks have their space released: holes too
+                flags = 0 if kind == 1 else STATE_HOLE | STATE_ZERO
                 if out and out[-1][1] == flags:
                     out[-1] = (out[-1][0] + n, flags)
                 else:

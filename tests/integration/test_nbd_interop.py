@@ -5,6 +5,7 @@ process. Every test compares bytes or checksums, so each can fail."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -19,7 +20,10 @@ import time
 import pytest
 
 from cargohold.protocol import nbd
+from cargohold.replica.client import ReplicaClient
+from tests.integration.engine_procs import EngineProc
 from tests.integration.nbd_procs import NBDProc
+from tests.procs import ServerProc
 
 MIB = 1 << 20
 DEBIAN_PY = "/usr/bin/python3"
@@ -38,10 +42,57 @@ def run(*cmd: str, timeout: float = 60, check: bool = True) -> subprocess.Comple
     return p
 
 
-@pytest.fixture
-def srv(tmp_path):
-    s = NBDProc(str(tmp_path / "replica"), size="64MiB", unix=str(tmp_path / "nbd.sock"))
-    s.start()
+class EngineTarget:
+    """The same clients against a replicated volume: three real replica servers and
+    ``cargohold engine`` in front of them, with the attributes the tests use of NBDProc."""
+
+    name = ""
+
+    def __init__(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        self.servers = []
+        for i in range(3):
+            (tmp_path / f"node-{i}").mkdir()
+            self.servers.append(ServerProc([str(tmp_path / f"node-{i}")]).start())
+
+        async def create() -> None:
+            for i, s in enumerate(self.servers):
+                c = await ReplicaClient.connect("127.0.0.1", s.port)
+                await c.create(f"r{i}", 64 * MIB)
+                await c.close()
+
+        asyncio.run(create())
+        self.unix = str(tmp_path / "engine.nbd")
+        specs = [f"r{i}@127.0.0.1:{s.port}" for i, s in enumerate(self.servers)]
+        self.engine = EngineProc(
+            "vol", specs, 1, str(tmp_path), local="r0", extra=["--unix", self.unix]
+        ).start()
+        self.port = self.engine.port
+
+    uri = property(lambda self: f"nbd://127.0.0.1:{self.port}/")
+    unix_uri = property(lambda self: f"nbd+unix:///?socket={self.unix}")
+
+    def alive(self) -> bool:
+        return self.engine.proc is not None and self.engine.proc.poll() is None
+
+    def output(self) -> str:
+        return self.engine.output()
+
+    def stop(self) -> int | None:
+        self.engine.stop()
+        for s in self.servers:
+            s.stop()
+        return self.engine.proc.returncode if self.engine.proc else None
+
+
+@pytest.fixture(params=["local", "engine-3-replicas"])
+def srv(request, tmp_path):
+    """Every client test runs against ``nbd-serve`` (one local replica: the NBD layer alone)
+    and against the volume engine with three replicas."""
+    if request.param == "local":
+        s = NBDProc(str(tmp_path / "replica"), size="64MiB", unix=str(tmp_path / "nbd.sock"))
+        s.start()
+    else:
+        s = EngineTarget(tmp_path)
     yield s
     rc = s.stop()
     assert rc == 0, s.output()  # drained, flushed and closed cleanly
