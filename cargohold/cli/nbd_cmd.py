@@ -17,20 +17,14 @@ import sys
 import typer
 
 from cargohold.cli.main import app
-from cargohold.cli.replica_cmd import console, parse_size
+from cargohold.cli.replica_cmd import console, parse_size, split_addr
 from cargohold.errors import CargoholdError, ConfigError
 
 DEFAULT_NBD_PORT = 10809
 
 
 def _split(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    if not host:
-        return addr, DEFAULT_NBD_PORT
-    try:
-        return host.strip("[]"), int(port)
-    except ValueError:
-        raise ConfigError(f"bad address {addr!r}, expected HOST:PORT") from None
+    return split_addr(addr, DEFAULT_NBD_PORT)
 
 
 @app.command("nbd-serve")

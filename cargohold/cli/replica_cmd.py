@@ -32,10 +32,11 @@ def parse_size(text: str) -> int:
         raise ConfigError(f"cannot read size {text!r} (examples: 4096, 512MiB, 10GiB)") from None
 
 
-def split_addr(addr: str) -> tuple[str, int]:
+def split_addr(addr: str, default_port: int = DEFAULT_REPLICA_PORT) -> tuple[str, int]:
+    """'HOST:PORT' (or '[v6]:PORT', or a bare HOST) -> (host, port)."""
     host, _, port = addr.rpartition(":")
     if not host:
-        return addr, DEFAULT_REPLICA_PORT
+        return addr, default_port
     try:
         return host.strip("[]"), int(port)
     except ValueError:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from cargohold.constants import BLOCK_SIZE, MAX_IO_BYTES
 from cargohold.errors import RemoteProtocolError
+from cargohold.protocol.framing import StreamBuffer
 
 # --- magic numbers ------------------------------------------------------------------
 NBDMAGIC = 0x4E42444D41474943  # "NBDMAGIC"
@@ -269,10 +270,7 @@ class ServerConnection:
         self._buf = bytearray()  # handshake bytes not yet parsed
         self._out: list[bytes] = []
         # transmission decoder
-        self._rest = b""
-        self._parts: list[bytes] = []
-        self._parts_len = 0
-        self._need = 0
+        self._stream = StreamBuffer()  # transmission phase
 
     # --- handshake ------------------------------------------------------------------------
     def greeting(self) -> bytes:
@@ -453,18 +451,10 @@ class ServerConnection:
     def _feed_requests(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Requests that arrive whole in one chunk are sliced out without copying; a large
         write that spans chunks is joined once, when complete."""
-        if self._parts:
-            self._parts.append(bytes(data))
-            self._parts_len += len(data)
-            if self._parts_len < self._need:
-                return []
-            data = b"".join(self._parts)
-            self._parts, self._parts_len, self._need = [], 0, 0
-        elif self._rest:
-            data = self._rest + bytes(data)
-            self._rest = b""
-        elif not isinstance(data, bytes):
-            data = bytes(data)
+        joined = self._stream.take(data)
+        if joined is None:
+            return []
+        data = joined
         mv = memoryview(data)
         end = len(data)
         pos = 0
@@ -481,7 +471,7 @@ class ServerConnection:
                         f"write of {length} bytes exceeds the {self.export.max_block} limit"
                     )
                 if end - pos < hs + length:
-                    self._need = hs + length
+                    self._stream.need = hs + length
                     break
                 payload = mv[pos + hs : pos + hs + length]
                 pos += hs + length
@@ -497,15 +487,7 @@ class ServerConnection:
                 out.append(Request(cmd, flags, handle, offset, length, payload))
             else:
                 out.append(Invalid(cmd, flags, handle, offset, length, err[0], err[1]))
-        if pos < end:
-            rest = data[pos:]
-            if len(rest) >= hs and self._need > 4 * len(rest):
-                self._parts, self._parts_len = [rest], len(rest)
-            else:
-                self._rest = rest
-                self._need = 0
-        else:
-            self._need = 0
+        self._stream.keep(data, pos, hs)
         return out
 
     def _check(self, cmd: int, flags: int, offset: int, length: int) -> tuple[int, str] | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from cargohold.constants import MAX_IO_BYTES
 from cargohold.errors import InvalidArgument, RemoteProtocolError
+from cargohold.protocol.framing import StreamBuffer
 
 VERSION = 1
 VERSIONS_SUPPORTED = frozenset({1})
@@ -153,10 +154,7 @@ class _FrameDecoder:
     _what: str
 
     def __init__(self) -> None:
-        self._rest: bytes = b""
-        self._parts: list[bytes] = []
-        self._parts_len = 0
-        self._need = 0
+        self._buf = StreamBuffer()
 
     def _make(self, fields: tuple[Any, ...], payload: memoryview) -> Any:
         raise NotImplementedError
@@ -166,21 +164,13 @@ class _FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        return len(self._rest) + self._parts_len
+        return self._buf.buffered
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
-        if self._parts:
-            self._parts.append(bytes(data))
-            self._parts_len += len(data)
-            if self._parts_len < self._need:
-                return []
-            data = b"".join(self._parts)
-            self._parts, self._parts_len, self._need = [], 0, 0
-        elif self._rest:
-            data = self._rest + bytes(data)
-            self._rest = b""
-        elif not isinstance(data, bytes):
-            data = bytes(data)
+        joined = self._buf.take(data)
+        if joined is None:
+            return []
+        data = joined
         hdr = self._hdr
         hs = hdr.size
         mv = memoryview(data)
@@ -200,19 +190,11 @@ class _FrameDecoder:
                 )
             total = hs + plen
             if end - pos < total:
-                self._need = total
+                self._buf.need = total
                 break
             out.append(self._make(fields, mv[pos + hs : pos + total]))
             pos += total
-        if pos < end:
-            rest = data[pos:]
-            if len(rest) >= hs and self._need > 4 * len(rest):
-                self._parts, self._parts_len = [rest], len(rest)  # big frame: collect, join once
-            else:
-                self._rest = rest
-                self._need = 0
-        else:
-            self._need = 0
+        self._buf.keep(data, pos, hs)
         return out
 
 
