@@ -13,8 +13,74 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class Launched:
+    """A process of ours: output in a log file (never a pipe nobody drains: a full pipe
+    would block it), its port parsed from that log, stopped by its PID."""
+
+    proc: subprocess.Popen | None = None
+    log_path: str = ""
+
+    def _launch(
+        self,
+        cmd: list[str],
+        log_path: str,
+        pattern: str,
+        timeout: float,
+        what: str,
+        log_level: str = "WARNING",
+    ) -> int:
+        env = dict(
+            os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG=os.environ.get("CARGOHOLD_LOG", log_level)
+        )
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.output())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"{what} did not start:\n" + self.output())
+
+    def output(self) -> str:
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        rc = None
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                rc = self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                rc = self.proc.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+        return rc
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """SIGTERM: a clean shutdown (reaped; SIGKILL if it does not end in time)."""
+        return self.kill(sig)
+
+
 @dataclass
-class ServerProc:
+class ServerProc(Launched):
     disks: list[str]
     host: str = "127.0.0.1"
     port: int = 0
@@ -41,52 +107,7 @@ class ServerProc:
             cmd += ["--disk", d]
         if self.unix:
             cmd += ["--unix", self.unix]
-        env = dict(
-            os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG=os.environ.get("CARGOHOLD_LOG", "WARNING")
-        )
-        # output goes to a file, never a pipe nobody drains (a full pipe would block the server)
         log_dir = self.log_dir or os.path.dirname(os.path.abspath(self.disks[0]))
-        self.log_path = os.path.join(log_dir, f"replica-server-{time.monotonic_ns()}.log")
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.output()
-            m = re.search(r"listening on [^ ]+:(\d+)", text)
-            if m:
-                self.port = int(m.group(1))
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError("replica server did not start:\n" + self.output())
-
-    def output(self) -> str:
-        try:
-            with open(self.log_path) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
+        log = os.path.join(log_dir, f"replica-server-{time.monotonic_ns()}.log")
+        self.port = self._launch(cmd, log, r"listening on [^ ]+:(\d+)", timeout, "replica server")
+        return self

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
-from tests.procs import ROOT
+from tests.procs import Launched
 
 
 @dataclass
-class EngineProc:
+class EngineProc(Launched):
     volume: str
     replicas: list[str]
     epoch: int
@@ -25,6 +23,7 @@ class EngineProc:
     extra: list[str] = field(default_factory=list)
     port: int = 0
     proc: subprocess.Popen | None = None
+    log_path: str = ""
 
     @property
     def control(self) -> str:
@@ -54,25 +53,11 @@ class EngineProc:
         if self.local:
             cmd += ["--local", self.local]
         cmd += self.extra
-        self.log_path = os.path.join(self.workdir, f"engine-{time.monotonic_ns()}.log")
-        self._log = open(self.log_path, "w")
-        env = dict(os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG="INFO")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(r"nbd server listening on 127\.0\.0\.1:(\d+)", self.output())
-            if m:
-                self.port = int(m.group(1))
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("engine did not start:\n" + self.output())
-
-    def output(self) -> str:
-        with open(self.log_path) as f:
-            return f.read()
+        log = os.path.join(self.workdir, f"engine-{time.monotonic_ns()}.log")
+        self.port = self._launch(
+            cmd, log, r"nbd server listening on 127\.0\.0\.1:(\d+)", timeout, "engine", "INFO"
+        )
+        return self
 
     def ctl(self, **request: object) -> dict:
         with socket.socket(socket.AF_UNIX) as s:
@@ -99,14 +84,3 @@ class EngineProc:
 
     def modes(self) -> dict[str, str]:
         return {r["id"]: r["mode"] for r in self.ctl(op="status")["replicas"]}
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if getattr(self, "_log", None) is not None:
-            self._log.close()

@@ -6,18 +6,16 @@ the log. ``stop`` sends SIGTERM and checks the clean exit (drain, flush, close).
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.procs import Launched
 
 
 @dataclass
-class NBDProc:
+class NBDProc(Launched):
     directory: str
     size: str = "64MiB"
     unix: str | None = None
@@ -34,24 +32,10 @@ class NBDProc:
             cmd += ["--unix", self.unix]
         if self.read_only:
             cmd.append("--read-only")
-        env = dict(
-            os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG=os.environ.get("CARGOHOLD_LOG", "WARNING")
-        )
         parent = os.path.dirname(os.path.abspath(self.directory))
-        self.log_path = os.path.join(parent, f"nbd-serve-{time.monotonic_ns()}.log")
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(r"listening on [^ ]+:(\d+)", self.output())
-            if m:
-                self.port = int(m.group(1))
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError("nbd-serve did not start:\n" + self.output())
+        log = os.path.join(parent, f"nbd-serve-{time.monotonic_ns()}.log")
+        self.port = self._launch(cmd, log, r"listening on [^ ]+:(\d+)", timeout, "nbd-serve")
+        return self
 
     @property
     def uri(self) -> str:
@@ -61,30 +45,3 @@ class NBDProc:
     def unix_uri(self) -> str:
         assert self.unix
         return f"nbd+unix:///{self.name}?socket={self.unix}"
-
-    def output(self) -> str:
-        try:
-            with open(self.log_path) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> int | None:
-        rc = None
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                rc = self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                rc = self.proc.wait()
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-        return rc
-
-    def stop(self) -> int | None:
-        """SIGTERM: the server drains, flushes, closes the replica and exits 0."""
-        return self.kill(signal.SIGTERM)
