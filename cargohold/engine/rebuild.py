@@ -35,59 +35,95 @@ log = logging.getLogger("cargohold.engine")
 CHUNK_BYTES = 4 << 20  # data per EXPORT/IMPORT round trip
 
 
+def delta_start(
+    target: ReplicaLink, source_history: list[list[int]], source_seen: int
+) -> int | None:
+    """Where a delta rebuild of ``target`` from a source must start, or None if only a full
+    copy is safe.
+
+    A delta from the target's generation is right only if the target's history is a prefix
+    of the source's: the same epochs, and in its last epoch no mutation the source did not
+    make too. A replica that an older engine kept writing after the others lost it holds
+    mutations nobody else has (a fork); generations alone cannot show that, histories can.
+    """
+    if target.seen == 0:
+        return 0  # empty: a full copy, nothing to clear
+    t, s = target.history, source_history
+    n = len(t)
+    if n == 0 or n > len(s) or t[: n - 1] != s[: n - 1]:
+        return None
+    epoch, first = t[-1]
+    if s[n - 1][0] != epoch or first < s[n - 1][1]:
+        return None
+    end = s[n][1] - 1 if n < len(s) else source_seen  # the source's last mutation of that epoch
+    if target.seen > end:
+        return None
+    return target.generation
+
+
 async def rebuild(vol: Volume, link: ReplicaLink) -> None:
     assert link.client is not None
     target = link.client
-    since = link.generation
-    if since == 0 and link.seen > 0:
-        # a full copy onto a replica holding old data: clear it first, before it takes writes
-        link.mode = Mode.ERR
-        await target.trim(0, vol.size)
-        link.mode = Mode.WO
     t0 = time.monotonic()
     link.rebuild = {
-        "since": since,
+        "since": None,
+        "full": None,
         "copied_bytes": 0,
         "done_bytes": 0,
         "total_bytes": vol.size,
         "started": time.time(),
     }
-    log.info("volume %s: rebuilding %s from generation %d", vol.name, link.spec, since)
-    off = 0
-    window = vol.settings.rebuild_window
-    while off < vol.size:
+    source = _source(vol)
+    info = await asyncio.wait_for(source.info(), vol.settings.replica_timeout)
+    since = delta_start(link, info.get("history", []), info.get("seen", info["generation"]))
+    full = since is None
+    if since is None:
+        # a fork or an unknown past: clear it and copy everything, before it takes writes
+        mode, link.mode = link.mode, Mode.ERR
+        await target.trim(0, vol.size)
+        link.mode = mode
+        since = 0
+    link.rebuild.update(since=since, full=full or since == 0)
+    log.info(
+        "volume %s: rebuilding %s from generation %d%s",
+        vol.name,
+        link.spec,
+        since,
+        " (full: its history is not the source's)" if full else "",
+    )
+    pos = 0
+    timeout = vol.settings.replica_timeout * 4
+    while pos < vol.size:
         source = _source(vol)
-        hi = min(vol.size, off + window)
-        vol.window(off, hi)
+        hi = min(vol.size, pos + vol.settings.rebuild_window)
+        # hold writes to the range only while one chunk is exported and imported
+        vol.window(pos, hi)
         try:
-            pos = off
-            while pos < hi:
-                blob = await asyncio.wait_for(
-                    source.export(pos, hi - pos, since=since, max_bytes=CHUNK_BYTES),
-                    vol.settings.replica_timeout * 4,
-                )
-                header, extents = xs.decode(blob)
-                if extents:
-                    await asyncio.wait_for(
-                        target.import_stream(blob), vol.settings.replica_timeout * 4
-                    )
-                link.rebuild["copied_bytes"] += len(blob)
-                pos = header.end
-                link.rebuild["done_bytes"] = pos
-                await _throttle(vol, link, t0)
+            blob = await asyncio.wait_for(
+                source.export(pos, hi - pos, since=since, max_bytes=CHUNK_BYTES), timeout
+            )
+            header, extents = xs.decode(blob)
+            if extents:
+                await asyncio.wait_for(target.import_stream(blob), timeout)
         finally:
             vol.window_done()
-        off = hi
+        link.rebuild["copied_bytes"] += len(blob)
+        pos = header.end
+        link.rebuild["done_bytes"] = pos
         if link.mode is Mode.ERR:
             raise ReplicaIOError(f"replica {link.spec} failed during its rebuild: {link.error}")
+        await _throttle(vol, link, t0)  # outside the window: writes are not held meanwhile
     # the end: hold mutations, make the target durable and current, resume
     await vol._hold()
     try:
         if link.mode is Mode.ERR:
             raise ReplicaIOError(f"replica {link.spec} failed during its rebuild: {link.error}")
-        await asyncio.wait_for(target.flush(), vol.settings.replica_timeout * 4)
-        gen = await asyncio.wait_for(target.mark_current(vol.gen), vol.settings.replica_timeout * 4)
+        history = (await asyncio.wait_for(_source(vol).info(), timeout)).get("history", [])
+        await asyncio.wait_for(target.flush(), timeout)
+        gen = await asyncio.wait_for(target.mark_current(vol.gen, history), timeout)
         link.generation = gen
+        link.seen = gen
+        link.history = history
         link.mode = Mode.RW
     finally:
         vol._release()

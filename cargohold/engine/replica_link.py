@@ -55,6 +55,7 @@ class ReplicaLink:
     mode: Mode = Mode.ERR
     generation: int = 0  # complete through, as the replica last reported
     seen: int = 0
+    history: list[list[int]] = field(default_factory=list)  # [[epoch, first generation]]
     error: str = ""
     rebuild: dict[str, Any] = field(default_factory=dict)  # progress while WO
 
@@ -66,6 +67,11 @@ class ReplicaLink:
         if self.client is not None:
             client, self.client = self.client, None
             client.close_nowait()
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch of the engine that made this replica's newest mutation."""
+        return self.history[-1][0] if self.history else 0
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -90,10 +91,12 @@ class Volume:
                 f"volume {self.name}: {len(reachable)} of {len(self.links)} replicas reachable, "
                 f"{self.settings.min_replicas} needed ({why})"
             )
-        top = max(link.generation for link in reachable)
+        # current = the newest history, compared like Raft's (term, index): the epoch that
+        # made the last mutation first, then the generation; never timestamps or sizes
+        top = max((link.last_epoch, link.generation) for link in reachable)
         self.gen = max(link.seen for link in reachable)
         for link in reachable:
-            link.mode = Mode.RW if link.generation == top else Mode.WO
+            link.mode = Mode.RW if (link.last_epoch, link.generation) == top else Mode.WO
         current = [link for link in reachable if link.mode is Mode.RW]
         self._size = max(link.rebuild.pop("size", 0) for link in current)
         log.info(
@@ -123,6 +126,7 @@ class Volume:
         link.client = client
         link.generation = info["generation"]
         link.seen = info.get("seen", info["generation"])
+        link.history = info.get("history", [])
         link.rebuild["size"] = info["size"]
         link.error = ""
 
@@ -177,7 +181,8 @@ class Volume:
             link.drop(f"missed a mutation: generation {reply.generation}, expected {gen}")
             log.warning("volume %s: replica %s dropped: %s", self.name, link.spec, link.error)
             return False
-        link.generation = reply.generation
+        # a FLUSH reply can overtake later writes' replies: never go backwards
+        link.generation = max(link.generation, reply.generation)
         return True
 
     async def _fan_out(
@@ -426,8 +431,8 @@ class Volume:
             self.links.append(link)
         elif link.mode is not Mode.ERR:
             raise InvalidArgument(f"replica {spec.id} is already in the write set")
-        else:
-            link.spec = spec
+        else:  # a returning replica: new address, same place (local or not)
+            link.spec = dataclasses.replace(spec, local=spec.local or link.spec.local)
         await self._open(link)
         if link.client is None:
             raise ReplicaIOError(f"replica {spec}: {link.error}")

@@ -263,10 +263,14 @@ class ReplicaClient:
         complete through anything (``mark_current`` does, after a rebuild)."""
         return (await self.call(Op.IMPORT, payload=stream, generation=generation)).generation
 
-    async def mark_current(self, generation: int = 0) -> int:
+    async def mark_current(
+        self, generation: int = 0, history: list[list[int]] | None = None
+    ) -> int:
         """After a rebuild: the replica holds every mutation up to ``generation`` (0: the
-        newest it has seen). Durable when this returns."""
-        args = {"generation": generation} if generation else {}
+        newest it has seen), and ``history`` (the source's). Durable when this returns."""
+        args: dict[str, Any] = {"generation": generation} if generation else {}
+        if history is not None:
+            args["history"] = history
         return (await self.call(Op.MARK_CURRENT, args=args)).generation
 
     async def copy_to(self, other: ReplicaClient, since: int = 0, chunk: int = 8 << 20) -> int:

@@ -219,6 +219,7 @@ class Session(asyncio.Protocol):
             "generation": s.generation,
             "seen": s.seen,
             "epoch": s.epoch,
+            "history": s.history,
             "snapshots": [x.name for x in s.snapshot_list()],
             "pid": os.getpid(),
         }
@@ -356,10 +357,11 @@ class Session(asyncio.Protocol):
         rep = self._replica()
         args = req.args()
         generation = _int_arg(args, "generation", 0) if "generation" in args else None
+        history = args.get("history")
         async with rep.lock:
             self._replica()
             await self._drain_flushes(rep)
-            rep.store.mark_current(generation)
+            rep.store.mark_current(generation, history)
         return rep.store.generation, wire.dump_json(self._info(rep))
 
     def op_repair(self, req: Request) -> Result:

@@ -10,6 +10,7 @@ both stores behave the same way by construction.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 from abc import ABC, abstractmethod
@@ -92,6 +93,23 @@ def check_size(size: object) -> int:
     return size
 
 
+def check_history(history: object) -> list[list[int]]:
+    """A replica's history: [[epoch, first generation], ...], both strictly increasing."""
+    ok = isinstance(history, list) and all(
+        isinstance(x, list | tuple)
+        and len(x) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in x)
+        for x in history
+    )
+    if ok:
+        pairs = [list(x) for x in history]  # type: ignore[union-attr]
+        if all(a[0] < b[0] and a[1] < b[1] for a, b in itertools.pairwise(pairs)):
+            return pairs
+    raise InvalidArgument(
+        f"history must be [[epoch, first generation], ...] with both increasing, got {history!r}"
+    )
+
+
 def block_crcs(data: bytes | bytearray | memoryview) -> np.ndarray:
     """CRC32C of every 4 KiB block of ``data`` (C-backed, one call per block)."""
     mv = memoryview(data)
@@ -137,9 +155,17 @@ class ReplicaStore(ABC):
     @abstractmethod
     def epoch(self) -> int: ...
 
+    @property
     @abstractmethod
-    def mark_current(self, generation: int | None = None) -> None:
-        """After a rebuild: complete through ``generation`` (default ``seen``); durable."""
+    def history(self) -> list[list[int]]:
+        """[[epoch, first generation], ...]: which engine epoch made which mutations."""
+
+    @abstractmethod
+    def mark_current(
+        self, generation: int | None = None, history: list[list[int]] | None = None
+    ) -> None:
+        """After a rebuild: complete through ``generation`` (default ``seen``), with the
+        source's ``history``; durable."""
 
     @abstractmethod
     def _persist_epoch(self, epoch: int) -> None: ...

@@ -41,6 +41,7 @@ from cargohold.store.base import (
     ScrubReport,
     SnapshotInfo,
     block_crcs,
+    check_history,
     check_range,
     check_size,
     runs,
@@ -270,9 +271,20 @@ class FileStore(ReplicaStore):
                 f"generation {g!r} is not above the newest this replica has seen, {self._seen}"
             )
         contiguous = self._gen == self._seen and g == self._gen + 1
+        history = self._meta.get("history", [])
+        if not history or history[-1][0] != self.epoch:
+            # the first mutation of a new epoch: where this epoch's part of history begins,
+            # durable before the mutation (engines compare histories like Raft's terms)
+            meta = self._draft()
+            meta["history"] = [*history, [self.epoch, g]]
+            self._commit(meta)
         self._seen = g
         self._chain[0].seen = g
         return g, contiguous
+
+    @property
+    def history(self) -> list[list[int]]:
+        return [list(x) for x in self._meta.get("history", [])]
 
     def _complete(self, g: int, contiguous: bool) -> None:
         """The mutation claimed as ``g`` is fully applied: the replica is complete through it
@@ -282,15 +294,22 @@ class FileStore(ReplicaStore):
             self._gen = g
             self._chain[0].generation = g
 
-    def mark_current(self, generation: int | None = None) -> None:
+    def mark_current(
+        self, generation: int | None = None, history: list[list[int]] | None = None
+    ) -> None:
         """After a rebuild: this replica now holds every mutation up to ``generation``
-        (default: the newest it has seen). Made durable before returning."""
+        (default: the newest it has seen), and the history of the replica it was rebuilt
+        from (``history``: [[epoch, first generation], ...]). Durable before returning."""
         g = self._seen if generation is None else generation
         if not isinstance(g, int) or isinstance(g, bool) or g < self._seen:
             raise InvalidArgument(
                 f"generation {g!r} is below the newest this replica has seen, {self._seen}"
             )
         self.flush()
+        if history is not None:
+            meta = self._draft()
+            meta["history"] = check_history(history)
+            self._commit(meta)
         self._gen = self._seen = g
         head = self._chain[0]
         head.generation = head.seen = g
@@ -716,6 +735,7 @@ class FileStore(ReplicaStore):
             "generation": self._gen,
             "seen": self._seen,
             "epoch": self.epoch,
+            "history": self.history,
             "layers": len(self._layers),
             "snapshots": sum(1 for v in self._meta["layers"].values() if v["snapshot"]),
             "allocated_bytes": data,

@@ -30,6 +30,7 @@ from cargohold.store.base import (
     ReplicaStore,
     ScrubReport,
     SnapshotInfo,
+    check_history,
     check_range,
     check_size,
 )
@@ -57,6 +58,7 @@ class MemoryStore(ReplicaStore):
         self._gen = 0
         self._seen = 0
         self._epoch = 0
+        self._history: list[list[int]] = []
         self._layers = {1: _Layer(1, None, size // BLOCK_SIZE, 0)}
         self._head = 1
         self._next = 2
@@ -90,19 +92,29 @@ class MemoryStore(ReplicaStore):
                 f"generation {g!r} is not above the newest this replica has seen, {self._seen}"
             )
         contiguous = self._gen == self._seen and g == self._gen + 1
+        if not self._history or self._history[-1][0] != self._epoch:
+            self._history.append([self._epoch, g])
         self._seen = g
         return g, contiguous
+
+    @property
+    def history(self) -> list[list[int]]:
+        return [list(x) for x in self._history]
 
     def _complete(self, g: int, contiguous: bool) -> None:
         if contiguous:
             self._gen = g
 
-    def mark_current(self, generation: int | None = None) -> None:
+    def mark_current(
+        self, generation: int | None = None, history: list[list[int]] | None = None
+    ) -> None:
         g = self._seen if generation is None else generation
         if not isinstance(g, int) or isinstance(g, bool) or g < self._seen:
             raise InvalidArgument(
                 f"generation {g!r} is below the newest this replica has seen, {self._seen}"
             )
+        if history is not None:
+            self._history = check_history(history)
         self._gen = self._seen = g
 
     def _import_extents(self, extents: list[Any], generation: int) -> None:
