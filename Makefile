@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test`. Both set everything up first.
-.PHONY: setup demo test lint unit integration probe soak bench clean
+.PHONY: setup demo test lint unit integration probe soak bench bench-engine clean
 
 VENV := .venv/bin
 
@@ -33,6 +33,10 @@ soak: setup
 
 bench: setup
 	$(VENV)/python benchmarks/replica_server.py --json benchmarks/results/replica_server.json
+
+# fio's nbd engine against the local file, nbdkit, qemu-nbd, nbd-serve, engine x1 and x3
+bench-engine: setup
+	$(VENV)/python benchmarks/engine.py --json benchmarks/results/engine.json
 
 clean:
 	rm -rf .venv .pytest_cache .hypothesis .ruff_cache build *.egg-info

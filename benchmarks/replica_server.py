@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from cargohold.cli.replica_cmd import parse_size  # noqa: E402
+from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.protocol.replica_wire import FLAG_FUA, Op  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
 from tests.procs import ServerProc  # noqa: E402
