@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ import pytest
 
 from cargohold.errors import CargoholdError, Fenced, NoSpace
 from cargohold.replica.client import ReplicaClient
+from tests.probe.engine_support import loop_ext4, loop_ext4_unavailable
 from tests.probe.support import BLOCK, ProbeServer, identify, patterns
 
 pytestmark = pytest.mark.root
@@ -43,46 +41,23 @@ FAR = 50_000  # a block far beyond the fill region (its map page is not allocate
 
 
 # --- the filesystem ----------------------------------------------------------------------
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A freshly made 48 MiB ext4 filesystem, mounted; unmounted and detached afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: losetup, mkfs.ext4 and mount")
-    missing = [t for t in ("losetup", "mkfs.ext4", "mount", "umount") if not shutil.which(t)]
-    if missing:
-        pytest.skip(f"missing tools: {', '.join(missing)}")
-    img = tmp_path / "fs.img"
-    with open(img, "wb") as f:
-        f.truncate(FS_BYTES)
-    r = _run(["losetup", "--find", "--show", str(img)])
-    if r.returncode != 0:
-        pytest.skip(f"no loop device available: {r.stderr.strip()}")
-    dev = r.stdout.strip()
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    mounted = False
+    """A freshly made 48 MiB ext4 filesystem, mounted; unmounted and detached afterwards.
+    1 KiB blocks (what mke2fs picks for so small a filesystem anyway, said explicitly so that
+    every machine builds the same one): allocation is finer than our 4 KiB blocks."""
+    why = loop_ext4_unavailable()
+    if why:
+        pytest.skip(why)
     try:
-        # 1 KiB blocks (what mke2fs picks for so small a filesystem anyway; said explicitly so
-        # that every machine builds the same one): allocation is finer than our 4 KiB blocks
-        r = _run(["mkfs.ext4", "-q", "-F", "-b", "1024", dev])
-        assert r.returncode == 0, f"mkfs.ext4 failed: {r.stderr}"
-        r = _run(["mount", dev, str(mnt)])
-        assert r.returncode == 0, f"mount failed: {r.stderr}"
-        mounted = True
+        cm = loop_ext4(tmp_path, FS_BYTES)
+        mnt = cm.__enter__()
+    except RuntimeError as e:  # no loop device free
+        pytest.skip(str(e))
+    try:
         yield mnt
     finally:
-        if mounted:
-            deadline = time.monotonic() + 10
-            while _run(["umount", str(mnt)]).returncode != 0:
-                if time.monotonic() > deadline:
-                    _run(["umount", "-l", str(mnt)])
-                    break
-                time.sleep(0.1)  # poll: a process we killed may still be closing its files
-        _run(["losetup", "-d", dev])
+        cm.__exit__(None, None, None)
 
 
 def fill_fs(path: Path) -> Path:
