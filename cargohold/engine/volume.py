@@ -100,10 +100,12 @@ class Volume:
         current = [link for link in reachable if link.mode is Mode.RW]
         self._size = max(link.rebuild.pop("size", 0) for link in current)
         log.info(
-            "volume %s: epoch %d, generation %d, current %s, stale %s",
+            "volume %s: epoch %d; current at generation %d (last written by epoch %d): %s; "
+            "stale: %s",
             self.name,
             self.epoch,
-            top,
+            top[1],
+            top[0],
             [str(x.spec) for x in current],
             [str(x.spec) for x in reachable if x.mode is Mode.WO],
         )

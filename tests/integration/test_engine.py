@@ -103,6 +103,8 @@ def engine_factory(cluster, tmp_path):
     yield make
     for e in started:
         e.stop()
+    for e in started:  # nothing went wrong unseen: no traceback, no logging error
+        assert "Traceback" not in e.output() and "Logging error" not in e.output(), e.output()
 
 
 def test_writes_reach_every_replica_and_read_back(cluster, engine_factory):
