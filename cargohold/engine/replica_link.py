@@ -55,6 +55,7 @@ class ReplicaLink:
     mode: Mode = Mode.ERR
     generation: int = 0  # complete through, as the replica last reported
     seen: int = 0
+    size: int = 0  # bytes, as the replica reported at OPEN
     history: list[list[int]] = field(default_factory=list)  # [[epoch, first generation]]
     error: str = ""
     rebuild: dict[str, Any] = field(default_factory=dict)  # progress while WO

@@ -98,7 +98,7 @@ class Volume:
         for link in reachable:
             link.mode = Mode.RW if (link.last_epoch, link.generation) == top else Mode.WO
         current = [link for link in reachable if link.mode is Mode.RW]
-        self._size = max(link.rebuild.pop("size", 0) for link in current)
+        self._size = max(link.size for link in current)
         log.info(
             "volume %s: epoch %d; current at generation %d (last written by epoch %d): %s; "
             "stale: %s",
@@ -110,7 +110,6 @@ class Volume:
             [str(x.spec) for x in reachable if x.mode is Mode.WO],
         )
         for link in reachable:
-            link.rebuild.pop("size", None)
             if link.mode is Mode.WO:
                 self._spawn(self._rebuild(link))
 
@@ -129,7 +128,7 @@ class Volume:
         link.generation = info["generation"]
         link.seen = info.get("seen", info["generation"])
         link.history = info.get("history", [])
-        link.rebuild["size"] = info["size"]
+        link.size = info["size"]
         link.error = ""
 
     async def close(self) -> None:
@@ -204,27 +203,38 @@ class Volume:
             )
         self.gen += 1
         gen = self.gen
-        sent = []
-        for link in targets:  # no await in this loop: every replica gets the same order
-            assert link.client is not None
-            try:
-                sent.append((link, send(link.client, gen)))
-            except CargoholdError as e:
-                link.drop(str(e))
         self._inflight += 1
         self._idle.clear()
-        t0 = time.perf_counter()
         try:
-            ok = sum(await asyncio.gather(*(self._await(lk, f, gen) for lk, f in sent)))
+            await self._to_write_set(targets, lambda c: send(c, gen), gen, what)
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    async def _to_write_set(
+        self,
+        targets: list[ReplicaLink],
+        send: Callable[[ReplicaClient], Any],
+        gen: int,
+        what: str,
+    ) -> None:
+        """Send one request to each target, await every answer (dropping replicas that
+        fail), and fail unless at least ``min_replicas`` did it."""
+        sent = []
+        for link in targets:  # no await in this loop: every replica gets the same order
+            assert link.client is not None
+            try:
+                sent.append((link, send(link.client)))
+            except CargoholdError as e:
+                link.drop(str(e))
+        t0 = time.perf_counter()
+        ok = sum(await asyncio.gather(*(self._await(lk, f, gen) for lk, f in sent)))
         self._observe(what, t0)
         self._check_usable()
         if ok < self.settings.min_replicas:
             raise ReplicaIOError(
-                f"volume {self.name}: {what} stored on {ok} replicas, "
+                f"volume {self.name}: {what} done on {ok} replicas, "
                 f"{self.settings.min_replicas} needed"
             )
 
@@ -261,19 +271,7 @@ class Volume:
 
     async def flush(self) -> None:
         self._check_usable()
-        targets = self.write_set()
-        sent = []
-        for link in targets:
-            assert link.client is not None
-            sent.append((link, link.client.send(Op.FLUSH)))
-        t0 = time.perf_counter()
-        ok = sum(await asyncio.gather(*(self._await(lk, f, 0) for lk, f in sent)))
-        self._observe("flush", t0)
-        if ok < self.settings.min_replicas:
-            raise ReplicaIOError(
-                f"volume {self.name}: flush durable on {ok} replicas, "
-                f"{self.settings.min_replicas} needed"
-            )
+        await self._to_write_set(self.write_set(), lambda c: c.send(Op.FLUSH), 0, "flush")
 
     def _readers(self) -> list[ReplicaLink]:
         rw = [link for link in self.links if link.mode is Mode.RW]
@@ -438,7 +436,6 @@ class Volume:
         await self._open(link)
         if link.client is None:
             raise ReplicaIOError(f"replica {spec}: {link.error}")
-        link.rebuild.pop("size", None)
         link.mode = Mode.WO
         self._spawn(self._rebuild(link))
 
