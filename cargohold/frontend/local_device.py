@@ -3,18 +3,15 @@
 For tests, for ``cargohold nbd-serve`` and to measure what the NBD layer itself costs.
 Reads and writes run inline on the event loop (page-cache I/O takes microseconds, as in the
 replica server); FLUSH and FUA ``fdatasync`` duplicated descriptors in a thread so that I/O
-goes on meanwhile. A FLUSH returns only when every flush already under way has finished
-too: a flush that found nothing new to sync still waits for the one syncing its writes.
+goes on meanwhile, through the same ``FlushGate`` as the replica server.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from cargohold.constants import BLOCK_SIZE
 from cargohold.frontend.device import STATE_HOLE, STATE_ZERO
 from cargohold.store.base import DATA, ReplicaStore
-from cargohold.store.layer import sync_fds
+from cargohold.store.flush_gate import FlushGate
 
 
 class LocalDevice:
@@ -26,7 +23,7 @@ class LocalDevice:
     def __init__(self, store: ReplicaStore, read_only: bool = False) -> None:
         self.store = store
         self.read_only = read_only
-        self._flushing: set[asyncio.Future[None]] = set()
+        self._flushes = FlushGate()
 
     @property
     def size(self) -> int:
@@ -49,16 +46,7 @@ class LocalDevice:
             await self.flush()
 
     async def flush(self) -> None:
-        earlier = list(self._flushing)
-        fds = self.store.flush_handles()
-        mine: asyncio.Future[None] | None = None
-        if fds:
-            mine = asyncio.get_running_loop().run_in_executor(None, sync_fds, fds)
-            self._flushing.add(mine)
-            mine.add_done_callback(self._flushing.discard)
-        # wait for our own sync and for every sync that was under way when we came
-        for fut in [*earlier, *([mine] if mine else [])]:
-            await asyncio.shield(fut)
+        await self._flushes.flush(self.store)
 
     async def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []

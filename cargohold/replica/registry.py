@@ -16,6 +16,7 @@ from typing import Any
 
 from cargohold.errors import AlreadyExists, Busy, InvalidArgument, NotFound
 from cargohold.store.file_store import FileStore
+from cargohold.store.flush_gate import FlushGate
 
 log = logging.getLogger("cargohold.replica")
 
@@ -28,6 +29,7 @@ class OpenReplica:
     path: str
     store: FileStore
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # snapshot, scrub, expand
+    flushes: FlushGate = field(default_factory=FlushGate)
     deleted: bool = False
     sessions: int = 0
 

@@ -30,7 +30,6 @@ class ReplicaServer:
         self.settings = settings
         self.registry = Registry(settings.disks, owns)
         self.sessions: set[Session] = set()
-        self.flushing: dict[str, set[asyncio.Future[None]]] = {}
         self.counters: collections.Counter[str] = collections.Counter()
         self._servers: list[asyncio.base_events.Server] = []
         self.port = settings.port
@@ -67,12 +66,8 @@ class ReplicaServer:
         for s in list(self.sessions):
             if s.transport is not None:
                 s.transport.close()
-        for futs in list(self.flushing.values()):
-            for f in list(futs):
-                try:
-                    await f
-                except Exception:
-                    pass
+        for rep in list(self.registry.open.values()):
+            await rep.flushes.drain()
         self.registry.close_all()
         if self.settings.unix_socket and os.path.exists(self.settings.unix_socket):
             os.unlink(self.settings.unix_socket)

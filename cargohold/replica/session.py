@@ -31,7 +31,6 @@ from cargohold.errors import (
 )
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Request
-from cargohold.store.layer import sync_fds
 
 if TYPE_CHECKING:
     from cargohold.replica.registry import OpenReplica
@@ -249,21 +248,8 @@ class Session(asyncio.Protocol):
         return self._flush(rep, rep.store.generation)
 
     async def _flush(self, rep: OpenReplica, gen: int) -> Result:
-        """fdatasync in a thread; this FLUSH also waits for flushes already under way, so it
-        never answers before writes that completed earlier are durable."""
-        fds = rep.store.flush_handles()
-        earlier = list(self.server.flushing.get(rep.id, ()))
-        fut = asyncio.get_running_loop().run_in_executor(None, sync_fds, fds)
-        self.server.flushing.setdefault(rep.id, set()).add(fut)
-        try:
-            for f in earlier:
-                try:
-                    await asyncio.shield(f)
-                except Exception:  # that flush's error went to its own requester
-                    pass
-            await fut
-        finally:
-            self.server.flushing[rep.id].discard(fut)
+        """fdatasync in a thread; answered when earlier flushes are done too (FlushGate)."""
+        await rep.flushes.flush(rep.store)
         return gen, b""
 
     def op_trim(self, req: Request) -> Result:
@@ -310,11 +296,7 @@ class Session(asyncio.Protocol):
         return rep.store.generation, b""
 
     async def _drain_flushes(self, rep: OpenReplica) -> None:
-        for f in list(self.server.flushing.get(rep.id, ())):
-            try:
-                await asyncio.shield(f)
-            except Exception:
-                pass
+        await rep.flushes.drain()
 
     def op_info(self, req: Request) -> Result:
         rep = self._replica()
