@@ -128,6 +128,25 @@ class ChecksumError(RequestError):
     errno = _errno.EIO
 
 
+class WrongState(RequestError):
+    """The request does not fit the object's state now (e.g. revert while attached)."""
+
+    status = 1003
+    errno = _errno.EBUSY
+
+
+class Unschedulable(NoSpace):
+    """Placement is impossible; the message says why (nodes, zones, capacity, tags)."""
+
+    status = 1004
+
+
+class ManagerUnavailable(CargoholdError):
+    """No manager answered (the control plane is down or unreachable)."""
+
+    exit_code = 3
+
+
 class ConfigError(CargoholdError):
     """Bad settings or command-line input."""
 
@@ -147,6 +166,8 @@ STATUS_TO_ERROR: dict[int, type[RequestError]] = {
         NotOpen,
         Fenced,
         ChecksumError,
+        WrongState,
+        Unschedulable,
     )
 }
 

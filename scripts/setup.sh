@@ -15,6 +15,7 @@ APT_PACKAGES=(
   nbdkit             # the C reference NBD server (benchmarks, fault-injecting proxies)
   python3-libnbd     # libnbd's Python bindings (Debian's /usr/bin/python3 only)
   fuse3              # nbdfuse: an NBD export as a file, then a loop device
+  etcd-server        # the manager's HA state store (tests start their own etcd)
 )
 
 missing=()
