@@ -1,0 +1,64 @@
+"""``cargohold manager``: run the control plane's manager (REST API, reconcilers).
+
+cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600
+cargohold manager --state etcd:http://10.0.0.5:2379 --listen 0.0.0.0:9600 --id mgr-b
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+import typer
+
+from cargohold.cli.main import app
+from cargohold.cli.replica_cmd import console
+from cargohold.cli.units import split_addr
+from cargohold.errors import CargoholdError
+
+DEFAULT_MANAGER_PORT = 9600
+
+
+@app.command("manager")
+def manager(
+    state: str = typer.Option(
+        ..., help="state store: sqlite:PATH (one manager) or etcd:http://HOST:PORT[,...]"
+    ),
+    listen: str = typer.Option(
+        None, help=f"API on HOST:PORT (e.g. 0.0.0.0:{DEFAULT_MANAGER_PORT})"
+    ),
+    unix: str = typer.Option(None, help="API also on this unix socket"),
+    id: str = typer.Option(
+        None, "--id", help="this manager's name in elections (default: host-pid)"
+    ),
+) -> None:
+    """Serve the manager's REST API and, when elected leader, run the reconcilers."""
+    from pydantic import ValidationError
+
+    from cargohold.control.manager import Manager
+    from cargohold.control.settings import ManagerSettings
+
+    logging.basicConfig(
+        level=os.environ.get("CARGOHOLD_LOG", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not listen and not unix:
+        console.print("[red]error:[/red] give --listen HOST:PORT and/or --unix PATH")
+        raise typer.Exit(2)
+    try:
+        settings = ManagerSettings()
+        addr = split_addr(listen, DEFAULT_MANAGER_PORT) if listen else None
+        mgr = Manager(state, id or f"{socket.gethostname()}-{os.getpid()}", settings)
+    except (CargoholdError, ValidationError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    try:
+        import uvloop
+
+        uvloop.run(mgr.serve(addr, unix))
+    except (CargoholdError, OSError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(getattr(e, "exit_code", 1)) from None

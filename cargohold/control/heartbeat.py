@@ -1,0 +1,369 @@
+"""A node agent's heartbeat: take in what it reports, answer what should run on its node.
+
+Called by the API for ``POST /api/v1/nodes/{node}/heartbeat``, on whichever manager the
+agent reached (leader or standby: it only reads and compare-and-swaps records). Reports
+update the observed half of records (replica modes and generations, engine status,
+operation progress); the answer is computed from the desired half that the reconcilers
+write (``assignments``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cargohold.control.model import (
+    Assignments,
+    EngineAssignment,
+    EngineReport,
+    EngineStatus,
+    Heartbeat,
+    Node,
+    OperationAssignment,
+    OperationKind,
+    OperationReport,
+    OperationState,
+    ReplicaAssignment,
+    ReplicaMode,
+    Robustness,
+    SnapshotState,
+    Volume,
+)
+from cargohold.control.repository import Repository, now
+from cargohold.control.settings import ManagerSettings
+from cargohold.errors import NotFound
+
+log = logging.getLogger("cargohold.manager")
+
+
+async def handle(
+    repo: Repository, name: str, hb: Heartbeat, settings: ManagerSettings
+) -> Assignments:
+    t = now()
+
+    def beat(node: Node) -> Node:
+        if node.down_since is not None:
+            log.info("node %s is back (heartbeat after %.1f s)", name, t - node.down_since)
+        node.heartbeat_at = t
+        node.down_since = None
+        if hb.replica_port:
+            node.replica_port = hb.replica_port
+        return node
+
+    await repo.update_node(name, beat)
+    await _ingest_replicas(repo, name, hb)
+    for er in hb.engines:
+        await _ingest_engine(repo, name, er)
+    reported = {er.volume for er in hb.engines}
+    for vol in await repo.volumes():
+        st = vol.engine_status
+        if st is not None and st.node == name and st.running and vol.name not in reported:
+
+            def gone(v: Volume) -> Volume | None:
+                if v.engine_status is None or v.engine_status.node != name:
+                    return None
+                v.engine_status.running = False
+                return v
+
+            await repo.update_volume(vol.name, gone)
+    for orep in hb.operations:
+        await _ingest_operation(repo, orep)
+    return await assignments(repo, name, hb, settings)
+
+
+async def _ingest_replicas(repo: Repository, name: str, hb: Heartbeat) -> None:
+    reported = {r.id: r for r in hb.replicas}
+    for rep in await repo.replicas():
+        if rep.node != name:
+            continue
+        got = reported.get(rep.id)
+        if rep.deleting and got is None:
+            await repo.delete_replica_record(rep.volume, rep.id)
+            log.info("replica %s of volume %s deleted from node %s", rep.id, rep.volume, name)
+            continue
+        exists = got is not None
+
+        def seen(r, exists=exists, got=got):  # type: ignore[no-untyped-def]
+            r.exists = exists
+            if got is not None and r.mode is None:
+                r.generation = got.generation
+            return r
+
+        if rep.exists != exists or (
+            got is not None and rep.mode is None and rep.generation != got.generation
+        ):
+            await repo.update_replica(rep.volume, rep.id, seen)
+
+
+async def _ingest_engine(repo: Repository, name: str, er: EngineReport) -> None:
+    try:
+        vol = await repo.volume(er.volume)
+    except NotFound:
+        return
+    st = er.status or {}
+    links = {x.get("id"): x for x in st.get("replicas", []) if isinstance(x, dict)}
+    if vol.engine is None or vol.engine.node != name or vol.engine.epoch != er.epoch:
+        # an engine the manager no longer wants here (it is being stopped): note only
+        # that it still runs, so the volume shows "detaching"
+        if vol.engine_status is not None and vol.engine_status.node == name:
+
+            def old(v: Volume) -> Volume:
+                assert v.engine_status is not None
+                v.engine_status.running = er.running
+                return v
+
+            await repo.update_volume(vol.name, old)
+        return
+    rw_gens = [int(x.get("generation", 0)) for x in links.values() if x.get("mode") == "RW"]
+    # robustness counts only replicas whose node is up: an idle engine notices a dead
+    # replica only at its next I/O, the manager knows from the missing heartbeats
+    down = {n.name for n in await repo.nodes() if n.down_since is not None}
+    where = {r.id: r.node for r in await repo.replicas(vol.name)}
+    rw = sum(1 for rid, x in links.items() if x.get("mode") == "RW" and where.get(rid) not in down)
+
+    def observed(v: Volume) -> Volume:
+        v.engine_status = EngineStatus(
+            node=name,
+            epoch=er.epoch,
+            running=er.running,
+            endpoint=st.get("endpoint") or er.endpoint,
+            generation=int(st.get("generation", 0) or 0),
+            size_bytes=int(st.get("size_bytes", 0) or 0),
+            robustness=Robustness.UNKNOWN,
+            error=er.error,
+            reported_at=now(),
+        )
+        if er.running and st:
+            # the newest generation every current replica has: a lower bound on what a
+            # future engine must start from (invariant 4)
+            if rw_gens:
+                v.current_generation = max(v.current_generation, min(rw_gens))
+            v.robustness = (
+                Robustness.FAULTED
+                if rw == 0
+                else Robustness.DEGRADED
+                if rw < v.replicas_wanted
+                else Robustness.HEALTHY
+            )
+            if st.get("fenced"):
+                v.error = f"engine epoch {er.epoch} was fenced: {st['fenced']}"
+        return v
+
+    await repo.update_volume(vol.name, observed)
+    if not (er.running and st):
+        return
+    for rep in await repo.replicas(vol.name):
+        link = links.get(rep.id)
+        mode = (
+            ReplicaMode(link["mode"]) if link and link.get("mode") in ("RW", "WO", "ERR") else None
+        )
+        gen = int(link.get("generation", rep.generation)) if link else rep.generation
+        rb = link.get("rebuild") if link else None
+        progress = None
+        if isinstance(rb, dict) and rb.get("total"):
+            progress = min(1.0, float(rb.get("done", 0)) / float(rb["total"]))
+        err = str(link.get("error", "")) if link else ""
+        if (rep.mode, rep.generation, rep.rebuild_progress, rep.error) == (
+            mode,
+            gen,
+            progress,
+            err,
+        ):
+            continue
+
+        def upd(r, mode=mode, gen=gen, progress=progress, err=err):  # type: ignore[no-untyped-def]
+            r.mode, r.generation, r.rebuild_progress, r.error = mode, gen, progress, err
+            return r
+
+        await repo.update_replica(vol.name, rep.id, upd)
+
+
+async def _ingest_operation(repo: Repository, orep: OperationReport) -> None:
+    try:
+        op = await repo.operation(orep.id)
+    except NotFound:
+        return
+    if op.done:
+        return
+    state = orep.state
+    if (
+        state is OperationState.FAILED
+        and op.kind is OperationKind.SNAPSHOT_CREATE
+        and "already exists" in orep.error
+    ):
+        state = OperationState.SUCCEEDED  # a retried create that had already happened
+    if (
+        state is OperationState.FAILED
+        and op.kind is OperationKind.SNAPSHOT_DELETE
+        and ("not found" in orep.error or "no snapshot" in orep.error)
+    ):
+        state = OperationState.SUCCEEDED
+    done = state in (OperationState.SUCCEEDED, OperationState.FAILED)
+
+    def progress(o):  # type: ignore[no-untyped-def]
+        o.state, o.progress, o.error, o.result = state, orep.progress, orep.error, orep.result
+        if done:
+            o.finished_at = now()
+            o.progress = 1.0 if state is OperationState.SUCCEEDED else o.progress
+        return o
+
+    op = await repo.update_operation(orep.id, progress)
+    if done:
+        await apply_result(repo, op)
+
+
+async def apply_result(repo: Repository, op) -> None:  # type: ignore[no-untyped-def]
+    """What a finished operation changes in the records."""
+    ok = op.state is OperationState.SUCCEEDED
+    name = op.args.get("name", "")
+    try:
+        if op.kind is OperationKind.SNAPSHOT_CREATE:
+
+            def snap(s):  # type: ignore[no-untyped-def]
+                s.state = SnapshotState.READY if ok else SnapshotState.ERROR
+                s.error = "" if ok else op.error
+                return s
+
+            await repo.update_snapshot(op.volume, name, snap)
+        elif op.kind is OperationKind.SNAPSHOT_DELETE:
+            if ok:
+                await repo.delete_snapshot_record(op.volume, name)
+            else:
+
+                def back(s):  # type: ignore[no-untyped-def]
+                    s.state, s.error = SnapshotState.READY, op.error
+                    return s
+
+                await repo.update_snapshot(op.volume, name, back)
+        elif op.kind is OperationKind.EXPAND and ok:
+            size = int(op.args["size_bytes"])
+
+            def grow(v: Volume) -> Volume:
+                v.size_bytes = max(v.size_bytes, size)
+                return v
+
+            await repo.update_volume(op.volume, grow)
+            for rep in await repo.replicas(op.volume):
+
+                def rsize(r, size=size):  # type: ignore[no-untyped-def]
+                    r.size_bytes = max(r.size_bytes, size)
+                    return r
+
+                await repo.update_replica(op.volume, rep.id, rsize)
+        elif op.kind is OperationKind.CLONE:
+
+            def cloned(v: Volume) -> Volume:
+                v.initialized = ok or v.initialized
+                v.error = "" if ok else f"clone failed: {op.error}"
+                return v
+
+            await repo.update_volume(op.volume, cloned)
+    except NotFound:
+        pass
+
+
+async def assignments(
+    repo: Repository, name: str, hb: Heartbeat, settings: ManagerSettings
+) -> Assignments:
+    nodes = {n.name: n for n in await repo.nodes()}
+    volumes = {v.name: v for v in await repo.volumes()}
+    all_reps = await repo.replicas()
+    out = Assignments(heartbeat_interval=settings.heartbeat_interval)
+    for r in all_reps:
+        if r.node != name:
+            continue
+        vol = volumes.get(r.volume)
+        size = max(r.size_bytes, vol.size_bytes if vol else 0)
+        out.replicas.append(
+            ReplicaAssignment(
+                id=r.id, volume=r.volume, size_bytes=size, disk_path=r.disk_path, delete=r.deleting
+            )
+        )
+    known = {r.id for r in all_reps}
+    for rr in hb.replicas:  # orphans: on disk, no record, and their volume is gone
+        if rr.id not in known and rr.volume and rr.volume not in volumes:
+            out.replicas.append(
+                ReplicaAssignment(
+                    id=rr.id,
+                    volume=rr.volume,
+                    size_bytes=rr.size_bytes or 4096,
+                    disk_path=rr.disk_path,
+                    delete=True,
+                )
+            )
+    by_id = {r.id: r for r in all_reps}
+    running_here = {e.volume: e for e in hb.engines if e.running}
+    for vol in volumes.values():
+        eng = vol.engine
+        if eng is None or eng.node != name:
+            continue
+        specs, local = [], None
+        for rid in eng.replicas:
+            r = by_id.get(rid)
+            n = nodes.get(r.node) if r else None
+            if r is None or n is None or not n.replica_port or r.deleting:
+                continue
+            specs.append(f"{rid}@{n.address}:{n.replica_port}")
+            if r.node == name:
+                local = rid
+        if not specs:
+            continue
+        out.engines.append(
+            EngineAssignment(
+                volume=vol.name,
+                epoch=eng.epoch,
+                size_bytes=vol.size_bytes,
+                replicas=specs,
+                local=local,
+                require_epoch=eng.require_epoch,
+                require_generation=eng.require_generation,
+                purpose=eng.purpose,
+            )
+        )
+        er = running_here.get(vol.name)
+        if er is None or er.epoch != eng.epoch:
+            continue
+        for op in await repo.operations(vol.name):
+            if op.done:
+                continue
+            args = dict(op.args)
+            if op.kind is OperationKind.CLONE:
+                resolved = await _clone_source(repo, args, nodes)
+                if resolved is None:
+                    continue
+                args["source"] = resolved
+            out.operations.append(
+                OperationAssignment(id=op.id, kind=op.kind, volume=op.volume, args=args)
+            )
+    return out
+
+
+async def _clone_source(repo: Repository, args: dict, nodes: dict[str, Node]) -> str | None:  # type: ignore[type-arg]
+    """The source replica of a clone: a current one on an up node; None until the source
+    snapshot is ready."""
+    src, snap = args.get("source_volume"), args.get("snapshot")
+    try:
+        s = await repo.snapshot(src, snap)
+        vol = await repo.volume(src)
+    except NotFound:
+        return None
+    if s.state is not SnapshotState.READY:
+        return None
+    best = None
+    for r in await repo.replicas(src):
+        n = nodes.get(r.node)
+        if (
+            r.deleting
+            or not r.exists
+            or n is None
+            or n.down_since is not None
+            or not n.replica_port
+        ):
+            continue
+        if r.mode is ReplicaMode.ERR or r.generation < vol.current_generation:
+            continue
+        if best is None or (r.mode is ReplicaMode.RW, r.generation) > best[0]:
+            best = (
+                (r.mode is ReplicaMode.RW, r.generation),
+                f"{r.id}@{n.address}:{n.replica_port}",
+            )
+    return best[1] if best else None

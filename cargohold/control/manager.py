@@ -1,0 +1,103 @@
+"""The manager process: the API server, the leader election, and the reconcilers.
+
+``cargohold manager`` builds one of these. Every manager serves the API; the one that
+holds the ``manager`` leadership in the state store (an etcd lease, or an expiring row in
+SQLite) also runs the reconcilers. A standby campaigns every pass and takes over within
+``leader_ttl`` seconds of the leader's death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+import uvicorn
+
+from cargohold.control.api import build
+from cargohold.control.reconcilers import RECONCILERS
+from cargohold.control.repository import Repository
+from cargohold.control.service import Service
+from cargohold.control.settings import ManagerSettings
+from cargohold.control.state import open_store
+from cargohold.errors import CargoholdError
+
+log = logging.getLogger("cargohold.manager")
+
+
+class Manager:
+    def __init__(self, state_url: str, manager_id: str, settings: ManagerSettings) -> None:
+        self.store = open_store(state_url)
+        self.settings = settings
+        self.id = manager_id
+        backend = state_url.split(":", 1)[0]
+        self.repo = Repository(self.store)
+        self.service = Service(self.repo, settings, backend, manager_id)
+        self.reconcilers = [cls(self.repo, settings) for cls in RECONCILERS]
+
+    async def run_once(self) -> bool:
+        """One pass: campaign, and reconcile if we lead. Returns whether we lead."""
+        try:
+            lead = await self.store.campaign("manager", self.id, self.settings.leader_ttl)
+        except CargoholdError as e:
+            log.warning("manager %s: state store unavailable: %s", self.id, e)
+            lead = False
+        if lead != self.service.is_leader:
+            log.info("manager %s is %s", self.id, "the leader now" if lead else "standing by")
+        self.service.is_leader = lead
+        if lead:
+            for rec in self.reconcilers:
+                try:
+                    await rec.run_once()
+                except CargoholdError as e:
+                    log.warning("%s: %s", type(rec).__name__, e)
+                except Exception:
+                    log.exception("%s failed; retrying next pass", type(rec).__name__)
+        return lead
+
+    async def reconcile_forever(self) -> None:
+        interval = min(self.settings.reconcile_interval, self.settings.leader_ttl / 3)
+        kick = self.service.kick
+        while True:
+            kick.clear()
+            await self.run_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(kick.wait(), interval)
+
+    async def serve(self, listen: tuple[str, int] | None, unix: str | None) -> None:
+        socks = []
+        if listen is not None:
+            s = socket.socket(socket.AF_INET6 if ":" in listen[0] else socket.AF_INET)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(listen)
+            socks.append(s)
+        if unix is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(unix)
+            u = socket.socket(socket.AF_UNIX)
+            u.bind(unix)
+            os.chmod(unix, 0o660)
+            socks.append(u)
+        config = uvicorn.Config(
+            build(self.service),
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        loop_task = asyncio.create_task(self.reconcile_forever())
+        try:
+            await server.serve(sockets=socks)
+        finally:
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+            with contextlib.suppress(CargoholdError, OSError):
+                await self.store.resign("manager", self.id)
+            await self.store.close()
+            if unix is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(unix)

@@ -1,0 +1,387 @@
+"""The control plane's records: what the manager stores, serves over its API, and what the
+node agents report and receive. One pydantic model per record; the JSON shapes are the API's
+(documented in docs/control-plane.md and published as OpenAPI).
+
+Records live in the state store as JSON under these keys (see ``keys``):
+
+    /nodes/<node>                     Node          registered by its agent, heartbeats
+    /disks/<node>/<disk>              Disk          a directory (or device) on a node
+    /volumes/<volume>                 Volume        spec (size, replicas wanted) + status
+    /replicas/<volume>/<replica>      Replica       one copy of a volume on a node's disk
+    /snapshots/<volume>/<snapshot>    Snapshot
+    /operations/<id>                  Operation     long-running work: snapshots, expand, clone
+    /leader/<role>                    (election)
+
+Times are seconds since the epoch (float) on the manager's clock.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")  # a DNS-1123 label (dots ok)
+
+
+def check_name(value: str, what: str = "name") -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not valid: use 1-63 lowercase letters, digits, '-' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- nodes and disks -------------------------------------------------------------------
+class NodeState(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    CORDONED = "cordoned"
+
+
+class Node(Record):
+    name: str
+    zone: str = ""
+    address: str  # where its replica server and engines listen
+    replica_port: int = 0  # the replica server's port (0 until it runs)
+    tags: list[str] = Field(default_factory=list)
+    cordoned: bool = False  # no new replicas or engines here
+    draining: bool = False  # cordoned, and its replicas are being moved away
+    heartbeat_at: float = 0.0
+    down_since: float | None = None  # set by the node reconciler when heartbeats stop
+    registered_at: float = 0.0
+    agent_pid: int | None = None  # local clusters: for `cargohold node kill`
+
+    @property
+    def state(self) -> NodeState:
+        if self.down_since is not None:
+            return NodeState.DOWN
+        return NodeState.CORDONED if self.cordoned else NodeState.UP
+
+    def view(self) -> dict[str, Any]:
+        """The API's JSON: the record plus its derived ``state``."""
+        return {**self.model_dump(), "state": self.state.value}
+
+
+class Disk(Record):
+    node: str
+    name: str
+    path: str
+    capacity_bytes: int = Field(ge=0)
+    tags: list[str] = Field(default_factory=list)
+    schedulable: bool = True
+
+
+# --- volumes and replicas ---------------------------------------------------------------
+class VolumeState(StrEnum):
+    CREATING = "creating"  # replicas being placed and created (and data cloned in)
+    DETACHED = "detached"
+    ATTACHING = "attaching"
+    ATTACHED = "attached"
+    DETACHING = "detaching"
+    DELETING = "deleting"
+    RELEASED = "released"  # deleted with reclaim policy Retain: data kept, not attachable
+
+
+class Robustness(StrEnum):
+    HEALTHY = "healthy"  # every wanted replica current
+    DEGRADED = "degraded"  # serving, fewer current replicas than wanted
+    FAULTED = "faulted"  # no current replica reachable
+    UNKNOWN = "unknown"  # detached and never checked
+
+
+class ReplicaMode(StrEnum):
+    RW = "RW"  # current, in the write set, serves reads
+    WO = "WO"  # being rebuilt: receives writes, serves no reads
+    ERR = "ERR"  # dropped by the engine
+
+
+class VolumeSource(Record):
+    volume: str
+    snapshot: str | None = None
+
+
+class EngineSpec(Record):
+    """Where the volume's engine runs, and with which epoch and replicas."""
+
+    node: str
+    epoch: int = Field(ge=1)
+    purpose: Literal["attach", "maintenance"] = "attach"
+    replicas: list[str] = Field(default_factory=list)  # replica ids, in the write set
+    require_epoch: int = 0  # refuse to start from replicas older than (epoch, generation)
+    require_generation: int = 0
+
+
+class EngineStatus(Record):
+    """What the engine's node agent last reported of it."""
+
+    node: str
+    epoch: int
+    running: bool
+    endpoint: str = ""  # nbd://HOST:PORT/NAME
+    generation: int = 0
+    size_bytes: int = 0
+    robustness: Robustness = Robustness.UNKNOWN
+    error: str = ""
+    reported_at: float = 0.0
+
+
+class Volume(Record):
+    name: str
+    size_bytes: int = Field(gt=0)
+    replicas_wanted: int = Field(ge=1, le=16)
+    zone_spread: bool = True  # distinct zones where zones exist
+    node_tags: list[str] = Field(default_factory=list)
+    disk_tags: list[str] = Field(default_factory=list)
+    reclaim_policy: Literal["Delete", "Retain"] = "Delete"
+    stale_replica_timeout: float = Field(default=30.0, ge=0)  # seconds a replica may be away
+    source: VolumeSource | None = None
+    created_at: float = 0.0
+    # desired
+    attach_node: str | None = None  # where the user wants it attached
+    engine: EngineSpec | None = None  # where the engine should run (reconciler's decision)
+    epoch: int = 0  # the newest epoch handed out; every new engine bumps it
+    deleting: bool = False
+    released: bool = False
+    initialized: bool = True  # False for a clone until its data has been copied in
+    # observed
+    engine_status: EngineStatus | None = None
+    current_epoch: int = 0  # the newest (epoch, generation) engines reported: replicas older
+    current_generation: int = 0  # than this never start an engine (invariant 4)
+    robustness: Robustness = Robustness.UNKNOWN
+    error: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "volume name")
+
+    @property
+    def state(self) -> VolumeState:
+        if self.released:
+            return VolumeState.RELEASED
+        if self.deleting:
+            return VolumeState.DELETING
+        st = self.engine_status
+        attached = (
+            st is not None
+            and st.running
+            and self.engine is not None
+            and self.engine.purpose == "attach"
+            and st.epoch == self.engine.epoch
+            and st.node == self.engine.node
+        )
+        if self.attach_node is not None:
+            return VolumeState.ATTACHED if attached else VolumeState.ATTACHING
+        if (
+            st is not None
+            and st.running
+            and (
+                self.engine is None
+                or st.epoch != self.engine.epoch
+                or self.engine.purpose == "attach"
+            )
+        ):
+            return VolumeState.DETACHING  # an engine the volume no longer wants is stopping
+        if not self.initialized:
+            return VolumeState.CREATING
+        return VolumeState.DETACHED
+
+
+class Replica(Record):
+    id: str
+    volume: str
+    node: str
+    disk: str  # the disk's name on that node
+    disk_path: str = ""
+    size_bytes: int = 0
+    created_at: float = 0.0
+    # desired
+    deleting: bool = False  # the agent removes it from disk, then the record goes
+    evicting: bool = False  # being replaced (drain); removed once a replacement is current
+    # observed
+    exists: bool = False  # the agent reported it on its replica server
+    mode: ReplicaMode | None = None  # from the engine, while one runs
+    generation: int = 0  # complete-through generation (the engine's view, or the replica's)
+    rebuild_progress: float | None = None  # 0..1 while rebuilding
+    failed_at: float | None = None  # first time seen ERR or its node down
+    error: str = ""
+
+
+class SnapshotState(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    DELETING = "deleting"
+    ERROR = "error"
+
+
+class Snapshot(Record):
+    volume: str
+    name: str
+    state: SnapshotState = SnapshotState.PENDING
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_at: float = 0.0
+    size_bytes: int = 0
+    error: str = ""
+
+
+class OperationKind(StrEnum):
+    SNAPSHOT_CREATE = "snapshot-create"
+    SNAPSHOT_DELETE = "snapshot-delete"
+    SNAPSHOT_REVERT = "snapshot-revert"
+    EXPAND = "expand"
+    CLONE = "clone"  # import a source volume's snapshot into a new volume
+
+
+class OperationState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Operation(Record):
+    id: str
+    kind: OperationKind
+    volume: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    state: OperationState = OperationState.PENDING
+    progress: float = 0.0
+    error: str = ""
+    result: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in (OperationState.SUCCEEDED, OperationState.FAILED)
+
+
+# --- the agent's heartbeat: report in, assignments out ----------------------------------
+class ReplicaReport(Record):
+    id: str
+    volume: str
+    disk_path: str = ""
+    size_bytes: int = 0
+    generation: int = 0
+    epoch: int = 0
+
+
+class EngineReport(Record):
+    volume: str
+    epoch: int
+    running: bool
+    endpoint: str = ""
+    error: str = ""
+    status: dict[str, Any] = Field(default_factory=dict)  # the engine's own `status`
+
+
+class OperationReport(Record):
+    id: str
+    state: OperationState
+    progress: float = 0.0
+    error: str = ""
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class DiskReport(Record):
+    name: str
+    path: str
+    capacity_bytes: int = Field(ge=0)
+    tags: list[str] = Field(default_factory=list)
+
+
+class Registration(Record):
+    """PUT /api/v1/nodes/{name}: the agent says who it is (idempotent)."""
+
+    zone: str = ""
+    address: str
+    replica_port: int = 0
+    tags: list[str] = Field(default_factory=list)
+    disks: list[DiskReport] = Field(default_factory=list)
+    agent_pid: int | None = None
+
+
+class Heartbeat(Record):
+    """POST /api/v1/nodes/{name}/heartbeat: what runs on the node now."""
+
+    replica_port: int = 0
+    replicas: list[ReplicaReport] = Field(default_factory=list)
+    engines: list[EngineReport] = Field(default_factory=list)
+    operations: list[OperationReport] = Field(default_factory=list)
+
+
+class ReplicaAssignment(Record):
+    id: str
+    volume: str
+    size_bytes: int
+    disk_path: str
+    delete: bool = False
+
+
+class EngineAssignment(Record):
+    volume: str
+    epoch: int
+    size_bytes: int
+    replicas: list[str]  # ID@HOST:PORT, the write set to start with / converge to
+    local: str | None = None  # the replica on this node, read first
+    require_epoch: int = 0
+    require_generation: int = 0
+    purpose: Literal["attach", "maintenance"] = "attach"
+
+
+class OperationAssignment(Record):
+    id: str
+    kind: OperationKind
+    volume: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Assignments(Record):
+    """The heartbeat's answer: everything that should run on the node. Level-triggered: the
+    agent converges to it; anything it runs that is not listed, it stops."""
+
+    replicas: list[ReplicaAssignment] = Field(default_factory=list)
+    engines: list[EngineAssignment] = Field(default_factory=list)
+    operations: list[OperationAssignment] = Field(default_factory=list)
+    heartbeat_interval: float = 1.0
+
+
+class keys:
+    NODES = "/nodes/"
+    DISKS = "/disks/"
+    VOLUMES = "/volumes/"
+    REPLICAS = "/replicas/"
+    SNAPSHOTS = "/snapshots/"
+    OPERATIONS = "/operations/"
+
+    @staticmethod
+    def node(name: str) -> str:
+        return f"/nodes/{name}"
+
+    @staticmethod
+    def disk(node: str, name: str) -> str:
+        return f"/disks/{node}/{name}"
+
+    @staticmethod
+    def volume(name: str) -> str:
+        return f"/volumes/{name}"
+
+    @staticmethod
+    def replica(volume: str, rid: str) -> str:
+        return f"/replicas/{volume}/{rid}"
+
+    @staticmethod
+    def snapshot(volume: str, name: str) -> str:
+        return f"/snapshots/{volume}/{name}"
+
+    @staticmethod
+    def operation(oid: str) -> str:
+        return f"/operations/{oid}"

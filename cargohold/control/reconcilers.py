@@ -1,0 +1,413 @@
+"""The manager's reconcilers: compare what is wanted with what agents report, and write
+new wishes. Each has ``run_once()`` (one pass over every record; tests step it) and runs
+only on the elected leader, in this order, every ``reconcile_interval``:
+
+- ``NodeReconciler``: a node whose heartbeats stopped is marked down (its engines too).
+- ``ReplicaReconciler``: failed replicas (node down or dropped by the engine) are replaced
+  once they have been away longer than the volume's ``stale_replica_timeout``; replica
+  counts converge to what was asked; drained replicas go once their replacement is current.
+- ``EngineReconciler``: one engine where the volume is attached (or a short-lived
+  maintenance engine while operations wait on a detached volume); every new engine gets
+  the next epoch, so the one before it is fenced; its replica set follows the replicas.
+- ``VolumeReconciler``: deletion, release, robustness of detached volumes, and the
+  garbage collection of finished operations.
+
+Every decision is a compare-and-swap on one record; a pass that loses a race simply
+tries again on the next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cargohold.control.model import (
+    EngineSpec,
+    Node,
+    OperationKind,
+    OperationState,
+    Replica,
+    ReplicaMode,
+    Robustness,
+    Volume,
+)
+from cargohold.control.repository import Repository, new_id, now
+from cargohold.control.scheduler import PlacementRequest, place
+from cargohold.control.settings import ManagerSettings
+from cargohold.errors import NotFound, Unschedulable
+
+log = logging.getLogger("cargohold.manager")
+
+
+class NodeReconciler:
+    def __init__(self, repo: Repository, settings: ManagerSettings) -> None:
+        self.repo, self.settings = repo, settings
+
+    async def run_once(self) -> None:
+        t = now()
+        for node in await self.repo.nodes():
+            if node.down_since is None and t - node.heartbeat_at > self.settings.node_down_after:
+
+                def down(n: Node) -> Node | None:
+                    if (
+                        n.down_since is not None
+                        or t - n.heartbeat_at <= self.settings.node_down_after
+                    ):
+                        return None
+                    n.down_since = t
+                    return n
+
+                await self.repo.update_node(node.name, down)
+                log.warning(
+                    "node %s is down: no heartbeat for %.1f s", node.name, t - node.heartbeat_at
+                )
+                for vol in await self.repo.volumes():
+                    if vol.engine_status and vol.engine_status.node == node.name:
+
+                        def stopped(v: Volume, name: str = node.name) -> Volume | None:
+                            if v.engine_status is None or v.engine_status.node != name:
+                                return None
+                            v.engine_status.running = False
+                            v.robustness = (
+                                Robustness.FAULTED if v.attach_node == name else v.robustness
+                            )
+                            return v
+
+                        await self.repo.update_volume(vol.name, stopped)
+
+
+def _failed(rep: Replica, nodes: dict[str, Node], running: bool) -> bool:
+    n = nodes.get(rep.node)
+    if n is None or n.down_since is not None:
+        return True
+    return running and rep.mode is ReplicaMode.ERR
+
+
+def _running(vol: Volume) -> bool:
+    st = vol.engine_status
+    return bool(
+        st
+        and st.running
+        and vol.engine
+        and st.epoch == vol.engine.epoch
+        and st.node == vol.engine.node
+    )
+
+
+class ReplicaReconciler:
+    def __init__(self, repo: Repository, settings: ManagerSettings) -> None:
+        self.repo, self.settings = repo, settings
+
+    async def run_once(self) -> None:
+        nodes = {n.name: n for n in await self.repo.nodes()}
+        for vol in await self.repo.volumes():
+            if vol.deleting or vol.released:
+                continue
+            try:
+                await self._volume(vol, nodes)
+            except NotFound:
+                continue
+
+    async def _volume(self, vol: Volume, nodes: dict[str, Node]) -> None:
+        t = now()
+        running = _running(vol)
+        reps = [r for r in await self.repo.replicas(vol.name) if not r.deleting]
+        # 1. note when each replica failed, or that it is back
+        for r in reps:
+            failed = _failed(r, nodes, running)
+            if failed and r.failed_at is None:
+                n = nodes.get(r.node)
+                since = n.down_since if n and n.down_since else t
+                r.failed_at = since
+                await self._set(vol, r, failed_at=since)
+            elif not failed and r.failed_at is not None:
+                r.failed_at = None
+                await self._set(vol, r, failed_at=None)
+        # a replica is current if its generation reaches what the manager last recorded
+        healthy = [
+            r
+            for r in reps
+            if r.failed_at is None
+            and r.exists
+            and (r.mode is ReplicaMode.RW if running else r.generation >= vol.current_generation)
+        ]
+        # 2. replace replicas that stayed away too long — never the last current copy
+        for r in reps:
+            if r.failed_at is not None and t - r.failed_at > vol.stale_replica_timeout and healthy:
+                log.warning(
+                    "volume %s: replica %s on node %s has been away %.0f s (> %.0f s): "
+                    "replacing it",
+                    vol.name,
+                    r.id,
+                    r.node,
+                    t - r.failed_at,
+                    vol.stale_replica_timeout,
+                )
+                await self._set(vol, r, deleting=True)
+                r.deleting = True
+        reps = [r for r in reps if not r.deleting]
+        # 3. drained replicas go once enough others are current
+        for r in reps:
+            others = [h for h in healthy if h.id != r.id and not h.evicting]
+            if r.evicting and len(others) >= vol.replicas_wanted:
+                log.info("volume %s: replica %s moved off node %s", vol.name, r.id, r.node)
+                await self._set(vol, r, deleting=True)
+                r.deleting = True
+        reps = [r for r in reps if not r.deleting]
+        keep = [r for r in reps if not r.evicting]
+        # 4. converge the count
+        missing = vol.replicas_wanted - len(keep)
+        if missing > 0:
+            await self._add(vol, missing)
+        elif missing < 0:
+            # too many (e.g. a replica came back after its replacement): drop the worst
+            ranked = sorted(
+                keep,
+                key=lambda r: (r.failed_at is None, r.mode is ReplicaMode.RW, r.generation, r.id),
+            )
+            for r in ranked[:-missing]:
+                if r in healthy and len(healthy) <= 1:
+                    continue
+                log.info("volume %s: replica %s is one too many; removing it", vol.name, r.id)
+                await self._set(vol, r, deleting=True)
+
+    async def _set(self, vol: Volume, r: Replica, **fields: object) -> None:
+        def change(rep: Replica) -> Replica:
+            return rep.model_copy(update=fields)
+
+        await self.repo.update_replica(vol.name, r.id, change)
+
+    async def _add(self, vol: Volume, count: int) -> None:
+        try:
+            placement = place(
+                PlacementRequest(
+                    volume=vol.name,
+                    size_bytes=vol.size_bytes,
+                    count=count,
+                    zone_spread=vol.zone_spread,
+                    node_tags=tuple(vol.node_tags),
+                    disk_tags=tuple(vol.disk_tags),
+                ),
+                await self.repo.nodes(),
+                await self.repo.disks(),
+                await self.repo.replicas(),
+                overprovisioning=self.settings.overprovisioning,
+            )
+        except Unschedulable as e:
+            msg = str(e)
+            if vol.error != msg:
+
+                def err(v: Volume) -> Volume:
+                    v.error = msg
+                    return v
+
+                await self.repo.update_volume(vol.name, err)
+                log.warning("%s", msg)
+            return
+        disks = {(d.node, d.name): d for d in await self.repo.disks()}
+        for node, disk in placement:
+            rep = Replica(
+                id=new_id(f"{vol.name}-r"),
+                volume=vol.name,
+                node=node,
+                disk=disk,
+                disk_path=disks[(node, disk)].path,
+                size_bytes=vol.size_bytes,
+                created_at=now(),
+            )
+            if await self.repo.add_replica(vol.name, rep):
+                log.info("volume %s: new replica %s on node %s (%s)", vol.name, rep.id, node, disk)
+        if vol.error:
+
+            def clear(v: Volume) -> Volume:
+                v.error = ""
+                return v
+
+            await self.repo.update_volume(vol.name, clear)
+
+
+class EngineReconciler:
+    def __init__(self, repo: Repository, settings: ManagerSettings) -> None:
+        self.repo, self.settings = repo, settings
+
+    async def run_once(self) -> None:
+        nodes = {n.name: n for n in await self.repo.nodes()}
+        pending = {o.volume for o in await self.repo.operations() if not o.done}
+        for vol in await self.repo.volumes():
+            reps = [r for r in await self.repo.replicas(vol.name) if not r.deleting]
+            try:
+                await self._volume(vol, reps, nodes, vol.name in pending)
+            except NotFound:
+                continue
+
+    def _where(
+        self, vol: Volume, reps: list[Replica], nodes: dict[str, Node], busy: bool
+    ) -> tuple[str, str] | None:
+        if vol.deleting or vol.released:
+            return None
+        if vol.attach_node is not None:
+            return vol.attach_node, "attach"
+        if not busy:
+            return None
+        eng = vol.engine
+        if eng is not None and eng.purpose == "maintenance":
+            n = nodes.get(eng.node)
+            if n is not None and n.down_since is None:
+                return eng.node, "maintenance"
+        # a node holding a current replica, up
+        cands = sorted(
+            (not (r.generation >= vol.current_generation), r.node)
+            for r in reps
+            if r.exists and (n := nodes.get(r.node)) is not None and n.down_since is None
+        )
+        return (cands[0][1], "maintenance") if cands else None
+
+    async def _volume(
+        self, vol: Volume, reps: list[Replica], nodes: dict[str, Node], busy: bool
+    ) -> None:
+        where = self._where(vol, reps, nodes, busy)
+        ids = sorted(r.id for r in reps if r.exists or (vol.engine and r.id in vol.engine.replicas))
+        if where is None:
+            if vol.engine is not None:
+
+                def stop(v: Volume) -> Volume:
+                    v.engine = None
+                    return v
+
+                await self.repo.update_volume(vol.name, stop)
+                log.info("volume %s: engine on %s to stop", vol.name, vol.engine.node)
+            return
+        node, purpose = where
+        eng = vol.engine
+        if eng is not None and eng.node == node:
+            if eng.purpose != purpose or sorted(eng.replicas) != ids:
+
+                def follow(v: Volume) -> Volume | None:
+                    if v.engine is None or v.engine.node != node:
+                        return None
+                    v.engine = v.engine.model_copy(update={"purpose": purpose, "replicas": ids})
+                    return v
+
+                await self.repo.update_volume(vol.name, follow)
+            return
+        existing = [r for r in reps if r.exists]
+        if not existing:
+            return  # replicas not on disk yet: wait
+
+        def start(v: Volume) -> Volume | None:
+            if v.engine is not None and v.engine.node == node:
+                return None
+            v.epoch += 1  # every new engine fences the ones before it
+            v.engine = EngineSpec(
+                node=node,
+                epoch=v.epoch,
+                purpose=purpose,  # type: ignore[arg-type]
+                replicas=ids,
+                require_generation=v.current_generation,
+            )
+            v.engine_status = None
+            return v
+
+        new = await self.repo.update_volume(vol.name, start)
+        if new.engine is not None:
+            log.info(
+                "volume %s: engine on node %s with epoch %d (%s), replicas %s, requiring "
+                "generation >= %d",
+                vol.name,
+                node,
+                new.engine.epoch,
+                purpose,
+                ", ".join(ids),
+                new.current_generation,
+            )
+
+
+class VolumeReconciler:
+    def __init__(self, repo: Repository, settings: ManagerSettings) -> None:
+        self.repo, self.settings = repo, settings
+
+    async def run_once(self) -> None:
+        nodes = {n.name: n for n in await self.repo.nodes()}
+        ops = await self.repo.operations()
+        for vol in await self.repo.volumes():
+            try:
+                await self._volume(vol, nodes, ops)
+            except NotFound:
+                continue
+        t = now()
+        names = {v.name for v in await self.repo.volumes()}
+        for op in ops:
+            if (
+                op.done
+                and op.finished_at
+                and t - op.finished_at > self.settings.operation_retention
+            ):
+                await self.repo.delete_operation(op.id)
+            elif not op.done and op.volume not in names:
+
+                def gone(o):  # type: ignore[no-untyped-def]
+                    o.state, o.error, o.finished_at = OperationState.FAILED, "volume deleted", t
+                    return o
+
+                await self.repo.update_operation(op.id, gone)
+
+    async def _volume(self, vol: Volume, nodes: dict[str, Node], ops: list) -> None:  # type: ignore[type-arg]
+        reps = await self.repo.replicas(vol.name)
+        if vol.deleting:
+            if _running(vol) or (vol.engine_status and vol.engine_status.running):
+                return  # the engine stops first (the engine reconciler cleared it)
+            for r in reps:
+                n = nodes.get(r.node)
+                if not r.deleting:
+                    await self.repo.update_replica(
+                        vol.name, r.id, lambda x: x.model_copy(update={"deleting": True})
+                    )
+                elif n is None or n.down_since is not None or not r.exists:
+                    # its node is gone (or it never reached the disk): forget the record;
+                    # a returning agent reports it and is told to delete it (an orphan)
+                    await self.repo.delete_replica_record(vol.name, r.id)
+            for s in await self.repo.snapshots(vol.name):
+                await self.repo.delete_snapshot_record(vol.name, s.name)
+            if not await self.repo.replicas(vol.name):
+                await self.repo.delete_volume_records(vol.name)
+                log.info("volume %s deleted", vol.name)
+            return
+        if _running(vol) or vol.released:
+            return
+        # detached: robustness from the replicas on disk
+        good = [
+            r
+            for r in reps
+            if not r.deleting
+            and r.exists
+            and (n := nodes.get(r.node)) is not None
+            and n.down_since is None
+            and r.generation >= vol.current_generation
+        ]
+        rob = (
+            Robustness.FAULTED
+            if not good
+            else Robustness.DEGRADED
+            if len(good) < vol.replicas_wanted
+            else Robustness.HEALTHY
+        )
+        if not reps or not any(r.exists for r in reps):
+            rob = Robustness.UNKNOWN
+        if rob is not vol.robustness:
+
+            def set_rob(v: Volume) -> Volume:
+                v.robustness = rob
+                return v
+
+            await self.repo.update_volume(vol.name, set_rob)
+        for op in ops:  # an operation whose engine went away before it finished: rerun
+            if op.volume == vol.name and op.state is OperationState.RUNNING and vol.engine is None:
+
+                def again(o):  # type: ignore[no-untyped-def]
+                    o.state = OperationState.PENDING
+                    return o
+
+                await self.repo.update_operation(op.id, again)
+        _ = OperationKind
+
+
+RECONCILERS = (NodeReconciler, ReplicaReconciler, EngineReconciler, VolumeReconciler)

@@ -1,0 +1,232 @@
+"""Typed access to the manager's records over any state store (SQLite, etcd, memory).
+
+Every change is a compare-and-swap: read the record with its revision, change it, write it
+back only if nobody changed it meanwhile, else retry with the fresh record. That makes API
+requests, heartbeats and reconcilers — in one manager or several — safe without locks.
+Writes that must happen together (a volume's epoch bump with its engine's replica set; a
+new replica with the volume it belongs to still existing) are one transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from cargohold.control.model import (
+    Disk,
+    Node,
+    Operation,
+    Replica,
+    Snapshot,
+    Volume,
+    keys,
+)
+from cargohold.control.state.base import Compare, Delete, Put, StateStore
+from cargohold.errors import AlreadyExists, Busy, NotFound
+
+M = TypeVar("M", bound=BaseModel)
+MAX_RETRIES = 64
+
+
+class Conflict(Busy):
+    """Too many concurrent writers on one record; the caller may retry."""
+
+
+def _dump(rec: BaseModel) -> bytes:
+    return rec.model_dump_json().encode()
+
+
+class Repository:
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    # --- generic ---------------------------------------------------------------------
+    async def _get(self, key: str, model: type[M]) -> tuple[M, int] | None:
+        e = await self.store.get(key)
+        if e is None:
+            return None
+        return model.model_validate_json(e.value), e.mod_revision
+
+    async def _list(self, prefix: str, model: type[M]) -> list[M]:
+        return [model.model_validate_json(e.value) for e in await self.store.range(prefix)]
+
+    async def _create(self, key: str, rec: BaseModel, what: str) -> None:
+        if not await self.store.txn([Compare(key, 0)], [Put(key, _dump(rec))]):
+            raise AlreadyExists(f"{what} already exists")
+
+    async def _update(
+        self,
+        key: str,
+        model: type[M],
+        change: Callable[[M], M | None] | Callable[[M], Awaitable[M | None]],
+        what: str,
+    ) -> M:
+        """Apply ``change`` to the fresh record until the write wins. ``change`` may raise
+        to refuse, or return None to leave the record as it is."""
+        for _ in range(MAX_RETRIES):
+            got = await self._get(key, model)
+            if got is None:
+                raise NotFound(f"{what} not found")
+            rec, rev = got
+            new = change(rec.model_copy(deep=True))
+            if hasattr(new, "__await__"):
+                new = await new  # type: ignore[misc]
+            if new is None or new == rec:
+                return rec
+            if await self.store.txn([Compare(key, rev)], [Put(key, _dump(new))]):
+                return new  # type: ignore[return-value]
+        raise Conflict(f"{what}: too many concurrent changes, try again")
+
+    # --- nodes and disks ----------------------------------------------------------------
+    async def node(self, name: str) -> Node:
+        got = await self._get(keys.node(name), Node)
+        if got is None:
+            raise NotFound(f"node {name} not found")
+        return got[0]
+
+    async def nodes(self) -> list[Node]:
+        return await self._list(keys.NODES, Node)
+
+    async def upsert_node(self, name: str, make: Callable[[Node | None], Node]) -> Node:
+        key = keys.node(name)
+        for _ in range(MAX_RETRIES):
+            got = await self._get(key, Node)
+            old, rev = got if got else (None, 0)
+            new = make(old.model_copy(deep=True) if old else None)
+            if await self.store.txn([Compare(key, rev)], [Put(key, _dump(new))]):
+                return new
+        raise Conflict(f"node {name}: too many concurrent changes, try again")
+
+    async def update_node(self, name: str, change: Callable[[Node], Node | None]) -> Node:
+        return await self._update(keys.node(name), Node, change, f"node {name}")
+
+    async def disks(self, node: str | None = None) -> list[Disk]:
+        return await self._list(keys.disk(node, "") if node else keys.DISKS, Disk)
+
+    async def put_disk(self, disk: Disk) -> None:
+        await self.store.put(keys.disk(disk.node, disk.name), _dump(disk))
+
+    async def create_disk(self, disk: Disk) -> None:
+        await self._create(
+            keys.disk(disk.node, disk.name), disk, f"disk {disk.name} on node {disk.node}"
+        )
+
+    # --- volumes ------------------------------------------------------------------------
+    async def volume(self, name: str) -> Volume:
+        got = await self._get(keys.volume(name), Volume)
+        if got is None:
+            raise NotFound(f"volume {name} not found")
+        return got[0]
+
+    async def volumes(self) -> list[Volume]:
+        return await self._list(keys.VOLUMES, Volume)
+
+    async def create_volume(self, vol: Volume, replicas: list[Replica]) -> None:
+        """The volume and its first replicas, all or nothing."""
+        compares = [Compare(keys.volume(vol.name), 0)]
+        ops: list[Put | Delete] = [Put(keys.volume(vol.name), _dump(vol))]
+        for r in replicas:
+            compares.append(Compare(keys.replica(vol.name, r.id), 0))
+            ops.append(Put(keys.replica(vol.name, r.id), _dump(r)))
+        if not await self.store.txn(compares, ops):
+            raise AlreadyExists(f"volume {vol.name} already exists")
+
+    async def update_volume(self, name: str, change: Callable[[Volume], Volume | None]) -> Volume:
+        return await self._update(keys.volume(name), Volume, change, f"volume {name}")
+
+    async def delete_volume_records(self, name: str) -> None:
+        """The volume's last records go together: replicas, snapshots, the volume."""
+        ops: list[Put | Delete] = [
+            Delete(e.key) for e in await self.store.range(f"/replicas/{name}/")
+        ]
+        ops += [Delete(e.key) for e in await self.store.range(f"/snapshots/{name}/")]
+        ops.append(Delete(keys.volume(name)))
+        await self.store.txn([], ops)
+
+    # --- replicas -----------------------------------------------------------------------
+    async def replicas(self, volume: str | None = None) -> list[Replica]:
+        return await self._list(f"/replicas/{volume}/" if volume else keys.REPLICAS, Replica)
+
+    async def add_replica(self, vol_name: str, rep: Replica) -> bool:
+        """A new replica, only if its volume still exists unchanged since ``vol_rev`` is
+        not required: only that the volume exists and is not being deleted."""
+        got = await self._get(keys.volume(vol_name), Volume)
+        if got is None or got[0].deleting:
+            return False
+        return await self.store.txn(
+            [Compare(keys.volume(vol_name), got[1]), Compare(keys.replica(vol_name, rep.id), 0)],
+            [Put(keys.replica(vol_name, rep.id), _dump(rep))],
+        )
+
+    async def update_replica(
+        self, volume: str, rid: str, change: Callable[[Replica], Replica | None]
+    ) -> Replica:
+        return await self._update(
+            keys.replica(volume, rid), Replica, change, f"replica {rid} of volume {volume}"
+        )
+
+    async def delete_replica_record(self, volume: str, rid: str) -> None:
+        await self.store.delete(keys.replica(volume, rid))
+
+    # --- snapshots ------------------------------------------------------------------------
+    async def snapshots(self, volume: str) -> list[Snapshot]:
+        return await self._list(f"/snapshots/{volume}/", Snapshot)
+
+    async def snapshot(self, volume: str, name: str) -> Snapshot:
+        got = await self._get(keys.snapshot(volume, name), Snapshot)
+        if got is None:
+            raise NotFound(f"snapshot {name} of volume {volume} not found")
+        return got[0]
+
+    async def put_snapshot(self, snap: Snapshot) -> None:
+        await self.store.put(keys.snapshot(snap.volume, snap.name), _dump(snap))
+
+    async def update_snapshot(
+        self, volume: str, name: str, change: Callable[[Snapshot], Snapshot | None]
+    ) -> Snapshot:
+        return await self._update(
+            keys.snapshot(volume, name), Snapshot, change, f"snapshot {name} of {volume}"
+        )
+
+    async def delete_snapshot_record(self, volume: str, name: str) -> None:
+        await self.store.delete(keys.snapshot(volume, name))
+
+    # --- operations -----------------------------------------------------------------------
+    async def operations(self, volume: str | None = None) -> list[Operation]:
+        ops = await self._list(keys.OPERATIONS, Operation)
+        ops = [o for o in ops if volume is None or o.volume == volume]
+        return sorted(ops, key=lambda o: (o.created_at, o.id))
+
+    async def operation(self, oid: str) -> Operation:
+        got = await self._get(keys.operation(oid), Operation)
+        if got is None:
+            raise NotFound(f"operation {oid} not found")
+        return got[0]
+
+    async def create_operation(self, op: Operation, also: list[Put] | None = None) -> Operation:
+        if not await self.store.txn(
+            [Compare(keys.operation(op.id), 0)],
+            [Put(keys.operation(op.id), _dump(op)), *(also or [])],
+        ):
+            raise AlreadyExists(f"operation {op.id} already exists")
+        return op
+
+    async def update_operation(
+        self, oid: str, change: Callable[[Operation], Operation | None]
+    ) -> Operation:
+        return await self._update(keys.operation(oid), Operation, change, f"operation {oid}")
+
+    async def delete_operation(self, oid: str) -> None:
+        await self.store.delete(keys.operation(oid))
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,529 @@
+"""What the manager's API does: validate a request against the records, write the wish.
+
+The HTTP layer (``api.py``) only maps JSON to these calls and errors to status codes; the
+reconcilers carry wishes out. Long work (snapshots, expand, clone) becomes an ``Operation``
+that an engine runs; the caller polls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from cargohold.control import heartbeat as hb_mod
+from cargohold.control.model import (
+    Assignments,
+    Disk,
+    DiskReport,
+    Heartbeat,
+    Node,
+    NodeState,
+    Operation,
+    OperationKind,
+    Registration,
+    Replica,
+    Snapshot,
+    SnapshotState,
+    Volume,
+    VolumeSource,
+    check_name,
+    keys,
+)
+from cargohold.control.repository import Repository, new_id, now
+from cargohold.control.scheduler import PlacementRequest, place
+from cargohold.control.settings import ManagerSettings
+from cargohold.control.state.base import Put
+from cargohold.control.views import volume_view
+from cargohold.errors import AlreadyExists, InvalidArgument, NotFound, WrongState
+
+log = logging.getLogger("cargohold.manager")
+
+
+class VolumeCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str
+    size_bytes: int = Field(gt=0, le=256 << 40)
+    replicas: int | None = Field(default=None, ge=1, le=16)
+    zone_spread: bool = True
+    node_tags: list[str] = Field(default_factory=list)
+    disk_tags: list[str] = Field(default_factory=list)
+    reclaim_policy: Literal["Delete", "Retain"] = "Delete"
+    stale_replica_timeout: float = Field(default=30.0, ge=0, le=7 * 86400)
+    source: VolumeSource | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "volume name")
+
+    @field_validator("size_bytes")
+    @classmethod
+    def _aligned(cls, v: int) -> int:
+        if v % 4096:
+            raise ValueError(f"size_bytes must be a multiple of 4096, got {v}")
+        return v
+
+
+class DiskCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str
+    path: str = Field(min_length=1)
+    capacity_bytes: int = Field(gt=0)
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "disk name")
+
+
+class AttachRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    node: str
+    force: bool = False  # take over from an engine on a node that is still up
+
+
+class ExpandRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    size_bytes: int = Field(gt=0, le=256 << 40)
+
+
+class SnapshotCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "snapshot name")
+
+
+class Service:
+    def __init__(
+        self, repo: Repository, settings: ManagerSettings, backend: str, manager_id: str
+    ) -> None:
+        self.repo = repo
+        self.settings = settings
+        self.backend = backend
+        self.manager_id = manager_id
+        self.is_leader = False
+        self.kick = asyncio.Event()  # wakes the reconcilers after a write
+
+    # --- nodes ----------------------------------------------------------------------------
+    async def register(self, name: str, reg: Registration) -> dict[str, Any]:
+        check_name(name, "node name")
+        t = now()
+
+        def make(old: Node | None) -> Node:
+            base = old or Node(name=name, address=reg.address, registered_at=t)
+            return base.model_copy(
+                update={
+                    "zone": reg.zone,
+                    "address": reg.address,
+                    "replica_port": reg.replica_port or base.replica_port,
+                    "tags": reg.tags,
+                    "agent_pid": reg.agent_pid,
+                    "heartbeat_at": t,
+                    "down_since": None,
+                }
+            )
+
+        node = await self.repo.upsert_node(name, make)
+        for d in reg.disks:
+            await self._report_disk(name, d)
+        log.info("node %s registered (%s, zone %r)", name, reg.address, reg.zone)
+        self.kick.set()
+        return node.view()
+
+    async def _report_disk(self, node: str, d: DiskReport) -> None:
+        existing = {x.name: x for x in await self.repo.disks(node)}
+        old = existing.get(d.name)
+        disk = Disk(
+            node=node,
+            name=d.name,
+            path=d.path,
+            capacity_bytes=d.capacity_bytes,
+            tags=sorted(set(d.tags) | set(old.tags if old else [])),
+            schedulable=old.schedulable if old else True,
+        )
+        if old != disk:
+            await self.repo.put_disk(disk)
+
+    async def heartbeat(self, name: str, hb: Heartbeat) -> Assignments:
+        out = await hb_mod.handle(self.repo, name, hb, self.settings)
+        if hb.engines or hb.operations:
+            self.kick.set()
+        return out
+
+    async def node(self, name: str) -> dict[str, Any]:
+        return (await self.repo.node(name)).view()
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return [n.view() for n in await self.repo.nodes()]
+
+    async def cordon(self, name: str, on: bool) -> dict[str, Any]:
+        def change(n: Node) -> Node:
+            n.cordoned = on
+            if not on:
+                n.draining = False
+            return n
+
+        node = await self.repo.update_node(name, change)
+        self.kick.set()
+        return node.view()
+
+    async def drain(self, name: str) -> dict[str, Any]:
+        """Cordon, and move every replica off the node (new ones first, then the old go)."""
+
+        def change(n: Node) -> Node:
+            n.cordoned = n.draining = True
+            return n
+
+        node = await self.repo.update_node(name, change)
+        for rep in await self.repo.replicas():
+            if rep.node == name and not rep.deleting and not rep.evicting:
+
+                def evict(r: Replica) -> Replica:
+                    r.evicting = True
+                    return r
+
+                await self.repo.update_replica(rep.volume, rep.id, evict)
+        self.kick.set()
+        return node.view()
+
+    async def disks(self) -> list[dict[str, Any]]:
+        return [d.model_dump() for d in await self.repo.disks()]
+
+    async def add_disk(self, node: str, req: DiskCreate) -> dict[str, Any]:
+        await self.repo.node(node)
+        disk = Disk(
+            node=node,
+            name=req.name,
+            path=req.path,
+            capacity_bytes=req.capacity_bytes,
+            tags=req.tags,
+        )
+        await self.repo.create_disk(disk)
+        self.kick.set()
+        return disk.model_dump()
+
+    # --- volumes --------------------------------------------------------------------------
+    async def view(self, vol: Volume) -> dict[str, Any]:
+        nodes = {n.name: n for n in await self.repo.nodes()}
+        return volume_view(vol, await self.repo.replicas(vol.name), nodes)
+
+    async def volume(self, name: str) -> dict[str, Any]:
+        return await self.view(await self.repo.volume(name))
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        nodes = {n.name: n for n in await self.repo.nodes()}
+        reps: dict[str, list[Replica]] = {}
+        for r in await self.repo.replicas():
+            reps.setdefault(r.volume, []).append(r)
+        return [volume_view(v, reps.get(v.name, []), nodes) for v in await self.repo.volumes()]
+
+    async def create_volume(self, req: VolumeCreate) -> dict[str, Any]:
+        count = req.replicas or self.settings.default_replicas
+        snapshot_name = None
+        if req.source is not None:
+            src = await self.repo.volume(req.source.volume)
+            if src.deleting or src.released:
+                raise WrongState(f"source volume {src.name} is being deleted")
+            if req.source.snapshot is not None:
+                snap = await self.repo.snapshot(src.name, req.source.snapshot)
+                if snap.state is not SnapshotState.READY:
+                    raise WrongState(f"snapshot {snap.name} of {src.name} is {snap.state.value}")
+                snapshot_name = snap.name
+            if req.size_bytes < src.size_bytes:
+                raise InvalidArgument(
+                    f"a clone must be at least as large as its source: {req.size_bytes} < "
+                    f"{src.size_bytes} bytes"
+                )
+        try:
+            await self.repo.volume(req.name)
+            raise AlreadyExists(f"volume {req.name} already exists")
+        except NotFound:
+            pass
+        placement = place(
+            PlacementRequest(
+                volume=req.name,
+                size_bytes=req.size_bytes,
+                count=count,
+                zone_spread=req.zone_spread,
+                node_tags=tuple(req.node_tags),
+                disk_tags=tuple(req.disk_tags),
+            ),
+            await self.repo.nodes(),
+            await self.repo.disks(),
+            await self.repo.replicas(),
+            overprovisioning=self.settings.overprovisioning,
+        )
+        t = now()
+        vol = Volume(
+            name=req.name,
+            size_bytes=req.size_bytes,
+            replicas_wanted=count,
+            zone_spread=req.zone_spread,
+            node_tags=req.node_tags,
+            disk_tags=req.disk_tags,
+            reclaim_policy=req.reclaim_policy,
+            stale_replica_timeout=req.stale_replica_timeout,
+            source=req.source,
+            created_at=t,
+            initialized=req.source is None,
+        )
+        disks = {(d.node, d.name): d for d in await self.repo.disks()}
+        reps = [
+            Replica(
+                id=new_id(f"{req.name}-r"),
+                volume=req.name,
+                node=node,
+                disk=disk,
+                disk_path=disks[(node, disk)].path,
+                size_bytes=req.size_bytes,
+                created_at=t,
+            )
+            for node, disk in placement
+        ]
+        await self.repo.create_volume(vol, reps)
+        if req.source is not None:
+            if snapshot_name is None:  # clone a volume: through a snapshot taken now
+                snapshot_name = f"clone-{req.name}-{new_id('')}"
+                await self._snapshot_op(req.source.volume, snapshot_name, {"clone-for": req.name})
+            await self.repo.create_operation(
+                Operation(
+                    id=new_id("op-"),
+                    kind=OperationKind.CLONE,
+                    volume=req.name,
+                    args={"source_volume": req.source.volume, "snapshot": snapshot_name},
+                    created_at=now(),
+                )
+            )
+        log.info(
+            "volume %s created: %d bytes, replicas on %s",
+            req.name,
+            req.size_bytes,
+            ", ".join(f"{n}/{d}" for n, d in placement),
+        )
+        self.kick.set()
+        return await self.view(vol)
+
+    async def attach(self, name: str, req: AttachRequest) -> dict[str, Any]:
+        node = await self.repo.node(req.node)
+        if node.state is NodeState.DOWN:
+            raise WrongState(f"node {req.node} is down")
+
+        async def change(v: Volume) -> Volume | None:
+            if v.deleting or v.released:
+                raise WrongState(f"volume {name} is being deleted")
+            if not v.initialized:
+                raise WrongState(f"volume {name} is still being cloned; try again when it is ready")
+            if v.attach_node == req.node:
+                return None
+            if v.attach_node is not None and not req.force:
+                holder = await self.repo.node(v.attach_node)
+                if holder.state is not NodeState.DOWN:
+                    raise WrongState(
+                        f"volume {name} is attached to node {v.attach_node}; detach it first "
+                        "(or force a takeover)"
+                    )
+                log.info(
+                    "volume %s: node %s is down, taking over on %s", name, v.attach_node, req.node
+                )
+            v.attach_node = req.node
+            return v
+
+        vol = await self.repo.update_volume(name, change)
+        self.kick.set()
+        return await self.view(vol)
+
+    async def detach(self, name: str) -> dict[str, Any]:
+        def change(v: Volume) -> Volume | None:
+            if v.attach_node is None:
+                return None
+            v.attach_node = None
+            return v
+
+        vol = await self.repo.update_volume(name, change)
+        self.kick.set()
+        return await self.view(vol)
+
+    async def delete_volume(self, name: str, purge: bool = False) -> dict[str, Any]:
+        def change(v: Volume) -> Volume | None:
+            if v.attach_node is not None:
+                raise WrongState(
+                    f"volume {name} is attached to node {v.attach_node}; detach it first"
+                )
+            if v.reclaim_policy == "Retain" and not purge:
+                if v.released:
+                    return None
+                v.released = True  # data kept; `delete --purge` removes it
+                return v
+            if v.deleting:
+                return None
+            v.deleting = True
+            return v
+
+        vol = await self.repo.update_volume(name, change)
+        self.kick.set()
+        return await self.view(vol)
+
+    async def expand(self, name: str, req: ExpandRequest) -> dict[str, Any]:
+        vol = await self.repo.volume(name)
+        if req.size_bytes % 4096:
+            raise InvalidArgument(f"size_bytes must be a multiple of 4096, got {req.size_bytes}")
+        if req.size_bytes < vol.size_bytes:
+            raise InvalidArgument(
+                f"volumes only grow: {req.size_bytes} < {vol.size_bytes} bytes (the current size)"
+            )
+        self._usable(vol)
+        op = Operation(
+            id=new_id("op-"),
+            kind=OperationKind.EXPAND,
+            volume=name,
+            args={"size_bytes": req.size_bytes},
+            created_at=now(),
+        )
+        await self.repo.create_operation(op)
+        self.kick.set()
+        return op.model_dump()
+
+    def _usable(self, vol: Volume) -> None:
+        if vol.deleting or vol.released:
+            raise WrongState(f"volume {vol.name} is being deleted")
+        if not vol.initialized:
+            raise WrongState(f"volume {vol.name} is still being cloned")
+
+    # --- snapshots ------------------------------------------------------------------------
+    async def snapshots(self, name: str) -> list[dict[str, Any]]:
+        await self.repo.volume(name)
+        return [s.model_dump() for s in await self.repo.snapshots(name)]
+
+    async def _snapshot_op(self, volume: str, snap: str, labels: dict[str, str]) -> Operation:
+        op = Operation(
+            id=new_id("op-"),
+            kind=OperationKind.SNAPSHOT_CREATE,
+            volume=volume,
+            args={"name": snap, "labels": labels},
+            created_at=now(),
+        )
+        rec = Snapshot(volume=volume, name=snap, labels=labels, created_at=now())
+        await self.repo.create_operation(
+            op, also=[Put(keys.snapshot(volume, snap), rec.model_dump_json().encode())]
+        )
+        return op
+
+    async def create_snapshot(self, name: str, req: SnapshotCreate) -> dict[str, Any]:
+        self._usable(await self.repo.volume(name))
+        try:
+            old = await self.repo.snapshot(name, req.name)
+        except NotFound:
+            old = None
+        if old is not None:
+            raise AlreadyExists(f"snapshot {req.name} of volume {name} already exists")
+        op = await self._snapshot_op(name, req.name, req.labels)
+        self.kick.set()
+        return op.model_dump()
+
+    async def delete_snapshot(self, name: str, snap: str) -> dict[str, Any]:
+        self._usable(await self.repo.volume(name))
+
+        def change(s: Snapshot) -> Snapshot:
+            if s.state is SnapshotState.PENDING:
+                raise WrongState(f"snapshot {snap} is still being created")
+            s.state = SnapshotState.DELETING
+            return s
+
+        await self.repo.update_snapshot(name, snap, change)
+        op = Operation(
+            id=new_id("op-"),
+            kind=OperationKind.SNAPSHOT_DELETE,
+            volume=name,
+            args={"name": snap},
+            created_at=now(),
+        )
+        await self.repo.create_operation(op)
+        self.kick.set()
+        return op.model_dump()
+
+    async def revert(self, name: str, snap: str) -> dict[str, Any]:
+        vol = await self.repo.volume(name)
+        self._usable(vol)
+        if vol.attach_node is not None:
+            raise WrongState(
+                f"volume {name} is attached to node {vol.attach_node}: detach it before a "
+                "revert (its filesystem must not be mounted while its blocks change)"
+            )
+        s = await self.repo.snapshot(name, snap)
+        if s.state is not SnapshotState.READY:
+            raise WrongState(f"snapshot {snap} is {s.state.value}")
+        op = Operation(
+            id=new_id("op-"),
+            kind=OperationKind.SNAPSHOT_REVERT,
+            volume=name,
+            args={"name": snap},
+            created_at=now(),
+        )
+        await self.repo.create_operation(op)
+        self.kick.set()
+        return op.model_dump()
+
+    # --- the rest ------------------------------------------------------------------------
+    async def operations(self, volume: str | None) -> list[dict[str, Any]]:
+        return [o.model_dump() for o in await self.repo.operations(volume)]
+
+    async def operation(self, oid: str) -> dict[str, Any]:
+        return (await self.repo.operation(oid)).model_dump()
+
+    async def replicas(self, volume: str | None) -> list[dict[str, Any]]:
+        if volume is not None:
+            return (await self.volume(volume))["replicas"]
+        out = []
+        for v in await self.volumes():
+            out.extend(v["replicas"])
+        return out
+
+    async def attachments(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "volume": v["name"],
+                "node": v["attached_node"],
+                "endpoint": v["endpoint"],
+                "epoch": v["epoch"],
+                "state": v["state"],
+            }
+            for v in await self.volumes()
+            if v["attached_node"] is not None
+        ]
+
+    async def status(self) -> dict[str, Any]:
+        nodes = await self.repo.nodes()
+        vols = await self.repo.volumes()
+        disks = await self.repo.disks()
+        counts = {s.value: 0 for s in NodeState}
+        for n in nodes:
+            counts[n.state.value] += 1
+        vcount = {"total": len(vols), "healthy": 0, "degraded": 0, "faulted": 0, "attached": 0}
+        for v in vols:
+            if v.robustness.value in vcount:
+                vcount[v.robustness.value] += 1
+            vcount["attached"] += v.attach_node is not None
+        reps = await self.repo.replicas()
+        return {
+            "backend": self.backend,
+            "manager": self.manager_id,
+            "leader": await self.repo.store.leader("manager"),
+            "nodes": counts,
+            "volumes": vcount,
+            "capacity_bytes": sum(d.capacity_bytes for d in disks),
+            "allocated_bytes": sum(r.size_bytes for r in reps if not r.deleting),
+        }

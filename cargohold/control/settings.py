@@ -1,0 +1,28 @@
+"""The manager's tunables (``cargohold manager``; env ``CARGOHOLD_MANAGER_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ManagerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARGOHOLD_MANAGER_", extra="forbid")
+
+    heartbeat_interval: float = Field(1.0, gt=0, description="seconds between agent heartbeats")
+    node_down_after: float = Field(
+        5.0, gt=0, description="seconds without a heartbeat before a node is marked down"
+    )
+    reconcile_interval: float = Field(
+        0.5, gt=0, description="seconds between reconciler passes (API writes wake them early)"
+    )
+    overprovisioning: float = Field(
+        2.0, ge=1.0, description="a disk may hold replicas of up to capacity x this ratio"
+    )
+    leader_ttl: float = Field(
+        3.0, gt=0, description="seconds a dead leader keeps its lease before a standby takes over"
+    )
+    operation_retention: float = Field(
+        3600.0, ge=0, description="seconds finished operations stay listed"
+    )
+    default_replicas: int = Field(3, ge=1, le=16, description="replicas of a new volume")

@@ -1,0 +1,245 @@
+"""The manager's reconcilers stepped with run_once() over a simulated cluster (sim.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cargohold.control.model import NodeState, VolumeState
+from cargohold.control.service import AttachRequest, SnapshotCreate, VolumeCreate
+from cargohold.errors import Unschedulable, WrongState
+from tests.unit.control.sim import Sim
+
+GiB = 1 << 30
+
+
+async def make(monkeypatch, nodes=3, **kw):  # type: ignore[no-untyped-def]
+    sim = Sim(monkeypatch, nodes=nodes, **kw)
+    await sim.start()
+    return sim
+
+
+async def vol(sim: Sim, name: str = "data") -> dict:  # type: ignore[type-arg]
+    return await sim.service.volume(name)
+
+
+async def test_create_places_replicas_on_distinct_nodes_and_they_appear(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    v = await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB, replicas=3))
+    assert sorted(r["node"] for r in v["replicas"]) == ["node-1", "node-2", "node-3"]
+    assert {r["state"] for r in v["replicas"]} == {"pending"}
+    await sim.step(rounds=2)
+    v = await vol(sim)
+    assert v["state"] == "detached"
+    assert v["robustness"] == "healthy"
+    assert {r["state"] for r in v["replicas"]} == {"stopped"}
+
+
+async def test_attach_starts_an_engine_with_a_new_epoch(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-2"))
+    await sim.step(rounds=3)
+    v = await vol(sim)
+    assert v["state"] == "attached"
+    assert v["attached_node"] == "node-2"
+    assert v["endpoint"] == "nbd://node-2:10809/data"
+    assert v["epoch"] == 1
+    assert {r["mode"] for r in v["replicas"]} == {"RW"}
+    await sim.service.detach("data")
+    await sim.step(rounds=3)
+    v = await vol(sim)
+    assert v["state"] == "detached"
+    assert not sim.nodes["node-2"].engines
+
+
+async def test_node_loss_degrades_then_a_replacement_is_built_elsewhere(monkeypatch) -> None:
+    sim = await make(monkeypatch, nodes=4, node_down_after=5)
+    await sim.service.create_volume(
+        VolumeCreate(name="data", size_bytes=GiB, replicas=3, stale_replica_timeout=20)
+    )
+    await sim.step(rounds=2)
+    used = {r["node"] for r in (await vol(sim))["replicas"]}
+    spare = ({"node-1", "node-2", "node-3", "node-4"} - used).pop()
+    attach = sorted(used)[0]
+    victim = sorted(used)[1]
+    await sim.service.attach("data", AttachRequest(node=attach))
+    await sim.step(rounds=3)
+    sim.write("data", 100)
+    await sim.step()
+    sim.nodes[victim].alive = False
+    await sim.step(seconds=3, rounds=3)  # 9 s: down, but not past the stale timeout
+    v = await vol(sim)
+    assert (await sim.service.node(victim))["state"] == NodeState.DOWN
+    assert v["robustness"] == "degraded"
+    assert [r["state"] for r in v["replicas"] if r["node"] == victim] == ["failed"]
+    assert spare not in {r["node"] for r in v["replicas"]}
+    await sim.step(seconds=5, rounds=4)  # past 20 s: replaced
+    v = await vol(sim)
+    nodes = {r["node"]: r for r in v["replicas"]}
+    assert spare in nodes
+    assert nodes[victim]["state"] == "deleting"
+    await sim.step(rounds=3)
+    v = await vol(sim)
+    assert v["robustness"] == "healthy"
+    assert v["epoch"] == 1  # the engine kept running: no takeover needed
+    # the node comes back: its stale replica is deleted, the record goes
+    sim.nodes[victim].alive = True
+    await sim.step(rounds=3)
+    v = await vol(sim)
+    assert victim not in {r["node"] for r in v["replicas"]}
+    assert not [r for r in sim.nodes[victim].replicas if r.startswith("data-")]
+
+
+async def test_a_node_back_before_the_timeout_keeps_its_replica(monkeypatch) -> None:
+    sim = await make(monkeypatch, nodes=4, node_down_after=5)
+    await sim.service.create_volume(
+        VolumeCreate(name="data", size_bytes=GiB, stale_replica_timeout=60)
+    )
+    await sim.step(rounds=2)
+    before = {r["id"] for r in (await vol(sim))["replicas"]}
+    victim = (await vol(sim))["replicas"][1]["node"]
+    await sim.service.attach("data", AttachRequest(node=(await vol(sim))["replicas"][0]["node"]))
+    await sim.step(rounds=3)
+    sim.nodes[victim].alive = False
+    await sim.step(seconds=5, rounds=4)
+    assert (await vol(sim))["robustness"] == "degraded"
+    sim.nodes[victim].alive = True
+    await sim.step(rounds=3)
+    v = await vol(sim)
+    assert {r["id"] for r in v["replicas"]} == before
+    assert v["robustness"] == "healthy"
+
+
+async def test_attach_elsewhere_after_the_node_died_bumps_the_epoch(monkeypatch) -> None:
+    sim = await make(monkeypatch, node_down_after=5)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB, replicas=2))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-1"))
+    await sim.step(rounds=3)
+    sim.write("data", 50)
+    await sim.step()
+    with pytest.raises(WrongState, match="attached to node node-1"):
+        await sim.service.attach("data", AttachRequest(node="node-2"))
+    sim.nodes["node-1"].alive = False
+    await sim.step(seconds=3, rounds=3)
+    v = await sim.service.attach("data", AttachRequest(node="node-2"))
+    await sim.step(rounds=3)
+    v = await vol(sim)
+    assert v["attached_node"] == "node-2"
+    assert v["epoch"] == 2
+    assert v["state"] == "attached"
+    eng = sim.nodes["node-2"].engines["data"]
+    assert eng.epoch == 2
+    assert eng.generation >= 50  # started from current data (the sim asserts require_generation)
+
+
+async def test_the_manager_records_the_current_generation(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-1"))
+    await sim.step(rounds=3)
+    sim.write("data", 77)
+    await sim.step()
+    rec = await sim.repo.volume("data")
+    assert rec.current_generation == 77
+    await sim.service.detach("data")
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-3"))
+    await sim.step(rounds=3)
+    assert (await sim.repo.volume("data")).engine.require_generation == 77  # type: ignore[union-attr]
+
+
+async def test_unschedulable_says_why(monkeypatch) -> None:
+    sim = await make(monkeypatch, nodes=3)
+    await sim.service.cordon("node-3", True)
+    with pytest.raises(Unschedulable, match="node-3 is cordoned"):
+        await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB, replicas=3))
+
+
+async def test_snapshot_on_a_detached_volume_uses_a_maintenance_engine(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    op = await sim.service.create_snapshot("data", SnapshotCreate(name="s1"))
+    await sim.step(rounds=4)
+    done = await sim.service.operation(op["id"])
+    assert done["state"] == "succeeded"
+    snaps = await sim.service.snapshots("data")
+    assert [(s["name"], s["state"]) for s in snaps] == [("s1", "ready")]
+    await sim.step(rounds=2)
+    assert all(not n.engines for n in sim.nodes.values())  # the maintenance engine stopped
+    assert (await vol(sim))["state"] == "detached"
+
+
+async def test_clone_waits_for_its_data_then_becomes_attachable(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    v = await sim.service.create_volume(
+        VolumeCreate(name="copy", size_bytes=GiB, source={"volume": "data"})
+    )
+    assert v["state"] == "creating"
+    with pytest.raises(WrongState, match="cloned"):
+        await sim.service.attach("copy", AttachRequest(node="node-1"))
+    await sim.step(rounds=8)
+    v = await vol(sim, "copy")
+    assert v["state"] == "detached", v
+    assert [s["state"] for s in await sim.service.snapshots("data")] == ["ready"]
+    kinds = {o["kind"]: o["state"] for o in await sim.service.operations(None)}
+    assert kinds == {"snapshot-create": "succeeded", "clone": "succeeded"}
+
+
+async def test_delete_removes_replicas_then_the_volume(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-1"))
+    await sim.step(rounds=2)
+    with pytest.raises(WrongState, match="detach it first"):
+        await sim.service.delete_volume("data")
+    await sim.service.detach("data")
+    await sim.step(rounds=2)
+    v = await sim.service.delete_volume("data")
+    assert v["state"] == VolumeState.DELETING
+    await sim.step(rounds=4)
+    assert await sim.service.volumes() == []
+    assert all(not n.replicas for n in sim.nodes.values())
+
+
+async def test_retain_keeps_the_data(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(
+        VolumeCreate(name="data", size_bytes=GiB, reclaim_policy="Retain")
+    )
+    await sim.step(rounds=2)
+    v = await sim.service.delete_volume("data")
+    assert v["state"] == "released"
+    await sim.step(rounds=3)
+    assert sum(len(n.replicas) for n in sim.nodes.values()) == 3
+    await sim.service.delete_volume("data", purge=True)
+    await sim.step(rounds=4)
+    assert sum(len(n.replicas) for n in sim.nodes.values()) == 0
+
+
+async def test_drain_moves_replicas_off_the_node(monkeypatch) -> None:
+    sim = await make(monkeypatch, nodes=4)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    victim = (await vol(sim))["replicas"][0]["node"]
+    await sim.service.attach("data", AttachRequest(node=(await vol(sim))["replicas"][1]["node"]))
+    await sim.step(rounds=3)
+    await sim.service.drain(victim)
+    await sim.step(rounds=10)
+    v = await vol(sim)
+    assert victim not in {r["node"] for r in v["replicas"]}
+    assert len(v["replicas"]) == 3
+    assert v["robustness"] == "healthy"
+
+
+async def test_zones_spread_replicas(monkeypatch) -> None:
+    sim = await make(monkeypatch, nodes=6, zones=["a", "b", "c"])
+    v = await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    zones = {(await sim.service.node(r["node"]))["zone"] for r in v["replicas"]}
+    assert zones == {"a", "b", "c"}
