@@ -1,0 +1,102 @@
+"""``cargohold disk ...``: the disks replicas are placed on, and adding one to a node.
+
+cargohold disk list --node node-1
+cargohold disk add node-1 /mnt/ssd1 --capacity 500GiB --tag ssd
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from cargohold.cli.main import app
+from cargohold.cli.output import (
+    API,
+    DIR,
+    OUTPUT,
+    Format,
+    handle_errors,
+    human_size,
+    render,
+    say,
+    table,
+    tags,
+)
+from cargohold.cli.units import parse_size
+from cargohold.control.client import ManagerClient
+from cargohold.errors import ConfigError
+
+disk_app = typer.Typer(help="List disks and add them to nodes.")
+app.add_typer(disk_app, name="disk", no_args_is_help=True)
+
+
+def print_disks(disks: list[dict[str, Any]]) -> None:
+    rows = [
+        (
+            escape(d.get("node", "")),
+            escape(d["name"]),
+            escape(d.get("path", "")),
+            human_size(d.get("capacity_bytes")),
+            escape(tags(d.get("tags"))),
+            "yes" if d.get("schedulable", True) else "[yellow]no[/yellow]",
+        )
+        for d in sorted(disks, key=lambda d: (d.get("node", ""), d["name"]))
+    ]
+    table(("NODE", "DISK", "PATH", "CAPACITY", "TAGS", "SCHEDULABLE"), rows)
+
+
+def next_disk_name(disks: list[dict[str, Any]]) -> str:
+    """The first ``disk-<i>`` not used on the node (local clusters start with disk-0)."""
+    used = {d.get("name") for d in disks}
+    i = 0
+    while f"disk-{i}" in used:
+        i += 1
+    return f"disk-{i}"
+
+
+@disk_app.command("list")
+@handle_errors
+def list_(
+    node: str | None = typer.Option(None, "--node", help="only this node's disks"),
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """List the disks of every node (or of one)."""
+    with ManagerClient.discover(api, dir) as c:
+        render(c.disks(node), output, print_disks)
+
+
+@disk_app.command("add")
+@handle_errors
+def add(
+    node: str,
+    path: str = typer.Argument(..., help="absolute path of the directory on the node"),
+    capacity: str = typer.Option(..., "--capacity", help="bytes to place there, e.g. 100GiB"),
+    name: str | None = typer.Option(None, "--name", help="disk name (default: next disk-N)"),
+    tag: list[str] | None = typer.Option(None, "--tag", help="disk tag (repeatable)"),
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Add a disk (a directory on the node) for replicas."""
+    if not os.path.isabs(path):
+        raise ConfigError(f"give the disk's absolute path on node {node}, not {path!r}")
+    capacity_bytes = parse_size(capacity)
+    if capacity_bytes <= 0:
+        raise ConfigError(f"--capacity must be more than 0, got {capacity!r}")
+    with ManagerClient.discover(api, dir) as c:
+        if name is None:
+            name = next_disk_name(c.disks(node))
+        disk = c.add_disk(node, name, path, capacity_bytes, tag or [])
+    render(
+        disk,
+        output,
+        lambda d: say(
+            f"disk [bold]{escape(d['name'])}[/bold] added to node {escape(node)}: "
+            f"{escape(d.get('path', path))}, {human_size(d.get('capacity_bytes'))}"
+        ),
+    )

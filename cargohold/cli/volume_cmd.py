@@ -1,0 +1,406 @@
+"""``cargohold volume ...``: create, attach, grow, clone and delete volumes through the manager.
+
+    cargohold volume create data --size 10GiB --replicas 3
+    DEV=$(cargohold volume attach data --node node-1)     # prints nbd://HOST:PORT/data
+    cargohold volume get data --wait-healthy               # after a node came back
+    cargohold volume clone data data-copy --snapshot before-upgrade
+    cargohold volume detach data && cargohold volume delete data
+
+``attach`` without ``--node`` picks, among the nodes that are up (not down, not cordoned),
+the first by name that holds one of the volume's replicas (its engine then reads locally),
+else the first by name; a volume attached already stays where it is.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from cargohold.cli.main import app
+from cargohold.cli.output import (
+    API,
+    DIR,
+    OUTPUT,
+    TIMEOUT,
+    Format,
+    err_console,
+    fields,
+    handle_errors,
+    human_size,
+    operation_progress,
+    progress,
+    render,
+    say,
+    styled,
+    table,
+)
+from cargohold.cli.units import parse_size
+from cargohold.control.client import ManagerClient
+from cargohold.errors import ConfigError
+
+volume_app = typer.Typer(help="Create, attach, expand, clone and delete volumes.")
+app.add_typer(volume_app, name="volume", no_args_is_help=True)
+
+VOLUME_FIELDS = (
+    "name",
+    "size_bytes",
+    "state",
+    "robustness",
+    "replicas_wanted",
+    "attached_node",
+    "endpoint",
+    "epoch",
+    "generation",
+    "reclaim_policy",
+    "zone_spread",
+    "node_tags",
+    "disk_tags",
+    "stale_replica_timeout",
+    "source",
+    "created_at",
+    "error",
+)
+GOOD_REPLICA_STATES = ("running", "stopped")
+
+
+class ReclaimPolicy(StrEnum):
+    DELETE = "Delete"
+    RETAIN = "Retain"
+
+
+def replica_count(v: dict[str, Any]) -> str:
+    good = sum(1 for r in v.get("replicas", ()) if r.get("state") in GOOD_REPLICA_STATES)
+    text = f"{good}/{v.get('replicas_wanted', '?')}"
+    return text if good >= (v.get("replicas_wanted") or 0) else f"[yellow]{text}[/yellow]"
+
+
+def print_volumes(vols: list[dict[str, Any]]) -> None:
+    rows = [
+        (
+            escape(v["name"]),
+            human_size(v.get("size_bytes")),
+            replica_count(v),
+            styled(v.get("state")),
+            styled(v.get("robustness")),
+            escape(v.get("attached_node") or ""),
+            escape(v.get("endpoint") or ""),
+        )
+        for v in sorted(vols, key=lambda v: v["name"])
+    ]
+    table(("NAME", "SIZE", "REPLICAS", "STATE", "ROBUSTNESS", "NODE", "ENDPOINT"), rows)
+
+
+def print_replicas(replicas: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in replicas:
+        prog = r.get("rebuild_progress")
+        rows.append(
+            (
+                escape(r["id"]),
+                escape(r.get("node", "")),
+                escape(r.get("disk", "")),
+                escape(r.get("mode") or ""),
+                styled(r.get("state")),
+                str(r.get("generation", "")),
+                f"{prog:.0%}" if isinstance(prog, int | float) else "",
+            )
+        )
+    table(("REPLICA", "NODE", "DISK", "MODE", "STATE", "GENERATION", "REBUILT"), rows)
+
+
+def print_volume(v: dict[str, Any]) -> None:
+    fields(v, VOLUME_FIELDS)
+    if v.get("replicas"):
+        print_replicas(v["replicas"])
+
+
+def health(v: dict[str, Any]) -> float:
+    """0..1: how far the volume is from all its wanted replicas being current."""
+    wanted = v.get("replicas_wanted") or 1
+    score = 0.0
+    for r in v.get("replicas", ()):
+        if r.get("state") in GOOD_REPLICA_STATES:
+            score += 1.0
+        elif r.get("state") == "rebuilding":
+            score += float(r.get("rebuild_progress") or 0.0)
+    return min(score / wanted, 1.0)
+
+
+def _state_text(v: dict[str, Any]) -> str:
+    return f"{v.get('state')}, {v.get('robustness')}"
+
+
+@volume_app.command("create")
+@handle_errors
+def create(
+    name: str,
+    size: str = typer.Option(..., "--size", help="e.g. 10GiB (a multiple of 4 KiB)"),
+    replicas: int | None = typer.Option(None, "--replicas", min=1, max=16, help="default 3"),
+    zone_spread: bool = typer.Option(
+        True, "--zone-spread/--no-zone-spread", help="replicas in distinct zones"
+    ),
+    node_tag: list[str] | None = typer.Option(None, "--node-tag", help="only nodes with tag"),
+    disk_tag: list[str] | None = typer.Option(None, "--disk-tag", help="only disks with tag"),
+    reclaim_policy: ReclaimPolicy | None = typer.Option(
+        None, "--reclaim-policy", help="Delete (default) or Retain the data on delete"
+    ),
+    stale_replica_timeout: float | None = typer.Option(
+        None, "--stale-replica-timeout", min=0, help="seconds a replica may be away (30)"
+    ),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until replicas are on disk"),
+    timeout: float = TIMEOUT,
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Create a volume; its replicas are placed by the manager."""
+    size_bytes = parse_size(size)
+    with ManagerClient.discover(api, dir) as c:
+        vol = c.create_volume(
+            name,
+            size_bytes,
+            replicas=replicas,
+            zone_spread=zone_spread,
+            node_tags=node_tag or None,
+            disk_tags=disk_tag or None,
+            reclaim_policy=reclaim_policy.value if reclaim_policy else None,
+            stale_replica_timeout=stale_replica_timeout,
+        )
+        if wait:
+
+            def placed(v: dict[str, Any]) -> bool:
+                reps = v.get("replicas", ())
+                return (
+                    v.get("state") != "creating"
+                    and len(reps) >= (v.get("replicas_wanted") or 0)
+                    and all(r.get("state") != "pending" for r in reps)
+                )
+
+            with progress(f"creating {name}") as update:
+
+                def on(v: dict[str, Any]) -> None:
+                    on_disk = sum(r.get("state") != "pending" for r in v.get("replicas", ()))
+                    update(None, f"{on_disk}/{v.get('replicas_wanted')} replicas on disk")
+
+                vol = c.wait_volume(name, placed, timeout, on)
+    where = ", ".join(f"{r.get('node')}/{r.get('disk')}" for r in vol.get("replicas", ()))
+    render(
+        vol,
+        output,
+        lambda v: say(
+            f"volume [bold]{escape(name)}[/bold] created: {human_size(v.get('size_bytes'))}, "
+            f"replicas on {escape(where or 'nodes to be chosen')}"
+        ),
+    )
+
+
+@volume_app.command("list")
+@handle_errors
+def list_(output: Format = OUTPUT, api: str | None = API, dir: str | None = DIR) -> None:
+    """List the volumes."""
+    with ManagerClient.discover(api, dir) as c:
+        render(c.volumes(), output, print_volumes)
+
+
+@volume_app.command("get")
+@handle_errors
+def get(
+    name: str,
+    wait_healthy: bool = typer.Option(
+        False, "--wait-healthy", help="first wait until every wanted replica is current"
+    ),
+    timeout: float = TIMEOUT,
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Show a volume and its replicas. --wait-healthy waits until every wanted replica is
+    current (a detached volume that no engine checked yet stays ``unknown``)."""
+    with ManagerClient.discover(api, dir) as c:
+        if wait_healthy:
+            with progress(f"waiting for {name} to be healthy") as update:
+                vol = c.wait_volume(
+                    name,
+                    lambda v: v.get("robustness") == "healthy",
+                    timeout,
+                    lambda v: update(health(v), _state_text(v)),
+                )
+        else:
+            vol = c.volume(name)
+    render(vol, output, print_volume)
+
+
+def default_node(c: ManagerClient, vol: dict[str, Any]) -> str:
+    """Where ``attach`` goes without --node (see the module docstring)."""
+    if vol.get("attached_node"):
+        return str(vol["attached_node"])
+    up = sorted(n["name"] for n in c.nodes() if n.get("state") == "up")
+    if not up:
+        raise ConfigError(f"no node is up to attach volume {vol['name']} to; give --node")
+    holders = {r.get("node") for r in vol.get("replicas", ())}
+    return next((n for n in up if n in holders), up[0])
+
+
+@volume_app.command("attach")
+@handle_errors
+def attach(
+    name: str,
+    node: str | None = typer.Option(
+        None, "--node", help="default: the first up node holding a replica, else the first up node"
+    ),
+    force: bool = typer.Option(False, "--force", help="take over from a node still up"),
+    timeout: float = TIMEOUT,
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Attach a volume to a node and print its NBD URI alone, for scripts (-o json|yaml:
+    the volume instead)."""
+    with ManagerClient.discover(api, dir) as c:
+        if node is None:
+            node = default_node(c, c.volume(name))
+        c.attach(name, node, force=force)
+        target = node
+
+        def attached(v: dict[str, Any]) -> bool:
+            return (
+                v.get("state") == "attached"
+                and bool(v.get("endpoint"))
+                and v.get("attached_node") == target
+            )
+
+        with progress(f"attaching {name} to {node}") as update:
+            vol = c.wait_volume(name, attached, timeout, lambda v: update(None, _state_text(v)))
+    if output is Format.TABLE:
+        if err_console.is_terminal:
+            err_console.print(f"volume [bold]{escape(name)}[/bold] attached to {escape(node)}")
+        typer.echo(vol["endpoint"])
+    else:
+        render(vol, output, print_volume)
+
+
+def detached(v: dict[str, Any]) -> bool:
+    """Detached, and no attach engine still running: right after a detach the state can
+    read ``detached`` before the reconciler has stopped the engine."""
+    engine = v.get("engine") or {}
+    still_running = engine.get("purpose", "attach") == "attach" and bool(engine.get("running"))
+    return v.get("state") not in ("attached", "attaching", "detaching") and not still_running
+
+
+@volume_app.command("detach")
+@handle_errors
+def detach(
+    name: str,
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until its engine stopped"),
+    timeout: float = TIMEOUT,
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Detach a volume (its engine flushes and stops)."""
+    with ManagerClient.discover(api, dir) as c:
+        vol = c.detach(name)
+        if wait:
+            with progress(f"detaching {name}") as update:
+                vol = c.wait_volume(name, detached, timeout, lambda v: update(None, _state_text(v)))
+    render(vol, output, lambda v: say(f"volume [bold]{escape(name)}[/bold] detached"))
+
+
+@volume_app.command("expand")
+@handle_errors
+def expand(
+    name: str,
+    size: str = typer.Option(..., "--size", help="the new size, e.g. 20GiB (volumes only grow)"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="wait for the operation"),
+    timeout: float = TIMEOUT,
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Grow a volume (an operation on its engine)."""
+    size_bytes = parse_size(size)
+    with ManagerClient.discover(api, dir) as c:
+        op = c.expand(name, size_bytes)
+        if wait:
+            with progress(f"expanding {name}") as update:
+                op = c.wait_operation(op["id"], timeout, operation_progress(update))
+    done = "expanded" if wait else f"expanding (operation {op['id']})"
+    render(
+        op,
+        output,
+        lambda o: say(f"volume [bold]{escape(name)}[/bold] {done} to {human_size(size_bytes)}"),
+    )
+
+
+@volume_app.command("delete")
+@handle_errors
+def delete(
+    name: str,
+    purge: bool = typer.Option(False, "--purge", help="also remove a Retain volume's data"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until it is gone"),
+    timeout: float = TIMEOUT,
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Delete a detached volume. With reclaim policy Retain, its data stays (state
+    released) until ``delete --purge``."""
+    with ManagerClient.discover(api, dir) as c:
+        vol = c.delete_volume(name, purge=purge)
+        released = vol.get("state") == "released"
+        if wait and not released:
+            with progress(f"deleting {name}") as update:
+                update(None, "")
+                c.wait_gone(name, timeout)
+    if released:
+        msg = "released: its data is kept (reclaim policy Retain); `delete --purge` removes it"
+    else:
+        msg = "deleted" if wait else "being deleted"
+    render(vol, output, lambda v: say(f"volume [bold]{escape(name)}[/bold] {msg}"))
+
+
+@volume_app.command("clone")
+@handle_errors
+def clone(
+    source: str,
+    name: str,
+    snapshot: str | None = typer.Option(
+        None, "--snapshot", help="clone this snapshot (default: the volume now)"
+    ),
+    size: str | None = typer.Option(None, "--size", help="default: the source's size"),
+    replicas: int | None = typer.Option(None, "--replicas", min=1, max=16, help="default 3"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until the data is copied"),
+    timeout: float = TIMEOUT,
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Create a volume NAME with the data of SOURCE (or of one of its snapshots)."""
+    with ManagerClient.discover(api, dir) as c:
+        size_bytes = parse_size(size) if size else int(c.volume(source)["size_bytes"])
+        src: dict[str, Any] = {"volume": source}
+        if snapshot:
+            src["snapshot"] = snapshot
+        vol = c.create_volume(name, size_bytes, replicas=replicas, source=src)
+        if wait:
+            label = f"cloning {source}{'@' + snapshot if snapshot else ''} into {name}"
+            with progress(label) as update:
+                op = c.find_operation(name, "clone")
+                if op is not None:
+                    c.wait_operation(op["id"], timeout, operation_progress(update))
+                vol = c.wait_volume(
+                    name,
+                    lambda v: v.get("state") != "creating",
+                    timeout,
+                    lambda v: update(None, str(v.get("state"))),
+                )
+    origin = f"{source}@{snapshot}" if snapshot else source
+    msg = "cloned from" if wait else "being cloned from"
+    render(
+        vol,
+        output,
+        lambda v: say(f"volume [bold]{escape(name)}[/bold] {msg} {escape(origin)}"),
+    )

@@ -1,0 +1,478 @@
+"""The manager's API client: one method per REST route of docs/control-plane.md.
+
+Called by the ``cargohold`` commands (cli/*_cmd.py), the launcher and the CSI driver. It is
+synchronous (httpx.Client) and returns the API's JSON as plain dicts and lists. Error
+answers become the one exception tree here, on the client edge:
+
+    404                  NotFound
+    409                  AlreadyExists | WrongState | Busy   (by the answer's error "type")
+    400, 422             InvalidArgument                     (the message names the fields)
+    503                  ManagerUnavailable
+    507                  Unschedulable                       (the message says why)
+    other                CargoholdError
+    no answer            ManagerUnavailable("no manager at URL: ...")
+
+The manager is found by ``ManagerClient.discover``: an explicit API URL, else the local
+cluster's ``DIR/cluster.json`` (written by ``cargohold up``). URLs are ``http://HOST:PORT``
+or ``unix:/PATH``.
+
+Waiting helpers poll with a deadline (``wait_operation``, ``wait_volume``, ``wait_gone``);
+while waiting, a manager that does not answer for a moment (a restart, a leader change) is
+retried until the deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from cargohold.errors import (
+    AlreadyExists,
+    Busy,
+    CargoholdError,
+    InvalidArgument,
+    ManagerUnavailable,
+    NotFound,
+    RequestError,
+    Unschedulable,
+    WrongState,
+)
+
+JSON = dict[str, Any]
+
+DEFAULT_DIR = "~/.cargohold"
+CLUSTER_FILE = "cluster.json"
+UNIX_BASE = "http://cargohold"  # the host part of URLs sent over a unix socket
+
+
+class WaitTimeout(CargoholdError):
+    """A wait reached its deadline; the message says what was awaited and the last state."""
+
+    exit_code = 7
+
+
+class OperationFailed(CargoholdError):
+    """An operation (snapshot, revert, expand, clone) ended in state ``failed``."""
+
+    exit_code = 1
+
+
+_CONFLICTS: dict[str, type[RequestError]] = {
+    "AlreadyExists": AlreadyExists,
+    "WrongState": WrongState,
+    "Busy": Busy,
+}
+
+
+def cluster_dir(dir: str | os.PathLike[str] | None = None) -> Path:
+    """The local cluster's directory: ``dir``, else $CARGOHOLD_DIR, else ~/.cargohold."""
+    return Path(dir or os.environ.get("CARGOHOLD_DIR") or DEFAULT_DIR).expanduser()
+
+
+def error_from_response(resp: httpx.Response, url: str) -> CargoholdError:
+    """The exception for an error answer of the manager (status >= 400)."""
+    status = resp.status_code
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    etype, message, detail = "", "", None
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            etype = str(err.get("type") or "")
+            message = str(err.get("message") or "")
+        detail = body.get("detail")
+        if not message and isinstance(detail, list):  # FastAPI's own 422 answer
+            message = _fields_message(detail)
+        elif not message and isinstance(detail, str):  # FastAPI's HTTPException
+            message = detail
+    if not message:
+        message = (resp.text or "").strip()[:200] or f"HTTP {status}"
+    where = f"{resp.request.method} {resp.request.url.path}"
+    extra: JSON = {"http_status": status, "type": etype}
+    if isinstance(detail, list):
+        extra["fields"] = detail
+    if status == 404:
+        return NotFound(message, **extra)
+    if status == 409:
+        return _CONFLICTS.get(etype, WrongState)(message, **extra)
+    if status in (400, 422):
+        return InvalidArgument(message, **extra)
+    if status == 507:
+        return Unschedulable(message, **extra)
+    if status == 503:
+        return ManagerUnavailable(f"manager at {url} is unavailable: {message}", **extra)
+    return CargoholdError(f"manager at {url} failed ({where}: HTTP {status}): {message}", **extra)
+
+
+def _fields_message(detail: list[Any]) -> str:
+    parts = []
+    for err in detail:
+        if not isinstance(err, dict):
+            parts.append(str(err))
+            continue
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        msg = str(err.get("msg", "invalid"))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request"
+
+
+def _seg(name: str) -> str:
+    """One path segment: names are DNS labels, but a bad one must not reach another route."""
+    return quote(str(name), safe="")
+
+
+class ManagerClient:
+    """A connection to one manager. Use as a context manager, or call ``close()``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        poll_interval: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url
+        self.poll_interval = poll_interval
+        self._clock = clock
+        self._sleep = sleep
+        if url.startswith("unix:"):
+            path = url.removeprefix("unix:")
+            if path.startswith("//"):  # unix:///run/x.sock
+                path = path[2:]
+            if not path:
+                raise InvalidArgument(f"bad manager URL {url!r}: expected unix:/PATH")
+            base = UNIX_BASE
+            transport = transport or httpx.HTTPTransport(uds=path)
+        else:
+            base = url if "://" in url else f"http://{url}"
+            if not base.startswith(("http://", "https://")):
+                raise InvalidArgument(
+                    f"bad manager URL {url!r}: expected http://HOST:PORT or unix:/PATH"
+                )
+        self._http = httpx.Client(base_url=base.rstrip("/"), timeout=timeout, transport=transport)
+
+    # --- finding the manager ---------------------------------------------------------------
+    @classmethod
+    def discover(
+        cls, api: str | None = None, dir: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> ManagerClient:
+        """The manager to talk to. In order: ``api``; ``dir``'s cluster.json; $CARGOHOLD_API;
+        $CARGOHOLD_DIR's cluster.json; ~/.cargohold/cluster.json.
+
+        (The CLI fills ``api`` and ``dir`` from the environment itself, so there an API URL
+        from --api or $CARGOHOLD_API wins over a directory.)"""
+        if api:
+            return cls(api, **kwargs)
+        if dir is None and os.environ.get("CARGOHOLD_API"):
+            return cls(os.environ["CARGOHOLD_API"], **kwargs)
+        return cls(local_api(dir), **kwargs)
+
+    # --- plumbing --------------------------------------------------------------------------
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ManagerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ManagerClient({self.url!r})"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """One call; the answer's JSON, or the error it stands for."""
+        try:
+            resp = self._http.request(method, path, json=body, params=params)
+        except httpx.TransportError as e:
+            raise ManagerUnavailable(f"no manager at {self.url}: {e or type(e).__name__}") from e
+        if resp.status_code >= 400:
+            raise error_from_response(resp, self.url)
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise CargoholdError(
+                f"manager at {self.url} sent no JSON for {method} {path}: {resp.text[:200]!r}"
+            ) from None
+
+    def _get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def _post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body=body)
+
+    # --- the manager -----------------------------------------------------------------------
+    def healthz(self) -> JSON:
+        return self._get("/healthz")
+
+    def status(self) -> JSON:
+        return self._get("/api/v1/status")
+
+    # --- nodes and disks -------------------------------------------------------------------
+    def nodes(self) -> list[JSON]:
+        return self._get("/api/v1/nodes")
+
+    def node(self, name: str) -> JSON:
+        return self._get(f"/api/v1/nodes/{_seg(name)}")
+
+    def cordon(self, name: str) -> JSON:
+        return self._post(f"/api/v1/nodes/{_seg(name)}/cordon")
+
+    def uncordon(self, name: str) -> JSON:
+        return self._post(f"/api/v1/nodes/{_seg(name)}/uncordon")
+
+    def drain(self, name: str) -> JSON:
+        return self._post(f"/api/v1/nodes/{_seg(name)}/drain")
+
+    def disks(self, node: str | None = None) -> list[JSON]:
+        """Every disk, or those of one node (filtered here: the route has no filter)."""
+        disks: list[JSON] = self._get("/api/v1/disks")
+        return disks if node is None else [d for d in disks if d.get("node") == node]
+
+    def add_disk(
+        self, node: str, name: str, path: str, capacity_bytes: int, tags: Iterable[str] = ()
+    ) -> JSON:
+        body = {"name": name, "path": path, "capacity_bytes": capacity_bytes, "tags": list(tags)}
+        return self._post(f"/api/v1/nodes/{_seg(node)}/disks", body)
+
+    # --- volumes ---------------------------------------------------------------------------
+    def volumes(self) -> list[JSON]:
+        return self._get("/api/v1/volumes")
+
+    def volume(self, name: str) -> JSON:
+        return self._get(f"/api/v1/volumes/{_seg(name)}")
+
+    def create_volume(
+        self,
+        name: str,
+        size_bytes: int,
+        *,
+        replicas: int | None = None,
+        zone_spread: bool | None = None,
+        node_tags: Iterable[str] | None = None,
+        disk_tags: Iterable[str] | None = None,
+        reclaim_policy: str | None = None,
+        stale_replica_timeout: float | None = None,
+        source: JSON | None = None,
+    ) -> JSON:
+        """POST a ``VolumeCreate``; fields left None take the manager's defaults. ``source``
+        is ``{"volume": ..., "snapshot": ...}`` to clone."""
+        body: JSON = {"name": name, "size_bytes": size_bytes}
+        given: JSON = {
+            "replicas": replicas,
+            "zone_spread": zone_spread,
+            "node_tags": list(node_tags) if node_tags is not None else None,
+            "disk_tags": list(disk_tags) if disk_tags is not None else None,
+            "reclaim_policy": reclaim_policy,
+            "stale_replica_timeout": stale_replica_timeout,
+            "source": source,
+        }
+        body.update({k: v for k, v in given.items() if v is not None})
+        return self._post("/api/v1/volumes", body)
+
+    def delete_volume(self, name: str, purge: bool = False) -> JSON:
+        params = {"purge": "true"} if purge else None
+        return self.request("DELETE", f"/api/v1/volumes/{_seg(name)}", params=params)
+
+    def attach(self, name: str, node: str, force: bool = False) -> JSON:
+        body: JSON = {"node": node}
+        if force:
+            body["force"] = True
+        return self._post(f"/api/v1/volumes/{_seg(name)}/attach", body)
+
+    def detach(self, name: str) -> JSON:
+        return self._post(f"/api/v1/volumes/{_seg(name)}/detach")
+
+    def expand(self, name: str, size_bytes: int) -> JSON:
+        """Returns the expand ``Operation``."""
+        return self._post(f"/api/v1/volumes/{_seg(name)}/expand", {"size_bytes": size_bytes})
+
+    def replicas(self, volume: str | None = None) -> list[JSON]:
+        if volume is None:
+            return self._get("/api/v1/replicas")
+        return self._get(f"/api/v1/volumes/{_seg(volume)}/replicas")
+
+    def attachments(self) -> list[JSON]:
+        return self._get("/api/v1/attachments")
+
+    # --- snapshots -------------------------------------------------------------------------
+    def snapshots(self, volume: str) -> list[JSON]:
+        return self._get(f"/api/v1/volumes/{_seg(volume)}/snapshots")
+
+    def create_snapshot(self, volume: str, name: str, labels: dict[str, str] | None = None) -> JSON:
+        """Returns the snapshot-create ``Operation``."""
+        body = {"name": name, "labels": dict(labels or {})}
+        return self._post(f"/api/v1/volumes/{_seg(volume)}/snapshots", body)
+
+    def delete_snapshot(self, volume: str, name: str) -> JSON:
+        """Returns the snapshot-delete ``Operation``."""
+        return self.request("DELETE", f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(name)}")
+
+    def revert(self, volume: str, name: str) -> JSON:
+        """Returns the snapshot-revert ``Operation`` (the volume must be detached)."""
+        return self._post(f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(name)}/revert")
+
+    # --- operations ------------------------------------------------------------------------
+    def operations(self, volume: str | None = None) -> list[JSON]:
+        return self._get("/api/v1/operations", volume=volume)
+
+    def operation(self, op_id: str) -> JSON:
+        return self._get(f"/api/v1/operations/{_seg(op_id)}")
+
+    def find_operation(self, volume: str, kind: str) -> JSON | None:
+        """The newest operation of ``kind`` on ``volume`` (e.g. the clone of a new volume,
+        whose id the create answer does not carry)."""
+        ops = [o for o in self.operations(volume) if o.get("kind") == kind]
+        return max(ops, key=lambda o: o.get("created_at") or 0.0) if ops else None
+
+    # --- waiting ---------------------------------------------------------------------------
+    def wait_operation(
+        self,
+        op_id: str,
+        timeout: float | None,
+        on_progress: Callable[[JSON], None] | None = None,
+    ) -> JSON:
+        """Poll until the operation is done; its final JSON. Raises OperationFailed if it
+        failed, WaitTimeout at the deadline."""
+
+        def done(op: JSON) -> bool:
+            return op.get("state") in ("succeeded", "failed")
+
+        op = self.poll(
+            lambda: self.operation(op_id), done, timeout, on_progress, f"operation {op_id}"
+        )
+        if op.get("state") == "failed":
+            raise OperationFailed(
+                f"operation {op_id} ({op.get('kind')} of {op.get('volume')}) failed: "
+                f"{op.get('error') or 'no reason given'}",
+                operation=op,
+            )
+        return op
+
+    def wait_volume(
+        self,
+        name: str,
+        predicate: Callable[[JSON], bool],
+        timeout: float | None,
+        on_progress: Callable[[JSON], None] | None = None,
+    ) -> JSON:
+        """Poll the volume until ``predicate(volume)``; its JSON then. WaitTimeout at the
+        deadline; NotFound if it disappears."""
+        return self.poll(
+            lambda: self.volume(name), predicate, timeout, on_progress, f"volume {name}"
+        )
+
+    def wait_gone(self, name: str, timeout: float | None) -> None:
+        """Poll until GET of the volume answers 404."""
+        deadline = None if timeout is None else self._clock() + timeout
+        last = "no answer yet"
+        while True:
+            try:
+                vol = self.volume(name)
+                last = f"state {vol.get('state')}"
+                if vol.get("error"):
+                    last += f", error: {vol['error']}"
+            except NotFound:
+                return
+            except ManagerUnavailable as e:
+                last = str(e)
+            if deadline is not None and self._clock() >= deadline:
+                raise WaitTimeout(
+                    f"volume {name} still exists after {timeout:g}s (last seen: {last})"
+                )
+            self._sleep(self.poll_interval)
+
+    def poll(
+        self,
+        fetch: Callable[[], Any],
+        predicate: Callable[[Any], bool],
+        timeout: float | None,
+        on_progress: Callable[[Any], None] | None,
+        what: str,
+    ) -> Any:
+        """Call ``fetch`` every ``poll_interval`` until ``predicate`` holds of its answer;
+        that answer. ``what`` names the awaited thing in the WaitTimeout message."""
+        deadline = None if timeout is None else self._clock() + timeout
+        last: Any = None
+        unavailable: ManagerUnavailable | None = None
+        while True:
+            try:
+                obj = fetch()
+            except ManagerUnavailable as e:  # a manager restart or leader change: retry
+                unavailable = e
+            else:
+                unavailable = None
+                last = obj
+                if on_progress is not None:
+                    on_progress(obj)
+                if predicate(obj):
+                    return obj
+            if deadline is not None and self._clock() >= deadline:
+                raise WaitTimeout(
+                    f"gave up waiting for {what} after {timeout:g}s "
+                    f"(last seen: {_describe(last, unavailable)})",
+                    last=last,
+                )
+            self._sleep(self.poll_interval)
+
+
+def _describe(last: Any, unavailable: ManagerUnavailable | None) -> str:
+    if unavailable is not None:
+        return str(unavailable)
+    if last is None:
+        return "nothing"
+    if isinstance(last, list):
+        return f"{len(last)} left"
+    if not isinstance(last, dict):
+        return str(last)[:200]
+    parts = [f"{k} {last[k]}" for k in ("state", "robustness", "progress") if k in last]
+    if last.get("error"):
+        parts.append(f"error: {last['error']}")
+    return ", ".join(parts) or "no state"
+
+
+def local_api(dir: str | os.PathLike[str] | None = None) -> str:
+    """The API URL of the local cluster in ``dir`` (see ``cluster_dir``), from cluster.json:
+    its ``api`` (a unix socket), or ``api_tcp`` when that socket is not there."""
+    d = cluster_dir(dir)
+    path = d / CLUSTER_FILE
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManagerUnavailable(
+            f"no local cluster in {d} (start one with `cargohold up`) and no --api given"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ManagerUnavailable(f"cannot read {path}: {e}") from None
+    if not isinstance(info, dict):
+        raise ManagerUnavailable(f"{path} is not a cluster description (expected an object)")
+    api, tcp = info.get("api"), info.get("api_tcp")
+    if isinstance(api, str) and api.startswith("unix:") and tcp:
+        if not Path(api.removeprefix("unix:").removeprefix("//")).exists():
+            api = tcp
+    if not api or not isinstance(api, str):
+        api = tcp
+    if not api or not isinstance(api, str):
+        raise ManagerUnavailable(f"{path} names no manager API (no 'api' field)")
+    return api
