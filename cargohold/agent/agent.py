@@ -1,0 +1,638 @@
+"""The node agent: one per node. It runs the node's replica server and the engines the
+manager assigns to the node, and converges them to the manager's wishes every heartbeat.
+
+``run_once()`` is one heartbeat: gather what runs (replicas on the replica server, each
+engine's own status, the operations it ran), POST it, and converge to the ``Assignments``
+that come back — create and delete replicas, start, restart, replace and stop engines,
+add, re-add and remove an engine's replicas through its control socket, run operations.
+``run()`` repeats it every ``heartbeat_interval`` until told to stop. Started by
+``cargohold agent`` (cargohold/cli/agent_cmd.py); see docs/control-plane.md.
+
+The data path never depends on the manager: when heartbeats fail, everything that runs
+keeps running unchanged (crashed children are still restarted) until the manager answers
+again. Anything the agent does not understand in an answer is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold.agent.engine_link import EngineLink
+from cargohold.agent.manager_link import ManagerLink
+from cargohold.agent.processes import (
+    REPLICA_ID,
+    Backoff,
+    EngineProcess,
+    ReplicaServerProcess,
+    check_engine,
+    free_port,
+    hostport,
+    port_is_free,
+    stop_leftovers,
+)
+from cargohold.control.model import (
+    Assignments,
+    DiskReport,
+    EngineAssignment,
+    EngineReport,
+    Heartbeat,
+    OperationAssignment,
+    OperationReport,
+    OperationState,
+    Registration,
+    ReplicaAssignment,
+    ReplicaReport,
+    check_name,
+)
+from cargohold.errors import (
+    AlreadyExists,
+    CargoholdError,
+    Fenced,
+    InvalidArgument,
+    ManagerUnavailable,
+    NotFound,
+)
+
+log = logging.getLogger("cargohold.agent")
+
+READD_EVERY = 5.0  # seconds between attempts to add (or remove) one replica of an engine
+COMPLAIN_EVERY = 30.0  # seconds between repeated warnings of an unreachable manager
+VOLUME_OF = re.compile(r"^(.+)-r[0-9a-f]+$")  # <volume>-r<hex>
+
+
+@dataclass
+class AgentConfig:
+    node: str
+    api: list[str]
+    address: str  # where the replica server and engines listen
+    dir: str  # NODEDIR: agent.json, logs/, run/, and the default disk
+    zone: str = ""
+    tags: list[str] = field(default_factory=list)
+    disks: list[tuple[str, int | None]] = field(default_factory=list)  # path, capacity
+    replica_port: int | None = None  # None: the one used before (agent.json), else any
+    heartbeat: float | None = None  # seconds; None: what the manager says (1 s)
+
+
+@dataclass
+class OperationRun:
+    """One operation this agent runs (or ran) on an engine, reported until the manager stops
+    assigning it."""
+
+    spec: OperationAssignment
+    state: OperationState = OperationState.RUNNING
+    progress: float = 0.0
+    error: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in (OperationState.SUCCEEDED, OperationState.FAILED)
+
+    def report(self) -> OperationReport:
+        return OperationReport(
+            id=self.spec.id,
+            state=self.state,
+            progress=self.progress,
+            error=self.error,
+            result=self.result,
+        )
+
+
+def volume_of(replica_id: str) -> str:
+    m = VOLUME_OF.match(replica_id)
+    return m.group(1) if m else ""
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.dir = os.path.abspath(config.dir)
+        self.manager = ManagerLink(config.api)
+        self.disks: list[DiskReport] = []
+        self.replica_server: ReplicaServerProcess | None = None
+        self.replica_port = 0
+        self.engines: dict[str, EngineProcess] = {}
+        self.operations: dict[str, OperationRun] = {}
+        self.interval = config.heartbeat or 1.0
+        self.registered = False
+        self._register_backoff = Backoff(first=0.5, most=5.0)
+        self._replicas: list[ReplicaReport] = []  # the last LIST that worked
+        self._probed: set[str] = set()  # replicas opened once to learn generation and epoch
+        self._replica_errors: dict[str, str] = {}  # replica id -> last error logged
+        self._manager_down_since: float | None = None
+        self._complained_at = 0.0
+        self._state: dict[str, Any] = {}
+
+    # --- start and stop -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create the node's directories, start the replica server and wait until it
+        answers. Registration happens in the first ``run_once()`` (and is retried)."""
+        for sub in ("logs", "run"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        self.disks = self._disks()
+        self._state = self._load_state()
+        markers = [self.dir, *(d.path for d in self.disks)]
+        await asyncio.to_thread(stop_leftovers, self._state.get("pids", []), markers)
+        port = self.config.replica_port or self._state.get("replica_port") or 0
+        if not port or not port_is_free(self.config.address, port):
+            if port and self.config.replica_port:
+                log.warning("replica port %d looks taken; trying it anyway", port)
+            elif port:
+                log.warning("replica port %d of the last run is taken: choosing another", port)
+                port = 0
+        self.replica_port = port or free_port(self.config.address)
+        self.replica_server = ReplicaServerProcess(
+            self.config.node,
+            self.config.address,
+            self.replica_port,
+            [d.path for d in self.disks],
+            os.path.join(self.dir, "logs", "replica-server.log"),
+        )
+        await self.replica_server.start()
+        self._save_state()
+        log.info(
+            "replica server of node %s serves %s on %s (pid %s)",
+            self.config.node,
+            ", ".join(f"{d.name}={d.path}" for d in self.disks),
+            hostport(self.config.address, self.replica_port),
+            self.replica_server.pid,
+        )
+
+    def _disks(self) -> list[DiskReport]:
+        given = self.config.disks or [(os.path.join(self.dir, "disk-0"), None)]
+        out: list[DiskReport] = []
+        for i, (path, capacity) in enumerate(given):
+            path = os.path.abspath(path)
+            os.makedirs(path, exist_ok=True)
+            name = os.path.basename(path.rstrip("/")).lower()
+            try:
+                check_name(name)
+            except ValueError:
+                name = f"disk-{i}"
+            if name in {d.name for d in out}:
+                name = f"disk-{i}"
+            if capacity is None:
+                capacity = shutil.disk_usage(path).total
+            out.append(DiskReport(name=name, path=path, capacity_bytes=capacity))
+        return out
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Heartbeat every ``heartbeat_interval`` seconds until ``stop`` is set."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            began = loop.time()
+            try:
+                await self.run_once()
+            except Exception:  # a bug in one round must not take the node's volumes down
+                log.exception("heartbeat round failed; trying again next round")
+            wait = max(0.0, self.interval - (loop.time() - began))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+
+    async def shutdown(self) -> None:
+        """Stop everything this agent runs: engines first (SIGTERM: they flush and close),
+        then the replica server."""
+        tasks = [op.task for op in self.operations.values() if op.task is not None]
+        for eng in self.engines.values():
+            tasks += [t for t in (eng.transition, eng.changing) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        engines = list(self.engines.values())
+        await asyncio.gather(*(e.stop() for e in engines))
+        for e in engines:
+            log.info("stopped engine for volume %s (epoch %d)", e.volume, e.epoch)
+        self.engines.clear()
+        if self.replica_server is not None:
+            await self.replica_server.stop()
+            log.info("stopped the replica server")
+        self._save_state()
+        await self.manager.close()
+
+    # --- one heartbeat -----------------------------------------------------------------
+    async def run_once(self) -> Assignments | None:
+        """One heartbeat: report, receive assignments, converge. -> the assignments, or
+        None when no manager answered (nothing is changed then)."""
+        listed = await self._check_replica_server()
+        if not self.registered and not await self._register():
+            self._watch_engines()
+            return None
+        engines = await self._report_engines()
+        hb = Heartbeat(
+            replica_port=self.replica_port,
+            replicas=self._replicas,
+            engines=engines,
+            operations=[op.report() for op in self.operations.values()],
+        )
+        try:
+            assignments = await self.manager.heartbeat(self.config.node, hb)
+        except NotFound as e:
+            log.warning(
+                "the manager does not know node %s (%s): registering again", self.config.node, e
+            )
+            self.registered = False
+            return None
+        except (ManagerUnavailable, InvalidArgument) as e:
+            self._manager_failed(e)
+            return None
+        self._manager_answered()
+        if self.config.heartbeat is None:
+            self.interval = assignments.heartbeat_interval
+        if listed is not None:
+            await self._converge_replicas(assignments.replicas, listed)
+        self._converge_engines(assignments.engines)
+        self._converge_operations(assignments.operations)
+        return assignments
+
+    async def _register(self) -> bool:
+        if not self._register_backoff.due:
+            return False
+        reg = Registration(
+            zone=self.config.zone,
+            address=self.config.address,
+            replica_port=self.replica_port,
+            tags=list(self.config.tags),
+            disks=self.disks,
+            agent_pid=os.getpid(),
+        )
+        try:
+            await self.manager.register(self.config.node, reg)
+        except (ManagerUnavailable, InvalidArgument, NotFound) as e:
+            delay = self._register_backoff.failed()
+            self._manager_failed(e, f"cannot register (next try in {delay:.1f} s)")
+            return False
+        self._register_backoff.reset()
+        self._manager_answered()
+        self.registered = True
+        log.info(
+            "registered node %s with manager %s (address %s, replica port %d, zone %r, %d disks)",
+            self.config.node,
+            self.manager.current,
+            self.config.address,
+            self.replica_port,
+            self.config.zone,
+            len(self.disks),
+        )
+        return True
+
+    def _manager_failed(self, e: CargoholdError, what: str = "heartbeat failed") -> None:
+        now = time.monotonic()
+        if self._manager_down_since is None:
+            self._manager_down_since = now
+            self._complained_at = now
+            log.warning("%s: %s; everything running keeps running", what, e)
+        elif now - self._complained_at >= COMPLAIN_EVERY:
+            self._complained_at = now
+            log.warning("%s for %.0f s now: %s", what, now - self._manager_down_since, e)
+
+    def _manager_answered(self) -> None:
+        if self._manager_down_since is not None:
+            log.info(
+                "manager %s answers again after %.1f s",
+                self.manager.current,
+                time.monotonic() - self._manager_down_since,
+            )
+            self._manager_down_since = None
+
+    # --- replicas ----------------------------------------------------------------------
+    async def _check_replica_server(self) -> set[str] | None:
+        """Restart the replica server if it died; LIST its replicas into ``_replicas``.
+        -> the ids on disk, or None when the server could not be asked."""
+        rs = self.replica_server
+        assert rs is not None, "start() first"
+        why = rs.exited()
+        if why:
+            rs.backoff.failed()
+            self._probed.clear()
+            log.warning("%s; restarting it on port %d", why, rs.port)
+        if not rs.alive:
+            if not rs.backoff.due:
+                return None
+            try:
+                await rs.start()
+            except CargoholdError as e:
+                log.error("%s (next try in %.1f s)", e, rs.backoff.failed())
+                return None
+            log.info("restarted the replica server (pid %s)", rs.pid)
+            self._save_state()
+        try:
+            items = await self._list()
+            unknown = [
+                x["id"] for x in items if "generation" not in x and x["id"] not in self._probed
+            ]
+            if unknown:
+                await asyncio.gather(*(self._probe(rid) for rid in unknown))
+                items = await self._list()
+        except (CargoholdError, OSError, TimeoutError) as e:
+            log.warning("cannot list the replicas on this node: %s", e)
+            return None
+        self._replicas = [
+            ReplicaReport(
+                id=x["id"],
+                volume=volume_of(x["id"]),
+                disk_path=str(x.get("disk", "")),
+                size_bytes=int(x.get("size", 0) or 0),
+                generation=int(x.get("generation", 0) or 0),
+                epoch=int(x.get("epoch", 0) or 0),
+            )
+            for x in items
+        ]
+        return {x["id"] for x in items}
+
+    async def _list(self) -> list[dict[str, Any]]:
+        assert self.replica_server is not None
+        c = await self.replica_server.client()
+        try:
+            return await asyncio.wait_for(c.list(), 5.0)
+        finally:
+            await c.close()
+
+    async def _probe(self, rid: str) -> None:
+        """Open a replica nobody has open, so LIST shows its generation and epoch. Epoch 0
+        never moves its fence; a replica owned by an engine says Fenced, and is open anyway."""
+        assert self.replica_server is not None
+        self._probed.add(rid)
+        try:
+            c = await self.replica_server.client()
+            try:
+                await asyncio.wait_for(c.open(rid, 0), 5.0)
+            finally:
+                await c.close()
+        except Fenced:
+            pass
+        except (CargoholdError, TimeoutError) as e:
+            log.warning("cannot open replica %s to read its generation: %s", rid, e)
+
+    async def _converge_replicas(self, wanted: list[ReplicaAssignment], on_disk: set[str]) -> None:
+        for ra in wanted:
+            if ra.delete and ra.id in on_disk:
+                await self._replica_call(ra, "delete")
+            elif not ra.delete and ra.id not in on_disk:
+                await self._replica_call(ra, "create")
+
+    async def _replica_call(self, ra: ReplicaAssignment, what: str) -> None:
+        assert self.replica_server is not None
+        listed = next((r.disk_path for r in self._replicas if r.id == ra.id), "")
+        disk = self._disk_name(ra.disk_path or listed)
+        try:
+            if not REPLICA_ID.match(ra.id):
+                raise InvalidArgument(f"bad replica id {ra.id!r}")
+            c = await self.replica_server.client()
+            try:
+                if what == "create":
+                    out = await c.create(ra.id, ra.size_bytes, ra.disk_path or None)
+                    where = os.path.dirname(os.path.dirname(str(out.get("path", ""))))
+                    disk = self._disk_name(where) if where else disk
+                    log.info("replica %s created on %s (%d bytes)", ra.id, disk, ra.size_bytes)
+                else:
+                    await c.delete(ra.id)
+                    log.info("replica %s deleted from %s", ra.id, disk)
+            finally:
+                await c.close()
+            self._replica_errors.pop(ra.id, None)
+        except (AlreadyExists, NotFound):
+            pass  # done already (a LIST raced us)
+        except CargoholdError as e:
+            if self._replica_errors.get(ra.id) != str(e):  # say it once, not every heartbeat
+                self._replica_errors[ra.id] = str(e)
+                log.error("cannot %s replica %s on %s: %s", what, ra.id, disk, e)
+
+    def _disk_name(self, path: str) -> str:
+        if not path:
+            return "a disk of the replica server's choice"
+        for d in self.disks:
+            if os.path.abspath(path) == d.path:
+                return d.name
+        return path
+
+    # --- engines -----------------------------------------------------------------------
+    def _watch_engines(self) -> list[EngineProcess]:
+        """Note engines that came up or died; restart dead ones still assigned (the data
+        path does not wait for the manager). -> the engines that run now."""
+        for eng in list(self.engines.values()):
+            event = eng.poll()
+            if event == "ready":
+                log.info(
+                    "engine for volume %s (epoch %d) serves %s", eng.volume, eng.epoch, eng.endpoint
+                )
+            elif event == "exited" and not eng.retiring and not eng.busy:
+                log.warning(
+                    "%s; restarting it in %.1f s",
+                    eng.error,
+                    max(0.0, eng.backoff.not_before - time.monotonic()),
+                )
+            if not eng.alive and not eng.retiring and not eng.busy and eng.backoff.due:
+                self._spawn(eng)
+        return [e for e in self.engines.values() if e.running]
+
+    async def _report_engines(self) -> list[EngineReport]:
+        running = self._watch_engines()
+        await asyncio.gather(*(e.refresh() for e in running))
+        return [e.report() for e in self.engines.values()]
+
+    def _spawn(self, eng: EngineProcess) -> None:
+        try:
+            eng.spawn()
+        except OSError as e:
+            eng.error = f"cannot start the engine of volume {eng.volume}: {e}"
+            log.error("%s (next try in %.1f s)", eng.error, eng.backoff.failed())
+            return
+        log.info(
+            "started engine for volume %s (epoch %d) on %s (pid %s)",
+            eng.volume,
+            eng.epoch,
+            hostport(eng.host, eng.port),
+            eng.pid,
+        )
+        self._save_state()
+
+    def _converge_engines(self, assigned: list[EngineAssignment]) -> None:
+        wanted: dict[str, EngineAssignment] = {}
+        for a in assigned:
+            try:
+                check_engine(a)
+                if a.volume in wanted:
+                    raise ValueError("the volume is assigned twice")
+            except ValueError as e:
+                self.manager.complaints.error(
+                    "skipping the engine assignment of volume %r: %s", a.volume, e
+                )
+                continue
+            wanted[a.volume] = a
+        for eng in list(self.engines.values()):
+            if eng.volume not in wanted and not eng.retiring:
+                eng.retiring = True
+                if eng.changing is not None:
+                    eng.changing.cancel()
+                eng.transition = asyncio.create_task(self._retire(eng))
+        for a in wanted.values():
+            eng = self.engines.get(a.volume)
+            if eng is None:
+                port = int(self._state.get("engine_ports", {}).get(a.volume, 0) or 0)
+                eng = EngineProcess(
+                    a,
+                    self.config.address,
+                    self._control_path(a.volume),
+                    os.path.join(self.dir, "logs", f"engine-{a.volume}.log"),
+                    port,
+                )
+                self.engines[a.volume] = eng
+                self._spawn(eng)
+            elif eng.retiring or eng.busy:
+                continue  # being stopped or replaced: look again next round
+            elif a.epoch != eng.epoch:
+                if eng.changing is not None:
+                    eng.changing.cancel()
+                eng.transition = asyncio.create_task(self._replace(eng, a))
+            else:
+                eng.spec = a  # the replica set may have changed; restarts use the newest
+                if eng.running and eng.status and (eng.changing is None or eng.changing.done()):
+                    plan = eng.replica_plan(READD_EVERY)
+                    if plan:
+                        eng.changing = asyncio.create_task(self._change_replicas(eng, plan))
+
+    def _control_path(self, volume: str) -> str:
+        path = os.path.join(self.dir, "run", f"{volume}.sock")
+        if len(path.encode()) < 100:  # sun_path holds 108 bytes
+            return path
+        short = hashlib.sha256(self.dir.encode()).hexdigest()[:12]
+        where = os.path.join(tempfile.gettempdir(), f"cargohold-{short}")
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        return os.path.join(where, f"{volume}.sock")
+
+    async def _retire(self, eng: EngineProcess) -> None:
+        await eng.stop()
+        log.info(
+            "stopped engine for volume %s (epoch %d): no longer assigned here",
+            eng.volume,
+            eng.epoch,
+        )
+        if self.engines.get(eng.volume) is eng:
+            del self.engines[eng.volume]
+        self._state.get("engine_ports", {}).pop(eng.volume, None)
+        self._save_state()
+
+    async def _replace(self, eng: EngineProcess, a: EngineAssignment) -> None:
+        log.info(
+            "volume %s moves from epoch %d to %d: replacing its engine",
+            eng.volume,
+            eng.epoch,
+            a.epoch,
+        )
+        await eng.stop()
+        eng.spec, eng.error = a, ""
+        eng.backoff.reset()
+        self._spawn(eng)
+
+    async def _change_replicas(self, eng: EngineProcess, plan: list[tuple[str, str]]) -> None:
+        for what, arg in plan:
+            rid = arg.split("@", 1)[0]
+            eng.tried[rid] = time.monotonic()
+            try:
+                if what == "add":
+                    eng.status = await eng.link.add_replica(arg)
+                    log.info(
+                        "added replica %s to the engine of volume %s (it is rebuilt)",
+                        arg,
+                        eng.volume,
+                    )
+                else:
+                    eng.status = await eng.link.remove_replica(rid)
+                    log.info("removed replica %s from the engine of volume %s", rid, eng.volume)
+            except CargoholdError as e:
+                log.warning(
+                    "cannot %s replica %s of volume %s: %s (trying again in %g s)",
+                    what,
+                    arg,
+                    eng.volume,
+                    e,
+                    READD_EVERY,
+                )
+
+    # --- operations --------------------------------------------------------------------
+    def _converge_operations(self, assigned: list[OperationAssignment]) -> None:
+        ids = {op.id for op in assigned}
+        for oid, run in list(self.operations.items()):
+            if oid not in ids and run.done:
+                del self.operations[oid]  # the manager has its result
+        for op in assigned:
+            if op.id in self.operations:
+                continue
+            eng = self.engines.get(op.volume)
+            if eng is None or not eng.running or eng.retiring or eng.busy:
+                continue  # no engine here (yet): the manager assigns it again
+            run = OperationRun(op)
+            self.operations[op.id] = run
+            run.task = asyncio.create_task(self._run_operation(run, eng.link))
+
+    async def _run_operation(self, run: OperationRun, link: EngineLink) -> None:
+        op = run.spec
+        log.info(
+            "running operation %s: %s of volume %s %s",
+            op.id,
+            op.kind.value,
+            op.volume,
+            json.dumps(op.args),
+        )
+
+        def progress(p: float) -> None:
+            run.progress = p
+
+        try:
+            run.result = await link.run_operation(op, progress)
+            run.progress, run.state = 1.0, OperationState.SUCCEEDED
+            log.info("operation %s (%s of volume %s) succeeded", op.id, op.kind.value, op.volume)
+        except CargoholdError as e:
+            run.error, run.state = str(e), OperationState.FAILED
+            log.warning(
+                "operation %s (%s of volume %s) failed: %s", op.id, op.kind.value, op.volume, e
+            )
+        except Exception as e:  # a bug: report it as the operation's failure, keep the agent
+            log.exception("operation %s crashed", op.id)
+            run.error, run.state = f"{type(e).__name__}: {e}", OperationState.FAILED
+
+    # --- NODEDIR/agent.json ---------------------------------------------------------------
+    def _load_state(self) -> dict[str, Any]:
+        path = os.path.join(self.dir, "agent.json")
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            return state if isinstance(state, dict) else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.warning("ignoring %s: %s", path, e)
+            return {}
+
+    def _save_state(self) -> None:
+        """Persist what must survive the agent: the replica port (the manager hands it to
+        engines everywhere), the engines' NBD ports, the children's PIDs."""
+        ports = self._state.setdefault("engine_ports", {})
+        for eng in self.engines.values():
+            if eng.port:
+                ports[eng.volume] = eng.port
+        pids = [e.pid for e in self.engines.values()]
+        if self.replica_server is not None:
+            pids.append(self.replica_server.pid)
+        self._state.update(
+            node=self.config.node,
+            replica_port=self.replica_port,
+            pids=[p for p in pids if p],
+        )
+        path = os.path.join(self.dir, "agent.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self._state, f, indent=2)
+        os.replace(tmp, path)

@@ -1,0 +1,149 @@
+"""The node agent's client for one engine's control socket.
+
+The engine answers JSON lines on a unix socket (see cargohold/engine/control.py): one
+request object per line, one answer per line, ``{"ok": true, ...}`` or ``{"ok": false,
+"error": ..., "type": ...}``. The agent asks for ``status`` every heartbeat, changes the
+replica set (``add-replica``, ``remove-replica``) and runs operations (snapshots, expand,
+import). Each call uses its own short-lived connection, so a slow operation never holds up
+a status call, and a restarted engine needs no reconnect logic.
+
+Operations the manager asks for (``OperationAssignment``) map to control requests here
+(``operation_request``); a clone is an ``import`` that runs on in the engine and is
+followed through its status until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cargohold import errors
+from cargohold.control.model import OperationAssignment, OperationKind
+from cargohold.errors import CargoholdError, InvalidArgument, RequestError
+
+MAX_LINE = 16 << 20  # a status with latency histograms of many replicas stays far below
+OP_TIMEOUT = 600.0  # seconds an operation's control call may take
+IMPORT_POLL = 0.5  # seconds between looks at a running import (clone)
+IMPORT_LOST_AFTER = 30.0  # seconds of an engine not answering before its import is failed
+
+
+class EngineUnreachable(CargoholdError):
+    """The engine's control socket did not answer (not started yet, gone, or too slow)."""
+
+
+def _refusal(answer: dict[str, Any]) -> CargoholdError:
+    """The engine's error, as the class of the one exception tree it names."""
+    cls = getattr(errors, str(answer.get("type", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, CargoholdError)):
+        cls = RequestError
+    return cls(str(answer.get("error") or "the engine refused the request"))
+
+
+class EngineLink:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def call(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Send one request; -> the answer without ``ok``. Raises ``EngineUnreachable`` when
+        the socket does not answer in time, or the error the engine reported."""
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_LINE)
+                try:
+                    writer.write(json.dumps(request).encode() + b"\n")
+                    await writer.drain()
+                    line = await reader.readline()
+                finally:
+                    writer.close()
+        except TimeoutError:
+            raise EngineUnreachable(
+                f"engine control socket {self.path}: no answer to {request.get('op')!r} "
+                f"within {timeout:g} s"
+            ) from None
+        except (OSError, ValueError) as e:  # ValueError: an over-long line
+            raise EngineUnreachable(f"engine control socket {self.path}: {e}") from None
+        if not line.endswith(b"\n"):
+            raise EngineUnreachable(f"engine control socket {self.path}: closed without answer")
+        try:
+            answer = json.loads(line)
+        except ValueError as e:
+            raise EngineUnreachable(f"engine control socket {self.path}: bad JSON: {e}") from None
+        if not isinstance(answer, dict):
+            raise EngineUnreachable(f"engine control socket {self.path}: answer is no object")
+        if not answer.pop("ok", False):
+            raise _refusal(answer)
+        return answer
+
+    async def status(self, timeout: float = 2.0) -> dict[str, Any]:
+        return await self.call({"op": "status"}, timeout)
+
+    async def add_replica(self, spec: str, timeout: float = 30.0) -> dict[str, Any]:
+        """``spec`` is ``ID@HOST:PORT``; the replica joins write-only and is rebuilt."""
+        return await self.call({"op": "add-replica", "replica": spec}, timeout)
+
+    async def remove_replica(self, replica_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        return await self.call({"op": "remove-replica", "id": replica_id}, timeout)
+
+    async def run_operation(
+        self, op: OperationAssignment, progress: Callable[[float], None]
+    ) -> dict[str, Any]:
+        """Carry out an operation; -> its result. ``progress`` hears 0..1 as a clone copies."""
+        answer = await self.call(operation_request(op), OP_TIMEOUT)
+        if op.kind is OperationKind.CLONE:
+            answer = await self._follow_import(progress)
+        return answer
+
+    async def _follow_import(self, progress: Callable[[float], None]) -> dict[str, Any]:
+        """Poll the engine's status until its import (a clone's copy) ends."""
+        lost_since: float | None = None
+        while True:
+            try:
+                st = await self.status(5.0)
+                lost_since = None
+            except EngineUnreachable:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > IMPORT_LOST_AFTER:
+                    raise
+                await asyncio.sleep(IMPORT_POLL)
+                continue
+            imp = st.get("import")
+            if isinstance(imp, dict):
+                total, copied = imp.get("bytes_total") or 0, imp.get("bytes_copied") or 0
+                if isinstance(total, int | float) and isinstance(copied, int | float) and total > 0:
+                    progress(min(1.0, float(copied) / float(total)))
+                if imp.get("state") == "succeeded":
+                    return dict(imp)
+                if imp.get("state") == "failed":
+                    raise RequestError(str(imp.get("error") or "the import failed"))
+            await asyncio.sleep(IMPORT_POLL)
+
+
+def operation_request(op: OperationAssignment) -> dict[str, Any]:
+    """The control-socket request that carries out an operation."""
+
+    def arg(name: str, kind: type) -> Any:
+        value = op.args.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InvalidArgument(
+                f"operation {op.id} ({op.kind.value}): argument {name!r} must be a "
+                f"{kind.__name__}, got {value!r}"
+            )
+        return value
+
+    if op.kind is OperationKind.SNAPSHOT_CREATE:
+        labels = op.args.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise InvalidArgument(f"operation {op.id}: labels must be an object")
+        return {"op": "snapshot", "name": arg("name", str), "labels": labels}
+    if op.kind is OperationKind.SNAPSHOT_DELETE:
+        return {"op": "snapshot-delete", "name": arg("name", str)}
+    if op.kind is OperationKind.SNAPSHOT_REVERT:
+        return {"op": "snapshot-revert", "name": arg("name", str)}
+    if op.kind is OperationKind.EXPAND:
+        return {"op": "expand", "size": arg("size_bytes", int)}
+    if op.kind is OperationKind.CLONE:
+        return {"op": "import", "source": arg("source", str), "snapshot": arg("snapshot", str)}
+    raise InvalidArgument(f"operation {op.id}: unknown kind {op.kind!r}")

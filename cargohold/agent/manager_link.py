@@ -1,0 +1,166 @@
+"""The node agent's client for the manager's REST API: register the node, send heartbeats.
+
+Several manager URLs may be given (``http://HOST:PORT`` or ``unix:/PATH``); every manager
+serves the API, so a request goes to the one that answered last and fails over to the
+others when it cannot be reached or answers 5xx. 4xx answers are the manager's word and
+are not retried elsewhere: 404 (``NotFound``) on a heartbeat means the manager does not
+know the node (its state was reset) and the agent registers again.
+
+The answer to a heartbeat is read leniently (``parse_assignments``): an entry that does
+not fit the schema is logged and skipped, so one bad assignment never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from cargohold.control.model import (
+    Assignments,
+    EngineAssignment,
+    Heartbeat,
+    OperationAssignment,
+    Registration,
+    ReplicaAssignment,
+)
+from cargohold.errors import ConfigError, InvalidArgument, ManagerUnavailable, NotFound
+
+log = logging.getLogger("cargohold.agent")
+
+TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+M = TypeVar("M", bound=BaseModel)
+
+
+def _client(url: str, timeout: httpx.Timeout) -> httpx.AsyncClient:
+    if url.startswith("unix:"):
+        path = url.removeprefix("unix:")
+        if path.startswith("//"):  # unix:///run/api.sock
+            path = "/" + path.lstrip("/")
+        if not path.startswith("/"):
+            raise ConfigError(f"manager URL {url!r}: expected unix:/PATH (an absolute path)")
+        transport = httpx.AsyncHTTPTransport(uds=path)
+        return httpx.AsyncClient(transport=transport, base_url="http://manager", timeout=timeout)
+    if url.startswith(("http://", "https://")):
+        return httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout)
+    raise ConfigError(f"manager URL {url!r}: expected http://HOST:PORT or unix:/PATH")
+
+
+class ManagerLink:
+    def __init__(self, urls: list[str], timeout: httpx.Timeout = TIMEOUT) -> None:
+        if not urls:
+            raise ConfigError("give at least one manager URL (--api)")
+        self.urls = list(urls)
+        self._clients = [_client(u, timeout) for u in self.urls]
+        self._current = 0  # the manager that answered last
+        self.complaints = Complaints()
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._current]
+
+    async def close(self) -> None:
+        for c in self._clients:
+            await c.aclose()
+
+    async def register(self, node: str, registration: Registration) -> dict[str, Any]:
+        """PUT /api/v1/nodes/{node} -> the Node record (idempotent)."""
+        return await self._request("PUT", f"/api/v1/nodes/{node}", registration.model_dump())
+
+    async def heartbeat(self, node: str, heartbeat: Heartbeat) -> Assignments:
+        """POST /api/v1/nodes/{node}/heartbeat -> what should run on the node."""
+        data = await self._request(
+            "POST", f"/api/v1/nodes/{node}/heartbeat", heartbeat.model_dump(mode="json")
+        )
+        return parse_assignments(data, self.complaints)
+
+    async def _request(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        failures = []
+        n = len(self._clients)
+        for i in range(n):
+            idx = (self._current + i) % n
+            url = self.urls[idx]
+            try:
+                r = await self._clients[idx].request(method, path, json=body)
+            except httpx.HTTPError as e:
+                failures.append(f"{url}: {type(e).__name__}: {e}".rstrip(": "))
+                continue
+            if r.status_code >= 500:
+                failures.append(f"{url}: HTTP {r.status_code} {_message(r)}")
+                continue
+            if idx != self._current:
+                log.info("talking to manager %s now", url)
+                self._current = idx
+            if r.status_code == 404:
+                raise NotFound(f"{method} {path}: {_message(r)}")
+            if r.status_code >= 400:
+                raise InvalidArgument(
+                    f"manager {url} refused {method} {path}: HTTP {r.status_code} {_message(r)}"
+                )
+            try:
+                return r.json()
+            except ValueError:
+                failures.append(f"{url}: the answer is not JSON")
+        raise ManagerUnavailable("no manager answered: " + "; ".join(failures))
+
+
+def _message(r: httpx.Response) -> str:
+    try:
+        err = r.json().get("error", {})
+        return str(err.get("message") or err)
+    except (ValueError, AttributeError):
+        return r.text[:300]
+
+
+class Complaints:
+    """Log a complaint about the manager's answers once, not every heartbeat it repeats."""
+
+    def __init__(self, most: int = 1000) -> None:
+        self.said: set[str] = set()
+        self.most = most
+
+    def error(self, message: str, *args: Any) -> None:
+        text = message % args if args else message
+        if text in self.said:
+            log.debug("%s", text)
+            return
+        if len(self.said) >= self.most:
+            self.said.clear()
+        self.said.add(text)
+        log.error("%s", text)
+
+
+def parse_assignments(data: Any, complaints: Complaints | None = None) -> Assignments:
+    """The heartbeat's answer, keeping every entry that fits and logging those that do not."""
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"the heartbeat's answer is not an object: {str(data)[:200]}")
+    say = complaints or Complaints()
+    out = Assignments(
+        replicas=_entries(data, "replicas", ReplicaAssignment, say),
+        engines=_entries(data, "engines", EngineAssignment, say),
+        operations=_entries(data, "operations", OperationAssignment, say),
+    )
+    interval = data.get("heartbeat_interval")
+    if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+        out.heartbeat_interval = min(max(float(interval), 0.05), 60.0)
+    return out
+
+
+def _entries(data: dict[str, Any], key: str, model: type[M], say: Complaints) -> list[M]:
+    items = data.get(key) or []
+    if not isinstance(items, list):
+        say.error("bad assignments: %r is not a list; ignoring it", key)
+        return []
+    out = []
+    for item in items:
+        try:
+            out.append(model.model_validate(item))
+        except ValidationError as e:
+            why = "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or 'entry'}: {err['msg']}"
+                for err in e.errors()
+            )
+            say.error("skipping a bad %s assignment %s: %s", key[:-1], str(item)[:300], why)
+    return out

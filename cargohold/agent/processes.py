@@ -1,0 +1,489 @@
+"""Child processes of the node agent: the node's replica server and one engine per volume.
+
+The agent runs them as ``python -m cargohold replica-server ...`` and ``... engine ...`` (the
+agent's own interpreter, so a venv works), never embedded: a crashing engine takes down
+one volume, not the node. Children stay in the agent's process group — ``cargohold node
+kill`` SIGKILLs that group to simulate a node crash — and write stdout and stderr to log
+files under ``NODEDIR/logs/``, where the agent reads back why one exited.
+
+Used by ``cargohold.agent.agent``; nothing here talks to the manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cargohold.agent.engine_link import EngineLink
+from cargohold.control.model import EngineAssignment, EngineReport, check_name
+from cargohold.errors import CargoholdError
+from cargohold.replica.client import ReplicaClient
+
+log = logging.getLogger("cargohold.agent")
+
+NBD_LISTENING = re.compile(rb"nbd server listening on (\S+)")
+STOP_TIMEOUT = 10.0  # seconds a child gets between SIGTERM and SIGKILL
+STABLE_AFTER = 10.0  # a child that ran this long before it died restarts without delay
+REPLICA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SPEC = re.compile(r"^(?P<id>[^@]+)@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def free_port(host: str) -> int:
+    """A TCP port nobody listens on now (it may be taken before it is used: callers that
+    fail to bind pick another)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Child:
+    """One child process: started, watched (``alive``), stopped (SIGTERM, then SIGKILL), its
+    output in an append-only log file of which the agent reads the part since the start."""
+
+    def __init__(self, name: str, argv: list[str], log_path: str) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.log_offset = 0
+
+    def start(self) -> None:
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log_path, "ab") as f:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            f.write(f"--- {stamp} agent starts: {' '.join(self.argv)}\n".encode())
+            f.flush()
+            self.log_offset = f.tell()
+            # same process group as the agent: no start_new_session (see module docstring)
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env
+            )
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at if self.proc is not None else 0.0
+
+    def output(self, limit: int = 1 << 20) -> bytes:
+        """What the child wrote since it was started (its first ``limit`` bytes)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read(limit)
+        except OSError:
+            return b""
+
+    def tail(self, lines: int = 5, limit: int = 600) -> str:
+        """The last lines the child wrote since it was started: why it exited."""
+        try:
+            with open(self.log_path, "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(self.log_offset, end - 8192))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        kept = [x.strip() for x in text.splitlines() if x.strip()][-lines:]
+        return " | ".join(kept)[-limit:]
+
+    def exit_reason(self) -> str:
+        rc = self.returncode
+        if rc is None:
+            return ""
+        how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+        tail = self.tail()
+        return f"{self.name} {how}" + (f": {tail}" if tail else "")
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for the child to exit; -> True if it did within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.alive:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM (a clean shutdown: engines flush and close), SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        if not await self.wait(timeout):
+            log.warning(
+                "%s (pid %d) ignored SIGTERM for %g s: killing it",
+                self.name,
+                self.proc.pid,
+                timeout,
+            )
+            self.signal(signal.SIGKILL)
+            await self.wait(30.0)
+        return self.returncode
+
+
+def cargohold_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cargohold", *args]
+
+
+def replica_server_argv(node: str, host: str, port: int, disks: list[str]) -> list[str]:
+    argv = cargohold_argv("replica-server", "--listen", hostport(host, port), "--node", node)
+    for d in disks:
+        argv += ["--disk", d]
+    return argv
+
+
+def engine_argv(
+    volume: str,
+    epoch: int,
+    replicas: list[str],
+    local: str | None,
+    host: str,
+    port: int,
+    control: str,
+    require: tuple[int, int] = (0, 0),
+) -> list[str]:
+    argv = cargohold_argv("engine", "--volume", volume, "--epoch", str(epoch))
+    for spec in replicas:
+        argv += ["--replica", spec]
+    if local:
+        argv += ["--local", local]
+    argv += ["--listen", hostport(host, port), "--control", control]
+    if require != (0, 0):
+        argv += ["--require", f"{require[0]}:{require[1]}"]
+    return argv
+
+
+def check_engine(a: EngineAssignment) -> None:
+    """Refuse an engine assignment the agent cannot run safely (names end up in paths)."""
+    check_name(a.volume, "volume name")
+    if a.epoch < 1:
+        raise ValueError(f"epoch must be at least 1, got {a.epoch}")
+    if not a.replicas:
+        raise ValueError("no replicas")
+    ids = []
+    for spec in a.replicas:
+        m = SPEC.match(spec)
+        if m is None or not REPLICA_ID.match(m["id"]) or not 0 < int(m["port"]) < 65536:
+            raise ValueError(f"replica {spec!r} is not ID@HOST:PORT")
+        ids.append(m["id"])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"a replica is listed twice: {a.replicas}")
+    if a.local is not None and a.local not in ids:
+        raise ValueError(f"local replica {a.local!r} is not one of {ids}")
+    if a.require_epoch < 0 or a.require_generation < 0:
+        raise ValueError("require_epoch and require_generation must not be negative")
+
+
+def nbd_listening(child: Child) -> str | None:
+    """The address an engine child says its NBD server listens on, once it does."""
+    m = NBD_LISTENING.search(child.output())
+    return m.group(1).decode() if m else None
+
+
+def stop_leftovers(pids: list[int], markers: list[str], timeout: float = STOP_TIMEOUT) -> None:
+    """Stop children an earlier agent of this node left running (it died alone, not with
+    its process group): they hold the replica port and the engines' sockets. A PID counts
+    only if its command line is a cargohold one that names one of ``markers`` (the node
+    directory, the disks), so a reused PID of some other program is never touched."""
+    mine = []
+    for pid in pids:
+        if not isinstance(pid, int) or pid <= 1 or pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "cargohold" in cmd and any(m in cmd for m in markers):
+            log.warning("stopping pid %d left over by an earlier agent: %s", pid, cmd[:200])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            mine.append(pid)
+    deadline = time.monotonic() + timeout
+    for pid in mine:
+        while _exists(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _exists(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != b"Z"  # a zombie of another parent is as good as gone
+
+
+@dataclass
+class Backoff:
+    """Delays between restarts of something that keeps failing: first, doubled, at most."""
+
+    first: float = 0.5
+    most: float = 30.0
+    failures: int = 0
+    not_before: float = 0.0
+
+    def failed(self) -> float:
+        self.failures += 1
+        delay = min(self.first * 2 ** (self.failures - 1), self.most)
+        self.not_before = time.monotonic() + delay
+        return delay
+
+    def reset(self) -> None:
+        self.failures, self.not_before = 0, 0.0
+
+    @property
+    def due(self) -> bool:
+        return time.monotonic() >= self.not_before
+
+
+class ReplicaServerProcess:
+    """The node's replica server: one child, always on the same port (the manager hands
+    ``ID@ADDRESS:PORT`` of this node's replicas to engines everywhere)."""
+
+    def __init__(self, node: str, host: str, port: int, disks: list[str], log_path: str) -> None:
+        self.host, self.port = host, port
+        self.argv = replica_server_argv(node, host, port, disks)
+        self.log_path = log_path
+        self.child: Child | None = None
+        self.backoff = Backoff()
+        self._exit_noted = False
+
+    @property
+    def alive(self) -> bool:
+        return self.child is not None and self.child.alive
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.alive and self.child else None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start it and return once it answers LIST; raise with its last words if it does not."""
+        self.child = Child("replica server", self.argv, self.log_path)
+        self.child.start()
+        self._exit_noted = False
+        deadline = time.monotonic() + timeout
+        why = ""
+        while time.monotonic() < deadline:
+            if not self.child.alive:
+                self._exit_noted = True
+                raise CargoholdError(
+                    f"the replica server did not start: {self.child.exit_reason()}"
+                )
+            try:
+                c = await self.client(timeout=1.0)
+                try:
+                    await asyncio.wait_for(c.list(), 2.0)
+                    return
+                finally:
+                    await c.close()
+            except (CargoholdError, OSError, TimeoutError) as e:
+                why = str(e)
+            await asyncio.sleep(0.1)
+        await self.child.stop()
+        raise CargoholdError(
+            f"the replica server did not answer on {hostport(self.host, self.port)} within "
+            f"{timeout:g} s ({why}); its log: {self.log_path}"
+        )
+
+    async def client(self, timeout: float = 2.0) -> ReplicaClient:
+        return await ReplicaClient.connect(self.host, self.port, timeout=timeout)
+
+    def exited(self) -> str | None:
+        """-> why it exited, the first time an exit is seen."""
+        if self.child is None or self.child.alive or self._exit_noted:
+            return None
+        self._exit_noted = True
+        if self.child.uptime >= STABLE_AFTER:
+            self.backoff.reset()
+        return self.child.exit_reason()
+
+    async def stop(self) -> None:
+        if self.child is not None:
+            await self.child.stop()
+
+
+class EngineProcess:
+    """The engine of one volume on this node, across its restarts: the assignment it runs,
+    its NBD port (kept across crashes, so the endpoint stays put), its control socket, what
+    it last said of itself, and why it last exited."""
+
+    def __init__(
+        self, spec: EngineAssignment, host: str, control: str, log_path: str, port: int = 0
+    ) -> None:
+        self.spec = spec
+        self.host = host
+        self.control = control
+        self.log_path = log_path
+        self.port = port
+        self.link = EngineLink(control)
+        self.child: Child | None = None
+        self.ready = False  # its NBD server listens
+        self.status: dict[str, Any] = {}
+        self.error = ""
+        self.backoff = Backoff()
+        self.transition: asyncio.Task[None] | None = None  # being replaced or stopped
+        self.retiring = False  # no longer assigned: being stopped for good
+        self.changing: asyncio.Task[None] | None = None  # a replica-set change in flight
+        self.tried: dict[str, float] = {}  # replica id -> last add/remove attempt (monotonic)
+        self._exit_noted = False
+
+    @property
+    def volume(self) -> str:
+        return self.spec.volume
+
+    @property
+    def epoch(self) -> int:
+        return self.spec.epoch
+
+    @property
+    def alive(self) -> bool:
+        return self.child is not None and self.child.alive
+
+    @property
+    def running(self) -> bool:
+        return self.alive and self.ready
+
+    @property
+    def busy(self) -> bool:
+        return self.transition is not None and not self.transition.done()
+
+    @property
+    def endpoint(self) -> str:
+        return f"nbd://{hostport(self.host, self.port)}/{self.volume}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.alive and self.child else None
+
+    def spawn(self) -> None:
+        if not self.port or not port_is_free(self.host, self.port):
+            self.port = free_port(self.host)
+        s = self.spec
+        argv = engine_argv(
+            s.volume,
+            s.epoch,
+            s.replicas,
+            s.local,
+            self.host,
+            self.port,
+            self.control,
+            (s.require_epoch, s.require_generation),
+        )
+        self.child = Child(f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path)
+        self.child.start()
+        self.ready, self.status, self._exit_noted = False, {}, False  # error: until ready
+        self.tried.clear()
+
+    def poll(self) -> str | None:
+        """Notice a change: -> "ready" when its NBD server came up, "exited" the first time
+        it is seen dead (``error`` says why), else None."""
+        if self.child is None:
+            return None
+        if self.child.alive:
+            if not self.ready and nbd_listening(self.child):
+                self.ready, self.error = True, ""
+                return "ready"
+            return None
+        if self._exit_noted:
+            return None
+        self._exit_noted = True
+        was_ready, self.ready, self.status = self.ready, False, {}
+        self.error = self.child.exit_reason()
+        if was_ready and self.child.uptime >= STABLE_AFTER:
+            self.backoff.reset()
+        if not was_ready:
+            self.port = 0  # it may not have been able to bind: another port next time
+        self.backoff.failed()
+        return "exited"
+
+    async def refresh(self, timeout: float = 2.0) -> None:
+        """Ask a running engine for its status; keep the last one when it does not answer."""
+        if not self.running:
+            return
+        try:
+            self.status = await self.link.status(timeout)
+            self.error = ""
+        except CargoholdError as e:
+            self.error = str(e)
+
+    async def stop(self) -> None:
+        if self.child is not None:
+            await self.child.stop()
+        self.ready = False
+
+    def replica_plan(self, every: float) -> list[tuple[str, str]]:
+        """What to change in the running engine's replica set: ("add", ID@HOST:PORT) for an
+        assigned replica it lacks or dropped (ERR: a re-add rebuilds the delta), ("remove",
+        ID) for one no longer assigned. Each replica at most once every ``every`` seconds."""
+        now = time.monotonic()
+        want = {spec.split("@", 1)[0]: spec for spec in self.spec.replicas}
+        have = {str(x.get("id")): x for x in self.status.get("replicas", []) if isinstance(x, dict)}
+        plan = []
+        for rid, spec in want.items():
+            link = have.get(rid)
+            if link is None or link.get("mode") == "ERR":
+                plan.append(("add", spec))
+        plan += [("remove", rid) for rid in have if rid not in want]
+        return [
+            (k, v) for k, v in plan if now - self.tried.get(v.split("@")[0], -math.inf) >= every
+        ]
+
+    def report(self) -> EngineReport:
+        running = self.running
+        return EngineReport(
+            volume=self.volume,
+            epoch=self.epoch,
+            running=running,
+            endpoint=str(self.status.get("endpoint") or self.endpoint) if running else "",
+            error=self.error,
+            status=self.status if running else {},
+        )
