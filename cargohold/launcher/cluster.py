@@ -1,0 +1,860 @@
+"""A complete cargohold cluster on this machine: ``cargohold up`` / ``down`` and the node
+and manager faults that tests and ``cargohold node kill|start`` inject.
+
+``LocalCluster.create(...)`` plans a cluster in a directory; ``up()`` starts it in the
+background — with ``backend="etcd"`` an etcd and (by default) two managers, else one
+manager on SQLite — then one agent per node, each process detached in a session of its
+own (an agent's replica server and engines share its process group, so a node dies as one
+with ``kill_node``), output in ``DIR/logs/``. ``DIR/cluster.json`` records every process
+(PID, process group, start time), address, namespace and API URL; ``LocalCluster.load(dir)``
+reads it back in any later process. Processes are stopped only by the PIDs recorded there,
+and only while they are still the processes we started (same start time, a cargohold or
+etcd command line).
+
+With ``netns=True`` (root) every node lives in its own network namespace and the managers
+in another, all on one bridge (``cargohold.launcher.netns``); the CLI still reaches the
+manager through ``DIR/api.sock`` from the root namespace.
+
+The commands run default to ``sys.executable -m cargohold manager|agent ...`` (the flags of
+docs/control-plane.md); ``command=[...]`` or ``$CARGOHOLD_LAUNCHER_COMMAND`` replaces
+``sys.executable -m cargohold`` (tests run stand-ins this way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
+from cargohold.launcher import netns
+from cargohold.launcher.netns import LabLayout
+from cargohold.launcher.netns import available as netns_available
+
+CLUSTER_FILE = "cluster.json"
+MARKER_FILE = ".cargohold-cluster"  # DIR was made by the launcher: `down --purge` may remove it
+LOCK_FILE = ".launcher.lock"
+FORMAT_VERSION = 1
+MAX_NODES = 16
+MAX_MANAGERS = 5
+COMMAND_ENV = "CARGOHOLD_LAUNCHER_COMMAND"
+ETCD_ENV = "CARGOHOLD_ETCD"
+LAB_MANAGER_PORT = 9600  # inside the lab each manager has the namespace's ports to itself
+LAB_ETCD_PORTS = (2379, 2380)
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+_UNIX_PATH_MAX = 107
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+# the package root, so every process runs the same cargohold as the launcher
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+Progress = Callable[[str], None]
+
+
+class LauncherError(CargoholdError):
+    """The local cluster could not be started, changed or stopped."""
+
+
+class ClusterRunning(LauncherError):
+    """``up`` on a directory whose cluster is still running."""
+
+
+class NoCluster(LauncherError):
+    """No cluster was started in this directory (or it was stopped)."""
+
+
+def default_dir() -> str:
+    return os.path.expanduser(os.environ.get("CARGOHOLD_DIR") or "~/.cargohold")
+
+
+# --- what cluster.json records ---------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class Process:
+    """A process of the cluster. ``start_time`` (clock ticks after boot, /proc/PID/stat)
+    tells the process we started from a later one that reuses its PID."""
+
+    log: str
+    netns: str | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    start_time: int | None = None
+    started_at: float | None = None
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    def running(self) -> bool:
+        return self.pid is not None and _is_ours(self.pid, self.start_time)
+
+
+@dataclass(kw_only=True)
+class EtcdProc(Process):
+    client_url: str
+    peer_url: str
+    data_dir: str
+
+    @property
+    def label(self) -> str:
+        return "etcd"
+
+
+@dataclass(kw_only=True)
+class ManagerProc(Process):
+    id: str
+    listen: str  # HOST:PORT
+    unix: str
+
+    @property
+    def label(self) -> str:
+        return self.id
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.listen}"
+
+    @property
+    def api(self) -> str:
+        return f"unix:{self.unix}"
+
+
+@dataclass(kw_only=True)
+class NodeProc(Process):
+    name: str
+    index: int
+    address: str
+    zone: str
+    dir: str
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --- HTTP to the manager (plain httpx: unix:/PATH or http://HOST:PORT) -------------------
+
+
+def _client(api: str, timeout: float) -> httpx.Client:
+    if api.startswith("unix:"):
+        transport = httpx.HTTPTransport(uds=api.removeprefix("unix:"))
+        return httpx.Client(transport=transport, base_url="http://cargohold", timeout=timeout)
+    if api.startswith(("http://", "https://")):
+        return httpx.Client(base_url=api, timeout=timeout)
+    raise ConfigError(f"bad API URL {api!r}: expected unix:/PATH or http://HOST:PORT")
+
+
+def get_json(api: str, path: str, timeout: float = 3.0) -> Any:
+    """GET ``path`` from the manager (or etcd) at ``api`` and return the decoded JSON."""
+    try:
+        with _client(api, timeout) as c:
+            r = c.get(path)
+    except httpx.HTTPError as e:
+        raise ManagerUnavailable(f"nothing answered at {api}: {e or type(e).__name__}") from None
+    if r.status_code != 200:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:200]
+        raise LauncherError(f"GET {path} at {api}: HTTP {r.status_code}: {message}")
+    try:
+        return r.json()
+    except ValueError:
+        raise LauncherError(f"GET {path} at {api} answered something not JSON") from None
+
+
+# --- processes: /proc, process groups -------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time) of a process, None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(")") + 2 :].split()
+    return rest[0], int(rest[2]), int(rest[19])
+
+
+def _looks_ours(pid: int) -> bool:
+    """Whether a process runs cargohold or etcd. Right after an exec the kernel shows an
+    empty command line for a moment: that is asked again."""
+    for _ in range(100):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            return False
+        if cmdline:
+            return b"cargohold" in cmdline or b"etcd" in cmdline
+        time.sleep(0.01)
+    return False
+
+
+def _is_ours(pid: int, start_time: int | None) -> bool:
+    st = _stat(pid)
+    if st is None or st[0] in "ZX":
+        _reap(pid)
+        return False
+    return (start_time is None or st[2] == start_time) and _looks_ours(pid)
+
+
+def _group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None and st[1] == pgid and st[0] not in "ZX":
+                members.append(int(entry))
+    return members
+
+
+def _kill_group(pgid: int | None, sig: int) -> bool:
+    """Signal a process group of ours; False when it has no live process (left)."""
+    if pgid is None or pgid <= 1 or pgid == os.getpgrp():
+        return False
+    members = _group(pgid)
+    if not any(_looks_ours(p) for p in members):  # empty, or the number was reused
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+    return True
+
+
+_children: dict[int, subprocess.Popen[bytes]] = {}  # running processes this process started
+_exit_codes: dict[int, int] = {}  # and how those that ended did
+
+
+def _reap(pid: int) -> None:
+    proc = _children.get(pid)
+    if proc is not None and proc.poll() is not None:
+        _exit_codes[pid] = proc.returncode
+        del _children[pid]
+
+
+def _exit_code(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    _reap(pid)
+    return _exit_codes.get(pid)
+
+
+def _wait_gone(procs: list[Process], deadline: float) -> list[Process]:
+    """Wait until none of ``procs`` (nor their process groups) runs; return those still there."""
+    while True:
+        left = [p for p in procs if p.running() or (p.pgid is not None and _kill_group(p.pgid, 0))]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _stop(procs: list[Process], grace: float) -> None:
+    """SIGTERM each process (it stops its own children), SIGKILL its group after ``grace``."""
+    for p in procs:
+        if p.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        else:  # its leader died (a crash): what is left of its group stops now
+            _kill_group(p.pgid, signal.SIGTERM)
+    left = _wait_gone(procs, time.monotonic() + grace)
+    for p in left:
+        _kill_group(p.pgid, signal.SIGKILL)
+        if p.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    left = _wait_gone(left, time.monotonic() + 10)
+    if left:
+        raise LauncherError("could not stop " + ", ".join(f"{p.label} (pid {p.pid})" for p in left))
+    for p in procs:
+        p.pid = p.pgid = p.start_time = None
+
+
+def _tail(path: str, lines: int = 12) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip()
+    except OSError:
+        return ""
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --- the cluster ------------------------------------------------------------------------
+
+
+@dataclass
+class LocalCluster:
+    """A cluster of local processes in ``dir``; see the module docstring."""
+
+    dir: str
+    backend: str
+    command: list[str]
+    managers: list[ManagerProc]
+    nodes: dict[str, NodeProc]
+    etcd: EtcdProc | None = None
+    lab: LabLayout | None = None
+    etcd_binary: str = "etcd"
+    created_at: float = field(default_factory=time.time)
+
+    # -- planning and records --
+
+    @classmethod
+    def create(
+        cls,
+        dir: str,
+        nodes: int = 3,
+        zones: list[str] | None = None,
+        netns: bool = False,
+        backend: str = "sqlite",
+        managers: int | None = None,
+        command: list[str] | None = None,
+    ) -> LocalCluster:
+        """Plan a cluster (nothing starts before ``up``). Raises ConfigError on bad input."""
+        dir = os.path.abspath(os.path.expanduser(dir))
+        if not 1 <= nodes <= MAX_NODES:
+            raise ConfigError(f"--nodes must be 1 to {MAX_NODES}, not {nodes}")
+        zones = [z.strip() for z in zones or [] if z.strip()]
+        for z in zones:
+            if not _LABEL.match(z):
+                raise ConfigError(f"zone {z!r} is not a DNS label (1-63 of a-z, 0-9, '.', '-')")
+        if backend not in ("sqlite", "etcd"):
+            raise ConfigError(f"--backend must be sqlite or etcd, not {backend!r}")
+        count = managers if managers is not None else (2 if backend == "etcd" else 1)
+        if not 1 <= count <= MAX_MANAGERS:
+            raise ConfigError(f"managers must be 1 to {MAX_MANAGERS}, not {count}")
+        if backend == "sqlite" and count > 1:
+            raise ConfigError("SQLite serves one manager; use --backend etcd for several")
+        if len(os.path.join(dir, f"api-{count}.sock")) > _UNIX_PATH_MAX:
+            raise ConfigError(
+                f"{dir} is too long a path for the API's unix socket; pick a shorter --dir"
+            )
+        if command is None:
+            env = os.environ.get(COMMAND_ENV)
+            command = shlex.split(env) if env else [sys.executable, "-m", "cargohold"]
+        etcd_binary = os.environ.get(ETCD_ENV) or shutil.which("etcd") or "/usr/bin/etcd"
+        if backend == "etcd" and not os.access(etcd_binary, os.X_OK):
+            raise ConfigError("--backend etcd needs etcd (Debian: apt install etcd-server)")
+        lab = None
+        if netns:
+            why = netns_available()
+            if why:
+                raise ConfigError(why)
+            lab = LabLayout.for_dir(dir)
+
+        logs = os.path.join(dir, "logs")
+        ports = _free_ports(count + 2)
+        host = lab.manager_address if lab else "127.0.0.1"
+        etcd = None
+        if backend == "etcd":
+            client, peer = LAB_ETCD_PORTS if lab else (ports[count], ports[count + 1])
+            etcd = EtcdProc(
+                log=os.path.join(logs, "etcd.log"),
+                netns=lab.manager_ns if lab else None,
+                client_url=f"http://127.0.0.1:{client}",
+                peer_url=f"http://127.0.0.1:{peer}",
+                data_dir=os.path.join(dir, "etcd"),
+            )
+        mgrs = [
+            ManagerProc(
+                id=f"manager-{i}",
+                log=os.path.join(logs, f"manager-{i}.log"),
+                netns=lab.manager_ns if lab else None,
+                listen=f"{host}:{LAB_MANAGER_PORT + i - 1 if lab else ports[i - 1]}",
+                unix=os.path.join(dir, "api.sock" if i == 1 else f"api-{i}.sock"),
+            )
+            for i in range(1, count + 1)
+        ]
+        node_procs = {}
+        for i in range(1, nodes + 1):
+            name = f"node-{i}"
+            node_procs[name] = NodeProc(
+                name=name,
+                index=i,
+                log=os.path.join(logs, f"{name}.log"),
+                netns=lab.node_ns(i) if lab else None,
+                address=lab.node_address(i) if lab else "127.0.0.1",
+                zone=zones[(i - 1) % len(zones)] if zones else "",
+                dir=os.path.join(dir, "nodes", name),
+            )
+        return cls(dir, backend, list(command), mgrs, node_procs, etcd, lab, etcd_binary)
+
+    @classmethod
+    def load(cls, dir: str) -> LocalCluster:
+        """The cluster recorded in ``DIR/cluster.json``; NoCluster if there is none."""
+        dir = os.path.abspath(os.path.expanduser(dir))
+        path = os.path.join(dir, CLUSTER_FILE)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise NoCluster(
+                f"no cluster in {dir} (no {CLUSTER_FILE}); start one with `cargohold up`"
+            ) from None
+        except ValueError as e:
+            raise LauncherError(f"{path} is not valid JSON: {e}") from None
+        if data.get("version") != FORMAT_VERSION:
+            raise LauncherError(
+                f"{path} has format version {data.get('version')}, expected {FORMAT_VERSION}"
+            )
+        lab = data.get("lab")
+        return cls(
+            dir=dir,
+            backend=data["backend"],
+            command=data["command"],
+            managers=[_from_dict(ManagerProc, m) for m in data["managers"]],
+            nodes={n: _from_dict(NodeProc, v) for n, v in data["nodes"].items()},
+            etcd=_from_dict(EtcdProc, data["etcd"]) if data.get("etcd") else None,
+            lab=LabLayout(lab["prefix"], lab["subnet"]) if lab else None,
+            etcd_binary=data.get("etcd_binary", "etcd"),
+            created_at=data.get("created_at", 0.0),
+        )
+
+    def reload(self) -> None:
+        """Re-read cluster.json (another process may have killed or started something)."""
+        fresh = LocalCluster.load(self.dir)
+        self.managers, self.nodes, self.etcd = fresh.managers, fresh.nodes, fresh.etcd
+
+    def to_json(self) -> dict[str, Any]:
+        lab = self.lab
+        return {
+            "version": FORMAT_VERSION,
+            "dir": self.dir,
+            "api": self.api,
+            "api_tcp": self.managers[0].url,
+            "apis": [m.api for m in self.managers],
+            "backend": self.backend,
+            "netns": lab is not None,
+            "lab": None
+            if lab is None
+            else {
+                "prefix": lab.prefix,
+                "subnet": f"{lab.subnet}.0/24",
+                "bridge_netns": lab.bridge_ns,
+                "manager_netns": lab.manager_ns,
+                "manager_address": lab.manager_address,
+            },
+            "command": self.command,
+            "etcd_binary": self.etcd_binary,
+            "created_at": self.created_at,
+            "managers": [dataclasses.asdict(m) for m in self.managers],
+            "etcd": dataclasses.asdict(self.etcd) if self.etcd else None,
+            "nodes": {n: dataclasses.asdict(v) for n, v in self.nodes.items()},
+        }
+
+    def save(self) -> None:
+        path = os.path.join(self.dir, CLUSTER_FILE)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    # -- what clients use --
+
+    @property
+    def api(self) -> str:
+        """The API URL for clients: the first manager's unix socket (reachable from the
+        root namespace even when the managers live in a namespace)."""
+        return self.managers[0].api
+
+    @property
+    def apis(self) -> list[str]:
+        return [m.api for m in self.managers]
+
+    @property
+    def api_tcp(self) -> str:
+        return self.managers[0].url
+
+    @property
+    def processes(self) -> list[Process]:
+        return [*([self.etcd] if self.etcd else []), *self.managers, *self.nodes.values()]
+
+    def running(self) -> bool:
+        """True while any recorded process of the cluster still runs."""
+        return any(p.running() for p in self.processes)
+
+    def node_processes(self, name: str) -> list[int]:
+        """The live PIDs of a node: its agent and everything in its process group."""
+        node = self._node(name)
+        return sorted(_group(node.pgid)) if node.pgid is not None else []
+
+    def api_answering(self) -> str:
+        """The API URL of a manager that answers /healthz now (ManagerUnavailable if none)."""
+        errors = []
+        for m in self.managers:
+            try:
+                get_json(m.api, "/healthz", timeout=2.0)
+                return m.api
+            except CargoholdError as e:
+                errors.append(str(e))
+        raise ManagerUnavailable("no manager answers: " + "; ".join(errors))
+
+    # -- up and down --
+
+    def up(self, timeout: float = 60.0, progress: Progress | None = None) -> LocalCluster:
+        """Start everything and return once every node is up; on failure stop it all again."""
+        say = progress or (lambda _msg: None)
+        deadline = time.monotonic() + timeout
+        os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
+        with open(os.path.join(self.dir, MARKER_FILE), "a"):
+            pass
+        with self._locked():
+            self._refuse_if_running()
+            try:
+                if self.lab:
+                    netns.create(self.lab, len(self.nodes))
+                    say(
+                        f"made network namespaces {self.lab.prefix}-* on a bridge, "
+                        f"subnet {self.lab.subnet}.0/24"
+                    )
+                if self.etcd:
+                    self._spawn(self.etcd, self._etcd_argv())
+                    self.save()
+                    say(f"started etcd (pid {self.etcd.pid}) at {self.etcd.client_url}")
+                    self._wait([self.etcd], deadline, self._etcd_health)
+                for m in self.managers:
+                    self._spawn(m, self._manager_argv(m))
+                    self.save()
+                    say(f"started {m.id} (pid {m.pid}): API on {m.listen} and {m.unix}")
+                self._wait(self.managers, deadline, self._managers_health)
+                for n in self.nodes.values():
+                    self._spawn(n, self._agent_argv(n))
+                    self.save()
+                    zone = f", zone {n.zone}" if n.zone else ""
+                    where = f" in namespace {n.netns}" if n.netns else ""
+                    say(f"started {n.name} agent (pid {n.pid}) at {n.address}{zone}{where}")
+                nodes = list(self.nodes.values())
+                self._wait(nodes, deadline, lambda: self._nodes_health(nodes))
+            except BaseException:
+                self._teardown()
+                raise
+        return self
+
+    def down(self, purge: bool = False, grace: float = STOP_GRACE) -> list[str]:
+        """Stop agents, then managers, then etcd; delete the namespaces; with ``purge``
+        remove DIR. Returns what was stopped, in words."""
+        with self._locked():
+            with contextlib.suppress(NoCluster):
+                self.reload()
+            stopped = self._teardown(grace)
+        if purge:
+            purge_dir(self.dir)
+        return stopped
+
+    # -- faults --
+
+    def kill_node(self, name: str) -> bool:
+        """SIGKILL all of a node's processes (its agent's process group): a crash.
+        False if nothing of it was running."""
+        with self._locked():
+            self.reload()
+            node = self._node(name)
+            killed = _kill_group(node.pgid, signal.SIGKILL)
+            if node.running():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                killed = True
+            if _wait_gone([node], time.monotonic() + 10):
+                raise LauncherError(f"{name} (pgid {node.pgid}) survived SIGKILL")
+            node.pid = node.pgid = node.start_time = None
+            self.save()
+        return killed
+
+    def start_node(self, name: str, timeout: float = 30.0) -> bool:
+        """Start a node's agent again (same flags, dir, address, namespace) and wait until
+        the manager sees it up (``timeout=0``: do not wait). False if it was running."""
+        with self._locked():
+            self.reload()
+            node = self._node(name)
+            if node.running():
+                return False
+            _kill_group(node.pgid, signal.SIGKILL)  # leftovers of a half-dead node
+            self._spawn(node, self._agent_argv(node))
+            self.save()
+        if timeout > 0:
+            self._wait([node], time.monotonic() + timeout, lambda: self._nodes_health([node]))
+        return True
+
+    def kill_manager(self, id: str) -> bool:
+        """SIGKILL a manager (failover tests). False if it was not running."""
+        with self._locked():
+            self.reload()
+            m = self._manager(id)
+            killed = _kill_group(m.pgid, signal.SIGKILL)
+            if _wait_gone([m], time.monotonic() + 10):
+                raise LauncherError(f"{id} (pid {m.pid}) survived SIGKILL")
+            m.pid = m.pgid = m.start_time = None
+            self.save()
+        return killed
+
+    def start_manager(self, id: str, timeout: float = 30.0) -> bool:
+        """Start a manager again and wait for its /healthz. False if it was running."""
+        with self._locked():
+            self.reload()
+            m = self._manager(id)
+            if m.running():
+                return False
+            self._spawn(m, self._manager_argv(m))
+            self.save()
+        if timeout > 0:
+            self._wait([m], time.monotonic() + timeout, lambda: self._managers_health([m]))
+        return True
+
+    def partition_node(self, name: str) -> None:
+        """Cut a node off the lab network (its bridge port goes down); needs ``netns``."""
+        netns.partition(self._need_lab(), self._node(name).index)
+
+    def heal_node(self, name: str) -> None:
+        netns.heal(self._need_lab(), self._node(name).index)
+
+    # -- internals --
+
+    def _node(self, name: str) -> NodeProc:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise LauncherError(
+                f"no node {name!r} in the cluster in {self.dir} (nodes: {', '.join(self.nodes)})"
+            ) from None
+
+    def _manager(self, id: str) -> ManagerProc:
+        for m in self.managers:
+            if m.id == id:
+                return m
+        ids = ", ".join(m.id for m in self.managers)
+        raise LauncherError(f"no manager {id!r} in the cluster in {self.dir} (managers: {ids})")
+
+    def _need_lab(self) -> LabLayout:
+        if self.lab is None:
+            raise LauncherError("partitions need a cluster started with --netns")
+        return self.lab
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One launcher at a time changes a cluster (flock on DIR/.launcher.lock)."""
+        if not os.path.isdir(self.dir):
+            raise NoCluster(f"no cluster in {self.dir} (no such directory)")
+        fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LauncherError(
+                            f"another cargohold command has been changing {self.dir} for 30 s"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    def _refuse_if_running(self) -> None:
+        try:
+            old = LocalCluster.load(self.dir)
+        except NoCluster:
+            return
+        except LauncherError:
+            return  # an unreadable record: nothing of it can be stopped safely anyway
+        live = [p for p in old.processes if p.running()]
+        if live:
+            what = ", ".join(f"{p.label} pid {p.pid}" for p in live[:4])
+            raise ClusterRunning(
+                f"a cluster is already running in {self.dir} ({what}); "
+                f"stop it with `cargohold down --dir {self.dir}`"
+            )
+        old._teardown(grace=2.0)  # leftovers of a crashed run: stray groups, namespaces
+
+    def _teardown(self, grace: float = STOP_GRACE) -> list[str]:
+        stopped = []
+        for group in (list(self.nodes.values()), self.managers, [self.etcd] if self.etcd else []):
+            names = [f"{p.label} (pid {p.pid})" for p in group if p.running()]
+            _stop(list(group), grace)
+            stopped += names
+        for p in self.managers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p.unix)
+        if self.lab:
+            gone = netns.destroy(self.lab)
+            if gone:
+                stopped.append(f"network namespaces {', '.join(gone)}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, CLUSTER_FILE))
+        return stopped
+
+    def _env(self) -> dict[str, str]:
+        path = os.environ.get("PYTHONPATH")
+        return dict(
+            os.environ,
+            PYTHONPATH=_SOURCE_ROOT + (os.pathsep + path if path else ""),
+            PYTHONUNBUFFERED="1",
+        )
+
+    def _spawn(self, proc: Process, argv: list[str]) -> None:
+        """Start ``argv`` detached in a session of its own (its process group is its PID)."""
+        full = [*netns.exec_prefix(proc.netns), *argv]
+        os.makedirs(os.path.dirname(proc.log), exist_ok=True)
+        with open(proc.log, "ab") as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"--- {stamp} cargohold launcher: {shlex.join(full)}\n".encode())
+            log.flush()
+            try:
+                p = subprocess.Popen(
+                    full,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=self._env(),
+                    cwd=self.dir,
+                )
+            except OSError as e:
+                raise LauncherError(f"cannot start {proc.label} ({full[0]}): {e}") from None
+        _children[p.pid] = p
+        _exit_codes.pop(p.pid, None)
+        st = _stat(p.pid)
+        proc.pid, proc.pgid, proc.started_at = p.pid, p.pid, time.time()
+        proc.start_time = st[2] if st else None
+
+    def _etcd_argv(self) -> list[str]:
+        e = self.etcd
+        assert e is not None
+        os.makedirs(e.data_dir, mode=0o700, exist_ok=True)
+        return [
+            self.etcd_binary,
+            "--name=cargohold",
+            f"--data-dir={e.data_dir}",
+            f"--listen-client-urls={e.client_url}",
+            f"--advertise-client-urls={e.client_url}",
+            f"--listen-peer-urls={e.peer_url}",
+            f"--initial-advertise-peer-urls={e.peer_url}",
+            f"--initial-cluster=cargohold={e.peer_url}",
+            "--logger=zap",
+            "--log-outputs=stderr",
+        ]
+
+    def _manager_argv(self, m: ManagerProc) -> list[str]:
+        if self.etcd:
+            state = f"etcd:{self.etcd.client_url}"
+        else:
+            state = f"sqlite:{os.path.join(self.dir, 'state.db')}"
+        argv = [*self.command, "manager", "--state", state, "--listen", m.listen]
+        return [*argv, "--unix", m.unix, "--id", m.id]
+
+    def _agent_argv(self, n: NodeProc) -> list[str]:
+        disk = os.path.join(n.dir, "disk-0")
+        os.makedirs(disk, exist_ok=True)
+        argv = [*self.command, "agent", "--node", n.name]
+        for m in self.managers:
+            argv += ["--api", m.url]
+        argv += ["--address", n.address, "--dir", n.dir, "--disk", disk]
+        if n.zone:
+            argv += ["--zone", n.zone]
+        return argv
+
+    def _wait(self, procs: list[Process], deadline: float, check: Callable[[], str | None]) -> None:
+        """Poll ``check`` (None: ready, else what is missing) until ``deadline``; fail at
+        once when one of ``procs`` exits."""
+        while True:
+            for p in procs:
+                if not p.running():
+                    code = _exit_code(p.pid)
+                    how = f"exited with code {code}" if code is not None else "is gone"
+                    tail = _tail(p.log)
+                    raise LauncherError(
+                        f"{p.label} {how} while starting; see {p.log}"
+                        + (f":\n{tail}" if tail else "")
+                    )
+            missing = check()
+            if missing is None:
+                return
+            if time.monotonic() >= deadline:
+                raise LauncherError(f"timed out: {missing}")
+            time.sleep(0.1)
+
+    def _etcd_health(self) -> str | None:
+        e = self.etcd
+        assert e is not None
+        try:
+            netns.call_in(e.netns, lambda: get_json(e.client_url, "/health", timeout=1.0))
+        except CargoholdError as err:
+            return f"etcd does not answer at {e.client_url} ({err}); see {e.log}"
+        return None
+
+    def _managers_health(self, managers: list[ManagerProc] | None = None) -> str | None:
+        for m in managers or self.managers:
+            try:
+                get_json(m.api, "/healthz", timeout=1.0)
+            except CargoholdError as err:
+                return f"{m.id} does not answer at {m.api} ({err}); see {m.log}"
+        return None
+
+    def _nodes_health(self, nodes: list[NodeProc]) -> str | None:
+        try:
+            api = self.api_answering()
+            seen = {n["name"]: n.get("state") for n in get_json(api, "/api/v1/nodes")}
+        except CargoholdError as err:
+            return f"cannot list nodes ({err}); see {self.managers[0].log}"
+        # a cordoned node (from an earlier run's state) is up too: it heartbeats
+        missing = [n for n in nodes if seen.get(n.name) not in ("up", "cordoned")]
+        if not missing:
+            return None
+        states = ", ".join(
+            f"{n.name} {seen[n.name]}" if n.name in seen else f"{n.name} not registered"
+            for n in missing
+        )
+        logs = ", ".join(n.log for n in missing)
+        return f"nodes not up ({states}); see {logs}"
+
+
+def purge_dir(dir: str) -> None:
+    """Remove a cluster's directory — only one the launcher made, and only when nothing of
+    its cluster runs."""
+    dir = os.path.abspath(os.path.expanduser(dir))
+    if not os.path.isdir(dir):
+        return
+    if not os.path.exists(os.path.join(dir, MARKER_FILE)):
+        raise LauncherError(
+            f"{dir} was not made by `cargohold up` ({MARKER_FILE} missing); not removing it"
+        )
+    try:
+        if LocalCluster.load(dir).running():
+            raise ClusterRunning(f"the cluster in {dir} is running; `cargohold down` first")
+    except NoCluster:
+        pass
+    shutil.rmtree(dir)
