@@ -27,7 +27,19 @@ def version() -> None:
 
 def _register() -> None:
     # Each command group lives in its own module and adds itself to ``app``.
-    from cargohold.cli import demo_cmd, engine_cmd, nbd_cmd, replica_cmd  # noqa: F401
+    from cargohold.cli import (  # noqa: F401
+        agent_cmd,
+        cluster_cmd,
+        demo_cmd,
+        disk_cmd,
+        engine_cmd,
+        manager_cmd,
+        nbd_cmd,
+        node_cmd,
+        replica_cmd,
+        snapshot_cmd,
+        volume_cmd,
+    )
 
     try:
         from cargohold.cli import audit_cmd  # noqa: F401

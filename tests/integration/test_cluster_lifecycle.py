@@ -1,0 +1,159 @@
+"""The volume lifecycle through the `cargohold` CLI, against a local cluster of real
+processes (manager, three agents, their replica servers and engines), once per state-store
+backend: SQLite (one manager) and etcd (two managers, one leader).
+
+Data goes through the engines' NBD endpoints with qemu-io, and is read back and compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cargohold.launcher.cluster import LocalCluster
+
+MiB = 1 << 20
+
+
+def cli(
+    dir: Path, *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(
+        [sys.executable, "-m", "cargohold", *args, "--dir", str(dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"cargohold {' '.join(args)} exited {p.returncode}:\n{p.stdout}{p.stderr}"
+        )
+    return p
+
+
+def js(dir: Path, *args: str) -> object:
+    return json.loads(cli(dir, *args, "-o", "json").stdout)
+
+
+def qemu_io(uri: str, cmd: str) -> str:
+    p = subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", cmd, uri], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0 and "error" not in p.stdout.lower(), p.stdout + p.stderr
+    return p.stdout
+
+
+def pattern_ok(uri: str, off: int, length: int, pattern: int) -> bool:
+    p = subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", f"read -P {pattern} {off} {length}", uri],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return p.returncode == 0 and "Pattern verification failed" not in p.stdout + p.stderr
+
+
+def wait_for(fn, what: str, timeout: float = 60):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what} (last: {last})")
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def cluster(request) -> Iterator[tuple[LocalCluster, Path]]:  # type: ignore[no-untyped-def]
+    d = Path(f"/tmp/chl-{request.param}-{os.getpid()}")
+    c = LocalCluster.create(str(d), nodes=3, backend=request.param).up(timeout=90)
+    try:
+        yield c, d
+    finally:
+        c.down(purge=True)
+
+
+def test_volume_lifecycle_through_the_cli(cluster: tuple[LocalCluster, Path]) -> None:
+    _, d = cluster
+    nodes = js(d, "node", "list")
+    assert [(n["name"], n["state"]) for n in nodes] == [  # type: ignore[index]
+        ("node-1", "up"),
+        ("node-2", "up"),
+        ("node-3", "up"),
+    ]
+    cli(d, "volume", "create", "data", "--size", "64MiB", "--replicas", "3")
+    vol = js(d, "volume", "get", "data")
+    assert vol["replicas_wanted"] == 3 and vol["size_bytes"] == 64 * MiB  # type: ignore[index]
+    assert len({r["node"] for r in vol["replicas"]}) == 3  # type: ignore[index]
+
+    # attach: the URI alone on stdout, then real data through it
+    uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
+    assert uri.startswith("nbd://") and uri.endswith("/data"), uri
+    qemu_io(uri, "write -P 0x5a 0 4M")
+    qemu_io(uri, "write -P 0x33 32M 1M")
+    vol = js(d, "volume", "get", "data")
+    assert vol["state"] == "attached" and vol["attached_node"] == "node-1"  # type: ignore[index]
+    assert vol["endpoint"] == uri  # type: ignore[index]
+    assert wait_for(
+        lambda: js(d, "volume", "get", "data")["robustness"] == "healthy",
+        "healthy",  # type: ignore[index]
+    )
+
+    # snapshot, then change the data after it
+    cli(d, "snapshot", "create", "data", "s1")
+    snaps = js(d, "snapshot", "list", "data")
+    assert [(s["name"], s["state"]) for s in snaps] == [("s1", "ready")]  # type: ignore[index]
+    qemu_io(uri, "write -P 0x77 0 1M")
+
+    # online expansion: the engine grows, the NBD size follows
+    cli(d, "volume", "expand", "data", "--size", "96MiB")
+    assert js(d, "volume", "get", "data")["size_bytes"] == 96 * MiB  # type: ignore[index]
+    info = subprocess.run(["nbdinfo", "--size", uri], capture_output=True, text=True, timeout=30)
+    assert info.stdout.strip() == str(96 * MiB), info.stdout + info.stderr
+
+    # clone the snapshot into a new volume, attach it elsewhere, compare the bytes
+    cli(d, "volume", "clone", "data", "copy", "--snapshot", "s1", timeout=180)
+    copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
+    assert pattern_ok(copy_uri, 0, 4 * MiB, 0x5A)
+    assert pattern_ok(copy_uri, 32 * MiB, MiB, 0x33)
+    assert pattern_ok(uri, 0, MiB, 0x77)
+
+    # one volume per node attachment; a second attach elsewhere is refused
+    p = cli(d, "volume", "attach", "data", "--node", "node-3", check=False)
+    assert p.returncode != 0 and "attached to node node-1" in p.stderr
+
+    # revert needs a detached volume; after it, the snapshot's bytes are back
+    p = cli(d, "snapshot", "revert", "data", "s1", check=False)
+    assert p.returncode != 0 and "detach" in p.stderr
+    cli(d, "volume", "detach", "data")
+    cli(d, "snapshot", "revert", "data", "s1", timeout=180)
+    uri = cli(d, "volume", "attach", "data", "--node", "node-3").stdout.strip()
+    assert pattern_ok(uri, 0, 4 * MiB, 0x5A)
+    vol = js(d, "volume", "get", "data")
+    assert vol["epoch"] >= 3  # type: ignore[index]  # every engine got a new epoch
+
+    # nodes: cordon shows, uncordon clears
+    cli(d, "node", "cordon", "node-2")
+    assert js(d, "node", "get", "node-2")["state"] == "cordoned"  # type: ignore[index]
+    cli(d, "node", "uncordon", "node-2")
+
+    # clean up: detach, delete, nothing left
+    cli(d, "volume", "detach", "data")
+    cli(d, "volume", "detach", "copy")
+    cli(d, "snapshot", "delete", "data", "s1")
+    assert js(d, "snapshot", "list", "data") == []
+    cli(d, "volume", "delete", "data")
+    cli(d, "volume", "delete", "copy")
+    assert js(d, "volume", "list") == []
+    st = js(d, "status")
+    assert st["status"]["nodes"]["up"] == 3  # type: ignore[index]
+    assert [n["state"] for n in st["nodes"]] == ["up"] * 3  # type: ignore[index]
