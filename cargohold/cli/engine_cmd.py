@@ -3,7 +3,12 @@ over NBD — until SIGTERM/SIGINT. Normally started by the node agent; by hand f
 
     cargohold engine --volume pvc-1 --epoch 3 \\
         --replica r0@10.0.0.1:9500 --replica r1@10.0.0.2:9500 --replica r2@10.0.0.3:9500 \\
-        --local r0 --listen 127.0.0.1:10809 --control /run/cargohold/pvc-1.sock
+        --local r0 --listen 127.0.0.1:10809 --control /run/cargohold/pvc-1.sock \\
+        --require 2:1288
+
+``--require EPOCH:GEN``: the newest (epoch, generation) the manager recorded for the
+volume; if every reachable replica is older, the engine refuses to start (exit 1) instead
+of serving a volume that lacks acknowledged writes (invariant 4).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import typer
 from cargohold.cli.main import app
 from cargohold.cli.nbd_cmd import DEFAULT_NBD_PORT, _split
 from cargohold.cli.replica_cmd import console
-from cargohold.errors import CargoholdError
+from cargohold.errors import CargoholdError, ConfigError
 
 
 @app.command("engine")
@@ -38,6 +43,11 @@ def engine(
     replica_timeout: float = typer.Option(None, help="seconds before a replica is dropped (5)"),
     rebuild_bandwidth: str = typer.Option(
         None, help="rebuild copy rate, e.g. 200MiB (0 = unlimited)"
+    ),
+    require: str = typer.Option(
+        None,
+        metavar="EPOCH:GEN",
+        help="refuse to start if every reachable replica is older than this (epoch, generation)",
     ),
 ) -> None:
     """Serve a replicated volume over NBD."""
@@ -62,20 +72,36 @@ def engine(
             given["rebuild_bandwidth"] = parse_size(rebuild_bandwidth)
         settings = EngineSettings(**{k: v for k, v in given.items() if v is not None})
         host, port = _split(listen) if listen else ("127.0.0.1", DEFAULT_NBD_PORT)
+        required = parse_require(require) if require else (0, 0)
     except (CargoholdError, ValidationError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
 
     async def main() -> None:
-        vol = Volume(volume, specs, epoch, settings)
+        vol = Volume(volume, specs, epoch, settings, require=required)
         await vol.start()
+
+        def listening(addresses: list[str]) -> None:
+            tcp = next((a for a in addresses if not a.startswith("unix:")), None)
+            if tcp is not None:
+                vol.endpoint = endpoint_uri(tcp, volume)
+
         ctl = await serve_control(vol, control) if control else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await serve(vol, host, port, unix=unix, name=volume, description=volume, stop=stop)
+            await serve(
+                vol,
+                host,
+                port,
+                unix=unix,
+                name=volume,
+                description=volume,
+                stop=stop,
+                ready=listening,
+            )
         finally:
             if ctl is not None:
                 ctl.close()
@@ -93,3 +119,25 @@ def engine(
             if path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+
+
+def parse_require(text: str) -> tuple[int, int]:
+    """``EPOCH:GEN`` -> (epoch, generation), both non-negative integers."""
+    epoch, sep, gen = text.partition(":")
+    try:
+        pair = (int(epoch), int(gen))
+    except ValueError:
+        pair = (-1, -1)
+    if not sep or min(pair) < 0:
+        raise ConfigError(f"--require {text!r}: expected EPOCH:GEN, e.g. 3:1288")
+    return pair
+
+
+def endpoint_uri(bound: str, volume: str) -> str:
+    """The NBD URI clients use for a bound ``HOST:PORT``. A wildcard address is reported
+    as the loopback address of its family (the consumer runs on the engine's node)."""
+    host, _, port = bound.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"nbd://{host}:{port}/{volume}"

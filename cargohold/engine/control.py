@@ -4,10 +4,13 @@ Each request is one JSON object on one line, each answer too: ``{"ok": true, ...
 ``{"ok": false, "error": "...", "type": "..."}``. For the node agent and operators on the
 engine's node (``cargohold engine --control PATH``); ``socat - UNIX:PATH`` works by hand.
 
-Ops: ``status`` (replicas with mode RW/WO/ERR, generation, rebuild progress, counters,
-latency histograms), ``snapshot`` (``name``, ``labels``), ``snapshots``, ``snapshot-delete``
-and ``snapshot-revert`` (``name``), ``expand`` (``size`` in bytes), ``add-replica``
-(``replica``: ``ID@HOST:PORT``; joins WO and is rebuilt), ``remove-replica`` (``id``).
+Ops: ``status`` (endpoint, replicas with mode RW/WO/ERR, generation, the current (epoch,
+generation), rebuild and import progress, counters, latency histograms), ``snapshot``
+(``name``, ``labels``), ``snapshots``, ``snapshot-delete`` and ``snapshot-revert``
+(``name``), ``expand`` (``size`` in bytes), ``add-replica`` (``replica``: ``ID@HOST:PORT``;
+joins WO and is rebuilt), ``remove-replica`` (``id``), ``import`` (``source``:
+``ID@HOST:PORT`` of a replica of another volume, ``snapshot``: copies that snapshot into
+this volume in the background; ``status`` shows how far it got).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 from cargohold.engine import snapshots
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.volume import Volume
-from cargohold.errors import CargoholdError, InvalidArgument
+from cargohold.errors import CargoholdError, ConfigError, InvalidArgument
 
 log = logging.getLogger("cargohold.engine")
 MAX_LINE = 64 * 1024
@@ -55,9 +58,20 @@ async def handle(vol: Volume, request: dict[str, Any]) -> dict[str, Any]:
     if op == "remove-replica":
         vol.remove_replica(str(request.get("id", "")))
         return vol.status()
+    if op == "import":
+        source, snapshot = request.get("source"), request.get("snapshot")
+        if not isinstance(source, str):
+            raise InvalidArgument("source (ID@HOST:PORT of a replica to copy from) is required")
+        if not isinstance(snapshot, str) or not snapshot:
+            raise InvalidArgument("snapshot (the name of a snapshot of the source) is required")
+        try:
+            spec = ReplicaSpec.parse(source)
+        except ConfigError as e:
+            raise InvalidArgument(f"source: {e}") from None
+        return {"import": await vol.start_import(spec, snapshot)}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
-        "expand, add-replica, remove-replica)"
+        "expand, add-replica, remove-replica, import)"
     )
 
 

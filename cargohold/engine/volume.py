@@ -7,7 +7,9 @@ engine sent it.
 - **Start** (``start``): connect to every replica and OPEN it with this engine's epoch,
   which fences out every older engine (invariant 3). The replicas whose persisted
   generation is highest are current (RW); the others are stale (WO) and are rebuilt from a
-  current one before they serve reads (invariants 2 and 4).
+  current one before they serve reads (invariants 2 and 4). With ``require`` (the newest
+  (epoch, generation) the manager recorded), an engine whose reachable replicas are all
+  older refuses to start rather than serve without acknowledged writes.
 - **Mutations** (write, trim, write-zeroes) get the engine's next generation and go to every
   replica of the write set (RW and WO) at once; the reply comes when all have answered.
   A replica that errs, times out or reports a gap in its generations is dropped (ERR), and
@@ -17,6 +19,9 @@ engine sent it.
   read again from another replica, and the bad block is repaired in place (invariant 5).
 - **Snapshots** (``snapshots``) hold new mutations, wait for those in flight, snapshot every
   replica at the same point, and resume: crash-consistent across replicas.
+- **Import** (``start_import``, for clones): a background task copies a snapshot of a
+  replica of another volume into this one through the ordinary write path, without fencing
+  the engine that owns the source.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -38,8 +44,10 @@ from cargohold.errors import (
     ChecksumError,
     Fenced,
     InvalidArgument,
+    NotFound,
     ReplicaIOError,
 )
+from cargohold.protocol import extent_stream as xs
 from cargohold.protocol.nbd import STATE_HOLE, STATE_ZERO
 from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
 from cargohold.replica.client import ReplicaClient
@@ -54,13 +62,22 @@ class Volume:
     read_only = False
 
     def __init__(
-        self, name: str, replicas: list[ReplicaSpec], epoch: int, settings: EngineSettings
+        self,
+        name: str,
+        replicas: list[ReplicaSpec],
+        epoch: int,
+        settings: EngineSettings,
+        require: tuple[int, int] = (0, 0),
     ) -> None:
         if not replicas:
             raise InvalidArgument("a volume needs at least one replica")
         self.name = name
         self.epoch = epoch
         self.settings = settings
+        self.require = require  # (epoch, generation): refuse to start from older replicas
+        self.endpoint = ""  # nbd://HOST:PORT/NAME, once the NBD server listens
+        self._top = (0, 0)  # (last epoch, generation) of the current replicas at start
+        self._import: dict[str, Any] | None = None  # the last import's progress
         self.links = [ReplicaLink(spec) for spec in replicas]
         self.gen = 0  # the last generation handed out
         self._size = 0
@@ -94,6 +111,15 @@ class Volume:
         # current = the newest history, compared like Raft's (term, index): the epoch that
         # made the last mutation first, then the generation; never timestamps or sizes
         top = max((link.last_epoch, link.generation) for link in reachable)
+        need_epoch, need_gen = self.require
+        if need_epoch:
+            stale = top < (need_epoch, need_gen)
+        else:  # epoch 0: the manager knows only the generation; compare that alone
+            stale = top[1] < need_gen
+        if stale:  # newer data exists elsewhere: starting would lose acknowledged writes
+            await self.close()
+            raise ReplicaIOError(self._stale_start(top))
+        self._top = top
         self.gen = max(link.seen for link in reachable)
         for link in reachable:
             link.mode = Mode.RW if (link.last_epoch, link.generation) == top else Mode.WO
@@ -113,7 +139,24 @@ class Volume:
             if link.mode is Mode.WO:
                 self._spawn(self._rebuild(link))
 
+    def _stale_start(self, top: tuple[int, int]) -> str:
+        epoch, gen = self.require
+        have = "; ".join(
+            f"{link.spec}: epoch {link.last_epoch}, generation {link.generation}"
+            if not link.error
+            else f"{link.spec}: unreachable ({link.error})"
+            for link in self.links
+        )
+        recorded = f"epoch {epoch}, generation {gen}" if epoch else f"generation {gen}"
+        return (
+            f"volume {self.name}: refusing to start: newer data exists ({recorded} was "
+            f"recorded) but the newest reachable replica is at epoch "
+            f"{top[0]}, generation {top[1]}; starting would lose acknowledged writes. Replicas: "
+            f"{have}. Bring back a replica that holds the newer data."
+        )
+
     async def _open(self, link: ReplicaLink) -> None:
+        client = None
         try:
             client = await ReplicaClient.connect(
                 link.spec.host, link.spec.port, timeout=self.settings.replica_timeout
@@ -122,7 +165,10 @@ class Volume:
                 client.open(link.spec.id, self.epoch), self.settings.replica_timeout
             )
         except (CargoholdError, OSError, TimeoutError) as e:
-            link.drop(f"open failed: {e}")
+            if client is not None:
+                client.close_nowait()
+            link.drop("")
+            link.error = f"open failed: {_describe(e)}"  # also when it was ERR already
             return
         link.client = client
         link.generation = info["generation"]
@@ -448,22 +494,218 @@ class Volume:
         link.drop("removed")
         self.links.remove(link)
 
+    # --- import (clones) ------------------------------------------------------------------
+    async def start_import(self, source: ReplicaSpec, snapshot: str) -> dict[str, Any]:
+        """Copy snapshot ``snapshot`` of replica ``source`` (of another volume) into this
+        volume, in the background. Checks the source first (reachable, has the snapshot,
+        fits); then returns at once, and ``status()["import"]`` shows the progress."""
+        self._check_usable()
+        if self._import is not None and self._import["state"] == "running":
+            raise Busy(f"volume {self.name}: an import is already running ({self._import})")
+        job: dict[str, Any] = {
+            "state": "running",
+            "source": str(source),
+            "snapshot": snapshot,
+            "bytes_copied": 0,
+            "bytes_total": 0,
+            "data_bytes": 0,
+            "error": "",
+        }
+        self._import = job
+        try:
+            client = await self._open_source(source)
+            try:
+                job["bytes_total"] = await self._import_extent(client, source, snapshot)
+            except BaseException:
+                client.close_nowait()
+                raise
+        except (CargoholdError, OSError, TimeoutError) as e:
+            job.update(state="failed", error=_describe(e))
+            if isinstance(e, CargoholdError):
+                raise
+            raise ReplicaIOError(f"import source {source}: {_describe(e)}") from None
+        self._spawn(self._run_import(client, source, snapshot, job))
+        return dict(job)
+
+    async def _open_source(self, source: ReplicaSpec, client: ReplicaClient | None = None) -> Any:
+        """Open the source replica with the epoch it already has: its engine, if one runs,
+        is not fenced (a replica accepts an OPEN at its own epoch). That epoch comes from
+        LIST (while the replica is open on its server) or from the refusal of an older one.
+        """
+        timeout = self.settings.replica_timeout
+        if client is None:
+            client = await ReplicaClient.connect(source.host, source.port, timeout=timeout)
+        try:
+            listed = await asyncio.wait_for(client.list(), timeout)
+            item = next((x for x in listed if x.get("id") == source.id), None)
+            if item is None:
+                raise NotFound(f"import source {source}: no replica {source.id} on that server")
+            epoch = item.get("epoch", 0)
+            try:
+                await asyncio.wait_for(client.open(source.id, epoch), timeout)
+            except Fenced as e:  # it has a newer epoch than LIST said (or LIST did not say)
+                newer = e.detail.get("epoch")
+                if not isinstance(newer, int) or newer <= epoch:
+                    raise
+                await asyncio.wait_for(client.open(source.id, newer), timeout)
+        except BaseException:
+            client.close_nowait()
+            raise
+        return client
+
+    async def _import_extent(self, client: ReplicaClient, source: ReplicaSpec, name: str) -> int:
+        """How much of the volume the import covers: the source's size, which must fit in
+        this volume — or, for a snapshot taken before its volume grew, the part of it that
+        holds data."""
+        timeout = self.settings.replica_timeout * 4
+        snaps = await asyncio.wait_for(client.snapshot_list(), timeout)
+        if not any(s.get("name") == name for s in snaps):
+            have = ", ".join(s.get("name", "?") for s in snaps) or "none"
+            raise NotFound(f"import source {source}: no snapshot {name!r} (it has: {have})")
+        size = (await asyncio.wait_for(client.info(), timeout))["size"]
+        pos = self._size
+        while pos < size:  # beyond our size: the snapshot must hold no data there
+            extents = await asyncio.wait_for(client.extents(pos, size - pos, name), timeout)
+            for off, length, kind in extents:
+                if kind == xs.KIND_DATA:
+                    raise InvalidArgument(
+                        f"snapshot {name!r} of {source} is larger than volume {self.name}: it "
+                        f"holds data at byte {off}, and this volume has {self._size} bytes"
+                    )
+                pos = off + length
+            if not extents:
+                break
+        return min(size, self._size)
+
+    async def _run_import(
+        self, client: ReplicaClient, source: ReplicaSpec, name: str, job: dict[str, Any]
+    ) -> None:
+        total = job["bytes_total"]
+        fresh = self.gen == 0  # nothing was ever written: skip holes and zeros
+        prefetch: asyncio.Task[Any] | None = None
+        t0 = time.monotonic()
+        try:
+            pos = 0
+            while pos < total:
+                blob = await (prefetch or self._export(client, source, name, pos, total))
+                header, extents = xs.decode(blob)
+                if header.start != pos or not pos < header.end <= total:
+                    raise ReplicaIOError(
+                        f"import source {source}: exported [{header.start}, {header.end}), "
+                        f"asked from {pos}"
+                    )
+                prefetch = None
+                if header.end < total:  # fetch the next chunk while this one is written
+                    loop = asyncio.get_running_loop()
+                    prefetch = loop.create_task(
+                        self._export(client, source, name, header.end, total)
+                    )
+                job["data_bytes"] += await self._import_chunk(pos, header.end, extents, fresh)
+                pos = job["bytes_copied"] = header.end
+            await self.flush()  # durable on every replica before it is "succeeded"
+        except asyncio.CancelledError:
+            job.update(state="failed", error="cancelled: the engine stopped")
+            raise
+        except Exception as e:
+            job.update(state="failed", error=_describe(e))
+            log.warning("volume %s: import of %s from %s failed: %s", self.name, name, source, e)
+        else:
+            job.update(state="succeeded", seconds=round(time.monotonic() - t0, 3))
+            log.info(
+                "volume %s: imported snapshot %s of %s: %d bytes of data in %.2f s",
+                self.name,
+                name,
+                source,
+                job["data_bytes"],
+                job["seconds"],
+            )
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()
+                await asyncio.gather(prefetch, return_exceptions=True)
+            client.close_nowait()
+
+    async def _export(
+        self, client: ReplicaClient, source: ReplicaSpec, name: str, pos: int, end: int
+    ) -> memoryview:
+        """One chunk of the snapshot. If the source's engine changed meanwhile (a newer
+        epoch: Fenced), open it again at that epoch, once, and go on."""
+        timeout = self.settings.replica_timeout * 4
+        call = functools.partial(
+            client.export, pos, end - pos, max_bytes=IMPORT_CHUNK, snapshot=name
+        )
+        try:
+            return await asyncio.wait_for(call(), timeout)
+        except Fenced:
+            log.info("volume %s: import source %s has a new epoch; reopening", self.name, source)
+            await self._open_source(source, client)
+            return await asyncio.wait_for(call(), timeout)
+
+    async def _import_chunk(
+        self, start: int, end: int, extents: list[xs.Extent], fresh: bool
+    ) -> int:
+        """Write one chunk's data through the replicated write path; unless the volume is
+        fresh (reads zeros everywhere), zero what the snapshot does not hold."""
+        writes = []
+        data = 0
+        pos = start
+        for e in extents:
+            off, length = e.lba * BLOCK_SIZE, e.count * BLOCK_SIZE
+            if not fresh and off > pos:
+                writes.append(self.write_zeroes(pos, off - pos, False))
+            if e.kind == xs.KIND_DATA:
+                assert e.data is not None
+                writes.append(self.write(off, e.data, False))
+                data += length
+            elif not fresh:
+                writes.append(self.write_zeroes(off, length, False))
+            pos = off + length
+        if not fresh and pos < end:
+            writes.append(self.write_zeroes(pos, end - pos, False))
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        self.counters["imported_bytes"] += data
+        return data
+
     # --- status ------------------------------------------------------------------------
+    def current(self) -> tuple[int, int]:
+        """(epoch, generation) of the newest data every current replica holds: what the
+        manager records and passes back as ``--require`` to the next engine (invariant 4).
+        The epoch is that of the engine that made the mutation, as the replicas' history
+        says: this engine's once it has written, else the one the replicas had at start."""
+        gens = [link.generation for link in self.links if link.mode is Mode.RW]
+        if not gens:
+            return self._top
+        gen = min(gens)
+        return (self.epoch, gen) if gen > self._top[1] else self._top
+
     def status(self) -> dict[str, Any]:
+        current_epoch, current_generation = self.current()
         return {
             "volume": self.name,
             "epoch": self.epoch,
+            "endpoint": self.endpoint,
             "size_bytes": self._size,
             "generation": self.gen,
+            "current_epoch": current_epoch,
+            "current_generation": current_generation,
             "robustness": self.robustness(),
             "fenced": self.fenced,
             "replicas": [link.status() for link in self.links],
+            "import": dict(self._import) if self._import is not None else None,
             "counters": dict(self.counters),
             "latency_log2_us": {k: dict(v) for k, v in self.latency.items()},
         }
 
 
 _FAILED = object()
+IMPORT_CHUNK = 4 << 20  # data per EXPORT of an import (and per batch of writes)
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, CargoholdError) and str(e) else f"{type(e).__name__}: {e}"
 
 
 def _overlap(window: tuple[int, int], offset: int, length: int) -> bool:

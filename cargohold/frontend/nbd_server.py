@@ -414,13 +414,18 @@ async def serve(
     name: str = "",
     description: str = "",
     stop: asyncio.Event | None = None,
+    ready: Callable[[list[str]], object] | None = None,
 ) -> None:
-    """Serve ``device`` until ``stop`` is set, then drain, close and flush the device."""
+    """Serve ``device`` until ``stop`` is set, then drain, close and flush the device.
+    ``ready`` is called with the bound addresses (``HOST:PORT`` with the real port when
+    ``port`` is 0, ``unix:PATH``) once the server listens."""
     server = NBDServer(device, name=name, description=description)
     if host is not None:
         await server.listen_tcp(host, port)
     if unix:
         await server.listen_unix(unix)
+    if ready is not None:
+        ready(list(server.addresses))
     print(f"nbd server listening on {' '.join(server.addresses)}", flush=True)
     stop = stop or asyncio.Event()
     await stop.wait()
