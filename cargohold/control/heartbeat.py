@@ -135,7 +135,11 @@ async def _ingest_engine(repo: Repository, name: str, er: EngineReport) -> None:
         if er.running and st:
             # the newest generation every current replica has: a lower bound on what a
             # future engine must start from (invariant 4)
-            if rw_gens:
+            if "current_generation" in st:  # (epoch, generation) every current replica has
+                top = (int(st.get("current_epoch", 0)), int(st["current_generation"]))
+                if top > (v.current_epoch, v.current_generation):
+                    v.current_epoch, v.current_generation = top
+            elif rw_gens:
                 v.current_generation = max(v.current_generation, min(rw_gens))
             v.robustness = (
                 Robustness.FAULTED

@@ -302,6 +302,7 @@ class EngineReconciler:
                 epoch=v.epoch,
                 purpose=purpose,  # type: ignore[arg-type]
                 replicas=ids,
+                require_epoch=v.current_epoch,
                 require_generation=v.current_generation,
             )
             v.engine_status = None
@@ -311,12 +312,13 @@ class EngineReconciler:
         if new.engine is not None:
             log.info(
                 "volume %s: engine on node %s with epoch %d (%s), replicas %s, requiring "
-                "generation >= %d",
+                "(epoch, generation) >= (%d, %d)",
                 vol.name,
                 node,
                 new.engine.epoch,
                 purpose,
                 ", ".join(ids),
+                new.current_epoch,
                 new.current_generation,
             )
 

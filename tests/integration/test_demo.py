@@ -13,17 +13,39 @@ import pytest
 from tests.procs import ROOT
 
 
-@pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="e2fsprogs not installed")
-def test_demo_runs_to_the_end(tmp_path):
+def _demo(tmp_path, *extra: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "cargohold", "demo", "--dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "cargohold", "demo", "--dir", str(tmp_path / "demo"), *extra],
         capture_output=True,
         text=True,
         timeout=300,
         env=dict(os.environ, PYTHONPATH=ROOT, COLUMNS="200"),
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    text = " ".join(out.stdout.split())  # rich wraps lines
+    return " ".join(out.stdout.split())  # rich wraps lines
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="e2fsprogs not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the cluster demo mounts a filesystem")
+def test_the_main_job_runs_to_the_end(tmp_path):
+    text = _demo(tmp_path)
+    assert "placed by the scheduler: node-1, node-2, node-3" in text
+    assert re.search(r"the manager says: degraded — .*node-3 ERR \(failed\)", text), text
+    assert re.search(
+        r"healthy again: node-1 RW \(running\), node-2 RW \(running\), "
+        r"node-3 RW \(running\)",
+        text,
+    ), text
+    assert "all 60 files intact; e2fsck: clean" in text
+    gens = re.search(r"generations: \{'node-1': (\d+), 'node-2': (\d+), 'node-3': (\d+)\}", text)
+    assert gens and len(set(gens.groups())) == 1, text
+    assert not os.path.exists(tmp_path / "demo" / "cluster" / "cluster.json")  # it stopped
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="e2fsprogs not installed")
+def test_the_data_plane_demo_runs_to_the_end(tmp_path):
+    text = _demo(tmp_path, "--engine-only")
     assert re.search(r"(\d+)/\1 files match their SHA-256", text), text
     assert "the volume is degraded: r1 RW, r2 ERR, r3 RW" in text
     assert "healthy: r1 RW, r2 RW, r3 RW" in text
