@@ -19,9 +19,9 @@ engine sent it.
   read again from another replica, and the bad block is repaired in place (invariant 5).
 - **Snapshots** (``snapshots``) hold new mutations, wait for those in flight, snapshot every
   replica at the same point, and resume: crash-consistent across replicas.
-- **Import** (``start_import``, for clones): a background task copies a snapshot of a
-  replica of another volume into this one through the ordinary write path, without fencing
-  the engine that owns the source.
+- **Import** (``start_import``, for clones; in ``importer``): a background task copies a
+  snapshot of a replica of another volume into this one through the ordinary write path,
+  without fencing the engine that owns the source.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -44,10 +43,8 @@ from cargohold.errors import (
     ChecksumError,
     Fenced,
     InvalidArgument,
-    NotFound,
     ReplicaIOError,
 )
-from cargohold.protocol import extent_stream as xs
 from cargohold.protocol.nbd import STATE_HOLE, STATE_ZERO
 from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
 from cargohold.replica.client import ReplicaClient
@@ -497,177 +494,12 @@ class Volume:
     # --- import (clones) ------------------------------------------------------------------
     async def start_import(self, source: ReplicaSpec, snapshot: str) -> dict[str, Any]:
         """Copy snapshot ``snapshot`` of replica ``source`` (of another volume) into this
-        volume, in the background. Checks the source first (reachable, has the snapshot,
-        fits); then returns at once, and ``status()["import"]`` shows the progress."""
-        self._check_usable()
-        if self._import is not None and self._import["state"] == "running":
-            raise Busy(f"volume {self.name}: an import is already running ({self._import})")
-        job: dict[str, Any] = {
-            "state": "running",
-            "source": str(source),
-            "snapshot": snapshot,
-            "bytes_copied": 0,
-            "bytes_total": 0,
-            "data_bytes": 0,
-            "error": "",
-        }
-        self._import = job
-        try:
-            client = await self._open_source(source)
-            try:
-                job["bytes_total"] = await self._import_extent(client, source, snapshot)
-            except BaseException:
-                client.close_nowait()
-                raise
-        except (CargoholdError, OSError, TimeoutError) as e:
-            job.update(state="failed", error=_describe(e))
-            if isinstance(e, CargoholdError):
-                raise
-            raise ReplicaIOError(f"import source {source}: {_describe(e)}") from None
-        self._spawn(self._run_import(client, source, snapshot, job))
-        return dict(job)
+        volume, in the background (``importer``). Checks the source first (reachable, has
+        the snapshot, fits); then returns at once, and ``status()["import"]`` shows the
+        progress."""
+        from cargohold.engine.importer import start_import
 
-    async def _open_source(self, source: ReplicaSpec, client: ReplicaClient | None = None) -> Any:
-        """Open the source replica with the epoch it already has: its engine, if one runs,
-        is not fenced (a replica accepts an OPEN at its own epoch). That epoch comes from
-        LIST (while the replica is open on its server) or from the refusal of an older one.
-        """
-        timeout = self.settings.replica_timeout
-        if client is None:
-            client = await ReplicaClient.connect(source.host, source.port, timeout=timeout)
-        try:
-            listed = await asyncio.wait_for(client.list(), timeout)
-            item = next((x for x in listed if x.get("id") == source.id), None)
-            if item is None:
-                raise NotFound(f"import source {source}: no replica {source.id} on that server")
-            epoch = item.get("epoch", 0)
-            try:
-                await asyncio.wait_for(client.open(source.id, epoch), timeout)
-            except Fenced as e:  # it has a newer epoch than LIST said (or LIST did not say)
-                newer = e.detail.get("epoch")
-                if not isinstance(newer, int) or newer <= epoch:
-                    raise
-                await asyncio.wait_for(client.open(source.id, newer), timeout)
-        except BaseException:
-            client.close_nowait()
-            raise
-        return client
-
-    async def _import_extent(self, client: ReplicaClient, source: ReplicaSpec, name: str) -> int:
-        """How much of the volume the import covers: the source's size, which must fit in
-        this volume — or, for a snapshot taken before its volume grew, the part of it that
-        holds data."""
-        timeout = self.settings.replica_timeout * 4
-        snaps = await asyncio.wait_for(client.snapshot_list(), timeout)
-        if not any(s.get("name") == name for s in snaps):
-            have = ", ".join(s.get("name", "?") for s in snaps) or "none"
-            raise NotFound(f"import source {source}: no snapshot {name!r} (it has: {have})")
-        size = (await asyncio.wait_for(client.info(), timeout))["size"]
-        pos = self._size
-        while pos < size:  # beyond our size: the snapshot must hold no data there
-            extents = await asyncio.wait_for(client.extents(pos, size - pos, name), timeout)
-            for off, length, kind in extents:
-                if kind == xs.KIND_DATA:
-                    raise InvalidArgument(
-                        f"snapshot {name!r} of {source} is larger than volume {self.name}: it "
-                        f"holds data at byte {off}, and this volume has {self._size} bytes"
-                    )
-                pos = off + length
-            if not extents:
-                break
-        return min(size, self._size)
-
-    async def _run_import(
-        self, client: ReplicaClient, source: ReplicaSpec, name: str, job: dict[str, Any]
-    ) -> None:
-        total = job["bytes_total"]
-        fresh = self.gen == 0  # nothing was ever written: skip holes and zeros
-        prefetch: asyncio.Task[Any] | None = None
-        t0 = time.monotonic()
-        try:
-            pos = 0
-            while pos < total:
-                blob = await (prefetch or self._export(client, source, name, pos, total))
-                header, extents = xs.decode(blob)
-                if header.start != pos or not pos < header.end <= total:
-                    raise ReplicaIOError(
-                        f"import source {source}: exported [{header.start}, {header.end}), "
-                        f"asked from {pos}"
-                    )
-                prefetch = None
-                if header.end < total:  # fetch the next chunk while this one is written
-                    loop = asyncio.get_running_loop()
-                    prefetch = loop.create_task(
-                        self._export(client, source, name, header.end, total)
-                    )
-                job["data_bytes"] += await self._import_chunk(pos, header.end, extents, fresh)
-                pos = job["bytes_copied"] = header.end
-            await self.flush()  # durable on every replica before it is "succeeded"
-        except asyncio.CancelledError:
-            job.update(state="failed", error="cancelled: the engine stopped")
-            raise
-        except Exception as e:
-            job.update(state="failed", error=_describe(e))
-            log.warning("volume %s: import of %s from %s failed: %s", self.name, name, source, e)
-        else:
-            job.update(state="succeeded", seconds=round(time.monotonic() - t0, 3))
-            log.info(
-                "volume %s: imported snapshot %s of %s: %d bytes of data in %.2f s",
-                self.name,
-                name,
-                source,
-                job["data_bytes"],
-                job["seconds"],
-            )
-        finally:
-            if prefetch is not None:
-                prefetch.cancel()
-                await asyncio.gather(prefetch, return_exceptions=True)
-            client.close_nowait()
-
-    async def _export(
-        self, client: ReplicaClient, source: ReplicaSpec, name: str, pos: int, end: int
-    ) -> memoryview:
-        """One chunk of the snapshot. If the source's engine changed meanwhile (a newer
-        epoch: Fenced), open it again at that epoch, once, and go on."""
-        timeout = self.settings.replica_timeout * 4
-        call = functools.partial(
-            client.export, pos, end - pos, max_bytes=IMPORT_CHUNK, snapshot=name
-        )
-        try:
-            return await asyncio.wait_for(call(), timeout)
-        except Fenced:
-            log.info("volume %s: import source %s has a new epoch; reopening", self.name, source)
-            await self._open_source(source, client)
-            return await asyncio.wait_for(call(), timeout)
-
-    async def _import_chunk(
-        self, start: int, end: int, extents: list[xs.Extent], fresh: bool
-    ) -> int:
-        """Write one chunk's data through the replicated write path; unless the volume is
-        fresh (reads zeros everywhere), zero what the snapshot does not hold."""
-        writes = []
-        data = 0
-        pos = start
-        for e in extents:
-            off, length = e.lba * BLOCK_SIZE, e.count * BLOCK_SIZE
-            if not fresh and off > pos:
-                writes.append(self.write_zeroes(pos, off - pos, False))
-            if e.kind == xs.KIND_DATA:
-                assert e.data is not None
-                writes.append(self.write(off, e.data, False))
-                data += length
-            elif not fresh:
-                writes.append(self.write_zeroes(off, length, False))
-            pos = off + length
-        if not fresh and pos < end:
-            writes.append(self.write_zeroes(pos, end - pos, False))
-        results = await asyncio.gather(*writes, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        self.counters["imported_bytes"] += data
-        return data
+        return await start_import(self, source, snapshot)
 
     # --- status ------------------------------------------------------------------------
     def current(self) -> tuple[int, int]:
@@ -701,7 +533,6 @@ class Volume:
 
 
 _FAILED = object()
-IMPORT_CHUNK = 4 << 20  # data per EXPORT of an import (and per batch of writes)
 
 
 def _describe(e: BaseException) -> str:

@@ -9,7 +9,7 @@ with ``kill_node``), output in ``DIR/logs/``. ``DIR/cluster.json`` records every
 (PID, process group, start time), address, namespace and API URL; ``LocalCluster.load(dir)``
 reads it back in any later process. Processes are stopped only by the PIDs recorded there,
 and only while they are still the processes we started (same start time, a cargohold or
-etcd command line).
+etcd command line; the records and those checks are in ``cargohold.launcher.processes``).
 
 With ``netns=True`` (root) every node lives in its own network namespace and the managers
 in another, all on one bridge (``cargohold.launcher.netns``); the CLI still reaches the
@@ -31,7 +31,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,23 @@ from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
 from cargohold.launcher import netns
 from cargohold.launcher.netns import LabLayout
 from cargohold.launcher.netns import available as netns_available
+from cargohold.launcher.processes import (
+    EtcdProc,
+    LauncherError,
+    ManagerProc,
+    NodeProc,
+    Process,
+    exit_code,
+    free_ports,
+    from_dict,
+    group_members,
+    kill_group,
+    log_tail,
+    proc_stat,
+    stop_processes,
+    track,
+    wait_gone,
+)
 
 CLUSTER_FILE = "cluster.json"
 MARKER_FILE = ".cargohold-cluster"  # DIR was made by the launcher: `down --purge` may remove it
@@ -65,10 +81,6 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 Progress = Callable[[str], None]
 
 
-class LauncherError(CargoholdError):
-    """The local cluster could not be started, changed or stopped."""
-
-
 class ClusterRunning(LauncherError):
     """``up`` on a directory whose cluster is still running."""
 
@@ -79,77 +91,6 @@ class NoCluster(LauncherError):
 
 def default_dir() -> str:
     return os.path.expanduser(os.environ.get("CARGOHOLD_DIR") or "~/.cargohold")
-
-
-# --- what cluster.json records ---------------------------------------------------------
-
-
-@dataclass(kw_only=True)
-class Process:
-    """A process of the cluster. ``start_time`` (clock ticks after boot, /proc/PID/stat)
-    tells the process we started from a later one that reuses its PID."""
-
-    log: str
-    netns: str | None = None
-    pid: int | None = None
-    pgid: int | None = None
-    start_time: int | None = None
-    started_at: float | None = None
-
-    @property
-    def label(self) -> str:
-        raise NotImplementedError
-
-    def running(self) -> bool:
-        return self.pid is not None and _is_ours(self.pid, self.start_time)
-
-
-@dataclass(kw_only=True)
-class EtcdProc(Process):
-    client_url: str
-    peer_url: str
-    data_dir: str
-
-    @property
-    def label(self) -> str:
-        return "etcd"
-
-
-@dataclass(kw_only=True)
-class ManagerProc(Process):
-    id: str
-    listen: str  # HOST:PORT
-    unix: str
-
-    @property
-    def label(self) -> str:
-        return self.id
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.listen}"
-
-    @property
-    def api(self) -> str:
-        return f"unix:{self.unix}"
-
-
-@dataclass(kw_only=True)
-class NodeProc(Process):
-    name: str
-    index: int
-    address: str
-    zone: str
-    dir: str
-
-    @property
-    def label(self) -> str:
-        return self.name
-
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 # --- HTTP to the manager (plain httpx: unix:/PATH or http://HOST:PORT) -------------------
@@ -181,135 +122,6 @@ def get_json(api: str, path: str, timeout: float = 3.0) -> Any:
         return r.json()
     except ValueError:
         raise LauncherError(f"GET {path} at {api} answered something not JSON") from None
-
-
-# --- processes: /proc, process groups -------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, process group, start time) of a process, None if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rindex(")") + 2 :].split()
-    return rest[0], int(rest[2]), int(rest[19])
-
-
-def _looks_ours(pid: int) -> bool:
-    """Whether a process runs cargohold or etcd. Right after an exec the kernel shows an
-    empty command line for a moment: that is asked again."""
-    for _ in range(100):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            return False
-        if cmdline:
-            return b"cargohold" in cmdline or b"etcd" in cmdline
-        time.sleep(0.01)
-    return False
-
-
-def _is_ours(pid: int, start_time: int | None) -> bool:
-    st = _stat(pid)
-    if st is None or st[0] in "ZX":
-        _reap(pid)
-        return False
-    return (start_time is None or st[2] == start_time) and _looks_ours(pid)
-
-
-def _group(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _stat(int(entry))
-            if st is not None and st[1] == pgid and st[0] not in "ZX":
-                members.append(int(entry))
-    return members
-
-
-def _kill_group(pgid: int | None, sig: int) -> bool:
-    """Signal a process group of ours; False when it has no live process (left)."""
-    if pgid is None or pgid <= 1 or pgid == os.getpgrp():
-        return False
-    members = _group(pgid)
-    if not any(_looks_ours(p) for p in members):  # empty, or the number was reused
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-    return True
-
-
-_children: dict[int, subprocess.Popen[bytes]] = {}  # running processes this process started
-_exit_codes: dict[int, int] = {}  # and how those that ended did
-
-
-def _reap(pid: int) -> None:
-    proc = _children.get(pid)
-    if proc is not None and proc.poll() is not None:
-        _exit_codes[pid] = proc.returncode
-        del _children[pid]
-
-
-def _exit_code(pid: int | None) -> int | None:
-    if pid is None:
-        return None
-    _reap(pid)
-    return _exit_codes.get(pid)
-
-
-def _wait_gone(procs: list[Process], deadline: float) -> list[Process]:
-    """Wait until none of ``procs`` (nor their process groups) runs; return those still there."""
-    while True:
-        left = [p for p in procs if p.running() or (p.pgid is not None and _kill_group(p.pgid, 0))]
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
-
-
-def _stop(procs: list[Process], grace: float) -> None:
-    """SIGTERM each process (it stops its own children), SIGKILL its group after ``grace``."""
-    for p in procs:
-        if p.running():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGTERM)  # type: ignore[arg-type]
-        else:  # its leader died (a crash): what is left of its group stops now
-            _kill_group(p.pgid, signal.SIGTERM)
-    left = _wait_gone(procs, time.monotonic() + grace)
-    for p in left:
-        _kill_group(p.pgid, signal.SIGKILL)
-        if p.running():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
-    left = _wait_gone(left, time.monotonic() + 10)
-    if left:
-        raise LauncherError("could not stop " + ", ".join(f"{p.label} (pid {p.pid})" for p in left))
-    for p in procs:
-        p.pid = p.pgid = p.start_time = None
-
-
-def _tail(path: str, lines: int = 12) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:]).rstrip()
-    except OSError:
-        return ""
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # --- the cluster ------------------------------------------------------------------------
@@ -375,7 +187,7 @@ class LocalCluster:
             lab = LabLayout.for_dir(dir)
 
         logs = os.path.join(dir, "logs")
-        ports = _free_ports(count + 2)
+        ports = free_ports(count + 2)
         host = lab.manager_address if lab else "127.0.0.1"
         etcd = None
         if backend == "etcd":
@@ -434,9 +246,9 @@ class LocalCluster:
             dir=dir,
             backend=data["backend"],
             command=data["command"],
-            managers=[_from_dict(ManagerProc, m) for m in data["managers"]],
-            nodes={n: _from_dict(NodeProc, v) for n, v in data["nodes"].items()},
-            etcd=_from_dict(EtcdProc, data["etcd"]) if data.get("etcd") else None,
+            managers=[from_dict(ManagerProc, m) for m in data["managers"]],
+            nodes={n: from_dict(NodeProc, v) for n, v in data["nodes"].items()},
+            etcd=from_dict(EtcdProc, data["etcd"]) if data.get("etcd") else None,
             lab=LabLayout(lab["prefix"], lab["subnet"]) if lab else None,
             etcd_binary=data.get("etcd_binary", "etcd"),
             created_at=data.get("created_at", 0.0),
@@ -509,7 +321,7 @@ class LocalCluster:
     def node_processes(self, name: str) -> list[int]:
         """The live PIDs of a node: its agent and everything in its process group."""
         node = self._node(name)
-        return sorted(_group(node.pgid)) if node.pgid is not None else []
+        return sorted(group_members(node.pgid)) if node.pgid is not None else []
 
     def api_answering(self) -> str:
         """The API URL of a manager that answers /healthz now (ManagerUnavailable if none)."""
@@ -582,12 +394,12 @@ class LocalCluster:
         with self._locked():
             self.reload()
             node = self._node(name)
-            killed = _kill_group(node.pgid, signal.SIGKILL)
+            killed = kill_group(node.pgid, signal.SIGKILL)
             if node.running():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(node.pid, signal.SIGKILL)  # type: ignore[arg-type]
                 killed = True
-            if _wait_gone([node], time.monotonic() + 10):
+            if wait_gone([node], time.monotonic() + 10):
                 raise LauncherError(f"{name} (pgid {node.pgid}) survived SIGKILL")
             node.pid = node.pgid = node.start_time = None
             self.save()
@@ -601,7 +413,7 @@ class LocalCluster:
             node = self._node(name)
             if node.running():
                 return False
-            _kill_group(node.pgid, signal.SIGKILL)  # leftovers of a half-dead node
+            kill_group(node.pgid, signal.SIGKILL)  # leftovers of a half-dead node
             self._spawn(node, self._agent_argv(node))
             self.save()
         if timeout > 0:
@@ -613,8 +425,8 @@ class LocalCluster:
         with self._locked():
             self.reload()
             m = self._manager(id)
-            killed = _kill_group(m.pgid, signal.SIGKILL)
-            if _wait_gone([m], time.monotonic() + 10):
+            killed = kill_group(m.pgid, signal.SIGKILL)
+            if wait_gone([m], time.monotonic() + 10):
                 raise LauncherError(f"{id} (pid {m.pid}) survived SIGKILL")
             m.pid = m.pgid = m.start_time = None
             self.save()
@@ -704,7 +516,7 @@ class LocalCluster:
         stopped = []
         for group in (list(self.nodes.values()), self.managers, [self.etcd] if self.etcd else []):
             names = [f"{p.label} (pid {p.pid})" for p in group if p.running()]
-            _stop(list(group), grace)
+            stop_processes(list(group), grace)
             stopped += names
         for p in self.managers:
             with contextlib.suppress(FileNotFoundError):
@@ -745,9 +557,8 @@ class LocalCluster:
                 )
             except OSError as e:
                 raise LauncherError(f"cannot start {proc.label} ({full[0]}): {e}") from None
-        _children[p.pid] = p
-        _exit_codes.pop(p.pid, None)
-        st = _stat(p.pid)
+        track(p)
+        st = proc_stat(p.pid)
         proc.pid, proc.pgid, proc.started_at = p.pid, p.pid, time.time()
         proc.start_time = st[2] if st else None
 
@@ -793,9 +604,9 @@ class LocalCluster:
         while True:
             for p in procs:
                 if not p.running():
-                    code = _exit_code(p.pid)
+                    code = exit_code(p.pid)
                     how = f"exited with code {code}" if code is not None else "is gone"
-                    tail = _tail(p.log)
+                    tail = log_tail(p.log)
                     raise LauncherError(
                         f"{p.label} {how} while starting; see {p.log}"
                         + (f":\n{tail}" if tail else "")
