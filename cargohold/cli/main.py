@@ -29,7 +29,9 @@ def _register() -> None:
     # Each command group lives in its own module and adds itself to ``app``.
     from cargohold.cli import (  # noqa: F401
         agent_cmd,
+        bench_cmd,
         cluster_cmd,
+        csi_cmd,
         demo_cmd,
         disk_cmd,
         engine_cmd,
@@ -38,6 +40,7 @@ def _register() -> None:
         node_cmd,
         replica_cmd,
         snapshot_cmd,
+        verify_cmd,
         volume_cmd,
     )
 
