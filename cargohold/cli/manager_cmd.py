@@ -45,6 +45,7 @@ def manager(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per etcd request otherwise
     if not listen and not unix:
         console.print("[red]error:[/red] give --listen HOST:PORT and/or --unix PATH")
         raise typer.Exit(2)

@@ -72,6 +72,7 @@ async def handle(
 
 async def _ingest_replicas(repo: Repository, name: str, hb: Heartbeat) -> None:
     reported = {r.id: r for r in hb.replicas}
+    engines = {v.name: _engine_runs(v) for v in await repo.volumes()}
     for rep in await repo.replicas():
         if rep.node != name:
             continue
@@ -81,17 +82,25 @@ async def _ingest_replicas(repo: Repository, name: str, hb: Heartbeat) -> None:
             log.info("replica %s of volume %s deleted from node %s", rep.id, rep.volume, name)
             continue
         exists = got is not None
+        # while an engine runs, it knows the replica's generation best; else the replica
+        own = got is not None and not engines.get(rep.volume, False)
 
-        def seen(r, exists=exists, got=got):  # type: ignore[no-untyped-def]
+        def seen(r, exists=exists, got=got, own=own):  # type: ignore[no-untyped-def]
             r.exists = exists
-            if got is not None and r.mode is None:
+            if own:
                 r.generation = got.generation
+                r.mode = None
             return r
 
         if rep.exists != exists or (
-            got is not None and rep.mode is None and rep.generation != got.generation
+            own and (rep.generation != got.generation or rep.mode is not None)  # type: ignore[union-attr]
         ):
             await repo.update_replica(rep.volume, rep.id, seen)
+
+
+def _engine_runs(v: Volume) -> bool:
+    st = v.engine_status
+    return bool(st and st.running and v.engine and st.epoch == v.engine.epoch)
 
 
 async def _ingest_engine(repo: Repository, name: str, er: EngineReport) -> None:

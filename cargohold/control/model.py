@@ -177,6 +177,7 @@ class Volume(Record):
             and self.engine.purpose == "attach"
             and st.epoch == self.engine.epoch
             and st.node == self.engine.node
+            and self.engine.node == self.attach_node  # not the old engine of a takeover
         )
         if self.attach_node is not None:
             return VolumeState.ATTACHED if attached else VolumeState.ATTACHING

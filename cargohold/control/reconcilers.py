@@ -36,6 +36,7 @@ from cargohold.control.settings import ManagerSettings
 from cargohold.errors import NotFound, Unschedulable
 
 log = logging.getLogger("cargohold.manager")
+REPLICA_CREATE_GRACE = 10.0  # seconds a new engine waits for just-placed replicas
 
 
 class NodeReconciler:
@@ -156,6 +157,13 @@ class ReplicaReconciler:
         keep = [r for r in reps if not r.evicting]
         # 4. converge the count
         missing = vol.replicas_wanted - len(keep)
+        if missing <= 0 and _placement_error(vol):
+
+            def placed(v: Volume) -> Volume:
+                v.error = ""
+                return v
+
+            await self.repo.update_volume(vol.name, placed)
         if missing > 0:
             await self._add(vol, missing)
         elif missing < 0:
@@ -178,21 +186,16 @@ class ReplicaReconciler:
 
     async def _add(self, vol: Volume, count: int) -> None:
         try:
-            placement = place(
-                PlacementRequest(
-                    volume=vol.name,
-                    size_bytes=vol.size_bytes,
-                    count=count,
-                    zone_spread=vol.zone_spread,
-                    node_tags=tuple(vol.node_tags),
-                    disk_tags=tuple(vol.disk_tags),
-                ),
-                await self.repo.nodes(),
-                await self.repo.disks(),
-                await self.repo.replicas(),
-                overprovisioning=self.settings.overprovisioning,
-            )
+            placement = await self._place(vol, count)
         except Unschedulable as e:
+            # place what fits now (one replica more is better than none); say why not all
+            placement = []
+            for fewer in range(count - 1, 0, -1):
+                try:
+                    placement = await self._place(vol, fewer)
+                    break
+                except Unschedulable:
+                    continue
             msg = str(e)
             if vol.error != msg:
 
@@ -202,7 +205,36 @@ class ReplicaReconciler:
 
                 await self.repo.update_volume(vol.name, err)
                 log.warning("%s", msg)
+            if not placement:
+                return
+            await self._create(vol, placement)
             return
+        await self._create(vol, placement)
+        if vol.error:
+
+            def clear(v: Volume) -> Volume:
+                v.error = ""
+                return v
+
+            await self.repo.update_volume(vol.name, clear)
+
+    async def _place(self, vol: Volume, count: int) -> list[tuple[str, str]]:
+        return place(
+            PlacementRequest(
+                volume=vol.name,
+                size_bytes=vol.size_bytes,
+                count=count,
+                zone_spread=vol.zone_spread,
+                node_tags=tuple(vol.node_tags),
+                disk_tags=tuple(vol.disk_tags),
+            ),
+            await self.repo.nodes(),
+            await self.repo.disks(),
+            await self.repo.replicas(),
+            overprovisioning=self.settings.overprovisioning,
+        )
+
+    async def _create(self, vol: Volume, placement: list[tuple[str, str]]) -> None:
         disks = {(d.node, d.name): d for d in await self.repo.disks()}
         for node, disk in placement:
             rep = Replica(
@@ -216,13 +248,26 @@ class ReplicaReconciler:
             )
             if await self.repo.add_replica(vol.name, rep):
                 log.info("volume %s: new replica %s on node %s (%s)", vol.name, rep.id, node, disk)
-        if vol.error:
 
-            def clear(v: Volume) -> Volume:
-                v.error = ""
-                return v
 
-            await self.repo.update_volume(vol.name, clear)
+def _placement_error(vol: Volume) -> bool:
+    """The volume's error is the scheduler's (cleared once nothing is missing)."""
+    return vol.error.startswith(f"volume {vol.name}: ") and " requested, " in vol.error
+
+
+def _needs_rebuild(vol: Volume, reps: list[Replica], nodes: dict[str, Node]) -> bool:
+    """A detached volume with a stale replica (a replacement, a drained node's successor)
+    and a current one: a maintenance engine rebuilds it now, not at the next attach."""
+    if vol.attach_node is not None or vol.deleting or vol.released or not vol.initialized:
+        return False
+    up = [
+        r
+        for r in reps
+        if r.exists and (n := nodes.get(r.node)) is not None and n.down_since is None
+    ]
+    return any(r.generation < vol.current_generation for r in up) and any(
+        r.generation >= vol.current_generation for r in up
+    )
 
 
 class EngineReconciler:
@@ -234,8 +279,9 @@ class EngineReconciler:
         pending = {o.volume for o in await self.repo.operations() if not o.done}
         for vol in await self.repo.volumes():
             reps = [r for r in await self.repo.replicas(vol.name) if not r.deleting]
+            busy = vol.name in pending or _needs_rebuild(vol, reps, nodes)
             try:
-                await self._volume(vol, reps, nodes, vol.name in pending)
+                await self._volume(vol, reps, nodes, busy)
             except NotFound:
                 continue
 
@@ -290,7 +336,15 @@ class EngineReconciler:
                 await self.repo.update_volume(vol.name, follow)
             return
         existing = [r for r in reps if r.exists]
-        if not existing:
+        coming = [  # placed moments ago on an up node: start with them, not rebuild them
+            r
+            for r in reps
+            if not r.exists
+            and now() - r.created_at < REPLICA_CREATE_GRACE
+            and (n := nodes.get(r.node)) is not None
+            and n.down_since is None
+        ]
+        if not existing or coming:
             return  # replicas not on disk yet: wait
 
         def start(v: Volume) -> Volume | None:
@@ -373,8 +427,8 @@ class VolumeReconciler:
                 await self.repo.delete_volume_records(vol.name)
                 log.info("volume %s deleted", vol.name)
             return
-        if _running(vol) or vol.released:
-            return
+        if _running(vol) or vol.released or vol.attach_node is not None:
+            return  # an engine reports robustness (or its node is down: faulted)
         # detached: robustness from the replicas on disk
         good = [
             r

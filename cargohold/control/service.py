@@ -178,6 +178,15 @@ class Service:
             return n
 
         node = await self.repo.update_node(name, change)
+        if not on:  # uncordon also ends a drain: replicas not yet moved stay
+            for rep in await self.repo.replicas():
+                if rep.node == name and rep.evicting and not rep.deleting:
+
+                    def stay(r: Replica) -> Replica:
+                        r.evicting = False
+                        return r
+
+                    await self.repo.update_replica(rep.volume, rep.id, stay)
         self.kick.set()
         return node.view()
 
@@ -323,7 +332,12 @@ class Service:
             raise WrongState(f"node {req.node} is down")
 
         async def change(v: Volume) -> Volume | None:
-            if v.deleting or v.released:
+            if v.released:
+                raise WrongState(
+                    f"volume {name} was released (deleted with reclaim policy Retain): its data "
+                    "is kept but it cannot be attached; `volume delete --purge` removes it"
+                )
+            if v.deleting:
                 raise WrongState(f"volume {name} is being deleted")
             if not v.initialized:
                 raise WrongState(f"volume {name} is still being cloned; try again when it is ready")
@@ -371,6 +385,7 @@ class Service:
             if v.deleting:
                 return None
             v.deleting = True
+            v.released = False  # a purge of a released volume: now it goes
             return v
 
         vol = await self.repo.update_volume(name, change)

@@ -64,7 +64,9 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "stale_replica_timeout": vol.stale_replica_timeout,
         "source": vol.source.model_dump() if vol.source else None,
         "created_at": vol.created_at,
-        "error": vol.error,
+        # the manager's own complaint (placement, a fenced engine), else why the engine
+        # last failed to start (e.g. it refused replicas older than the recorded generation)
+        "error": vol.error or (st.error if st is not None and not running else ""),
         "engine": (
             {
                 "node": vol.engine.node,

@@ -243,3 +243,43 @@ async def test_zones_spread_replicas(monkeypatch) -> None:
     v = await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
     zones = {(await sim.service.node(r["node"]))["zone"] for r in v["replicas"]}
     assert zones == {"a", "b", "c"}
+
+
+async def test_a_detached_volume_is_rebuilt_by_a_maintenance_engine(monkeypatch) -> None:
+    sim = await make(monkeypatch, nodes=4)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    first = (await vol(sim))["replicas"]
+    await sim.service.attach("data", AttachRequest(node=first[0]["node"]))
+    await sim.step(rounds=3)
+    sim.write("data", 50)
+    await sim.step()
+    await sim.service.detach("data")
+    await sim.step(rounds=3)
+    assert all(not n.engines for n in sim.nodes.values())
+    victim = first[1]["node"]
+    await sim.service.drain(victim)
+    saw_engine = False
+    for _ in range(12):
+        await sim.step()
+        saw_engine = saw_engine or any(n.engines for n in sim.nodes.values())
+    v = await vol(sim)
+    assert saw_engine, "a maintenance engine should have rebuilt the new replica"
+    assert victim not in {r["node"] for r in v["replicas"]}
+    assert [r["generation"] for r in v["replicas"]] == [50, 50, 50]
+    assert v["state"] == "detached" and v["robustness"] == "healthy"
+    assert all(not n.engines for n in sim.nodes.values())  # and then it stopped
+
+
+async def test_uncordon_ends_a_drain(monkeypatch) -> None:
+    sim = await make(monkeypatch, nodes=3)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    await sim.service.drain("node-1")
+    await sim.step(rounds=2)
+    assert "1 more replica" in (await vol(sim))["error"]  # nowhere to move it
+    await sim.service.cordon("node-1", False)
+    await sim.step(rounds=2)
+    v = await vol(sim)
+    assert not any(r["evicting"] for r in v["replicas"])
+    assert v["error"] == ""
