@@ -141,8 +141,8 @@ class Agent:
         answers. Registration happens in the first ``run_once()`` (and is retried)."""
         for sub in ("logs", "run"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
-        self.disks = self._disks()
         self._state = self._load_state()
+        self.disks = self._disks()
         markers = [self.dir, *(d.path for d in self.disks)]
         await asyncio.to_thread(stop_leftovers, self._state.get("pids", []), markers)
         port = self.config.replica_port or self._state.get("replica_port") or 0
@@ -186,7 +186,52 @@ class Agent:
             if capacity is None:
                 capacity = shutil.disk_usage(path).total
             out.append(DiskReport(name=name, path=path, capacity_bytes=capacity))
+        for extra in self._state.get("added_disks", []):  # added through the API earlier
+            try:
+                d = DiskReport.model_validate(extra)
+            except ValueError:
+                continue
+            if d.path not in {x.path for x in out} and d.name not in {x.name for x in out}:
+                os.makedirs(d.path, exist_ok=True)
+                out.append(d)
         return out
+
+    async def _serve_added_disks(self, wanted: list[DiskReport]) -> None:
+        """A disk added through the manager's API (``cargohold disk add``): create its
+        directory and restart the replica server on the same port with it. Engines see
+        their replicas on this node drop for a moment and re-add them (a delta rebuild)."""
+        new = [d for d in wanted if d.path not in {x.path for x in self.disks}]
+        if not new or self.replica_server is None:
+            return
+        for d in new:
+            try:
+                os.makedirs(d.path, exist_ok=True)
+            except OSError as e:
+                log.error("cannot serve disk %s at %s: %s", d.name, d.path, e)
+                return
+        self.disks.extend(new)
+        self._state["added_disks"] = [
+            d.model_dump() for d in self.disks if d.path not in self._configured_paths()
+        ]
+        log.info(
+            "serving new disk(s) %s: restarting the replica server on port %d",
+            ", ".join(f"{d.name}={d.path}" for d in new),
+            self.replica_port,
+        )
+        await self.replica_server.stop()
+        self.replica_server = ReplicaServerProcess(
+            self.config.node,
+            self.config.address,
+            self.replica_port,
+            [d.path for d in self.disks],
+            os.path.join(self.dir, "logs", "replica-server.log"),
+        )
+        await self.replica_server.start()
+        self._save_state()
+
+    def _configured_paths(self) -> set[str]:
+        given = self.config.disks or [(os.path.join(self.dir, "disk-0"), None)]
+        return {os.path.abspath(p) for p, _ in given}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Heartbeat every ``heartbeat_interval`` seconds until ``stop`` is set."""
@@ -250,6 +295,7 @@ class Agent:
         self._manager_answered()
         if self.config.heartbeat is None:
             self.interval = assignments.heartbeat_interval
+        await self._serve_added_disks(assignments.disks)
         if listed is not None:
             await self._converge_replicas(assignments.replicas, listed)
         self._converge_engines(assignments.engines)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from cargohold.control.model import (
     Assignments,
+    DiskReport,
     EngineAssignment,
     Heartbeat,
     OperationAssignment,
@@ -141,6 +142,7 @@ def parse_assignments(data: Any, complaints: Complaints | None = None) -> Assign
         replicas=_entries(data, "replicas", ReplicaAssignment, say),
         engines=_entries(data, "engines", EngineAssignment, say),
         operations=_entries(data, "operations", OperationAssignment, say),
+        disks=_entries(data, "disks", DiskReport, say),
     )
     interval = data.get("heartbeat_interval")
     if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:

@@ -13,6 +13,7 @@ import logging
 
 from cargohold.control.model import (
     Assignments,
+    DiskReport,
     EngineAssignment,
     EngineReport,
     EngineStatus,
@@ -280,7 +281,13 @@ async def assignments(
     nodes = {n.name: n for n in await repo.nodes()}
     volumes = {v.name: v for v in await repo.volumes()}
     all_reps = await repo.replicas()
-    out = Assignments(heartbeat_interval=settings.heartbeat_interval)
+    out = Assignments(
+        heartbeat_interval=settings.heartbeat_interval,
+        disks=[
+            DiskReport(name=d.name, path=d.path, capacity_bytes=d.capacity_bytes, tags=d.tags)
+            for d in await repo.disks(name)
+        ],
+    )
     for r in all_reps:
         if r.node != name:
             continue

@@ -352,6 +352,7 @@ class Assignments(Record):
     replicas: list[ReplicaAssignment] = Field(default_factory=list)
     engines: list[EngineAssignment] = Field(default_factory=list)
     operations: list[OperationAssignment] = Field(default_factory=list)
+    disks: list[DiskReport] = Field(default_factory=list)  # every disk the node should serve
     heartbeat_interval: float = 1.0
 
 

@@ -141,6 +141,31 @@ def test_volume_lifecycle_through_the_cli(cluster: tuple[LocalCluster, Path]) ->
     vol = js(d, "volume", "get", "data")
     assert vol["epoch"] >= 3  # type: ignore[index]  # every engine got a new epoch
 
+    # a disk added through the API is served by the node's replica server
+    extra = d / "nodes" / "node-1" / "fast-disk"
+    cli(
+        d,
+        "disk",
+        "add",
+        "node-1",
+        str(extra),
+        "--capacity",
+        "1GiB",
+        "--name",
+        "fast",
+        "--tag",
+        "ssd",
+    )
+    cli(d, "volume", "create", "quick", "--size", "16MiB", "--replicas", "1", "--disk-tag", "ssd")
+    rep = js(d, "volume", "get", "quick")["replicas"][0]  # type: ignore[index]
+    assert (rep["node"], rep["disk"]) == ("node-1", "fast")
+    quick = cli(d, "volume", "attach", "quick", "--node", "node-2").stdout.strip()
+    qemu_io(quick, "write -P 0x44 0 1M")
+    assert pattern_ok(quick, 0, MiB, 0x44)
+    assert (extra / "replicas" / rep["id"]).is_dir()
+    cli(d, "volume", "detach", "quick")
+    cli(d, "volume", "delete", "quick")
+
     # nodes: cordon shows, uncordon clears
     cli(d, "node", "cordon", "node-2")
     assert js(d, "node", "get", "node-2")["state"] == "cordoned"  # type: ignore[index]
