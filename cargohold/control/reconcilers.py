@@ -30,8 +30,7 @@ from cargohold.control.model import (
     Robustness,
     Volume,
 )
-from cargohold.control.repository import Repository, new_id, now
-from cargohold.control.scheduler import PlacementRequest, place
+from cargohold.control.repository import Repository, now
 from cargohold.control.settings import ManagerSettings
 from cargohold.errors import NotFound, Unschedulable
 
@@ -185,69 +184,41 @@ class ReplicaReconciler:
         await self.repo.update_replica(vol.name, r.id, change)
 
     async def _add(self, vol: Volume, count: int) -> None:
-        try:
-            placement = await self._place(vol, count)
-        except Unschedulable as e:
-            # place what fits now (one replica more is better than none); say why not all
-            placement = []
-            for fewer in range(count - 1, 0, -1):
-                try:
-                    placement = await self._place(vol, fewer)
-                    break
-                except Unschedulable:
-                    continue
-            msg = str(e)
-            if vol.error != msg:
+        """Place ``count`` more replicas, or as many as fit (and say why not all)."""
+        reps: list[Replica] = []
+        why = ""
+        for n in range(count, 0, -1):
+            try:
+                reps = await self.repo.plan_replicas(
+                    vol.name,
+                    vol.size_bytes,
+                    n,
+                    zone_spread=vol.zone_spread,
+                    node_tags=vol.node_tags,
+                    disk_tags=vol.disk_tags,
+                    overprovisioning=self.settings.overprovisioning,
+                )
+                break
+            except Unschedulable as e:
+                why = why or str(e)
+        for rep in reps:
+            if await self.repo.add_replica(vol.name, rep):
+                log.info(
+                    "volume %s: new replica %s on node %s (%s)",
+                    vol.name,
+                    rep.id,
+                    rep.node,
+                    rep.disk,
+                )
+        if vol.error != why:
+            if why:
+                log.warning("%s", why)
 
-                def err(v: Volume) -> Volume:
-                    v.error = msg
-                    return v
-
-                await self.repo.update_volume(vol.name, err)
-                log.warning("%s", msg)
-            if not placement:
-                return
-            await self._create(vol, placement)
-            return
-        await self._create(vol, placement)
-        if vol.error:
-
-            def clear(v: Volume) -> Volume:
-                v.error = ""
+            def say(v: Volume) -> Volume:
+                v.error = why
                 return v
 
-            await self.repo.update_volume(vol.name, clear)
-
-    async def _place(self, vol: Volume, count: int) -> list[tuple[str, str]]:
-        return place(
-            PlacementRequest(
-                volume=vol.name,
-                size_bytes=vol.size_bytes,
-                count=count,
-                zone_spread=vol.zone_spread,
-                node_tags=tuple(vol.node_tags),
-                disk_tags=tuple(vol.disk_tags),
-            ),
-            await self.repo.nodes(),
-            await self.repo.disks(),
-            await self.repo.replicas(),
-            overprovisioning=self.settings.overprovisioning,
-        )
-
-    async def _create(self, vol: Volume, placement: list[tuple[str, str]]) -> None:
-        disks = {(d.node, d.name): d for d in await self.repo.disks()}
-        for node, disk in placement:
-            rep = Replica(
-                id=new_id(f"{vol.name}-r"),
-                volume=vol.name,
-                node=node,
-                disk=disk,
-                disk_path=disks[(node, disk)].path,
-                size_bytes=vol.size_bytes,
-                created_at=now(),
-            )
-            if await self.repo.add_replica(vol.name, rep):
-                log.info("volume %s: new replica %s on node %s (%s)", vol.name, rep.id, node, disk)
+            await self.repo.update_volume(vol.name, say)
 
 
 def _placement_error(vol: Volume) -> bool:

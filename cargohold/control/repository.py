@@ -25,6 +25,7 @@ from cargohold.control.model import (
     Volume,
     keys,
 )
+from cargohold.control.scheduler import PlacementRequest, place
 from cargohold.control.state.base import Compare, Delete, Put, StateStore
 from cargohold.errors import AlreadyExists, Busy, NotFound
 
@@ -168,6 +169,51 @@ class Repository:
         return await self._update(
             keys.replica(volume, rid), Replica, change, f"replica {rid} of volume {volume}"
         )
+
+    async def plan_replicas(
+        self,
+        volume: str,
+        size_bytes: int,
+        count: int,
+        *,
+        zone_spread: bool,
+        node_tags: list[str],
+        disk_tags: list[str],
+        overprovisioning: float,
+    ) -> list[Replica]:
+        """New replica records for ``count`` more copies of ``volume``, placed by the
+        scheduler over the nodes, disks and replicas as recorded now (not yet stored).
+        Raises Unschedulable with the reason when they do not fit."""
+        request = PlacementRequest(
+            volume=volume,
+            size_bytes=size_bytes,
+            count=count,
+            zone_spread=zone_spread,
+            node_tags=tuple(node_tags),
+            disk_tags=tuple(disk_tags),
+        )
+        disks = await self.disks()
+        placement = place(
+            request,
+            await self.nodes(),
+            disks,
+            await self.replicas(),
+            overprovisioning=overprovisioning,
+        )
+        paths = {(d.node, d.name): d.path for d in disks}
+        t = now()
+        return [
+            Replica(
+                id=new_id(f"{volume}-r"),
+                volume=volume,
+                node=node,
+                disk=disk,
+                disk_path=paths[(node, disk)],
+                size_bytes=size_bytes,
+                created_at=t,
+            )
+            for node, disk in placement
+        ]
 
     async def delete_replica_record(self, volume: str, rid: str) -> None:
         await self.store.delete(keys.replica(volume, rid))

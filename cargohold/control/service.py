@@ -33,7 +33,6 @@ from cargohold.control.model import (
     keys,
 )
 from cargohold.control.repository import Repository, new_id, now
-from cargohold.control.scheduler import PlacementRequest, place
 from cargohold.control.settings import ManagerSettings
 from cargohold.control.state.base import Put
 from cargohold.control.views import volume_view
@@ -262,18 +261,13 @@ class Service:
             raise AlreadyExists(f"volume {req.name} already exists")
         except NotFound:
             pass
-        placement = place(
-            PlacementRequest(
-                volume=req.name,
-                size_bytes=req.size_bytes,
-                count=count,
-                zone_spread=req.zone_spread,
-                node_tags=tuple(req.node_tags),
-                disk_tags=tuple(req.disk_tags),
-            ),
-            await self.repo.nodes(),
-            await self.repo.disks(),
-            await self.repo.replicas(),
+        reps = await self.repo.plan_replicas(
+            req.name,
+            req.size_bytes,
+            count,
+            zone_spread=req.zone_spread,
+            node_tags=req.node_tags,
+            disk_tags=req.disk_tags,
             overprovisioning=self.settings.overprovisioning,
         )
         t = now()
@@ -290,38 +284,21 @@ class Service:
             created_at=t,
             initialized=req.source is None,
         )
-        disks = {(d.node, d.name): d for d in await self.repo.disks()}
-        reps = [
-            Replica(
-                id=new_id(f"{req.name}-r"),
-                volume=req.name,
-                node=node,
-                disk=disk,
-                disk_path=disks[(node, disk)].path,
-                size_bytes=req.size_bytes,
-                created_at=t,
-            )
-            for node, disk in placement
-        ]
         await self.repo.create_volume(vol, reps)
         if req.source is not None:
             if snapshot_name is None:  # clone a volume: through a snapshot taken now
                 snapshot_name = f"clone-{req.name}-{new_id('')}"
                 await self._snapshot_op(req.source.volume, snapshot_name, {"clone-for": req.name})
-            await self.repo.create_operation(
-                Operation(
-                    id=new_id("op-"),
-                    kind=OperationKind.CLONE,
-                    volume=req.name,
-                    args={"source_volume": req.source.volume, "snapshot": snapshot_name},
-                    created_at=now(),
-                )
+            await self._operation(
+                OperationKind.CLONE,
+                req.name,
+                {"source_volume": req.source.volume, "snapshot": snapshot_name},
             )
         log.info(
             "volume %s created: %d bytes, replicas on %s",
             req.name,
             req.size_bytes,
-            ", ".join(f"{n}/{d}" for n, d in placement),
+            ", ".join(f"{r.node}/{r.disk}" for r in reps),
         )
         self.kick.set()
         return await self.view(vol)
@@ -401,16 +378,16 @@ class Service:
                 f"volumes only grow: {req.size_bytes} < {vol.size_bytes} bytes (the current size)"
             )
         self._usable(vol)
-        op = Operation(
-            id=new_id("op-"),
-            kind=OperationKind.EXPAND,
-            volume=name,
-            args={"size_bytes": req.size_bytes},
-            created_at=now(),
-        )
-        await self.repo.create_operation(op)
-        self.kick.set()
+        op = await self._operation(OperationKind.EXPAND, name, {"size_bytes": req.size_bytes})
         return op.model_dump()
+
+    async def _operation(
+        self, kind: OperationKind, volume: str, args: dict[str, Any], also: list[Put] | None = None
+    ) -> Operation:
+        op = Operation(id=new_id("op-"), kind=kind, volume=volume, args=args, created_at=now())
+        await self.repo.create_operation(op, also=also)
+        self.kick.set()
+        return op
 
     def _usable(self, vol: Volume) -> None:
         if vol.deleting or vol.released:
@@ -424,16 +401,12 @@ class Service:
         return [s.model_dump() for s in await self.repo.snapshots(name)]
 
     async def _snapshot_op(self, volume: str, snap: str, labels: dict[str, str]) -> Operation:
-        op = Operation(
-            id=new_id("op-"),
-            kind=OperationKind.SNAPSHOT_CREATE,
-            volume=volume,
-            args={"name": snap, "labels": labels},
-            created_at=now(),
-        )
         rec = Snapshot(volume=volume, name=snap, labels=labels, created_at=now())
-        await self.repo.create_operation(
-            op, also=[Put(keys.snapshot(volume, snap), rec.model_dump_json().encode())]
+        op = await self._operation(
+            OperationKind.SNAPSHOT_CREATE,
+            volume,
+            {"name": snap, "labels": labels},
+            also=[Put(keys.snapshot(volume, snap), rec.model_dump_json().encode())],
         )
         return op
 
@@ -459,15 +432,7 @@ class Service:
             return s
 
         await self.repo.update_snapshot(name, snap, change)
-        op = Operation(
-            id=new_id("op-"),
-            kind=OperationKind.SNAPSHOT_DELETE,
-            volume=name,
-            args={"name": snap},
-            created_at=now(),
-        )
-        await self.repo.create_operation(op)
-        self.kick.set()
+        op = await self._operation(OperationKind.SNAPSHOT_DELETE, name, {"name": snap})
         return op.model_dump()
 
     async def revert(self, name: str, snap: str) -> dict[str, Any]:
@@ -481,15 +446,7 @@ class Service:
         s = await self.repo.snapshot(name, snap)
         if s.state is not SnapshotState.READY:
             raise WrongState(f"snapshot {snap} is {s.state.value}")
-        op = Operation(
-            id=new_id("op-"),
-            kind=OperationKind.SNAPSHOT_REVERT,
-            volume=name,
-            args={"name": snap},
-            created_at=now(),
-        )
-        await self.repo.create_operation(op)
-        self.kick.set()
+        op = await self._operation(OperationKind.SNAPSHOT_REVERT, name, {"name": snap})
         return op.model_dump()
 
     # --- the rest ------------------------------------------------------------------------
