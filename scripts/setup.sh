@@ -8,6 +8,7 @@ APT_PACKAGES=(
   make               # the README's two commands
   python3 python3-venv python3-dev gcc   # a Python 3.11 to build the venv from
   e2fsprogs          # mkfs.ext4, e2fsck, debugfs: the demo's filesystem and the disk-full test
+  xfsprogs           # mkfs.xfs, xfs_growfs: the CSI driver's second filesystem
   util-linux         # losetup, mount
   fio                # benchmarks: the local disk's physical limit, measured in the same run
   qemu-utils         # NBD interop tests: qemu-io, qemu-img
@@ -51,3 +52,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
   .venv/bin/python -c 'import cargohold, uvloop, numpy, crc32c, pytest, hypothesis'  # fail loudly
   echo "$want" > "$stamp"
 fi
+# the CSI driver's gRPC stubs, generated from proto/csi.proto (does nothing when current)
+.venv/bin/python -m cargohold.csi.gen >/dev/null

@@ -1,0 +1,16 @@
+# cargohold: manager, node agent and CSI driver in one image (deploy/ picks the command).
+FROM debian:12-slim
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      python3 python3-venv e2fsprogs xfsprogs util-linux mount fuse3 libnbd-bin nbd-client \
+      ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/cargohold
+COPY pyproject.toml README.md ./
+COPY cargohold ./cargohold
+COPY proto ./proto
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/python -m cargohold.csi.gen \
+    && /opt/venv/bin/pip install --no-cache-dir --force-reinstall --no-deps .
+ENV PATH=/opt/venv/bin:$PATH
+ENTRYPOINT ["cargohold"]

@@ -1,0 +1,330 @@
+"""Block devices, filesystems and mounts on a node: the NBD export of a volume's engine
+becomes a block device, gets a filesystem on first use, and is mounted.
+
+Block device: the kernel's NBD client when ``/dev/nbd*`` exists and ``nbd-client`` is
+installed, else nbdfuse (the export as a file on a FUSE mount) + a loop device
+(``losetup --direct-io=on --sector-size=4096``). The nbdfuse path cannot grow a device in
+place (the file's size is fixed when nbdfuse connects), so a grown volume gets its new
+size at the next attach (``Attachment.reattach`` while nothing else holds the device).
+
+Each attachment is recorded in ``STATE_DIR/<volume>.json`` so that a restarted node plugin
+can still tear it down. Called by node.py; every command is run through ``run`` and fails
+with MountError naming the command and its output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cargohold.errors import CargoholdError
+
+
+class MountError(CargoholdError):
+    """A command on the node (losetup, mkfs, mount, ...) failed."""
+
+
+def run(*cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise MountError(f"{cmd[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise MountError(f"{' '.join(cmd)} did not finish in {timeout:g}s") from None
+    if check and p.returncode != 0:
+        out = (p.stderr or p.stdout).strip()
+        raise MountError(f"{' '.join(cmd)} failed (exit {p.returncode}): {out}")
+    return p
+
+
+# --- mounts ------------------------------------------------------------------------------
+
+
+def mount_source(path: str) -> str | None:
+    """What is mounted at ``path`` (its source), or None when it is not a mount point."""
+    p = run("findmnt", "-n", "-o", "SOURCE", "--mountpoint", os.path.realpath(path), check=False)
+    lines = p.stdout.strip().splitlines()
+    return lines[-1].strip() if p.returncode == 0 and lines else None
+
+
+def is_mounted(path: str) -> bool:
+    return mount_source(path) is not None
+
+
+def mount_options(path: str) -> list[str]:
+    p = run("findmnt", "-n", "-o", "OPTIONS", "--mountpoint", os.path.realpath(path), check=False)
+    return p.stdout.strip().splitlines()[-1].split(",") if p.stdout.strip() else []
+
+
+def umount(path: str) -> None:
+    """Unmount everything stacked at ``path``; nothing to do when it is not mounted."""
+    for _ in range(8):
+        if not is_mounted(path):
+            return
+        run("umount", path)
+    raise MountError(f"{path} is still mounted after 8 umounts")
+
+
+def fs_type_of(device: str) -> str:
+    """The filesystem on ``device``: "" when there is none (blkid exit 2)."""
+    p = run("blkid", "-p", "-o", "value", "-s", "TYPE", device, check=False)
+    if p.returncode == 2:
+        return ""
+    if p.returncode != 0:
+        raise MountError(f"blkid -p {device} failed (exit {p.returncode}): {p.stderr.strip()}")
+    return p.stdout.strip()
+
+
+def mkfs(device: str, fs_type: str) -> None:
+    if fs_type == "ext4":
+        run("mkfs.ext4", "-F", "-q", "-E", "nodiscard,lazy_itable_init=1", device, timeout=600)
+    elif fs_type == "xfs":
+        run("mkfs.xfs", "-f", "-q", "-K", device, timeout=600)
+    else:
+        raise MountError(f"cannot make a {fs_type!r} filesystem: use ext4 or xfs")
+
+
+def grow_fs(device: str, mount_point: str, fs_type: str) -> None:
+    if fs_type == "ext4":
+        run("resize2fs", device, timeout=600)
+    elif fs_type == "xfs":
+        run("xfs_growfs", mount_point, timeout=600)
+    else:
+        raise MountError(f"cannot grow a {fs_type!r} filesystem")
+
+
+def ext4_size(device: str) -> int:
+    """Bytes the ext4 filesystem on ``device`` spans (block count times block size)."""
+    info = {}
+    for line in run("dumpe2fs", "-h", device).stdout.splitlines():
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    return int(info["Block count"]) * int(info["Block size"])
+
+
+def grow_ext4_offline(device: str) -> None:
+    """Grow an unmounted ext4 to its device (the kernel refuses some online resizes)."""
+    if ext4_size(device) < device_size(device):
+        p = run("e2fsck", "-f", "-p", device, check=False, timeout=600)
+        if p.returncode >= 4:
+            raise MountError(f"e2fsck -f -p {device} found errors it cannot fix: {p.stdout}")
+        run("resize2fs", device, timeout=600)
+
+
+def device_size(device: str) -> int:
+    return int(run("blockdev", "--getsize64", device).stdout.strip())
+
+
+# --- attachments: NBD export -> block device --------------------------------------------
+
+
+@dataclass
+class Attachment:
+    """One volume's block device on this node, and how it was made."""
+
+    volume: str
+    endpoint: str
+    work: str  # this attachment's directory (FUSE mount point, pid file)
+    kind: str = ""  # "nbdfuse" | "nbd"
+    fuse_dev: str = ""  # MAJ:MIN of the FUSE mount (losetup shows the file as "/disk")
+    device: str = ""
+    fuse_pid: int = 0
+    nbd_device: str = ""
+    staging_path: str = ""
+    mode: str = ""  # "mount" | "block"
+    fs_type: str = ""
+    targets: list[str] = field(default_factory=list)  # where NodePublish put it
+
+    @property
+    def fuse_dir(self) -> str:
+        return os.path.join(self.work, "fuse")
+
+    @property
+    def fuse_file(self) -> str:
+        return os.path.join(self.fuse_dir, "disk")
+
+    # -- records --
+    @staticmethod
+    def record_path(state_dir: str, volume: str) -> str:
+        return os.path.join(state_dir, f"{volume}.json")
+
+    def save(self, state_dir: str) -> None:
+        path = self.record_path(state_dir, self.volume)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, state_dir: str, volume: str) -> Attachment | None:
+        try:
+            with open(cls.record_path(state_dir, volume)) as f:
+                return cls(**json.load(f))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as e:
+            raise MountError(f"the record of volume {volume} in {state_dir} is bad: {e}") from None
+
+    def forget(self, state_dir: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.record_path(state_dir, self.volume))
+
+    # -- attach / detach --
+    def alive(self) -> bool:
+        """The block device is there and still backed as recorded."""
+        if not self.device or not os.path.exists(self.device):
+            return False
+        if self.kind == "nbdfuse":
+            return self._backs(self.device) and _pid_alive(self.fuse_pid)
+        return True
+
+    def _backs(self, device: str) -> bool:
+        """Whether the loop ``device`` is backed by this attachment's FUSE file."""
+        out = run("losetup", "-n", "-O", "BACK-MAJ:MIN", device, check=False).stdout.strip()
+        return bool(self.fuse_dev) and out == self.fuse_dev
+
+    def attach(self) -> str:
+        if kernel_nbd_available():
+            return self._attach_kernel()
+        return self._attach_fuse()
+
+    def _attach_fuse(self) -> str:
+        for tool in ("nbdfuse", "losetup", "fusermount3"):
+            if not shutil.which(tool):
+                raise MountError(f"{tool} is not installed (needed for nbdfuse + loop)")
+        os.makedirs(self.fuse_dir, exist_ok=True)
+        pidfile = os.path.join(self.work, "nbdfuse.pid")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)
+        log = open(os.path.join(self.work, "nbdfuse.log"), "ab")
+        with log:
+            proc = subprocess.Popen(
+                ["nbdfuse", "-P", pidfile, self.fuse_file, self.endpoint],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # outlives a restart of the node plugin
+            )
+        self.kind = "nbdfuse"
+        deadline = time.monotonic() + 20
+        while not (os.path.exists(pidfile) and open(pidfile).read().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                tail = open(os.path.join(self.work, "nbdfuse.log"), errors="replace").read()[-400:]
+                raise MountError(f"nbdfuse could not connect to {self.endpoint}: {tail.strip()}")
+            time.sleep(0.05)
+        self.fuse_pid = int(open(pidfile).read().strip())
+        st = os.stat(self.fuse_file)
+        self.fuse_dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        try:
+            self.device = run(
+                "losetup",
+                "--direct-io=on",
+                "--sector-size=4096",
+                "-f",
+                "--show",
+                self.fuse_file,
+            ).stdout.strip()
+        except MountError:
+            self._stop_fuse()
+            raise
+        return self.device
+
+    def _attach_kernel(self) -> str:
+        host, port, name = parse_nbd_uri(self.endpoint)
+        for dev in sorted(glob.glob("/dev/nbd[0-9]*"), key=lambda d: int(d[8:] or 0)):
+            base = os.path.basename(dev)
+            if os.path.exists(f"/sys/block/{base}/pid"):
+                continue  # in use
+            run("nbd-client", host, str(port), dev, "-N", name, "-b", "4096", "-persist")
+            self.kind, self.device, self.nbd_device = "nbd", dev, dev
+            return dev
+        raise MountError("no free /dev/nbd device")
+
+    def detach(self) -> None:
+        """Undo ``attach``; safe to repeat and after a partial attach."""
+        if self.kind == "nbd" and self.nbd_device:
+            run("nbd-client", "-d", self.nbd_device, check=False)
+        else:
+            if self.device and os.path.exists(self.device):
+                back = run("losetup", "-n", "-O", "BACK-FILE", self.device, check=False)
+                if back.stdout.strip() == self.fuse_file:
+                    run("losetup", "-d", self.device)
+            # a loop device over our file under another name (a half-finished attach)
+            for line in run(
+                "losetup", "-n", "-O", "NAME,BACK-FILE", check=False
+            ).stdout.splitlines():
+                parts = line.split(None, 1)
+                if len(parts) == 2 and parts[1].strip() == self.fuse_file:
+                    run("losetup", "-d", parts[0], check=False)
+            self._stop_fuse()
+        self.device = ""
+
+    def _stop_fuse(self) -> None:
+        if is_mounted(self.fuse_dir):
+            run("fusermount3", "-u", self.fuse_dir, check=False)
+            if is_mounted(self.fuse_dir):
+                run("umount", "-l", self.fuse_dir, check=False)
+        if self.fuse_pid and _pid_alive(self.fuse_pid):
+            deadline = time.monotonic() + 10
+            while _pid_alive(self.fuse_pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _pid_alive(self.fuse_pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.fuse_pid, signal.SIGKILL)
+        self.fuse_pid = 0
+
+    def can_grow_in_place(self) -> bool:
+        return self.kind == "nbd"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    if state == "Z":
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
+
+
+def kernel_nbd_available() -> bool:
+    if os.environ.get("CARGOHOLD_CSI_NO_KERNEL_NBD"):
+        return False
+    return bool(glob.glob("/dev/nbd[0-9]*")) and shutil.which("nbd-client") is not None
+
+
+def parse_nbd_uri(uri: str) -> tuple[str, int, str]:
+    """``nbd://HOST:PORT/NAME`` → (host, port, export name)."""
+    if not uri.startswith("nbd://"):
+        raise MountError(f"{uri!r} is not an nbd:// URI")
+    rest = uri[len("nbd://") :]
+    hostport, _, name = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise MountError(f"{uri!r} has no HOST:PORT")
+    return host.strip("[]"), int(port), name
+
+
+def ensure_dir(path: str) -> None:
+    Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def ensure_file(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.exists(path):
+        Path(path).touch()

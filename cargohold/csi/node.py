@@ -1,0 +1,386 @@
+"""The CSI Node service: stage (NBD export → block device → filesystem → mount at the
+staging path), publish (bind mounts; raw block too), expand, stats, and clean teardown.
+
+Runs on every node (``cargohold csi --node``), as root. The engine's NBD URI comes in the
+publish context from ControllerPublish (``endpoint``). What was staged is recorded by
+``mounter.Attachment`` in the state directory, so unstage works after a plugin restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+from cargohold.control.client import ManagerClient
+from cargohold.csi import TOPOLOGY_NODE, TOPOLOGY_ZONE, stubs
+from cargohold.csi import parameters as P
+from cargohold.csi.controller import condition, zone_of
+from cargohold.csi.errors import Code, CsiError, invalid, not_found, rpc
+from cargohold.csi.locks import VolumeLocks
+from cargohold.csi.mounter import (
+    Attachment,
+    MountError,
+    device_size,
+    ensure_dir,
+    ensure_file,
+    ext4_size,
+    fs_type_of,
+    grow_ext4_offline,
+    grow_fs,
+    is_mounted,
+    mkfs,
+    mount_options,
+    run,
+    umount,
+)
+from cargohold.errors import CargoholdError
+
+pb, pb_grpc = stubs()
+log = logging.getLogger("cargohold.csi.node")
+
+NRPC = pb.NodeServiceCapability.RPC
+NODE_CAPABILITIES = (
+    NRPC.STAGE_UNSTAGE_VOLUME,
+    NRPC.EXPAND_VOLUME,
+    NRPC.GET_VOLUME_STATS,
+    NRPC.VOLUME_CONDITION,
+    NRPC.SINGLE_NODE_MULTI_WRITER,
+    NRPC.VOLUME_MOUNT_GROUP,
+)
+
+
+def _mode(cap: Any) -> str:
+    return "block" if cap.WhichOneof("access_type") == "block" else "mount"
+
+
+class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
+    def __init__(
+        self,
+        client: ManagerClient,
+        node_id: str,
+        state_dir: str,
+        locks: VolumeLocks | None = None,
+        max_volumes: int = 0,
+        zone: str | None = None,
+    ) -> None:
+        self.client = client
+        self.node_id = node_id
+        self.state_dir = state_dir
+        self.locks = locks or VolumeLocks()
+        self.max_volumes = max_volumes
+        self.zone = zone
+        os.makedirs(state_dir, exist_ok=True)
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _work(self, volume: str) -> str:
+        return os.path.join(self.state_dir, volume)
+
+    def _teardown(self, rec: Attachment) -> None:
+        for t in list(rec.targets):
+            umount(t)
+        if rec.mode == "mount" and rec.staging_path:
+            umount(rec.staging_path)
+        rec.detach()
+        rec.forget(self.state_dir)
+        shutil.rmtree(rec.work, ignore_errors=True)
+
+    def _mount(self, rec: Attachment, cap: Any, fs_default: str) -> None:
+        dev = rec.device
+        fs = fs_type_of(dev)
+        want = (cap.mount.fs_type or fs_default or P.DEFAULT_FS).lower()
+        if not fs:
+            log.info("making %s on %s (volume %s)", want, dev, rec.volume)
+            mkfs(dev, want)
+            fs = want
+        elif fs not in P.FS_TYPES:
+            raise CsiError(
+                Code.FAILED_PRECONDITION,
+                f"volume {rec.volume} holds a {fs} filesystem; cargohold mounts ext4 or xfs",
+            )
+        if fs == "ext4":
+            grow_ext4_offline(dev)  # a volume grown while it was not staged here
+        ensure_dir(rec.staging_path)
+        opts = ",".join(cap.mount.mount_flags)
+        run("mount", "-t", fs, *(["-o", opts] if opts else []), dev, rec.staging_path)
+        rec.fs_type = fs
+        if fs == "xfs":
+            grow_fs(dev, rec.staging_path, fs)
+
+    # --- stage -----------------------------------------------------------------------------
+    @rpc
+    def NodeStageVolume(self, req: Any, context: Any) -> Any:
+        vid, staging = req.volume_id, req.staging_target_path
+        if not vid:
+            raise invalid("volume_id is required")
+        if not staging:
+            raise invalid("staging_target_path is required")
+        if not req.HasField("volume_capability"):
+            raise invalid("volume_capability is required")
+        P.check_capabilities([req.volume_capability])
+        endpoint = req.publish_context.get("endpoint", "")
+        if not endpoint.startswith("nbd://"):
+            raise invalid(
+                f"publish_context has no nbd:// endpoint for volume {vid} (got {endpoint!r}): "
+                "ControllerPublishVolume must run first"
+            )
+        mode = _mode(req.volume_capability)
+        with self.locks.hold(vid, "NodeStageVolume"):
+            rec = Attachment.load(self.state_dir, vid)
+            if rec is not None:
+                if rec.staging_path == staging and rec.endpoint == endpoint and rec.alive():
+                    if rec.mode != mode:
+                        raise CsiError(
+                            Code.ALREADY_EXISTS,
+                            f"volume {vid} is staged at {staging} as {rec.mode}, not {mode}",
+                        )
+                    if mode == "block" or is_mounted(staging):
+                        return pb.NodeStageVolumeResponse()
+                    self._mount(rec, req.volume_capability, req.volume_context.get("fsType", ""))
+                    rec.save(self.state_dir)
+                    return pb.NodeStageVolumeResponse()
+                if rec.staging_path != staging and rec.alive() and rec.endpoint == endpoint:
+                    raise CsiError(
+                        Code.FAILED_PRECONDITION,
+                        f"volume {vid} is staged at {rec.staging_path} already",
+                    )
+                log.info("volume %s: replacing a stale attachment (%s)", vid, rec.endpoint)
+                self._teardown(rec)
+            rec = Attachment(
+                volume=vid, endpoint=endpoint, work=self._work(vid), staging_path=staging, mode=mode
+            )
+            os.makedirs(rec.work, exist_ok=True)
+            try:
+                rec.save(self.state_dir)
+                rec.attach()
+                rec.save(self.state_dir)
+                if mode == "mount":
+                    self._mount(rec, req.volume_capability, req.volume_context.get("fsType", ""))
+                else:
+                    ensure_dir(staging)
+                rec.save(self.state_dir)
+            except BaseException:
+                try:
+                    self._teardown(rec)
+                except CargoholdError as e:
+                    log.error("volume %s: cleaning up after a failed stage: %s", vid, e)
+                raise
+            log.info("staged volume %s on %s at %s (%s)", vid, rec.device, staging, mode)
+        return pb.NodeStageVolumeResponse()
+
+    @rpc
+    def NodeUnstageVolume(self, req: Any, context: Any) -> Any:
+        vid, staging = req.volume_id, req.staging_target_path
+        if not vid:
+            raise invalid("volume_id is required")
+        if not staging:
+            raise invalid("staging_target_path is required")
+        with self.locks.hold(vid, "NodeUnstageVolume"):
+            rec = Attachment.load(self.state_dir, vid)
+            if rec is None:
+                umount(staging)  # not ours on record: leave nothing mounted there anyway
+                return pb.NodeUnstageVolumeResponse()
+            if rec.targets:
+                raise CsiError(
+                    Code.FAILED_PRECONDITION,
+                    f"volume {vid} is still published at {', '.join(rec.targets)}",
+                )
+            self._teardown(rec)
+            log.info("unstaged volume %s from %s", vid, staging)
+        return pb.NodeUnstageVolumeResponse()
+
+    # --- publish ---------------------------------------------------------------------------
+    @rpc
+    def NodePublishVolume(self, req: Any, context: Any) -> Any:
+        vid, target, staging = req.volume_id, req.target_path, req.staging_target_path
+        if not vid:
+            raise invalid("volume_id is required")
+        if not target:
+            raise invalid("target_path is required")
+        if not staging:
+            raise invalid("staging_target_path is required (the driver stages volumes)")
+        if not req.HasField("volume_capability"):
+            raise invalid("volume_capability is required")
+        P.check_capabilities([req.volume_capability])
+        mode = _mode(req.volume_capability)
+        with self.locks.hold(vid, "NodePublishVolume"):
+            rec = Attachment.load(self.state_dir, vid)
+            if rec is None or rec.staging_path != staging:
+                raise CsiError(Code.FAILED_PRECONDITION, f"volume {vid} is not staged at {staging}")
+            if rec.mode != mode:
+                raise CsiError(
+                    Code.ALREADY_EXISTS,
+                    f"volume {vid} is staged as {rec.mode}; it cannot be published as {mode}",
+                )
+            if is_mounted(target):
+                ro = "ro" in mount_options(target)
+                if ro != req.readonly:
+                    raise CsiError(
+                        Code.ALREADY_EXISTS,
+                        f"volume {vid} is published at {target} {'read-only' if ro else 'read-write'}",
+                    )
+                if target not in rec.targets:
+                    rec.targets.append(target)
+                    rec.save(self.state_dir)
+                return pb.NodePublishVolumeResponse()
+            if mode == "block":
+                ensure_file(target)
+                source = rec.device
+            else:
+                ensure_dir(target)
+                source = staging
+                group = req.volume_capability.mount.volume_mount_group
+                if group:
+                    if not group.isdigit():
+                        raise invalid(f"volume_mount_group {group!r} is not a numeric group id")
+                    os.chown(staging, -1, int(group))
+                    os.chmod(staging, 0o2775)
+            run("mount", "--bind", source, target)
+            if req.readonly:
+                run("mount", "-o", "remount,bind,ro", target)
+            rec.targets.append(target)
+            rec.save(self.state_dir)
+        return pb.NodePublishVolumeResponse()
+
+    @rpc
+    def NodeUnpublishVolume(self, req: Any, context: Any) -> Any:
+        vid, target = req.volume_id, req.target_path
+        if not vid:
+            raise invalid("volume_id is required")
+        if not target:
+            raise invalid("target_path is required")
+        with self.locks.hold(vid, "NodeUnpublishVolume"):
+            umount(target)
+            if os.path.isdir(target) and not os.path.islink(target):
+                os.rmdir(target)
+            elif os.path.lexists(target):
+                os.unlink(target)
+            rec = Attachment.load(self.state_dir, vid)
+            if rec is not None and target in rec.targets:
+                rec.targets.remove(target)
+                rec.save(self.state_dir)
+        return pb.NodeUnpublishVolumeResponse()
+
+    # --- stats, expansion, info ------------------------------------------------------------
+    @rpc
+    def NodeGetVolumeStats(self, req: Any, context: Any) -> Any:
+        vid, path = req.volume_id, req.volume_path
+        if not vid:
+            raise invalid("volume_id is required")
+        if not path:
+            raise invalid("volume_path is required")
+        rec = Attachment.load(self.state_dir, vid)
+        if rec is None or not os.path.exists(path):
+            raise not_found(f"volume {vid} is not staged or published at {path} on this node")
+        cond = self._condition(rec)
+        U = pb.VolumeUsage
+        if rec.mode == "block":
+            size = device_size(path if not os.path.isdir(path) else rec.device)
+            return pb.NodeGetVolumeStatsResponse(
+                usage=[U(total=size, unit=U.BYTES)], volume_condition=cond
+            )
+        st = os.statvfs(path)
+        usage = [
+            U(
+                total=st.f_blocks * st.f_frsize,
+                available=st.f_bavail * st.f_frsize,
+                used=(st.f_blocks - st.f_bfree) * st.f_frsize,
+                unit=U.BYTES,
+            ),
+            U(
+                total=st.f_files,
+                available=st.f_favail,
+                used=st.f_files - st.f_ffree,
+                unit=U.INODES,
+            ),
+        ]
+        return pb.NodeGetVolumeStatsResponse(usage=usage, volume_condition=cond)
+
+    def _condition(self, rec: Attachment) -> Any:
+        if not rec.alive():
+            return pb.VolumeCondition(
+                abnormal=True,
+                message=f"the block device of volume {rec.volume} is gone "
+                f"({rec.kind} to {rec.endpoint}); unstage and stage it again",
+            )
+        try:
+            vol = self.client.volume(rec.volume)
+        except CargoholdError as e:
+            return pb.VolumeCondition(abnormal=False, message=f"device up; manager: {e}")
+        return condition(vol)
+
+    @rpc
+    def NodeExpandVolume(self, req: Any, context: Any) -> Any:
+        vid, path = req.volume_id, req.volume_path
+        if not vid:
+            raise invalid("volume_id is required")
+        if not path:
+            raise invalid("volume_path is required")
+        with self.locks.hold(vid, "NodeExpandVolume"):
+            rec = Attachment.load(self.state_dir, vid)
+            if rec is None or not os.path.exists(path):
+                raise not_found(f"volume {vid} is not staged on this node at {path}")
+            want = req.capacity_range.required_bytes
+            size = device_size(rec.device)
+            if want and size < want:
+                if rec.can_grow_in_place():
+                    raise CsiError(
+                        Code.FAILED_PRECONDITION,
+                        f"the block device of volume {vid} is {size} bytes, not {want} yet",
+                    )
+                if rec.targets:
+                    raise CsiError(
+                        Code.FAILED_PRECONDITION,
+                        f"volume {vid} reaches this node through nbdfuse + loop, whose size is "
+                        f"fixed while the device is in use ({size} bytes, {want} wanted); it is "
+                        "grown when it is next staged (restart the pod), or online on nodes "
+                        "with the kernel NBD client",
+                    )
+                self._reattach(rec)
+                size = device_size(rec.device)
+                if size < want:
+                    raise CsiError(
+                        Code.FAILED_PRECONDITION,
+                        f"volume {vid} is {size} bytes on the wire, not {want}: "
+                        "ControllerExpandVolume first",
+                    )
+            if rec.mode == "mount" and (rec.fs_type != "ext4" or ext4_size(rec.device) < size):
+                grow_fs(rec.device, rec.staging_path, rec.fs_type)
+        return pb.NodeExpandVolumeResponse(capacity_bytes=size)
+
+    def _reattach(self, rec: Attachment) -> None:
+        """Reconnect an unpublished, staged volume to get its new size."""
+        if rec.mode == "mount":
+            umount(rec.staging_path)
+        rec.detach()
+        rec.attach()
+        rec.save(self.state_dir)
+        if rec.mode == "mount":
+            if rec.fs_type == "ext4":
+                grow_ext4_offline(rec.device)
+            run("mount", "-t", rec.fs_type, rec.device, rec.staging_path)
+
+    @rpc
+    def NodeGetCapabilities(self, req: Any, context: Any) -> Any:
+        caps = [pb.NodeServiceCapability(rpc=NRPC(type=t)) for t in NODE_CAPABILITIES]
+        return pb.NodeGetCapabilitiesResponse(capabilities=caps)
+
+    @rpc
+    def NodeGetInfo(self, req: Any, context: Any) -> Any:
+        zone = self.zone
+        if zone is None:
+            try:
+                zone = zone_of(self.client.node(self.node_id))
+            except CargoholdError as e:
+                raise CsiError(
+                    Code.UNAVAILABLE,
+                    f"cannot learn the zone of node {self.node_id} from the manager: {e}",
+                ) from None
+        topo = pb.Topology(segments={TOPOLOGY_NODE: self.node_id, TOPOLOGY_ZONE: zone})
+        return pb.NodeGetInfoResponse(
+            node_id=self.node_id, max_volumes_per_node=self.max_volumes, accessible_topology=topo
+        )
+
+
+__all__ = ["MountError", "Node"]

@@ -1,0 +1,267 @@
+"""What a CSI request asks for, checked and turned into cargohold's terms; no I/O.
+
+- StorageClass parameters (``VolumeParameters.parse``): every error names the parameter
+  and its allowed values (invariant 6: bad input gets a clear error).
+- Volume capabilities: the access modes cargohold serves, block or mount, fs types.
+- Names: the CO's request name → a manager volume (or snapshot) name, stably.
+- Capacity ranges → a size in bytes.
+
+Called by controller.py and node.py; exercised through the driver in tests/e2e/test_csi.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold.csi.errors import Code, CsiError, invalid
+
+BLOCK = 4096
+GIB = 1 << 30
+DEFAULT_SIZE = 1 * GIB
+MAX_SIZE = 256 << 40  # the manager's limit
+MAX_REPLICAS = 16
+MAX_STALE_TIMEOUT = 7 * 24 * 3600.0
+FS_TYPES = ("ext4", "xfs")
+DEFAULT_FS = "ext4"
+# Parameters Kubernetes' sidecars add or handle themselves; they are not ours to refuse.
+K8S_PREFIX = "csi.storage.k8s.io/"
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+_TAG = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNITS = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    allowed: str
+    default: str
+
+
+PARAMETERS = (
+    Param("numberOfReplicas", f"an integer from 1 to {MAX_REPLICAS}", "the manager's (3)"),
+    Param("fsType", " or ".join(FS_TYPES), DEFAULT_FS),
+    Param("zoneSpread", "true or false", "true"),
+    Param(
+        "staleReplicaTimeout",
+        "a duration: seconds, or a number with s, m, h or d (at most 7d)",
+        "30s",
+    ),
+    Param("diskSelector", "comma-separated disk tags", "none"),
+    Param("nodeSelector", "comma-separated node tags", "none"),
+)
+_KNOWN = {p.name: p for p in PARAMETERS}
+
+
+def _bad(name: str, value: str, why: str = "") -> CsiError:
+    p = _KNOWN[name]
+    extra = f" ({why})" if why else ""
+    return invalid(f"StorageClass parameter {name}={value!r} is not valid{extra}: use {p.allowed}")
+
+
+@dataclass(frozen=True)
+class VolumeParameters:
+    """The StorageClass parameters of a volume, checked."""
+
+    replicas: int | None = None
+    fs_type: str = DEFAULT_FS
+    zone_spread: bool = True
+    stale_replica_timeout: float | None = None
+    disk_tags: tuple[str, ...] = ()
+    node_tags: tuple[str, ...] = ()
+    given: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> VolumeParameters:
+        unknown = sorted(k for k in params if k not in _KNOWN and not k.startswith(K8S_PREFIX))
+        if unknown:
+            raise invalid(
+                f"unknown StorageClass parameter{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(unknown)}: cargohold knows {', '.join(_KNOWN)}"
+            )
+        out: dict[str, Any] = {}
+        if "numberOfReplicas" in params:
+            v = params["numberOfReplicas"]
+            try:
+                n = int(v.strip())
+            except ValueError:
+                raise _bad("numberOfReplicas", v) from None
+            if not 1 <= n <= MAX_REPLICAS:
+                raise _bad("numberOfReplicas", v)
+            out["replicas"] = n
+        if "fsType" in params:
+            v = params["fsType"].strip().lower()
+            if v not in FS_TYPES:
+                raise _bad("fsType", params["fsType"])
+            out["fs_type"] = v
+        if "zoneSpread" in params:
+            v = params["zoneSpread"].strip().lower()
+            if v not in ("true", "false"):
+                raise _bad("zoneSpread", params["zoneSpread"])
+            out["zone_spread"] = v == "true"
+        if "staleReplicaTimeout" in params:
+            out["stale_replica_timeout"] = parse_duration(params["staleReplicaTimeout"])
+        for key, attr in (("diskSelector", "disk_tags"), ("nodeSelector", "node_tags")):
+            if key in params:
+                tags = tuple(t.strip() for t in params[key].split(",") if t.strip())
+                for t in tags:
+                    if not _TAG.match(t):
+                        raise _bad(key, params[key], f"tag {t!r}")
+                out[attr] = tuple(sorted(set(tags)))
+        return cls(**out, given={k: v for k, v in params.items() if k in _KNOWN})
+
+
+def parse_duration(value: str) -> float:
+    m = _DURATION.match(value)
+    if not m:
+        raise _bad("staleReplicaTimeout", value)
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if not 0 < seconds <= MAX_STALE_TIMEOUT:
+        raise _bad("staleReplicaTimeout", value, "out of range")
+    return seconds
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+def volume_name(request_name: str) -> str:
+    """The manager volume name for a CO's request name: the name itself when it is a valid
+    name (``pvc-<uuid>`` is), else a lowercase, cleaned prefix plus 8 hex of its SHA-256 —
+    the same request name always gives the same volume."""
+    return _derive(request_name, "volume")
+
+
+def snapshot_name(request_name: str) -> str:
+    return _derive(request_name, "snapshot")
+
+
+def _derive(name: str, what: str) -> str:
+    if not name:
+        raise invalid(f"the {what} name is required")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name if c not in "\t\n\r"):
+        raise invalid(f"the {what} name {name!r} contains control characters")
+    if _LABEL.match(name):
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    clean = re.sub(r"[^a-z0-9.-]+", "-", name.lower()).strip("-.")[:54].strip("-.")
+    return f"{clean}-{digest}" if clean else f"{what[:3]}-{digest}"
+
+
+def snapshot_id(volume: str, snapshot: str) -> str:
+    return f"{volume}/{snapshot}"
+
+
+def split_snapshot_id(sid: str) -> tuple[str, str] | None:
+    """``(volume, snapshot)`` of a snapshot id, or None when it is not one of ours."""
+    volume, sep, snap = sid.partition("/")
+    if not sep or not _LABEL.match(volume) or not _LABEL.match(snap):
+        return None
+    return volume, snap
+
+
+def valid_name(name: str) -> bool:
+    return bool(_LABEL.match(name))
+
+
+# --- capacity ----------------------------------------------------------------------------
+
+
+def round_up(n: int) -> int:
+    return (n + BLOCK - 1) // BLOCK * BLOCK
+
+
+def size_for(required: int, limit: int, minimum: int = 0) -> int:
+    """The size to provision for a capacity range (0 = unset), at least ``minimum``
+    (a clone's source). OUT_OF_RANGE when nothing fits."""
+    if required < 0 or limit < 0:
+        raise invalid(f"capacity must not be negative (required {required}, limit {limit})")
+    if limit and required > limit:
+        raise CsiError(
+            Code.OUT_OF_RANGE, f"required_bytes {required} is larger than limit_bytes {limit}"
+        )
+    size = round_up(required) if required else max(DEFAULT_SIZE, minimum)
+    if limit and size > limit:
+        size = limit // BLOCK * BLOCK  # the largest multiple of 4096 under the limit
+        if size < max(required, 1):
+            raise CsiError(
+                Code.OUT_OF_RANGE,
+                f"no size in [{required}, {limit}] is a multiple of {BLOCK} bytes",
+            )
+    size = max(size, minimum)
+    if limit and size > limit:
+        raise CsiError(
+            Code.OUT_OF_RANGE,
+            f"the source is {minimum} bytes, larger than limit_bytes {limit}",
+        )
+    if size > MAX_SIZE:
+        raise CsiError(Code.OUT_OF_RANGE, f"{size} bytes is more than the maximum, 256 TiB")
+    return size
+
+
+def fits(size: int, required: int, limit: int) -> bool:
+    return (not required or size >= required) and (not limit or size <= limit)
+
+
+# --- capabilities ------------------------------------------------------------------------
+
+# access mode numbers of csi.proto (VolumeCapability.AccessMode.Mode)
+SINGLE_NODE_WRITER = 1
+SINGLE_NODE_READER_ONLY = 2
+MULTI_NODE_READER_ONLY = 3
+MULTI_NODE_SINGLE_WRITER = 4
+MULTI_NODE_MULTI_WRITER = 5
+SINGLE_NODE_SINGLE_WRITER = 6
+SINGLE_NODE_MULTI_WRITER = 7
+
+SUPPORTED_MODES = {
+    SINGLE_NODE_WRITER: "SINGLE_NODE_WRITER",
+    SINGLE_NODE_READER_ONLY: "SINGLE_NODE_READER_ONLY",
+    SINGLE_NODE_SINGLE_WRITER: "SINGLE_NODE_SINGLE_WRITER",
+    SINGLE_NODE_MULTI_WRITER: "SINGLE_NODE_MULTI_WRITER",
+    MULTI_NODE_READER_ONLY: "MULTI_NODE_READER_ONLY",
+}
+_REFUSED = {
+    MULTI_NODE_SINGLE_WRITER: "MULTI_NODE_SINGLE_WRITER",
+    MULTI_NODE_MULTI_WRITER: "MULTI_NODE_MULTI_WRITER",
+}
+
+
+def capability_problem(cap: Any) -> str:
+    """Why cargohold cannot serve a ``VolumeCapability``, or "" when it can."""
+    mode = cap.access_mode.mode if cap.HasField("access_mode") else 0
+    kind = cap.WhichOneof("access_type")
+    if kind is None:
+        return "a volume capability must say block or mount"
+    if mode in _REFUSED:
+        return (
+            f"access mode {_REFUSED[mode]} is not supported: a cargohold volume has one "
+            "writer (one engine, fenced by epoch), so it can be written from one node only; "
+            "use SINGLE_NODE_WRITER, SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_MULTI_WRITER or "
+            "MULTI_NODE_READER_ONLY"
+        )
+    if mode not in SUPPORTED_MODES:
+        return f"access mode {mode} is unknown or unset"
+    if kind == "mount":
+        fs = cap.mount.fs_type.strip().lower()
+        if fs and fs not in FS_TYPES:
+            return f"fs_type {cap.mount.fs_type!r} is not supported: use {' or '.join(FS_TYPES)}"
+    return ""
+
+
+def check_capabilities(caps: Any, required: bool = True) -> None:
+    """INVALID_ARGUMENT unless every capability is given and servable (CreateVolume's
+    and ControllerPublish's checks)."""
+    if required and not caps:
+        raise invalid("volume_capabilities are required")
+    for cap in caps:
+        why = capability_problem(cap)
+        if why:
+            raise invalid(why)
+
+
+def is_multi_reader(cap: Any) -> bool:
+    return cap.access_mode.mode == MULTI_NODE_READER_ONLY

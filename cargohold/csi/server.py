@@ -1,0 +1,81 @@
+"""The gRPC server of ``cargohold csi``: Identity always, Controller and/or Node as asked,
+on a unix socket (``unix:///PATH``). Synchronous gRPC on a thread pool: the manager client
+is synchronous, and slow calls (waiting for an attach) block only their own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from cargohold.control.client import ManagerClient
+from cargohold.csi import stubs
+from cargohold.csi.controller import Controller
+from cargohold.csi.identity import Identity
+from cargohold.csi.locks import VolumeLocks
+from cargohold.csi.node import Node
+from cargohold.errors import ConfigError
+
+log = logging.getLogger("cargohold.csi")
+DEFAULT_STATE_DIR = "/var/lib/cargohold/csi"
+
+
+@dataclass
+class DriverConfig:
+    endpoint: str
+    node_id: str
+    controller: bool = False
+    node: bool = False
+    state_dir: str = DEFAULT_STATE_DIR
+    max_volumes: int = 0
+    zone: str | None = None
+    timeout: float = 120.0
+    workers: int = 16
+
+
+def socket_path(endpoint: str) -> str:
+    """The file of a ``unix:///PATH`` (or ``unix:/PATH``) endpoint."""
+    if not endpoint.startswith("unix:"):
+        raise ConfigError(f"--endpoint {endpoint!r}: expected unix:///PATH")
+    path = endpoint.removeprefix("unix:")
+    if path.startswith("//"):
+        path = path[2:]
+    if not path.startswith("/"):
+        raise ConfigError(f"--endpoint {endpoint!r}: the socket path must be absolute")
+    return path
+
+
+def build(config: DriverConfig, client: ManagerClient) -> grpc.Server:
+    """A started server for ``config``; stop it with ``server.stop(grace)``."""
+    _, pb_grpc = stubs()
+    if not (config.controller or config.node):
+        raise ConfigError("give --controller, --node or both")
+    path = socket_path(config.endpoint)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)  # a socket left by an earlier run
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers))
+    locks = VolumeLocks()
+    pb_grpc.add_IdentityServicer_to_server(Identity(client, config.controller), server)
+    if config.controller:
+        ctl = Controller(client, locks, timeout=config.timeout)
+        pb_grpc.add_ControllerServicer_to_server(ctl, server)
+    if config.node:
+        node = Node(
+            client,
+            config.node_id,
+            config.state_dir,
+            locks,
+            max_volumes=config.max_volumes,
+            zone=config.zone,
+        )
+        pb_grpc.add_NodeServicer_to_server(node, server)
+    server.add_insecure_port(f"unix://{path}")
+    server.start()
+    services = ["identity"] + ["controller"] * config.controller + ["node"] * config.node
+    log.info("csi driver serving %s on %s (node %s)", "+".join(services), path, config.node_id)
+    return server
