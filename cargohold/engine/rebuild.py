@@ -120,7 +120,10 @@ async def rebuild(vol: Volume, link: ReplicaLink) -> None:
             raise ReplicaIOError(f"replica {link.spec} failed during its rebuild: {link.error}")
         history = (await asyncio.wait_for(_source(vol).info(), timeout)).get("history", [])
         await asyncio.wait_for(target.flush(), timeout)
-        gen = await asyncio.wait_for(target.mark_current(vol.gen, history), timeout)
+        # after a full rebuild the target's own past (a fork's generations) is void
+        gen = await asyncio.wait_for(
+            target.mark_current(vol.gen, history, reset=bool(full)), timeout
+        )
         link.generation = gen
         link.seen = gen
         link.history = history

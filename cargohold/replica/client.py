@@ -264,13 +264,16 @@ class ReplicaClient:
         return (await self.call(Op.IMPORT, payload=stream, generation=generation)).generation
 
     async def mark_current(
-        self, generation: int = 0, history: list[list[int]] | None = None
+        self, generation: int = 0, history: list[list[int]] | None = None, reset: bool = False
     ) -> int:
         """After a rebuild: the replica holds every mutation up to ``generation`` (0: the
-        newest it has seen), and ``history`` (the source's). Durable when this returns."""
+        newest it has seen), and ``history`` (the source's). Durable when this returns.
+        ``reset`` after a full rebuild: generations it saw on a fork no longer count."""
         args: dict[str, Any] = {"generation": generation} if generation else {}
         if history is not None:
             args["history"] = history
+        if reset:
+            args["reset"] = True
         return (await self.call(Op.MARK_CURRENT, args=args)).generation
 
     async def copy_to(self, other: ReplicaClient, since: int = 0, chunk: int = 8 << 20) -> int:

@@ -340,10 +340,13 @@ class Session(asyncio.Protocol):
         args = req.args()
         generation = _int_arg(args, "generation", 0) if "generation" in args else None
         history = args.get("history")
+        reset = args.get("reset", False)
+        if not isinstance(reset, bool):
+            raise InvalidArgument(f"reset must be true or false, got {reset!r}")
         async with rep.lock:
             self._replica()
             await self._drain_flushes(rep)
-            rep.store.mark_current(generation, history)
+            rep.store.mark_current(generation, history, reset)
         return rep.store.generation, wire.dump_json(self._info(rep))
 
     def op_repair(self, req: Request) -> Result:

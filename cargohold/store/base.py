@@ -162,10 +162,14 @@ class ReplicaStore(ABC):
 
     @abstractmethod
     def mark_current(
-        self, generation: int | None = None, history: list[list[int]] | None = None
+        self,
+        generation: int | None = None,
+        history: list[list[int]] | None = None,
+        reset: bool = False,
     ) -> None:
         """After a rebuild: complete through ``generation`` (default ``seen``), with the
-        source's ``history``; durable."""
+        source's ``history``; durable. ``reset`` (a full rebuild): ``generation`` may be
+        below what the replica saw on a fork, whose content the rebuild replaced."""
 
     @abstractmethod
     def _persist_epoch(self, epoch: int) -> None: ...

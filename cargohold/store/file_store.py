@@ -295,13 +295,18 @@ class FileStore(ReplicaStore):
             self._chain[0].generation = g
 
     def mark_current(
-        self, generation: int | None = None, history: list[list[int]] | None = None
+        self,
+        generation: int | None = None,
+        history: list[list[int]] | None = None,
+        reset: bool = False,
     ) -> None:
         """After a rebuild: this replica now holds every mutation up to ``generation``
         (default: the newest it has seen), and the history of the replica it was rebuilt
-        from (``history``: [[epoch, first generation], ...]). Durable before returning."""
+        from (``history``: [[epoch, first generation], ...]). Durable before returning.
+        ``reset``: after a full rebuild (everything cleared, then copied) the generations
+        this replica saw on a fork are void, so ``generation`` may be below them."""
         g = self._seen if generation is None else generation
-        if not isinstance(g, int) or isinstance(g, bool) or g < self._seen:
+        if not isinstance(g, int) or isinstance(g, bool) or (g < self._seen and not reset):
             raise InvalidArgument(
                 f"generation {g!r} is below the newest this replica has seen, {self._seen}"
             )

@@ -106,10 +106,13 @@ class MemoryStore(ReplicaStore):
             self._gen = g
 
     def mark_current(
-        self, generation: int | None = None, history: list[list[int]] | None = None
+        self,
+        generation: int | None = None,
+        history: list[list[int]] | None = None,
+        reset: bool = False,
     ) -> None:
         g = self._seen if generation is None else generation
-        if not isinstance(g, int) or isinstance(g, bool) or g < self._seen:
+        if not isinstance(g, int) or isinstance(g, bool) or (g < self._seen and not reset):
             raise InvalidArgument(
                 f"generation {g!r} is below the newest this replica has seen, {self._seen}"
             )

@@ -316,3 +316,23 @@ def test_a_snapshot_deletion_cut_short_is_finished_on_open(tmp_path):
     for i in range(1, 4):
         assert s.read(i * 256 * MIB, 8 * BLOCK_SIZE) == blocks(8, i)
     s.close()
+
+
+@pytest.mark.parametrize("twin", [False, True])
+def test_mark_current_below_a_forks_generations_only_with_reset(store, twin):
+    """A replica that took a fenced engine's writes (a fork) has seen generations the new
+    engine never handed out; after a full rebuild it is marked current at the new
+    engine's generation — refused without ``reset``, so a delta rebuild cannot lose them."""
+    from cargohold.store.memory_store import MemoryStore
+
+    s = MemoryStore(store.size) if twin else store
+    for g in range(1, 101):
+        s.write((g % 8) * 4096, blocks(1, g), generation=g)
+    assert s.seen == 100
+    with pytest.raises(InvalidArgument, match="below the newest this replica has seen, 100"):
+        s.mark_current(50, [[1, 1], [2, 40]])
+    s.trim(0, s.size)
+    s.mark_current(50, [[1, 1], [2, 40]], reset=True)
+    assert (s.generation, s.seen) == (50, 50)
+    s.write(0, blocks(1, 7), generation=51)
+    assert (s.generation, s.seen) == (51, 51)
