@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold.agent.disks import device_size, is_block_device, prepare_device
 from cargohold.agent.engine_link import EngineLink
 from cargohold.agent.manager_link import ManagerLink
 from cargohold.agent.processes import (
@@ -175,6 +176,10 @@ class Agent:
         out: list[DiskReport] = []
         for i, (path, capacity) in enumerate(given):
             path = os.path.abspath(path)
+            if is_block_device(path):  # a device: ext4 on first use, mounted under the node
+                if capacity is None:
+                    capacity = device_size(path)
+                path = prepare_device(path, os.path.join(self.dir, "disks", f"disk-{i}"))
             os.makedirs(path, exist_ok=True)
             name = os.path.basename(path.rstrip("/")).lower()
             try:
