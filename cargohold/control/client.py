@@ -275,6 +275,7 @@ class ManagerClient:
         reclaim_policy: str | None = None,
         stale_replica_timeout: float | None = None,
         source: JSON | None = None,
+        preferred_nodes: Iterable[str] | None = None,
     ) -> JSON:
         """POST a ``VolumeCreate``; fields left None take the manager's defaults. ``source``
         is ``{"volume": ..., "snapshot": ...}`` to clone."""
@@ -287,6 +288,7 @@ class ManagerClient:
             "reclaim_policy": reclaim_policy,
             "stale_replica_timeout": stale_replica_timeout,
             "source": source,
+            "preferred_nodes": list(preferred_nodes) if preferred_nodes else None,
         }
         body.update({k: v for k, v in given.items() if v is not None})
         return self._post("/api/v1/volumes", body)

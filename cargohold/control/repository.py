@@ -180,6 +180,7 @@ class Repository:
         node_tags: list[str],
         disk_tags: list[str],
         overprovisioning: float,
+        preferred_nodes: list[str] | None = None,
     ) -> list[Replica]:
         """New replica records for ``count`` more copies of ``volume``, placed by the
         scheduler over the nodes, disks and replicas as recorded now (not yet stored).
@@ -191,6 +192,7 @@ class Repository:
             zone_spread=zone_spread,
             node_tags=tuple(node_tags),
             disk_tags=tuple(disk_tags),
+            preferred_nodes=tuple(preferred_nodes or ()),
         )
         disks = await self.disks()
         placement = place(

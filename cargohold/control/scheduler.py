@@ -23,7 +23,9 @@ Rules, in order:
    in a mixed cluster an unzoned node is never assumed to share a fate with another.
    Zones are a preference, never a reason to fail: placement fails only when there are
    fewer eligible nodes than replicas to place.
-4. **Ties** (same zone count): the node whose chosen disk is least allocated, then the
+4. **A preferred node** (``preferred_nodes``, e.g. where the pod will run, from CSI's
+   topology) gets the first new replica when it is eligible, so its engine reads locally.
+5. **Ties** (same zone count): the node whose chosen disk is least allocated, then the
    node name. Input order never matters.
 
 When placement is impossible, ``Unschedulable`` says why, node by node, e.g.
@@ -50,6 +52,7 @@ class PlacementRequest:
     zone_spread: bool = True
     node_tags: tuple[str, ...] = ()  # a node must carry all of them
     disk_tags: tuple[str, ...] = ()  # a disk must carry all of them
+    preferred_nodes: tuple[str, ...] = ()  # the first replica goes to the first eligible one
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,14 @@ def place(
                 per_zone[zone_key(holder)] += 1
     chosen: list[tuple[str, str]] = []
     left = list(eligible)
-    for _ in range(request.count):
+    for name in request.preferred_nodes:  # e.g. where the pod will run: local reads
+        pick = next((c for c in left if c.node == name), None)
+        if pick is not None:
+            left.remove(pick)
+            per_zone[pick.zone] += 1
+            chosen.append((pick.node, pick.disk))
+            break
+    for _ in range(request.count - len(chosen)):
         best = min(
             left,
             key=lambda c: (

@@ -53,6 +53,9 @@ class VolumeCreate(BaseModel):
     reclaim_policy: Literal["Delete", "Retain"] = "Delete"
     stale_replica_timeout: float = Field(default=30.0, ge=0, le=7 * 86400)
     source: VolumeSource | None = None
+    preferred_nodes: list[str] = Field(
+        default_factory=list, description="put the first replica on the first of these that fits"
+    )
 
     @field_validator("name")
     @classmethod
@@ -269,6 +272,7 @@ class Service:
             node_tags=req.node_tags,
             disk_tags=req.disk_tags,
             overprovisioning=self.settings.overprovisioning,
+            preferred_nodes=req.preferred_nodes,
         )
         t = now()
         vol = Volume(

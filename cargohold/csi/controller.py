@@ -156,6 +156,19 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
             )
         return out
 
+    def _preferred_nodes(self, req: Any) -> list[str]:
+        """The nodes the CO prefers, in its order (with WaitForFirstConsumer the first is
+        where the pod will run): the first replica goes there, so the engine reads locally."""
+        if not req.HasField("accessibility_requirements"):
+            return []
+        ar = req.accessibility_requirements
+        out = []
+        for topo in [*ar.preferred, *ar.requisite]:
+            node = dict(topo.segments).get(TOPOLOGY_NODE)
+            if node and node not in out:
+                out.append(node)
+        return out
+
     # --- volumes ---------------------------------------------------------------------------
     @rpc
     def CreateVolume(self, req: Any, context: Any) -> Any:
@@ -201,6 +214,7 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
                     reclaim_policy="Delete",  # Kubernetes' reclaimPolicy decides on deletion
                     stale_replica_timeout=params.stale_replica_timeout,
                     source=source,
+                    preferred_nodes=self._preferred_nodes(req),
                 )
                 log.info("created volume %s (%d bytes) for %r", name, size, req.name)
             if vol.get("state") == "creating":

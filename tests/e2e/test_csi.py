@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cargohold.control.client import ManagerClient
 from cargohold.csi import stubs
 from cargohold.launcher.cluster import LocalCluster
 
@@ -170,7 +171,7 @@ def test_identity_and_capabilities(env) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_create_volume_idempotency_and_errors(env) -> None:  # type: ignore[no-untyped-def]
-    _, drv, _ = env
+    cluster, drv, _ = env
     C = drv.ctl
     req = pb.CreateVolumeRequest(
         name="pvc-Idem_1",
@@ -228,13 +229,17 @@ def test_create_volume_idempotency_and_errors(env) -> None:  # type: ignore[no-u
     r = pb.CreateVolumeRequest(
         name="topo", volume_capabilities=[mount_cap()],
         capacity_range=pb.CapacityRange(required_bytes=MiB),
+        parameters={"numberOfReplicas": "1"},
         accessibility_requirements=pb.TopologyRequirement(
             requisite=[pb.Topology(segments={"topology.cargohold.io/node": n}) for n in ("node-2", "node-9")],
             preferred=[pb.Topology(segments={"topology.cargohold.io/node": "node-2"})],
         ),
     )  # fmt: skip
-    topo = C.CreateVolume(r).volume.accessible_topology
+    created = C.CreateVolume(r).volume
+    topo = created.accessible_topology
     assert [dict(t.segments) for t in topo] == [{"topology.cargohold.io/node": "node-2"}]
+    with ManagerClient(cluster.api) as api:  # the replica went where the pod will run
+        assert [x["node"] for x in api.volume(created.volume_id)["replicas"]] == ["node-2"]
 
     # other RPCs' codes
     missing = "pvc-nope"

@@ -523,3 +523,17 @@ def test_zones_are_as_even_as_possible(zones, count, spare) -> None:  # type: ig
     split = Counter(zone_of[n] for n, _ in got)
     counts = [split.get(f"z{z}", 0) for z in range(zones)]
     assert max(counts) - min(counts) <= 1
+
+
+def test_a_preferred_node_gets_the_first_replica_when_eligible() -> None:
+    from cargohold.control.model import Disk, Node
+    from cargohold.control.scheduler import PlacementRequest, place
+
+    nodes = [Node(name=f"n{i}", address="a") for i in range(1, 5)]
+    disks = [Disk(node=f"n{i}", name="d", path="/d", capacity_bytes=1 << 40) for i in range(1, 5)]
+    req = PlacementRequest(volume="v", size_bytes=1 << 30, count=2, preferred_nodes=("n4",))
+    got = place(req, nodes, disks, [])
+    assert got[0] == ("n4", "d") and len({n for n, _ in got}) == 2
+    nodes[3] = nodes[3].model_copy(update={"cordoned": True})  # not eligible: ignored
+    got = place(req, nodes, disks, [])
+    assert "n4" not in {n for n, _ in got}
