@@ -22,6 +22,7 @@ import sys
 
 import typer
 
+from cargohold import memtune
 from cargohold.cli.main import app
 from cargohold.cli.nbd_cmd import DEFAULT_NBD_PORT, _split
 from cargohold.cli.replica_cmd import console
@@ -80,6 +81,7 @@ def engine(
     async def main() -> None:
         vol = Volume(volume, specs, epoch, settings, require=required)
         await vol.start()
+        memtune.freeze_gc()
 
         def listening(addresses: list[str]) -> None:
             tcp = next((a for a in addresses if not a.startswith("unix:")), None)
@@ -107,6 +109,7 @@ def engine(
                 ctl.close()
             await vol.close()
 
+    memtune.tune_malloc()
     try:
         import uvloop
 

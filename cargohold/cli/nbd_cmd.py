@@ -16,6 +16,7 @@ import sys
 
 import typer
 
+from cargohold import memtune
 from cargohold.cli.main import app
 from cargohold.cli.replica_cmd import console, parse_size, split_addr
 from cargohold.errors import CargoholdError, ConfigError
@@ -68,12 +69,14 @@ def nbd_serve(
     device = LocalDevice(store, read_only=read_only)
 
     async def main() -> None:
+        memtune.freeze_gc()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await serve(device, host, port, unix=unix, name=name, description=dir, stop=stop)
 
+    memtune.tune_malloc()
     try:
         try:
             import uvloop

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import time
@@ -206,10 +207,11 @@ class Volume:
         if self.fenced:
             raise Fenced(f"volume {self.name}: {self.fenced}")
 
-    async def _await(self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int) -> bool:
-        """One replica's answer to a mutation: True if it stored it, else it is dropped."""
+    def _stored(self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int) -> bool:
+        """One replica's answer to a mutation (``fut`` is done): True if it stored it, else
+        it is dropped."""
         try:
-            reply = await asyncio.wait_for(fut, self.settings.replica_timeout)
+            reply = fut.result()
             assert link.client is not None
             link.client.check(reply)
         except Fenced as e:
@@ -272,7 +274,10 @@ class Volume:
             except CargoholdError as e:
                 link.drop(str(e))
         t0 = time.perf_counter()
-        ok = sum(await asyncio.gather(*(self._await(lk, f, gen) for lk, f in sent)))
+        await _answers([f for _, f in sent], self.settings.replica_timeout)
+        ok = 0
+        for lk, f in sent:
+            ok += self._stored(lk, f, gen)
         self._observe(what, t0)
         self._check_usable()
         if ok < self.settings.min_replicas:
@@ -330,11 +335,12 @@ class Volume:
         bad: list[tuple[ReplicaLink, list[int]]] = []
         t0 = time.perf_counter()
         for link in self._readers():
-            assert link.client is not None
+            client = link.client
+            assert client is not None
             try:
-                data = await asyncio.wait_for(
-                    link.client.read(offset, length), self.settings.replica_timeout
-                )
+                fut = client.send(Op.READ, offset, length)
+                await _answers([fut], self.settings.replica_timeout)
+                data = client.check(fut.result()).payload
             except ChecksumError as e:
                 self.counters["checksum_errors"] += 1
                 bad.append((link, list(e.detail.get("blocks", []))))
@@ -533,6 +539,32 @@ class Volume:
 
 
 _FAILED = object()
+
+
+async def _answers(futs: list[asyncio.Future[Reply]], timeout: float) -> None:
+    """Wait until every future is done; those still pending after ``timeout`` seconds fail
+    with TimeoutError. One timer for all of them and no Task per replica: the caller's task
+    awaits each future itself (the replies of several replicas usually arrive together, so
+    it wakes once)."""
+    if all(f.done() for f in futs):
+        return
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, futs)
+    try:
+        for f in futs:
+            if not f.done():
+                with contextlib.suppress(Exception):  # looked at by the caller
+                    await f
+    finally:
+        timer.cancel()
+        for f in futs:  # we were cancelled: nobody waits for these answers any more
+            if not f.done():
+                f.cancel()
+
+
+def _expire(futs: list[asyncio.Future[Reply]]) -> None:
+    for f in futs:
+        if not f.done():
+            f.set_exception(TimeoutError())
 
 
 def _describe(e: BaseException) -> str:

@@ -3,7 +3,8 @@
 Serves one BlockDevice (the engine's volume, or a ``LocalDevice``) on TCP (TCP_NODELAY) and
 on a unix socket, to many clients at once (multi-conn). Called by ``cargohold nbd-serve``
 and, later, by the engine. Per connection, pipelined requests run concurrently, one task
-each; replies go out with ``writelines`` (read data is never copied). Reading pauses while
+each; the replies finished in one pass of the event loop go out together, with one
+``writelines`` (read data is never copied). Reading pauses while
 the connection's write buffer is high or too many of its requests are in flight. A client
 that breaks the protocol loses its own connection and nothing else.
 
@@ -26,6 +27,7 @@ import os
 import socket
 from collections.abc import Callable
 
+from cargohold import memtune
 from cargohold.errors import ProtocolError, RequestError, Unsupported
 from cargohold.frontend.device import BlockDevice
 from cargohold.protocol import nbd
@@ -104,6 +106,7 @@ class NBDServer:
         self.connections: set[NBDConnection] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self.addresses: list[str] = []
+        self.requests = 0  # requests received, on every connection
 
     async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -156,6 +159,7 @@ class NBDConnection(asyncio.Protocol):
         self._reading_paused = False
         self._stopped = False
         self._timer: asyncio.TimerHandle | None = None
+        self._out: list = []  # replies of this pass of the event loop, sent together
 
     # --- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -246,19 +250,36 @@ class NBDConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
+            self._flush()
             self.transport.close()
 
     def abort(self) -> None:
+        self._out = []
         if self.transport is not None:
             self.transport.abort()
 
     def _send(self, buffers: list) -> None:
+        """Send a reply. The only request in flight is answered at once (no added latency
+        at queue depth 1); with others in flight, every reply of this pass of the event
+        loop goes out with one ``writelines`` (one system call) at its end."""
+        if not self._out:
+            if len(self.tasks) <= 1:
+                t = self.transport
+                if t is not None and not t.is_closing():
+                    t.writelines(buffers)
+                return
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out += buffers
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
         t = self.transport
-        if t is not None and not t.is_closing():
-            t.writelines(buffers)
+        if out and t is not None and not t.is_closing():
+            t.writelines(out)
 
     # --- requests ------------------------------------------------------------------------------
     def _spawn(self, req: nbd.Request) -> None:
+        self.server.requests += 1
         task = asyncio.get_running_loop().create_task(self._run(req))
         self.tasks.add(task)
         task.add_done_callback(self._done)
@@ -427,8 +448,10 @@ async def serve(
     if ready is not None:
         ready(list(server.addresses))
     print(f"nbd server listening on {' '.join(server.addresses)}", flush=True)
+    idle = memtune.IdleTrim(lambda: server.requests).start()  # low RSS when idle
     stop = stop or asyncio.Event()
     await stop.wait()
     log.info("shutting down")
+    idle.stop()
     await server.close()
     await device.flush()

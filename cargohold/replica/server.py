@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 
+from cargohold import memtune
 from cargohold.replica.registry import Registry
 from cargohold.replica.session import Session
 from cargohold.settings import ReplicaServerSettings
@@ -88,8 +89,11 @@ async def serve(settings: ReplicaServerSettings, ready_fd: int | None = None) ->
         f"{', '.join(server.registry.disks)})",
         flush=True,
     )
+    memtune.freeze_gc()
+    idle = memtune.IdleTrim(lambda: server.counters["requests"]).start()
     await stop.wait()
     log.info("shutting down")
+    idle.stop()
     await server.stop()
 
 
@@ -100,6 +104,7 @@ def run(settings: ReplicaServerSettings) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    memtune.tune_malloc()
     if settings.workers > 1:
         from cargohold.replica.workers import run_workers
 
