@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both set everything up first.
-.PHONY: setup demo test lint unit integration probe soak bench bench-engine clean
+.PHONY: setup demo test lint unit integration probe soak bench bench-engine bench-all bench-control \
+	bench-rebuild clean soak-faults
 
 VENV := .venv/bin
 
@@ -37,6 +38,25 @@ bench: setup
 # fio's nbd engine against the local file, nbdkit, qemu-nbd, nbd-serve, engine x1 and x3
 bench-engine: setup
 	$(VENV)/python benchmarks/engine.py --json benchmarks/results/engine.json
+
+# issue 6: everything on this machine (engine.py's systems + a volume of a 3-node local
+# cluster, control plane, rebuilds); JSON, benchmarks/results/engine.png, docs/benchmarks.md
+bench-all: setup
+	$(VENV)/python benchmarks/suite.py
+
+# provisioning latencies of 100 volumes and the idle cost of 100 attached volumes
+bench-control: setup
+	$(VENV)/python benchmarks/control_plane.py --json benchmarks/results/control_plane.json
+
+# full rebuild of a 4 GiB volume with 3 GiB written; delta rebuild after 1% changed
+bench-rebuild: setup
+	$(VENV)/python benchmarks/rebuild.py --json benchmarks/results/rebuild.json
+
+# issue 7: the fault matrix on a randomized schedule (SOAK_SECONDS, default 600); prints
+# the SoakSummary table. docs/reliability.md
+soak-faults: setup
+	CARGOHOLD_SOAK_SECONDS=$${SOAK_SECONDS:-600} $(VENV)/pytest -q -s -m soak \
+		tests/e2e/test_fault_matrix.py::test_fault_soak
 
 clean:
 	rm -rf .venv .pytest_cache .hypothesis .ruff_cache build *.egg-info

@@ -72,7 +72,7 @@ def test_an_empty_device_becomes_a_mounted_ext4_disk(tmp_path, loopdev):
 def test_a_device_with_something_else_on_it_is_refused(tmp_path, loopdev):
     dev, _ = loopdev
     subprocess.run(["mkswap", dev], capture_output=True, check=True)
-    with pytest.raises(ConfigError, match="holds 'swap'.*wipefs"):
+    with pytest.raises(ConfigError, match=r"holds 'swap'.*wipefs"):
         prepare_device(dev, str(tmp_path / "m"))
     probe = subprocess.run(
         ["blkid", "-p", "-o", "value", "-s", "TYPE", dev], capture_output=True, text=True
