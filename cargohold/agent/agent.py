@@ -16,7 +16,6 @@ again. Anything the agent does not understand in an answer is logged and skipped
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -69,6 +68,8 @@ log = logging.getLogger("cargohold.agent")
 
 READD_EVERY = 5.0  # seconds between attempts to add (or remove) one replica of an engine
 COMPLAIN_EVERY = 30.0  # seconds between repeated warnings of an unreachable manager
+STARTING_POLL = 0.2  # seconds between heartbeats while an engine is starting
+NEWS_GAP = 0.05  # seconds to gather changes before reporting them early
 VOLUME_OF = re.compile(r"^(.+)-r[0-9a-f]+$")  # <volume>-r<hex>
 
 
@@ -135,6 +136,9 @@ class Agent:
         self._manager_down_since: float | None = None
         self._complained_at = 0.0
         self._state: dict[str, Any] = {}
+        # something the manager waits for happened (a replica created or deleted, an
+        # operation finished): report it now rather than at the next interval
+        self._news = asyncio.Event()
 
     # --- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
@@ -243,13 +247,21 @@ class Agent:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             began = loop.time()
+            self._news.clear()  # set by what this round (or a running operation) achieves
             try:
                 await self.run_once()
             except Exception:  # a bug in one round must not take the node's volumes down
                 log.exception("heartbeat round failed; trying again next round")
             wait = max(0.0, self.interval - (loop.time() - began))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
+            if any(e.alive and not e.ready for e in self.engines.values()):
+                wait = min(wait, STARTING_POLL)  # an engine is starting: report it once up
+            news = asyncio.ensure_future(self._news.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({news, stopping}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for f in (news, stopping):
+                f.cancel()
+            if self._news.is_set() and not stop.is_set():
+                await asyncio.sleep(NEWS_GAP)  # let a burst of changes go out together
 
     async def shutdown(self) -> None:
         """Stop everything this agent runs: engines first (SIGTERM: they flush and close),
@@ -447,9 +459,11 @@ class Agent:
                     where = os.path.dirname(os.path.dirname(str(out.get("path", ""))))
                     disk = self._disk_name(where) if where else disk
                     log.info("replica %s created on %s (%d bytes)", ra.id, disk, ra.size_bytes)
+                    self._news.set()
                 else:
                     await c.delete(ra.id)
                     log.info("replica %s deleted from %s", ra.id, disk)
+                    self._news.set()
             finally:
                 await c.close()
             self._replica_errors.pop(ra.id, None)
@@ -644,9 +658,11 @@ class Agent:
         try:
             run.result = await link.run_operation(op, progress)
             run.progress, run.state = 1.0, OperationState.SUCCEEDED
+            self._news.set()
             log.info("operation %s (%s of volume %s) succeeded", op.id, op.kind.value, op.volume)
         except CargoholdError as e:
             run.error, run.state = str(e), OperationState.FAILED
+            self._news.set()
             log.warning(
                 "operation %s (%s of volume %s) failed: %s", op.id, op.kind.value, op.volume, e
             )

@@ -131,6 +131,7 @@ async def _ingest_engine(repo: Repository, name: str, er: EngineReport) -> None:
     rw = sum(1 for rid, x in links.items() if x.get("mode") == "RW" and where.get(rid) not in down)
 
     def observed(v: Volume) -> Volume:
+        old = v.engine_status
         v.engine_status = EngineStatus(
             node=name,
             epoch=er.epoch,
@@ -142,6 +143,10 @@ async def _ingest_engine(repo: Repository, name: str, er: EngineReport) -> None:
             error=er.error,
             reported_at=now(),
         )
+        if old is not None and old.model_copy(update={"reported_at": 0.0}) == (
+            v.engine_status.model_copy(update={"reported_at": 0.0})
+        ):
+            v.engine_status = old  # nothing new: no write (every write is an fsync)
         if er.running and st:
             # the newest generation every current replica has: a lower bound on what a
             # future engine must start from (invariant 4)

@@ -161,10 +161,7 @@ class Service:
             await self.repo.put_disk(disk)
 
     async def heartbeat(self, name: str, hb: Heartbeat) -> Assignments:
-        out = await hb_mod.handle(self.repo, name, hb, self.settings)
-        if hb.engines or hb.operations:
-            self.kick.set()
-        return out
+        return await hb_mod.handle(self.repo, name, hb, self.settings)
 
     async def node(self, name: str) -> dict[str, Any]:
         return (await self.repo.node(name)).view()

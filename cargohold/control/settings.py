@@ -14,7 +14,7 @@ class ManagerSettings(BaseSettings):
         5.0, gt=0, description="seconds without a heartbeat before a node is marked down"
     )
     reconcile_interval: float = Field(
-        0.5, gt=0, description="seconds between reconciler passes (API writes wake them early)"
+        1.0, gt=0, description="seconds between reconciler passes (API writes wake them early)"
     )
     overprovisioning: float = Field(
         2.0, ge=1.0, description="a disk may hold replicas of up to capacity x this ratio"
