@@ -148,8 +148,20 @@ class Agent:
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         self._state = self._load_state()
         self.disks = self._disks()
+        adopted = await self._adopt()
         markers = [self.dir, *(d.path for d in self.disks)]
-        await asyncio.to_thread(stop_leftovers, self._state.get("pids", []), markers)
+        leftovers = [p for p in self._state.get("pids", []) if p not in adopted]
+        await asyncio.to_thread(stop_leftovers, leftovers, markers)
+        if self.replica_server is not None:  # adopted: it keeps serving, same port
+            self._save_state()
+            log.info(
+                "adopted the replica server (pid %s) and %d engine(s) an earlier agent of "
+                "node %s left running",
+                self.replica_server.pid,
+                len(self.engines),
+                self.config.node,
+            )
+            return
         port = self.config.replica_port or self._state.get("replica_port") or 0
         if not port or not port_is_free(self.config.address, port):
             if port and self.config.replica_port:
@@ -174,6 +186,61 @@ class Agent:
             hostport(self.config.address, self.replica_port),
             self.replica_server.pid,
         )
+
+    async def _adopt(self) -> set[int]:
+        """An earlier agent of this node died alone (SIGKILL, a crash) and left its replica
+        server and engines running: take them over as they are — same PIDs, ports and
+        sockets, clients keep their connections — when agent.json recorded them, they run
+        exactly the arguments it recorded, and they answer (LIST, ``status``). Anything
+        else is stopped and started afresh. -> the PIDs adopted."""
+        kids = self._state.get("children")
+        if not isinstance(kids, dict):
+            return set()
+        adopted: set[int] = set()
+        rec = kids.get("replica_server") or {}
+        port = int(self._state.get("replica_port") or 0)
+        if port and (not self.config.replica_port or self.config.replica_port == port):
+            rs = ReplicaServerProcess(
+                self.config.node,
+                self.config.address,
+                port,
+                [d.path for d in self.disks],
+                os.path.join(self.dir, "logs", "replica-server.log"),
+            )
+            pid = rec.get("pid") if isinstance(rec, dict) else None
+            if isinstance(pid, int) and await rs.adopt(pid):
+                self.replica_server, self.replica_port = rs, port
+                adopted.add(pid)
+        if self.replica_server is None:
+            return adopted  # engines without their replica server: start everything anew
+        engines = kids.get("engines") or {}
+        for volume, rec in engines.items() if isinstance(engines, dict) else ():
+            try:
+                spec = EngineAssignment.model_validate(rec["spec"])
+                check_engine(spec)
+                pid, argv, port = int(rec["pid"]), list(rec["argv"]), int(rec["port"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if spec.volume != volume:
+                continue
+            eng = EngineProcess(
+                spec,
+                self.config.address,
+                self._control_path(volume),
+                os.path.join(self.dir, "logs", f"engine-{volume}.log"),
+                port,
+            )
+            if await eng.adopt(pid, argv):
+                self.engines[volume] = eng
+                adopted.add(pid)
+                log.info(
+                    "adopted the engine of volume %s (epoch %d, pid %d) on %s",
+                    volume,
+                    spec.epoch,
+                    pid,
+                    hostport(eng.host, eng.port),
+                )
+        return adopted
 
     def _disks(self) -> list[DiskReport]:
         given = self.config.disks or [(os.path.join(self.dir, "disk-0"), None)]
@@ -693,10 +760,26 @@ class Agent:
         pids = [e.pid for e in self.engines.values()]
         if self.replica_server is not None:
             pids.append(self.replica_server.pid)
+        # what a restarted agent needs to adopt the children (``_adopt``)
+        rs = self.replica_server
+        children: dict[str, Any] = {
+            "replica_server": {"pid": rs.pid} if rs is not None and rs.pid else {},
+            "engines": {
+                e.volume: {
+                    "pid": e.pid,
+                    "argv": e.child.argv,
+                    "port": e.port,
+                    "spec": e.spec.model_dump(mode="json"),
+                }
+                for e in self.engines.values()
+                if e.pid and e.child is not None
+            },
+        }
         self._state.update(
             node=self.config.node,
             replica_port=self.replica_port,
             pids=[p for p in pids if p],
+            children=children,
         )
         path = os.path.join(self.dir, "agent.json")
         tmp = path + ".tmp"

@@ -103,7 +103,7 @@ class Child:
 
     @property
     def uptime(self) -> float:
-        return time.monotonic() - self.started_at if self.proc is not None else 0.0
+        return time.monotonic() - self.started_at if self.pid is not None else 0.0
 
     def output(self, limit: int = 1 << 20) -> bytes:
         """What the child wrote since it was started (its first ``limit`` bytes)."""
@@ -151,19 +151,75 @@ class Child:
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM (a clean shutdown: engines flush and close), SIGKILL after ``timeout``."""
-        if self.proc is None:
+        if self.pid is None:
             return None
         self.signal(signal.SIGTERM)
         if not await self.wait(timeout):
             log.warning(
                 "%s (pid %d) ignored SIGTERM for %g s: killing it",
                 self.name,
-                self.proc.pid,
+                self.pid,
                 timeout,
             )
             self.signal(signal.SIGKILL)
             await self.wait(30.0)
         return self.returncode
+
+
+class AdoptedChild(Child):
+    """A child an earlier agent of this node started and left running when it died alone
+    (SIGKILL, a crash): the new agent adopts it instead of restarting it, so the data path
+    never stops for an agent restart. It is watched and signalled by PID; it is not our
+    child, so its exit status is unknown (its parent is now init)."""
+
+    def __init__(self, name: str, argv: list[str], log_path: str, pid: int) -> None:
+        super().__init__(name, argv, log_path)
+        self._pid = pid
+        self.started_at = time.monotonic()
+        try:
+            self.log_offset = os.path.getsize(log_path)
+        except OSError:
+            self.log_offset = 0
+
+    def start(self) -> None:
+        raise RuntimeError(f"{self.name} (pid {self._pid}) was adopted: it is not started again")
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def alive(self) -> bool:
+        return _exists(self._pid)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.alive else -1
+
+    def exit_reason(self) -> str:
+        if self.alive:
+            return ""
+        tail = self.tail()
+        how = "exited (adopted from an earlier agent: its exit status is unknown)"
+        return f"{self.name} {how}" + (f": {tail}" if tail else "")
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, sig)
+
+
+def runs_argv(pid: object, argv: list[str]) -> bool:
+    """Whether process ``pid`` is alive and runs exactly ``argv`` (the interpreter aside):
+    a child an earlier agent started, never a later process that reuses the number."""
+    if not isinstance(pid, int) or pid <= 1 or pid == os.getpid() or not _exists(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return False
+    return len(cmd) == len(argv) and cmd[1:] == argv[1:]
 
 
 def cargohold_argv(*args: str) -> list[str]:
@@ -334,6 +390,24 @@ class ReplicaServerProcess:
             f"{timeout:g} s ({why}); its log: {self.log_path}"
         )
 
+    async def adopt(self, pid: int) -> bool:
+        """Take over a replica server an earlier agent left running with these very
+        arguments, if it answers LIST; -> whether it was adopted."""
+        if not runs_argv(pid, self.argv):
+            return False
+        try:
+            c = await self.client(timeout=2.0)
+            try:
+                await asyncio.wait_for(c.list(), 2.0)
+            finally:
+                await c.close()
+        except (CargoholdError, OSError, TimeoutError) as e:
+            log.warning("not adopting the replica server (pid %d): it does not answer: %s", pid, e)
+            return False
+        self.child = AdoptedChild("replica server", self.argv, self.log_path, pid)
+        self._exit_noted = False
+        return True
+
     async def client(self, timeout: float = 2.0) -> ReplicaClient:
         return await ReplicaClient.connect(self.host, self.port, timeout=timeout)
 
@@ -422,6 +496,25 @@ class EngineProcess:
         self.child.start()
         self.ready, self.status, self._exit_noted = False, {}, False  # error: until ready
         self.tried.clear()
+
+    async def adopt(self, pid: int, argv: list[str]) -> bool:
+        """Take over this volume's engine that an earlier agent started with ``argv`` and
+        left running, if it answers ``status`` on its control socket; -> whether it was
+        adopted. Its clients keep their connections: nothing is restarted."""
+        if not runs_argv(pid, argv):
+            return False
+        try:
+            status = await self.link.status(timeout=3.0)
+        except CargoholdError as e:
+            log.warning("not adopting the engine of %s (pid %d): %s", self.volume, pid, e)
+            return False
+        if status.get("volume") != self.volume or status.get("epoch") != self.epoch:
+            return False
+        self.child = AdoptedChild(
+            f"engine of volume {self.volume} (epoch {self.epoch})", argv, self.log_path, pid
+        )
+        self.ready, self.status, self._exit_noted, self.error = True, status, False, ""
+        return True
 
     def poll(self) -> str | None:
         """Notice a change: -> "ready" when its NBD server came up, "exited" the first time

@@ -321,7 +321,7 @@ class LocalCluster:
     def node_processes(self, name: str) -> list[int]:
         """The live PIDs of a node: its agent and everything in its process group."""
         node = self._node(name)
-        return sorted(group_members(node.pgid)) if node.pgid is not None else []
+        return sorted(p for g in node.groups() for p in group_members(g))
 
     def api_answering(self) -> str:
         """The API URL of a manager that answers /healthz now (ManagerUnavailable if none)."""
@@ -394,7 +394,9 @@ class LocalCluster:
         with self._locked():
             self.reload()
             node = self._node(name)
-            killed = kill_group(node.pgid, signal.SIGKILL)
+            killed = False
+            for g in node.groups():
+                killed = kill_group(g, signal.SIGKILL) or killed
             if node.running():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(node.pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -402,6 +404,7 @@ class LocalCluster:
             if wait_gone([node], time.monotonic() + 10):
                 raise LauncherError(f"{name} (pgid {node.pgid}) survived SIGKILL")
             node.pid = node.pgid = node.start_time = None
+            node.earlier_pgids = []
             self.save()
         return killed
 
@@ -413,7 +416,11 @@ class LocalCluster:
             node = self._node(name)
             if node.running():
                 return False
-            kill_group(node.pgid, signal.SIGKILL)  # leftovers of a half-dead node
+            # the agent died alone: what it left running (replica server, engines) is
+            # adopted by the new agent, not killed; the data path does not stop
+            node.earlier_pgids = [
+                g for g in node.groups() if g != os.getpgrp() and group_members(g)
+            ]
             self._spawn(node, self._agent_argv(node))
             self.save()
         if timeout > 0:
@@ -518,6 +525,10 @@ class LocalCluster:
             names = [f"{p.label} (pid {p.pid})" for p in group if p.running()]
             stop_processes(list(group), grace)
             stopped += names
+        for n in self.nodes.values():  # adopted children the agent could not stop
+            for g in n.earlier_pgids:
+                kill_group(g, signal.SIGKILL)
+            n.earlier_pgids = []
         for p in self.managers:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p.unix)

@@ -89,6 +89,13 @@ class NodeProc(Process):
     address: str
     zone: str
     dir: str
+    # process groups of earlier agents of this node that died alone: their children (the
+    # replica server, engines) keep running and are adopted by the agent started next
+    earlier_pgids: list[int] = dataclasses.field(default_factory=list)
+
+    def groups(self) -> list[int]:
+        """Every process group holding this node's processes, the current agent's first."""
+        return [g for g in [self.pgid, *self.earlier_pgids] if g is not None]
 
     @property
     def label(self) -> str:

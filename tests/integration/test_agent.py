@@ -402,3 +402,38 @@ def test_sigterm_stops_every_child_and_the_replica_port_survives(env: Env) -> No
     assert env.agent.replica_port == port  # from NODEDIR/agent.json
     eng = env.serve()  # same replica addresses: the engine starts from the same replicas
     qemu_io(eng["endpoint"], "read -P 0x7c 2M 1M")
+
+
+def test_a_restarted_agent_adopts_what_the_last_one_left_running(env: Env) -> None:
+    """SIGKILL the agent alone (not its children): the replica server and the engine keep
+    serving, and the next agent adopts them (same PIDs, same endpoint) instead of
+    restarting them, so an NBD connection open across the restart keeps working."""
+    from cargohold.verify.client import Pool
+
+    eng = env.serve()
+    children = descendants(env.agent.pid)
+    engine = env.agent.engine_pid()
+    server = next(p for p, c in children.items() if " replica-server " in c)
+    loop = asyncio.new_event_loop()
+    pool = loop.run_until_complete(Pool.connect(eng["endpoint"], 1))
+    try:
+        loop.run_until_complete(pool.pick().write(4 << 20, b"\x5a" * 4096, fua=True))
+        os.kill(env.agent.pid, signal.SIGKILL)
+        assert env.agent.proc is not None
+        env.agent.proc.wait(10)
+        old = env.agent
+        env.agent = AgentProc(old.dir, [env.fake.url]).start(env.fake)
+        again = env.serve()  # same epoch: reported running, nothing restarted
+        assert again["endpoint"] == eng["endpoint"]
+        assert {engine, server} <= set(process_table()), "an adopted child is gone"
+        assert "adopted the engine of volume data" in env.agent.output()
+        # the connection made before the agent died still works, through the same engine
+        loop.run_until_complete(pool.pick().write(4 << 20 | 4096, b"\xa5" * 4096, fua=True))
+        data = loop.run_until_complete(pool.read(4 << 20, 8192))
+        assert bytes(data) == b"\x5a" * 4096 + b"\xa5" * 4096
+    finally:
+        loop.run_until_complete(pool.close())
+        loop.close()
+    # the adopted children are not in the new agent's session: its SIGTERM stops them
+    assert env.agent.stop() == 0
+    wait(lambda: not {engine, server} & set(process_table()), 15, "the adopted children to exit")
