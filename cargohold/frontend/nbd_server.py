@@ -100,6 +100,7 @@ class NBDServer:
             multi_conn=device.can_multi_conn,
             min_block=device.block_size,
             preferred_block=device.block_size,
+            growable=True,  # NAME+growable, for the CSI node's nbdfuse (protocol/nbd.py)
         )
         self.max_connections = max_connections
         self.locks = SpanLocks()

@@ -143,6 +143,12 @@ MAX_OPTIONS = 1024  # options per connection before we hang up on a looping clie
 MAX_STRING = 4096  # the spec's limit on names and queries
 MAX_ERROR_MESSAGE = 4096
 MAX_BLOCK_STATUS_EXTENTS = 1024  # descriptors per BLOCK_STATUS reply (the spec lets us stop)
+# A growable export (``Export.growable``): the same volume under NAME + GROWABLE_SUFFIX,
+# advertised at GROWABLE_CEILING (the largest volume the manager makes) while requests are
+# still checked against the live size. For clients whose size is fixed at connect (nbdfuse):
+# the CSI node limits the device above it to the real size and raises the limit on expansion.
+GROWABLE_SUFFIX = "+growable"
+GROWABLE_CEILING = 256 << 40
 
 _OPT_HDR = struct.Struct(">QII")  # IHAVEOPT, option, length
 _OPT_REPLY = struct.Struct(">QIII")  # magic, option, reply type, length
@@ -195,6 +201,7 @@ class Export:
     min_block: int = BLOCK_SIZE  # for clients that negotiate block sizes
     preferred_block: int = BLOCK_SIZE
     max_block: int = MAX_IO_BYTES
+    growable: bool = False  # also answer NAME + GROWABLE_SUFFIX (advertised at the ceiling)
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -343,7 +350,16 @@ class ServerConnection:
         self._reply(opt, rtype, message.encode()[:MAX_STRING])
 
     def _known_name(self, name: str) -> bool:
-        return name in ("", self.export.name)
+        return name in ("", self.export.name) or self._is_growable(name)
+
+    def _is_growable(self, name: str) -> bool:
+        return self.export.growable and name == self.export.name + GROWABLE_SUFFIX
+
+    def _advertised(self, name: str) -> int:
+        """The size the handshake announces for ``name``: the ceiling for the growable
+        name (never less than the live size), else the live size."""
+        size = self._size()
+        return max(size, GROWABLE_CEILING) if self._is_growable(name) else size
 
     def _option(self, opt: int, body: bytes) -> Event | None:
         if opt == OPT_EXPORT_NAME:
@@ -351,7 +367,7 @@ class ServerConnection:
             if name is None or not self._known_name(name):
                 raise RemoteProtocolError(f"no export named {body[:256]!r}")
             self.flags = self.transmission_flags()
-            out = struct.pack(">QH", self._size(), self.flags)
+            out = struct.pack(">QH", self._advertised(name), self.flags)
             self._out.append(out if self.no_zeroes else out + bytes(124))
             return self._enter(block_sizes=False)
         if opt == OPT_ABORT:
@@ -397,7 +413,7 @@ class ServerConnection:
         e = self.export
         wants_sizes = INFO_BLOCK_SIZE in requests
         flags = self.transmission_flags()
-        self._reply(opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, self._size(), flags))
+        self._reply(opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, self._advertised(name), flags))
         if INFO_NAME in requests:
             self._reply(opt, REP_INFO, struct.pack(">H", INFO_NAME) + e.name.encode())
         if INFO_DESCRIPTION in requests and e.description:
