@@ -82,3 +82,70 @@ def test_csi_wiring() -> None:
         m for m in by["csi-node"]["volumeMounts"] if m["mountPath"] == "/var/lib/kubelet"
     )
     assert kubelet["mountPropagation"] == "Bidirectional"
+
+
+def test_the_agent_gets_its_nodes_zone() -> None:
+    """The downward API has no node labels: an init container reads the zone label
+    through the API (RBAC get nodes) into a file the agent's --zone comes from."""
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render("base")}
+    pod = docs[("DaemonSet", "cargohold-node")]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"][-1] == "cargohold.csi.node_zone"
+    out = init["args"][init["args"].index("--out") + 1]
+    agent = next(c for c in pod["containers"] if c["name"] == "agent")
+    script = " ".join(agent["args"])
+    assert f'--zone "$$(cat {out})"' in script  # $$: not a Kubernetes $(VAR) reference
+    mounts = {m["mountPath"] for m in agent["volumeMounts"]}
+    assert any(out.startswith(m + "/") for m in mounts)
+    role = docs[("ClusterRole", "cargohold-node")]
+    assert {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]} in role["rules"]
+    binding = docs[("ClusterRoleBinding", "cargohold-node")]
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+    from cargohold.csi.node_zone import ZONE_LABELS
+
+    assert ZONE_LABELS[0] == "topology.kubernetes.io/zone"
+
+
+def test_the_node_plugin_has_a_liveness_probe_on_the_sidecars_port() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render("base")}
+    pod = docs[("DaemonSet", "cargohold-node")]["spec"]["template"]["spec"]
+    by = {c["name"]: c for c in pod["containers"]}
+    port = next(
+        int(a.split("=", 1)[1]) for a in by["liveness-probe"]["args"] if "--health-port" in a
+    )
+    node = by["csi-node"]
+    named = {p["name"]: p["containerPort"] for p in node["ports"]}
+    probe = node["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and named[probe["port"]] == port
+
+
+def test_stateful_pieces_are_pinned() -> None:
+    """SQLite in a hostPath: the manager runs on a labelled node (base only). etcd:
+    members on distinct labelled nodes, each in a data directory of its own."""
+    base = {(d["kind"], d["metadata"]["name"]): d for d in render("base")}
+    spec = base[("Deployment", "cargohold-manager")]["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    assert spec["template"]["spec"]["nodeSelector"] == {"cargohold.io/manager": "true"}
+    assert "hostPath" in spec["template"]["spec"]["volumes"][0]
+    ha = {(d["kind"], d["metadata"]["name"]): d for d in render("ha")}
+    mgr = ha[("Deployment", "cargohold-manager")]["spec"]["template"]["spec"]
+    assert "nodeSelector" not in mgr and "emptyDir" in mgr["volumes"][0]
+    etcd = ha[("StatefulSet", "cargohold-etcd")]["spec"]["template"]["spec"]
+    assert etcd["nodeSelector"] == {"cargohold.io/etcd": "true"}
+    (term,) = etcd["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {"app": "cargohold-etcd"}
+    (c,) = etcd["containers"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "data")
+    assert mount["subPathExpr"] == "$(POD_NAME)"
+    assert any(e["name"] == "POD_NAME" for e in c["env"])
+    data_dir = next(a for a in c["args"] if a.startswith("--data-dir="))
+    assert data_dir.split("=", 1)[1].startswith(mount["mountPath"])
+
+
+def test_the_controller_keeps_its_publications_in_a_volume() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render("base")}
+    pod = docs[("Deployment", "cargohold-csi-controller")]["spec"]["template"]["spec"]
+    c = next(c for c in pod["containers"] if c["name"] == "csi-controller")
+    state = c["args"][c["args"].index("--state-dir") + 1]
+    assert any(m["mountPath"] == state for m in c["volumeMounts"])
