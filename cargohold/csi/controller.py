@@ -7,7 +7,10 @@ Mapping (documented for users in docs/kubernetes.md):
 - ControllerPublish(volume, node) = attach on that node, waiting until its engine runs;
   the publish context carries the engine's NBD URI (``endpoint``). Attached to another
   node → FAILED_PRECONDITION (the manager refuses while that node is up; when it is down,
-  the attach takes the volume over and fences the old engine).
+  the attach takes the volume over and fences the old engine). MULTI_NODE_READER_ONLY
+  publishes on more nodes read through the same engine; the publications are recorded
+  (``publications.Publications``) so that an incompatible repeat is ALREADY_EXISTS and
+  the engine is detached only when the last node unpublishes.
 - snapshot id = ``VOLUME/SNAPSHOT``; a clone of a volume is the manager's clone without
   a snapshot (it takes one on the source).
 - Every manager write is asynchronous: the RPC waits for it (``wait_*``) with a deadline;
@@ -24,8 +27,10 @@ from typing import Any
 from cargohold.control.client import JSON, ManagerClient, OperationFailed
 from cargohold.csi import TOPOLOGY_NODE, TOPOLOGY_ZONE, stubs
 from cargohold.csi import parameters as P
+from cargohold.csi.capacity import node_free, replicated
 from cargohold.csi.errors import Code, CsiError, invalid, not_found, rpc
 from cargohold.csi.locks import VolumeLocks
+from cargohold.csi.publications import Publication, Publications
 from cargohold.errors import NotFound, WrongState
 
 pb, pb_grpc = stubs()
@@ -84,10 +89,12 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
         client: ManagerClient,
         locks: VolumeLocks | None = None,
         timeout: float = 120.0,
+        publications: Publications | None = None,
     ) -> None:
         self.client = client
         self.locks = locks or VolumeLocks()
         self.timeout = timeout
+        self.pubs = publications or Publications()
 
     # --- helpers ---------------------------------------------------------------------------
     def _volume(self, vid: str) -> JSON:
@@ -342,13 +349,39 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
         except NotFound:
             raise not_found(f"node {node} is not a cargohold node") from None
         vid = vol["name"]
+        cap = req.volume_capability
+        want = Publication(
+            readonly=req.readonly,
+            access_mode=int(cap.access_mode.mode),
+            access_type=str(cap.WhichOneof("access_type")),
+        )
         with self.locks.hold(vid, "ControllerPublishVolume"):
             vol = self.client.volume(vid)
             owner = vol.get("attached_node")
+            if not owner:
+                self.pubs.forget(vid)  # nothing is attached: no publication stands
+            prev = self.pubs.get(vid).get(node)
+            if prev is not None and prev != want:
+                raise CsiError(
+                    Code.ALREADY_EXISTS,
+                    f"volume {vid} is published on node {node} already with "
+                    f"{_describe(prev)}, not {_describe(want)}",
+                )
             if owner and owner != node:
-                if req.readonly and P.is_multi_reader(req.volume_capability):
+                if req.readonly and P.is_multi_reader(cap):
                     # another reader: the owner's engine serves it over the network
+                    pubs = self.pubs.get(vid)
+                    first = pubs.get(owner)
+                    if first is not None and first.access_mode != P.MULTI_NODE_READER_ONLY:
+                        raise CsiError(
+                            Code.FAILED_PRECONDITION,
+                            f"volume {vid} is published on node {owner} with "
+                            f"{_describe(first)}: readers may join only readers",
+                        )
                     vol = self._wait_attached(vid, owner)
+                    if not pubs:  # record lost (or attached outside CSI): the owner reads too
+                        self.pubs.add(vid, owner, want)
+                    self.pubs.add(vid, node, want)
                     return self._published(vol)
                 try:
                     owner_down = self.client.node(owner).get("state") == "down"
@@ -367,6 +400,8 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
                 except WrongState as e:
                     raise CsiError(Code.FAILED_PRECONDITION, f"volume {vid}: {e}") from None
             vol = self._wait_attached(vid, node)
+            # a writer (or a takeover) is the only publication; readers add up
+            self.pubs.add(vid, node, want, only=not P.is_multi_reader(cap) or owner != node)
         return self._published(vol)
 
     def _published(self, vol: JSON) -> Any:
@@ -401,18 +436,39 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
             try:
                 vol = self.client.volume(vid)
             except NotFound:
+                self.pubs.forget(vid)
                 return pb.ControllerUnpublishVolumeResponse()
             owner = vol.get("attached_node")
-            if owner and (not req.node_id or owner == req.node_id):
+            if req.node_id:
+                was = self.pubs.remove(vid, req.node_id)
+                if not owner or self.pubs.get(vid):
+                    # not attached, or other nodes still read through the engine
+                    return self._unpublished(vid, owner)
+                if owner != req.node_id and not was:
+                    return pb.ControllerUnpublishVolumeResponse()  # published elsewhere
+            else:
+                self.pubs.forget(vid)  # no node: unpublish from every node
+            if owner:
                 self.client.detach(vid)
-            elif owner:
-                return pb.ControllerUnpublishVolumeResponse()  # published elsewhere: done here
+            return self._unpublished(vid, "")
+
+    def _unpublished(self, vid: str, keep: str | None) -> Any:
+        """Wait until the volume is detached, unless ``keep`` says it stays attached."""
+        if not keep:
             self.client.wait_volume(
                 vid,
                 lambda v: not v.get("attached_node") and v.get("state") != "detaching",
                 self.timeout,
             )
         return pb.ControllerUnpublishVolumeResponse()
+
+    def _published_nodes(self, vol: JSON) -> list[str]:
+        """Where the volume is published: the recorded publications while it is attached,
+        else (nothing recorded, e.g. attached by the CLI) the engine's node."""
+        owner = vol.get("attached_node")
+        if not owner:
+            return []
+        return sorted(self.pubs.get(vol["name"])) or [owner]
 
     @rpc
     def ValidateVolumeCapabilities(self, req: Any, context: Any) -> Any:
@@ -442,7 +498,7 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
         entries = []
         for v in page:
             status = pb.ListVolumesResponse.VolumeStatus(
-                published_node_ids=[v["attached_node"]] if v.get("attached_node") else [],
+                published_node_ids=self._published_nodes(v),
                 volume_condition=condition(v),
             )
             entries.append(pb.ListVolumesResponse.Entry(volume=self._volume_msg(v), status=status))
@@ -452,48 +508,57 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
     def ControllerGetVolume(self, req: Any, context: Any) -> Any:
         vol = self._volume(req.volume_id)
         status = pb.ControllerGetVolumeResponse.VolumeStatus(
-            published_node_ids=[vol["attached_node"]] if vol.get("attached_node") else [],
+            published_node_ids=self._published_nodes(vol),
             volume_condition=condition(vol),
         )
         return pb.ControllerGetVolumeResponse(volume=self._volume_msg(vol), status=status)
 
     @rpc
     def GetCapacity(self, req: Any, context: Any) -> Any:
-        """Free bytes on the disks of up, schedulable nodes in the topology: each disk's
-        capacity minus the sizes of the replicas placed on it (not counting
-        over-provisioning). maximum_volume_size is the most any one disk can take: every
-        replica of a volume sits whole on one disk."""
-        P.VolumeParameters.parse(dict(req.parameters))
+        """What volumes of the class (its parameters: replicas, selectors) can still take,
+        ``capacity.py`` explains the arithmetic. Every topology segment that names an up
+        node gets the same answer (volumes are reachable from every node); one that
+        names none gets 0."""
+        params = P.VolumeParameters.parse(dict(req.parameters))
         for cap in req.volume_capabilities:
             why = P.capability_problem(cap)
             if why:
                 raise invalid(why)
         seg = dict(req.accessible_topology.segments) if req.HasField("accessible_topology") else {}
-        nodes = {
-            n["name"]: n
-            for n in self.client.nodes()
-            if n.get("state") == "up"
-            and seg.get(TOPOLOGY_NODE, n["name"]) == n["name"]
-            and seg.get(TOPOLOGY_ZONE, zone_of(n)) == zone_of(n)
-        }
-        sizes = {v["name"]: int(v["size_bytes"]) for v in self.client.volumes()}
-        used: dict[tuple[str, str], int] = {}
-        for r in self.client.replicas():
-            if r.get("state") == "deleting":
-                continue
-            key = (r.get("node"), r.get("disk"))
-            used[key] = used.get(key, 0) + sizes.get(r.get("volume"), 0)  # type: ignore[index]
-        free = [
-            max(0, int(d["capacity_bytes"]) - used.get((d["node"], d["name"]), 0))
-            for d in self.client.disks()
-            if d["node"] in nodes and d.get("schedulable", True)
-        ]
+        unknown = set(seg) - {TOPOLOGY_NODE, TOPOLOGY_ZONE}
+        if unknown:
+            raise invalid(
+                f"unknown topology keys {sorted(unknown)}: cargohold knows "
+                f"{TOPOLOGY_NODE} and {TOPOLOGY_ZONE}"
+            )
         from google.protobuf.wrappers_pb2 import Int64Value
 
-        biggest = max(free, default=0) // P.BLOCK * P.BLOCK
+        nodes = self.client.nodes()
+        reachable = any(
+            n.get("state") == "up"
+            and seg.get(TOPOLOGY_NODE, n["name"]) == n["name"]
+            and seg.get(TOPOLOGY_ZONE, zone_of(n)) == zone_of(n)
+            for n in nodes
+        )
+        if not reachable:
+            return pb.GetCapacityResponse(
+                available_capacity=0,
+                maximum_volume_size=Int64Value(value=0),
+                minimum_volume_size=Int64Value(value=P.BLOCK),
+            )
+        sizes = {v["name"]: int(v["size_bytes"]) for v in self.client.volumes()}
+        free = node_free(
+            nodes,
+            self.client.disks(),
+            self.client.replicas(),
+            sizes,
+            node_tags=params.node_tags,
+            disk_tags=params.disk_tags,
+        )
+        got = replicated(free, params.replicas or P.DEFAULT_REPLICAS)
         return pb.GetCapacityResponse(
-            available_capacity=sum(free),
-            maximum_volume_size=Int64Value(value=biggest),
+            available_capacity=got.available,
+            maximum_volume_size=Int64Value(value=got.maximum),
             minimum_volume_size=Int64Value(value=P.BLOCK),
         )
 
@@ -662,6 +727,11 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
             pb.ListSnapshotsResponse.Entry(snapshot=self._snapshot_msg(v, s)) for v, s in page
         ]
         return pb.ListSnapshotsResponse(entries=entries, next_token=token)
+
+
+def _describe(p: Publication) -> str:
+    mode = pb.VolumeCapability.AccessMode.Mode.Name(p.access_mode)
+    return f"{'readonly' if p.readonly else 'read-write'} {p.access_type} {mode}"
 
 
 def _page(items: list[Any], max_entries: int, token: str) -> tuple[list[Any], str]:

@@ -23,6 +23,7 @@ GIB = 1 << 30
 DEFAULT_SIZE = 1 * GIB
 MAX_SIZE = 256 << 40  # the manager's limit
 MAX_REPLICAS = 16
+DEFAULT_REPLICAS = 3  # the manager's default_replicas, assumed where numberOfReplicas is unset
 MAX_STALE_TIMEOUT = 7 * 24 * 3600.0
 FS_TYPES = ("ext4", "xfs")
 DEFAULT_FS = "ext4"
@@ -265,3 +266,8 @@ def check_capabilities(caps: Any, required: bool = True) -> None:
 
 def is_multi_reader(cap: Any) -> bool:
     return cap.access_mode.mode == MULTI_NODE_READER_ONLY
+
+
+def is_reader_only(cap: Any) -> bool:
+    """A reader-only access mode: the node attaches and mounts the volume read-only."""
+    return cap.access_mode.mode in (SINGLE_NODE_READER_ONLY, MULTI_NODE_READER_ONLY)

@@ -18,6 +18,7 @@ from cargohold.csi.controller import Controller
 from cargohold.csi.identity import Identity
 from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.node import Node
+from cargohold.csi.publications import Publications
 from cargohold.errors import ConfigError
 
 log = logging.getLogger("cargohold.csi")
@@ -62,7 +63,8 @@ def build(config: DriverConfig, client: ManagerClient) -> grpc.Server:
     locks = VolumeLocks()
     pb_grpc.add_IdentityServicer_to_server(Identity(client, config.controller), server)
     if config.controller:
-        ctl = Controller(client, locks, timeout=config.timeout)
+        pubs = Publications(os.path.join(config.state_dir, "controller"))
+        ctl = Controller(client, locks, timeout=config.timeout, publications=pubs)
         pb_grpc.add_ControllerServicer_to_server(ctl, server)
     if config.node:
         node = Node(
