@@ -19,7 +19,13 @@ all are detached and deleted. Reported: p50/p99/mean/max per operation, total CP
 one core, RSS per engine.
 
     .venv/bin/python benchmarks/control_plane.py [--volumes 100] [--idle-seconds 60] \\
-        [--replicas 3] [--size 64MiB] [--json benchmarks/results/control_plane.json]
+        [--replicas 3] [--size 64MiB] [--json benchmarks/results/control_plane.json] \\
+        [--profile DIR]
+
+``--profile DIR``: after the idle window (so the measurement is not disturbed), py-spy
+samples the manager, one agent and one engine of the still idle cluster for
+``--profile-seconds`` (20) and writes their collapsed stacks (``DIR/<kind>.txt``, one line
+per stack with its sample count: ``sort -t' ' -k2 -n``) and flame graphs (``DIR/<kind>.svg``).
 
 Issue 6's targets: create p50 < 1 s; 100 idle attached volumes < 5% of one core in total,
 < 40 MiB RSS per engine.
@@ -31,7 +37,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -221,6 +229,33 @@ def idle_cost(cl: LocalCluster, seconds: float, settle: float) -> dict[str, Any]
     }
 
 
+def profile(cl: LocalCluster, where: str, seconds: float) -> dict[str, str]:
+    """py-spy of the manager, one agent and one engine at once; -> kind: collapsed stacks."""
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(spy):
+        print("--profile: py-spy not found (pip install -e '.[dev]')", flush=True)
+        return {}
+    os.makedirs(where, exist_ok=True)
+    pids = cluster_pids(cl)
+    picked: dict[str, int] = {}
+    for pid, kind in sorted(pids.items()):
+        if kind in ("manager", "agent", "engine") and kind not in picked:
+            picked[kind] = pid
+    procs = []
+    for kind, pid in picked.items():
+        for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
+            out = os.path.join(where, f"{kind}.{ext}")
+            cmd = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds))]
+            cmd += ["--rate", "100", "--format", fmt, "--output", out, "--nonblocking"]
+            procs.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+    for p in procs:
+        p.wait()
+    print(f"profiles of {', '.join(picked)} in {where}", flush=True)
+    return {k: os.path.join(where, f"{k}.txt") for k in picked}
+
+
 # --- report -----------------------------------------------------------------------------------
 def print_report(out: dict[str, Any]) -> None:
     prov = out.get("provisioning")
@@ -285,6 +320,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.idle_seconds > 0:
                 print(f"idle: measuring {args.idle_seconds:g} s ...", flush=True)
                 out["idle"] = idle_cost(cl, args.idle_seconds, args.settle)
+            if args.profile:
+                out["profiles"] = profile(cl, args.profile, args.profile_seconds)
             teardown(c, names, args.timeout, lat)
             out["provisioning"] = {op: summary(v) for op, v in lat.items()}
             out["provisioning_raw_s"] = lat
@@ -315,6 +352,8 @@ def main() -> None:
     ap.add_argument("--size", default="64MiB", help="per volume (64MiB)")
     ap.add_argument("--timeout", type=float, default=120, help="per operation (120 s)")
     ap.add_argument("--dir", default=None, help="cluster directory (default /tmp/chcp-PID)")
+    ap.add_argument("--profile", default=None, help="py-spy the idle cluster into this dir")
+    ap.add_argument("--profile-seconds", type=float, default=20, help="py-spy for (20 s)")
     ap.add_argument("--json", default=DEFAULT_JSON, help=f"results (default {DEFAULT_JSON})")
     args = ap.parse_args()
     out = run(args)

@@ -16,6 +16,7 @@ again. Anything the agent does not understand in an answer is logged and skipped
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from cargohold.agent.processes import (
     check_engine,
     free_port,
     hostport,
+    nbd_listening,
     port_is_free,
     stop_leftovers,
 )
@@ -68,7 +70,7 @@ log = logging.getLogger("cargohold.agent")
 
 READD_EVERY = 5.0  # seconds between attempts to add (or remove) one replica of an engine
 COMPLAIN_EVERY = 30.0  # seconds between repeated warnings of an unreachable manager
-STARTING_POLL = 0.2  # seconds between heartbeats while an engine is starting
+STARTING_POLL = 0.05  # seconds between looks at a starting engine (is its NBD server up?)
 NEWS_GAP = 0.05  # seconds to gather changes before reporting them early
 VOLUME_OF = re.compile(r"^(.+)-r[0-9a-f]+$")  # <volume>-r<hex>
 
@@ -139,6 +141,8 @@ class Agent:
         # something the manager waits for happened (a replica created or deleted, an
         # operation finished): report it now rather than at the next interval
         self._news = asyncio.Event()
+        self._revision = ""  # of the last assignments received: the manager holds while same
+        self._go_on = False  # the next heartbeat goes at once (set by run_once)
 
     # --- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
@@ -310,25 +314,62 @@ class Agent:
         return {os.path.abspath(p) for p, _ in given}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Heartbeat every ``heartbeat_interval`` seconds until ``stop`` is set."""
+        """Heartbeat until ``stop`` is set. Each heartbeat is a long poll: the manager holds
+        its answer until this node's assignments change or ``heartbeat_interval`` passes,
+        so the agent acts on a change at once and still reports once an interval. News of
+        its own (an engine up or gone, a replica made, an operation done) cuts a held
+        heartbeat short and is reported at once."""
         loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            began = loop.time()
-            self._news.clear()  # set by what this round (or a running operation) achieves
-            try:
-                await self.run_once()
-            except Exception:  # a bug in one round must not take the node's volumes down
-                log.exception("heartbeat round failed; trying again next round")
-            wait = max(0.0, self.interval - (loop.time() - began))
-            if any(e.alive and not e.ready for e in self.engines.values()):
-                wait = min(wait, STARTING_POLL)  # an engine is starting: report it once up
-            news = asyncio.ensure_future(self._news.wait())
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({news, stopping}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            for f in (news, stopping):
-                f.cancel()
-            if self._news.is_set() and not stop.is_set():
-                await asyncio.sleep(NEWS_GAP)  # let a burst of changes go out together
+        watcher = asyncio.create_task(self._watch_starting())
+        try:
+            while not stop.is_set():
+                began = loop.time()
+                self._news.clear()  # set by what this round (or a running operation) achieves
+                self._go_on = False
+                try:
+                    await self.run_once(hold=self.interval if self._revision else 0.0)
+                except Exception:  # a bug in one round must not take the node's volumes down
+                    log.exception("heartbeat round failed; trying again next round")
+                if stop.is_set():
+                    break
+                if self._news.is_set():
+                    await asyncio.sleep(NEWS_GAP)  # let a burst of changes go out together
+                    continue
+                if self._go_on:
+                    continue  # the hold was the wait, or there is new work: report at once
+                wait = max(0.0, self.interval - (loop.time() - began))
+                news = asyncio.ensure_future(self._news.wait())
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait(
+                    {news, stopping}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                for f in (news, stopping):
+                    f.cancel()
+                if self._news.is_set() and not stop.is_set():
+                    await asyncio.sleep(NEWS_GAP)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch_starting(self) -> None:
+        """News when a starting engine's NBD server comes up or it dies: the manager hears
+        of it at once, not when the held heartbeat ends."""
+        told: set[tuple[str, int | None, bool]] = set()  # (volume, pid, up): said once
+        while True:
+            await asyncio.sleep(STARTING_POLL)
+            if len(told) > 10_000:
+                told.clear()
+            for eng in self.engines.values():
+                if eng.child is None or eng.ready or eng.retiring or eng.busy:
+                    continue
+                alive = eng.alive
+                if alive and not nbd_listening(eng.child):
+                    continue
+                key = (eng.volume, eng.pid, alive)
+                if key not in told:
+                    told.add(key)
+                    self._news.set()
 
     async def shutdown(self) -> None:
         """Stop everything this agent runs: engines first (SIGTERM: they flush and close),
@@ -351,9 +392,11 @@ class Agent:
         await self.manager.close()
 
     # --- one heartbeat -----------------------------------------------------------------
-    async def run_once(self) -> Assignments | None:
+    async def run_once(self, hold: float = 0.0) -> Assignments | None:
         """One heartbeat: report, receive assignments, converge. -> the assignments, or
-        None when no manager answered (nothing is changed then)."""
+        None when no manager answered (nothing is changed then) or news of this node cut
+        a held heartbeat short. ``hold``: seconds the manager may hold its answer while the
+        assignments are the ones this agent has (a long poll)."""
         listed = await self._check_replica_server()
         if not self.registered and not await self._register():
             self._watch_engines()
@@ -364,9 +407,24 @@ class Agent:
             replicas=self._replicas,
             engines=engines,
             operations=[op.report() for op in self.operations.values()],
+            assignments_revision=self._revision,
+            hold=hold,
         )
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        post = asyncio.ensure_future(self.manager.heartbeat(self.config.node, hb))
+        if hold > 0:
+            news = asyncio.ensure_future(self._news.wait())
+            await asyncio.wait({post, news}, return_when=asyncio.FIRST_COMPLETED)
+            news.cancel()
+            if not post.done():  # something happened here: report it now
+                post.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CargoholdError):
+                    await post
+                self._go_on = True
+                return None
         try:
-            assignments = await self.manager.heartbeat(self.config.node, hb)
+            assignments = await post
         except NotFound as e:
             log.warning(
                 "the manager does not know node %s (%s): registering again", self.config.node, e
@@ -377,6 +435,10 @@ class Agent:
             self._manager_failed(e)
             return None
         self._manager_answered()
+        # at once again if the work changed, or the manager held the answer (that was the
+        # wait); a manager that answers at once with the same work is asked an interval on
+        self._go_on = assignments.revision != self._revision or loop.time() - sent >= hold / 2 > 0
+        self._revision = assignments.revision
         if self.config.heartbeat is None:
             self.interval = assignments.heartbeat_interval
         await self._serve_added_disks(assignments.disks)
@@ -571,7 +633,8 @@ class Agent:
 
     async def _report_engines(self) -> list[EngineReport]:
         running = self._watch_engines()
-        await asyncio.gather(*(e.refresh() for e in running))
+        t = time.monotonic()
+        await asyncio.gather(*(e.refresh() for e in running if e.status_due(t)))
         return [e.report() for e in self.engines.values()]
 
     def _spawn(self, eng: EngineProcess) -> None:
@@ -674,14 +737,14 @@ class Agent:
             eng.tried[rid] = time.monotonic()
             try:
                 if what == "add":
-                    eng.status = await eng.link.add_replica(arg)
+                    eng.status_changed(await eng.link.add_replica(arg))
                     log.info(
                         "added replica %s to the engine of volume %s (it is rebuilt)",
                         arg,
                         eng.volume,
                     )
                 else:
-                    eng.status = await eng.link.remove_replica(rid)
+                    eng.status_changed(await eng.link.remove_replica(rid))
                     log.info("removed replica %s from the engine of volume %s", rid, eng.volume)
             except CargoholdError as e:
                 log.warning(
@@ -722,13 +785,20 @@ class Agent:
         def progress(p: float) -> None:
             run.progress = p
 
+        def settle() -> None:  # what the operation changed shows in the next status
+            eng = self.engines.get(op.volume)
+            if eng is not None:
+                eng.status_every = 0.0
+
         try:
             run.result = await link.run_operation(op, progress)
             run.progress, run.state = 1.0, OperationState.SUCCEEDED
+            settle()
             self._news.set()
             log.info("operation %s (%s of volume %s) succeeded", op.id, op.kind.value, op.volume)
         except CargoholdError as e:
             run.error, run.state = str(e), OperationState.FAILED
+            settle()
             self._news.set()
             log.warning(
                 "operation %s (%s of volume %s) failed: %s", op.id, op.kind.value, op.volume, e

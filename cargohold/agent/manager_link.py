@@ -73,18 +73,29 @@ class ManagerLink:
     async def heartbeat(self, node: str, heartbeat: Heartbeat) -> Assignments:
         """POST /api/v1/nodes/{node}/heartbeat -> what should run on the node."""
         data = await self._request(
-            "POST", f"/api/v1/nodes/{node}/heartbeat", heartbeat.model_dump(mode="json")
+            "POST",
+            f"/api/v1/nodes/{node}/heartbeat",
+            heartbeat.model_dump(mode="json"),
+            # a long poll: the manager may hold the answer for ``hold`` seconds
+            timeout=httpx.Timeout(TIMEOUT.read + heartbeat.hold, connect=TIMEOUT.connect)
+            if heartbeat.hold
+            else None,
         )
         return parse_assignments(data, self.complaints)
 
-    async def _request(self, method: str, path: str, body: dict[str, Any]) -> Any:
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any], timeout: httpx.Timeout | None = None
+    ) -> Any:
         failures = []
         n = len(self._clients)
         for i in range(n):
             idx = (self._current + i) % n
             url = self.urls[idx]
             try:
-                r = await self._clients[idx].request(method, path, json=body)
+                if timeout is None:
+                    r = await self._clients[idx].request(method, path, json=body)
+                else:
+                    r = await self._clients[idx].request(method, path, json=body, timeout=timeout)
             except httpx.HTTPError as e:
                 failures.append(f"{url}: {type(e).__name__}: {e}".rstrip(": "))
                 continue
@@ -147,6 +158,9 @@ def parse_assignments(data: Any, complaints: Complaints | None = None) -> Assign
     interval = data.get("heartbeat_interval")
     if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
         out.heartbeat_interval = min(max(float(interval), 0.05), 60.0)
+    revision = data.get("revision")
+    if isinstance(revision, str):
+        out.revision = revision
     return out
 
 

@@ -34,6 +34,8 @@ log = logging.getLogger("cargohold.agent")
 
 NBD_LISTENING = re.compile(rb"nbd server listening on (\S+)")
 STOP_TIMEOUT = 10.0  # seconds a child gets between SIGTERM and SIGKILL
+UNREPORTED = ("counters", "latency_log2_us")  # engine status fields kept from the manager
+STATUS_IDLE_EVERY = 5.0  # seconds between status calls to an engine whose status stays put
 STABLE_AFTER = 10.0  # a child that ran this long before it died restarts without delay
 REPLICA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SPEC = re.compile(r"^(?P<id>[^@]+)@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
@@ -448,6 +450,8 @@ class EngineProcess:
         self.retiring = False  # no longer assigned: being stopped for good
         self.changing: asyncio.Task[None] | None = None  # a replica-set change in flight
         self.tried: dict[str, float] = {}  # replica id -> last add/remove attempt (monotonic)
+        self.status_at = 0.0  # when ``status`` was last asked for (monotonic)
+        self.status_every = 0.0  # seconds until it is asked again (0: every heartbeat)
         self._exit_noted = False
 
     @property
@@ -495,6 +499,7 @@ class EngineProcess:
         self.child = Child(f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path)
         self.child.start()
         self.ready, self.status, self._exit_noted = False, {}, False  # error: until ready
+        self.status_every = 0.0
         self.tried.clear()
 
     async def adopt(self, pid: int, argv: list[str]) -> bool:
@@ -538,15 +543,36 @@ class EngineProcess:
         self.backoff.failed()
         return "exited"
 
+    def status_due(self, now: float) -> bool:
+        """Whether the next heartbeat should ask for a fresh status (``refresh``)."""
+        return self.running and now >= self.status_at + self.status_every
+
     async def refresh(self, timeout: float = 2.0) -> None:
-        """Ask a running engine for its status; keep the last one when it does not answer."""
+        """Ask a running engine for its status; keep the last one when it does not answer.
+        An engine whose status (the part the manager reads) stays the same is asked less
+        and less often, down to every ``STATUS_IDLE_EVERY`` seconds; any change (writes
+        move its generation, a rebuild, a replica dropped) brings it back to every
+        heartbeat."""
         if not self.running:
             return
+        self.status_at = time.monotonic()
         try:
-            self.status = await self.link.status(timeout)
+            new = await self.link.status(timeout)
             self.error = ""
         except CargoholdError as e:
             self.error = str(e)
+            self.status_every = 0.0
+            return
+        if _reported(new) == _reported(self.status) and _settled(new):
+            self.status_every = min(STATUS_IDLE_EVERY, max(1.0, 2 * self.status_every))
+        else:
+            self.status_every = 0.0
+        self.status = new
+
+    def status_changed(self, status: dict[str, Any]) -> None:
+        """A control call answered with the status (a replica added or removed): keep it,
+        and look at it every heartbeat until it settles."""
+        self.status, self.status_every = status, 0.0
 
     async def stop(self) -> None:
         if self.child is not None:
@@ -578,5 +604,20 @@ class EngineProcess:
             running=running,
             endpoint=str(self.status.get("endpoint") or self.endpoint) if running else "",
             error=self.error,
-            status=self.status if running else {},
+            status=_reported(self.status) if running else {},
         )
+
+
+def _reported(status: dict[str, Any]) -> dict[str, Any]:
+    """The manager's part of an engine's status: not the counters and latency histograms,
+    which it never reads and which would make every heartbeat several times larger."""
+    return {k: v for k, v in status.items() if k not in UNREPORTED}
+
+
+def _settled(status: dict[str, Any]) -> bool:
+    """Nothing under way that the manager follows: every replica RW, no import running."""
+    reps = status.get("replicas") or []
+    imp = status.get("import")
+    return all(isinstance(r, dict) and r.get("mode") == "RW" for r in reps) and not (
+        isinstance(imp, dict) and imp.get("state") == "running"
+    )

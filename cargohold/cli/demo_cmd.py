@@ -197,16 +197,45 @@ class BlockDevice:
             self.fuse = None
 
 
-def can_mount() -> bool:
+def cannot_mount() -> list[str]:
+    """Why this machine cannot put a filesystem on a volume (nbdfuse + loop + mount):
+    empty when it can."""
     if os.environ.get("CARGOHOLD_DEMO_NO_MOUNT"):  # to try the path taken without root
-        return False
-    tools = ("nbdfuse", "losetup", "mount", "fusermount3")
-    return (
-        os.geteuid() == 0
-        and all(shutil.which(t) for t in tools)
-        and os.path.exists("/dev/fuse")
-        and os.path.exists("/dev/loop-control")
-    )
+        return ["CARGOHOLD_DEMO_NO_MOUNT is set"]
+    why = [] if os.geteuid() == 0 else ["not root"]
+    why += [
+        f"no {t}" for t in ("nbdfuse", "losetup", "mount", "fusermount3") if not shutil.which(t)
+    ]
+    why += [f"no {dev}" for dev in ("/dev/fuse", "/dev/loop-control") if not os.path.exists(dev)]
+    return why
+
+
+def can_mount() -> bool:
+    return not cannot_mount()
+
+
+FALLBACK_EXIT = 3  # the main job could not run here; the data-plane demo ran instead
+
+
+def fallback_banner(why: list[str], end: bool = False) -> None:
+    """Said loudly, at the start and at the end: this is not the main job."""
+    from rich.panel import Panel
+
+    if end:
+        text = (
+            "This was the [bold]data-plane demo only[/bold]. The main job — a cluster through "
+            "the control plane, ext4 mounted on a volume, a node killed and rebuilt by the "
+            f"manager — did [bold]not[/bold] run here ({', '.join(why)}). Exit status "
+            f"{FALLBACK_EXIT}; `cargohold demo --engine-only` asks for this demo on purpose."
+        )
+    else:
+        text = (
+            f"[bold]The main job cannot run on this machine[/bold]: {', '.join(why)}. It needs "
+            "root, /dev/fuse, loop devices and nbdfuse, losetup, mount and fusermount3.\n"
+            "Showing a [bold]lesser demo[/bold] instead: the data plane alone — three replica "
+            "servers and one engine, no manager, no node agents, no mounted filesystem."
+        )
+    console.print(Panel(text, title="NOT THE MAIN JOB", border_style="bold yellow"))
 
 
 def main_job(root: str) -> None:
@@ -432,7 +461,12 @@ def main_job(root: str) -> None:
                 p.signal(signal.SIGTERM)
 
 
-@app.command("demo")
+@app.command(
+    "demo",
+    epilog="Exit status: 0 the demo ran to the end; 1 it failed (its files are kept); 2 a tool "
+    f"is missing; {FALLBACK_EXIT} the main job cannot run here (no root, FUSE or loop devices) "
+    "and the data-plane demo ran instead and passed.",
+)
 def demo(
     dir: str = typer.Option(None, "--dir", help="keep the demo's files here (default: a temp dir)"),
     engine_only: bool = typer.Option(
@@ -448,10 +482,11 @@ def demo(
     if dir and os.path.exists(dir):
         shutil.rmtree(dir)
     os.makedirs(root, exist_ok=True)
+    why = [] if engine_only else cannot_mount()
     try:
-        if engine_only or not can_mount():
-            if not engine_only:
-                note("(no root, loop devices or FUSE here: showing the data plane alone)")
+        if engine_only or why:
+            if why:
+                fallback_banner(why)
             main_job(root)
         else:
             from cargohold.cli.demo_cluster import cluster_job
@@ -462,3 +497,6 @@ def demo(
         raise typer.Exit(1) from None
     if not dir:
         shutil.rmtree(root, ignore_errors=True)
+    if why:  # it passed, but it was not what was asked for: say so, and in the exit status
+        fallback_banner(why, end=True)
+        raise typer.Exit(FALLBACK_EXIT)

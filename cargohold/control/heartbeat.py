@@ -9,6 +9,7 @@ write (``assignments``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from cargohold.control.model import (
@@ -19,10 +20,12 @@ from cargohold.control.model import (
     EngineStatus,
     Heartbeat,
     Node,
+    Operation,
     OperationAssignment,
     OperationKind,
     OperationReport,
     OperationState,
+    Replica,
     ReplicaAssignment,
     ReplicaMode,
     Robustness,
@@ -51,11 +54,22 @@ async def handle(
         return node
 
     await repo.update_node(name, beat)
-    await _ingest_replicas(repo, name, hb)
-    for er in hb.engines:
-        await _ingest_engine(repo, name, er)
+    # one read of each kind of record per heartbeat (parsed once per revision: the
+    # repository caches them); every write below is still a compare-and-swap
+    volumes = {v.name: v for v in await repo.volumes()}
+    replicas = await repo.replicas()
+    await _ingest_replicas(repo, name, hb, volumes, replicas)
+    if hb.engines:
+        down = {n.name for n in await repo.nodes() if n.down_since is not None}
+        by_volume: dict[str, list[Replica]] = {}
+        for r in replicas:
+            by_volume.setdefault(r.volume, []).append(r)
+        for er in hb.engines:
+            vol = volumes.get(er.volume)
+            if vol is not None:
+                await _ingest_engine(repo, name, er, vol, by_volume.get(vol.name, []), down)
     reported = {er.volume for er in hb.engines}
-    for vol in await repo.volumes():
+    for vol in volumes.values():
         st = vol.engine_status
         if st is not None and st.node == name and st.running and vol.name not in reported:
 
@@ -71,10 +85,16 @@ async def handle(
     return await assignments(repo, name, hb, settings)
 
 
-async def _ingest_replicas(repo: Repository, name: str, hb: Heartbeat) -> None:
+async def _ingest_replicas(
+    repo: Repository,
+    name: str,
+    hb: Heartbeat,
+    volumes: dict[str, Volume],
+    replicas: list[Replica],
+) -> None:
     reported = {r.id: r for r in hb.replicas}
-    engines = {v.name: _engine_runs(v) for v in await repo.volumes()}
-    for rep in await repo.replicas():
+    engines = {v.name: _engine_runs(v) for v in volumes.values()}
+    for rep in replicas:
         if rep.node != name:
             continue
         got = reported.get(rep.id)
@@ -104,11 +124,17 @@ def _engine_runs(v: Volume) -> bool:
     return bool(st and st.running and v.engine and st.epoch == v.engine.epoch)
 
 
-async def _ingest_engine(repo: Repository, name: str, er: EngineReport) -> None:
-    try:
-        vol = await repo.volume(er.volume)
-    except NotFound:
-        return
+async def _ingest_engine(
+    repo: Repository,
+    name: str,
+    er: EngineReport,
+    vol: Volume,
+    replicas: list[Replica],
+    down: set[str],
+) -> None:
+    """What one engine reports, into its volume's and replicas' records. ``vol`` and
+    ``replicas`` as read at the start of the heartbeat; nothing is written (no fsync)
+    when the report changes nothing."""
     st = er.status or {}
     links = {x.get("id"): x for x in st.get("replicas", []) if isinstance(x, dict)}
     if vol.engine is None or vol.engine.node != name or vol.engine.epoch != er.epoch:
@@ -121,13 +147,13 @@ async def _ingest_engine(repo: Repository, name: str, er: EngineReport) -> None:
                 v.engine_status.running = er.running
                 return v
 
-            await repo.update_volume(vol.name, old)
+            if er.running != vol.engine_status.running:
+                await _update_volume(repo, vol.name, old)
         return
     rw_gens = [int(x.get("generation", 0)) for x in links.values() if x.get("mode") == "RW"]
     # robustness counts only replicas whose node is up: an idle engine notices a dead
     # replica only at its next I/O, the manager knows from the missing heartbeats
-    down = {n.name for n in await repo.nodes() if n.down_since is not None}
-    where = {r.id: r.node for r in await repo.replicas(vol.name)}
+    where = {r.id: r.node for r in replicas}
     rw = sum(1 for rid, x in links.items() if x.get("mode") == "RW" and where.get(rid) not in down)
 
     def observed(v: Volume) -> Volume:
@@ -167,10 +193,11 @@ async def _ingest_engine(repo: Repository, name: str, er: EngineReport) -> None:
                 v.error = f"engine epoch {er.epoch} was fenced: {st['fenced']}"
         return v
 
-    await repo.update_volume(vol.name, observed)
+    if observed(vol.model_copy(deep=True)) != vol:  # only a change is written
+        await _update_volume(repo, vol.name, observed)
     if not (er.running and st):
         return
-    for rep in await repo.replicas(vol.name):
+    for rep in replicas:
         link = links.get(rep.id)
         mode = (
             ReplicaMode(link["mode"]) if link and link.get("mode") in ("RW", "WO", "ERR") else None
@@ -193,7 +220,17 @@ async def _ingest_engine(repo: Repository, name: str, er: EngineReport) -> None:
             r.mode, r.generation, r.rebuild_progress, r.error = mode, gen, progress, err
             return r
 
-        await repo.update_replica(vol.name, rep.id, upd)
+        try:
+            await repo.update_replica(vol.name, rep.id, upd)
+        except NotFound:
+            pass  # deleted meanwhile
+
+
+async def _update_volume(repo: Repository, name: str, change) -> None:  # type: ignore[no-untyped-def]
+    try:
+        await repo.update_volume(name, change)
+    except NotFound:
+        pass  # deleted since the heartbeat read it
 
 
 async def _ingest_operation(repo: Repository, orep: OperationReport) -> None:
@@ -317,6 +354,7 @@ async def assignments(
             )
     by_id = {r.id: r for r in all_reps}
     running_here = {e.volume: e for e in hb.engines if e.running}
+    unfinished: dict[str, list[Operation]] | None = None
     for vol in volumes.values():
         eng = vol.engine
         if eng is None or eng.node != name:
@@ -347,9 +385,12 @@ async def assignments(
         er = running_here.get(vol.name)
         if er is None or er.epoch != eng.epoch:
             continue
-        for op in await repo.operations(vol.name):
-            if op.done:
-                continue
+        if unfinished is None:  # read once, only when an engine here could run one
+            unfinished = {}
+            for op in await repo.operations():
+                if not op.done:
+                    unfinished.setdefault(op.volume, []).append(op)
+        for op in unfinished.get(vol.name, ()):
             args = dict(op.args)
             if op.kind is OperationKind.CLONE:
                 resolved = await _clone_source(repo, args, nodes)
@@ -359,7 +400,15 @@ async def assignments(
             out.operations.append(
                 OperationAssignment(id=op.id, kind=op.kind, volume=op.volume, args=args)
             )
+    out.revision = revision(out)
     return out
+
+
+def revision(a: Assignments) -> str:
+    """The digest of an answer's content: the agent sends it back, and the manager holds
+    the next heartbeat while its node's assignments still have it."""
+    body = a.model_dump_json(exclude={"revision"}).encode()
+    return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
 async def _clone_source(repo: Repository, args: dict, nodes: dict[str, Node]) -> str | None:  # type: ignore[type-arg]

@@ -311,12 +311,18 @@ class Registration(Record):
 
 
 class Heartbeat(Record):
-    """POST /api/v1/nodes/{name}/heartbeat: what runs on the node now."""
+    """POST /api/v1/nodes/{name}/heartbeat: what runs on the node now.
+
+    A long poll: with ``assignments_revision`` the revision of the assignments the agent
+    has, and ``hold`` > 0, the manager holds its answer until the node's assignments
+    change or ``hold`` (at most ``heartbeat_interval``) seconds pass."""
 
     replica_port: int = 0
     replicas: list[ReplicaReport] = Field(default_factory=list)
     engines: list[EngineReport] = Field(default_factory=list)
     operations: list[OperationReport] = Field(default_factory=list)
+    assignments_revision: str = ""  # the ``revision`` of the last assignments received
+    hold: float = Field(default=0.0, ge=0, le=60)  # seconds the agent lets the answer wait
 
 
 class ReplicaAssignment(Record):
@@ -354,6 +360,7 @@ class Assignments(Record):
     operations: list[OperationAssignment] = Field(default_factory=list)
     disks: list[DiskReport] = Field(default_factory=list)  # every disk the node should serve
     heartbeat_interval: float = 1.0
+    revision: str = ""  # a digest of everything above: equal revisions, equal assignments
 
 
 class keys:

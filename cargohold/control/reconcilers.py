@@ -75,6 +75,14 @@ class NodeReconciler:
                         await self.repo.update_volume(vol.name, stopped)
 
 
+async def _replicas_by_volume(repo: Repository) -> dict[str, list[Replica]]:
+    """Every replica record, by volume: one read of the store per pass, not one a volume."""
+    out: dict[str, list[Replica]] = {}
+    for r in await repo.replicas():
+        out.setdefault(r.volume, []).append(r)
+    return out
+
+
 def _failed(rep: Replica, nodes: dict[str, Node], running: bool) -> bool:
     n = nodes.get(rep.node)
     if n is None or n.down_since is not None:
@@ -99,18 +107,19 @@ class ReplicaReconciler:
 
     async def run_once(self) -> None:
         nodes = {n.name: n for n in await self.repo.nodes()}
+        by_volume = await _replicas_by_volume(self.repo)
         for vol in await self.repo.volumes():
             if vol.deleting or vol.released:
                 continue
             try:
-                await self._volume(vol, nodes)
+                await self._volume(vol, nodes, by_volume.get(vol.name, []))
             except NotFound:
                 continue
 
-    async def _volume(self, vol: Volume, nodes: dict[str, Node]) -> None:
+    async def _volume(self, vol: Volume, nodes: dict[str, Node], replicas: list[Replica]) -> None:
         t = now()
         running = _running(vol)
-        reps = [r for r in await self.repo.replicas(vol.name) if not r.deleting]
+        reps = [r for r in replicas if not r.deleting]
         # 1. note when each replica failed, or that it is back
         for r in reps:
             failed = _failed(r, nodes, running)
@@ -166,10 +175,18 @@ class ReplicaReconciler:
         if missing > 0:
             await self._add(vol, missing)
         elif missing < 0:
-            # too many (e.g. a replica came back after its replacement): drop the worst
+            # too many (e.g. a replica came back after its replacement): drop the worst —
+            # failed, then not current (not on disk, behind), then not RW, then the oldest
+            current = {h.id for h in healthy}
             ranked = sorted(
                 keep,
-                key=lambda r: (r.failed_at is None, r.mode is ReplicaMode.RW, r.generation, r.id),
+                key=lambda r: (
+                    r.failed_at is None,
+                    r.id in current,
+                    r.mode is ReplicaMode.RW,
+                    r.generation,
+                    r.id,
+                ),
             )
             for r in ranked[:-missing]:
                 if r in healthy and len(healthy) <= 1:
@@ -248,8 +265,9 @@ class EngineReconciler:
     async def run_once(self) -> None:
         nodes = {n.name: n for n in await self.repo.nodes()}
         pending = {o.volume for o in await self.repo.operations() if not o.done}
+        by_volume = await _replicas_by_volume(self.repo)
         for vol in await self.repo.volumes():
-            reps = [r for r in await self.repo.replicas(vol.name) if not r.deleting]
+            reps = [r for r in by_volume.get(vol.name, []) if not r.deleting]
             busy = vol.name in pending or _needs_rebuild(vol, reps, nodes)
             try:
                 await self._volume(vol, reps, nodes, busy)
@@ -355,9 +373,10 @@ class VolumeReconciler:
     async def run_once(self) -> None:
         nodes = {n.name: n for n in await self.repo.nodes()}
         ops = await self.repo.operations()
+        by_volume = await _replicas_by_volume(self.repo)
         for vol in await self.repo.volumes():
             try:
-                await self._volume(vol, nodes, ops)
+                await self._volume(vol, nodes, ops, by_volume.get(vol.name, []))
             except NotFound:
                 continue
         t = now()
@@ -377,8 +396,13 @@ class VolumeReconciler:
 
                 await self.repo.update_operation(op.id, gone)
 
-    async def _volume(self, vol: Volume, nodes: dict[str, Node], ops: list) -> None:  # type: ignore[type-arg]
-        reps = await self.repo.replicas(vol.name)
+    async def _volume(
+        self,
+        vol: Volume,
+        nodes: dict[str, Node],
+        ops: list,  # type: ignore[type-arg]
+        reps: list[Replica],
+    ) -> None:
         if vol.deleting:
             if _running(vol) or (vol.engine_status and vol.engine_status.running):
                 return  # the engine stops first (the engine reconciler cleared it)

@@ -5,6 +5,10 @@ back only if nobody changed it meanwhile, else retry with the fresh record. That
 requests, heartbeats and reconcilers — in one manager or several — safe without locks.
 Writes that must happen together (a volume's epoch bump with its engine's replica set; a
 new replica with the volume it belongs to still existing) are one transaction.
+
+``observers`` are told of every record this repository writes, as ``(old, new)`` (None for
+absent; ``old`` None too when it was not read first): the manager's ``AssignmentWatch``
+wakes the heartbeats held for the nodes a change concerns (cargohold/control/watch.py).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from cargohold.errors import AlreadyExists, Busy, NotFound
 
 M = TypeVar("M", bound=BaseModel)
 MAX_RETRIES = 64
+PARSED_MAX = 200_000  # parsed records kept (then the cache starts over)
 
 
 class Conflict(Busy):
@@ -41,23 +46,54 @@ def _dump(rec: BaseModel) -> bytes:
     return rec.model_dump_json().encode()
 
 
+Observer = Callable[[BaseModel | None, BaseModel | None], None]
+
+
 class Repository:
     def __init__(self, store: StateStore) -> None:
         self.store = store
+        self.observers: list[Observer] = []
+        self._parsed: dict[str, tuple[int, BaseModel]] = {}  # key -> (mod_revision, record)
+
+    def _notify(self, old: BaseModel | None, new: BaseModel | None) -> None:
+        for fn in self.observers:
+            fn(old, new)
 
     # --- generic ---------------------------------------------------------------------
+    def _parse(self, key: str, value: bytes, rev: int, model: type[M]) -> M:
+        """The record, parsed once per (key, mod_revision): a mod revision is the store's
+        revision of one write, never reused, so it names the value exactly (whichever
+        manager wrote it). Callers get a shallow copy: setting a field of it leaves the
+        cache alone (changes go through ``_update``, which copies deeply)."""
+        hit = self._parsed.get(key)
+        if hit is not None and hit[0] == rev and type(hit[1]) is model:
+            return hit[1].model_copy()  # type: ignore[return-value]
+        rec = model.model_validate_json(value)
+        if len(self._parsed) >= PARSED_MAX:
+            self._parsed.clear()
+        self._parsed[key] = (rev, rec)
+        return rec.model_copy()
+
+    def _forget(self, key: str) -> None:
+        self._parsed.pop(key, None)
+
     async def _get(self, key: str, model: type[M]) -> tuple[M, int] | None:
         e = await self.store.get(key)
         if e is None:
+            self._forget(key)
             return None
-        return model.model_validate_json(e.value), e.mod_revision
+        return self._parse(key, e.value, e.mod_revision, model), e.mod_revision
 
     async def _list(self, prefix: str, model: type[M]) -> list[M]:
-        return [model.model_validate_json(e.value) for e in await self.store.range(prefix)]
+        return [
+            self._parse(e.key, e.value, e.mod_revision, model)
+            for e in await self.store.range(prefix)
+        ]
 
     async def _create(self, key: str, rec: BaseModel, what: str) -> None:
         if not await self.store.txn([Compare(key, 0)], [Put(key, _dump(rec))]):
             raise AlreadyExists(f"{what} already exists")
+        self._notify(None, rec)
 
     async def _update(
         self,
@@ -79,6 +115,7 @@ class Repository:
             if new is None or new == rec:
                 return rec
             if await self.store.txn([Compare(key, rev)], [Put(key, _dump(new))]):
+                self._notify(rec, new)  # type: ignore[arg-type]
                 return new  # type: ignore[return-value]
         raise Conflict(f"{what}: too many concurrent changes, try again")
 
@@ -99,6 +136,7 @@ class Repository:
             old, rev = got if got else (None, 0)
             new = make(old.model_copy(deep=True) if old else None)
             if await self.store.txn([Compare(key, rev)], [Put(key, _dump(new))]):
+                self._notify(old, new)
                 return new
         raise Conflict(f"node {name}: too many concurrent changes, try again")
 
@@ -110,6 +148,7 @@ class Repository:
 
     async def put_disk(self, disk: Disk) -> None:
         await self.store.put(keys.disk(disk.node, disk.name), _dump(disk))
+        self._notify(None, disk)
 
     async def create_disk(self, disk: Disk) -> None:
         await self._create(
@@ -135,6 +174,9 @@ class Repository:
             ops.append(Put(keys.replica(vol.name, r.id), _dump(r)))
         if not await self.store.txn(compares, ops):
             raise AlreadyExists(f"volume {vol.name} already exists")
+        self._notify(None, vol)
+        for r in replicas:
+            self._notify(None, r)
 
     async def update_volume(self, name: str, change: Callable[[Volume], Volume | None]) -> Volume:
         return await self._update(keys.volume(name), Volume, change, f"volume {name}")
@@ -147,6 +189,8 @@ class Repository:
         ops += [Delete(e.key) for e in await self.store.range(f"/snapshots/{name}/")]
         ops.append(Delete(keys.volume(name)))
         await self.store.txn([], ops)
+        for op in ops:
+            self._forget(op.key)
 
     # --- replicas -----------------------------------------------------------------------
     async def replicas(self, volume: str | None = None) -> list[Replica]:
@@ -158,10 +202,13 @@ class Repository:
         got = await self._get(keys.volume(vol_name), Volume)
         if got is None or got[0].deleting:
             return False
-        return await self.store.txn(
+        done = await self.store.txn(
             [Compare(keys.volume(vol_name), got[1]), Compare(keys.replica(vol_name, rep.id), 0)],
             [Put(keys.replica(vol_name, rep.id), _dump(rep))],
         )
+        if done:
+            self._notify(None, rep)
+        return done
 
     async def update_replica(
         self, volume: str, rid: str, change: Callable[[Replica], Replica | None]
@@ -219,6 +266,7 @@ class Repository:
 
     async def delete_replica_record(self, volume: str, rid: str) -> None:
         await self.store.delete(keys.replica(volume, rid))
+        self._forget(keys.replica(volume, rid))
 
     # --- snapshots ------------------------------------------------------------------------
     async def snapshots(self, volume: str) -> list[Snapshot]:
@@ -242,6 +290,7 @@ class Repository:
 
     async def delete_snapshot_record(self, volume: str, name: str) -> None:
         await self.store.delete(keys.snapshot(volume, name))
+        self._forget(keys.snapshot(volume, name))
 
     # --- operations -----------------------------------------------------------------------
     async def operations(self, volume: str | None = None) -> list[Operation]:
@@ -261,6 +310,7 @@ class Repository:
             [Put(keys.operation(op.id), _dump(op)), *(also or [])],
         ):
             raise AlreadyExists(f"operation {op.id} already exists")
+        self._notify(None, op)
         return op
 
     async def update_operation(
@@ -270,6 +320,7 @@ class Repository:
 
     async def delete_operation(self, oid: str) -> None:
         await self.store.delete(keys.operation(oid))
+        self._forget(keys.operation(oid))
 
 
 def new_id(prefix: str) -> str:

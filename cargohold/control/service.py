@@ -36,6 +36,7 @@ from cargohold.control.repository import Repository, new_id, now
 from cargohold.control.settings import ManagerSettings
 from cargohold.control.state.base import Put
 from cargohold.control.views import volume_view
+from cargohold.control.watch import AssignmentWatch
 from cargohold.errors import AlreadyExists, InvalidArgument, NotFound, WrongState
 
 log = logging.getLogger("cargohold.manager")
@@ -119,6 +120,8 @@ class Service:
         self.manager_id = manager_id
         self.is_leader = False
         self.kick = asyncio.Event()  # wakes the reconcilers after a write
+        self.watch = AssignmentWatch()  # wakes held heartbeats when their node's work changes
+        repo.observers.append(self.watch.changed)
 
     # --- nodes ----------------------------------------------------------------------------
     async def register(self, name: str, reg: Registration) -> dict[str, Any]:
@@ -160,8 +163,28 @@ class Service:
         if old != disk:
             await self.repo.put_disk(disk)
 
-    async def heartbeat(self, name: str, hb: Heartbeat) -> Assignments:
-        return await hb_mod.handle(self.repo, name, hb, self.settings)
+    async def heartbeat(
+        self, name: str, hb: Heartbeat, gone: asyncio.Future[object] | None = None
+    ) -> Assignments:
+        """Take in the report (liveness is recorded now) and answer the node's assignments:
+        at once when they differ from the revision the agent has, else when they change
+        (an API write or a reconciler touched them), the agent's ``hold`` (at most
+        ``heartbeat_interval``) has passed, or the agent hung up (``gone``)."""
+        mark = self.watch.mark(name)
+        a = await hb_mod.handle(self.repo, name, hb, self.settings)
+        hold = min(hb.hold, self.settings.heartbeat_interval)
+        if hold <= 0 or a.revision != hb.assignments_revision:
+            return a
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hold
+        while (left := deadline - loop.time()) > 0:
+            if not await self.watch.wait(name, mark, left, gone):
+                break
+            mark = self.watch.mark(name)
+            a = await hb_mod.assignments(self.repo, name, hb, self.settings)
+            if a.revision != hb.assignments_revision:
+                break
+        return a
 
     async def node(self, name: str) -> dict[str, Any]:
         return (await self.repo.node(name)).view()

@@ -1,11 +1,141 @@
 """The API's JSON for volumes and replicas: records plus what is derived from them
-(state, robustness, endpoint). Shapes are documented in docs/control-plane.md."""
+(state, robustness, endpoint), and the typed models of every answer (``VolumeView``,
+``NodeView``, ...) that the routes declare, so the OpenAPI schema describes each answer
+and FastAPI checks what goes out against it. Records that are served as they are
+(``Disk``, ``Snapshot``, ``Operation``) are their own answer models. Shapes are
+documented in docs/control-plane.md; tests/unit/control/test_api_schema.py checks live
+answers against the published schema."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from cargohold.control.model import Node, Replica, ReplicaMode, Volume
+from pydantic import BaseModel, ConfigDict, Field
+
+from cargohold.control.model import (
+    Node,
+    NodeState,
+    Record,
+    Replica,
+    ReplicaMode,
+    Robustness,
+    Volume,
+    VolumeSource,
+    VolumeState,
+)
+
+ReplicaState = Literal["pending", "stopped", "running", "rebuilding", "failed", "deleting"]
+
+
+class ReplicaView(Record):
+    """One replica of a volume, as ``GET /api/v1/volumes/{volume}`` shows it."""
+
+    id: str
+    volume: str
+    node: str
+    disk: str
+    mode: ReplicaMode | None = Field(description="the engine's view; null when none runs")
+    generation: int
+    rebuild_progress: float | None = Field(description="0..1 while rebuilding (WO)")
+    state: ReplicaState
+    evicting: bool = Field(description="on a drained node, waiting for its replacement")
+    error: str
+
+
+class EngineView(Record):
+    node: str
+    epoch: int
+    purpose: Literal["attach", "maintenance"]
+    running: bool = Field(description="its node's agent reports it running at this epoch")
+
+
+class VolumeView(Record):
+    """``GET /api/v1/volumes/{volume}``: the fields scripts rely on."""
+
+    name: str
+    size_bytes: int
+    replicas_wanted: int
+    state: VolumeState
+    robustness: Robustness
+    endpoint: str = Field(description="nbd://HOST:PORT/NAME when attached, else empty")
+    attached_node: str | None
+    epoch: int
+    generation: int
+    reclaim_policy: Literal["Delete", "Retain"]
+    zone_spread: bool
+    node_tags: list[str]
+    disk_tags: list[str]
+    stale_replica_timeout: float
+    source: VolumeSource | None
+    created_at: float
+    error: str
+    engine: EngineView | None
+    replicas: list[ReplicaView]
+
+
+class NodeView(Record):
+    """``GET /api/v1/nodes/{node}``: the ``Node`` record's fields and its derived ``state``
+    (up, down when ``down_since`` is set, else cordoned when ``cordoned``)."""
+
+    name: str
+    zone: str
+    address: str
+    replica_port: int
+    tags: list[str]
+    cordoned: bool
+    draining: bool
+    heartbeat_at: float
+    down_since: float | None
+    registered_at: float
+    agent_pid: int | None
+    state: NodeState
+
+
+class VolumeCounts(Record):
+    total: int
+    healthy: int
+    degraded: int
+    faulted: int
+    attached: int
+
+
+class StatusView(Record):
+    backend: str
+    manager: str
+    leader: str | None
+    nodes: dict[NodeState, int]
+    volumes: VolumeCounts
+    capacity_bytes: int
+    allocated_bytes: int
+
+
+class Health(Record):
+    ok: bool
+    leader: bool = Field(description="whether this manager leads")
+    manager: str
+    backend: str
+
+
+class AttachmentView(Record):
+    volume: str
+    node: str
+    endpoint: str
+    epoch: int
+    state: VolumeState
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="the error class: NotFound, WrongState, Unschedulable, ...")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer; a 422 also carries FastAPI's ``detail`` list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+    detail: list[dict[str, Any]] | None = None
 
 
 def replica_state(rep: Replica, node: Node | None, engine_running: bool) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from cargohold.control.model import NodeState, VolumeState
+from cargohold.control.model import NodeState, OperationState, VolumeState
+from cargohold.control.reconcilers import EngineReconciler, ReplicaReconciler, VolumeReconciler
 from cargohold.control.service import AttachRequest, SnapshotCreate, VolumeCreate
 from cargohold.errors import Unschedulable, WrongState
 from tests.unit.control.sim import Sim
@@ -283,3 +286,112 @@ async def test_uncordon_ends_a_drain(monkeypatch) -> None:
     v = await vol(sim)
     assert not any(r["evicting"] for r in v["replicas"])
     assert v["error"] == ""
+
+
+# --- one reconciler at a time, through run_once() ------------------------------------------
+def _rec(sim: Sim, cls: type) -> Any:  # type: ignore[type-arg]
+    return next(r for r in sim.recs if isinstance(r, cls))
+
+
+async def test_a_failed_operation_is_recorded_and_its_engine_stops(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    for n in sim.nodes.values():
+        n.fail_ops = True
+    op = await sim.service.create_snapshot("data", SnapshotCreate(name="s1"))
+    engines = _rec(sim, EngineReconciler)
+    await engines.run_once()  # a maintenance engine for the pending operation
+    assert (await sim.repo.volume("data")).engine.purpose == "maintenance"  # type: ignore[union-attr]
+    await sim.step(rounds=3)  # its agent runs the operation: it fails
+    done = await sim.service.operation(op["id"])
+    assert done["state"] == "failed" and done["error"] == "boom" and done["finished_at"]
+    snap = (await sim.service.snapshots("data"))[0]
+    assert snap["state"] == "error" and snap["error"] == "boom"
+    await engines.run_once()  # nothing waits any more: the maintenance engine goes
+    assert (await sim.repo.volume("data")).engine is None
+
+
+async def test_finished_operations_are_collected_after_the_retention(monkeypatch) -> None:
+    sim = await make(monkeypatch, operation_retention=600)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    old = await sim.service.create_snapshot("data", SnapshotCreate(name="s1"))
+    await sim.step(rounds=4)
+    assert (await sim.service.operation(old["id"]))["state"] == "succeeded"
+    volumes = _rec(sim, VolumeReconciler)
+    sim.clock.t += 300
+    new = await sim.service.create_snapshot("data", SnapshotCreate(name="s2"))
+    await sim.step(rounds=4)
+    sim.clock.t += 301  # the first is 601 s old, the second 301 s
+    await volumes.run_once()
+    ids = {o["id"] for o in await sim.service.operations(None)}
+    assert old["id"] not in ids and new["id"] in ids
+    sim.clock.t += 600
+    await volumes.run_once()
+    assert await sim.service.operations(None) == []
+
+
+async def test_an_unfinished_operation_of_a_deleted_volume_fails(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    op = await sim.service.create_snapshot("data", SnapshotCreate(name="s1"))
+    await sim.repo.delete_volume_records("data")  # gone under the operation
+    await _rec(sim, VolumeReconciler).run_once()
+    o = await sim.service.operation(op["id"])
+    assert (o["state"], o["error"]) == ("failed", "volume deleted")
+
+
+async def test_an_operation_whose_engine_vanished_runs_again(monkeypatch) -> None:
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    op = await sim.service.create_snapshot("data", SnapshotCreate(name="s1"))
+
+    def running(o):  # type: ignore[no-untyped-def]
+        o.state, o.progress = OperationState.RUNNING, 0.3
+        return o
+
+    await sim.repo.update_operation(op["id"], running)  # an agent had started it ...
+    volumes = _rec(sim, VolumeReconciler)
+    await volumes.run_once()
+    assert (await sim.service.operation(op["id"]))["state"] == "pending"  # ... no engine now
+    await sim.repo.update_operation(op["id"], running)
+    await _rec(sim, EngineReconciler).run_once()  # while an engine is wanted, it stays
+    await volumes.run_once()
+    assert (await sim.service.operation(op["id"]))["state"] == "running"
+    await sim.step(rounds=4)  # and the next engine runs it to the end
+    assert (await sim.service.operation(op["id"]))["state"] == "succeeded"
+
+
+async def test_an_extra_replica_is_removed_never_the_last_current_one(monkeypatch) -> None:
+    sim = await make(monkeypatch, nodes=4)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB, replicas=3))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-1"))
+    await sim.step(rounds=3)
+
+    def fewer(v):  # type: ignore[no-untyped-def]
+        v.replicas_wanted = 2
+        return v
+
+    await sim.repo.update_volume("data", fewer)  # e.g. one came back after its replacement
+    replicas = _rec(sim, ReplicaReconciler)
+    await replicas.run_once()
+    reps = await sim.repo.replicas("data")
+    assert sum(r.deleting for r in reps) == 1
+    await sim.step(rounds=3)
+    v = await vol(sim)
+    assert len(v["replicas"]) == 2 and v["robustness"] == "healthy"
+    # one replica wanted, one current left of two: the current one stays
+    await sim.repo.update_volume("data", lambda v: v.model_copy(update={"replicas_wanted": 1}))
+    current = next(r for r in await sim.repo.replicas("data"))
+    others = [r for r in await sim.repo.replicas("data") if r.id != current.id]
+    for r in others:
+        await sim.repo.update_replica(
+            "data", r.id, lambda x: x.model_copy(update={"exists": False})
+        )
+    await replicas.run_once()
+    left = {r.id: r.deleting for r in await sim.repo.replicas("data")}
+    assert left[current.id] is False and all(left[r.id] for r in others)

@@ -1,0 +1,197 @@
+"""Live answers of the manager's API against its published OpenAPI schema.
+
+A real app (cargohold/control/api.py) over the in-memory state store, driven through the
+simulated cluster (sim.py) into the states scripts see — volumes detached, attached with
+an engine and RW replicas, degraded with a node down, being deleted, released; snapshots,
+operations, errors of every declared status — and every answer body is validated with
+jsonschema against the schema the route declares for that status (docs/api/openapi.json
+is the same schema: test_api.py keeps them equal). Every route must be exercised."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from cargohold.control.api import build
+from cargohold.control.model import Heartbeat
+from cargohold.control.service import SnapshotCreate
+from tests.unit.control.sim import Sim
+
+GiB = 1 << 30
+
+
+class Checked:
+    """An HTTP client that validates every answer against the app's own OpenAPI schema."""
+
+    def __init__(self, client: httpx.AsyncClient, spec: dict[str, Any]) -> None:
+        self.client, self.spec = client, spec
+        self.seen: set[tuple[str, str, str]] = set()  # (method, template, status)
+
+    async def __call__(
+        self, method: str, template: str, expect: int, body: Any = None, **params: Any
+    ) -> Any:
+        path_params = {k: v for k, v in params.items() if "{" + k + "}" in template}
+        query = {k: v for k, v in params.items() if k not in path_params}
+        r = await self.client.request(
+            method, template.format(**path_params), json=body, params=query or None
+        )
+        assert r.status_code == expect, f"{method} {template}: {r.status_code} {r.text}"
+        op = self.spec["paths"][template][method.lower()]
+        declared = op["responses"].get(str(r.status_code))
+        assert declared is not None, f"{method} {template} answered undeclared {r.status_code}"
+        schema = declared["content"]["application/json"]["schema"]
+        jsonschema.validate(
+            r.json(),
+            {**schema, "components": self.spec["components"]},
+            cls=jsonschema.Draft202012Validator,
+        )
+        assert schema != {}, f"{method} {template} {r.status_code}: the answer is untyped"
+        self.seen.add((method.lower(), template, str(r.status_code)))
+        return r.json()
+
+
+@pytest.fixture
+async def world(monkeypatch):  # type: ignore[no-untyped-def]
+    sim = Sim(monkeypatch, nodes=4, node_down_after=5)
+    await sim.start()
+    app = build(sim.service)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        yield sim, Checked(c, app.openapi())
+
+
+async def test_every_answer_fits_the_published_schema(world) -> None:  # type: ignore[no-untyped-def]
+    sim, call = world
+    V, N, S, OP = (
+        "/api/v1/volumes/{volume}",
+        "/api/v1/nodes/{node}",
+        "/api/v1/volumes/{volume}/snapshots/{snapshot}",
+        "/api/v1/operations/{op}",
+    )
+    await call("GET", "/healthz", 200)
+    await call("GET", "/api/v1/status", 200)
+    await call("GET", "/api/v1/nodes", 200)
+    await call("GET", N, 200, node="node-1")
+    await call("GET", N, 404, node="nope")
+    body = {"address": "127.0.0.1", "replica_port": 9600, "disks": []}
+    await call("PUT", N, 200, body, node="node-9")
+    await call("PUT", N, 422, {"address": 1}, node="node-9")
+    await call("POST", N + "/heartbeat", 200, Heartbeat().model_dump(), node="node-9")
+    await call("POST", N + "/heartbeat", 422, {"replicas": "no"}, node="node-9")
+    await call("POST", N + "/cordon", 200, node="node-9")
+    await call("POST", N + "/uncordon", 200, node="node-9")
+    await call("POST", N + "/drain", 200, node="node-9")
+    await call("POST", N + "/cordon", 404, node="nope")
+    await call("GET", "/api/v1/disks", 200)
+    disk = {"name": "ssd-1", "path": "/d/ssd", "capacity_bytes": GiB}
+    await call("POST", N + "/disks", 201, disk, node="node-1")
+    await call("POST", N + "/disks", 409, disk, node="node-1")
+    await call("POST", N + "/disks", 404, disk, node="nope")
+
+    # volumes in every state
+    await call("POST", "/api/v1/volumes", 201, {"name": "data", "size_bytes": GiB})
+    await call("POST", "/api/v1/volumes", 409, {"name": "data", "size_bytes": GiB})
+    await call("POST", "/api/v1/volumes", 422, {"name": "Bad", "size_bytes": 7})
+    huge = {"name": "huge", "size_bytes": 200 << 40, "replicas": 1}
+    await call("POST", "/api/v1/volumes", 507, huge)
+    await call(
+        "POST", "/api/v1/volumes", 404, {"name": "c", "size_bytes": GiB, "source": {"volume": "x"}}
+    )
+    await sim.step(rounds=2)
+    v = await call("GET", V, 200, volume="data")
+    assert v["state"] == "detached" and v["robustness"] == "healthy"
+    await call("GET", V, 404, volume="nope")
+    v = await call("POST", V + "/attach", 202, {"node": v["replicas"][0]["node"]}, volume="data")
+    await call("POST", V + "/attach", 409, {"node": "node-4"}, volume="data")
+    await call("POST", V + "/attach", 404, {"node": "node-1"}, volume="nope")
+    await call("POST", V + "/attach", 422, {"node": "node-1", "colour": 1}, volume="data")
+    await sim.step(rounds=3)
+    v = await call("GET", V, 200, volume="data")
+    assert v["state"] == "attached" and v["endpoint"] and v["engine"]["running"]
+    assert {r["mode"] for r in v["replicas"]} == {"RW"}
+    await call("GET", "/api/v1/attachments", 200)
+    await call("GET", V + "/replicas", 200, volume="data")
+    await call("GET", V + "/replicas", 404, volume="nope")
+    await call("GET", "/api/v1/replicas", 200)
+    await call("DELETE", V, 409, volume="data")
+
+    # snapshots and operations
+    op = await call("POST", V + "/snapshots", 202, {"name": "s1"}, volume="data")
+    await call("POST", V + "/snapshots", 409, {"name": "s1"}, volume="data")
+    await call("POST", V + "/snapshots", 404, {"name": "s1"}, volume="nope")
+    await call("GET", OP, 200, op=op["id"])
+    await call("GET", OP, 404, op="op-nope")
+    await call("GET", "/api/v1/operations", 200, volume="data")
+    await sim.step(rounds=3)
+    snaps = await call("GET", V + "/snapshots", 200, volume="data")
+    assert snaps[0]["state"] == "ready"
+    await call("GET", V + "/snapshots", 404, volume="nope")
+    await call("POST", S + "/revert", 409, volume="data", snapshot="s1")  # attached
+    await call("POST", V + "/expand", 202, {"size_bytes": 2 * GiB}, volume="data")
+    await call("POST", V + "/expand", 400, {"size_bytes": GiB // 2}, volume="data")
+    await call("POST", V + "/expand", 404, {"size_bytes": GiB}, volume="nope")
+    await call("DELETE", S, 202, volume="data", snapshot="s1")
+    await call("DELETE", S, 404, volume="data", snapshot="s1-nope")
+
+    # a node down: degraded, a replica failed
+    node = next(r["node"] for r in v["replicas"] if r["node"] != v["attached_node"])
+    sim.nodes[node].alive = False
+    await sim.step(seconds=3, rounds=3)
+    v = await call("GET", V, 200, volume="data")
+    assert v["robustness"] == "degraded"
+    assert "failed" in {r["state"] for r in v["replicas"]}
+    await call("GET", "/api/v1/status", 200)
+    await call("GET", "/api/v1/nodes", 200)
+
+    # detach, retain and release, delete
+    await call("POST", V + "/detach", 202, volume="data")
+    await call("POST", V + "/detach", 404, volume="nope")
+    await sim.step(rounds=3)
+    await call("POST", S + "/revert", 404, volume="data", snapshot="s1-nope")
+    await sim.service.create_snapshot("data", SnapshotCreate(name="s2"))
+    await sim.step(rounds=4)
+    await call("POST", S + "/revert", 202, volume="data", snapshot="s2")
+    await call("POST", S + "/revert", 404, volume="nope", snapshot="s2")
+    await call("DELETE", V, 202, volume="data")
+    await call("GET", V, 200, volume="data")  # deleting
+    await call("DELETE", V, 404, volume="nope")
+    await call("DELETE", V, 422, volume="data", purge="maybe")
+    keep = {"name": "keep", "size_bytes": GiB, "replicas": 2, "reclaim_policy": "Retain"}
+    await call("POST", "/api/v1/volumes", 201, keep)
+    await sim.step(rounds=2)
+    v = await call("DELETE", V, 202, volume="keep")
+    assert v["state"] == "released"
+    await call("POST", V + "/attach", 409, {"node": "node-1"}, volume="keep")
+    await call("GET", "/api/v1/volumes", 200)
+
+    # every route, each with its success answer, was checked
+    routes = {
+        (m, p, code)
+        for p, ops in call.spec["paths"].items()
+        for m, o in ops.items()
+        for code in o["responses"]
+        if code.startswith("2") and not p.endswith("/scrub")  # the scrub route: not ours
+    }
+    missing = routes - call.seen
+    assert not missing, f"routes never exercised: {sorted(missing)}"
+
+
+async def test_every_route_declares_typed_answers_and_its_errors(world) -> None:  # type: ignore[no-untyped-def]
+    _, call = world
+    for path, ops in call.spec["paths"].items():
+        if path.endswith("/scrub"):
+            continue
+        for method, op in ops.items():
+            ok = [c for c in op["responses"] if c.startswith("2")]
+            assert len(ok) == 1, (method, path)
+            schema = op["responses"][ok[0]]["content"]["application/json"]["schema"]
+            assert schema != {} and schema.get("additionalProperties") is not True, (method, path)
+            if path.startswith("/api/"):
+                assert "503" in op["responses"], (method, path)
+            for code in ("404", "409", "422", "503", "507"):
+                if code in op["responses"]:
+                    ref = op["responses"][code]["content"]["application/json"]["schema"]
+                    assert ref == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, code)
