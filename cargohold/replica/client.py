@@ -311,8 +311,10 @@ class ReplicaClient:
             off = header.end
         return moved
 
-    async def scrub(self) -> dict[str, Any]:
-        return (await self.call(Op.SCRUB)).result()
+    async def scrub(self, offset: int = 0, length: int = 0) -> dict[str, Any]:
+        """Verify the replica's blocks in [offset, offset + length) of every layer (length
+        0: to the end) -> ``{"checked_blocks", "bad": [{"layer", "block", "offset"}]}``."""
+        return (await self.call(Op.SCRUB, offset, length)).result()
 
     async def stats(self) -> dict[str, Any]:
         return (await self.call(Op.STATS)).result()

@@ -358,7 +358,7 @@ class Session(asyncio.Protocol):
         rep = self._replica()
         async with rep.lock:
             self._replica()
-            steps = rep.store.scrub_steps()
+            steps = rep.store.scrub_steps(req.offset, req.length)
             while True:
                 try:
                     next(steps)

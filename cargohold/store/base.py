@@ -80,6 +80,13 @@ def check_range(offset: int, length: int, size: int) -> tuple[int, int]:
     return offset // BLOCK_SIZE, length // BLOCK_SIZE
 
 
+def scrub_range(offset: int, length: int, size: int) -> tuple[int, int]:
+    """A scrub's byte range (``length`` 0: from ``offset`` to the end) -> (lba, nblocks)."""
+    if length == 0 and 0 <= offset <= size:
+        length = size - offset
+    return check_range(offset, length, size)
+
+
 def check_size(size: object) -> int:
     """A volume size: a positive multiple of the block size, at most MAX_VOLUME_SIZE."""
     if not isinstance(size, int) or isinstance(size, bool):
@@ -253,8 +260,9 @@ class ReplicaStore(ABC):
         """Which blocks may differ from what they were at generation ``since`` (bool)."""
 
     @abstractmethod
-    def scrub(self) -> ScrubReport:
-        """Verify every allocated block of every layer against its checksum."""
+    def scrub(self, offset: int = 0, length: int = 0) -> ScrubReport:
+        """Verify every allocated block of every layer against its checksum, in the byte
+        range [offset, offset + length) (``length`` 0: to the end)."""
 
     @abstractmethod
     def repair(self, offset: int, data: bytes | bytearray | memoryview) -> int:

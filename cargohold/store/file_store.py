@@ -45,6 +45,7 @@ from cargohold.store.base import (
     check_range,
     check_size,
     runs,
+    scrub_range,
 )
 from cargohold.store.integrity import recover_head, repair_layers, scrub_layers
 from cargohold.store.layer import Layer, file_names, io_error, sync_fds
@@ -710,18 +711,20 @@ class FileStore(ReplicaStore):
                 mask[a - lba : b - lba] |= (layer.meta[a:b] >> np.uint64(fmt.GEN_SHIFT)) > limit
         return mask
 
-    def scrub(self) -> ScrubReport:
-        steps = self.scrub_steps()
+    def scrub(self, offset: int = 0, length: int = 0) -> ScrubReport:
+        steps = self.scrub_steps(offset, length)
         while True:
             try:
                 next(steps)
             except StopIteration as stop:
                 return stop.value
 
-    def scrub_steps(self) -> Iterator[int]:
-        """Verify every data block of every layer; yields blocks checked so far."""
+    def scrub_steps(self, offset: int = 0, length: int = 0) -> Iterator[int]:
+        """Verify every data block of every layer in [offset, offset + length) (length 0:
+        to the end); yields blocks checked so far."""
+        lba, n = scrub_range(offset, length, self.size)
         named = [(self._layer_name(lid), layer) for lid, layer in self._layers.items()]
-        report = yield from scrub_layers(named)
+        report = yield from scrub_layers(named, lba, n)
         self.counters["checksum_errors"] += len(report.bad)
         return report
 

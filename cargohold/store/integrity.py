@@ -3,7 +3,8 @@
 - ``recover_head`` after an unclean shutdown: writes that were in flight end as their old
   or their new content (whichever the block holds), and the newest generation recorded in
   the block map is found (the complete-through generation in the header stays).
-- ``scrub_layers`` verifies every data block of every layer against its CRC32C.
+- ``scrub_layers`` verifies every data block of every layer (or of a block range of each)
+  against its CRC32C.
 - ``repair_layers`` rewrites bad blocks with good content, but only content whose
   checksum matches what the map recorded: a repair can never bring in other data.
 """
@@ -53,14 +54,18 @@ def recover_head(head: Layer, seen: int) -> tuple[int, int]:
     return top, fixed
 
 
-def scrub_layers(named: list[tuple[str, Layer]]) -> Iterator[int]:
-    """Yields blocks checked so far; returns the ScrubReport."""
+def scrub_layers(
+    named: list[tuple[str, Layer]], lba: int = 0, n: int | None = None
+) -> Iterator[int]:
+    """Blocks [lba, lba + n) of each layer (default: all). Yields blocks checked so far;
+    returns the ScrubReport."""
     checked = 0
     bad: list[BadBlock] = []
     buf = bytearray(SCRUB_STEP * BLOCK_SIZE)
     mv = memoryview(buf)
     for name, layer in named:
-        for a, b in list(layer.record_ranges(0, layer.nblocks)):
+        end = layer.nblocks if n is None else min(layer.nblocks, lba + n)
+        for a, b in list(layer.record_ranges(lba, end)) if lba < end else ():
             for lo in range(a, b, SCRUB_STEP):
                 hi = min(b, lo + SCRUB_STEP)
                 mask = (layer.meta[lo:hi] & np.uint64(fmt.STATE_MASK)) == fmt.DATA

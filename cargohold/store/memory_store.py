@@ -33,6 +33,7 @@ from cargohold.store.base import (
     check_history,
     check_range,
     check_size,
+    scrub_range,
 )
 
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
@@ -332,13 +333,14 @@ class MemoryStore(ReplicaStore):
                     mask[b - lba] = True
         return mask
 
-    def scrub(self) -> ScrubReport:
+    def scrub(self, offset: int = 0, length: int = 0) -> ScrubReport:
+        lba, n = scrub_range(offset, length, self._size)
         bad = []
         checked = 0
         for layer in self._layers.values():
             name = "head" if layer.id == self._head else self._name(layer)
             for b, e in sorted(layer.blocks.items()):
-                if e[0] == DATA:
+                if e[0] == DATA and lba <= b < lba + n:
                     checked += 1
                     if crc32c.crc32c(e[2]) != e[3]:
                         bad.append(BadBlock(name, b))
