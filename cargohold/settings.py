@@ -40,3 +40,17 @@ class EngineSettings(BaseSettings):
     rebuild_window: int = Field(
         64 * 1024 * 1024, ge=1 << 20, description="bytes of volume a rebuild step covers"
     )
+    scrub_interval_hours: float = Field(
+        168.0, ge=0, description="hours between scrub passes of every replica (0 = on demand only)"
+    )
+    scrub_bandwidth: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="bytes per second a scrub reads per replica (0 = unlimited)",
+    )
+    scrub_window: int = Field(
+        4 * 1024 * 1024,
+        ge=4096,
+        multiple_of=4096,
+        description="bytes of volume each replica verifies per scrub request",
+    )

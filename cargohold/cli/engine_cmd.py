@@ -57,6 +57,7 @@ def engine(
     from cargohold.cli.replica_cmd import parse_size
     from cargohold.engine.control import serve_control
     from cargohold.engine.replica_link import ReplicaSpec
+    from cargohold.engine.scrubber import Scrubber
     from cargohold.engine.volume import Volume
     from cargohold.frontend.nbd_server import serve
     from cargohold.settings import EngineSettings
@@ -88,7 +89,9 @@ def engine(
             if tcp is not None:
                 vol.endpoint = endpoint_uri(tcp, volume)
 
-        ctl = await serve_control(vol, control) if control else None
+        scrubber = Scrubber(vol)
+        vol._spawn(scrubber.run())  # periodic passes and those asked for; vol.close() ends it
+        ctl = await serve_control(vol, control, scrubber) if control else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

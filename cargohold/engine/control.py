@@ -10,19 +10,27 @@ generation), rebuild and import progress, counters, latency histograms), ``snaps
 (``name``), ``expand`` (``size`` in bytes), ``add-replica`` (``replica``: ``ID@HOST:PORT``;
 joins WO and is rebuilt), ``remove-replica`` (``id``), ``import`` (``source``:
 ``ID@HOST:PORT`` of a replica of another volume, ``snapshot``: copies that snapshot into
-this volume in the background; ``status`` shows how far it got).
+this volume in the background; ``status`` shows how far it got), ``scrub`` (a scrub pass
+of every replica, ``cargohold/engine/scrubber.py``: ``{"scrub": {"pass": N, ...}}`` at
+once; with ``"wait": true`` when the pass ended, with its report; ``status`` shows the
+pass running and the last report under ``scrub``). ``status`` also lists under ``busy`` the
+control requests being carried out (op, name, since when): a test can kill the engine
+while a snapshot is being taken (with ``cargohold.engine.faults`` holding it there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
+import time
 from typing import Any
 
 from cargohold.engine import snapshots
 from cargohold.engine.replica_link import ReplicaSpec
+from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
 from cargohold.errors import CargoholdError, ConfigError, InvalidArgument
 
@@ -30,10 +38,29 @@ log = logging.getLogger("cargohold.engine")
 MAX_LINE = 64 * 1024
 
 
-async def handle(vol: Volume, request: dict[str, Any]) -> dict[str, Any]:
+async def handle(
+    vol: Volume,
+    request: dict[str, Any],
+    scrubber: Scrubber | None = None,
+    busy: dict[int, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     op = request.get("op")
     if op == "status":
-        return vol.status()
+        out = vol.status()
+        if scrubber is not None:
+            out["scrub"] = scrubber.status()
+        if busy is not None:  # control requests being carried out now (not status itself)
+            now = time.time()
+            out["busy"] = [dict(b, seconds=round(now - b["since"], 3)) for b in busy.values()]
+        return out
+    if op == "scrub":
+        if scrubber is None:
+            raise InvalidArgument("this engine runs no scrubber")
+        vol._check_usable()
+        number = scrubber.request()
+        if request.get("wait"):
+            return {"scrub": await scrubber.wait(number)}
+        return {"scrub": {"pass": number, **scrubber.status()}}
     if op == "snapshot":
         labels = request.get("labels") or {}
         if not isinstance(labels, dict):
@@ -71,7 +98,7 @@ async def handle(vol: Volume, request: dict[str, Any]) -> dict[str, Any]:
         return {"import": await vol.start_import(spec, snapshot)}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
-        "expand, add-replica, remove-replica, import)"
+        "expand, add-replica, remove-replica, import, scrub)"
     )
 
 
@@ -82,21 +109,33 @@ def _name(request: dict[str, Any]) -> str:
     return name
 
 
-async def serve_control(vol: Volume, path: str) -> asyncio.AbstractServer:
+async def serve_control(
+    vol: Volume, path: str, scrubber: Scrubber | None = None
+) -> asyncio.AbstractServer:
+    busy: dict[int, dict[str, Any]] = {}
+    ids = itertools.count()
+
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
                 if len(line) > MAX_LINE:
                     break
+                key = next(ids)
                 try:
                     req = json.loads(line)
                     if not isinstance(req, dict):
                         raise InvalidArgument("a request is a JSON object")
-                    out = {"ok": True, **await handle(vol, req)}
+                    if req.get("op") != "status":
+                        busy[key] = {"op": str(req.get("op")), "since": time.time()}
+                        if isinstance(req.get("name"), str):
+                            busy[key]["name"] = req["name"]
+                    out = {"ok": True, **await handle(vol, req, scrubber, busy)}
                 except CargoholdError as e:
                     out = {"ok": False, "error": str(e), "type": type(e).__name__}
                 except ValueError as e:
                     out = {"ok": False, "error": f"not JSON: {e}", "type": "InvalidArgument"}
+                finally:
+                    busy.pop(key, None)
                 writer.write(json.dumps(out).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):

@@ -357,7 +357,59 @@ class Volume:
             self._observe("read", t0)
             self.counters["read_bytes"] += length
             return data
+        if bad:  # rot on every replica, in different blocks: assemble the range block-wise
+            out, more = await self._read_around_rot(offset, length)
+            for victim, blocks in bad + more:
+                self._spawn(self._repair(victim, blocks, offset, out))
+            self._observe("read", t0)
+            self.counters["read_bytes"] += length
+            return out
         raise ReplicaIOError(f"volume {self.name}: no current replica could serve the read")
+
+    async def _read_around_rot(
+        self, offset: int, length: int
+    ) -> tuple[bytearray, list[tuple[ReplicaLink, list[int]]]]:
+        """Each block of the range from the first RW replica that holds it intact (every
+        replica failed the whole range with a checksum error). -> the data, and the bad
+        blocks seen on each replica. Raises ReplicaIOError if some block is bad
+        everywhere."""
+        out = bytearray(length)
+        first = offset // BLOCK_SIZE
+        missing = list(range(length // BLOCK_SIZE))
+        bad: list[tuple[ReplicaLink, list[int]]] = []
+        for link in self._readers():
+            client = link.client
+            if not missing or client is None:
+                continue
+            futs = [client.send(Op.READ, offset + i * BLOCK_SIZE, BLOCK_SIZE) for i in missing]
+            await _answers(futs, self.settings.replica_timeout)
+            still, rotted, failed = [], [], None
+            for i, fut in zip(missing, futs, strict=True):
+                try:
+                    payload = client.check(fut.result()).payload
+                except ChecksumError:
+                    still.append(i)
+                    rotted.append(first + i)
+                    continue
+                except Fenced as e:
+                    self.fenced = f"a newer engine owns replica {link.spec}: {e}"
+                    raise
+                except (TimeoutError, CargoholdError, OSError) as e:
+                    still.append(i)
+                    failed = e
+                    continue
+                out[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = payload
+            if failed is not None:
+                link.drop(f"read failed: {type(failed).__name__}: {failed}")
+            if rotted:
+                bad.append((link, rotted))
+            missing = still
+        if missing:
+            raise ReplicaIOError(
+                f"volume {self.name}: block {first + missing[0]} (and {len(missing) - 1} more) "
+                "fails its checksum on every current replica"
+            )
+        return out, bad
 
     async def _repair(
         self, link: ReplicaLink, blocks: list[int], offset: int, data: memoryview | bytes
