@@ -3,9 +3,20 @@ becomes a block device, gets a filesystem on first use, and is mounted.
 
 Block device: the kernel's NBD client when ``/dev/nbd*`` exists and ``nbd-client`` is
 installed, else nbdfuse (the export as a file on a FUSE mount) + a loop device
-(``losetup --direct-io=on --sector-size=4096``). The nbdfuse path cannot grow a device in
-place (the file's size is fixed when nbdfuse connects), so a grown volume gets its new
-size at the next attach (``Attachment.reattach`` while nothing else holds the device).
+(``losetup --direct-io=on --sector-size=4096``).
+
+Online growth. nbdfuse fixes its file's size when it connects, so it connects to the
+engine's growable export (``NAME+growable``, ``protocol.nbd.GROWABLE_SUFFIX``): the same
+volume announced at a 256 TiB ceiling, with every request still checked against the
+volume's live size. The loop device is limited to the real size (``--sizelimit``, what
+``nbdinfo --size`` of the plain export says); ``Attachment.grow`` raises the limit
+(LOOP_SET_STATUS64) once the engine serves more, while the device is mounted and in use,
+so nothing past the real end is ever reachable through the device. A kernel NBD device
+is grown with NBD_SET_SIZE or netlink (``nbd_kernel.resize``; untested here: no module).
+
+Read-only: a read-only attachment (ROX, reader-only modes) opens nbdfuse and the loop
+device read-only; a read-only raw block publish gets a read-only loop device of its own
+over the staged one (``ro_loops``), so the pod's device refuses writes.
 
 Each attachment is recorded in ``STATE_DIR/<volume>.json`` so that a restarted node plugin
 can still tear it down. Called by node.py; every command is run through ``run`` and fails
@@ -15,17 +26,21 @@ with MountError naming the command and its output.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cargohold.csi import nbd_kernel
 from cargohold.errors import CargoholdError
+from cargohold.protocol.nbd import GROWABLE_SUFFIX
 
 
 class MountError(CargoholdError):
@@ -123,6 +138,47 @@ def device_size(device: str) -> int:
     return int(run("blockdev", "--getsize64", device).stdout.strip())
 
 
+def export_size(uri: str) -> int:
+    """The size an NBD export serves now (a handshake with ``nbdinfo --size``)."""
+    out = run("nbdinfo", "--size", uri, timeout=30).stdout.strip()
+    if not out.isdigit():
+        raise MountError(f"nbdinfo --size {uri} said {out!r}, not a size")
+    return int(out)
+
+
+# ioctls (linux/loop.h, linux/nbd.h)
+LOOP_SET_STATUS64 = 0x4C04
+LOOP_GET_STATUS64 = 0x4C05
+LOOP_SET_CAPACITY = 0x4C07
+LOOP_INFO64_SIZE = 232  # struct loop_info64
+LOOP_SIZELIMIT_AT = 32  # offset of lo_sizelimit (__u64) in it
+
+
+def set_loop_sizelimit(device: str, size: int) -> None:
+    """Change a bound loop device's size limit in place (it may be mounted and in use)."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = bytearray(LOOP_INFO64_SIZE)
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, info)
+        struct.pack_into("=Q", info, LOOP_SIZELIMIT_AT, size)
+        fcntl.ioctl(fd, LOOP_SET_STATUS64, bytes(info))
+    except OSError as e:
+        raise MountError(f"cannot set the size limit of {device} to {size}: {e}") from None
+    finally:
+        os.close(fd)
+
+
+def refresh_loop_capacity(device: str) -> None:
+    """LOOP_SET_CAPACITY: a loop device re-reads the size of what backs it."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, LOOP_SET_CAPACITY, 0)
+    except OSError as e:
+        raise MountError(f"cannot refresh the capacity of {device}: {e}") from None
+    finally:
+        os.close(fd)
+
+
 # --- attachments: NBD export -> block device --------------------------------------------
 
 
@@ -142,6 +198,9 @@ class Attachment:
     mode: str = ""  # "mount" | "block"
     fs_type: str = ""
     targets: list[str] = field(default_factory=list)  # where NodePublish put it
+    read_only: bool = False  # attached read-only (ROX, reader-only access modes)
+    growable: bool = False  # nbdfuse on the growable export, the loop limited to the size
+    ro_loops: dict[str, str] = field(default_factory=dict)  # read-only block target -> loop
 
     @property
     def fuse_dir(self) -> str:
@@ -197,32 +256,18 @@ class Attachment:
         return self._attach_fuse()
 
     def _attach_fuse(self) -> str:
-        for tool in ("nbdfuse", "losetup", "fusermount3"):
+        for tool in ("nbdfuse", "nbdinfo", "losetup", "fusermount3"):
             if not shutil.which(tool):
                 raise MountError(f"{tool} is not installed (needed for nbdfuse + loop)")
-        os.makedirs(self.fuse_dir, exist_ok=True)
-        pidfile = os.path.join(self.work, "nbdfuse.pid")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(pidfile)
-        log = open(os.path.join(self.work, "nbdfuse.log"), "ab")
-        with log:
-            proc = subprocess.Popen(
-                ["nbdfuse", "-P", pidfile, self.fuse_file, self.endpoint],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # outlives a restart of the node plugin
-            )
         self.kind = "nbdfuse"
-        deadline = time.monotonic() + 20
-        while not (os.path.exists(pidfile) and open(pidfile).read().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                tail = open(os.path.join(self.work, "nbdfuse.log"), errors="replace").read()[-400:]
-                raise MountError(f"nbdfuse could not connect to {self.endpoint}: {tail.strip()}")
-            time.sleep(0.05)
-        self.fuse_pid = int(open(pidfile).read().strip())
+        size = export_size(self.endpoint)
+        try:
+            self._start_fuse(growable_uri(self.endpoint))
+            self.growable = True
+        except MountError as e:  # an engine without the growable export: fixed size
+            log_tail = str(e)
+            self.growable = False
+            self._start_fuse(self.endpoint, why=log_tail)
         st = os.stat(self.fuse_file)
         self.fuse_dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
         try:
@@ -230,6 +275,8 @@ class Attachment:
                 "losetup",
                 "--direct-io=on",
                 "--sector-size=4096",
+                *(["--sizelimit", str(size)] if self.growable else []),
+                *(["--read-only"] if self.read_only else []),
                 "-f",
                 "--show",
                 self.fuse_file,
@@ -239,19 +286,93 @@ class Attachment:
             raise
         return self.device
 
+    def _start_fuse(self, uri: str, why: str = "") -> None:
+        os.makedirs(self.fuse_dir, exist_ok=True)
+        pidfile = os.path.join(self.work, "nbdfuse.pid")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)
+        logfile = os.path.join(self.work, "nbdfuse.log")
+        with open(logfile, "ab") as log:
+            proc = subprocess.Popen(
+                ["nbdfuse", *(["--readonly"] if self.read_only else []), "-P", pidfile,
+                 self.fuse_file, uri],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # outlives a restart of the node plugin
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not (os.path.exists(pidfile) and open(pidfile).read().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(ChildProcessError):
+                    proc.wait(timeout=5)
+                tail = open(logfile, errors="replace").read()[-400:]
+                extra = f" (after: {why})" if why else ""
+                raise MountError(f"nbdfuse could not connect to {uri}: {tail.strip()}{extra}")
+            time.sleep(0.05)
+        self.fuse_pid = int(open(pidfile).read().strip())
+
     def _attach_kernel(self) -> str:
         host, port, name = parse_nbd_uri(self.endpoint)
         for dev in sorted(glob.glob("/dev/nbd[0-9]*"), key=lambda d: int(d[8:] or 0)):
             base = os.path.basename(dev)
             if os.path.exists(f"/sys/block/{base}/pid"):
                 continue  # in use
-            run("nbd-client", host, str(port), dev, "-N", name, "-b", "4096", "-persist")
+            # netlink (nbd-client's default): the kernel holds the connection, so the
+            # device outlives a restart of the node plugin's container
+            ro = ["-readonly"] if self.read_only else []
+            run("nbd-client", host, str(port), dev, "-N", name, "-b", "4096", "-persist", *ro)
             self.kind, self.device, self.nbd_device = "nbd", dev, dev
             return dev
         raise MountError("no free /dev/nbd device")
 
+    def grow(self) -> int:
+        """Make the block device as large as the engine's volume is now, in place (while
+        mounted and in use); its size in bytes. MountError when this attachment cannot:
+        nbdfuse on a fixed-size export (attached before the engine had a growable one)."""
+        size = device_size(self.device)
+        real = export_size(self.endpoint)
+        if real > size:
+            if self.kind == "nbd":
+                try:
+                    nbd_kernel.resize(self.device, real)
+                except nbd_kernel.ResizeError as e:
+                    raise MountError(str(e)) from None
+            elif self.growable:
+                set_loop_sizelimit(self.device, real)
+            else:
+                raise MountError(
+                    f"{self.device} is nbdfuse + loop on a fixed-size export ({size} bytes, "
+                    f"the volume is {real}): it gets the new size when it is next staged"
+                )
+            size = device_size(self.device)
+        for loop in self.ro_loops.values():  # read-only block publishes over the device
+            if os.path.exists(loop):
+                refresh_loop_capacity(loop)
+        return size
+
+    def add_ro_loop(self, target: str) -> str:
+        """A read-only loop device over this attachment's device, for ``target``."""
+        loop = run(
+            "losetup", "--read-only", "--direct-io=on", "--sector-size=4096", "-f", "--show",
+            self.device,
+        ).stdout.strip()  # fmt: skip
+        self.ro_loops[target] = loop
+        return loop
+
+    def drop_ro_loop(self, target: str) -> None:
+        loop = self.ro_loops.pop(target, "")
+        if loop and os.path.exists(loop):
+            back = run("losetup", "-n", "-O", "BACK-FILE", loop, check=False).stdout.strip()
+            if back == self.device:
+                run("losetup", "-d", loop)
+
     def detach(self) -> None:
         """Undo ``attach``; safe to repeat and after a partial attach."""
+        for target in list(self.ro_loops):
+            self.drop_ro_loop(target)
         if self.kind == "nbd" and self.nbd_device:
             run("nbd-client", "-d", self.nbd_device, check=False)
         else:
@@ -284,7 +405,7 @@ class Attachment:
         self.fuse_pid = 0
 
     def can_grow_in_place(self) -> bool:
-        return self.kind == "nbd"
+        return self.kind == "nbd" or self.growable
 
 
 def _pid_alive(pid: int) -> bool:
@@ -308,6 +429,11 @@ def kernel_nbd_available() -> bool:
     return bool(glob.glob("/dev/nbd[0-9]*")) and shutil.which("nbd-client") is not None
 
 
+def growable_uri(uri: str) -> str:
+    """The engine's growable export of the same volume (``nbd://HOST:PORT/NAME+growable``)."""
+    return uri + GROWABLE_SUFFIX
+
+
 def parse_nbd_uri(uri: str) -> tuple[str, int, str]:
     """``nbd://HOST:PORT/NAME`` → (host, port, export name)."""
     if not uri.startswith("nbd://"):
@@ -328,3 +454,46 @@ def ensure_file(path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if not os.path.exists(path):
         Path(path).touch()
+
+
+# --- fsGroup (VOLUME_MOUNT_GROUP) ------------------------------------------------------
+
+
+def apply_group(root: str, gid: int) -> bool:
+    """Give the group ``gid`` the volume mounted at ``root``, the way kubelet applies a
+    pod's fsGroup (SetVolumeOwnership) when the driver does not: every file and directory
+    gets the group and group read-write, directories also group search and setgid, so new
+    entries inherit the group. ext4 and xfs take no gid mount option; this is the
+    ``volume_mount_group`` of the CSI spec for them. Skipped when the root already has the
+    group and the bits (kubelet's OnRootMismatch): a remount does not walk a large tree.
+    True when it walked. Never follows symlinks or crosses into other mounts."""
+    st = os.lstat(root)
+    if st.st_gid == gid and st.st_mode & 0o2070 == 0o2070:
+        return False
+    dev = st.st_dev
+
+    def fix(path: str, is_dir: bool) -> None:
+        s = os.lstat(path)
+        if s.st_dev != dev:
+            return
+        if s.st_gid != gid:
+            os.lchown(path, -1, gid)
+        if os.path.islink(path):
+            return
+        want = s.st_mode | (0o2770 if is_dir else 0o660)
+        if want != s.st_mode:
+            os.chmod(path, want & 0o7777)
+
+    for dirpath, dirnames, filenames in os.walk(root):
+        fix(dirpath, True)
+        for d in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            fix(os.path.join(dirpath, d), False)  # a symlink to a directory: its group only
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not os.path.islink(os.path.join(dirpath, d))
+            and os.lstat(os.path.join(dirpath, d)).st_dev == dev
+        ]
+        for name in filenames:
+            fix(os.path.join(dirpath, name), False)
+    return True

@@ -4,6 +4,15 @@ staging path), publish (bind mounts; raw block too), expand, stats, and clean te
 Runs on every node (``cargohold csi --node``), as root. The engine's NBD URI comes in the
 publish context from ControllerPublish (``endpoint``). What was staged is recorded by
 ``mounter.Attachment`` in the state directory, so unstage works after a plugin restart.
+
+- Reader-only access modes (ROX, SINGLE_NODE_READER_ONLY) attach read-only and mount
+  ``ro,noload`` (ext4) or ``ro,norecovery`` (xfs): a reader never writes, not even a
+  journal replay.
+- A read-only raw block publish is a read-only loop device of its own; a read-only
+  filesystem publish is a read-only bind mount.
+- NodeExpandVolume grows the device in place (``Attachment.grow``) and then the mounted
+  filesystem (resize2fs, xfs_growfs), while the volume is published and in use.
+- VOLUME_MOUNT_GROUP: the pod's fsGroup is applied at publish (``mounter.apply_group``).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.mounter import (
     Attachment,
     MountError,
+    apply_group,
     device_size,
     ensure_dir,
     ensure_file,
@@ -55,6 +65,10 @@ def _mode(cap: Any) -> str:
     return "block" if cap.WhichOneof("access_type") == "block" else "mount"
 
 
+def _mode_name(cap: Any) -> str:
+    return str(pb.VolumeCapability.AccessMode.Mode.Name(cap.access_mode.mode))
+
+
 class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
     def __init__(
         self,
@@ -80,6 +94,7 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
     def _teardown(self, rec: Attachment) -> None:
         for t in list(rec.targets):
             umount(t)
+            rec.drop_ro_loop(t)
         if rec.mode == "mount" and rec.staging_path:
             umount(rec.staging_path)
         rec.detach()
@@ -91,6 +106,12 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
         fs = fs_type_of(dev)
         want = (cap.mount.fs_type or fs_default or P.DEFAULT_FS).lower()
         if not fs:
+            if rec.read_only:
+                raise CsiError(
+                    Code.FAILED_PRECONDITION,
+                    f"volume {rec.volume} has no filesystem and is staged read-only "
+                    f"({_mode_name(cap)}): make it from a snapshot or a volume with data",
+                )
             log.info("making %s on %s (volume %s)", want, dev, rec.volume)
             mkfs(dev, want)
             fs = want
@@ -99,13 +120,16 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
                 Code.FAILED_PRECONDITION,
                 f"volume {rec.volume} holds a {fs} filesystem; cargohold mounts ext4 or xfs",
             )
-        if fs == "ext4":
+        if fs == "ext4" and not rec.read_only:
             grow_ext4_offline(dev)  # a volume grown while it was not staged here
         ensure_dir(rec.staging_path)
-        opts = ",".join(cap.mount.mount_flags)
+        flags = list(cap.mount.mount_flags)
+        if rec.read_only:  # no journal replay: a reader must not write to the device
+            flags += ["ro", "noload"] if fs == "ext4" else ["ro", "norecovery"]
+        opts = ",".join(flags)
         run("mount", "-t", fs, *(["-o", opts] if opts else []), dev, rec.staging_path)
         rec.fs_type = fs
-        if fs == "xfs":
+        if fs == "xfs" and not rec.read_only:
             grow_fs(dev, rec.staging_path, fs)
 
     # --- stage -----------------------------------------------------------------------------
@@ -148,7 +172,12 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
                 log.info("volume %s: replacing a stale attachment (%s)", vid, rec.endpoint)
                 self._teardown(rec)
             rec = Attachment(
-                volume=vid, endpoint=endpoint, work=self._work(vid), staging_path=staging, mode=mode
+                volume=vid,
+                endpoint=endpoint,
+                work=self._work(vid),
+                staging_path=staging,
+                mode=mode,
+                read_only=P.is_reader_only(req.volume_capability),
             )
             os.makedirs(rec.work, exist_ok=True)
             try:
@@ -215,7 +244,7 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
                 )
             if is_mounted(target):
                 ro = "ro" in mount_options(target)
-                if ro != req.readonly:
+                if ro != (req.readonly or rec.read_only):
                     raise CsiError(
                         Code.ALREADY_EXISTS,
                         f"volume {vid} is published at {target} {'read-only' if ro else 'read-write'}",
@@ -224,9 +253,13 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
                     rec.targets.append(target)
                     rec.save(self.state_dir)
                 return pb.NodePublishVolumeResponse()
+            readonly = req.readonly or rec.read_only
             if mode == "block":
                 ensure_file(target)
                 source = rec.device
+                if readonly:  # a device of its own that refuses writes, not just a ro bind
+                    source = rec.add_ro_loop(target)
+                    rec.save(self.state_dir)
             else:
                 ensure_dir(target)
                 source = staging
@@ -234,11 +267,17 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
                 if group:
                     if not group.isdigit():
                         raise invalid(f"volume_mount_group {group!r} is not a numeric group id")
-                    os.chown(staging, -1, int(group))
-                    os.chmod(staging, 0o2775)
-            run("mount", "--bind", source, target)
-            if req.readonly:
-                run("mount", "-o", "remount,bind,ro", target)
+                    if not readonly:  # as kubelet: no ownership change on read-only volumes
+                        apply_group(staging, int(group))
+            try:
+                run("mount", "--bind", source, target)
+                if readonly:
+                    run("mount", "-o", "remount,bind,ro", target)
+            except BaseException:
+                umount(target)
+                rec.drop_ro_loop(target)
+                rec.save(self.state_dir)
+                raise
             rec.targets.append(target)
             rec.save(self.state_dir)
         return pb.NodePublishVolumeResponse()
@@ -257,8 +296,10 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
             elif os.path.lexists(target):
                 os.unlink(target)
             rec = Attachment.load(self.state_dir, vid)
-            if rec is not None and target in rec.targets:
-                rec.targets.remove(target)
+            if rec is not None and (target in rec.targets or target in rec.ro_loops):
+                rec.drop_ro_loop(target)
+                if target in rec.targets:
+                    rec.targets.remove(target)
                 rec.save(self.state_dir)
         return pb.NodeUnpublishVolumeResponse()
 
@@ -312,6 +353,11 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
 
     @rpc
     def NodeExpandVolume(self, req: Any, context: Any) -> Any:
+        """Grow the device in place, then the filesystem, while the volume is published
+        (kubelet passes the publish path) or only staged. Online on every attachment made
+        by this version: kernel NBD (NBD_SET_SIZE) and nbdfuse + loop (the loop's size
+        limit over the growable export). An attachment on a fixed-size export (made by an
+        older plugin) grows only while unpublished, by reconnecting."""
         vid, path = req.volume_id, req.volume_path
         if not vid:
             raise invalid("volume_id is required")
@@ -323,31 +369,44 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
                 raise not_found(f"volume {vid} is not staged on this node at {path}")
             want = req.capacity_range.required_bytes
             size = device_size(rec.device)
-            if want and size < want:
+            if not want or size < want:
                 if rec.can_grow_in_place():
+                    size = rec.grow()
+                elif rec.targets:
                     raise CsiError(
                         Code.FAILED_PRECONDITION,
-                        f"the block device of volume {vid} is {size} bytes, not {want} yet",
+                        f"volume {vid} was attached through nbdfuse on a fixed-size export "
+                        f"({size} bytes, {want} wanted), which cannot grow in use: it grows "
+                        "when it is next staged (restart the pod)",
                     )
-                if rec.targets:
-                    raise CsiError(
-                        Code.FAILED_PRECONDITION,
-                        f"volume {vid} reaches this node through nbdfuse + loop, whose size is "
-                        f"fixed while the device is in use ({size} bytes, {want} wanted); it is "
-                        "grown when it is next staged (restart the pod), or online on nodes "
-                        "with the kernel NBD client",
-                    )
-                self._reattach(rec)
-                size = device_size(rec.device)
-                if size < want:
-                    raise CsiError(
-                        Code.FAILED_PRECONDITION,
-                        f"volume {vid} is {size} bytes on the wire, not {want}: "
-                        "ControllerExpandVolume first",
-                    )
-            if rec.mode == "mount" and (rec.fs_type != "ext4" or ext4_size(rec.device) < size):
-                grow_fs(rec.device, rec.staging_path, rec.fs_type)
+                else:
+                    self._reattach(rec)
+                    size = device_size(rec.device)
+            if want and size < want:
+                raise CsiError(
+                    Code.FAILED_PRECONDITION,
+                    f"volume {vid} is {size} bytes on the wire, not {want}: "
+                    "ControllerExpandVolume first",
+                )
+            if rec.mode == "mount" and not rec.read_only:
+                self._grow_fs(rec, size)
         return pb.NodeExpandVolumeResponse(capacity_bytes=size)
+
+    def _grow_fs(self, rec: Attachment, size: int) -> None:
+        if rec.fs_type == "ext4" and ext4_size(rec.device) >= size:
+            return
+        try:
+            grow_fs(rec.device, rec.staging_path, rec.fs_type)
+        except MountError as e:
+            if rec.fs_type == "ext4" and "Permission denied" in str(e):
+                raise CsiError(
+                    Code.FAILED_PRECONDITION,
+                    f"the kernel refused to grow the mounted ext4 of volume {rec.volume} "
+                    f"online ({e}): the node plugin needs CAP_SYS_RESOURCE (run it "
+                    f"privileged). The device is {size} bytes already; the filesystem "
+                    "grows when the volume is next staged",
+                ) from None
+            raise
 
     def _reattach(self, rec: Attachment) -> None:
         """Reconnect an unpublished, staged volume to get its new size."""
@@ -357,9 +416,12 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
         rec.attach()
         rec.save(self.state_dir)
         if rec.mode == "mount":
-            if rec.fs_type == "ext4":
+            opts: list[str] = []
+            if rec.read_only:
+                opts = ["-o", "ro,noload" if rec.fs_type == "ext4" else "ro,norecovery"]
+            elif rec.fs_type == "ext4":
                 grow_ext4_offline(rec.device)
-            run("mount", "-t", rec.fs_type, rec.device, rec.staging_path)
+            run("mount", "-t", rec.fs_type, *opts, rec.device, rec.staging_path)
 
     @rpc
     def NodeGetCapabilities(self, req: Any, context: Any) -> Any:
