@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.agent.disks import device_size, is_block_device, prepare_device
-from cargohold.agent.engine_link import EngineLink
+from cargohold.agent.engine_link import EngineLink, EngineUnreachable
 from cargohold.agent.manager_link import ManagerLink
 from cargohold.agent.processes import (
     REPLICA_ID,
@@ -72,6 +72,7 @@ READD_EVERY = 5.0  # seconds between attempts to add (or remove) one replica of 
 COMPLAIN_EVERY = 30.0  # seconds between repeated warnings of an unreachable manager
 STARTING_POLL = 0.05  # seconds between looks at a starting engine (is its NBD server up?)
 NEWS_GAP = 0.05  # seconds to gather changes before reporting them early
+OP_TRIES = 3  # runs of one operation whose engine dies under it, before it fails
 VOLUME_OF = re.compile(r"^(.+)-r[0-9a-f]+$")  # <volume>-r<hex>
 
 
@@ -129,6 +130,7 @@ class Agent:
         self.replica_port = 0
         self.engines: dict[str, EngineProcess] = {}
         self.operations: dict[str, OperationRun] = {}
+        self._op_tries: dict[str, int] = {}  # operation id -> runs its engine died under
         self.interval = config.heartbeat or 1.0
         self.registered = False
         self._register_backoff = Backoff(first=0.5, most=5.0)
@@ -796,6 +798,27 @@ class Agent:
             settle()
             self._news.set()
             log.info("operation %s (%s of volume %s) succeeded", op.id, op.kind.value, op.volume)
+        except EngineUnreachable as e:
+            # the engine died under it: the operation may be half done. Forget this run; the
+            # manager keeps assigning the operation, and it runs again once the engine is
+            # back (snapshot create and delete set a half-done one right)
+            tries = self._op_tries[op.id] = self._op_tries.get(op.id, 0) + 1
+            if tries < OP_TRIES and self.operations.get(op.id) is run:
+                log.warning(
+                    "operation %s (%s of volume %s): %s; running it again once the engine "
+                    "is back (%d of %d)",
+                    op.id,
+                    op.kind.value,
+                    op.volume,
+                    e,
+                    tries + 1,
+                    OP_TRIES,
+                )
+                del self.operations[op.id]
+                return
+            run.error, run.state = str(e), OperationState.FAILED
+            settle()
+            self._news.set()
         except CargoholdError as e:
             run.error, run.state = str(e), OperationState.FAILED
             settle()

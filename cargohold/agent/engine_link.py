@@ -4,12 +4,12 @@ The engine answers JSON lines on a unix socket (see cargohold/engine/control.py)
 request object per line, one answer per line, ``{"ok": true, ...}`` or ``{"ok": false,
 "error": ..., "type": ...}``. The agent asks for ``status`` every heartbeat, changes the
 replica set (``add-replica``, ``remove-replica``) and runs operations (snapshots, expand,
-import). Each call uses its own short-lived connection, so a slow operation never holds up
+import, scrub). Each call uses its own short-lived connection, so a slow operation never holds up
 a status call, and a restarted engine needs no reconnect logic.
 
 Operations the manager asks for (``OperationAssignment``) map to control requests here
-(``operation_request``); a clone is an ``import`` that runs on in the engine and is
-followed through its status until it ends.
+(``operation_request``); a clone is an ``import`` and a scrub a ``scrub`` pass: both run on
+in the engine and are followed through its status until they end.
 """
 
 from __future__ import annotations
@@ -94,7 +94,31 @@ class EngineLink:
         answer = await self.call(operation_request(op), OP_TIMEOUT)
         if op.kind is OperationKind.CLONE:
             answer = await self._follow_import(progress)
+        elif op.kind is OperationKind.SCRUB:
+            answer = await self._follow_scrub(int(answer["scrub"]["pass"]), progress)
         return answer
+
+    async def _follow_scrub(self, number: int, progress: Callable[[float], None]) -> dict[str, Any]:
+        """Poll the engine's status until scrub pass ``number`` ended; -> its report."""
+        lost_since: float | None = None
+        while True:
+            try:
+                st = (await self.status(5.0)).get("scrub") or {}
+                lost_since = None
+            except EngineUnreachable:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > IMPORT_LOST_AFTER:
+                    raise
+                await asyncio.sleep(IMPORT_POLL)
+                continue
+            last, running = st.get("last") or {}, st.get("running") or {}
+            if isinstance(last, dict) and int(last.get("pass", 0)) >= number:
+                if last.get("state") != "succeeded":
+                    raise RequestError(f"scrub failed: {last.get('error') or 'no reason given'}")
+                return {"scrub": last}
+            if isinstance(running, dict) and running.get("pass") == number and running.get("size"):
+                progress(min(1.0, float(running.get("offset", 0)) / float(running["size"])))
+            await asyncio.sleep(IMPORT_POLL)
 
     async def _follow_import(self, progress: Callable[[float], None]) -> dict[str, Any]:
         """Poll the engine's status until its import (a clone's copy) ends."""
@@ -146,4 +170,6 @@ def operation_request(op: OperationAssignment) -> dict[str, Any]:
         return {"op": "expand", "size": arg("size_bytes", int)}
     if op.kind is OperationKind.CLONE:
         return {"op": "import", "source": arg("source", str), "snapshot": arg("snapshot", str)}
+    if op.kind is OperationKind.SCRUB:
+        return {"op": "scrub"}
     raise InvalidArgument(f"operation {op.id}: unknown kind {op.kind!r}")

@@ -4,6 +4,7 @@
     DEV=$(cargohold volume attach data --node node-1)     # prints nbd://HOST:PORT/data
     cargohold volume get data --wait-healthy               # after a node came back
     cargohold volume clone data data-copy --snapshot before-upgrade
+    cargohold volume scrub data          # verify every replica now, repair what rotted
     cargohold volume detach data && cargohold volume delete data
 
 ``attach`` without ``--node`` picks, among the nodes that are up (not down, not cordoned),
@@ -333,6 +334,59 @@ def expand(
         output,
         lambda o: say(f"volume [bold]{escape(name)}[/bold] {done} to {human_size(size_bytes)}"),
     )
+
+
+@volume_app.command("scrub")
+@handle_errors
+def scrub(
+    name: str,
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="wait for the pass to end"),
+    timeout: float = TIMEOUT,
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Verify every block of every replica (head and snapshots) now; bad blocks are read
+    from a healthy replica and repaired in place (an operation on the volume's engine)."""
+    with ManagerClient.discover(api, dir) as c:
+        op = c.scrub(name)
+        if wait:
+            with progress(f"scrubbing {name}") as update:
+                op = c.wait_operation(op["id"], timeout, operation_progress(update))
+    render(op, output, lambda o: print_scrub(name, o))
+
+
+def print_scrub(name: str, op: dict[str, Any]) -> None:
+    rep = (op.get("result") or {}).get("scrub")
+    if not rep:
+        say(f"volume [bold]{escape(name)}[/bold]: scrub requested (operation {op['id']})")
+        return
+    say(
+        f"volume [bold]{escape(name)}[/bold] scrubbed in {rep.get('seconds', 0):.1f} s: "
+        f"{rep.get('checked_blocks', 0)} blocks checked, {rep.get('found', 0)} bad, "
+        f"{rep.get('repaired', 0)} repaired, {rep.get('unrepaired', 0)} not repaired"
+    )
+    rows = [
+        [
+            escape(rid),
+            r.get("checked_blocks", 0),
+            r.get("found", 0),
+            r.get("repaired", 0),
+            escape(str(r.get("error", ""))),
+        ]
+        for rid, r in sorted((rep.get("replicas") or {}).items())
+    ]
+    if rows:
+        table(["replica", "checked blocks", "bad", "repaired", "error"], rows)
+    bad = rep.get("bad") or []
+    if bad:
+        table(
+            ["replica", "layer", "block", "outcome"],
+            [
+                [escape(b["replica"]), escape(b["layer"]), b["block"], escape(b["outcome"])]
+                for b in bad
+            ],
+        )
 
 
 @volume_app.command("delete")

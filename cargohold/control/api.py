@@ -266,6 +266,16 @@ def build(service: Service) -> FastAPI:
     async def expand(volume: str, body: ExpandRequest) -> JSON:
         return await s.expand(volume, body)
 
+    @app.post(
+        "/api/v1/volumes/{volume}/scrub",
+        status_code=202,
+        tags=["volumes"],
+        response_model=Operation,
+        responses=errors(404, 409, 422),
+    )
+    async def scrub(volume: str) -> JSON:
+        return await s.scrub(volume)
+
     @app.get(
         "/api/v1/volumes/{volume}/replicas",
         tags=["replicas"],

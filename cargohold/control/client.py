@@ -310,6 +310,10 @@ class ManagerClient:
         """Returns the expand ``Operation``."""
         return self._post(f"/api/v1/volumes/{_seg(name)}/expand", {"size_bytes": size_bytes})
 
+    def scrub(self, name: str) -> JSON:
+        """Returns the scrub ``Operation`` (its result, once done, is the pass's report)."""
+        return self._post(f"/api/v1/volumes/{_seg(name)}/scrub")
+
     def replicas(self, volume: str | None = None) -> list[JSON]:
         if volume is None:
             return self._get("/api/v1/replicas")

@@ -9,7 +9,7 @@ Records live in the state store as JSON under these keys (see ``keys``):
     /volumes/<volume>                 Volume        spec (size, replicas wanted) + status
     /replicas/<volume>/<replica>      Replica       one copy of a volume on a node's disk
     /snapshots/<volume>/<snapshot>    Snapshot
-    /operations/<id>                  Operation     long-running work: snapshots, expand, clone
+    /operations/<id>                  Operation     long-running work: snapshots, expand, clone, scrub
     /leader/<role>                    (election)
 
 Times are seconds since the epoch (float) on the manager's clock.
@@ -239,6 +239,7 @@ class OperationKind(StrEnum):
     SNAPSHOT_REVERT = "snapshot-revert"
     EXPAND = "expand"
     CLONE = "clone"  # import a source volume's snapshot into a new volume
+    SCRUB = "scrub"  # verify every replica's blocks, repair bad ones from a healthy replica
 
 
 class OperationState(StrEnum):

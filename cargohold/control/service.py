@@ -405,6 +405,16 @@ class Service:
         op = await self._operation(OperationKind.EXPAND, name, {"size_bytes": req.size_bytes})
         return op.model_dump()
 
+    async def scrub(self, name: str) -> dict[str, Any]:
+        """A scrub pass of every replica, run by the volume's engine (it must be attached):
+        the operation's result is the pass's report (found, repaired, the bad blocks)."""
+        vol = await self.repo.volume(name)
+        self._usable(vol)
+        if vol.attach_node is None:
+            raise WrongState(f"volume {name} is detached: a scrub runs in its engine; attach it")
+        op = await self._operation(OperationKind.SCRUB, name, {})
+        return op.model_dump()
+
     async def _operation(
         self, kind: OperationKind, volume: str, args: dict[str, Any], also: list[Put] | None = None
     ) -> Operation:
