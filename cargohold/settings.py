@@ -40,6 +40,11 @@ class EngineSettings(BaseSettings):
     rebuild_window: int = Field(
         64 * 1024 * 1024, ge=1 << 20, description="bytes of volume a rebuild step covers"
     )
+    local_reads: bool = Field(
+        True,
+        description="read the local replica's files directly, beside its server "
+        "(engine/local_reads.py); off: every read goes through a replica server",
+    )
     scrub_interval_hours: float = Field(
         168.0, ge=0, description="hours between scrub passes of every replica (0 = on demand only)"
     )

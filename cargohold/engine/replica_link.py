@@ -15,6 +15,7 @@ from typing import Any
 
 from cargohold.errors import ConfigError
 from cargohold.replica.client import ReplicaClient
+from cargohold.store.reader import ReplicaReader
 
 
 class Mode(enum.StrEnum):
@@ -59,15 +60,28 @@ class ReplicaLink:
     history: list[list[int]] = field(default_factory=list)  # [[epoch, first generation]]
     error: str = ""
     rebuild: dict[str, Any] = field(default_factory=dict)  # progress while WO
+    # local reads (``local_reads``): where the server keeps it, as reported at OPEN
+    # ({"path", "boot_id", "dev", "ino"}, or None), and the engine's reader of those files
+    disk: dict[str, Any] | None = None
+    reader: ReplicaReader | None = None
+    reader_layout: int = -1
+    reader_retry: float = 0.0
 
     def drop(self, why: str) -> None:
-        """Out of the write set (ERR); its connection is closed so nothing more reaches it."""
+        """Out of the write set (ERR); its connection is closed so nothing more reaches it,
+        and its files are no longer read directly."""
         if self.mode is not Mode.ERR:
             self.mode = Mode.ERR
             self.error = why
+        self.close_reader()
         if self.client is not None:
             client, self.client = self.client, None
             client.close_nowait()
+
+    def close_reader(self) -> None:
+        if self.reader is not None:
+            reader, self.reader = self.reader, None
+            reader.close()
 
     @property
     def last_epoch(self) -> int:

@@ -78,6 +78,7 @@ async def create(vol: Volume, name: str, labels: dict[str, str] | None = None) -
 
         done = await vol.broadcast(take, targets)
     finally:
+        vol.local.changed_layout()  # a new head: local reads reopen before writes resume
         vol._release()
     return done[0]
 
@@ -100,7 +101,8 @@ async def delete(vol: Volume, name: str) -> None:
         await client.snapshot_delete(name)
         return True
 
-    done = await vol.broadcast(one, tolerate=(NotFound,))  # None where it was not found
+    with vol.local.paused():  # the replicas fold layers online meanwhile
+        done = await vol.broadcast(one, tolerate=(NotFound,))  # None where it was not found
     if done and not any(done):
         raise NotFound(f"volume {vol.name}: no snapshot named {name!r}")
 
@@ -112,7 +114,8 @@ async def revert(vol: Volume, name: str) -> None:
     try:
         vol.gen += 1
         gen = vol.gen
-        await vol.broadcast(lambda c: c.snapshot_revert(name, generation=gen))
+        with vol.local.paused():
+            await vol.broadcast(lambda c: c.snapshot_revert(name, generation=gen))
         for link in vol.write_set():
             link.generation = gen
     finally:

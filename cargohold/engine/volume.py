@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cargohold.constants import BLOCK_SIZE
+from cargohold.engine.local_reads import LocalReads
 from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec
 from cargohold.errors import (
     AlreadyExists,
@@ -94,6 +95,7 @@ class Volume:
         self.latency: dict[str, collections.Counter[int]] = collections.defaultdict(
             collections.Counter
         )
+        self.local = LocalReads(self, settings.local_reads)
 
     # --- start and stop --------------------------------------------------------------
     async def start(self) -> None:
@@ -173,6 +175,7 @@ class Volume:
         link.seen = info.get("seen", info["generation"])
         link.history = info.get("history", [])
         link.size = info["size"]
+        link.disk = info.get("disk") if isinstance(info.get("disk"), dict) else None
         link.error = ""
 
     async def close(self) -> None:
@@ -180,6 +183,7 @@ class Volume:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in self.links:
+            link.close_reader()
             if link.client is not None:
                 await link.client.close()
                 link.client = None
@@ -330,8 +334,22 @@ class Volume:
             others = others[self._turn :] + others[: self._turn]
         return local + others
 
+    def read_now(self, offset: int, length: int) -> bytearray | None:
+        """A read answered at once from the local replica's files (``local_reads``), or
+        None: then ``read`` it. Called by the NBD frontend without a task per request."""
+        if self.fenced:
+            return None
+        t0 = time.perf_counter()
+        data = self.local.read(offset, length)
+        if data is not None:
+            self._observe("read", t0)
+            self.counters["read_bytes"] += length
+        return data
+
     async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         self._check_usable()
+        if (data := self.read_now(offset, length)) is not None:
+            return data
         bad: list[tuple[ReplicaLink, list[int]]] = []
         t0 = time.perf_counter()
         for link in self._readers():
@@ -520,7 +538,10 @@ class Volume:
             raise InvalidArgument(
                 f"new size {new_size!r}: a multiple of {BLOCK_SIZE}, at least {self._size}"
             )
-        await self.broadcast(lambda c: c.expand(new_size))
+        try:
+            await self.broadcast(lambda c: c.expand(new_size))
+        finally:
+            self.local.changed_layout()
         self._size = new_size
 
     # --- membership ---------------------------------------------------------------------

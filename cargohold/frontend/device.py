@@ -34,6 +34,10 @@ class BlockDevice(Protocol):
 
     async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview: ...
 
+    # Optional: ``read_now(offset, length) -> bytes | bytearray | memoryview | None``, a
+    # read answered at once without awaiting anything, or None (then ``read`` is awaited).
+    # It never raises. The NBD server calls it for aligned reads, without a task each.
+
     async def write(self, offset: int, data: memoryview, fua: bool) -> None: ...
 
     async def flush(self) -> None:

@@ -31,6 +31,7 @@ from cargohold.errors import (
 )
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Request
+from cargohold.store.reader import host_identity
 
 if TYPE_CHECKING:
     from cargohold.replica.registry import OpenReplica
@@ -39,6 +40,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("cargohold.replica")
 
 Result = tuple[int, Any]  # (generation, payload bytes | list of buffers)
+
+
+def _disk(store: Any) -> dict[str, Any] | None:
+    """Where a file-backed replica lives, with what tells its directory apart from every
+    other (``store.reader.host_identity``): lets an engine on this host read it directly."""
+    directory = getattr(store, "directory", None)
+    if not directory:
+        return None
+    try:
+        return {"path": os.path.abspath(directory), **host_identity(directory)}
+    except OSError:
+        return None
 
 
 def error_payload(e: CargoholdError) -> bytes:
@@ -221,6 +234,7 @@ class Session(asyncio.Protocol):
             "history": s.history,
             "snapshots": [x.name for x in s.snapshot_list()],
             "pid": os.getpid(),
+            "disk": _disk(s),
         }
 
     # --- data ops ---------------------------------------------------------------------

@@ -97,11 +97,19 @@ def _segment_bytes(nblocks: int, k: int) -> int:
 class Layer:
     """A layer's files, opened read-write, with numpy views over its block map."""
 
-    def __init__(self, directory: str, layer_id: int, data_fds: list[int], map_fd: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        layer_id: int,
+        data_fds: list[int],
+        map_fd: int,
+        readonly: bool = False,
+    ) -> None:
         self.directory = directory
         self.id = layer_id
         self.data_fds = data_fds
         self.map_fd = map_fd
+        self.readonly = readonly  # opened by a reader beside the owner (store.reader)
         self._page_alloc: np.ndarray | None = None  # 1 = map page backed by disk space
         self._map_view()
 
@@ -153,10 +161,13 @@ class Layer:
         return cls(directory, layer_id, fds, mfd)
 
     @classmethod
-    def open(cls, directory: str, layer_id: int) -> Layer:
+    def open(cls, directory: str, layer_id: int, readonly: bool = False) -> Layer:
+        """Open an existing layer; ``readonly``: descriptors and map for reading only, for a
+        reader in another process than the replica server that owns the layer."""
         mpath = map_path(directory, layer_id)
+        mode = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
         try:
-            mfd = os.open(mpath, os.O_RDWR | os.O_CLOEXEC)
+            mfd = os.open(mpath, mode)
         except FileNotFoundError as e:
             raise FormatError(f"layer {layer_id}: missing file {e.filename}") from None
         fds: list[int] = []
@@ -168,7 +179,7 @@ class Layer:
             for k in range(_segment_count(h.nblocks)):
                 dpath = data_path(directory, layer_id, k)
                 try:
-                    fd = os.open(dpath, os.O_RDWR | os.O_CLOEXEC)
+                    fd = os.open(dpath, mode)
                 except FileNotFoundError:
                     raise FormatError(f"layer {layer_id}: missing file {dpath}") from None
                 fds.append(fd)
@@ -179,11 +190,12 @@ class Layer:
             for fd in [*fds, mfd]:
                 os.close(fd)
             raise
-        return cls(directory, layer_id, fds, mfd)
+        return cls(directory, layer_id, fds, mfd, readonly)
 
     def _map_view(self) -> None:
         size = os.fstat(self.map_fd).st_size
-        self.mm = mmap.mmap(self.map_fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        prot = mmap.PROT_READ if self.readonly else mmap.PROT_READ | mmap.PROT_WRITE
+        self.mm = mmap.mmap(self.map_fd, size, mmap.MAP_SHARED, prot)
         h = fmt.decode_map_header(self.mm[: fmt.HEADER_SIZE], map_path(self.directory, self.id))
         self.nblocks = h.nblocks
         self.uuid = h.layer_uuid

@@ -1,0 +1,140 @@
+"""store.reader beside a FileStore that keeps writing, and the engine's use of it
+(engine.local_reads): what it sees, what it refuses, and when it turns itself off."""
+
+from __future__ import annotations
+
+import collections
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from cargohold.constants import BLOCK_SIZE, MIB
+from cargohold.engine import local_reads
+from cargohold.engine.local_reads import LocalReads
+from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec
+from cargohold.errors import ChecksumError
+from cargohold.store import format as fmt
+from cargohold.store.file_store import FileStore
+from cargohold.store.reader import ReplicaReader, host_identity
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = FileStore.create(str(tmp_path / "r0"), 16 * MIB)
+    yield s
+    s.close()
+
+
+def block(b: int) -> bytes:
+    return bytes([b]) * BLOCK_SIZE
+
+
+def test_a_reader_sees_the_owners_writes_at_once(store):
+    store.write(0, block(1) * 4)
+    r = ReplicaReader.open(store.directory)
+    try:
+        assert bytes(r.read(0, 4 * BLOCK_SIZE)) == block(1) * 4
+        store.write(BLOCK_SIZE, block(2))  # after the reader opened: same files, same map
+        assert bytes(r.read(0, 2 * BLOCK_SIZE)) == block(1) + block(2)
+        assert bytes(r.read(8 * BLOCK_SIZE, BLOCK_SIZE)) == bytes(BLOCK_SIZE)  # a hole
+        assert r.size == 16 * MIB and r.identity() == host_identity(store.directory)
+    finally:
+        r.close()
+
+
+def test_a_reader_checks_every_block_and_never_writes(store):
+    store.write(0, block(7) * 2)
+    store.flush()
+    with open(os.path.join(store.directory, "layer-000001.data"), "r+b") as f:
+        f.seek(fmt.HEADER_SIZE + BLOCK_SIZE + 5)
+        f.write(b"\xff")
+    r = ReplicaReader.open(store.directory)
+    try:
+        with pytest.raises(ChecksumError):
+            r.read(0, 2 * BLOCK_SIZE)
+        with pytest.raises(ChecksumError):
+            r.read(BLOCK_SIZE, BLOCK_SIZE)
+        assert bytes(r.read(0, BLOCK_SIZE)) == block(7)
+        with pytest.raises(ValueError, match="read-only"):  # its block map is mapped so
+            r._store._chain[0].meta[0] = 0
+    finally:
+        r.close()
+
+
+def test_changed_tells_when_the_owner_rewrote_its_metadata(store):
+    r = ReplicaReader.open(store.directory)
+    try:
+        assert not r.changed()
+        store.accept_epoch(5)  # a newer engine opened the replica
+        assert r.changed()
+        r2 = ReplicaReader.open(store.directory)
+        assert r2.epoch == 5 and not r2.changed()
+        r2.close()
+    finally:
+        r.close()
+
+
+def _engine(store: FileStore, epoch: int = 1, disk: dict | None = None):  # type: ignore[no-untyped-def]
+    link = ReplicaLink(ReplicaSpec("r0", "127.0.0.1", 1, local=True))
+    link.mode, link.client = Mode.RW, SimpleNamespace(close_nowait=lambda: None)  # type: ignore[assignment]
+    link.disk = (
+        disk if disk is not None else {"path": store.directory, **host_identity(store.directory)}
+    )
+    vol = SimpleNamespace(name="v", epoch=epoch, links=[link], counters=collections.Counter())
+    return vol, link, LocalReads(vol)  # type: ignore[arg-type]
+
+
+def test_local_reads_serve_a_current_local_replica(store):
+    store.write(0, block(3))
+    vol, link, lr = _engine(store)
+    assert bytes(lr.read(0, BLOCK_SIZE)) == block(3)
+    assert vol.counters["local_reads"] == 1 and link.reader is not None
+    link.drop("gone")  # out of the write set: its reader is closed, nothing more is read
+    assert link.reader is None and lr.read(0, BLOCK_SIZE) is None
+
+
+def test_local_reads_refuse_files_that_are_not_the_servers(store, tmp_path):
+    other = FileStore.create(str(tmp_path / "elsewhere"), 16 * MIB)
+    try:
+        # the server said its replica is `other`'s directory, on another host or inode
+        disk = {"path": other.directory, **host_identity(other.directory)}
+        disk["ino"] += 1
+        _vol, link, lr = _engine(store, disk=disk)
+        assert lr.read(0, BLOCK_SIZE) is None
+        assert link.disk is None and link.reader is None  # never tried again for this link
+    finally:
+        other.close()
+
+
+def test_local_reads_stop_when_a_newer_engine_owns_the_replica(store, monkeypatch):
+    monkeypatch.setattr(local_reads, "CHECK_EVERY", 0.0)
+    store.write(0, block(4))
+    _vol, _link, lr = _engine(store, epoch=1)
+    assert lr.read(0, BLOCK_SIZE) is not None
+    store.accept_epoch(2)
+    assert lr.read(0, BLOCK_SIZE) is None  # the server will tell this engine it is fenced
+
+
+def test_local_reads_follow_the_engines_layout_changes(store):
+    store.write(0, block(5))
+    _vol, _link, lr = _engine(store)
+    assert bytes(lr.read(0, BLOCK_SIZE)) == block(5)
+    store.snapshot_create("s")
+    store.write(0, block(6))  # into the new head, which the open reader does not know
+    lr.changed_layout()
+    assert bytes(lr.read(0, BLOCK_SIZE)) == block(6)
+    with lr.paused():
+        assert lr.read(0, BLOCK_SIZE) is None
+    assert bytes(lr.read(0, BLOCK_SIZE)) == block(6)
+
+
+def test_a_checksum_mismatch_is_left_to_the_server(store):
+    store.write(0, block(8))
+    store.flush()
+    vol, _link, lr = _engine(store)
+    with open(os.path.join(store.directory, "layer-000001.data"), "r+b") as f:
+        f.seek(fmt.HEADER_SIZE + 9)
+        f.write(b"\x00")
+    assert lr.read(0, BLOCK_SIZE) is None
+    assert vol.counters["local_read_checksum_retries"] == 1
