@@ -131,7 +131,16 @@ def test_control_plane_dies_on_etcd(tmp_path):
     assert not fm.problems(out), (fm.problems(out), out.notes)
 
 
+def _soak_timeout() -> int:
+    """pytest-timeout's limit for the soak: its duration and an hour for the last scenario
+    and the cluster (0, no limit, when it runs a count of scenarios)."""
+    if int(os.environ.get("CARGOHOLD_SOAK_COUNT", "0") or 0):
+        return 0
+    return int(float(os.environ.get("CARGOHOLD_SOAK_SECONDS", "600"))) + 3600
+
+
 @pytest.mark.soak
+@pytest.mark.timeout(_soak_timeout())
 def test_fault_soak(tmp_path):
     """A randomized schedule of scenarios for CARGOHOLD_SOAK_SECONDS (default 600) or
     CARGOHOLD_SOAK_COUNT scenarios; prints the SoakSummary table."""
