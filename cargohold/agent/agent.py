@@ -5,8 +5,11 @@ manager assigns to the node, and converges them to the manager's wishes every he
 engine's own status, the operations it ran), POST it, and converge to the ``Assignments``
 that come back — create and delete replicas, start, restart, replace and stop engines,
 add, re-add and remove an engine's replicas through its control socket, run operations.
-``run()`` repeats it every ``heartbeat_interval`` until told to stop. Started by
-``cargohold agent`` (cargohold/cli/agent_cmd.py); see docs/control-plane.md.
+``run()`` repeats it until told to stop, as a long poll: the manager holds each answer
+until the node's assignments change or ``heartbeat_interval`` passes, so new work is acted
+on at once; news on the node cuts a held heartbeat short; a report the same as the last
+one goes as its digest alone. Started by ``cargohold agent`` (cargohold/cli/agent_cmd.py);
+see docs/control-plane.md.
 
 The data path never depends on the manager: when heartbeats fail, everything that runs
 keeps running unchanged (crashed children are still restarted) until the manager answers
@@ -43,6 +46,7 @@ from cargohold.agent.processes import (
     port_is_free,
     stop_leftovers,
 )
+from cargohold.control.heartbeat import report_digest
 from cargohold.control.model import (
     Assignments,
     DiskReport,
@@ -65,6 +69,7 @@ from cargohold.errors import (
     ManagerUnavailable,
     NotFound,
 )
+from cargohold.replica.client import ReplicaClient
 
 log = logging.getLogger("cargohold.agent")
 
@@ -145,6 +150,11 @@ class Agent:
         self._news = asyncio.Event()
         self._revision = ""  # of the last assignments received: the manager holds while same
         self._go_on = False  # the next heartbeat goes at once (set by run_once)
+        self._converged_in = 0.0  # seconds the last round took after the answer
+        self._acked_digest = ""  # of the last report a manager took in (then: "same report")
+        self._assignments: Assignments | None = None  # the last whole assignments received
+        self._list_client: tuple[int | None, ReplicaClient] | None = None  # (server pid, it)
+        self._spawned = asyncio.Event()  # an engine was started: the watcher looks closely
 
     # --- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
@@ -329,7 +339,10 @@ class Agent:
                 self._news.clear()  # set by what this round (or a running operation) achieves
                 self._go_on = False
                 try:
-                    await self.run_once(hold=self.interval if self._revision else 0.0)
+                    # liveness is recorded when a heartbeat arrives: hold it no longer than
+                    # keeps arrivals an interval apart, whatever converging takes
+                    hold = max(0.0, self.interval - self._converged_in) if self._revision else 0
+                    await self.run_once(hold=hold)
                 except Exception:  # a bug in one round must not take the node's volumes down
                     log.exception("heartbeat round failed; trying again next round")
                 if stop.is_set():
@@ -359,7 +372,13 @@ class Agent:
         of it at once, not when the held heartbeat ends."""
         told: set[tuple[str, int | None, bool]] = set()  # (volume, pid, up): said once
         while True:
-            await asyncio.sleep(STARTING_POLL)
+            if any(e.child is not None and not e.ready for e in self.engines.values()):
+                await asyncio.sleep(STARTING_POLL)
+            else:  # none starting: sleep until one is started (or a while)
+                self._spawned.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._spawned.wait(), 1.0)
+                continue
             if len(told) > 10_000:
                 told.clear()
             for eng in self.engines.values():
@@ -387,6 +406,7 @@ class Agent:
         for e in engines:
             log.info("stopped engine for volume %s (epoch %d)", e.volume, e.epoch)
         self.engines.clear()
+        await self._drop_list_client()
         if self.replica_server is not None:
             await self.replica_server.stop()
             log.info("stopped the replica server")
@@ -412,6 +432,15 @@ class Agent:
             assignments_revision=self._revision,
             hold=hold,
         )
+        digest = report_digest(hb)
+        hb.report_digest = digest
+        if digest == self._acked_digest:  # as last time: the manager has it, say only that
+            hb = Heartbeat(
+                report_digest=digest,
+                same_report=True,
+                assignments_revision=self._revision,
+                hold=hold,
+            )
         loop = asyncio.get_running_loop()
         sent = loop.time()
         post = asyncio.ensure_future(self.manager.heartbeat(self.config.node, hb))
@@ -437,17 +466,33 @@ class Agent:
             self._manager_failed(e)
             return None
         self._manager_answered()
+        if assignments.resend:  # that manager does not have the report: send it all now
+            self._acked_digest = ""
+            self._go_on = True
+            return None
+        self._acked_digest = digest
+        if assignments.unchanged:  # nothing new: the assignments we have hold
+            if self._assignments is None or assignments.revision != self._revision:
+                self._revision = ""  # we do not have them (cannot be): ask for all of it
+                self._go_on = True
+                return None
+            assignments = self._assignments.model_copy(
+                update={"heartbeat_interval": assignments.heartbeat_interval}
+            )
+        self._assignments = assignments
         # at once again if the work changed, or the manager held the answer (that was the
         # wait); a manager that answers at once with the same work is asked an interval on
         self._go_on = assignments.revision != self._revision or loop.time() - sent >= hold / 2 > 0
         self._revision = assignments.revision
         if self.config.heartbeat is None:
             self.interval = assignments.heartbeat_interval
+        answered = loop.time()
         await self._serve_added_disks(assignments.disks)
         if listed is not None:
             await self._converge_replicas(assignments.replicas, listed)
         self._converge_engines(assignments.engines)
         self._converge_operations(assignments.operations)
+        self._converged_in = loop.time() - answered
         return assignments
 
     async def _register(self) -> bool:
@@ -546,12 +591,28 @@ class Agent:
         return {x["id"] for x in items}
 
     async def _list(self) -> list[dict[str, Any]]:
-        assert self.replica_server is not None
-        c = await self.replica_server.client()
-        try:
-            return await asyncio.wait_for(c.list(), 5.0)
-        finally:
-            await c.close()
+        """LIST over one connection kept for it (a new one after the replica server was
+        restarted, or when the kept one fails once)."""
+        rs = self.replica_server
+        assert rs is not None
+        for attempt in (1, 2):
+            kept = self._list_client
+            if kept is None or kept[0] != rs.pid:
+                await self._drop_list_client()
+                kept = self._list_client = (rs.pid, await rs.client())
+            try:
+                return await asyncio.wait_for(kept[1].list(), 5.0)
+            except (CargoholdError, OSError, TimeoutError):
+                await self._drop_list_client()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _drop_list_client(self) -> None:
+        kept, self._list_client = self._list_client, None
+        if kept is not None:
+            with contextlib.suppress(CargoholdError, OSError):
+                await kept[1].close()
 
     async def _probe(self, rid: str) -> None:
         """Open a replica nobody has open, so LIST shows its generation and epoch. Epoch 0
@@ -646,6 +707,7 @@ class Agent:
             eng.error = f"cannot start the engine of volume {eng.volume}: {e}"
             log.error("%s (next try in %.1f s)", eng.error, eng.backoff.failed())
             return
+        self._spawned.set()
         log.info(
             "started engine for volume %s (epoch %d) on %s (pid %s)",
             eng.volume,
@@ -720,6 +782,7 @@ class Agent:
             del self.engines[eng.volume]
         self._state.get("engine_ports", {}).pop(eng.volume, None)
         self._save_state()
+        self._news.set()  # the manager waits for it (a detach, a delete)
 
     async def _replace(self, eng: EngineProcess, a: EngineAssignment) -> None:
         log.info(

@@ -161,6 +161,8 @@ def parse_assignments(data: Any, complaints: Complaints | None = None) -> Assign
     revision = data.get("revision")
     if isinstance(revision, str):
         out.revision = revision
+    out.unchanged = data.get("unchanged") is True
+    out.resend = data.get("resend") is True
     return out
 
 

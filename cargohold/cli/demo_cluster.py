@@ -143,6 +143,16 @@ def cluster_job(root: str) -> None:
         dev = None
         api.detach("demo")
         v = _wait(api, "demo", lambda v: v["state"] == "detached", "the engine to stop")
+
+        def agree(v: dict[str, Any]) -> bool:
+            return v["state"] == "detached" and len({r["generation"] for r in v["replicas"]}) == 1
+
+        # each node reports its replica's final generation (persisted when the engine
+        # closed it) with its next heartbeat: within a heartbeat interval
+        try:
+            v = api.wait_volume("demo", agree, 15)
+        except Exception:
+            v = api.volume("demo")
         gens = {r["node"]: r["generation"] for r in v["replicas"]}
         note(f"generations: {gens}")
         if len(set(gens.values())) != 1:

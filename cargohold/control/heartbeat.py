@@ -4,13 +4,16 @@ Called by the API for ``POST /api/v1/nodes/{node}/heartbeat``, on whichever mana
 agent reached (leader or standby: it only reads and compare-and-swaps records). Reports
 update the observed half of records (replica modes and generations, engine status,
 operation progress); the answer is computed from the desired half that the reconcilers
-write (``assignments``).
+write (``assignments``). Holding the answer (the long poll) and the reports sent as their
+digest are ``Service.heartbeat``'s; the records are read once per heartbeat, and nothing is
+written when a report changes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 
 from cargohold.control.model import (
     Assignments,
@@ -40,8 +43,15 @@ log = logging.getLogger("cargohold.manager")
 
 
 async def handle(
-    repo: Repository, name: str, hb: Heartbeat, settings: ManagerSettings
+    repo: Repository,
+    name: str,
+    hb: Heartbeat,
+    settings: ManagerSettings,
+    wake: Callable[[], None] = lambda: None,
 ) -> Assignments:
+    """``wake`` is called when the report changed something a reconciler waits for (a
+    replica now on disk or gone from it, an engine stopped, an operation finished), so
+    the next step does not wait for the next reconciler pass."""
     t = now()
 
     def beat(node: Node) -> Node:
@@ -58,7 +68,7 @@ async def handle(
     # repository caches them); every write below is still a compare-and-swap
     volumes = {v.name: v for v in await repo.volumes()}
     replicas = await repo.replicas()
-    await _ingest_replicas(repo, name, hb, volumes, replicas)
+    await _ingest_replicas(repo, name, hb, volumes, replicas, wake)
     if hb.engines:
         down = {n.name for n in await repo.nodes() if n.down_since is not None}
         by_volume: dict[str, list[Replica]] = {}
@@ -67,7 +77,7 @@ async def handle(
         for er in hb.engines:
             vol = volumes.get(er.volume)
             if vol is not None:
-                await _ingest_engine(repo, name, er, vol, by_volume.get(vol.name, []), down)
+                await _ingest_engine(repo, name, er, vol, by_volume.get(vol.name, []), down, wake)
     reported = {er.volume for er in hb.engines}
     for vol in volumes.values():
         st = vol.engine_status
@@ -80,8 +90,9 @@ async def handle(
                 return v
 
             await repo.update_volume(vol.name, gone)
+            wake()
     for orep in hb.operations:
-        await _ingest_operation(repo, orep)
+        await _ingest_operation(repo, orep, wake)
     return await assignments(repo, name, hb, settings)
 
 
@@ -91,6 +102,7 @@ async def _ingest_replicas(
     hb: Heartbeat,
     volumes: dict[str, Volume],
     replicas: list[Replica],
+    wake: Callable[[], None],
 ) -> None:
     reported = {r.id: r for r in hb.replicas}
     engines = {v.name: _engine_runs(v) for v in volumes.values()}
@@ -101,6 +113,7 @@ async def _ingest_replicas(
         if rep.deleting and got is None:
             await repo.delete_replica_record(rep.volume, rep.id)
             log.info("replica %s of volume %s deleted from node %s", rep.id, rep.volume, name)
+            wake()
             continue
         exists = got is not None
         # while an engine runs, it knows the replica's generation best; else the replica
@@ -117,6 +130,8 @@ async def _ingest_replicas(
             own and (rep.generation != got.generation or rep.mode is not None)  # type: ignore[union-attr]
         ):
             await repo.update_replica(rep.volume, rep.id, seen)
+            if exists and not rep.exists:
+                wake()
 
 
 def _engine_runs(v: Volume) -> bool:
@@ -131,6 +146,7 @@ async def _ingest_engine(
     vol: Volume,
     replicas: list[Replica],
     down: set[str],
+    wake: Callable[[], None],
 ) -> None:
     """What one engine reports, into its volume's and replicas' records. ``vol`` and
     ``replicas`` as read at the start of the heartbeat; nothing is written (no fsync)
@@ -149,6 +165,7 @@ async def _ingest_engine(
 
             if er.running != vol.engine_status.running:
                 await _update_volume(repo, vol.name, old)
+                wake()
         return
     rw_gens = [int(x.get("generation", 0)) for x in links.values() if x.get("mode") == "RW"]
     # robustness counts only replicas whose node is up: an idle engine notices a dead
@@ -156,9 +173,9 @@ async def _ingest_engine(
     where = {r.id: r.node for r in replicas}
     rw = sum(1 for rid, x in links.items() if x.get("mode") == "RW" and where.get(rid) not in down)
 
-    def observed(v: Volume) -> Volume:
-        old = v.engine_status
-        v.engine_status = EngineStatus(
+    def observe(v: Volume) -> dict[str, object]:
+        """The observed fields of ``v`` after this report (``v`` is not changed)."""
+        status = EngineStatus(
             node=name,
             epoch=er.epoch,
             running=er.running,
@@ -169,20 +186,22 @@ async def _ingest_engine(
             error=er.error,
             reported_at=now(),
         )
+        old = v.engine_status
         if old is not None and old.model_copy(update={"reported_at": 0.0}) == (
-            v.engine_status.model_copy(update={"reported_at": 0.0})
+            status.model_copy(update={"reported_at": 0.0})
         ):
-            v.engine_status = old  # nothing new: no write (every write is an fsync)
+            status = old  # nothing new: no write (every write is an fsync)
+        out: dict[str, object] = {"engine_status": status}
         if er.running and st:
             # the newest generation every current replica has: a lower bound on what a
             # future engine must start from (invariant 4)
             if "current_generation" in st:  # (epoch, generation) every current replica has
                 top = (int(st.get("current_epoch", 0)), int(st["current_generation"]))
                 if top > (v.current_epoch, v.current_generation):
-                    v.current_epoch, v.current_generation = top
+                    out["current_epoch"], out["current_generation"] = top
             elif rw_gens:
-                v.current_generation = max(v.current_generation, min(rw_gens))
-            v.robustness = (
+                out["current_generation"] = max(v.current_generation, min(rw_gens))
+            out["robustness"] = (
                 Robustness.FAULTED
                 if rw == 0
                 else Robustness.DEGRADED
@@ -190,11 +209,16 @@ async def _ingest_engine(
                 else Robustness.HEALTHY
             )
             if st.get("fenced"):
-                v.error = f"engine epoch {er.epoch} was fenced: {st['fenced']}"
+                out["error"] = f"engine epoch {er.epoch} was fenced: {st['fenced']}"
+        return out
+
+    def observed(v: Volume) -> Volume:
+        for k, value in observe(v).items():
+            setattr(v, k, value)
         return v
 
-    if observed(vol.model_copy(deep=True)) != vol:  # only a change is written
-        await _update_volume(repo, vol.name, observed)
+    if any(getattr(vol, k) != value for k, value in observe(vol).items()):
+        await _update_volume(repo, vol.name, observed)  # only a change is written
     if not (er.running and st):
         return
     for rep in replicas:
@@ -233,7 +257,9 @@ async def _update_volume(repo: Repository, name: str, change) -> None:  # type: 
         pass  # deleted since the heartbeat read it
 
 
-async def _ingest_operation(repo: Repository, orep: OperationReport) -> None:
+async def _ingest_operation(
+    repo: Repository, orep: OperationReport, wake: Callable[[], None]
+) -> None:
     try:
         op = await repo.operation(orep.id)
     except NotFound:
@@ -265,6 +291,7 @@ async def _ingest_operation(repo: Repository, orep: OperationReport) -> None:
     op = await repo.update_operation(orep.id, progress)
     if done:
         await apply_result(repo, op)
+        wake()
 
 
 async def apply_result(repo: Repository, op) -> None:  # type: ignore[no-untyped-def]
@@ -407,8 +434,16 @@ async def assignments(
 def revision(a: Assignments) -> str:
     """The digest of an answer's content: the agent sends it back, and the manager holds
     the next heartbeat while its node's assignments still have it."""
-    body = a.model_dump_json(exclude={"revision"}).encode()
+    body = a.model_dump_json(exclude={"revision", "unchanged", "resend"}).encode()
     return hashlib.blake2b(body, digest_size=8).hexdigest()
+
+
+REPORT = {"replica_port", "replicas", "engines", "operations"}
+
+
+def report_digest(hb: Heartbeat) -> str:
+    """The digest of what a heartbeat reports (not of its long-poll fields)."""
+    return hashlib.blake2b(hb.model_dump_json(include=REPORT).encode(), digest_size=8).hexdigest()
 
 
 async def _clone_source(repo: Repository, args: dict, nodes: dict[str, Node]) -> str | None:  # type: ignore[type-arg]

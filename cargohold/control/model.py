@@ -324,6 +324,10 @@ class Heartbeat(Record):
     operations: list[OperationReport] = Field(default_factory=list)
     assignments_revision: str = ""  # the ``revision`` of the last assignments received
     hold: float = Field(default=0.0, ge=0, le=60)  # seconds the agent lets the answer wait
+    # a digest of replica_port, replicas, engines and operations; with ``same_report`` the
+    # lists are left out: "what I reported last time" (answered ``resend`` if unknown)
+    report_digest: str = ""
+    same_report: bool = False
 
 
 class ReplicaAssignment(Record):
@@ -362,6 +366,9 @@ class Assignments(Record):
     disks: list[DiskReport] = Field(default_factory=list)  # every disk the node should serve
     heartbeat_interval: float = 1.0
     revision: str = ""  # a digest of everything above: equal revisions, equal assignments
+    # after a hold that ended with nothing new: no lists, keep the assignments you have
+    unchanged: bool = False
+    resend: bool = False  # the report's digest is unknown here: send the whole report now
 
 
 class keys:

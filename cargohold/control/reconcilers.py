@@ -120,17 +120,19 @@ class ReplicaReconciler:
         t = now()
         running = _running(vol)
         reps = [r for r in replicas if not r.deleting]
-        # 1. note when each replica failed, or that it is back
-        for r in reps:
+        # 1. note when each replica failed, or that it is back (the records the repository
+        # hands out are shared: a changed one is a copy)
+        for i, r in enumerate(reps):
             failed = _failed(r, nodes, running)
             if failed and r.failed_at is None:
                 n = nodes.get(r.node)
                 since = n.down_since if n and n.down_since else t
-                r.failed_at = since
+                reps[i] = r.model_copy(update={"failed_at": since})
                 await self._set(vol, r, failed_at=since)
             elif not failed and r.failed_at is not None:
-                r.failed_at = None
+                reps[i] = r.model_copy(update={"failed_at": None})
                 await self._set(vol, r, failed_at=None)
+        gone: set[str] = set()  # marked for deletion in this pass
         # a replica is current if its generation reaches what the manager last recorded
         healthy = [
             r
@@ -152,16 +154,16 @@ class ReplicaReconciler:
                     vol.stale_replica_timeout,
                 )
                 await self._set(vol, r, deleting=True)
-                r.deleting = True
-        reps = [r for r in reps if not r.deleting]
+                gone.add(r.id)
+        reps = [r for r in reps if r.id not in gone]
         # 3. drained replicas go once enough others are current
         for r in reps:
             others = [h for h in healthy if h.id != r.id and not h.evicting]
             if r.evicting and len(others) >= vol.replicas_wanted:
                 log.info("volume %s: replica %s moved off node %s", vol.name, r.id, r.node)
                 await self._set(vol, r, deleting=True)
-                r.deleting = True
-        reps = [r for r in reps if not r.deleting]
+                gone.add(r.id)
+        reps = [r for r in reps if r.id not in gone]
         keep = [r for r in reps if not r.evicting]
         # 4. converge the count
         missing = vol.replicas_wanted - len(keep)

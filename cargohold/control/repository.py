@@ -63,16 +63,17 @@ class Repository:
     def _parse(self, key: str, value: bytes, rev: int, model: type[M]) -> M:
         """The record, parsed once per (key, mod_revision): a mod revision is the store's
         revision of one write, never reused, so it names the value exactly (whichever
-        manager wrote it). Callers get a shallow copy: setting a field of it leaves the
-        cache alone (changes go through ``_update``, which copies deeply)."""
+        manager wrote it). The record returned is shared with every other reader of that
+        revision: never change it in place (``update_*`` changes a deep copy; a caller
+        that wants to scribble on one takes ``model_copy()`` first)."""
         hit = self._parsed.get(key)
         if hit is not None and hit[0] == rev and type(hit[1]) is model:
-            return hit[1].model_copy()  # type: ignore[return-value]
+            return hit[1]  # type: ignore[return-value]
         rec = model.model_validate_json(value)
         if len(self._parsed) >= PARSED_MAX:
             self._parsed.clear()
         self._parsed[key] = (rev, rec)
-        return rec.model_copy()
+        return rec
 
     def _forget(self, key: str) -> None:
         self._parsed.pop(key, None)

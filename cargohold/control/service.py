@@ -121,6 +121,7 @@ class Service:
         self.is_leader = False
         self.kick = asyncio.Event()  # wakes the reconcilers after a write
         self.watch = AssignmentWatch()  # wakes held heartbeats when their node's work changes
+        self.reports: dict[str, tuple[str, Heartbeat]] = {}  # node -> (digest, last report)
         repo.observers.append(self.watch.changed)
 
     # --- nodes ----------------------------------------------------------------------------
@@ -169,9 +170,20 @@ class Service:
         """Take in the report (liveness is recorded now) and answer the node's assignments:
         at once when they differ from the revision the agent has, else when they change
         (an API write or a reconciler touched them), the agent's ``hold`` (at most
-        ``heartbeat_interval``) has passed, or the agent hung up (``gone``)."""
+        ``heartbeat_interval``) has passed, or the agent hung up (``gone``). A report sent
+        as its digest (``same_report``) stands for the last whole one this manager kept of
+        the node; one it does not have is answered ``resend`` at once."""
+        if hb.same_report:  # "as last time": the report this manager kept, if it has it
+            last = self.reports.get(name)
+            if last is None or last[0] != hb.report_digest:
+                return Assignments(resend=True, heartbeat_interval=self.settings.heartbeat_interval)
+            hb = last[1].model_copy(
+                update={"hold": hb.hold, "assignments_revision": hb.assignments_revision}
+            )
+        elif hb.report_digest:
+            self.reports[name] = (hb.report_digest, hb)
         mark = self.watch.mark(name)
-        a = await hb_mod.handle(self.repo, name, hb, self.settings)
+        a = await hb_mod.handle(self.repo, name, hb, self.settings, self.kick.set)
         hold = min(hb.hold, self.settings.heartbeat_interval)
         if hold <= 0 or a.revision != hb.assignments_revision:
             return a
@@ -183,8 +195,11 @@ class Service:
             mark = self.watch.mark(name)
             a = await hb_mod.assignments(self.repo, name, hb, self.settings)
             if a.revision != hb.assignments_revision:
-                break
-        return a
+                return a
+        # nothing new: the agent keeps what it has (no lists to send, parse or check)
+        return Assignments(
+            revision=a.revision, heartbeat_interval=a.heartbeat_interval, unchanged=True
+        )
 
     async def node(self, name: str) -> dict[str, Any]:
         return (await self.repo.node(name)).view()

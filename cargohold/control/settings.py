@@ -9,7 +9,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ManagerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CARGOHOLD_MANAGER_", extra="forbid")
 
-    heartbeat_interval: float = Field(1.0, gt=0, description="seconds between agent heartbeats")
+    heartbeat_interval: float = Field(
+        2.0,
+        gt=0,
+        description="seconds between the heartbeats of an agent with nothing new to report, "
+        "and the longest a heartbeat is held (changes reach agents at once, by long poll)",
+    )
     node_down_after: float = Field(
         5.0, gt=0, description="seconds without a heartbeat before a node is marked down"
     )

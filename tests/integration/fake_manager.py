@@ -1,6 +1,7 @@
 """A stand-in for the manager, for node-agent tests: it records what agents register and
 report, and answers heartbeats with scripted assignments (raw JSON, so a test can slip a bad
-entry in). A stdlib HTTP server on a thread, one connection per request (HTTP/1.0), so
+entry in). A heartbeat that says ``same_report`` is recorded as the whole report it stands
+for, as the manager takes it. A stdlib HTTP server on a thread, one connection per request (HTTP/1.0), so
 ``stop()`` really makes it unreachable; ``start()`` again listens on the same port."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class FakeManager:
         self.heartbeats: list[tuple[str, JSON]] = []
         self.known: set[str] = set()  # registered nodes; a heartbeat from another gets 404
         self.assignments: dict[str, JSON] = {}  # node -> the heartbeat's answer
+        self.reports: dict[str, JSON] = {}  # node -> its last whole report (same_report)
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -33,8 +35,9 @@ class FakeManager:
     def start(self, forget: bool = False) -> FakeManager:
         """Listen (again, on the same port). ``forget``: lose the registered nodes, like a
         manager whose state was reset."""
-        if forget:
-            with self.lock:
+        with self.lock:
+            self.reports.clear()  # a manager keeps reports in memory: a restart loses them
+            if forget:
                 self.known.clear()
         fake = self
 
@@ -61,6 +64,13 @@ class FakeManager:
                     if node not in fake.known:
                         msg = f"no node {node}"
                         return self._send(404, {"error": {"type": "NotFound", "message": msg}})
+                    if body.get("same_report"):  # "as last time": what it said then
+                        last = fake.reports.get(node)
+                        if last is None or last.get("report_digest") != body.get("report_digest"):
+                            return self._send(200, {"heartbeat_interval": 0.2, "resend": True})
+                        body = {**last, "hold": body.get("hold", 0)}
+                    elif body.get("report_digest"):
+                        fake.reports[node] = body
                     fake.heartbeats.append((node, body))
                     answer = fake.assignments.get(node, {})
                 self._send(200, {"heartbeat_interval": 0.2, **answer})

@@ -182,3 +182,116 @@ def test_volume_lifecycle_through_the_cli(cluster: tuple[LocalCluster, Path]) ->
     st = js(d, "status")
     assert st["status"]["nodes"]["up"] == 3  # type: ignore[index]
     assert [n["state"] for n in st["nodes"]] == ["up"] * 3  # type: ignore[index]
+
+
+@pytest.fixture
+def cluster4() -> Iterator[tuple[LocalCluster, Path]]:
+    d = Path(f"/tmp/chl-4-{os.getpid()}")
+    c = LocalCluster.create(str(d), nodes=4).up(timeout=90)
+    try:
+        yield c, d
+    finally:
+        c.down(purge=True)
+
+
+def _replica_dirs(d: Path, volume: str) -> list[Path]:
+    return sorted(d.glob(f"nodes/*/disk-0/replicas/{volume}-r*"))
+
+
+def _replica_server(c: LocalCluster, node: str) -> int | None:
+    for pid in c.node_processes(node):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"replica-server" in cmd:
+            return pid
+    return None
+
+
+def test_clone_retain_drain_and_a_killed_replica_server(
+    cluster4: tuple[LocalCluster, Path],
+) -> None:
+    """On four real nodes: a clone of a whole volume in use, Retain then purge, a drain
+    that moves a replica of an attached volume, and a replica server killed with SIGKILL
+    that its agent restarts (the engine then rebuilds what it missed)."""
+    c, d = cluster4
+    cli(d, "volume", "create", "data", "--size", "64MiB", "--replicas", "2")
+    uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
+    qemu_io(uri, "write -P 0x5a 0 4M")
+
+    # clone the whole volume (no --snapshot) while it stays attached and in use
+    cli(d, "volume", "clone", "data", "whole", timeout=180)
+    snaps = js(d, "snapshot", "list", "data")
+    assert [s["name"].startswith("clone-whole-") for s in snaps] == [True]  # type: ignore[index]
+    qemu_io(uri, "write -P 0x66 0 1M")  # after the clone: not in it
+    whole = cli(d, "volume", "attach", "whole", "--node", "node-2").stdout.strip()
+    assert pattern_ok(whole, 0, 4 * MiB, 0x5A)
+    assert pattern_ok(uri, 0, MiB, 0x66)
+    cli(d, "volume", "detach", "whole")
+    cli(d, "volume", "delete", "whole")
+
+    # Retain: delete keeps the replicas on disk (released), purge removes them
+    cli(d, "volume", "create", "keep", "--size", "16MiB", "--reclaim-policy", "Retain")
+    dirs = wait_for(lambda: len(_replica_dirs(d, "keep")) == 3 and _replica_dirs(d, "keep"), "3")
+    cli(d, "volume", "delete", "keep")
+    assert js(d, "volume", "get", "keep")["state"] == "released"  # type: ignore[index]
+    time.sleep(2)  # a few reconciler passes and heartbeats: nothing is deleted
+    assert _replica_dirs(d, "keep") == dirs
+    p = cli(d, "volume", "attach", "keep", "--node", "node-1", check=False)
+    assert p.returncode == 5 and "released" in p.stderr
+    cli(d, "volume", "delete", "keep", "--purge")
+    wait_for(lambda: not _replica_dirs(d, "keep"), "the purged replicas to leave the disks")
+    assert "keep" not in {v["name"] for v in js(d, "volume", "list")}  # type: ignore[union-attr]
+
+    # drain a node holding a replica of the attached volume: it moves, the data stays
+    holders = {r["node"] for r in js(d, "volume", "get", "data")["replicas"]}  # type: ignore[index]
+    victim = next(n for n in sorted(holders) if n != "node-1")
+    cli(d, "node", "drain", victim, "--wait", "--timeout", "120", timeout=180)
+    vol = wait_for(
+        lambda: (
+            (v := js(d, "volume", "get", "data"))["robustness"] == "healthy"  # type: ignore[index]
+            and len(v["replicas"]) == 2  # type: ignore[index]
+            and v
+        ),
+        "the drained replica's successor to be rebuilt",
+        120,
+    )
+    assert victim not in {r["node"] for r in vol["replicas"]}  # type: ignore[index]
+    assert {r["mode"] for r in vol["replicas"]} == {"RW"}  # type: ignore[index]
+    assert js(d, "node", "get", victim)["state"] == "cordoned"  # type: ignore[index]
+    assert not list(d.glob(f"nodes/{victim}/disk-0/replicas/data-r*"))
+    assert pattern_ok(uri, 0, MiB, 0x66) and pattern_ok(uri, MiB, 3 * MiB, 0x5A)
+    cli(d, "node", "uncordon", victim)
+
+    # SIGKILL a replica server of the volume: its agent restarts it on the same port, the
+    # engine's dropped replica is re-added and rebuilt, and the data is intact
+    other = next(
+        r["node"]
+        for r in js(d, "volume", "get", "data")["replicas"]  # type: ignore[index]
+        if r["node"] != "node-1"
+    )
+    pid = _replica_server(c, other)
+    assert pid is not None
+    os.kill(pid, 9)
+    qemu_io(uri, "write -P 0x99 8M 1M")  # written while that replica is gone
+    again = wait_for(
+        lambda: (p := _replica_server(c, other)) not in (None, pid) and p,
+        "the agent to restart the replica server",
+    )
+    wait_for(
+        lambda: (
+            f"restarted the replica server (pid {again})"
+            in (d / "logs" / f"{other}.log").read_text()
+        ),
+        "the agent to log the restart",
+    )
+    wait_for(
+        lambda: {r["mode"] for r in js(d, "volume", "get", "data")["replicas"]} == {"RW"},  # type: ignore[index]
+        "the replica to be rebuilt",
+        90,
+    )
+    assert pattern_ok(uri, 8 * MiB, MiB, 0x99) and pattern_ok(uri, 0, MiB, 0x66)
+    cli(d, "volume", "detach", "data")
+    cli(d, "volume", "delete", "data")
+    wait_for(lambda: js(d, "volume", "list") == [], "every volume to be deleted")

@@ -13,15 +13,15 @@ import pytest
 from tests.procs import ROOT
 
 
-def _demo(tmp_path, *extra: str) -> str:
+def _demo(tmp_path, *extra: str, status: int = 0, **env: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "cargohold", "demo", "--dir", str(tmp_path / "demo"), *extra],
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, PYTHONPATH=ROOT, COLUMNS="200"),
+        env=dict(os.environ, PYTHONPATH=ROOT, COLUMNS="200", **env),
     )
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == status, out.stdout + out.stderr
     return " ".join(out.stdout.split())  # rich wraps lines
 
 
@@ -52,3 +52,14 @@ def test_the_data_plane_demo_runs_to_the_end(tmp_path):
     assert "the three replicas are identical" in text
     assert "repaired blocks 1" in text and "none bad" in text
     assert "Done:" in text
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="e2fsprogs not installed")
+def test_a_lesser_demo_says_so_and_exits_3(tmp_path):
+    """`make demo` where the main job cannot run: the data-plane demo runs, says loudly at
+    the start and at the end that it is not the main job, and exits 3, not 0."""
+    text = _demo(tmp_path, status=3, CARGOHOLD_DEMO_NO_MOUNT="1")
+    assert text.count("NOT THE MAIN JOB") == 2, text
+    assert "The main job cannot run on this machine: CARGOHOLD_DEMO_NO_MOUNT is set" in text
+    assert "This was the data-plane demo only" in text
+    assert "Done:" in text  # the lesser demo itself passed

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from cargohold.control.heartbeat import report_digest
 from cargohold.control.model import (
     Assignments,
     Heartbeat,
@@ -146,3 +147,27 @@ def test_what_wakes_whom() -> None:
     op = Operation(id="op-1", kind="expand", volume="v")
     assert affected(None, op) == ALL
     assert affected(op, op.model_copy(update={"state": "succeeded"})) == set()
+
+
+async def test_a_held_heartbeat_that_ends_with_nothing_new_carries_no_lists(monkeypatch) -> None:
+    sim = await settled(monkeypatch)
+    a = await sim.service.heartbeat("node-1", poll(sim, "node-1", 0.2))
+    assert a.unchanged and a.revision == sim.nodes["node-1"].last.revision  # type: ignore[union-attr]
+    assert a.replicas == [] and a.disks == []
+
+
+async def test_the_same_report_is_sent_as_its_digest(monkeypatch) -> None:
+    sim = await settled(monkeypatch)
+    full = poll(sim, "node-1", 0.0)
+    full.report_digest = report_digest(full)
+    await sim.service.heartbeat("node-1", full)
+    short = Heartbeat(report_digest=full.report_digest, same_report=True)
+    sim.clock.t += 10
+    a = await sim.service.heartbeat("node-1", short)
+    assert not a.resend and a.replicas  # answered as if the whole report had come
+    assert (await sim.repo.node("node-1")).heartbeat_at == sim.clock.t  # and it is alive
+    v = await sim.service.volume("data")
+    assert all(r["state"] != "pending" for r in v["replicas"])  # its replicas still exist
+    # a manager that does not have it (restarted, another one) asks for the whole report
+    a = await sim.service.heartbeat("node-2", Heartbeat(report_digest="nope", same_report=True))
+    assert a.resend and not a.replicas
