@@ -123,9 +123,10 @@ class Workload:
             await asyncio.gather(*workers, return_exceptions=True)
         if not self.stopped_because:
             self.stopped_because = "every connection lost"
-        if spec.final_flush:
+        if spec.final_flush:  # a connection that drops meanwhile is recorded, not raised
             await asyncio.gather(
-                *(self._flush(ci, c) for ci, c in enumerate(self.pool.conns) if not c.closed)
+                *(self._flush(ci, c) for ci, c in enumerate(self.pool.conns) if not c.closed),
+                return_exceptions=True,
             )
         self.history.finish(self.stopped_because)
         return self.history

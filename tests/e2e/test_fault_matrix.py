@@ -170,6 +170,8 @@ def test_fault_soak(tmp_path):
             if bad:
                 failures.append(f"#{i} {name}: {bad}")
     print(f"\nsoak seed {seed}, {i} scenarios in {time.monotonic() - t0:.0f} s")
+    for f in failures:
+        print(f"FAILED {f}")
     summary.render()
     print(summary.to_json())
     assert summary.ok, summary.to_json()
