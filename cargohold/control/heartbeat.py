@@ -351,7 +351,7 @@ async def assignments(
     volumes = {v.name: v for v in await repo.volumes()}
     all_reps = await repo.replicas()
     out = Assignments(
-        heartbeat_interval=settings.heartbeat_interval,
+        heartbeat_interval=settings.heartbeat_every,
         disks=[
             DiskReport(name=d.name, path=d.path, capacity_bytes=d.capacity_bytes, tags=d.tags)
             for d in await repo.disks(name)

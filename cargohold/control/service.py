@@ -176,7 +176,7 @@ class Service:
         if hb.same_report:  # "as last time": the report this manager kept, if it has it
             last = self.reports.get(name)
             if last is None or last[0] != hb.report_digest:
-                return Assignments(resend=True, heartbeat_interval=self.settings.heartbeat_interval)
+                return Assignments(resend=True, heartbeat_interval=self.settings.heartbeat_every)
             hb = last[1].model_copy(
                 update={"hold": hb.hold, "assignments_revision": hb.assignments_revision}
             )
@@ -184,7 +184,7 @@ class Service:
             self.reports[name] = (hb.report_digest, hb)
         mark = self.watch.mark(name)
         a = await hb_mod.handle(self.repo, name, hb, self.settings, self.kick.set)
-        hold = min(hb.hold, self.settings.heartbeat_interval)
+        hold = min(hb.hold, self.settings.heartbeat_every)
         if hold <= 0 or a.revision != hb.assignments_revision:
             return a
         loop = asyncio.get_running_loop()

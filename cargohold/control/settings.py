@@ -31,3 +31,10 @@ class ManagerSettings(BaseSettings):
         3600.0, ge=0, description="seconds finished operations stay listed"
     )
     default_replicas: int = Field(3, ge=1, le=16, description="replicas of a new volume")
+
+    @property
+    def heartbeat_every(self) -> float:
+        """The heartbeat interval in force: ``heartbeat_interval``, but never more than
+        ``node_down_after`` / 2.5, so that a node is not marked down between two heartbeats
+        (a cluster run with a short ``node_down_after`` heartbeats faster)."""
+        return min(self.heartbeat_interval, self.node_down_after / 2.5)

@@ -171,3 +171,19 @@ async def test_the_same_report_is_sent_as_its_digest(monkeypatch) -> None:
     # a manager that does not have it (restarted, another one) asks for the whole report
     a = await sim.service.heartbeat("node-2", Heartbeat(report_digest="nope", same_report=True))
     assert a.resend and not a.replicas
+
+
+def test_a_short_node_down_after_makes_heartbeats_faster() -> None:
+    """A node must not be marked down between two heartbeats: 2.5 of them per wait."""
+    from cargohold.control.settings import ManagerSettings
+
+    assert ManagerSettings().heartbeat_every == 2.0  # 2 s, down after 5 s
+    assert ManagerSettings(node_down_after=2).heartbeat_every == 0.8
+    assert ManagerSettings(heartbeat_interval=0.5, node_down_after=2).heartbeat_every == 0.5
+
+
+async def test_the_hold_and_the_interval_sent_follow_node_down_after(monkeypatch) -> None:
+    sim = await settled(monkeypatch, node_down_after=1.0)  # heartbeats every 0.4 s
+    assert sim.nodes["node-1"].last.heartbeat_interval == 0.4  # type: ignore[union-attr]
+    _, took = await timed(sim.service.heartbeat("node-1", poll(sim, "node-1", 2.0)))
+    assert 0.3 <= took < 1.0
