@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import crc32c
-import numpy as np
 
 from cargohold.constants import BLOCK_SIZE
 from cargohold.errors import FormatError
@@ -24,9 +23,23 @@ from cargohold.errors import FormatError
 #   cur  u32  CRC32C of the block's committed content
 #   pend u32  CRC32C of a write in progress (== cur when none)
 #   meta u64  (generation << 2) | state
-RECORD = np.dtype([("cur", "<u4"), ("pend", "<u4"), ("meta", "<u8")])
-RECORD_SIZE = RECORD.itemsize
+RECORD_SIZE = 16
 RECORDS_PER_PAGE = 4096 // RECORD_SIZE
+# RECORD, the numpy dtype of a record ([("cur", "<u4"), ("pend", "<u4"), ("meta", "<u8")]),
+# is made on first use (``__getattr__`` below): this module stays importable without numpy,
+# for store.reader in the engine, which reads records through memoryview casts.
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RECORD":
+        import numpy as np
+
+        record = np.dtype([("cur", "<u4"), ("pend", "<u4"), ("meta", "<u8")])
+        assert record.itemsize == RECORD_SIZE
+        globals()["RECORD"] = record
+        return record
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 ABSENT = 0  # not in this layer: look in the parent layer
 DATA = 1  # content is in this layer's data file, checksummed by cur/pend
