@@ -15,6 +15,7 @@ MAX_IO_BYTES = 32 * 1024 * 1024
 """The largest single read or write on the replica wire."""
 
 DEFAULT_REPLICA_PORT = 9500
+DEFAULT_NBD_PORT = 10809  # NBD's IANA port
 
 KIB = 1024
 MIB = 1024 * KIB

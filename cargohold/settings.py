@@ -1,61 +1,181 @@
-"""Typed settings, one class per area. Read from arguments and CARGOHOLD_* environment."""
+"""Typed settings of the data-path daemons, one class per area. Read from arguments and
+CARGOHOLD_* environment variables.
+
+These are plain dataclasses with a small loader rather than pydantic-settings models: one
+engine runs per attached volume, and pydantic with pydantic-settings would add about
+16 MiB to every one of them (docs/benchmarks.md). The control plane, which runs once, keeps
+pydantic (``control/settings.py``). Each field says its type, default, bounds and purpose;
+``EngineSettings(**given)`` takes arguments first, then ``CARGOHOLD_ENGINE_<FIELD>``, then
+the default, and raises ConfigError naming the field and the rule on bad values (unknown
+names included).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import dataclasses
+import json
+import os
+from typing import Any, ClassVar
 
 from cargohold.constants import DEFAULT_REPLICA_PORT
+from cargohold.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
-class ReplicaServerSettings(BaseSettings):
+def setting(
+    default: Any = dataclasses.MISSING,
+    description: str = "",
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    multiple_of: int | None = None,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A field with its bounds, checked when the settings are made."""
+    rules = {"gt": gt, "ge": ge, "le": le, "multiple_of": multiple_of}
+    meta = {"description": description, **{k: v for k, v in rules.items() if v is not None}}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class Settings:
+    """Base of the settings classes: arguments, then the environment, then the defaults."""
+
+    env_prefix: ClassVar[str] = "CARGOHOLD_"
+
+    def __init__(self, **given: Any) -> None:
+        fields = {f.name: f for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{type(self).__name__}: unknown setting(s) {', '.join(unknown)} "
+                f"(known: {', '.join(fields)})"
+            )
+        for name, f in fields.items():
+            var = self.env_prefix + name.upper()
+            if name in given:
+                value = _convert(f, given[name], name)
+            elif var in os.environ:
+                value = _convert(f, os.environ[var], var)
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                value = f.default
+            _check(f, value, var if name not in given else name)
+            object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        values = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+        )
+        return f"{type(self).__name__}({values})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and repr(other) == repr(self)
+
+
+def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
+    kind = str(f.type).replace(" ", "")
+    text = value.strip() if isinstance(value, str) else None
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if text is not None and text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError("expected true or false")
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError("expected an integer")
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError("expected a number")
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
+        if kind == "str|None":
+            if value is None or isinstance(value, str):
+                return value or None
+            raise ValueError("expected a string")
+        if kind == "list[str]":
+            if text is not None:
+                value = json.loads(text) if text.startswith("[") else text.split(",")
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise ValueError("expected a list of strings")
+            return [x.strip() for x in value if x.strip()]
+    except (ValueError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{where}: {value!r}: {e}") from None
+    raise TypeError(f"setting {f.name}: unsupported type {f.type}")  # a bug in this module
+
+
+def _check(f: dataclasses.Field, value: Any, where: str) -> None:
+    m = f.metadata
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    if "gt" in m and not value > m["gt"]:
+        raise ConfigError(f"{where}: {value!r} must be greater than {m['gt']}")
+    if "ge" in m and not value >= m["ge"]:
+        raise ConfigError(f"{where}: {value!r} must be at least {m['ge']}")
+    if "le" in m and not value <= m["le"]:
+        raise ConfigError(f"{where}: {value!r} must be at most {m['le']}")
+    if "multiple_of" in m and value % m["multiple_of"]:
+        raise ConfigError(f"{where}: {value!r} must be a multiple of {m['multiple_of']}")
+
+
+@dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
+class ReplicaServerSettings(Settings):
     """The replica server of one node (``cargohold replica-server``)."""
 
-    model_config = SettingsConfigDict(env_prefix="CARGOHOLD_REPLICA_", extra="forbid")
+    env_prefix: ClassVar[str] = "CARGOHOLD_REPLICA_"
 
-    host: str = "127.0.0.1"
-    port: int = Field(DEFAULT_REPLICA_PORT, ge=0, le=65535)
-    unix_socket: str | None = None
-    disks: list[str] = Field(default_factory=list, description="directories holding replicas")
-    node: str = "local"
-    workers: int = Field(1, ge=1, le=64, description="processes serving replicas")
-    max_connections: int = Field(4096, ge=1)
-    idle_close_seconds: float = Field(0, ge=0, description="0 = never close idle sessions")
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(DEFAULT_REPLICA_PORT, "TCP port (0: any free one)", ge=0, le=65535)
+    unix_socket: str | None = setting(None, "also listen on this unix socket")
+    disks: list[str] = setting(default_factory=list, description="directories holding replicas")  # noqa: RUF009
+    node: str = setting("local", "the node's name, in logs and answers")
+    workers: int = setting(1, "processes serving replicas", ge=1, le=64)
+    max_connections: int = setting(4096, "connections before new ones are refused", ge=1)
+    idle_close_seconds: float = setting(0.0, "0 = never close idle sessions", ge=0)
 
 
-class EngineSettings(BaseSettings):
+@dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
+class EngineSettings(Settings):
     """One volume's engine (``cargohold engine``)."""
 
-    model_config = SettingsConfigDict(env_prefix="CARGOHOLD_ENGINE_", extra="forbid")
+    env_prefix: ClassVar[str] = "CARGOHOLD_ENGINE_"
 
-    replica_timeout: float = Field(
-        5.0, gt=0, description="seconds a replica may take to answer before it is dropped (ERR)"
+    replica_timeout: float = setting(
+        5.0, "seconds a replica may take to answer before it is dropped (ERR)", gt=0
     )
-    min_replicas: int = Field(
-        1, ge=1, description="below this many replicas in the write set, I/O fails (EIO)"
+    min_replicas: int = setting(
+        1, "below this many replicas in the write set, I/O fails (EIO)", ge=1
     )
-    rebuild_bandwidth: int = Field(
-        0, ge=0, description="bytes per second a rebuild may copy (0 = unlimited)"
+    rebuild_bandwidth: int = setting(0, "bytes per second a rebuild may copy (0 = unlimited)", ge=0)
+    rebuild_window: int = setting(
+        64 * 1024 * 1024, "bytes of volume a rebuild step covers", ge=1 << 20
     )
-    rebuild_window: int = Field(
-        64 * 1024 * 1024, ge=1 << 20, description="bytes of volume a rebuild step covers"
-    )
-    local_reads: bool = Field(
+    local_reads: bool = setting(
         True,
-        description="read the local replica's files directly, beside its server "
+        "read the local replica's files directly, beside its server "
         "(engine/local_reads.py); off: every read goes through a replica server",
     )
-    scrub_interval_hours: float = Field(
-        168.0, ge=0, description="hours between scrub passes of every replica (0 = on demand only)"
+    scrub_interval_hours: float = setting(
+        168.0, "hours between scrub passes of every replica (0 = on demand only)", ge=0
     )
-    scrub_bandwidth: int = Field(
-        32 * 1024 * 1024,
-        ge=0,
-        description="bytes per second a scrub reads per replica (0 = unlimited)",
+    scrub_bandwidth: int = setting(
+        32 * 1024 * 1024, "bytes per second a scrub reads per replica (0 = unlimited)", ge=0
     )
-    scrub_window: int = Field(
+    scrub_window: int = setting(
         4 * 1024 * 1024,
+        "bytes of volume each replica verifies per scrub request",
         ge=4096,
         multiple_of=4096,
-        description="bytes of volume each replica verifies per scrub request",
     )

@@ -13,6 +13,7 @@ of serving a volume that lacks acknowledged writes (invariant 4).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -20,41 +21,49 @@ import os
 import signal
 import sys
 
-import typer
-
 from cargohold import memtune
-from cargohold.cli.main import app
-from cargohold.cli.nbd_cmd import DEFAULT_NBD_PORT, _split
-from cargohold.cli.replica_cmd import console
+from cargohold.cli.units import parse_size, split_addr
+from cargohold.constants import DEFAULT_NBD_PORT
 from cargohold.errors import CargoholdError, ConfigError
 
+# The node agent runs one engine per attached volume (``python -m cargohold engine ...``):
+# ``cargohold/__main__.py`` hands those arguments to ``main`` here before anything else is
+# imported, and this module parses them with argparse and imports only the data path. Going
+# through the typer app would load typer, pydantic and every other command's modules: about
+# 30 MiB more per engine (docs/benchmarks.md, "Idle cost").
 
-@app.command("engine")
-def engine(
-    volume: str = typer.Option(..., help="volume name"),
-    replica: list[str] = typer.Option(..., "--replica", help="ID@HOST:PORT (repeatable)"),
-    epoch: int = typer.Option(..., min=1, help="this engine's epoch: older engines are fenced"),
-    local: str = typer.Option(None, help="id of the replica on this node (read first)"),
-    listen: str = typer.Option(
-        None, help=f"NBD on HOST:PORT (default 127.0.0.1:{DEFAULT_NBD_PORT})"
-    ),
-    unix: str = typer.Option(None, help="NBD also on this unix socket"),
-    control: str = typer.Option(None, help="control API (JSON lines) on this unix socket"),
-    min_replicas: int = typer.Option(None, min=1, help="fewest replicas to keep serving (1)"),
-    replica_timeout: float = typer.Option(None, help="seconds before a replica is dropped (5)"),
-    rebuild_bandwidth: str = typer.Option(
-        None, help="rebuild copy rate, e.g. 200MiB (0 = unlimited)"
-    ),
-    require: str = typer.Option(
-        None,
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cargohold engine", description="Serve a replicated volume over NBD."
+    )
+    p.add_argument("--volume", required=True, help="volume name")
+    p.add_argument("--replica", action="append", required=True, help="ID@HOST:PORT (repeatable)")
+    p.add_argument(
+        "--epoch", type=int, required=True, help="this engine's epoch: older engines are fenced"
+    )
+    p.add_argument("--local", help="id of the replica on this node (read first)")
+    p.add_argument("--listen", help=f"NBD on HOST:PORT (default 127.0.0.1:{DEFAULT_NBD_PORT})")
+    p.add_argument("--unix", help="NBD also on this unix socket")
+    p.add_argument("--control", help="control API (JSON lines) on this unix socket")
+    p.add_argument("--min-replicas", type=int, help="fewest replicas to keep serving (1)")
+    p.add_argument("--replica-timeout", type=float, help="seconds before a replica is dropped (5)")
+    p.add_argument("--rebuild-bandwidth", help="rebuild copy rate, e.g. 200MiB (0 = unlimited)")
+    p.add_argument(
+        "--require",
         metavar="EPOCH:GEN",
         help="refuse to start if every reachable replica is older than this (epoch, generation)",
-    ),
-) -> None:
-    """Serve a replicated volume over NBD."""
-    from pydantic import ValidationError
+    )
+    return p
 
-    from cargohold.cli.replica_cmd import parse_size
+
+def main(argv: list[str]) -> int:
+    """Run the engine until SIGTERM/SIGINT. -> the exit status (2: bad arguments)."""
+    a = parser().parse_args(argv)
+    if a.epoch < 1:
+        return _fail("--epoch must be at least 1", 2)
+    volume, local, unix, control = a.volume, a.local, a.unix, a.control
+    epoch = a.epoch
     from cargohold.engine.control import serve_control
     from cargohold.engine.replica_link import ReplicaSpec
     from cargohold.engine.scrubber import Scrubber
@@ -68,16 +77,17 @@ def engine(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        specs = [ReplicaSpec.parse(r, local=r.split("@", 1)[0] == local) for r in replica]
-        given = {"min_replicas": min_replicas, "replica_timeout": replica_timeout}
-        if rebuild_bandwidth:
-            given["rebuild_bandwidth"] = parse_size(rebuild_bandwidth)
+        specs = [ReplicaSpec.parse(r, local=r.split("@", 1)[0] == local) for r in a.replica]
+        given = {"min_replicas": a.min_replicas, "replica_timeout": a.replica_timeout}
+        if a.rebuild_bandwidth:
+            given["rebuild_bandwidth"] = parse_size(a.rebuild_bandwidth)
         settings = EngineSettings(**{k: v for k, v in given.items() if v is not None})
-        host, port = _split(listen) if listen else ("127.0.0.1", DEFAULT_NBD_PORT)
-        required = parse_require(require) if require else (0, 0)
-    except (CargoholdError, ValidationError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        host, port = (
+            split_addr(a.listen, DEFAULT_NBD_PORT) if a.listen else ("127.0.0.1", DEFAULT_NBD_PORT)
+        )
+        required = parse_require(a.require) if a.require else (0, 0)
+    except CargoholdError as e:
+        return _fail(str(e), 2)
 
     async def main() -> None:
         vol = Volume(volume, specs, epoch, settings, require=required)
@@ -118,13 +128,18 @@ def engine(
 
         uvloop.run(main())
     except (CargoholdError, OSError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(getattr(e, "exit_code", 1)) from None
+        return _fail(str(e), getattr(e, "exit_code", 1))
     finally:
         for path in (unix, control):
             if path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+    return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 def parse_require(text: str) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
 from cargohold import __version__
@@ -25,29 +27,40 @@ def version() -> None:
     typer.echo(__version__)
 
 
+_COMMANDS = (
+    "agent_cmd",
+    "bench_cmd",
+    "cluster_cmd",
+    "csi_cmd",
+    "demo_cmd",
+    "disk_cmd",
+    "manager_cmd",
+    "nbd_cmd",
+    "node_cmd",
+    "replica_cmd",
+    "snapshot_cmd",
+    "verify_cmd",
+    "volume_cmd",
+    "audit_cmd",
+)
+
+
+@app.command(
+    "engine",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def engine(ctx: typer.Context) -> None:
+    """Serve a replicated volume over NBD (its options: cargohold engine --help)."""
+    from cargohold.cli import engine_cmd  # argparse: the engine runs without typer
+
+    raise typer.Exit(engine_cmd.main(list(ctx.args)))
+
+
 def _register() -> None:
     # Each command group lives in its own module and adds itself to ``app``.
-    from cargohold.cli import (  # noqa: F401
-        agent_cmd,
-        bench_cmd,
-        cluster_cmd,
-        csi_cmd,
-        demo_cmd,
-        disk_cmd,
-        engine_cmd,
-        manager_cmd,
-        nbd_cmd,
-        node_cmd,
-        replica_cmd,
-        snapshot_cmd,
-        verify_cmd,
-        volume_cmd,
-    )
-
-    try:
-        from cargohold.cli import audit_cmd  # noqa: F401
-    except ImportError:  # the auditor is optional until it lands
-        pass
+    for name in _COMMANDS:
+        importlib.import_module(f"cargohold.cli.{name}")
 
 
 _register()

@@ -19,9 +19,8 @@ import typer
 from cargohold import memtune
 from cargohold.cli.main import app
 from cargohold.cli.replica_cmd import console, parse_size, split_addr
+from cargohold.constants import DEFAULT_NBD_PORT
 from cargohold.errors import CargoholdError, ConfigError
-
-DEFAULT_NBD_PORT = 10809
 
 
 def _split(addr: str) -> tuple[str, int]:

@@ -35,8 +35,6 @@ def replica_server(
     """Serve every replica on this node's disks over the replica wire protocol.
 
     Options not given come from CARGOHOLD_REPLICA_* environment variables, then defaults."""
-    from pydantic import ValidationError
-
     from cargohold.replica.server import run
     from cargohold.settings import ReplicaServerSettings
 
@@ -47,7 +45,7 @@ def replica_server(
         given["host"], given["port"] = split_addr(listen)
     try:
         settings = ReplicaServerSettings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as e:
+    except CargoholdError as e:
         console.print(f"[red]error:[/red] bad settings: {e}")
         raise typer.Exit(2) from None
     if not settings.disks:
