@@ -63,11 +63,20 @@ def trim() -> None:
         libc.malloc_trim(0)
 
 
+GC_THRESHOLD = (50_000, 20, 20)  # allocations before a young collection; then per older one
+
+
 def freeze_gc() -> None:
     """After start-up: move every object allocated so far out of the collector's sight, so
-    collections during I/O scan only what the I/O allocates."""
+    collections during I/O scan only what the I/O allocates; and collect the young
+    generation every 50,000 allocations instead of 700. Requests allocate a few objects
+    each and free them at once (reference counting), so a young collection finds little
+    either way: done 70 times less often, it stops showing in the tail latency of small
+    writes. Set ``CARGOHOLD_GC_DEFAULT=1`` to keep Python's thresholds."""
     gc.collect()
     gc.freeze()
+    if os.environ.get("CARGOHOLD_GC_DEFAULT", "0") != "1":
+        gc.set_threshold(*GC_THRESHOLD)
 
 
 class IdleTrim:
