@@ -91,28 +91,8 @@ async def rebuild(vol: Volume, link: ReplicaLink) -> None:
         since,
         " (full: its history is not the source's)" if full else "",
     )
-    pos = 0
     timeout = vol.settings.replica_timeout * 4
-    while pos < vol.size:
-        source = _source(vol)
-        hi = min(vol.size, pos + vol.settings.rebuild_window)
-        # hold writes to the range only while one chunk is exported and imported
-        vol.window(pos, hi)
-        try:
-            blob = await asyncio.wait_for(
-                source.export(pos, hi - pos, since=since, max_bytes=CHUNK_BYTES), timeout
-            )
-            header, extents = xs.decode(blob)
-            if extents:
-                await asyncio.wait_for(target.import_stream(blob), timeout)
-        finally:
-            vol.window_done()
-        link.rebuild["copied_bytes"] += len(blob)
-        pos = header.end
-        link.rebuild["done_bytes"] = pos
-        if link.mode is Mode.ERR:
-            raise ReplicaIOError(f"replica {link.spec} failed during its rebuild: {link.error}")
-        await _throttle(vol, link, t0)  # outside the window: writes are not held meanwhile
+    await _copy(vol, link, target, since, timeout, t0)
     # the end: hold mutations, make the target durable and current, resume
     await vol._hold()
     try:
@@ -141,6 +121,71 @@ async def rebuild(vol: Volume, link: ReplicaLink) -> None:
         link.rebuild["copied_bytes"],
         took,
         link.generation,
+    )
+
+
+async def _copy(
+    vol: Volume, link: ReplicaLink, target: ReplicaClient, since: int, timeout: float, t0: float
+) -> None:
+    """Copy what changed since ``since`` from a current replica to ``target``, chunk by
+    chunk. Unthrottled, the copy is pipelined: the source exports chunk k+1 while the target
+    imports chunk k, and the window of held writes covers both (from the start of the chunk
+    being imported to the end of the range being exported). Either way the window over a
+    range is taken before its EXPORT is sent and given back after its IMPORT is answered,
+    so no write reaches either replica in between (module doc). Throttled, chunks go one at
+    a time and the sleep happens outside any window."""
+    step = vol.settings.rebuild_window
+    pipelined = not vol.settings.rebuild_bandwidth
+    pos = 0  # the start of the chunk in hand
+    vol.window(pos, min(vol.size, pos + step))
+    try:
+        blob = await _export(vol, pos, since, timeout)
+        while True:
+            header, extents = xs.decode(blob)
+            end = header.end
+            importing = (
+                asyncio.ensure_future(asyncio.wait_for(target.import_stream(blob), timeout))
+                if extents
+                else None
+            )
+            nxt = None
+            try:
+                if pipelined and end < vol.size:  # export the next chunk meanwhile
+                    vol.window(pos, min(vol.size, end + step))
+                    nxt = asyncio.ensure_future(_export(vol, end, since, timeout))
+                if importing is not None:
+                    await importing
+                following = await nxt if nxt is not None else None
+            except BaseException:
+                for f in (importing, nxt):
+                    if f is not None and not f.done():
+                        f.cancel()
+                raise
+            link.rebuild["copied_bytes"] += len(blob)
+            link.rebuild["done_bytes"] = end
+            if link.mode is Mode.ERR:
+                raise ReplicaIOError(f"replica {link.spec} failed during its rebuild: {link.error}")
+            pos = end
+            vol.window_done()  # the chunk in hand is in: writes to it may go
+            if pos >= vol.size:
+                return
+            if following is None:  # throttled: sleep with no window held, then export
+                await _throttle(vol, link, t0)
+                vol.window(pos, min(vol.size, pos + step))
+                following = await _export(vol, pos, since, timeout)
+            else:  # the next chunk was exported already: its range stays held
+                vol.window(pos, min(vol.size, pos + step))
+                await asyncio.sleep(0)  # let the writes just released through
+            blob = following
+    finally:
+        vol.window_done()
+
+
+async def _export(vol: Volume, pos: int, since: int, timeout: float) -> memoryview:
+    source = _source(vol)
+    hi = min(vol.size, pos + vol.settings.rebuild_window)
+    return await asyncio.wait_for(
+        source.export(pos, hi - pos, since=since, max_bytes=CHUNK_BYTES), timeout
     )
 
 

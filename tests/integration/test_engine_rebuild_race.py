@@ -14,6 +14,7 @@ import random
 import pytest
 
 from cargohold.constants import BLOCK_SIZE, MIB
+from cargohold.engine import rebuild
 from cargohold.engine.replica_link import Mode, ReplicaSpec
 from cargohold.engine.volume import Volume
 from cargohold.replica.client import ReplicaClient
@@ -38,8 +39,24 @@ async def _content(port: int, rid: str, epoch: int) -> bytes:
     return data
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_rebuild_under_concurrent_writes_ends_identical(tmp_path, seed):
+@pytest.mark.parametrize(
+    ("seed", "bandwidth", "chunk"),
+    [
+        (1, 24 * MIB, None),
+        (2, 24 * MIB, None),
+        (3, 24 * MIB, None),
+        (4, 0, MIB),
+        (5, 0, 64 * 1024),
+    ],
+    ids=["throttled-1", "throttled-2", "throttled-3", "pipelined-4", "pipelined-5"],
+)
+async def test_rebuild_under_concurrent_writes_ends_identical(
+    tmp_path, monkeypatch, seed, bandwidth, chunk
+):
+    # throttled: one chunk at a time; unthrottled: export k+1 while k is imported, in chunks
+    # small enough that thousands of writes race hundreds of them
+    if chunk:
+        monkeypatch.setattr(rebuild, "CHUNK_BYTES", chunk)
     servers = [await _server(tmp_path / f"n{i}") for i in range(2)]
     try:
         for i, s in enumerate(servers):
@@ -47,7 +64,7 @@ async def test_rebuild_under_concurrent_writes_ends_identical(tmp_path, seed):
             await c.create(f"r{i}", SIZE)
             await c.close()
         specs = [ReplicaSpec(f"r{i}", "127.0.0.1", s.port) for i, s in enumerate(servers)]
-        settings = EngineSettings(rebuild_window=1 * MIB, rebuild_bandwidth=24 * MIB)
+        settings = EngineSettings(rebuild_window=1 * MIB, rebuild_bandwidth=bandwidth)
         vol = Volume("v", specs[:1], epoch=1, settings=settings)
         await vol.start()
         rnd = random.Random(seed)
