@@ -144,7 +144,7 @@ class NBDServer:
         self._servers.clear()
 
 
-class NBDConnection(asyncio.Protocol):
+class NBDConnection(asyncio.BufferedProtocol):
     """One client: the codec, its transport, and the requests it has in flight."""
 
     def __init__(self, server: NBDServer) -> None:
@@ -188,9 +188,19 @@ class NBDConnection(asyncio.Protocol):
             self._timer.cancel()
         self.transport = None
 
+    # received with readinto (a large write lands in a buffer of its own: no copy, no join)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.codec.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(lambda: self.codec.buffer_updated(nbytes))
+
     def data_received(self, data: bytes) -> None:
+        self._received(lambda: self.codec.feed(data))
+
+    def _received(self, decode: Callable[[], list]) -> None:
         try:
-            events = self.codec.feed(data)
+            events = decode()
         except ProtocolError as e:
             log.warning("NBD client %s broke the protocol, closing: %s", self.peer, e)
             self.abort()

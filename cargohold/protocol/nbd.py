@@ -302,6 +302,16 @@ class ServerConnection:
             f |= FLAG_SEND_DF  # every read is answered with one content chunk
         return f
 
+    def get_buffer(self) -> memoryview:
+        """For owners that receive with readinto: where the next bytes go (large writes
+        straight into a buffer of their own, ``framing.StreamBuffer``)."""
+        return self._stream.get_buffer()
+
+    def buffer_updated(self, n: int) -> list[Event]:
+        """``n`` bytes arrived in the last ``get_buffer``: the events they complete."""
+        data = self._stream.received(n)
+        return [] if data is None else self.feed(data)
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Bytes from the client in, events out. Raises RemoteProtocolError: hang up."""
         if self.state == _S_TRANSMISSION:

@@ -166,6 +166,15 @@ class _FrameDecoder:
     def buffered(self) -> int:
         return self._buf.buffered
 
+    def get_buffer(self) -> memoryview:
+        """For owners that receive with readinto: where the next bytes go."""
+        return self._buf.get_buffer()
+
+    def buffer_updated(self, n: int) -> list[Any]:
+        """``n`` bytes arrived in the last ``get_buffer``: the events they complete."""
+        data = self._buf.received(n)
+        return [] if data is None else self.feed(data)
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         joined = self._buf.take(data)
         if joined is None:

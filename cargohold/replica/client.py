@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from cargohold.errors import ProtocolError, ReplicaIOError, error_for_status
@@ -19,7 +20,7 @@ from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Reply
 
 
-class _ClientProtocol(asyncio.Protocol):
+class _ClientProtocol(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self.decoder = wire.ReplyDecoder()
         self.pending: dict[int, asyncio.Future[Reply]] = {}
@@ -55,9 +56,19 @@ class _ClientProtocol(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    # received with readinto (a large reply lands in a buffer of its own: no copy, no join)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(lambda: self.decoder.buffer_updated(nbytes))
+
     def data_received(self, data: bytes) -> None:
+        self._received(lambda: self.decoder.feed(data))
+
+    def _received(self, decode: Callable[[], list[Reply]]) -> None:
         try:
-            replies = self.decoder.feed(data)
+            replies = decode()
         except ProtocolError as e:
             self._fail(ReplicaIOError(f"replica server broke the protocol: {e}"))
             assert self.transport is not None

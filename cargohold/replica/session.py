@@ -59,7 +59,7 @@ def error_payload(e: CargoholdError) -> bytes:
     return wire.dump_json({"error": e.message, "type": type(e).__name__, "detail": detail})
 
 
-class Session(asyncio.Protocol):
+class Session(asyncio.BufferedProtocol):
     def __init__(self, server: ReplicaServer) -> None:
         self.server = server
         self.decoder = wire.RequestDecoder()
@@ -94,9 +94,19 @@ class Session(asyncio.Protocol):
         assert self.transport is not None
         self.transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
+    # received with readinto (a large write lands in a buffer of its own: no copy, no join)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(lambda: self.decoder.buffer_updated(nbytes))
+
+    def data_received(self, data: bytes) -> None:  # the same, for callers that have bytes
+        self._received(lambda: self.decoder.feed(data))
+
+    def _received(self, decode: Callable[[], list[Request]]) -> None:
         try:
-            requests = self.decoder.feed(data)
+            requests = decode()
         except ProtocolError as e:
             self.server.counters["protocol_errors"] += 1
             log.warning("closing connection from %s: %s", self.peer, e)

@@ -532,3 +532,39 @@ def test_fuzz_valid_frames_round_trip(reqs, sizes, step):
                 assert len(e.data) == e.length
         if isinstance(e, nbd.Invalid):
             assert e.errno in (nbd.EINVAL, nbd.ENOSPC, nbd.EOVERFLOW, nbd.EPERM)
+
+
+def test_receiving_in_place_gives_what_feeding_gives():
+    payloads = [bytes([i]) * n for i, n in enumerate((4096, 1 << 20, 65536, 8192, 73 * 4096))]
+    stream = b""
+    for h, p in enumerate(payloads):
+        stream += request(nbd.CMD_WRITE, 0, len(p), handle=h) + p
+        stream += request(nbd.CMD_READ, 0, 4096, handle=100 + h)
+    for step in (1, 777, 4096, 65536, 1 << 20):
+        c = connect()
+        ready = go(c)
+        assert ready.structured
+        got, pos = [], 0
+        while pos < len(stream):
+            buf = c.get_buffer()
+            n = min(len(buf), step, len(stream) - pos)
+            buf[:n] = stream[pos : pos + n]
+            pos += n
+            got += c.buffer_updated(n)
+        writes = [e for e in got if e.cmd == nbd.CMD_WRITE]
+        assert [bytes(e.data) for e in writes] == payloads, step
+        assert [e.handle for e in got] == [x for h in range(5) for x in (h, 100 + h)]
+
+
+def test_the_handshake_can_be_received_in_place_too():
+    c = nbd.ServerConnection(nbd.Export(name="vol"), lambda: SIZE)
+    c.greeting()
+    data = (
+        struct.pack(">I", 3) + opt(nbd.OPT_GO, info_body("vol")) + request(nbd.CMD_FLUSH, handle=5)
+    )
+    events = []
+    for i in range(len(data)):  # one byte at a time
+        buf = c.get_buffer()
+        buf[:1] = data[i : i + 1]
+        events += c.buffer_updated(1)
+    assert isinstance(events[0], nbd.Ready) and events[1].handle == 5

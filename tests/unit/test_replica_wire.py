@@ -129,3 +129,53 @@ def test_sample_frames_decode(tmp_path):
     assert bytes(reqs[2].payload) == b"\xab" * 4096
     assert reqs[2].flags == wire.FLAG_FUA
     assert reqs[2].generation == 42 and reqs[4].generation == 0
+
+
+def _receive(dec, stream: bytes, sizes: list[int]) -> list:
+    """Deliver ``stream`` as asyncio's BufferedProtocol would: into ``get_buffer``, at most
+    the buffer's length (and the next of ``sizes``) at a time."""
+    got, pos, i = [], 0, 0
+    while pos < len(stream):
+        buf = dec.get_buffer()
+        n = min(len(buf), len(stream) - pos, sizes[i % len(sizes)] if sizes else len(buf))
+        buf[:n] = stream[pos : pos + n]
+        pos, i = pos + n, i + 1
+        got += dec.buffer_updated(n)
+    return got
+
+
+big_requests = st.builds(
+    lambda op, rid, payload: (op, 0, rid, 0, len(payload), payload, 0),
+    st.sampled_from([Op.WRITE, Op.IMPORT]),
+    st.integers(0, 2**32),
+    st.one_of(st.binary(max_size=200), st.integers(60_000, 300_000).map(lambda n: b"\xab" * n)),
+)
+
+
+@given(st.lists(st.one_of(requests, big_requests), max_size=8), st.lists(st.integers(1, 100_000)))
+@settings(max_examples=150, deadline=None)
+def test_receiving_in_place_gives_what_feeding_gives(reqs, sizes):
+    stream = b"".join(
+        _join(wire.encode_request(op, rid, off, ln, payload, flags, gen))
+        for op, flags, rid, off, ln, payload, gen in reqs
+    )
+    dec = wire.RequestDecoder()
+    got = _receive(dec, stream, sizes)
+    assert [
+        (r.op, r.flags, r.id, r.offset, r.length, bytes(r.payload), r.generation) for r in got
+    ] == reqs
+    assert dec.buffered == 0
+
+
+def test_a_large_frame_is_received_straight_into_its_own_buffer():
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    stream = _join(wire.encode_request(Op.WRITE, 1, 0, len(payload), payload))
+    dec = wire.RequestDecoder()
+    first = dec.get_buffer()
+    first[:1000] = stream[:1000]
+    assert dec.buffer_updated(1000) == []
+    rest = dec.get_buffer()  # the frame's own buffer, exactly what is still missing
+    assert len(rest) == len(stream) - 1000
+    rest[:] = stream[1000:]
+    (req,) = dec.buffer_updated(len(rest))
+    assert req.payload == payload and req.payload.obj is rest.obj  # no copy, no join
