@@ -167,10 +167,11 @@ async def _copy(
                 raise ReplicaIOError(f"replica {link.spec} failed during its rebuild: {link.error}")
             pos = end
             vol.window_done()  # the chunk in hand is in: writes to it may go
+            if not pipelined:  # throttled: sleep with no window held (the last chunk too,
+                await _throttle(vol, link, t0)  # so the whole copy keeps to the rate)
             if pos >= vol.size:
                 return
-            if following is None:  # throttled: sleep with no window held, then export
-                await _throttle(vol, link, t0)
+            if following is None:
                 vol.window(pos, min(vol.size, pos + step))
                 following = await _export(vol, pos, since, timeout)
             else:  # the next chunk was exported already: its range stays held
