@@ -1194,11 +1194,13 @@ def crash_during_rebuild_and_snapshots(env: Env) -> Outcome:
         rid = replica_on(v, victim)
         q = env.size // BLOCK_SIZE // 4
         loads: list[Load] = []
-        a = start_load(env, v, "a", 0, q).start()
+        # phase a writes half the volume: the delta to rebuild can reach 8 MiB, 2 s at the
+        # throttled 4 MiB/s (a quarter, as before, was often rebuilt before it was seen WO)
+        a = start_load(env, v, "a", 0, 2 * q).start()
         loads.append(a)
         a.wait_acked(200, 60)
         kill_replica_server(env, victim)
-        a.wait_acked(1500, 90)  # a delta to copy (rebuilds are throttled in this cluster)
+        a.wait_acked(4000, 90)  # a delta to copy (rebuilds are throttled in this cluster)
         until(
             f"{rid} rebuilding",
             lambda: any(
@@ -1206,7 +1208,7 @@ def crash_during_rebuild_and_snapshots(env: Env) -> Outcome:
                 for r in engine_status(c, node, name)["replicas"]
             ),
             60,
-            every=0.05,
+            every=0.02,
         )
         t = time.monotonic()
         pid = kill_engine(env, node, name)  # the engine dies mid-rebuild
@@ -1222,7 +1224,7 @@ def crash_during_rebuild_and_snapshots(env: Env) -> Outcome:
         out.expect(rid in out.rebuilt, f"the restarted engine rebuilt {rid} again ({out.rebuilt})")
         out.expect(rid in rw_running(v), f"{rid} is RW after the rebuild")
         for i, kind in enumerate(("create", "delete")):
-            ld = start_load(env, v, kind, (i + 1) * q, q).start()
+            ld = start_load(env, v, kind, 2 * q + i * (q // 2), q // 2).start()
             loads.append(ld)
             ld.wait_acked(300, 60)
             if kind == "create":
