@@ -478,10 +478,9 @@ def test_a_returning_local_replica_is_read_first_again(
     tmp_path: Path, engines: StartEngine
 ) -> None:
     """The engine's local replica dies and comes back (add-replica): once rebuilt it should
-    be read first again, as before. FAILS today: ``control.handle`` parses the add-replica
-    address with ``local=False`` and ``Volume.add_replica`` replaces the link's spec with it,
-    so the returning replica loses its local flag and reads go over the network from then
-    on (until the engine restarts)."""
+    be read first again, as before (it once lost its local flag: ``control.handle`` parsed
+    the add-replica address with ``local=False`` and ``Volume.add_replica`` replaced the
+    link's spec with it, so reads went over the network until the engine restarted)."""
     need("qemu-io")
     cluster = Replicas(tmp_path, 16 * MIB)
     try:
