@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from cargohold import errors
@@ -100,17 +100,8 @@ class EngineLink:
 
     async def _follow_scrub(self, number: int, progress: Callable[[float], None]) -> dict[str, Any]:
         """Poll the engine's status until scrub pass ``number`` ended; -> its report."""
-        lost_since: float | None = None
-        while True:
-            try:
-                st = (await self.status(5.0)).get("scrub") or {}
-                lost_since = None
-            except EngineUnreachable:
-                lost_since = lost_since or time.monotonic()
-                if time.monotonic() - lost_since > IMPORT_LOST_AFTER:
-                    raise
-                await asyncio.sleep(IMPORT_POLL)
-                continue
+        async for status in self._statuses():
+            st = status.get("scrub") or {}
             last, running = st.get("last") or {}, st.get("running") or {}
             if isinstance(last, dict) and int(last.get("pass", 0)) >= number:
                 if last.get("state") != "succeeded":
@@ -118,21 +109,11 @@ class EngineLink:
                 return {"scrub": last}
             if isinstance(running, dict) and running.get("pass") == number and running.get("size"):
                 progress(min(1.0, float(running.get("offset", 0)) / float(running["size"])))
-            await asyncio.sleep(IMPORT_POLL)
+        raise AssertionError("unreachable")  # _statuses never ends on its own
 
     async def _follow_import(self, progress: Callable[[float], None]) -> dict[str, Any]:
         """Poll the engine's status until its import (a clone's copy) ends."""
-        lost_since: float | None = None
-        while True:
-            try:
-                st = await self.status(5.0)
-                lost_since = None
-            except EngineUnreachable:
-                lost_since = lost_since or time.monotonic()
-                if time.monotonic() - lost_since > IMPORT_LOST_AFTER:
-                    raise
-                await asyncio.sleep(IMPORT_POLL)
-                continue
+        async for st in self._statuses():
             imp = st.get("import")
             if isinstance(imp, dict):
                 total, copied = imp.get("bytes_total") or 0, imp.get("bytes_copied") or 0
@@ -142,7 +123,26 @@ class EngineLink:
                     return dict(imp)
                 if imp.get("state") == "failed":
                     raise RequestError(str(imp.get("error") or "the import failed"))
-            await asyncio.sleep(IMPORT_POLL)
+        raise AssertionError("unreachable")  # _statuses never ends on its own
+
+    async def _statuses(self) -> AsyncIterator[dict[str, Any]]:
+        """The engine's status every IMPORT_POLL seconds, for following an operation; an
+        engine out of reach for longer than IMPORT_LOST_AFTER raises EngineUnreachable."""
+        lost_since: float | None = None
+        first = True
+        while True:
+            if not first:
+                await asyncio.sleep(IMPORT_POLL)
+            first = False
+            try:
+                st = await self.status(5.0)
+            except EngineUnreachable:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > IMPORT_LOST_AFTER:
+                    raise
+                continue
+            lost_since = None
+            yield st
 
 
 def operation_request(op: OperationAssignment) -> dict[str, Any]:
