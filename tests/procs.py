@@ -111,3 +111,28 @@ class ServerProc(Launched):
         log = os.path.join(log_dir, f"replica-server-{time.monotonic_ns()}.log")
         self.port = self._launch(cmd, log, r"listening on [^ ]+:(\d+)", timeout, "replica server")
         return self
+
+
+async def replica_server_in_process(path):  # type: ignore[no-untyped-def]
+    """A replica server on loopback in this process and event loop, its one disk at
+    ``path`` (made here): for tests that race many requests against it."""
+    from cargohold.replica.server import ReplicaServer
+    from cargohold.settings import ReplicaServerSettings
+
+    path.mkdir()
+    s = ReplicaServer(ReplicaServerSettings(host="127.0.0.1", port=0, disks=[str(path)]))
+    await s.start()
+    return s
+
+
+def rot(path: str, blocks: list[int]) -> None:
+    """Bit rot: flip 16 bytes in the middle of each block's data in a layer's data file
+    (block b at 4096 + b * 4096), durably."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for b in blocks:
+            off = 4096 + b * 4096 + 1000
+            os.pwrite(fd, bytes(x ^ 0xFF for x in os.pread(fd, 16, off)), off)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -45,6 +45,7 @@ from cargohold.verify.checker import RULE_ACKED, CheckResult, check_volume
 from cargohold.verify.client import Pool
 from cargohold.verify.history import History
 from cargohold.verify.workload import Workload, WorkloadSpec
+from tests.procs import rot
 
 MiB = 1 << 20
 JSON = dict[str, Any]
@@ -1025,19 +1026,6 @@ def head_data_file(c: LocalCluster, node: str, rid: str) -> str:
     n = int.from_bytes(raw[12:16], "big")
     meta = json.loads(raw[20 : 20 + n])
     return os.path.join(d, f"layer-{int(meta['head']):06d}.data")
-
-
-def rot(path: str, blocks: list[int]) -> None:
-    """Flip 16 bytes in the middle of each block's data (block b at 4096 + b*4096)."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        for b in blocks:
-            off = BLOCK_SIZE + b * BLOCK_SIZE + 1000
-            old = os.pread(fd, 16, off)
-            os.pwrite(fd, bytes(x ^ 0xFF for x in old), off)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def written_blocks(h: History) -> list[int]:

@@ -18,17 +18,10 @@ from cargohold.engine import rebuild
 from cargohold.engine.replica_link import Mode, ReplicaSpec
 from cargohold.engine.volume import Volume
 from cargohold.replica.client import ReplicaClient
-from cargohold.replica.server import ReplicaServer
-from cargohold.settings import EngineSettings, ReplicaServerSettings
+from cargohold.settings import EngineSettings
+from tests.procs import replica_server_in_process
 
 SIZE = 16 * MIB
-
-
-async def _server(path) -> ReplicaServer:  # type: ignore[no-untyped-def]
-    path.mkdir()
-    s = ReplicaServer(ReplicaServerSettings(host="127.0.0.1", port=0, disks=[str(path)]))
-    await s.start()
-    return s
 
 
 async def _content(port: int, rid: str, epoch: int) -> bytes:
@@ -57,7 +50,7 @@ async def test_rebuild_under_concurrent_writes_ends_identical(
     # small enough that thousands of writes race hundreds of them
     if chunk:
         monkeypatch.setattr(rebuild, "CHUNK_BYTES", chunk)
-    servers = [await _server(tmp_path / f"n{i}") for i in range(2)]
+    servers = [await replica_server_in_process(tmp_path / f"n{i}") for i in range(2)]
     try:
         for i, s in enumerate(servers):
             c = await ReplicaClient.connect("127.0.0.1", s.port)

@@ -22,16 +22,10 @@ from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
 from cargohold.replica.client import ReplicaClient
 from cargohold.replica.server import ReplicaServer
-from cargohold.settings import EngineSettings, ReplicaServerSettings
+from cargohold.settings import EngineSettings
+from tests.procs import replica_server_in_process, rot
 
 SIZE = 16 * MIB
-
-
-async def _server(path) -> ReplicaServer:  # type: ignore[no-untyped-def]
-    path.mkdir()
-    s = ReplicaServer(ReplicaServerSettings(host="127.0.0.1", port=0, disks=[str(path)]))
-    await s.start()
-    return s
 
 
 def _layer_file(disk, rid: str, layer: str = "head") -> str:
@@ -47,16 +41,6 @@ def _layer_file(disk, rid: str, layer: str = "head") -> str:
             int(k) for k, v in meta["layers"].items() if (v["snapshot"] or {}).get("name") == layer
         )
     return os.path.join(d, f"layer-{lid:06d}.data")
-
-
-def _rot(path: str, blocks: list[int]) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        for b in blocks:
-            off = BLOCK_SIZE + b * BLOCK_SIZE + 1000
-            os.pwrite(fd, bytes(x ^ 0xFF for x in os.pread(fd, 16, off)), off)
-    finally:
-        os.close(fd)
 
 
 async def _digest(port: int, rid: str, epoch: int, snapshot: str | None = None) -> str:
@@ -78,7 +62,7 @@ class Cluster:
 
     async def __aenter__(self) -> Cluster:
         for i in range(self.n):
-            s = await _server(self.tmp / f"n{i}")
+            s = await replica_server_in_process(self.tmp / f"n{i}")
             self.servers.append(s)
             c = await ReplicaClient.connect("127.0.0.1", s.port)
             await c.create(f"r{i}", SIZE)
@@ -131,8 +115,8 @@ async def test_scrub_finds_and_repairs_rot_in_blocks_nobody_reads(tmp_path):
         vol = c.vol
         assert vol is not None
         await _fill(vol)
-        _rot(_layer_file(c.disk(1), "r1"), [3, 700, 1500])
-        _rot(_layer_file(c.disk(2), "r2"), [4, 1024])
+        rot(_layer_file(c.disk(1), "r1"), [3, 700, 1500])
+        rot(_layer_file(c.disk(2), "r2"), [4, 1024])
         rep = await c.scrub()
         assert rep["state"] == "succeeded", rep
         assert (rep["found"], rep["repaired"], rep["unrepaired"]) == (5, 5, 0), rep
@@ -164,7 +148,7 @@ async def test_scrub_repairs_a_snapshot_layer_from_the_same_snapshot(tmp_path):
         await _fill(vol)
         await snapshots.create(vol, "s1")
         await vol.write(5 * BLOCK_SIZE, memoryview(bytes(b"\x11" * BLOCK_SIZE)), True)
-        _rot(_layer_file(c.disk(1), "r1", "s1"), [5, 9])  # 5 is shadowed by the head now
+        rot(_layer_file(c.disk(1), "r1", "s1"), [5, 9])  # 5 is shadowed by the head now
         rep = await c.scrub()
         assert (rep["found"], rep["repaired"]) == (2, 2), rep
         assert {(b["layer"], b["block"]) for b in rep["bad"]} == {("s1", 5), ("s1", 9)}
@@ -179,8 +163,8 @@ async def test_rot_on_every_replica_in_one_read_is_still_served_and_repaired(tmp
         vol = c.vol
         assert vol is not None
         data = await _fill(vol)
-        _rot(_layer_file(c.disk(0), "r0"), [1, 17])
-        _rot(_layer_file(c.disk(1), "r1"), [2])
+        rot(_layer_file(c.disk(0), "r0"), [1, 17])
+        rot(_layer_file(c.disk(1), "r1"), [2])
         got = await vol.read(0, 32 * BLOCK_SIZE)
         assert bytes(got) == data[: 32 * BLOCK_SIZE]
         deadline = time.monotonic() + 10
@@ -196,8 +180,8 @@ async def test_a_block_nobody_holds_intact_is_reported_not_repaired(tmp_path):
         vol = c.vol
         assert vol is not None
         await _fill(vol)
-        _rot(_layer_file(c.disk(0), "r0"), [8])
-        _rot(_layer_file(c.disk(1), "r1"), [8])
+        rot(_layer_file(c.disk(0), "r0"), [8])
+        rot(_layer_file(c.disk(1), "r1"), [8])
         rep = await c.scrub()
         assert (rep["found"], rep["repaired"], rep["unrepaired"]) == (2, 0, 2), rep
         assert {b["outcome"] for b in rep["bad"]} == {"no healthy copy"}
@@ -221,7 +205,7 @@ async def test_scrub_on_demand_through_the_control_api(tmp_path):
         vol, scrubber = c.vol, c.scrubber
         assert vol is not None and scrubber is not None
         await _fill(vol)
-        _rot(_layer_file(c.disk(1), "r1"), [77])
+        rot(_layer_file(c.disk(1), "r1"), [77])
         started = await handle(vol, {"op": "scrub"}, scrubber)
         number = started["scrub"]["pass"]
         rep = await asyncio.wait_for(scrubber.wait(number), 30)
@@ -237,7 +221,7 @@ async def test_periodic_passes_follow_the_interval_setting(tmp_path):
     # 2 ms: passes run back to back; 0 would mean on demand only
     async with Cluster(tmp_path, scrub_interval_hours=2e-3 / 3600) as c:
         assert c.vol is not None and c.scrubber is not None
-        _rot(_layer_file(c.disk(1), "r1"), [])  # nothing written: nothing to find
+        rot(_layer_file(c.disk(1), "r1"), [])  # nothing written: nothing to find
         deadline = time.monotonic() + 10
         while c.vol.counters["scrub_passes"] < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
