@@ -320,7 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.idle_seconds > 0:
                 print(f"idle: measuring {args.idle_seconds:g} s ...", flush=True)
                 out["idle"] = idle_cost(cl, args.idle_seconds, args.settle)
-            if args.profile:
+            if getattr(args, "profile", None):  # the suite's arguments have none
                 out["profiles"] = profile(cl, args.profile, args.profile_seconds)
             teardown(c, names, args.timeout, lat)
             out["provisioning"] = {op: summary(v) for op, v in lat.items()}
