@@ -72,7 +72,7 @@ class LocalReads:
             self.layout += 1
 
     # --- reads ---------------------------------------------------------------------------
-    def read(self, offset: int, length: int) -> bytearray | None:
+    def read(self, offset: int, length: int) -> bytes | bytearray | None:
         """The data, or None: then read through the replica server."""
         link = self._link
         if link is None or link.mode is not Mode.RW or link.client is None:

@@ -293,7 +293,7 @@ class Volume:
     def _observe(self, what: str, t0: float) -> None:
         us = int((time.perf_counter() - t0) * 1e6)
         self.counters[what] += 1
-        self.latency[what][max(0, us.bit_length() - 1)] += 1  # log2 buckets of microseconds
+        self.latency[what][us.bit_length() - 1 if us else 0] += 1  # log2 buckets of µs
 
     # --- BlockDevice --------------------------------------------------------------------
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
@@ -334,7 +334,7 @@ class Volume:
             others = others[self._turn :] + others[: self._turn]
         return local + others
 
-    def read_now(self, offset: int, length: int) -> bytearray | None:
+    def read_now(self, offset: int, length: int) -> bytes | bytearray | None:
         """A read answered at once from the local replica's files (``local_reads``), or
         None: then ``read`` it. Called by the NBD frontend without a task per request."""
         if self.fenced:

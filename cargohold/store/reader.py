@@ -37,6 +37,7 @@ from cargohold.errors import ChecksumError, FormatError, InvalidArgument, NotFou
 from cargohold.store import format as fmt
 
 META_FILE = "replica.meta"  # as file_store.META_FILE
+_ZERO_BLOCK = bytes(BLOCK_SIZE)
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
@@ -104,10 +105,15 @@ class _Layer:
                 view, off = view[got:], off + got
             done += take
 
-    def verify(self, b: int, n: int, data: memoryview) -> None:
+    def verify(self, b: int, n: int, data: bytes | memoryview) -> None:
         u = self.u
+        if n == 1:
+            got = crc32c(data)
+            if got == u[4 * b] or got == u[4 * b + 1]:
+                return
+        view = memoryview(data)
         for i in range(n):
-            got = crc32c(data[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+            got = crc32c(view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
             if got != u[4 * (b + i)] and got != u[4 * (b + i) + 1]:
                 raise ChecksumError(
                     f"checksum mismatch in block {b + i} (offset {(b + i) * BLOCK_SIZE}, "
@@ -169,7 +175,7 @@ class ReplicaReader:
     def epoch(self) -> int:
         return int(self._meta["epoch"])
 
-    def read(self, offset: int, length: int) -> bytearray:
+    def read(self, offset: int, length: int) -> bytes | bytearray:
         """The bytes of [offset, offset + length), 4 KiB-aligned, every block verified.
         Raises ChecksumError (as the owner's reads do), InvalidArgument for a range that is
         unaligned or beyond the size this reader was opened with, OSError when a file cannot
@@ -179,18 +185,22 @@ class ReplicaReader:
         if offset + length > self.size:
             raise InvalidArgument(f"read [{offset}, +{length}) beyond the size {self.size}")
         lba, n = offset // BLOCK_SIZE, length // BLOCK_SIZE
-        out = bytearray(length)
-        mv = memoryview(out)
         chain = self._chain
         head = chain[0]
         if len(chain) == 1 and lba + n <= head.nblocks:  # no snapshots: one layer to look at
             q, i = head.q, 2 * lba + 1
             if n == 1 or all(q[i + 2 * j] & fmt.STATE_MASK == fmt.DATA for j in range(n)):
-                if q[i] & fmt.STATE_MASK == fmt.DATA:
-                    head.pread_into(lba, mv)
-                    head.verify(lba, n, mv)
-                return out  # one block: a hole or zeroed reads as zeros
+                if q[i] & fmt.STATE_MASK != fmt.DATA:
+                    return _ZERO_BLOCK  # one block, a hole or zeroed
+                seg, rel = divmod(lba, fmt.SEGMENT_BLOCKS)
+                if rel + n <= fmt.SEGMENT_BLOCKS:  # the common case: one pread, no copies
+                    data = os.pread(head.fds[seg], length, fmt.HEADER_SIZE + rel * BLOCK_SIZE)
+                    if len(data) == length:
+                        head.verify(lba, n, data)
+                        return data
         # the general case: each block from the nearest layer that has it, in runs
+        out = bytearray(length)
+        mv = memoryview(out)
         j = 0
         while j < n:
             layer = self._source(lba + j)
