@@ -242,11 +242,11 @@ def markdown(suite: dict[str, Any]) -> str:
         if part:
             load = part.get("loadavg_at_start") or [0.0]
             parts.append(
-                f"{label} finished {part.get('finished_at', '?')} (load average {load[0]:.1f} at its start)"
+                f"{label} on {part.get('code', 'an unrecorded commit')}, finished "
+                f"{part.get('finished_at', '?')} (load average {load[0]:.1f} at its start)"
             )
     lines = [
-        "Measured on the working tree of 2026-11-21 as it was at these times (not a commit: the"
-        " data path was being changed by others meanwhile): " + "; ".join(parts) + ".",
+        "Measured: " + "; ".join(parts) + ".",
         "",
         f"Machine: {m['nproc']} vCPU ({m['cpu_model']}), {m['mem_gib']} GiB RAM, kernel "
         f"{m['kernel']}, Python {m['python']}, {m['fio']}, {m['nbdkit']}, {m['qemu_nbd']}.",
@@ -396,8 +396,27 @@ def load(name: str) -> dict[str, Any] | None:
     return data
 
 
+def code_version() -> str:
+    """The commit measured, and whether the working tree differed from it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "cargohold"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "an unknown commit"
+    return f"commit {rev}" + (" with uncommitted changes to cargohold/" if dirty else "")
+
+
 def save(name: str, data: dict[str, Any]) -> None:
     data["finished_at"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    data["code"] = code_version()
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, FILES[name]), "w") as f:
         json.dump(data, f, indent=2)
