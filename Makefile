@@ -52,10 +52,11 @@ bench-control: setup
 bench-rebuild: setup
 	$(VENV)/python benchmarks/rebuild.py --json benchmarks/results/rebuild.json
 
-# issue 7: the fault matrix on a randomized schedule (SOAK_SECONDS, default 600); prints
-# the SoakSummary table. docs/reliability.md
+# issue 7: the fault matrix on a randomized schedule (SOAK_SECONDS, default 600; SOAK_BACKEND
+# sqlite or etcd); prints the SoakSummary table. docs/reliability.md
 soak-faults: setup
-	CARGOHOLD_SOAK_SECONDS=$${SOAK_SECONDS:-600} $(VENV)/pytest -q -s -m soak \
+	CARGOHOLD_SOAK_SECONDS=$${SOAK_SECONDS:-600} CARGOHOLD_SOAK_BACKEND=$${SOAK_BACKEND:-sqlite} \
+		$(VENV)/pytest -q -s -m soak \
 		tests/e2e/test_fault_matrix.py::test_fault_soak
 
 clean:

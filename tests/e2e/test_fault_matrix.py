@@ -5,7 +5,8 @@ default run, each on a fresh volume; node-3's disk is a small loop-mounted ext4 
 full scenario). The engines' replica timeout is 3 s and rebuilds are throttled to 4 MiB/s
 (so that a rebuild lasts long enough to crash in it); the manager marks a node down after
 2 s without a heartbeat. The etcd variant of "the control plane dies" runs in a cluster of
-its own. ``soak`` (``-m soak``; ``CARGOHOLD_SOAK_SECONDS`` / ``CARGOHOLD_SOAK_COUNT``)
+its own. ``soak`` (``-m soak``; ``CARGOHOLD_SOAK_SECONDS`` / ``CARGOHOLD_SOAK_COUNT``,
+``CARGOHOLD_SOAK_BACKEND``)
 runs a randomized schedule of the scenarios and prints the SoakSummary table.
 """
 
@@ -143,8 +144,14 @@ def _soak_timeout() -> int:
 @pytest.mark.timeout(_soak_timeout())
 def test_fault_soak(tmp_path):
     """A randomized schedule of scenarios for CARGOHOLD_SOAK_SECONDS (default 600) or
-    CARGOHOLD_SOAK_COUNT scenarios; prints the SoakSummary table."""
+    CARGOHOLD_SOAK_COUNT scenarios, on CARGOHOLD_SOAK_BACKEND's state store (sqlite, the
+    default, or etcd); prints the SoakSummary table."""
     _need()
+    backend = os.environ.get("CARGOHOLD_SOAK_BACKEND", "sqlite")
+    if backend not in ("sqlite", "etcd"):
+        pytest.fail(f"CARGOHOLD_SOAK_BACKEND={backend!r}: sqlite or etcd")
+    if backend == "etcd" and not shutil.which("etcd"):
+        pytest.skip("needs etcd (Debian: etcd-server)")
     seconds = float(os.environ.get("CARGOHOLD_SOAK_SECONDS", "600"))
     count = int(os.environ.get("CARGOHOLD_SOAK_COUNT", "0"))
     seed = int(os.environ.get("CARGOHOLD_SOAK_SEED", str(random.getrandbits(32))))
@@ -152,7 +159,7 @@ def test_fault_soak(tmp_path):
     summary = SoakSummary()
     failures = []
     t0 = time.monotonic()
-    with matrix_cluster(tmp_path) as e:
+    with matrix_cluster(tmp_path, backend=backend) as e:
         e.rng = rng
         names = [n for n in fm.SCENARIOS if n != "disk-full" or e.small_disk_node]
         i = 0
@@ -169,7 +176,7 @@ def test_fault_soak(tmp_path):
             bad = fm.problems(out)
             if bad:
                 failures.append(f"#{i} {name}: {bad}")
-    print(f"\nsoak seed {seed}, {i} scenarios in {time.monotonic() - t0:.0f} s")
+    print(f"\nsoak seed {seed} ({backend}), {i} scenarios in {time.monotonic() - t0:.0f} s")
     for f in failures:
         print(f"FAILED {f}")
     summary.render()
