@@ -258,9 +258,10 @@ def markdown(suite: dict[str, Any]) -> str:
         )
         if host:
             lines.append(
-                f"Other sessions shared the machine: the whole host's CPU during the fio runs was "
-                f"{host[len(host) // 2]:.0f}% (median; 200% = both cores busy), so absolute "
-                "figures are low and ratios move between runs; compare within one workload only."
+                f"The whole host's CPU during the fio runs was {host[len(host) // 2]:.0f}% "
+                "(median; 200% = both cores busy): fio, the system under test and anything "
+                "else running share two cores, so absolute figures move between runs; compare "
+                "within one workload only."
             )
     eng = suite.get("engine")
     if eng:
