@@ -244,6 +244,7 @@ def engine_argv(
     port: int,
     control: str,
     require: tuple[int, int] = (0, 0),
+    last_scrub_at: float = 0.0,
 ) -> list[str]:
     argv = cargohold_argv("engine", "--volume", volume, "--epoch", str(epoch))
     for spec in replicas:
@@ -253,6 +254,8 @@ def engine_argv(
     argv += ["--listen", hostport(host, port), "--control", control]
     if require != (0, 0):
         argv += ["--require", f"{require[0]}:{require[1]}"]
+    if last_scrub_at > 0:  # the next periodic scrub counts from the volume's last one
+        argv += ["--last-scrub-at", f"{last_scrub_at:.3f}"]
     return argv
 
 
@@ -495,6 +498,7 @@ class EngineProcess:
             self.port,
             self.control,
             (s.require_epoch, s.require_generation),
+            s.last_scrub_at,
         )
         self.child = Child(f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path)
         self.child.start()

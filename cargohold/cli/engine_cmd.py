@@ -54,6 +54,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="EPOCH:GEN",
         help="refuse to start if every reachable replica is older than this (epoch, generation)",
     )
+    p.add_argument(
+        "--last-scrub-at",
+        type=float,
+        default=0.0,
+        metavar="UNIX_TIME",
+        help="when the volume's last scrub pass ended: the next periodic pass counts from it "
+        "(default: from the engine's start)",
+    )
     return p
 
 
@@ -99,7 +107,7 @@ def main(argv: list[str]) -> int:
             if tcp is not None:
                 vol.endpoint = endpoint_uri(tcp, volume)
 
-        scrubber = Scrubber(vol)
+        scrubber = Scrubber(vol, last_scrub_at=a.last_scrub_at)
         vol._spawn(scrubber.run())  # periodic passes and those asked for; vol.close() ends it
         ctl = await serve_control(vol, control, scrubber) if control else None
         stop = asyncio.Event()

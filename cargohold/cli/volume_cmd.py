@@ -27,6 +27,7 @@ from cargohold.cli.output import (
     OUTPUT,
     TIMEOUT,
     Format,
+    age,
     err_console,
     fields,
     handle_errors,
@@ -62,6 +63,7 @@ VOLUME_FIELDS = (
     "stale_replica_timeout",
     "source",
     "created_at",
+    "last_scrub",
     "error",
 )
 GOOD_REPLICA_STATES = ("running", "stopped")
@@ -112,8 +114,19 @@ def print_replicas(replicas: list[dict[str, Any]]) -> None:
     table(("REPLICA", "NODE", "DISK", "MODE", "STATE", "GENERATION", "REBUILT"), rows)
 
 
+def scrub_text(s: dict[str, Any] | None) -> str:
+    """``last_scrub`` for people: '2h ago: 262144 blocks checked, 0 bad'."""
+    if not s:
+        return "never"
+    text = f"{age(s.get('ended_at'))}: {s.get('checked_blocks', 0)} blocks checked, "
+    text += f"{s.get('found', 0)} bad"
+    if s.get("found"):
+        text += f", {s.get('repaired', 0)} repaired, {s.get('unrepaired', 0)} not repaired"
+    return text
+
+
 def print_volume(v: dict[str, Any]) -> None:
-    fields(v, VOLUME_FIELDS)
+    fields({**v, "last_scrub": scrub_text(v.get("last_scrub"))}, VOLUME_FIELDS)
     if v.get("replicas"):
         print_replicas(v["replicas"])
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from cargohold.control.model import (
     Assignments,
@@ -32,6 +33,7 @@ from cargohold.control.model import (
     ReplicaAssignment,
     ReplicaMode,
     Robustness,
+    ScrubSummary,
     SnapshotState,
     Volume,
 )
@@ -134,6 +136,24 @@ async def _ingest_replicas(
                 wake()
 
 
+def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
+    """The last succeeded scrub pass in an engine's status (``scrub.last``), or None."""
+    last = (status.get("scrub") or {}).get("last")
+    if not isinstance(last, dict) or last.get("state") != "succeeded":
+        return None
+    try:
+        return ScrubSummary(
+            ended_at=float(last["started_at"]) + float(last.get("seconds", 0.0)),
+            reason=str(last.get("reason", "")),
+            checked_blocks=int(last.get("checked_blocks", 0)),
+            found=int(last.get("found", 0)),
+            repaired=int(last.get("repaired", 0)),
+            unrepaired=int(last.get("unrepaired", 0)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # an engine's status is not trusted to be well formed
+
+
 def _engine_runs(v: Volume) -> bool:
     st = v.engine_status
     return bool(st and st.running and v.engine and st.epoch == v.engine.epoch)
@@ -210,6 +230,11 @@ async def _ingest_engine(
             )
             if st.get("fenced"):
                 out["error"] = f"engine epoch {er.epoch} was fenced: {st['fenced']}"
+            scrub = scrub_summary(st)
+            if scrub is not None and (
+                v.last_scrub is None or scrub.ended_at > v.last_scrub.ended_at
+            ):
+                out["last_scrub"] = scrub
         return out
 
     def observed(v: Volume) -> Volume:
@@ -407,6 +432,7 @@ async def assignments(
                 require_epoch=eng.require_epoch,
                 require_generation=eng.require_generation,
                 purpose=eng.purpose,
+                last_scrub_at=vol.last_scrub.ended_at if vol.last_scrub else 0.0,
             )
         )
         er = running_here.get(vol.name)

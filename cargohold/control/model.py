@@ -119,6 +119,19 @@ class EngineSpec(Record):
     require_generation: int = 0
 
 
+class ScrubSummary(Record):
+    """The last scrub pass of a volume that ended (succeeded), as its engine reported it:
+    kept on the volume so that the next engine (another node, a restart) knows when the
+    next periodic pass is due, and shown in ``volume get``."""
+
+    ended_at: float  # wall-clock seconds
+    reason: str = ""  # periodic | requested
+    checked_blocks: int = 0
+    found: int = 0  # bad blocks found
+    repaired: int = 0
+    unrepaired: int = 0
+
+
 class EngineStatus(Record):
     """What the engine's node agent last reported of it."""
 
@@ -157,6 +170,7 @@ class Volume(Record):
     current_generation: int = 0  # than this never start an engine (invariant 4)
     robustness: Robustness = Robustness.UNKNOWN
     error: str = ""
+    last_scrub: ScrubSummary | None = None
 
     @field_validator("name")
     @classmethod
@@ -267,7 +281,16 @@ class Operation(Record):
 
 
 # --- the agent's heartbeat: report in, assignments out ----------------------------------
-class ReplicaReport(Record):
+class Message(BaseModel):
+    """A message of the heartbeat exchange (agent -> manager reports, manager -> agent
+    assignments). Unlike stored records and API requests, a message ignores fields it does
+    not know: a manager and agents one version apart keep working during a rolling upgrade
+    (an older agent runs what it understands of a newer manager's assignments)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ReplicaReport(Message):
     id: str
     volume: str
     disk_path: str = ""
@@ -276,7 +299,7 @@ class ReplicaReport(Record):
     epoch: int = 0
 
 
-class EngineReport(Record):
+class EngineReport(Message):
     volume: str
     epoch: int
     running: bool
@@ -285,7 +308,7 @@ class EngineReport(Record):
     status: dict[str, Any] = Field(default_factory=dict)  # the engine's own `status`
 
 
-class OperationReport(Record):
+class OperationReport(Message):
     id: str
     state: OperationState
     progress: float = 0.0
@@ -293,14 +316,14 @@ class OperationReport(Record):
     result: dict[str, Any] = Field(default_factory=dict)
 
 
-class DiskReport(Record):
+class DiskReport(Message):
     name: str
     path: str
     capacity_bytes: int = Field(ge=0)
     tags: list[str] = Field(default_factory=list)
 
 
-class Registration(Record):
+class Registration(Message):
     """PUT /api/v1/nodes/{name}: the agent says who it is (idempotent)."""
 
     zone: str = ""
@@ -311,7 +334,7 @@ class Registration(Record):
     agent_pid: int | None = None
 
 
-class Heartbeat(Record):
+class Heartbeat(Message):
     """POST /api/v1/nodes/{name}/heartbeat: what runs on the node now.
 
     A long poll: with ``assignments_revision`` the revision of the assignments the agent
@@ -330,7 +353,7 @@ class Heartbeat(Record):
     same_report: bool = False
 
 
-class ReplicaAssignment(Record):
+class ReplicaAssignment(Message):
     id: str
     volume: str
     size_bytes: int
@@ -338,7 +361,7 @@ class ReplicaAssignment(Record):
     delete: bool = False
 
 
-class EngineAssignment(Record):
+class EngineAssignment(Message):
     volume: str
     epoch: int
     size_bytes: int
@@ -347,16 +370,17 @@ class EngineAssignment(Record):
     require_epoch: int = 0
     require_generation: int = 0
     purpose: Literal["attach", "maintenance"] = "attach"
+    last_scrub_at: float = 0.0  # the volume's last scrub pass ended then (0: never)
 
 
-class OperationAssignment(Record):
+class OperationAssignment(Message):
     id: str
     kind: OperationKind
     volume: str
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class Assignments(Record):
+class Assignments(Message):
     """The heartbeat's answer: everything that should run on the node. Level-triggered: the
     agent converges to it; anything it runs that is not listed, it stops."""
 

@@ -19,6 +19,7 @@ from cargohold.control.model import (
     Replica,
     ReplicaMode,
     Robustness,
+    ScrubSummary,
     Volume,
     VolumeSource,
     VolumeState,
@@ -71,6 +72,9 @@ class VolumeView(Record):
     error: str
     engine: EngineView | None
     replicas: list[ReplicaView]
+    last_scrub: ScrubSummary | None = Field(
+        None, description="the last scrub pass that ended (null: none recorded yet)"
+    )
 
 
 class NodeView(Record):
@@ -211,4 +215,5 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
             replica_view(r, nodes.get(r.node), running)
             for r in sorted(replicas, key=lambda r: (r.node, r.id))
         ],
+        "last_scrub": vol.last_scrub.model_dump() if vol.last_scrub else None,
     }

@@ -42,10 +42,30 @@ REPORTED_BLOCKS = 100  # bad blocks listed in a report (all of them are counted)
 SCRUB_TIMEOUT_FACTOR = 10  # a window's SCRUB may take this many replica timeouts
 
 
+def first_delay(
+    every: float, last_scrub_at: float, now: float, rng: random.Random | None = None
+) -> float:
+    """Seconds from ``now`` (wall clock) until an engine's first periodic pass, for a pass
+    every ``every`` seconds. With the volume's last pass known (``last_scrub_at`` > 0, as
+    the manager recorded it from an earlier engine), the interval counts from that pass, so
+    that restarts and moves do not postpone scrubs forever; an overdue pass starts within
+    10 % of the interval (at most 10 minutes), spread so that engines started together do
+    not scrub together. Without one, the interval counts from the engine's start, less up
+    to 10 % of jitter."""
+    rng = rng or random.Random()
+    if last_scrub_at <= 0:
+        return every * rng.uniform(0.9, 1.0)
+    left = last_scrub_at + every - now
+    if left > 0:
+        return min(left, every)  # a clock far behind: no later than a whole interval
+    return rng.uniform(0.0, min(every * 0.1, 600.0))
+
+
 class Scrubber:
-    def __init__(self, vol: Volume) -> None:
+    def __init__(self, vol: Volume, last_scrub_at: float = 0.0) -> None:
         self.vol = vol
         self.settings = vol.settings
+        self.last_scrub_at = last_scrub_at  # when the volume's last pass ended (0: unknown)
         self.last: dict[str, Any] | None = None  # the last pass's report
         self.progress: dict[str, Any] | None = None  # the pass running
         self._next = 1  # number of the next pass
@@ -75,18 +95,23 @@ class Scrubber:
             "interval_hours": self.settings.scrub_interval_hours,
             "bandwidth": self.settings.scrub_bandwidth,
             "running": dict(self.progress) if self.progress else None,
+            "last_scrub_at": self.last_scrub_at,
             "pending": self._pending,
             "last": self.last,
         }
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
-        """Forever: a pass when one is requested or the interval is up. The interval counts
-        from the engine's start (with up to 10 % jitter, so that engines started together
-        do not scrub together), then from the end of each pass."""
+        """Forever: a pass when one is requested or the interval is up. The first interval
+        counts from the volume's last pass if it is known, else from the engine's start
+        (``first_delay``), then from the end of each pass."""
         hours = self.settings.scrub_interval_hours
         every = hours * 3600.0 if hours > 0 else None
-        due = time.monotonic() + every * random.uniform(0.9, 1.0) if every else None
+        due = (
+            time.monotonic() + first_delay(every, self.last_scrub_at, time.time())
+            if every
+            else None
+        )
         while True:
             timeout = None if due is None else max(0.0, due - time.monotonic())
             try:
@@ -148,6 +173,8 @@ class Scrubber:
             report["repaired"],
             report["unrepaired"],
         )
+        if report["state"] == "succeeded":
+            self.last_scrub_at = report["started_at"] + report["seconds"]
         async with self._ended:
             self.last = report
             self._ended.notify_all()

@@ -37,7 +37,7 @@ from typing import Any
 
 from cargohold.agent.engine_link import EngineLink
 from cargohold.constants import BLOCK_SIZE
-from cargohold.control.client import ManagerClient
+from cargohold.control.client import ManagerClient, WaitTimeout
 from cargohold.launcher.cluster import LocalCluster
 from cargohold.launcher.netns import call_in
 from cargohold.launcher.processes import proc_stat
@@ -1119,6 +1119,22 @@ def bit_rot(env: Env, k: int = 8) -> Outcome:
         out.expect(
             cnt.get("scrub_repaired_blocks", 0) == len(unread_rot),
             f"engine counter scrub_repaired_blocks {cnt.get('scrub_repaired_blocks')}",
+        )
+        # the manager keeps the last pass (volume get's last_scrub) for the next engine
+        try:
+            rec = env.api.wait_volume(
+                name,
+                lambda v: (v.get("last_scrub") or {}).get("ended_at", 0) >= second["started_at"],
+                15,
+            )
+            last = rec["last_scrub"]
+        except WaitTimeout:
+            last = None
+        out.expect(
+            last is not None
+            and last["found"] == 0
+            and last["checked_blocks"] == second["checked_blocks"],
+            f"the manager recorded the second scrub as the volume's last_scrub: {last}",
         )
         v = env.api.wait_volume(name, converged(node), 60)
         digests(env, out, v)

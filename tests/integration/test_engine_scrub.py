@@ -53,8 +53,9 @@ async def _digest(port: int, rid: str, epoch: int, snapshot: str | None = None) 
 
 
 class Cluster:
-    def __init__(self, tmp_path, n: int = 2, **settings) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, tmp_path, n: int = 2, last_scrub_at: float = 0.0, **settings) -> None:  # type: ignore[no-untyped-def]
         self.tmp, self.n, self.settings = tmp_path, n, settings
+        self.last_scrub_at = last_scrub_at
         self.servers: list[ReplicaServer] = []
         self.vol: Volume | None = None
         self.scrubber: Scrubber | None = None
@@ -73,7 +74,7 @@ class Cluster:
         ]
         self.vol = Volume("v", specs, epoch=1, settings=EngineSettings(**self.settings))
         await self.vol.start()
-        self.scrubber = Scrubber(self.vol)
+        self.scrubber = Scrubber(self.vol, last_scrub_at=self.last_scrub_at)
         self.task = asyncio.get_running_loop().create_task(self.scrubber.run())
         return self
 
@@ -227,6 +228,29 @@ async def test_periodic_passes_follow_the_interval_setting(tmp_path):
             await asyncio.sleep(0.02)
         assert c.vol.counters["scrub_passes"] >= 3
         assert c.scrubber.last is not None and c.scrubber.last["reason"] == "periodic"
+
+
+async def test_the_first_periodic_pass_counts_from_the_volumes_last_one(tmp_path):
+    """An engine told that the volume's last pass ended an interval ago (as the manager
+    records it across engines) scrubs within moments, not an interval after its start;
+    told of a recent pass, it waits; a pass it ends becomes its new ``last_scrub_at``."""
+    every = 20.0  # seconds: an overdue pass starts within 10 % of it (2 s)
+    hours = every / 3600
+    async with Cluster(
+        tmp_path, last_scrub_at=time.time() - every, scrub_interval_hours=hours
+    ) as c:
+        assert c.vol is not None and c.scrubber is not None
+        deadline = time.monotonic() + 10
+        while c.vol.counters["scrub_passes"] < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert c.scrubber.last is not None and c.scrubber.last["reason"] == "periodic"
+        assert c.scrubber.status()["last_scrub_at"] > time.time() - 10
+    async with Cluster(
+        tmp_path / "b", last_scrub_at=time.time() - 1, scrub_interval_hours=hours
+    ) as c:
+        assert c.vol is not None
+        await asyncio.sleep(0.3)
+        assert c.vol.counters["scrub_passes"] == 0
 
 
 @pytest.mark.parametrize("hours", [0.0])

@@ -48,6 +48,7 @@ def _volume(name: str, size: int = 1 << 30, **kw: Any) -> JSON:
         "created_at": 1795000000.0,
         "error": "",
         "replicas": [_replica(f"{name}-r00000{i}", f"node-{i}") for i in (1, 2, 3)],
+        "last_scrub": None,
     }
     return {**v, **kw}
 
@@ -333,6 +334,17 @@ def test_volume_tables(fake: FakeManager) -> None:
     assert r.exit_code == 0
     for text in ("logs-r000003", "rebuilding", "40%", "WO", "size_bytes", "1 GiB"):
         assert text in r.stdout
+    assert "last_scrub" in r.stdout and "never" in r.stdout
+
+
+def test_the_last_scrub_reads_as_words() -> None:
+    from cargohold.cli.volume_cmd import scrub_text
+
+    assert scrub_text(None) == "never"
+    s = {"ended_at": 1.0, "checked_blocks": 10, "found": 0, "repaired": 0, "unrepaired": 0}
+    assert scrub_text(s).endswith("ago: 10 blocks checked, 0 bad")
+    s.update(found=3, repaired=2, unrepaired=1)
+    assert scrub_text(s).endswith("3 bad, 2 repaired, 1 not repaired")
 
 
 def test_node_tables(fake: FakeManager) -> None:

@@ -40,6 +40,8 @@ class SimEngine:
     replicas: list[str]  # ids
     generation: int = 0
     down: set[str] = field(default_factory=set)  # replica ids the engine dropped (ERR)
+    scrub_last: dict | None = None  # type: ignore[type-arg]  # its status's scrub.last
+    last_scrub_at: float = 0.0  # what its assignment said when it started
 
 
 @dataclass
@@ -101,6 +103,7 @@ class Sim:
             "generation": e.generation,
             "endpoint": f"nbd://{n.name}:10809/{vol}",
             "replicas": links,
+            "scrub": {"last": e.scrub_last},
         }
 
     async def beat(self, n: SimNode) -> Assignments:
@@ -143,7 +146,7 @@ class Sim:
                 ]
                 top = max(gens, default=0)
                 assert top >= ea.require_generation, "engine would start from stale replicas"
-                n.engines[v] = SimEngine(ea.epoch, ids, top)
+                n.engines[v] = SimEngine(ea.epoch, ids, top, last_scrub_at=ea.last_scrub_at)
             else:
                 cur.replicas = ids
                 cur.down = {r for r in cur.down if r in ids}

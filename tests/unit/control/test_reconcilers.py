@@ -154,6 +154,53 @@ async def test_the_manager_records_the_current_generation(monkeypatch) -> None:
     assert (await sim.repo.volume("data")).engine.require_generation == 77  # type: ignore[union-attr]
 
 
+async def test_the_last_scrub_is_recorded_and_handed_to_the_next_engine(monkeypatch) -> None:
+    """A succeeded pass an engine reports becomes the volume's ``last_scrub``; a failed or
+    older one does not replace it; the next engine (another node) is told when it ended,
+    so that its periodic passes count from it rather than from its own start."""
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-1"))
+    await sim.step(rounds=3)
+    assert (await vol(sim))["last_scrub"] is None
+    eng = sim.nodes["node-1"].engines["data"]
+    assert eng.last_scrub_at == 0.0
+    eng.scrub_last = {
+        "pass": 1,
+        "reason": "periodic",
+        "state": "succeeded",
+        "started_at": 5000.0,
+        "seconds": 12.5,
+        "checked_blocks": 262144,
+        "found": 3,
+        "repaired": 3,
+        "unrepaired": 0,
+    }
+    await sim.step()
+    want = {
+        "ended_at": 5012.5,
+        "reason": "periodic",
+        "checked_blocks": 262144,
+        "found": 3,
+        "repaired": 3,
+        "unrepaired": 0,
+    }
+    assert (await vol(sim))["last_scrub"] == want
+    eng.scrub_last = {**eng.scrub_last, "pass": 2, "state": "failed", "started_at": 6000.0}
+    await sim.step()
+    assert (await vol(sim))["last_scrub"] == want  # a failed pass proves nothing
+    eng.scrub_last = {"state": "succeeded", "started_at": "garbage"}
+    await sim.step()
+    assert (await vol(sim))["last_scrub"] == want  # a malformed status is ignored
+    await sim.service.detach("data")
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-3"))
+    await sim.step(rounds=3)
+    assert sim.nodes["node-3"].engines["data"].last_scrub_at == 5012.5
+    assert (await vol(sim))["last_scrub"] == want  # kept across engines
+
+
 async def test_unschedulable_says_why(monkeypatch) -> None:
     sim = await make(monkeypatch, nodes=3)
     await sim.service.cordon("node-3", True)
