@@ -245,6 +245,7 @@ async def test_the_first_periodic_pass_counts_from_the_volumes_last_one(tmp_path
             await asyncio.sleep(0.02)
         assert c.scrubber.last is not None and c.scrubber.last["reason"] == "periodic"
         assert c.scrubber.status()["last_scrub_at"] > time.time() - 10
+    (tmp_path / "b").mkdir()
     async with Cluster(
         tmp_path / "b", last_scrub_at=time.time() - 1, scrub_interval_hours=hours
     ) as c:
