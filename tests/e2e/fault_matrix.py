@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -450,15 +450,15 @@ def engine_dropped(env: Env, node: str, name: str, rid: str, timeout: float = 60
     )
 
 
-def replica_digests(env: Env, v: JSON) -> dict[str, str]:
-    """SHA-256 of each live replica's content, read from its server at the engine's epoch."""
+def per_replica(env: Env, v: JSON, ask: Callable[[Any, JSON], Awaitable[Any]]) -> dict[str, Any]:
+    """``ask(client, replica)`` of each live replica of ``v``, over a connection to its
+    server opened at the engine's epoch (from the engine's node namespace); -> by id."""
     from cargohold.replica.client import ReplicaClient
 
     nodes = {n["name"]: n for n in env.api.nodes()}
     epoch = v["engine"]["epoch"]
-    ns = env.cluster.nodes[v["attached_node"]].netns
 
-    async def go() -> dict[str, str]:
+    async def go() -> dict[str, Any]:
         out = {}
         for r in v["replicas"]:
             if r["state"] == "deleting":
@@ -467,15 +467,25 @@ def replica_digests(env: Env, v: JSON) -> dict[str, str]:
             c = await ReplicaClient.connect(n["address"], n["replica_port"])
             try:
                 await c.open(r["id"], epoch)
-                h = hashlib.sha256()
-                for off in range(0, v["size_bytes"], 4 * MiB):
-                    h.update(bytes(await c.read(off, min(4 * MiB, v["size_bytes"] - off))))
-                out[r["id"]] = h.hexdigest()
+                out[r["id"]] = await ask(c, r)
             finally:
                 await c.close()
         return out
 
-    return in_ns(ns, go)
+    return in_ns(env.cluster.nodes[v["attached_node"]].netns, go)
+
+
+def replica_digests(env: Env, v: JSON) -> dict[str, str]:
+    """SHA-256 of each live replica's content, read from its server at the engine's epoch."""
+    size = v["size_bytes"]
+
+    async def digest(c: Any, r: JSON) -> str:
+        h = hashlib.sha256()
+        for off in range(0, size, 4 * MiB):
+            h.update(bytes(await c.read(off, min(4 * MiB, size - off))))
+        return h.hexdigest()
+
+    return per_replica(env, v, digest)
 
 
 def spec(env: Env, first: int = 0, nblocks: int | None = None, seconds: float | None = None):
@@ -1154,26 +1164,11 @@ SNAPSHOT_PAUSE = 1.5  # CARGOHOLD_FAULT_PAUSE_SNAPSHOT of the cluster (cargohold
 
 def replica_snapshots(env: Env, v: JSON, name: str) -> dict[str, bool]:
     """Whether each live replica holds snapshot ``name`` (asked of its replica server)."""
-    from cargohold.replica.client import ReplicaClient
 
-    nodes = {n["name"]: n for n in env.api.nodes()}
-    epoch = v["engine"]["epoch"]
+    async def holds(c: Any, r: JSON) -> bool:
+        return any(s["name"] == name for s in await c.snapshot_list())
 
-    async def go() -> dict[str, bool]:
-        out = {}
-        for r in v["replicas"]:
-            if r["state"] == "deleting":
-                continue
-            n = nodes[r["node"]]
-            cl = await ReplicaClient.connect(n["address"], n["replica_port"])
-            try:
-                await cl.open(r["id"], epoch)
-                out[r["id"]] = any(s["name"] == name for s in await cl.snapshot_list())
-            finally:
-                await cl.close()
-        return out
-
-    return in_ns(env.cluster.nodes[v["attached_node"]].netns, go)
+    return per_replica(env, v, holds)
 
 
 def crash_during_rebuild_and_snapshots(env: Env) -> Outcome:
