@@ -827,6 +827,8 @@ class Agent:
         for oid, run in list(self.operations.items()):
             if oid not in ids and run.done:
                 del self.operations[oid]  # the manager has its result
+        for oid in [o for o in self._op_tries if o not in ids]:
+            del self._op_tries[oid]  # no longer assigned: its retries are over
         for op in assigned:
             if op.id in self.operations:
                 continue
