@@ -153,10 +153,12 @@ class ConfigError(CargoholdError):
     exit_code = 2
 
 
+# every wire status back to its class; RequestError shares status 5 with ReplicaIOError, which
+# is what a peer means by it (docs/formats/replica-wire.md, "Status codes", is tested against this)
 STATUS_TO_ERROR: dict[int, type[RequestError]] = {
     cls.status: cls
     for cls in (
-        RequestError,
+        ReplicaIOError,
         InvalidArgument,
         NotFound,
         AlreadyExists,

@@ -91,7 +91,7 @@ class AgentConfig:
     tags: list[str] = field(default_factory=list)
     disks: list[tuple[str, int | None]] = field(default_factory=list)  # path, capacity
     replica_port: int | None = None  # None: the one used before (agent.json), else any
-    heartbeat: float | None = None  # seconds; None: what the manager says (1 s)
+    heartbeat: float | None = None  # seconds; None: what the manager says (2 s by default)
 
 
 @dataclass
