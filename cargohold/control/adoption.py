@@ -1,0 +1,206 @@
+"""Adoption: turning orphaned replicas back into a volume after its records were lost.
+
+Called by ``service`` for ``POST /api/v1/orphans/adopt`` (``cargohold volume adopt``). A
+pure function: the orphans the agents reported (replicas on disk with no record, with the
+epoch history, generations, size and snapshots each persisted), in, a plan out — which
+replicas become the volume's, which of them are current, what the volume's epoch and
+generation floor are, and what is left out and why. The service writes the plan.
+
+The rules are the engine's (``cargohold.lineage``): the replicas whose (last epoch,
+generation) is highest are current; the others are stale and are rebuilt by the first
+engine. Adoption refuses, saying why, whenever guessing could lose acknowledged writes:
+
+- replicas stamped with another cluster's id are never adopted (invariant 7);
+- two current replicas whose histories differ: both claim the newest data, only one can
+  have it (a split history), and the operator must choose (``replicas``);
+- a stale replica holding mutations the current ones lack (a fork: an older engine kept
+  writing to it after the others had gone on without it): the first engine would clear it
+  with a full rebuild. Refused unless the operator accepts it (``accept_fork``); even then
+  the forked replica is not adopted but left as an orphan, so its data stays on disk.
+
+Nothing here deletes anything: what is not adopted stays an orphan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+from cargohold import lineage
+from cargohold.errors import AlreadyExists, NotFound, WrongState
+
+
+class OrphanLike(Protocol):
+    """What adoption reads of an orphan record (``model.Orphan``)."""
+
+    id: str
+    volume: str
+    node: str
+    disk_path: str
+    size_bytes: int
+    generation: int
+    seen: int
+    epoch: int
+    history: list[list[int]]
+    snapshots: list[str]
+    cluster_id: str
+
+
+class AdoptedReplica(BaseModel):
+    id: str
+    node: str
+    disk_path: str
+    size_bytes: int
+    generation: int
+    last_epoch: int
+    role: str  # current | stale
+
+
+class LeftOut(BaseModel):
+    id: str
+    node: str
+    reason: str
+
+
+class AdoptionPlan(BaseModel):
+    """What adopting a volume's orphans does (the answer of a dry run, and of the real one)."""
+
+    volume: str
+    size_bytes: int
+    epoch: int  # the highest epoch any adopted replica is fenced at: the next engine's is above
+    current_epoch: int  # the newest (epoch, generation) the current replicas hold: the floor
+    current_generation: int  # every later engine must meet (invariant 4)
+    replicas: list[AdoptedReplica] = Field(default_factory=list)
+    left_out: list[LeftOut] = Field(default_factory=list)
+    snapshots: list[str] = Field(default_factory=list)  # on every current replica
+    partial_snapshots: list[str] = Field(default_factory=list)  # on some only: not recorded
+    dry_run: bool = False
+
+
+def plan_adoption(
+    volume: str,
+    orphans: Sequence[OrphanLike],
+    cluster_id: str,
+    *,
+    only: Sequence[str] = (),
+    accept_fork: bool = False,
+) -> AdoptionPlan:
+    """The plan to adopt ``volume`` from its ``orphans``; raises when it must not be done.
+
+    ``only``: adopt just these replica ids (the operator's choice after a refusal); the
+    others of the volume are left out. ``cluster_id``: this cluster's; an orphan stamped
+    with another is left out, and adoption fails if none remains. An unstamped orphan
+    (written before replicas carried a cluster id) counts as this cluster's.
+    """
+    mine = [o for o in orphans if o.volume == volume]
+    if not mine:
+        raise NotFound(f"no orphaned replica of volume {volume!r} is reported by any node")
+    left: list[LeftOut] = []
+    if only:
+        unknown = sorted(set(only) - {o.id for o in mine})
+        if unknown:
+            raise NotFound(
+                f"volume {volume}: no orphaned replica {', '.join(unknown)} "
+                f"(orphans: {', '.join(sorted(o.id for o in mine))})"
+            )
+        left += [
+            LeftOut(id=o.id, node=o.node, reason="not chosen") for o in mine if o.id not in only
+        ]
+        mine = [o for o in mine if o.id in only]
+    ours = []
+    for o in mine:
+        if o.cluster_id and o.cluster_id != cluster_id:
+            left.append(
+                LeftOut(
+                    id=o.id,
+                    node=o.node,
+                    reason=f"belongs to cluster {o.cluster_id}, not this one ({cluster_id})",
+                )
+            )
+        else:
+            ours.append(o)
+    if not ours:
+        raise WrongState(
+            f"volume {volume}: none of its orphaned replicas belongs to this cluster: "
+            + "; ".join(f"{x.id} on {x.node}: {x.reason}" for x in left)
+        )
+    top = max(lineage.rank(o.history, o.generation) for o in ours)
+    current = [o for o in ours if lineage.rank(o.history, o.generation) == top]
+    histories = {_key(o.history) for o in current}
+    if len(histories) > 1:
+        raise WrongState(
+            f"volume {volume}: its newest replicas disagree on their history, so which one "
+            f"holds the acknowledged writes cannot be decided: "
+            + "; ".join(_describe(o) for o in current)
+            + ". Adopt one of them with --replica ID (the others stay orphans)."
+        )
+    ref = max(current, key=lambda o: o.seen)
+    adopted: list[AdoptedReplica] = [_adopted(o, "current") for o in current]
+    forks: list[OrphanLike] = []
+    for o in ours:
+        if o in current:
+            continue
+        if lineage.contained(o.history, o.seen, ref.history, ref.seen):
+            adopted.append(_adopted(o, "stale"))
+        else:
+            forks.append(o)
+    if forks and not accept_fork:
+        raise WrongState(
+            f"volume {volume}: replica(s) {', '.join(o.id for o in forks)} hold writes the "
+            f"newest replicas do not have (their histories fork: "
+            + "; ".join(_describe(o) for o in [*forks, ref])
+            + "). Adopting would discard them with a full rebuild. Read them first if they "
+            "matter; --accept-fork adopts the others and leaves these as orphans."
+        )
+    left += [
+        LeftOut(id=o.id, node=o.node, reason="its history forks from the current replicas'")
+        for o in forks
+    ]
+    on_all = set(current[0].snapshots)
+    for o in current[1:]:
+        on_all &= set(o.snapshots)
+    on_some = set().union(*(set(o.snapshots) for o in current)) - on_all
+    return AdoptionPlan(
+        volume=volume,
+        size_bytes=max(o.size_bytes for o in current),
+        epoch=max(max(o.epoch, lineage.last_epoch(o.history)) for o in ours),
+        current_epoch=top[0],
+        current_generation=top[1],
+        replicas=sorted(adopted, key=lambda r: (r.role != "current", r.node, r.id)),
+        left_out=sorted(left, key=lambda x: (x.node, x.id)),
+        snapshots=sorted(on_all),
+        partial_snapshots=sorted(on_some),
+    )
+
+
+def _key(history: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(v) for v in x) for x in history)
+
+
+def _adopted(o: OrphanLike, role: str) -> AdoptedReplica:
+    return AdoptedReplica(
+        id=o.id,
+        node=o.node,
+        disk_path=o.disk_path,
+        size_bytes=o.size_bytes,
+        generation=o.generation,
+        last_epoch=lineage.last_epoch(o.history),
+        role=role,
+    )
+
+
+def _describe(o: OrphanLike) -> str:
+    return (
+        f"{o.id} on {o.node}: history {[list(x) for x in o.history]}, generation "
+        f"{o.generation}, newest mutation {o.seen}"
+    )
+
+
+def check_adoptable(volume: str, existing: Sequence[str]) -> None:
+    """Adoption recreates a volume's records; it never merges into a volume that has them."""
+    if volume in existing:
+        raise AlreadyExists(
+            f"volume {volume} exists: adoption only recreates a volume whose records are lost"
+        )
