@@ -98,7 +98,7 @@ class AttachRequest(BaseModel):
 class ExpandRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
-    size_bytes: StrictInt = Field(gt=0, le=256 << 40)
+    size_bytes: StrictInt = Field(gt=0, le=256 << 40, multiple_of=4096)
 
 
 class SnapshotCreate(BaseModel):
