@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,14 +20,23 @@ from cargohold.control.model import DiskReport, Registration, keys
 from cargohold.control.repository import Repository
 from cargohold.control.service import Service
 from cargohold.control.settings import ManagerSettings
-from cargohold.control.state import open_store
+from cargohold.control.state import (
+    EtcdStateStore,
+    MemoryStateStore,
+    SQLiteStateStore,
+    StateStore,
+)
+from tests.etcd_proc import EtcdProcess, etcd_fixture
 
 GiB = 1 << 30
 V = "/api/v1/volumes"
 
+etcd = etcd_fixture()
 
-async def _service(url: str = "memory:", **settings: Any) -> Service:
-    service = Service(Repository(open_store(url)), ManagerSettings(**settings), "memory", "t")
+
+async def _service(store: StateStore | None = None, **settings: Any) -> Service:
+    store = store or MemoryStateStore()
+    service = Service(Repository(store), ManagerSettings(**settings), "memory", "t")
     for i in (1, 2, 3):
         await service.register(
             f"node-{i}",
@@ -37,9 +49,33 @@ async def _service(url: str = "memory:", **settings: Any) -> Service:
     return service
 
 
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    """Each state store backend; the etcd one a real etcd (tests/etcd_proc.py)."""
+    s: StateStore
+    if request.param == "memory":
+        s = MemoryStateStore()
+    elif request.param == "sqlite":
+        s = SQLiteStateStore(str(tmp_path / "state.db"))
+    else:
+        proc: EtcdProcess = request.getfixturevalue("etcd")
+        s = EtcdStateStore([proc.url], namespace=f"/test-{uuid.uuid4().hex[:12]}")
+    yield s
+    await s.close()
+
+
 @pytest.fixture
 async def svc():  # type: ignore[no-untyped-def]
     return await _service(max_request_bytes=1 << 20)
+
+
+@pytest.fixture
+async def on_store(store: StateStore):  # type: ignore[no-untyped-def]
+    """A service and a client over each backend."""
+    svc = await _service(store)
+    transport = httpx.ASGITransport(app=build(svc), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        yield svc, c
 
 
 @pytest.fixture
@@ -143,7 +179,8 @@ async def test_a_body_above_the_bound_is_413(api: httpx.AsyncClient) -> None:
     assert (await api.get(V)).json() == []
 
 
-async def test_twenty_concurrent_creates_of_one_name(api: httpx.AsyncClient) -> None:
+async def test_twenty_concurrent_creates_of_one_name(on_store) -> None:  # type: ignore[no-untyped-def]
+    _, api = on_store
     rs = await asyncio.gather(*(api.post(V, json=OK) for _ in range(20)))
     codes = sorted(r.status_code for r in rs)
     assert codes == [201] + [409] * 19, [r.text for r in rs if r.status_code not in (201, 409)]
@@ -153,20 +190,8 @@ async def test_twenty_concurrent_creates_of_one_name(api: httpx.AsyncClient) -> 
     assert len((await api.get(V + "/data")).json()["replicas"]) == 3
 
 
-async def test_twenty_concurrent_creates_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    svc = await _service(f"sqlite:{tmp_path / 'state.db'}")
-    transport = httpx.ASGITransport(app=build(svc), raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
-            rs = await asyncio.gather(*(api.post(V, json=OK) for _ in range(20)))
-            assert sorted(r.status_code for r in rs) == [201] + [409] * 19
-    finally:
-        await svc.repo.store.close()
-
-
-async def test_a_record_with_bad_json_is_503_and_health_fails_until_fixed(
-    svc: Service, api: httpx.AsyncClient
-) -> None:
+async def test_a_record_with_bad_json_is_503_and_health_fails_until_fixed(on_store) -> None:  # type: ignore[no-untyped-def]
+    svc, api = on_store
     assert (await api.post(V, json=OK)).status_code == 201
     assert (await api.get("/healthz")).status_code == 200
     good = (await svc.repo.store.get(keys.volume("data"))).value  # type: ignore[union-attr]
@@ -187,10 +212,12 @@ async def test_a_record_with_bad_json_is_503_and_health_fails_until_fixed(
 
 
 async def test_a_create_that_loses_the_race_after_its_check_is_409(
-    svc: Service, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    on_store,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The race of the 507: create A checks that the name is free, create B stores the
     volume and its replicas, then A places replicas: B's replicas hold every node."""
+    svc, api = on_store
     plan = svc.repo.plan_replicas
     raced: list[int] = []
 
