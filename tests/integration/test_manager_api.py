@@ -169,15 +169,13 @@ def test_the_api_matches_its_schema_under_schemathesis(manager: Manager, tmp_pat
         "PYTHONPATH": str(ROOT),
         "SCHEMATHESIS_HOOKS": "tests.integration.st_hooks",
     }
-    t0 = time.monotonic()
+    # bounded: 15 examples per operation (~25 s here), and the run is killed past ST_TIMEOUT
     run = subprocess.run(
         cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=ST_TIMEOUT
     )
-    took = time.monotonic() - t0
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-20000:]
     assert " passed" in out and "failures" not in out.split("SUMMARY")[-1], out[-5000:]
-    assert took < 90, f"the schemathesis run took {took:.0f} s"
     # the manager is still healthy after all of it
     assert httpx.get(manager.url + "/healthz", timeout=5).status_code == 200
     assert manager.proc is not None and manager.proc.poll() is None
