@@ -142,9 +142,32 @@ class Unschedulable(NoSpace):
 
 
 class ManagerUnavailable(CargoholdError):
-    """No manager answered (the control plane is down or unreachable)."""
+    """No manager answered (the control plane is down or unreachable), or the manager
+    cannot use its state store (unreachable, or damaged: the message names the file or
+    the record)."""
 
     exit_code = 3
+
+
+class StateStoreDamaged(ManagerUnavailable):
+    """The state store answers but what it holds is broken: a damaged SQLite page, a record
+    that is not valid JSON or not a valid record. ``detail['key']`` names the record (absent
+    when the damage is the file's). The manager answers 503 until it is repaired."""
+
+
+# --- an HTTP request the manager's API cannot take (mapped to a status in api.py) ------
+
+
+class UnsupportedMediaType(InvalidArgument):
+    """A request body that is not JSON (HTTP 415)."""
+
+
+class PayloadTooLarge(InvalidArgument):
+    """A request body above the manager's bound (HTTP 413)."""
+
+
+class MethodNotAllowed(InvalidArgument):
+    """A route that exists, asked with a method it does not take (HTTP 405)."""
 
 
 class ConfigError(CargoholdError):

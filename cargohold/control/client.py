@@ -6,7 +6,7 @@ answers become the one exception tree here, on the client edge:
 
     404                  NotFound
     409                  AlreadyExists | WrongState | Busy   (by the answer's error "type")
-    400, 422             InvalidArgument                     (the message names the fields)
+    400, 413, 415, 422   InvalidArgument                     (the message names the fields)
     503                  ManagerUnavailable
     507                  Unschedulable                       (the message says why)
     other                CargoholdError
@@ -104,7 +104,7 @@ def error_from_response(resp: httpx.Response, url: str) -> CargoholdError:
         return NotFound(message, **extra)
     if status == 409:
         return _CONFLICTS.get(etype, WrongState)(message, **extra)
-    if status in (400, 422):
+    if status in (400, 413, 415, 422):
         return InvalidArgument(message, **extra)
     if status == 507:
         return Unschedulable(message, **extra)

@@ -22,7 +22,7 @@ from cargohold.control.repository import Repository
 from cargohold.control.service import Service
 from cargohold.control.settings import ManagerSettings
 from cargohold.control.state import open_store
-from cargohold.errors import CargoholdError
+from cargohold.errors import CargoholdError, StateStoreDamaged
 
 log = logging.getLogger("cargohold.manager")
 
@@ -43,6 +43,8 @@ class Manager:
             lead = await self.store.campaign("manager", self.id, self.settings.leader_ttl)
         except CargoholdError as e:
             log.warning("manager %s: state store unavailable: %s", self.id, e)
+            if isinstance(e, StateStoreDamaged):
+                self.repo.note_damage(e)  # /healthz fails until it is repaired
             lead = False
         if lead != self.service.is_leader:
             log.info("manager %s is %s", self.id, "the leader now" if lead else "standing by")
@@ -53,6 +55,8 @@ class Manager:
                     await rec.run_once()
                 except CargoholdError as e:
                     log.warning("%s: %s", type(rec).__name__, e)
+                    if isinstance(e, StateStoreDamaged):
+                        self.repo.note_damage(e)
                 except Exception:
                     log.exception("%s failed; retrying next pass", type(rec).__name__)
         return lead

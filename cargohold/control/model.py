@@ -21,9 +21,26 @@ import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+)
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")  # a DNS-1123 label (dots ok)
+# The schema's form of it (OpenAPI ``pattern``); API request models name their fields with
+# ``name_field()`` so that clients see the rule, and strict types (StrictInt, ...): a JSON
+# request's "4096" or 4096.0 is not an integer, nor "true" a boolean.
+NAME_PATTERN = NAME_RE.pattern
+
+
+def name_field(**kw: Any) -> Any:
+    """A name of the API (volume, snapshot, disk, node): pattern and length in the schema."""
+    return Field(pattern=NAME_PATTERN, min_length=1, max_length=63, **kw)
 
 
 def check_name(value: str, what: str = "name") -> str:
@@ -104,8 +121,8 @@ class ReplicaMode(StrEnum):
 
 
 class VolumeSource(Record):
-    volume: str
-    snapshot: str | None = None
+    volume: str = name_field()
+    snapshot: str | None = name_field(default=None)
 
 
 class EngineSpec(Record):
@@ -294,15 +311,15 @@ class ReplicaReport(Message):
     id: str
     volume: str
     disk_path: str = ""
-    size_bytes: int = 0
-    generation: int = 0
-    epoch: int = 0
+    size_bytes: StrictInt = 0
+    generation: StrictInt = 0
+    epoch: StrictInt = 0
 
 
 class EngineReport(Message):
     volume: str
-    epoch: int
-    running: bool
+    epoch: StrictInt
+    running: StrictBool
     endpoint: str = ""
     error: str = ""
     status: dict[str, Any] = Field(default_factory=dict)  # the engine's own `status`
@@ -311,7 +328,7 @@ class EngineReport(Message):
 class OperationReport(Message):
     id: str
     state: OperationState
-    progress: float = 0.0
+    progress: StrictFloat = 0.0
     error: str = ""
     result: dict[str, Any] = Field(default_factory=dict)
 
@@ -319,7 +336,7 @@ class OperationReport(Message):
 class DiskReport(Message):
     name: str
     path: str
-    capacity_bytes: int = Field(ge=0)
+    capacity_bytes: StrictInt = Field(ge=0)
     tags: list[str] = Field(default_factory=list)
 
 
@@ -328,10 +345,10 @@ class Registration(Message):
 
     zone: str = ""
     address: str
-    replica_port: int = 0
+    replica_port: StrictInt = Field(default=0, ge=0, le=65535)
     tags: list[str] = Field(default_factory=list)
     disks: list[DiskReport] = Field(default_factory=list)
-    agent_pid: int | None = None
+    agent_pid: StrictInt | None = None
 
 
 class Heartbeat(Message):
@@ -341,16 +358,16 @@ class Heartbeat(Message):
     has, and ``hold`` > 0, the manager holds its answer until the node's assignments
     change or ``hold`` (at most ``heartbeat_interval``) seconds pass."""
 
-    replica_port: int = 0
+    replica_port: StrictInt = Field(default=0, ge=0, le=65535)
     replicas: list[ReplicaReport] = Field(default_factory=list)
     engines: list[EngineReport] = Field(default_factory=list)
     operations: list[OperationReport] = Field(default_factory=list)
     assignments_revision: str = ""  # the ``revision`` of the last assignments received
-    hold: float = Field(default=0.0, ge=0, le=60)  # seconds the agent lets the answer wait
+    hold: StrictFloat = Field(default=0.0, ge=0, le=60)  # seconds the agent lets the answer wait
     # a digest of replica_port, replicas, engines and operations; with ``same_report`` the
     # lists are left out: "what I reported last time" (answered ``resend`` if unknown)
     report_digest: str = ""
-    same_report: bool = False
+    same_report: StrictBool = False
 
 
 class ReplicaAssignment(Message):

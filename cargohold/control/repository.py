@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from cargohold.control.model import (
     Disk,
@@ -31,7 +31,7 @@ from cargohold.control.model import (
 )
 from cargohold.control.scheduler import PlacementRequest, place
 from cargohold.control.state.base import Compare, Delete, Put, StateStore
-from cargohold.errors import AlreadyExists, Busy, NotFound
+from cargohold.errors import AlreadyExists, Busy, NotFound, StateStoreDamaged
 
 M = TypeVar("M", bound=BaseModel)
 MAX_RETRIES = 64
@@ -54,6 +54,28 @@ class Repository:
         self.store = store
         self.observers: list[Observer] = []
         self._parsed: dict[str, tuple[int, BaseModel]] = {}  # key -> (mod_revision, record)
+        # damage seen in the store, until ``check`` finds it repaired: record key -> (its
+        # model, what is wrong); the key "" stands for the store's file itself
+        self.damaged: dict[str, tuple[type[BaseModel] | None, str]] = {}
+
+    def note_damage(self, e: StateStoreDamaged) -> None:
+        """Remember damage a caller ran into (the API's error handler, a reconciler pass),
+        so that the health check fails until it is repaired."""
+        key = e.detail.get("key", "")
+        if key not in self.damaged:
+            self.damaged[key] = (e.detail.get("model"), str(e))
+
+    async def check(self) -> None:
+        """The health check: the store answers, and the damage seen is repaired (a record
+        that parses again or is gone; a file SQLite's own check passes). Raises
+        ManagerUnavailable or StateStoreDamaged, whose message names what is wrong."""
+        await self.store.check(deep="" in self.damaged)
+        self.damaged.pop("", None)
+        for key, (model, _) in list(self.damaged.items()):
+            e = await self.store.get(key)
+            if e is not None and model is not None:
+                self._parse(key, e.value, e.mod_revision, model)  # raises while still bad
+            self.damaged.pop(key, None)
 
     def _notify(self, old: BaseModel | None, new: BaseModel | None) -> None:
         for fn in self.observers:
@@ -69,7 +91,21 @@ class Repository:
         hit = self._parsed.get(key)
         if hit is not None and hit[0] == rev and type(hit[1]) is model:
             return hit[1]  # type: ignore[return-value]
-        rec = model.model_validate_json(value)
+        try:
+            rec = model.model_validate_json(value)
+        except ValidationError as e:  # not JSON, or not a valid record
+            why = "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or 'value'}: {err['msg']}"
+                for err in e.errors(include_url=False, include_input=False)[:3]
+            )
+            damage = StateStoreDamaged(
+                f"state store record {key} is damaged: {why} (fix or delete the record; "
+                "see docs/operations.md)",
+                key=key,
+                model=model,
+            )
+            self.note_damage(damage)
+            raise damage from None
         if len(self._parsed) >= PARSED_MAX:
             self._parsed.clear()
         self._parsed[key] = (rev, rec)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from cargohold.control import heartbeat as hb_mod
 from cargohold.control.model import (
@@ -31,83 +31,86 @@ from cargohold.control.model import (
     VolumeSource,
     check_name,
     keys,
+    name_field,
 )
 from cargohold.control.repository import Repository, new_id, now
 from cargohold.control.settings import ManagerSettings
 from cargohold.control.state.base import Put
 from cargohold.control.views import volume_view
 from cargohold.control.watch import AssignmentWatch
-from cargohold.errors import AlreadyExists, InvalidArgument, NotFound, WrongState
+from cargohold.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    ManagerUnavailable,
+    NotFound,
+    Unschedulable,
+    WrongState,
+)
 
 log = logging.getLogger("cargohold.manager")
+
+HEALTH_TIMEOUT = 2.0  # seconds /healthz waits for the state store before it answers 503
 
 
 class VolumeCreate(BaseModel):
     model_config = {"extra": "forbid"}
 
-    name: str
-    size_bytes: int = Field(gt=0, le=256 << 40)
-    replicas: int | None = Field(default=None, ge=1, le=16)
-    zone_spread: bool = True
+    name: str = name_field()
+    size_bytes: StrictInt = Field(gt=0, le=256 << 40, multiple_of=4096)
+    replicas: StrictInt | None = Field(default=None, ge=1, le=16)
+    zone_spread: StrictBool = True
     node_tags: list[str] = Field(default_factory=list)
     disk_tags: list[str] = Field(default_factory=list)
     reclaim_policy: Literal["Delete", "Retain"] = "Delete"
-    stale_replica_timeout: float = Field(default=30.0, ge=0, le=7 * 86400)
+    stale_replica_timeout: StrictFloat = Field(default=30.0, ge=0, le=7 * 86400)
     source: VolumeSource | None = None
     preferred_nodes: list[str] = Field(
         default_factory=list, description="put the first replica on the first of these that fits"
     )
 
-    @field_validator("name")
+    @field_validator("name", mode="before")
     @classmethod
-    def _name(cls, v: str) -> str:
-        return check_name(v, "volume name")
-
-    @field_validator("size_bytes")
-    @classmethod
-    def _aligned(cls, v: int) -> int:
-        if v % 4096:
-            raise ValueError(f"size_bytes must be a multiple of 4096, got {v}")
-        return v
+    def _name(cls, v: object) -> object:
+        return check_name(v, "volume name") if isinstance(v, str) else v
 
 
 class DiskCreate(BaseModel):
     model_config = {"extra": "forbid"}
 
-    name: str
+    name: str = name_field()
     path: str = Field(min_length=1)
-    capacity_bytes: int = Field(gt=0)
+    capacity_bytes: StrictInt = Field(gt=0)
     tags: list[str] = Field(default_factory=list)
 
-    @field_validator("name")
+    @field_validator("name", mode="before")
     @classmethod
-    def _name(cls, v: str) -> str:
-        return check_name(v, "disk name")
+    def _name(cls, v: object) -> object:
+        return check_name(v, "disk name") if isinstance(v, str) else v
 
 
 class AttachRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
-    node: str
-    force: bool = False  # take over from an engine on a node that is still up
+    node: str = name_field()
+    force: StrictBool = False  # take over from an engine on a node that is still up
 
 
 class ExpandRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
-    size_bytes: int = Field(gt=0, le=256 << 40)
+    size_bytes: StrictInt = Field(gt=0, le=256 << 40, multiple_of=4096)
 
 
 class SnapshotCreate(BaseModel):
     model_config = {"extra": "forbid"}
 
-    name: str
+    name: str = name_field()
     labels: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("name")
+    @field_validator("name", mode="before")
     @classmethod
-    def _name(cls, v: str) -> str:
-        return check_name(v, "snapshot name")
+    def _name(cls, v: object) -> object:
+        return check_name(v, "snapshot name") if isinstance(v, str) else v
 
 
 class Service:
@@ -294,21 +297,24 @@ class Service:
                     f"a clone must be at least as large as its source: {req.size_bytes} < "
                     f"{src.size_bytes} bytes"
                 )
+        await self._name_free(req.name)
         try:
-            await self.repo.volume(req.name)
-            raise AlreadyExists(f"volume {req.name} already exists")
-        except NotFound:
-            pass
-        reps = await self.repo.plan_replicas(
-            req.name,
-            req.size_bytes,
-            count,
-            zone_spread=req.zone_spread,
-            node_tags=req.node_tags,
-            disk_tags=req.disk_tags,
-            overprovisioning=self.settings.overprovisioning,
-            preferred_nodes=req.preferred_nodes,
-        )
+            reps = await self.repo.plan_replicas(
+                req.name,
+                req.size_bytes,
+                count,
+                zone_spread=req.zone_spread,
+                node_tags=req.node_tags,
+                disk_tags=req.disk_tags,
+                overprovisioning=self.settings.overprovisioning,
+                preferred_nodes=req.preferred_nodes,
+            )
+        except Unschedulable:
+            # A concurrent create of this name may have stored its volume and replicas
+            # since the check above: its replicas then hold every node the scheduler could
+            # use for "another replica of this volume". The name is taken: say that.
+            await self._name_free(req.name)
+            raise
         t = now()
         vol = Volume(
             name=req.name,
@@ -341,6 +347,13 @@ class Service:
         )
         self.kick.set()
         return await self.view(vol)
+
+    async def _name_free(self, name: str) -> None:
+        try:
+            await self.repo.volume(name)
+        except NotFound:
+            return
+        raise AlreadyExists(f"volume {name} already exists")
 
     async def attach(self, name: str, req: AttachRequest) -> dict[str, Any]:
         node = await self.repo.node(req.node)
@@ -525,6 +538,23 @@ class Service:
             for v in await self.volumes()
             if v["attached_node"] is not None
         ]
+
+    async def health(self) -> dict[str, Any]:
+        """``/healthz``: the state store answers within ``HEALTH_TIMEOUT`` and the damage
+        requests or reconcilers ran into is repaired; else ManagerUnavailable (or
+        StateStoreDamaged) saying what is wrong, which the API answers with 503."""
+        try:
+            await asyncio.wait_for(self.repo.check(), HEALTH_TIMEOUT)
+        except TimeoutError:
+            raise ManagerUnavailable(
+                f"the {self.backend} state store did not answer within {HEALTH_TIMEOUT:g} s"
+            ) from None
+        return {
+            "ok": True,
+            "leader": self.is_leader,
+            "manager": self.manager_id,
+            "backend": self.backend,
+        }
 
     async def status(self) -> dict[str, Any]:
         nodes = await self.repo.nodes()

@@ -31,6 +31,12 @@ class ManagerSettings(BaseSettings):
         3600.0, ge=0, description="seconds finished operations stay listed"
     )
     default_replicas: int = Field(3, ge=1, le=16, description="replicas of a new volume")
+    max_request_bytes: int = Field(
+        16 << 20,
+        ge=64 << 10,
+        description="the largest request body the API takes (413 above it); a heartbeat of a "
+        "node with 10,000 replicas is about 2 MiB",
+    )
 
     @property
     def heartbeat_every(self) -> float:

@@ -149,3 +149,21 @@ def test_the_controller_keeps_its_publications_in_a_volume() -> None:
     c = next(c for c in pod["containers"] if c["name"] == "csi-controller")
     state = c["args"][c["args"].index("--state-dir") + 1]
     assert any(m["mountPath"] == state for m in c["volumeMounts"])
+
+
+@pytest.mark.parametrize("overlay", ["base", "ha"])
+def test_the_manager_probes_readiness_and_liveness_apart(overlay: str) -> None:
+    """Readiness is /healthz (it reads the state store: 503 while it is unreachable or
+    damaged); liveness is /livez (the process serves: a restart mends no broken disk).
+    Both are routes of the manager's published API."""
+    import json
+
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render(overlay)}
+    pod = docs[("Deployment", "cargohold-manager")]["spec"]["template"]["spec"]
+    mgr = next(c for c in pod["containers"] if c["name"] == "manager")
+    named = {p["name"]: p["containerPort"] for p in mgr["ports"]}
+    ready, live = mgr["readinessProbe"]["httpGet"], mgr["livenessProbe"]["httpGet"]
+    assert ready["path"] == "/healthz" and live["path"] == "/livez"
+    assert named[ready["port"]] == named[live["port"]] == 9600
+    paths = json.loads((ROOT / "docs/api/openapi.json").read_text())["paths"]
+    assert "get" in paths["/healthz"] and "get" in paths["/livez"]

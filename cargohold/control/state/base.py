@@ -79,5 +79,12 @@ class StateStore(ABC):
     async def leader(self, role: str) -> str | None:
         """Who leads ``role`` now, if anyone."""
 
+    async def check(self, deep: bool = False) -> None:
+        """Read the store, cheaply, to tell that it answers: ManagerUnavailable (or its
+        StateStoreDamaged) if it does not. The manager's health check calls it; ``deep``
+        (after damage was seen) asks a backend with a structural check of its own (SQLite)
+        to run it."""
+        await self.leader("manager")
+
     async def close(self) -> None:  # noqa: B027 - optional for backends
         pass

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from cargohold.control.state.base import Compare, Delete, Entry, Put, StateStore
 from cargohold.control.state.memory import check_ops
-from cargohold.errors import ConfigError, FormatError, ManagerUnavailable
+from cargohold.errors import ConfigError, FormatError, ManagerUnavailable, StateStoreDamaged
 
 T = TypeVar("T")
 
@@ -106,8 +106,11 @@ class SQLiteStateStore(StateStore):
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
         except sqlite3.OperationalError as e:  # locked too long, disk I/O, out of space
             raise ManagerUnavailable(f"SQLite state store {self.path!r}: {e}") from e
-        except sqlite3.DatabaseError as e:  # not a database, malformed
-            raise FormatError(f"SQLite state store {self.path!r}: {e}") from e
+        except sqlite3.DatabaseError as e:  # not a database, malformed: a damaged file
+            raise StateStoreDamaged(
+                f"SQLite state store {self.path!r} is damaged: {e} (restore it from a backup; "
+                "see docs/operations.md)"
+            ) from e
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         c = self._conn
@@ -223,6 +226,24 @@ class SQLiteStateStore(StateStore):
             return None if row is None else str(row[0])
 
         return await self._call(run)
+
+    async def check(self, deep: bool = False) -> None:
+        """A read of the leader table; with ``deep``, SQLite's own structural check of the
+        file (``PRAGMA quick_check``: every page of every table read once, ~120 ms for
+        20,000 records of 1 KiB, so it runs only once damage was seen); StateStoreDamaged
+        naming what it found."""
+        if not deep:
+            await self.leader("manager")
+            return
+
+        def run() -> list[str]:
+            return [str(r[0]) for r in self._conn.execute("PRAGMA quick_check(5)").fetchall()]
+
+        found = await self._call(run)
+        if found != ["ok"]:
+            raise StateStoreDamaged(
+                f"SQLite state store {self.path!r} is damaged: " + "; ".join(found)
+            )
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

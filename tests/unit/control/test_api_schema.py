@@ -72,6 +72,7 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
         "/api/v1/operations/{op}",
     )
     await call("GET", "/healthz", 200)
+    await call("GET", "/livez", 200)
     await call("GET", "/api/v1/status", 200)
     await call("GET", "/api/v1/nodes", 200)
     await call("GET", N, 200, node="node-1")
