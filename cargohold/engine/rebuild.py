@@ -80,7 +80,8 @@ async def rebuild(vol: Volume, link: ReplicaLink) -> None:
     if since is None:
         # a fork or an unknown past: clear it and copy everything, before it takes writes
         mode, link.mode = link.mode, Mode.ERR
-        await target.trim(0, vol.size)
+        seen = (await asyncio.wait_for(target.info(), vol.settings.replica_timeout))["seen"]
+        await target.trim(0, vol.size, generation=seen + 1)  # numbered: the replica never is
         link.mode = mode
         since = 0
     link.rebuild.update(since=since, full=full or since == 0)
