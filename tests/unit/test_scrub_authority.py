@@ -1,0 +1,35 @@
+"""Which replica's content wins where replicas disagree (scrubber.current_by_block)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cargohold.engine.scrubber import current_by_block
+
+
+def _info(gen: int, epoch: int = 1, seen: int | None = None) -> dict:
+    return {"generation": gen, "seen": gen if seen is None else seen, "history": [[epoch, 1]]}
+
+
+def test_the_replica_with_the_newest_history_wins_every_block():
+    crcs = np.array([[1, 2], [3, 4], [3, 4]], dtype="<u4")
+    got = current_by_block([_info(5, epoch=2), _info(9, epoch=1), _info(9, epoch=1)], crcs)
+    assert got.tolist() == [0, 0]  # a later epoch beats a higher generation of an older one
+    got = current_by_block([_info(5), _info(6), _info(5)], crcs)
+    assert got.tolist() == [1, 1]
+
+
+def test_equal_replicas_take_the_majority_value_per_block():
+    crcs = np.array([[1, 7, 1], [2, 7, 1], [1, 8, 2]], dtype="<u4")
+    got = current_by_block([_info(4)] * 3, crcs)
+    assert got.tolist() == [0, 0, 0]
+    crcs = np.array([[5, 1], [6, 1], [1, 9]], dtype="<u4")
+    assert current_by_block([_info(4)] * 3, crcs).tolist() == [-1, 0]
+
+
+def test_two_equal_replicas_that_disagree_are_undecidable():
+    crcs = np.array([[1, 2], [3, 4]], dtype="<u4")
+    assert current_by_block([_info(4), _info(4)], crcs).tolist() == [-1, -1]
+    # a lower replica does not vote among the current ones
+    crcs = np.array([[1], [3], [3]], dtype="<u4")
+    assert current_by_block([_info(4), _info(4), _info(3)], crcs).tolist() == [-1]
