@@ -80,9 +80,7 @@ async def run(size: int, fill: float, window: int, ports: list[int]) -> dict[str
     step = size // BLOCK_SIZE // 64
     for k in range(64):
         gen += 1
-        await clients[1].write(
-            k * step * BLOCK_SIZE, os.urandom(BLOCK_SIZE), generation=gen
-        )
+        await clients[1].write(k * step * BLOCK_SIZE, os.urandom(BLOCK_SIZE), generation=gen)
     t0 = time.monotonic()
     found = 0
     for off, length in compare.ranges(size):
