@@ -189,8 +189,13 @@ class ReplicaClient:
         args: dict[str, Any] | None = None,
         generation: int = 0,
     ) -> Reply:
+        """Send one request and await its reply (raises the reply's error). A mutation
+        without a generation gets the client's next one (``number``), taken when the
+        request is queued, so concurrent callers' numbers reach the replica in order."""
         if not self._p._drained.is_set():
             await self._p._drained.wait()
+        if op in wire.MUTATIONS:
+            generation = self.number(generation)
         reply = await self.send(op, offset, length, payload, flags, args, generation)
         return self.check(reply)
 
@@ -251,20 +256,17 @@ class ReplicaClient:
     async def write(self, offset: int, data: Any, fua: bool = False, generation: int = 0) -> int:
         """-> the generation the replica is complete through (see docs/formats/replica-wire.md)"""
         flags = wire.FLAG_FUA if fua else 0
-        g = self.number(generation)
-        r = await self.call(Op.WRITE, offset, len(data), data, flags, generation=g)
+        r = await self.call(Op.WRITE, offset, len(data), data, flags, generation=generation)
         return r.generation
 
     async def flush(self) -> int:
         return (await self.call(Op.FLUSH)).generation
 
     async def trim(self, offset: int, length: int, generation: int = 0) -> int:
-        g = self.number(generation)
-        return (await self.call(Op.TRIM, offset, length, generation=g)).generation
+        return (await self.call(Op.TRIM, offset, length, generation=generation)).generation
 
     async def write_zeroes(self, offset: int, length: int, generation: int = 0) -> int:
-        g = self.number(generation)
-        return (await self.call(Op.WRITE_ZEROES, offset, length, generation=g)).generation
+        return (await self.call(Op.WRITE_ZEROES, offset, length, generation=generation)).generation
 
     # --- snapshots, deltas, maintenance -------------------------------------------------
     async def snapshot_create(
@@ -281,8 +283,7 @@ class ReplicaClient:
         await self.call(Op.SNAPSHOT_DELETE, args={"name": name})
 
     async def snapshot_revert(self, name: str, generation: int = 0) -> None:
-        g = self.number(generation)
-        await self.call(Op.SNAPSHOT_REVERT, args={"name": name}, generation=g)
+        await self.call(Op.SNAPSHOT_REVERT, args={"name": name}, generation=generation)
 
     async def info(self) -> dict[str, Any]:
         info = (await self.call(Op.INFO)).result()

@@ -112,7 +112,7 @@ async def _write_around_the_engine(port: int, replica: str, epoch: int) -> None:
     try:
         info = await c.open(replica, epoch)
         with pytest.raises(InvalidArgument, match="without a generation"):
-            await c.call(Op.WRITE, 0, len(FOREIGN), FOREIGN, generation=0)
+            c.check(await c.send(Op.WRITE, 0, len(FOREIGN), FOREIGN, generation=0))
         await c.write(0, FOREIGN, generation=info["seen"] + 1)
         await c.flush()
     finally:

@@ -282,8 +282,8 @@ async def test_mutations_without_the_engines_generation_are_refused(server):
         (Op.WRITE_ZEROES, 0, BLOCK_SIZE, b"", None),
         (Op.SNAPSHOT_REVERT, 0, 0, b"", {"name": "none"}),
     ):
-        with pytest.raises(InvalidArgument, match="without a generation"):
-            await c.call(op, off, ln, payload, args=args, generation=0)
+        with pytest.raises(InvalidArgument, match="without a generation"):  # send: no numbering
+            c.check(await c.send(op, off, ln, payload, args=args, generation=0))
     info = await c.info()
     assert (info["generation"], info["seen"]) == (1, 1)
     assert bytes(await c.read(0, BLOCK_SIZE)) == b"a" * BLOCK_SIZE
