@@ -124,7 +124,9 @@ def test_sample_frames_decode(tmp_path):
         ("WRITE", 3, 8192, 4096),
         ("FLUSH", 4, 0, 0),
         ("READ", 5, 8192, 4096),
+        ("CHECKSUMS", 6, 0, 65536),
     ]
+    assert reqs[5].args() == {"digest_blocks": 8}
     assert reqs[1].args() == {"replica": "pvc-1234-r0", "epoch": 7}
     assert bytes(reqs[2].payload) == b"\xab" * 4096
     assert reqs[2].flags == wire.FLAG_FUA
@@ -232,3 +234,18 @@ def test_checksums_encoder_refuses_a_wrong_number_of_values():
         wire.encode_checksums(0, 8, bytes(4 * 7))
     with pytest.raises(InvalidArgument):
         wire.encode_checksums(0, wire.MAX_CHECKSUM_BLOCKS + 1, b"", 2**31)
+
+
+def test_sample_checksums_result_decodes():
+    """The checked-in CHECKSUMS result (docs/formats/replica-wire.md): blocks 0-3, block 2
+    holding 4096 bytes of 0xab, the others never written (the CRC32C of a zero block)."""
+    import pathlib
+
+    import crc32c
+
+    sample = pathlib.Path(__file__).parent.parent / "data" / "replica-checksums-sample.bin"
+    got = wire.decode_checksums(sample.read_bytes())
+    zero = crc32c.crc32c(bytes(4096))
+    assert zero == 0x98F94189
+    assert (got.lba, got.count, got.digest_blocks) == (0, 4, 0)
+    assert got.as_list() == [zero, zero, crc32c.crc32c(b"\xab" * 4096), zero]
