@@ -20,10 +20,11 @@ dropped ones are skipped; a replica that fails a SCRUB is left for the write pat
 
 Cross-replica comparison (invariant 8): a block can pass its own checksum on every replica
 and still differ between them (a write that bypassed the engine, an edit of the files
-together with their checksums, a bug). So after the per-replica SCRUB of a window, with the
-volume's mutations held for a moment, the RW replicas' checksum maps of the window — the
-head and every snapshot all of them have — are compared (``compare``: digests per 16 MiB,
-per-block maps only where digests differ; no data read). Where they disagree, the content
+together with their checksums, a bug). So after the per-replica SCRUB of a window, the RW
+replicas' checksum maps of the window — the head and every snapshot all of them have — are
+compared by digests per 16 MiB, per-block maps only where digests differ, no data read
+(``compare``); if they differ, again with the volume's mutations held for a moment, since a
+write in flight can make them differ briefly. Where they disagree, the content
 is taken from the replica the generation history says is current: the one with the highest
 (last epoch, generation, seen) if one stands alone; among equals (the engine's rule makes
 every one of them current) the value a strict majority of them holds; otherwise the block
@@ -257,36 +258,53 @@ class Scrubber:
 
     # --- comparing replicas with each other ---------------------------------------------
     async def _compare(self, off: int, length: int, report: dict[str, Any], skip: set[str]) -> None:
-        """The RW replicas' checksum maps of one window, compared with each other, with the
-        volume's mutations held (module doc); differing head blocks repaired from the
-        replica that is current."""
-        vol = self.vol
-        timeout = self.settings.replica_timeout * SCRUB_TIMEOUT_FACTOR
-        await vol._hold()
+        """The RW replicas' checksum maps of one window, compared with each other (module
+        doc); differing head blocks repaired from the replica that is current.
+
+        First without holding anything: equal maps need no more (the common case, and
+        writes never wait for it; a write the engine sent earlier is in every map, since a
+        replica applies one connection's requests in order). Only if they differ — which an
+        operation still running on one replica (a snapshot revert waits for a lock) can
+        also cause — is the window compared again with the volume's mutations held, and
+        what still differs then is settled."""
+        if not await self._compare_once(off, length, report, skip, settle=False):
+            return
+        await self.vol._hold()
         try:
-            links = [
-                lk
-                for lk in vol.links
-                if lk.mode is Mode.RW and lk.client is not None and lk.spec.id not in skip
-            ]
-            if len(links) < 2:
-                return
-            report["compared_replicas"] = max(report["compared_replicas"], len(links))
-            clients = [lk.client for lk in links if lk.client is not None]
-            infos = await asyncio.gather(*(asyncio.wait_for(c.info(), timeout) for c in clients))
-            layers: list[str | None] = [None]
-            common = set.intersection(*(set(i.get("snapshots", [])) for i in infos))
-            layers += sorted(common)
-            for layer in layers:
-                for o, ln in compare.ranges(length):
-                    try:
-                        blocks, crcs = await compare.differing(clients, off + o, ln, timeout, layer)
-                    except NotFound:
-                        break  # a snapshot deleted meanwhile
-                    if blocks.size:
-                        await self._settle(links, infos, layer, blocks, crcs, report, timeout)
+            await self._compare_once(off, length, report, skip, settle=True)
         finally:
-            vol._release()
+            self.vol._release()
+
+    async def _compare_once(
+        self, off: int, length: int, report: dict[str, Any], skip: set[str], settle: bool
+    ) -> bool:
+        """-> whether any layer's maps differed (settled, with ``settle``)."""
+        timeout = self.settings.replica_timeout * SCRUB_TIMEOUT_FACTOR
+        links = [
+            lk
+            for lk in self.vol.links
+            if lk.mode is Mode.RW and lk.client is not None and lk.spec.id not in skip
+        ]
+        if len(links) < 2:
+            return False
+        report["compared_replicas"] = max(report["compared_replicas"], len(links))
+        clients = [lk.client for lk in links if lk.client is not None]
+        infos = await asyncio.gather(*(asyncio.wait_for(c.info(), timeout) for c in clients))
+        common = set.intersection(*(set(i.get("snapshots", [])) for i in infos))
+        layers: list[str | None] = [None, *sorted(common)]
+        found = False
+        for layer in layers:
+            for o, ln in compare.ranges(length):
+                try:
+                    blocks, crcs = await compare.differing(clients, off + o, ln, timeout, layer)
+                except NotFound:
+                    break  # a snapshot deleted meanwhile
+                if blocks.size:
+                    found = True
+                    if not settle:
+                        return True
+                    await self._settle(links, infos, layer, blocks, crcs, report, timeout)
+        return found
 
     async def _settle(
         self,
