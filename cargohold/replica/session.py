@@ -173,7 +173,7 @@ class Session(asyncio.BufferedProtocol):
         if req.generation == 0:
             self.server.counters["unnumbered_mutations"] += 1
             raise InvalidArgument(
-                f"replica {rep.id}: op {req.op} without a generation refused: mutations "
+                f"replica {rep.id}: {Op(req.op).name} without a generation refused: mutations "
                 f"must carry the engine's generation, above {rep.store.seen}"
             )
         return rep
