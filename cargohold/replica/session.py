@@ -70,6 +70,7 @@ class Session(asyncio.BufferedProtocol):
         self.peer = "?"
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._warned_unnumbered = False  # logged once per connection, not per request
 
     # --- transport callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -172,6 +173,16 @@ class Session(asyncio.BufferedProtocol):
         rep = self._replica()
         if req.generation == 0:
             self.server.counters["unnumbered_mutations"] += 1
+            if not self._warned_unnumbered:
+                self._warned_unnumbered = True
+                log.warning(
+                    "replica %s: refusing %s without a generation from %s (epoch %d): "
+                    "something writes around the volume's engine",
+                    rep.id,
+                    Op(req.op).name,
+                    self.peer,
+                    self.epoch,
+                )
             raise InvalidArgument(
                 f"replica {rep.id}: {Op(req.op).name} without a generation refused: mutations "
                 f"must carry the engine's generation, above {rep.store.seen}"
