@@ -291,6 +291,13 @@ async def test_mutations_without_the_engines_generation_are_refused(server):
         await c.write(0, b"y" * BLOCK_SIZE, generation=1)
     assert (await c.stats())["generation"] == 1
     await c.close()
+    # the server says so, once for the connection (not once per request)
+    deadline = asyncio.get_running_loop().time() + 10
+    while "without a generation" not in server.output():
+        assert asyncio.get_running_loop().time() < deadline, server.output()
+        await asyncio.sleep(0.05)
+    assert server.output().count("refusing WRITE without a generation") == 1, server.output()
+    assert server.output().count("without a generation from") == 1, server.output()
 
 
 async def test_checksums_over_the_wire_match_the_data(server):
