@@ -25,8 +25,11 @@ replicas' checksum maps of the window — the head and every snapshot all of the
 compared by digests per 16 MiB, per-block maps only where digests differ, no data read
 (``compare``); if they differ, again with the volume's mutations held for a moment, since a
 write in flight can make them differ briefly. Where they disagree, the content
-is taken from the replica the generation history says is current: the one with the highest
-(last epoch, generation, seen) if one stands alone; among equals (the engine's rule makes
+is taken from the replica the generation history says is current. A replica that has seen
+a generation the engine never issued (above the engine's own: a write around it with a
+guessed number) is never the source, and is named in the report (``ahead_of_engine``). Of
+the others, the one with the highest (last epoch, generation) if one stands alone; among
+equals (the engine's rule makes
 every one of them current) the value a strict majority of them holds; otherwise the block
 is undecidable and is reported, never guessed. Head blocks are repaired by copying them
 from that replica (EXPORT, IMPORT) and compared again; snapshot layers are reported only
@@ -322,7 +325,21 @@ class Scrubber:
         n = int(blocks.size)
         report["diverged_found"] += n
         vol.counters["scrub_diverged_blocks"] += n
-        authority = current_by_block(infos, crcs)
+        authority = current_by_block(infos, crcs, vol.gen)
+        ahead = {
+            lk.spec.id: int(i.get("seen", 0))
+            for lk, i in zip(links, infos, strict=True)
+            if int(i.get("seen", 0)) > vol.gen
+        }
+        if ahead:  # mutations the engine never issued: written around it
+            report.setdefault("ahead_of_engine", {}).update(ahead)
+            log.warning(
+                "volume %s: scrub: replica(s) %s hold generations the engine never issued "
+                "(it issued up to %d): written around the engine; not used as a source",
+                vol.name,
+                ahead,
+                vol.gen,
+            )
         repaired = np.zeros(n, dtype=bool)
         if layer is None:
             for src in sorted(set(authority.tolist()) - {-1}):
@@ -469,27 +486,36 @@ class Scrubber:
         return "no healthy copy"
 
 
-def current_by_block(infos: list[dict[str, Any]], crcs: np.ndarray) -> np.ndarray:
+def current_by_block(
+    infos: list[dict[str, Any]], crcs: np.ndarray, issued: int | None = None
+) -> np.ndarray:
     """Per differing block, the index of the replica whose content is current, or -1 when
     undecidable. ``infos``: each replica's INFO (generation, seen, history); ``crcs``: the
-    replicas' checksums of the blocks, shape (replicas, blocks).
+    replicas' checksums of the blocks, shape (replicas, blocks); ``issued``: the newest
+    generation the engine handed out (its mutations held meanwhile).
 
-    The replica with the highest (last epoch, generation, seen) alone is current for every
-    block. Among several equal ones (the engine makes each of them current), a block's
+    A replica that has seen a generation above ``issued`` holds a mutation the engine never
+    issued (a write around it, with a guessed number): it is never the source. Of the
+    others, the one with the highest (last epoch, generation) alone is current for every
+    block; among several equal ones (the engine makes each of them current), a block's
     content is the value a strict majority of them holds; without one it is undecidable."""
 
-    def rank(i: dict[str, Any]) -> tuple[int, int, int]:
+    def rank(i: dict[str, Any]) -> tuple[int, int]:
         history = i.get("history") or [[0, 0]]
-        gen = int(i.get("generation", 0))
-        return int(history[-1][0]), gen, int(i.get("seen", gen))
+        return int(history[-1][0]), int(i.get("generation", 0))
 
-    ranks = [rank(i) for i in infos]
-    top = max(ranks)
-    tied = [k for k, r in enumerate(ranks) if r == top]
+    def seen(i: dict[str, Any]) -> int:
+        return int(i.get("seen", i.get("generation", 0)))
+
     nblocks = crcs.shape[1]
+    out = np.full(nblocks, -1, dtype=np.int64)
+    eligible = [k for k, i in enumerate(infos) if issued is None or seen(i) <= issued]
+    if not eligible:
+        return out
+    top = max(rank(infos[k]) for k in eligible)
+    tied = [k for k in eligible if rank(infos[k]) == top]
     if len(tied) == 1:
         return np.full(nblocks, tied[0], dtype=np.int64)
-    out = np.full(nblocks, -1, dtype=np.int64)
     sub = crcs[tied]
     for k in tied:  # per candidate: how many of the tied hold its value (vectorised)
         votes = (sub == crcs[k]).sum(axis=0)

@@ -254,6 +254,31 @@ def test_scrub_compares_replicas_and_repairs_the_diverged_one(nodes, engines):
     qemu_io(e2.uri, "read -P 0x11 0 1M", "read -P 0 1M 31M")
 
 
+def test_scrub_never_takes_a_replica_ahead_of_the_engine_as_the_source(nodes, engines):
+    """The write around the engine with a guessed generation, and no engine write after it:
+    that replica now has the *highest* generation. Scrub must still repair it from the
+    other (the engine never issued that generation), even with two replicas."""
+    need("qemu-io")
+    n = nodes(2)
+    e = engines(n.specs(), 1, "r0")
+    qemu_io(e.uri, "write -P 0x11 0 1M", "flush")
+    asyncio.run(_write_around_the_engine(n.servers[1].port, "r1", 1))
+    rep = e.ctl(op="scrub", wait=True)["scrub"]
+    a, b = n.contents(1)
+    assert a == b and a[:BLOCK_SIZE] == b"\x11" * BLOCK_SIZE, "the foreign block won"
+    assert (rep["diverged_found"], rep["diverged_repaired"]) == (1, 1), rep
+    assert rep["diverged"][0]["outcome"] == "repaired from r0", rep
+    assert set(rep["ahead_of_engine"]) == {"r1"}, rep
+    # the engine's next write collides with the foreign generation: r1 is dropped, and the
+    # rebuild (verified) makes it current again with the engine's numbering
+    qemu_io(e.uri, "write -P 0x22 64k 4k", "flush")
+    st = _rebuild_again(e, n.spec(1))
+    assert st["replicas"][1]["rebuild"]["diverged_blocks"] == 1  # block 16, missed
+    a, b = n.contents(1)
+    assert a == b
+    _moved_reads_the_acknowledged_data(n, engines, e, 2)
+
+
 def test_scrub_reports_but_does_not_guess_between_two_equal_replicas(nodes, engines):
     need("qemu-io")
     n = nodes(2)

@@ -33,3 +33,16 @@ def test_two_equal_replicas_that_disagree_are_undecidable():
     # a lower replica does not vote among the current ones
     crcs = np.array([[1], [3], [3]], dtype="<u4")
     assert current_by_block([_info(4), _info(4), _info(3)], crcs).tolist() == [-1]
+
+
+def test_a_replica_ahead_of_what_the_engine_issued_is_never_the_source():
+    """A write around the engine with a guessed generation puts that replica *ahead*: by
+    generation alone it would win and spread the foreign data."""
+    crcs = np.array([[1], [2]], dtype="<u4")
+    infos = [_info(10), _info(11)]
+    assert current_by_block(infos, crcs).tolist() == [1]  # without the engine's number
+    assert current_by_block(infos, crcs, issued=10).tolist() == [0]
+    crcs = np.array([[1], [2], [1]], dtype="<u4")
+    infos = [_info(10), _info(10, seen=12), _info(10)]  # a gap: seen above generation
+    assert current_by_block(infos, crcs, issued=10).tolist() == [0]
+    assert current_by_block([_info(11), _info(12)], crcs[:2], issued=10).tolist() == [-1]
