@@ -122,6 +122,21 @@ def scrub_text(s: dict[str, Any] | None) -> str:
     text += f"{s.get('found', 0)} bad"
     if s.get("found"):
         text += f", {s.get('repaired', 0)} repaired, {s.get('unrepaired', 0)} not repaired"
+    text += diverged_text(s)
+    return text
+
+
+def diverged_text(s: dict[str, Any]) -> str:
+    """The cross-replica comparison of a scrub: '; 3 replicas compared: 0 blocks differ'."""
+    n = s.get("compared_replicas", 0)
+    if not n or n < 2:
+        return "; replicas not compared (fewer than 2 current)"
+    text = f"; {n} replicas compared: {s.get('diverged_found', 0)} blocks differ"
+    if s.get("diverged_found"):
+        text += (
+            f", {s.get('diverged_repaired', 0)} repaired, "
+            f"{s.get('diverged_unrepaired', 0)} not repaired"
+        )
     return text
 
 
@@ -378,6 +393,7 @@ def print_scrub(name: str, op: dict[str, Any]) -> None:
         f"volume [bold]{escape(name)}[/bold] scrubbed in {rep.get('seconds', 0):.1f} s: "
         f"{rep.get('checked_blocks', 0)} blocks checked, {rep.get('found', 0)} bad, "
         f"{rep.get('repaired', 0)} repaired, {rep.get('unrepaired', 0)} not repaired"
+        f"{diverged_text(rep)}"
     )
     rows = [
         [
@@ -398,6 +414,20 @@ def print_scrub(name: str, op: dict[str, Any]) -> None:
             [
                 [escape(b["replica"]), escape(b["layer"]), b["block"], escape(b["outcome"])]
                 for b in bad
+            ],
+        )
+    diverged = rep.get("diverged") or []
+    if diverged:
+        table(
+            ["layer", "block", "crc32c per replica", "outcome"],
+            [
+                [
+                    escape(str(d.get("layer", ""))),
+                    d.get("block", ""),
+                    escape(" ".join(f"{k}={v:08x}" for k, v in (d.get("crc32c") or {}).items())),
+                    escape(str(d.get("outcome", ""))),
+                ]
+                for d in diverged
             ],
         )
 

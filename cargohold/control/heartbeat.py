@@ -149,6 +149,10 @@ def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
             found=int(last.get("found", 0)),
             repaired=int(last.get("repaired", 0)),
             unrepaired=int(last.get("unrepaired", 0)),
+            compared_replicas=int(last.get("compared_replicas", 0)),
+            diverged_found=int(last.get("diverged_found", 0)),
+            diverged_repaired=int(last.get("diverged_repaired", 0)),
+            diverged_unrepaired=int(last.get("diverged_unrepaired", 0)),
         )
     except (KeyError, TypeError, ValueError):
         return None  # an engine's status is not trusted to be well formed

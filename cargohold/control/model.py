@@ -147,6 +147,11 @@ class ScrubSummary(Record):
     found: int = 0  # bad blocks found
     repaired: int = 0
     unrepaired: int = 0
+    # the comparison of the replicas with each other in that pass (checksum maps)
+    compared_replicas: int = 0  # how many current replicas were compared (< 2: none)
+    diverged_found: int = 0  # blocks on which they disagreed
+    diverged_repaired: int = 0  # ... copied from the current replica and agreeing now
+    diverged_unrepaired: int = 0  # ... left as they were (undecidable, or a snapshot layer)
 
 
 class EngineStatus(Record):

@@ -11,6 +11,14 @@ target's IMPORT would be overwritten on the target by the older exported data. W
 before the window was taken are safe: each replica applies its requests in order, so the
 source exports them and the target applies them before the import.
 
+Before the target may become current it is verified (invariant 8): window by window, with
+mutations to the window held, its checksum map is compared with the source's (``compare``:
+no data read). Blocks that differ — whatever wrote them: a write that bypassed the engine,
+an edit of its files, a bug — are copied again and compared again; if they still differ
+after ``VERIFY_ROUNDS`` copies the rebuild fails and the replica stays out (ERR). What was
+found is counted (``rebuild.diverged_blocks`` in the replica's status, the volume counters
+``rebuild_diverged_blocks`` and ``rebuild_recopied_bytes``).
+
 At the end, mutations are held for a moment, the target is flushed and marked current at
 the engine's generation (MARK_CURRENT), and it becomes RW.
 """
@@ -22,6 +30,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from cargohold.constants import BLOCK_SIZE
+from cargohold.engine import compare
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.errors import ReplicaIOError
 from cargohold.protocol import extent_stream as xs
@@ -33,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cargohold.engine")
 
 CHUNK_BYTES = 4 << 20  # data per EXPORT/IMPORT round trip
+VERIFY_ROUNDS = 3  # copies of blocks that differ after the rebuild before it gives up
 
 
 def delta_start(
@@ -80,7 +91,8 @@ async def rebuild(vol: Volume, link: ReplicaLink) -> None:
     if since is None:
         # a fork or an unknown past: clear it and copy everything, before it takes writes
         mode, link.mode = link.mode, Mode.ERR
-        await target.trim(0, vol.size)
+        seen = (await asyncio.wait_for(target.info(), vol.settings.replica_timeout))["seen"]
+        await target.trim(0, vol.size, generation=seen + 1)  # numbered: the replica never is
         link.mode = mode
         since = 0
     link.rebuild.update(since=since, full=full or since == 0)
@@ -93,6 +105,7 @@ async def rebuild(vol: Volume, link: ReplicaLink) -> None:
     )
     timeout = vol.settings.replica_timeout * 4
     await _copy(vol, link, target, since, timeout, t0)
+    await _verify(vol, link, target, timeout)
     # the end: hold mutations, make the target durable and current, resume
     await vol._hold()
     try:
@@ -180,6 +193,53 @@ async def _copy(
             blob = following
     finally:
         vol.window_done()
+
+
+async def _verify(vol: Volume, link: ReplicaLink, target: ReplicaClient, timeout: float) -> None:
+    """Compare the target's checksum map with the source's over the whole volume; copy
+    what differs again, up to VERIFY_ROUNDS times per range (module doc)."""
+    link.rebuild.update(diverged_blocks=0, recopied_bytes=0, verified_bytes=0)
+    t0 = time.monotonic()
+    for off, length in compare.ranges(vol.size):
+        vol.window(off, off + length)
+        try:
+            for attempt in range(VERIFY_ROUNDS + 1):
+                if link.mode is Mode.ERR:
+                    raise ReplicaIOError(
+                        f"replica {link.spec} failed during its rebuild: {link.error}"
+                    )
+                source = _source(vol)
+                blocks, _ = await compare.differing([source, target], off, length, timeout)
+                if blocks.size == 0:
+                    break
+                first = int(blocks[0])
+                if attempt == VERIFY_ROUNDS:
+                    raise ReplicaIOError(
+                        f"replica {link.spec}: {blocks.size} block(s) still differ from the "
+                        f"source after {VERIFY_ROUNDS} copies (first: block {first}, offset "
+                        f"{first * BLOCK_SIZE}); it stays out of the write set"
+                    )
+                if attempt == 0:
+                    link.rebuild["diverged_blocks"] += int(blocks.size)
+                    vol.counters["rebuild_diverged_blocks"] += int(blocks.size)
+                log.warning(
+                    "volume %s: %s differs from its source after the rebuild in %d block(s) "
+                    "(first: block %d); copying them again (round %d of %d)",
+                    vol.name,
+                    link.spec,
+                    blocks.size,
+                    first,
+                    attempt + 1,
+                    VERIFY_ROUNDS,
+                )
+                sent = await compare.recopy(source, target, blocks, timeout)
+                link.rebuild["recopied_bytes"] += sent
+                vol.counters["rebuild_recopied_bytes"] += sent
+        finally:
+            vol.window_done()
+        link.rebuild["verified_bytes"] = off + length
+        await asyncio.sleep(0)  # let the writes held for the window through
+    link.rebuild["verify_seconds"] = round(time.monotonic() - t0, 3)
 
 
 async def _export(vol: Volume, pos: int, since: int, timeout: float) -> memoryview:

@@ -18,8 +18,27 @@ replica, so they never take the disks from the workload. WO replicas (being rebu
 dropped ones are skipped; a replica that fails a SCRUB is left for the write path to judge
 (it is not dropped for it) and named in the report.
 
+Cross-replica comparison (invariant 8): a block can pass its own checksum on every replica
+and still differ between them (a write that bypassed the engine, an edit of the files
+together with their checksums, a bug). So after the per-replica SCRUB of a window, the RW
+replicas' checksum maps of the window — the head and every snapshot all of them have — are
+compared by digests per 16 MiB, per-block maps only where digests differ, no data read
+(``compare``); if they differ, again with the volume's mutations held for a moment, since a
+write in flight can make them differ briefly. Where they disagree, the content
+is taken from the replica the generation history says is current. A replica that has seen
+a generation the engine never issued (above the engine's own: a write around it with a
+guessed number) is never the source, and is named in the report (``ahead_of_engine``). Of
+the others, the one with the highest (last epoch, generation) if one stands alone; among
+equals (the engine's rule makes
+every one of them current) the value a strict majority of them holds; otherwise the block
+is undecidable and is reported, never guessed. Head blocks are repaired by copying them
+from that replica (EXPORT, IMPORT) and compared again; snapshot layers are reported only
+(IMPORT writes the head). Report: ``diverged_found``, ``diverged_repaired``,
+``diverged_unrepaired``, ``compared_replicas`` and up to 100 blocks under ``diverged``.
+
 Counters (the engine's status, ``counters``): ``scrub_passes``, ``scrub_checked_blocks``,
-``scrub_bad_blocks``, ``scrub_repaired_blocks``, ``scrub_unrepaired_blocks``. ``status()``
+``scrub_bad_blocks``, ``scrub_repaired_blocks``, ``scrub_unrepaired_blocks``,
+``scrub_diverged_blocks``, ``scrub_diverged_repaired_blocks``. ``status()``
 (the engine's status, ``scrub``): the pass running and how far it got, the last report.
 """
 
@@ -31,7 +50,10 @@ import random
 import time
 from typing import Any
 
+import numpy as np
+
 from cargohold.constants import BLOCK_SIZE
+from cargohold.engine import compare
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.engine.volume import Volume
 from cargohold.errors import CargoholdError, ChecksumError, Fenced, NotFound, ReplicaIOError
@@ -142,6 +164,11 @@ class Scrubber:
             "unrepaired": 0,
             "replicas": {},
             "bad": [],
+            "compared_replicas": 0,
+            "diverged_found": 0,
+            "diverged_repaired": 0,
+            "diverged_unrepaired": 0,
+            "diverged": [],
         }
         t0 = time.monotonic()
         self.progress = {"pass": number, "offset": 0, "size": vol.size}
@@ -161,9 +188,11 @@ class Scrubber:
             report["seconds"] = round(time.monotonic() - t0, 3)
             self.progress = None
             vol.counters["scrub_passes"] += 1
-        log.info(
+        log.log(
+            logging.WARNING if report["diverged_found"] else logging.INFO,
             "volume %s: scrub pass %d %s in %.1f s: %d blocks checked, %d bad, %d repaired, "
-            "%d not repaired",
+            "%d not repaired; %d replicas compared: %d blocks differ between them, %d "
+            "repaired, %d not repaired",
             vol.name,
             number,
             report["state"],
@@ -172,6 +201,10 @@ class Scrubber:
             report["found"],
             report["repaired"],
             report["unrepaired"],
+            report["compared_replicas"],
+            report["diverged_found"],
+            report["diverged_repaired"],
+            report["diverged_unrepaired"],
         )
         if report["state"] == "succeeded":
             self.last_scrub_at = report["started_at"] + report["seconds"]
@@ -216,6 +249,7 @@ class Scrubber:
                 vol.counters["scrub_checked_blocks"] += checked
                 for bad in ans.get("bad", []):
                     await self._fix(link, str(bad["layer"]), int(bad["block"]), report, per)
+            await self._compare(off, length, report, skip)
             read += most * BLOCK_SIZE
             off += length
             self.progress = {"pass": report["pass"], "offset": off, "size": vol.size}
@@ -224,6 +258,149 @@ class Scrubber:
                 ahead = read / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+
+    # --- comparing replicas with each other ---------------------------------------------
+    async def _compare(self, off: int, length: int, report: dict[str, Any], skip: set[str]) -> None:
+        """The RW replicas' checksum maps of one window, compared with each other (module
+        doc); differing head blocks repaired from the replica that is current.
+
+        First without holding anything: equal maps need no more (the common case, and
+        writes never wait for it; a write the engine sent earlier is in every map, since a
+        replica applies one connection's requests in order). Only if they differ — which an
+        operation still running on one replica (a snapshot revert waits for a lock) can
+        also cause — is the window compared again with the volume's mutations held, and
+        what still differs then is settled."""
+        if not await self._compare_once(off, length, report, skip, settle=False):
+            return
+        await self.vol._hold()
+        try:
+            await self._compare_once(off, length, report, skip, settle=True)
+        finally:
+            self.vol._release()
+
+    async def _compare_once(
+        self, off: int, length: int, report: dict[str, Any], skip: set[str], settle: bool
+    ) -> bool:
+        """-> whether any layer's maps differed (settled, with ``settle``)."""
+        timeout = self.settings.replica_timeout * SCRUB_TIMEOUT_FACTOR
+        links = [
+            lk
+            for lk in self.vol.links
+            if lk.mode is Mode.RW and lk.client is not None and lk.spec.id not in skip
+        ]
+        if len(links) < 2:
+            return False
+        report["compared_replicas"] = max(report["compared_replicas"], len(links))
+        clients = [lk.client for lk in links if lk.client is not None]
+        infos = await asyncio.gather(*(asyncio.wait_for(c.info(), timeout) for c in clients))
+        common = set.intersection(*(set(i.get("snapshots", [])) for i in infos))
+        layers: list[str | None] = [None, *sorted(common)]
+        found = False
+        for layer in layers:
+            for o, ln in compare.ranges(length):
+                try:
+                    blocks, crcs = await compare.differing(clients, off + o, ln, timeout, layer)
+                except NotFound:
+                    break  # a snapshot deleted meanwhile
+                if blocks.size:
+                    found = True
+                    if not settle:
+                        return True
+                    await self._settle(links, infos, layer, blocks, crcs, report, timeout)
+        return found
+
+    async def _settle(
+        self,
+        links: list[ReplicaLink],
+        infos: list[dict[str, Any]],
+        layer: str | None,
+        blocks: np.ndarray,
+        crcs: np.ndarray,
+        report: dict[str, Any],
+        timeout: float,
+    ) -> None:
+        """Blocks of one layer where replicas disagree: decide, repair, count, report."""
+        vol = self.vol
+        name = layer or "head"
+        n = int(blocks.size)
+        report["diverged_found"] += n
+        vol.counters["scrub_diverged_blocks"] += n
+        authority = current_by_block(infos, crcs, vol.gen)
+        ahead = {
+            lk.spec.id: int(i.get("seen", 0))
+            for lk, i in zip(links, infos, strict=True)
+            if int(i.get("seen", 0)) > vol.gen
+        }
+        if ahead:  # mutations the engine never issued: written around it
+            report.setdefault("ahead_of_engine", {}).update(ahead)
+            log.warning(
+                "volume %s: scrub: replica(s) %s hold generations the engine never issued "
+                "(it issued up to %d): written around the engine; not used as a source",
+                vol.name,
+                ahead,
+                vol.gen,
+            )
+        repaired = np.zeros(n, dtype=bool)
+        if layer is None:
+            for src in sorted(set(authority.tolist()) - {-1}):
+                for i, lk in enumerate(links):
+                    want = (authority == src) & (crcs[i] != crcs[src])
+                    if i == src or not want.any() or lk.client is None:
+                        continue
+                    src_client = links[src].client
+                    assert src_client is not None
+                    try:
+                        await compare.recopy(src_client, lk.client, blocks[want], timeout)
+                    except (TimeoutError, CargoholdError, OSError) as e:
+                        log.warning(
+                            "volume %s: scrub: copying %d diverged block(s) to %s failed: %s",
+                            vol.name,
+                            int(want.sum()),
+                            lk.spec,
+                            e,
+                        )
+            # compared again: repaired are the blocks on which every replica agrees now
+            clients = [lk.client for lk in links if lk.client is not None]
+            if len(clients) == len(links):
+                lo, hi = int(blocks[0]), int(blocks[-1]) + 1
+                still, _ = await compare.differing(
+                    clients, lo * BLOCK_SIZE, (hi - lo) * BLOCK_SIZE, timeout
+                )
+                repaired = ~np.isin(blocks, still)
+        fixed = int(repaired.sum())
+        report["diverged_repaired"] += fixed
+        report["diverged_unrepaired"] += n - fixed
+        vol.counters["scrub_diverged_repaired_blocks"] += fixed
+        log.warning(
+            "volume %s: scrub: replicas %s differ in %d block(s) of layer %s (first: block %d);"
+            " %d repaired from the current replica, %d not",
+            vol.name,
+            ", ".join(lk.spec.id for lk in links),
+            n,
+            name,
+            int(blocks[0]),
+            fixed,
+            n - fixed,
+        )
+        for j in range(min(n, REPORTED_BLOCKS - len(report["diverged"]))):
+            src = int(authority[j])
+            if repaired[j]:
+                outcome = f"repaired from {links[src].spec.id}"
+            elif layer is not None and src >= 0:
+                outcome = f"not repaired: {links[src].spec.id} holds the current content, but "
+                outcome += "snapshot layers are only compared, not rewritten"
+            elif src < 0:
+                outcome = "undecidable: the current replicas disagree with no majority"
+            else:
+                outcome = "not repaired: the copy did not make the replicas agree"
+            report["diverged"].append(
+                {
+                    "layer": name,
+                    "block": int(blocks[j]),
+                    "crc32c": {lk.spec.id: int(crcs[i, j]) for i, lk in enumerate(links)},
+                    "outcome": outcome,
+                }
+            )
 
     async def _scrub_window(self, link: ReplicaLink, off: int, length: int) -> dict[str, Any]:
         assert link.client is not None
@@ -307,3 +484,40 @@ class Scrubber:
             if not any(b["layer"] == layer and b["block"] == block for b in again["bad"]):
                 return "overwritten"
         return "no healthy copy"
+
+
+def current_by_block(
+    infos: list[dict[str, Any]], crcs: np.ndarray, issued: int | None = None
+) -> np.ndarray:
+    """Per differing block, the index of the replica whose content is current, or -1 when
+    undecidable. ``infos``: each replica's INFO (generation, seen, history); ``crcs``: the
+    replicas' checksums of the blocks, shape (replicas, blocks); ``issued``: the newest
+    generation the engine handed out (its mutations held meanwhile).
+
+    A replica that has seen a generation above ``issued`` holds a mutation the engine never
+    issued (a write around it, with a guessed number): it is never the source. Of the
+    others, the one with the highest (last epoch, generation) alone is current for every
+    block; among several equal ones (the engine makes each of them current), a block's
+    content is the value a strict majority of them holds; without one it is undecidable."""
+
+    def rank(i: dict[str, Any]) -> tuple[int, int]:
+        history = i.get("history") or [[0, 0]]
+        return int(history[-1][0]), int(i.get("generation", 0))
+
+    def seen(i: dict[str, Any]) -> int:
+        return int(i.get("seen", i.get("generation", 0)))
+
+    nblocks = crcs.shape[1]
+    out = np.full(nblocks, -1, dtype=np.int64)
+    eligible = [k for k, i in enumerate(infos) if issued is None or seen(i) <= issued]
+    if not eligible:
+        return out
+    top = max(rank(infos[k]) for k in eligible)
+    tied = [k for k in eligible if rank(infos[k]) == top]
+    if len(tied) == 1:
+        return np.full(nblocks, tied[0], dtype=np.int64)
+    sub = crcs[tied]
+    for k in tied:  # per candidate: how many of the tied hold its value (vectorised)
+        votes = (sub == crcs[k]).sum(axis=0)
+        out[(out < 0) & (votes * 2 > len(tied))] = k
+    return out

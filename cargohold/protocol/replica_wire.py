@@ -60,11 +60,22 @@ class Op(enum.IntEnum):
     EXTENTS = 55
     REPAIR = 56
     MARK_CURRENT = 57
+    CHECKSUMS = 58
 
 
 OPS = frozenset(int(o) for o in Op)
 FLAG_FUA = 1  # WRITE: durable before the reply
 STATUS_OK = 0
+MUTATIONS = frozenset({Op.WRITE, Op.TRIM, Op.WRITE_ZEROES, Op.SNAPSHOT_REVERT})
+"""Ops that must carry the engine's generation (a request with generation 0 is refused)."""
+
+# CHECKSUMS result: magic, version, flags, first block, blocks covered, digest window
+CHECKSUMS_MAGIC = b"CHCK"
+CHECKSUMS_VERSION = 1
+CHECKSUMS_HEADER = struct.Struct("<4sHHQII")  # 24 bytes, then u32 values
+CHECKSUMS_FLAG_DIGESTS = 1  # values are per window of ``digest_blocks`` blocks, not per block
+MAX_CHECKSUM_BLOCKS = 1 << 19
+"""Blocks one CHECKSUMS call covers at most (2 GiB of volume; a 2 MiB per-block map)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +154,66 @@ def encode_reply_parts(
     """A successful reply whose payload is several buffers (an extent stream, say)."""
     n = sum(len(p) for p in parts)
     return [REPLY.pack(REPLY_MAGIC, STATUS_OK, req_id, generation, n, 0), *parts]
+
+
+@dataclass(frozen=True, slots=True)
+class Checksums:
+    """A CHECKSUMS result: per block (``digest_blocks`` 0) the CRC32C of what a read
+    returns, or per window of ``digest_blocks`` blocks the CRC32C of those values."""
+
+    lba: int  # first block covered
+    count: int  # blocks covered
+    digest_blocks: int  # 0: one value per block; else one per window of this many blocks
+    values: bytes  # little-endian u32 values
+
+    @property
+    def n_values(self) -> int:
+        return expected_values(self.count, self.digest_blocks)
+
+    def as_list(self) -> list[int]:
+        return list(struct.unpack(f"<{len(self.values) // 4}I", self.values))
+
+
+def expected_values(count: int, digest_blocks: int) -> int:
+    return count if digest_blocks == 0 else -(-count // digest_blocks)
+
+
+def encode_checksums(
+    lba: int, count: int, values: bytes | bytearray | memoryview, digest_blocks: int = 0
+) -> list[bytes | bytearray | memoryview]:
+    """A CHECKSUMS reply payload: header, then the u32 values (not copied)."""
+    nbytes = memoryview(values).nbytes
+    if not 0 <= count <= MAX_CHECKSUM_BLOCKS or digest_blocks < 0:
+        raise InvalidArgument(f"checksum map of {count} blocks (window {digest_blocks})")
+    if nbytes != 4 * expected_values(count, digest_blocks):
+        raise InvalidArgument(
+            f"{nbytes} bytes of checksums for {count} blocks (window {digest_blocks})"
+        )
+    flags = CHECKSUMS_FLAG_DIGESTS if digest_blocks else 0
+    hdr = CHECKSUMS_HEADER.pack(
+        CHECKSUMS_MAGIC, CHECKSUMS_VERSION, flags, lba, count, digest_blocks
+    )
+    return [hdr, values]
+
+
+def decode_checksums(payload: bytes | bytearray | memoryview) -> Checksums:
+    """Check and decode a CHECKSUMS reply payload (RemoteProtocolError saying what is wrong)."""
+    mv = memoryview(payload).cast("B")
+    if len(mv) < CHECKSUMS_HEADER.size:
+        raise RemoteProtocolError(f"checksum map truncated: {len(mv)} bytes, no header")
+    magic, version, flags, lba, count, window = CHECKSUMS_HEADER.unpack_from(mv, 0)
+    if magic != CHECKSUMS_MAGIC:
+        raise RemoteProtocolError(f"checksum map: bad magic {bytes(magic)!r}")
+    if version != CHECKSUMS_VERSION:
+        raise RemoteProtocolError(f"checksum map: version {version} not readable")
+    if count > MAX_CHECKSUM_BLOCKS:
+        raise RemoteProtocolError(f"checksum map of {count} blocks, at most {MAX_CHECKSUM_BLOCKS}")
+    if bool(flags & CHECKSUMS_FLAG_DIGESTS) != bool(window) or flags & ~CHECKSUMS_FLAG_DIGESTS:
+        raise RemoteProtocolError(f"checksum map: flags {flags} with digest window {window}")
+    want = CHECKSUMS_HEADER.size + 4 * expected_values(count, window)
+    if len(mv) != want:
+        raise RemoteProtocolError(f"checksum map: {len(mv)} bytes, expected {want}")
+    return Checksums(lba, count, window, bytes(mv[CHECKSUMS_HEADER.size :]))
 
 
 class _FrameDecoder:

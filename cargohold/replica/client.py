@@ -103,6 +103,7 @@ class ReplicaClient:
         self._ids = itertools.count(1)
         self.where = where
         self.generation = 0
+        self.seen = 0  # the newest generation the replica reported (OPEN, INFO) or we sent
 
     @classmethod
     async def connect(
@@ -188,8 +189,13 @@ class ReplicaClient:
         args: dict[str, Any] | None = None,
         generation: int = 0,
     ) -> Reply:
+        """Send one request and await its reply (raises the reply's error). A mutation
+        without a generation gets the client's next one (``number``), taken when the
+        request is queued, so concurrent callers' numbers reach the replica in order."""
         if not self._p._drained.is_set():
             await self._p._drained.wait()
+        if op in wire.MUTATIONS:
+            generation = self.number(generation)
         reply = await self.send(op, offset, length, payload, flags, args, generation)
         return self.check(reply)
 
@@ -224,7 +230,23 @@ class ReplicaClient:
         return (await self.call(Op.LIST)).result()["replicas"]
 
     async def open(self, replica: str, epoch: int) -> dict[str, Any]:
-        return (await self.call(Op.OPEN, args={"replica": replica, "epoch": epoch})).result()
+        info = (await self.call(Op.OPEN, args={"replica": replica, "epoch": epoch})).result()
+        self._saw(info)
+        return info
+
+    def _saw(self, info: dict[str, Any]) -> None:
+        seen = info.get("seen", info.get("generation", 0))
+        if isinstance(seen, int):
+            self.seen = max(self.seen, seen)
+
+    def number(self, generation: int = 0) -> int:
+        """The generation for a mutation: ``generation`` if given (an engine numbers its
+        volume's mutations), else the next above the newest this client knows the replica
+        has seen (for tools and tests that drive one replica alone). The replica refuses a
+        mutation without one (generation 0)."""
+        g = generation or max(self.seen, self.generation) + 1
+        self.seen = max(self.seen, g)
+        return g
 
     # --- data -----------------------------------------------------------------------
     async def read(self, offset: int, length: int, snapshot: str | None = None) -> memoryview:
@@ -264,7 +286,9 @@ class ReplicaClient:
         await self.call(Op.SNAPSHOT_REVERT, args={"name": name}, generation=generation)
 
     async def info(self) -> dict[str, Any]:
-        return (await self.call(Op.INFO)).result()
+        info = (await self.call(Op.INFO)).result()
+        self._saw(info)
+        return info
 
     async def changed_since(self, since: int, offset: int = 0, length: int = 0) -> list[list[int]]:
         return (await self.call(Op.CHANGED, offset, length, args={"since": since})).result()[
@@ -321,6 +345,21 @@ class ReplicaClient:
             moved += len(blob)
             off = header.end
         return moved
+
+    async def checksums(
+        self, offset: int, length: int, snapshot: str | None = None, digest_blocks: int = 0
+    ) -> wire.Checksums:
+        """The replica's checksum map of [offset, offset + length) (at most
+        ``wire.MAX_CHECKSUM_BLOCKS`` blocks), from its block maps, no data read: per block,
+        or with ``digest_blocks`` one CRC32C per window of that many blocks."""
+        args: dict[str, Any] = {"digest_blocks": digest_blocks} if digest_blocks else {}
+        if snapshot:
+            args["snapshot"] = snapshot
+        reply = await self.call(Op.CHECKSUMS, offset, length, args=args)
+        try:
+            return wire.decode_checksums(reply.payload)
+        except ProtocolError as e:
+            raise ReplicaIOError(f"replica server {self.where}: {e}") from None
 
     async def scrub(self, offset: int = 0, length: int = 0) -> dict[str, Any]:
         """Verify the replica's blocks in [offset, offset + length) of every layer (length

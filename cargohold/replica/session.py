@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cargohold import __version__
-from cargohold.constants import MAX_IO_BYTES
+from cargohold.constants import BLOCK_SIZE, MAX_IO_BYTES
 from cargohold.errors import (
     CargoholdError,
     Fenced,
@@ -31,6 +31,7 @@ from cargohold.errors import (
 )
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Request
+from cargohold.store.base import window_digests
 from cargohold.store.reader import host_identity
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class Session(asyncio.BufferedProtocol):
         self.peer = "?"
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._warned_unnumbered = False  # logged once per connection, not per request
 
     # --- transport callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -162,6 +164,30 @@ class Session(asyncio.BufferedProtocol):
         self.server.counters["errors"] += 1
         gen = self.rep.store.generation if self.rep is not None and not self.rep.deleted else 0
         return wire.encode_reply(req.id, status, gen, error_payload(err))
+
+    def _mutation(self, req: Request) -> OpenReplica:
+        """``_replica`` for a mutation, which must carry the engine's number for it: the
+        replica never numbers mutations itself, so a write that bypasses the engine cannot
+        advance the replica's generation and make it look current (the store also refuses
+        numbers not above the newest it has seen)."""
+        rep = self._replica()
+        if req.generation == 0:
+            self.server.counters["unnumbered_mutations"] += 1
+            if not self._warned_unnumbered:
+                self._warned_unnumbered = True
+                log.warning(
+                    "replica %s: refusing %s without a generation from %s (epoch %d): "
+                    "something writes around the volume's engine",
+                    rep.id,
+                    Op(req.op).name,
+                    self.peer,
+                    self.epoch,
+                )
+            raise InvalidArgument(
+                f"replica {rep.id}: {Op(req.op).name} without a generation refused: mutations "
+                f"must carry the engine's generation, above {rep.store.seen}"
+            )
+        return rep
 
     def _replica(self) -> OpenReplica:
         rep = self.rep
@@ -262,7 +288,8 @@ class Session(asyncio.BufferedProtocol):
             raise InvalidArgument(
                 f"write length {req.length} but {len(req.payload)} bytes of payload"
             )
-        gen = rep.store.write(req.offset, req.payload, generation=req.generation or None)
+        self._mutation(req)
+        gen = rep.store.write(req.offset, req.payload, generation=req.generation)
         if req.flags & wire.FLAG_FUA:
             return self._flush(rep, gen)
         return gen, b""
@@ -277,12 +304,12 @@ class Session(asyncio.BufferedProtocol):
         return gen, b""
 
     def op_trim(self, req: Request) -> Result:
-        rep = self._replica()
-        return rep.store.trim(req.offset, req.length, req.generation or None), b""
+        rep = self._mutation(req)
+        return rep.store.trim(req.offset, req.length, req.generation), b""
 
     def op_write_zeroes(self, req: Request) -> Result:
-        rep = self._replica()
-        return rep.store.write_zeroes(req.offset, req.length, req.generation or None), b""
+        rep = self._mutation(req)
+        return rep.store.write_zeroes(req.offset, req.length, req.generation), b""
 
     # --- snapshots and maintenance -------------------------------------------------------
     async def op_snapshot_create(self, req: Request) -> Result:
@@ -311,12 +338,12 @@ class Session(asyncio.BufferedProtocol):
         return rep.store.generation, b""
 
     async def op_snapshot_revert(self, req: Request) -> Result:
-        rep = self._replica()
+        rep = self._mutation(req)
         name = req.args().get("name")
         async with rep.lock:
             self._replica()
             await self._drain_flushes(rep)
-            rep.store.snapshot_revert(name, req.generation or None)
+            rep.store.snapshot_revert(name, req.generation)
         return rep.store.generation, b""
 
     async def _drain_flushes(self, rep: OpenReplica) -> None:
@@ -372,6 +399,23 @@ class Session(asyncio.BufferedProtocol):
             await self._drain_flushes(rep)
             rep.store.mark_current(generation, history, reset)
         return rep.store.generation, wire.dump_json(self._info(rep))
+
+    def op_checksums(self, req: Request) -> Result:
+        """The checksum map of a range from the block maps (no data read): per block, or
+        per window of ``digest_blocks`` blocks (docs/formats/replica-wire.md)."""
+        rep = self._replica()
+        args = req.args()
+        window = _int_arg(args, "digest_blocks", 0)
+        if req.length == 0 or req.length > wire.MAX_CHECKSUM_BLOCKS * BLOCK_SIZE:
+            raise InvalidArgument(
+                f"checksum range of {req.length} bytes: 1 to {wire.MAX_CHECKSUM_BLOCKS} blocks"
+            )
+        crcs = rep.store.checksums(req.offset, req.length, _str_arg(args, "snapshot"))
+        values = crcs if not window else window_digests(crcs, window)
+        parts = wire.encode_checksums(
+            req.offset // BLOCK_SIZE, len(crcs), memoryview(values).cast("B"), window
+        )
+        return rep.store.generation, parts
 
     def op_repair(self, req: Request) -> Result:
         rep = self._replica()
@@ -455,4 +499,5 @@ _HANDLERS: dict[int, Callable[[Session, Request], Any]] = {
     Op.EXTENTS: Session.op_extents,
     Op.REPAIR: Session.op_repair,
     Op.MARK_CURRENT: Session.op_mark_current,
+    Op.CHECKSUMS: Session.op_checksums,
 }

@@ -34,6 +34,8 @@ SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_EXPORT_BYTES = 8 * MIB
 SCAN_BLOCKS = 1 << 22
 """Blocks examined per step of a map scan (16 GiB of volume, 4 MiB of mask)."""
+ZERO_CRC = crc32c.crc32c(bytes(BLOCK_SIZE))
+"""The checksum a block that reads as zeros has in a checksum map (a hole, a zeroed block)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,21 @@ def block_crcs(data: bytes | bytearray | memoryview) -> np.ndarray:
         map(crc32c.crc32c, [mv[i : i + BLOCK_SIZE] for i in range(0, n * BLOCK_SIZE, BLOCK_SIZE)]),
         dtype="<u4",
         count=n,
+    )
+
+
+def window_digests(crcs: np.ndarray, blocks: int) -> np.ndarray:
+    """CRC32C of each ``blocks``-long window of a checksum map (the last may be shorter):
+    two replicas compare a window in 4 bytes, and fetch per-block maps only where they
+    differ."""
+    if blocks <= 0:
+        raise InvalidArgument(f"digest window must be positive, got {blocks}")
+    raw = memoryview(np.ascontiguousarray(crcs, dtype="<u4")).cast("B")
+    step = blocks * 4
+    return np.fromiter(
+        (crc32c.crc32c(raw[i : i + step]) for i in range(0, len(raw), step)),
+        dtype="<u4",
+        count=-(-len(crcs) // blocks),
     )
 
 
@@ -254,6 +271,14 @@ class ReplicaStore(ABC):
     @abstractmethod
     def resolve(self, lba: int, n: int, snapshot: str | None = None) -> np.ndarray:
         """What each block resolves to through the chain: HOLE, DATA or ZERO (uint8)."""
+
+    @abstractmethod
+    def checksums(self, offset: int, length: int, snapshot: str | None = None) -> np.ndarray:
+        """The checksum map of a range (of the head, or of a snapshot), from the block maps
+        alone (no data read): per block, the CRC32C of what a read returns, i.e. the
+        recorded checksum of the topmost layer holding the block, ``ZERO_CRC`` for holes and
+        zeroed blocks. uint32 little-endian, one per block. Replicas holding the same content
+        have the same map, whatever their layering."""
 
     @abstractmethod
     def changed_mask(self, since: int, lba: int, n: int) -> np.ndarray:

@@ -37,6 +37,7 @@ from cargohold.store.base import (
     DATA,
     HOLE,
     ZERO,
+    ZERO_CRC,
     ReplicaStore,
     ScrubReport,
     SnapshotInfo,
@@ -384,6 +385,18 @@ class FileStore(ReplicaStore):
                 self._verify(layer, lba, mask, out)
         self.counters["reads"] += 1
         self.counters["read_bytes"] += length
+        return out
+
+    def checksums(self, offset: int, length: int, snapshot: str | None = None) -> np.ndarray:
+        lba, n = check_range(offset, length, self.size)
+        chain = self._chain_of(snapshot)
+        out = np.full(n, ZERO_CRC, dtype="<u4")
+        if n == 0:
+            return out
+        src = self._sources(lba, n, chain)
+        for depth in np.unique(src[src >= 0]).tolist():
+            idx = np.flatnonzero(src == depth)
+            out[idx] = chain[depth].cur[lba + idx]
         return out
 
     def _verify(self, layer: Layer, lba: int, mask: np.ndarray | None, out: bytearray) -> None:

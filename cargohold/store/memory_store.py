@@ -26,6 +26,7 @@ from cargohold.store.base import (
     DATA,
     HOLE,
     ZERO,
+    ZERO_CRC,
     BadBlock,
     ReplicaStore,
     ScrubReport,
@@ -160,6 +161,16 @@ class MemoryStore(ReplicaStore):
             _, e = self._lookup(lba + i, chain)
             if e is not None:
                 out[i] = e[0]
+        return out
+
+    def checksums(self, offset: int, length: int, snapshot: str | None = None) -> np.ndarray:
+        lba, n = check_range(offset, length, self._size)
+        out = np.full(n, ZERO_CRC, dtype="<u4")
+        chain = self._chain(snapshot)
+        for i in range(n):
+            _, e = self._lookup(lba + i, chain)
+            if e is not None and e[0] == DATA:
+                out[i] = e[3]
         return out
 
     def read(self, offset: int, length: int, snapshot: str | None = None) -> bytearray:

@@ -185,7 +185,13 @@ async def test_many_requests_in_flight_on_one_connection(server):
     await c.create("p", 64 * MIB)
     await c.open("p", 1)
     futs = [
-        c.send(Op.WRITE, i * BLOCK_SIZE, BLOCK_SIZE, bytes([i % 256]) * BLOCK_SIZE)
+        c.send(
+            Op.WRITE,
+            i * BLOCK_SIZE,
+            BLOCK_SIZE,
+            bytes([i % 256]) * BLOCK_SIZE,
+            generation=c.number(),
+        )
         for i in range(2000)
     ]
     replies = await asyncio.gather(*futs)
@@ -261,3 +267,61 @@ async def test_engine_numbered_generations_gap_rebuild_and_mark_current(server):
     assert await b.write(0, b"6" * BLOCK_SIZE, generation=6) == 6  # contiguous again
     for x in (a, b, c):
         await x.close()
+
+
+async def test_mutations_without_the_engines_generation_are_refused(server):
+    """Issue 14: a write that bypasses the engine (generation 0) must not advance the
+    replica's generation: refused, nothing stored, the replica still serves."""
+    c = await connect(server)
+    await c.create("g0", 16 * MIB)
+    await c.open("g0", 1)
+    await c.write(0, b"a" * BLOCK_SIZE, generation=1)
+    for op, off, ln, payload, args in (
+        (Op.WRITE, 0, BLOCK_SIZE, b"x" * BLOCK_SIZE, None),
+        (Op.TRIM, 0, BLOCK_SIZE, b"", None),
+        (Op.WRITE_ZEROES, 0, BLOCK_SIZE, b"", None),
+        (Op.SNAPSHOT_REVERT, 0, 0, b"", {"name": "none"}),
+    ):
+        with pytest.raises(InvalidArgument, match="without a generation"):  # send: no numbering
+            c.check(await c.send(op, off, ln, payload, args=args, generation=0))
+    info = await c.info()
+    assert (info["generation"], info["seen"]) == (1, 1)
+    assert bytes(await c.read(0, BLOCK_SIZE)) == b"a" * BLOCK_SIZE
+    with pytest.raises(InvalidArgument, match="not above"):  # a number already used
+        await c.write(0, b"y" * BLOCK_SIZE, generation=1)
+    assert (await c.stats())["generation"] == 1
+    await c.close()
+    # the server says so, once for the connection (not once per request)
+    deadline = asyncio.get_running_loop().time() + 10
+    while "without a generation" not in server.output():
+        assert asyncio.get_running_loop().time() < deadline, server.output()
+        await asyncio.sleep(0.05)
+    assert server.output().count("refusing WRITE without a generation") == 1, server.output()
+    assert server.output().count("without a generation from") == 1, server.output()
+
+
+async def test_checksums_over_the_wire_match_the_data(server):
+    from cargohold.store.base import block_crcs, window_digests
+
+    c = await connect(server)
+    await c.create("ck", 64 * MIB)
+    await c.open("ck", 1)
+    data = os.urandom(40 * BLOCK_SIZE)
+    await c.write(4 * MIB, data)
+    await c.snapshot_create("s")
+    await c.write_zeroes(4 * MIB, 8 * BLOCK_SIZE)
+    want = block_crcs(bytes(await c.read(0, 8 * MIB)))
+    got = await c.checksums(0, 8 * MIB)
+    assert (got.lba, got.count, got.digest_blocks) == (0, 2048, 0)
+    assert got.as_list() == want.tolist()
+    snap = await c.checksums(4 * MIB, 40 * BLOCK_SIZE, snapshot="s")
+    assert snap.lba == 1024 and snap.as_list() == block_crcs(data).tolist()
+    dig = await c.checksums(0, 8 * MIB, digest_blocks=300)
+    assert dig.as_list() == window_digests(want, 300).tolist()
+    for bad in ((0, 0), (1, BLOCK_SIZE), (0, (wire.MAX_CHECKSUM_BLOCKS + 1) * BLOCK_SIZE)):
+        with pytest.raises(InvalidArgument):
+            await c.checksums(*bad)
+    with pytest.raises(NotFound):
+        await c.checksums(0, BLOCK_SIZE, snapshot="nope")
+    assert bytes(await c.read(4 * MIB + 8 * BLOCK_SIZE, BLOCK_SIZE)) == data[8 * 4096 : 9 * 4096]
+    await c.close()

@@ -61,7 +61,8 @@ async def test_pipelined_frames_after_open_are_not_lost_in_the_hand_over(wserver
 
     futs = [c.send(Op.OPEN, args={"replica": a, "epoch": 1})]
     futs += [
-        c.send(Op.WRITE, i * BLOCK_SIZE, BLOCK_SIZE, bytes([i]) * BLOCK_SIZE) for i in range(200)
+        c.send(Op.WRITE, i * BLOCK_SIZE, BLOCK_SIZE, bytes([i]) * BLOCK_SIZE, generation=i + 1)
+        for i in range(200)
     ]
     for f in futs:
         c.check(await f)

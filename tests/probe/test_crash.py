@@ -215,12 +215,19 @@ class CrashProbe:
             req.seq = self.seq
             data = patterns(req.lba, req.nblocks, req.seq)
             fut = client.send(
-                Op.WRITE, req.lba * BLOCK, len(data), data, FLAG_FUA if req.fua else 0
+                Op.WRITE,
+                req.lba * BLOCK,
+                len(data),
+                data,
+                FLAG_FUA if req.fua else 0,
+                generation=client.number(),
             )
         elif req.kind == "zero":
             self.seq += 1
             req.seq = self.seq
-            fut = client.send(req.op, req.lba * BLOCK, req.nblocks * BLOCK)
+            fut = client.send(
+                req.op, req.lba * BLOCK, req.nblocks * BLOCK, generation=client.number()
+            )
         elif req.kind == "flush":
             fut = client.send(Op.FLUSH)
         else:

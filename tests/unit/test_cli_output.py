@@ -342,9 +342,13 @@ def test_the_last_scrub_reads_as_words() -> None:
 
     assert scrub_text(None) == "never"
     s = {"ended_at": 1.0, "checked_blocks": 10, "found": 0, "repaired": 0, "unrepaired": 0}
-    assert scrub_text(s).endswith("ago: 10 blocks checked, 0 bad")
+    assert "ago: 10 blocks checked, 0 bad;" in scrub_text(s)
     s.update(found=3, repaired=2, unrepaired=1)
-    assert scrub_text(s).endswith("3 bad, 2 repaired, 1 not repaired")
+    assert "3 bad, 2 repaired, 1 not repaired; replicas not compared" in scrub_text(s)
+    s.update(compared_replicas=3, diverged_found=4, diverged_repaired=3, diverged_unrepaired=1)
+    assert scrub_text(s).endswith(
+        "; 3 replicas compared: 4 blocks differ, 3 repaired, 1 not repaired"
+    )
 
 
 def test_node_tables(fake: FakeManager) -> None:

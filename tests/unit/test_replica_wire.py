@@ -124,7 +124,9 @@ def test_sample_frames_decode(tmp_path):
         ("WRITE", 3, 8192, 4096),
         ("FLUSH", 4, 0, 0),
         ("READ", 5, 8192, 4096),
+        ("CHECKSUMS", 6, 0, 65536),
     ]
+    assert reqs[5].args() == {"digest_blocks": 8}
     assert reqs[1].args() == {"replica": "pvc-1234-r0", "epoch": 7}
     assert bytes(reqs[2].payload) == b"\xab" * 4096
     assert reqs[2].flags == wire.FLAG_FUA
@@ -179,3 +181,71 @@ def test_a_large_frame_is_received_straight_into_its_own_buffer():
     rest[:] = stream[1000:]
     (req,) = dec.buffer_updated(len(rest))
     assert req.payload == payload and req.payload.obj is rest.obj  # no copy, no join
+
+
+# --- CHECKSUMS (op 58) results --------------------------------------------------------
+
+
+@given(
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 3000),
+    st.integers(0, 70),
+    st.data(),
+)
+def test_checksums_round_trip(lba, count, window, data):
+    n = wire.expected_values(count, window)
+    values = data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=n, max_size=n))
+    raw = b"".join(v.to_bytes(4, "little") for v in values)
+    got = wire.decode_checksums(_join(wire.encode_checksums(lba, count, raw, window)))
+    assert (got.lba, got.count, got.digest_blocks, got.as_list()) == (lba, count, window, values)
+    assert got.n_values == n
+
+
+@given(st.binary(max_size=200))
+def test_checksums_decoder_rejects_or_decodes_any_bytes(blob):
+    try:
+        got = wire.decode_checksums(blob)
+    except RemoteProtocolError:
+        return
+    assert len(got.values) == 4 * got.n_values
+
+
+@pytest.mark.parametrize(
+    "mangle, why",
+    [
+        (lambda b: b[:10], "truncated"),
+        (lambda b: b"XXXX" + b[4:], "bad magic"),
+        (lambda b: b[:4] + (2).to_bytes(2, "little") + b[6:], "version"),
+        (lambda b: b[:-4], "bytes, expected"),
+        (lambda b: b + b"\0\0\0\0", "bytes, expected"),
+        (lambda b: b[:6] + (0).to_bytes(2, "little") + b[8:], "flags"),  # window without flag
+        (lambda b: b[:16] + (2**20).to_bytes(4, "little") + b[20:], "at most"),
+    ],
+)
+def test_checksums_decoder_names_what_is_wrong(mangle, why):
+    good = _join(wire.encode_checksums(5, 8, bytes(8), digest_blocks=4))
+    assert wire.decode_checksums(good).as_list() == [0, 0]
+    with pytest.raises(RemoteProtocolError, match=why):
+        wire.decode_checksums(mangle(good))
+
+
+def test_checksums_encoder_refuses_a_wrong_number_of_values():
+    with pytest.raises(InvalidArgument):
+        wire.encode_checksums(0, 8, bytes(4 * 7))
+    with pytest.raises(InvalidArgument):
+        wire.encode_checksums(0, wire.MAX_CHECKSUM_BLOCKS + 1, b"", 2**31)
+
+
+def test_sample_checksums_result_decodes():
+    """The checked-in CHECKSUMS result (docs/formats/replica-wire.md): blocks 0-3, block 2
+    holding 4096 bytes of 0xab, the others never written (the CRC32C of a zero block)."""
+    import pathlib
+
+    import crc32c
+
+    sample = pathlib.Path(__file__).parent.parent / "data" / "replica-checksums-sample.bin"
+    got = wire.decode_checksums(sample.read_bytes())
+    zero = crc32c.crc32c(bytes(4096))
+    assert zero == 0x98F94189
+    assert (got.lba, got.count, got.digest_blocks) == (0, 4, 0)
+    assert got.as_list() == [zero, zero, crc32c.crc32c(b"\xab" * 4096), zero]

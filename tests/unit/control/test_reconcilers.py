@@ -176,6 +176,10 @@ async def test_the_last_scrub_is_recorded_and_handed_to_the_next_engine(monkeypa
         "found": 3,
         "repaired": 3,
         "unrepaired": 0,
+        "compared_replicas": 2,
+        "diverged_found": 5,
+        "diverged_repaired": 4,
+        "diverged_unrepaired": 1,
     }
     await sim.step()
     want = {
@@ -185,6 +189,10 @@ async def test_the_last_scrub_is_recorded_and_handed_to_the_next_engine(monkeypa
         "found": 3,
         "repaired": 3,
         "unrepaired": 0,
+        "compared_replicas": 2,  # the last cross-replica comparison (issue 14)
+        "diverged_found": 5,
+        "diverged_repaired": 4,
+        "diverged_unrepaired": 1,
     }
     assert (await vol(sim))["last_scrub"] == want
     eng.scrub_last = {**eng.scrub_last, "pass": 2, "state": "failed", "started_at": 6000.0}
