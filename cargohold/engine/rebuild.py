@@ -30,6 +30,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from cargohold import lineage
 from cargohold.constants import BLOCK_SIZE
 from cargohold.engine import compare
 from cargohold.engine.replica_link import Mode, ReplicaLink
@@ -52,22 +53,14 @@ def delta_start(
     """Where a delta rebuild of ``target`` from a source must start, or None if only a full
     copy is safe.
 
-    A delta from the target's generation is right only if the target's history is a prefix
-    of the source's: the same epochs, and in its last epoch no mutation the source did not
-    make too. A replica that an older engine kept writing after the others lost it holds
-    mutations nobody else has (a fork); generations alone cannot show that, histories can.
+    A delta from the target's generation is right only if every mutation it holds is on the
+    source's line (``lineage.contained``): a replica that an older engine kept writing after
+    the others lost it holds mutations nobody else has (a fork); generations alone cannot
+    show that, histories can.
     """
     if target.seen == 0:
         return 0  # empty: a full copy, nothing to clear
-    t, s = target.history, source_history
-    n = len(t)
-    if n == 0 or n > len(s) or t[: n - 1] != s[: n - 1]:
-        return None
-    epoch, first = t[-1]
-    if s[n - 1][0] != epoch or first < s[n - 1][1]:
-        return None
-    end = s[n][1] - 1 if n < len(s) else source_seen  # the source's last mutation of that epoch
-    if target.seen > end:
+    if not lineage.contained(target.history, target.seen, source_history, source_seen):
         return None
     return target.generation
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold import lineage
 from cargohold.errors import ConfigError
 from cargohold.replica.client import ReplicaClient
 from cargohold.store.reader import ReplicaReader
@@ -86,7 +87,7 @@ class ReplicaLink:
     @property
     def last_epoch(self) -> int:
         """The epoch of the engine that made this replica's newest mutation."""
-        return self.history[-1][0] if self.history else 0
+        return lineage.last_epoch(self.history)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {

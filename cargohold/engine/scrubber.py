@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from cargohold import lineage
 from cargohold.constants import BLOCK_SIZE
 from cargohold.engine import compare
 from cargohold.engine.replica_link import Mode, ReplicaLink
@@ -501,8 +502,7 @@ def current_by_block(
     content is the value a strict majority of them holds; without one it is undecidable."""
 
     def rank(i: dict[str, Any]) -> tuple[int, int]:
-        history = i.get("history") or [[0, 0]]
-        return int(history[-1][0]), int(i.get("generation", 0))
+        return lineage.rank(i.get("history") or [], int(i.get("generation", 0)))
 
     def seen(i: dict[str, Any]) -> int:
         return int(i.get("seen", i.get("generation", 0)))
