@@ -31,6 +31,18 @@ class ManagerSettings(BaseSettings):
         3600.0, ge=0, description="seconds finished operations stay listed"
     )
     default_replicas: int = Field(3, ge=1, le=16, description="replicas of a new volume")
+    tombstone_ttl: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="seconds a deleted replica's tombstone is kept: a node away longer than "
+        "this finds its copy an orphan (kept) instead of deleting it",
+    )
+    orphan_grace: float = Field(
+        14 * 86400.0,
+        ge=0,
+        description="seconds an orphan replica (on a disk, in no record) is kept before it "
+        "is deleted, only when its cluster id is this cluster's (0 = never)",
+    )
 
     @property
     def heartbeat_every(self) -> float:
