@@ -39,6 +39,7 @@ def manager(argv):
     p = argparse.ArgumentParser()
     for flag in ("--state", "--listen", "--unix", "--id"):
         p.add_argument(flag)
+    p.add_argument("--init", action="store_true")
     a = p.parse_args(argv)
     backend = a.state.split(":", 1)[0]
     if backend == "etcd":  # fail like a manager without its store would
