@@ -62,12 +62,12 @@ def manager(
         addr = split_addr(listen, DEFAULT_MANAGER_PORT) if listen else None
         mgr = Manager(state, id or f"{socket.gethostname()}-{os.getpid()}", settings, init=init)
     except (CargoholdError, ValidationError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line in the log
         raise typer.Exit(2) from None
     try:
         import uvloop
 
         uvloop.run(mgr.serve(addr, unix))
     except (CargoholdError, OSError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         raise typer.Exit(getattr(e, "exit_code", 1)) from None

@@ -453,14 +453,16 @@ class LocalCluster:
             self.save()
         return killed
 
-    def start_manager(self, id: str, timeout: float = 30.0) -> bool:
-        """Start a manager again and wait for its /healthz. False if it was running."""
+    def start_manager(self, id: str, timeout: float = 30.0, init: bool = False) -> bool:
+        """Start a manager again and wait for its /healthz. False if it was running.
+        ``init``: with ``--init`` (a new cluster in an empty store; rehearsals of the
+        wrong-state-store mistake)."""
         with self._locked():
             self.reload()
             m = self._manager(id)
             if m.running():
                 return False
-            self._spawn(m, self._manager_argv(m))
+            self._spawn(m, self._manager_argv(m, init=init))
             self.save()
         if timeout > 0:
             self._wait([m], time.monotonic() + timeout, lambda: self._managers_health([m]))
