@@ -13,6 +13,7 @@ wakes the heartbeats held for the nodes a change concerns (cargohold/control/wat
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ M = TypeVar("M", bound=BaseModel)
 MAX_RETRIES = 64
 PARSED_MAX = 200_000  # parsed records kept (then the cache starts over)
 EVENTS_KEPT = 1000  # the newest events kept in the store
+_event_seq = itertools.count()  # orders this manager's events of one clock tick
 
 
 class Conflict(Busy):
@@ -357,7 +359,7 @@ class Repository:
     ) -> Event:
         t = now()
         ev = Event(
-            id=f"{int(t * 1e9):020d}-{secrets.token_hex(3)}",
+            id=f"{int(t * 1e9):020d}-{next(_event_seq) % 1_000_000:06d}{secrets.token_hex(2)}",
             at=t,
             kind=kind,
             message=message,
