@@ -57,5 +57,5 @@ def test_write_then_read(tmp_path: Path) -> None:
     assert disk_stamp.read(str(tmp_path)) == written
     assert not list(tmp_path.glob("*.tmp"))
     (tmp_path / disk_stamp.STAMP_FILE).write_text("{broken")
-    with pytest.raises(FormatError, match="cargohold-disk.json"):
+    with pytest.raises(FormatError, match=r"cargohold-disk\.json"):
         disk_stamp.read(str(tmp_path))

@@ -55,14 +55,14 @@ async def test_a_database_without_our_tables_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     with sqlite3.connect(db) as c:
         c.execute("CREATE TABLE kv (key TEXT)")
-    with pytest.raises(ConfigError, match="no table.*revision, leader"):
+    with pytest.raises(ConfigError, match=r"no table.*revision, leader"):
         await start(f"sqlite:{db}")
 
 
 async def test_an_initialised_store_with_no_records_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     SQLiteStateStore(str(db))  # the schema, and nothing in it: a cluster never made
-    with pytest.raises(ConfigError, match="is empty .*no cluster record.*--init"):
+    with pytest.raises(ConfigError, match=r"is empty .*no cluster record.*--init"):
         await start(f"sqlite:{db}")
 
 
