@@ -132,6 +132,16 @@ def test_control_plane_dies_on_etcd(tmp_path):
     assert not fm.problems(out), (fm.problems(out), out.notes)
 
 
+def test_wrong_state_store_on_etcd(tmp_path):
+    """The wrong-state-store mistake with etcd: its key prefix emptied."""
+    _need()
+    if not shutil.which("etcd"):
+        pytest.skip("needs etcd (Debian: etcd-server)")
+    with matrix_cluster(tmp_path, backend="etcd", small_disk=False) as e:
+        out = run(e, "wrong-state-store")
+    assert not fm.problems(out), (fm.problems(out), out.notes)
+
+
 def _soak_timeout() -> int:
     """pytest-timeout's limit for the soak: its duration and an hour for the last scenario
     and the cluster (0, no limit, when it runs a count of scenarios)."""
