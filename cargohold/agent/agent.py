@@ -83,7 +83,7 @@ STARTING_POLL = 0.05  # seconds between looks at a starting engine (is its NBD s
 NEWS_GAP = 0.05  # seconds to gather changes before reporting them early
 OP_TRIES = 3  # runs of one operation whose engine dies under it, before it fails
 VOLUME_OF = re.compile(r"^(.+)-r[0-9a-f]+$")  # <volume>-r<hex>
-TRASH_SWEEP_EVERY = 60.0  # seconds between looks for trash older than trash_grace
+TRASH_SWEEP_EVERY = 60.0  # seconds between looks for trash older than trash_grace (at most)
 
 
 @dataclass
@@ -610,7 +610,8 @@ class Agent:
 
     async def _sweep_trash(self) -> None:
         t = time.monotonic()
-        if t - self._swept_at < TRASH_SWEEP_EVERY:
+        every = min(TRASH_SWEEP_EVERY, max(1.0, self.config.trash_grace / 4))
+        if t - self._swept_at < every:
             return
         self._swept_at = t
         paths = [d.path for d in self.disks]

@@ -40,6 +40,9 @@ ENV = {
     "CARGOHOLD_FAULT_PAUSE_SNAPSHOT": str(fm.SNAPSHOT_PAUSE),
     # scrubs run when asked for (scenario 8), not on their own in the middle of another
     "CARGOHOLD_ENGINE_SCRUB_INTERVAL_HOURS": "0",
+    # deleted replicas leave the trash within a second: node-3's disk is small, and every
+    # scenario deletes its volume
+    "CARGOHOLD_AGENT_TRASH_GRACE": "0",
 }
 SMALL_DISK = 160 << 20
 
