@@ -40,6 +40,7 @@ from cargohold.errors import NotFound, Unschedulable
 
 log = logging.getLogger("cargohold.manager")
 REPLICA_CREATE_GRACE = 10.0  # seconds a new engine waits for just-placed replicas
+ORPHAN_STALE = 600.0  # seconds an orphan of an up node may go unseen before it is dropped
 
 
 class NodeReconciler:
@@ -480,7 +481,23 @@ class IdentityReconciler:
                 await self.repo.delete_tombstone(stone.volume, stone.replica)
         grace = self.settings.orphan_grace
         cluster_id = self.repo.cluster_id
-        for o in await self.repo.orphans() if grace > 0 else ():
+        orphans = await self.repo.orphans()
+        if orphans:  # records that outlived their replica's absence from the disk
+            known = {r.id for r in await self.repo.replicas()}
+            nodes = {n.name: n for n in await self.repo.nodes()}
+            for o in list(orphans):
+                n = nodes.get(o.node)
+                live = n is not None and n.down_since is None
+                if o.id in known or (live and t - o.last_seen > ORPHAN_STALE):
+                    await self.repo.drop_orphan(o.node, o.id)
+                    orphans.remove(o)
+                    log.info(
+                        "orphan replica %s on node %s: %s",
+                        o.id,
+                        o.node,
+                        "in a record again" if o.id in known else "not seen any more",
+                    )
+        for o in orphans if grace > 0 else ():
             if t - o.first_seen <= grace or not cluster_id or o.cluster_id != cluster_id:
                 continue
             await self.repo.condemn_orphan(o, "orphan grace")

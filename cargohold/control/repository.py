@@ -62,6 +62,9 @@ class Repository:
         self.store = store
         self.observers: list[Observer] = []
         self.cluster_id = ""  # set by the manager at start (control/identity.py)
+        # node -> the ids of the replicas it reported last that no record names (in memory,
+        # per manager: a heartbeat with none, after one with none, reads no orphan record)
+        self.unknown_seen: dict[str, frozenset[str]] = {}
         self._parsed: dict[str, tuple[int, BaseModel]] = {}  # key -> (mod_revision, record)
 
     def _notify(self, old: BaseModel | None, new: BaseModel | None) -> None:

@@ -250,3 +250,22 @@ def _volume(name: str, replicas: int):  # type: ignore[no-untyped-def]
     from cargohold.control.service import VolumeCreate
 
     return VolumeCreate(name=name, size_bytes=1 << 30, replicas=replicas)
+
+
+async def test_orphan_records_that_outlive_their_replica_are_dropped(sim: Sim) -> None:
+    """Another manager recorded an orphan whose replica then went (or came back into a
+    record): the identity reconciler drops the record once it is not seen for 10 minutes
+    while its node is up, or at once when a record names it."""
+    lost = on_disk("lost-r0a0b0c", cluster_id=B)  # another cluster's: orphan_grace spares it
+    await beat(sim, "node-1", lost, on_disk("back-r0d0e0f"))
+    rec = Replica(id="back-r0d0e0f", volume="back", node="node-1", disk="disk-0")
+    await sim.repo.store.put("/replicas/back/back-r0d0e0f", rec.model_dump_json().encode())
+    sim.repo.unknown_seen.clear()  # as if those heartbeats had gone to another manager
+    for r in sim.recs:
+        await r.run_once()
+    assert [o.id for o in await sim.repo.orphans()] == ["lost-r0a0b0c"]
+    sim.repo.unknown_seen.update({n: frozenset() for n in sim.nodes})  # this manager saw none
+    await sim.step(seconds=300)  # node-1 beats reporting neither: no heartbeat reads orphans
+    assert [o.id for o in await sim.repo.orphans()] == ["lost-r0a0b0c"]
+    await sim.step(seconds=301)
+    assert await sim.repo.orphans() == []
