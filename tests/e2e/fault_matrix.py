@@ -1469,7 +1469,7 @@ def wrong_state_store(env: Env) -> Outcome:
         out.expect(env.api.status()["cluster_id"] == real, "the real cluster is back")
         until(
             "every agent acting for the real cluster",
-            lambda: all(n["error"] == "" for n in env.api.nodes()),
+            lambda: all(n["error"] == "" and n["state"] == "up" for n in env.api.nodes()),
             30,
         )
         v = wait_converged(env, name, node, out, t_back)

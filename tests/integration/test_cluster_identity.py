@@ -161,11 +161,15 @@ def test_an_empty_state_store_deletes_nothing(cluster: tuple[LocalCluster, Path]
             shutil.move(str(f), d / f.name)
     else:
         etcd.restore(saved)
+    t_back = time.time()
     c.start_manager("manager-1")
     assert get_json(c.api, "/api/v1/status")["cluster_id"] == real
     wait_for(
-        lambda: all(n["error"] == "" for n in get_json(c.api, "/api/v1/nodes")),
-        "the agents acting for the real cluster again",
+        lambda: all(
+            n["error"] == "" and n["state"] == "up" and n["heartbeat_at"] > t_back
+            for n in get_json(c.api, "/api/v1/nodes")
+        ),
+        "the agents heartbeating to the real cluster again",
         timeout=30,
     )
     assert replica_dirs(d) == reps and trash(d) == []
