@@ -7,6 +7,10 @@ cluster. A replica that no record names and no tombstone condemns is an ORPHAN: 
 reported (``cargohold replica orphans``) until an operator deletes it or ``orphan_grace``
 passes.
 
+A tombstone condemns a replica only until its node has reported the replica gone
+(``done_at``): one that shows up again after that — moved back from the trash by an
+operator, or on a disk that was missing for a while — is an orphan, kept.
+
 The replica's cluster is its own stamp (written at CREATE); a replica made before cluster
 ids existed has none and counts as its disk's (the disk is stamped the first time the
 agent learns its cluster id). A replica with neither counts as this cluster's only when
@@ -45,7 +49,7 @@ def decide(
         if not record.deleting:
             return Verdict.KEEP
         return Verdict.DELETE if same else Verdict.FOREIGN
-    if tombstone is not None and tombstone.replica == report.id:
+    if tombstone is not None and tombstone.replica == report.id and tombstone.done_at is None:
         if same and tombstone.cluster_id == cluster_id:
             return Verdict.DELETE
         return Verdict.FOREIGN

@@ -44,6 +44,8 @@ def stone(cluster: str = A, rid: str = RID) -> Tombstone:
         (report(A), None, stone(B), A, Verdict.FOREIGN),
         (report(B), None, stone(A), A, Verdict.FOREIGN),
         (report(A), None, stone(A, rid="other-r000000"), A, Verdict.ORPHAN),
+        # a deletion done: the same id back on the disk (undone from the trash) is kept
+        (report(A), None, stone(A).model_copy(update={"done_at": 5.0}), A, Verdict.ORPHAN),
         # a replica without its own stamp counts as its disk's
         (report("", A), None, stone(A), A, Verdict.DELETE),
         (report("", B), None, stone(A), A, Verdict.FOREIGN),
@@ -269,3 +271,19 @@ async def test_orphan_records_that_outlive_their_replica_are_dropped(sim: Sim) -
     assert [o.id for o in await sim.repo.orphans()] == ["lost-r0a0b0c"]
     await sim.step(seconds=301)
     assert await sim.repo.orphans() == []
+
+
+async def test_a_deletion_undone_from_the_trash_is_kept(sim: Sim) -> None:
+    """An operator moves a deleted replica back from its trash: its tombstone is done (the
+    node reported it gone), so it is an orphan now, kept — not deleted a second time."""
+    await sim.service.create_volume(_volume("undo", 2))
+    await sim.step(rounds=2)
+    rep = (await sim.repo.replicas("undo"))[0]
+    await sim.service.delete_volume("undo")
+    await sim.step(rounds=4)
+    assert await sim.repo.volumes() == []
+    (stone,) = [s for s in await sim.repo.tombstones() if s.replica == rep.id]
+    assert stone.done_at is not None  # its node reported it gone: the deletion is done
+    a = await beat(sim, rep.node, on_disk(rep.id))  # moved back from the trash
+    assert [r for r in a.replicas if r.delete] == []
+    assert [o.id for o in await sim.repo.orphans()] == [rep.id]
