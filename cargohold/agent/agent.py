@@ -643,6 +643,9 @@ class Agent:
             self._save_state()
         try:
             items = await self._list()
+            # a replica gone from the list (deleted, moved away) is probed again if it comes
+            # back (moved back from the trash): its generation is what an orphan needs
+            self._probed &= {x["id"] for x in items}
             unknown = [
                 x["id"] for x in items if "generation" not in x and x["id"] not in self._probed
             ]

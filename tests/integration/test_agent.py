@@ -480,3 +480,13 @@ def test_acts_only_for_a_manager_of_its_disks_cluster(env: Env) -> None:
     assert not (Path(env.disk) / "replicas" / extra).exists()
     assert extra in [p.name.rsplit(".", 1)[0] for p in (Path(env.disk) / "trash").iterdir()]
     assert LOCAL in {r["id"] for r in hb["replicas"]}
+
+    # undone: moved back from the trash, it is listed again, with its cluster id
+    env.fake.assign(NODE, replicas=[local], engines=[], cluster_id=mine)
+    (trashed,) = [p for p in (Path(env.disk) / "trash").iterdir() if p.name.startswith(extra)]
+    trashed.rename(Path(env.disk) / "replicas" / extra)
+    hb = env.fake.wait_heartbeat(
+        NODE, lambda hb: extra in {r["id"] for r in hb["replicas"]}, what="it back"
+    )
+    back = {r["id"]: r for r in hb["replicas"]}[extra]
+    assert back["cluster_id"] == mine and back["size_bytes"] == 4 << 20
