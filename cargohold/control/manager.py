@@ -23,9 +23,10 @@ from cargohold.control.repository import Repository
 from cargohold.control.service import Service
 from cargohold.control.settings import ManagerSettings
 from cargohold.control.state import MemoryStateStore, open_store
-from cargohold.errors import CargoholdError
+from cargohold.errors import CargoholdError, ManagerUnavailable
 
 log = logging.getLogger("cargohold.manager")
+STORE_WAIT = 60.0  # seconds a starting manager waits for an unreachable state store
 
 
 class Manager:
@@ -74,10 +75,28 @@ class Manager:
     async def open_cluster(self) -> None:
         """Check the store is this cluster's (or make a new cluster with ``--init``); close
         it and raise ConfigError, naming the store and what is wrong, otherwise."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STORE_WAIT
+        said = False
         try:
-            cluster = await open_cluster(
-                self.repo, self.init, allow_empty=isinstance(self.store, MemoryStateStore)
-            )
+            while True:
+                try:
+                    cluster = await open_cluster(
+                        self.repo, self.init, allow_empty=isinstance(self.store, MemoryStateStore)
+                    )
+                    break
+                except ManagerUnavailable as e:  # not there yet (etcd starting): wait a while
+                    if loop.time() >= deadline:
+                        raise
+                    if not said:
+                        log.warning(
+                            "manager %s: state store unavailable: %s; retrying for %.0f s",
+                            self.id,
+                            e,
+                            STORE_WAIT,
+                        )
+                        said = True
+                    await asyncio.sleep(1.0)
         except BaseException:
             await self.store.close()
             raise
