@@ -31,8 +31,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold.agent import disk_stamp
 from cargohold.agent.disks import device_size, is_block_device, prepare_device
 from cargohold.agent.engine_link import EngineLink, EngineUnreachable
+from cargohold.agent.identity import judge
 from cargohold.agent.manager_link import ManagerLink
 from cargohold.agent.processes import (
     REPLICA_ID,
@@ -65,11 +67,13 @@ from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
     Fenced,
+    FormatError,
     InvalidArgument,
     ManagerUnavailable,
     NotFound,
 )
 from cargohold.replica.client import ReplicaClient
+from cargohold.replica.trash import sweep as sweep_trash
 
 log = logging.getLogger("cargohold.agent")
 
@@ -79,6 +83,7 @@ STARTING_POLL = 0.05  # seconds between looks at a starting engine (is its NBD s
 NEWS_GAP = 0.05  # seconds to gather changes before reporting them early
 OP_TRIES = 3  # runs of one operation whose engine dies under it, before it fails
 VOLUME_OF = re.compile(r"^(.+)-r[0-9a-f]+$")  # <volume>-r<hex>
+TRASH_SWEEP_EVERY = 60.0  # seconds between looks for trash older than trash_grace (at most)
 
 
 @dataclass
@@ -92,6 +97,7 @@ class AgentConfig:
     disks: list[tuple[str, int | None]] = field(default_factory=list)  # path, capacity
     replica_port: int | None = None  # None: the one used before (agent.json), else any
     heartbeat: float | None = None  # seconds; None: what the manager says (2 s by default)
+    trash_grace: float = 86400.0  # seconds a deleted replica stays in its disk's trash
 
 
 @dataclass
@@ -118,6 +124,14 @@ class OperationRun:
             error=self.error,
             result=self.result,
         )
+
+
+def _history(value: Any) -> list[list[int]]:
+    """A replica's epoch history as LIST gives it, or [] when it is not well formed."""
+    try:
+        return [[int(a), int(b)] for a, b in value or []]
+    except (TypeError, ValueError):
+        return []
 
 
 def volume_of(replica_id: str) -> str:
@@ -155,6 +169,10 @@ class Agent:
         self._assignments: Assignments | None = None  # the last whole assignments received
         self._list_client: tuple[int | None, ReplicaClient] | None = None  # (server pid, it)
         self._spawned = asyncio.Event()  # an engine was started: the watcher looks closely
+        self._stamps: dict[str, str | None] = {}  # disk path -> its cluster id (None: none)
+        self._broken_stamps: dict[str, str] = {}  # disk path -> why its stamp is unreadable
+        self._refusal = ""  # what this agent refuses to do for the manager, reported
+        self._swept_at = 0.0  # monotonic time of the last trash sweep
 
     # --- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,6 +182,7 @@ class Agent:
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         self._state = self._load_state()
         self.disks = self._disks()
+        self._read_stamps()
         adopted = await self._adopt()
         markers = [self.dir, *(d.path for d in self.disks)]
         leftovers = [p for p in self._state.get("pids", []) if p not in adopted]
@@ -302,6 +321,7 @@ class Agent:
                 log.error("cannot serve disk %s at %s: %s", d.name, d.path, e)
                 return
         self.disks.extend(new)
+        self._read_stamps()
         self._state["added_disks"] = [
             d.model_dump() for d in self.disks if d.path not in self._configured_paths()
         ]
@@ -420,6 +440,7 @@ class Agent:
         a held heartbeat short. ``hold``: seconds the manager may hold its answer while the
         assignments are the ones this agent has (a long poll)."""
         listed = await self._check_replica_server()
+        await self._sweep_trash()
         if not self.registered and not await self._register():
             self._watch_engines()
             return None
@@ -431,6 +452,7 @@ class Agent:
             operations=[op.report() for op in self.operations.values()],
             assignments_revision=self._revision,
             hold=hold,
+            refusal=self._refusal,
         )
         digest = report_digest(hb)
         hb.report_digest = digest
@@ -487,9 +509,12 @@ class Agent:
         if self.config.heartbeat is None:
             self.interval = assignments.heartbeat_interval
         answered = loop.time()
+        if not self._acts_for(assignments):
+            self._converged_in = loop.time() - answered
+            return assignments  # refused: nothing changes, everything running keeps running
         await self._serve_added_disks(assignments.disks)
         if listed is not None:
-            await self._converge_replicas(assignments.replicas, listed)
+            await self._converge_replicas(assignments.replicas, listed, assignments.cluster_id)
         self._converge_engines(assignments.engines)
         self._converge_operations(assignments.operations)
         self._converged_in = loop.time() - answered
@@ -545,6 +570,56 @@ class Agent:
             )
             self._manager_down_since = None
 
+    # --- cluster identity and the trash ---------------------------------------------------
+    def _read_stamps(self) -> None:
+        for d in self.disks:
+            try:
+                st = disk_stamp.read(d.path)
+            except (FormatError, OSError) as e:
+                self._broken_stamps[d.path] = str(e)
+                continue
+            self._broken_stamps.pop(d.path, None)
+            self._stamps[d.path] = st.cluster_id if st else None
+
+    def _acts_for(self, a: Assignments) -> bool:
+        """Whether to act for the manager that sent ``a`` (agent/identity.py); stamps the
+        disks it may. A refusal is logged once, and reported in every heartbeat."""
+        assigned = {r.id for r in a.replicas}
+        verdict = judge(a.cluster_id, self._stamps, self._broken_stamps, self._replicas, assigned)
+        if verdict.refusal:
+            if verdict.refusal != self._refusal:
+                log.error("node %s: %s", self.config.node, verdict.refusal)
+                self._refusal = verdict.refusal
+                self._news.set()  # tell the manager now
+            return False
+        if self._refusal:
+            log.warning(
+                "node %s acts for the manager again (cluster %s)", self.config.node, a.cluster_id
+            )
+            self._refusal = ""
+            self._news.set()
+        for path in verdict.stamp:
+            try:
+                disk_stamp.write(path, a.cluster_id, self.config.node)
+            except OSError as e:
+                log.error("cannot stamp disk %s with cluster %s: %s", path, a.cluster_id, e)
+                continue
+            self._stamps[path] = a.cluster_id
+            log.info("disk %s stamped: cluster %s", path, a.cluster_id)
+        return True
+
+    async def _sweep_trash(self) -> None:
+        t = time.monotonic()
+        every = min(TRASH_SWEEP_EVERY, max(1.0, self.config.trash_grace / 4))
+        if t - self._swept_at < every:
+            return
+        self._swept_at = t
+        paths = [d.path for d in self.disks]
+        try:
+            await asyncio.to_thread(sweep_trash, paths, self.config.trash_grace)
+        except OSError as e:
+            log.warning("cannot sweep the trash: %s", e)
+
     # --- replicas ----------------------------------------------------------------------
     async def _check_replica_server(self) -> set[str] | None:
         """Restart the replica server if it died; LIST its replicas into ``_replicas``.
@@ -568,6 +643,9 @@ class Agent:
             self._save_state()
         try:
             items = await self._list()
+            # a replica gone from the list (deleted, moved away) is probed again if it comes
+            # back (moved back from the trash): its generation is what an orphan needs
+            self._probed &= {x["id"] for x in items}
             unknown = [
                 x["id"] for x in items if "generation" not in x and x["id"] not in self._probed
             ]
@@ -585,6 +663,11 @@ class Agent:
                 size_bytes=int(x.get("size", 0) or 0),
                 generation=int(x.get("generation", 0) or 0),
                 epoch=int(x.get("epoch", 0) or 0),
+                seen=int(x.get("seen", 0) or 0),
+                history=_history(x.get("history")),
+                snapshots=[str(n) for n in x.get("snapshots") or [] if isinstance(n, str)],
+                cluster_id=str(x.get("cluster_id") or ""),
+                disk_cluster_id=self._stamps.get(os.path.abspath(str(x.get("disk", "")))) or "",
             )
             for x in items
         ]
@@ -630,14 +713,28 @@ class Agent:
         except (CargoholdError, TimeoutError) as e:
             log.warning("cannot open replica %s to read its generation: %s", rid, e)
 
-    async def _converge_replicas(self, wanted: list[ReplicaAssignment], on_disk: set[str]) -> None:
+    async def _converge_replicas(
+        self, wanted: list[ReplicaAssignment], on_disk: set[str], cluster_id: str = ""
+    ) -> None:
+        listed = {r.id: r for r in self._replicas}
         for ra in wanted:
             if ra.delete and ra.id in on_disk:
+                rr = listed.get(ra.id)
+                theirs = (rr.cluster_id or rr.disk_cluster_id) if rr else ""
+                if theirs != cluster_id:  # another cluster's replica: never
+                    why = (
+                        f"replica {ra.id} belongs to cluster {theirs or '-'}, the manager "
+                        f"to {cluster_id or '-'}: not deleting it"
+                    )
+                    if self._replica_errors.get(ra.id) != why:
+                        self._replica_errors[ra.id] = why
+                        log.error("%s", why)
+                    continue
                 await self._replica_call(ra, "delete")
             elif not ra.delete and ra.id not in on_disk:
-                await self._replica_call(ra, "create")
+                await self._replica_call(ra, "create", cluster_id)
 
-    async def _replica_call(self, ra: ReplicaAssignment, what: str) -> None:
+    async def _replica_call(self, ra: ReplicaAssignment, what: str, cluster_id: str = "") -> None:
         assert self.replica_server is not None
         listed = next((r.disk_path for r in self._replicas if r.id == ra.id), "")
         disk = self._disk_name(ra.disk_path or listed)
@@ -647,14 +744,16 @@ class Agent:
             c = await self.replica_server.client()
             try:
                 if what == "create":
-                    out = await c.create(ra.id, ra.size_bytes, ra.disk_path or None)
+                    out = await c.create(
+                        ra.id, ra.size_bytes, ra.disk_path or None, cluster_id or None
+                    )
                     where = os.path.dirname(os.path.dirname(str(out.get("path", ""))))
                     disk = self._disk_name(where) if where else disk
                     log.info("replica %s created on %s (%d bytes)", ra.id, disk, ra.size_bytes)
                     self._news.set()
                 else:
                     await c.delete(ra.id)
-                    log.info("replica %s deleted from %s", ra.id, disk)
+                    log.info("replica %s deleted from %s (moved to its trash)", ra.id, disk)
                     self._news.set()
             finally:
                 await c.close()

@@ -161,6 +161,9 @@ def parse_assignments(data: Any, complaints: Complaints | None = None) -> Assign
     revision = data.get("revision")
     if isinstance(revision, str):
         out.revision = revision
+    cluster_id = data.get("cluster_id")
+    if isinstance(cluster_id, str):
+        out.cluster_id = cluster_id
     out.unchanged = data.get("unchanged") is True
     out.resend = data.get("resend") is True
     return out

@@ -54,6 +54,13 @@ def agent(
     heartbeat: float = typer.Option(
         None, min=0.05, help="seconds between heartbeats (default: what the manager says)"
     ),
+    trash_grace: float = typer.Option(
+        86400.0,
+        min=0,
+        envvar="CARGOHOLD_AGENT_TRASH_GRACE",
+        help="seconds a deleted replica stays in its disk's trash (DISK/trash/) before it "
+        "is really removed; until then it can be moved back",
+    ),
 ) -> None:
     """Run a node: its replica server, and the engines the manager assigns to it."""
     from cargohold.agent.agent import Agent, AgentConfig
@@ -77,6 +84,7 @@ def agent(
             disks=[parse_disk(d) for d in disk or []],
             replica_port=replica_port,
             heartbeat=heartbeat,
+            trash_grace=trash_grace,
         )
         the_agent = Agent(config)
     except (CargoholdError, ValueError) as e:

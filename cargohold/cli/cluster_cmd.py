@@ -19,6 +19,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cargohold.cli.main import app
@@ -154,6 +155,11 @@ def _print_table(api: str, st: dict[str, Any], nodes: list[dict[str, Any]], loca
         table.add_row(*row)
     if nodes:
         console.print(table)
+    if st.get("cluster_id"):
+        console.print(f"cluster: {st['cluster_id']}")
+    for n in nodes:  # an agent that refuses this manager (a cluster id mismatch, say)
+        if n.get("error"):
+            console.print(f"[red]node {escape(str(n.get('name')))}:[/red] {escape(n['error'])}")
     v = st.get("volumes", {})
     console.print(
         f"volumes: {v.get('total', 0)} (healthy {v.get('healthy', 0)}, degraded "

@@ -38,6 +38,7 @@ _COMMANDS = (
     "nbd_cmd",
     "node_cmd",
     "replica_cmd",
+    "orphan_cmd",
     "snapshot_cmd",
     "verify_cmd",
     "volume_cmd",

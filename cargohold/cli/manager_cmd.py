@@ -1,5 +1,6 @@
 """``cargohold manager``: run the control plane's manager (REST API, reconcilers).
 
+cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600 --init  # once
 cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600
 cargohold manager --state etcd:http://10.0.0.5:2379 --listen 0.0.0.0:9600 --id mgr-b
 """
@@ -33,6 +34,13 @@ def manager(
     id: str = typer.Option(
         None, "--id", help="this manager's name in elections (default: host-pid)"
     ),
+    init: bool = typer.Option(
+        False,
+        "--init",
+        envvar="CARGOHOLD_MANAGER_INIT",
+        help="create a new cluster in an empty state store (refused on one with records); "
+        "without it, a missing, empty or broken store is refused",
+    ),
 ) -> None:
     """Serve the manager's REST API and, when elected leader, run the reconcilers."""
     from pydantic import ValidationError
@@ -52,14 +60,14 @@ def manager(
     try:
         settings = ManagerSettings()
         addr = split_addr(listen, DEFAULT_MANAGER_PORT) if listen else None
-        mgr = Manager(state, id or f"{socket.gethostname()}-{os.getpid()}", settings)
+        mgr = Manager(state, id or f"{socket.gethostname()}-{os.getpid()}", settings, init=init)
     except (CargoholdError, ValidationError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line in the log
         raise typer.Exit(2) from None
     try:
         import uvloop
 
         uvloop.run(mgr.serve(addr, unix))
     except (CargoholdError, OSError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         raise typer.Exit(getattr(e, "exit_code", 1)) from None

@@ -52,6 +52,7 @@ NODE_FIELDS = (
     "down_since",
     "registered_at",
     "agent_pid",
+    "error",
 )
 
 

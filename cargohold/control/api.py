@@ -34,8 +34,10 @@ from cargohold.control.model import (
     NAME_PATTERN,
     Assignments,
     Disk,
+    Event,
     Heartbeat,
     Operation,
+    Orphan,
     Registration,
     Snapshot,
 )
@@ -561,5 +563,25 @@ def build(service: Service) -> FastAPI:
     )
     async def attachments() -> list[JSON]:
         return await s.attachments()
+
+    # orphans (replicas on disks that no record names) and events
+    @app.get(
+        "/api/v1/orphans", tags=["replicas"], response_model=list[Orphan], responses=errors(422)
+    )
+    async def orphans(node: str | None = None) -> list[JSON]:
+        return await s.orphans(node)
+
+    @app.delete(
+        "/api/v1/orphans/{node}/{replica}",
+        tags=["replicas"],
+        response_model=Orphan,
+        responses=errors(404, 422),
+    )
+    async def delete_orphan(node: str, replica: str) -> JSON:
+        return await s.delete_orphan(node, replica)
+
+    @app.get("/api/v1/events", tags=["manager"], response_model=list[Event], responses=errors())
+    async def events() -> list[JSON]:
+        return await s.events()
 
     return app

@@ -322,6 +322,15 @@ class ManagerClient:
     def attachments(self) -> list[JSON]:
         return self._get("/api/v1/attachments")
 
+    def orphans(self, node: str | None = None) -> list[JSON]:
+        return self._get("/api/v1/orphans", node=node)
+
+    def delete_orphan(self, node: str, replica: str) -> JSON:
+        return self.request("DELETE", f"/api/v1/orphans/{_seg(node)}/{_seg(replica)}")
+
+    def events(self) -> list[JSON]:
+        return self._get("/api/v1/events")
+
     # --- snapshots -------------------------------------------------------------------------
     def snapshots(self, volume: str) -> list[JSON]:
         return self._get(f"/api/v1/volumes/{_seg(volume)}/snapshots")

@@ -16,12 +16,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from cargohold.control.deletion import Verdict, decide, replica_cluster
 from cargohold.control.model import (
     Assignments,
     DiskReport,
     EngineAssignment,
     EngineReport,
     EngineStatus,
+    EventKind,
     Heartbeat,
     Node,
     Operation,
@@ -29,12 +31,14 @@ from cargohold.control.model import (
     OperationKind,
     OperationReport,
     OperationState,
+    Orphan,
     Replica,
     ReplicaAssignment,
     ReplicaMode,
     Robustness,
     ScrubSummary,
     SnapshotState,
+    Tombstone,
     Volume,
 )
 from cargohold.control.repository import Repository, now
@@ -42,6 +46,7 @@ from cargohold.control.settings import ManagerSettings
 from cargohold.errors import NotFound
 
 log = logging.getLogger("cargohold.manager")
+ORPHAN_SEEN_EVERY = 60.0  # seconds between writes of an unchanged orphan's last_seen
 
 
 async def handle(
@@ -55,6 +60,7 @@ async def handle(
     replica now on disk or gone from it, an engine stopped, an operation finished), so
     the next step does not wait for the next reconciler pass."""
     t = now()
+    refused: list[str] = []
 
     def beat(node: Node) -> Node:
         if node.down_since is not None:
@@ -63,9 +69,16 @@ async def handle(
         node.down_since = None
         if hb.replica_port:
             node.replica_port = hb.replica_port
+        if node.error != hb.refusal:
+            if hb.refusal:
+                refused.append(hb.refusal)
+            node.error = hb.refusal
         return node
 
     await repo.update_node(name, beat)
+    if refused:
+        log.error("node %s refuses this manager: %s", name, refused[-1])
+        await repo.add_event(EventKind.AGENT_REFUSED, refused[-1], node=name)
     # one read of each kind of record per heartbeat (parsed once per revision: the
     # repository caches them); every write below is still a compare-and-swap
     volumes = {v.name: v for v in await repo.volumes()}
@@ -113,8 +126,15 @@ async def _ingest_replicas(
             continue
         got = reported.get(rep.id)
         if rep.deleting and got is None:
-            await repo.delete_replica_record(rep.volume, rep.id)
+            await repo.delete_replica_record(rep.volume, rep.id, gone=True)
             log.info("replica %s of volume %s deleted from node %s", rep.id, rep.volume, name)
+            await repo.add_event(
+                EventKind.REPLICA_DELETED,
+                f"replica {rep.id} deleted from node {name} (its record said deleting)",
+                node=name,
+                volume=rep.volume,
+                replica=rep.id,
+            )
             wake()
             continue
         exists = got is not None
@@ -134,6 +154,102 @@ async def _ingest_replicas(
             await repo.update_replica(rep.volume, rep.id, seen)
             if exists and not rep.exists:
                 wake()
+    await _ingest_unknown(repo, name, hb, {r.id for r in replicas})
+
+
+async def _ingest_unknown(repo: Repository, name: str, hb: Heartbeat, known: set[str]) -> None:
+    """Replicas on the node's disks that no record names: orphans (recorded, kept) or
+    tombstoned (deleted by the agent; the tombstone notes when they are gone).
+
+    A node that reports no such replica, and reported none last time either, costs no
+    read (the common case: two reads less per heartbeat). Orphans that another manager
+    recorded and whose replica went meanwhile are dropped by the identity reconciler
+    once they are not seen for ``ORPHAN_STALE``."""
+    unknown = frozenset(r.id for r in hb.replicas if r.id not in known)
+    last = repo.unknown_seen.get(name)
+    repo.unknown_seen[name] = unknown
+    if not unknown and last is not None and not last:
+        return
+    t = now()
+    cluster_id = repo.cluster_id
+    stones = {s.replica: s for s in await repo.tombstones() if s.node == name}
+    orphans = {o.id: o for o in await repo.orphans(name)}
+    reported = {r.id for r in hb.replicas}
+    for rr in hb.replicas:
+        if rr.id in known:
+            continue
+        if decide(rr, None, stones.get(rr.id), cluster_id) is Verdict.DELETE:
+            continue
+        old = orphans.get(rr.id)
+        new = Orphan(
+            id=rr.id,
+            volume=rr.volume,
+            node=name,
+            disk_path=rr.disk_path,
+            size_bytes=rr.size_bytes,
+            generation=rr.generation,
+            seen=rr.seen,
+            epoch=rr.epoch,
+            history=rr.history,
+            snapshots=rr.snapshots,
+            cluster_id=replica_cluster(rr),
+            first_seen=old.first_seen if old else t,
+            last_seen=t,
+        )
+        if old is None:
+            await repo.put_orphan(new)
+            why = "another cluster's" if new.cluster_id != cluster_id else "no record, no tombstone"
+            log.warning(
+                "orphan replica %s (volume %r, %d bytes, generation %d) on node %s: %s; "
+                "kept (cargohold replica orphans)",
+                rr.id,
+                rr.volume,
+                rr.size_bytes,
+                rr.generation,
+                name,
+                why,
+            )
+            await repo.add_event(
+                EventKind.ORPHAN_FOUND,
+                f"orphan replica {rr.id} on node {name} ({why}); kept",
+                node=name,
+                volume=rr.volume,
+                replica=rr.id,
+            )
+        elif old.model_copy(update={"last_seen": t}) != new or t - old.last_seen > (
+            ORPHAN_SEEN_EVERY
+        ):
+            await repo.put_orphan(new)
+    for rid in orphans:
+        if rid in known or rid not in reported:
+            await repo.drop_orphan(name, rid)
+            log.info(
+                "replica %s on node %s is no orphan any more (%s)",
+                rid,
+                name,
+                "in a record again" if rid in known else "gone from the disk",
+            )
+    for rid, stone in stones.items():
+        if stone.done_at is None and rid not in reported and rid not in known:
+
+            def done(s: Tombstone) -> Tombstone | None:
+                if s.done_at is not None:
+                    return None
+                s.done_at = t
+                return s
+
+            try:
+                await repo.update_tombstone(stone.volume, rid, done)
+            except NotFound:
+                continue
+            log.info("replica %s deleted from node %s (tombstoned: %s)", rid, name, stone.reason)
+            await repo.add_event(
+                EventKind.REPLICA_DELETED,
+                f"replica {rid} deleted from node {name} (tombstone: {stone.reason})",
+                node=name,
+                volume=stone.volume,
+                replica=rid,
+            )
 
 
 def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
@@ -381,6 +497,7 @@ async def assignments(
     all_reps = await repo.replicas()
     out = Assignments(
         heartbeat_interval=settings.heartbeat_every,
+        cluster_id=repo.cluster_id,
         disks=[
             DiskReport(name=d.name, path=d.path, capacity_bytes=d.capacity_bytes, tags=d.tags)
             for d in await repo.disks(name)
@@ -397,8 +514,10 @@ async def assignments(
             )
         )
     known = {r.id for r in all_reps}
-    for rr in hb.replicas:  # orphans: on disk, no record, and their volume is gone
-        if rr.id not in known and rr.volume and rr.volume not in volumes:
+    unknown = [rr for rr in hb.replicas if rr.id not in known]
+    stones = {s.replica: s for s in await repo.tombstones() if s.node == name} if unknown else {}
+    for rr in unknown:  # deleted only on positive evidence: a tombstone (invariant 7)
+        if decide(rr, None, stones.get(rr.id), repo.cluster_id) is Verdict.DELETE:
             out.replicas.append(
                 ReplicaAssignment(
                     id=rr.id,
@@ -468,7 +587,7 @@ def revision(a: Assignments) -> str:
     return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
-REPORT = {"replica_port", "replicas", "engines", "operations"}
+REPORT = {"replica_port", "replicas", "engines", "operations", "refusal"}
 
 
 def report_digest(hb: Heartbeat) -> str:

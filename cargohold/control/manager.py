@@ -17,19 +17,25 @@ import socket
 import uvicorn
 
 from cargohold.control.api import build
+from cargohold.control.identity import open_cluster
 from cargohold.control.reconcilers import RECONCILERS
 from cargohold.control.repository import Repository
 from cargohold.control.service import Service
 from cargohold.control.settings import ManagerSettings
-from cargohold.control.state import open_store
-from cargohold.errors import CargoholdError, StateStoreDamaged
+from cargohold.control.state import MemoryStateStore, open_store
+from cargohold.errors import CargoholdError, ManagerUnavailable, StateStoreDamaged
 
 log = logging.getLogger("cargohold.manager")
+STORE_WAIT = 60.0  # seconds a starting manager waits for an unreachable state store
 
 
 class Manager:
-    def __init__(self, state_url: str, manager_id: str, settings: ManagerSettings) -> None:
-        self.store = open_store(state_url)
+    def __init__(
+        self, state_url: str, manager_id: str, settings: ManagerSettings, init: bool = False
+    ) -> None:
+        # without --init nothing is created: a missing or empty store is refused (identity.py)
+        self.store = open_store(state_url, create=init)
+        self.init = init
         self.settings = settings
         self.id = manager_id
         backend = state_url.split(":", 1)[0]
@@ -70,7 +76,38 @@ class Manager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(kick.wait(), interval)
 
+    async def open_cluster(self) -> None:
+        """Check the store is this cluster's (or make a new cluster with ``--init``); close
+        it and raise ConfigError, naming the store and what is wrong, otherwise."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STORE_WAIT
+        said = False
+        try:
+            while True:
+                try:
+                    cluster = await open_cluster(
+                        self.repo, self.init, allow_empty=isinstance(self.store, MemoryStateStore)
+                    )
+                    break
+                except ManagerUnavailable as e:  # not there yet (etcd starting): wait a while
+                    if loop.time() >= deadline:
+                        raise
+                    if not said:
+                        log.warning(
+                            "manager %s: state store unavailable: %s; retrying for %.0f s",
+                            self.id,
+                            e,
+                            STORE_WAIT,
+                        )
+                        said = True
+                    await asyncio.sleep(1.0)
+        except BaseException:
+            await self.store.close()
+            raise
+        log.info("manager %s serves cluster %s", self.id, cluster.id)
+
     async def serve(self, listen: tuple[str, int] | None, unix: str | None) -> None:
+        await self.open_cluster()
         socks = []
         if listen is not None:
             s = socket.socket(socket.AF_INET6 if ":" in listen[0] else socket.AF_INET)

@@ -10,6 +10,10 @@ Records live in the state store as JSON under these keys (see ``keys``):
     /replicas/<volume>/<replica>      Replica       one copy of a volume on a node's disk
     /snapshots/<volume>/<snapshot>    Snapshot
     /operations/<id>                  Operation     long-running work: snapshots, expand, clone, scrub
+    /cluster                          Cluster       the cluster's identity, made with the store
+    /tombstones/<volume>/<replica>    Tombstone     a replica the manager deleted (kept tombstone_ttl)
+    /orphans/<node>/<replica>         Orphan        on a node's disk, in no record: kept, reported
+    /events/<time>-<id>               Event         what happened (newest 1000 kept)
     /leader/<role>                    (election)
 
 Times are seconds since the epoch (float) on the manager's clock.
@@ -75,6 +79,7 @@ class Node(Record):
     down_since: float | None = None  # set by the node reconciler when heartbeats stop
     registered_at: float = 0.0
     agent_pid: int | None = None  # local clusters: for `cargohold node kill`
+    error: str = ""  # what the agent refuses to do (e.g. a cluster id mismatch), if anything
 
     @property
     def state(self) -> NodeState:
@@ -319,6 +324,11 @@ class ReplicaReport(Message):
     size_bytes: StrictInt = 0
     generation: StrictInt = 0
     epoch: StrictInt = 0
+    seen: StrictInt = 0  # the highest generation it has seen written (complete or not)
+    history: list[list[int]] = Field(default_factory=list)  # [[epoch, first_generation], ...]
+    snapshots: list[str] = Field(default_factory=list)  # snapshot names
+    cluster_id: str = ""  # stamped at CREATE ("" for replicas older than cluster ids)
+    disk_cluster_id: str = ""  # the stamp of the disk it lives on ("" when unstamped)
 
 
 class EngineReport(Message):
@@ -373,6 +383,8 @@ class Heartbeat(Message):
     # lists are left out: "what I reported last time" (answered ``resend`` if unknown)
     report_digest: str = ""
     same_report: StrictBool = False
+    # what the agent refuses to do for this manager (a cluster id mismatch); "" when nothing
+    refusal: str = ""
 
 
 class ReplicaAssignment(Message):
@@ -411,13 +423,90 @@ class Assignments(Message):
     operations: list[OperationAssignment] = Field(default_factory=list)
     disks: list[DiskReport] = Field(default_factory=list)  # every disk the node should serve
     heartbeat_interval: float = 1.0
+    cluster_id: str = ""  # the manager's cluster: agents stamp disks with it, act only for it
     revision: str = ""  # a digest of everything above: equal revisions, equal assignments
     # after a hold that ended with nothing new: no lists, keep the assignments you have
     unchanged: bool = False
     resend: bool = False  # the report's digest is unknown here: send the whole report now
 
 
+# --- cluster identity, tombstones, orphans, events -------------------------------------
+CLUSTER_ID_RE = re.compile(r"^c-[0-9a-f]{32}$")
+
+
+class Cluster(Record):
+    """The cluster's identity: created with the state store (``cargohold manager --init``),
+    stamped on every node's disks and every replica. Agents act only for a manager whose
+    cluster id is their disks'."""
+
+    id: str
+    created_at: float = 0.0
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not CLUSTER_ID_RE.match(v):
+            raise ValueError(f"cluster id {v!r} is not c-<32 hex digits>")
+        return v
+
+
+class Tombstone(Record):
+    """Positive evidence that a replica was deleted: written in the same transaction that
+    removes its record, kept ``tombstone_ttl``. An agent deletes a replica that has no record
+    only when its tombstone exists (and the cluster ids match)."""
+
+    replica: str
+    volume: str
+    node: str
+    cluster_id: str = ""
+    deleted_at: float = 0.0
+    reason: str = ""  # volume deleted | replica deleted | orphan deleted | orphan grace
+    done_at: float | None = None  # when its node no longer reported the replica
+
+
+class Orphan(Record):
+    """A replica on a node's disk that no record names and no tombstone condemns: kept, and
+    reported, with what ``volume adopt`` needs to rebuild its volume's records."""
+
+    id: str
+    volume: str
+    node: str
+    disk_path: str = ""
+    size_bytes: int = 0
+    generation: int = 0
+    seen: int = 0
+    epoch: int = 0
+    history: list[list[int]] = Field(default_factory=list)  # [[epoch, first_generation], ...]
+    snapshots: list[str] = Field(default_factory=list)
+    cluster_id: str = ""  # the replica's own stamp, else its disk's ("" when neither)
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+
+
+class EventKind(StrEnum):
+    ORPHAN_FOUND = "orphan-found"
+    ORPHAN_DELETED = "orphan-deleted"
+    AGENT_REFUSED = "agent-refused"
+    REPLICA_DELETED = "replica-deleted"  # a tombstoned deletion done on a node
+    CLUSTER_CREATED = "cluster-created"
+    CLUSTER_ID_ASSIGNED = "cluster-id-assigned"  # a store of an older version, migrated
+
+
+class Event(Record):
+    id: str  # sortable: <zero-padded ns since the epoch>-<hex>
+    at: float
+    kind: EventKind
+    message: str
+    node: str = ""
+    volume: str = ""
+    replica: str = ""
+
+
 class keys:
+    CLUSTER = "/cluster"
+    TOMBSTONES = "/tombstones/"
+    ORPHANS = "/orphans/"
+    EVENTS = "/events/"
     NODES = "/nodes/"
     DISKS = "/disks/"
     VOLUMES = "/volumes/"
@@ -448,3 +537,15 @@ class keys:
     @staticmethod
     def operation(oid: str) -> str:
         return f"/operations/{oid}"
+
+    @staticmethod
+    def tombstone(volume: str, rid: str) -> str:
+        return f"/tombstones/{volume}/{rid}"
+
+    @staticmethod
+    def orphan(node: str, rid: str) -> str:
+        return f"/orphans/{node}/{rid}"
+
+    @staticmethod
+    def event(eid: str) -> str:
+        return f"/events/{eid}"

@@ -11,6 +11,9 @@ only on the elected leader, in this order, every ``reconcile_interval``:
   the next epoch, so the one before it is fenced; its replica set follows the replicas.
 - ``VolumeReconciler``: deletion, release, robustness of detached volumes, and the
   garbage collection of finished operations.
+- ``IdentityReconciler``: tombstones older than ``tombstone_ttl`` go; orphans older than
+  ``orphan_grace`` (0: never) whose cluster id is this cluster's are deleted (a tombstone);
+  events beyond the newest 1000 go.
 
 Every decision is a compare-and-swap on one record; a pass that loses a race simply
 tries again on the next pass.
@@ -22,6 +25,7 @@ import logging
 
 from cargohold.control.model import (
     EngineSpec,
+    EventKind,
     Node,
     OperationKind,
     OperationState,
@@ -36,6 +40,7 @@ from cargohold.errors import NotFound, Unschedulable
 
 log = logging.getLogger("cargohold.manager")
 REPLICA_CREATE_GRACE = 10.0  # seconds a new engine waits for just-placed replicas
+ORPHAN_STALE = 600.0  # seconds an orphan of an up node may go unseen before it is dropped
 
 
 class NodeReconciler:
@@ -415,9 +420,11 @@ class VolumeReconciler:
                         vol.name, r.id, lambda x: x.model_copy(update={"deleting": True})
                     )
                 elif n is None or n.down_since is not None or not r.exists:
-                    # its node is gone (or it never reached the disk): forget the record;
-                    # a returning agent reports it and is told to delete it (an orphan)
-                    await self.repo.delete_replica_record(vol.name, r.id)
+                    # its node is gone (or it never reached the disk): forget the record,
+                    # leaving a tombstone: a returning agent reports it and is told to
+                    # delete it (positive evidence, invariant 7)
+                    up = n is not None and n.down_since is None
+                    await self.repo.delete_replica_record(vol.name, r.id, gone=up)
             for s in await self.repo.snapshots(vol.name):
                 await self.repo.delete_snapshot_record(vol.name, s.name)
             if not await self.repo.replicas(vol.name):
@@ -463,4 +470,57 @@ class VolumeReconciler:
         _ = OperationKind
 
 
-RECONCILERS = (NodeReconciler, ReplicaReconciler, EngineReconciler, VolumeReconciler)
+class IdentityReconciler:
+    def __init__(self, repo: Repository, settings: ManagerSettings) -> None:
+        self.repo, self.settings = repo, settings
+
+    async def run_once(self) -> None:
+        t = now()
+        for stone in await self.repo.tombstones():
+            if t - stone.deleted_at > self.settings.tombstone_ttl:
+                await self.repo.delete_tombstone(stone.volume, stone.replica)
+        grace = self.settings.orphan_grace
+        cluster_id = self.repo.cluster_id
+        orphans = await self.repo.orphans()
+        if orphans:  # records that outlived their replica's absence from the disk
+            known = {r.id for r in await self.repo.replicas()}
+            nodes = {n.name: n for n in await self.repo.nodes()}
+            for o in list(orphans):
+                n = nodes.get(o.node)
+                live = n is not None and n.down_since is None
+                if o.id in known or (live and t - o.last_seen > ORPHAN_STALE):
+                    await self.repo.drop_orphan(o.node, o.id)
+                    orphans.remove(o)
+                    log.info(
+                        "orphan replica %s on node %s: %s",
+                        o.id,
+                        o.node,
+                        "in a record again" if o.id in known else "not seen any more",
+                    )
+        for o in orphans if grace > 0 else ():
+            if t - o.first_seen <= grace or not cluster_id or o.cluster_id != cluster_id:
+                continue
+            await self.repo.condemn_orphan(o, "orphan grace")
+            log.warning(
+                "orphan replica %s on node %s kept %.0f s (orphan_grace): deleting it",
+                o.id,
+                o.node,
+                t - o.first_seen,
+            )
+            await self.repo.add_event(
+                EventKind.ORPHAN_DELETED,
+                f"orphan replica {o.id} on node {o.node} deleted after orphan_grace",
+                node=o.node,
+                volume=o.volume,
+                replica=o.id,
+            )
+        await self.repo.trim_events()
+
+
+RECONCILERS = (
+    NodeReconciler,
+    ReplicaReconciler,
+    EngineReconciler,
+    VolumeReconciler,
+    IdentityReconciler,
+)

@@ -13,6 +13,7 @@ wakes the heartbeats held for the nodes a change concerns (cargohold/control/wat
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -21,11 +22,16 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from cargohold.control.model import (
+    Cluster,
     Disk,
+    Event,
+    EventKind,
     Node,
     Operation,
+    Orphan,
     Replica,
     Snapshot,
+    Tombstone,
     Volume,
     keys,
 )
@@ -36,6 +42,8 @@ from cargohold.errors import AlreadyExists, Busy, NotFound, StateStoreDamaged
 M = TypeVar("M", bound=BaseModel)
 MAX_RETRIES = 64
 PARSED_MAX = 200_000  # parsed records kept (then the cache starts over)
+EVENTS_KEPT = 1000  # the newest events kept in the store
+_event_seq = itertools.count()  # orders this manager's events of one clock tick
 
 
 class Conflict(Busy):
@@ -53,6 +61,10 @@ class Repository:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.observers: list[Observer] = []
+        self.cluster_id = ""  # set by the manager at start (control/identity.py)
+        # node -> the ids of the replicas it reported last that no record names (in memory,
+        # per manager: a heartbeat with none, after one with none, reads no orphan record)
+        self.unknown_seen: dict[str, frozenset[str]] = {}
         self._parsed: dict[str, tuple[int, BaseModel]] = {}  # key -> (mod_revision, record)
         # damage seen in the store, until ``check`` finds it repaired: record key -> (its
         # model, what is wrong); the key "" stands for the store's file itself
@@ -219,10 +231,13 @@ class Repository:
         return await self._update(keys.volume(name), Volume, change, f"volume {name}")
 
     async def delete_volume_records(self, name: str) -> None:
-        """The volume's last records go together: replicas, snapshots, the volume."""
-        ops: list[Put | Delete] = [
-            Delete(e.key) for e in await self.store.range(f"/replicas/{name}/")
-        ]
+        """The volume's last records go together: replicas (each leaving a tombstone, the
+        evidence a returning node needs to delete its copy), snapshots, the volume."""
+        ops: list[Put | Delete] = []
+        for e in await self.store.range(f"/replicas/{name}/"):
+            ops.append(Delete(e.key))
+            rep = self._parse(e.key, e.value, e.mod_revision, Replica)
+            ops.append(self._tombstone_put(rep.volume, rep.id, rep.node, "volume deleted"))
         ops += [Delete(e.key) for e in await self.store.range(f"/snapshots/{name}/")]
         ops.append(Delete(keys.volume(name)))
         await self.store.txn([], ops)
@@ -301,9 +316,111 @@ class Repository:
             for node, disk in placement
         ]
 
-    async def delete_replica_record(self, volume: str, rid: str) -> None:
-        await self.store.delete(keys.replica(volume, rid))
-        self._forget(keys.replica(volume, rid))
+    async def delete_replica_record(self, volume: str, rid: str, gone: bool = False) -> None:
+        """The record goes, and a tombstone comes, in one transaction. ``gone``: its node
+        no longer has it (the tombstone is born done)."""
+        key = keys.replica(volume, rid)
+        got = await self._get(key, Replica)
+        if got is None:
+            return
+        rep, rev = got
+        stone = self._tombstone(volume, rid, rep.node, "replica deleted")
+        stone.done_at = stone.deleted_at if gone else None
+        if await self.store.txn(
+            [Compare(key, rev)], [Delete(key), Put(keys.tombstone(volume, rid), _dump(stone))]
+        ):
+            self._forget(key)
+            self._notify(rep, None)
+
+    # --- cluster identity, tombstones, orphans, events -------------------------------------
+    def _tombstone(self, volume: str, rid: str, node: str, reason: str) -> Tombstone:
+        return Tombstone(
+            replica=rid,
+            volume=volume,
+            node=node,
+            cluster_id=self.cluster_id,
+            deleted_at=now(),
+            reason=reason,
+        )
+
+    def _tombstone_put(self, volume: str, rid: str, node: str, reason: str) -> Put:
+        stone = self._tombstone(volume, rid, node, reason)
+        return Put(keys.tombstone(volume, rid), _dump(stone))
+
+    async def cluster(self) -> Cluster | None:
+        got = await self._get(keys.CLUSTER, Cluster)
+        return got[0] if got else None
+
+    async def tombstones(self) -> list[Tombstone]:
+        return await self._list(keys.TOMBSTONES, Tombstone)
+
+    async def update_tombstone(
+        self, volume: str, rid: str, change: Callable[[Tombstone], Tombstone | None]
+    ) -> Tombstone:
+        return await self._update(
+            keys.tombstone(volume, rid), Tombstone, change, f"tombstone of replica {rid}"
+        )
+
+    async def delete_tombstone(self, volume: str, rid: str) -> None:
+        await self.store.delete(keys.tombstone(volume, rid))
+        self._forget(keys.tombstone(volume, rid))
+
+    async def orphans(self, node: str | None = None) -> list[Orphan]:
+        return await self._list(keys.orphan(node, "") if node else keys.ORPHANS, Orphan)
+
+    async def put_orphan(self, orphan: Orphan) -> None:
+        await self.store.put(keys.orphan(orphan.node, orphan.id), _dump(orphan))
+
+    async def drop_orphan(self, node: str, rid: str) -> None:
+        """Forget an orphan record (it is in a record again, or gone from the disk)."""
+        await self.store.delete(keys.orphan(node, rid))
+        self._forget(keys.orphan(node, rid))
+
+    async def condemn_orphan(self, orphan: Orphan, reason: str) -> None:
+        """Delete an orphan: its record goes and a tombstone comes (the agent deletes it
+        at its next heartbeat, into the trash), in one transaction."""
+        key = keys.orphan(orphan.node, orphan.id)
+        stone = self._tombstone(orphan.volume, orphan.id, orphan.node, reason)
+        await self.store.txn(
+            [], [Delete(key), Put(keys.tombstone(orphan.volume, orphan.id), _dump(stone))]
+        )
+        self._forget(key)
+        self._notify(None, stone)  # wakes the node's held heartbeat
+
+    async def add_event(
+        self,
+        kind: EventKind,
+        message: str,
+        *,
+        node: str = "",
+        volume: str = "",
+        replica: str = "",
+    ) -> Event:
+        t = now()
+        ev = Event(
+            id=f"{int(t * 1e9):020d}-{next(_event_seq) % 1_000_000:06d}{secrets.token_hex(2)}",
+            at=t,
+            kind=kind,
+            message=message,
+            node=node,
+            volume=volume,
+            replica=replica,
+        )
+        await self.store.put(keys.event(ev.id), _dump(ev))
+        return ev
+
+    async def events(self) -> list[Event]:
+        return await self._list(keys.EVENTS, Event)
+
+    async def trim_events(self, keep: int = EVENTS_KEPT) -> int:
+        """Delete all but the newest ``keep`` events. -> how many went."""
+        entries = await self.store.range(keys.EVENTS)
+        old = entries[: max(0, len(entries) - keep)]
+        if old:
+            await self.store.txn([], [Delete(e.key) for e in old])
+            for e in old:
+                self._forget(e.key)
+        return len(old)
 
     # --- snapshots ------------------------------------------------------------------------
     async def snapshots(self, volume: str) -> list[Snapshot]:

@@ -18,6 +18,7 @@ from cargohold.control.model import (
     Assignments,
     Disk,
     DiskReport,
+    EventKind,
     Heartbeat,
     Node,
     NodeState,
@@ -577,4 +578,30 @@ class Service:
             "volumes": vcount,
             "capacity_bytes": sum(d.capacity_bytes for d in disks),
             "allocated_bytes": sum(r.size_bytes for r in reps if not r.deleting),
+            "cluster_id": self.repo.cluster_id,
         }
+
+    # --- orphans and events -----------------------------------------------------------------
+    async def orphans(self, node: str | None = None) -> list[dict[str, Any]]:
+        return [o.model_dump() for o in await self.repo.orphans(node)]
+
+    async def delete_orphan(self, node: str, rid: str) -> dict[str, Any]:
+        """An operator deletes an orphan: a tombstone, then its node deletes it (into its
+        disk's trash). The agent refuses when the replica is another cluster's."""
+        found = [o for o in await self.repo.orphans(node) if o.id == rid]
+        if not found:
+            raise NotFound(f"no orphan replica {rid} on node {node}")
+        orphan = found[0]
+        await self.repo.condemn_orphan(orphan, "orphan deleted")
+        log.warning("orphan replica %s on node %s deleted by an operator", rid, node)
+        await self.repo.add_event(
+            EventKind.ORPHAN_DELETED,
+            f"orphan replica {rid} on node {node} deleted by an operator",
+            node=node,
+            volume=orphan.volume,
+            replica=rid,
+        )
+        return orphan.model_dump()
+
+    async def events(self) -> list[dict[str, Any]]:
+        return [e.model_dump() for e in await self.repo.events()]

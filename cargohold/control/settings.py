@@ -37,6 +37,18 @@ class ManagerSettings(BaseSettings):
         description="the largest request body the API takes (413 above it); a heartbeat of a "
         "node with 10,000 replicas is about 2 MiB",
     )
+    tombstone_ttl: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="seconds a deleted replica's tombstone is kept: a node away longer than "
+        "this finds its copy an orphan (kept) instead of deleting it",
+    )
+    orphan_grace: float = Field(
+        14 * 86400.0,
+        ge=0,
+        description="seconds an orphan replica (on a disk, in no record) is kept before it "
+        "is deleted, only when its cluster id is this cluster's (0 = never)",
+    )
 
     @property
     def heartbeat_every(self) -> float:

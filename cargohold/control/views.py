@@ -92,6 +92,7 @@ class NodeView(Record):
     down_since: float | None
     registered_at: float
     agent_pid: int | None
+    error: str = Field("", description="what the node's agent refuses to do for this manager")
     state: NodeState
 
 
@@ -111,6 +112,7 @@ class StatusView(Record):
     volumes: VolumeCounts
     capacity_bytes: int
     allocated_bytes: int
+    cluster_id: str = Field("", description="the cluster the state store belongs to")
 
 
 class Health(Record):

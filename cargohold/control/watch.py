@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from cargohold.control.model import Disk, Node, Operation, Replica, Volume
+from cargohold.control.model import Disk, Node, Operation, Replica, Tombstone, Volume
 
 ALL: Literal["all"] = "all"
 
@@ -56,6 +56,8 @@ def affected(old: BaseModel | None, new: BaseModel | None) -> set[str] | Literal
         return set()
     if isinstance(rec, Disk):
         return {rec.node}
+    if isinstance(rec, Tombstone):  # an orphan condemned: its node deletes it
+        return {rec.node} if new is not None else set()
     if isinstance(rec, Node):
         if (
             old is not None

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from cargohold.constants import BLOCK_SIZE, MAX_IO_BYTES
 from cargohold.errors import ReplicaIOError
 from cargohold.protocol import extent_stream as xs
 from cargohold.protocol import replica_wire as wire
 from cargohold.replica.client import ReplicaClient
+
+if TYPE_CHECKING:  # numpy is imported where it is used: an engine that never compares
+    import numpy as np  # replicas does not load it (~10 MiB of RSS per engine)
+
 
 DIGEST_BLOCKS = 4096
 """Blocks per digest window (16 MiB of volume)."""
@@ -48,6 +51,8 @@ async def differing(
 
     -> (the blocks (absolute numbers) where not every replica has the same checksum, and
     their checksums: an array of shape (len(clients), len(blocks)))."""
+    import numpy as np
+
     digests = await asyncio.gather(
         *(
             asyncio.wait_for(c.checksums(offset, length, snapshot, DIGEST_BLOCKS), timeout)
@@ -81,11 +86,15 @@ async def differing(
 
 
 def _values(c: wire.Checksums) -> np.ndarray:
+    import numpy as np
+
     return np.frombuffer(c.values, dtype="<u4")
 
 
 def block_runs(blocks: np.ndarray) -> Iterator[tuple[int, int]]:
     """(first block, count) of each run of consecutive numbers in a sorted array."""
+    import numpy as np
+
     if blocks.size == 0:
         return
     cut = np.flatnonzero(np.diff(blocks) != 1) + 1
@@ -102,6 +111,8 @@ async def recopy(
     exported from the source (a full export: data and zeroed blocks), blocks the source
     holds nothing for become zeroed extents, and the target imports that (history, not a
     mutation: the target's generation does not move). -> bytes sent."""
+    import numpy as np
+
     sent = 0
     for lba, count in block_runs(blocks):
         pos, end = lba * BLOCK_SIZE, (lba + count) * BLOCK_SIZE
@@ -128,6 +139,8 @@ async def recopy(
 
 
 def _false_runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
+    import numpy as np
+
     idx = np.flatnonzero(~mask)
     for a, n in block_runs(idx):
         yield a, a + n

@@ -48,9 +48,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from cargohold import lineage
 from cargohold.constants import BLOCK_SIZE
@@ -58,6 +56,10 @@ from cargohold.engine import compare
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.engine.volume import Volume
 from cargohold.errors import CargoholdError, ChecksumError, Fenced, NotFound, ReplicaIOError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: an engine that never compares
+    import numpy as np  # replicas does not load it (~10 MiB of RSS per engine)
+
 
 log = logging.getLogger("cargohold.engine")
 
@@ -321,6 +323,8 @@ class Scrubber:
         timeout: float,
     ) -> None:
         """Blocks of one layer where replicas disagree: decide, repair, count, report."""
+        import numpy as np
+
         vol = self.vol
         name = layer or "head"
         n = int(blocks.size)
@@ -500,6 +504,7 @@ def current_by_block(
     others, the one with the highest (last epoch, generation) alone is current for every
     block; among several equal ones (the engine makes each of them current), a block's
     content is the value a strict majority of them holds; without one it is undecidable."""
+    import numpy as np
 
     def rank(i: dict[str, Any]) -> tuple[int, int]:
         return lineage.rank(i.get("history") or [], int(i.get("generation", 0)))

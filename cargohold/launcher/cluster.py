@@ -140,6 +140,9 @@ class LocalCluster:
     lab: LabLayout | None = None
     etcd_binary: str = "etcd"
     created_at: float = field(default_factory=time.time)
+    # the state store holds this cluster (its first manager ran with --init): later starts
+    # never pass --init, so a lost or emptied store is refused instead of made anew
+    initialized: bool = False
 
     # -- planning and records --
 
@@ -252,6 +255,7 @@ class LocalCluster:
             lab=LabLayout(lab["prefix"], lab["subnet"]) if lab else None,
             etcd_binary=data.get("etcd_binary", "etcd"),
             created_at=data.get("created_at", 0.0),
+            initialized=data.get("initialized", True),  # older cluster.json: it has run
         )
 
     def reload(self) -> None:
@@ -281,6 +285,7 @@ class LocalCluster:
             "command": self.command,
             "etcd_binary": self.etcd_binary,
             "created_at": self.created_at,
+            "initialized": self.initialized,
             "managers": [dataclasses.asdict(m) for m in self.managers],
             "etcd": dataclasses.asdict(self.etcd) if self.etcd else None,
             "nodes": {n: dataclasses.asdict(v) for n, v in self.nodes.items()},
@@ -357,11 +362,20 @@ class LocalCluster:
                     self.save()
                     say(f"started etcd (pid {self.etcd.pid}) at {self.etcd.client_url}")
                     self._wait([self.etcd], deadline, self._etcd_health)
-                for m in self.managers:
-                    self._spawn(m, self._manager_argv(m))
+                init = not self.initialized and not (
+                    self.backend == "sqlite" and os.path.exists(self._state_path())
+                )
+                for i, m in enumerate(self.managers):
+                    self._spawn(m, self._manager_argv(m, init=init and i == 0))
                     self.save()
                     say(f"started {m.id} (pid {m.pid}): API on {m.listen} and {m.unix}")
+                    if init and i == 0:  # the others find the cluster it made
+                        self._wait([m], deadline, lambda m=m: self._managers_health([m]))
+                        say(f"{m.id} created a new cluster (--init)")
                 self._wait(self.managers, deadline, self._managers_health)
+                if not self.initialized:
+                    self.initialized = True
+                    self.save()
                 for n in self.nodes.values():
                     self._spawn(n, self._agent_argv(n))
                     self.save()
@@ -439,14 +453,16 @@ class LocalCluster:
             self.save()
         return killed
 
-    def start_manager(self, id: str, timeout: float = 30.0) -> bool:
-        """Start a manager again and wait for its /healthz. False if it was running."""
+    def start_manager(self, id: str, timeout: float = 30.0, init: bool = False) -> bool:
+        """Start a manager again and wait for its /healthz. False if it was running.
+        ``init``: with ``--init`` (a new cluster in an empty store; rehearsals of the
+        wrong-state-store mistake)."""
         with self._locked():
             self.reload()
             m = self._manager(id)
             if m.running():
                 return False
-            self._spawn(m, self._manager_argv(m))
+            self._spawn(m, self._manager_argv(m, init=init))
             self.save()
         if timeout > 0:
             self._wait([m], time.monotonic() + timeout, lambda: self._managers_health([m]))
@@ -590,13 +606,16 @@ class LocalCluster:
             "--log-outputs=stderr",
         ]
 
-    def _manager_argv(self, m: ManagerProc) -> list[str]:
+    def _state_path(self) -> str:
+        return os.path.join(self.dir, "state.db")
+
+    def _manager_argv(self, m: ManagerProc, init: bool = False) -> list[str]:
         if self.etcd:
             state = f"etcd:{self.etcd.client_url}"
         else:
-            state = f"sqlite:{os.path.join(self.dir, 'state.db')}"
+            state = f"sqlite:{self._state_path()}"
         argv = [*self.command, "manager", "--state", state, "--listen", m.listen]
-        return [*argv, "--unix", m.unix, "--id", m.id]
+        return [*argv, "--unix", m.unix, "--id", m.id, *(["--init"] if init else [])]
 
     def _agent_argv(self, n: NodeProc) -> list[str]:
         disk = os.path.join(n.dir, "disk-0")

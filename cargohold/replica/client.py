@@ -217,10 +217,14 @@ class ReplicaClient:
             await self.call(Op.HELLO, args={"version": wire.VERSION, "client": "cargohold"})
         ).result()
 
-    async def create(self, replica: str, size: int, disk: str | None = None) -> dict[str, Any]:
+    async def create(
+        self, replica: str, size: int, disk: str | None = None, cluster_id: str | None = None
+    ) -> dict[str, Any]:
         args: dict[str, Any] = {"replica": replica, "size": size}
         if disk:
             args["disk"] = disk
+        if cluster_id:
+            args["cluster_id"] = cluster_id  # kept in the replica's metadata
         return (await self.call(Op.CREATE, args=args)).result()
 
     async def delete(self, replica: str) -> None:

@@ -1,7 +1,12 @@
 """The node's replicas: where each lives (``<disk>/replicas/<id>/``), opened on demand.
 
 Called by sessions of the replica server. A replica is opened once and shared by every
-session that opens it; deleting it closes it for all of them.
+session that opens it; deleting it closes it for all of them and moves its directory into
+the disk's trash (``<disk>/trash/<id>.<unix time>/``, see trash.py), from where it can be
+moved back until the node agent empties it.
+
+A replica created with a cluster id keeps it in its metadata's labels (``cluster_id``);
+LIST reports it with what an orphan's record needs (generation, epoch history, snapshots).
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.errors import AlreadyExists, Busy, InvalidArgument, NotFound
-from cargohold.store.file_store import FileStore
+from cargohold.errors import AlreadyExists, Busy, CargoholdError, InvalidArgument, NotFound
+from cargohold.replica.trash import move_to_trash
+from cargohold.store import format as fmt
+from cargohold.store.file_store import META_FILE, FileStore
 from cargohold.store.flush_gate import FlushGate
 
 log = logging.getLogger("cargohold.replica")
 
 REPLICA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CLUSTER_ID = re.compile(r"^c-[0-9a-f]{32}$")
 
 
 @dataclass
@@ -61,10 +69,17 @@ class Registry:
                 return path
         return None
 
-    def create(self, rid: Any, size: Any, disk: Any = None) -> OpenReplica:
+    def create(self, rid: Any, size: Any, disk: Any = None, cluster_id: Any = None) -> OpenReplica:
         rid = self._check_id(rid)
         if not isinstance(size, int) or isinstance(size, bool):
             raise InvalidArgument(f"size must be an integer number of bytes, got {size!r}")
+        if cluster_id is not None and (
+            not isinstance(cluster_id, str) or not CLUSTER_ID.match(cluster_id)
+        ):
+            raise InvalidArgument(f"bad cluster id {cluster_id!r}: c-<32 hex digits>")
+        labels = {"replica": rid}
+        if cluster_id:
+            labels["cluster_id"] = cluster_id
         if self.locate(rid) is not None:
             raise AlreadyExists(f"replica {rid} exists")
         if disk is None:
@@ -73,7 +88,7 @@ class Registry:
             raise InvalidArgument(f"disk {disk!r} is not one of this server's disks {self.disks}")
         path = os.path.join(os.path.abspath(str(disk)), "replicas", rid)
         try:
-            store = FileStore.create(path, size, replica=rid)
+            store = FileStore.create(path, size, **labels)
         except Exception:
             shutil.rmtree(path, ignore_errors=True)
             raise
@@ -103,8 +118,9 @@ class Registry:
         if rep is not None:
             rep.deleted = True
             rep.store.close()
-        shutil.rmtree(path)
-        log.info("deleted replica %s", rid)
+        disk = os.path.dirname(os.path.dirname(path))
+        where = move_to_trash(disk, path, rid)
+        log.info("deleted replica %s: moved to %s", rid, where)
 
     def list(self) -> list[dict[str, Any]]:
         out = []
@@ -116,9 +132,18 @@ class Registry:
                 rep = self.open.get(rid)
                 item: dict[str, Any] = {"id": rid, "disk": d, "open": rep is not None}
                 if rep is not None:
+                    s = rep.store
                     item.update(
-                        size=rep.store.size, generation=rep.store.generation, epoch=rep.store.epoch
+                        size=s.size,
+                        generation=s.generation,
+                        epoch=s.epoch,
+                        seen=s.seen,
+                        history=s.history,
+                        snapshots=[x.name for x in s.snapshot_list()],
+                        cluster_id=s.labels.get("cluster_id", ""),
                     )
+                else:
+                    item.update(_from_meta(os.path.join(root, rid)))
                 out.append(item)
         return out
 
@@ -129,3 +154,24 @@ class Registry:
             except Exception:  # closing on shutdown: log and go on with the others
                 log.exception("closing replica %s", rep.id)
         self.open.clear()
+
+
+def _from_meta(path: str) -> dict[str, Any]:
+    """What a replica nobody has open says about itself without opening it (its metadata
+    file only: generation and seen need its layers, so they come once it is opened)."""
+    try:
+        with open(os.path.join(path, META_FILE), "rb") as f:
+            meta = fmt.decode_meta(f.read(), path)
+        return {
+            "size": int(meta["size"]),
+            "epoch": int(meta.get("epoch", 0)),
+            "history": [list(x) for x in meta.get("history", [])],
+            "snapshots": sorted(
+                str(v["snapshot"]["name"])
+                for v in meta.get("layers", {}).values()
+                if isinstance(v, dict) and isinstance(v.get("snapshot"), dict)
+            ),
+            "cluster_id": str((meta.get("labels") or {}).get("cluster_id", "")),
+        }
+    except (OSError, CargoholdError, KeyError, TypeError, ValueError) as e:
+        return {"error": f"cannot read its metadata: {e}"}

@@ -223,7 +223,9 @@ class Session(asyncio.BufferedProtocol):
 
     def op_create(self, req: Request) -> Result:
         args = req.args()
-        rep = self.server.registry.create(args.get("replica"), args.get("size"), args.get("disk"))
+        rep = self.server.registry.create(
+            args.get("replica"), args.get("size"), args.get("disk"), args.get("cluster_id")
+        )
         return 0, wire.dump_json({"replica": rep.id, "path": rep.path, "size": rep.store.size})
 
     async def op_delete(self, req: Request) -> Result:

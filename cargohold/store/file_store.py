@@ -288,6 +288,11 @@ class FileStore(ReplicaStore):
     def history(self) -> list[list[int]]:
         return [list(x) for x in self._meta.get("history", [])]
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels given at create (``replica``, ``cluster_id``)."""
+        return dict(self._meta.get("labels") or {})
+
     def _complete(self, g: int, contiguous: bool) -> None:
         """The mutation claimed as ``g`` is fully applied: the replica is complete through it
         if nothing before it is missing. A failed mutation never gets here: a gap remains

@@ -1319,6 +1319,173 @@ def two_faults(env: Env) -> Outcome:
     return out
 
 
+# --- 11: the wrong state store (issue 14): an empty store under a restarted manager ------
+
+
+WRONG_STORE_WATCH = 12.0  # seconds the agents are watched under the wrong manager (it took ~8)
+
+
+class StateSwap:
+    """The manager's real state taken away (SQLite: the files moved aside and an empty
+    state.db in their place; etcd: every key under the prefix saved and deleted), and put
+    back. Only while every manager is stopped."""
+
+    def __init__(self, c: LocalCluster) -> None:
+        self.c = c
+        self.aside = os.path.join(c.dir, "state-aside")
+        self.saved: dict[str, bytes] | None = None
+
+    def _etcd(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        from cargohold.control.state import EtcdStateStore
+
+        e = self.c.etcd
+        assert e is not None
+
+        async def go() -> Any:
+            store = EtcdStateStore([e.client_url])
+            try:
+                return await fn(store)
+            finally:
+                await store.close()
+
+        return in_ns(e.netns, go)
+
+    def take(self) -> None:
+        if self.c.etcd is None:
+            os.makedirs(self.aside)
+            for f in os.listdir(self.c.dir):
+                if f.startswith("state.db"):
+                    os.rename(os.path.join(self.c.dir, f), os.path.join(self.aside, f))
+            with open(os.path.join(self.c.dir, "state.db"), "wb"):
+                pass
+            return
+
+        async def take(store: Any) -> dict[str, bytes]:
+            saved = {e.key: e.value for e in await store.range("/")}
+            for k in saved:
+                await store.delete(k)
+            return {k: v for k, v in saved.items() if not k.startswith("/leader/")}
+
+        self.saved = self._etcd(take)
+
+    def put_back(self) -> None:
+        if self.c.etcd is None:
+            if not os.path.isdir(self.aside):
+                return
+            for f in os.listdir(self.c.dir):
+                if f.startswith("state.db"):
+                    os.unlink(os.path.join(self.c.dir, f))
+            for f in os.listdir(self.aside):
+                os.rename(os.path.join(self.aside, f), os.path.join(self.c.dir, f))
+            os.rmdir(self.aside)
+            return
+        saved = self.saved
+        if saved is None:
+            return
+
+        async def back(store: Any) -> None:
+            for e in await store.range("/"):
+                await store.delete(e.key)
+            for k, v in saved.items():
+                await store.put(k, v)
+
+        self._etcd(back)
+        self.saved = None
+
+
+def replica_dirs(c: LocalCluster, v: JSON) -> dict[str, bool]:
+    """Each replica of ``v`` -> whether its directory is on its node's disk."""
+    return {
+        r["id"]: os.path.isdir(os.path.join(c.nodes[r["node"]].dir, "disk-0", "replicas", r["id"]))
+        for r in v["replicas"]
+    }
+
+
+def wrong_state_store(env: Env) -> Outcome:
+    """Under load, every manager is SIGKILLed and the state store replaced by an empty one
+    (SQLite: an empty state.db; etcd: the key prefix emptied). The manager refuses to
+    start on it; started with --init it makes a new cluster, and every agent refuses it
+    (cluster id mismatch, shown in its node's error) while the engine keeps serving and
+    every replica stays on disk; the real state back, the volume converges with every
+    acknowledged write intact. Before issue 14 the agents deleted every replica within
+    about 8 s."""
+    c = env.cluster
+    out = Outcome(f"11 wrong state store ({c.backend})")
+    out.bound(
+        2 * HEARTBEAT + SLACK,
+        "the agents act for the real manager again within two heartbeats + slack",
+        "the real state's return",
+    )
+    swap = StateSwap(c)
+    with scenario(env, "s11") as v:
+        name, node = v["name"], v["attached_node"]
+        real = env.api.status()["cluster_id"]
+        load = start_load(env, v, "a").start()
+        load.wait_acked(300, 60)
+        try:
+            for m in c.managers:
+                c.kill_manager(m.id)
+            swap.take()
+            first = c.managers[0].id
+            try:
+                c.start_manager(first, timeout=30)
+                refused = False
+            except Exception as e:  # LauncherError: it exited, saying why
+                refused = "exited with code 2" in str(e)
+            out.expect(refused, "the manager refuses to start on the empty store without --init")
+            c.start_manager(first, timeout=60, init=True)
+            fresh = env.api.status()["cluster_id"]
+            out.expect(fresh != real, f"--init made a new cluster ({fresh}, not {real})")
+            until(
+                "every agent refusing the new cluster",
+                lambda: (
+                    all("cluster id mismatch" in n["error"] for n in env.api.nodes())
+                    and len(env.api.nodes()) == len(c.nodes)
+                ),
+                30,
+            )
+            t = time.monotonic()
+            acked = load.acked
+            while time.monotonic() - t < WRONG_STORE_WATCH:
+                dirs = replica_dirs(c, v)
+                if not out.expect(all(dirs.values()), f"every replica kept on disk ({dirs})"):
+                    break
+                time.sleep(0.5)
+            out.expect(
+                load.acked > acked,
+                f"the engine kept serving under the wrong manager ({load.acked - acked} writes)",
+            )
+            for m in c.managers:
+                if m.running():
+                    c.kill_manager(m.id)
+        finally:
+            for m in c.managers:
+                with contextlib.suppress(Exception):
+                    c.kill_manager(m.id)
+            swap.put_back()
+            for m in c.managers:
+                c.start_manager(m.id, timeout=60)
+        t_back = time.monotonic()
+        out.expect(env.api.status()["cluster_id"] == real, "the real cluster is back")
+        until(
+            "every agent acting for the real cluster",
+            lambda: all(n["error"] == "" and n["state"] == "up" for n in env.api.nodes()),
+            30,
+        )
+        v = wait_converged(env, name, node, out, t_back)
+        load.wait_acked(200, 60)
+        finish(env, out, v, [load])
+        assert load.history is not None
+        no_client_errors(out, load.history, "across the wrong manager and back")
+        orphans = env.api.orphans()
+        out.expect(orphans == [], f"no orphans in the real cluster ({orphans})")
+        out.notes.append(
+            f"agents refused cluster {fresh[:10]}... for {WRONG_STORE_WATCH:.0f} s, "
+            "every replica kept"
+        )
+    return out
+
+
 # --- the matrix ----------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[[Env], Outcome]] = {
@@ -1334,6 +1501,7 @@ SCENARIOS: dict[str, Callable[[Env], Outcome]] = {
     "bit-rot": bit_rot,
     "crash-rebuild-snapshot": crash_during_rebuild_and_snapshots,
     "two-faults": two_faults,
+    "wrong-state-store": wrong_state_store,
 }
 
 

@@ -437,3 +437,56 @@ def test_a_restarted_agent_adopts_what_the_last_one_left_running(env: Env) -> No
     # the adopted children are not in the new agent's session: its SIGTERM stops them
     assert env.agent.stop() == 0
     wait(lambda: not {engine, server} & set(process_table()), 15, "the adopted children to exit")
+
+
+def test_acts_only_for_a_manager_of_its_disks_cluster(env: Env) -> None:
+    """Issue 14: the disk is stamped with the first cluster id a manager gives; a manager
+    of another cluster (an empty state store given --init) is refused — nothing deleted,
+    the refusal reported — and a deletion by its own cluster goes to the disk's trash."""
+    mine, theirs = "c-" + "1" * 32, "c-" + "2" * 32
+    extra = "data-r0000e1"
+    if env.agent.proc is None or env.agent.proc.poll() is not None:
+        env.agent = AgentProc(env.agent.dir, [env.fake.url]).start(env.fake)
+    local = {"id": LOCAL, "volume": "data", "size_bytes": SIZE, "disk_path": env.disk}
+    new = {"id": extra, "volume": "data", "size_bytes": 4 << 20, "disk_path": env.disk}
+    env.fake.assign(NODE, replicas=[local, new], engines=[], cluster_id=mine)
+    hb = env.fake.wait_heartbeat(
+        NODE, lambda hb: extra in {r["id"] for r in hb["replicas"]}, what="the new replica"
+    )
+    stamp = json.loads((Path(env.disk) / "cargohold-disk.json").read_text())
+    assert (stamp["magic"], stamp["cluster_id"], stamp["node"]) == ("cargohold-disk", mine, NODE)
+    reps = {r["id"]: r for r in hb["replicas"]}
+    assert reps[extra]["cluster_id"] == mine  # stamped at CREATE
+    assert reps[LOCAL]["cluster_id"] == "" and reps[LOCAL]["disk_cluster_id"] == mine
+
+    # another cluster's manager asks for a deletion: refused, reported, nothing deleted
+    gone = {**new, "delete": True}
+    env.fake.assign(NODE, replicas=[gone], engines=[], cluster_id=theirs)
+    hb = env.fake.wait_heartbeat(
+        NODE, lambda hb: "cluster id mismatch" in hb.get("refusal", ""), what="the refusal"
+    )
+    assert mine in hb["refusal"] and theirs in hb["refusal"]
+    time.sleep(1.0)  # several heartbeats of the wrong manager
+    assert (Path(env.disk) / "replicas" / extra / "replica.meta").exists()
+    assert env.agent.output().count("cluster id mismatch") == 1  # said once, not per beat
+
+    # its own cluster asks: done, into the trash (where it can be moved back from)
+    env.fake.assign(NODE, replicas=[gone], engines=[], cluster_id=mine)
+    hb = env.fake.wait_heartbeat(
+        NODE,
+        lambda hb: extra not in {r["id"] for r in hb["replicas"]} and not hb.get("refusal"),
+        what="the deletion",
+    )
+    assert not (Path(env.disk) / "replicas" / extra).exists()
+    assert extra in [p.name.rsplit(".", 1)[0] for p in (Path(env.disk) / "trash").iterdir()]
+    assert LOCAL in {r["id"] for r in hb["replicas"]}
+
+    # undone: moved back from the trash, it is listed again, with its cluster id
+    env.fake.assign(NODE, replicas=[local], engines=[], cluster_id=mine)
+    (trashed,) = [p for p in (Path(env.disk) / "trash").iterdir() if p.name.startswith(extra)]
+    trashed.rename(Path(env.disk) / "replicas" / extra)
+    hb = env.fake.wait_heartbeat(
+        NODE, lambda hb: extra in {r["id"] for r in hb["replicas"]}, what="it back"
+    )
+    back = {r["id"]: r for r in hb["replicas"]}[extra]
+    assert back["cluster_id"] == mine and back["size_bytes"] == 4 << 20

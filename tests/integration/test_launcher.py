@@ -39,6 +39,7 @@ def manager(argv):
     p = argparse.ArgumentParser()
     for flag in ("--state", "--listen", "--unix", "--id"):
         p.add_argument(flag)
+    p.add_argument("--init", action="store_true")
     a = p.parse_args(argv)
     backend = a.state.split(":", 1)[0]
     if backend == "etcd":  # fail like a manager without its store would
@@ -307,6 +308,14 @@ def test_etcd_two_managers_failover(tmp_path, fake, clusters):
     with open(f"/proc/{c.nodes['node-1'].pid}/cmdline", "rb") as f:
         assert f.read().count(b"--api") == 2
 
+    def argv(m: str) -> list[bytes]:
+        with open(f"/proc/{c._manager(m).pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
+
+    # a new cluster: only the first manager makes it (--init), and only this once
+    assert b"--init" in argv("manager-1") and b"--init" not in argv("manager-2")
+    assert LocalCluster.load(d).initialized
+
     assert c.kill_manager("manager-1")
     with pytest.raises(ManagerUnavailable):
         get_json(c.api, "/healthz")
@@ -314,6 +323,7 @@ def test_etcd_two_managers_failover(tmp_path, fake, clusters):
     assert get_json(c.apis[1], "/healthz")["backend"] == "etcd"
     assert c.start_manager("manager-1")
     assert get_json(c.api, "/healthz")["manager"] == "manager-1"
+    assert b"--init" not in argv("manager-1")  # a lost store is refused, never made anew
 
     pids = _all_pids(c)
     c.down(purge=True)

@@ -55,8 +55,9 @@ def _etcd_endpoints(spec: str, url: str) -> list[str]:
     return endpoints
 
 
-def open_store(url: str) -> StateStore:
-    """The state store ``url`` names; ConfigError saying what is wrong when it names none."""
+def open_store(url: str, create: bool = True) -> StateStore:
+    """The state store ``url`` names; ConfigError saying what is wrong when it names none.
+    ``create=False``: a SQLite file must exist with its schema (nothing is created)."""
     scheme, sep, rest = url.partition(":")
     if not sep:
         raise ConfigError(f"state store {url!r}: expected {FORMS}")
@@ -67,7 +68,7 @@ def open_store(url: str) -> StateStore:
     if scheme == "sqlite":
         if not rest.strip():
             raise ConfigError(f"state store {url!r}: sqlite needs a file path (sqlite:PATH)")
-        return SQLiteStateStore(rest)
+        return SQLiteStateStore(rest, create=create)
     if scheme == "etcd":
         if not rest.strip():
             raise ConfigError(f"state store {url!r}: etcd needs at least one endpoint")

@@ -22,8 +22,10 @@ its own or has expired. Expiry uses the wall clock, which every process on the h
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -55,19 +57,35 @@ _CAMPAIGN = (
 )
 
 
+TABLES = ("kv", "revision", "leader")
+
+
 class SQLiteStateStore(StateStore):
-    def __init__(self, path: str) -> None:
+    """``create=False`` (the manager without ``--init``): the file must exist and hold the
+    schema already; ConfigError naming the file and what is wrong otherwise, and the file
+    is left exactly as it was (an empty or wrong file is an operator's mistake to see, not
+    a new cluster to make)."""
+
+    def __init__(self, path: str, create: bool = True) -> None:
         self.path = path
+        if not create and not os.path.exists(path):
+            raise ConfigError(
+                f"SQLite state store {path!r} does not exist; give the right path, or "
+                "--init to create a new cluster there"
+            )
         try:
             self._conn = sqlite3.connect(
-                path,
+                path if create else f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw",
                 timeout=BUSY_TIMEOUT_MS / 1000,
                 isolation_level=None,  # we issue BEGIN and COMMIT ourselves
                 check_same_thread=False,  # opened here, used only on the worker thread
+                uri=not create,
             )
         except sqlite3.Error as e:
             raise ConfigError(f"cannot open the SQLite state store {path!r}: {e}") from e
         try:
+            if not create:
+                self._check_schema()
             self._setup()
         except sqlite3.Error as e:
             self._conn.close()
@@ -78,6 +96,26 @@ class SQLiteStateStore(StateStore):
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="cargohold-sqlite"
         )
+
+    def _check_schema(self) -> None:
+        """Without creating anything: is this a cargohold state store?"""
+        try:
+            names = {
+                r[0]
+                for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(
+                f"SQLite state store {self.path!r} is not a usable SQLite database ({e}); "
+                "restore the right file, or --init to create a new cluster in a new file"
+            ) from e
+        missing = [t for t in TABLES if t not in names]
+        if missing:
+            what = "an empty file" if not names else f"has no table(s) {', '.join(missing)}"
+            raise ConfigError(
+                f"SQLite state store {self.path!r} is not a cargohold state store ({what}); "
+                "restore the right file, or --init to create a new cluster"
+            )
 
     def _setup(self) -> None:
         c = self._conn

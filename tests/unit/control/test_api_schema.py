@@ -168,6 +168,16 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     await call("POST", V + "/attach", 409, {"node": "node-1"}, volume="keep")
     await call("GET", "/api/v1/volumes", 200)
 
+    # an orphan (on a disk, in no record): listed, deleted by an operator; the events
+    ghost = {"replicas": [{"id": "ghost-r1a2b3c", "volume": "ghost", "size_bytes": GiB}]}
+    await call("POST", N + "/heartbeat", 200, ghost, node="node-9")
+    assert [o["id"] for o in await call("GET", "/api/v1/orphans", 200)] == ["ghost-r1a2b3c"]
+    orphan = "/api/v1/orphans/{node}/{replica}"
+    await call("DELETE", orphan, 200, node="node-9", replica="ghost-r1a2b3c")
+    await call("DELETE", orphan, 404, node="node-9", replica="ghost-r1a2b3c")
+    kinds = {e["kind"] for e in await call("GET", "/api/v1/events", 200)}
+    assert {"orphan-found", "orphan-deleted"} <= kinds
+
     # every route, each with its success answer, was checked
     routes = {
         (m, p, code)
