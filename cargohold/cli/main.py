@@ -42,6 +42,7 @@ _COMMANDS = (
     "snapshot_cmd",
     "verify_cmd",
     "volume_cmd",
+    "adopt_cmd",
     "audit_cmd",
 )
 

@@ -41,6 +41,13 @@ def manager(
         help="create a new cluster in an empty state store (refused on one with records); "
         "without it, a missing, empty or broken store is refused",
     ),
+    cluster_id: str = typer.Option(
+        None,
+        "--cluster-id",
+        help="with --init: the id of a cluster whose state store was lost (its nodes' disk "
+        "stamps carry it), so that its agents act for this manager and its replicas can be "
+        "adopted (docs/operations.md)",
+    ),
 ) -> None:
     """Serve the manager's REST API and, when elected leader, run the reconcilers."""
     from pydantic import ValidationError
@@ -54,13 +61,22 @@ def manager(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per etcd request otherwise
+    if cluster_id and not init:
+        console.print("[red]error:[/red] --cluster-id goes with --init (a new state store)")
+        raise typer.Exit(2)
     if not listen and not unix:
         console.print("[red]error:[/red] give --listen HOST:PORT and/or --unix PATH")
         raise typer.Exit(2)
     try:
         settings = ManagerSettings()
         addr = split_addr(listen, DEFAULT_MANAGER_PORT) if listen else None
-        mgr = Manager(state, id or f"{socket.gethostname()}-{os.getpid()}", settings, init=init)
+        mgr = Manager(
+            state,
+            id or f"{socket.gethostname()}-{os.getpid()}",
+            settings,
+            init=init,
+            cluster_id=cluster_id,
+        )
     except (CargoholdError, ValidationError) as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line in the log
         raise typer.Exit(2) from None

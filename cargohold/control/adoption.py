@@ -23,13 +23,57 @@ Nothing here deletes anything: what is not adopted stays an orphan.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt, field_validator
 
 from cargohold import lineage
+from cargohold.control.model import (
+    EventKind,
+    Replica,
+    Snapshot,
+    SnapshotState,
+    Volume,
+    check_name,
+    name_field,
+)
+from cargohold.control.repository import now
 from cargohold.errors import AlreadyExists, NotFound, WrongState
+
+if TYPE_CHECKING:
+    from cargohold.control.repository import Repository
+
+log = logging.getLogger("cargohold.manager")
+
+
+class AdoptRequest(BaseModel):
+    """``POST /api/v1/orphans/adopt``: recreate a volume's records from its orphans."""
+
+    model_config = {"extra": "forbid"}
+
+    volume: str = name_field()
+    replicas: list[str] = Field(
+        default_factory=list, description="adopt only these orphan replica ids (default: all)"
+    )
+    accept_fork: StrictBool = Field(
+        default=False,
+        description="adopt even when some replicas' histories fork; those stay orphans",
+    )
+    replicas_wanted: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="replicas the volume should have (default: as adopted)",
+    )
+    dry_run: StrictBool = Field(default=False, description="answer the plan, write nothing")
+
+    @field_validator("volume", mode="before")
+    @classmethod
+    def _name(cls, v: object) -> object:
+        return check_name(v, "volume name") if isinstance(v, str) else v
 
 
 class OrphanLike(Protocol):
@@ -204,3 +248,67 @@ def check_adoptable(volume: str, existing: Sequence[str]) -> None:
         raise AlreadyExists(
             f"volume {volume} exists: adoption only recreates a volume whose records are lost"
         )
+
+
+async def adopt(repo: Repository, req: AdoptRequest) -> AdoptionPlan:
+    """Plan, and unless ``dry_run`` write: the volume (detached, reclaim policy ``Retain``:
+    what came back from a disaster is not deleted by a slip), its adopted replicas, the
+    snapshots every current replica holds. The orphan records of the adopted replicas go
+    at their node's next heartbeat (a record names them now); the rest stay orphans."""
+    check_adoptable(req.volume, [v.name for v in await repo.volumes()])
+    plan = plan_adoption(
+        req.volume,
+        await repo.orphans(None),
+        repo.cluster_id,
+        only=req.replicas,
+        accept_fork=req.accept_fork,
+    )
+    if req.dry_run:
+        return plan.model_copy(update={"dry_run": True})
+    disks = {(d.node, os.path.abspath(d.path)): d.name for d in await repo.disks()}
+    t = now()
+    vol = Volume(
+        name=plan.volume,
+        size_bytes=plan.size_bytes,
+        replicas_wanted=req.replicas_wanted or len(plan.replicas),
+        reclaim_policy="Retain",
+        created_at=t,
+        epoch=plan.epoch,
+        current_epoch=plan.current_epoch,
+        current_generation=plan.current_generation,
+    )
+    replicas = [
+        Replica(
+            id=r.id,
+            volume=plan.volume,
+            node=r.node,
+            disk=_disk_name(disks, r.node, r.disk_path),
+            disk_path=r.disk_path,
+            size_bytes=plan.size_bytes,
+            created_at=t,
+            exists=True,
+            generation=r.generation,
+        )
+        for r in plan.replicas
+    ]
+    await repo.create_volume(vol, replicas)
+    for name in plan.snapshots:
+        await repo.put_snapshot(
+            Snapshot(volume=plan.volume, name=name, state=SnapshotState.READY, created_at=t)
+        )
+    what = (
+        f"volume {plan.volume} adopted from {len(replicas)} orphan replica(s) "
+        f"({', '.join(f'{r.id} on {r.node} ({r.role})' for r in plan.replicas)}); current at "
+        f"epoch {plan.current_epoch}, generation {plan.current_generation}"
+    )
+    log.warning("%s", what)
+    await repo.add_event(EventKind.VOLUME_ADOPTED, what, volume=plan.volume)
+    return plan
+
+
+def _disk_name(disks: dict[tuple[str, str], str], node: str, path: str) -> str:
+    """The node's disk that holds ``path`` (a replica's disk directory), by its record; else
+    the directory's base name, as the agent names an unknown disk."""
+    return (
+        disks.get((node, os.path.abspath(path))) or os.path.basename(path.rstrip("/")) or "disk-0"
+    )

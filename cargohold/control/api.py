@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from cargohold import __version__
+from cargohold.control.adoption import AdoptionPlan, AdoptRequest
 from cargohold.control.model import (
     NAME_PATTERN,
     Assignments,
@@ -579,6 +580,15 @@ def build(service: Service) -> FastAPI:
     )
     async def delete_orphan(node: str, replica: str) -> JSON:
         return await s.delete_orphan(node, replica)
+
+    @app.post(
+        "/api/v1/orphans/adopt",
+        tags=["replicas"],
+        response_model=AdoptionPlan,
+        responses=errors(404, 409, body=True),
+    )
+    async def adopt(body: AdoptRequest) -> JSON:
+        return await s.adopt(body)
 
     @app.get("/api/v1/events", tags=["manager"], response_model=list[Event], responses=errors())
     async def events() -> list[JSON]:

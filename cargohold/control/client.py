@@ -328,6 +328,22 @@ class ManagerClient:
     def delete_orphan(self, node: str, replica: str) -> JSON:
         return self.request("DELETE", f"/api/v1/orphans/{_seg(node)}/{_seg(replica)}")
 
+    def adopt(
+        self,
+        volume: str,
+        replicas: list[str] | None = None,
+        accept_fork: bool = False,
+        replicas_wanted: int | None = None,
+        dry_run: bool = False,
+    ) -> JSON:
+        """Recreate ``volume``'s records from its orphans; -> the ``AdoptionPlan``."""
+        body: JSON = {"volume": volume, "accept_fork": accept_fork, "dry_run": dry_run}
+        if replicas:
+            body["replicas"] = replicas
+        if replicas_wanted:
+            body["replicas_wanted"] = replicas_wanted
+        return self.request("POST", "/api/v1/orphans/adopt", body=body)
+
     def events(self) -> list[JSON]:
         return self._get("/api/v1/events")
 

@@ -47,11 +47,20 @@ def describe(store: StateStore) -> str:
     return f"{type(store).__name__}"
 
 
-async def open_cluster(repo: Repository, init: bool, *, allow_empty: bool = False) -> Cluster:
+async def open_cluster(
+    repo: Repository, init: bool, *, allow_empty: bool = False, cluster_id: str | None = None
+) -> Cluster:
     """The store's cluster, checked (and created with ``init``, or migrated); sets
     ``repo.cluster_id``. ConfigError naming the store and what is wrong otherwise.
     ``allow_empty``: an empty store gets a new cluster without ``init`` (the in-memory
-    store, which is always empty at start)."""
+    store, which is always empty at start). ``cluster_id`` (with ``init``): the new store
+    takes a lost cluster's id instead of a new one, so its agents act for it again and its
+    replicas can be adopted (recovery from a lost state store)."""
+    if cluster_id is not None:
+        try:
+            Cluster(id=cluster_id)
+        except ValidationError as e:
+            raise ConfigError(f"--cluster-id: {e.errors()[0]['msg']}") from None
     store = repo.store
     where = describe(store)
     entry = await store.get(keys.CLUSTER)
@@ -98,10 +107,21 @@ async def open_cluster(repo: Repository, init: bool, *, allow_empty: bool = Fals
             "state. Give the right store (a wrong path, a new volume mounted over the old "
             "one, a failed restore?), or --init to create a new cluster"
         )
-    cluster = Cluster(id=new_cluster_id(), created_at=now())
+    cluster = Cluster(id=cluster_id or new_cluster_id(), created_at=now())
     await _create(repo, cluster, where)
-    log.info("%s: created cluster %s", where, cluster.id)
-    await repo.add_event(EventKind.CLUSTER_CREATED, f"cluster {cluster.id} created")
+    if cluster_id:
+        log.warning(
+            "%s: recreated cluster %s (a lost state store): its nodes' replicas show up as "
+            "orphans; adopt them with `cargohold volume adopt`",
+            where,
+            cluster.id,
+        )
+    else:
+        log.info("%s: created cluster %s", where, cluster.id)
+    await repo.add_event(
+        EventKind.CLUSTER_CREATED,
+        f"cluster {cluster.id} {'recreated in a new state store' if cluster_id else 'created'}",
+    )
     return cluster
 
 

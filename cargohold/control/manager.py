@@ -31,11 +31,17 @@ STORE_WAIT = 60.0  # seconds a starting manager waits for an unreachable state s
 
 class Manager:
     def __init__(
-        self, state_url: str, manager_id: str, settings: ManagerSettings, init: bool = False
+        self,
+        state_url: str,
+        manager_id: str,
+        settings: ManagerSettings,
+        init: bool = False,
+        cluster_id: str | None = None,
     ) -> None:
         # without --init nothing is created: a missing or empty store is refused (identity.py)
         self.store = open_store(state_url, create=init)
         self.init = init
+        self.cluster_id = cluster_id  # with init: recreate a lost cluster's store under its id
         self.settings = settings
         self.id = manager_id
         backend = state_url.split(":", 1)[0]
@@ -86,12 +92,15 @@ class Manager:
             while True:
                 try:
                     cluster = await open_cluster(
-                        self.repo, self.init, allow_empty=isinstance(self.store, MemoryStateStore)
+                        self.repo,
+                        self.init,
+                        allow_empty=isinstance(self.store, MemoryStateStore),
+                        cluster_id=self.cluster_id,
                     )
                     break
                 except ManagerUnavailable as e:  # not there yet (etcd starting): wait a while
-                    if loop.time() >= deadline:
-                        raise
+                    if isinstance(e, StateStoreDamaged) or loop.time() >= deadline:
+                        raise  # a damaged store does not heal by waiting
                     if not said:
                         log.warning(
                             "manager %s: state store unavailable: %s; retrying for %.0f s",

@@ -325,7 +325,7 @@ class ReplicaReport(Message):
     generation: StrictInt = 0
     epoch: StrictInt = 0
     seen: StrictInt = 0  # the highest generation it has seen written (complete or not)
-    history: list[list[int]] = Field(default_factory=list)  # [[epoch, first_generation], ...]
+    history: list[list[StrictInt]] = Field(default_factory=list)  # [[epoch, first_generation], ...]
     snapshots: list[str] = Field(default_factory=list)  # snapshot names
     cluster_id: str = ""  # stamped at CREATE ("" for replicas older than cluster ids)
     disk_cluster_id: str = ""  # the stamp of the disk it lives on ("" when unstamped)
@@ -476,7 +476,7 @@ class Orphan(Record):
     generation: int = 0
     seen: int = 0
     epoch: int = 0
-    history: list[list[int]] = Field(default_factory=list)  # [[epoch, first_generation], ...]
+    history: list[list[StrictInt]] = Field(default_factory=list)  # [[epoch, first_generation], ...]
     snapshots: list[str] = Field(default_factory=list)
     cluster_id: str = ""  # the replica's own stamp, else its disk's ("" when neither)
     first_seen: float = 0.0
@@ -490,6 +490,7 @@ class EventKind(StrEnum):
     REPLICA_DELETED = "replica-deleted"  # a tombstoned deletion done on a node
     CLUSTER_CREATED = "cluster-created"
     CLUSTER_ID_ASSIGNED = "cluster-id-assigned"  # a store of an older version, migrated
+    VOLUME_ADOPTED = "volume-adopted"  # records recreated from orphans (volume adopt)
 
 
 class Event(Record):

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from cargohold.control import heartbeat as hb_mod
+from cargohold.control.adoption import AdoptRequest, adopt
 from cargohold.control.model import (
     Assignments,
     Disk,
@@ -602,6 +603,12 @@ class Service:
             replica=rid,
         )
         return orphan.model_dump()
+
+    async def adopt(self, req: AdoptRequest) -> dict[str, Any]:
+        """Recreate a volume's records from its orphaned replicas (control/adoption.py)."""
+        plan = await adopt(self.repo, req)
+        self.kick.set()
+        return plan.model_dump()
 
     async def events(self) -> list[dict[str, Any]]:
         return [e.model_dump() for e in await self.repo.events()]

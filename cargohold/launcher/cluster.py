@@ -453,16 +453,19 @@ class LocalCluster:
             self.save()
         return killed
 
-    def start_manager(self, id: str, timeout: float = 30.0, init: bool = False) -> bool:
+    def start_manager(
+        self, id: str, timeout: float = 30.0, init: bool = False, cluster_id: str | None = None
+    ) -> bool:
         """Start a manager again and wait for its /healthz. False if it was running.
         ``init``: with ``--init`` (a new cluster in an empty store; rehearsals of the
-        wrong-state-store mistake)."""
+        wrong-state-store mistake); ``cluster_id``: with ``--init --cluster-id`` (a lost
+        store recreated under the cluster's id, before adopting its volumes)."""
         with self._locked():
             self.reload()
             m = self._manager(id)
             if m.running():
                 return False
-            self._spawn(m, self._manager_argv(m, init=init))
+            self._spawn(m, self._manager_argv(m, init=init, cluster_id=cluster_id))
             self.save()
         if timeout > 0:
             self._wait([m], time.monotonic() + timeout, lambda: self._managers_health([m]))
@@ -609,13 +612,16 @@ class LocalCluster:
     def _state_path(self) -> str:
         return os.path.join(self.dir, "state.db")
 
-    def _manager_argv(self, m: ManagerProc, init: bool = False) -> list[str]:
+    def _manager_argv(
+        self, m: ManagerProc, init: bool = False, cluster_id: str | None = None
+    ) -> list[str]:
         if self.etcd:
             state = f"etcd:{self.etcd.client_url}"
         else:
             state = f"sqlite:{self._state_path()}"
         argv = [*self.command, "manager", "--state", state, "--listen", m.listen]
-        return [*argv, "--unix", m.unix, "--id", m.id, *(["--init"] if init else [])]
+        argv += ["--unix", m.unix, "--id", m.id, *(["--init"] if init else [])]
+        return [*argv, *(["--cluster-id", cluster_id] if cluster_id else [])]
 
     def _agent_argv(self, n: NodeProc) -> list[str]:
         disk = os.path.join(n.dir, "disk-0")

@@ -172,6 +172,12 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     ghost = {"replicas": [{"id": "ghost-r1a2b3c", "volume": "ghost", "size_bytes": GiB}]}
     await call("POST", N + "/heartbeat", 200, ghost, node="node-9")
     assert [o["id"] for o in await call("GET", "/api/v1/orphans", 200)] == ["ghost-r1a2b3c"]
+    adopt = "/api/v1/orphans/adopt"
+    plan = await call("POST", adopt, 200, {"volume": "ghost", "dry_run": True})
+    assert plan["dry_run"] and [r["id"] for r in plan["replicas"]] == ["ghost-r1a2b3c"]
+    await call("POST", adopt, 404, {"volume": "nobody"})
+    await call("POST", adopt, 409, {"volume": "keep"})  # has records: never merged into
+    await call("POST", adopt, 422, {"volume": "Bad Name"})
     orphan = "/api/v1/orphans/{node}/{replica}"
     await call("DELETE", orphan, 200, node="node-9", replica="ghost-r1a2b3c")
     await call("DELETE", orphan, 404, node="node-9", replica="ghost-r1a2b3c")
