@@ -245,8 +245,11 @@ def engine_argv(
     control: str,
     require: tuple[int, int] = (0, 0),
     last_scrub_at: float = 0.0,
+    epoch_jump: bool = False,
 ) -> list[str]:
     argv = cargohold_argv("engine", "--volume", volume, "--epoch", str(epoch))
+    if epoch_jump:  # after `volume recover-epoch`: replicas far below this epoch
+        argv.append("--epoch-jump")
     for spec in replicas:
         argv += ["--replica", spec]
     if local:
@@ -499,6 +502,7 @@ class EngineProcess:
             self.control,
             (s.require_epoch, s.require_generation),
             s.last_scrub_at,
+            s.epoch_jump,
         )
         self.child = Child(f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path)
         self.child.start()

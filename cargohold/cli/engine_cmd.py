@@ -42,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epoch", type=int, required=True, help="this engine's epoch: older engines are fenced"
     )
+    p.add_argument(
+        "--epoch-jump",
+        action="store_true",
+        help="the manager raised the volume's epoch with `volume recover-epoch`: replicas "
+        "may be opened more than 65,536 epochs above their own",
+    )
     p.add_argument("--local", help="id of the replica on this node (read first)")
     p.add_argument("--listen", help=f"NBD on HOST:PORT (default 127.0.0.1:{DEFAULT_NBD_PORT})")
     p.add_argument("--unix", help="NBD also on this unix socket")
@@ -98,7 +104,7 @@ def main(argv: list[str]) -> int:
         return _fail(str(e), 2)
 
     async def main() -> None:
-        vol = Volume(volume, specs, epoch, settings, require=required)
+        vol = Volume(volume, specs, epoch, settings, require=required, epoch_jump=a.epoch_jump)
         await vol.start()
         memtune.freeze_gc()
 

@@ -121,19 +121,62 @@ async def _ingest_replicas(
         # while an engine runs, it knows the replica's generation best; else the replica
         own = got is not None and not engines.get(rep.volume, False)
 
-        def seen(r, exists=exists, got=got, own=own):  # type: ignore[no-untyped-def]
+        epoch = got.epoch if got is not None else rep.epoch
+
+        def seen(r, exists=exists, got=got, own=own, epoch=epoch):  # type: ignore[no-untyped-def]
             r.exists = exists
+            r.epoch = epoch
             if own:
                 r.generation = got.generation
                 r.mode = None
             return r
 
-        if rep.exists != exists or (
-            own and (rep.generation != got.generation or rep.mode is not None)  # type: ignore[union-attr]
+        if (
+            rep.exists != exists
+            or rep.epoch != epoch
+            or (own and (rep.generation != got.generation or rep.mode is not None))  # type: ignore[union-attr]
         ):
             await repo.update_replica(rep.volume, rep.id, seen)
             if exists and not rep.exists:
                 wake()
+        vol = volumes.get(rep.volume)
+        if vol is not None and epoch > vol.epoch:
+            await _fenced_by_epoch(repo, vol, rep, epoch)
+
+
+def fenced_message(volume: str, replica: str, epoch: int) -> str:
+    """The volume's error while one of its replicas holds an epoch the manager never issued."""
+    return (
+        f"fenced by epoch {epoch} on replica {replica}, above every epoch the manager issued: "
+        f"run `cargohold volume recover-epoch {volume}`"
+    )
+
+
+async def _fenced_by_epoch(repo: Repository, vol: Volume, rep: Replica, epoch: int) -> None:
+    """A replica accepted an epoch above the volume's newest (a bogus OPEN, or an older
+    version's): every engine the manager starts is fenced. Say so in the volume's error,
+    with the way out, instead of ``attaching`` with a crash-looping engine."""
+    why = fenced_message(vol.name, rep.id, epoch)
+
+    def stale(v: Volume) -> bool:
+        # attached (wanted): no engine can run, so "healthy" would be a lie
+        lie = v.attach_node is not None and v.robustness is not Robustness.UNKNOWN
+        return v.error != why or lie
+
+    if not stale(vol):
+        return
+    if vol.error != why:
+        log.warning("volume %s: %s", vol.name, why)
+
+    def say(v: Volume) -> Volume | None:
+        if not stale(v) or epoch <= v.epoch:
+            return None
+        v.error = why
+        if v.attach_node is not None:
+            v.robustness = Robustness.UNKNOWN
+        return v
+
+    await _update_volume(repo, vol.name, say)
 
 
 def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
@@ -433,6 +476,7 @@ async def assignments(
                 require_generation=eng.require_generation,
                 purpose=eng.purpose,
                 last_scrub_at=vol.last_scrub.ended_at if vol.last_scrub else 0.0,
+                epoch_jump=eng.epoch_jump,
             )
         )
         er = running_here.get(vol.name)

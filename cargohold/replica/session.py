@@ -219,8 +219,12 @@ class Session(asyncio.BufferedProtocol):
         epoch = args.get("epoch", 0)
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise InvalidArgument(f"epoch must be a non-negative integer, got {epoch!r}")
+        jump = args.get("jump", False)
+        if not isinstance(jump, bool):
+            raise InvalidArgument(f"jump must be true or false, got {jump!r}")
         rep = self.server.registry.get(args.get("replica"))
-        rep.store.accept_epoch(epoch)  # persisted before we answer; older epochs now fail
+        # persisted before we answer; older epochs now fail; far newer ones are refused
+        rep.store.accept_epoch(epoch, jump)
         if self.rep is not None:
             self.rep.sessions -= 1
         self.rep, self.epoch = rep, epoch
