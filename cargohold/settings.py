@@ -179,3 +179,29 @@ class EngineSettings(Settings):
         ge=4096,
         multiple_of=4096,
     )
+
+
+@dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
+class NBDSettings(Settings):
+    """The NBD frontend of an engine or of ``cargohold nbd-serve``: how many connections it
+    takes and how long it waits for them (docs/operations.md, "Connection limits")."""
+
+    env_prefix: ClassVar[str] = "CARGOHOLD_NBD_"
+
+    handshake_timeout: float = setting(
+        10.0, "seconds a client has to finish the handshake (option haggling)", gt=0
+    )
+    max_connections: int = setting(1024, "connections in all, handshakes included", ge=1)
+    max_connections_per_address: int = setting(64, "connections from one client address", ge=1)
+    idle_timeout: float = setting(
+        0.0,
+        "close a connection with no request in flight after this many seconds of silence "
+        "(0 = never: kernel NBD clients keep idle connections for days)",
+        ge=0,
+    )
+    evict_idle_after: float = setting(
+        60.0,
+        "at a connection limit, a connection idle this long with nothing in flight is "
+        "closed (the longest idle first) to let a new client in; 0 = never evict",
+        ge=0,
+    )

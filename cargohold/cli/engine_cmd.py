@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     from cargohold.engine.scrubber import Scrubber
     from cargohold.engine.volume import Volume
     from cargohold.frontend.nbd_server import serve
-    from cargohold.settings import EngineSettings
+    from cargohold.settings import EngineSettings, NBDSettings
 
     logging.basicConfig(
         level=os.environ.get("CARGOHOLD_LOG", "INFO"),
@@ -96,6 +96,7 @@ def main(argv: list[str]) -> int:
         if a.rebuild_bandwidth:
             given["rebuild_bandwidth"] = parse_size(a.rebuild_bandwidth)
         settings = EngineSettings(**{k: v for k, v in given.items() if v is not None})
+        nbd_settings = NBDSettings()  # CARGOHOLD_NBD_*: connection limits and timeouts
         host, port = (
             split_addr(a.listen, DEFAULT_NBD_PORT) if a.listen else ("127.0.0.1", DEFAULT_NBD_PORT)
         )
@@ -126,6 +127,7 @@ def main(argv: list[str]) -> int:
                 host,
                 port,
                 unix=unix,
+                settings=nbd_settings,
                 name=volume,
                 description=volume,
                 stop=stop,

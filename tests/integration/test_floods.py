@@ -1,0 +1,223 @@
+"""Connection floods against real servers (issue #14 item 3): a bounded number of idle and
+half-open connections from loopback addresses, and a well-behaved client still served
+within a second; the server's memory measured before, during and after.
+
+Before the limits, 1,100 connections idle after the handshake locked every new client out
+of an NBD server (a limit of 1,024 in all, no per-address limit, no eviction); each
+connection also kept a 64 KiB receive buffer, so memory grew with every flood."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+from cargohold.protocol import nbd
+from tests.integration.nbd_procs import NBDProc
+
+MIB = 1 << 20
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def nbd_handshake(port: int, source: str, timeout: float = 2.0) -> socket.socket | None:
+    """A full fixed-newstyle handshake (OPT_GO) from ``source``; None if refused."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        greeting = _recv(s, 18)
+        if len(greeting) < 18:
+            s.close()
+            return None
+        s.sendall(struct.pack(">I", 3))
+        body = struct.pack(">IH", 0, 0)
+        s.sendall(struct.pack(">QII", nbd.IHAVEOPT, nbd.OPT_GO, len(body)) + body)
+        want = struct.pack(">QIII", nbd.OPT_REPLY_MAGIC, nbd.OPT_GO, nbd.REP_ACK, 0)
+        got = b""
+        while not got.endswith(want):
+            chunk = s.recv(4096)
+            if not chunk:
+                s.close()
+                return None
+            got += chunk
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+def half_open(port: int, source: str) -> socket.socket | None:
+    """Connects and sends the client flags, then nothing: a handshake left hanging."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(2.0)
+    try:
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(struct.pack(">I", 3))
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+def _recv(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def read_block(port: int, source: str = "127.0.0.1") -> tuple[float, bytes]:
+    """A well-behaved client: handshake, read 4 KiB at 0, disconnect. -> (seconds, data)."""
+    t = time.monotonic()
+    s = nbd_handshake(port, source, timeout=5.0)
+    assert s is not None, "the well-behaved client was refused"
+    s.sendall(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_READ, 7, 0, 4096))
+    head = _recv(s, 16)
+    assert struct.unpack(">IIQ", head) == (nbd.SIMPLE_REPLY_MAGIC, 0, 7)
+    data = _recv(s, 4096)
+    took = time.monotonic() - t
+    s.sendall(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_DISC, 8, 0, 0))
+    s.close()
+    return took, data
+
+
+def qemu_io_read(uri: str) -> float:
+    """qemu-io, a real client, reads and checks the pattern. -> seconds."""
+    t = time.monotonic()
+    p = subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "read -P 0x42 0 64k", uri],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 0 and "Pattern verification failed" not in p.stdout, p.stdout + p.stderr
+    return time.monotonic() - t
+
+
+@pytest.fixture
+def nbd_srv(tmp_path):
+    if shutil.which("qemu-io") is None:
+        pytest.skip("qemu-io is not installed (scripts/setup.sh installs it)")
+    s = NBDProc(str(tmp_path / "replica"), size="16MiB").start()
+    subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 0x42 0 64k", s.uri], check=True, timeout=30
+    )
+    yield s
+    s.stop()
+
+
+def test_nbd_flood_from_one_address_leaves_room_for_everyone_else(nbd_srv, caplog):
+    """1,100 connections idle after the handshake and 300 half-open ones, all from
+    127.0.0.2: the per-address limit (64) holds them; qemu-io and a raw client from
+    127.0.0.1 are served at once, and the flood's refusals are logged once, not 1,300
+    times."""
+    port = nbd_srv.port
+    base = rss_kib(nbd_srv.pid)
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            s = nbd_handshake(port, "127.0.0.2", timeout=1.0)
+            if s is not None:
+                flood.append(s)
+        held = len(flood)
+        for _ in range(300):
+            s = half_open(port, "127.0.0.2")
+            if s is not None:
+                flood.append(s)
+        took, data = read_block(port)
+        assert data == b"\x42" * 4096
+        assert took < 1.0, f"the well-behaved client waited {took:.2f} s"
+        assert held <= 64, f"{held} idle connections from one address were admitted"
+        qemu = qemu_io_read(nbd_srv.uri)
+        assert qemu < 5.0  # a process start included; the NBD part is the raw client's
+        peak = rss_kib(nbd_srv.pid)
+    finally:
+        for s in flood:
+            s.close()
+    log = nbd_srv.output()
+    assert "refusing NBD connections" in log and "from 127.0.0.2" in log
+    assert log.count("refusing NBD connections") <= 3  # rate-limited: one per 10 s
+    # memory: bounded during the flood, handed back after it (IdleTrim, 5 s idle)
+    deadline = time.monotonic() + 20
+    while rss_kib(nbd_srv.pid) > base + 8 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    after = rss_kib(nbd_srv.pid)
+    print(f"nbd-serve RSS: {base} KiB before, {peak} KiB during, {after} KiB after the flood")
+    assert peak < base + 32 * 1024
+    assert after <= base + 8 * 1024
+
+
+def test_nbd_flood_from_many_addresses_evicts_the_idlest(nbd_srv_small):
+    """A flood from 12 addresses (60 idle and 30 half-open connections each: 1,080, more
+    than the 1,024 that locked everyone out before) fills the total limit (here 200): a new
+    client takes the place of the longest-idle connection instead of being locked out."""
+    port = nbd_srv_small.port
+    flood: list[socket.socket] = []
+    try:
+        for i in range(12):
+            for _ in range(60):
+                s = nbd_handshake(port, f"127.0.1.{i + 1}", timeout=1.0)
+                if s is not None:
+                    flood.append(s)
+        for i in range(12):
+            for _ in range(30):
+                s = half_open(port, f"127.0.2.{i + 1}")
+                if s is not None:
+                    flood.append(s)
+        time.sleep(2.2)  # the flood's connections are now evictable (see the settings)
+        for _ in range(5):
+            took, data = read_block(port)
+            assert data == b"\x42" * 4096
+            assert took < 1.0, f"the well-behaved client waited {took:.2f} s"
+        assert qemu_io_read(nbd_srv_small.uri) < 5.0
+    finally:
+        for s in flood:
+            s.close()
+
+
+@pytest.fixture
+def nbd_srv_small(tmp_path, monkeypatch):
+    if shutil.which("qemu-io") is None:
+        pytest.skip("qemu-io is not installed (scripts/setup.sh installs it)")
+    monkeypatch.setenv("CARGOHOLD_NBD_MAX_CONNECTIONS", "200")
+    monkeypatch.setenv("CARGOHOLD_NBD_EVICT_IDLE_AFTER", "2")
+    s = NBDProc(str(tmp_path / "replica"), size="16MiB").start()
+    subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 0x42 0 64k", s.uri], check=True, timeout=30
+    )
+    yield s
+    s.stop()
+
+
+def test_nbd_handshake_timeout_drops_half_open_clients(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARGOHOLD_NBD_HANDSHAKE_TIMEOUT", "1")
+    s = NBDProc(str(tmp_path / "replica"), size="16MiB").start()
+    try:
+        h = half_open(s.port, "127.0.0.3")
+        assert h is not None
+        h.settimeout(5.0)
+        t = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            while h.recv(4096):
+                pass
+        assert time.monotonic() - t < 3.0
+        h.close()
+    finally:
+        s.stop()
