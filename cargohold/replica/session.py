@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -69,18 +70,39 @@ class Session(asyncio.BufferedProtocol):
         self.peer = "?"
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # what admission (replica/admission.py) looks at
+        self.address = "?"  # the peer's address without its port; "unix"
+        self.trusted = False  # the node's own address or the unix socket
+        self.started = self.last_active = 0.0  # time.monotonic()
+        self.requests = 0
+        self._silence: asyncio.TimerHandle | None = None
 
     # --- transport callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer or "unix")
+        self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
+        admission = self.server.admission
+        self.trusted = admission.is_trusted(self.address)
+        self.started = self.last_active = time.monotonic()
+        if not admission.admit(self):
+            self._closed = True
+            transport.abort()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.peer = str(transport.get_extra_info("peername") or "unix")
         self.server.sessions.add(self)
+        self._silence = asyncio.get_running_loop().call_later(
+            self.server.settings.first_request_timeout, self._silent
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._silence is not None:
+            self._silence.cancel()
+        self.server.admission.forget(self)
         self.server.sessions.discard(self)
         if self.rep is not None:
             self.rep.sessions -= 1
@@ -104,7 +126,29 @@ class Session(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:  # the same, for callers that have bytes
         self._received(lambda: self.decoder.feed(data))
 
+    # --- admission (replica/admission.py) ---------------------------------------------------
+    def evictable(self) -> bool:
+        """No replica open and nothing in flight: not an engine's session."""
+        return self.rep is None and not self._tasks
+
+    def evict(self, why: str) -> None:
+        log.info("closing connection from %s: %s", self.peer, why)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _silent(self) -> None:
+        self._silence = None
+        if not self.requests and self.transport is not None:
+            self.server.counters["silent_closed"] += 1
+            log.info(
+                "closing connection from %s: no request in %g s",
+                self.peer,
+                self.server.settings.first_request_timeout,
+            )
+            self.transport.abort()
+
     def _received(self, decode: Callable[[], list[Request]]) -> None:
+        self.last_active = time.monotonic()
         try:
             requests = decode()
         except ProtocolError as e:
@@ -114,6 +158,7 @@ class Session(asyncio.BufferedProtocol):
             self.transport.abort()
             return
         out: list[Any] = []
+        self.requests += len(requests)
         for req in requests:
             self._handle(req, out)
         if out and not self._closed:

@@ -28,6 +28,7 @@ import crc32c
 
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
+from cargohold.replica.admission import connection_limit
 from cargohold.replica.registry import Registry
 from cargohold.settings import ReplicaServerSettings
 
@@ -36,7 +37,6 @@ log = logging.getLogger("cargohold.replica")
 _ROUTED = {Op.OPEN, Op.CREATE, Op.DELETE}
 _LOCAL = {Op.HELLO, Op.LIST}
 _MAX_PEEK = 64 * 1024
-_FIRST_FRAME_SECONDS = 30.0
 
 
 def owner(replica_id: str, workers: int) -> int:
@@ -104,6 +104,11 @@ class _Parent:
         self.pids: list[int] = []
         self.loop = asyncio.get_running_loop()
         self.deadlines: dict[int, float] = {}  # fd -> when a first frame must be complete
+        # connections not handed to a worker yet: at most this many (each worker has its
+        # own admission, replica/admission.py, for the connections it serves)
+        self.max_pending = connection_limit(settings)
+        self.pending: dict[int, socket.socket] = {}  # fd -> connection, beside deadlines
+        self.refused = 0
 
     def spawn(self, index: int) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -141,11 +146,31 @@ class _Parent:
             conn, _ = listener.accept()
         except BlockingIOError:
             return
+        if len(self.deadlines) >= self.max_pending:
+            self.refused += 1
+            if self.refused % 1000 == 1:
+                log.warning(
+                    "refusing connections: %d wait for their first request (%d refused)",
+                    len(self.deadlines),
+                    self.refused,
+                )
+            conn.close()
+            return
         conn.setblocking(False)
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.deadlines[conn.fileno()] = time.monotonic() + _FIRST_FRAME_SECONDS
+        self.deadlines[conn.fileno()] = time.monotonic() + self.settings.first_request_timeout
+        self.pending[conn.fileno()] = conn
         self.loop.add_reader(conn.fileno(), self.peek, conn)
+
+    def expire(self) -> None:
+        """Close connections that sent nothing, or no complete frame, by their deadline (a
+        silent one is never readable, so ``peek`` alone would keep it for ever)."""
+        now = time.monotonic()
+        for fd, deadline in list(self.deadlines.items()):
+            conn = self.pending.get(fd)
+            if conn is not None and now > deadline:
+                self._drop(conn)
 
     def _later(self, conn: socket.socket) -> None:
         """Part of a frame is here, the rest is not. Peeking does not consume, so the socket
@@ -156,11 +181,19 @@ class _Parent:
             log.warning("dropping a connection that sent no complete first frame in time")
             self._drop(conn)
             return
-        self.loop.call_later(0.005, self.loop.add_reader, fd, self.peek, conn)
+        self.loop.call_later(0.005, self._rearm, conn)
+
+    def _rearm(self, conn: socket.socket) -> None:
+        fd = conn.fileno()
+        if fd >= 0 and self.pending.get(fd) is conn:  # not dropped meanwhile
+            self.loop.add_reader(fd, self.peek, conn)
 
     def _drop(self, conn: socket.socket) -> None:
-        self.deadlines.pop(conn.fileno(), None)
-        self.loop.remove_reader(conn.fileno())
+        fd = conn.fileno()
+        if fd >= 0:
+            self.deadlines.pop(fd, None)
+            self.pending.pop(fd, None)
+            self.loop.remove_reader(fd)
         conn.close()
 
     def peek(self, conn: socket.socket) -> None:
@@ -194,11 +227,14 @@ class _Parent:
             conn.recv(total)  # consume it: this process answers
             reply = self.answer_locally(op, rid)
             try:
-                conn.setblocking(True)
+                # a client that does not read its answers must not stall this process
+                conn.settimeout(1.0)
                 conn.sendall(reply)
                 conn.setblocking(False)
             except OSError:
                 self._drop(conn)
+                return
+            self.deadlines[conn.fileno()] = time.monotonic() + self.settings.first_request_timeout
             return
         try:
             replica = json.loads(payload).get("replica")
@@ -223,6 +259,7 @@ class _Parent:
 
     def hand_over(self, conn: socket.socket, index: int) -> None:
         self.deadlines.pop(conn.fileno(), None)
+        self.pending.pop(conn.fileno(), None)
         self.loop.remove_reader(conn.fileno())
         try:
             socket.send_fds(self.channels[index], [b"c"], [conn.fileno()])
@@ -257,6 +294,7 @@ async def _parent_main(settings: ReplicaServerSettings) -> None:
     async def supervise() -> None:  # uvloop keeps SIGCHLD for itself: poll instead
         while not stop.is_set():
             parent.reap()
+            parent.expire()
             await asyncio.sleep(0.2)
 
     supervisor = loop.create_task(supervise())

@@ -221,3 +221,107 @@ def test_nbd_handshake_timeout_drops_half_open_clients(tmp_path, monkeypatch):
         h.close()
     finally:
         s.stop()
+
+
+# --- the replica server -------------------------------------------------------------------
+
+
+def flood_replica_server(port: int, sources: list[str], each: int) -> list[socket.socket]:
+    """``each`` connections from every address in ``sources``: every other one sends a
+    HELLO and then nothing, the rest send nothing at all. Stops trying an address after 20
+    failures in a row (a server out of descriptors no longer accepts)."""
+    from cargohold.protocol import replica_wire as wire
+    from cargohold.protocol.replica_wire import Op
+
+    hello = b"".join(bytes(b) for b in wire.encode_request(Op.HELLO, 1, payload=b"{}"))
+    out: list[socket.socket] = []
+    for src in sources:
+        failed = 0
+        for i in range(each):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(0.5)
+            try:
+                s.bind((src, 0))
+                s.connect(("127.0.0.1", port))
+                if i % 2:
+                    s.sendall(hello)
+                out.append(s)
+                failed = 0
+            except OSError:
+                s.close()
+                failed += 1
+                if failed >= 20:
+                    break
+    return out
+
+
+async def timed(coro, limit: float = 1.0):  # type: ignore[no-untyped-def]
+    import asyncio
+
+    t = time.monotonic()
+    got = await asyncio.wait_for(coro, 10.0)
+    took = time.monotonic() - t
+    assert took < limit, f"took {took:.2f} s"
+    return got
+
+
+async def test_replica_server_flood_leaves_the_node_its_own_places(tmp_path):
+    """A replica server whose descriptor limit is 1,024 (prlimit), flooded with 2,000
+    connections from 8 addresses: before, it ran out of descriptors and stopped accepting,
+    so the node's agent could not LIST (the manager then replaced a healthy replica) and
+    engines could not reach their replicas. Now the flood gets at most the limit minus the
+    node's reserve; the agent's LIST and an engine's I/O from the node's own address are
+    served within a second, and an engine from another address within a second once the
+    silent part of the flood has had its 2 s."""
+    from cargohold.replica.client import ReplicaClient
+    from tests.procs import ServerProc
+
+    (tmp_path / "disk").mkdir()
+    srv = ServerProc([str(tmp_path / "disk")], prefix=("prlimit", "--nofile=1024:1024")).start()
+    flood: list[socket.socket] = []
+    try:
+        c = await ReplicaClient.connect("127.0.0.1", srv.port)
+        await c.create("vol-r1", 16 * MIB)
+        await c.close()
+        base = rss_kib(srv.pid)
+        flood = flood_replica_server(srv.port, [f"127.0.3.{i}" for i in range(1, 9)], 250)
+        # the node's own agent: LIST on a new connection
+        agent = await timed(ReplicaClient.connect("127.0.0.1", srv.port, timeout=5))
+        listed = await timed(agent.list())
+        assert [r["id"] for r in listed] == ["vol-r1"]
+        # the node's own engine: OPEN, write, read back
+        eng = await timed(ReplicaClient.connect("127.0.0.1", srv.port, timeout=5))
+        await timed(eng.open("vol-r1", 1))
+        await timed(eng.write(0, b"\x5a" * 4096, fua=True))
+        assert bytes(await timed(eng.read(0, 4096))) == b"\x5a" * 4096
+        # an engine on another node (another address): takes a silent connection's place
+        time.sleep(2.2)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.10", 0))
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", srv.port))
+        remote = await timed(ReplicaClient.connect(sock=s))
+        await timed(remote.open("vol-r1", 2))
+        assert bytes(await timed(remote.read(0, 4096))) == b"\x5a" * 4096
+        peak = rss_kib(srv.pid)
+        alive = 0
+        for f in flood:  # how many flood connections the server still holds open
+            f.settimeout(0.0)
+            try:
+                alive += f.recv(1, socket.MSG_PEEK) != b""
+            except BlockingIOError:
+                alive += 1
+            except OSError:
+                pass
+        assert alive <= 1024 - 256 - 64, f"{alive} flood connections held"
+        for x in (agent, eng, remote):
+            await x.close()
+    finally:
+        for f in flood:
+            f.close()
+        out = srv.output()
+        srv.stop()
+    assert "refusing connections" in out
+    assert out.count("refusing connections") <= 3
+    print(f"replica server RSS: {base} KiB before, {peak} KiB during the flood")
+    assert peak < base + 32 * 1024

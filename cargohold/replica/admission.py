@@ -1,0 +1,162 @@
+"""Which connections a replica server takes: bounded so that a flood can neither use up its
+file descriptors nor lock out the node's own agent and engines (issue #14; invariant 6).
+
+- **Limit.** At most ``max_connections`` sessions, and never more than ``RLIMIT_NOFILE``
+  minus ``fd_headroom``: past the descriptor limit ``accept`` fails (EMFILE), asyncio stops
+  accepting for a second at a time and nobody gets in, the node's agent included. A refused
+  connection is accepted and closed at once, so it costs a descriptor for microseconds.
+- **Reserve.** The last ``reserved_connections`` places go only to the node's own peers.
+  Before peers authenticate (issue #16 brings mutual TLS), "own" is told by address: the
+  unix socket, the address the server listens on (the node's address: its agent and its
+  engines connect from it), and ``trusted_addresses``. A source address cannot be forged
+  on an established TCP connection, so a flood from elsewhere cannot take these places.
+- **Per address.** At most ``max_connections_per_address`` from one address other than
+  the node's own.
+- **Making room.** At a limit, a connection that wastes its place makes room for the new
+  one: one that has sent no request for ``FIRST_REQUEST_EVICT_AFTER`` seconds since it
+  connected, else the longest silent one with no replica open, silent for at least
+  ``evict_idle_after``. Sessions with a replica open (engines) are never evicted, nor are
+  the node's own. Only when there is no such connection is the new one refused.
+- **Silence.** A connection that sends no complete request within
+  ``first_request_timeout`` is closed (``Session``).
+
+Refusals are logged at most once per ``REFUSAL_LOG_EVERY`` seconds, with a count.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from typing import Protocol
+
+from cargohold.settings import ReplicaServerSettings
+
+log = logging.getLogger("cargohold.replica")
+
+FIRST_REQUEST_EVICT_AFTER = 2.0  # at a limit, a connection silent since it came, this long
+REFUSAL_LOG_EVERY = 10.0
+_WILDCARD = {"", "0.0.0.0", "::"}
+
+
+class Member(Protocol):
+    address: str
+    trusted: bool
+    started: float  # time.monotonic()
+    last_active: float
+    requests: int
+
+    def evictable(self) -> bool: ...
+
+    def evict(self, why: str) -> None: ...
+
+
+def connection_limit(settings: ReplicaServerSettings) -> int:
+    """``max_connections``, lowered to fit under the descriptor limit with headroom."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return settings.max_connections
+    return max(1, min(settings.max_connections, soft - settings.fd_headroom))
+
+
+class Admission:
+    def __init__(self, settings: ReplicaServerSettings) -> None:
+        self.settings = settings
+        self.limit = connection_limit(settings)
+        self.reserve = min(settings.reserved_connections, self.limit - 1)
+        self.trusted = {"unix", *settings.trusted_addresses}
+        if settings.host not in _WILDCARD:
+            self.trusted.add(settings.host)
+        self.members: set[Member] = set()
+        self.per_address: dict[str, int] = {}
+        self.accepted = self.refused = self.evicted = 0
+        self._unlogged = 0
+        self._logged_at = -REFUSAL_LOG_EVERY
+
+    def is_trusted(self, address: str) -> bool:
+        return address in self.trusted
+
+    def admit(self, m: Member) -> bool:
+        """Count ``m`` in, making room if needed. False: refuse it (the caller closes it)."""
+        n = len(self.members)
+        if not m.trusted:
+            have = self.per_address.get(m.address, 0)
+            if have >= self.settings.max_connections_per_address and not self._make_room(
+                m.address, f"{have} connections from {m.address} (the per-address limit)"
+            ):
+                return self._refuse(m, f"{have} connections from {m.address}")
+            n = len(self.members)
+            if n >= self.limit - self.reserve and not self._make_room(
+                None, f"{n} connections (the limit for other nodes' peers)"
+            ):
+                return self._refuse(
+                    m, f"{n} connections, the last {self.reserve} places kept for this node"
+                )
+        elif n >= self.limit and not self._make_room(None, f"{n} connections (the limit)"):
+            return self._refuse(m, f"{n} connections (the limit)")
+        self.members.add(m)
+        self.per_address[m.address] = self.per_address.get(m.address, 0) + 1
+        self.accepted += 1
+        return True
+
+    def forget(self, m: Member) -> None:
+        if m not in self.members:
+            return
+        self.members.discard(m)
+        left = self.per_address.get(m.address, 1) - 1
+        if left > 0:
+            self.per_address[m.address] = left
+        else:
+            self.per_address.pop(m.address, None)
+
+    def victim(self, address: str | None) -> Member | None:
+        now = time.monotonic()
+        silent: Member | None = None
+        idlest: Member | None = None
+        after = self.settings.evict_idle_after
+        for m in self.members:
+            if m.trusted or (address is not None and m.address != address):
+                continue
+            if not m.requests:
+                if now - m.started >= FIRST_REQUEST_EVICT_AFTER and (
+                    silent is None or m.started < silent.started
+                ):
+                    silent = m
+            elif (
+                after > 0
+                and m.evictable()
+                and now - m.last_active >= after
+                and (idlest is None or m.last_active < idlest.last_active)
+            ):
+                idlest = m
+        return silent or idlest
+
+    def _make_room(self, address: str | None, why: str) -> bool:
+        v = self.victim(address)
+        if v is None:
+            return False
+        self.evicted += 1
+        self.forget(v)
+        v.evict(f"making room: {why}")
+        return True
+
+    def _refuse(self, m: Member, why: str) -> bool:
+        self.refused += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= REFUSAL_LOG_EVERY:
+            log.warning(
+                "refusing connections: %s (from %s now); %d refused since the last warning, "
+                "%d in all (limit %d, %d reserved for this node, %d per address; "
+                "CARGOHOLD_REPLICA_* settings)",
+                why,
+                m.address,
+                self._unlogged,
+                self.refused,
+                self.limit,
+                self.reserve,
+                self.settings.max_connections_per_address,
+            )
+            self._unlogged = 0
+            self._logged_at = now
+        return False
