@@ -144,6 +144,24 @@ async def _ingest_replicas(
             await _fenced_by_epoch(repo, vol, rep, epoch)
 
 
+NO_SPACE = "no space left on"  # in a replica server's NoSpace message (replica/session.py)
+
+
+def no_space_error(links: dict[Any, dict[str, Any]], current: str) -> str | None:
+    """The volume's error while one of its replicas is dropped (ERR) because its disk is
+    full: which replica, which disk, which node — or "" once every replica is RW again
+    (None: leave the error as it is). The agent re-adds such a replica with back-off
+    (agent/processes.py ``readd_wait``); while a re-add is being tried (WO) the error stays."""
+    for rid, x in sorted(links.items(), key=lambda kv: str(kv[0])):
+        err = str(x.get("error", ""))
+        if x.get("mode") == "ERR" and NO_SPACE in err:
+            return f"replica {rid} is failed: {err} (re-added with back-off up to 5 min)"
+    ours = current.startswith("replica ") and NO_SPACE in current
+    if ours and all(x.get("mode") == "RW" for x in links.values()):
+        return ""
+    return None
+
+
 def fenced_message(volume: str, replica: str, epoch: int) -> str:
     """The volume's error while one of its replicas holds an epoch the manager never issued."""
     return (
@@ -271,6 +289,9 @@ async def _ingest_engine(
                 if rw < v.replicas_wanted
                 else Robustness.HEALTHY
             )
+            full = no_space_error(links, v.error)
+            if full is not None:
+                out["error"] = full
             if st.get("fenced"):
                 out["error"] = f"engine epoch {er.epoch} was fenced: {st['fenced']}"
             scrub = scrub_summary(st)

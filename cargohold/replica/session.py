@@ -23,6 +23,7 @@ from cargohold.errors import (
     CargoholdError,
     Fenced,
     InvalidArgument,
+    NoSpace,
     NotFound,
     NotOpen,
     ProtocolError,
@@ -196,11 +197,19 @@ class Session(asyncio.BufferedProtocol):
             self.transport.writelines(msg)
 
     def _error_reply(self, req: Request, e: Exception) -> list[Any]:
-        if isinstance(e, RequestError):
-            err: CargoholdError = e
+        if isinstance(e, NoSpace) and self.rep is not None:
+            # which disk, on which node: what an operator needs (the manager shows it)
+            disk = os.path.dirname(os.path.dirname(self.rep.path))
+            where = f"disk {disk} of node {self.server.settings.node}"
+            msg = e.message.replace("the replica's disk", where)
+            if msg == e.message:
+                msg = f"{e.message} ({where})"
+            err, status = NoSpace(msg, **e.detail), e.status
+        elif isinstance(e, RequestError):
+            err = e
             status = e.status
         elif isinstance(e, CargoholdError):
-            err, status = e, ReplicaIOError.status
+            err, status = e, ReplicaIOError.status  # type: ignore[assignment]
         else:
             log.exception("op %s from %s failed", req.op, self.peer)
             err, status = ReplicaIOError(f"internal error: {type(e).__name__}: {e}"), 5

@@ -222,7 +222,9 @@ async def _fill_and_recover(servers: Servers, data_disk: Path, spare: Path) -> N
         assert lba + CHUNK <= VOL_BYTES // BLOCK, "wrote the whole volume without running out"
         try:
             await vol.write(c, lba, CHUNK)
-        except NoSpace:
+        except NoSpace as e:
+            # which disk of which node: what the engine, then the volume's error, shows
+            assert f"no space left on disk {data_disk} of node local" in str(e), e
             break
         except CargoholdError as e:
             raise AssertionError(

@@ -40,6 +40,7 @@ class SimEngine:
     replicas: list[str]  # ids
     generation: int = 0
     down: set[str] = field(default_factory=set)  # replica ids the engine dropped (ERR)
+    errors: dict[str, str] = field(default_factory=dict)  # why (a dropped replica's error)
     scrub_last: dict | None = None  # type: ignore[type-arg]  # its status's scrub.last
     last_scrub_at: float = 0.0  # what its assignment said when it started
     epoch_jump: bool = False  # its assignment allowed it to jump replica epochs
@@ -95,7 +96,12 @@ class Sim:
             holder = next((m for m in self.nodes.values() if rid in m.replicas), None)
             ok = holder is not None and holder.alive and rid not in e.down
             links.append(
-                {"id": rid, "mode": "RW" if ok else "ERR", "generation": e.generation if ok else 0}
+                {
+                    "id": rid,
+                    "mode": "RW" if ok else "ERR",
+                    "generation": e.generation if ok else 0,
+                    "error": "" if ok else e.errors.get(rid, ""),
+                }
             )
             if ok and holder is not None:
                 holder.replicas[rid] = e.generation

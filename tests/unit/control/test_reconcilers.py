@@ -482,3 +482,30 @@ async def test_a_bogus_epoch_is_reported_and_recover_epoch_unfences_the_volume(
     assert {r["epoch"] for r in v["replicas"]} == {2**62 + 1}
     eng = sim.nodes["node-2"].engines["data"]
     assert eng.epoch == 2**62 + 1 and eng.epoch_jump
+
+
+async def test_a_replica_on_a_full_disk_says_so_in_the_volume(monkeypatch) -> None:
+    """Issue #14 item 6: a replica dropped for a full disk left the volume `degraded` with
+    an empty error. Now the volume's error and the replica's name the disk and node, until
+    the replica is RW again."""
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-2"))
+    await sim.step(rounds=3)
+    eng = sim.nodes["node-2"].engines["data"]
+    rid = next(r for r in sim.nodes["node-1"].replicas)
+    why = "NoSpace: write at 0: no space left on disk /d/node-1 of node node-1"
+    eng.down.add(rid)
+    eng.errors[rid] = why
+    await sim.step(rounds=2)
+    v = await vol(sim)
+    assert v["robustness"] == "degraded"
+    assert v["error"] == f"replica {rid} is failed: {why} (re-added with back-off up to 5 min)"
+    r = next(r for r in v["replicas"] if r["id"] == rid)
+    assert r["state"] == "failed" and r["error"] == why
+    eng.down.discard(rid)  # space came back: the re-add made it RW
+    await sim.step(rounds=2)
+    v = await vol(sim)
+    assert v["robustness"] == "healthy"
+    assert v["error"] == ""
