@@ -177,8 +177,13 @@ async def _fenced_by_epoch(repo: Repository, vol: Volume, rep: Replica, epoch: i
     why = fenced_message(vol.name, rep.id, epoch)
 
     def stale(v: Volume) -> bool:
-        # attached (wanted): no engine can run, so "healthy" would be a lie
-        lie = v.attach_node is not None and v.robustness is not Robustness.UNKNOWN
+        # wanted attached and no engine runs (every replica fenced): "healthy" would be a
+        # lie; while one runs (others not fenced) it reports robustness itself
+        lie = (
+            v.attach_node is not None
+            and not _engine_runs(v)
+            and v.robustness is not Robustness.UNKNOWN
+        )
         return v.error != why or lie
 
     if not stale(vol):
@@ -190,7 +195,7 @@ async def _fenced_by_epoch(repo: Repository, vol: Volume, rep: Replica, epoch: i
         if not stale(v) or epoch <= v.epoch:
             return None
         v.error = why
-        if v.attach_node is not None:
+        if v.attach_node is not None and not _engine_runs(v):
             v.robustness = Robustness.UNKNOWN
         return v
 
