@@ -50,6 +50,7 @@ WRITE_HIGH = 8 * 1024 * 1024  # write buffer marks of each transport
 WRITE_LOW = 1024 * 1024
 HANDSHAKE_EVICT_AFTER = 2.0  # at a limit, a handshake this old gives its place (real ones: ms)
 REFUSAL_LOG_EVERY = 10.0  # seconds between two warnings about refused connections
+NO_VICTIM_RECHECK = 0.1  # after no connection could make room, seconds before looking again
 ZERO_CHUNK = 1024 * 1024
 _ZEROES = bytes(ZERO_CHUNK)
 
@@ -127,6 +128,7 @@ class NBDServer:
         self._refused_unlogged = 0
         self._refusal_logged_at = -REFUSAL_LOG_EVERY
         self._sweeper: asyncio.TimerHandle | None = None
+        self._none_until: dict[str | None, float] = {}  # address (None: any) -> loop time
 
     # --- admission -------------------------------------------------------------------------
     def admit(self, conn: NBDConnection) -> bool:
@@ -168,8 +170,20 @@ class NBDServer:
     def _victim(self, address: str | None) -> NBDConnection | None:
         """The connection that wastes its place most: the oldest handshake older than
         HANDSHAKE_EVICT_AFTER, else the longest idle one with nothing in flight, idle at
-        least ``evict_idle_after``; among ``address``'s connections if given."""
+        least ``evict_idle_after``; among ``address``'s connections if given. After a
+        search found none, None for NO_VICTIM_RECHECK seconds without a search (a flood
+        of refused connections must not each cost a scan of every connection)."""
         now = asyncio.get_running_loop().time()
+        if self._none_until.get(address, 0.0) > now:
+            return None
+        found = self._search(address, now)
+        if found is None:
+            if len(self._none_until) > 1024:
+                self._none_until.clear()
+            self._none_until[address] = now + NO_VICTIM_RECHECK
+        return found
+
+    def _search(self, address: str | None, now: float) -> NBDConnection | None:
         oldest: NBDConnection | None = None
         idlest: NBDConnection | None = None
         evict_after = self.settings.evict_idle_after

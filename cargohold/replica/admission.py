@@ -36,6 +36,7 @@ log = logging.getLogger("cargohold.replica")
 
 FIRST_REQUEST_EVICT_AFTER = 2.0  # at a limit, a connection silent since it came, this long
 REFUSAL_LOG_EVERY = 10.0
+NO_VICTIM_RECHECK = 0.1  # seconds before looking again for a connection to make room
 _WILDCARD = {"", "0.0.0.0", "::"}
 
 
@@ -70,6 +71,9 @@ class Admission:
         self.members: set[Member] = set()
         self.per_address: dict[str, int] = {}
         self.accepted = self.refused = self.evicted = 0
+        # after a search found no victim, none is searched for again this soon: a flood of
+        # refused connections must not cost a scan of every connection each
+        self._none_until: dict[str | None, float] = {}
         self._unlogged = 0
         self._logged_at = -REFUSAL_LOG_EVERY
 
@@ -132,8 +136,14 @@ class Admission:
         return silent or idlest
 
     def _make_room(self, address: str | None, why: str) -> bool:
+        now = time.monotonic()
+        if self._none_until.get(address, 0.0) > now:
+            return False
         v = self.victim(address)
         if v is None:
+            if len(self._none_until) > 1024:
+                self._none_until.clear()
+            self._none_until[address] = now + NO_VICTIM_RECHECK
             return False
         self.evicted += 1
         self.forget(v)
