@@ -20,9 +20,12 @@ Bounded connections (``settings.NBDSettings``; docs/operations.md, "Connection l
 a client must finish the handshake within ``handshake_timeout``; at most
 ``max_connections_per_address`` connections come from one client address and
 ``max_connections`` in all. At a limit, a new client takes the place of a connection that
-is wasting one — a handshake older than ``HANDSHAKE_EVICT_AFTER``, else the longest idle
-connection with nothing in flight, if idle for ``evict_idle_after`` — and is refused only
-when there is none (one warning per ``REFUSAL_LOG_EVERY`` seconds says how many). Idle
+is wasting one — a handshake older than ``HANDSHAKE_EVICT_AFTER``; at the total limit, the
+longest idle connection of an address holding at least two more connections than the
+newcomer's (fair shares: a flood from many addresses cannot keep a new client out); else
+the longest idle connection with nothing in flight, if idle for ``evict_idle_after`` —
+and is refused only when there is none (one warning per ``REFUSAL_LOG_EVERY`` seconds
+says how many). Idle
 connections are otherwise kept (``idle_timeout`` 0): the kernel's NBD client keeps its
 connections open, idle, for as long as the device is attached.
 """
@@ -51,6 +54,7 @@ WRITE_LOW = 1024 * 1024
 HANDSHAKE_EVICT_AFTER = 2.0  # at a limit, a handshake this old gives its place (real ones: ms)
 REFUSAL_LOG_EVERY = 10.0  # seconds between two warnings about refused connections
 NO_VICTIM_RECHECK = 0.1  # after no connection could make room, seconds before looking again
+FAIR_IDLE_AFTER = 0.1  # at the total limit, busy addresses' connections idle this long go first
 ZERO_CHUNK = 1024 * 1024
 _ZEROES = bytes(ZERO_CHUNK)
 
@@ -118,7 +122,7 @@ class NBDServer:
         self.settings = settings or NBDSettings()
         self.locks = SpanLocks()
         self.connections: set[NBDConnection] = set()
-        self.per_address: dict[str, int] = {}  # client address -> connections admitted
+        self.per_address: dict[str, set[NBDConnection]] = {}  # client address -> admitted
         self._servers: list[asyncio.AbstractServer] = []
         self.addresses: list[str] = []
         self.requests = 0  # requests received, on every connection
@@ -136,20 +140,22 @@ class NBDServer:
         False: refused (the caller closes it)."""
         s = self.settings
         addr = conn.address
-        if addr != "unix" and self.per_address.get(addr, 0) >= s.max_connections_per_address:
+        mine = len(self.per_address.get(addr, ()))
+        if addr != "unix" and mine >= s.max_connections_per_address:
             victim = self._victim(addr)
             if victim is None:
-                return self._refuse(
-                    conn, f"{self.per_address[addr]} connections from {addr} (the limit)"
-                )
+                return self._refuse(conn, f"{mine} connections from {addr} (the limit)")
             victim.evict(f"a new connection from {addr}, at its limit, needs its place")
+            mine -= 1
         if len(self.connections) >= s.max_connections:
-            victim = self._victim(None)
+            victim = self._victim(None, mine)
             if victim is None:
                 return self._refuse(conn, f"{len(self.connections)} connections (the limit)")
-            victim.evict("a new connection needs its place (the server is at its limit)")
+            victim.evict(
+                f"a new connection from {addr} needs its place (the server is at its limit)"
+            )
         self.connections.add(conn)
-        self.per_address[addr] = self.per_address.get(addr, 0) + 1
+        self.per_address.setdefault(addr, set()).add(conn)
         conn.counted = True
         self.accepted += 1
         if s.idle_timeout > 0 and self._sweeper is None:
@@ -161,35 +167,63 @@ class NBDServer:
             return
         conn.counted = False
         self.connections.discard(conn)
-        left = self.per_address.get(conn.address, 1) - 1
-        if left > 0:
-            self.per_address[conn.address] = left
-        else:
-            self.per_address.pop(conn.address, None)
+        mates = self.per_address.get(conn.address)
+        if mates is not None:
+            mates.discard(conn)
+            if not mates:
+                del self.per_address[conn.address]
 
-    def _victim(self, address: str | None) -> NBDConnection | None:
-        """The connection that wastes its place most: the oldest handshake older than
-        HANDSHAKE_EVICT_AFTER, else the longest idle one with nothing in flight, idle at
-        least ``evict_idle_after``; among ``address``'s connections if given. After a
-        search found none, None for NO_VICTIM_RECHECK seconds without a search (a flood
-        of refused connections must not each cost a scan of every connection)."""
+    def _victim(self, address: str | None, mine: int = 0) -> NBDConnection | None:
+        """The connection that wastes its place most. Among ``address``'s connections (at
+        its limit): its oldest handshake older than HANDSHAKE_EVICT_AFTER, else its longest
+        idle connection idle for ``evict_idle_after``. Among all (at the total limit, for a
+        newcomer whose address holds ``mine``): such a handshake, else — fair shares — the
+        longest idle connection (FAIR_IDLE_AFTER, nothing in flight) of an address holding
+        more than ``mine`` + 1, else the longest idle connection idle for
+        ``evict_idle_after``. After a search found none, None for NO_VICTIM_RECHECK
+        seconds without searching: a flood of refused connections must not each cost a
+        scan of every connection."""
         now = asyncio.get_running_loop().time()
-        if self._none_until.get(address, 0.0) > now:
+        key = address if address is not None else f"* {mine}"
+        if self._none_until.get(key, 0.0) > now:
             return None
-        found = self._search(address, now)
+        if address is not None:
+            handshake, idlest = self._search(self.per_address.get(address, ()), now)
+            found = handshake or idlest
+        else:
+            handshake, idlest = self._search(self.connections, now)
+            found = handshake or self._fair_share(mine, now) or idlest
         if found is None:
             if len(self._none_until) > 1024:
                 self._none_until.clear()
-            self._none_until[address] = now + NO_VICTIM_RECHECK
+            self._none_until[key] = now + NO_VICTIM_RECHECK
         return found
 
-    def _search(self, address: str | None, now: float) -> NBDConnection | None:
+    def _fair_share(self, mine: int, now: float) -> NBDConnection | None:
+        """The longest-idle connection (idle FAIR_IDLE_AFTER, nothing in flight) among
+        those of addresses holding at least two more connections than the newcomer's: busy
+        addresses cannot keep a new client out, and a client alone on its address is never
+        evicted for another one."""
+        best: NBDConnection | None = None
+        for a, mates in self.per_address.items():
+            if a == "unix" or len(mates) <= mine + 1:
+                continue
+            for c in mates:
+                if (
+                    not c.tasks
+                    and now - c.last_active >= FAIR_IDLE_AFTER
+                    and (best is None or c.last_active < best.last_active)
+                ):
+                    best = c
+        return best
+
+    def _search(self, among, now: float) -> tuple[NBDConnection | None, NBDConnection | None]:  # type: ignore[no-untyped-def]
+        """(the oldest handshake older than HANDSHAKE_EVICT_AFTER, the longest idle
+        connection idle for ``evict_idle_after`` with nothing in flight) ``among``."""
         oldest: NBDConnection | None = None
         idlest: NBDConnection | None = None
         evict_after = self.settings.evict_idle_after
-        for c in self.connections:
-            if address is not None and c.address != address:
-                continue
+        for c in among:
             if c.ready is None:
                 if now - c.started >= HANDSHAKE_EVICT_AFTER and (
                     oldest is None or c.started < oldest.started
@@ -202,7 +236,7 @@ class NBDServer:
                 and (idlest is None or c.last_active < idlest.last_active)
             ):
                 idlest = c
-        return oldest or idlest
+        return oldest, idlest
 
     def _refuse(self, conn: NBDConnection, why: str) -> bool:
         self.refused += 1

@@ -325,3 +325,55 @@ async def test_replica_server_flood_leaves_the_node_its_own_places(tmp_path):
     assert out.count("refusing connections") <= 3
     print(f"replica server RSS: {base} KiB before, {peak} KiB during the flood")
     assert peak < base + 32 * 1024
+
+
+def test_engine_memory_comes_back_after_repeated_floods(tmp_path):
+    """An engine (one replica server behind it) under five floods of 1,100 connections
+    idle after the handshake, from 18 addresses: its RSS stays bounded and is handed back
+    once the floods are over. Before, an engine grew from 29 MiB to 352 MiB under repeated
+    floods and kept it (64 KiB of receive buffer per connection, never trimmed: nothing
+    counted as activity without requests)."""
+    from tests.integration.engine_procs import EngineProc
+    from tests.procs import ServerProc
+
+    (tmp_path / "disk").mkdir()
+    rs = ServerProc([str(tmp_path / "disk")]).start()
+    eng = None
+    try:
+        import asyncio
+
+        from cargohold.replica.client import ReplicaClient
+
+        async def create() -> None:
+            c = await ReplicaClient.connect("127.0.0.1", rs.port)
+            await c.create("m-r1", 16 * MIB)
+            await c.close()
+
+        asyncio.run(create())
+        eng = EngineProc("m", [f"m-r1@127.0.0.1:{rs.port}"], 1, str(tmp_path)).start()
+        time.sleep(6)  # let the engine settle (and trim) before the baseline
+        base = rss_kib(eng.pid)
+        peaks = []
+        for _ in range(5):
+            flood = []
+            for i in range(18):
+                for _ in range(61):
+                    s = nbd_handshake(eng.port, f"127.0.4.{i + 1}", timeout=1.0)
+                    if s is not None:
+                        flood.append(s)
+            peaks.append(rss_kib(eng.pid))
+            took, _ = read_block(eng.port)
+            assert took < 1.0
+            for s in flood:
+                s.close()
+        deadline = time.monotonic() + 20
+        while rss_kib(eng.pid) > base + 8 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        after = rss_kib(eng.pid)
+        print(f"engine RSS: {base} KiB before, peaks {peaks} KiB, {after} KiB after")
+        assert max(peaks) < base + 48 * 1024
+        assert after <= base + 8 * 1024
+    finally:
+        if eng is not None:
+            eng.stop()
+        rs.stop()
