@@ -14,9 +14,12 @@ file descriptors nor lock out the node's own agent and engines (issue #14; invar
   the node's own.
 - **Making room.** At a limit, a connection that wastes its place makes room for the new
   one: one that has sent no request for ``FIRST_REQUEST_EVICT_AFTER`` seconds since it
-  connected, else the longest silent one with no replica open, silent for at least
-  ``evict_idle_after``. Sessions with a replica open (engines) are never evicted, nor are
-  the node's own. Only when there is no such connection is the new one refused.
+  connected; at the limit for all, then (fair shares) the longest silent one of an address
+  holding at least two more connections than the newcomer's; else the longest silent one,
+  silent for ``evict_idle_after``. Only sessions with no replica open at the replica's
+  current epoch and nothing in flight are closed this way: engines never are (a session
+  left behind by a newer engine's OPEN is fenced, and may go), nor are the node's own.
+  Only when there is no such connection is the new one refused.
 - **Silence.** A connection that sends no complete request within
   ``first_request_timeout`` is closed (``Session``).
 
@@ -37,6 +40,7 @@ log = logging.getLogger("cargohold.replica")
 FIRST_REQUEST_EVICT_AFTER = 2.0  # at a limit, a connection silent since it came, this long
 REFUSAL_LOG_EVERY = 10.0
 NO_VICTIM_RECHECK = 0.1  # seconds before looking again for a connection to make room
+FAIR_IDLE_AFTER = 0.1  # at the limit, busy addresses' connections silent this long go first
 _WILDCARD = {"", "0.0.0.0", "::"}
 
 
@@ -73,7 +77,7 @@ class Admission:
         self.accepted = self.refused = self.evicted = 0
         # after a search found no victim, none is searched for again this soon: a flood of
         # refused connections must not cost a scan of every connection each
-        self._none_until: dict[str | None, float] = {}
+        self._none_until: dict[str, float] = {}
         self._unlogged = 0
         self._logged_at = -REFUSAL_LOG_EVERY
 
@@ -91,7 +95,9 @@ class Admission:
                 return self._refuse(m, f"{have} connections from {m.address}")
             n = len(self.members)
             if n >= self.limit - self.reserve and not self._make_room(
-                None, f"{n} connections (the limit for other nodes' peers)"
+                None,
+                f"{n} connections (the limit for other nodes' peers)",
+                self.per_address.get(m.address, 0),
             ):
                 return self._refuse(
                     m, f"{n} connections, the last {self.reserve} places kept for this node"
@@ -113,37 +119,53 @@ class Admission:
         else:
             self.per_address.pop(m.address, None)
 
-    def victim(self, address: str | None) -> Member | None:
+    def victim(self, address: str | None, mine: int = 0) -> Member | None:
+        """Among ``address``'s connections, or all but the node's own (None): the oldest
+        that has sent nothing for FIRST_REQUEST_EVICT_AFTER; for all, then — fair shares —
+        the longest silent evictable one (no replica open at the replica's epoch, nothing in
+        flight; silent FAIR_IDLE_AFTER) of an address holding more than ``mine`` + 1 (the
+        newcomer's address holds ``mine``); else the longest silent evictable one, silent
+        for ``evict_idle_after``."""
         now = time.monotonic()
         silent: Member | None = None
+        fair: Member | None = None
         idlest: Member | None = None
         after = self.settings.evict_idle_after
         for m in self.members:
             if m.trusted or (address is not None and m.address != address):
                 continue
-            if not m.requests:
-                if now - m.started >= FIRST_REQUEST_EVICT_AFTER and (
-                    silent is None or m.started < silent.started
-                ):
+            if not m.requests and now - m.started >= FIRST_REQUEST_EVICT_AFTER:
+                if silent is None or m.started < silent.started:
                     silent = m
-            elif (
+                continue
+            if not m.evictable():
+                continue
+            quiet = now - m.last_active
+            if (
+                address is None
+                and quiet >= FAIR_IDLE_AFTER
+                and self.per_address.get(m.address, 0) > mine + 1
+                and (fair is None or m.last_active < fair.last_active)
+            ):
+                fair = m
+            if (
                 after > 0
-                and m.evictable()
-                and now - m.last_active >= after
+                and quiet >= after
                 and (idlest is None or m.last_active < idlest.last_active)
             ):
                 idlest = m
-        return silent or idlest
+        return silent or fair or idlest
 
-    def _make_room(self, address: str | None, why: str) -> bool:
+    def _make_room(self, address: str | None, why: str, mine: int = 0) -> bool:
         now = time.monotonic()
-        if self._none_until.get(address, 0.0) > now:
+        key = address if address is not None else f"* {mine}"
+        if self._none_until.get(key, 0.0) > now:
             return False
-        v = self.victim(address)
+        v = self.victim(address, mine)
         if v is None:
             if len(self._none_until) > 1024:
                 self._none_until.clear()
-            self._none_until[address] = now + NO_VICTIM_RECHECK
+            self._none_until[key] = now + NO_VICTIM_RECHECK
             return False
         self.evicted += 1
         self.forget(v)

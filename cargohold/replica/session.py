@@ -129,8 +129,12 @@ class Session(asyncio.BufferedProtocol):
 
     # --- admission (replica/admission.py) ---------------------------------------------------
     def evictable(self) -> bool:
-        """No replica open and nothing in flight: not an engine's session."""
-        return self.rep is None and not self._tasks
+        """Nothing in flight, and no replica open at its current epoch: not a live engine's
+        session (one a newer engine fenced, or an OPEN at epoch 0, serves no one)."""
+        if self._tasks:
+            return False
+        rep = self.rep
+        return rep is None or rep.deleted or self.epoch < rep.store.epoch
 
     def evict(self, why: str) -> None:
         log.info("closing connection from %s: %s", self.peer, why)
