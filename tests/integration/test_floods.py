@@ -371,3 +371,71 @@ def test_engine_memory_comes_back_after_repeated_floods(tmp_path):
         if eng is not None:
             eng.stop()
         rs.stop()
+
+
+def test_nbd_idle_timeout_closes_only_idle_connections(tmp_path, monkeypatch):
+    """With CARGOHOLD_NBD_IDLE_TIMEOUT set (off by default), a connection silent that long
+    with nothing in flight is closed; one that keeps reading is not."""
+    monkeypatch.setenv("CARGOHOLD_NBD_IDLE_TIMEOUT", "1")
+    s = NBDProc(str(tmp_path / "replica"), size="16MiB").start()
+    try:
+        idle = nbd_handshake(s.port, "127.0.0.1")
+        busy = nbd_handshake(s.port, "127.0.0.1")
+        assert idle is not None and busy is not None
+        t = time.monotonic()
+        for handle in range(12):  # 3 s of a request every 0.25 s
+            busy.sendall(
+                struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_READ, handle, 0, 4096)
+            )
+            assert len(_recv(busy, 16 + 4096)) == 16 + 4096
+            time.sleep(0.25)
+        closed = _peer_closed(idle)
+        assert closed, "the idle connection is still open after 3 s"
+        assert time.monotonic() - t < 10
+        busy.sendall(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_READ, 99, 0, 4096))
+        assert len(_recv(busy, 16 + 4096)) == 16 + 4096  # still served
+        busy.close()
+        idle.close()
+    finally:
+        s.stop()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    sock.settimeout(0.0)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_replica_server_closes_silent_connections(tmp_path, monkeypatch, workers):
+    """A connection that sends no request is closed after first_request_timeout (here 1 s),
+    also by the workers' parent (which kept it for ever: a silent socket never became
+    readable, so its deadline was never looked at); one that keeps talking stays."""
+    from cargohold.protocol import replica_wire as wire
+    from cargohold.protocol.replica_wire import Op
+    from tests.procs import ServerProc
+
+    monkeypatch.setenv("CARGOHOLD_REPLICA_FIRST_REQUEST_TIMEOUT", "1")
+    (tmp_path / "disk").mkdir()
+    srv = ServerProc([str(tmp_path / "disk")], workers=workers).start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        talker = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        hello = b"".join(bytes(b) for b in wire.encode_request(Op.HELLO, 1, payload=b"{}"))
+        talker.sendall(hello)
+        assert len(talker.recv(4096)) > 0
+        deadline = time.monotonic() + 5
+        while not _peer_closed(silent) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            talker.settimeout(5)
+            talker.sendall(hello)  # the one that talks is served throughout
+            assert len(talker.recv(4096)) > 0
+        assert _peer_closed(silent), "a silent connection was kept for 5 s"
+        silent.close()
+        talker.close()
+    finally:
+        srv.stop()
