@@ -121,7 +121,8 @@ async def _ingest_replicas(
         # while an engine runs, it knows the replica's generation best; else the replica
         own = got is not None and not engines.get(rep.volume, False)
 
-        epoch = got.epoch if got is not None else rep.epoch
+        # a replica's epoch only grows; LIST leaves it out (0) for a replica not open yet
+        epoch = max(rep.epoch, got.epoch) if got is not None else rep.epoch
 
         def seen(r, exists=exists, got=got, own=own, epoch=epoch):  # type: ignore[no-untyped-def]
             r.exists = exists
