@@ -818,7 +818,9 @@ class Agent:
                     arg,
                     eng.volume,
                     e,
-                    READD_EVERY,
+                    readd_wait(eng.readds.get(rid, 0), READD_EVERY)
+                    if what == "add"
+                    else READD_EVERY,
                 )
 
     # --- operations --------------------------------------------------------------------
