@@ -44,6 +44,7 @@ from cargohold.agent.processes import (
     hostport,
     nbd_listening,
     port_is_free,
+    readd_wait,
     stop_leftovers,
 )
 from cargohold.control.heartbeat import report_digest
