@@ -44,6 +44,7 @@ from cargohold import memtune
 from cargohold.errors import ProtocolError, RequestError, Unsupported
 from cargohold.frontend.device import BlockDevice
 from cargohold.protocol import nbd
+from cargohold.replica.admission import SAMPLE, SampledSet
 from cargohold.settings import NBDSettings
 
 log = logging.getLogger("cargohold.nbd")
@@ -121,7 +122,7 @@ class NBDServer:
         )
         self.settings = settings or NBDSettings()
         self.locks = SpanLocks()
-        self.connections: set[NBDConnection] = set()
+        self.connections: SampledSet[NBDConnection] = SampledSet()
         self.per_address: dict[str, set[NBDConnection]] = {}  # client address -> admitted
         self._servers: list[asyncio.AbstractServer] = []
         self.addresses: list[str] = []
@@ -132,7 +133,8 @@ class NBDServer:
         self._refused_unlogged = 0
         self._refusal_logged_at = -REFUSAL_LOG_EVERY
         self._sweeper: asyncio.TimerHandle | None = None
-        self._none_until: dict[str | None, float] = {}  # address (None: any) -> loop time
+        self._none_until: dict[str, float] = {}  # address -> loop time: no victim till then
+        self._none_shares: tuple[float, int] = (0.0, 0)  # the same, any address, share up
 
     # --- admission -------------------------------------------------------------------------
     def admit(self, conn: NBDConnection) -> bool:
@@ -180,41 +182,50 @@ class NBDServer:
         newcomer whose address holds ``mine``): such a handshake, else — fair shares — the
         longest idle connection (FAIR_IDLE_AFTER, nothing in flight) of an address holding
         more than ``mine`` + 1, else the longest idle connection idle for
-        ``evict_idle_after``. After a search found none, None for NO_VICTIM_RECHECK
-        seconds without searching: a flood of refused connections must not each cost a
-        scan of every connection."""
+        ``evict_idle_after``: first among a random sample of SAMPLE connections (a flood's
+        are most of them), then among all. After a search of all found none, None for
+        NO_VICTIM_RECHECK seconds without searching: a flood of refused connections must
+        not each cost a scan of every connection."""
         now = asyncio.get_running_loop().time()
-        key = address if address is not None else f"* {mine}"
-        if self._none_until.get(key, 0.0) > now:
-            return None
         if address is not None:
+            if self._none_until.get(address, 0.0) > now:
+                return None
             handshake, idlest = self._search(self.per_address.get(address, ()), now)
             found = handshake or idlest
-        else:
-            handshake, idlest = self._search(self.connections, now)
-            found = handshake or self._fair_share(mine, now) or idlest
+            if found is None:
+                if len(self._none_until) > 1024:
+                    self._none_until.clear()
+                self._none_until[address] = now + NO_VICTIM_RECHECK
+            return found
+        sample = self.connections.sample(SAMPLE)
+        handshake, idlest = self._search(sample, now)
+        found = handshake or self._fair_share(sample, mine, now) or idlest
+        if found is not None:
+            return found
+        until, share = self._none_shares
+        if until > now and mine >= share:  # a larger share has fewer candidates
+            return None
+        handshake, idlest = self._search(self.connections, now)
+        found = handshake or self._fair_share(self.connections, mine, now) or idlest
         if found is None:
-            if len(self._none_until) > 1024:
-                self._none_until.clear()
-            self._none_until[key] = now + NO_VICTIM_RECHECK
+            self._none_shares = (now + NO_VICTIM_RECHECK, mine)
         return found
 
-    def _fair_share(self, mine: int, now: float) -> NBDConnection | None:
-        """The longest-idle connection (idle FAIR_IDLE_AFTER, nothing in flight) among
+    def _fair_share(self, among, mine: int, now: float) -> NBDConnection | None:  # type: ignore[no-untyped-def]
+        """The longest-idle connection (idle FAIR_IDLE_AFTER, nothing in flight) ``among``
         those of addresses holding at least two more connections than the newcomer's: busy
         addresses cannot keep a new client out, and a client alone on its address is never
         evicted for another one."""
         best: NBDConnection | None = None
-        for a, mates in self.per_address.items():
-            if a == "unix" or len(mates) <= mine + 1:
-                continue
-            for c in mates:
-                if (
-                    not c.tasks
-                    and now - c.last_active >= FAIR_IDLE_AFTER
-                    and (best is None or c.last_active < best.last_active)
-                ):
-                    best = c
+        for c in among:
+            if (
+                c.address != "unix"
+                and not c.tasks
+                and now - c.last_active >= FAIR_IDLE_AFTER
+                and len(self.per_address.get(c.address, ())) > mine + 1
+                and (best is None or c.last_active < best.last_active)
+            ):
+                best = c
         return best
 
     def _search(self, among, now: float) -> tuple[NBDConnection | None, NBDConnection | None]:  # type: ignore[no-untyped-def]

@@ -29,9 +29,11 @@ Refusals are logged at most once per ``REFUSAL_LOG_EVERY`` seconds, with a count
 from __future__ import annotations
 
 import logging
+import random
 import resource
 import time
-from typing import Protocol
+from collections.abc import Iterable, Iterator
+from typing import Generic, Protocol, TypeVar
 
 from cargohold.settings import ReplicaServerSettings
 
@@ -41,6 +43,7 @@ FIRST_REQUEST_EVICT_AFTER = 2.0  # at a limit, a connection silent since it came
 REFUSAL_LOG_EVERY = 10.0
 NO_VICTIM_RECHECK = 0.1  # seconds before looking again for a connection to make room
 FAIR_IDLE_AFTER = 0.1  # at the limit, busy addresses' connections silent this long go first
+SAMPLE = 32  # connections looked at for a victim before (rarely) looking at all of them
 _WILDCARD = {"", "0.0.0.0", "::"}
 
 
@@ -54,6 +57,49 @@ class Member(Protocol):
     def evictable(self) -> bool: ...
 
     def evict(self, why: str) -> None: ...
+
+
+T = TypeVar("T")
+
+
+class SampledSet(Generic[T]):
+    """A set with O(1) add, discard and random sample. Choosing whom to evict by looking
+    at every connection cost a flood of thousands of connections a scan of all of them
+    per new one (quadratic: seconds of CPU); a random sample of ``SAMPLE`` finds a
+    flood's connections at once (they are most of them), as Redis picks keys to evict."""
+
+    def __init__(self) -> None:
+        self._items: list[T] = []
+        self._pos: dict[T, int] = {}
+
+    def add(self, x: T) -> None:
+        if x not in self._pos:
+            self._pos[x] = len(self._items)
+            self._items.append(x)
+
+    def discard(self, x: T) -> None:
+        i = self._pos.pop(x, None)
+        if i is None:
+            return
+        last = self._items.pop()
+        if i < len(self._items):
+            self._items[i] = last
+            self._pos[last] = i
+
+    def sample(self, k: int) -> list[T]:
+        n = len(self._items)
+        if n <= k:
+            return list(self._items)
+        return [self._items[random.randrange(n)] for _ in range(k)]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, x: object) -> bool:
+        return x in self._pos
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(list(self._items))
 
 
 def connection_limit(settings: ReplicaServerSettings) -> int:
@@ -72,12 +118,13 @@ class Admission:
         self.trusted = {"unix", *settings.trusted_addresses}
         if settings.host not in _WILDCARD:
             self.trusted.add(settings.host)
-        self.members: set[Member] = set()
+        self.members: SampledSet[Member] = SampledSet()
         self.per_address: dict[str, int] = {}
         self.accepted = self.refused = self.evicted = 0
-        # after a search found no victim, none is searched for again this soon: a flood of
-        # refused connections must not cost a scan of every connection each
+        # after a full search found no victim, none is searched for again this soon (per
+        # address; for the newcomers of any address: until when, and from which share up)
         self._none_until: dict[str, float] = {}
+        self._none_shares: tuple[float, int] = (0.0, 0)
         self._unlogged = 0
         self._logged_at = -REFUSAL_LOG_EVERY
 
@@ -125,13 +172,38 @@ class Admission:
         the longest silent evictable one (no replica open at the replica's epoch, nothing in
         flight; silent FAIR_IDLE_AFTER) of an address holding more than ``mine`` + 1 (the
         newcomer's address holds ``mine``); else the longest silent evictable one, silent
-        for ``evict_idle_after``."""
+        for ``evict_idle_after``. First among a random sample of SAMPLE connections; only
+        if none of those can go, among all — and after a search of all found none, not
+        again for NO_VICTIM_RECHECK seconds."""
         now = time.monotonic()
+        found = self._best(self.members.sample(SAMPLE), address, mine, now)
+        if found is not None:
+            return found
+        if address is not None:
+            if self._none_until.get(address, 0.0) > now:
+                return None
+        else:
+            until, share = self._none_shares
+            if until > now and mine >= share:  # fewer candidates for a larger share
+                return None
+        found = self._best(self.members, address, mine, now)
+        if found is None:
+            if address is not None:
+                if len(self._none_until) > 1024:
+                    self._none_until.clear()
+                self._none_until[address] = now + NO_VICTIM_RECHECK
+            else:
+                self._none_shares = (now + NO_VICTIM_RECHECK, mine)
+        return found
+
+    def _best(
+        self, among: Iterable[Member], address: str | None, mine: int, now: float
+    ) -> Member | None:
         silent: Member | None = None
         fair: Member | None = None
         idlest: Member | None = None
         after = self.settings.evict_idle_after
-        for m in self.members:
+        for m in among:
             if m.trusted or (address is not None and m.address != address):
                 continue
             if not m.requests and now - m.started >= FIRST_REQUEST_EVICT_AFTER:
@@ -157,15 +229,8 @@ class Admission:
         return silent or fair or idlest
 
     def _make_room(self, address: str | None, why: str, mine: int = 0) -> bool:
-        now = time.monotonic()
-        key = address if address is not None else f"* {mine}"
-        if self._none_until.get(key, 0.0) > now:
-            return False
         v = self.victim(address, mine)
         if v is None:
-            if len(self._none_until) > 1024:
-                self._none_until.clear()
-            self._none_until[key] = now + NO_VICTIM_RECHECK
             return False
         self.evicted += 1
         self.forget(v)
