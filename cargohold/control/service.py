@@ -448,17 +448,24 @@ class Service:
                 "no engine can open it: recreate that replica"
             )
 
-        def change(v: Volume) -> Volume:
-            new = max(v.epoch, top)
-            if v.engine is not None:  # restart the engine (fenced, crash-looping) at new + 1
+        def change(v: Volume) -> Volume | None:
+            if top <= v.epoch:  # not fenced by a replica: nothing to do (no engine restart)
+                if v.error.startswith("fenced by epoch "):
+                    v.error = ""
+                    return v
+                return None
+            if v.engine is not None:  # restart the engine (fenced, crash-looping) at top + 1
                 v.engine = None
-            v.epoch = new
-            v.recovered_epoch = new + 1  # the next engine's epoch
+            v.epoch = top
+            v.recovered_epoch = top + 1  # the next engine's epoch
             if v.error.startswith("fenced by epoch "):
                 v.error = ""
             return v
 
+        before = vol.epoch
         vol = await self.repo.update_volume(name, change)
+        if vol.epoch == before:
+            return await self.view(vol)
         log.warning(
             "volume %s: epoch raised to %d (the highest its replicas reported: %d); the next "
             "engine starts at %d",

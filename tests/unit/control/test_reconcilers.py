@@ -482,6 +482,12 @@ async def test_a_bogus_epoch_is_reported_and_recover_epoch_unfences_the_volume(
     assert {r["epoch"] for r in v["replicas"]} == {2**62 + 1}
     eng = sim.nodes["node-2"].engines["data"]
     assert eng.epoch == 2**62 + 1 and eng.epoch_jump
+    # again, on a volume that is not fenced: nothing changes, the engine keeps running
+    v = await sim.service.recover_epoch("data")
+    await sim.step(rounds=2)
+    v = await vol(sim)
+    assert v["epoch"] == 2**62 + 1 and v["state"] == "attached"
+    assert sim.nodes["node-2"].engines["data"] is eng
 
 
 async def test_a_replica_on_a_full_disk_says_so_in_the_volume(monkeypatch) -> None:
