@@ -147,7 +147,8 @@ def test_nbd_flood_from_one_address_leaves_room_for_everyone_else(nbd_srv, caplo
         assert took < 1.0, f"the well-behaved client waited {took:.2f} s"
         assert held <= 64, f"{held} idle connections from one address were admitted"
         qemu = qemu_io_read(nbd_srv.uri)
-        assert qemu < 5.0  # a process start included; the NBD part is the raw client's
+        print(f"qemu-io during the flood: {qemu:.2f} s")
+        assert qemu < 2.0  # its process start included (0.01 s here); 1 s: the raw client
         peak = rss_kib(nbd_srv.pid)
     finally:
         for s in flood:
@@ -187,7 +188,7 @@ def test_nbd_flood_from_many_addresses_evicts_the_idlest(nbd_srv_small):
             took, data = read_block(port)
             assert data == b"\x42" * 4096
             assert took < 1.0, f"the well-behaved client waited {took:.2f} s"
-        assert qemu_io_read(nbd_srv_small.uri) < 5.0
+        assert qemu_io_read(nbd_srv_small.uri) < 2.0
     finally:
         for s in flood:
             s.close()
