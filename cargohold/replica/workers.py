@@ -28,7 +28,11 @@ import crc32c
 
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
-from cargohold.replica.admission import connection_limit
+from cargohold.replica.admission import (
+    NO_VICTIM_RECHECK,
+    Admission,
+    connection_limit,
+)
 from cargohold.replica.registry import Registry
 from cargohold.settings import ReplicaServerSettings
 
@@ -37,6 +41,16 @@ log = logging.getLogger("cargohold.replica")
 _ROUTED = {Op.OPEN, Op.CREATE, Op.DELETE}
 _LOCAL = {Op.HELLO, Op.LIST}
 _MAX_PEEK = 64 * 1024
+
+
+def _waiting(conn: socket.socket) -> bool:
+    """Bytes from the peer wait to be looked at (it is talking: not one to drop)."""
+    try:
+        return bool(conn.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return False
 
 
 def owner(replica_id: str, workers: int) -> int:
@@ -106,9 +120,16 @@ class _Parent:
         self.deadlines: dict[int, float] = {}  # fd -> when a first frame must be complete
         # connections not handed to a worker yet: at most this many (each worker has its
         # own admission, replica/admission.py, for the connections it serves)
+        # (the last ``reserved_connections`` places only for the node's own addresses)
         self.max_pending = connection_limit(settings)
+        adm = Admission(settings)
+        self.trusted, self.reserve = adm.trusted, adm.reserve
         self.pending: dict[int, socket.socket] = {}  # fd -> connection, beside deadlines
+        # pending connections not from the node's own addresses, oldest first: fd -> address
+        self.others: dict[int, str] = {}
+        self.other_count: dict[str, int] = {}  # address -> its pending connections
         self.refused = 0
+        self._no_room: tuple[float, int] = (0.0, 0)  # no victim till then, from that share
 
     def spawn(self, index: int) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -146,7 +167,18 @@ class _Parent:
             conn, _ = listener.accept()
         except BlockingIOError:
             return
-        if len(self.deadlines) >= self.max_pending:
+        inet = conn.family in (socket.AF_INET, socket.AF_INET6)
+        try:
+            addr = str(conn.getpeername()[0]) if inet else "unix"
+        except OSError:  # already gone
+            conn.close()
+            return
+        own = addr in self.trusted
+        if not own and len(self.others) >= self.max_pending - self.reserve:
+            self._make_room(self.other_count.get(addr, 0))
+        if len(self.pending) >= self.max_pending or (
+            not own and len(self.others) >= self.max_pending - self.reserve
+        ):
             self.refused += 1
             if self.refused % 1000 == 1:
                 log.warning(
@@ -157,11 +189,35 @@ class _Parent:
             conn.close()
             return
         conn.setblocking(False)
-        if conn.family in (socket.AF_INET, socket.AF_INET6):
+        if inet:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.deadlines[conn.fileno()] = time.monotonic() + self.settings.first_request_timeout
+        now = time.monotonic()
+        self.deadlines[conn.fileno()] = now + self.settings.first_request_timeout
         self.pending[conn.fileno()] = conn
+        if not own:
+            self.others[conn.fileno()] = addr
+            self.other_count[addr] = self.other_count.get(addr, 0) + 1
         self.loop.add_reader(conn.fileno(), self.peek, conn)
+
+    def _make_room(self, mine: int) -> None:
+        """At the limit for other addresses, for a newcomer whose address has ``mine``
+        connections waiting: drop the oldest waiting connection of an address that has at
+        least two more (fair shares: a flood from many addresses cannot keep another
+        node's engine out), unless it is talking (bytes wait). A connection waits here only
+        until a request that names a replica, which an engine sends at once: the ones that
+        linger are a flood's. After a search found none, none for NO_VICTIM_RECHECK (for
+        this share and larger ones): a flood must not cost a search per connection."""
+        now = time.monotonic()
+        until, share = self._no_room
+        if until > now and mine >= share:
+            return
+        for fd, addr in self.others.items():
+            conn = self.pending.get(fd)
+            if conn is not None and self.other_count.get(addr, 0) > mine + 1:
+                if not _waiting(conn):
+                    self._drop(conn)
+                    return
+        self._no_room = (now + NO_VICTIM_RECHECK, mine)
 
     def expire(self) -> None:
         """Close connections that sent nothing, or no complete frame, by their deadline (a
@@ -183,6 +239,15 @@ class _Parent:
             return
         self.loop.call_later(0.005, self._rearm, conn)
 
+    def _forget_other(self, fd: int) -> None:
+        addr = self.others.pop(fd, None)
+        if addr is not None:
+            left = self.other_count.get(addr, 1) - 1
+            if left > 0:
+                self.other_count[addr] = left
+            else:
+                self.other_count.pop(addr, None)
+
     def _rearm(self, conn: socket.socket) -> None:
         fd = conn.fileno()
         if fd >= 0 and self.pending.get(fd) is conn:  # not dropped meanwhile
@@ -193,6 +258,7 @@ class _Parent:
         if fd >= 0:
             self.deadlines.pop(fd, None)
             self.pending.pop(fd, None)
+            self._forget_other(fd)
             self.loop.remove_reader(fd)
         conn.close()
 
@@ -234,7 +300,8 @@ class _Parent:
             except OSError:
                 self._drop(conn)
                 return
-            self.deadlines[conn.fileno()] = time.monotonic() + self.settings.first_request_timeout
+            now = time.monotonic()
+            self.deadlines[conn.fileno()] = now + self.settings.first_request_timeout
             return
         try:
             replica = json.loads(payload).get("replica")
@@ -260,6 +327,7 @@ class _Parent:
     def hand_over(self, conn: socket.socket, index: int) -> None:
         self.deadlines.pop(conn.fileno(), None)
         self.pending.pop(conn.fileno(), None)
+        self._forget_other(conn.fileno())
         self.loop.remove_reader(conn.fileno())
         try:
             socket.send_fds(self.channels[index], [b"c"], [conn.fileno()])

@@ -267,7 +267,8 @@ async def timed(coro, limit: float = 1.0):  # type: ignore[no-untyped-def]
     return got
 
 
-async def test_replica_server_flood_leaves_the_node_its_own_places(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_replica_server_flood_leaves_the_node_its_own_places(tmp_path, workers):
     """A replica server whose descriptor limit is 1,024 (prlimit), flooded with 2,000
     connections from 8 addresses: before, it ran out of descriptors and stopped accepting,
     so the node's agent could not LIST (the manager then replaced a healthy replica) and
@@ -279,7 +280,9 @@ async def test_replica_server_flood_leaves_the_node_its_own_places(tmp_path):
     from tests.procs import ServerProc
 
     (tmp_path / "disk").mkdir()
-    srv = ServerProc([str(tmp_path / "disk")], prefix=("prlimit", "--nofile=1024:1024")).start()
+    srv = ServerProc(
+        [str(tmp_path / "disk")], prefix=("prlimit", "--nofile=1024:1024"), workers=workers
+    ).start()
     flood: list[socket.socket] = []
     try:
         c = await ReplicaClient.connect("127.0.0.1", srv.port)
