@@ -804,6 +804,7 @@ class Agent:
             try:
                 if what == "add":
                     eng.status_changed(await eng.link.add_replica(arg))
+                    eng.readded(rid)
                     log.info(
                         "added replica %s to the engine of volume %s (it is rebuilt)",
                         arg,

@@ -458,6 +458,7 @@ class EngineProcess:
         self.changing: asyncio.Task[None] | None = None  # a replica-set change in flight
         self.tried: dict[str, float] = {}  # replica id -> last add/remove attempt (monotonic)
         self.readds: dict[str, int] = {}  # replica id -> re-adds since it was last RW
+        self._readding: set[str] = set()  # re-adds planned, not yet taken by the engine
         self.status_at = 0.0  # when ``status`` was last asked for (monotonic)
         self.status_every = 0.0  # seconds until it is asked again (0: every heartbeat)
         self._exit_noted = False
@@ -512,6 +513,7 @@ class EngineProcess:
         self.status_every = 0.0
         self.tried.clear()
         self.readds.clear()
+        self._readding.clear()
 
     async def adopt(self, pid: int, argv: list[str]) -> bool:
         """Take over this volume's engine that an earlier agent started with ``argv`` and
@@ -594,9 +596,12 @@ class EngineProcess:
         """What to change in the running engine's replica set: ("add", ID@HOST:PORT) for an
         assigned replica it lacks or dropped (ERR: a re-add rebuilds the delta), ("remove",
         ID) for one no longer assigned. Each replica at most once every ``every`` seconds;
-        a dropped replica that keeps failing (a full disk: it fails again in its rebuild)
-        with exponential back-off, ``every`` doubling per re-add up to ``READD_MAX``, until
-        it is RW again (``readd_wait``)."""
+        a dropped replica that the engine took back and then dropped again (a full disk: it
+        fails in its rebuild) with exponential back-off, ``every`` doubling per such re-add
+        up to ``READD_MAX``, until it is RW again (``readd_wait``). A re-add the engine
+        refused (the replica unreachable: a node down, a partition) costs nothing and does
+        not count: it is tried again every ``every`` seconds, so a replica comes back soon
+        after its node does."""
         now = time.monotonic()
         want = {spec.split("@", 1)[0]: spec for spec in self.spec.replicas}
         have = {str(x.get("id")): x for x in self.status.get("replicas", []) if isinstance(x, dict)}
@@ -616,19 +621,27 @@ class EngineProcess:
             if now - self.tried.get(rid, -math.inf) < wait:
                 continue
             if k == "add" and rid in have:  # a re-add of a dropped replica
-                n = self.readds[rid] = self.readds.get(rid, 0) + 1
-                if n > 1:
+                self._readding.add(rid)
+                n = self.readds.get(rid, 0)
+                if n:
                     log.warning(
                         "volume %s: re-adding replica %s, dropped again (%s); re-add %d, the "
-                        "next one no sooner than in %.0f s",
+                        "next one no sooner than in %.0f s if it fails again",
                         self.volume,
                         rid,
                         have[rid].get("error") or "no reason given",
-                        n,
-                        readd_wait(n, every),
+                        n + 1,
+                        readd_wait(n + 1, every),
                     )
             out.append((k, v))
         return out
+
+    def readded(self, rid: str) -> None:
+        """The engine took ``rid`` back (WO: it rebuilds it). If that was a re-add of a
+        dropped replica and it is dropped again, the next re-add waits longer."""
+        if rid in self._readding:
+            self._readding.discard(rid)
+            self.readds[rid] = self.readds.get(rid, 0) + 1
 
     def report(self) -> EngineReport:
         running = self.running

@@ -40,7 +40,9 @@ def status(mode2: str) -> dict:  # type: ignore[type-arg]
     }
 
 
-def readd_times(eng: EngineProcess, clock: Clock, seconds: float) -> list[float]:
+def readd_times(
+    eng: EngineProcess, clock: Clock, seconds: float, taken: bool = True
+) -> list[float]:
     """Step the clock by 1 s; whenever the plan re-adds v-r2, the attempt fails again (the
     rebuild hits the full disk: ERR). -> when the re-adds happened (from the start)."""
     start, out = clock.t, []
@@ -49,6 +51,8 @@ def readd_times(eng: EngineProcess, clock: Clock, seconds: float) -> list[float]
         for what, arg in eng.replica_plan(EVERY):
             assert (what, arg) == ("add", "v-r2@h:2")
             eng.tried["v-r2"] = clock.t  # what Agent._change_replicas records
+            if taken:
+                eng.readded("v-r2")  # the engine took it back (then it failed again)
             out.append(clock.t - start)
         clock.t += 1.0
     return out
@@ -81,3 +85,13 @@ def test_back_off_starts_over_once_the_replica_is_current(monkeypatch) -> None:
     clock.t += 3600
     times = readd_times(eng, clock, 20)
     assert times[:2] == [0.0, 10.0]  # dropped again: 5 s after the last try, then 10 s
+
+
+def test_an_unreachable_replica_is_tried_every_5_s(monkeypatch) -> None:
+    """A re-add the engine refuses (the replica's node is down or cut off: OPEN fails) does
+    not count: the replica comes back within 5 s of its node."""
+    clock = Clock()
+    eng = engine(monkeypatch, clock)
+    times = readd_times(eng, clock, 60, taken=False)
+    assert [b - a for a, b in itertools.pairwise(times)] == [5.0] * (len(times) - 1)
+    assert len(times) == 12
