@@ -21,3 +21,14 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 TIB = 1024 * GIB
+
+MAX_EPOCH_STEP = 1 << 16
+"""How far above its persisted epoch a replica accepts an OPEN (65,536). The manager bumps a
+volume's epoch by one per engine it starts, so a replica that was away for 65,536 attaches in
+a row is the only legitimate case beyond it (an engine restart every second for 18 hours);
+anything further is a bogus or hostile epoch that would fence the volume for ever. An OPEN
+with ``"jump": true`` (sent only by an engine the manager started after ``volume
+recover-epoch``) may go further."""
+
+MAX_EPOCH = (1 << 63) - 1
+"""Epochs are persisted and compared as signed 64-bit integers everywhere (SQLite, etcd)."""

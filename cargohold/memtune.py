@@ -107,6 +107,7 @@ class IdleTrim:
             self._last = now
             self._trimmed = False
         elif not self._trimmed:
+            gc.collect()  # cycles left by closed connections (thresholds are high: freeze_gc)
             trim()
             self._trimmed = True
         self._handle = asyncio.get_running_loop().call_later(self.idle, self._tick)

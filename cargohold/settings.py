@@ -142,8 +142,37 @@ class ReplicaServerSettings(Settings):
     disks: list[str] = setting(default_factory=list, description="directories holding replicas")  # noqa: RUF009
     node: str = setting("local", "the node's name, in logs and answers")
     workers: int = setting(1, "processes serving replicas", ge=1, le=64)
-    max_connections: int = setting(4096, "connections before new ones are refused", ge=1)
+    max_connections: int = setting(
+        4096,
+        "connections in all (also never more than RLIMIT_NOFILE minus fd_headroom)",
+        ge=1,
+    )
     idle_close_seconds: float = setting(0.0, "0 = never close idle sessions", ge=0)
+    fd_headroom: int = setting(
+        256, "file descriptors kept free of connections: replica files, listeners, logs", ge=16
+    )
+    reserved_connections: int = setting(
+        64,
+        "of the connection limit, places only the node's own peers may take: the unix "
+        "socket, the listen address and trusted_addresses (the agent, local engines)",
+        ge=0,
+    )
+    max_connections_per_address: int = setting(
+        512, "connections from one address other than the node's own", ge=1
+    )
+    trusted_addresses: list[str] = setting(  # noqa: RUF009
+        default_factory=list,
+        description="more client addresses that may use the reserved places",
+    )
+    first_request_timeout: float = setting(
+        10.0, "seconds a new connection has to send its first complete request", gt=0
+    )
+    evict_idle_after: float = setting(
+        10.0,
+        "at a limit, a connection with no replica open that has been silent this long is "
+        "closed (the longest silent first) to let a new one in; 0 = never",
+        ge=0,
+    )
 
 
 @dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
@@ -178,4 +207,30 @@ class EngineSettings(Settings):
         "bytes of volume each replica verifies per scrub request",
         ge=4096,
         multiple_of=4096,
+    )
+
+
+@dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
+class NBDSettings(Settings):
+    """The NBD frontend of an engine or of ``cargohold nbd-serve``: how many connections it
+    takes and how long it waits for them (docs/operations.md, "Connection limits")."""
+
+    env_prefix: ClassVar[str] = "CARGOHOLD_NBD_"
+
+    handshake_timeout: float = setting(
+        10.0, "seconds a client has to finish the handshake (option haggling)", gt=0
+    )
+    max_connections: int = setting(1024, "connections in all, handshakes included", ge=1)
+    max_connections_per_address: int = setting(64, "connections from one client address", ge=1)
+    idle_timeout: float = setting(
+        0.0,
+        "close a connection with no request in flight after this many seconds of silence "
+        "(0 = never: kernel NBD clients keep idle connections for days)",
+        ge=0,
+    )
+    evict_idle_after: float = setting(
+        60.0,
+        "at a connection limit, a connection idle this long with nothing in flight is "
+        "closed (the longest idle first) to let a new client in; 0 = never evict",
+        ge=0,
     )

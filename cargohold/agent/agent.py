@@ -46,6 +46,7 @@ from cargohold.agent.processes import (
     hostport,
     nbd_listening,
     port_is_free,
+    readd_wait,
     stop_leftovers,
 )
 from cargohold.control.heartbeat import report_digest
@@ -902,6 +903,7 @@ class Agent:
             try:
                 if what == "add":
                     eng.status_changed(await eng.link.add_replica(arg))
+                    eng.readded(rid)
                     log.info(
                         "added replica %s to the engine of volume %s (it is rebuilt)",
                         arg,
@@ -917,7 +919,9 @@ class Agent:
                     arg,
                     eng.volume,
                     e,
-                    READD_EVERY,
+                    readd_wait(eng.readds.get(rid, 0), READD_EVERY)
+                    if what == "add"
+                    else READD_EVERY,
                 )
 
     # --- operations --------------------------------------------------------------------

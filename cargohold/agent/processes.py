@@ -35,6 +35,7 @@ log = logging.getLogger("cargohold.agent")
 NBD_LISTENING = re.compile(rb"nbd server listening on (\S+)")
 STOP_TIMEOUT = 10.0  # seconds a child gets between SIGTERM and SIGKILL
 UNREPORTED = ("counters", "latency_log2_us")  # engine status fields kept from the manager
+READD_MAX = 300.0  # seconds: the longest wait between two re-adds of a dropped replica
 STATUS_IDLE_EVERY = 5.0  # seconds between status calls to an engine whose status stays put
 STABLE_AFTER = 10.0  # a child that ran this long before it died restarts without delay
 REPLICA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -245,8 +246,11 @@ def engine_argv(
     control: str,
     require: tuple[int, int] = (0, 0),
     last_scrub_at: float = 0.0,
+    epoch_jump: bool = False,
 ) -> list[str]:
     argv = cargohold_argv("engine", "--volume", volume, "--epoch", str(epoch))
+    if epoch_jump:  # after `volume recover-epoch`: replicas far below this epoch
+        argv.append("--epoch-jump")
     for spec in replicas:
         argv += ["--replica", spec]
     if local:
@@ -453,6 +457,8 @@ class EngineProcess:
         self.retiring = False  # no longer assigned: being stopped for good
         self.changing: asyncio.Task[None] | None = None  # a replica-set change in flight
         self.tried: dict[str, float] = {}  # replica id -> last add/remove attempt (monotonic)
+        self.readds: dict[str, int] = {}  # replica id -> re-adds since it was last RW
+        self._readding: set[str] = set()  # re-adds planned, not yet taken by the engine
         self.status_at = 0.0  # when ``status`` was last asked for (monotonic)
         self.status_every = 0.0  # seconds until it is asked again (0: every heartbeat)
         self._exit_noted = False
@@ -499,12 +505,15 @@ class EngineProcess:
             self.control,
             (s.require_epoch, s.require_generation),
             s.last_scrub_at,
+            s.epoch_jump,
         )
         self.child = Child(f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path)
         self.child.start()
         self.ready, self.status, self._exit_noted = False, {}, False  # error: until ready
         self.status_every = 0.0
         self.tried.clear()
+        self.readds.clear()
+        self._readding.clear()
 
     async def adopt(self, pid: int, argv: list[str]) -> bool:
         """Take over this volume's engine that an earlier agent started with ``argv`` and
@@ -586,19 +595,53 @@ class EngineProcess:
     def replica_plan(self, every: float) -> list[tuple[str, str]]:
         """What to change in the running engine's replica set: ("add", ID@HOST:PORT) for an
         assigned replica it lacks or dropped (ERR: a re-add rebuilds the delta), ("remove",
-        ID) for one no longer assigned. Each replica at most once every ``every`` seconds."""
+        ID) for one no longer assigned. Each replica at most once every ``every`` seconds;
+        a dropped replica that the engine took back and then dropped again (a full disk: it
+        fails in its rebuild) with exponential back-off, ``every`` doubling per such re-add
+        up to ``READD_MAX``, until it is RW again (``readd_wait``). A re-add the engine
+        refused (the replica unreachable: a node down, a partition) costs nothing and does
+        not count: it is tried again every ``every`` seconds, so a replica comes back soon
+        after its node does."""
         now = time.monotonic()
         want = {spec.split("@", 1)[0]: spec for spec in self.spec.replicas}
         have = {str(x.get("id")): x for x in self.status.get("replicas", []) if isinstance(x, dict)}
-        plan = []
+        plan: list[tuple[str, str, float]] = []
         for rid, spec in want.items():
             link = have.get(rid)
-            if link is None or link.get("mode") == "ERR":
-                plan.append(("add", spec))
-        plan += [("remove", rid) for rid in have if rid not in want]
-        return [
-            (k, v) for k, v in plan if now - self.tried.get(v.split("@")[0], -math.inf) >= every
-        ]
+            if link is None:
+                plan.append(("add", spec, every))
+            elif link.get("mode") == "ERR":
+                plan.append(("add", spec, readd_wait(self.readds.get(rid, 0), every)))
+            elif link.get("mode") == "RW":
+                self.readds.pop(rid, None)  # current again: the next drop starts over
+        plan += [("remove", rid, every) for rid in have if rid not in want]
+        out = []
+        for k, v, wait in plan:
+            rid = v.split("@")[0]
+            if now - self.tried.get(rid, -math.inf) < wait:
+                continue
+            if k == "add" and rid in have:  # a re-add of a dropped replica
+                self._readding.add(rid)
+                n = self.readds.get(rid, 0)
+                if n:
+                    log.warning(
+                        "volume %s: re-adding replica %s, dropped again (%s); re-add %d, the "
+                        "next one no sooner than in %.0f s if it fails again",
+                        self.volume,
+                        rid,
+                        have[rid].get("error") or "no reason given",
+                        n + 1,
+                        readd_wait(n + 1, every),
+                    )
+            out.append((k, v))
+        return out
+
+    def readded(self, rid: str) -> None:
+        """The engine took ``rid`` back (WO: it rebuilds it). If that was a re-add of a
+        dropped replica and it is dropped again, the next re-add waits longer."""
+        if rid in self._readding:
+            self._readding.discard(rid)
+            self.readds[rid] = self.readds.get(rid, 0) + 1
 
     def report(self) -> EngineReport:
         running = self.running
@@ -610,6 +653,14 @@ class EngineProcess:
             error=self.error,
             status=_reported(self.status) if running else {},
         )
+
+
+def readd_wait(readds: int, every: float) -> float:
+    """Seconds between re-adds of a replica after ``readds`` re-adds that did not make it RW:
+    ``every``, doubling each time, at most ``READD_MAX`` (5 s, 10 s, ... 5 min). Before,
+    a replica on a full disk was re-added every 5 s for ever (WO, then ERR in its rebuild:
+    a 6 s cycle) and each attempt re-read the data the rebuild copies."""
+    return min(READD_MAX, every * 2 ** min(readds, 16))
 
 
 def _reported(status: dict[str, Any]) -> dict[str, Any]:

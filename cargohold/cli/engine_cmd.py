@@ -42,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epoch", type=int, required=True, help="this engine's epoch: older engines are fenced"
     )
+    p.add_argument(
+        "--epoch-jump",
+        action="store_true",
+        help="the manager raised the volume's epoch with `volume recover-epoch`: replicas "
+        "may be opened more than 65,536 epochs above their own",
+    )
     p.add_argument("--local", help="id of the replica on this node (read first)")
     p.add_argument("--listen", help=f"NBD on HOST:PORT (default 127.0.0.1:{DEFAULT_NBD_PORT})")
     p.add_argument("--unix", help="NBD also on this unix socket")
@@ -77,7 +83,7 @@ def main(argv: list[str]) -> int:
     from cargohold.engine.scrubber import Scrubber
     from cargohold.engine.volume import Volume
     from cargohold.frontend.nbd_server import serve
-    from cargohold.settings import EngineSettings
+    from cargohold.settings import EngineSettings, NBDSettings
 
     logging.basicConfig(
         level=os.environ.get("CARGOHOLD_LOG", "INFO"),
@@ -90,6 +96,7 @@ def main(argv: list[str]) -> int:
         if a.rebuild_bandwidth:
             given["rebuild_bandwidth"] = parse_size(a.rebuild_bandwidth)
         settings = EngineSettings(**{k: v for k, v in given.items() if v is not None})
+        nbd_settings = NBDSettings()  # CARGOHOLD_NBD_*: connection limits and timeouts
         host, port = (
             split_addr(a.listen, DEFAULT_NBD_PORT) if a.listen else ("127.0.0.1", DEFAULT_NBD_PORT)
         )
@@ -98,7 +105,7 @@ def main(argv: list[str]) -> int:
         return _fail(str(e), 2)
 
     async def main() -> None:
-        vol = Volume(volume, specs, epoch, settings, require=required)
+        vol = Volume(volume, specs, epoch, settings, require=required, epoch_jump=a.epoch_jump)
         await vol.start()
         memtune.freeze_gc()
 
@@ -120,6 +127,7 @@ def main(argv: list[str]) -> int:
                 host,
                 port,
                 unix=unix,
+                settings=nbd_settings,
                 name=volume,
                 description=volume,
                 stop=stop,

@@ -43,6 +43,7 @@ def nbd_serve(
     """Serve a local replica over NBD until SIGTERM/SIGINT."""
     from cargohold.frontend.local_device import LocalDevice
     from cargohold.frontend.nbd_server import serve
+    from cargohold.settings import NBDSettings
     from cargohold.store.file_store import META_FILE, FileStore
 
     logging.basicConfig(
@@ -52,6 +53,7 @@ def nbd_serve(
     )
     try:
         host, port = _split(listen) if listen else ("127.0.0.1", DEFAULT_NBD_PORT)
+        nbd_settings = NBDSettings()  # CARGOHOLD_NBD_*: connection limits and timeouts
         want = parse_size(size) if size else None
         if os.path.exists(os.path.join(dir, META_FILE)):
             store = FileStore.open(dir)
@@ -73,7 +75,16 @@ def nbd_serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(device, host, port, unix=unix, name=name, description=dir, stop=stop)
+        await serve(
+            device,
+            host,
+            port,
+            unix=unix,
+            name=name,
+            description=dir,
+            stop=stop,
+            settings=nbd_settings,
+        )
 
     memtune.tune_malloc()
     try:

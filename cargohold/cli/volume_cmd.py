@@ -5,6 +5,7 @@
     cargohold volume get data --wait-healthy               # after a node came back
     cargohold volume clone data data-copy --snapshot before-upgrade
     cargohold volume scrub data          # verify every replica now, repair what rotted
+    cargohold volume recover-epoch data  # a volume fenced by a bogus epoch
     cargohold volume detach data && cargohold volume delete data
 
 ``attach`` without ``--node`` picks, among the nodes that are up (not down, not cordoned),
@@ -382,6 +383,29 @@ def scrub(
             with progress(f"scrubbing {name}") as update:
                 op = c.wait_operation(op["id"], timeout, operation_progress(update))
     render(op, output, lambda o: print_scrub(name, o))
+
+
+@volume_app.command("recover-epoch")
+@handle_errors
+def recover_epoch(
+    name: str,
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """Raise the volume's epoch above every epoch its replicas report: for a volume whose
+    error says "fenced by epoch X on replica R" (a replica accepted an epoch the manager
+    never issued). Its next engine opens every replica at the new epoch."""
+    with ManagerClient.discover(api, dir) as c:
+        vol = c.recover_epoch(name)
+    render(
+        vol,
+        output,
+        lambda v: say(
+            f"volume [bold]{escape(name)}[/bold]: epoch raised to {v.get('epoch')}; "
+            "its next engine starts above it"
+        ),
+    )
 
 
 def print_scrub(name: str, op: dict[str, Any]) -> None:

@@ -482,6 +482,17 @@ def build(service: Service) -> FastAPI:
     async def scrub(volume: Name) -> JSON:
         return await s.scrub(volume)
 
+    @app.post(
+        "/api/v1/volumes/{volume}/recover-epoch",
+        tags=["volumes"],
+        response_model=VolumeView,
+        responses=errors(404, 409, 422),
+    )
+    async def recover_epoch(volume: str) -> JSON:
+        """Raise the volume's epoch above every epoch its replicas report (a volume fenced
+        by a bogus epoch; docs/operations.md)."""
+        return await s.recover_epoch(volume)
+
     @app.get(
         "/api/v1/volumes/{volume}/replicas",
         tags=["replicas"],

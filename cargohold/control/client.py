@@ -314,6 +314,10 @@ class ManagerClient:
         """Returns the scrub ``Operation`` (its result, once done, is the pass's report)."""
         return self._post(f"/api/v1/volumes/{_seg(name)}/scrub")
 
+    def recover_epoch(self, name: str) -> JSON:
+        """Raise a fenced volume's epoch above its replicas' (returns the volume)."""
+        return self._post(f"/api/v1/volumes/{_seg(name)}/recover-epoch")
+
     def replicas(self, volume: str | None = None) -> list[JSON]:
         if volume is None:
             return self._get("/api/v1/replicas")

@@ -141,19 +141,28 @@ async def _ingest_replicas(
         # while an engine runs, it knows the replica's generation best; else the replica
         own = got is not None and not engines.get(rep.volume, False)
 
-        def seen(r, exists=exists, got=got, own=own):  # type: ignore[no-untyped-def]
+        # a replica's epoch only grows; LIST leaves it out (0) for a replica not open yet
+        epoch = max(rep.epoch, got.epoch) if got is not None else rep.epoch
+
+        def seen(r, exists=exists, got=got, own=own, epoch=epoch):  # type: ignore[no-untyped-def]
             r.exists = exists
+            r.epoch = epoch
             if own:
                 r.generation = got.generation
                 r.mode = None
             return r
 
-        if rep.exists != exists or (
-            own and (rep.generation != got.generation or rep.mode is not None)  # type: ignore[union-attr]
+        if (
+            rep.exists != exists
+            or rep.epoch != epoch
+            or (own and (rep.generation != got.generation or rep.mode is not None))  # type: ignore[union-attr]
         ):
             await repo.update_replica(rep.volume, rep.id, seen)
             if exists and not rep.exists:
                 wake()
+        vol = volumes.get(rep.volume)
+        if vol is not None and epoch > vol.epoch:
+            await _fenced_by_epoch(repo, vol, rep, epoch)
     await _ingest_unknown(repo, name, hb, {r.id for r in replicas})
 
 
@@ -252,6 +261,64 @@ async def _ingest_unknown(repo: Repository, name: str, hb: Heartbeat, known: set
             )
 
 
+NO_SPACE = "no space left on"  # in a replica server's NoSpace message (replica/session.py)
+
+
+def no_space_error(links: dict[Any, dict[str, Any]], current: str) -> str | None:
+    """The volume's error while one of its replicas is dropped (ERR) because its disk is
+    full: which replica, which disk, which node — or "" once every replica is RW again
+    (None: leave the error as it is). The agent re-adds such a replica with back-off
+    (agent/processes.py ``readd_wait``); while a re-add is being tried (WO) the error stays."""
+    for rid, x in sorted(links.items(), key=lambda kv: str(kv[0])):
+        err = str(x.get("error", ""))
+        if x.get("mode") == "ERR" and NO_SPACE in err:
+            return f"replica {rid} is failed: {err} (re-added with back-off up to 5 min)"
+    ours = current.startswith("replica ") and NO_SPACE in current
+    if ours and all(x.get("mode") == "RW" for x in links.values()):
+        return ""
+    return None
+
+
+def fenced_message(volume: str, replica: str, epoch: int) -> str:
+    """The volume's error while one of its replicas holds an epoch the manager never issued."""
+    return (
+        f"fenced by epoch {epoch} on replica {replica}, above every epoch the manager issued: "
+        f"run `cargohold volume recover-epoch {volume}`"
+    )
+
+
+async def _fenced_by_epoch(repo: Repository, vol: Volume, rep: Replica, epoch: int) -> None:
+    """A replica accepted an epoch above the volume's newest (a bogus OPEN, or an older
+    version's): every engine the manager starts is fenced. Say so in the volume's error,
+    with the way out, instead of ``attaching`` with a crash-looping engine."""
+    why = fenced_message(vol.name, rep.id, epoch)
+
+    def stale(v: Volume) -> bool:
+        # wanted attached and no engine runs (every replica fenced): "healthy" would be a
+        # lie; while one runs (others not fenced) it reports robustness itself
+        lie = (
+            v.attach_node is not None
+            and not _engine_runs(v)
+            and v.robustness is not Robustness.UNKNOWN
+        )
+        return v.error != why or lie
+
+    if not stale(vol):
+        return
+    if vol.error != why:
+        log.warning("volume %s: %s", vol.name, why)
+
+    def say(v: Volume) -> Volume | None:
+        if not stale(v) or epoch <= v.epoch:
+            return None
+        v.error = why
+        if v.attach_node is not None and not _engine_runs(v):
+            v.robustness = Robustness.UNKNOWN
+        return v
+
+    await _update_volume(repo, vol.name, say)
+
+
 def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
     """The last succeeded scrub pass in an engine's status (``scrub.last``), or None."""
     last = (status.get("scrub") or {}).get("last")
@@ -348,6 +415,9 @@ async def _ingest_engine(
                 if rw < v.replicas_wanted
                 else Robustness.HEALTHY
             )
+            full = no_space_error(links, v.error)
+            if full is not None:
+                out["error"] = full
             if st.get("fenced"):
                 out["error"] = f"engine epoch {er.epoch} was fenced: {st['fenced']}"
             scrub = scrub_summary(st)
@@ -556,6 +626,7 @@ async def assignments(
                 require_generation=eng.require_generation,
                 purpose=eng.purpose,
                 last_scrub_at=vol.last_scrub.ended_at if vol.last_scrub else 0.0,
+                epoch_jump=eng.epoch_jump,
             )
         )
         er = running_here.get(vol.name)

@@ -139,6 +139,7 @@ class EngineSpec(Record):
     replicas: list[str] = Field(default_factory=list)  # replica ids, in the write set
     require_epoch: int = 0  # refuse to start from replicas older than (epoch, generation)
     require_generation: int = 0
+    epoch_jump: bool = False  # soon after `volume recover-epoch`: replicas may jump epochs
 
 
 class ScrubSummary(Record):
@@ -188,6 +189,7 @@ class Volume(Record):
     attach_node: str | None = None  # where the user wants it attached
     engine: EngineSpec | None = None  # where the engine should run (reconciler's decision)
     epoch: int = 0  # the newest epoch handed out; every new engine bumps it
+    recovered_epoch: int = 0  # the epoch `volume recover-epoch` raised it to (0: never)
     deleting: bool = False
     released: bool = False
     initialized: bool = True  # False for a clone until its data has been copied in
@@ -255,6 +257,7 @@ class Replica(Record):
     rebuild_progress: float | None = None  # 0..1 while rebuilding
     failed_at: float | None = None  # first time seen ERR or its node down
     error: str = ""
+    epoch: int = 0  # the newest epoch the replica accepted, as its node reported it
 
 
 class SnapshotState(StrEnum):
@@ -405,6 +408,7 @@ class EngineAssignment(Message):
     require_generation: int = 0
     purpose: Literal["attach", "maintenance"] = "attach"
     last_scrub_at: float = 0.0  # the volume's last scrub pass ended then (0: never)
+    epoch_jump: bool = False  # after `volume recover-epoch`: OPEN may jump epochs
 
 
 class OperationAssignment(Message):

@@ -41,6 +41,7 @@ from cargohold.errors import NotFound, Unschedulable
 log = logging.getLogger("cargohold.manager")
 REPLICA_CREATE_GRACE = 10.0  # seconds a new engine waits for just-placed replicas
 ORPHAN_STALE = 600.0  # seconds an orphan of an up node may go unseen before it is dropped
+EPOCH_JUMP_ENGINES = 16  # engines after `volume recover-epoch` allowed to jump replica epochs
 
 
 class NodeReconciler:
@@ -354,6 +355,11 @@ class EngineReconciler:
                 replicas=ids,
                 require_epoch=v.current_epoch,
                 require_generation=v.current_generation,
+                # the first engines after `volume recover-epoch` may open replicas far
+                # below the recovered epoch (constants.MAX_EPOCH_STEP)
+                epoch_jump=bool(
+                    v.recovered_epoch and v.epoch - v.recovered_epoch <= EPOCH_JUMP_ENGINES
+                ),
             )
             v.engine_status = None
             return v

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
+from cargohold.constants import MAX_EPOCH
 from cargohold.control import heartbeat as hb_mod
 from cargohold.control.adoption import AdoptRequest, adopt
 from cargohold.control.model import (
@@ -444,6 +445,52 @@ class Service:
             raise WrongState(f"volume {name} is detached: a scrub runs in its engine; attach it")
         op = await self._operation(OperationKind.SCRUB, name, {})
         return op.model_dump()
+
+    async def recover_epoch(self, name: str) -> dict[str, Any]:
+        """A volume fenced by a bogus epoch (a replica accepted an epoch the manager never
+        issued: an older version without the bound, or a hostile client): raise the volume's
+        epoch above the highest its replicas report, so that the next engine (allowed to
+        jump epochs, ``EngineSpec.epoch_jump``) opens them all. A replica whose node has not
+        reported yet is not counted: run it again once every node is up."""
+        vol = await self.repo.volume(name)
+        if vol.deleting:
+            raise WrongState(f"volume {name} is being deleted")
+        reps = [r for r in await self.repo.replicas(name) if not r.deleting]
+        top = max((r.epoch for r in reps), default=0)
+        if top >= MAX_EPOCH - 1:
+            raise WrongState(
+                f"volume {name}: a replica holds epoch {top}, the largest there is; "
+                "no engine can open it: recreate that replica"
+            )
+
+        def change(v: Volume) -> Volume | None:
+            if top <= v.epoch:  # not fenced by a replica: nothing to do (no engine restart)
+                if v.error.startswith("fenced by epoch "):
+                    v.error = ""
+                    return v
+                return None
+            if v.engine is not None:  # restart the engine (fenced, crash-looping) at top + 1
+                v.engine = None
+            v.epoch = top
+            v.recovered_epoch = top + 1  # the next engine's epoch
+            if v.error.startswith("fenced by epoch "):
+                v.error = ""
+            return v
+
+        before = vol.epoch
+        vol = await self.repo.update_volume(name, change)
+        if vol.epoch == before:
+            return await self.view(vol)
+        log.warning(
+            "volume %s: epoch raised to %d (the highest its replicas reported: %d); the next "
+            "engine starts at %d",
+            name,
+            vol.epoch,
+            top,
+            vol.epoch + 1,
+        )
+        self.kick.set()
+        return await self.view(vol)
 
     async def _operation(
         self, kind: OperationKind, volume: str, args: dict[str, Any], also: list[Put] | None = None

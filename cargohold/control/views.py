@@ -41,6 +41,7 @@ class ReplicaView(Record):
     state: ReplicaState
     evicting: bool = Field(description="on a drained node, waiting for its replacement")
     error: str
+    epoch: int = Field(0, description="the newest epoch the replica accepted (its node says)")
 
 
 class EngineView(Record):
@@ -168,6 +169,7 @@ def replica_view(rep: Replica, node: Node | None, engine_running: bool) -> dict[
         "state": replica_state(rep, node, engine_running),
         "evicting": rep.evicting,
         "error": rep.error,
+        "epoch": rep.epoch,
     }
 
 

@@ -67,6 +67,7 @@ class Volume:
         epoch: int,
         settings: EngineSettings,
         require: tuple[int, int] = (0, 0),
+        epoch_jump: bool = False,
     ) -> None:
         if not replicas:
             raise InvalidArgument("a volume needs at least one replica")
@@ -74,6 +75,7 @@ class Volume:
         self.epoch = epoch
         self.settings = settings
         self.require = require  # (epoch, generation): refuse to start from older replicas
+        self.epoch_jump = epoch_jump  # after `volume recover-epoch`: OPEN may jump epochs
         self.endpoint = ""  # nbd://HOST:PORT/NAME, once the NBD server listens
         self._top = (0, 0)  # (last epoch, generation) of the current replicas at start
         self._import: dict[str, Any] | None = None  # the last import's progress
@@ -162,7 +164,8 @@ class Volume:
                 link.spec.host, link.spec.port, timeout=self.settings.replica_timeout
             )
             info = await asyncio.wait_for(
-                client.open(link.spec.id, self.epoch), self.settings.replica_timeout
+                client.open(link.spec.id, self.epoch, self.epoch_jump),
+                self.settings.replica_timeout,
             )
         except (CargoholdError, OSError, TimeoutError) as e:
             if client is not None:

@@ -15,6 +15,19 @@ and its unaligned writes, trims and zeroes read-modify-write the partial blocks 
 holding an exclusive lock on the 4 KiB-aligned span (``SpanLocks``, shared by every
 connection to the device; aligned writes take the span shared, so they never wait for
 one another, only for a read-modify-write on the same blocks).
+
+Bounded connections (``settings.NBDSettings``; docs/operations.md, "Connection limits"):
+a client must finish the handshake within ``handshake_timeout``; at most
+``max_connections_per_address`` connections come from one client address and
+``max_connections`` in all. At a limit, a new client takes the place of a connection that
+is wasting one — a handshake older than ``HANDSHAKE_EVICT_AFTER``; at the total limit, the
+longest idle connection of an address holding at least two more connections than the
+newcomer's (fair shares: a flood from many addresses cannot keep a new client out); else
+the longest idle connection with nothing in flight, if idle for ``evict_idle_after`` —
+and is refused only when there is none (one warning per ``REFUSAL_LOG_EVERY`` seconds
+says how many). Idle
+connections are otherwise kept (``idle_timeout`` 0): the kernel's NBD client keeps its
+connections open, idle, for as long as the device is attached.
 """
 
 from __future__ import annotations
@@ -31,13 +44,18 @@ from cargohold import memtune
 from cargohold.errors import ProtocolError, RequestError, Unsupported
 from cargohold.frontend.device import BlockDevice
 from cargohold.protocol import nbd
+from cargohold.replica.admission import SAMPLE, SampledSet
+from cargohold.settings import NBDSettings
 
 log = logging.getLogger("cargohold.nbd")
 
 MAX_INFLIGHT = 256  # requests per connection before we stop reading from it
 WRITE_HIGH = 8 * 1024 * 1024  # write buffer marks of each transport
 WRITE_LOW = 1024 * 1024
-HANDSHAKE_TIMEOUT = 30.0
+HANDSHAKE_EVICT_AFTER = 2.0  # at a limit, a handshake this old gives its place (real ones: ms)
+REFUSAL_LOG_EVERY = 10.0  # seconds between two warnings about refused connections
+NO_VICTIM_RECHECK = 0.1  # after no connection could make room, seconds before looking again
+FAIR_IDLE_AFTER = 0.1  # at the total limit, busy addresses' connections idle this long go first
 ZERO_CHUNK = 1024 * 1024
 _ZEROES = bytes(ZERO_CHUNK)
 
@@ -90,7 +108,7 @@ class NBDServer:
         device: BlockDevice,
         name: str = "",
         description: str = "",
-        max_connections: int = 1024,
+        settings: NBDSettings | None = None,
     ) -> None:
         self.device = device
         self.export = nbd.Export(
@@ -102,12 +120,167 @@ class NBDServer:
             preferred_block=device.block_size,
             growable=True,  # NAME+growable, for the CSI node's nbdfuse (protocol/nbd.py)
         )
-        self.max_connections = max_connections
+        self.settings = settings or NBDSettings()
         self.locks = SpanLocks()
-        self.connections: set[NBDConnection] = set()
+        self.connections: SampledSet[NBDConnection] = SampledSet()
+        self.per_address: dict[str, set[NBDConnection]] = {}  # client address -> admitted
         self._servers: list[asyncio.AbstractServer] = []
         self.addresses: list[str] = []
         self.requests = 0  # requests received, on every connection
+        self.accepted = 0  # connections admitted
+        self.refused = 0  # connections refused at a limit
+        self.evicted = 0  # connections closed to make room, or idle too long
+        self._refused_unlogged = 0
+        self._refusal_logged_at = -REFUSAL_LOG_EVERY
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._none_until: dict[str, float] = {}  # address -> loop time: no victim till then
+        self._none_shares: tuple[float, int] = (0.0, 0)  # the same, any address, share up
+
+    # --- admission -------------------------------------------------------------------------
+    def admit(self, conn: NBDConnection) -> bool:
+        """Count ``conn`` in, making room at a limit if some connection wastes its place;
+        False: refused (the caller closes it)."""
+        s = self.settings
+        addr = conn.address
+        mine = len(self.per_address.get(addr, ()))
+        if addr != "unix" and mine >= s.max_connections_per_address:
+            victim = self._victim(addr)
+            if victim is None:
+                return self._refuse(conn, f"{mine} connections from {addr} (the limit)")
+            victim.evict(f"a new connection from {addr}, at its limit, needs its place")
+            mine -= 1
+        if len(self.connections) >= s.max_connections:
+            victim = self._victim(None, mine)
+            if victim is None:
+                return self._refuse(conn, f"{len(self.connections)} connections (the limit)")
+            victim.evict(
+                f"a new connection from {addr} needs its place (the server is at its limit)"
+            )
+        self.connections.add(conn)
+        self.per_address.setdefault(addr, set()).add(conn)
+        conn.counted = True
+        self.accepted += 1
+        if s.idle_timeout > 0 and self._sweeper is None:
+            self._schedule_sweep()
+        return True
+
+    def forget(self, conn: NBDConnection) -> None:
+        if not conn.counted:
+            return
+        conn.counted = False
+        self.connections.discard(conn)
+        mates = self.per_address.get(conn.address)
+        if mates is not None:
+            mates.discard(conn)
+            if not mates:
+                del self.per_address[conn.address]
+
+    def _victim(self, address: str | None, mine: int = 0) -> NBDConnection | None:
+        """The connection that wastes its place most. Among ``address``'s connections (at
+        its limit): its oldest handshake older than HANDSHAKE_EVICT_AFTER, else its longest
+        idle connection idle for ``evict_idle_after``. Among all (at the total limit, for a
+        newcomer whose address holds ``mine``): such a handshake, else — fair shares — the
+        longest idle connection (FAIR_IDLE_AFTER, nothing in flight) of an address holding
+        more than ``mine`` + 1, else the longest idle connection idle for
+        ``evict_idle_after``: first among a random sample of SAMPLE connections (a flood's
+        are most of them), then among all. After a search of all found none, None for
+        NO_VICTIM_RECHECK seconds without searching: a flood of refused connections must
+        not each cost a scan of every connection."""
+        now = asyncio.get_running_loop().time()
+        if address is not None:
+            if self._none_until.get(address, 0.0) > now:
+                return None
+            handshake, idlest = self._search(self.per_address.get(address, ()), now)
+            found = handshake or idlest
+            if found is None:
+                if len(self._none_until) > 1024:
+                    self._none_until.clear()
+                self._none_until[address] = now + NO_VICTIM_RECHECK
+            return found
+        sample = self.connections.sample(SAMPLE)
+        handshake, idlest = self._search(sample, now)
+        found = handshake or self._fair_share(sample, mine, now) or idlest
+        if found is not None:
+            return found
+        until, share = self._none_shares
+        if until > now and mine >= share:  # a larger share has fewer candidates
+            return None
+        handshake, idlest = self._search(self.connections, now)
+        found = handshake or self._fair_share(self.connections, mine, now) or idlest
+        if found is None:
+            self._none_shares = (now + NO_VICTIM_RECHECK, mine)
+        return found
+
+    def _fair_share(self, among, mine: int, now: float) -> NBDConnection | None:  # type: ignore[no-untyped-def]
+        """The longest-idle connection (idle FAIR_IDLE_AFTER, nothing in flight) ``among``
+        those of addresses holding at least two more connections than the newcomer's: busy
+        addresses cannot keep a new client out, and a client alone on its address is never
+        evicted for another one."""
+        best: NBDConnection | None = None
+        for c in among:
+            if (
+                c.address != "unix"
+                and not c.tasks
+                and now - c.last_active >= FAIR_IDLE_AFTER
+                and len(self.per_address.get(c.address, ())) > mine + 1
+                and (best is None or c.last_active < best.last_active)
+            ):
+                best = c
+        return best
+
+    def _search(self, among, now: float) -> tuple[NBDConnection | None, NBDConnection | None]:  # type: ignore[no-untyped-def]
+        """(the oldest handshake older than HANDSHAKE_EVICT_AFTER, the longest idle
+        connection idle for ``evict_idle_after`` with nothing in flight) ``among``."""
+        oldest: NBDConnection | None = None
+        idlest: NBDConnection | None = None
+        evict_after = self.settings.evict_idle_after
+        for c in among:
+            if c.ready is None:
+                if now - c.started >= HANDSHAKE_EVICT_AFTER and (
+                    oldest is None or c.started < oldest.started
+                ):
+                    oldest = c
+            elif (
+                evict_after > 0
+                and not c.tasks
+                and now - c.last_active >= evict_after
+                and (idlest is None or c.last_active < idlest.last_active)
+            ):
+                idlest = c
+        return oldest, idlest
+
+    def _refuse(self, conn: NBDConnection, why: str) -> bool:
+        self.refused += 1
+        self._refused_unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_EVERY:
+            log.warning(
+                "refusing NBD connections: %s; %d refused since the last warning, %d in all "
+                "(limits: %d per address, %d in all; CARGOHOLD_NBD_* settings)",
+                why,
+                self._refused_unlogged,
+                self.refused,
+                self.settings.max_connections_per_address,
+                self.settings.max_connections,
+            )
+            self._refused_unlogged = 0
+            self._refusal_logged_at = now
+        return False
+
+    def _schedule_sweep(self) -> None:
+        every = min(5.0, max(0.05, self.settings.idle_timeout / 4))
+        self._sweeper = asyncio.get_running_loop().call_later(every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections silent for ``idle_timeout`` with nothing in flight."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        limit = self.settings.idle_timeout
+        for c in list(self.connections):
+            if c.ready is not None and not c.tasks and now - c.last_active >= limit:
+                c.evict(f"idle for {now - c.last_active:.0f} s (idle_timeout {limit:g} s)")
+        if self.connections:
+            self._schedule_sweep()
 
     async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -128,6 +301,9 @@ class NBDServer:
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish, close every connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for srv in self._servers:
             srv.close()
         conns = list(self.connections)
@@ -153,6 +329,9 @@ class NBDConnection(asyncio.BufferedProtocol):
         self.codec = nbd.ServerConnection(server.export, lambda: self.device.size)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.address = "?"  # the client's address without its port: the per-address limit
+        self.counted = False  # in the server's connections and per-address counts
+        self.started = self.last_active = 0.0  # loop time: connected, last bytes or reply
         self.tasks: set[asyncio.Task[None]] = set()
         self.ready: nbd.Ready | None = None
         self._closing_after_drain = False
@@ -167,23 +346,25 @@ class NBDConnection(asyncio.BufferedProtocol):
     # --- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.peer = str(transport.get_extra_info("peername") or "unix")
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer or "unix")
+        self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
+        loop = asyncio.get_running_loop()
+        self.started = self.last_active = loop.time()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if len(self.server.connections) >= self.server.max_connections:
-            log.warning("refusing %s: %d connections", self.peer, len(self.server.connections))
+        if not self.server.admit(self):
             transport.abort()
             return
-        self.server.connections.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         transport.write(self.codec.greeting())
-        self._timer = asyncio.get_running_loop().call_later(
-            HANDSHAKE_TIMEOUT, self._handshake_timeout
+        self._timer = loop.call_later(
+            self.server.settings.handshake_timeout, self._handshake_timeout
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.server.forget(self)
         if self._timer is not None:
             self._timer.cancel()
         self.transport = None
@@ -199,6 +380,7 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._received(lambda: self.codec.feed(data))
 
     def _received(self, decode: Callable[[], list]) -> None:
+        self.last_active = asyncio.get_running_loop().time()
         try:
             events = decode()
         except ProtocolError as e:
@@ -271,8 +453,22 @@ class NBDConnection(asyncio.BufferedProtocol):
 
     def _handshake_timeout(self) -> None:
         if self.ready is None:
-            log.warning("NBD client %s did not finish the handshake in time", self.peer)
+            log.info(
+                "NBD client %s did not finish the handshake in %g s: closing",
+                self.peer,
+                self.server.settings.handshake_timeout,
+            )
+            self.server.evicted += 1
+            self.server.forget(self)
             self.abort()
+
+    def evict(self, why: str) -> None:
+        """Close this connection to make room (or because it idled too long): it stops
+        counting against the limits at once."""
+        log.info("closing NBD connection from %s: %s", self.peer, why)
+        self.server.evicted += 1
+        self.server.forget(self)
+        self.abort()
 
     def _close_when_idle(self) -> None:
         self._closing_after_drain = True
@@ -319,6 +515,8 @@ class NBDConnection(asyncio.BufferedProtocol):
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
+        if not self.tasks:
+            self.last_active = asyncio.get_running_loop().time()
         if self._reading_paused:
             self._update_reading()
         if self._closing_after_drain and not self.tasks:
@@ -467,11 +665,12 @@ async def serve(
     description: str = "",
     stop: asyncio.Event | None = None,
     ready: Callable[[list[str]], object] | None = None,
+    settings: NBDSettings | None = None,
 ) -> None:
     """Serve ``device`` until ``stop`` is set, then drain, close and flush the device.
     ``ready`` is called with the bound addresses (``HOST:PORT`` with the real port when
     ``port`` is 0, ``unix:PATH``) once the server listens."""
-    server = NBDServer(device, name=name, description=description)
+    server = NBDServer(device, name=name, description=description, settings=settings)
     if host is not None:
         await server.listen_tcp(host, port)
     if unix:
@@ -479,7 +678,8 @@ async def serve(
     if ready is not None:
         ready(list(server.addresses))
     print(f"nbd server listening on {' '.join(server.addresses)}", flush=True)
-    idle = memtune.IdleTrim(lambda: server.requests).start()  # low RSS when idle
+    # low RSS when idle, also after a flood of connections that sent no request
+    idle = memtune.IdleTrim(lambda: server.requests + server.accepted + server.refused).start()
     stop = stop or asyncio.Event()
     await stop.wait()
     log.info("shutting down")

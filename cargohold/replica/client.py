@@ -233,8 +233,13 @@ class ReplicaClient:
     async def list(self) -> list[dict[str, Any]]:
         return (await self.call(Op.LIST)).result()["replicas"]
 
-    async def open(self, replica: str, epoch: int) -> dict[str, Any]:
-        info = (await self.call(Op.OPEN, args={"replica": replica, "epoch": epoch})).result()
+    async def open(self, replica: str, epoch: int, jump: bool = False) -> dict[str, Any]:
+        """OPEN at ``epoch``; ``jump``: more than MAX_EPOCH_STEP above the replica's epoch
+        is allowed (only after ``volume recover-epoch``)."""
+        args: dict[str, Any] = {"replica": replica, "epoch": epoch}
+        if jump:
+            args["jump"] = True
+        info = (await self.call(Op.OPEN, args=args)).result()
         self._saw(info)
         return info
 

@@ -19,6 +19,7 @@ import signal
 import sys
 
 from cargohold import memtune
+from cargohold.replica.admission import Admission
 from cargohold.replica.registry import Registry
 from cargohold.replica.session import Session
 from cargohold.settings import ReplicaServerSettings
@@ -31,6 +32,7 @@ class ReplicaServer:
         self.settings = settings
         self.registry = Registry(settings.disks, owns)
         self.sessions: set[Session] = set()
+        self.admission = Admission(settings)
         self.counters: collections.Counter[str] = collections.Counter()
         self._servers: list[asyncio.base_events.Server] = []
         self.port = settings.port
@@ -90,7 +92,17 @@ async def serve(settings: ReplicaServerSettings, ready_fd: int | None = None) ->
         flush=True,
     )
     memtune.freeze_gc()
-    idle = memtune.IdleTrim(lambda: server.counters["requests"]).start()
+    adm = server.admission
+    # low RSS when idle, also after a flood of connections that sent no request
+    idle = memtune.IdleTrim(lambda: server.counters["requests"] + adm.accepted + adm.refused)
+    idle.start()
+    log.info(
+        "accepting at most %d connections (%d of them for this node: %s), %d per address",
+        adm.limit,
+        adm.reserve,
+        ", ".join(sorted(adm.trusted)),
+        settings.max_connections_per_address,
+    )
     await stop.wait()
     log.info("shutting down")
     idle.stop()

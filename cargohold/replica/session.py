@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from cargohold.errors import (
     CargoholdError,
     Fenced,
     InvalidArgument,
+    NoSpace,
     NotFound,
     NotOpen,
     ProtocolError,
@@ -71,18 +73,39 @@ class Session(asyncio.BufferedProtocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._warned_unnumbered = False  # logged once per connection, not per request
+        # what admission (replica/admission.py) looks at
+        self.address = "?"  # the peer's address without its port; "unix"
+        self.trusted = False  # the node's own address or the unix socket
+        self.started = self.last_active = 0.0  # time.monotonic()
+        self.requests = 0
+        self._silence: asyncio.TimerHandle | None = None
 
     # --- transport callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer or "unix")
+        self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
+        admission = self.server.admission
+        self.trusted = admission.is_trusted(self.address)
+        self.started = self.last_active = time.monotonic()
+        if not admission.admit(self):
+            self._closed = True
+            transport.abort()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.peer = str(transport.get_extra_info("peername") or "unix")
         self.server.sessions.add(self)
+        self._silence = asyncio.get_running_loop().call_later(
+            self.server.settings.first_request_timeout, self._silent
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._silence is not None:
+            self._silence.cancel()
+        self.server.admission.forget(self)
         self.server.sessions.discard(self)
         if self.rep is not None:
             self.rep.sessions -= 1
@@ -106,7 +129,33 @@ class Session(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:  # the same, for callers that have bytes
         self._received(lambda: self.decoder.feed(data))
 
+    # --- admission (replica/admission.py) ---------------------------------------------------
+    def evictable(self) -> bool:
+        """Nothing in flight, and no replica open at its current epoch: not a live engine's
+        session (one a newer engine fenced, or an OPEN at epoch 0, serves no one)."""
+        if self._tasks:
+            return False
+        rep = self.rep
+        return rep is None or rep.deleted or self.epoch < rep.store.epoch
+
+    def evict(self, why: str) -> None:
+        log.info("closing connection from %s: %s", self.peer, why)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _silent(self) -> None:
+        self._silence = None
+        if not self.requests and self.transport is not None:
+            self.server.counters["silent_closed"] += 1
+            log.info(
+                "closing connection from %s: no request in %g s",
+                self.peer,
+                self.server.settings.first_request_timeout,
+            )
+            self.transport.abort()
+
     def _received(self, decode: Callable[[], list[Request]]) -> None:
+        self.last_active = time.monotonic()
         try:
             requests = decode()
         except ProtocolError as e:
@@ -116,6 +165,7 @@ class Session(asyncio.BufferedProtocol):
             self.transport.abort()
             return
         out: list[Any] = []
+        self.requests += len(requests)
         for req in requests:
             self._handle(req, out)
         if out and not self._closed:
@@ -153,11 +203,19 @@ class Session(asyncio.BufferedProtocol):
             self.transport.writelines(msg)
 
     def _error_reply(self, req: Request, e: Exception) -> list[Any]:
-        if isinstance(e, RequestError):
-            err: CargoholdError = e
+        if isinstance(e, NoSpace) and self.rep is not None:
+            # which disk, on which node: what an operator needs (the manager shows it)
+            disk = os.path.dirname(os.path.dirname(self.rep.path))
+            where = f"disk {disk} of node {self.server.settings.node}"
+            msg = e.message.replace("the replica's disk", where)
+            if msg == e.message:
+                msg = f"{e.message} ({where})"
+            err, status = NoSpace(msg, **e.detail), e.status
+        elif isinstance(e, RequestError):
+            err = e
             status = e.status
         elif isinstance(e, CargoholdError):
-            err, status = e, ReplicaIOError.status
+            err, status = e, ReplicaIOError.status  # type: ignore[assignment]
         else:
             log.exception("op %s from %s failed", req.op, self.peer)
             err, status = ReplicaIOError(f"internal error: {type(e).__name__}: {e}"), 5
@@ -247,8 +305,12 @@ class Session(asyncio.BufferedProtocol):
         epoch = args.get("epoch", 0)
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise InvalidArgument(f"epoch must be a non-negative integer, got {epoch!r}")
+        jump = args.get("jump", False)
+        if not isinstance(jump, bool):
+            raise InvalidArgument(f"jump must be true or false, got {jump!r}")
         rep = self.server.registry.get(args.get("replica"))
-        rep.store.accept_epoch(epoch)  # persisted before we answer; older epochs now fail
+        # persisted before we answer; older epochs now fail; far newer ones are refused
+        rep.store.accept_epoch(epoch, jump)
         if self.rep is not None:
             self.rep.sessions -= 1
         self.rep, self.epoch = rep, epoch

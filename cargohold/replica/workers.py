@@ -28,6 +28,11 @@ import crc32c
 
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
+from cargohold.replica.admission import (
+    NO_VICTIM_RECHECK,
+    Admission,
+    connection_limit,
+)
 from cargohold.replica.registry import Registry
 from cargohold.settings import ReplicaServerSettings
 
@@ -36,7 +41,16 @@ log = logging.getLogger("cargohold.replica")
 _ROUTED = {Op.OPEN, Op.CREATE, Op.DELETE}
 _LOCAL = {Op.HELLO, Op.LIST}
 _MAX_PEEK = 64 * 1024
-_FIRST_FRAME_SECONDS = 30.0
+
+
+def _waiting(conn: socket.socket) -> bool:
+    """Bytes from the peer wait to be looked at (it is talking: not one to drop)."""
+    try:
+        return bool(conn.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return False
 
 
 def owner(replica_id: str, workers: int) -> int:
@@ -104,6 +118,18 @@ class _Parent:
         self.pids: list[int] = []
         self.loop = asyncio.get_running_loop()
         self.deadlines: dict[int, float] = {}  # fd -> when a first frame must be complete
+        # connections not handed to a worker yet: at most this many (each worker has its
+        # own admission, replica/admission.py, for the connections it serves)
+        # (the last ``reserved_connections`` places only for the node's own addresses)
+        self.max_pending = connection_limit(settings)
+        adm = Admission(settings)
+        self.trusted, self.reserve = adm.trusted, adm.reserve
+        self.pending: dict[int, socket.socket] = {}  # fd -> connection, beside deadlines
+        # pending connections not from the node's own addresses, oldest first: fd -> address
+        self.others: dict[int, str] = {}
+        self.other_count: dict[str, int] = {}  # address -> its pending connections
+        self.refused = 0
+        self._no_room: tuple[float, int] = (0.0, 0)  # no victim till then, from that share
 
     def spawn(self, index: int) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -141,11 +167,66 @@ class _Parent:
             conn, _ = listener.accept()
         except BlockingIOError:
             return
+        inet = conn.family in (socket.AF_INET, socket.AF_INET6)
+        try:
+            addr = str(conn.getpeername()[0]) if inet else "unix"
+        except OSError:  # already gone
+            conn.close()
+            return
+        own = addr in self.trusted
+        if not own and len(self.others) >= self.max_pending - self.reserve:
+            self._make_room(self.other_count.get(addr, 0))
+        if len(self.pending) >= self.max_pending or (
+            not own and len(self.others) >= self.max_pending - self.reserve
+        ):
+            self.refused += 1
+            if self.refused % 1000 == 1:
+                log.warning(
+                    "refusing connections: %d wait for their first request (%d refused)",
+                    len(self.deadlines),
+                    self.refused,
+                )
+            conn.close()
+            return
         conn.setblocking(False)
-        if conn.family in (socket.AF_INET, socket.AF_INET6):
+        if inet:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.deadlines[conn.fileno()] = time.monotonic() + _FIRST_FRAME_SECONDS
+        now = time.monotonic()
+        self.deadlines[conn.fileno()] = now + self.settings.first_request_timeout
+        self.pending[conn.fileno()] = conn
+        if not own:
+            self.others[conn.fileno()] = addr
+            self.other_count[addr] = self.other_count.get(addr, 0) + 1
         self.loop.add_reader(conn.fileno(), self.peek, conn)
+
+    def _make_room(self, mine: int) -> None:
+        """At the limit for other addresses, for a newcomer whose address has ``mine``
+        connections waiting: drop the oldest waiting connection of an address that has at
+        least two more (fair shares: a flood from many addresses cannot keep another
+        node's engine out), unless it is talking (bytes wait). A connection waits here only
+        until a request that names a replica, which an engine sends at once: the ones that
+        linger are a flood's. After a search found none, none for NO_VICTIM_RECHECK (for
+        this share and larger ones): a flood must not cost a search per connection."""
+        now = time.monotonic()
+        until, share = self._no_room
+        if until > now and mine >= share:
+            return
+        for fd, addr in self.others.items():
+            conn = self.pending.get(fd)
+            if conn is not None and self.other_count.get(addr, 0) > mine + 1:
+                if not _waiting(conn):
+                    self._drop(conn)
+                    return
+        self._no_room = (now + NO_VICTIM_RECHECK, mine)
+
+    def expire(self) -> None:
+        """Close connections that sent nothing, or no complete frame, by their deadline (a
+        silent one is never readable, so ``peek`` alone would keep it for ever)."""
+        now = time.monotonic()
+        for fd, deadline in list(self.deadlines.items()):
+            conn = self.pending.get(fd)
+            if conn is not None and now > deadline:
+                self._drop(conn)
 
     def _later(self, conn: socket.socket) -> None:
         """Part of a frame is here, the rest is not. Peeking does not consume, so the socket
@@ -156,11 +237,29 @@ class _Parent:
             log.warning("dropping a connection that sent no complete first frame in time")
             self._drop(conn)
             return
-        self.loop.call_later(0.005, self.loop.add_reader, fd, self.peek, conn)
+        self.loop.call_later(0.005, self._rearm, conn)
+
+    def _forget_other(self, fd: int) -> None:
+        addr = self.others.pop(fd, None)
+        if addr is not None:
+            left = self.other_count.get(addr, 1) - 1
+            if left > 0:
+                self.other_count[addr] = left
+            else:
+                self.other_count.pop(addr, None)
+
+    def _rearm(self, conn: socket.socket) -> None:
+        fd = conn.fileno()
+        if fd >= 0 and self.pending.get(fd) is conn:  # not dropped meanwhile
+            self.loop.add_reader(fd, self.peek, conn)
 
     def _drop(self, conn: socket.socket) -> None:
-        self.deadlines.pop(conn.fileno(), None)
-        self.loop.remove_reader(conn.fileno())
+        fd = conn.fileno()
+        if fd >= 0:
+            self.deadlines.pop(fd, None)
+            self.pending.pop(fd, None)
+            self._forget_other(fd)
+            self.loop.remove_reader(fd)
         conn.close()
 
     def peek(self, conn: socket.socket) -> None:
@@ -194,11 +293,15 @@ class _Parent:
             conn.recv(total)  # consume it: this process answers
             reply = self.answer_locally(op, rid)
             try:
-                conn.setblocking(True)
+                # a client that does not read its answers must not stall this process
+                conn.settimeout(1.0)
                 conn.sendall(reply)
                 conn.setblocking(False)
             except OSError:
                 self._drop(conn)
+                return
+            now = time.monotonic()
+            self.deadlines[conn.fileno()] = now + self.settings.first_request_timeout
             return
         try:
             replica = json.loads(payload).get("replica")
@@ -223,6 +326,8 @@ class _Parent:
 
     def hand_over(self, conn: socket.socket, index: int) -> None:
         self.deadlines.pop(conn.fileno(), None)
+        self.pending.pop(conn.fileno(), None)
+        self._forget_other(conn.fileno())
         self.loop.remove_reader(conn.fileno())
         try:
             socket.send_fds(self.channels[index], [b"c"], [conn.fileno()])
@@ -257,6 +362,7 @@ async def _parent_main(settings: ReplicaServerSettings) -> None:
     async def supervise() -> None:  # uvloop keeps SIGCHLD for itself: poll instead
         while not stop.is_set():
             parent.reap()
+            parent.expire()
             await asyncio.sleep(0.2)
 
     supervisor = loop.create_task(supervise())

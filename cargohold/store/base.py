@@ -21,7 +21,7 @@ from typing import Any
 import crc32c
 import numpy as np
 
-from cargohold.constants import BLOCK_SIZE, MAX_VOLUME_SIZE, MIB
+from cargohold.constants import BLOCK_SIZE, MAX_EPOCH, MAX_EPOCH_STEP, MAX_VOLUME_SIZE, MIB
 from cargohold.errors import ChecksumError, Fenced, InvalidArgument
 from cargohold.protocol import extent_stream as xs
 
@@ -198,8 +198,20 @@ class ReplicaStore(ABC):
     @abstractmethod
     def _persist_epoch(self, epoch: int) -> None: ...
 
-    def accept_epoch(self, epoch: int) -> None:
-        """Fence: accept ``epoch`` if it is not older than the newest accepted (persisted)."""
+    def accept_epoch(self, epoch: int, jump: bool = False) -> None:
+        """Fence: accept ``epoch`` if it is not older than the newest accepted (persisted),
+        and not more than ``MAX_EPOCH_STEP`` above it unless ``jump`` (the engine of a
+        volume recovered with ``volume recover-epoch``): an epoch nobody could have issued
+        would otherwise fence every later engine for ever."""
+        if epoch > MAX_EPOCH:
+            raise InvalidArgument(f"epoch {epoch} is above the largest epoch {MAX_EPOCH}")
+        if epoch - self.epoch > MAX_EPOCH_STEP and not jump:
+            raise InvalidArgument(
+                f"epoch {epoch} is more than {MAX_EPOCH_STEP} above the replica's epoch "
+                f"{self.epoch}: no manager issued it (refused so that it cannot fence the "
+                "volume; `cargohold volume recover-epoch` raises a volume's epoch on purpose)",
+                epoch=self.epoch,
+            )
         if epoch < self.epoch:
             raise Fenced(
                 f"epoch {epoch} is older than the replica's epoch {self.epoch}",

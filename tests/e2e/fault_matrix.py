@@ -979,7 +979,10 @@ def disk_full(env: Env) -> Outcome:
     """One node's disk is a small loop-mounted ext4 (``env.small_disk_node``). A filler file
     leaves it ~256 KiB free before the workload starts: that replica's writes fail with
     ENOSPC (NoSpace), the engine drops it, the volume serves on. The filler is removed;
-    the agent re-adds the replica (every 5 s) and it is delta-rebuilt."""
+    the agent re-adds the replica and it is delta-rebuilt. While the disk is full every
+    re-add fails again in its rebuild, and the agent waits twice as long before the next
+    (5 s, 10 s, 20 s, ...: agent/processes.py ``readd_wait``), so the next try after the
+    space returns comes at most about as long after as the disk was full, plus 5 s."""
     out = Outcome("7 disk full on one replica")
     out.bound(
         READD_EVERY + env.rebuild_seconds + SLACK,
@@ -1005,11 +1008,18 @@ def disk_full(env: Env) -> Outcome:
                 lambda v: {r["id"]: r["mode"] for r in v["replicas"]}.get(rid) != "RW",
                 60,
             )
+            dropped = time.monotonic()
             load.wait_acked(300, 60)
             err = {r["id"]: r["error"] for r in env.api.volume(name)["replicas"]}.get(rid, "")
         finally:
             os.unlink(filler)
         t = time.monotonic()
+        out.bound(
+            READD_EVERY + (t - dropped) + env.rebuild_seconds + SLACK,
+            "re-add interval + the back-off (at most as long as the disk was full) + a "
+            "rebuild of the whole volume + slack",
+            "the space's return",
+        )
         v = wait_converged(env, name, v["attached_node"], out, t)
         load.wait_acked(200, 60)
         finish(env, out, v, [load])

@@ -113,6 +113,38 @@ async def test_fencing_rejects_older_epochs_also_on_open_connections(server):
         await x.close()
 
 
+async def test_an_epoch_far_above_the_replicas_is_refused_and_does_not_fence(server):
+    """Issue #14 item 4: an OPEN at epoch 2**62 used to be persisted and fence every later
+    engine (whose epochs the manager counts up from 1) for ever."""
+    from cargohold.constants import MAX_EPOCH_STEP
+
+    c = await connect(server)
+    await c.create("e", 16 * MIB)
+    bogus = await connect(server)
+    with pytest.raises(InvalidArgument, match="more than 65536 above the replica's epoch 0"):
+        await bogus.open("e", 2**62)
+    with pytest.raises(InvalidArgument, match="largest epoch"):
+        await bogus.open("e", 2**63)
+    engine = await connect(server)
+    info = await engine.open("e", 2)  # the manager's next engine is not fenced
+    assert info["epoch"] == 2
+    await engine.write(0, b"2" * BLOCK_SIZE)
+    listed = {r["id"]: r for r in await c.list()}
+    assert listed["e"]["epoch"] == 2
+    # a step of exactly MAX_EPOCH_STEP is fine; one more is not
+    step = await connect(server)
+    await step.open("e", 2 + MAX_EPOCH_STEP)
+    with pytest.raises(InvalidArgument):
+        await step.open("e", 3 + 2 * MAX_EPOCH_STEP)
+    # the engine of a volume recovered with `volume recover-epoch` may jump
+    await step.open("e", 2**62, jump=True)
+    assert (await step.info())["epoch"] == 2**62
+    with pytest.raises(InvalidArgument, match="jump must be true or false"):
+        await step.call(Op.OPEN, args={"replica": "e", "epoch": 2**62, "jump": 1})
+    for x in (c, bogus, engine, step):
+        await x.close()
+
+
 async def test_epoch_survives_a_restart(tmp_path):
     (tmp_path / "d").mkdir()
     s = ServerProc([str(tmp_path / "d")]).start()

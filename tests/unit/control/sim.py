@@ -40,8 +40,10 @@ class SimEngine:
     replicas: list[str]  # ids
     generation: int = 0
     down: set[str] = field(default_factory=set)  # replica ids the engine dropped (ERR)
+    errors: dict[str, str] = field(default_factory=dict)  # why (a dropped replica's error)
     scrub_last: dict | None = None  # type: ignore[type-arg]  # its status's scrub.last
     last_scrub_at: float = 0.0  # what its assignment said when it started
+    epoch_jump: bool = False  # its assignment allowed it to jump replica epochs
 
 
 @dataclass
@@ -52,6 +54,7 @@ class SimNode:
     replicas: dict[str, int] = field(default_factory=dict)  # id -> generation
     engines: dict[str, SimEngine] = field(default_factory=dict)
     ops_done: dict[str, OperationReport] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=dict)  # id -> the epoch it accepted
     last: Assignments | None = None
     fail_ops: bool = False
 
@@ -93,7 +96,12 @@ class Sim:
             holder = next((m for m in self.nodes.values() if rid in m.replicas), None)
             ok = holder is not None and holder.alive and rid not in e.down
             links.append(
-                {"id": rid, "mode": "RW" if ok else "ERR", "generation": e.generation if ok else 0}
+                {
+                    "id": rid,
+                    "mode": "RW" if ok else "ERR",
+                    "generation": e.generation if ok else 0,
+                    "error": "" if ok else e.errors.get(rid, ""),
+                }
             )
             if ok and holder is not None:
                 holder.replicas[rid] = e.generation
@@ -110,12 +118,20 @@ class Sim:
         hb = Heartbeat(
             replica_port=9500,
             replicas=[
-                ReplicaReport(id=rid, volume=rid.rsplit("-r", 1)[0], generation=g)
+                ReplicaReport(
+                    id=rid,
+                    volume=rid.rsplit("-r", 1)[0],
+                    generation=g,
+                    epoch=n.epochs.get(rid, 0),
+                )
                 for rid, g in n.replicas.items()
             ],
             engines=[
                 EngineReport(
-                    volume=v, epoch=e.epoch, running=True, status=self._engine_status(n, v, e)
+                    volume=v,
+                    epoch=e.epoch,
+                    running=self._opens(e),
+                    status=self._engine_status(n, v, e) if self._opens(e) else {},
                 )
                 for v, e in n.engines.items()
             ],
@@ -146,7 +162,9 @@ class Sim:
                 ]
                 top = max(gens, default=0)
                 assert top >= ea.require_generation, "engine would start from stale replicas"
-                n.engines[v] = SimEngine(ea.epoch, ids, top, last_scrub_at=ea.last_scrub_at)
+                n.engines[v] = SimEngine(
+                    ea.epoch, ids, top, last_scrub_at=ea.last_scrub_at, epoch_jump=ea.epoch_jump
+                )
             else:
                 cur.replicas = ids
                 cur.down = {r for r in cur.down if r in ids}
@@ -160,6 +178,24 @@ class Sim:
         live = {oa.id for oa in a.operations}
         n.ops_done = {k: v for k, v in n.ops_done.items() if k in live}
         return a
+
+    def _opens(self, e: SimEngine) -> bool:
+        """Like a real engine's OPENs: each replica accepts the engine's epoch unless it
+        holds a newer one (fenced: the engine does not run) or the engine's is more than
+        MAX_EPOCH_STEP above it without ``epoch_jump``."""
+        from cargohold.constants import MAX_EPOCH_STEP
+
+        ok = True
+        for m in self.nodes.values():
+            for rid in e.replicas:
+                if rid not in m.replicas:
+                    continue
+                have = m.epochs.get(rid, 0)
+                if have > e.epoch or (e.epoch - have > MAX_EPOCH_STEP and not e.epoch_jump):
+                    ok = False
+                else:
+                    m.epochs[rid] = e.epoch
+        return ok
 
     async def step(self, seconds: float = 1.0, rounds: int = 1) -> None:
         for _ in range(rounds):

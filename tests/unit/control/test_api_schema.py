@@ -150,6 +150,8 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     # detach, retain and release, delete
     await call("POST", V + "/detach", 202, volume="data")
     await call("POST", V + "/detach", 404, volume="nope")
+    await call("POST", V + "/recover-epoch", 200, volume="data")
+    await call("POST", V + "/recover-epoch", 404, volume="nope")
     await sim.step(rounds=3)
     await call("POST", S + "/revert", 404, volume="data", snapshot="s1-nope")
     await sim.service.create_snapshot("data", SnapshotCreate(name="s2"))

@@ -450,3 +450,76 @@ async def test_an_extra_replica_is_removed_never_the_last_current_one(monkeypatc
     await replicas.run_once()
     left = {r.id: r.deleting for r in await sim.repo.replicas("data")}
     assert left[current.id] is False and all(left[r.id] for r in others)
+
+
+async def test_a_bogus_epoch_is_reported_and_recover_epoch_unfences_the_volume(
+    monkeypatch,
+) -> None:
+    """Issue #14 item 4: a replica that accepted epoch 2**62 (an older version had no bound)
+    fenced every engine: the volume sat `attaching`, `healthy`, with no error and no way
+    out. Now its error says so and `volume recover-epoch` makes the next engine run."""
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-2"))
+    await sim.step(rounds=3)
+    assert (await vol(sim))["state"] == "attached"
+    rid = sorted(sim.nodes["node-1"].replicas)[0]
+    sim.nodes["node-1"].epochs[rid] = 2**62  # a hostile OPEN, persisted by an old replica
+    # the engine restarts (its node rebooted): every engine from now on is fenced
+    await sim.service.detach("data")
+    await sim.step(rounds=3)
+    await sim.service.attach("data", AttachRequest(node="node-2"))
+    await sim.step(rounds=4)
+    v = await vol(sim)
+    assert v["state"] == "attaching"
+    assert v["error"] == (
+        f"fenced by epoch {2**62} on replica {rid}, above every epoch the manager issued: "
+        "run `cargohold volume recover-epoch data`"
+    )
+    assert v["robustness"] != "healthy"
+    assert {r["id"]: r["epoch"] for r in v["replicas"]}[rid] == 2**62
+    v = await sim.service.recover_epoch("data")
+    assert v["error"] == ""
+    await sim.step(rounds=4)
+    v = await vol(sim)
+    assert v["state"] == "attached"
+    assert v["epoch"] == 2**62 + 1
+    assert v["robustness"] == "healthy"
+    assert v["error"] == ""
+    assert {r["epoch"] for r in v["replicas"]} == {2**62 + 1}
+    eng = sim.nodes["node-2"].engines["data"]
+    assert eng.epoch == 2**62 + 1 and eng.epoch_jump
+    # again, on a volume that is not fenced: nothing changes, the engine keeps running
+    v = await sim.service.recover_epoch("data")
+    await sim.step(rounds=2)
+    v = await vol(sim)
+    assert v["epoch"] == 2**62 + 1 and v["state"] == "attached"
+    assert sim.nodes["node-2"].engines["data"] is eng
+
+
+async def test_a_replica_on_a_full_disk_says_so_in_the_volume(monkeypatch) -> None:
+    """Issue #14 item 6: a replica dropped for a full disk left the volume `degraded` with
+    an empty error. Now the volume's error and the replica's name the disk and node, until
+    the replica is RW again."""
+    sim = await make(monkeypatch)
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-2"))
+    await sim.step(rounds=3)
+    eng = sim.nodes["node-2"].engines["data"]
+    rid = next(r for r in sim.nodes["node-1"].replicas)
+    why = "NoSpace: write at 0: no space left on disk /d/node-1 of node node-1"
+    eng.down.add(rid)
+    eng.errors[rid] = why
+    await sim.step(rounds=2)
+    v = await vol(sim)
+    assert v["robustness"] == "degraded"
+    assert v["error"] == f"replica {rid} is failed: {why} (re-added with back-off up to 5 min)"
+    r = next(r for r in v["replicas"] if r["id"] == rid)
+    assert r["state"] == "failed" and r["error"] == why
+    eng.down.discard(rid)  # space came back: the re-add made it RW
+    await sim.step(rounds=2)
+    v = await vol(sim)
+    assert v["robustness"] == "healthy"
+    assert v["error"] == ""
