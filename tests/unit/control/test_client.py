@@ -295,7 +295,9 @@ def _err(etype: str, message: str) -> dict[str, Any]:
         (409, _err("AlreadyExists", "volume x already exists"), AlreadyExists, "already exists"),
         (409, _err("WrongState", "volume x is attached"), WrongState, "is attached"),
         (409, _err("Busy", "busy now"), Busy, "busy now"),
-        (409, _err("Conflict", "something else"), WrongState, "something else"),
+        # a type the table does not know: WrongState ("Conflict" is the manager's Busy, see
+        # tests/unit/control/test_transport.py)
+        (409, _err("Teapot", "something else"), WrongState, "something else"),
         (400, _err("InvalidArgument", "volumes only grow"), InvalidArgument, "only grow"),
         (507, _err("Unschedulable", "need 3 zones, have 2"), Unschedulable, "need 3 zones"),
         (503, _err("ManagerUnavailable", "state store down"), ManagerUnavailable, "store down"),
