@@ -107,7 +107,7 @@ async def _ingest_replicas(
     wake: Callable[[], None],
 ) -> None:
     reported = {r.id: r for r in hb.replicas}
-    engines = {v.name: _engine_runs(v) for v in volumes.values()}
+    engines = {v.name: v.engine_runs for v in volumes.values()}
     for rep in replicas:
         if rep.node != name:
             continue
@@ -152,11 +152,6 @@ def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
         )
     except (KeyError, TypeError, ValueError):
         return None  # an engine's status is not trusted to be well formed
-
-
-def _engine_runs(v: Volume) -> bool:
-    st = v.engine_status
-    return bool(st and st.running and v.engine and st.epoch == v.engine.epoch)
 
 
 async def _ingest_engine(
