@@ -40,7 +40,7 @@ from cargohold.cli.output import (
     table,
 )
 from cargohold.cli.units import parse_size
-from cargohold.control.client import ManagerClient
+from cargohold.control.client import ManagerClient, volume_detached
 from cargohold.errors import ConfigError
 
 volume_app = typer.Typer(help="Create, attach, expand, clone and delete volumes.")
@@ -236,12 +236,7 @@ def get(
     with ManagerClient.discover(api, dir) as c:
         if wait_healthy:
             with progress(f"waiting for {name} to be healthy") as update:
-                vol = c.wait_volume(
-                    name,
-                    lambda v: v.get("robustness") == "healthy",
-                    timeout,
-                    lambda v: update(health(v), _state_text(v)),
-                )
+                vol = c.wait_healthy(name, timeout, lambda v: update(health(v), _state_text(v)))
         else:
             vol = c.volume(name)
     render(vol, output, print_volume)
@@ -277,17 +272,8 @@ def attach(
         if node is None:
             node = default_node(c, c.volume(name))
         c.attach(name, node, force=force)
-        target = node
-
-        def attached(v: dict[str, Any]) -> bool:
-            return (
-                v.get("state") == "attached"
-                and bool(v.get("endpoint"))
-                and v.get("attached_node") == target
-            )
-
         with progress(f"attaching {name} to {node}") as update:
-            vol = c.wait_volume(name, attached, timeout, lambda v: update(None, _state_text(v)))
+            vol = c.wait_attached(name, node, timeout, lambda v: update(None, _state_text(v)))
     if output is Format.TABLE:
         if err_console.is_terminal:
             err_console.print(f"volume [bold]{escape(name)}[/bold] attached to {escape(node)}")
@@ -296,12 +282,7 @@ def attach(
         render(vol, output, print_volume)
 
 
-def detached(v: dict[str, Any]) -> bool:
-    """Detached, and no attach engine still running: right after a detach the state can
-    read ``detached`` before the reconciler has stopped the engine."""
-    engine = v.get("engine") or {}
-    still_running = engine.get("purpose", "attach") == "attach" and bool(engine.get("running"))
-    return v.get("state") not in ("attached", "attaching", "detaching") and not still_running
+detached = volume_detached  # "detached" is the client's definition (the name stays)
 
 
 @volume_app.command("detach")
@@ -319,7 +300,7 @@ def detach(
         vol = c.detach(name)
         if wait:
             with progress(f"detaching {name}") as update:
-                vol = c.wait_volume(name, detached, timeout, lambda v: update(None, _state_text(v)))
+                vol = c.wait_detached(name, timeout, lambda v: update(None, _state_text(v)))
     render(vol, output, lambda v: say(f"volume [bold]{escape(name)}[/bold] detached"))
 
 
