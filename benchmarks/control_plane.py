@@ -128,15 +128,6 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 # --- the operations ---------------------------------------------------------------------------
-def placed(v: dict[str, Any]) -> bool:
-    reps = v.get("replicas", ())
-    return (
-        v.get("state") != "creating"
-        and len(reps) >= (v.get("replicas_wanted") or 0)
-        and all(r.get("state") != "pending" for r in reps)
-    )
-
-
 def timed(fn) -> float:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     fn()
@@ -152,7 +143,7 @@ def provision(
             timed(
                 lambda n=name: (
                     c.create_volume(n, size, replicas=replicas),
-                    c.wait_volume(n, placed, timeout),
+                    c.wait_placed(n, timeout),
                 )
             )
         )

@@ -184,22 +184,13 @@ def create(
             stale_replica_timeout=stale_replica_timeout,
         )
         if wait:
-
-            def placed(v: dict[str, Any]) -> bool:
-                reps = v.get("replicas", ())
-                return (
-                    v.get("state") != "creating"
-                    and len(reps) >= (v.get("replicas_wanted") or 0)
-                    and all(r.get("state") != "pending" for r in reps)
-                )
-
             with progress(f"creating {name}") as update:
 
                 def on(v: dict[str, Any]) -> None:
                     on_disk = sum(r.get("state") != "pending" for r in v.get("replicas", ()))
                     update(None, f"{on_disk}/{v.get('replicas_wanted')} replicas on disk")
 
-                vol = c.wait_volume(name, placed, timeout, on)
+                vol = c.wait_placed(name, timeout, on)
     where = ", ".join(f"{r.get('node')}/{r.get('disk')}" for r in vol.get("replicas", ()))
     render(
         vol,

@@ -11,11 +11,12 @@ The manager is found by ``ManagerClient.discover``: an explicit API URL, else th
 cluster's ``DIR/cluster.json`` (written by ``cargohold up``).
 
 Waiting helpers poll with a deadline and raise ``WaitTimeout`` with the last state seen
-(``wait_attached``, ``wait_detached``, ``wait_healthy``, ``wait_operation``,
-``wait_gone``; ``wait_volume`` for any other condition); while waiting, a manager that does
-not answer for a moment (a restart, a leader change) is retried until the deadline. What
-"attached", "detached" and "healthy" mean in a volume's JSON is said once, here:
-``volume_attached``, ``volume_detached``, ``volume_healthy``.
+(``wait_placed``, ``wait_attached``, ``wait_detached``, ``wait_healthy``,
+``wait_operation``, ``wait_gone``; ``wait_volume`` for any other condition); while waiting,
+a manager that does not answer for a moment (a restart, a leader change) is retried until
+the deadline. What "placed", "attached", "detached" and "healthy" mean in a volume's JSON
+is said once, here: ``volume_placed``, ``volume_attached``, ``volume_detached``,
+``volume_healthy``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ def volume_detached(v: JSON) -> bool:
         not v.get("attached_node")
         and v.get("state") not in ("attached", "attaching", "detaching")
         and not still_running
+    )
+
+
+def volume_placed(v: JSON) -> bool:
+    """Created: past ``creating``, and every wanted replica is placed and on its disk (none
+    ``pending``)."""
+    reps = v.get("replicas", ())
+    return (
+        v.get("state") != "creating"
+        and len(reps) >= (v.get("replicas_wanted") or 0)
+        and all(r.get("state") != "pending" for r in reps)
     )
 
 
@@ -361,6 +373,15 @@ class ManagerClient:
             return volume_attached(v, node) and (not healthy or volume_healthy(v))
 
         return self.wait_volume(name, ready, timeout, on_progress)
+
+    def wait_placed(
+        self,
+        name: str,
+        timeout: float | None,
+        on_progress: Callable[[JSON], None] | None = None,
+    ) -> JSON:
+        """Poll until the new volume's replicas are on their disks (``volume_placed``)."""
+        return self.wait_volume(name, volume_placed, timeout, on_progress)
 
     def wait_detached(
         self,

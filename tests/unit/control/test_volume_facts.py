@@ -18,6 +18,7 @@ from cargohold.control.client import (
     volume_attached,
     volume_detached,
     volume_healthy,
+    volume_placed,
 )
 from cargohold.control.model import (
     EngineSpec,
@@ -126,6 +127,15 @@ def test_volume_detached() -> None:
     assert volume_detached({**gone, "engine": {**ATTACHED["engine"], "purpose": "maintenance"}})
 
 
+def test_volume_placed() -> None:
+    reps = [{"id": "r1", "state": "stopped"}, {"id": "r2", "state": "stopped"}]
+    new = {"state": "detached", "replicas_wanted": 2, "replicas": reps}
+    assert volume_placed(new)
+    assert not volume_placed({**new, "state": "creating"})
+    assert not volume_placed({**new, "replicas": reps[:1]})  # one still to be placed
+    assert not volume_placed({**new, "replicas": [reps[0], {"id": "r2", "state": "pending"}]})
+
+
 def test_volume_healthy() -> None:
     assert volume_healthy(ATTACHED) and not volume_healthy({**ATTACHED, "robustness": "degraded"})
 
@@ -185,6 +195,13 @@ def test_waits_time_out_with_the_last_state() -> None:
         client([ATTACHED])[0].wait_detached("data", 2)
     with pytest.raises(WaitTimeout, match="robustness degraded"):
         client([{**ATTACHED, "robustness": "degraded"}])[0].wait_healthy("data", 2)
+
+
+def test_wait_placed() -> None:
+    pending = {"state": "creating", "replicas_wanted": 1, "replicas": [{"state": "pending"}]}
+    done = {"state": "detached", "replicas_wanted": 1, "replicas": [{"state": "stopped"}]}
+    c, seen = client([pending, pending, done])
+    assert c.wait_placed("data", 10) == done and len(seen) == 3
 
 
 def test_wait_detached_and_healthy() -> None:
