@@ -36,16 +36,8 @@ from typing import Any
 
 import httpx
 
-from cargohold.errors import (
-    AlreadyExists,
-    Busy,
-    CargoholdError,
-    InvalidArgument,
-    ManagerUnavailable,
-    NotFound,
-    Unschedulable,
-    WrongState,
-)
+from cargohold import errors
+from cargohold.errors import CargoholdError, InvalidArgument, ManagerUnavailable
 
 UNIX_BASE = "http://cargohold"  # the host part of URLs sent over a unix socket
 TIMEOUT = 10.0  # seconds; the default of the commands' client
@@ -54,22 +46,22 @@ TIMEOUT = 10.0  # seconds; the default of the commands' client
 # none) falls back on the status alone (BY_STATUS)
 ERRORS: dict[tuple[int, str], type[CargoholdError]] = {
     (400, "InvalidArgument"): InvalidArgument,
-    (404, "NotFound"): NotFound,
-    (409, "AlreadyExists"): AlreadyExists,
-    (409, "WrongState"): WrongState,
-    (409, "Busy"): Busy,
-    (409, "Conflict"): Busy,  # the state store's compare-and-swap gave up: try again
+    (404, "NotFound"): errors.NotFound,
+    (409, "AlreadyExists"): errors.AlreadyExists,
+    (409, "WrongState"): errors.WrongState,
+    (409, "Busy"): errors.Busy,
+    (409, "Conflict"): errors.Busy,  # the state store's compare-and-swap gave up: try again
     (422, "InvalidArgument"): InvalidArgument,
     (503, "ManagerUnavailable"): ManagerUnavailable,
-    (507, "Unschedulable"): Unschedulable,
+    (507, "Unschedulable"): errors.Unschedulable,
 }
 BY_STATUS: dict[int, type[CargoholdError]] = {
     400: InvalidArgument,
-    404: NotFound,
-    409: WrongState,
+    404: errors.NotFound,
+    409: errors.WrongState,
     422: InvalidArgument,
     503: ManagerUnavailable,
-    507: Unschedulable,
+    507: errors.Unschedulable,
 }
 
 
@@ -107,10 +99,7 @@ def sync_client(
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
     """A synchronous httpx client for the manager at ``url`` (``transport``: tests')."""
-    ep = url if isinstance(url, Endpoint) else parse_url(url)
-    if transport is None and ep.uds is not None:
-        transport = httpx.HTTPTransport(uds=ep.uds)
-    return httpx.Client(base_url=ep.base_url, timeout=timeout, transport=transport)
+    return httpx.Client(**_options(url, timeout, transport, httpx.HTTPTransport))
 
 
 def async_client(
@@ -119,10 +108,18 @@ def async_client(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """An asyncio httpx client for the manager at ``url`` (``transport``: tests')."""
+    return httpx.AsyncClient(**_options(url, timeout, transport, httpx.AsyncHTTPTransport))
+
+
+def _options(
+    url: str | Endpoint, timeout: float | httpx.Timeout, transport: Any, unix: Any
+) -> dict[str, Any]:
+    """The httpx client's arguments, the same for both kinds of client (TLS settings and
+    credentials, issue #16, go here). ``unix``: the transport class for a unix socket."""
     ep = url if isinstance(url, Endpoint) else parse_url(url)
     if transport is None and ep.uds is not None:
-        transport = httpx.AsyncHTTPTransport(uds=ep.uds)
-    return httpx.AsyncClient(base_url=ep.base_url, timeout=timeout, transport=transport)
+        transport = unix(uds=ep.uds)
+    return {"base_url": ep.base_url, "timeout": timeout, "transport": transport}
 
 
 def unreachable(url: str, e: BaseException) -> ManagerUnavailable:

@@ -227,6 +227,10 @@ def test_url_forms() -> None:
 
 # --- unix sockets and connection failures ------------------------------------------------
 class _Answer(http.server.BaseHTTPRequestHandler):
+    def do_PUT(self) -> None:  # the agent's registration (test_transport.py)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
     def do_GET(self) -> None:
         body = json.dumps({"ok": True, "path": self.path}).encode()
         self.send_response(200)

@@ -7,12 +7,7 @@ mapping and the manager's own status for each class cannot drift apart."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import re
-import socketserver
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +26,13 @@ from cargohold.control.transport import (
     error_from_response,
     parse_url,
 )
-from cargohold.errors import (
-    Busy,
-    CargoholdError,
-    ConfigError,
-    InvalidArgument,
-    ManagerUnavailable,
-    NotFound,
-    WrongState,
-)
+from tests.unit.control import test_client
 
 ROOT = Path(__file__).resolve().parents[3]
+unix_server = test_client.unix_server  # the fixture: an HTTP server on a unix socket
 
 
-def doc_error_table() -> list[tuple[int, str, type[CargoholdError]]]:
+def doc_error_table() -> list[tuple[int, str, type[errors.CargoholdError]]]:
     """(status, type, class) for every row of the error table of docs/control-plane.md;
     "`Conflict` (a `Busy`)" is type Conflict, class Busy; no type: the root class."""
     doc = (ROOT / "docs/control-plane.md").read_text()
@@ -53,7 +41,7 @@ def doc_error_table() -> list[tuple[int, str, type[CargoholdError]]]:
     for m in re.finditer(r"^\| (\d{3}) \|([^|]*)\|", section, re.M):
         names = re.findall(r"`(\w+)`", m.group(2))
         etype = names[0] if names else ""
-        cls = getattr(errors, names[-1]) if names else CargoholdError
+        cls = getattr(errors, names[-1]) if names else errors.CargoholdError
         rows.append((int(m.group(1)), etype, cls))
     return rows
 
@@ -63,7 +51,7 @@ TABLE = doc_error_table()
 
 def test_the_doc_table_is_read() -> None:
     assert len(TABLE) == 9
-    assert (409, "Conflict", Busy) in TABLE and (500, "", CargoholdError) in TABLE
+    assert (409, "Conflict", errors.Busy) in TABLE and (500, "", errors.CargoholdError) in TABLE
 
 
 def _answer(status: int, etype: str, message: str = "what went wrong") -> httpx.Response:
@@ -75,7 +63,7 @@ def _answer(status: int, etype: str, message: str = "what went wrong") -> httpx.
 
 @pytest.mark.parametrize(("status", "etype", "cls"), TABLE, ids=[f"{s}-{t}" for s, t, _ in TABLE])
 def test_every_documented_error_maps_to_its_class(
-    status: int, etype: str, cls: type[CargoholdError]
+    status: int, etype: str, cls: type[errors.CargoholdError]
 ) -> None:
     e = error_from_response(_answer(status, etype), "http://m")
     assert type(e) is cls
@@ -89,7 +77,7 @@ def test_every_documented_error_maps_to_its_class(
     ids=[f"{s}-{t}" for s, t, _ in TABLE if t and s != 422],
 )
 def test_the_manager_answers_each_class_with_its_documented_status(
-    status: int, etype: str, cls: type[CargoholdError]
+    status: int, etype: str, cls: type[errors.CargoholdError]
 ) -> None:
     from cargohold.control.repository import Conflict
 
@@ -100,16 +88,16 @@ def test_the_manager_answers_each_class_with_its_documented_status(
 @pytest.mark.parametrize(
     ("status", "etype", "cls"),
     [
-        (409, "", WrongState),  # no type: the status alone
-        (409, "Teapot", WrongState),
-        (404, "WrongState", NotFound),  # a type the status does not carry
-        (400, "NotFound", InvalidArgument),
-        (418, "", CargoholdError),
-        (502, "", CargoholdError),
+        (409, "", errors.WrongState),  # no type: the status alone
+        (409, "Teapot", errors.WrongState),
+        (404, "WrongState", errors.NotFound),  # a type the status does not carry
+        (400, "NotFound", errors.InvalidArgument),
+        (418, "", errors.CargoholdError),
+        (502, "", errors.CargoholdError),
     ],
 )
 def test_unknown_types_fall_back_on_the_status(
-    status: int, etype: str, cls: type[CargoholdError]
+    status: int, etype: str, cls: type[errors.CargoholdError]
 ) -> None:
     assert error_class(status, etype) is cls
     assert type(error_from_response(_answer(status, etype), "http://m")) is cls
@@ -134,11 +122,11 @@ def test_url_forms(url: str, base: str, uds: str | None) -> None:
 
 @pytest.mark.parametrize("url", ["", " ", "unix:", "unix://", "ftp://x", "nbd://h:1/v"])
 def test_bad_urls(url: str) -> None:
-    with pytest.raises(InvalidArgument, match="bad manager URL"):
+    with pytest.raises(errors.InvalidArgument, match="bad manager URL"):
         parse_url(url)
-    with pytest.raises(InvalidArgument, match="bad manager URL"):
+    with pytest.raises(errors.InvalidArgument, match="bad manager URL"):
         ManagerClient(url)
-    with pytest.raises(ConfigError, match="bad manager URL"):  # the agent's --api
+    with pytest.raises(errors.ConfigError, match="bad manager URL"):  # the agent's --api
         ManagerLink([url])
 
 
@@ -156,7 +144,7 @@ def _link(handler: Any, urls: list[str] | None = None) -> ManagerLink:
     ids=[f"{s}-{t}" for s, t, _ in TABLE if s < 500],
 )
 async def test_the_agent_maps_errors_like_the_commands(
-    status: int, etype: str, cls: type[CargoholdError]
+    status: int, etype: str, cls: type[errors.CargoholdError]
 ) -> None:
     """4xx answers: the manager's word, the same class for the agent as for the CLI (a 409
     WrongState was an InvalidArgument for the agent)."""
@@ -186,41 +174,9 @@ async def test_the_agent_fails_over_on_5xx_and_no_answer() -> None:
     await link.close()
 
     link = _link(lambda r: _answer(503, "ManagerUnavailable", "etcd unreachable"))
-    with pytest.raises(ManagerUnavailable, match=r"no manager answered: .*etcd unreachable"):
+    with pytest.raises(errors.ManagerUnavailable, match=r"no manager answered: .*etcd unreachable"):
         await link.register("node-1", REG)
     await link.close()
-
-
-class _Answer(http.server.BaseHTTPRequestHandler):
-    def do_PUT(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"path": self.path, "host": self.headers.get("Host")}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_PUT
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def address_string(self) -> str:
-        return "unix"
-
-
-@pytest.fixture
-def unix_server(tmp_path: Path) -> Iterator[str]:
-    path = str(tmp_path / "api.sock")
-    server = socketserver.UnixStreamServer(path, _Answer)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 async def test_both_clients_reach_a_unix_socket_the_same_way(unix_server: str) -> None:
@@ -230,4 +186,4 @@ async def test_both_clients_reach_a_unix_socket_the_same_way(unix_server: str) -
         await link.close()
         with ManagerClient(url) as c:
             assert c.request("GET", "/api/v1/nodes/node-1") == got
-        assert got == {"path": "/api/v1/nodes/node-1", "host": "cargohold"}
+        assert got == {"ok": True, "path": "/api/v1/nodes/node-1"}

@@ -30,6 +30,7 @@ from cargohold.control.model import (
     VolumeState,
 )
 from cargohold.control.views import volume_view
+from tests.unit.control.test_client import FakeClock
 
 GiB = 1 << 30
 
@@ -140,17 +141,6 @@ def test_volume_healthy() -> None:
     assert volume_healthy(ATTACHED) and not volume_healthy({**ATTACHED, "robustness": "degraded"})
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, dt: float) -> None:
-        self.t += dt
-
-
 def client(answers: list[dict[str, Any]]) -> tuple[ManagerClient, list[str]]:
     """A client whose GET of the volume answers ``answers`` in turn (the last one stays)."""
     seen: list[str] = []
@@ -159,7 +149,7 @@ def client(answers: list[dict[str, Any]]) -> tuple[ManagerClient, list[str]]:
         seen.append(request.url.path)
         return httpx.Response(200, json=answers[min(len(seen), len(answers)) - 1])
 
-    clock = Clock()
+    clock = FakeClock()
     c = ManagerClient(
         "http://m:9600",
         transport=httpx.MockTransport(handler),
