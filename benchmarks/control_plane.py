@@ -128,27 +128,6 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 # --- the operations ---------------------------------------------------------------------------
-def placed(v: dict[str, Any]) -> bool:
-    reps = v.get("replicas", ())
-    return (
-        v.get("state") != "creating"
-        and len(reps) >= (v.get("replicas_wanted") or 0)
-        and all(r.get("state") != "pending" for r in reps)
-    )
-
-
-def detached(v: dict[str, Any]) -> bool:
-    engine = v.get("engine") or {}
-    still = engine.get("purpose", "attach") == "attach" and bool(engine.get("running"))
-    return v.get("state") not in ("attached", "attaching", "detaching") and not still
-
-
-def attached_to(node: str):  # type: ignore[no-untyped-def]
-    return lambda v: (
-        v.get("state") == "attached" and bool(v.get("endpoint")) and v.get("attached_node") == node
-    )
-
-
 def timed(fn) -> float:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     fn()
@@ -164,7 +143,7 @@ def provision(
             timed(
                 lambda n=name: (
                     c.create_volume(n, size, replicas=replicas),
-                    c.wait_volume(n, placed, timeout),
+                    c.wait_placed(n, timeout),
                 )
             )
         )
@@ -175,7 +154,7 @@ def provision(
             timed(
                 lambda n=name, node=node: (
                     c.attach(n, node),
-                    c.wait_volume(n, attached_to(node), timeout),
+                    c.wait_attached(n, node, timeout),
                 )
             )
         )
@@ -187,9 +166,7 @@ def teardown(
     c: ManagerClient, names: list[str], timeout: float, lat: dict[str, list[float]]
 ) -> None:
     for name in names:
-        lat["detach"].append(
-            timed(lambda n=name: (c.detach(n), c.wait_volume(n, detached, timeout)))
-        )
+        lat["detach"].append(timed(lambda n=name: (c.detach(n), c.wait_detached(n, timeout))))
     print(f"detached {len(names)}: p50 {pct(lat['detach'], 50):.3f} s", flush=True)
     for name in names:
         lat["delete"].append(timed(lambda n=name: (c.delete_volume(n), c.wait_gone(n, timeout))))

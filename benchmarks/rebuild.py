@@ -100,7 +100,7 @@ class Vol:
         self.other_node = next(r["node"] for r in v["replicas"] if r["node"] != self.engine_node)
         self.old_ids = {r["id"] for r in v["replicas"]}
         c.attach(name, self.engine_node)
-        v = c.wait_volume(name, lambda v: v["state"] == "attached" and bool(v.get("endpoint")), 120)
+        v = c.wait_attached(name, self.engine_node, 120)
         self.uri = v["endpoint"]
         self.sock = os.path.join(cl.nodes[self.engine_node].dir, "run", f"{name}.sock")
 

@@ -94,15 +94,7 @@ class SuiteBench(engine_bench.Bench):
             c.wait_volume("bench", lambda v: v.get("state") != "creating", 120)
             node = sorted(cl.nodes)[0]
             c.attach("bench", node)
-            v = c.wait_volume(
-                "bench",
-                lambda v: (
-                    v.get("state") == "attached"
-                    and bool(v.get("endpoint"))
-                    and v.get("robustness") == "healthy"
-                ),
-                120,
-            )
+            v = c.wait_attached("bench", node, 120, healthy=True)
         procs = [AgentProc(n.pid) for n in cl.nodes.values() if n.pid]
         control = os.path.join(cl.nodes[node].dir, "run", "bench.sock")
         return engine_bench.System("cluster-3", uri=v["endpoint"], procs=procs, control=control)

@@ -9,5 +9,6 @@ converges them to the manager's assignments every heartbeat. Modules:
 - ``processes``: the child processes (replica server, one engine per volume): start,
   watch, restart with backoff, stop.
 - ``engine_link``: the client of an engine's control socket (JSON lines).
-- ``manager_link``: the client of the manager's REST API, with failover between managers.
+- ``manager_link``: the client of the manager's REST API, with failover between managers
+  (URLs, httpx clients and error mapping: ``cargohold.control.transport``).
 """

@@ -70,7 +70,6 @@ from cargohold.errors import (
     Fenced,
     FormatError,
     InvalidArgument,
-    ManagerUnavailable,
     NotFound,
 )
 from cargohold.replica.client import ReplicaClient
@@ -485,7 +484,7 @@ class Agent:
             )
             self.registered = False
             return None
-        except (ManagerUnavailable, InvalidArgument) as e:
+        except CargoholdError as e:  # unreachable, or refused (any 4xx but 404)
             self._manager_failed(e)
             return None
         self._manager_answered()
@@ -534,7 +533,7 @@ class Agent:
         )
         try:
             await self.manager.register(self.config.node, reg)
-        except (ManagerUnavailable, InvalidArgument, NotFound) as e:
+        except CargoholdError as e:  # unreachable, or refused (any 4xx)
             delay = self._register_backoff.failed()
             self._manager_failed(e, f"cannot register (next try in {delay:.1f} s)")
             return False

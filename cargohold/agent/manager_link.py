@@ -3,8 +3,10 @@
 Several manager URLs may be given (``http://HOST:PORT`` or ``unix:/PATH``); every manager
 serves the API, so a request goes to the one that answered last and fails over to the
 others when it cannot be reached or answers 5xx. 4xx answers are the manager's word and
-are not retried elsewhere: 404 (``NotFound``) on a heartbeat means the manager does not
-know the node (its state was reset) and the agent registers again.
+are not retried elsewhere; they become the same exceptions as for every other client of
+the manager (``control/transport.py``: URLs, httpx clients and the error mapping live
+there): 404 (``NotFound``) on a heartbeat means the manager does not know the node (its
+state was reset) and the agent registers again.
 
 The answer to a heartbeat is read leniently (``parse_assignments``): an entry that does
 not fit the schema is logged and skipped, so one bad assignment never stops the others.
@@ -27,7 +29,8 @@ from cargohold.control.model import (
     Registration,
     ReplicaAssignment,
 )
-from cargohold.errors import ConfigError, InvalidArgument, ManagerUnavailable, NotFound
+from cargohold.control.transport import async_client, error_from_response
+from cargohold.errors import ConfigError, InvalidArgument, ManagerUnavailable
 
 log = logging.getLogger("cargohold.agent")
 
@@ -35,26 +38,26 @@ TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 M = TypeVar("M", bound=BaseModel)
 
 
-def _client(url: str, timeout: httpx.Timeout) -> httpx.AsyncClient:
-    if url.startswith("unix:"):
-        path = url.removeprefix("unix:")
-        if path.startswith("//"):  # unix:///run/api.sock
-            path = "/" + path.lstrip("/")
-        if not path.startswith("/"):
-            raise ConfigError(f"manager URL {url!r}: expected unix:/PATH (an absolute path)")
-        transport = httpx.AsyncHTTPTransport(uds=path)
-        return httpx.AsyncClient(transport=transport, base_url="http://manager", timeout=timeout)
-    if url.startswith(("http://", "https://")):
-        return httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout)
-    raise ConfigError(f"manager URL {url!r}: expected http://HOST:PORT or unix:/PATH")
+def _client(
+    url: str, timeout: httpx.Timeout, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    try:
+        return async_client(url, timeout, transport)
+    except InvalidArgument as e:  # a bad --api is the agent's configuration
+        raise ConfigError(str(e)) from None
 
 
 class ManagerLink:
-    def __init__(self, urls: list[str], timeout: httpx.Timeout = TIMEOUT) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        timeout: httpx.Timeout = TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests' canned answers
+    ) -> None:
         if not urls:
             raise ConfigError("give at least one manager URL (--api)")
         self.urls = list(urls)
-        self._clients = [_client(u, timeout) for u in self.urls]
+        self._clients = [_client(u, timeout, transport) for u in self.urls]
         self._current = 0  # the manager that answered last
         self.complaints = Complaints()
 
@@ -105,12 +108,8 @@ class ManagerLink:
             if idx != self._current:
                 log.info("talking to manager %s now", url)
                 self._current = idx
-            if r.status_code == 404:
-                raise NotFound(f"{method} {path}: {_message(r)}")
             if r.status_code >= 400:
-                raise InvalidArgument(
-                    f"manager {url} refused {method} {path}: HTTP {r.status_code} {_message(r)}"
-                )
+                raise error_from_response(r, url)
             try:
                 return r.json()
             except ValueError:

@@ -39,8 +39,8 @@ from cargohold.cli.output import (
     progress,
     say,
 )
-from cargohold.cli.volume_cmd import default_node, detached
-from cargohold.control.client import ManagerClient
+from cargohold.cli.volume_cmd import default_node
+from cargohold.control.client import ManagerClient, volume_attached
 
 
 class ProfileName(StrEnum):
@@ -51,17 +51,6 @@ class ProfileName(StrEnum):
 class BenchFormat(StrEnum):
     TABLE = "table"
     JSON = "json"
-
-
-def _attached_to(node: str) -> Any:
-    def ok(v: dict[str, Any]) -> bool:
-        return (
-            v.get("state") == "attached"
-            and bool(v.get("endpoint"))
-            and v.get("attached_node") == node
-        )
-
-    return ok
 
 
 def print_results(report: dict[str, Any]) -> None:
@@ -140,14 +129,12 @@ def bench(
     with ManagerClient.discover(api, dir) as c:
         vol = c.volume(volume)
         we_attached = False
-        if vol.get("state") != "attached" or not vol.get("endpoint"):
+        if not volume_attached(vol):
             node = attach_node or default_node(c, vol)
             c.attach(volume, node)
             we_attached = True
             with progress(f"attaching {volume} to {node}") as update:
-                vol = c.wait_volume(
-                    volume, _attached_to(node), timeout, lambda v: update(None, str(v["state"]))
-                )
+                vol = c.wait_attached(volume, node, timeout, lambda v: update(None, v["state"]))
         try:
             endpoint = str(vol["endpoint"])
             results = run_profile(endpoint, int(vol.get("size_bytes") or 0) or None, prof)
@@ -155,7 +142,7 @@ def bench(
             if we_attached:
                 c.detach(volume)
                 with progress(f"detaching {volume}") as update:
-                    c.wait_volume(volume, detached, timeout, lambda v: update(None, v["state"]))
+                    c.wait_detached(volume, timeout, lambda v: update(None, v["state"]))
     report = {
         "volume": volume,
         "endpoint": endpoint,

@@ -18,7 +18,12 @@ from typing import Any
 
 from cargohold.cli.demo_cmd import BlockDevice, can_mount, note, run, say, write_files
 from cargohold.constants import MIB
-from cargohold.control.client import ManagerClient
+from cargohold.control.client import (
+    ManagerClient,
+    volume_attached,
+    volume_detached,
+    volume_healthy,
+)
 from cargohold.launcher.cluster import LocalCluster
 
 SIZE = 512 * MIB
@@ -76,7 +81,7 @@ def cluster_job(root: str) -> None:
         v = _wait(
             api,
             "demo",
-            lambda v: v["state"] == "attached" and v["robustness"] == "healthy",
+            lambda v: volume_attached(v) and volume_healthy(v),
             "the engine to start",
         )
         note(f"engine epoch {v['epoch']}; NBD endpoint {v['endpoint']}")
@@ -142,7 +147,7 @@ def cluster_job(root: str) -> None:
         dev.detach()
         dev = None
         api.detach("demo")
-        v = _wait(api, "demo", lambda v: v["state"] == "detached", "the engine to stop")
+        v = _wait(api, "demo", volume_detached, "the engine to stop")
 
         def agree(v: dict[str, Any]) -> bool:
             return v["state"] == "detached" and len({r["generation"] for r in v["replicas"]}) == 1

@@ -41,7 +41,7 @@ from cargohold.cli.output import (
     table,
 )
 from cargohold.cli.units import parse_size
-from cargohold.control.client import ManagerClient
+from cargohold.control.client import ManagerClient, volume_detached
 from cargohold.errors import ConfigError
 
 volume_app = typer.Typer(help="Create, attach, expand, clone and delete volumes.")
@@ -200,22 +200,13 @@ def create(
             stale_replica_timeout=stale_replica_timeout,
         )
         if wait:
-
-            def placed(v: dict[str, Any]) -> bool:
-                reps = v.get("replicas", ())
-                return (
-                    v.get("state") != "creating"
-                    and len(reps) >= (v.get("replicas_wanted") or 0)
-                    and all(r.get("state") != "pending" for r in reps)
-                )
-
             with progress(f"creating {name}") as update:
 
                 def on(v: dict[str, Any]) -> None:
                     on_disk = sum(r.get("state") != "pending" for r in v.get("replicas", ()))
                     update(None, f"{on_disk}/{v.get('replicas_wanted')} replicas on disk")
 
-                vol = c.wait_volume(name, placed, timeout, on)
+                vol = c.wait_placed(name, timeout, on)
     where = ", ".join(f"{r.get('node')}/{r.get('disk')}" for r in vol.get("replicas", ()))
     render(
         vol,
@@ -252,12 +243,7 @@ def get(
     with ManagerClient.discover(api, dir) as c:
         if wait_healthy:
             with progress(f"waiting for {name} to be healthy") as update:
-                vol = c.wait_volume(
-                    name,
-                    lambda v: v.get("robustness") == "healthy",
-                    timeout,
-                    lambda v: update(health(v), _state_text(v)),
-                )
+                vol = c.wait_healthy(name, timeout, lambda v: update(health(v), _state_text(v)))
         else:
             vol = c.volume(name)
     render(vol, output, print_volume)
@@ -293,17 +279,8 @@ def attach(
         if node is None:
             node = default_node(c, c.volume(name))
         c.attach(name, node, force=force)
-        target = node
-
-        def attached(v: dict[str, Any]) -> bool:
-            return (
-                v.get("state") == "attached"
-                and bool(v.get("endpoint"))
-                and v.get("attached_node") == target
-            )
-
         with progress(f"attaching {name} to {node}") as update:
-            vol = c.wait_volume(name, attached, timeout, lambda v: update(None, _state_text(v)))
+            vol = c.wait_attached(name, node, timeout, lambda v: update(None, _state_text(v)))
     if output is Format.TABLE:
         if err_console.is_terminal:
             err_console.print(f"volume [bold]{escape(name)}[/bold] attached to {escape(node)}")
@@ -312,12 +289,7 @@ def attach(
         render(vol, output, print_volume)
 
 
-def detached(v: dict[str, Any]) -> bool:
-    """Detached, and no attach engine still running: right after a detach the state can
-    read ``detached`` before the reconciler has stopped the engine."""
-    engine = v.get("engine") or {}
-    still_running = engine.get("purpose", "attach") == "attach" and bool(engine.get("running"))
-    return v.get("state") not in ("attached", "attaching", "detaching") and not still_running
+detached = volume_detached  # "detached" is the client's definition (the name stays)
 
 
 @volume_app.command("detach")
@@ -335,7 +307,7 @@ def detach(
         vol = c.detach(name)
         if wait:
             with progress(f"detaching {name}") as update:
-                vol = c.wait_volume(name, detached, timeout, lambda v: update(None, _state_text(v)))
+                vol = c.wait_detached(name, timeout, lambda v: update(None, _state_text(v)))
     render(vol, output, lambda v: say(f"volume [bold]{escape(name)}[/bold] detached"))
 
 

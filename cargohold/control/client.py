@@ -1,24 +1,22 @@
 """The manager's API client: one method per REST route of docs/control-plane.md.
 
-Called by the ``cargohold`` commands (cli/*_cmd.py), the launcher and the CSI driver. It is
-synchronous (httpx.Client) and returns the API's JSON as plain dicts and lists. Error
-answers become the one exception tree here, on the client edge:
-
-    404                  NotFound
-    409                  AlreadyExists | WrongState | Busy   (by the answer's error "type")
-    400, 413, 415, 422   InvalidArgument                     (the message names the fields)
-    503                  ManagerUnavailable
-    507                  Unschedulable                       (the message says why)
-    other                CargoholdError
-    no answer            ManagerUnavailable("no manager at URL: ...")
+Called by the ``cargohold`` commands (cli/*_cmd.py), the launcher, the CSI driver and the
+benchmarks. It is synchronous (httpx.Client) and returns the API's JSON as plain dicts and
+lists. URLs (``http://HOST:PORT`` or ``unix:/PATH``), the httpx client and the mapping of
+error answers to the one exception tree are ``control/transport.py``'s, shared with the
+node agents' client (e.g. a 409 of type ``WrongState`` is ``WrongState``; no answer is
+``ManagerUnavailable("no manager at URL: ...")``).
 
 The manager is found by ``ManagerClient.discover``: an explicit API URL, else the local
-cluster's ``DIR/cluster.json`` (written by ``cargohold up``). URLs are ``http://HOST:PORT``
-or ``unix:/PATH``.
+cluster's ``DIR/cluster.json`` (written by ``cargohold up``).
 
-Waiting helpers poll with a deadline (``wait_operation``, ``wait_volume``, ``wait_gone``);
-while waiting, a manager that does not answer for a moment (a restart, a leader change) is
-retried until the deadline.
+Waiting helpers poll with a deadline and raise ``WaitTimeout`` with the last state seen
+(``wait_placed``, ``wait_attached``, ``wait_detached``, ``wait_healthy``,
+``wait_operation``, ``wait_gone``; ``wait_volume`` for any other condition); while waiting,
+a manager that does not answer for a moment (a restart, a leader change) is retried until
+the deadline. What "placed", "attached", "detached" and "healthy" mean in a volume's JSON
+is said once, here: ``volume_placed``, ``volume_attached``, ``volume_detached``,
+``volume_healthy``.
 """
 
 from __future__ import annotations
@@ -33,23 +31,19 @@ from urllib.parse import quote
 
 import httpx
 
-from cargohold.errors import (
-    AlreadyExists,
-    Busy,
-    CargoholdError,
-    InvalidArgument,
-    ManagerUnavailable,
-    NotFound,
-    RequestError,
-    Unschedulable,
-    WrongState,
+from cargohold.control.transport import UNIX_BASE as UNIX_BASE  # re-exported
+from cargohold.control.transport import error_from_response as error_from_response
+from cargohold.control.transport import (
+    parse_url,
+    sync_client,
+    unreachable,
 )
+from cargohold.errors import CargoholdError, ManagerUnavailable, NotFound
 
 JSON = dict[str, Any]
 
 DEFAULT_DIR = "~/.cargohold"
 CLUSTER_FILE = "cluster.json"
-UNIX_BASE = "http://cargohold"  # the host part of URLs sent over a unix socket
 
 
 class WaitTimeout(CargoholdError):
@@ -64,65 +58,53 @@ class OperationFailed(CargoholdError):
     exit_code = 1
 
 
-_CONFLICTS: dict[str, type[RequestError]] = {
-    "AlreadyExists": AlreadyExists,
-    "WrongState": WrongState,
-    "Busy": Busy,
-}
+# --- the facts of a volume's JSON (the API's ``Volume``) --------------------------------
+def volume_attached(v: JSON, node: str | None = None) -> bool:
+    """Attached (on ``node``, if given) and serving: state ``attached`` with an NBD endpoint.
+
+    The manager's state ``attached`` is ``Volume.attached`` (control/model.py): the attach
+    engine runs on the attach node at the wanted epoch, so the answer's ``engine`` is
+    ``running`` on that node whenever the state says ``attached``; it is not checked again."""
+    return (
+        v.get("state") == "attached"
+        and bool(v.get("endpoint"))
+        and (node is None or v.get("attached_node") == node)
+    )
+
+
+def volume_detached(v: JSON) -> bool:
+    """Detached, and no attach engine still running: nothing is to be attached (no
+    ``attached_node``), the state is past ``detaching``, and the API shows no attach engine
+    as running (right after a detach the state can read ``detached`` before the engine
+    has stopped)."""
+    engine = v.get("engine") or {}
+    still_running = engine.get("purpose", "attach") == "attach" and bool(engine.get("running"))
+    return (
+        not v.get("attached_node")
+        and v.get("state") not in ("attached", "attaching", "detaching")
+        and not still_running
+    )
+
+
+def volume_placed(v: JSON) -> bool:
+    """Created: past ``creating``, and every wanted replica is placed and on its disk (none
+    ``pending``)."""
+    reps = v.get("replicas", ())
+    return (
+        v.get("state") != "creating"
+        and len(reps) >= (v.get("replicas_wanted") or 0)
+        and all(r.get("state") != "pending" for r in reps)
+    )
+
+
+def volume_healthy(v: JSON) -> bool:
+    """Every wanted replica is current (robustness ``healthy``)."""
+    return v.get("robustness") == "healthy"
 
 
 def cluster_dir(dir: str | os.PathLike[str] | None = None) -> Path:
     """The local cluster's directory: ``dir``, else $CARGOHOLD_DIR, else ~/.cargohold."""
     return Path(dir or os.environ.get("CARGOHOLD_DIR") or DEFAULT_DIR).expanduser()
-
-
-def error_from_response(resp: httpx.Response, url: str) -> CargoholdError:
-    """The exception for an error answer of the manager (status >= 400)."""
-    status = resp.status_code
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    etype, message, detail = "", "", None
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            etype = str(err.get("type") or "")
-            message = str(err.get("message") or "")
-        detail = body.get("detail")
-        if not message and isinstance(detail, list):  # FastAPI's own 422 answer
-            message = _fields_message(detail)
-        elif not message and isinstance(detail, str):  # FastAPI's HTTPException
-            message = detail
-    if not message:
-        message = (resp.text or "").strip()[:200] or f"HTTP {status}"
-    where = f"{resp.request.method} {resp.request.url.path}"
-    extra: JSON = {"http_status": status, "type": etype}
-    if isinstance(detail, list):
-        extra["fields"] = detail
-    if status == 404:
-        return NotFound(message, **extra)
-    if status == 409:
-        return _CONFLICTS.get(etype, WrongState)(message, **extra)
-    if status in (400, 413, 415, 422):
-        return InvalidArgument(message, **extra)
-    if status == 507:
-        return Unschedulable(message, **extra)
-    if status == 503:
-        return ManagerUnavailable(f"manager at {url} is unavailable: {message}", **extra)
-    return CargoholdError(f"manager at {url} failed ({where}: HTTP {status}): {message}", **extra)
-
-
-def _fields_message(detail: list[Any]) -> str:
-    parts = []
-    for err in detail:
-        if not isinstance(err, dict):
-            parts.append(str(err))
-            continue
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        msg = str(err.get("msg", "invalid"))
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts) or "invalid request"
 
 
 def _seg(name: str) -> str:
@@ -147,21 +129,7 @@ class ManagerClient:
         self.poll_interval = poll_interval
         self._clock = clock
         self._sleep = sleep
-        if url.startswith("unix:"):
-            path = url.removeprefix("unix:")
-            if path.startswith("//"):  # unix:///run/x.sock
-                path = path[2:]
-            if not path:
-                raise InvalidArgument(f"bad manager URL {url!r}: expected unix:/PATH")
-            base = UNIX_BASE
-            transport = transport or httpx.HTTPTransport(uds=path)
-        else:
-            base = url if "://" in url else f"http://{url}"
-            if not base.startswith(("http://", "https://")):
-                raise InvalidArgument(
-                    f"bad manager URL {url!r}: expected http://HOST:PORT or unix:/PATH"
-                )
-        self._http = httpx.Client(base_url=base.rstrip("/"), timeout=timeout, transport=transport)
+        self._http = sync_client(parse_url(url), timeout, transport)
 
     # --- finding the manager ---------------------------------------------------------------
     @classmethod
@@ -204,7 +172,7 @@ class ManagerClient:
         try:
             resp = self._http.request(method, path, json=body, params=params)
         except httpx.TransportError as e:
-            raise ManagerUnavailable(f"no manager at {self.url}: {e or type(e).__name__}") from e
+            raise unreachable(self.url, e) from e
         if resp.status_code >= 400:
             raise error_from_response(resp, self.url)
         if not resp.content:
@@ -417,6 +385,50 @@ class ManagerClient:
         return self.poll(
             lambda: self.volume(name), predicate, timeout, on_progress, f"volume {name}"
         )
+
+    def wait_attached(
+        self,
+        name: str,
+        node: str | None,
+        timeout: float | None,
+        on_progress: Callable[[JSON], None] | None = None,
+        *,
+        healthy: bool = False,
+    ) -> JSON:
+        """Poll until the volume is attached (on ``node``, if given; see
+        ``volume_attached``), and also ``healthy`` if asked; its JSON then."""
+
+        def ready(v: JSON) -> bool:
+            return volume_attached(v, node) and (not healthy or volume_healthy(v))
+
+        return self.wait_volume(name, ready, timeout, on_progress)
+
+    def wait_placed(
+        self,
+        name: str,
+        timeout: float | None,
+        on_progress: Callable[[JSON], None] | None = None,
+    ) -> JSON:
+        """Poll until the new volume's replicas are on their disks (``volume_placed``)."""
+        return self.wait_volume(name, volume_placed, timeout, on_progress)
+
+    def wait_detached(
+        self,
+        name: str,
+        timeout: float | None,
+        on_progress: Callable[[JSON], None] | None = None,
+    ) -> JSON:
+        """Poll until the volume is detached and its engine stopped (``volume_detached``)."""
+        return self.wait_volume(name, volume_detached, timeout, on_progress)
+
+    def wait_healthy(
+        self,
+        name: str,
+        timeout: float | None,
+        on_progress: Callable[[JSON], None] | None = None,
+    ) -> JSON:
+        """Poll until every wanted replica of the volume is current (``volume_healthy``)."""
+        return self.wait_volume(name, volume_healthy, timeout, on_progress)
 
     def wait_gone(self, name: str, timeout: float | None) -> None:
         """Poll until GET of the volume answers 404."""

@@ -120,7 +120,7 @@ async def _ingest_replicas(
     wake: Callable[[], None],
 ) -> None:
     reported = {r.id: r for r in hb.replicas}
-    engines = {v.name: _engine_runs(v) for v in volumes.values()}
+    engines = {v.name: v.engine_runs for v in volumes.values()}
     for rep in replicas:
         if rep.node != name:
             continue
@@ -298,7 +298,7 @@ async def _fenced_by_epoch(repo: Repository, vol: Volume, rep: Replica, epoch: i
         # lie; while one runs (others not fenced) it reports robustness itself
         lie = (
             v.attach_node is not None
-            and not _engine_runs(v)
+            and not v.engine_runs
             and v.robustness is not Robustness.UNKNOWN
         )
         return v.error != why or lie
@@ -312,7 +312,7 @@ async def _fenced_by_epoch(repo: Repository, vol: Volume, rep: Replica, epoch: i
         if not stale(v) or epoch <= v.epoch:
             return None
         v.error = why
-        if v.attach_node is not None and not _engine_runs(v):
+        if v.attach_node is not None and not v.engine_runs:
             v.robustness = Robustness.UNKNOWN
         return v
 
@@ -339,11 +339,6 @@ def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
         )
     except (KeyError, TypeError, ValueError):
         return None  # an engine's status is not trusted to be well formed
-
-
-def _engine_runs(v: Volume) -> bool:
-    st = v.engine_status
-    return bool(st and st.running and v.engine and st.epoch == v.engine.epoch)
 
 
 async def _ingest_engine(

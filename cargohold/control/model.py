@@ -207,23 +207,46 @@ class Volume(Record):
         return check_name(v, "volume name")
 
     @property
+    def engine_runs(self) -> bool:
+        """The engine the manager wants runs: its node's agent reports an engine running
+        at the wanted engine's epoch, on the wanted engine's node.
+
+        The one definition of "the engine is running" (reconcilers, heartbeat, views and
+        the API's ``engine.running`` read it). An engine of an older epoch, or one that
+        still runs on a node the engine moved away from, is not "the engine": it is being
+        stopped (see ``state``: ``detaching``)."""
+        st = self.engine_status
+        return bool(
+            st is not None
+            and st.running
+            and self.engine is not None
+            and st.epoch == self.engine.epoch
+            and st.node == self.engine.node
+        )
+
+    @property
+    def attached(self) -> bool:
+        """The volume is attached where the user wants it: ``engine_runs``, the engine is an
+        attach engine (not a maintenance one), and it runs on ``attach_node`` (not the old
+        engine of a takeover). The one definition of "attached": the API's ``state``
+        ``attached`` (and so the client's ``volume_attached``) is this."""
+        return (
+            self.engine_runs
+            and self.engine is not None
+            and self.engine.purpose == "attach"
+            and self.attach_node is not None
+            and self.engine.node == self.attach_node
+        )
+
+    @property
     def state(self) -> VolumeState:
         if self.released:
             return VolumeState.RELEASED
         if self.deleting:
             return VolumeState.DELETING
         st = self.engine_status
-        attached = (
-            st is not None
-            and st.running
-            and self.engine is not None
-            and self.engine.purpose == "attach"
-            and st.epoch == self.engine.epoch
-            and st.node == self.engine.node
-            and self.engine.node == self.attach_node  # not the old engine of a takeover
-        )
         if self.attach_node is not None:
-            return VolumeState.ATTACHED if attached else VolumeState.ATTACHING
+            return VolumeState.ATTACHED if self.attached else VolumeState.ATTACHING
         if (
             st is not None
             and st.running

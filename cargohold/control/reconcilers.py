@@ -96,17 +96,6 @@ def _failed(rep: Replica, nodes: dict[str, Node], running: bool) -> bool:
     return running and rep.mode is ReplicaMode.ERR
 
 
-def _running(vol: Volume) -> bool:
-    st = vol.engine_status
-    return bool(
-        st
-        and st.running
-        and vol.engine
-        and st.epoch == vol.engine.epoch
-        and st.node == vol.engine.node
-    )
-
-
 class ReplicaReconciler:
     def __init__(self, repo: Repository, settings: ManagerSettings) -> None:
         self.repo, self.settings = repo, settings
@@ -124,7 +113,7 @@ class ReplicaReconciler:
 
     async def _volume(self, vol: Volume, nodes: dict[str, Node], replicas: list[Replica]) -> None:
         t = now()
-        running = _running(vol)
+        running = vol.engine_runs
         reps = [r for r in replicas if not r.deleting]
         # 1. note when each replica failed, or that it is back (the records the repository
         # hands out are shared: a changed one is a copy)
@@ -417,7 +406,7 @@ class VolumeReconciler:
         reps: list[Replica],
     ) -> None:
         if vol.deleting:
-            if _running(vol) or (vol.engine_status and vol.engine_status.running):
+            if vol.engine_runs or (vol.engine_status and vol.engine_status.running):
                 return  # the engine stops first (the engine reconciler cleared it)
             for r in reps:
                 n = nodes.get(r.node)
@@ -437,7 +426,7 @@ class VolumeReconciler:
                 await self.repo.delete_volume_records(vol.name)
                 log.info("volume %s deleted", vol.name)
             return
-        if _running(vol) or vol.released or vol.attach_node is not None:
+        if vol.engine_runs or vol.released or vol.attach_node is not None:
             return  # an engine reports robustness (or its node is down: faulted)
         # detached: robustness from the replicas on disk
         good = [

@@ -173,15 +173,8 @@ def replica_view(rep: Replica, node: Node | None, engine_running: bool) -> dict[
     }
 
 
-def engine_running(vol: Volume) -> bool:
-    st = vol.engine_status
-    return bool(
-        st is not None and st.running and vol.engine is not None and st.epoch == vol.engine.epoch
-    )
-
-
 def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) -> dict[str, Any]:
-    running = engine_running(vol)
+    running = vol.engine_runs
     state = vol.state.value
     attached = state == "attached"
     st = vol.engine_status

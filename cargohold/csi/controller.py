@@ -414,16 +414,9 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
         )
 
     def _wait_attached(self, vid: str, node: str) -> JSON:
-        def ready(v: JSON) -> bool:
-            eng = v.get("engine") or {}
-            return (
-                v.get("state") == "attached"
-                and bool(v.get("endpoint"))
-                and eng.get("node") == node
-                and bool(eng.get("running"))
-            )
-
-        return self.client.wait_volume(vid, ready, self.timeout)
+        # "attached" on node: the manager's state, which holds only while the attach
+        # engine runs on that node at the volume's epoch (Volume.attached)
+        return self.client.wait_attached(vid, node, self.timeout)
 
     @rpc
     def ControllerUnpublishVolume(self, req: Any, context: Any) -> Any:
@@ -455,11 +448,7 @@ class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
     def _unpublished(self, vid: str, keep: str | None) -> Any:
         """Wait until the volume is detached, unless ``keep`` says it stays attached."""
         if not keep:
-            self.client.wait_volume(
-                vid,
-                lambda v: not v.get("attached_node") and v.get("state") != "detaching",
-                self.timeout,
-            )
+            self.client.wait_detached(vid, self.timeout)
         return pb.ControllerUnpublishVolumeResponse()
 
     def _published_nodes(self, vol: JSON) -> list[str]:

@@ -40,7 +40,8 @@ from typing import Any
 
 import httpx
 
-from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
+from cargohold.control.transport import sync_client
+from cargohold.errors import CargoholdError, ConfigError, InvalidArgument, ManagerUnavailable
 from cargohold.launcher import netns
 from cargohold.launcher.netns import LabLayout
 from cargohold.launcher.netns import available as netns_available
@@ -97,12 +98,10 @@ def default_dir() -> str:
 
 
 def _client(api: str, timeout: float) -> httpx.Client:
-    if api.startswith("unix:"):
-        transport = httpx.HTTPTransport(uds=api.removeprefix("unix:"))
-        return httpx.Client(transport=transport, base_url="http://cargohold", timeout=timeout)
-    if api.startswith(("http://", "https://")):
-        return httpx.Client(base_url=api, timeout=timeout)
-    raise ConfigError(f"bad API URL {api!r}: expected unix:/PATH or http://HOST:PORT")
+    try:
+        return sync_client(api, timeout)  # the one HTTP layer to the manager
+    except InvalidArgument as e:
+        raise ConfigError(str(e)) from None
 
 
 def get_json(api: str, path: str, timeout: float = 3.0) -> Any:

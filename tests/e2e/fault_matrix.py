@@ -398,7 +398,7 @@ def create_attached(env: Env, what: str, replicas: int = 2, stale: float = 60.0)
 def remove(env: Env, name: str) -> None:
     with contextlib.suppress(Exception):
         env.api.detach(name)
-        env.api.wait_volume(name, lambda v: v["state"] == "detached", 60)
+        env.api.wait_detached(name, 60)
         env.api.delete_volume(name)
         env.api.wait_gone(name, 60)
 
@@ -632,7 +632,7 @@ def engine_killed(env: Env) -> Outcome:
         # re-attach on another node: the volume moves, a new engine with a new epoch
         dest = other_nodes(v)[0]
         env.api.detach(name)
-        env.api.wait_volume(name, lambda v: v["state"] == "detached", 60)
+        env.api.wait_detached(name, 60)
         env.api.attach(name, dest)
         v = env.api.wait_volume(name, converged(dest), 90)
         out.expect(v["engine"]["epoch"] > epoch, "the engine on the other node has a new epoch")

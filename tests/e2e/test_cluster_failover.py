@@ -145,7 +145,7 @@ def attach(api: ManagerClient, name: str, node: str, timeout: float = 60) -> JSO
 
 def detach(api: ManagerClient, name: str, timeout: float = 60) -> JSON:
     api.detach(name)
-    return api.wait_volume(name, lambda v: v["state"] == "detached", timeout)
+    return api.wait_detached(name, timeout)
 
 
 def leaders(c: LocalCluster) -> dict[str, bool | None]:
@@ -446,7 +446,7 @@ def test_the_leader_manager_dies_under_io(cluster):
             with ManagerClient(back.api) as standby:
                 assert standby.healthz()["leader"] is False
                 standby.detach("two")
-                standby.wait_volume("two", lambda v: v["state"] == "detached", 60)
+                standby.wait_detached("two", 60)
                 assert standby.volume("vol")["state"] == "attached"
 
             writer.wait_rounds(3, 30)

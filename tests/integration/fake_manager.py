@@ -25,6 +25,8 @@ class FakeManager:
         self.known: set[str] = set()  # registered nodes; a heartbeat from another gets 404
         self.assignments: dict[str, JSON] = {}  # node -> the heartbeat's answer
         self.reports: dict[str, JSON] = {}  # node -> its last whole report (same_report)
+        self.refuse: tuple[int, str] | None = None  # answer heartbeats with this error
+        self.refused = 0  # heartbeats answered so
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -61,6 +63,11 @@ class FakeManager:
                     return self._send(404, {"error": {"type": "NotFound", "message": self.path}})
                 node, body = parts[3], self._body()
                 with fake.lock:
+                    if fake.refuse is not None:
+                        status, etype = fake.refuse
+                        fake.refused += 1
+                        err = {"type": etype, "message": f"refused ({etype})"}
+                        return self._send(status, {"error": err})
                     if node not in fake.known:
                         msg = f"no node {node}"
                         return self._send(404, {"error": {"type": "NotFound", "message": msg}})

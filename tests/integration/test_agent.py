@@ -366,6 +366,27 @@ def test_keeps_serving_while_the_manager_is_down(env: Env) -> None:
     assert env.agent.engine_pid() == pid
 
 
+@pytest.mark.parametrize(("status", "etype"), [(409, "WrongState"), (409, "Conflict"), (418, "")])
+def test_a_refused_heartbeat_is_logged_and_retried(env: Env, status: int, etype: str) -> None:
+    """Any refusal of the manager (every 4xx is mapped as for the CLI now: a 409 is a
+    WrongState or a Busy, not an InvalidArgument) leaves the agent and its engine running,
+    and it heartbeats on once the manager answers again."""
+    eng = env.serve()
+    pid = env.agent.engine_pid()
+    with env.fake.lock:
+        env.fake.refuse, env.fake.refused = (status, etype), 0
+    try:
+        wait(lambda: env.fake.refused >= 3, what="three refused heartbeats")
+        assert env.agent.proc is not None and env.agent.proc.poll() is None, env.agent.output()
+        qemu_io(eng["endpoint"], "write -P 0x3d 1M 1M")
+    finally:
+        with env.fake.lock:
+            env.fake.refuse = None
+    assert env.serve()["endpoint"] == eng["endpoint"]
+    assert env.agent.engine_pid() == pid
+    assert f"refused ({etype})" in env.agent.output()
+
+
 def test_stops_an_engine_no_longer_assigned(env: Env) -> None:
     env.serve()
     pid = env.agent.engine_pid()

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from cargohold.control.client import volume_attached, volume_detached
 from cargohold.csi import stubs
 from cargohold.csi.controller import CAPABILITIES, Controller
 from cargohold.csi.node import Node
@@ -80,6 +81,12 @@ class FakeManager:
         v = self.volume(name)
         assert pred(v), v
         return v
+
+    def wait_attached(self, name: str, node: str | None, timeout: float) -> dict[str, Any]:
+        return self.wait_volume(name, lambda v: volume_attached(v, node), timeout)
+
+    def wait_detached(self, name: str, timeout: float) -> dict[str, Any]:
+        return self.wait_volume(name, volume_detached, timeout)
 
 
 @pytest.fixture

@@ -227,6 +227,10 @@ def test_url_forms() -> None:
 
 # --- unix sockets and connection failures ------------------------------------------------
 class _Answer(http.server.BaseHTTPRequestHandler):
+    def do_PUT(self) -> None:  # the agent's registration (test_transport.py)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
     def do_GET(self) -> None:
         body = json.dumps({"ok": True, "path": self.path}).encode()
         self.send_response(200)
@@ -295,7 +299,9 @@ def _err(etype: str, message: str) -> dict[str, Any]:
         (409, _err("AlreadyExists", "volume x already exists"), AlreadyExists, "already exists"),
         (409, _err("WrongState", "volume x is attached"), WrongState, "is attached"),
         (409, _err("Busy", "busy now"), Busy, "busy now"),
-        (409, _err("Conflict", "something else"), WrongState, "something else"),
+        # a type the table does not know: WrongState ("Conflict" is the manager's Busy, see
+        # tests/unit/control/test_transport.py)
+        (409, _err("Teapot", "something else"), WrongState, "something else"),
         (400, _err("InvalidArgument", "volumes only grow"), InvalidArgument, "only grow"),
         (507, _err("Unschedulable", "need 3 zones, have 2"), Unschedulable, "need 3 zones"),
         (503, _err("ManagerUnavailable", "state store down"), ManagerUnavailable, "store down"),
