@@ -49,7 +49,7 @@ from cargohold.agent.processes import (
     readd_wait,
     stop_leftovers,
 )
-from cargohold.control.heartbeat import report_digest
+from cargohold.control.digests import report_digest
 from cargohold.control.model import (
     Assignments,
     DiskReport,
