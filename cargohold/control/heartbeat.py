@@ -11,12 +11,12 @@ written when a report changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from cargohold.control.deletion import Verdict, decide, replica_cluster
+from cargohold.control.digests import revision
 from cargohold.control.model import (
     Assignments,
     DiskReport,
@@ -644,21 +644,6 @@ async def assignments(
             )
     out.revision = revision(out)
     return out
-
-
-def revision(a: Assignments) -> str:
-    """The digest of an answer's content: the agent sends it back, and the manager holds
-    the next heartbeat while its node's assignments still have it."""
-    body = a.model_dump_json(exclude={"revision", "unchanged", "resend"}).encode()
-    return hashlib.blake2b(body, digest_size=8).hexdigest()
-
-
-REPORT = {"replica_port", "replicas", "engines", "operations", "refusal"}
-
-
-def report_digest(hb: Heartbeat) -> str:
-    """The digest of what a heartbeat reports (not of its long-poll fields)."""
-    return hashlib.blake2b(hb.model_dump_json(include=REPORT).encode(), digest_size=8).hexdigest()
 
 
 async def _clone_source(repo: Repository, args: dict, nodes: dict[str, Node]) -> str | None:  # type: ignore[type-arg]

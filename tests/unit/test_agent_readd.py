@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import itertools
 
-from cargohold.agent import processes
-from cargohold.agent.processes import READD_MAX, EngineProcess, readd_wait
+from cargohold.agent import engine_process
+from cargohold.agent.engine_process import READD_MAX, EngineProcess, readd_wait
 from cargohold.control.model import EngineAssignment
 
 EVERY = 5.0
@@ -23,7 +23,7 @@ class Clock:
 
 
 def engine(monkeypatch, clock: Clock) -> EngineProcess:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(processes.time, "monotonic", clock)
+    monkeypatch.setattr(engine_process.time, "monotonic", clock)
     spec = EngineAssignment(
         volume="v", epoch=1, size_bytes=1 << 20, replicas=["v-r1@h:1", "v-r2@h:2"]
     )
@@ -50,7 +50,7 @@ def readd_times(
         eng.status = status("ERR")
         for what, arg in eng.replica_plan(EVERY):
             assert (what, arg) == ("add", "v-r2@h:2")
-            eng.tried["v-r2"] = clock.t  # what Agent._change_replicas records
+            eng.tried["v-r2"] = clock.t  # what Engines._change_replicas records
             if taken:
                 eng.readded("v-r2")  # the engine took it back (then it failed again)
             out.append(clock.t - start)

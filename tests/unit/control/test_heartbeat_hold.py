@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cargohold.control.heartbeat import report_digest
+from cargohold.control.digests import report_digest
 from cargohold.control.model import (
     Assignments,
     Heartbeat,

@@ -1,0 +1,142 @@
+"""The node's own state on its disk: ``NODEDIR/agent.json`` (what must survive the agent:
+the replica port, the engines' NBD ports, the children a restarted agent adopts, disks added
+through the API), the node's disks, and the paths of the engines' control sockets. Used by
+``cargohold.agent.agent``; pure file work, no asyncio.
+
+agent.json (JSON object, rewritten whole through a temporary file):
+``node``, ``replica_port``, ``engine_ports`` (volume -> NBD port), ``pids`` (every child's
+PID), ``children`` (``replica_server``: {pid}, ``engines``: volume -> {pid, argv, port,
+spec}), ``added_disks`` (DiskReport objects).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from cargohold.agent.disks import device_size, is_block_device, prepare_device
+from cargohold.agent.engine_process import EngineProcess
+from cargohold.agent.processes import ReplicaServerProcess
+from cargohold.control.model import DiskReport, check_name
+
+log = logging.getLogger("cargohold.agent")
+
+
+def load(dir: str) -> dict[str, Any]:
+    """agent.json of node directory ``dir``, or {} when there is none or it is unreadable."""
+    path = os.path.join(dir, "agent.json")
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("ignoring %s: %s", path, e)
+        return {}
+
+
+def save(
+    dir: str,
+    state: dict[str, Any],
+    node: str,
+    replica_port: int,
+    replica_server: ReplicaServerProcess | None,
+    engines: list[EngineProcess],
+) -> None:
+    """Persist what must survive the agent into ``state`` and agent.json: the replica port
+    (the manager hands it to engines everywhere), the engines' NBD ports, the children's
+    PIDs."""
+    ports = state.setdefault("engine_ports", {})
+    for eng in engines:
+        if eng.port:
+            ports[eng.volume] = eng.port
+    pids = [e.pid for e in engines]
+    if replica_server is not None:
+        pids.append(replica_server.pid)
+    # what a restarted agent needs to adopt the children (``Agent._adopt``)
+    rs = replica_server
+    children: dict[str, Any] = {
+        "replica_server": {"pid": rs.pid} if rs is not None and rs.pid else {},
+        "engines": {
+            e.volume: {
+                "pid": e.pid,
+                "argv": e.child.argv,
+                "port": e.port,
+                "spec": e.spec.model_dump(mode="json"),
+            }
+            for e in engines
+            if e.pid and e.child is not None
+        },
+    }
+    state.update(
+        node=node,
+        replica_port=replica_port,
+        pids=[p for p in pids if p],
+        children=children,
+    )
+    path = os.path.join(dir, "agent.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=2)
+    os.replace(tmp, path)
+
+
+def configured(dir: str, disks: list[tuple[str, int | None]]) -> list[tuple[str, int | None]]:
+    """The disks given on the command line, or NODEDIR/disk-0."""
+    return disks or [(os.path.join(dir, "disk-0"), None)]
+
+
+def configured_paths(dir: str, disks: list[tuple[str, int | None]]) -> set[str]:
+    return {os.path.abspath(p) for p, _ in configured(dir, disks)}
+
+
+def node_disks(
+    dir: str, disks: list[tuple[str, int | None]], state: dict[str, Any]
+) -> list[DiskReport]:
+    """The disks this node serves: those configured (a block device is formatted on first
+    use and mounted under NODEDIR/disks/), then those added through the API earlier."""
+    out: list[DiskReport] = []
+    for i, (path, capacity) in enumerate(configured(dir, disks)):
+        path = os.path.abspath(path)
+        if is_block_device(path):  # a device: ext4 on first use, mounted under the node
+            if capacity is None:
+                capacity = device_size(path)
+            path = prepare_device(path, os.path.join(dir, "disks", f"disk-{i}"))
+        os.makedirs(path, exist_ok=True)
+        name = os.path.basename(path.rstrip("/")).lower()
+        try:
+            check_name(name)
+        except ValueError:
+            name = f"disk-{i}"
+        if name in {d.name for d in out}:
+            name = f"disk-{i}"
+        if capacity is None:
+            capacity = shutil.disk_usage(path).total
+        out.append(DiskReport(name=name, path=path, capacity_bytes=capacity))
+    for extra in state.get("added_disks", []):  # added through the API earlier
+        try:
+            d = DiskReport.model_validate(extra)
+        except ValueError:
+            continue
+        if d.path not in {x.path for x in out} and d.name not in {x.name for x in out}:
+            os.makedirs(d.path, exist_ok=True)
+            out.append(d)
+    return out
+
+
+def control_path(dir: str, volume: str) -> str:
+    """The control socket of ``volume``'s engine: under NODEDIR/run/, or under the temporary
+    directory when that path is too long for a unix socket."""
+    path = os.path.join(dir, "run", f"{volume}.sock")
+    if len(path.encode()) < 100:  # sun_path holds 108 bytes
+        return path
+    short = hashlib.sha256(dir.encode()).hexdigest()[:12]
+    where = os.path.join(tempfile.gettempdir(), f"cargohold-{short}")
+    os.makedirs(where, mode=0o700, exist_ok=True)
+    return os.path.join(where, f"{volume}.sock")
