@@ -69,7 +69,14 @@ class Manager:
         cmd += ["--listen", f"127.0.0.1:{port}", "--id", "mgr-test"]
         if init:
             cmd.append("--init")
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "CARGOHOLD_LOG": "WARNING"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "CARGOHOLD_LOG": "WARNING",
+            # the nodes registered here never heartbeat: keep them up for the whole test
+            # on a loaded machine (5 s is the default)
+            "CARGOHOLD_MANAGER_NODE_DOWN_AFTER": "600",
+        }
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

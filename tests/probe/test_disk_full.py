@@ -473,7 +473,22 @@ def test_a_replica_on_a_full_disk_stays_failed_with_the_reason_and_back_off(
             "--name",
             "small",
         )
-        cli(d, "volume", "create", "full", "--size", "128MiB", "--replicas", "2", "--disk-tag", "t")
+        # a long stale timeout: the 40 s watched below must see the re-adds back off, not the
+        # replica reconciler replace the failed replica (after 30 s by default)
+        cli(
+            d,
+            "volume",
+            "create",
+            "full",
+            "--size",
+            "128MiB",
+            "--replicas",
+            "2",
+            "--disk-tag",
+            "t",
+            "--stale-replica-timeout",
+            "600",
+        )
         vol = js(d, "volume", "get", "full")
         assert {r["disk"] for r in vol["replicas"]} == {"big", "small"}  # type: ignore[index]
         rid = next(r["id"] for r in vol["replicas"] if r["node"] == "node-2")  # type: ignore[index]

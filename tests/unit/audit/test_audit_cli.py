@@ -113,7 +113,10 @@ def test_table_output_on_a_bad_file() -> None:
         ([path("errors/latin1.yaml")], "not UTF-8 text"),
         ([], "error: nothing to audit"),
         ([path("clean"), "--ignore", "CH099"], "error: --ignore: unknown rule id CH099"),
-        (["--kustomize", "/nonexistent"], "not a directory"),
+        (
+            ["--kustomize", "/proc/cargohold-no-such-dir"],
+            "not a directory",
+        ),  # /proc: nobody can create it
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_traceback(args: list[str], message: str) -> None:
