@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
-import sys
 
 import typer
 
@@ -21,6 +19,7 @@ from cargohold.cli.main import app
 from cargohold.cli.replica_cmd import console, parse_size, split_addr
 from cargohold.constants import DEFAULT_NBD_PORT
 from cargohold.errors import CargoholdError, ConfigError
+from cargohold.logs import setup_logging
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -46,11 +45,7 @@ def nbd_serve(
     from cargohold.settings import NBDSettings
     from cargohold.store.file_store import META_FILE, FileStore
 
-    logging.basicConfig(
-        level=os.environ.get("CARGOHOLD_LOG", "INFO"),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging()
     try:
         host, port = _split(listen) if listen else ("127.0.0.1", DEFAULT_NBD_PORT)
         nbd_settings = NBDSettings()  # CARGOHOLD_NBD_*: connection limits and timeouts
