@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -17,7 +19,7 @@ from cargohold.constants import MIB
 from cargohold.replica.client import ReplicaClient
 from tests.integration.engine_procs import EngineProc
 from tests.integration.test_engine import need, qemu_io
-from tests.procs import ServerProc
+from tests.procs import ROOT, ServerProc
 
 SIZE = 16 * MIB
 
@@ -84,3 +86,32 @@ async def _check(server: ServerProc, replica: str) -> None:
     finally:
         s.stop()
     assert os.path.isdir(server.disks[0])
+
+
+def test_nbd_serve_grows_refuses_to_shrink_and_stops_cleanly(tmp_path, monkeypatch):
+    """``nbd-serve``'s process (``frontend/daemon.py``): a replica created at 2 MiB, grown
+    to 4 MiB on a restart with its data kept, a smaller size refused with a clear error
+    (no traceback), and the unix socket removed on SIGTERM."""
+    need("qemu-io")
+    from tests.integration.nbd_procs import NBDProc
+
+    monkeypatch.setenv("CARGOHOLD_LOG", "chatty")
+    d, unix = str(tmp_path / "rep"), str(tmp_path / "nbd.sock")
+    first = NBDProc(d, size="2MiB", unix=unix).start()
+    qemu_io(first.unix_uri, "write -P 0x3c 0 1M", "flush")
+    assert first.stop() == 0 and not os.path.exists(unix)
+    grown = NBDProc(d, size="4MiB").start()
+    qemu_io(grown.uri, "read -P 0x3c 0 1M", "read -P 0 1M 3M")
+    assert grown.stop() == 0
+    for p in (first, grown):
+        assert "Traceback" not in p.output() and "is not a log level" in p.output()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    shrink = subprocess.run(
+        [sys.executable, "-m", "cargohold", "nbd-serve", "--dir", d, "--size", "1MiB"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    out = shrink.stdout + shrink.stderr
+    assert shrink.returncode == 2 and "cannot shrink" in out and "Traceback" not in out, out

@@ -98,7 +98,7 @@ def test_logging_is_set_up_in_one_place():
     assert setups == ["cargohold/logs.py"]
 
 
-@pytest.mark.parametrize("command", ["engine_cmd", "replica_cmd"])
+@pytest.mark.parametrize("command", ["engine_cmd", "replica_cmd", "nbd_cmd"])
 def test_the_daemons_commands_only_parse_arguments(command):
     """Event loops, signals and memory tuning belong to the daemon modules."""
     used = _calls(PACKAGE / "cli" / f"{command}.py")
