@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import sys
 
 import typer
 
@@ -20,6 +18,7 @@ from cargohold.cli.main import app
 from cargohold.cli.replica_cmd import console
 from cargohold.cli.units import parse_size
 from cargohold.errors import CargoholdError, ConfigError
+from cargohold.logs import setup_logging
 
 
 def parse_disk(text: str) -> tuple[str, int | None]:
@@ -66,12 +65,7 @@ def agent(
     from cargohold.agent.agent import Agent, AgentConfig
     from cargohold.control.model import check_name
 
-    logging.basicConfig(
-        level=os.environ.get("CARGOHOLD_LOG", "INFO"),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per heartbeat
+    setup_logging(quiet=["httpx"])  # not a line per heartbeat
     try:
         check_name(node, "node name")
         config = AgentConfig(

@@ -10,16 +10,14 @@ cluster of --dir / $CARGOHOLD_DIR. The mapping of CSI onto cargohold: docs/kuber
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
-import sys
 import threading
 
 import typer
 
 from cargohold.cli.main import app
 from cargohold.cli.output import API, DIR
+from cargohold.logs import setup_logging
 
 
 @app.command("csi")
@@ -50,12 +48,7 @@ def csi(
     from cargohold.csi import StubsMissing
     from cargohold.errors import CargoholdError
 
-    logging.basicConfig(
-        level=os.environ.get("CARGOHOLD_LOG", "INFO"),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging(quiet=["httpx"])
     if not controller and not node:
         typer.echo("error: give --controller, --node or both", err=True)
         raise typer.Exit(2)

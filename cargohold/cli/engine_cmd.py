@@ -14,21 +14,17 @@ of serving a volume that lacks acknowledged writes (invariant 4).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
-import os
-import signal
 import sys
 
-from cargohold import memtune
 from cargohold.cli.units import parse_size, split_addr
 from cargohold.constants import DEFAULT_NBD_PORT
 from cargohold.errors import CargoholdError, ConfigError
+from cargohold.logs import setup_logging
 
 # The node agent runs one engine per attached volume (``python -m cargohold engine ...``):
 # ``cargohold/__main__.py`` hands those arguments to ``main`` here before anything else is
-# imported, and this module parses them with argparse and imports only the data path. Going
+# imported, and this module parses them with argparse and hands them to the engine's
+# process wiring (``engine/daemon.py``), which imports only the data path. Going
 # through the typer app would load typer, pydantic and every other command's modules: about
 # 30 MiB more per engine (docs/benchmarks.md, "Idle cost").
 
@@ -76,80 +72,40 @@ def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
     if a.epoch < 1:
         return _fail("--epoch must be at least 1", 2)
-    volume, local, unix, control = a.volume, a.local, a.unix, a.control
-    epoch = a.epoch
-    from cargohold.engine.control import serve_control
+    from cargohold.engine import daemon  # the data path: only once the arguments are good
     from cargohold.engine.replica_link import ReplicaSpec
-    from cargohold.engine.scrubber import Scrubber
-    from cargohold.engine.volume import Volume
-    from cargohold.frontend.nbd_server import serve
     from cargohold.settings import EngineSettings, NBDSettings
 
-    logging.basicConfig(
-        level=os.environ.get("CARGOHOLD_LOG", "INFO"),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging()
     try:
-        specs = [ReplicaSpec.parse(r, local=r.split("@", 1)[0] == local) for r in a.replica]
+        specs = [ReplicaSpec.parse(r, local=r.split("@", 1)[0] == a.local) for r in a.replica]
         given = {"min_replicas": a.min_replicas, "replica_timeout": a.replica_timeout}
         if a.rebuild_bandwidth:
             given["rebuild_bandwidth"] = parse_size(a.rebuild_bandwidth)
         settings = EngineSettings(**{k: v for k, v in given.items() if v is not None})
-        nbd_settings = NBDSettings()  # CARGOHOLD_NBD_*: connection limits and timeouts
         host, port = (
             split_addr(a.listen, DEFAULT_NBD_PORT) if a.listen else ("127.0.0.1", DEFAULT_NBD_PORT)
         )
-        required = parse_require(a.require) if a.require else (0, 0)
+        config = daemon.EngineRun(
+            volume=a.volume,
+            replicas=specs,
+            epoch=a.epoch,
+            settings=settings,
+            nbd=NBDSettings(),  # CARGOHOLD_NBD_*: connection limits and timeouts
+            host=host,
+            port=port,
+            unix=a.unix,
+            control=a.control,
+            require=parse_require(a.require) if a.require else (0, 0),
+            epoch_jump=a.epoch_jump,
+            last_scrub_at=a.last_scrub_at,
+        )
     except CargoholdError as e:
         return _fail(str(e), 2)
-
-    async def main() -> None:
-        vol = Volume(volume, specs, epoch, settings, require=required, epoch_jump=a.epoch_jump)
-        await vol.start()
-        memtune.freeze_gc()
-
-        def listening(addresses: list[str]) -> None:
-            tcp = next((a for a in addresses if not a.startswith("unix:")), None)
-            if tcp is not None:
-                vol.endpoint = endpoint_uri(tcp, volume)
-
-        scrubber = Scrubber(vol, last_scrub_at=a.last_scrub_at)
-        vol._spawn(scrubber.run())  # periodic passes and those asked for; vol.close() ends it
-        ctl = await serve_control(vol, control, scrubber) if control else None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await serve(
-                vol,
-                host,
-                port,
-                unix=unix,
-                settings=nbd_settings,
-                name=volume,
-                description=volume,
-                stop=stop,
-                ready=listening,
-            )
-        finally:
-            if ctl is not None:
-                ctl.close()
-            await vol.close()
-
-    memtune.tune_malloc()
     try:
-        import uvloop
-
-        uvloop.run(main())
+        daemon.run(config)
     except (CargoholdError, OSError) as e:
         return _fail(str(e), getattr(e, "exit_code", 1))
-    finally:
-        for path in (unix, control):
-            if path:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
     return 0
 
 
@@ -168,13 +124,3 @@ def parse_require(text: str) -> tuple[int, int]:
     if not sep or min(pair) < 0:
         raise ConfigError(f"--require {text!r}: expected EPOCH:GEN, e.g. 3:1288")
     return pair
-
-
-def endpoint_uri(bound: str, volume: str) -> str:
-    """The NBD URI clients use for a bound ``HOST:PORT``. A wildcard address is reported
-    as the loopback address of its family (the consumer runs on the engine's node)."""
-    host, _, port = bound.rpartition(":")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"nbd://{host}:{port}/{volume}"

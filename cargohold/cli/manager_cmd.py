@@ -7,10 +7,8 @@ cargohold manager --state etcd:http://10.0.0.5:2379 --listen 0.0.0.0:9600 --id m
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-import sys
 
 import typer
 
@@ -18,6 +16,7 @@ from cargohold.cli.main import app
 from cargohold.cli.replica_cmd import console
 from cargohold.cli.units import split_addr
 from cargohold.errors import CargoholdError
+from cargohold.logs import setup_logging
 
 DEFAULT_MANAGER_PORT = 9600
 
@@ -55,12 +54,7 @@ def manager(
     from cargohold.control.manager import Manager
     from cargohold.control.settings import ManagerSettings
 
-    logging.basicConfig(
-        level=os.environ.get("CARGOHOLD_LOG", "INFO"),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per etcd request otherwise
+    setup_logging(quiet=["httpx"])  # one line per etcd request otherwise
     if cluster_id and not init:
         console.print("[red]error:[/red] --cluster-id goes with --init (a new state store)")
         raise typer.Exit(2)

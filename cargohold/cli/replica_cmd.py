@@ -35,7 +35,8 @@ def replica_server(
     """Serve every replica on this node's disks over the replica wire protocol.
 
     Options not given come from CARGOHOLD_REPLICA_* environment variables, then defaults."""
-    from cargohold.replica.server import run
+    from cargohold.logs import setup_logging
+    from cargohold.replica.daemon import run
     from cargohold.settings import ReplicaServerSettings
 
     given: dict[str, Any] = {"unix_socket": unix, "node": node, "workers": workers}
@@ -51,6 +52,7 @@ def replica_server(
     if not settings.disks:
         console.print("[red]error:[/red] give at least one --disk (or CARGOHOLD_REPLICA_DISKS)")
         raise typer.Exit(2)
+    setup_logging()
     try:
         run(settings)
     except CargoholdError as e:

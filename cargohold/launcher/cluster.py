@@ -62,6 +62,7 @@ from cargohold.launcher.processes import (
     track,
     wait_gone,
 )
+from cargohold.logs import start_line
 
 CLUSTER_FILE = "cluster.json"
 MARKER_FILE = ".cargohold-cluster"  # DIR was made by the launcher: `down --purge` may remove it
@@ -571,8 +572,7 @@ class LocalCluster:
         full = [*netns.exec_prefix(proc.netns), *argv]
         os.makedirs(os.path.dirname(proc.log), exist_ok=True)
         with open(proc.log, "ab") as log:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"--- {stamp} cargohold launcher: {shlex.join(full)}\n".encode())
+            log.write(start_line("cargohold launcher", shlex.join(full)))
             log.flush()
             try:
                 p = subprocess.Popen(

@@ -1,30 +1,22 @@
 """The replica server: one per node, serving every replica on the node's disks.
 
-An asyncio server on uvloop, listening on TCP (and optionally a unix socket), one
-``Session`` per connection. Started by ``cargohold replica-server`` (and, later, by the node
-agent). SIGTERM or SIGINT closes it cleanly: listeners stop, in-flight flushes finish,
-every replica is flushed and marked clean.
-
-With ``workers > 1`` the node's replicas are sharded over that many processes by a hash of
-the replica id; see ``workers``.
+An asyncio server, listening on TCP (and optionally a unix socket), one ``Session`` per
+connection. ``stop`` closes it cleanly: listeners stop, in-flight flushes finish, every
+replica is flushed and marked clean. The process around it (``cargohold replica-server``,
+started by the node agent: signals, uvloop, memory tuning, and the worker processes when
+``workers > 1``) is ``replica/daemon.py``; tests run ``ReplicaServer`` in their own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import os
-import signal
-import sys
 
-from cargohold import memtune
 from cargohold.replica.admission import Admission
 from cargohold.replica.registry import Registry
 from cargohold.replica.session import Session
 from cargohold.settings import ReplicaServerSettings
-
-log = logging.getLogger("cargohold.replica")
 
 
 class ReplicaServer:
@@ -74,57 +66,3 @@ class ReplicaServer:
         self.registry.close_all()
         if self.settings.unix_socket and os.path.exists(self.settings.unix_socket):
             os.unlink(self.settings.unix_socket)
-
-
-async def serve(settings: ReplicaServerSettings, ready_fd: int | None = None) -> None:
-    server = ReplicaServer(settings)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    where = f"{settings.host}:{server.port}"
-    if settings.unix_socket:
-        where += f" and {settings.unix_socket}"
-    print(
-        f"replica server listening on {where} (node {settings.node}, disks "
-        f"{', '.join(server.registry.disks)})",
-        flush=True,
-    )
-    memtune.freeze_gc()
-    adm = server.admission
-    # low RSS when idle, also after a flood of connections that sent no request
-    idle = memtune.IdleTrim(lambda: server.counters["requests"] + adm.accepted + adm.refused)
-    idle.start()
-    log.info(
-        "accepting at most %d connections (%d of them for this node: %s), %d per address",
-        adm.limit,
-        adm.reserve,
-        ", ".join(sorted(adm.trusted)),
-        settings.max_connections_per_address,
-    )
-    await stop.wait()
-    log.info("shutting down")
-    idle.stop()
-    await server.stop()
-
-
-def run(settings: ReplicaServerSettings) -> None:
-    """Run the server until SIGTERM/SIGINT (uvloop when available)."""
-    logging.basicConfig(
-        level=os.environ.get("CARGOHOLD_LOG", "INFO"),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    memtune.tune_malloc()
-    if settings.workers > 1:
-        from cargohold.replica.workers import run_workers
-
-        run_workers(settings)
-        return
-    try:
-        import uvloop
-
-        uvloop.run(serve(settings))
-    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
-        asyncio.run(serve(settings))

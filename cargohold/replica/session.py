@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cargohold import __version__
 from cargohold.constants import BLOCK_SIZE, MAX_IO_BYTES
@@ -37,8 +37,11 @@ from cargohold.store.base import window_digests
 from cargohold.store.reader import host_identity
 
 if TYPE_CHECKING:
-    from cargohold.replica.registry import OpenReplica
-    from cargohold.replica.server import ReplicaServer
+    import collections
+
+    from cargohold.replica.admission import Admission
+    from cargohold.replica.registry import OpenReplica, Registry
+    from cargohold.settings import ReplicaServerSettings
 
 log = logging.getLogger("cargohold.replica")
 
@@ -62,8 +65,19 @@ def error_payload(e: CargoholdError) -> bytes:
     return wire.dump_json({"error": e.message, "type": type(e).__name__, "detail": detail})
 
 
+class Host(Protocol):
+    """What a session uses of the server that accepted its connection (``ReplicaServer``
+    in ``replica/server.py``, which imports this module: not the other way round)."""
+
+    settings: ReplicaServerSettings
+    registry: Registry
+    admission: Admission
+    sessions: set[Session]
+    counters: collections.Counter[str]
+
+
 class Session(asyncio.BufferedProtocol):
-    def __init__(self, server: ReplicaServer) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         self.decoder = wire.RequestDecoder()
         self.transport: asyncio.Transport | None = None

@@ -11,6 +11,10 @@ recover as after any crash).
 
 A connection stays with the worker it was handed to: OPEN of a replica another worker owns
 answers ``Busy`` ("open a new connection"). Engines use one connection per replica.
+
+This module is the parent's logic (``Dispatcher``) and the sharding rule (``owner``); the
+processes themselves (the listeners, forking, event loops, signals) are wired up in
+``replica/daemon.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 import crc32c
 
@@ -57,62 +62,20 @@ def owner(replica_id: str, workers: int) -> int:
     return crc32c.crc32c(replica_id.encode()) % workers
 
 
-# --- worker side ---------------------------------------------------------------------------
+class Dispatcher:
+    """The parent process's part: accepts connections, answers HELLO and LIST, hands every
+    other connection to the worker that owns its replica, restarts workers that die.
 
+    ``run_worker(index, channel)`` is what a forked worker runs (``replica/daemon.py``): it
+    serves the connections that arrive on ``channel`` and never returns."""
 
-async def _worker_main(settings: ReplicaServerSettings, index: int, channel: socket.socket) -> None:
-    from cargohold.replica.server import ReplicaServer
-    from cargohold.replica.session import Session
-
-    n = settings.workers
-    server = ReplicaServer(settings, owns=lambda rid: owner(rid, n) == index)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    channel.setblocking(False)
-    adopting: set[asyncio.Task] = set()
-
-    def adopt() -> None:
-        try:
-            _, fds, _, _ = socket.recv_fds(channel, 1, 4)
-        except BlockingIOError:
-            return
-        except OSError:
-            stop.set()
-            return
-        if not fds:  # the parent is gone
-            stop.set()
-            return
-        for fd in fds:
-            sock = socket.socket(fileno=fd)
-            sock.setblocking(False)
-            task = loop.create_task(loop.connect_accepted_socket(lambda: Session(server), sock))
-            adopting.add(task)
-            task.add_done_callback(adopting.discard)
-
-    loop.add_reader(channel.fileno(), adopt)
-    await stop.wait()
-    loop.remove_reader(channel.fileno())
-    await server.stop()
-
-
-def _run_worker(settings: ReplicaServerSettings, index: int, channel: socket.socket) -> None:
-    import uvloop
-
-    os.environ["CARGOHOLD_WORKER"] = str(index)
-    try:
-        uvloop.run(_worker_main(settings, index, channel))
-    finally:
-        os._exit(0)
-
-
-# --- parent side ---------------------------------------------------------------------------
-
-
-class _Parent:
-    def __init__(self, settings: ReplicaServerSettings) -> None:
+    def __init__(
+        self,
+        settings: ReplicaServerSettings,
+        run_worker: Callable[[int, socket.socket], None],
+    ) -> None:
         self.settings = settings
+        self.run_worker = run_worker
         self.registry = Registry(settings.disks)
         self.channels: list[socket.socket] = []
         self.pids: list[int] = []
@@ -140,7 +103,8 @@ class _Parent:
                 with contextlib.suppress(OSError):
                     ch.close()
             signal.set_wakeup_fd(-1)
-            _run_worker(self.settings, index, child_end)
+            self.run_worker(index, child_end)
+            os._exit(0)  # run_worker does not return; never run the parent's code here
         child_end.close()
         if index < len(self.channels):
             self.channels[index].close()
@@ -336,72 +300,4 @@ class _Parent:
         conn.close()
 
 
-async def _parent_main(settings: ReplicaServerSettings) -> None:
-    parent = _Parent(settings)
-    loop = asyncio.get_running_loop()
-    listeners = []
-    tcp = socket.create_server((settings.host, settings.port), backlog=1024, reuse_port=False)
-    tcp.setblocking(False)
-    listeners.append(tcp)
-    if settings.unix_socket:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(settings.unix_socket)
-        us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        us.bind(settings.unix_socket)
-        us.listen(1024)
-        us.setblocking(False)
-        listeners.append(us)
-    for i in range(settings.workers):
-        parent.spawn(i)
-    for ls in listeners:
-        loop.add_reader(ls.fileno(), parent.accept, ls)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def supervise() -> None:  # uvloop keeps SIGCHLD for itself: poll instead
-        while not stop.is_set():
-            parent.reap()
-            parent.expire()
-            await asyncio.sleep(0.2)
-
-    supervisor = loop.create_task(supervise())
-    port = tcp.getsockname()[1]
-    where = f"{settings.host}:{port}" + (
-        f" and {settings.unix_socket}" if settings.unix_socket else ""
-    )
-    print(
-        f"replica server listening on {where} (node {settings.node}, {settings.workers} "
-        f"workers, disks {', '.join(parent.registry.disks)})",
-        flush=True,
-    )
-    await stop.wait()
-    supervisor.cancel()
-    for ls in listeners:
-        loop.remove_reader(ls.fileno())
-        ls.close()
-    for pid in parent.pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    for pid in parent.pids:
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done:
-                break
-            await asyncio.sleep(0.05)
-    if settings.unix_socket:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(settings.unix_socket)
-
-
-def run_workers(settings: ReplicaServerSettings) -> None:
-    import uvloop
-
-    uvloop.run(_parent_main(settings))
-
-
-__all__ = ["owner", "run_workers"]
+__all__ = ["Dispatcher", "owner"]

@@ -1,0 +1,196 @@
+"""The replica server as a process (``cargohold replica-server``, started by the node agent):
+one process serving every replica on the node's disks, or a parent and ``workers`` forked
+processes with the replicas sharded by id (``replica/workers.py``). Runs on uvloop until
+SIGTERM/SIGINT, then closes cleanly (``ReplicaServer.stop``: flushes finish, every replica
+is flushed and marked clean).
+
+Signals, event loops, memory tuning (``memtune``), the listening sockets of the parent,
+forking and restarting workers all live here; ``server.py`` is the server inside one event
+loop, ``workers.py`` the parent's dispatching. Logging is set up by the caller
+(``cargohold.logs``) before ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+
+from cargohold import memtune
+from cargohold.replica.server import ReplicaServer
+from cargohold.replica.session import Session
+from cargohold.replica.workers import Dispatcher, owner
+from cargohold.settings import ReplicaServerSettings
+
+log = logging.getLogger("cargohold.replica")
+
+
+def run(settings: ReplicaServerSettings) -> None:
+    """Run the server until SIGTERM/SIGINT (uvloop when available)."""
+    memtune.tune_malloc()
+    if settings.workers > 1:
+        import uvloop
+
+        uvloop.run(_parent_main(settings))
+        return
+    try:
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        asyncio.run(serve(settings))
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (in the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+# --- one process ---------------------------------------------------------------------------
+
+
+async def serve(settings: ReplicaServerSettings, ready_fd: int | None = None) -> None:
+    server = ReplicaServer(settings)
+    await server.start()
+    stop = _stop_on_signals()
+    where = f"{settings.host}:{server.port}"
+    if settings.unix_socket:
+        where += f" and {settings.unix_socket}"
+    print(
+        f"replica server listening on {where} (node {settings.node}, disks "
+        f"{', '.join(server.registry.disks)})",
+        flush=True,
+    )
+    memtune.freeze_gc()
+    adm = server.admission
+    # low RSS when idle, also after a flood of connections that sent no request
+    idle = memtune.IdleTrim(lambda: server.counters["requests"] + adm.accepted + adm.refused)
+    idle.start()
+    log.info(
+        "accepting at most %d connections (%d of them for this node: %s), %d per address",
+        adm.limit,
+        adm.reserve,
+        ", ".join(sorted(adm.trusted)),
+        settings.max_connections_per_address,
+    )
+    await stop.wait()
+    log.info("shutting down")
+    idle.stop()
+    await server.stop()
+
+
+# --- a worker process ----------------------------------------------------------------------
+
+
+async def _worker_main(settings: ReplicaServerSettings, index: int, channel: socket.socket) -> None:
+    n = settings.workers
+    server = ReplicaServer(settings, owns=lambda rid: owner(rid, n) == index)
+    loop = asyncio.get_running_loop()
+    stop = _stop_on_signals()
+    channel.setblocking(False)
+    adopting: set[asyncio.Task] = set()
+
+    def adopt() -> None:
+        try:
+            _, fds, _, _ = socket.recv_fds(channel, 1, 4)
+        except BlockingIOError:
+            return
+        except OSError:
+            stop.set()
+            return
+        if not fds:  # the parent is gone
+            stop.set()
+            return
+        for fd in fds:
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            task = loop.create_task(loop.connect_accepted_socket(lambda: Session(server), sock))
+            adopting.add(task)
+            task.add_done_callback(adopting.discard)
+
+    loop.add_reader(channel.fileno(), adopt)
+    await stop.wait()
+    loop.remove_reader(channel.fileno())
+    await server.stop()
+
+
+def _run_worker(settings: ReplicaServerSettings, index: int, channel: socket.socket) -> None:
+    """A forked worker's whole life: serve, then exit without running the parent's code."""
+    import uvloop
+
+    os.environ["CARGOHOLD_WORKER"] = str(index)
+    try:
+        uvloop.run(_worker_main(settings, index, channel))
+    finally:
+        os._exit(0)
+
+
+# --- the parent of the workers -------------------------------------------------------------
+
+
+async def _parent_main(settings: ReplicaServerSettings) -> None:
+    parent = Dispatcher(settings, lambda index, channel: _run_worker(settings, index, channel))
+    loop = asyncio.get_running_loop()
+    listeners = []
+    tcp = socket.create_server((settings.host, settings.port), backlog=1024, reuse_port=False)
+    tcp.setblocking(False)
+    listeners.append(tcp)
+    if settings.unix_socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(settings.unix_socket)
+        us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        us.bind(settings.unix_socket)
+        us.listen(1024)
+        us.setblocking(False)
+        listeners.append(us)
+    for i in range(settings.workers):
+        parent.spawn(i)
+    for ls in listeners:
+        loop.add_reader(ls.fileno(), parent.accept, ls)
+    stop = _stop_on_signals()
+
+    async def supervise() -> None:  # uvloop keeps SIGCHLD for itself: poll instead
+        while not stop.is_set():
+            parent.reap()
+            parent.expire()
+            await asyncio.sleep(0.2)
+
+    supervisor = loop.create_task(supervise())
+    port = tcp.getsockname()[1]
+    where = f"{settings.host}:{port}" + (
+        f" and {settings.unix_socket}" if settings.unix_socket else ""
+    )
+    print(
+        f"replica server listening on {where} (node {settings.node}, {settings.workers} "
+        f"workers, disks {', '.join(parent.registry.disks)})",
+        flush=True,
+    )
+    await stop.wait()
+    supervisor.cancel()
+    for ls in listeners:
+        loop.remove_reader(ls.fileno())
+        ls.close()
+    for pid in parent.pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for pid in parent.pids:
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            await asyncio.sleep(0.05)
+    if settings.unix_socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(settings.unix_socket)
