@@ -11,15 +11,17 @@ the model).
 - **Judge** each answer: a replica that errs, times out or answers with a generation other
   than the one the engine handed out (it missed a mutation: a gap) is dropped (ERR) and
   counted (``replica_errors``); one that says a newer engine owns it (Fenced) is dropped
-  and the reason returned (``Tally.fenced``), which the volume makes its own. A replica
+  and the reason handed to ``fenced`` (the volume makes it its own). A replica
   that stored it has its generation moved forward, never back (a FLUSH answer can overtake
   later writes' answers).
 - **Enforce** (``FanOut.require``): fewer than ``min_replicas`` replicas stored it ->
   ReplicaIOError (EIO to the NBD client): the engine never acknowledges what it did not
   store (invariant 1). ``FanOut.enough`` checks the same before a generation is handed out.
 
-Nothing here knows the volume: the targets, the request and its generation come in, a
-``Tally`` goes out, so the unit tests drive it with in-memory replica links.
+Nothing here knows the volume: the targets, the request and its generation come in, the
+number of replicas that stored it goes out, so the unit tests drive it with in-memory
+replica links. (It is on the write path of every request: no objects beyond a tuple are
+made per mutation.)
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.errors import CargoholdError, Fenced, ReplicaIOError
@@ -43,26 +44,23 @@ log = logging.getLogger("cargohold.engine")
 Send = Callable[[ReplicaClient], "asyncio.Future[Reply]"]
 
 
-@dataclass(slots=True)
-class Tally:
-    """What one fan-out came to."""
-
-    stored: int  # replicas that stored it
-    started: float  # time.perf_counter() once every request was queued (for latency)
-    fenced: str | None = None  # why this engine is fenced, if a replica said it is
-
-
 class FanOut:
     """Fans mutations out to a write set for volume ``volume`` (its name, for messages).
     ``settings`` is read at each call (``min_replicas``, ``replica_timeout``); failures
-    are counted in ``counters`` (the volume's)."""
+    are counted in ``counters`` (the volume's); ``fenced(reason)`` is called when a
+    replica says a newer engine owns it."""
 
     def __init__(
-        self, volume: str, settings: EngineSettings, counters: collections.Counter[str]
+        self,
+        volume: str,
+        settings: EngineSettings,
+        counters: collections.Counter[str],
+        fenced: Callable[[str], None],
     ) -> None:
         self.volume = volume
         self.settings = settings
         self.counters = counters
+        self.fenced = fenced
 
     def enough(self, targets: list[ReplicaLink]) -> None:
         """Raise ReplicaIOError if the write set is too small to store anything."""
@@ -72,10 +70,11 @@ class FanOut:
                 f"{self.settings.min_replicas} needed"
             )
 
-    async def send(self, targets: list[ReplicaLink], send: Send, gen: int) -> Tally:
+    async def send(self, targets: list[ReplicaLink], send: Send, gen: int) -> tuple[int, float]:
         """Send one request (``send(client)``) to each target, await every answer and judge
         each one (module doc). ``gen``: the generation the request carries (0: none, a
-        FLUSH). Never raises for a replica's failure; ``require`` judges the tally."""
+        FLUSH). -> (how many replicas stored it, ``time.perf_counter()`` once every request
+        was queued). Never raises for a replica's failure: ``require`` judges the count."""
         sent = []
         for link in targets:  # no await in this loop: every replica gets the same order
             assert link.client is not None
@@ -85,22 +84,20 @@ class FanOut:
                 link.drop(str(e))
         started = time.perf_counter()
         await answers([f for _, f in sent], self.settings.replica_timeout)
-        tally = Tally(0, started)
+        stored = 0
         for link, fut in sent:
-            tally.stored += self._stored(link, fut, gen, tally)
-        return tally
+            stored += self._stored(link, fut, gen)
+        return stored, started
 
-    def require(self, tally: Tally, what: str) -> None:
+    def require(self, stored: int, what: str) -> None:
         """Raise ReplicaIOError unless at least ``min_replicas`` replicas stored it."""
-        if tally.stored < self.settings.min_replicas:
+        if stored < self.settings.min_replicas:
             raise ReplicaIOError(
-                f"volume {self.volume}: {what} done on {tally.stored} replicas, "
+                f"volume {self.volume}: {what} done on {stored} replicas, "
                 f"{self.settings.min_replicas} needed"
             )
 
-    def _stored(
-        self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int, tally: Tally
-    ) -> bool:
+    def _stored(self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int) -> bool:
         """One replica's answer (``fut`` is done): True if it stored it, else it is
         dropped."""
         try:
@@ -108,7 +105,7 @@ class FanOut:
             assert link.client is not None
             link.client.check(reply)
         except Fenced as e:
-            tally.fenced = f"a newer engine owns replica {link.spec}: {e}"
+            self.fenced(f"a newer engine owns replica {link.spec}: {e}")
             link.drop(str(e))
             return False
         except (TimeoutError, CargoholdError, OSError, AssertionError) as e:

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from cargohold.constants import BLOCK_SIZE
-from cargohold.engine.fanout import FanOut, Send, answers
+from cargohold.engine.fanout import FanOut, answers
 from cargohold.engine.local_reads import LocalReads
 from cargohold.engine.rebuild import rebuild
 from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec
@@ -104,7 +104,7 @@ class Volume:
             collections.Counter
         )
         self.local = LocalReads(self, settings.local_reads)
-        self.fanout = FanOut(name, settings, self.counters)
+        self.fanout = FanOut(name, settings, self.counters, self._fence)
 
     # --- start and stop --------------------------------------------------------------
     async def start(self) -> None:
@@ -240,27 +240,18 @@ class Volume:
         self._inflight += 1
         self._idle.clear()
         try:
-            await self._to_write_set(targets, lambda c: send(c, gen), gen, what)
+            stored, t0 = await self.fanout.send(targets, lambda c: send(c, gen), gen)
+            self._observe(what, t0)
+            self.check_usable()
+            self.fanout.require(stored, what)
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _to_write_set(
-        self,
-        targets: list[ReplicaLink],
-        send: Send,
-        gen: int,
-        what: str,
-    ) -> None:
-        """Send one request to each target, await every answer (dropping replicas that
-        fail), and fail unless at least ``min_replicas`` did it (``fanout``)."""
-        tally = await self.fanout.send(targets, send, gen)
-        if tally.fenced is not None:
-            self.fenced = tally.fenced
-        self._observe(what, tally.started)
-        self.check_usable()
-        self.fanout.require(tally, what)
+    def _fence(self, why: str) -> None:
+        """A replica said a newer engine owns it: every request fails from now on."""
+        self.fenced = why
 
     def _observe(self, what: str, t0: float) -> None:
         us = int((time.perf_counter() - t0) * 1e6)
@@ -295,7 +286,10 @@ class Volume:
 
     async def flush(self) -> None:
         self.check_usable()
-        await self._to_write_set(self.write_set(), lambda c: c.send(Op.FLUSH), 0, "flush")
+        stored, t0 = await self.fanout.send(self.write_set(), lambda c: c.send(Op.FLUSH), 0)
+        self._observe("flush", t0)
+        self.check_usable()
+        self.fanout.require(stored, "flush")
 
     def readers(self) -> list[ReplicaLink]:
         rw = [link for link in self.links if link.mode is Mode.RW]

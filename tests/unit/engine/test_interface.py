@@ -15,6 +15,7 @@ import pytest
 from cargohold.engine.interface import VolumeCore
 from cargohold.engine.replica_link import Mode, ReplicaSpec
 from cargohold.engine.volume import Volume
+from cargohold.errors import Fenced
 from cargohold.protocol.replica_wire import STATUS_OK, Reply
 from cargohold.settings import EngineSettings
 from tests.unit.engine.test_fanout import MemReplica
@@ -141,3 +142,13 @@ async def test_a_hold_cancelled_while_it_waits_lets_mutations_go_on() -> None:
     for t in (first, second):
         t.cancel()
     await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_a_fenced_answer_fences_the_volume_even_when_others_stored_the_write() -> None:
+    vol = volume(MemReplica(), MemReplica(status=Fenced.status))
+    with pytest.raises(Fenced, match=r"a newer engine owns replica r1@127\.0\.0\.1:9001"):
+        await vol.write(0, memoryview(b"a" * 4096), False)
+    assert vol.fenced and vol.robustness() == "faulted"
+    with pytest.raises(Fenced):  # and everything after it
+        await vol.flush()
+    assert vol.status()["counters"]["write"] == 1
