@@ -6,4 +6,8 @@
   the write set, reads from a current replica with checksum repair, failover, start-up
   from persisted generations, consistent snapshots
 - ``rebuild``      online rebuild of a stale or new replica (delta from its generation)
+- ``fanout``       the write fan-out: one mutation to every replica of the write set, the
+  answers collected, failed replicas dropped, ``min_replicas`` enforced
+- ``interface``    what the helpers see of a volume (``VolumeCore``: ``hold``, ``window``,
+  ``readers``, ``check_usable``, ``spawn``, ...) and how the modules depend one way
 """

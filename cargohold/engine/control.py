@@ -28,7 +28,7 @@ import os
 import time
 from typing import Any
 
-from cargohold.engine import snapshots
+from cargohold.engine import importer, snapshots
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
@@ -56,7 +56,7 @@ async def handle(
     if op == "scrub":
         if scrubber is None:
             raise InvalidArgument("this engine runs no scrubber")
-        vol._check_usable()
+        vol.check_usable()
         number = scrubber.request()
         if request.get("wait"):
             return {"scrub": await scrubber.wait(number)}
@@ -95,7 +95,7 @@ async def handle(
             spec = ReplicaSpec.parse(source)
         except ConfigError as e:
             raise InvalidArgument(f"source: {e}") from None
-        return {"import": await vol.start_import(spec, snapshot)}
+        return {"import": await importer.start_import(vol, spec, snapshot)}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
         "expand, add-replica, remove-replica, import, scrub)"

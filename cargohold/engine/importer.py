@@ -1,10 +1,10 @@
 """Import (for clones): copy a snapshot of a replica of another volume into a volume.
 
-Called by ``volume`` (``Volume.start_import``, which the engine's control op ``import``
-calls). The source replica is opened at the epoch it already has, so the engine that owns
-it, if one runs, is not fenced. The snapshot is read as extent streams (EXPORT) and written
-through the volume's ordinary replicated write path, in the background; the job's progress
-is the dict the volume shows as ``status()["import"]``.
+Called by ``control`` (the engine's control op ``import``). The source replica is opened
+at the epoch it already has, so the engine that owns it, if one runs, is not fenced. The
+snapshot is read as extent streams (EXPORT) and written through the volume's ordinary
+replicated write path, in the background; the job's progress is ``Volume.import_job``,
+which the volume shows as ``status()["import"]``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from cargohold.constants import BLOCK_SIZE
 from cargohold.engine.replica_link import ReplicaSpec
-from cargohold.engine.volume import Volume, _describe
+from cargohold.engine.volume import Volume, describe
 from cargohold.errors import Busy, CargoholdError, Fenced, InvalidArgument, NotFound, ReplicaIOError
 from cargohold.protocol import extent_stream as xs
 from cargohold.replica.client import ReplicaClient
@@ -30,9 +30,9 @@ IMPORT_CHUNK = 4 << 20  # data per EXPORT of an import (and per batch of writes)
 async def start_import(vol: Volume, source: ReplicaSpec, snapshot: str) -> dict[str, Any]:
     """Check the source (reachable, has the snapshot, fits), start the copy in the
     background, and return the job's progress as it is now."""
-    vol._check_usable()
-    if vol._import is not None and vol._import["state"] == "running":
-        raise Busy(f"volume {vol.name}: an import is already running ({vol._import})")
+    vol.check_usable()
+    if vol.import_job is not None and vol.import_job["state"] == "running":
+        raise Busy(f"volume {vol.name}: an import is already running ({vol.import_job})")
     job: dict[str, Any] = {
         "state": "running",
         "source": str(source),
@@ -42,7 +42,7 @@ async def start_import(vol: Volume, source: ReplicaSpec, snapshot: str) -> dict[
         "data_bytes": 0,
         "error": "",
     }
-    vol._import = job
+    vol.import_job = job
     try:
         client = await _open_source(vol, source)
         try:
@@ -51,11 +51,11 @@ async def start_import(vol: Volume, source: ReplicaSpec, snapshot: str) -> dict[
             client.close_nowait()
             raise
     except (CargoholdError, OSError, TimeoutError) as e:
-        job.update(state="failed", error=_describe(e))
+        job.update(state="failed", error=describe(e))
         if isinstance(e, CargoholdError):
             raise
-        raise ReplicaIOError(f"import source {source}: {_describe(e)}") from None
-    vol._spawn(_run_import(vol, client, source, snapshot, job))
+        raise ReplicaIOError(f"import source {source}: {describe(e)}") from None
+    vol.spawn(_run_import(vol, client, source, snapshot, job))
     return dict(job)
 
 
@@ -141,7 +141,7 @@ async def _run_import(
         job.update(state="failed", error="cancelled: the engine stopped")
         raise
     except Exception as e:
-        job.update(state="failed", error=_describe(e))
+        job.update(state="failed", error=describe(e))
         log.warning("volume %s: import of %s from %s failed: %s", vol.name, name, source, e)
     else:
         job.update(state="succeeded", seconds=round(time.monotonic() - t0, 3))

@@ -31,14 +31,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
+from cargohold.engine.interface import VolumeCore
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.errors import CargoholdError, ChecksumError
 from cargohold.store.reader import ReplicaReader, host_identity
-
-if TYPE_CHECKING:
-    from cargohold.engine.volume import Volume
 
 log = logging.getLogger("cargohold.engine")
 
@@ -47,7 +44,7 @@ RETRY_OPEN = 5.0  # seconds before trying again to open a reader that could not 
 
 
 class LocalReads:
-    def __init__(self, vol: Volume, enabled: bool = True) -> None:
+    def __init__(self, vol: VolumeCore, enabled: bool = True) -> None:
         self.vol = vol
         self.enabled = enabled
         self.layout = 0  # bumped when the engine changed the replicas' layer chains

@@ -28,18 +28,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from cargohold import lineage
 from cargohold.constants import BLOCK_SIZE
 from cargohold.engine import compare
+from cargohold.engine.interface import VolumeCore
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.errors import ReplicaIOError
 from cargohold.protocol import extent_stream as xs
 from cargohold.replica.client import ReplicaClient
-
-if TYPE_CHECKING:
-    from cargohold.engine.volume import Volume
 
 log = logging.getLogger("cargohold.engine")
 
@@ -65,7 +62,7 @@ def delta_start(
     return target.generation
 
 
-async def rebuild(vol: Volume, link: ReplicaLink) -> None:
+async def rebuild(vol: VolumeCore, link: ReplicaLink) -> None:
     assert link.client is not None
     target = link.client
     t0 = time.monotonic()
@@ -100,8 +97,7 @@ async def rebuild(vol: Volume, link: ReplicaLink) -> None:
     await _copy(vol, link, target, since, timeout, t0)
     await _verify(vol, link, target, timeout)
     # the end: hold mutations, make the target durable and current, resume
-    await vol._hold()
-    try:
+    async with vol.hold():
         if link.mode is Mode.ERR:
             raise ReplicaIOError(f"replica {link.spec} failed during its rebuild: {link.error}")
         history = (await asyncio.wait_for(_source(vol).info(), timeout)).get("history", [])
@@ -114,8 +110,6 @@ async def rebuild(vol: Volume, link: ReplicaLink) -> None:
         link.seen = gen
         link.history = history
         link.mode = Mode.RW
-    finally:
-        vol._release()
     took = time.monotonic() - t0
     link.rebuild.update(finished=time.time(), seconds=round(took, 3))
     vol.counters["rebuilds"] += 1
@@ -131,7 +125,7 @@ async def rebuild(vol: Volume, link: ReplicaLink) -> None:
 
 
 async def _copy(
-    vol: Volume, link: ReplicaLink, target: ReplicaClient, since: int, timeout: float, t0: float
+    vol: VolumeCore, link: ReplicaLink, target: ReplicaClient, since: int, timeout: float, t0: float
 ) -> None:
     """Copy what changed since ``since`` from a current replica to ``target``, chunk by
     chunk. Unthrottled, the copy is pipelined: the source exports chunk k+1 while the target
@@ -188,7 +182,9 @@ async def _copy(
         vol.window_done()
 
 
-async def _verify(vol: Volume, link: ReplicaLink, target: ReplicaClient, timeout: float) -> None:
+async def _verify(
+    vol: VolumeCore, link: ReplicaLink, target: ReplicaClient, timeout: float
+) -> None:
     """Compare the target's checksum map with the source's over the whole volume; copy
     what differs again, up to VERIFY_ROUNDS times per range (module doc)."""
     link.rebuild.update(diverged_blocks=0, recopied_bytes=0, verified_bytes=0)
@@ -235,7 +231,7 @@ async def _verify(vol: Volume, link: ReplicaLink, target: ReplicaClient, timeout
     link.rebuild["verify_seconds"] = round(time.monotonic() - t0, 3)
 
 
-async def _export(vol: Volume, pos: int, since: int, timeout: float) -> memoryview:
+async def _export(vol: VolumeCore, pos: int, since: int, timeout: float) -> memoryview:
     source = _source(vol)
     hi = min(vol.size, pos + vol.settings.rebuild_window)
     return await asyncio.wait_for(
@@ -243,14 +239,14 @@ async def _export(vol: Volume, pos: int, since: int, timeout: float) -> memoryvi
     )
 
 
-def _source(vol: Volume) -> ReplicaClient:
-    for candidate in vol._readers():
+def _source(vol: VolumeCore) -> ReplicaClient:
+    for candidate in vol.readers():
         if candidate.client is not None:
             return candidate.client
     raise ReplicaIOError(f"volume {vol.name}: no current replica to rebuild from")
 
 
-async def _throttle(vol: Volume, link: ReplicaLink, t0: float) -> None:
+async def _throttle(vol: VolumeCore, link: ReplicaLink, t0: float) -> None:
     """Keep the copy rate at or under the setting (0 = unlimited): sleep the difference."""
     rate = vol.settings.rebuild_bandwidth
     if rate:

@@ -222,7 +222,7 @@ class Scrubber:
         t0 = time.monotonic()
         off = 0
         while off < vol.size:
-            vol._check_usable()
+            vol.check_usable()
             length = min(window, vol.size - off)
             links = [
                 lk
@@ -275,11 +275,8 @@ class Scrubber:
         what still differs then is settled."""
         if not await self._compare_once(off, length, report, skip, settle=False):
             return
-        await self.vol._hold()
-        try:
+        async with self.vol.hold():
             await self._compare_once(off, length, report, skip, settle=True)
-        finally:
-            self.vol._release()
 
     async def _compare_once(
         self, off: int, length: int, report: dict[str, Any], skip: set[str], settle: bool

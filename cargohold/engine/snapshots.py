@@ -48,43 +48,44 @@ async def _existing(links: list[ReplicaLink], name: str) -> list[dict[str, Any] 
 
 
 async def create(vol: Volume, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    vol._check_usable()
+    vol.check_usable()
     _no_rebuild(vol, "snapshot")
-    await vol._hold()
-    try:
-        targets = vol.write_set()
-        have = await _existing(targets, name)
-        infos = [h for h in have if h is not None]
-        if len(infos) == len(targets) and len({h.get("generation") for h in infos}) == 1:
-            # on every replica at one point: taken already (the manager counts that as the
-            # success of a retried create)
-            raise AlreadyExists(f"volume {vol.name}: snapshot {name!r} already exists")
-        if infos:  # a crash left it on some replicas only, or at different points
-            log.warning(
-                "volume %s: snapshot %s exists on %d of %d replicas: taking it again on all",
-                vol.name,
-                name,
-                len(infos),
-                len(targets),
-            )
-            partial = [link for link, h in zip(targets, have, strict=True) if h is not None]
-            await vol.broadcast(lambda c: c.snapshot_delete(name), partial, tolerate=(NotFound,))
-        first = targets[0].client if targets else None
+    async with vol.hold():
+        try:
+            targets = vol.write_set()
+            have = await _existing(targets, name)
+            infos = [h for h in have if h is not None]
+            if len(infos) == len(targets) and len({h.get("generation") for h in infos}) == 1:
+                # on every replica at one point: taken already (the manager counts that as the
+                # success of a retried create)
+                raise AlreadyExists(f"volume {vol.name}: snapshot {name!r} already exists")
+            if infos:  # a crash left it on some replicas only, or at different points
+                log.warning(
+                    "volume %s: snapshot %s exists on %d of %d replicas: taking it again on all",
+                    vol.name,
+                    name,
+                    len(infos),
+                    len(targets),
+                )
+                partial = [link for link, h in zip(targets, have, strict=True) if h is not None]
+                await vol.broadcast(
+                    lambda c: c.snapshot_delete(name), partial, tolerate=(NotFound,)
+                )
+            first = targets[0].client if targets else None
 
-        async def take(client: ReplicaClient) -> dict[str, Any]:
-            if client is not first:
-                await faults.pause("SNAPSHOT")
-            return await client.snapshot_create(name, labels or {})
+            async def take(client: ReplicaClient) -> dict[str, Any]:
+                if client is not first:
+                    await faults.pause("SNAPSHOT")
+                return await client.snapshot_create(name, labels or {})
 
-        done = await vol.broadcast(take, targets)
-    finally:
-        vol.local.changed_layout()  # a new head: local reads reopen before writes resume
-        vol._release()
+            done = await vol.broadcast(take, targets)
+        finally:
+            vol.local.changed_layout()  # a new head: local reads reopen before writes resume
     return done[0]
 
 
 async def listing(vol: Volume) -> list[dict[str, Any]]:
-    for link in vol._readers():
+    for link in vol.readers():
         assert link.client is not None
         return await link.client.snapshot_list()
     raise ReplicaIOError(f"volume {vol.name}: no current replica")
@@ -92,7 +93,7 @@ async def listing(vol: Volume) -> list[dict[str, Any]]:
 
 async def delete(vol: Volume, name: str) -> None:
     """On every replica of the write set; one that never had it is fine."""
-    vol._check_usable()
+    vol.check_usable()
     first = next((link.client for link in vol.write_set()), None)
 
     async def one(client: ReplicaClient) -> bool:
@@ -108,15 +109,12 @@ async def delete(vol: Volume, name: str) -> None:
 
 
 async def revert(vol: Volume, name: str) -> None:
-    vol._check_usable()
+    vol.check_usable()
     _no_rebuild(vol, "revert")
-    await vol._hold()
-    try:
+    async with vol.hold():
         vol.gen += 1
         gen = vol.gen
         with vol.local.paused():
             await vol.broadcast(lambda c: c.snapshot_revert(name, generation=gen))
         for link in vol.write_set():
             link.generation = gen
-    finally:
-        vol._release()

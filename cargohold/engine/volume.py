@@ -11,17 +11,21 @@ engine sent it.
   (epoch, generation) the manager recorded), an engine whose reachable replicas are all
   older refuses to start rather than serve without acknowledged writes.
 - **Mutations** (write, trim, write-zeroes) get the engine's next generation and go to every
-  replica of the write set (RW and WO) at once; the reply comes when all have answered.
-  A replica that errs, times out or reports a gap in its generations is dropped (ERR), and
-  the request succeeds if at least ``min_replicas`` stored it, else fails with EIO: the
-  engine never acknowledges what it did not store (invariant 1).
+  replica of the write set (RW and WO) at once (``fanout``); the reply comes when all have
+  answered. A replica that errs, times out or reports a gap in its generations is dropped
+  (ERR), and the request succeeds if at least ``min_replicas`` stored it, else fails with
+  EIO: the engine never acknowledges what it did not store (invariant 1).
 - **Reads** go to an RW replica, the local one first, else in turn. A checksum error is
   read again from another replica, and the bad block is repaired in place (invariant 5).
 - **Snapshots** (``snapshots``) hold new mutations, wait for those in flight, snapshot every
   replica at the same point, and resume: crash-consistent across replicas.
-- **Import** (``start_import``, for clones; in ``importer``): a background task copies a
-  snapshot of a replica of another volume into this one through the ordinary write path,
-  without fencing the engine that owns the source.
+- **Import** (for clones; ``importer.start_import``): a background task copies a snapshot
+  of a replica of another volume into this one through the ordinary write path, without
+  fencing the engine that owns the source; ``import_job`` is its progress.
+
+The helpers (``rebuild``, ``local_reads``, ``snapshots``, ``scrubber``, ``importer``) use
+only the public names of the small internal interface described in ``interface``
+(``hold``, ``window``, ``readers``, ``check_usable``, ``spawn``, ...).
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from cargohold.constants import BLOCK_SIZE
+from cargohold.engine.fanout import FanOut, answers
 from cargohold.engine.local_reads import LocalReads
+from cargohold.engine.rebuild import rebuild
 from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec
 from cargohold.errors import (
     AlreadyExists,
@@ -48,7 +54,7 @@ from cargohold.errors import (
     ReplicaIOError,
 )
 from cargohold.protocol.nbd import STATE_HOLE, STATE_ZERO
-from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
+from cargohold.protocol.replica_wire import FLAG_FUA, Op
 from cargohold.replica.client import ReplicaClient
 from cargohold.settings import EngineSettings
 
@@ -78,7 +84,7 @@ class Volume:
         self.epoch_jump = epoch_jump  # after `volume recover-epoch`: OPEN may jump epochs
         self.endpoint = ""  # nbd://HOST:PORT/NAME, once the NBD server listens
         self._top = (0, 0)  # (last epoch, generation) of the current replicas at start
-        self._import: dict[str, Any] | None = None  # the last import's progress
+        self.import_job: dict[str, Any] | None = None  # the last import's progress (importer)
         self.links = [ReplicaLink(spec) for spec in replicas]
         self.gen = 0  # the last generation handed out
         self._size = 0
@@ -98,6 +104,7 @@ class Volume:
             collections.Counter
         )
         self.local = LocalReads(self, settings.local_reads)
+        self.fanout = FanOut(name, settings, self.counters, self._fence)
 
     # --- start and stop --------------------------------------------------------------
     async def start(self) -> None:
@@ -139,7 +146,7 @@ class Volume:
         )
         for link in reachable:
             if link.mode is Mode.WO:
-                self._spawn(self._rebuild(link))
+                self.spawn(self._rebuild(link))
 
     def _stale_start(self, top: tuple[int, int]) -> str:
         epoch, gen = self.require
@@ -171,7 +178,7 @@ class Volume:
             if client is not None:
                 client.close_nowait()
             link.drop("")
-            link.error = f"open failed: {_describe(e)}"  # also when it was ERR already
+            link.error = f"open failed: {describe(e)}"  # also when it was ERR already
             return
         link.client = client
         link.generation = info["generation"]
@@ -191,10 +198,13 @@ class Volume:
                 await link.client.close()
                 link.client = None
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` as a background task for the volume's life: ``close`` cancels it."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    _spawn = spawn  # the name cli/engine_cmd.py still calls (issue 15 item 2 moves that code)
 
     # --- the write set ------------------------------------------------------------------
     @property
@@ -210,88 +220,38 @@ class Volume:
             return "faulted"
         return "healthy" if rw == len(self.links) else "degraded"
 
-    def _check_usable(self) -> None:
+    def check_usable(self) -> None:
         if self.fenced:
             raise Fenced(f"volume {self.name}: {self.fenced}")
-
-    def _stored(self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int) -> bool:
-        """One replica's answer to a mutation (``fut`` is done): True if it stored it, else
-        it is dropped."""
-        try:
-            reply = fut.result()
-            assert link.client is not None
-            link.client.check(reply)
-        except Fenced as e:
-            self.fenced = f"a newer engine owns replica {link.spec}: {e}"
-            link.drop(str(e))
-            return False
-        except (TimeoutError, CargoholdError, OSError, AssertionError) as e:
-            link.drop(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
-            self.counters["replica_errors"] += 1
-            log.warning("volume %s: replica %s dropped: %s", self.name, link.spec, link.error)
-            return False
-        if gen and link.mode is Mode.RW and reply.generation != gen:
-            link.drop(f"missed a mutation: generation {reply.generation}, expected {gen}")
-            log.warning("volume %s: replica %s dropped: %s", self.name, link.spec, link.error)
-            return False
-        # a FLUSH reply can overtake later writes' replies: never go backwards
-        link.generation = max(link.generation, reply.generation)
-        return True
 
     async def _fan_out(
         self, offset: int, length: int, send: Callable[[ReplicaClient, int], Any], what: str
     ) -> None:
         """A mutation: next generation, to every replica of the write set, all answers."""
-        self._check_usable()
+        self.check_usable()
         await self._running.wait()
         while self._window is not None and _overlap(self._window, offset, length):
             await self._window_free.wait()
-        self._check_usable()
+        self.check_usable()
         targets = self.write_set()
-        if len(targets) < self.settings.min_replicas:
-            raise ReplicaIOError(
-                f"volume {self.name}: {len(targets)} replicas in the write set, "
-                f"{self.settings.min_replicas} needed"
-            )
+        self.fanout.enough(targets)
         self.gen += 1
         gen = self.gen
         self._inflight += 1
         self._idle.clear()
         try:
-            await self._to_write_set(targets, lambda c: send(c, gen), gen, what)
+            stored, t0 = await self.fanout.send(targets, lambda c: send(c, gen), gen)
+            self._observe(what, t0)
+            self.check_usable()
+            self.fanout.require(stored, what)
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _to_write_set(
-        self,
-        targets: list[ReplicaLink],
-        send: Callable[[ReplicaClient], Any],
-        gen: int,
-        what: str,
-    ) -> None:
-        """Send one request to each target, await every answer (dropping replicas that
-        fail), and fail unless at least ``min_replicas`` did it."""
-        sent = []
-        for link in targets:  # no await in this loop: every replica gets the same order
-            assert link.client is not None
-            try:
-                sent.append((link, send(link.client)))
-            except CargoholdError as e:
-                link.drop(str(e))
-        t0 = time.perf_counter()
-        await _answers([f for _, f in sent], self.settings.replica_timeout)
-        ok = 0
-        for lk, f in sent:
-            ok += self._stored(lk, f, gen)
-        self._observe(what, t0)
-        self._check_usable()
-        if ok < self.settings.min_replicas:
-            raise ReplicaIOError(
-                f"volume {self.name}: {what} done on {ok} replicas, "
-                f"{self.settings.min_replicas} needed"
-            )
+    def _fence(self, why: str) -> None:
+        """A replica said a newer engine owns it: every request fails from now on."""
+        self.fenced = why
 
     def _observe(self, what: str, t0: float) -> None:
         us = int((time.perf_counter() - t0) * 1e6)
@@ -325,10 +285,13 @@ class Volume:
             await self.flush()
 
     async def flush(self) -> None:
-        self._check_usable()
-        await self._to_write_set(self.write_set(), lambda c: c.send(Op.FLUSH), 0, "flush")
+        self.check_usable()
+        stored, t0 = await self.fanout.send(self.write_set(), lambda c: c.send(Op.FLUSH), 0)
+        self._observe("flush", t0)
+        self.check_usable()
+        self.fanout.require(stored, "flush")
 
-    def _readers(self) -> list[ReplicaLink]:
+    def readers(self) -> list[ReplicaLink]:
         rw = [link for link in self.links if link.mode is Mode.RW]
         local = [link for link in rw if link.spec.local]
         others = [link for link in rw if not link.spec.local]
@@ -350,17 +313,17 @@ class Volume:
         return data
 
     async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
-        self._check_usable()
+        self.check_usable()
         if (data := self.read_now(offset, length)) is not None:
             return data
         bad: list[tuple[ReplicaLink, list[int]]] = []
         t0 = time.perf_counter()
-        for link in self._readers():
+        for link in self.readers():
             client = link.client
             assert client is not None
             try:
                 fut = client.send(Op.READ, offset, length)
-                await _answers([fut], self.settings.replica_timeout)
+                await answers([fut], self.settings.replica_timeout)
                 data = client.check(fut.result()).payload
             except ChecksumError as e:
                 self.counters["checksum_errors"] += 1
@@ -374,14 +337,14 @@ class Volume:
                 link.drop(f"read failed: {type(e).__name__}: {e}")
                 continue
             for victim, blocks in bad:
-                self._spawn(self._repair(victim, blocks, offset, data))
+                self.spawn(self._repair(victim, blocks, offset, data))
             self._observe("read", t0)
             self.counters["read_bytes"] += length
             return data
         if bad:  # rot on every replica, in different blocks: assemble the range block-wise
             out, more = await self._read_around_rot(offset, length)
             for victim, blocks in bad + more:
-                self._spawn(self._repair(victim, blocks, offset, out))
+                self.spawn(self._repair(victim, blocks, offset, out))
             self._observe("read", t0)
             self.counters["read_bytes"] += length
             return out
@@ -398,12 +361,12 @@ class Volume:
         first = offset // BLOCK_SIZE
         missing = list(range(length // BLOCK_SIZE))
         bad: list[tuple[ReplicaLink, list[int]]] = []
-        for link in self._readers():
+        for link in self.readers():
             client = link.client
             if not missing or client is None:
                 continue
             futs = [client.send(Op.READ, offset + i * BLOCK_SIZE, BLOCK_SIZE) for i in missing]
-            await _answers(futs, self.settings.replica_timeout)
+            await answers(futs, self.settings.replica_timeout)
             still, rotted, failed = [], [], None
             for i, fut in zip(missing, futs, strict=True):
                 try:
@@ -448,8 +411,8 @@ class Volume:
             log.info("volume %s: block %d repaired on %s", self.name, b, link.spec)
 
     async def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
-        self._check_usable()
-        for link in self._readers():
+        self.check_usable()
+        for link in self.readers():
             assert link.client is not None
             try:
                 extents = await asyncio.wait_for(
@@ -472,20 +435,21 @@ class Volume:
         raise ReplicaIOError(f"volume {self.name}: no current replica for block status")
 
     # --- holding mutations (snapshots, the end of a rebuild) ------------------------------
-    async def _hold(self) -> None:
-        """Hold new mutations and wait until those in flight are answered."""
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """``async with vol.hold():`` new mutations wait and those in flight are answered
+        before the block runs; mutations resume when it ends, however it ends."""
         while not self._running.is_set():
             await self._running.wait()
         self._running.clear()
-        await self._idle.wait()
-
-    def _release(self) -> None:
-        self._running.set()
+        try:
+            await self._idle.wait()
+            yield
+        finally:
+            self._running.set()
 
     # --- rebuild ---------------------------------------------------------------------------
     async def _rebuild(self, link: ReplicaLink) -> None:
-        from cargohold.engine.rebuild import rebuild
-
         try:
             await rebuild(self, link)
         except asyncio.CancelledError:
@@ -536,7 +500,7 @@ class Volume:
     async def expand(self, new_size: int) -> None:
         """Online expansion: every replica grows, then the volume. NBD clients see the new
         size when they reconnect (NBD has no resize notification)."""
-        self._check_usable()
+        self.check_usable()
         if not isinstance(new_size, int) or new_size % BLOCK_SIZE or new_size < self._size:
             raise InvalidArgument(
                 f"new size {new_size!r}: a multiple of {BLOCK_SIZE}, at least {self._size}"
@@ -562,7 +526,7 @@ class Volume:
         if link.client is None:
             raise ReplicaIOError(f"replica {spec}: {link.error}")
         link.mode = Mode.WO
-        self._spawn(self._rebuild(link))
+        self.spawn(self._rebuild(link))
 
     def remove_replica(self, replica_id: str) -> None:
         link = next((x for x in self.links if x.spec.id == replica_id), None)
@@ -572,16 +536,6 @@ class Volume:
             raise Busy(f"replica {replica_id} is the last current one of volume {self.name}")
         link.drop("removed")
         self.links.remove(link)
-
-    # --- import (clones) ------------------------------------------------------------------
-    async def start_import(self, source: ReplicaSpec, snapshot: str) -> dict[str, Any]:
-        """Copy snapshot ``snapshot`` of replica ``source`` (of another volume) into this
-        volume, in the background (``importer``). Checks the source first (reachable, has
-        the snapshot, fits); then returns at once, and ``status()["import"]`` shows the
-        progress."""
-        from cargohold.engine.importer import start_import
-
-        return await start_import(self, source, snapshot)
 
     # --- status ------------------------------------------------------------------------
     def current(self) -> tuple[int, int]:
@@ -608,7 +562,7 @@ class Volume:
             "robustness": self.robustness(),
             "fenced": self.fenced,
             "replicas": [link.status() for link in self.links],
-            "import": dict(self._import) if self._import is not None else None,
+            "import": dict(self.import_job) if self.import_job is not None else None,
             "counters": dict(self.counters),
             "latency_log2_us": {k: dict(v) for k, v in self.latency.items()},
         }
@@ -617,33 +571,7 @@ class Volume:
 _FAILED = object()
 
 
-async def _answers(futs: list[asyncio.Future[Reply]], timeout: float) -> None:
-    """Wait until every future is done; those still pending after ``timeout`` seconds fail
-    with TimeoutError. One timer for all of them and no Task per replica: the caller's task
-    awaits each future itself (the replies of several replicas usually arrive together, so
-    it wakes once)."""
-    if all(f.done() for f in futs):
-        return
-    timer = asyncio.get_running_loop().call_later(timeout, _expire, futs)
-    try:
-        for f in futs:
-            if not f.done():
-                with contextlib.suppress(Exception):  # looked at by the caller
-                    await f
-    finally:
-        timer.cancel()
-        for f in futs:  # we were cancelled: nobody waits for these answers any more
-            if not f.done():
-                f.cancel()
-
-
-def _expire(futs: list[asyncio.Future[Reply]]) -> None:
-    for f in futs:
-        if not f.done():
-            f.set_exception(TimeoutError())
-
-
-def _describe(e: BaseException) -> str:
+def describe(e: BaseException) -> str:
     return str(e) if isinstance(e, CargoholdError) and str(e) else f"{type(e).__name__}: {e}"
 
 

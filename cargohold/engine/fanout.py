@@ -1,0 +1,148 @@
+"""The write fan-out: one mutation sent to every replica of a volume's write set, all the
+answers collected, the replicas that failed dropped, ``min_replicas`` enforced. Called by
+``volume`` for writes, trims, write-zeroes and flushes (longhorn-engine's MultiWriterAt is
+the model).
+
+- **Send** (``FanOut.send``): the request is queued on every target's connection without
+  an ``await`` in between, so every replica gets the mutations in the same order; a target
+  whose connection is already lost is dropped at once.
+- **Collect**: one timer for all the answers (``answers``: no Task per replica); an answer
+  still missing after ``replica_timeout`` seconds is a TimeoutError.
+- **Judge** each answer: a replica that errs, times out or answers with a generation other
+  than the one the engine handed out (it missed a mutation: a gap) is dropped (ERR) and
+  counted (``replica_errors``); one that says a newer engine owns it (Fenced) is dropped
+  and the reason handed to ``fenced`` (the volume makes it its own). A replica
+  that stored it has its generation moved forward, never back (a FLUSH answer can overtake
+  later writes' answers).
+- **Enforce** (``FanOut.require``): fewer than ``min_replicas`` replicas stored it ->
+  ReplicaIOError (EIO to the NBD client): the engine never acknowledges what it did not
+  store (invariant 1). ``FanOut.enough`` checks the same before a generation is handed out.
+
+Nothing here knows the volume: the targets, the request and its generation come in, the
+number of replicas that stored it goes out, so the unit tests drive it with in-memory
+replica links. (It is on the write path of every request: no objects beyond a tuple are
+made per mutation.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from cargohold.engine.replica_link import Mode, ReplicaLink
+from cargohold.errors import CargoholdError, Fenced, ReplicaIOError
+from cargohold.protocol.replica_wire import Reply
+from cargohold.replica.client import ReplicaClient
+from cargohold.settings import EngineSettings
+
+log = logging.getLogger("cargohold.engine")
+
+Send = Callable[[ReplicaClient], "asyncio.Future[Reply]"]
+
+
+class FanOut:
+    """Fans mutations out to a write set for volume ``volume`` (its name, for messages).
+    ``settings`` is read at each call (``min_replicas``, ``replica_timeout``); failures
+    are counted in ``counters`` (the volume's); ``fenced(reason)`` is called when a
+    replica says a newer engine owns it."""
+
+    def __init__(
+        self,
+        volume: str,
+        settings: EngineSettings,
+        counters: collections.Counter[str],
+        fenced: Callable[[str], None],
+    ) -> None:
+        self.volume = volume
+        self.settings = settings
+        self.counters = counters
+        self.fenced = fenced
+
+    def enough(self, targets: list[ReplicaLink]) -> None:
+        """Raise ReplicaIOError if the write set is too small to store anything."""
+        if len(targets) < self.settings.min_replicas:
+            raise ReplicaIOError(
+                f"volume {self.volume}: {len(targets)} replicas in the write set, "
+                f"{self.settings.min_replicas} needed"
+            )
+
+    async def send(self, targets: list[ReplicaLink], send: Send, gen: int) -> tuple[int, float]:
+        """Send one request (``send(client)``) to each target, await every answer and judge
+        each one (module doc). ``gen``: the generation the request carries (0: none, a
+        FLUSH). -> (how many replicas stored it, ``time.perf_counter()`` once every request
+        was queued). Never raises for a replica's failure: ``require`` judges the count."""
+        sent = []
+        for link in targets:  # no await in this loop: every replica gets the same order
+            assert link.client is not None
+            try:
+                sent.append((link, send(link.client)))
+            except CargoholdError as e:
+                link.drop(str(e))
+        started = time.perf_counter()
+        await answers([f for _, f in sent], self.settings.replica_timeout)
+        stored = 0
+        for link, fut in sent:
+            stored += self._stored(link, fut, gen)
+        return stored, started
+
+    def require(self, stored: int, what: str) -> None:
+        """Raise ReplicaIOError unless at least ``min_replicas`` replicas stored it."""
+        if stored < self.settings.min_replicas:
+            raise ReplicaIOError(
+                f"volume {self.volume}: {what} done on {stored} replicas, "
+                f"{self.settings.min_replicas} needed"
+            )
+
+    def _stored(self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int) -> bool:
+        """One replica's answer (``fut`` is done): True if it stored it, else it is
+        dropped."""
+        try:
+            reply = fut.result()
+            assert link.client is not None
+            link.client.check(reply)
+        except Fenced as e:
+            self.fenced(f"a newer engine owns replica {link.spec}: {e}")
+            link.drop(str(e))
+            return False
+        except (TimeoutError, CargoholdError, OSError, AssertionError) as e:
+            link.drop(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            self.counters["replica_errors"] += 1
+            log.warning("volume %s: replica %s dropped: %s", self.volume, link.spec, link.error)
+            return False
+        if gen and link.mode is Mode.RW and reply.generation != gen:
+            link.drop(f"missed a mutation: generation {reply.generation}, expected {gen}")
+            log.warning("volume %s: replica %s dropped: %s", self.volume, link.spec, link.error)
+            return False
+        # a FLUSH reply can overtake later writes' replies: never go backwards
+        link.generation = max(link.generation, reply.generation)
+        return True
+
+
+async def answers(futs: list[asyncio.Future[Reply]], timeout: float) -> None:
+    """Wait until every future is done; those still pending after ``timeout`` seconds fail
+    with TimeoutError. One timer for all of them and no Task per replica: the caller's task
+    awaits each future itself (the replies of several replicas usually arrive together, so
+    it wakes once)."""
+    if all(f.done() for f in futs):
+        return
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, futs)
+    try:
+        for f in futs:
+            if not f.done():
+                with contextlib.suppress(Exception):  # looked at by the caller
+                    await f
+    finally:
+        timer.cancel()
+        for f in futs:  # we were cancelled: nobody waits for these answers any more
+            if not f.done():
+                f.cancel()
+
+
+def _expire(futs: list[asyncio.Future[Reply]]) -> None:
+    for f in futs:
+        if not f.done():
+            f.set_exception(TimeoutError())
