@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from cargohold.control.model import EngineAssignment, check_name
 from cargohold.errors import CargoholdError
+from cargohold.logs import start_line
 from cargohold.replica.client import ReplicaClient
 
 log = logging.getLogger("cargohold.agent")
@@ -77,8 +78,7 @@ class Child:
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as f:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            f.write(f"--- {stamp} agent starts: {' '.join(self.argv)}\n".encode())
+            f.write(start_line("agent starts", " ".join(self.argv)))
             f.flush()
             self.log_offset = f.tell()
             # same process group as the agent: no start_new_session (see module docstring)

@@ -204,8 +204,6 @@ class Volume:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    _spawn = spawn  # the name cli/engine_cmd.py still calls (issue 15 item 2 moves that code)
-
     # --- the write set ------------------------------------------------------------------
     @property
     def size(self) -> int:
