@@ -26,36 +26,21 @@ from cargohold.protocol.replica_wire import Op
 from cargohold.replica.client import ReplicaClient
 from cargohold.store import format as fmt
 from tests.integration.engine_procs import EngineProc
-from tests.integration.test_engine import need, qemu_io
+from tests.integration.test_engine import Cluster, need, qemu_io
 from tests.procs import ServerProc
 
 SIZE = 32 * MIB
 FOREIGN = b"FOREIGN!" * (BLOCK_SIZE // 8)
 
 
-class Nodes:
+class Nodes(Cluster):
     """``n`` replica servers (one per "node"), one replica ``r<i>`` of the volume each."""
 
     def __init__(self, root, n: int) -> None:  # type: ignore[no-untyped-def]
-        self.root = root
-        self.servers: list[ServerProc] = []
-        for i in range(n):
-            d = root / f"node-{i}"
-            d.mkdir()
-            self.servers.append(ServerProc([str(d)]).start())
-        asyncio.run(self._create())
-
-    async def _create(self) -> None:
-        for i, s in enumerate(self.servers):
-            c = await ReplicaClient.connect("127.0.0.1", s.port)
-            await c.create(f"r{i}", SIZE)
-            await c.close()
+        super().__init__(root, n, SIZE)
 
     def spec(self, i: int) -> str:
         return f"r{i}@127.0.0.1:{self.servers[i].port}"
-
-    def specs(self) -> list[str]:
-        return [self.spec(i) for i in range(len(self.servers))]
 
     def restart(self, i: int) -> None:
         self.servers[i].stop()

@@ -41,12 +41,13 @@ def qemu_io(uri: str, *cmds: str, check: bool = True) -> subprocess.CompletedPro
 
 
 class Cluster:
-    """Three replica servers, one replica each, of one volume."""
+    """``n`` replica servers (three by default), one replica ``r<i>`` each, of one volume."""
 
-    def __init__(self, root) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, root, n: int = 3, size: int = SIZE) -> None:  # type: ignore[no-untyped-def]
         self.root = root
+        self.size = size
         self.servers: list[ServerProc] = []
-        for i in range(3):
+        for i in range(n):
             d = root / f"node-{i}"
             d.mkdir()
             self.servers.append(ServerProc([str(d)]).start())
@@ -55,7 +56,7 @@ class Cluster:
     async def _create(self) -> None:
         for i, s in enumerate(self.servers):
             c = await ReplicaClient.connect("127.0.0.1", s.port)
-            await c.create(f"r{i}", SIZE)
+            await c.create(f"r{i}", self.size)
             await c.close()
 
     def specs(self) -> list[str]:
