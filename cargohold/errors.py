@@ -135,6 +135,21 @@ class WrongState(RequestError):
     errno = _errno.EBUSY
 
 
+class Unauthenticated(RequestError):
+    """The request carries no credential the cluster accepts: no certificate or token, one
+    from another cluster's CA, expired or revoked (HTTP 401)."""
+
+    status = 1005
+    errno = _errno.EACCES
+
+
+class PermissionDenied(RequestError):
+    """The caller is known but its role or tenant may not do this (HTTP 403)."""
+
+    status = 13
+    errno = _errno.EACCES
+
+
 class Unschedulable(NoSpace):
     """Placement is impossible; the message says why (nodes, zones, capacity, tags)."""
 
@@ -193,6 +208,8 @@ STATUS_TO_ERROR: dict[int, type[RequestError]] = {
         ChecksumError,
         WrongState,
         Unschedulable,
+        Unauthenticated,
+        PermissionDenied,
     )
 }
 

@@ -44,6 +44,7 @@ _COMMANDS = (
     "volume_cmd",
     "adopt_cmd",
     "audit_cmd",
+    "ca_cmd",
 )
 
 

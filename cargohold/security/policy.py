@@ -1,0 +1,114 @@
+"""Who may do what (pure): the REST API's permissions per role, tenant scoping, and the
+replica wire's rules. docs/security.md prints these tables; a test keeps them equal.
+
+Every REST route declares one permission (``api.py``); a route without one fails the
+route-coverage test. Roles hold permissions; a tenant-scoped identity (``tenant`` set:
+a Kubernetes cluster's CSI driver, a tenant's own users) sees and changes only its own
+tenant's objects, and the admin without a tenant sees all.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from cargohold.security.identity import Identity, Role
+
+
+class Permission(enum.StrEnum):
+    STATUS_READ = "status:read"  # cluster status, health
+    VOLUMES_READ = "volumes:read"  # volumes, their replicas, snapshots, attachments, operations
+    VOLUMES_WRITE = "volumes:write"  # create, delete, expand, snapshot, revert, scrub
+    VOLUMES_ATTACH = "volumes:attach"  # attach, detach
+    NODES_READ = "nodes:read"  # nodes, disks, replicas, events, orphans
+    NODES_WRITE = "nodes:write"  # cordon, uncordon, drain, node address, disks
+    RECOVERY = "recovery"  # orphans adopt/delete, recover-epoch: last-resort repairs
+    HEARTBEAT = "heartbeat"  # an agent reports its node and takes its work
+    TENANTS = "tenants"  # tenants, their quotas and credentials
+    SECURITY = "security"  # tokens, certificates, join tokens, revocation
+
+
+_ALL = frozenset(Permission)
+_READ = frozenset({Permission.STATUS_READ, Permission.VOLUMES_READ, Permission.NODES_READ})
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: _ALL - {Permission.HEARTBEAT},
+    Role.OPERATOR: _READ
+    | {
+        Permission.VOLUMES_WRITE,
+        Permission.VOLUMES_ATTACH,
+        Permission.NODES_WRITE,
+        Permission.RECOVERY,
+    },
+    Role.READER: _READ,
+    Role.CSI: frozenset(
+        {
+            Permission.STATUS_READ,
+            Permission.VOLUMES_READ,
+            Permission.VOLUMES_WRITE,
+            Permission.VOLUMES_ATTACH,
+            Permission.NODES_READ,
+        }
+    ),
+    Role.AGENT: frozenset({Permission.HEARTBEAT, Permission.STATUS_READ}),
+    Role.MANAGER: frozenset(),
+    Role.REPLICA: frozenset(),
+    Role.ENGINE: frozenset(),
+}
+
+TENANT_SCOPED = frozenset(
+    {
+        Permission.STATUS_READ,
+        Permission.VOLUMES_READ,
+        Permission.VOLUMES_WRITE,
+        Permission.VOLUMES_ATTACH,
+    }
+)
+"""What a tenant-scoped identity may do at all: its own volumes. Nodes, disks, recovery,
+tenants and security are the storage cluster's, not a tenant's (NODES_READ is dropped for
+tenants: node names and addresses are the provider's)."""
+
+
+def allowed(ident: Identity, perm: Permission) -> bool:
+    if perm not in ROLE_PERMISSIONS.get(ident.role, frozenset()):
+        return False
+    return ident.tenant is None or perm in TENANT_SCOPED
+
+
+def sees(ident: Identity, tenant: str | None) -> bool:
+    """May ``ident`` see an object of ``tenant`` (None: the cluster's own objects)?"""
+    return ident.tenant is None or ident.tenant == tenant
+
+
+# --- the replica wire ----------------------------------------------------------------------
+
+REPLICA_ADMIN_OPS = frozenset({"CREATE", "DELETE", "LIST"})
+"""Ops on replicas as objects: only the node's agent (and the manager's tools)."""
+
+
+def replica_op_allowed(ident: Identity, op: str, replica_volume: str | None) -> bool:
+    """May the peer ``ident`` run ``op`` (a replica-wire op name) on a replica of
+    ``replica_volume`` (None: no replica named yet, e.g. HELLO or LIST)?
+
+    - agents and managers: every op (they create, delete, list, probe and repair);
+    - the engine of volume V: HELLO, LIST (filtered to V's replicas) and OPEN of V's
+      replicas, then every data op on the connection it opened;
+    - a replica server (rebuilds between replica servers): HELLO and reads of any replica;
+    - nobody else."""
+    if ident.role in (Role.AGENT, Role.MANAGER):
+        return True
+    if op in ("HELLO",):
+        return ident.role in (Role.ENGINE, Role.REPLICA)
+    if ident.role is Role.ENGINE:
+        if op in ("CREATE", "DELETE"):
+            return False
+        if op == "LIST":
+            return True
+        return replica_volume is not None and replica_volume == ident.name
+    return False
+
+
+def lists_replica(ident: Identity, replica_volume: str | None) -> bool:
+    """Whether LIST shows a replica of ``replica_volume`` to ``ident``."""
+    if ident.role in (Role.AGENT, Role.MANAGER):
+        return True
+    return ident.role is Role.ENGINE and replica_volume == ident.name
