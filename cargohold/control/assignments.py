@@ -10,6 +10,8 @@ a held heartbeat is woken.
 
 from __future__ import annotations
 
+from typing import Any
+
 from cargohold.control.deletion import Verdict, decide
 from cargohold.control.digests import revision
 from cargohold.control.model import (
@@ -77,12 +79,12 @@ async def assignments(
             continue
         specs, local = [], None
         for rid in eng.replicas:
-            r = by_id.get(rid)
-            n = nodes.get(r.node) if r else None
-            if r is None or n is None or not n.replica_port or r.deleting:
+            rep = by_id.get(rid)
+            n = nodes.get(rep.node) if rep else None
+            if rep is None or n is None or not n.replica_port or rep.deleting:
                 continue
             specs.append(f"{rid}@{n.address}:{n.replica_port}")
-            if r.node == name:
+            if rep.node == name:
                 local = rid
         if not specs:
             continue
@@ -122,10 +124,14 @@ async def assignments(
     return out
 
 
-async def _clone_source(repo: Repository, args: dict, nodes: dict[str, Node]) -> str | None:  # type: ignore[type-arg]
+async def _clone_source(
+    repo: Repository, args: dict[str, Any], nodes: dict[str, Node]
+) -> str | None:
     """The source replica of a clone: a current one on an up node; None until the source
     snapshot is ready."""
     src, snap = args.get("source_volume"), args.get("snapshot")
+    if not isinstance(src, str) or not isinstance(snap, str):
+        return None  # the manager writes both (create_volume); without them there is no source
     try:
         s = await repo.snapshot(src, snap)
         vol = await repo.volume(src)

@@ -75,7 +75,9 @@ async def ingest_engine(
     ``replicas`` as read at the start of the heartbeat; nothing is written (no fsync)
     when the report changes nothing."""
     st = er.status or {}
-    links = {x.get("id"): x for x in st.get("replicas", []) if isinstance(x, dict)}
+    links: dict[Any, dict[str, Any]] = {
+        x.get("id"): x for x in st.get("replicas", []) if isinstance(x, dict)
+    }
     if vol.engine is None or vol.engine.node != name or vol.engine.epoch != er.epoch:
         # an engine the manager no longer wants here (it is being stopped): note only
         # that it still runs, so the volume shows "detaching"
@@ -171,7 +173,13 @@ async def ingest_engine(
         ):
             continue
 
-        def upd(r, mode=mode, gen=gen, progress=progress, err=err):  # type: ignore[no-untyped-def]
+        def upd(
+            r: Replica,
+            mode: ReplicaMode | None = mode,
+            gen: int = gen,
+            progress: float | None = progress,
+            err: str = err,
+        ) -> Replica:
             r.mode, r.generation, r.rebuild_progress, r.error = mode, gen, progress, err
             return r
 
@@ -181,7 +189,9 @@ async def ingest_engine(
             pass  # deleted meanwhile
 
 
-async def update_volume(repo: Repository, name: str, change) -> None:  # type: ignore[no-untyped-def]
+async def update_volume(
+    repo: Repository, name: str, change: Callable[[Volume], Volume | None]
+) -> None:
     try:
         await repo.update_volume(name, change)
     except NotFound:

@@ -25,6 +25,7 @@ from cargohold.control.model import (
     Node,
     Orphan,
     Replica,
+    ReplicaReport,
     Robustness,
     Tombstone,
     Volume,
@@ -133,10 +134,16 @@ async def _ingest_replicas(
         # a replica's epoch only grows; LIST leaves it out (0) for a replica not open yet
         epoch = max(rep.epoch, got.epoch) if got is not None else rep.epoch
 
-        def seen(r, exists=exists, got=got, own=own, epoch=epoch):  # type: ignore[no-untyped-def]
+        def seen(
+            r: Replica,
+            exists: bool = exists,
+            got: ReplicaReport | None = got,
+            own: bool = own,
+            epoch: int = epoch,
+        ) -> Replica:
             r.exists = exists
             r.epoch = epoch
-            if own:
+            if own and got is not None:  # own: got is not None
                 r.generation = got.generation
                 r.mode = None
             return r
@@ -144,7 +151,11 @@ async def _ingest_replicas(
         if (
             rep.exists != exists
             or rep.epoch != epoch
-            or (own and (rep.generation != got.generation or rep.mode is not None))  # type: ignore[union-attr]
+            or (
+                own
+                and got is not None
+                and (rep.generation != got.generation or rep.mode is not None)
+            )
         ):
             await repo.update_replica(rep.volume, rep.id, seen)
             if exists and not rep.exists:

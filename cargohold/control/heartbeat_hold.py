@@ -7,6 +7,7 @@ the last whole one kept.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from cargohold.control import heartbeat as hb_mod
 from cargohold.control.assignments import assignments
@@ -16,7 +17,7 @@ from cargohold.control.service_base import ServiceBase
 
 class HeartbeatCalls(ServiceBase):
     async def heartbeat(
-        self, name: str, hb: Heartbeat, gone: asyncio.Future[object] | None = None
+        self, name: str, hb: Heartbeat, gone: asyncio.Future[Any] | None = None
     ) -> Assignments:
         """Take in the report (liveness is recorded now) and answer the node's assignments:
         at once when they differ from the revision the agent has, else when they change

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cargohold.control.model import (
+    Operation,
     OperationKind,
     OperationReport,
     OperationState,
+    Replica,
+    Snapshot,
     SnapshotState,
     Volume,
 )
@@ -44,7 +47,7 @@ async def ingest_operation(
         state = OperationState.SUCCEEDED
     done = state in (OperationState.SUCCEEDED, OperationState.FAILED)
 
-    def progress(o):  # type: ignore[no-untyped-def]
+    def progress(o: Operation) -> Operation:
         o.state, o.progress, o.error, o.result = state, orep.progress, orep.error, orep.result
         if done:
             o.finished_at = now()
@@ -57,14 +60,14 @@ async def ingest_operation(
         wake()
 
 
-async def apply_result(repo: Repository, op) -> None:  # type: ignore[no-untyped-def]
+async def apply_result(repo: Repository, op: Operation) -> None:
     """What a finished operation changes in the records."""
     ok = op.state is OperationState.SUCCEEDED
     name = op.args.get("name", "")
     try:
         if op.kind is OperationKind.SNAPSHOT_CREATE:
 
-            def snap(s):  # type: ignore[no-untyped-def]
+            def snap(s: Snapshot) -> Snapshot:
                 s.state = SnapshotState.READY if ok else SnapshotState.ERROR
                 s.error = "" if ok else op.error
                 return s
@@ -75,7 +78,7 @@ async def apply_result(repo: Repository, op) -> None:  # type: ignore[no-untyped
                 await repo.delete_snapshot_record(op.volume, name)
             else:
 
-                def back(s):  # type: ignore[no-untyped-def]
+                def back(s: Snapshot) -> Snapshot:
                     s.state, s.error = SnapshotState.READY, op.error
                     return s
 
@@ -90,7 +93,7 @@ async def apply_result(repo: Repository, op) -> None:  # type: ignore[no-untyped
             await repo.update_volume(op.volume, grow)
             for rep in await repo.replicas(op.volume):
 
-                def rsize(r, size=size):  # type: ignore[no-untyped-def]
+                def rsize(r: Replica, size: int = size) -> Replica:
                     r.size_bytes = max(r.size_bytes, size)
                     return r
 

@@ -240,7 +240,8 @@ class VolumeCalls(ServiceBase):
 
     async def replicas(self, volume: str | None) -> list[dict[str, Any]]:
         if volume is not None:
-            return (await self.volume(volume))["replicas"]
+            reps: list[dict[str, Any]] = (await self.volume(volume))["replicas"]
+            return reps
         out = []
         for v in await self.volumes():
             out.extend(v["replicas"])
