@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -41,6 +41,7 @@ from cargohold.control.transport import (
 from cargohold.errors import CargoholdError, ManagerUnavailable, NotFound
 
 JSON = dict[str, Any]
+T = TypeVar("T")  # what ManagerClient.poll fetches
 
 DEFAULT_DIR = "~/.cargohold"
 CLUSTER_FILE = "cluster.json"
@@ -184,11 +185,25 @@ class ManagerClient:
                 f"manager at {self.url} sent no JSON for {method} {path}: {resp.text[:200]!r}"
             ) from None
 
-    def _get(self, path: str, **params: Any) -> Any:
+    # The answer's shape is the route's (docs/api/openapi.json): an object, or a list of them.
+    def _get(self, path: str, **params: Any) -> JSON:
+        out: JSON = self._get_any(path, params)
+        return out
+
+    def _list(self, path: str, **params: Any) -> list[JSON]:
+        out: list[JSON] = self._get_any(path, params)
+        return out
+
+    def _get_any(self, path: str, params: dict[str, Any]) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
 
-    def _post(self, path: str, body: Any = None) -> Any:
-        return self.request("POST", path, body=body)
+    def _post(self, path: str, body: Any = None) -> JSON:
+        out: JSON = self.request("POST", path, body=body)
+        return out
+
+    def _delete(self, path: str, params: dict[str, Any] | None = None) -> JSON:
+        out: JSON = self.request("DELETE", path, params=params)
+        return out
 
     # --- the manager -----------------------------------------------------------------------
     def healthz(self) -> JSON:
@@ -199,7 +214,7 @@ class ManagerClient:
 
     # --- nodes and disks -------------------------------------------------------------------
     def nodes(self) -> list[JSON]:
-        return self._get("/api/v1/nodes")
+        return self._list("/api/v1/nodes")
 
     def node(self, name: str) -> JSON:
         return self._get(f"/api/v1/nodes/{_seg(name)}")
@@ -215,7 +230,7 @@ class ManagerClient:
 
     def disks(self, node: str | None = None) -> list[JSON]:
         """Every disk, or those of one node (filtered here: the route has no filter)."""
-        disks: list[JSON] = self._get("/api/v1/disks")
+        disks = self._list("/api/v1/disks")
         return disks if node is None else [d for d in disks if d.get("node") == node]
 
     def add_disk(
@@ -226,7 +241,7 @@ class ManagerClient:
 
     # --- volumes ---------------------------------------------------------------------------
     def volumes(self) -> list[JSON]:
-        return self._get("/api/v1/volumes")
+        return self._list("/api/v1/volumes")
 
     def volume(self, name: str) -> JSON:
         return self._get(f"/api/v1/volumes/{_seg(name)}")
@@ -263,7 +278,7 @@ class ManagerClient:
 
     def delete_volume(self, name: str, purge: bool = False) -> JSON:
         params = {"purge": "true"} if purge else None
-        return self.request("DELETE", f"/api/v1/volumes/{_seg(name)}", params=params)
+        return self._delete(f"/api/v1/volumes/{_seg(name)}", params)
 
     def attach(self, name: str, node: str, force: bool = False) -> JSON:
         body: JSON = {"node": node}
@@ -288,17 +303,17 @@ class ManagerClient:
 
     def replicas(self, volume: str | None = None) -> list[JSON]:
         if volume is None:
-            return self._get("/api/v1/replicas")
-        return self._get(f"/api/v1/volumes/{_seg(volume)}/replicas")
+            return self._list("/api/v1/replicas")
+        return self._list(f"/api/v1/volumes/{_seg(volume)}/replicas")
 
     def attachments(self) -> list[JSON]:
-        return self._get("/api/v1/attachments")
+        return self._list("/api/v1/attachments")
 
     def orphans(self, node: str | None = None) -> list[JSON]:
-        return self._get("/api/v1/orphans", node=node)
+        return self._list("/api/v1/orphans", node=node)
 
     def delete_orphan(self, node: str, replica: str) -> JSON:
-        return self.request("DELETE", f"/api/v1/orphans/{_seg(node)}/{_seg(replica)}")
+        return self._delete(f"/api/v1/orphans/{_seg(node)}/{_seg(replica)}")
 
     def adopt(
         self,
@@ -314,14 +329,14 @@ class ManagerClient:
             body["replicas"] = replicas
         if replicas_wanted:
             body["replicas_wanted"] = replicas_wanted
-        return self.request("POST", "/api/v1/orphans/adopt", body=body)
+        return self._post("/api/v1/orphans/adopt", body)
 
     def events(self) -> list[JSON]:
-        return self._get("/api/v1/events")
+        return self._list("/api/v1/events")
 
     # --- snapshots -------------------------------------------------------------------------
     def snapshots(self, volume: str) -> list[JSON]:
-        return self._get(f"/api/v1/volumes/{_seg(volume)}/snapshots")
+        return self._list(f"/api/v1/volumes/{_seg(volume)}/snapshots")
 
     def create_snapshot(self, volume: str, name: str, labels: dict[str, str] | None = None) -> JSON:
         """Returns the snapshot-create ``Operation``."""
@@ -330,7 +345,7 @@ class ManagerClient:
 
     def delete_snapshot(self, volume: str, name: str) -> JSON:
         """Returns the snapshot-delete ``Operation``."""
-        return self.request("DELETE", f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(name)}")
+        return self._delete(f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(name)}")
 
     def revert(self, volume: str, name: str) -> JSON:
         """Returns the snapshot-revert ``Operation`` (the volume must be detached)."""
@@ -338,7 +353,7 @@ class ManagerClient:
 
     # --- operations ------------------------------------------------------------------------
     def operations(self, volume: str | None = None) -> list[JSON]:
-        return self._get("/api/v1/operations", volume=volume)
+        return self._list("/api/v1/operations", volume=volume)
 
     def operation(self, op_id: str) -> JSON:
         return self._get(f"/api/v1/operations/{_seg(op_id)}")
@@ -452,16 +467,16 @@ class ManagerClient:
 
     def poll(
         self,
-        fetch: Callable[[], Any],
-        predicate: Callable[[Any], bool],
+        fetch: Callable[[], T],
+        predicate: Callable[[T], bool],
         timeout: float | None,
-        on_progress: Callable[[Any], None] | None,
+        on_progress: Callable[[T], None] | None,
         what: str,
-    ) -> Any:
+    ) -> T:
         """Call ``fetch`` every ``poll_interval`` until ``predicate`` holds of its answer;
         that answer. ``what`` names the awaited thing in the WaitTimeout message."""
         deadline = None if timeout is None else self._clock() + timeout
-        last: Any = None
+        last: T | None = None
         unavailable: ManagerUnavailable | None = None
         while True:
             try:

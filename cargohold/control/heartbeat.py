@@ -1,46 +1,36 @@
 """A node agent's heartbeat: take in what it reports, answer what should run on its node.
 
-Called by the API for ``POST /api/v1/nodes/{node}/heartbeat``, on whichever manager the
-agent reached (leader or standby: it only reads and compare-and-swaps records). Reports
-update the observed half of records (replica modes and generations, engine status,
-operation progress); the answer is computed from the desired half that the reconcilers
-write (``assignments``). Holding the answer (the long poll) and the reports sent as their
-digest are ``Service.heartbeat``'s; the records are read once per heartbeat, and nothing is
-written when a report changes nothing.
+Called by the API for ``POST /api/v1/nodes/{node}/heartbeat`` (through
+``Service.heartbeat``, control/heartbeat_hold.py, which holds the answer: the long poll),
+on whichever manager the agent reached (leader or standby: it only reads and
+compare-and-swaps records). Reports update the observed half of records: replica
+existence, epochs and orphans here; engine status in engine_reports.py; operation progress
+in operation_results.py. The answer is computed from the desired half that the reconcilers
+write (assignments.py). The records are read once per heartbeat, and nothing is written
+when a report changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
+from cargohold.control.assignments import assignments
 from cargohold.control.deletion import Verdict, decide, replica_cluster
-from cargohold.control.digests import revision
+from cargohold.control.engine_reports import ingest_engine, update_volume
 from cargohold.control.model import (
     Assignments,
-    DiskReport,
-    EngineAssignment,
-    EngineReport,
-    EngineStatus,
     EventKind,
     Heartbeat,
     Node,
-    Operation,
-    OperationAssignment,
-    OperationKind,
-    OperationReport,
-    OperationState,
     Orphan,
     Replica,
-    ReplicaAssignment,
-    ReplicaMode,
+    ReplicaReport,
     Robustness,
-    ScrubSummary,
-    SnapshotState,
     Tombstone,
     Volume,
 )
+from cargohold.control.operation_results import ingest_operation
 from cargohold.control.repository import Repository, now
 from cargohold.control.settings import ManagerSettings
 from cargohold.errors import NotFound
@@ -92,7 +82,7 @@ async def handle(
         for er in hb.engines:
             vol = volumes.get(er.volume)
             if vol is not None:
-                await _ingest_engine(repo, name, er, vol, by_volume.get(vol.name, []), down, wake)
+                await ingest_engine(repo, name, er, vol, by_volume.get(vol.name, []), down, wake)
     reported = {er.volume for er in hb.engines}
     for vol in volumes.values():
         st = vol.engine_status
@@ -107,7 +97,7 @@ async def handle(
             await repo.update_volume(vol.name, gone)
             wake()
     for orep in hb.operations:
-        await _ingest_operation(repo, orep, wake)
+        await ingest_operation(repo, orep, wake)
     return await assignments(repo, name, hb, settings)
 
 
@@ -144,10 +134,16 @@ async def _ingest_replicas(
         # a replica's epoch only grows; LIST leaves it out (0) for a replica not open yet
         epoch = max(rep.epoch, got.epoch) if got is not None else rep.epoch
 
-        def seen(r, exists=exists, got=got, own=own, epoch=epoch):  # type: ignore[no-untyped-def]
+        def seen(
+            r: Replica,
+            exists: bool = exists,
+            got: ReplicaReport | None = got,
+            own: bool = own,
+            epoch: int = epoch,
+        ) -> Replica:
             r.exists = exists
             r.epoch = epoch
-            if own:
+            if own and got is not None:  # own: got is not None
                 r.generation = got.generation
                 r.mode = None
             return r
@@ -155,7 +151,11 @@ async def _ingest_replicas(
         if (
             rep.exists != exists
             or rep.epoch != epoch
-            or (own and (rep.generation != got.generation or rep.mode is not None))  # type: ignore[union-attr]
+            or (
+                own
+                and got is not None
+                and (rep.generation != got.generation or rep.mode is not None)
+            )
         ):
             await repo.update_replica(rep.volume, rep.id, seen)
             if exists and not rep.exists:
@@ -261,24 +261,6 @@ async def _ingest_unknown(repo: Repository, name: str, hb: Heartbeat, known: set
             )
 
 
-NO_SPACE = "no space left on"  # in a replica server's NoSpace message (replica/session.py)
-
-
-def no_space_error(links: dict[Any, dict[str, Any]], current: str) -> str | None:
-    """The volume's error while one of its replicas is dropped (ERR) because its disk is
-    full: which replica, which disk, which node — or "" once every replica is RW again
-    (None: leave the error as it is). The agent re-adds such a replica with back-off
-    (agent/processes.py ``readd_wait``); while a re-add is being tried (WO) the error stays."""
-    for rid, x in sorted(links.items(), key=lambda kv: str(kv[0])):
-        err = str(x.get("error", ""))
-        if x.get("mode") == "ERR" and NO_SPACE in err:
-            return f"replica {rid} is failed: {err} (re-added with back-off up to 5 min)"
-    ours = current.startswith("replica ") and NO_SPACE in current
-    if ours and all(x.get("mode") == "RW" for x in links.values()):
-        return ""
-    return None
-
-
 def fenced_message(volume: str, replica: str, epoch: int) -> str:
     """The volume's error while one of its replicas holds an epoch the manager never issued."""
     return (
@@ -316,363 +298,4 @@ async def _fenced_by_epoch(repo: Repository, vol: Volume, rep: Replica, epoch: i
             v.robustness = Robustness.UNKNOWN
         return v
 
-    await _update_volume(repo, vol.name, say)
-
-
-def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
-    """The last succeeded scrub pass in an engine's status (``scrub.last``), or None."""
-    last = (status.get("scrub") or {}).get("last")
-    if not isinstance(last, dict) or last.get("state") != "succeeded":
-        return None
-    try:
-        return ScrubSummary(
-            ended_at=float(last["started_at"]) + float(last.get("seconds", 0.0)),
-            reason=str(last.get("reason", "")),
-            checked_blocks=int(last.get("checked_blocks", 0)),
-            found=int(last.get("found", 0)),
-            repaired=int(last.get("repaired", 0)),
-            unrepaired=int(last.get("unrepaired", 0)),
-            compared_replicas=int(last.get("compared_replicas", 0)),
-            diverged_found=int(last.get("diverged_found", 0)),
-            diverged_repaired=int(last.get("diverged_repaired", 0)),
-            diverged_unrepaired=int(last.get("diverged_unrepaired", 0)),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None  # an engine's status is not trusted to be well formed
-
-
-async def _ingest_engine(
-    repo: Repository,
-    name: str,
-    er: EngineReport,
-    vol: Volume,
-    replicas: list[Replica],
-    down: set[str],
-    wake: Callable[[], None],
-) -> None:
-    """What one engine reports, into its volume's and replicas' records. ``vol`` and
-    ``replicas`` as read at the start of the heartbeat; nothing is written (no fsync)
-    when the report changes nothing."""
-    st = er.status or {}
-    links = {x.get("id"): x for x in st.get("replicas", []) if isinstance(x, dict)}
-    if vol.engine is None or vol.engine.node != name or vol.engine.epoch != er.epoch:
-        # an engine the manager no longer wants here (it is being stopped): note only
-        # that it still runs, so the volume shows "detaching"
-        if vol.engine_status is not None and vol.engine_status.node == name:
-
-            def old(v: Volume) -> Volume:
-                assert v.engine_status is not None
-                v.engine_status.running = er.running
-                return v
-
-            if er.running != vol.engine_status.running:
-                await _update_volume(repo, vol.name, old)
-                wake()
-        return
-    rw_gens = [int(x.get("generation", 0)) for x in links.values() if x.get("mode") == "RW"]
-    # robustness counts only replicas whose node is up: an idle engine notices a dead
-    # replica only at its next I/O, the manager knows from the missing heartbeats
-    where = {r.id: r.node for r in replicas}
-    rw = sum(1 for rid, x in links.items() if x.get("mode") == "RW" and where.get(rid) not in down)
-
-    def observe(v: Volume) -> dict[str, object]:
-        """The observed fields of ``v`` after this report (``v`` is not changed)."""
-        status = EngineStatus(
-            node=name,
-            epoch=er.epoch,
-            running=er.running,
-            endpoint=st.get("endpoint") or er.endpoint,
-            generation=int(st.get("generation", 0) or 0),
-            size_bytes=int(st.get("size_bytes", 0) or 0),
-            robustness=Robustness.UNKNOWN,
-            error=er.error,
-            reported_at=now(),
-        )
-        old = v.engine_status
-        if old is not None and old.model_copy(update={"reported_at": 0.0}) == (
-            status.model_copy(update={"reported_at": 0.0})
-        ):
-            status = old  # nothing new: no write (every write is an fsync)
-        out: dict[str, object] = {"engine_status": status}
-        if er.running and st:
-            # the newest generation every current replica has: a lower bound on what a
-            # future engine must start from (invariant 4)
-            if "current_generation" in st:  # (epoch, generation) every current replica has
-                top = (int(st.get("current_epoch", 0)), int(st["current_generation"]))
-                if top > (v.current_epoch, v.current_generation):
-                    out["current_epoch"], out["current_generation"] = top
-            elif rw_gens:
-                out["current_generation"] = max(v.current_generation, min(rw_gens))
-            out["robustness"] = (
-                Robustness.FAULTED
-                if rw == 0
-                else Robustness.DEGRADED
-                if rw < v.replicas_wanted
-                else Robustness.HEALTHY
-            )
-            full = no_space_error(links, v.error)
-            if full is not None:
-                out["error"] = full
-            if st.get("fenced"):
-                out["error"] = f"engine epoch {er.epoch} was fenced: {st['fenced']}"
-            scrub = scrub_summary(st)
-            if scrub is not None and (
-                v.last_scrub is None or scrub.ended_at > v.last_scrub.ended_at
-            ):
-                out["last_scrub"] = scrub
-        return out
-
-    def observed(v: Volume) -> Volume:
-        for k, value in observe(v).items():
-            setattr(v, k, value)
-        return v
-
-    if any(getattr(vol, k) != value for k, value in observe(vol).items()):
-        await _update_volume(repo, vol.name, observed)  # only a change is written
-    if not (er.running and st):
-        return
-    for rep in replicas:
-        link = links.get(rep.id)
-        mode = (
-            ReplicaMode(link["mode"]) if link and link.get("mode") in ("RW", "WO", "ERR") else None
-        )
-        gen = int(link.get("generation", rep.generation)) if link else rep.generation
-        rb = link.get("rebuild") if link else None
-        progress = None
-        if isinstance(rb, dict) and rb.get("total"):
-            progress = min(1.0, float(rb.get("done", 0)) / float(rb["total"]))
-        err = str(link.get("error", "")) if link else ""
-        if (rep.mode, rep.generation, rep.rebuild_progress, rep.error) == (
-            mode,
-            gen,
-            progress,
-            err,
-        ):
-            continue
-
-        def upd(r, mode=mode, gen=gen, progress=progress, err=err):  # type: ignore[no-untyped-def]
-            r.mode, r.generation, r.rebuild_progress, r.error = mode, gen, progress, err
-            return r
-
-        try:
-            await repo.update_replica(vol.name, rep.id, upd)
-        except NotFound:
-            pass  # deleted meanwhile
-
-
-async def _update_volume(repo: Repository, name: str, change) -> None:  # type: ignore[no-untyped-def]
-    try:
-        await repo.update_volume(name, change)
-    except NotFound:
-        pass  # deleted since the heartbeat read it
-
-
-async def _ingest_operation(
-    repo: Repository, orep: OperationReport, wake: Callable[[], None]
-) -> None:
-    try:
-        op = await repo.operation(orep.id)
-    except NotFound:
-        return
-    if op.done:
-        return
-    state = orep.state
-    if (
-        state is OperationState.FAILED
-        and op.kind is OperationKind.SNAPSHOT_CREATE
-        and "already exists" in orep.error
-    ):
-        state = OperationState.SUCCEEDED  # a retried create that had already happened
-    if (
-        state is OperationState.FAILED
-        and op.kind is OperationKind.SNAPSHOT_DELETE
-        and ("not found" in orep.error or "no snapshot" in orep.error)
-    ):
-        state = OperationState.SUCCEEDED
-    done = state in (OperationState.SUCCEEDED, OperationState.FAILED)
-
-    def progress(o):  # type: ignore[no-untyped-def]
-        o.state, o.progress, o.error, o.result = state, orep.progress, orep.error, orep.result
-        if done:
-            o.finished_at = now()
-            o.progress = 1.0 if state is OperationState.SUCCEEDED else o.progress
-        return o
-
-    op = await repo.update_operation(orep.id, progress)
-    if done:
-        await apply_result(repo, op)
-        wake()
-
-
-async def apply_result(repo: Repository, op) -> None:  # type: ignore[no-untyped-def]
-    """What a finished operation changes in the records."""
-    ok = op.state is OperationState.SUCCEEDED
-    name = op.args.get("name", "")
-    try:
-        if op.kind is OperationKind.SNAPSHOT_CREATE:
-
-            def snap(s):  # type: ignore[no-untyped-def]
-                s.state = SnapshotState.READY if ok else SnapshotState.ERROR
-                s.error = "" if ok else op.error
-                return s
-
-            await repo.update_snapshot(op.volume, name, snap)
-        elif op.kind is OperationKind.SNAPSHOT_DELETE:
-            if ok:
-                await repo.delete_snapshot_record(op.volume, name)
-            else:
-
-                def back(s):  # type: ignore[no-untyped-def]
-                    s.state, s.error = SnapshotState.READY, op.error
-                    return s
-
-                await repo.update_snapshot(op.volume, name, back)
-        elif op.kind is OperationKind.EXPAND and ok:
-            size = int(op.args["size_bytes"])
-
-            def grow(v: Volume) -> Volume:
-                v.size_bytes = max(v.size_bytes, size)
-                return v
-
-            await repo.update_volume(op.volume, grow)
-            for rep in await repo.replicas(op.volume):
-
-                def rsize(r, size=size):  # type: ignore[no-untyped-def]
-                    r.size_bytes = max(r.size_bytes, size)
-                    return r
-
-                await repo.update_replica(op.volume, rep.id, rsize)
-        elif op.kind is OperationKind.CLONE:
-
-            def cloned(v: Volume) -> Volume:
-                v.initialized = ok or v.initialized
-                v.error = "" if ok else f"clone failed: {op.error}"
-                return v
-
-            await repo.update_volume(op.volume, cloned)
-    except NotFound:
-        pass
-
-
-async def assignments(
-    repo: Repository, name: str, hb: Heartbeat, settings: ManagerSettings
-) -> Assignments:
-    nodes = {n.name: n for n in await repo.nodes()}
-    volumes = {v.name: v for v in await repo.volumes()}
-    all_reps = await repo.replicas()
-    out = Assignments(
-        heartbeat_interval=settings.heartbeat_every,
-        cluster_id=repo.cluster_id,
-        disks=[
-            DiskReport(name=d.name, path=d.path, capacity_bytes=d.capacity_bytes, tags=d.tags)
-            for d in await repo.disks(name)
-        ],
-    )
-    for r in all_reps:
-        if r.node != name:
-            continue
-        vol = volumes.get(r.volume)
-        size = max(r.size_bytes, vol.size_bytes if vol else 0)
-        out.replicas.append(
-            ReplicaAssignment(
-                id=r.id, volume=r.volume, size_bytes=size, disk_path=r.disk_path, delete=r.deleting
-            )
-        )
-    known = {r.id for r in all_reps}
-    unknown = [rr for rr in hb.replicas if rr.id not in known]
-    stones = {s.replica: s for s in await repo.tombstones() if s.node == name} if unknown else {}
-    for rr in unknown:  # deleted only on positive evidence: a tombstone (invariant 7)
-        if decide(rr, None, stones.get(rr.id), repo.cluster_id) is Verdict.DELETE:
-            out.replicas.append(
-                ReplicaAssignment(
-                    id=rr.id,
-                    volume=rr.volume,
-                    size_bytes=rr.size_bytes or 4096,
-                    disk_path=rr.disk_path,
-                    delete=True,
-                )
-            )
-    by_id = {r.id: r for r in all_reps}
-    running_here = {e.volume: e for e in hb.engines if e.running}
-    unfinished: dict[str, list[Operation]] | None = None
-    for vol in volumes.values():
-        eng = vol.engine
-        if eng is None or eng.node != name:
-            continue
-        specs, local = [], None
-        for rid in eng.replicas:
-            r = by_id.get(rid)
-            n = nodes.get(r.node) if r else None
-            if r is None or n is None or not n.replica_port or r.deleting:
-                continue
-            specs.append(f"{rid}@{n.address}:{n.replica_port}")
-            if r.node == name:
-                local = rid
-        if not specs:
-            continue
-        out.engines.append(
-            EngineAssignment(
-                volume=vol.name,
-                epoch=eng.epoch,
-                size_bytes=vol.size_bytes,
-                replicas=specs,
-                local=local,
-                require_epoch=eng.require_epoch,
-                require_generation=eng.require_generation,
-                purpose=eng.purpose,
-                last_scrub_at=vol.last_scrub.ended_at if vol.last_scrub else 0.0,
-                epoch_jump=eng.epoch_jump,
-            )
-        )
-        er = running_here.get(vol.name)
-        if er is None or er.epoch != eng.epoch:
-            continue
-        if unfinished is None:  # read once, only when an engine here could run one
-            unfinished = {}
-            for op in await repo.operations():
-                if not op.done:
-                    unfinished.setdefault(op.volume, []).append(op)
-        for op in unfinished.get(vol.name, ()):
-            args = dict(op.args)
-            if op.kind is OperationKind.CLONE:
-                resolved = await _clone_source(repo, args, nodes)
-                if resolved is None:
-                    continue
-                args["source"] = resolved
-            out.operations.append(
-                OperationAssignment(id=op.id, kind=op.kind, volume=op.volume, args=args)
-            )
-    out.revision = revision(out)
-    return out
-
-
-async def _clone_source(repo: Repository, args: dict, nodes: dict[str, Node]) -> str | None:  # type: ignore[type-arg]
-    """The source replica of a clone: a current one on an up node; None until the source
-    snapshot is ready."""
-    src, snap = args.get("source_volume"), args.get("snapshot")
-    try:
-        s = await repo.snapshot(src, snap)
-        vol = await repo.volume(src)
-    except NotFound:
-        return None
-    if s.state is not SnapshotState.READY:
-        return None
-    best = None
-    for r in await repo.replicas(src):
-        n = nodes.get(r.node)
-        if (
-            r.deleting
-            or not r.exists
-            or n is None
-            or n.down_since is not None
-            or not n.replica_port
-        ):
-            continue
-        if r.mode is ReplicaMode.ERR or r.generation < vol.current_generation:
-            continue
-        if best is None or (r.mode is ReplicaMode.RW, r.generation) > best[0]:
-            best = (
-                (r.mode is ReplicaMode.RW, r.generation),
-                f"{r.id}@{n.address}:{n.replica_port}",
-            )
-    return best[1] if best else None
+    await update_volume(repo, vol.name, say)

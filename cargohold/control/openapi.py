@@ -18,7 +18,10 @@ def schema() -> dict[str, Any]:
     from cargohold.control.settings import ManagerSettings
     from cargohold.control.state import open_store
 
-    service = Service(Repository(open_store("memory:")), ManagerSettings(), "memory", "schema")
+    # every setting has a default (the environment may override it); **{} because mypy
+    # without pydantic's plugin takes Field's positional defaults for required arguments
+    settings = ManagerSettings(**{})
+    service = Service(Repository(open_store("memory:")), settings, "memory", "schema")
     return build(service).openapi()
 
 

@@ -22,11 +22,13 @@ tries again on the next pass.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from cargohold.control.model import (
     EngineSpec,
     EventKind,
     Node,
+    Operation,
     OperationKind,
     OperationState,
     Replica,
@@ -273,7 +275,7 @@ class EngineReconciler:
 
     def _where(
         self, vol: Volume, reps: list[Replica], nodes: dict[str, Node], busy: bool
-    ) -> tuple[str, str] | None:
+    ) -> tuple[str, Literal["attach", "maintenance"]] | None:
         if vol.deleting or vol.released:
             return None
         if vol.attach_node is not None:
@@ -340,7 +342,7 @@ class EngineReconciler:
             v.engine = EngineSpec(
                 node=node,
                 epoch=v.epoch,
-                purpose=purpose,  # type: ignore[arg-type]
+                purpose=purpose,
                 replicas=ids,
                 require_epoch=v.current_epoch,
                 require_generation=v.current_generation,
@@ -392,7 +394,7 @@ class VolumeReconciler:
                 await self.repo.delete_operation(op.id)
             elif not op.done and op.volume not in names:
 
-                def gone(o):  # type: ignore[no-untyped-def]
+                def gone(o: Operation) -> Operation:
                     o.state, o.error, o.finished_at = OperationState.FAILED, "volume deleted", t
                     return o
 
@@ -402,7 +404,7 @@ class VolumeReconciler:
         self,
         vol: Volume,
         nodes: dict[str, Node],
-        ops: list,  # type: ignore[type-arg]
+        ops: list[Operation],
         reps: list[Replica],
     ) -> None:
         if vol.deleting:
@@ -457,7 +459,7 @@ class VolumeReconciler:
         for op in ops:  # an operation whose engine went away before it finished: rerun
             if op.volume == vol.name and op.state is OperationState.RUNNING and vol.engine is None:
 
-                def again(o):  # type: ignore[no-untyped-def]
+                def again(o: Operation) -> Operation:
                     o.state = OperationState.PENDING
                     return o
 

@@ -13,6 +13,7 @@ wakes the heartbeats held for the nodes a change concerns (cargohold/control/wat
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import secrets
 import time
@@ -102,7 +103,7 @@ class Repository:
         that wants to scribble on one takes ``model_copy()`` first)."""
         hit = self._parsed.get(key)
         if hit is not None and hit[0] == rev and type(hit[1]) is model:
-            return hit[1]  # type: ignore[return-value]
+            return hit[1]  # its type is model: an M
         try:
             rec = model.model_validate_json(value)
         except ValidationError as e:  # not JSON, or not a valid record
@@ -158,14 +159,13 @@ class Repository:
             if got is None:
                 raise NotFound(f"{what} not found")
             rec, rev = got
-            new = change(rec.model_copy(deep=True))
-            if hasattr(new, "__await__"):
-                new = await new  # type: ignore[misc]
+            changed = change(rec.model_copy(deep=True))
+            new: M | None = await changed if inspect.isawaitable(changed) else changed
             if new is None or new == rec:
                 return rec
             if await self.store.txn([Compare(key, rev)], [Put(key, _dump(new))]):
-                self._notify(rec, new)  # type: ignore[arg-type]
-                return new  # type: ignore[return-value]
+                self._notify(rec, new)
+                return new
         raise Conflict(f"{what}: too many concurrent changes, try again")
 
     # --- nodes and disks ----------------------------------------------------------------
@@ -227,7 +227,11 @@ class Repository:
         for r in replicas:
             self._notify(None, r)
 
-    async def update_volume(self, name: str, change: Callable[[Volume], Volume | None]) -> Volume:
+    async def update_volume(
+        self,
+        name: str,
+        change: Callable[[Volume], Volume | None] | Callable[[Volume], Awaitable[Volume | None]],
+    ) -> Volume:
         return await self._update(keys.volume(name), Volume, change, f"volume {name}")
 
     async def delete_volume_records(self, name: str) -> None:

@@ -18,7 +18,7 @@ manager learns of the leader's writes when its hold ends.
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -30,10 +30,11 @@ ALL: Literal["all"] = "all"
 def affected(old: BaseModel | None, new: BaseModel | None) -> set[str] | Literal["all"]:
     """The nodes whose assignments may differ after ``old`` became ``new`` (None: absent)."""
     rec = new if new is not None else old
+    # old and new are records of one kind (one key): rec's, or absent
     if isinstance(rec, Replica):
-        if new is None:  # the record goes after the agent deleted it: nothing to do there
+        if not isinstance(new, Replica):  # the record goes after the agent deleted it
             return set()
-        if old is None or (old.deleting, old.size_bytes, old.disk_path) != (
+        if not isinstance(old, Replica) or (old.deleting, old.size_bytes, old.disk_path) != (
             new.deleting,
             new.size_bytes,
             new.disk_path,
@@ -41,7 +42,7 @@ def affected(old: BaseModel | None, new: BaseModel | None) -> set[str] | Literal
             return {rec.node}
         return set()
     if isinstance(rec, Volume):
-        if old is None or new is None:
+        if not isinstance(old, Volume) or not isinstance(new, Volume):
             return set()  # created with its replicas (they say where); deleted: orphans only
         if old.size_bytes != new.size_bytes:
             return ALL
@@ -49,9 +50,9 @@ def affected(old: BaseModel | None, new: BaseModel | None) -> set[str] | Literal
             return {e.node for e in (old.engine, new.engine) if e is not None}
         return set()
     if isinstance(rec, Operation):
-        if new is None:
+        if not isinstance(new, Operation):
             return set()
-        if old is None or (old.state != new.state and not new.done):
+        if not isinstance(old, Operation) or (old.state != new.state and not new.done):
             return ALL  # a new (or re-run) operation: for its engine's node
         return set()
     if isinstance(rec, Disk):
@@ -60,8 +61,8 @@ def affected(old: BaseModel | None, new: BaseModel | None) -> set[str] | Literal
         return {rec.node} if new is not None else set()
     if isinstance(rec, Node):
         if (
-            old is not None
-            and new is not None
+            isinstance(old, Node)
+            and isinstance(new, Node)
             and (old.address, old.replica_port)
             == (
                 new.address,
@@ -110,7 +111,7 @@ class AssignmentWatch:
         node: str,
         mark: tuple[int, int],
         timeout: float,
-        also: asyncio.Future[object] | None = None,
+        also: asyncio.Future[Any] | None = None,
     ) -> bool:
         """Until ``node`` is touched after ``mark`` (True), ``timeout`` seconds pass or
         ``also`` (the agent hung up) is done (False)."""
@@ -119,8 +120,9 @@ class AssignmentWatch:
         f: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(node, set()).add(f)
         try:
+            waited: set[asyncio.Future[Any]] = {f} if also is None else {f, also}
             await asyncio.wait(
-                {f} if also is None else {f, also},
+                waited,
                 timeout=timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cargohold.control import heartbeat, reconcilers, repository, service
+from cargohold.control import (
+    engine_reports,
+    heartbeat,
+    operation_results,
+    reconcilers,
+    repository,
+    service_base,
+    service_nodes,
+    service_volumes,
+)
 from cargohold.control.model import (
     Assignments,
     DiskReport,
@@ -64,7 +73,9 @@ class Sim:
         self, monkeypatch, nodes: int = 3, zones: list[str] | None = None, **settings
     ) -> None:  # type: ignore[no-untyped-def]
         self.clock = Clock()
-        for mod in (repository, heartbeat, reconcilers, service):
+        # every module that reads the clock (each took ``now`` from the repository)
+        modules = (repository, heartbeat, engine_reports, operation_results, reconcilers)
+        for mod in (*modules, service_base, service_nodes, service_volumes):
             monkeypatch.setattr(mod, "now", self.clock)
         self.settings = ManagerSettings(**settings)
         self.repo = Repository(open_store("memory:"))

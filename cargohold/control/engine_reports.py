@@ -1,0 +1,198 @@
+"""What a running engine reports in its node's heartbeat, into its volume's and replicas'
+records: status, robustness, the newest current generation (invariant 4), a full disk's
+error, the last scrub, each replica's mode, generation and rebuild progress.
+
+Called by heartbeat.py's ``handle`` once per engine in a report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cargohold.control.model import (
+    EngineReport,
+    EngineStatus,
+    Replica,
+    ReplicaMode,
+    Robustness,
+    ScrubSummary,
+    Volume,
+)
+from cargohold.control.repository import Repository, now
+from cargohold.errors import NotFound
+
+NO_SPACE = "no space left on"  # in a replica server's NoSpace message (replica/session.py)
+
+
+def no_space_error(links: dict[Any, dict[str, Any]], current: str) -> str | None:
+    """The volume's error while one of its replicas is dropped (ERR) because its disk is
+    full: which replica, which disk, which node — or "" once every replica is RW again
+    (None: leave the error as it is). The agent re-adds such a replica with back-off
+    (agent/processes.py ``readd_wait``); while a re-add is being tried (WO) the error stays."""
+    for rid, x in sorted(links.items(), key=lambda kv: str(kv[0])):
+        err = str(x.get("error", ""))
+        if x.get("mode") == "ERR" and NO_SPACE in err:
+            return f"replica {rid} is failed: {err} (re-added with back-off up to 5 min)"
+    ours = current.startswith("replica ") and NO_SPACE in current
+    if ours and all(x.get("mode") == "RW" for x in links.values()):
+        return ""
+    return None
+
+
+def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
+    """The last succeeded scrub pass in an engine's status (``scrub.last``), or None."""
+    last = (status.get("scrub") or {}).get("last")
+    if not isinstance(last, dict) or last.get("state") != "succeeded":
+        return None
+    try:
+        return ScrubSummary(
+            ended_at=float(last["started_at"]) + float(last.get("seconds", 0.0)),
+            reason=str(last.get("reason", "")),
+            checked_blocks=int(last.get("checked_blocks", 0)),
+            found=int(last.get("found", 0)),
+            repaired=int(last.get("repaired", 0)),
+            unrepaired=int(last.get("unrepaired", 0)),
+            compared_replicas=int(last.get("compared_replicas", 0)),
+            diverged_found=int(last.get("diverged_found", 0)),
+            diverged_repaired=int(last.get("diverged_repaired", 0)),
+            diverged_unrepaired=int(last.get("diverged_unrepaired", 0)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # an engine's status is not trusted to be well formed
+
+
+async def ingest_engine(
+    repo: Repository,
+    name: str,
+    er: EngineReport,
+    vol: Volume,
+    replicas: list[Replica],
+    down: set[str],
+    wake: Callable[[], None],
+) -> None:
+    """What one engine reports, into its volume's and replicas' records. ``vol`` and
+    ``replicas`` as read at the start of the heartbeat; nothing is written (no fsync)
+    when the report changes nothing."""
+    st = er.status or {}
+    links: dict[Any, dict[str, Any]] = {
+        x.get("id"): x for x in st.get("replicas", []) if isinstance(x, dict)
+    }
+    if vol.engine is None or vol.engine.node != name or vol.engine.epoch != er.epoch:
+        # an engine the manager no longer wants here (it is being stopped): note only
+        # that it still runs, so the volume shows "detaching"
+        if vol.engine_status is not None and vol.engine_status.node == name:
+
+            def old(v: Volume) -> Volume:
+                assert v.engine_status is not None
+                v.engine_status.running = er.running
+                return v
+
+            if er.running != vol.engine_status.running:
+                await update_volume(repo, vol.name, old)
+                wake()
+        return
+    rw_gens = [int(x.get("generation", 0)) for x in links.values() if x.get("mode") == "RW"]
+    # robustness counts only replicas whose node is up: an idle engine notices a dead
+    # replica only at its next I/O, the manager knows from the missing heartbeats
+    where = {r.id: r.node for r in replicas}
+    rw = sum(1 for rid, x in links.items() if x.get("mode") == "RW" and where.get(rid) not in down)
+
+    def observe(v: Volume) -> dict[str, object]:
+        """The observed fields of ``v`` after this report (``v`` is not changed)."""
+        status = EngineStatus(
+            node=name,
+            epoch=er.epoch,
+            running=er.running,
+            endpoint=st.get("endpoint") or er.endpoint,
+            generation=int(st.get("generation", 0) or 0),
+            size_bytes=int(st.get("size_bytes", 0) or 0),
+            robustness=Robustness.UNKNOWN,
+            error=er.error,
+            reported_at=now(),
+        )
+        old = v.engine_status
+        if old is not None and old.model_copy(update={"reported_at": 0.0}) == (
+            status.model_copy(update={"reported_at": 0.0})
+        ):
+            status = old  # nothing new: no write (every write is an fsync)
+        out: dict[str, object] = {"engine_status": status}
+        if er.running and st:
+            # the newest generation every current replica has: a lower bound on what a
+            # future engine must start from (invariant 4)
+            if "current_generation" in st:  # (epoch, generation) every current replica has
+                top = (int(st.get("current_epoch", 0)), int(st["current_generation"]))
+                if top > (v.current_epoch, v.current_generation):
+                    out["current_epoch"], out["current_generation"] = top
+            elif rw_gens:
+                out["current_generation"] = max(v.current_generation, min(rw_gens))
+            out["robustness"] = (
+                Robustness.FAULTED
+                if rw == 0
+                else Robustness.DEGRADED
+                if rw < v.replicas_wanted
+                else Robustness.HEALTHY
+            )
+            full = no_space_error(links, v.error)
+            if full is not None:
+                out["error"] = full
+            if st.get("fenced"):
+                out["error"] = f"engine epoch {er.epoch} was fenced: {st['fenced']}"
+            scrub = scrub_summary(st)
+            if scrub is not None and (
+                v.last_scrub is None or scrub.ended_at > v.last_scrub.ended_at
+            ):
+                out["last_scrub"] = scrub
+        return out
+
+    def observed(v: Volume) -> Volume:
+        for k, value in observe(v).items():
+            setattr(v, k, value)
+        return v
+
+    if any(getattr(vol, k) != value for k, value in observe(vol).items()):
+        await update_volume(repo, vol.name, observed)  # only a change is written
+    if not (er.running and st):
+        return
+    for rep in replicas:
+        link = links.get(rep.id)
+        mode = (
+            ReplicaMode(link["mode"]) if link and link.get("mode") in ("RW", "WO", "ERR") else None
+        )
+        gen = int(link.get("generation", rep.generation)) if link else rep.generation
+        rb = link.get("rebuild") if link else None
+        progress = None
+        if isinstance(rb, dict) and rb.get("total"):
+            progress = min(1.0, float(rb.get("done", 0)) / float(rb["total"]))
+        err = str(link.get("error", "")) if link else ""
+        if (rep.mode, rep.generation, rep.rebuild_progress, rep.error) == (
+            mode,
+            gen,
+            progress,
+            err,
+        ):
+            continue
+
+        def upd(
+            r: Replica,
+            mode: ReplicaMode | None = mode,
+            gen: int = gen,
+            progress: float | None = progress,
+            err: str = err,
+        ) -> Replica:
+            r.mode, r.generation, r.rebuild_progress, r.error = mode, gen, progress, err
+            return r
+
+        try:
+            await repo.update_replica(vol.name, rep.id, upd)
+        except NotFound:
+            pass  # deleted meanwhile
+
+
+async def update_volume(
+    repo: Repository, name: str, change: Callable[[Volume], Volume | None]
+) -> None:
+    try:
+        await repo.update_volume(name, change)
+    except NotFound:
+        pass  # deleted since the heartbeat read it

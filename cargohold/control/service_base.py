@@ -1,0 +1,64 @@
+"""What every part of ``Service`` shares: the repository, the settings, the manager's
+identity, the reconcilers' wake-up and the heartbeat watch; and the helpers the calls of
+several record kinds use (a volume's view, a new operation, "is the volume usable").
+
+``Service`` (service.py) is made of the parts in service_*.py and heartbeat_hold.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from cargohold.control.model import Heartbeat, Operation, OperationKind, Snapshot, Volume, keys
+from cargohold.control.repository import Repository, new_id, now
+from cargohold.control.settings import ManagerSettings
+from cargohold.control.state.base import Put
+from cargohold.control.views import volume_view
+from cargohold.control.watch import AssignmentWatch
+from cargohold.errors import WrongState
+
+
+class ServiceBase:
+    """The state and helpers every part of ``Service`` uses; not used alone."""
+
+    def __init__(
+        self, repo: Repository, settings: ManagerSettings, backend: str, manager_id: str
+    ) -> None:
+        self.repo = repo
+        self.settings = settings
+        self.backend = backend
+        self.manager_id = manager_id
+        self.is_leader = False
+        self.kick = asyncio.Event()  # wakes the reconcilers after a write
+        self.watch = AssignmentWatch()  # wakes held heartbeats when their node's work changes
+        self.reports: dict[str, tuple[str, Heartbeat]] = {}  # node -> (digest, last report)
+        repo.observers.append(self.watch.changed)
+
+    async def view(self, vol: Volume) -> dict[str, Any]:
+        nodes = {n.name: n for n in await self.repo.nodes()}
+        return volume_view(vol, await self.repo.replicas(vol.name), nodes)
+
+    async def _operation(
+        self, kind: OperationKind, volume: str, args: dict[str, Any], also: list[Put] | None = None
+    ) -> Operation:
+        op = Operation(id=new_id("op-"), kind=kind, volume=volume, args=args, created_at=now())
+        await self.repo.create_operation(op, also=also)
+        self.kick.set()
+        return op
+
+    def _usable(self, vol: Volume) -> None:
+        if vol.deleting or vol.released:
+            raise WrongState(f"volume {vol.name} is being deleted")
+        if not vol.initialized:
+            raise WrongState(f"volume {vol.name} is still being cloned")
+
+    async def _snapshot_op(self, volume: str, snap: str, labels: dict[str, str]) -> Operation:
+        rec = Snapshot(volume=volume, name=snap, labels=labels, created_at=now())
+        op = await self._operation(
+            OperationKind.SNAPSHOT_CREATE,
+            volume,
+            {"name": snap, "labels": labels},
+            also=[Put(keys.snapshot(volume, snap), rec.model_dump_json().encode())],
+        )
+        return op

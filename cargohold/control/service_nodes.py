@@ -1,0 +1,115 @@
+"""``Service``'s calls on nodes and disks: registration, cordon, drain, disks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cargohold.control.model import Disk, DiskReport, Node, Registration, Replica, check_name
+from cargohold.control.repository import now
+from cargohold.control.requests import DiskCreate
+from cargohold.control.service_base import ServiceBase
+
+log = logging.getLogger("cargohold.manager")
+
+
+class NodeCalls(ServiceBase):
+    async def register(self, name: str, reg: Registration) -> dict[str, Any]:
+        check_name(name, "node name")
+        t = now()
+
+        def make(old: Node | None) -> Node:
+            base = old or Node(name=name, address=reg.address, registered_at=t)
+            return base.model_copy(
+                update={
+                    "zone": reg.zone,
+                    "address": reg.address,
+                    "replica_port": reg.replica_port or base.replica_port,
+                    "tags": reg.tags,
+                    "agent_pid": reg.agent_pid,
+                    "heartbeat_at": t,
+                    "down_since": None,
+                }
+            )
+
+        node = await self.repo.upsert_node(name, make)
+        for d in reg.disks:
+            await self._report_disk(name, d)
+        log.info("node %s registered (%s, zone %r)", name, reg.address, reg.zone)
+        self.kick.set()
+        return node.view()
+
+    async def _report_disk(self, node: str, d: DiskReport) -> None:
+        existing = {x.name: x for x in await self.repo.disks(node)}
+        old = existing.get(d.name)
+        disk = Disk(
+            node=node,
+            name=d.name,
+            path=d.path,
+            capacity_bytes=d.capacity_bytes,
+            tags=sorted(set(d.tags) | set(old.tags if old else [])),
+            schedulable=old.schedulable if old else True,
+        )
+        if old != disk:
+            await self.repo.put_disk(disk)
+
+    async def node(self, name: str) -> dict[str, Any]:
+        return (await self.repo.node(name)).view()
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return [n.view() for n in await self.repo.nodes()]
+
+    async def cordon(self, name: str, on: bool) -> dict[str, Any]:
+        def change(n: Node) -> Node:
+            n.cordoned = on
+            if not on:
+                n.draining = False
+            return n
+
+        node = await self.repo.update_node(name, change)
+        if not on:  # uncordon also ends a drain: replicas not yet moved stay
+            for rep in await self.repo.replicas():
+                if rep.node == name and rep.evicting and not rep.deleting:
+
+                    def stay(r: Replica) -> Replica:
+                        r.evicting = False
+                        return r
+
+                    await self.repo.update_replica(rep.volume, rep.id, stay)
+        self.kick.set()
+        return node.view()
+
+    async def drain(self, name: str) -> dict[str, Any]:
+        """Cordon, and move every replica off the node (new ones first, then the old go)."""
+
+        def change(n: Node) -> Node:
+            n.cordoned = n.draining = True
+            return n
+
+        node = await self.repo.update_node(name, change)
+        for rep in await self.repo.replicas():
+            if rep.node == name and not rep.deleting and not rep.evicting:
+
+                def evict(r: Replica) -> Replica:
+                    r.evicting = True
+                    return r
+
+                await self.repo.update_replica(rep.volume, rep.id, evict)
+        self.kick.set()
+        return node.view()
+
+    async def disks(self) -> list[dict[str, Any]]:
+        return [d.model_dump() for d in await self.repo.disks()]
+
+    async def add_disk(self, node: str, req: DiskCreate) -> dict[str, Any]:
+        await self.repo.node(node)
+        disk = Disk(
+            node=node,
+            name=req.name,
+            path=req.path,
+            capacity_bytes=req.capacity_bytes,
+            tags=req.tags,
+        )
+        await self.repo.create_disk(disk)
+        self.kick.set()
+        return disk.model_dump()

@@ -1,0 +1,261 @@
+"""``Service``'s calls on volumes: create (and clone), attach, detach, delete, expand,
+scrub, recover an epoch; the views of volumes, their replicas and attachments.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cargohold.constants import MAX_EPOCH
+from cargohold.control.model import NodeState, OperationKind, Replica, SnapshotState, Volume
+from cargohold.control.repository import new_id, now
+from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate
+from cargohold.control.service_base import ServiceBase
+from cargohold.control.views import volume_view
+from cargohold.errors import AlreadyExists, InvalidArgument, NotFound, Unschedulable, WrongState
+
+log = logging.getLogger("cargohold.manager")
+
+
+class VolumeCalls(ServiceBase):
+    async def volume(self, name: str) -> dict[str, Any]:
+        return await self.view(await self.repo.volume(name))
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        nodes = {n.name: n for n in await self.repo.nodes()}
+        reps: dict[str, list[Replica]] = {}
+        for r in await self.repo.replicas():
+            reps.setdefault(r.volume, []).append(r)
+        return [volume_view(v, reps.get(v.name, []), nodes) for v in await self.repo.volumes()]
+
+    async def create_volume(self, req: VolumeCreate) -> dict[str, Any]:
+        count = req.replicas or self.settings.default_replicas
+        snapshot_name = None
+        if req.source is not None:
+            src = await self.repo.volume(req.source.volume)
+            if src.deleting or src.released:
+                raise WrongState(f"source volume {src.name} is being deleted")
+            if req.source.snapshot is not None:
+                snap = await self.repo.snapshot(src.name, req.source.snapshot)
+                if snap.state is not SnapshotState.READY:
+                    raise WrongState(f"snapshot {snap.name} of {src.name} is {snap.state.value}")
+                snapshot_name = snap.name
+            if req.size_bytes < src.size_bytes:
+                raise InvalidArgument(
+                    f"a clone must be at least as large as its source: {req.size_bytes} < "
+                    f"{src.size_bytes} bytes"
+                )
+        await self._name_free(req.name)
+        try:
+            reps = await self.repo.plan_replicas(
+                req.name,
+                req.size_bytes,
+                count,
+                zone_spread=req.zone_spread,
+                node_tags=req.node_tags,
+                disk_tags=req.disk_tags,
+                overprovisioning=self.settings.overprovisioning,
+                preferred_nodes=req.preferred_nodes,
+            )
+        except Unschedulable:
+            # A concurrent create of this name may have stored its volume and replicas
+            # since the check above: its replicas then hold every node the scheduler could
+            # use for "another replica of this volume". The name is taken: say that.
+            await self._name_free(req.name)
+            raise
+        t = now()
+        vol = Volume(
+            name=req.name,
+            size_bytes=req.size_bytes,
+            replicas_wanted=count,
+            zone_spread=req.zone_spread,
+            node_tags=req.node_tags,
+            disk_tags=req.disk_tags,
+            reclaim_policy=req.reclaim_policy,
+            stale_replica_timeout=req.stale_replica_timeout,
+            source=req.source,
+            created_at=t,
+            initialized=req.source is None,
+        )
+        await self.repo.create_volume(vol, reps)
+        if req.source is not None:
+            if snapshot_name is None:  # clone a volume: through a snapshot taken now
+                snapshot_name = f"clone-{req.name}-{new_id('')}"
+                await self._snapshot_op(req.source.volume, snapshot_name, {"clone-for": req.name})
+            await self._operation(
+                OperationKind.CLONE,
+                req.name,
+                {"source_volume": req.source.volume, "snapshot": snapshot_name},
+            )
+        log.info(
+            "volume %s created: %d bytes, replicas on %s",
+            req.name,
+            req.size_bytes,
+            ", ".join(f"{r.node}/{r.disk}" for r in reps),
+        )
+        self.kick.set()
+        return await self.view(vol)
+
+    async def _name_free(self, name: str) -> None:
+        try:
+            await self.repo.volume(name)
+        except NotFound:
+            return
+        raise AlreadyExists(f"volume {name} already exists")
+
+    async def attach(self, name: str, req: AttachRequest) -> dict[str, Any]:
+        node = await self.repo.node(req.node)
+        if node.state is NodeState.DOWN:
+            raise WrongState(f"node {req.node} is down")
+
+        async def change(v: Volume) -> Volume | None:
+            if v.released:
+                raise WrongState(
+                    f"volume {name} was released (deleted with reclaim policy Retain): its data "
+                    "is kept but it cannot be attached; `volume delete --purge` removes it"
+                )
+            if v.deleting:
+                raise WrongState(f"volume {name} is being deleted")
+            if not v.initialized:
+                raise WrongState(f"volume {name} is still being cloned; try again when it is ready")
+            if v.attach_node == req.node:
+                return None
+            if v.attach_node is not None and not req.force:
+                holder = await self.repo.node(v.attach_node)
+                if holder.state is not NodeState.DOWN:
+                    raise WrongState(
+                        f"volume {name} is attached to node {v.attach_node}; detach it first "
+                        "(or force a takeover)"
+                    )
+                log.info(
+                    "volume %s: node %s is down, taking over on %s", name, v.attach_node, req.node
+                )
+            v.attach_node = req.node
+            return v
+
+        vol = await self.repo.update_volume(name, change)
+        self.kick.set()
+        return await self.view(vol)
+
+    async def detach(self, name: str) -> dict[str, Any]:
+        def change(v: Volume) -> Volume | None:
+            if v.attach_node is None:
+                return None
+            v.attach_node = None
+            return v
+
+        vol = await self.repo.update_volume(name, change)
+        self.kick.set()
+        return await self.view(vol)
+
+    async def delete_volume(self, name: str, purge: bool = False) -> dict[str, Any]:
+        def change(v: Volume) -> Volume | None:
+            if v.attach_node is not None:
+                raise WrongState(
+                    f"volume {name} is attached to node {v.attach_node}; detach it first"
+                )
+            if v.reclaim_policy == "Retain" and not purge:
+                if v.released:
+                    return None
+                v.released = True  # data kept; `delete --purge` removes it
+                return v
+            if v.deleting:
+                return None
+            v.deleting = True
+            v.released = False  # a purge of a released volume: now it goes
+            return v
+
+        vol = await self.repo.update_volume(name, change)
+        self.kick.set()
+        return await self.view(vol)
+
+    async def expand(self, name: str, req: ExpandRequest) -> dict[str, Any]:
+        vol = await self.repo.volume(name)
+        if req.size_bytes % 4096:
+            raise InvalidArgument(f"size_bytes must be a multiple of 4096, got {req.size_bytes}")
+        if req.size_bytes < vol.size_bytes:
+            raise InvalidArgument(
+                f"volumes only grow: {req.size_bytes} < {vol.size_bytes} bytes (the current size)"
+            )
+        self._usable(vol)
+        op = await self._operation(OperationKind.EXPAND, name, {"size_bytes": req.size_bytes})
+        return op.model_dump()
+
+    async def scrub(self, name: str) -> dict[str, Any]:
+        """A scrub pass of every replica, run by the volume's engine (it must be attached):
+        the operation's result is the pass's report (found, repaired, the bad blocks)."""
+        vol = await self.repo.volume(name)
+        self._usable(vol)
+        if vol.attach_node is None:
+            raise WrongState(f"volume {name} is detached: a scrub runs in its engine; attach it")
+        op = await self._operation(OperationKind.SCRUB, name, {})
+        return op.model_dump()
+
+    async def recover_epoch(self, name: str) -> dict[str, Any]:
+        """A volume fenced by a bogus epoch (a replica accepted an epoch the manager never
+        issued: an older version without the bound, or a hostile client): raise the volume's
+        epoch above the highest its replicas report, so that the next engine (allowed to
+        jump epochs, ``EngineSpec.epoch_jump``) opens them all. A replica whose node has not
+        reported yet is not counted: run it again once every node is up."""
+        vol = await self.repo.volume(name)
+        if vol.deleting:
+            raise WrongState(f"volume {name} is being deleted")
+        reps = [r for r in await self.repo.replicas(name) if not r.deleting]
+        top = max((r.epoch for r in reps), default=0)
+        if top >= MAX_EPOCH - 1:
+            raise WrongState(
+                f"volume {name}: a replica holds epoch {top}, the largest there is; "
+                "no engine can open it: recreate that replica"
+            )
+
+        def change(v: Volume) -> Volume | None:
+            if top <= v.epoch:  # not fenced by a replica: nothing to do (no engine restart)
+                if v.error.startswith("fenced by epoch "):
+                    v.error = ""
+                    return v
+                return None
+            if v.engine is not None:  # restart the engine (fenced, crash-looping) at top + 1
+                v.engine = None
+            v.epoch = top
+            v.recovered_epoch = top + 1  # the next engine's epoch
+            if v.error.startswith("fenced by epoch "):
+                v.error = ""
+            return v
+
+        before = vol.epoch
+        vol = await self.repo.update_volume(name, change)
+        if vol.epoch == before:
+            return await self.view(vol)
+        log.warning(
+            "volume %s: epoch raised to %d (the highest its replicas reported: %d); the next "
+            "engine starts at %d",
+            name,
+            vol.epoch,
+            top,
+            vol.epoch + 1,
+        )
+        self.kick.set()
+        return await self.view(vol)
+
+    async def replicas(self, volume: str | None) -> list[dict[str, Any]]:
+        if volume is not None:
+            reps: list[dict[str, Any]] = (await self.volume(volume))["replicas"]
+            return reps
+        out = []
+        for v in await self.volumes():
+            out.extend(v["replicas"])
+        return out
+
+    async def attachments(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "volume": v["name"],
+                "node": v["attached_node"],
+                "endpoint": v["endpoint"],
+                "epoch": v["epoch"],
+                "state": v["state"],
+            }
+            for v in await self.volumes()
+            if v["attached_node"] is not None
+        ]
