@@ -71,7 +71,7 @@ class Settings:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Each field's default."""
-        return {f.name: _default(f) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return {f.name: _default(f) for f in _fields(cls)}
 
     @classmethod
     def variables(cls) -> list[tuple[str, str, Any, str]]:
@@ -83,11 +83,11 @@ class Settings:
                 _default(f),
                 f.metadata.get("description", ""),
             )
-            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            for f in _fields(cls)
         ]
 
     def __init__(self, **given: Any) -> None:
-        fields = {f.name: f for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        fields = {f.name: f for f in _fields(self)}
         unknown = sorted(set(given) - set(fields))
         if unknown:
             raise ConfigError(
@@ -106,10 +106,7 @@ class Settings:
             object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
-        values = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}"
-            for f in dataclasses.fields(self)  # type: ignore[arg-type]
-        )
+        values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in _fields(self))
         return f"{type(self).__name__}({values})"
 
     def __eq__(self, other: object) -> bool:
@@ -125,6 +122,12 @@ def parse_size(text: str) -> int:
         return int(float(num) * units[unit])
     except ValueError:
         raise ConfigError(f"cannot read size {text!r} (examples: 4096, 512MiB, 10GiB)") from None
+
+
+def _fields(obj: Any) -> tuple[dataclasses.Field, ...]:
+    """The fields of a settings class or object (every subclass is a dataclass; the base,
+    which declares none, is not)."""
+    return dataclasses.fields(obj)
 
 
 def _default(f: dataclasses.Field) -> Any:
