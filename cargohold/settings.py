@@ -1,13 +1,19 @@
-"""Typed settings of the data-path daemons, one class per area. Read from arguments and
-CARGOHOLD_* environment variables.
+"""Typed settings: the one style every cargohold component uses, and the settings of the
+data-path daemons (replica server, engine, NBD frontend) and of every process.
 
-These are plain dataclasses with a small loader rather than pydantic-settings models: one
-engine runs per attached volume, and pydantic with pydantic-settings would add about
-16 MiB to every one of them (docs/benchmarks.md). The control plane, which runs once, keeps
-pydantic (``control/settings.py``). Each field says its type, default, bounds and purpose;
-``EngineSettings(**given)`` takes arguments first, then ``CARGOHOLD_ENGINE_<FIELD>``, then
-the default, and raises ConfigError naming the field and the rule on bad values (unknown
-names included).
+One settings class per daemon or layer, each in its layer's ``settings.py``:
+``control/settings.py`` (manager), ``agent/settings.py``, ``csi/settings.py``,
+``audit/settings.py``, ``cli/settings.py``; the data path's are here because the engine and
+the NBD frontend share ``NBDSettings`` and neither may import the other. Every class is a
+frozen dataclass built on ``Settings`` below, not a pydantic-settings model: one engine runs
+per attached volume, and importing pydantic-settings costs about 21 MiB of RSS and 0.4 s of
+start-up in each of them (``tests/unit/test_settings.py`` keeps pydantic out of the engine).
+
+Each field says its type, default, bounds and purpose (``setting``); ``EngineSettings(**given)``
+takes arguments first (the CLI's flags), then ``CARGOHOLD_ENGINE_<FIELD>``, then the default,
+and raises ConfigError naming the field or the variable and the rule on bad values (unknown
+names included). ``python -m cargohold.settings_doc docs/configuration.md`` writes the table
+of every variable from these classes.
 """
 
 from __future__ import annotations
@@ -33,10 +39,19 @@ def setting(
     le: float | None = None,
     multiple_of: int | None = None,
     default_factory: Any = dataclasses.MISSING,
+    parse: Any = None,
+    shown: str | None = None,
 ) -> Any:
-    """A field with its bounds, checked when the settings are made."""
+    """A field with its bounds, checked when the settings are made. ``parse``: turns the
+    text of an environment variable into the value, for types the loader does not know
+    (arguments of other types are taken as they are); ``shown``: the type as the docs show
+    it."""
     rules = {"gt": gt, "ge": ge, "le": le, "multiple_of": multiple_of}
     meta = {"description": description, **{k: v for k, v in rules.items() if v is not None}}
+    if parse is not None:
+        meta["parse"] = parse
+    if shown is not None:
+        meta["shown"] = shown
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -46,9 +61,33 @@ class Settings:
     """Base of the settings classes: arguments, then the environment, then the defaults."""
 
     env_prefix: ClassVar[str] = "CARGOHOLD_"
+    component: ClassVar[str] = ""  # who reads them, in docs/configuration.md
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """The environment variable of the field ``name``."""
+        return cls.env_prefix + name.upper()
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Each field's default."""
+        return {f.name: _default(f) for f in _fields(cls)}
+
+    @classmethod
+    def variables(cls) -> list[tuple[str, str, Any, str]]:
+        """(variable, type, default, description) of every field, in order."""
+        return [
+            (
+                cls.variable(f.name),
+                f.metadata.get("shown") or str(f.type).replace(" ", ""),
+                _default(f),
+                f.metadata.get("description", ""),
+            )
+            for f in _fields(cls)
+        ]
 
     def __init__(self, **given: Any) -> None:
-        fields = {f.name: f for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        fields = {f.name: f for f in _fields(self)}
         unknown = sorted(set(given) - set(fields))
         if unknown:
             raise ConfigError(
@@ -61,28 +100,52 @@ class Settings:
                 value = _convert(f, given[name], name)
             elif var in os.environ:
                 value = _convert(f, os.environ[var], var)
-            elif f.default_factory is not dataclasses.MISSING:
-                value = f.default_factory()
             else:
-                value = f.default
+                value = _default(f)
             _check(f, value, var if name not in given else name)
             object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
-        values = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}"
-            for f in dataclasses.fields(self)  # type: ignore[arg-type]
-        )
+        values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in _fields(self))
         return f"{type(self).__name__}({values})"
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and repr(other) == repr(self)
 
 
+def parse_size(text: str) -> int:
+    """'10GiB', '512MiB', '4096', '1G' -> bytes."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        return int(float(num) * units[unit])
+    except ValueError:
+        raise ConfigError(f"cannot read size {text!r} (examples: 4096, 512MiB, 10GiB)") from None
+
+
+def _fields(obj: Any) -> tuple[dataclasses.Field, ...]:
+    """The fields of a settings class or object (every subclass is a dataclass; the base,
+    which declares none, is not)."""
+    return dataclasses.fields(obj)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
     kind = str(f.type).replace(" ", "")
     text = value.strip() if isinstance(value, str) else None
     try:
+        if "parse" in f.metadata:
+            return f.metadata["parse"](text) if text is not None else value
+        if kind in ("int|None", "float|None"):
+            if value is None or text == "":
+                return None
+            kind = kind.removesuffix("|None")
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -92,11 +155,17 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int | str):
                 raise ValueError("expected an integer")
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError("expected an integer") from None
         if kind == "float":
             if isinstance(value, bool) or not isinstance(value, int | float | str):
                 raise ValueError("expected a number")
-            return float(value)
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError("expected a number") from None
         if kind == "str":
             if not isinstance(value, str):
                 raise ValueError("expected a string")
@@ -111,6 +180,8 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
                 raise ValueError("expected a list of strings")
             return [x.strip() for x in value if x.strip()]
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {value!r}: {e}") from None
     except (ValueError, json.JSONDecodeError) as e:
         raise ConfigError(f"{where}: {value!r}: {e}") from None
     raise TypeError(f"setting {f.name}: unsupported type {f.type}")  # a bug in this module
@@ -135,6 +206,7 @@ class ReplicaServerSettings(Settings):
     """The replica server of one node (``cargohold replica-server``)."""
 
     env_prefix: ClassVar[str] = "CARGOHOLD_REPLICA_"
+    component: ClassVar[str] = "replica server"
 
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(DEFAULT_REPLICA_PORT, "TCP port (0: any free one)", ge=0, le=65535)
@@ -180,6 +252,7 @@ class EngineSettings(Settings):
     """One volume's engine (``cargohold engine``)."""
 
     env_prefix: ClassVar[str] = "CARGOHOLD_ENGINE_"
+    component: ClassVar[str] = "engine"
 
     replica_timeout: float = setting(
         5.0, "seconds a replica may take to answer before it is dropped (ERR)", gt=0
@@ -216,6 +289,7 @@ class NBDSettings(Settings):
     takes and how long it waits for them (docs/operations.md, "Connection limits")."""
 
     env_prefix: ClassVar[str] = "CARGOHOLD_NBD_"
+    component: ClassVar[str] = "engine, nbd-serve"
 
     handshake_timeout: float = setting(
         10.0, "seconds a client has to finish the handshake (option haggling)", gt=0
@@ -233,4 +307,29 @@ class NBDSettings(Settings):
         "at a connection limit, a connection idle this long with nothing in flight is "
         "closed (the longest idle first) to let a new client in; 0 = never evict",
         ge=0,
+    )
+
+
+@dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
+class ProcessSettings(Settings):
+    """What every cargohold process reads first, before its own settings: the log level
+    (``cargohold.logs``) and the memory tuning (``cargohold.memtune``). Those two modules sit
+    below this one and read the variables themselves, so that a process can log about a bad
+    setting; this class types and documents them, and a test checks that the names match."""
+
+    env_prefix: ClassVar[str] = "CARGOHOLD_"
+    component: ClassVar[str] = "every process"
+
+    log: str = setting(
+        "INFO",
+        "log level: DEBUG, INFO, WARNING, ERROR, CRITICAL or a number (any other value: "
+        "INFO and a warning)",
+    )
+    malloc_tune: str = setting(
+        "1", "0: leave glibc's malloc untuned (1: it gives freed memory back to the system)"
+    )
+    gc_default: str = setting(
+        "0",
+        "1: keep Python's garbage-collector thresholds (0: raised after start-up, fewer "
+        "pauses in the data path)",
     )

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.agent import node_state
@@ -32,6 +31,7 @@ from cargohold.agent.manager_link import ManagerLink
 from cargohold.agent.operations import Operations
 from cargohold.agent.processes import Backoff, ReplicaServerProcess, stop_leftovers
 from cargohold.agent.replicas import Replicas
+from cargohold.agent.settings import AgentSettings
 from cargohold.control.digests import report_digest
 from cargohold.control.model import (
     Assignments,
@@ -47,18 +47,7 @@ COMPLAIN_EVERY = 30.0  # seconds between repeated warnings of an unreachable man
 NEWS_GAP = 0.05  # seconds to gather changes before reporting them early
 
 
-@dataclass
-class AgentConfig:
-    node: str
-    api: list[str]
-    address: str  # where the replica server and engines listen
-    dir: str  # NODEDIR: agent.json, logs/, run/, and the default disk
-    zone: str = ""
-    tags: list[str] = field(default_factory=list)
-    disks: list[tuple[str, int | None]] = field(default_factory=list)  # path, capacity
-    replica_port: int | None = None  # None: the one used before (agent.json), else any
-    heartbeat: float | None = None  # seconds; None: what the manager says (2 s by default)
-    trash_grace: float = 86400.0  # seconds a deleted replica stays in its disk's trash
+AgentConfig = AgentSettings  # the name the agent's callers and tests know
 
 
 class Agent:
@@ -67,7 +56,7 @@ class Agent:
     supervisor: agent/engines.py), ``operations`` (agent/operations.py); agent.json is
     agent/node_state.py."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentSettings) -> None:
         self.config = config
         self.dir = os.path.abspath(config.dir)
         self.manager = ManagerLink(config.api)

@@ -1,4 +1,4 @@
-"""Tunables of the auditor: one typed settings class, like the other areas of cargohold.
+"""Tunables of the auditor, in the one settings style of cargohold (``cargohold/settings.py``).
 
 Read from keyword arguments and ``CARGOHOLD_AUDIT_*`` environment variables (for example
 ``CARGOHOLD_AUDIT_KUBECTL=/opt/bin/kubectl``). ``cargohold.cli.audit_cmd`` builds one
@@ -10,31 +10,31 @@ data plane (see .importlinter).
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import dataclasses
+from typing import ClassVar
 
 from cargohold.audit.errors import AuditError
+from cargohold.errors import ConfigError
+from cargohold.settings import Settings, setting
 
 
-class AuditSettings(BaseSettings):
+@dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
+class AuditSettings(Settings):
     """``cargohold audit``."""
 
-    model_config = SettingsConfigDict(env_prefix="CARGOHOLD_AUDIT_", extra="forbid", frozen=True)
+    env_prefix: ClassVar[str] = "CARGOHOLD_AUDIT_"
+    component: ClassVar[str] = "audit"
 
-    kubectl: str = Field("kubectl", description="kubectl executable for `kubectl kustomize`")
-    kustomize_timeout_seconds: float = Field(120.0, gt=0)
-    page_size: int = Field(500, ge=1, description="objects per list call in cluster mode")
-    request_timeout_seconds: int = Field(30, ge=1, description="timeout of each list call")
-    table_width: int = Field(140, ge=40, description="table width when not on a terminal")
+    kubectl: str = setting("kubectl", "kubectl executable for `kubectl kustomize`")
+    kustomize_timeout_seconds: float = setting(120.0, "seconds `kubectl kustomize` may take", gt=0)
+    page_size: int = setting(500, "objects per list call in cluster mode", ge=1)
+    request_timeout_seconds: int = setting(30, "timeout of each list call, seconds", ge=1)
+    table_width: int = setting(140, "table width when not on a terminal", ge=40)
 
 
 def load_settings() -> AuditSettings:
     """Settings from the environment; a bad ``CARGOHOLD_AUDIT_*`` value is an input error."""
     try:
         return AuditSettings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"CARGOHOLD_AUDIT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise AuditError(f"bad audit settings: {problems}") from None
+    except ConfigError as exc:
+        raise AuditError(f"bad audit settings: {exc}") from None

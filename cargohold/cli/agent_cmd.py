@@ -14,35 +14,22 @@ import signal
 
 import typer
 
+from cargohold.agent.settings import AgentSettings, parse_disk
 from cargohold.cli.main import app
 from cargohold.cli.replica_cmd import console
-from cargohold.cli.units import parse_size
 from cargohold.errors import CargoholdError, ConfigError
 from cargohold.logs import setup_logging
 
 
-def parse_disk(text: str) -> tuple[str, int | None]:
-    """'PATH' or 'PATH:CAPACITY' (e.g. /mnt/ssd0:500GiB) -> (path, capacity or None)."""
-    path, sep, capacity = text.rpartition(":")
-    if sep and path:
-        try:
-            return path, parse_size(capacity)
-        except ConfigError:
-            pass  # a ':' that is part of the path
-    if not text:
-        raise ConfigError("--disk needs a path")
-    return text, None
-
-
 @app.command("agent")
 def agent(
-    node: str = typer.Option(..., help="this node's name (a DNS-1123 label)"),
+    node: str = typer.Option(None, help="this node's name (a DNS-1123 label)"),
     api: list[str] = typer.Option(
-        ..., "--api", help="manager URL: http://HOST:PORT or unix:/PATH (repeatable: failover)"
+        None, "--api", help="manager URL: http://HOST:PORT or unix:/PATH (repeatable: failover)"
     ),
-    address: str = typer.Option(..., help="address the replica server and engines listen on"),
-    dir: str = typer.Option(..., "--dir", help="node directory: state, logs, default disk"),
-    zone: str = typer.Option("", help="failure zone of this node"),
+    address: str = typer.Option(None, help="address the replica server and engines listen on"),
+    dir: str = typer.Option(None, "--dir", help="node directory: state, logs, default disk"),
+    zone: str = typer.Option(None, help="failure zone of this node"),
     tag: list[str] = typer.Option(None, "--tag", help="node tag for placement (repeatable)"),
     disk: list[str] = typer.Option(
         None, "--disk", help="PATH[:CAPACITY] holding replicas (repeatable; default DIR/disk-0)"
@@ -54,32 +41,38 @@ def agent(
         None, min=0.05, help="seconds between heartbeats (default: what the manager says)"
     ),
     trash_grace: float = typer.Option(
-        86400.0,
+        None,
         min=0,
-        envvar="CARGOHOLD_AGENT_TRASH_GRACE",
         help="seconds a deleted replica stays in its disk's trash (DISK/trash/) before it "
-        "is really removed; until then it can be moved back",
+        "is really removed; until then it can be moved back (default 86400)",
     ),
 ) -> None:
     """Run a node: its replica server, and the engines the manager assigns to it."""
-    from cargohold.agent.agent import Agent, AgentConfig
+    from cargohold.agent.agent import Agent
     from cargohold.control.model import check_name
 
     setup_logging(quiet=["httpx"])  # not a line per heartbeat
     try:
+        flags = {
+            "node": node,
+            "api": list(api) if api else None,
+            "address": address,
+            "dir": dir,
+            "zone": zone,
+            "tags": list(tag) if tag else None,
+            "disks": [parse_disk(d) for d in disk] if disk else None,
+            "replica_port": replica_port,
+            "heartbeat": heartbeat,
+            "trash_grace": trash_grace,
+        }
+        # flags win; what no flag gives comes from CARGOHOLD_AGENT_*, else the default
+        config = AgentSettings(**{k: v for k, v in flags.items() if v is not None})
+        for name in ("node", "api", "address", "dir"):
+            if not getattr(config, name):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"give {flag} or {AgentSettings.variable(name)}")
+        node = config.node
         check_name(node, "node name")
-        config = AgentConfig(
-            node=node,
-            api=api,
-            address=address,
-            dir=dir,
-            zone=zone,
-            tags=list(tag or []),
-            disks=[parse_disk(d) for d in disk or []],
-            replica_port=replica_port,
-            heartbeat=heartbeat,
-            trash_grace=trash_grace,
-        )
         the_agent = Agent(config)
     except (CargoholdError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")

@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cargohold.cli.main import app
+from cargohold.control.settings import ClientSettings
 from cargohold.errors import CargoholdError
 from cargohold.launcher import LocalCluster, NoCluster, default_dir, get_json, purge_dir
 
@@ -53,7 +54,7 @@ def up(
     zones: str = typer.Option(
         "", "--zones", help="zones, comma-separated; nodes are spread over them in turn"
     ),
-    dir: str = typer.Option(None, "--dir", envvar="CARGOHOLD_DIR", help=DIR_HELP),
+    dir: str = typer.Option(None, "--dir", envvar=ClientSettings.variable("dir"), help=DIR_HELP),
     netns: bool = typer.Option(
         False, "--netns", help="each node in a network namespace of its own (root)"
     ),
@@ -86,7 +87,7 @@ def up(
 
 @app.command("down")
 def down(
-    dir: str = typer.Option(None, "--dir", envvar="CARGOHOLD_DIR", help=DIR_HELP),
+    dir: str = typer.Option(None, "--dir", envvar=ClientSettings.variable("dir"), help=DIR_HELP),
     purge: bool = typer.Option(False, "--purge", help="also remove the directory and its data"),
 ) -> None:
     """Stop the local cluster (agents, then managers, then etcd)."""
@@ -179,9 +180,12 @@ def _print_table(api: str, st: dict[str, Any], nodes: list[dict[str, Any]], loca
 
 @app.command("status")
 def status(
-    dir: str = typer.Option(None, "--dir", envvar="CARGOHOLD_DIR", help=DIR_HELP),
+    dir: str = typer.Option(None, "--dir", envvar=ClientSettings.variable("dir"), help=DIR_HELP),
     api: str = typer.Option(
-        None, "--api", envvar="CARGOHOLD_API", help="a manager: http://HOST:PORT or unix:/PATH"
+        None,
+        "--api",
+        envvar=ClientSettings.variable("api"),
+        help="a manager: http://HOST:PORT or unix:/PATH",
     ),
     output: Output = typer.Option(Output.table, "--output", "-o", help="format"),
 ) -> None:

@@ -23,22 +23,22 @@ from cargohold.logs import setup_logging
 @app.command("csi")
 def csi(
     endpoint: str = typer.Option(
-        ..., help="gRPC endpoint: unix:///PATH (the socket the CSI sidecars talk to)"
+        None, help="gRPC endpoint: unix:///PATH (the socket the CSI sidecars talk to)"
     ),
-    node_id: str = typer.Option(..., "--node-id", help="this node's name (the agent's --node)"),
+    node_id: str = typer.Option(None, "--node-id", help="this node's name (the agent's --node)"),
     controller: bool = typer.Option(False, "--controller", help="serve the Controller service"),
     node: bool = typer.Option(False, "--node", help="serve the Node service (needs root)"),
     state_dir: str = typer.Option(
-        "/var/lib/cargohold/csi", help="the node service's records of staged volumes"
+        None, help="the node service's records of staged volumes (default /var/lib/cargohold/csi)"
     ),
     max_volumes: int = typer.Option(
-        0, help="NodeGetInfo's max_volumes_per_node (0: no limit)", min=0
+        None, help="NodeGetInfo's max_volumes_per_node (default 0: no limit)", min=0
     ),
     zone: str = typer.Option(
         None, help="this node's zone for topology (default: what the manager knows)"
     ),
     timeout: float = typer.Option(
-        120.0, help="seconds an RPC waits for the manager to carry out a request"
+        None, help="seconds an RPC waits for the manager to carry out a request (default 120)"
     ),
     api: str | None = API,
     dir: str | None = DIR,
@@ -46,26 +46,37 @@ def csi(
     """Serve the CSI driver csi.cargohold.io for Kubernetes."""
     from cargohold.control.client import ManagerClient
     from cargohold.csi import StubsMissing
-    from cargohold.errors import CargoholdError
+    from cargohold.csi.settings import CsiSettings
+    from cargohold.errors import CargoholdError, ConfigError
 
     setup_logging(quiet=["httpx"])
-    if not controller and not node:
+    flags = {
+        "endpoint": endpoint,
+        "node_id": node_id,
+        "controller": controller or None,  # an absent switch leaves CARGOHOLD_CSI_* its say
+        "node": node or None,
+        "state_dir": state_dir,
+        "max_volumes": max_volumes,
+        "zone": zone,
+        "timeout": timeout,
+    }
+    try:
+        # flags win; what no flag gives comes from CARGOHOLD_CSI_*, else the default
+        config = CsiSettings(**{k: v for k, v in flags.items() if v is not None})
+        for name in ("endpoint", "node_id"):
+            if not getattr(config, name):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"give {flag} or {CsiSettings.variable(name)}")
+    except CargoholdError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    if not config.controller and not config.node:
         typer.echo("error: give --controller, --node or both", err=True)
         raise typer.Exit(2)
     try:
-        from cargohold.csi.server import DriverConfig, build
+        from cargohold.csi.server import build
 
         client = ManagerClient.discover(api, dir)
-        config = DriverConfig(
-            endpoint=endpoint,
-            node_id=node_id,
-            controller=controller,
-            node=node,
-            state_dir=state_dir,
-            max_volumes=max_volumes,
-            zone=zone,
-            timeout=timeout,
-        )
         server = build(config, client)
     except StubsMissing as e:
         typer.echo(f"error: {e}", err=True)

@@ -34,6 +34,7 @@ import typer
 from rich.console import Console
 
 from cargohold.cli.main import app
+from cargohold.cli.settings import CliSettings
 from cargohold.constants import BLOCK_SIZE, MIB
 from cargohold.errors import CargoholdError
 from cargohold.replica.client import ReplicaClient
@@ -200,7 +201,7 @@ class BlockDevice:
 def cannot_mount() -> list[str]:
     """Why this machine cannot put a filesystem on a volume (nbdfuse + loop + mount):
     empty when it can."""
-    if os.environ.get("CARGOHOLD_DEMO_NO_MOUNT"):  # to try the path taken without root
+    if os.environ.get(CliSettings.variable("demo_no_mount")):  # the path taken without root
         return ["CARGOHOLD_DEMO_NO_MOUNT is set"]
     why = [] if os.geteuid() == 0 else ["not root"]
     why += [

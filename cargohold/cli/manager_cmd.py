@@ -14,6 +14,7 @@ import typer
 
 from cargohold.cli.main import app
 from cargohold.cli.replica_cmd import console
+from cargohold.cli.settings import CliSettings
 from cargohold.cli.units import split_addr
 from cargohold.errors import CargoholdError
 from cargohold.logs import setup_logging
@@ -36,7 +37,7 @@ def manager(
     init: bool = typer.Option(
         False,
         "--init",
-        envvar="CARGOHOLD_MANAGER_INIT",
+        envvar=CliSettings.variable("manager_init"),
         help="create a new cluster in an empty state store (refused on one with records); "
         "without it, a missing, empty or broken store is refused",
     ),
@@ -49,8 +50,6 @@ def manager(
     ),
 ) -> None:
     """Serve the manager's REST API and, when elected leader, run the reconcilers."""
-    from pydantic import ValidationError
-
     from cargohold.control.manager import Manager
     from cargohold.control.settings import ManagerSettings
 
@@ -71,7 +70,7 @@ def manager(
             init=init,
             cluster_id=cluster_id,
         )
-    except (CargoholdError, ValidationError) as e:
+    except CargoholdError as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line in the log
         raise typer.Exit(2) from None
     try:

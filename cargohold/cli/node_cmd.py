@@ -35,6 +35,7 @@ from cargohold.cli.output import (
     tags,
 )
 from cargohold.control.client import ManagerClient, WaitTimeout, cluster_dir
+from cargohold.control.settings import ClientSettings
 
 node_app = typer.Typer(help="List nodes, cordon and drain them; kill and start local ones.")
 app.add_typer(node_app, name="node", no_args_is_help=True)
@@ -206,7 +207,10 @@ def _local_cluster(dir: str | None) -> Any:
 
 
 LOCAL_API = typer.Option(
-    None, "--api", envvar="CARGOHOLD_API", help="ignored: acts on the local cluster in --dir"
+    None,
+    "--api",
+    envvar=ClientSettings.variable("api"),
+    help="ignored: acts on the local cluster in --dir",
 )
 
 

@@ -43,6 +43,7 @@ from rich.progress import (
 from rich.table import Table
 
 from cargohold.control.client import WaitTimeout
+from cargohold.control.settings import ClientSettings
 from cargohold.errors import (
     AlreadyExists,
     Busy,
@@ -89,13 +90,13 @@ class Format(StrEnum):
 API = typer.Option(
     None,
     "--api",
-    envvar="CARGOHOLD_API",
+    envvar=ClientSettings.variable("api"),
     help="manager URL: http://HOST:PORT or unix:/PATH (default: the local cluster's)",
 )
 DIR = typer.Option(
     None,
     "--dir",
-    envvar="CARGOHOLD_DIR",
+    envvar=ClientSettings.variable("dir"),
     help="local cluster directory with cluster.json (default ~/.cargohold)",
 )
 OUTPUT = typer.Option(Format.TABLE, "--output", "-o", help="table, json or yaml")

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import httpx
 
+from cargohold.control.settings import ClientSettings
 from cargohold.control.transport import UNIX_BASE as UNIX_BASE  # re-exported
 from cargohold.control.transport import error_from_response as error_from_response
 from cargohold.control.transport import (
@@ -105,7 +106,7 @@ def volume_healthy(v: JSON) -> bool:
 
 def cluster_dir(dir: str | os.PathLike[str] | None = None) -> Path:
     """The local cluster's directory: ``dir``, else $CARGOHOLD_DIR, else ~/.cargohold."""
-    return Path(dir or os.environ.get("CARGOHOLD_DIR") or DEFAULT_DIR).expanduser()
+    return Path(dir or ClientSettings().dir or DEFAULT_DIR).expanduser()
 
 
 def _seg(name: str) -> str:
@@ -144,8 +145,8 @@ class ManagerClient:
         from --api or $CARGOHOLD_API wins over a directory.)"""
         if api:
             return cls(api, **kwargs)
-        if dir is None and os.environ.get("CARGOHOLD_API"):
-            return cls(os.environ["CARGOHOLD_API"], **kwargs)
+        if dir is None and (env_api := ClientSettings().api):
+            return cls(env_api, **kwargs)
         return cls(local_api(dir), **kwargs)
 
     # --- plumbing --------------------------------------------------------------------------

@@ -1,53 +1,59 @@
-"""The manager's tunables (``cargohold manager``; env ``CARGOHOLD_MANAGER_*``)."""
+"""The manager's tunables (``cargohold manager``; env ``CARGOHOLD_MANAGER_*``), in the one
+settings style of cargohold (``cargohold/settings.py``). ``cli/manager_cmd.py`` builds one
+``ManagerSettings`` per run and hands it to the manager, its API and its reconcilers."""
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import dataclasses
+from typing import ClassVar
+
+from cargohold.settings import Settings, setting
 
 
-class ManagerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CARGOHOLD_MANAGER_", extra="forbid")
+@dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
+class ManagerSettings(Settings):
+    """The control plane's manager (``cargohold manager``)."""
 
-    heartbeat_interval: float = Field(
+    env_prefix: ClassVar[str] = "CARGOHOLD_MANAGER_"
+    component: ClassVar[str] = "manager"
+
+    heartbeat_interval: float = setting(
         2.0,
+        "seconds between the heartbeats of an agent with nothing new to report, and the "
+        "longest a heartbeat is held (changes reach agents at once, by long poll)",
         gt=0,
-        description="seconds between the heartbeats of an agent with nothing new to report, "
-        "and the longest a heartbeat is held (changes reach agents at once, by long poll)",
     )
-    node_down_after: float = Field(
-        5.0, gt=0, description="seconds without a heartbeat before a node is marked down"
+    node_down_after: float = setting(
+        5.0, "seconds without a heartbeat before a node is marked down", gt=0
     )
-    reconcile_interval: float = Field(
-        1.0, gt=0, description="seconds between reconciler passes (API writes wake them early)"
+    reconcile_interval: float = setting(
+        1.0, "seconds between reconciler passes (API writes wake them early)", gt=0
     )
-    overprovisioning: float = Field(
-        2.0, ge=1.0, description="a disk may hold replicas of up to capacity x this ratio"
+    overprovisioning: float = setting(
+        2.0, "a disk may hold replicas of up to capacity x this ratio", ge=1.0
     )
-    leader_ttl: float = Field(
-        3.0, gt=0, description="seconds a dead leader keeps its lease before a standby takes over"
+    leader_ttl: float = setting(
+        3.0, "seconds a dead leader keeps its lease before a standby takes over", gt=0
     )
-    operation_retention: float = Field(
-        3600.0, ge=0, description="seconds finished operations stay listed"
-    )
-    default_replicas: int = Field(3, ge=1, le=16, description="replicas of a new volume")
-    max_request_bytes: int = Field(
+    operation_retention: float = setting(3600.0, "seconds finished operations stay listed", ge=0)
+    default_replicas: int = setting(3, "replicas of a new volume", ge=1, le=16)
+    max_request_bytes: int = setting(
         16 << 20,
+        "the largest request body the API takes (413 above it); a heartbeat of a node with "
+        "10,000 replicas is about 2 MiB",
         ge=64 << 10,
-        description="the largest request body the API takes (413 above it); a heartbeat of a "
-        "node with 10,000 replicas is about 2 MiB",
     )
-    tombstone_ttl: float = Field(
+    tombstone_ttl: float = setting(
         7 * 86400.0,
+        "seconds a deleted replica's tombstone is kept: a node away longer than this finds "
+        "its copy an orphan (kept) instead of deleting it",
         gt=0,
-        description="seconds a deleted replica's tombstone is kept: a node away longer than "
-        "this finds its copy an orphan (kept) instead of deleting it",
     )
-    orphan_grace: float = Field(
+    orphan_grace: float = setting(
         14 * 86400.0,
+        "seconds an orphan replica (on a disk, in no record) is kept before it is deleted, "
+        "only when its cluster id is this cluster's (0 = never)",
         ge=0,
-        description="seconds an orphan replica (on a disk, in no record) is kept before it "
-        "is deleted, only when its cluster id is this cluster's (0 = never)",
     )
 
     @property
@@ -56,3 +62,19 @@ class ManagerSettings(BaseSettings):
         ``node_down_after`` / 2.5, so that a node is not marked down between two heartbeats
         (a cluster run with a short ``node_down_after`` heartbeats faster)."""
         return min(self.heartbeat_interval, self.node_down_after / 2.5)
+
+
+@dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
+class ClientSettings(Settings):
+    """Where a client finds the manager: the CLI's commands, the CSI driver and the launcher
+    of local clusters (``control/client.py``). The CLI's ``--api`` and ``--dir`` win."""
+
+    env_prefix: ClassVar[str] = "CARGOHOLD_"
+    component: ClassVar[str] = "CLI, CSI driver, launcher"
+
+    api: str | None = setting(
+        None, "the manager's URL, http://HOST:PORT or unix:/PATH (--api; wins over a directory)"
+    )
+    dir: str = setting(
+        "~/.cargohold", "the local cluster's directory, holding cluster.json (--dir)"
+    )

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cargohold.csi import nbd_kernel
+from cargohold.csi.settings import CsiSettings
 from cargohold.errors import CargoholdError
 from cargohold.protocol.nbd import GROWABLE_SUFFIX
 
@@ -424,7 +425,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def kernel_nbd_available() -> bool:
-    if os.environ.get("CARGOHOLD_CSI_NO_KERNEL_NBD"):
+    if os.environ.get(CsiSettings.variable("no_kernel_nbd")):
         return False
     return bool(glob.glob("/dev/nbd[0-9]*")) and shutil.which("nbd-client") is not None
 

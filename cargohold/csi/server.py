@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 from concurrent import futures
-from dataclasses import dataclass
 
 import grpc
 
@@ -19,23 +18,13 @@ from cargohold.csi.identity import Identity
 from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.node import Node
 from cargohold.csi.publications import Publications
+from cargohold.csi.settings import CsiSettings
 from cargohold.errors import ConfigError
 
 log = logging.getLogger("cargohold.csi")
-DEFAULT_STATE_DIR = "/var/lib/cargohold/csi"
 
 
-@dataclass
-class DriverConfig:
-    endpoint: str
-    node_id: str
-    controller: bool = False
-    node: bool = False
-    state_dir: str = DEFAULT_STATE_DIR
-    max_volumes: int = 0
-    zone: str | None = None
-    timeout: float = 120.0
-    workers: int = 16
+DriverConfig = CsiSettings  # the name build()'s callers know
 
 
 def socket_path(endpoint: str) -> str:
@@ -50,7 +39,7 @@ def socket_path(endpoint: str) -> str:
     return path
 
 
-def build(config: DriverConfig, client: ManagerClient) -> grpc.Server:
+def build(config: CsiSettings, client: ManagerClient) -> grpc.Server:
     """A started server for ``config``; stop it with ``server.stop(grace)``."""
     _, pb_grpc = stubs()
     if not (config.controller or config.node):

@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from cargohold.control.settings import ClientSettings
 from cargohold.control.transport import sync_client
 from cargohold.errors import CargoholdError, ConfigError, InvalidArgument, ManagerUnavailable
 from cargohold.launcher import netns
@@ -62,6 +63,7 @@ from cargohold.launcher.processes import (
     track,
     wait_gone,
 )
+from cargohold.launcher.settings import LauncherSettings
 from cargohold.logs import start_line
 
 CLUSTER_FILE = "cluster.json"
@@ -70,8 +72,8 @@ LOCK_FILE = ".launcher.lock"
 FORMAT_VERSION = 1
 MAX_NODES = 16
 MAX_MANAGERS = 5
-COMMAND_ENV = "CARGOHOLD_LAUNCHER_COMMAND"
-ETCD_ENV = "CARGOHOLD_ETCD"
+COMMAND_ENV = LauncherSettings.variable("launcher_command")
+ETCD_ENV = LauncherSettings.variable("etcd")
 LAB_MANAGER_PORT = 9600  # inside the lab each manager has the namespace's ports to itself
 LAB_ETCD_PORTS = (2379, 2380)
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
@@ -92,7 +94,7 @@ class NoCluster(LauncherError):
 
 
 def default_dir() -> str:
-    return os.path.expanduser(os.environ.get("CARGOHOLD_DIR") or "~/.cargohold")
+    return os.path.expanduser(ClientSettings().dir or "~/.cargohold")
 
 
 # --- HTTP to the manager (plain httpx: unix:/PATH or http://HOST:PORT) -------------------
@@ -177,9 +179,9 @@ class LocalCluster:
                 f"{dir} is too long a path for the API's unix socket; pick a shorter --dir"
             )
         if command is None:
-            env = os.environ.get(COMMAND_ENV)
+            env = LauncherSettings().launcher_command
             command = shlex.split(env) if env else [sys.executable, "-m", "cargohold"]
-        etcd_binary = os.environ.get(ETCD_ENV) or shutil.which("etcd") or "/usr/bin/etcd"
+        etcd_binary = LauncherSettings().etcd or shutil.which("etcd") or "/usr/bin/etcd"
         if backend == "etcd" and not os.access(etcd_binary, os.X_OK):
             raise ConfigError("--backend etcd needs etcd (Debian: apt install etcd-server)")
         lab = None

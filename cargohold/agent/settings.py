@@ -1,0 +1,72 @@
+"""The node agent's settings (``cargohold agent``; env ``CARGOHOLD_AGENT_*``), in the one
+settings style of cargohold (``cargohold/settings.py``). ``cli/agent_cmd.py`` gives its flags
+as arguments (they win over the environment); ``agent.Agent`` takes the result."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from cargohold.errors import ConfigError
+from cargohold.settings import Settings, parse_size, setting
+
+
+def parse_disk(text: str) -> tuple[str, int | None]:
+    """'PATH' or 'PATH:CAPACITY' (e.g. /mnt/ssd0:500GiB) -> (path, capacity or None)."""
+    path, sep, capacity = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, parse_size(capacity)
+        except ConfigError:
+            pass  # a ':' that is part of the path
+    if not text:
+        raise ConfigError("--disk needs a path")
+    return text, None
+
+
+def parse_disks(text: str) -> list[tuple[str, int | None]]:
+    """'PATH[:CAPACITY],PATH[:CAPACITY]...' -> [(path, capacity or None), ...]."""
+    return [parse_disk(d.strip()) for d in text.split(",") if d.strip()]
+
+
+@dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
+class AgentSettings(Settings):
+    """One node's agent (``cargohold agent``)."""
+
+    env_prefix: ClassVar[str] = "CARGOHOLD_AGENT_"
+    component: ClassVar[str] = "agent"
+
+    node: str = setting("", "this node's name (a DNS-1123 label; --node)")
+    api: list[str] = setting(  # noqa: RUF009
+        default_factory=list,
+        description="manager URLs, http://HOST:PORT or unix:/PATH, tried in turn (--api)",
+    )
+    address: str = setting("", "address the replica server and engines listen on (--address)")
+    dir: str = setting("", "node directory: agent.json, logs/, run/, the default disk (--dir)")
+    zone: str = setting("", "failure zone of this node (--zone)")
+    tags: list[str] = setting(  # noqa: RUF009
+        default_factory=list, description="node tags for placement (--tag)"
+    )
+    disks: list[tuple[str, int | None]] = setting(  # noqa: RUF009
+        default_factory=list,
+        description="PATH[:CAPACITY],... holding replicas (--disk; default DIR/disk-0)",
+        parse=parse_disks,
+        shown="list[PATH[:CAPACITY]]",
+    )
+    replica_port: int | None = setting(
+        None,
+        "replica server port (--replica-port; none: the one used before, else any)",
+        ge=1,
+        le=65535,
+    )
+    heartbeat: float | None = setting(
+        None,
+        "seconds between heartbeats (--heartbeat; none: what the manager says)",
+        ge=0.05,
+    )
+    trash_grace: float = setting(
+        86400.0,
+        "seconds a deleted replica stays in its disk's trash (DISK/trash/) before it is "
+        "really removed (--trash-grace)",
+        ge=0,
+    )
