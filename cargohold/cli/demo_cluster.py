@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from cargohold.cli.demo_cmd import BlockDevice, can_mount, note, run, say, write_files
+from cargohold.cli.demo_steps import BlockDevice, can_mount, note, run, say, write_files
 from cargohold.constants import MIB
 from cargohold.control.client import (
     ManagerClient,

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -31,31 +30,23 @@ import time
 from typing import Any
 
 import typer
-from rich.console import Console
 
+from cargohold.cli.demo_steps import (
+    BlockDevice,
+    can_mount,
+    cannot_mount,
+    console,
+    note,
+    run,
+    say,
+    write_files,
+)
 from cargohold.cli.main import app
-from cargohold.cli.settings import CliSettings
 from cargohold.constants import BLOCK_SIZE, MIB
 from cargohold.errors import CargoholdError
 from cargohold.replica.client import ReplicaClient
 
-console = Console(highlight=False)
 SIZE = 256 * MIB
-
-
-def say(step: str, text: str) -> None:
-    console.print(f"[bold cyan]{step}[/bold cyan] {text}")
-
-
-def note(text: str) -> None:
-    console.print(f"      {text}")
-
-
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stdout}{p.stderr}")
-    return p
 
 
 class Proc:
@@ -114,19 +105,6 @@ def modes(st: dict[str, Any]) -> str:
     return ", ".join(f"{r['id']} {r['mode']}" for r in st["replicas"])
 
 
-def write_files(root: str, seed: int, count: int) -> dict[str, str]:
-    rng = random.Random(seed)
-    sums = {}
-    os.makedirs(root, exist_ok=True)
-    for i in range(count):
-        data = rng.randbytes(rng.choice([3, 17, 64, 300, 1024]) * 1024)
-        name = f"file-{seed}-{i:03d}.bin"
-        with open(os.path.join(root, name), "wb") as f:
-            f.write(data)
-        sums[name] = hashlib.sha256(data).hexdigest()
-    return sums
-
-
 async def replica_digests(ports: list[int], epoch: int) -> list[str]:
     out = []
     for i, port in enumerate(ports):
@@ -138,81 +116,6 @@ async def replica_digests(ports: list[int], epoch: int) -> list[str]:
         await c.close()
         out.append(h.hexdigest()[:16])
     return out
-
-
-class BlockDevice:
-    """The engine's NBD export as a block device: nbdfuse + loop (this kernel has no nbd)."""
-
-    def __init__(self, uri: str, work: str) -> None:
-        self.uri, self.work = uri, work
-        self.fuse_dir = os.path.join(work, "fuse")
-        self.mnt = os.path.join(work, "mnt")
-        self.fuse: subprocess.Popen[bytes] | None = None
-        self.loop = ""
-        self.mounted = False
-
-    def attach(self) -> str:
-        os.makedirs(self.fuse_dir, exist_ok=True)
-        os.makedirs(self.mnt, exist_ok=True)
-        pidfile = os.path.join(self.work, "nbdfuse.pid")
-        self.fuse = subprocess.Popen(
-            ["nbdfuse", "-P", pidfile, f"{self.fuse_dir}/disk", self.uri],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while not (os.path.exists(pidfile) and open(pidfile).read().strip()):
-            if self.fuse.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("nbdfuse did not start")
-            time.sleep(0.05)
-        self.loop = run(
-            "losetup",
-            "--sector-size=4096",
-            "--direct-io=on",
-            "-f",
-            "--show",
-            f"{self.fuse_dir}/disk",
-        ).stdout.strip()
-        return self.loop
-
-    def mount(self, ro: bool = False) -> None:
-        run("mount", *(["-o", "ro"] if ro else []), self.loop, self.mnt)
-        self.mounted = True
-
-    def umount(self) -> None:
-        if self.mounted:
-            run("umount", self.mnt)
-            self.mounted = False
-
-    def detach(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.mounted:
-                run("umount", "-l", self.mnt, check=False)
-        if self.loop:
-            run("losetup", "-d", self.loop, check=False)
-            self.loop = ""
-        if self.fuse is not None:
-            run("fusermount3", "-u", self.fuse_dir, check=False)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.fuse.wait(timeout=15)
-            self.fuse = None
-
-
-def cannot_mount() -> list[str]:
-    """Why this machine cannot put a filesystem on a volume (nbdfuse + loop + mount):
-    empty when it can."""
-    if os.environ.get(CliSettings.variable("demo_no_mount")):  # the path taken without root
-        return ["CARGOHOLD_DEMO_NO_MOUNT is set"]
-    why = [] if os.geteuid() == 0 else ["not root"]
-    why += [
-        f"no {t}" for t in ("nbdfuse", "losetup", "mount", "fusermount3") if not shutil.which(t)
-    ]
-    why += [f"no {dev}" for dev in ("/dev/fuse", "/dev/loop-control") if not os.path.exists(dev)]
-    return why
-
-
-def can_mount() -> bool:
-    return not cannot_mount()
 
 
 FALLBACK_EXIT = 3  # the main job could not run here; the data-plane demo ran instead

@@ -25,7 +25,7 @@ from typing import Any
 from cargohold.control.client import ManagerClient
 from cargohold.csi import TOPOLOGY_NODE, TOPOLOGY_ZONE, stubs
 from cargohold.csi import parameters as P
-from cargohold.csi.controller import condition, zone_of
+from cargohold.csi.controller_base import condition, zone_of
 from cargohold.csi.errors import Code, CsiError, invalid, not_found, rpc
 from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.mounter import (

@@ -18,6 +18,9 @@ manager through ``DIR/api.sock`` from the root namespace.
 The commands run default to ``sys.executable -m cargohold manager|agent ...`` (the flags of
 docs/control-plane.md); ``command=[...]`` or ``$CARGOHOLD_LAUNCHER_COMMAND`` replaces
 ``sys.executable -m cargohold`` (tests run stand-ins this way).
+
+The parts of ``LocalCluster`` by role: ``startup.py`` (commands, spawning, readiness
+checks), ``faults.py`` (kills, restarts, partitions), ``manager_http.py`` (``get_json``).
 """
 
 from __future__ import annotations
@@ -31,19 +34,17 @@ import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from cargohold.control.settings import ClientSettings
-from cargohold.control.transport import sync_client
-from cargohold.errors import CargoholdError, ConfigError, InvalidArgument, ManagerUnavailable
+from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
 from cargohold.launcher import netns
+from cargohold.launcher.faults import Faults
+from cargohold.launcher.manager_http import get_json
 from cargohold.launcher.netns import LabLayout
 from cargohold.launcher.netns import available as netns_available
 from cargohold.launcher.processes import (
@@ -52,19 +53,15 @@ from cargohold.launcher.processes import (
     ManagerProc,
     NodeProc,
     Process,
-    exit_code,
     free_ports,
     from_dict,
     group_members,
     kill_group,
-    log_tail,
-    proc_stat,
     stop_processes,
-    track,
-    wait_gone,
 )
 from cargohold.launcher.settings import LauncherSettings
-from cargohold.logs import start_line
+
+__all__ = ["ClusterRunning", "LocalCluster", "NoCluster", "default_dir", "get_json", "purge_dir"]
 
 CLUSTER_FILE = "cluster.json"
 MARKER_FILE = ".cargohold-cluster"  # DIR was made by the launcher: `down --purge` may remove it
@@ -79,8 +76,6 @@ LAB_ETCD_PORTS = (2379, 2380)
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 _UNIX_PATH_MAX = 107
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
-# the package root, so every process runs the same cargohold as the launcher
-_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 Progress = Callable[[str], None]
 
@@ -97,40 +92,11 @@ def default_dir() -> str:
     return os.path.expanduser(ClientSettings().dir or "~/.cargohold")
 
 
-# --- HTTP to the manager (plain httpx: unix:/PATH or http://HOST:PORT) -------------------
-
-
-def _client(api: str, timeout: float) -> httpx.Client:
-    try:
-        return sync_client(api, timeout)  # the one HTTP layer to the manager
-    except InvalidArgument as e:
-        raise ConfigError(str(e)) from None
-
-
-def get_json(api: str, path: str, timeout: float = 3.0) -> Any:
-    """GET ``path`` from the manager (or etcd) at ``api`` and return the decoded JSON."""
-    try:
-        with _client(api, timeout) as c:
-            r = c.get(path)
-    except httpx.HTTPError as e:
-        raise ManagerUnavailable(f"nothing answered at {api}: {e or type(e).__name__}") from None
-    if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        raise LauncherError(f"GET {path} at {api}: HTTP {r.status_code}: {message}")
-    try:
-        return r.json()
-    except ValueError:
-        raise LauncherError(f"GET {path} at {api} answered something not JSON") from None
-
-
 # --- the cluster ------------------------------------------------------------------------
 
 
 @dataclass
-class LocalCluster:
+class LocalCluster(Faults):
     """A cluster of local processes in ``dir``; see the module docstring."""
 
     dir: str
@@ -402,105 +368,7 @@ class LocalCluster:
             purge_dir(self.dir)
         return stopped
 
-    # -- faults --
-
-    def kill_node(self, name: str) -> bool:
-        """SIGKILL all of a node's processes (its agent's process group): a crash.
-        False if nothing of it was running."""
-        with self._locked():
-            self.reload()
-            node = self._node(name)
-            killed = False
-            for g in node.groups():
-                killed = kill_group(g, signal.SIGKILL) or killed
-            if node.running():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(node.pid, signal.SIGKILL)  # type: ignore[arg-type]
-                killed = True
-            if wait_gone([node], time.monotonic() + 10):
-                raise LauncherError(f"{name} (pgid {node.pgid}) survived SIGKILL")
-            node.pid = node.pgid = node.start_time = None
-            node.earlier_pgids = []
-            self.save()
-        return killed
-
-    def start_node(self, name: str, timeout: float = 30.0) -> bool:
-        """Start a node's agent again (same flags, dir, address, namespace) and wait until
-        the manager sees it up (``timeout=0``: do not wait). False if it was running."""
-        with self._locked():
-            self.reload()
-            node = self._node(name)
-            if node.running():
-                return False
-            # the agent died alone: what it left running (replica server, engines) is
-            # adopted by the new agent, not killed; the data path does not stop
-            node.earlier_pgids = [
-                g for g in node.groups() if g != os.getpgrp() and group_members(g)
-            ]
-            self._spawn(node, self._agent_argv(node))
-            self.save()
-        if timeout > 0:
-            self._wait([node], time.monotonic() + timeout, lambda: self._nodes_health([node]))
-        return True
-
-    def kill_manager(self, id: str) -> bool:
-        """SIGKILL a manager (failover tests). False if it was not running."""
-        with self._locked():
-            self.reload()
-            m = self._manager(id)
-            killed = kill_group(m.pgid, signal.SIGKILL)
-            if wait_gone([m], time.monotonic() + 10):
-                raise LauncherError(f"{id} (pid {m.pid}) survived SIGKILL")
-            m.pid = m.pgid = m.start_time = None
-            self.save()
-        return killed
-
-    def start_manager(
-        self, id: str, timeout: float = 30.0, init: bool = False, cluster_id: str | None = None
-    ) -> bool:
-        """Start a manager again and wait for its /healthz. False if it was running.
-        ``init``: with ``--init`` (a new cluster in an empty store; rehearsals of the
-        wrong-state-store mistake); ``cluster_id``: with ``--init --cluster-id`` (a lost
-        store recreated under the cluster's id, before adopting its volumes)."""
-        with self._locked():
-            self.reload()
-            m = self._manager(id)
-            if m.running():
-                return False
-            self._spawn(m, self._manager_argv(m, init=init, cluster_id=cluster_id))
-            self.save()
-        if timeout > 0:
-            self._wait([m], time.monotonic() + timeout, lambda: self._managers_health([m]))
-        return True
-
-    def partition_node(self, name: str) -> None:
-        """Cut a node off the lab network (its bridge port goes down); needs ``netns``."""
-        netns.partition(self._need_lab(), self._node(name).index)
-
-    def heal_node(self, name: str) -> None:
-        netns.heal(self._need_lab(), self._node(name).index)
-
     # -- internals --
-
-    def _node(self, name: str) -> NodeProc:
-        try:
-            return self.nodes[name]
-        except KeyError:
-            raise LauncherError(
-                f"no node {name!r} in the cluster in {self.dir} (nodes: {', '.join(self.nodes)})"
-            ) from None
-
-    def _manager(self, id: str) -> ManagerProc:
-        for m in self.managers:
-            if m.id == id:
-                return m
-        ids = ", ".join(m.id for m in self.managers)
-        raise LauncherError(f"no manager {id!r} in the cluster in {self.dir} (managers: {ids})")
-
-    def _need_lab(self) -> LabLayout:
-        if self.lab is None:
-            raise LauncherError("partitions need a cluster started with --netns")
-        return self.lab
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -560,134 +428,6 @@ class LocalCluster:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, CLUSTER_FILE))
         return stopped
-
-    def _env(self) -> dict[str, str]:
-        path = os.environ.get("PYTHONPATH")
-        return dict(
-            os.environ,
-            PYTHONPATH=_SOURCE_ROOT + (os.pathsep + path if path else ""),
-            PYTHONUNBUFFERED="1",
-        )
-
-    def _spawn(self, proc: Process, argv: list[str]) -> None:
-        """Start ``argv`` detached in a session of its own (its process group is its PID)."""
-        full = [*netns.exec_prefix(proc.netns), *argv]
-        os.makedirs(os.path.dirname(proc.log), exist_ok=True)
-        with open(proc.log, "ab") as log:
-            log.write(start_line("cargohold launcher", shlex.join(full)))
-            log.flush()
-            try:
-                p = subprocess.Popen(
-                    full,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=self._env(),
-                    cwd=self.dir,
-                )
-            except OSError as e:
-                raise LauncherError(f"cannot start {proc.label} ({full[0]}): {e}") from None
-        track(p)
-        st = proc_stat(p.pid)
-        proc.pid, proc.pgid, proc.started_at = p.pid, p.pid, time.time()
-        proc.start_time = st[2] if st else None
-
-    def _etcd_argv(self) -> list[str]:
-        e = self.etcd
-        assert e is not None
-        os.makedirs(e.data_dir, mode=0o700, exist_ok=True)
-        return [
-            self.etcd_binary,
-            "--name=cargohold",
-            f"--data-dir={e.data_dir}",
-            f"--listen-client-urls={e.client_url}",
-            f"--advertise-client-urls={e.client_url}",
-            f"--listen-peer-urls={e.peer_url}",
-            f"--initial-advertise-peer-urls={e.peer_url}",
-            f"--initial-cluster=cargohold={e.peer_url}",
-            "--logger=zap",
-            "--log-outputs=stderr",
-        ]
-
-    def _state_path(self) -> str:
-        return os.path.join(self.dir, "state.db")
-
-    def _manager_argv(
-        self, m: ManagerProc, init: bool = False, cluster_id: str | None = None
-    ) -> list[str]:
-        if self.etcd:
-            state = f"etcd:{self.etcd.client_url}"
-        else:
-            state = f"sqlite:{self._state_path()}"
-        argv = [*self.command, "manager", "--state", state, "--listen", m.listen]
-        argv += ["--unix", m.unix, "--id", m.id, *(["--init"] if init else [])]
-        return [*argv, *(["--cluster-id", cluster_id] if cluster_id else [])]
-
-    def _agent_argv(self, n: NodeProc) -> list[str]:
-        disk = os.path.join(n.dir, "disk-0")
-        os.makedirs(disk, exist_ok=True)
-        argv = [*self.command, "agent", "--node", n.name]
-        for m in self.managers:
-            argv += ["--api", m.url]
-        argv += ["--address", n.address, "--dir", n.dir, "--disk", disk]
-        if n.zone:
-            argv += ["--zone", n.zone]
-        return argv
-
-    def _wait(self, procs: list[Process], deadline: float, check: Callable[[], str | None]) -> None:
-        """Poll ``check`` (None: ready, else what is missing) until ``deadline``; fail at
-        once when one of ``procs`` exits."""
-        while True:
-            for p in procs:
-                if not p.running():
-                    code = exit_code(p.pid)
-                    how = f"exited with code {code}" if code is not None else "is gone"
-                    tail = log_tail(p.log)
-                    raise LauncherError(
-                        f"{p.label} {how} while starting; see {p.log}"
-                        + (f":\n{tail}" if tail else "")
-                    )
-            missing = check()
-            if missing is None:
-                return
-            if time.monotonic() >= deadline:
-                raise LauncherError(f"timed out: {missing}")
-            time.sleep(0.1)
-
-    def _etcd_health(self) -> str | None:
-        e = self.etcd
-        assert e is not None
-        try:
-            netns.call_in(e.netns, lambda: get_json(e.client_url, "/health", timeout=1.0))
-        except CargoholdError as err:
-            return f"etcd does not answer at {e.client_url} ({err}); see {e.log}"
-        return None
-
-    def _managers_health(self, managers: list[ManagerProc] | None = None) -> str | None:
-        for m in managers or self.managers:
-            try:
-                get_json(m.api, "/healthz", timeout=1.0)
-            except CargoholdError as err:
-                return f"{m.id} does not answer at {m.api} ({err}); see {m.log}"
-        return None
-
-    def _nodes_health(self, nodes: list[NodeProc]) -> str | None:
-        try:
-            api = self.api_answering()
-            seen = {n["name"]: n.get("state") for n in get_json(api, "/api/v1/nodes")}
-        except CargoholdError as err:
-            return f"cannot list nodes ({err}); see {self.managers[0].log}"
-        # a cordoned node (from an earlier run's state) is up too: it heartbeats
-        missing = [n for n in nodes if seen.get(n.name) not in ("up", "cordoned")]
-        if not missing:
-            return None
-        states = ", ".join(
-            f"{n.name} {seen[n.name]}" if n.name in seen else f"{n.name} not registered"
-            for n in missing
-        )
-        logs = ", ".join(n.log for n in missing)
-        return f"nodes not up ({states}); see {logs}"
 
 
 def purge_dir(dir: str) -> None:

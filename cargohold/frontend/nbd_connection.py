@@ -1,0 +1,240 @@
+"""One NBD client's connection: the asyncio (uvloop) shell around the sans-I/O codec.
+
+``NBDConnection`` is the asyncio protocol the server (``nbd_server.py``) makes per accepted
+socket. It feeds received bytes to ``protocol.nbd.ServerConnection`` and acts on its events.
+
+Option phase (the handshake): the greeting goes out on connect; the codec's replies to the
+client's options are written as they come; the client must reach ``nbd.Ready`` (NBD_OPT_GO
+or EXPORT_NAME) within ``handshake_timeout``, else it is closed. Everything negotiated
+before transmission — and the STARTTLS upgrade to come — belongs here.
+
+Transmission phase: each request runs as a task of its own (``nbd_transmission.py`` says
+what each command does to the device); aligned reads the device can answer at once are
+answered inline. The replies finished in one pass of the event loop go out together, with
+one ``writelines`` (read data is never copied). Reading pauses while the connection's
+write buffer is high or ``MAX_INFLIGHT`` requests are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from cargohold.errors import ProtocolError
+from cargohold.frontend.nbd_transmission import Transmission
+from cargohold.protocol import nbd
+
+if TYPE_CHECKING:
+    from cargohold.frontend.nbd_server import NBDServer
+
+log = logging.getLogger("cargohold.nbd")
+
+MAX_INFLIGHT = 256  # requests per connection before we stop reading from it
+WRITE_HIGH = 8 * 1024 * 1024  # write buffer marks of each transport
+WRITE_LOW = 1024 * 1024
+
+
+class NBDConnection(Transmission, asyncio.BufferedProtocol):
+    """One client: the codec, its transport, and the requests it has in flight."""
+
+    def __init__(self, server: NBDServer) -> None:
+        self.server = server
+        self.device = server.device
+        self.codec = nbd.ServerConnection(server.export, lambda: self.device.size)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.address = "?"  # the client's address without its port: the per-address limit
+        self.counted = False  # in the server's connections and per-address counts
+        self.started = self.last_active = 0.0  # loop time: connected, last bytes or reply
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.ready: nbd.Ready | None = None
+        self._closing_after_drain = False
+        self._write_paused = False
+        self._reading_paused = False
+        self._stopped = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._out: list = []  # replies of this pass of the event loop, sent together
+        # aligned reads the device can answer at once (BlockDevice.read_now): no task
+        self._read_now: Callable[[int, int], object] | None = getattr(self.device, "read_now", None)
+
+    # --- asyncio callbacks --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer or "unix")
+        self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
+        loop = asyncio.get_running_loop()
+        self.started = self.last_active = loop.time()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.server.admit(self):
+            transport.abort()
+            return
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        transport.write(self.codec.greeting())
+        self._timer = loop.call_later(
+            self.server.settings.handshake_timeout, self._handshake_timeout
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        self.transport = None
+
+    # received with readinto (a large write lands in a buffer of its own: no copy, no join)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.codec.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(lambda: self.codec.buffer_updated(nbytes))
+
+    def data_received(self, data: bytes) -> None:
+        self._received(lambda: self.codec.feed(data))
+
+    def _received(self, decode: Callable[[], list]) -> None:
+        self.last_active = asyncio.get_running_loop().time()
+        try:
+            events = decode()
+        except ProtocolError as e:
+            log.warning("NBD client %s broke the protocol, closing: %s", self.peer, e)
+            self.abort()
+            return
+        if self.ready is None and self.transport is not None:
+            out = self.codec.data_to_send()
+            if out:
+                self.transport.write(out)
+        now: list = []  # replies made in this call
+        read_now = self._read_now if self.ready is not None else None
+        bs = self.device.block_size
+        for ev in events:
+            t = type(ev)
+            if t is nbd.Request:
+                if (
+                    read_now is not None
+                    and ev.cmd == nbd.CMD_READ  # type: ignore[union-attr]
+                    and not (ev.offset | ev.length) % bs  # type: ignore[union-attr]
+                ):
+                    data = read_now(ev.offset, ev.length)  # type: ignore[union-attr]
+                    if data is not None:
+                        self.server.requests += 1
+                        now += self.codec.reply_read(ev.handle, ev.offset, data)  # type: ignore
+                        continue
+                self._spawn(ev)  # type: ignore[arg-type]
+            elif t is nbd.Invalid:
+                self._send(self.codec.reply_error(ev.handle, ev.errno, ev.message))  # type: ignore[union-attr]
+            elif t is nbd.Ready:
+                self.ready = ev  # type: ignore[assignment]
+                if self._timer is not None:
+                    self._timer.cancel()
+            elif t is nbd.Disconnect or t is nbd.Aborted:
+                self._close_when_idle()
+        if now:
+            if self._out:  # a batch is going out at the end of this pass: join it
+                self._out += now
+            elif self.transport is not None and not self.transport.is_closing():
+                self.transport.writelines(now)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def eof_received(self) -> bool | None:
+        self._close_when_idle()
+        return True  # keep the write side open until the replies are out
+
+    # --- flow control -----------------------------------------------------------------------
+    def _update_reading(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        want_pause = self._stopped or self._write_paused or len(self.tasks) >= MAX_INFLIGHT
+        if want_pause and not self._reading_paused:
+            t.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            t.resume_reading()
+            self._reading_paused = False
+
+    def stop_reading(self) -> None:
+        self._stopped = True
+        self._update_reading()
+
+    def _handshake_timeout(self) -> None:
+        if self.ready is None:
+            log.info(
+                "NBD client %s did not finish the handshake in %g s: closing",
+                self.peer,
+                self.server.settings.handshake_timeout,
+            )
+            self.server.evicted += 1
+            self.server.forget(self)
+            self.abort()
+
+    def evict(self, why: str) -> None:
+        """Close this connection to make room (or because it idled too long): it stops
+        counting against the limits at once."""
+        log.info("closing NBD connection from %s: %s", self.peer, why)
+        self.server.evicted += 1
+        self.server.forget(self)
+        self.abort()
+
+    def _close_when_idle(self) -> None:
+        self._closing_after_drain = True
+        if not self.tasks:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._flush()
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._out = []
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _send(self, buffers: list) -> None:
+        """Send a reply. The only request in flight is answered at once (no added latency
+        at queue depth 1); with others in flight, every reply of this pass of the event
+        loop goes out with one ``writelines`` (one system call) at its end."""
+        if not self._out:
+            if len(self.tasks) <= 1:
+                t = self.transport
+                if t is not None and not t.is_closing():
+                    t.writelines(buffers)
+                return
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out += buffers
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        t = self.transport
+        if out and t is not None and not t.is_closing():
+            t.writelines(out)
+
+    # --- requests ------------------------------------------------------------------------------
+    def _spawn(self, req: nbd.Request) -> None:
+        self.server.requests += 1
+        task = asyncio.get_running_loop().create_task(self._run(req))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        if len(self.tasks) >= MAX_INFLIGHT:
+            self._update_reading()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not self.tasks:
+            self.last_active = asyncio.get_running_loop().time()
+        if self._reading_paused:
+            self._update_reading()
+        if self._closing_after_drain and not self.tasks:
+            self.close()

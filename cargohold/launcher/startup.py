@@ -1,0 +1,177 @@
+"""How the launcher starts a cluster's processes and knows they are up.
+
+``Startup`` is a part of ``LocalCluster`` (``cluster.py``): the command line of etcd, a
+manager and an agent; starting one detached in a session of its own, output appended to
+its log in ``DIR/logs/`` after a start line; and waiting until a check passes (etcd's
+/health, a manager's /healthz, the nodes ``up`` in the manager's node list), failing at
+once, with the tail of its log, when a process exits while starting.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from cargohold.errors import CargoholdError
+from cargohold.launcher import netns
+from cargohold.launcher.manager_http import get_json
+from cargohold.launcher.processes import (
+    EtcdProc,
+    LauncherError,
+    ManagerProc,
+    NodeProc,
+    Process,
+    exit_code,
+    log_tail,
+    proc_stat,
+    track,
+)
+from cargohold.logs import start_line
+
+# the package root, so every process runs the same cargohold as the launcher
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Startup:
+    """Commands, spawning and readiness checks of ``LocalCluster``'s processes."""
+
+    if TYPE_CHECKING:  # the fields and lookups of LocalCluster this part uses
+        dir: str
+        command: list[str]
+        managers: list[ManagerProc]
+        etcd: EtcdProc | None
+        etcd_binary: str
+
+        def api_answering(self) -> str: ...
+
+    def _env(self) -> dict[str, str]:
+        path = os.environ.get("PYTHONPATH")
+        return dict(
+            os.environ,
+            PYTHONPATH=_SOURCE_ROOT + (os.pathsep + path if path else ""),
+            PYTHONUNBUFFERED="1",
+        )
+
+    def _spawn(self, proc: Process, argv: list[str]) -> None:
+        """Start ``argv`` detached in a session of its own (its process group is its PID)."""
+        full = [*netns.exec_prefix(proc.netns), *argv]
+        os.makedirs(os.path.dirname(proc.log), exist_ok=True)
+        with open(proc.log, "ab") as log:
+            log.write(start_line("cargohold launcher", shlex.join(full)))
+            log.flush()
+            try:
+                p = subprocess.Popen(
+                    full,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=self._env(),
+                    cwd=self.dir,
+                )
+            except OSError as e:
+                raise LauncherError(f"cannot start {proc.label} ({full[0]}): {e}") from None
+        track(p)
+        st = proc_stat(p.pid)
+        proc.pid, proc.pgid, proc.started_at = p.pid, p.pid, time.time()
+        proc.start_time = st[2] if st else None
+
+    def _etcd_argv(self) -> list[str]:
+        e = self.etcd
+        assert e is not None
+        os.makedirs(e.data_dir, mode=0o700, exist_ok=True)
+        return [
+            self.etcd_binary,
+            "--name=cargohold",
+            f"--data-dir={e.data_dir}",
+            f"--listen-client-urls={e.client_url}",
+            f"--advertise-client-urls={e.client_url}",
+            f"--listen-peer-urls={e.peer_url}",
+            f"--initial-advertise-peer-urls={e.peer_url}",
+            f"--initial-cluster=cargohold={e.peer_url}",
+            "--logger=zap",
+            "--log-outputs=stderr",
+        ]
+
+    def _state_path(self) -> str:
+        return os.path.join(self.dir, "state.db")
+
+    def _manager_argv(
+        self, m: ManagerProc, init: bool = False, cluster_id: str | None = None
+    ) -> list[str]:
+        if self.etcd:
+            state = f"etcd:{self.etcd.client_url}"
+        else:
+            state = f"sqlite:{self._state_path()}"
+        argv = [*self.command, "manager", "--state", state, "--listen", m.listen]
+        argv += ["--unix", m.unix, "--id", m.id, *(["--init"] if init else [])]
+        return [*argv, *(["--cluster-id", cluster_id] if cluster_id else [])]
+
+    def _agent_argv(self, n: NodeProc) -> list[str]:
+        disk = os.path.join(n.dir, "disk-0")
+        os.makedirs(disk, exist_ok=True)
+        argv = [*self.command, "agent", "--node", n.name]
+        for m in self.managers:
+            argv += ["--api", m.url]
+        argv += ["--address", n.address, "--dir", n.dir, "--disk", disk]
+        if n.zone:
+            argv += ["--zone", n.zone]
+        return argv
+
+    def _wait(self, procs: list[Process], deadline: float, check: Callable[[], str | None]) -> None:
+        """Poll ``check`` (None: ready, else what is missing) until ``deadline``; fail at
+        once when one of ``procs`` exits."""
+        while True:
+            for p in procs:
+                if not p.running():
+                    code = exit_code(p.pid)
+                    how = f"exited with code {code}" if code is not None else "is gone"
+                    tail = log_tail(p.log)
+                    raise LauncherError(
+                        f"{p.label} {how} while starting; see {p.log}"
+                        + (f":\n{tail}" if tail else "")
+                    )
+            missing = check()
+            if missing is None:
+                return
+            if time.monotonic() >= deadline:
+                raise LauncherError(f"timed out: {missing}")
+            time.sleep(0.1)
+
+    def _etcd_health(self) -> str | None:
+        e = self.etcd
+        assert e is not None
+        try:
+            netns.call_in(e.netns, lambda: get_json(e.client_url, "/health", timeout=1.0))
+        except CargoholdError as err:
+            return f"etcd does not answer at {e.client_url} ({err}); see {e.log}"
+        return None
+
+    def _managers_health(self, managers: list[ManagerProc] | None = None) -> str | None:
+        for m in managers or self.managers:
+            try:
+                get_json(m.api, "/healthz", timeout=1.0)
+            except CargoholdError as err:
+                return f"{m.id} does not answer at {m.api} ({err}); see {m.log}"
+        return None
+
+    def _nodes_health(self, nodes: list[NodeProc]) -> str | None:
+        try:
+            api = self.api_answering()
+            seen = {n["name"]: n.get("state") for n in get_json(api, "/api/v1/nodes")}
+        except CargoholdError as err:
+            return f"cannot list nodes ({err}); see {self.managers[0].log}"
+        # a cordoned node (from an earlier run's state) is up too: it heartbeats
+        missing = [n for n in nodes if seen.get(n.name) not in ("up", "cordoned")]
+        if not missing:
+            return None
+        states = ", ".join(
+            f"{n.name} {seen[n.name]}" if n.name in seen else f"{n.name} not registered"
+            for n in missing
+        )
+        logs = ", ".join(n.log for n in missing)
+        return f"nodes not up ({states}); see {logs}"
