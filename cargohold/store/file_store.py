@@ -16,7 +16,7 @@ import contextlib
 import copy
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -735,9 +735,10 @@ class FileStore(ReplicaStore):
             try:
                 next(steps)
             except StopIteration as stop:
-                return stop.value
+                report: ScrubReport = stop.value
+                return report
 
-    def scrub_steps(self, offset: int = 0, length: int = 0) -> Iterator[int]:
+    def scrub_steps(self, offset: int = 0, length: int = 0) -> Generator[int, None, ScrubReport]:
         """Verify every data block of every layer in [offset, offset + length) (length 0:
         to the end); yields blocks checked so far."""
         lba, n = scrub_range(offset, length, self.size)
