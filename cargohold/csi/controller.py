@@ -83,7 +83,7 @@ def condition(vol: JSON) -> Any:
     return pb.VolumeCondition(abnormal=abnormal, message=message)
 
 
-class Controller(pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
+class Controller(pb_grpc.ControllerServicer):  # type: ignore[name-defined]  # generated, loaded at run time (stubs())
     def __init__(
         self,
         client: ManagerClient,

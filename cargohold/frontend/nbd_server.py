@@ -38,7 +38,8 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import cast
 
 from cargohold import memtune
 from cargohold.errors import ProtocolError, RequestError, Unsupported
@@ -46,6 +47,8 @@ from cargohold.frontend.device import BlockDevice
 from cargohold.protocol import nbd
 from cargohold.replica.admission import SAMPLE, SampledSet
 from cargohold.settings import NBDSettings
+
+Buffer = bytes | bytearray | memoryview  # one buffer of a reply, as the codec makes them
 
 log = logging.getLogger("cargohold.nbd")
 
@@ -211,7 +214,9 @@ class NBDServer:
             self._none_shares = (now + NO_VICTIM_RECHECK, mine)
         return found
 
-    def _fair_share(self, among, mine: int, now: float) -> NBDConnection | None:  # type: ignore[no-untyped-def]
+    def _fair_share(
+        self, among: Iterable[NBDConnection], mine: int, now: float
+    ) -> NBDConnection | None:
         """The longest-idle connection (idle FAIR_IDLE_AFTER, nothing in flight) ``among``
         those of addresses holding at least two more connections than the newcomer's: busy
         addresses cannot keep a new client out, and a client alone on its address is never
@@ -228,7 +233,9 @@ class NBDServer:
                 best = c
         return best
 
-    def _search(self, among, now: float) -> tuple[NBDConnection | None, NBDConnection | None]:  # type: ignore[no-untyped-def]
+    def _search(
+        self, among: Iterable[NBDConnection], now: float
+    ) -> tuple[NBDConnection | None, NBDConnection | None]:
         """(the oldest handshake older than HANDSHAKE_EVICT_AFTER, the longest idle
         connection idle for ``evict_idle_after`` with nothing in flight) ``among``."""
         oldest: NBDConnection | None = None
@@ -339,13 +346,16 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._stopped = False
         self._timer: asyncio.TimerHandle | None = None
-        self._out: list = []  # replies of this pass of the event loop, sent together
+        self._out: list[Buffer] = []  # replies of this pass of the event loop, sent together
         # aligned reads the device can answer at once (BlockDevice.read_now): no task
-        self._read_now: Callable[[int, int], object] | None = getattr(self.device, "read_now", None)
+        self._read_now: Callable[[int, int], Buffer | None] | None = getattr(
+            self.device, "read_now", None
+        )
 
     # --- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a stream transport (uvloop's is no subclass of asyncio.Transport, but has its methods)
+        transport = self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer or "unix")
         self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
@@ -379,7 +389,7 @@ class NBDConnection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         self._received(lambda: self.codec.feed(data))
 
-    def _received(self, decode: Callable[[], list]) -> None:
+    def _received(self, decode: Callable[[], list[nbd.Event]]) -> None:
         self.last_active = asyncio.get_running_loop().time()
         try:
             events = decode()
@@ -391,30 +401,29 @@ class NBDConnection(asyncio.BufferedProtocol):
             out = self.codec.data_to_send()
             if out:
                 self.transport.write(out)
-        now: list = []  # replies made in this call
+        now: list[Buffer] = []  # replies made in this call
         read_now = self._read_now if self.ready is not None else None
         bs = self.device.block_size
         for ev in events:
-            t = type(ev)
-            if t is nbd.Request:
+            if type(ev) is nbd.Request:
                 if (
                     read_now is not None
-                    and ev.cmd == nbd.CMD_READ  # type: ignore[union-attr]
-                    and not (ev.offset | ev.length) % bs  # type: ignore[union-attr]
+                    and ev.cmd == nbd.CMD_READ
+                    and not (ev.offset | ev.length) % bs
                 ):
-                    data = read_now(ev.offset, ev.length)  # type: ignore[union-attr]
+                    data = read_now(ev.offset, ev.length)
                     if data is not None:
                         self.server.requests += 1
-                        now += self.codec.reply_read(ev.handle, ev.offset, data)  # type: ignore
+                        now += self.codec.reply_read(ev.handle, ev.offset, data)
                         continue
-                self._spawn(ev)  # type: ignore[arg-type]
-            elif t is nbd.Invalid:
-                self._send(self.codec.reply_error(ev.handle, ev.errno, ev.message))  # type: ignore[union-attr]
-            elif t is nbd.Ready:
-                self.ready = ev  # type: ignore[assignment]
+                self._spawn(ev)
+            elif type(ev) is nbd.Invalid:
+                self._send(self.codec.reply_error(ev.handle, ev.errno, ev.message))
+            elif type(ev) is nbd.Ready:
+                self.ready = ev
                 if self._timer is not None:
                     self._timer.cancel()
-            elif t is nbd.Disconnect or t is nbd.Aborted:
+            elif type(ev) is nbd.Disconnect or type(ev) is nbd.Aborted:
                 self._close_when_idle()
         if now:
             if self._out:  # a batch is going out at the end of this pass: join it
@@ -485,7 +494,7 @@ class NBDConnection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _send(self, buffers: list) -> None:
+    def _send(self, buffers: Sequence[Buffer]) -> None:
         """Send a reply. The only request in flight is answered at once (no added latency
         at queue depth 1); with others in flight, every reply of this pass of the event
         loop goes out with one ``writelines`` (one system call) at its end."""
@@ -533,7 +542,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             out = codec.reply_error(req.handle, 5, f"internal error: {e}")
         self._send(out)
 
-    async def _handle(self, req: nbd.Request) -> list:
+    async def _handle(self, req: nbd.Request) -> Sequence[Buffer]:
         cmd, off, n = req.cmd, req.offset, req.length
         dev = self.device
         codec = self.codec
@@ -546,11 +555,12 @@ class NBDConnection(asyncio.BufferedProtocol):
             return codec.reply_read(req.handle, off, data[off - lo : off - lo + n])
         fua = bool(req.flags & nbd.CMD_FLAG_FUA)
         if cmd == nbd.CMD_WRITE:
-            assert req.data is not None
+            payload = req.data
+            assert payload is not None
             if not (off | n) % bs:
-                await self._locked(off, off + n, False, lambda: dev.write(off, req.data, fua))
+                await self._locked(off, off + n, False, lambda: dev.write(off, payload, fua))
             else:
-                await self._rmw_write(off, req.data, fua)
+                await self._rmw_write(off, payload, fua)
         elif cmd == nbd.CMD_FLUSH:
             await dev.flush()
         elif cmd == nbd.CMD_WRITE_ZEROES:
@@ -566,7 +576,9 @@ class NBDConnection(asyncio.BufferedProtocol):
         # CMD_CACHE: a hint; every read is served from the store anyway
         return codec.reply_ok(req.handle)
 
-    async def _locked(self, lo: int, hi: int, exclusive: bool, fn: Callable) -> None:
+    async def _locked(
+        self, lo: int, hi: int, exclusive: bool, fn: Callable[[], Awaitable[object]]
+    ) -> None:
         locks = self.server.locks
         token = await locks.acquire(lo, hi, exclusive)
         try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import re
@@ -34,7 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -370,7 +371,7 @@ class LocalCluster:
                     self.save()
                     say(f"started {m.id} (pid {m.pid}): API on {m.listen} and {m.unix}")
                     if init and i == 0:  # the others find the cluster it made
-                        self._wait([m], deadline, lambda m=m: self._managers_health([m]))
+                        self._wait([m], deadline, functools.partial(self._managers_health, [m]))
                         say(f"{m.id} created a new cluster (--init)")
                 self._wait(self.managers, deadline, self._managers_health)
                 if not self.initialized:
@@ -411,9 +412,9 @@ class LocalCluster:
             killed = False
             for g in node.groups():
                 killed = kill_group(g, signal.SIGKILL) or killed
-            if node.running():
+            if node.pid is not None and node.running():
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(node.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                    os.kill(node.pid, signal.SIGKILL)
                 killed = True
             if wait_gone([node], time.monotonic() + 10):
                 raise LauncherError(f"{name} (pgid {node.pgid}) survived SIGKILL")
@@ -633,7 +634,9 @@ class LocalCluster:
             argv += ["--zone", n.zone]
         return argv
 
-    def _wait(self, procs: list[Process], deadline: float, check: Callable[[], str | None]) -> None:
+    def _wait(
+        self, procs: Sequence[Process], deadline: float, check: Callable[[], str | None]
+    ) -> None:
         """Poll ``check`` (None: ready, else what is missing) until ``deadline``; fail at
         once when one of ``procs`` exits."""
         while True:
