@@ -14,6 +14,7 @@ lint: setup
 	$(VENV)/ruff check cargohold tests benchmarks
 	$(VENV)/ruff format --check cargohold tests benchmarks
 	$(VENV)/lint-imports
+	$(VENV)/mypy
 
 # The default run: everything but soaks. pytest exits 5 when it collected nothing; that
 # is not a pass, so it stays an error here.
@@ -60,4 +61,4 @@ soak-faults: setup
 		tests/e2e/test_fault_matrix.py::test_fault_soak
 
 clean:
-	rm -rf .venv .pytest_cache .hypothesis .ruff_cache build *.egg-info
+	rm -rf .venv .pytest_cache .hypothesis .ruff_cache .mypy_cache build *.egg-info

@@ -146,12 +146,12 @@ class Engines:
                 self._complain("skipping the engine assignment of volume %r: %s", a.volume, e)
                 continue
             wanted[a.volume] = a
-        for eng in list(self.procs.values()):
-            if eng.volume not in wanted and eng.state is not EngineState.RETIRING:
-                eng.move("retire")
-                if eng.changing is not None:
-                    eng.changing.cancel()
-                eng.transition = asyncio.create_task(self._retire(eng))
+        for old in list(self.procs.values()):
+            if old.volume not in wanted and old.state is not EngineState.RETIRING:
+                old.move("retire")
+                if old.changing is not None:
+                    old.changing.cancel()
+                old.transition = asyncio.create_task(self._retire(old))
         for a in wanted.values():
             eng = self.procs.get(a.volume)
             if eng is None:

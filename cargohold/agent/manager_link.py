@@ -34,7 +34,8 @@ from cargohold.errors import ConfigError, InvalidArgument, ManagerUnavailable
 
 log = logging.getLogger("cargohold.agent")
 
-TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+READ_TIMEOUT, CONNECT_TIMEOUT = 5.0, 2.0  # seconds
+TIMEOUT = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -80,7 +81,7 @@ class ManagerLink:
             f"/api/v1/nodes/{node}/heartbeat",
             heartbeat.model_dump(mode="json"),
             # a long poll: the manager may hold the answer for ``hold`` seconds
-            timeout=httpx.Timeout(TIMEOUT.read + heartbeat.hold, connect=TIMEOUT.connect)
+            timeout=httpx.Timeout(READ_TIMEOUT + heartbeat.hold, connect=CONNECT_TIMEOUT)
             if heartbeat.hold
             else None,
         )

@@ -82,18 +82,19 @@ class Inventory:
             by_key.setdefault(claim.key, claim)
         for workload in self.workloads:
             for use in workload.claim_uses:
+                used: Claim | None  # None: the PVC is not in the inputs
                 if use.source == "pvc":
-                    claim = by_key.get((workload.ns_key, use.claim_name))
+                    used = by_key.get((workload.ns_key, use.claim_name))
                 else:
-                    claim = Claim(
+                    used = Claim(
                         manifest=workload.manifest,
                         path=use.path,
                         source=use.source,
                         name=use.claim_name,
                         owner=workload,
                     )
-                    self.claims.append(claim)
-                self.mounts.append(Mount(workload=workload, use=use, claim=claim))
+                    self.claims.append(used)
+                self.mounts.append(Mount(workload=workload, use=use, claim=used))
 
     # --- questions the checks ask -------------------------------------------------------
 

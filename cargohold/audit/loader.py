@@ -147,6 +147,7 @@ def _parse_yaml(text: str, source: str) -> list[tuple[Any, dict[FieldPath, int],
     try:
         while loader.check_node():
             node = loader.get_node()
+            assert node is not None  # check_node() said there is one
             data = loader.construct_document(node)
             lines: dict[FieldPath, int] = {}
             _index_lines(node, (), lines)

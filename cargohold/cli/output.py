@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 import yaml
@@ -117,20 +117,21 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
     return typer.Exit(code)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def handle_errors(fn: F) -> F:
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn a CargoholdError into ``error: message`` on stderr and its exit code."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except CargoholdError as e:
             raise fail(str(e), exit_code(e)) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 # --- printing -----------------------------------------------------------------------------
@@ -260,13 +261,17 @@ def _cell(key: str, value: Any) -> str:
 Update = Callable[[float | None, str], None]
 
 
+def _no_update(fraction: float | None, text: str = "") -> None:
+    """``progress``'s update without a terminal: shows nothing."""
+
+
 @contextmanager
 def progress(description: str) -> Iterator[Update]:
     """A progress bar on stderr while waiting (nothing when stderr is not a terminal).
 
     Yields ``update(fraction, text)``: fraction 0..1, or None when unknown (a pulse)."""
     if not err_console.is_terminal:
-        yield lambda fraction, text="": None
+        yield _no_update
         return
     bar = Progress(
         SpinnerColumn(),

@@ -56,7 +56,7 @@ CAPABILITIES = (
 )
 
 
-class Controller(VolumeRpcs, PublishRpcs, SnapshotRpcs, pb_grpc.ControllerServicer):  # type: ignore[misc,name-defined]
+class Controller(VolumeRpcs, PublishRpcs, SnapshotRpcs, pb_grpc.ControllerServicer):  # type: ignore[name-defined]  # generated, loaded at run time (stubs())
     """The CSI Controller service (``server.py`` registers it): the RPCs of its parts."""
 
     @rpc

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -28,7 +28,9 @@ from cargohold.errors import (
 
 log = logging.getLogger("cargohold.csi")
 
-F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")  # the servicer
+Q = TypeVar("Q")  # the request message
+R = TypeVar("R")  # the response message
 
 Code = grpc.StatusCode
 
@@ -73,12 +75,14 @@ def code_for(e: CargoholdError) -> grpc.StatusCode:
     return Code.INTERNAL
 
 
-def rpc(fn: F) -> F:
+def rpc(
+    fn: Callable[[S, Q, grpc.ServicerContext], R],
+) -> Callable[[S, Q, grpc.ServicerContext], R]:
     """Wrap a servicer method: CsiError and CargoholdError become gRPC statuses; anything
     else is a bug, logged with its traceback and answered INTERNAL."""
 
     @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def wrapper(self: S, request: Q, context: grpc.ServicerContext) -> R:
         name = fn.__name__
         try:
             return fn(self, request, context)
@@ -93,4 +97,4 @@ def rpc(fn: F) -> F:
             log.exception("%s failed", name)
             context.abort(Code.INTERNAL, f"{name}: {type(e).__name__}: {e}")
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper

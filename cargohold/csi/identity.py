@@ -17,7 +17,7 @@ from cargohold.errors import CargoholdError
 pb, pb_grpc = stubs()
 
 
-class Identity(pb_grpc.IdentityServicer):  # type: ignore[misc,name-defined]
+class Identity(pb_grpc.IdentityServicer):  # type: ignore[name-defined]  # generated, loaded at run time (stubs())
     def __init__(self, client: ManagerClient, controller: bool) -> None:
         self.client = client
         self.controller = controller

@@ -69,7 +69,7 @@ def _mode_name(cap: Any) -> str:
     return str(pb.VolumeCapability.AccessMode.Mode.Name(cap.access_mode.mode))
 
 
-class Node(pb_grpc.NodeServicer):  # type: ignore[misc,name-defined]
+class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, loaded at run time (stubs())
     def __init__(
         self,
         client: ManagerClient,

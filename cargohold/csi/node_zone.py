@@ -21,24 +21,28 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any
 
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
-def zone_of(node: dict) -> str:  # type: ignore[type-arg]
+def zone_of(node: dict[str, Any]) -> str:
     labels = (node.get("metadata") or {}).get("labels") or {}
     return next((str(labels[k]) for k in ZONE_LABELS if labels.get(k)), "")
 
 
-def fetch_node(api: str, name: str, token: str, ca_file: str | None, timeout: float) -> dict:  # type: ignore[type-arg]
+def fetch_node(
+    api: str, name: str, token: str, ca_file: str | None, timeout: float
+) -> dict[str, Any]:
     url = f"{api.rstrip('/')}/api/v1/nodes/{urllib.parse.quote(name, safe='')}"
     req = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     ctx = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
     with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
+        node: dict[str, Any] = json.loads(resp.read())
+        return node
 
 
 def main(argv: list[str] | None = None) -> int:

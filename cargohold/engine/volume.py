@@ -322,7 +322,7 @@ class Volume:
             try:
                 fut = client.send(Op.READ, offset, length)
                 await answers([fut], self.settings.replica_timeout)
-                data = client.check(fut.result()).payload
+                got = client.check(fut.result()).payload
             except ChecksumError as e:
                 self.counters["checksum_errors"] += 1
                 bad.append((link, list(e.detail.get("blocks", []))))
@@ -335,10 +335,10 @@ class Volume:
                 link.drop(f"read failed: {type(e).__name__}: {e}")
                 continue
             for victim, blocks in bad:
-                self.spawn(self._repair(victim, blocks, offset, data))
+                self.spawn(self._repair(victim, blocks, offset, got))
             self._observe("read", t0)
             self.counters["read_bytes"] += length
-            return data
+            return got
         if bad:  # rot on every replica, in different blocks: assemble the range block-wise
             out, more = await self._read_around_rot(offset, length)
             for victim, blocks in bad + more:
@@ -394,7 +394,11 @@ class Volume:
         return out, bad
 
     async def _repair(
-        self, link: ReplicaLink, blocks: list[int], offset: int, data: memoryview | bytes
+        self,
+        link: ReplicaLink,
+        blocks: list[int],
+        offset: int,
+        data: bytes | bytearray | memoryview,
     ) -> None:
         for b in blocks:
             rel = b * BLOCK_SIZE - offset
@@ -465,7 +469,10 @@ class Volume:
         self._window_free.set()
 
     async def broadcast(
-        self, call: Any, targets: list[ReplicaLink] | None = None, tolerate: tuple[type, ...] = ()
+        self,
+        call: Any,
+        targets: list[ReplicaLink] | None = None,
+        tolerate: tuple[type[BaseException], ...] = (),
     ) -> list[Any]:
         """Run ``call(client)`` on each target (default: the write set) at once. A replica
         that fails is dropped, except for errors in ``tolerate`` (returned as None) and

@@ -21,11 +21,13 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from cargohold.errors import ProtocolError
 from cargohold.frontend.nbd_transmission import Transmission
 from cargohold.protocol import nbd
+
+Buffer = bytes | bytearray | memoryview  # one buffer of a reply, as the codec makes them
 
 if TYPE_CHECKING:
     from cargohold.frontend.nbd_server import NBDServer
@@ -56,13 +58,16 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         self._reading_paused = False
         self._stopped = False
         self._timer: asyncio.TimerHandle | None = None
-        self._out: list = []  # replies of this pass of the event loop, sent together
+        self._out: list[Buffer] = []  # replies of this pass of the event loop, sent together
         # aligned reads the device can answer at once (BlockDevice.read_now): no task
-        self._read_now: Callable[[int, int], object] | None = getattr(self.device, "read_now", None)
+        self._read_now: Callable[[int, int], Buffer | None] | None = getattr(
+            self.device, "read_now", None
+        )
 
     # --- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a stream transport (uvloop's is no subclass of asyncio.Transport, but has its methods)
+        transport = self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer or "unix")
         self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
@@ -112,26 +117,25 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         read_now = self._read_now if self.ready is not None else None
         bs = self.device.block_size
         for ev in events:
-            t = type(ev)
-            if t is nbd.Request:
+            if type(ev) is nbd.Request:
                 if (
                     read_now is not None
-                    and ev.cmd == nbd.CMD_READ  # type: ignore[union-attr]
-                    and not (ev.offset | ev.length) % bs  # type: ignore[union-attr]
+                    and ev.cmd == nbd.CMD_READ
+                    and not (ev.offset | ev.length) % bs
                 ):
-                    data = read_now(ev.offset, ev.length)  # type: ignore[union-attr]
+                    data = read_now(ev.offset, ev.length)
                     if data is not None:
                         self.server.requests += 1
-                        now += self.codec.reply_read(ev.handle, ev.offset, data)  # type: ignore
+                        now += self.codec.reply_read(ev.handle, ev.offset, data)
                         continue
-                self._spawn(ev)  # type: ignore[arg-type]
-            elif t is nbd.Invalid:
-                self._send(self.codec.reply_error(ev.handle, ev.errno, ev.message))  # type: ignore[union-attr]
-            elif t is nbd.Ready:
-                self.ready = ev  # type: ignore[assignment]
+                self._spawn(ev)
+            elif type(ev) is nbd.Invalid:
+                self._send(self.codec.reply_error(ev.handle, ev.errno, ev.message))
+            elif type(ev) is nbd.Ready:
+                self.ready = ev
                 if self._timer is not None:
                     self._timer.cancel()
-            elif t is nbd.Disconnect or t is nbd.Aborted:
+            elif type(ev) is nbd.Disconnect or type(ev) is nbd.Aborted:
                 self._close_when_idle()
         if now:
             if self._out:  # a batch is going out at the end of this pass: join it

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from cargohold import memtune
 from cargohold.frontend.device import BlockDevice
@@ -159,7 +159,9 @@ class NBDServer:
             self._none_shares = (now + NO_VICTIM_RECHECK, mine)
         return found
 
-    def _fair_share(self, among, mine: int, now: float) -> NBDConnection | None:  # type: ignore[no-untyped-def]
+    def _fair_share(
+        self, among: Iterable[NBDConnection], mine: int, now: float
+    ) -> NBDConnection | None:
         """The longest-idle connection (idle FAIR_IDLE_AFTER, nothing in flight) ``among``
         those of addresses holding at least two more connections than the newcomer's: busy
         addresses cannot keep a new client out, and a client alone on its address is never
@@ -176,7 +178,9 @@ class NBDServer:
                 best = c
         return best
 
-    def _search(self, among, now: float) -> tuple[NBDConnection | None, NBDConnection | None]:  # type: ignore[no-untyped-def]
+    def _search(
+        self, among: Iterable[NBDConnection], now: float
+    ) -> tuple[NBDConnection | None, NBDConnection | None]:
         """(the oldest handshake older than HANDSHAKE_EVICT_AFTER, the longest idle
         connection idle for ``evict_idle_after`` with nothing in flight) ``among``."""
         oldest: NBDConnection | None = None

@@ -108,11 +108,12 @@ class Transmission:
             return codec.reply_read(req.handle, off, data[off - lo : off - lo + n])
         fua = bool(req.flags & nbd.CMD_FLAG_FUA)
         if cmd == nbd.CMD_WRITE:
-            assert req.data is not None
+            payload = req.data
+            assert payload is not None
             if not (off | n) % bs:
-                await self._locked(off, off + n, False, lambda: dev.write(off, req.data, fua))
+                await self._locked(off, off + n, False, lambda: dev.write(off, payload, fua))
             else:
-                await self._rmw_write(off, req.data, fua)
+                await self._rmw_write(off, payload, fua)
         elif cmd == nbd.CMD_FLUSH:
             await dev.flush()
         elif cmd == nbd.CMD_WRITE_ZEROES:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import re
@@ -338,7 +339,7 @@ class LocalCluster(Faults):
                     self.save()
                     say(f"started {m.id} (pid {m.pid}): API on {m.listen} and {m.unix}")
                     if init and i == 0:  # the others find the cluster it made
-                        self._wait([m], deadline, lambda m=m: self._managers_health([m]))
+                        self._wait([m], deadline, functools.partial(self._managers_health, [m]))
                         say(f"{m.id} created a new cluster (--init)")
                 self._wait(self.managers, deadline, self._managers_health)
                 if not self.initialized:

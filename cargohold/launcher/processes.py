@@ -203,17 +203,17 @@ def wait_gone(procs: list[Process], deadline: float) -> list[Process]:
 def stop_processes(procs: list[Process], grace: float) -> None:
     """SIGTERM each process (it stops its own children), SIGKILL its group after ``grace``."""
     for p in procs:
-        if p.running():
+        if p.pid is not None and p.running():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGTERM)  # type: ignore[arg-type]
+                os.kill(p.pid, signal.SIGTERM)
         else:  # its leader died (a crash): what is left of its group stops now
             kill_group(p.pgid, signal.SIGTERM)
     left = wait_gone(procs, time.monotonic() + grace)
     for p in left:
         kill_group(p.pgid, signal.SIGKILL)
-        if p.running():
+        if p.pid is not None and p.running():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                os.kill(p.pid, signal.SIGKILL)
     left = wait_gone(left, time.monotonic() + 10)
     if left:
         raise LauncherError("could not stop " + ", ".join(f"{p.label} (pid {p.pid})" for p in left))

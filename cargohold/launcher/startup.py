@@ -13,7 +13,7 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from cargohold.errors import CargoholdError
@@ -122,7 +122,9 @@ class Startup:
             argv += ["--zone", n.zone]
         return argv
 
-    def _wait(self, procs: list[Process], deadline: float, check: Callable[[], str | None]) -> None:
+    def _wait(
+        self, procs: Sequence[Process], deadline: float, check: Callable[[], str | None]
+    ) -> None:
         """Poll ``check`` (None: ready, else what is missing) until ``deadline``; fail at
         once when one of ``procs`` exits."""
         while True:

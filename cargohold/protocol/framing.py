@@ -29,10 +29,10 @@ _local = threading.local()
 
 def _shared_scratch() -> bytearray:
     try:
-        return _local.scratch  # type: ignore[no-any-return]
+        scratch: bytearray = _local.scratch
     except AttributeError:
-        _local.scratch = bytearray(SCRATCH)
-        return _local.scratch  # type: ignore[no-any-return]
+        scratch = _local.scratch = bytearray(SCRATCH)
+    return scratch
 
 
 DIRECT_MIN = 64 * 1024  # frames at least this big are received in place

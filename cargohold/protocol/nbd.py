@@ -388,8 +388,8 @@ class ServerConnection:
             if body:
                 self._error(opt, REP_ERR_INVALID, "NBD_OPT_LIST carries no data")
                 return None
-            name = self.export.name.encode()
-            self._reply(opt, REP_SERVER, struct.pack(">I", len(name)) + name)
+            listed = self.export.name.encode()
+            self._reply(opt, REP_SERVER, struct.pack(">I", len(listed)) + listed)
             self._reply(opt, REP_ACK)
             return None
         if opt in (OPT_INFO, OPT_GO):

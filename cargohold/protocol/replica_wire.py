@@ -286,7 +286,8 @@ class RequestDecoder(_FrameDecoder):
     _what = "request"
 
     def _payload_len(self, fields: tuple[Any, ...]) -> int:
-        return fields[6]
+        n: int = fields[6]
+        return n
 
     def _make(self, fields: tuple[Any, ...], payload: memoryview) -> Request:
         _, op, flags, rid, offset, length, _, gen = fields
@@ -301,7 +302,8 @@ class ReplyDecoder(_FrameDecoder):
     _what = "reply"
 
     def _payload_len(self, fields: tuple[Any, ...]) -> int:
-        return fields[4]
+        n: int = fields[4]
+        return n
 
     def _make(self, fields: tuple[Any, ...], payload: memoryview) -> Reply:
         _, status, rid, gen, _, _ = fields

@@ -12,12 +12,17 @@ import asyncio
 import itertools
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from cargohold.errors import ProtocolError, ReplicaIOError, error_for_status
+from cargohold.errors import InvalidArgument, ProtocolError, ReplicaIOError, error_for_status
 from cargohold.protocol import extent_stream as xs
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Reply
+
+# ReplicaClient has a method named ``list``: inside the class, annotations use these names
+Records = list[dict[str, Any]]  # LIST's replicas, SNAPSHOT_LIST's snapshots
+Extents = list[list[int]]  # [[offset, length], ...] (EXTENTS: [[offset, length, kind], ...])
+History = list[list[int]]  # [[epoch, first generation], ...]
 
 
 class _ClientProtocol(asyncio.BufferedProtocol):
@@ -51,7 +56,8 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             t.writelines(out)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        # a stream transport (uvloop's is no subclass of asyncio.Transport, but has its methods)
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,6 +121,8 @@ class ReplicaClient:
         sock: socket.socket | None = None,
     ) -> ReplicaClient:
         """Connect by TCP address, unix socket path, or over an already connected socket."""
+        if sock is None and not unix and (host is None or port is None):
+            raise InvalidArgument("a replica server is reached by host and port, unix or sock")
         loop = asyncio.get_running_loop()
         try:
             if sock is not None:
@@ -126,6 +134,7 @@ class ReplicaClient:
                 )
                 where = unix
             else:
+                assert host is not None and port is not None  # checked above
                 _, proto = await asyncio.wait_for(
                     loop.create_connection(_ClientProtocol, host, port), timeout
                 )
@@ -230,7 +239,7 @@ class ReplicaClient:
     async def delete(self, replica: str) -> None:
         await self.call(Op.DELETE, args={"replica": replica})
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self) -> Records:
         return (await self.call(Op.LIST)).result()["replicas"]
 
     async def open(self, replica: str, epoch: int, jump: bool = False) -> dict[str, Any]:
@@ -260,7 +269,7 @@ class ReplicaClient:
     # --- data -----------------------------------------------------------------------
     async def read(self, offset: int, length: int, snapshot: str | None = None) -> memoryview:
         args = {"snapshot": snapshot} if snapshot else None
-        return (await self.call(Op.READ, offset, length, args=args)).payload  # type: ignore[return-value]
+        return (await self.call(Op.READ, offset, length, args=args)).payload  # type: ignore[return-value]  # memoryviews from ReplyDecoder; bytes only from test doubles
 
     async def write(self, offset: int, data: Any, fua: bool = False, generation: int = 0) -> int:
         """-> the generation the replica is complete through (see docs/formats/replica-wire.md)"""
@@ -285,7 +294,7 @@ class ReplicaClient:
             await self.call(Op.SNAPSHOT_CREATE, args={"name": name, "labels": labels or {}})
         ).result()
 
-    async def snapshot_list(self) -> list[dict[str, Any]]:
+    async def snapshot_list(self) -> Records:
         return (await self.call(Op.SNAPSHOT_LIST)).result()["snapshots"]
 
     async def snapshot_delete(self, name: str) -> None:
@@ -299,14 +308,12 @@ class ReplicaClient:
         self._saw(info)
         return info
 
-    async def changed_since(self, since: int, offset: int = 0, length: int = 0) -> list[list[int]]:
+    async def changed_since(self, since: int, offset: int = 0, length: int = 0) -> Extents:
         return (await self.call(Op.CHANGED, offset, length, args={"since": since})).result()[
             "extents"
         ]
 
-    async def extents(
-        self, offset: int, length: int, snapshot: str | None = None
-    ) -> list[list[int]]:
+    async def extents(self, offset: int, length: int, snapshot: str | None = None) -> Extents:
         args = {"snapshot": snapshot} if snapshot else {}
         return (await self.call(Op.EXTENTS, offset, length, args=args)).result()["extents"]
 
@@ -321,7 +328,7 @@ class ReplicaClient:
         args: dict[str, Any] = {"since": since, "max_bytes": max_bytes}
         if snapshot:
             args["snapshot"] = snapshot
-        return (await self.call(Op.EXPORT, offset, length, args=args)).payload  # type: ignore[return-value]
+        return (await self.call(Op.EXPORT, offset, length, args=args)).payload  # type: ignore[return-value]  # memoryviews from ReplyDecoder; bytes only from test doubles
 
     async def import_stream(self, stream: Any, generation: int = 0) -> int:
         """Apply an extent stream. Imported blocks are history: they do not make the replica
@@ -329,7 +336,7 @@ class ReplicaClient:
         return (await self.call(Op.IMPORT, payload=stream, generation=generation)).generation
 
     async def mark_current(
-        self, generation: int = 0, history: list[list[int]] | None = None, reset: bool = False
+        self, generation: int = 0, history: History | None = None, reset: bool = False
     ) -> int:
         """After a rebuild: the replica holds every mutation up to ``generation`` (0: the
         newest it has seen), and ``history`` (the source's). Durable when this returns.

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ class OpenReplica:
 
 
 class Registry:
-    def __init__(self, disks: list[str], owns: Any = None) -> None:
+    def __init__(self, disks: list[str], owns: Callable[[str], bool] | None = None) -> None:
         if not disks:
             raise InvalidArgument("a replica server needs at least one disk directory")
         self.disks = [os.path.abspath(d) for d in disks]

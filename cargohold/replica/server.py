@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import socket
+from collections.abc import Callable
 
 from cargohold.replica.admission import Admission
 from cargohold.replica.registry import Registry
@@ -20,7 +22,9 @@ from cargohold.settings import ReplicaServerSettings
 
 
 class ReplicaServer:
-    def __init__(self, settings: ReplicaServerSettings, owns=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, settings: ReplicaServerSettings, owns: Callable[[str], bool] | None = None
+    ) -> None:
         self.settings = settings
         self.registry = Registry(settings.disks, owns)
         self.sessions: set[Session] = set()
@@ -29,7 +33,7 @@ class ReplicaServer:
         self._servers: list[asyncio.base_events.Server] = []
         self.port = settings.port
 
-    async def start(self, sock=None) -> None:  # type: ignore[no-untyped-def]
+    async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         if sock is not None:
             srv = await loop.create_server(lambda: Session(self), sock=sock, backlog=1024)

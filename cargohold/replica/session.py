@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cargohold import __version__
 from cargohold.constants import BLOCK_SIZE, MAX_IO_BYTES
@@ -96,7 +96,8 @@ class Session(asyncio.BufferedProtocol):
 
     # --- transport callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        # a stream transport (uvloop's is no subclass of asyncio.Transport, but has its methods)
+        transport = self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer or "unix")
         self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
@@ -217,6 +218,8 @@ class Session(asyncio.BufferedProtocol):
             self.transport.writelines(msg)
 
     def _error_reply(self, req: Request, e: Exception) -> list[Any]:
+        err: CargoholdError
+        status: int
         if isinstance(e, NoSpace) and self.rep is not None:
             # which disk, on which node: what an operator needs (the manager shows it)
             disk = os.path.dirname(os.path.dirname(self.rep.path))
@@ -229,7 +232,7 @@ class Session(asyncio.BufferedProtocol):
             err = e
             status = e.status
         elif isinstance(e, CargoholdError):
-            err, status = e, ReplicaIOError.status  # type: ignore[assignment]
+            err, status = e, ReplicaIOError.status
         else:
             log.exception("op %s from %s failed", req.op, self.peer)
             err, status = ReplicaIOError(f"internal error: {type(e).__name__}: {e}"), 5
@@ -396,7 +399,8 @@ class Session(asyncio.BufferedProtocol):
         async with rep.lock:
             self._replica()
             await self._drain_flushes(rep)
-            info = rep.store.snapshot_create(args.get("name"), _labels(args.get("labels")))
+            name: Any = args.get("name")  # any JSON value: the store checks it is a name
+            info = rep.store.snapshot_create(name, _labels(args.get("labels")))
         return rep.store.generation, wire.dump_json(info.to_dict())
 
     def op_snapshot_list(self, req: Request) -> Result:
@@ -407,7 +411,7 @@ class Session(asyncio.BufferedProtocol):
 
     async def op_snapshot_delete(self, req: Request) -> Result:
         rep = self._replica()
-        name = req.args().get("name")
+        name: Any = req.args().get("name")  # any JSON value: the store checks it is a name
         async with rep.lock:
             self._replica()
             await self._drain_flushes(rep)
@@ -417,7 +421,7 @@ class Session(asyncio.BufferedProtocol):
 
     async def op_snapshot_revert(self, req: Request) -> Result:
         rep = self._mutation(req)
-        name = req.args().get("name")
+        name: Any = req.args().get("name")  # any JSON value: the store checks it is a name
         async with rep.lock:
             self._replica()
             await self._drain_flushes(rep)
@@ -491,7 +495,7 @@ class Session(asyncio.BufferedProtocol):
         crcs = rep.store.checksums(req.offset, req.length, _str_arg(args, "snapshot"))
         values = crcs if not window else window_digests(crcs, window)
         parts = wire.encode_checksums(
-            req.offset // BLOCK_SIZE, len(crcs), memoryview(values).cast("B"), window
+            req.offset // BLOCK_SIZE, len(crcs), values.data.cast("B"), window
         )
         return rep.store.generation, parts
 

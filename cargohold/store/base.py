@@ -104,14 +104,13 @@ def check_size(size: object) -> int:
 
 def check_history(history: object) -> list[list[int]]:
     """A replica's history: [[epoch, first generation], ...], both strictly increasing."""
-    ok = isinstance(history, list) and all(
+    if isinstance(history, list) and all(
         isinstance(x, list | tuple)
         and len(x) == 2
         and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in x)
         for x in history
-    )
-    if ok:
-        pairs = [list(x) for x in history]  # type: ignore[union-attr]
+    ):
+        pairs = [list(x) for x in history]
         if all(a[0] < b[0] and a[1] < b[1] for a, b in itertools.pairwise(pairs)):
             return pairs
     raise InvalidArgument(
@@ -138,7 +137,7 @@ def window_digests(crcs: np.ndarray, blocks: int) -> np.ndarray:
     differ."""
     if blocks <= 0:
         raise InvalidArgument(f"digest window must be positive, got {blocks}")
-    raw = memoryview(np.ascontiguousarray(crcs, dtype="<u4")).cast("B")
+    raw = np.ascontiguousarray(crcs, dtype="<u4").data.cast("B")
     step = blocks * 4
     return np.fromiter(
         (crc32c.crc32c(raw[i : i + step]) for i in range(0, len(raw), step)),
@@ -448,4 +447,5 @@ class ReplicaStore(ABC):
 
 def stream_end(buffers: list[bytes | memoryview]) -> int:
     """The ``end`` offset of an encoded extent stream (where the next chunk starts)."""
-    return struct.unpack_from("<Q", buffers[0], 24)[0]
+    end: int = struct.unpack_from("<Q", buffers[0], 24)[0]
+    return end

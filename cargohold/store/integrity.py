@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def recover_head(head: Layer, seen: int) -> tuple[int, int]:
 
 def scrub_layers(
     named: list[tuple[str, Layer]], lba: int = 0, n: int | None = None
-) -> Iterator[int]:
+) -> Generator[int, None, ScrubReport]:
     """Blocks [lba, lba + n) of each layer (default: all). Yields blocks checked so far;
     returns the ScrubReport."""
     checked = 0

@@ -351,7 +351,7 @@ class MemoryStore(ReplicaStore):
         for layer in self._layers.values():
             name = "head" if layer.id == self._head else self._name(layer)
             for b, e in sorted(layer.blocks.items()):
-                if e[0] == DATA and lba <= b < lba + n:
+                if e[0] == DATA and e[2] is not None and lba <= b < lba + n:
                     checked += 1
                     if crc32c.crc32c(e[2]) != e[3]:
                         bad.append(BadBlock(name, b))
@@ -367,7 +367,13 @@ class MemoryStore(ReplicaStore):
             c = crc32c.crc32c(blk)
             for layer in self._layers.values():
                 e = layer.blocks.get(lba + i)
-                if e and e[0] == DATA and e[3] == c and crc32c.crc32c(e[2]) != c:
+                if (
+                    e
+                    and e[0] == DATA
+                    and e[2] is not None
+                    and e[3] == c
+                    and crc32c.crc32c(e[2]) != c
+                ):
                     layer.blocks[lba + i] = (DATA, e[1], blk, c)
                     fixed += 1
         self.counters["repaired_blocks"] += fixed

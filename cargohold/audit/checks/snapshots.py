@@ -54,11 +54,11 @@ def no_snapshot_schedule(inv: Inventory) -> Iterator[Hit]:
         bucket += [w for w in users if not any(w is b for b in bucket)]
     for vsc in inv.snapshot_classes:
         driver = str(vsc.obj.get("driver") or "")
-        users = users_by_driver.get(driver)
-        if users:
+        drivers_users = users_by_driver.get(driver)
+        if drivers_users:
             yield Hit(
                 vsc,
                 ("driver",),
-                f"driver {driver} can snapshot the volumes of {names(users)} but no snapshot "
+                f"driver {driver} can snapshot the volumes of {names(drivers_users)} but no snapshot "
                 "schedule was found (snapshot CronJob, SnapshotSchedule, velero Schedule...)",
             )

@@ -1,0 +1,281 @@
+"""Reads and writes of a file-store replica's blocks: ``FileStore``'s data path
+(file_store.py), never used alone.
+
+A read resolves each block through the chain of layers, head first, and verifies it against
+the CRC32C in its layer's map (``ChecksumError`` names the block). A write goes to the head
+layer in the crash-safe order of docs/formats/replica-store.md (``_put``): a block written
+after the last FLUSH reads back as its old or its new content, never a mix, and its checksum
+always verifies. A FLUSH syncs the layers written since the last one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from crc32c import crc32c
+
+from cargohold.constants import BLOCK_SIZE
+from cargohold.errors import ChecksumError, Unsupported
+from cargohold.protocol.extent_stream import KIND_DATA
+from cargohold.store import format as fmt
+from cargohold.store.base import (
+    DATA,
+    HOLE,
+    ZERO,
+    ZERO_CRC,
+    block_crcs,
+    check_range,
+    check_size,
+    runs,
+)
+from cargohold.store.layer import Layer, io_error, sync_fds
+from cargohold.store.layer_tree import LayerTree
+
+_SRC_HOLE = -1
+_SRC_ZERO = -2
+
+
+class BlockIO(LayerTree):
+    """The reads and writes of a ``FileStore``."""
+
+    # --- reads ------------------------------------------------------------------------
+    def _chain_of(self, snapshot: str | None) -> list[Layer]:
+        if snapshot is None:
+            return self._chain
+        return [self._layers[lid] for lid in self._ancestry(self._snapshot_layer(snapshot))]
+
+    def _sources(self, lba: int, n: int, chain: list[Layer]) -> np.ndarray:
+        """Per block: depth in the chain of the layer holding its data, or HOLE/ZERO."""
+        src = np.full(n, _SRC_HOLE, dtype=np.int16)
+        for depth, layer in enumerate(chain):
+            m = min(n, layer.nblocks - lba)
+            if m <= 0:
+                continue
+            st = layer.meta[lba : lba + m] & fmt.STATE_MASK
+            open_ = src[:m] == _SRC_HOLE
+            head = src[:m]
+            head[open_ & (st == fmt.DATA)] = depth
+            head[open_ & (st == fmt.ZERO)] = _SRC_ZERO
+            if depth + 1 < len(chain) and not (src == _SRC_HOLE).any():
+                break
+        return src
+
+    def resolve(self, lba: int, n: int, snapshot: str | None = None) -> np.ndarray:
+        src = self._sources(lba, n, self._chain_of(snapshot))
+        out = np.full(n, HOLE, dtype=np.uint8)
+        out[src >= 0] = DATA
+        out[src == _SRC_ZERO] = ZERO
+        return out
+
+    def read(self, offset: int, length: int, snapshot: str | None = None) -> bytearray:
+        lba, n = check_range(offset, length, self.size)
+        chain = self._chain_of(snapshot)
+        if n == 1:
+            return self._read_one(lba, chain)
+        out = bytearray(length)
+        if n == 0:
+            return out
+        mv = memoryview(out)
+        head = chain[0]
+        if len(chain) == 1 and head.nblocks >= lba + n:
+            st = head.meta[lba : lba + n] & fmt.STATE_MASK
+            if (st == fmt.DATA).all():
+                head.pread_into(lba, mv)
+                self._verify(head, lba, None, out)
+            else:
+                mask = st == fmt.DATA
+                for a, b in runs(mask):
+                    head.pread_into(lba + a, mv[a * BLOCK_SIZE : b * BLOCK_SIZE])
+                if mask.any():
+                    self._verify(head, lba, mask, out)
+        else:
+            src = self._sources(lba, n, chain)
+            for depth in np.unique(src[src >= 0]).tolist():
+                layer = chain[depth]
+                mask = src == depth
+                for a, b in runs(mask):
+                    layer.pread_into(lba + a, mv[a * BLOCK_SIZE : b * BLOCK_SIZE])
+                self._verify(layer, lba, mask, out)
+        self.counters["reads"] += 1
+        self.counters["read_bytes"] += length
+        return out
+
+    def checksums(self, offset: int, length: int, snapshot: str | None = None) -> np.ndarray:
+        lba, n = check_range(offset, length, self.size)
+        chain = self._chain_of(snapshot)
+        out = np.full(n, ZERO_CRC, dtype="<u4")
+        if n == 0:
+            return out
+        src = self._sources(lba, n, chain)
+        for depth in np.unique(src[src >= 0]).tolist():
+            idx = np.flatnonzero(src == depth)
+            out[idx] = chain[depth].cur[lba + idx]
+        return out
+
+    def _verify(self, layer: Layer, lba: int, mask: np.ndarray | None, out: bytearray) -> None:
+        mv = memoryview(out)
+        if mask is None:
+            n = len(out) // BLOCK_SIZE
+            got = block_crcs(mv)
+            cur = layer.cur[lba : lba + n].copy()  # copies: an exception must not pin the map
+            pend = layer.pend[lba : lba + n].copy()
+            bad = (got != cur) & (got != pend)
+            idx = None
+        else:
+            idx = np.flatnonzero(mask)
+            got = np.fromiter(
+                (
+                    int(block_crcs(mv[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])[0])
+                    for i in idx.tolist()
+                ),
+                dtype="<u4",
+                count=idx.size,
+            )
+            bad = (got != layer.cur[lba + idx]) & (got != layer.pend[lba + idx])
+        if bad.any():
+            where = np.flatnonzero(bad) if idx is None else idx[bad]
+            blocks = [lba + int(i) for i in where[:64]]
+            self.counters["checksum_errors"] += int(bad.sum())
+            raise ChecksumError(
+                f"checksum mismatch in block {blocks[0]} (offset {blocks[0] * BLOCK_SIZE}, "
+                f"layer {self._layer_name(layer.id)}); {int(bad.sum())} bad block(s) in this read",
+                blocks=blocks,
+                layer=self._layer_name(layer.id),
+            )
+
+    # --- writes -----------------------------------------------------------------------
+    def write(
+        self,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        fua: bool = False,
+        generation: int | None = None,
+    ) -> int:
+        mv = memoryview(data)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        lba, n = check_range(offset, len(mv), self.size)
+        if n == 0:
+            return self._gen
+        self._chain[0].ensure_map_space(lba, n)
+        g, contiguous = self._claim(generation)
+        self._put(lba, mv, g)
+        self._complete(g, contiguous)
+        self.counters["writes"] += 1
+        self.counters["written_bytes"] += len(mv)
+        if fua:
+            self.flush()
+        return self._gen
+
+    def _put(self, lba: int, mv: memoryview, g: int) -> None:
+        """Store whole blocks in the head, recorded at generation ``g``, in the crash-safe
+        order of docs/formats/replica-store.md."""
+        head = self._chain[0]
+        n = len(mv) // BLOCK_SIZE
+        if n == 1:  # scalar stores: numpy's per-call cost would dominate one block
+            crc = crc32c(mv)
+            q, u, i = head.q, head.u, 2 * lba + 1
+            q[i] = (g << fmt.GEN_SHIFT) | (q[i] & fmt.STATE_MASK)
+            u[4 * lba + 1] = crc
+            try:
+                head.pwrite(lba, mv)
+            except OSError as e:
+                raise io_error(e, f"write at {lba * BLOCK_SIZE}") from None
+            u[4 * lba] = crc
+            q[i] = (g << fmt.GEN_SHIFT) | fmt.DATA
+            self._dirty.add(head.id)
+            return
+        crcs = block_crcs(mv)
+        tag = np.uint64(g << fmt.GEN_SHIFT)
+        meta = head.meta[lba : lba + n]
+        # 1. mark the blocks as changed at this generation, state unchanged
+        meta[:] = (meta & np.uint64(fmt.STATE_MASK)) | tag
+        # 2. announce the new checksum: reads accept the old content or the new one
+        head.pend[lba : lba + n] = crcs
+        # 3. the data itself
+        try:
+            head.pwrite(lba, mv)
+        except OSError as e:
+            del meta  # a traceback holding a view of the map would keep it from closing
+            raise io_error(e, f"write at {lba * BLOCK_SIZE}") from None
+        # 4. commit: the new checksum becomes the current one, the block lives here
+        head.cur[lba : lba + n] = crcs
+        meta[:] = tag | np.uint64(fmt.DATA)
+        self._dirty.add(head.id)
+
+    def _read_one(self, lba: int, chain: list[Layer]) -> bytearray:
+        """``read`` for one block: walk the chain with scalar loads."""
+        out = bytearray(BLOCK_SIZE)
+        for layer in chain:
+            if lba >= layer.nblocks:
+                continue
+            state = layer.q[2 * lba + 1] & fmt.STATE_MASK
+            if state == fmt.ABSENT:
+                continue
+            if state == fmt.DATA:
+                layer.pread_into(lba, memoryview(out))
+                got = crc32c(out)
+                if got != layer.u[4 * lba] and got != layer.u[4 * lba + 1]:
+                    self._verify(layer, lba, None, out)  # raises, naming the block
+            break
+        self.counters["reads"] += 1
+        self.counters["read_bytes"] += BLOCK_SIZE
+        return out
+
+    def write_zeroes(self, offset: int, length: int, generation: int | None = None) -> int:
+        lba, n = check_range(offset, length, self.size)
+        if n == 0:
+            return self._gen
+        self._chain[0].ensure_map_space(lba, n)
+        g, contiguous = self._claim(generation)
+        self._zero(lba, n, g)
+        self._complete(g, contiguous)
+        self.counters["zeroes"] += 1
+        return self._gen
+
+    def _zero(self, lba: int, n: int, g: int) -> None:
+        head = self._chain[0]
+        head.meta[lba : lba + n] = np.uint64((g << fmt.GEN_SHIFT) | fmt.ZERO)
+        # punch the whole range: also frees data a failed or crash-cut write left behind
+        try:
+            head.punch(lba, n)
+        except OSError as e:
+            raise io_error(e, "punch hole") from None
+        self._dirty.add(head.id)
+
+    def _import_extents(self, extents: list[Any], g: int) -> None:
+        for e in extents:
+            self._chain[0].ensure_map_space(e.lba, e.count)
+            if e.kind == KIND_DATA:
+                self._put(e.lba, e.data, g)
+            else:
+                self._zero(e.lba, e.count, g)
+        self._seen = max(self._seen, g)
+        self._chain[0].seen = self._seen
+
+    def flush_handles(self) -> list[int]:
+        """Duplicates of the descriptors a FLUSH must sync, for syncing in another thread
+        while this one goes on serving (the caller owns and closes them: ``sync_fds``)."""
+        fds = []
+        for lid in sorted(self._dirty):
+            layer = self._layers.get(lid)
+            if layer is not None:
+                fds += layer.sync_handles()
+        self._dirty.clear()
+        self.counters["flushes"] += 1
+        return fds
+
+    def flush(self) -> None:
+        sync_fds(self.flush_handles())
+
+    def expand(self, new_size: int) -> None:
+        check_size(new_size)
+        if new_size < self.size:
+            raise Unsupported(f"shrinking from {self.size} to {new_size} is not supported")
+        if new_size == self.size:
+            return
+        self._chain[0].grow(new_size // BLOCK_SIZE)
+        meta = self._draft()
+        meta["size"] = new_size
+        self._commit(meta)
