@@ -24,7 +24,7 @@ import pytest
 from cargohold.errors import ManagerUnavailable
 from cargohold.launcher import ClusterRunning, LauncherError, LocalCluster, NoCluster, get_json
 from cargohold.launcher import netns as lab_netns
-from tests.procs import ROOT
+from tests.support.processes import ROOT
 
 FAKE = r'''
 """Stand-ins for `cargohold manager` and `cargohold agent` (the flags of control-plane.md)."""
