@@ -56,7 +56,7 @@ sys.path.insert(0, ROOT)
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
 from tests.support.engine_control import engine_status  # noqa: E402
-from tests.support.processes import ServerProc  # noqa: E402
+from tests.support.processes import Launched, ServerProc  # noqa: E402
 
 DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "engine.json")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -127,8 +127,9 @@ class Started:
 
 
 @dataclass
-class Proc:
-    """A server process: output to a log file, ready when its port (parsed or given) accepts."""
+class Proc(Launched):
+    """A server process: output to a log file (``output``, ``pid`` from ``Launched``), ready
+    when its port (parsed or given) accepts."""
 
     name: str
     cmd: list[str]
@@ -173,18 +174,6 @@ class Proc:
         except OSError:
             return False
         return True
-
-    def output(self) -> str:
-        try:
-            with open(self.log_path) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (cargohold drains and flushes; cProfile writes its file), then SIGKILL."""
