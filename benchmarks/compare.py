@@ -38,7 +38,7 @@ from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.constants import BLOCK_SIZE, MIB  # noqa: E402
 from cargohold.engine import compare  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
-from tests.procs import ServerProc  # noqa: E402
+from tests.support.processes import ServerProc  # noqa: E402
 
 CHUNK = 32 * MIB
 

@@ -55,7 +55,8 @@ sys.path.insert(0, ROOT)
 # the CLI package first: importing cargohold.cli.replica_cmd alone hits an import cycle
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
-from tests.procs import ServerProc  # noqa: E402
+from tests.support.engine_control import engine_status  # noqa: E402
+from tests.support.processes import Launched, ServerProc  # noqa: E402
 
 DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "engine.json")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -126,8 +127,9 @@ class Started:
 
 
 @dataclass
-class Proc:
-    """A server process: output to a log file, ready when its port (parsed or given) accepts."""
+class Proc(Launched):
+    """A server process: output to a log file (``output``, ``pid`` from ``Launched``), ready
+    when its port (parsed or given) accepts."""
 
     name: str
     cmd: list[str]
@@ -172,18 +174,6 @@ class Proc:
         except OSError:
             return False
         return True
-
-    def output(self) -> str:
-        try:
-            with open(self.log_path) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (cargohold drains and flushes; cProfile writes its file), then SIGKILL."""
@@ -382,27 +372,6 @@ class Bench:
             raise RuntimeError(f"{key} is not healthy after start: {st}")
         uri = self._uri(e.port, unix, "bench")
         return System(key, uri=uri, procs=[e, *servers], control=control, profile=prof)
-
-
-def engine_status(control: str, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(30)
-                s.connect(control)
-                s.sendall(b'{"op": "status"}\n')
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = s.recv(1 << 16)
-                    if not chunk:
-                        break
-                    data += chunk
-            return json.loads(data)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 # --- fio ------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import argparse
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -33,9 +32,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cargohold.protocol import nbd  # noqa: E402
 from cargohold.protocol import replica_wire as wire  # noqa: E402
 from cargohold.protocol.replica_wire import Op  # noqa: E402
+from tests.support.floods import flood_replica_server  # noqa: E402
+from tests.support.nbd_clients import nbd_handshake  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -48,31 +48,7 @@ def rss_mib(pid: int) -> float:
 
 def nbd_client(port: int, source: str) -> socket.socket | None:
     """A fixed-newstyle handshake (OPT_GO) from ``source``; None if refused."""
-    s = socket.socket()
-    s.settimeout(1.0)
-    try:
-        s.bind((source, 0))
-        s.connect(("127.0.0.1", port))
-        got = b""
-        while len(got) < 18:
-            chunk = s.recv(18 - len(got))
-            if not chunk:
-                raise OSError("closed")
-            got += chunk
-        body = struct.pack(">IH", 0, 0)
-        s.sendall(struct.pack(">I", 3) + struct.pack(">QII", nbd.IHAVEOPT, nbd.OPT_GO, len(body)))
-        s.sendall(body)
-        want = struct.pack(">QIII", nbd.OPT_REPLY_MAGIC, nbd.OPT_GO, nbd.REP_ACK, 0)
-        got = b""
-        while not got.endswith(want):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise OSError("closed")
-            got += chunk
-        return s
-    except OSError:
-        s.close()
-        return None
+    return nbd_handshake(port, source, timeout=1.0)
 
 
 class Procs:
@@ -171,26 +147,8 @@ def replica_server_flood(procs: Procs) -> str:
     rs, port = replica_server(procs, "rs-flood")
     time.sleep(1)
     base = rss_mib(rs.pid)
-    hello = b"".join(bytes(b) for b in wire.encode_request(Op.HELLO, 1, payload=b"{}"))
-    flood: list[socket.socket] = []
     t = time.monotonic()
-    for i in range(1, 21):
-        failed = 0
-        for k in range(500):
-            s = socket.socket()
-            s.settimeout(0.5)
-            try:
-                s.bind((f"127.0.5.{i}", 0))
-                s.connect(("127.0.0.1", port))
-                if k % 2:
-                    s.sendall(hello)
-                flood.append(s)
-                failed = 0
-            except OSError:
-                s.close()
-                failed += 1
-                if failed >= 20:
-                    break
+    flood = flood_replica_server(port, [f"127.0.5.{i}" for i in range(1, 21)], 500)
     took = time.monotonic() - t
     time.sleep(2)
     peak, fds = rss_mib(rs.pid), len(os.listdir(f"/proc/{rs.pid}/fd"))

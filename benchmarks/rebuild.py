@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -42,23 +41,10 @@ sys.path.insert(0, ROOT)
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.control.client import ManagerClient  # noqa: E402
 from cargohold.launcher.cluster import LocalCluster  # noqa: E402
+from tests.support.engine_control import engine_status  # noqa: E402
+from tests.support.polling import wait_until  # noqa: E402
 
 DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "rebuild.json")
-
-
-def engine_status(sock: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The engine's own status, through its control socket (newline-delimited JSON)."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(sock)
-        s.sendall(b'{"op": "status"}\n')
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(1 << 16)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
 
 
 def fio(uri: str, *args: str) -> dict[str, Any]:
@@ -72,17 +58,6 @@ def fio(uri: str, *args: str) -> dict[str, Any]:
 
 def write_seq(uri: str, nbytes: int) -> dict[str, Any]:
     return fio(uri, "--rw=write", "--bs=1M", "--iodepth=8", f"--size={nbytes}", "--end_fsync=1")
-
-
-def wait(what: str, fn, timeout: float, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what} (last: {last})")
 
 
 class Vol:
@@ -128,16 +103,17 @@ def full_rebuild(c: ManagerClient, cl: LocalCluster, args: argparse.Namespace) -
         vol = c.volume(v.name)
         return next((r for r in vol["replicas"] if r["id"] not in v.old_ids), None)
 
-    new = wait("a replacement replica", new_replica, args.timeout)
+    new = wait_until(new_replica, args.timeout, "a replacement replica", 0.05)
     t_new = time.monotonic()
     print(f"full: new replica {new['id']} on {new['node']}; rebuilding", flush=True)
-    wait(
-        "the new replica to be running",
+    wait_until(
         lambda: (r := new_replica()) is not None and r["state"] == "running",
         args.timeout,
+        "the new replica to be running",
+        0.05,
     )
     t_running = time.monotonic()
-    link = wait("the engine's rebuild record", lambda: v.link(new["id"]) or {}, 30)
+    link = wait_until(lambda: v.link(new["id"]) or {}, 30, "the engine's rebuild record", 0.05)
     rb = link.get("rebuild") or {}
     secs = float(rb.get("seconds") or 0)
     cl.start_node(v.other_node)
@@ -188,7 +164,7 @@ def delta_rebuild(c: ManagerClient, cl: LocalCluster, args: argparse.Namespace) 
     t_start = time.monotonic()
     cl.start_node(v.other_node)
     t_up = time.monotonic()
-    wait("the volume to be healthy again", v.healthy, args.timeout, interval=0.05)
+    wait_until(v.healthy, args.timeout, "the volume to be healthy again", 0.05)
     t_healthy = time.monotonic()
     link = v.link(away) or {}
     rb = link.get("rebuild") or {}

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.protocol.replica_wire import FLAG_FUA, Op  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
-from tests.procs import ServerProc  # noqa: E402
+from tests.support.processes import ServerProc  # noqa: E402
 
 
 async def run_load(

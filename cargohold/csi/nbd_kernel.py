@@ -6,7 +6,7 @@ the connection, so it outlives a restart of the node plugin); such a device refu
 configuration ioctls and is resized with NBD_CMD_RECONFIGURE carrying NBD_ATTR_SIZE_BYTES.
 A device configured with ioctls (``nbd-client -L``) takes NBD_SET_SIZE. ``resize`` tries
 the ioctl and falls back to netlink. The message encoders are pure (tested in
-tests/unit/test_csi_nbd_kernel.py); the machines we test on have no nbd module, so the
+tests/unit/csi/test_nbd_kernel.py); the machines we test on have no nbd module, so the
 calls themselves are untested here.
 
 Constants: linux/nbd.h and linux/nbd-netlink.h, linux/netlink.h, linux/genetlink.h.

@@ -8,7 +8,7 @@ read is checked against its CRC32C as the owner's reads are (invariant 5).
 
 It reads the format of docs/formats/replica-store.md itself, through memoryview casts of
 the maps and without numpy: one engine runs per attached volume, and numpy would cost
-each of them about 10 MiB. ``tests/unit/test_store_reader.py`` checks that it reads
+each of them about 10 MiB. ``tests/unit/store/test_reader.py`` checks that it reads
 exactly what ``FileStore.read`` reads, over random layer trees.
 
 The owner keeps changing the replica while a reader is open, so a reader is only correct

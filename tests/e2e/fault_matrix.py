@@ -45,7 +45,7 @@ from cargohold.verify.checker import RULE_ACKED, CheckResult, check_volume
 from cargohold.verify.client import Pool
 from cargohold.verify.history import History
 from cargohold.verify.workload import Workload, WorkloadSpec
-from tests.procs import rot
+from tests.support.processes import rot
 
 MiB = 1 << 20
 JSON = dict[str, Any]

@@ -18,7 +18,7 @@ import pytest
 from cargohold.constants import BLOCK_SIZE, MIB
 from cargohold.errors import Fenced
 from cargohold.replica.client import ReplicaClient
-from tests.procs import ServerProc
+from tests.support.processes import ServerProc
 
 pytestmark = pytest.mark.root
 

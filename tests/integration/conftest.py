@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.procs import ServerProc
+from tests.support.processes import ServerProc
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from cargohold.launcher.cluster import LocalCluster, get_json
-from tests.integration.test_cluster_lifecycle import cli, js, pattern_ok, qemu_io, wait_for
+from tests.support.cli import cli, js
+from tests.support.nbd_clients import pattern_ok, qemu_io
+from tests.support.polling import wait_until
 
 MiB = 1 << 20
 
@@ -47,7 +49,9 @@ def test_volumes_are_adopted_from_their_replicas_after_the_state_is_lost(
     qemu_io(uri, "write -P 0x77 0 64k")
     cli(d, "volume", "detach", "logs")
     for v in ("data", "logs"):
-        wait_for(lambda v=v: js(d, "volume", "get", v)["state"] == "detached", f"{v} detached")
+        wait_until(
+            lambda v=v: js(d, "volume", "get", v)["state"] == "detached", 60, f"{v} detached", 0.2
+        )
     old_epoch = js(d, "volume", "get", "data")["epoch"]  # type: ignore[index]
 
     # the store is lost for good; a new one is made under the cluster's id
@@ -58,9 +62,11 @@ def test_volumes_are_adopted_from_their_replicas_after_the_state_is_lost(
         shutil.move(str(f), lost / f.name)
     c.start_manager("manager-1", init=True, cluster_id=real)
     assert get_json(c.api, "/api/v1/status")["cluster_id"] == real
-    orphans = wait_for(
+    orphans = wait_until(
         lambda: (o := get_json(c.api, "/api/v1/orphans")) and len(o) == 3 and o,
+        60,
         "the three replicas reported as orphans",
+        0.2,
     )
     assert {o["volume"] for o in orphans} == {"data", "logs"}
     assert all(o["cluster_id"] == real and o["history"] for o in orphans), orphans
@@ -78,7 +84,7 @@ def test_volumes_are_adopted_from_their_replicas_after_the_state_is_lost(
     assert vol["state"] == "detached" and vol["reclaim_policy"] == "Retain"  # type: ignore[index]
     assert vol["replicas_wanted"] == 2 and vol["size_bytes"] == 16 * MiB  # type: ignore[index]
     assert [s["name"] for s in js(d, "snapshot", "list", "data")] == ["s1"]  # type: ignore[union-attr,index]
-    wait_for(lambda: get_json(c.api, "/api/v1/orphans") == [], "no orphans left")
+    wait_until(lambda: get_json(c.api, "/api/v1/orphans") == [], 60, "no orphans left", 0.2)
     kinds = [e["kind"] for e in get_json(c.api, "/api/v1/events")]
     assert kinds.count("volume-adopted") == 2, kinds
 

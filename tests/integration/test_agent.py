@@ -23,23 +23,15 @@ import pytest
 
 from cargohold.replica.client import ReplicaClient
 from tests.integration.fake_manager import JSON, FakeManager, engine_of, operation_of
-from tests.procs import ROOT, ServerProc
+from tests.support.nbd_clients import qemu_io
+from tests.support.polling import wait_until
+from tests.support.processes import ROOT, ServerProc
 
 NODE = "node-1"
 SIZE = 64 << 20
 LOCAL = "data-r00000a"  # on the agent's node
 REMOTE = ["data-r00000b", "data-r00000c"]  # on the stand-in for another node
 OTHER = "data-r00000f"  # a second replica on the agent's node, deleted later
-
-
-def wait(predicate, timeout: float = 30.0, what: str = ""):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def process_table() -> dict[int, tuple[int, int, str]]:
@@ -109,10 +101,11 @@ class AgentProc:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        wait(
+        wait_until(
             lambda: len(fake.registrations) > registered or self.proc.poll() is not None,  # type: ignore[union-attr]
             timeout,
             "the agent to register",
+            0.05,
         )
         assert self.proc.poll() is None, self.output()
         self.replica_port = fake.registrations[-1][1]["replica_port"]
@@ -186,18 +179,6 @@ class Env:
             return sorted(r["mode"] for r in e["status"]["replicas"]) == ["RW"] * 3
 
         return engine_of(self.fake.wait_heartbeat(NODE, serving, 40, "the engine serving"), "data")  # type: ignore[return-value]
-
-
-def qemu_io(endpoint: str, command: str) -> str:
-    r = subprocess.run(
-        ["qemu-io", "-f", "raw", "-c", command, endpoint],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    out = r.stdout + r.stderr
-    assert r.returncode == 0 and "fail" not in out.lower(), out
-    return out
 
 
 async def _create_remote(port: int) -> None:
@@ -320,7 +301,7 @@ def test_replaces_the_engine_when_the_epoch_changes(env: Env) -> None:
     old = env.agent.engine_pid()
     eng = env.serve(env.epoch + 1)
     assert eng["status"]["epoch"] == env.epoch
-    wait(lambda: env.agent.engine_pid() not in (None, old), what="the new engine")
+    wait_until(lambda: env.agent.engine_pid() not in (None, old), 30.0, "the new engine", 0.05)
     assert not os.path.exists(f"/proc/{old}/cmdline") or old not in descendants(env.agent.pid)
     qemu_io(eng["endpoint"], "read -P 0x5a 0 1M")
 
@@ -355,13 +336,15 @@ def test_keeps_serving_while_the_manager_is_down(env: Env) -> None:
     registrations = len(env.fake.registrations)
     env.fake.stop()
     try:
-        wait(lambda: "heartbeat failed" in env.agent.output(), what="a failed heartbeat")
+        wait_until(
+            lambda: "heartbeat failed" in env.agent.output(), 30.0, "a failed heartbeat", 0.05
+        )
         qemu_io(eng["endpoint"], "write -P 0x7c 2M 1M")
         qemu_io(eng["endpoint"], "read -P 0x7c 2M 1M")
         assert env.agent.engine_pid() == pid
     finally:
         env.fake.start(forget=True)  # a manager that lost its state: the agent registers again
-    wait(lambda: len(env.fake.registrations) > registrations, what="registering again")
+    wait_until(lambda: len(env.fake.registrations) > registrations, 30.0, "registering again", 0.05)
     assert env.serve()["endpoint"] == eng["endpoint"]
     assert env.agent.engine_pid() == pid
 
@@ -376,7 +359,7 @@ def test_a_refused_heartbeat_is_logged_and_retried(env: Env, status: int, etype:
     with env.fake.lock:
         env.fake.refuse, env.fake.refused = (status, etype), 0
     try:
-        wait(lambda: env.fake.refused >= 3, what="three refused heartbeats")
+        wait_until(lambda: env.fake.refused >= 3, 30.0, "three refused heartbeats", 0.05)
         assert env.agent.proc is not None and env.agent.proc.poll() is None, env.agent.output()
         qemu_io(eng["endpoint"], "write -P 0x3d 1M 1M")
     finally:
@@ -392,7 +375,7 @@ def test_stops_an_engine_no_longer_assigned(env: Env) -> None:
     pid = env.agent.engine_pid()
     env.fake.assign(NODE, engines=[])
     env.fake.wait_heartbeat(NODE, lambda hb: engine_of(hb, "data") is None, what="no engine")
-    wait(lambda: env.agent.engine_pid() is None, what="the engine to exit")
+    wait_until(lambda: env.agent.engine_pid() is None, 30.0, "the engine to exit", 0.05)
     assert pid not in descendants(env.agent.pid)
     assert not (env.agent.dir / "run" / "data.sock").exists()
 
@@ -415,7 +398,7 @@ def test_sigterm_stops_every_child_and_the_replica_port_survives(env: Env) -> No
     assert any(" replica-server " in c for c in children.values()), children
     port = env.agent.replica_port
     assert env.agent.stop() == 0
-    wait(lambda: not set(children) & set(process_table()), 15, "every child to exit")
+    wait_until(lambda: not set(children) & set(process_table()), 15, "every child to exit", 0.05)
     out = env.agent.output()
     assert "stopped engine for volume data" in out and "stopped the replica server" in out
 
@@ -457,7 +440,12 @@ def test_a_restarted_agent_adopts_what_the_last_one_left_running(env: Env) -> No
         loop.close()
     # the adopted children are not in the new agent's session: its SIGTERM stops them
     assert env.agent.stop() == 0
-    wait(lambda: not {engine, server} & set(process_table()), 15, "the adopted children to exit")
+    wait_until(
+        lambda: not {engine, server} & set(process_table()),
+        15,
+        "the adopted children to exit",
+        0.05,
+    )
 
 
 def test_acts_only_for_a_manager_of_its_disks_cluster(env: Env) -> None:

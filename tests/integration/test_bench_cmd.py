@@ -17,23 +17,9 @@ import pytest
 
 from cargohold.cli.fio import WORKLOADS
 from cargohold.launcher.cluster import LocalCluster
+from tests.support.cli import cli
 
 pytestmark = pytest.mark.skipif(shutil.which("fio") is None, reason="needs fio")
-
-
-def cli(dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(
-        [sys.executable, "-m", "cargohold", *args, "--dir", str(dir)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
-        stdin=subprocess.DEVNULL,
-    )
-    assert p.returncode == 0, (
-        f"cargohold {' '.join(args)} exited {p.returncode}:\n{p.stdout}{p.stderr}"
-    )
-    return p
 
 
 @pytest.fixture

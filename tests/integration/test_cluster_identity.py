@@ -23,7 +23,9 @@ import pytest
 
 from cargohold.control.state import EtcdStateStore
 from cargohold.launcher.cluster import LauncherError, LocalCluster, get_json
-from tests.integration.test_cluster_lifecycle import cli, js, pattern_ok, qemu_io, wait_for
+from tests.support.cli import cli, js
+from tests.support.nbd_clients import pattern_ok, qemu_io
+from tests.support.polling import wait_until
 
 MiB = 1 << 20
 WATCH = 12.0  # seconds the agents are watched serving a wrong manager (it took ~8 s to wipe)
@@ -104,7 +106,7 @@ def test_an_empty_state_store_deletes_nothing(cluster: tuple[LocalCluster, Path]
     qemu_io(uri, "write -P 0x5a 0 1M")
     qemu_io(uri, "write -P 0x33 8M 64k")
     cli(d, "volume", "detach", "data")
-    wait_for(lambda: js(d, "volume", "get", "data")["state"] == "detached", "detached")
+    wait_until(lambda: js(d, "volume", "get", "data")["state"] == "detached", 60, "detached", 0.2)
     reps = replica_dirs(d)
     assert len(reps) == 2
     for n in ("node-1", "node-2"):  # each disk carries the cluster's stamp
@@ -142,7 +144,7 @@ def test_an_empty_state_store_deletes_nothing(cluster: tuple[LocalCluster, Path]
         nodes = get_json(c.api, "/api/v1/nodes")
         return len(nodes) == 2 and all("cluster id mismatch" in n["error"] for n in nodes)
 
-    wait_for(refusing, "both agents refusing the new cluster", timeout=30)
+    wait_until(refusing, 30, "both agents refusing the new cluster", 0.2)
     kinds = [e["kind"] for e in get_json(c.api, "/api/v1/events")]
     assert kinds.count("agent-refused") == 2, kinds
     deadline = time.monotonic() + WATCH
@@ -164,13 +166,14 @@ def test_an_empty_state_store_deletes_nothing(cluster: tuple[LocalCluster, Path]
     t_back = time.time()
     c.start_manager("manager-1")
     assert get_json(c.api, "/api/v1/status")["cluster_id"] == real
-    wait_for(
+    wait_until(
         lambda: all(
             n["error"] == "" and n["state"] == "up" and n["heartbeat_at"] > t_back
             for n in get_json(c.api, "/api/v1/nodes")
         ),
+        30,
         "the agents heartbeating to the real cluster again",
-        timeout=30,
+        0.2,
     )
     assert replica_dirs(d) == reps and trash(d) == []
     assert replica_files(d) == before

@@ -7,10 +7,8 @@ Data goes through the engines' NBD endpoints with qemu-io, and is read back and 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,58 +16,11 @@ from pathlib import Path
 import pytest
 
 from cargohold.launcher.cluster import LocalCluster
+from tests.support.cli import cli, js
+from tests.support.nbd_clients import pattern_ok, qemu_io
+from tests.support.polling import wait_until
 
 MiB = 1 << 20
-
-
-def cli(
-    dir: Path, *args: str, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(
-        [sys.executable, "-m", "cargohold", *args, "--dir", str(dir)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    if check and p.returncode != 0:
-        raise AssertionError(
-            f"cargohold {' '.join(args)} exited {p.returncode}:\n{p.stdout}{p.stderr}"
-        )
-    return p
-
-
-def js(dir: Path, *args: str) -> object:
-    return json.loads(cli(dir, *args, "-o", "json").stdout)
-
-
-def qemu_io(uri: str, cmd: str) -> str:
-    p = subprocess.run(
-        ["qemu-io", "-f", "raw", "-c", cmd, uri], capture_output=True, text=True, timeout=60
-    )
-    assert p.returncode == 0 and "error" not in p.stdout.lower(), p.stdout + p.stderr
-    return p.stdout
-
-
-def pattern_ok(uri: str, off: int, length: int, pattern: int) -> bool:
-    p = subprocess.run(
-        ["qemu-io", "-f", "raw", "-c", f"read -P {pattern} {off} {length}", uri],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return p.returncode == 0 and "Pattern verification failed" not in p.stdout + p.stderr
-
-
-def wait_for(fn, what: str, timeout: float = 60):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} (last: {last})")
 
 
 @pytest.fixture(params=["sqlite", "etcd"])
@@ -103,9 +54,8 @@ def test_volume_lifecycle_through_the_cli(cluster: tuple[LocalCluster, Path]) ->
     vol = js(d, "volume", "get", "data")
     assert vol["state"] == "attached" and vol["attached_node"] == "node-1"  # type: ignore[index]
     assert vol["endpoint"] == uri  # type: ignore[index]
-    assert wait_for(
-        lambda: js(d, "volume", "get", "data")["robustness"] == "healthy",
-        "healthy",  # type: ignore[index]
+    assert wait_until(
+        lambda: js(d, "volume", "get", "data")["robustness"] == "healthy", 60, "healthy", 0.2
     )
 
     # snapshot, then change the data after it
@@ -233,7 +183,9 @@ def test_clone_retain_drain_and_a_killed_replica_server(
 
     # Retain: delete keeps the replicas on disk (released), purge removes them
     cli(d, "volume", "create", "keep", "--size", "16MiB", "--reclaim-policy", "Retain")
-    dirs = wait_for(lambda: len(_replica_dirs(d, "keep")) == 3 and _replica_dirs(d, "keep"), "3")
+    dirs = wait_until(
+        lambda: len(_replica_dirs(d, "keep")) == 3 and _replica_dirs(d, "keep"), 60, "3", 0.2
+    )
     cli(d, "volume", "delete", "keep")
     assert js(d, "volume", "get", "keep")["state"] == "released"  # type: ignore[index]
     time.sleep(2)  # a few reconciler passes and heartbeats: nothing is deleted
@@ -241,21 +193,24 @@ def test_clone_retain_drain_and_a_killed_replica_server(
     p = cli(d, "volume", "attach", "keep", "--node", "node-1", check=False)
     assert p.returncode == 5 and "released" in p.stderr
     cli(d, "volume", "delete", "keep", "--purge")
-    wait_for(lambda: not _replica_dirs(d, "keep"), "the purged replicas to leave the disks")
+    wait_until(
+        lambda: not _replica_dirs(d, "keep"), 60, "the purged replicas to leave the disks", 0.2
+    )
     assert "keep" not in {v["name"] for v in js(d, "volume", "list")}  # type: ignore[union-attr]
 
     # drain a node holding a replica of the attached volume: it moves, the data stays
     holders = {r["node"] for r in js(d, "volume", "get", "data")["replicas"]}  # type: ignore[index]
     victim = next(n for n in sorted(holders) if n != "node-1")
     cli(d, "node", "drain", victim, "--wait", "--timeout", "120", timeout=180)
-    vol = wait_for(
+    vol = wait_until(
         lambda: (
             (v := js(d, "volume", "get", "data"))["robustness"] == "healthy"  # type: ignore[index]
             and len(v["replicas"]) == 2  # type: ignore[index]
             and v
         ),
-        "the drained replica's successor to be rebuilt",
         120,
+        "the drained replica's successor to be rebuilt",
+        0.2,
     )
     assert victim not in {r["node"] for r in vol["replicas"]}  # type: ignore[index]
     assert {r["mode"] for r in vol["replicas"]} == {"RW"}  # type: ignore[index]
@@ -275,23 +230,28 @@ def test_clone_retain_drain_and_a_killed_replica_server(
     assert pid is not None
     os.kill(pid, 9)
     qemu_io(uri, "write -P 0x99 8M 1M")  # written while that replica is gone
-    again = wait_for(
+    again = wait_until(
         lambda: (p := _replica_server(c, other)) not in (None, pid) and p,
+        60,
         "the agent to restart the replica server",
+        0.2,
     )
-    wait_for(
+    wait_until(
         lambda: (
             f"restarted the replica server (pid {again})"
             in (d / "logs" / f"{other}.log").read_text()
         ),
+        60,
         "the agent to log the restart",
+        0.2,
     )
-    wait_for(
-        lambda: {r["mode"] for r in js(d, "volume", "get", "data")["replicas"]} == {"RW"},  # type: ignore[index]
-        "the replica to be rebuilt",
+    wait_until(
+        lambda: {r["mode"] for r in js(d, "volume", "get", "data")["replicas"]} == {"RW"},
         90,
+        "the replica to be rebuilt",
+        0.2,
     )
     assert pattern_ok(uri, 8 * MiB, MiB, 0x99) and pattern_ok(uri, 0, MiB, 0x66)
     cli(d, "volume", "detach", "data")
     cli(d, "volume", "delete", "data")
-    wait_for(lambda: js(d, "volume", "list") == [], "every volume to be deleted")
+    wait_until(lambda: js(d, "volume", "list") == [], 60, "every volume to be deleted", 0.2)

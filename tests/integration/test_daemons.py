@@ -17,9 +17,9 @@ import pytest
 
 from cargohold.constants import MIB
 from cargohold.replica.client import ReplicaClient
-from tests.integration.engine_procs import EngineProc
-from tests.integration.test_engine import need, qemu_io
-from tests.procs import ROOT, ServerProc
+from tests.support.engine import EngineProc
+from tests.support.nbd_clients import need, qemu_io
+from tests.support.processes import ROOT, ServerProc
 
 SIZE = 16 * MIB
 
@@ -93,7 +93,7 @@ def test_nbd_serve_grows_refuses_to_shrink_and_stops_cleanly(tmp_path, monkeypat
     to 4 MiB on a restart with its data kept, a smaller size refused with a clear error
     (no traceback), and the unix socket removed on SIGTERM."""
     need("qemu-io")
-    from tests.integration.nbd_procs import NBDProc
+    from tests.support.nbd_server import NBDProc
 
     monkeypatch.setenv("CARGOHOLD_LOG", "chatty")
     d, unix = str(tmp_path / "rep"), str(tmp_path / "nbd.sock")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.procs import ROOT
+from tests.support.processes import ROOT
 
 
 def _demo(tmp_path, *extra: str, status: int = 0, **env: str) -> str:

@@ -25,26 +25,25 @@ from cargohold.errors import InvalidArgument
 from cargohold.protocol.replica_wire import Op
 from cargohold.replica.client import ReplicaClient
 from cargohold.store import format as fmt
-from tests.integration.engine_procs import EngineProc
-from tests.integration.test_engine import Cluster, need, qemu_io
-from tests.procs import ServerProc
+from tests.support.engine import EngineProc
+from tests.support.nbd_clients import need, qemu_io
+from tests.support.processes import ServerProc
+from tests.support.replica_cluster import ReplicaCluster
 
 SIZE = 32 * MIB
 FOREIGN = b"FOREIGN!" * (BLOCK_SIZE // 8)
 
 
-class Nodes(Cluster):
+class Nodes(ReplicaCluster):
     """``n`` replica servers (one per "node"), one replica ``r<i>`` of the volume each."""
 
     def __init__(self, root, n: int) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(root, n, SIZE)
+        super().__init__(root, SIZE, n)
 
-    def spec(self, i: int) -> str:
-        return f"r{i}@127.0.0.1:{self.servers[i].port}"
-
-    def restart(self, i: int) -> None:
+    def restart(self, i: int) -> ServerProc:  # a clean stop first, unlike ReplicaCluster's
         self.servers[i].stop()
-        self.servers[i] = ServerProc(self.servers[i].disks).start()
+        self.servers[i] = self._start(self.servers[i].disks)
+        return self.servers[i]
 
     def contents(self, epoch: int) -> list[bytes]:
         """Every replica's whole head, read from its server (not through an engine)."""

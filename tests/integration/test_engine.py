@@ -7,88 +7,24 @@ replicas end up identical, comparing their content read directly from each serve
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
-import shutil
 import subprocess
 import time
 
 import pytest
 
 from cargohold.constants import MIB
-from cargohold.replica.client import ReplicaClient
-from tests.integration.engine_procs import EngineProc
-from tests.procs import ServerProc
+from tests.support.engine import EngineProc
+from tests.support.nbd_clients import need, qemu_io
+from tests.support.processes import ServerProc
+from tests.support.replica_cluster import ReplicaCluster
 
 SIZE = 128 * MIB
 
 
-def need(tool: str) -> None:
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} not installed (scripts/setup.sh installs it)")
-
-
-def qemu_io(uri: str, *cmds: str, check: bool = True) -> subprocess.CompletedProcess:
-    args = ["qemu-io", "-f", "raw"]
-    for c in cmds:
-        args += ["-c", c]
-    p = subprocess.run([*args, uri], capture_output=True, text=True, timeout=120)
-    if check:
-        out = (p.stdout + p.stderr).lower()
-        assert p.returncode == 0 and "failed" not in out and "error" not in out, out
-    return p
-
-
-class Cluster:
-    """``n`` replica servers (three by default), one replica ``r<i>`` each, of one volume."""
-
-    def __init__(self, root, n: int = 3, size: int = SIZE) -> None:  # type: ignore[no-untyped-def]
-        self.root = root
-        self.size = size
-        self.servers: list[ServerProc] = []
-        for i in range(n):
-            d = root / f"node-{i}"
-            d.mkdir()
-            self.servers.append(ServerProc([str(d)]).start())
-        asyncio.run(self._create())
-
-    async def _create(self) -> None:
-        for i, s in enumerate(self.servers):
-            c = await ReplicaClient.connect("127.0.0.1", s.port)
-            await c.create(f"r{i}", self.size)
-            await c.close()
-
-    def specs(self) -> list[str]:
-        return [f"r{i}@127.0.0.1:{s.port}" for i, s in enumerate(self.servers)]
-
-    def restart(self, i: int) -> None:
-        self.servers[i].kill()
-        self.servers[i] = ServerProc(self.servers[i].disks).start()
-
-    def digests(self, epoch: int, which: tuple[int, ...] = (0, 1, 2)) -> list[str]:
-        async def one(i: int) -> str:
-            c = await ReplicaClient.connect("127.0.0.1", self.servers[i].port)
-            await c.open(f"r{i}", epoch)
-            h = hashlib.sha256()
-            for off in range(0, SIZE, 16 * MIB):
-                h.update(bytes(await c.read(off, 16 * MIB)))
-            await c.close()
-            return h.hexdigest()
-
-        async def all_() -> list[str]:
-            return [await one(i) for i in which]
-
-        return asyncio.run(all_())
-
-    def stop(self) -> None:
-        for s in self.servers:
-            s.stop()
-
-
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(tmp_path)
+    c = ReplicaCluster(tmp_path, SIZE)
     yield c
     c.stop()
 

@@ -12,11 +12,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -24,34 +22,20 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.replica.client import ReplicaClient
-from tests.integration.engine_procs import EngineProc
 from tests.probe.engine_support import DelayProxy
-from tests.procs import ROOT, ServerProc
+from tests.support.engine import EngineProc
+from tests.support.nbd_clients import need, qemu_io
+from tests.support.processes import ROOT
+from tests.support.replica_cluster import ReplicaServers
 
 MIB = 1 << 20
 SIZE = 64 * MIB
-
-
-def need(*tools: str) -> None:
-    for t in tools:
-        if shutil.which(t) is None:
-            pytest.skip(f"{t} not installed (scripts/setup.sh installs it)")
 
 
 def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"{cmd} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
     return p
-
-
-def qemu_io(uri: str, *cmds: str) -> str:
-    args = ["qemu-io", "-f", "raw"]
-    for c in cmds:
-        args += ["-c", c]
-    out = run(*args, uri).stdout
-    assert "failed" not in out.lower() and "error" not in out.lower(), out
-    return out
 
 
 def nbd_sha256(uri: str, workdir: Path) -> str:
@@ -76,68 +60,23 @@ def pattern_file(path: Path, size: int) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class Nodes:
+class Nodes(ReplicaServers):
     """Three replica servers; each volume gets one replica on each: ``<volume>-r<i>``."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.servers: list[ServerProc] = []
-        for i in range(3):
-            d = root / f"node-{i}"
-            d.mkdir()
-            self.servers.append(ServerProc([str(d)]).start())
+        super().__init__(root, 3)
 
     def create(self, volume: str, size: int = SIZE) -> list[str]:
-        async def go() -> None:
-            for i, s in enumerate(self.servers):
-                c = await ReplicaClient.connect("127.0.0.1", s.port)
-                try:
-                    await c.create(f"{volume}-r{i}", size)
-                finally:
-                    await c.close()
-
-        asyncio.run(go())
+        for i in range(len(self.servers)):
+            self.create_replica(i, f"{volume}-r{i}", size)
         return self.specs(volume)
 
     def specs(self, volume: str, which: tuple[int, ...] = (0, 1, 2)) -> list[str]:
         return [f"{volume}-r{i}@127.0.0.1:{self.servers[i].port}" for i in which]
 
-    def restart(self, i: int) -> None:
-        self.servers[i].kill()
-        self.servers[i] = ServerProc(self.servers[i].disks).start()
-
-    def listing(self, i: int) -> dict[str, dict]:  # type: ignore[type-arg]
-        async def go() -> list[dict]:  # type: ignore[type-arg]
-            c = await ReplicaClient.connect("127.0.0.1", self.servers[i].port)
-            try:
-                return await c.list()
-            finally:
-                await c.close()
-
-        return {x["id"]: x for x in asyncio.run(go())}
-
     def digests(self, volume: str, epoch: int) -> set[str]:
         """SHA-256 of each replica's content read straight from its server."""
-
-        async def one(i: int) -> str:
-            c = await ReplicaClient.connect("127.0.0.1", self.servers[i].port)
-            try:
-                info = await c.open(f"{volume}-r{i}", epoch)
-                h = hashlib.sha256()
-                for off in range(0, info["size"], 16 * MIB):
-                    h.update(bytes(await c.read(off, min(16 * MIB, info["size"] - off))))
-                return h.hexdigest()
-            finally:
-                await c.close()
-
-        async def all_() -> set[str]:
-            return {await one(i) for i in range(3)}
-
-        return asyncio.run(all_())
-
-    def stop(self) -> None:
-        for s in self.servers:
-            s.stop()
+        return {self.digest(i, f"{volume}-r{i}", epoch) for i in range(3)}
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from cargohold.engine.volume import Volume
 from cargohold.replica.client import ReplicaClient
 from cargohold.replica.server import ReplicaServer
 from cargohold.settings import EngineSettings
-from tests.procs import replica_server_in_process, rot
+from tests.support.processes import replica_server_in_process, rot
 
 SIZE = 16 * MIB
 

@@ -22,7 +22,9 @@ import pytest
 from cargohold.errors import InvalidArgument
 from cargohold.launcher.cluster import LocalCluster
 from cargohold.replica.client import ReplicaClient
-from tests.integration.test_cluster_lifecycle import cli, js, pattern_ok, qemu_io, wait_for
+from tests.support.cli import cli, js
+from tests.support.nbd_clients import pattern_ok, qemu_io
+from tests.support.polling import wait_until
 
 BOGUS = 2**62
 
@@ -69,10 +71,11 @@ def test_a_bogus_epoch_is_reported_and_recover_epoch_brings_the_volume_back(
         "issued: run `cargohold volume recover-epoch data`"
         for r in vol["replicas"]  # type: ignore[index]
     }
-    vol = wait_for(
-        lambda: (v := js(d, "volume", "get", "data"))["error"] in wants and v,  # type: ignore[index]
+    vol = wait_until(
+        lambda: (v := js(d, "volume", "get", "data"))["error"] in wants and v,
+        60,
         "the fenced volume's error",
-        timeout=60,
+        0.2,
     )
     assert vol["state"] == "attaching"  # type: ignore[index]
     assert vol["robustness"] != "healthy"  # type: ignore[index]
@@ -81,15 +84,15 @@ def test_a_bogus_epoch_is_reported_and_recover_epoch_brings_the_volume_back(
     # the way out
     out = cli(d, "volume", "recover-epoch", "data").stdout
     assert f"epoch raised to {BOGUS}" in out, out
-    vol = wait_for(
-        lambda: (v := js(d, "volume", "get", "data"))["state"] == "attached" and v,  # type: ignore[index]
+    vol = wait_until(
+        lambda: (v := js(d, "volume", "get", "data"))["state"] == "attached" and v,
+        60,
         "attached after recover-epoch",
-        timeout=60,
+        0.2,
     )
     assert vol["epoch"] == BOGUS + 1 and vol["error"] == ""  # type: ignore[index]
-    assert wait_for(
-        lambda: js(d, "volume", "get", "data")["robustness"] == "healthy",  # type: ignore[index]
-        "healthy",
+    assert wait_until(
+        lambda: js(d, "volume", "get", "data")["robustness"] == "healthy", 60, "healthy", 0.2
     )
     uri = vol["endpoint"]  # type: ignore[index]
     assert pattern_ok(uri, 0, 2 << 20, 0x6B)  # the data written before is all there

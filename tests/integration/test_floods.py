@@ -19,7 +19,9 @@ import time
 import pytest
 
 from cargohold.protocol import nbd
-from tests.integration.nbd_procs import NBDProc
+from tests.support.floods import flood_replica_server
+from tests.support.nbd_clients import nbd_handshake, recv_exactly
+from tests.support.nbd_server import NBDProc
 
 MIB = 1 << 20
 
@@ -30,34 +32,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def nbd_handshake(port: int, source: str, timeout: float = 2.0) -> socket.socket | None:
-    """A full fixed-newstyle handshake (OPT_GO) from ``source``; None if refused."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.bind((source, 0))
-        s.connect(("127.0.0.1", port))
-        greeting = _recv(s, 18)
-        if len(greeting) < 18:
-            s.close()
-            return None
-        s.sendall(struct.pack(">I", 3))
-        body = struct.pack(">IH", 0, 0)
-        s.sendall(struct.pack(">QII", nbd.IHAVEOPT, nbd.OPT_GO, len(body)) + body)
-        want = struct.pack(">QIII", nbd.OPT_REPLY_MAGIC, nbd.OPT_GO, nbd.REP_ACK, 0)
-        got = b""
-        while not got.endswith(want):
-            chunk = s.recv(4096)
-            if not chunk:
-                s.close()
-                return None
-            got += chunk
-        return s
-    except OSError:
-        s.close()
-        return None
 
 
 def half_open(port: int, source: str) -> socket.socket | None:
@@ -74,25 +48,15 @@ def half_open(port: int, source: str) -> socket.socket | None:
         return None
 
 
-def _recv(s: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = s.recv(n - len(out))
-        if not chunk:
-            break
-        out += chunk
-    return out
-
-
 def read_block(port: int, source: str = "127.0.0.1") -> tuple[float, bytes]:
     """A well-behaved client: handshake, read 4 KiB at 0, disconnect. -> (seconds, data)."""
     t = time.monotonic()
     s = nbd_handshake(port, source, timeout=5.0)
     assert s is not None, "the well-behaved client was refused"
     s.sendall(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_READ, 7, 0, 4096))
-    head = _recv(s, 16)
+    head = recv_exactly(s, 16)
     assert struct.unpack(">IIQ", head) == (nbd.SIMPLE_REPLY_MAGIC, 0, 7)
-    data = _recv(s, 4096)
+    data = recv_exactly(s, 4096)
     took = time.monotonic() - t
     s.sendall(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_DISC, 8, 0, 0))
     s.close()
@@ -228,35 +192,6 @@ def test_nbd_handshake_timeout_drops_half_open_clients(tmp_path, monkeypatch):
 # --- the replica server -------------------------------------------------------------------
 
 
-def flood_replica_server(port: int, sources: list[str], each: int) -> list[socket.socket]:
-    """``each`` connections from every address in ``sources``: every other one sends a
-    HELLO and then nothing, the rest send nothing at all. Stops trying an address after 20
-    failures in a row (a server out of descriptors no longer accepts)."""
-    from cargohold.protocol import replica_wire as wire
-    from cargohold.protocol.replica_wire import Op
-
-    hello = b"".join(bytes(b) for b in wire.encode_request(Op.HELLO, 1, payload=b"{}"))
-    out: list[socket.socket] = []
-    for src in sources:
-        failed = 0
-        for i in range(each):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.settimeout(0.5)
-            try:
-                s.bind((src, 0))
-                s.connect(("127.0.0.1", port))
-                if i % 2:
-                    s.sendall(hello)
-                out.append(s)
-                failed = 0
-            except OSError:
-                s.close()
-                failed += 1
-                if failed >= 20:
-                    break
-    return out
-
-
 async def timed(coro, limit: float = 1.0):  # type: ignore[no-untyped-def]
     import asyncio
 
@@ -277,7 +212,7 @@ async def test_replica_server_flood_leaves_the_node_its_own_places(tmp_path, wor
     served within a second, and so is an engine from another address (another node): it
     takes the place of a flood connection (fair shares between addresses)."""
     from cargohold.replica.client import ReplicaClient
-    from tests.procs import ServerProc
+    from tests.support.processes import ServerProc
 
     (tmp_path / "disk").mkdir()
     srv = ServerProc(
@@ -331,8 +266,8 @@ def test_engine_memory_comes_back_after_repeated_floods(tmp_path):
     once the floods are over. Before, an engine grew from 29 MiB to 352 MiB under repeated
     floods and kept it (64 KiB of receive buffer per connection, never trimmed: nothing
     counted as activity without requests)."""
-    from tests.integration.engine_procs import EngineProc
-    from tests.procs import ServerProc
+    from tests.support.engine import EngineProc
+    from tests.support.processes import ServerProc
 
     (tmp_path / "disk").mkdir()
     rs = ServerProc([str(tmp_path / "disk")]).start()
@@ -391,13 +326,13 @@ def test_nbd_idle_timeout_closes_only_idle_connections(tmp_path, monkeypatch):
             busy.sendall(
                 struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_READ, handle, 0, 4096)
             )
-            assert len(_recv(busy, 16 + 4096)) == 16 + 4096
+            assert len(recv_exactly(busy, 16 + 4096)) == 16 + 4096
             time.sleep(0.25)
         closed = _peer_closed(idle)
         assert closed, "the idle connection is still open after 3 s"
         assert time.monotonic() - t < 10
         busy.sendall(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_READ, 99, 0, 4096))
-        assert len(_recv(busy, 16 + 4096)) == 16 + 4096  # still served
+        assert len(recv_exactly(busy, 16 + 4096)) == 16 + 4096  # still served
         busy.close()
         idle.close()
     finally:
@@ -421,7 +356,7 @@ def test_replica_server_closes_silent_connections(tmp_path, monkeypatch, workers
     readable, so its deadline was never looked at); one that keeps talking stays."""
     from cargohold.protocol import replica_wire as wire
     from cargohold.protocol.replica_wire import Op
-    from tests.procs import ServerProc
+    from tests.support.processes import ServerProc
 
     monkeypatch.setenv("CARGOHOLD_REPLICA_FIRST_REQUEST_TIMEOUT", "1")
     (tmp_path / "disk").mkdir()

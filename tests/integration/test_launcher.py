@@ -17,14 +17,14 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from cargohold.errors import ManagerUnavailable
 from cargohold.launcher import ClusterRunning, LauncherError, LocalCluster, NoCluster, get_json
 from cargohold.launcher import netns as lab_netns
-from tests.procs import ROOT
+from tests.support.polling import wait_until
+from tests.support.processes import ROOT
 
 FAKE = r'''
 """Stand-ins for `cargohold manager` and `cargohold agent` (the flags of control-plane.md)."""
@@ -155,17 +155,6 @@ def _alive(pid: int) -> bool:
     return state not in "ZX"
 
 
-def _until(what: str, check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _states(cluster: LocalCluster) -> dict[str, str]:
     return {n["name"]: n["state"] for n in get_json(cluster.api_answering(), "/api/v1/nodes")}
 
@@ -235,7 +224,7 @@ def test_up_kill_start_down(tmp_path, fake, clusters):
     assert c.kill_node("node-2")
     assert not any(_alive(p) for p in victims)
     assert c.nodes["node-2"].pid is None and not c.node_processes("node-2")
-    _until("node-2 down", lambda: _states(c)["node-2"] == "down")
+    wait_until(lambda: _states(c)["node-2"] == "down", 10.0, "node-2 down", 0.05)
     assert c.nodes["node-1"].running() and c.managers[0].running()
 
     # start it again from another LocalCluster (as `cargohold node start` does)
@@ -364,10 +353,10 @@ def test_netns_partition_and_heal(tmp_path, fake, clusters):
     assert _connect_from(lab.manager_ns, node1.address, ports["node-1"])
 
     c.partition_node("node-1")
-    _until("node-1 down", lambda: _states(c) == {"node-1": "down", "node-2": "up"})
+    wait_until(lambda: _states(c) == {"node-1": "down", "node-2": "up"}, 10.0, "node-1 down", 0.05)
     assert not _connect_from(lab.manager_ns, node1.address, ports["node-1"])
     c.heal_node("node-1")
-    _until("node-1 up", lambda: _states(c) == {"node-1": "up", "node-2": "up"})
+    wait_until(lambda: _states(c) == {"node-1": "up", "node-2": "up"}, 10.0, "node-1 up", 0.05)
     assert _connect_from(lab.manager_ns, node1.address, ports["node-1"])
 
     pids = _all_pids(c)
@@ -411,7 +400,7 @@ def test_real_cluster(tmp_path, clusters, monkeypatch):
     assert len(victims) >= 2, "the agent and its replica server"
     assert c.kill_node("node-2")
     assert not any(_alive(p) for p in victims)
-    _until("node-2 down", lambda: _states(c)["node-2"] == "down", timeout=15)
+    wait_until(lambda: _states(c)["node-2"] == "down", 15, "node-2 down", 0.05)
     assert c.start_node("node-2", timeout=20)
     assert _states(c) == {"node-1": "up", "node-2": "up", "node-3": "up"}
 
@@ -459,12 +448,12 @@ def test_real_cluster_in_namespaces_on_etcd(tmp_path, clusters, monkeypatch):
     assert addresses == {name: n.address for name, n in c.nodes.items()}
 
     c.partition_node("node-1")
-    _until("node-1 down", lambda: _states(c) == {"node-1": "down", "node-2": "up"}, 15)
+    wait_until(lambda: _states(c) == {"node-1": "down", "node-2": "up"}, 15, "node-1 down", 0.05)
     c.heal_node("node-1")
-    _until("node-1 up", lambda: _states(c) == {"node-1": "up", "node-2": "up"}, 15)
+    wait_until(lambda: _states(c) == {"node-1": "up", "node-2": "up"}, 15, "node-1 up", 0.05)
 
     assert c.kill_manager("manager-1")
-    _until("manager-2 leads", lambda: get_json(c.apis[1], "/healthz")["leader"], 15)
+    wait_until(lambda: get_json(c.apis[1], "/healthz")["leader"], 15, "manager-2 leads", 0.05)
     assert c.start_manager("manager-1")
 
     pids = _all_pids(c)

@@ -21,18 +21,13 @@ import pytest
 
 from cargohold.protocol import nbd
 from cargohold.replica.client import ReplicaClient
-from tests.integration.engine_procs import EngineProc
-from tests.integration.nbd_procs import NBDProc
-from tests.procs import ServerProc
+from tests.support.engine import EngineProc
+from tests.support.nbd_clients import nbd_handshake, need, recv_exactly
+from tests.support.nbd_server import NBDProc
+from tests.support.processes import ServerProc
 
 MIB = 1 << 20
 DEBIAN_PY = "/usr/bin/python3"
-
-
-def need(*tools: str) -> None:
-    for t in tools:
-        if shutil.which(t) is None:
-            pytest.skip(f"{t} is not installed (scripts/setup.sh installs it)")
 
 
 def run(*cmd: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
@@ -399,27 +394,9 @@ def test_read_only_export_refuses_writes(tmp_path):
 
 
 def _handshake(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    assert len(_recv(s, 18)) == 18
-    s.sendall(struct.pack(">I", 3))
-    body = struct.pack(">IH", 0, 0)
-    s.sendall(struct.pack(">QII", nbd.IHAVEOPT, nbd.OPT_GO, len(body)) + body)
-    got = b""
-    while not got.endswith(struct.pack(">QIII", nbd.OPT_REPLY_MAGIC, nbd.OPT_GO, nbd.REP_ACK, 0)):
-        chunk = s.recv(4096)
-        assert chunk
-        got += chunk
+    s = nbd_handshake(port, timeout=5)
+    assert s is not None, "the handshake was refused"
     return s
-
-
-def _recv(s: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = s.recv(n - len(out))
-        if not chunk:
-            break
-        out += chunk
-    return out
 
 
 def _closed(s: socket.socket, deadline: float = 5.0) -> bool:
@@ -456,13 +433,13 @@ def test_hostile_clients_lose_only_their_own_connection(srv):
     # a well-framed but invalid request gets an error and the connection goes on
     s = _handshake(srv.port)
     s.sendall(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, 99, 5, 0, 0))
-    assert struct.unpack(">IIQ", _recv(s, 16)) == (nbd.SIMPLE_REPLY_MAGIC, nbd.EINVAL, 5)
+    assert struct.unpack(">IIQ", recv_exactly(s, 16)) == (nbd.SIMPLE_REPLY_MAGIC, nbd.EINVAL, 5)
     for h in hostile:
         assert _closed(h), "a hostile connection was left open"
         h.close()
     # the bystander and a new client still work, and the data is intact
     good.sendall(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_READ, 9, 0, 4096))
-    reply = _recv(good, 16 + 4096)
+    reply = recv_exactly(good, 16 + 4096)
     assert reply[:16] == struct.pack(">IIQ", nbd.SIMPLE_REPLY_MAGIC, 0, 9)
     assert reply[16:] == b"\x42" * 4096
     s.sendall(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_DISC, 0, 0, 0))

@@ -20,7 +20,7 @@ from cargohold.errors import (
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
 from cargohold.replica.client import ReplicaClient
-from tests.procs import ServerProc
+from tests.support.processes import ServerProc
 
 
 async def connect(server) -> ReplicaClient:

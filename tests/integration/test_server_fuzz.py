@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from cargohold.constants import BLOCK_SIZE, MIB
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
-from tests.procs import ServerProc
+from tests.support.processes import ServerProc
 
 json_args = st.one_of(
     st.just(b""),

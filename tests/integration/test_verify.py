@@ -21,9 +21,9 @@ from cargohold.verify.checker import RULE_ACKED, RULE_FLUSHED, check_volume
 from cargohold.verify.client import Pool
 from cargohold.verify.history import History
 from cargohold.verify.workload import WorkloadSpec, run_workload
-from tests.integration.engine_procs import EngineProc
-from tests.integration.nbd_procs import NBDProc
-from tests.procs import ROOT
+from tests.support.engine import EngineProc
+from tests.support.nbd_server import NBDProc
+from tests.support.processes import ROOT
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -134,10 +134,10 @@ def test_corruption_behind_the_checkers_back_is_caught(nbdkit, tmp_path):
 
 
 def test_acknowledged_flushed_writes_survive_an_engine_sigkill(tmp_path):
-    from tests.probe.engine_support import Replicas
+    from tests.support.replica_cluster import ReplicaCluster
 
     size = 32 * MIB
-    replicas = Replicas(tmp_path, size)
+    replicas = ReplicaCluster(tmp_path, size)
     engines: list[EngineProc] = []
     try:
         e1 = EngineProc("vol", replicas.specs(), 1, str(tmp_path), local="r0").start()

@@ -13,7 +13,7 @@ from cargohold.constants import BLOCK_SIZE, MIB
 from cargohold.errors import Busy, Fenced
 from cargohold.replica.client import ReplicaClient
 from cargohold.replica.workers import owner
-from tests.procs import ServerProc
+from tests.support.processes import ServerProc
 
 
 @pytest.fixture

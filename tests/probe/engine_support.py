@@ -1,10 +1,6 @@
 """Helpers for ``test_engine_faults.py``: fault injection around real ``cargohold engine``
 processes.
 
-- ``Replicas``: N real replica servers on loopback, one replica of one volume each; every
-  process started (restarts too) is killed at the end by its PID. Reads the persisted
-  generation of a replica (OPEN at the epoch the engine holds: it fences no one), the bytes a delta
-  since a generation holds (CHANGED), and a digest of each replica's full content.
 - ``NbdWriter``: a pipelined NBD writer in a child process under Debian's Python (the only
   one that loads libnbd's bindings): writes of 1-8 blocks with traceable patterns
   (``support.pattern``), many in flight, a FLUSH every few writes; it records when each
@@ -26,11 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,141 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.probe.support import BLOCK, identify, patterns
-from tests.procs import ROOT, ServerProc
+from tests.support.nbd_clients import missing_tools
+from tests.support.processes import ROOT
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 MIB = 1 << 20
 
 
-# --- replica servers ----------------------------------------------------------------------
-class Replicas:
-    """``n`` replica servers, replica ``r{i}`` of ``size`` bytes on server ``i``.
-
-    ``disks[i]`` (optional) puts server ``i``'s disk somewhere else (a small filesystem);
-    logs always go to ``root`` so that a full disk does not swallow them.
-    """
-
-    def __init__(
-        self, root: Path, size: int, n: int = 3, disks: dict[int, Path] | None = None
-    ) -> None:
-        self.root = root
-        self.size = size
-        self.all: list[ServerProc] = []
-        self.servers: list[ServerProc] = []
-        try:
-            for i in range(n):
-                d = (disks or {}).get(i) or root / f"node-{i}"
-                d.mkdir(parents=True, exist_ok=True)
-                self.servers.append(self._start([str(d)]))
-            asyncio.run(self._create())
-        except BaseException:
-            self.close()
-            raise
-
-    def _start(self, disks: list[str]) -> ServerProc:
-        s = ServerProc(disks, log_dir=str(self.root))
-        self.all.append(s)
-        return s.start()
-
-    async def _create(self) -> None:
-        from cargohold.replica.client import ReplicaClient
-
-        for i, s in enumerate(self.servers):
-            c = await ReplicaClient.connect("127.0.0.1", s.port)
-            try:
-                await c.create(f"r{i}", self.size)
-            finally:
-                await c.close()
-
-    def spec(self, i: int, port: int | None = None) -> str:
-        return f"r{i}@127.0.0.1:{port or self.servers[i].port}"
-
-    def specs(self, ports: dict[int, int] | None = None) -> list[str]:
-        return [self.spec(i, (ports or {}).get(i)) for i in range(len(self.servers))]
-
-    def kill(self, i: int) -> None:
-        self.servers[i].kill()  # SIGKILL, reaped
-
-    def restart(self, i: int) -> ServerProc:
-        """SIGKILL server ``i`` (if it still runs) and start it again on the same disk."""
-        self.servers[i].kill()
-        self.servers[i] = self._start(self.servers[i].disks)
-        return self.servers[i]
-
-    def close(self) -> None:
-        for s in self.all:
-            s.kill()
-
-    # --- looking at the replicas directly ------------------------------------------------
-    def opened(self, i: int, epoch: int) -> dict[str, Any]:
-        """OPEN replica ``i`` on a connection of its own and close it: its persisted
-        generation, ``seen`` and epoch. With the epoch the engine holds, this fences no one."""
-        from cargohold.replica.client import ReplicaClient
-
-        async def go() -> dict[str, Any]:
-            c = await ReplicaClient.connect("127.0.0.1", self.servers[i].port)
-            try:
-                return await c.open(f"r{i}", epoch)
-            finally:
-                await c.close()
-
-        return asyncio.run(go())
-
-    def changed_bytes(self, i: int, epoch: int, since: int) -> int:
-        """Bytes of replica ``i`` written after generation ``since`` (CHANGED)."""
-        from cargohold.replica.client import ReplicaClient
-
-        async def go() -> int:
-            c = await ReplicaClient.connect("127.0.0.1", self.servers[i].port)
-            try:
-                await c.open(f"r{i}", epoch)
-                return sum(n for _, n in await c.changed_since(since))
-            finally:
-                await c.close()
-
-        return asyncio.run(go())
-
-    def stats(self, i: int, epoch: int) -> dict[str, Any]:
-        """STATS of replica ``i`` (allocated bytes, the store's read/write counters)."""
-        from cargohold.replica.client import ReplicaClient
-
-        async def go() -> dict[str, Any]:
-            c = await ReplicaClient.connect("127.0.0.1", self.servers[i].port)
-            try:
-                await c.open(f"r{i}", epoch)
-                return await c.stats()
-            finally:
-                await c.close()
-
-        return asyncio.run(go())
-
-    def digests(self, epoch: int, which: tuple[int, ...] = (0, 1, 2)) -> list[str]:
-        """SHA-256 of each replica's full content, read from its server (every block is
-        checksum-verified by the server on the way)."""
-        from cargohold.replica.client import ReplicaClient
-
-        async def one(i: int) -> str:
-            c = await ReplicaClient.connect("127.0.0.1", self.servers[i].port)
-            try:
-                await c.open(f"r{i}", epoch)
-                h = hashlib.sha256()
-                for off in range(0, self.size, 16 * MIB):
-                    h.update(bytes(await c.read(off, min(16 * MIB, self.size - off))))
-                return h.hexdigest()
-            finally:
-                await c.close()
-
-        async def all_() -> list[str]:
-            return [await one(i) for i in which]
-
-        return asyncio.run(all_())
-
-
 # --- tools ---------------------------------------------------------------------------------
-def missing_tools(*tools: str) -> list[str]:
-    return [t for t in tools if shutil.which(t) is None]
-
-
 def libnbd_missing() -> str:
     """Why Debian's Python cannot run the NBD writer ('' when it can)."""
     if not os.path.exists(DEBIAN_PYTHON):
@@ -186,34 +53,6 @@ def libnbd_missing() -> str:
         [DEBIAN_PYTHON, "-c", "import nbd"], capture_output=True, text=True, timeout=30
     )
     return "" if p.returncode == 0 else f"python3-libnbd not importable: {p.stderr.strip()}"
-
-
-def qemu_io(uri: str, *cmds: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    args = ["qemu-io", "-f", "raw"]
-    for c in cmds:
-        args += ["-c", c]
-    return subprocess.run([*args, uri], capture_output=True, text=True, timeout=timeout)
-
-
-def qemu_io_ok(uri: str, *cmds: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    p = qemu_io(uri, *cmds, timeout=timeout)
-    out = (p.stdout + p.stderr).lower()
-    assert p.returncode == 0 and "failed" not in out and "error" not in out, (
-        f"qemu-io {cmds}: rc {p.returncode}\n{p.stdout}{p.stderr}"
-    )
-    return p
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- the NBD writer (child process under Debian's Python) -------------------------------------

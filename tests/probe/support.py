@@ -1,7 +1,7 @@
 """Helpers for the probe tests: a replica server that can be killed from a timer, and block
 patterns that make every value read back traceable to the write that put it there.
 
-``ProbeServer`` is ``tests.procs.ServerProc`` plus ``kill_now`` (SIGKILL to the process this
+``ProbeServer`` is ``tests.support.processes.ServerProc`` plus ``kill_now`` (SIGKILL to the process this
 object started, without waiting: safe from a timer callback) and ``log_tail`` (the end of the
 server's output, for failure messages). ``kill`` (inherited) reaps the process.
 
@@ -17,7 +17,7 @@ import os
 import signal
 import struct
 
-from tests.procs import ServerProc
+from tests.support.processes import ServerProc
 
 BLOCK = 4096
 ZERO_BLOCK = bytes(BLOCK)
@@ -28,7 +28,7 @@ _FILL = BLOCK - 2 * _TAG.size  # 4064 = 127 * 32
 
 
 class ProbeServer(ServerProc):
-    """A real ``cargohold replica-server`` process (see ``tests.procs.ServerProc``)."""
+    """A real ``cargohold replica-server`` process (see ``tests.support.processes.ServerProc``)."""
 
     def start(self, timeout: float = 20.0) -> ProbeServer:
         super().start(timeout)

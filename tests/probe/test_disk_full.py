@@ -437,7 +437,9 @@ def test_a_replica_on_a_full_disk_stays_failed_with_the_reason_and_back_off(
     import time
 
     from cargohold.launcher.cluster import LocalCluster
-    from tests.integration.test_cluster_lifecycle import cli, js, qemu_io, wait_for
+    from tests.support.cli import cli, js
+    from tests.support.nbd_clients import qemu_io
+    from tests.support.polling import wait_until
 
     if shutil.which("qemu-io") is None:
         pytest.skip("qemu-io is not installed")
@@ -495,15 +497,16 @@ def test_a_replica_on_a_full_disk_stays_failed_with_the_reason_and_back_off(
         uri = cli(d, "volume", "attach", "full", "--node", "node-1").stdout.strip()
         qemu_io(uri, "write -P 0x3c 0 96M")  # more than node-2's disk holds: acknowledged
         qemu_io(uri, "read -P 0x3c 0 96M")  # by node-1's replica alone once node-2's failed
-        vol = wait_for(
+        vol = wait_until(
             lambda: (
                 (v := js(d, "volume", "get", "full"))["error"].startswith(  # type: ignore[index]
                     f"replica {rid} is failed"
                 )
                 and v
             ),
+            60,
             "the volume's error",
-            timeout=60,
+            0.2,
         )
         assert f"no space left on disk {small} of node node-2" in vol["error"], vol  # type: ignore[index]
         assert vol["robustness"] == "degraded"  # type: ignore[index]

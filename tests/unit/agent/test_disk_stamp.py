@@ -11,7 +11,7 @@ from cargohold.agent import disk_stamp
 from cargohold.agent.disk_stamp import DiskStamp, decode, encode
 from cargohold.errors import FormatError
 
-SAMPLE = Path(__file__).parent.parent / "data" / "disk-stamp-v1.json"
+SAMPLE = Path(__file__).parents[2] / "data" / "disk-stamp-v1.json"
 CID = "c-5f1c0d9e8b7a46e3a2c1f0e9d8c7b6a5"
 
 
@@ -22,7 +22,7 @@ def test_the_checked_in_sample_decodes() -> None:
 
 
 def test_the_documented_example_is_the_sample() -> None:
-    doc = (Path(__file__).parent.parent.parent / "docs/formats/disk-stamp.md").read_text()
+    doc = (Path(__file__).parents[3] / "docs/formats/disk-stamp.md").read_text()
     block = doc.split("```json\n", 1)[1].split("```", 1)[0]
     assert json.loads(block) == json.loads(SAMPLE.read_text())
 

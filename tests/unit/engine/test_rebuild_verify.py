@@ -14,7 +14,7 @@ from cargohold.engine.replica_link import Mode, ReplicaSpec
 from cargohold.engine.volume import Volume
 from cargohold.replica.client import ReplicaClient
 from cargohold.settings import EngineSettings
-from tests.procs import replica_server_in_process
+from tests.support.processes import replica_server_in_process
 
 
 async def _wait(pred, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from cargohold.errors import ChecksumError, RemoteProtocolError
 from cargohold.protocol import extent_stream as xs
 from cargohold.store.memory_store import MemoryStore
 
-SAMPLE = pathlib.Path(__file__).parent.parent / "data" / "extent-stream-sample.bin"
+SAMPLE = pathlib.Path(__file__).parents[2] / "data" / "extent-stream-sample.bin"
 
 
 def _join(bufs) -> bytes:

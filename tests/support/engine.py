@@ -1,16 +1,16 @@
-"""Run ``cargohold engine`` as a real process for tests, and talk to its control socket."""
+"""Run ``cargohold engine`` as a real process for tests and benchmarks; its control socket
+through ``engine_control``."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
-from tests.procs import Launched
+from tests.support.engine_control import control_request
+from tests.support.processes import Launched
 
 
 @dataclass
@@ -60,17 +60,7 @@ class EngineProc(Launched):
         return self
 
     def ctl(self, **request: object) -> dict:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(30)
-            s.connect(self.control)
-            s.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    break
-                data += chunk
-        return json.loads(data)
+        return control_request(self.control, request)  # type: ignore[no-any-return]
 
     def wait_for(self, predicate, timeout: float = 60.0, what: str = "") -> dict:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout

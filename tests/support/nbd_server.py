@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from tests.procs import Launched
+from tests.support.processes import Launched
 
 
 @dataclass

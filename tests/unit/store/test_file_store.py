@@ -25,7 +25,7 @@ from cargohold.store.file_store import FileStore
 from cargohold.store.layer import Layer
 from cargohold.store.memory_store import MemoryStore
 
-SAMPLE = pathlib.Path(__file__).parent.parent / "data" / "replica-store-sample"
+SAMPLE = pathlib.Path(__file__).parents[2] / "data" / "replica-store-sample"
 
 
 def blocks(n: int, seed: int = 0) -> bytes:

@@ -116,7 +116,7 @@ def test_sample_frames_decode(tmp_path):
     """The checked-in sample frames (docs/formats/replica-wire.md) decode as documented."""
     import pathlib
 
-    sample = pathlib.Path(__file__).parent.parent / "data" / "replica-wire-sample.bin"
+    sample = pathlib.Path(__file__).parents[2] / "data" / "replica-wire-sample.bin"
     reqs = wire.RequestDecoder().feed(sample.read_bytes())
     assert [(Op(r.op).name, r.id, r.offset, r.length) for r in reqs] == [
         ("HELLO", 1, 0, 0),
@@ -243,7 +243,7 @@ def test_sample_checksums_result_decodes():
 
     import crc32c
 
-    sample = pathlib.Path(__file__).parent.parent / "data" / "replica-checksums-sample.bin"
+    sample = pathlib.Path(__file__).parents[2] / "data" / "replica-checksums-sample.bin"
     got = wire.decode_checksums(sample.read_bytes())
     zero = crc32c.crc32c(bytes(4096))
     assert zero == 0x98F94189
