@@ -30,6 +30,12 @@ class ManagerSettings(BaseSettings):
     operation_retention: float = Field(
         3600.0, ge=0, description="seconds finished operations stay listed"
     )
+    etcd_tls_dir: str | None = Field(
+        None,
+        description="credentials directory (tls.crt, tls.key, ca.crt, ca.crl) of the "
+        "manager's etcd client certificate, issued by etcd's CA (docs/security.md); "
+        "needed for https:// etcd endpoints",
+    )
     default_replicas: int = Field(3, ge=1, le=16, description="replicas of a new volume")
     max_request_bytes: int = Field(
         16 << 20,
