@@ -42,7 +42,7 @@ import httpx
 
 from cargohold.control.transport import sync_client
 from cargohold.errors import CargoholdError, ConfigError, InvalidArgument, ManagerUnavailable
-from cargohold.launcher import netns
+from cargohold.launcher import etcd_certs, netns
 from cargohold.launcher.netns import LabLayout
 from cargohold.launcher.netns import available as netns_available
 from cargohold.launcher.processes import (
@@ -63,6 +63,7 @@ from cargohold.launcher.processes import (
     wait_gone,
 )
 from cargohold.logs import start_line
+from cargohold.security import etcd as etcd_tls
 
 CLUSTER_FILE = "cluster.json"
 MARKER_FILE = ".cargohold-cluster"  # DIR was made by the launcher: `down --purge` may remove it
@@ -198,8 +199,8 @@ class LocalCluster:
             etcd = EtcdProc(
                 log=os.path.join(logs, "etcd.log"),
                 netns=lab.manager_ns if lab else None,
-                client_url=f"http://127.0.0.1:{client}",
-                peer_url=f"http://127.0.0.1:{peer}",
+                client_url=f"https://127.0.0.1:{client}",  # TLS, client certificates
+                peer_url=f"https://127.0.0.1:{peer}",
                 data_dir=os.path.join(dir, "etcd"),
             )
         mgrs = [
@@ -357,6 +358,9 @@ class LocalCluster:
                         f"made network namespaces {self.lab.prefix}-* on a bridge, "
                         f"subnet {self.lab.subnet}.0/24"
                     )
+                cluster_id = None
+                if self.etcd and self._etcd_tls:
+                    cluster_id = etcd_certs.issue(self.dir).cluster  # --init takes the CA's
                 if self.etcd:
                     self._spawn(self.etcd, self._etcd_argv())
                     self.save()
@@ -366,7 +370,8 @@ class LocalCluster:
                     self.backend == "sqlite" and os.path.exists(self._state_path())
                 )
                 for i, m in enumerate(self.managers):
-                    self._spawn(m, self._manager_argv(m, init=init and i == 0))
+                    first = init and i == 0
+                    self._spawn(m, self._manager_argv(m, first, cluster_id if first else None))
                     self.save()
                     say(f"started {m.id} (pid {m.pid}): API on {m.listen} and {m.unix}")
                     if init and i == 0:  # the others find the cluster it made
@@ -606,7 +611,13 @@ class LocalCluster:
             f"--initial-cluster=cargohold={e.peer_url}",
             "--logger=zap",
             "--log-outputs=stderr",
+            *(etcd_tls.server_flags(etcd_certs.member_dir(self.dir)) if self._etcd_tls else []),
         ]
+
+    @property
+    def _etcd_tls(self) -> bool:
+        """etcd with TLS and client certificates (a cluster.json from before: plain)."""
+        return self.etcd is not None and self.etcd.client_url.startswith("https://")
 
     def _state_path(self) -> str:
         return os.path.join(self.dir, "state.db")
@@ -620,6 +631,8 @@ class LocalCluster:
             state = f"sqlite:{self._state_path()}"
         argv = [*self.command, "manager", "--state", state, "--listen", m.listen]
         argv += ["--unix", m.unix, "--id", m.id, *(["--init"] if init else [])]
+        if self._etcd_tls:
+            argv += ["--etcd-tls-dir", etcd_certs.client_dir(self.dir)]
         return [*argv, *(["--cluster-id", cluster_id] if cluster_id else [])]
 
     def _agent_argv(self, n: NodeProc) -> list[str]:
@@ -656,6 +669,9 @@ class LocalCluster:
     def _etcd_health(self) -> str | None:
         e = self.etcd
         assert e is not None
+        if self._etcd_tls:
+            err = netns.call_in(e.netns, lambda: etcd_certs.health(self.dir, e.client_url))
+            return f"etcd does not answer at {e.client_url} ({err}); see {e.log}" if err else None
         try:
             netns.call_in(e.netns, lambda: get_json(e.client_url, "/health", timeout=1.0))
         except CargoholdError as err:
