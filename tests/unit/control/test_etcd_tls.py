@@ -5,8 +5,13 @@ refuses, and what the manager's client does with its credentials."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import shutil
+import socket
 import ssl
+import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -18,10 +23,11 @@ from cryptography import x509
 from cargohold.control.state import EtcdStateStore, open_store
 from cargohold.errors import ConfigError, ManagerUnavailable
 from cargohold.security import etcd as etcd_tls
+from cargohold.security import kube_secrets as ks
 from cargohold.security.ca import CertificateAuthority
 from cargohold.security.identity import Identity, Role
 from cargohold.security.tls import Credentials
-from tests.etcd_proc import EtcdProcess, etcd_fixture
+from tests.etcd_proc import EtcdProcess, etcd_fixture, find_etcd
 
 etcd = etcd_fixture(scope="module", tls=True)
 
@@ -155,3 +161,107 @@ def test_member_flags_name_every_file() -> None:
     assert flags["--client-crl-file"] == flags["--peer-crl-file"] == "/tls/ca.crl"
     assert flags["--cert-file"] == flags["--peer-cert-file"] == "/tls/tls.crt"
     assert flags["--peer-cert-allowed-hostname"] == etcd_tls.PEER_HOST
+
+
+def _mount(doc: dict, where: Path) -> str:
+    where.mkdir(parents=True)
+    for k, v in doc["data"].items():
+        (where / k).write_bytes(base64.b64decode(v))
+    return str(where)
+
+
+def _tcp_free() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _peer_handshake(port: int, creds: str, trust: str) -> None:
+    """A TLS handshake with a member's peer port, presenting ``creds``' certificate."""
+    ctx = ssl.create_default_context(cafile=trust)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(f"{creds}/tls.crt", f"{creds}/tls.key")
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+        with ctx.wrap_socket(raw) as tls:
+            tls.sendall(b"GET /version HTTP/1.0\r\n\r\n")
+            if not tls.recv(1024):  # TLS 1.3: a refused client certificate shows here
+                raise ConnectionError("closed")
+
+
+def test_three_members_with_the_kube_secrets_form_a_cluster(tmp_path: Path) -> None:
+    """deploy/ha's etcd flags with the Secrets of `cargohold ca kube-secrets`: three
+    members talk over peer TLS, the manager's client certificate reads what another
+    member wrote, and it cannot pass for a peer."""
+    ca = CertificateAuthority.create(tmp_path / "ca", "c-ha")
+    secrets = {
+        d["metadata"]["name"]: d
+        for d in ks.kube_secrets(ca, "ns", etcd_hosts=["127.0.0.1"], etcd_members=3)
+    }
+    member = _mount(secrets[ks.ETCD_SECRET], tmp_path / "member")
+    client = _mount(secrets[ks.ETCD_CLIENT_SECRET], tmp_path / "client")
+    ports = [(_tcp_free(), _tcp_free()) for _ in range(3)]
+    cluster = ",".join(f"m{i}=https://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    try:
+        for i, (cp, pp) in enumerate(ports):
+            log = open(tmp_path / f"m{i}.log", "w")
+            logs.append(log)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        find_etcd(),
+                        f"--name=m{i}",
+                        f"--data-dir={tmp_path / f'd{i}'}",
+                        f"--listen-client-urls=https://127.0.0.1:{cp}",
+                        f"--advertise-client-urls=https://127.0.0.1:{cp}",
+                        f"--listen-peer-urls=https://127.0.0.1:{pp}",
+                        f"--initial-advertise-peer-urls=https://127.0.0.1:{pp}",
+                        f"--initial-cluster={cluster}",
+                        "--initial-cluster-state=new",
+                        "--heartbeat-interval=10",
+                        "--election-timeout=100",
+                        *etcd_tls.server_flags(member),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        creds = Credentials.load(client)
+
+        async def roundtrip() -> bytes | None:
+            one = EtcdStateStore([f"https://127.0.0.1:{ports[0][0]}"], tls=creds)
+            three = EtcdStateStore([f"https://127.0.0.1:{ports[2][0]}"], tls=creds)
+            try:
+                await one.put("/ha", b"quorum")
+                got = await three.get("/ha")
+                return got.value if got else None
+            finally:
+                await one.close()
+                await three.close()
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert asyncio.run(roundtrip()) == b"quorum"
+                break
+            except ManagerUnavailable:
+                assert all(p.poll() is None for p in procs), (tmp_path / "m0.log").read_text()
+                assert time.monotonic() < deadline, (tmp_path / "m0.log").read_text()[-3000:]
+                time.sleep(0.2)
+        trust = f"{member}/ca.crt"
+        _peer_handshake(ports[1][1], member, trust)  # a member's certificate: admitted
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            _peer_handshake(ports[1][1], client, trust)  # the manager's: not a peer
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
