@@ -51,6 +51,7 @@ def manager(
     cluster_id: str = typer.Option(
         None,
         "--cluster-id",
+        envvar="CARGOHOLD_MANAGER_CLUSTER_ID",
         help="with --init: the id of a cluster whose state store was lost (its nodes' disk "
         "stamps carry it), so that its agents act for this manager and its replicas can be "
         "adopted (docs/operations.md)",

@@ -201,3 +201,28 @@ def test_network_policies_admit_only_what_is_needed(overlay: str) -> None:
     for name, spec in pol.items():
         want = spec["podSelector"].get("matchLabels", {})
         assert any(want.items() <= lab.items() for lab in labels), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_first_manager_makes_the_cluster_under_the_cas_id(overlay: str) -> None:
+    """The bootstrap configmap carries init and the CA's cluster id (docs/kubernetes.md,
+    step 4): the certificates the CA signed name the cluster the manager makes."""
+    mgr = next(c for c in pods(overlay)["cargohold-manager"]["containers"])
+    refs = {
+        e["name"]: e["valueFrom"]["configMapKeyRef"]
+        for e in mgr["env"]
+        if "configMapKeyRef" in e.get("valueFrom", {})
+    }
+    assert refs["CARGOHOLD_MANAGER_INIT"] == {
+        "name": "cargohold-bootstrap", "key": "init", "optional": True,
+    }  # fmt: skip
+    assert refs["CARGOHOLD_MANAGER_CLUSTER_ID"] == {
+        "name": "cargohold-bootstrap", "key": "cluster-id", "optional": True,
+    }  # fmt: skip
+    from typer.main import get_command
+
+    from cargohold.cli.main import app
+
+    params = {p.name: p for p in get_command(app).commands["manager"].params}  # type: ignore[attr-defined]
+    assert params["cluster_id"].envvar == "CARGOHOLD_MANAGER_CLUSTER_ID"
+    assert params["init"].envvar == "CARGOHOLD_MANAGER_INIT"
