@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import math
 from typing import Any
 
@@ -46,8 +47,9 @@ from cargohold.errors import (
     ManagerUnavailable,
     NotFound,
 )
-from cargohold.security.tls import Credentials, warn_plaintext
+from cargohold.security.tls import Credentials
 
+log = logging.getLogger("cargohold.manager")
 DEFAULT_NAMESPACE = "/cargohold"
 GRPC_INVALID_ARGUMENT = 3
 GRPC_NOT_FOUND = 5  # e.g. "etcdserver: requested lease not found"
@@ -94,7 +96,12 @@ class EtcdStateStore(StateStore):
                 f"({tls.directory}): use https://"
             )
         if plain:
-            warn_plaintext(f"the etcd connection to {plain[0]}")
+            log.warning(
+                "PLAINTEXT: the state store's etcd %s is plain http: no TLS, no client "
+                "certificate; anyone who reaches it reads and changes the cluster's state "
+                "(use https:// and --etcd-tls-dir: docs/security.md, etcd)",
+                plain[0],
+            )
         if namespace.endswith("/"):
             raise ConfigError(f"etcd namespace {namespace!r} must not end with '/'")
         self.endpoints = [e.rstrip("/") for e in endpoints]
