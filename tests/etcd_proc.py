@@ -17,6 +17,11 @@ goes to a log file, never to a pipe nobody drains. ``fast=True`` (the default) s
 raft's heartbeat and election timeout, which also lowers etcd's minimum lease TTL to 1 s,
 so leadership tests need not wait out the default 2 s. A missing etcd is an error, never a
 skip: the project's setup installs it.
+
+``tls=True`` runs it the way cargohold runs etcd (cargohold/security/etcd.py): https with
+client-certificate authentication on both ports, certificates from an etcd CA made in its
+temporary directory; ``client_tls`` is then the credentials directory of a manager's etcd
+client certificate and ``cluster_ca`` the cluster's CA (whose certificates etcd refuses).
 """
 
 from __future__ import annotations
@@ -59,10 +64,13 @@ def _free_port() -> int:
 
 
 class EtcdProcess:
-    def __init__(self, name: str = "test", fast: bool = True, binary: str | None = None) -> None:
+    def __init__(
+        self, name: str = "test", fast: bool = True, binary: str | None = None, tls: bool = False
+    ) -> None:
         self.name = name
         self.fast = fast
         self.binary = binary
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
         self.client_port = 0
         self.peer_port = 0
@@ -71,7 +79,35 @@ class EtcdProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def _dir(self, name: str) -> str:
+        assert self._tmp is not None
+        return os.path.join(self._tmp.name, name)
+
+    @property
+    def client_tls(self) -> str:
+        """The manager's etcd client credentials directory (``tls=True`` only)."""
+        assert self.tls
+        return self._dir("client")
+
+    @property
+    def cluster_ca(self) -> str:
+        """The cluster CA's directory (etcd's CA is its ``etcd`` subdirectory)."""
+        assert self.tls
+        return self._dir("ca")
+
+    def _make_certificates(self) -> None:
+        from cargohold.security import etcd as etcd_tls
+        from cargohold.security.ca import CertificateAuthority
+
+        ca = etcd_tls.etcd_ca(CertificateAuthority.create(self.cluster_ca, "c-etcd-test"))
+        etcd_tls.issue_member(ca, self.name, ["127.0.0.1", "localhost"]).write(self._dir("member"))
+        etcd_tls.issue_client(ca, "test").write(self.client_tls)
 
     @property
     def pid(self) -> int:
@@ -93,6 +129,8 @@ class EtcdProcess:
     def start(self, timeout: float = 30.0) -> EtcdProcess:
         binary = find_etcd(self.binary)
         self._tmp = tempfile.TemporaryDirectory(prefix="cargohold-etcd-")
+        if self.tls:
+            self._make_certificates()
         for attempt in range(3):  # a free port can be taken between our probe and etcd's bind
             self.client_port, self.peer_port = _free_port(), _free_port()
             if self._start_once(binary, timeout):
@@ -109,8 +147,8 @@ class EtcdProcess:
         assert self._tmp is not None
         data_dir = os.path.join(self._tmp.name, "data")
         shutil.rmtree(data_dir, ignore_errors=True)
-        client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        client = f"{self.scheme}://127.0.0.1:{self.client_port}"
+        peer = f"{self.scheme}://127.0.0.1:{self.peer_port}"
         cmd = [
             binary,
             f"--name={self.name}",
@@ -124,6 +162,10 @@ class EtcdProcess:
             "--logger=zap",
             "--log-outputs=stderr",
         ]
+        if self.tls:
+            from cargohold.security.etcd import server_flags
+
+            cmd += server_flags(self._dir("member"))
         if self.fast:
             cmd += ["--heartbeat-interval=10", "--election-timeout=100"]
         if self._log is not None:
@@ -146,8 +188,13 @@ class EtcdProcess:
         req = urllib.request.Request(
             self.url + "/v3/kv/range", data=json.dumps({"key": "AA=="}).encode(), method="POST"
         )
+        context = None
+        if self.tls:
+            from cargohold.security.tls import Credentials
+
+            context = Credentials.load(self.client_tls).client_context()
         try:
-            with urllib.request.urlopen(req, timeout=1.0) as r:
+            with urllib.request.urlopen(req, timeout=1.0, context=context) as r:
                 return r.status == 200 and "header" in json.load(r)
         except (OSError, ValueError, http.client.HTTPException, urllib.error.URLError):
             return False

@@ -6,6 +6,7 @@
     cargohold ca revoke ./ca --cert /etc/cargohold/tls/tls.crt --reason "node-1 removed"
     cargohold ca rotate ./ca stage|promote|retire
     cargohold ca show ./ca
+    cargohold ca kube-secrets --ca ./ca --namespace cargohold-system --tenant k8s-a | kubectl apply -f -
 
 ``cargohold up`` makes its cluster's CA itself; these commands are for operators who
 bootstrap a Kubernetes installation or rotate and revoke by hand.
@@ -24,6 +25,7 @@ from cargohold.cli.output import OUTPUT, Format, handle_errors, render, say
 from cargohold.errors import InvalidArgument
 from cargohold.security.ca import DEFAULT_LIFETIME, CertificateAuthority
 from cargohold.security.identity import Identity, Role
+from cargohold.security.kube_secrets import DEFAULT_LIFETIME as DEFAULT_SECRET_LIFETIME
 
 ca_app = typer.Typer(help="The cluster's certificate authority: make it, issue, revoke, rotate.")
 app.add_typer(ca_app, name="ca")
@@ -141,3 +143,46 @@ def show(directory: Path = CA_DIR, output: Format = OUTPUT) -> None:
             say(f"  revoked {int(str(r['serial'])):x} at {r['at']}: {r['reason']}")
 
     render(data, output, people)
+
+
+@ca_app.command("kube-secrets")
+@handle_errors
+def kube_secrets(
+    ca_dir: Path = typer.Option(..., "--ca", help="the CA directory (made with `ca init`)"),
+    namespace: str = typer.Option("cargohold-system", "--namespace", help="where cargohold runs"),
+    tenant: str | None = typer.Option(
+        None, "--tenant", help="the tenant this Kubernetes cluster's CSI driver acts for"
+    ),
+    csi_name: str = typer.Option("kubernetes", "--csi-name", help="the CSI driver's name"),
+    manager_host: list[str] = typer.Option(
+        [], "--manager-host", help="another name or address the manager's API is reached by"
+    ),
+    etcd_members: int = typer.Option(
+        3, "--etcd-members", min=0, help="etcd members of deploy/ha (0: no etcd Secrets)"
+    ),
+    etcd_host: list[str] = typer.Option(
+        [], "--etcd-hosts", help="another name or address of etcd's members (repeat)"
+    ),
+    days: float = typer.Option(
+        DEFAULT_SECRET_LIFETIME.days, "--days", min=0.01, help="lifetime of the certificates"
+    ),
+) -> None:
+    """Print the Secrets of a Kubernetes installation as YAML, for `kubectl apply -f -`
+    (docs/kubernetes.md, "Bootstrap"): the CA (the manager's only), the trust bundle,
+    the manager's, the CSI driver's and etcd's certificates, freshly issued. Re-run it
+    and apply before the certificates expire: components pick up the new files."""
+    import yaml
+
+    from cargohold.security.kube_secrets import kube_secrets as build
+
+    docs = build(
+        CertificateAuthority.load(ca_dir),
+        namespace,
+        tenant=tenant,
+        csi_name=csi_name,
+        manager_hosts=manager_host,
+        etcd_members=etcd_members,
+        etcd_hosts=etcd_host,
+        lifetime=dt.timedelta(days=days),
+    )
+    typer.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)

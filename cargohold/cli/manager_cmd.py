@@ -2,7 +2,8 @@
 
 cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600 --init  # once
 cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600
-cargohold manager --state etcd:http://10.0.0.5:2379 --listen 0.0.0.0:9600 --id mgr-b
+cargohold manager --state etcd:https://10.0.0.5:2379 --etcd-tls-dir /etc/cargohold/etcd-client \
+    --listen 0.0.0.0:9600 --id mgr-b
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ DEFAULT_MANAGER_PORT = 9600
 @app.command("manager")
 def manager(
     state: str = typer.Option(
-        ..., help="state store: sqlite:PATH (one manager) or etcd:http://HOST:PORT[,...]"
+        ..., help="state store: sqlite:PATH (one manager) or etcd:https://HOST:PORT[,...]"
+    ),
+    etcd_tls_dir: str = typer.Option(
+        None,
+        "--etcd-tls-dir",
+        envvar="CARGOHOLD_MANAGER_ETCD_TLS_DIR",
+        help="the etcd client certificate's credentials directory (tls.crt, tls.key, "
+        "ca.crt, ca.crl; from etcd's CA): needed for https:// etcd endpoints",
     ),
     listen: str = typer.Option(
         None, help=f"API on HOST:PORT (e.g. 0.0.0.0:{DEFAULT_MANAGER_PORT})"
@@ -44,6 +52,7 @@ def manager(
     cluster_id: str = typer.Option(
         None,
         "--cluster-id",
+        envvar=CliSettings.variable("manager_cluster_id"),
         help="with --init: the id of a cluster whose state store was lost (its nodes' disk "
         "stamps carry it), so that its agents act for this manager and its replicas can be "
         "adopted (docs/operations.md)",
@@ -61,7 +70,7 @@ def manager(
         console.print("[red]error:[/red] give --listen HOST:PORT and/or --unix PATH")
         raise typer.Exit(2)
     try:
-        settings = ManagerSettings()
+        settings = ManagerSettings(**({"etcd_tls_dir": etcd_tls_dir} if etcd_tls_dir else {}))
         addr = split_addr(listen, DEFAULT_MANAGER_PORT) if listen else None
         mgr = Manager(
             state,

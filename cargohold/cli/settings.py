@@ -23,6 +23,12 @@ class CliSettings(Settings):
         "`cargohold manager --init`: create a new cluster in an empty state store (refused "
         "on one with records)",
     )
+    manager_cluster_id: str | None = setting(
+        None,
+        "`cargohold manager --init --cluster-id`: the id of the cluster to create (a lost "
+        "store's, or the one the CA was made for: deploy/ reads it from the bootstrap "
+        "ConfigMap)",
+    )
     demo_no_mount: str = setting(
         "",
         "any non-empty value: `cargohold demo` does not mount a filesystem (to try the "

@@ -110,9 +110,10 @@ async def open_cluster(
     cluster = Cluster(id=cluster_id or new_cluster_id(), created_at=now())
     await _create(repo, cluster, where)
     if cluster_id:
-        log.warning(
-            "%s: recreated cluster %s (a lost state store): its nodes' replicas show up as "
-            "orphans; adopt them with `cargohold volume adopt`",
+        log.warning(  # the id of a lost store's cluster, or of the CA made for a new one
+            "%s: created cluster %s under the id given (--cluster-id); if it replaces a "
+            "lost state store, its nodes' replicas show up as orphans: adopt them with "
+            "`cargohold volume adopt`",
             where,
             cluster.id,
         )
@@ -120,7 +121,8 @@ async def open_cluster(
         log.info("%s: created cluster %s", where, cluster.id)
     await repo.add_event(
         EventKind.CLUSTER_CREATED,
-        f"cluster {cluster.id} {'recreated in a new state store' if cluster_id else 'created'}",
+        f"cluster {cluster.id} created"
+        + (" under the id given (--cluster-id)" if cluster_id else ""),
     )
     return cluster
 

@@ -39,7 +39,7 @@ class Manager:
         cluster_id: str | None = None,
     ) -> None:
         # without --init nothing is created: a missing or empty store is refused (identity.py)
-        self.store = open_store(state_url, create=init)
+        self.store = open_store(state_url, create=init, etcd_tls=settings.etcd_tls_dir)
         self.init = init
         self.cluster_id = cluster_id  # with init: recreate a lost cluster's store under its id
         self.settings = settings

@@ -36,6 +36,12 @@ class ManagerSettings(Settings):
         3.0, "seconds a dead leader keeps its lease before a standby takes over", gt=0
     )
     operation_retention: float = setting(3600.0, "seconds finished operations stay listed", ge=0)
+    etcd_tls_dir: str | None = setting(
+        None,
+        "credentials directory (tls.crt, tls.key, ca.crt, ca.crl) of the manager's etcd "
+        "client certificate, issued by etcd's CA (docs/security.md); needed for https:// "
+        "etcd endpoints",
+    )
     default_replicas: int = setting(3, "replicas of a new volume", ge=1, le=16)
     max_request_bytes: int = setting(
         16 << 20,

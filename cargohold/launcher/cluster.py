@@ -43,7 +43,7 @@ from typing import Any
 
 from cargohold.control.settings import ClientSettings
 from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
-from cargohold.launcher import netns
+from cargohold.launcher import etcd_certs, netns
 from cargohold.launcher.faults import Faults
 from cargohold.launcher.manager_http import get_json
 from cargohold.launcher.netns import LabLayout
@@ -167,8 +167,8 @@ class LocalCluster(Faults):
             etcd = EtcdProc(
                 log=os.path.join(logs, "etcd.log"),
                 netns=lab.manager_ns if lab else None,
-                client_url=f"http://127.0.0.1:{client}",
-                peer_url=f"http://127.0.0.1:{peer}",
+                client_url=f"https://127.0.0.1:{client}",  # TLS, client certificates
+                peer_url=f"https://127.0.0.1:{peer}",
                 data_dir=os.path.join(dir, "etcd"),
             )
         mgrs = [
@@ -326,6 +326,9 @@ class LocalCluster(Faults):
                         f"made network namespaces {self.lab.prefix}-* on a bridge, "
                         f"subnet {self.lab.subnet}.0/24"
                     )
+                cluster_id = None
+                if self.etcd and self._etcd_tls:
+                    cluster_id = etcd_certs.issue(self.dir).cluster  # --init takes the CA's
                 if self.etcd:
                     self._spawn(self.etcd, self._etcd_argv())
                     self.save()
@@ -335,7 +338,8 @@ class LocalCluster(Faults):
                     self.backend == "sqlite" and os.path.exists(self._state_path())
                 )
                 for i, m in enumerate(self.managers):
-                    self._spawn(m, self._manager_argv(m, init=init and i == 0))
+                    first = init and i == 0
+                    self._spawn(m, self._manager_argv(m, first, cluster_id if first else None))
                     self.save()
                     say(f"started {m.id} (pid {m.pid}): API on {m.listen} and {m.unix}")
                     if init and i == 0:  # the others find the cluster it made

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from cargohold.errors import CargoholdError
-from cargohold.launcher import netns
+from cargohold.launcher import etcd_certs, netns
 from cargohold.launcher.manager_http import get_json
 from cargohold.launcher.processes import (
     EtcdProc,
@@ -31,6 +31,7 @@ from cargohold.launcher.processes import (
     track,
 )
 from cargohold.logs import start_line
+from cargohold.security import etcd as etcd_tls
 
 # the package root, so every process runs the same cargohold as the launcher
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,7 +96,13 @@ class Startup:
             f"--initial-cluster=cargohold={e.peer_url}",
             "--logger=zap",
             "--log-outputs=stderr",
+            *(etcd_tls.server_flags(etcd_certs.member_dir(self.dir)) if self._etcd_tls else []),
         ]
+
+    @property
+    def _etcd_tls(self) -> bool:
+        """etcd with TLS and client certificates (a cluster.json from before: plain)."""
+        return self.etcd is not None and self.etcd.client_url.startswith("https://")
 
     def _state_path(self) -> str:
         return os.path.join(self.dir, "state.db")
@@ -109,6 +116,8 @@ class Startup:
             state = f"sqlite:{self._state_path()}"
         argv = [*self.command, "manager", "--state", state, "--listen", m.listen]
         argv += ["--unix", m.unix, "--id", m.id, *(["--init"] if init else [])]
+        if self._etcd_tls:
+            argv += ["--etcd-tls-dir", etcd_certs.client_dir(self.dir)]
         return [*argv, *(["--cluster-id", cluster_id] if cluster_id else [])]
 
     def _agent_argv(self, n: NodeProc) -> list[str]:
@@ -147,6 +156,9 @@ class Startup:
     def _etcd_health(self) -> str | None:
         e = self.etcd
         assert e is not None
+        if self._etcd_tls:
+            err = netns.call_in(e.netns, lambda: etcd_certs.health(self.dir, e.client_url))
+            return f"etcd does not answer at {e.client_url} ({err}); see {e.log}" if err else None
         try:
             netns.call_in(e.netns, lambda: get_json(e.client_url, "/health", timeout=1.0))
         except CargoholdError as err:

@@ -9,6 +9,8 @@ Every certificate the cluster's CA issues carries one URI in its subjectAltName:
 - ``engine/<volume>``: the engine of one volume, and only that volume
 - ``csi/<name>``: a CSI driver (its tenant: the Kubernetes cluster it serves)
 - ``admin/<user>``, ``operator/<user>``, ``reader/<user>``: people and scripts using the CLI
+- ``etcd/<name>``: the members of the etcd cluster that holds an HA manager's state
+  (``etcd.py``); it speaks for nothing on cargohold's own sockets
 
 The CA decides the URI when it signs; nothing a client sends can change it. The format is
 versioned by its scheme: a future change gets a new scheme, never a new meaning for this one.
@@ -37,6 +39,7 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
     OPERATOR = "operator"
     READER = "reader"
+    ETCD = "etcd"
 
 
 COMPONENTS = frozenset({Role.MANAGER, Role.AGENT, Role.REPLICA, Role.ENGINE})

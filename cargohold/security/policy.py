@@ -53,6 +53,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.MANAGER: frozenset(),
     Role.REPLICA: frozenset(),
     Role.ENGINE: frozenset(),
+    Role.ETCD: frozenset(),
 }
 
 TENANT_SCOPED = frozenset(

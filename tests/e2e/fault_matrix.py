@@ -1346,13 +1346,13 @@ class StateSwap:
         self.saved: dict[str, bytes] | None = None
 
     def _etcd(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
-        from cargohold.control.state import EtcdStateStore
+        from cargohold.launcher import etcd_certs
 
         e = self.c.etcd
         assert e is not None
 
         async def go() -> Any:
-            store = EtcdStateStore([e.client_url])
+            store = etcd_certs.open_store(self.c.dir, e.client_url)  # with its certificate
             try:
                 return await fn(store)
             finally:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.control.state import EtcdStateStore
+from cargohold.launcher import etcd_certs
 from cargohold.launcher.cluster import LauncherError, LocalCluster, get_json
 from tests.support.cli import cli, js
 from tests.support.nbd_clients import pattern_ok, qemu_io
@@ -64,10 +64,11 @@ class Etcd:
     def __init__(self, c: LocalCluster) -> None:
         assert c.etcd is not None
         self.url = c.etcd.client_url
+        self.dir = c.dir
 
     def _run(self, fn):  # type: ignore[no-untyped-def]
         async def go():  # type: ignore[no-untyped-def]
-            store = EtcdStateStore([self.url])
+            store = etcd_certs.open_store(self.dir, self.url)  # etcd wants its certificate
             try:
                 return await fn(store)
             finally:

@@ -37,13 +37,19 @@ DOWN_AFTER = 1.5
 
 def manager(argv):
     p = argparse.ArgumentParser()
-    for flag in ("--state", "--listen", "--unix", "--id"):
+    for flag in ("--state", "--listen", "--unix", "--id", "--etcd-tls-dir", "--cluster-id"):
         p.add_argument(flag)
     p.add_argument("--init", action="store_true")
     a = p.parse_args(argv)
     backend = a.state.split(":", 1)[0]
     if backend == "etcd":  # fail like a manager without its store would
-        urllib.request.urlopen(a.state[5:].split(",")[0] + "/health", timeout=5).read()
+        context = None
+        if a.etcd_tls_dir:  # etcd wants the managers' client certificate
+            import ssl
+            context = ssl.create_default_context(cafile=os.path.join(a.etcd_tls_dir, "ca.crt"))
+            context.check_hostname = False
+            context.load_cert_chain(*(os.path.join(a.etcd_tls_dir, f) for f in ("tls.crt", "tls.key")))
+        urllib.request.urlopen(a.state[5:].split(",")[0] + "/health", timeout=5, context=context).read()
     nodes, lock = {}, threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -293,7 +299,10 @@ def test_etcd_two_managers_failover(tmp_path, fake, clusters):
     assert c.etcd is not None and c.etcd.running()
     assert [m.id for m in c.managers] == ["manager-1", "manager-2"]
     assert c.apis == [f"unix:{d}/api.sock", f"unix:{d}/api-2.sock"]
-    assert get_json(c.etcd.client_url, "/health")["health"] == "true"
+    # etcd speaks TLS and wants a client certificate: the managers' is admitted, none is not
+    assert c.etcd.client_url.startswith("https://") and c._etcd_health() is None
+    with pytest.raises(ManagerUnavailable):
+        get_json(c.etcd.client_url, "/health")
     with open(f"/proc/{c.nodes['node-1'].pid}/cmdline", "rb") as f:
         assert f.read().count(b"--api") == 2
 
@@ -301,8 +310,14 @@ def test_etcd_two_managers_failover(tmp_path, fake, clusters):
         with open(f"/proc/{c._manager(m).pid}/cmdline", "rb") as f:
             return f.read().split(b"\0")
 
-    # a new cluster: only the first manager makes it (--init), and only this once
+    # a new cluster: only the first manager makes it (--init), and only this once, under
+    # the id of the cluster's CA (made by `up`: etcd's certificates come from it)
     assert b"--init" in argv("manager-1") and b"--init" not in argv("manager-2")
+    ca_id = open(os.path.join(d, "ca", "cluster")).read().strip()
+    assert argv("manager-1")[argv("manager-1").index(b"--cluster-id") + 1].decode() == ca_id
+    assert b"--cluster-id" not in argv("manager-2")
+    for m in ("manager-1", "manager-2"):
+        assert b"--etcd-tls-dir" in argv(m)
     assert LocalCluster.load(d).initialized
 
     assert c.kill_manager("manager-1")

@@ -60,6 +60,8 @@ def test_csi_wiring() -> None:
     from cargohold.csi.parameters import VolumeParameters
 
     VolumeParameters.parse(sc["parameters"])  # the default class's parameters are valid
+    # external-provisioner v5 refuses both keys at once (k8s-lab, ProvisioningFailed)
+    assert "fsType" not in sc["parameters"] or "csi.storage.k8s.io/fstype" not in sc["parameters"]
     assert docs[("CSIDriver", "csi.cargohold.io")]["spec"]["attachRequired"] is True
     ctl = docs[("Deployment", "cargohold-csi-controller")]["spec"]["template"]["spec"]
     names = {c["name"] for c in ctl["containers"]}

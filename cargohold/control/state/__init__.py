@@ -2,7 +2,8 @@
 
 - ``memory:`` — the in-memory twin (tests, the simulated cluster);
 - ``sqlite:PATH`` — one database file, absolute or relative (the embedded default);
-- ``etcd:http://HOST:PORT[,http://HOST2:PORT...]`` — an etcd cluster, for several managers.
+- ``etcd:https://HOST:PORT[,https://HOST2:PORT...]`` — an etcd cluster, for several managers
+  (with ``etcd_tls``, the manager's etcd client credentials; http:// without them).
 
 The contract every backend keeps is in ``base.py``.
 """
@@ -16,6 +17,7 @@ from cargohold.control.state.etcd import EtcdStateStore
 from cargohold.control.state.memory import MemoryStateStore
 from cargohold.control.state.sqlite import SQLiteStateStore
 from cargohold.errors import ConfigError
+from cargohold.security.tls import Credentials
 
 __all__ = [
     "Compare",
@@ -55,12 +57,15 @@ def _etcd_endpoints(spec: str, url: str) -> list[str]:
     return endpoints
 
 
-def open_store(url: str, create: bool = True) -> StateStore:
+def open_store(url: str, create: bool = True, etcd_tls: str | None = None) -> StateStore:
     """The state store ``url`` names; ConfigError saying what is wrong when it names none.
-    ``create=False``: a SQLite file must exist with its schema (nothing is created)."""
+    ``create=False``: a SQLite file must exist with its schema (nothing is created).
+    ``etcd_tls``: the credentials directory of the etcd client certificate (etcd only)."""
     scheme, sep, rest = url.partition(":")
     if not sep:
         raise ConfigError(f"state store {url!r}: expected {FORMS}")
+    if etcd_tls and scheme != "etcd":
+        raise ConfigError(f"an etcd client certificate was given, but {url!r} is not etcd")
     if scheme == "memory":
         if rest:
             raise ConfigError(f"state store {url!r}: the in-memory store takes no path")
@@ -72,5 +77,6 @@ def open_store(url: str, create: bool = True) -> StateStore:
     if scheme == "etcd":
         if not rest.strip():
             raise ConfigError(f"state store {url!r}: etcd needs at least one endpoint")
-        return EtcdStateStore(_etcd_endpoints(rest, url))
+        tls = Credentials.load(etcd_tls) if etcd_tls else None
+        return EtcdStateStore(_etcd_endpoints(rest, url), tls=tls)
     raise ConfigError(f"state store {url!r}: unknown backend {scheme!r}; expected {FORMS}")

@@ -20,12 +20,19 @@ lease of ``ttl`` seconds (etcd raises a lease below its minimum — about 1.5 el
 timeouts, 2 s by default — to that minimum). Each campaign keeps the holder's lease alive
 and puts the key if it is absent; when the holder stops campaigning, the lease expires and
 etcd deletes the key. The leader key lives in the namespace too, so ``range("/")`` lists it.
+
+TLS: with ``tls`` (a credentials directory: the manager's etcd client certificate from
+etcd's CA, ``security/etcd.py``; ``cargohold manager --etcd-tls-dir``) every endpoint must
+be https://, the client presents its certificate and checks etcd's against the ``ca.crt``
+there; a renewed certificate is picked up by the next new connection (the HTTP client is
+rebuilt when the files change). http:// endpoints without ``tls`` still work, loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import math
 from typing import Any
 
@@ -40,7 +47,9 @@ from cargohold.errors import (
     ManagerUnavailable,
     NotFound,
 )
+from cargohold.security.tls import Credentials
 
+log = logging.getLogger("cargohold.manager")
 DEFAULT_NAMESPACE = "/cargohold"
 GRPC_INVALID_ARGUMENT = 3
 GRPC_NOT_FOUND = 5  # e.g. "etcdserver: requested lease not found"
@@ -76,15 +85,32 @@ class EtcdStateStore(StateStore):
         namespace: str = DEFAULT_NAMESPACE,
         timeout: float = 5.0,
         connect_timeout: float = 1.0,
+        tls: Credentials | None = None,
     ) -> None:
         if not endpoints:
             raise ConfigError("the etcd state store needs at least one endpoint")
+        plain = [e for e in endpoints if e.startswith("http://")]
+        if tls is not None and plain:
+            raise ConfigError(
+                f"etcd endpoint {plain[0]} is http:// but a client certificate was given "
+                f"({tls.directory}): use https://"
+            )
+        if plain:
+            log.warning(
+                "PLAINTEXT: the state store's etcd %s is plain http: no TLS, no client "
+                "certificate; anyone who reaches it reads and changes the cluster's state "
+                "(use https:// and --etcd-tls-dir: docs/security.md, etcd)",
+                plain[0],
+            )
         if namespace.endswith("/"):
             raise ConfigError(f"etcd namespace {namespace!r} must not end with '/'")
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.namespace = namespace
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._client: httpx.AsyncClient | None = None
+        self._tls = tls
+        self._tls_context: object = None  # the context self._client was made with
+        self._retired: list[httpx.AsyncClient] = []  # made with older credentials
         self._current = 0  # index of the endpoint that answered last
         self._leases: dict[tuple[str, str], int] = {}  # (role, holder) -> lease ID
         self._campaign_lock = asyncio.Lock()
@@ -104,6 +130,13 @@ class EtcdStateStore(StateStore):
     # --- transport -----------------------------------------------------------------------
     async def _post(self, path: str, body: JSON, *, idempotent: bool) -> JSON:
         """POST to the first endpoint that answers; ManagerUnavailable when none does."""
+        if self._tls is not None:
+            context = self._tls.client_context()  # a new object when the files changed
+            if context is not self._tls_context:
+                if self._client is not None:  # requests may still run on it: close at the end
+                    self._retired.append(self._client)
+                self._client = httpx.AsyncClient(timeout=self._timeout, verify=context)
+                self._tls_context = context
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout)
         failures: list[str] = []
@@ -298,3 +331,6 @@ class EtcdStateStore(StateStore):
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+        retired, self._retired = self._retired, []
+        for old in retired:
+            await old.aclose()

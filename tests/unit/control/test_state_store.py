@@ -1,6 +1,7 @@
 """The state store contract (cargohold/control/state/base.py), one suite over every backend:
 the in-memory twin, SQLite in a temporary file, and etcd — a real etcd process
-(tests/etcd_proc.py), one per session, each test in its own namespace.
+(tests/etcd_proc.py), one per session, each test in its own namespace — plain, and with
+TLS and client-certificate authentication the way cargohold runs it ("etcd-tls").
 
 "Another manager" is another store object over the same data: the same twin, another
 connection to the same SQLite file, another client of the same etcd namespace.
@@ -33,11 +34,13 @@ from cargohold.control.state import (
 )
 from cargohold.control.state.etcd import prefix_end
 from cargohold.errors import ConfigError, InvalidArgument, ManagerUnavailable
+from cargohold.security.tls import Credentials
 from tests.etcd_proc import EtcdProcess, etcd_fixture
 
 ROOT = Path(__file__).resolve().parents[3]
 
 etcd = etcd_fixture()
+etcd_tls = etcd_fixture(tls=True)
 
 
 @dataclass
@@ -47,7 +50,7 @@ class Backend:
     ttl: float  # a leader ttl the backend honours (etcd's minimum lease is 1 s here)
 
 
-@pytest.fixture(params=["memory", "sqlite", "etcd"])
+@pytest.fixture(params=["memory", "sqlite", "etcd", "etcd-tls"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     opened: list[StateStore] = []
     make: Callable[[], StateStore]
@@ -57,6 +60,11 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     elif request.param == "sqlite":
         path = str(tmp_path / "state.db")
         make, ttl = (lambda: SQLiteStateStore(path)), 0.5
+    elif request.param == "etcd-tls":
+        secure: EtcdProcess = request.getfixturevalue("etcd_tls")
+        namespace = f"/test-{uuid.uuid4().hex[:12]}"
+        creds = Credentials.load(secure.client_tls)
+        make, ttl = (lambda: EtcdStateStore([secure.url], namespace=namespace, tls=creds)), 1.0
     else:
         proc: EtcdProcess = request.getfixturevalue("etcd")
         namespace = f"/test-{uuid.uuid4().hex[:12]}"

@@ -43,7 +43,10 @@ def test_plan_spreads_zones_and_names_everything(tmp_path):
     assert c._agent_argv(c.nodes["node-2"])[:4] == ["true", "agent", "--node", "node-2"]
     etcd = LocalCluster.create(d, nodes=1, backend="etcd", command=["true"])
     assert [m.unix for m in etcd.managers] == [f"{d}/api.sock", f"{d}/api-2.sock"]
-    assert etcd._manager_argv(etcd.managers[1])[3].startswith("etcd:http://127.0.0.1:")
+    argv = etcd._manager_argv(etcd.managers[1])
+    assert argv[3].startswith("etcd:https://127.0.0.1:")  # TLS, client certificates
+    assert argv[argv.index("--etcd-tls-dir") + 1] == f"{d}/etcd-tls/client"
+    assert "--client-cert-auth=true" in etcd._etcd_argv()
 
 
 @pytest.mark.parametrize(
