@@ -201,7 +201,7 @@ class Volume(Record):
     robustness: Robustness = Robustness.UNKNOWN
     error: str = ""
     last_scrub: ScrubSummary | None = None
-    tenant: str | None = None  # whose volume (None: the storage provider's own); never changes
+    tenant: str | None = None  # whose (None: the provider's own); never changes
 
     @field_validator("name")
     @classmethod
@@ -533,21 +533,14 @@ class Event(Record):
 
 
 class Tenant(Record):
-    """A tenant (e.g. one Kubernetes cluster using this storage cluster): its identities
-    carry ``?tenant=<name>``; it sees only its own volumes; the provisioned size of its
-    volumes stays within ``quota_bytes`` (None: no quota). ``allocations`` counts the creates
-    and expansions admitted: each bumps it in the same transaction, so two concurrent ones
-    cannot both pass the quota check on the same reading (control/tenancy.py)."""
+    """A tenant: its identities carry ``?tenant=<name>`` and see only its volumes, whose
+    provisioned size stays within ``quota_bytes`` (None: none). Every create and expansion
+    admitted bumps ``allocations`` in its transaction (control/tenancy.py)."""
 
     name: str
     quota_bytes: int | None = Field(default=None, ge=0)
     created_at: float = 0.0
     allocations: int = 0
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return check_name(v, "tenant name")
 
 
 class keys:
