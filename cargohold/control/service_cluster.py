@@ -40,7 +40,8 @@ class ClusterCalls(ServiceBase):
         }
 
     async def status(self, who: Identity | None = None) -> dict[str, Any]:
-        """The cluster's status; a tenant's volume counts are of its own volumes."""
+        """The cluster's status; a tenant's volume counts and allocation are of its own
+        volumes (node counts and capacity are the cluster's)."""
         nodes = await self.repo.nodes()
         vols = only_visible(who, await self.repo.volumes())
         disks = await self.repo.disks()
@@ -53,6 +54,9 @@ class ClusterCalls(ServiceBase):
                 vcount[v.robustness.value] += 1
             vcount["attached"] += v.attach_node is not None
         reps = await self.repo.replicas()
+        if who is not None and who.tenant is not None:  # its own volumes' replicas only
+            mine = {v.name for v in vols}
+            reps = [r for r in reps if r.volume in mine]
         return {
             "backend": self.backend,
             "manager": self.manager_id,

@@ -144,8 +144,10 @@ async def test_a_tenant_sees_only_its_volumes(sim: Sim) -> None:
     assert (await svc.volume("a-data", A))["tenant"] == "team-a"
     assert (await svc.volume("own", ADMIN))["tenant"] is None
     assert {r["volume"] for r in await svc.replicas(None, A)} == {"a-data"}
-    assert (await svc.status(A))["volumes"]["total"] == 1
-    assert (await svc.status(ADMIN))["volumes"]["total"] == 3
+    mine, everyone = await svc.status(A), await svc.status(ADMIN)
+    assert mine["volumes"]["total"] == 1 and everyone["volumes"]["total"] == 3
+    assert mine["allocated_bytes"] * 3 == everyone["allocated_bytes"]  # 1 of 3 equal volumes
+    assert mine["capacity_bytes"] == everyone["capacity_bytes"]
 
 
 async def test_every_call_on_another_tenants_volume_is_not_found(sim: Sim) -> None:
