@@ -38,7 +38,7 @@ class PeerH11Protocol(H11Protocol):
     uvicorn copies ``app_state`` into every request's scope, so a per-connection copy of it
     carries the identity to ``caller``."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         tls = transport.get_extra_info("ssl_object") is not None
         self.app_state = {**self.app_state, TLS_KEY: tls, PEER_KEY: peer_identity(transport)}
