@@ -325,9 +325,12 @@ class ManagerClient:
         accept_fork: bool = False,
         replicas_wanted: int | None = None,
         dry_run: bool = False,
+        tenant: str | None = None,
     ) -> JSON:
         """Recreate ``volume``'s records from its orphans; -> the ``AdoptionPlan``."""
         body: JSON = {"volume": volume, "accept_fork": accept_fork, "dry_run": dry_run}
+        if tenant:
+            body["tenant"] = tenant
         if replicas:
             body["replicas"] = replicas
         if replicas_wanted:

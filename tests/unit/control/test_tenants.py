@@ -305,3 +305,32 @@ async def test_tenant_records(sim: Sim) -> None:
     # the tenant gone, its identities can create nothing (and see nothing)
     with pytest.raises(NotFound):
         await svc.create_volume(VolumeCreate(name="late", size_bytes=GiB), A)
+
+
+async def test_an_adopted_volume_is_given_back_to_its_tenant(sim: Sim) -> None:
+    """Replicas do not record their tenant: the admin says it when adopting after a lost
+    state store, and the tenant sees its volume again."""
+    from cargohold.control.adoption import AdoptRequest
+    from cargohold.control.model import Orphan
+
+    for i in (1, 2):
+        await sim.repo.put_orphan(
+            Orphan(
+                id=f"lost-r{i}",
+                volume="lost",
+                node=f"node-{i}",
+                disk_path=f"/d/node-{i}",
+                size_bytes=GiB,
+                generation=5,
+                seen=5,
+                epoch=2,
+                history=[[1, 1], [2, 3]],
+                cluster_id=sim.repo.cluster_id,
+            )
+        )
+    with pytest.raises(NotFound, match="tenant team-z not found"):
+        await sim.service.adopt(AdoptRequest(volume="lost", tenant="team-z"))
+    await sim.service.adopt(AdoptRequest(volume="lost", tenant="team-a"))
+    assert (await sim.service.volume("lost", A))["tenant"] == "team-a"
+    with pytest.raises(NotFound):
+        await sim.service.volume("lost", B)
