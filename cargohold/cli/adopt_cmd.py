@@ -84,6 +84,9 @@ def adopt(
         None, "--replicas", min=1, max=16, help="replicas the volume should have"
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="show the plan, change nothing"),
+    tenant: str | None = typer.Option(
+        None, "--tenant", help="the tenant whose volume it was (replicas do not record it)"
+    ),
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
@@ -108,7 +111,7 @@ def adopt(
         plans, failed = [], 0
         for vol in names:
             try:
-                plans.append(c.adopt(vol, replica, accept_fork, replicas, dry_run))
+                plans.append(c.adopt(vol, replica, accept_fork, replicas, dry_run, tenant))
             except CargoholdError as e:
                 if not all_:
                     raise

@@ -57,6 +57,12 @@ def manager(
         "stamps carry it), so that its agents act for this manager and its replicas can be "
         "adopted (docs/operations.md)",
     ),
+    tls_dir: str = typer.Option(
+        None,
+        "--tls-dir",
+        help="serve the API over mutual TLS with this credentials directory (tls.crt, tls.key, "
+        "ca.crt, ca.crl); callers are identified by their client certificates",
+    ),
 ) -> None:
     """Serve the manager's REST API and, when elected leader, run the reconcilers."""
     from cargohold.control.manager import Manager
@@ -85,7 +91,7 @@ def manager(
     try:
         import uvloop
 
-        uvloop.run(mgr.serve(addr, unix))
+        uvloop.run(mgr.serve(addr, unix, tls_dir))
     except (CargoholdError, OSError) as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         raise typer.Exit(getattr(e, "exit_code", 1)) from None

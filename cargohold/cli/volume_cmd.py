@@ -181,6 +181,9 @@ def create(
         None, "--stale-replica-timeout", min=0, help="seconds a replica may be away (30)"
     ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until replicas are on disk"),
+    tenant: str | None = typer.Option(
+        None, "--tenant", help="the admin: create it for this tenant (default: the caller's)"
+    ),
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
@@ -198,6 +201,7 @@ def create(
             disk_tags=disk_tag or None,
             reclaim_policy=reclaim_policy.value if reclaim_policy else None,
             stale_replica_timeout=stale_replica_timeout,
+            tenant=tenant,
         )
         if wait:
             with progress(f"creating {name}") as update:

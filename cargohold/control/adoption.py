@@ -69,6 +69,11 @@ class AdoptRequest(BaseModel):
         description="replicas the volume should have (default: as adopted)",
     )
     dry_run: StrictBool = Field(default=False, description="answer the plan, write nothing")
+    tenant: str | None = name_field(
+        default=None,
+        description="the tenant whose volume it was (replicas do not record it; null: the "
+        "provider's own)",
+    )
 
     @field_validator("volume", mode="before")
     @classmethod
@@ -256,6 +261,8 @@ async def adopt(repo: Repository, req: AdoptRequest) -> AdoptionPlan:
     snapshots every current replica holds. The orphan records of the adopted replicas go
     at their node's next heartbeat (a record names them now); the rest stay orphans."""
     check_adoptable(req.volume, [v.name for v in await repo.volumes()])
+    if req.tenant is not None:
+        await repo.tenant(req.tenant)  # NotFound: recreate the tenant first
     plan = plan_adoption(
         req.volume,
         await repo.orphans(None),
@@ -276,6 +283,7 @@ async def adopt(repo: Repository, req: AdoptRequest) -> AdoptionPlan:
         epoch=plan.epoch,
         current_epoch=plan.current_epoch,
         current_generation=plan.current_generation,
+        tenant=req.tenant,
     )
     replicas = [
         Replica(

@@ -21,7 +21,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from cargohold import __version__
-from cargohold.control import api_manager, api_nodes, api_orphans, api_snapshots, api_volumes
+from cargohold.control import (
+    api_manager,
+    api_nodes,
+    api_orphans,
+    api_snapshots,
+    api_tenants,
+    api_volumes,
+    auth,
+)
 from cargohold.control.api_errors import http_status, install_handlers, safe_input
 from cargohold.control.api_json import JSONRoute, parse_json
 from cargohold.control.service import Service
@@ -39,6 +47,7 @@ def build(service: Service) -> FastAPI:
     app.router.route_class = JSONRoute
     app.state.max_request_bytes = service.settings.max_request_bytes
     install_handlers(app, service)
+    auth.install(app, lambda: service.repo.cluster_id)
     api_manager.add_health_routes(app, service)
     api_nodes.add_routes(app, service)
     api_volumes.add_routes(app, service)
@@ -46,4 +55,5 @@ def build(service: Service) -> FastAPI:
     api_volumes.add_attachment_routes(app, service)
     api_orphans.add_routes(app, service)
     api_manager.add_event_routes(app, service)
+    api_tenants.add_routes(app, service)
     return app

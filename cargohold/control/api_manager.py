@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
 
 from cargohold.control.api_errors import WHY, errors
 from cargohold.control.api_json import JSON
+from cargohold.control.auth import requires
 from cargohold.control.model import Event
 from cargohold.control.service import Service
 from cargohold.control.views import ErrorBody, Health, StatusView
+from cargohold.security.identity import Identity
+from cargohold.security.policy import Permission
 
 
 def add_health_routes(app: FastAPI, s: Service) -> None:
@@ -32,13 +37,17 @@ def add_health_routes(app: FastAPI, s: Service) -> None:
         return {"ok": True, "leader": s.is_leader, "manager": s.manager_id, "backend": s.backend}
 
     @app.get("/api/v1/status", tags=["manager"], response_model=StatusView, responses=errors())
-    async def status() -> JSON:
-        return await s.status()
+    async def status(
+        who: Annotated[Identity, Depends(requires(Permission.STATUS_READ))],
+    ) -> JSON:
+        return await s.status(who)
 
 
 def add_event_routes(app: FastAPI, s: Service) -> None:
     """``/api/v1/events``."""
 
     @app.get("/api/v1/events", tags=["manager"], response_model=list[Event], responses=errors())
-    async def events() -> list[JSON]:
-        return await s.events()
+    async def events(
+        who: Annotated[Identity, Depends(requires(Permission.NODES_READ))],
+    ) -> list[JSON]:
+        return await s.events(who)

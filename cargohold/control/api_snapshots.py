@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from cargohold.control.api_errors import errors
 from cargohold.control.api_json import JSON, Name
+from cargohold.control.api_volumes import Read, Write
 from cargohold.control.model import Operation, Snapshot
 from cargohold.control.requests import SnapshotCreate
 from cargohold.control.service import Service
@@ -22,8 +23,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=list[Snapshot],
         responses=errors(404, 422),
     )
-    async def snapshots(volume: Name) -> list[JSON]:
-        return await s.snapshots(volume)
+    async def snapshots(volume: Name, who: Read) -> list[JSON]:
+        return await s.snapshots(volume, who)
 
     @app.post(
         "/api/v1/volumes/{volume}/snapshots",
@@ -32,8 +33,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=Operation,
         responses=errors(404, 409, 422, body=True),
     )
-    async def create_snapshot(volume: Name, body: SnapshotCreate) -> JSON:
-        return await s.create_snapshot(volume, body)
+    async def create_snapshot(volume: Name, body: SnapshotCreate, who: Write) -> JSON:
+        return await s.create_snapshot(volume, body, who)
 
     @app.delete(
         "/api/v1/volumes/{volume}/snapshots/{snapshot}",
@@ -42,8 +43,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=Operation,
         responses=errors(404, 409, 422),
     )
-    async def delete_snapshot(volume: Name, snapshot: Name) -> JSON:
-        return await s.delete_snapshot(volume, snapshot)
+    async def delete_snapshot(volume: Name, snapshot: Name, who: Write) -> JSON:
+        return await s.delete_snapshot(volume, snapshot, who)
 
     @app.post(
         "/api/v1/volumes/{volume}/snapshots/{snapshot}/revert",
@@ -52,8 +53,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=Operation,
         responses=errors(404, 409, 422),
     )
-    async def revert(volume: Name, snapshot: Name) -> JSON:
-        return await s.revert(volume, snapshot)
+    async def revert(volume: Name, snapshot: Name, who: Write) -> JSON:
+        return await s.revert(volume, snapshot, who)
 
     # operations and attachments
     @app.get(
@@ -62,8 +63,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=list[Operation],
         responses=errors(422),
     )
-    async def operations(volume: str | None = None) -> list[JSON]:
-        return await s.operations(volume)
+    async def operations(who: Read, volume: str | None = None) -> list[JSON]:
+        return await s.operations(volume, who)
 
     @app.get(
         "/api/v1/operations/{op}",
@@ -71,5 +72,5 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=Operation,
         responses=errors(404, 422),
     )
-    async def operation(op: str) -> JSON:
-        return await s.operation(op)
+    async def operation(op: str, who: Read) -> JSON:
+        return await s.operation(op, who)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
 
 from cargohold.control.api_errors import errors
 from cargohold.control.api_json import JSON, Name
+from cargohold.control.auth import requires
 from cargohold.control.model import Operation
 from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate
 from cargohold.control.service import Service
 from cargohold.control.views import AttachmentView, ReplicaView, VolumeView
+from cargohold.security.identity import Identity
+from cargohold.security.policy import Permission
+
+# the caller, if its role holds the permission (control/auth.py); tenancy.py scopes by it
+Read = Annotated[Identity, Depends(requires(Permission.VOLUMES_READ))]
+Write = Annotated[Identity, Depends(requires(Permission.VOLUMES_WRITE))]
+Attach = Annotated[Identity, Depends(requires(Permission.VOLUMES_ATTACH))]
+Recovery = Annotated[Identity, Depends(requires(Permission.RECOVERY))]
 
 
 def add_routes(app: FastAPI, s: Service) -> None:
@@ -18,8 +29,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
     @app.get(
         "/api/v1/volumes", tags=["volumes"], response_model=list[VolumeView], responses=errors()
     )
-    async def volumes() -> list[JSON]:
-        return await s.volumes()
+    async def volumes(who: Read) -> list[JSON]:
+        return await s.volumes(who)
 
     @app.post(
         "/api/v1/volumes",
@@ -28,8 +39,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=VolumeView,
         responses=errors(400, 404, 409, 422, 507, body=True),
     )
-    async def create_volume(body: VolumeCreate) -> JSON:
-        return await s.create_volume(body)
+    async def create_volume(body: VolumeCreate, who: Write) -> JSON:
+        return await s.create_volume(body, who)
 
     @app.get(
         "/api/v1/volumes/{volume}",
@@ -37,8 +48,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=VolumeView,
         responses=errors(404, 422),
     )
-    async def volume(volume: Name) -> JSON:
-        return await s.volume(volume)
+    async def volume(volume: Name, who: Read) -> JSON:
+        return await s.volume(volume, who)
 
     @app.delete(
         "/api/v1/volumes/{volume}",
@@ -47,8 +58,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=VolumeView,
         responses=errors(404, 409, 422),
     )
-    async def delete_volume(volume: Name, purge: bool = False) -> JSON:
-        return await s.delete_volume(volume, purge)
+    async def delete_volume(who: Write, volume: Name, purge: bool = False) -> JSON:
+        return await s.delete_volume(volume, purge, who)
 
     @app.post(
         "/api/v1/volumes/{volume}/attach",
@@ -57,8 +68,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=VolumeView,
         responses=errors(404, 409, 422, body=True),
     )
-    async def attach(volume: Name, body: AttachRequest) -> JSON:
-        return await s.attach(volume, body)
+    async def attach(volume: Name, body: AttachRequest, who: Attach) -> JSON:
+        return await s.attach(volume, body, who)
 
     @app.post(
         "/api/v1/volumes/{volume}/detach",
@@ -67,18 +78,18 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=VolumeView,
         responses=errors(404, 409, 422),
     )
-    async def detach(volume: Name) -> JSON:
-        return await s.detach(volume)
+    async def detach(volume: Name, who: Attach) -> JSON:
+        return await s.detach(volume, who)
 
     @app.post(
         "/api/v1/volumes/{volume}/expand",
         status_code=202,
         tags=["volumes"],
         response_model=Operation,
-        responses=errors(400, 404, 409, 422, body=True),
+        responses=errors(400, 404, 409, 422, 507, body=True),
     )
-    async def expand(volume: Name, body: ExpandRequest) -> JSON:
-        return await s.expand(volume, body)
+    async def expand(volume: Name, body: ExpandRequest, who: Write) -> JSON:
+        return await s.expand(volume, body, who)
 
     @app.post(
         "/api/v1/volumes/{volume}/scrub",
@@ -87,8 +98,8 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=Operation,
         responses=errors(404, 409, 422),
     )
-    async def scrub(volume: Name) -> JSON:
-        return await s.scrub(volume)
+    async def scrub(volume: Name, who: Write) -> JSON:
+        return await s.scrub(volume, who)
 
     @app.post(
         "/api/v1/volumes/{volume}/recover-epoch",
@@ -96,10 +107,10 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=VolumeView,
         responses=errors(404, 409, 422),
     )
-    async def recover_epoch(volume: str) -> JSON:
+    async def recover_epoch(volume: str, who: Recovery) -> JSON:
         """Raise the volume's epoch above every epoch its replicas report (a volume fenced
         by a bogus epoch; docs/operations.md)."""
-        return await s.recover_epoch(volume)
+        return await s.recover_epoch(volume, who)
 
     @app.get(
         "/api/v1/volumes/{volume}/replicas",
@@ -107,14 +118,14 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=list[ReplicaView],
         responses=errors(404, 422),
     )
-    async def volume_replicas(volume: Name) -> list[JSON]:
-        return await s.replicas(volume)
+    async def volume_replicas(volume: Name, who: Read) -> list[JSON]:
+        return await s.replicas(volume, who)
 
     @app.get(
         "/api/v1/replicas", tags=["replicas"], response_model=list[ReplicaView], responses=errors()
     )
-    async def replicas() -> list[JSON]:
-        return await s.replicas(None)
+    async def replicas(who: Read) -> list[JSON]:
+        return await s.replicas(None, who)
 
 
 def add_attachment_routes(app: FastAPI, s: Service) -> None:
@@ -126,5 +137,5 @@ def add_attachment_routes(app: FastAPI, s: Service) -> None:
         response_model=list[AttachmentView],
         responses=errors(),
     )
-    async def attachments() -> list[JSON]:
-        return await s.attachments()
+    async def attachments(who: Read) -> list[JSON]:
+        return await s.attachments(who)

@@ -260,6 +260,7 @@ class ManagerClient:
         stale_replica_timeout: float | None = None,
         source: JSON | None = None,
         preferred_nodes: Iterable[str] | None = None,
+        tenant: str | None = None,
     ) -> JSON:
         """POST a ``VolumeCreate``; fields left None take the manager's defaults. ``source``
         is ``{"volume": ..., "snapshot": ...}`` to clone."""
@@ -273,6 +274,7 @@ class ManagerClient:
             "stale_replica_timeout": stale_replica_timeout,
             "source": source,
             "preferred_nodes": list(preferred_nodes) if preferred_nodes else None,
+            "tenant": tenant,
         }
         body.update({k: v for k, v in given.items() if v is not None})
         return self._post("/api/v1/volumes", body)
@@ -323,9 +325,12 @@ class ManagerClient:
         accept_fork: bool = False,
         replicas_wanted: int | None = None,
         dry_run: bool = False,
+        tenant: str | None = None,
     ) -> JSON:
         """Recreate ``volume``'s records from its orphans; -> the ``AdoptionPlan``."""
         body: JSON = {"volume": volume, "accept_fork": accept_fork, "dry_run": dry_run}
+        if tenant:
+            body["tenant"] = tenant
         if replicas:
             body["replicas"] = replicas
         if replicas_wanted:
@@ -336,6 +341,25 @@ class ManagerClient:
         return self._list("/api/v1/events")
 
     # --- snapshots -------------------------------------------------------------------------
+    # --- tenants ---------------------------------------------------------------------------
+    def tenants(self) -> list[JSON]:
+        return self._list("/api/v1/tenants")
+
+    def tenant(self, name: str) -> JSON:
+        return self._get(f"/api/v1/tenants/{_seg(name)}")
+
+    def create_tenant(self, name: str, quota_bytes: int | None = None) -> JSON:
+        return self._post("/api/v1/tenants", {"name": name, "quota_bytes": quota_bytes})
+
+    def set_tenant_quota(self, name: str, quota_bytes: int | None) -> JSON:
+        out: JSON = self.request(
+            "PUT", f"/api/v1/tenants/{_seg(name)}/quota", body={"quota_bytes": quota_bytes}
+        )
+        return out
+
+    def delete_tenant(self, name: str) -> JSON:
+        return self._delete(f"/api/v1/tenants/{_seg(name)}")
+
     def snapshots(self, volume: str) -> list[JSON]:
         return self._list(f"/api/v1/volumes/{_seg(volume)}/snapshots")
 

@@ -13,10 +13,12 @@ import contextlib
 import logging
 import os
 import socket
+from typing import Any
 
 import uvicorn
 
 from cargohold.control.api import build
+from cargohold.control.auth import PeerH11Protocol
 from cargohold.control.identity import open_cluster
 from cargohold.control.reconcilers import RECONCILERS
 from cargohold.control.repository import Repository
@@ -24,6 +26,7 @@ from cargohold.control.service import Service
 from cargohold.control.settings import ManagerSettings
 from cargohold.control.state import MemoryStateStore, open_store
 from cargohold.errors import CargoholdError, ManagerUnavailable, StateStoreDamaged
+from cargohold.security.tls import Credentials
 
 log = logging.getLogger("cargohold.manager")
 STORE_WAIT = 60.0  # seconds a starting manager waits for an unreachable state store
@@ -115,7 +118,18 @@ class Manager:
             raise
         log.info("manager %s serves cluster %s", self.id, cluster.id)
 
-    async def serve(self, listen: tuple[str, int] | None, unix: str | None) -> None:
+    async def serve(
+        self, listen: tuple[str, int] | None, unix: str | None, tls_dir: str | None = None
+    ) -> None:
+        """Serve the API (over mutual TLS with the credentials in ``tls_dir``: callers are
+        identified by their client certificates, control/auth.py) and reconcile."""
+        tls: dict[str, Any] = {}
+        if tls_dir is not None:
+            creds = Credentials.load(tls_dir)  # ConfigError now, not at the first handshake
+            tls = {
+                "http": PeerH11Protocol,
+                "ssl_context_factory": lambda _cfg, _default: creds.server_context(),
+            }
         await self.open_cluster()
         socks = []
         if listen is not None:
@@ -136,6 +150,7 @@ class Manager:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,
+            **tls,
         )
         server = uvicorn.Server(config)
         loop_task = asyncio.create_task(self.reconcile_forever())

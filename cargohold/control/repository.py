@@ -32,6 +32,7 @@ from cargohold.control.model import (
     Orphan,
     Replica,
     Snapshot,
+    Tenant,
     Tombstone,
     Volume,
     keys,
@@ -214,14 +215,25 @@ class Repository:
     async def volumes(self) -> list[Volume]:
         return await self._list(keys.VOLUMES, Volume)
 
-    async def create_volume(self, vol: Volume, replicas: list[Replica]) -> None:
-        """The volume and its first replicas, all or nothing."""
+    async def create_volume(
+        self, vol: Volume, replicas: list[Replica], guard: Guard | None = None
+    ) -> None:
+        """The volume and its first replicas, all or nothing. ``guard`` (a tenant's quota
+        admission, ``tenant_guard``): also only if the tenant record is unchanged, else
+        Conflict (the caller checks the quota again)."""
         compares = [Compare(keys.volume(vol.name), 0)]
         ops: list[Put | Delete] = [Put(keys.volume(vol.name), _dump(vol))]
+        if guard is not None:
+            if await self.store.get(keys.volume(vol.name)) is not None:
+                raise AlreadyExists(f"volume {vol.name} already exists")
+            compares.append(guard[0])
+            ops.append(guard[1])
         for r in replicas:
             compares.append(Compare(keys.replica(vol.name, r.id), 0))
             ops.append(Put(keys.replica(vol.name, r.id), _dump(r)))
         if not await self.store.txn(compares, ops):
+            if guard is not None and await self.store.get(keys.volume(vol.name)) is None:
+                raise TenantChanged(f"volume {vol.name}: its tenant's allocations changed")
             raise AlreadyExists(f"volume {vol.name} already exists")
         self._notify(None, vol)
         for r in replicas:
@@ -450,6 +462,31 @@ class Repository:
         await self.store.delete(keys.snapshot(volume, name))
         self._forget(keys.snapshot(volume, name))
 
+    # --- tenants --------------------------------------------------------------------------
+    async def tenant(self, name: str) -> tuple[Tenant, int]:
+        """The tenant record and its mod revision (for ``tenant_guard``)."""
+        got = await self._get(keys.tenant(name), Tenant)
+        if got is None:
+            raise NotFound(f"tenant {name} not found")
+        return got
+
+    async def tenants(self) -> list[Tenant]:
+        return await self._list(keys.TENANTS, Tenant)
+
+    async def create_tenant(self, tenant: Tenant) -> None:
+        await self._create(keys.tenant(tenant.name), tenant, f"tenant {tenant.name}")
+
+    async def update_tenant(self, name: str, change: Callable[[Tenant], Tenant | None]) -> Tenant:
+        return await self._update(keys.tenant(name), Tenant, change, f"tenant {name}")
+
+    async def delete_tenant(self, name: str, rev: int) -> bool:
+        """Delete the tenant record if it is unchanged since ``rev`` (no volume was admitted
+        for it meanwhile: every admission bumps it)."""
+        done = await self.store.txn([Compare(keys.tenant(name), rev)], [Delete(keys.tenant(name))])
+        if done:
+            self._forget(keys.tenant(name))
+        return done
+
     # --- operations -----------------------------------------------------------------------
     async def operations(self, volume: str | None = None) -> list[Operation]:
         ops = await self._list(keys.OPERATIONS, Operation)
@@ -462,11 +499,19 @@ class Repository:
             raise NotFound(f"operation {oid} not found")
         return got[0]
 
-    async def create_operation(self, op: Operation, also: list[Put] | None = None) -> Operation:
-        if not await self.store.txn(
-            [Compare(keys.operation(op.id), 0)],
-            [Put(keys.operation(op.id), _dump(op)), *(also or [])],
-        ):
+    async def create_operation(
+        self, op: Operation, also: list[Put] | None = None, guard: Guard | None = None
+    ) -> Operation:
+        """A new operation (with ``also`` in the same transaction); ``guard``: only if the
+        tenant record is unchanged (``tenant_guard``), else TenantChanged."""
+        compares = [Compare(keys.operation(op.id), 0)]
+        ops = [Put(keys.operation(op.id), _dump(op)), *(also or [])]
+        if guard is not None:
+            compares.append(guard[0])
+            ops.append(guard[1])
+        if not await self.store.txn(compares, ops):
+            if guard is not None:
+                raise TenantChanged(f"operation on {op.volume}: its tenant's allocations changed")
             raise AlreadyExists(f"operation {op.id} already exists")
         self._notify(None, op)
         return op
@@ -479,6 +524,23 @@ class Repository:
     async def delete_operation(self, oid: str) -> None:
         await self.store.delete(keys.operation(oid))
         self._forget(keys.operation(oid))
+
+
+Guard = tuple[Compare, Put]
+"""A condition and a write that go into another record's transaction (``tenant_guard``)."""
+
+
+class TenantChanged(Conflict):
+    """A guarded write lost: the tenant's record changed since it was read (another create
+    or expansion was admitted, or the tenant went). The caller reads again and re-checks."""
+
+
+def tenant_guard(tenant: Tenant, rev: int) -> Guard:
+    """Admit one allocation for ``tenant`` read at ``rev``: the transaction holds only if
+    nobody changed the tenant since, and bumps it, so a concurrent admission that read the
+    same revision fails and checks the quota again on fresh numbers."""
+    bumped = tenant.model_copy(update={"allocations": tenant.allocations + 1})
+    return Compare(keys.tenant(tenant.name), rev), Put(keys.tenant(tenant.name), _dump(bumped))
 
 
 def new_id(prefix: str) -> str:

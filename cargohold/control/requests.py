@@ -26,6 +26,11 @@ class VolumeCreate(BaseModel):
     preferred_nodes: list[str] = Field(
         default_factory=list, description="put the first replica on the first of these that fits"
     )
+    tenant: str | None = name_field(
+        default=None,
+        description="whose volume (default: the caller's tenant; only a caller without a "
+        "tenant, the admin, may name one)",
+    )
 
     @field_validator("name", mode="before")
     @classmethod
@@ -70,3 +75,25 @@ class SnapshotCreate(BaseModel):
     @classmethod
     def _name(cls, v: object) -> object:
         return check_name(v, "snapshot name") if isinstance(v, str) else v
+
+
+class TenantCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    name: str = name_field()
+    quota_bytes: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        description="provisioned bytes its volumes may add up to (null: no quota)",
+    )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, v: object) -> object:
+        return check_name(v, "tenant name") if isinstance(v, str) else v
+
+
+class TenantQuota(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    quota_bytes: StrictInt | None = Field(ge=0, description="null: no quota")

@@ -23,6 +23,7 @@ from cargohold.control.requests import (
 from cargohold.control.service_cluster import HEALTH_TIMEOUT, ClusterCalls
 from cargohold.control.service_nodes import NodeCalls
 from cargohold.control.service_snapshots import SnapshotCalls
+from cargohold.control.service_tenants import TenantCalls
 from cargohold.control.service_volumes import VolumeCalls
 
 __all__ = [
@@ -36,5 +37,5 @@ __all__ = [
 ]
 
 
-class Service(NodeCalls, HeartbeatCalls, VolumeCalls, SnapshotCalls, ClusterCalls):
+class Service(NodeCalls, HeartbeatCalls, VolumeCalls, SnapshotCalls, ClusterCalls, TenantCalls):
     """What the manager's API does (see the module's docstring); one instance per manager."""

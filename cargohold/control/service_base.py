@@ -11,12 +11,14 @@ import asyncio
 from typing import Any
 
 from cargohold.control.model import Heartbeat, Operation, OperationKind, Snapshot, Volume, keys
-from cargohold.control.repository import Repository, new_id, now
+from cargohold.control.repository import Guard, Repository, new_id, now
 from cargohold.control.settings import ManagerSettings
 from cargohold.control.state.base import Put
+from cargohold.control.tenancy import check_visible
 from cargohold.control.views import volume_view
 from cargohold.control.watch import AssignmentWatch
 from cargohold.errors import WrongState
+from cargohold.security.identity import Identity
 
 
 class ServiceBase:
@@ -39,11 +41,21 @@ class ServiceBase:
         nodes = {n.name: n for n in await self.repo.nodes()}
         return volume_view(vol, await self.repo.replicas(vol.name), nodes)
 
+    async def _volume(self, name: str, who: Identity | None) -> Volume:
+        """The volume, if ``who`` may see it (None: the manager itself); else NotFound,
+        as for a volume that does not exist (control/tenancy.py)."""
+        return check_visible(who, await self.repo.volume(name))
+
     async def _operation(
-        self, kind: OperationKind, volume: str, args: dict[str, Any], also: list[Put] | None = None
+        self,
+        kind: OperationKind,
+        volume: str,
+        args: dict[str, Any],
+        also: list[Put] | None = None,
+        guard: Guard | None = None,
     ) -> Operation:
         op = Operation(id=new_id("op-"), kind=kind, volume=volume, args=args, created_at=now())
-        await self.repo.create_operation(op, also=also)
+        await self.repo.create_operation(op, also=also, guard=guard)
         self.kick.set()
         return op
 

@@ -11,7 +11,9 @@ from typing import Any
 from cargohold.control.adoption import AdoptRequest, adopt
 from cargohold.control.model import EventKind, NodeState
 from cargohold.control.service_base import ServiceBase
+from cargohold.control.tenancy import only_visible
 from cargohold.errors import ManagerUnavailable, NotFound
+from cargohold.security.identity import Identity
 
 log = logging.getLogger("cargohold.manager")
 
@@ -37,9 +39,11 @@ class ClusterCalls(ServiceBase):
             "backend": self.backend,
         }
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, who: Identity | None = None) -> dict[str, Any]:
+        """The cluster's status; a tenant's volume counts and allocation are of its own
+        volumes (node counts and capacity are the cluster's)."""
         nodes = await self.repo.nodes()
-        vols = await self.repo.volumes()
+        vols = only_visible(who, await self.repo.volumes())
         disks = await self.repo.disks()
         counts = {s.value: 0 for s in NodeState}
         for n in nodes:
@@ -50,6 +54,9 @@ class ClusterCalls(ServiceBase):
                 vcount[v.robustness.value] += 1
             vcount["attached"] += v.attach_node is not None
         reps = await self.repo.replicas()
+        if who is not None and who.tenant is not None:  # its own volumes' replicas only
+            mine = {v.name for v in vols}
+            reps = [r for r in reps if r.volume in mine]
         return {
             "backend": self.backend,
             "manager": self.manager_id,
@@ -89,5 +96,11 @@ class ClusterCalls(ServiceBase):
         self.kick.set()
         return plan.model_dump()
 
-    async def events(self) -> list[dict[str, Any]]:
-        return [e.model_dump() for e in await self.repo.events()]
+    async def events(self, who: Identity | None = None) -> list[dict[str, Any]]:
+        """Every event; a tenant's only those of its own volumes (node and orphan events
+        are the provider's)."""
+        events = await self.repo.events()
+        if who is not None and who.tenant is not None:
+            seen = {v.name for v in only_visible(who, await self.repo.volumes())}
+            events = [e for e in events if e.volume and e.volume in seen]
+        return [e.model_dump() for e in events]

@@ -9,16 +9,22 @@ from typing import Any
 from cargohold.control.model import OperationKind, Snapshot, SnapshotState
 from cargohold.control.requests import SnapshotCreate
 from cargohold.control.service_base import ServiceBase
+from cargohold.control.tenancy import only_visible, visible
 from cargohold.errors import AlreadyExists, NotFound, WrongState
+from cargohold.security.identity import Identity
 
 
 class SnapshotCalls(ServiceBase):
-    async def snapshots(self, name: str) -> list[dict[str, Any]]:
-        await self.repo.volume(name)
+    """``who``: the caller; a snapshot, an operation follows its volume's tenant."""
+
+    async def snapshots(self, name: str, who: Identity | None = None) -> list[dict[str, Any]]:
+        await self._volume(name, who)
         return [s.model_dump() for s in await self.repo.snapshots(name)]
 
-    async def create_snapshot(self, name: str, req: SnapshotCreate) -> dict[str, Any]:
-        self._usable(await self.repo.volume(name))
+    async def create_snapshot(
+        self, name: str, req: SnapshotCreate, who: Identity | None = None
+    ) -> dict[str, Any]:
+        self._usable(await self._volume(name, who))
         try:
             old = await self.repo.snapshot(name, req.name)
         except NotFound:
@@ -29,8 +35,10 @@ class SnapshotCalls(ServiceBase):
         self.kick.set()
         return op.model_dump()
 
-    async def delete_snapshot(self, name: str, snap: str) -> dict[str, Any]:
-        self._usable(await self.repo.volume(name))
+    async def delete_snapshot(
+        self, name: str, snap: str, who: Identity | None = None
+    ) -> dict[str, Any]:
+        self._usable(await self._volume(name, who))
 
         def change(s: Snapshot) -> Snapshot:
             if s.state is SnapshotState.PENDING:
@@ -42,8 +50,8 @@ class SnapshotCalls(ServiceBase):
         op = await self._operation(OperationKind.SNAPSHOT_DELETE, name, {"name": snap})
         return op.model_dump()
 
-    async def revert(self, name: str, snap: str) -> dict[str, Any]:
-        vol = await self.repo.volume(name)
+    async def revert(self, name: str, snap: str, who: Identity | None = None) -> dict[str, Any]:
+        vol = await self._volume(name, who)
         self._usable(vol)
         if vol.attach_node is not None:
             raise WrongState(
@@ -57,8 +65,26 @@ class SnapshotCalls(ServiceBase):
         return op.model_dump()
 
     # --- the rest ------------------------------------------------------------------------
-    async def operations(self, volume: str | None) -> list[dict[str, Any]]:
-        return [o.model_dump() for o in await self.repo.operations(volume)]
+    async def _seen_volumes(self, who: Identity | None) -> set[str] | None:
+        """The names of the volumes ``who`` sees (None: all, even gone ones)."""
+        if who is None or who.tenant is None:
+            return None
+        return {v.name for v in only_visible(who, await self.repo.volumes())}
 
-    async def operation(self, oid: str) -> dict[str, Any]:
-        return (await self.repo.operation(oid)).model_dump()
+    async def operations(
+        self, volume: str | None, who: Identity | None = None
+    ) -> list[dict[str, Any]]:
+        seen = await self._seen_volumes(who)
+        ops = await self.repo.operations(volume)
+        return [o.model_dump() for o in ops if seen is None or o.volume in seen]
+
+    async def operation(self, oid: str, who: Identity | None = None) -> dict[str, Any]:
+        op = await self.repo.operation(oid)
+        if who is not None and who.tenant is not None:
+            try:
+                ok = visible(who, await self.repo.volume(op.volume))
+            except NotFound:
+                ok = False  # its volume is gone: only the admin sees it still
+            if not ok:
+                raise NotFound(f"operation {oid} not found")
+        return op.model_dump()

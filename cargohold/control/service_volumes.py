@@ -9,31 +9,55 @@ from typing import Any
 
 from cargohold.constants import MAX_EPOCH
 from cargohold.control.model import NodeState, OperationKind, Replica, SnapshotState, Volume
-from cargohold.control.repository import new_id, now
+from cargohold.control.repository import MAX_RETRIES, TenantChanged, new_id, now, tenant_guard
 from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate
 from cargohold.control.service_base import ServiceBase
+from cargohold.control.tenancy import (
+    check_quota,
+    clone_source_allowed,
+    only_visible,
+    owner_for_create,
+    pending_expansions,
+    usage,
+)
 from cargohold.control.views import volume_view
-from cargohold.errors import AlreadyExists, InvalidArgument, NotFound, Unschedulable, WrongState
+from cargohold.errors import (
+    AlreadyExists,
+    Busy,
+    InvalidArgument,
+    NotFound,
+    Unschedulable,
+    WrongState,
+)
+from cargohold.security.identity import Identity
 
 log = logging.getLogger("cargohold.manager")
 
 
 class VolumeCalls(ServiceBase):
-    async def volume(self, name: str) -> dict[str, Any]:
-        return await self.view(await self.repo.volume(name))
+    """``who`` on every call: the caller (control/auth.py), whose tenant confines what it
+    sees and changes (control/tenancy.py); None: the manager itself, unconfined."""
 
-    async def volumes(self) -> list[dict[str, Any]]:
+    async def volume(self, name: str, who: Identity | None = None) -> dict[str, Any]:
+        return await self.view(await self._volume(name, who))
+
+    async def volumes(self, who: Identity | None = None) -> list[dict[str, Any]]:
         nodes = {n.name: n for n in await self.repo.nodes()}
         reps: dict[str, list[Replica]] = {}
         for r in await self.repo.replicas():
             reps.setdefault(r.volume, []).append(r)
-        return [volume_view(v, reps.get(v.name, []), nodes) for v in await self.repo.volumes()]
+        vols = only_visible(who, await self.repo.volumes())
+        return [volume_view(v, reps.get(v.name, []), nodes) for v in vols]
 
-    async def create_volume(self, req: VolumeCreate) -> dict[str, Any]:
+    async def create_volume(self, req: VolumeCreate, who: Identity | None = None) -> dict[str, Any]:
         count = req.replicas or self.settings.default_replicas
+        owner = owner_for_create(who, req.tenant)
+        if owner is not None:
+            await self.repo.tenant(owner)  # NotFound: the tenant must exist first
         snapshot_name = None
         if req.source is not None:
-            src = await self.repo.volume(req.source.volume)
+            src = await self._volume(req.source.volume, who)
+            clone_source_allowed(owner, src)
             if src.deleting or src.released:
                 raise WrongState(f"source volume {src.name} is being deleted")
             if req.source.snapshot is not None:
@@ -77,8 +101,9 @@ class VolumeCalls(ServiceBase):
             source=req.source,
             created_at=t,
             initialized=req.source is None,
+            tenant=owner,
         )
-        await self.repo.create_volume(vol, reps)
+        await self._admit(vol, reps)
         if req.source is not None:
             if snapshot_name is None:  # clone a volume: through a snapshot taken now
                 snapshot_name = f"clone-{req.name}-{new_id('')}"
@@ -97,6 +122,24 @@ class VolumeCalls(ServiceBase):
         self.kick.set()
         return await self.view(vol)
 
+    async def _admit(self, vol: Volume, reps: list[Replica]) -> None:
+        """Store a new volume; a tenant's only within its quota, checked on the tenant
+        record read first and admitted in one transaction with it (repository.tenant_guard):
+        a concurrent admission makes this one read again and check on fresh numbers."""
+        if vol.tenant is None:
+            await self.repo.create_volume(vol, reps)
+            return
+        for _ in range(MAX_RETRIES):
+            tenant, rev = await self.repo.tenant(vol.tenant)
+            used = usage(tenant.name, await self.repo.volumes(), await self.repo.operations())
+            check_quota(tenant, used, vol.size_bytes, f"volume {vol.name}")
+            try:
+                await self.repo.create_volume(vol, reps, tenant_guard(tenant, rev))
+                return
+            except TenantChanged:
+                continue
+        raise Busy(f"tenant {vol.tenant}: too many concurrent creates, try again")
+
     async def _name_free(self, name: str) -> None:
         try:
             await self.repo.volume(name)
@@ -104,7 +147,10 @@ class VolumeCalls(ServiceBase):
             return
         raise AlreadyExists(f"volume {name} already exists")
 
-    async def attach(self, name: str, req: AttachRequest) -> dict[str, Any]:
+    async def attach(
+        self, name: str, req: AttachRequest, who: Identity | None = None
+    ) -> dict[str, Any]:
+        await self._volume(name, who)
         node = await self.repo.node(req.node)
         if node.state is NodeState.DOWN:
             raise WrongState(f"node {req.node} is down")
@@ -138,7 +184,9 @@ class VolumeCalls(ServiceBase):
         self.kick.set()
         return await self.view(vol)
 
-    async def detach(self, name: str) -> dict[str, Any]:
+    async def detach(self, name: str, who: Identity | None = None) -> dict[str, Any]:
+        await self._volume(name, who)
+
         def change(v: Volume) -> Volume | None:
             if v.attach_node is None:
                 return None
@@ -149,7 +197,11 @@ class VolumeCalls(ServiceBase):
         self.kick.set()
         return await self.view(vol)
 
-    async def delete_volume(self, name: str, purge: bool = False) -> dict[str, Any]:
+    async def delete_volume(
+        self, name: str, purge: bool = False, who: Identity | None = None
+    ) -> dict[str, Any]:
+        await self._volume(name, who)
+
         def change(v: Volume) -> Volume | None:
             if v.attach_node is not None:
                 raise WrongState(
@@ -170,8 +222,10 @@ class VolumeCalls(ServiceBase):
         self.kick.set()
         return await self.view(vol)
 
-    async def expand(self, name: str, req: ExpandRequest) -> dict[str, Any]:
-        vol = await self.repo.volume(name)
+    async def expand(
+        self, name: str, req: ExpandRequest, who: Identity | None = None
+    ) -> dict[str, Any]:
+        vol = await self._volume(name, who)
         if req.size_bytes % 4096:
             raise InvalidArgument(f"size_bytes must be a multiple of 4096, got {req.size_bytes}")
         if req.size_bytes < vol.size_bytes:
@@ -179,26 +233,42 @@ class VolumeCalls(ServiceBase):
                 f"volumes only grow: {req.size_bytes} < {vol.size_bytes} bytes (the current size)"
             )
         self._usable(vol)
-        op = await self._operation(OperationKind.EXPAND, name, {"size_bytes": req.size_bytes})
-        return op.model_dump()
+        args = {"size_bytes": req.size_bytes}
+        if vol.tenant is None:
+            op = await self._operation(OperationKind.EXPAND, name, args)
+            return op.model_dump()
+        for _ in range(MAX_RETRIES):  # within the tenant's quota, admitted as in ``_admit``
+            tenant, rev = await self.repo.tenant(vol.tenant)
+            ops = await self.repo.operations()
+            now_size = max(vol.size_bytes, pending_expansions(ops).get(name, 0))
+            used = usage(tenant.name, await self.repo.volumes(), ops)
+            check_quota(tenant, used, req.size_bytes - now_size, f"expanding volume {name}")
+            try:
+                op = await self._operation(
+                    OperationKind.EXPAND, name, args, guard=tenant_guard(tenant, rev)
+                )
+                return op.model_dump()
+            except TenantChanged:
+                continue
+        raise Busy(f"tenant {vol.tenant}: too many concurrent changes, try again")
 
-    async def scrub(self, name: str) -> dict[str, Any]:
+    async def scrub(self, name: str, who: Identity | None = None) -> dict[str, Any]:
         """A scrub pass of every replica, run by the volume's engine (it must be attached):
         the operation's result is the pass's report (found, repaired, the bad blocks)."""
-        vol = await self.repo.volume(name)
+        vol = await self._volume(name, who)
         self._usable(vol)
         if vol.attach_node is None:
             raise WrongState(f"volume {name} is detached: a scrub runs in its engine; attach it")
         op = await self._operation(OperationKind.SCRUB, name, {})
         return op.model_dump()
 
-    async def recover_epoch(self, name: str) -> dict[str, Any]:
+    async def recover_epoch(self, name: str, who: Identity | None = None) -> dict[str, Any]:
         """A volume fenced by a bogus epoch (a replica accepted an epoch the manager never
         issued: an older version without the bound, or a hostile client): raise the volume's
         epoch above the highest its replicas report, so that the next engine (allowed to
         jump epochs, ``EngineSpec.epoch_jump``) opens them all. A replica whose node has not
         reported yet is not counted: run it again once every node is up."""
-        vol = await self.repo.volume(name)
+        vol = await self._volume(name, who)
         if vol.deleting:
             raise WrongState(f"volume {name} is being deleted")
         reps = [r for r in await self.repo.replicas(name) if not r.deleting]
@@ -238,16 +308,18 @@ class VolumeCalls(ServiceBase):
         self.kick.set()
         return await self.view(vol)
 
-    async def replicas(self, volume: str | None) -> list[dict[str, Any]]:
+    async def replicas(
+        self, volume: str | None, who: Identity | None = None
+    ) -> list[dict[str, Any]]:
         if volume is not None:
-            reps: list[dict[str, Any]] = (await self.volume(volume))["replicas"]
+            reps: list[dict[str, Any]] = (await self.volume(volume, who))["replicas"]
             return reps
         out = []
-        for v in await self.volumes():
+        for v in await self.volumes(who):
             out.extend(v["replicas"])
         return out
 
-    async def attachments(self) -> list[dict[str, Any]]:
+    async def attachments(self, who: Identity | None = None) -> list[dict[str, Any]]:
         return [
             {
                 "volume": v["name"],
@@ -256,6 +328,6 @@ class VolumeCalls(ServiceBase):
                 "epoch": v["epoch"],
                 "state": v["state"],
             }
-            for v in await self.volumes()
+            for v in await self.volumes(who)
             if v["attached_node"] is not None
         ]

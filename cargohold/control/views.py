@@ -76,6 +76,19 @@ class VolumeView(Record):
     last_scrub: ScrubSummary | None = Field(
         None, description="the last scrub pass that ended (null: none recorded yet)"
     )
+    tenant: str | None = Field(None, description="whose volume (null: the provider's own)")
+
+
+class TenantView(Record):
+    """``GET /api/v1/tenants/{tenant}``: a tenant, its quota and what it uses."""
+
+    name: str
+    quota_bytes: int | None = Field(description="null: no quota")
+    used_bytes: int = Field(
+        description="provisioned size of its volumes (a pending expansion at its target)"
+    )
+    volumes: int
+    created_at: float
 
 
 class NodeView(Record):
@@ -213,4 +226,5 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
             for r in sorted(replicas, key=lambda r: (r.node, r.id))
         ],
         "last_scrub": vol.last_scrub.model_dump() if vol.last_scrub else None,
+        "tenant": vol.tenant,
     }

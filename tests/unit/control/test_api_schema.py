@@ -186,6 +186,29 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     kinds = {e["kind"] for e in await call("GET", "/api/v1/events", 200)}
     assert {"orphan-found", "orphan-deleted"} <= kinds
 
+    # tenants: made, listed, a volume of theirs, the quota refusing, refused deletion
+    t = await call("POST", "/api/v1/tenants", 201, {"name": "team-a", "quota_bytes": GiB})
+    assert t["used_bytes"] == 0 and t["quota_bytes"] == GiB
+    await call("POST", "/api/v1/tenants", 409, {"name": "team-a"})
+    await call("POST", "/api/v1/tenants", 422, {"name": "Team A"})
+    v = await call(
+        "POST", "/api/v1/volumes", 201, {"name": "ta", "size_bytes": GiB, "tenant": "team-a"}
+    )
+    assert v["tenant"] == "team-a"
+    await call(
+        "POST", "/api/v1/volumes", 507, {"name": "tb", "size_bytes": 4096, "tenant": "team-a"}
+    )
+    assert [t["name"] for t in await call("GET", "/api/v1/tenants", 200)] == ["team-a"]
+    quota = "/api/v1/tenants/{tenant}/quota"
+    t = await call("PUT", quota, 200, {"quota_bytes": None}, tenant="team-a")
+    assert t["quota_bytes"] is None and t["used_bytes"] == GiB and t["volumes"] == 1
+    await call("PUT", quota, 404, {"quota_bytes": 1}, tenant="nobody")
+    await call("GET", "/api/v1/tenants/{tenant}", 200, tenant="team-a")
+    await call("GET", "/api/v1/tenants/{tenant}", 404, tenant="nobody")
+    await call("DELETE", "/api/v1/tenants/{tenant}", 409, tenant="team-a")
+    await call("POST", "/api/v1/tenants", 201, {"name": "team-b"})
+    await call("DELETE", "/api/v1/tenants/{tenant}", 200, tenant="team-b")
+
     # every route, each with its success answer, was checked
     routes = {
         (m, p, code)
