@@ -38,8 +38,8 @@ class PeerH11Protocol(H11Protocol):
     uvicorn copies ``app_state`` into every request's scope, so a per-connection copy of it
     carries the identity to ``caller``."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn's stream transport
         tls = transport.get_extra_info("ssl_object") is not None
         self.app_state = {**self.app_state, TLS_KEY: tls, PEER_KEY: peer_identity(transport)}
 

@@ -505,7 +505,7 @@ class Repository:
         """A new operation (with ``also`` in the same transaction); ``guard``: only if the
         tenant record is unchanged (``tenant_guard``), else TenantChanged."""
         compares = [Compare(keys.operation(op.id), 0)]
-        ops = [Put(keys.operation(op.id), _dump(op)), *(also or [])]
+        ops: list[Put | Delete] = [Put(keys.operation(op.id), _dump(op)), *(also or [])]
         if guard is not None:
             compares.append(guard[0])
             ops.append(guard[1])

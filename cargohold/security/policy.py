@@ -66,13 +66,18 @@ TENANT_SCOPED = frozenset(
 )
 """What a tenant-scoped identity may do at all: its own volumes. Nodes, disks, recovery,
 tenants and security are the storage cluster's, not a tenant's (NODES_READ is dropped for
-tenants: node names and addresses are the provider's)."""
+tenants' people: node names and addresses are the provider's; a tenant's CSI driver keeps it,
+it needs nodes and zones for topology and attachment)."""
 
 
 def allowed(ident: Identity, perm: Permission) -> bool:
     if perm not in ROLE_PERMISSIONS.get(ident.role, frozenset()):
         return False
-    return ident.tenant is None or perm in TENANT_SCOPED
+    if ident.tenant is None or perm in TENANT_SCOPED:
+        return True
+    # a tenant's CSI driver places and attaches volumes by node and zone (topology,
+    # ControllerPublish, GetCapacity): it reads nodes; a tenant's people do not
+    return ident.role is Role.CSI and perm is Permission.NODES_READ
 
 
 def sees(ident: Identity, tenant: str | None) -> bool:

@@ -61,7 +61,9 @@ def test_roles():
     assert policy.allowed(reader, Permission.VOLUMES_READ)
     assert not policy.allowed(reader, Permission.VOLUMES_WRITE)
     assert policy.allowed(csi, Permission.VOLUMES_ATTACH)
-    assert not policy.allowed(csi, Permission.NODES_READ)  # tenants do not see nodes
+    assert policy.allowed(csi, Permission.NODES_READ)  # topology and attachment need nodes
+    tenant_reader = Identity("c", Role.READER, "carol", tenant="team-a")
+    assert not policy.allowed(tenant_reader, Permission.NODES_READ)  # people of a tenant do not
     assert not policy.allowed(csi, Permission.TENANTS)
     assert policy.allowed(agent, Permission.HEARTBEAT)
     assert not policy.allowed(agent, Permission.VOLUMES_WRITE)
