@@ -82,3 +82,16 @@ def test_lay_out_refuses_what_it_should_not_touch(tmp_path):
         lay_out(src, tmp_path / "y", side="both")
     (src / "ca.crl").unlink()  # optional
     assert not (lay_out(src, tmp_path / "z") / "ca-crl.pem").exists()
+
+
+def test_the_ca_x509_dir_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from cargohold.cli.main import app
+
+    src = creds(tmp_path / "creds")
+    r = CliRunner().invoke(app, ["ca", "x509-dir", str(src), str(tmp_path / "x")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "x" / "client-key.pem").read_text() == "tls.key"
+    r = CliRunner().invoke(app, ["ca", "x509-dir", str(tmp_path / "none"), str(tmp_path / "y")])
+    assert r.exit_code == 2 and "not a credentials directory" in r.output
