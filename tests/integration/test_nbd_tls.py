@@ -70,6 +70,10 @@ class Lab:
                 Identity(CLUSTER, Role.AGENT, NODE), lifetime=dt.timedelta(minutes=-1)
             ),
         }
+        revoked = self.ca.issue(Identity(CLUSTER, Role.AGENT, NODE))
+        self.dirs["revoked"] = lay_out(revoked.write(tmp_path / "revoked"), tmp_path / "x509-rev")
+        self.ca.revoke(revoked.serial, "node-1 removed")
+        (self.engine_creds / "ca.crl").write_bytes(self.ca.crl_pem())  # before the engine starts
         other = CertificateAuthority.create(tmp_path / "other-ca", CLUSTER)
         foreign = other.issue(Identity(CLUSTER, Role.AGENT, NODE)).write(tmp_path / "foreign")
         self.dirs["other-ca"] = lay_out(foreign, tmp_path / "x509-other-ca")
@@ -170,7 +174,7 @@ def test_qemu_and_libnbd_read_back_over_tls_what_they_wrote(lab, tmp_path):
     assert lab.engine.ctl(op="status")["endpoint"] == f"nbds://127.0.0.1:{lab.engine.port}/vol"
 
 
-REFUSED = ["no-cert", "other-ca", "expired", "wrong-role", "other-node", "tenant-csi"]
+REFUSED = ["no-cert", "other-ca", "expired", "revoked", "wrong-role", "other-node", "tenant-csi"]
 
 
 @pytest.mark.parametrize("who", REFUSED)
