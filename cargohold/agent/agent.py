@@ -39,7 +39,8 @@ from cargohold.control.model import (
     Heartbeat,
     Registration,
 )
-from cargohold.errors import CargoholdError, NotFound
+from cargohold.errors import CargoholdError, ConfigError, NotFound
+from cargohold.security.tls import is_loopback
 
 log = logging.getLogger("cargohold.agent")
 
@@ -48,6 +49,20 @@ NEWS_GAP = 0.05  # seconds to gather changes before reporting them early
 
 
 AgentConfig = AgentSettings  # the name the agent's callers and tests know
+
+
+def nbd_tls_dir(config: AgentSettings) -> str:
+    """The credentials engines serve NBD over TLS with: none on loopback (the default: the
+    consumer runs on this node); required on any other ``nbd_address`` (ConfigError)."""
+    if is_loopback(config.nbd_address):
+        return ""
+    if not config.nbd_tls_dir:
+        raise ConfigError(
+            f"{AgentSettings.variable('nbd_address')}={config.nbd_address} puts the engines' "
+            "NBD endpoints on the network: give --nbd-tls-dir "
+            f"({AgentSettings.variable('nbd_tls_dir')}) for NBD over TLS"
+        )
+    return os.path.abspath(config.nbd_tls_dir)
 
 
 class Agent:
@@ -83,13 +98,15 @@ class Agent:
             self._save_state,
         )
         self.engines = Engines(
-            config.address,
+            config.nbd_address,
             self.dir,
             lambda: self._state,
             self._save_state,
             self._news,
             self.manager.complaints.error,
             lambda volume: node_state.control_path(self.dir, volume),
+            node=config.node,
+            tls_dir=nbd_tls_dir(config),
         )
         self.operations = Operations(self.engines.procs, self._news)
 

@@ -61,6 +61,7 @@ from cargohold.agent.processes import (
 )
 from cargohold.control.model import EngineAssignment, EngineReport
 from cargohold.errors import CargoholdError, WrongState
+from cargohold.security.tls import is_loopback
 
 log = logging.getLogger("cargohold.agent")
 
@@ -100,10 +101,19 @@ class EngineProcess:
     it last said of itself, and why it last exited."""
 
     def __init__(
-        self, spec: EngineAssignment, host: str, control: str, log_path: str, port: int = 0
+        self,
+        spec: EngineAssignment,
+        host: str,
+        control: str,
+        log_path: str,
+        port: int = 0,
+        node: str = "",
+        tls_dir: str = "",
     ) -> None:
         self.spec = spec
-        self.host = host
+        self.host = host  # the NBD endpoint's address: loopback unless put on the network
+        self.node = node
+        self.tls_dir = tls_dir  # NBD over TLS (the engine needs it off loopback)
         self.control = control
         self.log_path = log_path
         self.port = port
@@ -156,7 +166,8 @@ class EngineProcess:
 
     @property
     def endpoint(self) -> str:
-        return f"nbd://{hostport(self.host, self.port)}/{self.volume}"
+        scheme = "nbds" if self.tls_dir and not is_loopback(self.host) else "nbd"
+        return f"{scheme}://{hostport(self.host, self.port)}/{self.volume}"
 
     @property
     def pid(self) -> int | None:
@@ -172,11 +183,10 @@ class EngineProcess:
             raise
         self.move("spawn")
 
-    def _start_child(self) -> None:
-        if not self.port or not port_is_free(self.host, self.port):
-            self.port = free_port(self.host)
+    def argv(self) -> list[str]:
+        """The engine's command line for the current assignment and port."""
         s = self.spec
-        argv = engine_argv(
+        return engine_argv(
             s.volume,
             s.epoch,
             s.replicas,
@@ -187,7 +197,15 @@ class EngineProcess:
             (s.require_epoch, s.require_generation),
             s.last_scrub_at,
             s.epoch_jump,
+            node=self.node,
+            tls_dir=self.tls_dir if not is_loopback(self.host) else "",
         )
+
+    def _start_child(self) -> None:
+        if not self.port or not port_is_free(self.host, self.port):
+            self.port = free_port(self.host)
+        s = self.spec
+        argv = self.argv()
         self.child = Child(f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path)
         self.child.start()
         self.ready, self.status, self._exit_noted = False, {}, False  # error: until ready

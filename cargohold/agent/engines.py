@@ -46,8 +46,12 @@ class Engines:
         news: asyncio.Event,
         complain: Callable[..., None],
         control_path: Callable[[str], str],
+        node: str = "",
+        tls_dir: str = "",
     ) -> None:
-        self.address = address
+        self.address = address  # where engines' NBD endpoints listen (loopback by default)
+        self.node = node  # this node: its agent's identity may use NBD over TLS
+        self.tls_dir = tls_dir  # NBD over TLS with these credentials (a network address)
         self.dir = dir
         self.procs: dict[str, EngineProcess] = {}
         self._state = state
@@ -65,6 +69,8 @@ class Engines:
             self._control_path(spec.volume),
             os.path.join(self.dir, "logs", f"engine-{spec.volume}.log"),
             port,
+            node=self.node,
+            tls_dir=self.tls_dir,
         )
 
     async def adopt(self, engines: Any) -> set[int]:

@@ -242,6 +242,8 @@ def engine_argv(
     require: tuple[int, int] = (0, 0),
     last_scrub_at: float = 0.0,
     epoch_jump: bool = False,
+    node: str = "",
+    tls_dir: str = "",
 ) -> list[str]:
     argv = cargohold_argv("engine", "--volume", volume, "--epoch", str(epoch))
     if epoch_jump:  # after `volume recover-epoch`: replicas far below this epoch
@@ -255,6 +257,10 @@ def engine_argv(
         argv += ["--require", f"{require[0]}:{require[1]}"]
     if last_scrub_at > 0:  # the next periodic scrub counts from the volume's last one
         argv += ["--last-scrub-at", f"{last_scrub_at:.3f}"]
+    if node:  # the volume is attached here: agent/NODE may use its NBD endpoint over TLS
+        argv += ["--node", node]
+    if tls_dir:  # a network NBD endpoint: NBD over TLS
+        argv += ["--tls-dir", tls_dir]
     return argv
 
 

@@ -41,7 +41,7 @@ class AgentSettings(Settings):
         default_factory=list,
         description="manager URLs, http://HOST:PORT or unix:/PATH, tried in turn (--api)",
     )
-    address: str = setting("", "address the replica server and engines listen on (--address)")
+    address: str = setting("", "address the replica server listens on (--address)")
     dir: str = setting("", "node directory: agent.json, logs/, run/, the default disk (--dir)")
     zone: str = setting("", "failure zone of this node (--zone)")
     tags: list[str] = setting(  # noqa: RUF009
@@ -63,6 +63,16 @@ class AgentSettings(Settings):
         None,
         "seconds between heartbeats (--heartbeat; none: what the manager says)",
         ge=0.05,
+    )
+    nbd_address: str = setting(
+        "127.0.0.1",
+        "address the engines' NBD endpoints listen on: loopback, for the consumer on this "
+        "node (default); any other address puts them on the network, with TLS (--nbd-address)",
+    )
+    nbd_tls_dir: str = setting(
+        "",
+        "credentials directory the engines serve NBD over TLS with, needed when nbd_address "
+        "is not loopback (--nbd-tls-dir; docs/security.md)",
     )
     trash_grace: float = setting(
         86400.0,

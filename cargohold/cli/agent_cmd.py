@@ -27,7 +27,7 @@ def agent(
     api: list[str] = typer.Option(
         None, "--api", help="manager URL: http://HOST:PORT or unix:/PATH (repeatable: failover)"
     ),
-    address: str = typer.Option(None, help="address the replica server and engines listen on"),
+    address: str = typer.Option(None, help="address the replica server listens on"),
     dir: str = typer.Option(None, "--dir", help="node directory: state, logs, default disk"),
     zone: str = typer.Option(None, help="failure zone of this node"),
     tag: list[str] = typer.Option(None, "--tag", help="node tag for placement (repeatable)"),
@@ -39,6 +39,14 @@ def agent(
     ),
     heartbeat: float = typer.Option(
         None, min=0.05, help="seconds between heartbeats (default: what the manager says)"
+    ),
+    nbd_address: str = typer.Option(
+        None,
+        help="address the engines' NBD endpoints listen on (default 127.0.0.1: only the "
+        "consumer on this node; another address needs --nbd-tls-dir)",
+    ),
+    nbd_tls_dir: str = typer.Option(
+        None, help="credentials directory for NBD over TLS (a network --nbd-address)"
     ),
     trash_grace: float = typer.Option(
         None,
@@ -64,6 +72,8 @@ def agent(
             "replica_port": replica_port,
             "heartbeat": heartbeat,
             "trash_grace": trash_grace,
+            "nbd_address": nbd_address,
+            "nbd_tls_dir": nbd_tls_dir,
         }
         # flags win; what no flag gives comes from CARGOHOLD_AGENT_*, else the default
         config = AgentSettings(**{k: v for k, v in flags.items() if v is not None})

@@ -7,6 +7,7 @@
     cargohold ca rotate ./ca stage|promote|retire
     cargohold ca show ./ca
     cargohold ca kube-secrets --ca ./ca --namespace cargohold-system --tenant k8s-a | kubectl apply -f -
+    cargohold ca x509-dir /etc/cargohold/tls ~/.pki/libnbd   # for qemu-img, nbdinfo, nbdcopy
 
 ``cargohold up`` makes its cluster's CA itself; these commands are for operators who
 bootstrap a Kubernetes installation or rotate and revoke by hand.
@@ -71,6 +72,23 @@ def issue(
     say(
         f"{role}/{name}: serial {issued.serial:x}, valid until {issued.not_after:%Y-%m-%d %H:%M} UTC, in {out}"
     )
+
+
+@ca_app.command("x509-dir")
+@handle_errors
+def x509_dir(
+    credentials: Path = typer.Argument(
+        ..., help="credentials directory (tls.crt, tls.key, ca.crt)"
+    ),
+    out: Path = typer.Argument(..., help="directory to make, for qemu and libnbd"),
+    side: str = typer.Option("client", "--side", help="client or server"),
+) -> None:
+    """Link a credentials directory's files under the names qemu's tls-creds-x509 and
+    libnbd (nbdinfo, nbdcopy: ?tls-certificates=DIR) read: ca-cert.pem, ca-crl.pem,
+    client-cert.pem, client-key.pem (docs/engine.md, "Where the NBD endpoint listens")."""
+    from cargohold.security.x509_dir import lay_out
+
+    say(f"{lay_out(credentials, out, side)}: {side} credentials for qemu and libnbd")
 
 
 @ca_app.command("revoke")

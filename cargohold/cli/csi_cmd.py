@@ -40,6 +40,9 @@ def csi(
     timeout: float = typer.Option(
         None, help="seconds an RPC waits for the manager to carry out a request (default 120)"
     ),
+    nbd_tls_dir: str = typer.Option(
+        None, help="the node's credentials, for engines that serve NBD over TLS (nbds://)"
+    ),
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
@@ -59,6 +62,7 @@ def csi(
         "max_volumes": max_volumes,
         "zone": zone,
         "timeout": timeout,
+        "nbd_tls_dir": nbd_tls_dir,
     }
     try:
         # flags win; what no flag gives comes from CARGOHOLD_CSI_*, else the default

@@ -6,6 +6,10 @@ over NBD — until SIGTERM/SIGINT. Normally started by the node agent; by hand f
         --local r0 --listen 127.0.0.1:10809 --control /run/cargohold/pvc-1.sock \\
         --require 2:1288
 
+The NBD endpoint is local by default (``--listen`` on loopback, ``--unix``). On another
+address it requires TLS: ``--tls-dir DIR`` (env CARGOHOLD_TLS_DIR; the engine's
+credentials) and ``--node NODE`` (only ``agent/NODE`` may connect), or ``--plaintext``.
+
 ``--require EPOCH:GEN``: the newest (epoch, generation) the manager recorded for the
 volume; if every reachable replica is older, the engine refuses to start (exit 1) instead
 of serving a volume that lacks acknowledged writes (invariant 4).
@@ -14,12 +18,14 @@ of serving a volume that lacks acknowledged writes (invariant 4).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cargohold.cli.units import parse_size, split_addr
 from cargohold.constants import DEFAULT_NBD_PORT
 from cargohold.errors import CargoholdError, ConfigError
 from cargohold.logs import setup_logging
+from cargohold.settings import ProcessSettings
 
 # The node agent runs one engine per attached volume (``python -m cargohold engine ...``):
 # ``cargohold/__main__.py`` hands those arguments to ``main`` here before anything else is
@@ -46,7 +52,28 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--local", help="id of the replica on this node (read first)")
     p.add_argument("--listen", help=f"NBD on HOST:PORT (default 127.0.0.1:{DEFAULT_NBD_PORT})")
-    p.add_argument("--unix", help="NBD also on this unix socket")
+    p.add_argument("--unix", help="NBD also on this unix socket (mode 0600, in clear)")
+    p.add_argument(
+        "--node",
+        default="",
+        help="the node the volume is attached to: only agent/NODE may use NBD over TLS",
+    )
+    p.add_argument(
+        "--tls-dir",
+        default=os.environ.get(ProcessSettings.variable("tls_dir")) or None,
+        help="credentials directory (tls.crt, tls.key, ca.crt, ca.crl; env CARGOHOLD_TLS_DIR): "
+        "NBD over TLS when --listen is not loopback",
+    )
+    p.add_argument(
+        "--nbd-tls",
+        action="store_true",
+        help="require NBD over TLS on --listen even on loopback (tests, proxies)",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="allow a network NBD endpoint without TLS (benchmarks only; announced loudly)",
+    )
     p.add_argument("--control", help="control API (JSON lines) on this unix socket")
     p.add_argument("--min-replicas", type=int, help="fewest replicas to keep serving (1)")
     p.add_argument("--replica-timeout", type=float, help="seconds before a replica is dropped (5)")
@@ -99,6 +126,10 @@ def main(argv: list[str]) -> int:
             require=parse_require(a.require) if a.require else (0, 0),
             epoch_jump=a.epoch_jump,
             last_scrub_at=a.last_scrub_at,
+            node=a.node,
+            tls_dir=a.tls_dir,
+            nbd_tls=a.nbd_tls,
+            plaintext=a.plaintext,
         )
     except CargoholdError as e:
         return _fail(str(e), 2)

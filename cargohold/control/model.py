@@ -167,7 +167,7 @@ class EngineStatus(Record):
     node: str
     epoch: int
     running: bool
-    endpoint: str = ""  # nbd://HOST:PORT/NAME
+    endpoint: str = ""  # nbd://HOST:PORT/NAME (nbds:// when NBD over TLS)
     generation: int = 0
     size_bytes: int = 0
     robustness: Robustness = Robustness.UNKNOWN

@@ -59,7 +59,9 @@ class VolumeView(Record):
     replicas_wanted: int
     state: VolumeState
     robustness: Robustness
-    endpoint: str = Field(description="nbd://HOST:PORT/NAME when attached, else empty")
+    endpoint: str = Field(
+        description="nbd://HOST:PORT/NAME (nbds:// when NBD over TLS) when attached, else empty"
+    )
     attached_node: str | None
     epoch: int
     generation: int

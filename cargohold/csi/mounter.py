@@ -202,6 +202,7 @@ class Attachment:
     read_only: bool = False  # attached read-only (ROX, reader-only access modes)
     growable: bool = False  # nbdfuse on the growable export, the loop limited to the size
     ro_loops: dict[str, str] = field(default_factory=dict)  # read-only block target -> loop
+    tls_dir: str = ""  # an nbds:// endpoint: client credentials in GnuTLS names (x509_dir)
 
     @property
     def fuse_dir(self) -> str:
@@ -237,6 +238,25 @@ class Attachment:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.record_path(state_dir, self.volume))
 
+    def client_uri(self, growable: bool = False) -> str:
+        """The URI nbdinfo connects to: the endpoint (its growable export), and for NBD over
+        TLS the credentials (``tls-certificates``)."""
+        uri = growable_uri(self.endpoint) if growable else self.endpoint
+        return f"{uri}?tls-certificates={self.tls_dir}" if self.tls_dir else uri
+
+    def fuse_source(self, growable: bool = False) -> list[str]:
+        """What nbdfuse connects to: the URI; for NBD over TLS, nbdkit's nbd plugin
+        (socket activation) speaking TLS with the node's credentials, since nbdfuse does
+        not read local files named in a URI (``tls-certificates``)."""
+        if not self.tls_dir:
+            return [self.client_uri(growable)]
+        host, port, name = parse_nbd_uri(self.endpoint)
+        return [
+            "[", "nbdkit", "nbd", f"hostname={host}", f"port={port}",
+            f"export={name + GROWABLE_SUFFIX if growable else name}", "tls=require",
+            f"tls-certificates={self.tls_dir}", "]",
+        ]  # fmt: skip
+
     # -- attach / detach --
     def alive(self) -> bool:
         """The block device is there and still backed as recorded."""
@@ -252,23 +272,30 @@ class Attachment:
         return bool(self.fuse_dev) and out == self.fuse_dev
 
     def attach(self) -> str:
-        if kernel_nbd_available():
+        if kernel_nbd_available() and not self.tls_dir:  # nbd-client: no TLS here
             return self._attach_kernel()
         return self._attach_fuse()
 
     def _attach_fuse(self) -> str:
-        for tool in ("nbdfuse", "nbdinfo", "losetup", "fusermount3"):
+        tools = (
+            "nbdfuse",
+            "nbdinfo",
+            "losetup",
+            "fusermount3",
+            *(("nbdkit",) * bool(self.tls_dir)),
+        )
+        for tool in tools:
             if not shutil.which(tool):
                 raise MountError(f"{tool} is not installed (needed for nbdfuse + loop)")
         self.kind = "nbdfuse"
-        size = export_size(self.endpoint)
+        size = export_size(self.client_uri())
         try:
-            self._start_fuse(growable_uri(self.endpoint))
+            self._start_fuse(self.fuse_source(growable=True))
             self.growable = True
         except MountError as e:  # an engine without the growable export: fixed size
             log_tail = str(e)
             self.growable = False
-            self._start_fuse(self.endpoint, why=log_tail)
+            self._start_fuse(self.fuse_source(), why=log_tail)
         st = os.stat(self.fuse_file)
         self.fuse_dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
         try:
@@ -287,7 +314,7 @@ class Attachment:
             raise
         return self.device
 
-    def _start_fuse(self, uri: str, why: str = "") -> None:
+    def _start_fuse(self, source: list[str], why: str = "") -> None:
         os.makedirs(self.fuse_dir, exist_ok=True)
         pidfile = os.path.join(self.work, "nbdfuse.pid")
         with contextlib.suppress(FileNotFoundError):
@@ -296,7 +323,7 @@ class Attachment:
         with open(logfile, "ab") as log:
             proc = subprocess.Popen(
                 ["nbdfuse", *(["--readonly"] if self.read_only else []), "-P", pidfile,
-                 self.fuse_file, uri],
+                 self.fuse_file, *source],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -311,7 +338,8 @@ class Attachment:
                     proc.wait(timeout=5)
                 tail = open(logfile, errors="replace").read()[-400:]
                 extra = f" (after: {why})" if why else ""
-                raise MountError(f"nbdfuse could not connect to {uri}: {tail.strip()}{extra}")
+                what = " ".join(source)
+                raise MountError(f"nbdfuse could not connect to {what}: {tail.strip()}{extra}")
             time.sleep(0.05)
         self.fuse_pid = int(open(pidfile).read().strip())
 
@@ -334,7 +362,7 @@ class Attachment:
         mounted and in use); its size in bytes. MountError when this attachment cannot:
         nbdfuse on a fixed-size export (attached before the engine had a growable one)."""
         size = device_size(self.device)
-        real = export_size(self.endpoint)
+        real = export_size(self.client_uri())
         if real > size:
             if self.kind == "nbd":
                 try:
@@ -436,10 +464,10 @@ def growable_uri(uri: str) -> str:
 
 
 def parse_nbd_uri(uri: str) -> tuple[str, int, str]:
-    """``nbd://HOST:PORT/NAME`` → (host, port, export name)."""
-    if not uri.startswith("nbd://"):
+    """``nbd://HOST:PORT/NAME`` (or ``nbds://``) → (host, port, export name)."""
+    scheme, sep, rest = uri.partition("://")
+    if scheme not in ("nbd", "nbds") or not sep:
         raise MountError(f"{uri!r} is not an nbd:// URI")
-    rest = uri[len("nbd://") :]
     hostport, _, name = rest.partition("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():

@@ -45,7 +45,9 @@ from cargohold.csi.mounter import (
     run,
     umount,
 )
-from cargohold.errors import CargoholdError
+from cargohold.csi.settings import CsiSettings
+from cargohold.errors import CargoholdError, ConfigError
+from cargohold.security.x509_dir import lay_out
 
 pb, pb_grpc = stubs()
 log = logging.getLogger("cargohold.csi.node")
@@ -78,6 +80,7 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, lo
         locks: VolumeLocks | None = None,
         max_volumes: int = 0,
         zone: str | None = None,
+        nbd_tls_dir: str = "",
     ) -> None:
         self.client = client
         self.node_id = node_id
@@ -85,9 +88,26 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, lo
         self.locks = locks or VolumeLocks()
         self.max_volumes = max_volumes
         self.zone = zone
+        self.nbd_tls_dir = nbd_tls_dir  # credentials for nbds:// endpoints (NBD over TLS)
         os.makedirs(state_dir, exist_ok=True)
 
     # --- helpers ---------------------------------------------------------------------------
+    def _x509_dir(self, volume: str, endpoint: str) -> str:
+        """For an ``nbds://`` endpoint (NBD over TLS): the node's credentials laid out in
+        the names nbdfuse and nbdinfo read (``security.x509_dir``); "" for a local one."""
+        if not endpoint.startswith("nbds://"):
+            return ""
+        if not self.nbd_tls_dir:
+            raise CsiError(
+                Code.FAILED_PRECONDITION,
+                f"volume {volume} is served over NBD with TLS ({endpoint}): give the node "
+                f"plugin this node's credentials ({CsiSettings.variable('nbd_tls_dir')})",
+            )
+        try:
+            return str(lay_out(self.nbd_tls_dir, os.path.join(self.state_dir, "x509")))
+        except ConfigError as e:
+            raise CsiError(Code.FAILED_PRECONDITION, str(e)) from None
+
     def _work(self, volume: str) -> str:
         return os.path.join(self.state_dir, volume)
 
@@ -144,11 +164,12 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, lo
             raise invalid("volume_capability is required")
         P.check_capabilities([req.volume_capability])
         endpoint = req.publish_context.get("endpoint", "")
-        if not endpoint.startswith("nbd://"):
+        if not endpoint.startswith(("nbd://", "nbds://")):
             raise invalid(
                 f"publish_context has no nbd:// endpoint for volume {vid} (got {endpoint!r}): "
                 "ControllerPublishVolume must run first"
             )
+        tls_dir = self._x509_dir(vid, endpoint)
         mode = _mode(req.volume_capability)
         with self.locks.hold(vid, "NodeStageVolume"):
             rec = Attachment.load(self.state_dir, vid)
@@ -178,6 +199,7 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, lo
                 staging_path=staging,
                 mode=mode,
                 read_only=P.is_reader_only(req.volume_capability),
+                tls_dir=tls_dir,
             )
             os.makedirs(rec.work, exist_ok=True)
             try:

@@ -63,6 +63,7 @@ def build(config: CsiSettings, client: ManagerClient) -> grpc.Server:
             locks,
             max_volumes=config.max_volumes,
             zone=config.zone,
+            nbd_tls_dir=config.nbd_tls_dir,
         )
         pb_grpc.add_NodeServicer_to_server(node, server)
     server.add_insecure_port(f"unix://{path}")

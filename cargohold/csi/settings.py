@@ -36,6 +36,11 @@ class CsiSettings(Settings):
         120.0, "seconds an RPC waits for the manager to carry out a request (--timeout)", gt=0
     )
     workers: int = setting(16, "threads serving RPCs", ge=1)
+    nbd_tls_dir: str = setting(
+        "",
+        "the node's credentials (its agent's certificate) for volumes whose engine serves "
+        "NBD over TLS (nbds:// endpoints); unused for local endpoints (--nbd-tls-dir)",
+    )
     no_kernel_nbd: str = setting(
         "",
         "any non-empty value: never use the kernel NBD client, always nbdfuse + a loop "

@@ -6,6 +6,11 @@ calls ``run``; the node agent starts one such process per attached volume. Memor
 (``memtune``: malloc thresholds, a frozen GC after the start) and the unix sockets' cleanup
 live here too. Logging is set up by the caller (``cargohold.logs``) before ``run``.
 
+The NBD endpoint is local by default: loopback (or a unix socket) on the node the volume
+is attached to, in clear. On any other address it requires TLS (``nbd_credentials``):
+the engine's ``--tls-dir`` and only ``agent/<node>`` as client (``policy.nbd_authorizer``),
+or ``--plaintext``, announced loudly. docs/security.md, "The NBD endpoint".
+
 This module is imported by every engine process: it must stay lean (no typer, pydantic,
 numpy, rich or httpx; ``tests/unit/test_settings.py`` checks it).
 """
@@ -24,7 +29,10 @@ from cargohold.engine.control import serve_control
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
+from cargohold.errors import ConfigError
 from cargohold.frontend.nbd_server import serve
+from cargohold.security.policy import nbd_authorizer
+from cargohold.security.tls import Credentials, is_loopback, warn_plaintext
 from cargohold.settings import EngineSettings, NBDSettings
 
 
@@ -44,6 +52,34 @@ class EngineRun:
     require: tuple[int, int] = (0, 0)  # refuse to start below this (epoch, generation)
     epoch_jump: bool = False
     last_scrub_at: float = 0.0  # when the volume's last scrub pass ended (UNIX time)
+    node: str = ""  # the node the volume is attached to: agent/<node> may use NBD over TLS
+    tls_dir: str | None = None  # the engine's credentials directory (security/tls.py)
+    nbd_tls: bool = False  # TLS on the NBD endpoint even on loopback (else: off network)
+    plaintext: bool = False  # a network NBD endpoint without TLS (benchmarks; loud)
+
+
+def nbd_credentials(config: EngineRun) -> Credentials | None:
+    """The credentials the TCP NBD endpoint requires TLS with; None: it speaks in clear
+    (loopback, or ``--plaintext``, announced). ConfigError when a network endpoint has
+    neither ``--tls-dir`` nor ``--plaintext``, or TLS is on without ``--node``."""
+    local = is_loopback(config.host)
+    if local and not config.nbd_tls:
+        return None
+    if config.tls_dir:
+        if not config.node:
+            raise ConfigError(
+                "NBD over TLS needs --node: the node the volume is attached to (its agent's "
+                "certificate is the only one admitted)"
+            )
+        return Credentials.load(config.tls_dir)
+    if config.plaintext and not config.nbd_tls:
+        print(warn_plaintext(f"the NBD endpoint of volume {config.volume} on {config.host}"))
+        return None
+    where = "--nbd-tls" if local else f"--listen {config.host} (not loopback)"
+    raise ConfigError(
+        f"{where}: an NBD endpoint on the network needs TLS: give --tls-dir (or "
+        "CARGOHOLD_TLS_DIR), or --plaintext for a benchmark"
+    )
 
 
 def run(config: EngineRun) -> None:
@@ -64,6 +100,7 @@ def run(config: EngineRun) -> None:
 
 async def serve_engine(config: EngineRun) -> None:
     """The engine in the running event loop, until SIGTERM/SIGINT."""
+    tls = nbd_credentials(config)  # before anything starts: a bad setup fails at once
     vol = Volume(
         config.volume,
         config.replicas,
@@ -78,7 +115,7 @@ async def serve_engine(config: EngineRun) -> None:
     def listening(addresses: list[str]) -> None:
         tcp = next((a for a in addresses if not a.startswith("unix:")), None)
         if tcp is not None:
-            vol.endpoint = endpoint_uri(tcp, config.volume)
+            vol.endpoint = endpoint_uri(tcp, config.volume, tls=tls is not None)
 
     scrubber = Scrubber(vol, last_scrub_at=config.last_scrub_at)
     scrubbing = asyncio.get_running_loop().create_task(scrubber.run())  # periodic and asked
@@ -98,6 +135,8 @@ async def serve_engine(config: EngineRun) -> None:
             description=config.volume,
             stop=stop,
             ready=listening,
+            tls=tls,
+            authorize=nbd_authorizer(config.volume, config.node) if tls is not None else None,
         )
     finally:
         if ctl is not None:
@@ -107,11 +146,12 @@ async def serve_engine(config: EngineRun) -> None:
         await vol.close()
 
 
-def endpoint_uri(bound: str, volume: str) -> str:
-    """The NBD URI clients use for a bound ``HOST:PORT``. A wildcard address is reported
-    as the loopback address of its family (the consumer runs on the engine's node)."""
+def endpoint_uri(bound: str, volume: str, tls: bool = False) -> str:
+    """The NBD URI clients use for a bound ``HOST:PORT`` (``nbds://`` with TLS). A
+    wildcard address is reported as the loopback address of its family (the consumer runs
+    on the engine's node)."""
     host, _, port = bound.rpartition(":")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     if ":" in host:
         host = f"[{host}]"
-    return f"nbd://{host}:{port}/{volume}"
+    return f"{'nbds' if tls else 'nbd'}://{host}:{port}/{volume}"

@@ -6,7 +6,10 @@ socket. It feeds received bytes to ``protocol.nbd.ServerConnection`` and acts on
 Option phase (the handshake): the greeting goes out on connect; the codec's replies to the
 client's options are written as they come; the client must reach ``nbd.Ready`` (NBD_OPT_GO
 or EXPORT_NAME) within ``handshake_timeout``, else it is closed. Everything negotiated
-before transmission — and the STARTTLS upgrade to come — belongs here.
+before transmission belongs here, and so does the STARTTLS upgrade of a network endpoint
+(``_upgrade``: after the ACK, ``loop.start_tls`` with the server's credentials, then the
+peer's identity is put to the server's ``authorize``; a peer it refuses gets
+NBD_REP_ERR_POLICY for every option, a failed handshake loses its connection).
 
 Transmission phase: each request runs as a task of its own (``nbd_transmission.py`` says
 what each command does to the device); aligned reads the device can answer at once are
@@ -20,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from cargohold.errors import ProtocolError
+from cargohold.errors import PermissionDenied, ProtocolError, Unauthenticated
 from cargohold.frontend.nbd_transmission import Transmission
 from cargohold.protocol import nbd
+from cargohold.security.tls import Credentials, peer_identity
 
 Buffer = bytes | bytearray | memoryview  # one buffer of a reply, as the codec makes them
 
@@ -42,10 +47,13 @@ WRITE_LOW = 1024 * 1024
 class NBDConnection(Transmission, asyncio.BufferedProtocol):
     """One client: the codec, its transport, and the requests it has in flight."""
 
-    def __init__(self, server: NBDServer) -> None:
+    def __init__(self, server: NBDServer, tls: Credentials | None = None) -> None:
         self.server = server
         self.device = server.device
-        self.codec = nbd.ServerConnection(server.export, lambda: self.device.size)
+        self.tls = tls  # a network endpoint: TLS required (FORCEDTLS), with these credentials
+        self.codec = nbd.ServerConnection(
+            server.export, lambda: self.device.size, tls_required=tls is not None
+        )
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.address = "?"  # the client's address without its port: the per-address limit
@@ -137,6 +145,8 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
                     self._timer.cancel()
             elif type(ev) is nbd.Disconnect or type(ev) is nbd.Aborted:
                 self._close_when_idle()
+            elif type(ev) is nbd.StartTLS:
+                self._start_tls()
         if now:
             if self._out:  # a batch is going out at the end of this pass: join it
                 self._out += now
@@ -153,7 +163,52 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool | None:
         self._close_when_idle()
-        return True  # keep the write side open until the replies are out
+        # keep the write side open until the replies are out (TLS has no half-close)
+        return None if self.codec.tls else True
+
+    # --- STARTTLS (option phase) ------------------------------------------------------------
+    def _start_tls(self) -> None:
+        """The ACK is written: read nothing more in clear, upgrade in a task."""
+        assert self.transport is not None and self.tls is not None
+        self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._upgrade(self.transport, self.tls))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _upgrade(self, raw: asyncio.Transport, creds: Credentials) -> None:
+        """TLS 1.3 with a client certificate, then the peer's identity is authorized."""
+        srv = self.server
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                raw,
+                self,
+                creds.server_context(),
+                server_side=True,
+                ssl_handshake_timeout=srv.settings.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, EOFError, TimeoutError) as e:
+            srv.tls_failed += 1
+            log.warning("NBD client %s: TLS handshake failed: %s", self.peer, e or type(e).__name__)
+            srv.forget(self)
+            raw.abort()
+            self.transport = None
+            return
+        if tls is None:  # the connection went away during the handshake
+            srv.forget(self)
+            return
+        self.transport = tls
+        tls.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        self.codec.tls_started()
+        ident = peer_identity(tls)
+        try:
+            if srv.authorize is not None:
+                srv.authorize(ident)
+        except (Unauthenticated, PermissionDenied) as e:
+            srv.unauthorized += 1
+            log.warning("NBD client %s (%s) refused: %s", self.peer, ident or "no identity", e)
+            self.codec.deny(str(e))
+        else:
+            log.info("NBD client %s is %s (TLS)", self.peer, ident)
 
     # --- flow control -----------------------------------------------------------------------
     def _update_reading(self) -> None:

@@ -8,6 +8,14 @@ on a unix socket, to many clients at once (multi-conn). Called by ``cargohold nb
 phase run against the device in ``nbd_transmission.py``. A client that breaks the protocol
 loses its own connection and nothing else.
 
+Local by default, TLS on the network (docs/security.md, "The NBD endpoint"): the unix
+socket (mode 0600) and a TCP listener without ``tls`` speak NBD in clear, for the consumer
+on this node. A TCP listener with ``tls`` (``Credentials``) requires NBD_OPT_STARTTLS
+before anything else (the spec's FORCEDTLS mode), TLS 1.3 with a client certificate of
+the cluster's CA, and then ``authorize`` (a callable raising Unauthenticated or
+PermissionDenied) must accept the certificate's identity. ``tls_failed`` and
+``unauthorized`` count the clients turned away.
+
 Bounded connections (``settings.NBDSettings``; docs/operations.md, "Connection limits"):
 a client must finish the handshake within ``handshake_timeout``; at most
 ``max_connections_per_address`` connections come from one client address and
@@ -36,6 +44,8 @@ from cargohold.frontend.nbd_connection import NBDConnection
 from cargohold.frontend.nbd_transmission import SpanLocks
 from cargohold.protocol import nbd
 from cargohold.replica.admission import SAMPLE, SampledSet
+from cargohold.security.identity import Identity
+from cargohold.security.tls import Credentials
 from cargohold.settings import NBDSettings
 
 __all__ = ["NBDConnection", "NBDServer", "serve"]
@@ -57,8 +67,12 @@ class NBDServer:
         name: str = "",
         description: str = "",
         settings: NBDSettings | None = None,
+        tls: Credentials | None = None,
+        authorize: Callable[[Identity | None], object] | None = None,
     ) -> None:
         self.device = device
+        self.tls = tls  # TCP listeners require TLS with these credentials (module docstring)
+        self.authorize = authorize  # raises Unauthenticated / PermissionDenied
         self.export = nbd.Export(
             name=name,
             description=description,
@@ -78,6 +92,8 @@ class NBDServer:
         self.accepted = 0  # connections admitted
         self.refused = 0  # connections refused at a limit
         self.evicted = 0  # connections closed to make room, or idle too long
+        self.tls_failed = 0  # TLS handshakes that failed (no or a bad certificate)
+        self.unauthorized = 0  # TLS peers whose identity may not use the export
         self._refused_unlogged = 0
         self._refusal_logged_at = -REFUSAL_LOG_EVERY
         self._sweeper: asyncio.TimerHandle | None = None
@@ -235,8 +251,10 @@ class NBDServer:
             self._schedule_sweep()
 
     async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on TCP: TLS required when the server has credentials (``tls``)."""
         loop = asyncio.get_running_loop()
-        srv = await loop.create_server(lambda: NBDConnection(self), host, port, backlog=512)
+        tls = self.tls
+        srv = await loop.create_server(lambda: NBDConnection(self, tls), host, port, backlog=512)
         self._servers.append(srv)
         addr = srv.sockets[0].getsockname()
         self.addresses.append(f"{addr[0]}:{addr[1]}")
@@ -246,7 +264,12 @@ class NBDServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         loop = asyncio.get_running_loop()
-        srv = await loop.create_unix_server(lambda: NBDConnection(self), path, backlog=512)
+        old = os.umask(0o177)  # mode 0600 from the start: only this node's root connects
+        try:
+            srv = await loop.create_unix_server(lambda: NBDConnection(self), path, backlog=512)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
         self._servers.append(srv)
         self.addresses.append(f"unix:{path}")
         return path
@@ -282,18 +305,29 @@ async def serve(
     stop: asyncio.Event | None = None,
     ready: Callable[[list[str]], object] | None = None,
     settings: NBDSettings | None = None,
+    tls: Credentials | None = None,
+    authorize: Callable[[Identity | None], object] | None = None,
 ) -> None:
     """Serve ``device`` until ``stop`` is set, then drain, close and flush the device.
     ``ready`` is called with the bound addresses (``HOST:PORT`` with the real port when
-    ``port`` is 0, ``unix:PATH``) once the server listens."""
-    server = NBDServer(device, name=name, description=description, settings=settings)
+    ``port`` is 0, ``unix:PATH``) once the server listens. With ``tls`` the TCP listener
+    requires TLS and ``authorize`` (module docstring); the unix socket stays local."""
+    server = NBDServer(
+        device,
+        name=name,
+        description=description,
+        settings=settings,
+        tls=tls,
+        authorize=authorize,
+    )
     if host is not None:
         await server.listen_tcp(host, port)
     if unix:
         await server.listen_unix(unix)
     if ready is not None:
         ready(list(server.addresses))
-    print(f"nbd server listening on {' '.join(server.addresses)}", flush=True)
+    mode = " (TCP: TLS required)" if tls is not None and host is not None else ""
+    print(f"nbd server listening on {' '.join(server.addresses)}{mode}", flush=True)
     # low RSS when idle, also after a flood of connections that sent no request
     idle = memtune.IdleTrim(lambda: server.requests + server.accepted + server.refused).start()
     stop = stop or asyncio.Event()

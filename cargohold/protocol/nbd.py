@@ -7,8 +7,17 @@ around each accepted connection: it writes ``greeting()``, feeds what it receive
 (lists of buffers, for ``writelines``: the data of a read is never copied).
 
 The handshake (option haggling) is handled entirely here: NBD_OPT_EXPORT_NAME, GO, INFO,
-LIST, ABORT, STRUCTURED_REPLY, LIST_META_CONTEXT / SET_META_CONTEXT (``base:allocation``);
-every other option is answered with NBD_REP_ERR_UNSUP. Requests are validated here
+LIST, ABORT, STRUCTURED_REPLY, LIST_META_CONTEXT / SET_META_CONTEXT (``base:allocation``),
+STARTTLS; every other option is answered with NBD_REP_ERR_UNSUP.
+
+TLS (``tls_required=True``: the spec's FORCEDTLS mode, for a network endpoint): before TLS
+every option but NBD_OPT_STARTTLS and NBD_OPT_ABORT is answered NBD_REP_ERR_TLS_REQD, so
+nothing (not even NBD_OPT_LIST or the empty export name) reveals the export; EXPORT_NAME,
+which cannot be answered with an error, hangs up. STARTTLS is acknowledged and yields a
+``StartTLS`` event: the owner sends the ACK, upgrades its transport, then calls
+``tls_started``; if the peer's certificate may not use the export, ``deny`` makes every
+later option fail with NBD_REP_ERR_POLICY. Without ``tls_required`` (a unix socket, or
+loopback: the consumer runs here) STARTTLS is answered NBD_REP_ERR_POLICY. Requests are validated here
 (flags, bounds, alignment, read-only) so that the shell only runs valid ones.
 
 Errors say whose fault it was. ``RemoteProtocolError``: the client broke the protocol (bad
@@ -223,6 +232,12 @@ class Aborted:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTLS:
+    """NBD_OPT_STARTTLS was acknowledged (the ACK is in ``data_to_send``): send it, upgrade
+    the transport to TLS, then call ``tls_started``. Nothing is read meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """A valid transmission request. ``data`` is the payload of a WRITE (else None)."""
 
@@ -252,11 +267,12 @@ class Disconnect:
     """NBD_CMD_DISC: finish what is in flight, then close. Nothing more will be read."""
 
 
-Event = Ready | Aborted | Request | Invalid | Disconnect
+Event = Ready | Aborted | StartTLS | Request | Invalid | Disconnect
 
 # handshake states (the transmission phase has its own decoder loop)
 _S_CLIENT_FLAGS = "client-flags"
 _S_OPTIONS = "options"
+_S_TLS = "tls-handshake"  # STARTTLS acknowledged: the owner upgrades the transport
 _S_TRANSMISSION = "transmission"
 _S_DONE = "done"
 
@@ -264,9 +280,12 @@ _S_DONE = "done"
 class ServerConnection:
     """One client connection, server side. Not thread-safe; one owner."""
 
-    def __init__(self, export: Export, size: Callable[[], int]) -> None:
+    def __init__(self, export: Export, size: Callable[[], int], tls_required: bool = False) -> None:
         self.export = export
         self._size = size
+        self.tls_required = tls_required  # FORCEDTLS (module docstring)
+        self.tls = False  # the TLS upgrade is done: options are read over TLS
+        self.denied = ""  # after TLS: why this peer may not use the export (``deny``)
         self.state = _S_CLIENT_FLAGS
         self.no_zeroes = False
         self.structured = False
@@ -318,6 +337,8 @@ class ServerConnection:
             return self._feed_requests(data)
         if self.state == _S_DONE:
             return []  # after DISC or ABORT nothing more is read
+        if self.state == _S_TLS:
+            raise RemoteProtocolError("bytes in clear text after NBD_OPT_STARTTLS was acknowledged")
         self._buf += data
         events: list[Event] = []
         while self.state in (_S_CLIENT_FLAGS, _S_OPTIONS):
@@ -348,6 +369,10 @@ class ServerConnection:
             ev = self._option(opt, body)
             if ev is not None:
                 events.append(ev)
+            if self.state == _S_TLS:
+                if self._buf:  # the client must wait for our ACK: injected bytes
+                    raise RemoteProtocolError("bytes in clear text after NBD_OPT_STARTTLS")
+                return events
         if self.state == _S_TRANSMISSION and self._buf:
             rest, self._buf = bytes(self._buf), bytearray()
             events += self._feed_requests(rest)
@@ -371,7 +396,59 @@ class ServerConnection:
         size = self._size()
         return max(size, GROWABLE_CEILING) if self._is_growable(name) else size
 
+    # --- TLS (module docstring) -----------------------------------------------------------
+    def tls_started(self) -> None:
+        """The owner's transport now speaks TLS: option haggling goes on over it."""
+        if self.state != _S_TLS:
+            raise RuntimeError(f"tls_started in state {self.state}")
+        self.tls = True
+        self.state = _S_OPTIONS
+
+    def deny(self, why: str) -> None:
+        """The peer authenticated, but may not use the export: every later option but
+        ABORT fails with NBD_REP_ERR_POLICY saying ``why``; EXPORT_NAME hangs up."""
+        self.denied = why or "permission denied"
+
+    def _gate(self, opt: int) -> bool:
+        """Answer ``opt`` here when TLS or authorization stands in its way; -> answered."""
+        if opt == OPT_ABORT or (opt == OPT_STARTTLS and not self.tls):
+            return False
+        if self.tls_required and not self.tls:
+            if opt == OPT_EXPORT_NAME:
+                raise RemoteProtocolError(
+                    "NBD_OPT_EXPORT_NAME before TLS: this server requires TLS"
+                )
+            self._error(opt, REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS first")
+            return True
+        if self.denied:
+            if opt == OPT_EXPORT_NAME:
+                raise RemoteProtocolError(f"NBD_OPT_EXPORT_NAME refused: {self.denied}")
+            self._error(opt, REP_ERR_POLICY, self.denied)
+            return True
+        return False
+
+    def _starttls(self, opt: int, body: bytes) -> Event | None:
+        if body:
+            self._error(opt, REP_ERR_INVALID, "NBD_OPT_STARTTLS carries no data")
+        elif self.tls:
+            self._error(opt, REP_ERR_INVALID, "TLS is already in use on this connection")
+        elif not self.tls_required:
+            self._error(
+                opt,
+                REP_ERR_POLICY,
+                "no TLS on this endpoint: it is local (unix socket or loopback)",
+            )
+        else:
+            self._reply(opt, REP_ACK)
+            self.state = _S_TLS
+            return StartTLS()
+        return None
+
     def _option(self, opt: int, body: bytes) -> Event | None:
+        if self._gate(opt):
+            return None
+        if opt == OPT_STARTTLS:
+            return self._starttls(opt, body)
         if opt == OPT_EXPORT_NAME:
             name = _decode_string(body)
             if name is None or not self._known_name(name):
@@ -403,9 +480,6 @@ class ServerConnection:
             return None
         if opt in (OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT):
             self._meta_context(opt, body)
-            return None
-        if opt == OPT_STARTTLS:
-            self._error(opt, REP_ERR_UNSUP, "TLS is not supported by this server")
             return None
         self._error(opt, REP_ERR_UNSUP, f"option {opt} is not supported")
         return None

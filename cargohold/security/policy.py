@@ -10,7 +10,9 @@ tenant's objects, and the admin without a tenant sees all.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
+from cargohold.errors import PermissionDenied, Unauthenticated
 from cargohold.security.identity import Identity, Role
 
 
@@ -118,3 +120,35 @@ def lists_replica(ident: Identity, replica_volume: str | None) -> bool:
     if ident.role in (Role.AGENT, Role.MANAGER):
         return True
     return ident.role is Role.ENGINE and replica_volume == ident.name
+
+
+# --- the NBD endpoint -----------------------------------------------------------------------
+
+
+def nbd_client_allowed(ident: Identity, node: str) -> bool:
+    """May ``ident`` use the network NBD endpoint of a volume attached to ``node``?
+
+    Only the node the volume is attached to: its agent's identity ``agent/<node>``, which
+    the consumers there (the CSI node plugin, qemu) are given as their client certificate.
+    Not another node, not an engine or replica server, not a person (an admin reads a
+    volume by attaching it), not a tenant's identity. The endpoint is local (a unix socket
+    or loopback, no certificate) unless the operator puts it on the network."""
+    return ident.role is Role.AGENT and ident.tenant is None and ident.name == node
+
+
+def nbd_authorizer(volume: str, node: str) -> Callable[[Identity | None], Identity]:
+    """The ``authorize`` of a volume's network NBD endpoint (``frontend/nbd_server.py``):
+    admits ``nbd_client_allowed`` identities, raises Unauthenticated without a cargohold
+    identity and PermissionDenied for any other."""
+
+    def authorize(ident: Identity | None) -> Identity:
+        if ident is None:
+            raise Unauthenticated("no cargohold certificate presented")
+        if not nbd_client_allowed(ident, node):
+            raise PermissionDenied(
+                f"{ident} may not use the NBD endpoint of volume {volume}: only agent/{node}, "
+                "the node it is attached to"
+            )
+        return ident
+
+    return authorize

@@ -21,6 +21,7 @@ connection. Clients call ``client_context()`` per connection; it is cached the s
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import ssl
@@ -43,6 +44,18 @@ PLAINTEXT_WARNING = (
     "PLAINTEXT: {what} runs without TLS or authentication (asked for with --plaintext). "
     "Anyone who can reach it can read and change data. Use only for benchmarks."
 )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable only from this node (loopback): the one place
+    a data-path endpoint may speak in clear without ``--plaintext`` (the NBD endpoint of
+    the consumer on this node). A wildcard address is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def warn_plaintext(what: str) -> str:

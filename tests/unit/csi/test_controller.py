@@ -310,3 +310,23 @@ def test_publications_survive_a_restart_of_the_controller(mgr: FakeManager, tmp_
     assert e.value.code == grpc.StatusCode.ALREADY_EXISTS
     unpublish(b, "n2")
     assert mgr.detaches == 1
+
+
+def test_node_needs_the_nodes_credentials_for_an_nbds_endpoint(node: Node, tmp_path: Any) -> None:
+    """NBD over TLS: without CARGOHOLD_CSI_NBD_TLS_DIR nothing is attached, and the error
+    says what to give; with it, the credentials are laid out in GnuTLS names."""
+    tls = {"endpoint": "nbds://10.0.0.7:10809/pvc-a"}
+    req = pb.NodeStageVolumeRequest(
+        volume_id="pvc-a", staging_target_path="/s", volume_capability=cap(), publish_context=tls
+    )
+    assert code(node.NodeStageVolume, req) == grpc.StatusCode.FAILED_PRECONDITION
+    assert not (tmp_path / "state" / "pvc-a.json").exists()
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    for name in ("tls.crt", "tls.key", "ca.crt", "ca.crl"):
+        (creds / name).write_text(name)
+    node.nbd_tls_dir = str(creds)
+    x509 = node._x509_dir("pvc-a", tls["endpoint"])
+    assert (tmp_path / "state" / "x509" / "client-cert.pem").read_text() == "tls.crt"
+    assert x509 == str(tmp_path / "state" / "x509")
+    assert node._x509_dir("pvc-a", "nbd://127.0.0.1:1/pvc-a") == ""  # local: no TLS
