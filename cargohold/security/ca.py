@@ -253,17 +253,7 @@ class CertificateAuthority:
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=True,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                _key_usage(leaf=True),
                 critical=True,
             )
             .add_extension(
@@ -381,6 +371,21 @@ class CertificateAuthority:
         _write(self.dir / "ca.crl", b"".join(crls))
 
 
+def _key_usage(leaf: bool) -> x509.KeyUsage:
+    """A leaf signs its TLS handshakes (ECDHE); a CA signs certificates and CRLs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=leaf,
+        key_cert_sign=not leaf,
+        crl_sign=not leaf,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _ca_cert(key: ec.EllipticCurvePrivateKey, cluster: str) -> x509.Certificate:
     now = _now()
     name = x509.Name(
@@ -400,17 +405,7 @@ def _ca_cert(key: ec.EllipticCurvePrivateKey, cluster: str) -> x509.Certificate:
         .not_valid_after(now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(leaf=False),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
