@@ -28,8 +28,8 @@ from cargohold.replica.client import ReplicaClient
 from cargohold.security.ca import CertificateAuthority
 from cargohold.security.identity import Identity, Role
 from cargohold.security.x509_dir import lay_out
-from tests.integration.engine_procs import EngineProc
-from tests.procs import ROOT, ServerProc
+from tests.support.engine import EngineProc
+from tests.support.processes import ROOT, ServerProc
 
 MIB = 1 << 20
 SIZE = 64 * MIB

@@ -1,6 +1,7 @@
-"""NBD_OPT_STARTTLS in the server codec (cargohold.protocol.nbd): the FORCEDTLS mode of a
-network endpoint. Before TLS nothing but STARTTLS and ABORT is served (NBD_OPT_LIST and the
-empty export name included); after it, a denied peer gets NBD_REP_ERR_POLICY."""
+"""NBD_OPT_STARTTLS in the server codec's option phase (cargohold.protocol.nbd_handshake): the
+FORCEDTLS mode of a network endpoint. Before TLS nothing but STARTTLS and ABORT is served
+(NBD_OPT_LIST and the empty export name included); after it, a denied peer gets
+NBD_REP_ERR_POLICY."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from cargohold.errors import RemoteProtocolError
 from cargohold.protocol import nbd
-from tests.unit.test_nbd_codec import SIZE, info_body, meta_body, opt, replies
+from tests.unit.protocol.test_nbd import SIZE, info_body, meta_body, opt, replies
 
 
 def connect(tls_required: bool = True) -> nbd.ServerConnection:
