@@ -3,28 +3,17 @@ valid against the Kubernetes schemas (kubernetes-validate); the CSI pieces are w
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
-import yaml
+
+from tests.support.manifests import render
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.32"
 # CRDs of the external-snapshotter: not in the core schemas
 NO_SCHEMA = {("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass")}
-
-
-def render(overlay: str) -> list[dict]:
-    if not shutil.which("kubectl"):
-        pytest.skip("needs kubectl (kustomize)")
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(ROOT / "deploy" / overlay)],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
-    return [d for d in yaml.safe_load_all(out) if d]
 
 
 @pytest.mark.parametrize("overlay", ["base", "ha"])

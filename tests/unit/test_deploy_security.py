@@ -14,7 +14,7 @@ import pytest
 from cargohold.security import etcd as etcd_tls
 from cargohold.security import kube_secrets as ks
 from cargohold.security.ca import CertificateAuthority
-from tests.unit.test_deploy_manifests import render
+from tests.support.manifests import render
 
 OVERLAYS = ["base", "ha"]
 PRIVILEGED = {("cargohold-node", "csi-node")}  # mounts, devices: the comment in node.yaml
