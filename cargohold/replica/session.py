@@ -5,6 +5,13 @@ A session is a thin asyncio shell around the sans-I/O codec. It opens at most on
 so a connection opened by an old engine is refused as soon as a newer engine has opened the
 replica (invariant 3). A broken frame closes this connection only; a bad request gets an
 error reply; nothing a client sends can stop the server.
+
+Over TLS every request that names what it acts on is authorized by the identity in the
+peer's certificate (``security.policy``): HELLO and LIST (filtered to what the peer may
+see), CREATE and DELETE, OPEN (an engine only of its own volume's replicas); the data ops
+act on the replica the authorized OPEN opened. A refusal is an error reply (Unauthenticated,
+status 1005; PermissionDenied, 13) and the connection stays usable. Plain connections (the
+unix socket, or ``--plaintext``) are not checked.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -26,6 +34,7 @@ from cargohold.errors import (
     NoSpace,
     NotFound,
     NotOpen,
+    PermissionDenied,
     ProtocolError,
     ReplicaIOError,
     RequestError,
@@ -33,6 +42,9 @@ from cargohold.errors import (
 )
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Request
+from cargohold.security.identity import Identity, Role
+from cargohold.security.policy import lists_replica, replica_op_allowed
+from cargohold.security.tls import peer_identity, require
 from cargohold.store.base import window_digests
 from cargohold.store.reader import host_identity
 
@@ -44,6 +56,8 @@ if TYPE_CHECKING:
     from cargohold.settings import ReplicaServerSettings
 
 log = logging.getLogger("cargohold.replica")
+
+_VOLUME_OF = re.compile(r"^(.+)-r[0-9a-f]+$")  # the manager's replica names
 
 Result = tuple[int, Any]  # (generation, payload bytes | list of buffers)
 
@@ -74,6 +88,20 @@ class Host(Protocol):
     admission: Admission
     sessions: set[Session]
     counters: collections.Counter[str]
+    cluster: str | None  # over TLS: the cluster peers must be of
+
+
+_ANY_ROLE = frozenset(Role)
+
+
+def replica_volume(replica_id: str, labels: dict[str, str]) -> str | None:
+    """The volume a replica belongs to: the ``volume`` its CREATE recorded in its metadata,
+    else the manager's naming (``<volume>-r<hex>``); None when neither says."""
+    volume = labels.get("volume")
+    if volume:
+        return volume
+    m = _VOLUME_OF.match(replica_id)
+    return m.group(1) if m else None
 
 
 class Session(asyncio.BufferedProtocol):
@@ -93,6 +121,9 @@ class Session(asyncio.BufferedProtocol):
         self.started = self.last_active = 0.0  # time.monotonic()
         self.requests = 0
         self._silence: asyncio.TimerHandle | None = None
+        # over TLS: requests are authorized by the identity in the peer's certificate
+        self.guarded = False
+        self.ident: Identity | None = None
 
     # --- transport callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,6 +141,9 @@ class Session(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if transport.get_extra_info("ssl_object") is not None:
+            self.guarded = True
+            self.ident = peer_identity(transport)
         self.server.sessions.add(self)
         self._silence = asyncio.get_running_loop().call_later(
             self.server.settings.first_request_timeout, self._silent
@@ -237,6 +271,22 @@ class Session(asyncio.BufferedProtocol):
         gen = self.rep.store.generation if self.rep is not None and not self.rep.deleted else 0
         return wire.encode_reply(req.id, status, gen, error_payload(err))
 
+    def _authorize(self, op: str, volume: str | None) -> Identity | None:
+        """Over TLS: may the peer run ``op`` on a replica of ``volume``? Raises the refusal
+        (counted, logged); -> the peer's identity (None on a plain connection)."""
+        if not self.guarded:
+            return None
+        try:
+            ident = require(self.ident, _ANY_ROLE, self.server.cluster)
+            if not replica_op_allowed(ident, op, volume):
+                what = f" a replica of volume {volume}" if volume else ""
+                raise PermissionDenied(f"{ident} may not {op}{what} on this replica server")
+        except (PermissionDenied, RequestError) as e:
+            self.server.counters["refused"] += 1
+            log.warning("refused %s from %s (%s): %s", op, self.peer, self.ident, e)
+            raise
+        return ident
+
     def _mutation(self, req: Request) -> OpenReplica:
         """``_replica`` for a mutation, which must carry the engine's number for it: the
         replica never numbers mutations itself, so a write that bypasses the engine cannot
@@ -278,6 +328,7 @@ class Session(asyncio.BufferedProtocol):
 
     # --- node-level ops ---------------------------------------------------------------
     def op_hello(self, req: Request) -> Result:
+        self._authorize("HELLO", None)
         args = req.args()
         version = args.get("version", wire.VERSION)
         if not isinstance(version, int) or version not in wire.VERSIONS_SUPPORTED:
@@ -290,17 +341,24 @@ class Session(asyncio.BufferedProtocol):
                 "version": wire.VERSION,
                 "server": f"cargohold/{__version__}",
                 "node": self.server.settings.node,
+                "workers": self.server.settings.workers,
             }
         )
 
     def op_create(self, req: Request) -> Result:
         args = req.args()
+        self._authorize("CREATE", None)
         rep = self.server.registry.create(
-            args.get("replica"), args.get("size"), args.get("disk"), args.get("cluster_id")
+            args.get("replica"),
+            args.get("size"),
+            args.get("disk"),
+            args.get("cluster_id"),
+            args.get("volume"),
         )
         return 0, wire.dump_json({"replica": rep.id, "path": rep.path, "size": rep.store.size})
 
     async def op_delete(self, req: Request) -> Result:
+        self._authorize("DELETE", None)
         rid = req.args().get("replica")
         rep = self.server.registry.open.get(rid) if isinstance(rid, str) else None
         if rep is None:
@@ -312,7 +370,15 @@ class Session(asyncio.BufferedProtocol):
         return 0, b""
 
     def op_list(self, req: Request) -> Result:
-        return 0, wire.dump_json({"replicas": self.server.registry.list()})
+        ident = self._authorize("LIST", None)
+        items = self.server.registry.list()
+        if ident is not None:  # only what the peer may see
+            items = [
+                x
+                for x in items
+                if lists_replica(ident, x.get("volume") or replica_volume(x["id"], {}))
+            ]
+        return 0, wire.dump_json({"replicas": items})
 
     def op_open(self, req: Request) -> Result:
         args = req.args()
@@ -322,7 +388,10 @@ class Session(asyncio.BufferedProtocol):
         jump = args.get("jump", False)
         if not isinstance(jump, bool):
             raise InvalidArgument(f"jump must be true or false, got {jump!r}")
+        if self.guarded:  # a peer without a role that may OPEN does not get a replica opened
+            self._authorize("OPEN", self.ident.name if self.ident is not None else None)
         rep = self.server.registry.get(args.get("replica"))
+        self._authorize("OPEN", replica_volume(rep.id, rep.store.labels))
         # persisted before we answer; older epochs now fail; far newer ones are refused
         rep.store.accept_epoch(epoch, jump)
         if self.rep is not None:
