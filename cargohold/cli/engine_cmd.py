@@ -14,6 +14,7 @@ of serving a volume that lacks acknowledged writes (invariant 4).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cargohold.cli.units import parse_size, split_addr
@@ -48,6 +49,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help=f"NBD on HOST:PORT (default 127.0.0.1:{DEFAULT_NBD_PORT})")
     p.add_argument("--unix", help="NBD also on this unix socket")
     p.add_argument("--control", help="control API (JSON lines) on this unix socket")
+    p.add_argument(
+        "--tls-dir",
+        default=os.environ.get("CARGOHOLD_TLS_DIR"),
+        help="credentials of this volume's engine (role engine, name the volume): mutual TLS "
+        "to the replica servers (env CARGOHOLD_TLS_DIR)",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="talk to replica servers without TLS (benchmarks only; loud)",
+    )
     p.add_argument("--min-replicas", type=int, help="fewest replicas to keep serving (1)")
     p.add_argument("--replica-timeout", type=float, help="seconds before a replica is dropped (5)")
     p.add_argument("--rebuild-bandwidth", help="rebuild copy rate, e.g. 200MiB (0 = unlimited)")
@@ -80,6 +92,7 @@ def main(argv: list[str]) -> int:
     try:
         specs = [ReplicaSpec.parse(r, local=r.split("@", 1)[0] == a.local) for r in a.replica]
         given = {"min_replicas": a.min_replicas, "replica_timeout": a.replica_timeout}
+        given |= {"tls_dir": a.tls_dir, "plaintext": a.plaintext or None}
         if a.rebuild_bandwidth:
             given["rebuild_bandwidth"] = parse_size(a.rebuild_bandwidth)
         settings = EngineSettings(**{k: v for k, v in given.items() if v is not None})

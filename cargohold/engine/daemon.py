@@ -25,6 +25,7 @@ from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
 from cargohold.frontend.nbd_server import serve
+from cargohold.security.tls import credentials_or_plaintext
 from cargohold.settings import EngineSettings, NBDSettings
 
 
@@ -64,6 +65,10 @@ def run(config: EngineRun) -> None:
 
 async def serve_engine(config: EngineRun) -> None:
     """The engine in the running event loop, until SIGTERM/SIGINT."""
+    # TLS credentials, or --plaintext said out loud: nothing else starts an engine
+    credentials_or_plaintext(
+        config.settings.tls_dir, config.settings.plaintext, f"the engine of {config.volume}"
+    )
     vol = Volume(
         config.volume,
         config.replicas,
