@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.agent import node_state
+from cargohold.agent.credentials import NodeCredentials, engine_credentials
 from cargohold.agent.engines import Engines
 from cargohold.agent.manager_link import ManagerLink
 from cargohold.agent.operations import Operations
@@ -59,6 +60,11 @@ class AgentConfig:
     replica_port: int | None = None  # None: the one used before (agent.json), else any
     heartbeat: float | None = None  # seconds; None: what the manager says (2 s by default)
     trash_grace: float = 86400.0  # seconds a deleted replica stays in its disk's trash
+    # TLS for the replica server and engines (agent/credentials.py): a CA to issue from
+    # (local clusters), or the agent's own and its replica server's credentials directories
+    ca_dir: str | None = None
+    tls_dir: str | None = None
+    replica_tls_dir: str | None = None
 
 
 class Agent:
@@ -103,6 +109,11 @@ class Agent:
             lambda volume: node_state.control_path(self.dir, volume),
         )
         self.operations = Operations(self.engines.procs, self._news)
+        self.creds = NodeCredentials(
+            config.node, self.dir, config.ca_dir, config.tls_dir, config.replica_tls_dir
+        )
+        self.replicas.creds = self.creds
+        self.engines.credentials = lambda volume: engine_credentials(self.creds, volume)
 
     # what the heartbeat reports and registration tells, kept where they are managed
     @property
@@ -228,6 +239,7 @@ class Agent:
         None when no manager answered (nothing is changed then) or news of this node cut
         a held heartbeat short. ``hold``: seconds the manager may hold its answer while the
         assignments are the ones this agent has (a long poll)."""
+        self.creds.renew()  # certificates with less than half their life left, issued again
         listed = await self.replicas.check()
         await self.replicas.sweep_trash()
         if not self.registered and not await self._register():

@@ -44,6 +44,7 @@ import enum
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cargohold.agent.engine_link import EngineLink
@@ -122,6 +123,9 @@ class EngineProcess:
         self.status_at = 0.0  # when ``status`` was last asked for (monotonic)
         self.status_every = 0.0  # seconds until it is asked again (0: every heartbeat)
         self._exit_noted = False
+        # volume -> its engine's credentials directory (None: --plaintext); the agent's
+        # agent/credentials.py engine_credentials, set by Engines
+        self.credentials: Callable[[str], str | None] = lambda volume: None
 
     @property
     def volume(self) -> str:
@@ -187,6 +191,7 @@ class EngineProcess:
             (s.require_epoch, s.require_generation),
             s.last_scrub_at,
             s.epoch_jump,
+            self.credentials(s.volume),
         )
         self.child = Child(f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path)
         self.child.start()

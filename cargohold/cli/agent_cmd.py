@@ -60,6 +60,22 @@ def agent(
         help="seconds a deleted replica stays in its disk's trash (DISK/trash/) before it "
         "is really removed; until then it can be moved back",
     ),
+    ca_dir: str = typer.Option(
+        None,
+        "--ca-dir",
+        envvar="CARGOHOLD_CA_DIR",
+        help="the cluster CA (local clusters): the agent issues its replica server's, its "
+        "own and each engine's certificates from it (DIR/tls/)",
+    ),
+    tls_dir: str = typer.Option(
+        None,
+        "--tls-dir",
+        envvar="CARGOHOLD_TLS_DIR",
+        help="the agent's credentials directory (role agent): without --ca-dir",
+    ),
+    replica_tls_dir: str = typer.Option(
+        None, "--replica-tls-dir", help="the replica server's credentials (role replica)"
+    ),
 ) -> None:
     """Run a node: its replica server, and the engines the manager assigns to it."""
     from cargohold.agent.agent import Agent, AgentConfig
@@ -79,6 +95,9 @@ def agent(
             replica_port=replica_port,
             heartbeat=heartbeat,
             trash_grace=trash_grace,
+            ca_dir=ca_dir,
+            tls_dir=tls_dir,
+            replica_tls_dir=replica_tls_dir,
         )
         the_agent = Agent(config)
     except (CargoholdError, ValueError) as e:
