@@ -62,6 +62,7 @@ class Credentials:
     _stamp: tuple[float, ...] = field(default=(), repr=False)
     _checked: float = field(default=0.0, repr=False)
     _outer: ssl.SSLContext | None = field(default=None, repr=False)
+    _cluster: tuple[float, str] | None = field(default=None, repr=False)  # (tls.crt's mtime, it)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Credentials:
@@ -131,6 +132,9 @@ class Credentials:
     def cluster(self) -> str:
         """The cluster our own certificate is of, read with the standard library only (the
         engine checks its peers against it without loading ``cryptography``)."""
+        stamp = self._files_stamp()[0]
+        if self._cluster is not None and self._cluster[0] == stamp:
+            return self._cluster[1]
         import _ssl
 
         try:
@@ -140,6 +144,7 @@ class Credentials:
         ident = from_peercert(decoded)
         if ident is None:
             raise ConfigError(f"{self.path(CERT_FILE)} carries no cargohold identity")
+        self._cluster = (stamp, ident.cluster)  # read again when tls.crt changes
         return ident.cluster
 
     # --- contexts -------------------------------------------------------------------------
