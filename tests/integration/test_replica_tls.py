@@ -289,3 +289,90 @@ def test_an_engine_serves_its_volume_over_tls_and_not_another(tmp_path, pki):
     finally:
         for s in servers:
             s.stop()
+
+
+# --- the node agent hands out the credentials ----------------------------------------------
+
+
+def test_an_agent_with_a_ca_runs_its_replica_server_and_engines_over_tls(tmp_path, pki):
+    """``cargohold agent --ca-dir``: its replica server and the engine it starts get
+    certificates of the cluster CA; the engine serves the volume from a local replica and
+    two on another node's TLS replica server; plain TCP to the agent's server is refused."""
+    if shutil.which("qemu-io") is None:
+        pytest.skip("qemu-io not installed")
+    from tests.integration.fake_manager import FakeManager, engine_of
+    from tests.integration.test_agent import NODE, AgentProc, descendants
+
+    fake = FakeManager().start()
+    (tmp_path / "remote").mkdir()
+    remote = ServerProc(
+        [str(tmp_path / "remote")], tls_dir=pki.dir("replica", "node-2"), log_dir=str(tmp_path)
+    ).start()
+    agent = AgentProc(tmp_path / NODE, [fake.url], ["--ca-dir", str(pki.root / "ca")])
+    try:
+
+        async def remote_replicas() -> None:
+            for rid in ("tv-r00000b", "tv-r00000c"):
+                c = await connect(remote, pki.creds("agent", "node-2"), rid)
+                await c.create(rid, SIZE, volume="tv")
+                await c.close()
+
+        asyncio.run(remote_replicas())
+        agent.start(fake)
+        disk = str(agent.dir / "disk-0")
+        specs = [f"tv-r00000a@127.0.0.1:{agent.replica_port}"] + [
+            f"{rid}@127.0.0.1:{remote.port}" for rid in ("tv-r00000b", "tv-r00000c")
+        ]
+        fake.assign(
+            NODE,
+            replicas=[{"id": "tv-r00000a", "volume": "tv", "size_bytes": SIZE, "disk_path": disk}],
+            engines=[
+                {
+                    "volume": "tv",
+                    "epoch": 1,
+                    "size_bytes": SIZE,
+                    "replicas": specs,
+                    "local": "tv-r00000a",
+                }
+            ],
+        )
+
+        def serving(hb):  # type: ignore[no-untyped-def]
+            e = engine_of(hb, "tv")
+            modes = [r["mode"] for r in (e or {}).get("status", {}).get("replicas", [])]
+            return bool(e and e["running"]) and modes == ["RW"] * 3
+
+        eng = engine_of(fake.wait_heartbeat(NODE, serving, 60, "the engine serving"), "tv")
+        assert eng is not None
+        for cmd in ("write -P 0x3c 0 1M", "read -P 0x3c 0 1M"):
+            r = subprocess.run(
+                ["qemu-io", "-f", "raw", "-c", cmd, eng["endpoint"]],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert r.returncode == 0 and "fail" not in (r.stdout + r.stderr).lower(), r
+        kids = descendants(agent.pid).values()
+        server_cmd = next(c for c in kids if " replica-server " in c)
+        engine_cmd = next(c for c in kids if " engine " in c)
+        assert f"--tls-dir {agent.dir}/tls/replica-server" in server_cmd
+        assert f"--tls-dir {agent.dir}/tls/engines/tv" in engine_cmd
+        assert asyncio.run(hello_over(agent.replica_port, None)) == b""  # no plain TCP
+
+        # the replica the agent created records its volume: only tv's engine may open it
+        async def other_engine() -> None:
+            c = await connect(remote, pki.creds("engine", "zz"))
+            assert await c.list() == []
+            await c.close()
+            c = await ReplicaClient.connect(
+                "127.0.0.1", agent.replica_port, tls=pki.creds("engine", "zz"), replica="tv-r00000a"
+            )
+            with pytest.raises(PermissionDenied):
+                await c.open("tv-r00000a", 9)
+            await c.close()
+
+        asyncio.run(other_engine())
+    finally:
+        agent.cleanup()
+        remote.stop()
+        fake.stop()
