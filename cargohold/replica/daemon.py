@@ -113,9 +113,9 @@ async def _worker_main(settings: ReplicaServerSettings, index: int, channel: soc
         for fd in fds:
             sock = socket.socket(fileno=fd)
             sock.setblocking(False)
-            tls = server.tls_context() if sock.family != socket.AF_UNIX else None
+            tls = server.tls_args() if sock.family != socket.AF_UNIX else {}
             task = loop.create_task(
-                loop.connect_accepted_socket(lambda: Session(server), sock, ssl=tls)
+                loop.connect_accepted_socket(lambda: Session(server), sock, **tls)
             )
             adopting.add(task)
             task.add_done_callback(adopting.discard)

@@ -39,15 +39,21 @@ class ReplicaServer:
         # the cluster our certificate is of: peers of another cluster are refused
         self.cluster: str | None = self.creds.cluster() if self.creds else None
 
-    def tls_context(self):  # type: ignore[no-untyped-def]
-        """The context TCP connections are served with (None: plaintext)."""
-        return self.creds.server_context() if self.creds is not None else None
+    def tls_args(self) -> dict:  # type: ignore[type-arg]
+        """``ssl`` and, with it, a handshake that must end within first_request_timeout
+        (admission counts a connection from its end on: a slow one must not linger)."""
+        if self.creds is None:
+            return {}
+        return {
+            "ssl": self.creds.server_context(),
+            "ssl_handshake_timeout": self.settings.first_request_timeout,
+        }
 
     async def start(self, sock=None) -> None:  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
         if sock is not None:
             srv = await loop.create_server(
-                lambda: Session(self), sock=sock, backlog=1024, ssl=self.tls_context()
+                lambda: Session(self), sock=sock, backlog=1024, **self.tls_args()
             )
         else:
             srv = await loop.create_server(
@@ -56,7 +62,7 @@ class ReplicaServer:
                 self.settings.port,
                 reuse_address=True,
                 backlog=1024,
-                ssl=self.tls_context(),
+                **self.tls_args(),
             )
         self._servers.append(srv)
         self.port = srv.sockets[0].getsockname()[1]
