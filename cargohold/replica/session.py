@@ -281,7 +281,7 @@ class Session(asyncio.BufferedProtocol):
             if not replica_op_allowed(ident, op, volume):
                 what = f" a replica of volume {volume}" if volume else ""
                 raise PermissionDenied(f"{ident} may not {op}{what} on this replica server")
-        except (PermissionDenied, RequestError) as e:
+        except RequestError as e:  # Unauthenticated, PermissionDenied
             self.server.counters["refused"] += 1
             log.warning("refused %s from %s (%s): %s", op, self.peer, self.ident, e)
             raise
