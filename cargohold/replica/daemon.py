@@ -153,7 +153,12 @@ async def _parent_main(settings: ReplicaServerSettings) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(settings.unix_socket)
         us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        us.bind(settings.unix_socket)
+        old = os.umask(0o177)  # mode 0600: the server's own user only (docs/security.md)
+        try:
+            us.bind(settings.unix_socket)
+        finally:
+            os.umask(old)
+        os.chmod(settings.unix_socket, 0o600)
         us.listen(1024)
         us.setblocking(False)
         listeners.append(us)

@@ -188,6 +188,7 @@ async def test_workers_route_tls_connections_by_server_name(tmp_path, pki):
     s = ServerProc(
         [str(tmp_path / "d")],
         workers=2,
+        unix=str(tmp_path / "w.sock"),
         tls_dir=pki.dir("replica", "node-w"),
         log_dir=str(tmp_path),
     ).start()
@@ -213,6 +214,11 @@ async def test_workers_route_tls_connections_by_server_name(tmp_path, pki):
         c = await connect(s, engine)
         assert sorted(x["id"] for x in await c.list()) == sorted([a, b])
         assert (await c.hello())["workers"] == 2
+        await c.close()
+        # the unix socket stays plain with workers too (0600: the agent's)
+        assert stat.S_IMODE(os.stat(str(tmp_path / "w.sock")).st_mode) == 0o600
+        c = await ReplicaClient.connect(unix=str(tmp_path / "w.sock"))
+        assert sorted(x["id"] for x in await c.list()) == sorted([a, b])
         await c.close()
         # the wrong volume's engine is refused in the worker as in a single process
         c = await connect(s, pki.creds("engine", "vol-x"), a)
