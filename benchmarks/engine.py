@@ -360,7 +360,7 @@ class Bench:
         unix, _ = self._addr(key)
         control = os.path.join(self.work, f"{key}.ctl")
         cmd = [*py, "engine", "--volume", "bench", "--epoch", "1", "--listen", "127.0.0.1:0"]
-        cmd += ["--control", control, "--local", "r0"]
+        cmd += ["--control", control, "--local", "r0", "--plaintext"]  # benchmarks/tls.py: TLS
         for i, s in enumerate(servers):
             cmd += ["--replica", f"r{i}@127.0.0.1:{s.port}"]
         cmd += ["--unix", unix] if unix else []

@@ -88,7 +88,7 @@ def replica_server(procs: Procs, name: str) -> tuple[subprocess.Popen, int]:
     disk = os.path.join(procs.dir, f"{name}-disk")
     os.mkdir(disk)
     return procs.launch(
-        ["replica-server", "--listen", "127.0.0.1:0", "--disk", disk],
+        ["replica-server", "--listen", "127.0.0.1:0", "--disk", disk, "--plaintext"],
         r"listening on [^ ]+:(\d+)",
         name,
     )
@@ -116,6 +116,7 @@ def engine_flood(procs: Procs) -> str:
             f"m-r1@127.0.0.1:{rport}",
             "--listen",
             "127.0.0.1:0",
+            "--plaintext",
         ],
         r"nbd server listening on 127\.0\.0\.1:(\d+)",
         "engine",

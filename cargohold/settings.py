@@ -245,6 +245,10 @@ class ReplicaServerSettings(Settings):
         "closed (the longest silent first) to let a new one in; 0 = never",
         ge=0,
     )
+    tls_dir: str | None = setting(
+        None, "credentials directory (tls.crt, tls.key, ca.crt, ca.crl): TLS on the TCP socket"
+    )
+    plaintext: bool = setting(False, "no TLS, no authentication (benchmarks only; loud)")
 
 
 @dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
@@ -281,6 +285,10 @@ class EngineSettings(Settings):
         ge=4096,
         multiple_of=4096,
     )
+    tls_dir: str | None = setting(
+        None, "credentials directory of this volume's engine certificate: TLS to replicas"
+    )
+    plaintext: bool = setting(False, "talk to replica servers without TLS (benchmarks only)")
 
 
 @dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)

@@ -8,3 +8,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The test cluster's CA (tests/support/tls.py): credentials for servers and clients."""
+    from tests.support.tls import PKI
+
+    return PKI(tmp_path_factory.mktemp("pki"))

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from cargohold.agent import node_state
+from cargohold.agent.credentials import NodeCredentials, engine_credentials
 from cargohold.agent.engines import Engines
 from cargohold.agent.manager_link import ManagerLink
 from cargohold.agent.operations import Operations
@@ -109,6 +110,11 @@ class Agent:
             tls_dir=nbd_tls_dir(config),
         )
         self.operations = Operations(self.engines.procs, self._news)
+        self.creds = NodeCredentials(
+            config.node, self.dir, config.ca_dir, config.tls_dir, config.replica_tls_dir
+        )
+        self.replicas.creds = self.creds
+        self.engines.credentials = lambda volume: engine_credentials(self.creds, volume)
 
     # what the heartbeat reports and registration tells, kept where they are managed
     @property
@@ -234,6 +240,7 @@ class Agent:
         None when no manager answered (nothing is changed then) or news of this node cut
         a held heartbeat short. ``hold``: seconds the manager may hold its answer while the
         assignments are the ones this agent has (a long poll)."""
+        self.creds.renew()  # certificates with less than half their life left, issued again
         listed = await self.replicas.check()
         await self.replicas.sweep_trash()
         if not self.registered and not await self._register():

@@ -44,6 +44,7 @@ import enum
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cargohold.agent.engine_link import EngineLink
@@ -132,6 +133,9 @@ class EngineProcess:
         self.status_at = 0.0  # when ``status`` was last asked for (monotonic)
         self.status_every = 0.0  # seconds until it is asked again (0: every heartbeat)
         self._exit_noted = False
+        # volume -> its engine's credentials directory (None: --plaintext); the agent's
+        # agent/credentials.py engine_credentials, set by Engines
+        self.credentials: Callable[[str], str | None] = lambda volume: None
 
     @property
     def volume(self) -> str:
@@ -198,7 +202,10 @@ class EngineProcess:
             s.last_scrub_at,
             s.epoch_jump,
             node=self.node,
-            tls_dir=self.tls_dir if not is_loopback(self.host) else "",
+            # the engine's own credentials (replica links; NBD over TLS off loopback), else
+            # the agent's NBD credentials for a network endpoint, else --plaintext
+            tls_dir=self.credentials(s.volume)
+            or (self.tls_dir if not is_loopback(self.host) else None),
         )
 
     def _start_child(self) -> None:

@@ -60,10 +60,12 @@ class Engines:
         self._complain = complain
         self._control_path = control_path
         self._spawned = asyncio.Event()  # an engine was started: the watcher looks closely
+        # volume -> its engine's credentials directory (None: plaintext): set by the agent
+        self.credentials: Callable[[str], str | None] = lambda volume: None
 
     def _process(self, spec: EngineAssignment, port: int = 0) -> EngineProcess:
         """The one place an engine of this node is built (assigned or adopted)."""
-        return EngineProcess(
+        proc = EngineProcess(
             spec,
             self.address,
             self._control_path(spec.volume),
@@ -72,6 +74,8 @@ class Engines:
             node=self.node,
             tls_dir=self.tls_dir,
         )
+        proc.credentials = self.credentials
+        return proc
 
     async def adopt(self, engines: Any) -> set[int]:
         """Take over the engines agent.json's ``children.engines`` recorded, those that run

@@ -28,6 +28,7 @@ from cargohold.control.model import EngineAssignment, check_name
 from cargohold.errors import CargoholdError
 from cargohold.logs import start_line
 from cargohold.replica.client import ReplicaClient
+from cargohold.security.tls import Credentials
 
 log = logging.getLogger("cargohold.agent")
 
@@ -224,11 +225,18 @@ def cargohold_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "cargohold", *args]
 
 
-def replica_server_argv(node: str, host: str, port: int, disks: list[str]) -> list[str]:
+def tls_argv(tls_dir: str | None) -> list[str]:
+    """A child's credentials directory as arguments, or ``--plaintext`` (agent/credentials.py)."""
+    return ["--tls-dir", tls_dir] if tls_dir else ["--plaintext"]
+
+
+def replica_server_argv(
+    node: str, host: str, port: int, disks: list[str], tls_dir: str | None = None
+) -> list[str]:
     argv = cargohold_argv("replica-server", "--listen", hostport(host, port), "--node", node)
     for d in disks:
         argv += ["--disk", d]
-    return argv
+    return argv + tls_argv(tls_dir)
 
 
 def engine_argv(
@@ -243,7 +251,7 @@ def engine_argv(
     last_scrub_at: float = 0.0,
     epoch_jump: bool = False,
     node: str = "",
-    tls_dir: str = "",
+    tls_dir: str | None = None,
 ) -> list[str]:
     argv = cargohold_argv("engine", "--volume", volume, "--epoch", str(epoch))
     if epoch_jump:  # after `volume recover-epoch`: replicas far below this epoch
@@ -259,9 +267,7 @@ def engine_argv(
         argv += ["--last-scrub-at", f"{last_scrub_at:.3f}"]
     if node:  # the volume is attached here: agent/NODE may use its NBD endpoint over TLS
         argv += ["--node", node]
-    if tls_dir:  # a network NBD endpoint: NBD over TLS
-        argv += ["--tls-dir", tls_dir]
-    return argv
+    return argv + tls_argv(tls_dir)
 
 
 def check_engine(a: EngineAssignment) -> None:
@@ -355,9 +361,19 @@ class ReplicaServerProcess:
     """The node's replica server: one child, always on the same port (the manager hands
     ``ID@ADDRESS:PORT`` of this node's replicas to engines everywhere)."""
 
-    def __init__(self, node: str, host: str, port: int, disks: list[str], log_path: str) -> None:
+    def __init__(
+        self,
+        node: str,
+        host: str,
+        port: int,
+        disks: list[str],
+        log_path: str,
+        tls_dir: str | None = None,
+        tls: Credentials | None = None,
+    ) -> None:
         self.host, self.port = host, port
-        self.argv = replica_server_argv(node, host, port, disks)
+        self.argv = replica_server_argv(node, host, port, disks, tls_dir)
+        self.tls = tls  # what the agent connects to it with (None: plain TCP)
         self.log_path = log_path
         self.child: Child | None = None
         self.backoff = Backoff()
@@ -418,8 +434,12 @@ class ReplicaServerProcess:
         self._exit_noted = False
         return True
 
-    async def client(self, timeout: float = 2.0) -> ReplicaClient:
-        return await ReplicaClient.connect(self.host, self.port, timeout=timeout)
+    async def client(self, timeout: float = 2.0, replica: str | None = None) -> ReplicaClient:
+        """A connection to it (for OPEN, CREATE or DELETE of ``replica``: routed to the
+        worker that owns it)."""
+        return await ReplicaClient.connect(
+            self.host, self.port, timeout=timeout, tls=self.tls, replica=replica
+        )
 
     def exited(self) -> str | None:
         """-> why it exited, the first time an exit is seen."""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cargohold.agent import disk_stamp
+from cargohold.agent.credentials import NodeCredentials
 from cargohold.agent.identity import judge
 from cargohold.agent.processes import (
     REPLICA_ID,
@@ -94,17 +95,21 @@ class Replicas:
         self._stamps: dict[str, str | None] = {}  # disk path -> its cluster id (None: none)
         self._broken_stamps: dict[str, str] = {}  # disk path -> why its stamp is unreadable
         self._swept_at = 0.0  # monotonic time of the last trash sweep
+        self.creds: NodeCredentials | None = None  # set by the agent; None: plaintext
 
     # --- the replica server --------------------------------------------------------------
     def _process(self, port: int) -> ReplicaServerProcess:
         """The one place the node's replica server is built: this node, its address,
         ``port``, every disk it serves now."""
+        creds = self.creds
         return ReplicaServerProcess(
             self.node,
             self.address,
             port,
             [d.path for d in self.disks],
             os.path.join(self.dir, "logs", "replica-server.log"),
+            creds.replica_server_dir() if creds else None,
+            creds.client() if creds else None,
         )
 
     async def _serve(self) -> None:
@@ -268,7 +273,7 @@ class Replicas:
         assert self.server is not None
         self._probed.add(rid)
         try:
-            c = await self.server.client()
+            c = await self.server.client(replica=rid)
             try:
                 await asyncio.wait_for(c.open(rid, 0), 5.0)
             finally:
@@ -307,11 +312,11 @@ class Replicas:
         try:
             if not REPLICA_ID.match(ra.id):
                 raise InvalidArgument(f"bad replica id {ra.id!r}")
-            c = await self.server.client()
+            c = await self.server.client(replica=ra.id)
             try:
                 if what == "create":
                     out = await c.create(
-                        ra.id, ra.size_bytes, ra.disk_path or None, cluster_id or None
+                        ra.id, ra.size_bytes, ra.disk_path or None, cluster_id or None, ra.volume
                     )
                     where = os.path.dirname(os.path.dirname(str(out.get("path", ""))))
                     disk = self._disk_name(where) if where else disk

@@ -74,6 +74,19 @@ class AgentSettings(Settings):
         "credentials directory the engines serve NBD over TLS with, needed when nbd_address "
         "is not loopback (--nbd-tls-dir; docs/security.md)",
     )
+    ca_dir: str | None = setting(
+        None,
+        "the cluster CA (local clusters: `cargohold up`): the agent issues its replica "
+        "server's, its own and each engine's certificates from it, under DIR/tls/ (--ca-dir)",
+    )
+    tls_dir: str | None = setting(
+        None,
+        "the agent's credentials directory (role agent/NODE), without --ca-dir (--tls-dir; "
+        "CARGOHOLD_TLS_DIR too)",
+    )
+    replica_tls_dir: str | None = setting(
+        None, "the replica server's credentials (role replica/NODE) without --ca-dir"
+    )
     trash_grace: float = setting(
         86400.0,
         "seconds a deleted replica stays in its disk's trash (DISK/trash/) before it is "

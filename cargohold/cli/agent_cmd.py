@@ -19,6 +19,7 @@ from cargohold.cli.main import app
 from cargohold.cli.replica_cmd import console
 from cargohold.errors import CargoholdError, ConfigError
 from cargohold.logs import setup_logging
+from cargohold.settings import ProcessSettings
 
 
 @app.command("agent")
@@ -54,6 +55,21 @@ def agent(
         help="seconds a deleted replica stays in its disk's trash (DISK/trash/) before it "
         "is really removed; until then it can be moved back (default 86400)",
     ),
+    ca_dir: str = typer.Option(
+        None,
+        "--ca-dir",
+        help="the cluster CA (local clusters): the agent issues its replica server's, its "
+        "own and each engine's certificates from it (DIR/tls/)",
+    ),
+    tls_dir: str = typer.Option(
+        None,
+        "--tls-dir",
+        envvar=ProcessSettings.variable("tls_dir"),
+        help="the agent's credentials directory (role agent): without --ca-dir",
+    ),
+    replica_tls_dir: str = typer.Option(
+        None, "--replica-tls-dir", help="the replica server's credentials (role replica)"
+    ),
 ) -> None:
     """Run a node: its replica server, and the engines the manager assigns to it."""
     from cargohold.agent.agent import Agent
@@ -74,6 +90,9 @@ def agent(
             "trash_grace": trash_grace,
             "nbd_address": nbd_address,
             "nbd_tls_dir": nbd_tls_dir,
+            "ca_dir": ca_dir,
+            "tls_dir": tls_dir,
+            "replica_tls_dir": replica_tls_dir,
         }
         # flags win; what no flag gives comes from CARGOHOLD_AGENT_*, else the default
         config = AgentSettings(**{k: v for k, v in flags.items() if v is not None})

@@ -164,6 +164,7 @@ def main_job(root: str) -> None:
                         "127.0.0.1:0",
                         "--node",
                         f"node-{i}",
+                        "--plaintext",  # the demo's data plane alone has no cluster CA
                     ],
                     os.path.join(root, f"node-{i}.log"),
                     r"listening on 127\.0\.0\.1:(\d+)",
@@ -197,6 +198,7 @@ def main_job(root: str) -> None:
                     "127.0.0.1:0",
                     "--control",
                     ctl,
+                    "--plaintext",
                     "--replica-timeout",
                     "2",
                 ],

@@ -61,8 +61,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tls-dir",
         default=os.environ.get(ProcessSettings.variable("tls_dir")) or None,
-        help="credentials directory (tls.crt, tls.key, ca.crt, ca.crl; env CARGOHOLD_TLS_DIR): "
-        "NBD over TLS when --listen is not loopback",
+        help="credentials of this volume's engine (role engine, name the volume; tls.crt, "
+        "tls.key, ca.crt, ca.crl; env CARGOHOLD_TLS_DIR): mutual TLS to the replica servers, "
+        "and NBD over TLS when --listen is not loopback",
     )
     p.add_argument(
         "--nbd-tls",
@@ -72,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plaintext",
         action="store_true",
-        help="allow a network NBD endpoint without TLS (benchmarks only; announced loudly)",
+        help="no TLS: replica servers in clear, and a network NBD endpoint without TLS "
+        "(benchmarks only; announced loudly)",
     )
     p.add_argument("--control", help="control API (JSON lines) on this unix socket")
     p.add_argument("--min-replicas", type=int, help="fewest replicas to keep serving (1)")
@@ -107,6 +109,7 @@ def main(argv: list[str]) -> int:
     try:
         specs = [ReplicaSpec.parse(r, local=r.split("@", 1)[0] == a.local) for r in a.replica]
         given = {"min_replicas": a.min_replicas, "replica_timeout": a.replica_timeout}
+        given |= {"tls_dir": a.tls_dir, "plaintext": a.plaintext or None}
         if a.rebuild_bandwidth:
             given["rebuild_bandwidth"] = parse_size(a.rebuild_bandwidth)
         settings = EngineSettings(**{k: v for k, v in given.items() if v is not None})

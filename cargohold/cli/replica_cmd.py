@@ -1,5 +1,7 @@
 """``cargohold replica-server`` runs a node's replica server; ``cargohold replica ...`` talks
-to one (list, create, delete, info, snapshots, scrub) for operators and scripts."""
+to one (list, create, delete, info, snapshots, scrub) for operators and scripts: over mutual
+TLS with the credentials directory in CARGOHOLD_TLS_DIR (an agent's or a manager's: only
+those may create, delete and open any replica), else plain TCP."""
 
 from __future__ import annotations
 
@@ -31,6 +33,15 @@ def replica_server(
     unix: str = typer.Option(None, help="also listen on this unix socket"),
     node: str = typer.Option(None, help="node name reported to clients (default: local)"),
     workers: int = typer.Option(None, min=1, max=64, help="processes (replicas sharded by id)"),
+    tls_dir: str = typer.Option(
+        None,
+        "--tls-dir",
+        envvar="CARGOHOLD_TLS_DIR",
+        help="credentials directory (tls.crt, tls.key, ca.crt, ca.crl): mutual TLS on TCP",
+    ),
+    plaintext: bool = typer.Option(
+        False, "--plaintext", help="no TLS and no authentication (benchmarks only)"
+    ),
 ) -> None:
     """Serve every replica on this node's disks over the replica wire protocol.
 
@@ -40,6 +51,7 @@ def replica_server(
     from cargohold.settings import ReplicaServerSettings
 
     given: dict[str, Any] = {"unix_socket": unix, "node": node, "workers": workers}
+    given |= {"tls_dir": tls_dir, "plaintext": plaintext or None}
     if disk:
         given["disks"] = disk
     if listen:
@@ -60,12 +72,17 @@ def replica_server(
         raise typer.Exit(getattr(e, "exit_code", 1)) from None
 
 
-def _run(server: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+def _run(server: str, fn: Callable[[Any], Awaitable[Any]], replica: str | None = None) -> Any:
+    import os
+
     from cargohold.replica.client import ReplicaClient
+    from cargohold.security.tls import Credentials
 
     async def go() -> Any:
         host, port = split_addr(server)
-        c = await ReplicaClient.connect(host, port)
+        tls_dir = os.environ.get("CARGOHOLD_TLS_DIR")  # an agent's or admin's credentials
+        tls = Credentials.load(tls_dir) if tls_dir else None
+        c = await ReplicaClient.connect(host, port, tls=tls, replica=replica)
         try:
             return await fn(c)
         finally:
@@ -107,7 +124,7 @@ def create(
     replica: str, size: str = typer.Option(..., help="e.g. 10GiB"), server: str = SERVER
 ) -> None:
     """Create an empty replica."""
-    out = _run(server, lambda c: c.create(replica, parse_size(size)))
+    out = _run(server, lambda c: c.create(replica, parse_size(size)), replica)
     console.print(
         f"created replica [bold]{out['replica']}[/bold] ({out['size']} bytes) at {out['path']}"
     )
@@ -116,7 +133,7 @@ def create(
 @replica_app.command("delete")
 def delete(replica: str, server: str = SERVER) -> None:
     """Delete a replica and its data."""
-    _run(server, lambda c: c.delete(replica))
+    _run(server, lambda c: c.delete(replica), replica)
     console.print(f"deleted replica {replica}")
 
 
@@ -133,7 +150,7 @@ def info(replica: str, server: str = SERVER, epoch: int = 0) -> None:
         await _opened(c, replica, epoch)
         return await c.stats()
 
-    print(json.dumps(_run(server, go), indent=2))
+    print(json.dumps(_run(server, go, replica), indent=2))
 
 
 @replica_app.command("snapshots")
@@ -144,7 +161,7 @@ def snapshots(replica: str, server: str = SERVER, epoch: int = 0, output: str = 
         await _opened(c, replica, epoch)
         return await c.snapshot_list()
 
-    snaps = _run(server, go)
+    snaps = _run(server, go, replica)
     if output == "json":
         print(json.dumps(snaps, indent=2))
         return
@@ -168,7 +185,7 @@ def scrub(replica: str, server: str = SERVER, epoch: int = 0) -> None:
         await _opened(c, replica, epoch)
         return await c.scrub()
 
-    report = _run(server, go)
+    report = _run(server, go, replica)
     print(json.dumps(report, indent=2))
     if report["bad"]:
         raise typer.Exit(1)

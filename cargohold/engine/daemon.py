@@ -32,7 +32,12 @@ from cargohold.engine.volume import Volume
 from cargohold.errors import ConfigError
 from cargohold.frontend.nbd_server import serve
 from cargohold.security.policy import nbd_authorizer
-from cargohold.security.tls import Credentials, is_loopback, warn_plaintext
+from cargohold.security.tls import (
+    Credentials,
+    credentials_or_plaintext,
+    is_loopback,
+    warn_plaintext,
+)
 from cargohold.settings import EngineSettings, NBDSettings
 
 
@@ -101,6 +106,10 @@ def run(config: EngineRun) -> None:
 async def serve_engine(config: EngineRun) -> None:
     """The engine in the running event loop, until SIGTERM/SIGINT."""
     tls = nbd_credentials(config)  # before anything starts: a bad setup fails at once
+    # TLS credentials, or --plaintext said out loud: nothing else starts an engine
+    credentials_or_plaintext(
+        config.settings.tls_dir, config.settings.plaintext, f"the engine of {config.volume}"
+    )
     vol = Volume(
         config.volume,
         config.replicas,

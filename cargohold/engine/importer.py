@@ -68,7 +68,9 @@ async def _open_source(
     """
     timeout = vol.settings.replica_timeout
     if client is None:
-        client = await ReplicaClient.connect(source.host, source.port, timeout=timeout)
+        client = await ReplicaClient.connect(
+            source.host, source.port, timeout=timeout, tls=vol.tls, replica=source.id
+        )
     try:
         listed = await asyncio.wait_for(client.list(), timeout)
         item = next((x for x in listed if x.get("id") == source.id), None)

@@ -56,6 +56,7 @@ from cargohold.errors import (
 from cargohold.protocol.nbd import STATE_HOLE, STATE_ZERO
 from cargohold.protocol.replica_wire import FLAG_FUA, Op
 from cargohold.replica.client import ReplicaClient
+from cargohold.security.tls import Credentials
 from cargohold.settings import EngineSettings
 
 log = logging.getLogger("cargohold.engine")
@@ -83,6 +84,9 @@ class Volume:
         self.require = require  # (epoch, generation): refuse to start from older replicas
         self.epoch_jump = epoch_jump  # after `volume recover-epoch`: OPEN may jump epochs
         self.endpoint = ""  # nbd://HOST:PORT/NAME, once the NBD server listens
+        # mutual TLS to the replica servers with this volume's engine certificate (None:
+        # plain TCP; the engine's daemon refuses that unless --plaintext was given)
+        self.tls = Credentials.load(settings.tls_dir) if settings.tls_dir else None
         self._top = (0, 0)  # (last epoch, generation) of the current replicas at start
         self.import_job: dict[str, Any] | None = None  # the last import's progress (importer)
         self.links = [ReplicaLink(spec) for spec in replicas]
@@ -168,7 +172,11 @@ class Volume:
         client = None
         try:
             client = await ReplicaClient.connect(
-                link.spec.host, link.spec.port, timeout=self.settings.replica_timeout
+                link.spec.host,
+                link.spec.port,
+                timeout=self.settings.replica_timeout,
+                tls=self.tls,
+                replica=link.spec.id,
             )
             info = await asyncio.wait_for(
                 client.open(link.spec.id, self.epoch, self.epoch_jump),

@@ -4,6 +4,12 @@ Used by volume engines (and by tools, tests and benchmarks) to talk to a replica
 Every call returns when its reply arrives; many calls may be in flight at once. A reply
 with an error status raises the matching ``RequestError``; a lost connection fails every
 pending call with ``ReplicaIOError``.
+
+With credentials (``connect(..., tls=Credentials)``) the connection is mutual TLS 1.3 and the
+server must present the certificate of a replica server of our own cluster. A connection
+that will OPEN, CREATE or DELETE one replica names it (``replica=``): the TLS server name is
+then its routing name (``protocol.tls_hello``), which a server with worker processes routes
+by before the handshake.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ from cargohold.errors import InvalidArgument, ProtocolError, ReplicaIOError, err
 from cargohold.protocol import extent_stream as xs
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Reply
+from cargohold.protocol.tls_hello import routing_name
+from cargohold.security.identity import Role
+from cargohold.security.tls import Credentials, peer_identity, require
+
+_REPLICA_SERVER = frozenset({Role.REPLICA})
 
 # ReplicaClient has a method named ``list``: inside the class, annotations use these names
 Records = list[dict[str, Any]]  # LIST's replicas, SNAPSHOT_LIST's snapshots
@@ -119,30 +130,48 @@ class ReplicaClient:
         unix: str | None = None,
         timeout: float = 10.0,
         sock: socket.socket | None = None,
+        tls: Credentials | None = None,
+        replica: str | None = None,
     ) -> ReplicaClient:
-        """Connect by TCP address, unix socket path, or over an already connected socket."""
+        """Connect by TCP address, unix socket path, or over an already connected socket;
+        over mutual TLS with ``tls`` (TCP only), naming ``replica`` when the connection is
+        for OPEN, CREATE or DELETE of that replica (the server routes by it)."""
         if sock is None and not unix and (host is None or port is None):
             raise InvalidArgument("a replica server is reached by host and port, unix or sock")
         loop = asyncio.get_running_loop()
+        secure: dict[str, Any] = {}
+        if tls is not None and not unix:
+            # no server name at all without a replica: the server's parent serves it
+            name = routing_name(replica) if replica is not None else ""
+            secure = {"ssl": tls.client_context(), "server_hostname": name}
         try:
             if sock is not None:
-                _, proto = await loop.create_connection(_ClientProtocol, sock=sock)
+                transport, proto = await asyncio.wait_for(
+                    loop.create_connection(_ClientProtocol, sock=sock, **secure), timeout
+                )
                 where = str(sock.getpeername())
             elif unix:
-                _, proto = await asyncio.wait_for(
+                transport, proto = await asyncio.wait_for(
                     loop.create_unix_connection(_ClientProtocol, unix), timeout
                 )
                 where = unix
             else:
                 assert host is not None and port is not None  # checked above
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(_ClientProtocol, host, port), timeout
+                transport, proto = await asyncio.wait_for(
+                    loop.create_connection(_ClientProtocol, host, port, **secure), timeout
                 )
                 where = f"{host}:{port}"
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
             raise ReplicaIOError(
                 f"cannot connect to replica server {host or unix}:{port}: {e}"
             ) from None
+        if secure:
+            assert tls is not None
+            try:  # the other end is a replica server of our cluster, not just anyone's
+                require(peer_identity(transport), _REPLICA_SERVER, tls.cluster())
+            except Exception:
+                transport.abort()
+                raise
         return cls(proto, where)
 
     async def close(self) -> None:
@@ -227,9 +256,16 @@ class ReplicaClient:
         ).result()
 
     async def create(
-        self, replica: str, size: int, disk: str | None = None, cluster_id: str | None = None
+        self,
+        replica: str,
+        size: int,
+        disk: str | None = None,
+        cluster_id: str | None = None,
+        volume: str | None = None,
     ) -> dict[str, Any]:
         args: dict[str, Any] = {"replica": replica, "size": size}
+        if volume:
+            args["volume"] = volume  # kept in its metadata: whose engine may open it
         if disk:
             args["disk"] = disk
         if cluster_id:

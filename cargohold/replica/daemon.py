@@ -24,6 +24,7 @@ from cargohold import memtune
 from cargohold.replica.server import ReplicaServer
 from cargohold.replica.session import Session
 from cargohold.replica.workers import Dispatcher, owner
+from cargohold.security.tls import credentials_or_plaintext
 from cargohold.settings import ReplicaServerSettings
 
 log = logging.getLogger("cargohold.replica")
@@ -112,7 +113,10 @@ async def _worker_main(settings: ReplicaServerSettings, index: int, channel: soc
         for fd in fds:
             sock = socket.socket(fileno=fd)
             sock.setblocking(False)
-            task = loop.create_task(loop.connect_accepted_socket(lambda: Session(server), sock))
+            tls = server.tls_args() if sock.family != socket.AF_UNIX else {}
+            task = loop.create_task(
+                loop.connect_accepted_socket(lambda: Session(server), sock, **tls)
+            )
             adopting.add(task)
             task.add_done_callback(adopting.discard)
 
@@ -137,6 +141,8 @@ def _run_worker(settings: ReplicaServerSettings, index: int, channel: socket.soc
 
 
 async def _parent_main(settings: ReplicaServerSettings) -> None:
+    # the credentials load (or --plaintext is announced) before any worker is forked
+    credentials_or_plaintext(settings.tls_dir, settings.plaintext, "the replica server")
     parent = Dispatcher(settings, lambda index, channel: _run_worker(settings, index, channel))
     loop = asyncio.get_running_loop()
     listeners = []
@@ -147,7 +153,12 @@ async def _parent_main(settings: ReplicaServerSettings) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(settings.unix_socket)
         us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        us.bind(settings.unix_socket)
+        old = os.umask(0o177)  # mode 0600: the server's own user only (docs/security.md)
+        try:
+            us.bind(settings.unix_socket)
+        finally:
+            os.umask(old)
+        os.chmod(settings.unix_socket, 0o600)
         us.listen(1024)
         us.setblocking(False)
         listeners.append(us)

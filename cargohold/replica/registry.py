@@ -5,7 +5,8 @@ session that opens it; deleting it closes it for all of them and moves its direc
 the disk's trash (``<disk>/trash/<id>.<unix time>/``, see trash.py), from where it can be
 moved back until the node agent empties it.
 
-A replica created with a cluster id keeps it in its metadata's labels (``cluster_id``);
+A replica created with a cluster id keeps it in its metadata's labels (``cluster_id``), and
+the volume it belongs to (``volume``: whose engine may open it, replica/session.py);
 LIST reports it with what an orphan's record needs (generation, epoch history, snapshots).
 """
 
@@ -70,7 +71,9 @@ class Registry:
                 return path
         return None
 
-    def create(self, rid: Any, size: Any, disk: Any = None, cluster_id: Any = None) -> OpenReplica:
+    def create(
+        self, rid: Any, size: Any, disk: Any = None, cluster_id: Any = None, volume: Any = None
+    ) -> OpenReplica:
         rid = self._check_id(rid)
         if not isinstance(size, int) or isinstance(size, bool):
             raise InvalidArgument(f"size must be an integer number of bytes, got {size!r}")
@@ -78,9 +81,13 @@ class Registry:
             not isinstance(cluster_id, str) or not CLUSTER_ID.match(cluster_id)
         ):
             raise InvalidArgument(f"bad cluster id {cluster_id!r}: c-<32 hex digits>")
+        if volume is not None and (not isinstance(volume, str) or not REPLICA_ID.match(volume)):
+            raise InvalidArgument(f"bad volume name {volume!r}: 1-128 of [A-Za-z0-9._-]")
         labels = {"replica": rid}
         if cluster_id:
             labels["cluster_id"] = cluster_id
+        if volume:
+            labels["volume"] = volume  # whose engine may open it (docs/security.md)
         if self.locate(rid) is not None:
             raise AlreadyExists(f"replica {rid} exists")
         if disk is None:
@@ -142,6 +149,7 @@ class Registry:
                         history=s.history,
                         snapshots=[x.name for x in s.snapshot_list()],
                         cluster_id=s.labels.get("cluster_id", ""),
+                        volume=s.labels.get("volume", ""),
                     )
                 else:
                     item.update(_from_meta(os.path.join(root, rid)))
@@ -173,6 +181,7 @@ def _from_meta(path: str) -> dict[str, Any]:
                 if isinstance(v, dict) and isinstance(v.get("snapshot"), dict)
             ),
             "cluster_id": str((meta.get("labels") or {}).get("cluster_id", "")),
+            "volume": str((meta.get("labels") or {}).get("volume", "")),
         }
     except (OSError, CargoholdError, KeyError, TypeError, ValueError) as e:
         return {"error": f"cannot read its metadata: {e}"}

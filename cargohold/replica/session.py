@@ -5,6 +5,13 @@ A session is a thin asyncio shell around the sans-I/O codec. It opens at most on
 so a connection opened by an old engine is refused as soon as a newer engine has opened the
 replica (invariant 3). A broken frame closes this connection only; a bad request gets an
 error reply; nothing a client sends can stop the server.
+
+Over TLS every request that names what it acts on is authorized by the identity in the
+peer's certificate (``security.policy``): HELLO and LIST (filtered to what the peer may
+see), CREATE and DELETE, OPEN (an engine only of its own volume's replicas); the data ops
+act on the replica the authorized OPEN opened. A refusal is an error reply (Unauthenticated,
+status 1005; PermissionDenied, 13) and the connection stays usable. Plain connections (the
+unix socket, or ``--plaintext``) are not checked.
 """
 
 from __future__ import annotations
@@ -12,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cargohold import __version__
-from cargohold.constants import BLOCK_SIZE, MAX_IO_BYTES
+from cargohold.constants import MAX_IO_BYTES
 from cargohold.errors import (
     CargoholdError,
     Fenced,
@@ -26,6 +34,7 @@ from cargohold.errors import (
     NoSpace,
     NotFound,
     NotOpen,
+    PermissionDenied,
     ProtocolError,
     ReplicaIOError,
     RequestError,
@@ -33,7 +42,10 @@ from cargohold.errors import (
 )
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Request
-from cargohold.store.base import window_digests
+from cargohold.replica.maintenance import MaintenanceOps, str_arg
+from cargohold.security.identity import Identity, Role
+from cargohold.security.policy import lists_replica, replica_op_allowed
+from cargohold.security.tls import peer_identity, require
 from cargohold.store.reader import host_identity
 
 if TYPE_CHECKING:
@@ -44,6 +56,8 @@ if TYPE_CHECKING:
     from cargohold.settings import ReplicaServerSettings
 
 log = logging.getLogger("cargohold.replica")
+
+_VOLUME_OF = re.compile(r"^(.+)-r[0-9a-f]+$")  # the manager's replica names
 
 Result = tuple[int, Any]  # (generation, payload bytes | list of buffers)
 
@@ -74,9 +88,23 @@ class Host(Protocol):
     admission: Admission
     sessions: set[Session]
     counters: collections.Counter[str]
+    cluster: str | None  # over TLS: the cluster peers must be of
 
 
-class Session(asyncio.BufferedProtocol):
+_ANY_ROLE = frozenset(Role)
+
+
+def replica_volume(replica_id: str, labels: dict[str, str]) -> str | None:
+    """The volume a replica belongs to: the ``volume`` its CREATE recorded in its metadata,
+    else the manager's naming (``<volume>-r<hex>``); None when neither says."""
+    volume = labels.get("volume")
+    if volume:
+        return volume
+    m = _VOLUME_OF.match(replica_id)
+    return m.group(1) if m else None
+
+
+class Session(MaintenanceOps, asyncio.BufferedProtocol):
     def __init__(self, server: Host) -> None:
         self.server = server
         self.decoder = wire.RequestDecoder()
@@ -93,6 +121,9 @@ class Session(asyncio.BufferedProtocol):
         self.started = self.last_active = 0.0  # time.monotonic()
         self.requests = 0
         self._silence: asyncio.TimerHandle | None = None
+        # over TLS: requests are authorized by the identity in the peer's certificate
+        self.guarded = False
+        self.ident: Identity | None = None
 
     # --- transport callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,6 +142,9 @@ class Session(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if transport.get_extra_info("ssl_object") is not None:
+            self.guarded = True
+            self.ident = peer_identity(transport)
         self.server.sessions.add(self)
         self._silence = asyncio.get_running_loop().call_later(
             self.server.settings.first_request_timeout, self._silent
@@ -240,6 +274,22 @@ class Session(asyncio.BufferedProtocol):
         gen = self.rep.store.generation if self.rep is not None and not self.rep.deleted else 0
         return wire.encode_reply(req.id, status, gen, error_payload(err))
 
+    def _authorize(self, op: str, volume: str | None) -> Identity | None:
+        """Over TLS: may the peer run ``op`` on a replica of ``volume``? Raises the refusal
+        (counted, logged); -> the peer's identity (None on a plain connection)."""
+        if not self.guarded:
+            return None
+        try:
+            ident = require(self.ident, _ANY_ROLE, self.server.cluster)
+            if not replica_op_allowed(ident, op, volume):
+                what = f" a replica of volume {volume}" if volume else ""
+                raise PermissionDenied(f"{ident} may not {op}{what} on this replica server")
+        except RequestError as e:  # Unauthenticated, PermissionDenied
+            self.server.counters["refused"] += 1
+            log.warning("refused %s from %s (%s): %s", op, self.peer, self.ident, e)
+            raise
+        return ident
+
     def _mutation(self, req: Request) -> OpenReplica:
         """``_replica`` for a mutation, which must carry the engine's number for it: the
         replica never numbers mutations itself, so a write that bypasses the engine cannot
@@ -281,6 +331,7 @@ class Session(asyncio.BufferedProtocol):
 
     # --- node-level ops ---------------------------------------------------------------
     def op_hello(self, req: Request) -> Result:
+        self._authorize("HELLO", None)
         args = req.args()
         version = args.get("version", wire.VERSION)
         if not isinstance(version, int) or version not in wire.VERSIONS_SUPPORTED:
@@ -293,17 +344,24 @@ class Session(asyncio.BufferedProtocol):
                 "version": wire.VERSION,
                 "server": f"cargohold/{__version__}",
                 "node": self.server.settings.node,
+                "workers": self.server.settings.workers,
             }
         )
 
     def op_create(self, req: Request) -> Result:
         args = req.args()
+        self._authorize("CREATE", None)
         rep = self.server.registry.create(
-            args.get("replica"), args.get("size"), args.get("disk"), args.get("cluster_id")
+            args.get("replica"),
+            args.get("size"),
+            args.get("disk"),
+            args.get("cluster_id"),
+            args.get("volume"),
         )
         return 0, wire.dump_json({"replica": rep.id, "path": rep.path, "size": rep.store.size})
 
     async def op_delete(self, req: Request) -> Result:
+        self._authorize("DELETE", None)
         rid = req.args().get("replica")
         rep = self.server.registry.open.get(rid) if isinstance(rid, str) else None
         if rep is None:
@@ -315,7 +373,15 @@ class Session(asyncio.BufferedProtocol):
         return 0, b""
 
     def op_list(self, req: Request) -> Result:
-        return 0, wire.dump_json({"replicas": self.server.registry.list()})
+        ident = self._authorize("LIST", None)
+        items = self.server.registry.list()
+        if ident is not None:  # only what the peer may see
+            items = [
+                x
+                for x in items
+                if lists_replica(ident, x.get("volume") or replica_volume(x["id"], {}))
+            ]
+        return 0, wire.dump_json({"replicas": items})
 
     def op_open(self, req: Request) -> Result:
         args = req.args()
@@ -325,7 +391,10 @@ class Session(asyncio.BufferedProtocol):
         jump = args.get("jump", False)
         if not isinstance(jump, bool):
             raise InvalidArgument(f"jump must be true or false, got {jump!r}")
+        if self.guarded:  # a peer without a role that may OPEN does not get a replica opened
+            self._authorize("OPEN", self.ident.name if self.ident is not None else None)
         rep = self.server.registry.get(args.get("replica"))
+        self._authorize("OPEN", replica_volume(rep.id, rep.store.labels))
         # persisted before we answer; older epochs now fail; far newer ones are refused
         rep.store.accept_epoch(epoch, jump)
         if self.rep is not None:
@@ -359,7 +428,7 @@ class Session(asyncio.BufferedProtocol):
         rep = self._replica()
         if req.length > MAX_IO_BYTES:
             raise InvalidArgument(f"read of {req.length} bytes exceeds {MAX_IO_BYTES}")
-        snapshot = _str_arg(req.args(), "snapshot") if req.payload else None
+        snapshot = str_arg(req.args(), "snapshot") if req.payload else None
         data = rep.store.read(req.offset, req.length, snapshot)
         return rep.store.generation, data
 
@@ -435,101 +504,6 @@ class Session(asyncio.BufferedProtocol):
         rep = self._replica()
         return rep.store.generation, wire.dump_json(self._info(rep))
 
-    def op_changed(self, req: Request) -> Result:
-        rep = self._replica()
-        since = _int_arg(req.args(), "since", 0)
-        length = req.length or rep.store.size - req.offset
-        extents = rep.store.changed_since(since, req.offset, length)
-        return rep.store.generation, wire.dump_json({"since": since, "extents": extents})
-
-    def op_extents(self, req: Request) -> Result:
-        rep = self._replica()
-        args = req.args()
-        ext = rep.store.extents(req.offset, req.length, _str_arg(args, "snapshot"))
-        return rep.store.generation, wire.dump_json({"extents": ext})
-
-    def op_export(self, req: Request) -> Result:
-        rep = self._replica()
-        args = req.args()
-        bufs = rep.store.export(
-            req.offset,
-            req.length,
-            since=_int_arg(args, "since", 0),
-            max_bytes=min(_int_arg(args, "max_bytes", 8 << 20), MAX_IO_BYTES),
-            snapshot=_str_arg(args, "snapshot"),
-        )
-        return rep.store.generation, bufs
-
-    def op_import(self, req: Request) -> Result:
-        rep = self._replica()
-        try:
-            gen = rep.store.import_stream(req.payload, req.generation or None)
-        except ProtocolError as e:  # a bad stream inside a good frame: a bad request
-            raise InvalidArgument(str(e)) from None
-        return gen, b""
-
-    async def op_mark_current(self, req: Request) -> Result:
-        rep = self._replica()
-        args = req.args()
-        generation = _int_arg(args, "generation", 0) if "generation" in args else None
-        history = args.get("history")
-        reset = args.get("reset", False)
-        if not isinstance(reset, bool):
-            raise InvalidArgument(f"reset must be true or false, got {reset!r}")
-        async with rep.lock:
-            self._replica()
-            await self._drain_flushes(rep)
-            rep.store.mark_current(generation, history, reset)
-        return rep.store.generation, wire.dump_json(self._info(rep))
-
-    def op_checksums(self, req: Request) -> Result:
-        """The checksum map of a range from the block maps (no data read): per block, or
-        per window of ``digest_blocks`` blocks (docs/formats/replica-wire.md)."""
-        rep = self._replica()
-        args = req.args()
-        window = _int_arg(args, "digest_blocks", 0)
-        if req.length == 0 or req.length > wire.MAX_CHECKSUM_BLOCKS * BLOCK_SIZE:
-            raise InvalidArgument(
-                f"checksum range of {req.length} bytes: 1 to {wire.MAX_CHECKSUM_BLOCKS} blocks"
-            )
-        crcs = rep.store.checksums(req.offset, req.length, _str_arg(args, "snapshot"))
-        values = crcs if not window else window_digests(crcs, window)
-        parts = wire.encode_checksums(
-            req.offset // BLOCK_SIZE, len(crcs), values.data.cast("B"), window
-        )
-        return rep.store.generation, parts
-
-    def op_repair(self, req: Request) -> Result:
-        rep = self._replica()
-        fixed = rep.store.repair(req.offset, req.payload)
-        return rep.store.generation, wire.dump_json({"repaired": fixed})
-
-    async def op_scrub(self, req: Request) -> Result:
-        rep = self._replica()
-        async with rep.lock:
-            self._replica()
-            steps = rep.store.scrub_steps(req.offset, req.length)
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as stop:
-                    report = stop.value
-                    break
-                await asyncio.sleep(0)
-        return rep.store.generation, wire.dump_json(report.to_dict())
-
-    def op_stats(self, req: Request) -> Result:
-        rep = self._replica()
-        return rep.store.generation, wire.dump_json(rep.store.stats())
-
-    async def op_expand(self, req: Request) -> Result:
-        rep = self._replica()
-        size = _int_arg(req.args(), "size", -1)
-        async with rep.lock:
-            self._replica()
-            rep.store.expand(size)
-        return rep.store.generation, wire.dump_json({"size": rep.store.size})
-
 
 def _labels(v: Any) -> dict[str, str]:
     if v is None:
@@ -538,20 +512,6 @@ def _labels(v: Any) -> dict[str, str]:
         isinstance(k, str) and isinstance(x, str) for k, x in v.items()
     ):
         raise InvalidArgument("labels must be an object of string keys and string values")
-    return v
-
-
-def _str_arg(args: dict[str, Any], key: str) -> str | None:
-    v = args.get(key)
-    if v is not None and not isinstance(v, str):
-        raise InvalidArgument(f"{key} must be a string, got {v!r}")
-    return v
-
-
-def _int_arg(args: dict[str, Any], key: str, default: int) -> int:
-    v = args.get(key, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise InvalidArgument(f"{key} must be a non-negative integer, got {v!r}")
     return v
 
 

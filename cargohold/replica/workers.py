@@ -12,6 +12,15 @@ recover as after any crash).
 A connection stays with the worker it was handed to: OPEN of a replica another worker owns
 answers ``Busy`` ("open a new connection"). Engines use one connection per replica.
 
+Over TLS (``settings.tls_dir``) nothing of a request can be read before the handshake, so
+the parent routes by the one thing a TLS client sends in clear: the server name (SNI) of
+its ClientHello, peeked at without consuming it (``protocol.tls_hello``). A client that
+will OPEN, CREATE or DELETE a replica sends its routing name (``r<crc32c>.replica.cargohold``)
+and is handed to the owner; a connection without one (HELLO, LIST: the agent, tools) is
+handed to the workers in turn. The worker then does the handshake and serves the whole
+connection, with the same authorization as a single process. The parent never holds a key
+nor runs TLS: it stays a router of sockets (docs/formats/replica-wire.md, "TLS and routing").
+
 This module is the parent's logic (``Dispatcher``) and the sharding rule (``owner``); the
 processes themselves (the listeners, forking, event loops, signals) are wired up in
 ``replica/daemon.py``.
@@ -31,8 +40,10 @@ from collections.abc import Callable
 
 import crc32c
 
+from cargohold.errors import CargoholdError
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
+from cargohold.protocol.tls_hello import MAX_HELLO, Incomplete, client_hello_sni, routing_shard
 from cargohold.replica.admission import (
     NO_VICTIM_RECHECK,
     Admission,
@@ -92,6 +103,8 @@ class Dispatcher:
         self.others: dict[int, str] = {}
         self.other_count: dict[str, int] = {}  # address -> its pending connections
         self.refused = 0
+        self.tls = bool(settings.tls_dir)  # TCP connections speak TLS: route by SNI
+        self._turn = 0  # the worker the next connection without a routing name goes to
         self._no_room: tuple[float, int] = (0.0, 0)  # no victim till then, from that share
 
     def spawn(self, index: int) -> None:
@@ -226,7 +239,40 @@ class Dispatcher:
             self.loop.remove_reader(fd)
         conn.close()
 
+    def peek_hello(self, conn: socket.socket) -> None:
+        """Over TLS: hand the connection to the worker its ClientHello's server name routes
+        to (the next worker in turn when it names no replica), once the whole ClientHello
+        is here; nothing is consumed, the worker does the handshake."""
+        try:
+            head = conn.recv(MAX_HELLO, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not head:
+            self._drop(conn)
+            return
+        try:
+            name = client_hello_sni(head)
+        except Incomplete:
+            self._later(conn)
+            return
+        except CargoholdError as e:
+            log.info("dropping a connection that does not start with a TLS ClientHello: %s", e)
+            self._drop(conn)
+            return
+        shard = routing_shard(name)
+        if shard is None:
+            index, self._turn = self._turn, (self._turn + 1) % self.settings.workers
+        else:
+            index = shard % self.settings.workers
+        self.hand_over(conn, index)
+
     def peek(self, conn: socket.socket) -> None:
+        if self.tls and conn.family != socket.AF_UNIX:
+            self.peek_hello(conn)
+            return
         try:
             head = conn.recv(wire.REQUEST.size, socket.MSG_PEEK)
         except BlockingIOError:

@@ -75,6 +75,7 @@ class Credentials:
     _stamp: tuple[float, ...] = field(default=(), repr=False)
     _checked: float = field(default=0.0, repr=False)
     _outer: ssl.SSLContext | None = field(default=None, repr=False)
+    _cluster: tuple[float, str] | None = field(default=None, repr=False)  # (tls.crt's mtime, it)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Credentials:
@@ -141,6 +142,24 @@ class Credentials:
         """The identity of our own certificate (uses ``cryptography``: not for the engine)."""
         return cert_identity(self.path(CERT_FILE).read_bytes())
 
+    def cluster(self) -> str:
+        """The cluster our own certificate is of, read with the standard library only (the
+        engine checks its peers against it without loading ``cryptography``)."""
+        stamp = self._files_stamp()[0]
+        if self._cluster is not None and self._cluster[0] == stamp:
+            return self._cluster[1]
+        import _ssl
+
+        try:
+            decoded = _ssl._test_decode_cert(str(self.path(CERT_FILE)))  # type: ignore[attr-defined]
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"cannot read {self.path(CERT_FILE)}: {e}") from None
+        ident = from_peercert(decoded)
+        if ident is None:
+            raise ConfigError(f"{self.path(CERT_FILE)} carries no cargohold identity")
+        self._cluster = (stamp, ident.cluster)  # read again when tls.crt changes
+        return ident.cluster
+
     # --- contexts -------------------------------------------------------------------------
 
     def server_context(self) -> ssl.SSLContext:
@@ -200,3 +219,21 @@ def require(
         allowed = ", ".join(sorted(r.value for r in roles))
         raise PermissionDenied(f"{ident} may not do this (allowed: {allowed})")
     return ident
+
+
+def credentials_or_plaintext(
+    tls_dir: str | os.PathLike[str] | None, plaintext: bool, what: str
+) -> Credentials | None:
+    """A daemon's credentials (``--tls-dir``), or None when it was asked to run without TLS
+    (``--plaintext``, announced loudly here); neither, or both, is a ConfigError."""
+    if tls_dir and plaintext:
+        raise ConfigError(f"{what}: give --tls-dir or --plaintext, not both")
+    if tls_dir:
+        return Credentials.load(tls_dir)
+    if plaintext:
+        warn_plaintext(what)
+        return None
+    raise ConfigError(
+        f"{what} needs TLS credentials: give --tls-dir DIR (or CARGOHOLD_TLS_DIR), "
+        "or --plaintext to run without TLS and authentication (benchmarks only)"
+    )

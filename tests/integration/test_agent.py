@@ -66,9 +66,10 @@ def descendants(pid: int) -> dict[int, str]:
 
 
 class AgentProc:
-    def __init__(self, directory: Path, api: list[str]) -> None:
+    def __init__(self, directory: Path, api: list[str], extra: list[str] | None = None) -> None:
         self.dir = directory
         self.api = api
+        self.extra = extra or []  # more arguments (test_replica_tls.py: --ca-dir)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = str(directory) + ".log"
         self.replica_port = 0
@@ -94,6 +95,7 @@ class AgentProc:
         ]
         for url in self.api:
             cmd += ["--api", url]
+        cmd += self.extra
         env = dict(os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG="INFO")
         registered = len(fake.registrations)
         with open(self.log_path, "ab") as log:

@@ -106,7 +106,7 @@ def engines(tmp_path):
 def engine_refused(volume: str, specs: list[str], epoch: int, *extra: str) -> str:
     """Run an engine that must not start: -> its output (it exited non-zero)."""
     cmd = [sys.executable, "-m", "cargohold", "engine", "--volume", volume]
-    cmd += ["--epoch", str(epoch), "--listen", "127.0.0.1:0", *extra]
+    cmd += ["--epoch", str(epoch), "--listen", "127.0.0.1:0", "--plaintext", *extra]
     for s in specs:
         cmd += ["--replica", s]
     env = dict(os.environ, PYTHONPATH=ROOT, COLUMNS="400")

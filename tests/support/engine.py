@@ -24,6 +24,7 @@ class EngineProc(Launched):
     port: int = 0
     proc: subprocess.Popen | None = None
     log_path: str = ""
+    tls_dir: str | None = None  # the engine's credentials (tests/support/tls.py); None: --plaintext
 
     @property
     def control(self) -> str:
@@ -53,6 +54,8 @@ class EngineProc(Launched):
         if self.local:
             cmd += ["--local", self.local]
         cmd += self.extra
+        if "--tls-dir" not in self.extra and "--plaintext" not in self.extra:
+            cmd += ["--tls-dir", self.tls_dir] if self.tls_dir else ["--plaintext"]
         log = os.path.join(self.workdir, f"engine-{time.monotonic_ns()}.log")
         self.port = self._launch(
             cmd, log, r"nbd server listening on 127\.0\.0\.1:(\d+)", timeout, "engine", "INFO"

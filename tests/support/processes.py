@@ -90,6 +90,7 @@ class ServerProc(Launched):
     log_path: str = ""
     log_dir: str | None = None  # default: next to the first disk (not on it: it may be full)
     prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NS) to run it on a lab node
+    tls_dir: str | None = None  # its credentials (tests/support/tls.py); None: --plaintext
 
     def start(self, timeout: float = 20.0) -> ServerProc:
         cmd = [
@@ -107,6 +108,7 @@ class ServerProc(Launched):
             cmd += ["--disk", d]
         if self.unix:
             cmd += ["--unix", self.unix]
+        cmd += ["--tls-dir", self.tls_dir] if self.tls_dir else ["--plaintext"]
         log_dir = self.log_dir or os.path.dirname(os.path.abspath(self.disks[0]))
         log = os.path.join(log_dir, f"replica-server-{time.monotonic_ns()}.log")
         self.port = self._launch(cmd, log, r"listening on [^ ]+:(\d+)", timeout, "replica server")
@@ -120,7 +122,9 @@ async def replica_server_in_process(path):  # type: ignore[no-untyped-def]
     from cargohold.settings import ReplicaServerSettings
 
     path.mkdir()
-    s = ReplicaServer(ReplicaServerSettings(host="127.0.0.1", port=0, disks=[str(path)]))
+    s = ReplicaServer(
+        ReplicaServerSettings(host="127.0.0.1", port=0, disks=[str(path)], plaintext=True)
+    )
     await s.start()
     return s
 

@@ -56,8 +56,9 @@ def test_requires_checks_the_role_and_the_tenant() -> None:
     assert write(request(tls(a))) == a
     with pytest.raises(PermissionDenied, match="volumes:write"):
         write(request(tls(reader)))
-    with pytest.raises(PermissionDenied):  # a tenant's CSI: no node listings
-        auth.requires(Permission.NODES_READ)(request(tls(a)))
+    assert auth.requires(Permission.NODES_READ)(request(tls(a))) == a  # topology, publish
+    with pytest.raises(PermissionDenied):  # a tenant's people: no node listings
+        auth.requires(Permission.NODES_READ)(request(tls(reader)))
     with pytest.raises(PermissionDenied):  # nor tenants, even as a tenant's admin
         auth.requires(Permission.TENANTS)(request(tls(Identity(C, Role.ADMIN, "x", "team-a"))))
     assert auth.requires(Permission.TENANTS)(request(tls(Identity(C, Role.ADMIN, "root"))))

@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""Benchmark: what mutual TLS costs on the data path (issue #16, "Figures").
+
+One engine with three replica servers on loopback, started fresh for every run, with TLS
+(a test CA's certificates: replica servers role ``replica``, the engine role ``engine``)
+and without (``--plaintext``), interleaved: every repetition runs both, in alternating
+order, so the two modes see the same machine within a minute of each other. Workloads
+(fio, ``--ioengine=nbd``): 4 KiB random write at QD16 and 1 MiB sequential write at QD4.
+Reported per mode: median and spread (min-max) of IOPS and MB/s over the repetitions, and
+TLS's cost as the ratio of the medians. The handshake cost is measured twice: the engine's
+start (spawn to NBD listening: three TLS connections, the credentials loaded), and one
+connection alone (connect + HELLO round trip, in this process, 50 times). Last, the replica
+wire alone (one replica server, one connection from this process, no engine), to tell the
+cost of TLS itself from the engine's.
+
+    .venv/bin/python benchmarks/tls.py [--repeats 3] [--seconds 10] [--size 1GiB] \\
+        [--json benchmarks/results/tls.json]
+
+Every process started here is stopped by its PID, on errors and Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from cargohold.cli.units import parse_size  # noqa: E402
+from cargohold.replica.client import ReplicaClient  # noqa: E402
+from tests.support.engine import EngineProc  # noqa: E402
+from tests.support.processes import ServerProc  # noqa: E402
+from tests.support.tls import PKI  # noqa: E402
+
+WORKLOADS = {"randwrite-4k-qd16": ("randwrite", "4k", 16), "seqwrite-1m-qd4": ("write", "1M", 4)}
+
+
+def fio(uri: str, rw: str, bs: str, qd: int, size: int, seconds: float) -> dict[str, float]:
+    cmd = ["fio", "--name=tls", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", f"--size={size}"]
+    cmd += ["--ioengine=nbd", f"--uri={uri}", "--output-format=json", "--randrepeat=0"]
+    cmd += ["--norandommap", "--time_based", f"--runtime={seconds}", "--ramp_time=2"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    if p.returncode != 0 or "{" not in p.stdout:
+        raise RuntimeError(f"fio failed: {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
+    job = json.loads(p.stdout[p.stdout.index("{") :])["jobs"][0]
+    side = job["write"]
+    return {"iops": side["iops"], "mb_per_s": side["bw_bytes"] / 1e6}
+
+
+class System:
+    """Three replica servers and one engine, TLS or plain."""
+
+    def __init__(self, work: str, pki: PKI, tls: bool, size: int, run: int) -> None:
+        self.work, self.pki, self.tls, self.size = work, pki, tls, size
+        self.root = os.path.join(work, f"run-{run}-{'tls' if tls else 'plain'}")
+        os.makedirs(self.root)
+        self.servers: list[ServerProc] = []
+        self.engine: EngineProc | None = None
+        self.start_seconds = 0.0
+
+    def start(self) -> None:
+        for i in range(3):
+            disk = os.path.join(self.root, f"node-{i}")
+            os.makedirs(disk)
+            tls_dir = self.pki.dir("replica", f"node-{i}") if self.tls else None
+            s = ServerProc([disk], tls_dir=tls_dir, log_dir=self.root)
+            self.servers.append(s)
+            s.start()
+
+        async def create() -> None:
+            agent = self.pki.creds("agent", "bench") if self.tls else None
+            for i, s in enumerate(self.servers):
+                c = await ReplicaClient.connect("127.0.0.1", s.port, tls=agent, replica=f"b-r{i}")
+                await c.create(f"b-r{i}", self.size, volume="b")
+                await c.close()
+
+        asyncio.run(create())
+        specs = [f"b-r{i}@127.0.0.1:{s.port}" for i, s in enumerate(self.servers)]
+        tls_dir = self.pki.dir("engine", "b") if self.tls else None
+        self.engine = EngineProc("b", specs, 1, self.root, local="b-r0", tls_dir=tls_dir)
+        t0 = time.perf_counter()
+        self.engine.start()
+        self.start_seconds = time.perf_counter() - t0
+        st = self.engine.ctl(op="status")
+        assert [r["mode"] for r in st["replicas"]] == ["RW"] * 3, st
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+        for s in self.servers:
+            s.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def handshake_ms(pki: PKI, work: str, n: int = 50) -> dict[str, float]:
+    """Median milliseconds of connect + HELLO, TLS and plain, against real servers."""
+    out = {}
+    for tls in (False, True):
+        disk = os.path.join(work, f"hs-{tls}")
+        os.makedirs(disk)
+        s = ServerProc([disk], tls_dir=pki.dir("replica", "hs") if tls else None, log_dir=work)
+        s.start()
+        try:
+            creds = pki.creds("engine", "b") if tls else None
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                c = await ReplicaClient.connect("127.0.0.1", s.port, tls=creds, replica="b-r0")
+                await c.hello()
+                times.append(time.perf_counter() - t0)
+                await c.close()
+            out["tls" if tls else "plain"] = 1000 * statistics.median(times)
+        finally:
+            s.stop()
+    return out
+
+
+async def wire_rate(port: int, creds: Any, bs: int, qd: int, seconds: float) -> float:
+    """Writes per second of ``bs`` bytes at queue depth ``qd`` over one connection."""
+    c = await ReplicaClient.connect("127.0.0.1", port, tls=creds, replica="w-r1")
+    await c.open("w-r1", 1)
+    data, done = os.urandom(bs), 0
+    end = time.perf_counter() + seconds
+
+    async def worker(i: int) -> None:
+        nonlocal done
+        off = i * bs
+        while time.perf_counter() < end:
+            await c.write(off % (256 << 20) // bs * bs, data)
+            off, done = off + qd * bs, done + 1
+
+    await asyncio.gather(*(worker(i) for i in range(qd)))
+    await c.close()
+    return done / seconds
+
+
+async def wire(pki: PKI, work: str, seconds: float, repeats: int) -> dict[str, Any]:
+    """The replica wire alone (no engine, one replica server, one connection), TLS vs plain,
+    interleaved: MB/s of 4 KiB writes at QD16 and 1 MiB writes at QD4."""
+    rates: dict[str, list[float]] = {}
+    for rep in range(repeats):
+        for tls in (False, True) if rep % 2 == 0 else (True, False):
+            disk = os.path.join(work, f"wire-{rep}-{tls}")
+            os.makedirs(disk)
+            tls_dir = pki.dir("replica", "wire") if tls else None
+            s = ServerProc([disk], tls_dir=tls_dir, log_dir=work)
+            s.start()
+            try:
+                agent = pki.creds("agent", "wire") if tls else None
+                c = await ReplicaClient.connect("127.0.0.1", s.port, tls=agent, replica="w-r1")
+                await c.create("w-r1", 256 << 20, volume="w")
+                await c.close()
+                creds = pki.creds("engine", "w") if tls else None
+                for name, bs, qd in (("write-4k-qd16", 4096, 16), ("write-1m-qd4", 1 << 20, 4)):
+                    r = await wire_rate(s.port, creds, bs, qd, seconds)
+                    key = f"{'tls' if tls else 'plain'}:{name}:mb_per_s"
+                    rates.setdefault(key, []).append(r * bs / 1e6)
+            finally:
+                s.stop()
+                shutil.rmtree(disk, ignore_errors=True)
+    return {k: summary(v) for k, v in rates.items()}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--size", default="1GiB")
+    ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "tls.json"))
+    ap.add_argument("--workdir", default=None, help="where the replicas live (default: a tmp dir)")
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    load_before = os.getloadavg()
+    work = tempfile.mkdtemp(prefix="cargohold-tls-bench-", dir=args.workdir)
+    pki = PKI(os.path.join(work, "pki"))
+    runs: dict[str, dict[str, list[float]]] = {
+        m: {**{f"{w}:{k}": [] for w in WORKLOADS for k in ("iops", "mb_per_s")}, "start_s": []}
+        for m in ("plain", "tls")
+    }
+    try:
+        for rep in range(args.repeats):
+            order = (False, True) if rep % 2 == 0 else (True, False)
+            for tls in order:
+                mode = "tls" if tls else "plain"
+                sys_ = System(work, pki, tls, size, rep)
+                try:
+                    sys_.start()
+                    runs[mode]["start_s"].append(sys_.start_seconds)
+                    assert sys_.engine is not None
+                    for w, (rw, bs, qd) in WORKLOADS.items():
+                        r = fio(sys_.engine.uri, rw, bs, qd, size, args.seconds)
+                        runs[mode][f"{w}:iops"].append(r["iops"])
+                        runs[mode][f"{w}:mb_per_s"].append(r["mb_per_s"])
+                        print(
+                            f"repeat {rep + 1} {mode:5} {w:18} {r['iops']:9.0f} IOPS "
+                            f"{r['mb_per_s']:8.1f} MB/s",
+                            flush=True,
+                        )
+                finally:
+                    sys_.stop()
+        hs = asyncio.run(handshake_ms(pki, work))
+        wire_only = asyncio.run(wire(pki, work, args.seconds / 2, args.repeats))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "load_before": load_before,
+        "commit": subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "args": vars(args),
+        "modes": {m: {k: summary(v) for k, v in d.items()} for m, d in runs.items()},
+        "raw": runs,
+        "connection_ms": hs,
+        "wire_only": wire_only,
+    }
+    cost = {}
+    for w in WORKLOADS:
+        for k in ("iops", "mb_per_s"):
+            p = result["modes"]["plain"][f"{w}:{k}"]["median"]
+            t = result["modes"]["tls"][f"{w}:{k}"]["median"]
+            cost[f"{w}:{k}"] = 100 * (1 - t / p) if p else 0.0
+    result["tls_cost_pct"] = cost
+    ps, ts = (result["modes"][m]["start_s"]["median"] for m in ("plain", "tls"))
+    result["engine_start_extra_ms"] = 1000 * (ts - ps)
+    result["load_after"] = os.getloadavg()
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print()
+    for w in WORKLOADS:
+        for k in ("iops", "mb_per_s"):
+            p, t = (result["modes"][m][f"{w}:{k}"] for m in ("plain", "tls"))
+            print(
+                f"{w:18} {k:8} plain {p['median']:9.1f} ({p['min']:.1f}-{p['max']:.1f})  "
+                f"tls {t['median']:9.1f} ({t['min']:.1f}-{t['max']:.1f})  "
+                f"cost {cost[f'{w}:{k}']:5.1f}%"
+            )
+    print(
+        f"engine start: plain {ps:.2f} s, tls {ts:.2f} s (+{result['engine_start_extra_ms']:.0f} "
+        f"ms); one connection (connect + HELLO): plain {hs['plain']:.2f} ms, tls "
+        f"{hs['tls']:.2f} ms"
+    )
+    for name in ("write-4k-qd16", "write-1m-qd4"):
+        p, t = (wire_only[f"{m}:{name}:mb_per_s"]["median"] for m in ("plain", "tls"))
+        print(
+            f"replica wire alone, {name}: plain {p:.1f} MB/s, tls {t:.1f} MB/s "
+            f"(cost {100 * (1 - t / p):.1f}%)"
+        )
+    print(f"written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
