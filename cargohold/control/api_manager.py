@@ -6,9 +6,11 @@ from fastapi import FastAPI
 
 from cargohold.control.api_errors import WHY, errors
 from cargohold.control.api_json import JSON
+from cargohold.control.auth import PUBLIC, need
 from cargohold.control.model import Event
 from cargohold.control.service import Service
 from cargohold.control.views import ErrorBody, Health, StatusView
+from cargohold.security.policy import Permission
 
 
 def add_health_routes(app: FastAPI, s: Service) -> None:
@@ -16,6 +18,7 @@ def add_health_routes(app: FastAPI, s: Service) -> None:
 
     @app.get(
         "/healthz",
+        dependencies=[PUBLIC],
         tags=["manager"],
         response_model=Health,
         responses={503: {"model": ErrorBody, "description": WHY[503]}},
@@ -25,13 +28,19 @@ def add_health_routes(app: FastAPI, s: Service) -> None:
         or reconcilers ran into is left; else 503 saying what is wrong."""
         return await s.health()
 
-    @app.get("/livez", tags=["manager"], response_model=Health)
+    @app.get("/livez", dependencies=[PUBLIC], tags=["manager"], response_model=Health)
     async def livez() -> JSON:
         """Liveness: the process serves requests. It does not read the state store: a
         damaged or unreachable store is not mended by restarting the manager."""
         return {"ok": True, "leader": s.is_leader, "manager": s.manager_id, "backend": s.backend}
 
-    @app.get("/api/v1/status", tags=["manager"], response_model=StatusView, responses=errors())
+    @app.get(
+        "/api/v1/status",
+        dependencies=[need(Permission.STATUS_READ)],
+        tags=["manager"],
+        response_model=StatusView,
+        responses=errors(),
+    )
     async def status() -> JSON:
         return await s.status()
 
@@ -39,6 +48,12 @@ def add_health_routes(app: FastAPI, s: Service) -> None:
 def add_event_routes(app: FastAPI, s: Service) -> None:
     """``/api/v1/events``."""
 
-    @app.get("/api/v1/events", tags=["manager"], response_model=list[Event], responses=errors())
+    @app.get(
+        "/api/v1/events",
+        dependencies=[need(Permission.NODES_READ)],
+        tags=["manager"],
+        response_model=list[Event],
+        responses=errors(),
+    )
     async def events() -> list[JSON]:
         return await s.events()

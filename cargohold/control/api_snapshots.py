@@ -8,9 +8,11 @@ from fastapi import FastAPI
 
 from cargohold.control.api_errors import errors
 from cargohold.control.api_json import JSON, Name
+from cargohold.control.auth import need
 from cargohold.control.model import Operation, Snapshot
 from cargohold.control.requests import SnapshotCreate
 from cargohold.control.service import Service
+from cargohold.security.policy import Permission
 
 
 def add_routes(app: FastAPI, s: Service) -> None:
@@ -18,6 +20,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.get(
         "/api/v1/volumes/{volume}/snapshots",
+        dependencies=[need(Permission.VOLUMES_READ)],
         tags=["snapshots"],
         response_model=list[Snapshot],
         responses=errors(404, 422),
@@ -27,6 +30,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/volumes/{volume}/snapshots",
+        dependencies=[need(Permission.VOLUMES_WRITE)],
         status_code=202,
         tags=["snapshots"],
         response_model=Operation,
@@ -37,6 +41,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.delete(
         "/api/v1/volumes/{volume}/snapshots/{snapshot}",
+        dependencies=[need(Permission.VOLUMES_WRITE)],
         status_code=202,
         tags=["snapshots"],
         response_model=Operation,
@@ -47,6 +52,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/volumes/{volume}/snapshots/{snapshot}/revert",
+        dependencies=[need(Permission.VOLUMES_WRITE)],
         status_code=202,
         tags=["snapshots"],
         response_model=Operation,
@@ -58,6 +64,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
     # operations and attachments
     @app.get(
         "/api/v1/operations",
+        dependencies=[need(Permission.VOLUMES_READ)],
         tags=["operations"],
         response_model=list[Operation],
         responses=errors(422),
@@ -67,6 +74,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.get(
         "/api/v1/operations/{op}",
+        dependencies=[need(Permission.VOLUMES_READ)],
         tags=["operations"],
         response_model=Operation,
         responses=errors(404, 422),

@@ -6,23 +6,30 @@ from fastapi import FastAPI
 
 from cargohold.control.api_errors import errors
 from cargohold.control.api_json import JSON, Name
+from cargohold.control.auth import need
 from cargohold.control.model import Operation
 from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate
 from cargohold.control.service import Service
 from cargohold.control.views import AttachmentView, ReplicaView, VolumeView
+from cargohold.security.policy import Permission
 
 
 def add_routes(app: FastAPI, s: Service) -> None:
     """``/api/v1/volumes...`` and ``/api/v1/replicas``."""
 
     @app.get(
-        "/api/v1/volumes", tags=["volumes"], response_model=list[VolumeView], responses=errors()
+        "/api/v1/volumes",
+        dependencies=[need(Permission.VOLUMES_READ)],
+        tags=["volumes"],
+        response_model=list[VolumeView],
+        responses=errors(),
     )
     async def volumes() -> list[JSON]:
         return await s.volumes()
 
     @app.post(
         "/api/v1/volumes",
+        dependencies=[need(Permission.VOLUMES_WRITE)],
         status_code=201,
         tags=["volumes"],
         response_model=VolumeView,
@@ -33,6 +40,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.get(
         "/api/v1/volumes/{volume}",
+        dependencies=[need(Permission.VOLUMES_READ)],
         tags=["volumes"],
         response_model=VolumeView,
         responses=errors(404, 422),
@@ -42,6 +50,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.delete(
         "/api/v1/volumes/{volume}",
+        dependencies=[need(Permission.VOLUMES_WRITE)],
         status_code=202,
         tags=["volumes"],
         response_model=VolumeView,
@@ -52,6 +61,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/volumes/{volume}/attach",
+        dependencies=[need(Permission.VOLUMES_ATTACH)],
         status_code=202,
         tags=["attachments"],
         response_model=VolumeView,
@@ -62,6 +72,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/volumes/{volume}/detach",
+        dependencies=[need(Permission.VOLUMES_ATTACH)],
         status_code=202,
         tags=["attachments"],
         response_model=VolumeView,
@@ -72,6 +83,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/volumes/{volume}/expand",
+        dependencies=[need(Permission.VOLUMES_WRITE)],
         status_code=202,
         tags=["volumes"],
         response_model=Operation,
@@ -82,6 +94,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/volumes/{volume}/scrub",
+        dependencies=[need(Permission.VOLUMES_WRITE)],
         status_code=202,
         tags=["volumes"],
         response_model=Operation,
@@ -92,6 +105,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/volumes/{volume}/recover-epoch",
+        dependencies=[need(Permission.RECOVERY)],
         tags=["volumes"],
         response_model=VolumeView,
         responses=errors(404, 409, 422),
@@ -103,6 +117,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.get(
         "/api/v1/volumes/{volume}/replicas",
+        dependencies=[need(Permission.VOLUMES_READ)],
         tags=["replicas"],
         response_model=list[ReplicaView],
         responses=errors(404, 422),
@@ -111,7 +126,11 @@ def add_routes(app: FastAPI, s: Service) -> None:
         return await s.replicas(volume)
 
     @app.get(
-        "/api/v1/replicas", tags=["replicas"], response_model=list[ReplicaView], responses=errors()
+        "/api/v1/replicas",
+        dependencies=[need(Permission.NODES_READ)],
+        tags=["replicas"],
+        response_model=list[ReplicaView],
+        responses=errors(),
     )
     async def replicas() -> list[JSON]:
         return await s.replicas(None)
@@ -122,6 +141,7 @@ def add_attachment_routes(app: FastAPI, s: Service) -> None:
 
     @app.get(
         "/api/v1/attachments",
+        dependencies=[need(Permission.VOLUMES_READ)],
         tags=["attachments"],
         response_model=list[AttachmentView],
         responses=errors(),

@@ -14,6 +14,7 @@ Records live in the state store as JSON under these keys (see ``keys``):
     /tombstones/<volume>/<replica>    Tombstone     a replica the manager deleted (kept tombstone_ttl)
     /orphans/<node>/<replica>         Orphan        on a node's disk, in no record: kept, reported
     /events/<time>-<id>               Event         what happened (newest 1000 kept)
+    /tokens/<id>                      ApiToken      a bearer token of the REST API (its digest)
     /leader/<role>                    (election)
 
 Times are seconds since the epoch (float) on the manager's clock.
@@ -530,8 +531,22 @@ class Event(Record):
     replica: str = ""
 
 
+class ApiToken(Record):
+    """A bearer token of the REST API (control/token_store.py): only the SHA-256 of the
+    token is stored; the token itself is shown once, when it is made."""
+
+    id: str  # 12 hex digits, the token's second part (chk_<id>_<secret>)
+    digest: str
+    role: str  # security.identity.Role
+    name: str
+    tenant: str | None = None
+    created: float = 0.0
+    expires: float | None = None  # seconds since the epoch; None: never
+
+
 class keys:
     CLUSTER = "/cluster"
+    TOKENS = "/tokens/"
     TOMBSTONES = "/tombstones/"
     ORPHANS = "/orphans/"
     EVENTS = "/events/"
@@ -577,3 +592,7 @@ class keys:
     @staticmethod
     def event(eid: str) -> str:
         return f"/events/{eid}"
+
+    @staticmethod
+    def token(tid: str) -> str:
+        return f"/tokens/{tid}"

@@ -16,6 +16,8 @@ Error answers (``error_from_response``) become the one exception tree, by the HT
 and the ``type`` of the answer's ``{"error": {"type", "message"}}`` body; this is the
 error table of docs/control-plane.md, read backwards (a test keeps the two equal):
 
+    401                  Unauthenticated
+    403                  PermissionDenied
     404                  NotFound
     409                  AlreadyExists | WrongState | Busy (type Busy or Conflict);
                          another type: WrongState
@@ -46,6 +48,8 @@ TIMEOUT = 10.0  # seconds; the default of the commands' client
 # none) falls back on the status alone (BY_STATUS)
 ERRORS: dict[tuple[int, str], type[CargoholdError]] = {
     (400, "InvalidArgument"): InvalidArgument,
+    (401, "Unauthenticated"): errors.Unauthenticated,
+    (403, "PermissionDenied"): errors.PermissionDenied,
     (404, "NotFound"): errors.NotFound,
     (405, "MethodNotAllowed"): errors.MethodNotAllowed,
     (409, "AlreadyExists"): errors.AlreadyExists,
@@ -61,6 +65,8 @@ ERRORS: dict[tuple[int, str], type[CargoholdError]] = {
 }
 BY_STATUS: dict[int, type[CargoholdError]] = {
     400: InvalidArgument,
+    401: errors.Unauthenticated,
+    403: errors.PermissionDenied,
     404: errors.NotFound,
     405: errors.MethodNotAllowed,
     409: errors.WrongState,
