@@ -45,6 +45,7 @@ _COMMANDS = (
     "adopt_cmd",
     "audit_cmd",
     "ca_cmd",
+    "token_cmd",
 )
 
 

@@ -1,8 +1,14 @@
 """``cargohold manager``: run the control plane's manager (REST API, reconcilers).
 
-cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600 --init  # once
-cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600
-cargohold manager --state etcd:http://10.0.0.5:2379 --listen 0.0.0.0:9600 --id mgr-b
+cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600 \
+    --tls-dir /etc/cargohold/manager --init  # once: writes /var/lib/cargohold/admin-token
+cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600 \
+    --tls-dir /etc/cargohold/manager
+cargohold manager --state etcd:http://10.0.0.5:2379 --listen 0.0.0.0:9600 --id mgr-b ...
+
+The TCP socket serves HTTPS with the credentials of ``--tls-dir`` (its certificate:
+``cargohold://<cluster>/manager/<name>``); without it the manager refuses to start unless
+``--plaintext`` (no TLS, no authentication: benchmarks only) is given. docs/security.md.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from cargohold.cli.settings import CliSettings
 from cargohold.cli.units import split_addr
 from cargohold.errors import CargoholdError
 from cargohold.logs import setup_logging
+from cargohold.security.tls import Credentials, warn_plaintext
 
 DEFAULT_MANAGER_PORT = 9600
 
@@ -48,6 +55,22 @@ def manager(
         "stamps carry it), so that its agents act for this manager and its replicas can be "
         "adopted (docs/operations.md)",
     ),
+    tls_dir: str = typer.Option(
+        None,
+        "--tls-dir",
+        envvar="CARGOHOLD_TLS_DIR",
+        help="credentials directory (tls.crt, tls.key, ca.crt, ca.crl) of the manager's "
+        "certificate: the API is served over HTTPS",
+    ),
+    plaintext: bool = typer.Option(
+        False, "--plaintext", help="serve plain HTTP and authenticate nobody (benchmarks only)"
+    ),
+    admin_token_file: str = typer.Option(
+        None,
+        "--admin-token-file",
+        help="with --init: where to write the first admin token (mode 0600; default: "
+        "admin-token beside the SQLite file, else in the working directory)",
+    ),
 ) -> None:
     """Serve the manager's REST API and, when elected leader, run the reconcilers."""
     from cargohold.control.manager import Manager
@@ -60,7 +83,19 @@ def manager(
     if not listen and not unix:
         console.print("[red]error:[/red] give --listen HOST:PORT and/or --unix PATH")
         raise typer.Exit(2)
+    if not tls_dir and not plaintext:
+        console.print(
+            "[red]error:[/red] give --tls-dir DIR (or $CARGOHOLD_TLS_DIR), or --plaintext "
+            "to serve without TLS and authentication"
+        )
+        raise typer.Exit(2)
+    if plaintext:
+        console.print(f"[bold red]{warn_plaintext('the manager API')}[/bold red]", soft_wrap=True)
+    if init and not admin_token_file:
+        base = state.removeprefix("sqlite:") if state.startswith("sqlite:") else "x"
+        admin_token_file = os.path.join(os.path.dirname(os.path.abspath(base)), "admin-token")
     try:
+        tls = None if plaintext else Credentials.load(tls_dir, client_cert_optional=True)
         settings = ManagerSettings()
         addr = split_addr(listen, DEFAULT_MANAGER_PORT) if listen else None
         mgr = Manager(
@@ -69,6 +104,8 @@ def manager(
             settings,
             init=init,
             cluster_id=cluster_id,
+            tls=tls,
+            admin_token_file=admin_token_file if init else None,
         )
     except CargoholdError as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line in the log
