@@ -103,7 +103,9 @@ class TlsManager:
         ctx.load_verify_locations(cafile=str(self.dir / "ca" / "trust.crt"))
         return ctx
 
-    def context(self, role: str | None, name: str = "", tenant: str | None = None) -> ssl.SSLContext:
+    def context(
+        self, role: str | None, name: str = "", tenant: str | None = None
+    ) -> ssl.SSLContext:
         if role is None:
             return self.trust()
         return Credentials.load(self.creds(role, name or role, tenant)).client_context()
