@@ -42,7 +42,7 @@ from cargohold.security.tls import peer_identity
 PEER = "cargohold_peer"  # scope["state"]: the TLS peer's Identity (or None)
 VIA = "cargohold_via"  # scope["state"]: "tls", "tcp" (plaintext) or "unix"
 PERMISSION_EXT = "x-cargohold-permission"
-PUBLIC = "none"  # the permission a public route shows in the schema
+NO_PERMISSION = "none"  # the permission a public route shows in the schema
 AGENT_OF_NODE = "heartbeat (agent/<node> only)"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cargohold"'}
 SECURITY_SCHEMES = {
@@ -147,7 +147,7 @@ def public() -> Dependency:
     async def dependency(request: Request) -> Identity:
         return Identity("public", Role.READER, "anonymous")
 
-    dependency.permission = PUBLIC  # type: ignore[attr-defined]
+    dependency.permission = NO_PERMISSION  # type: ignore[attr-defined]
     return dependency
 
 
@@ -185,7 +185,9 @@ def add_security(app: FastAPI) -> None:
                 if perm is None:
                     continue
                 op[PERMISSION_EXT] = perm
-                op["security"] = [] if perm == PUBLIC else [{"bearerAuth": []}, {"mutualTLS": []}]
+                op["security"] = (
+                    [] if perm == NO_PERMISSION else [{"bearerAuth": []}, {"mutualTLS": []}]
+                )
         app.openapi_schema = schema
         return schema
 
