@@ -149,6 +149,13 @@ class ClientCredentials:
             token = str(base / TOKEN_FILE)
         return cls(Path(tls) if tls else None, Path(token) if token else None)
 
+    @classmethod
+    def of_daemon(cls) -> ClientCredentials:
+        """A daemon's (a node agent's): its own certificate from $CARGOHOLD_TLS_DIR, never a
+        person's token or certificate from a cluster directory."""
+        tls = os.environ.get(TLS_DIR_ENV) or None
+        return cls(Path(tls) if tls else None, None)
+
     def token(self) -> str | None:
         if self.token_file is None:
             return None

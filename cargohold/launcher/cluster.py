@@ -301,7 +301,7 @@ class LocalCluster(Faults):
         errors = []
         for m in self.managers:
             try:
-                get_json(m.api, "/healthz", timeout=2.0)
+                get_json(m.api, "/healthz", timeout=2.0, credentials=self.credentials)
                 return m.api
             except CargoholdError as e:
                 errors.append(str(e))
@@ -333,6 +333,8 @@ class LocalCluster(Faults):
                 init = not self.initialized and not (
                     self.backend == "sqlite" and os.path.exists(self._state_path())
                 )
+                self._issue_credentials()
+                say(f"issued certificates of the cluster's CA ({self.dir}/ca)")
                 for i, m in enumerate(self.managers):
                     self._spawn(m, self._manager_argv(m, init=init and i == 0))
                     self.save()
