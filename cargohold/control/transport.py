@@ -10,7 +10,9 @@ client has them (``ClientCredentials``):
   admin certificate there). A directory with only ``ca.crt`` verifies the manager and
   presents no certificate (a token-only client);
 - a bearer token read from a FILE: $CARGOHOLD_TOKEN_FILE, else ``<cluster dir>/token``;
-  never the token itself on a command line (``ps`` shows those) or in the environment;
+  never the token itself on a command line (``ps`` shows those) or in the environment.
+  A client of a unix socket in a cluster directory (``DIR/api.sock``) uses that
+  directory's ``DIR/token`` (the socket is mode 0600: its owner reads both);
 - the manager's certificate is verified against that CA, and its identity must be
   ``manager/*`` of the client's own cluster (``check_manager``): host names are not checked
   (security/tls.py says why).
@@ -150,6 +152,16 @@ class ClientCredentials:
         return cls(Path(tls) if tls else None, Path(token) if token else None)
 
     @classmethod
+    def for_endpoint(cls, ep: Endpoint) -> ClientCredentials:
+        """``find()``; but a unix socket in a local cluster's directory (``cargohold up``:
+        ``DIR/api.sock``) is reached with that directory's credentials."""
+        if ep.uds is not None:
+            here = Path(ep.uds).parent
+            if (here / TOKEN_FILE).exists() and not os.environ.get(TOKEN_FILE_ENV):
+                return cls.find(here)
+        return cls.find()
+
+    @classmethod
     def of_daemon(cls) -> ClientCredentials:
         """A daemon's (a node agent's): its own certificate from $CARGOHOLD_TLS_DIR, never a
         person's token or certificate from a cluster directory."""
@@ -250,7 +262,7 @@ def _options(
     """The httpx client's arguments, the same for both kinds of client, and the check of
     each answer's server. ``kind``: the transport class (for a unix socket, and TLS)."""
     ep = url if isinstance(url, Endpoint) else parse_url(url)
-    creds = credentials if credentials is not None else ClientCredentials.find()
+    creds = credentials if credentials is not None else ClientCredentials.for_endpoint(ep)
     headers = {}
     if (token := creds.token()) is not None:
         headers["Authorization"] = f"Bearer {token}"
