@@ -78,3 +78,13 @@ class ClientSettings(Settings):
     dir: str = setting(
         "~/.cargohold", "the local cluster's directory, holding cluster.json (--dir)"
     )
+    tls_dir: str | None = setting(
+        None,
+        "a credentials directory (tls.crt, tls.key, ca.crt, ca.crl) to reach the manager "
+        "with; default: the cluster directory's tls/ (a daemon: its own --tls-dir)",
+    )
+    token_file: str | None = setting(
+        None,
+        "a FILE holding a bearer token for the manager's API; default: the cluster "
+        "directory's token",
+    )

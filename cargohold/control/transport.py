@@ -124,8 +124,6 @@ def parse_url(url: str) -> Endpoint:
     return Endpoint(url, base.rstrip("/"))
 
 
-TLS_DIR_ENV = "CARGOHOLD_TLS_DIR"
-TOKEN_FILE_ENV = "CARGOHOLD_TOKEN_FILE"
 TOKEN_FILE = "token"  # in the cluster directory
 TLS_DIR = "tls"  # in the cluster directory
 
@@ -142,9 +140,10 @@ class ClientCredentials:
     def find(cls, dir: str | os.PathLike[str] | None = None) -> ClientCredentials:
         """$CARGOHOLD_TLS_DIR and $CARGOHOLD_TOKEN_FILE, else what the cluster directory
         ``dir`` (default: $CARGOHOLD_DIR, ~/.cargohold) holds; nothing if it holds none."""
-        base = Path(dir or ClientSettings().dir).expanduser()
-        tls = os.environ.get(TLS_DIR_ENV) or None
-        token = os.environ.get(TOKEN_FILE_ENV) or None
+        settings = ClientSettings()
+        base = Path(dir or settings.dir).expanduser()
+        tls = settings.tls_dir or None
+        token = settings.token_file or None
         if tls is None and (base / TLS_DIR / CA_FILE).exists():
             tls = str(base / TLS_DIR)
         if token is None and (base / TOKEN_FILE).exists():
@@ -157,7 +156,7 @@ class ClientCredentials:
         ``DIR/api.sock``) is reached with that directory's credentials."""
         if ep.uds is not None:
             here = Path(ep.uds).parent
-            if (here / TOKEN_FILE).exists() and not os.environ.get(TOKEN_FILE_ENV):
+            if (here / TOKEN_FILE).exists() and not ClientSettings().token_file:
                 return cls.find(here)
         return cls.find()
 
@@ -165,7 +164,7 @@ class ClientCredentials:
     def of_daemon(cls) -> ClientCredentials:
         """A daemon's (a node agent's): its own certificate from $CARGOHOLD_TLS_DIR, never a
         person's token or certificate from a cluster directory."""
-        tls = os.environ.get(TLS_DIR_ENV) or None
+        tls = ClientSettings().tls_dir or None
         return cls(Path(tls) if tls else None, None)
 
     def token(self) -> str | None:

@@ -42,7 +42,7 @@ from typing import Any
 
 from cargohold.control.settings import ClientSettings
 from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
-from cargohold.launcher import netns
+from cargohold.launcher import credentials, netns
 from cargohold.launcher.faults import Faults
 from cargohold.launcher.manager_http import get_json
 from cargohold.launcher.netns import LabLayout
@@ -336,7 +336,9 @@ class LocalCluster(Faults):
                 self._issue_credentials()
                 say(f"issued certificates of the cluster's CA ({self.dir}/ca)")
                 for i, m in enumerate(self.managers):
-                    self._spawn(m, self._manager_argv(m, init=init and i == 0))
+                    first = init and i == 0  # makes the cluster, under the CA's id
+                    cid = credentials.cluster_id(self.dir) if first else None
+                    self._spawn(m, self._manager_argv(m, init=first, cluster_id=cid))
                     self.save()
                     say(f"started {m.id} (pid {m.pid}): API on {m.listen} and {m.unix}")
                     if init and i == 0:  # the others find the cluster it made

@@ -135,8 +135,7 @@ class Startup:
         argv = [*self.command, "manager", "--state", state, "--listen", m.listen]
         argv += ["--unix", m.unix, "--id", m.id, *(["--init"] if init else [])]
         argv += ["--tls-dir", str(credentials.manager_tls_dir(self.dir, m.id))]
-        if init:  # the CA's cluster id, and the first admin token for the CLI
-            cluster_id = cluster_id or credentials.cluster_id(self.dir)
+        if init:  # the first admin token, for the CLI
             argv += ["--admin-token-file", str(credentials.token_file(self.dir))]
         return [*argv, *(["--cluster-id", cluster_id] if cluster_id else [])]
 
