@@ -84,3 +84,22 @@ def test_where_a_client_finds_its_credentials(
     )
     # a daemon never takes a person's token
     assert ClientCredentials.of_daemon() == ClientCredentials(tmp_path / "mine", None)
+
+
+def test_the_route_table_of_security_md_is_the_schema() -> None:
+    import json
+    import re
+
+    root = Path(__file__).resolve().parents[3]
+    schema = json.loads((root / "docs/api/openapi.json").read_text())
+    want = {
+        (m.upper(), p, o["x-cargohold-permission"])
+        for p, ops in schema["paths"].items()
+        for m, o in ops.items()
+    }
+    doc = (root / "docs/security.md").read_text()
+    got = set()
+    for perm, routes in re.findall(r"^\| `([^`]+)` \| (`[A-Z]+ /.*) \|$", doc, re.M):
+        for method, path in re.findall(r"`([A-Z]+) (/[^`]*)`", routes):
+            got.add((method, path, perm))
+    assert got == want
