@@ -335,7 +335,7 @@ def test_cargohold_token_commands(mgr: TlsManager) -> None:
     assert tid not in cli("list", "-o", "json").stdout
     env["CARGOHOLD_TLS_DIR"] = str(mgr.creds("reader", "rita"))
     denied = cli("list")
-    assert denied.returncode != 0 and "may not" in denied.stderr
+    assert denied.returncode == 8 and "may not" in denied.stderr  # 403
 
 
 def test_a_manager_without_tls_dir_or_plaintext_refuses_to_start(tmp_path: Path) -> None:
