@@ -344,5 +344,6 @@ class ProcessSettings(Settings):
     tls_dir: str = setting(
         "",
         "a daemon's credentials directory: tls.crt, tls.key, ca.crt, ca.crl (--tls-dir; "
-        "docs/security.md)",
+        "docs/security.md); for a client of the manager (the CLI, the CSI driver) the "
+        "certificate it presents (default: the cluster directory's tls/)",
     )

@@ -14,7 +14,7 @@ cluster CA beside the nodes) the agent issues all three itself, under
 ``<node dir>/tls/``, and issues again when one has less than half its life left.
 ``engine_credentials`` is the one function that turns a volume into its engine's
 directory: runtime issuing through the manager (agent enrollment) replaces its body.
-With neither ``--ca-dir`` nor ``--tls-dir`` the children run ``--plaintext`` (loudly).
+With neither ``--ca-dir`` nor ``--replica-tls-dir`` the children run ``--plaintext`` (loudly).
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ class NodeCredentials:
 
     @property
     def plaintext(self) -> bool:
-        return not (self.ca_dir or self.tls_dir)
+        """The data path runs without TLS: no CA to issue from and no replica server
+        credentials. (``tls_dir`` alone is the agent's certificate towards the manager,
+        e.g. what ``cargohold up`` gives it; it does not make engines' certificates.)"""
+        return not (self.ca_dir or self.replica_tls_dir)
 
     @property
     def root(self) -> Path:

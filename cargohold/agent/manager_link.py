@@ -29,7 +29,7 @@ from cargohold.control.model import (
     Registration,
     ReplicaAssignment,
 )
-from cargohold.control.transport import async_client, error_from_response
+from cargohold.control.transport import ClientCredentials, async_client, error_from_response
 from cargohold.errors import ConfigError, InvalidArgument, ManagerUnavailable
 
 log = logging.getLogger("cargohold.agent")
@@ -43,7 +43,8 @@ def _client(
     url: str, timeout: httpx.Timeout, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
     try:
-        return async_client(url, timeout, transport)
+        # the agent's own certificate (agent/<node>, $CARGOHOLD_TLS_DIR), never a token
+        return async_client(url, timeout, transport, ClientCredentials.of_daemon())
     except InvalidArgument as e:  # a bad --api is the agent's configuration
         raise ConfigError(str(e)) from None
 

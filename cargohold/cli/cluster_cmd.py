@@ -24,6 +24,7 @@ from rich.table import Table
 
 from cargohold.cli.main import app
 from cargohold.control.settings import ClientSettings
+from cargohold.control.transport import ClientCredentials
 from cargohold.errors import CargoholdError
 from cargohold.launcher import LocalCluster, NoCluster, default_dir, get_json, purge_dir
 
@@ -195,8 +196,9 @@ def status(
         if api is None:
             local = LocalCluster.load(dir or default_dir())
             api = local.api_answering()
-        st = get_json(api, "/api/v1/status")
-        nodes = get_json(api, "/api/v1/nodes")
+        creds = local.credentials if local is not None else ClientCredentials.find(dir)
+        st = get_json(api, "/api/v1/status", credentials=creds)
+        nodes = get_json(api, "/api/v1/nodes", credentials=creds)
     except CargoholdError as e:
         raise _fail(e) from None
     if output is Output.table:

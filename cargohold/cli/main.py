@@ -46,6 +46,7 @@ _COMMANDS = (
     "audit_cmd",
     "ca_cmd",
     "tenant_cmd",
+    "token_cmd",
 )
 
 

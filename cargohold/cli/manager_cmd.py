@@ -1,9 +1,15 @@
 """``cargohold manager``: run the control plane's manager (REST API, reconcilers).
 
-cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600 --init  # once
-cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600
+cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600 \
+    --tls-dir /etc/cargohold/manager --init  # once: writes /var/lib/cargohold/admin-token
+cargohold manager --state sqlite:/var/lib/cargohold/state.db --listen 0.0.0.0:9600 \
+    --tls-dir /etc/cargohold/manager
 cargohold manager --state etcd:https://10.0.0.5:2379 --etcd-tls-dir /etc/cargohold/etcd-client \
-    --listen 0.0.0.0:9600 --id mgr-b
+    --listen 0.0.0.0:9600 --tls-dir /etc/cargohold/manager --id mgr-b
+
+The TCP socket serves HTTPS with the credentials of ``--tls-dir`` (its certificate:
+``cargohold://<cluster>/manager/<name>``); without it the manager refuses to start unless
+``--plaintext`` (no TLS, no authentication: benchmarks only) is given. docs/security.md.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from cargohold.cli.settings import CliSettings
 from cargohold.cli.units import split_addr
 from cargohold.errors import CargoholdError
 from cargohold.logs import setup_logging
+from cargohold.security.tls import Credentials, warn_plaintext
 
 DEFAULT_MANAGER_PORT = 9600
 
@@ -60,8 +67,18 @@ def manager(
     tls_dir: str = typer.Option(
         None,
         "--tls-dir",
-        help="serve the API over mutual TLS with this credentials directory (tls.crt, tls.key, "
-        "ca.crt, ca.crl); callers are identified by their client certificates",
+        envvar="CARGOHOLD_TLS_DIR",
+        help="credentials directory (tls.crt, tls.key, ca.crt, ca.crl) of the manager's "
+        "certificate: the API is served over HTTPS",
+    ),
+    plaintext: bool = typer.Option(
+        False, "--plaintext", help="serve plain HTTP and authenticate nobody (benchmarks only)"
+    ),
+    admin_token_file: str = typer.Option(
+        None,
+        "--admin-token-file",
+        help="with --init: where to write the first admin token (mode 0600; default: "
+        "admin-token beside the SQLite file, else in the working directory)",
     ),
 ) -> None:
     """Serve the manager's REST API and, when elected leader, run the reconcilers."""
@@ -75,7 +92,19 @@ def manager(
     if not listen and not unix:
         console.print("[red]error:[/red] give --listen HOST:PORT and/or --unix PATH")
         raise typer.Exit(2)
+    if not tls_dir and not plaintext:
+        console.print(
+            "[red]error:[/red] give --tls-dir DIR (or $CARGOHOLD_TLS_DIR), or --plaintext "
+            "to serve without TLS and authentication"
+        )
+        raise typer.Exit(2)
+    if plaintext:
+        console.print(f"[bold red]{warn_plaintext('the manager API')}[/bold red]", soft_wrap=True)
+    if init and not admin_token_file:
+        base = state.removeprefix("sqlite:") if state.startswith("sqlite:") else "x"
+        admin_token_file = os.path.join(os.path.dirname(os.path.abspath(base)), "admin-token")
     try:
+        tls = None if plaintext else Credentials.load(tls_dir, client_cert_optional=True)
         settings = ManagerSettings(**({"etcd_tls_dir": etcd_tls_dir} if etcd_tls_dir else {}))
         addr = split_addr(listen, DEFAULT_MANAGER_PORT) if listen else None
         mgr = Manager(
@@ -84,6 +113,8 @@ def manager(
             settings,
             init=init,
             cluster_id=cluster_id,
+            tls=tls,
+            admin_token_file=admin_token_file if init else None,
         )
     except CargoholdError as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line in the log
@@ -91,7 +122,7 @@ def manager(
     try:
         import uvloop
 
-        uvloop.run(mgr.serve(addr, unix, tls_dir))
+        uvloop.run(mgr.serve(addr, unix))
     except (CargoholdError, OSError) as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         raise typer.Exit(getattr(e, "exit_code", 1)) from None

@@ -52,6 +52,8 @@ from cargohold.errors import (
     InvalidArgument,
     ManagerUnavailable,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unschedulable,
     WrongState,
 )
@@ -66,6 +68,7 @@ EXIT_NOT_FOUND = 4
 EXIT_CONFLICT = 5
 EXIT_UNSCHEDULABLE = 6
 EXIT_TIMEOUT = 7
+EXIT_DENIED = 8  # 401 Unauthenticated, 403 PermissionDenied
 
 EXIT_CODES: list[tuple[type[CargoholdError], int]] = [
     (ManagerUnavailable, EXIT_UNAVAILABLE),
@@ -77,6 +80,8 @@ EXIT_CODES: list[tuple[type[CargoholdError], int]] = [
     (InvalidArgument, EXIT_USAGE),
     (ConfigError, EXIT_USAGE),
     (WaitTimeout, EXIT_TIMEOUT),
+    (Unauthenticated, EXIT_DENIED),
+    (PermissionDenied, EXIT_DENIED),
 ]
 
 

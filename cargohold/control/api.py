@@ -13,7 +13,8 @@ docs/api/openapi.json.
 
 The routes are grouped by resource in api_*.py (api_manager, api_nodes, api_volumes,
 api_snapshots, api_orphans), registered here in one fixed order (the order of the schema's
-paths); the errors' mapping is api_errors.py, the body rules api_json.py.
+paths); the errors' mapping is api_errors.py, the body rules api_json.py. Every route
+declares the permission it needs (``auth.requires``; docs/security.md).
 """
 
 from __future__ import annotations
@@ -27,17 +28,21 @@ from cargohold.control import (
     api_orphans,
     api_snapshots,
     api_tenants,
+    api_tokens,
     api_volumes,
-    auth,
 )
 from cargohold.control.api_errors import http_status, install_handlers, safe_input
 from cargohold.control.api_json import JSONRoute, parse_json
+from cargohold.control.auth import Auth, add_security
 from cargohold.control.service import Service
 
 __all__ = ["build", "http_status", "parse_json", "safe_input"]
 
 
-def build(service: Service) -> FastAPI:
+def build(service: Service, auth: Auth | None = None) -> FastAPI:
+    """The API of ``service``. ``auth``: how callers are authenticated (control/auth.py);
+    None authenticates nobody and lets everyone do everything (unit tests, the schema;
+    the manager always passes its own)."""
     app = FastAPI(
         title="cargohold manager",
         version=__version__,
@@ -46,8 +51,8 @@ def build(service: Service) -> FastAPI:
     )
     app.router.route_class = JSONRoute
     app.state.max_request_bytes = service.settings.max_request_bytes
+    app.state.auth = auth or Auth.disabled()
     install_handlers(app, service)
-    auth.install(app, lambda: service.repo.cluster_id)
     api_manager.add_health_routes(app, service)
     api_nodes.add_routes(app, service)
     api_volumes.add_routes(app, service)
@@ -56,4 +61,6 @@ def build(service: Service) -> FastAPI:
     api_orphans.add_routes(app, service)
     api_manager.add_event_routes(app, service)
     api_tenants.add_routes(app, service)
+    api_tokens.add_routes(app, service)
+    add_security(app)  # every route declares a permission (ValueError if one does not)
     return app

@@ -2,7 +2,8 @@
 
 Errors from the one exception tree become HTTP statuses here, and only here:
 NotFound 404, AlreadyExists and WrongState 409, InvalidArgument 400, validation 422,
-Unschedulable 507, ManagerUnavailable (and StateStoreDamaged) 503; and the request's own
+Unschedulable 507, ManagerUnavailable (and StateStoreDamaged) 503, Unauthenticated 401
+(with ``WWW-Authenticate``), PermissionDenied 403; and the request's own
 faults: an unknown route 404, a wrong method 405 (with ``Allow``), a body above
 ``max_request_bytes`` 413, a body that is not ``application/json`` 415. The body is always
 ``{"error": {"type": ..., "message": ...}}`` (422 keeps a ``detail`` list too, whose
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from cargohold.control.auth import CHALLENGE
 from cargohold.control.service import Service
 from cargohold.control.views import ErrorBody
 from cargohold.errors import (
@@ -55,6 +57,8 @@ STATUS: list[tuple[type[CargoholdError], int]] = [
     (MethodNotAllowed, 405),
     (InvalidArgument, 400),
     (ManagerUnavailable, 503),
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
 ]
 
 # what a Starlette-raised HTTP error (routing, the body bound) is, in our tree's names
@@ -70,8 +74,9 @@ INPUT_REPR_MAX = 200  # characters of an unserialisable input a 422 echoes
 
 WHY = {
     400: "InvalidArgument: the request fits the schema but not the rules",
-    401: "Unauthenticated: no valid credential of this cluster was presented",
-    403: "PermissionDenied: the caller's role (or tenant) does not allow this",
+    401: "Unauthenticated: no client certificate or bearer token the cluster accepts (with "
+    "WWW-Authenticate)",
+    403: "PermissionDenied: the caller's role (or tenant) lacks the route's permission",
     404: "NotFound: no such node, volume, snapshot or operation (or another tenant's)",
     409: "AlreadyExists, WrongState (the object's state does not allow it now) or "
     "Conflict (too many concurrent changes of one record: try again)",
@@ -86,10 +91,11 @@ WHY = {
 
 
 def errors(*codes: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
-    """The error answers a route declares: every route may answer 503; a route that takes
-    a body also 413, 415 and 422."""
+    """The error answers a route declares: every route may answer 401, 403 and 503; a
+    route that takes a body also 413, 415 and 422."""
     more = {413, 415, 422} if body else set()
-    return {c: {"model": ErrorBody, "description": WHY[c]} for c in sorted({*codes, *more, 503})}
+    every = {401, 403, 503}
+    return {c: {"model": ErrorBody, "description": WHY[c]} for c in sorted({*codes, *more, *every})}
 
 
 def safe_input(value: Any) -> Any:
@@ -137,7 +143,8 @@ def install_handlers(app: FastAPI, s: Service) -> None:
     async def _error(_: Request, e: CargoholdError) -> Any:
         if isinstance(e, StateStoreDamaged):
             s.repo.note_damage(e)  # /healthz fails until it is repaired
-        return error_response(e, http_status(e))
+        status = http_status(e)
+        return error_response(e, status, dict(CHALLENGE) if status == 401 else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> Any:

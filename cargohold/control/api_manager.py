@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI
 
 from cargohold.control.api_errors import WHY, errors
 from cargohold.control.api_json import JSON
-from cargohold.control.auth import requires
+from cargohold.control.auth import PUBLIC, requires
 from cargohold.control.model import Event
 from cargohold.control.service import Service
 from cargohold.control.views import ErrorBody, Health, StatusView
@@ -21,6 +21,7 @@ def add_health_routes(app: FastAPI, s: Service) -> None:
 
     @app.get(
         "/healthz",
+        dependencies=[PUBLIC],
         tags=["manager"],
         response_model=Health,
         responses={503: {"model": ErrorBody, "description": WHY[503]}},
@@ -30,7 +31,7 @@ def add_health_routes(app: FastAPI, s: Service) -> None:
         or reconcilers ran into is left; else 503 saying what is wrong."""
         return await s.health()
 
-    @app.get("/livez", tags=["manager"], response_model=Health)
+    @app.get("/livez", dependencies=[PUBLIC], tags=["manager"], response_model=Health)
     async def livez() -> JSON:
         """Liveness: the process serves requests. It does not read the state store: a
         damaged or unreachable store is not mended by restarting the manager."""

@@ -10,10 +10,12 @@ from fastapi import FastAPI, Request
 
 from cargohold.control.api_errors import errors
 from cargohold.control.api_json import JSON, Name
+from cargohold.control.auth import AGENT, need
 from cargohold.control.model import Assignments, Disk, Heartbeat, Registration
 from cargohold.control.requests import DiskCreate
 from cargohold.control.service import Service
 from cargohold.control.views import NodeView
+from cargohold.security.policy import Permission
 
 
 async def _disconnected(request: Request) -> None:
@@ -25,18 +27,29 @@ async def _disconnected(request: Request) -> None:
 def add_routes(app: FastAPI, s: Service) -> None:
     """``/api/v1/nodes...`` and ``/api/v1/disks``."""
 
-    @app.get("/api/v1/nodes", tags=["nodes"], response_model=list[NodeView], responses=errors())
+    @app.get(
+        "/api/v1/nodes",
+        dependencies=[need(Permission.NODES_READ)],
+        tags=["nodes"],
+        response_model=list[NodeView],
+        responses=errors(),
+    )
     async def nodes() -> list[JSON]:
         return await s.nodes()
 
     @app.get(
-        "/api/v1/nodes/{node}", tags=["nodes"], response_model=NodeView, responses=errors(404, 422)
+        "/api/v1/nodes/{node}",
+        dependencies=[need(Permission.NODES_READ)],
+        tags=["nodes"],
+        response_model=NodeView,
+        responses=errors(404, 422),
     )
     async def node(node: Name) -> JSON:
         return await s.node(node)
 
     @app.put(
         "/api/v1/nodes/{node}",
+        dependencies=[AGENT],
         tags=["agents"],
         response_model=NodeView,
         responses=errors(409, 422, body=True),
@@ -46,6 +59,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/nodes/{node}/heartbeat",
+        dependencies=[AGENT],
         tags=["agents"],
         responses=errors(404, 409, 422, body=True),
     )
@@ -60,6 +74,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/nodes/{node}/cordon",
+        dependencies=[need(Permission.NODES_WRITE)],
         tags=["nodes"],
         response_model=NodeView,
         responses=errors(404, 409, 422),
@@ -69,6 +84,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/nodes/{node}/uncordon",
+        dependencies=[need(Permission.NODES_WRITE)],
         tags=["nodes"],
         response_model=NodeView,
         responses=errors(404, 409, 422),
@@ -78,6 +94,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
 
     @app.post(
         "/api/v1/nodes/{node}/drain",
+        dependencies=[need(Permission.NODES_WRITE)],
         tags=["nodes"],
         response_model=NodeView,
         responses=errors(404, 409, 422),
@@ -85,12 +102,19 @@ def add_routes(app: FastAPI, s: Service) -> None:
     async def drain(node: Name) -> JSON:
         return await s.drain(node)
 
-    @app.get("/api/v1/disks", tags=["disks"], response_model=list[Disk], responses=errors())
+    @app.get(
+        "/api/v1/disks",
+        dependencies=[need(Permission.NODES_READ)],
+        tags=["disks"],
+        response_model=list[Disk],
+        responses=errors(),
+    )
     async def disks() -> list[JSON]:
         return await s.disks()
 
     @app.post(
         "/api/v1/nodes/{node}/disks",
+        dependencies=[need(Permission.NODES_WRITE)],
         status_code=201,
         tags=["disks"],
         response_model=Disk,

@@ -21,13 +21,17 @@ Read = Annotated[Identity, Depends(requires(Permission.VOLUMES_READ))]
 Write = Annotated[Identity, Depends(requires(Permission.VOLUMES_WRITE))]
 Attach = Annotated[Identity, Depends(requires(Permission.VOLUMES_ATTACH))]
 Recovery = Annotated[Identity, Depends(requires(Permission.RECOVERY))]
+Nodes = Annotated[Identity, Depends(requires(Permission.NODES_READ))]
 
 
 def add_routes(app: FastAPI, s: Service) -> None:
     """``/api/v1/volumes...`` and ``/api/v1/replicas``."""
 
     @app.get(
-        "/api/v1/volumes", tags=["volumes"], response_model=list[VolumeView], responses=errors()
+        "/api/v1/volumes",
+        tags=["volumes"],
+        response_model=list[VolumeView],
+        responses=errors(),
     )
     async def volumes(who: Read) -> list[JSON]:
         return await s.volumes(who)
@@ -122,9 +126,12 @@ def add_routes(app: FastAPI, s: Service) -> None:
         return await s.replicas(volume, who)
 
     @app.get(
-        "/api/v1/replicas", tags=["replicas"], response_model=list[ReplicaView], responses=errors()
+        "/api/v1/replicas",
+        tags=["replicas"],
+        response_model=list[ReplicaView],
+        responses=errors(),
     )
-    async def replicas(who: Read) -> list[JSON]:
+    async def replicas(who: Nodes) -> list[JSON]:
         return await s.replicas(None, who)
 
 

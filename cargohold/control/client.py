@@ -33,12 +33,13 @@ import httpx
 
 from cargohold.control.settings import ClientSettings
 from cargohold.control.transport import UNIX_BASE as UNIX_BASE  # re-exported
-from cargohold.control.transport import error_from_response as error_from_response
 from cargohold.control.transport import (
+    ClientCredentials,
     parse_url,
     sync_client,
     unreachable,
 )
+from cargohold.control.transport import error_from_response as error_from_response
 from cargohold.errors import CargoholdError, ManagerUnavailable, NotFound
 
 JSON = dict[str, Any]
@@ -126,12 +127,13 @@ class ManagerClient:
         poll_interval: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        credentials: ClientCredentials | None = None,
     ) -> None:
         self.url = url
         self.poll_interval = poll_interval
         self._clock = clock
         self._sleep = sleep
-        self._http = sync_client(parse_url(url), timeout, transport)
+        self._http = sync_client(parse_url(url), timeout, transport, credentials)
 
     # --- finding the manager ---------------------------------------------------------------
     @classmethod
@@ -142,7 +144,9 @@ class ManagerClient:
         $CARGOHOLD_DIR's cluster.json; ~/.cargohold/cluster.json.
 
         (The CLI fills ``api`` and ``dir`` from the environment itself, so there an API URL
-        from --api or $CARGOHOLD_API wins over a directory.)"""
+        from --api or $CARGOHOLD_API wins over a directory.) The credentials are the
+        directory's (``transport.ClientCredentials.find``) unless given."""
+        kwargs.setdefault("credentials", ClientCredentials.find(dir))
         if api:
             return cls(api, **kwargs)
         if dir is None and (env_api := ClientSettings().api):
@@ -212,6 +216,20 @@ class ManagerClient:
 
     def status(self) -> JSON:
         return self._get("/api/v1/status")
+
+    # --- bearer tokens (permission ``security``) ---------------------------------------------
+    def create_token(
+        self, role: str, name: str, tenant: str | None = None, ttl_seconds: float | None = None
+    ) -> JSON:
+        """A new token; the answer's ``token`` is shown once, never again."""
+        body = {"role": role, "name": name, "tenant": tenant, "ttl_seconds": ttl_seconds}
+        return self._post("/api/v1/tokens", {k: v for k, v in body.items() if v is not None})
+
+    def tokens(self) -> list[JSON]:
+        return self._list("/api/v1/tokens")
+
+    def delete_token(self, token_id: str) -> JSON:
+        return self._delete(f"/api/v1/tokens/{_seg(token_id)}")
 
     # --- nodes and disks -------------------------------------------------------------------
     def nodes(self) -> list[JSON]:

@@ -4,6 +4,12 @@
 holds the ``manager`` leadership in the state store (an etcd lease, or an expiring row in
 SQLite) also runs the reconcilers. A standby campaigns every pass and takes over within
 ``leader_ttl`` seconds of the leader's death.
+
+The API is served over HTTPS (TLS 1.3; a client certificate asked for, not required: bearer
+tokens work too) on the TCP socket, and over plain HTTP on the unix socket (mode 0600, a
+bearer token required); control/auth.py says who may do what. ``tls=None`` (``--plaintext``)
+serves plain HTTP and authenticates nobody. With ``--init`` the manager writes the first
+admin token to ``admin_token_file`` (mode 0600), never to its log.
 """
 
 from __future__ import annotations
@@ -13,19 +19,20 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Any
 
 import uvicorn
 
 from cargohold.control.api import build
-from cargohold.control.auth import PeerH11Protocol
+from cargohold.control.auth import Auth, make_protocol
 from cargohold.control.identity import open_cluster
 from cargohold.control.reconcilers import RECONCILERS
 from cargohold.control.repository import Repository
 from cargohold.control.service import Service
 from cargohold.control.settings import ManagerSettings
 from cargohold.control.state import MemoryStateStore, open_store
-from cargohold.errors import CargoholdError, ManagerUnavailable, StateStoreDamaged
+from cargohold.control.token_store import TokenStore
+from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable, StateStoreDamaged
+from cargohold.security.identity import Role
 from cargohold.security.tls import Credentials
 
 log = logging.getLogger("cargohold.manager")
@@ -40,6 +47,8 @@ class Manager:
         settings: ManagerSettings,
         init: bool = False,
         cluster_id: str | None = None,
+        tls: Credentials | None = None,
+        admin_token_file: str | None = None,
     ) -> None:
         # without --init nothing is created: a missing or empty store is refused (identity.py)
         self.store = open_store(state_url, create=init, etcd_tls=settings.etcd_tls_dir)
@@ -51,6 +60,8 @@ class Manager:
         self.repo = Repository(self.store)
         self.service = Service(self.repo, settings, backend, manager_id)
         self.reconcilers = [cls(self.repo, settings) for cls in RECONCILERS]
+        self.tls = tls  # None: --plaintext
+        self.admin_token_file = admin_token_file
 
     async def run_once(self) -> bool:
         """One pass: campaign, and reconcile if we lead. Returns whether we lead."""
@@ -117,19 +128,29 @@ class Manager:
             await self.store.close()
             raise
         log.info("manager %s serves cluster %s", self.id, cluster.id)
+        if self.tls is not None:
+            ident = self.tls.identity()
+            if ident.role is not Role.MANAGER or ident.cluster != cluster.id:
+                await self.store.close()
+                raise ConfigError(
+                    f"the certificate in {self.tls.directory} is {ident.uri}; a manager of "
+                    f"cluster {cluster.id} needs cargohold://{cluster.id}/manager/<name>"
+                )
+        if self.init and self.admin_token_file:
+            await self.write_admin_token(self.admin_token_file)
 
-    async def serve(
-        self, listen: tuple[str, int] | None, unix: str | None, tls_dir: str | None = None
-    ) -> None:
-        """Serve the API (over mutual TLS with the credentials in ``tls_dir``: callers are
-        identified by their client certificates, control/auth.py) and reconcile."""
-        tls: dict[str, Any] = {}
-        if tls_dir is not None:
-            creds = Credentials.load(tls_dir)  # ConfigError now, not at the first handshake
-            tls = {
-                "http": PeerH11Protocol,
-                "ssl_context_factory": lambda _cfg, _default: creds.server_context(),
-            }
+    async def write_admin_token(self, path: str) -> None:
+        """Make the first admin token and write it to ``path`` (mode 0600)."""
+        _, token = await TokenStore(self.store).create("admin", "bootstrap")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (token + "\n").encode())
+        finally:
+            os.close(fd)
+        log.warning("manager %s: the first admin token is in %s (mode 0600)", self.id, path)
+
+    async def serve(self, listen: tuple[str, int] | None, unix: str | None) -> None:
         await self.open_cluster()
         socks = []
         if listen is not None:
@@ -142,20 +163,33 @@ class Manager:
                 os.unlink(unix)
             u = socket.socket(socket.AF_UNIX)
             u.bind(unix)
-            os.chmod(unix, 0o660)
-            socks.append(u)
-        config = uvicorn.Config(
-            build(self.service),
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-            **tls,
-        )
-        server = uvicorn.Server(config)
+            os.chmod(unix, 0o600)  # and a bearer token is still required (auth.py)
+        app = build(self.service, Auth(self.repo, plaintext=self.tls is None))
+        servers = []
+        for sockets, tls in ((socks, self.tls), ([u] if unix is not None else [], None)):
+            if not sockets:
+                continue
+            config = uvicorn.Config(
+                app,
+                http="h11",
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=2,
+            )
+            config.load()
+            config.http_protocol_class = make_protocol(config.http_protocol_class)
+            if tls is not None:
+                config.ssl = tls.server_context()  # follows its files (security/tls.py)
+            servers.append((uvicorn.Server(config), sockets))
         loop_task = asyncio.create_task(self.reconcile_forever())
         try:
-            await server.serve(sockets=socks)
+            tasks = [asyncio.ensure_future(srv.serve(sockets=sk)) for srv, sk in servers]
+            # one server's stop (a signal reaches the one that installed its handler) stops all
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for srv, _ in servers:
+                srv.should_exit = True
+            await asyncio.gather(*tasks)
         finally:
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,7 +14,8 @@ Records live in the state store as JSON under these keys (see ``keys``):
     /tombstones/<volume>/<replica>    Tombstone     a replica the manager deleted (kept tombstone_ttl)
     /orphans/<node>/<replica>         Orphan        on a node's disk, in no record: kept, reported
     /events/<time>-<id>               Event         what happened (newest 1000 kept)
-    /tenants/<tenant>                 Tenant        a tenant's quota (control/tenancy.py)
+    /tenants/<tenant>                 Tenant        a tenant's quota (access.py, tenancy.py)
+    /tokens/<id>                      ApiToken      a bearer token of the REST API (access.py)
     /leader/<role>                    (election)
 
 Times are seconds since the epoch (float) on the manager's clock.
@@ -532,20 +533,10 @@ class Event(Record):
     replica: str = ""
 
 
-class Tenant(Record):
-    """A tenant: its identities carry ``?tenant=<name>`` and see only its volumes, whose
-    provisioned size stays within ``quota_bytes`` (None: none). Every create and expansion
-    admitted bumps ``allocations`` in its transaction (control/tenancy.py)."""
-
-    name: str
-    quota_bytes: int | None = Field(default=None, ge=0)
-    created_at: float = 0.0
-    allocations: int = 0
-
-
 class keys:
     CLUSTER = "/cluster"
     TENANTS = "/tenants/"
+    TOKENS = "/tokens/"
     TOMBSTONES = "/tombstones/"
     ORPHANS = "/orphans/"
     EVENTS = "/events/"
@@ -595,3 +586,7 @@ class keys:
     @staticmethod
     def tenant(name: str) -> str:
         return f"/tenants/{name}"
+
+    @staticmethod
+    def token(tid: str) -> str:
+        return f"/tokens/{tid}"

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from cargohold.control.access import Tenant
 from cargohold.control.model import (
     Cluster,
     Disk,
@@ -32,7 +33,6 @@ from cargohold.control.model import (
     Orphan,
     Replica,
     Snapshot,
-    Tenant,
     Tombstone,
     Volume,
     keys,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cargohold.control.model import Tenant, Volume
+from cargohold.control.access import Tenant
+from cargohold.control.model import Volume
 from cargohold.control.repository import MAX_RETRIES, now
 from cargohold.control.requests import TenantCreate, TenantQuota
 from cargohold.control.service_base import ServiceBase

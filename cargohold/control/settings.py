@@ -84,3 +84,8 @@ class ClientSettings(Settings):
     dir: str = setting(
         "~/.cargohold", "the local cluster's directory, holding cluster.json (--dir)"
     )
+    token_file: str | None = setting(
+        None,
+        "a FILE holding a bearer token for the manager's API; default: the cluster "
+        "directory's token",
+    )

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cargohold.control.model import Operation, OperationKind, Tenant, Volume
+from cargohold.control.access import Tenant
+from cargohold.control.model import Operation, OperationKind, Volume
 from cargohold.errors import InvalidArgument, NotFound, PermissionDenied, Unschedulable
 from cargohold.security.identity import Identity
 from cargohold.security.policy import sees

@@ -43,7 +43,7 @@ from typing import Any
 
 from cargohold.control.settings import ClientSettings
 from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
-from cargohold.launcher import etcd_certs, netns
+from cargohold.launcher import credentials, etcd_certs, netns
 from cargohold.launcher.faults import Faults
 from cargohold.launcher.manager_http import get_json
 from cargohold.launcher.netns import LabLayout
@@ -302,7 +302,7 @@ class LocalCluster(Faults):
         errors = []
         for m in self.managers:
             try:
-                get_json(m.api, "/healthz", timeout=2.0)
+                get_json(m.api, "/healthz", timeout=2.0, credentials=self.credentials)
                 return m.api
             except CargoholdError as e:
                 errors.append(str(e))
@@ -326,9 +326,8 @@ class LocalCluster(Faults):
                         f"made network namespaces {self.lab.prefix}-* on a bridge, "
                         f"subnet {self.lab.subnet}.0/24"
                     )
-                cluster_id = None
                 if self.etcd and self._etcd_tls:
-                    cluster_id = etcd_certs.issue(self.dir).cluster  # --init takes the CA's
+                    etcd_certs.issue(self.dir)  # the cluster's CA (made here if new), etcd's
                 if self.etcd:
                     self._spawn(self.etcd, self._etcd_argv())
                     self.save()
@@ -337,9 +336,12 @@ class LocalCluster(Faults):
                 init = not self.initialized and not (
                     self.backend == "sqlite" and os.path.exists(self._state_path())
                 )
+                self._issue_credentials()
+                say(f"issued certificates of the cluster's CA ({self.dir}/ca)")
                 for i, m in enumerate(self.managers):
-                    first = init and i == 0
-                    self._spawn(m, self._manager_argv(m, first, cluster_id if first else None))
+                    first = init and i == 0  # makes the cluster, under the CA's id
+                    cid = credentials.cluster_id(self.dir) if first else None
+                    self._spawn(m, self._manager_argv(m, init=first, cluster_id=cid))
                     self.save()
                     say(f"started {m.id} (pid {m.pid}): API on {m.listen} and {m.unix}")
                     if init and i == 0:  # the others find the cluster it made

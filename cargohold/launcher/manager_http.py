@@ -9,24 +9,27 @@ from typing import Any
 
 import httpx
 
-from cargohold.control.transport import sync_client
+from cargohold.control.transport import ClientCredentials, sync_client
 from cargohold.errors import ConfigError, InvalidArgument, ManagerUnavailable
 from cargohold.launcher.processes import (
     LauncherError,
 )
 
 
-def _client(api: str, timeout: float) -> httpx.Client:
+def _client(api: str, timeout: float, credentials: ClientCredentials | None) -> httpx.Client:
     try:
-        return sync_client(api, timeout)  # the one HTTP layer to the manager
+        return sync_client(api, timeout, credentials=credentials)  # the one HTTP layer
     except InvalidArgument as e:
         raise ConfigError(str(e)) from None
 
 
-def get_json(api: str, path: str, timeout: float = 3.0) -> Any:
-    """GET ``path`` from the manager (or etcd) at ``api`` and return the decoded JSON."""
+def get_json(
+    api: str, path: str, timeout: float = 3.0, credentials: ClientCredentials | None = None
+) -> Any:
+    """GET ``path`` from the manager (or etcd) at ``api`` and return the decoded JSON,
+    presenting ``credentials`` (default: ``ClientCredentials.find()``)."""
     try:
-        with _client(api, timeout) as c:
+        with _client(api, timeout, credentials) as c:
             r = c.get(path)
     except httpx.HTTPError as e:
         raise ManagerUnavailable(f"nothing answered at {api}: {e or type(e).__name__}") from None

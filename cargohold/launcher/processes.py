@@ -75,7 +75,7 @@ class ManagerProc(Process):
 
     @property
     def url(self) -> str:
-        return f"http://{self.listen}"
+        return f"https://{self.listen}"  # TLS 1.3, certificates of DIR/ca (credentials.py)
 
     @property
     def api(self) -> str:

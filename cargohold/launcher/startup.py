@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from cargohold.control.transport import ClientCredentials
 from cargohold.errors import CargoholdError
-from cargohold.launcher import etcd_certs, netns
+from cargohold.launcher import credentials, etcd_certs, netns
 from cargohold.launcher.manager_http import get_json
 from cargohold.launcher.processes import (
     EtcdProc,
@@ -44,6 +45,7 @@ class Startup:
         dir: str
         command: list[str]
         managers: list[ManagerProc]
+        nodes: dict[str, NodeProc]
         etcd: EtcdProc | None
         etcd_binary: str
 
@@ -55,6 +57,20 @@ class Startup:
             os.environ,
             PYTHONPATH=_SOURCE_ROOT + (os.pathsep + path if path else ""),
             PYTHONUNBUFFERED="1",
+        )
+
+    @property
+    def credentials(self) -> ClientCredentials:
+        """The launcher's own: the admin certificate and token (credentials.py)."""
+        return credentials.client_credentials(self.dir)
+
+    def _issue_credentials(self) -> None:
+        """The CA and every certificate of the cluster, fresh (credentials.py)."""
+        credentials.issue(
+            self.dir,
+            credentials.cluster_id(self.dir),
+            [(m.id, m.listen.rsplit(":", 1)[0]) for m in self.managers],
+            [(n.name, n.address, n.dir) for n in self.nodes.values()],
         )
 
     def _spawn(self, proc: Process, argv: list[str]) -> None:
@@ -71,7 +87,7 @@ class Startup:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    env=self._env(),
+                    env=self._env_of(proc),
                     cwd=self.dir,
                 )
             except OSError as e:
@@ -80,6 +96,16 @@ class Startup:
         st = proc_stat(p.pid)
         proc.pid, proc.pgid, proc.started_at = p.pid, p.pid, time.time()
         proc.start_time = st[2] if st else None
+
+    def _env_of(self, proc: Process) -> dict[str, str]:
+        """An agent gets its own certificate (agent/<node>) as $CARGOHOLD_TLS_DIR."""
+        env = self._env()
+        env.pop("CARGOHOLD_TOKEN_FILE", None)
+        if isinstance(proc, NodeProc):
+            env["CARGOHOLD_TLS_DIR"] = str(credentials.agent_tls_dir(proc.dir))
+        else:
+            env.pop("CARGOHOLD_TLS_DIR", None)
+        return env
 
     def _etcd_argv(self) -> list[str]:
         e = self.etcd
@@ -118,6 +144,9 @@ class Startup:
         argv += ["--unix", m.unix, "--id", m.id, *(["--init"] if init else [])]
         if self._etcd_tls:
             argv += ["--etcd-tls-dir", etcd_certs.client_dir(self.dir)]
+        argv += ["--tls-dir", str(credentials.manager_tls_dir(self.dir, m.id))]
+        if init:  # the first admin token, for the CLI
+            argv += ["--admin-token-file", str(credentials.token_file(self.dir))]
         return [*argv, *(["--cluster-id", cluster_id] if cluster_id else [])]
 
     def _agent_argv(self, n: NodeProc) -> list[str]:
@@ -168,7 +197,7 @@ class Startup:
     def _managers_health(self, managers: list[ManagerProc] | None = None) -> str | None:
         for m in managers or self.managers:
             try:
-                get_json(m.api, "/healthz", timeout=1.0)
+                get_json(m.api, "/healthz", timeout=1.0, credentials=self.credentials)
             except CargoholdError as err:
                 return f"{m.id} does not answer at {m.api} ({err}); see {m.log}"
         return None
@@ -176,7 +205,10 @@ class Startup:
     def _nodes_health(self, nodes: list[NodeProc]) -> str | None:
         try:
             api = self.api_answering()
-            seen = {n["name"]: n.get("state") for n in get_json(api, "/api/v1/nodes")}
+            seen = {
+                n["name"]: n.get("state")
+                for n in get_json(api, "/api/v1/nodes", credentials=self.credentials)
+            }
         except CargoholdError as err:
             return f"cannot list nodes ({err}); see {self.managers[0].log}"
         # a cordoned node (from an earlier run's state) is up too: it heartbeats

@@ -76,10 +76,15 @@ class Credentials:
     _checked: float = field(default=0.0, repr=False)
     _outer: ssl.SSLContext | None = field(default=None, repr=False)
     _cluster: tuple[float, str] | None = field(default=None, repr=False)  # (tls.crt's mtime, it)
+    # a server that also takes bearer tokens (the manager's REST API) asks for a client
+    # certificate without requiring one; a certificate presented is still verified
+    client_cert_optional: bool = False
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> Credentials:
-        creds = cls(Path(directory))
+    def load(
+        cls, directory: str | os.PathLike[str], *, client_cert_optional: bool = False
+    ) -> Credentials:
+        creds = cls(Path(directory), client_cert_optional=client_cert_optional)
         creds._refresh(force=True)
         return creds
 
@@ -106,6 +111,8 @@ class Credentials:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.check_hostname = False  # the identity URI is checked instead (module docstring)
         ctx.verify_mode = ssl.CERT_REQUIRED
+        if purpose is ssl.Purpose.CLIENT_AUTH and self.client_cert_optional:
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         try:
             ctx.load_cert_chain(self.path(CERT_FILE), self.path(KEY_FILE))
             ctx.load_verify_locations(cafile=str(self.path(CA_FILE)))

@@ -28,7 +28,7 @@ from tests.support.processes import ROOT
 
 FAKE = r'''
 """Stand-ins for `cargohold manager` and `cargohold agent` (the flags of control-plane.md)."""
-import argparse, json, os, signal, socket, subprocess, sys, threading, time, urllib.request
+import argparse, json, os, signal, socket, ssl, subprocess, sys, threading, time, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import ThreadingUnixStreamServer
 
@@ -37,10 +37,14 @@ DOWN_AFTER = 1.5
 
 def manager(argv):
     p = argparse.ArgumentParser()
-    for flag in ("--state", "--listen", "--unix", "--id", "--etcd-tls-dir", "--cluster-id"):
+    for flag in ("--state", "--listen", "--unix", "--id", "--tls-dir", "--admin-token-file",
+                 "--etcd-tls-dir", "--cluster-id"):
         p.add_argument(flag)
     p.add_argument("--init", action="store_true")
     a = p.parse_args(argv)
+    if a.admin_token_file:
+        with open(os.open(a.admin_token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write("chk_000000000000_" + "A" * 43 + "\n")
     backend = a.state.split(":", 1)[0]
     if backend == "etcd":  # fail like a manager without its store would
         context = None
@@ -96,7 +100,11 @@ def manager(argv):
     host, port = a.listen.rsplit(":", 1)
     if os.path.exists(a.unix):
         os.unlink(a.unix)
-    servers = [ThreadingHTTPServer((host, int(port)), Handler), UnixServer(a.unix, Handler)]
+    tcp = ThreadingHTTPServer((host, int(port)), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # HTTPS with the launcher's certificate
+    ctx.load_cert_chain(os.path.join(a.tls_dir, "tls.crt"), os.path.join(a.tls_dir, "tls.key"))
+    tcp.socket = ctx.wrap_socket(tcp.socket, server_side=True)
+    servers = [tcp, UnixServer(a.unix, Handler)]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
 
@@ -131,6 +139,11 @@ def agent(argv):
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
+    tls = os.environ["CARGOHOLD_TLS_DIR"]  # the agent's own certificate (agent/<node>)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(os.path.join(tls, "ca.crt"))
+    ctx.load_cert_chain(os.path.join(tls, "tls.crt"), os.path.join(tls, "tls.key"))
     body = json.dumps({"zone": a.zone or "", "address": a.address, "agent_pid": os.getpid(),
                        "replica_port": server.getsockname()[1]}).encode()
     while True:
@@ -138,7 +151,7 @@ def agent(argv):
             req = urllib.request.Request(f"{api}/api/v1/nodes/{a.node}/heartbeat", data=body,
                                          headers={"Content-Type": "application/json"})
             try:
-                urllib.request.urlopen(req, timeout=0.5).read()
+                urllib.request.urlopen(req, timeout=0.5, context=ctx).read()
             except OSError:
                 pass
         time.sleep(0.2)
@@ -200,7 +213,7 @@ def test_up_kill_start_down(tmp_path, fake, clusters):
         record = json.load(f)
     assert record["api"] == f"unix:{d}/api.sock" and record["backend"] == "sqlite"
     assert record["netns"] is False and record["etcd"] is None
-    assert record["api_tcp"].startswith("http://127.0.0.1:")
+    assert record["api_tcp"].startswith("https://127.0.0.1:")
     assert [n["zone"] for n in record["nodes"].values()] == ["a", "b", "a"]
     assert {n["address"] for n in record["nodes"].values()} == {"127.0.0.1"}
     mgr = record["managers"][0]
@@ -270,7 +283,7 @@ def test_cli_up_status_down(tmp_path, fake, clusters):
         return p.stdout
 
     out = run("up", "--nodes", "2", "--zones", "x,y", "--timeout", "20")
-    assert f"cluster up: 2 nodes, manager at unix:{d}/api.sock (http://127.0.0.1:" in out
+    assert f"cluster up: 2 nodes, manager at unix:{d}/api.sock (https://127.0.0.1:" in out
     assert "started node-2 agent" in out
 
     status = json.loads(run("status", "-o", "json"))

@@ -137,7 +137,14 @@ def test_csi_bad_variable_is_one_line(monkeypatch) -> None:
 
 def test_manager_bad_variable_is_one_line(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("CARGOHOLD_MANAGER_NODE_DOWN_AFTER", "soon")
-    args = ["manager", "--state", f"sqlite:{tmp_path}/s.db", "--unix", str(tmp_path / "s")]
+    args = [
+        "manager",
+        "--state",
+        f"sqlite:{tmp_path}/s.db",
+        "--unix",
+        str(tmp_path / "s"),
+        "--plaintext",
+    ]
     result = runner.invoke(_app(), args)
     assert result.exit_code == 2
     assert "CARGOHOLD_MANAGER_NODE_DOWN_AFTER: 'soon'" in result.output

@@ -208,6 +208,14 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     await call("DELETE", "/api/v1/tenants/{tenant}", 409, tenant="team-a")
     await call("POST", "/api/v1/tenants", 201, {"name": "team-b"})
     await call("DELETE", "/api/v1/tenants/{tenant}", 200, tenant="team-b")
+    # bearer tokens: made (the token shown once), listed without it, deleted
+    made = await call("POST", "/api/v1/tokens", 201, {"role": "reader", "name": "ci"})
+    assert made["token"].startswith("chk_")
+    listed = await call("GET", "/api/v1/tokens", 200)
+    assert [t["id"] for t in listed] == [made["id"]] and "token" not in listed[0]
+    await call("POST", "/api/v1/tokens", 422, {"role": "agent", "name": "node-1"})
+    await call("DELETE", "/api/v1/tokens/{token_id}", 200, token_id=made["id"])
+    await call("DELETE", "/api/v1/tokens/{token_id}", 404, token_id=made["id"])
 
     # every route, each with its success answer, was checked
     routes = {

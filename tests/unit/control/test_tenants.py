@@ -11,7 +11,8 @@ import secrets
 import pytest
 
 from cargohold.control import service_volumes, tenancy
-from cargohold.control.model import Operation, OperationKind, OperationState, Tenant, Volume
+from cargohold.control.access import Tenant
+from cargohold.control.model import Operation, OperationKind, OperationState, Volume
 from cargohold.control.requests import (
     AttachRequest,
     ExpandRequest,
