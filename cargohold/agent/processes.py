@@ -29,6 +29,7 @@ from cargohold.errors import CargoholdError
 from cargohold.logs import start_line
 from cargohold.replica.client import ReplicaClient
 from cargohold.security.tls import Credentials
+from cargohold.settings import ProcessSettings
 
 log = logging.getLogger("cargohold.agent")
 
@@ -78,6 +79,9 @@ class Child:
     def start(self) -> None:
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # the agent's own certificate is not its children's: each gets --tls-dir or
+        # --plaintext on its command line (agent/credentials.py)
+        env.pop(ProcessSettings.variable("tls_dir"), None)
         with open(self.log_path, "ab") as f:
             f.write(start_line("agent starts", " ".join(self.argv)))
             f.flush()

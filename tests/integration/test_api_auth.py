@@ -46,6 +46,7 @@ PARAMS = {
     "op": "op-x",
     "replica": "r-x",
     "token_id": "0123456789ab",
+    "tenant": "team-x",
 }
 # who holds no REST permission at all, and who holds which (certificates of this cluster)
 NOBODY = ("engine", "vol-x")

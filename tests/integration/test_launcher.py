@@ -49,7 +49,6 @@ def manager(argv):
     if backend == "etcd":  # fail like a manager without its store would
         context = None
         if a.etcd_tls_dir:  # etcd wants the managers' client certificate
-            import ssl
             context = ssl.create_default_context(cafile=os.path.join(a.etcd_tls_dir, "ca.crt"))
             context.check_hostname = False
             context.load_cert_chain(*(os.path.join(a.etcd_tls_dir, f) for f in ("tls.crt", "tls.key")))
