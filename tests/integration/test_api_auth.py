@@ -1,5 +1,5 @@
 """Authentication and authorization of the manager's REST API, against a real manager
-process over HTTPS with real certificates (tests/integration/tls_manager.py):
+process over HTTPS with real certificates (tests.support.tls_manager.py):
 
 - for EVERY operation of the live schema: no credential -> 401, a role without the route's
   permission -> 403, a role with it -> neither; an operation that declares no permission
@@ -35,7 +35,7 @@ from cargohold.security import ca as ca_mod
 from cargohold.security.ca import CertificateAuthority
 from cargohold.security.identity import Identity, Role
 from cargohold.security.policy import ROLE_PERMISSIONS, Permission
-from tests.integration.tls_manager import ROOT, TlsManager
+from tests.support.tls_manager import ROOT, TlsManager
 
 PUBLIC = {("get", "/healthz"), ("get", "/livez")}  # open on purpose: probes
 AGENT_ROUTE = "heartbeat (agent/<node> only)"
@@ -147,7 +147,10 @@ def test_roles_each_permission_by_certificate(mgr: TlsManager) -> None:
         r = c.post("/api/v1/nodes/node-1/heartbeat", json={"hold": 0})
         assert r.status_code == 403  # nor another node's agent
         assert c.get("/api/v1/volumes").status_code == 403
-    with mgr.client("csi", "k8s", tenant="east") as c:  # a tenant never sees nodes
+    with mgr.client("csi", "k8s", tenant="east") as c:  # a tenant's CSI driver reads nodes
+        assert c.get("/api/v1/nodes").status_code == 200  # (topology, ControllerPublish)
+        assert c.get("/api/v1/orphans").status_code == 403  # but nothing else of the cluster
+    with mgr.client("reader", "rita", tenant="east") as c:  # a tenant's people never see nodes
         assert c.get("/api/v1/nodes").status_code == 403
 
 

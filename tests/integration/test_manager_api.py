@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.tls_manager import ROOT, TlsManager
+from tests.support.tls_manager import ROOT, TlsManager
 
 GiB = 1 << 30
 ST_TIMEOUT = 120.0  # hard bound on the schemathesis run (it takes ~15 s here)
