@@ -333,3 +333,8 @@ class ProcessSettings(Settings):
         "1: keep Python's garbage-collector thresholds (0: raised after start-up, fewer "
         "pauses in the data path)",
     )
+    tls_dir: str = setting(
+        "",
+        "a daemon's TLS credentials directory (tls.crt, tls.key, ca.crt, ca.crl; "
+        "docs/security.md): its --tls-dir",
+    )

@@ -18,6 +18,7 @@ from cargohold.cli.settings import CliSettings
 from cargohold.cli.units import split_addr
 from cargohold.errors import CargoholdError
 from cargohold.logs import setup_logging
+from cargohold.settings import ProcessSettings
 
 DEFAULT_MANAGER_PORT = 9600
 
@@ -48,6 +49,19 @@ def manager(
         "stamps carry it), so that its agents act for this manager and its replicas can be "
         "adopted (docs/operations.md)",
     ),
+    ca_dir: str = typer.Option(
+        None,
+        "--ca-dir",
+        help="the cluster's CA directory (made with --init when missing): signs the "
+        "certificates of joining agents, their renewals and engines' (docs/security.md)",
+    ),
+    tls_dir: str = typer.Option(
+        None,
+        "--tls-dir",
+        envvar=ProcessSettings.variable("tls_dir"),
+        help="the API's credentials directory (tls.crt, tls.key, ca.crt, ca.crl): HTTPS, "
+        "callers identified by their client certificates; without it the API is plaintext",
+    ),
 ) -> None:
     """Serve the manager's REST API and, when elected leader, run the reconcilers."""
     from cargohold.control.manager import Manager
@@ -69,6 +83,8 @@ def manager(
             settings,
             init=init,
             cluster_id=cluster_id,
+            ca_dir=ca_dir or settings.ca_dir or None,
+            tls_dir=tls_dir,
         )
     except CargoholdError as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line in the log

@@ -21,7 +21,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from cargohold import __version__
-from cargohold.control import api_manager, api_nodes, api_orphans, api_snapshots, api_volumes
+from cargohold.control import (
+    api_enrollment,
+    api_manager,
+    api_nodes,
+    api_orphans,
+    api_snapshots,
+    api_volumes,
+)
 from cargohold.control.api_errors import http_status, install_handlers, safe_input
 from cargohold.control.api_json import JSONRoute, parse_json
 from cargohold.control.service import Service
@@ -38,6 +45,8 @@ def build(service: Service) -> FastAPI:
     )
     app.router.route_class = JSONRoute
     app.state.max_request_bytes = service.settings.max_request_bytes
+    app.state.plaintext = service.plaintext  # control/auth.py: who is calling
+    app.state.cluster_id = service.repo.cluster_id
     install_handlers(app, service)
     api_manager.add_health_routes(app, service)
     api_nodes.add_routes(app, service)
@@ -45,5 +54,6 @@ def build(service: Service) -> FastAPI:
     api_snapshots.add_routes(app, service)
     api_volumes.add_attachment_routes(app, service)
     api_orphans.add_routes(app, service)
+    api_enrollment.add_routes(app, service)
     api_manager.add_event_routes(app, service)
     return app

@@ -32,7 +32,9 @@ from cargohold.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     StateStoreDamaged,
+    Unauthenticated,
     Unschedulable,
     UnsupportedMediaType,
     WrongState,
@@ -41,6 +43,8 @@ from cargohold.errors import (
 log = logging.getLogger("cargohold.manager")
 
 STATUS: list[tuple[type[CargoholdError], int]] = [
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
     (NotFound, 404),
     (AlreadyExists, 409),
     (WrongState, 409),
@@ -66,6 +70,9 @@ INPUT_REPR_MAX = 200  # characters of an unserialisable input a 422 echoes
 
 WHY = {
     400: "InvalidArgument: the request fits the schema but not the rules",
+    401: "Unauthenticated: no credential this cluster accepts (a client certificate of its "
+    "CA; a join token for /api/v1/join)",
+    403: "PermissionDenied: the caller's role may not do this",
     404: "NotFound: no such node, volume, snapshot or operation",
     409: "AlreadyExists, WrongState (the object's state does not allow it now) or "
     "Conflict (too many concurrent changes of one record: try again)",

@@ -13,10 +13,12 @@ import contextlib
 import logging
 import os
 import socket
+from pathlib import Path
 
 import uvicorn
 
 from cargohold.control.api import build
+from cargohold.control.auth import PeerProtocol
 from cargohold.control.identity import open_cluster
 from cargohold.control.reconcilers import RECONCILERS
 from cargohold.control.repository import Repository
@@ -24,6 +26,8 @@ from cargohold.control.service import Service
 from cargohold.control.settings import ManagerSettings
 from cargohold.control.state import MemoryStateStore, open_store
 from cargohold.errors import CargoholdError, ManagerUnavailable, StateStoreDamaged
+from cargohold.security.ca import CertificateAuthority
+from cargohold.security.tls import Credentials, warn_plaintext
 
 log = logging.getLogger("cargohold.manager")
 STORE_WAIT = 60.0  # seconds a starting manager waits for an unreachable state store
@@ -37,6 +41,8 @@ class Manager:
         settings: ManagerSettings,
         init: bool = False,
         cluster_id: str | None = None,
+        ca_dir: str | None = None,
+        tls_dir: str | None = None,
     ) -> None:
         # without --init nothing is created: a missing or empty store is refused (identity.py)
         self.store = open_store(state_url, create=init)
@@ -48,6 +54,13 @@ class Manager:
         self.repo = Repository(self.store)
         self.service = Service(self.repo, settings, backend, manager_id)
         self.reconcilers = [cls(self.repo, settings) for cls in RECONCILERS]
+        self.ca_dir = ca_dir  # the cluster CA: signs joining agents' and engines' certificates
+        # the API's own credentials (None: plaintext, said loudly)
+        self.tls = Credentials.load(tls_dir, client_optional=True) if tls_dir else None
+        self.service.plaintext = self.tls is None
+        self.service.tls_dir = Path(tls_dir) if tls_dir else None
+        if self.tls is None:
+            warn_plaintext(f"manager {manager_id}'s REST API")
 
     async def run_once(self) -> bool:
         """One pass: campaign, and reconcile if we lead. Returns whether we lead."""
@@ -114,6 +127,9 @@ class Manager:
             await self.store.close()
             raise
         log.info("manager %s serves cluster %s", self.id, cluster.id)
+        if self.ca_dir:  # made with the cluster (--init), its id the store's
+            self.service.ca = CertificateAuthority.open_or_create(self.ca_dir, cluster.id)
+            self.service._publish_crl()
 
     async def serve(self, listen: tuple[str, int] | None, unix: str | None) -> None:
         await self.open_cluster()
@@ -130,12 +146,15 @@ class Manager:
             u.bind(unix)
             os.chmod(unix, 0o660)
             socks.append(u)
+        tls = self.tls
         config = uvicorn.Config(
             build(self.service),
             lifespan="off",
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,
+            http=PeerProtocol,  # the TLS peer's identity for control/auth.py
+            ssl_context_factory=(lambda _c, _d: tls.server_context()) if tls else None,
         )
         server = uvicorn.Server(config)
         loop_task = asyncio.create_task(self.reconcile_forever())

@@ -12,6 +12,7 @@ requests.py (named here too, for callers that take them from this module).
 
 from __future__ import annotations
 
+from cargohold.control.enrollment import EnrollmentCalls
 from cargohold.control.heartbeat_hold import HeartbeatCalls
 from cargohold.control.requests import (
     AttachRequest,
@@ -36,5 +37,5 @@ __all__ = [
 ]
 
 
-class Service(NodeCalls, HeartbeatCalls, VolumeCalls, SnapshotCalls, ClusterCalls):
+class Service(NodeCalls, HeartbeatCalls, VolumeCalls, SnapshotCalls, ClusterCalls, EnrollmentCalls):
     """What the manager's API does (see the module's docstring); one instance per manager."""

@@ -31,6 +31,7 @@ FastAPI's ``detail`` list of a 422).
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,8 @@ TIMEOUT = 10.0  # seconds; the default of the commands' client
 # none) falls back on the status alone (BY_STATUS)
 ERRORS: dict[tuple[int, str], type[CargoholdError]] = {
     (400, "InvalidArgument"): InvalidArgument,
+    (401, "Unauthenticated"): errors.Unauthenticated,
+    (403, "PermissionDenied"): errors.PermissionDenied,
     (404, "NotFound"): errors.NotFound,
     (405, "MethodNotAllowed"): errors.MethodNotAllowed,
     (409, "AlreadyExists"): errors.AlreadyExists,
@@ -61,6 +64,8 @@ ERRORS: dict[tuple[int, str], type[CargoholdError]] = {
 }
 BY_STATUS: dict[int, type[CargoholdError]] = {
     400: InvalidArgument,
+    401: errors.Unauthenticated,
+    403: errors.PermissionDenied,
     404: errors.NotFound,
     405: errors.MethodNotAllowed,
     409: errors.WrongState,
@@ -113,9 +118,14 @@ def async_client(
     url: str | Endpoint,
     timeout: float | httpx.Timeout = TIMEOUT,
     transport: httpx.AsyncBaseTransport | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
-    """An asyncio httpx client for the manager at ``url`` (``transport``: tests')."""
-    return httpx.AsyncClient(**_options(url, timeout, transport, httpx.AsyncHTTPTransport))
+    """An asyncio httpx client for the manager at ``url`` (``transport``: tests').
+    ``verify``: the TLS context of an https URL (trust, and a client certificate)."""
+    opts = _options(url, timeout, transport, httpx.AsyncHTTPTransport)
+    if verify is not None:
+        opts["verify"] = verify
+    return httpx.AsyncClient(**opts)
 
 
 def _options(

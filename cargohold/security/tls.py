@@ -62,10 +62,13 @@ class Credentials:
     _stamp: tuple[float, ...] = field(default=(), repr=False)
     _checked: float = field(default=0.0, repr=False)
     _outer: ssl.SSLContext | None = field(default=None, repr=False)
+    # a server that also serves callers without a certificate (the manager's API: a join
+    # token is the credential of a joining agent); it then decides per request who is who
+    client_optional: bool = False
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> Credentials:
-        creds = cls(Path(directory))
+    def load(cls, directory: str | os.PathLike[str], client_optional: bool = False) -> Credentials:
+        creds = cls(Path(directory), client_optional=client_optional)
         creds._refresh(force=True)
         return creds
 
@@ -92,6 +95,8 @@ class Credentials:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.check_hostname = False  # the identity URI is checked instead (module docstring)
         ctx.verify_mode = ssl.CERT_REQUIRED
+        if self.client_optional and purpose is ssl.Purpose.CLIENT_AUTH:
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         try:
             ctx.load_cert_chain(self.path(CERT_FILE), self.path(KEY_FILE))
             ctx.load_verify_locations(cafile=str(self.path(CA_FILE)))
