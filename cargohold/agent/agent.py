@@ -25,7 +25,7 @@ import os
 import time
 from typing import Any
 
-from cargohold.agent import node_state
+from cargohold.agent import enrollment, node_state
 from cargohold.agent.engines import Engines
 from cargohold.agent.manager_link import ManagerLink
 from cargohold.agent.operations import Operations
@@ -44,6 +44,7 @@ from cargohold.errors import CargoholdError, NotFound
 log = logging.getLogger("cargohold.agent")
 
 COMPLAIN_EVERY = 30.0  # seconds between repeated warnings of an unreachable manager
+RENEW_CHECK = 1.0  # seconds between checks of the certificates' remaining life
 NEWS_GAP = 0.05  # seconds to gather changes before reporting them early
 
 
@@ -59,7 +60,9 @@ class Agent:
     def __init__(self, config: AgentSettings) -> None:
         self.config = config
         self.dir = os.path.abspath(config.dir)
-        self.manager = ManagerLink(config.api)
+        creds = enrollment.credentials(self.dir)  # joined before: mTLS to the manager
+        self.manager = ManagerLink(config.api, verify=creds.client_context() if creds else None)
+        self._renew_checked = 0.0
         self.interval = config.heartbeat or 1.0
         self.registered = False
         self._register_backoff = Backoff(first=0.5, most=5.0)
@@ -82,6 +85,9 @@ class Agent:
             self._news,
             self._save_state,
         )
+        # disks added through the API only under these (and the node directory), checked
+        # here again before anything is created: the manager's check sees its own disks
+        self.replicas.disk_roots = [*config.disk_roots, *(p for p, _ in config.disks)]
         self.engines = Engines(
             config.address,
             self.dir,
@@ -112,6 +118,10 @@ class Agent:
         answers. Registration happens in the first ``run_once()`` (and is retried)."""
         for sub in ("logs", "run"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        if self.config.join_token_file and not enrollment.enrolled(self.dir):
+            c = self.config
+            await enrollment.join(c.api, c.node, c.address, self.dir, c.join_token_file)
+            await self._use_credentials()
         self._state = node_state.load(self.dir)
         self.replicas.disks = self._disks()
         self.replicas.read_stamps()
@@ -219,6 +229,7 @@ class Agent:
         assignments are the ones this agent has (a long poll)."""
         listed = await self.replicas.check()
         await self.replicas.sweep_trash()
+        await self._renew()
         if not self.registered and not await self._register():
             self.engines.watch()
             return None
@@ -328,6 +339,25 @@ class Agent:
             len(self.disks),
         )
         return True
+
+    async def _use_credentials(self) -> None:
+        """Talk to the manager with the agent's (new) certificate from now on."""
+        creds = enrollment.credentials(self.dir)
+        if creds is not None:
+            await self.manager.use_tls(creds.client_context())
+
+    async def _renew(self) -> None:
+        """New certificates at half-life (checked every RENEW_CHECK seconds); a failure is
+        retried: the old certificates stay valid until their expiry."""
+        now = time.monotonic()
+        if now - self._renew_checked < RENEW_CHECK:
+            return
+        self._renew_checked = now
+        try:
+            if await enrollment.renew(self.manager, self.config.node, self.dir):
+                await self._use_credentials()
+        except CargoholdError as e:
+            log.warning("cannot renew node %s's certificates: %s", self.config.node, e)
 
     def _manager_failed(self, e: CargoholdError, what: str = "heartbeat failed") -> None:
         now = time.monotonic()

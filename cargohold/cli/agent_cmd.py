@@ -40,6 +40,12 @@ def agent(
     heartbeat: float = typer.Option(
         None, min=0.05, help="seconds between heartbeats (default: what the manager says)"
     ),
+    join_token_file: str = typer.Option(
+        None,
+        "--join-token-file",
+        help="join the cluster with this join file (cargohold node join-token create "
+        "--output) when the node has no certificate yet (docs/security.md)",
+    ),
     trash_grace: float = typer.Option(
         None,
         min=0,
@@ -64,6 +70,7 @@ def agent(
             "replica_port": replica_port,
             "heartbeat": heartbeat,
             "trash_grace": trash_grace,
+            "join_token_file": join_token_file,
         }
         # flags win; what no flag gives comes from CARGOHOLD_AGENT_*, else the default
         config = AgentSettings(**{k: v for k, v in flags.items() if v is not None})

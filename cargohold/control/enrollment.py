@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 from pathlib import Path
@@ -227,7 +228,8 @@ class EnrollmentCalls(ServiceBase):
 
     # --- certificates -----------------------------------------------------------------------
     def _sign(self, csr: str, ident: Identity) -> Issued:
-        return self._ca().sign_csr(csr.encode(), ident)
+        life = dt.timedelta(seconds=self.settings.certificate_lifetime)
+        return self._ca().sign_csr(csr.encode(), ident, lifetime=life)
 
     async def _record(self, node: str, issued: list[tuple[Identity, Issued]]) -> None:
         key = NODE_CERTIFICATES + node

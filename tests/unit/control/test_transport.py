@@ -51,7 +51,7 @@ TABLE = doc_error_table()
 
 
 def test_the_doc_table_is_read() -> None:
-    assert len(TABLE) == 14
+    assert len(TABLE) == 16
     assert (409, "Conflict", errors.Busy) in TABLE
     assert (500, "InternalError", errors.CargoholdError) in TABLE
 
