@@ -8,6 +8,7 @@ opens the manager."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -403,3 +404,95 @@ def test_renewal_replaces_the_certificates_and_the_agent_keeps_working(
     finally:
         with pytest.raises(StopIteration):
             next(gen)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cargohold", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+
+
+def test_the_cli_makes_join_files_and_removes_disks_and_nodes(tmp_path: Path) -> None:
+    """The commands, against a plaintext manager holding a CA (``--ca-dir`` made at
+    ``--init``): join-token create/list/delete, disk add/drain/remove, node remove."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = ["manager", "--state", f"sqlite:{tmp_path / 'state.db'}", "--listen"]
+    argv += [f"127.0.0.1:{port}", "--init", "--ca-dir", str(tmp_path / "ca")]
+    env = {"CARGOHOLD_MANAGER_DISK_ROOTS": str(tmp_path)}
+    mgr = Proc(argv, tmp_path / "manager.log", env).start()
+    agent: Proc | None = None
+    try:
+        wait_for(lambda: _cli("status", "--api", url).returncode == 0, "the manager")
+        assert "PLAINTEXT" in mgr.output()  # said loudly
+        join = tmp_path / "n1.join"
+        out = _cli(
+            "node", "join-token", "create", "--ttl", "10m", "--output", str(join), "--api", url
+        )
+        assert out.returncode == 0, out.stderr
+        assert join.stat().st_mode & 0o777 == 0o600
+        token, _, trust = join.read_text().partition("\n")
+        assert token.startswith("chk_") and "BEGIN CERTIFICATE" in trust
+        assert token not in out.stdout + out.stderr  # the file has it, the terminal not
+        spare = _cli("node", "join-token", "create", "--api", url)
+        assert spare.returncode == 0 and spare.stdout.strip().startswith("chk_")
+        listed = _cli("node", "join-token", "list", "-o", "json", "--api", url)
+        assert len(json.loads(listed.stdout)) == 2 and "chk_" not in listed.stdout
+        spare_id = spare.stdout.strip().split("_")[1]
+        assert _cli("node", "join-token", "delete", spare_id, "--api", url).returncode == 0
+        assert (
+            len(json.loads(_cli("node", "join-token", "list", "-o", "json", "--api", url).stdout))
+            == 1
+        )
+
+        (tmp_path / "node-1").mkdir()
+        argv = ["agent", "--node", "node-1", "--api", url, "--address", "127.0.0.1"]
+        argv += ["--dir", str(tmp_path / "node-1"), "--heartbeat", "0.5"]
+        argv += ["--join-token-file", str(join)]
+        agent = Proc(argv, tmp_path / "node-1.log").start()
+
+        def up() -> bool:
+            got = _cli("node", "list", "-o", "json", "--api", url)
+            return got.returncode == 0 and any(
+                n["name"] == "node-1" for n in json.loads(got.stdout)
+            )
+
+        wait_for(up, "node-1 to register", 60)
+        assert (tmp_path / "node-1" / "tls" / "agent" / "tls.crt").exists()
+        extra = tmp_path / "node-1" / "extra"
+        bad = _cli("disk", "add", "node-1", "/etc", "--capacity", "1GiB", "--api", url)
+        assert bad.returncode != 0 and "system directory /etc" in bad.stdout + bad.stderr
+        add = _cli(
+            "disk",
+            "add",
+            "node-1",
+            str(extra),
+            "--capacity",
+            "1GiB",
+            "--name",
+            "extra",
+            "--api",
+            url,
+        )
+        assert add.returncode == 0, add.stdout + add.stderr
+        wait_for(extra.is_dir, "the agent to create the disk")
+        assert _cli("disk", "drain", "node-1", "extra", "--api", url).returncode == 0
+        assert _cli("disk", "remove", "node-1", "extra", "--api", url).returncode == 0
+        wait_for(
+            lambda: "no longer extra" in agent.output() if agent else False,
+            "the agent to stop serving the removed disk",
+        )
+        agent.stop()
+        removed = _cli("node", "remove", "node-1", "--api", url)
+        assert removed.returncode == 0 and "2 certificate(s) revoked" in removed.stdout
+        ca = CertificateAuthority.load(tmp_path / "ca")
+        agent_serial = _serial(tmp_path / "node-1" / "tls" / "agent" / "tls.crt")
+        assert agent_serial in {int(str(e["serial"])) for e in ca.revoked()}
+    finally:
+        if agent is not None:
+            agent.stop()
+        mgr.stop()
