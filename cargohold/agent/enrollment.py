@@ -31,10 +31,16 @@ from typing import Any
 import httpx
 
 from cargohold.control.transport import async_client, error_from_response, unreachable
-from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
+from cargohold.errors import (
+    CargoholdError,
+    ConfigError,
+    InvalidArgument,
+    ManagerUnavailable,
+    Unauthenticated,
+)
 from cargohold.security.ca import _SKEW as SKEW
 from cargohold.security.ca import _write, key_pem, make_csr, new_key
-from cargohold.security.identity import Identity, Role
+from cargohold.security.identity import Identity, Role, from_peercert
 from cargohold.security.tls import CA_FILE, CERT_FILE, CRL_FILE, KEY_FILE, Credentials
 
 log = logging.getLogger("cargohold.agent")
@@ -99,12 +105,26 @@ def _csr(role: Role, name: str) -> tuple[bytes, str]:
     return key_pem(key), make_csr(Identity(PROPOSED_CLUSTER, role, name), key).decode()
 
 
+def _peer_is_a_manager(r: httpx.Response, url: str) -> None:
+    """An https answer came from a certificate of role ``manager`` (the CA alone does not
+    say it: every node of the cluster holds a certificate of that CA)."""
+    stream = r.extensions.get("network_stream")
+    sslobj = stream.get_extra_info("ssl_object") if stream is not None else None
+    if sslobj is None:
+        return  # plain http: nothing to check (a plaintext manager, said loudly there)
+    ident = from_peercert(sslobj.getpeercert())
+    if ident is None or ident.role is not Role.MANAGER:
+        raise Unauthenticated(f"{url} is not a cargohold manager (its certificate: {ident})")
+
+
 async def _post(urls: list[str], path: str, body: dict[str, Any], verify: Any) -> Any:
-    """POST to the first manager that answers (join: no client certificate yet)."""
+    """POST to the first manager that answers (join: no client certificate yet), after
+    making sure on the same connection that it is a manager: the token goes to no one else."""
     failures = []
     for url in urls:
         try:
             async with async_client(url, httpx.Timeout(10.0, connect=3.0), verify=verify) as c:
+                _peer_is_a_manager(await c.get("/livez"), url)
                 r = await c.post(path, json=body)
         except httpx.HTTPError as e:
             failures.append(str(unreachable(url, e)))
@@ -118,17 +138,19 @@ async def _post(urls: list[str], path: str, body: dict[str, Any], verify: Any) -
     raise ManagerUnavailable("no manager answered: " + "; ".join(failures))
 
 
+def _fields(answer: Any, *names: str) -> dict[str, str]:
+    """The answer's fields (strings), or InvalidArgument: never a KeyError's traceback."""
+    if not isinstance(answer, dict) or not all(isinstance(answer.get(n), str) for n in names):
+        raise InvalidArgument(f"the manager's answer lacks {', '.join(names)}: {str(answer)[:200]}")
+    return {n: answer[n] for n in names}
+
+
 def write_node_credentials(
     node_dir: str, keys: tuple[bytes, bytes], answer: dict[str, Any]
 ) -> None:
-    _write_dir(
-        replica_server_dir(node_dir),
-        keys[1],
-        answer["replica_cert"],
-        answer["trust"],
-        answer["crl"],
-    )
-    _write_dir(agent_dir(node_dir), keys[0], answer["cert"], answer["trust"], answer["crl"])
+    a = _fields(answer, "cert", "replica_cert", "trust", "crl")
+    _write_dir(replica_server_dir(node_dir), keys[1], a["replica_cert"], a["trust"], a["crl"])
+    _write_dir(agent_dir(node_dir), keys[0], a["cert"], a["trust"], a["crl"])
 
 
 async def join(urls: list[str], node: str, address: str, node_dir: str, join_file: str) -> None:
@@ -155,7 +177,7 @@ async def join(urls: list[str], node: str, address: str, node_dir: str, join_fil
     log.info(
         "node %s joined cluster %s; certificates in %s",
         node,
-        answer["cluster"],
+        answer.get("cluster"),
         agent_dir(node_dir),
     )
 
@@ -190,7 +212,7 @@ async def renew(link: Any, node: str, node_dir: str) -> bool:
         f"/api/v1/nodes/{node}/certificates", {"csr": agent_csr, "replica_csr": replica_csr}
     )
     write_node_credentials(node_dir, (agent_key, replica_key), answer)
-    log.info("node %s: certificates renewed (valid until %s)", node, answer["not_after"])
+    log.info("node %s: certificates renewed (valid until %s)", node, answer.get("not_after"))
     return True
 
 
@@ -208,5 +230,6 @@ async def engine_certificate(link: Any, node: str, node_dir: str, volume: str) -
     except CargoholdError as e:
         log.error("no certificate for the engine of %s: %s", volume, e)
         raise
-    _write_dir(where, key, answer["cert"], answer["trust"], answer["crl"])
+    a = _fields(answer, "cert", "trust", "crl")
+    _write_dir(where, key, a["cert"], a["trust"], a["crl"])
     return where

@@ -496,3 +496,59 @@ def test_the_cli_makes_join_files_and_removes_disks_and_nodes(tmp_path: Path) ->
         if agent is not None:
             agent.stop()
         mgr.stop()
+
+
+def test_the_token_goes_only_to_a_manager(cluster: Cluster) -> None:
+    """A server with a certificate of the cluster's CA that is not a manager's (a stolen
+    node certificate) does not get the join token: the agent checks the role first, on
+    the connection it would send the token over."""
+    import http.server
+    import threading
+
+    tmp = cluster.tmp
+    cluster.ca.issue(Identity(cluster.ca.cluster, Role.AGENT, "node-9")).write(tmp / "stolen")
+    seen: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            n = int(self.headers.get("Content-Length") or 0)
+            seen.append(self.requestline.encode() + b" " + (self.rfile.read(n) if n else b""))
+            body = b'{"status": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp / "stolen" / "tls.crt", tmp / "stolen" / "tls.key")
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        fake = f"https://127.0.0.1:{srv.server_address[1]}"
+        join = cluster.join_file()
+        token = join.read_text().splitlines()[0]
+        d = tmp / "node-1"
+        d.mkdir()
+        argv = ["agent", "--node", "node-1", "--api", fake, "--address", "127.0.0.1"]
+        argv += ["--dir", str(d), "--join-token-file", str(join)]
+        fooled = Proc(argv, tmp / "fooled.log").start()
+        cluster.procs.append(fooled)
+        assert fooled.p is not None and fooled.p.wait(60) != 0
+        assert "is not a cargohold manager" in fooled.output()
+        assert seen and all(b"/livez" in r for r in seen)  # it was asked, and only that
+        assert not any(token.encode() in r for r in seen)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    # the token still works with the real manager
+    cluster.agent("node-1", join)
+    wait_for(lambda: cluster.up("node-1"), "node-1 to join the real manager", 60)
