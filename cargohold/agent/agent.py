@@ -304,6 +304,7 @@ class Agent:
         await self.replicas.serve_added_disks(assignments.disks, self._record_disks)
         if listed is not None:
             await self.replicas.converge(assignments.replicas, listed, assignments.cluster_id)
+        await self._engine_certificates(assignments)
         self.engines.converge(assignments.engines)
         self.operations.converge(assignments.operations)
         self._converged_in = loop.time() - answered
@@ -345,6 +346,23 @@ class Agent:
         creds = enrollment.credentials(self.dir)
         if creds is not None:
             await self.manager.use_tls(creds.client_context())
+
+    async def _engine_certificates(self, assignments: Assignments) -> None:
+        """A certificate for ``engine/<volume>`` for every engine assigned here, from the
+        manager, before the engine starts (joined agents only; a failure is logged, the
+        engine starts all the same and the request is repeated next round)."""
+        if not enrollment.enrolled(self.dir):
+            return
+        enrollment.forget_engines(self.dir, {e.volume for e in assignments.engines})
+        for e in assignments.engines:
+            try:
+                await enrollment.engine_certificate(
+                    self.manager, self.config.node, self.dir, e.volume
+                )
+            except CargoholdError as err:  # said once, not every round
+                self.manager.complaints.error(
+                    "no certificate for the engine of %s: %s", e.volume, err
+                )
 
     async def _renew(self) -> None:
         """New certificates at half-life (checked every RENEW_CHECK seconds); a failure is

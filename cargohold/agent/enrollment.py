@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import ssl
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,6 @@ import httpx
 
 from cargohold.control.transport import async_client, error_from_response, unreachable
 from cargohold.errors import (
-    CargoholdError,
     ConfigError,
     InvalidArgument,
     ManagerUnavailable,
@@ -223,13 +223,18 @@ async def engine_certificate(link: Any, node: str, node_dir: str, volume: str) -
     if not due(where / CERT_FILE):
         return where
     key, csr = _csr(Role.ENGINE, volume)
-    try:
-        answer = await link.post(
-            f"/api/v1/nodes/{node}/engine-certificates", {"volume": volume, "csr": csr}
-        )
-    except CargoholdError as e:
-        log.error("no certificate for the engine of %s: %s", volume, e)
-        raise
+    answer = await link.post(
+        f"/api/v1/nodes/{node}/engine-certificates", {"volume": volume, "csr": csr}
+    )
     a = _fields(answer, "cert", "trust", "crl")
     _write_dir(where, key, a["cert"], a["trust"], a["crl"])
     return where
+
+
+def forget_engines(node_dir: str, keep: set[str]) -> None:
+    """Delete the credentials of engines no longer assigned here (their keys too)."""
+    root = Path(node_dir) / "tls" / "engines"
+    for d in root.iterdir() if root.is_dir() else ():
+        if d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+            log.info("engine credentials of %s deleted: its engine left this node", d.name)

@@ -323,6 +323,13 @@ def test_engine_certificates_only_for_engines_assigned_to_the_node(cluster: Clus
             return eng is not None and eng["node"] == "node-1"
 
         wait_for(engine_on_node_1, "the engine assigned to node-1", 60)
+        # the agent asked for its engine's certificate when the engine was assigned
+        engine_crt = cluster.tmp / "node-1" / "tls" / "engines" / "data" / "tls.crt"
+        wait_for(engine_crt.exists, "the agent to get the engine's certificate")
+        assert cert_identity(engine_crt.read_bytes()) == Identity(
+            cluster.ca.cluster, Role.ENGINE, "data"
+        )
+        assert not (cluster.tmp / "node-2" / "tls" / "engines").exists()
     path = "/api/v1/nodes/{}/engine-certificates"
     with cluster.client(agent1) as a1:
         r = a1.post(path.format("node-1"), json={"volume": "other", "csr": csr("other")})
@@ -337,6 +344,11 @@ def test_engine_certificates_only_for_engines_assigned_to_the_node(cluster: Clus
     with cluster.client(agent2) as a2:  # the engine of data is not on node-2
         r = a2.post(path.format("node-2"), json={"volume": "data", "csr": csr("data")})
         assert r.status_code == 403, r.text
+    # once the engine leaves the node, its key and certificate go too
+    with cluster.admin as c:
+        assert c.post("/api/v1/volumes/data/detach").status_code < 300
+    engine_dir = cluster.tmp / "node-1" / "tls" / "engines" / "data"
+    wait_for(lambda: not engine_dir.exists(), "the engine's credentials to be deleted", 60)
 
 
 def test_a_removed_nodes_certificate_is_refused(cluster: Cluster) -> None:
