@@ -24,7 +24,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, StrictInt, field_validator
+from cryptography.exceptions import UnsupportedAlgorithm
+from pydantic import BaseModel, Field, StrictInt
 
 from cargohold.control.model import Disk, Node, Record, Replica, check_name, keys, name_field
 from cargohold.control.repository import now
@@ -32,6 +33,7 @@ from cargohold.control.service_base import ServiceBase
 from cargohold.control.state.base import Compare, Delete, Put
 from cargohold.errors import (
     AlreadyExists,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     Unauthenticated,
@@ -90,40 +92,30 @@ class NewJoinToken(JoinTokenView):
     trust: str = Field(description="the CAs a joining agent checks the manager against (PEM)")
 
 
-def _csr(v: object) -> object:
-    if isinstance(v, str) and (len(v) > MAX_CSR or "BEGIN CERTIFICATE REQUEST" not in v):
-        raise ValueError("expected one PEM certificate signing request")
-    return v
-
-
 class JoinRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     node: str = name_field()
     address: str = Field(min_length=1, max_length=253)
     token: str = Field(min_length=1, max_length=200)
-    csr: str = Field(description="the agent's CSR (PEM)")
-    replica_csr: str = Field(description="the replica server's CSR (PEM)")
-
-    _check_csr = field_validator("csr", "replica_csr", mode="before")(_csr)
+    csr: str = Field(max_length=MAX_CSR, description="the agent's CSR (PEM)")
+    replica_csr: str = Field(max_length=MAX_CSR, description="the replica server's CSR (PEM)")
 
 
 class RenewRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
-    csr: str = Field(description="the agent's CSR (PEM)")
-    replica_csr: str = Field(description="the replica server's CSR (PEM)")
-
-    _check_csr = field_validator("csr", "replica_csr", mode="before")(_csr)
+    csr: str = Field(max_length=MAX_CSR, description="the agent's CSR (PEM)")
+    replica_csr: str = Field(max_length=MAX_CSR, description="the replica server's CSR (PEM)")
 
 
 class EngineCertificateRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     volume: str = name_field()
-    csr: str = Field(description="the engine's CSR (PEM)")
-
-    _check_csr = field_validator("csr", mode="before")(_csr)
+    csr: str = Field(
+        max_length=MAX_CSR, description="the engine's CSR (PEM); a malformed one is a 400"
+    )
 
 
 class NodeCredentialsView(BaseModel):
@@ -229,7 +221,11 @@ class EnrollmentCalls(ServiceBase):
     # --- certificates -----------------------------------------------------------------------
     def _sign(self, csr: str, ident: Identity) -> Issued:
         life = dt.timedelta(seconds=self.settings.certificate_lifetime)
-        return self._ca().sign_csr(csr.encode(), ident, lifetime=life)
+        ca = self._ca()
+        try:
+            return ca.sign_csr(csr.encode(), ident, lifetime=life)
+        except (UnsupportedAlgorithm, ValueError, TypeError) as e:  # odd keys or signatures
+            raise InvalidArgument(f"the certificate signing request cannot be used: {e}") from None
 
     async def _record(self, node: str, issued: list[tuple[Identity, Issued]]) -> None:
         key = NODE_CERTIFICATES + node
