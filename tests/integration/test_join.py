@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -564,3 +565,29 @@ def test_the_token_goes_only_to_a_manager(cluster: Cluster) -> None:
     # the token still works with the real manager
     cluster.agent("node-1", join)
     wait_for(lambda: cluster.up("node-1"), "node-1 to join the real manager", 60)
+
+
+def test_a_live_node_cannot_be_taken_over_a_reinstalled_one_joins_again(cluster: Cluster) -> None:
+    first = cluster.agent("node-1", cluster.join_file())
+    wait_for(lambda: cluster.up("node-1"), "node-1 to register", 60)
+    old_cert = cluster.tmp / "node-1" / "tls" / "agent" / "tls.crt"
+    old_serial = _serial(old_cert)
+    # a second agent under the live node's name, with a valid token: refused
+    d2 = cluster.tmp / "node-1-twin"
+    d2.mkdir()
+    argv = ["agent", "--node", "node-1", "--api", cluster.url, "--address", "127.0.0.1"]
+    argv += ["--dir", str(d2), "--join-token-file", str(cluster.join_file())]
+    twin = Proc(argv, cluster.tmp / "twin.log").start()
+    cluster.procs.append(twin)
+    assert twin.p is not None and twin.p.wait(60) != 0
+    assert "live agent" in twin.output()
+    assert not (d2 / "tls" / "agent" / "tls.crt").exists()
+    # the node is reinstalled: its agent and its keys are gone; once it is marked down
+    # it joins again under its name, and the old installation's certificates are revoked
+    first.stop()
+    shutil.rmtree(cluster.tmp / "node-1" / "tls")
+    wait_for(lambda: cluster.nodes()["node-1"]["state"] == "down", "node-1 marked down", 30)
+    cluster.agent("node-1", cluster.join_file())
+    wait_for(lambda: cluster.up("node-1"), "the reinstalled node-1 to register", 60)
+    assert _serial(old_cert) != old_serial
+    assert old_serial in {int(str(e["serial"])) for e in cluster.ca.revoked()}
