@@ -4,6 +4,7 @@ parsing (cli/join_cmd.py): the join file, when a certificate is due, the --ttl w
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,12 @@ def test_a_certificate_is_due_at_half_its_nominal_life(tmp_path: Path) -> None:
     ident = Identity(CID, Role.AGENT, "n1")
     ca.issue(ident, lifetime=dt.timedelta(hours=24)).write(tmp_path / "fresh")
     assert not enrollment.due(tmp_path / "fresh" / "tls.crt")
-    ca.issue(ident, lifetime=dt.timedelta(seconds=1)).write(tmp_path / "short")
-    assert enrollment.due(tmp_path / "short" / "tls.crt")  # the 5-minute back-dating aside
+    ca.issue(ident, lifetime=dt.timedelta(seconds=600)).write(tmp_path / "short")
+    assert not enrollment.due(tmp_path / "short" / "tls.crt")  # 5 minutes back-dated: not half
+    assert enrollment.due(tmp_path / "short" / "tls.crt", at=1.0)  # some of it is gone
+    ca.issue(ident, lifetime=dt.timedelta(seconds=1)).write(tmp_path / "gone")
+    time.sleep(1.2)
+    assert enrollment.due(tmp_path / "gone" / "tls.crt")
     assert enrollment.due(tmp_path / "nothing" / "tls.crt")
 
 
