@@ -25,7 +25,7 @@ import os
 import time
 from typing import Any
 
-from cargohold.agent import node_state
+from cargohold.agent import enrollment, node_state
 from cargohold.agent.credentials import NodeCredentials, engine_credentials
 from cargohold.agent.engines import Engines
 from cargohold.agent.manager_link import ManagerLink
@@ -46,6 +46,7 @@ from cargohold.security.tls import is_loopback
 log = logging.getLogger("cargohold.agent")
 
 COMPLAIN_EVERY = 30.0  # seconds between repeated warnings of an unreachable manager
+RENEW_CHECK = 1.0  # seconds between checks of the certificates' remaining life
 NEWS_GAP = 0.05  # seconds to gather changes before reporting them early
 
 
@@ -75,7 +76,9 @@ class Agent:
     def __init__(self, config: AgentSettings) -> None:
         self.config = config
         self.dir = os.path.abspath(config.dir)
-        self.manager = ManagerLink(config.api)
+        creds = enrollment.credentials(self.dir)  # joined before: mTLS to the manager
+        self.manager = ManagerLink(config.api, verify=creds.client_context() if creds else None)
+        self._renew_checked = 0.0
         self.interval = config.heartbeat or 1.0
         self.registered = False
         self._register_backoff = Backoff(first=0.5, most=5.0)
@@ -98,6 +101,9 @@ class Agent:
             self._news,
             self._save_state,
         )
+        # disks added through the API only under these (and the node directory), checked
+        # here again before anything is created: the manager's check sees its own disks
+        self.replicas.disk_roots = [*config.disk_roots, *(p for p, _ in config.disks)]
         self.engines = Engines(
             config.nbd_address,
             self.dir,
@@ -135,6 +141,10 @@ class Agent:
         answers. Registration happens in the first ``run_once()`` (and is retried)."""
         for sub in ("logs", "run"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        if self.config.join_token_file and not enrollment.enrolled(self.dir):
+            c = self.config
+            await enrollment.join(c.api, c.node, c.address, self.dir, c.join_token_file)
+            await self._use_credentials()
         self._state = node_state.load(self.dir)
         self.replicas.disks = self._disks()
         self.replicas.read_stamps()
@@ -243,6 +253,7 @@ class Agent:
         self.creds.renew()  # certificates with less than half their life left, issued again
         listed = await self.replicas.check()
         await self.replicas.sweep_trash()
+        await self._renew()
         if not self.registered and not await self._register():
             self.engines.watch()
             return None
@@ -317,6 +328,7 @@ class Agent:
         await self.replicas.serve_added_disks(assignments.disks, self._record_disks)
         if listed is not None:
             await self.replicas.converge(assignments.replicas, listed, assignments.cluster_id)
+        await self._engine_certificates(assignments)
         self.engines.converge(assignments.engines)
         self.operations.converge(assignments.operations)
         self._converged_in = loop.time() - answered
@@ -352,6 +364,42 @@ class Agent:
             len(self.disks),
         )
         return True
+
+    async def _use_credentials(self) -> None:
+        """Talk to the manager with the agent's (new) certificate from now on."""
+        creds = enrollment.credentials(self.dir)
+        if creds is not None:
+            await self.manager.use_tls(creds.client_context())
+
+    async def _engine_certificates(self, assignments: Assignments) -> None:
+        """A certificate for ``engine/<volume>`` for every engine assigned here, from the
+        manager, before the engine starts (joined agents only; a failure is logged, the
+        engine starts all the same and the request is repeated next round)."""
+        if not enrollment.enrolled(self.dir):
+            return
+        enrollment.forget_engines(self.dir, {e.volume for e in assignments.engines})
+        for e in assignments.engines:
+            try:
+                await enrollment.engine_certificate(
+                    self.manager, self.config.node, self.dir, e.volume
+                )
+            except CargoholdError as err:  # said once, not every round
+                self.manager.complaints.error(
+                    "no certificate for the engine of %s: %s", e.volume, err
+                )
+
+    async def _renew(self) -> None:
+        """New certificates at half-life (checked every RENEW_CHECK seconds); a failure is
+        retried: the old certificates stay valid until their expiry."""
+        now = time.monotonic()
+        if now - self._renew_checked < RENEW_CHECK:
+            return
+        self._renew_checked = now
+        try:
+            if await enrollment.renew(self.manager, self.config.node, self.dir):
+                await self._use_credentials()
+        except CargoholdError as e:
+            log.warning("cannot renew node %s's certificates: %s", self.config.node, e)
 
     def _manager_failed(self, e: CargoholdError, what: str = "heartbeat failed") -> None:
         now = time.monotonic()

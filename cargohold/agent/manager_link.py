@@ -15,6 +15,7 @@ not fit the schema is logged and skipped, so one bad assignment never stops the 
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any, TypeVar
 
 import httpx
@@ -40,11 +41,14 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _client(
-    url: str, timeout: httpx.Timeout, transport: httpx.AsyncBaseTransport | None = None
+    url: str,
+    timeout: httpx.Timeout,
+    transport: httpx.AsyncBaseTransport | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     try:
         # the agent's own certificate (agent/<node>, $CARGOHOLD_TLS_DIR), never a token
-        return async_client(url, timeout, transport, ClientCredentials.of_daemon())
+        return async_client(url, timeout, transport, ClientCredentials.of_daemon(), verify)
     except InvalidArgument as e:  # a bad --api is the agent's configuration
         raise ConfigError(str(e)) from None
 
@@ -55,17 +59,29 @@ class ManagerLink:
         urls: list[str],
         timeout: httpx.Timeout = TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,  # tests' canned answers
+        verify: ssl.SSLContext | None = None,  # https: trust and our client certificate
     ) -> None:
         if not urls:
             raise ConfigError("give at least one manager URL (--api)")
         self.urls = list(urls)
-        self._clients = [_client(u, timeout, transport) for u in self.urls]
+        self._timeout = timeout
+        self._clients = [_client(u, timeout, transport, verify) for u in self.urls]
         self._current = 0  # the manager that answered last
         self.complaints = Complaints()
 
     @property
     def current(self) -> str:
         return self.urls[self._current]
+
+    async def use_tls(self, verify: ssl.SSLContext) -> None:
+        """New clients with a new TLS context (the agent joined, or renewed its
+        certificate: httpx keeps the context it was made with)."""
+        old, self._clients = (
+            self._clients,
+            [_client(u, self._timeout, None, verify) for u in self.urls],
+        )
+        for c in old:
+            await c.aclose()
 
     async def close(self) -> None:
         for c in self._clients:
@@ -74,6 +90,10 @@ class ManagerLink:
     async def register(self, node: str, registration: Registration) -> dict[str, Any]:
         """PUT /api/v1/nodes/{node} -> the Node record (idempotent)."""
         return await self._request("PUT", f"/api/v1/nodes/{node}", registration.model_dump())
+
+    async def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST ``body`` to ``path`` (enrollment: certificates), with the same failover."""
+        return await self._request("POST", path, body)
 
     async def heartbeat(self, node: str, heartbeat: Heartbeat) -> Assignments:
         """POST /api/v1/nodes/{node}/heartbeat -> what should run on the node."""

@@ -32,6 +32,7 @@ from cargohold.agent.processes import (
     hostport,
     port_is_free,
 )
+from cargohold.control.disk_roots import check_disk_path
 from cargohold.control.model import Assignments, DiskReport, ReplicaAssignment, ReplicaReport
 from cargohold.errors import (
     AlreadyExists,
@@ -89,6 +90,8 @@ class Replicas:
         self.refusal = ""  # what this agent refuses to do for the manager, reported
         self._news = news
         self._save = save
+        self.disk_roots: list[str] = []  # where API-added disks may be (the agent sets it)
+        self._refused_disks: set[str] = set()  # logged once
         self._probed: set[str] = set()  # replicas opened once to learn generation and epoch
         self._errors: dict[str, str] = {}  # replica id -> last error logged
         self._list_client: tuple[int | None, ReplicaClient] | None = None  # (server pid, it)
@@ -158,15 +161,34 @@ class Replicas:
             self.server.pid if self.server else None,
         )
 
+    def _may_serve(self, d: DiskReport) -> bool:
+        """The agent's own check of a disk the manager asks for (control/disk_roots.py):
+        under its roots, its node directory, or beside the disks it was started with."""
+        roots = [*self.disk_roots, self.dir]
+        try:
+            check_disk_path(d.path, roots)
+            return True
+        except InvalidArgument as e:
+            if d.path not in self._refused_disks:
+                self._refused_disks.add(d.path)
+                log.error("refusing disk %s the manager asks for: %s", d.name, e)
+            return False
+
     async def serve_added_disks(
         self, wanted: list[DiskReport], record: Callable[[list[DiskReport]], None]
     ) -> None:
         """A disk added through the manager's API (``cargohold disk add``): create its
         directory and restart the replica server on the same port with it. Engines see
         their replicas on this node drop for a moment and re-add them (a delta rebuild).
-        ``record(disks)`` notes the new list of disks for agent.json before it is saved."""
-        new = [d for d in wanted if d.path not in {x.path for x in self.disks}]
-        if not new or self.server is None:
+        A disk removed through the API (``cargohold disk remove``: empty by then) is
+        dropped the same way. ``record(disks)`` notes the new list of disks for agent.json
+        before it is saved. A path outside the allowed roots is refused (and logged once),
+        nothing is created for it."""
+        have = {x.path for x in self.disks}
+        new = [d for d in wanted if d.path not in have and self._may_serve(d)]
+        wanted_paths = {d.path for d in wanted}
+        gone = [d for d in self.disks if wanted and d.path not in wanted_paths]
+        if (not new and not gone) or self.server is None:
             return
         for d in new:
             try:
@@ -174,12 +196,13 @@ class Replicas:
             except OSError as e:
                 log.error("cannot serve disk %s at %s: %s", d.name, d.path, e)
                 return
-        self.disks.extend(new)
+        self.disks = [d for d in self.disks if d not in gone] + new
         self.read_stamps()
         record(self.disks)
         log.info(
-            "serving new disk(s) %s: restarting the replica server on port %d",
-            ", ".join(f"{d.name}={d.path}" for d in new),
+            "serving disk(s) %s%s: restarting the replica server on port %d",
+            ", ".join(f"{d.name}={d.path}" for d in new) or "-",
+            f", no longer {', '.join(d.name for d in gone)}" if gone else "",
             self.port,
         )
         await self.server.stop()

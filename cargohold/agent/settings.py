@@ -87,6 +87,16 @@ class AgentSettings(Settings):
     replica_tls_dir: str | None = setting(
         None, "the replica server's credentials (role replica/NODE) without --ca-dir"
     )
+    join_token_file: str = setting(
+        "",
+        "a join file (cargohold node join-token create --output): with it and no certificate "
+        "yet, the agent joins the cluster and gets its certificates (--join-token-file)",
+    )
+    disk_roots: list[str] = setting(  # noqa: RUF009
+        default_factory=lambda: ["/var/lib/cargohold"],
+        description="directories under which a disk added through the API may be created "
+        "(besides the node directory and the --disk paths)",
+    )
     trash_grace: float = setting(
         86400.0,
         "seconds a deleted replica stays in its disk's trash (DISK/trash/) before it is "

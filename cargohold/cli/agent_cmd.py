@@ -49,6 +49,12 @@ def agent(
     nbd_tls_dir: str = typer.Option(
         None, help="credentials directory for NBD over TLS (a network --nbd-address)"
     ),
+    join_token_file: str = typer.Option(
+        None,
+        "--join-token-file",
+        help="join the cluster with this join file (cargohold node join-token create "
+        "--output) when the node has no certificate yet (docs/security.md)",
+    ),
     trash_grace: float = typer.Option(
         None,
         min=0,
@@ -93,6 +99,7 @@ def agent(
             "ca_dir": ca_dir,
             "tls_dir": tls_dir,
             "replica_tls_dir": replica_tls_dir,
+            "join_token_file": join_token_file,
         }
         # flags win; what no flag gives comes from CARGOHOLD_AGENT_*, else the default
         config = AgentSettings(**{k: v for k, v in flags.items() if v is not None})

@@ -2,6 +2,7 @@
 
 cargohold disk list --node node-1
 cargohold disk add node-1 /mnt/ssd1 --capacity 500GiB --tag ssd
+cargohold disk drain node-1 disk-1 && cargohold disk remove node-1 disk-1
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from cargohold.cli.units import parse_size
 from cargohold.control.client import ManagerClient
 from cargohold.errors import ConfigError
 
-disk_app = typer.Typer(help="List disks and add them to nodes.")
+disk_app = typer.Typer(help="List disks, add them to nodes, drain and remove them.")
 app.add_typer(disk_app, name="disk", no_args_is_help=True)
 
 
@@ -100,3 +101,27 @@ def add(
             f"{escape(d.get('path', path))}, {human_size(d.get('capacity_bytes'))}"
         ),
     )
+
+
+@disk_app.command("drain")
+@handle_errors
+def drain(
+    node: str, disk: str, output: Format = OUTPUT, api: str | None = API, dir: str | None = DIR
+) -> None:
+    """Place nothing new on a disk and rebuild its replicas elsewhere (then remove it)."""
+    with ManagerClient.discover(api, dir) as c:
+        d = c.drain_disk(node, disk)
+    render(
+        d,
+        output,
+        lambda _: say(f"disk [bold]{escape(disk)}[/bold] of node {escape(node)} draining"),
+    )
+
+
+@disk_app.command("remove")
+@handle_errors
+def remove(node: str, disk: str, api: str | None = API, dir: str | None = DIR) -> None:
+    """Remove an empty disk from a node (refused while replicas live on it: drain it first)."""
+    with ManagerClient.discover(api, dir) as c:
+        c.remove_disk(node, disk)
+    say(f"disk [bold]{escape(disk)}[/bold] removed from node {escape(node)}")

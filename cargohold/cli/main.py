@@ -37,6 +37,7 @@ _COMMANDS = (
     "manager_cmd",
     "nbd_cmd",
     "node_cmd",
+    "join_cmd",
     "replica_cmd",
     "orphan_cmd",
     "snapshot_cmd",

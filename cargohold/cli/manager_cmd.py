@@ -64,6 +64,12 @@ def manager(
         "stamps carry it), so that its agents act for this manager and its replicas can be "
         "adopted (docs/operations.md)",
     ),
+    ca_dir: str = typer.Option(
+        None,
+        "--ca-dir",
+        help="the cluster's CA directory (made with --init when missing): signs the "
+        "certificates of joining agents, their renewals and engines' (docs/security.md)",
+    ),
     tls_dir: str = typer.Option(
         None,
         "--tls-dir",
@@ -115,6 +121,7 @@ def manager(
             cluster_id=cluster_id,
             tls=tls,
             admin_token_file=admin_token_file if init else None,
+            ca_dir=ca_dir or settings.ca_dir or None,
         )
     except CargoholdError as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line in the log

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from cargohold import __version__
 from cargohold.control import (
+    api_enrollment,
     api_manager,
     api_nodes,
     api_orphans,
@@ -59,6 +60,7 @@ def build(service: Service, auth: Auth | None = None) -> FastAPI:
     api_snapshots.add_routes(app, service)
     api_volumes.add_attachment_routes(app, service)
     api_orphans.add_routes(app, service)
+    api_enrollment.add_routes(app, service)
     api_manager.add_event_routes(app, service)
     api_tenants.add_routes(app, service)
     api_tokens.add_routes(app, service)

@@ -75,7 +75,7 @@ INPUT_REPR_MAX = 200  # characters of an unserialisable input a 422 echoes
 WHY = {
     400: "InvalidArgument: the request fits the schema but not the rules",
     401: "Unauthenticated: no client certificate or bearer token the cluster accepts (with "
-    "WWW-Authenticate)",
+    "WWW-Authenticate; a join token for /api/v1/join)",
     403: "PermissionDenied: the caller's role (or tenant) lacks the route's permission",
     404: "NotFound: no such node, volume, snapshot or operation (or another tenant's)",
     409: "AlreadyExists, WrongState (the object's state does not allow it now) or "

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 
 from cargohold.control.api_errors import errors
 from cargohold.control.api_json import JSON, Name
-from cargohold.control.auth import AGENT, need
+from cargohold.control.auth import AGENT, need, require_agent, requires
 from cargohold.control.model import Assignments, Disk, Heartbeat, Registration
 from cargohold.control.requests import DiskCreate
 from cargohold.control.service import Service
 from cargohold.control.views import NodeView
+from cargohold.security.identity import Identity
 from cargohold.security.policy import Permission
 
 
@@ -52,9 +53,12 @@ def add_routes(app: FastAPI, s: Service) -> None:
         dependencies=[AGENT],
         tags=["agents"],
         response_model=NodeView,
-        responses=errors(409, 422, body=True),
+        responses=errors(401, 403, 409, 422, body=True),
     )
-    async def register(node: Name, body: Registration) -> JSON:
+    async def register(
+        node: Name, body: Registration, ident: Identity = Depends(requires(Permission.HEARTBEAT))
+    ) -> JSON:
+        require_agent(ident, node)  # only agent/<node> registers node (and sets its address)
         return await s.register(node, body)
 
     @app.post(
@@ -118,7 +122,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
         status_code=201,
         tags=["disks"],
         response_model=Disk,
-        responses=errors(404, 409, 422, body=True),
+        responses=errors(400, 401, 403, 404, 409, 422, body=True),
     )
     async def add_disk(node: Name, body: DiskCreate) -> JSON:
         return await s.add_disk(node, body)

@@ -224,3 +224,25 @@ def need(perm: Permission) -> Any:
 
 AGENT = Depends(requires_node_agent())  # the agents' own routes: agent/<node> only
 PUBLIC = Depends(public())  # /healthz, /livez
+
+
+def require_agent(ident: Identity, node: str) -> None:
+    """Only ``agent/<node>`` speaks for ``node`` (its certificates, renewals and engines'
+    certificates); the anonymous admin of a ``--plaintext`` manager too."""
+    if ident.name == ANONYMOUS_ADMIN and ident.role is Role.ADMIN:
+        return
+    if ident.role is not Role.AGENT or ident.name != node:
+        raise PermissionDenied(f"{ident} may not act for node {node}: only agent/{node} may")
+
+
+JOIN_TOKEN = "join token"  # the permission /api/v1/join shows: its body's token is the credential
+
+
+def join_token() -> Dependency:
+    """No certificate yet: the join token in the body authenticates (enrollment.py)."""
+
+    async def dependency(request: Request) -> Identity:
+        return Identity("public", Role.READER, "joining-agent")
+
+    dependency.permission = JOIN_TOKEN  # type: ignore[attr-defined]
+    return dependency

@@ -1,3 +1,4 @@
+# size: one thin method per REST route (the whole API in one place), no logic to split
 """The manager's API client: one method per REST route of docs/control-plane.md.
 
 Called by the ``cargohold`` commands (cli/*_cmd.py), the launcher, the CSI driver and the
@@ -257,6 +258,25 @@ class ManagerClient:
     ) -> JSON:
         body = {"name": name, "path": path, "capacity_bytes": capacity_bytes, "tags": list(tags)}
         return self._post(f"/api/v1/nodes/{_seg(node)}/disks", body)
+
+    def drain_disk(self, node: str, disk: str) -> JSON:
+        return self._post(f"/api/v1/nodes/{_seg(node)}/disks/{_seg(disk)}/drain")
+
+    def remove_disk(self, node: str, disk: str) -> JSON:
+        return self._delete(f"/api/v1/nodes/{_seg(node)}/disks/{_seg(disk)}")
+
+    def remove_node(self, name: str) -> JSON:
+        return self._delete(f"/api/v1/nodes/{_seg(name)}")
+
+    # --- joining ---------------------------------------------------------------------------
+    def create_join_token(self, ttl_seconds: int, uses: int) -> JSON:
+        return self._post("/api/v1/join-tokens", {"ttl_seconds": ttl_seconds, "uses": uses})
+
+    def join_tokens(self) -> list[JSON]:
+        return self._list("/api/v1/join-tokens")
+
+    def delete_join_token(self, token_id: str) -> JSON:
+        return self._delete(f"/api/v1/join-tokens/{_seg(token_id)}")
 
     # --- volumes ---------------------------------------------------------------------------
     def volumes(self) -> list[JSON]:

@@ -32,6 +32,7 @@ from cargohold.control.settings import ManagerSettings
 from cargohold.control.state import MemoryStateStore, open_store
 from cargohold.control.token_store import TokenStore
 from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable, StateStoreDamaged
+from cargohold.security.ca import CertificateAuthority
 from cargohold.security.identity import Role
 from cargohold.security.tls import Credentials
 
@@ -49,6 +50,7 @@ class Manager:
         cluster_id: str | None = None,
         tls: Credentials | None = None,
         admin_token_file: str | None = None,
+        ca_dir: str | None = None,
     ) -> None:
         # without --init nothing is created: a missing or empty store is refused (identity.py)
         self.store = open_store(state_url, create=init, etcd_tls=settings.etcd_tls_dir)
@@ -62,6 +64,9 @@ class Manager:
         self.reconcilers = [cls(self.repo, settings) for cls in RECONCILERS]
         self.tls = tls  # None: --plaintext
         self.admin_token_file = admin_token_file
+        self.ca_dir = ca_dir  # the cluster CA: signs joining agents' and engines' certificates
+        self.service.plaintext = tls is None
+        self.service.tls_dir = tls.directory if tls is not None else None
 
     async def run_once(self) -> bool:
         """One pass: campaign, and reconcile if we lead. Returns whether we lead."""
@@ -136,6 +141,9 @@ class Manager:
                     f"the certificate in {self.tls.directory} is {ident.uri}; a manager of "
                     f"cluster {cluster.id} needs cargohold://{cluster.id}/manager/<name>"
                 )
+        if self.ca_dir:  # made with the cluster (--init), its id the store's
+            self.service.ca = CertificateAuthority.open_or_create(self.ca_dir, cluster.id)
+            self.service._publish_crl()
         if self.init and self.admin_token_file:
             await self.write_admin_token(self.admin_token_file)
 

@@ -12,6 +12,7 @@ requests.py (named here too, for callers that take them from this module).
 
 from __future__ import annotations
 
+from cargohold.control.enrollment import EnrollmentCalls
 from cargohold.control.heartbeat_hold import HeartbeatCalls
 from cargohold.control.requests import (
     AttachRequest,
@@ -37,5 +38,13 @@ __all__ = [
 ]
 
 
-class Service(NodeCalls, HeartbeatCalls, VolumeCalls, SnapshotCalls, ClusterCalls, TenantCalls):
+class Service(
+    NodeCalls,
+    HeartbeatCalls,
+    VolumeCalls,
+    SnapshotCalls,
+    ClusterCalls,
+    TenantCalls,
+    EnrollmentCalls,
+):
     """What the manager's API does (see the module's docstring); one instance per manager."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from cargohold.control.disk_roots import check_disk_path
 from cargohold.control.model import Disk, DiskReport, Node, Registration, Replica, check_name
 from cargohold.control.repository import now
 from cargohold.control.requests import DiskCreate
@@ -102,6 +103,7 @@ class NodeCalls(ServiceBase):
         return [d.model_dump() for d in await self.repo.disks()]
 
     async def add_disk(self, node: str, req: DiskCreate) -> dict[str, Any]:
+        check_disk_path(req.path, self.settings.disk_roots)  # never /etc, /proc, ...
         await self.repo.node(node)
         disk = Disk(
             node=node,

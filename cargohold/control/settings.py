@@ -62,6 +62,23 @@ class ManagerSettings(Settings):
         ge=0,
     )
 
+    ca_dir: str | None = setting(
+        None,
+        "the cluster's CA directory (--ca-dir; made with --init when missing): signs the "
+        "certificates of joining agents, their renewals and engines'",
+    )
+    certificate_lifetime: float = setting(
+        86400.0,
+        "seconds a certificate the manager signs (agents, replica servers, engines) is valid; "
+        "agents renew theirs at half-life",
+        gt=0,
+    )
+    disk_roots: list[str] = setting(  # noqa: RUF009
+        default_factory=lambda: ["/var/lib/cargohold"],
+        description="directories under which a disk added through the API may lie (after "
+        "symlinks and '..' are resolved; never a system directory such as /etc or /proc)",
+    )
+
     @property
     def heartbeat_every(self) -> float:
         """The heartbeat interval in force: ``heartbeat_interval``, but never more than

@@ -241,15 +241,20 @@ def async_client(
     timeout: float | httpx.Timeout = TIMEOUT,
     transport: httpx.AsyncBaseTransport | None = None,
     credentials: ClientCredentials | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     """An asyncio httpx client for the manager at ``url`` (``transport``: tests'),
-    presenting ``credentials`` (default: ``ClientCredentials.find()``)."""
+    presenting ``credentials`` (default: ``ClientCredentials.find()``). ``verify``: a TLS
+    context made elsewhere for an https URL (a joining agent's: trust, no certificate yet;
+    then its own), instead of the credentials' files."""
     opts, check = _options(url, timeout, transport, httpx.AsyncHTTPTransport, credentials)
+    if verify is not None and transport is None and opts["base_url"].startswith("https://"):
+        opts["transport"] = httpx.AsyncHTTPTransport(verify=verify)
 
-    async def verify(response: httpx.Response) -> None:
+    async def verify_answer(response: httpx.Response) -> None:
         check(response)
 
-    return httpx.AsyncClient(**opts, event_hooks={"response": [verify]})
+    return httpx.AsyncClient(**opts, event_hooks={"response": [verify_answer]})
 
 
 def _options(

@@ -53,11 +53,14 @@ class Startup:
 
     def _env(self) -> dict[str, str]:
         path = os.environ.get("PYTHONPATH")
-        return dict(
+        env = dict(
             os.environ,
             PYTHONPATH=_SOURCE_ROOT + (os.pathsep + path if path else ""),
             PYTHONUNBUFFERED="1",
         )
+        # disks added through the API may lie in the cluster's directory (its nodes' dirs)
+        env.setdefault("CARGOHOLD_MANAGER_DISK_ROOTS", f"/var/lib/cargohold,{self.dir}")
+        return env
 
     @property
     def credentials(self) -> ClientCredentials:

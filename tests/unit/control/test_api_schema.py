@@ -87,7 +87,7 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     await call("POST", N + "/drain", 200, node="node-9")
     await call("POST", N + "/cordon", 404, node="nope")
     await call("GET", "/api/v1/disks", 200)
-    disk = {"name": "ssd-1", "path": "/d/ssd", "capacity_bytes": GiB}
+    disk = {"name": "ssd-1", "path": "/var/lib/cargohold/ssd", "capacity_bytes": GiB}
     await call("POST", N + "/disks", 201, disk, node="node-1")
     await call("POST", N + "/disks", 409, disk, node="node-1")
     await call("POST", N + "/disks", 404, disk, node="nope")
@@ -216,6 +216,8 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     await call("POST", "/api/v1/tokens", 422, {"role": "agent", "name": "node-1"})
     await call("DELETE", "/api/v1/tokens/{token_id}", 200, token_id=made["id"])
     await call("DELETE", "/api/v1/tokens/{token_id}", 404, token_id=made["id"])
+    # joining, certificates, node and disk removal (control/enrollment.py)
+    await _enrollment(sim, call)
 
     # every route, each with its success answer, was checked
     routes = {
@@ -245,3 +247,59 @@ async def test_every_route_declares_typed_answers_and_its_errors(world) -> None:
                 if code in op["responses"]:
                     ref = op["responses"][code]["content"]["application/json"]["schema"]
                     assert ref == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, code)
+
+
+async def _enrollment(sim: Sim, call: Checked) -> None:
+    import tempfile
+
+    from cargohold.security.ca import CertificateAuthority, make_csr, new_key
+    from cargohold.security.identity import Identity, Role
+
+    def csr() -> str:
+        return make_csr(Identity("pending", Role.AGENT, "x"), new_key()).decode()
+
+    N = "/api/v1/nodes/{node}"
+    body = {"node": "node-7", "address": "127.0.0.1", "token": "chk_x", "csr": csr()}
+    await call("POST", "/api/v1/join-tokens", 409, {"uses": 1})  # no CA: --ca-dir
+    with tempfile.TemporaryDirectory() as d:
+        sim.service.ca = CertificateAuthority.create(f"{d}/ca", "c1")
+        made = await call("POST", "/api/v1/join-tokens", 201, {"ttl_seconds": 60, "uses": 2})
+        assert [t["id"] for t in await call("GET", "/api/v1/join-tokens", 200)] == [made["id"]]
+        await call("POST", "/api/v1/join", 422, body)  # no replica_csr
+        join = {**body, "token": made["token"], "replica_csr": csr()}
+        creds = await call("POST", "/api/v1/join", 200, join)
+        assert "BEGIN CERTIFICATE" in creds["cert"]
+        await call(
+            "POST", "/api/v1/join", 401, {**join, "token": "chk_" + "0" * 12 + "_" + "A" * 43}
+        )
+        await call(
+            "POST", N + "/certificates", 200, {"csr": csr(), "replica_csr": csr()}, node="node-1"
+        )
+        await call(
+            "POST", N + "/certificates", 404, {"csr": csr(), "replica_csr": csr()}, node="gone"
+        )
+        engine = N + "/engine-certificates"
+        await call("POST", engine, 403, {"volume": "nobody", "csr": csr()}, node="node-1")
+        from cargohold.control.model import EngineSpec, Volume, keys
+
+        spec = EngineSpec(node="node-1", epoch=1)
+        vol = Volume(name="enc", size_bytes=GiB, replicas_wanted=1, engine=spec)
+        await sim.service.repo.store.put(keys.volume("enc"), vol.model_dump_json().encode())
+        await call("POST", engine, 200, {"volume": "enc", "csr": csr()}, node="node-1")
+        await call("POST", engine, 403, {"volume": "enc", "csr": csr()}, node="node-3")
+        await sim.service.repo.store.delete(keys.volume("enc"))
+        await call("DELETE", "/api/v1/join-tokens/{token_id}", 200, token_id=made["id"])
+        await call("DELETE", "/api/v1/join-tokens/{token_id}", 404, token_id=made["id"])
+        disk = {"name": "spare", "path": "/var/lib/cargohold/spare", "capacity_bytes": GiB}
+        await call("POST", N + "/disks", 400, {**disk, "path": "/etc"}, node="node-4")
+        await call("POST", N + "/disks", 201, disk, node="node-4")
+        D = N + "/disks/{disk}"
+        await call("POST", D + "/drain", 200, node="node-4", disk="spare")
+        await call("DELETE", D, 200, node="node-4", disk="spare")
+        await call("DELETE", D, 404, node="node-4", disk="spare")
+        used = (await sim.service.repo.replicas())[0]
+        await call("DELETE", D, 409, node=used.node, disk=used.disk)
+        await call("DELETE", N, 409, node=used.node)
+        await call("DELETE", N, 200, node="node-7")  # joined, never ran anything
+        await call("DELETE", N, 404, node="node-7")
+        sim.service.ca = None
