@@ -188,7 +188,9 @@ def add_security(app: FastAPI) -> None:
                     continue
                 op[PERMISSION_EXT] = perm
                 op["security"] = (
-                    [] if perm == NO_PERMISSION else [{"bearerAuth": []}, {"mutualTLS": []}]
+                    []
+                    if perm in (NO_PERMISSION, JOIN_TOKEN)
+                    else [{"bearerAuth": []}, {"mutualTLS": []}]
                 )
         app.openapi_schema = schema
         return schema

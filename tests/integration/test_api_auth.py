@@ -39,6 +39,8 @@ from tests.support.tls_manager import ROOT, TlsManager
 
 PUBLIC = {("get", "/healthz"), ("get", "/livez")}  # open on purpose: probes
 AGENT_ROUTE = "heartbeat (agent/<node> only)"
+# the join route: a joining agent has no certificate yet, its join token is the credential
+JOIN = {("post", "/api/v1/join")}
 PARAMS = {
     "volume": "vol-x",
     "node": "node-1",
@@ -47,6 +49,7 @@ PARAMS = {
     "replica": "r-x",
     "token_id": "0123456789ab",
     "tenant": "team-x",
+    "disk": "disk-x",
 }
 # who holds no REST permission at all, and who holds which (certificates of this cluster)
 NOBODY = ("engine", "vol-x")
@@ -79,7 +82,7 @@ def call(c: httpx.Client, method: str, path: str, op: dict[str, Any]) -> httpx.R
 
 
 def holder(perm: str) -> tuple[str, str]:
-    if perm == AGENT_ROUTE:
+    if perm in (AGENT_ROUTE, Permission.HEARTBEAT.value):  # an agent, for its own node
         return ("agent", PARAMS["node"])
     for role, name in PEOPLE:
         if Permission(perm) in ROLE_PERMISSIONS[Role(role)]:
@@ -100,6 +103,8 @@ def test_every_route_declares_a_permission_and_the_schema_shows_it(mgr: TlsManag
         assert perm, f"{method.upper()} {path} declares no permission"
         if (method, path) in PUBLIC:
             assert perm == "none" and op["security"] == []
+        elif (method, path) in JOIN:
+            assert perm == "join token" and op["security"] == []
         else:
             assert perm == AGENT_ROUTE or perm in {p.value for p in Permission}, perm
             assert op["security"] == [{"bearerAuth": []}, {"mutualTLS": []}]
@@ -116,6 +121,10 @@ def test_every_operation_401_403_and_allowed(mgr: TlsManager) -> None:
         if (method, path) in PUBLIC:
             with mgr.client(None) as c:
                 assert call(c, method, path, op).status_code in (200, 503), where
+            continue
+        if (method, path) in JOIN:  # the body's join token is the credential
+            with mgr.client(None) as c:
+                assert call(c, method, path, op).status_code in (401, 422), where
             continue
         with mgr.client(None) as c:
             r = call(c, method, path, op)

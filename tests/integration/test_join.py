@@ -30,7 +30,7 @@ from cryptography import x509
 from cargohold.security.ca import CertificateAuthority, make_csr, new_key
 from cargohold.security.identity import Identity, Role
 from cargohold.security.tls import Credentials, cert_identity
-from tests.procs import ROOT
+from tests.support.processes import ROOT
 
 GiB = 1 << 30
 
@@ -435,7 +435,7 @@ def test_the_cli_makes_join_files_and_removes_disks_and_nodes(tmp_path: Path) ->
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = ["manager", "--state", f"sqlite:{tmp_path / 'state.db'}", "--listen"]
-    argv += [f"127.0.0.1:{port}", "--init", "--ca-dir", str(tmp_path / "ca")]
+    argv += [f"127.0.0.1:{port}", "--init", "--ca-dir", str(tmp_path / "ca"), "--plaintext"]
     env = {"CARGOHOLD_MANAGER_DISK_ROOTS": str(tmp_path)}
     mgr = Proc(argv, tmp_path / "manager.log", env).start()
     agent: Proc | None = None
