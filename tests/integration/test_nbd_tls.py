@@ -27,6 +27,7 @@ from cargohold.protocol import nbd
 from cargohold.replica.client import ReplicaClient
 from cargohold.security.ca import CertificateAuthority
 from cargohold.security.identity import Identity, Role
+from cargohold.security.tls import Credentials
 from cargohold.security.x509_dir import lay_out
 from tests.support.engine import EngineProc
 from tests.support.processes import ROOT, ServerProc
@@ -83,15 +84,23 @@ class Lab:
         (nocert / "ca-cert.pem").write_bytes((self.engine_creds / "ca.crt").read_bytes())
         self.dirs["no-cert"] = nocert
 
+        # the replica servers speak mutual TLS too: the engine's --tls-dir serves both links
+        server_creds = self.ca.issue(Identity(CLUSTER, Role.REPLICA, NODE)).write(
+            tmp_path / "replica-server"
+        )
+        agent = Credentials.load(
+            self.ca.issue(Identity(CLUSTER, Role.AGENT, NODE)).write(tmp_path / "agent")
+        )
         self.servers = []
         for i in range(3):
             (tmp_path / f"node-{i}").mkdir()
-            self.servers.append(ServerProc([str(tmp_path / f"node-{i}")]).start())
+            server = ServerProc([str(tmp_path / f"node-{i}")], tls_dir=str(server_creds))
+            self.servers.append(server.start())
 
         async def create() -> None:
             for i, s in enumerate(self.servers):
-                c = await ReplicaClient.connect("127.0.0.1", s.port)
-                await c.create(f"r{i}", SIZE)
+                c = await ReplicaClient.connect("127.0.0.1", s.port, tls=agent, replica=f"r{i}")
+                await c.create(f"r{i}", SIZE, volume="vol")  # engine/vol may open it
                 await c.close()
 
         asyncio.run(create())

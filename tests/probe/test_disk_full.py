@@ -424,7 +424,7 @@ async def test_new_epoch_on_full_disk(small_fs: Path, tmp_path: Path) -> None:
 
 
 def test_a_replica_on_a_full_disk_stays_failed_with_the_reason_and_back_off(
-    small_fs: Path, tmp_path: Path
+    small_fs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue #14 item 6, on a local cluster of real processes: a 2-replica volume whose
     node-2 replica lives on a 48 MiB filesystem that fills up. Before, the replica cycled
@@ -447,6 +447,10 @@ def test_a_replica_on_a_full_disk_stays_failed_with_the_reason_and_back_off(
     big, small = tmp_path / "big", small_fs / "disk"
     big.mkdir()
     small.mkdir()
+    # disks added through the API must lie under allowed roots (issue 16): these two do
+    roots = f"/var/lib/cargohold,{d},{tmp_path},{small_fs}"
+    monkeypatch.setenv("CARGOHOLD_MANAGER_DISK_ROOTS", roots)
+    monkeypatch.setenv("CARGOHOLD_AGENT_DISK_ROOTS", roots)
     c = LocalCluster.create(str(d), nodes=2).up(timeout=90)
     try:
         cli(
