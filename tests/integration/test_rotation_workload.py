@@ -42,6 +42,7 @@ from typer.testing import CliRunner
 
 from cargohold.cli.main import app as cli_app
 from cargohold.constants import MIB
+from cargohold.protocol.tls_hello import routing_name
 from cargohold.replica.client import ReplicaClient
 from cargohold.security.ca import CertificateAuthority
 from cargohold.security.identity import Identity, Role
@@ -54,6 +55,7 @@ VOLUME = "rvol"
 N = 3
 CLUSTER = "c-rotation"
 WORKLOAD_SECONDS = 25
+WORKERS_AT = 1  # the replica server run with worker processes (routing by TLS server name)
 
 
 class Rig:
@@ -124,10 +126,16 @@ class Rig:
 
     # --- processes ----------------------------------------------------------------------
     def start_server(self, i: int, port: int = 0) -> ServerProc:
+        """Server ``i`` on its disk; server ``WORKERS_AT`` with two worker processes (each
+        with its own TLS contexts, which must follow the files as the parent's do)."""
         disk = self.root / f"disk-{i}"
         disk.mkdir(exist_ok=True)
         s = ServerProc(
-            [str(disk)], port=port, tls_dir=self.dir(f"replica-{i}"), log_dir=str(self.root)
+            [str(disk)],
+            port=port,
+            tls_dir=self.dir(f"replica-{i}"),
+            log_dir=str(self.root),
+            workers=2 if i == WORKERS_AT else 1,
         )
         return s.start()
 
@@ -167,12 +175,18 @@ def modes(status: dict[str, Any]) -> dict[str, str]:
 
 
 # --- TLS from the client's side ---------------------------------------------------------------
-def peer_certificate(port: int, ctx: ssl.SSLContext) -> x509.Certificate | None:
-    """The certificate a server presents on a new handshake (None: refused)."""
+def peer_certificate(port: int, ctx: ssl.SSLContext, replica: str) -> x509.Certificate | None:
+    """The certificate a server presents on a new handshake naming ``replica`` (a server
+    with workers: that replica's worker presents it); None: refused."""
 
     async def go() -> bytes | None:
         try:
-            _r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=ctx), 5)
+            _r, w = await asyncio.wait_for(
+                asyncio.open_connection(
+                    "127.0.0.1", port, ssl=ctx, server_hostname=routing_name(replica)
+                ),
+                5,
+            )
         except (OSError, TimeoutError):  # ssl.SSLError is an OSError
             return None
         der = w.get_extra_info("ssl_object").getpeercert(binary_form=True)
@@ -183,15 +197,16 @@ def peer_certificate(port: int, ctx: ssl.SSLContext) -> x509.Certificate | None:
     return None if der is None else x509.load_der_x509_certificate(der)
 
 
-def served(port: int, creds_dir: str) -> bool:
+def served(port: int, creds_dir: str, replica: str | None = None) -> bool:
     """Whether a client with these credentials gets an answer from the replica server (a
     HELLO over mutual TLS): a server that refuses the client certificate lets the client
-    finish its handshake and closes, so only a request tells."""
+    finish its handshake and closes, so only a request tells. ``replica``: name it (TLS
+    server name), so that a server with workers hands the connection to that replica's."""
 
     async def go() -> bool:
         try:
             c = await ReplicaClient.connect(
-                "127.0.0.1", port, tls=Credentials.load(creds_dir), timeout=5
+                "127.0.0.1", port, tls=Credentials.load(creds_dir), timeout=5, replica=replica
             )
         except Exception:
             return False
@@ -214,7 +229,8 @@ def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
 
 
 def presents(rig: Rig, i: int, serial: int, issuer: x509.Name, checker: str) -> bool:
-    cert = peer_certificate(rig.servers[i].port, Credentials.load(checker).client_context())
+    ctx = Credentials.load(checker).client_context()
+    cert = peer_certificate(rig.servers[i].port, ctx, f"r{i}")
     return cert is not None and cert.serial_number == serial and cert.issuer == issuer
 
 
@@ -311,7 +327,9 @@ def test_renewal_and_ca_rotation_under_verify_lose_nothing(rig: Rig, tmp_path: P
             )
         rig.reconnect(1)  # a reconnection under the new chain, both CAs trusted
         # not retired yet: an old CA's certificate still gets in (its holder trusting both)
-        assert served(rig.servers[2].port, rig.old_cert_current_trust(old_only, "both"))
+        old_cert_both = rig.old_cert_current_trust(old_only, "both")
+        for i in range(N):
+            assert served(rig.servers[i].port, old_cert_both, f"r{i}"), f"server {i}"
         rig.rotate("retire")
         rig.distribute_trust()  # nobody trusts the old CA any more
         # the old CA's certificate is refused, also when its holder trusts the new CA
@@ -319,13 +337,15 @@ def test_renewal_and_ca_rotation_under_verify_lose_nothing(rig: Rig, tmp_path: P
         for i in range(N):
             until(
                 lambda i=i: (
-                    not served(rig.servers[i].port, old_only)
-                    and not served(rig.servers[i].port, old_cert_new_trust)
+                    not served(rig.servers[i].port, old_only, f"r{i}")
+                    and not served(rig.servers[i].port, old_cert_new_trust)  # the parent
+                    and not served(rig.servers[i].port, old_cert_new_trust, f"r{i}")
                 ),
                 10,
                 f"replica server {i} refusing the retired CA",
             )
             assert served(rig.servers[i].port, checker), f"server {i} refuses the new CA"
+            assert served(rig.servers[i].port, checker, f"r{i}"), f"server {i}'s worker refuses"
         rig.restart_server(2)  # works only with the engine's new certificate and trust
         took = time.monotonic() - t0
         assert verify.poll() is None, f"the workload ended before the rotation ({took:.1f} s)"
