@@ -19,6 +19,7 @@ engine's log names the certificate it reloaded last (its serial); after retire a
 holding only the old CA's certificate is refused, and so is one whose certificate is the old
 CA's even when it trusts the new one, while a client of the new CA is served; every replica
 rebuilt and all three equal at the end. The rotation must end while the workload still runs.
+One replica server runs with worker processes, checked through its replica's worker too.
 docs/security.md ("Renewing, rotating and revoking, step by step").
 """
 
