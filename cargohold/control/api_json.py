@@ -15,6 +15,7 @@ from fastapi import Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from cargohold.control.auth import authorize_first
 from cargohold.control.model import NAME_PATTERN
 from cargohold.errors import PayloadTooLarge, UnsupportedMediaType
 
@@ -66,7 +67,9 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
 
 class JSONRoute(APIRoute):
     """A route whose body (when it takes one) must be ``application/json`` (else 415) and
-    strict JSON (else 422); the parsed body is handed on to FastAPI, which uses it as is."""
+    strict JSON (else 422); the parsed body is handed on to FastAPI, which uses it as is.
+    Before any of that, the caller is authenticated and authorized (``auth.authorize_first``):
+    401 and 403 come before 413, 415 and 422."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -74,6 +77,7 @@ class JSONRoute(APIRoute):
             return handler
 
         async def checked(request: Request) -> Response:
+            await authorize_first(self, request)
             body = await _bounded_body(request, request.app.state.max_request_bytes)
             if body:
                 kind = request.headers.get("content-type", "")

@@ -21,6 +21,13 @@ the heartbeat) take ``requires_node_agent()``: only ``agent/N``. ``/healthz`` an
 
 The peer's certificate is read once per connection: ``PeerProtocol`` (the manager's
 uvicorn protocol class) puts the identity into the ASGI scope's ``state``.
+
+Authentication and the route's permission come before its body: a route that takes a body
+(``api_json.JSONRoute``) runs its permission dependency (``authorize_first``) before it reads
+a byte of it, so a caller without a credential gets 401 (and one without the permission
+403) whatever the body — never 413, 415 or 422, which would let strangers probe the schema
+and make the manager read their bodies. The identity is kept in the request's scope: the
+dependency FastAPI runs again afterwards does not look the token up twice.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from cargohold.security.tls import peer_identity
 
 PEER = "cargohold_peer"  # scope["state"]: the TLS peer's Identity (or None)
 VIA = "cargohold_via"  # scope["state"]: "tls", "tcp" (plaintext) or "unix"
+CALLER = "cargohold_caller"  # scope: the request's authenticated Identity, once known
 PERMISSION_EXT = "x-cargohold-permission"
 NO_PERMISSION = "none"  # the permission a public route shows in the schema
 AGENT_OF_NODE = "heartbeat (agent/<node> only)"
@@ -80,7 +88,17 @@ ANONYMOUS_ADMIN = "plaintext"
 
 
 async def caller(request: Request) -> Identity:
-    """The identity of the request's sender (module docstring); Unauthenticated if none."""
+    """The identity of the request's sender (module docstring); Unauthenticated if none.
+    Worked out once per request (kept in its scope)."""
+    known = request.scope.get(CALLER)
+    if isinstance(known, Identity):
+        return known
+    ident = await _authenticate(request)
+    request.scope[CALLER] = ident
+    return ident
+
+
+async def _authenticate(request: Request) -> Identity:
     auth: Auth = getattr(request.app.state, "auth", None) or Auth.disabled()
     state = request.scope.get("state") or {}
     header = request.headers.get("authorization")
@@ -158,6 +176,16 @@ def route_permission(route: APIRoute) -> str | None:
         if perm is not None:
             return str(perm)
     return None
+
+
+async def authorize_first(route: APIRoute, request: Request) -> None:
+    """Run ``route``'s permission dependency now, before its body is read (module
+    docstring): Unauthenticated or PermissionDenied as the route itself would raise. Every
+    permission dependency here takes the request alone."""
+    for dep in route.dependant.dependencies:
+        if getattr(dep.call, "permission", None) is not None:
+            await dep.call(request)  # type: ignore[misc]
+            return
 
 
 def add_security(app: FastAPI) -> None:

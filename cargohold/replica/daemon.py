@@ -118,7 +118,17 @@ async def _worker_main(settings: ReplicaServerSettings, index: int, channel: soc
                 loop.connect_accepted_socket(lambda: Session(server), sock, **tls)
             )
             adopting.add(task)
-            task.add_done_callback(adopting.discard)
+            task.add_done_callback(adopted)
+
+    def adopted(task: asyncio.Task) -> None:
+        """A handed-over connection whose TLS handshake failed (a certificate refused, the
+        peer gone) is the peer's problem, as it is for a single-process server: noted at
+        debug level, never left as an unretrieved exception with a traceback in the log."""
+        adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug(
+                "worker %d: a connection failed at its handshake: %r", index, task.exception()
+            )
 
     loop.add_reader(channel.fileno(), adopt)
     await stop.wait()

@@ -111,14 +111,36 @@ class CertificateAuthority:
     def __init__(self, directory: Path, cluster: str) -> None:
         self.dir = directory
         self.cluster = cluster
+        self._stamp: tuple[int, ...] = ()
+        self._follow(strict=True)
+
+    def _follow(self, strict: bool = False) -> None:
+        """Read ``ca.crt`` and ``ca.key`` again when they changed on disk: a long-lived
+        holder (the manager) keeps signing with the CA that signs *now* after
+        ``cargohold ca rotate promote`` ran in another process, and its CRLs name the CAs
+        trusted now. A pair caught half-written (a key that does not match the certificate)
+        is not taken: the old one serves until the next call. ``strict``: at load, every
+        problem is a ConfigError."""
+        crt, key = self.dir / "ca.crt", self.dir / "ca.key"
         try:
-            self.cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
-            loaded = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+            stamp = (crt.stat().st_mtime_ns, key.stat().st_mtime_ns)
+            if stamp == self._stamp:
+                return
+            cert = x509.load_pem_x509_certificate(crt.read_bytes())
+            loaded = serialization.load_pem_private_key(key.read_bytes(), None)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read the CA in {directory}: {e}") from None
+            if strict:
+                raise ConfigError(f"cannot read the CA in {self.dir}: {e}") from None
+            return
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-            raise ConfigError(f"{directory}/ca.key is not an ECDSA key")
-        self.key = loaded
+            if strict:
+                raise ConfigError(f"{self.dir}/ca.key is not an ECDSA key")
+            return
+        if _public(loaded.public_key()) != _public(cert.public_key()):
+            if strict:
+                raise ConfigError(f"{self.dir}/ca.key is not the key of {self.dir}/ca.crt")
+            return
+        self.cert, self.key, self._stamp = cert, loaded, stamp
 
     # --- making and opening ---------------------------------------------------------------
 
@@ -223,6 +245,7 @@ class CertificateAuthority:
         hosts: list[str] | tuple[str, ...],
         lifetime: dt.timedelta,
     ) -> x509.Certificate:
+        self._follow()
         if identity.cluster != self.cluster:
             raise InvalidArgument(
                 f"identity {identity.uri} is for cluster {identity.cluster}, "
@@ -282,6 +305,7 @@ class CertificateAuthority:
 
     def _slots(self) -> list[tuple[x509.Certificate, ec.EllipticCurvePrivateKey]]:
         """The CAs peers trust, the signer first: signer, staged next, retiring previous."""
+        self._follow()
         out = [(self.cert, self.key)]
         for slot in ("next", "prev"):
             got = self._slot(slot)
@@ -306,6 +330,7 @@ class CertificateAuthority:
     def promote(self) -> None:
         """Rotation, step 2 (once every component trusts the staged CA): sign with it.
         The old CA stays trusted, as ``prev``, so its certificates work until renewed."""
+        self._follow()
         nxt = self._slot("next")
         if nxt is None:
             raise ConfigError(f"{self.dir} has no staged CA: stage one first")
@@ -369,6 +394,14 @@ class CertificateAuthority:
                 )
             crls.append(b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
         _write(self.dir / "ca.crl", b"".join(crls))
+
+
+def _public(key: ec.EllipticCurvePublicKey | object) -> bytes:
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return b""
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _key_usage(leaf: bool) -> x509.KeyUsage:

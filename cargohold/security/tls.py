@@ -142,8 +142,23 @@ class Credentials:
             )
             return
         if self._server is not None:
-            log.info("TLS credentials in %s reloaded", self.directory)
+            log.info("TLS credentials in %s reloaded: %s", self.directory, self.describe())
         self._server, self._client, self._stamp = server, client, stamp
+
+    def describe(self) -> str:
+        """Our certificate in a log line: serial (hex, as ``openssl x509 -serial`` prints
+        it), issuer and expiry, so an operator sees which certificate a daemon uses now."""
+        import _ssl
+
+        try:
+            d = _ssl._test_decode_cert(str(self.path(CERT_FILE)))  # type: ignore[attr-defined]
+        except (OSError, ssl.SSLError) as e:
+            return f"certificate unreadable ({e})"
+        issuer = ", ".join(f"{k}={v}" for rdn in d.get("issuer", ()) for k, v in rdn)
+        return (
+            f"certificate serial {d.get('serialNumber')} issued by {issuer}, "
+            f"valid until {d.get('notAfter')}"
+        )
 
     def identity(self) -> Identity:
         """The identity of our own certificate (uses ``cryptography``: not for the engine)."""

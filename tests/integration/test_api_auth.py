@@ -142,6 +142,33 @@ def test_every_operation_401_403_and_allowed(mgr: TlsManager) -> None:
     assert checked >= 30
 
 
+def test_a_bad_body_without_a_credential_is_401_not_422(mgr: TlsManager) -> None:
+    """Authentication and the permission come before the body (control/auth.py): every
+    operation with a body, over HTTPS, answers a stranger's malformed, mistyped or oversized
+    body with 401 and a certificate without the permission with 403."""
+    with mgr.client(None) as c:
+        schema = c.get("/openapi.json").json()
+    bad = [
+        ({"content-type": "application/json"}, b"{not json"),
+        ({"content-type": "text/plain"}, b"hello"),
+        ({"content-type": "application/json"}, b" " * (2 << 20)),
+    ]
+    checked = 0
+    for method, path, op in operations(schema):
+        if "requestBody" not in op or (method, path) in JOIN:
+            continue
+        url = path.format(**PARAMS)
+        for headers, body in bad:
+            with mgr.client(None) as c:
+                r = c.request(method.upper(), url, content=body, headers=headers)
+                assert r.status_code == 401, f"{method} {path}: {r.status_code} {r.text}"
+            with mgr.client(*NOBODY) as c:
+                r = c.request(method.upper(), url, content=body, headers=headers)
+                assert r.status_code == 403, f"{method} {path}: {r.status_code} {r.text}"
+        checked += 1
+    assert checked >= 12
+
+
 def test_roles_each_permission_by_certificate(mgr: TlsManager) -> None:
     with mgr.client("reader", "rita") as c:
         assert c.get("/api/v1/volumes").status_code == 200

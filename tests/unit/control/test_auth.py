@@ -103,3 +103,87 @@ def test_the_route_table_of_security_md_is_the_schema() -> None:
         for method, path in re.findall(r"`([A-Z]+) (/[^`]*)`", routes):
             got.add((method, path, perm))
     assert got == want
+
+
+# --- authentication before the body ----------------------------------------------------------
+
+BAD_BODIES = [  # (content type, body): each refused with 413, 415 or 422 once authorized
+    ("application/json", b"{"),  # not JSON
+    ("application/json", b'{"size_bytes": NaN}'),  # not strict JSON
+    ("application/json", b"[1, 2, 3]"),  # JSON, but not the route's shape
+    ("text/plain", b"hello"),  # not application/json
+    ("application/json", b" " * (2 << 20)),  # above max_request_bytes
+]
+PATH_PARAMS = {
+    "volume": "vol-x",
+    "node": "node-1",
+    "snapshot": "snap-x",
+    "op": "op-x",
+    "replica": "r-x",
+    "token_id": "0123456789ab",
+    "tenant": "team-x",
+    "disk": "disk-x",
+}
+JOIN_ROUTE = ("post", "/api/v1/join")  # its body's join token is the credential
+
+
+async def test_no_credential_is_401_and_no_permission_403_whatever_the_body() -> None:
+    """Every operation of the schema that takes a body: without a credential 401, with a
+    role that lacks the permission 403, for any bad body (malformed, non-strict, the wrong
+    shape, the wrong content type, too large); the body's own error only for a caller who
+    may call the route. A new route with a body is covered by being in the schema."""
+    import httpx
+
+    from cargohold.control.api import build
+    from cargohold.control.auth import Auth
+    from cargohold.control.repository import Repository
+    from cargohold.control.service import Service
+    from cargohold.control.settings import ManagerSettings
+    from cargohold.security.policy import ROLE_PERMISSIONS
+
+    repo = Repository(open_store("memory:"))
+    repo.cluster_id = CLUSTER
+    service = Service(repo, ManagerSettings(), "memory", "t")
+    tokens = TokenStore(repo.store)
+    _, reader = await tokens.create("reader", "rita")
+    _, admin = await tokens.create("admin", "alice")
+    app = build(service, Auth(repo))
+    ops = [
+        (method, path, op)
+        for path, methods in app.openapi()["paths"].items()
+        for method, op in methods.items()
+        if "requestBody" in op and (method, path) != JOIN_ROUTE
+    ]
+    assert len(ops) >= 12, [f"{m} {p}" for m, p, _ in ops]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+
+        async def send(method: str, path: str, kind: str, body: bytes, token: str | None):  # type: ignore[no-untyped-def]
+            headers = {"content-type": kind}
+            if token:
+                headers["authorization"] = f"Bearer {token}"
+            return await c.request(
+                method.upper(), path.format(**PATH_PARAMS), content=body, headers=headers
+            )
+
+        for method, path, op in ops:
+            where = f"{method.upper()} {path}"
+            perm = op["x-cargohold-permission"]
+            reader_may = perm in {p.value for p in ROLE_PERMISSIONS[Role.READER]}
+            admin_may = perm in {p.value for p in ROLE_PERMISSIONS[Role.ADMIN]}
+            for kind, body in BAD_BODIES:
+                r = await send(method, path, kind, body, None)
+                assert r.status_code == 401, f"{where} {body[:20]!r}: {r.status_code} {r.text}"
+                assert r.json()["error"]["type"] == "Unauthenticated"
+                assert r.headers["www-authenticate"].startswith("Bearer")
+                if not reader_may:
+                    r = await send(method, path, kind, body, reader)
+                    assert r.status_code == 403, f"{where} as reader: {r.status_code} {r.text}"
+                r = await send(method, path, kind, body, admin)
+                if not admin_may:  # the agents' routes: an admin never speaks for a node
+                    assert r.status_code == 403, f"{where} as admin: {r.status_code}"
+                else:  # the body's own error, now that the caller may ask
+                    assert r.status_code in (413, 415, 422), f"{where}: {r.status_code} {r.text}"
+        # the join route: no credential but its body (a malformed one is the body's error)
+        r = await send(*JOIN_ROUTE, "application/json", b"{", None)
+        assert r.status_code == 422

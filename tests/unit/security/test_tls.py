@@ -8,6 +8,7 @@ import datetime as dt
 import ssl
 
 import pytest
+from cryptography import x509
 
 from cargohold.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from cargohold.security import ca as ca_mod
@@ -158,6 +159,33 @@ async def test_rotation_stage_promote_retire_without_an_outage(ca, tmp_path):
         assert await talk(s.port, new_client.client_context()) == b"ping"
     with pytest.raises(ConfigError, match="no staged CA"):
         ca.promote()
+
+
+async def test_a_long_lived_ca_follows_a_rotation_made_by_another_process(ca, tmp_path):
+    """The manager loads the CA once; ``cargohold ca rotate`` runs in another process. After
+    promote the manager signs with the new CA, and its revocations write a CRL for every CA
+    trusted now (without the new CA's CRL, every certificate of it would be refused)."""
+    server = creds(ca, tmp_path, "replica", "node-1")
+    operator = CertificateAuthority.load(ca.dir)  # `cargohold ca rotate DIR stage|promote`
+    operator.stage()
+    operator.promote()
+    new = ca.issue(Identity(CLUSTER, Role.ENGINE, "vol-a"))  # by the long-lived instance
+    assert x509.load_pem_x509_certificate(new.cert).issuer == operator.cert.subject
+    assert ca.cert.subject == operator.cert.subject
+    new.write(tmp_path / "engine-new")
+    ca.revoke(12345, "a node removed, by the manager")  # rewrites ca.crl
+    ca.issue(Identity(CLUSTER, Role.REPLICA, "node-1")).write(server.directory)
+    server._checked = 0.0
+    client = Credentials.load(tmp_path / "engine-new")
+    async with Server(server) as s:
+        assert await talk(s.port, client.client_context()) == b"ping"
+    # a key and certificate caught half-written (mid-promote) are not taken
+    good = ca.cert
+    (ca.dir / "ca.key").write_bytes(ca_mod.key_pem(new_key()))
+    assert (
+        x509.load_pem_x509_certificate(ca.issue(Identity(CLUSTER, Role.AGENT, "n")).cert).issuer
+        == good.subject
+    )
 
 
 async def test_a_renewed_certificate_is_served_without_a_restart(ca, tmp_path):
