@@ -191,6 +191,20 @@ class ConfigError(CargoholdError):
     exit_code = 2
 
 
+# --- backup targets (cargohold/backup/): object stores and directories ----------------
+
+
+class TargetError(RequestError):
+    """A backup target (an S3 bucket, a directory) failed a request for a reason that is
+    neither a missing object (NotFound) nor a refused credential (Unauthenticated,
+    PermissionDenied). The message names the target, never its credentials."""
+
+
+class TargetUnreachable(TargetError):
+    """The backup target did not answer within its timeouts and retries: endpoint down,
+    wrong host or port, network cut, TLS not trusted (the message says which)."""
+
+
 # every wire status back to its class; RequestError shares status 5 with ReplicaIOError, which
 # is what a peer means by it (docs/formats/replica-wire.md, "Status codes", is tested against this)
 STATUS_TO_ERROR: dict[int, type[RequestError]] = {
