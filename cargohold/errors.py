@@ -156,6 +156,14 @@ class Unschedulable(NoSpace):
     status = 1004
 
 
+class TargetError(RequestError):
+    """A backup target (object store or filesystem path) failed a request: I/O error,
+    unreachable, refused. The message names the target (never its credentials)."""
+
+    status = 5
+    errno = _errno.EIO
+
+
 class ManagerUnavailable(CargoholdError):
     """No manager answered (the control plane is down or unreachable), or the manager
     cannot use its state store (unreachable, or damaged: the message names the file or
@@ -192,12 +200,6 @@ class ConfigError(CargoholdError):
 
 
 # --- backup targets (cargohold/backup/): object stores and directories ----------------
-
-
-class TargetError(RequestError):
-    """A backup target (an S3 bucket, a directory) failed a request for a reason that is
-    neither a missing object (NotFound) nor a refused credential (Unauthenticated,
-    PermissionDenied). The message names the target, never its credentials."""
 
 
 class TargetUnreachable(TargetError):

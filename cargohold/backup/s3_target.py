@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,7 +36,7 @@ import botocore.exceptions  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
 from cargohold import errors
-from cargohold.backup.targets import Target
+from cargohold.backup.targets import Target, check_key
 
 MULTIPART_THRESHOLD = 16 << 20  # objects above this size are uploaded in parts
 PART_SIZE = 8 << 20  # the size of each part but the last (S3's minimum is 5 MiB)
@@ -95,12 +94,12 @@ class S3Target(Target):
         self,
         bucket: str,
         prefix: str = "",
-        *,
         endpoint: str | None = None,
         access_key: str | None = None,
         secret_key: str | None = None,
         region: str | None = None,
         ca_bundle: str | None = None,
+        *,
         connections: int = CONNECTIONS,
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
@@ -116,12 +115,13 @@ class S3Target(Target):
             )
         if (access_key is None) != (secret_key is None):
             raise errors.InvalidArgument("an S3 target needs both an access key and a secret key")
+        if prefix.strip("/"):
+            check_key(prefix.strip("/"))  # the same rules as a key: no '..', no empty parts
+        super().__init__()
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint = _without_userinfo(endpoint) if endpoint else None
         self.region = region or "us-east-1"
-        self.stats: dict[str, int] = {"put": 0, "get": 0, "list": 0, "delete": 0, "head": 0}
-        self._stats_lock = threading.Lock()
         self._bucket_checked = False
         self._ca_file: str | None = None
         verify: bool | str = True
@@ -150,7 +150,7 @@ class S3Target(Target):
             config=config,
             verify=verify,
         )
-        self._client.meta.events.register("before-send.s3", self._count)
+        self._client.meta.events.register("before-send.s3", self._on_send)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -175,15 +175,14 @@ class S3Target(Target):
             except OSError:
                 pass
 
-    def _count(self, event_name: str = "", **_: Any) -> None:
+    def _on_send(self, event_name: str = "", **_: Any) -> None:
+        """botocore's hook before each HTTP request (retries included): count it."""
         kind = _KIND.get(event_name.rsplit(".", 1)[-1])
         if kind is not None:
-            with self._stats_lock:
-                self.stats[kind] += 1
+            self._count(kind)
 
     def _key(self, key: str) -> str:
-        if not key or key.startswith("/") or "//" in key or key.endswith("/"):
-            raise errors.InvalidArgument(f"bad object key {key!r}")
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _where(self) -> str:

@@ -20,6 +20,7 @@ from cargohold.backup import s3_target
 from cargohold.backup.s3_target import S3Target
 from cargohold.backup.targets import Target, open_target
 from tests.support.s3_server import S3Server
+from tests.unit.backup.test_targets import check_contract
 
 
 def _target(s3: S3Server, prefix: str, **kw: object) -> S3Target:
@@ -38,6 +39,10 @@ def target(s3_server: S3Server, s3_prefix: str) -> S3Target:
 
 
 # --- the Target contract ----------------------------------------------------------------
+
+
+def test_s3_target_keeps_the_target_contract(target: Target) -> None:
+    check_contract(target)  # the same checks FileTarget and MemoryTarget pass
 
 
 def test_put_get_roundtrip(target: Target) -> None:
