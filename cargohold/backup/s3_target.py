@@ -6,9 +6,10 @@ repository is one S3 object under ``PREFIX/``.
 
 Requests, and what each method costs (counted in ``stats`` by kind, retries included):
 
-- ``put``: one PutObject up to ``MULTIPART_THRESHOLD`` (16 MiB); above it a multipart upload
-  of ``PART_SIZE`` (8 MiB) parts: CreateMultipartUpload + one UploadPart per part +
-  CompleteMultipartUpload, all counted as "put". S3 makes either kind visible atomically.
+- ``put``: one PutObject up to ``MULTIPART_THRESHOLD`` (64 MiB), so a pack of the repository
+  (24-28 MiB) costs one request; above it a multipart upload of ``PART_SIZE`` (16 MiB) parts:
+  CreateMultipartUpload + one UploadPart per part + CompleteMultipartUpload, all counted as
+  "put". S3 makes either kind visible atomically, whole.
 - ``get``: one GetObject (with a Range header for a part of the object).
 - ``exists``: one HeadObject.
 - ``delete``: one DeleteObjects per 1,000 keys.
@@ -38,8 +39,8 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from cargohold import errors
 from cargohold.backup.targets import Target, check_key
 
-MULTIPART_THRESHOLD = 16 << 20  # objects above this size are uploaded in parts
-PART_SIZE = 8 << 20  # the size of each part but the last (S3's minimum is 5 MiB)
+MULTIPART_THRESHOLD = 64 << 20  # objects above this are uploaded in parts (packs are below)
+PART_SIZE = 16 << 20  # the size of each part but the last (S3's minimum is 5 MiB)
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection to the endpoint
 READ_TIMEOUT = 60.0  # seconds without a byte from the endpoint on an open connection
