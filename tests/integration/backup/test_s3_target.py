@@ -289,3 +289,21 @@ def test_fresh_target_on_dead_endpoint_is_unreachable() -> None:
         t.exists("k")
     assert time.monotonic() - started < 30
     assert t.stats["head"] >= 1  # retries are requests too
+
+
+def test_https_endpoint_with_its_ca_bundle() -> None:
+    with S3Server(bucket="tls-bucket", tls=True) as s3:
+        assert s3.endpoint.startswith("https://")
+        args = (s3.bucket, "p", s3.endpoint, s3.access_key, s3.secret_key)
+        # the CA as PEM text (as the manager hands it over) and as a file on the node
+        for bundle in (s3.ca_pem, s3._ca_file()):
+            t = S3Target(*args, ca_bundle=bundle)
+            t.put("k", b"over TLS")
+            assert t.get("k") == b"over TLS"
+        # without it, the endpoint's certificate is not trusted: a clear error, no fallback
+        untrusted = S3Target(*args, connect_timeout=2)
+        with pytest.raises(errors.TargetUnreachable) as info:
+            untrusted.get("k")
+        assert "TLS" in str(info.value) and "CA bundle" in str(info.value)
+        with pytest.raises(errors.InvalidArgument):
+            S3Target(*args, ca_bundle="/no/such/ca.pem")
