@@ -194,13 +194,14 @@ class S3Target(Target):
         target = self.describe()
         if isinstance(exc, botocore.exceptions.SSLError):
             return errors.TargetUnreachable(
-                f"{what}: TLS with {self._where()} failed (is its certificate signed by the "
-                f"target's CA bundle?): {exc}",
+                f"{what} on {target}: TLS with {self._where()} failed (is its certificate "
+                f"signed by the target's CA bundle?): {exc}",
                 target=target,
             )
         if isinstance(exc, _UNREACHABLE):
             return errors.TargetUnreachable(
-                f"{what}: S3 endpoint {self._where()} unreachable ({type(exc).__name__})",
+                f"{what} on {target}: S3 endpoint {self._where()} unreachable "
+                f"({type(exc).__name__})",
                 target=target,
             )
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -229,7 +230,8 @@ class S3Target(Target):
                 )
             message = str(err.get("Message", "")) or f"HTTP {status}"
             return errors.TargetError(
-                f"{what}: {self._where()} answered {code or status}: {message}", target=target
+                f"{what} on {target}: {self._where()} answered {code or status}: {message}",
+                target=target,
             )
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             return errors.TargetError(f"{what} on {target}: {exc}", target=target)
