@@ -244,7 +244,11 @@ class S3Target(Target):
         )
 
     def _check_bucket(self) -> None:
-        """Once per target: is the bucket there and may we use it? (one HeadBucket)"""
+        """Once per target: is the bucket there? (one HeadBucket)
+
+        A 403 is not final: a key may be allowed its objects but not HeadBucket (which needs
+        s3:ListBucket), and a HEAD's 403 has no body to tell a wrong secret from a missing
+        permission; the object request that follows reports which it is."""
         if self._bucket_checked:
             return
         try:
@@ -253,7 +257,8 @@ class S3Target(Target):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if status == 404:
                 raise self._no_bucket() from None
-            raise self._error(exc, f"bucket {self.bucket!r}") from None
+            if status != 403:
+                raise self._error(exc, f"bucket {self.bucket!r}") from None
         except Exception as exc:
             raise self._error(exc, f"bucket {self.bucket!r}") from None
         self._bucket_checked = True
