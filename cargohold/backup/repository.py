@@ -282,17 +282,21 @@ class Repository:
             info, indexes, chunk_map = self.manifest(backup)
             cat = self._catalog()
             index, _ = self._load_index(sorted(set(indexes) | set(cat.indexes)))
-            fallback: list[bool] = []
+            lock = threading.Lock()
 
-            def locate(cid: bytes) -> fmt.Location:
-                loc = index.get(cid)
-                if loc is None and not fallback:  # a lost catalog update: read every index
-                    with self._lock:
-                        if not fallback:
-                            more, _ = self._load_index(self.target.list(INDEX_PREFIX))
-                            index.update(more)
-                            fallback.append(True)
-                    loc = index.get(cid)
+            def locate(cid: bytes, refresh: bool) -> fmt.Location:
+                """Where a chunk is; ``refresh`` (its pack was not found, or it is in no
+                index we read): read the catalog's index again, then every index (LIST)."""
+                loc = None if refresh else index.get(cid)
+                if loc is None:
+                    with lock:
+                        again, _ = self._load_index(self._catalog().indexes)
+                        loc = again.get(cid)
+                        if loc is None:  # a lost catalog update: read every index object
+                            again, _ = self._load_index(self.target.list(INDEX_PREFIX))
+                            loc = again.get(cid)
+                        if loc is not None:
+                            index[cid] = loc
                 if loc is None:
                     raise NotFound(
                         f"chunk {cid.hex()} of backup {backup} is in no index (run verify)",
