@@ -14,7 +14,15 @@ from cargohold.backup.repository import Repository
 from cargohold.backup.targets import FileTarget
 from cargohold.backup.verify import verify
 from cargohold.errors import NoSpace
-from tests.unit.backup.support import KEY, MiB, backup_full, new_repo, random_volume, restore, volume
+from tests.unit.backup.support import (
+    KEY,
+    MiB,
+    backup_full,
+    new_repo,
+    random_volume,
+    restore,
+    volume,
+)
 
 
 def test_round_trip_on_a_directory(tmp_path: Path) -> None:
@@ -25,7 +33,11 @@ def test_round_trip_on_a_directory(tmp_path: Path) -> None:
     a = backup_full(repo, data)
     again = Repository.open(FileTarget(tmp_path / "repo"), KEY)
     assert restore(again, a.id) == data
-    names = sorted(p.relative_to(tmp_path / "repo").as_posix() for p in (tmp_path / "repo").rglob("*") if p.is_file())
+    names = sorted(
+        p.relative_to(tmp_path / "repo").as_posix()
+        for p in (tmp_path / "repo").rglob("*")
+        if p.is_file()
+    )
     assert "catalog" in names and "keys/master" in names and f"backups/{a.id}" in names
     assert not [n for n in names if n.startswith("locks/") or "/." in n or n.startswith(".")]
     assert len([n for n in names if n.startswith("packs/")]) == 3  # 8 MiB packs of 4 MiB chunks
@@ -60,7 +72,9 @@ def test_a_full_filesystem_fails_the_backup_cleanly(small_fs: Path) -> None:
         backup_full(repo, random_volume(48 * MiB), "big")
     assert str(small_fs / "repo") in str(e.value)
     assert [b.id for b in repo.backups()] == [first.id]  # nothing half-written is listed
-    leftovers = [p for p in (small_fs / "repo").rglob("*") if p.is_file() and p.name.startswith(".")]
+    leftovers = [
+        p for p in (small_fs / "repo").rglob("*") if p.is_file() and p.name.startswith(".")
+    ]
     assert leftovers == []  # no temporary files
     assert not list((small_fs / "repo").glob("locks/*"))
     assert restore(repo, first.id) == first_data
