@@ -133,7 +133,7 @@ def samples() -> dict[str, tuple[bytes, object]]:
     info = BackupInfo("b1", "v", "v", SIZE, "s", 1, None)
     pack = PackBuilder()
     cid = KEYS.chunk_id(b"x" * 4096)
-    pack.add(cid, 0, 4096, KEYS.seal_blob(cid, 0, b"x" * 4096))
+    pack.add(KEYS, cid, 0, 4096, b"x" * 4096)
     idx = {cid: fmt.Location("packs/aa/aa", 8, 4124, 4096, 0)}
     return {
         "map": (m.encode(), lambda d: ChunkMap.decode(d)),
@@ -155,7 +155,7 @@ def samples() -> dict[str, tuple[bytes, object]]:
             KEYS.seal(fmt.KIND_INDEX, "index/x", fmt.encode_index(idx)),
             lambda d: fmt.decode_index(KEYS.open(fmt.KIND_INDEX, "index/x", d), "index/x"),
         ),
-        "pack": (pack.seal(KEYS), lambda d: open_pack(pack.name, d)),
+        "pack": (bytes(pack.seal(KEYS)), lambda d: open_pack(pack.name, d)),
         "keys": (
             wrap_master(KEY, bytes(32), {"repository": "r"}),
             lambda d: unwrap_master(KEY, d),

@@ -47,3 +47,17 @@ def test_the_sample_restores_to_the_known_bytes(tmp_path: Path) -> None:
     assert (bytes(a), bytes(b)) == volumes()  # the generator agrees with the checked-in bytes
     report = verify(repo, read_data=True)
     assert report.ok and report.backups == 2 and report.blobs_read == report.chunks
+
+
+def test_the_format_doc_states_the_codec_sizes() -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs/formats/backup-repository.md").read_text()
+    from cargohold.backup.chunk_map import EXTENT
+    from cargohold.backup.packs import PACK_BYTES
+
+    assert fmt.HEADER_SIZE == 8 and "| 0 | 8 | header" in doc
+    assert f"N entries of {fmt.PACK_ENTRY.itemsize} bytes" in doc.replace("\n", " ").replace(
+        "  ", " "
+    )
+    assert f"sorted by chunk id, of {fmt.INDEX_ENTRY.itemsize} bytes" in doc.replace("\n  ", " ")
+    assert "20 \u00d7 E | extents" in doc and EXTENT.itemsize == 20
+    assert f"blobs pass {PACK_BYTES >> 20} MiB" in doc and f"`cell` ({fmt.CELL})" in doc
