@@ -30,7 +30,14 @@ from cargohold.backup.packs import PACK_BYTES
 from cargohold.backup.reader import BackupReader
 from cargohold.backup.targets import Target
 from cargohold.backup.writer import BackupWriter
-from cargohold.errors import AlreadyExists, CargoholdError, FormatError, InvalidArgument, NotFound
+from cargohold.errors import (
+    AlreadyExists,
+    CargoholdError,
+    ChecksumError,
+    FormatError,
+    InvalidArgument,
+    NotFound,
+)
 
 MANIFEST_PREFIX = "backups/"
 LEASE_TTL = 300.0
@@ -113,7 +120,7 @@ class Repository:
             data = self.target.get(CATALOG)
         except NotFound:
             raise NotFound(
-                f"{self.target.describe()}: the repository's catalog is missing (run verify)"
+                f"{self.target.describe()}: the repository's catalog is missing (repair rebuilds it from the manifests)"
             ) from None
         return Catalog.decode(self.keys.open(fmt.KIND_CATALOG, CATALOG, data))
 
@@ -310,6 +317,31 @@ class Repository:
         except BaseException:
             lease.release()
             raise
+
+    def repair(self) -> dict[str, int]:
+        """Rebuild the catalog from the manifests and index objects (LIST): after a lost
+        catalog update (verify warns of a manifest not in the catalog) or a damaged catalog.
+        Adds and drops entries; never deletes a manifest, index or pack."""
+        found: dict[str, BackupInfo] = {}
+        for name in self.target.list(MANIFEST_PREFIX):
+            info, _, _ = self.manifest(name[len(MANIFEST_PREFIX) :])
+            found[info.id] = info
+        indexes = self.target.list(INDEX_PREFIX)
+        counts = {"added": 0, "dropped": 0}
+
+        def rebuild(cat: Catalog) -> None:
+            counts["added"] = len(set(found) - set(cat.backups))
+            counts["dropped"] = len(set(cat.backups) - set(found))
+            cat.backups, cat.indexes = found, indexes
+
+        with self._lock:
+            try:
+                cat = self._catalog()
+            except (NotFound, FormatError, ChecksumError):
+                cat = Catalog(repository=self.id)
+            rebuild(cat)
+            self._put_catalog(cat)
+        return counts
 
     def gc(self) -> dict[str, Any]:
         """Mark and sweep (gc.py states the rules); returns counts."""
