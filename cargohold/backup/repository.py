@@ -23,10 +23,11 @@ from cargohold.backup.catalog import CATALOG, BackupInfo, Catalog
 from cargohold.backup.chunk_map import ChunkMap
 from cargohold.backup.gc import PENDING, collect
 from cargohold.backup.index import PREFIX as INDEX_PREFIX
-from cargohold.backup.index import read_index
+from cargohold.backup.index import read_index, write_index
 from cargohold.backup.keys import KEY_OBJECT, RepoKeys, check_user_key, unwrap_master, wrap_master
 from cargohold.backup.leases import Lease
-from cargohold.backup.packs import PACK_BYTES
+from cargohold.backup.packs import PACK_BYTES, read_trailer
+from cargohold.backup.packs import PREFIX as PACK_PREFIX
 from cargohold.backup.reader import BackupReader
 from cargohold.backup.targets import Target
 from cargohold.backup.writer import BackupWriter
@@ -321,25 +322,38 @@ class Repository:
     def repair(self) -> dict[str, int]:
         """Rebuild the catalog from the manifests and index objects (LIST): after a lost
         catalog update (verify warns of a manifest not in the catalog) or a damaged catalog.
-        Adds and drops entries; never deletes a manifest, index or pack."""
+        Packs that no readable index names (an index object lost or damaged, or a crashed
+        writer's packs) are read and indexed again from their trailers. Adds and drops catalog
+        entries; never deletes a manifest, index or pack."""
         found: dict[str, BackupInfo] = {}
         for name in self.target.list(MANIFEST_PREFIX):
             info, _, _ = self.manifest(name[len(MANIFEST_PREFIX) :])
             found[info.id] = info
-        indexes = self.target.list(INDEX_PREFIX)
-        counts = {"added": 0, "dropped": 0}
-
-        def rebuild(cat: Catalog) -> None:
-            counts["added"] = len(set(found) - set(cat.backups))
-            counts["dropped"] = len(set(cat.backups) - set(found))
-            cat.backups, cat.indexes = found, indexes
+        indexes, covered = [], set()
+        for name in self.target.list(INDEX_PREFIX):
+            try:
+                entries = read_index(self.target, self.keys, name)
+            except (FormatError, ChecksumError):
+                continue  # damaged: its packs are indexed again below
+            indexes.append(name)
+            covered |= {loc.pack for loc in entries.values()}
+        recovered: dict[bytes, fmt.Location] = {}
+        for pack in self.target.list(PACK_PREFIX):
+            if pack not in covered:
+                for e in read_trailer(self.keys, pack, self.target.get(pack)):
+                    recovered[e.id] = fmt.Location(pack, e.offset, e.length, e.raw, e.flags)
+        if recovered:
+            indexes.append(write_index(self.target, self.keys, recovered))
+        counts = {"added": 0, "dropped": 0, "chunks_indexed": len(recovered)}
 
         with self._lock:
             try:
                 cat = self._catalog()
             except (NotFound, FormatError, ChecksumError):
                 cat = Catalog(repository=self.id)
-            rebuild(cat)
+            counts["added"] = len(set(found) - set(cat.backups))
+            counts["dropped"] = len(set(cat.backups) - set(found))
+            cat.backups, cat.indexes = found, sorted(indexes)
             self._put_catalog(cat)
         return counts
 

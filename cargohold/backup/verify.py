@@ -105,6 +105,12 @@ def verify(repo: Repository, backup: str | None = None, read_data: bool = False)
             rep.error(f"index {name}: {e}", name)
     packs = set(t.list(PACK_PREFIX))
     rep.packs = len(packs)
+    orphans = packs - {loc.pack for loc in index.values()}
+    if orphans:
+        rep.warnings.append(
+            f"{len(orphans)} pack(s) in no index (a writer crashed or runs now; GC deletes them, "
+            f"repair indexes them again): {', '.join(sorted(orphans)[:5])}"
+        )
     # every referenced chunk
     users: dict[bytes, list[str]] = {}
     for bid, chunk_map in maps.items():

@@ -5,10 +5,19 @@ from __future__ import annotations
 import pytest
 
 from cargohold.backup import gc
+from cargohold.backup.repository import Repository
 from cargohold.backup.targets import MemoryTarget
 from cargohold.backup.verify import verify
 from cargohold.errors import Busy, ChecksumError, NotFound
-from tests.unit.backup.support import MiB, backup_full, new_repo, random_volume, restore, volume
+from tests.unit.backup.support import (
+    KEY,
+    MiB,
+    backup_full,
+    new_repo,
+    random_volume,
+    restore,
+    volume,
+)
 
 
 def packs(t: MemoryTarget) -> set[str]:
@@ -171,8 +180,25 @@ def test_repair_rebuilds_a_lost_or_damaged_catalog() -> None:
     t.objects["catalog"] = saved  # a lost update: b's manifest exists, the catalog misses it
     rep = verify(repo)
     assert rep.ok and any(b.id in w for w in rep.warnings)
-    assert repo.repair() == {"added": 1, "dropped": 0}
+    assert repo.repair() == {"added": 1, "dropped": 0, "chunks_indexed": 0}
     assert [x.id for x in repo.backups()] == [a.id, b.id]
     t.objects["catalog"] = b"garbage"
-    assert repo.repair() == {"added": 2, "dropped": 0}
+    assert repo.repair() == {"added": 2, "dropped": 0, "chunks_indexed": 0}
     assert [x.id for x in repo.backups()] == [a.id, b.id] and restore(repo, a.id) == data
+
+
+def test_repair_indexes_packs_again_from_their_trailers() -> None:
+    t = MemoryTarget()
+    repo = new_repo(t, pack_bytes=MiB)
+    data = random_volume(8 * MiB)
+    a = backup_full(repo, data)
+    (index,) = [k for k in t.objects if k.startswith("index/")]
+    del t.objects[index]  # the index is lost; the packs describe themselves
+    fresh = Repository.open(t, KEY)
+    rep = verify(fresh)
+    assert not rep.ok and len(rep.missing_chunks) == 2
+    with pytest.raises(NotFound, match="in no index"):
+        restore(fresh, a.id)
+    assert fresh.repair() == {"added": 0, "dropped": 0, "chunks_indexed": 2}
+    assert restore(fresh, a.id) == data and verify(fresh, read_data=True).ok
+    assert backup_full(fresh, data, "again").chunks_reused == 2  # dedup works again
