@@ -39,6 +39,8 @@ class BackupReader:
         self.target, self.keys, self.info, self.map = target, keys, info, chunk_map
         self._locate = locate
         self._lease = lease
+        if lease is not None:
+            lease.bind(self)
         self._workers = workers
         self.bytes_fetched = 0
 

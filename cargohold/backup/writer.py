@@ -85,6 +85,7 @@ class BackupWriter:
         self.info = info
         self.map = base
         self.lease = lease
+        lease.bind(self)
         self._known = known  # the repository's usable index at start (read-only here)
         self._indexes = indexes
         self._new: dict[bytes, fmt.Location] = {}
