@@ -59,7 +59,7 @@ BLOCK = 4096
 CELL = 4 << 20  # the chunking grid: one chunk per written 4 MiB cell
 NONCE = 12
 TAG = 16
-ID_SIZE = 32  # chunk ids: keyed BLAKE2b-256
+ID_SIZE = 32  # chunk ids: HMAC-SHA256
 MAX_METADATA = 1 << 30  # bound on a decompressed metadata payload
 
 # pack trailer entry: chunk id, blob kind, flags, reserved, offset, stored length, raw length

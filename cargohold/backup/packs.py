@@ -16,6 +16,7 @@ from cargohold.backup.keys import RepoKeys
 from cargohold.errors import FormatError
 
 PACK_BYTES = 24 << 20  # a pack is sealed once its blobs pass this size (at most one cell more)
+PACK_BLOBS = 8192  # ... or once it holds this many blobs (bounds the trailer: 384 KiB)
 PREFIX = "packs/"
 
 
@@ -25,24 +26,40 @@ def new_pack_name() -> str:
 
 
 class PackBuilder:
-    """Collects blobs for one pack; ``seal()`` gives the object's bytes and its entries."""
+    """Builds one pack in a reusable buffer: blobs are encrypted straight into it, and
+    ``seal()`` appends the trailer and gives a view of the object's bytes. The buffer goes
+    back to the writer's pool once the upload of that view is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, buf: bytearray | None = None) -> None:
         self.name = new_pack_name()
-        self.parts: list[bytes] = [fmt.header(fmt.KIND_PACK)]
+        self.buf = buf if buf is not None else bytearray(1 << 20)
+        self.buf[: fmt.HEADER_SIZE] = fmt.header(fmt.KIND_PACK)
         self.size = fmt.HEADER_SIZE
         self.entries: list[fmt.PackEntry] = []
 
-    def add(self, chunk: bytes, flags: int, raw: int, blob: bytes) -> fmt.Location:
-        entry = fmt.PackEntry(chunk, fmt.BLOB_DATA, flags, self.size, len(blob), raw)
+    def _room(self, n: int) -> None:
+        if self.size + n > len(self.buf):
+            self.buf.extend(bytes(max(n, len(self.buf) // 2)))
+
+    def add(
+        self, keys: RepoKeys, chunk: bytes, flags: int, raw: int, payload: bytes | memoryview
+    ) -> fmt.Location:
+        n = fmt.NONCE + len(payload) + fmt.TAG
+        self._room(n)
+        with memoryview(self.buf) as mv:
+            keys.seal_blob_into(chunk, flags, payload, mv[self.size : self.size + n])
+        entry = fmt.PackEntry(chunk, fmt.BLOB_DATA, flags, self.size, n, raw)
         self.entries.append(entry)
-        self.parts.append(blob)
-        self.size += len(blob)
+        self.size += n
         return fmt.Location(self.name, entry.offset, entry.length, raw, flags)
 
-    def seal(self, keys: RepoKeys) -> bytes:
+    def seal(self, keys: RepoKeys) -> memoryview:
         trailer = keys.seal(fmt.KIND_PACK, self.name, fmt.encode_pack_entries(self.entries))
-        return b"".join([*self.parts, trailer, fmt.PACK_TAIL.pack(len(trailer))])
+        tail = trailer + fmt.PACK_TAIL.pack(len(trailer))
+        self._room(len(tail))
+        self.buf[self.size : self.size + len(tail)] = tail
+        self.size += len(tail)
+        return memoryview(self.buf)[: self.size]
 
 
 def read_trailer(keys: RepoKeys, name: str, data: bytes) -> list[fmt.PackEntry]:

@@ -32,13 +32,15 @@ class BackupReader:
         keys: RepoKeys,
         info: BackupInfo,
         chunk_map: ChunkMap,
-        locate: Callable[[bytes], fmt.Location],
+        locate: Callable[[bytes, bool], fmt.Location],
         lease: Lease | None,
         workers: int,
     ) -> None:
         self.target, self.keys, self.info, self.map = target, keys, info, chunk_map
         self._locate = locate
         self._lease = lease
+        if lease is not None:
+            lease.bind(self)
         self._workers = workers
         self.bytes_fetched = 0
 
@@ -54,15 +56,21 @@ class BackupReader:
 
     def chunk(self, cid: bytes) -> bytes:
         """One chunk's plaintext, verified."""
-        loc = self._locate(cid)
+        loc = self._locate(cid, False)
         try:
             blob = self.target.get(loc.pack, loc.offset, loc.length)
         except NotFound:
-            raise NotFound(
-                f"chunk {cid.hex()}: its pack {loc.pack} is missing from {self.target.describe()}",
-                chunk=cid.hex(),
-                object=loc.pack,
-            ) from None
+            blob = None
+        if blob is None:  # GC may have swept a duplicate copy: read the index again
+            loc = self._locate(cid, True)
+            try:
+                blob = self.target.get(loc.pack, loc.offset, loc.length)
+            except NotFound:
+                raise NotFound(
+                    f"chunk {cid.hex()}: its pack {loc.pack} is missing from {self.target.describe()}",
+                    chunk=cid.hex(),
+                    object=loc.pack,
+                ) from None
         self.bytes_fetched += len(blob)
         return self.keys.open_blob(cid, loc.flags, loc.raw, blob, loc.pack)
 

@@ -23,14 +23,22 @@ from cargohold.backup.catalog import CATALOG, BackupInfo, Catalog
 from cargohold.backup.chunk_map import ChunkMap
 from cargohold.backup.gc import PENDING, collect
 from cargohold.backup.index import PREFIX as INDEX_PREFIX
-from cargohold.backup.index import read_index
+from cargohold.backup.index import read_index, write_index
 from cargohold.backup.keys import KEY_OBJECT, RepoKeys, check_user_key, unwrap_master, wrap_master
 from cargohold.backup.leases import Lease
-from cargohold.backup.packs import PACK_BYTES
+from cargohold.backup.packs import PACK_BYTES, read_trailer
+from cargohold.backup.packs import PREFIX as PACK_PREFIX
 from cargohold.backup.reader import BackupReader
 from cargohold.backup.targets import Target
 from cargohold.backup.writer import BackupWriter
-from cargohold.errors import AlreadyExists, CargoholdError, FormatError, InvalidArgument, NotFound
+from cargohold.errors import (
+    AlreadyExists,
+    CargoholdError,
+    ChecksumError,
+    FormatError,
+    InvalidArgument,
+    NotFound,
+)
 
 MANIFEST_PREFIX = "backups/"
 LEASE_TTL = 300.0
@@ -113,7 +121,7 @@ class Repository:
             data = self.target.get(CATALOG)
         except NotFound:
             raise NotFound(
-                f"{self.target.describe()}: the repository's catalog is missing (run verify)"
+                f"{self.target.describe()}: the repository's catalog is missing (repair rebuilds it from the manifests)"
             ) from None
         return Catalog.decode(self.keys.open(fmt.KIND_CATALOG, CATALOG, data))
 
@@ -282,17 +290,21 @@ class Repository:
             info, indexes, chunk_map = self.manifest(backup)
             cat = self._catalog()
             index, _ = self._load_index(sorted(set(indexes) | set(cat.indexes)))
-            fallback: list[bool] = []
+            lock = threading.Lock()
 
-            def locate(cid: bytes) -> fmt.Location:
-                loc = index.get(cid)
-                if loc is None and not fallback:  # a lost catalog update: read every index
-                    with self._lock:
-                        if not fallback:
-                            more, _ = self._load_index(self.target.list(INDEX_PREFIX))
-                            index.update(more)
-                            fallback.append(True)
-                    loc = index.get(cid)
+            def locate(cid: bytes, refresh: bool) -> fmt.Location:
+                """Where a chunk is; ``refresh`` (its pack was not found, or it is in no
+                index we read): read the catalog's index again, then every index (LIST)."""
+                loc = None if refresh else index.get(cid)
+                if loc is None:
+                    with lock:
+                        again, _ = self._load_index(self._catalog().indexes)
+                        loc = again.get(cid)
+                        if loc is None:  # a lost catalog update: read every index object
+                            again, _ = self._load_index(self.target.list(INDEX_PREFIX))
+                            loc = again.get(cid)
+                        if loc is not None:
+                            index[cid] = loc
                 if loc is None:
                     raise NotFound(
                         f"chunk {cid.hex()} of backup {backup} is in no index (run verify)",
@@ -306,6 +318,44 @@ class Repository:
         except BaseException:
             lease.release()
             raise
+
+    def repair(self) -> dict[str, int]:
+        """Rebuild the catalog from the manifests and index objects (LIST): after a lost
+        catalog update (verify warns of a manifest not in the catalog) or a damaged catalog.
+        Packs that no readable index names (an index object lost or damaged, or a crashed
+        writer's packs) are read and indexed again from their trailers. Adds and drops catalog
+        entries; never deletes a manifest, index or pack."""
+        found: dict[str, BackupInfo] = {}
+        for name in self.target.list(MANIFEST_PREFIX):
+            info, _, _ = self.manifest(name[len(MANIFEST_PREFIX) :])
+            found[info.id] = info
+        indexes, covered = [], set()
+        for name in self.target.list(INDEX_PREFIX):
+            try:
+                entries = read_index(self.target, self.keys, name)
+            except (FormatError, ChecksumError):
+                continue  # damaged: its packs are indexed again below
+            indexes.append(name)
+            covered |= {loc.pack for loc in entries.values()}
+        recovered: dict[bytes, fmt.Location] = {}
+        for pack in self.target.list(PACK_PREFIX):
+            if pack not in covered:
+                for e in read_trailer(self.keys, pack, self.target.get(pack)):
+                    recovered[e.id] = fmt.Location(pack, e.offset, e.length, e.raw, e.flags)
+        if recovered:
+            indexes.append(write_index(self.target, self.keys, recovered))
+        counts = {"added": 0, "dropped": 0, "chunks_indexed": len(recovered)}
+
+        with self._lock:
+            try:
+                cat = self._catalog()
+            except (NotFound, FormatError, ChecksumError):
+                cat = Catalog(repository=self.id)
+            counts["added"] = len(set(found) - set(cat.backups))
+            counts["dropped"] = len(set(cat.backups) - set(found))
+            cat.backups, cat.indexes = found, sorted(indexes)
+            self._put_catalog(cat)
+        return counts
 
     def gc(self) -> dict[str, Any]:
         """Mark and sweep (gc.py states the rules); returns counts."""

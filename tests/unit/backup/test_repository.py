@@ -178,3 +178,23 @@ def test_wrong_key_and_no_repository_and_init_twice() -> None:
         Repository.init(t, KEY)
     with pytest.raises(NotFound, match="no backup repository"):
         Repository.open(MemoryTarget(), KEY)
+
+
+def test_a_dropped_writer_stops_renewing_its_lease() -> None:
+    import gc as pygc
+
+    from tests.support.polling import wait_until
+
+    t = MemoryTarget()
+    repo = new_repo(t, lease_ttl=0.3)
+    w = repo.start_backup("v", "v", 4 * MiB, "s", 1, {}, None)
+    lease = w.lease
+    w.write(0, b"\x01" * 4096)
+    first = lease.expires
+    wait_until(lambda: lease.expires > first, 5, "a renewal while the writer lives")
+    del w
+    pygc.collect()
+    wait_until(
+        lambda: lease._thread is not None and not lease._thread.is_alive(), 5, "renewal to stop"
+    )
+    wait_until(lambda: not lease.valid(), 5, "the lease to expire")
