@@ -8,8 +8,8 @@ with the engine's backup operation):
   many threads as the repository's uploads) of 64 MiB objects, and their download (ranged
   GETs of 4 MiB, same concurrency). Several rounds, interleaved with the backup and the
   restore below, so that all of them see the same machine: median and spread.
-- Full backup of a volume (default 4 GiB, 3 GiB written: in every 4 MiB, 2 MiB random,
-  1 MiB zeros, 1 MiB compressible text-like bytes) from memory through Repository to
+- Full backup of a volume (default 4 GiB, 3 GiB written: in every 16 MiB, 8 MiB random,
+  4 MiB zeros, 4 MiB compressible text-like bytes) from memory through Repository to
   S3Target. MB/s = written bytes / time, as a ratio to the raw PUT (target >= 0.8).
 - Restore of it (read_all, checked against the data), as a ratio to the raw GET (>= 0.8).
 - Incremental after 1% of the volume's 4 KiB blocks changed (random, no block twice): bytes
@@ -65,17 +65,18 @@ def host() -> dict[str, Any]:
 
 
 def volume_data(size: int, written: int, seed: int) -> np.ndarray:
-    """The volume's bytes: zeros past ``written``; before, in each 4 MiB: 2 MiB random,
-    1 MiB zeros, 1 MiB compressible (16 letters, ~2x)."""
+    """The volume's bytes: zeros past ``written``; before, in each 16 MiB: 8 MiB random,
+    4 MiB zeros, 4 MiB compressible (16 letters, ~2x). Regions of whole 4 MiB cells, as
+    files and database extents are, rather than a mix inside every cell."""
     rng = np.random.default_rng(seed)
     out = np.zeros(size, dtype=np.uint8)
     for off in range(0, written, PIECE):
         n = min(PIECE, written - off)
-        r = min(n, 2 * MiB)
-        out[off : off + r] = np.frombuffer(rng.bytes(r), dtype=np.uint8)
-        if n > 3 * MiB:
-            c = n - 3 * MiB
-            out[off + 3 * MiB : off + n] = rng.integers(97, 113, c, dtype=np.uint8)
+        kind = (off // PIECE) % 4  # 0, 1: random; 2: zeros; 3: compressible
+        if kind < 2:
+            out[off : off + n] = np.frombuffer(rng.bytes(n), dtype=np.uint8)
+        elif kind == 3:
+            out[off : off + n] = rng.integers(97, 113, n, dtype=np.uint8)
     return out
 
 
