@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both set everything up first.
 .PHONY: setup demo test lint unit integration probe soak bench bench-engine bench-all bench-control \
-	bench-rebuild clean soak-faults
+	bench-rebuild clean soak-faults bench-backup
 
 VENV := .venv/bin
 
@@ -52,6 +52,11 @@ bench-control: setup
 # full rebuild of a 4 GiB volume with 3 GiB written; delta rebuild after 1% changed
 bench-rebuild: setup
 	$(VENV)/python benchmarks/rebuild.py --json benchmarks/results/rebuild.json
+
+# issue 17: raw S3 PUT/GET vs full backup and restore through the repository, an incremental
+# after 1% changed, objects per GiB, dedup of 10 clones (its own SeaweedFS on loopback)
+bench-backup: setup
+	$(VENV)/python benchmarks/backup.py --json benchmarks/results/backup.json
 
 # issue 7: the fault matrix on a randomized schedule (SOAK_SECONDS, default 600; SOAK_BACKEND
 # sqlite or etcd); prints the SoakSummary table. docs/reliability.md

