@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import logging
 import os
 import tempfile
@@ -166,9 +167,15 @@ def open_repository(secrets: Mapping[str, Any]) -> Repository:
     ca = str(secrets.get("ca_bundle") or "") or None
     if ca is not None and ca.lstrip().startswith("-----BEGIN"):
         # PEM text: the S3 client wants a file
-        fd, path = tempfile.mkstemp(prefix="cargohold-ca-", suffix=".pem")
-        with os.fdopen(fd, "w") as f:
-            f.write(ca)
+        path = os.path.join(
+            tempfile.gettempdir(),
+            f"cargohold-ca-{hashlib.sha256(ca.encode()).hexdigest()[:16]}.pem",
+        )
+        if not os.path.exists(path):  # one file per bundle, however many operations
+            fd, tmp = tempfile.mkstemp(prefix="cargohold-ca-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(ca)
+            os.replace(tmp, path)
         ca = path
 
     def opt(name: str) -> str | None:
