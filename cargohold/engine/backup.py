@@ -7,7 +7,8 @@ in a backup repository (``cargohold.backup``). Called by ``control`` (the contro
   chunk over a connection of its own to that replica, opened with this engine's identity
   and epoch, so the volume's I/O connection is not queued behind 4 MiB chunks. One EXPORT
   is in flight while the previous chunk is handed to the repository writer, so memory stays
-  at a few chunks; ``backup_rate_mb`` caps the read rate (foreground I/O keeps priority).
+  at a few chunks; ``backup_rate_mb`` caps the read rate and backups of the volume read one
+  at a time (foreground I/O keeps priority).
 - **Full or incremental** (``plan``, a pure function, docs/backups.md "How incremental
   backups decide"): a delta since the parent's generation only when it is provably
   complete; otherwise everything is read and the repository's dedup keeps the upload small.
@@ -30,6 +31,7 @@ import logging
 import os
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -304,6 +306,18 @@ async def _choose(vol: Volume, snapshot: str) -> tuple[ReplicaLink, dict[str, An
     )
 
 
+_SLOTS: weakref.WeakKeyDictionary[Volume, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _slot(vol: Volume) -> asyncio.Semaphore:
+    """Backups of one volume read one at a time (one EXPORT in flight for the volume): a
+    second one waits, ``running`` at 0 bytes, so foreground I/O keeps priority."""
+    slot = _SLOTS.get(vol)
+    if slot is None:
+        slot = _SLOTS[vol] = asyncio.Semaphore(1)
+    return slot
+
+
 async def _connect(vol: Volume, link: ReplicaLink) -> ReplicaClient:
     """A connection of the backup's own to the replica, opened at this engine's epoch."""
     spec, timeout = link.spec, vol.settings.replica_timeout
@@ -370,8 +384,9 @@ async def backup(
     )
     client = None
     try:
-        client = await _connect(vol, link)
-        await _copy(vol, client, writer, str(args["snapshot"]), p.since, size, job)
+        async with _slot(vol):  # one backup of this volume reads at a time
+            client = await _connect(vol, link)
+            await _copy(vol, client, writer, str(args["snapshot"]), p.since, size, job)
         result = await asyncio.to_thread(writer.commit)
     except BaseException:
         await asyncio.shield(asyncio.to_thread(writer.abort))
