@@ -198,3 +198,36 @@ def test_a_dropped_writer_stops_renewing_its_lease() -> None:
         lambda: lease._thread is not None and not lease._thread.is_alive(), 5, "renewal to stop"
     )
     wait_until(lambda: not lease.valid(), 5, "the lease to expire")
+
+
+def test_an_incremental_of_a_grown_or_shrunk_volume() -> None:
+    repo = new_repo()
+    v1 = volume(8 * MiB)
+    a = backup_full(repo, v1)
+    w = repo.start_backup("vol", "vol-id", 10 * MiB, "s", 2, {}, a.id)  # expanded
+    w.write(9 * MiB, b"\x07" * 4096)
+    grown = w.commit()
+    want = bytearray(v1) + bytearray(2 * MiB)
+    want[9 * MiB : 9 * MiB + 4096] = b"\x07" * 4096
+    assert restore(repo, grown.id) == want
+    w = repo.start_backup("vol", "vol-id", 3 * MiB, "s", 3, {}, grown.id)  # cut (a new volume)
+    small = w.commit()
+    assert restore(repo, small.id) == v1[: 3 * MiB] and small.bytes_total == 3 * MiB
+
+
+def test_fragmented_cells_can_be_written_again_whole() -> None:
+    repo = new_repo()
+    v1 = volume(8 * MiB)
+    a = backup_full(repo, v1)
+    v2 = bytearray(v1)
+    w = repo.start_backup("vol", "vol-id", len(v2), "s", 2, {}, a.id)
+    for i in range(0, 1024, 32):  # every 32nd block of the first cell changes
+        v2[i * 4096 : i * 4096 + 4096] = bytes([i % 250 + 1]) * 4096
+        w.write(i * 4096, bytes(v2[i * 4096 : i * 4096 + 4096]))
+    w.write(4 * MiB, bytes(v2[4 * MiB : 4 * MiB + 4096]))
+    assert w.fragmented_cells() == [(0, 4 * MiB)]
+    w.write(0, bytes(v2[: 4 * MiB]))  # the caller re-reads the cell whole
+    assert w.fragmented_cells() == []
+    b = w.commit()
+    assert restore(repo, b.id) == v2
+    assert len(repo.restore_reader(b.id).map.cells[0]) == 1
