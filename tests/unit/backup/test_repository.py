@@ -9,7 +9,15 @@ import pytest
 from cargohold.backup.format import CELL
 from cargohold.backup.repository import Repository
 from cargohold.backup.targets import MemoryTarget
-from cargohold.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, WrongState
+from cargohold.backup.verify import verify
+from cargohold.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TargetError,
+    WrongState,
+)
 from tests.unit.backup.support import (
     KEY,
     MiB,
@@ -231,3 +239,48 @@ def test_fragmented_cells_can_be_written_again_whole() -> None:
     b = w.commit()
     assert restore(repo, b.id) == v2
     assert len(repo.restore_reader(b.id).map.cells[0]) == 1
+
+
+class FailingTarget(MemoryTarget):
+    """Fails every put of a key with ``prefix`` after ``after`` successful ones."""
+
+    def __init__(self, prefix: str, after: int) -> None:
+        super().__init__()
+        self.prefix, self.after = prefix, after
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        if key.startswith(self.prefix):
+            if self.after <= 0:
+                raise TargetError(f"{self.describe()}: {key}: connection reset", key=key)
+            self.after -= 1
+        super().put(key, data)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "after"), [("packs/", 1), ("index/", 0), ("backups/", 0), ("catalog", 0)]
+)
+def test_a_target_failing_at_any_step_records_nothing(prefix: str, after: int) -> None:
+    t = FailingTarget("none", 0)
+    repo = new_repo(t, pack_bytes=MiB)
+    first = backup_full(repo, volume(4 * MiB))
+    t.prefix, t.after = prefix, after
+    with pytest.raises(TargetError, match="connection reset"):
+        backup_full(repo, random_volume(12 * MiB), "failing")
+    t.prefix = "none"
+    assert [b.id for b in repo.backups()] == [first.id]
+    left = {k for k in t.objects if k.startswith(("backups/", "locks/"))}
+    assert left == {f"backups/{first.id}"}  # no manifest of the failed one, no lease
+    assert len([k for k in t.objects if k.startswith("index/")]) == 1  # its index was removed
+    assert verify(repo, read_data=True).ok
+
+
+def test_concurrent_backups_in_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    repo = new_repo(pack_bytes=2 * MiB)
+    vols = [random_volume(8 * MiB) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        infos = list(pool.map(lambda i: backup_full(repo, vols[i], f"v{i}"), range(4)))
+    assert sorted(b.id for b in repo.backups()) == sorted(i.id for i in infos)
+    for info, data in zip(infos, vols, strict=True):
+        assert restore(repo, info.id) == data
