@@ -268,3 +268,17 @@ def test_gc_never_takes_what_a_backup_needs(
         assert restore(repo, bid) == data
     rep = verify(repo, read_data=True)
     assert rep.ok, rep.errors
+
+
+def test_an_unreadable_lease_holds_gc_back_and_verify_names_it() -> None:
+    t = MemoryTarget()
+    repo = new_repo(t, pack_bytes=MiB)
+    old = backup_full(repo, random_volume(4 * MiB))
+    repo.delete(old.id)
+    t.objects["locks/backup-damaged"] = b"CHBKL\x01\x00\x00" + bytes(40)
+    r = repo.gc()
+    assert r["deferred"] and r["packs_deleted"] == 0
+    rep = verify(repo)
+    assert "locks/backup-damaged" in rep.bad_objects
+    del t.objects["locks/backup-damaged"]
+    assert repo.gc()["packs_deleted"] == 1
