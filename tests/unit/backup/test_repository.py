@@ -284,3 +284,18 @@ def test_concurrent_backups_in_threads() -> None:
     assert sorted(b.id for b in repo.backups()) == sorted(i.id for i in infos)
     for info, data in zip(infos, vols, strict=True):
         assert restore(repo, info.id) == data
+
+
+def test_a_reused_caller_buffer_does_not_change_what_was_backed_up() -> None:
+    repo = new_repo()
+    data = random_volume(12 * MiB)
+    buf = bytearray(5 * MiB)
+    w = repo.start_backup("v", "v", len(data), "s", 1, {}, None)
+    for off in (0, 5 * MiB):
+        buf[:] = data[off : off + 5 * MiB]
+        w.write(off, memoryview(buf))
+    buf[: 2 * MiB] = data[10 * MiB :]
+    w.write(10 * MiB, memoryview(buf)[: 2 * MiB])
+    buf[:] = bytes(len(buf))  # the caller scribbles over its buffer before commit
+    info = w.commit()
+    assert restore(repo, info.id) == data
