@@ -43,11 +43,13 @@ class ChunkMap:
         self.cells: dict[int, list[Extent]] = {}
 
     def copy(self, size: int | None = None) -> ChunkMap:
-        """A new map with these extents (cut to ``size`` when given); lists copied on write."""
-        out = ChunkMap(self.size if size is None else size)
+        """A new map with these extents, cut (or grown) to ``size`` when given."""
+        out = ChunkMap(self.size)
         out.cells = {c: list(v) for c, v in self.cells.items()}
-        if size is not None and size < self.size:
-            out.clear(size, self.size - size)
+        if size is not None:
+            if size < self.size:
+                out.clear(size, self.size - size)
+            out.size = size
         return out
 
     def _check(self, offset: int, length: int) -> None:

@@ -129,8 +129,8 @@ def _write_pending(
 def _alive_leases(repo: Repository, own: str) -> tuple[set[str], set[str]]:
     """Names of the unexpired backup/restore/dr leases, and of other GCs' leases."""
     now = time.time()
-    records, _ = read_leases(repo.target, repo.keys)
-    alive = {r.name for r in records if r.expires + SKEW > now and r.name != own}
+    records, unreadable = read_leases(repo.target, repo.keys)
+    alive = {r.name for r in records if r.expires + SKEW > now and r.name != own} | set(unreadable)
     gcs = {r.name for r in records if r.name in alive and r.kind == "gc"}
     return alive - gcs, gcs
 

@@ -152,7 +152,7 @@ class RepoKeys:
             raise ChecksumError(f"{bad}: blob truncated", chunk=chunk.hex(), object=obj)
         try:
             payload = self._aead.decrypt(
-                blob[: fmt.NONCE], blob[fmt.NONCE :], self._blob_aad(chunk, flags)
+                blob[: fmt.NONCE], memoryview(blob)[fmt.NONCE :], self._blob_aad(chunk, flags)
             )
         except InvalidTag:
             raise ChecksumError(

@@ -22,7 +22,7 @@ from typing import Any
 from cargohold.backup import format as fmt
 from cargohold.backup.keys import RepoKeys
 from cargohold.backup.targets import Target
-from cargohold.errors import CargoholdError, FormatError, InvalidArgument
+from cargohold.errors import CargoholdError, FormatError, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,14 @@ class Lease:
 
 
 def read_leases(target: Target, keys: RepoKeys) -> tuple[list[LeaseRecord], list[str]]:
-    """Every lease in the target (a LIST: GC and verify only), and the names it could not read."""
+    """Every lease in the target (a LIST: GC and verify only), and the names of those that
+    are there but cannot be read (GC counts them as alive: it never guesses)."""
     out, bad = [], []
     for name in target.list(PREFIX):
         try:
             out.append(LeaseRecord.decode(name, keys.open(fmt.KIND_LEASE, name, target.get(name))))
+        except NotFound:
+            continue  # released meanwhile
         except CargoholdError:
             bad.append(name)
     return out, bad

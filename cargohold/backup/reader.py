@@ -10,6 +10,7 @@ its creation until ``read_all`` finishes or ``close()``, so GC leaves its chunks
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +44,7 @@ class BackupReader:
             lease.bind(self)
         self._workers = workers
         self.bytes_fetched = 0
+        self._stats_lock = threading.Lock()
 
     def extents(self) -> list[tuple[int, int]]:
         """(offset, length) of the ranges holding data, merged, in order."""
@@ -71,7 +73,8 @@ class BackupReader:
                     chunk=cid.hex(),
                     object=loc.pack,
                 ) from None
-        self.bytes_fetched += len(blob)
+        with self._stats_lock:
+            self.bytes_fetched += len(blob)
         return self.keys.open_blob(cid, loc.flags, loc.raw, blob, loc.pack)
 
     def _cells(self) -> list[list[Extent]]:

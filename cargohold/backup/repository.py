@@ -252,7 +252,6 @@ class Repository:
             if parent is not None:
                 _, _, p_map = self.manifest(parent)
                 base = p_map.copy(size)
-                base.size = size
             else:
                 base = ChunkMap(size)
             info = BackupInfo(

@@ -19,6 +19,7 @@ from cargohold.backup import format as fmt
 from cargohold.backup.chunk_map import ChunkMap
 from cargohold.backup.index import PREFIX as INDEX_PREFIX
 from cargohold.backup.index import read_index
+from cargohold.backup.leases import read_leases
 from cargohold.backup.packs import PREFIX as PACK_PREFIX
 from cargohold.backup.packs import read_trailer
 from cargohold.errors import CargoholdError, NotFound
@@ -105,6 +106,9 @@ def verify(repo: Repository, backup: str | None = None, read_data: bool = False)
             rep.error(f"index {name}: {e}", name)
     packs = set(t.list(PACK_PREFIX))
     rep.packs = len(packs)
+    _, unreadable = read_leases(t, keys)
+    for name in unreadable:
+        rep.error(f"lease {name} cannot be read: GC treats it as held until it is deleted", name)
     orphans = packs - {loc.pack for loc in index.values()}
     if orphans:
         rep.warnings.append(

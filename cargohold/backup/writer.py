@@ -129,15 +129,15 @@ class BackupWriter:
         view = memoryview(data).cast("B")
         n = len(view)
         self._check_range(offset, n)
-        if not isinstance(data, bytes):  # the caller may reuse its buffer after we return
-            view = memoryview(bytes(view))
         try:
-            self._write(offset, view)
+            self._write(offset, view, owned=isinstance(data, bytes))
         except BaseException:  # a target error (NoSpace, ...) ends the backup: nothing recorded
             self.abort()
             raise
 
-    def _write(self, offset: int, view: memoryview) -> None:
+    def _write(self, offset: int, view: memoryview, owned: bool) -> None:
+        """``owned``: the data is immutable (bytes); otherwise the caller may reuse its buffer
+        after we return, so whole cells handed to the pool are copied first."""
         n = len(view)
         self.bytes_read += n
         pos = 0
@@ -148,7 +148,7 @@ class BackupWriter:
             piece = view[pos : pos + take]
             if take == self._cell_bytes(c) and c != self._cell:  # a whole cell: no copy
                 self._flush_cell()
-                arr = np.frombuffer(piece, dtype=np.uint8)
+                arr = np.frombuffer(piece if owned else bytes(piece), dtype=np.uint8)
                 self._submit(c, arr, np.ones(take // BLOCK, dtype=bool))
             else:
                 if c != self._cell:

@@ -126,6 +126,15 @@ def open_pack(name: str, data: bytes) -> list[bytes]:
     ]
 
 
+def pending_packs(data: bytes) -> object:
+    from cargohold.backup.repository import Repository
+    from cargohold.backup.targets import MemoryTarget
+
+    t = MemoryTarget()
+    t.objects["gc-pending"] = data
+    return Repository(t, KEYS, "repo")._pending_packs()
+
+
 def samples() -> dict[str, tuple[bytes, object]]:
     m = ChunkMap(SIZE)
     m.put(0, 8192, b"a" * 32, 0)
@@ -169,6 +178,14 @@ def samples() -> dict[str, tuple[bytes, object]]:
                 ),
             ),
             lambda d: LeaseRecord.decode("locks/x", KEYS.open(fmt.KIND_LEASE, "locks/x", d)),
+        ),
+        "pending": (
+            KEYS.seal(
+                fmt.KIND_PENDING,
+                "gc-pending",
+                fmt.encode_json({"packs": ["packs/aa/aa"], "leases": [], "complete": True}),
+            ),
+            lambda d: pending_packs(d),
         ),
         "blob": (
             KEYS.seal_blob(cid, 0, b"x" * 4096),

@@ -9,7 +9,15 @@ import pytest
 from cargohold.backup.format import CELL
 from cargohold.backup.repository import Repository
 from cargohold.backup.targets import MemoryTarget
-from cargohold.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, WrongState
+from cargohold.backup.verify import verify
+from cargohold.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TargetError,
+    WrongState,
+)
 from tests.unit.backup.support import (
     KEY,
     MiB,
@@ -198,3 +206,96 @@ def test_a_dropped_writer_stops_renewing_its_lease() -> None:
         lambda: lease._thread is not None and not lease._thread.is_alive(), 5, "renewal to stop"
     )
     wait_until(lambda: not lease.valid(), 5, "the lease to expire")
+
+
+def test_an_incremental_of_a_grown_or_shrunk_volume() -> None:
+    repo = new_repo()
+    v1 = volume(8 * MiB)
+    a = backup_full(repo, v1)
+    w = repo.start_backup("vol", "vol-id", 10 * MiB, "s", 2, {}, a.id)  # expanded
+    w.write(9 * MiB, b"\x07" * 4096)
+    grown = w.commit()
+    want = bytearray(v1) + bytearray(2 * MiB)
+    want[9 * MiB : 9 * MiB + 4096] = b"\x07" * 4096
+    assert restore(repo, grown.id) == want
+    w = repo.start_backup("vol", "vol-id", 3 * MiB, "s", 3, {}, grown.id)  # cut (a new volume)
+    small = w.commit()
+    assert restore(repo, small.id) == v1[: 3 * MiB] and small.bytes_total == 3 * MiB
+
+
+def test_fragmented_cells_can_be_written_again_whole() -> None:
+    repo = new_repo()
+    v1 = volume(8 * MiB)
+    a = backup_full(repo, v1)
+    v2 = bytearray(v1)
+    w = repo.start_backup("vol", "vol-id", len(v2), "s", 2, {}, a.id)
+    for i in range(0, 1024, 32):  # every 32nd block of the first cell changes
+        v2[i * 4096 : i * 4096 + 4096] = bytes([i % 250 + 1]) * 4096
+        w.write(i * 4096, bytes(v2[i * 4096 : i * 4096 + 4096]))
+    w.write(4 * MiB, bytes(v2[4 * MiB : 4 * MiB + 4096]))
+    assert w.fragmented_cells() == [(0, 4 * MiB)]
+    w.write(0, bytes(v2[: 4 * MiB]))  # the caller re-reads the cell whole
+    assert w.fragmented_cells() == []
+    b = w.commit()
+    assert restore(repo, b.id) == v2
+    assert len(repo.restore_reader(b.id).map.cells[0]) == 1
+
+
+class FailingTarget(MemoryTarget):
+    """Fails every put of a key with ``prefix`` after ``after`` successful ones."""
+
+    def __init__(self, prefix: str, after: int) -> None:
+        super().__init__()
+        self.prefix, self.after = prefix, after
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        if key.startswith(self.prefix):
+            if self.after <= 0:
+                raise TargetError(f"{self.describe()}: {key}: connection reset", key=key)
+            self.after -= 1
+        super().put(key, data)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "after"), [("packs/", 1), ("index/", 0), ("backups/", 0), ("catalog", 0)]
+)
+def test_a_target_failing_at_any_step_records_nothing(prefix: str, after: int) -> None:
+    t = FailingTarget("none", 0)
+    repo = new_repo(t, pack_bytes=MiB)
+    first = backup_full(repo, volume(4 * MiB))
+    t.prefix, t.after = prefix, after
+    with pytest.raises(TargetError, match="connection reset"):
+        backup_full(repo, random_volume(12 * MiB), "failing")
+    t.prefix = "none"
+    assert [b.id for b in repo.backups()] == [first.id]
+    left = {k for k in t.objects if k.startswith(("backups/", "locks/"))}
+    assert left == {f"backups/{first.id}"}  # no manifest of the failed one, no lease
+    assert len([k for k in t.objects if k.startswith("index/")]) == 1  # its index was removed
+    assert verify(repo, read_data=True).ok
+
+
+def test_concurrent_backups_in_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    repo = new_repo(pack_bytes=2 * MiB)
+    vols = [random_volume(8 * MiB) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        infos = list(pool.map(lambda i: backup_full(repo, vols[i], f"v{i}"), range(4)))
+    assert sorted(b.id for b in repo.backups()) == sorted(i.id for i in infos)
+    for info, data in zip(infos, vols, strict=True):
+        assert restore(repo, info.id) == data
+
+
+def test_a_reused_caller_buffer_does_not_change_what_was_backed_up() -> None:
+    repo = new_repo()
+    data = random_volume(12 * MiB)
+    buf = bytearray(5 * MiB)
+    w = repo.start_backup("v", "v", len(data), "s", 1, {}, None)
+    for off in (0, 5 * MiB):
+        buf[:] = data[off : off + 5 * MiB]
+        w.write(off, memoryview(buf))
+    buf[: 2 * MiB] = data[10 * MiB :]
+    w.write(10 * MiB, memoryview(buf)[: 2 * MiB])
+    buf[:] = bytes(len(buf))  # the caller scribbles over its buffer before commit
+    info = w.commit()
+    assert restore(repo, info.id) == data

@@ -76,3 +76,35 @@ def test_open_target(tmp_path: Path) -> None:
     for bad in ("ftp://x/y", "file://host/x", "file:relative", "s3:///nobucket", "nonsense"):
         with pytest.raises(InvalidArgument):
             open_target(bad)
+
+
+def test_open_target_builds_the_s3_target_with_the_agreed_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3Target(bucket, prefix, endpoint, access_key, secret_key, region, ca_bundle), imported
+    only when an s3:// URL is opened (k2's backup/s3_target.py; a stand-in module here)."""
+    import sys
+    import types
+
+    made: list[tuple[object, ...]] = []
+
+    class FakeS3(MemoryTarget):
+        def __init__(self, *args: object) -> None:
+            super().__init__()
+            made.append(args)
+
+    fake = types.ModuleType("cargohold.backup.s3_target")
+    fake.S3Target = FakeS3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cargohold.backup.s3_target", fake)
+    t = open_target(
+        "s3://bucket/some/prefix/",
+        endpoint="http://127.0.0.1:1",
+        access_key="AK",
+        secret_key="SK",
+        region="r1",
+        ca_bundle=None,
+    )
+    assert isinstance(t, FakeS3)
+    assert made == [("bucket", "some/prefix", "http://127.0.0.1:1", "AK", "SK", "r1", None)]
+    open_target("s3://bucket")
+    assert made[-1][:2] == ("bucket", "")
