@@ -299,6 +299,7 @@ class ManagerClient:
         source: JSON | None = None,
         preferred_nodes: Iterable[str] | None = None,
         tenant: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> JSON:
         """POST a ``VolumeCreate``; fields left None take the manager's defaults. ``source``
         is ``{"volume": ..., "snapshot": ...}`` to clone."""
@@ -313,6 +314,7 @@ class ManagerClient:
             "source": source,
             "preferred_nodes": list(preferred_nodes) if preferred_nodes else None,
             "tenant": tenant,
+            "labels": labels or None,
         }
         body.update({k: v for k, v in given.items() if v is not None})
         return self._post("/api/v1/volumes", body)

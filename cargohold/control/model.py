@@ -203,6 +203,7 @@ class Volume(Record):
     error: str = ""
     last_scrub: ScrubSummary | None = None
     tenant: str | None = None  # whose (None: the provider's own); never changes
+    labels: dict[str, str] = Field(default_factory=dict)  # e.g. recurring-job.cargohold.io/J
 
     @field_validator("name")
     @classmethod
