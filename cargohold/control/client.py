@@ -380,6 +380,23 @@ class ManagerClient:
     def events(self) -> list[JSON]:
         return self._list("/api/v1/events")
 
+    # --- recurring jobs --------------------------------------------------------------------
+    def jobs(self) -> list[JSON]:
+        return self._list("/api/v1/jobs")
+
+    def job(self, name: str) -> JSON:
+        return self._get(f"/api/v1/jobs/{_seg(name)}")
+
+    def create_job(self, spec: JSON) -> JSON:
+        """POST a job spec (control/jobs.py ``JobSpec``)."""
+        return self._post("/api/v1/jobs", spec)
+
+    def delete_job(self, name: str) -> JSON:
+        return self._delete(f"/api/v1/jobs/{_seg(name)}")
+
+    def run_job(self, name: str) -> JSON:
+        return self._post(f"/api/v1/jobs/{_seg(name)}/run")
+
     # --- snapshots -------------------------------------------------------------------------
     # --- tenants ---------------------------------------------------------------------------
     def tenants(self) -> list[JSON]:
