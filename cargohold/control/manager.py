@@ -2,7 +2,7 @@
 
 ``cargohold manager`` builds one of these. Every manager serves the API; the one that
 holds the ``manager`` leadership in the state store (an etcd lease, or an expiring row in
-SQLite) also runs the reconcilers. A standby campaigns every pass and takes over within
+SQLite) also runs the reconcilers, and after them the recurring jobs (job_runner.py). A standby campaigns every pass and takes over within
 ``leader_ttl`` seconds of the leader's death.
 
 The API is served over HTTPS (TLS 1.3; a client certificate asked for, not required: bearer
