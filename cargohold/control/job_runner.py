@@ -17,6 +17,10 @@ manager that leads runs it after its reconcilers, every ``reconcile_interval``
    over every job): then it waits (``JobRun.waiting`` says why) and starts in a later pass.
 
 Every outcome is logged and kept in the (job, volume)'s ``JobRun`` (the last ten runs).
+A pass that finds nothing due does no cron arithmetic and writes nothing; the run states a
+pass changes are written in transactions of ``WRITE_BATCH`` (a manager that dies inside a
+pass may so forget up to that many runs it started: they run again, and retention, which
+goes by the job's label, still counts what they made).
 Run states of deleted jobs and volumes are dropped; what the jobs made stays.
 """
 
@@ -45,6 +49,7 @@ from cargohold.errors import CargoholdError, NotFound, StateStoreDamaged
 
 log = logging.getLogger("cargohold.manager")
 READY_SNAPSHOT = "ready"
+WRITE_BATCH = 200  # run states written per state-store transaction
 READY_BACKUP = frozenset({"ready", "completed", "succeeded"})  # a backup's done states
 
 
@@ -52,6 +57,16 @@ def object_name(job: str, t: float) -> str:
     """A snapshot name for ``job``'s run at ``t``: <job>-<yyyymmdd-hhmmss>-<4 hex> (<= 63)."""
     stamp = datetime.fromtimestamp(t, UTC).strftime("%Y%m%d-%H%M%S")
     return f"{job[:40].rstrip('-.')}-{stamp}-{secrets.token_hex(2)}"
+
+
+def _idle(job: RecurringJob, vol: VolumeFacts, run: JobRun, now: float) -> bool:
+    """Nothing to do for (job, volume) in this pass: no run in flight, none asked, none due."""
+    return (
+        run.running is None
+        and job.run_now_at <= run.run_now_seen
+        and now < run.next_due
+        and vol.usable
+    )
 
 
 class JobRunner:
@@ -75,22 +90,35 @@ class JobRunner:
         for name, volume in runs:
             if name not in jobs or volume not in names:
                 await self.jobs.delete_run(name, volume)
-        for job in sorted(jobs.values(), key=lambda j: j.name):
-            for vol in vols:
-                if not job.selects(vol.name, vol.labels, vol.tenant):
-                    continue
-                run = runs.get((job.name, vol.name))
-                if run is None:
-                    run = JobRun(job=job.name, volume=vol.name, last_slot=job.created_at)
-                try:
-                    new = await self._step(job, vol, run.model_copy(deep=True), now, nodes, targets)
-                except StateStoreDamaged:
-                    raise
-                except CargoholdError as e:
-                    log.warning("job %s, volume %s: %s", job.name, vol.name, e)
-                    continue
-                if new != run:
-                    await self.jobs.put_run(new)
+        changed: list[JobRun] = []
+        try:
+            for job in sorted(jobs.values(), key=lambda j: j.name):
+                bound = jitter_bound(job.cron, job.max_jitter, now)
+                for vol in vols:
+                    if not job.selects(vol.name, vol.labels, vol.tenant):
+                        continue
+                    run = runs.get((job.name, vol.name))
+                    if run is None:
+                        run = JobRun(job=job.name, volume=vol.name, last_slot=job.created_at)
+                    elif _idle(job, vol, run, now):
+                        continue  # the common case: no cron arithmetic, no copy, no write
+                    try:
+                        new = await self._step(
+                            job, vol, run.model_copy(deep=True), now, bound, nodes, targets
+                        )
+                    except StateStoreDamaged:
+                        raise
+                    except CargoholdError as e:
+                        log.warning("job %s, volume %s: %s", job.name, vol.name, e)
+                        continue
+                    if new != run:
+                        changed.append(new)
+                    if len(changed) >= WRITE_BATCH:
+                        await self.jobs.put_runs(changed)
+                        changed = []
+        finally:
+            if changed:
+                await self.jobs.put_runs(changed)
 
     # --- one (job, volume) ------------------------------------------------------------------
     async def _step(
@@ -99,19 +127,21 @@ class JobRunner:
         vol: VolumeFacts,
         run: JobRun,
         now: float,
+        bound: float,
         nodes: Counter[str],
         targets: Counter[str],
     ) -> JobRun:
+        asked = job.run_now_at > run.run_now_seen
         was = run.running
         if was is not None:
             if not await self._follow(job, run, now):
                 return run  # still running, within its deadline: the next slot waits
             nodes[was.node] -= 1  # ended: no longer in flight
             targets[was.target] -= 1
-        offset = jitter(job.name, vol.name, jitter_bound(job.cron, job.max_jitter, now))
+        offset = jitter(job.name, vol.name, bound)
         p = plan(job.cron, run.last_slot, now, offset)
-        asked = job.run_now_at > run.run_now_seen
-        run.next_due = p.next_due
+        # due but not started below (a cap, an unusable volume): still due, next pass
+        run.next_due = now if p.due and job.enabled else p.next_due
         if not (asked or (p.due and job.enabled)) or not vol.usable:
             run.waiting = "" if vol.usable else "the volume is being deleted or created"
             return run
@@ -123,6 +153,7 @@ class JobRunner:
             run.waiting = f"target {target} has {targets[target]} backups in flight"
             return run
         run.waiting = ""
+        run.next_due = p.next_due
         if asked:
             run.run_now_seen = job.run_now_at
         if p.due:

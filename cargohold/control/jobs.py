@@ -60,7 +60,7 @@ class Retention(Record):
     """What a job keeps of what it made, per volume (retention.py; counts >= 1)."""
 
     keep_last: Count = Field(None, ge=1, le=100_000, description="the N newest")
-    keep_within: StrictFloat | StrictInt | None = Field(
+    keep_within: StrictFloat | None = Field(
         None, gt=0, description="seconds: everything made that long before the newest"
     )
     hourly: Count = Field(None, ge=1, le=100_000)
@@ -107,13 +107,13 @@ class JobSpec(BaseModel):
     max_per_target: StrictInt = Field(
         4, ge=1, le=1000, description="backups in flight at once to one target (all jobs)"
     )
-    deadline: StrictFloat | StrictInt = Field(
+    deadline: StrictFloat = Field(
         3600.0,
         gt=0,
         le=7 * 86400,
         description="seconds a run may take; past it the run is failed and the next may start",
     )
-    max_jitter: StrictFloat | StrictInt = Field(
+    max_jitter: StrictFloat = Field(
         60.0,
         ge=0,
         le=86400,
@@ -283,6 +283,12 @@ class JobStore:
 
     async def put_run(self, run: JobRun) -> None:
         await self.store.put(run_key(run.job, run.volume), run.model_dump_json().encode())
+
+    async def put_runs(self, runs: list[JobRun]) -> None:
+        """Several run states in one transaction (a pass's changes, in batches)."""
+        await self.store.txn(
+            [], [Put(run_key(r.job, r.volume), r.model_dump_json().encode()) for r in runs]
+        )
 
     async def delete_run(self, job: str, volume: str) -> None:
         await self.store.delete(run_key(job, volume))

@@ -18,7 +18,9 @@ created.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -43,16 +45,43 @@ def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
+def _minute(t: float) -> float:
+    return math.floor(t / 60) * 60.0
+
+
+# Slots fall on whole minutes, so the slot after (or at or before) any time of a minute is the
+# one of the minute's start: results are cached by minute (building a croniter costs ~1 ms,
+# and a pass asks the same of every volume of a job).
+@functools.lru_cache(maxsize=8192)
+def _next(expr: str, minute: float) -> float:
+    return float(croniter(expr, _dt(minute)).get_next(float))
+
+
+@functools.lru_cache(maxsize=8192)
+def _prev(expr: str, minute: float) -> float:
+    before = float(croniter(expr, _dt(minute)).get_prev(float))  # strictly before
+    after = _next(expr, before)
+    return after if after <= minute else before
+
+
+@functools.lru_cache(maxsize=8192)
+def _missed(expr: str, minute: float, latest: float) -> int:
+    """Slots after ``minute`` and before ``latest`` (at most MISSED_COUNTED)."""
+    missed = 0
+    it = croniter(expr, _dt(minute))  # one iterator for all of them
+    while float(it.get_next(float)) < latest and missed < MISSED_COUNTED:
+        missed += 1
+    return missed
+
+
 def next_slot(expr: str, after: float) -> float:
     """The first slot strictly after ``after``."""
-    return float(croniter(expr, _dt(after)).get_next(float))
+    return _next(expr, _minute(after))
 
 
 def prev_slot(expr: str, at: float) -> float:
     """The newest slot at or before ``at``."""
-    before = float(croniter(expr, _dt(at)).get_prev(float))  # strictly before ``at``
-    after = next_slot(expr, before)
-    return after if after <= at else before
+    return _prev(expr, _minute(at))
 
 
 def period(expr: str, after: float) -> float:
@@ -88,10 +117,6 @@ def plan(expr: str, last_slot: float, now: float, offset: float = 0.0) -> Plan:
     job that never ran) and this (job, volume)'s ``offset`` (``jitter``)? See the module."""
     latest = prev_slot(expr, now - offset)
     if latest > last_slot:
-        missed = 0
-        s = next_slot(expr, last_slot)
-        while s < latest and missed < MISSED_COUNTED:
-            missed += 1
-            s = next_slot(expr, s)
+        missed = _missed(expr, _minute(last_slot), latest)
         return Plan(True, latest, next_slot(expr, latest) + offset, missed)
     return Plan(False, None, next_slot(expr, max(last_slot, latest)) + offset, 0)
