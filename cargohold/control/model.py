@@ -313,6 +313,8 @@ class OperationKind(StrEnum):
     EXPAND = "expand"
     CLONE = "clone"  # import a source volume's snapshot into a new volume
     SCRUB = "scrub"  # verify every replica's blocks, repair bad ones from a healthy replica
+    BACKUP = "backup"  # read a snapshot from a replica, write it to a backup repository
+    RESTORE = "restore"  # write a backup into a new volume through its engine
 
 
 class OperationState(StrEnum):
@@ -445,6 +447,7 @@ class OperationAssignment(Message):
     kind: OperationKind
     volume: str
     args: dict[str, Any] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False)  # never stored, never logged
 
 
 class Assignments(Message):
