@@ -79,6 +79,8 @@ class JobRunner:
         now = self.clock()
         jobs = {j.name: j for j in await self.jobs.jobs()}
         runs = {(r.job, r.volume): r for r in await self.jobs.runs()}
+        if not jobs and not runs:
+            return  # no jobs: not even the volumes are read
         vols = await self.actions.volumes()
         names = {v.name for v in vols}
         nodes: Counter[str] = Counter()
