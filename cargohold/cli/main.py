@@ -34,6 +34,7 @@ _COMMANDS = (
     "csi_cmd",
     "demo_cmd",
     "disk_cmd",
+    "job_cmd",
     "manager_cmd",
     "nbd_cmd",
     "node_cmd",

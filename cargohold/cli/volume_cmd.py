@@ -184,12 +184,20 @@ def create(
     tenant: str | None = typer.Option(
         None, "--tenant", help="the admin: create it for this tenant (default: the caller's)"
     ),
+    label: list[str] | None = typer.Option(
+        None,
+        "--label",
+        help="KEY=VALUE (repeatable): recurring jobs select volumes by label; "
+        "recurring-job.cargohold.io/JOB=enabled attaches job JOB",
+    ),
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
     """Create a volume; its replicas are placed by the manager."""
+    from cargohold.cli.snapshot_cmd import parse_labels
+
     size_bytes = parse_size(size)
     with ManagerClient.discover(api, dir) as c:
         vol = c.create_volume(
@@ -202,6 +210,7 @@ def create(
             reclaim_policy=reclaim_policy.value if reclaim_policy else None,
             stale_replica_timeout=stale_replica_timeout,
             tenant=tenant,
+            labels=parse_labels(label) or None,
         )
         if wait:
             with progress(f"creating {name}") as update:

@@ -299,6 +299,7 @@ class ManagerClient:
         source: JSON | None = None,
         preferred_nodes: Iterable[str] | None = None,
         tenant: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> JSON:
         """POST a ``VolumeCreate``; fields left None take the manager's defaults. ``source``
         is ``{"volume": ..., "snapshot": ...}`` to clone."""
@@ -313,6 +314,7 @@ class ManagerClient:
             "source": source,
             "preferred_nodes": list(preferred_nodes) if preferred_nodes else None,
             "tenant": tenant,
+            "labels": labels or None,
         }
         body.update({k: v for k, v in given.items() if v is not None})
         return self._post("/api/v1/volumes", body)
@@ -377,6 +379,23 @@ class ManagerClient:
 
     def events(self) -> list[JSON]:
         return self._list("/api/v1/events")
+
+    # --- recurring jobs --------------------------------------------------------------------
+    def jobs(self) -> list[JSON]:
+        return self._list("/api/v1/jobs")
+
+    def job(self, name: str) -> JSON:
+        return self._get(f"/api/v1/jobs/{_seg(name)}")
+
+    def create_job(self, spec: JSON) -> JSON:
+        """POST a job spec (control/jobs.py ``JobSpec``)."""
+        return self._post("/api/v1/jobs", spec)
+
+    def delete_job(self, name: str) -> JSON:
+        return self._delete(f"/api/v1/jobs/{_seg(name)}")
+
+    def run_job(self, name: str) -> JSON:
+        return self._post(f"/api/v1/jobs/{_seg(name)}/run")
 
     # --- snapshots -------------------------------------------------------------------------
     # --- tenants ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 ``cargohold manager`` builds one of these. Every manager serves the API; the one that
 holds the ``manager`` leadership in the state store (an etcd lease, or an expiring row in
-SQLite) also runs the reconcilers. A standby campaigns every pass and takes over within
+SQLite) also runs the reconcilers, and after them the recurring jobs (job_runner.py). A standby campaigns every pass and takes over within
 ``leader_ttl`` seconds of the leader's death.
 
 The API is served over HTTPS (TLS 1.3; a client certificate asked for, not required: bearer
@@ -25,6 +25,9 @@ import uvicorn
 from cargohold.control.api import build
 from cargohold.control.auth import Auth, make_protocol
 from cargohold.control.identity import open_cluster
+from cargohold.control.job_actions import ServiceActions
+from cargohold.control.job_runner import JobRunner
+from cargohold.control.jobs import JobStore
 from cargohold.control.reconcilers import RECONCILERS
 from cargohold.control.repository import Repository
 from cargohold.control.service import Service
@@ -62,6 +65,8 @@ class Manager:
         self.repo = Repository(self.store)
         self.service = Service(self.repo, settings, backend, manager_id)
         self.reconcilers = [cls(self.repo, settings) for cls in RECONCILERS]
+        # recurring snapshot and backup jobs: run after the reconcilers, by the leader only
+        self.jobs = JobRunner(JobStore(self.store), ServiceActions(self.service))
         self.tls = tls  # None: --plaintext
         self.admin_token_file = admin_token_file
         self.ca_dir = ca_dir  # the cluster CA: signs joining agents' and engines' certificates
@@ -81,7 +86,7 @@ class Manager:
             log.info("manager %s is %s", self.id, "the leader now" if lead else "standing by")
         self.service.is_leader = lead
         if lead:
-            for rec in self.reconcilers:
+            for rec in [*self.reconcilers, self.jobs]:
                 try:
                     await rec.run_once()
                 except CargoholdError as e:

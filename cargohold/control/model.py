@@ -16,6 +16,8 @@ Records live in the state store as JSON under these keys (see ``keys``):
     /events/<time>-<id>               Event         what happened (newest 1000 kept)
     /tenants/<tenant>                 Tenant        a tenant's quota (access.py, tenancy.py)
     /tokens/<id>                      ApiToken      a bearer token of the REST API (access.py)
+    /jobs/<job>                       RecurringJob  a recurring snapshot/backup job (jobs.py)
+    /jobruns/<job>/<volume>           JobRun        its run state on one volume (jobs.py)
     /leader/<role>                    (election)
 
 Times are seconds since the epoch (float) on the manager's clock.
@@ -203,6 +205,7 @@ class Volume(Record):
     error: str = ""
     last_scrub: ScrubSummary | None = None
     tenant: str | None = None  # whose (None: the provider's own); never changes
+    labels: dict[str, str] = Field(default_factory=dict)  # e.g. recurring-job.cargohold.io/J
 
     @field_validator("name")
     @classmethod

@@ -31,6 +31,11 @@ class VolumeCreate(BaseModel):
         description="whose volume (default: the caller's tenant; only a caller without a "
         "tenant, the admin, may name one)",
     )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="recurring jobs select volumes by label; recurring-job.cargohold.io/JOB: "
+        "enabled attaches job JOB (which must exist; docs/jobs.md)",
+    )
 
     @field_validator("name", mode="before")
     @classmethod

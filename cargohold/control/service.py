@@ -22,6 +22,7 @@ from cargohold.control.requests import (
     VolumeCreate,
 )
 from cargohold.control.service_cluster import HEALTH_TIMEOUT, ClusterCalls
+from cargohold.control.service_jobs import JobCalls
 from cargohold.control.service_nodes import NodeCalls
 from cargohold.control.service_snapshots import SnapshotCalls
 from cargohold.control.service_tenants import TenantCalls
@@ -46,5 +47,6 @@ class Service(
     ClusterCalls,
     TenantCalls,
     EnrollmentCalls,
+    JobCalls,
 ):
     """What the manager's API does (see the module's docstring); one instance per manager."""

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from cargohold.constants import MAX_EPOCH
+from cargohold.control.jobs import JobStore, check_job_labels
 from cargohold.control.model import NodeState, OperationKind, Replica, SnapshotState, Volume
 from cargohold.control.repository import MAX_RETRIES, TenantChanged, new_id, now, tenant_guard
 from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate
@@ -102,7 +103,9 @@ class VolumeCalls(ServiceBase):
             created_at=t,
             initialized=req.source is None,
             tenant=owner,
+            labels=req.labels,
         )
+        await check_job_labels(JobStore(self.repo.store), req.labels, owner)
         await self._admit(vol, reps)
         if req.source is not None:
             if snapshot_name is None:  # clone a volume: through a snapshot taken now

@@ -79,6 +79,7 @@ class VolumeView(Record):
         None, description="the last scrub pass that ended (null: none recorded yet)"
     )
     tenant: str | None = Field(None, description="whose volume (null: the provider's own)")
+    labels: dict[str, str] = Field(default_factory=dict, description="recurring jobs select by")
 
 
 class TenantView(Record):
@@ -229,4 +230,5 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         ],
         "last_scrub": vol.last_scrub.model_dump() if vol.last_scrub else None,
         "tenant": vol.tenant,
+        "labels": vol.labels,
     }

@@ -71,6 +71,7 @@ class VolumeRpcs(ControllerBase):
                     stale_replica_timeout=params.stale_replica_timeout,
                     source=source,
                     preferred_nodes=self._preferred_nodes(req),
+                    labels=params.labels or None,
                 )
                 log.info("created volume %s (%d bytes) for %r", name, size, req.name)
             if vol.get("state") == "creating":

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold.control.jobs import ENABLED, volume_label
 from cargohold.csi.errors import Code, CsiError, invalid
 
 BLOCK = 4096
@@ -54,6 +55,11 @@ PARAMETERS = (
     ),
     Param("diskSelector", "comma-separated disk tags", "none"),
     Param("nodeSelector", "comma-separated node tags", "none"),
+    Param(
+        "recurringJobs",
+        "comma-separated names of recurring jobs (cargohold job list) that must exist",
+        "none",
+    ),
 )
 _KNOWN = {p.name: p for p in PARAMETERS}
 
@@ -74,7 +80,14 @@ class VolumeParameters:
     stale_replica_timeout: float | None = None
     disk_tags: tuple[str, ...] = ()
     node_tags: tuple[str, ...] = ()
+    recurring_jobs: tuple[str, ...] = ()  # each new volume gets the label that attaches it
     given: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels of a new volume: one per recurring job (``recurring-job.cargohold.io/
+        <job>: enabled``); the manager refuses a job that does not exist (INVALID_ARGUMENT)."""
+        return {volume_label(j): ENABLED for j in self.recurring_jobs}
 
     @classmethod
     def parse(cls, params: dict[str, str]) -> VolumeParameters:
@@ -113,6 +126,12 @@ class VolumeParameters:
                     if not _TAG.match(t):
                         raise _bad(key, params[key], f"tag {t!r}")
                 out[attr] = tuple(sorted(set(tags)))
+        if "recurringJobs" in params:
+            jobs = tuple(j.strip() for j in params["recurringJobs"].split(",") if j.strip())
+            for j in jobs:
+                if not _LABEL.match(j):
+                    raise _bad("recurringJobs", params["recurringJobs"], f"job name {j!r}")
+            out["recurring_jobs"] = tuple(sorted(set(jobs)))
         return cls(**out, given={k: v for k, v in params.items() if k in _KNOWN})
 
 

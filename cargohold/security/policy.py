@@ -27,10 +27,19 @@ class Permission(enum.StrEnum):
     HEARTBEAT = "heartbeat"  # an agent reports its node and takes its work
     TENANTS = "tenants"  # tenants, their quotas and credentials
     SECURITY = "security"  # tokens, certificates, join tokens, revocation
+    JOBS_READ = "jobs:read"  # recurring snapshot and backup jobs, their runs
+    JOBS_WRITE = "jobs:write"  # create, delete, run-now recurring jobs
 
 
 _ALL = frozenset(Permission)
-_READ = frozenset({Permission.STATUS_READ, Permission.VOLUMES_READ, Permission.NODES_READ})
+_READ = frozenset(
+    {
+        Permission.STATUS_READ,
+        Permission.VOLUMES_READ,
+        Permission.NODES_READ,
+        Permission.JOBS_READ,
+    }
+)
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: _ALL - {Permission.HEARTBEAT},
@@ -40,6 +49,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.VOLUMES_ATTACH,
         Permission.NODES_WRITE,
         Permission.RECOVERY,
+        Permission.JOBS_WRITE,
     },
     Role.READER: _READ,
     Role.CSI: frozenset(
@@ -64,11 +74,13 @@ TENANT_SCOPED = frozenset(
         Permission.VOLUMES_READ,
         Permission.VOLUMES_WRITE,
         Permission.VOLUMES_ATTACH,
+        Permission.JOBS_READ,
+        Permission.JOBS_WRITE,
     }
 )
-"""What a tenant-scoped identity may do at all: its own volumes. Nodes, disks, recovery,
-tenants and security are the storage cluster's, not a tenant's (NODES_READ is dropped for
-tenants' people: node names and addresses are the provider's; a tenant's CSI driver keeps it,
+"""What a tenant-scoped identity may do at all: its own volumes and recurring jobs. Nodes,
+disks, recovery, tenants and security are the storage cluster's, not a tenant's (NODES_READ
+is dropped for tenants' people: node names and addresses are the provider's; a tenant's CSI driver keeps it,
 it needs nodes and zones for topology and attachment)."""
 
 

@@ -50,6 +50,7 @@ PARAMS = {
     "token_id": "0123456789ab",
     "tenant": "team-x",
     "disk": "disk-x",
+    "job": "job-x",
 }
 # who holds no REST permission at all, and who holds which (certificates of this cluster)
 NOBODY = ("engine", "vol-x")

@@ -216,6 +216,8 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     await call("POST", "/api/v1/tokens", 422, {"role": "agent", "name": "node-1"})
     await call("DELETE", "/api/v1/tokens/{token_id}", 200, token_id=made["id"])
     await call("DELETE", "/api/v1/tokens/{token_id}", 404, token_id=made["id"])
+    # recurring jobs: made, refused, run now (the runner steps once), listed, deleted
+    await _jobs(sim, call)
     # joining, certificates, node and disk removal (control/enrollment.py)
     await _enrollment(sim, call)
 
@@ -229,6 +231,35 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     }
     missing = routes - call.seen
     assert not missing, f"routes never exercised: {sorted(missing)}"
+
+
+async def _jobs(sim: Sim, call: Checked) -> None:
+    from cargohold.control.job_actions import ServiceActions
+    from cargohold.control.job_runner import JobRunner
+    from cargohold.control.jobs import JobStore
+
+    vols = [v["name"] for v in await call("GET", "/api/v1/volumes", 200)]
+    body = {
+        "name": "hourly",
+        "kind": "snapshot",
+        "cron": "0 * * * *",
+        "retention": {"keep_last": 2, "daily": 7},
+        "selector": {"volumes": vols[:1]},
+    }
+    made = await call("POST", "/api/v1/jobs", 201, body)
+    assert made["runs"] == [] and made["enabled"] is True
+    await call("POST", "/api/v1/jobs", 409, body)
+    await call("POST", "/api/v1/jobs", 400, {**body, "name": "x", "cron": "hourly"})
+    await call("POST", "/api/v1/jobs", 400, {**body, "name": "x", "retention": {}})
+    await call("POST", "/api/v1/jobs", 422, {**body, "name": "x", "kind": "rsync"})
+    await call("POST", "/api/v1/jobs/{job}/run", 202, job="hourly")
+    await JobRunner(JobStore(sim.repo.store), ServiceActions(sim.service), sim.clock).run_once()
+    got = await call("GET", "/api/v1/jobs/{job}", 200, job="hourly")
+    assert [r["volume"] for r in got["runs"]] == vols[:1]
+    assert [j["name"] for j in await call("GET", "/api/v1/jobs", 200)] == ["hourly"]
+    await call("GET", "/api/v1/jobs/{job}", 404, job="nope")
+    await call("DELETE", "/api/v1/jobs/{job}", 200, job="hourly")
+    await call("DELETE", "/api/v1/jobs/{job}", 404, job="hourly")
 
 
 async def test_every_route_declares_typed_answers_and_its_errors(world) -> None:  # type: ignore[no-untyped-def]

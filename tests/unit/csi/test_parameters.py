@@ -79,6 +79,18 @@ def test_a_bad_selector_names_the_tag() -> None:
     assert "tag 'has space'" in bad({"diskSelector": "ssd,has space"}).message
 
 
+def test_recurring_jobs_become_volume_labels() -> None:
+    p = P.VolumeParameters.parse({"recurringJobs": "nightly-backup, hourly-snap,hourly-snap"})
+    assert p.recurring_jobs == ("hourly-snap", "nightly-backup")
+    assert p.labels == {
+        "recurring-job.cargohold.io/hourly-snap": "enabled",
+        "recurring-job.cargohold.io/nightly-backup": "enabled",
+    }
+    assert P.VolumeParameters.parse({}).labels == {}
+    e = bad({"recurringJobs": "hourly,Nightly Backup"})
+    assert "recurringJobs=" in e.message and "job name 'Nightly Backup'" in e.message
+
+
 def test_empty_selectors_select_nothing() -> None:
     assert P.VolumeParameters.parse({"diskSelector": " , ", "nodeSelector": ""}).disk_tags == ()
 
