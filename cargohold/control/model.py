@@ -10,6 +10,9 @@ Records live in the state store as JSON under these keys (see ``keys``):
     /replicas/<volume>/<replica>      Replica       one copy of a volume on a node's disk
     /snapshots/<volume>/<snapshot>    Snapshot
     /operations/<id>                  Operation     long-running work: snapshots, expand, clone, scrub
+    /backup-targets/<name>            BackupTarget  an object store or path backups go to
+    /backup-target-secrets/<name>     TargetSecrets its credentials and repository key (never served)
+    /backups/<id>                     Backup        one backup of a volume in a target's repository
     /cluster                          Cluster       the cluster's identity, made with the store
     /tombstones/<volume>/<replica>    Tombstone     a replica the manager deleted (kept tombstone_ttl)
     /orphans/<node>/<replica>         Orphan        on a node's disk, in no record: kept, reported
@@ -35,6 +38,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     field_validator,
+    model_validator,
 )
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")  # a DNS-1123 label (dots ok)
@@ -42,6 +46,10 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")  # a DNS-1123 lab
 # ``name_field()`` so that clients see the rule, and strict types (StrictInt, ...): a JSON
 # request's "4096" or 4096.0 is not an integer, nor "true" a boolean.
 NAME_PATTERN = NAME_RE.pattern
+
+
+BACKUP_ID_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,126}[a-z0-9])?$"  # a backup's id (bk-<volume>-...)
+RESTORE_FAILED = "restore failed: "  # how a failed restore's error starts (Volume.state)
 
 
 def name_field(**kw: Any) -> Any:
@@ -112,6 +120,8 @@ class VolumeState(StrEnum):
     DETACHING = "detaching"
     DELETING = "deleting"
     RELEASED = "released"  # deleted with reclaim policy Retain: data kept, not attachable
+    RESTORING = "restoring"  # a backup being written into it: not usable until done
+    FAILED = "failed"  # its restore failed: never usable (delete it, restore again)
 
 
 class Robustness(StrEnum):
@@ -128,8 +138,21 @@ class ReplicaMode(StrEnum):
 
 
 class VolumeSource(Record):
-    volume: str = name_field()
+    """Where a new volume's data comes from: a volume (a clone, of ``snapshot`` or of a
+    snapshot taken now) or a backup (a restore; ``target`` is filled in by the manager)."""
+
+    volume: str | None = name_field(default=None)
     snapshot: str | None = name_field(default=None)
+    backup: str | None = Field(default=None, pattern=BACKUP_ID_PATTERN, max_length=128)
+    target: str | None = name_field(default=None)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VolumeSource:
+        if (self.volume is None) == (self.backup is None):
+            raise ValueError("a source names either a volume (a clone) or a backup (a restore)")
+        if self.backup is not None and self.snapshot is not None:
+            raise ValueError("a restore's source is a backup: it takes no snapshot")
+        return self
 
 
 class EngineSpec(Record):
@@ -261,6 +284,9 @@ class Volume(Record):
         ):
             return VolumeState.DETACHING  # an engine the volume no longer wants is stopping
         if not self.initialized:
+            if self.source is not None and self.source.backup is not None:
+                failed = self.error.startswith(RESTORE_FAILED)
+                return VolumeState.FAILED if failed else VolumeState.RESTORING
             return VolumeState.CREATING
         return VolumeState.DETACHED
 
@@ -310,6 +336,8 @@ class OperationKind(StrEnum):
     EXPAND = "expand"
     CLONE = "clone"  # import a source volume's snapshot into a new volume
     SCRUB = "scrub"  # verify every replica's blocks, repair bad ones from a healthy replica
+    BACKUP = "backup"  # read a snapshot from a replica, write it to a backup repository
+    RESTORE = "restore"  # write a backup into a new volume through its engine
 
 
 class OperationState(StrEnum):
@@ -442,6 +470,7 @@ class OperationAssignment(Message):
     kind: OperationKind
     volume: str
     args: dict[str, Any] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False)  # never stored, never logged
 
 
 class Assignments(Message):
@@ -546,6 +575,9 @@ class keys:
     REPLICAS = "/replicas/"
     SNAPSHOTS = "/snapshots/"
     OPERATIONS = "/operations/"
+    BACKUP_TARGETS = "/backup-targets/"
+    TARGET_SECRETS = "/backup-target-secrets/"
+    BACKUPS = "/backups/"
 
     @staticmethod
     def node(name: str) -> str:
@@ -590,3 +622,15 @@ class keys:
     @staticmethod
     def token(tid: str) -> str:
         return f"/tokens/{tid}"
+
+    @staticmethod
+    def backup_target(name: str) -> str:
+        return f"/backup-targets/{name}"
+
+    @staticmethod
+    def target_secrets(name: str) -> str:
+        return f"/backup-target-secrets/{name}"
+
+    @staticmethod
+    def backup(bid: str) -> str:
+        return f"/backups/{bid}"

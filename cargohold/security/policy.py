@@ -27,10 +27,22 @@ class Permission(enum.StrEnum):
     HEARTBEAT = "heartbeat"  # an agent reports its node and takes its work
     TENANTS = "tenants"  # tenants, their quotas and credentials
     SECURITY = "security"  # tokens, certificates, join tokens, revocation
+    TARGETS_READ = "targets:read"  # backup targets (never their secrets)
+    TARGETS_WRITE = "targets:write"  # add, delete, sync and garbage-collect backup targets
+    BACKUPS_READ = "backups:read"  # backups (a tenant: of its own volumes)
+    BACKUPS_WRITE = "backups:write"  # back up a volume, delete a backup
 
 
 _ALL = frozenset(Permission)
-_READ = frozenset({Permission.STATUS_READ, Permission.VOLUMES_READ, Permission.NODES_READ})
+_READ = frozenset(
+    {
+        Permission.STATUS_READ,
+        Permission.VOLUMES_READ,
+        Permission.NODES_READ,
+        Permission.TARGETS_READ,
+        Permission.BACKUPS_READ,
+    }
+)
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: _ALL - {Permission.HEARTBEAT},
@@ -40,6 +52,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.VOLUMES_ATTACH,
         Permission.NODES_WRITE,
         Permission.RECOVERY,
+        Permission.BACKUPS_WRITE,
     },
     Role.READER: _READ,
     Role.CSI: frozenset(
@@ -49,6 +62,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.VOLUMES_WRITE,
             Permission.VOLUMES_ATTACH,
             Permission.NODES_READ,
+            Permission.BACKUPS_READ,
+            Permission.BACKUPS_WRITE,
         }
     ),
     Role.AGENT: frozenset({Permission.HEARTBEAT, Permission.STATUS_READ}),
@@ -64,10 +79,13 @@ TENANT_SCOPED = frozenset(
         Permission.VOLUMES_READ,
         Permission.VOLUMES_WRITE,
         Permission.VOLUMES_ATTACH,
+        Permission.BACKUPS_READ,
+        Permission.BACKUPS_WRITE,
     }
 )
-"""What a tenant-scoped identity may do at all: its own volumes. Nodes, disks, recovery,
-tenants and security are the storage cluster's, not a tenant's (NODES_READ is dropped for
+"""What a tenant-scoped identity may do at all: its own volumes and their backups. Nodes,
+disks, recovery, backup targets, tenants and security are the storage cluster's, not a
+tenant's (NODES_READ is dropped for
 tenants' people: node names and addresses are the provider's; a tenant's CSI driver keeps it,
 it needs nodes and zones for topology and attachment)."""
 

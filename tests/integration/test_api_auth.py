@@ -50,6 +50,8 @@ PARAMS = {
     "token_id": "0123456789ab",
     "tenant": "team-x",
     "disk": "disk-x",
+    "target": "tgt-x",
+    "backup": "bk-x",
 }
 # who holds no REST permission at all, and who holds which (certificates of this cluster)
 NOBODY = ("engine", "vol-x")
