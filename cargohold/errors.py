@@ -156,6 +156,14 @@ class Unschedulable(NoSpace):
     status = 1004
 
 
+class TargetError(RequestError):
+    """A backup target (object store or filesystem path) failed a request: I/O error,
+    unreachable, refused. The message names the target (never its credentials)."""
+
+    status = 5
+    errno = _errno.EIO
+
+
 class ManagerUnavailable(CargoholdError):
     """No manager answered (the control plane is down or unreachable), or the manager
     cannot use its state store (unreachable, or damaged: the message names the file or
