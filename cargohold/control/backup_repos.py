@@ -79,11 +79,11 @@ def open_repository(
             ca_bundle=ca_file,
         )
         try:
-            return Repository.open(store, key)  # type: ignore[no-any-return]
+            return Repository.open(store, key)
         except NotFound:
             if not create:
                 raise InvalidArgument(f"{where} holds no backup repository") from None
-            return Repository.init(store, key)  # type: ignore[no-any-return]
+            return Repository.init(store, key)
     except PermissionDenied as e:
         raise InvalidArgument(
             f"{where}: the repository key does not open the repository there ({e}); "

@@ -313,16 +313,15 @@ class BackupCalls(ServiceBase):
         b = await self.repo.update_backup(bid, deleting)
         if b.repository_id:
             try:
-                target = await self.repo.backup_target(b.target)
-                repo = await self._open(target)
-                await asyncio.to_thread(repo.delete, b.repository_id)
-            except NotFound as e:
-                if "target" in str(e):
-                    await self._restore_state(bid, before, str(e))
-                    raise WrongState(f"backup {bid}: {e}") from None
-                # the catalog no longer lists it: gone already
+                repo = await self._open(await self.repo.backup_target(b.target))
+                try:
+                    await asyncio.to_thread(repo.delete, b.repository_id)
+                except NotFound:
+                    pass  # the catalog no longer lists it: gone already
             except Exception as e:
                 await self._restore_state(bid, before, f"delete failed: {e}")
+                if isinstance(e, NotFound):  # its target was removed meanwhile
+                    raise WrongState(f"backup {bid}: {e}") from None
                 raise
         await self.repo.delete_backup_record(bid)
         log.info("backup %s of %s deleted from %s", bid, b.volume, b.target)
