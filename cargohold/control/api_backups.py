@@ -32,6 +32,11 @@ class SyncResult(BaseModel):
     missing: list[str]  # records whose backup the catalog no longer lists (kept)
 
 
+class ExportedKey(BaseModel):
+    target: str
+    repository_key: str  # base64 of the 32-byte key
+
+
 class GcResult(BaseModel):
     target: str
     counts: dict[str, int]  # what the repository's GC did (packs and bytes freed, ...)
@@ -94,6 +99,18 @@ def add_routes(app: FastAPI, s: Service) -> None:
     )
     async def gc_backup_target(target: Name, who: TargetsWrite) -> JSON:
         return await s.gc_backup_target(target, who)
+
+    @app.post(
+        "/api/v1/backup-targets/{target}/export-key",
+        tags=["backups"],
+        response_model=ExportedKey,
+        responses=errors(404, 422),
+        description="The repository key of the target (base64): the only answer that "
+        "carries a secret. Keep it apart from the cluster: without it nobody can read the "
+        "backups.",
+    )
+    async def export_backup_key(target: Name, who: TargetsWrite) -> JSON:
+        return await s.export_backup_key(target, who)
 
     @app.get(
         "/api/v1/backups",

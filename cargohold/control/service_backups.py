@@ -216,6 +216,13 @@ class BackupCalls(ServiceBase):
         counts = {str(k): int(v) for k, v in dict(result).items() if isinstance(v, int | float)}
         return {"target": name, "counts": counts}
 
+    async def export_backup_key(self, name: str, who: Identity | None = None) -> dict[str, Any]:
+        """The target's repository key (base64): the one answer that carries a secret, for
+        the admin to keep a copy (losing it loses the backups). Logged, without the key."""
+        sec = await self.repo.target_secrets((await self.repo.backup_target(name)).name)
+        log.warning("the repository key of backup target %s was exported by %s", name, who)
+        return {"target": name, "repository_key": sec.repository_key.get_secret_value()}
+
     # --- backups --------------------------------------------------------------------------
     async def backups(
         self, who: Identity | None = None, volume: str | None = None, target: str | None = None

@@ -338,6 +338,8 @@ async def _backups(sim: Sim, call: Checked, monkeypatch: pytest.MonkeyPatch) -> 
     synced = await call("POST", T + "/sync", 200, target="s3")
     assert synced["imported"] == []
     await call("POST", T + "/gc", 200, target="s3")
+    assert (await call("POST", T + "/export-key", 200, target="s3"))["repository_key"] == KEY
+    await call("POST", T + "/export-key", 404, target="nope")
     v = await call(
         "POST",
         "/api/v1/volumes",

@@ -85,7 +85,8 @@ async def test_a_target_is_checked_and_its_secrets_never_leak(
     assert t["has_credentials"] and t["last_sync"] is not None
     with pytest.raises(AlreadyExists):
         await sim.service.create_backup_target(target_req())
-    # a backup runs: the heartbeat's assignment is the one place the secrets go
+    # a backup runs: the heartbeat's assignment is the one place the secrets go (and the
+    # admin's export of the key, which exists to keep a copy of it)
     op = await sim.service.create_backup("data", BackupCreate(target="s3"))
     seen: list[dict[str, str]] = []
     for _ in range(6):
@@ -109,6 +110,8 @@ async def test_a_target_is_checked_and_its_secrets_never_leak(
                 "/api/v1/operations",
             )
         ]
+        r = await c.post("/api/v1/backup-targets/s3/export-key")
+        assert r.json() == {"target": "s3", "repository_key": KEY}
         bad = dict(req.model_dump(), repository_key=KEY[:-4], access_key=ACCESS, name="x2")
         bad["secret_key"] = SECRET
         r = await c.post("/api/v1/backup-targets", json=bad)
