@@ -1,3 +1,4 @@
+# size: one pydantic model per record, the API's and the state store's shapes in one place
 """The control plane's records: what the manager stores, serves over its API, and what the
 node agents report and receive. One pydantic model per record; the JSON shapes are the API's
 (documented in docs/control-plane.md and published as OpenAPI).
