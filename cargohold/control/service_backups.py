@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from typing import Any, ClassVar
 from cargohold.control.backup_records import Backup, BackupState, BackupTarget, TargetSecrets
 from cargohold.control.backup_repos import BackupRepository, Opener, open_repository
 from cargohold.control.model import (
+    BACKUP_ID_PATTERN,
     Operation,
     OperationKind,
     SnapshotState,
@@ -48,6 +50,10 @@ from cargohold.security.policy import sees
 log = logging.getLogger("cargohold.manager")
 
 BACKUP_SNAPSHOT_LABEL = "cargohold.io/backup"  # on the snapshots the manager takes for backups
+# the engine's labels on a backup in the repository (engine/backup.py): the manager's id of
+# it, and the replica history it was read at; not the user's labels
+RECORD_LABEL = "cargohold.io/record"
+ENGINE_LABELS = (RECORD_LABEL, "cargohold.io/history")
 UNFINISHED = (BackupState.PENDING, BackupState.RUNNING, BackupState.DELETING)
 
 
@@ -89,8 +95,12 @@ def backup_visible(who: Identity | None, b: Backup) -> bool:
 
 
 def imported_id(info: dict[str, Any]) -> str:
-    """The manager's id for a backup found in a catalog: stable, so a second sync (or
-    another manager's) names it the same."""
+    """The manager's id for a backup found in a catalog: the id the cluster that made it
+    gave it (the engine labels it so), else one derived from it, stable, so a second sync
+    (or another manager's) names it the same."""
+    named = (info.get("labels") or {}).get(RECORD_LABEL)
+    if isinstance(named, str) and re.match(BACKUP_ID_PATTERN, named):
+        return named
     created = info.get("created")
     t = float(created) if isinstance(created, int | float) else 0.0
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(t))
@@ -174,13 +184,17 @@ class BackupCalls(ServiceBase):
 
     async def _sync(self, target: BackupTarget, repo: BackupRepository) -> dict[str, Any]:
         infos = [i.to_dict() for i in await asyncio.to_thread(repo.backups)]
-        known = {b.repository_id: b for b in await self.repo.backups() if b.target == target.name}
+        records = {b.id: b for b in await self.repo.backups()}
+        known = {b.repository_id: b for b in records.values() if b.target == target.name}
         vols = {v.name: v for v in await self.repo.volumes()}
         imported = []
         for info in infos:
             rid = str(info.get("id", ""))
             if not rid or rid in known:
                 continue
+            named = (info.get("labels") or {}).get(RECORD_LABEL)
+            if isinstance(named, str) and named in records:
+                continue  # this manager's own, its result not recorded yet: the engine's
             rec = _imported(info, target.name, vols, self.repo.cluster_id)
             try:
                 await self.repo.create_backup(rec)
@@ -383,7 +397,11 @@ def _imported(info: dict[str, Any], target: str, vols: dict[str, Volume], cluste
         state=BackupState.SUCCEEDED,
         progress=1.0,
         size_bytes=int(info.get("size") or 0),
-        labels={str(k): str(v) for k, v in dict(info.get("labels") or {}).items()},
+        labels={
+            str(k): str(v)
+            for k, v in dict(info.get("labels") or {}).items()
+            if k not in ENGINE_LABELS
+        },
         info=info,
         created=float(created) if isinstance(created, int | float) else 0.0,
         finished=float(created) if isinstance(created, int | float) else None,

@@ -338,11 +338,16 @@ async def test_sync_imports_the_catalogs_backups_once_and_keeps_missing_ones(sim
     await sim.service.create_backup_target(target_req())
     mine = await backed_up(sim)
     repo = sim.twins.repos["s3://bucket/prefix"]  # type: ignore[attr-defined]
-    old = repo.add(volume="oldvol", volume_id="elsewhere", labels={"app": "db"})
+    old = repo.add(
+        volume="oldvol",
+        volume_id="elsewhere",
+        labels={"app": "db", "cargohold.io/record": "bk-oldvol-20260101000000-abcd"},
+    )
     got = await sim.service.sync_backup_target("s3")
     assert got["imported"] and got["missing"] == [] and got["backups"] == 2
     again = await sim.service.sync_backup_target("s3")
     assert again["imported"] == []
+    assert got["imported"] == ["bk-oldvol-20260101000000-abcd"]  # the old cluster's id
     imported = await sim.service.backup(got["imported"][0])
     assert imported["repository_id"] == old["id"] and imported["imported"]
     assert imported["tenant"] is None and imported["state"] == "succeeded"
@@ -360,3 +365,12 @@ async def test_sync_imports_the_catalogs_backups_once_and_keeps_missing_ones(sim
         VolumeCreate(name="revived", size_bytes=GiB, source={"backup": got["imported"][0]})
     )
     assert v["state"] == "restoring"
+
+
+async def test_sync_does_not_import_a_backup_of_ours_still_being_recorded(sim: Sim) -> None:
+    await sim.service.create_backup_target(target_req())
+    repo = sim.twins.repos["s3://bucket/prefix"]  # type: ignore[attr-defined]
+    op = await sim.service.create_backup("data", BackupCreate(target="s3"))
+    repo.add(volume="data", labels={"cargohold.io/record": op["args"]["backup"]})
+    assert (await sim.service.sync_backup_target("s3"))["imported"] == []
+    assert [b["id"] for b in await sim.service.backups()] == [op["args"]["backup"]]
