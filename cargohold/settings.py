@@ -285,6 +285,9 @@ class EngineSettings(Settings):
         ge=4096,
         multiple_of=4096,
     )
+    backup_rate_mb: int = setting(
+        0, "MB per second a backup reads from a replica (0 = unlimited)", ge=0
+    )
     tls_dir: str | None = setting(
         None, "credentials directory of this volume's engine certificate: TLS to replicas"
     )

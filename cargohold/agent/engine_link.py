@@ -8,8 +8,9 @@ import, scrub). Each call uses its own short-lived connection, so a slow operati
 a status call, and a restarted engine needs no reconnect logic.
 
 Operations the manager asks for (``OperationAssignment``) map to control requests here
-(``operation_request``); a clone is an ``import`` and a scrub a ``scrub`` pass: both run on
-in the engine and are followed through its status until they end.
+(``operation_request``); a clone is an ``import``, a scrub a ``scrub`` pass, a backup or a
+restore a ``backup`` or ``restore`` job (with the operation's ``secrets``): they run on in
+the engine and are followed through its status until they end.
 """
 
 from __future__ import annotations
@@ -91,12 +92,37 @@ class EngineLink:
         self, op: OperationAssignment, progress: Callable[[float], None]
     ) -> dict[str, Any]:
         """Carry out an operation; -> its result. ``progress`` hears 0..1 as a clone copies."""
-        answer = await self.call(operation_request(op), OP_TIMEOUT)
+        try:
+            answer = await self.call(operation_request(op), OP_TIMEOUT)
+        except errors.Busy:
+            if op.kind not in (OperationKind.BACKUP, OperationKind.RESTORE):
+                raise
+            answer = {}  # running already (an earlier call of this agent): follow it
         if op.kind is OperationKind.CLONE:
             answer = await self._follow_import(progress)
         elif op.kind is OperationKind.SCRUB:
             answer = await self._follow_scrub(int(answer["scrub"]["pass"]), progress)
+        elif op.kind in (OperationKind.BACKUP, OperationKind.RESTORE):
+            answer = await self._follow_job(op.id, progress)
         return answer
+
+    async def _follow_job(self, op_id: str, progress: Callable[[float], None]) -> dict[str, Any]:
+        """Poll the engine's status until its job ``op_id`` (a backup or a restore) ends;
+        -> its result. An engine that restarted has no such job: the run is lost (the
+        operation runs again, ``operations.OP_TRIES``)."""
+        async for st in self._statuses():
+            job = (st.get("jobs") or {}).get(op_id)
+            if not isinstance(job, dict):
+                raise EngineUnreachable(f"the engine has no job {op_id} (it restarted)")
+            total, done = job.get("bytes_total") or 0, job.get("bytes_done") or 0
+            if isinstance(total, int | float) and isinstance(done, int | float) and total > 0:
+                progress(min(1.0, float(done) / float(total)))
+            if job.get("state") == "succeeded":
+                result = job.get("result")
+                return dict(result) if isinstance(result, dict) else {}
+            if job.get("state") == "failed":
+                raise RequestError(str(job.get("error") or f"the {job.get('kind')} failed"))
+        raise AssertionError("unreachable")  # _statuses never ends on its own
 
     async def _follow_scrub(self, number: int, progress: Callable[[float], None]) -> dict[str, Any]:
         """Poll the engine's status until scrub pass ``number`` ended; -> its report."""
@@ -172,4 +198,8 @@ def operation_request(op: OperationAssignment) -> dict[str, Any]:
         return {"op": "import", "source": arg("source", str), "snapshot": arg("snapshot", str)}
     if op.kind is OperationKind.SCRUB:
         return {"op": "scrub"}
+    if op.kind in (OperationKind.BACKUP, OperationKind.RESTORE):
+        # the secrets (target credentials, repository key) go to the engine only, over its
+        # local control socket; they are never logged nor stored
+        return {"op": op.kind.value, "id": op.id, "args": op.args, "secrets": op.secrets}
     raise InvalidArgument(f"operation {op.id}: unknown kind {op.kind!r}")

@@ -127,6 +127,14 @@ class BackupWriter:
         self._check_range(offset, n)
         if not isinstance(data, bytes):  # the caller may reuse its buffer after we return
             view = memoryview(bytes(view))
+        try:
+            self._write(offset, view)
+        except BaseException:  # a target error (NoSpace, ...) ends the backup: nothing recorded
+            self.abort()
+            raise
+
+    def _write(self, offset: int, view: memoryview) -> None:
+        n = len(view)
         self.bytes_read += n
         pos = 0
         while pos < n:
@@ -161,7 +169,11 @@ class BackupWriter:
             if a < b:
                 self._mask[(a - lo) // BLOCK : (b - lo) // BLOCK] = False
         self._pending.append((offset, length))
-        self._drain(block=False)
+        try:
+            self._drain(block=False)
+        except BaseException:
+            self.abort()
+            raise
 
     def fragmented_cells(self, limit: int = 16) -> list[tuple[int, int]]:
         """(offset, length) of cells whose map has more than ``limit`` pieces so far; the

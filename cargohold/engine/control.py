@@ -13,7 +13,10 @@ joins WO and is rebuilt), ``remove-replica`` (``id``), ``import`` (``source``:
 this volume in the background; ``status`` shows how far it got), ``scrub`` (a scrub pass
 of every replica, ``cargohold/engine/scrubber.py``: ``{"scrub": {"pass": N, ...}}`` at
 once; with ``"wait": true`` when the pass ended, with its report; ``status`` shows the
-pass running and the last report under ``scrub``). ``status`` also lists under ``busy`` the
+pass running and the last report under ``scrub``), ``backup`` and ``restore`` (``id``: the
+operation's id, ``args`` as the manager stored them, ``secrets``: the backup target and the
+repository key, never logged; ``engine/backup.py``, ``engine/restore.py``: they run in the
+background and ``status`` shows them under ``jobs`` by id). ``status`` also lists under ``busy`` the
 control requests being carried out (op, name, since when): a test can kill the engine
 while a snapshot is being taken (with ``cargohold.engine.faults`` holding it there).
 """
@@ -28,7 +31,7 @@ import os
 import time
 from typing import Any
 
-from cargohold.engine import importer, snapshots
+from cargohold.engine import backup, importer, restore, snapshots
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
@@ -96,9 +99,16 @@ async def handle(
         except ConfigError as e:
             raise InvalidArgument(f"source: {e}") from None
         return {"import": await importer.start_import(vol, spec, snapshot)}
+    if op in ("backup", "restore"):
+        op_id = request.get("id")
+        if not isinstance(op_id, str) or not op_id:
+            raise InvalidArgument(f"{op}: id (the operation's id) is required")
+        start = backup.start_backup if op == "backup" else restore.start_restore
+        job = await start(vol, op_id, request.get("args"), request.get("secrets") or {})
+        return {"job": job}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
-        "expand, add-replica, remove-replica, import, scrub)"
+        "expand, add-replica, remove-replica, import, scrub, backup, restore)"
     )
 
 

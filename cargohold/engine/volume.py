@@ -89,6 +89,7 @@ class Volume:
         self.tls = Credentials.load(settings.tls_dir) if settings.tls_dir else None
         self._top = (0, 0)  # (last epoch, generation) of the current replicas at start
         self.import_job: dict[str, Any] | None = None  # the last import's progress (importer)
+        self.jobs: dict[str, dict[str, Any]] = {}  # backups and restores by operation id
         self.links = [ReplicaLink(spec) for spec in replicas]
         self.gen = 0  # the last generation handed out
         self._size = 0
@@ -576,6 +577,7 @@ class Volume:
             "fenced": self.fenced,
             "replicas": [link.status() for link in self.links],
             "import": dict(self.import_job) if self.import_job is not None else None,
+            "jobs": {k: dict(v) for k, v in self.jobs.items()},
             "counters": dict(self.counters),
             "latency_log2_us": {k: dict(v) for k, v in self.latency.items()},
         }

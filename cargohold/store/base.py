@@ -292,8 +292,9 @@ class ReplicaStore(ABC):
         have the same map, whatever their layering."""
 
     @abstractmethod
-    def changed_mask(self, since: int, lba: int, n: int) -> np.ndarray:
-        """Which blocks may differ from what they were at generation ``since`` (bool)."""
+    def changed_mask(self, since: int, lba: int, n: int, snapshot: str | None = None) -> np.ndarray:
+        """Which blocks may differ from what they were at generation ``since`` (bool): of
+        the head, or of ``snapshot``'s content (its own layer chain, not the head's)."""
 
     @abstractmethod
     def scrub(self, offset: int = 0, length: int = 0) -> ScrubReport:
@@ -376,16 +377,16 @@ class ReplicaStore(ABC):
         Covers [offset, end) where ``end`` is in the stream header; data blocks are
         verified on the way out. ``since`` > 0 exports only what changed after that
         generation, with zeroed or reverted-away blocks as ZERO extents. ``snapshot`` exports
-        a snapshot's content instead of the head's (full content only).
+        a snapshot's content instead of the head's; with ``since`` > 0, the blocks of the
+        snapshot's own layer chain recorded after ``since`` (an incremental backup: applied
+        over the content at ``since``, it gives the snapshot's content).
         """
         lba, n = check_range(offset, length, self.size)
         n = min(n, SCAN_BLOCKS)
         max_blocks = max(1, max_bytes // BLOCK_SIZE)
         kinds = self.resolve(lba, n, snapshot)
-        if since > 0 and snapshot is not None:
-            raise InvalidArgument("a delta export (since > 0) is of the head only")
         if since > 0:
-            changed = self.changed_mask(since, lba, n)
+            changed = self.changed_mask(since, lba, n, snapshot)
             kinds = np.where(changed, np.where(kinds == HOLE, ZERO, kinds), HOLE)
         # stop once max_blocks of data are in the chunk
         data_cum = np.cumsum(kinds == DATA)

@@ -248,11 +248,17 @@ class FileStore(BlockIO):
             if layer.nblocks > lba
         )
 
-    def changed_mask(self, since: int, lba: int, n: int) -> np.ndarray:
+    def changed_mask(self, since: int, lba: int, n: int, snapshot: str | None = None) -> np.ndarray:
         mask = np.zeros(n, dtype=bool)
         limit = np.uint64(since)
-        for layer in self._chain:
-            top = self._seen if layer is self._chain[0] else max(layer.generation, layer.seen)
+        chain = (
+            self._chain
+            if snapshot is None
+            else [self._layers[lid] for lid in self._ancestry(self._snapshot_layer(snapshot))]
+        )
+        head = self._chain[0]
+        for layer in chain:
+            top = self._seen if layer is head else max(layer.generation, layer.seen)
             if top <= since:
                 continue
             for a, b in layer.record_ranges(lba, min(lba + n, layer.nblocks)):

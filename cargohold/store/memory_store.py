@@ -336,9 +336,9 @@ class MemoryStore(ReplicaStore):
         self._complete(g, contiguous)
 
     # --- deltas, integrity, stats -------------------------------------------------------
-    def changed_mask(self, since: int, lba: int, n: int) -> np.ndarray:
+    def changed_mask(self, since: int, lba: int, n: int, snapshot: str | None = None) -> np.ndarray:
         mask = np.zeros(n, dtype=bool)
-        for layer in self._chain():
+        for layer in self._chain(snapshot):
             for b, e in layer.blocks.items():
                 if lba <= b < lba + n and e[1] > since:
                     mask[b - lba] = True
