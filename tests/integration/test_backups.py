@@ -4,9 +4,6 @@ in a tmp directory: a target added with a generated key, real data written throu
 engine's NBD endpoint (nbdcopy, qemu-io), a full backup then an incremental one, both
 listed, the incremental restored into a new volume and read back — its sha256 equal to the
 source's at backup time — and the repository verified offline with the key.
-
-The engine side (engine/backup.py, the agent's plumbing) is k6's branch s17-engine: until it
-is merged the backup operation cannot run, hence the xfail below (not strict).
 """
 
 from __future__ import annotations
@@ -73,10 +70,6 @@ def test_the_target_is_checked_and_a_wrong_key_refused(cluster: Path, tmp_path: 
     assert copy.read_text() == key.read_text()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs the engine's BACKUP/RESTORE operations (k6, branch s17-engine) merged",
-)
 def test_backup_incremental_restore_and_verify(cluster: Path, tmp_path: Path) -> None:
     d = cluster
     repo = tmp_path / "repo"
