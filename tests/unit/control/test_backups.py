@@ -260,6 +260,7 @@ async def test_restore_makes_a_new_volume_usable_only_once_it_succeeded(sim: Sim
     v = await sim.service.create_volume(
         VolumeCreate(name="back", size_bytes=GiB, source={"backup": b["id"]})
     )
+    assert v["robustness"] == "unknown"  # never "healthy" before it is restored
     assert v["state"] == "restoring" and v["source"] == {
         "volume": None,
         "snapshot": None,
@@ -272,8 +273,11 @@ async def test_restore_makes_a_new_volume_usable_only_once_it_succeeded(sim: Sim
         await sim.service.attach("back", AttachRequest(node="node-1"))
     with pytest.raises(WrongState, match="in use by restores"):
         await sim.service.delete_backup_target("s3")
-    await sim.step(rounds=8)
-    assert (await sim.service.volume("back"))["state"] == "detached"
+    for _ in range(8):
+        await sim.step()
+        v = await sim.service.volume("back")
+        assert v["state"] != "restoring" or v["robustness"] != "healthy", v
+    assert v["state"] == "detached" and v["robustness"] == "healthy"
     await sim.service.attach("back", AttachRequest(node="node-1"))
     # a failed restore is failed for good, never usable
     for n in sim.nodes.values():
@@ -284,6 +288,7 @@ async def test_restore_makes_a_new_volume_usable_only_once_it_succeeded(sim: Sim
     await sim.step(rounds=8)
     v = await sim.service.volume("bad")
     assert v["state"] == "failed" and v["error"].startswith("restore failed: boom"), v
+    assert v["robustness"] == "faulted"
     with pytest.raises(WrongState):
         await sim.service.attach("bad", AttachRequest(node="node-1"))
     with pytest.raises(ValueError, match="either a volume"):
