@@ -29,6 +29,8 @@ def version() -> None:
 
 _COMMANDS = (
     "agent_cmd",
+    "backup_cmd",
+    "backup_target_cmd",
     "bench_cmd",
     "cluster_cmd",
     "csi_cmd",

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from cargohold import __version__
 from cargohold.control import (
+    api_backups,
     api_enrollment,
     api_jobs,
     api_manager,
@@ -66,5 +67,6 @@ def build(service: Service, auth: Auth | None = None) -> FastAPI:
     api_tenants.add_routes(app, service)
     api_tokens.add_routes(app, service)
     api_jobs.add_routes(app, service)
+    api_backups.add_routes(app, service)
     add_security(app)  # every route declares a permission (ValueError if one does not)
     return app

@@ -98,6 +98,20 @@ def errors(*codes: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorBody, "description": WHY[c]} for c in sorted({*codes, *more, *every})}
 
 
+SECRET_FIELDS = frozenset({"access_key", "secret_key", "repository_key"})  # BackupTargetCreate
+HIDDEN = "**********"
+
+
+def redact(loc: Any, value: Any) -> Any:
+    """A 422's input without secrets: a secret field's value (or a body holding one) is
+    never echoed back (answers get logged by proxies and clients)."""
+    if isinstance(loc, tuple | list) and loc and loc[-1] in SECRET_FIELDS:
+        return HIDDEN
+    if isinstance(value, dict) and SECRET_FIELDS & set(value):
+        return {k: HIDDEN if k in SECRET_FIELDS else v for k, v in value.items()}
+    return value
+
+
 def safe_input(value: Any) -> Any:
     """What a 422 echoes of the input: the value itself when it is plain, finite JSON of a
     modest size, else a truncated repr (bytes, NaN, a huge body never break the answer)."""
@@ -180,7 +194,7 @@ def install_handlers(app: FastAPI, s: Service) -> None:
                     "type": str(err.get("type", "")),
                     "loc": [x if isinstance(x, int) else str(x) for x in err.get("loc", ())],
                     "msg": msg,
-                    "input": safe_input(err.get("input")),
+                    "input": safe_input(redact(err.get("loc", ()), err.get("input"))),
                 }
             )
         return JSONResponse(

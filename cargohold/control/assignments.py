@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cargohold.control.backup_repos import secrets_for_engine
 from cargohold.control.deletion import Verdict, decide
 from cargohold.control.digests import revision
 from cargohold.control.model import (
@@ -112,13 +113,21 @@ async def assignments(
                     unfinished.setdefault(op.volume, []).append(op)
         for op in unfinished.get(vol.name, ()):
             args = dict(op.args)
+            secrets: dict[str, str] = {}
             if op.kind is OperationKind.CLONE:
                 resolved = await _clone_source(repo, args, nodes)
                 if resolved is None:
                     continue
                 args["source"] = resolved
+            elif op.kind in (OperationKind.BACKUP, OperationKind.RESTORE):
+                found = await _backup_secrets(repo, op)
+                if found is None:
+                    continue
+                secrets = found
             out.operations.append(
-                OperationAssignment(id=op.id, kind=op.kind, volume=op.volume, args=args)
+                OperationAssignment(
+                    id=op.id, kind=op.kind, volume=op.volume, args=args, secrets=secrets
+                )
             )
     out.revision = revision(out)
     return out
@@ -158,3 +167,25 @@ async def _clone_source(
                 f"{r.id}@{n.address}:{n.replica_port}",
             )
     return best[1] if best else None
+
+
+async def _backup_secrets(repo: Repository, op: Operation) -> dict[str, str] | None:
+    """What the engine needs to open the repository of a BACKUP or RESTORE (only here, in
+    the heartbeat's answer: never in the stored operation or the API). None while a
+    backup's snapshot is not ready yet, or the target is unknown."""
+    if op.kind is OperationKind.BACKUP:
+        snap = op.args.get("snapshot")
+        if not isinstance(snap, str):
+            return None
+        try:
+            if (await repo.snapshot(op.volume, snap)).state is not SnapshotState.READY:
+                return None
+        except NotFound:
+            return None
+    name = op.args.get("target")
+    if not isinstance(name, str):
+        return None
+    try:
+        return secrets_for_engine(await repo.backup_target(name), await repo.target_secrets(name))
+    except NotFound:
+        return None

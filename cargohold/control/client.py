@@ -433,6 +433,72 @@ class ManagerClient:
         """Returns the snapshot-revert ``Operation`` (the volume must be detached)."""
         return self._post(f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(name)}/revert")
 
+    # --- backups (docs/backups.md) ----------------------------------------------------------
+    def backup_targets(self) -> list[JSON]:
+        return self._list("/api/v1/backup-targets")
+
+    def backup_target(self, name: str) -> JSON:
+        return self._get(f"/api/v1/backup-targets/{_seg(name)}")
+
+    def create_backup_target(
+        self,
+        name: str,
+        url: str,
+        repository_key: str,
+        *,
+        endpoint: str = "",
+        region: str = "",
+        ca_bundle: str = "",
+        access_key: str = "",
+        secret_key: str = "",
+    ) -> JSON:
+        """``repository_key``: base64 of the 32-byte key. The secrets go in the body only."""
+        body = {
+            "name": name,
+            "url": url,
+            "endpoint": endpoint,
+            "region": region,
+            "ca_bundle": ca_bundle,
+            "access_key": access_key,
+            "secret_key": secret_key,
+            "repository_key": repository_key,
+        }
+        return self._post("/api/v1/backup-targets", body)
+
+    def delete_backup_target(self, name: str) -> JSON:
+        return self._delete(f"/api/v1/backup-targets/{_seg(name)}")
+
+    def sync_backup_target(self, name: str) -> JSON:
+        return self._post(f"/api/v1/backup-targets/{_seg(name)}/sync")
+
+    def gc_backup_target(self, name: str) -> JSON:
+        return self._post(f"/api/v1/backup-targets/{_seg(name)}/gc")
+
+    def export_backup_key(self, name: str) -> JSON:
+        return self._post(f"/api/v1/backup-targets/{_seg(name)}/export-key")
+
+    def backups(self, volume: str | None = None, target: str | None = None) -> list[JSON]:
+        return self._list("/api/v1/backups", volume=volume, target=target)
+
+    def backup(self, backup_id: str) -> JSON:
+        return self._get(f"/api/v1/backups/{_seg(backup_id)}")
+
+    def create_backup(
+        self,
+        volume: str,
+        target: str,
+        snapshot: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> JSON:
+        """Returns the ``backup`` Operation (its ``args.backup`` is the backup's id)."""
+        body: JSON = {"target": target, "labels": dict(labels or {})}
+        if snapshot is not None:
+            body["snapshot"] = snapshot
+        return self._post(f"/api/v1/volumes/{_seg(volume)}/backups", body)
+
+    def delete_backup(self, backup_id: str) -> JSON:
+        return self._delete(f"/api/v1/backups/{_seg(backup_id)}")
+
     # --- operations ------------------------------------------------------------------------
     def operations(self, volume: str | None = None) -> list[JSON]:
         return self._list("/api/v1/operations", volume=volume)

@@ -4,9 +4,8 @@ snapshots and backups made, listed, deleted and followed. ``JobActions`` is the 
 ``Service`` with the manager's own authority (``who=None``: a job was checked against its
 tenant when it was created, and selects only that tenant's volumes).
 
-Backups are the backup part's calls (``Service.create_backup``, ``delete_backup``,
-``backups``); a manager built without them answers a backup job's run with
-``Unsupported("backups are not available ...")``, recorded as the run's failure.
+Backups are ``Service.create_backup``, ``delete_backup`` and ``backups``
+(control/service_backups.py).
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cargohold.control import requests
-from cargohold.control.requests import SnapshotCreate
+from cargohold.control.requests import BackupCreate, SnapshotCreate
 from cargohold.control.service import Service
-from cargohold.errors import Unsupported
 
 JSON = dict[str, Any]
 
@@ -56,16 +53,6 @@ class JobActions(Protocol):
         """The operation (``state``, ``error``, ``result``); NotFound when it is gone."""
 
 
-def _need(service: object, name: str) -> Any:
-    fn = getattr(service, name, None)
-    if fn is None:
-        raise Unsupported(
-            f"backups are not available in this manager (no Service.{name}): a backup job "
-            "cannot run"
-        )
-    return fn
-
-
 class ServiceActions:
     """``JobActions`` over the manager's ``Service``."""
 
@@ -102,18 +89,15 @@ class ServiceActions:
         return await self.s.snapshots(volume)
 
     async def create_backup(self, volume: str, target: str, labels: dict[str, str]) -> JSON:
-        create = _need(self.s, "create_backup")
-        make = getattr(requests, "BackupCreate", None)  # the backup part's request body
-        if make is None:
-            raise Unsupported("backups are not available in this manager (no BackupCreate)")
-        op: JSON = await create(volume, make(target=target, snapshot=None, labels=labels), None)
+        req = BackupCreate(target=target, snapshot=None, labels=labels)
+        op: JSON = await self.s.create_backup(volume, req, None)
         return op
 
     async def delete_backup(self, backup: str) -> None:
-        await _need(self.s, "delete_backup")(backup, None)
+        await self.s.delete_backup(backup, None)
 
     async def backups(self, volume: str, target: str) -> list[JSON]:
-        found: list[JSON] = await _need(self.s, "backups")(None, volume=volume, target=target)
+        found: list[JSON] = await self.s.backups(None, volume=volume, target=target)
         return found
 
     async def operation(self, oid: str) -> JSON:

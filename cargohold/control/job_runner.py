@@ -34,6 +34,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from cargohold.control.backup_records import BackupState
 from cargohold.control.job_actions import JobActions, VolumeFacts
 from cargohold.control.jobs import (
     JOB_LABEL,
@@ -50,7 +51,7 @@ from cargohold.errors import CargoholdError, NotFound, StateStoreDamaged
 log = logging.getLogger("cargohold.manager")
 READY_SNAPSHOT = "ready"
 WRITE_BATCH = 200  # run states written per state-store transaction
-READY_BACKUP = frozenset({"ready", "completed", "succeeded"})  # a backup's done states
+READY_BACKUP = frozenset({BackupState.SUCCEEDED.value})  # a backup's done state
 
 
 def object_name(job: str, t: float) -> str:

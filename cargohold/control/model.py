@@ -1,3 +1,4 @@
+# size: one pydantic model per record, the API's and the state store's shapes in one place
 """The control plane's records: what the manager stores, serves over its API, and what the
 node agents report and receive. One pydantic model per record; the JSON shapes are the API's
 (documented in docs/control-plane.md and published as OpenAPI).
@@ -10,6 +11,9 @@ Records live in the state store as JSON under these keys (see ``keys``):
     /replicas/<volume>/<replica>      Replica       one copy of a volume on a node's disk
     /snapshots/<volume>/<snapshot>    Snapshot
     /operations/<id>                  Operation     long-running work: snapshots, expand, clone, scrub
+    /backup-targets/<name>            BackupTarget  an object store or path backups go to
+    /backup-target-secrets/<name>     TargetSecrets its credentials and repository key (never served)
+    /backups/<id>                     Backup        one backup of a volume in a target's repository
     /cluster                          Cluster       the cluster's identity, made with the store
     /tombstones/<volume>/<replica>    Tombstone     a replica the manager deleted (kept tombstone_ttl)
     /orphans/<node>/<replica>         Orphan        on a node's disk, in no record: kept, reported
@@ -37,6 +41,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     field_validator,
+    model_validator,
 )
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")  # a DNS-1123 label (dots ok)
@@ -44,6 +49,10 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")  # a DNS-1123 lab
 # ``name_field()`` so that clients see the rule, and strict types (StrictInt, ...): a JSON
 # request's "4096" or 4096.0 is not an integer, nor "true" a boolean.
 NAME_PATTERN = NAME_RE.pattern
+
+
+BACKUP_ID_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,126}[a-z0-9])?$"  # a backup's id (bk-<volume>-...)
+RESTORE_FAILED = "restore failed: "  # how a failed restore's error starts (Volume.state)
 
 
 def name_field(**kw: Any) -> Any:
@@ -114,6 +123,8 @@ class VolumeState(StrEnum):
     DETACHING = "detaching"
     DELETING = "deleting"
     RELEASED = "released"  # deleted with reclaim policy Retain: data kept, not attachable
+    RESTORING = "restoring"  # a backup being written into it: not usable until done
+    FAILED = "failed"  # its restore failed: never usable (delete it, restore again)
 
 
 class Robustness(StrEnum):
@@ -130,8 +141,21 @@ class ReplicaMode(StrEnum):
 
 
 class VolumeSource(Record):
-    volume: str = name_field()
+    """Where a new volume's data comes from: a volume (a clone, of ``snapshot`` or of a
+    snapshot taken now) or a backup (a restore; ``target`` is filled in by the manager)."""
+
+    volume: str | None = name_field(default=None)
     snapshot: str | None = name_field(default=None)
+    backup: str | None = Field(default=None, pattern=BACKUP_ID_PATTERN, max_length=128)
+    target: str | None = name_field(default=None)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VolumeSource:
+        if (self.volume is None) == (self.backup is None):
+            raise ValueError("a source names either a volume (a clone) or a backup (a restore)")
+        if self.backup is not None and self.snapshot is not None:
+            raise ValueError("a restore's source is a backup: it takes no snapshot")
+        return self
 
 
 class EngineSpec(Record):
@@ -264,6 +288,9 @@ class Volume(Record):
         ):
             return VolumeState.DETACHING  # an engine the volume no longer wants is stopping
         if not self.initialized:
+            if self.source is not None and self.source.backup is not None:
+                failed = self.error.startswith(RESTORE_FAILED)
+                return VolumeState.FAILED if failed else VolumeState.RESTORING
             return VolumeState.CREATING
         return VolumeState.DETACHED
 
@@ -552,6 +579,9 @@ class keys:
     REPLICAS = "/replicas/"
     SNAPSHOTS = "/snapshots/"
     OPERATIONS = "/operations/"
+    BACKUP_TARGETS = "/backup-targets/"
+    TARGET_SECRETS = "/backup-target-secrets/"
+    BACKUPS = "/backups/"
 
     @staticmethod
     def node(name: str) -> str:
@@ -596,3 +626,15 @@ class keys:
     @staticmethod
     def token(tid: str) -> str:
         return f"/tokens/{tid}"
+
+    @staticmethod
+    def backup_target(name: str) -> str:
+        return f"/backup-targets/{name}"
+
+    @staticmethod
+    def target_secrets(name: str) -> str:
+        return f"/backup-target-secrets/{name}"
+
+    @staticmethod
+    def backup(bid: str) -> str:
+        return f"/backups/{bid}"

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cargohold.control.backup_results import (
+    fail_backups_of_snapshot,
+    finish_restore,
+    follow_backup,
+)
 from cargohold.control.model import (
     Operation,
     OperationKind,
@@ -55,6 +60,7 @@ async def ingest_operation(
         return o
 
     op = await repo.update_operation(orep.id, progress)
+    await follow_backup(repo, op)
     if done:
         await apply_result(repo, op)
         wake()
@@ -73,6 +79,8 @@ async def apply_result(repo: Repository, op: Operation) -> None:
                 return s
 
             await repo.update_snapshot(op.volume, name, snap)
+            if not ok:
+                await fail_backups_of_snapshot(repo, op.volume, name, op.error)
         elif op.kind is OperationKind.SNAPSHOT_DELETE:
             if ok:
                 await repo.delete_snapshot_record(op.volume, name)
@@ -106,5 +114,7 @@ async def apply_result(repo: Repository, op: Operation) -> None:
                 return v
 
             await repo.update_volume(op.volume, cloned)
+        elif op.kind is OperationKind.RESTORE:
+            await finish_restore(repo, op)
     except NotFound:
         pass

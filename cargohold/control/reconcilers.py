@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from cargohold.control.backup_results import follow_backup
 from cargohold.control.model import (
     EngineSpec,
     EventKind,
@@ -398,7 +399,7 @@ class VolumeReconciler:
                     o.state, o.error, o.finished_at = OperationState.FAILED, "volume deleted", t
                     return o
 
-                await self.repo.update_operation(op.id, gone)
+                await follow_backup(self.repo, await self.repo.update_operation(op.id, gone))
 
     async def _volume(
         self,

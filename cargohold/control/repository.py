@@ -37,6 +37,7 @@ from cargohold.control.model import (
     Volume,
     keys,
 )
+from cargohold.control.repository_backups import BackupRecords
 from cargohold.control.scheduler import PlacementRequest, place
 from cargohold.control.state.base import Compare, Delete, Put, StateStore
 from cargohold.errors import AlreadyExists, Busy, NotFound, StateStoreDamaged
@@ -59,7 +60,7 @@ def _dump(rec: BaseModel) -> bytes:
 Observer = Callable[[BaseModel | None, BaseModel | None], None]
 
 
-class Repository:
+class Repository(BackupRecords):
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.observers: list[Observer] = []

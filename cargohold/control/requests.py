@@ -4,9 +4,19 @@ wrong types are refused with 422). ``Service`` takes them; api_*.py declare them
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+)
 
 from cargohold.control.model import VolumeSource, check_name, name_field
 
@@ -102,3 +112,65 @@ class TenantQuota(BaseModel):
     model_config = {"extra": "forbid"}
 
     quota_bytes: StrictInt | None = Field(ge=0, description="null: no quota")
+
+
+class BackupTargetCreate(BaseModel):
+    """POST /api/v1/backup-targets: a target and its secrets (docs/backups.md). The
+    secrets are kept by the manager and never shown again."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = name_field()
+    url: str = Field(
+        min_length=1, max_length=1024, description="s3://BUCKET/PREFIX or file:///PATH"
+    )
+    endpoint: str = Field(default="", max_length=1024, description="S3: the endpoint URL")
+    region: str = Field(default="", max_length=64)
+    ca_bundle: str = Field(
+        default="", max_length=1 << 20, description="PEM: the CAs that sign the endpoint"
+    )
+    access_key: SecretStr = Field(default=SecretStr(""), description="S3: never shown again")
+    secret_key: SecretStr = Field(default=SecretStr(""), description="S3: never shown again")
+    repository_key: SecretStr = Field(
+        description="base64 of the repository's 32-byte key: it opens the repository if one "
+        "is there, else a new repository is made with it. Keep a copy: without it the "
+        "backups cannot be read by anyone"
+    )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, v: object) -> object:
+        return check_name(v, "backup target name") if isinstance(v, str) else v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not (v.startswith("s3://") or v.startswith("file:///")):
+            raise ValueError("a target's url is s3://BUCKET/PREFIX or file:///PATH")
+        if "@" in v.split("/", 3)[2]:
+            raise ValueError("credentials go in access_key and secret_key, not in the url")
+        return v
+
+    @field_validator("repository_key")
+    @classmethod
+    def _key(cls, v: SecretStr) -> SecretStr:
+        try:
+            raw = base64.b64decode(v.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("repository_key is not base64") from None
+        if len(raw) != 32:
+            raise ValueError(f"repository_key must be 32 bytes (base64), got {len(raw)}")
+        return v
+
+
+class BackupCreate(BaseModel):
+    """POST /api/v1/volumes/{volume}/backups."""
+
+    model_config = {"extra": "forbid"}
+
+    target: str = name_field()
+    snapshot: str | None = name_field(
+        default=None,
+        description="a ready snapshot of the volume to back up (default: one taken now)",
+    )
+    labels: dict[str, str] = Field(default_factory=dict)

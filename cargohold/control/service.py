@@ -5,7 +5,7 @@ status codes; the reconcilers carry wishes out. Long work (snapshots, expand, cl
 an ``Operation`` that an engine runs; the caller polls it.
 
 ``Service`` is put together from its parts, one per kind of record: service_nodes.py,
-service_volumes.py, service_snapshots.py, service_cluster.py, heartbeat_hold.py (the
+service_volumes.py, service_snapshots.py, service_cluster.py, service_backups.py, heartbeat_hold.py (the
 heartbeat's long poll); what they share is service_base.py. The request bodies are in
 requests.py (named here too, for callers that take them from this module).
 """
@@ -16,11 +16,14 @@ from cargohold.control.enrollment import EnrollmentCalls
 from cargohold.control.heartbeat_hold import HeartbeatCalls
 from cargohold.control.requests import (
     AttachRequest,
+    BackupCreate,
+    BackupTargetCreate,
     DiskCreate,
     ExpandRequest,
     SnapshotCreate,
     VolumeCreate,
 )
+from cargohold.control.service_backups import BackupCalls
 from cargohold.control.service_cluster import HEALTH_TIMEOUT, ClusterCalls
 from cargohold.control.service_jobs import JobCalls
 from cargohold.control.service_nodes import NodeCalls
@@ -31,6 +34,8 @@ from cargohold.control.service_volumes import VolumeCalls
 __all__ = [
     "HEALTH_TIMEOUT",
     "AttachRequest",
+    "BackupCreate",
+    "BackupTargetCreate",
     "DiskCreate",
     "ExpandRequest",
     "Service",
@@ -48,5 +53,6 @@ class Service(
     TenantCalls,
     EnrollmentCalls,
     JobCalls,
+    BackupCalls,
 ):
     """What the manager's API does (see the module's docstring); one instance per manager."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from cargohold.control.backup_records import Backup
 from cargohold.control.model import Heartbeat, Operation, OperationKind, Snapshot, Volume, keys
 from cargohold.control.repository import Guard, Repository, new_id, now
 from cargohold.control.settings import ManagerSettings
@@ -59,11 +60,18 @@ class ServiceBase:
         self.kick.set()
         return op
 
+    async def _restore_source(
+        self, bid: str, owner: str | None, size: int, who: Identity | None
+    ) -> Backup:
+        """The backup a new volume restores, checked (service_backups.py)."""
+        raise NotImplementedError
+
     def _usable(self, vol: Volume) -> None:
         if vol.deleting or vol.released:
             raise WrongState(f"volume {vol.name} is being deleted")
         if not vol.initialized:
-            raise WrongState(f"volume {vol.name} is still being cloned")
+            what = "restored" if vol.source and vol.source.backup else "cloned"
+            raise WrongState(f"volume {vol.name} is still being {what} ({vol.state.value})")
 
     async def _snapshot_op(self, volume: str, snap: str, labels: dict[str, str]) -> Operation:
         rec = Snapshot(volume=volume, name=snap, labels=labels, created_at=now())

@@ -9,7 +9,14 @@ from typing import Any
 
 from cargohold.constants import MAX_EPOCH
 from cargohold.control.jobs import JobStore, check_job_labels
-from cargohold.control.model import NodeState, OperationKind, Replica, SnapshotState, Volume
+from cargohold.control.model import (
+    NodeState,
+    OperationKind,
+    Replica,
+    SnapshotState,
+    Volume,
+    VolumeSource,
+)
 from cargohold.control.repository import MAX_RETRIES, TenantChanged, new_id, now, tenant_guard
 from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate
 from cargohold.control.service_base import ServiceBase
@@ -56,13 +63,17 @@ class VolumeCalls(ServiceBase):
         if owner is not None:
             await self.repo.tenant(owner)  # NotFound: the tenant must exist first
         snapshot_name = None
-        if req.source is not None:
-            src = await self._volume(req.source.volume, who)
+        source, restore = req.source, None
+        if source is not None and source.backup is not None:  # a restore
+            restore = await self._restore_source(source.backup, owner, req.size_bytes, who)
+            source = VolumeSource(backup=restore.id, target=restore.target)
+        elif source is not None and source.volume is not None:  # a clone
+            src = await self._volume(source.volume, who)
             clone_source_allowed(owner, src)
             if src.deleting or src.released:
                 raise WrongState(f"source volume {src.name} is being deleted")
-            if req.source.snapshot is not None:
-                snap = await self.repo.snapshot(src.name, req.source.snapshot)
+            if source.snapshot is not None:
+                snap = await self.repo.snapshot(src.name, source.snapshot)
                 if snap.state is not SnapshotState.READY:
                     raise WrongState(f"snapshot {snap.name} of {src.name} is {snap.state.value}")
                 snapshot_name = snap.name
@@ -99,22 +110,28 @@ class VolumeCalls(ServiceBase):
             disk_tags=req.disk_tags,
             reclaim_policy=req.reclaim_policy,
             stale_replica_timeout=req.stale_replica_timeout,
-            source=req.source,
+            source=source,
             created_at=t,
-            initialized=req.source is None,
+            initialized=source is None,
             tenant=owner,
             labels=req.labels,
         )
         await check_job_labels(JobStore(self.repo.store), req.labels, owner)
         await self._admit(vol, reps)
-        if req.source is not None:
+        if restore is not None:  # the volume's engine writes the backup in (docs/backups.md)
+            await self._operation(
+                OperationKind.RESTORE,
+                req.name,
+                {"backup": restore.repository_id, "target": restore.target},
+            )
+        elif source is not None and source.volume is not None:
             if snapshot_name is None:  # clone a volume: through a snapshot taken now
                 snapshot_name = f"clone-{req.name}-{new_id('')}"
-                await self._snapshot_op(req.source.volume, snapshot_name, {"clone-for": req.name})
+                await self._snapshot_op(source.volume, snapshot_name, {"clone-for": req.name})
             await self._operation(
                 OperationKind.CLONE,
                 req.name,
-                {"source_volume": req.source.volume, "snapshot": snapshot_name},
+                {"source_volume": source.volume, "snapshot": snapshot_name},
             )
         log.info(
             "volume %s created: %d bytes, replicas on %s",
@@ -167,7 +184,11 @@ class VolumeCalls(ServiceBase):
             if v.deleting:
                 raise WrongState(f"volume {name} is being deleted")
             if not v.initialized:
-                raise WrongState(f"volume {name} is still being cloned; try again when it is ready")
+                what = "restored" if v.source and v.source.backup else "cloned"
+                raise WrongState(
+                    f"volume {name} is still being {what} ({v.state.value}); try again when "
+                    "it is ready"
+                )
             if v.attach_node == req.node:
                 return None
             if v.attach_node is not None and not req.force:

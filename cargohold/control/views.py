@@ -189,6 +189,9 @@ def replica_view(rep: Replica, node: Node | None, engine_running: bool) -> dict[
     }
 
 
+NOT_RESTORED = {"restoring": Robustness.UNKNOWN, "failed": Robustness.FAULTED}
+
+
 def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) -> dict[str, Any]:
     running = vol.engine_runs
     state = vol.state.value
@@ -199,7 +202,8 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "size_bytes": vol.size_bytes,
         "replicas_wanted": vol.replicas_wanted,
         "state": state,
-        "robustness": vol.robustness.value,
+        # a restore not done is never presented as healthy (its replicas hold part of it)
+        "robustness": NOT_RESTORED.get(state, vol.robustness).value,
         "endpoint": st.endpoint if attached and st is not None else "",
         "attached_node": vol.attach_node,
         "epoch": vol.epoch,

@@ -29,6 +29,10 @@ class Permission(enum.StrEnum):
     SECURITY = "security"  # tokens, certificates, join tokens, revocation
     JOBS_READ = "jobs:read"  # recurring snapshot and backup jobs, their runs
     JOBS_WRITE = "jobs:write"  # create, delete, run-now recurring jobs
+    TARGETS_READ = "targets:read"  # backup targets (never their secrets)
+    TARGETS_WRITE = "targets:write"  # add, delete, sync and garbage-collect backup targets
+    BACKUPS_READ = "backups:read"  # backups (a tenant: of its own volumes)
+    BACKUPS_WRITE = "backups:write"  # back up a volume, delete a backup
 
 
 _ALL = frozenset(Permission)
@@ -38,6 +42,8 @@ _READ = frozenset(
         Permission.VOLUMES_READ,
         Permission.NODES_READ,
         Permission.JOBS_READ,
+        Permission.TARGETS_READ,
+        Permission.BACKUPS_READ,
     }
 )
 
@@ -50,6 +56,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.NODES_WRITE,
         Permission.RECOVERY,
         Permission.JOBS_WRITE,
+        Permission.BACKUPS_WRITE,
     },
     Role.READER: _READ,
     Role.CSI: frozenset(
@@ -59,6 +66,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.VOLUMES_WRITE,
             Permission.VOLUMES_ATTACH,
             Permission.NODES_READ,
+            Permission.BACKUPS_READ,
+            Permission.BACKUPS_WRITE,
         }
     ),
     Role.AGENT: frozenset({Permission.HEARTBEAT, Permission.STATUS_READ}),
@@ -76,12 +85,14 @@ TENANT_SCOPED = frozenset(
         Permission.VOLUMES_ATTACH,
         Permission.JOBS_READ,
         Permission.JOBS_WRITE,
+        Permission.BACKUPS_READ,
+        Permission.BACKUPS_WRITE,
     }
 )
-"""What a tenant-scoped identity may do at all: its own volumes and recurring jobs. Nodes,
-disks, recovery, tenants and security are the storage cluster's, not a tenant's (NODES_READ
-is dropped for tenants' people: node names and addresses are the provider's; a tenant's CSI driver keeps it,
-it needs nodes and zones for topology and attachment)."""
+"""What a tenant-scoped identity may do at all: its own volumes, their backups and its
+recurring jobs. Nodes, disks, recovery, backup targets, tenants and security are the storage
+cluster's, not a tenant's (NODES_READ is dropped for tenants' people: node names and
+addresses are the provider's; a tenant's CSI driver keeps it, it needs nodes and zones for topology and attachment)."""
 
 
 def allowed(ident: Identity, perm: Permission) -> bool:

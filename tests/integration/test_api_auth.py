@@ -51,6 +51,8 @@ PARAMS = {
     "tenant": "team-x",
     "disk": "disk-x",
     "job": "job-x",
+    "target": "tgt-x",
+    "backup": "bk-x",
 }
 # who holds no REST permission at all, and who holds which (certificates of this cluster)
 NOBODY = ("engine", "vol-x")

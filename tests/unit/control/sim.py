@@ -7,14 +7,18 @@ to run and reports them the way a real agent does. Time is a fake clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cargohold.control import (
+    backup_results,
     engine_reports,
     heartbeat,
     operation_results,
     reconcilers,
     repository,
+    service_backups,
     service_base,
     service_nodes,
     service_volumes,
@@ -24,6 +28,7 @@ from cargohold.control.model import (
     DiskReport,
     EngineReport,
     Heartbeat,
+    OperationAssignment,
     OperationReport,
     OperationState,
     Registration,
@@ -75,13 +80,16 @@ class Sim:
         self.clock = Clock()
         # every module that reads the clock (each took ``now`` from the repository)
         modules = (repository, heartbeat, engine_reports, operation_results, reconcilers)
-        for mod in (*modules, service_base, service_nodes, service_volumes):
+        more = (service_base, service_nodes, service_volumes, service_backups, backup_results)
+        for mod in (*modules, *more):
             monkeypatch.setattr(mod, "now", self.clock)
         self.settings = ManagerSettings(**settings)
         self.repo = Repository(open_store("memory:"))
         self.service = Service(self.repo, self.settings, "memory", "test")
         self.recs = [cls(self.repo, self.settings) for cls in reconcilers.RECONCILERS]
         self.nodes: dict[str, SimNode] = {}
+        # what a finished operation reports as its result (backups: the BackupInfo)
+        self.op_result: Callable[[OperationAssignment], dict[str, Any]] | None = None
         for i in range(nodes):
             z = zones[i % len(zones)] if zones else ""
             self.nodes[f"node-{i + 1}"] = SimNode(f"node-{i + 1}", z)
@@ -185,6 +193,7 @@ class Sim:
                     id=oa.id,
                     state=OperationState.FAILED if n.fail_ops else OperationState.SUCCEEDED,
                     error="boom" if n.fail_ops else "",
+                    result=self.op_result(oa) if self.op_result and not n.fail_ops else {},
                 )
         live = {oa.id for oa in a.operations}
         n.ops_done = {k: v for k, v in n.ops_done.items() if k in live}

@@ -63,7 +63,7 @@ async def world(monkeypatch):  # type: ignore[no-untyped-def]
         yield sim, Checked(c, app.openapi())
 
 
-async def test_every_answer_fits_the_published_schema(world) -> None:  # type: ignore[no-untyped-def]
+async def test_every_answer_fits_the_published_schema(world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     sim, call = world
     V, N, S, OP = (
         "/api/v1/volumes/{volume}",
@@ -220,6 +220,8 @@ async def test_every_answer_fits_the_published_schema(world) -> None:  # type: i
     await _jobs(sim, call)
     # joining, certificates, node and disk removal (control/enrollment.py)
     await _enrollment(sim, call)
+    # backup targets, backups, a restore (control/service_backups.py)
+    await _backups(sim, call, monkeypatch)
 
     # every route, each with its success answer, was checked
     routes = {
@@ -334,3 +336,50 @@ async def _enrollment(sim: Sim, call: Checked) -> None:
         await call("DELETE", N, 200, node="node-7")  # joined, never ran anything
         await call("DELETE", N, 404, node="node-7")
         sim.service.ca = None
+
+
+async def _backups(sim: Sim, call: Checked, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cargohold.control.service_backups import BackupCalls
+    from tests.unit.control.backup_twin import KEY, OTHER_KEY, TwinTargets
+
+    twins = TwinTargets()
+    monkeypatch.setattr(BackupCalls, "open_backup_repository", staticmethod(twins))
+    sim.op_result = twins.engine_result
+    T, B = "/api/v1/backup-targets/{target}", "/api/v1/backups/{backup}"
+    body = {"name": "s3", "url": "s3://b/p", "access_key": "ak", "secret_key": "sk"}
+    await call("POST", "/api/v1/backup-targets", 201, {**body, "repository_key": KEY})
+    await call("POST", "/api/v1/backup-targets", 409, {**body, "repository_key": KEY})
+    bad = {**body, "name": "s4", "repository_key": OTHER_KEY}
+    await call("POST", "/api/v1/backup-targets", 400, bad)
+    await call("POST", "/api/v1/backup-targets", 422, {**body, "repository_key": "xx"})
+    assert [t["name"] for t in await call("GET", "/api/v1/backup-targets", 200)] == ["s3"]
+    await call("GET", T, 200, target="s3")
+    await call("GET", T, 404, target="nope")
+    await call("POST", "/api/v1/volumes", 201, {"name": "bk", "size_bytes": GiB})
+    await sim.step(rounds=2)
+    op = await call("POST", "/api/v1/volumes/{volume}/backups", 202, {"target": "s3"}, volume="bk")
+    bid = op["args"]["backup"]
+    await call("POST", "/api/v1/volumes/{volume}/backups", 404, {"target": "no"}, volume="bk")
+    await call("DELETE", B, 409, backup=bid)
+    await sim.step(rounds=6)
+    b = await call("GET", B, 200, backup=bid)
+    assert b["state"] == "succeeded"
+    await call("GET", B, 404, backup="bk-nope")
+    assert [x["id"] for x in await call("GET", "/api/v1/backups", 200, volume="bk")] == [bid]
+    synced = await call("POST", T + "/sync", 200, target="s3")
+    assert synced["imported"] == []
+    await call("POST", T + "/gc", 200, target="s3")
+    assert (await call("POST", T + "/export-key", 200, target="s3"))["repository_key"] == KEY
+    await call("POST", T + "/export-key", 404, target="nope")
+    v = await call(
+        "POST",
+        "/api/v1/volumes",
+        201,
+        {"name": "bk2", "size_bytes": GiB, "source": {"backup": bid}},
+    )
+    assert v["state"] == "restoring"
+    await call("DELETE", T, 409, target="s3")
+    await sim.step(rounds=8)
+    await call("DELETE", B, 200, backup=bid)
+    await call("DELETE", T, 200, target="s3")
+    await call("DELETE", T, 404, target="s3")

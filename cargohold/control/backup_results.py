@@ -1,0 +1,87 @@
+"""What the engines' reports of BACKUP and RESTORE operations change in the records: a
+backup's record follows its operation (running, progress, then the repository's
+BackupInfo or the error); a restored volume becomes usable only when its RESTORE succeeded
+(a failed one stays ``failed``, never presented as usable); a backup whose snapshot could
+not be taken fails with it.
+
+Called by operation_results.py (``ingest_operation``, ``apply_result``).
+"""
+
+from __future__ import annotations
+
+from cargohold.control.backup_records import Backup, BackupState
+from cargohold.control.model import (
+    RESTORE_FAILED,
+    Operation,
+    OperationKind,
+    OperationState,
+    Volume,
+)
+from cargohold.control.repository import Repository, now
+from cargohold.errors import NotFound
+
+
+async def follow_backup(repo: Repository, op: Operation) -> None:
+    """The backup record of a BACKUP operation, after each report of it."""
+    bid = op.args.get("backup")
+    if op.kind is not OperationKind.BACKUP or not isinstance(bid, str):
+        return
+
+    def change(b: Backup) -> Backup | None:
+        if b.state is BackupState.DELETING:
+            return None
+        if op.state is OperationState.RUNNING:
+            if b.state is BackupState.RUNNING and b.progress == op.progress:
+                return None
+            b.state, b.progress = BackupState.RUNNING, op.progress
+        elif op.state is OperationState.SUCCEEDED:
+            b.state, b.progress, b.error = BackupState.SUCCEEDED, 1.0, ""
+            b.info = dict(op.result)
+            b.repository_id = str(op.result.get("id") or "")
+            size = op.result.get("size")
+            b.size_bytes = size if isinstance(size, int) else b.size_bytes
+            b.finished = op.finished_at or now()
+            if not b.repository_id:  # an engine that did not say: never "succeeded" unnamed
+                b.state, b.error = BackupState.FAILED, "the engine reported no backup id"
+        elif op.state is OperationState.FAILED:
+            b.state, b.error, b.finished = BackupState.FAILED, op.error, op.finished_at or now()
+        else:
+            return None
+        return b
+
+    try:
+        await repo.update_backup(bid, change)
+    except NotFound:
+        pass
+
+
+async def finish_restore(repo: Repository, op: Operation) -> None:
+    """A finished RESTORE: the volume is usable, or failed for good."""
+    ok = op.state is OperationState.SUCCEEDED
+
+    def restored(v: Volume) -> Volume:
+        v.initialized = ok or v.initialized
+        v.error = "" if ok else f"{RESTORE_FAILED}{op.error or 'no reason given'}"
+        return v
+
+    try:
+        await repo.update_volume(op.volume, restored)
+    except NotFound:
+        pass
+
+
+async def fail_backups_of_snapshot(repo: Repository, volume: str, snapshot: str, why: str) -> None:
+    """The snapshot a backup waits for failed: so does the backup (it would wait forever)."""
+    for op in await repo.operations(volume):
+        if op.done or op.kind is not OperationKind.BACKUP or op.args.get("snapshot") != snapshot:
+            continue
+        error = f"its snapshot {snapshot} failed: {why}"
+
+        def failed(o: Operation, error: str = error) -> Operation | None:
+            if o.done:
+                return None
+            o.state, o.error, o.finished_at = OperationState.FAILED, error, now()
+            return o
+
+        done = await repo.update_operation(op.id, failed)
+        await follow_backup(repo, done)
