@@ -31,7 +31,7 @@ import os
 import time
 from typing import Any
 
-from cargohold.engine import backup, importer, restore, snapshots
+from cargohold.engine import importer, snapshots
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
@@ -103,6 +103,10 @@ async def handle(
         op_id = request.get("id")
         if not isinstance(op_id, str) or not op_id:
             raise InvalidArgument(f"{op}: id (the operation's id) is required")
+        # imported here: an engine that never backs up loads neither the repository library
+        # nor numpy (tests/unit/test_settings.py keeps an engine process lean)
+        from cargohold.engine import backup, restore
+
         start = backup.start_backup if op == "backup" else restore.start_restore
         job = await start(vol, op_id, request.get("args"), request.get("secrets") or {})
         return {"job": job}

@@ -12,7 +12,12 @@ from cargohold.settings import ProcessSettings
 from cargohold.settings_doc import SETTINGS, render
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_SETTINGS = {"CARGOHOLD_WORKER"}  # set by the replica server for its workers
+NOT_SETTINGS = {
+    "CARGOHOLD_WORKER",  # set by the replica server for its workers
+    # a backup target's S3 credentials for the CLI (secrets: docs/backups.md, never settings)
+    "CARGOHOLD_BACKUP_ACCESS_KEY",
+    "CARGOHOLD_BACKUP_SECRET_KEY",
+}
 NOT_SETTINGS_PREFIXES = ("CARGOHOLD_FAULT_PAUSE_",)  # a test hook, documented apart
 
 

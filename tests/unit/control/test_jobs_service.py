@@ -14,7 +14,7 @@ from cargohold.control.job_actions import ServiceActions
 from cargohold.control.job_runner import JobRunner
 from cargohold.control.jobs import JOB_LABEL, JobSpec, JobStore, volume_label
 from cargohold.control.requests import TenantCreate, VolumeCreate
-from cargohold.errors import InvalidArgument, NotFound, PermissionDenied, Unsupported
+from cargohold.errors import InvalidArgument, NotFound, PermissionDenied
 from cargohold.security.identity import Identity, Role
 from tests.unit.control.sim import Sim
 
@@ -69,13 +69,6 @@ async def test_a_snapshot_job_keeps_the_last_two_through_the_real_service(sim: S
     assert len(await sim.service.snapshots("data")) == 2
     with pytest.raises(NotFound):
         await sim.service.job("hourly")
-
-
-async def test_a_backup_job_without_backups_in_this_manager_fails_clearly(sim: Sim) -> None:
-    if hasattr(sim.service, "create_backup"):
-        pytest.skip("this manager has backups")
-    with pytest.raises(Unsupported, match="backups are not available"):
-        await ServiceActions(sim.service).create_backup("data", "s3", {})
 
 
 async def test_jobs_are_tenant_scoped(sim: Sim) -> None:
