@@ -95,7 +95,10 @@ async def handle(
             spec = ReplicaSpec.parse(source)
         except ConfigError as e:
             raise InvalidArgument(f"source: {e}") from None
-        return {"import": await importer.start_import(vol, spec, snapshot)}
+        grant = request.get("grant")
+        if grant is not None and not isinstance(grant, str):
+            raise InvalidArgument("grant (a read grant from the manager) must be a string")
+        return {"import": await importer.start_import(vol, spec, snapshot, grant)}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
         "expand, add-replica, remove-replica, import, scrub)"
