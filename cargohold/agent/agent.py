@@ -117,7 +117,12 @@ class Agent:
         )
         self.operations = Operations(self.engines.procs, self._news)
         self.creds = NodeCredentials(
-            config.node, self.dir, config.ca_dir, config.tls_dir, config.replica_tls_dir
+            config.node,
+            self.dir,
+            config.ca_dir,
+            config.tls_dir,
+            config.replica_tls_dir,
+            joins=bool(config.join_token_file),
         )
         self.replicas.creds = self.creds
         self.engines.credentials = lambda volume: engine_credentials(self.creds, volume)
