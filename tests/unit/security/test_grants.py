@@ -135,3 +135,27 @@ def test_the_policy_a_grant_allows_reads_of_its_snapshot_and_nothing_else(ca):
         assert not policy.grant_allows(who, g, "OPEN", "src"), who
     assert policy.lists_replica(clone, "src", g) and not policy.lists_replica(clone, "src")
     assert not policy.lists_replica(clone, "another", g)
+
+
+def test_the_checked_in_sample_decodes_and_verifies():
+    """docs/formats/replica-wire.md, "Read grants": the sample and its CA."""
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2] / "data"
+    token = (data / "read-grant-sample.txt").read_text().strip()
+    prefix, payload, _, _ = token.split(".")
+    fields = grants._payload(grants._unb64(payload, "payload"))
+    assert prefix == "chg1" and fields["v"] == 1 and fields["access"] == "read"
+    assert fields["exp"] - fields["nbf"] == 3600
+    g = grants.verify(
+        token,
+        (data / "read-grant-sample-ca.crt").read_bytes(),
+        None,
+        "c-sample",
+        now=fields["nbf"] + 1,
+    )
+    assert (g.engine, g.volume, g.snapshot) == ("pvc-clone", "pvc-source", "clone-pvc-clone-1a2b")
+    assert g.signer == Identity("c-sample", Role.MANAGER, "manager-1")
+    with pytest.raises(PermissionDenied, match="expired"):  # an hour later
+        trust = (data / "read-grant-sample-ca.crt").read_bytes()
+        grants.verify(token, trust, None, "c-sample", now=fields["exp"] + 1)
