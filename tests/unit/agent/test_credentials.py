@@ -89,8 +89,9 @@ def test_without_a_ca_an_engine_cannot_be_given_a_certificate(tmp_path, ca_dir):
 
 
 def test_the_agents_manager_certificate_alone_leaves_the_data_path_plaintext(tmp_path, ca_dir):
-    """``cargohold up`` gives agents their certificate towards the manager only (clones
-    still need --plaintext replica servers: docs/security.md, "Known gap")."""
+    """A certificate towards the manager alone (--tls-dir) makes no engine certificates:
+    without --ca-dir, a join or --replica-tls-dir the data path stays plaintext (loudly).
+    ``cargohold up`` gives its agents --ca-dir (docs/security.md, "The replica wire")."""
     ca = CertificateAuthority.load(ca_dir)
     ca.issue(Identity(CLUSTER, Role.AGENT, "n")).write(tmp_path / "agent")
     nc = NodeCredentials("n", str(tmp_path / "node"), tls_dir=str(tmp_path / "agent"))
