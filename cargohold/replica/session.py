@@ -42,15 +42,11 @@ from cargohold.errors import (
 )
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Request
+from cargohold.replica.grant_checks import GrantChecks
 from cargohold.replica.maintenance import MaintenanceOps, str_arg
 from cargohold.security.identity import Identity, Role
-from cargohold.security.policy import (
-    GRANT_SNAPSHOT_OPS,
-    grant_allows,
-    lists_replica,
-    replica_op_allowed,
-)
-from cargohold.security.tls import CA_FILE, CRL_FILE, Credentials, peer_identity, require
+from cargohold.security.policy import lists_replica, replica_op_allowed
+from cargohold.security.tls import Credentials, peer_identity, require
 from cargohold.store.reader import host_identity
 
 if TYPE_CHECKING:
@@ -111,7 +107,7 @@ def replica_volume(replica_id: str, labels: dict[str, str]) -> str | None:
     return m.group(1) if m else None
 
 
-class Session(MaintenanceOps, asyncio.BufferedProtocol):
+class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
     def __init__(self, server: Host) -> None:
         self.server = server
         self.decoder = wire.RequestDecoder()
@@ -239,7 +235,8 @@ class Session(MaintenanceOps, asyncio.BufferedProtocol):
             if handler is None:
                 raise Unsupported(f"unknown op {req.op}")
             if self.grant is not None:
-                self._check_grant(req)
+                rep = self.rep
+                self._check_grant(req, replica_volume(rep.id, rep.store.labels) if rep else None)
             res = handler(self, req)
             if asyncio.iscoroutine(res):
                 task = asyncio.get_running_loop().create_task(self._finish(req, res))
@@ -301,56 +298,6 @@ class Session(MaintenanceOps, asyncio.BufferedProtocol):
             log.warning("refused %s from %s (%s): %s", op, self.peer, self.ident, e)
             raise
         return ident
-
-    def _read_grant(self, args: dict[str, Any]) -> ReadGrant | None:
-        """The verified read grant a request carries (``grant``), or None without one or on
-        a plain connection; a bad, forged or expired one is refused (counted, logged)."""
-        token = args.get("grant")
-        creds = self.server.creds
-        if token is None or not self.guarded or creds is None or self.server.cluster is None:
-            return None
-        from cargohold.security import grants
-
-        try:
-            trust = creds.path(CA_FILE).read_bytes()
-            try:
-                crl: bytes | None = creds.path(CRL_FILE).read_bytes()
-            except FileNotFoundError:
-                crl = None
-            return grants.verify(token, trust, crl, self.server.cluster)
-        except OSError as e:
-            raise ReplicaIOError(f"cannot read the trusted CAs to check a grant: {e}") from None
-        except RequestError as e:  # InvalidArgument, PermissionDenied
-            self.server.counters["refused"] += 1
-            log.warning("refused a read grant from %s (%s): %s", self.peer, self.ident, e)
-            raise
-
-    def _check_grant(self, req: Request) -> None:
-        """On a connection opened with a read grant: only ``policy.GRANT_OPS``, and data
-        reads only of the granted snapshot."""
-        assert self.grant is not None and self.ident is not None
-        op = Op(req.op).name if req.op in wire.OPS else str(req.op)
-        snapshot = None
-        if op in GRANT_SNAPSHOT_OPS:
-            snapshot = self._snapshot_arg(req)
-        rep = self.rep
-        volume = replica_volume(rep.id, rep.store.labels) if rep is not None else None
-        if op == "OPEN" or grant_allows(self.ident, self.grant, op, volume, snapshot):
-            return  # OPEN decides again with what it carries
-        self.server.counters["refused"] += 1
-        log.warning("refused %s from %s (%s): read grant only", op, self.peer, self.ident)
-        what = f" of snapshot {snapshot}" if op in GRANT_SNAPSHOT_OPS else ""
-        raise PermissionDenied(
-            f"{self.ident} opened this replica with a {self.grant}: it may not {op}{what}"
-        )
-
-    @staticmethod
-    def _snapshot_arg(req: Request) -> str | None:
-        try:
-            value = req.args().get("snapshot") if req.payload else None
-        except InvalidArgument:
-            return None  # not JSON (a READ without args): the live head
-        return value if isinstance(value, str) else None
 
     def _mutation(self, req: Request) -> OpenReplica:
         """``_replica`` for a mutation, which must carry the engine's number for it: the
@@ -464,25 +411,7 @@ class Session(MaintenanceOps, asyncio.BufferedProtocol):
             grant = self._read_grant(args)  # another volume's replica: only with a grant
         if grant is not None:
             assert ident is not None
-            if not grant_allows(ident, grant, "OPEN", volume):
-                self.server.counters["refused"] += 1
-                raise PermissionDenied(
-                    f"{ident} may not OPEN a replica of volume {volume}: its {grant} is not "
-                    "for this engine or this volume"
-                )
-            # read-only: the grant never moves the replica's epoch (never fences its engine)
-            if epoch > rep.store.epoch:
-                self.server.counters["refused"] += 1
-                raise PermissionDenied(
-                    f"replica {rep.id}: a read grant opens at the replica's epoch "
-                    f"{rep.store.epoch} or older, not {epoch}: it never takes a replica over"
-                )
-            if epoch < rep.store.epoch:
-                self.server.counters["fenced"] += 1
-                raise Fenced(
-                    f"replica {rep.id}: epoch {epoch} is older than {rep.store.epoch}",
-                    epoch=rep.store.epoch,
-                )
+            self._grant_open(ident, grant, rep, epoch, volume)
         else:
             self._authorize("OPEN", volume)
             # persisted before we answer; older epochs now fail; far newer ones are refused
