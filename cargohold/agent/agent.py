@@ -117,7 +117,12 @@ class Agent:
         )
         self.operations = Operations(self.engines.procs, self._news)
         self.creds = NodeCredentials(
-            config.node, self.dir, config.ca_dir, config.tls_dir, config.replica_tls_dir
+            config.node,
+            self.dir,
+            config.ca_dir,
+            config.tls_dir,
+            config.replica_tls_dir,
+            joins=bool(config.join_token_file),
         )
         self.replicas.creds = self.creds
         self.engines.credentials = lambda volume: engine_credentials(self.creds, volume)
@@ -375,8 +380,8 @@ class Agent:
         """A certificate for ``engine/<volume>`` for every engine assigned here, from the
         manager, before the engine starts (joined agents only; a failure is logged, the
         engine starts all the same and the request is repeated next round)."""
-        if not enrollment.enrolled(self.dir):
-            return
+        if self.config.ca_dir or not enrollment.enrolled(self.dir):
+            return  # with --ca-dir the agent issues them itself (agent/credentials.py)
         enrollment.forget_engines(self.dir, {e.volume for e in assignments.engines})
         for e in assignments.engines:
             try:
@@ -395,6 +400,8 @@ class Agent:
         if now - self._renew_checked < RENEW_CHECK:
             return
         self._renew_checked = now
+        if self.config.ca_dir:
+            return  # the agent renews from its CA itself (NodeCredentials.renew)
         try:
             if await enrollment.renew(self.manager, self.config.node, self.dir):
                 await self._use_credentials()

@@ -9,12 +9,17 @@ ca.crl):
 - one per engine (role ``engine``, name the volume): passed as the engine's ``--tls-dir``;
   with it the engine may open that volume's replicas and no other.
 
-Where they come from, for now: with ``--ca-dir`` (local clusters: ``cargohold up`` keeps the
-cluster CA beside the nodes) the agent issues all three itself, under
-``<node dir>/tls/``, and issues again when one has less than half its life left.
-``engine_credentials`` is the one function that turns a volume into its engine's
-directory: runtime issuing through the manager (agent enrollment) replaces its body.
-With neither ``--ca-dir`` nor ``--replica-tls-dir`` the children run ``--plaintext`` (loudly).
+Where they come from, in this order:
+
+- ``--ca-dir`` (local clusters: ``cargohold up`` keeps the cluster CA beside the nodes): the
+  agent issues all three itself, under ``<node dir>/tls/``, and issues again when one has
+  less than half its life left;
+- an agent that joined with a join token (``enrollment.py``): the manager signed them;
+  ``tls/agent``, ``tls/replica-server`` and ``tls/engines/<volume>``, which the agent asks
+  the manager for before it starts that engine (``Agent._engine_certificates``);
+- ``--tls-dir`` / ``--replica-tls-dir``: directories made elsewhere.
+
+With none of them the children run ``--plaintext`` (loudly).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cargohold.agent import enrollment
 from cargohold.errors import ConfigError
 from cargohold.security.identity import Identity, Role
 from cargohold.security.tls import CERT_FILE, Credentials, warn_plaintext
@@ -45,18 +51,24 @@ class NodeCredentials:
     ca_dir: str | None = None
     tls_dir: str | None = None
     replica_tls_dir: str | None = None
+    joins: bool = False  # --join-token-file: the manager signs them once the agent joined
 
     def __post_init__(self) -> None:
         self._client: Credentials | None = None
-        if self.plaintext:
+        if self.plaintext and not self.joins:
             warn_plaintext(f"node {self.node}'s replica server and engines")
 
     @property
     def plaintext(self) -> bool:
-        """The data path runs without TLS: no CA to issue from and no replica server
-        credentials. (``tls_dir`` alone is the agent's certificate towards the manager,
-        e.g. what ``cargohold up`` gives it; it does not make engines' certificates.)"""
-        return not (self.ca_dir or self.replica_tls_dir)
+        """The data path runs without TLS: no CA to issue from, no replica server
+        credentials and no certificates from joining. (``tls_dir`` alone is the agent's
+        certificate towards the manager; it does not make engines' certificates.)"""
+        return not (self.ca_dir or self.replica_tls_dir or self.enrolled)
+
+    @property
+    def enrolled(self) -> bool:
+        """The agent joined: the manager signed its and its replica server's certificates."""
+        return (enrollment.replica_server_dir(self.dir) / CERT_FILE).exists()
 
     @property
     def root(self) -> Path:
@@ -98,6 +110,8 @@ class NodeCredentials:
             return None
         if self.ca_dir:
             return self._mine(Role.REPLICA, self.node, "replica-server")
+        if not self.replica_tls_dir and self.enrolled:
+            return str(enrollment.replica_server_dir(self.dir))
         if not self.replica_tls_dir:
             raise ConfigError(
                 "the replica server needs credentials: give the agent --replica-tls-dir "
@@ -109,8 +123,18 @@ class NodeCredentials:
         """What the agent connects to its replica server with (None: plaintext)."""
         if self.plaintext:
             return None
-        directory = self._mine(Role.AGENT, self.node, "agent") if self.ca_dir else self.tls_dir
-        assert directory is not None
+        directory: str | None
+        if self.ca_dir:
+            directory = self._mine(Role.AGENT, self.node, "agent")
+        elif self.enrolled and not self.tls_dir:
+            directory = str(enrollment.agent_dir(self.dir))
+        else:
+            directory = self.tls_dir
+        if directory is None:
+            raise ConfigError(
+                f"node {self.node}: the agent has no certificate to reach its replica server "
+                "with: give it --tls-dir (or --ca-dir, or join with --join-token-file)"
+            )
         if self._client is None or str(self._client.directory) != directory:
             self._client = Credentials.load(directory)
         return self._client
@@ -118,16 +142,21 @@ class NodeCredentials:
 
 def engine_credentials(creds: NodeCredentials, volume: str) -> str | None:
     """The credentials directory of ``volume``'s engine on this node (role engine, name the
-    volume), or None when engines run plaintext. For now issued from the agent's
-    ``--ca-dir``; agent enrollment replaces this body with a certificate the manager signs."""
+    volume), or None when engines run plaintext: issued from the agent's ``--ca-dir``, else
+    the one the manager signed for a joined agent (``enrollment.engine_certificate``, asked
+    for before the engine starts)."""
     if creds.plaintext:
         return None
-    if not creds.ca_dir:
-        raise ConfigError(
-            f"cannot give the engine of {volume} a certificate: the agent has no --ca-dir "
-            "to issue it from"
-        )
-    return creds._mine(Role.ENGINE, volume, os.path.join("engines", volume))
+    if creds.ca_dir:
+        return creds._mine(Role.ENGINE, volume, os.path.join("engines", volume))
+    where = enrollment.engine_dir(creds.dir, volume)
+    if (where / CERT_FILE).exists():
+        return str(where)
+    raise ConfigError(
+        f"cannot give the engine of {volume} a certificate: the agent has no --ca-dir to "
+        "issue it from and the manager has not signed one for it yet "
+        f"(expected in {where}; the agent asks again next heartbeat)"
+    )
 
 
 def _fresh(cert: Path) -> bool:

@@ -195,7 +195,10 @@ def operation_request(op: OperationAssignment) -> dict[str, Any]:
     if op.kind is OperationKind.EXPAND:
         return {"op": "expand", "size": arg("size_bytes", int)}
     if op.kind is OperationKind.CLONE:
-        return {"op": "import", "source": arg("source", str), "snapshot": arg("snapshot", str)}
+        req = {"op": "import", "source": arg("source", str), "snapshot": arg("snapshot", str)}
+        if isinstance(op.args.get("grant"), str):  # the manager's read grant for the source
+            req["grant"] = op.args["grant"]
+        return req
     if op.kind is OperationKind.SCRUB:
         return {"op": "scrub"}
     if op.kind in (OperationKind.BACKUP, OperationKind.RESTORE):

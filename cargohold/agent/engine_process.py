@@ -179,10 +179,11 @@ class EngineProcess:
 
     def spawn(self) -> None:
         """Start a child for the current assignment (DOWN or REPLACING -> STARTING); an
-        OSError leaves it DOWN and is raised."""
+        OSError, or a CargoholdError (no credentials for it yet), leaves it DOWN and is
+        raised."""
         try:
             self._start_child()
-        except OSError:
+        except (OSError, CargoholdError):
             self.move("spawn_failed")
             raise
         self.move("spawn")

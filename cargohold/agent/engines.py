@@ -131,7 +131,7 @@ class Engines:
     def _spawn(self, eng: EngineProcess) -> None:
         try:
             eng.spawn()
-        except OSError as e:
+        except (OSError, CargoholdError) as e:  # e.g. its certificate has not come yet
             eng.error = f"cannot start the engine of volume {eng.volume}: {e}"
             log.error("%s (next try in %.1f s)", eng.error, eng.backoff.failed())
             return

@@ -63,9 +63,19 @@ def up(
         Backend.sqlite, "--backend", help="state store: sqlite (1 manager) or etcd (2 managers)"
     ),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="seconds to wait for the nodes"),
+    plaintext: bool = typer.Option(
+        False,
+        "--plaintext",
+        help="the data path (replica servers, engines) without TLS: benchmarks only",
+    ),
 ) -> None:
     """Start a local cluster in the background: manager(s), one agent per node."""
     where = dir or default_dir()
+    if plaintext:
+        console.print(
+            "[bold red]PLAINTEXT:[/] the data path of this cluster (replica servers, "
+            "engines) runs without TLS or authentication (--plaintext). Benchmarks only."
+        )
     try:
         cluster = LocalCluster.create(
             where,
@@ -73,6 +83,7 @@ def up(
             zones=[z for z in zones.split(",") if z.strip()],
             netns=netns,
             backend=backend.value,
+            plaintext=plaintext,
         )
         cluster.up(timeout=timeout, progress=lambda msg: console.print(f"  {msg}"))
     except CargoholdError as e:

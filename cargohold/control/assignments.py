@@ -15,6 +15,7 @@ from typing import Any
 from cargohold.control.backup_repos import secrets_for_engine
 from cargohold.control.deletion import Verdict, decide
 from cargohold.control.digests import revision
+from cargohold.control.grant_signer import GrantSigner
 from cargohold.control.model import (
     Assignments,
     DiskReport,
@@ -34,7 +35,11 @@ from cargohold.errors import NotFound
 
 
 async def assignments(
-    repo: Repository, name: str, hb: Heartbeat, settings: ManagerSettings
+    repo: Repository,
+    name: str,
+    hb: Heartbeat,
+    settings: ManagerSettings,
+    signer: GrantSigner | None = None,
 ) -> Assignments:
     nodes = {n.name: n for n in await repo.nodes()}
     volumes = {v.name: v for v in await repo.volumes()}
@@ -119,6 +124,11 @@ async def assignments(
                 if resolved is None:
                     continue
                 args["source"] = resolved
+                grant = signer and signer.clone(
+                    op.id, repo.cluster_id, op.volume, args["source_volume"], args["snapshot"]
+                )
+                if grant:  # the source's replica server lets this engine read the snapshot
+                    args["grant"] = grant
             elif op.kind in (OperationKind.BACKUP, OperationKind.RESTORE):
                 found = await _backup_secrets(repo, op)
                 if found is None:

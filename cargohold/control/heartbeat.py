@@ -18,6 +18,7 @@ from collections.abc import Callable
 from cargohold.control.assignments import assignments
 from cargohold.control.deletion import Verdict, decide, replica_cluster
 from cargohold.control.engine_reports import ingest_engine, update_volume
+from cargohold.control.grant_signer import GrantSigner
 from cargohold.control.model import (
     Assignments,
     EventKind,
@@ -45,8 +46,9 @@ async def handle(
     hb: Heartbeat,
     settings: ManagerSettings,
     wake: Callable[[], None] = lambda: None,
+    signer: GrantSigner | None = None,
 ) -> Assignments:
-    """``wake`` is called when the report changed something a reconciler waits for (a
+    """``signer``: the manager's read grants for clones (``assignments``). ``wake`` is called when the report changed something a reconciler waits for (a
     replica now on disk or gone from it, an engine stopped, an operation finished), so
     the next step does not wait for the next reconciler pass."""
     t = now()
@@ -98,7 +100,7 @@ async def handle(
             wake()
     for orep in hb.operations:
         await ingest_operation(repo, orep, wake)
-    return await assignments(repo, name, hb, settings)
+    return await assignments(repo, name, hb, settings, signer)
 
 
 async def _ingest_replicas(

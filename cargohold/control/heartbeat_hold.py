@@ -11,11 +11,14 @@ from typing import Any
 
 from cargohold.control import heartbeat as hb_mod
 from cargohold.control.assignments import assignments
+from cargohold.control.grant_signer import GrantSigner
 from cargohold.control.model import Assignments, Heartbeat
 from cargohold.control.service_base import ServiceBase
 
 
 class HeartbeatCalls(ServiceBase):
+    grant_signer: GrantSigner | None = None  # the manager's read grants (set with --tls-dir)
+
     async def heartbeat(
         self, name: str, hb: Heartbeat, gone: asyncio.Future[Any] | None = None
     ) -> Assignments:
@@ -35,7 +38,9 @@ class HeartbeatCalls(ServiceBase):
         elif hb.report_digest:
             self.reports[name] = (hb.report_digest, hb)
         mark = self.watch.mark(name)
-        a = await hb_mod.handle(self.repo, name, hb, self.settings, self.kick.set)
+        a = await hb_mod.handle(
+            self.repo, name, hb, self.settings, self.kick.set, self.grant_signer
+        )
         hold = min(hb.hold, self.settings.heartbeat_every)
         if hold <= 0 or a.revision != hb.assignments_revision:
             return a
@@ -45,7 +50,7 @@ class HeartbeatCalls(ServiceBase):
             if not await self.watch.wait(name, mark, left, gone):
                 break
             mark = self.watch.mark(name)
-            a = await assignments(self.repo, name, hb, self.settings)
+            a = await assignments(self.repo, name, hb, self.settings, self.grant_signer)
             if a.revision != hb.assignments_revision:
                 return a
         # nothing new: the agent keeps what it has (no lists to send, parse or check)

@@ -24,6 +24,7 @@ import uvicorn
 
 from cargohold.control.api import build
 from cargohold.control.auth import Auth, make_protocol
+from cargohold.control.grant_signer import GrantSigner
 from cargohold.control.identity import open_cluster
 from cargohold.control.job_actions import ServiceActions
 from cargohold.control.job_runner import JobRunner
@@ -72,6 +73,8 @@ class Manager:
         self.ca_dir = ca_dir  # the cluster CA: signs joining agents' and engines' certificates
         self.service.plaintext = tls is None
         self.service.tls_dir = tls.directory if tls is not None else None
+        if tls is not None:  # clones' read grants are signed with the manager's key
+            self.service.grant_signer = GrantSigner(tls.directory)
 
     async def run_once(self) -> bool:
         """One pass: campaign, and reconcile if we lead. Returns whether we lead."""

@@ -98,7 +98,10 @@ async def handle(
             spec = ReplicaSpec.parse(source)
         except ConfigError as e:
             raise InvalidArgument(f"source: {e}") from None
-        return {"import": await importer.start_import(vol, spec, snapshot)}
+        grant = request.get("grant")
+        if grant is not None and not isinstance(grant, str):
+            raise InvalidArgument("grant (a read grant from the manager) must be a string")
+        return {"import": await importer.start_import(vol, spec, snapshot, grant)}
     if op in ("backup", "restore"):
         op_id = request.get("id")
         if not isinstance(op_id, str) or not op_id:

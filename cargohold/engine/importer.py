@@ -27,9 +27,13 @@ log = logging.getLogger("cargohold.engine")
 IMPORT_CHUNK = 4 << 20  # data per EXPORT of an import (and per batch of writes)
 
 
-async def start_import(vol: Volume, source: ReplicaSpec, snapshot: str) -> dict[str, Any]:
+async def start_import(
+    vol: Volume, source: ReplicaSpec, snapshot: str, grant: str | None = None
+) -> dict[str, Any]:
     """Check the source (reachable, has the snapshot, fits), start the copy in the
-    background, and return the job's progress as it is now."""
+    background, and return the job's progress as it is now. ``grant``: the manager's read
+    grant for the source (security/grants.py), which a replica server over TLS requires
+    of an engine of another volume."""
     vol.check_usable()
     if vol.import_job is not None and vol.import_job["state"] == "running":
         raise Busy(f"volume {vol.name}: an import is already running ({vol.import_job})")
@@ -44,7 +48,7 @@ async def start_import(vol: Volume, source: ReplicaSpec, snapshot: str) -> dict[
     }
     vol.import_job = job
     try:
-        client = await _open_source(vol, source)
+        client = await _open_source(vol, source, grant=grant)
         try:
             job["bytes_total"] = await _import_extent(vol, client, source, snapshot)
         except BaseException:
@@ -55,12 +59,12 @@ async def start_import(vol: Volume, source: ReplicaSpec, snapshot: str) -> dict[
         if isinstance(e, CargoholdError):
             raise
         raise ReplicaIOError(f"import source {source}: {describe(e)}") from None
-    vol.spawn(_run_import(vol, client, source, snapshot, job))
+    vol.spawn(_run_import(vol, client, source, snapshot, job, grant))
     return dict(job)
 
 
 async def _open_source(
-    vol: Volume, source: ReplicaSpec, client: ReplicaClient | None = None
+    vol: Volume, source: ReplicaSpec, client: ReplicaClient | None = None, grant: str | None = None
 ) -> Any:
     """Open the source replica with the epoch it already has: its engine, if one runs,
     is not fenced (a replica accepts an OPEN at its own epoch). That epoch comes from
@@ -72,18 +76,18 @@ async def _open_source(
             source.host, source.port, timeout=timeout, tls=vol.tls, replica=source.id
         )
     try:
-        listed = await asyncio.wait_for(client.list(), timeout)
+        listed = await asyncio.wait_for(client.list(grant), timeout)
         item = next((x for x in listed if x.get("id") == source.id), None)
         if item is None:
             raise NotFound(f"import source {source}: no replica {source.id} on that server")
         epoch = item.get("epoch", 0)
         try:
-            await asyncio.wait_for(client.open(source.id, epoch), timeout)
+            await asyncio.wait_for(client.open(source.id, epoch, grant=grant), timeout)
         except Fenced as e:  # it has a newer epoch than LIST said (or LIST did not say)
             newer = e.detail.get("epoch")
             if not isinstance(newer, int) or newer <= epoch:
                 raise
-            await asyncio.wait_for(client.open(source.id, newer), timeout)
+            await asyncio.wait_for(client.open(source.id, newer, grant=grant), timeout)
     except BaseException:
         client.close_nowait()
         raise
@@ -116,7 +120,12 @@ async def _import_extent(vol: Volume, client: ReplicaClient, source: ReplicaSpec
 
 
 async def _run_import(
-    vol: Volume, client: ReplicaClient, source: ReplicaSpec, name: str, job: dict[str, Any]
+    vol: Volume,
+    client: ReplicaClient,
+    source: ReplicaSpec,
+    name: str,
+    job: dict[str, Any],
+    grant: str | None = None,
 ) -> None:
     total = job["bytes_total"]
     fresh = vol.gen == 0  # nothing was ever written: skip holes and zeros
@@ -125,7 +134,7 @@ async def _run_import(
     try:
         pos = 0
         while pos < total:
-            blob = await (prefetch or _export(vol, client, source, name, pos, total))
+            blob = await (prefetch or _export(vol, client, source, name, pos, total, grant))
             header, extents = xs.decode(blob)
             if header.start != pos or not pos < header.end <= total:
                 raise ReplicaIOError(
@@ -135,7 +144,9 @@ async def _run_import(
             prefetch = None
             if header.end < total:  # fetch the next chunk while this one is written
                 loop = asyncio.get_running_loop()
-                prefetch = loop.create_task(_export(vol, client, source, name, header.end, total))
+                prefetch = loop.create_task(
+                    _export(vol, client, source, name, header.end, total, grant)
+                )
             job["data_bytes"] += await _import_chunk(vol, pos, header.end, extents, fresh)
             pos = job["bytes_copied"] = header.end
         await vol.flush()  # durable on every replica before it is "succeeded"
@@ -163,7 +174,13 @@ async def _run_import(
 
 
 async def _export(
-    vol: Volume, client: ReplicaClient, source: ReplicaSpec, name: str, pos: int, end: int
+    vol: Volume,
+    client: ReplicaClient,
+    source: ReplicaSpec,
+    name: str,
+    pos: int,
+    end: int,
+    grant: str | None = None,
 ) -> memoryview:
     """One chunk of the snapshot. If the source's engine changed meanwhile (a newer
     epoch: Fenced), open it again at that epoch, once, and go on."""
@@ -173,7 +190,7 @@ async def _export(
         return await asyncio.wait_for(call(), timeout)
     except Fenced:
         log.info("volume %s: import source %s has a new epoch; reopening", vol.name, source)
-        await _open_source(vol, source, client)
+        await _open_source(vol, source, client, grant)
         return await asyncio.wait_for(call(), timeout)
 
 

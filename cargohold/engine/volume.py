@@ -75,7 +75,10 @@ class Volume:
         settings: EngineSettings,
         require: tuple[int, int] = (0, 0),
         epoch_jump: bool = False,
+        tls: Credentials | None = None,
     ) -> None:
+        """``tls``: the credentials of ``settings.tls_dir`` when the caller loaded them
+        already (the daemon: one load per engine start, not three)."""
         if not replicas:
             raise InvalidArgument("a volume needs at least one replica")
         self.name = name
@@ -86,7 +89,9 @@ class Volume:
         self.endpoint = ""  # nbd://HOST:PORT/NAME, once the NBD server listens
         # mutual TLS to the replica servers with this volume's engine certificate (None:
         # plain TCP; the engine's daemon refuses that unless --plaintext was given)
-        self.tls = Credentials.load(settings.tls_dir) if settings.tls_dir else None
+        if tls is None and settings.tls_dir:
+            tls = Credentials.load(settings.tls_dir)
+        self.tls = tls
         self._top = (0, 0)  # (last epoch, generation) of the current replicas at start
         self.import_job: dict[str, Any] | None = None  # the last import's progress (importer)
         self.jobs: dict[str, dict[str, Any]] = {}  # backups and restores by operation id

@@ -112,6 +112,9 @@ class LocalCluster(Faults):
     # the state store holds this cluster (its first manager ran with --init): later starts
     # never pass --init, so a lost or emptied store is refused instead of made anew
     initialized: bool = False
+    # the data path (replica servers, engines) without TLS: `cargohold up --plaintext`, for
+    # benchmarks only (said loudly by every agent); else every node issues from DIR/ca
+    plaintext: bool = False
 
     # -- planning and records --
 
@@ -125,6 +128,7 @@ class LocalCluster(Faults):
         backend: str = "sqlite",
         managers: int | None = None,
         command: list[str] | None = None,
+        plaintext: bool = False,
     ) -> LocalCluster:
         """Plan a cluster (nothing starts before ``up``). Raises ConfigError on bad input."""
         dir = os.path.abspath(os.path.expanduser(dir))
@@ -193,7 +197,17 @@ class LocalCluster(Faults):
                 zone=zones[(i - 1) % len(zones)] if zones else "",
                 dir=os.path.join(dir, "nodes", name),
             )
-        return cls(dir, backend, list(command), mgrs, node_procs, etcd, lab, etcd_binary)
+        return cls(
+            dir,
+            backend,
+            list(command),
+            mgrs,
+            node_procs,
+            etcd,
+            lab,
+            etcd_binary,
+            plaintext=plaintext,
+        )
 
     @classmethod
     def load(cls, dir: str) -> LocalCluster:
@@ -225,6 +239,7 @@ class LocalCluster(Faults):
             etcd_binary=data.get("etcd_binary", "etcd"),
             created_at=data.get("created_at", 0.0),
             initialized=data.get("initialized", True),  # older cluster.json: it has run
+            plaintext=data.get("plaintext", False),
         )
 
     def reload(self) -> None:
@@ -255,6 +270,7 @@ class LocalCluster(Faults):
             "etcd_binary": self.etcd_binary,
             "created_at": self.created_at,
             "initialized": self.initialized,
+            "plaintext": self.plaintext,
             "managers": [dataclasses.asdict(m) for m in self.managers],
             "etcd": dataclasses.asdict(self.etcd) if self.etcd else None,
             "nodes": {n: dataclasses.asdict(v) for n, v in self.nodes.items()},

@@ -48,6 +48,7 @@ class Startup:
         nodes: dict[str, NodeProc]
         etcd: EtcdProc | None
         etcd_binary: str
+        plaintext: bool
 
         def api_answering(self) -> str: ...
 
@@ -161,6 +162,11 @@ class Startup:
         argv += ["--address", n.address, "--dir", n.dir, "--disk", disk]
         if n.zone:
             argv += ["--zone", n.zone]
+        if not self.plaintext:
+            # the data path over mutual TLS: the agent issues its replica server's, its own
+            # and each engine's certificates from the cluster CA (docs/security.md says why
+            # the local cluster does not join with tokens)
+            argv += ["--ca-dir", str(credentials.ca_dir(self.dir))]
         return argv
 
     def _wait(

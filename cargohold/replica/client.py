@@ -275,15 +275,22 @@ class ReplicaClient:
     async def delete(self, replica: str) -> None:
         await self.call(Op.DELETE, args={"replica": replica})
 
-    async def list(self) -> Records:
-        return (await self.call(Op.LIST)).result()["replicas"]
+    async def list(self, grant: str | None = None) -> Records:
+        """LIST (``grant``: a read grant, to see the granted volume's replicas too)."""
+        args = {"grant": grant} if grant else None
+        return (await self.call(Op.LIST, args=args)).result()["replicas"]
 
-    async def open(self, replica: str, epoch: int, jump: bool = False) -> dict[str, Any]:
+    async def open(
+        self, replica: str, epoch: int, jump: bool = False, grant: str | None = None
+    ) -> dict[str, Any]:
         """OPEN at ``epoch``; ``jump``: more than MAX_EPOCH_STEP above the replica's epoch
-        is allowed (only after ``volume recover-epoch``)."""
+        is allowed (only after ``volume recover-epoch``); ``grant``: a read grant for
+        another volume's replica (read-only, its snapshot only: security/grants.py)."""
         args: dict[str, Any] = {"replica": replica, "epoch": epoch}
         if jump:
             args["jump"] = True
+        if grant:
+            args["grant"] = grant
         info = (await self.call(Op.OPEN, args=args)).result()
         self._saw(info)
         return info

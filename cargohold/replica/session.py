@@ -42,10 +42,11 @@ from cargohold.errors import (
 )
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Request
+from cargohold.replica.grant_checks import GrantChecks
 from cargohold.replica.maintenance import MaintenanceOps, str_arg
 from cargohold.security.identity import Identity, Role
 from cargohold.security.policy import lists_replica, replica_op_allowed
-from cargohold.security.tls import peer_identity, require
+from cargohold.security.tls import Credentials, peer_identity, require
 from cargohold.store.reader import host_identity
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
     from cargohold.replica.admission import Admission
     from cargohold.replica.registry import OpenReplica, Registry
+    from cargohold.security.grants import ReadGrant
     from cargohold.settings import ReplicaServerSettings
 
 log = logging.getLogger("cargohold.replica")
@@ -89,6 +91,7 @@ class Host(Protocol):
     sessions: set[Session]
     counters: collections.Counter[str]
     cluster: str | None  # over TLS: the cluster peers must be of
+    creds: Credentials | None  # over TLS: the CAs a read grant's signer must chain to
 
 
 _ANY_ROLE = frozenset(Role)
@@ -104,7 +107,7 @@ def replica_volume(replica_id: str, labels: dict[str, str]) -> str | None:
     return m.group(1) if m else None
 
 
-class Session(MaintenanceOps, asyncio.BufferedProtocol):
+class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
     def __init__(self, server: Host) -> None:
         self.server = server
         self.decoder = wire.RequestDecoder()
@@ -124,6 +127,9 @@ class Session(MaintenanceOps, asyncio.BufferedProtocol):
         # over TLS: requests are authorized by the identity in the peer's certificate
         self.guarded = False
         self.ident: Identity | None = None
+        # the replica open on this connection was opened with a read grant (a clone's
+        # engine reading another volume's snapshot): read-only, that snapshot only
+        self.grant: ReadGrant | None = None
 
     # --- transport callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -228,6 +234,9 @@ class Session(MaintenanceOps, asyncio.BufferedProtocol):
         try:
             if handler is None:
                 raise Unsupported(f"unknown op {req.op}")
+            if self.grant is not None:
+                rep = self.rep
+                self._check_grant(req, replica_volume(rep.id, rep.store.labels) if rep else None)
             res = handler(self, req)
             if asyncio.iscoroutine(res):
                 task = asyncio.get_running_loop().create_task(self._finish(req, res))
@@ -375,11 +384,12 @@ class Session(MaintenanceOps, asyncio.BufferedProtocol):
     def op_list(self, req: Request) -> Result:
         ident = self._authorize("LIST", None)
         items = self.server.registry.list()
-        if ident is not None:  # only what the peer may see
+        if ident is not None:  # only what the peer may see (a read grant: its volume too)
+            grant = self._read_grant(req.args())
             items = [
                 x
                 for x in items
-                if lists_replica(ident, x.get("volume") or replica_volume(x["id"], {}))
+                if lists_replica(ident, x.get("volume") or replica_volume(x["id"], {}), grant)
             ]
         return 0, wire.dump_json({"replicas": items})
 
@@ -394,9 +404,19 @@ class Session(MaintenanceOps, asyncio.BufferedProtocol):
         if self.guarded:  # a peer without a role that may OPEN does not get a replica opened
             self._authorize("OPEN", self.ident.name if self.ident is not None else None)
         rep = self.server.registry.get(args.get("replica"))
-        self._authorize("OPEN", replica_volume(rep.id, rep.store.labels))
-        # persisted before we answer; older epochs now fail; far newer ones are refused
-        rep.store.accept_epoch(epoch, jump)
+        volume = replica_volume(rep.id, rep.store.labels)
+        ident = self.ident
+        grant = None
+        if ident is not None and ident.role is Role.ENGINE and volume != ident.name:
+            grant = self._read_grant(args)  # another volume's replica: only with a grant
+        if grant is not None:
+            assert ident is not None
+            self._grant_open(ident, grant, rep, epoch, volume)
+        else:
+            self._authorize("OPEN", volume)
+            # persisted before we answer; older epochs now fail; far newer ones are refused
+            rep.store.accept_epoch(epoch, jump)
+        self.grant = grant
         if self.rep is not None:
             self.rep.sessions -= 1
         self.rep, self.epoch = rep, epoch

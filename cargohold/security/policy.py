@@ -13,6 +13,7 @@ import enum
 from collections.abc import Callable
 
 from cargohold.errors import PermissionDenied, Unauthenticated
+from cargohold.security.grants import ReadGrant
 from cargohold.security.identity import Identity, Role
 
 
@@ -122,7 +123,8 @@ def replica_op_allowed(ident: Identity, op: str, replica_volume: str | None) -> 
 
     - agents and managers: every op (they create, delete, list, probe and repair);
     - the engine of volume V: HELLO, LIST (filtered to V's replicas) and OPEN of V's
-      replicas, then every data op on the connection it opened;
+      replicas, then every data op on the connection it opened (another volume's replica
+      only with a read grant: ``grant_allows``);
     - a replica server (rebuilds between replica servers): HELLO and reads of any replica;
     - nobody else."""
     if ident.role in (Role.AGENT, Role.MANAGER):
@@ -138,11 +140,57 @@ def replica_op_allowed(ident: Identity, op: str, replica_volume: str | None) -> 
     return False
 
 
-def lists_replica(ident: Identity, replica_volume: str | None) -> bool:
-    """Whether LIST shows a replica of ``replica_volume`` to ``ident``."""
+def lists_replica(
+    ident: Identity, replica_volume: str | None, grant: ReadGrant | None = None
+) -> bool:
+    """Whether LIST shows a replica of ``replica_volume`` to ``ident`` (an engine with a
+    read grant sees the granted volume's replicas too)."""
     if ident.role in (Role.AGENT, Role.MANAGER):
         return True
-    return ident.role is Role.ENGINE and replica_volume == ident.name
+    if ident.role is not Role.ENGINE:
+        return False
+    if replica_volume == ident.name:
+        return True
+    return grant is not None and grant_holder(ident, grant) and grant.volume == replica_volume
+
+
+GRANT_OPS = frozenset(
+    {"HELLO", "LIST", "OPEN", "CLOSE", "INFO", "SNAPSHOT_LIST", "EXTENTS", "EXPORT", "READ"}
+)
+"""What a session opened with a read grant may do: look, and read the granted snapshot."""
+
+GRANT_SNAPSHOT_OPS = frozenset({"EXTENTS", "EXPORT", "READ"})
+"""Of those, the ops that read data: only of the granted snapshot, never the live head."""
+
+
+def grant_holder(ident: Identity, grant: ReadGrant) -> bool:
+    """``grant`` names ``ident``: the engine of the volume it was made for, same cluster."""
+    return (
+        ident.role is Role.ENGINE
+        and ident.tenant is None
+        and grant.engine == ident.name
+        and grant.cluster == ident.cluster
+    )
+
+
+def grant_allows(
+    ident: Identity,
+    grant: ReadGrant,
+    op: str,
+    replica_volume: str | None,
+    snapshot: str | None = None,
+) -> bool:
+    """May ``ident``, holding the verified read ``grant`` (``grants.verify``: signed by a
+    manager of the cluster, unexpired when presented), run ``op`` on a replica of
+    ``replica_volume``? Only the engine the grant names; only the granted volume's
+    replicas; only GRANT_OPS (never WRITE, TRIM, WRITE_ZEROES, FLUSH, SNAPSHOT_CREATE,
+    _DELETE, _REVERT, CREATE, DELETE, IMPORT, REPAIR, ...); data reads only of the granted
+    snapshot (``snapshot``: the one the request names)."""
+    if not grant_holder(ident, grant) or op not in GRANT_OPS:
+        return False
+    if op not in ("HELLO", "LIST") and replica_volume != grant.volume:
+        return False
+    return op not in GRANT_SNAPSHOT_OPS or snapshot == grant.snapshot
 
 
 # --- the NBD endpoint -----------------------------------------------------------------------

@@ -452,11 +452,14 @@ def engine_dropped(env: Env, node: str, name: str, rid: str, timeout: float = 60
 
 def per_replica(env: Env, v: JSON, ask: Callable[[Any, JSON], Awaitable[Any]]) -> dict[str, Any]:
     """``ask(client, replica)`` of each live replica of ``v``, over a connection to its
-    server opened at the engine's epoch (from the engine's node namespace); -> by id."""
+    server opened at the engine's epoch (from the engine's node namespace) as that node's
+    agent (mutual TLS unless the cluster runs --plaintext); -> by id."""
     from cargohold.replica.client import ReplicaClient
+    from tests.support.tls import node_agent_credentials
 
     nodes = {n["name"]: n for n in env.api.nodes()}
     epoch = v["engine"]["epoch"]
+    tls = node_agent_credentials(env.cluster, v["attached_node"])
 
     async def go() -> dict[str, Any]:
         out = {}
@@ -464,7 +467,9 @@ def per_replica(env: Env, v: JSON, ask: Callable[[Any, JSON], Awaitable[Any]]) -
             if r["state"] == "deleting":
                 continue
             n = nodes[r["node"]]
-            c = await ReplicaClient.connect(n["address"], n["replica_port"])
+            c = await ReplicaClient.connect(
+                n["address"], n["replica_port"], tls=tls, replica=r["id"]
+            )
             try:
                 await c.open(r["id"], epoch)
                 out[r["id"]] = await ask(c, r)

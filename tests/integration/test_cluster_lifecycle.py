@@ -180,6 +180,14 @@ def test_clone_retain_drain_and_a_killed_replica_server(
     assert pattern_ok(uri, 0, MiB, 0x66)
     cli(d, "volume", "detach", "whole")
     cli(d, "volume", "delete", "whole")
+    # all of it over mutual TLS (cargohold up's default): the clone's engine read the
+    # source replica with the manager's read grant; no agent ran its data path in clear
+    for node in c.nodes.values():
+        log = Path(node.log).read_text()
+        assert "PLAINTEXT" not in log and "--ca-dir" in log, node.name
+        # with --ca-dir the agent issues engines' certificates itself: it never asks the
+        # manager (which holds no CA here) and so logs no failure to get one
+        assert "no certificate for the engine" not in log, node.name
 
     # Retain: delete keeps the replicas on disk (released), purge removes them
     cli(d, "volume", "create", "keep", "--size", "16MiB", "--reclaim-policy", "Retain")

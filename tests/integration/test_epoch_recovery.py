@@ -22,9 +22,11 @@ import pytest
 from cargohold.errors import InvalidArgument
 from cargohold.launcher.cluster import LocalCluster
 from cargohold.replica.client import ReplicaClient
+from cargohold.security.tls import Credentials
 from tests.support.cli import cli, js
 from tests.support.nbd_clients import pattern_ok, qemu_io
 from tests.support.polling import wait_until
+from tests.support.tls import node_agent_credentials
 
 BOGUS = 2**62
 
@@ -39,8 +41,9 @@ def cluster2() -> Iterator[tuple[LocalCluster, Path]]:
         c.down(purge=True)
 
 
-async def hostile_open(host: str, port: int, replica: str) -> None:
-    c = await ReplicaClient.connect(host, port)
+async def hostile_open(host: str, port: int, replica: str, tls: Credentials | None) -> None:
+    """As a node's agent (over mutual TLS): it may open any replica at any epoch."""
+    c = await ReplicaClient.connect(host, port, tls=tls, replica=replica)
     try:
         with pytest.raises(InvalidArgument, match="no manager issued it"):
             await c.open(replica, BOGUS)  # refused: nothing persisted
@@ -52,7 +55,7 @@ async def hostile_open(host: str, port: int, replica: str) -> None:
 def test_a_bogus_epoch_is_reported_and_recover_epoch_brings_the_volume_back(
     cluster2: tuple[LocalCluster, Path],
 ) -> None:
-    _, d = cluster2
+    c, d = cluster2
     cli(d, "volume", "create", "data", "--size", "32MiB", "--replicas", "2")
     uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
     qemu_io(uri, "write -P 0x6b 0 2M")
@@ -61,7 +64,8 @@ def test_a_bogus_epoch_is_reported_and_recover_epoch_brings_the_volume_back(
     nodes = {n["name"]: n for n in js(d, "node", "list")}  # type: ignore[union-attr]
     for r in vol["replicas"]:  # type: ignore[index]
         n = nodes[r["node"]]
-        asyncio.run(hostile_open(n["address"], n["replica_port"], r["id"]))
+        tls = node_agent_credentials(c, r["node"])
+        asyncio.run(hostile_open(n["address"], n["replica_port"], r["id"], tls))
 
     # attach again: every engine is fenced; the volume says why and what to do
     p = cli(d, "volume", "attach", "data", "--node", "node-1", "--timeout", "5", check=False)

@@ -49,3 +49,13 @@ class PKI:
 
 def new_pki(cluster: str = CLUSTER) -> PKI:
     return PKI(tempfile.mkdtemp(prefix="cargohold-pki-"), cluster)
+
+
+def node_agent_credentials(cluster: object, node: str) -> Credentials | None:
+    """What a test speaks to a local cluster's replica server with, as the node's agent
+    would (``agent/<node>`` from ``cargohold up``): None for a ``--plaintext`` cluster."""
+    from cargohold.launcher import credentials as launcher_creds
+
+    if getattr(cluster, "plaintext", False):
+        return None
+    return Credentials.load(launcher_creds.agent_tls_dir(cluster.nodes[node].dir))  # type: ignore[attr-defined]

@@ -89,9 +89,34 @@ def test_without_a_ca_an_engine_cannot_be_given_a_certificate(tmp_path, ca_dir):
 
 
 def test_the_agents_manager_certificate_alone_leaves_the_data_path_plaintext(tmp_path, ca_dir):
-    """``cargohold up`` gives agents their certificate towards the manager only (clones
-    still need --plaintext replica servers: docs/security.md, "Known gap")."""
+    """A certificate towards the manager alone (--tls-dir) makes no engine certificates:
+    without --ca-dir, a join or --replica-tls-dir the data path stays plaintext (loudly).
+    ``cargohold up`` gives its agents --ca-dir (docs/security.md, "The replica wire")."""
     ca = CertificateAuthority.load(ca_dir)
     ca.issue(Identity(CLUSTER, Role.AGENT, "n")).write(tmp_path / "agent")
     nc = NodeCredentials("n", str(tmp_path / "node"), tls_dir=str(tmp_path / "agent"))
     assert nc.plaintext and nc.replica_server_dir() is None and nc.client() is None
+
+
+def test_a_joined_agent_hands_out_the_manager_signed_certificates(tmp_path, ca_dir):
+    """No --ca-dir: the replica server's and the engines' credentials are the ones the
+    manager signed when the agent joined (tls/replica-server) and before each engine
+    started (tls/engines/<volume>); an engine without one yet is a clear ConfigError."""
+    ca = CertificateAuthority.load(ca_dir)
+    node = tmp_path / "node"
+    ca.issue(Identity(CLUSTER, Role.AGENT, "n")).write(node / "tls" / "agent")
+    ca.issue(Identity(CLUSTER, Role.REPLICA, "n")).write(node / "tls" / "replica-server")
+    ca.issue(Identity(CLUSTER, Role.ENGINE, "v")).write(node / "tls" / "engines" / "v")
+    nc = NodeCredentials("n", str(node), joins=True)
+    assert not nc.plaintext
+    assert ident(nc.replica_server_dir()) == Identity(CLUSTER, Role.REPLICA, "n")  # type: ignore[arg-type]
+    assert nc.client().identity() == Identity(CLUSTER, Role.AGENT, "n")  # type: ignore[union-attr]
+    assert ident(engine_credentials(nc, "v")) == Identity(CLUSTER, Role.ENGINE, "v")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="has not signed one"):
+        engine_credentials(nc, "w")
+
+
+def test_an_agent_about_to_join_is_not_announced_plaintext(tmp_path, caplog):
+    nc = NodeCredentials("n", str(tmp_path / "node"), joins=True)
+    assert nc.plaintext  # not joined yet
+    assert "PLAINTEXT" not in caplog.text

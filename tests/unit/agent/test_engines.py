@@ -152,3 +152,39 @@ async def test_a_replacement_starts_the_new_epoch() -> None:
     assert eng.state is S.STARTING and eng.epoch == 2 and FakeChild.started == 2
     engines.watch()
     assert eng.state is S.RUNNING
+
+
+async def test_an_engine_without_its_certificate_yet_stays_down_and_is_tried_again() -> None:
+    """A joined agent's engine starts only with the certificate the manager signed for it
+    (agent/credentials.py): until that arrives, a clear error, the engine DOWN, the agent
+    going on (it raised out of converge before)."""
+    from cargohold.errors import ConfigError
+
+    gate = asyncio.Event()
+    gate.set()
+    engines, _ = supervisor(gate)
+    real = engines._process
+    missing = [True]
+
+    def process(a: EngineAssignment, port: int = 0) -> EngineProcess:
+        eng = real(a, port)
+        started = eng._start_child
+
+        def start_child() -> None:
+            if missing[0]:
+                raise ConfigError("cannot give the engine of v a certificate: not signed yet")
+            started()
+
+        eng._start_child = start_child  # type: ignore[method-assign]
+        return eng
+
+    engines._process = process  # type: ignore[method-assign]
+    engines.converge([spec(1)])
+    eng = engines.procs["v"]
+    assert eng.state is S.DOWN and "not signed yet" in eng.error
+    missing[0] = False
+    eng.backoff.first = 0.0
+    eng.backoff.reset()
+    engines.converge([spec(1)])
+    engines.watch()
+    assert eng.state in (S.STARTING, S.RUNNING)

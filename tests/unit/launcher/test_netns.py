@@ -73,3 +73,19 @@ def test_netns_without_root_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     with pytest.raises(ConfigError, match="--netns needs root"):
         LocalCluster.create(str(tmp_path), netns=True, command=["true"])
+
+
+def test_agents_get_the_cluster_ca_unless_the_cluster_is_plaintext(tmp_path):
+    """`cargohold up` runs the data path over mutual TLS: each agent issues its replica
+    server's and engines' certificates from DIR/ca; `--plaintext` is asked for, and kept in
+    cluster.json so that a later `down`/`status` sees the same cluster."""
+    d = str(tmp_path / "c")
+    c = LocalCluster.create(d, nodes=1, command=["true"])
+    argv = c._agent_argv(c.nodes["node-1"])
+    assert argv[argv.index("--ca-dir") + 1] == f"{d}/ca" and "--plaintext" not in argv
+    c.save()
+    assert LocalCluster.load(d).plaintext is False
+    p = LocalCluster.create(d, nodes=1, command=["true"], plaintext=True)
+    assert "--ca-dir" not in p._agent_argv(p.nodes["node-1"])
+    p.save()
+    assert LocalCluster.load(d).plaintext is True
