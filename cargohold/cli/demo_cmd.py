@@ -379,7 +379,8 @@ def demo(
         False, "--engine-only", help="the data plane alone: replica servers and one engine"
     ),
 ) -> None:
-    """The main job: a local cluster, a 3-replica volume, ext4 on it, a node lost and rebuilt."""
+    """The main job: a local cluster, a 3-replica volume, ext4 on it, a node lost and rebuilt,
+    backups, the cluster lost and the volume restored from its backup in a new one."""
     for tool in ("mkfs.ext4", "e2fsck", "qemu-img"):
         if shutil.which(tool) is None:
             console.print(f"[red]error:[/red] {tool} not found (run scripts/setup.sh)")

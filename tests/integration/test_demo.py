@@ -40,7 +40,22 @@ def test_the_main_job_runs_to_the_end(tmp_path):
     assert "all 60 files intact; e2fsck: clean" in text
     gens = re.search(r"generations: \{'node-1': (\d+), 'node-2': (\d+), 'node-3': (\d+)\}", text)
     assert gens and len(set(gens.groups())) == 1, text
-    assert not os.path.exists(tmp_path / "demo" / "cluster" / "cluster.json")  # it stopped
+    # the backup story: a full backup, an incremental one, the cluster lost, a new one
+    # imports both from the repository and restores the last: every file checked again
+    full = re.search(r"backup (bk-demo-\S+): full .*?, read ([0-9.]+) MiB of the volume", text)
+    incr = re.search(
+        r"backup (bk-demo-\S+): (incremental|full) .*?, read ([0-9.]+) (MiB|KiB|B) of the volume",
+        text[full.end() :] if full else "",
+    )
+    assert full and incr, text
+    if incr.group(2) == "incremental":  # 20 files (~6 MiB) changed: not the 14+ MiB again
+        assert incr.group(4) != "MiB" or float(incr.group(3)) < float(full.group(2)), text
+    assert f"the repository's catalog lists 2 backups: {full.group(1)}, {incr.group(1)}" in text
+    assert f"Restoring {incr.group(1)} into a new volume 'restored'" in text
+    assert "all 60 files of the lost cluster intact in 'restored'; e2fsck: clean" in text
+    assert not os.path.exists(tmp_path / "demo" / "cluster")  # deleted, as the story says
+    assert not os.path.exists(tmp_path / "demo" / "cluster-2" / "cluster.json")  # it stopped
+    assert (tmp_path / "demo" / "backup.key").stat().st_mode & 0o077 == 0  # the key: 0600
 
 
 @pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="e2fsprogs not installed")
