@@ -18,7 +18,7 @@ from cargohold.csi.controller import Controller
 from cargohold.csi.controller_backups import SNAPSHOT_LABEL
 from cargohold.csi.publications import Publications
 from cargohold.errors import NotFound, WrongState
-from tests.unit.csi.test_controller import MiB, Abort, Context, FakeManager, cap, pb
+from tests.unit.csi.test_controller import Abort, Context, FakeManager, MiB, cap, pb
 
 BACKUP = {"type": "backup", "backupTarget": "nfs"}
 
