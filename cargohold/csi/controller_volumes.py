@@ -167,14 +167,20 @@ class VolumeRpcs(BackupSnapshots):
 
     def _wait_restore(self, name: str) -> JSON:
         """Wait until the restore into ``name`` is done; INTERNAL when it failed (the volume
-        is never usable then: delete it, and the CO's retry restores again)."""
+        is never usable then: it is deleted, and the CO's retry restores again)."""
         vol = self.client.wait_volume(
             name, lambda v: v.get("state") not in ("restoring", "creating"), self.timeout
         )
         if vol.get("state") == "failed":
+            why = vol.get("error") or "restore failed: no reason given"
+            try:  # never handed to the CO: removed, so that its retry restores anew
+                self.client.delete_volume(name)
+            except (NotFound, WrongState):
+                pass
             raise CsiError(
                 Code.INTERNAL,
-                f"volume {name}: restore failed: {vol.get('error') or 'no reason given'}",
+                f"volume {name}: {why} (the volume is being deleted; the next "
+                "CreateVolume restores again)",
             )
         return vol
 

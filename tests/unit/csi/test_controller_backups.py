@@ -237,3 +237,26 @@ def test_create_volume_from_a_backup_restores_it(mgr: BackupManager, ctl: Contro
     gone = src.snapshot.snapshot_id.replace(bid, "bk-nothing-1")
     src.snapshot.snapshot_id = gone
     assert abort_of(ctl.CreateVolume, create("pvc-s")).code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_failed_restore_is_internal_and_removed(mgr: BackupManager, ctl: Controller) -> None:
+    sid = snap(ctl).snapshot_id
+    bid = sid.rsplit(":", 1)[1]
+    mgr.backups_[bid]["state"] = "succeeded"
+    deleted: list[str] = []
+    plain = mgr.create_volume
+
+    def failing(name: str, size: int, **kw: Any) -> dict[str, Any]:
+        plain(name, size, **kw)
+        mgr.vols[name].update(state="failed", error="restore failed: chunk 3f2a… bad checksum")
+        return mgr.volume(name)
+
+    mgr.create_volume = failing  # type: ignore[method-assign]
+    mgr.delete_volume = lambda name: deleted.append(name)  # type: ignore[attr-defined]
+    src = pb.VolumeContentSource(snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id=sid))
+    req = pb.CreateVolumeRequest(
+        name="pvc-r", volume_capabilities=[cap()], volume_content_source=src
+    )
+    e = abort_of(ctl.CreateVolume, req)
+    assert e.code == grpc.StatusCode.INTERNAL and "bad checksum" in e.message, e.message
+    assert deleted == ["pvc-r"]
