@@ -12,14 +12,16 @@ Mapping (documented for users in docs/kubernetes.md):
   (``publications.Publications``) so that an incompatible repeat is ALREADY_EXISTS and
   the engine is detached only when the last node unpublishes.
 - snapshot id = ``VOLUME/SNAPSHOT``; a clone of a volume is the manager's clone without
-  a snapshot (it takes one on the source).
+  a snapshot (it takes one on the source). A VolumeSnapshotClass with ``type: backup``
+  and ``backupTarget: NAME`` makes a snapshot a manager backup, id ``backup:NAME:ID``;
+  CreateVolume from it restores (``controller_backups.py``).
 - Every manager write is asynchronous: the RPC waits for it (``wait_*``) with a deadline;
   when the deadline passes the answer is DEADLINE_EXCEEDED and the CO retries, which
   finds the work done or under way (every RPC is idempotent).
 
 The RPCs live by role: ``controller_volumes.py`` (create, delete, validate, list, get,
 capacity, expand), ``controller_publish.py`` (publish, unpublish),
-``controller_snapshots.py``; what they share (lookups, locks, publications) in
+``controller_snapshots.py`` (with ``controller_backups.py``); what they share (lookups, locks, publications) in
 ``controller_base.py``.
 """
 

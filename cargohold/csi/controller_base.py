@@ -91,7 +91,11 @@ class ControllerBase:
             accessible_topology=topology or [],
         )
         src = vol.get("source") or None
-        if src and src.get("volume"):
+        if src and src.get("backup"):
+            msg.content_source.snapshot.snapshot_id = P.backup_snapshot_id(
+                str(src.get("target") or ""), src["backup"]
+            )
+        elif src and src.get("volume"):
             snap = str(src.get("snapshot") or "")
             if snap and not snap.startswith("clone-"):
                 msg.content_source.snapshot.snapshot_id = P.snapshot_id(src["volume"], snap)

@@ -2,7 +2,8 @@
 
 Snapshot id = ``VOLUME/SNAPSHOT``; snapshot names are unique across volumes (a name taken
 by another volume's snapshot is ALREADY_EXISTS); a pending snapshot is waited for through
-the manager's operation that takes it.
+the manager's operation that takes it. A VolumeSnapshotClass with ``type: backup`` makes
+the snapshot a backup instead (``controller_backups.py``; id ``backup:TARGET:ID``).
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from typing import Any
 from cargohold.control.client import JSON
 from cargohold.csi import parameters as P
 from cargohold.csi import stubs
-from cargohold.csi.controller_base import ControllerBase, one_page
+from cargohold.csi.controller_backups import BackupSnapshots
+from cargohold.csi.controller_base import one_page
 from cargohold.csi.errors import Code, CsiError, invalid, rpc
 from cargohold.errors import NotFound, WrongState
 
 pb, pb_grpc = stubs()
 
 
-class SnapshotRpcs(ControllerBase):
+class SnapshotRpcs(BackupSnapshots):
     """CreateSnapshot, DeleteSnapshot, ListSnapshots (a part of ``Controller``)."""
 
     def _snapshot_msg(self, vol: JSON, snap: JSON) -> Any:
@@ -41,10 +43,9 @@ class SnapshotRpcs(ControllerBase):
         if not req.source_volume_id:
             raise invalid("source_volume_id is required")
         sname = P.snapshot_name(req.name)
-        if req.parameters:
-            raise invalid(
-                f"cargohold snapshots take no parameters (got {', '.join(sorted(req.parameters))})"
-            )
+        params = P.SnapshotParameters.parse(dict(req.parameters))
+        if params.is_backup:
+            return self._create_backup_snapshot(req, params.backup_target)
         vol = self._volume(req.source_volume_id)
         vid = vol["name"]
         with self.locks.hold(vid, "CreateSnapshot"):
@@ -91,6 +92,9 @@ class SnapshotRpcs(ControllerBase):
     def DeleteSnapshot(self, req: Any, context: Any) -> Any:
         if not req.snapshot_id:
             raise invalid("snapshot_id is required")
+        backup = P.split_backup_snapshot_id(req.snapshot_id)
+        if backup is not None:
+            return self._delete_backup_snapshot(req.snapshot_id, backup[1])
         parts = P.split_snapshot_id(req.snapshot_id)
         if parts is None:
             return pb.DeleteSnapshotResponse()
@@ -121,6 +125,7 @@ class SnapshotRpcs(ControllerBase):
     @rpc
     def ListSnapshots(self, req: Any, context: Any) -> Any:
         pairs: list[tuple[JSON, JSON]] = []
+        backups = self._backup_entries(req.snapshot_id, req.source_volume_id)
         if req.snapshot_id:
             parts = P.split_snapshot_id(req.snapshot_id)
             vols = [parts[0]] if parts else []
@@ -140,8 +145,7 @@ class SnapshotRpcs(ControllerBase):
                 if req.snapshot_id and P.snapshot_id(vid, s["name"]) != req.snapshot_id:
                     continue
                 pairs.append((vol, s))
-        page, token = one_page(pairs, req.max_entries, req.starting_token)
-        entries = [
-            pb.ListSnapshotsResponse.Entry(snapshot=self._snapshot_msg(v, s)) for v, s in page
-        ]
+        snaps = [self._snapshot_msg(v, s) for v, s in pairs] + backups
+        page, token = one_page(snaps, req.max_entries, req.starting_token)
+        entries = [pb.ListSnapshotsResponse.Entry(snapshot=s) for s in page]
         return pb.ListSnapshotsResponse(entries=entries, next_token=token)

@@ -15,7 +15,8 @@ from cargohold.control.client import JSON
 from cargohold.csi import TOPOLOGY_NODE, TOPOLOGY_ZONE, stubs
 from cargohold.csi import parameters as P
 from cargohold.csi.capacity import node_free, replicated
-from cargohold.csi.controller_base import ControllerBase, condition, one_page, zone_of
+from cargohold.csi.controller_backups import BackupSnapshots
+from cargohold.csi.controller_base import condition, one_page, zone_of
 from cargohold.csi.errors import Code, CsiError, invalid, not_found, rpc
 from cargohold.errors import NotFound, WrongState
 
@@ -23,7 +24,7 @@ pb, pb_grpc = stubs()
 log = logging.getLogger("cargohold.csi.controller")
 
 
-class VolumeRpcs(ControllerBase):
+class VolumeRpcs(BackupSnapshots):
     """CreateVolume … ControllerExpandVolume (a part of ``Controller``)."""
 
     @rpc
@@ -76,6 +77,8 @@ class VolumeRpcs(ControllerBase):
                 log.info("created volume %s (%d bytes) for %r", name, size, req.name)
             if vol.get("state") == "creating":
                 vol = self._wait_clone(name)
+            elif vol.get("state") in ("restoring", "failed"):
+                vol = self._wait_restore(name)
         return pb.CreateVolumeResponse(volume=self._volume_msg(vol, ctx, topology))
 
     def _source(self, req: Any) -> tuple[JSON | None, int, str]:
@@ -85,6 +88,9 @@ class VolumeRpcs(ControllerBase):
         kind = src.WhichOneof("type")
         if kind == "snapshot":
             sid = src.snapshot.snapshot_id
+            backup = P.split_backup_snapshot_id(sid)
+            if backup is not None:
+                return self._backup_source(sid, backup[1])
             parts = P.split_snapshot_id(sid)
             if parts is None:
                 raise not_found(f"snapshot {sid!r} does not exist (not a cargohold snapshot id)")
@@ -132,7 +138,9 @@ class VolumeRpcs(ControllerBase):
         if sorted(vol.get("disk_tags") or []) != list(params.disk_tags):
             diffs.append(f"its disk tags are {vol.get('disk_tags')}")
         have = vol.get("source") or None
-        if (have or {}).get("volume") != (source or {}).get("volume") or (
+        if (have or {}).get("backup") != (source or {}).get("backup"):
+            diffs.append(f"its content source is {have or 'none'}, not {what or 'none'}")
+        elif (have or {}).get("volume") != (source or {}).get("volume") or (
             source
             and source.get("snapshot")
             and (have or {}).get("snapshot") != source.get("snapshot")
@@ -156,6 +164,25 @@ class VolumeRpcs(ControllerBase):
             vol = self.client.volume(name)
             if "clone failed" in (vol.get("error") or ""):
                 raise CsiError(Code.INTERNAL, f"volume {name}: {vol['error']}")
+
+    def _wait_restore(self, name: str) -> JSON:
+        """Wait until the restore into ``name`` is done; INTERNAL when it failed (the volume
+        is never usable then: it is deleted, and the CO's retry restores again)."""
+        vol = self.client.wait_volume(
+            name, lambda v: v.get("state") not in ("restoring", "creating"), self.timeout
+        )
+        if vol.get("state") == "failed":
+            why = vol.get("error") or "restore failed: no reason given"
+            try:  # never handed to the CO: removed, so that its retry restores anew
+                self.client.delete_volume(name)
+            except (NotFound, WrongState):
+                pass
+            raise CsiError(
+                Code.INTERNAL,
+                f"volume {name}: {why} (the volume is being deleted; the next "
+                "CreateVolume restores again)",
+            )
+        return vol
 
     @rpc
     def DeleteVolume(self, req: Any, context: Any) -> Any:

@@ -2,6 +2,8 @@
 
 - StorageClass parameters (``VolumeParameters.parse``): every error names the parameter
   and its allowed values (invariant 6: bad input gets a clear error).
+- VolumeSnapshotClass parameters (``SnapshotParameters.parse``): ``type: backup`` with
+  ``backupTarget: NAME`` makes a CSI snapshot a backup (docs/kubernetes.md).
 - Volume capabilities: the access modes cargohold serves, block or mount, fs types.
 - Names: the CO's request name → a manager volume (or snapshot) name, stably.
 - Capacity ranges → a size in bytes.
@@ -145,6 +147,61 @@ def parse_duration(value: str) -> float:
     return seconds
 
 
+# --- VolumeSnapshotClass parameters ------------------------------------------------------
+
+SNAPSHOT_TYPES = ("snapshot", "backup")
+SNAPSHOT_PARAMETERS = (
+    Param("type", " or ".join(SNAPSHOT_TYPES), "snapshot"),
+    Param("backupTarget", "the name of a backup target (cargohold backup-target list)", "none"),
+)
+_SNAP_KNOWN = {p.name: p for p in SNAPSHOT_PARAMETERS}
+
+
+def _bad_snap(name: str, value: str, why: str = "") -> CsiError:
+    p = _SNAP_KNOWN[name]
+    extra = f" ({why})" if why else ""
+    return invalid(
+        f"VolumeSnapshotClass parameter {name}={value!r} is not valid{extra}: use {p.allowed}"
+    )
+
+
+@dataclass(frozen=True)
+class SnapshotParameters:
+    """The VolumeSnapshotClass parameters of a snapshot, checked: a snapshot in the volume's
+    replicas (the default), or a backup to ``backup_target``."""
+
+    backup_target: str = ""  # "" = an ordinary snapshot
+
+    @property
+    def is_backup(self) -> bool:
+        return bool(self.backup_target)
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> SnapshotParameters:
+        unknown = sorted(k for k in params if k not in _SNAP_KNOWN and not k.startswith(K8S_PREFIX))
+        if unknown:
+            raise invalid(
+                f"unknown VolumeSnapshotClass parameter{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(unknown)}: cargohold knows {', '.join(_SNAP_KNOWN)}"
+            )
+        kind = params.get("type", "snapshot").strip().lower()
+        if kind not in SNAPSHOT_TYPES:
+            raise _bad_snap("type", params["type"])
+        target = params.get("backupTarget", "").strip()
+        if kind == "backup":
+            if not target:
+                raise invalid(
+                    "VolumeSnapshotClass parameter backupTarget is required with type=backup: "
+                    f"use {_SNAP_KNOWN['backupTarget'].allowed}"
+                )
+            if not _LABEL.match(target):
+                raise _bad_snap("backupTarget", params["backupTarget"])
+            return cls(backup_target=target)
+        if "backupTarget" in params:
+            raise _bad_snap("backupTarget", params["backupTarget"], "only with type=backup")
+        return cls()
+
+
 # --- names -------------------------------------------------------------------------------
 
 
@@ -181,6 +238,28 @@ def split_snapshot_id(sid: str) -> tuple[str, str] | None:
     if not sep or not _LABEL.match(volume) or not _LABEL.match(snap):
         return None
     return volume, snap
+
+
+BACKUP_PREFIX = "backup:"
+
+
+def backup_snapshot_id(target: str, backup: str) -> str:
+    """The CSI snapshot id of a backup: ``backup:<target>:<backup id>`` (a ':' is in no
+    volume name, so it never reads as ``VOLUME/SNAPSHOT``)."""
+    return f"{BACKUP_PREFIX}{target}:{backup}"
+
+
+def split_backup_snapshot_id(sid: str) -> tuple[str, str] | None:
+    """``(target, backup id)`` of a backup's snapshot id, or None when it is not one."""
+    if not sid.startswith(BACKUP_PREFIX):
+        return None
+    target, sep, bid = sid[len(BACKUP_PREFIX) :].partition(":")
+    if not sep or not _LABEL.match(target) or not _BACKUP_ID.match(bid):
+        return None
+    return target, bid
+
+
+_BACKUP_ID = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,126}[a-z0-9])?$")  # model.BACKUP_ID_PATTERN
 
 
 def valid_name(name: str) -> bool:

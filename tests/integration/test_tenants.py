@@ -376,6 +376,12 @@ def test_the_csi_controller_works_per_tenant(
     with pytest.raises(grpc.RpcError) as e:
         b.CreateSnapshot(pb.CreateSnapshotRequest(source_volume_id=A_VOL, name="steal"))
     assert e.value.code() is grpc.StatusCode.NOT_FOUND, e.value.details()
+    backup = {"type": "backup", "backupTarget": "nfs"}  # a backup of A's volume: the same
+    with pytest.raises(grpc.RpcError) as e:
+        b.CreateSnapshot(
+            pb.CreateSnapshotRequest(source_volume_id=A_VOL, name="steal-b", parameters=backup)
+        )
+    assert e.value.code() is grpc.StatusCode.NOT_FOUND, e.value.details()
     with pytest.raises(grpc.RpcError) as e:
         b.ControllerPublishVolume(
             pb.ControllerPublishVolumeRequest(

@@ -158,3 +158,18 @@ def test_the_manager_probes_readiness_and_liveness_apart(overlay: str) -> None:
     assert named[ready["port"]] == named[live["port"]] == 9600
     paths = json.loads((ROOT / "docs/api/openapi.json").read_text())["paths"]
     assert "get" in paths["/healthz"] and "get" in paths["/livez"]
+
+
+def test_the_backup_snapshot_class_example_is_valid() -> None:
+    """deploy/examples/backups: a VolumeSnapshotClass whose parameters the driver accepts
+    as a backup (docs/kubernetes.md shows it)."""
+    from cargohold.csi.parameters import SnapshotParameters
+
+    [cls] = render("examples/backups")
+    assert cls["kind"] == "VolumeSnapshotClass" and cls["driver"] == "csi.cargohold.io"
+    assert cls["deletionPolicy"] in ("Retain", "Delete")
+    assert SnapshotParameters.parse(cls["parameters"]).backup_target == "nfs"
+    base = {(d["kind"], d["metadata"]["name"]): d for d in render("base")}
+    assert not SnapshotParameters.parse(
+        base[("VolumeSnapshotClass", "cargohold")].get("parameters") or {}
+    ).is_backup  # the default class stays an ordinary snapshot
