@@ -52,6 +52,7 @@ BODIES: dict[str, Any] = {
     "AttachRequest": {"node": "node-1"},
     "ExpandRequest": {"size_bytes": 2 * GiB},
     "SnapshotCreate": {"name": "b-snap"},
+    "BackupCreate": {"target": "b-target"},
     "VolumeCreate": {"name": "b-clone", "size_bytes": GiB},
 }
 
