@@ -37,6 +37,7 @@ from tests.support.backup_cluster import (
     restored_never_healthy_before_done,
     volume_sha256,
     wait_backup,
+    wait_packs,
     wait_progress,
 )
 from tests.support.cli import cli
@@ -62,8 +63,9 @@ def test_engine_killed_during_backup_and_restore(
         t0 = time.monotonic()
         bid = cli(d, "backup", "create", "data", "--target", "nfs", "-o", "json").stdout
         bid = json.loads(bid)["id"]
+        packs = wait_packs(client, "data", repo, 3)
         at = kill_mid_way(c, client, "data", "backup")
-        print(f"engine of data killed at backup progress {at:.2f}")
+        print(f"engine of data killed at backup progress {at:.2f}, {packs} packs written")
         b = wait_backup(client, bid)
         print(f"backup with a kill: {time.monotonic() - t0:.1f} s")
         assert b["state"] == "succeeded", b
@@ -93,7 +95,7 @@ def test_agent_and_manager_killed_during_backup_and_restore(
         bid = json.loads(cli(d, "backup", "create", "data", "--target", "nfs", "-o", "json").stdout)
         bid = bid["id"]
         # the agent of the engine's node dies alone (its engine runs on) and comes back
-        at = wait_progress(client, "data", "backup")
+        packs = wait_packs(client, "data", repo, 3)
         c.reload()
         agent = c.nodes["node-1"].pid
         assert agent is not None
@@ -101,7 +103,7 @@ def test_agent_and_manager_killed_during_backup_and_restore(
         # the launcher in this process started it: reap it, or its zombie counts as running
         with contextlib.suppress(ChildProcessError):
             os.waitpid(agent, 0)
-        print(f"agent of node-1 killed at backup progress {at:.2f}")
+        print(f"agent of node-1 killed with {packs} packs of the backup written")
         assert c.start_node("node-1", timeout=60)
         b = wait_backup(client, bid)
         assert b["state"] == "succeeded", b

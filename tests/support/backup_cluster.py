@@ -143,6 +143,26 @@ def wait_progress(client: ManagerClient, volume: str, kind: str) -> float:
     raise AssertionError(f"the {kind} of {volume} never got under way")
 
 
+def packs_in(repo: Path) -> int:
+    return sum(1 for p in (repo / "packs").rglob("*") if p.is_file()) if repo.exists() else 0
+
+
+def wait_packs(client: ManagerClient, volume: str, repo: Path, n: int) -> int:
+    """Poll until the running backup of ``volume`` has written ``n`` packs more into the
+    file repository ``repo`` (data moving, the backup not done: mid-way); how many it has."""
+    before = packs_in(repo)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        op = op_of(client, volume, "backup")
+        assert op["state"] not in ("succeeded", "failed"), (
+            f"the backup finished before {n} packs were seen (make the volume bigger): {op}"
+        )
+        if (now := packs_in(repo)) >= before + n:
+            return now - before
+        time.sleep(0.02)
+    raise AssertionError(f"the backup of {volume} wrote no {n} packs")
+
+
 def kill_mid_way(c: LocalCluster, client: ManagerClient, volume: str, kind: str) -> float:
     """SIGKILL ``volume``'s engine once its ``kind`` operation has started moving data;
     the progress it had reached (to show the kill came mid-way)."""
