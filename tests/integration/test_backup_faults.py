@@ -2,7 +2,8 @@
 agents, their replica servers and engines, mutual TLS) and the ``cargohold`` CLI.
 
 - S3: a target on a real SeaweedFS (tests/support/s3_server.py): a full and an incremental
-  backup, the incremental restored and compared by sha256; then the faults a target can
+  backup, the incremental restored and compared by sha256, with no LIST request among them
+  (SeaweedFS's request counters); then the faults a target can
   have: wrong credentials (refused when added, nothing recorded), a bucket deleted under the
   target, the server gone. Each failed backup says why on its record, the volume stays
   healthy and usable (written and read after), and the repository's catalog lists only the
@@ -46,7 +47,7 @@ def test_s3_through_the_cluster_and_its_faults(
     cluster: tuple[LocalCluster, Path], tmp_path: Path
 ) -> None:
     _, d = cluster
-    with S3Server() as s3:
+    with S3Server(metrics=True) as s3:
         creds = tmp_path / "s3.creds"
         creds.write_text(f"access_key={s3.access_key}\nsecret_key={s3.secret_key}\n")
         key = tmp_path / "s3.key"
@@ -67,6 +68,7 @@ def test_s3_through_the_cluster_and_its_faults(
         cli(d, "volume", "create", "data", "--size", "32MiB", "--replicas", "2")
         uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
         fill(uri, tmp_path, 8 * MiB)
+        before = s3.requests()
         first = jcli(d, "backup", "create", "data", "--target", "s3", "--wait")
         assert first["state"] == "succeeded" and first["info"]["mode"] == "full", first
         qemu_io(uri, "write -P 0x42 4M 1M")
@@ -80,6 +82,10 @@ def test_s3_through_the_cluster_and_its_faults(
         assert second["info"]["bytes_new"] <= 2 * MiB, second
         qemu_io(uri, "write -P 0x99 0 1M")  # after the backup: the restore must not see it
         cli(d, "backup", "restore", second["id"], "copy", "--wait", timeout=300)
+        after = s3.requests()
+        used = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        print(f"S3 requests of a full and an incremental backup and a restore: {used}")
+        assert used.get("LIST", 0) == 0, used  # no LIST on the backup and restore paths
         copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
         assert volume_sha256(copy_uri, tmp_path) == want
 
