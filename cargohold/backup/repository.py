@@ -108,7 +108,9 @@ class Repository:
         check_user_key(key)
         try:
             data = target.get(KEY_OBJECT)
-        except NotFound:
+        except NotFound as e:
+            if "bucket" in e.detail:  # the bucket itself is gone: say so, not "no repository"
+                raise
             raise NotFound(
                 f"{target.describe()} holds no backup repository (no {KEY_OBJECT})"
             ) from None

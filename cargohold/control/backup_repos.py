@@ -80,7 +80,9 @@ def open_repository(
         )
         try:
             return Repository.open(store, key)
-        except NotFound:
+        except NotFound as e:
+            if "bucket" in e.detail:  # the bucket is missing, not the repository in it
+                raise InvalidArgument(f"{where}: {e}") from None
             if not create:
                 raise InvalidArgument(f"{where} holds no backup repository") from None
             return Repository.init(store, key)

