@@ -30,7 +30,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -39,6 +38,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from tests.support.processes import terminate
 
 DEFAULT_BINARY = "/usr/bin/etcd"
 
@@ -204,13 +205,7 @@ class EtcdProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, SIGKILL if it does not end within ``timeout``; then remove its data."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        terminate(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

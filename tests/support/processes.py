@@ -13,6 +13,19 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
+    """End a server a test started (by its PID): SIGTERM, SIGKILL if it is still there after
+    ``grace`` seconds (SeaweedFS ignores SIGTERM), then reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 class Launched:
     """A process of ours: output in a log file (never a pipe nobody drains: a full pipe
     would block it), its port parsed from that log, stopped by its PID."""

@@ -26,13 +26,14 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
+
+from tests.support.processes import terminate
 
 ADMIN_KEY = "cargohold-admin"
 
@@ -305,15 +306,7 @@ class S3Server:
         self.client(admin=True).create_bucket(Bucket=name)
 
     def _kill(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(self.proc, grace=3)
 
     def stop(self) -> None:
         self._kill()
