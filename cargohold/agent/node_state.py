@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from typing import Any
 
+from cargohold import durable
 from cargohold.agent.disks import device_size, is_block_device, prepare_device
 from cargohold.agent.engine_process import EngineProcess
 from cargohold.agent.processes import ReplicaServerProcess
@@ -81,10 +82,7 @@ def save(
         children=children,
     )
     path = os.path.join(dir, "agent.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2)
-    os.replace(tmp, path)
+    durable.write_atomic(path, json.dumps(state, indent=2).encode(), 0o644)
 
 
 def configured(dir: str, disks: list[tuple[str, int | None]]) -> list[tuple[str, int | None]]:

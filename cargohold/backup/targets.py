@@ -16,7 +16,6 @@ Every target counts the requests it issued in ``stats`` (put, get, list, delete,
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib
 import os
@@ -26,10 +25,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
 
+from cargohold import durable
 from cargohold.errors import InvalidArgument, NoSpace, NotFound, PermissionDenied, TargetError
 
 STAT_KEYS = ("put", "get", "list", "delete", "head")
-_TMP_MARK = ".tmp-"
 
 
 def check_key(key: str) -> str:
@@ -170,27 +169,10 @@ class FileTarget(Target):
     def put(self, key: str, data: bytes | memoryview) -> None:
         path = self._path(key)
         self._count("put")
-        tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data).cast("B")
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            durable.write_atomic(path, data)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise self._error(e, key) from e
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:

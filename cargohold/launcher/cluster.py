@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold import durable
 from cargohold.control.settings import ClientSettings
 from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
 from cargohold.launcher import credentials, etcd_certs, netns
@@ -278,11 +279,7 @@ class LocalCluster(Faults):
 
     def save(self) -> None:
         path = os.path.join(self.dir, CLUSTER_FILE)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_json(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        durable.write_atomic(path, (json.dumps(self.to_json(), indent=2) + "\n").encode(), 0o644)
 
     # -- what clients use --
 

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cargohold import durable
 from cargohold.errors import ConfigError, InvalidArgument
 from cargohold.security.identity import Identity, check_name
 from cargohold.security.tls import CA_FILE, CERT_FILE, CRL_FILE, KEY_FILE
@@ -63,13 +64,7 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
     """Write atomically (a reader sees the old file or the new one, never half)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    durable.write_atomic(path, data, 0o600 if private else 0o644)
 
 
 def make_csr(identity: Identity, key: ec.EllipticCurvePrivateKey) -> bytes:

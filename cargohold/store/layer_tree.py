@@ -11,11 +11,11 @@ only when nothing before it is missing, ``mark_current`` after a rebuild.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 from typing import Any
 
+from cargohold import durable
 from cargohold.errors import InvalidArgument, NotFound
 from cargohold.store import format as fmt
 from cargohold.store.base import ReplicaStore, check_history
@@ -27,25 +27,9 @@ META_FILE = "replica.meta"
 def write_atomic(directory: str, name: str, blob: bytes) -> None:
     """Replace ``name`` with ``blob`` atomically (tmp + fsync + rename + fsync of the dir).
     A failure (a full disk, say) leaves the old file in place and raises NoSpace/IOError."""
-    tmp = os.path.join(directory, name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, os.path.join(directory, name))
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        durable.write_atomic(os.path.join(directory, name), blob)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise io_error(e, f"write {name}") from None
 
 
