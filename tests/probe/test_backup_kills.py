@@ -8,6 +8,10 @@ local cluster of real processes, and GC running while a backup runs (issue 17's 
 - Through every kill the restoring volume is never shown healthy before its restore
   succeeded, and the restored data's sha256 equals the source's; the repository verifies
   offline with --read-data and lists only the backups that succeeded.
+- The manager SIGKILLed during a backup (the engine runs on; the manager back learns its
+  result from the agent's heartbeats), the agent of the restore engine's node SIGKILLed
+  during a restore (the engine runs on and the new agent adopts it): both complete, and the
+  next backup of the volume too.
 - The first backup deleted, a second of the same data (reusing its chunks) runs while
   ``backup-target gc`` runs: the GC defers (the backup's lease) and the backup restores whole.
 """
@@ -34,11 +38,17 @@ from tests.support.backup_cluster import (
     fill,
     jcli,
     kill_mid_way,
+    node_of,
+    op_of,
+    packs_in,
     restored_never_healthy_before_done,
+    volume_engine,
     volume_sha256,
     wait_backup,
     wait_packs,
     wait_progress,
+    wait_restoring,
+    watching_restore,
 )
 from tests.support.cli import cli
 
@@ -150,3 +160,105 @@ def test_gc_while_a_backup_runs(cluster: tuple[LocalCluster, Path], tmp_path: Pa
     cli(d, "backup", "restore", bid, "copy", "--wait", timeout=300)
     copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
     assert volume_sha256(copy_uri, tmp_path) == want
+
+
+def kill_agent(c: LocalCluster, node: str) -> int:
+    """SIGKILL a node's agent alone (what it started runs on) and reap it: the launcher
+    in this process started it, and its zombie would count as running. Its PID."""
+    c.reload()
+    agent = c.nodes[node].pid
+    assert agent is not None, f"no agent of {node} runs"
+    os.kill(agent, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(agent, 0)
+    return agent
+
+
+def test_manager_killed_during_backup(cluster: tuple[LocalCluster, Path], tmp_path: Path) -> None:
+    c, d = cluster
+    repo, key = tmp_path / "repo", tmp_path / "repo.key"
+    cli(d, "backup-target", "add", "nfs", f"file://{repo}", "--generate-key", str(key))
+    cli(d, "volume", "create", "data", "--size", f"{SIZE // MiB}MiB", "--replicas", "2")
+    uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
+    fill(uri, tmp_path, SIZE)
+    want = volume_sha256(uri, tmp_path)
+    t0 = time.monotonic()
+    bid = json.loads(cli(d, "backup", "create", "data", "--target", "nfs", "-o", "json").stdout)
+    bid = bid["id"]
+    with ManagerClient.discover(None, d) as client:
+        packs = wait_packs(client, "data", repo, 3)
+    manager = c.managers[0].id
+    assert c.kill_manager(manager)
+    killed_at = packs_in(repo)
+    assert c.start_manager(manager, timeout=60)
+    # the data kept moving with no manager: the engine ran the backup on
+    print(f"{manager} killed with {killed_at} packs written ({packs} seen moving), "
+          f"{packs_in(repo)} when it was back")  # fmt: skip
+    with ManagerClient.discover(None, d) as client:
+        b = wait_backup(client, bid)
+        print(f"backup with the manager killed: {time.monotonic() - t0:.1f} s")
+        assert b["state"] == "succeeded", b
+        # the volume is unaffected: healthy (a replica the engine dropped meanwhile is
+        # rebuilt; said if so)
+        deadline = time.monotonic() + 60
+        while (v := client.volume("data"))["robustness"] != "healthy":
+            print("data not healthy after the manager's kill:", v["robustness"],
+                  [(r["node"], r["mode"], r["state"], r["error"]) for r in v["replicas"]],
+                  v.get("error"))  # fmt: skip
+            assert time.monotonic() < deadline, v
+            time.sleep(1)
+    rep = catalog(f"file://{repo}", key, "--read-data")
+    assert rep["ok"] and rep["backups"] == 1, rep
+    # the next run completes (incremental to the one that survived the kill)
+    nxt = jcli(d, "backup", "create", "data", "--target", "nfs", "--wait")
+    assert nxt["state"] == "succeeded", nxt
+    assert nxt["parent"], nxt
+    rep = catalog(f"file://{repo}", key, "--read-data")
+    assert rep["ok"] and rep["backups"] == 2, rep
+    cli(d, "backup", "restore", bid, "copy")
+    with watching_restore(d, "copy"):
+        pass
+    copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
+    assert volume_sha256(copy_uri, tmp_path) == want
+
+
+def test_agent_killed_during_restore(cluster: tuple[LocalCluster, Path], tmp_path: Path) -> None:
+    """The agent of the node whose engine runs the restore dies alone: the engine writes
+    on, the agent started again adopts it and reports its result."""
+    c, d = cluster
+    repo, key = tmp_path / "repo", tmp_path / "repo.key"
+    cli(d, "backup-target", "add", "nfs", f"file://{repo}", "--generate-key", str(key))
+    cli(d, "volume", "create", "data", "--size", f"{SIZE // MiB}MiB", "--replicas", "2")
+    uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
+    fill(uri, tmp_path, SIZE)
+    want = volume_sha256(uri, tmp_path)
+    first = jcli(d, "backup", "create", "data", "--target", "nfs", "--wait")
+    assert first["state"] == "succeeded", first
+
+    t0 = time.monotonic()
+    cli(d, "backup", "restore", first["id"], "copy")
+    with watching_restore(d, "copy"):
+        with ManagerClient.discover(None, d) as client:
+            wrote = wait_restoring(client, d, "copy", 64 * MiB)
+        engine = volume_engine(c, "copy")
+        assert engine is not None, "no engine of copy runs"
+        node = node_of(c, engine)
+        agent = kill_agent(c, node)
+        print(
+            f"agent {agent} of {node} (restore engine {engine}) killed with {wrote} bytes written"
+        )
+        assert c.start_node(node, timeout=60)
+    print(f"restore with the agent killed: {time.monotonic() - t0:.1f} s")
+    with ManagerClient.discover(None, d) as client:
+        op = op_of(client, "copy", "restore")
+        print(f"restore operation after the kill: {op['state']}, {op['result']}")
+        assert op["result"]["bytes_restored"] == SIZE, op
+    rep = catalog(f"file://{repo}", key, "--read-data")
+    assert rep["ok"] and rep["backups"] == 1, rep
+    copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
+    assert volume_sha256(copy_uri, tmp_path) == want
+    # the next run completes: a backup of the restored volume
+    nxt = jcli(d, "backup", "create", "copy", "--target", "nfs", "--wait")
+    assert nxt["state"] == "succeeded", nxt
+    rep = catalog(f"file://{repo}", key, "--read-data")
+    assert rep["ok"] and rep["backups"] == 2, rep

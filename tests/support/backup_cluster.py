@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +164,33 @@ def wait_packs(client: ManagerClient, volume: str, repo: Path, n: int) -> int:
     raise AssertionError(f"the backup of {volume} wrote no {n} packs")
 
 
+def replica_bytes(d: Path, ids: list[str]) -> int:
+    """Bytes allocated on disk by the data files of the replicas ``ids`` of the cluster in
+    ``d`` (every disk of it keeps a replica at ``DISK/replicas/ID/``)."""
+    total = 0
+    for rid in ids:
+        for f in d.rglob(f"replicas/{rid}/layer-*.data*"):
+            with contextlib.suppress(OSError):
+                total += f.stat().st_blocks * 512
+    return total
+
+
+def wait_restoring(client: ManagerClient, d: Path, volume: str, n: int) -> int:
+    """Poll until the running restore of ``volume`` has written ``n`` bytes into each of
+    its replicas on disk (data moving, the restore not done: mid-way); how many it has."""
+    ids = [r["id"] for r in client.volume(volume)["replicas"]]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        op = op_of(client, volume, "restore")
+        assert op["state"] not in ("succeeded", "failed"), (
+            f"the restore finished before {n} bytes were seen (make the volume bigger): {op}"
+        )
+        if (now := replica_bytes(d, ids)) >= n * len(ids):
+            return now
+        time.sleep(0.05)
+    raise AssertionError(f"the restore of {volume} wrote no {n} bytes")
+
+
 def kill_mid_way(c: LocalCluster, client: ManagerClient, volume: str, kind: str) -> float:
     """SIGKILL ``volume``'s engine once its ``kind`` operation has started moving data;
     the progress it had reached (to show the kill came mid-way)."""
@@ -173,15 +201,54 @@ def kill_mid_way(c: LocalCluster, client: ManagerClient, volume: str, kind: str)
     return at
 
 
-def restored_never_healthy_before_done(client: ManagerClient, volume: str) -> None:
-    """Poll a restoring volume until its restore succeeded: never healthy before that."""
+def restored_never_healthy_before_done(client: ManagerClient, volume: str) -> int:
+    """Poll a restoring volume until its restore succeeded: never healthy before that.
+    How many times it looked (to show the polls spanned a fault)."""
     deadline = time.monotonic() + 300
+    polls = 0
     while True:
         v = client.volume(volume)
         op = op_of(client, volume, "restore")
+        polls += 1
         if op["state"] == "succeeded" and v["state"] != "restoring":
-            return
+            return polls
         assert op["state"] != "failed", op
         assert v["robustness"] != "healthy", (v, op)
         assert time.monotonic() < deadline, (v, op)
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def watching_restore(d: Path, volume: str) -> Iterator[None]:
+    """Run ``restored_never_healthy_before_done`` on ``volume`` in a thread (its own
+    manager client) for the whole ``with`` block and after it until the restore succeeded:
+    a fault injected inside the block is polled through, not only after. The block's exit
+    waits for the thread and raises what it found."""
+    found: list[BaseException] = []
+    polls: list[int] = []
+
+    def watch() -> None:
+        try:
+            with ManagerClient.discover(None, d) as client:
+                polls.append(restored_never_healthy_before_done(client, volume))
+        except BaseException as e:  # handed to the test's thread below
+            found.append(e)
+
+    t = threading.Thread(target=watch, name=f"watch-{volume}", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join(timeout=330)  # the helper's own deadline is 300 s
+    assert not t.is_alive(), f"the watch of {volume}'s restore never ended"
+    if found:
+        raise found[0]
+    print(f"{volume}: polled {polls[0]} times until its restore succeeded, never healthy before")
+
+
+def node_of(c: LocalCluster, pid: int) -> str:
+    """The node of this cluster one of whose processes ``pid`` is."""
+    for node in c.nodes:
+        if pid in c.node_processes(node):
+            return node
+    raise AssertionError(f"process {pid} belongs to no node of the cluster")
