@@ -19,3 +19,12 @@ def pki(tmp_path_factory):  # type: ignore[no-untyped-def]
     from tests.support.tls import PKI
 
     return PKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    """Keep each phase's report on the test item (``item.rep_call``): a fixture's teardown
+    can then tell a failed test from a passed one (tests/support/cluster_logs.py)."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep

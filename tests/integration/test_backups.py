@@ -21,19 +21,22 @@ import pytest
 
 from cargohold.launcher.cluster import LocalCluster
 from tests.support.cli import cli, js
+from tests.support.cluster_logs import failed, print_tails
 from tests.support.nbd_clients import need, qemu_io
 
 MiB = 1 << 20
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Path]:
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     need("nbdcopy", "qemu-io")
     d = Path(f"/tmp/bk-{os.getpid()}")
     c = LocalCluster.create(str(d), nodes=3, backend="sqlite").up(timeout=90)
     try:
         yield d
     finally:
+        if failed(request):
+            print_tails(d)
         c.down(purge=True)
 
 
