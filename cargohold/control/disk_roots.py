@@ -47,7 +47,7 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _system(path: str) -> str | None:
+def system_dir(path: str) -> str | None:
     """The system directory ``path`` is (or lies in), if any ("/" for the root itself)."""
     if path == "/":
         return "/"
@@ -64,7 +64,7 @@ def check_roots(roots: Iterable[str]) -> list[str]:
         if not r or not os.path.isabs(r):
             raise InvalidArgument(f"disk root {r!r} is not an absolute path")
         real = os.path.realpath(r)
-        bad = _system(real)
+        bad = system_dir(real)
         if bad is not None:
             raise InvalidArgument(f"disk root {r!r} is (in) the system directory {bad}")
         out.append(real)
@@ -79,7 +79,7 @@ def check_disk_path(path: str, roots: Iterable[str]) -> str:
         raise InvalidArgument(f"disk path {path!r} is not absolute")
     real = os.path.realpath(path)
     shown = path if real == path else f"{path!r} (that is {real!r})"
-    bad = _system(real)
+    bad = system_dir(real)
     if bad is not None:
         raise InvalidArgument(f"disk path {shown} is (in) the system directory {bad}")
     allowed = check_roots(roots)

@@ -144,6 +144,26 @@ class VolumeSource(Record):
     """Where a new volume's data comes from: a volume (a clone, of ``snapshot`` or of a
     snapshot taken now) or a backup (a restore; ``target`` is filled in by the manager)."""
 
+    # the schema says what _one_source checks: a volume (and maybe a snapshot) or a backup
+    model_config = {
+        "json_schema_extra": {
+            "oneOf": [
+                {
+                    "required": ["volume"],
+                    "properties": {"volume": {"type": "string"}, "backup": {"type": "null"}},
+                },
+                {
+                    "required": ["backup"],
+                    "properties": {
+                        "backup": {"type": "string"},
+                        "volume": {"type": "null"},
+                        "snapshot": {"type": "null"},
+                    },
+                },
+            ]
+        }
+    }
+
     volume: str | None = name_field(default=None)
     snapshot: str | None = name_field(default=None)
     backup: str | None = Field(default=None, pattern=BACKUP_ID_PATTERN, max_length=128)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from typing import Literal
 
 from pydantic import (
@@ -18,6 +19,7 @@ from pydantic import (
     field_validator,
 )
 
+from cargohold.control.disk_roots import system_dir
 from cargohold.control.model import VolumeSource, check_name, name_field
 
 
@@ -114,6 +116,12 @@ class TenantQuota(BaseModel):
     quota_bytes: StrictInt | None = Field(ge=0, description="null: no quota")
 
 
+TARGET_URL = r"^(s3://[^/@]+(/.*)?|file:///.*)$"
+"""What a backup target's url looks like in the schema (the validator says why when not)."""
+REPOSITORY_KEY_B64 = r"^[A-Za-z0-9+/]{43}=$"
+"""Base64 of 32 bytes."""
+
+
 class BackupTargetCreate(BaseModel):
     """POST /api/v1/backup-targets: a target and its secrets (docs/backups.md). The
     secrets are kept by the manager and never shown again."""
@@ -122,7 +130,11 @@ class BackupTargetCreate(BaseModel):
 
     name: str = name_field()
     url: str = Field(
-        min_length=1, max_length=1024, description="s3://BUCKET/PREFIX or file:///PATH"
+        min_length=1,
+        max_length=1024,
+        pattern=TARGET_URL,
+        description="s3://BUCKET/PREFIX or file:///PATH (an existing directory, not a system "
+        "one: /etc, /proc, /usr ...)",
     )
     endpoint: str = Field(default="", max_length=1024, description="S3: the endpoint URL")
     region: str = Field(default="", max_length=64)
@@ -132,9 +144,10 @@ class BackupTargetCreate(BaseModel):
     access_key: SecretStr = Field(default=SecretStr(""), description="S3: never shown again")
     secret_key: SecretStr = Field(default=SecretStr(""), description="S3: never shown again")
     repository_key: SecretStr = Field(
+        json_schema_extra={"pattern": REPOSITORY_KEY_B64, "minLength": 44, "maxLength": 44},
         description="base64 of the repository's 32-byte key: it opens the repository if one "
         "is there, else a new repository is made with it. Keep a copy: without it the "
-        "backups cannot be read by anyone"
+        "backups cannot be read by anyone",
     )
 
     @field_validator("name", mode="before")
@@ -142,13 +155,19 @@ class BackupTargetCreate(BaseModel):
     def _name(cls, v: object) -> object:
         return check_name(v, "backup target name") if isinstance(v, str) else v
 
-    @field_validator("url")
+    @field_validator("url", mode="before")  # before the schema's pattern: its own words
     @classmethod
-    def _url(cls, v: str) -> str:
+    def _url(cls, v: object) -> object:
+        if not isinstance(v, str):
+            return v
         if not (v.startswith("s3://") or v.startswith("file:///")):
             raise ValueError("a target's url is s3://BUCKET/PREFIX or file:///PATH")
         if "@" in v.split("/", 3)[2]:
             raise ValueError("credentials go in access_key and secret_key, not in the url")
+        if v.startswith("file:///"):
+            system = system_dir(os.path.normpath(v[len("file://") :]))
+            if system is not None:
+                raise ValueError(f"a file target may not be in {system}: {v}")
         return v
 
     @field_validator("repository_key")

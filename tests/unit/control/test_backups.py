@@ -143,6 +143,9 @@ async def test_a_wrong_key_or_an_unreachable_target_is_a_clear_error(sim: Sim) -
     assert [t["name"] for t in await sim.service.backup_targets()] == ["s3"]
     with pytest.raises(ValueError, match="32 bytes"):
         target_req(key="AAAA")
+    for system in ("file:///", "file:///etc/backups", "file:///proc/x", "file:///usr/../etc"):
+        with pytest.raises(ValueError, match="a file target may not be in"):
+            target_req(url=system)
     with pytest.raises(ValueError, match="s3://BUCKET/PREFIX or file:///PATH"):
         target_req(url="http://x/y")
     with pytest.raises(ValueError, match="not in the url"):
