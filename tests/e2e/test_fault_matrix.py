@@ -126,6 +126,7 @@ def test_fault_scenario(env, name):
     assert not bad, (bad, out.notes)
 
 
+@pytest.mark.long
 def test_control_plane_dies_on_etcd(tmp_path):
     _need()
     if not shutil.which("etcd"):
@@ -135,6 +136,7 @@ def test_control_plane_dies_on_etcd(tmp_path):
     assert not fm.problems(out), (fm.problems(out), out.notes)
 
 
+@pytest.mark.long
 def test_wrong_state_store_on_etcd(tmp_path):
     """The wrong-state-store mistake with etcd: its key prefix emptied."""
     _need()

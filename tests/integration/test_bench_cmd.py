@@ -19,7 +19,10 @@ from cargohold.cli.fio import WORKLOADS
 from cargohold.launcher.cluster import LocalCluster
 from tests.support.cli import cli
 
-pytestmark = pytest.mark.skipif(shutil.which("fio") is None, reason="needs fio")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("fio") is None, reason="needs fio"),
+    pytest.mark.long,
+]
 
 
 @pytest.fixture

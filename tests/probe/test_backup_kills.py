@@ -52,6 +52,9 @@ from tests.support.backup_cluster import (
 )
 from tests.support.cli import cli
 
+# ~3 minutes for the five: `make test-long` and `make probe` run them (not `make test`)
+pytestmark = pytest.mark.long
+
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[LocalCluster, Path]]:

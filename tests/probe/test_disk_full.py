@@ -423,6 +423,7 @@ async def test_new_epoch_on_full_disk(small_fs: Path, tmp_path: Path) -> None:
 # --- a full disk in a cluster ---------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_a_replica_on_a_full_disk_stays_failed_with_the_reason_and_back_off(
     small_fs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
