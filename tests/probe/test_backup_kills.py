@@ -62,16 +62,28 @@ def cluster() -> Iterator[tuple[LocalCluster, Path]]:
         yield c
 
 
-def test_engine_killed_during_backup_and_restore(
-    cluster: tuple[LocalCluster, Path], tmp_path: Path
-) -> None:
-    c, d = cluster
+def target_and_filled_volume(d: Path, tmp_path: Path) -> tuple[Path, Path, str]:
+    """A file backup target ``nfs`` and a 2-replica volume ``data`` attached on node-1 and
+    filled: -> (repository dir, key file, the volume's sha256)."""
     repo, key = tmp_path / "repo", tmp_path / "repo.key"
     cli(d, "backup-target", "add", "nfs", f"file://{repo}", "--generate-key", str(key))
     cli(d, "volume", "create", "data", "--size", f"{SIZE // MiB}MiB", "--replicas", "2")
     uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
     fill(uri, tmp_path, SIZE)
-    want = volume_sha256(uri, tmp_path)
+    return repo, key, volume_sha256(uri, tmp_path)
+
+
+def copy_sha256(d: Path, tmp_path: Path) -> str:
+    """The sha256 of the restored volume ``copy``, attached on node-2."""
+    uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
+    return volume_sha256(uri, tmp_path)
+
+
+def test_engine_killed_during_backup_and_restore(
+    cluster: tuple[LocalCluster, Path], tmp_path: Path
+) -> None:
+    c, d = cluster
+    repo, key, want = target_and_filled_volume(d, tmp_path)
     with ManagerClient.discover(None, d) as client:
         t0 = time.monotonic()
         bid = cli(d, "backup", "create", "data", "--target", "nfs", "-o", "json").stdout
@@ -90,20 +102,14 @@ def test_engine_killed_during_backup_and_restore(
         print(f"engine of copy killed at restore progress {at:.2f}")
         # never healthy (nor attachable) until the restore succeeded
         restored_never_healthy_before_done(client, "copy")
-    copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
-    assert volume_sha256(copy_uri, tmp_path) == want
+    assert copy_sha256(d, tmp_path) == want
 
 
 def test_agent_and_manager_killed_during_backup_and_restore(
     cluster: tuple[LocalCluster, Path], tmp_path: Path
 ) -> None:
     c, d = cluster
-    repo, key = tmp_path / "repo", tmp_path / "repo.key"
-    cli(d, "backup-target", "add", "nfs", f"file://{repo}", "--generate-key", str(key))
-    cli(d, "volume", "create", "data", "--size", f"{SIZE // MiB}MiB", "--replicas", "2")
-    uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
-    fill(uri, tmp_path, SIZE)
-    want = volume_sha256(uri, tmp_path)
+    repo, key, want = target_and_filled_volume(d, tmp_path)
     with ManagerClient.discover(None, d) as client:
         bid = json.loads(cli(d, "backup", "create", "data", "--target", "nfs", "-o", "json").stdout)
         bid = bid["id"]
@@ -131,20 +137,14 @@ def test_agent_and_manager_killed_during_backup_and_restore(
         restored_never_healthy_before_done(client, "copy")
     rep = catalog(f"file://{repo}", key, "--read-data")
     assert rep["ok"] and rep["backups"] == 1, rep
-    copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
-    assert volume_sha256(copy_uri, tmp_path) == want
+    assert copy_sha256(d, tmp_path) == want
 
 
 def test_gc_while_a_backup_runs(cluster: tuple[LocalCluster, Path], tmp_path: Path) -> None:
     """The first backup is deleted; the second (of the same data) reuses its chunks while a
     GC runs: the GC must not delete what the running backup references."""
     _, d = cluster
-    repo, key = tmp_path / "repo", tmp_path / "repo.key"
-    cli(d, "backup-target", "add", "nfs", f"file://{repo}", "--generate-key", str(key))
-    cli(d, "volume", "create", "data", "--size", f"{SIZE // MiB}MiB", "--replicas", "2")
-    uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
-    fill(uri, tmp_path, SIZE)
-    want = volume_sha256(uri, tmp_path)
+    repo, key, want = target_and_filled_volume(d, tmp_path)
     first = jcli(d, "backup", "create", "data", "--target", "nfs", "--wait")
     assert first["state"] == "succeeded", first
     cli(d, "backup", "delete", first["id"])
@@ -161,8 +161,7 @@ def test_gc_while_a_backup_runs(cluster: tuple[LocalCluster, Path], tmp_path: Pa
     rep = catalog(f"file://{repo}", key, "--read-data")
     assert rep["ok"] and rep["backups"] == 1, rep
     cli(d, "backup", "restore", bid, "copy", "--wait", timeout=300)
-    copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
-    assert volume_sha256(copy_uri, tmp_path) == want
+    assert copy_sha256(d, tmp_path) == want
 
 
 def kill_agent(c: LocalCluster, node: str) -> int:
@@ -179,12 +178,7 @@ def kill_agent(c: LocalCluster, node: str) -> int:
 
 def test_manager_killed_during_backup(cluster: tuple[LocalCluster, Path], tmp_path: Path) -> None:
     c, d = cluster
-    repo, key = tmp_path / "repo", tmp_path / "repo.key"
-    cli(d, "backup-target", "add", "nfs", f"file://{repo}", "--generate-key", str(key))
-    cli(d, "volume", "create", "data", "--size", f"{SIZE // MiB}MiB", "--replicas", "2")
-    uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
-    fill(uri, tmp_path, SIZE)
-    want = volume_sha256(uri, tmp_path)
+    repo, key, want = target_and_filled_volume(d, tmp_path)
     t0 = time.monotonic()
     bid = json.loads(cli(d, "backup", "create", "data", "--target", "nfs", "-o", "json").stdout)
     bid = bid["id"]
@@ -221,20 +215,14 @@ def test_manager_killed_during_backup(cluster: tuple[LocalCluster, Path], tmp_pa
     cli(d, "backup", "restore", bid, "copy")
     with watching_restore(d, "copy"):
         pass
-    copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
-    assert volume_sha256(copy_uri, tmp_path) == want
+    assert copy_sha256(d, tmp_path) == want
 
 
 def test_agent_killed_during_restore(cluster: tuple[LocalCluster, Path], tmp_path: Path) -> None:
     """The agent of the node whose engine runs the restore dies alone: the engine writes
     on, the agent started again adopts it and reports its result."""
     c, d = cluster
-    repo, key = tmp_path / "repo", tmp_path / "repo.key"
-    cli(d, "backup-target", "add", "nfs", f"file://{repo}", "--generate-key", str(key))
-    cli(d, "volume", "create", "data", "--size", f"{SIZE // MiB}MiB", "--replicas", "2")
-    uri = cli(d, "volume", "attach", "data", "--node", "node-1").stdout.strip()
-    fill(uri, tmp_path, SIZE)
-    want = volume_sha256(uri, tmp_path)
+    repo, key, want = target_and_filled_volume(d, tmp_path)
     first = jcli(d, "backup", "create", "data", "--target", "nfs", "--wait")
     assert first["state"] == "succeeded", first
 
@@ -258,8 +246,7 @@ def test_agent_killed_during_restore(cluster: tuple[LocalCluster, Path], tmp_pat
         assert op["result"]["bytes_restored"] == SIZE, op
     rep = catalog(f"file://{repo}", key, "--read-data")
     assert rep["ok"] and rep["backups"] == 1, rep
-    copy_uri = cli(d, "volume", "attach", "copy", "--node", "node-2").stdout.strip()
-    assert volume_sha256(copy_uri, tmp_path) == want
+    assert copy_sha256(d, tmp_path) == want
     # the next run completes: a backup of the restored volume
     nxt = jcli(d, "backup", "create", "copy", "--target", "nfs", "--wait")
     assert nxt["state"] == "succeeded", nxt
