@@ -40,6 +40,7 @@ from cargohold.control.model import (
     Heartbeat,
     Registration,
 )
+from cargohold.control.version_skew import running_version
 from cargohold.errors import CargoholdError, ConfigError, NotFound
 from cargohold.security.tls import is_loopback
 
@@ -271,6 +272,7 @@ class Agent:
             assignments_revision=self._revision,
             hold=hold,
             refusal=self.replicas.refusal,
+            agent_version=running_version(),
         )
         digest = report_digest(hb)
         hb.report_digest = digest
@@ -280,6 +282,7 @@ class Agent:
                 same_report=True,
                 assignments_revision=self._revision,
                 hold=hold,
+                agent_version=running_version(),
             )
         loop = asyncio.get_running_loop()
         sent = loop.time()
@@ -349,6 +352,7 @@ class Agent:
             tags=list(self.config.tags),
             disks=self.disks,
             agent_pid=os.getpid(),
+            agent_version=running_version(),
         )
         try:
             await self.manager.register(self.config.node, reg)
