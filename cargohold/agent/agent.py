@@ -238,6 +238,21 @@ class Agent:
     async def _watch_starting(self) -> None:
         await self.engines.watch_starting(self._news)
 
+    async def hand_over(self) -> None:
+        """Exit for the next agent (an upgrade): the work under way is cancelled, the
+        engines and the replica server keep running and serving, and NODEDIR/agent.json
+        says what runs, so the next agent adopts them (``handover`` setting)."""
+        tasks = self.operations.tasks() + self.engines.tasks()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._save_state()
+        log.info(
+            "node %s: leaving %d engine(s) and the replica server running for the next agent",
+            self.config.node,
+            len(self.engines.procs),
+        )
+
     async def shutdown(self) -> None:
         """Stop everything this agent runs: engines first (SIGTERM: they flush and close),
         then the replica server."""

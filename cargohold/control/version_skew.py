@@ -19,8 +19,9 @@ import re
 
 from cargohold import __version__
 from cargohold.errors import VersionSkew
+from cargohold.settings import ProcessSettings
 
-VERSION_OVERRIDE_ENV = "CARGOHOLD_VERSION_OVERRIDE"
+VERSION_OVERRIDE_ENV = ProcessSettings.variable("version_override")
 UNREPORTED = "0.1"  # what an agent that reports no version is: the last release without it
 MINOR_SKEW = 1  # minor versions an agent may be behind or ahead of its manager
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+.]?[0-9A-Za-z.+-]*)?$")

@@ -30,6 +30,7 @@ import fcntl
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import struct
@@ -42,6 +43,7 @@ from cargohold.csi import nbd_kernel
 from cargohold.csi.settings import CsiSettings
 from cargohold.errors import CargoholdError
 from cargohold.protocol.nbd import GROWABLE_SUFFIX
+from cargohold.settings import ProcessSettings
 
 
 class MountError(CargoholdError):
@@ -365,7 +367,7 @@ class Attachment:
             # a session (and process group) of its own: neither a signal to the node
             # plugin's group nor its death reaches nbdfuse; a restarted plugin adopts it
             proc = subprocess.Popen(
-                argv,
+                [*shlex.split(ProcessSettings().spawn_prefix), *argv],  # docs/upgrades.md
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
