@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Both set everything up first.
 
 .PHONY: test-long
+.PHONY: upgrade-test
 .PHONY: setup demo test lint unit integration probe soak bench bench-engine bench-all bench-control \
 	bench-rebuild clean soak-faults bench-backup
 
@@ -35,6 +36,11 @@ probe: setup
 # what `make test` leaves out for its time budget (pyproject's `long` marker): ~6 minutes
 test-long: setup
 	$(VENV)/pytest -q -m long
+
+# a rolling upgrade of a local cluster under a verify workload, and a kill -9 of the CSI
+# node plugin under I/O (docs/upgrades.md); both are in test-long too (~4 minutes)
+upgrade-test: setup
+	$(VENV)/pytest -q -s -m long tests/integration/test_upgrade.py tests/e2e/test_csi_restart.py
 
 soak: setup
 	$(VENV)/pytest -q -m soak

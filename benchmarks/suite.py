@@ -350,7 +350,7 @@ def markdown(suite: dict[str, Any]) -> str:
     if targets:
         lines += [
             "",
-            "### Issue 6's other targets",
+            "### The suite's other targets",
             "",
             "| target | got | bound | |",
             "|---|---:|---|---|",
@@ -371,7 +371,7 @@ def write_doc(section: str, path: str = DOC) -> None:
             re.escape(BEGIN) + r".*?" + re.escape(END), lambda _m: block, text, flags=re.S
         )
     else:
-        text = text.rstrip("\n") + f"\n\n## The whole suite (issue 6)\n\n{block}\n"
+        text = text.rstrip("\n") + f"\n\n## The whole suite\n\n{block}\n"
     with open(path, "w") as f:
         f.write(text)
 

@@ -135,6 +135,12 @@ class WrongState(RequestError):
     errno = _errno.EBUSY
 
 
+class VersionSkew(WrongState):
+    """A node agent's version is too far from the manager's (more than one minor version
+    apart, or another major version): the manager refuses its registration and heartbeats
+    (HTTP 409) until one of them is upgraded (docs/upgrades.md)."""
+
+
 class Unauthenticated(RequestError):
     """The request carries no credential the cluster accepts: no certificate or token, one
     from another cluster's CA, expired or revoked (HTTP 401)."""

@@ -344,6 +344,18 @@ class ProcessSettings(Settings):
         "1: keep Python's garbage-collector thresholds (0: raised after start-up, fewer "
         "pauses in the data path)",
     )
+    version_override: str = setting(
+        "",
+        "the version this process reports instead of its package's: a hook for the upgrade "
+        "test (control/version_skew.py); never set it in production",
+    )
+    spawn_prefix: str = setting(
+        "",
+        "a command that runs the long-lived processes an agent or CSI node plugin starts "
+        "(engines, the replica server, nbdfuse) by exec'ing them, e.g. `systemd-run --scope "
+        "--quiet --collect --slice=cargohold.slice --`: in Kubernetes they then live in a "
+        "host cgroup and outlive the pod (docs/upgrades.md); empty: started directly",
+    )
     tls_dir: str = setting(
         "",
         "a daemon's credentials directory: tls.crt, tls.key, ca.crt, ca.crl (--tls-dir; "

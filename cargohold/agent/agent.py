@@ -40,6 +40,7 @@ from cargohold.control.model import (
     Heartbeat,
     Registration,
 )
+from cargohold.control.version_skew import running_version
 from cargohold.errors import CargoholdError, ConfigError, NotFound
 from cargohold.security.tls import is_loopback
 
@@ -237,6 +238,21 @@ class Agent:
     async def _watch_starting(self) -> None:
         await self.engines.watch_starting(self._news)
 
+    async def hand_over(self) -> None:
+        """Exit for the next agent (an upgrade): the work under way is cancelled, the
+        engines and the replica server keep running and serving, and NODEDIR/agent.json
+        says what runs, so the next agent adopts them (``handover`` setting)."""
+        tasks = self.operations.tasks() + self.engines.tasks()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._save_state()
+        log.info(
+            "node %s: leaving %d engine(s) and the replica server running for the next agent",
+            self.config.node,
+            len(self.engines.procs),
+        )
+
     async def shutdown(self) -> None:
         """Stop everything this agent runs: engines first (SIGTERM: they flush and close),
         then the replica server."""
@@ -271,6 +287,7 @@ class Agent:
             assignments_revision=self._revision,
             hold=hold,
             refusal=self.replicas.refusal,
+            agent_version=running_version(),
         )
         digest = report_digest(hb)
         hb.report_digest = digest
@@ -280,6 +297,7 @@ class Agent:
                 same_report=True,
                 assignments_revision=self._revision,
                 hold=hold,
+                agent_version=running_version(),
             )
         loop = asyncio.get_running_loop()
         sent = loop.time()
@@ -349,6 +367,7 @@ class Agent:
             tags=list(self.config.tags),
             disks=self.disks,
             agent_pid=os.getpid(),
+            agent_version=running_version(),
         )
         try:
             await self.manager.register(self.config.node, reg)

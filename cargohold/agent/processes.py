@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -64,6 +65,12 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def spawn_prefix() -> list[str]:
+    """The command the long-lived children are started through (``CARGOHOLD_SPAWN_PREFIX``,
+    docs/upgrades.md); [] when unset."""
+    return shlex.split(ProcessSettings().spawn_prefix)
+
+
 class Child:
     """One child process: started, watched (``alive``), stopped (SIGTERM, then SIGKILL), its
     output in an append-only log file of which the agent reads the part since the start."""
@@ -87,8 +94,14 @@ class Child:
             f.flush()
             self.log_offset = f.tell()
             # same process group as the agent: no start_new_session (see module docstring)
+            # through the spawn prefix (an exec'ing wrapper such as systemd-run --scope:
+            # same PID, the same command line, so adoption's checks hold)
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env
+                [*spawn_prefix(), *self.argv],
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
         self.started_at = time.monotonic()
 

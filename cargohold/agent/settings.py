@@ -97,6 +97,12 @@ class AgentSettings(Settings):
         description="directories under which a disk added through the API may be created "
         "(besides the node directory and the --disk paths)",
     )
+    handover: bool = setting(
+        False,
+        "on SIGTERM, exit leaving the engines and the replica server running for the next "
+        "agent to adopt: a restart for an upgrade does not stop I/O (docs/upgrades.md); off: "
+        "stop them first, the node is taken out of service",
+    )
     trash_grace: float = setting(
         86400.0,
         "seconds a deleted replica stays in its disk's trash (DISK/trash/) before it is "

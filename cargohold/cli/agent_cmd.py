@@ -123,8 +123,11 @@ def agent(
             await the_agent.start()
             await the_agent.run(stop)
         finally:
-            logging.getLogger("cargohold.agent").info("node %s: shutting down", node)
-            await the_agent.shutdown()
+            if config.handover:  # an upgrade: the next agent adopts what runs
+                await the_agent.hand_over()
+            else:
+                logging.getLogger("cargohold.agent").info("node %s: shutting down", node)
+                await the_agent.shutdown()
 
     try:
         asyncio.run(main())

@@ -11,6 +11,7 @@ from cargohold.control.api_json import JSON
 from cargohold.control.auth import PUBLIC, requires
 from cargohold.control.model import Event
 from cargohold.control.service import Service
+from cargohold.control.version_skew import running_version
 from cargohold.control.views import ErrorBody, Health, StatusView
 from cargohold.security.identity import Identity
 from cargohold.security.policy import Permission
@@ -35,7 +36,13 @@ def add_health_routes(app: FastAPI, s: Service) -> None:
     async def livez() -> JSON:
         """Liveness: the process serves requests. It does not read the state store: a
         damaged or unreachable store is not mended by restarting the manager."""
-        return {"ok": True, "leader": s.is_leader, "manager": s.manager_id, "backend": s.backend}
+        return {
+            "ok": True,
+            "leader": s.is_leader,
+            "manager": s.manager_id,
+            "backend": s.backend,
+            "version": running_version(),
+        }
 
     @app.get("/api/v1/status", tags=["manager"], response_model=StatusView, responses=errors())
     async def status(

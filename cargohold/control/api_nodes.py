@@ -68,6 +68,7 @@ def add_routes(app: FastAPI, s: Service) -> None:
         responses=errors(404, 409, 422, body=True),
     )
     async def heartbeat(node: Name, body: Heartbeat, request: Request) -> Assignments:
+        await s.check_agent_version(node, body.agent_version)
         if body.hold <= 0:
             return await s.heartbeat(node, body)
         gone = asyncio.ensure_future(_disconnected(request))  # a held answer nobody awaits

@@ -445,6 +445,7 @@ class Registration(Message):
     tags: list[str] = Field(default_factory=list)
     disks: list[DiskReport] = Field(default_factory=list)
     agent_pid: StrictInt | None = None
+    agent_version: str = ""  # cargohold's version on the node ("": older than reporting it)
 
 
 class Heartbeat(Message):
@@ -466,6 +467,9 @@ class Heartbeat(Message):
     same_report: StrictBool = False
     # what the agent refuses to do for this manager (a cluster id mismatch); "" when nothing
     refusal: str = ""
+    # cargohold's version on the node (control/version_skew.py: the manager refuses an
+    # agent more than one minor version apart); "" from agents older than reporting it
+    agent_version: str = ""
 
 
 class ReplicaAssignment(Message):

@@ -36,6 +36,7 @@ class ServiceBase:
         self.kick = asyncio.Event()  # wakes the reconcilers after a write
         self.watch = AssignmentWatch()  # wakes held heartbeats when their node's work changes
         self.reports: dict[str, tuple[str, Heartbeat]] = {}  # node -> (digest, last report)
+        self.agent_versions: dict[str, str] = {}  # node -> the version its agent reported
         repo.observers.append(self.watch.changed)
 
     async def view(self, vol: Volume) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from cargohold.control.adoption import AdoptRequest, adopt
 from cargohold.control.model import EventKind, NodeState
 from cargohold.control.service_base import ServiceBase
 from cargohold.control.tenancy import only_visible
+from cargohold.control.version_skew import running_version
 from cargohold.errors import ManagerUnavailable, NotFound
 from cargohold.security.identity import Identity
 
@@ -37,6 +38,7 @@ class ClusterCalls(ServiceBase):
             "leader": self.is_leader,
             "manager": self.manager_id,
             "backend": self.backend,
+            "version": running_version(),
         }
 
     async def status(self, who: Identity | None = None) -> dict[str, Any]:

@@ -6,10 +6,20 @@ import logging
 from typing import Any
 
 from cargohold.control.disk_roots import check_disk_path
-from cargohold.control.model import Disk, DiskReport, Node, Registration, Replica, check_name
+from cargohold.control.model import (
+    Disk,
+    DiskReport,
+    EventKind,
+    Node,
+    Registration,
+    Replica,
+    check_name,
+)
 from cargohold.control.repository import now
 from cargohold.control.requests import DiskCreate
 from cargohold.control.service_base import ServiceBase
+from cargohold.control.version_skew import check_agent
+from cargohold.errors import NotFound, VersionSkew
 
 log = logging.getLogger("cargohold.manager")
 
@@ -17,6 +27,7 @@ log = logging.getLogger("cargohold.manager")
 class NodeCalls(ServiceBase):
     async def register(self, name: str, reg: Registration) -> dict[str, Any]:
         check_name(name, "node name")
+        await self.check_agent_version(name, reg.agent_version)
         t = now()
 
         def make(old: Node | None) -> Node:
@@ -38,7 +49,7 @@ class NodeCalls(ServiceBase):
             await self._report_disk(name, d)
         log.info("node %s registered (%s, zone %r)", name, reg.address, reg.zone)
         self.kick.set()
-        return node.view()
+        return self._node_view(node)
 
     async def _report_disk(self, node: str, d: DiskReport) -> None:
         existing = {x.name: x for x in await self.repo.disks(node)}
@@ -54,11 +65,42 @@ class NodeCalls(ServiceBase):
         if old != disk:
             await self.repo.put_disk(disk)
 
+    async def check_agent_version(self, name: str, version: str) -> None:
+        """Refuse (VersionSkew, HTTP 409) an agent whose version is too far from this
+        manager's (control/version_skew.py). A refused node is kept up, not declared down:
+        its engines still serve, and failing it over would only start rebuilds; its record
+        says why (``error``) until an upgrade ends the skew."""
+        try:
+            check_agent(name, version)
+        except VersionSkew as e:
+            why = str(e)
+            first = self.agent_versions.get(name) != version
+            self.agent_versions[name] = version
+
+            def refused(n: Node) -> Node:
+                n.heartbeat_at = now()
+                n.down_since = None
+                n.error = why
+                return n
+
+            try:
+                await self.repo.update_node(name, refused)
+            except NotFound:
+                pass  # not registered yet: nothing to keep up
+            if first:  # said once per version, not every heartbeat
+                log.error("%s", why)
+                await self.repo.add_event(EventKind.AGENT_REFUSED, why, node=name)
+            raise
+        self.agent_versions[name] = version
+
+    def _node_view(self, n: Node) -> dict[str, Any]:
+        return {**n.view(), "agent_version": self.agent_versions.get(n.name, "")}
+
     async def node(self, name: str) -> dict[str, Any]:
-        return (await self.repo.node(name)).view()
+        return self._node_view(await self.repo.node(name))
 
     async def nodes(self) -> list[dict[str, Any]]:
-        return [n.view() for n in await self.repo.nodes()]
+        return [self._node_view(n) for n in await self.repo.nodes()]
 
     async def cordon(self, name: str, on: bool) -> dict[str, Any]:
         def change(n: Node) -> Node:

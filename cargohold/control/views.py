@@ -110,6 +110,12 @@ class NodeView(Record):
     registered_at: float
     agent_pid: int | None
     error: str = Field("", description="what the node's agent refuses to do for this manager")
+    agent_version: str = Field(
+        "",
+        description="cargohold's version on the node, as its agent last reported it to "
+        'this manager ("": not heard since this manager started, or an agent older than '
+        "version reporting)",
+    )
     state: NodeState
 
 
@@ -137,6 +143,7 @@ class Health(Record):
     leader: bool = Field(description="whether this manager leads")
     manager: str
     backend: str
+    version: str = Field("", description="cargohold's version on this manager")
 
 
 class AttachmentView(Record):

@@ -30,6 +30,7 @@ import fcntl
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import struct
@@ -42,6 +43,7 @@ from cargohold.csi import nbd_kernel
 from cargohold.csi.settings import CsiSettings
 from cargohold.errors import CargoholdError
 from cargohold.protocol.nbd import GROWABLE_SUFFIX
+from cargohold.settings import ProcessSettings
 
 
 class MountError(CargoholdError):
@@ -203,6 +205,7 @@ class Attachment:
     growable: bool = False  # nbdfuse on the growable export, the loop limited to the size
     ro_loops: dict[str, str] = field(default_factory=dict)  # read-only block target -> loop
     tls_dir: str = ""  # an nbds:// endpoint: client credentials in GnuTLS names (x509_dir)
+    fuse_argv: list[str] = field(default_factory=list)  # nbdfuse's command line (adoption)
 
     @property
     def fuse_dir(self) -> str:
@@ -263,8 +266,46 @@ class Attachment:
         if not self.device or not os.path.exists(self.device):
             return False
         if self.kind == "nbdfuse":
-            return self._backs(self.device) and _pid_alive(self.fuse_pid)
+            return (
+                self._backs(self.device)
+                and _pid_alive(self.fuse_pid)
+                and (not self.fuse_argv or _cmdline(self.fuse_pid) == self.fuse_argv)
+            )
         return True
+
+    def adoption_problem(self) -> str:
+        """Why a restarted node plugin cannot take this attachment over as it is ("" when
+        it can): its nbdfuse is the process recorded (PID and command line, so a reused
+        PID is not mistaken for it), its FUSE mount is up, the loop device is still backed
+        by it, and a read through the device answers. A kernel NBD device: still
+        connected. Checked once per record at start (``adopt``)."""
+        if not self.device:
+            return "no block device was recorded (a stage that did not finish)"
+        if not os.path.exists(self.device):
+            return f"{self.device} is gone"
+        if self.kind == "nbd":
+            base = os.path.basename(self.device)
+            if not os.path.exists(f"/sys/block/{base}/pid"):
+                return f"{self.device} is no longer connected"
+            return ""
+        if not _pid_alive(self.fuse_pid):
+            return f"nbdfuse (pid {self.fuse_pid}) is gone"
+        argv = _cmdline(self.fuse_pid)
+        if not argv or os.path.basename(argv[0]) != "nbdfuse":
+            return f"pid {self.fuse_pid} is not nbdfuse now ({' '.join(argv)[:80]!r})"
+        if self.fuse_argv and argv != self.fuse_argv:
+            return f"pid {self.fuse_pid} is another nbdfuse ({' '.join(argv)[:120]!r})"
+        if not is_mounted(self.fuse_dir):
+            return f"the FUSE mount {self.fuse_dir} is gone"
+        if not self._backs(self.device):
+            return f"{self.device} is no longer backed by {self.fuse_file}"
+        p = run(
+            "dd", f"if={self.device}", "of=/dev/null", "bs=4096", "count=1", "iflag=direct",
+            check=False, timeout=30,
+        )  # fmt: skip
+        if p.returncode != 0:
+            return f"a read of {self.device} failed: {p.stderr.strip()[-200:]}"
+        return ""
 
     def _backs(self, device: str) -> bool:
         """Whether the loop ``device`` is backed by this attachment's FUSE file."""
@@ -320,15 +361,18 @@ class Attachment:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pidfile)
         logfile = os.path.join(self.work, "nbdfuse.log")
+        argv = ["nbdfuse", *(["--readonly"] if self.read_only else []), "-P", pidfile,
+                self.fuse_file, *source]  # fmt: skip
         with open(logfile, "ab") as log:
+            # a session (and process group) of its own: neither a signal to the node
+            # plugin's group nor its death reaches nbdfuse; a restarted plugin adopts it
             proc = subprocess.Popen(
-                ["nbdfuse", *(["--readonly"] if self.read_only else []), "-P", pidfile,
-                 self.fuse_file, *source],
+                [*shlex.split(ProcessSettings().spawn_prefix), *argv],  # docs/upgrades.md
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                start_new_session=True,  # outlives a restart of the node plugin
-            )  # fmt: skip
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 20
         while not (os.path.exists(pidfile) and open(pidfile).read().strip()):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -342,6 +386,7 @@ class Attachment:
                 raise MountError(f"nbdfuse could not connect to {what}: {tail.strip()}{extra}")
             time.sleep(0.05)
         self.fuse_pid = int(open(pidfile).read().strip())
+        self.fuse_argv = argv
 
     def _attach_kernel(self) -> str:
         host, port, name = parse_nbd_uri(self.endpoint)
@@ -450,6 +495,34 @@ def _pid_alive(pid: int) -> bool:
             os.waitpid(pid, os.WNOHANG)
         return False
     return True
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+
+
+def adopt(state_dir: str) -> dict[str, str]:
+    """The attachments a node plugin finds recorded in ``state_dir`` when it starts (its
+    predecessor's: the nbdfuse processes, loop devices and mounts outlive it): volume ->
+    "" for one taken over as it is, else why it is broken. Nothing is changed either way:
+    the records stay, so NodeUnstageVolume tears every one down properly, and a broken one
+    is reported abnormal (NodeGetVolumeStats) until it is unstaged and staged again."""
+    found: dict[str, str] = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(state_dir), "*.json"))):
+        volume = os.path.basename(path)[: -len(".json")]
+        try:
+            rec = Attachment.load(state_dir, volume)
+        except MountError as e:
+            found[volume] = str(e)
+            continue
+        if rec is not None:
+            found[volume] = rec.adoption_problem()
+    return found
 
 
 def kernel_nbd_available() -> bool:

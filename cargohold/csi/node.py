@@ -31,6 +31,7 @@ from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.mounter import (
     Attachment,
     MountError,
+    adopt,
     apply_group,
     device_size,
     ensure_dir,
@@ -90,6 +91,23 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, lo
         self.zone = zone
         self.nbd_tls_dir = nbd_tls_dir  # credentials for nbds:// endpoints (NBD over TLS)
         os.makedirs(state_dir, exist_ok=True)
+        self.adopted = self._adopt()
+
+    def _adopt(self) -> dict[str, str]:
+        """Take over the attachments a previous node plugin left (mounter.adopt): an
+        upgrade or a crash of the plugin does not stop a volume's I/O on this node."""
+        found = adopt(self.state_dir)
+        for vid, problem in found.items():
+            if problem:
+                log.warning(
+                    "volume %s: the attachment recorded here is broken (%s); it reports "
+                    "abnormal until it is unstaged and staged again",
+                    vid,
+                    problem,
+                )
+            else:
+                log.info("volume %s: adopted the attachment a previous plugin made", vid)
+        return found
 
     # --- helpers ---------------------------------------------------------------------------
     def _x509_dir(self, volume: str, endpoint: str) -> str:

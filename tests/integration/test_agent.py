@@ -450,6 +450,49 @@ def test_a_restarted_agent_adopts_what_the_last_one_left_running(env: Env) -> No
     )
 
 
+def test_a_handover_agent_leaves_its_children_running_on_sigterm(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CARGOHOLD_AGENT_HANDOVER (docs/upgrades.md): SIGTERM ends the agent alone, as in a
+    rollout; its engine and replica server keep serving an open NBD connection, and the
+    next agent adopts them. Without handover, SIGTERM stops them (the test above)."""
+    from cargohold.verify.client import Pool
+
+    monkeypatch.setenv("CARGOHOLD_AGENT_HANDOVER", "1")
+    if env.agent.proc is not None and env.agent.proc.poll() is None:
+        env.agent.stop()
+    env.agent = AgentProc(env.agent.dir, [env.fake.url]).start(env.fake)
+    eng = env.serve()
+    engine = env.agent.engine_pid()
+    server = next(p for p, c in descendants(env.agent.pid).items() if " replica-server " in c)
+    loop = asyncio.new_event_loop()
+    pool = loop.run_until_complete(Pool.connect(eng["endpoint"], 1))
+    try:
+        loop.run_until_complete(pool.pick().write(6 << 20, b"\x3c" * 4096, fua=True))
+        adopted = env.agent.output().count("adopted the engine of volume data")
+        assert env.agent.stop() == 0  # SIGTERM: a clean exit, the children left running
+        assert "leaving 1 engine(s) and the replica server running" in env.agent.output()
+        assert {engine, server} <= set(process_table()), "handover stopped a child"
+        loop.run_until_complete(pool.pick().write(6 << 20 | 4096, b"\xc3" * 4096, fua=True))
+        monkeypatch.delenv("CARGOHOLD_AGENT_HANDOVER")
+        env.agent = AgentProc(env.agent.dir, [env.fake.url]).start(env.fake)
+        again = env.serve()
+        assert again["endpoint"] == eng["endpoint"]
+        assert env.agent.output().count("adopted the engine of volume data") == adopted + 1
+        data = loop.run_until_complete(pool.read(6 << 20, 8192))
+        assert bytes(data) == b"\x3c" * 4096 + b"\xc3" * 4096
+    finally:
+        loop.run_until_complete(pool.close())
+        loop.close()
+    assert env.agent.stop() == 0  # no handover now: its SIGTERM stops the adopted children
+    wait_until(
+        lambda: not {engine, server} & set(process_table()),
+        15,
+        "the adopted children to exit",
+        0.05,
+    )
+
+
 def test_acts_only_for_a_manager_of_its_disks_cluster(env: Env) -> None:
     """Issue 14: the disk is stamped with the first cluster id a manager gives; a manager
     of another cluster (an empty state store given --init) is refused — nothing deleted,
