@@ -608,9 +608,10 @@ def run(args: argparse.Namespace, started: Started) -> dict[str, Any]:
         os.makedirs(args.profile, exist_ok=True)
         print(f"note: --profile: cargohold runs under {args.profiler}; figures not comparable")
     per_run = args.seconds + args.ramp
-    est = len(systems) * len(workloads) * (per_run + 2)
+    reps = max(1, getattr(args, "repeats", 1))
+    est = reps * len(systems) * len(workloads) * (per_run + 4)
     print(
-        f"{len(systems)} systems x {len(workloads)} workloads x {per_run:g} s "
+        f"{reps} x {len(systems)} systems x {len(workloads)} workloads x {per_run:g} s "
         f"(+ fills): about {est / 60:.0f} min",
         flush=True,
     )
