@@ -96,3 +96,43 @@ def test_parse_meminfo() -> None:
     text = "MemTotal:       16314404 kB\nDirty:              1234 kB\nWriteback:  0 kB\nHuge: x\n"
     m = method.parse_meminfo(text)
     assert m == {"MemTotal": 16314404, "Dirty": 1234, "Writeback": 0}
+
+
+def _run(ops: float, p99: float = 100.0) -> dict:
+    return {
+        "ops_per_s": ops,
+        "lat_p99_us": p99,
+        "load1": 1.0,
+        "server_cpu_pct_by_process": {"nbdkit": ops / 1000},
+        "label": "x",
+    }
+
+
+def test_the_engine_benchmark_takes_medians_and_judges_each_workload() -> None:
+    import engine  # benchmarks/engine.py
+
+    med = engine.median_run([_run(100.0, 300.0), _run(300.0, 100.0), _run(200.0, 200.0)])
+    assert med["ops_per_s"] == 200.0 and med["lat_p99_us"] == 200.0
+    assert med["server_cpu_pct_by_process"] == {"nbdkit": 0.2}
+    assert med["ops_spread"]["spread"] == pytest.approx(1.0)
+    assert [r["ops_per_s"] for r in med["runs"]] == [100.0, 300.0, 200.0]
+    assert "label" not in med
+    verdict = engine.judge(
+        {
+            "randwrite-4k-qd16": {
+                "local": [_run(69.9e3), _run(70e3), _run(71e3)],
+                "nbdkit": [_run(21.9e3), _run(22e3), _run(22.5e3)],  # the recorded stall
+                "engine-3": [_run(1e3), _run(9e3), _run(5e3)],  # not a baseline: not judged
+            },
+            "randread-4k-qd16": {"local": [_run(90e3)] * 3, "nbdkit": [_run(149e3)] * 3},
+        }
+    )
+    assert verdict["randread-4k-qd16"] == {"valid": True, "reasons": []}
+    assert not verdict["randwrite-4k-qd16"]["valid"]
+    assert "stalled" in verdict["randwrite-4k-qd16"]["reasons"][0]
+    results = {"engine-3": {"ops_per_s": 2760.0}, "nbdkit": {"ops_per_s": 0.0}}
+    engine.vs_ceph("randwrite-4k-qd16", results)
+    assert results["engine-3"]["ops_vs_ceph"] == pytest.approx(2.0)
+    other = {"engine-3": {"ops_per_s": 2760.0}}
+    engine.vs_ceph("seqwrite-1m-qd4", other)
+    assert "ops_vs_ceph" not in other["engine-3"]
