@@ -536,7 +536,7 @@ def markdown(out: dict[str, Any]) -> str:
             if sk == "local":  # no server: the kernel's work is fio's
                 cpu = "— | —"
             else:
-                per_op = 1e4 * r["server_cpu_pct"] / ops if ops else 0
+                per_op = r.get("cpu_us_per_op", 1e4 * r["server_cpu_pct"] / ops if ops else 0)
                 cpu = f"{r['server_cpu_pct']:.0f} | {per_op:,.0f}"
             lines.append(
                 f"| {titles[wk]} | {sk} | {r['ops_per_s']:,.0f} | {r['mb_per_s']:,.0f} "
@@ -713,7 +713,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         elif isinstance(v, dict):  # per-process CPU
             med[k] = {n: method.spread([r[k][n] for r in runs])["median"] for n in v}
     med["ops_spread"] = method.spread([r["ops_per_s"] for r in runs])
-    med["runs"] = [{k: r[k] for k in ("ops_per_s", "lat_p99_us", "load1")} for r in runs]
+    keep = ("ops_per_s", "lat_p99_us", "cpu_us_per_op", "load1")
+    med["runs"] = [{k: r[k] for k in keep if k in r} for r in runs]
     return med
 
 
