@@ -13,17 +13,25 @@ local file. Systems:
     engine-3   cargohold engine, 3 replicas (three replica servers on loopback)
 
 Workloads: 4 KiB random write and read at QD1 and QD16, 1 MiB sequential write and read at
-QD4; each system is filled first (reads of holes measure nothing). The workloads are
-interleaved: for each workload every system runs in turn, so the ratios compare runs made
-within a minute of each other on this noisy machine; ``sync`` runs before every run so no
-system pays for another's dirty pages. Reported: IOPS, MB/s, total latency (submission to
-completion: mean, p50, p99, p99.9), the CPU the system's server processes used and fio's
-own CPU, and ratios to nbdkit (issue 6 sets its targets as ratios to nbdkit's file
-plugin). Every process started here is stopped by its PID, on errors and Ctrl-C too.
+QD4; each system is filled first (reads of holes measure nothing), so every system starts
+from the same state: a fresh file, written whole once. The method (issue #22 Part 1,
+``benchmarks/method.py``): the workloads are interleaved, for each workload every system
+runs in turn, and the whole is repeated ``--repeats`` times (3) with the systems' order
+rotated, so the ratios compare runs made within a minute of each other on this noisy
+machine; before every run ``sync`` and a wait until Dirty + Writeback (/proc/meminfo) is
+near 0, so no system pays for another's (or its own fill's) dirty pages. Reported: medians
+of the runs and the spread of IOPS, MB/s, total latency (submission to completion: mean,
+p50, p99, p99.9), the CPU the system's server processes used and fio's own CPU, CPU µs per
+operation, the host's load per run, ratios to nbdkit (issue 6 sets its targets as ratios to
+nbdkit's file plugin) and, for 4 KiB randwrite QD16, to Ceph RBD's recorded 1,380 IOPS.
+The baselines are checked: the local file's and nbdkit's runs within ±15 % of their median
+and nbdkit at least half the local file's figure in the same run; a workload whose
+baselines are out of band is reported INVALID, and its targets are not judged. Every
+process started here is stopped by its PID, on errors and Ctrl-C too.
 
     .venv/bin/python benchmarks/engine.py [--seconds 10] [--size 2GiB] \\
         [--json benchmarks/results/engine.json] [--systems nbdkit,engine-3] \\
-        [--workloads randwrite-4k-qd16] [--profile DIR] [--markdown]
+        [--workloads randwrite-4k-qd16] [--repeats 3] [--profile DIR] [--markdown]
 
 ``--profile DIR`` runs the cargohold processes (engines, nbd-serve) under cProfile (or
 ``--profiler pyinstrument``) and prints their profiles; a profiled run's figures are not
@@ -49,8 +57,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import method  # noqa: E402  (benchmarks/method.py: the measuring method)
 
 # the CLI package first: importing cargohold.cli.replica_cmd alone hits an import cycle
 from cargohold.cli.units import parse_size  # noqa: E402
@@ -408,14 +420,15 @@ def fill(sys_: System, size: int, started: Started) -> float:
     t0 = time.perf_counter()
     cmd = fio_cmd(sys_, "write", "1M", 8, size)
     run_fio([*cmd, "--end_fsync=1"], started)
-    os.sync()
+    method.settle_writeback()
     return time.perf_counter() - t0
 
 
 def measure(
     sys_: System, w: Workload, args: argparse.Namespace, size: int, started: Started
 ) -> dict[str, Any]:
-    os.sync()  # nobody pays for the previous run's dirty pages
+    settled = method.settle_writeback()  # nobody pays for the previous run's dirty pages
+    load = method.host_load()
     cmd = fio_cmd(sys_, w.rw, w.bs, w.qd, size)
     cmd += ["--time_based", f"--runtime={args.seconds}", f"--ramp_time={args.ramp}"]
     cmd += ["--lat_percentiles=1", "--percentile_list=50:99:99.9"]
@@ -441,7 +454,17 @@ def measure(
         "fio_cpu_pct": job["usr_cpu"] + job["sys_cpu"],
         # the whole machine (every core, every process, the kernel), in % of one core
         "host_cpu_pct": 100 * os.cpu_count() * (h1[0] - h0[0]) / max(1, h1[1] - h0[1]),
+        # µs of CPU per operation: of the system's processes, and with fio's (the client,
+        # and for the local file the kernel's work on its behalf) added
+        "cpu_us_per_op": 1e4 * sum(by_proc.values()) / side["iops"] if side["iops"] else 0.0,
+        "cpu_us_per_op_with_fio": (
+            1e4 * (sum(by_proc.values()) + job["usr_cpu"] + job["sys_cpu"]) / side["iops"]
+            if side["iops"]
+            else 0.0
+        ),
         "ios": side["total_ios"],
+        "load1": load[0],
+        "dirty_kib_after_sync": settled["dirty_kib_after"],
     }
 
 
@@ -449,7 +472,7 @@ def measure(
 HEAD = (
     f"{'system':38} {'ops/s':>9} {'MB/s':>8} {'mean us':>8} {'p50 us':>8} {'p99 us':>8} "
     f"{'p99.9 us':>9} {'srv CPU%':>8} {'fio CPU%':>8} {'host CPU%':>9} {'ops/nbdkit':>10} "
-    f"{'p99/nbdkit':>10}"
+    f"{'p99/nbdkit':>10} {'CPU us/op':>9} {'ops/Ceph':>8} {'spread':>6} {'load':>5}"
 )
 
 
@@ -475,7 +498,10 @@ def print_table(w: Workload, results: dict[str, dict[str, Any]]) -> None:
             f"{r['lat_mean_us']:8.0f} {r['lat_p50_us']:8.0f} {r['lat_p99_us']:8.0f} "
             f"{r['lat_p999_us']:9.0f} {r['server_cpu_pct']:8.0f} {r['fio_cpu_pct']:8.0f} "
             f"{r['host_cpu_pct']:9.0f} "
-            f"{_x(r, 'ops_vs_nbdkit'):>10} {_x(r, 'p99_vs_nbdkit'):>10}",
+            f"{_x(r, 'ops_vs_nbdkit'):>10} {_x(r, 'p99_vs_nbdkit'):>10} "
+            f"{r.get('cpu_us_per_op', 0):9.0f} {_x(r, 'ops_vs_ceph'):>8} "
+            f"{100 * r['ops_spread']['spread'] if 'ops_spread' in r else 0:5.0f}% "
+            f"{r.get('load1', 0):5.1f}",
             flush=True,
         )
 
@@ -490,6 +516,8 @@ def check_targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         met = got <= bound if how == "max" else got >= bound
         rows.append({"workload": wk, "system": sk, "ratio": got, "bound": bound, "how": how})
         rows[-1]["met"] = met
+        # a ratio to a baseline out of band is no result (method.band_check)
+        rows[-1]["valid"] = out.get("validity", {}).get(wk, {}).get("valid", True)
     return rows
 
 
@@ -497,8 +525,9 @@ def markdown(out: dict[str, Any]) -> str:
     """The tables for docs/benchmarks.md: one row per workload and system."""
     lines = [
         "| workload | system | IOPS | MB/s | mean µs | p50 µs | p99 µs | p99.9 µs "
-        "| server CPU % | server CPU µs/op | host CPU % | IOPS / nbdkit | p99 / nbdkit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server CPU % | server CPU µs/op | host CPU % | IOPS / nbdkit | p99 / nbdkit "
+        "| IOPS spread | IOPS / Ceph |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     titles = {w.key: w.title for w in WORKLOADS}
     for wk, per in out["results"].items():
@@ -507,15 +536,24 @@ def markdown(out: dict[str, Any]) -> str:
             if sk == "local":  # no server: the kernel's work is fio's
                 cpu = "— | —"
             else:
-                per_op = 1e4 * r["server_cpu_pct"] / ops if ops else 0
+                per_op = r.get("cpu_us_per_op", 1e4 * r["server_cpu_pct"] / ops if ops else 0)
                 cpu = f"{r['server_cpu_pct']:.0f} | {per_op:,.0f}"
             lines.append(
                 f"| {titles[wk]} | {sk} | {r['ops_per_s']:,.0f} | {r['mb_per_s']:,.0f} "
                 f"| {r['lat_mean_us']:,.0f} | {r['lat_p50_us']:,.0f} | {r['lat_p99_us']:,.0f} "
                 f"| {r['lat_p999_us']:,.0f} | {cpu} | {r.get('host_cpu_pct', 0):.0f} "
-                f"| {_x(r, 'ops_vs_nbdkit')} | {_x(r, 'p99_vs_nbdkit')} |"
+                f"| {_x(r, 'ops_vs_nbdkit')} | {_x(r, 'p99_vs_nbdkit')} "
+                f"| {_spread(r)} | {_x(r, 'ops_vs_ceph')} |"
             )
+    for wk, v in out.get("validity", {}).items():
+        if not v["valid"]:
+            lines.append(f"\n**INVALID** {titles.get(wk, wk)}: " + "; ".join(v["reasons"]))
     return "\n".join(lines)
+
+
+def _spread(r: dict[str, Any]) -> str:
+    s = r.get("ops_spread")
+    return f"±{50 * s['spread']:.0f}% (n={s['n']})" if s else "-"
 
 
 def print_profile(path: str, top: int = 25) -> None:
@@ -570,9 +608,10 @@ def run(args: argparse.Namespace, started: Started) -> dict[str, Any]:
         os.makedirs(args.profile, exist_ok=True)
         print(f"note: --profile: cargohold runs under {args.profiler}; figures not comparable")
     per_run = args.seconds + args.ramp
-    est = len(systems) * len(workloads) * (per_run + 2)
+    reps = max(1, getattr(args, "repeats", 1))
+    est = reps * len(systems) * len(workloads) * (per_run + 4)
     print(
-        f"{len(systems)} systems x {len(workloads)} workloads x {per_run:g} s "
+        f"{reps} x {len(systems)} systems x {len(workloads)} workloads x {per_run:g} s "
         f"(+ fills): about {est / 60:.0f} min",
         flush=True,
     )
@@ -619,13 +658,31 @@ def run(args: argparse.Namespace, started: Started) -> dict[str, Any]:
                 f"{key}: started and filled ({bench.size / 2**20:.0f} MiB in {secs:.1f} s)",
                 flush=True,
             )
+        repeats = max(1, getattr(args, "repeats", 1))
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {w.key: {} for w in workloads}
+        for rep in range(repeats):
+            for w in workloads:
+                keys = list(live)
+                keys = keys[rep % len(keys) :] + keys[: rep % len(keys)]  # interleaved
+                results: dict[str, dict[str, Any]] = {}
+                for key in keys:
+                    results[key] = measure(live[key], w, args, bench.size, started)
+                    runs[w.key].setdefault(key, []).append(results[key])
+                ratios(results)
+                if repeats > 1:
+                    print(f"\n(repeat {rep + 1} of {repeats})", end="")
+                print_table(w, {k: results[k] for k in live})
         for w in workloads:
-            results: dict[str, dict[str, Any]] = {}
-            for key, s in live.items():
-                results[key] = measure(s, w, args, bench.size, started)
-            ratios(results)
-            out["results"][w.key] = results
-            print_table(w, results)
+            out["results"][w.key] = {k: median_run(runs[w.key][k]) for k in live}
+            ratios(out["results"][w.key])
+            vs_ceph(w.key, out["results"][w.key])
+        out["repeats"] = repeats
+        out["validity"] = judge(runs)
+        out["valid"] = all(v["valid"] for v in out["validity"].values())
+        if repeats > 1:
+            print(f"\nmedians of {repeats} interleaved runs:", end="")
+            for w in workloads:
+                print_table(w, out["results"][w.key])
         for key, s in live.items():  # a replica dropped mid-run would make the figures a lie
             if s.control:
                 st = engine_status(s.control)
@@ -639,8 +696,44 @@ def run(args: argparse.Namespace, started: Started) -> dict[str, Any]:
             if s.profile and os.path.exists(s.profile):
                 print_profile(s.profile)
     out["elapsed_s"] = time.perf_counter() - t_start
+    out["loadavg_at_end"] = list(os.getloadavg())
+    out["ceph_anchor"] = method.CEPH_ANCHOR
     out["targets"] = check_targets(out)
     return out
+
+
+# --- repeated runs, baselines -------------------------------------------------------------
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's figures for one workload over its repeated runs: every number the
+    median of the runs', and the spread of ops/s; the runs themselves under ``runs``."""
+    med: dict[str, Any] = {}
+    for k, v in runs[0].items():
+        if isinstance(v, int | float):
+            med[k] = method.spread([r[k] for r in runs])["median"]
+        elif isinstance(v, dict):  # per-process CPU
+            med[k] = {n: method.spread([r[k][n] for r in runs])["median"] for n in v}
+    med["ops_spread"] = method.spread([r["ops_per_s"] for r in runs])
+    keep = ("ops_per_s", "lat_p99_us", "cpu_us_per_op", "load1")
+    med["runs"] = [{k: r[k] for k in keep if k in r} for r in runs]
+    return med
+
+
+def judge(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """Per workload: are the baselines (local file, nbdkit) in band? (``method.band_check``)."""
+    out = {}
+    for wk, per in runs.items():
+        figures = {k: [r["ops_per_s"] for r in per[k]] for k in ("local", "nbdkit") if k in per}
+        v = method.band_check(figures)
+        out[wk] = {"valid": v.valid, "reasons": v.reasons}
+    return out
+
+
+def vs_ceph(workload: str, results: dict[str, dict[str, Any]]) -> None:
+    """The ratio to Ceph RBD's recorded figure (method.CEPH_ANCHOR), for its workload."""
+    if workload != method.CEPH_ANCHOR["workload"]:
+        return
+    for r in results.values():
+        r["ops_vs_ceph"] = r["ops_per_s"] / method.CEPH_ANCHOR["iops"]
 
 
 def main() -> None:
@@ -656,6 +749,9 @@ def main() -> None:
     ap.add_argument("--workloads", default=None, help="comma-separated subset of the keys")
     ap.add_argument("--transport", choices=["tcp", "unix"], default="tcp", help="NBD over (tcp)")
     ap.add_argument("--fsync", type=int, default=0, help="writes: FLUSH every N writes (0: none)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="interleaved runs of every workload (3): medians"
+    )
     ap.add_argument("--profile", default=None, help="cProfile the cargohold servers into DIR")
     ap.add_argument("--profiler", choices=["cprofile", "pyinstrument"], default="cprofile")
     ap.add_argument("--markdown", action="store_true", help="also print a markdown table")
@@ -687,10 +783,17 @@ def main() -> None:
             what = "p99 latency" if t["how"] == "max" else "IOPS"
             what = "MB/s" if t["workload"].startswith("seq") else what
             op = "<=" if t["how"] == "max" else ">="
+            verdict = "met" if t["met"] else "MISSED"
+            verdict = verdict if t.get("valid", True) else "INVALID (baseline out of band)"
             print(
                 f"  {t['workload']:18} {t['system']:9} {what:11} {t['ratio']:5.2f} "
-                f"(target {op} {t['bound']:.2f}): {'met' if t['met'] else 'MISSED'}"
+                f"(target {op} {t['bound']:.2f}): {verdict}"
             )
+    for wk, v in out.get("validity", {}).items():
+        if not v["valid"]:
+            print(f"\nINVALID {wk}: the baselines are out of band; its ratios are no result:")
+            for why in v["reasons"]:
+                print(f"  {why}")
     if args.markdown:
         print("\n" + markdown(out))
     print(f"\ntotal {out['elapsed_s']:.0f} s")

@@ -124,6 +124,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         workloads=None,
         transport="tcp",
         fsync=0,
+        repeats=args.repeats,
         profile=None,
         profiler="cprofile",
         markdown=False,
@@ -165,6 +166,43 @@ def machine() -> dict[str, Any]:
         "qemu_nbd": version(["qemu-nbd", "--version"]),
         "loadavg": list(os.getloadavg()),
     }
+
+
+def _verdict(t: dict[str, Any]) -> str:
+    if not t.get("valid", True):
+        return "INVALID (baseline out of band)"
+    return "met" if t["met"] else "missed"
+
+
+def _method_lines(eng: dict[str, Any], titles: dict[str, str]) -> list[str]:
+    """Issue #22's method under the table: repeats, the baselines' band, Ceph's anchor,
+    CPU per write."""
+    out = [""]
+    n = eng.get("repeats", 1)
+    out.append(
+        f"Medians of {n} interleaved run(s) per workload and system, writeback settled "
+        f"(`sync`, Dirty near 0) before each; load average {eng.get('loadavg_at_start')} at "
+        f"the start, {eng.get('loadavg_at_end')} at the end."
+    )
+    for wk, v in eng.get("validity", {}).items():
+        if not v["valid"]:
+            out.append(
+                f"**INVALID: {titles.get(wk, wk)}**, baselines out of band: "
+                + "; ".join(v["reasons"])
+            )
+    anchor = eng.get("ceph_anchor")
+    per = eng["results"].get(anchor["workload"], {}) if anchor else {}
+    if per:
+        ratios = ", ".join(
+            f"{k} {r['ops_vs_ceph']:.1f}x ({r.get('cpu_us_per_op', 0):,.0f} µs CPU per write)"
+            for k, r in per.items()
+            if "ops_vs_ceph" in r
+        )
+        out.append(
+            f"Against Ceph RBD's recorded {anchor['iops']:,.0f} IOPS (3 replicas, "
+            f"{titles.get(anchor['workload'], anchor['workload'])}, this machine kind): {ratios}."
+        )
+    return out
 
 
 # --- the chart ----------------------------------------------------------------------------------
@@ -277,6 +315,7 @@ def markdown(suite: dict[str, Any]) -> str:
                     f"{r['lat_p99_us']:,.0f} | {r['lat_p999_us']:,.0f} | "
                     f"{_f(r.get('ops_vs_nbdkit'), '.2f')} | {_f(r.get('p99_vs_nbdkit'), '.2f')} |"
                 )
+        lines += _method_lines(eng, titles)
         if eng.get("targets"):
             lines += [
                 "",
@@ -289,7 +328,8 @@ def markdown(suite: dict[str, Any]) -> str:
                 op = "≤" if t["how"] == "max" else "≥"
                 lines.append(
                     f"| {titles.get(t['workload'], t['workload'])} {what} | {t['system']} | "
-                    f"{t['ratio']:.2f} | {op} {t['bound']:.2f} | {'met' if t['met'] else 'missed'} |"
+                    f"{t['ratio']:.2f} | {op} {t['bound']:.2f} | "
+                    f"{_verdict(t)} |"
                 )
     cp = suite.get("control")
     if cp:
@@ -424,6 +464,9 @@ def main() -> None:
     ap.add_argument("--ramp", type=float, default=2, help="engine: ramp seconds (2)")
     ap.add_argument("--size", default="2GiB", help="engine: target size (2GiB)")
     ap.add_argument("--systems", default=None, help="engine: subset of systems")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="engine: interleaved runs per workload (3)"
+    )
     ap.add_argument("--volumes", type=int, default=100, help="control: volumes (100)")
     ap.add_argument("--idle-seconds", type=float, default=60, help="control: idle window (60)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")

@@ -7,7 +7,10 @@ and without (``--plaintext``), interleaved: every repetition runs both, in alter
 order, so the two modes see the same machine within a minute of each other. Workloads
 (fio, ``--ioengine=nbd``): 4 KiB random write at QD16 and 1 MiB sequential write at QD4.
 Reported per mode: median and spread (min-max) of IOPS and MB/s over the repetitions, and
-TLS's cost as the ratio of the medians. The handshake cost is measured twice: the engine's
+TLS's cost as the ratio of the medians; and the CPU an operation costs (µs of CPU of the
+engine and the three replica servers together per write, from /proc/PID/stat: robust on a
+shared machine where throughput is not), with the host's load. Writeback is settled
+(``sync``, Dirty near 0) before every measured run. The handshake cost is measured twice: the engine's
 start (spawn to NBD listening: three TLS connections, the credentials loaded), and one
 connection alone (connect + HELLO round trip, in this process, 50 times). Last, the replica
 wire alone (one replica server, one connection from this process, no engine), to tell the
@@ -27,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,8 +38,12 @@ import tempfile
 import time
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import method  # noqa: E402  (benchmarks/method.py)
 
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
@@ -44,6 +52,7 @@ from tests.support.processes import ServerProc  # noqa: E402
 from tests.support.tls import PKI  # noqa: E402
 
 WORKLOADS = {"randwrite-4k-qd16": ("randwrite", "4k", 16), "seqwrite-1m-qd4": ("write", "1M", 4)}
+KEYS = ("iops", "mb_per_s", "cpu_us_per_op", "cpu_us_per_op_engine")
 
 
 def fio(uri: str, rw: str, bs: str, qd: int, size: int, seconds: float) -> dict[str, float]:
@@ -68,6 +77,7 @@ class System:
         self.servers: list[ServerProc] = []
         self.engine: EngineProc | None = None
         self.start_seconds = 0.0
+        self.settled: dict[str, float] = {}
 
     def start(self) -> None:
         for i in range(3):
@@ -94,6 +104,33 @@ class System:
         self.start_seconds = time.perf_counter() - t0
         st = self.engine.ctl(op="status")
         assert [r["mode"] for r in st["replicas"]] == ["RW"] * 3, st
+
+    @property
+    def pids(self) -> list[int]:
+        """The engine's and the replica servers' processes: whose CPU an operation costs."""
+        procs = [self.engine, *self.servers]
+        return [p.proc.pid for p in procs if p is not None and p.proc is not None]
+
+    def written(self) -> int:
+        """Bytes the engine has written since it started (its counters)."""
+        assert self.engine is not None
+        return int(self.engine.ctl(op="status").get("counters", {}).get("written_bytes", 0))
+
+    def measure(self, rw: str, bs: str, qd: int, seconds: float) -> dict[str, float]:
+        """One fio run, and the CPU it cost: µs of CPU of the engine and the three replica
+        servers together per write (ramp included on both sides: the engine's own count of
+        bytes written, over the CPU of the same interval)."""
+        assert self.engine is not None
+        self.settled = method.settle_writeback()
+        w0, cpu0 = self.written(), method.cpu_ticks(self.pids)
+        r = fio(self.engine.uri, rw, bs, qd, self.size, seconds)
+        cpu1, w1 = method.cpu_ticks(self.pids), self.written()
+        ops = (w1 - w0) / parse_size(bs)
+        r["cpu_us_per_op"] = method.cpu_us_per_op(cpu0, cpu1, ops)
+        r["cpu_us_per_op_engine"] = method.cpu_us_per_op(
+            {self.pids[0]: cpu0[self.pids[0]]}, cpu1, ops
+        )
+        return r
 
     def stop(self) -> None:
         if self.engine is not None:
@@ -173,7 +210,7 @@ async def wire(pki: PKI, work: str, seconds: float, repeats: int) -> dict[str, A
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return method.spread(values)
 
 
 def main() -> None:
@@ -185,11 +222,21 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="where the replicas live (default: a tmp dir)")
     args = ap.parse_args()
     size = parse_size(args.size)
+
+    def on_signal(signum: int, frame: Any) -> None:  # stop what we started, by PID
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     load_before = os.getloadavg()
     work = tempfile.mkdtemp(prefix="cargohold-tls-bench-", dir=args.workdir)
     pki = PKI(os.path.join(work, "pki"))
     runs: dict[str, dict[str, list[float]]] = {
-        m: {**{f"{w}:{k}": [] for w in WORKLOADS for k in ("iops", "mb_per_s")}, "start_s": []}
+        m: {
+            **{f"{w}:{k}": [] for w in WORKLOADS for k in KEYS},
+            "start_s": [],
+            "dirty_kib_after_sync": [],
+        }
         for m in ("plain", "tls")
     }
     try:
@@ -203,12 +250,15 @@ def main() -> None:
                     runs[mode]["start_s"].append(sys_.start_seconds)
                     assert sys_.engine is not None
                     for w, (rw, bs, qd) in WORKLOADS.items():
-                        r = fio(sys_.engine.uri, rw, bs, qd, size, args.seconds)
-                        runs[mode][f"{w}:iops"].append(r["iops"])
-                        runs[mode][f"{w}:mb_per_s"].append(r["mb_per_s"])
+                        r = sys_.measure(rw, bs, qd, args.seconds)
+                        for k in KEYS:
+                            runs[mode][f"{w}:{k}"].append(r[k])
+                        runs[mode]["dirty_kib_after_sync"].append(sys_.settled["dirty_kib_after"])
                         print(
                             f"repeat {rep + 1} {mode:5} {w:18} {r['iops']:9.0f} IOPS "
-                            f"{r['mb_per_s']:8.1f} MB/s",
+                            f"{r['mb_per_s']:8.1f} MB/s {r['cpu_us_per_op']:7.0f} CPU µs/op "
+                            f"(engine {r['cpu_us_per_op_engine']:.0f}) "
+                            f"load {os.getloadavg()[0]:.1f}",
                             flush=True,
                         )
                 finally:
@@ -232,23 +282,31 @@ def main() -> None:
     }
     cost = {}
     for w in WORKLOADS:
-        for k in ("iops", "mb_per_s"):
+        for k in KEYS:
             p = result["modes"]["plain"][f"{w}:{k}"]["median"]
             t = result["modes"]["tls"][f"{w}:{k}"]["median"]
-            cost[f"{w}:{k}"] = 100 * (1 - t / p) if p else 0.0
+            if k.startswith("cpu"):  # what TLS adds to the CPU an operation costs
+                cost[f"{w}:{k}"] = 100 * (t / p - 1) if p else 0.0
+            else:  # what TLS takes off the throughput
+                cost[f"{w}:{k}"] = 100 * (1 - t / p) if p else 0.0
     result["tls_cost_pct"] = cost
     ps, ts = (result["modes"][m]["start_s"]["median"] for m in ("plain", "tls"))
     result["engine_start_extra_ms"] = 1000 * (ts - ps)
     result["load_after"] = os.getloadavg()
+    result["cpu_us_per_op"] = {
+        f"{m}:{w}": result["modes"][m][f"{w}:cpu_us_per_op"]["median"]
+        for m in ("plain", "tls")
+        for w in WORKLOADS
+    }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
     print()
     for w in WORKLOADS:
-        for k in ("iops", "mb_per_s"):
+        for k in KEYS:
             p, t = (result["modes"][m][f"{w}:{k}"] for m in ("plain", "tls"))
             print(
-                f"{w:18} {k:8} plain {p['median']:9.1f} ({p['min']:.1f}-{p['max']:.1f})  "
+                f"{w:18} {k:20} plain {p['median']:9.1f} ({p['min']:.1f}-{p['max']:.1f})  "
                 f"tls {t['median']:9.1f} ({t['min']:.1f}-{t['max']:.1f})  "
                 f"cost {cost[f'{w}:{k}']:5.1f}%"
             )

@@ -6,5 +6,6 @@
                      every NBD name, re-exported from ``nbd_handshake`` (the option phase,
                      STARTTLS), ``nbd_events`` and ``nbd_wire`` (constants and structs)
 - ``nbd_client``     NBD, client side (tests, benchmarks, ``cargohold verify``)
-- ``framing``        ``StreamBuffer``: large payloads received straight into their buffer
+- ``framing``        ``StreamBuffer``: large payloads received straight into their buffer;
+                     ``coalesce``: small frames joined into TLS-record-sized writes
 """

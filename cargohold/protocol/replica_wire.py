@@ -237,9 +237,9 @@ class _FrameDecoder:
     def buffered(self) -> int:
         return self._buf.buffered
 
-    def get_buffer(self) -> memoryview:
+    def get_buffer(self, sizehint: int = 0) -> memoryview:
         """For owners that receive with readinto: where the next bytes go."""
-        return self._buf.get_buffer()
+        return self._buf.get_buffer(sizehint)
 
     def buffer_updated(self, n: int) -> list[Any]:
         """``n`` bytes arrived in the last ``get_buffer``: the events they complete."""

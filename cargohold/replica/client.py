@@ -23,6 +23,7 @@ from typing import Any, cast
 from cargohold.errors import InvalidArgument, ProtocolError, ReplicaIOError, error_for_status
 from cargohold.protocol import extent_stream as xs
 from cargohold.protocol import replica_wire as wire
+from cargohold.protocol.framing import coalesce
 from cargohold.protocol.replica_wire import Op, Reply
 from cargohold.protocol.tls_hello import routing_name
 from cargohold.security.identity import Role
@@ -47,6 +48,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         # frames queued in this pass of the event loop, written with one writelines
         self._out: list[Any] = []
         self._loop = asyncio.get_running_loop()
+        self._tls = False  # over TLS small frames are joined into records (framing.coalesce)
 
     def queue(self, frames: list[Any]) -> None:
         """Send a request's ``frames``. The only request in flight goes out at once (no
@@ -55,7 +57,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         many requests, in order."""
         if not self._out:
             if len(self.pending) <= 1 and self.transport is not None:
-                self.transport.writelines(frames)
+                self.transport.writelines(coalesce(frames) if self._tls else frames)
                 return
             self._loop.call_soon(self.flush)
         self._out += frames
@@ -64,18 +66,19 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         out, self._out = self._out, []
         t = self.transport
         if out and t is not None and not t.is_closing():
-            t.writelines(out)
+            t.writelines(coalesce(out) if self._tls else out)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (uvloop's is no subclass of asyncio.Transport, but has its methods)
         self.transport = cast(asyncio.Transport, transport)
+        self._tls = transport.get_extra_info("ssl_object") is not None
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # received with readinto (a large reply lands in a buffer of its own: no copy, no join)
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.decoder.get_buffer()
+        return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         self._received(lambda: self.decoder.buffer_updated(nbytes))

@@ -41,6 +41,7 @@ from cargohold.errors import (
     Unsupported,
 )
 from cargohold.protocol import replica_wire as wire
+from cargohold.protocol.framing import coalesce
 from cargohold.protocol.replica_wire import Op, Request
 from cargohold.replica.grant_checks import GrantChecks
 from cargohold.replica.maintenance import MaintenanceOps, str_arg
@@ -176,7 +177,7 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
 
     # received with readinto (a large write lands in a buffer of its own: no copy, no join)
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.decoder.get_buffer()
+        return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         self._received(lambda: self.decoder.buffer_updated(nbytes))
@@ -225,7 +226,8 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
             self._handle(req, out)
         if out and not self._closed:
             assert self.transport is not None
-            self.transport.writelines(out)
+            # over TLS the replies of this chunk go out as few records as fit (coalesce)
+            self.transport.writelines(coalesce(out) if self.guarded else out)
 
     # --- dispatch -------------------------------------------------------------------------
     def _handle(self, req: Request, out: list[Any]) -> None:
