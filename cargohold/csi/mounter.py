@@ -506,25 +506,6 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
 
 
-def adopt(state_dir: str) -> dict[str, str]:
-    """The attachments a node plugin finds recorded in ``state_dir`` when it starts (its
-    predecessor's: the nbdfuse processes, loop devices and mounts outlive it): volume ->
-    "" for one taken over as it is, else why it is broken. Nothing is changed either way:
-    the records stay, so NodeUnstageVolume tears every one down properly, and a broken one
-    is reported abnormal (NodeGetVolumeStats) until it is unstaged and staged again."""
-    found: dict[str, str] = {}
-    for path in sorted(glob.glob(os.path.join(glob.escape(state_dir), "*.json"))):
-        volume = os.path.basename(path)[: -len(".json")]
-        try:
-            rec = Attachment.load(state_dir, volume)
-        except MountError as e:
-            found[volume] = str(e)
-            continue
-        if rec is not None:
-            found[volume] = rec.adoption_problem()
-    return found
-
-
 def kernel_nbd_available() -> bool:
     if os.environ.get(CsiSettings.variable("no_kernel_nbd")):
         return False

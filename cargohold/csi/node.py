@@ -25,13 +25,13 @@ from typing import Any
 from cargohold.control.client import ManagerClient
 from cargohold.csi import TOPOLOGY_NODE, TOPOLOGY_ZONE, stubs
 from cargohold.csi import parameters as P
+from cargohold.csi.adoption import adopt
 from cargohold.csi.controller_base import condition, zone_of
 from cargohold.csi.errors import Code, CsiError, invalid, not_found, rpc
 from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.mounter import (
     Attachment,
     MountError,
-    adopt,
     apply_group,
     device_size,
     ensure_dir,
@@ -94,7 +94,7 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, lo
         self.adopted = self._adopt()
 
     def _adopt(self) -> dict[str, str]:
-        """Take over the attachments a previous node plugin left (mounter.adopt): an
+        """Take over the attachments a previous node plugin left (adoption.adopt): an
         upgrade or a crash of the plugin does not stop a volume's I/O on this node."""
         found = adopt(self.state_dir)
         for vid, problem in found.items():

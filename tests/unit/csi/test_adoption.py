@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.csi.mounter import Attachment, adopt
+from cargohold.csi.adoption import adopt
+from cargohold.csi.mounter import Attachment
 
 PY = "/usr/bin/python3"
 SLEEP = "import time; time.sleep(60)"
