@@ -7,10 +7,8 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
 WORKDIR /opt/cargohold
 COPY pyproject.toml README.md ./
 COPY cargohold ./cargohold
-COPY proto ./proto
+# the CSI stubs are in cargohold/csi/_gen (checked in): no grpcio-tools in the image
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/python -m cargohold.csi.gen \
-    && /opt/venv/bin/pip install --no-cache-dir --force-reinstall --no-deps .
+    && /opt/venv/bin/pip install --no-cache-dir .
 ENV PATH=/opt/venv/bin:$PATH
 ENTRYPOINT ["cargohold"]

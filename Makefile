@@ -2,6 +2,7 @@
 
 .PHONY: test-long
 .PHONY: upgrade-test
+.PHONY: k8s-e2e
 .PHONY: setup demo test lint unit integration probe soak bench bench-engine bench-all bench-control \
 	bench-rebuild clean soak-faults bench-backup
 
@@ -41,6 +42,12 @@ test-long: setup
 # node plugin under I/O (docs/upgrades.md); both are in test-long too (~4 minutes)
 upgrade-test: setup
 	$(VENV)/pytest -q -s -m long tests/integration/test_upgrade.py tests/e2e/test_csi_restart.py
+# the real-cluster suite against the cluster KUBECONFIG names, with the driver
+# running there (docs/kubernetes.md, "Testing in a real cluster"); never part of `make test`.
+# Without a cluster it says so and exits non-zero (3).
+k8s-e2e: setup
+	CARGOHOLD_K8S_E2E=1 $(VENV)/pytest -p no:cacheprovider -o addopts="" --timeout=900 -ra -v \
+		tests/k8s_e2e
 
 soak: setup
 	$(VENV)/pytest -q -m soak

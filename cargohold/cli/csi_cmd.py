@@ -32,7 +32,10 @@ def csi(
         None, help="the node service's records of staged volumes (default /var/lib/cargohold/csi)"
     ),
     max_volumes: int = typer.Option(
-        None, help="NodeGetInfo's max_volumes_per_node (default 0: no limit)", min=0
+        None,
+        help="volumes per node: what NodeGetInfo reports and ControllerPublish enforces "
+        "(default 0: no limit)",
+        min=0,
     ),
     zone: str = typer.Option(
         None, help="this node's zone for topology (default: what the manager knows)"

@@ -9,6 +9,7 @@ the topology of a new volume, where a volume is published, waiting for an operat
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from cargohold.control.client import JSON, ManagerClient, OperationFailed
@@ -61,11 +62,15 @@ class ControllerBase:
         locks: VolumeLocks | None = None,
         timeout: float = 120.0,
         publications: Publications | None = None,
+        max_volumes: int = 0,
     ) -> None:
         self.client = client
         self.locks = locks or VolumeLocks()
         self.timeout = timeout
         self.pubs = publications or Publications()
+        self.max_volumes = max_volumes  # per node, 0: no limit (controller_publish.py)
+        self._slots_mu = threading.Lock()
+        self._pending: dict[str, set[str]] = {}  # node → volumes being published there
 
     # --- helpers ---------------------------------------------------------------------------
     def _volume(self, vid: str) -> JSON:

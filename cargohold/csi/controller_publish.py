@@ -5,11 +5,19 @@ A volume has one writer: published elsewhere → FAILED_PRECONDITION while that 
 a takeover (new epoch, the old engine fenced) when it is down. MULTI_NODE_READER_ONLY
 readers join the owner's engine; the publications are recorded (``publications.py``) so
 an incompatible repeat is ALREADY_EXISTS and the engine is detached with the last reader.
+
+The attach limit (``--max-volumes``, what NodeGetInfo reports as max_volumes_per_node):
+a publish that would put one volume more on a node that has that many already is
+RESOURCE_EXHAUSTED, naming the limit. What a node has is the manager's view (the volumes
+attached there: their engines run there) with the readers published there and the
+publishes under way, so two concurrent publishes cannot both take the last place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from cargohold.control.client import JSON
@@ -70,10 +78,11 @@ class PublishRpcs(ControllerBase):
                             f"volume {vid} is published on node {owner} with "
                             f"{_describe(first)}: readers may join only readers",
                         )
-                    vol = self._wait_attached(vid, owner)
-                    if not pubs:  # record lost (or attached outside CSI): the owner reads too
-                        self.pubs.add(vid, owner, want)
-                    self.pubs.add(vid, node, want)
+                    with self._node_slot(vid, node):
+                        vol = self._wait_attached(vid, owner)
+                        if not pubs:  # record lost (or attached outside CSI): the owner reads
+                            self.pubs.add(vid, owner, want)
+                        self.pubs.add(vid, node, want)
                     return self._published(vol)
                 try:
                     owner_down = self.client.node(owner).get("state") == "down"
@@ -86,15 +95,41 @@ class PublishRpcs(ControllerBase):
                         "one writer: ControllerUnpublish it there first",
                     )
                 log.info("volume %s: node %s is down; taking the volume over", vid, owner)
-            if owner != node:
-                try:
-                    self.client.attach(vid, node)
-                except WrongState as e:
-                    raise CsiError(Code.FAILED_PRECONDITION, f"volume {vid}: {e}") from None
-            vol = self._wait_attached(vid, node)
-            # a writer (or a takeover) is the only publication; readers add up
-            self.pubs.add(vid, node, want, only=not P.is_multi_reader(cap) or owner != node)
+            with self._node_slot(vid, node) if owner != node else contextlib.nullcontext():
+                if owner != node:
+                    try:
+                        self.client.attach(vid, node)
+                    except WrongState as e:
+                        raise CsiError(Code.FAILED_PRECONDITION, f"volume {vid}: {e}") from None
+                vol = self._wait_attached(vid, node)
+                # a writer (or a takeover) is the only publication; readers add up
+                self.pubs.add(vid, node, want, only=not P.is_multi_reader(cap) or owner != node)
         return self._published(vol)
+
+    @contextlib.contextmanager
+    def _node_slot(self, vid: str, node: str) -> Iterator[None]:
+        """A place for ``vid`` on ``node`` within the attach limit, held while it is
+        published there; RESOURCE_EXHAUSTED when the node is full."""
+        if not self.max_volumes:
+            yield
+            return
+        with self._slots_mu:
+            there = {a["volume"] for a in self.client.attachments() if a.get("node") == node}
+            there |= self.pubs.volumes_on(node) | self._pending.get(node, set())
+            there.discard(vid)
+            if len(there) >= self.max_volumes:
+                raise CsiError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"node {node} has {len(there)} volumes published, its limit "
+                    f"(max_volumes_per_node, the driver's --max-volumes) is {self.max_volumes}: "
+                    f"volume {vid} cannot be published there until one is unpublished",
+                )
+            self._pending.setdefault(node, set()).add(vid)
+        try:
+            yield
+        finally:
+            with self._slots_mu:
+                self._pending.get(node, set()).discard(vid)
 
     def _published(self, vol: JSON) -> Any:
         return pb.ControllerPublishVolumeResponse(

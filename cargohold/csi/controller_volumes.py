@@ -50,7 +50,8 @@ class VolumeRpcs(BackupSnapshots):
         )
         source, minimum, src_desc = self._source(req)
         cr = req.capacity_range
-        size = P.size_for(cr.required_bytes, cr.limit_bytes, minimum)
+        fs_min = 0 if block else P.fs_minimum(fs_type, cr.limit_bytes)
+        size = P.size_for(cr.required_bytes, cr.limit_bytes, max(minimum, fs_min))
         topology = self._topology(req)
         ctx = {"fsType": fs_type} if not block else {}
         with self.locks.hold(name, "CreateVolume"):

@@ -1,76 +1,58 @@
 """Generates the CSI gRPC stubs (``cargohold/csi/_gen/``) from the vendored ``proto/csi.proto``.
 
-Run by ``scripts/setup.sh`` and the Dockerfile: ``python -m cargohold.csi.gen``. Idempotent:
-does nothing when the stubs were made from the same proto file by the same grpcio-tools
-(a stamp file records both). The stubs are not checked in (see .gitignore).
+The stubs are checked in, so an installed cargohold (a wheel, the image) serves
+``cargohold csi`` without grpcio-tools, which only this generator needs (it is a dev
+dependency). After changing ``proto/csi.proto`` or the pinned grpcio-tools, run
+``.venv/bin/python -m cargohold.csi.gen`` and commit ``cargohold/csi/_gen``;
+``tests/unit/csi/test_stubs.py`` regenerates them into a temporary directory and fails
+while the checked-in ones differ. ``python -m cargohold.csi.gen DIR`` writes into DIR.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "_gen"
 PROTO = HERE.parent.parent / "proto" / "csi.proto"
-STAMP = OUT / ".stamp"
+FILES = ("__init__.py", "csi_pb2.py", "csi_pb2_grpc.py")
 
 
-def _fingerprint() -> str:
-    import grpc_tools
-
-    tools = getattr(grpc_tools, "__version__", "") or _dist_version("grpcio-tools")
-    return hashlib.sha256(PROTO.read_bytes() + tools.encode()).hexdigest()
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def generate(force: bool = False) -> bool:
-    """Generate the stubs unless they are current. True if it generated them."""
+def generate(out: Path = OUT) -> Path:
+    """Write the stubs into ``out`` (made if missing); returns it."""
     from grpc_tools import protoc
 
     if not PROTO.exists():
-        raise SystemExit(f"cargohold.csi.gen: {PROTO} is missing")
-    want = _fingerprint()
-    if not force and STAMP.exists() and STAMP.read_text().strip() == want:
-        return False
-    OUT.mkdir(exist_ok=True)
+        raise SystemExit(f"cargohold.csi.gen: {PROTO} is missing (a source checkout has it)")
+    out.mkdir(parents=True, exist_ok=True)
     well_known = Path(protoc.__file__).resolve().parent / "_proto"
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO.parent}",
         f"-I{well_known}",
-        f"--python_out={OUT}",
-        f"--grpc_python_out={OUT}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
         str(PROTO),
     ]
     if protoc.main(args) != 0:
         raise SystemExit("cargohold.csi.gen: protoc failed on " + str(PROTO))
     # the generated service module imports its messages as a top-level module
-    grpc_mod = OUT / "csi_pb2_grpc.py"
+    grpc_mod = out / "csi_pb2_grpc.py"
     text = grpc_mod.read_text().replace(
         "import csi_pb2 as csi__pb2", "from cargohold.csi._gen import csi_pb2 as csi__pb2"
     )
     grpc_mod.write_text(text)
-    (OUT / "__init__.py").write_text('"""Generated from proto/csi.proto; do not edit."""\n')
-    tmp = STAMP.with_suffix(".tmp")
-    tmp.write_text(want + "\n")
-    os.replace(tmp, STAMP)
-    return True
+    (out / "__init__.py").write_text(
+        '"""Generated from proto/csi.proto by `python -m cargohold.csi.gen`; do not edit."""\n'
+    )
+    (out / ".stamp").unlink(missing_ok=True)  # what older generators left
+    return out
 
 
 def main() -> None:
-    made = generate(force="--force" in sys.argv[1:])
-    print(f"csi stubs {'generated in' if made else 'up to date in'} {OUT}")
+    out = generate(Path(sys.argv[1]) if sys.argv[1:] else OUT)
+    print(f"csi stubs generated in {out}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 
 Probe answers ready only while the manager answers (``GET /healthz``); before that the
 sidecars (livenessprobe, node-driver-registrar) wait. Served by every ``cargohold csi``.
+
+GetPluginCapabilities is the same in every instance, whatever services it serves (the CSI
+spec: "the same ... regardless of which RPCs the instance serves"): it describes the
+plugin, not the process. A node-only instance that left out CONTROLLER_SERVICE would make
+a caller skip ControllerPublish and stage without a publish context.
 """
 
 from __future__ import annotations
@@ -18,9 +23,8 @@ pb, pb_grpc = stubs()
 
 
 class Identity(pb_grpc.IdentityServicer):  # type: ignore[name-defined]  # generated, loaded at run time (stubs())
-    def __init__(self, client: ManagerClient, controller: bool) -> None:
+    def __init__(self, client: ManagerClient) -> None:
         self.client = client
-        self.controller = controller
 
     @rpc
     def GetPluginInfo(self, request: Any, context: Any) -> Any:
@@ -29,9 +33,10 @@ class Identity(pb_grpc.IdentityServicer):  # type: ignore[name-defined]  # gener
     @rpc
     def GetPluginCapabilities(self, request: Any, context: Any) -> Any:
         svc = pb.PluginCapability.Service
-        caps = [pb.PluginCapability(service=svc(type=svc.VOLUME_ACCESSIBILITY_CONSTRAINTS))]
-        if self.controller:
-            caps.insert(0, pb.PluginCapability(service=svc(type=svc.CONTROLLER_SERVICE)))
+        caps = [
+            pb.PluginCapability(service=svc(type=svc.CONTROLLER_SERVICE)),
+            pb.PluginCapability(service=svc(type=svc.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+        ]
         exp = pb.PluginCapability.VolumeExpansion
         caps.append(pb.PluginCapability(volume_expansion=exp(type=exp.ONLINE)))
         return pb.GetPluginCapabilitiesResponse(capabilities=caps)

@@ -72,6 +72,23 @@ def _mode_name(cap: Any) -> str:
     return str(pb.VolumeCapability.AccessMode.Mode.Name(cap.access_mode.mode))
 
 
+def stage_options(fs: str, read_only: bool, flags: list[str] | None = None) -> list[str]:
+    """The options a staged filesystem is mounted with (at NodeStage and at the remount
+    after an offline grow). A reader never writes, not even a journal replay: ``ro,noload``
+    (ext4), ``ro,norecovery`` (xfs). xfs always gets ``nouuid``: a clone or a restored
+    snapshot carries its source's filesystem UUID, and xfs refuses to mount a second
+    filesystem with a UUID already mounted ("Filesystem has duplicate UUID"), so without
+    it a clone could not be staged on the node where its source is. Giving the clone a
+    new UUID instead (xfs_admin -U generate) would write to it on its first stage and
+    needs a clean log, which a crash-consistent snapshot of a mounted xfs has not."""
+    out = list(flags or [])
+    if read_only:
+        out += ["ro", "noload"] if fs == "ext4" else ["ro", "norecovery"]
+    if fs == "xfs" and "nouuid" not in out:
+        out.append("nouuid")
+    return out
+
+
 class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, loaded at run time (stubs())
     def __init__(
         self,
@@ -161,10 +178,7 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, lo
         if fs == "ext4" and not rec.read_only:
             grow_ext4_offline(dev)  # a volume grown while it was not staged here
         ensure_dir(rec.staging_path)
-        flags = list(cap.mount.mount_flags)
-        if rec.read_only:  # no journal replay: a reader must not write to the device
-            flags += ["ro", "noload"] if fs == "ext4" else ["ro", "norecovery"]
-        opts = ",".join(flags)
+        opts = ",".join(stage_options(fs, rec.read_only, list(cap.mount.mount_flags)))
         run("mount", "-t", fs, *(["-o", opts] if opts else []), dev, rec.staging_path)
         rec.fs_type = fs
         if fs == "xfs" and not rec.read_only:
@@ -456,12 +470,11 @@ class Node(pb_grpc.NodeServicer):  # type: ignore[name-defined]  # generated, lo
         rec.attach()
         rec.save(self.state_dir)
         if rec.mode == "mount":
-            opts: list[str] = []
-            if rec.read_only:
-                opts = ["-o", "ro,noload" if rec.fs_type == "ext4" else "ro,norecovery"]
-            elif rec.fs_type == "ext4":
+            if rec.fs_type == "ext4" and not rec.read_only:
                 grow_ext4_offline(rec.device)
-            run("mount", "-t", rec.fs_type, *opts, rec.device, rec.staging_path)
+            opts = ",".join(stage_options(rec.fs_type, rec.read_only))
+            run("mount", "-t", rec.fs_type, *(["-o", opts] if opts else []), rec.device,
+                rec.staging_path)  # fmt: skip
 
     @rpc
     def NodeGetCapabilities(self, req: Any, context: Any) -> Any:

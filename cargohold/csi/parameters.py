@@ -30,6 +30,9 @@ DEFAULT_REPLICAS = 3  # the manager's default_replicas, assumed where numberOfRe
 MAX_STALE_TIMEOUT = 7 * 24 * 3600.0
 FS_TYPES = ("ext4", "xfs")
 DEFAULT_FS = "ext4"
+# mkfs.xfs (xfsprogs >= 5.19) refuses smaller filesystems: "Filesystem must be larger than
+# 300MB" (300 MiB makes one, 299 MiB does not)
+XFS_MIN_SIZE = 300 * 1024 * 1024
 # Parameters Kubernetes' sidecars add or handle themselves; they are not ours to refuse.
 K8S_PREFIX = "csi.storage.k8s.io/"
 
@@ -271,6 +274,22 @@ def valid_name(name: str) -> bool:
 
 def round_up(n: int) -> int:
     return (n + BLOCK - 1) // BLOCK * BLOCK
+
+
+def fs_minimum(fs_type: str, limit: int) -> int:
+    """The smallest volume a filesystem of ``fs_type`` can be made on: CreateVolume rounds
+    a smaller request up to it (CSI lets a volume be larger than required_bytes), so a
+    64 MiB xfs PVC gets a 300 MiB volume rather than a volume no node can ever stage.
+    OUT_OF_RANGE when limit_bytes forbids that."""
+    if fs_type != "xfs":
+        return 0
+    if limit and limit < XFS_MIN_SIZE:
+        raise CsiError(
+            Code.OUT_OF_RANGE,
+            f"an xfs volume must be at least 300 MiB ({XFS_MIN_SIZE} bytes; mkfs.xfs makes "
+            f"no smaller filesystem), but limit_bytes is {limit}: use ext4 or a larger limit",
+        )
+    return XFS_MIN_SIZE
 
 
 def size_for(required: int, limit: int, minimum: int = 0) -> int:

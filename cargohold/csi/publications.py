@@ -94,3 +94,14 @@ class Publications:
 
     def forget(self, volume: str) -> None:
         self._put(volume, {})
+
+    def volumes_on(self, node: str) -> set[str]:
+        """The volumes recorded as published on ``node`` (the attach limit counts them)."""
+        if not self.dir:
+            with self._mu:
+                return {v for v, pubs in self._mem.items() if node in pubs}
+        out = set()
+        for name in os.listdir(self.dir):
+            if name.endswith(".json") and node in self.get(name[: -len(".json")]):
+                out.add(name[: -len(".json")])
+        return out

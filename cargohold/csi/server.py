@@ -50,10 +50,16 @@ def build(config: CsiSettings, client: ManagerClient) -> grpc.Server:
         os.unlink(path)  # a socket left by an earlier run
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers))
     locks = VolumeLocks()
-    pb_grpc.add_IdentityServicer_to_server(Identity(client, config.controller), server)
+    pb_grpc.add_IdentityServicer_to_server(Identity(client), server)
     if config.controller:
         pubs = Publications(os.path.join(config.state_dir, "controller"))
-        ctl = Controller(client, locks, timeout=config.timeout, publications=pubs)
+        ctl = Controller(
+            client,
+            locks,
+            timeout=config.timeout,
+            publications=pubs,
+            max_volumes=config.max_volumes,
+        )
         pb_grpc.add_ControllerServicer_to_server(ctl, server)
     if config.node:
         node = Node(

@@ -27,7 +27,11 @@ class CsiSettings(Settings):
         DEFAULT_STATE_DIR, "the node service's records of staged volumes (--state-dir)"
     )
     max_volumes: int = setting(
-        0, "NodeGetInfo's max_volumes_per_node, 0: no limit (--max-volumes)", ge=0
+        0,
+        "volumes per node: NodeGetInfo's max_volumes_per_node (node plugin) and the limit "
+        "ControllerPublish enforces (controller); give both the same, 0: no limit "
+        "(--max-volumes)",
+        ge=0,
     )
     zone: str | None = setting(
         None, "this node's zone for topology (--zone; none: what the manager knows)"

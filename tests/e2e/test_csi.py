@@ -69,7 +69,13 @@ class Driver:
     """A ``cargohold csi`` process and stubs for its three services."""
 
     def __init__(
-        self, cluster_dir: Path, work: Path, node_id: str, controller: bool = True
+        self,
+        cluster_dir: Path,
+        work: Path,
+        node_id: str,
+        controller: bool = True,
+        node: bool = True,
+        max_volumes: int = 32,
     ) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.work = work
@@ -80,9 +86,10 @@ class Driver:
             [
                 sys.executable, "-m", "cargohold", "csi",
                 "--endpoint", f"unix://{self.sock}",
-                "--node-id", node_id, *(["--controller"] if controller else []), "--node",
+                "--node-id", node_id, *(["--controller"] if controller else []),
+                *(["--node"] if node else []),
                 "--state-dir", str(self.state), "--dir", str(cluster_dir),
-                "--timeout", "60", "--max-volumes", "32",
+                "--timeout", "60", "--max-volumes", str(max_volumes),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -105,6 +112,24 @@ class Driver:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+class SplitDriver:
+    """The layout deploy/ ships: the controller (a Deployment) and the node plugin (a
+    DaemonSet) as separate processes on separate sockets, each with its own state. The
+    tests call ``ctl`` on the one and ``identity`` and ``node`` on the other, as the
+    sidecars and kubelet do."""
+
+    def __init__(self, cluster_dir: Path, work: Path, node_id: str) -> None:
+        self.controller = Driver(cluster_dir, work / "controller", node_id, node=False)
+        self.plugin = Driver(cluster_dir, work, node_id, controller=False)
+        self.work, self.state = self.plugin.work, self.plugin.state
+        self.identity, self.node = self.plugin.identity, self.plugin.node
+        self.ctl = self.controller.ctl
+
+    def close(self) -> None:
+        self.plugin.close()
+        self.controller.close()
 
 
 def code_of(fn, req) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
@@ -203,19 +228,31 @@ class Writer(threading.Thread):
             assert (self.root / name).read_bytes() == data, name
 
 
-@pytest.fixture(scope="module")
-def env() -> Iterator[tuple[LocalCluster, Driver, Path]]:
+@pytest.fixture(
+    scope="module",
+    params=["combined", pytest.param("split", marks=pytest.mark.long)],
+)
+def env(request: pytest.FixtureRequest) -> Iterator[tuple[LocalCluster, Driver, Path]]:
+    """A cluster and node-1's driver: one process serving the controller and the node
+    service ("combined", what `cargohold up` users run), or the two as separate processes
+    on separate sockets ("split", what deploy/ ships; `make test-long` runs every test of
+    the module in it, test_split_layout_stages_with_the_controllers_publish_context in
+    `make test`)."""
     why = can_mount()
     if why:
         pytest.skip(why)
-    d = Path(f"/tmp/chcsi-{os.getpid()}")
+    d = Path(f"/tmp/chcsi-{os.getpid()}-{request.param}")
     work = d / "csi"
     cluster = LocalCluster.create(str(d), nodes=3).up(timeout=90)
-    driver = None
+    driver: Driver | SplitDriver | None = None
     try:
         work.mkdir(parents=True)
-        driver = Driver(d, work, "node-1")
-        yield cluster, driver, work
+        driver = (
+            Driver(d, work, "node-1")
+            if request.param == "combined"
+            else SplitDriver(d, work, "node-1")
+        )
+        yield cluster, driver, work  # type: ignore[misc]
     finally:
         # tear down whatever a failed test left staged, then the cluster
         if driver is not None:
@@ -749,6 +786,143 @@ def test_xfs_pvc_life(env) -> None:  # type: ignore[no-untyped-def]
     no_engine(vid)
     C.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
     assert leftovers(work / "state") == []
+
+
+def test_xfs_clone_and_restore_mount_beside_their_source(env) -> None:  # type: ignore[no-untyped-def]
+    """A clone and a restored snapshot of an xfs volume carry its filesystem UUID; staged
+    on the node where the source is mounted they mount too (nouuid) and hold its files.
+    A 64 MiB xfs request is rounded up to mkfs.xfs's 300 MiB minimum; with a limit below
+    that it is OUT_OF_RANGE at CreateVolume, not a PVC that never stages."""
+    _, drv, work = env
+    C = drv.ctl
+    cap = mount_cap(fs="xfs")
+    small = pb.CreateVolumeRequest(
+        name="pvc-xfs-small", capacity_range=pb.CapacityRange(required_bytes=64 * MiB),
+        volume_capabilities=[cap], parameters={"numberOfReplicas": "1"},
+    )  # fmt: skip
+    src = C.CreateVolume(small).volume
+    assert src.capacity_bytes == 300 * MiB and src.volume_context["fsType"] == "xfs"
+    assert C.CreateVolume(small).volume.volume_id == src.volume_id  # a repeat: the same
+    limited = pb.CreateVolumeRequest()
+    limited.CopyFrom(small)
+    limited.name = "pvc-xfs-limited"
+    limited.capacity_range.limit_bytes = 128 * MiB
+    with pytest.raises(grpc.RpcError) as e:
+        C.CreateVolume(limited)
+    assert e.value.code() == grpc.StatusCode.OUT_OF_RANGE and "300 MiB" in e.value.details()
+
+    vid = src.volume_id
+    staging, target = stage_and_publish(drv, work, vid, cap)
+    opts = subprocess.run(["findmnt", "-n", "-o", "OPTIONS", staging], capture_output=True,
+                          text=True).stdout.strip().split(",")  # fmt: skip
+    assert "nouuid" in opts, opts
+    files = write_files(target)
+    subprocess.run(["sync", "-f", target], check=True)
+    snap = C.CreateSnapshot(pb.CreateSnapshotRequest(source_volume_id=vid, name="xfs-1")).snapshot
+    made = []
+    for name, source in (
+        ("pvc-xfs-restore", pb.VolumeContentSource(
+            snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id=snap.snapshot_id))),
+        ("pvc-xfs-clone", pb.VolumeContentSource(
+            volume=pb.VolumeContentSource.VolumeSource(volume_id=vid))),
+    ):  # fmt: skip
+        v = C.CreateVolume(pb.CreateVolumeRequest(
+            name=name, capacity_range=pb.CapacityRange(required_bytes=300 * MiB),
+            volume_capabilities=[cap], volume_content_source=source,
+            parameters={"numberOfReplicas": "1"},
+        )).volume.volume_id  # fmt: skip
+        made.append(v)
+    uuid = subprocess.run(["blkid", "-o", "value", "-s", "UUID", record(drv, vid)["device"]],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    staged = []
+    for v in made:  # both at once, beside the mounted source, on the same node
+        s, t = stage_and_publish(drv, work, v, cap)
+        staged.append((v, s, t))
+        dev = record(drv, v)["device"]
+        same = subprocess.run(["blkid", "-o", "value", "-s", "UUID", dev], capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+        assert uuid and same == uuid  # the source's UUID, mounted anyway
+        for name, data in files.items():
+            assert Path(t, name).read_bytes() == data, (v, name)
+        Path(t, "own").write_text(v)  # and writable
+    for v, s, t in staged:
+        assert Path(t, "own").read_text() == v
+        unpublish_and_unstage(drv, v, s, t)
+        C.DeleteVolume(pb.DeleteVolumeRequest(volume_id=v))
+    unpublish_and_unstage(drv, vid, staging, target)
+    C.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
+    C.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
+    assert leftovers(work / "state") == []
+
+
+def test_split_layout_stages_with_the_controllers_publish_context(env) -> None:  # type: ignore[no-untyped-def]
+    """The layout deploy/ ships, for node-2: a controller-only and a node-only process on
+    separate sockets. Both answer the same GetPluginCapabilities (CONTROLLER_SERVICE
+    included); the node plugin stages with the publish context the controller returned.
+    The controller enforces the attach limit (--max-volumes 2 here): the third volume on
+    node-2 is RESOURCE_EXHAUSTED naming the limit, counting what the manager has attached
+    there; another node takes it; freeing a place lets it in."""
+    cluster, _, work = env
+    d = Path(cluster.dir)
+    ctl_drv = Driver(d, work.parent / "split-controller", "node-2", node=False, max_volumes=2)
+    plug = Driver(d, work.parent / "split-node-2", "node-2", controller=False, max_volumes=2)
+    try:
+        caps = [
+            drv.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest()).capabilities
+            for drv in (ctl_drv, plug)
+        ]
+        assert caps[0] == caps[1]
+        svc = {c.service.type for c in caps[1] if c.HasField("service")}
+        assert pb.PluginCapability.Service.CONTROLLER_SERVICE in svc
+        assert plug.node.NodeGetInfo(pb.NodeGetInfoRequest()).max_volumes_per_node == 2
+        C = ctl_drv.ctl
+        cap = mount_cap()
+        vids = [
+            C.CreateVolume(pb.CreateVolumeRequest(
+                name=f"pvc-split-{i}", capacity_range=pb.CapacityRange(required_bytes=16 * MiB),
+                volume_capabilities=[cap], parameters={"numberOfReplicas": "1"},
+            )).volume.volume_id
+            for i in range(3)
+        ]  # fmt: skip
+        staging, target = stage_and_publish(plug, plug.work, vids[0], cap, node="node-2", ctl=C)
+        files = write_files(target, 3)
+        unpublish_and_unstage(plug, vids[0], staging, target, node="node-2", ctl=C)
+        staging, target = stage_and_publish(plug, plug.work, vids[0], cap, node="node-2", ctl=C)
+        for name, data in files.items():
+            assert Path(target, name).read_bytes() == data
+
+        def publish(vid: str, node: str) -> object:
+            return C.ControllerPublishVolume(pb.ControllerPublishVolumeRequest(
+                volume_id=vid, node_id=node, volume_capability=cap))  # fmt: skip
+
+        publish(vids[1], "node-2")
+        full = pb.ControllerPublishVolumeRequest(volume_id=vids[2], node_id="node-2",
+                                                 volume_capability=cap)  # fmt: skip
+        with pytest.raises(grpc.RpcError) as e:
+            C.ControllerPublishVolume(full, timeout=90)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_volumes_per_node" in e.value.details() and "is 2" in e.value.details()
+        assert engines(vids[2]) == []  # nothing was attached for it
+        publish(vids[1], "node-2")  # a repeat is no volume more
+        publish(vids[2], "node-3")
+        C.ControllerUnpublishVolume(
+            pb.ControllerUnpublishVolumeRequest(volume_id=vids[2], node_id="node-3")
+        )
+        C.ControllerUnpublishVolume(
+            pb.ControllerUnpublishVolumeRequest(volume_id=vids[1], node_id="node-2")
+        )
+        publish(vids[2], "node-2")  # a place is free again
+        C.ControllerUnpublishVolume(
+            pb.ControllerUnpublishVolumeRequest(volume_id=vids[2], node_id="node-2")
+        )
+        unpublish_and_unstage(plug, vids[0], staging, target, node="node-2", ctl=C)
+        for vid in vids:
+            no_engine(vid)
+            C.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid))
+        assert leftovers(plug.state) == []
+    finally:
+        plug.close()
+        ctl_drv.close()
 
 
 def test_raw_block_pvc_life(env) -> None:  # type: ignore[no-untyped-def]

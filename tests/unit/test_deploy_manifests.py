@@ -173,3 +173,22 @@ def test_the_backup_snapshot_class_example_is_valid() -> None:
     assert not SnapshotParameters.parse(
         base[("VolumeSnapshotClass", "cargohold")].get("parameters") or {}
     ).is_backup  # the default class stays an ordinary snapshot
+
+
+@pytest.mark.parametrize("overlay", ["base", "ha", "examples/backups"])
+def test_no_shipped_storage_class_names_the_filesystem_twice(overlay: str) -> None:
+    """external-provisioner refuses a class with both fsType and csi.storage.k8s.io/fstype
+    (found in a real cluster: make k8s-e2e provisions a PVC of every shipped class)."""
+    for doc in render(overlay):
+        if doc["kind"] == "StorageClass":
+            params = doc.get("parameters") or {}
+            assert not ("fsType" in params and "csi.storage.k8s.io/fstype" in params), doc
+
+
+def test_the_namespace_admits_the_privileged_node_plugin_and_no_default_class() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render("base")}
+    labels = docs[("Namespace", "cargohold-system")]["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    # the default StorageClass is the cluster admin's explicit choice (docs/kubernetes.md)
+    annotations = docs[("StorageClass", "cargohold")]["metadata"].get("annotations") or {}
+    assert "storageclass.kubernetes.io/is-default-class" not in annotations

@@ -15,6 +15,7 @@ import pytest
 from cargohold.control.client import volume_attached, volume_detached
 from cargohold.csi import stubs
 from cargohold.csi.controller import CAPABILITIES, Controller
+from cargohold.csi.identity import Identity
 from cargohold.csi.node import Node
 from cargohold.csi.publications import Publications
 from cargohold.errors import NotFound
@@ -76,6 +77,13 @@ class FakeManager:
         self.detaches += 1
         v = self.vols[name]
         v.update(state="detached", attached_node=None, endpoint="", engine=None)
+
+    def attachments(self) -> list[dict[str, Any]]:
+        return [
+            {"volume": v["name"], "node": v["attached_node"]}
+            for v in self.vols.values()
+            if v["attached_node"]
+        ]
 
     def wait_volume(self, name: str, pred: Any, timeout: float) -> dict[str, Any]:
         v = self.volume(name)
@@ -330,3 +338,67 @@ def test_node_needs_the_nodes_credentials_for_an_nbds_endpoint(node: Node, tmp_p
     assert (tmp_path / "state" / "x509" / "client-cert.pem").read_text() == "tls.crt"
     assert x509 == str(tmp_path / "state" / "x509")
     assert node._x509_dir("pvc-a", "nbd://127.0.0.1:1/pvc-a") == ""  # local: no TLS
+
+
+# --- the attach limit ---------------------------------------------------------------------
+
+
+def publish_vol(ctl: Controller, vid: str, node: str, c: Any = None, ro: bool = False) -> Any:
+    return ctl.ControllerPublishVolume(
+        pb.ControllerPublishVolumeRequest(
+            volume_id=vid, node_id=node, volume_capability=c or cap(), readonly=ro
+        ),
+        Context(),
+    )
+
+
+def test_a_full_node_refuses_the_next_volume_with_resource_exhausted(mgr: FakeManager) -> None:
+    for v in ("pvc-b", "pvc-c", "pvc-d"):
+        mgr.add(v)
+    ctl = Controller(mgr, publications=Publications(), timeout=1, max_volumes=2)  # type: ignore[arg-type]
+    publish_vol(ctl, "pvc-a", "n1")
+    publish_vol(ctl, "pvc-b", "n1")
+    publish_vol(ctl, "pvc-a", "n1")  # a repeat is not one more volume
+    with pytest.raises(Abort) as e:
+        publish_vol(ctl, "pvc-c", "n1")
+    assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "node n1 has 2 volumes" in e.value.message and "max_volumes_per_node" in e.value.message
+    assert "is 2" in e.value.message
+    assert mgr.vols["pvc-c"]["attached_node"] is None  # nothing was attached
+    publish_vol(ctl, "pvc-c", "n2")  # another node has room
+    ctl.ControllerUnpublishVolume(
+        pb.ControllerUnpublishVolumeRequest(volume_id="pvc-b", node_id="n1"), Context()
+    )
+    publish_vol(ctl, "pvc-d", "n1")  # a place was freed
+
+
+def test_the_limit_counts_what_the_manager_has_attached_and_the_readers(mgr: FakeManager) -> None:
+    """Volumes attached outside CSI (the CLI) count, as do ReadOnlyMany readers whose
+    engine runs on another node."""
+    for v in ("pvc-b", "pvc-c", "pvc-x"):
+        mgr.add(v)
+    mgr.attach("pvc-x", "n1")  # `cargohold volume attach pvc-x n1`
+    ctl = Controller(mgr, publications=Publications(), timeout=1, max_volumes=1)  # type: ignore[arg-type]
+    with pytest.raises(Abort) as e:
+        publish_vol(ctl, "pvc-a", "n1")
+    assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    rox = cap(AM.MULTI_NODE_READER_ONLY)
+    publish_vol(ctl, "pvc-b", "n2", rox, True)
+    publish_vol(ctl, "pvc-b", "n3", rox, True)  # a reader on n3, the engine on n2
+    with pytest.raises(Abort) as e:
+        publish_vol(ctl, "pvc-c", "n3")
+    assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "node n3" in e.value.message
+
+
+def test_no_limit_by_default(mgr: FakeManager, ctl: Controller) -> None:
+    for i in range(20):
+        mgr.add(f"pvc-{i}")
+        publish_vol(ctl, f"pvc-{i}", "n1")
+
+
+def test_plugin_capabilities_do_not_depend_on_the_services_served(mgr: FakeManager) -> None:
+    """A node-only instance lists CONTROLLER_SERVICE too (CSI: every instance answers the
+    same), or a caller asking it would skip ControllerPublish."""
+    caps = Identity(mgr).GetPluginCapabilities(pb.GetPluginCapabilitiesRequest(), Context())  # type: ignore[arg-type]
+    svc = {c.service.type for c in caps.capabilities if c.HasField("service")}
+    assert pb.PluginCapability.Service.CONTROLLER_SERVICE in svc

@@ -204,3 +204,23 @@ def test_capabilities() -> None:
     assert not P.is_reader_only(cap(AM.SINGLE_NODE_WRITER))
     with pytest.raises(CsiError):
         P.check_capabilities([])
+
+
+def test_small_xfs_volumes_round_up_to_the_minimum_or_are_out_of_range() -> None:
+    assert P.fs_minimum("ext4", 0) == 0
+    assert P.fs_minimum("xfs", 0) == P.XFS_MIN_SIZE == 300 << 20
+    assert P.size_for(64 << 20, 0, P.fs_minimum("xfs", 0)) == 300 << 20
+    assert P.size_for(1 << 30, 0, P.fs_minimum("xfs", 0)) == 1 << 30
+    with pytest.raises(CsiError) as e:
+        P.fs_minimum("xfs", 128 << 20)
+    assert e.value.code.name == "OUT_OF_RANGE" and "300 MiB" in str(e.value)
+
+
+def test_xfs_is_mounted_nouuid_and_readers_never_replay_a_journal() -> None:
+    from cargohold.csi.node import stage_options
+
+    assert stage_options("xfs", False) == ["nouuid"]
+    assert stage_options("xfs", True) == ["ro", "norecovery", "nouuid"]
+    assert stage_options("xfs", False, ["noatime", "nouuid"]) == ["noatime", "nouuid"]
+    assert stage_options("ext4", False) == []
+    assert stage_options("ext4", True, ["noatime"]) == ["noatime", "ro", "noload"]

@@ -1,0 +1,1 @@
+"""Generated from proto/csi.proto by `python -m cargohold.csi.gen`; do not edit."""
