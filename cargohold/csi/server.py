@@ -14,6 +14,7 @@ import grpc
 from cargohold.control.client import ManagerClient
 from cargohold.csi import stubs
 from cargohold.csi.controller import Controller
+from cargohold.csi.group_controller import GroupController
 from cargohold.csi.identity import Identity
 from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.node import Node
@@ -55,6 +56,9 @@ def build(config: CsiSettings, client: ManagerClient) -> grpc.Server:
         pubs = Publications(os.path.join(config.state_dir, "controller"))
         ctl = Controller(client, locks, timeout=config.timeout, publications=pubs)
         pb_grpc.add_ControllerServicer_to_server(ctl, server)
+        pb_grpc.add_GroupControllerServicer_to_server(
+            GroupController(client, config.timeout), server
+        )
     if config.node:
         node = Node(
             client,

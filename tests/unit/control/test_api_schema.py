@@ -136,6 +136,22 @@ async def test_every_answer_fits_the_published_schema(world, monkeypatch) -> Non
     await call("POST", V + "/expand", 404, {"size_bytes": GiB}, volume="nope")
     await call("DELETE", S, 202, volume="data", snapshot="s1")
     await call("DELETE", S, 404, volume="data", snapshot="s1-nope")
+    # group snapshots
+    GS, G = "/api/v1/group-snapshots", "/api/v1/group-snapshots/{group}"
+    await call("POST", GS, 202, {"name": "g1", "volumes": ["data"]})
+    await call("POST", GS, 409, {"name": "g1", "volumes": ["data", "other"]})
+    await call("POST", GS, 404, {"name": "g2", "volumes": ["nope"]})
+    await call("POST", GS, 422, {"name": "g2", "volumes": []})
+    await call("DELETE", G, 409, group="g1")  # still being taken
+    for _ in range(20):
+        await sim.step()
+        if (await sim.service.group_snapshot("g1"))["state"] == "ready":
+            break
+    assert [g["state"] for g in await call("GET", GS, 200)] == ["ready"]
+    await call("GET", G, 200, group="g1")
+    await call("GET", G, 404, group="g-nope")
+    await call("DELETE", G, 202, group="g1")
+    await call("DELETE", G, 404, group="g-nope")
 
     # a node down: degraded, a replica failed
     node = next(r["node"] for r in v["replicas"] if r["node"] != v["attached_node"])
