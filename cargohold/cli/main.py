@@ -47,6 +47,7 @@ _COMMANDS = (
     "snapshot_group_cmd",
     "verify_cmd",
     "volume_cmd",
+    "volume_import_cmd",
     "adopt_cmd",
     "audit_cmd",
     "ca_cmd",
