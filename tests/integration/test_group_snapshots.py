@@ -1,7 +1,7 @@
 """Group snapshots through a local cluster of real processes (manager, three agents, their
 replica servers and engines, mutual TLS): the ``cargohold snapshot create-group`` CLI under
-a live workload, every group restored (cloned) and read back, and the CSI GroupController
-service of a ``cargohold csi --controller`` process over gRPC.
+a live workload, every group restored (cloned) and read back. (The CSI GroupController is
+tested over gRPC in test_csi_controller_cluster.py.)
 
 The workload (tests/support/group_workload.py, libnbd under Debian's Python) writes record
 i to volume ``rec`` and, only once it was acknowledged, commit marker i to volume ``mark``.
@@ -14,16 +14,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from cargohold.control.client import ManagerClient
-from cargohold.csi import stubs
 from cargohold.launcher.cluster import LocalCluster
 from tests.support import group_workload
 from tests.support.cli import cli
@@ -31,7 +28,6 @@ from tests.support.cluster_logs import failed, print_tails
 from tests.support.nbd_clients import need
 from tests.support.polling import wait_until
 
-pb, pb_grpc = stubs()
 MiB = 1 << 20
 DEBIAN_PY = "/usr/bin/python3"
 WORKLOAD = Path(group_workload.__file__)
@@ -134,105 +130,3 @@ def test_group_snapshots_under_load_are_crash_consistent(
     assert "g0" not in {s["name"] for s in c.snapshots("rec")}
     assert "g0" not in {s["name"] for s in c.snapshots("mark")}
     assert {s["name"] for s in c.snapshots("rec")} >= {"g1", "g2"}
-
-
-# --- the CSI GroupController over gRPC -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def csi(cluster: Path) -> Iterator[object]:
-    work = cluster / "csi-group"
-    work.mkdir(parents=True, exist_ok=True)
-    sock = work / "csi.sock"
-    log = open(work / "csi.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cargohold", "csi", "--endpoint", f"unix://{sock}",
-         "--node-id", "node-1", "--controller", "--state-dir", str(work / "state"),
-         "--dir", str(cluster), "--timeout", "60"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_until(lambda: sock.exists() or proc.poll() is not None, 30, "the csi driver")
-        assert proc.poll() is None, (work / "csi.log").read_text()
-        with grpc.insecure_channel(f"unix://{sock}") as ch:
-            yield pb_grpc.GroupControllerStub(ch)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
-
-
-def code_of(fn, req) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
-    with pytest.raises(grpc.RpcError) as e:
-        fn(req, timeout=90)
-    return e.value.code()
-
-
-def test_csi_group_controller(cluster: Path, client: ManagerClient, csi) -> None:  # type: ignore[no-untyped-def]
-    d, c, g = cluster, client, csi
-    caps = g.GroupControllerGetCapabilities(pb.GroupControllerGetCapabilitiesRequest(), timeout=10)
-    want = pb.GroupControllerServiceCapability.RPC.Type.CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT
-    assert [cap.rpc.type for cap in caps.capabilities] == [want]
-    for v in ("pg-data", "pg-wal"):
-        cli(d, "volume", "create", v, "--size", "8MiB", "--replicas", "2")
-    cli(d, "volume", "attach", "pg-data", "--node", "node-1")  # one attached, one not
-    name = "groupsnapshot-7c1e0a52-1f0e-4d4a-9c3e-2b5f9a1d0e11"
-    req = pb.CreateVolumeGroupSnapshotRequest(name=name, source_volume_ids=["pg-wal", "pg-data"])
-    first = g.CreateVolumeGroupSnapshot(req, timeout=90).group_snapshot
-    assert first.ready_to_use and first.group_snapshot_id
-    members = {s.source_volume_id: s for s in first.snapshots}
-    assert sorted(members) == ["pg-data", "pg-wal"]
-    assert all(
-        s.ready_to_use and s.group_snapshot_id == first.group_snapshot_id for s in members.values()
-    )
-    assert members["pg-data"].size_bytes == 8 * MiB
-    # idempotent: the same request, the same answer
-    again = g.CreateVolumeGroupSnapshot(req, timeout=90).group_snapshot
-    assert again == first
-    # the same name, other volumes: ALREADY_EXISTS
-    other = pb.CreateVolumeGroupSnapshotRequest(name=name, source_volume_ids=["pg-data"])
-    assert code_of(g.CreateVolumeGroupSnapshot, other) == grpc.StatusCode.ALREADY_EXISTS
-    # bad requests: INVALID_ARGUMENT; unknown volumes: NOT_FOUND
-    for bad in (
-        pb.CreateVolumeGroupSnapshotRequest(name="", source_volume_ids=["pg-data"]),
-        pb.CreateVolumeGroupSnapshotRequest(name="x", source_volume_ids=[]),
-        pb.CreateVolumeGroupSnapshotRequest(name="x", source_volume_ids=["pg-data", "pg-data"]),
-    ):
-        assert code_of(g.CreateVolumeGroupSnapshot, bad) == grpc.StatusCode.INVALID_ARGUMENT
-    missing = pb.CreateVolumeGroupSnapshotRequest(name="y", source_volume_ids=["pg-data", "nope"])
-    assert code_of(g.CreateVolumeGroupSnapshot, missing) == grpc.StatusCode.NOT_FOUND
-    assert "y" not in {x["name"] for x in c.group_snapshots()}  # nothing was left of it
-    # Get: the group; a wrong member list: FAILED_PRECONDITION; unknown: NOT_FOUND
-    gid = first.group_snapshot_id
-    ids = [s.snapshot_id for s in first.snapshots]
-    got = g.GetVolumeGroupSnapshot(
-        pb.GetVolumeGroupSnapshotRequest(group_snapshot_id=gid, snapshot_ids=ids), timeout=30
-    ).group_snapshot
-    assert got == first
-    wrong = pb.GetVolumeGroupSnapshotRequest(group_snapshot_id=gid, snapshot_ids=ids[:1])
-    assert code_of(g.GetVolumeGroupSnapshot, wrong) == grpc.StatusCode.FAILED_PRECONDITION
-    for gone in ("no-such-group", "not/an/id"):
-        r = pb.GetVolumeGroupSnapshotRequest(group_snapshot_id=gone)
-        assert code_of(g.GetVolumeGroupSnapshot, r) == grpc.StatusCode.NOT_FOUND
-    assert code_of(g.GetVolumeGroupSnapshot, pb.GetVolumeGroupSnapshotRequest()) == (
-        grpc.StatusCode.INVALID_ARGUMENT
-    )
-    # a member restores like any snapshot (its id is VOLUME/NAME)
-    vol, snap = members["pg-wal"].snapshot_id.split("/")
-    assert (vol, snap) == ("pg-wal", gid)
-    assert {s["name"]: s["state"] for s in c.snapshots("pg-wal")}[gid] == "ready"
-    # Delete: a wrong member list refused; then deleted with its snapshots; again: OK
-    assert (
-        code_of(
-            g.DeleteVolumeGroupSnapshot,
-            pb.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid, snapshot_ids=["pg-wal/zz"]),
-        )
-        == grpc.StatusCode.FAILED_PRECONDITION
-    )
-    delete = pb.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid, snapshot_ids=ids)
-    g.DeleteVolumeGroupSnapshot(delete, timeout=90)
-    assert gid not in {s["name"] for s in c.snapshots("pg-wal") + c.snapshots("pg-data")}
-    g.DeleteVolumeGroupSnapshot(delete, timeout=90)
-    assert code_of(g.DeleteVolumeGroupSnapshot, pb.DeleteVolumeGroupSnapshotRequest()) == (
-        grpc.StatusCode.INVALID_ARGUMENT
-    )

@@ -1,6 +1,6 @@
-"""deploy/examples/group-snapshots renders: the base plus the csi-snapshotter's
-CSIVolumeGroupSnapshot gate (on that container, whatever its index), the RBAC it needs bound
-to the controller's service account, and a VolumeGroupSnapshotClass of our driver."""
+"""deploy/examples/ of issue 24 render and are valid: group-snapshots (the base plus the
+csi-snapshotter's CSIVolumeGroupSnapshot gate on that container, whatever its index, the RBAC
+it needs bound to the controller's service account, a VolumeGroupSnapshotClass) and static-pv."""
 
 from __future__ import annotations
 
@@ -28,3 +28,16 @@ def test_the_group_snapshot_overlay() -> None:
     assert binding["subjects"][0]["name"] == ctl["serviceAccountName"]
     for d in (role, binding):
         kubernetes_validate.validate(d, "1.32", strict=True)
+
+
+def test_the_static_pv_example() -> None:
+    """deploy/examples/static-pv: a valid PV naming a cargohold volume, and its claim."""
+    docs = render("examples/static-pv")
+    by = {d["kind"]: d for d in docs}
+    for d in docs:
+        kubernetes_validate.validate(d, "1.32", strict=True)
+    pv, pvc = by["PersistentVolume"]["spec"], by["PersistentVolumeClaim"]["spec"]
+    assert pv["csi"]["driver"] == "csi.cargohold.io" and pv["csi"]["volumeHandle"] == "legacy-db"
+    assert pvc["volumeName"] == by["PersistentVolume"]["metadata"]["name"]
+    assert pvc["storageClassName"] == pv["storageClassName"] == "cargohold"
+    assert pvc["resources"]["requests"]["storage"] == pv["capacity"]["storage"]
