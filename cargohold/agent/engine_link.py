@@ -195,6 +195,9 @@ def operation_request(op: OperationAssignment) -> dict[str, Any]:
         return {"op": "hold", "group": arg("group", str), "seconds": arg("seconds", float)}
     if op.kind is OperationKind.RELEASE:
         return {"op": "release", "group": arg("group", str)}
+    if op.kind is OperationKind.SNAPSHOT_METADATA:  # engine/snapshot_metadata.py checks them
+        keys = ("snapshot", "base", "offset", "max_results")
+        return {"op": "snapshot-metadata", **{k: op.args.get(k) for k in keys}}
     if op.kind is OperationKind.SNAPSHOT_DELETE:
         return {"op": "snapshot-delete", "name": arg("name", str)}
     if op.kind is OperationKind.SNAPSHOT_REVERT:

@@ -425,6 +425,25 @@ class ManagerClient:
         body = {"name": name, "labels": dict(labels or {})}
         return self._post(f"/api/v1/volumes/{_seg(volume)}/snapshots", body)
 
+    def snapshot_metadata(
+        self,
+        volume: str,
+        snapshot: str,
+        base: str | None = None,
+        offset: int = 0,
+        max_results: int = 0,
+        timeout: float | None = 60.0,
+    ) -> JSON:
+        """A page of ``snapshot``'s allocated blocks (or of those changed since ``base``):
+        ``{"runs": [[offset, length], ...], "next_offset", "volume_capacity_bytes"}``."""
+        body: JSON = {"offset": offset, "max_results": max_results}
+        if base is not None:
+            body["base"] = base
+        op = self._post(f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(snapshot)}/metadata", body)
+        done = self.wait_operation(op["id"], timeout)
+        result: JSON = done.get("result") or {}
+        return result
+
     def delete_snapshot(self, volume: str, name: str) -> JSON:
         """Returns the snapshot-delete ``Operation``."""
         return self._delete(f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(name)}")

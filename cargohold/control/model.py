@@ -365,6 +365,7 @@ class OperationKind(StrEnum):
     RESTORE = "restore"  # write a backup into a new volume through its engine
     HOLD = "hold"  # hold the engine's writes for a group snapshot (released by itself later)
     RELEASE = "release"  # end a group snapshot's hold
+    SNAPSHOT_METADATA = "snapshot-metadata"  # a page of a snapshot's allocated/changed blocks
 
 
 class GroupSnapshotState(StrEnum):

@@ -121,6 +121,23 @@ class GroupSnapshotCreate(BaseModel):
         return v
 
 
+class SnapshotMetadataRequest(BaseModel):
+    """A page of a snapshot's changed-block metadata (engine/snapshot_metadata.py)."""
+
+    model_config = {"extra": "forbid"}
+
+    base: str | None = Field(
+        default=None, description="another snapshot of the volume: the blocks changed since it"
+    )
+    offset: StrictInt = Field(default=0, ge=0, description="the byte offset the page starts at")
+    max_results: StrictInt = Field(default=0, ge=0, le=4096, description="runs at most (0: 4096)")
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base(cls, v: object) -> object:
+        return check_name(v, "base snapshot name") if isinstance(v, str) else v
+
+
 class TenantCreate(BaseModel):
     model_config = {"extra": "forbid"}
 

@@ -20,6 +20,7 @@ from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.node import Node
 from cargohold.csi.publications import Publications
 from cargohold.csi.settings import CsiSettings
+from cargohold.csi.snapshot_metadata import SnapshotMetadata
 from cargohold.errors import ConfigError
 
 log = logging.getLogger("cargohold.csi")
@@ -58,6 +59,9 @@ def build(config: CsiSettings, client: ManagerClient) -> grpc.Server:
         pb_grpc.add_ControllerServicer_to_server(ctl, server)
         pb_grpc.add_GroupControllerServicer_to_server(
             GroupController(client, config.timeout), server
+        )
+        pb_grpc.add_SnapshotMetadataServicer_to_server(
+            SnapshotMetadata(client, config.timeout), server
         )
     if config.node:
         node = Node(

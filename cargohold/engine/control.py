@@ -19,7 +19,9 @@ repository key, never logged; ``engine/backup.py``, ``engine/restore.py``: they 
 background and ``status`` shows them under ``jobs`` by id), ``hold`` (``group``, ``seconds``)
 and ``release`` (``group``): a group snapshot's hold of the volume's writes, released by
 itself after ``seconds`` (``engine/holds.py``; ``snapshot`` with ``hold``: taken inside it;
-``status`` shows it under ``hold``). ``status`` also lists under ``busy`` the
+``status`` shows it under ``hold``), ``snapshot-metadata`` (``snapshot``, optional
+``base``, ``offset``, ``max_results``: a page of a snapshot's allocated blocks, or of the
+blocks changed since ``base``; engine/snapshot_metadata.py). ``status`` also lists under ``busy`` the
 control requests being carried out (op, name, since when): a test can kill the engine
 while a snapshot is being taken (with ``cargohold.engine.faults`` holding it there).
 """
@@ -34,7 +36,7 @@ import os
 import time
 from typing import Any
 
-from cargohold.engine import holds, importer, snapshots
+from cargohold.engine import holds, importer, snapshot_metadata, snapshots
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
@@ -76,6 +78,14 @@ async def handle(
         if group is not None:
             group = holds.check_group(group)
         return {"snapshot": await snapshots.create(vol, _name(request), labels, group)}
+    if op == "snapshot-metadata":
+        return await snapshot_metadata.page(
+            vol,
+            request.get("snapshot"),
+            request.get("base"),
+            request.get("offset", 0),
+            request.get("max_results"),
+        )
     if op == "hold":
         return {
             "hold": await holds.hold(
@@ -130,7 +140,7 @@ async def handle(
         return {"job": job}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
-        "expand, add-replica, remove-replica, import, scrub, backup, restore, hold, release)"
+        "expand, add-replica, remove-replica, import, scrub, backup, restore, hold, release, snapshot-metadata)"
     )
 
 

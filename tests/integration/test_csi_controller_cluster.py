@@ -258,3 +258,85 @@ def test_a_static_volume_takes_every_controller_call(
     with pytest.raises(grpc.RpcError) as e:
         ctl.ControllerPublishVolume(missing, timeout=30)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- changed-block metadata (CSI SnapshotMetadata) ---------------------------------------------
+
+
+@pytest.mark.long  # about 30 s (test_engine_group_ops.py covers the engine's side by default)
+def test_csi_snapshot_metadata(cluster: Path, client: ManagerClient, csi) -> None:  # type: ignore[no-untyped-def]
+    d = cluster
+    sm = pb_grpc.SnapshotMetadataStub(csi)
+    cli(d, "volume", "create", "meta", "--size", "64MiB", "--replicas", "2")
+    uri = cli(d, "volume", "attach", "meta", "--node", "node-1").stdout.strip()
+    qemu_io(uri, "write -P 1 0 1M", "write -P 2 8M 64k", "write -P 3 40M 4k")
+    cli(d, "snapshot", "create", "meta", "s1")
+    qemu_io(uri, "write -P 4 512k 8k", "discard 8M 64k", "write -P 5 20M 12k")
+    cli(d, "snapshot", "create", "meta", "s2")
+
+    def runs(stream) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
+        out = []
+        for msg in stream:
+            assert msg.block_metadata_type == pb.VARIABLE_LENGTH
+            assert msg.volume_capacity_bytes == 64 * MiB
+            out += [(b.byte_offset, b.size_bytes) for b in msg.block_metadata]
+        return out
+
+    alloc = pb.GetMetadataAllocatedRequest(snapshot_id="meta/s1")
+    assert runs(sm.GetMetadataAllocated(alloc, timeout=60)) == [
+        (0, MiB),
+        (8 * MiB, 64 << 10),
+        (40 * MiB, 4096),
+    ]
+    delta = pb.GetMetadataDeltaRequest(base_snapshot_id="meta/s1", target_snapshot_id="meta/s2")
+    want = [(512 << 10, 8 << 10), (8 * MiB, 64 << 10), (20 * MiB, 12 << 10)]
+    assert runs(sm.GetMetadataDelta(delta, timeout=60)) == want
+    # paged: one range a message; from an offset on
+    one = list(
+        sm.GetMetadataDelta(
+            pb.GetMetadataDeltaRequest(
+                base_snapshot_id="meta/s1", target_snapshot_id="meta/s2", max_results=1
+            ),
+            timeout=60,
+        )
+    )
+    assert [len(m.block_metadata) for m in one] == [1, 1, 1]
+    later = pb.GetMetadataDeltaRequest(
+        base_snapshot_id="meta/s1", target_snapshot_id="meta/s2", starting_offset=1 * MiB
+    )
+    assert runs(sm.GetMetadataDelta(later, timeout=60)) == want[1:]
+    # the spec's errors
+    for req, code in (
+        (pb.GetMetadataAllocatedRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GetMetadataAllocatedRequest(snapshot_id="not-an-id"), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GetMetadataAllocatedRequest(snapshot_id="meta/nope"), grpc.StatusCode.NOT_FOUND),
+        (pb.GetMetadataAllocatedRequest(snapshot_id="gone/s1"), grpc.StatusCode.NOT_FOUND),
+        (
+            pb.GetMetadataAllocatedRequest(snapshot_id="meta/s1", starting_offset=64 * MiB),
+            grpc.StatusCode.OUT_OF_RANGE,
+        ),
+        (
+            pb.GetMetadataAllocatedRequest(snapshot_id="meta/s1", starting_offset=-1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            list(sm.GetMetadataAllocated(req, timeout=60))
+        assert e.value.code() == code, (req, e.value.details())
+    for req, code in (
+        (
+            pb.GetMetadataDeltaRequest(base_snapshot_id="meta/s2", target_snapshot_id="meta/s1"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (
+            pb.GetMetadataDeltaRequest(base_snapshot_id="other/s1", target_snapshot_id="meta/s2"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            pb.GetMetadataDeltaRequest(target_snapshot_id="meta/s2"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            list(sm.GetMetadataDelta(req, timeout=60))
+        assert e.value.code() == code, (req, e.value.details())

@@ -130,6 +130,10 @@ async def test_every_answer_fits_the_published_schema(world, monkeypatch) -> Non
     snaps = await call("GET", V + "/snapshots", 200, volume="data")
     assert snaps[0]["state"] == "ready"
     await call("GET", V + "/snapshots", 404, volume="nope")
+    M = S + "/metadata"  # a page of changed-block metadata: an operation
+    await call("POST", M, 202, {"offset": 0, "max_results": 10}, volume="data", snapshot="s1")
+    await call("POST", M, 404, {"base": "s-nope"}, volume="data", snapshot="s1")
+    await call("POST", M, 422, {"offset": -1}, volume="data", snapshot="s1")
     await call("POST", S + "/revert", 409, volume="data", snapshot="s1")  # attached
     await call("POST", V + "/expand", 202, {"size_bytes": 2 * GiB}, volume="data")
     await call("POST", V + "/expand", 400, {"size_bytes": GiB // 2}, volume="data")
