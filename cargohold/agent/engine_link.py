@@ -187,7 +187,17 @@ def operation_request(op: OperationAssignment) -> dict[str, Any]:
         labels = op.args.get("labels") or {}
         if not isinstance(labels, dict):
             raise InvalidArgument(f"operation {op.id}: labels must be an object")
-        return {"op": "snapshot", "name": arg("name", str), "labels": labels}
+        req = {"op": "snapshot", "name": arg("name", str), "labels": labels}
+        if op.args.get("hold") is not None:  # a group snapshot's member: inside its hold
+            req["hold"] = arg("hold", str)
+        return req
+    if op.kind is OperationKind.HOLD:
+        return {"op": "hold", "group": arg("group", str), "seconds": arg("seconds", float)}
+    if op.kind is OperationKind.RELEASE:
+        return {"op": "release", "group": arg("group", str)}
+    if op.kind is OperationKind.SNAPSHOT_METADATA:  # engine/snapshot_metadata.py checks them
+        keys = ("snapshot", "base", "offset", "max_results")
+        return {"op": "snapshot-metadata", **{k: op.args.get(k) for k in keys}}
     if op.kind is OperationKind.SNAPSHOT_DELETE:
         return {"op": "snapshot-delete", "name": arg("name", str)}
     if op.kind is OperationKind.SNAPSHOT_REVERT:

@@ -25,6 +25,7 @@ from cargohold import __version__
 from cargohold.control import (
     api_backups,
     api_enrollment,
+    api_groups,
     api_jobs,
     api_manager,
     api_nodes,
@@ -60,6 +61,7 @@ def build(service: Service, auth: Auth | None = None) -> FastAPI:
     api_nodes.add_routes(app, service)
     api_volumes.add_routes(app, service)
     api_snapshots.add_routes(app, service)
+    api_groups.add_routes(app, service)
     api_volumes.add_attachment_routes(app, service)
     api_orphans.add_routes(app, service)
     api_enrollment.add_routes(app, service)

@@ -10,7 +10,7 @@ from cargohold.control.api_errors import errors
 from cargohold.control.api_json import JSON, Name
 from cargohold.control.api_volumes import Read, Write
 from cargohold.control.model import Operation, Snapshot
-from cargohold.control.requests import SnapshotCreate
+from cargohold.control.requests import SnapshotCreate, SnapshotMetadataRequest
 from cargohold.control.service import Service
 
 
@@ -55,6 +55,20 @@ def add_routes(app: FastAPI, s: Service) -> None:
     )
     async def revert(volume: Name, snapshot: Name, who: Write) -> JSON:
         return await s.revert(volume, snapshot, who)
+
+    @app.post(
+        "/api/v1/volumes/{volume}/snapshots/{snapshot}/metadata",
+        status_code=202,
+        tags=["snapshots"],
+        response_model=Operation,
+        responses=errors(404, 409, 422, body=True),
+    )
+    async def snapshot_metadata(
+        volume: Name, snapshot: Name, body: SnapshotMetadataRequest, who: Read
+    ) -> JSON:
+        """A page of changed-block metadata, as the operation's result (it changes nothing:
+        a reader may ask)."""
+        return await s.snapshot_metadata(volume, snapshot, body, who)
 
     # operations and attachments
     @app.get(

@@ -41,7 +41,7 @@ from cargohold.control.transport import (
     unreachable,
 )
 from cargohold.control.transport import error_from_response as error_from_response
-from cargohold.errors import CargoholdError, ManagerUnavailable, NotFound
+from cargohold.errors import CargoholdError, ManagerUnavailable, NotFound, WrongState
 
 JSON = dict[str, Any]
 T = TypeVar("T")  # what ManagerClient.poll fetches
@@ -425,6 +425,25 @@ class ManagerClient:
         body = {"name": name, "labels": dict(labels or {})}
         return self._post(f"/api/v1/volumes/{_seg(volume)}/snapshots", body)
 
+    def snapshot_metadata(
+        self,
+        volume: str,
+        snapshot: str,
+        base: str | None = None,
+        offset: int = 0,
+        max_results: int = 0,
+        timeout: float | None = 60.0,
+    ) -> JSON:
+        """A page of ``snapshot``'s allocated blocks (or of those changed since ``base``):
+        ``{"runs": [[offset, length], ...], "next_offset", "volume_capacity_bytes"}``."""
+        body: JSON = {"offset": offset, "max_results": max_results}
+        if base is not None:
+            body["base"] = base
+        op = self._post(f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(snapshot)}/metadata", body)
+        done = self.wait_operation(op["id"], timeout)
+        result: JSON = done.get("result") or {}
+        return result
+
     def delete_snapshot(self, volume: str, name: str) -> JSON:
         """Returns the snapshot-delete ``Operation``."""
         return self._delete(f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(name)}")
@@ -432,6 +451,39 @@ class ManagerClient:
     def revert(self, volume: str, name: str) -> JSON:
         """Returns the snapshot-revert ``Operation`` (the volume must be detached)."""
         return self._post(f"/api/v1/volumes/{_seg(volume)}/snapshots/{_seg(name)}/revert")
+
+    # --- group snapshots (control/group_snapshots.py) --------------------------------------
+    def group_snapshots(self) -> list[JSON]:
+        return self._list("/api/v1/group-snapshots")
+
+    def group_snapshot(self, name: str) -> JSON:
+        return self._get(f"/api/v1/group-snapshots/{_seg(name)}")
+
+    def create_group_snapshot(
+        self, name: str, volumes: Iterable[str], hold_seconds: float | None = None
+    ) -> JSON:
+        """Returns the ``GroupSnapshot`` (``holding`` at first: ``wait_group_snapshot``)."""
+        body: JSON = {"name": name, "volumes": list(volumes)}
+        if hold_seconds is not None:
+            body["hold_seconds"] = hold_seconds
+        return self._post("/api/v1/group-snapshots", body)
+
+    def delete_group_snapshot(self, name: str) -> JSON:
+        return self._delete(f"/api/v1/group-snapshots/{_seg(name)}")
+
+    def wait_group_snapshot(self, name: str, timeout: float = 120.0) -> JSON:
+        """Poll until the group is ``ready`` (returned) or ``failed`` (WrongState with its
+        error); TimeoutError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            g = self.group_snapshot(name)
+            if g["state"] == "ready":
+                return g
+            if g["state"] == "failed":
+                raise WrongState(f"group snapshot {name} failed: {g.get('error')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"group snapshot {name} is still {g['state']} after {timeout} s")
+            time.sleep(0.1)
 
     # --- backups (docs/backups.md) ----------------------------------------------------------
     def backup_targets(self) -> list[JSON]:

@@ -10,6 +10,7 @@ Records live in the state store as JSON under these keys (see ``keys``):
     /volumes/<volume>                 Volume        spec (size, replicas wanted) + status
     /replicas/<volume>/<replica>      Replica       one copy of a volume on a node's disk
     /snapshots/<volume>/<snapshot>    Snapshot
+    /group-snapshots/<name>           GroupSnapshot snapshots of several volumes at one point
     /operations/<id>                  Operation     long-running work: snapshots, expand, clone, scrub
     /backup-targets/<name>            BackupTarget  an object store or path backups go to
     /backup-target-secrets/<name>     TargetSecrets its credentials and repository key (never served)
@@ -362,6 +363,32 @@ class OperationKind(StrEnum):
     SCRUB = "scrub"  # verify every replica's blocks, repair bad ones from a healthy replica
     BACKUP = "backup"  # read a snapshot from a replica, write it to a backup repository
     RESTORE = "restore"  # write a backup into a new volume through its engine
+    HOLD = "hold"  # hold the engine's writes for a group snapshot (released by itself later)
+    RELEASE = "release"  # end a group snapshot's hold
+    SNAPSHOT_METADATA = "snapshot-metadata"  # a page of a snapshot's allocated/changed blocks
+
+
+class GroupSnapshotState(StrEnum):
+    HOLDING = "holding"  # the volumes' writes are being held, one after another
+    SNAPSHOTTING = "snapshotting"  # all held: each volume's snapshot is being taken
+    RELEASING = "releasing"  # the holds are being released (then ready, or failed)
+    READY = "ready"
+    FAILED = "failed"  # nothing of it is left: its snapshots taken were deleted
+    DELETING = "deleting"
+
+
+class GroupSnapshot(Record):
+    """Snapshots of several volumes at one crash-consistent point (control/group_snapshots.py):
+    a snapshot named ``name`` on each volume, taken while all of their writes were held."""
+
+    name: str
+    volumes: list[str]  # in the order they are held
+    state: GroupSnapshotState = GroupSnapshotState.HOLDING
+    hold_seconds: float = 30.0  # the longest each volume's writes stay held
+    ops: dict[str, str] = Field(default_factory=dict)  # volume -> its operation of this step
+    error: str = ""
+    created_at: float = 0.0
+    ready_at: float | None = None
 
 
 class OperationState(StrEnum):
@@ -606,6 +633,7 @@ class keys:
     BACKUP_TARGETS = "/backup-targets/"
     TARGET_SECRETS = "/backup-target-secrets/"
     BACKUPS = "/backups/"
+    GROUP_SNAPSHOTS = "/group-snapshots/"
 
     @staticmethod
     def node(name: str) -> str:
@@ -626,6 +654,10 @@ class keys:
     @staticmethod
     def snapshot(volume: str, name: str) -> str:
         return f"/snapshots/{volume}/{name}"
+
+    @staticmethod
+    def group_snapshot(name: str) -> str:
+        return f"/group-snapshots/{name}"
 
     @staticmethod
     def operation(oid: str) -> str:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from cargohold.control import group_snapshots
 from cargohold.control.backup_results import follow_backup
+from cargohold.control.group_snapshots import GroupSnapshotReconciler, holding_volumes
 from cargohold.control.model import (
     EngineSpec,
     EventKind,
@@ -265,6 +267,7 @@ class EngineReconciler:
     async def run_once(self) -> None:
         nodes = {n.name: n for n in await self.repo.nodes()}
         pending = {o.volume for o in await self.repo.operations() if not o.done}
+        pending |= holding_volumes(await group_snapshots.listing(self.repo))  # held: engines stay
         by_volume = await _replicas_by_volume(self.repo)
         for vol in await self.repo.volumes():
             reps = [r for r in by_volume.get(vol.name, []) if not r.deleting]
@@ -521,4 +524,5 @@ RECONCILERS = (
     EngineReconciler,
     VolumeReconciler,
     IdentityReconciler,
+    GroupSnapshotReconciler,
 )

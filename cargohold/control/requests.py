@@ -94,6 +94,50 @@ class SnapshotCreate(BaseModel):
         return check_name(v, "snapshot name") if isinstance(v, str) else v
 
 
+class GroupSnapshotCreate(BaseModel):
+    """A group snapshot: a snapshot ``name`` of each of ``volumes``, at one crash-consistent
+    point (control/group_snapshots.py)."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = name_field()
+    volumes: list[str] = Field(min_length=1, max_length=64)
+    hold_seconds: StrictFloat | StrictInt = Field(
+        default=30.0, gt=0, le=120, description="the longest each volume's writes stay held"
+    )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, v: object) -> object:
+        return check_name(v, "group snapshot name") if isinstance(v, str) else v
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, v: list[str]) -> list[str]:
+        for name in v:
+            check_name(name, "volume name")
+        if len(set(v)) != len(v):
+            raise ValueError("a volume may appear only once in a group")
+        return v
+
+
+class SnapshotMetadataRequest(BaseModel):
+    """A page of a snapshot's changed-block metadata (engine/snapshot_metadata.py)."""
+
+    model_config = {"extra": "forbid"}
+
+    base: str | None = Field(
+        default=None, description="another snapshot of the volume: the blocks changed since it"
+    )
+    offset: StrictInt = Field(default=0, ge=0, description="the byte offset the page starts at")
+    max_results: StrictInt = Field(default=0, ge=0, le=4096, description="runs at most (0: 4096)")
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base(cls, v: object) -> object:
+        return check_name(v, "base snapshot name") if isinstance(v, str) else v
+
+
 class TenantCreate(BaseModel):
     model_config = {"extra": "forbid"}
 

@@ -25,6 +25,7 @@ from cargohold.control.requests import (
 )
 from cargohold.control.service_backups import BackupCalls
 from cargohold.control.service_cluster import HEALTH_TIMEOUT, ClusterCalls
+from cargohold.control.service_groups import GroupCalls
 from cargohold.control.service_jobs import JobCalls
 from cargohold.control.service_nodes import NodeCalls
 from cargohold.control.service_snapshots import SnapshotCalls
@@ -54,5 +55,6 @@ class Service(
     EnrollmentCalls,
     JobCalls,
     BackupCalls,
+    GroupCalls,
 ):
     """What the manager's API does (see the module's docstring); one instance per manager."""

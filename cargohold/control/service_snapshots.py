@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from cargohold.control.model import OperationKind, Snapshot, SnapshotState
-from cargohold.control.requests import SnapshotCreate
+from cargohold.control.requests import SnapshotCreate, SnapshotMetadataRequest
 from cargohold.control.service_base import ServiceBase
 from cargohold.control.tenancy import only_visible, visible
 from cargohold.errors import AlreadyExists, NotFound, WrongState
@@ -62,6 +62,24 @@ class SnapshotCalls(ServiceBase):
         if s.state is not SnapshotState.READY:
             raise WrongState(f"snapshot {snap} is {s.state.value}")
         op = await self._operation(OperationKind.SNAPSHOT_REVERT, name, {"name": snap})
+        return op.model_dump()
+
+    async def snapshot_metadata(
+        self, name: str, snap: str, req: SnapshotMetadataRequest, who: Identity | None = None
+    ) -> dict[str, Any]:
+        """An operation whose result is a page of ``snap``'s allocated blocks (or of those
+        changed since ``req.base``), read by the volume's engine from the replicas' block
+        maps (CSI SnapshotMetadata)."""
+        self._usable(await self._volume(name, who))
+        for s_name in (snap, req.base):
+            if s_name is None:
+                continue
+            s = await self.repo.snapshot(name, s_name)
+            if s.state is not SnapshotState.READY:
+                raise WrongState(f"snapshot {s_name} of volume {name} is {s.state.value}")
+        args = {"snapshot": snap, "base": req.base, "offset": req.offset}
+        args["max_results"] = req.max_results
+        op = await self._operation(OperationKind.SNAPSHOT_METADATA, name, args)
         return op.model_dump()
 
     # --- the rest ------------------------------------------------------------------------

@@ -36,6 +36,9 @@ class Identity(pb_grpc.IdentityServicer):  # type: ignore[name-defined]  # gener
         caps = [
             pb.PluginCapability(service=svc(type=svc.CONTROLLER_SERVICE)),
             pb.PluginCapability(service=svc(type=svc.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+            # served by the controller instance (csi/server.py), advertised by every one
+            pb.PluginCapability(service=svc(type=svc.GROUP_CONTROLLER_SERVICE)),
+            pb.PluginCapability(service=svc(type=svc.SNAPSHOT_METADATA_SERVICE)),
         ]
         exp = pb.PluginCapability.VolumeExpansion
         caps.append(pb.PluginCapability(volume_expansion=exp(type=exp.ONLINE)))

@@ -14,11 +14,13 @@ import grpc
 from cargohold.control.client import ManagerClient
 from cargohold.csi import stubs
 from cargohold.csi.controller import Controller
+from cargohold.csi.group_controller import GroupController
 from cargohold.csi.identity import Identity
 from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.node import Node
 from cargohold.csi.publications import Publications
 from cargohold.csi.settings import CsiSettings
+from cargohold.csi.snapshot_metadata import SnapshotMetadata
 from cargohold.errors import ConfigError
 
 log = logging.getLogger("cargohold.csi")
@@ -61,6 +63,12 @@ def build(config: CsiSettings, client: ManagerClient) -> grpc.Server:
             max_volumes=config.max_volumes,
         )
         pb_grpc.add_ControllerServicer_to_server(ctl, server)
+        pb_grpc.add_GroupControllerServicer_to_server(
+            GroupController(client, config.timeout), server
+        )
+        pb_grpc.add_SnapshotMetadataServicer_to_server(
+            SnapshotMetadata(client, config.timeout), server
+        )
     if config.node:
         node = Node(
             client,

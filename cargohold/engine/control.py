@@ -16,7 +16,12 @@ once; with ``"wait": true`` when the pass ended, with its report; ``status`` sho
 pass running and the last report under ``scrub``), ``backup`` and ``restore`` (``id``: the
 operation's id, ``args`` as the manager stored them, ``secrets``: the backup target and the
 repository key, never logged; ``engine/backup.py``, ``engine/restore.py``: they run in the
-background and ``status`` shows them under ``jobs`` by id). ``status`` also lists under ``busy`` the
+background and ``status`` shows them under ``jobs`` by id), ``hold`` (``group``, ``seconds``)
+and ``release`` (``group``): a group snapshot's hold of the volume's writes, released by
+itself after ``seconds`` (``engine/holds.py``; ``snapshot`` with ``hold``: taken inside it;
+``status`` shows it under ``hold``), ``snapshot-metadata`` (``snapshot``, optional
+``base``, ``offset``, ``max_results``: a page of a snapshot's allocated blocks, or of the
+blocks changed since ``base``; engine/snapshot_metadata.py). ``status`` also lists under ``busy`` the
 control requests being carried out (op, name, since when): a test can kill the engine
 while a snapshot is being taken (with ``cargohold.engine.faults`` holding it there).
 """
@@ -31,7 +36,7 @@ import os
 import time
 from typing import Any
 
-from cargohold.engine import importer, snapshots
+from cargohold.engine import holds, importer, snapshot_metadata, snapshots
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
@@ -52,6 +57,7 @@ async def handle(
         out = vol.status()
         if scrubber is not None:
             out["scrub"] = scrubber.status()
+        out["hold"] = holds.status(vol)
         if busy is not None:  # control requests being carried out now (not status itself)
             now = time.time()
             out["busy"] = [dict(b, seconds=round(now - b["since"], 3)) for b in busy.values()]
@@ -68,7 +74,26 @@ async def handle(
         labels = request.get("labels") or {}
         if not isinstance(labels, dict):
             raise InvalidArgument("labels must be an object")
-        return {"snapshot": await snapshots.create(vol, _name(request), labels)}
+        group = request.get("hold")  # a group snapshot's hold to take it inside (holds.py)
+        if group is not None:
+            group = holds.check_group(group)
+        return {"snapshot": await snapshots.create(vol, _name(request), labels, group)}
+    if op == "snapshot-metadata":
+        return await snapshot_metadata.page(
+            vol,
+            request.get("snapshot"),
+            request.get("base"),
+            request.get("offset", 0),
+            request.get("max_results"),
+        )
+    if op == "hold":
+        return {
+            "hold": await holds.hold(
+                vol, holds.check_group(request.get("group")), request.get("seconds")
+            )
+        }
+    if op == "release":
+        return {"hold": holds.release(vol, holds.check_group(request.get("group")))}
     if op == "snapshots":
         return {"snapshots": await snapshots.listing(vol)}
     if op == "snapshot-delete":
@@ -115,7 +140,7 @@ async def handle(
         return {"job": job}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
-        "expand, add-replica, remove-replica, import, scrub, backup, restore)"
+        "expand, add-replica, remove-replica, import, scrub, backup, restore, hold, release, snapshot-metadata)"
     )
 
 

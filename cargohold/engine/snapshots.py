@@ -21,7 +21,7 @@ import asyncio
 import logging
 from typing import Any
 
-from cargohold.engine import faults
+from cargohold.engine import faults, holds
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.engine.volume import Volume
 from cargohold.errors import AlreadyExists, Busy, NotFound, ReplicaIOError
@@ -47,10 +47,14 @@ async def _existing(links: list[ReplicaLink], name: str) -> list[dict[str, Any] 
     return [f if isinstance(f, dict) else None for f in found]
 
 
-async def create(vol: Volume, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+async def create(
+    vol: Volume, name: str, labels: dict[str, str] | None = None, hold: str | None = None
+) -> dict[str, Any]:
+    """``hold``: a group snapshot's hold (holds.py) to take it inside, instead of holding
+    the volume's writes for this snapshot alone."""
     vol.check_usable()
     _no_rebuild(vol, "snapshot")
-    async with vol.hold():
+    async with vol.hold() if hold is None else holds.inside(vol, hold):
         try:
             targets = vol.write_set()
             have = await _existing(targets, name)

@@ -354,10 +354,14 @@ class ReplicaClient:
         self._saw(info)
         return info
 
-    async def changed_since(self, since: int, offset: int = 0, length: int = 0) -> Extents:
-        return (await self.call(Op.CHANGED, offset, length, args={"since": since})).result()[
-            "extents"
-        ]
+    async def changed_since(
+        self, since: int, offset: int = 0, length: int = 0, snapshot: str | None = None
+    ) -> Extents:
+        """Byte ranges changed after generation ``since``: of the head, or of ``snapshot``."""
+        args: dict[str, Any] = {"since": since}
+        if snapshot:
+            args["snapshot"] = snapshot
+        return (await self.call(Op.CHANGED, offset, length, args=args)).result()["extents"]
 
     async def extents(self, offset: int, length: int, snapshot: str | None = None) -> Extents:
         args = {"snapshot": snapshot} if snapshot else {}

@@ -32,7 +32,8 @@ class MaintenanceOps:
         rep = self._replica()
         since = int_arg(req.args(), "since", 0)
         length = req.length or rep.store.size - req.offset
-        extents = rep.store.changed_since(since, req.offset, length)
+        snapshot = str_arg(req.args(), "snapshot")  # None: the head
+        extents = rep.store.changed_since(since, req.offset, length, snapshot)
         return rep.store.generation, wire.dump_json({"since": since, "extents": extents})
 
     def op_extents(self, req: Request) -> Result:

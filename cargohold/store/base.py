@@ -340,9 +340,10 @@ class ReplicaStore(ABC):
         ]
 
     def changed_since(
-        self, since: int, offset: int = 0, length: int | None = None
+        self, since: int, offset: int = 0, length: int | None = None, snapshot: str | None = None
     ) -> list[tuple[int, int]]:
-        """Byte ranges that changed after generation ``since`` (delta rebuild, backup)."""
+        """Byte ranges that changed after generation ``since`` (delta rebuild, backup): of
+        the head, or of ``snapshot``'s content (changed-block metadata between snapshots)."""
         if length is None:
             length = self.size - offset
         lba, n = check_range(offset, length, self.size)
@@ -351,7 +352,7 @@ class ReplicaStore(ABC):
             cnt = min(SCAN_BLOCKS, lba + n - lo)
             if not self.may_have_records(lo, cnt):
                 continue
-            mask = self.changed_mask(since, lo, cnt)
+            mask = self.changed_mask(since, lo, cnt, snapshot)
             for a, b in runs(mask):
                 start, length_ = (lo + a) * BLOCK_SIZE, (b - a) * BLOCK_SIZE
                 if out and out[-1][0] + out[-1][1] == start:  # join across chunk edges

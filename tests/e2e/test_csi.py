@@ -297,6 +297,8 @@ def test_identity_and_capabilities(env) -> None:  # type: ignore[no-untyped-def]
     assert svc == {
         pb.PluginCapability.Service.CONTROLLER_SERVICE,
         pb.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS,
+        pb.PluginCapability.Service.GROUP_CONTROLLER_SERVICE,
+        pb.PluginCapability.Service.SNAPSHOT_METADATA_SERVICE,
     }
     assert any(c.volume_expansion.type == 1 for c in caps if c.HasField("volume_expansion"))
     ncaps = {

@@ -14,12 +14,14 @@ from typing import Any
 from cargohold.control import (
     backup_results,
     engine_reports,
+    group_snapshots,
     heartbeat,
     operation_results,
     reconcilers,
     repository,
     service_backups,
     service_base,
+    service_groups,
     service_nodes,
     service_volumes,
 )
@@ -81,6 +83,7 @@ class Sim:
         # every module that reads the clock (each took ``now`` from the repository)
         modules = (repository, heartbeat, engine_reports, operation_results, reconcilers)
         more = (service_base, service_nodes, service_volumes, service_backups, backup_results)
+        more += (group_snapshots, service_groups)
         for mod in (*modules, *more):
             monkeypatch.setattr(mod, "now", self.clock)
         self.settings = ManagerSettings(**settings)

@@ -130,12 +130,32 @@ async def test_every_answer_fits_the_published_schema(world, monkeypatch) -> Non
     snaps = await call("GET", V + "/snapshots", 200, volume="data")
     assert snaps[0]["state"] == "ready"
     await call("GET", V + "/snapshots", 404, volume="nope")
+    M = S + "/metadata"  # a page of changed-block metadata: an operation
+    await call("POST", M, 202, {"offset": 0, "max_results": 10}, volume="data", snapshot="s1")
+    await call("POST", M, 404, {"base": "s-nope"}, volume="data", snapshot="s1")
+    await call("POST", M, 422, {"offset": -1}, volume="data", snapshot="s1")
     await call("POST", S + "/revert", 409, volume="data", snapshot="s1")  # attached
     await call("POST", V + "/expand", 202, {"size_bytes": 2 * GiB}, volume="data")
     await call("POST", V + "/expand", 400, {"size_bytes": GiB // 2}, volume="data")
     await call("POST", V + "/expand", 404, {"size_bytes": GiB}, volume="nope")
     await call("DELETE", S, 202, volume="data", snapshot="s1")
     await call("DELETE", S, 404, volume="data", snapshot="s1-nope")
+    # group snapshots
+    GS, G = "/api/v1/group-snapshots", "/api/v1/group-snapshots/{group}"
+    await call("POST", GS, 202, {"name": "g1", "volumes": ["data"]})
+    await call("POST", GS, 409, {"name": "g1", "volumes": ["data", "other"]})
+    await call("POST", GS, 404, {"name": "g2", "volumes": ["nope"]})
+    await call("POST", GS, 422, {"name": "g2", "volumes": []})
+    await call("DELETE", G, 409, group="g1")  # still being taken
+    for _ in range(20):
+        await sim.step()
+        if (await sim.service.group_snapshot("g1"))["state"] == "ready":
+            break
+    assert [g["state"] for g in await call("GET", GS, 200)] == ["ready"]
+    await call("GET", G, 200, group="g1")
+    await call("GET", G, 404, group="g-nope")
+    await call("DELETE", G, 202, group="g1")
+    await call("DELETE", G, 404, group="g-nope")
 
     # a node down: degraded, a replica failed
     node = next(r["node"] for r in v["replicas"] if r["node"] != v["attached_node"])

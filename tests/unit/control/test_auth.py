@@ -118,6 +118,7 @@ PATH_PARAMS = {
     "volume": "vol-x",
     "node": "node-1",
     "snapshot": "snap-x",
+    "group": "group-x",
     "op": "op-x",
     "replica": "r-x",
     "token_id": "0123456789ab",
