@@ -310,14 +310,18 @@ detached = volume_detached  # "detached" is the client's definition (the name st
 def detach(
     name: str,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until its engine stopped"),
+    force: bool = typer.Option(
+        False, "--force", help="detach even while NBD clients are connected (their I/O fails)"
+    ),
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
-    """Detach a volume (its engine flushes and stops)."""
+    """Detach a volume (its engine flushes and stops). Refused (exit 5) while NBD clients
+    are connected, e.g. a mounted filesystem: unmount and disconnect them, or --force."""
     with ManagerClient.discover(api, dir) as c:
-        vol = c.detach(name)
+        vol = c.detach(name, force=force)
         if wait:
             with progress(f"detaching {name}") as update:
                 vol = c.wait_detached(name, timeout, lambda v: update(None, _state_text(v)))

@@ -208,6 +208,13 @@ class ScrubSummary(Record):
     diverged_unrepaired: int = 0  # ... left as they were (undecidable, or a snapshot layer)
 
 
+class NBDClient(Record):
+    """One NBD client using a volume's export, as its engine last reported it."""
+
+    peer: str = Field(description="the client's address (\"unix\": the engine's unix socket)")
+    export: str = Field(description="the export's name (the volume's)")
+
+
 class EngineStatus(Record):
     """What the engine's node agent last reported of it."""
 
@@ -220,6 +227,7 @@ class EngineStatus(Record):
     robustness: Robustness = Robustness.UNKNOWN
     error: str = ""
     reported_at: float = 0.0
+    nbd_clients: list[NBDClient] = Field(default_factory=list)  # connected past the handshake
 
 
 class Volume(Record):

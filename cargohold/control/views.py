@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cargohold.control.model import (
+    NBDClient,
     Node,
     NodeState,
     Record,
@@ -80,6 +81,11 @@ class VolumeView(Record):
     )
     tenant: str | None = Field(None, description="whose volume (null: the provider's own)")
     labels: dict[str, str] = Field(default_factory=dict, description="recurring jobs select by")
+    nbd_clients: list[NBDClient] = Field(
+        default_factory=list,
+        description="NBD clients connected to the engine as its node last reported (a "
+        "heartbeat, ~2 s, behind): a detach is refused while there are any, unless forced",
+    )
 
 
 class TenantView(Record):
@@ -235,4 +241,5 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "last_scrub": vol.last_scrub.model_dump() if vol.last_scrub else None,
         "tenant": vol.tenant,
         "labels": vol.labels,
+        "nbd_clients": [c.model_dump() for c in st.nbd_clients] if st and running else [],
     }

@@ -1,0 +1,71 @@
+"""A detach is refused while the engine reports NBD clients (issue 23, item 1): a mounted
+filesystem must not lose its device. Over the simulated cluster (sim.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cargohold.control.service import AttachRequest, VolumeCreate
+from cargohold.errors import Busy
+from tests.unit.control.sim import Sim
+
+GiB = 1 << 30
+
+
+async def attached(monkeypatch) -> Sim:  # type: ignore[no-untyped-def]
+    sim = Sim(monkeypatch, nodes=3)
+    await sim.start()
+    await sim.service.create_volume(VolumeCreate(name="data", size_bytes=GiB))
+    await sim.step(rounds=2)
+    await sim.service.attach("data", AttachRequest(node="node-2"))
+    await sim.step(rounds=3)
+    assert (await sim.service.volume("data"))["state"] == "attached"
+    return sim
+
+
+async def test_detach_is_refused_while_clients_are_connected_and_forced_works(
+    monkeypatch,
+) -> None:
+    sim = await attached(monkeypatch)
+    engine = sim.nodes["node-2"].engines["data"]
+    engine.nbd_clients = [
+        {"peer": "unix", "export": "data"},
+        {"peer": "10.0.0.9", "export": "data"},
+    ]
+    await sim.step(rounds=1)
+    v = await sim.service.volume("data")
+    assert v["nbd_clients"] == [
+        {"peer": "unix", "export": "data"},
+        {"peer": "10.0.0.9", "export": "data"},
+    ]
+    with pytest.raises(Busy) as e:
+        await sim.service.detach("data")
+    assert "2 NBD client(s)" in str(e.value) and "10.0.0.9" in str(e.value)
+    assert "unix" in str(e.value) and "node-2" in str(e.value)
+    assert (await sim.service.volume("data"))["attached_node"] == "node-2"  # unchanged
+    await sim.service.detach("data", force=True)
+    await sim.step(rounds=3)
+    assert (await sim.service.volume("data"))["state"] == "detached"
+
+
+async def test_detach_goes_through_once_the_clients_left(monkeypatch) -> None:
+    sim = await attached(monkeypatch)
+    engine = sim.nodes["node-2"].engines["data"]
+    engine.nbd_clients = [{"peer": "unix", "export": "data"}]
+    await sim.step(rounds=1)
+    with pytest.raises(Busy):
+        await sim.service.detach("data")
+    engine.nbd_clients = []
+    await sim.step(rounds=1)
+    assert (await sim.service.volume("data"))["nbd_clients"] == []
+    await sim.service.detach("data")
+    await sim.step(rounds=3)
+    assert (await sim.service.volume("data"))["state"] == "detached"
+
+
+async def test_malformed_client_entries_are_ignored(monkeypatch) -> None:
+    sim = await attached(monkeypatch)
+    engine = sim.nodes["node-2"].engines["data"]
+    engine.nbd_clients = ["x", {"export": "data"}, {"peer": 5}]
+    await sim.step(rounds=1)
+    assert (await sim.service.volume("data"))["nbd_clients"] == []
