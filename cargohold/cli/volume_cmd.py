@@ -40,7 +40,7 @@ from cargohold.cli.output import (
     styled,
     table,
 )
-from cargohold.cli.units import parse_size
+from cargohold.cli.units import positive_size
 from cargohold.control.client import ManagerClient, volume_detached
 from cargohold.errors import ConfigError
 
@@ -198,7 +198,7 @@ def create(
     """Create a volume; its replicas are placed by the manager."""
     from cargohold.cli.snapshot_cmd import parse_labels
 
-    size_bytes = parse_size(size)
+    size_bytes = positive_size(size, "--size")
     with ManagerClient.discover(api, dir) as c:
         vol = c.create_volume(
             name,
@@ -340,7 +340,7 @@ def expand(
     dir: str | None = DIR,
 ) -> None:
     """Grow a volume (an operation on its engine)."""
-    size_bytes = parse_size(size)
+    size_bytes = positive_size(size, "--size")
     with ManagerClient.discover(api, dir) as c:
         op = c.expand(name, size_bytes)
         if wait:
@@ -490,7 +490,7 @@ def clone(
 ) -> None:
     """Create a volume NAME with the data of SOURCE (or of one of its snapshots)."""
     with ManagerClient.discover(api, dir) as c:
-        size_bytes = parse_size(size) if size else int(c.volume(source)["size_bytes"])
+        size_bytes = positive_size(size, "--size") if size else int(c.volume(source)["size_bytes"])
         src: dict[str, Any] = {"volume": source}
         if snapshot:
             src["snapshot"] = snapshot
