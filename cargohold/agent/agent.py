@@ -271,6 +271,7 @@ class Agent:
             assignments_revision=self._revision,
             hold=hold,
             refusal=self.replicas.refusal,
+            disk_checks=sorted(self.replicas.disk_checks.values(), key=lambda c: c.path),
         )
         digest = report_digest(hb)
         hb.report_digest = digest

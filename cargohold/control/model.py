@@ -112,6 +112,11 @@ class Disk(Record):
     capacity_bytes: int = Field(ge=0)
     tags: list[str] = Field(default_factory=list)
     schedulable: bool = True
+    # the node's agent looked at the path (``DiskCheck``): ``error`` when it cannot serve it
+    # (no such directory: nothing is placed there), ``warning`` e.g. not a mount point
+    checked: bool = False
+    error: str = ""
+    warning: str = ""
 
 
 # --- volumes and replicas ---------------------------------------------------------------
@@ -444,6 +449,17 @@ class DiskReport(Message):
     tags: list[str] = Field(default_factory=list)
 
 
+class DiskCheck(Message):
+    """What an agent found at the path of a disk it was asked to serve (``disk add``):
+    ``error`` when it serves nothing there (no such directory, a path outside its roots),
+    ``warning`` when it serves it with a caveat (not a mount point)."""
+
+    name: str
+    path: str
+    error: str = ""
+    warning: str = ""
+
+
 class Registration(Message):
     """PUT /api/v1/nodes/{name}: the agent says who it is (idempotent)."""
 
@@ -474,6 +490,7 @@ class Heartbeat(Message):
     same_report: StrictBool = False
     # what the agent refuses to do for this manager (a cluster id mismatch); "" when nothing
     refusal: str = ""
+    disk_checks: list[DiskCheck] = Field(default_factory=list)  # the disks it was asked for
 
 
 class ReplicaAssignment(Message):

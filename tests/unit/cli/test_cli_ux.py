@@ -1,0 +1,158 @@
+"""The first hour of a new user (issue 23): the CLI's side of a refused detach, a disk
+path the agent refuses or warns about, over a fake manager (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from cargohold.cli.main import app
+from cargohold.control import client as client_mod
+from cargohold.control.client import ManagerClient
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def use(monkeypatch: pytest.MonkeyPatch, handler: Handler) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+
+    def record(req: httpx.Request) -> httpx.Response:
+        seen.append(
+            (
+                req.method,
+                str(req.url.path) + ("?" + req.url.query.decode() if req.url.query else ""),
+            )
+        )
+        return handler(req)
+
+    def discover(api: str | None = None, dir: str | None = None, **kw: Any) -> ManagerClient:
+        return ManagerClient(
+            "http://fake:9600", transport=httpx.MockTransport(record), poll_interval=0.0
+        )
+
+    monkeypatch.setattr(ManagerClient, "discover", staticmethod(discover))
+    return seen
+
+
+def run(*args: str) -> Any:
+    env = {"COLUMNS": "200", "CARGOHOLD_API": None, "CARGOHOLD_DIR": None}
+    r = CliRunner().invoke(app, list(args), env=env)
+    if r.exception and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r
+
+
+BUSY = {
+    "error": {
+        "type": "Busy",
+        "message": "volume data has 1 NBD client(s) connected on node node-1 (unix): "
+        "unmount it and disconnect them first, or force the detach (their I/O will fail)",
+    }
+}
+
+
+def test_detach_refused_while_clients_are_connected_exits_5(monkeypatch) -> None:
+    monkeypatch.setattr(client_mod, "DETACH_SETTLE", 0.0)
+    seen = use(monkeypatch, lambda req: httpx.Response(409, json=BUSY))
+    r = run("volume", "detach", "data", "--no-wait")
+    assert r.exit_code == 5, r.output
+    assert "1 NBD client(s) connected on node node-1 (unix)" in r.stderr
+    assert seen[0] == ("POST", "/api/v1/volumes/data/detach")
+
+
+def test_detach_force_asks_the_manager_to_force(monkeypatch) -> None:
+    vol = {"name": "data", "state": "detaching", "attached_node": None}
+    seen = use(monkeypatch, lambda req: httpx.Response(202, json=vol))
+    r = run("volume", "detach", "data", "--force", "--no-wait")
+    assert r.exit_code == 0, r.output
+    assert seen == [("POST", "/api/v1/volumes/data/detach?force=true")]
+
+
+def test_a_refusal_on_a_stale_report_is_asked_again(monkeypatch) -> None:
+    answers = [httpx.Response(409, json=BUSY), httpx.Response(202, json={"name": "data"})]
+    monkeypatch.setattr(client_mod.time, "sleep", lambda s: None)
+    seen = use(monkeypatch, lambda req: answers.pop(0))
+    r = run("volume", "detach", "data", "--no-wait")
+    assert r.exit_code == 0, r.output
+    assert len(seen) == 2
+
+
+def _disk_manager(check: dict[str, Any]) -> tuple[Handler, list[str]]:
+    disks: list[dict[str, Any]] = []
+    removed: list[str] = []
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        path = req.url.path
+        if req.method == "GET" and path == "/api/v1/disks":
+            return httpx.Response(200, json=disks)
+        if req.method == "POST" and path.endswith("/disks"):
+            import json
+
+            body = json.loads(req.content)
+            d = {
+                "node": "node-1",
+                **body,
+                "schedulable": True,
+                "checked": False,
+                "error": "",
+                "warning": "",
+            }
+            disks.append(d)
+            return httpx.Response(201, json=d)
+        if req.method == "DELETE":
+            removed.append(path)
+            disks.clear()
+            return httpx.Response(204)
+        raise AssertionError(f"unexpected {req.method} {path}")
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        out = handle(req)
+        for d in disks:  # the agent's check arrives with the next read
+            if req.method == "GET":
+                d.update(checked=True, **check)
+        return out
+
+    return handler, removed
+
+
+def test_disk_add_of_a_missing_directory_is_refused_and_not_kept(monkeypatch) -> None:
+    err = "node node-1: /nonexistent/ssd does not exist: create the directory (or mount the disk there) first; nothing was created"
+    handler, removed = _disk_manager({"error": err})
+    use(monkeypatch, handler)
+    r = run("disk", "add", "node-1", "/nonexistent/ssd", "--capacity", "1Gi", "--name", "ssd")
+    assert r.exit_code == 2, r.output
+    assert "disk ssd not added" in r.stderr and "/nonexistent/ssd does not exist" in r.stderr
+    assert removed == ["/api/v1/nodes/node-1/disks/ssd"]
+
+
+def test_disk_add_that_is_no_mount_point_warns(monkeypatch) -> None:
+    warn = (
+        "node node-1: /srv/d is not a mount point: its replicas share the filesystem mounted at /"
+    )
+    handler, removed = _disk_manager({"warning": warn})
+    use(monkeypatch, handler)
+    r = run("disk", "add", "node-1", "/srv/d", "--capacity", "1Gi", "--name", "d")
+    assert r.exit_code == 0, r.output
+    assert "warning:" in r.stderr and "not a mount point" in r.stderr
+    assert "disk d added to node node-1" in r.stdout
+    assert removed == []
+
+
+def test_the_agent_examines_a_disk_path(tmp_path) -> None:
+    from cargohold.agent.replicas import examine_disk
+    from cargohold.control.model import DiskReport
+
+    def at(p: Any) -> Any:
+        return examine_disk(DiskReport(name="d", path=str(p), capacity_bytes=1))
+
+    assert "does not exist" in at(tmp_path / "nope").error
+    assert not (tmp_path / "nope").exists()  # nothing created
+    (tmp_path / "file").write_text("x")
+    assert "not a directory" in at(tmp_path / "file").error
+    ok = at(tmp_path)
+    assert ok.error == "" and "not a mount point" in ok.warning
+    assert at("/").warning == "" and at("/").error == ""
