@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+from typing import Any
 
 import typer
 
@@ -17,8 +19,53 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    ctx: typer.Context,
+    api: str | None = typer.Option(
+        None, "--api", help="manager URL for the command that follows (as its own --api)"
+    ),
+    dir: str | None = typer.Option(
+        None, "--dir", help="local cluster directory for the command that follows (its --dir)"
+    ),
+    output: str | None = typer.Option(
+        None, "--output", "-o", help="table, json or yaml for the command that follows"
+    ),
+) -> None:
     """Replicated, thin-provisioned block storage for Kubernetes."""
+    global_options(ctx, api=api, dir=dir, output=output)
+
+
+def global_options(ctx: Any, **given: str | None) -> None:
+    """``cargohold --dir X node list``: the options given before the subcommand become
+    the defaults of the same options of every command below (``ctx.default_map``); one
+    given after the subcommand still wins. --api and --dir also go into their variables
+    ($CARGOHOLD_API, $CARGOHOLD_DIR), so they win over the caller's environment as the
+    command's own flags do, and commands that read the settings see them."""
+    from cargohold.control.settings import ClientSettings
+
+    for key in ("api", "dir"):
+        value = given.get(key)
+        if value:
+            os.environ[ClientSettings.variable(key)] = value
+    wanted = {k: v for k, v in given.items() if v}
+    if wanted:
+        ctx.default_map = _defaults(ctx.command, wanted)
+
+
+def _defaults(cmd: Any, wanted: dict[str, str]) -> dict[str, Any]:
+    """The default_map that gives every command under ``cmd`` the ``wanted`` values of
+    the options it has (by parameter name)."""
+    out: dict[str, Any] = {}
+    subcommands = getattr(cmd, "commands", None)  # a group (typer's own, not click's)
+    if isinstance(subcommands, dict):
+        for name, sub in subcommands.items():
+            got = _defaults(sub, wanted)
+            if got:
+                out[name] = got
+    else:
+        names = {p.name for p in getattr(cmd, "params", [])}
+        out = {k: v for k, v in wanted.items() if k in names}
+    return out
 
 
 @app.command("version")

@@ -156,3 +156,50 @@ def test_the_agent_examines_a_disk_path(tmp_path) -> None:
     ok = at(tmp_path)
     assert ok.error == "" and "not a mount point" in ok.warning
     assert at("/").warning == "" and at("/").error == ""
+
+
+# --- global options anywhere (item 3) ---------------------------------------------------
+def _discovered(monkeypatch) -> list[tuple[Any, Any]]:
+    seen: list[tuple[Any, Any]] = []
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=[])
+
+    def discover(api: str | None = None, dir: str | None = None, **kw: Any) -> ManagerClient:
+        seen.append((api, dir))
+        return ManagerClient(
+            "http://fake:9600", transport=httpx.MockTransport(handle), poll_interval=0.0
+        )
+
+    monkeypatch.setattr(ManagerClient, "discover", staticmethod(discover))
+    return seen
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--dir", "/tmp/x", "-o", "json", "node", "list"],
+        ["node", "list", "--dir", "/tmp/x", "-o", "json"],
+        ["--dir", "/tmp/x", "node", "list", "-o", "json"],
+        ["-o", "json", "node", "list", "--dir", "/tmp/x"],
+    ],
+)
+def test_global_options_before_or_after_the_subcommand(monkeypatch, args: list[str]) -> None:
+    seen = _discovered(monkeypatch)
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert seen == [(None, "/tmp/x")]
+    assert r.stdout.strip() == "[]"  # -o json, wherever it was given
+
+
+def test_the_subcommands_own_option_wins(monkeypatch) -> None:
+    seen = _discovered(monkeypatch)
+    r = run("--api", "http://a:1", "--dir", "/tmp/x", "volume", "list", "--dir", "/tmp/y")
+    assert r.exit_code == 0, r.output
+    assert seen == [("http://a:1", "/tmp/y")]
+
+
+def test_down_without_a_cluster_says_where_it_looked_and_fails(tmp_path) -> None:
+    r = run("--dir", str(tmp_path / "none"), "down")
+    assert r.exit_code == 4, r.output
+    assert f"no local cluster in {tmp_path / 'none'}" in r.stderr
