@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+import re
 from typing import Any
 
 import typer
@@ -41,8 +43,10 @@ def global_options(ctx: Any, **given: str | None) -> None:
     given after the subcommand still wins. --api and --dir also go into their variables
     ($CARGOHOLD_API, $CARGOHOLD_DIR), so they win over the caller's environment as the
     command's own flags do, and commands that read the settings see them."""
+    from cargohold.cli import output as out
     from cargohold.control.settings import ClientSettings
 
+    out._wide[0] = False  # set again by -o wide of this invocation (tests run many)
     for key in ("api", "dir"):
         value = given.get(key)
         if value:
@@ -119,7 +123,41 @@ def _register() -> None:
         importlib.import_module(f"cargohold.cli.{name}")
 
 
+def clean_help(text: str) -> str:
+    """A docstring as help for people: reST literals (``x``) without their backquotes,
+    and each paragraph one line (the terminal wraps it; a docstring's line breaks cut it
+    mid-sentence at 80 columns). Indented lines (examples) keep their breaks."""
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    text = re.sub(r":(?:class|func|meth|mod|attr):`~?([^`]+)`", r"\1", text)
+    out = []
+    for para in re.split(r"\n\s*\n", text.strip()):
+        lines = para.splitlines()
+        if any(line.startswith((" ", "\t")) for line in lines[1:]):
+            out.append(para)  # an example or a list: as written
+        else:
+            out.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
+
+
+def _tidy(typer_app: typer.Typer) -> None:
+    """``clean_help`` on the help of every command and group under ``typer_app``."""
+    for info in typer_app.registered_commands:
+        doc = info.help or (inspect.getdoc(info.callback) if info.callback else None)
+        if doc:
+            info.help = clean_help(doc)
+    for group in typer_app.registered_groups:
+        sub = group.typer_instance
+        if sub is None:
+            continue
+        if isinstance(group.help, str):
+            group.help = clean_help(group.help)
+        if isinstance(sub.info.help, str):
+            sub.info.help = clean_help(sub.info.help)
+        _tidy(sub)
+
+
 _register()
+_tidy(app)
 
 if __name__ == "__main__":
     app()

@@ -19,7 +19,10 @@ from enum import StrEnum
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from cargohold.cli.main import app
 from cargohold.cli.output import (
@@ -29,6 +32,7 @@ from cargohold.cli.output import (
     TIMEOUT,
     Format,
     age,
+    console,
     err_console,
     fields,
     handle_errors,
@@ -39,6 +43,7 @@ from cargohold.cli.output import (
     say,
     styled,
     table,
+    wide,
 )
 from cargohold.cli.units import positive_size
 from cargohold.control.client import ManagerClient, volume_detached
@@ -81,7 +86,14 @@ def replica_count(v: dict[str, Any]) -> str:
     return text if good >= (v.get("replicas_wanted") or 0) else f"[yellow]{text}[/yellow]"
 
 
+VOLUME_COLUMNS = ("NAME", "SIZE", "REPLICAS", "STATE", "ROBUSTNESS", "NODE", "ENDPOINT")
+NARROW_DROPS = ("ROBUSTNESS", "REPLICAS", "SIZE")  # left out in this order when too wide
+
+
 def print_volumes(vols: list[dict[str, Any]]) -> None:
+    """The volumes, one a line. The ENDPOINT (what users copy) is never cut: when the
+    terminal is too narrow, ROBUSTNESS, then REPLICAS, then SIZE are left out, and a line
+    on stderr says so (-o wide keeps them all)."""
     rows = [
         (
             escape(v["name"]),
@@ -90,11 +102,49 @@ def print_volumes(vols: list[dict[str, Any]]) -> None:
             styled(v.get("state")),
             styled(v.get("robustness")),
             escape(v.get("attached_node") or ""),
-            escape(v.get("endpoint") or ""),
+            str(v.get("endpoint") or ""),  # plain text (below), not markup
         )
         for v in sorted(vols, key=lambda v: v["name"])
     ]
-    table(("NAME", "SIZE", "REPLICAS", "STATE", "ROBUSTNESS", "NODE", "ENDPOINT"), rows)
+    # cells as Text: no markup or emoji codes read into an endpoint (":1234:" in IPv6)
+    cells = [
+        [Text(c) if i == len(r) - 1 else Text.from_markup(c, emoji=False) for i, c in enumerate(r)]
+        for r in rows
+    ]
+    columns = list(VOLUME_COLUMNS)
+    dropped: list[str] = []
+
+    def natural(cols: list[str]) -> int:
+        """The table's width with no cell wrapped: cells, padding and borders."""
+        widths = [
+            max([len(c)] + [row[VOLUME_COLUMNS.index(c)].cell_len for row in cells]) for c in cols
+        ]
+        return sum(widths) + 3 * len(cols) + 1
+
+    if not wide():
+        for c in NARROW_DROPS:
+            if natural(columns) <= console.width:
+                break
+            columns.remove(c)
+            dropped.append(c)
+    t = Table(header_style="bold")
+    for c in columns:
+        if c == "ENDPOINT":
+            t.add_column(c, no_wrap=True, overflow="ignore")
+        else:
+            t.add_column(c, overflow="fold")
+    for row in cells:
+        t.add_row(*(row[VOLUME_COLUMNS.index(c)] for c in columns))
+    if wide():  # as wide as it takes, past the terminal's width
+        Console(width=max(console.width, natural(columns))).print(t)
+    else:
+        console.print(t)
+    if dropped:
+        err_console.print(
+            f"({', '.join(dropped)} left out at {console.width} columns: -o wide shows every "
+            "column, -o json everything)",
+            highlight=False,
+        )
 
 
 def print_replicas(replicas: list[dict[str, Any]]) -> None:

