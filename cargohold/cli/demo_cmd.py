@@ -408,7 +408,7 @@ def demo(
         console.print(f"the demo's files and logs are kept in {root}")
     console.print(
         "next: `cargohold up --dir ~/cargohold-lab` starts a cluster of your own to try the "
-        'commands on (README.md, "Where to go next"; docs/operations.md)'
+        'commands on (README.md, "Quick start"; docs/operations.md)'
     )
     if why:  # it passed, but it was not what was asked for: say so, and in the exit status
         fallback_banner(why, end=True)

@@ -180,15 +180,21 @@ def replica_state(rep: Replica, node: Node | None, engine_running: bool) -> str:
 
 
 def replica_view(rep: Replica, node: Node | None, engine_running: bool) -> dict[str, Any]:
+    state = replica_state(rep, node, engine_running)
+    mode = rep.mode.value if rep.mode and engine_running else None
+    if mode is not None and state == "failed":
+        # its node is down: an idle engine still says RW until its next I/O drops the
+        # replica; what it will say, and what the docs show, is ERR
+        mode = ReplicaMode.ERR.value
     return {
         "id": rep.id,
         "volume": rep.volume,
         "node": rep.node,
         "disk": rep.disk,
-        "mode": rep.mode.value if rep.mode and engine_running else None,
+        "mode": mode,
         "generation": rep.generation,
         "rebuild_progress": rep.rebuild_progress if rep.mode is ReplicaMode.WO else None,
-        "state": replica_state(rep, node, engine_running),
+        "state": state,
         "evicting": rep.evicting,
         "error": rep.error,
         "epoch": rep.epoch,

@@ -69,3 +69,18 @@ async def test_malformed_client_entries_are_ignored(monkeypatch) -> None:
     engine.nbd_clients = ["x", {"export": "data"}, {"peer": 5}]
     await sim.step(rounds=1)
     assert (await sim.service.volume("data"))["nbd_clients"] == []
+
+
+def test_a_replica_on_a_down_node_shows_mode_err_even_before_the_engine_noticed() -> None:
+    from cargohold.control.model import Node, Replica, ReplicaMode
+    from cargohold.control.views import replica_view
+
+    rep = Replica(id="r1", volume="v", node="n3", disk="d", exists=True, mode=ReplicaMode.RW)
+    down = Node(name="n3", address="10.0.0.3", down_since=1.0)
+    up = Node(name="n3", address="10.0.0.3")
+    assert (replica_view(rep, down, True)["mode"], replica_view(rep, down, True)["state"]) == (
+        "ERR",
+        "failed",
+    )
+    assert replica_view(rep, up, True)["mode"] == "RW"
+    assert replica_view(rep, down, False)["mode"] is None  # no engine: no mode at all
