@@ -269,3 +269,29 @@ def test_help_has_no_rest_markup_and_whole_paragraphs() -> None:
         if x[0] == "get"
     )[1]
     assert "\n" not in get.help.split("\n\n")[0]  # one paragraph, one line: the terminal wraps it
+
+
+# --- bench and verify take the same TARGET and ask before overwriting (item 5) ------------
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify", "run", "data"],
+        ["verify", "run", "nbd://127.0.0.1:9/data"],
+        ["bench", "data"],
+        ["bench", "nbd://127.0.0.1:9/data"],
+    ],
+)
+def test_overwriting_commands_refuse_without_yes_and_no_terminal(args: list[str]) -> None:
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert "overwrites the data of" in r.stderr and "add --yes" in r.stderr
+
+
+def test_verify_by_volume_name_needs_it_attached(monkeypatch) -> None:
+    vol = {"name": "data", "state": "detached", "endpoint": ""}
+    use(monkeypatch, lambda req: httpx.Response(200, json=vol))
+    r = run("verify", "run", "data", "--yes")
+    assert r.exit_code == 2, r.output
+    assert "volume data is not attached" in r.stderr
+    r = run("verify", "check", "data", "--history", "/nonexistent")
+    assert r.exit_code == 2 and "not attached" in r.stderr
