@@ -84,3 +84,29 @@ def test_a_replica_on_a_down_node_shows_mode_err_even_before_the_engine_noticed(
     )
     assert replica_view(rep, up, True)["mode"] == "RW"
     assert replica_view(rep, down, False)["mode"] is None  # no engine: no mode at all
+
+
+async def test_a_snapshot_records_the_size_its_replica_reported(monkeypatch) -> None:
+    from cargohold.control.service import SnapshotCreate
+
+    sim = await attached(monkeypatch)
+    sim.op_result = lambda oa: {"snapshot": {"name": "s1", "size_bytes": 5 << 20}}
+    op = await sim.service.create_snapshot("data", SnapshotCreate(name="s1"))
+    await sim.step(rounds=4)
+    assert (await sim.service.operation(op["id"]))["state"] == "succeeded"
+    snaps = await sim.service.snapshots("data")
+    assert [(s["name"], s["state"], s["size_bytes"]) for s in snaps] == [("s1", "ready", 5 << 20)]
+
+
+def test_snapshot_size_from_a_result_is_checked() -> None:
+    from cargohold.control.operation_results import snapshot_size
+
+    assert snapshot_size({"snapshot": {"size_bytes": 4096}}, 0) == 4096
+    for bad in (
+        {},
+        {"snapshot": None},
+        {"snapshot": {"size_bytes": -1}},
+        {"snapshot": {"size_bytes": True}},
+        {"snapshot": {"size_bytes": "9"}},
+    ):
+        assert snapshot_size(bad, 7) == 7
