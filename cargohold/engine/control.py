@@ -4,7 +4,8 @@ Each request is one JSON object on one line, each answer too: ``{"ok": true, ...
 ``{"ok": false, "error": "...", "type": "..."}``. For the node agent and operators on the
 engine's node (``cargohold engine --control PATH``); ``socat - UNIX:PATH`` works by hand.
 
-Ops: ``status`` (endpoint, replicas with mode RW/WO/ERR, generation, the current (epoch,
+Ops: ``status`` (endpoint, the NBD clients connected (``nbd_clients``), replicas with mode
+RW/WO/ERR, generation, the current (epoch,
 generation), rebuild and import progress, counters, latency histograms), ``snapshot``
 (``name``, ``labels``), ``snapshots``, ``snapshot-delete`` and ``snapshot-revert``
 (``name``), ``expand`` (``size`` in bytes), ``add-replica`` (``replica``: ``ID@HOST:PORT``;
