@@ -60,6 +60,7 @@ VOLUME_FIELDS = (
     "replicas_wanted",
     "attached_node",
     "endpoint",
+    "nbd_clients",
     "epoch",
     "generation",
     "reclaim_policy",
@@ -191,8 +192,19 @@ def diverged_text(s: dict[str, Any]) -> str:
     return text
 
 
+def clients_text(clients: Any) -> str:
+    """``nbd_clients`` for people: '2: unix, 10.0.0.9' ('' when none)."""
+    if not isinstance(clients, list) or not clients:
+        return ""
+    peers = [str(c.get("peer", "?")) for c in clients if isinstance(c, dict)]
+    return f"{len(peers)}: {', '.join(peers)}"
+
+
 def print_volume(v: dict[str, Any]) -> None:
-    fields({**v, "last_scrub": scrub_text(v.get("last_scrub"))}, VOLUME_FIELDS)
+    shown = {**v, "last_scrub": scrub_text(v.get("last_scrub"))}
+    if "nbd_clients" in v:
+        shown["nbd_clients"] = clients_text(v["nbd_clients"])
+    fields(shown, VOLUME_FIELDS)
     if v.get("replicas"):
         print_replicas(v["replicas"])
 

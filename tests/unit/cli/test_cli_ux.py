@@ -295,3 +295,17 @@ def test_verify_by_volume_name_needs_it_attached(monkeypatch) -> None:
     assert "volume data is not attached" in r.stderr
     r = run("verify", "check", "data", "--history", "/nonexistent")
     assert r.exit_code == 2 and "not attached" in r.stderr
+
+
+def test_volume_get_shows_the_connected_clients(monkeypatch) -> None:
+    vol = {
+        "name": "data",
+        "state": "attached",
+        "endpoint": "nbd://127.0.0.1:1/data",
+        "nbd_clients": [{"peer": "unix", "export": "data"}, {"peer": "10.0.0.9", "export": "data"}],
+        "replicas": [],
+    }
+    use(monkeypatch, lambda req: httpx.Response(200, json=vol))
+    r = run("volume", "get", "data")
+    assert r.exit_code == 0, r.output
+    assert "nbd_clients" in r.stdout and "2: unix, 10.0.0.9" in r.stdout
