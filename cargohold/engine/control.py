@@ -51,6 +51,9 @@ async def handle(
     op = request.get("op")
     if op == "status":
         out = vol.status()
+        # the NBD clients using the volume now ([{"peer", "export"}], from the daemon's NBD
+        # server: Volume.nbd_clients): the manager refuses a detach while there are any
+        out["nbd_clients"] = vol.nbd_clients()
         if scrubber is not None:
             out["scrub"] = scrubber.status()
         if busy is not None:  # control requests being carried out now (not status itself)

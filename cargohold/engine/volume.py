@@ -87,9 +87,7 @@ class Volume:
         self.require = require  # (epoch, generation): refuse to start from older replicas
         self.epoch_jump = epoch_jump  # after `volume recover-epoch`: OPEN may jump epochs
         self.endpoint = ""  # nbd://HOST:PORT/NAME, once the NBD server listens
-        # the NBD clients using the volume now ([{"peer", "export"}]): the daemon points
-        # this at its NBD server's ``clients``; status reports them (a detach checks)
-        self.nbd_clients: Callable[[], list[dict[str, str]]] = list
+        self.nbd_clients: Callable[[], list[dict[str, str]]] = list  # set by engine/daemon.py
         # mutual TLS to the replica servers with this volume's engine certificate (None:
         # plain TCP; the engine's daemon refuses that unless --plaintext was given)
         if tls is None and settings.tls_dir:
@@ -577,7 +575,6 @@ class Volume:
             "volume": self.name,
             "epoch": self.epoch,
             "endpoint": self.endpoint,
-            "nbd_clients": self.nbd_clients(),
             "size_bytes": self._size,
             "generation": self.gen,
             "current_epoch": current_epoch,
