@@ -1,8 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both set everything up first.
 
-.PHONY: test-long
-.PHONY: upgrade-test
-.PHONY: k8s-e2e
+.PHONY: test-long upgrade-test k8s-e2e install uninstall
 .PHONY: setup demo test lint unit integration probe soak bench bench-engine bench-all bench-control \
 	bench-rebuild clean soak-faults bench-backup
 
@@ -13,6 +11,21 @@ setup:
 
 demo: setup
 	$(VENV)/cargohold demo
+
+# `cargohold` on PATH: a symlink to the venv's script, so the clone stays its one home and
+# `git pull && make setup` updates it (Debian 12's pip refuses `pip install --user`: PEP 668).
+# Into $(PREFIX)/bin: /usr/local/bin as root, else ~/.local/bin.
+PREFIX ?= $(shell [ "$$(id -u)" -eq 0 ] && echo /usr/local || echo $$HOME/.local)
+install: setup
+	@mkdir -p "$(PREFIX)/bin"
+	@ln -sfn "$(CURDIR)/$(VENV)/cargohold" "$(PREFIX)/bin/cargohold"
+	@echo "installed $(PREFIX)/bin/cargohold -> $(CURDIR)/$(VENV)/cargohold"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; \
+		*) echo "note: $(PREFIX)/bin is not on your PATH: export PATH=\"$(PREFIX)/bin:\$$PATH\"";; esac
+
+uninstall:
+	@if [ -L "$(PREFIX)/bin/cargohold" ]; then rm "$(PREFIX)/bin/cargohold" && \
+		echo "removed $(PREFIX)/bin/cargohold"; else echo "no $(PREFIX)/bin/cargohold symlink"; fi
 
 lint: setup
 	$(VENV)/ruff check cargohold tests benchmarks

@@ -19,8 +19,10 @@ of every variable from these classes.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import json
 import os
+import re
 from typing import Any, ClassVar
 
 from cargohold.constants import DEFAULT_REPLICA_PORT
@@ -113,15 +115,72 @@ class Settings:
         return type(other) is type(self) and repr(other) == repr(self)
 
 
-def parse_size(text: str) -> int:
-    """'10GiB', '512MiB', '4096', '1G' -> bytes."""
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
-    try:
-        return int(float(num) * units[unit])
-    except ValueError:
-        raise ConfigError(f"cannot read size {text!r} (examples: 4096, 512MiB, 10GiB)") from None
+# sizes, the Kubernetes way (the one parser: CLI options, agent --disk, settings)
+BINARY_UNITS = {
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+    "Pi": 1 << 50,
+    "Ei": 1 << 60,
+}
+# decimal or binary depending on whom you ask (Kubernetes: 10G = 10^10, cargohold before
+# 0.x and many tools: 10 GiB): refused with a hint rather than read either way
+AMBIGUOUS_UNITS = ("K", "M", "G", "T", "P", "E")
+MAX_SIZE = 1 << 63  # no size is larger (a signed 64-bit integer, as everywhere)
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(text: str, option: str = "size") -> int:
+    """'10Gi', '10GiB', '512Mi', '4Ki', '4096', '4096B', '1.5Gi' -> bytes: binary units
+    as Kubernetes writes them (Ki, Mi, Gi, Ti, Pi, Ei; with or without a trailing B) or
+    plain bytes. K/M/G/T (and KB/MB/GB/TB) are refused with a hint: they mean powers of
+    ten in Kubernetes and powers of two in many tools. ``option`` names the user's option
+    in the error (``--size``). Raises ConfigError: no negatives, inf, nan, fractions of
+    a byte, or sizes of 2^63 bytes or more."""
+    raw = text if isinstance(text, str) else str(text)
+    examples = "examples: 4096, 512Mi, 10Gi, 1.5GiB"
+    if raw.strip().startswith("-"):
+        raise ConfigError(f"{option}: a size cannot be negative, got {raw.strip()!r}")
+    m = _SIZE.fullmatch(raw)
+    if m is None:
+        raise ConfigError(f"{option}: cannot read {raw.strip()!r} as a size ({examples})")
+    number, given = m.group(1), m.group(2)
+    unit = given[:-1] if given.lower().endswith("ib") else given  # GiB -> Gi
+    unit = "" if unit.lower() == "b" else unit
+    canonical = {u.lower(): u for u in BINARY_UNITS}
+    if unit.lower() in canonical:
+        unit = canonical[unit.lower()]
+    elif unit.upper().removesuffix("B") in AMBIGUOUS_UNITS:
+        u = unit.upper().removesuffix("B")
+        raise ConfigError(
+            f"{option}: {raw.strip()!r} is ambiguous ({given}: powers of ten to Kubernetes, "
+            f"of two to other tools): write {number}{u}i for {u}iB (binary), or the size in bytes"
+        )
+    elif unit:
+        raise ConfigError(f"{option}: unknown unit {given!r} in {raw.strip()!r} ({examples})")
+    try:  # exact: 60 digits hold any size below 2^63 with any fraction that matters
+        ctx = decimal.Context(prec=60, traps=[decimal.Overflow, decimal.InvalidOperation])
+        value = ctx.multiply(decimal.Decimal(number), BINARY_UNITS.get(unit, 1))
+    except (decimal.Overflow, decimal.InvalidOperation):
+        value = decimal.Decimal(MAX_SIZE)
+    if value >= MAX_SIZE:
+        raise ConfigError(f"{option}: {raw.strip()!r} is too large (at most 8Ei - 1 byte)")
+    if value != value.to_integral_value():
+        raise ConfigError(f"{option}: {raw.strip()!r} is not a whole number of bytes")
+    return int(value)
+
+
+def format_size(n: int) -> str:
+    """Bytes -> an exact spelling that ``parse_size`` reads back: 10737418240 -> '10Gi',
+    1536 -> '1.5Ki', 1000 -> '1000'."""
+    if n < 0:
+        raise ValueError(f"a size is never negative: {n}")
+    for unit, mult in reversed(BINARY_UNITS.items()):
+        if n >= mult and (n * 4) % mult == 0:  # exact with at most two decimals (.25, .5, .75)
+            q = decimal.Decimal(n) / mult
+            return f"{q.normalize():f}{unit}"
+    return str(n)
 
 
 def _fields(obj: Any) -> tuple[dataclasses.Field, ...]:

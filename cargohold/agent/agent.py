@@ -288,6 +288,7 @@ class Agent:
             hold=hold,
             refusal=self.replicas.refusal,
             agent_version=running_version(),
+            disk_checks=sorted(self.replicas.disk_checks.values(), key=lambda c: c.path),
         )
         digest = report_digest(hb)
         hb.report_digest = digest

@@ -33,7 +33,13 @@ from cargohold.agent.processes import (
     port_is_free,
 )
 from cargohold.control.disk_roots import check_disk_path
-from cargohold.control.model import Assignments, DiskReport, ReplicaAssignment, ReplicaReport
+from cargohold.control.model import (
+    Assignments,
+    DiskCheck,
+    DiskReport,
+    ReplicaAssignment,
+    ReplicaReport,
+)
 from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
@@ -92,6 +98,7 @@ class Replicas:
         self._save = save
         self.disk_roots: list[str] = []  # where API-added disks may be (the agent sets it)
         self._refused_disks: set[str] = set()  # logged once
+        self.disk_checks: dict[str, DiskCheck] = {}  # disk path -> what was found (reported)
         self._probed: set[str] = set()  # replicas opened once to learn generation and epoch
         self._errors: dict[str, str] = {}  # replica id -> last error logged
         self._list_client: tuple[int | None, ReplicaClient] | None = None  # (server pid, it)
@@ -162,40 +169,46 @@ class Replicas:
         )
 
     def _may_serve(self, d: DiskReport) -> bool:
-        """The agent's own check of a disk the manager asks for (control/disk_roots.py):
-        under its roots, its node directory, or beside the disks it was started with."""
+        """The agent's own checks of a disk the manager asks for, noted in ``disk_checks``
+        (reported: ``disk add`` waits for them): under its roots, its node directory, or
+        beside the disks it was started with (control/disk_roots.py), and an existing
+        directory — never created here, or replicas would land on the root filesystem
+        (a warning when it is not a mount point)."""
         roots = [*self.disk_roots, self.dir]
         try:
             check_disk_path(d.path, roots)
-            return True
+            check = examine_disk(d)
         except InvalidArgument as e:
-            if d.path not in self._refused_disks:
-                self._refused_disks.add(d.path)
-                log.error("refusing disk %s the manager asks for: %s", d.name, e)
-            return False
+            check = DiskCheck(name=d.name, path=d.path, error=str(e))
+        self.disk_checks[d.path] = check
+        if check.error and d.path not in self._refused_disks:
+            self._refused_disks.add(d.path)
+            log.error("refusing disk %s the manager asks for: %s", d.name, check.error)
+        elif not check.error:
+            self._refused_disks.discard(d.path)
+        return not check.error
 
     async def serve_added_disks(
         self, wanted: list[DiskReport], record: Callable[[list[DiskReport]], None]
     ) -> None:
-        """A disk added through the manager's API (``cargohold disk add``): create its
-        directory and restart the replica server on the same port with it. Engines see
-        their replicas on this node drop for a moment and re-add them (a delta rebuild).
-        A disk removed through the API (``cargohold disk remove``: empty by then) is
-        dropped the same way. ``record(disks)`` notes the new list of disks for agent.json
-        before it is saved. A path outside the allowed roots is refused (and logged once),
-        nothing is created for it."""
+        """A disk added through the manager's API (``cargohold disk add``): check its
+        directory (``_may_serve``: it must exist) and restart the replica server on the
+        same port with it. Engines see their replicas on this node drop for a moment and
+        re-add them (a delta rebuild). A disk removed through the API (``cargohold disk
+        remove``: empty by then) is dropped the same way. ``record(disks)`` notes the new
+        list of disks for agent.json before it is saved. A refused path is looked at again
+        every heartbeat (made or mounted later, it is served then); nothing is created."""
         have = {x.path for x in self.disks}
+        for d in self.disks:
+            if d.path not in self.disk_checks:
+                self.disk_checks[d.path] = examine_disk(d)
         new = [d for d in wanted if d.path not in have and self._may_serve(d)]
-        wanted_paths = {d.path for d in wanted}
-        gone = [d for d in self.disks if wanted and d.path not in wanted_paths]
+        wanted_paths = {d.path for d in wanted} | have
+        for path in [p for p in self.disk_checks if p not in wanted_paths]:
+            del self.disk_checks[path]
+        gone = [d for d in self.disks if wanted and d.path not in {d.path for d in wanted}]
         if (not new and not gone) or self.server is None:
             return
-        for d in new:
-            try:
-                os.makedirs(d.path, exist_ok=True)
-            except OSError as e:
-                log.error("cannot serve disk %s at %s: %s", d.name, d.path, e)
-                return
         self.disks = [d for d in self.disks if d not in gone] + new
         self.read_stamps()
         record(self.disks)
@@ -414,3 +427,28 @@ class Replicas:
             await asyncio.to_thread(sweep_trash, paths, self.trash_grace)
         except OSError as e:
             log.warning("cannot sweep the trash: %s", e)
+
+
+def examine_disk(d: DiskReport) -> DiskCheck:
+    """What is at a disk's path: an error unless it is an existing directory; a warning
+    when it is not a mount point (the replicas share the filesystem it lives on)."""
+    if not os.path.exists(d.path):
+        return DiskCheck(
+            name=d.name,
+            path=d.path,
+            error=f"{d.path} does not exist: create the directory (or mount the disk there) "
+            "first; nothing was created",
+        )
+    if not os.path.isdir(d.path):
+        return DiskCheck(name=d.name, path=d.path, error=f"{d.path} is not a directory")
+    if os.path.ismount(d.path):
+        return DiskCheck(name=d.name, path=d.path)
+    mount = os.path.dirname(os.path.realpath(d.path))
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    return DiskCheck(
+        name=d.name,
+        path=d.path,
+        warning=f"{d.path} is not a mount point: its replicas share the filesystem mounted "
+        f"at {mount}",
+    )

@@ -16,9 +16,11 @@ def parse_disk(text: str) -> tuple[str, int | None]:
     path, sep, capacity = text.rpartition(":")
     if sep and path:
         try:
-            return path, parse_size(capacity)
+            return path, parse_size(capacity, f"--disk {text}")
         except ConfigError:
-            pass  # a ':' that is part of the path
+            if capacity[:1].isdigit():  # meant as a size (500G): say so, never a path
+                raise
+            # else a ':' that is part of the path
     if not text:
         raise ConfigError("--disk needs a path")
     return text, None

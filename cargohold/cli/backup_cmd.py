@@ -36,7 +36,7 @@ from cargohold.cli.output import (
     tags,
 )
 from cargohold.cli.snapshot_cmd import parse_labels
-from cargohold.cli.units import parse_size
+from cargohold.cli.units import positive_size
 from cargohold.control.client import ManagerClient, OperationFailed
 
 backup_app = typer.Typer(help="Back volumes up, list, delete, restore and verify backups.")
@@ -168,7 +168,7 @@ def restore(
     """Restore a backup into a new volume NAME (usable once it is restored)."""
     with ManagerClient.discover(api, dir) as c:
         b = c.backup(backup)
-        size_bytes = parse_size(size) if size else int(b["size_bytes"])
+        size_bytes = positive_size(size, "--size") if size else int(b["size_bytes"])
         vol = c.create_volume(name, size_bytes, replicas=replicas, source={"backup": backup})
         if wait:
             with progress(f"restoring {backup} into {name}") as update:

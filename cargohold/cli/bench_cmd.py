@@ -19,7 +19,6 @@ started with ``--netns`` the endpoints live inside the namespaces, so run fio th
 from __future__ import annotations
 
 import json
-import sys
 from enum import StrEnum
 from typing import Any
 
@@ -34,11 +33,11 @@ from cargohold.cli.output import (
     DIR,
     TIMEOUT,
     console,
-    fail,
     handle_errors,
     progress,
     say,
 )
+from cargohold.cli.targets import TARGET_HELP, confirm_overwrite, is_uri
 from cargohold.cli.volume_cmd import default_node
 from cargohold.control.client import ManagerClient, volume_attached
 
@@ -101,7 +100,7 @@ def run_profile(endpoint: str, size: int | None, prof: fio.Profile) -> list[dict
 @app.command("bench")
 @handle_errors
 def bench(
-    volume: str,
+    volume: str = typer.Argument(..., metavar="TARGET", help=TARGET_HELP),
     profile: ProfileName = typer.Option(
         ProfileName.STANDARD, "--profile", help="standard (20 s per workload) or quick (2 s)"
     ),
@@ -121,28 +120,30 @@ def bench(
     prof = fio.PROFILES[profile.value]
     if seconds is not None:
         prof = fio.Profile(prof.name, seconds, prof.ramp)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise fail(f"the benchmark overwrites the data of {volume}; add --yes", 2)
-        typer.confirm(f"The benchmark overwrites the data of volume {volume}. Go on?", abort=True)
+    confirm_overwrite("the benchmark", volume if is_uri(volume) else f"volume {volume}", yes)
     version = fio.check_fio()
-    with ManagerClient.discover(api, dir) as c:
-        vol = c.volume(volume)
-        we_attached = False
-        if not volume_attached(vol):
-            node = attach_node or default_node(c, vol)
-            c.attach(volume, node)
-            we_attached = True
-            with progress(f"attaching {volume} to {node}") as update:
-                vol = c.wait_attached(volume, node, timeout, lambda v: update(None, v["state"]))
-        try:
-            endpoint = str(vol["endpoint"])
-            results = run_profile(endpoint, int(vol.get("size_bytes") or 0) or None, prof)
-        finally:
-            if we_attached:
-                c.detach(volume)
-                with progress(f"detaching {volume}") as update:
-                    c.wait_detached(volume, timeout, lambda v: update(None, v["state"]))
+    vol: dict[str, Any] = {}
+    we_attached = False
+    if is_uri(volume):  # any NBD server: no manager, nothing to attach
+        endpoint = volume
+        results = run_profile(endpoint, None, prof)
+    else:
+        with ManagerClient.discover(api, dir) as c:
+            vol = c.volume(volume)
+            if not volume_attached(vol):
+                node = attach_node or default_node(c, vol)
+                c.attach(volume, node)
+                we_attached = True
+                with progress(f"attaching {volume} to {node}") as update:
+                    vol = c.wait_attached(volume, node, timeout, lambda v: update(None, v["state"]))
+            try:
+                endpoint = str(vol["endpoint"])
+                results = run_profile(endpoint, int(vol.get("size_bytes") or 0) or None, prof)
+            finally:
+                if we_attached:
+                    c.detach(volume)
+                    with progress(f"detaching {volume}") as update:
+                        c.wait_detached(volume, timeout, lambda v: update(None, v["state"]))
     report = {
         "volume": volume,
         "endpoint": endpoint,

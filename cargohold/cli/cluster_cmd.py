@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import shlex
 import time
 from typing import Any
 
@@ -23,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cargohold.cli.main import app
+from cargohold.cli.output import EXIT_NOT_FOUND, err_console
 from cargohold.control.settings import ClientSettings
 from cargohold.control.transport import ClientCredentials
 from cargohold.errors import CargoholdError
@@ -95,6 +98,10 @@ def up(
         f"{cluster.api} ({tcp}); try `cargohold status`"
     )
     console.print(f"  logs in {cluster.dir}/logs; stop it with `cargohold down`")
+    if os.path.abspath(where) != os.path.abspath(os.path.expanduser("~/.cargohold")):
+        # later commands find it by $CARGOHOLD_DIR (or --dir on each of them)
+        console.print("  for the commands that follow, in this shell:")
+        typer.echo(f"export {ClientSettings.variable('dir')}={shlex.quote(cluster.dir)}")
 
 
 @app.command("down")
@@ -108,9 +115,16 @@ def down(
         try:
             stopped = LocalCluster.load(where).down(purge=purge)
         except NoCluster:
+            if not purge:
+                err_console.print(
+                    f"[red]error:[/red] no local cluster in {where} (no cluster.json there): "
+                    "give its directory with --dir or $CARGOHOLD_DIR",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+                raise typer.Exit(EXIT_NOT_FOUND) from None
             stopped = []
-            if purge:
-                purge_dir(where)
+            purge_dir(where)
     except CargoholdError as e:
         raise _fail(e) from None
     if stopped:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import socket
 import time
 from typing import Any
 
@@ -100,6 +102,31 @@ def _check_files(dev: BlockDevice, sums: dict[str, str]) -> None:
         raise RuntimeError(f"e2fsck found problems:\n{fsck.stdout}{fsck.stderr}")
 
 
+def _rebuilt_bytes(cluster: LocalCluster, node: str, volume: str, rid: str) -> int | None:
+    """What the last rebuild of replica ``rid`` copied, as ``volume``'s engine on ``node``
+    measured it (its control socket's ``status``: the replica's ``rebuild.copied_bytes``);
+    None when the engine does not say."""
+    from cargohold.agent.node_state import control_path
+
+    path = control_path(cluster.nodes[node].dir, volume)
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(b'{"op": "status"}\n')
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        st = json.loads(data)
+        link = next(x for x in st.get("replicas", []) if x.get("id") == rid)
+        return int(link["rebuild"]["copied_bytes"])
+    except (OSError, ValueError, KeyError, StopIteration, TypeError):
+        return None
+
+
 def cluster_job(root: str) -> None:
     if not can_mount():
         raise RuntimeError(
@@ -115,7 +142,7 @@ def cluster_job(root: str) -> None:
     try:
         for n in api.nodes():
             note(f"{n['name']}: {n['state']}, replica server at {n['address']}:{n['replica_port']}")
-        note(f"the manager's API: {cluster.api} (try `cargohold --dir {cluster.dir} status`)")
+        note(f"the manager's API: {cluster.api}")
 
         say("2/14", "Creating volume 'demo': 512 MiB, 3 replicas, one per node.")
         v = api.create_volume("demo", SIZE, replicas=3, stale_replica_timeout=600)
@@ -183,7 +210,16 @@ def cluster_job(root: str) -> None:
             "the replica to be rebuilt",
             timeout=180,
         )
-        note(f"healthy again: {_replicas(v)} (a delta rebuild: only what changed was copied)")
+        rid = next(r["id"] for r in v["replicas"] if r["node"] == victim)
+        copied = _rebuilt_bytes(cluster, "node-1", "demo", rid)
+        note(
+            f"healthy again: {_replicas(v)}; the delta rebuild of {rid} copied "
+            + (
+                f"{human_size(copied)} of the {human_size(SIZE)} volume"
+                if copied is not None
+                else "(not reported by the engine)"
+            )
+        )
 
         say("8/14", "Checking every file's SHA-256 through a fresh mount, then e2fsck.")
         _check_files(dev, sums)

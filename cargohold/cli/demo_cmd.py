@@ -404,6 +404,12 @@ def demo(
         raise typer.Exit(1) from None
     if not dir:
         shutil.rmtree(root, ignore_errors=True)
+    else:
+        console.print(f"the demo's files and logs are kept in {root}")
+    console.print(
+        "next: `cargohold up --dir ~/cargohold-lab` starts a cluster of your own to try the "
+        'commands on (README.md, "Quick start"; docs/operations.md)'
+    )
     if why:  # it passed, but it was not what was asked for: say so, and in the exit status
         fallback_banner(why, end=True)
         raise typer.Exit(FALLBACK_EXIT)

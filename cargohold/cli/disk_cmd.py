@@ -19,6 +19,7 @@ from cargohold.cli.output import (
     DIR,
     OUTPUT,
     Format,
+    err_console,
     handle_errors,
     human_size,
     render,
@@ -26,9 +27,9 @@ from cargohold.cli.output import (
     table,
     tags,
 )
-from cargohold.cli.units import parse_size
+from cargohold.cli.units import positive_size
 from cargohold.control.client import ManagerClient
-from cargohold.errors import ConfigError
+from cargohold.errors import ConfigError, InvalidArgument
 
 disk_app = typer.Typer(help="List disks, add them to nodes, drain and remove them.")
 app.add_typer(disk_app, name="disk", no_args_is_help=True)
@@ -79,20 +80,28 @@ def add(
     capacity: str = typer.Option(..., "--capacity", help="bytes to place there, e.g. 100GiB"),
     name: str | None = typer.Option(None, "--name", help="disk name (default: next disk-N)"),
     tag: list[str] | None = typer.Option(None, "--tag", help="disk tag (repeatable)"),
+    timeout: float = typer.Option(
+        60.0, "--timeout", min=0, help="seconds to wait for the node's agent to check the path"
+    ),
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
-    """Add a disk (a directory on the node) for replicas."""
+    """Add a disk for replicas: an existing directory on the node, ideally the mount point
+    of a disk of its own. Waits until the node's agent checked the path: refused (exit 2,
+    nothing added) when it is no directory there, a warning when it is not a mount point."""
     if not os.path.isabs(path):
         raise ConfigError(f"give the disk's absolute path on node {node}, not {path!r}")
-    capacity_bytes = parse_size(capacity)
-    if capacity_bytes <= 0:
-        raise ConfigError(f"--capacity must be more than 0, got {capacity!r}")
+    capacity_bytes = positive_size(capacity, "--capacity")
     with ManagerClient.discover(api, dir) as c:
         if name is None:
             name = next_disk_name(c.disks(node))
         disk = c.add_disk(node, name, path, capacity_bytes, tag or [])
+        disk = _checked(c, node, name, disk, timeout)
+    if disk.get("warning"):
+        err_console.print(
+            f"[yellow]warning:[/yellow] {escape(disk['warning'])}", soft_wrap=True, highlight=False
+        )
     render(
         disk,
         output,
@@ -101,6 +110,31 @@ def add(
             f"{escape(d.get('path', path))}, {human_size(d.get('capacity_bytes'))}"
         ),
     )
+
+
+def _checked(
+    c: ManagerClient, node: str, name: str, disk: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """The disk once the node's agent looked at its path (``checked``; a manager that
+    does not report it: at once). A path the agent refuses: the disk is removed again and
+    the refusal raised (InvalidArgument, exit 2)."""
+    if disk.get("checked", True):
+        return disk
+
+    def fetch() -> dict[str, Any]:
+        return next((d for d in c.disks(node) if d.get("name") == name), disk)
+
+    got = c.poll(
+        fetch,
+        lambda d: bool(d.get("checked", True)),
+        timeout,
+        None,
+        f"node {node}'s agent to check {disk.get('path')} (is the node up?)",
+    )
+    if got.get("error"):
+        c.remove_disk(node, name)
+        raise InvalidArgument(f"disk {name} not added: {got['error']}")
+    return got
 
 
 @disk_app.command("drain")

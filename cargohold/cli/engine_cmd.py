@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
         given = {"min_replicas": a.min_replicas, "replica_timeout": a.replica_timeout}
         given |= {"tls_dir": a.tls_dir, "plaintext": a.plaintext or None}
         if a.rebuild_bandwidth:
-            given["rebuild_bandwidth"] = parse_size(a.rebuild_bandwidth)
+            given["rebuild_bandwidth"] = parse_size(a.rebuild_bandwidth, "--rebuild-bandwidth")
         settings = EngineSettings(**{k: v for k, v in given.items() if v is not None})
         host, port = (
             split_addr(a.listen, DEFAULT_NBD_PORT) if a.listen else ("127.0.0.1", DEFAULT_NBD_PORT)

@@ -43,7 +43,7 @@ def nbd_serve(
         host, port = _split(listen) if listen else ("127.0.0.1", DEFAULT_NBD_PORT)
         config = daemon.NbdServeRun(
             dir=dir,
-            size=parse_size(size) if size else None,
+            size=parse_size(size, "--size") if size else None,
             host=host,
             port=port,
             unix=unix,

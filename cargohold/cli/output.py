@@ -87,8 +87,26 @@ EXIT_CODES: list[tuple[type[CargoholdError], int]] = [
 
 class Format(StrEnum):
     TABLE = "table"
+    WIDE = "wide"  # a table with every column, however wide (read as TABLE + ``wide()``)
     JSON = "json"
     YAML = "yaml"
+
+
+_wide: list[bool] = [False]
+
+
+def _output(value: Format | None) -> Format | None:
+    """-o wide is a table that leaves out no column: commands see TABLE, and a table
+    that would drop columns at the terminal's width asks ``wide()``."""
+    if value is Format.WIDE or value == "wide":
+        _wide[0] = True
+        return Format.TABLE
+    return value
+
+
+def wide() -> bool:
+    """-o wide was given: print every column."""
+    return _wide[0]
 
 
 # --- the options every manager command takes -------------------------------------------
@@ -104,7 +122,9 @@ DIR = typer.Option(
     envvar=ClientSettings.variable("dir"),
     help="local cluster directory with cluster.json (default ~/.cargohold)",
 )
-OUTPUT = typer.Option(Format.TABLE, "--output", "-o", help="table, json or yaml")
+OUTPUT = typer.Option(
+    Format.TABLE, "--output", "-o", callback=_output, help="table, wide, json or yaml"
+)
 TIMEOUT = typer.Option(300.0, "--timeout", min=0, help="seconds to wait at most")
 
 

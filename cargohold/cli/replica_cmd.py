@@ -124,7 +124,7 @@ def create(
     replica: str, size: str = typer.Option(..., help="e.g. 10GiB"), server: str = SERVER
 ) -> None:
     """Create an empty replica."""
-    out = _run(server, lambda c: c.create(replica, parse_size(size)), replica)
+    out = _run(server, lambda c: c.create(replica, parse_size(size, "--size")), replica)
     console.print(
         f"created replica [bold]{out['replica']}[/bold] ({out['size']} bytes) at {out['path']}"
     )

@@ -41,7 +41,7 @@ def parse_quota(text: str | None) -> int | None:
     """'1TiB' -> bytes; 'none' (or nothing) -> no quota."""
     if text is None or text.strip().lower() in ("none", "unlimited"):
         return None
-    n = parse_size(text)
+    n = parse_size(text, "--quota")
     if n < 0:
         raise ConfigError(f"a quota cannot be negative: {text!r}")
     return n

@@ -1,7 +1,12 @@
 """``cargohold verify ...``: write a checkable workload to a volume over NBD, and check it.
 
-    cargohold verify run nbd://127.0.0.1:10809/vol --seconds 30 --history run.jsonl
-    cargohold verify check nbd://127.0.0.1:10809/vol --history run.jsonl -o json
+    cargohold verify run data --yes --seconds 30 --history run.jsonl   # volume data
+    cargohold verify run nbd://127.0.0.1:10809/vol --yes                 # any NBD server
+    cargohold verify check data --history run.jsonl -o json
+
+TARGET is what ``cargohold bench`` takes too (cli/targets.py): a volume's name (it must be
+attached: its endpoint comes from the manager) or an NBD URI. ``run`` overwrites the data:
+it asks first, as ``bench`` does (``--yes`` to go on; refused without a terminal).
 
 ``run`` drives the workload (cargohold/verify/workload.py) over several connections,
 streams its history to ``--history`` (when given), then reads the blocks back and checks
@@ -20,7 +25,8 @@ from typing import Any, TypeVar
 import typer
 
 from cargohold.cli.main import app
-from cargohold.cli.output import EXIT_USAGE, OUTPUT, Format, console, fail
+from cargohold.cli.output import API, DIR, EXIT_USAGE, OUTPUT, Format, console, fail
+from cargohold.cli.targets import TARGET_HELP, confirm_overwrite, is_uri, volume_endpoint
 from cargohold.errors import CargoholdError, ConfigError
 
 verify_app = typer.Typer(help="Check a volume's durability: workload, history, checker.")
@@ -72,9 +78,19 @@ def _finish(result: Any, output: Format) -> None:
         raise typer.Exit(EXIT_VIOLATIONS)
 
 
+def _endpoint(target: str, api: str | None, dir: str | None) -> str:
+    """TARGET as an NBD URI: itself, or the endpoint of the attached volume it names."""
+    if is_uri(target):
+        return target
+    from cargohold.control.client import ManagerClient
+
+    with ManagerClient.discover(api, dir) as c:
+        return volume_endpoint(c.volume(target))
+
+
 @verify_app.command("run")
 def run(
-    uri: str = typer.Argument(..., help="nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH"),
+    target: str = typer.Argument(..., metavar="TARGET", help=TARGET_HELP),
     connections: int = typer.Option(4, "--connections", "-c", min=1, help="NBD connections"),
     depth: int = typer.Option(8, "--depth", min=1, help="requests in flight per connection"),
     seconds: float = typer.Option(None, "--seconds", min=0, help="run this long (default 10)"),
@@ -88,14 +104,20 @@ def run(
     fua_ratio: float = typer.Option(0.05, "--fua-ratio", min=0, max=1),
     flush_ratio: float = typer.Option(0.03, "--flush-ratio", min=0, max=1),
     read_ratio: float = typer.Option(0.15, "--read-ratio", min=0, max=1),
+    yes: bool = typer.Option(False, "--yes", "-y", help="the workload overwrites data: go on"),
     output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
 ) -> None:
-    """Run the workload against a volume, then read it back and check every block."""
+    """Run the workload against a volume (OVERWRITES its data), then read it back and
+    check every block."""
     from cargohold.verify.checker import RULES, check_volume
     from cargohold.verify.client import Pool
     from cargohold.verify.workload import Workload, WorkloadSpec
 
+    confirm_overwrite("the workload", target if is_uri(target) else f"volume {target}", yes)
     try:
+        uri = _endpoint(target, api, dir)
         if rule not in RULES:
             raise ConfigError(f"--rule {rule!r}: expected one of {', '.join(RULES)}")
         first, count = parse_blocks(blocks) if blocks else (0, None)
@@ -134,18 +156,22 @@ def run(
 
 @verify_app.command("check")
 def check(
-    uri: str = typer.Argument(..., help="nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH"),
+    target: str = typer.Argument(..., metavar="TARGET", help=TARGET_HELP),
     history: str = typer.Option(..., "--history", help="a history written by `verify run`"),
     rule: str = typer.Option("flushed", "--rule", help="flushed (after a crash) or acked"),
     connections: int = typer.Option(4, "--connections", "-c", min=1, help="NBD connections"),
     output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
 ) -> None:
-    """Check the volume as it is now against a saved history (after a fault or restart)."""
+    """Check the volume as it is now against a saved history (after a fault or restart);
+    reads only."""
     from cargohold.verify.checker import RULES, check_volume
     from cargohold.verify.client import Pool
     from cargohold.verify.history import History
 
     try:
+        uri = _endpoint(target, api, dir)
         if rule not in RULES:
             raise ConfigError(f"--rule {rule!r}: expected one of {', '.join(RULES)}")
         h = History.load(history)

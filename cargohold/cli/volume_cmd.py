@@ -19,7 +19,10 @@ from enum import StrEnum
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from cargohold.cli.main import app
 from cargohold.cli.output import (
@@ -29,6 +32,7 @@ from cargohold.cli.output import (
     TIMEOUT,
     Format,
     age,
+    console,
     err_console,
     fields,
     handle_errors,
@@ -39,8 +43,9 @@ from cargohold.cli.output import (
     say,
     styled,
     table,
+    wide,
 )
-from cargohold.cli.units import parse_size
+from cargohold.cli.units import positive_size
 from cargohold.control.client import ManagerClient, volume_detached
 from cargohold.errors import ConfigError
 
@@ -55,6 +60,7 @@ VOLUME_FIELDS = (
     "replicas_wanted",
     "attached_node",
     "endpoint",
+    "nbd_clients",
     "epoch",
     "generation",
     "reclaim_policy",
@@ -81,7 +87,14 @@ def replica_count(v: dict[str, Any]) -> str:
     return text if good >= (v.get("replicas_wanted") or 0) else f"[yellow]{text}[/yellow]"
 
 
+VOLUME_COLUMNS = ("NAME", "SIZE", "REPLICAS", "STATE", "ROBUSTNESS", "NODE", "ENDPOINT")
+NARROW_DROPS = ("ROBUSTNESS", "REPLICAS", "SIZE")  # left out in this order when too wide
+
+
 def print_volumes(vols: list[dict[str, Any]]) -> None:
+    """The volumes, one a line. The ENDPOINT (what users copy) is never cut: when the
+    terminal is too narrow, ROBUSTNESS, then REPLICAS, then SIZE are left out, and a line
+    on stderr says so (-o wide keeps them all)."""
     rows = [
         (
             escape(v["name"]),
@@ -90,11 +103,49 @@ def print_volumes(vols: list[dict[str, Any]]) -> None:
             styled(v.get("state")),
             styled(v.get("robustness")),
             escape(v.get("attached_node") or ""),
-            escape(v.get("endpoint") or ""),
+            str(v.get("endpoint") or ""),  # plain text (below), not markup
         )
         for v in sorted(vols, key=lambda v: v["name"])
     ]
-    table(("NAME", "SIZE", "REPLICAS", "STATE", "ROBUSTNESS", "NODE", "ENDPOINT"), rows)
+    # cells as Text: no markup or emoji codes read into an endpoint (":1234:" in IPv6)
+    cells = [
+        [Text(c) if i == len(r) - 1 else Text.from_markup(c, emoji=False) for i, c in enumerate(r)]
+        for r in rows
+    ]
+    columns = list(VOLUME_COLUMNS)
+    dropped: list[str] = []
+
+    def natural(cols: list[str]) -> int:
+        """The table's width with no cell wrapped: cells, padding and borders."""
+        widths = [
+            max([len(c)] + [row[VOLUME_COLUMNS.index(c)].cell_len for row in cells]) for c in cols
+        ]
+        return sum(widths) + 3 * len(cols) + 1
+
+    if not wide():
+        for c in NARROW_DROPS:
+            if natural(columns) <= console.width:
+                break
+            columns.remove(c)
+            dropped.append(c)
+    t = Table(header_style="bold")
+    for c in columns:
+        if c == "ENDPOINT":
+            t.add_column(c, no_wrap=True, overflow="ignore")
+        else:
+            t.add_column(c, overflow="fold")
+    for row in cells:
+        t.add_row(*(row[VOLUME_COLUMNS.index(c)] for c in columns))
+    if wide():  # as wide as it takes, past the terminal's width
+        Console(width=max(console.width, natural(columns))).print(t)
+    else:
+        console.print(t)
+    if dropped:
+        err_console.print(
+            f"({', '.join(dropped)} left out at {console.width} columns: -o wide shows every "
+            "column, -o json everything)",
+            highlight=False,
+        )
 
 
 def print_replicas(replicas: list[dict[str, Any]]) -> None:
@@ -141,8 +192,19 @@ def diverged_text(s: dict[str, Any]) -> str:
     return text
 
 
+def clients_text(clients: Any) -> str:
+    """``nbd_clients`` for people: '2: unix, 10.0.0.9' ('' when none)."""
+    if not isinstance(clients, list) or not clients:
+        return ""
+    peers = [str(c.get("peer", "?")) for c in clients if isinstance(c, dict)]
+    return f"{len(peers)}: {', '.join(peers)}"
+
+
 def print_volume(v: dict[str, Any]) -> None:
-    fields({**v, "last_scrub": scrub_text(v.get("last_scrub"))}, VOLUME_FIELDS)
+    shown = {**v, "last_scrub": scrub_text(v.get("last_scrub"))}
+    if "nbd_clients" in v:
+        shown["nbd_clients"] = clients_text(v["nbd_clients"])
+    fields(shown, VOLUME_FIELDS)
     if v.get("replicas"):
         print_replicas(v["replicas"])
 
@@ -198,7 +260,7 @@ def create(
     """Create a volume; its replicas are placed by the manager."""
     from cargohold.cli.snapshot_cmd import parse_labels
 
-    size_bytes = parse_size(size)
+    size_bytes = positive_size(size, "--size")
     with ManagerClient.discover(api, dir) as c:
         vol = c.create_volume(
             name,
@@ -310,14 +372,18 @@ detached = volume_detached  # "detached" is the client's definition (the name st
 def detach(
     name: str,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until its engine stopped"),
+    force: bool = typer.Option(
+        False, "--force", help="detach even while NBD clients are connected (their I/O fails)"
+    ),
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
-    """Detach a volume (its engine flushes and stops)."""
+    """Detach a volume (its engine flushes and stops). Refused (exit 5) while NBD clients
+    are connected, e.g. a mounted filesystem: unmount and disconnect them, or --force."""
     with ManagerClient.discover(api, dir) as c:
-        vol = c.detach(name)
+        vol = c.detach(name, force=force)
         if wait:
             with progress(f"detaching {name}") as update:
                 vol = c.wait_detached(name, timeout, lambda v: update(None, _state_text(v)))
@@ -336,7 +402,7 @@ def expand(
     dir: str | None = DIR,
 ) -> None:
     """Grow a volume (an operation on its engine)."""
-    size_bytes = parse_size(size)
+    size_bytes = positive_size(size, "--size")
     with ManagerClient.discover(api, dir) as c:
         op = c.expand(name, size_bytes)
         if wait:
@@ -486,7 +552,7 @@ def clone(
 ) -> None:
     """Create a volume NAME with the data of SOURCE (or of one of its snapshots)."""
     with ManagerClient.discover(api, dir) as c:
-        size_bytes = parse_size(size) if size else int(c.volume(source)["size_bytes"])
+        size_bytes = positive_size(size, "--size") if size else int(c.volume(source)["size_bytes"])
         src: dict[str, Any] = {"volume": source}
         if snapshot:
             src["snapshot"] = snapshot

@@ -78,8 +78,9 @@ WHY = {
     "WWW-Authenticate; a join token for /api/v1/join)",
     403: "PermissionDenied: the caller's role (or tenant) lacks the route's permission",
     404: "NotFound: no such node, volume, snapshot or operation (or another tenant's)",
-    409: "AlreadyExists, WrongState (the object's state does not allow it now) or "
-    "Conflict (too many concurrent changes of one record: try again)",
+    409: "AlreadyExists, WrongState (the object's state does not allow it now), Busy "
+    "(in use: a detach while NBD clients are connected) or Conflict (too many concurrent "
+    "changes of one record: try again)",
     413: "PayloadTooLarge: the body is larger than the manager's bound (max_request_bytes)",
     415: "UnsupportedMediaType: a body must be sent as Content-Type: application/json",
     422: "InvalidArgument: the body or a parameter does not fit the schema, or the body is "

@@ -82,8 +82,10 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=VolumeView,
         responses=errors(404, 409, 422),
     )
-    async def detach(volume: Name, who: Attach) -> JSON:
-        return await s.detach(volume, who)
+    async def detach(volume: Name, who: Attach, force: bool = False) -> JSON:
+        """Detach the volume: its engine stops. 409 Busy while NBD clients are connected
+        (``nbd_clients``), unless ``force=true``."""
+        return await s.detach(volume, who, force)
 
     @app.post(
         "/api/v1/volumes/{volume}/expand",

@@ -41,11 +41,12 @@ from cargohold.control.transport import (
     unreachable,
 )
 from cargohold.control.transport import error_from_response as error_from_response
-from cargohold.errors import CargoholdError, ManagerUnavailable, NotFound, WrongState
+from cargohold.errors import Busy, CargoholdError, ManagerUnavailable, NotFound, WrongState
 
 JSON = dict[str, Any]
 T = TypeVar("T")  # what ManagerClient.poll fetches
 
+DETACH_SETTLE = 6.0  # seconds a refused detach is retried (two heartbeats and a margin)
 DEFAULT_DIR = "~/.cargohold"
 CLUSTER_FILE = "cluster.json"
 
@@ -329,8 +330,23 @@ class ManagerClient:
             body["force"] = True
         return self._post(f"/api/v1/volumes/{_seg(name)}/attach", body)
 
-    def detach(self, name: str) -> JSON:
-        return self._post(f"/api/v1/volumes/{_seg(name)}/detach")
+    def detach(self, name: str, force: bool = False, settle: float = DETACH_SETTLE) -> JSON:
+        """Busy (409) while NBD clients are connected, unless ``force``. The manager knows
+        the clients from the engine's node's heartbeat, a few seconds behind: a refusal is
+        asked again for up to ``settle`` seconds, so a detach right after the clients let
+        go (an unmount, a finished fio) goes through, and a mounted volume is still refused."""
+        params = {"force": "true"} if force else None
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                out: JSON = self.request(
+                    "POST", f"/api/v1/volumes/{_seg(name)}/detach", params=params
+                )
+                return out
+            except Busy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
 
     def expand(self, name: str, size_bytes: int) -> JSON:
         """Returns the expand ``Operation``."""

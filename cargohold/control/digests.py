@@ -15,7 +15,7 @@ import hashlib
 
 from cargohold.control.model import Assignments, Heartbeat
 
-REPORT = {"replica_port", "replicas", "engines", "operations", "refusal"}
+REPORT = {"replica_port", "replicas", "engines", "operations", "refusal", "disk_checks"}
 
 
 def revision(a: Assignments) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from cargohold.control.model import (
     EngineReport,
     EngineStatus,
+    NBDClient,
     Replica,
     ReplicaMode,
     Robustness,
@@ -60,6 +61,16 @@ def scrub_summary(status: dict[str, Any]) -> ScrubSummary | None:
         )
     except (KeyError, TypeError, ValueError):
         return None  # an engine's status is not trusted to be well formed
+
+
+def nbd_clients(status: dict[str, Any]) -> list[NBDClient]:
+    """The NBD clients in an engine's status (``nbd_clients``); malformed entries are
+    left out (an engine's status is not trusted to be well formed)."""
+    out = []
+    for x in status.get("nbd_clients") or []:
+        if isinstance(x, dict) and isinstance(x.get("peer"), str):
+            out.append(NBDClient(peer=x["peer"], export=str(x.get("export", ""))))
+    return out
 
 
 async def ingest_engine(
@@ -110,6 +121,7 @@ async def ingest_engine(
             robustness=Robustness.UNKNOWN,
             error=er.error,
             reported_at=now(),
+            nbd_clients=nbd_clients(st),
         )
         old = v.engine_status
         if old is not None and old.model_copy(update={"reported_at": 0.0}) == (

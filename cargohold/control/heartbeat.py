@@ -21,6 +21,7 @@ from cargohold.control.engine_reports import ingest_engine, update_volume
 from cargohold.control.grant_signer import GrantSigner
 from cargohold.control.model import (
     Assignments,
+    DiskCheck,
     EventKind,
     Heartbeat,
     Node,
@@ -38,6 +39,22 @@ from cargohold.errors import NotFound
 
 log = logging.getLogger("cargohold.manager")
 ORPHAN_SEEN_EVERY = 60.0  # seconds between writes of an unchanged orphan's last_seen
+
+
+async def _ingest_disk_checks(repo: Repository, name: str, checks: list[DiskCheck]) -> None:
+    """What the agent found at its disks' paths, into their records (``disk add`` waits
+    for it; the scheduler places nothing on a disk with an ``error``)."""
+    found = {(c.name, c.path): c for c in checks}
+    for disk in await repo.disks(name):
+        c = found.get((disk.name, disk.path))
+        if c is None:
+            continue
+        error = f"node {name}: {c.error}" if c.error else ""
+        warning = f"node {name}: {c.warning}" if c.warning else ""
+        if (disk.checked, disk.error, disk.warning) != (True, error, warning):
+            await repo.put_disk(
+                disk.model_copy(update={"checked": True, "error": error, "warning": warning})
+            )
 
 
 async def handle(
@@ -100,6 +117,8 @@ async def handle(
             wake()
     for orep in hb.operations:
         await ingest_operation(repo, orep, wake)
+    if hb.disk_checks:
+        await _ingest_disk_checks(repo, name, hb.disk_checks)
     return await assignments(repo, name, hb, settings, signer)
 
 

@@ -113,6 +113,11 @@ class Disk(Record):
     capacity_bytes: int = Field(ge=0)
     tags: list[str] = Field(default_factory=list)
     schedulable: bool = True
+    # the node's agent looked at the path (``DiskCheck``): ``error`` when it cannot serve it
+    # (no such directory: nothing is placed there), ``warning`` e.g. not a mount point
+    checked: bool = False
+    error: str = ""
+    warning: str = ""
 
 
 # --- volumes and replicas ---------------------------------------------------------------
@@ -209,6 +214,13 @@ class ScrubSummary(Record):
     diverged_unrepaired: int = 0  # ... left as they were (undecidable, or a snapshot layer)
 
 
+class NBDClient(Record):
+    """One NBD client using a volume's export, as its engine last reported it."""
+
+    peer: str = Field(description="the client's address (\"unix\": the engine's unix socket)")
+    export: str = Field(description="the export's name (the volume's)")
+
+
 class EngineStatus(Record):
     """What the engine's node agent last reported of it."""
 
@@ -221,6 +233,7 @@ class EngineStatus(Record):
     robustness: Robustness = Robustness.UNKNOWN
     error: str = ""
     reported_at: float = 0.0
+    nbd_clients: list[NBDClient] = Field(default_factory=list)  # connected past the handshake
 
 
 class Volume(Record):
@@ -463,6 +476,17 @@ class DiskReport(Message):
     tags: list[str] = Field(default_factory=list)
 
 
+class DiskCheck(Message):
+    """What an agent found at the path of a disk it was asked to serve (``disk add``):
+    ``error`` when it serves nothing there (no such directory, a path outside its roots),
+    ``warning`` when it serves it with a caveat (not a mount point)."""
+
+    name: str
+    path: str
+    error: str = ""
+    warning: str = ""
+
+
 class Registration(Message):
     """PUT /api/v1/nodes/{name}: the agent says who it is (idempotent)."""
 
@@ -497,6 +521,7 @@ class Heartbeat(Message):
     # cargohold's version on the node (control/version_skew.py: the manager refuses an
     # agent more than one minor version apart); "" from agents older than reporting it
     agent_version: str = ""
+    disk_checks: list[DiskCheck] = Field(default_factory=list)  # the disks it was asked for
 
 
 class ReplicaAssignment(Message):

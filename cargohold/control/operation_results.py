@@ -8,6 +8,7 @@ Called by heartbeat.py's ``handle`` once per operation in a report.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from cargohold.control.backup_results import (
     fail_backups_of_snapshot,
@@ -66,6 +67,15 @@ async def ingest_operation(
         wake()
 
 
+def snapshot_size(result: dict[str, Any], default: int) -> int:
+    """The ``size_bytes`` of the snapshot in a snapshot-create result (the engine's
+    answer: ``{"snapshot": {"size_bytes": N, ...}}``, the replica store's ``SnapshotInfo``:
+    bytes of data in the snapshot's own layer); ``default`` when it does not say."""
+    info = result.get("snapshot") if isinstance(result, dict) else None
+    size = info.get("size_bytes") if isinstance(info, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else default
+
+
 async def apply_result(repo: Repository, op: Operation) -> None:
     """What a finished operation changes in the records."""
     ok = op.state is OperationState.SUCCEEDED
@@ -76,6 +86,8 @@ async def apply_result(repo: Repository, op: Operation) -> None:
             def snap(s: Snapshot) -> Snapshot:
                 s.state = SnapshotState.READY if ok else SnapshotState.ERROR
                 s.error = "" if ok else op.error
+                if ok:  # the bytes its own layer holds on the replica, as it was taken
+                    s.size_bytes = snapshot_size(op.result, s.size_bytes)
                 return s
 
             await repo.update_snapshot(op.volume, name, snap)

@@ -181,6 +181,9 @@ def _best_disk(
         if not d.schedulable:
             problems.append(f"{d.name} is not schedulable")
             all_full = False
+        elif d.error:
+            problems.append(f"{d.name} cannot be served ({d.error})")
+            all_full = False
         elif missing:
             problems.append(f"{d.name} lacks {_tags(missing)}")
             all_full = False

@@ -61,6 +61,10 @@ class NodeCalls(ServiceBase):
             capacity_bytes=d.capacity_bytes,
             tags=sorted(set(d.tags) | set(old.tags if old else [])),
             schedulable=old.schedulable if old else True,
+            # what the agent found there stays until its next heartbeat says otherwise
+            checked=old.checked if old else False,
+            error=old.error if old else "",
+            warning=old.warning if old else "",
         )
         if old != disk:
             await self.repo.put_disk(disk)

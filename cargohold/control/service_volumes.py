@@ -208,12 +208,24 @@ class VolumeCalls(ServiceBase):
         self.kick.set()
         return await self.view(vol)
 
-    async def detach(self, name: str, who: Identity | None = None) -> dict[str, Any]:
+    async def detach(
+        self, name: str, who: Identity | None = None, force: bool = False
+    ) -> dict[str, Any]:
+        """Detach: refused (Busy) while the engine reports NBD clients connected (a mounted
+        filesystem would lose its device), unless ``force``."""
         await self._volume(name, who)
 
         def change(v: Volume) -> Volume | None:
             if v.attach_node is None:
                 return None
+            st = v.engine_status
+            if not force and st is not None and v.engine_runs and st.nbd_clients:
+                raise Busy(
+                    f"volume {name} has {len(st.nbd_clients)} NBD client(s) connected on node "
+                    f"{st.node} ({', '.join(sorted({c.peer for c in st.nbd_clients}))}): "
+                    "unmount it and disconnect them first, or force the detach (their I/O "
+                    "will fail)"
+                )
             v.attach_node = None
             return v
 

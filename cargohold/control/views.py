@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cargohold.control.model import (
+    NBDClient,
     Node,
     NodeState,
     Record,
@@ -80,6 +81,11 @@ class VolumeView(Record):
     )
     tenant: str | None = Field(None, description="whose volume (null: the provider's own)")
     labels: dict[str, str] = Field(default_factory=dict, description="recurring jobs select by")
+    nbd_clients: list[NBDClient] = Field(
+        default_factory=list,
+        description="NBD clients connected to the engine as its node last reported (a "
+        "heartbeat, ~2 s, behind): a detach is refused while there are any, unless forced",
+    )
 
 
 class TenantView(Record):
@@ -181,15 +187,21 @@ def replica_state(rep: Replica, node: Node | None, engine_running: bool) -> str:
 
 
 def replica_view(rep: Replica, node: Node | None, engine_running: bool) -> dict[str, Any]:
+    state = replica_state(rep, node, engine_running)
+    mode = rep.mode.value if rep.mode and engine_running else None
+    if mode is not None and state == "failed":
+        # its node is down: an idle engine still says RW until its next I/O drops the
+        # replica; what it will say, and what the docs show, is ERR
+        mode = ReplicaMode.ERR.value
     return {
         "id": rep.id,
         "volume": rep.volume,
         "node": rep.node,
         "disk": rep.disk,
-        "mode": rep.mode.value if rep.mode and engine_running else None,
+        "mode": mode,
         "generation": rep.generation,
         "rebuild_progress": rep.rebuild_progress if rep.mode is ReplicaMode.WO else None,
-        "state": replica_state(rep, node, engine_running),
+        "state": state,
         "evicting": rep.evicting,
         "error": rep.error,
         "epoch": rep.epoch,
@@ -242,4 +254,5 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "last_scrub": vol.last_scrub.model_dump() if vol.last_scrub else None,
         "tenant": vol.tenant,
         "labels": vol.labels,
+        "nbd_clients": [c.model_dump() for c in st.nbd_clients] if st and running else [],
     }

@@ -169,7 +169,11 @@ class PublishRpcs(ControllerBase):
             else:
                 self.pubs.forget(vid)  # no node: unpublish from every node
             if owner:
-                self.client.detach(vid)
+                # forced: the CO calls this only after NodeUnstageVolume succeeded (the node
+                # let go of the device), while the manager's view of the NBD clients lags
+                # by up to a heartbeat; refusing on that stale report would only delay the
+                # pod's move by the CO's back-off (docs/kubernetes.md)
+                self.client.detach(vid, force=True)
             return self._unpublished(vid, "")
 
     def _unpublished(self, vid: str, keep: str | None) -> Any:

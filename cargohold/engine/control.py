@@ -4,7 +4,8 @@ Each request is one JSON object on one line, each answer too: ``{"ok": true, ...
 ``{"ok": false, "error": "...", "type": "..."}``. For the node agent and operators on the
 engine's node (``cargohold engine --control PATH``); ``socat - UNIX:PATH`` works by hand.
 
-Ops: ``status`` (endpoint, replicas with mode RW/WO/ERR, generation, the current (epoch,
+Ops: ``status`` (endpoint, the NBD clients connected (``nbd_clients``), replicas with mode
+RW/WO/ERR, generation, the current (epoch,
 generation), rebuild and import progress, counters, latency histograms), ``snapshot``
 (``name``, ``labels``), ``snapshots``, ``snapshot-delete`` and ``snapshot-revert``
 (``name``), ``expand`` (``size`` in bytes), ``add-replica`` (``replica``: ``ID@HOST:PORT``;
@@ -55,6 +56,9 @@ async def handle(
     op = request.get("op")
     if op == "status":
         out = vol.status()
+        # the NBD clients using the volume now ([{"peer", "export"}], from the daemon's NBD
+        # server: Volume.nbd_clients): the manager refuses a detach while there are any
+        out["nbd_clients"] = vol.nbd_clients()
         if scrubber is not None:
             out["scrub"] = scrubber.status()
         out["hold"] = holds.status(vol)

@@ -158,6 +158,7 @@ async def serve_engine(config: EngineRun) -> None:
             description=config.volume,
             stop=stop,
             ready=listening,
+            started=lambda server: setattr(vol, "nbd_clients", server.clients),
             tls=tls,
             authorize=nbd_authorizer(config.volume, config.node) if tls is not None else None,
         )

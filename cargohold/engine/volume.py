@@ -87,6 +87,7 @@ class Volume:
         self.require = require  # (epoch, generation): refuse to start from older replicas
         self.epoch_jump = epoch_jump  # after `volume recover-epoch`: OPEN may jump epochs
         self.endpoint = ""  # nbd://HOST:PORT/NAME, once the NBD server listens
+        self.nbd_clients: Callable[[], list[dict[str, str]]] = list  # set by engine/daemon.py
         # mutual TLS to the replica servers with this volume's engine certificate (None:
         # plain TCP; the engine's daemon refuses that unless --plaintext was given)
         if tls is None and settings.tls_dir:

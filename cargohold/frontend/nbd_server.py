@@ -128,6 +128,18 @@ class NBDServer:
             self._schedule_sweep()
         return True
 
+    def clients(self) -> list[dict[str, str]]:
+        """The clients past their handshake (using the export now), sorted: ``peer`` is
+        the client's address (``unix`` on the unix socket), ``export`` the export's name.
+        The engine's status lists them (``nbd_clients``): a detach refuses while any is
+        connected (docs/operations.md, "Detaching a volume")."""
+        found = [
+            {"peer": c.address, "export": self.export.name}
+            for c in self.connections
+            if c.ready is not None
+        ]
+        return sorted(found, key=lambda x: (x["peer"], x["export"]))
+
     def forget(self, conn: NBDConnection) -> None:
         if not conn.counted:
             return
@@ -307,10 +319,12 @@ async def serve(
     settings: NBDSettings | None = None,
     tls: Credentials | None = None,
     authorize: Callable[[Identity | None], object] | None = None,
+    started: Callable[[NBDServer], object] | None = None,
 ) -> None:
     """Serve ``device`` until ``stop`` is set, then drain, close and flush the device.
     ``ready`` is called with the bound addresses (``HOST:PORT`` with the real port when
-    ``port`` is 0, ``unix:PATH``) once the server listens. With ``tls`` the TCP listener
+    ``port`` is 0, ``unix:PATH``) once the server listens; ``started`` with the server
+    itself (the engine reads its ``clients``). With ``tls`` the TCP listener
     requires TLS and ``authorize`` (module docstring); the unix socket stays local."""
     server = NBDServer(
         device,
@@ -326,6 +340,8 @@ async def serve(
         await server.listen_unix(unix)
     if ready is not None:
         ready(list(server.addresses))
+    if started is not None:
+        started(server)
     mode = " (TCP: TLS required)" if tls is not None and host is not None else ""
     print(f"nbd server listening on {' '.join(server.addresses)}{mode}", flush=True)
     # low RSS when idle, also after a flood of connections that sent no request

@@ -93,6 +93,7 @@ def test_volume_lifecycle_through_the_cli(cluster: tuple[LocalCluster, Path]) ->
 
     # a disk added through the API is served by the node's replica server
     extra = d / "nodes" / "node-1" / "fast-disk"
+    extra.mkdir()  # a disk is an existing directory (the agent creates none)
     cli(
         d,
         "disk",

@@ -289,7 +289,7 @@ def test_renewal_and_ca_rotation_under_verify_lose_nothing(rig: Rig, tmp_path: P
     verify_log = open(tmp_path / "verify.out", "w")
     verify = subprocess.Popen(
         [
-            *(sys.executable, "-m", "cargohold", "verify", "run", rig.engine.uri),
+            *(sys.executable, "-m", "cargohold", "verify", "run", rig.engine.uri, "--yes"),
             *("--seconds", str(WORKLOAD_SECONDS), "--connections", "2", "--depth", "4"),
             *("--history", str(history), "-o", "json"),
         ],

@@ -41,7 +41,7 @@ def test_a_clean_run_against_nbd_serve_has_no_violations(tmp_path):
     srv = NBDProc(str(tmp_path / "vol"), size="32MiB", name="vol").start()
     try:
         hist = tmp_path / "run.jsonl"
-        p = cli("run", srv.uri, "--seconds", "2", "--history", str(hist), "-o", "json")
+        p = cli("run", srv.uri, "--yes", "--seconds", "2", "--history", str(hist), "-o", "json")
         assert p.returncode == 0, p.stdout + p.stderr
         out = json.loads(p.stdout)
         assert out["ok"] and out["violations_total"] == 0 and out["rule"] == "acked"

@@ -647,7 +647,7 @@ def test_unschedulable_create(fake: FakeManager) -> None:
 def test_bad_size_is_a_usage_error(fake: FakeManager) -> None:
     r = run("volume", "create", "db", "--size", "lots")
     assert r.exit_code == 2
-    assert "error: cannot read size 'lots'" in r.stderr
+    assert "error: --size: cannot read 'lots' as a size" in r.stderr
     assert fake.requests == []
 
 

@@ -60,6 +60,7 @@ class SimEngine:
     scrub_last: dict | None = None  # type: ignore[type-arg]  # its status's scrub.last
     last_scrub_at: float = 0.0  # what its assignment said when it started
     epoch_jump: bool = False  # its assignment allowed it to jump replica epochs
+    nbd_clients: list = field(default_factory=list)  # type: ignore[type-arg]  # its status's
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Sim:
             "endpoint": f"nbd://{n.name}:10809/{vol}",
             "replicas": links,
             "scrub": {"last": e.scrub_last},
+            "nbd_clients": e.nbd_clients,
         }
 
     async def beat(self, n: SimNode) -> Assignments:

@@ -73,7 +73,8 @@ class FakeManager:
         v.update(state="attached", attached_node=node, endpoint=f"nbd://{node}:1/{name}")
         v["engine"] = {"node": node, "running": True}
 
-    def detach(self, name: str) -> None:
+    def detach(self, name: str, force: bool = False) -> None:
+        assert force, "ControllerUnpublish forces the detach (the node unstaged already)"
         self.detaches += 1
         v = self.vols[name]
         v.update(state="detached", attached_node=None, endpoint="", engine=None)
