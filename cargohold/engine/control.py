@@ -16,7 +16,10 @@ once; with ``"wait": true`` when the pass ended, with its report; ``status`` sho
 pass running and the last report under ``scrub``), ``backup`` and ``restore`` (``id``: the
 operation's id, ``args`` as the manager stored them, ``secrets``: the backup target and the
 repository key, never logged; ``engine/backup.py``, ``engine/restore.py``: they run in the
-background and ``status`` shows them under ``jobs`` by id). ``status`` also lists under ``busy`` the
+background and ``status`` shows them under ``jobs`` by id), ``qos`` (``limits``: the
+volume's QoS limits, all of them, ``{}`` for none (``cargohold.qos_limits``); they apply at
+once; answers ``{"qos": ...}``, as ``status`` shows it: limits, queued, and the counters
+``throttled_requests_total`` and ``throttled_seconds_total``). ``status`` also lists under ``busy`` the
 control requests being carried out (op, name, since when): a test can kill the engine
 while a snapshot is being taken (with ``cargohold.engine.faults`` holding it there).
 """
@@ -46,12 +49,15 @@ async def handle(
     request: dict[str, Any],
     scrubber: Scrubber | None = None,
     busy: dict[int, dict[str, Any]] | None = None,
+    qos: Any = None,
 ) -> dict[str, Any]:
     op = request.get("op")
     if op == "status":
         out = vol.status()
         if scrubber is not None:
             out["scrub"] = scrubber.status()
+        if qos is not None:  # the NBD frontend's QoS gate (frontend/qos_gate.py)
+            out["qos"] = qos.status()
         if busy is not None:  # control requests being carried out now (not status itself)
             now = time.time()
             out["busy"] = [dict(b, seconds=round(now - b["since"], 3)) for b in busy.values()]
@@ -102,6 +108,11 @@ async def handle(
         if grant is not None and not isinstance(grant, str):
             raise InvalidArgument("grant (a read grant from the manager) must be a string")
         return {"import": await importer.start_import(vol, spec, snapshot, grant)}
+    if op == "qos":
+        if qos is None:
+            raise InvalidArgument("this engine has no QoS gate")
+        qos.configure(request.get("limits") or {})  # InvalidArgument names a bad limit
+        return {"qos": qos.status()}
     if op in ("backup", "restore"):
         op_id = request.get("id")
         if not isinstance(op_id, str) or not op_id:
@@ -115,7 +126,7 @@ async def handle(
         return {"job": job}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
-        "expand, add-replica, remove-replica, import, scrub, backup, restore)"
+        "expand, add-replica, remove-replica, import, scrub, backup, restore, qos)"
     )
 
 
@@ -127,7 +138,7 @@ def _name(request: dict[str, Any]) -> str:
 
 
 async def serve_control(
-    vol: Volume, path: str, scrubber: Scrubber | None = None
+    vol: Volume, path: str, scrubber: Scrubber | None = None, qos: Any = None
 ) -> asyncio.AbstractServer:
     busy: dict[int, dict[str, Any]] = {}
     ids = itertools.count()
@@ -146,7 +157,7 @@ async def serve_control(
                         busy[key] = {"op": str(req.get("op")), "since": time.time()}
                         if isinstance(req.get("name"), str):
                             busy[key]["name"] = req["name"]
-                    out = {"ok": True, **await handle(vol, req, scrubber, busy)}
+                    out = {"ok": True, **await handle(vol, req, scrubber, busy, qos)}
                 except CargoholdError as e:
                     out = {"ok": False, "error": str(e), "type": type(e).__name__}
                 except ValueError as e:
