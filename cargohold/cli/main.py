@@ -46,6 +46,7 @@ _COMMANDS = (
     "snapshot_cmd",
     "verify_cmd",
     "volume_cmd",
+    "volume_qos_cmd",
     "adopt_cmd",
     "audit_cmd",
     "ca_cmd",

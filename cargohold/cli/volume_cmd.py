@@ -41,6 +41,7 @@ from cargohold.cli.output import (
     table,
 )
 from cargohold.cli.units import parse_size
+from cargohold.cli.volume_qos import QOS_OPTIONS, qos_from_options
 from cargohold.control.client import ManagerClient, volume_detached
 from cargohold.errors import ConfigError
 
@@ -65,6 +66,7 @@ VOLUME_FIELDS = (
     "source",
     "created_at",
     "last_scrub",
+    "qos",
     "error",
 )
 GOOD_REPLICA_STATES = ("running", "stopped")
@@ -142,7 +144,10 @@ def diverged_text(s: dict[str, Any]) -> str:
 
 
 def print_volume(v: dict[str, Any]) -> None:
-    fields({**v, "last_scrub": scrub_text(v.get("last_scrub"))}, VOLUME_FIELDS)
+    from cargohold.cli.volume_qos_cmd import qos_text
+
+    shown = {**v, "last_scrub": scrub_text(v.get("last_scrub")), "qos": qos_text(v.get("qos"))}
+    fields(shown, VOLUME_FIELDS)
     if v.get("replicas"):
         print_replicas(v["replicas"])
 
@@ -190,14 +195,25 @@ def create(
         help="KEY=VALUE (repeatable): recurring jobs select volumes by label; "
         "recurring-job.cargohold.io/JOB=enabled attaches job JOB",
     ),
+    max_iops: str | None = QOS_OPTIONS["max_iops"],
+    max_read_iops: str | None = QOS_OPTIONS["max_read_iops"],
+    max_write_iops: str | None = QOS_OPTIONS["max_write_iops"],
+    max_bandwidth: str | None = QOS_OPTIONS["max_bandwidth"],
+    max_read_bandwidth: str | None = QOS_OPTIONS["max_read_bandwidth"],
+    max_write_bandwidth: str | None = QOS_OPTIONS["max_write_bandwidth"],
+    burst: str | None = QOS_OPTIONS["burst_seconds"],
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
-    """Create a volume; its replicas are placed by the manager."""
+    """Create a volume; its replicas are placed by the manager. QoS limits (docs/qos.md)
+    can be changed later with ``volume update``."""
     from cargohold.cli.snapshot_cmd import parse_labels
 
+    given = [max_iops, max_read_iops, max_write_iops, max_bandwidth]
+    given += [max_read_bandwidth, max_write_bandwidth, burst]
+    qos = {k: v for k, v in qos_from_options(*given).items() if v is not None}
     size_bytes = parse_size(size)
     with ManagerClient.discover(api, dir) as c:
         vol = c.create_volume(
@@ -211,6 +227,7 @@ def create(
             stale_replica_timeout=stale_replica_timeout,
             tenant=tenant,
             labels=parse_labels(label) or None,
+            qos=qos or None,
         )
         if wait:
             with progress(f"creating {name}") as update:

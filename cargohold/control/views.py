@@ -13,8 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cargohold.control.model import (
+    EngineStatus,
     Node,
     NodeState,
+    QosLimits,
     Record,
     Replica,
     ReplicaMode,
@@ -51,6 +53,18 @@ class EngineView(Record):
     running: bool = Field(description="its node's agent reports it running at this epoch")
 
 
+class QosView(Record):
+    """A volume's QoS: the limits wanted, those its running engine applies (they differ
+    for at most a second after a change), and how often the engine throttled it."""
+
+    limits: QosLimits = Field(description="the volume's limits (unset: none)")
+    applied: dict[str, int | float] | None = Field(
+        None, description="the limits its running engine enforces (null: not running)"
+    )
+    throttled_requests_total: int = Field(0, description="requests that waited, this engine")
+    throttled_seconds_total: float = Field(0.0, description="their waits, summed (0.1 s)")
+
+
 class VolumeView(Record):
     """``GET /api/v1/volumes/{volume}``: the fields scripts rely on."""
 
@@ -80,6 +94,7 @@ class VolumeView(Record):
     )
     tenant: str | None = Field(None, description="whose volume (null: the provider's own)")
     labels: dict[str, str] = Field(default_factory=dict, description="recurring jobs select by")
+    qos: QosView | None = Field(None, description="QoS limits and throttling (docs/qos.md)")
 
 
 class TenantView(Record):
@@ -192,6 +207,16 @@ def replica_view(rep: Replica, node: Node | None, engine_running: bool) -> dict[
 NOT_RESTORED = {"restoring": Robustness.UNKNOWN, "failed": Robustness.FAULTED}
 
 
+def qos_view(vol: Volume, st: EngineStatus | None) -> dict[str, Any]:
+    rep = st.qos if st is not None else {}
+    return {
+        "limits": vol.qos.model_dump(exclude_none=True),
+        "applied": rep.get("limits") if st is not None else None,
+        "throttled_requests_total": int(rep.get("throttled_requests_total", 0)),
+        "throttled_seconds_total": float(rep.get("throttled_seconds_total", 0.0)),
+    }
+
+
 def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) -> dict[str, Any]:
     running = vol.engine_runs
     state = vol.state.value
@@ -235,4 +260,5 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "last_scrub": vol.last_scrub.model_dump() if vol.last_scrub else None,
         "tenant": vol.tenant,
         "labels": vol.labels,
+        "qos": qos_view(vol, st if running else None),
     }
