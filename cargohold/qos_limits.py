@@ -146,7 +146,10 @@ def parse_text(name: str, text: str, where: str = "") -> int | float | None:
             f"{where}{name}={text!r} is not valid: use {lim.allowed}; e.g. 5000, 10k, 100Mi"
         )
     value = float(m[1]) * _SCALE[m[2]]
-    return _value(lim, float(round(value)), where)
+    try:
+        return _value(lim, float(round(value)), where)
+    except InvalidArgument:  # say what the user wrote, not what it was read as
+        raise InvalidArgument(f"{where}{name}={text!r} is not valid: use {lim.allowed}") from None
 
 
 def describe(limits: Mapping[str, Any]) -> str:
