@@ -113,12 +113,13 @@ class QosGate:
                 break
             q.popleft()
             conn.queued -= 1
+            if conn.gone():  # its client went away: the request is dropped, costs nothing
+                continue
             if kind != FREE:
                 lim.take(kind, req.length)
                 self.throttled_requests += 1
                 self.throttled_seconds += now - since
-            if not conn.gone():
-                conn.admitted(req)
+            conn.admitted(req)
         if q:
             self._schedule(now)
 
