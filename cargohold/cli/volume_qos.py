@@ -47,7 +47,7 @@ def qos_text(q: dict[str, Any] | None) -> str:
         return ""
     from cargohold.qos_limits import describe
 
-    limits = {k: v for k, v in (q.get("limits") or {}).items() if k in BY_NAME}
+    limits = {k: v for k, v in (q.get("limits") or {}).items() if k in BY_NAME and v is not None}
     text = describe(limits)
     applied = q.get("applied")
     if applied is not None and applied != limits:
