@@ -41,7 +41,7 @@ from cargohold.cli.output import (
     table,
 )
 from cargohold.cli.units import parse_size
-from cargohold.cli.volume_qos import QOS_OPTIONS, qos_from_options
+from cargohold.cli.volume_qos import QOS_OPTIONS, qos_from_options, qos_text
 from cargohold.control.client import ManagerClient, volume_detached
 from cargohold.errors import ConfigError
 
@@ -144,8 +144,6 @@ def diverged_text(s: dict[str, Any]) -> str:
 
 
 def print_volume(v: dict[str, Any]) -> None:
-    from cargohold.cli.volume_qos_cmd import qos_text
-
     shown = {**v, "last_scrub": scrub_text(v.get("last_scrub")), "qos": qos_text(v.get("qos"))}
     fields(shown, VOLUME_FIELDS)
     if v.get("replicas"):

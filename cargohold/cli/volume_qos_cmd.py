@@ -20,7 +20,7 @@ from cargohold.cli.volume_qos import QOS_OPTIONS, qos_from_options, qos_text
 from cargohold.control.client import ManagerClient
 from cargohold.errors import ConfigError
 
-__all__ = ["qos_text", "update"]
+__all__ = ["update"]
 
 
 @volume_app.command("update")
