@@ -127,6 +127,7 @@ class EngineProcess:
         self.state = EngineState.DOWN  # see TRANSITIONS
         self.transition: asyncio.Task[None] | None = None  # replacing or retiring it
         self.changing: asyncio.Task[None] | None = None  # a replica-set change in flight
+        self.qos_push: asyncio.Task[None] | None = None  # new QoS limits being applied
         self.tried: dict[str, float] = {}  # replica id -> last add/remove attempt (monotonic)
         self.readds: dict[str, int] = {}  # replica id -> re-adds since it was last RW
         self._readding: set[str] = set()  # re-adds planned, not yet taken by the engine
@@ -207,6 +208,7 @@ class EngineProcess:
             # the agent's NBD credentials for a network endpoint, else --plaintext
             tls_dir=self.credentials(s.volume)
             or (self.tls_dir if not is_loopback(self.host) else None),
+            qos=s.qos,
         )
 
     def _start_child(self) -> None:
@@ -301,6 +303,27 @@ class EngineProcess:
         if self.child is not None:
             await self.child.stop()
         self.ready = False
+
+    def qos_due(self) -> bool:
+        """The running engine enforces other QoS limits than the assignment's (its last
+        status says which), and none are being pushed now."""
+        if not self.running or not self.status or "qos" not in self.status:
+            return False
+        if self.qos_push is not None and not self.qos_push.done():
+            return False
+        return (self.status.get("qos") or {}).get("limits") != self.spec.qos
+
+    async def push_qos(self) -> None:
+        """Give the engine the assignment's QoS limits (control op ``qos``): they apply at
+        once; its answer updates the status kept of it."""
+        limits = dict(self.spec.qos)
+        try:
+            answer = await self.link.call({"op": "qos", "limits": limits})
+        except CargoholdError as e:
+            log.warning("cannot set the QoS limits of volume %s: %s", self.volume, e)
+            return
+        self.status = dict(self.status, qos=answer.get("qos", {}))
+        log.info("volume %s: QoS limits now %s", self.volume, limits or "none")
 
     def replica_plan(self, every: float) -> list[tuple[str, str]]:
         """What to change in the running engine's replica set: ("add", ID@HOST:PORT) for an

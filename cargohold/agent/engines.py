@@ -181,6 +181,8 @@ class Engines:
                     plan = eng.replica_plan(READD_EVERY)
                     if plan:
                         eng.changing = asyncio.create_task(self._change_replicas(eng, plan))
+                if eng.qos_due():  # new QoS limits: to the running engine, now
+                    eng.qos_push = asyncio.create_task(eng.push_qos())
 
     async def _retire(self, eng: EngineProcess) -> None:
         await eng.stop()
@@ -272,7 +274,12 @@ class Engines:
     def tasks(self) -> list[asyncio.Task[None]]:
         """The replacements, retirements and replica changes under way (cancelled at
         shutdown)."""
-        return [t for e in self.procs.values() for t in (e.transition, e.changing) if t is not None]
+        return [
+            t
+            for e in self.procs.values()
+            for t in (e.transition, e.changing, e.qos_push)
+            if t is not None
+        ]
 
     async def stop_all(self) -> None:
         """Stop every engine (SIGTERM: they flush and close) and forget them."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -269,6 +270,7 @@ def engine_argv(
     epoch_jump: bool = False,
     node: str = "",
     tls_dir: str | None = None,
+    qos: dict | None = None,
 ) -> list[str]:
     argv = cargohold_argv("engine", "--volume", volume, "--epoch", str(epoch))
     if epoch_jump:  # after `volume recover-epoch`: replicas far below this epoch
@@ -284,6 +286,8 @@ def engine_argv(
         argv += ["--last-scrub-at", f"{last_scrub_at:.3f}"]
     if node:  # the volume is attached here: agent/NODE may use its NBD endpoint over TLS
         argv += ["--node", node]
+    if qos:  # the volume's QoS limits to start with (changed online with the op qos)
+        argv += ["--qos", json.dumps(qos, sort_keys=True)]
     return argv + tls_argv(tls_dir)
 
 

@@ -18,6 +18,7 @@ of serving a volume that lacks acknowledged writes (invariant 4).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -25,6 +26,7 @@ from cargohold.cli.units import parse_size, split_addr
 from cargohold.constants import DEFAULT_NBD_PORT
 from cargohold.errors import CargoholdError, ConfigError
 from cargohold.logs import setup_logging
+from cargohold.qos_limits import check as check_qos
 from cargohold.settings import ProcessSettings
 
 # The node agent runs one engine per attached volume (``python -m cargohold engine ...``):
@@ -81,6 +83,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replica-timeout", type=float, help="seconds before a replica is dropped (5)")
     p.add_argument("--rebuild-bandwidth", help="rebuild copy rate, e.g. 200MiB (0 = unlimited)")
     p.add_argument(
+        "--qos",
+        metavar="JSON",
+        help="QoS limits to start with, e.g. '{\"max_iops\": 1000}' (docs/qos.md); the "
+        "control op qos changes them online",
+    )
+    p.add_argument(
         "--require",
         metavar="EPOCH:GEN",
         help="refuse to start if every reachable replica is older than this (epoch, generation)",
@@ -94,6 +102,15 @@ def parser() -> argparse.ArgumentParser:
         "(default: from the engine's start)",
     )
     return p
+
+
+def parse_qos(text: str) -> dict:
+    """``--qos JSON`` -> the limits, checked (InvalidArgument names a bad one)."""
+    try:
+        limits = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"--qos: not JSON: {e}") from None
+    return check_qos(limits, "--qos: ")
 
 
 def main(argv: list[str]) -> int:
@@ -133,6 +150,7 @@ def main(argv: list[str]) -> int:
             tls_dir=a.tls_dir,
             nbd_tls=a.nbd_tls,
             plaintext=a.plaintext,
+            qos=parse_qos(a.qos) if a.qos else {},
         )
     except CargoholdError as e:
         return _fail(str(e), 2)

@@ -99,6 +99,7 @@ _COMMANDS = (
     "verify_cmd",
     "volume_cmd",
     "volume_import_cmd",
+    "volume_qos_cmd",
     "adopt_cmd",
     "audit_cmd",
     "ca_cmd",

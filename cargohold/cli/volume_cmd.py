@@ -46,6 +46,7 @@ from cargohold.cli.output import (
     wide,
 )
 from cargohold.cli.units import positive_size
+from cargohold.cli.volume_qos import QOS_OPTIONS, qos_from_options, qos_text
 from cargohold.control.client import ManagerClient, volume_detached
 from cargohold.errors import ConfigError
 
@@ -71,6 +72,7 @@ VOLUME_FIELDS = (
     "source",
     "created_at",
     "last_scrub",
+    "qos",
     "error",
 )
 GOOD_REPLICA_STATES = ("running", "stopped")
@@ -201,7 +203,7 @@ def clients_text(clients: Any) -> str:
 
 
 def print_volume(v: dict[str, Any]) -> None:
-    shown = {**v, "last_scrub": scrub_text(v.get("last_scrub"))}
+    shown = {**v, "last_scrub": scrub_text(v.get("last_scrub")), "qos": qos_text(v.get("qos"))}
     if "nbd_clients" in v:
         shown["nbd_clients"] = clients_text(v["nbd_clients"])
     fields(shown, VOLUME_FIELDS)
@@ -252,14 +254,25 @@ def create(
         help="KEY=VALUE (repeatable): recurring jobs select volumes by label; "
         "recurring-job.cargohold.io/JOB=enabled attaches job JOB",
     ),
+    max_iops: str | None = QOS_OPTIONS["max_iops"],
+    max_read_iops: str | None = QOS_OPTIONS["max_read_iops"],
+    max_write_iops: str | None = QOS_OPTIONS["max_write_iops"],
+    max_bandwidth: str | None = QOS_OPTIONS["max_bandwidth"],
+    max_read_bandwidth: str | None = QOS_OPTIONS["max_read_bandwidth"],
+    max_write_bandwidth: str | None = QOS_OPTIONS["max_write_bandwidth"],
+    burst: str | None = QOS_OPTIONS["burst_seconds"],
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
-    """Create a volume; its replicas are placed by the manager."""
+    """Create a volume; its replicas are placed by the manager. QoS limits (docs/qos.md)
+    can be changed later with ``volume update``."""
     from cargohold.cli.snapshot_cmd import parse_labels
 
+    given = [max_iops, max_read_iops, max_write_iops, max_bandwidth]
+    given += [max_read_bandwidth, max_write_bandwidth, burst]
+    qos = {k: v for k, v in qos_from_options(*given).items() if v is not None}
     size_bytes = positive_size(size, "--size")
     with ManagerClient.discover(api, dir) as c:
         vol = c.create_volume(
@@ -273,6 +286,7 @@ def create(
             stale_replica_timeout=stale_replica_timeout,
             tenant=tenant,
             labels=parse_labels(label) or None,
+            qos=qos or None,
         )
         if wait:
             with progress(f"creating {name}") as update:

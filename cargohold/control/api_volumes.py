@@ -10,7 +10,7 @@ from cargohold.control.api_errors import errors
 from cargohold.control.api_json import JSON, Name
 from cargohold.control.auth import requires
 from cargohold.control.model import Operation
-from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate
+from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate, VolumeUpdate
 from cargohold.control.service import Service
 from cargohold.control.views import AttachmentView, ReplicaView, VolumeView
 from cargohold.security.identity import Identity
@@ -54,6 +54,17 @@ def add_routes(app: FastAPI, s: Service) -> None:
     )
     async def volume(volume: Name, who: Read) -> JSON:
         return await s.volume(volume, who)
+
+    @app.patch(
+        "/api/v1/volumes/{volume}",
+        tags=["volumes"],
+        response_model=VolumeView,
+        responses=errors(400, 404, 409, 422, body=True),
+    )
+    async def update_volume(volume: Name, body: VolumeUpdate, who: Write) -> JSON:
+        """Change a volume in use, attached or not: its QoS limits (a merge patch; a limit
+        set to null is removed). A running engine applies them within a second."""
+        return await s.update_volume(volume, body, who)
 
     @app.delete(
         "/api/v1/volumes/{volume}",

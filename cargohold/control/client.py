@@ -301,9 +301,10 @@ class ManagerClient:
         preferred_nodes: Iterable[str] | None = None,
         tenant: str | None = None,
         labels: dict[str, str] | None = None,
+        qos: JSON | None = None,
     ) -> JSON:
         """POST a ``VolumeCreate``; fields left None take the manager's defaults. ``source``
-        is ``{"volume": ..., "snapshot": ...}`` to clone."""
+        is ``{"volume": ..., "snapshot": ...}`` to clone; ``qos`` the QoS limits."""
         body: JSON = {"name": name, "size_bytes": size_bytes}
         given: JSON = {
             "replicas": replicas,
@@ -316,9 +317,15 @@ class ManagerClient:
             "preferred_nodes": list(preferred_nodes) if preferred_nodes else None,
             "tenant": tenant,
             "labels": labels or None,
+            "qos": qos or None,
         }
         body.update({k: v for k, v in given.items() if v is not None})
         return self._post("/api/v1/volumes", body)
+
+    def update_volume(self, name: str, qos: JSON) -> JSON:
+        """PATCH a volume's QoS limits (a merge: a limit given as None is removed)."""
+        out: JSON = self.request("PATCH", f"/api/v1/volumes/{_seg(name)}", body={"qos": qos})
+        return out
 
     def delete_volume(self, name: str, purge: bool = False) -> JSON:
         params = {"purge": "true"} if purge else None

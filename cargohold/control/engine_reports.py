@@ -122,6 +122,7 @@ async def ingest_engine(
             error=er.error,
             reported_at=now(),
             nbd_clients=nbd_clients(st),
+            qos=qos_report(st.get("qos")),
         )
         old = v.engine_status
         if old is not None and old.model_copy(update={"reported_at": 0.0}) == (
@@ -208,3 +209,16 @@ async def update_volume(
         await repo.update_volume(name, change)
     except NotFound:
         pass  # deleted since the heartbeat read it
+
+
+def qos_report(qos: object) -> dict[str, Any]:
+    """The part of an engine's ``qos`` status the manager keeps: the limits it applies and
+    its throttle counters (seconds to 0.1 s, so an idle volume causes no writes)."""
+    if not isinstance(qos, dict):
+        return {}
+    limits = qos.get("limits")
+    return {
+        "limits": limits if isinstance(limits, dict) else {},
+        "throttled_requests_total": int(qos.get("throttled_requests_total") or 0),
+        "throttled_seconds_total": round(float(qos.get("throttled_seconds_total") or 0.0), 1),
+    }

@@ -45,6 +45,9 @@ from pydantic import (
     model_validator,
 )
 
+from cargohold import qos_limits
+from cargohold.errors import InvalidArgument
+
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")  # a DNS-1123 label (dots ok)
 # The schema's form of it (OpenAPI ``pattern``); API request models name their fields with
 # ``name_field()`` so that clients see the rule, and strict types (StrictInt, ...): a JSON
@@ -184,6 +187,42 @@ class VolumeSource(Record):
         return self
 
 
+_IOPS_LO, _IOPS_HI = qos_limits.MIN_IOPS, qos_limits.MAX_IOPS
+_BW_LO, _BW_HI = qos_limits.MIN_BANDWIDTH, qos_limits.MAX_BANDWIDTH
+
+
+class QosLimits(Record):
+    """A volume's QoS limits (docs/qos.md), each optional: unset (null) means no limit.
+    IOPS count one operation per started 256 KiB of a request; bandwidths are bytes/s."""
+
+    max_iops: StrictInt | None = Field(None, ge=_IOPS_LO, le=_IOPS_HI, description="all")
+    max_read_iops: StrictInt | None = Field(None, ge=_IOPS_LO, le=_IOPS_HI)
+    max_write_iops: StrictInt | None = Field(None, ge=_IOPS_LO, le=_IOPS_HI)
+    max_bandwidth: StrictInt | None = Field(None, ge=_BW_LO, le=_BW_HI, description="bytes/s")
+    max_read_bandwidth: StrictInt | None = Field(None, ge=_BW_LO, le=_BW_HI)
+    max_write_bandwidth: StrictInt | None = Field(None, ge=_BW_LO, le=_BW_HI)
+    burst_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=qos_limits.MAX_BURST_SECONDS,
+        description="an idle volume may run this many seconds' worth of its limits ahead",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # the errors name the limit and its allowed values
+            try:
+                qos_limits.check(data)
+            except InvalidArgument as e:
+                raise ValueError(str(e)) from None
+        return data
+
+    def limits(self) -> dict[str, int | float]:
+        """The canonical dict (only the limits set): what engines are given."""
+        return qos_limits.check(self.model_dump(exclude_none=True))
+
+
 class EngineSpec(Record):
     """Where the volume's engine runs, and with which epoch and replicas."""
 
@@ -234,6 +273,7 @@ class EngineStatus(Record):
     error: str = ""
     reported_at: float = 0.0
     nbd_clients: list[NBDClient] = Field(default_factory=list)  # connected past the handshake
+    qos: dict[str, Any] = Field(default_factory=dict)  # limits applied, throttle counters
 
 
 class Volume(Record):
@@ -264,6 +304,7 @@ class Volume(Record):
     last_scrub: ScrubSummary | None = None
     tenant: str | None = None  # whose (None: the provider's own); never changes
     labels: dict[str, str] = Field(default_factory=dict)  # e.g. recurring-job.cargohold.io/J
+    qos: QosLimits = Field(default_factory=QosLimits)  # changed online (PATCH)
 
     @field_validator("name")
     @classmethod
@@ -543,6 +584,7 @@ class EngineAssignment(Message):
     purpose: Literal["attach", "maintenance"] = "attach"
     last_scrub_at: float = 0.0  # the volume's last scrub pass ended then (0: never)
     epoch_jump: bool = False  # after `volume recover-epoch`: OPEN may jump epochs
+    qos: dict[str, int | float] = Field(default_factory=dict)  # QoS limits (docs/qos.md)
 
 
 class OperationAssignment(Message):

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from cargohold.control.disk_roots import system_dir
-from cargohold.control.model import VolumeSource, check_name, name_field
+from cargohold.control.model import QosLimits, VolumeSource, check_name, name_field
 
 
 class VolumeCreate(BaseModel):
@@ -48,11 +48,24 @@ class VolumeCreate(BaseModel):
         description="recurring jobs select volumes by label; recurring-job.cargohold.io/JOB: "
         "enabled attaches job JOB (which must exist; docs/jobs.md)",
     )
+    qos: QosLimits | None = Field(default=None, description="QoS limits (docs/qos.md)")
 
     @field_validator("name", mode="before")
     @classmethod
     def _name(cls, v: object) -> object:
         return check_name(v, "volume name") if isinstance(v, str) else v
+
+
+class VolumeUpdate(BaseModel):
+    """PATCH /api/v1/volumes/{volume}: what may change on a volume in use (a merge patch:
+    fields left out stay as they are; a QoS limit set to null is removed)."""
+
+    model_config = {"extra": "forbid"}
+
+    qos: QosLimits | None = Field(
+        default=None,
+        description="QoS limits to change; applied to a running engine within a second",
+    )
 
 
 class DiskCreate(BaseModel):

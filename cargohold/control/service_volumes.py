@@ -12,13 +12,14 @@ from cargohold.control.jobs import JobStore, check_job_labels
 from cargohold.control.model import (
     NodeState,
     OperationKind,
+    QosLimits,
     Replica,
     SnapshotState,
     Volume,
     VolumeSource,
 )
 from cargohold.control.repository import MAX_RETRIES, TenantChanged, new_id, now, tenant_guard
-from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate
+from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate, VolumeUpdate
 from cargohold.control.service_base import ServiceBase
 from cargohold.control.tenancy import (
     check_quota,
@@ -37,6 +38,8 @@ from cargohold.errors import (
     Unschedulable,
     WrongState,
 )
+from cargohold.qos_limits import describe as describe_qos
+from cargohold.qos_limits import merge as merge_qos
 from cargohold.security.identity import Identity
 
 log = logging.getLogger("cargohold.manager")
@@ -115,6 +118,7 @@ class VolumeCalls(ServiceBase):
             initialized=source is None,
             tenant=owner,
             labels=req.labels,
+            qos=req.qos or QosLimits(),
         )
         await check_job_labels(JobStore(self.repo.store), req.labels, owner)
         await self._admit(vol, reps)
@@ -287,6 +291,30 @@ class VolumeCalls(ServiceBase):
             except TenantChanged:
                 continue
         raise Busy(f"tenant {vol.tenant}: too many concurrent changes, try again")
+
+    async def update_volume(
+        self, name: str, req: VolumeUpdate, who: Identity | None = None
+    ) -> dict[str, Any]:
+        """Change a volume in use: its QoS limits (a merge: limits left out stay, null
+        removes one). The engine, if it runs, gets them with its node's next assignments
+        (the held heartbeat is answered at once): within a second. Idempotent."""
+        vol = await self._volume(name, who)
+        if vol.deleting:
+            raise WrongState(f"volume {name} is being deleted")
+        if req.qos is None:
+            return await self.view(vol)
+        change_qos = req.qos.model_dump(exclude_unset=True)
+
+        def change(v: Volume) -> Volume | None:
+            new = QosLimits(**merge_qos(v.qos.limits(), change_qos))
+            if new == v.qos:
+                return None
+            v.qos = new
+            return v
+
+        vol = await self.repo.update_volume(name, change)
+        log.info("volume %s: QoS limits now %s", name, describe_qos(vol.qos.limits()))
+        return await self.view(vol)
 
     async def scrub(self, name: str, who: Identity | None = None) -> dict[str, Any]:
         """A scrub pass of every replica, run by the volume's engine (it must be attached):

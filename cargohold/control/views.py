@@ -13,9 +13,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cargohold.control.model import (
+    EngineStatus,
     NBDClient,
     Node,
     NodeState,
+    QosLimits,
     Record,
     Replica,
     ReplicaMode,
@@ -52,6 +54,18 @@ class EngineView(Record):
     running: bool = Field(description="its node's agent reports it running at this epoch")
 
 
+class QosView(Record):
+    """A volume's QoS: the limits wanted, those its running engine applies (they differ
+    for at most a second after a change), and how often the engine throttled it."""
+
+    limits: QosLimits = Field(description="the volume's limits (unset: none)")
+    applied: dict[str, int | float] | None = Field(
+        None, description="the limits its running engine enforces (null: not running)"
+    )
+    throttled_requests_total: int = Field(0, description="requests that waited, this engine")
+    throttled_seconds_total: float = Field(0.0, description="their waits, summed (0.1 s)")
+
+
 class VolumeView(Record):
     """``GET /api/v1/volumes/{volume}``: the fields scripts rely on."""
 
@@ -86,6 +100,7 @@ class VolumeView(Record):
         description="NBD clients connected to the engine as its node last reported (a "
         "heartbeat, ~2 s, behind): a detach is refused while there are any, unless forced",
     )
+    qos: QosView | None = Field(None, description="QoS limits and throttling (docs/qos.md)")
 
 
 class TenantView(Record):
@@ -211,6 +226,16 @@ def replica_view(rep: Replica, node: Node | None, engine_running: bool) -> dict[
 NOT_RESTORED = {"restoring": Robustness.UNKNOWN, "failed": Robustness.FAULTED}
 
 
+def qos_view(vol: Volume, st: EngineStatus | None) -> dict[str, Any]:
+    rep = st.qos if st is not None else {}
+    return {
+        "limits": vol.qos.model_dump(exclude_none=True),
+        "applied": rep.get("limits") if st is not None else None,
+        "throttled_requests_total": int(rep.get("throttled_requests_total", 0)),
+        "throttled_seconds_total": float(rep.get("throttled_seconds_total", 0.0)),
+    }
+
+
 def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) -> dict[str, Any]:
     running = vol.engine_runs
     state = vol.state.value
@@ -255,4 +280,5 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "tenant": vol.tenant,
         "labels": vol.labels,
         "nbd_clients": [c.model_dump() for c in st.nbd_clients] if st and running else [],
+        "qos": qos_view(vol, st if running else None),
     }

@@ -48,6 +48,8 @@ def affected(old: BaseModel | None, new: BaseModel | None) -> set[str] | Literal
             return ALL
         if old.engine != new.engine:
             return {e.node for e in (old.engine, new.engine) if e is not None}
+        if old.qos != new.qos and new.engine is not None:  # new limits for its engine
+            return {new.engine.node}
         return set()
     if isinstance(rec, Operation):
         if not isinstance(new, Operation):

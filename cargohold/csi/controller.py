@@ -21,7 +21,8 @@ Mapping (documented for users in docs/kubernetes.md):
 
 The RPCs live by role: ``controller_volumes.py`` (create, delete, validate, list, get,
 capacity, expand), ``controller_publish.py`` (publish, unpublish),
-``controller_snapshots.py`` (with ``controller_backups.py``); what they share (lookups, locks, publications) in
+``controller_snapshots.py`` (with ``controller_backups.py``), ``controller_modify.py``
+(ControllerModifyVolume: QoS limits); what they share (lookups, locks, publications) in
 ``controller_base.py``.
 """
 
@@ -31,6 +32,7 @@ from typing import Any
 
 from cargohold.csi import stubs
 from cargohold.csi.controller_base import ControllerBase, condition, zone_of
+from cargohold.csi.controller_modify import ModifyRpcs
 from cargohold.csi.controller_publish import PublishRpcs
 from cargohold.csi.controller_snapshots import SnapshotRpcs
 from cargohold.csi.controller_volumes import VolumeRpcs
@@ -55,10 +57,11 @@ CAPABILITIES = (
     RPC.VOLUME_CONDITION,
     RPC.GET_VOLUME,
     RPC.SINGLE_NODE_MULTI_WRITER,
+    RPC.MODIFY_VOLUME,  # QoS limits from a VolumeAttributesClass (controller_modify.py)
 )
 
 
-class Controller(VolumeRpcs, PublishRpcs, SnapshotRpcs, pb_grpc.ControllerServicer):  # type: ignore[name-defined]  # generated, loaded at run time (stubs())
+class Controller(VolumeRpcs, PublishRpcs, SnapshotRpcs, ModifyRpcs, pb_grpc.ControllerServicer):  # type: ignore[name-defined]  # generated, loaded at run time (stubs())
     """The CSI Controller service (``server.py`` registers it): the RPCs of its parts."""
 
     @rpc

@@ -17,6 +17,7 @@ from cargohold.csi import parameters as P
 from cargohold.csi.capacity import node_free, replicated
 from cargohold.csi.controller_backups import BackupSnapshots
 from cargohold.csi.controller_base import condition, one_page, zone_of
+from cargohold.csi.controller_modify import mutable_qos
 from cargohold.csi.errors import Code, CsiError, invalid, not_found, rpc
 from cargohold.errors import NotFound, WrongState
 
@@ -32,6 +33,9 @@ class VolumeRpcs(BackupSnapshots):
         name = P.volume_name(req.name)
         P.check_capabilities(req.volume_capabilities)
         params = P.VolumeParameters.parse(dict(req.parameters))
+        # QoS limits: the StorageClass's, and a VolumeAttributesClass's (mutable) over them
+        qos = {**params.qos, **mutable_qos(req.mutable_parameters)}
+        qos = {k: v for k, v in qos.items() if v is not None}
         block = any(c.WhichOneof("access_type") == "block" for c in req.volume_capabilities)
         for c in req.volume_capabilities:
             if c.WhichOneof("access_type") == "mount" and c.mount.fs_type:
@@ -74,6 +78,7 @@ class VolumeRpcs(BackupSnapshots):
                     source=source,
                     preferred_nodes=self._preferred_nodes(req),
                     labels=params.labels or None,
+                    qos=qos or None,
                 )
                 log.info("created volume %s (%d bytes) for %r", name, size, req.name)
             if vol.get("state") == "creating":

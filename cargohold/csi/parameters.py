@@ -18,8 +18,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold import qos_limits
 from cargohold.control.jobs import ENABLED, volume_label
 from cargohold.csi.errors import Code, CsiError, invalid
+from cargohold.errors import InvalidArgument
 
 BLOCK = 4096
 GIB = 1 << 30
@@ -65,8 +67,31 @@ PARAMETERS = (
         "comma-separated names of recurring jobs (cargohold job list) that must exist",
         "none",
     ),
+    # QoS limits (docs/qos.md): also mutable, in a VolumeAttributesClass
+    *(
+        Param(lim.csi, lim.allowed + " (e.g. 5000, 10k, 100Mi, unlimited)", "unlimited")
+        for lim in qos_limits.LIMITS
+    ),
 )
 _KNOWN = {p.name: p for p in PARAMETERS}
+
+
+def qos_parameters(params: dict[str, str], what: str = "StorageClass parameter") -> dict[str, Any]:
+    """The QoS limits among ``params`` (CSI names: maxIops, maxBandwidth, burstSeconds ...)
+    as a merge patch of the manager's names (``unlimited``, ``0``: None, remove the limit);
+    INVALID_ARGUMENT names a bad one with its allowed values."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        lim = qos_limits.BY_CSI.get(key)
+        if lim is None:
+            continue
+        try:
+            out[lim.name] = qos_limits.parse_text(lim.name, value)
+        except InvalidArgument:
+            raise invalid(
+                f"{what} {key}={value!r} is not valid: use {_KNOWN[key].allowed}"
+            ) from None
+    return out
 
 
 def _bad(name: str, value: str, why: str = "") -> CsiError:
@@ -86,6 +111,7 @@ class VolumeParameters:
     disk_tags: tuple[str, ...] = ()
     node_tags: tuple[str, ...] = ()
     recurring_jobs: tuple[str, ...] = ()  # each new volume gets the label that attaches it
+    qos: dict[str, Any] = field(default_factory=dict)  # QoS limits set (manager names)
     given: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -137,6 +163,9 @@ class VolumeParameters:
                 if not _LABEL.match(j):
                     raise _bad("recurringJobs", params["recurringJobs"], f"job name {j!r}")
             out["recurring_jobs"] = tuple(sorted(set(jobs)))
+        qos = {k: v for k, v in qos_parameters(params).items() if v is not None}
+        if qos:
+            out["qos"] = qos
         return cls(**out, given={k: v for k, v in params.items() if k in _KNOWN})
 
 

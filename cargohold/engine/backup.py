@@ -40,6 +40,7 @@ from cargohold import lineage
 from cargohold.backup.repository import Repository
 from cargohold.backup.targets import open_target
 from cargohold.constants import BLOCK_SIZE
+from cargohold.engine.background import ForegroundYield
 from cargohold.engine.replica_link import ReplicaLink
 from cargohold.engine.volume import Volume, describe
 from cargohold.errors import (
@@ -413,6 +414,7 @@ async def _copy(
     rate = vol.settings.backup_rate_mb * 1_000_000
     t0 = time.monotonic()
     read = 0
+    courtesy = ForegroundYield(vol.counters)  # the consumer's I/O first
 
     def export(pos: int) -> asyncio.Task[memoryview]:
         call = client.export(
@@ -441,6 +443,7 @@ async def _copy(
                 ahead = read / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+            await courtesy.pause()  # engine/background.py
     finally:
         if pending is not None:
             pending.cancel()

@@ -22,7 +22,10 @@ and ``release`` (``group``): a group snapshot's hold of the volume's writes, rel
 itself after ``seconds`` (``engine/holds.py``; ``snapshot`` with ``hold``: taken inside it;
 ``status`` shows it under ``hold``), ``snapshot-metadata`` (``snapshot``, optional
 ``base``, ``offset``, ``max_results``: a page of a snapshot's allocated blocks, or of the
-blocks changed since ``base``; engine/snapshot_metadata.py). ``status`` also lists under ``busy`` the
+blocks changed since ``base``; engine/snapshot_metadata.py), ``qos`` (``limits``: the
+volume's QoS limits, all of them, ``{}`` for none (``cargohold.qos_limits``); they apply at
+once; answers ``{"qos": ...}``, as ``status`` shows it: limits, queued, and the counters
+``throttled_requests_total`` and ``throttled_seconds_total``). ``status`` also lists under ``busy`` the
 control requests being carried out (op, name, since when): a test can kill the engine
 while a snapshot is being taken (with ``cargohold.engine.faults`` holding it there).
 """
@@ -52,6 +55,7 @@ async def handle(
     request: dict[str, Any],
     scrubber: Scrubber | None = None,
     busy: dict[int, dict[str, Any]] | None = None,
+    qos: Any = None,
 ) -> dict[str, Any]:
     op = request.get("op")
     if op == "status":
@@ -62,6 +66,8 @@ async def handle(
         if scrubber is not None:
             out["scrub"] = scrubber.status()
         out["hold"] = holds.status(vol)
+        if qos is not None:  # the NBD frontend's QoS gate (frontend/qos_gate.py)
+            out["qos"] = qos.status()
         if busy is not None:  # control requests being carried out now (not status itself)
             now = time.time()
             out["busy"] = [dict(b, seconds=round(now - b["since"], 3)) for b in busy.values()]
@@ -131,6 +137,11 @@ async def handle(
         if grant is not None and not isinstance(grant, str):
             raise InvalidArgument("grant (a read grant from the manager) must be a string")
         return {"import": await importer.start_import(vol, spec, snapshot, grant)}
+    if op == "qos":
+        if qos is None:
+            raise InvalidArgument("this engine has no QoS gate")
+        qos.configure(request.get("limits") or {})  # InvalidArgument names a bad limit
+        return {"qos": qos.status()}
     if op in ("backup", "restore"):
         op_id = request.get("id")
         if not isinstance(op_id, str) or not op_id:
@@ -144,7 +155,7 @@ async def handle(
         return {"job": job}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
-        "expand, add-replica, remove-replica, import, scrub, backup, restore, hold, release, snapshot-metadata)"
+        "expand, add-replica, remove-replica, import, scrub, backup, restore, hold, release, snapshot-metadata, qos)"
     )
 
 
@@ -156,7 +167,7 @@ def _name(request: dict[str, Any]) -> str:
 
 
 async def serve_control(
-    vol: Volume, path: str, scrubber: Scrubber | None = None
+    vol: Volume, path: str, scrubber: Scrubber | None = None, qos: Any = None
 ) -> asyncio.AbstractServer:
     busy: dict[int, dict[str, Any]] = {}
     ids = itertools.count()
@@ -175,7 +186,7 @@ async def serve_control(
                         busy[key] = {"op": str(req.get("op")), "since": time.time()}
                         if isinstance(req.get("name"), str):
                             busy[key]["name"] = req["name"]
-                    out = {"ok": True, **await handle(vol, req, scrubber, busy)}
+                    out = {"ok": True, **await handle(vol, req, scrubber, busy, qos)}
                 except CargoholdError as e:
                     out = {"ok": False, "error": str(e), "type": type(e).__name__}
                 except ValueError as e:

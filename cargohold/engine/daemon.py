@@ -31,6 +31,7 @@ from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
 from cargohold.errors import ConfigError
 from cargohold.frontend.nbd_server import serve
+from cargohold.frontend.qos_gate import QosGate
 from cargohold.security.policy import nbd_authorizer
 from cargohold.security.tls import (
     Credentials,
@@ -61,6 +62,7 @@ class EngineRun:
     tls_dir: str | None = None  # the engine's credentials directory (security/tls.py)
     nbd_tls: bool = False  # TLS on the NBD endpoint even on loopback (else: off network)
     plaintext: bool = False  # a network NBD endpoint without TLS (benchmarks; loud)
+    qos: dict = field(default_factory=dict)  # QoS limits to start with (cargohold.qos_limits)
 
 
 def nbd_credentials(config: EngineRun) -> Credentials | None:
@@ -142,7 +144,8 @@ async def serve_engine(config: EngineRun) -> None:
 
     scrubber = Scrubber(vol, last_scrub_at=config.last_scrub_at)
     scrubbing = asyncio.get_running_loop().create_task(scrubber.run())  # periodic and asked
-    ctl = await serve_control(vol, config.control, scrubber) if config.control else None
+    qos = QosGate(config.qos)  # the control op ``qos`` changes its limits online
+    ctl = await serve_control(vol, config.control, scrubber, qos) if config.control else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -161,6 +164,7 @@ async def serve_engine(config: EngineRun) -> None:
             started=lambda server: setattr(vol, "nbd_clients", server.clients),
             tls=tls,
             authorize=nbd_authorizer(config.volume, config.node) if tls is not None else None,
+            qos=qos,
         )
     finally:
         if ctl is not None:

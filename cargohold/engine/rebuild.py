@@ -32,6 +32,7 @@ import time
 from cargohold import lineage
 from cargohold.constants import BLOCK_SIZE
 from cargohold.engine import compare
+from cargohold.engine.background import ForegroundYield
 from cargohold.engine.interface import VolumeCore
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.errors import ReplicaIOError
@@ -136,6 +137,7 @@ async def _copy(
     a time and the sleep happens outside any window."""
     step = vol.settings.rebuild_window
     pipelined = not vol.settings.rebuild_bandwidth
+    courtesy = ForegroundYield(vol.counters)  # throttled: no window held between chunks
     pos = 0  # the start of the chunk in hand
     vol.window(pos, min(vol.size, pos + step))
     try:
@@ -169,6 +171,7 @@ async def _copy(
             vol.window_done()  # the chunk in hand is in: writes to it may go
             if not pipelined:  # throttled: sleep with no window held (the last chunk too,
                 await _throttle(vol, link, t0)  # so the whole copy keeps to the rate)
+                await courtesy.pause()  # the consumer's I/O first (engine/background.py)
             if pos >= vol.size:
                 return
             if following is None:

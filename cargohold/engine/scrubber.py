@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from cargohold import lineage
 from cargohold.constants import BLOCK_SIZE
 from cargohold.engine import compare
+from cargohold.engine.background import ForegroundYield
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.engine.volume import Volume
 from cargohold.errors import CargoholdError, ChecksumError, Fenced, NotFound, ReplicaIOError
@@ -220,6 +221,7 @@ class Scrubber:
         skip: set[str] = set()  # replicas whose SCRUB failed in this pass
         read = 0  # bytes read from disk by the busiest replica, for the throttle
         t0 = time.monotonic()
+        courtesy = ForegroundYield(vol.counters)  # the consumer's I/O first
         off = 0
         while off < vol.size:
             vol.check_usable()
@@ -261,6 +263,7 @@ class Scrubber:
                 ahead = read / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+            await courtesy.pause()  # engine/background.py
 
     # --- comparing replicas with each other ---------------------------------------------
     async def _compare(self, off: int, length: int, report: dict[str, Any], skip: set[str]) -> None:

@@ -16,6 +16,10 @@ what each command does to the device); aligned reads the device can answer at on
 answered inline. The replies finished in one pass of the event loop go out together, with
 one ``writelines`` (read data is never copied). Reading pauses while the connection's
 write buffer is high or ``MAX_INFLIGHT`` requests are in flight.
+
+QoS (``qos_gate.py``): when the volume has limits, each request is offered to the
+server's gate before it is taken up; one it queues is started later (``admitted``), and
+the connection stops reading while ``QUEUE_PER_CONNECTION`` of its requests wait there.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, cast
 
 from cargohold.errors import PermissionDenied, ProtocolError, Unauthenticated
 from cargohold.frontend.nbd_transmission import Transmission
+from cargohold.frontend.qos_gate import QUEUE_PER_CONNECTION
 from cargohold.protocol import nbd
 from cargohold.security.tls import Credentials, peer_identity
 
@@ -60,6 +65,7 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         self.counted = False  # in the server's connections and per-address counts
         self.started = self.last_active = 0.0  # loop time: connected, last bytes or reply
         self.tasks: set[asyncio.Task[None]] = set()
+        self.queued = 0  # requests waiting in the QoS gate (qos_gate.py)
         self.ready: nbd.Ready | None = None
         self._closing_after_drain = False
         self._write_paused = False
@@ -124,8 +130,12 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         now: list = []  # replies made in this call
         read_now = self._read_now if self.ready is not None else None
         bs = self.device.block_size
+        gate = self.server.qos
+        limited = gate.limited
         for ev in events:
             if type(ev) is nbd.Request:
+                if limited and not gate.offer(self, ev):
+                    continue  # queued: started by ``admitted`` when its tokens are there
                 if (
                     read_now is not None
                     and ev.cmd == nbd.CMD_READ
@@ -147,6 +157,8 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
                 self._close_when_idle()
             elif type(ev) is nbd.StartTLS:
                 self._start_tls()
+        if limited and self.queued >= QUEUE_PER_CONNECTION:
+            self._update_reading()
         if now:
             if self._out:  # a batch is going out at the end of this pass: join it
                 self._out += now
@@ -215,7 +227,12 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         t = self.transport
         if t is None or t.is_closing():
             return
-        want_pause = self._stopped or self._write_paused or len(self.tasks) >= MAX_INFLIGHT
+        want_pause = (
+            self._stopped
+            or self._write_paused
+            or len(self.tasks) >= MAX_INFLIGHT
+            or self.queued >= QUEUE_PER_CONNECTION
+        )
         if want_pause and not self._reading_paused:
             t.pause_reading()
             self._reading_paused = True
@@ -248,7 +265,7 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
 
     def _close_when_idle(self) -> None:
         self._closing_after_drain = True
-        if not self.tasks:
+        if not self.tasks and not self.queued:
             self.close()
 
     def close(self) -> None:
@@ -281,6 +298,16 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
             t.writelines(out)
 
     # --- requests ------------------------------------------------------------------------------
+    def admitted(self, req: nbd.Request) -> None:
+        """The QoS gate lets a queued request go: start it; read again if it was full."""
+        self._spawn(req)
+        if self._reading_paused:
+            self._update_reading()
+
+    def gone(self) -> bool:
+        """The connection is closed (the gate drops its queued requests)."""
+        return self.transport is None or self.transport.is_closing()
+
     def _spawn(self, req: nbd.Request) -> None:
         self.server.requests += 1
         task = asyncio.get_running_loop().create_task(self._run(req))
@@ -295,5 +322,5 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
             self.last_active = asyncio.get_running_loop().time()
         if self._reading_paused:
             self._update_reading()
-        if self._closing_after_drain and not self.tasks:
+        if self._closing_after_drain and not self.tasks and not self.queued:
             self.close()

@@ -42,6 +42,7 @@ from cargohold import memtune
 from cargohold.frontend.device import BlockDevice
 from cargohold.frontend.nbd_connection import NBDConnection
 from cargohold.frontend.nbd_transmission import SpanLocks
+from cargohold.frontend.qos_gate import QosGate
 from cargohold.protocol import nbd
 from cargohold.replica.admission import SAMPLE, SampledSet
 from cargohold.security.identity import Identity
@@ -69,8 +70,10 @@ class NBDServer:
         settings: NBDSettings | None = None,
         tls: Credentials | None = None,
         authorize: Callable[[Identity | None], object] | None = None,
+        qos: QosGate | None = None,
     ) -> None:
         self.device = device
+        self.qos = qos or QosGate()  # the volume's QoS limits (unlimited: never consulted)
         self.tls = tls  # TCP listeners require TLS with these credentials (module docstring)
         self.authorize = authorize  # raises Unauthenticated / PermissionDenied
         self.export = nbd.Export(
@@ -320,6 +323,7 @@ async def serve(
     tls: Credentials | None = None,
     authorize: Callable[[Identity | None], object] | None = None,
     started: Callable[[NBDServer], object] | None = None,
+    qos: QosGate | None = None,
 ) -> None:
     """Serve ``device`` until ``stop`` is set, then drain, close and flush the device.
     ``ready`` is called with the bound addresses (``HOST:PORT`` with the real port when
@@ -333,6 +337,7 @@ async def serve(
         settings=settings,
         tls=tls,
         authorize=authorize,
+        qos=qos,
     )
     if host is not None:
         await server.listen_tcp(host, port)

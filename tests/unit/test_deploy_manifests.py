@@ -192,3 +192,26 @@ def test_the_namespace_admits_the_privileged_node_plugin_and_no_default_class() 
     # the default StorageClass is the cluster admin's explicit choice (docs/kubernetes.md)
     annotations = docs[("StorageClass", "cargohold")]["metadata"].get("annotations") or {}
     assert "storageclass.kubernetes.io/is-default-class" not in annotations
+
+
+def test_the_qos_examples_are_valid() -> None:
+    """deploy/examples/qos: a StorageClass and VolumeAttributesClasses whose parameters the
+    driver accepts (docs/qos.md shows them); the resizer may read the classes."""
+    from cargohold.csi.controller_modify import mutable_qos
+    from cargohold.csi.parameters import VolumeParameters
+
+    docs = render("examples/qos")
+    [sc] = [d for d in docs if d["kind"] == "StorageClass"]
+    assert VolumeParameters.parse(sc["parameters"]).qos == {
+        "max_iops": 2000,
+        "max_bandwidth": 100 << 20,
+    }
+    vacs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "VolumeAttributesClass"}
+    assert set(vacs) == {"cargohold-silver", "cargohold-gold", "cargohold-unlimited"}
+    for vac in vacs.values():
+        assert vac["driverName"] == "csi.cargohold.io"
+        mutable_qos(vac["parameters"])  # raises if the driver would refuse it
+    assert mutable_qos(vacs["cargohold-unlimited"]["parameters"])["max_iops"] is None
+    base = render("base")
+    rules = [r for d in base if d["kind"] == "ClusterRole" for r in d.get("rules", ())]
+    assert any("volumeattributesclasses" in r.get("resources", ()) for r in rules)

@@ -164,9 +164,9 @@ async def test_unknown_routes_wrong_methods_and_bad_names(api: httpx.AsyncClient
     r = await api.put(V)
     shaped(r, 405, "MethodNotAllowed")
     assert r.headers["allow"] == "GET, POST"
-    r = await api.put(V + "/data")  # GET and DELETE are two routes: Allow names both
+    r = await api.put(V + "/data")  # GET, DELETE, PATCH: three routes, Allow names all
     shaped(r, 405, "MethodNotAllowed")
-    assert r.headers["allow"] == "DELETE, GET"
+    assert r.headers["allow"] == "DELETE, GET, PATCH"
     shaped(await api.get(V + "/Not_A_Name"), 422, "InvalidArgument")
     reg = {"address": "127.0.0.1"}
     shaped(await api.put("/api/v1/nodes/Bad_Node", json=reg), 422, "InvalidArgument")

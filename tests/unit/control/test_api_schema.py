@@ -136,6 +136,12 @@ async def test_every_answer_fits_the_published_schema(world, monkeypatch) -> Non
     await call("POST", M, 422, {"offset": -1}, volume="data", snapshot="s1")
     await call("POST", S + "/revert", 409, volume="data", snapshot="s1")  # attached
     await call("POST", V + "/expand", 202, {"size_bytes": 2 * GiB}, volume="data")
+    qos = {"qos": {"max_iops": 1000, "burst_seconds": 1.0}}
+    v = await call("PATCH", V, 200, qos, volume="data")
+    limits = {k: x for k, x in v["qos"]["limits"].items() if x is not None}  # others: null
+    assert limits == {"max_iops": 1000, "burst_seconds": 1.0}
+    await call("PATCH", V, 422, {"qos": {"max_iops": 5}}, volume="data")
+    await call("PATCH", V, 404, qos, volume="nope")
     await call("POST", V + "/expand", 400, {"size_bytes": GiB // 2}, volume="data")
     await call("POST", V + "/expand", 404, {"size_bytes": GiB}, volume="nope")
     await call("DELETE", S, 202, volume="data", snapshot="s1")

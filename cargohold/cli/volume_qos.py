@@ -1,0 +1,60 @@
+"""The QoS options of ``cargohold volume create`` and ``volume update`` (docs/qos.md): one
+typer option per limit, read with ``qos_limits.parse_text`` (``10k``, ``100Mi``, ``2s``),
+so the CLI's errors are the manager's and the CSI driver's. No typer app here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from cargohold.errors import ConfigError, InvalidArgument
+from cargohold.qos_limits import BY_NAME, LIMITS, parse_text
+
+_HELP = {
+    "max_iops": "IOPS, reads and writes together (one op per 256 KiB), e.g. 5000 or 10k",
+    "max_read_iops": "read IOPS",
+    "max_write_iops": "write IOPS",
+    "max_bandwidth": "bytes/s, reads and writes together, e.g. 100Mi (MiB/s) or 200M",
+    "max_read_bandwidth": "read bytes/s",
+    "max_write_bandwidth": "write bytes/s",
+    "burst_seconds": "seconds an idle volume may run ahead of its limits (default 0)",
+}
+QOS_OPTIONS: dict[str, Any] = {
+    lim.name: typer.Option(None, lim.flag, help=_HELP[lim.name], rich_help_panel="QoS")
+    for lim in LIMITS
+}
+
+
+def qos_from_options(*values: str | None) -> dict[str, Any]:
+    """The options given, in ``LIMITS`` order, as a merge patch: a limit given as 0 or
+    ``none`` is None (remove it), one not given is left out. ConfigError names a bad one."""
+    out: dict[str, Any] = {}
+    for lim, text in zip(LIMITS, values, strict=True):
+        if text is None:
+            continue
+        try:
+            out[lim.name] = parse_text(lim.name, text)
+        except InvalidArgument as e:
+            raise ConfigError(f"{lim.flag}: {e}") from None
+    return out
+
+
+def qos_text(q: dict[str, Any] | None) -> str:
+    """``volume get``'s qos line: 'max_iops=1000 burst_seconds=1; throttled 12 requests
+    (0.4 s)'; with 'applying' while the engine has not taken a change yet."""
+    if not q:
+        return ""
+    from cargohold.qos_limits import describe
+
+    limits = {k: v for k, v in (q.get("limits") or {}).items() if k in BY_NAME and v is not None}
+    text = describe(limits)
+    applied = q.get("applied")
+    if applied is not None and applied != limits:
+        text += f" (engine applies {describe(applied)}: changing)"
+    if applied is not None:
+        text += (
+            f"; throttled {q.get('throttled_requests_total', 0)} requests "
+            f"({q.get('throttled_seconds_total', 0.0):g} s waited)"
+        )
+    return text
