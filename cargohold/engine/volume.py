@@ -113,6 +113,8 @@ class Volume:
         self.latency: dict[str, collections.Counter[int]] = collections.defaultdict(
             collections.Counter
         )
+        self.latency_sum_us: collections.Counter[str] = collections.Counter()  # histogram sums
+        self._reading = 0  # reads waiting on a replica (queue depth: with _inflight)
         self.local = LocalReads(self, settings.local_reads)
         self.fanout = FanOut(name, settings, self.counters, self._fence)
 
@@ -269,6 +271,7 @@ class Volume:
         us = int((time.perf_counter() - t0) * 1e6)
         self.counters[what] += 1
         self.latency[what][us.bit_length() - 1 if us else 0] += 1  # log2 buckets of µs
+        self.latency_sum_us[what] += us
 
     # --- BlockDevice --------------------------------------------------------------------
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
@@ -328,6 +331,13 @@ class Volume:
         self.check_usable()
         if (data := self.read_now(offset, length)) is not None:
             return data
+        self._reading += 1
+        try:
+            return await self._read_replicas(offset, length)
+        finally:
+            self._reading -= 1
+
+    async def _read_replicas(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         bad: list[tuple[ReplicaLink, list[int]]] = []
         t0 = time.perf_counter()
         for link in self.readers():
@@ -585,6 +595,8 @@ class Volume:
             "jobs": {k: dict(v) for k, v in self.jobs.items()},
             "counters": dict(self.counters),
             "latency_log2_us": {k: dict(v) for k, v in self.latency.items()},
+            "latency_sum_us": dict(self.latency_sum_us),
+            "inflight": self._inflight + self._reading,
         }
 
 
