@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from cargohold.control.backup_records import Backup
+from cargohold.control.metrics import ManagerMetrics
 from cargohold.control.model import Heartbeat, Operation, OperationKind, Snapshot, Volume, keys
 from cargohold.control.repository import Guard, Repository, new_id, now
 from cargohold.control.settings import ManagerSettings
@@ -36,6 +37,7 @@ class ServiceBase:
         self.kick = asyncio.Event()  # wakes the reconcilers after a write
         self.watch = AssignmentWatch()  # wakes held heartbeats when their node's work changes
         self.reports: dict[str, tuple[str, Heartbeat]] = {}  # node -> (digest, last report)
+        self.metrics = ManagerMetrics()  # /metrics: API latency, reconciler passes
         repo.observers.append(self.watch.changed)
 
     async def view(self, vol: Volume) -> dict[str, Any]:
