@@ -50,9 +50,7 @@ def add_health_routes(app: FastAPI, s: Service) -> None:
 def add_event_routes(app: FastAPI, s: Service) -> None:
     """``/api/v1/events``."""
 
-    @app.get(
-        "/api/v1/events", tags=["manager"], response_model=list[Event], responses=errors(422)
-    )
+    @app.get("/api/v1/events", tags=["manager"], response_model=list[Event], responses=errors(422))
     async def events(
         who: Annotated[Identity, Depends(requires(Permission.VOLUMES_READ))],
         volume: Annotated[

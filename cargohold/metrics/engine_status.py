@@ -127,7 +127,7 @@ def _engine(fam: dict[str, Any], v: list[str], st: Mapping[str, Any]) -> None:
         rb = rep.get("rebuild")
         if isinstance(rb, Mapping) and not rb.get("finished"):
             done = _num(rb.get("done_bytes")) or 0.0
-            size = _num(st.get("size_bytes")) or 0.0
+            size = _num(rb.get("total_bytes")) or _num(st.get("size_bytes")) or 0.0
             fam["cargohold_volume_rebuild_done_bytes"].add_metric(rl, done)
             fam["cargohold_volume_rebuild_remaining_bytes"].add_metric(rl, max(0.0, size - done))
     scrub = st.get("scrub") if isinstance(st.get("scrub"), Mapping) else {}
