@@ -23,6 +23,7 @@ import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from cargohold.security.identity import Identity
 from cargohold.security.policy import Permission, allowed
@@ -61,9 +62,8 @@ class MetricsListener:
 
     async def start(self) -> None:
         ctx = self._ssl() if self._ssl is not None else None
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, ssl=ctx, ssl_handshake_timeout=READ_TIMEOUT
-        )
+        tls: dict[str, Any] = {"ssl": ctx, "ssl_handshake_timeout": READ_TIMEOUT} if ctx else {}
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
             "metrics on %s://%s:%d/metrics",
