@@ -438,7 +438,8 @@ class Repository(BackupRecords):
         ``event_log.PER_VOLUME`` (event_log.prune). -> how many went."""
         entries = await self.store.range(keys.EVENTS)
         events = await self.events()
-        doomed = set(event_log.prune([(e.id, e.volume) for e in events], overall=keep))
+        pairs = [(e.id, e.volume) for e in events]
+        doomed = set(event_log.prune(pairs, event_log.PER_VOLUME, keep))
         old = [e for e in entries if e.key.removeprefix(keys.EVENTS) in doomed]
         if old:
             await self.store.txn([], [Delete(e.key) for e in old])
