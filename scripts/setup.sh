@@ -17,6 +17,7 @@ APT_PACKAGES=(
   python3-libnbd     # libnbd's Python bindings (Debian's /usr/bin/python3 only)
   fuse3              # nbdfuse: an NBD export as a file, then a loop device
   etcd-server        # the manager's HA state store (tests start their own etcd)
+  prometheus         # promtool checks deploy/monitoring/; tests start their own Prometheus (issue 20)
 )
 
 missing=()
@@ -28,6 +29,11 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Debian's prometheus (and node-exporter, which it recommends) may start a daemon where an
+  # init system runs: the tests start their own Prometheus on a port of their own
+  for svc in prometheus prometheus-node-exporter; do
+    if [ -x "/etc/init.d/$svc" ]; then $SUDO "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
+  done
 fi
 
 PY="${PYTHON:-python3}"

@@ -29,6 +29,7 @@ from cargohold.agent import enrollment, node_state
 from cargohold.agent.credentials import NodeCredentials, engine_credentials
 from cargohold.agent.engines import Engines
 from cargohold.agent.manager_link import ManagerLink
+from cargohold.agent.metrics_http import STATUS_TIMEOUT, MetricsListener, disk_usage
 from cargohold.agent.operations import Operations
 from cargohold.agent.processes import Backoff, ReplicaServerProcess, stop_leftovers
 from cargohold.agent.replicas import Replicas
@@ -42,7 +43,10 @@ from cargohold.control.model import (
 )
 from cargohold.control.version_skew import running_version
 from cargohold.errors import CargoholdError, ConfigError, NotFound
-from cargohold.security.tls import is_loopback
+from cargohold.metrics.engine_status import volume_families
+from cargohold.metrics.exposition import render_families
+from cargohold.metrics.node_stats import node_families
+from cargohold.security.tls import Credentials, is_loopback
 
 log = logging.getLogger("cargohold.agent")
 
@@ -127,6 +131,7 @@ class Agent:
         )
         self.replicas.creds = self.creds
         self.engines.credentials = lambda volume: engine_credentials(self.creds, volume)
+        self.metrics: MetricsListener | None = None  # start(): with --metrics-port
 
     # what the heartbeat reports and registration tells, kept where they are managed
     @property
@@ -159,6 +164,7 @@ class Agent:
         leftovers = [p for p in self._state.get("pids", []) if p not in adopted]
         await asyncio.to_thread(stop_leftovers, leftovers, markers)
         if self.replica_server is not None:  # adopted: it keeps serving, same port
+            await self._start_metrics()
             self._save_state()
             log.info(
                 "adopted the replica server (pid %s) and %d engine(s) an earlier agent of "
@@ -170,6 +176,60 @@ class Agent:
             return
         last = int(self._state.get("replica_port") or 0)
         await self.replicas.start(self.config.replica_port, last)
+        await self._start_metrics()
+
+    async def _start_metrics(self) -> None:
+        """The node's scrape target (agent/metrics_http.py), with ``--metrics-port``."""
+        c = self.config
+        if c.metrics_port is None:
+            return
+        host = c.metrics_address or c.address
+        directory = await asyncio.to_thread(self.creds.metrics_dir, [host])
+        creds = Credentials.load(directory) if directory else None
+        self.metrics = MetricsListener(
+            host,
+            c.metrics_port,
+            self.render_metrics,
+            creds.server_context if creds is not None else None,
+            creds.cluster if creds is not None else lambda: None,
+        )
+        await self.metrics.start()
+
+    async def render_metrics(self) -> bytes:
+        """This node's exposition: its engines (a fresh status each, else the last one),
+        disks and replica server (agent/metrics_http.py)."""
+        procs = list(self.engines.procs.values())
+
+        async def fresh(eng: Any) -> dict[str, Any]:
+            if not eng.running:
+                return {}
+            try:
+                return dict(await eng.link.status(STATUS_TIMEOUT))
+            except (CargoholdError, OSError, TimeoutError):
+                return dict(eng.status)
+
+        statuses = await asyncio.gather(*(fresh(e) for e in procs))
+        node = self.config.node
+        per_disk: dict[str, int] = {}
+        for r in self.replicas.reports:
+            per_disk[r.disk_path] = per_disk.get(r.disk_path, 0) + 1
+        disks = [(d.name, d.path, d.capacity_bytes) for d in self.disks]
+        usage = {d.path: u for d in self.disks if (u := disk_usage(d.path)) is not None}
+        families = [
+            *volume_families(
+                node, ((e.volume, e.running, st) for e, st in zip(procs, statuses, strict=True))
+            ),
+            *node_families(
+                node,
+                disks,
+                usage,
+                per_disk,
+                self.replicas.server_stats,
+                sum(1 for e in procs if e.running),
+                self._manager_down_since is None and self.registered,
+            ),
+        ]
+        return render_families(families)
 
     async def _adopt(self) -> set[int]:
         """An earlier agent of this node died alone (SIGKILL, a crash) and left its replica
@@ -260,6 +320,8 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.engines.stop_all()
         await self.replicas.stop()
         self._save_state()

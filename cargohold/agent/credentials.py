@@ -119,6 +119,24 @@ class NodeCredentials:
             )
         return self.replica_tls_dir
 
+    def metrics_dir(self, hosts: list[str]) -> str | None:
+        """The credentials the node's metrics listener serves with (None: plaintext). With
+        the CA at hand a certificate of its own, valid for ``hosts`` (Prometheus checks
+        the address it scrapes); else the agent's own (docs/observability.md)."""
+        if self.plaintext:
+            return None
+        if self.ca_dir:
+            where = self.root / "metrics"
+            if not _fresh(where / CERT_FILE):
+                from cargohold.security.ca import CertificateAuthority
+
+                ca = CertificateAuthority.load(self.ca_dir)
+                ca.issue(Identity(ca.cluster, Role.AGENT, self.node), hosts=hosts).write(where)
+                os.chmod(where, 0o700)
+            return str(where)
+        client = self.client()
+        return str(client.directory) if client is not None else None
+
     def client(self) -> Credentials | None:
         """What the agent connects to its replica server with (None: plaintext)."""
         if self.plaintext:

@@ -66,7 +66,12 @@ from cargohold.security.tls import is_loopback
 
 log = logging.getLogger("cargohold.agent")
 
-UNREPORTED = ("counters", "latency_log2_us")  # engine status fields kept from the manager
+UNREPORTED = (
+    "counters",
+    "latency_log2_us",
+    "latency_sum_us",
+    "inflight",
+)  # kept from the manager (metrics only)
 READD_MAX = 300.0  # seconds: the longest wait between two re-adds of a dropped replica
 STATUS_IDLE_EVERY = 5.0  # seconds between status calls to an engine whose status stays put
 

@@ -93,6 +93,7 @@ class Replicas:
         self.server: ReplicaServerProcess | None = None
         self.port = 0
         self.reports: list[ReplicaReport] = []  # the last LIST that worked
+        self.server_stats: dict[str, Any] | None = None  # LIST's "server" part (metrics)
         self.refusal = ""  # what this agent refuses to do for the manager, reported
         self._news = news
         self._save = save
@@ -260,6 +261,7 @@ class Replicas:
                 items = await self._list()
         except (CargoholdError, OSError, TimeoutError) as e:
             log.warning("cannot list the replicas on this node: %s", e)
+            self.server_stats = None
             return None
         self.reports = [
             ReplicaReport(
@@ -290,7 +292,10 @@ class Replicas:
                 await self._drop_list_client()
                 kept = self._list_client = (rs.pid, await rs.client())
             try:
-                return await asyncio.wait_for(kept[1].list(), 5.0)
+                got = await asyncio.wait_for(kept[1].listing(), 5.0)
+                server = got.get("server")
+                self.server_stats = server if isinstance(server, dict) else None
+                return list(got["replicas"])
             except (CargoholdError, OSError, TimeoutError):
                 await self._drop_list_client()
                 if attempt == 2:

@@ -105,6 +105,16 @@ class AgentSettings(Settings):
         "agent to adopt: a restart for an upgrade does not stop I/O (docs/upgrades.md); off: "
         "stop them first, the node is taken out of service",
     )
+    metrics_port: int | None = setting(
+        None,
+        "port of the node's Prometheus scrape target, GET /metrics (--metrics-port; none: "
+        "no metrics listener; docs/observability.md)",
+        ge=0,
+        le=65535,
+    )
+    metrics_address: str = setting(
+        "", "address the metrics listener binds (--metrics-address; default: --address)"
+    )
     trash_grace: float = setting(
         86400.0,
         "seconds a deleted replica stays in its disk's trash (DISK/trash/) before it is "

@@ -61,6 +61,16 @@ def agent(
         help="seconds a deleted replica stays in its disk's trash (DISK/trash/) before it "
         "is really removed; until then it can be moved back (default 86400)",
     ),
+    metrics_port: int = typer.Option(
+        None,
+        min=0,
+        max=65535,
+        help="serve the node's Prometheus metrics on this port (GET /metrics; 0: any; "
+        "default: none; docs/observability.md)",
+    ),
+    metrics_address: str = typer.Option(
+        None, help="address the metrics listener binds (default: --address)"
+    ),
     ca_dir: str = typer.Option(
         None,
         "--ca-dir",
@@ -94,6 +104,8 @@ def agent(
             "replica_port": replica_port,
             "heartbeat": heartbeat,
             "trash_grace": trash_grace,
+            "metrics_port": metrics_port,
+            "metrics_address": metrics_address,
             "nbd_address": nbd_address,
             "nbd_tls_dir": nbd_tls_dir,
             "ca_dir": ca_dir,

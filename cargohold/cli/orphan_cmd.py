@@ -6,10 +6,13 @@ reported; see docs/operations.md, "Cluster identity, orphans and the trash"), an
     cargohold replica orphans -o json
     cargohold replica orphans delete node-2 vol-a-r1a2b3c
     cargohold events
+    cargohold events my-volume --follow
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
 import typer
@@ -104,11 +107,12 @@ def print_events(items: list[dict[str, Any]]) -> None:
         say("no events")
         return
     table(
-        ("AGE", "KIND", "NODE", "REPLICA", "MESSAGE"),
+        ("AGE", "KIND", "VOLUME", "NODE", "REPLICA", "MESSAGE"),
         [
             (
                 age(e.get("at")),
                 escape(e.get("kind", "")),
+                escape(e.get("volume", "")),
                 escape(e.get("node", "")),
                 escape(e.get("replica", "")),
                 escape(e.get("message", "")),
@@ -118,10 +122,49 @@ def print_events(items: list[dict[str, Any]]) -> None:
     )
 
 
+FOLLOW_EVERY = 1.0  # seconds between polls of --follow
+
+
+def event_line(e: dict[str, Any]) -> str:
+    """One event as a line of ``--follow``: time, kind, volume, node, replica, message."""
+    at = dt.datetime.fromtimestamp(float(e.get("at") or 0.0), dt.UTC).strftime("%H:%M:%S")
+    where = " ".join(str(e.get(k)) for k in ("volume", "node", "replica") if e.get(k))
+    return f"{at} {e.get('kind', '')} {where}: {e.get('message', '')}"
+
+
 @app.command("events")
 @handle_errors
-def events(output: Format = OUTPUT, api: str | None = API, dir: str | None = DIR) -> None:
-    """The manager's event log (orphans found and deleted, agents refusing, deletions done),
-    oldest first; the newest 1000 are kept."""
+def events(
+    volume: str = typer.Argument(None, help="only this volume's events"),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="keep printing new events as they come (Ctrl-C stops)"
+    ),
+    limit: int = typer.Option(None, min=1, max=10000, help="only the newest N events"),
+    output: Format = OUTPUT,
+    api: str | None = API,
+    dir: str | None = DIR,
+) -> None:
+    """The manager's event log, oldest first: volumes created, attached, detached and
+    deleted, replicas failed, rebuilds started and finished, scrub finding rot, snapshots,
+    backups done or failed, orphans, agents refusing (docs/observability.md). The newest
+    200 per volume and 2000 in all are kept."""
     with ManagerClient.discover(api, dir) as c:
-        render(c.events(), output, print_events)
+        got = c.events(volume=volume, limit=limit)
+        if not follow:
+            render(got, output, print_events)
+            return
+        shown: set[str] = set()
+        since = None
+        try:
+            while True:
+                for e in got:
+                    if e.get("id") in shown:
+                        continue
+                    shown.add(str(e.get("id")))
+                    since = max(since or 0.0, float(e.get("at") or 0.0))
+                    print(event_line(e), flush=True)
+                time.sleep(FOLLOW_EVERY)
+                # events of the same instant as the last one shown come again: skipped by id
+                got = c.events(volume=volume, since=since - 1e-3 if since else None)
+        except KeyboardInterrupt:
+            return

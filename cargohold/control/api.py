@@ -38,6 +38,7 @@ from cargohold.control import (
 from cargohold.control.api_errors import http_status, install_handlers, safe_input
 from cargohold.control.api_json import JSONRoute, parse_json
 from cargohold.control.auth import Auth, add_security
+from cargohold.control.metrics import ApiTimer
 from cargohold.control.service import Service
 
 __all__ = ["build", "http_status", "parse_json", "safe_input"]
@@ -70,5 +71,7 @@ def build(service: Service, auth: Auth | None = None) -> FastAPI:
     api_tokens.add_routes(app, service)
     api_jobs.add_routes(app, service)
     api_backups.add_routes(app, service)
+    api_manager.add_metrics_route(app, service)
+    app.add_middleware(ApiTimer, metrics=service.metrics)  # /metrics: latency by route
     add_security(app)  # every route declares a permission (ValueError if one does not)
     return app

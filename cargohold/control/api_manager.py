@@ -1,18 +1,21 @@
-"""The manager API's routes about the manager itself: health, liveness, status, events."""
+"""The manager API's routes about the manager itself: health, liveness, status, events,
+and the Prometheus scrape target ``/metrics`` (control/metrics.py)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Query, Response
 
 from cargohold.control.api_errors import WHY, errors
 from cargohold.control.api_json import JSON
 from cargohold.control.auth import PUBLIC, requires
+from cargohold.control.metrics import state_families
 from cargohold.control.model import Event
 from cargohold.control.service import Service
 from cargohold.control.version_skew import running_version
 from cargohold.control.views import ErrorBody, Health, StatusView
+from cargohold.metrics.exposition import CONTENT_TYPE, render_families
 from cargohold.security.identity import Identity
 from cargohold.security.policy import Permission
 
@@ -54,8 +57,47 @@ def add_health_routes(app: FastAPI, s: Service) -> None:
 def add_event_routes(app: FastAPI, s: Service) -> None:
     """``/api/v1/events``."""
 
-    @app.get("/api/v1/events", tags=["manager"], response_model=list[Event], responses=errors())
+    @app.get("/api/v1/events", tags=["manager"], response_model=list[Event], responses=errors(422))
     async def events(
-        who: Annotated[Identity, Depends(requires(Permission.NODES_READ))],
+        who: Annotated[Identity, Depends(requires(Permission.VOLUMES_READ))],
+        volume: Annotated[
+            str | None, Query(max_length=63, description="only this volume's events")
+        ] = None,
+        since: Annotated[
+            float | None,
+            Query(ge=0, le=1e11, description="only events after this Unix time (seconds)"),
+        ] = None,
+        limit: Annotated[
+            int | None, Query(ge=1, le=10000, description="at most this many, the newest")
+        ] = None,
     ) -> list[JSON]:
-        return await s.events(who)
+        """What happened, oldest first: volumes created, attached, detached and deleted,
+        replicas failed, rebuilds started and finished, scrub finding rot, snapshots,
+        backups done or failed, orphans, agents refusing (docs/observability.md). A
+        tenant sees only its own volumes' events."""
+        return await s.events(who, volume=volume, since=since, limit=limit)
+
+
+def add_metrics_route(app: FastAPI, s: Service) -> None:
+    """``/metrics``: Prometheus's scrape target (text exposition format 0.0.4)."""
+
+    @app.get(
+        "/metrics",
+        tags=["manager"],
+        responses={
+            **errors(),
+            200: {"content": {CONTENT_TYPE: {}}, "description": "the text exposition"},
+        },
+        response_class=Response,
+    )
+    async def metrics(
+        who: Annotated[Identity, Depends(requires(Permission.METRICS_READ))],
+    ) -> Response:
+        """This manager's metrics: API latency by route template, reconciler passes, and
+        from the state store volumes by state and robustness, nodes up, leadership, the
+        newest backup per volume (docs/observability.md). Needs ``metrics:read``."""
+        dynamic = await state_families(
+            s.repo, s.manager_id, s.is_leader, dict(s.repo.events_recorded)
+        )
+        body = s.metrics.measured() + render_families(dynamic)
+        return Response(body, media_type=CONTENT_TYPE)

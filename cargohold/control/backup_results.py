@@ -12,6 +12,7 @@ from __future__ import annotations
 from cargohold.control.backup_records import Backup, BackupState
 from cargohold.control.model import (
     RESTORE_FAILED,
+    EventKind,
     Operation,
     OperationKind,
     OperationState,
@@ -27,7 +28,10 @@ async def follow_backup(repo: Repository, op: Operation) -> None:
     if op.kind is not OperationKind.BACKUP or not isinstance(bid, str):
         return
 
+    before: list[BackupState] = []
+
     def change(b: Backup) -> Backup | None:
+        before[:] = [b.state]
         if b.state is BackupState.DELETING:
             return None
         if op.state is OperationState.RUNNING:
@@ -50,9 +54,18 @@ async def follow_backup(repo: Repository, op: Operation) -> None:
         return b
 
     try:
-        await repo.update_backup(bid, change)
+        b = await repo.update_backup(bid, change)
     except NotFound:
-        pass
+        return
+    ended = (BackupState.SUCCEEDED, BackupState.FAILED)
+    if b.state in ended and before and before[0] not in ended:  # once, when it ends
+        ok = b.state is BackupState.SUCCEEDED
+        await repo.add_event(
+            EventKind.BACKUP_DONE if ok else EventKind.BACKUP_FAILED,
+            f"backup {b.id} to target {b.target} "
+            + (f"done ({b.size_bytes} bytes)" if ok else f"failed: {b.error}"),
+            volume=b.volume,
+        )
 
 
 async def finish_restore(repo: Repository, op: Operation) -> None:

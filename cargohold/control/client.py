@@ -400,8 +400,12 @@ class ManagerClient:
             body["replicas_wanted"] = replicas_wanted
         return self._post("/api/v1/orphans/adopt", body)
 
-    def events(self) -> list[JSON]:
-        return self._list("/api/v1/events")
+    def events(
+        self, volume: str | None = None, since: float | None = None, limit: int | None = None
+    ) -> list[JSON]:
+        """The event log, oldest first: of ``volume`` only, after ``since``, the newest
+        ``limit`` (each None: no such filter)."""
+        return self._list("/api/v1/events", volume=volume, since=since, limit=limit)
 
     # --- recurring jobs --------------------------------------------------------------------
     def jobs(self) -> list[JSON]:

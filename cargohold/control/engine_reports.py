@@ -13,6 +13,7 @@ from typing import Any
 from cargohold.control.model import (
     EngineReport,
     EngineStatus,
+    EventKind,
     NBDClient,
     Replica,
     ReplicaMode,
@@ -163,8 +164,10 @@ async def ingest_engine(
             setattr(v, k, value)
         return v
 
-    if any(getattr(vol, k) != value for k, value in observe(vol).items()):
+    seen = observe(vol)
+    if any(getattr(vol, k) != value for k, value in seen.items()):
         await update_volume(repo, vol.name, observed)  # only a change is written
+        await _volume_events(repo, vol, seen, name)
     if not (er.running and st):
         return
     for rep in replicas:
@@ -199,7 +202,55 @@ async def ingest_engine(
         try:
             await repo.update_replica(vol.name, rep.id, upd)
         except NotFound:
-            pass  # deleted meanwhile
+            continue  # deleted meanwhile
+        await _replica_event(repo, vol.name, rep, mode, err)
+
+
+async def _volume_events(repo: Repository, vol: Volume, seen: dict[str, object], node: str) -> None:
+    """Events of an engine's report that changed its volume: the engine came up where the
+    volume is wanted (attached), a scrub pass that found rot."""
+    status = seen.get("engine_status")
+    was = vol.engine_status
+    if (
+        isinstance(status, EngineStatus)
+        and status.running
+        and not (was is not None and was.running and was.epoch == status.epoch)
+        and vol.attach_node == node
+    ):
+        await repo.add_event(
+            EventKind.VOLUME_ATTACHED,
+            f"attached on node {node} (engine epoch {status.epoch})",
+            volume=vol.name,
+            node=node,
+        )
+    scrub = seen.get("last_scrub")
+    if isinstance(scrub, ScrubSummary) and scrub != vol.last_scrub:
+        bad = scrub.found + scrub.diverged_found
+        if bad:
+            await repo.add_event(
+                EventKind.SCRUB_FOUND_ROT,
+                f"scrub found {scrub.found} bad and {scrub.diverged_found} diverged blocks; "
+                f"repaired {scrub.repaired + scrub.diverged_repaired}, unrepaired "
+                f"{scrub.unrepaired + scrub.diverged_unrepaired}",
+                volume=vol.name,
+            )
+
+
+async def _replica_event(
+    repo: Repository, volume: str, rep: Replica, mode: ReplicaMode | None, err: str
+) -> None:
+    """A replica's mode changed in its engine: dropped (ERR), rebuilding (WO), current again."""
+    if mode is rep.mode or mode is None:
+        return
+    if mode is ReplicaMode.ERR:
+        kind, what = EventKind.REPLICA_FAILED, f"replica failed: {err or 'dropped by the engine'}"
+    elif mode is ReplicaMode.WO:
+        kind, what = EventKind.REBUILD_STARTED, "rebuild started"
+    elif rep.mode is ReplicaMode.WO:
+        kind, what = EventKind.REBUILD_FINISHED, "rebuild finished: the replica is current"
+    else:
+        return
+    await repo.add_event(kind, what, volume=volume, node=rep.node, replica=rep.id)
 
 
 async def update_volume(

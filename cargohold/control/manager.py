@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 
 import uvicorn
 
@@ -90,14 +91,20 @@ class Manager:
         self.service.is_leader = lead
         if lead:
             for rec in [*self.reconcilers, self.jobs]:
+                t0, failed = time.perf_counter(), True
                 try:
                     await rec.run_once()
+                    failed = False
                 except CargoholdError as e:
                     log.warning("%s: %s", type(rec).__name__, e)
                     if isinstance(e, StateStoreDamaged):
                         self.repo.note_damage(e)
                 except Exception:
                     log.exception("%s failed; retrying next pass", type(rec).__name__)
+                finally:  # /metrics: each pass's duration and failures
+                    self.service.metrics.reconciled(
+                        type(rec).__name__, time.perf_counter() - t0, failed
+                    )
         return lead
 
     async def reconcile_forever(self) -> None:

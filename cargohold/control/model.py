@@ -672,6 +672,18 @@ class EventKind(StrEnum):
     CLUSTER_CREATED = "cluster-created"
     CLUSTER_ID_ASSIGNED = "cluster-id-assigned"  # a store of an older version, migrated
     VOLUME_ADOPTED = "volume-adopted"  # records recreated from orphans (volume adopt)
+    # what happened to a volume (issue 20: docs/observability.md)
+    VOLUME_CREATED = "volume-created"
+    VOLUME_DELETED = "volume-deleted"
+    VOLUME_ATTACHED = "volume-attached"  # its engine runs on the wanted node
+    VOLUME_DETACHED = "volume-detached"
+    REPLICA_FAILED = "replica-failed"  # the engine dropped it (ERR)
+    REBUILD_STARTED = "rebuild-started"
+    REBUILD_FINISHED = "rebuild-finished"
+    SCRUB_FOUND_ROT = "scrub-found-rot"  # a scrub pass found bad or diverged blocks
+    SNAPSHOT_CREATED = "snapshot-created"
+    BACKUP_DONE = "backup-done"
+    BACKUP_FAILED = "backup-failed"
 
 
 class Event(Record):

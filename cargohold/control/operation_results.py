@@ -16,6 +16,7 @@ from cargohold.control.backup_results import (
     follow_backup,
 )
 from cargohold.control.model import (
+    EventKind,
     Operation,
     OperationKind,
     OperationReport,
@@ -91,6 +92,10 @@ async def apply_result(repo: Repository, op: Operation) -> None:
                 return s
 
             await repo.update_snapshot(op.volume, name, snap)
+            if ok:
+                await repo.add_event(
+                    EventKind.SNAPSHOT_CREATED, f"snapshot {name} taken", volume=op.volume
+                )
             if not ok:
                 await fail_backups_of_snapshot(repo, op.volume, name, op.error)
         elif op.kind is OperationKind.SNAPSHOT_DELETE:

@@ -431,6 +431,9 @@ class VolumeReconciler:
             if not await self.repo.replicas(vol.name):
                 await self.repo.delete_volume_records(vol.name)
                 log.info("volume %s deleted", vol.name)
+                await self.repo.add_event(
+                    EventKind.VOLUME_DELETED, "deleted, with its replicas", volume=vol.name
+                )
             return
         if vol.engine_runs or vol.released or vol.attach_node is not None:
             return  # an engine reports robustness (or its node is down: faulted)

@@ -13,6 +13,7 @@ wakes the heartbeats held for the nodes a change concerns (cargohold/control/wat
 
 from __future__ import annotations
 
+import collections
 import inspect
 import itertools
 import secrets
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from cargohold.control import event_log
 from cargohold.control.access import Tenant
 from cargohold.control.model import (
     Cluster,
@@ -45,7 +47,7 @@ from cargohold.errors import AlreadyExists, Busy, NotFound, StateStoreDamaged
 M = TypeVar("M", bound=BaseModel)
 MAX_RETRIES = 64
 PARSED_MAX = 200_000  # parsed records kept (then the cache starts over)
-EVENTS_KEPT = 1000  # the newest events kept in the store
+EVENTS_KEPT = event_log.OVERALL  # the newest events kept in the store
 _event_seq = itertools.count()  # orders this manager's events of one clock tick
 
 
@@ -72,6 +74,7 @@ class Repository(BackupRecords):
         # damage seen in the store, until ``check`` finds it repaired: record key -> (its
         # model, what is wrong); the key "" stands for the store's file itself
         self.damaged: dict[str, tuple[type[BaseModel] | None, str]] = {}
+        self.events_recorded: collections.Counter[str] = collections.Counter()  # metrics
 
     def note_damage(self, e: StateStoreDamaged) -> None:
         """Remember damage a caller ran into (the API's error handler, a reconciler pass),
@@ -424,15 +427,20 @@ class Repository(BackupRecords):
             replica=replica,
         )
         await self.store.put(keys.event(ev.id), _dump(ev))
+        self.events_recorded[kind.value] += 1
         return ev
 
     async def events(self) -> list[Event]:
         return await self._list(keys.EVENTS, Event)
 
     async def trim_events(self, keep: int = EVENTS_KEPT) -> int:
-        """Delete all but the newest ``keep`` events. -> how many went."""
+        """Delete all but the newest ``keep`` events, and each volume's beyond its newest
+        ``event_log.PER_VOLUME`` (event_log.prune). -> how many went."""
         entries = await self.store.range(keys.EVENTS)
-        old = entries[: max(0, len(entries) - keep)]
+        events = await self.events()
+        pairs = [(e.id, e.volume) for e in events]
+        doomed = set(event_log.prune(pairs, event_log.PER_VOLUME, keep))
+        old = [e for e in entries if e.key.removeprefix(keys.EVENTS) in doomed]
         if old:
             await self.store.txn([], [Delete(e.key) for e in old])
             for e in old:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from typing import Any
 
+from cargohold.control import event_log
 from cargohold.control.adoption import AdoptRequest, adopt
 from cargohold.control.model import EventKind, NodeState
 from cargohold.control.service_base import ServiceBase
@@ -98,11 +99,18 @@ class ClusterCalls(ServiceBase):
         self.kick.set()
         return plan.model_dump()
 
-    async def events(self, who: Identity | None = None) -> list[dict[str, Any]]:
-        """Every event; a tenant's only those of its own volumes (node and orphan events
-        are the provider's)."""
+    async def events(
+        self,
+        who: Identity | None = None,
+        volume: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The events of ``volume`` (None: all) after ``since``, the newest ``limit``, oldest
+        first (control/event_log.py); a tenant's only those of its own volumes (node and
+        orphan events are the provider's)."""
         events = await self.repo.events()
         if who is not None and who.tenant is not None:
             seen = {v.name for v in only_visible(who, await self.repo.volumes())}
             events = [e for e in events if e.volume and e.volume in seen]
-        return [e.model_dump() for e in events]
+        return [e.model_dump() for e in event_log.select(events, volume, since, limit)]

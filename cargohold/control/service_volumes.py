@@ -10,6 +10,7 @@ from typing import Any
 from cargohold.constants import MAX_EPOCH
 from cargohold.control.jobs import JobStore, check_job_labels
 from cargohold.control.model import (
+    EventKind,
     NodeState,
     OperationKind,
     QosLimits,
@@ -143,6 +144,12 @@ class VolumeCalls(ServiceBase):
             req.size_bytes,
             ", ".join(f"{r.node}/{r.disk}" for r in reps),
         )
+        await self.repo.add_event(
+            EventKind.VOLUME_CREATED,
+            f"created: {req.size_bytes} bytes, replicas on "
+            + ", ".join(f"{r.node}/{r.disk}" for r in reps),
+            volume=req.name,
+        )
         self.kick.set()
         return await self.view(vol)
 
@@ -206,9 +213,18 @@ class VolumeCalls(ServiceBase):
                     "volume %s: node %s is down, taking over on %s", name, v.attach_node, req.node
                 )
             v.attach_node = req.node
+            changed.append(v.attach_node)
             return v
 
+        changed: list[str] = []
         vol = await self.repo.update_volume(name, change)
+        if changed:
+            await self.repo.add_event(
+                EventKind.VOLUME_ATTACHED,
+                f"attach to node {req.node} asked" + (" (forced takeover)" if req.force else ""),
+                volume=name,
+                node=req.node,
+            )
         self.kick.set()
         return await self.view(vol)
 
@@ -230,10 +246,16 @@ class VolumeCalls(ServiceBase):
                     "unmount it and disconnect them first, or force the detach (their I/O "
                     "will fail)"
                 )
+            was[:] = [v.attach_node]
             v.attach_node = None
             return v
 
+        was: list[str] = []
         vol = await self.repo.update_volume(name, change)
+        if was:
+            await self.repo.add_event(
+                EventKind.VOLUME_DETACHED, f"detached from node {was[0]}", volume=name, node=was[0]
+            )
         self.kick.set()
         return await self.view(vol)
 

@@ -31,7 +31,6 @@ only the public names of the small internal interface described in ``interface``
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -41,6 +40,7 @@ from typing import Any
 
 from cargohold.constants import BLOCK_SIZE
 from cargohold.engine.fanout import FanOut, answers
+from cargohold.engine.io_stats import IoStats
 from cargohold.engine.local_reads import LocalReads
 from cargohold.engine.rebuild import rebuild
 from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec
@@ -110,10 +110,8 @@ class Volume:
         self._window_free.set()
         self._turn = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.counters: collections.Counter[str] = collections.Counter()
-        self.latency: dict[str, collections.Counter[int]] = collections.defaultdict(
-            collections.Counter
-        )
+        self.io = IoStats()  # counters, latency histograms, reads waiting (io_stats.py)
+        self.counters = self.io.counters
         self.local = LocalReads(self, settings.local_reads)
         self.fanout = FanOut(name, settings, self.counters, self._fence)
 
@@ -254,7 +252,7 @@ class Volume:
         self._idle.clear()
         try:
             stored, t0 = await self.fanout.send(targets, lambda c: send(c, gen), gen)
-            self._observe(what, t0)
+            self.io.observe(what, t0)
             self.check_usable()
             self.fanout.require(stored, what)
         finally:
@@ -265,11 +263,6 @@ class Volume:
     def _fence(self, why: str) -> None:
         """A replica said a newer engine owns it: every request fails from now on."""
         self.fenced = why
-
-    def _observe(self, what: str, t0: float) -> None:
-        us = int((time.perf_counter() - t0) * 1e6)
-        self.counters[what] += 1
-        self.latency[what][us.bit_length() - 1 if us else 0] += 1  # log2 buckets of µs
 
     # --- BlockDevice --------------------------------------------------------------------
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
@@ -300,7 +293,7 @@ class Volume:
     async def flush(self) -> None:
         self.check_usable()
         stored, t0 = await self.fanout.send(self.write_set(), lambda c: c.send(Op.FLUSH), 0)
-        self._observe("flush", t0)
+        self.io.observe("flush", t0)
         self.check_usable()
         self.fanout.require(stored, "flush")
 
@@ -321,7 +314,7 @@ class Volume:
         t0 = time.perf_counter()
         data = self.local.read(offset, length)
         if data is not None:
-            self._observe("read", t0)
+            self.io.observe("read", t0)
             self.counters["read_bytes"] += length
         return data
 
@@ -329,6 +322,13 @@ class Volume:
         self.check_usable()
         if (data := self.read_now(offset, length)) is not None:
             return data
+        self.io.reading += 1
+        try:
+            return await self._read_replicas(offset, length)
+        finally:
+            self.io.reading -= 1
+
+    async def _read_replicas(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         bad: list[tuple[ReplicaLink, list[int]]] = []
         t0 = time.perf_counter()
         for link in self.readers():
@@ -351,14 +351,14 @@ class Volume:
                 continue
             for victim, blocks in bad:
                 self.spawn(self._repair(victim, blocks, offset, got))
-            self._observe("read", t0)
+            self.io.observe("read", t0)
             self.counters["read_bytes"] += length
             return got
         if bad:  # rot on every replica, in different blocks: assemble the range block-wise
             out, more = await self._read_around_rot(offset, length)
             for victim, blocks in bad + more:
                 self.spawn(self._repair(victim, blocks, offset, out))
-            self._observe("read", t0)
+            self.io.observe("read", t0)
             self.counters["read_bytes"] += length
             return out
         raise ReplicaIOError(f"volume {self.name}: no current replica could serve the read")
@@ -584,8 +584,7 @@ class Volume:
             "replicas": [link.status() for link in self.links],
             "import": dict(self.import_job) if self.import_job is not None else None,
             "jobs": {k: dict(v) for k, v in self.jobs.items()},
-            "counters": dict(self.counters),
-            "latency_log2_us": {k: dict(v) for k, v in self.latency.items()},
+            **self.io.status(self._inflight),
         }
 
 

@@ -44,7 +44,7 @@ from typing import Any
 from cargohold import durable
 from cargohold.control.settings import ClientSettings
 from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable
-from cargohold.launcher import credentials, etcd_certs, netns
+from cargohold.launcher import credentials, etcd_certs, monitoring, netns
 from cargohold.launcher.faults import Faults
 from cargohold.launcher.manager_http import get_json
 from cargohold.launcher.netns import LabLayout
@@ -75,6 +75,7 @@ COMMAND_ENV = LauncherSettings.variable("launcher_command")
 ETCD_ENV = LauncherSettings.variable("etcd")
 LAB_MANAGER_PORT = 9600  # inside the lab each manager has the namespace's ports to itself
 LAB_ETCD_PORTS = (2379, 2380)
+LAB_METRICS_PORT = 9470  # each node's agent's /metrics inside its namespace
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 _UNIX_PATH_MAX = 107
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
@@ -164,7 +165,7 @@ class LocalCluster(Faults):
             lab = LabLayout.for_dir(dir)
 
         logs = os.path.join(dir, "logs")
-        ports = free_ports(count + 2)
+        ports = free_ports(count + 2 + nodes)  # managers, etcd's two, each agent's /metrics
         host = lab.manager_address if lab else "127.0.0.1"
         etcd = None
         if backend == "etcd":
@@ -197,6 +198,7 @@ class LocalCluster(Faults):
                 address=lab.node_address(i) if lab else "127.0.0.1",
                 zone=zones[(i - 1) % len(zones)] if zones else "",
                 dir=os.path.join(dir, "nodes", name),
+                metrics_port=LAB_METRICS_PORT if lab else ports[count + 2 + i - 1],
             )
         return cls(
             dir,
@@ -372,6 +374,8 @@ class LocalCluster(Faults):
                     say(f"started {n.name} agent (pid {n.pid}) at {n.address}{zone}{where}")
                 nodes = list(self.nodes.values())
                 self._wait(nodes, deadline, lambda: self._nodes_health(nodes))
+                path = monitoring.write_scrape_config(self)
+                say(f"wrote a Prometheus scrape config: {path} (docs/observability.md)")
             except BaseException:
                 self._teardown()
                 raise

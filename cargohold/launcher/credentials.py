@@ -40,6 +40,14 @@ def admin_tls_dir(dir: str) -> Path:
     return Path(dir) / "tls"
 
 
+PROMETHEUS_NAME = "prometheus"
+
+
+def prometheus_tls_dir(dir: str) -> Path:
+    """reader/prometheus: the client certificate of the scrape config (monitoring.py)."""
+    return Path(dir) / "prometheus" / "tls"
+
+
 def token_file(dir: str) -> Path:
     return Path(dir) / "token"
 
@@ -81,6 +89,8 @@ def issue(
             manager_tls_dir(dir, mid)
         )
     ca.issue(Identity(cluster, Role.ADMIN, ADMIN_NAME)).write(admin_tls_dir(dir))
+    # what the cluster's Prometheus scrapes with: metrics:read and nothing to change
+    ca.issue(Identity(cluster, Role.READER, PROMETHEUS_NAME)).write(prometheus_tls_dir(dir))
     for name, address, node_dir in nodes:
         ca.issue(Identity(cluster, Role.AGENT, name)).write(agent_tls_dir(node_dir))
         ca.issue(Identity(cluster, Role.REPLICA, name), hosts=[address]).write(

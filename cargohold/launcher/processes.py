@@ -92,6 +92,7 @@ class NodeProc(Process):
     # process groups of earlier agents of this node that died alone: their children (the
     # replica server, engines) keep running and are adopted by the agent started next
     earlier_pgids: list[int] = dataclasses.field(default_factory=list)
+    metrics_port: int = 0  # the agent's /metrics (0: none; clusters made before issue 20)
 
     def groups(self) -> list[int]:
         """Every process group holding this node's processes, the current agent's first."""

@@ -162,6 +162,8 @@ class Startup:
         argv += ["--address", n.address, "--dir", n.dir, "--disk", disk]
         if n.zone:
             argv += ["--zone", n.zone]
+        if n.metrics_port:  # the node's scrape target (docs/observability.md)
+            argv += ["--metrics-port", str(n.metrics_port)]
         if not self.plaintext:
             # the data path over mutual TLS: the agent issues its replica server's, its own
             # and each engine's certificates from the cluster CA (docs/security.md says why

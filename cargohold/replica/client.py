@@ -280,8 +280,16 @@ class ReplicaClient:
 
     async def list(self, grant: str | None = None) -> Records:
         """LIST (``grant``: a read grant, to see the granted volume's replicas too)."""
+        return (await self.listing(grant))["replicas"]
+
+    async def listing(self, grant: str | None = None) -> dict[str, Any]:
+        """LIST's whole answer: ``replicas``, and for the node's agent ``server`` (the
+        replica server's counters and per-disk numbers: cargohold/metrics/node_stats.py)."""
         args = {"grant": grant} if grant else None
-        return (await self.call(Op.LIST, args=args)).result()["replicas"]
+        got = (await self.call(Op.LIST, args=args)).result()
+        if not isinstance(got, dict):
+            raise ProtocolError(f"LIST answered {type(got).__name__}, not an object")
+        return got
 
     async def open(
         self, replica: str, epoch: int, jump: bool = False, grant: str | None = None

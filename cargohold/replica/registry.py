@@ -42,6 +42,32 @@ class OpenReplica:
     flushes: FlushGate = field(default_factory=FlushGate)
     deleted: bool = False
     sessions: int = 0
+    disk: DiskStats = field(default_factory=lambda: DiskStats())  # its disk's numbers (metrics)
+
+
+@dataclass
+class DiskStats:
+    """One disk's numbers since the replica server started, for the node's metrics (the
+    agent reads them from LIST): requests and errors on its replicas, FLUSH latency in
+    power-of-two buckets of microseconds (cargohold/metrics/histograms.py)."""
+
+    ops: int = 0
+    errors: int = 0
+    flush_log2_us: dict[int, int] = field(default_factory=dict)
+    flush_sum_us: int = 0
+
+    def flushed(self, us: int) -> None:
+        k = us.bit_length() - 1 if us > 0 else 0
+        self.flush_log2_us[k] = self.flush_log2_us.get(k, 0) + 1
+        self.flush_sum_us += us
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ops": self.ops,
+            "errors": self.errors,
+            "flush_log2_us": dict(self.flush_log2_us),
+            "flush_sum_us": self.flush_sum_us,
+        }
 
 
 class Registry:
@@ -53,6 +79,12 @@ class Registry:
             os.makedirs(os.path.join(d, "replicas"), exist_ok=True)
         self.open: dict[str, OpenReplica] = {}
         self._owns = owns  # with worker processes: does this one own a replica id?
+        self.stats: dict[str, DiskStats] = {d: DiskStats() for d in self.disks}
+
+    def disk_stats(self, replica_path: str) -> DiskStats:
+        """The numbers of the disk a replica directory (<disk>/replicas/<id>) is on."""
+        disk = os.path.dirname(os.path.dirname(os.path.abspath(replica_path)))
+        return self.stats.setdefault(disk, DiskStats())
 
     def _check_id(self, rid: Any) -> str:
         if not isinstance(rid, str) or not REPLICA_ID.match(rid):
@@ -100,7 +132,7 @@ class Registry:
         except Exception:
             shutil.rmtree(path, ignore_errors=True)
             raise
-        rep = OpenReplica(rid, path, store)
+        rep = OpenReplica(rid, path, store, disk=self.disk_stats(path))
         self.open[rid] = rep
         log.info("created replica %s (%d bytes) in %s", rid, size, path)
         return rep
@@ -113,7 +145,7 @@ class Registry:
         path = self.locate(rid)
         if path is None:
             raise NotFound(f"no replica {rid} on this node")
-        rep = OpenReplica(rid, path, FileStore.open(path))
+        rep = OpenReplica(rid, path, FileStore.open(path), disk=self.disk_stats(path))
         self.open[rid] = rep
         return rep
 

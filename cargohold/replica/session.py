@@ -232,6 +232,8 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
     # --- dispatch -------------------------------------------------------------------------
     def _handle(self, req: Request, out: list[Any]) -> None:
         self.server.counters["requests"] += 1
+        if self.rep is not None:
+            self.rep.disk.ops += 1
         handler = _HANDLERS.get(req.op)
         try:
             if handler is None:
@@ -282,6 +284,8 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
             log.exception("op %s from %s failed", req.op, self.peer)
             err, status = ReplicaIOError(f"internal error: {type(e).__name__}: {e}"), 5
         self.server.counters["errors"] += 1
+        if self.rep is not None:
+            self.rep.disk.errors += 1
         gen = self.rep.store.generation if self.rep is not None and not self.rep.deleted else 0
         return wire.encode_reply(req.id, status, gen, error_payload(err))
 
@@ -393,7 +397,13 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
                 for x in items
                 if lists_replica(ident, x.get("volume") or replica_volume(x["id"], {}), grant)
             ]
-        return 0, wire.dump_json({"replicas": items})
+        out: dict[str, Any] = {"replicas": items}
+        if ident is None or ident.role in (Role.AGENT, Role.ADMIN):  # the node's own numbers
+            out["server"] = {
+                "counters": dict(self.server.counters),
+                "disks": {d: st.as_dict() for d, st in self.server.registry.stats.items()},
+            }
+        return 0, wire.dump_json(out)
 
     def op_open(self, req: Request) -> Result:
         args = req.args()
@@ -472,7 +482,9 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
 
     async def _flush(self, rep: OpenReplica, gen: int) -> Result:
         """fdatasync in a thread; answered when earlier flushes are done too (FlushGate)."""
+        t0 = time.perf_counter()
         await rep.flushes.flush(rep.store)
+        rep.disk.flushed(int((time.perf_counter() - t0) * 1e6))
         return gen, b""
 
     def op_trim(self, req: Request) -> Result:

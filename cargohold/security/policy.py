@@ -34,6 +34,7 @@ class Permission(enum.StrEnum):
     TARGETS_WRITE = "targets:write"  # add, delete, sync and garbage-collect backup targets
     BACKUPS_READ = "backups:read"  # backups (a tenant: of its own volumes)
     BACKUPS_WRITE = "backups:write"  # back up a volume, delete a backup
+    METRICS_READ = "metrics:read"  # /metrics of the manager and of each node's agent
 
 
 _ALL = frozenset(Permission)
@@ -45,6 +46,7 @@ _READ = frozenset(
         Permission.JOBS_READ,
         Permission.TARGETS_READ,
         Permission.BACKUPS_READ,
+        Permission.METRICS_READ,  # metrics name every volume: never a tenant's (not scoped)
     }
 )
 

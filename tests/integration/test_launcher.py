@@ -118,7 +118,7 @@ def manager(argv):
 
 def agent(argv):
     p = argparse.ArgumentParser()
-    for flag in ("--node", "--address", "--dir", "--zone", "--ca-dir"):
+    for flag in ("--node", "--address", "--dir", "--zone", "--ca-dir", "--metrics-port"):
         p.add_argument(flag)
     p.add_argument("--api", action="append")
     p.add_argument("--disk", action="append")

@@ -102,3 +102,30 @@ def test_events(calls: list[tuple[str, str]]) -> None:
     r = run("events")
     assert r.exit_code == 0 and "agent-refused" in r.output and "mismatch" in r.output
     assert json.loads(run("events", "-o", "json").output) == [EVENT]
+
+
+def test_events_of_a_volume_and_follow(
+    calls: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cargohold.cli import orphan_cmd
+
+    r = run("events", "data", "--limit", "5")
+    assert r.exit_code == 0, r.output
+    assert ("GET", "/api/v1/events?volume=data&limit=5") in calls
+    # --follow: the events so far, then each poll asks for what came after the last one
+    # shown (a poll that repeats one already shown prints it once); Ctrl-C ends it cleanly
+    polls = iter([None, KeyboardInterrupt()])
+
+    def sleep(_s: float) -> None:
+        nxt = next(polls)
+        if nxt is not None:
+            raise nxt
+
+    monkeypatch.setattr(orphan_cmd.time, "sleep", sleep)
+    calls.clear()
+    r = run("events", "data", "--follow")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("agent-refused") == 1, r.output
+    assert r.output.startswith("00:00:01 agent-refused node-1: cluster id mismatch")
+    assert calls[0] == ("GET", "/api/v1/events?volume=data")
+    assert calls[1][1].startswith("/api/v1/events?volume=data&since=0.999")

@@ -211,6 +211,25 @@ async def test_every_answer_fits_the_published_schema(world, monkeypatch) -> Non
     await call("DELETE", orphan, 404, node="node-9", replica="ghost-r1a2b3c")
     kinds = {e["kind"] for e in await call("GET", "/api/v1/events", 200)}
     assert {"orphan-found", "orphan-deleted"} <= kinds
+    # what happened to the volumes so far is in the event log too (issue 20), by volume
+    assert {"volume-created", "volume-attached", "snapshot-created"} <= kinds, kinds
+    assert "replica-failed" in kinds, kinds
+    only = await call("GET", "/api/v1/events", 200, volume="data", limit=3)
+    assert 0 < len(only) <= 3 and {e["volume"] for e in only} == {"data"}
+    newest = only[-1]["at"]
+    assert await call("GET", "/api/v1/events", 200, volume="data", since=newest) == []
+    await call("GET", "/api/v1/events", 422, limit=0)
+    # /metrics: the text exposition, not JSON (issue 20; control/metrics.py)
+    r = await call.client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert 'cargohold_volumes{robustness="degraded",state="deleting"} 1.0' in r.text
+    assert 'cargohold_node_up{node="node-2"} 0.0' in r.text  # the node the test stopped
+    assert 'cargohold_events_total{kind="replica-failed"} 1.0' in r.text
+    assert (
+        'cargohold_api_request_duration_seconds_count{code="2xx",method="GET",route="/api/v1/events"}'
+        in r.text
+    )
+    call.seen.add(("get", "/metrics", "200"))
 
     # tenants: made, listed, a volume of theirs, the quota refusing, refused deletion
     t = await call("POST", "/api/v1/tenants", 201, {"name": "team-a", "quota_bytes": GiB})
@@ -298,6 +317,11 @@ async def test_every_route_declares_typed_answers_and_its_errors(world) -> None:
         for method, op in ops.items():
             ok = [c for c in op["responses"] if c.startswith("2")]
             assert len(ok) == 1, (method, path)
+            if path == "/metrics":  # Prometheus's text exposition, not JSON
+                assert (
+                    "text/plain; version=0.0.4; charset=utf-8" in op["responses"]["200"]["content"]
+                )
+                continue
             schema = op["responses"][ok[0]]["content"]["application/json"]["schema"]
             assert schema != {} and schema.get("additionalProperties") is not True, (method, path)
             if path.startswith("/api/"):

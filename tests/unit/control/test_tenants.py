@@ -195,9 +195,17 @@ async def test_operations_and_events_follow_their_volume(sim: Sim) -> None:
         await svc.operation(op["id"], B)
     await sim.repo.add_event(sim_kind(), "orphan of a-data", node="node-1", volume="a-data")
     await sim.repo.add_event(sim_kind(), "a node event", node="node-1")
-    assert [e["volume"] for e in await svc.events(A)] == ["a-data"]
-    assert await svc.events(B) == []
-    assert len(await svc.events(ADMIN)) == 2
+
+    def ours(events):  # type: ignore[no-untyped-def]  # the volumes' own (issue 20) aside
+        return [e for e in events if e["kind"] == sim_kind()]
+
+    assert [e["volume"] for e in ours(await svc.events(A))] == ["a-data"]
+    assert {e["volume"] for e in await svc.events(A)} == {"a-data"}  # only its own volume's
+    assert ours(await svc.events(B)) == []
+    assert "a-data" not in {e["volume"] for e in await svc.events(B)}
+    assert len(ours(await svc.events(ADMIN))) == 2
+    # the volume filter does not widen what a tenant sees
+    assert await svc.events(B, volume="a-data") == []
 
 
 def sim_kind():  # type: ignore[no-untyped-def]
