@@ -44,6 +44,7 @@ _COMMANDS = (
     "replica_cmd",
     "orphan_cmd",
     "snapshot_cmd",
+    "standby_cmd",
     "verify_cmd",
     "volume_cmd",
     "adopt_cmd",

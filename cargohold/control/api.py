@@ -30,6 +30,7 @@ from cargohold.control import (
     api_nodes,
     api_orphans,
     api_snapshots,
+    api_standby,
     api_tenants,
     api_tokens,
     api_volumes,
@@ -68,5 +69,6 @@ def build(service: Service, auth: Auth | None = None) -> FastAPI:
     api_tokens.add_routes(app, service)
     api_jobs.add_routes(app, service)
     api_backups.add_routes(app, service)
+    api_standby.add_routes(app, service)
     add_security(app)  # every route declares a permission (ValueError if one does not)
     return app

@@ -14,6 +14,7 @@ from cargohold.control.model import (
     OperationKind,
     Replica,
     SnapshotState,
+    StandbyState,
     Volume,
     VolumeSource,
 )
@@ -188,6 +189,11 @@ class VolumeCalls(ServiceBase):
                 raise WrongState(
                     f"volume {name} is still being {what} ({v.state.value}); try again when "
                     "it is ready"
+                )
+            if v.standby is not None and v.standby.state is not StandbyState.ACTIVE:
+                raise WrongState(
+                    f"volume {name} is a standby ({v.standby.state.value}): activate it first "
+                    f"(`cargohold volume activate {name}`; docs/disaster-recovery.md)"
                 )
             if v.attach_node == req.node:
                 return None

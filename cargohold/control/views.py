@@ -8,6 +8,7 @@ answers against the published schema."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,10 +21,12 @@ from cargohold.control.model import (
     ReplicaMode,
     Robustness,
     ScrubSummary,
+    Standby,
     Volume,
     VolumeSource,
     VolumeState,
 )
+from cargohold.control.standby import lag
 
 ReplicaState = Literal["pending", "stopped", "running", "rebuilding", "failed", "deleting"]
 
@@ -49,6 +52,25 @@ class EngineView(Record):
     epoch: int
     purpose: Literal["attach", "maintenance"]
     running: bool = Field(description="its node's agent reports it running at this epoch")
+
+
+class StandbyLag(Record):
+    """How far behind a standby is (control/standby.py ``lag``; null: not known yet)."""
+
+    seconds: float | None = Field(
+        description="how much older the applied backup is than the source's newest (0: in sync)"
+    )
+    data_age_seconds: float | None = Field(
+        description="now minus the applied backup's time: the data lost if the source died now"
+    )
+    backups: int = Field(description="backups of the source not applied yet")
+    since_poll_seconds: float | None = Field(description="since the target was last read")
+
+
+class StandbyView(Standby):
+    """A standby volume's record (docs/disaster-recovery.md) and its lag."""
+
+    lag: StandbyLag
 
 
 class VolumeView(Record):
@@ -80,6 +102,9 @@ class VolumeView(Record):
     )
     tenant: str | None = Field(None, description="whose volume (null: the provider's own)")
     labels: dict[str, str] = Field(default_factory=dict, description="recurring jobs select by")
+    standby: StandbyView | None = Field(
+        None, description="a disaster-recovery standby's state and lag (null: a normal volume)"
+    )
 
 
 class TenantView(Record):
@@ -235,4 +260,9 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "last_scrub": vol.last_scrub.model_dump() if vol.last_scrub else None,
         "tenant": vol.tenant,
         "labels": vol.labels,
+        "standby": (
+            {**vol.standby.model_dump(), "lag": lag(vol.standby, time.time())}
+            if vol.standby
+            else None
+        ),
     }
