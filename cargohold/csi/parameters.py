@@ -62,6 +62,18 @@ PARAMETERS = (
         "comma-separated names of recurring jobs (cargohold job list) that must exist",
         "none",
     ),
+    Param(
+        "standbyTarget",
+        "the backup target (cargohold backup-target list) another cluster backs the source "
+        "volume up into; with standbySourceVolume: each volume is a disaster-recovery standby "
+        "(docs/disaster-recovery.md)",
+        "none",
+    ),
+    Param(
+        "standbySourceVolume",
+        "the source volume's name in the other cluster (with standbyTarget)",
+        "none",
+    ),
 )
 _KNOWN = {p.name: p for p in PARAMETERS}
 
@@ -83,6 +95,8 @@ class VolumeParameters:
     disk_tags: tuple[str, ...] = ()
     node_tags: tuple[str, ...] = ()
     recurring_jobs: tuple[str, ...] = ()  # each new volume gets the label that attaches it
+    standby_target: str = ""  # with standby_source: a standby volume (docs/disaster-recovery.md)
+    standby_source: str = ""
     given: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -134,6 +148,18 @@ class VolumeParameters:
                 if not _LABEL.match(j):
                     raise _bad("recurringJobs", params["recurringJobs"], f"job name {j!r}")
             out["recurring_jobs"] = tuple(sorted(set(jobs)))
+        t, src = (
+            params.get("standbyTarget", "").strip(),
+            params.get("standbySourceVolume", "").strip(),
+        )
+        if ("standbyTarget" in params) != ("standbySourceVolume" in params):
+            name = "standbyTarget" if "standbyTarget" in params else "standbySourceVolume"
+            raise _bad(name, params[name], "standbyTarget and standbySourceVolume go together")
+        for key, v in (("standbyTarget", t), ("standbySourceVolume", src)):
+            if key in params and not _LABEL.match(v):
+                raise _bad(key, params[key])
+        if t:
+            out["standby_target"], out["standby_source"] = t, src
         return cls(**out, given={k: v for k, v in params.items() if k in _KNOWN})
 
 

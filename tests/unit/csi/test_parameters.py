@@ -204,3 +204,13 @@ def test_capabilities() -> None:
     assert not P.is_reader_only(cap(AM.SINGLE_NODE_WRITER))
     with pytest.raises(CsiError):
         P.check_capabilities([])
+
+
+def test_standby_parameters_go_together() -> None:
+    p = P.VolumeParameters.parse({"standbyTarget": "site-a", "standbySourceVolume": "pvc-1a2b"})
+    assert (p.standby_target, p.standby_source) == ("site-a", "pvc-1a2b")
+    assert P.VolumeParameters.parse({}).standby_target == ""
+    with pytest.raises(CsiError, match="go together"):
+        P.VolumeParameters.parse({"standbyTarget": "site-a"})
+    with pytest.raises(CsiError, match="standbySourceVolume='Bad Name'"):
+        P.VolumeParameters.parse({"standbyTarget": "site-a", "standbySourceVolume": "Bad Name"})
