@@ -117,7 +117,7 @@ class Writer(threading.Thread):
 def test_standby_follows_and_activates_after_the_source_is_destroyed(
     two_clusters: tuple[LocalCluster, Path, LocalCluster, Path], tmp_path: Path
 ) -> None:
-    a, da, b, db = two_clusters
+    a, da, _b, db = two_clusters
     repo, key = tmp_path / "repo", tmp_path / "repo.key"
     url = f"file://{repo}"
     cli(da, "backup-target", "add", "site-a", url, "--generate-key", str(key))
@@ -175,3 +175,125 @@ def test_standby_follows_and_activates_after_the_source_is_destroyed(
     uri_b = cli(db, "volume", "attach", "db-dr", "--node", "node-2").stdout.strip()
     assert sha256_of(uri_b, tmp_path) == backup_sha256(url, key, last["repository_id"])
     qemu_io(uri_b, "write -P 0x77 0 64k", "read -P 0x77 0 64k")  # writable now
+
+
+def fill_random(uri: str, tmp: Path, size: int) -> None:
+    src = tmp / "fill.img"
+    with open(src, "wb") as f:
+        for _ in range(0, size, 4 * MiB):
+            f.write(os.urandom(4 * MiB))
+    p = subprocess.run(["nbdcopy", str(src), uri], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    src.unlink()
+
+
+def kill_agent_of_engine(c: LocalCluster, volume: str) -> str:
+    """SIGKILL the agent of the node whose engine serves ``volume`` (the engine runs on),
+    then start the node's agent again; the node's name."""
+    import contextlib
+    import signal
+
+    from tests.support.backup_cluster import node_of, volume_engine
+
+    engine = volume_engine(c, volume)
+    assert engine is not None, f"no engine of {volume} runs"
+    node = node_of(c, engine)
+    c.reload()
+    agent = c.nodes[node].pid
+    assert agent is not None
+    os.kill(agent, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(agent, 0)
+    assert c.start_node(node, timeout=60)
+    return node
+
+
+@pytest.mark.long  # two clusters and an S3 server: ~4 min here
+def test_standby_faults_s3_down_retention_and_an_agent_killed_mid_apply(
+    two_clusters: tuple[LocalCluster, Path, LocalCluster, Path], tmp_path: Path
+) -> None:
+    from tests.support.s3_server import S3Server
+
+    _a, da, b, db = two_clusters
+    with S3Server() as s3:
+        creds = tmp_path / "s3.creds"
+        creds.write_text(f"access_key={s3.access_key}\nsecret_key={s3.secret_key}\n")
+        key = tmp_path / "repo.key"
+        url = f"s3://{s3.bucket}/site-a"
+        s3args = ("--endpoint", s3.endpoint, "--credentials-file", str(creds))
+        cli(da, "backup-target", "add", "site-a", url, *s3args, "--generate-key", str(key))
+        cli(db, "backup-target", "add", "site-a", url, *s3args, "--key-file", str(key))
+        size = 256 * MiB
+        cli(da, "volume", "create", "db", "--size", f"{size // MiB}MiB", "--replicas", "2")
+        uri = cli(da, "volume", "attach", "db", "--node", "node-1").stdout.strip()
+        fill_random(uri, tmp_path, 32 * MiB)
+        b1 = jcli(da, "backup", "create", "db", "--target", "site-a", "--wait")
+        v = jcli(db, "volume", "create-standby", "db-dr", "--from-target", "site-a",
+                 "--source-volume", "db", "--replicas", "2", "--wait")  # fmt: skip
+        assert v["standby"]["applied"] == b1["repository_id"], v["standby"]
+
+        # the S3 server stops for a while: polls fail (said), the lag grows; then it resumes
+        s3.pause()
+        v = wait_standby(db, "db-dr", lambda sb: bool(sb.get("poll_error")), timeout=60)
+        since = v["standby"]["lag"]["since_poll_seconds"]
+        time.sleep(4)
+        grown = jcli(db, "volume", "get", "db-dr")["standby"]["lag"]["since_poll_seconds"]
+        print(f"S3 down: {v['standby']['poll_error']!r}; since last poll {since} -> {grown} s")
+        assert grown > since
+        s3.resume()
+        wait_standby(db, "db-dr", lambda sb: not sb.get("poll_error"), timeout=60)
+        qemu_io(uri, "write -P 0x21 1M 1M")
+        bx = jcli(da, "backup", "create", "db", "--target", "site-a", "--wait")
+        v = wait_standby(db, "db-dr", lambda sb: sb.get("applied") == bx["repository_id"])
+        print(f"after S3 resumed: applied {bx['repository_id']}, lag {v['standby']['lag']}")
+
+        # a big apply (224 MiB changed); meanwhile A's retention deletes old backups and GC
+        # runs; B's agent is killed mid-apply and B is activated at once
+        fill_random(uri, tmp_path, size)
+        b2 = jcli(da, "backup", "create", "db", "--target", "site-a", "--wait", timeout=600)
+        wait_standby(db, "db-dr", lambda sb: sb.get("applying") == b2["repository_id"]
+                     and sb.get("phase") == "restore", timeout=120)  # fmt: skip
+        gone = jcli(da, "backup", "delete", b1["id"], check=False)  # unpinned: deleted
+        kept = jcli(da, "backup", "delete", bx["id"], check=False)  # B's base: refused
+        print(f"retention during the apply: b1 -> {gone}, bx -> {kept}")
+        assert gone.get("state") == "deleted", gone
+        assert kept.get("exit", 0) != 0 and "pinned" in kept["err"], kept
+        cli(da, "backup-target", "gc", "site-a", check=False)
+        node = kill_agent_of_engine(b, "db-dr")
+        print(f"agent of {node} (the standby's engine) killed mid-apply")
+        t0 = time.monotonic()
+        v = jcli(db, "volume", "activate", "db-dr", "--wait", "--timeout", "600", timeout=660)
+        took = time.monotonic() - t0
+        sb = v["standby"]
+        print(f"activated after the kill in {took:.1f} s: holds {sb['applied']} "
+              f"(b2 {b2['repository_id']}, bx {bx['repository_id']})")  # fmt: skip
+        assert sb["state"] == "active" and sb["applied"] in (
+            bx["repository_id"],
+            b2["repository_id"],
+        )
+        uri_b = cli(db, "volume", "attach", "db-dr", "--node", "node-2").stdout.strip()
+        got = sha256_of(uri_b, tmp_path)
+        want = backup_sha256_s3(url, s3.endpoint, s3.access_key, s3.secret_key, key, sb["applied"])
+        assert got == want
+
+
+def backup_sha256_s3(url: str, endpoint: str, ak: str, sk: str, key: Path, backup: str) -> str:
+    repo = Repository.open(
+        open_target(url, endpoint=endpoint, access_key=ak, secret_key=sk),
+        base64.b64decode(key.read_text().strip()),
+    )
+    r = repo.restore_reader(backup)
+    h = hashlib.sha256()
+    pos = 0
+    for off, data in r.read_all():
+        while pos < off:
+            n = min(off - pos, 4 * MiB)
+            h.update(bytes(n))
+            pos += n
+        h.update(data)
+        pos = off + len(data)
+    while pos < r.info.size:
+        n = min(r.info.size - pos, 4 * MiB)
+        h.update(bytes(n))
+        pos += n
+    return h.hexdigest()
