@@ -11,8 +11,13 @@ from typing import Any
 import pytest
 
 from cargohold.control import service_standby
-from cargohold.control.model import OperationKind, Standby, StandbyState
-from cargohold.control.requests import AttachRequest, BackupTargetCreate, StandbyCreate
+from cargohold.control.model import OperationKind, Standby, StandbyState, VolumeSource
+from cargohold.control.requests import (
+    AttachRequest,
+    BackupTargetCreate,
+    StandbyCreate,
+    VolumeCreate,
+)
 from cargohold.control.service_backups import BackupCalls
 from cargohold.control.standby import (
     SourceBackup,
@@ -162,6 +167,18 @@ async def test_create_follow_apply_seal_pin_and_activate(sim: Sim) -> None:
     assert st["lag"]["backups"] == 0 and st["lag"]["seconds"] == 0.0
     with pytest.raises(WrongState, match="activate it first"):
         await sim.service.attach("db-dr", AttachRequest(node="node-1"))
+    # inspection: a clone of the seal (the last complete state) is an ordinary volume
+    peek = await sim.service.create_volume(
+        VolumeCreate(
+            name="peek",
+            size_bytes=GiB,
+            source=VolumeSource(volume="db-dr", snapshot=st["applied_snapshot"]),
+        )
+    )
+    assert peek["source"]["snapshot"] == st["applied_snapshot"]
+    await sim.step(rounds=8)
+    ops = [(o.kind.value, o.state.value) for o in await sim.repo.operations("peek")]
+    assert (await sim.service.volume("peek"))["state"] == "detached", ops
     # a newer backup: applied over b1 (RESTORE with base), sealed, the old seal dropped
     gets = twin.gets
     b2 = twin.add(volume="db", volume_id="uid-db", size=GiB, created=sim.clock.t)
