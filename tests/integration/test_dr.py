@@ -195,8 +195,10 @@ def kill_agent_of_engine(c: LocalCluster, volume: str) -> str:
 
     from tests.support.backup_cluster import node_of, volume_engine
 
-    engine = volume_engine(c, volume)
-    assert engine is not None, f"no engine of {volume} runs"
+    deadline = time.monotonic() + 60
+    while (engine := volume_engine(c, volume)) is None:
+        assert time.monotonic() < deadline, f"no engine of {volume} runs"
+        time.sleep(0.05)
     node = node_of(c, engine)
     c.reload()
     agent = c.nodes[node].pid
@@ -253,14 +255,14 @@ def test_standby_faults_s3_down_retention_and_an_agent_killed_mid_apply(
         b2 = jcli(da, "backup", "create", "db", "--target", "site-a", "--wait", timeout=600)
         wait_standby(db, "db-dr", lambda sb: sb.get("applying") == b2["repository_id"]
                      and sb.get("phase") == "restore", timeout=120)  # fmt: skip
+        node = kill_agent_of_engine(b, "db-dr")
+        print(f"agent of {node} (the standby's engine) killed mid-apply")
         gone = jcli(da, "backup", "delete", b1["id"], check=False)  # unpinned: deleted
         kept = jcli(da, "backup", "delete", bx["id"], check=False)  # B's base: refused
-        print(f"retention during the apply: b1 -> {gone}, bx -> {kept}")
+        print(f"retention during the apply: b1 -> {gone.get('state')}, bx -> {kept}")
         assert gone.get("state") == "deleted", gone
         assert kept.get("exit", 0) != 0 and "pinned" in kept["err"], kept
         cli(da, "backup-target", "gc", "site-a", check=False)
-        node = kill_agent_of_engine(b, "db-dr")
-        print(f"agent of {node} (the standby's engine) killed mid-apply")
         t0 = time.monotonic()
         v = jcli(db, "volume", "activate", "db-dr", "--wait", "--timeout", "600", timeout=660)
         took = time.monotonic() - t0
