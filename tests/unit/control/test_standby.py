@@ -202,6 +202,8 @@ async def test_create_follow_apply_seal_pin_and_activate(sim: Sim) -> None:
     twin.delete(b1["id"])  # no longer pinned
     # polls: one catalog GET per interval, not per pass
     assert 1 <= twin.gets - gets <= 2
+    with pytest.raises(WrongState, match="followed by standby db-dr"):
+        await sim.service.delete_backup_target("site-a")
     # activate: idempotent; then attachable
     v = await sim.service.activate("db-dr")
     assert v["standby"]["state"] == "activating"
