@@ -1,8 +1,8 @@
 """A standby volume's decisions (docs/disaster-recovery.md), pure: no I/O, no clock.
 
 The follower (standby_follower.py) reads the target's catalog, the standby's record and its
-running operation, and asks ``next_step`` what to do; it carries the step out and records the
-outcome with ``after``. ``source_backups`` picks the source's backups out of a catalog;
+running operation; ``finish`` says what a step that ended made complete, ``next_step`` what
+to do now; the follower carries the step out. ``source_backups`` picks the source's backups out of a catalog;
 ``lag`` says how far behind the standby is. The steps of one apply are: RESTORE with the last
 complete backup as ``base`` (only what differs is written), then a snapshot that seals the
 new state ("complete" means: a ready snapshot holds it); an apply that failed, or blocks
