@@ -249,3 +249,24 @@ async def test_a_failed_apply_is_reverted_and_an_unreachable_target_makes_lag_gr
     await run(sim, f, 8)
     st = (await sim.service.volume("s"))["standby"]
     assert st["applied"] == b3["id"] and st["poll_error"] == ""
+
+
+async def test_a_new_manager_takes_over_mid_apply(sim: Sim) -> None:
+    """The follower keeps nothing of its own: a manager killed mid-apply (its follower gone)
+    is replaced by another whose follower carries the apply through from the records."""
+    twin = sim.twins.repos["s3://a/x"]  # type: ignore[attr-defined]
+    twin.add(volume="db", volume_id="u", size=GiB, created=sim.clock.t - 100)
+    await sim.service.create_standby(StandbyCreate(name="s", target="site-a", source_volume="db"))
+    await run(sim, StandbyFollower(sim.service))
+    b2 = twin.add(volume="db", volume_id="u", size=GiB, created=sim.clock.t)
+    sim.clock.t += 11
+    old = StandbyFollower(sim.service)
+    await old.run_once(now=sim.clock.t)  # starts the apply, then its manager dies
+    st = (await sim.service.volume("s"))["standby"]
+    assert st["phase"] == "restore" and st["applying"] == b2["id"], st
+    await sim.step(rounds=3)
+    await run(sim, StandbyFollower(sim.service))  # the next leader's
+    st = (await sim.service.volume("s"))["standby"]
+    assert st["applied"] == b2["id"] and st["state"] == "following" and not st["dirty"], st
+    restores = [o for o in await sim.repo.operations("s") if o.kind is OperationKind.RESTORE]
+    assert len(restores) == 2  # the apply was not started twice
