@@ -144,7 +144,7 @@ def diverged_text(s: dict[str, Any]) -> str:
 def print_volume(v: dict[str, Any]) -> None:
     fields({**v, "last_scrub": scrub_text(v.get("last_scrub"))}, VOLUME_FIELDS)
     if v.get("standby"):
-        from cargohold.cli.standby_cmd import print_standby
+        from cargohold.cli.standby_view import print_standby
 
         print_standby(v["standby"])
     if v.get("replicas"):
