@@ -197,3 +197,60 @@ class ChunkMap:
         for o, ln_, ch, co in arr.tolist():
             m.cells.setdefault(o // CELL, []).append(Extent(o, ln_, ids[ch], co))
         return m
+
+
+class Delta(NamedTuple):
+    """What turns a volume holding backup ``old`` into one holding backup ``new``
+    (``delta``): ``data`` is ``new``'s map cut to the blocks that differ and hold data in
+    ``new`` (read and write those); ``zeros`` the merged (offset, length) ranges that differ
+    and read as zeros in ``new`` (zero those); every other block is equal in both."""
+
+    data: ChunkMap
+    zeros: list[tuple[int, int]]
+    changed_bytes: int  # blocks that differ, data or zeros
+
+    @property
+    def data_bytes(self) -> int:
+        return self.data.data_bytes()
+
+
+def _blocks(cell: list[Extent], base: int) -> list[tuple[bytes, int] | None]:
+    """One cell's content, block by block: (chunk, offset in it) or None for zeros."""
+    out: list[tuple[bytes, int] | None] = [None] * (CELL // BLOCK)
+    for e in cell:
+        for i in range(e.length // BLOCK):
+            out[(e.offset - base) // BLOCK + i] = (e.chunk, e.coff + i * BLOCK)
+    return out
+
+
+def delta(old: ChunkMap, new: ChunkMap) -> Delta:
+    """Compare two backups' maps (no data read): chunk ids are content-derived, so a block
+    that maps to the same bytes of the same chunk in both holds the same data. Cells whose
+    extent lists are equal are skipped whole; others are compared block by block. ``new``
+    may be larger than ``old`` (the source grew: the new part differs where it holds data)."""
+    if new.size < old.size:
+        raise InvalidArgument(f"a backup of {new.size} bytes cannot follow one of {old.size}")
+    data = ChunkMap(new.size)
+    zeros: list[tuple[int, int]] = []
+    changed = 0
+    for c in sorted(set(old.cells) | set(new.cells)):
+        a, b = old.cells.get(c, []), new.cells.get(c, [])
+        if a == b:
+            continue
+        base = c * CELL
+        pa, pb = _blocks(a, base), _blocks(b, base)
+        for i, (x, y) in enumerate(zip(pa, pb, strict=True)):
+            if x == y:
+                continue
+            off = base + i * BLOCK
+            if off >= new.size:
+                break
+            changed += BLOCK
+            if y is None:
+                if zeros and zeros[-1][0] + zeros[-1][1] == off:
+                    zeros[-1] = (zeros[-1][0], zeros[-1][1] + BLOCK)
+                else:
+                    zeros.append((off, BLOCK))
+            else:
+                data.put(off, BLOCK, y[0], y[1])
+    return Delta(data, zeros, changed)

@@ -127,10 +127,14 @@ def _write_pending(
 
 
 def _alive_leases(repo: Repository, own: str) -> tuple[set[str], set[str]]:
-    """Names of the unexpired backup/restore/dr leases, and of other GCs' leases."""
+    """Names of the unexpired backup/restore leases, and of other GCs' leases. A standby's
+    pin (kind ``dr``) does not hold the sweep back (leases.py): its backups keep their
+    manifests, so their chunks stay marked."""
     now = time.time()
     records, unreadable = read_leases(repo.target, repo.keys)
-    alive = {r.name for r in records if r.expires + SKEW > now and r.name != own} | set(unreadable)
+    alive = {
+        r.name for r in records if r.expires + SKEW > now and r.name != own and r.kind != "dr"
+    } | set(unreadable)
     gcs = {r.name for r in records if r.name in alive and r.kind == "gc"}
     return alive - gcs, gcs
 

@@ -4,11 +4,18 @@ A lease is a sealed object holding its kind, its id, the host and pid that hold 
 expiry (unix time). The holder renews it (rewrites it with a later expiry) every third of its
 TTL from a daemon thread, and deletes it when done. A holder that dies stops renewing; its
 lease expires and GC goes on without it. GC's rules (gc.py) say how it honours leases.
+
+A *pin* (kind ``dr``) is a lease that names backups: a standby volume in another cluster
+(docs/disaster-recovery.md) rewrites its pin on every poll with the backups it has applied
+and is applying, and ``Repository.delete`` refuses to delete a pinned backup (so the source's
+retention skips it). Pins do not hold GC's sweep back: what they protect stays referenced by
+its manifest; a running apply's chunks are protected by its reader's ``restore`` lease.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -39,6 +46,7 @@ class LeaseRecord:
     pid: int
     created: float
     expires: float
+    backups: tuple[str, ...] = ()  # a pin's backups (kind "dr")
 
     @classmethod
     def decode(cls, name: str, payload: bytes) -> LeaseRecord:
@@ -52,6 +60,7 @@ class LeaseRecord:
                 int(doc["pid"]),
                 float(doc["created"]),
                 float(doc["expires"]),
+                tuple(str(b) for b in doc.get("backups", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"lease {name}: bad fields ({e})", object=name) from e
@@ -144,3 +153,44 @@ def read_leases(target: Target, keys: RepoKeys) -> tuple[list[LeaseRecord], list
         except CargoholdError:
             bad.append(name)
     return out, bad
+
+
+def pin_name(holder: str) -> str:
+    """The lease object of a pin held by ``holder`` (any string: a standby's uid)."""
+    return f"{PREFIX}dr-{hashlib.sha256(holder.encode()).hexdigest()[:32]}"
+
+
+def put_pin(target: Target, keys: RepoKeys, holder: str, backups: list[str], ttl: float) -> str:
+    """Write (or rewrite) ``holder``'s pin on ``backups``, valid ``ttl`` seconds: one PUT."""
+    if not ttl > 0:
+        raise InvalidArgument(f"pin TTL must be positive, not {ttl}")
+    name = pin_name(holder)
+    now = time.time()
+    doc: dict[str, Any] = {
+        "kind": "dr",
+        "id": name[len(PREFIX) + 3 :],
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "created": now,
+        "expires": now + ttl,
+        "backups": sorted(set(backups)),
+        "holder": holder,
+    }
+    target.put(name, keys.seal(fmt.KIND_LEASE, name, fmt.encode_json(doc)))
+    return name
+
+
+def pinned(target: Target, keys: RepoKeys, skew: float) -> dict[str, list[str]]:
+    """Backup id -> the pins (lease names) on it that are unexpired (+ ``skew``). A LIST:
+    called on delete, never on a poll. A pin that cannot be read pins nothing it can name;
+    it is reported under the key ``"?"``."""
+    now = time.time()
+    out: dict[str, list[str]] = {}
+    records, bad = read_leases(target, keys)
+    for r in records:
+        if r.kind == "dr" and r.expires + skew > now:
+            for b in r.backups:
+                out.setdefault(b, []).append(r.name)
+    if bad:
+        out["?"] = bad
+    return out

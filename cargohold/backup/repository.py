@@ -21,11 +21,11 @@ from typing import Any
 from cargohold.backup import format as fmt
 from cargohold.backup.catalog import CATALOG, BackupInfo, Catalog
 from cargohold.backup.chunk_map import ChunkMap
-from cargohold.backup.gc import PENDING, collect
+from cargohold.backup.gc import PENDING, SKEW, collect
 from cargohold.backup.index import PREFIX as INDEX_PREFIX
 from cargohold.backup.index import read_index, write_index
 from cargohold.backup.keys import KEY_OBJECT, RepoKeys, check_user_key, unwrap_master, wrap_master
-from cargohold.backup.leases import Lease
+from cargohold.backup.leases import Lease, pin_name, pinned, put_pin
 from cargohold.backup.packs import PACK_BYTES, read_trailer
 from cargohold.backup.packs import PREFIX as PACK_PREFIX
 from cargohold.backup.reader import BackupReader
@@ -33,6 +33,7 @@ from cargohold.backup.targets import Target
 from cargohold.backup.writer import BackupWriter
 from cargohold.errors import (
     AlreadyExists,
+    Busy,
     CargoholdError,
     ChecksumError,
     FormatError,
@@ -274,15 +275,41 @@ class Repository:
             lease.release()
             raise
 
-    def delete(self, backup: str) -> None:
-        """Forget a backup: its catalog entry, then its manifest. GC frees its chunks."""
+    def delete(self, backup: str, force: bool = False) -> None:
+        """Forget a backup: its catalog entry, then its manifest. GC frees its chunks.
+        ``Busy`` when a standby's pin names it (unless ``force``): a standby applies it or
+        needs it as the base of its next apply (docs/disaster-recovery.md)."""
         check_backup_id(backup)
+        if not force:
+            held = self.pinned()
+            if backup in held or "?" in held:
+                who = held.get(backup) or held["?"]
+                raise Busy(
+                    f"backup {backup} is pinned by a standby volume ({who[0]}): it is applying "
+                    "it or will apply the next backup on top of it; it can be deleted once the "
+                    "standby has moved on (or was activated or deleted)",
+                    backup=backup,
+                )
 
         def drop(cat: Catalog) -> None:
             cat.backups.pop(backup, None)
 
         self._update_catalog(drop)
         self.target.delete([MANIFEST_PREFIX + backup])
+
+    # --- pins (standby volumes) ----------------------------------------------------------
+    def pin(self, holder: str, backups: list[str], ttl: float) -> str:
+        """Write ``holder``'s pin on ``backups`` (one PUT; leases.py): the object's name."""
+        for b in backups:
+            check_backup_id(b)
+        return put_pin(self.target, self.keys, holder, backups, ttl)
+
+    def unpin(self, holder: str) -> None:
+        self.target.delete([pin_name(holder)])
+
+    def pinned(self) -> dict[str, list[str]]:
+        """Backup id -> the unexpired pins naming it (a LIST of ``locks/``)."""
+        return pinned(self.target, self.keys, SKEW)
 
     # --- restore --------------------------------------------------------------------------------
     def restore_reader(self, backup: str) -> BackupReader:

@@ -96,6 +96,7 @@ _COMMANDS = (
     "orphan_cmd",
     "snapshot_cmd",
     "snapshot_group_cmd",
+    "standby_cmd",
     "verify_cmd",
     "volume_cmd",
     "volume_import_cmd",

@@ -207,6 +207,10 @@ def print_volume(v: dict[str, Any]) -> None:
     if "nbd_clients" in v:
         shown["nbd_clients"] = clients_text(v["nbd_clients"])
     fields(shown, VOLUME_FIELDS)
+    if v.get("standby"):
+        from cargohold.cli.standby_view import print_standby
+
+        print_standby(v["standby"])
     if v.get("replicas"):
         print_replicas(v["replicas"])
 

@@ -31,6 +31,7 @@ from cargohold.control import (
     api_nodes,
     api_orphans,
     api_snapshots,
+    api_standby,
     api_tenants,
     api_tokens,
     api_volumes,
@@ -73,5 +74,6 @@ def build(service: Service, auth: Auth | None = None) -> FastAPI:
     api_backups.add_routes(app, service)
     api_manager.add_metrics_route(app, service)
     app.add_middleware(ApiTimer, metrics=service.metrics)  # /metrics: latency by route
+    api_standby.add_routes(app, service)
     add_security(app)  # every route declares a permission (ValueError if one does not)
     return app

@@ -37,6 +37,10 @@ class BackupRepository(Protocol):
 
     def gc(self) -> dict[str, Any]: ...
 
+    def pin(self, holder: str, backups: list[str], ttl: float) -> str: ...  # standbys
+
+    def unpin(self, holder: str) -> None: ...
+
 
 Opener = Callable[[BackupTarget, TargetSecrets, bool], BackupRepository]
 

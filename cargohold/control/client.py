@@ -355,6 +355,35 @@ class ManagerClient:
                     raise
                 time.sleep(0.5)
 
+    def create_standby(
+        self,
+        name: str,
+        target: str,
+        source_volume: str,
+        *,
+        source_volume_id: str | None = None,
+        size_bytes: int | None = None,
+        replicas: int | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> JSON:
+        """A standby volume following ``source_volume``'s backups in ``target``
+        (docs/disaster-recovery.md); returns its volume view."""
+        body: dict[str, Any] = {"name": name, "target": target, "source_volume": source_volume}
+        for k, v in (
+            ("source_volume_id", source_volume_id),
+            ("size_bytes", size_bytes),
+            ("replicas", replicas),
+            ("labels", labels),
+        ):
+            if v is not None:
+                body[k] = v
+        return self._post("/api/v1/standby-volumes", body)
+
+    def activate(self, name: str) -> JSON:
+        """Ask a standby to become a normal volume; returns its view (``standby.state``
+        ``activating``, then ``active``: wait with ``wait_volume``)."""
+        return self._post(f"/api/v1/volumes/{_seg(name)}/activate")
+
     def expand(self, name: str, size_bytes: int) -> JSON:
         """Returns the expand ``Operation``."""
         return self._post(f"/api/v1/volumes/{_seg(name)}/expand", {"size_bytes": size_bytes})

@@ -34,6 +34,7 @@ from cargohold.control.reconcilers import RECONCILERS
 from cargohold.control.repository import Repository
 from cargohold.control.service import Service
 from cargohold.control.settings import ManagerSettings
+from cargohold.control.standby_follower import FOLLOW_TICK, StandbyFollower
 from cargohold.control.state import MemoryStateStore, open_store
 from cargohold.control.token_store import TokenStore
 from cargohold.errors import CargoholdError, ConfigError, ManagerUnavailable, StateStoreDamaged
@@ -69,6 +70,9 @@ class Manager:
         self.reconcilers = [cls(self.repo, settings) for cls in RECONCILERS]
         # recurring snapshot and backup jobs: run after the reconcilers, by the leader only
         self.jobs = JobRunner(JobStore(self.store), ServiceActions(self.service))
+        # standby volumes follow their targets in a loop of their own (a slow target never
+        # delays the reconcilers), by the leader only
+        self.follower = StandbyFollower(self.service)
         self.tls = tls  # None: --plaintext
         self.admin_token_file = admin_token_file
         self.ca_dir = ca_dir  # the cluster CA: signs joining agents' and engines' certificates
@@ -115,6 +119,18 @@ class Manager:
             await self.run_once()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(kick.wait(), interval)
+
+    async def follow_forever(self) -> None:
+        """The standby follower's loop (standby_follower.py), while this manager leads."""
+        while True:
+            if self.service.is_leader:
+                try:
+                    await self.follower.run_once()
+                except CargoholdError as e:
+                    log.warning("standby follower: %s", e)
+                except Exception:
+                    log.exception("standby follower failed; retrying")
+            await asyncio.sleep(FOLLOW_TICK)
 
     async def open_cluster(self) -> None:
         """Check the store is this cluster's (or make a new cluster with ``--init``); close
@@ -206,6 +222,7 @@ class Manager:
                 config.ssl = tls.server_context()  # follows its files (security/tls.py)
             servers.append((uvicorn.Server(config), sockets))
         loop_task = asyncio.create_task(self.reconcile_forever())
+        follow_task = asyncio.create_task(self.follow_forever())
         try:
             tasks = [asyncio.ensure_future(srv.serve(sockets=sk)) for srv, sk in servers]
             # one server's stop (a signal reaches the one that installed its handler) stops all
@@ -215,8 +232,11 @@ class Manager:
             await asyncio.gather(*tasks)
         finally:
             loop_task.cancel()
+            follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow_task
             with contextlib.suppress(CargoholdError, OSError):
                 await self.store.resign("manager", self.id)
             await self.store.close()

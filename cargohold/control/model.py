@@ -223,6 +223,44 @@ class QosLimits(Record):
         return qos_limits.check(self.model_dump(exclude_none=True))
 
 
+class StandbyState(StrEnum):
+    """Where a standby volume is (docs/disaster-recovery.md)."""
+
+    FOLLOWING = "following"  # holds its last complete backup; polls for a newer one
+    APPLYING = "applying"  # an apply (restore of the delta, then its snapshot) is running
+    ACTIVATING = "activating"  # asked to become a normal volume: settling what runs
+    ACTIVE = "active"  # a normal volume now (attachable read-write); the rest is history
+
+
+class Standby(Record):
+    """A standby volume follows the backups of a volume of another cluster in a target
+    (docs/disaster-recovery.md). ``applied`` is the last complete state: a ready snapshot
+    (``applied_snapshot``) holds it; anything written after it is reverted before the next
+    apply and at activation."""
+
+    target: str  # the backup target (of this cluster) the source backs up into
+    source_volume: str  # the source volume's name, in the other cluster
+    source_volume_id: str = ""  # its uid in the backups (a recreated source is another one)
+    state: StandbyState = StandbyState.FOLLOWING
+    applied: str = ""  # the repository id of the last complete backup
+    applied_created: float = 0.0  # when that backup was made (in the source cluster)
+    applied_snapshot: str = ""  # the snapshot of this volume holding it
+    applying: str = ""  # the repository id being applied ("" when none)
+    applying_created: float = 0.0
+    phase: Literal["", "restore", "seal", "revert"] = ""  # the step running
+    operation: str = ""  # its operation's id
+    snapshot: str = ""  # the snapshot the running seal makes
+    dirty: bool = False  # blocks may differ from applied_snapshot (an apply began)
+    newest: str = ""  # the source's newest backup at the last poll
+    newest_created: float = 0.0
+    behind: int = 0  # backups of the source newer than ``applied``
+    last_poll: float = 0.0  # when the target's catalog was last read
+    poll_error: str = ""  # why the last poll failed ("" when it did not)
+    applies: int = 0  # complete applies
+    last_apply: dict[str, Any] = Field(default_factory=dict)  # its result (bytes, seconds)
+    activated_at: float = 0.0
+
+
 class EngineSpec(Record):
     """Where the volume's engine runs, and with which epoch and replicas."""
 
@@ -305,6 +343,7 @@ class Volume(Record):
     tenant: str | None = None  # whose (None: the provider's own); never changes
     labels: dict[str, str] = Field(default_factory=dict)  # e.g. recurring-job.cargohold.io/J
     qos: QosLimits = Field(default_factory=QosLimits)  # changed online (PATCH)
+    standby: Standby | None = None  # a disaster-recovery standby (docs/disaster-recovery.md)
 
     @field_validator("name")
     @classmethod

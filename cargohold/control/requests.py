@@ -68,6 +68,34 @@ class VolumeUpdate(BaseModel):
     )
 
 
+class StandbyCreate(BaseModel):
+    """A standby volume (docs/disaster-recovery.md): restores the newest backup of
+    ``source_volume`` in ``target`` and follows its newer backups until activated."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = name_field()
+    target: str = name_field(description="the backup target the source cluster backs up into")
+    source_volume: str = name_field(description="the source volume's name (in its cluster)")
+    source_volume_id: str = Field(
+        default="",
+        max_length=128,
+        description="the source volume's uid (default: the one of its newest backup)",
+    )
+    size_bytes: StrictInt | None = Field(
+        default=None, gt=0, le=256 << 40, multiple_of=4096, description="default: the backup's"
+    )
+    replicas: StrictInt | None = Field(default=None, ge=1, le=16)
+    node_tags: list[str] = Field(default_factory=list)
+    disk_tags: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, v: object) -> object:
+        return check_name(v, "volume name") if isinstance(v, str) else v
+
+
 class DiskCreate(BaseModel):
     model_config = {"extra": "forbid"}
 

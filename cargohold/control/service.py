@@ -21,6 +21,7 @@ from cargohold.control.requests import (
     DiskCreate,
     ExpandRequest,
     SnapshotCreate,
+    StandbyCreate,
     VolumeCreate,
 )
 from cargohold.control.service_backups import BackupCalls
@@ -29,6 +30,7 @@ from cargohold.control.service_groups import GroupCalls
 from cargohold.control.service_jobs import JobCalls
 from cargohold.control.service_nodes import NodeCalls
 from cargohold.control.service_snapshots import SnapshotCalls
+from cargohold.control.service_standby import StandbyCalls
 from cargohold.control.service_tenants import TenantCalls
 from cargohold.control.service_volumes import VolumeCalls
 
@@ -41,11 +43,13 @@ __all__ = [
     "ExpandRequest",
     "Service",
     "SnapshotCreate",
+    "StandbyCreate",
     "VolumeCreate",
 ]
 
 
 class Service(
+    StandbyCalls,  # first: it builds on VolumeCalls and BackupCalls
     NodeCalls,
     HeartbeatCalls,
     VolumeCalls,

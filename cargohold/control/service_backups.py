@@ -173,6 +173,13 @@ class BackupCalls(ServiceBase):
         ]
         if restoring:
             raise WrongState(f"backup target {name} is in use by restores into {restoring[0]}")
+        following = [
+            v.name
+            for v in await self.repo.volumes()
+            if v.standby is not None and v.standby.target == name and v.standby.state != "active"
+        ]
+        if following:  # docs/disaster-recovery.md
+            raise WrongState(f"backup target {name} is followed by standby {following[0]}")
         await self.repo.delete_backup_target(name, [b.id for b in mine])
         log.info("backup target %s removed (%d backup records forgotten)", name, len(mine))
         return target.model_dump()

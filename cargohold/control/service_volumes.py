@@ -16,6 +16,7 @@ from cargohold.control.model import (
     QosLimits,
     Replica,
     SnapshotState,
+    StandbyState,
     Volume,
     VolumeSource,
 )
@@ -199,6 +200,11 @@ class VolumeCalls(ServiceBase):
                 raise WrongState(
                     f"volume {name} is still being {what} ({v.state.value}); try again when "
                     "it is ready"
+                )
+            if v.standby is not None and v.standby.state is not StandbyState.ACTIVE:
+                raise WrongState(
+                    f"volume {name} is a standby ({v.standby.state.value}): activate it first "
+                    f"(`cargohold volume activate {name}`; docs/disaster-recovery.md)"
                 )
             if v.attach_node == req.node:
                 return None

@@ -43,6 +43,20 @@ class ManagerSettings(Settings):
         "etcd endpoints",
     )
     default_replicas: int = setting(3, "replicas of a new volume", ge=1, le=16)
+    standby_poll_interval: float = setting(
+        15.0,
+        "seconds between two reads of a standby volume's target catalog (one GET each; "
+        "docs/disaster-recovery.md): the most a new backup waits before its apply starts",
+        ge=0.5,
+        le=3600,
+    )
+    standby_pin_ttl: float = setting(
+        3600.0,
+        "seconds a standby's pin on the backups it holds and applies lasts unless renewed: "
+        "the source's retention may delete them once a standby gone for this long stopped "
+        "renewing it",
+        ge=60,
+    )
     max_request_bytes: int = setting(
         16 << 20,
         "the largest request body the API takes (413 above it); a heartbeat of a node with "

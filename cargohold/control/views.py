@@ -8,6 +8,7 @@ answers against the published schema."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,10 +24,12 @@ from cargohold.control.model import (
     ReplicaMode,
     Robustness,
     ScrubSummary,
+    Standby,
     Volume,
     VolumeSource,
     VolumeState,
 )
+from cargohold.control.standby import lag
 
 ReplicaState = Literal["pending", "stopped", "running", "rebuilding", "failed", "deleting"]
 
@@ -66,6 +69,25 @@ class QosView(Record):
     throttled_seconds_total: float = Field(0.0, description="their waits, summed (0.1 s)")
 
 
+class StandbyLag(Record):
+    """How far behind a standby is (control/standby.py ``lag``; null: not known yet)."""
+
+    seconds: float | None = Field(
+        description="how much older the applied backup is than the source's newest (0: in sync)"
+    )
+    data_age_seconds: float | None = Field(
+        description="now minus the applied backup's time: the data lost if the source died now"
+    )
+    backups: int = Field(description="backups of the source not applied yet")
+    since_poll_seconds: float | None = Field(description="since the target was last read")
+
+
+class StandbyView(Standby):
+    """A standby volume's record (docs/disaster-recovery.md) and its lag."""
+
+    lag: StandbyLag
+
+
 class VolumeView(Record):
     """``GET /api/v1/volumes/{volume}``: the fields scripts rely on."""
 
@@ -101,6 +123,9 @@ class VolumeView(Record):
         "heartbeat, ~2 s, behind): a detach is refused while there are any, unless forced",
     )
     qos: QosView | None = Field(None, description="QoS limits and throttling (docs/qos.md)")
+    standby: StandbyView | None = Field(
+        None, description="a disaster-recovery standby's state and lag (null: a normal volume)"
+    )
 
 
 class TenantView(Record):
@@ -281,4 +306,9 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "labels": vol.labels,
         "nbd_clients": [c.model_dump() for c in st.nbd_clients] if st and running else [],
         "qos": qos_view(vol, st if running else None),
+        "standby": (
+            {**vol.standby.model_dump(), "lag": lag(vol.standby, time.time())}
+            if vol.standby
+            else None
+        ),
     }

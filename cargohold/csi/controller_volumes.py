@@ -65,6 +65,18 @@ class VolumeRpcs(BackupSnapshots):
                 vol = None
             if vol is not None:
                 self._check_same(vol, req, params, source, src_desc)
+            elif params.standby_target:  # a disaster-recovery standby: attachable once active
+                if source is not None:
+                    raise invalid("a standby volume takes no volume_content_source")
+                vol = self.client.create_standby(
+                    name,
+                    params.standby_target,
+                    params.standby_source,
+                    size_bytes=size,
+                    replicas=params.replicas,
+                    labels=params.labels or None,
+                )
+                log.info("created standby %s of %s for %r", name, params.standby_source, req.name)
             else:
                 vol = self.client.create_volume(
                     name,

@@ -72,6 +72,18 @@ PARAMETERS = (
         Param(lim.csi, lim.allowed + " (e.g. 5000, 10k, 100Mi, unlimited)", "unlimited")
         for lim in qos_limits.LIMITS
     ),
+    Param(
+        "standbyTarget",
+        "the backup target (cargohold backup-target list) another cluster backs the source "
+        "volume up into; with standbySourceVolume: each volume is a disaster-recovery standby "
+        "(docs/disaster-recovery.md)",
+        "none",
+    ),
+    Param(
+        "standbySourceVolume",
+        "the source volume's name in the other cluster (with standbyTarget)",
+        "none",
+    ),
 )
 _KNOWN = {p.name: p for p in PARAMETERS}
 
@@ -112,6 +124,8 @@ class VolumeParameters:
     node_tags: tuple[str, ...] = ()
     recurring_jobs: tuple[str, ...] = ()  # each new volume gets the label that attaches it
     qos: dict[str, Any] = field(default_factory=dict)  # QoS limits set (manager names)
+    standby_target: str = ""  # with standby_source: a standby volume (docs/disaster-recovery.md)
+    standby_source: str = ""
     given: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -166,6 +180,18 @@ class VolumeParameters:
         qos = {k: v for k, v in qos_parameters(params).items() if v is not None}
         if qos:
             out["qos"] = qos
+        t, src = (
+            params.get("standbyTarget", "").strip(),
+            params.get("standbySourceVolume", "").strip(),
+        )
+        if ("standbyTarget" in params) != ("standbySourceVolume" in params):
+            name = "standbyTarget" if "standbyTarget" in params else "standbySourceVolume"
+            raise _bad(name, params[name], "standbyTarget and standbySourceVolume go together")
+        for key, v in (("standbyTarget", t), ("standbySourceVolume", src)):
+            if key in params and not _LABEL.match(v):
+                raise _bad(key, params[key])
+        if t:
+            out["standby_target"], out["standby_source"] = t, src
         return cls(**out, given={k: v for k, v in params.items() if k in _KNOWN})
 
 

@@ -56,6 +56,7 @@ from cargohold.replica.client import ReplicaClient
 log = logging.getLogger("cargohold.engine")
 
 EXPORT_CHUNK = 4 << 20  # data per EXPORT of a backup
+EXPORT_SPAN = 1 << 30  # most volume one EXPORT asks about (its length is a u32 on the wire)
 RECORD_LABEL = "cargohold.io/record"  # the manager's backup id (a re-run finds it)
 HISTORY_LABEL = "cargohold.io/history"  # the replica's epoch history at the snapshot
 UPLOADS = 4  # the repository's upload threads
@@ -418,7 +419,11 @@ async def _copy(
 
     def export(pos: int) -> asyncio.Task[memoryview]:
         call = client.export(
-            pos, size - pos, since=since, max_bytes=EXPORT_CHUNK, snapshot=snapshot
+            pos,
+            min(size - pos, EXPORT_SPAN),
+            since=since,
+            max_bytes=EXPORT_CHUNK,
+            snapshot=snapshot,
         )
         return asyncio.ensure_future(asyncio.wait_for(call, timeout))
 

@@ -11,6 +11,12 @@ is zeroed too. After each batch, every current replica's checksum map of the bat
 (CHECKSUMS, no data read) is compared with the CRC32C of the backup's data: a replica that
 does not hold exactly what the backup says fails the restore, naming the block. The volume
 stays "restoring" in the manager until the operation succeeded.
+
+With ``base`` (a standby volume's next apply, docs/disaster-recovery.md), the volume holds
+backup ``base`` already: the two backups' chunk maps are compared (``chunk_map.delta``, no
+data read) and only the blocks that differ are fetched and written (or zeroed), then checked
+the same way. Writing the absolute content of every differing block makes a re-run after an
+interrupted apply correct too (whatever part of the apply landed is overwritten).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from cargohold.backup.chunk_map import delta
 from cargohold.backup.reader import BackupReader
 from cargohold.constants import BLOCK_SIZE
 from cargohold.engine.backup import new_job, open_repository
@@ -48,14 +55,22 @@ async def start_restore(
         raise InvalidArgument("restore: argument 'backup' (a backup id) is required")
     if not isinstance(secrets, Mapping):
         raise InvalidArgument("secrets must be an object")
+    base = args.get("base")
+    if base is not None and (not isinstance(base, str) or not base):
+        raise InvalidArgument("restore: argument 'base' must be a backup id")
     job = new_job(vol, op_id, "restore", vol.size)
-    vol.spawn(_run(vol, job, str(args["backup"]), dict(secrets)))
+    vol.spawn(_run(vol, job, str(args["backup"]), dict(secrets), base))
     return dict(job)
 
 
-async def _run(vol: Volume, job: dict[str, Any], backup: str, secrets: dict[str, Any]) -> None:
+async def _run(
+    vol: Volume, job: dict[str, Any], backup: str, secrets: dict[str, Any], base: str | None
+) -> None:
     try:
-        job["result"] = await restore(vol, job, backup, secrets)
+        if base:
+            job["result"] = await apply_delta(vol, job, backup, base, secrets)
+        else:
+            job["result"] = await restore(vol, job, backup, secrets)
     except asyncio.CancelledError:
         job.update(state="failed", error="cancelled: the engine stopped")
         raise
@@ -118,6 +133,61 @@ async def restore(
     }
 
 
+async def apply_delta(
+    vol: Volume, job: dict[str, Any], backup: str, base: str, secrets: dict[str, Any]
+) -> dict[str, Any]:
+    """Turn the volume (holding backup ``base``) into backup ``backup``: only what differs."""
+    t0 = time.monotonic()
+    repo = await asyncio.to_thread(open_repository, secrets)
+    _, _, base_map = await asyncio.to_thread(repo.manifest, base)
+    reader: BackupReader = await asyncio.to_thread(repo.restore_reader, backup)
+    try:
+        if reader.info.size > vol.size:
+            raise InvalidArgument(
+                f"backup {backup} is of a {reader.info.size}-byte volume; volume {vol.name} has "
+                f"{vol.size} (expand the standby first)"
+            )
+        d = await asyncio.to_thread(delta, base_map, reader.map)
+        reader.map = d.data  # fetch only the chunks of the blocks that differ
+        job["bytes_total"] = d.changed_bytes
+        done = 0
+        batch: list[tuple[int, bytes]] = []
+        held = 0
+        pieces = reader.read_all(max_bytes=PIECE)
+        while True:
+            item = await asyncio.to_thread(_next, pieces)
+            if batch and (
+                item is None
+                or held + len(item[1]) > BATCH
+                or item[0] + len(item[1]) - batch[0][0] > SPAN
+            ):
+                await _write_pieces(vol, batch)
+                done += held
+                job["bytes_done"] = done
+                batch, held = [], 0
+            if item is None:
+                break
+            batch.append(item)
+            held += len(item[1])
+        for off, length in d.zeros:
+            await _zero_range(vol, off, off + length, False)
+        job["bytes_done"] = d.changed_bytes
+        await vol.flush()
+        fetched = reader.bytes_fetched
+    finally:
+        await asyncio.to_thread(reader.close)
+    vol.counters["restored_bytes"] += d.data_bytes
+    return {
+        "backup": backup,
+        "base": base,
+        "changed_bytes": d.changed_bytes,
+        "data_bytes": d.data_bytes,
+        "zeroed_bytes": d.changed_bytes - d.data_bytes,
+        "fetched_bytes": fetched,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+
+
 def _next(it: Iterator[tuple[int, bytes]]) -> tuple[int, bytes] | None:
     return next(it, None)
 
@@ -142,6 +212,18 @@ async def _write_batch(vol: Volume, start: int, batch: list[tuple[int, bytes]], 
             raise r
     await _check(vol, start, end, want)
     return end
+
+
+async def _write_pieces(vol: Volume, batch: list[tuple[int, bytes]]) -> None:
+    """Write the pieces (nothing between them: unchanged), then check each piece's range."""
+    results = await asyncio.gather(
+        *(vol.write(off, memoryview(data), False) for off, data in batch), return_exceptions=True
+    )
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    for off, data in batch:
+        await _check(vol, off, off + len(data), block_crcs(data))
 
 
 async def _zero_range(vol: Volume, start: int, end: int, fresh: bool) -> None:

@@ -185,6 +185,16 @@ def test_backup_incremental_and_restore_give_the_snapshot_back(lab, repo_dir, tm
     job = run_job(e2, "restore", "op-5", {"backup": r1["id"], "target": "t"}, secrets(repo_dir))
     assert job["state"] == "succeeded", job
     assert nbd_sha(e2.uri, tmp_path) == want1
+    # a standby's apply (docs/disaster-recovery.md): the volume holding r1 becomes r2 by the
+    # blocks that differ only (640 KiB written, 64 KiB zeroed); a re-run changes nothing more
+    delta = {"backup": r2["id"], "base": r1["id"], "target": "t"}
+    for op_id in ("op-6", "op-7"):
+        job = run_job(e3, "restore", op_id, delta, secrets(repo_dir))
+        assert job["state"] == "succeeded", job
+        res = job["result"]
+        assert res["changed_bytes"] == 704 * 1024 and res["zeroed_bytes"] == 64 * 1024, res
+        assert res["fetched_bytes"] <= 704 * 1024, res
+        assert nbd_sha(e3.uri, tmp_path) == want2
 
 
 def test_bad_requests_fail_clearly_and_the_engine_keeps_serving(lab, repo_dir, tmp_path):

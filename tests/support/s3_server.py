@@ -92,6 +92,8 @@ class S3Server:
         self.port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._log: Any = None
+        self._config = ""
+        self._tls_flags: list[str] = []
 
     @property
     def endpoint(self) -> str:
@@ -152,45 +154,60 @@ class S3Server:
 
     def start(self, timeout: float = 60.0) -> S3Server:
         self._tmp = tempfile.TemporaryDirectory(prefix="cargohold-s3-")
-        data = os.path.join(self._tmp.name, "data")
-        os.mkdir(data)
-        config = self._write_config()
+        os.mkdir(os.path.join(self._tmp.name, "data"))
+        self._config = self._write_config()
         self._log = open(self.log_path, "ab")
-        weed = find_weed()
-        tls_flags = self._make_certificate() if self.tls else []
+        self._tls_flags = self._make_certificate() if self.tls else []
         for _attempt in range(3):  # a port taken between the check and the bind: try others
-            self.port = p = _free_base()
-            self.proc = subprocess.Popen(
-                [
-                    weed,
-                    "server",
-                    f"-dir={data}",
-                    "-ip=127.0.0.1",
-                    "-ip.bind=127.0.0.1",
-                    "-master.telemetry=false",
-                    f"-master.port={p}",
-                    f"-master.volumeSizeLimitMB={self.volume_size_mb}",
-                    f"-volume.port={p + 1}",
-                    "-filer",
-                    f"-filer.port={p + 2}",
-                    "-s3",
-                    f"-s3.port={p + 3}",
-                    "-s3.port.iceberg=0",
-                    "-s3.port.lance=0",
-                    f"-s3.config={config}",
-                    *tls_flags,
-                    *([f"-metricsPort={self._metrics_port()}"] if self.metrics else []),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self.port = _free_base()
+            self._spawn()
             if self._wait_ready(timeout):
                 return self
             self._kill()
         self.stop()
         raise RuntimeError(f"SeaweedFS did not start; see its log {self.log_path}")
+
+    def _spawn(self) -> None:
+        assert self._tmp is not None
+        p = self.port
+        self.proc = subprocess.Popen(
+            [
+                find_weed(),
+                "server",
+                f"-dir={os.path.join(self._tmp.name, 'data')}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                f"-master.port={p}",
+                f"-master.volumeSizeLimitMB={self.volume_size_mb}",
+                f"-volume.port={p + 1}",
+                "-filer",
+                f"-filer.port={p + 2}",
+                "-s3",
+                f"-s3.port={p + 3}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                f"-s3.config={self._config}",
+                *self._tls_flags,
+                *([f"-metricsPort={self._metrics_port()}"] if self.metrics else []),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data and ports: clients get "connection refused"
+        until ``resume``."""
+        self._kill()
+        self.proc = None
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the paused server again on the same ports with the same data."""
+        self._spawn()
+        if not self._wait_ready(timeout):
+            raise RuntimeError(f"SeaweedFS did not start again; see its log {self.log_path}")
 
     def _metrics_port(self) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

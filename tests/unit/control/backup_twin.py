@@ -12,7 +12,7 @@ from typing import Any
 
 from cargohold.control.backup_records import BackupTarget, TargetSecrets
 from cargohold.control.model import OperationAssignment, OperationKind
-from cargohold.errors import InvalidArgument, NotFound
+from cargohold.errors import Busy, InvalidArgument, NotFound
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 OTHER_KEY = base64.b64encode(bytes(32)).decode()
@@ -33,11 +33,28 @@ class TwinRepository:
     key: bytes
     infos: dict[str, dict[str, Any]] = field(default_factory=dict)
     gcs: int = 0
+    pins: dict[str, list[str]] = field(default_factory=dict)  # holder -> backups (standbys)
+    gets: int = 0  # catalog reads (backups())
+    down: bool = False  # a target that does not answer
 
     def backups(self) -> list[Info]:
+        if self.down:
+            raise InvalidArgument("backup target: unreachable")
+        self.gets += 1
         return [Info(d) for d in self.infos.values()]
 
+    def pin(self, holder: str, backups: list[str], ttl: float) -> str:
+        if self.down:
+            raise InvalidArgument("backup target: unreachable")
+        self.pins[holder] = sorted(backups)
+        return f"locks/dr-{holder}"
+
+    def unpin(self, holder: str) -> None:
+        self.pins.pop(holder, None)
+
     def delete(self, backup_id: str) -> None:
+        if any(backup_id in b for b in self.pins.values()):
+            raise Busy(f"backup {backup_id} is pinned by a standby volume")
         if backup_id not in self.infos:
             raise NotFound(f"backup {backup_id} not in the catalog")
         del self.infos[backup_id]
@@ -112,5 +129,7 @@ class TwinTargets:
             )
             return {**info, "reason": "" if parent else "no parent"}
         if oa.kind is OperationKind.RESTORE:
+            if oa.args.get("base"):  # a standby's apply (engine/restore.py apply_delta)
+                return {"changed_bytes": 8192, "data_bytes": 4096, "fetched_bytes": 900}
             return {"bytes_restored": 1 << 20, "data_bytes": 1 << 20, "seconds": 0.1}
         return {}

@@ -430,6 +430,21 @@ async def _backups(sim: Sim, call: Checked, monkeypatch: pytest.MonkeyPatch) -> 
     assert v["state"] == "restoring"
     await call("DELETE", T, 409, target="s3")
     await sim.step(rounds=8)
+    # a standby of volume bk (docs/disaster-recovery.md), then its activation
+    SB, V = "/api/v1/standby-volumes", "/api/v1/volumes/{volume}"
+    v = await call("POST", SB, 201, {"name": "bk-dr", "target": "s3", "source_volume": "bk"})
+    assert v["standby"]["state"] == "applying" and v["standby"]["lag"]["backups"] >= 1
+    await call("POST", SB, 404, {"name": "bk-dr2", "target": "s3", "source_volume": "nope"})
+    await call("POST", SB, 409, {"name": "bk-dr", "target": "s3", "source_volume": "bk"})
+    await call("POST", SB, 422, {"name": "Bad", "target": "s3", "source_volume": "bk"})
+    await call("POST", V + "/activate", 409, volume="bk2")  # not a standby
+    await call("POST", V + "/activate", 404, volume="nope")
+    v = await call("POST", V + "/activate", 202, volume="bk-dr")
+    assert v["standby"]["state"] == "activating"
+    await call("DELETE", V, 202, volume="bk-dr")
+    await sim.step(rounds=4)
+    for r in twins.repos.values():  # the deleted standby's pin: expired
+        r.pins.clear()
     await call("DELETE", B, 200, backup=bid)
     await call("DELETE", T, 200, target="s3")
     await call("DELETE", T, 404, target="s3")

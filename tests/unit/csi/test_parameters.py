@@ -224,3 +224,13 @@ def test_xfs_is_mounted_nouuid_and_readers_never_replay_a_journal() -> None:
     assert stage_options("xfs", False, ["noatime", "nouuid"]) == ["noatime", "nouuid"]
     assert stage_options("ext4", False) == []
     assert stage_options("ext4", True, ["noatime"]) == ["noatime", "ro", "noload"]
+
+
+def test_standby_parameters_go_together() -> None:
+    p = P.VolumeParameters.parse({"standbyTarget": "site-a", "standbySourceVolume": "pvc-1a2b"})
+    assert (p.standby_target, p.standby_source) == ("site-a", "pvc-1a2b")
+    assert P.VolumeParameters.parse({}).standby_target == ""
+    with pytest.raises(CsiError, match="go together"):
+        P.VolumeParameters.parse({"standbyTarget": "site-a"})
+    with pytest.raises(CsiError, match="standbySourceVolume='Bad Name'"):
+        P.VolumeParameters.parse({"standbyTarget": "site-a", "standbySourceVolume": "Bad Name"})
