@@ -176,10 +176,7 @@ async def ingest_engine(
             ReplicaMode(link["mode"]) if link and link.get("mode") in ("RW", "WO", "ERR") else None
         )
         gen = int(link.get("generation", rep.generation)) if link else rep.generation
-        rb = link.get("rebuild") if link else None
-        progress = None
-        if isinstance(rb, dict) and rb.get("total"):
-            progress = min(1.0, float(rb.get("done", 0)) / float(rb["total"]))
+        progress = rebuild_progress(link.get("rebuild") if link else None)
         err = str(link.get("error", "")) if link else ""
         if (rep.mode, rep.generation, rep.rebuild_progress, rep.error) == (
             mode,
@@ -260,6 +257,18 @@ async def update_volume(
         await repo.update_volume(name, change)
     except NotFound:
         pass  # deleted since the heartbeat read it
+
+
+def rebuild_progress(rb: object) -> float | None:
+    """A rebuild's progress (0..1) from its engine's report of it (engine/rebuild.py:
+    ``done_bytes`` of ``total_bytes``); None when there is none, or it is malformed."""
+    if not isinstance(rb, dict):
+        return None
+    try:
+        total, done = float(rb.get("total_bytes") or 0), float(rb.get("done_bytes") or 0)
+    except (TypeError, ValueError):
+        return None
+    return min(1.0, max(0.0, done / total)) if total > 0 else None
 
 
 def qos_report(qos: object) -> dict[str, Any]:
