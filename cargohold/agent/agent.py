@@ -411,7 +411,8 @@ class Agent:
         if not self.replicas.acts_for(assignments):
             self._converged_in = loop.time() - answered
             return assignments  # refused: nothing changes, everything running keeps running
-        await self.replicas.serve_added_disks(assignments.disks, self._record_disks)
+        async with self._keeping_alive():  # a restart of the replica server takes seconds
+            await self.replicas.serve_added_disks(assignments.disks, self._record_disks)
         if listed is not None:
             await self.replicas.converge(assignments.replicas, listed, assignments.cluster_id)
         await self._engine_certificates(assignments)
@@ -419,6 +420,33 @@ class Agent:
         self.operations.converge(assignments.operations)
         self._converged_in = loop.time() - answered
         return assignments
+
+    @contextlib.asynccontextmanager
+    async def _keeping_alive(self) -> Any:
+        """While a slow step of converging runs (the replica server restarted for a disk
+        added or removed: seconds on a loaded node), say "the same report" every interval
+        so the manager does not count the node down for a pause of the agent's own making.
+        Only liveness: what those answers carry is taken up by the next heartbeat."""
+
+        async def ping() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                hb = Heartbeat(
+                    report_digest=self._acked_digest,
+                    same_report=True,
+                    assignments_revision=self._revision,
+                    agent_version=running_version(),
+                )
+                with contextlib.suppress(CargoholdError):
+                    await self.manager.heartbeat(self.config.node, hb)
+
+        task = asyncio.ensure_future(ping())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _register(self) -> bool:
         if not self._register_backoff.due:
