@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from cargohold.launcher.cluster import LocalCluster
 from tests.support.cli import cli, js
-from tests.support.cluster_logs import failed, print_tails
+from tests.support.cluster_logs import failed, local_cluster
 from tests.support.nbd_clients import need, qemu_io
 
 MiB = 1 << 20
@@ -30,14 +29,8 @@ MiB = 1 << 20
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     need("nbdcopy", "qemu-io")
-    d = Path(f"/tmp/bk-{os.getpid()}")
-    c = LocalCluster.create(str(d), nodes=3, backend="sqlite").up(timeout=90)
-    try:
+    with local_cluster("bk", lambda: failed(request)) as d:
         yield d
-    finally:
-        if failed(request):
-            print_tails(d)
-        c.down(purge=True)
 
 
 def jcli(d: Path, *args: str, timeout: float = 300) -> Any:

@@ -12,7 +12,6 @@ engines, mutual TLS), one cluster for the module:
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,9 +22,8 @@ import pytest
 
 from cargohold.control.client import ManagerClient
 from cargohold.csi import stubs
-from cargohold.launcher.cluster import LocalCluster
 from tests.support.cli import cli
-from tests.support.cluster_logs import failed, print_tails
+from tests.support.cluster_logs import failed, local_cluster
 from tests.support.nbd_clients import need, pattern_ok, qemu_io
 from tests.support.polling import wait_until
 
@@ -37,14 +35,8 @@ AM = pb.VolumeCapability.AccessMode
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[Path]:
     need("qemu-io")
-    d = Path(f"/tmp/csictl-{os.getpid()}")
-    c = LocalCluster.create(str(d), nodes=3, backend="sqlite").up(timeout=90)
-    try:
+    with local_cluster("csictl", lambda: getattr(request.node, "csi_failed", False)) as d:
         yield d
-    finally:
-        if getattr(request.node, "csi_failed", False):
-            print_tails(d)
-        c.down(purge=True)
 
 
 @pytest.fixture

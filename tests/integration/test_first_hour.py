@@ -6,7 +6,6 @@ agent's reason and leaves nothing behind, an existing one is served with a warni
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from cargohold.control.client import ManagerClient
-from cargohold.launcher.cluster import LocalCluster
 from tests.support.cli import cli, js
-from tests.support.cluster_logs import failed, print_tails
+from tests.support.cluster_logs import failed, local_cluster
 from tests.support.nbd_clients import need, pattern_ok, qemu_io
 from tests.support.polling import wait_until
 
@@ -29,14 +27,8 @@ pytestmark = pytest.mark.long
 
 @pytest.fixture(scope="module")
 def cluster(request) -> Iterator[Path]:  # type: ignore[no-untyped-def]
-    d = Path(f"/tmp/chl-ux-{os.getpid()}")
-    c = LocalCluster.create(str(d), nodes=2).up(timeout=90)
-    try:
+    with local_cluster("chl-ux", lambda: failed(request), nodes=2) as d:
         yield d
-    finally:
-        if failed(request):
-            print_tails(d / "logs")
-        c.down(purge=True)
 
 
 def clients(d: Path, name: str) -> list[dict[str, str]]:

@@ -12,7 +12,6 @@ after the other (not as a group) could.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from cargohold.control.client import ManagerClient
-from cargohold.launcher.cluster import LocalCluster
 from tests.support import group_workload
 from tests.support.cli import cli
-from tests.support.cluster_logs import failed, print_tails
+from tests.support.cluster_logs import failed, local_cluster
 from tests.support.nbd_clients import need
 from tests.support.polling import wait_until
 
@@ -38,14 +36,8 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Path]:
     need("nbdcopy")
     if subprocess.run([DEBIAN_PY, "-c", "import nbd"], capture_output=True).returncode:
         pytest.skip("needs python3-libnbd under /usr/bin/python3")
-    d = Path(f"/tmp/grp-{os.getpid()}")
-    c = LocalCluster.create(str(d), nodes=3, backend="sqlite").up(timeout=90)
-    try:
+    with local_cluster("grp", lambda: getattr(request.node, "group_failed", False)) as d:
         yield d
-    finally:
-        if getattr(request.node, "group_failed", False):
-            print_tails(d)
-        c.down(purge=True)
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.launcher.cluster import LocalCluster
 from tests.support.cli import cli
-from tests.support.cluster_logs import failed, print_tails
+from tests.support.cluster_logs import failed, local_cluster
 from tests.support.nbd_clients import need
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -27,14 +26,8 @@ EXTENTS = [(0, 3 * MiB), (300 * MiB + 4096 * 5, 1 * MiB + 8192), (GiB - 2 * MiB,
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest) -> Iterator[Path]:
     need("nbdcopy", "nbdinfo")
-    d = Path(f"/tmp/imp-{os.getpid()}")
-    c = LocalCluster.create(str(d), nodes=3, backend="sqlite").up(timeout=90)
-    try:
+    with local_cluster("imp", lambda: failed(request)) as d:
         yield d
-    finally:
-        if failed(request):
-            print_tails(d)
-        c.down(purge=True)
 
 
 def data_map(uri: str) -> list[tuple[int, int]]:
