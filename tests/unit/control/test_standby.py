@@ -71,6 +71,33 @@ def test_lag_numbers() -> None:
     }
 
 
+def test_lag_as_metrics_one_series_per_standby_and_number() -> None:
+    from types import SimpleNamespace
+
+    from cargohold.control.metrics import standby_families
+
+    following = sb(applied="b1", applied_created=100.0, newest_created=160.0, behind=2)
+    following.last_poll = 170.0
+    vols = [
+        SimpleNamespace(name="plain", standby=None),
+        SimpleNamespace(name="dr", standby=following),
+        SimpleNamespace(name="fresh", standby=sb(behind=1)),  # nothing applied, never polled
+        SimpleNamespace(name="done", standby=sb(state=StandbyState.ACTIVE, applied="b9")),
+    ]
+    got = {
+        (f.name, tuple(s.labels.items())): s.value
+        for f in standby_families(vols, 200.0)
+        for s in f.samples
+    }
+    assert got == {
+        ("cargohold_standby_lag_seconds", (("volume", "dr"),)): 60.0,
+        ("cargohold_standby_data_age_seconds", (("volume", "dr"),)): 100.0,
+        ("cargohold_standby_backups_behind", (("volume", "dr"),)): 2.0,
+        ("cargohold_standby_backups_behind", (("volume", "fresh"),)): 1.0,
+        ("cargohold_standby_since_poll_seconds", (("volume", "dr"),)): 30.0,
+    }
+
+
 NEW = SourceBackup("b2", 20.0, 8, "u1")
 
 
