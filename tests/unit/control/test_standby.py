@@ -240,6 +240,54 @@ async def test_create_follow_apply_seal_pin_and_activate(sim: Sim) -> None:
     await sim.service.attach("db-dr", AttachRequest(node="node-1"))
 
 
+async def test_a_read_only_attach_holds_the_last_complete_backup(sim: Sim) -> None:
+    twin = sim.twins.repos["s3://a/x"]  # type: ignore[attr-defined]
+    b1 = twin.add(volume="db", volume_id="u", size=GiB, created=sim.clock.t - 100)
+    await sim.service.create_standby(StandbyCreate(name="s", target="site-a", source_volume="db"))
+    with pytest.raises(WrongState, match="still being restored"):
+        await sim.service.attach("s", AttachRequest(node="node-1", read_only=True))
+    f = StandbyFollower(sim.service)
+    await run(sim, f)
+    v = await sim.service.attach("s", AttachRequest(node="node-1", read_only=True))
+    assert v["attached_node"] == "node-1" and v["attached_read_only"]
+    with pytest.raises(WrongState, match="activate it first"):
+        await sim.service.attach("s", AttachRequest(node="node-1"))
+    await sim.step(rounds=4)
+    vol = await sim.repo.volume("s")
+    assert vol.engine is not None and vol.engine.read_only and vol.engine.purpose == "attach"
+    # a newer backup while attached: polled (the lag shows it), not applied
+    twin.add(volume="db", volume_id="u", size=GiB, created=sim.clock.t)
+    sim.clock.t += 11
+    await run(sim, f)
+    st = (await sim.service.volume("s"))["standby"]
+    assert st["applied"] == b1["id"] and st["lag"]["backups"] == 1 and not st["dirty"]
+    restores = [o for o in await sim.repo.operations("s") if o.kind is OperationKind.RESTORE]
+    assert len(restores) == 1
+    # detached: it catches up; an attach during the apply is refused (never half-applied)
+    await sim.service.detach("s")
+    sim.clock.t += 11
+    await f.run_once(now=sim.clock.t)
+    st = (await sim.service.volume("s"))["standby"]
+    assert st["dirty"] and st["phase"] == "restore"
+    with pytest.raises(WrongState, match="try again in a moment"):
+        await sim.service.attach("s", AttachRequest(node="node-1", read_only=True))
+    await run(sim, f)
+    st = (await sim.service.volume("s"))["standby"]
+    assert st["behind"] == 0 and st["applies"] == 2 and not st["dirty"]
+    # activated while attached read-only: read-write needs a detach first
+    await sim.service.attach("s", AttachRequest(node="node-1", read_only=True))
+    await sim.service.activate("s")
+    await run(sim, f, 2)
+    with pytest.raises(WrongState, match="attached read-only to node node-1; detach it first"):
+        await sim.service.attach("s", AttachRequest(node="node-1"))
+    await sim.service.detach("s")
+    v = await sim.service.attach("s", AttachRequest(node="node-1"))
+    assert not v["attached_read_only"]
+    await sim.step(rounds=4)
+    vol = await sim.repo.volume("s")
+    assert vol.engine is not None and not vol.engine.read_only
+
+
 async def test_a_failed_apply_is_reverted_and_an_unreachable_target_makes_lag_grow(
     sim: Sim,
 ) -> None:
