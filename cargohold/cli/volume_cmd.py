@@ -361,12 +361,7 @@ def attach(
         None, "--node", help="default: the first up node holding a replica, else the first up node"
     ),
     force: bool = typer.Option(False, "--force", help="take over from a node still up"),
-    read_only: bool = typer.Option(
-        False,
-        "--read-only",
-        help="NBD clients may only read (a standby before activation: its last complete "
-        "backup; docs/disaster-recovery.md)",
-    ),
+    read_only: bool = typer.Option(False, "--read-only", help="NBD clients may only read"),
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
