@@ -4,7 +4,8 @@ standby of it (the target is all a standby needs; a second cluster would only ad
 time). Attached read-only, the standby's NBD export is read-only (nbdinfo), shows exactly
 the applied backup (sha256 against the backup read offline from the repository), refuses a
 write (qemu-io) and keeps showing that backup while a newer one arrives (the follower waits);
-a read-write attach is refused until activation, and works after it.
+a read-write attach is refused until activation, and works after it. The manager's
+/metrics shows the standby's lag meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cargohold.control.client import ManagerClient
 from cargohold.launcher.cluster import LocalCluster
 from tests.integration.test_dr import backup_sha256, jcli, sha256_of, wait_standby
 from tests.support.cli import cli
@@ -91,6 +93,12 @@ def test_a_standby_attached_read_only_shows_its_last_complete_backup(
     sb = jcli(d, "volume", "get", "db-dr")["standby"]
     assert sb["applied"] == b1["repository_id"] and not sb["dirty"] and not sb["phase"], sb
     assert sha256_of(ro, tmp_path) == want
+    # the lag on the manager's /metrics (the catalogue's cargohold_standby_*)
+    with ManagerClient.discover(None, str(d)) as mc:
+        r = mc._http.get("/metrics")
+    assert r.status_code == 200, r.text
+    assert 'cargohold_standby_backups_behind{volume="db-dr"} 1.0' in r.text, r.text[-2000:]
+    assert 'cargohold_standby_lag_seconds{volume="db-dr"}' in r.text
 
     # detached: it catches up with b2; then activated, read-write works
     cli(d, "volume", "detach", "db-dr")
