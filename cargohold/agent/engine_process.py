@@ -214,6 +214,7 @@ class EngineProcess:
             tls_dir=self.credentials(s.volume)
             or (self.tls_dir if not is_loopback(self.host) else None),
             qos=s.qos,
+            read_only=s.read_only,
         )
 
     def _start_child(self) -> None:

@@ -271,8 +271,11 @@ def engine_argv(
     node: str = "",
     tls_dir: str | None = None,
     qos: dict | None = None,
+    read_only: bool = False,
 ) -> list[str]:
     argv = cargohold_argv("engine", "--volume", volume, "--epoch", str(epoch))
+    if read_only:  # a read-only attach: NBD clients may only read
+        argv.append("--read-only")
     if epoch_jump:  # after `volume recover-epoch`: replicas far below this epoch
         argv.append("--epoch-jump")
     for spec in replicas:

@@ -52,6 +52,11 @@ def parser() -> argparse.ArgumentParser:
         help="the manager raised the volume's epoch with `volume recover-epoch`: replicas "
         "may be opened more than 65,536 epochs above their own",
     )
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        help="NBD clients may only read: writes, trims and zeroes are refused (EPERM)",
+    )
     p.add_argument("--local", help="id of the replica on this node (read first)")
     p.add_argument("--listen", help=f"NBD on HOST:PORT (default 127.0.0.1:{DEFAULT_NBD_PORT})")
     p.add_argument("--unix", help="NBD also on this unix socket (mode 0600, in clear)")
@@ -151,6 +156,7 @@ def main(argv: list[str]) -> int:
             nbd_tls=a.nbd_tls,
             plaintext=a.plaintext,
             qos=parse_qos(a.qos) if a.qos else {},
+            read_only=a.read_only,
         )
     except CargoholdError as e:
         return _fail(str(e), 2)

@@ -361,6 +361,7 @@ def attach(
         None, "--node", help="default: the first up node holding a replica, else the first up node"
     ),
     force: bool = typer.Option(False, "--force", help="take over from a node still up"),
+    read_only: bool = typer.Option(False, "--read-only", help="NBD clients may only read"),
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
@@ -371,7 +372,7 @@ def attach(
     with ManagerClient.discover(api, dir) as c:
         if node is None:
             node = default_node(c, c.volume(name))
-        c.attach(name, node, force=force)
+        c.attach(name, node, force=force, read_only=read_only)
         with progress(f"attaching {name} to {node}") as update:
             vol = c.wait_attached(name, node, timeout, lambda v: update(None, _state_text(v)))
     if output is Format.TABLE:

@@ -106,6 +106,7 @@ async def assignments(
                 purpose=eng.purpose,
                 last_scrub_at=vol.last_scrub.ended_at if vol.last_scrub else 0.0,
                 epoch_jump=eng.epoch_jump,
+                read_only=eng.read_only,
                 qos=vol.qos.limits(),
             )
         )

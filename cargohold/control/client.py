@@ -331,10 +331,12 @@ class ManagerClient:
         params = {"purge": "true"} if purge else None
         return self._delete(f"/api/v1/volumes/{_seg(name)}", params)
 
-    def attach(self, name: str, node: str, force: bool = False) -> JSON:
+    def attach(self, name: str, node: str, force: bool = False, read_only: bool = False) -> JSON:
         body: JSON = {"node": node}
         if force:
             body["force"] = True
+        if read_only:  # NBD clients may only read (a standby before activation: only so)
+            body["read_only"] = True
         return self._post(f"/api/v1/volumes/{_seg(name)}/attach", body)
 
     def detach(self, name: str, force: bool = False, settle: float = DETACH_SETTLE) -> JSON:

@@ -9,7 +9,9 @@ global default registry):
   calls ``reconciled``);
 - read from the state store at scrape time (``state_families``): volumes by state and
   robustness (and one info series per volume), nodes up, this manager's leadership, the
-  newest completed backup per volume, events recorded by kind.
+  newest completed backup per volume, events recorded by kind, and each standby volume's
+  lag (``standby_families``: the numbers ``GET /volumes/{volume}`` shows under
+  ``standby.lag``; an active standby, which follows nothing, has none).
 
 Names and labels come from cargohold/metrics/catalog.py (docs/observability.md).
 """
@@ -24,7 +26,9 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from cargohold.control.backup_records import BackupState
+from cargohold.control.model import StandbyState
 from cargohold.control.repository import Repository
+from cargohold.control.standby import lag
 from cargohold.metrics.catalog import BY_NAME, family
 from cargohold.metrics.exposition import registry, render
 
@@ -138,4 +142,29 @@ async def state_families(
     ev = family("cargohold_events_total")
     for kind, n in sorted(events.items()):
         ev.add_metric([kind], float(n))
-    return [counts, info, nodes, lead, last, ev]
+    return [counts, info, nodes, lead, last, ev, *standby_families(volumes, time.time())]
+
+
+STANDBY_SERIES = (
+    ("cargohold_standby_lag_seconds", "seconds"),
+    ("cargohold_standby_data_age_seconds", "data_age_seconds"),
+    ("cargohold_standby_backups_behind", "backups"),
+    ("cargohold_standby_since_poll_seconds", "since_poll_seconds"),
+)
+
+
+def standby_families(volumes: list[Any], now: float) -> list[Any]:
+    """Each following standby's lag (control/standby.py ``lag``), one series per volume
+    and number; a number not known yet (nothing applied, never polled) has no series."""
+    out = []
+    for name, field in STANDBY_SERIES:
+        fam = family(name)
+        for v in sorted(volumes, key=lambda v: v.name):
+            sb = v.standby
+            if sb is None or sb.state is StandbyState.ACTIVE:
+                continue
+            value = lag(sb, now)[field]
+            if value is not None:
+                fam.add_metric([v.name], float(value))
+        out.append(fam)
+    return out

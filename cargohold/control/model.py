@@ -271,6 +271,7 @@ class EngineSpec(Record):
     require_epoch: int = 0  # refuse to start from replicas older than (epoch, generation)
     require_generation: int = 0
     epoch_jump: bool = False  # soon after `volume recover-epoch`: replicas may jump epochs
+    read_only: bool = False  # NBD clients may only read (an attach with read_only)
 
 
 class ScrubSummary(Record):
@@ -327,6 +328,7 @@ class Volume(Record):
     created_at: float = 0.0
     # desired
     attach_node: str | None = None  # where the user wants it attached
+    attach_read_only: bool = False  # ... read-only (a standby before activation: only so)
     engine: EngineSpec | None = None  # where the engine should run (reconciler's decision)
     epoch: int = 0  # the newest epoch handed out; every new engine bumps it
     recovered_epoch: int = 0  # the epoch `volume recover-epoch` raised it to (0: never)
@@ -623,6 +625,7 @@ class EngineAssignment(Message):
     purpose: Literal["attach", "maintenance"] = "attach"
     last_scrub_at: float = 0.0  # the volume's last scrub pass ended then (0: never)
     epoch_jump: bool = False  # after `volume recover-epoch`: OPEN may jump epochs
+    read_only: bool = False  # NBD clients may only read (a read-only attach)
     qos: dict[str, int | float] = Field(default_factory=dict)  # QoS limits (docs/qos.md)
 
 

@@ -316,7 +316,14 @@ class EngineReconciler:
             return
         node, purpose = where
         eng = vol.engine
-        if eng is not None and eng.node == node:
+        # a read-only attach is an engine of its own (its NBD export's flag is set at start):
+        # attaching read-only, or no longer, starts a new engine (and fences the old one)
+        ro = purpose == "attach" and vol.attach_read_only
+        if (
+            eng is not None
+            and eng.node == node
+            and (purpose == "maintenance" or eng.read_only == ro)
+        ):
             if eng.purpose != purpose or sorted(eng.replicas) != ids:
 
                 def follow(v: Volume) -> Volume | None:
@@ -340,7 +347,7 @@ class EngineReconciler:
             return  # replicas not on disk yet: wait
 
         def start(v: Volume) -> Volume | None:
-            if v.engine is not None and v.engine.node == node:
+            if v.engine is not None and v.engine.node == node and v.engine.read_only == ro:
                 return None
             v.epoch += 1  # every new engine fences the ones before it
             v.engine = EngineSpec(
@@ -355,6 +362,7 @@ class EngineReconciler:
                 epoch_jump=bool(
                     v.recovered_epoch and v.epoch - v.recovered_epoch <= EPOCH_JUMP_ENGINES
                 ),
+                read_only=ro,
             )
             v.engine_status = None
             return v

@@ -115,6 +115,7 @@ class AttachRequest(BaseModel):
 
     node: str = name_field()
     force: StrictBool = False  # take over from an engine on a node that is still up
+    read_only: StrictBool = False  # NBD clients may only read (a standby: only so)
 
 
 class ExpandRequest(BaseModel):

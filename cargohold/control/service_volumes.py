@@ -16,6 +16,7 @@ from cargohold.control.model import (
     QosLimits,
     Replica,
     SnapshotState,
+    Standby,
     StandbyState,
     Volume,
     VolumeSource,
@@ -202,9 +203,11 @@ class VolumeCalls(ServiceBase):
                     "it is ready"
                 )
             if v.standby is not None and v.standby.state is not StandbyState.ACTIVE:
+                standby_attachable(name, v.standby, req.read_only)
+            if v.attach_node is not None and v.attach_read_only != req.read_only:
+                was = "read-only" if v.attach_read_only else "read-write"
                 raise WrongState(
-                    f"volume {name} is a standby ({v.standby.state.value}): activate it first "
-                    f"(`cargohold volume activate {name}`; docs/disaster-recovery.md)"
+                    f"volume {name} is attached {was} to node {v.attach_node}; detach it first"
                 )
             if v.attach_node == req.node:
                 return None
@@ -219,6 +222,7 @@ class VolumeCalls(ServiceBase):
                     "volume %s: node %s is down, taking over on %s", name, v.attach_node, req.node
                 )
             v.attach_node = req.node
+            v.attach_read_only = req.read_only
             changed.append(v.attach_node)
             return v
 
@@ -227,7 +231,9 @@ class VolumeCalls(ServiceBase):
         if changed:
             await self.repo.add_event(
                 EventKind.VOLUME_ATTACHED,
-                f"attach to node {req.node} asked" + (" (forced takeover)" if req.force else ""),
+                f"attach to node {req.node} asked"
+                + (" read-only" if req.read_only else "")
+                + (" (forced takeover)" if req.force else ""),
                 volume=name,
                 node=req.node,
             )
@@ -423,3 +429,25 @@ class VolumeCalls(ServiceBase):
             for v in await self.volumes(who)
             if v["attached_node"] is not None
         ]
+
+
+def standby_attachable(name: str, sb: Standby, read_only: bool) -> None:
+    """A standby before activation is attached read-only or not at all, and only while it
+    holds its last complete backup and nothing else (no apply, seal or revert running, not
+    dirty): what it serves is that backup, never a half-applied one. While it is attached the
+    follower starts no apply (standby_follower.py); it catches up once it is detached."""
+    if not read_only:
+        raise WrongState(
+            f"volume {name} is a standby ({sb.state.value}): activate it first "
+            f"(`cargohold volume activate {name}`), or attach it read-only to inspect it "
+            "(docs/disaster-recovery.md)"
+        )
+    if sb.state is StandbyState.ACTIVATING:
+        raise WrongState(f"volume {name} is being activated; try again when it is active")
+    if not sb.applied:
+        raise WrongState(f"standby {name} holds no complete backup yet; try again later")
+    if sb.phase or sb.dirty:
+        raise WrongState(
+            f"standby {name} is applying backup {sb.applying or '(a revert)'}; try again in a "
+            "moment (a read-only attach shows only a complete backup)"
+        )

@@ -7,7 +7,9 @@ how its running operation ended (``standby.finish``); when ``standby_poll_interv
 passed, poll the target (ONE GET of the catalog, ``Repository.backups``; no LIST) and refresh
 its pin (one PUT, only when what it pins changed or a third of ``standby_pin_ttl`` passed);
 then take ``standby.next_step`` and start its operation (RESTORE with ``base``, a snapshot,
-a revert) through the same records any operation uses. Each target call runs in a thread
+a revert) through the same records any operation uses. An apply starts only on a standby
+that is not attached (``_reserve``): one attached read-only for inspection keeps serving its
+last complete backup, and the follower waits until it is detached. Each target call runs in a thread
 (service_backups.py's ``_open``); an unreachable target is recorded (``poll_error``) and the
 lag grows until it answers again.
 """
@@ -79,6 +81,8 @@ class StandbyFollower:
         ):
             new = await self._poll(vol, new, now)
         step = next_step(new, _newest(new), op)
+        if step.kind == "apply" and not await self._reserve(vol.name):
+            step = Step("wait")  # attached read-only: it serves the last complete backup
         if step.kind != "wait":
             new = await self._carry_out(vol, new, step, now)
         if new != sb:
@@ -172,6 +176,24 @@ class StandbyFollower:
             self._pins.pop(vol.name, None)
             log.info("standby %s: active (holds backup %s)", vol.name, out.applied)
         return out
+
+    async def _reserve(self, name: str) -> bool:
+        """Mark the standby ``dirty`` before an apply starts, unless it is attached (read-only,
+        service_volumes.py ``standby_attachable``): one atomic change of the record, so an
+        attach and an apply never both go ahead (the attach refuses a dirty standby). While
+        attached the standby applies nothing: its reader sees one complete backup throughout,
+        and it catches up once detached."""
+        free: list[bool] = []
+
+        def change(v: Volume) -> Volume | None:
+            free[:] = [v.attach_node is None and v.standby is not None]
+            if not free[0] or v.standby is None or v.standby.dirty:
+                return None
+            v.standby = v.standby.model_copy(update={"dirty": True})
+            return v
+
+        await self.repo.update_volume(name, change)
+        return bool(free and free[0])
 
     async def _drop_snapshot(self, volume: str, name: str) -> None:
         """The previous seal's snapshot: no longer the complete state, deleted."""

@@ -100,6 +100,9 @@ class VolumeView(Record):
         description="nbd://HOST:PORT/NAME (nbds:// when NBD over TLS) when attached, else empty"
     )
     attached_node: str | None
+    attached_read_only: bool = Field(
+        False, description="attached read-only: NBD clients may only read (a standby's only way)"
+    )
     epoch: int
     generation: int
     reclaim_policy: Literal["Delete", "Retain"]
@@ -275,6 +278,7 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "robustness": NOT_RESTORED.get(state, vol.robustness).value,
         "endpoint": st.endpoint if attached and st is not None else "",
         "attached_node": vol.attach_node,
+        "attached_read_only": vol.attach_node is not None and vol.attach_read_only,
         "epoch": vol.epoch,
         "generation": max(vol.current_generation, st.generation if st and running else 0),
         "reclaim_policy": vol.reclaim_policy,

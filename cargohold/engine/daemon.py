@@ -63,6 +63,7 @@ class EngineRun:
     nbd_tls: bool = False  # TLS on the NBD endpoint even on loopback (else: off network)
     plaintext: bool = False  # a network NBD endpoint without TLS (benchmarks; loud)
     qos: dict = field(default_factory=dict)  # QoS limits to start with (cargohold.qos_limits)
+    read_only: bool = False  # NBD clients may only read (a read-only attach: EngineSpec)
 
 
 def nbd_credentials(config: EngineRun) -> Credentials | None:
@@ -134,6 +135,7 @@ async def serve_engine(config: EngineRun) -> None:
         epoch_jump=config.epoch_jump,
         tls=creds,
     )
+    vol.read_only = config.read_only  # the NBD export's flag: writes answered EPERM
     await vol.start()
     memtune.freeze_gc()
 

@@ -90,6 +90,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("cargohold_volume_info", "gauge", ("volume", "state", "robustness"), "1 per volume, with its state and robustness as labels", "manager"),
     Spec("cargohold_node_up", "gauge", ("node",), "1 when the node's agent holds its heartbeat lease", "manager"),
     Spec("cargohold_backup_last_success_timestamp_seconds", "gauge", ("volume",), "When the volume's newest completed backup was taken (Unix time)", "manager"),
+    Spec("cargohold_standby_lag_seconds", "gauge", ("volume",), "How much older a standby's applied backup is than the source's newest (0: in sync; absent before the first apply)", "manager"),
+    Spec("cargohold_standby_data_age_seconds", "gauge", ("volume",), "Now minus the standby's applied backup's time: the data lost if the source died now (absent before the first apply)", "manager"),
+    Spec("cargohold_standby_backups_behind", "gauge", ("volume",), "Backups of the source the standby has not applied yet", "manager"),
+    Spec("cargohold_standby_since_poll_seconds", "gauge", ("volume",), "Seconds since the standby last read its target's catalog (grows while the target is unreachable)", "manager"),
     Spec("cargohold_events_total", "counter", ("kind",), "Events this manager recorded, by kind", "manager"),
 )
 # fmt: on

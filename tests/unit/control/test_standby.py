@@ -71,6 +71,33 @@ def test_lag_numbers() -> None:
     }
 
 
+def test_lag_as_metrics_one_series_per_standby_and_number() -> None:
+    from types import SimpleNamespace
+
+    from cargohold.control.metrics import standby_families
+
+    following = sb(applied="b1", applied_created=100.0, newest_created=160.0, behind=2)
+    following.last_poll = 170.0
+    vols = [
+        SimpleNamespace(name="plain", standby=None),
+        SimpleNamespace(name="dr", standby=following),
+        SimpleNamespace(name="fresh", standby=sb(behind=1)),  # nothing applied, never polled
+        SimpleNamespace(name="done", standby=sb(state=StandbyState.ACTIVE, applied="b9")),
+    ]
+    got = {
+        (f.name, tuple(s.labels.items())): s.value
+        for f in standby_families(vols, 200.0)
+        for s in f.samples
+    }
+    assert got == {
+        ("cargohold_standby_lag_seconds", (("volume", "dr"),)): 60.0,
+        ("cargohold_standby_data_age_seconds", (("volume", "dr"),)): 100.0,
+        ("cargohold_standby_backups_behind", (("volume", "dr"),)): 2.0,
+        ("cargohold_standby_backups_behind", (("volume", "fresh"),)): 1.0,
+        ("cargohold_standby_since_poll_seconds", (("volume", "dr"),)): 30.0,
+    }
+
+
 NEW = SourceBackup("b2", 20.0, 8, "u1")
 
 
@@ -211,6 +238,54 @@ async def test_create_follow_apply_seal_pin_and_activate(sim: Sim) -> None:
     v = await sim.service.activate("db-dr")
     assert v["standby"]["state"] == "active" and twin.pins == {}
     await sim.service.attach("db-dr", AttachRequest(node="node-1"))
+
+
+async def test_a_read_only_attach_holds_the_last_complete_backup(sim: Sim) -> None:
+    twin = sim.twins.repos["s3://a/x"]  # type: ignore[attr-defined]
+    b1 = twin.add(volume="db", volume_id="u", size=GiB, created=sim.clock.t - 100)
+    await sim.service.create_standby(StandbyCreate(name="s", target="site-a", source_volume="db"))
+    with pytest.raises(WrongState, match="still being restored"):
+        await sim.service.attach("s", AttachRequest(node="node-1", read_only=True))
+    f = StandbyFollower(sim.service)
+    await run(sim, f)
+    v = await sim.service.attach("s", AttachRequest(node="node-1", read_only=True))
+    assert v["attached_node"] == "node-1" and v["attached_read_only"]
+    with pytest.raises(WrongState, match="activate it first"):
+        await sim.service.attach("s", AttachRequest(node="node-1"))
+    await sim.step(rounds=4)
+    vol = await sim.repo.volume("s")
+    assert vol.engine is not None and vol.engine.read_only and vol.engine.purpose == "attach"
+    # a newer backup while attached: polled (the lag shows it), not applied
+    twin.add(volume="db", volume_id="u", size=GiB, created=sim.clock.t)
+    sim.clock.t += 11
+    await run(sim, f)
+    st = (await sim.service.volume("s"))["standby"]
+    assert st["applied"] == b1["id"] and st["lag"]["backups"] == 1 and not st["dirty"]
+    restores = [o for o in await sim.repo.operations("s") if o.kind is OperationKind.RESTORE]
+    assert len(restores) == 1
+    # detached: it catches up; an attach during the apply is refused (never half-applied)
+    await sim.service.detach("s")
+    sim.clock.t += 11
+    await f.run_once(now=sim.clock.t)
+    st = (await sim.service.volume("s"))["standby"]
+    assert st["dirty"] and st["phase"] == "restore"
+    with pytest.raises(WrongState, match="try again in a moment"):
+        await sim.service.attach("s", AttachRequest(node="node-1", read_only=True))
+    await run(sim, f)
+    st = (await sim.service.volume("s"))["standby"]
+    assert st["behind"] == 0 and st["applies"] == 2 and not st["dirty"]
+    # activated while attached read-only: read-write needs a detach first
+    await sim.service.attach("s", AttachRequest(node="node-1", read_only=True))
+    await sim.service.activate("s")
+    await run(sim, f, 2)
+    with pytest.raises(WrongState, match="attached read-only to node node-1; detach it first"):
+        await sim.service.attach("s", AttachRequest(node="node-1"))
+    await sim.service.detach("s")
+    v = await sim.service.attach("s", AttachRequest(node="node-1"))
+    assert not v["attached_read_only"]
+    await sim.step(rounds=4)
+    vol = await sim.repo.volume("s")
+    assert vol.engine is not None and not vol.engine.read_only
 
 
 async def test_a_failed_apply_is_reverted_and_an_unreachable_target_makes_lag_grow(
