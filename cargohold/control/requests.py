@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -143,8 +143,10 @@ class GroupSnapshotCreate(BaseModel):
     model_config = {"extra": "forbid"}
 
     name: str = name_field()
-    volumes: list[str] = Field(min_length=1, max_length=64)
-    hold_seconds: StrictFloat | StrictInt = Field(
+    volumes: list[Annotated[str, name_field()]] = Field(
+        min_length=1, max_length=64, json_schema_extra={"uniqueItems": True}
+    )
+    hold_seconds: float = Field(
         default=30.0, gt=0, le=120, description="the longest each volume's writes stay held"
     )
 
@@ -168,7 +170,7 @@ class SnapshotMetadataRequest(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    base: str | None = Field(
+    base: Annotated[str, name_field()] | None = Field(
         default=None, description="another snapshot of the volume: the blocks changed since it"
     )
     offset: StrictInt = Field(default=0, ge=0, description="the byte offset the page starts at")

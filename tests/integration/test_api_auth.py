@@ -53,6 +53,7 @@ PARAMS = {
     "job": "job-x",
     "target": "tgt-x",
     "backup": "bk-x",
+    "group": "grp-x",
 }
 # who holds no REST permission at all, and who holds which (certificates of this cluster)
 NOBODY = ("engine", "vol-x")
