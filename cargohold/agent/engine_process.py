@@ -403,8 +403,14 @@ class EngineProcess:
             running=running,
             endpoint=str(self.status.get("endpoint") or self.endpoint) if running else "",
             error=self.error,
-            status=_reported(self.status) if running else {},
+            status=self._reported() if running else {},
         )
+
+    def _reported(self) -> dict[str, Any]:
+        status = _reported(self.status)
+        if self.fair_iops is not None:  # held to its share of a busy node (docs/qos.md)
+            status["qos"] = {**(status.get("qos") or {}), "fair_iops": self.fair_iops}
+        return status
 
 
 def readd_wait(readds: int, every: float) -> float:

@@ -54,7 +54,12 @@ def qos_text(q: dict[str, Any] | None) -> str:
     limits = {k: v for k, v in (q.get("limits") or {}).items() if k in BY_NAME and v is not None}
     text = describe(limits)
     applied = q.get("applied")
-    if applied is not None and applied != limits:
+    fair = q.get("fair_iops")
+    shared = dict(limits)
+    if isinstance(fair, int):  # the node is busy: its agent holds the volume to a share
+        shared["max_iops"] = min(int(limits.get("max_iops") or fair), fair)
+        text += f" (node busy: its fair share is {fair} IOPS)"
+    if applied is not None and applied != shared:
         text += f" (engine applies {describe(applied)}: changing)"
     if applied is not None:
         text += (

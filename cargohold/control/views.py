@@ -258,6 +258,7 @@ def qos_view(vol: Volume, st: EngineStatus | None) -> dict[str, Any]:
         "applied": rep.get("limits") if st is not None else None,
         "throttled_requests_total": int(rep.get("throttled_requests_total", 0)),
         "throttled_seconds_total": float(rep.get("throttled_seconds_total", 0.0)),
+        "fair_iops": rep.get("fair_iops"),  # held to its share of a busy node; null: not
     }
 
 
