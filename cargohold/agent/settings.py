@@ -118,7 +118,7 @@ class AgentSettings(Settings):
     node_iops: int = setting(
         0,
         "IOPS the node's disk sustains: when its busy volumes together reach it, they share "
-        "it by their QoS weight and guaranteed minimum (docs/qos.md); 0: no sharing",
+        "it by their QoS weight and guaranteed minimum (--node-iops; docs/qos.md); 0: no sharing",
         ge=0,
     )
     trash_grace: float = setting(

@@ -67,6 +67,11 @@ class QosView(Record):
     )
     throttled_requests_total: int = Field(0, description="requests that waited, this engine")
     throttled_seconds_total: float = Field(0.0, description="their waits, summed (0.1 s)")
+    fair_iops: int | None = Field(
+        None,
+        description="the IOPS its node's agent holds it to while the node is busy (its "
+        "weight's share; null: none)",
+    )
 
 
 class StandbyLag(Record):
