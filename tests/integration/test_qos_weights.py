@@ -4,8 +4,8 @@ server and engines), two volumes with weights 300 and 100 attached on that node,
 by real NBD clients (tests/support/nbd_load.py) at QD16 each.
 
 - a lone busy volume is not throttled: it runs well above the node budget;
-- both busy: the agent divides the budget 3:1 (within 25%), and lifts the limits again
-  when one goes idle.
+- both busy: the agent divides the budget 3:1 (within 25%), ``volume get`` shows the
+  share, and the agent lifts the limits again when one goes idle.
 
 A cluster start and ~25 s of load: ``long``.
 """
@@ -63,10 +63,19 @@ def test_two_volumes_share_a_busy_node_by_weight_and_a_lone_one_is_free(cluster:
     async def scenario():  # type: ignore[no-untyped-def]
         h = asyncio.create_task(run_load(*heavy, depth=16, seconds=20.0))
         await asyncio.sleep(6.0)  # heavy alone for 6 s, then both for 10 s
-        li = await run_load(*light, depth=16, seconds=10.0)
-        return await h, li
+        loading = asyncio.create_task(run_load(*light, depth=16, seconds=10.0))
+        await asyncio.sleep(3.0)
+        shown = await asyncio.to_thread(  # volume get shows the share while it holds
+            wait_until,
+            lambda: js(d, "volume", "get", "light")["qos"]["fair_iops"],  # type: ignore[index]
+            6.0,
+            "light's fair share shown",
+            0.3,
+        )
+        return await h, await loading, shown
 
-    h, li = asyncio.run(scenario())
+    h, li, shown = asyncio.run(scenario())
+    assert shown == pytest.approx(BUDGET / 4, rel=0.25), shown
     assert h.errors == h.timeouts == li.errors == li.timeouts == 0
     alone = h.rate(1.0, 6.0)
     assert alone > 1.3 * BUDGET, f"a lone volume was held to {alone:.0f} IOPS"
