@@ -25,6 +25,10 @@ OP_BYTES = 256 * 1024  # the cost model: a request counts one op per started 256
 MIN_IOPS, MAX_IOPS = 10, 10_000_000
 MIN_BANDWIDTH, MAX_BANDWIDTH = 1 << 20, 10**12  # bytes/s: 1 MiB/s .. 1 TB/s
 MAX_BURST_SECONDS = 60.0
+# fair sharing of a node's disk (docs/qos.md, "Weights and guaranteed minimums"): not limits
+# the engine enforces, but what the node's agent divides the node's IOPS budget by
+MIN_WEIGHT, MAX_WEIGHT, DEFAULT_WEIGHT = 1, 1000, 100
+SHARES = ("weight", "min_iops")  # in LIMITS, but the engine's gate ignores them
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class Limit:
     def allowed(self) -> str:
         if self.name == "burst_seconds":
             return f"a number of seconds from 0 to {self.hi:g}"
+        if self.name == "weight":
+            return f"an integer from {MIN_WEIGHT} to {MAX_WEIGHT}, or unset for {DEFAULT_WEIGHT}"
         lo, hi = int(self.lo), int(self.hi)
         return f"an integer from {lo} to {hi} ({self.unit}), or unset for no limit"
 
@@ -54,6 +60,8 @@ LIMITS = (
     Limit("max_read_bandwidth", "maxReadBandwidth", "--max-read-bandwidth", *_BW),
     Limit("max_write_bandwidth", "maxWriteBandwidth", "--max-write-bandwidth", *_BW),
     Limit("burst_seconds", "burstSeconds", "--burst", 0.0, MAX_BURST_SECONDS, "seconds"),
+    Limit("weight", "weight", "--weight", MIN_WEIGHT, MAX_WEIGHT, "share of a busy node"),
+    Limit("min_iops", "minIops", "--min-iops", *_IOPS),
 )
 BY_NAME = {lim.name: lim for lim in LIMITS}
 BY_CSI = {lim.csi: lim for lim in LIMITS}

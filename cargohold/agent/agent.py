@@ -261,6 +261,11 @@ class Agent:
         heartbeat short and is reported at once."""
         loop = asyncio.get_running_loop()
         watcher = asyncio.create_task(self._watch_starting())
+        sharing = (  # weights and guaranteed minimums on a busy node (docs/qos.md)
+            asyncio.create_task(self.engines.share_node(self.config.node_iops))
+            if self.config.node_iops
+            else None
+        )
         try:
             while not stop.is_set():
                 began = loop.time()
@@ -292,6 +297,8 @@ class Agent:
                     await asyncio.sleep(NEWS_GAP)
         finally:
             watcher.cancel()
+            if sharing is not None:
+                sharing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 

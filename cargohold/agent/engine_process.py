@@ -133,6 +133,7 @@ class EngineProcess:
         self.transition: asyncio.Task[None] | None = None  # replacing or retiring it
         self.changing: asyncio.Task[None] | None = None  # a replica-set change in flight
         self.qos_push: asyncio.Task[None] | None = None  # new QoS limits being applied
+        self.fair_iops: int | None = None  # its share of a contended node (fair_share.py)
         self.tried: dict[str, float] = {}  # replica id -> last add/remove attempt (monotonic)
         self.readds: dict[str, int] = {}  # replica id -> re-adds since it was last RW
         self._readding: set[str] = set()  # re-adds planned, not yet taken by the engine
@@ -317,19 +318,32 @@ class EngineProcess:
             return False
         if self.qos_push is not None and not self.qos_push.done():
             return False
-        return (self.status.get("qos") or {}).get("limits") != self.spec.qos
+        return (self.status.get("qos") or {}).get("limits") != self.wanted_qos()
+
+    def wanted_qos(self) -> dict[str, Any]:
+        """The assignment's QoS limits, with ``max_iops`` lowered to the volume's fair
+        share of the node while the node is contended (``fair_iops``; docs/qos.md)."""
+        limits = dict(self.spec.qos)
+        if self.fair_iops is not None:
+            limits["max_iops"] = min(int(limits.get("max_iops") or self.fair_iops), self.fair_iops)
+        return limits
 
     async def push_qos(self) -> None:
         """Give the engine the assignment's QoS limits (control op ``qos``): they apply at
         once; its answer updates the status kept of it."""
-        limits = dict(self.spec.qos)
+        limits = self.wanted_qos()
         try:
             answer = await self.link.call({"op": "qos", "limits": limits})
         except CargoholdError as e:
             log.warning("cannot set the QoS limits of volume %s: %s", self.volume, e)
             return
         self.status = dict(self.status, qos=answer.get("qos", {}))
-        log.info("volume %s: QoS limits now %s", self.volume, limits or "none")
+        log.log(
+            logging.DEBUG if self.fair_iops is not None else logging.INFO,  # every second
+            "volume %s: QoS limits now %s",
+            self.volume,
+            limits or "none",
+        )
 
     def replica_plan(self, every: float) -> list[tuple[str, str]]:
         """What to change in the running engine's replica set: ("add", ID@HOST:PORT) for an
@@ -390,8 +404,14 @@ class EngineProcess:
             running=running,
             endpoint=str(self.status.get("endpoint") or self.endpoint) if running else "",
             error=self.error,
-            status=_reported(self.status) if running else {},
+            status=self._reported() if running else {},
         )
+
+    def _reported(self) -> dict[str, Any]:
+        status = _reported(self.status)
+        if self.fair_iops is not None:  # held to its share of a busy node (docs/qos.md)
+            status["qos"] = {**(status.get("qos") or {}), "fair_iops": self.fair_iops}
+        return status
 
 
 def readd_wait(readds: int, every: float) -> float:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cargohold.agent.engine_process import EngineProcess, EngineState, readd_wait
+from cargohold.agent.fair_share import NodeShare
 from cargohold.agent.processes import check_engine, hostport, nbd_listening
 from cargohold.control.model import EngineAssignment, EngineReport
 from cargohold.errors import CargoholdError
@@ -29,6 +30,7 @@ from cargohold.errors import CargoholdError
 log = logging.getLogger("cargohold.agent")
 
 READD_EVERY = 5.0  # seconds between attempts to add (or remove) one replica of an engine
+FAIR_SHARE_EVERY = 1.0  # seconds between looks at the engines' rates (agent setting node_iops)
 STARTING_POLL = 0.05  # seconds between looks at a starting engine (is its NBD server up?)
 
 
@@ -270,6 +272,41 @@ class Engines:
                 if key not in told:
                     told.add(key)
                     news.set()
+
+    async def share_node(self, budget: int, every: float = FAIR_SHARE_EVERY) -> None:
+        """Divide the node's IOPS ``budget`` among its busy volumes by weight while they
+        contend for it (agent setting ``node_iops``; docs/qos.md): each ``every`` seconds,
+        ask the running engines for their counters, and give each its fair IOPS limit (or
+        take it away) through the engine op ``qos``."""
+        policy = NodeShare(float(budget))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            running = [
+                e for e in self.procs.values() if e.running and e.state is EngineState.RUNNING
+            ]
+            looks = await asyncio.gather(
+                *(e.link.status(timeout=min(2.0, every)) for e in running),
+                return_exceptions=True,
+            )
+            seen = {
+                e.volume: (e.spec.qos, st)
+                for e, st in zip(running, looks, strict=True)
+                if isinstance(st, dict)
+            }
+            try:
+                fair = policy.step(loop.time(), seen)
+            except Exception:  # a bug here must not stop the node's engines
+                log.exception("fair sharing of the node failed; trying again")
+                continue
+            for e in running:
+                if e.volume not in fair:
+                    continue
+                e.fair_iops = fair[e.volume]
+                if isinstance(looks[running.index(e)], dict):
+                    e.status = dict(e.status, qos=seen[e.volume][1].get("qos", {}))
+                if e.qos_due():
+                    e.qos_push = asyncio.create_task(e.push_qos())
 
     def tasks(self) -> list[asyncio.Task[None]]:
         """The replacements, retirements and replica changes under way (cancelled at

@@ -115,6 +115,12 @@ class AgentSettings(Settings):
     metrics_address: str = setting(
         "", "address the metrics listener binds (--metrics-address; default: --address)"
     )
+    node_iops: int = setting(
+        0,
+        "IOPS the node's disk sustains: when its busy volumes together reach it, they share "
+        "it by their QoS weight and guaranteed minimum (--node-iops; docs/qos.md); 0: no sharing",
+        ge=0,
+    )
     trash_grace: float = setting(
         86400.0,
         "seconds a deleted replica stays in its disk's trash (DISK/trash/) before it is "

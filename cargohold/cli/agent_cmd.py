@@ -71,6 +71,12 @@ def agent(
     metrics_address: str = typer.Option(
         None, help="address the metrics listener binds (default: --address)"
     ),
+    node_iops: int = typer.Option(
+        None,
+        min=0,
+        help="IOPS this node's disk sustains: busy volumes share it by their QoS weight "
+        "(docs/qos.md; default 0: no sharing)",
+    ),
     ca_dir: str = typer.Option(
         None,
         "--ca-dir",
@@ -106,6 +112,7 @@ def agent(
             "trash_grace": trash_grace,
             "metrics_port": metrics_port,
             "metrics_address": metrics_address,
+            "node_iops": node_iops,
             "nbd_address": nbd_address,
             "nbd_tls_dir": nbd_tls_dir,
             "ca_dir": ca_dir,

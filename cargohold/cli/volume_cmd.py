@@ -265,6 +265,8 @@ def create(
     max_read_bandwidth: str | None = QOS_OPTIONS["max_read_bandwidth"],
     max_write_bandwidth: str | None = QOS_OPTIONS["max_write_bandwidth"],
     burst: str | None = QOS_OPTIONS["burst_seconds"],
+    weight: str | None = QOS_OPTIONS["weight"],
+    min_iops: str | None = QOS_OPTIONS["min_iops"],
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
@@ -275,7 +277,7 @@ def create(
     from cargohold.cli.snapshot_cmd import parse_labels
 
     given = [max_iops, max_read_iops, max_write_iops, max_bandwidth]
-    given += [max_read_bandwidth, max_write_bandwidth, burst]
+    given += [max_read_bandwidth, max_write_bandwidth, burst, weight, min_iops]
     qos = {k: v for k, v in qos_from_options(*given).items() if v is not None}
     size_bytes = positive_size(size, "--size")
     with ManagerClient.discover(api, dir) as c:

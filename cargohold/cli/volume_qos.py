@@ -19,6 +19,8 @@ _HELP = {
     "max_read_bandwidth": "read bytes/s",
     "max_write_bandwidth": "write bytes/s",
     "burst_seconds": "seconds an idle volume may run ahead of its limits (default 0)",
+    "weight": "share of a busy node's IOPS, relative to other volumes (1-1000; default 100)",
+    "min_iops": "IOPS guaranteed on a busy node, whatever the weights",
 }
 QOS_OPTIONS: dict[str, Any] = {
     lim.name: typer.Option(None, lim.flag, help=_HELP[lim.name], rich_help_panel="QoS")
@@ -27,10 +29,12 @@ QOS_OPTIONS: dict[str, Any] = {
 
 
 def qos_from_options(*values: str | None) -> dict[str, Any]:
-    """The options given, in ``LIMITS`` order, as a merge patch: a limit given as 0 or
+    """The options given, in ``LIMITS`` order (trailing ones may be omitted), as a merge patch: a limit given as 0 or
     ``none`` is None (remove it), one not given is left out. ConfigError names a bad one."""
     out: dict[str, Any] = {}
-    for lim, text in zip(LIMITS, values, strict=True):
+    if len(values) > len(LIMITS):
+        raise ValueError("more QoS options than limits")
+    for lim, text in zip(LIMITS, values, strict=False):  # the last ones may be left out
         if text is None:
             continue
         try:
@@ -50,7 +54,12 @@ def qos_text(q: dict[str, Any] | None) -> str:
     limits = {k: v for k, v in (q.get("limits") or {}).items() if k in BY_NAME and v is not None}
     text = describe(limits)
     applied = q.get("applied")
-    if applied is not None and applied != limits:
+    fair = q.get("fair_iops")
+    shared = dict(limits)
+    if isinstance(fair, int):  # the node is busy: its agent holds the volume to a share
+        shared["max_iops"] = min(int(limits.get("max_iops") or fair), fair)
+        text += f" (node busy: its fair share is {fair} IOPS)"
+    if applied is not None and applied != shared:
         text += f" (engine applies {describe(applied)}: changing)"
     if applied is not None:
         text += (

@@ -34,6 +34,8 @@ def update(
     max_read_bandwidth: str | None = QOS_OPTIONS["max_read_bandwidth"],
     max_write_bandwidth: str | None = QOS_OPTIONS["max_write_bandwidth"],
     burst: str | None = QOS_OPTIONS["burst_seconds"],
+    weight: str | None = QOS_OPTIONS["weight"],
+    min_iops: str | None = QOS_OPTIONS["min_iops"],
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
@@ -41,7 +43,7 @@ def update(
     """Change a volume's QoS limits, attached or not (a running engine applies them
     within a second). A limit not given stays; 0 or none removes it."""
     given = [max_iops, max_read_iops, max_write_iops, max_bandwidth]
-    given += [max_read_bandwidth, max_write_bandwidth, burst]
+    given += [max_read_bandwidth, max_write_bandwidth, burst, weight, min_iops]
     change = qos_from_options(*given)
     if not change:
         raise ConfigError("nothing to change: give at least one of the QoS options (--help)")

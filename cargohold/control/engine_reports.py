@@ -281,4 +281,6 @@ def qos_report(qos: object) -> dict[str, Any]:
         "limits": limits if isinstance(limits, dict) else {},
         "throttled_requests_total": int(qos.get("throttled_requests_total") or 0),
         "throttled_seconds_total": round(float(qos.get("throttled_seconds_total") or 0.0), 1),
+        # its share of a busy node's IOPS, set by the node's agent (weights; docs/qos.md)
+        **({"fair_iops": fair} if isinstance(fair := qos.get("fair_iops"), int) else {}),
     }

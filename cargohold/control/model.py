@@ -207,6 +207,16 @@ class QosLimits(Record):
         le=qos_limits.MAX_BURST_SECONDS,
         description="an idle volume may run this many seconds' worth of its limits ahead",
     )
+    weight: StrictInt | None = Field(
+        default=None,
+        ge=qos_limits.MIN_WEIGHT,
+        le=qos_limits.MAX_WEIGHT,
+        description="share of a busy node's IOPS budget, relative to the other volumes "
+        "there (unset: 100)",
+    )
+    min_iops: StrictInt | None = Field(
+        None, ge=_IOPS_LO, le=_IOPS_HI, description="IOPS guaranteed on a busy node"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -67,6 +67,11 @@ class QosView(Record):
     )
     throttled_requests_total: int = Field(0, description="requests that waited, this engine")
     throttled_seconds_total: float = Field(0.0, description="their waits, summed (0.1 s)")
+    fair_iops: int | None = Field(
+        None,
+        description="the IOPS its node's agent holds it to while the node is busy (its "
+        "weight's share; null: none)",
+    )
 
 
 class StandbyLag(Record):
@@ -261,6 +266,7 @@ def qos_view(vol: Volume, st: EngineStatus | None) -> dict[str, Any]:
         "applied": rep.get("limits") if st is not None else None,
         "throttled_requests_total": int(rep.get("throttled_requests_total", 0)),
         "throttled_seconds_total": float(rep.get("throttled_seconds_total", 0.0)),
+        "fair_iops": rep.get("fair_iops"),  # held to its share of a busy node; null: not
     }
 
 

@@ -70,3 +70,21 @@ def test_the_limits_go_on_the_command_line() -> None:
     argv = engine({"max_iops": 1000}).argv()
     assert argv[argv.index("--qos") + 1] == '{"max_iops": 1000}'
     assert "--qos" not in engine({}).argv()
+
+
+async def test_a_fair_share_lowers_max_iops_and_is_reported(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    eng = engine({"weight": 300, "max_iops": 1000})
+    running(eng, monkeypatch, {"weight": 300, "max_iops": 1000})
+    eng.fair_iops = 300  # the node is busy: the agent's NodeShare gave it 300
+    assert eng.qos_due()
+    link = Link()
+    eng.link = link  # type: ignore[assignment]
+    await eng.push_qos()
+    assert link.calls[-1]["limits"] == {"weight": 300, "max_iops": 300}
+    assert eng.report().status["qos"]["fair_iops"] == 300
+    eng.fair_iops = 5000  # a share above its own limit: its own limit holds
+    assert eng.wanted_qos()["max_iops"] == 1000
+    eng.fair_iops = None  # not busy any more: back to the assignment's limits
+    await eng.push_qos()
+    assert link.calls[-1]["limits"] == {"weight": 300, "max_iops": 1000}
+    assert "fair_iops" not in eng.report().status["qos"]

@@ -38,3 +38,21 @@ def test_the_qos_line_shows_limits_changes_and_throttling() -> None:
     assert text.startswith("max_iops=1000 (engine applies max_iops=500: changing)")
     assert "throttled 12 requests (0.4 s waited)" in text
     assert qos_text({"limits": {}, "applied": None}) == "unlimited"
+
+
+def test_the_qos_line_shows_a_fair_share_and_the_weight_options() -> None:
+    q = {
+        "limits": {"weight": 300},
+        "applied": {"weight": 300, "max_iops": 300},
+        "fair_iops": 300,
+        "throttled_requests_total": 5,
+        "throttled_seconds_total": 0.1,
+    }
+    text = qos_text(q)
+    assert text.startswith("weight=300 (node busy: its fair share is 300 IOPS);"), text
+    assert "changing" not in text
+    got = qos_from_options(*[None] * 7, "300", "1k")
+    assert got == {"weight": 300, "min_iops": 1000}
+    with pytest.raises(ConfigError, match=r"--weight: weight='2000' is not valid: use an integer"):
+        qos_from_options(*[None] * 7, "2000", None)
+    assert qos_from_options(*[None] * 7, "none", None) == {"weight": None}

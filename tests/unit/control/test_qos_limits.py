@@ -86,11 +86,23 @@ async def test_removing_every_limit_leaves_none(monkeypatch) -> None:
         ({"burst_seconds": 100}, "burst_seconds=100 is not valid: use a number of seconds"),
         ({"iops": 10}, "unknown qos limit 'iops'"),
         ({"max_iops": "10"}, "max_iops='10'"),
+        ({"weight": 0}, "weight=0 is not valid: use an integer from 1 to 1000, or unset for 100"),
+        ({"weight": 1001}, "weight=1001 is not valid"),
+        ({"weight": 2.5}, "weight=2.5 is not valid"),
+        ({"min_iops": 5}, "min_iops=5 is not valid: use an integer from 10"),
     ],
 )
 def test_a_bad_limit_is_refused_naming_it(qos: dict, words: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValidationError, match=words.replace("(", r"\(")):
         VolumeUpdate.model_validate({"qos": qos})
+
+
+async def test_a_weight_and_minimum_reach_the_engine_and_change_online(monkeypatch) -> None:
+    sim, node = await attached(monkeypatch, {"weight": 300, "min_iops": 500})
+    assert engine_qos(sim, node) == {"weight": 300, "min_iops": 500}
+    change = VolumeUpdate.model_validate({"qos": {"weight": 50}})
+    v = await sim.service.update_volume("data", change)
+    assert v["qos"]["limits"] == {"weight": 50, "min_iops": 500}
 
 
 def test_records_without_limits_read_as_unlimited() -> None:

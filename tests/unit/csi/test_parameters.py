@@ -234,3 +234,14 @@ def test_standby_parameters_go_together() -> None:
         P.VolumeParameters.parse({"standbyTarget": "site-a"})
     with pytest.raises(CsiError, match="standbySourceVolume='Bad Name'"):
         P.VolumeParameters.parse({"standbyTarget": "site-a", "standbySourceVolume": "Bad Name"})
+
+
+def test_weight_and_minimum_iops_are_qos_parameters() -> None:
+    """docs/qos.md, "Weights and guaranteed minimums": StorageClass and
+    VolumeAttributesClass parameters, checked like the limits."""
+    p = P.VolumeParameters.parse({"weight": "400", "minIops": "2k"})
+    assert p.qos == {"weight": 400, "min_iops": 2000}
+    with pytest.raises(CsiError) as e:
+        P.VolumeParameters.parse({"weight": "5000"})
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "weight='5000' is not valid: use an integer from 1 to 1000" in str(e.value)

@@ -1,0 +1,138 @@
+"""Fair sharing of a node's disk among its volumes (docs/qos.md, "Weights and guaranteed
+minimums"). Pure policy, no I/O: ``shares`` divides an IOPS budget by weight with
+guaranteed minimums and redistributes what a volume does not use; ``NodeShare`` turns the
+engines' statuses, one look a second, into per-volume IOPS limits — or none at all when the
+node is not contended. The agent's engines loop (``engines.py``) feeds it and pushes the
+limits through the engine's ``qos`` op.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold.qos_limits import DEFAULT_WEIGHT, MIN_IOPS
+
+ON = 0.9  # the node counts as contended when its volumes do >= ON x budget ...
+OFF = 0.6  # ... and stays so until they do < OFF x budget (or one volume is left busy)
+HEADROOM = 1.5  # a volume not held back may grow to HEADROOM x its rate (+ GROW) a round
+GROW = 50.0
+BUSY = 1.0  # ops/s: a volume doing less is idle (it is not sharing the disk)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One volume's say in the division: its weight, its guaranteed IOPS and what it would
+    use (``inf``: as much as it is given)."""
+
+    weight: float = DEFAULT_WEIGHT
+    minimum: float = 0.0
+    demand: float = math.inf
+
+
+def shares(budget: float, claims: Mapping[str, Claim]) -> dict[str, float]:
+    """``budget`` IOPS divided among ``claims``: volume k gets
+    ``min(demand_k, max(minimum_k, L x weight_k))`` for the one level L at which they sum
+    to the budget (water filling). So shares are proportional to the weights among the
+    volumes that want more, never below a guaranteed minimum (the minimums are scaled down
+    together if they alone exceed the budget), never above a volume's demand, and what one
+    does not use goes to the others: the sum is ``min(budget, sum of demands)``."""
+    if not claims:
+        return {}
+    budget = max(0.0, float(budget))
+    floor = {k: min(c.minimum, c.demand) for k, c in claims.items()}
+    total = sum(floor.values())
+    if total >= budget:  # the guarantees alone overbook the node: scale them down
+        return {k: (v * budget / total if total else 0.0) for k, v in floor.items()}
+    if sum(c.demand for c in claims.values()) <= budget:
+        return {k: float(c.demand) for k, c in claims.items()}
+
+    def at(level: float) -> dict[str, float]:
+        return {
+            k: min(c.demand, max(c.minimum, level * max(c.weight, 1e-9))) for k, c in claims.items()
+        }
+
+    lo, hi = 0.0, 1.0
+    while sum(at(hi).values()) < budget:
+        hi *= 2.0
+    for _ in range(200):  # bisection: the sum is continuous and non-decreasing in L
+        mid = (lo + hi) / 2
+        if sum(at(mid).values()) < budget:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= hi * 1e-12:
+            break
+    return at(lo)
+
+
+def _num(x: Any) -> float:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else 0.0
+
+
+@dataclass
+class _Seen:
+    at: float
+    ops: float
+    throttled: float
+
+
+@dataclass
+class NodeShare:
+    """The node's IOPS ``budget`` divided among its busy volumes when they contend for it.
+
+    ``step`` takes, for each running engine, its volume's QoS settings (the assignment's:
+    ``weight``, ``min_iops``, ``max_iops``) and its status; it answers each volume's fair
+    IOPS limit, or None for no fair limit. A volume's rate is its read + write count's
+    growth since the last step; a volume the gate held back since then (its
+    ``throttled_requests_total`` grew, or requests wait) is taken to want more than it
+    got. Not contended — fewer than two busy volumes, or their total below ``ON`` x
+    budget (``OFF`` once contended) — nobody gets a fair limit."""
+
+    budget: float
+    contended: bool = False
+    seen: dict[str, _Seen] = field(default_factory=dict)
+
+    def step(
+        self, now: float, engines: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]
+    ) -> dict[str, int | None]:
+        rates: dict[str, float] = {}
+        held: dict[str, bool] = {}
+        for volume, (_qos, status) in engines.items():
+            counters = status.get("counters") or {}
+            q = status.get("qos") or {}
+            ops = _num(counters.get("read")) + _num(counters.get("write"))
+            throttled = _num(q.get("throttled_requests_total"))
+            before = self.seen.get(volume)
+            self.seen[volume] = _Seen(now, ops, throttled)
+            if before is None or now <= before.at or ops < before.ops:
+                continue  # first look, or a restarted engine: no rate yet
+            rates[volume] = (ops - before.ops) / (now - before.at)
+            held[volume] = throttled > before.throttled or _num(q.get("queued")) > 0
+        for gone in set(self.seen) - set(engines):
+            del self.seen[gone]
+        busy = [v for v, r in rates.items() if r >= BUSY or held[v]]
+        total = sum(rates.values())
+        if len(busy) < 2 or total < (OFF if self.contended else ON) * self.budget:
+            self.contended = False
+            return dict.fromkeys(engines)
+        self.contended = True
+        claims = {}
+        for v in busy:
+            qos = engines[v][0]
+            demand = math.inf if held[v] else rates[v] * HEADROOM + GROW
+            cap = qos.get("max_iops")
+            if isinstance(cap, int | float) and not isinstance(cap, bool):
+                demand = min(demand, float(cap))  # its own limit: it cannot use more
+            claims[v] = Claim(
+                weight=_num(qos.get("weight")) or DEFAULT_WEIGHT,
+                minimum=_num(qos.get("min_iops")),
+                demand=demand,
+            )
+        given = shares(self.budget, claims)
+        out: dict[str, int | None] = dict.fromkeys(engines)
+        for v, iops in given.items():
+            out[v] = max(MIN_IOPS, round(iops))
+        return out
