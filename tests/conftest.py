@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
+# rich fixes a Console's width when COLUMNS is set as it is made (the CLI's consoles are made
+# at import): a COLUMNS inherited by the test process (pytest-xdist's workers have one) would
+# freeze every table at that width, while the CLI tests give each call its own COLUMNS
+os.environ.pop("COLUMNS", None)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
