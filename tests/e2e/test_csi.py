@@ -324,7 +324,7 @@ def test_identity_and_capabilities(env) -> None:  # type: ignore[no-untyped-def]
         C.CREATE_DELETE_VOLUME, C.PUBLISH_UNPUBLISH_VOLUME, C.LIST_VOLUMES, C.GET_CAPACITY,
         C.CREATE_DELETE_SNAPSHOT, C.LIST_SNAPSHOTS, C.CLONE_VOLUME, C.PUBLISH_READONLY,
         C.EXPAND_VOLUME, C.LIST_VOLUMES_PUBLISHED_NODES, C.VOLUME_CONDITION, C.GET_VOLUME,
-        C.SINGLE_NODE_MULTI_WRITER,
+        C.SINGLE_NODE_MULTI_WRITER, C.MODIFY_VOLUME,
     }  # fmt: skip
     info = drv.node.NodeGetInfo(pb.NodeGetInfoRequest())
     assert info.node_id == "node-1" and info.max_volumes_per_node == 32
