@@ -54,6 +54,8 @@ BODIES: dict[str, Any] = {
     "SnapshotCreate": {"name": "b-snap"},
     "BackupCreate": {"target": "b-target"},
     "VolumeCreate": {"name": "b-clone", "size_bytes": GiB},
+    "VolumeUpdate": {"qos": {"max_iops": 1000}},
+    "SnapshotMetadataRequest": {"max_results": 16},
 }
 
 
