@@ -282,6 +282,7 @@ class EngineSpec(Record):
     require_generation: int = 0
     epoch_jump: bool = False  # soon after `volume recover-epoch`: replicas may jump epochs
     read_only: bool = False  # NBD clients may only read (an attach with read_only)
+    encrypted: bool = False  # the engine serves the volume through its block cipher (issue 19)
 
 
 class ScrubSummary(Record):

@@ -1,0 +1,64 @@
+"""Where an encrypted volume keeps its blocks and their authentication tags.
+
+An encrypted volume is stored as a larger, plain volume (the *physical* volume the engine
+replicates, snapshots, rebuilds and backs up) in groups of ``GROUP + 1`` blocks: ``GROUP``
+blocks of ciphertext, then one *tag block* holding the ``GROUP`` blocks' tag entries
+(``ENTRY`` bytes each). Group *g* starts at physical block ``g * (GROUP + 1)``; logical
+block *i* is physical block ``(i // GROUP) * (GROUP + 1) + i % GROUP``. A write of whole
+groups is one contiguous physical range (ciphertext and tags together); a volume grows by
+appending groups, so online expansion moves nothing.
+
+The logical size of an encrypted volume is a multiple of ``GROUP_BYTES`` (256 KiB): sizes
+are rounded up to it at creation and expansion (``logical_size_for``), so the physical size
+determines the logical one (``logical_size``) and the engine needs no second number.
+Pure arithmetic; every fact about the layout is computed here and only here.
+"""
+
+from __future__ import annotations
+
+from cargohold.errors import InvalidArgument
+
+BLOCK = 4096
+GROUP = 64  # ciphertext blocks per group
+ENTRY = BLOCK // GROUP  # 64 bytes of tag entry per block
+GROUP_BYTES = GROUP * BLOCK  # 256 KiB of logical data per group
+PHYSICAL_GROUP_BYTES = (GROUP + 1) * BLOCK
+
+
+def logical_size_for(requested: int) -> int:
+    """The logical size an encrypted volume of ``requested`` bytes gets: rounded up to a
+    whole number of groups."""
+    if requested <= 0:
+        raise InvalidArgument(f"an encrypted volume's size must be positive, not {requested}")
+    return -(-requested // GROUP_BYTES) * GROUP_BYTES
+
+
+def physical_size(logical: int) -> int:
+    """Bytes of the plain volume that stores an encrypted volume of ``logical`` bytes."""
+    if logical <= 0 or logical % GROUP_BYTES:
+        raise InvalidArgument(
+            f"an encrypted volume's size must be a positive multiple of {GROUP_BYTES} bytes, "
+            f"not {logical}"
+        )
+    return logical // GROUP_BYTES * PHYSICAL_GROUP_BYTES
+
+
+def logical_size(physical: int) -> int:
+    """Bytes of the encrypted volume a plain volume of ``physical`` bytes stores (whole
+    groups only: a partial group at the end is not used)."""
+    return physical // PHYSICAL_GROUP_BYTES * GROUP_BYTES
+
+
+def data_block(i: int) -> int:
+    """The physical block holding logical block ``i``'s ciphertext."""
+    return i // GROUP * (GROUP + 1) + i % GROUP
+
+
+def tag_block(i: int) -> int:
+    """The physical block holding logical block ``i``'s tag entry."""
+    return i // GROUP * (GROUP + 1) + GROUP
+
+
+def tag_offset(i: int) -> int:
+    """Where logical block ``i``'s tag entry starts within its tag block."""
+    return i % GROUP * ENTRY

@@ -1,0 +1,38 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cargohold.encryption import layout
+from cargohold.errors import InvalidArgument
+
+
+def test_a_group_is_its_blocks_then_their_tag_block():
+    assert [layout.data_block(i) for i in range(3)] == [0, 1, 2]
+    assert layout.data_block(63) == 63 and layout.tag_block(63) == 64
+    assert layout.data_block(64) == 65 and layout.tag_block(64) == 129
+    assert layout.tag_offset(0) == 0 and layout.tag_offset(65) == 64
+
+
+def test_sizes():
+    assert layout.logical_size_for(1) == 256 * 1024
+    assert layout.logical_size_for(1 << 30) == 1 << 30
+    assert layout.physical_size(1 << 30) == (1 << 30) // 64 * 65
+    with pytest.raises(InvalidArgument, match="multiple of 262144"):
+        layout.physical_size(4096)
+    with pytest.raises(InvalidArgument):
+        layout.logical_size_for(0)
+
+
+@given(st.integers(min_value=1, max_value=1 << 48))
+def test_the_physical_size_gives_back_the_logical_one(requested):
+    logical = layout.logical_size_for(requested)
+    assert requested <= logical < requested + layout.GROUP_BYTES
+    assert layout.logical_size(layout.physical_size(logical)) == logical
+
+
+@given(st.integers(min_value=0, max_value=1 << 40))
+def test_blocks_never_collide(i):
+    blocks = {layout.data_block(i), layout.data_block(i + 1), layout.tag_block(i)}
+    assert len(blocks) == 3
+    assert layout.data_block(i) % (layout.GROUP + 1) != layout.GROUP
+    assert layout.tag_block(i) % (layout.GROUP + 1) == layout.GROUP
