@@ -9,20 +9,51 @@ persistentvolumeclaims, ``create`` and ``patch`` on events. Called by ``csi/serv
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from cargohold.csi.pvc_events import EventGone, PvcGone
-from cargohold.errors import AlreadyExists, ConfigError
+from cargohold.csi.pvc_events import EventGone, KubeUnavailable, PvcGone
+from cargohold.errors import (
+    AlreadyExists,
+    CargoholdError,
+    ConfigError,
+    InvalidArgument,
+    PermissionDenied,
+)
+
+
+def _message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "{}").get("message") or e.reason)[:300]
+    except (ValueError, AttributeError):
+        return str(e.reason)
+
+
+def refused(e: ApiException, gone: type[CargoholdError], what: str) -> CargoholdError:
+    """The error of the tree for an API server's answer: ``gone`` for 404 and for a
+    namespace being deleted; PermissionDenied 403; AlreadyExists 409; InvalidArgument
+    other 4xx; KubeUnavailable 5xx and 429 (retried)."""
+    msg = f"{what}: {e.status} {_message(e)}"
+    if e.status == 404 or (e.status == 403 and "NamespaceTerminating" in str(e.body)):
+        return gone(msg)
+    if e.status == 403:
+        return PermissionDenied(msg)
+    if e.status == 409:
+        return AlreadyExists(msg)
+    if e.status is not None and 400 <= e.status < 500 and e.status != 429:
+        return InvalidArgument(msg)
+    return KubeUnavailable(msg)
 
 
 class KubeEventSink:
     """``EventSink`` over a CoreV1Api; ``connect()`` finds the credentials."""
 
     def __init__(self, api: Any, timeout: float = 10.0) -> None:
+        # urllib3's connection errors pass through: the loop logs them and retries
         self.api, self.timeout = api, timeout
 
     @classmethod
@@ -45,25 +76,17 @@ class KubeEventSink:
                 name, namespace, _request_timeout=self.timeout
             )
         except ApiException as e:
-            if e.status == 404:
-                raise PvcGone(f"{namespace}/{name}") from None
-            raise
+            raise refused(e, PvcGone, f"PVC {namespace}/{name}") from None
         return str(pvc.metadata.uid)
 
     def create(self, namespace: str, body: dict[str, Any]) -> None:
         try:
             self.api.create_namespaced_event(namespace, body, _request_timeout=self.timeout)
-        except ApiException as e:
-            if e.status == 409:
-                raise AlreadyExists(f"event {body['metadata']['name']} exists") from None
-            if e.status == 404:  # the namespace is gone, and the PVC with it
-                raise PvcGone(namespace) from None
-            raise
+        except ApiException as e:  # 404: the namespace is gone, and the PVC with it
+            raise refused(e, PvcGone, f"event {namespace}/{body['metadata']['name']}") from None
 
     def patch(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         try:
             self.api.patch_namespaced_event(name, namespace, body, _request_timeout=self.timeout)
         except ApiException as e:
-            if e.status == 404:
-                raise EventGone(f"{namespace}/{name}") from None
-            raise
+            raise refused(e, EventGone, f"event {namespace}/{name}") from None

@@ -17,8 +17,10 @@ namespace`` and ``/name``, stored by CreateVolume from the external-provisioner'
   ``count`` and ``lastTimestamp`` instead of adding another (what ``kubectl describe``
   shows as "x3 over 5m"), as Kubernetes' own event recorder does.
 - Volumes without the labels (made without ``--extra-create-metadata``, or outside
-  Kubernetes) and PVCs that no longer exist are skipped. A failure to reach the manager
-  or the API server is logged and retried at the next pass; it never stops the driver.
+  Kubernetes) and PVCs that no longer exist (or whose namespace is being deleted) are
+  skipped; an Event the API server refuses (403, 422) is logged and skipped, so one bad
+  event never holds up the others. A failure to reach the manager or the API server is
+  logged and the pass retried at the next; it never stops the driver.
 
 docs/observability.md ("Kubernetes Events on the PVC").
 """
@@ -36,7 +38,13 @@ from typing import Any, Protocol
 
 from cargohold.control.client import ManagerClient
 from cargohold.csi.parameters import PVC_NAME_LABEL, PVC_NAMESPACE_LABEL
-from cargohold.errors import AlreadyExists, CargoholdError, NotFound
+from cargohold.errors import (
+    AlreadyExists,
+    CargoholdError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 
 log = logging.getLogger("cargohold.csi.pvc_events")
 
@@ -56,6 +64,10 @@ class PvcGone(NotFound):
 
 class EventGone(NotFound):
     """The sink's answer to patching an Event that expired (the API server's event TTL)."""
+
+
+class KubeUnavailable(CargoholdError):
+    """The API server did not answer, or answered 5xx/429: the pass stops, the next retries."""
 
 
 class EventSink(Protocol):
@@ -169,7 +181,8 @@ class PvcEvents:
         if ref is not None:
             try:
                 pvc = Pvc(ref[0], ref[1], self.sink.pvc_uid(*ref))
-            except PvcGone:
+            except (PvcGone, PermissionDenied) as e:
+                log.info("volume %s: no events on PVC %s/%s: %s", volume, *ref, e)
                 pvc = None
         self._pvcs[volume] = pvc
         return pvc
@@ -221,6 +234,9 @@ class PvcEvents:
                     self.post(e, pvc)
                 except PvcGone:
                     self._pvcs[volume] = None
+                except (PermissionDenied, InvalidArgument) as refused:
+                    log.warning("PVC %s/%s: event %s not posted: %s", pvc.namespace, pvc.name,
+                                eid, refused)  # fmt: skip
                 else:
                     n += 1
             self._remember(eid)
@@ -235,15 +251,8 @@ class PvcEvents:
             try:
                 self.run_once()
                 last_error = ""
-            except (CargoholdError, OSError) as e:
-                what = f"{type(e).__name__}: {e}"
-                if what != last_error:
-                    log.warning(
-                        "posting PVC events: %s (retrying every %.0f s)", what, self.interval
-                    )
-                last_error = what
-            except Exception as e:  # the Kubernetes client's errors: never stop the driver
-                what = f"{type(e).__name__}: {e}"
+            except Exception as e:  # whatever the clients raise: never stop the driver
+                what = f"{type(e).__name__}: {str(e)[:300]}"
                 if what != last_error:
                     log.warning(
                         "posting PVC events: %s (retrying every %.0f s)", what, self.interval

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from cargohold.csi import pvc_events as E
-from cargohold.errors import AlreadyExists, ManagerUnavailable, NotFound
+from cargohold.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    ManagerUnavailable,
+    NotFound,
+    PermissionDenied,
+)
 
 T0 = 1_800_000_000.0
 PVC = E.Pvc("shop", "data", "uid-1")
@@ -208,3 +214,58 @@ def test_run_survives_a_manager_that_is_down() -> None:
     stop.set()
     t.join(5)
     assert not t.is_alive() and len(kube.events) == 1
+
+
+def test_a_refused_event_is_skipped_and_the_others_go_on() -> None:
+    """One event the API server will never take (a namespace being deleted, a 422) must
+    not hold up the events after it; an unreachable API server stops the pass instead."""
+    mgr, kube = FakeManager(), FakeKube()
+    mgr.log = [ev(1, "volume-created"), ev(2, "volume-attached"), ev(3, "snapshot-created")]
+    create = kube.create
+
+    def picky(namespace: str, body: dict[str, Any]) -> None:
+        if body["reason"] == "VolumeAttached":
+            raise InvalidArgument("event shop/x: 422 Event.v1 is invalid")
+        create(namespace, body)
+
+    kube.create = picky  # type: ignore[method-assign]
+    lp = loop(mgr, kube)
+    assert lp.run_once() == 2
+    assert {b["reason"] for b in kube.events.values()} == {"VolumeCreated", "SnapshotCreated"}
+    assert lp.run_once() == 0  # not retried for ever
+
+    def down(namespace: str, body: dict[str, Any]) -> None:
+        raise E.KubeUnavailable("event shop/x: 503 the server is shutting down")
+
+    kube.create = down  # type: ignore[method-assign]
+    mgr.log.append(ev(4, "rebuild-started"))
+    with pytest.raises(E.KubeUnavailable):
+        lp.run_once()
+    kube.create = create  # type: ignore[method-assign]
+    assert lp.run_once() == 1  # the next pass posts what the failed one could not
+
+
+class _ApiException(Exception):
+    def __init__(self, status: int, body: str = "") -> None:
+        self.status, self.body, self.reason = status, body, "reason"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "want"),
+    [
+        (404, "", E.PvcGone),
+        (403, '{"reason": "Forbidden", "causes": [{"reason": "NamespaceTerminating"}]}', E.PvcGone),
+        (403, '{"message": "events is forbidden: User cannot create"}', PermissionDenied),
+        (409, "", AlreadyExists),
+        (422, '{"message": "Event is invalid"}', InvalidArgument),
+        (429, "", E.KubeUnavailable),
+        (503, "", E.KubeUnavailable),
+    ],
+)
+def test_the_api_servers_answers_map_onto_the_error_tree(
+    status: int, body: str, want: type
+) -> None:
+    from cargohold.csi.kube_events import refused
+
+    err = refused(_ApiException(status, body), E.PvcGone, "PVC shop/data")  # type: ignore[arg-type]
+    assert type(err) is want and str(status) in str(err)
