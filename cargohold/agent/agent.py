@@ -147,6 +147,12 @@ class Agent:
         return self.replicas.port
 
     # --- start and stop -------------------------------------------------------------------
+    def _cert_hosts(self) -> list[str]:
+        """Where clients that check hostnames reach this node, for the certificates the
+        manager signs: its address and its metrics listener's (not a wildcard bind)."""
+        c = self.config
+        return [h for h in (c.address, c.metrics_address) if h and h not in ("0.0.0.0", "::")]
+
     async def start(self) -> None:
         """Create the node's directories, start the replica server and wait until it
         answers. Registration happens in the first ``run_once()`` (and is retried)."""
@@ -154,7 +160,9 @@ class Agent:
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         if self.config.join_token_file and not enrollment.enrolled(self.dir):
             c = self.config
-            await enrollment.join(c.api, c.node, c.address, self.dir, c.join_token_file)
+            await enrollment.join(
+                c.api, c.node, c.address, self.dir, c.join_token_file, self._cert_hosts()
+            )
             await self._use_credentials()
         self._state = node_state.load(self.dir)
         self.replicas.disks = self._disks()
@@ -520,7 +528,7 @@ class Agent:
         if self.config.ca_dir:
             return  # the agent renews from its CA itself (NodeCredentials.renew)
         try:
-            if await enrollment.renew(self.manager, self.config.node, self.dir):
+            if await enrollment.renew(self.manager, self.config.node, self.dir, self._cert_hosts()):
                 await self._use_credentials()
         except CargoholdError as e:
             log.warning("cannot renew node %s's certificates: %s", self.config.node, e)

@@ -153,8 +153,16 @@ def write_node_credentials(
     _write_dir(agent_dir(node_dir), keys[0], a["cert"], a["trust"], a["crl"])
 
 
-async def join(urls: list[str], node: str, address: str, node_dir: str, join_file: str) -> None:
-    """Join the cluster with the join file's token; write both credentials directories."""
+async def join(
+    urls: list[str],
+    node: str,
+    address: str,
+    node_dir: str,
+    join_file: str,
+    hosts: list[str] | None = None,
+) -> None:
+    """Join the cluster with the join file's token; write both credentials directories.
+    The certificates are valid for ``address`` and ``hosts`` (subjectAltNames)."""
     token, trust = read_join_file(join_file)
     https = any(u.startswith("https://") for u in urls)
     if https and not trust:
@@ -171,6 +179,7 @@ async def join(urls: list[str], node: str, address: str, node_dir: str, join_fil
         "token": token,
         "csr": agent_csr,
         "replica_csr": replica_csr,
+        "hosts": [h for h in hosts or [] if h and h != address],
     }
     answer = await _post(urls, "/api/v1/join", body, verify)
     write_node_credentials(node_dir, (agent_key, replica_key), answer)
@@ -199,9 +208,10 @@ def due(cert: Path, at: float = RENEW_AT) -> bool:
     return end - dt.datetime.now(dt.UTC) <= (end - start) * at
 
 
-async def renew(link: Any, node: str, node_dir: str) -> bool:
-    """New certificates for the agent and its replica server when due (-> whether renewed).
-    Both daemons follow their files (tls.py); ``link`` is the agent's ManagerLink."""
+async def renew(link: Any, node: str, node_dir: str, hosts: list[str] | None = None) -> bool:
+    """New certificates for the agent and its replica server when due (-> whether renewed),
+    valid for the node's registered address and ``hosts``. Both daemons follow their
+    files (tls.py); ``link`` is the agent's ManagerLink."""
     if not enrolled(node_dir):
         return False
     if not (due(agent_dir(node_dir) / CERT_FILE) or due(replica_server_dir(node_dir) / CERT_FILE)):
@@ -209,7 +219,8 @@ async def renew(link: Any, node: str, node_dir: str) -> bool:
     agent_key, agent_csr = _csr(Role.AGENT, node)
     replica_key, replica_csr = _csr(Role.REPLICA, node)
     answer = await link.post(
-        f"/api/v1/nodes/{node}/certificates", {"csr": agent_csr, "replica_csr": replica_csr}
+        f"/api/v1/nodes/{node}/certificates",
+        {"csr": agent_csr, "replica_csr": replica_csr, "hosts": [h for h in hosts or [] if h]},
     )
     write_node_credentials(node_dir, (agent_key, replica_key), answer)
     log.info("node %s: certificates renewed (valid until %s)", node, answer.get("not_after"))

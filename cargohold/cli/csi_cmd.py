@@ -46,6 +46,12 @@ def csi(
     nbd_tls_dir: str = typer.Option(
         None, help="the node's credentials, for engines that serve NBD over TLS (nbds://)"
     ),
+    pvc_events: bool = typer.Option(
+        None,
+        "--pvc-events/--no-pvc-events",
+        help="controller: post volume events as Kubernetes Events on their PVCs (default on "
+        "where Kubernetes credentials are found)",
+    ),
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
@@ -66,6 +72,7 @@ def csi(
         "zone": zone,
         "timeout": timeout,
         "nbd_tls_dir": nbd_tls_dir,
+        "pvc_events": pvc_events,
     }
     try:
         # flags win; what no flag gives comes from CARGOHOLD_CSI_*, else the default

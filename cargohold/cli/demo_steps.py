@@ -7,6 +7,7 @@ as a block device (nbdfuse + loop + mount) where this machine allows it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import random
@@ -49,8 +50,37 @@ def write_files(root: str, seed: int, count: int) -> dict[str, str]:
     return sums
 
 
+CLONE_NEWNS = 0x00020000
+MS_REC, MS_PRIVATE = 0x4000, 0x40000
+_own_namespace = [False]
+
+
+def own_mount_namespace() -> None:
+    """Move this process (and the tools it runs from now on) into a mount namespace of its
+    own, private, once. The demo mounts ext4, unmounts it and mounts it again read-only to
+    check every file through a fresh mount. Where mounts are private (no systemd), any
+    process that copies the machine's mount namespace meanwhile (``ip netns exec``,
+    ``unshare -m``, a container runtime: other tests on a busy machine) keeps its own copy
+    of the demo's mount, and with it the read-write superblock, after the demo's umount:
+    the read-only mount then fails with EBUSY ("already mounted or mount point busy") and
+    the loop device and nbdfuse cannot be released. Mounted in a namespace nobody else
+    copies, the demo's filesystem is the demo's alone."""
+    if _own_namespace[0]:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeError(f"unshare(CLONE_NEWNS) failed: {os.strerror(err)}")
+    # nothing mounted from here on propagates back to the machine's namespace
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeError(f"making / private in the demo's namespace failed: {os.strerror(err)}")
+    _own_namespace[0] = True
+
+
 class BlockDevice:
-    """The engine's NBD export as a block device: nbdfuse + loop (this kernel has no nbd)."""
+    """The engine's NBD export as a block device: nbdfuse + loop (this kernel has no nbd),
+    mounted in the demo's own mount namespace (``own_mount_namespace``)."""
 
     def __init__(self, uri: str, work: str) -> None:
         self.uri, self.work = uri, work
@@ -61,6 +91,7 @@ class BlockDevice:
         self.mounted = False
 
     def attach(self) -> str:
+        own_mount_namespace()
         os.makedirs(self.fuse_dir, exist_ok=True)
         os.makedirs(self.mnt, exist_ok=True)
         pidfile = os.path.join(self.work, "nbdfuse.pid")

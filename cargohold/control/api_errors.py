@@ -8,6 +8,9 @@ faults: an unknown route 404, a wrong method 405 (with ``Allow``), a body above
 ``max_request_bytes`` 413, a body that is not ``application/json`` 415. The body is always
 ``{"error": {"type": ..., "message": ...}}`` (422 keeps a ``detail`` list too, whose
 ``input`` is the offending value when it is plain JSON, else a short repr).
+A client that goes away while its request is read (a long poll given up, ``events
+--follow`` stopped with Ctrl-C, an agent killed) is no error: one debug line, an empty
+499 that nobody receives, and no traceback.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from cargohold.control.auth import CHALLENGE
@@ -151,6 +155,9 @@ def http_status(e: CargoholdError) -> int:
     return 500
 
 
+CLIENT_CLOSED = 499  # nginx's "client closed request": what the metrics count it as (4xx)
+
+
 def install_handlers(app: FastAPI, s: Service) -> None:
     """Every error a route or the routing raises, as its status and the one body."""
 
@@ -160,6 +167,11 @@ def install_handlers(app: FastAPI, s: Service) -> None:
             s.repo.note_damage(e)  # /healthz fails until it is repaired
         status = http_status(e)
         return error_response(e, status, dict(CHALLENGE) if status == 401 else None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        log.debug("%s %s: the client went away", request.method, request.url.path[:200])
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> Any:

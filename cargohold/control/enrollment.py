@@ -4,9 +4,12 @@
   SHA-256 of the token (``security/tokens.py``), good for ``uses`` joins until ``expires_at``.
 - ``join``: a new agent sends its node name, address, the token and two certificate
   signing requests; the manager's CA (``--ca-dir``) signs them as ``agent/<node>`` and
-  ``replica/<node>``. A name whose node has a live agent is refused (409); a node that is
+  ``replica/<node>``, valid for the node's address and the other names the agent gives
+  (``hosts``: e.g. its metrics address) as subjectAltNames (IP or DNS), so that clients
+  that check hostnames (Prometheus scraping the agent's ``/metrics``) verify the node. A name whose node has a live agent is refused (409); a node that is
   down (a reinstall) may join again with a token: its old certificates are revoked.
-- ``renew``: ``agent/<node>`` (and only it) gets new certificates for the same keys' roles;
+- ``renew``: ``agent/<node>`` (and only it) gets new certificates for the same keys' roles,
+  valid for the node's registered address and the ``hosts`` it gives;
   ``engine_certificate``: it gets ``engine/<volume>`` only for a volume whose engine the
   manager assigned to that node.
 - Every serial issued to a node is kept (``/node-certificates/<node>``) so that removing
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,39 @@ log = logging.getLogger("cargohold.manager")
 JOIN_TOKENS = "/join-tokens/"
 NODE_CERTIFICATES = "/node-certificates/"
 MAX_CSR = 16 << 10  # a P-256 CSR in PEM is about 500 bytes
+MAX_HOSTS = 8  # names a node certificate is valid for, besides the node's address
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def san_hosts(address: str, names: list[str]) -> list[str]:
+    """The node's ``address`` and ``names`` as subjectAltName hosts: each an IP address or
+    a DNS name (no wildcard), duplicates dropped, order kept. InvalidArgument names a bad
+    one of ``names``; an ``address`` that is neither is left out (it is the node's own
+    business where it listens, and a certificate can name only hosts)."""
+    try:
+        out = _hosts([address])
+    except InvalidArgument:
+        out = []
+    return out + [h for h in _hosts(names) if h not in out]
+
+
+def _hosts(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        name = name.strip()
+        try:
+            host = str(ipaddress.ip_address(name))
+        except ValueError:
+            labels = name.rstrip(".").split(".")
+            if len(name) > 253 or not all(_DNS_LABEL.match(x) for x in labels):
+                raise InvalidArgument(
+                    f"{name[:80]!r} is neither an IP address nor a DNS name: a node's "
+                    "certificate can name only those"
+                ) from None
+            host = name.rstrip(".").lower()
+        if host not in out:
+            out.append(host)
+    return out
 
 
 class JoinToken(Record):
@@ -100,6 +138,12 @@ class JoinRequest(BaseModel):
     token: str = Field(min_length=1, max_length=200)
     csr: str = Field(max_length=MAX_CSR, description="the agent's CSR (PEM)")
     replica_csr: str = Field(max_length=MAX_CSR, description="the replica server's CSR (PEM)")
+    hosts: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_HOSTS,
+        description="IP addresses or DNS names the certificates are valid for besides "
+        "address (e.g. the agent's metrics address)",
+    )
 
 
 class RenewRequest(BaseModel):
@@ -107,6 +151,12 @@ class RenewRequest(BaseModel):
 
     csr: str = Field(max_length=MAX_CSR, description="the agent's CSR (PEM)")
     replica_csr: str = Field(max_length=MAX_CSR, description="the replica server's CSR (PEM)")
+    hosts: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_HOSTS,
+        description="IP addresses or DNS names the certificates are valid for besides the "
+        "node's registered address",
+    )
 
 
 class EngineCertificateRequest(BaseModel):
@@ -219,11 +269,11 @@ class EnrollmentCalls(ServiceBase):
         raise Unauthenticated(f"join token {tid}: too many joins at once, try again")
 
     # --- certificates -----------------------------------------------------------------------
-    def _sign(self, csr: str, ident: Identity) -> Issued:
+    def _sign(self, csr: str, ident: Identity, hosts: list[str] | None = None) -> Issued:
         life = dt.timedelta(seconds=self.settings.certificate_lifetime)
         ca = self._ca()
         try:
-            return ca.sign_csr(csr.encode(), ident, lifetime=life)
+            return ca.sign_csr(csr.encode(), ident, hosts=hosts or (), lifetime=life)
         except (UnsupportedAlgorithm, ValueError, TypeError) as e:  # odd keys or signatures
             raise InvalidArgument(f"the certificate signing request cannot be used: {e}") from None
 
@@ -295,8 +345,10 @@ class EnrollmentCalls(ServiceBase):
             )
         agent_id = Identity(ca.cluster, Role.AGENT, req.node)
         replica_id = Identity(ca.cluster, Role.REPLICA, req.node)
-        agent = self._sign(req.csr, agent_id)  # bad CSRs are refused before a use is taken
-        replica = self._sign(req.replica_csr, replica_id)
+        hosts = san_hosts(req.address, req.hosts)
+        # bad CSRs and names are refused before a use is taken
+        agent = self._sign(req.csr, agent_id, hosts)
+        replica = self._sign(req.replica_csr, replica_id, hosts)
         tok = await self._use_token(req.token)
         if old is not None:  # a reinstalled node: its old keys are gone, so are their certificates
             await self._revoke_node(req.node, f"node {req.node} joined again")
@@ -306,11 +358,12 @@ class EnrollmentCalls(ServiceBase):
 
     async def renew(self, node: str, req: RenewRequest) -> dict[str, Any]:
         ca = self._ca()
-        await self.repo.node(node)  # a removed node gets nothing (NotFound)
+        known = await self.repo.node(node)  # a removed node gets nothing (NotFound)
         agent_id = Identity(ca.cluster, Role.AGENT, node)
         replica_id = Identity(ca.cluster, Role.REPLICA, node)
-        agent = self._sign(req.csr, agent_id)
-        replica = self._sign(req.replica_csr, replica_id)
+        hosts = san_hosts(known.address, req.hosts)
+        agent = self._sign(req.csr, agent_id, hosts)
+        replica = self._sign(req.replica_csr, replica_id, hosts)
         await self._record(node, [(agent_id, agent), (replica_id, replica)])
         log.info("node %s renewed its certificates", node)
         return self._node_answer(agent, replica)

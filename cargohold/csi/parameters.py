@@ -37,6 +37,12 @@ DEFAULT_FS = "ext4"
 XFS_MIN_SIZE = 300 * 1024 * 1024
 # Parameters Kubernetes' sidecars add or handle themselves; they are not ours to refuse.
 K8S_PREFIX = "csi.storage.k8s.io/"
+# ... of which external-provisioner's --extra-create-metadata gives the PVC's; CreateVolume
+# keeps them as the volume's labels, for its events on the PVC (csi/pvc_events.py)
+PVC_NAME_PARAM = K8S_PREFIX + "pvc/name"
+PVC_NAMESPACE_PARAM = K8S_PREFIX + "pvc/namespace"
+PVC_NAME_LABEL = "pvc.cargohold.io/name"
+PVC_NAMESPACE_LABEL = "pvc.cargohold.io/namespace"
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
@@ -126,13 +132,18 @@ class VolumeParameters:
     qos: dict[str, Any] = field(default_factory=dict)  # QoS limits set (manager names)
     standby_target: str = ""  # with standby_source: a standby volume (docs/disaster-recovery.md)
     standby_source: str = ""
+    pvc: tuple[str, str] | None = None  # (namespace, name) with --extra-create-metadata
     given: dict[str, str] = field(default_factory=dict)
 
     @property
     def labels(self) -> dict[str, str]:
         """The labels of a new volume: one per recurring job (``recurring-job.cargohold.io/
-        <job>: enabled``); the manager refuses a job that does not exist (INVALID_ARGUMENT)."""
-        return {volume_label(j): ENABLED for j in self.recurring_jobs}
+        <job>: enabled``); the manager refuses a job that does not exist (INVALID_ARGUMENT);
+        and the PVC's namespace and name when the provisioner gave them."""
+        out = {volume_label(j): ENABLED for j in self.recurring_jobs}
+        if self.pvc is not None:
+            out[PVC_NAMESPACE_LABEL], out[PVC_NAME_LABEL] = self.pvc
+        return out
 
     @classmethod
     def parse(cls, params: dict[str, str]) -> VolumeParameters:
@@ -192,6 +203,9 @@ class VolumeParameters:
                 raise _bad(key, params[key])
         if t:
             out["standby_target"], out["standby_source"] = t, src
+        pvc_ns, pvc_name = params.get(PVC_NAMESPACE_PARAM, ""), params.get(PVC_NAME_PARAM, "")
+        if pvc_ns and pvc_name:
+            out["pvc"] = (pvc_ns, pvc_name)
         return cls(**out, given={k: v for k, v in params.items() if k in _KNOWN})
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent import futures
+from typing import Any
 
 import grpc
 
@@ -19,6 +21,7 @@ from cargohold.csi.identity import Identity
 from cargohold.csi.locks import VolumeLocks
 from cargohold.csi.node import Node
 from cargohold.csi.publications import Publications
+from cargohold.csi.pvc_events import PvcEvents
 from cargohold.csi.settings import CsiSettings
 from cargohold.csi.snapshot_metadata import SnapshotMetadata
 from cargohold.errors import ConfigError
@@ -82,6 +85,31 @@ def build(config: CsiSettings, client: ManagerClient) -> grpc.Server:
         pb_grpc.add_NodeServicer_to_server(node, server)
     server.add_insecure_port(f"unix://{path}")
     server.start()
+    if config.controller and config.pvc_events:
+        _start_pvc_events(config, client, server)
     services = ["identity"] + ["controller"] * config.controller + ["node"] * config.node
     log.info("csi driver serving %s on %s (node %s)", "+".join(services), path, config.node_id)
     return server
+
+
+def _start_pvc_events(config: CsiSettings, client: ManagerClient, server: grpc.Server) -> None:
+    """The PVC events loop in a daemon thread, stopped with the server; without Kubernetes
+    credentials it says so once and stays off (csi/pvc_events.py)."""
+    try:
+        from cargohold.csi.kube_events import KubeEventSink
+
+        sink = KubeEventSink.connect()
+    except ConfigError as e:
+        log.info("PVC events off: %s", e)
+        return
+    loop = PvcEvents(client, sink, instance=config.node_id, interval=config.pvc_events_interval)
+    stop = threading.Event()
+    threading.Thread(target=loop.run, args=(stop,), name="pvc-events", daemon=True).start()
+    stop_server = server.stop
+
+    def stop_both(grace: float | None) -> Any:
+        stop.set()
+        return stop_server(grace)
+
+    server.stop = stop_both  # type: ignore[method-assign]
+    log.info("posting volume events on their PVCs every %.0f s", config.pvc_events_interval)

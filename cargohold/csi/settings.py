@@ -50,3 +50,12 @@ class CsiSettings(Settings):
         "any non-empty value: never use the kernel NBD client, always nbdfuse + a loop "
         "device (read by the node plugin's mounter at each attach)",
     )
+    pvc_events: bool = setting(
+        True,
+        "controller plugin: post the manager's events of each volume as Kubernetes Events on "
+        "its PVC (needs the provisioner's --extra-create-metadata and Kubernetes credentials: "
+        "in-cluster, or $KUBECONFIG); off with --no-pvc-events",
+    )
+    pvc_events_interval: float = setting(
+        5.0, "seconds between two reads of the manager's events for PVC events", gt=0
+    )

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -78,3 +79,71 @@ def test_a_lesser_demo_says_so_and_exits_3(tmp_path):
     assert "The main job cannot run on this machine: CARGOHOLD_DEMO_NO_MOUNT is set" in text
     assert "This was the data-plane demo only" in text
     assert "Done:" in text  # the lesser demo itself passed
+
+
+_REMOUNT = """
+import os, subprocess, sys
+from cargohold.cli.demo_steps import own_mount_namespace, run
+img, mnt, private = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+if private:
+    own_mount_namespace()
+loop = run("losetup", "-f", "--show", img).stdout.strip()
+try:
+    run("mount", loop, mnt)
+    # someone copies the machine's mount namespace while the filesystem is mounted
+    print("mounted", flush=True)
+    sys.stdin.readline()
+    run("umount", mnt)
+    p = run("mount", "-o", "ro", loop, mnt, check=False)
+    print("remount", p.returncode, p.stderr.strip(), flush=True)
+    if p.returncode == 0:
+        run("umount", mnt)
+finally:
+    run("losetup", "-d", loop, check=False)
+"""
+
+
+def _remount_while_copied(tmp_path, private: bool) -> str:
+    img, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir(parents=True)
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", str(img)], check=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _REMOUNT, str(img), str(mnt), "1" if private else "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    copy = None
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "mounted"
+        # what `ip netns exec` or a container runtime does: a copy of the mount namespace
+        copy = subprocess.Popen(["unshare", "-m", "sleep", "60"])
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{copy.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            assert time.monotonic() < deadline, "unshare did not start"
+            time.sleep(0.01)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        return child.stdout.readline().strip()
+    finally:
+        if copy is not None:
+            copy.kill()
+            copy.wait()
+        child.wait(30)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux unshare missing")
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a filesystem")
+def test_the_demos_mounts_cannot_be_pinned_by_another_namespace(tmp_path):
+    """The demo's 1-in-6 flake: while its ext4 was mounted read-write, another test's
+    `ip netns exec` copied the mount namespace; that copy kept the read-write superblock
+    after the demo's umount, and its read-only remount failed with EBUSY ("already mounted
+    or mount point busy"). In the demo's own mount namespace nobody can copy it."""
+    pinned = _remount_while_copied(tmp_path / "a", private=False)
+    assert pinned.startswith("remount 32") and "already mounted" in pinned, pinned
+    assert _remount_while_copied(tmp_path / "b", private=True) == "remount 0"

@@ -202,6 +202,40 @@ def test_an_agent_joins_with_a_token_then_talks_mutual_tls(cluster: Cluster) -> 
     assert "joined cluster" in agent.output()
 
 
+def test_a_joined_agent_is_verified_by_its_address(cluster: Cluster) -> None:
+    """The certificates issued at join name the node's address (subjectAltName IP), so a
+    scraper that checks hostnames, as Prometheus does, verifies the agent's /metrics."""
+    port = free_port()
+    cluster.agent("node-1", cluster.join_file(), CARGOHOLD_AGENT_METRICS_PORT=str(port))
+    wait_for(lambda: cluster.up("node-1"), "node-1 to register", 60)
+    tls = cluster.tmp / "node-1" / "tls"
+    for d in ("agent", "replica-server"):
+        cert = x509.load_pem_x509_certificate((tls / d / "tls.crt").read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    reader = cluster.tmp / "creds" / "prometheus"
+    cluster.ca.issue(Identity(cluster.ca.cluster, Role.READER, "prometheus")).write(reader)
+    ctx = ssl.create_default_context(cafile=str(cluster.tmp / "ca" / "trust.crt"))
+    assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+    ctx.load_cert_chain(reader / "tls.crt", reader / "tls.key")
+
+    def scrape() -> str:
+        try:
+            with httpx.Client(verify=ctx, timeout=5) as c:
+                r = c.get(f"https://127.0.0.1:{port}/metrics")
+        except httpx.ConnectError as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e):
+                raise  # a name or chain the scraper refuses: what this test is about
+            return ""
+        return r.text if r.status_code == 200 else ""
+
+    assert "cargohold_" in wait_for(scrape, "the agent's /metrics over verified HTTPS")
+    # the same scraper refuses a name the certificate does not carry
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLCertVerificationError, match="match"):
+            ctx.wrap_socket(raw, server_hostname="node-9.example")
+
+
 def test_join_without_a_token_or_with_a_used_or_expired_one_is_refused(cluster: Cluster) -> None:
     used = cluster.join_file()
     cluster.agent("node-1", used)

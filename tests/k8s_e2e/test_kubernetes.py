@@ -5,7 +5,7 @@ running there (deploy/, or the k8s-lab's host processes).
 It applies what a user applies from deploy/ (the CSIDriver, the VolumeSnapshotClass, and
 every shipped StorageClass, as copies named ``e2e-<name>-immediate`` / ``-wffc`` so that a
 cluster's own classes are left alone), then: each shipped class provisions a PVC; a PVC
-(Immediate) → a pod writing files → VolumeSnapshot → a PVC restored from it and a clone
+(Immediate) → a pod writing files → cargohold's events on the PVC → VolumeSnapshot → a PVC restored from it and a clone
 of the PVC, each read by a pod → expansion (online, or offline at the pod's restart where
 the node cannot grow a mounted ext4) → WaitForFirstConsumer → a raw block PVC written by
 one pod and read by the next → ReadOnlyMany readers of a restored snapshot → deletion of
@@ -301,6 +301,39 @@ def test_pod_writes_files_to_a_pvc() -> None:
     pod("writer", "data", WRITE)
     S["files"] = sums(finished("writer"))
     assert sorted(S["files"]) == ["f1", "f2", "f3", "f4", "f5"]
+
+
+def test_the_pvc_shows_cargohold_events() -> None:
+    """The controller plugin posts the manager's events of the PVC's volume on the PVC
+    (csi/pvc_events.py): created and attached, from source cargohold, named by event id."""
+
+    def reasons() -> dict[str, dict[str, Any]] | None:
+        out = kubectl("get", "events", "-n", NS, "-o", "json",
+                      "--field-selector", "involvedObject.name=data")  # fmt: skip
+        got = {
+            e["reason"]: e
+            for e in json.loads(out)["items"]
+            if (e.get("source") or {}).get("component") == "cargohold"
+        }
+        return got if {"VolumeCreated", "VolumeAttached"} <= set(got) else None
+
+    got = wait_for("cargohold's VolumeCreated and VolumeAttached events on PVC data", reasons)
+    claim = get("pvc", "data")
+    assert claim is not None
+    for e in got.values():
+        obj = e["involvedObject"]
+        assert (obj["kind"], obj["name"], obj["uid"]) == (
+            "PersistentVolumeClaim",
+            "data",
+            claim["metadata"]["uid"],
+        )
+        assert e["type"] == "Normal" and e["metadata"]["name"].startswith("data.cargohold.")
+        assert S["pv"] in e["message"], e["message"]
+    described = kubectl("describe", "pvc", "data", "-n", NS)
+    assert "VolumeCreated" in described and "VolumeAttached" in described, described
+    REPORT.append(
+        "PVC events: " + "; ".join(f"{r}: {e['message']}" for r, e in sorted(got.items()))
+    )
 
 
 def test_snapshot_restore_and_clone() -> None:

@@ -92,6 +92,39 @@ async def test_join_signs_the_identities_the_ca_decides(svc: Service) -> None:
     assert raw == []  # one use: gone after it
 
 
+def sans(pem: str) -> list[str]:
+    ext = x509.load_pem_x509_certificate(pem.encode()).extensions
+    names = ext.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(n) for n in names.get_values_for_type(x509.IPAddress)] + list(
+        names.get_values_for_type(x509.DNSName)
+    )
+
+
+async def test_node_certificates_name_the_nodes_addresses(svc: Service) -> None:
+    """Clients that check hostnames (Prometheus scraping /metrics) verify a joined node."""
+    req = join_req("node-1", await token(svc)).model_copy(
+        update={"address": "10.0.0.7", "hosts": ["10.0.0.7", "node-1.example", "fd00::7"]}
+    )
+    out = await svc.join(req)
+    for k in ("cert", "replica_cert"):
+        assert sans(out[k]) == ["10.0.0.7", "fd00::7", "node-1.example"]
+    from cargohold.control.model import Registration
+
+    await svc.register("node-1", Registration(address="10.0.0.8"))  # it moved
+    renewed = await svc.renew(
+        "node-1", RenewRequest(csr=csr(), replica_csr=csr(), hosts=["metrics.node-1.example"])
+    )
+    assert sans(renewed["cert"]) == ["10.0.0.8", "metrics.node-1.example"]
+
+
+@pytest.mark.parametrize("bad", ["*.example", "a b", "-x.example", "x" * 64 + ".example", ""])
+async def test_names_a_certificate_cannot_carry_are_refused(svc: Service, bad: str) -> None:
+    tok = await token(svc)
+    with pytest.raises(InvalidArgument, match="neither an IP address nor a DNS name"):
+        await svc.join(join_req("node-1", tok).model_copy(update={"hosts": [bad]}))
+    await svc.join(join_req("node-1", tok))  # no use of the token was taken
+
+
 async def test_a_token_is_good_for_its_uses_only(svc: Service) -> None:
     tok = await token(svc, uses=2)
     await svc.join(join_req("node-1", tok))

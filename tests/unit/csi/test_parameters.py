@@ -245,3 +245,22 @@ def test_weight_and_minimum_iops_are_qos_parameters() -> None:
         P.VolumeParameters.parse({"weight": "5000"})
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "weight='5000' is not valid: use an integer from 1 to 1000" in str(e.value)
+
+
+def test_the_provisioners_pvc_metadata_becomes_volume_labels() -> None:
+    """external-provisioner --extra-create-metadata: the PVC's namespace and name are kept
+    as labels for the PVC events (csi/pvc_events.py); alone, one of them is not."""
+    p = P.VolumeParameters.parse(
+        {
+            "csi.storage.k8s.io/pvc/name": "data",
+            "csi.storage.k8s.io/pvc/namespace": "shop",
+            "csi.storage.k8s.io/pv/name": "pvc-1234",
+            "recurringJobs": "nightly",
+        }
+    )
+    assert p.labels == {
+        "recurring-job.cargohold.io/nightly": "enabled",
+        "pvc.cargohold.io/namespace": "shop",
+        "pvc.cargohold.io/name": "data",
+    }
+    assert P.VolumeParameters.parse({"csi.storage.k8s.io/pvc/name": "data"}).labels == {}

@@ -130,6 +130,8 @@ def test_the_monitors_use_the_rules_job_names() -> None:
     pod = kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0]
     assert {"targetLabel": "job", "replacement": monitoring.AGENT_JOB} in pod["relabelings"]
     assert f'job="{monitoring.AGENT_JOB}"' in RULES.read_text()
+    # joined agents' certificates name their addresses: Prometheus verifies them
+    assert pod["tlsConfig"].get("insecureSkipVerify") is not True
 
 
 def _cluster(tmp_path: Path, plaintext: bool = False) -> LocalCluster:
@@ -150,6 +152,8 @@ def test_the_scrape_config_of_a_local_cluster(tmp_path: Path) -> None:
     tls = jobs[monitoring.AGENT_JOB]["tls_config"]
     assert tls["cert_file"] == str(credentials.prometheus_tls_dir(cluster.dir) / "tls.crt")
     assert jobs[monitoring.AGENT_JOB]["scheme"] == "https"
+    for job in jobs.values():  # every target's certificate names its address: verified
+        assert "insecure_skip_verify" not in job["tls_config"]
     plain = monitoring.scrape_config(_cluster(tmp_path / "p", plaintext=True))
     agent_job = next(j for j in plain["scrape_configs"] if j["job_name"] == monitoring.AGENT_JOB)
     assert agent_job["scheme"] == "http" and "tls_config" not in agent_job
