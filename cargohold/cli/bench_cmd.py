@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 import time
 from enum import StrEnum
@@ -65,6 +66,11 @@ from cargohold.control.client import ManagerClient, volume_attached
 from cargohold.errors import ConfigError
 
 DEFAULT_REGION = 1 << 30  # a volume's first GiB (or all of it, if smaller)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 class ProfileName(StrEnum):
@@ -247,6 +253,9 @@ def bench(
         confirm_overwrite("the benchmark", volume if is_uri(volume) else f"volume {volume}", yes)
     version = fio.check_fio()
     started = Started()
+    # SIGTERM, SIGHUP and SIGINT (a background job's SIGINT is ignored unless we ask) end
+    # the run through the cleanup below: every process started is stopped by its PID
+    previous = {sig: signal.signal(sig, _interrupted) for sig in STOP_SIGNALS}
     vol: dict[str, Any] = {}
     we_attached = False
     notes: list[str] = []
@@ -298,7 +307,11 @@ def bench(
                             with progress(f"detaching {volume}") as update:
                                 c.wait_detached(volume, timeout, lambda v: update(None, v["state"]))
         finally:
+            for sig in STOP_SIGNALS:  # a second signal must not cut the cleanup short
+                signal.signal(sig, signal.SIG_IGN)
             started.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     summary = bench_report.summarize(runs)
     results = []
     for w in chosen:  # the target's medians, one row per workload

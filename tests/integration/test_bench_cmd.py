@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +63,50 @@ def test_bench_local_engine_json_smoke(tmp_path: Path) -> None:
     assert w["verdict"]["valid"] in (True, False) and report["valid"] == w["verdict"]["valid"]
     assert [r["workload"] for r in report["results"]] == ["randwrite-4k-qd16"]
     assert os.listdir(tmp_path) == [] and _ours(str(tmp_path)) == []
+
+
+def _children(pid: int) -> list[str]:
+    """Command lines of ``pid``'s live children."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+    except OSError:
+        return []
+    out = []
+    for k in kids:
+        try:
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                out.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.long
+def test_bench_stopped_midway_stops_everything_it_started(tmp_path: Path) -> None:
+    """SIGTERM in the middle of a run (the engine up, fio running): the command stops every
+    process it started, by PID, and removes its directory."""
+    cmd = [sys.executable, "-m", "cargohold", "bench", "--local-engine", "--profile", "quick"]
+    cmd += ["--seconds", "30", "--repeats", "1", "--size", "64MiB", "--no-baselines"]
+    cmd += ["--workloads", "randwrite-4k-qd16", "--work-dir", str(tmp_path), "--json"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not any("--rw=randwrite" in c for c in _children(p.pid)):  # the measured run
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "fio never started"
+            time.sleep(0.2)
+        live = _ours(str(tmp_path))
+        assert sum("replica-server" in c for c in live) == 3, live
+        assert sum("engine --volume" in c for c in live) == 1, live
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode != 0 and out == ""
+    assert _ours(str(tmp_path)) == [] and os.listdir(tmp_path) == []
 
 
 @pytest.fixture
