@@ -100,8 +100,8 @@ WORKLOADS = [
 ]
 
 SYSTEMS = ["local", "nbdkit", "qemu-nbd", "nbd-serve", "engine-1", "engine-3"]
-SYSTEMS += ["engine-3-tls", "engine-3-netns"]  # not in the default run: --systems names them
-DEFAULT_SYSTEMS = SYSTEMS[:6]
+OPT_IN = ["engine-3-tls", "engine-3-netns"]  # not in the default run: --systems names them
+SYSTEMS += OPT_IN
 LABELS = {
     "local": "local file (libaio, O_DIRECT)",
     "nbdkit": "nbdkit file plugin",
@@ -670,7 +670,8 @@ def check_tools(systems: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace, started: Started) -> dict[str, Any]:
-    chosen = pick(args.systems, SYSTEMS, "system") if args.systems else list(DEFAULT_SYSTEMS)
+    chosen = pick(args.systems, SYSTEMS, "system")
+    chosen = chosen if args.systems else [s for s in chosen if s not in OPT_IN]
     systems = check_tools(chosen)
     workloads = [
         w
