@@ -207,7 +207,7 @@ def run_all(
 @app.command("bench")
 @handle_errors
 def bench(
-    volume: str | None = typer.Argument(None, metavar="[TARGET]", help=TARGET_HELP),
+    volume: str | None = typer.Argument(None, metavar="TARGET", help=TARGET_HELP),
     local_engine: bool = typer.Option(
         False, "--local-engine", help="no TARGET: start a throwaway engine here (TLS) and bench it"
     ),
