@@ -11,6 +11,11 @@ local file. Systems:
     nbd-serve  cargohold nbd-serve: one in-process replica, no replication (the NBD layer)
     engine-1   cargohold engine, 1 replica (a replica server on loopback)
     engine-3   cargohold engine, 3 replicas (three replica servers on loopback)
+    engine-3-tls    the same with mutual TLS on every replica link, as users run it
+    engine-3-netns  3 nodes: the three replica servers in three network namespaces, the
+               engine (and fio, its consumer) in a fourth, joined by veth pairs and a bridge
+               (the fault matrix's lab, cargohold/launcher/netns.py), TLS on: every byte
+               crosses a veth link as it would cross a network; root only (skipped otherwise)
 
 Workloads: 4 KiB random write and read at QD1 and QD16, 1 MiB sequential write and read at
 QD4; each system is filled first (reads of holes measure nothing), so every system starts
@@ -66,6 +71,7 @@ import method  # noqa: E402  (benchmarks/method.py: the measuring method)
 
 # the CLI package first: importing cargohold.cli.replica_cmd alone hits an import cycle
 from cargohold.cli.units import parse_size  # noqa: E402
+from cargohold.launcher.netns import available as netns_available  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
 from tests.support.engine_control import engine_status  # noqa: E402
 from tests.support.processes import Launched, ServerProc  # noqa: E402
@@ -94,6 +100,8 @@ WORKLOADS = [
 ]
 
 SYSTEMS = ["local", "nbdkit", "qemu-nbd", "nbd-serve", "engine-1", "engine-3"]
+OPT_IN = ["engine-3-tls", "engine-3-netns"]  # not in the default run: --systems names them
+SYSTEMS += OPT_IN
 LABELS = {
     "local": "local file (libaio, O_DIRECT)",
     "nbdkit": "nbdkit file plugin",
@@ -101,6 +109,8 @@ LABELS = {
     "nbd-serve": "cargohold nbd-serve (no replication)",
     "engine-1": "cargohold engine, 1 replica",
     "engine-3": "cargohold engine, 3 replicas",
+    "engine-3-tls": "cargohold engine, 3 replicas, TLS",
+    "engine-3-netns": "engine, 3 replicas on 3 netns nodes, TLS",
 }
 
 # issue 6: (workload, system) -> (bound, "min" for ratio >= bound, "max" for ratio <= bound)
@@ -259,6 +269,7 @@ class System:
     procs: list[Any] = field(default_factory=list)  # whose CPU counts as the server's
     control: str | None = None  # engines: the control socket
     profile: str | None = None  # cProfile output
+    prefix: list[str] = field(default_factory=list)  # fio runs with it (ip netns exec NS)
 
     @property
     def pids(self) -> list[int]:
@@ -385,10 +396,68 @@ class Bench:
         uri = self._uri(e.port, unix, "bench")
         return System(key, uri=uri, procs=[e, *servers], control=control, profile=prof)
 
+    def _start_engine_3_tls(self) -> System:
+        return self._engine_tls("engine-3-tls", netns=False)
+
+    def _start_engine_3_netns(self) -> System:
+        return self._engine_tls("engine-3-netns", netns=True)
+
+    def _engine_tls(self, key: str, netns: bool) -> System:
+        """Three replica servers and an engine with mutual TLS (a CA made for the run). With
+        ``netns``: replica server i on lab node i (its own namespace and address), the engine
+        in the lab's fourth namespace with no local replica (every read and write crosses a
+        veth link), fio beside the engine (the consumer is on the engine's node)."""
+        from netns_lab import BenchLab  # benchmarks/netns_lab.py
+
+        from tests.support.tls import PKI
+
+        pki = PKI(os.path.join(self.work, f"{key}-pki"), "c-bench")
+        lab = self.started.add(BenchLab(self.work)) if netns else None
+        servers = []
+        for i in range(3):
+            disk = os.path.join(self.work, key, f"node-{i}")
+            os.makedirs(disk)
+            where = lab.node(i) if lab else {}
+            s = ServerProc([disk], log_dir=self.logs, tls_dir=pki.dir("replica", f"n{i}"), **where)
+            servers.append(self.started.add(s))
+            s.start()
+
+        async def create() -> None:
+            for i, s in enumerate(servers):
+                agent = pki.creds("agent", f"n{i}")
+                c = await ReplicaClient.connect(s.host, s.port, tls=agent, replica=f"bench-r{i}")
+                await c.create(f"bench-r{i}", self.size, volume="bench")
+                await c.close()
+
+        if lab:
+            lab.call(lambda: asyncio.run(create()))
+        else:
+            asyncio.run(create())
+        py, prof = self._py(key)
+        unix = os.path.join(self.work, f"{key}.sock")  # readiness, seen from this namespace
+        control = os.path.join(self.work, f"{key}.ctl")
+        cmd = [*(lab.engine_prefix if lab else []), *py, "engine", "--volume", "bench"]
+        cmd += ["--epoch", "1", "--listen", "127.0.0.1:0", "--control", control, "--unix", unix]
+        cmd += ["--tls-dir", pki.dir("engine", "bench")]
+        cmd += [] if lab else ["--local", "bench-r0"]  # as engine-3; on the lab: none local
+        for i, s in enumerate(servers):
+            cmd += ["--replica", f"bench-r{i}@{s.host}:{s.port}"]
+        regex = r"nbd server listening on 127\.0\.0\.1:(\d+)"
+        e = self.started.add(Proc(key, cmd, self.logs, port_regex=regex, unix=unix, env=self.env))
+        e.start()
+        st = engine_status(control)
+        if st.get("robustness") != "healthy":
+            raise RuntimeError(f"{key} is not healthy after start: {st}")
+        # fio over TCP beside the engine (in its namespace), as for engine-3 on loopback
+        prefix = lab.engine_prefix if lab else []
+        uri = self._uri(e.port, None, "bench")
+        procs = [e, *servers]
+        return System(key, uri, procs=procs, control=control, profile=prof, prefix=prefix)
+
 
 # --- fio ------------------------------------------------------------------------------------
 def fio_cmd(sys_: System, rw: str, bs: str, qd: int, size: int) -> list[str]:
-    cmd = ["fio", f"--name={sys_.key}", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}"]
+    cmd = [*sys_.prefix, "fio", f"--name={sys_.key}", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}"]
     cmd += [f"--size={size}", "--output-format=json", "--randrepeat=0", "--norandommap"]
     if sys_.uri:
         cmd += ["--ioengine=nbd", f"--uri={sys_.uri}"]
@@ -588,6 +657,9 @@ def check_tools(systems: list[str]) -> list[str]:
         if tool and shutil.which(tool) is None:
             print(f"note: {tool} is not installed; {s} skipped (scripts/setup.sh installs it)")
             continue
+        if s == "engine-3-netns" and (why := netns_available()):
+            print(f"note: engine-3-netns skipped: {why}")
+            continue
         if s == "nbdkit":
             ok = subprocess.run(["nbdkit", "file", "--version"], capture_output=True).returncode
             if ok != 0:
@@ -598,7 +670,9 @@ def check_tools(systems: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace, started: Started) -> dict[str, Any]:
-    systems = check_tools(pick(args.systems, SYSTEMS, "system"))
+    chosen = pick(args.systems, SYSTEMS, "system")
+    chosen = chosen if args.systems else [s for s in chosen if s not in OPT_IN]
+    systems = check_tools(chosen)
     workloads = [
         w
         for w in WORKLOADS
@@ -633,7 +707,7 @@ def run(args: argparse.Namespace, started: Started) -> dict[str, Any]:
         "transport": args.transport,
         "fsync": args.fsync,
         "systems": {},
-        "skipped": [s for s in pick(args.systems, SYSTEMS, "system") if s not in systems],
+        "skipped": [s for s in chosen if s not in systems],
         "results": {},
     }
     load1 = os.getloadavg()[0]

@@ -85,6 +85,22 @@ def fio_command(
     return cmd
 
 
+def file_command(
+    path: str,
+    w: Workload,
+    seconds: float,
+    ramp: float,
+    size: int | None = None,
+    name: str = "local",
+) -> list[str]:
+    """The same workload on a local file through the kernel (libaio, O_DIRECT): the disk's
+    limit, ``cargohold bench``'s baseline beside the NBD targets."""
+    cmd = fio_command("-", w, seconds, ramp, size=size, name=name)
+    i = cmd.index("--ioengine=nbd")
+    cmd[i : i + 2] = ["--ioengine=libaio", "--direct=1", f"--filename={path}"]
+    return cmd
+
+
 def parse_report(out: str) -> dict[str, Any]:
     """fio's JSON report (the nbd engine may print lines before it); FioError if none."""
     start = out.find("{")

@@ -1,4 +1,5 @@
-"""The benchmarks' measuring method (benchmarks/method.py): the CPU accounting parser, the
+"""The benchmarks' measuring method (cargohold/cli/bench_method.py, re-exported by
+benchmarks/method.py): the CPU accounting parser, the
 medians and spread of repeated runs, and the baseline band check that marks a run INVALID
 (issue #22 Part 1)."""
 
@@ -9,9 +10,11 @@ import sys
 
 import pytest
 
+from cargohold.cli import bench_method as method
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
-import method
+import method as benchmarks_method
 
 # a real line's shape: the command name holds a space and a ')' (fields after the last ')')
 STAT = (
@@ -136,3 +139,9 @@ def test_the_engine_benchmark_takes_medians_and_judges_each_workload() -> None:
     other = {"engine-3": {"ops_per_s": 2760.0}}
     engine.vs_ceph("seqwrite-1m-qd4", other)
     assert "ops_vs_ceph" not in other["engine-3"]
+
+
+def test_benchmarks_use_the_packages_method():
+    """One place for each fact: benchmarks/method.py re-exports the package's functions."""
+    for name in benchmarks_method.__all__:
+        assert getattr(benchmarks_method, name) is getattr(method, name), name
