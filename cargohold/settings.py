@@ -347,6 +347,19 @@ class EngineSettings(Settings):
     backup_rate_mb: int = setting(
         0, "MB per second a backup reads from a replica (0 = unlimited)", ge=0
     )
+    import_bandwidth: int = setting(
+        0, "bytes per second a clone's import may copy (0 = unlimited)", ge=0
+    )
+    restore_bandwidth: int = setting(
+        0, "bytes per second a restore may write (0 = unlimited)", ge=0
+    )
+    background_yield_max: float = setting(
+        0.05,
+        "seconds background work (rebuild, scrub, backup, import, restore) waits per chunk "
+        "while the volume's consumer is busy (0 = never yields)",
+        ge=0,
+        le=1,
+    )
     tls_dir: str | None = setting(
         None, "credentials directory of this volume's engine certificate: TLS to replicas"
     )
