@@ -160,6 +160,24 @@ def parse_text(name: str, text: str, where: str = "") -> int | float | None:
         raise InvalidArgument(f"{where}{name}={text!r} is not valid: use {lim.allowed}") from None
 
 
+def parse_bandwidth(text: str, where: str = "") -> int:
+    """A node's bandwidth (the agent's ``--node-bandwidth``): bytes per second as a
+    Kubernetes quantity, like the limits — ``400Mi`` (MiB/s), ``500M`` (MB/s), ``2Gi``,
+    a plain number of bytes; ``0`` for none. InvalidArgument says what was expected."""
+    m = _NUMBER.match(text)
+    if m is None:
+        raise InvalidArgument(
+            f"{where}{text!r} is not a bandwidth: use bytes per second as a Kubernetes "
+            "quantity, e.g. 400Mi (= 400 x 2^20), 500M (= 500 x 10^6), 2Gi, or 0 for none"
+        )
+    return round(float(m[1]) * _SCALE[m[2]])
+
+
+def bandwidth_text(value: int) -> str:
+    """``104857600`` -> ``100Mi/s``; a value that is no whole MiB stays in bytes."""
+    return f"{value >> 20}Mi/s" if value % (1 << 20) == 0 else f"{value} bytes/s"
+
+
 def describe(limits: Mapping[str, Any]) -> str:
     """One line for people: ``max_iops=1000 max_bandwidth=100Mi/s`` or ``unlimited``."""
     if not limits:
@@ -168,7 +186,7 @@ def describe(limits: Mapping[str, Any]) -> str:
     for key, value in limits.items():
         if "bandwidth" in key and isinstance(value, int):
             if value % (1 << 20) == 0:
-                parts.append(f"{key}={value >> 20}Mi/s")
+                parts.append(f"{key}={bandwidth_text(value)}")
                 continue
         parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts)

@@ -8,6 +8,7 @@ import dataclasses
 from typing import ClassVar
 
 from cargohold.errors import ConfigError
+from cargohold.qos_limits import parse_bandwidth
 from cargohold.settings import Settings, parse_size, setting
 
 
@@ -120,6 +121,14 @@ class AgentSettings(Settings):
         "IOPS the node's disk sustains: when its busy volumes together reach it, they share "
         "it by their QoS weight and guaranteed minimum (--node-iops; docs/qos.md); 0: no sharing",
         ge=0,
+    )
+    node_bandwidth: int = setting(
+        0,
+        "bytes per second the node's disk sustains: when its busy volumes together reach it, "
+        "they share it by their QoS weight (--node-bandwidth; docs/qos.md); 0: no sharing",
+        ge=0,
+        parse=lambda text: parse_bandwidth(text, "CARGOHOLD_AGENT_NODE_BANDWIDTH: "),
+        shown="bytes/s (400Mi, 500M)",
     )
     trash_grace: float = setting(
         86400.0,

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from cargohold.errors import ConfigError, InvalidArgument
-from cargohold.qos_limits import BY_NAME, LIMITS, parse_text
+from cargohold.qos_limits import BY_NAME, LIMITS, bandwidth_text, parse_text
 
 _HELP = {
     "max_iops": "IOPS, reads and writes together (one op per 256 KiB), e.g. 5000 or 10k",
@@ -59,6 +59,10 @@ def qos_text(q: dict[str, Any] | None) -> str:
     if isinstance(fair, int):  # the node is busy: its agent holds the volume to a share
         shared["max_iops"] = min(int(limits.get("max_iops") or fair), fair)
         text += f" (node busy: its fair share is {fair} IOPS)"
+    fair_bw = q.get("fair_bandwidth")
+    if isinstance(fair_bw, int):  # the same for the node's bandwidth
+        shared["max_bandwidth"] = min(int(limits.get("max_bandwidth") or fair_bw), fair_bw)
+        text += f" (node bandwidth busy: its fair share is {bandwidth_text(fair_bw)})"
     if applied is not None and applied != shared:
         text += f" (engine applies {describe(applied)}: changing)"
     if applied is not None:

@@ -56,3 +56,15 @@ def test_the_qos_line_shows_a_fair_share_and_the_weight_options() -> None:
     with pytest.raises(ConfigError, match=r"--weight: weight='2000' is not valid: use an integer"):
         qos_from_options(*[None] * 7, "2000", None)
     assert qos_from_options(*[None] * 7, "none", None) == {"weight": None}
+
+
+def test_the_qos_line_shows_a_bandwidth_fair_share() -> None:
+    q = {
+        "limits": {"weight": 300},
+        "applied": {"weight": 300, "max_bandwidth": 50 << 20},
+        "fair_bandwidth": 50 << 20,
+        "throttled_requests_total": 5,
+        "throttled_seconds_total": 0.1,
+    }
+    text = qos_text(q)
+    assert "(node bandwidth busy: its fair share is 50Mi/s)" in text and "changing" not in text
