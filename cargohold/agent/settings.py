@@ -8,8 +8,7 @@ import dataclasses
 from typing import ClassVar
 
 from cargohold.errors import ConfigError
-from cargohold.qos_limits import parse_bandwidth
-from cargohold.settings import Settings, parse_size, setting
+from cargohold.settings import RATE, Settings, parse_rate, parse_size, setting
 
 
 def parse_disk(text: str) -> tuple[str, int | None]:
@@ -127,8 +126,8 @@ class AgentSettings(Settings):
         "bytes per second the node's disk sustains: when its busy volumes together reach it, "
         "they share it by their QoS weight (--node-bandwidth; docs/qos.md); 0: no sharing",
         ge=0,
-        parse=lambda text: parse_bandwidth(text, "CARGOHOLD_AGENT_NODE_BANDWIDTH: "),
-        shown="bytes/s (400Mi, 500M)",
+        parse=parse_rate,
+        shown=RATE,
     )
     trash_grace: float = setting(
         86400.0,
