@@ -22,13 +22,13 @@ from cargohold.logs import setup_logging
 from cargohold.settings import ProcessSettings
 
 
-@app.command("agent")
 def _node_bandwidth(text: str | None) -> int | None:
     from cargohold.qos_limits import parse_bandwidth
 
     return None if text is None else parse_bandwidth(text, "--node-bandwidth: ")
 
 
+@app.command("agent")
 def agent(
     node: str = typer.Option(None, help="this node's name (a DNS-1123 label)"),
     api: list[str] = typer.Option(

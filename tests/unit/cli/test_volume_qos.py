@@ -4,6 +4,8 @@ CSI parameters are, a merge patch (none/0 removes a limit), errors that name the
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from cargohold.cli.volume_qos import qos_from_options, qos_text
@@ -84,7 +86,6 @@ def _options(command: str) -> dict[str, str]:
 
 
 def test_create_and_update_take_the_same_qos_options_from_one_definition() -> None:
-    import cargohold.cli.volume_qos_cmd  # noqa: F401  (registers volume update)
     from cargohold.qos_limits import LIMITS
 
     create, update = _options("create"), _options("update")
@@ -99,8 +100,9 @@ def test_create_and_update_take_the_same_qos_options_from_one_definition() -> No
 def test_the_qos_options_reach_the_command_as_one_merge_patch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
-    import cargohold.cli.volume_qos_cmd as cmd
-    from cargohold.cli.main import app
+    from cargohold.cli.main import app  # first: it registers every command module
+
+    cmd = sys.modules["cargohold.cli.volume_qos_cmd"]
 
     seen: dict = {}
 
@@ -127,3 +129,14 @@ def test_the_qos_options_reach_the_command_as_one_merge_patch(monkeypatch) -> No
     }
     r = CliRunner().invoke(app, ["volume", "update", "db", "--max-bandwidth", "500k"])
     assert r.exit_code != 0 and "read as 500,000 bytes/s" in r.output, r.output
+
+
+def test_the_agent_takes_a_node_bandwidth_as_a_quantity() -> None:
+    from typer.testing import CliRunner
+
+    from cargohold.cli.main import app
+
+    r = CliRunner().invoke(app, ["agent", "--help"])
+    assert r.exit_code == 0 and "--node-bandwidth" in r.output and "--node " in r.output, r.output
+    r = CliRunner().invoke(app, ["agent", "--node", "n1", "--node-bandwidth", "fast"])
+    assert r.exit_code == 2 and "not a bandwidth" in r.output, r.output
