@@ -118,6 +118,7 @@ def phase(
     pids: dict[str, int],
     spy: bool = False,
     spy_dir: Path | None = None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """One phase; with the page cache's dirty data written back first (the aggressor's
     writes would otherwise be flushed during the next phase), and the CPU seconds each of
@@ -127,7 +128,7 @@ def phase(
     spies: list[subprocess.Popen[bytes]] = []
     if aggressor is not None:  # starts first and runs past the victim's window
         agg = subprocess.Popen(
-            fio_cmd(aggressor.uri, 32, seconds + 2, "aggressor"),
+            ["nice", "-n", str(nice), *fio_cmd(aggressor.uri, 32, seconds + 2, "aggressor")],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -229,6 +230,13 @@ def main() -> None:
         default=0.9,
         help="weighted: the node budget as a fraction of what the unlimited phase did",
     )
+    ap.add_argument(
+        "--aggressor-nice",
+        type=int,
+        default=0,
+        help="run the aggressor's engine and fio at this nice value (0-19): how much of the "
+        "victim's tail is CPU scheduling",
+    )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--profile", help="py-spy the first limited phase into this directory")
     args = ap.parse_args()
@@ -258,10 +266,13 @@ def main() -> None:
             pids = {"victim-engine": victim.proc.pid, "aggressor-engine": aggressor.proc.pid}  # type: ignore[union-attr]
             for i, s in enumerate(servers.servers):
                 pids[f"replica-server-{i}"] = s.proc.pid  # type: ignore[union-attr]
+            if args.aggressor_nice:
+                os.setpriority(os.PRIO_PROCESS, aggressor.proc.pid, args.aggressor_nice)  # type: ignore[union-attr]
+            nice = args.aggressor_nice
             for n in range(args.repeats):
                 rd: dict[str, Any] = {}
                 rd["solo"] = phase(victim, None, args.seconds, pids)
-                rd["unlimited"] = phase(victim, aggressor, args.seconds, pids)
+                rd["unlimited"] = phase(victim, aggressor, args.seconds, pids, nice=nice)
                 aggressor.ctl(op="qos", limits={"max_iops": args.limit})
                 before = aggressor.ctl(op="status")["qos"]
                 rd["limited"] = phase(
@@ -271,6 +282,7 @@ def main() -> None:
                     pids,
                     bool(args.profile) and n == 0,
                     Path(args.profile) if args.profile else None,
+                    nice,
                 )
                 rd["limited"]["throttled"] = _throttled(before, aggressor.ctl(op="status")["qos"])
                 budget = args.budget_fraction * (
@@ -282,7 +294,7 @@ def main() -> None:
                 victim.ctl(op="qos", limits={"max_iops": lim["victim"]})
                 aggressor.ctl(op="qos", limits={"max_iops": lim["aggressor"]})
                 before = aggressor.ctl(op="status")["qos"]
-                rd["weighted"] = phase(victim, aggressor, args.seconds, pids)
+                rd["weighted"] = phase(victim, aggressor, args.seconds, pids, nice=nice)
                 rd["weighted"].update(budget_iops=round(budget), limits=lim)
                 rd["weighted"]["throttled"] = _throttled(before, aggressor.ctl(op="status")["qos"])
                 for e in engines:
@@ -299,6 +311,7 @@ def main() -> None:
         "repeats": args.repeats,
         "limit_iops": args.limit,
         "weights": {"victim": args.victim_weight, "aggressor": args.aggressor_weight},
+        "aggressor_nice": args.aggressor_nice,
         "cpus": os.cpu_count(),
         "rounds": rounds,
         "summary": summary(rounds),
