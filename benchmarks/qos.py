@@ -1,29 +1,54 @@
 #!/usr/bin/env python3
 """Benchmark: noisy neighbours. Two volumes share one "node" — the same three replica
 servers, the same disk, the same two cores — and the victim's tail latency is measured
-with the aggressor absent, unlimited, and held to a QoS limit (docs/qos.md).
+with the aggressor absent, unlimited, held to a QoS limit, and held to its weight's share
+(docs/qos.md).
 
     victim     4 KiB random read/write (50/50) at QD1, fio's nbd engine
     aggressor  4 KiB random read/write (50/50) at QD32, fio's nbd engine
 
-Phases, each ``--seconds`` long, the victim measured while the aggressor runs:
-``solo`` (no aggressor), ``unlimited`` (the aggressor without limits), ``limited`` (the
-aggressor's engine given ``max_iops`` = ``--limit`` online, through its control op ``qos``),
-``solo-after`` (no aggressor again: how far the host itself drifted during the run).
-Reported per phase: the victim's read and write p50/p99 latency and IOPS, the aggressor's
-IOPS, and the victim's p99 relative to solo. The host's load average is printed with the
-results (figures on this shared machine move between runs: compare within one run).
+One round is five phases, each ``--seconds`` long, the victim measured while the
+aggressor runs:
 
-    .venv/bin/python benchmarks/qos.py [--seconds 15] [--limit 500] [--json FILE]
+    solo        no aggressor
+    unlimited   the aggressor without limits
+    limited     the aggressor's engine given max_iops = --limit online (control op qos)
+    weighted    both given the IOPS limits the agent's fair share (agent/fair_share.py)
+                computes for a node budget of --budget-fraction (0.9) x what the node did
+                in this round's unlimited phase (victim + aggressor), weights --victim-weight and
+                --aggressor-weight, the victim counted as wanting 1.5 x its solo rate +
+                50 (NodeShare's headroom for a volume that is not held back)
+    solo-again  no aggressor again: how far the host itself drifted within the round
 
-Every process started here (replica servers, engines, fio) is stopped by its PID.
+``--repeats N`` runs N rounds, the phases interleaved in that order every round, so slow
+drift of this shared machine hits every phase alike. Reported per phase: the medians over
+the rounds of the victim's read and write p99 and IOPS, the aggressor's IOPS, the victim's
+p99 relative to the same round's solo (the worse of read and write; median and spread
+over rounds), and the host's load average at the end of every phase. Before every phase
+the page cache's dirty data is written back (benchmarks/method.py ``settle_writeback``:
+the aggressor's writes would otherwise be flushed during the next phase). Per phase also:
+the CPU each of our processes used (% of one CPU, with its worker processes), fio's own
+CPU, and the time our processes spent runnable but waiting for a CPU, per victim request
+(``/proc/PID/task/*/schedstat``) — on a shared machine that is where a tail latency
+comes from when our processes are mostly idle.
+
+``--profile DIR``: during the first round's limited phase, py-spy records the victim's and
+the aggressor's engines and the replica servers (with their worker processes) to
+DIR/NAME.txt (collapsed stacks, one line a stack with its sample count).
+
+    .venv/bin/python benchmarks/qos.py [--seconds 10] [--repeats 3] [--limit 200]
+        [--json FILE] [--profile DIR]
+
+Every process started here (replica servers, engines, fio, py-spy) is stopped by its PID.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,12 +59,22 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.method import (  # noqa: E402
+    CLK_TCK,
+    cpu_ticks,
+    host_load,
+    run_queue_wait_ns,
+    settle_writeback,
+    spread,
+)
+from cargohold.agent.fair_share import GROW, HEADROOM, Claim, shares  # noqa: E402
 from cargohold.cli import fio  # noqa: E402
 from tests.support.engine import EngineProc  # noqa: E402
 from tests.support.replica_cluster import ReplicaServers  # noqa: E402
 
 MIB = 1 << 20
 SIZE = 256 * MIB
+PHASES = ("solo", "unlimited", "limited", "weighted", "solo-again")
 
 
 def fio_cmd(uri: str, qd: int, seconds: float, name: str) -> list[str]:
@@ -55,6 +90,7 @@ def sides(out: str) -> dict[str, Any]:
     r, w = fio.job_figures(job, "read"), fio.job_figures(job, "write")
     return {
         "iops": round(r["ops_per_s"] + w["ops_per_s"]),
+        "fio_cpu_pct": round(float(job.get("usr_cpu", 0)) + float(job.get("sys_cpu", 0)), 1),
         "read_p50_us": round(r["lat_p50_us"]),
         "read_p99_us": round(r["lat_p99_us"]),
         "write_p50_us": round(w["lat_p50_us"]),
@@ -62,38 +98,150 @@ def sides(out: str) -> dict[str, Any]:
     }
 
 
-def phase(victim: EngineProc, aggressor: EngineProc | None, seconds: float) -> dict[str, Any]:
+def profile(pids: dict[str, int], seconds: float, into: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy record each process (and its children) for ``seconds``, collapsed stacks."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    into.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, pid in pids.items():
+        cmd = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200"]
+        cmd += ["--format", "raw", "--subprocesses", "--nonblocking", "--idle"]
+        cmd += ["--output", str(into / f"{name}.txt")]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def phase(
+    victim: EngineProc,
+    aggressor: EngineProc | None,
+    seconds: float,
+    pids: dict[str, int],
+    spy: bool = False,
+    spy_dir: Path | None = None,
+    nice: int = 0,
+) -> dict[str, Any]:
+    """One phase; with the page cache's dirty data written back first (the aggressor's
+    writes would otherwise be flushed during the next phase), and the CPU seconds each of
+    our processes (``pids``, with their workers) used while the victim ran."""
+    writeback = settle_writeback()
     agg = None
+    spies: list[subprocess.Popen[bytes]] = []
     if aggressor is not None:  # starts first and runs past the victim's window
         agg = subprocess.Popen(
-            fio_cmd(aggressor.uri, 32, seconds + 2, "aggressor"),
+            ["nice", "-n", str(nice), *fio_cmd(aggressor.uri, 32, seconds + 2, "aggressor")],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         time.sleep(1.0)
     try:
+        if spy and spy_dir is not None:
+            spies = profile(pids, seconds, spy_dir)
+        before = cpu_ticks(list(pids.values()))
+        waited = run_queue_wait_ns(list(pids.values()))
+        t0 = time.monotonic()
         v = subprocess.run(
             fio_cmd(victim.uri, 1, seconds, "victim"), capture_output=True, text=True, check=True
         )
-        out = {"victim": sides(v.stdout)}
+        took = time.monotonic() - t0
+        after = cpu_ticks(list(pids.values()))
+        waited = {p: n - waited[p] for p, n in run_queue_wait_ns(list(pids.values())).items()}
+        out: dict[str, Any] = {"victim": sides(v.stdout)}
+        ops = max(1, out["victim"]["iops"] * took)
+        out["run_queue_us_per_victim_op"] = {  # waited for a CPU, per victim request
+            name: round(waited[p] / 1000 / ops, 1) for name, p in pids.items()
+        }
+        out["cpu_pct"] = {  # % of one CPU while the victim ran
+            name: round(100 * (after[p] - before[p]) / CLK_TCK / took, 1)
+            for name, p in pids.items()
+        }
+        out["writeback"] = {k: round(v, 1) for k, v in writeback.items()}
         if agg is not None:
             a_out, _ = agg.communicate(timeout=seconds + 60)
             out["aggressor"] = sides(a_out)
+        out["load"] = host_load()
         return out
     finally:
+        for p in spies:
+            try:
+                p.wait(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         if agg is not None and agg.poll() is None:
             agg.terminate()
             agg.wait()
 
 
+def weighted_limits(
+    budget: float, victim_solo: float, victim_weight: int, aggressor_weight: int
+) -> dict[str, int]:
+    """The IOPS limits NodeShare gives the two on a contended node: the aggressor is held
+    back (wants all it can get), the victim wants 1.5 x its rate + 50."""
+    given = shares(
+        budget,
+        {
+            "victim": Claim(weight=victim_weight, demand=victim_solo * HEADROOM + GROW),
+            "aggressor": Claim(weight=aggressor_weight, demand=math.inf),
+        },
+    )
+    return {k: max(10, round(v)) for k, v in given.items()}
+
+
+def p99_vs_solo(v: dict[str, Any], solo: dict[str, Any]) -> float:
+    return max(v["read_p99_us"] / solo["read_p99_us"], v["write_p99_us"] / solo["write_p99_us"])
+
+
+def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per phase: medians over rounds and the spread of the p99 ratio."""
+    out: dict[str, Any] = {}
+    for name in PHASES:
+        have = [rd for rd in rounds if name in rd]
+        if not have:
+            continue
+        rows = [rd[name] for rd in have]
+        ratios = [p99_vs_solo(rd[name]["victim"], rd["solo"]["victim"]) for rd in have]
+        s: dict[str, Any] = {
+            "victim_iops": spread([r["victim"]["iops"] for r in rows]),
+            "read_p99_us": spread([r["victim"]["read_p99_us"] for r in rows]),
+            "write_p99_us": spread([r["victim"]["write_p99_us"] for r in rows]),
+            "p99_vs_solo": spread(ratios),
+            "load_1min": spread([r["load"][0] for r in rows]),
+            "run_queue_us_per_victim_op": spread(
+                [sum(r["run_queue_us_per_victim_op"].values()) for r in rows]
+            ),
+        }
+        if all("aggressor" in r for r in rows):
+            s["aggressor_iops"] = spread([r["aggressor"]["iops"] for r in rows])
+        out[name] = s
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=15.0)
-    ap.add_argument("--limit", type=int, default=500, help="the aggressor's max_iops")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the five phases")
+    ap.add_argument("--limit", type=int, default=200, help="the aggressor's max_iops (limited)")
+    ap.add_argument("--victim-weight", type=int, default=400)
+    ap.add_argument("--aggressor-weight", type=int, default=100)
+    ap.add_argument(
+        "--budget-fraction",
+        type=float,
+        default=0.9,
+        help="weighted: the node budget as a fraction of what the unlimited phase did",
+    )
+    ap.add_argument(
+        "--aggressor-nice",
+        type=int,
+        default=0,
+        help="run the aggressor's engine and fio at this nice value (0-19): how much of the "
+        "victim's tail is CPU scheduling",
+    )
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--profile", help="py-spy the first limited phase into this directory")
     args = ap.parse_args()
     fio.check_fio()
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="qos-bench-") as tmp:
         servers = ReplicaServers(Path(tmp), 3)
         engines: list[EngineProc] = []
@@ -115,40 +263,103 @@ def main() -> None:
                      "--bs=1M", "--iodepth=4", f"--size={SIZE}", "--output-format=json"],
                     capture_output=True, check=True,
                 )  # fmt: skip
-            results: dict[str, Any] = {}
-            results["solo"] = phase(victim, None, args.seconds)
-            results["unlimited"] = phase(victim, aggressor, args.seconds)
-            aggressor.ctl(op="qos", limits={"max_iops": args.limit})
-            results["limited"] = phase(victim, aggressor, args.seconds)
-            results["limited"]["throttled"] = aggressor.ctl(op="status")["qos"]
-            results["solo-after"] = phase(victim, None, args.seconds)  # the host's drift
+            pids = {"victim-engine": victim.proc.pid, "aggressor-engine": aggressor.proc.pid}  # type: ignore[union-attr]
+            for i, s in enumerate(servers.servers):
+                pids[f"replica-server-{i}"] = s.proc.pid  # type: ignore[union-attr]
+            if args.aggressor_nice:
+                os.setpriority(os.PRIO_PROCESS, aggressor.proc.pid, args.aggressor_nice)  # type: ignore[union-attr]
+            nice = args.aggressor_nice
+            for n in range(args.repeats):
+                rd: dict[str, Any] = {}
+                rd["solo"] = phase(victim, None, args.seconds, pids)
+                rd["unlimited"] = phase(victim, aggressor, args.seconds, pids, nice=nice)
+                aggressor.ctl(op="qos", limits={"max_iops": args.limit})
+                before = aggressor.ctl(op="status")["qos"]
+                rd["limited"] = phase(
+                    victim,
+                    aggressor,
+                    args.seconds,
+                    pids,
+                    bool(args.profile) and n == 0,
+                    Path(args.profile) if args.profile else None,
+                    nice,
+                )
+                rd["limited"]["throttled"] = _throttled(before, aggressor.ctl(op="status")["qos"])
+                budget = args.budget_fraction * (
+                    rd["unlimited"]["victim"]["iops"] + rd["unlimited"]["aggressor"]["iops"]
+                )
+                lim = weighted_limits(
+                    budget, rd["solo"]["victim"]["iops"], args.victim_weight, args.aggressor_weight
+                )
+                victim.ctl(op="qos", limits={"max_iops": lim["victim"]})
+                aggressor.ctl(op="qos", limits={"max_iops": lim["aggressor"]})
+                before = aggressor.ctl(op="status")["qos"]
+                rd["weighted"] = phase(victim, aggressor, args.seconds, pids, nice=nice)
+                rd["weighted"].update(budget_iops=round(budget), limits=lim)
+                rd["weighted"]["throttled"] = _throttled(before, aggressor.ctl(op="status")["qos"])
+                for e in engines:
+                    e.ctl(op="qos", limits={})
+                rd["solo-again"] = phase(victim, None, args.seconds, pids)
+                rounds.append(rd)
+                _print_round(n, rd)
         finally:
             for e in engines:
                 e.stop()
             servers.stop()
-    solo = results["solo"]["victim"]
     out = {
         "seconds": args.seconds,
+        "repeats": args.repeats,
         "limit_iops": args.limit,
-        "load_average": os.getloadavg(),
+        "weights": {"victim": args.victim_weight, "aggressor": args.aggressor_weight},
+        "aggressor_nice": args.aggressor_nice,
         "cpus": os.cpu_count(),
-        "phases": results,
+        "rounds": rounds,
+        "summary": summary(rounds),
     }
-    print(f"host load average {out['load_average']}, {out['cpus']} CPUs")
+    print(f"\nmedians over {args.repeats} rounds ({os.cpu_count()} CPUs):")
     print(
-        f"{'phase':<10} {'victim IOPS':>11} {'r p99 us':>9} {'w p99 us':>9} {'vs solo':>8} {'aggr IOPS':>9}"
+        f"{'phase':<11} {'victim IOPS':>11} {'r p99 us':>9} {'w p99 us':>9} "
+        f"{'p99/solo (min-max)':>20} {'aggr IOPS':>9} {'load':>5} {'rq us/op':>8}"
     )
-    for name, r in results.items():
-        v = r["victim"]
-        rel = max(v["read_p99_us"] / solo["read_p99_us"], v["write_p99_us"] / solo["write_p99_us"])
-        r["victim_p99_vs_solo"] = round(rel, 2)
-        agg = r.get("aggressor", {}).get("iops", "-")
+    for name, s in out["summary"].items():
+        ratio = s["p99_vs_solo"]
+        agg = round(s["aggressor_iops"]["median"]) if "aggressor_iops" in s else "-"
         print(
-            f"{name:<10} {v['iops']:>11} {v['read_p99_us']:>9} {v['write_p99_us']:>9} "
-            f"{rel:>7.2f}x {agg:>9}"
+            f"{name:<11} {s['victim_iops']['median']:>11.0f} {s['read_p99_us']['median']:>9.0f} "
+            f"{s['write_p99_us']['median']:>9.0f} "
+            f"{ratio['median']:>6.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f}) "
+            f"{agg:>9} {s['load_1min']['median']:>5.1f} "
+            f"{s['run_queue_us_per_victim_op']['median']:>8.0f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _throttled(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """The aggressor's throttle counters during the phase."""
+    return {
+        k: round(after.get(k, 0) - before.get(k, 0), 3)
+        for k in ("throttled_requests_total", "throttled_seconds_total")
+    }
+
+
+def _print_round(n: int, rd: dict[str, Any]) -> None:
+    solo = rd["solo"]["victim"]
+    for name, r in rd.items():
+        v = r["victim"]
+        agg = r.get("aggressor", {})
+        cpu = " ".join(
+            f"{k.split('-')[0][:3]}{k[-1] if k[-1].isdigit() else ''}={c:g}"
+            for k, c in r["cpu_pct"].items()
+        )
+        print(
+            f"round {n + 1} {name:<11} victim {v['iops']:>6} IOPS  p99 r/w "
+            f"{v['read_p99_us']:>6}/{v['write_p99_us']:>6} us  {p99_vs_solo(v, solo):5.2f}x solo  "
+            f"aggressor {agg.get('iops', '-'):>6} (fio {agg.get('fio_cpu_pct', '-')}% CPU)  "
+            f"load {r['load'][0]}  CPU% {cpu}  run-queue us/victim op "
+            f"{sum(r['run_queue_us_per_victim_op'].values()):.0f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,13 @@ CLI, the CSI driver's StorageClass and VolumeAttributesClass parameters, the eng
 parameter and its allowed values. ``parse_text`` reads the text forms (``10k``,
 ``100Mi``, ``2s``) the CLI and CSI parameters use. Pure, no I/O; imports only errors.
 
+Units, one rule everywhere a rate is written (limits, the agent's ``--node-bandwidth``,
+the engine's bandwidth settings): a Kubernetes quantity — ``k``, ``M``, ``G``, ``T`` are
+powers of ten, ``Ki``, ``Mi``, ``Gi``, ``Ti`` powers of two, an optional ``B`` or ``B/s``
+after them — because StorageClass and VolumeAttributesClass authors write them so. Sizes
+are the other rule (settings.parse_size: only binary units; ``M`` is refused as
+ambiguous). docs/qos.md, "Units".
+
 Limits are a dict with only the limits that are set (canonical form: ``check`` drops
 ``None``); ``{}`` means unlimited. The engine enforces them (``frontend/qos.py``);
 docs/qos.md says what each one means.
@@ -149,15 +156,41 @@ def parse_text(name: str, text: str, where: str = "") -> int | float | None:
                 f"{where}{name}={text!r} is not valid: use {lim.allowed}"
             ) from None
     m = _NUMBER.match(t)
+    rate = "bandwidth" in lim.name
     if m is None:
         raise InvalidArgument(
-            f"{where}{name}={text!r} is not valid: use {lim.allowed}; e.g. 5000, 10k, 100Mi"
+            f"{where}{name}={text!r} is not valid: use {lim.allowed}; "
+            + (f"e.g. {_QUANTITY}" if rate else "e.g. 5000, 10k")
         )
     value = float(m[1]) * _SCALE[m[2]]
     try:
         return _value(lim, float(round(value)), where)
-    except InvalidArgument:  # say what the user wrote, not what it was read as
-        raise InvalidArgument(f"{where}{name}={text!r} is not valid: use {lim.allowed}") from None
+    except InvalidArgument:  # say what the user wrote, and what it was read as
+        read = f" (read as {round(value):,} bytes/s: {_QUANTITY})" if rate and m[2] else ""
+        raise InvalidArgument(
+            f"{where}{name}={text!r} is not valid: use {lim.allowed}{read}"
+        ) from None
+
+
+_QUANTITY = "a Kubernetes quantity: 100Mi = 100 x 2^20 bytes/s, 200M = 200 x 10^6"
+
+
+def parse_bandwidth(text: str, where: str = "") -> int:
+    """A node's bandwidth (the agent's ``--node-bandwidth``): bytes per second as a
+    Kubernetes quantity, like the limits — ``400Mi`` (MiB/s), ``500M`` (MB/s), ``2Gi``,
+    a plain number of bytes; ``0`` for none. InvalidArgument says what was expected."""
+    m = _NUMBER.match(text)
+    if m is None:
+        raise InvalidArgument(
+            f"{where}{text!r} is not a bandwidth: use bytes per second as {_QUANTITY} "
+            "(or 0 for none)"
+        )
+    return round(float(m[1]) * _SCALE[m[2]])
+
+
+def bandwidth_text(value: int) -> str:
+    """``104857600`` -> ``100Mi/s``; a value that is no whole MiB stays in bytes."""
+    return f"{value >> 20}Mi/s" if value % (1 << 20) == 0 else f"{value} bytes/s"
 
 
 def describe(limits: Mapping[str, Any]) -> str:
@@ -168,7 +201,7 @@ def describe(limits: Mapping[str, Any]) -> str:
     for key, value in limits.items():
         if "bandwidth" in key and isinstance(value, int):
             if value % (1 << 20) == 0:
-                parts.append(f"{key}={value >> 20}Mi/s")
+                parts.append(f"{key}={bandwidth_text(value)}")
                 continue
         parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts)

@@ -26,7 +26,8 @@ import re
 from typing import Any, ClassVar
 
 from cargohold.constants import DEFAULT_REPLICA_PORT
-from cargohold.errors import ConfigError
+from cargohold.errors import ConfigError, InvalidArgument
+from cargohold.qos_limits import parse_bandwidth
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -129,6 +130,19 @@ BINARY_UNITS = {
 AMBIGUOUS_UNITS = ("K", "M", "G", "T", "P", "E")
 MAX_SIZE = 1 << 63  # no size is larger (a signed 64-bit integer, as everywhere)
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+RATE = "bytes/s (e.g. 200Mi, 500M)"  # how the docs show a bandwidth setting
+
+
+def parse_rate(text: str) -> int:
+    """A bandwidth setting's text: bytes per second as a Kubernetes quantity — ``400Mi``
+    (2^20), ``500M`` (10^6), or plain bytes (qos_limits.parse_bandwidth). Bandwidths take
+    decimal units and sizes do not (``parse_size``): docs/qos.md, "Units"."""
+    try:
+        return parse_bandwidth(text)
+    except InvalidArgument as e:
+        raise ValueError(str(e)) from None
 
 
 def parse_size(text: str, option: str = "size") -> int:
@@ -323,7 +337,9 @@ class EngineSettings(Settings):
     min_replicas: int = setting(
         1, "below this many replicas in the write set, I/O fails (EIO)", ge=1
     )
-    rebuild_bandwidth: int = setting(0, "bytes per second a rebuild may copy (0 = unlimited)", ge=0)
+    rebuild_bandwidth: int = setting(
+        0, "bytes per second a rebuild may copy (0 = unlimited)", ge=0, parse=parse_rate, shown=RATE
+    )
     rebuild_window: int = setting(
         64 * 1024 * 1024, "bytes of volume a rebuild step covers", ge=1 << 20
     )
@@ -336,7 +352,11 @@ class EngineSettings(Settings):
         168.0, "hours between scrub passes of every replica (0 = on demand only)", ge=0
     )
     scrub_bandwidth: int = setting(
-        32 * 1024 * 1024, "bytes per second a scrub reads per replica (0 = unlimited)", ge=0
+        32 * 1024 * 1024,
+        "bytes per second a scrub reads per replica (0 = unlimited)",
+        ge=0,
+        parse=parse_rate,
+        shown=RATE,
     )
     scrub_window: int = setting(
         4 * 1024 * 1024,
@@ -346,6 +366,27 @@ class EngineSettings(Settings):
     )
     backup_rate_mb: int = setting(
         0, "MB per second a backup reads from a replica (0 = unlimited)", ge=0
+    )
+    import_bandwidth: int = setting(
+        0,
+        "bytes per second a clone's import may copy (0 = unlimited)",
+        ge=0,
+        parse=parse_rate,
+        shown=RATE,
+    )
+    restore_bandwidth: int = setting(
+        0,
+        "bytes per second a restore may write (0 = unlimited)",
+        ge=0,
+        parse=parse_rate,
+        shown=RATE,
+    )
+    background_yield_max: float = setting(
+        0.05,
+        "seconds background work (rebuild, scrub, backup, import, restore) waits per chunk "
+        "while the volume's consumer is busy (0 = never yields)",
+        ge=0,
+        le=1,
     )
     tls_dir: str | None = setting(
         None, "credentials directory of this volume's engine certificate: TLS to replicas"

@@ -270,8 +270,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         watcher = asyncio.create_task(self._watch_starting())
         sharing = (  # weights and guaranteed minimums on a busy node (docs/qos.md)
-            asyncio.create_task(self.engines.share_node(self.config.node_iops))
-            if self.config.node_iops
+            asyncio.create_task(
+                self.engines.share_node(self.config.node_iops, self.config.node_bandwidth)
+            )
+            if self.config.node_iops or self.config.node_bandwidth
             else None
         )
         try:

@@ -134,6 +134,7 @@ class EngineProcess:
         self.changing: asyncio.Task[None] | None = None  # a replica-set change in flight
         self.qos_push: asyncio.Task[None] | None = None  # new QoS limits being applied
         self.fair_iops: int | None = None  # its share of a contended node (fair_share.py)
+        self.fair_bandwidth: int | None = None  # the same in bytes/s (--node-bandwidth)
         self.tried: dict[str, float] = {}  # replica id -> last add/remove attempt (monotonic)
         self.readds: dict[str, int] = {}  # replica id -> re-adds since it was last RW
         self._readding: set[str] = set()  # re-adds planned, not yet taken by the engine
@@ -321,11 +322,15 @@ class EngineProcess:
         return (self.status.get("qos") or {}).get("limits") != self.wanted_qos()
 
     def wanted_qos(self) -> dict[str, Any]:
-        """The assignment's QoS limits, with ``max_iops`` lowered to the volume's fair
-        share of the node while the node is contended (``fair_iops``; docs/qos.md)."""
+        """The assignment's QoS limits, with ``max_iops`` (``max_bandwidth``) lowered to the
+        volume's fair share of the node while the node is contended (``fair_iops``,
+        ``fair_bandwidth``; docs/qos.md)."""
         limits = dict(self.spec.qos)
         if self.fair_iops is not None:
             limits["max_iops"] = min(int(limits.get("max_iops") or self.fair_iops), self.fair_iops)
+        if self.fair_bandwidth is not None:
+            own = int(limits.get("max_bandwidth") or self.fair_bandwidth)
+            limits["max_bandwidth"] = min(own, self.fair_bandwidth)
         return limits
 
     async def push_qos(self) -> None:
@@ -339,7 +344,8 @@ class EngineProcess:
             return
         self.status = dict(self.status, qos=answer.get("qos", {}))
         log.log(
-            logging.DEBUG if self.fair_iops is not None else logging.INFO,  # every second
+            # a fair share changes every second: not worth a line each time
+            logging.DEBUG if (self.fair_iops or self.fair_bandwidth) is not None else logging.INFO,
             "volume %s: QoS limits now %s",
             self.volume,
             limits or "none",
@@ -411,6 +417,8 @@ class EngineProcess:
         status = _reported(self.status)
         if self.fair_iops is not None:  # held to its share of a busy node (docs/qos.md)
             status["qos"] = {**(status.get("qos") or {}), "fair_iops": self.fair_iops}
+        if self.fair_bandwidth is not None:
+            status["qos"] = {**(status.get("qos") or {}), "fair_bandwidth": self.fair_bandwidth}
         return status
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -273,12 +274,15 @@ class Engines:
                     told.add(key)
                     news.set()
 
-    async def share_node(self, budget: int, every: float = FAIR_SHARE_EVERY) -> None:
-        """Divide the node's IOPS ``budget`` among its busy volumes by weight while they
-        contend for it (agent setting ``node_iops``; docs/qos.md): each ``every`` seconds,
-        ask the running engines for their counters, and give each its fair IOPS limit (or
-        take it away) through the engine op ``qos``."""
-        policy = NodeShare(float(budget))
+    async def share_node(
+        self, budget: int, bandwidth: int = 0, every: float = FAIR_SHARE_EVERY
+    ) -> None:
+        """Divide the node's IOPS ``budget`` and bytes/s ``bandwidth`` (0: either not
+        shared) among its busy volumes by weight while they contend for it (agent settings
+        ``node_iops``, ``node_bandwidth``; docs/qos.md): each ``every`` seconds, ask the
+        running engines for their counters, and give each its fair IOPS and bandwidth
+        limits (or take them away) through the engine op ``qos``."""
+        policy = NodeShare(float(budget) if budget else math.inf, float(bandwidth))
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(every)
@@ -295,14 +299,15 @@ class Engines:
                 if isinstance(st, dict)
             }
             try:
-                fair = policy.step(loop.time(), seen)
+                fair = policy.divide(loop.time(), seen)
             except Exception:  # a bug here must not stop the node's engines
                 log.exception("fair sharing of the node failed; trying again")
                 continue
             for e in running:
                 if e.volume not in fair:
                     continue
-                e.fair_iops = fair[e.volume]
+                e.fair_iops = fair[e.volume].iops
+                e.fair_bandwidth = fair[e.volume].bandwidth
                 if isinstance(looks[running.index(e)], dict):
                     e.status = dict(e.status, qos=seen[e.volume][1].get("qos", {}))
                 if e.qos_due():

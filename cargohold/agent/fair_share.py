@@ -1,9 +1,11 @@
 """Fair sharing of a node's disk among its volumes (docs/qos.md, "Weights and guaranteed
-minimums"). Pure policy, no I/O: ``shares`` divides an IOPS budget by weight with
-guaranteed minimums and redistributes what a volume does not use; ``NodeShare`` turns the
-engines' statuses, one look a second, into per-volume IOPS limits — or none at all when the
-node is not contended. The agent's engines loop (``engines.py``) feeds it and pushes the
-limits through the engine's ``qos`` op.
+minimums"). Pure policy, no I/O: ``shares`` divides a budget — IOPS, or bytes per second —
+by weight with guaranteed minimums and redistributes what a volume does not use;
+``NodeShare`` turns the engines' statuses, one look a second, into per-volume IOPS and
+bandwidth limits (``Fair``) — or none at all when the node is not contended. The two
+budgets are divided independently, each only while the node is contended for it. The
+agent's engines loop (``engines.py``) feeds it and pushes the limits through the engine's
+``qos`` op.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.qos_limits import DEFAULT_WEIGHT, MIN_IOPS
+from cargohold.qos_limits import DEFAULT_WEIGHT, MIN_BANDWIDTH, MIN_IOPS
 
 ON = 0.9  # the node counts as contended when its volumes do >= ON x budget ...
 OFF = 0.6  # ... and stays so until they do < OFF x budget (or one volume is left busy)
 HEADROOM = 1.5  # a volume not held back may grow to HEADROOM x its rate (+ GROW) a round
 GROW = 50.0
+GROW_BYTES = float(4 << 20)  # bytes/s: the same for bandwidth
+PRESSING = 0.8  # a held volume doing >= this x its bandwidth share wants more bandwidth
 BUSY = 1.0  # ops/s: a volume doing less is idle (it is not sharing the disk)
 
 
@@ -77,47 +81,82 @@ class _Seen:
     at: float
     ops: float
     throttled: float
+    nbytes: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fair:
+    """One volume's fair limits on a contended node (None: no limit of that kind)."""
+
+    iops: int | None = None
+    bandwidth: int | None = None
 
 
 @dataclass
 class NodeShare:
-    """The node's IOPS ``budget`` divided among its busy volumes when they contend for it.
+    """The node's IOPS ``budget`` (and bytes/s ``bandwidth``, 0: not shared) divided among
+    its busy volumes when they contend for it.
 
-    ``step`` takes, for each running engine, its volume's QoS settings (the assignment's:
-    ``weight``, ``min_iops``, ``max_iops``) and its status; it answers each volume's fair
-    IOPS limit, or None for no fair limit. A volume's rate is its read + write count's
-    growth since the last step; a volume the gate held back since then (its
-    ``throttled_requests_total`` grew, or requests wait) is taken to want more than it
-    got. Not contended — fewer than two busy volumes, or their total below ``ON`` x
-    budget (``OFF`` once contended) — nobody gets a fair limit."""
+    ``divide`` takes, for each running engine, its volume's QoS settings (the assignment's:
+    ``weight``, ``min_iops``, ``max_iops``, ``max_bandwidth``) and its status; it answers
+    each volume's ``Fair`` limits. A volume's rates are its read + write count's growth
+    since the last step, and its read + written bytes'; a volume the gate held back since
+    then (its ``throttled_requests_total`` grew, or requests wait) is taken to want more
+    IOPS than it got, and more bandwidth if it also did nearly its bandwidth share. Each
+    budget is divided only while the node is contended for it — at least two busy volumes,
+    their total at ``ON`` x that budget (``OFF`` once contended); otherwise nobody gets a
+    limit of that kind. ``min_iops`` guarantees bandwidth too: that many of the volume's
+    own requests (at its average size) a second. ``step``: only the IOPS."""
 
     budget: float
+    bandwidth: float = 0.0
     contended: bool = False
+    contended_bw: bool = False
     seen: dict[str, _Seen] = field(default_factory=dict)
+    given_bw: dict[str, int] = field(default_factory=dict)  # the last bandwidth shares
 
     def step(
         self, now: float, engines: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]
     ) -> dict[str, int | None]:
+        return {v: f.iops for v, f in self.divide(now, engines).items()}
+
+    def divide(
+        self, now: float, engines: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]
+    ) -> dict[str, Fair]:
         rates: dict[str, float] = {}
+        byte_rates: dict[str, float] = {}
         held: dict[str, bool] = {}
         for volume, (_qos, status) in engines.items():
             counters = status.get("counters") or {}
             q = status.get("qos") or {}
             ops = _num(counters.get("read")) + _num(counters.get("write"))
+            nbytes = _num(counters.get("read_bytes")) + _num(counters.get("written_bytes"))
             throttled = _num(q.get("throttled_requests_total"))
             before = self.seen.get(volume)
-            self.seen[volume] = _Seen(now, ops, throttled)
-            if before is None or now <= before.at or ops < before.ops:
+            self.seen[volume] = _Seen(now, ops, throttled, nbytes)
+            if before is None or now <= before.at or ops < before.ops or nbytes < before.nbytes:
                 continue  # first look, or a restarted engine: no rate yet
             rates[volume] = (ops - before.ops) / (now - before.at)
+            byte_rates[volume] = (nbytes - before.nbytes) / (now - before.at)
             held[volume] = throttled > before.throttled or _num(q.get("queued")) > 0
         for gone in set(self.seen) - set(engines):
             del self.seen[gone]
         busy = [v for v, r in rates.items() if r >= BUSY or held[v]]
+        iops = self._iops(engines, busy, rates, held)
+        bandwidth = self._bandwidth(engines, busy, rates, byte_rates, held)
+        return {v: Fair(iops.get(v), bandwidth.get(v)) for v in engines}
+
+    def _iops(
+        self,
+        engines: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
+        busy: list[str],
+        rates: Mapping[str, float],
+        held: Mapping[str, bool],
+    ) -> dict[str, int]:
         total = sum(rates.values())
         if len(busy) < 2 or total < (OFF if self.contended else ON) * self.budget:
             self.contended = False
-            return dict.fromkeys(engines)
+            return {}
         self.contended = True
         claims = {}
         for v in busy:
@@ -131,8 +170,42 @@ class NodeShare:
                 minimum=_num(qos.get("min_iops")),
                 demand=demand,
             )
-        given = shares(self.budget, claims)
-        out: dict[str, int | None] = dict.fromkeys(engines)
-        for v, iops in given.items():
-            out[v] = max(MIN_IOPS, round(iops))
-        return out
+        return {v: max(MIN_IOPS, round(x)) for v, x in shares(self.budget, claims).items()}
+
+    def _bandwidth(
+        self,
+        engines: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]],
+        busy: list[str],
+        rates: Mapping[str, float],
+        byte_rates: Mapping[str, float],
+        held: Mapping[str, bool],
+    ) -> dict[str, int]:
+        total = sum(byte_rates.values())
+        if (
+            not self.bandwidth
+            or len(busy) < 2
+            or total < (OFF if self.contended_bw else ON) * self.bandwidth
+        ):
+            self.contended_bw = False
+            self.given_bw.clear()
+            return {}
+        self.contended_bw = True
+        claims = {}
+        for v in busy:
+            qos = engines[v][0]
+            rate = byte_rates[v]
+            last = self.given_bw.get(v)
+            pressing = held[v] and last is not None and rate >= PRESSING * last
+            demand = math.inf if pressing else rate * HEADROOM + GROW_BYTES
+            cap = qos.get("max_bandwidth")
+            if isinstance(cap, int | float) and not isinstance(cap, bool):
+                demand = min(demand, float(cap))
+            per_op = rate / rates[v] if rates[v] > 0 else 0.0  # its average request, bytes
+            claims[v] = Claim(
+                weight=_num(qos.get("weight")) or DEFAULT_WEIGHT,
+                minimum=_num(qos.get("min_iops")) * per_op,
+                demand=demand,
+            )
+        given = shares(self.bandwidth, claims)
+        self.given_bw = {v: max(MIN_BANDWIDTH, round(x)) for v, x in given.items()}
+        return dict(self.given_bw)

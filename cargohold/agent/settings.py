@@ -8,7 +8,7 @@ import dataclasses
 from typing import ClassVar
 
 from cargohold.errors import ConfigError
-from cargohold.settings import Settings, parse_size, setting
+from cargohold.settings import RATE, Settings, parse_rate, parse_size, setting
 
 
 def parse_disk(text: str) -> tuple[str, int | None]:
@@ -120,6 +120,14 @@ class AgentSettings(Settings):
         "IOPS the node's disk sustains: when its busy volumes together reach it, they share "
         "it by their QoS weight and guaranteed minimum (--node-iops; docs/qos.md); 0: no sharing",
         ge=0,
+    )
+    node_bandwidth: int = setting(
+        0,
+        "bytes per second the node's disk sustains: when its busy volumes together reach it, "
+        "they share it by their QoS weight (--node-bandwidth; docs/qos.md); 0: no sharing",
+        ge=0,
+        parse=parse_rate,
+        shown=RATE,
     )
     trash_grace: float = setting(
         86400.0,

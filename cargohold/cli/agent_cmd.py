@@ -22,6 +22,12 @@ from cargohold.logs import setup_logging
 from cargohold.settings import ProcessSettings
 
 
+def _node_bandwidth(text: str | None) -> int | None:
+    from cargohold.qos_limits import parse_bandwidth
+
+    return None if text is None else parse_bandwidth(text, "--node-bandwidth: ")
+
+
 @app.command("agent")
 def agent(
     node: str = typer.Option(None, help="this node's name (a DNS-1123 label)"),
@@ -77,6 +83,12 @@ def agent(
         help="IOPS this node's disk sustains: busy volumes share it by their QoS weight "
         "(docs/qos.md; default 0: no sharing)",
     ),
+    node_bandwidth: str = typer.Option(
+        None,
+        help="bytes/s this node's disk sustains, a Kubernetes quantity: 400Mi = 400 MiB/s, "
+        "500M = 500 MB/s; busy volumes share it by their QoS weight (docs/qos.md; default "
+        "0: no sharing)",
+    ),
     ca_dir: str = typer.Option(
         None,
         "--ca-dir",
@@ -113,6 +125,7 @@ def agent(
             "metrics_port": metrics_port,
             "metrics_address": metrics_address,
             "node_iops": node_iops,
+            "node_bandwidth": _node_bandwidth(node_bandwidth),
             "nbd_address": nbd_address,
             "nbd_tls_dir": nbd_tls_dir,
             "ca_dir": ca_dir,

@@ -92,6 +92,37 @@ def cpu_ticks(pids: Sequence[int]) -> dict[int, int]:
     return {p: tree_ticks(stats, [p]) for p in pids}
 
 
+def run_queue_wait_ns(pids: Sequence[int]) -> dict[int, int]:
+    """Nanoseconds each of ``pids`` (all its threads, and its descendants) has spent
+    runnable but waiting for a CPU (``/proc/PID/task/TID/schedstat``, second field): on a
+    shared machine, how much of a latency is the scheduler's rather than the process's."""
+    stats = read_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    out = {}
+    for root in pids:
+        total, todo, seen = 0, [root], set()
+        while todo:
+            p = todo.pop()
+            if p in seen:
+                continue
+            seen.add(p)
+            todo += children.get(p, [])
+            try:
+                tasks = os.listdir(f"/proc/{p}/task")
+            except OSError:
+                continue
+            for t in tasks:
+                try:
+                    with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                        total += int(f.read().split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+        out[root] = total
+    return out
+
+
 def cpu_us_per_op(before: dict[int, int], after: dict[int, int], ops: float) -> float:
     """Microseconds of CPU per operation, summed over every process of ``before``."""
     if ops <= 0:

@@ -22,11 +22,12 @@ import json
 import os
 import sys
 
-from cargohold.cli.units import parse_size, split_addr
+from cargohold.cli.units import split_addr
 from cargohold.constants import DEFAULT_NBD_PORT
 from cargohold.errors import CargoholdError, ConfigError
 from cargohold.logs import setup_logging
 from cargohold.qos_limits import check as check_qos
+from cargohold.qos_limits import parse_bandwidth
 from cargohold.settings import ProcessSettings
 
 # The node agent runs one engine per attached volume (``python -m cargohold engine ...``):
@@ -86,7 +87,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--control", help="control API (JSON lines) on this unix socket")
     p.add_argument("--min-replicas", type=int, help="fewest replicas to keep serving (1)")
     p.add_argument("--replica-timeout", type=float, help="seconds before a replica is dropped (5)")
-    p.add_argument("--rebuild-bandwidth", help="rebuild copy rate, e.g. 200MiB (0 = unlimited)")
+    p.add_argument(
+        "--rebuild-bandwidth",
+        help="rebuild copy rate in bytes/s, a Kubernetes quantity: 200Mi = 200 MiB/s, "
+        "200M = 200 MB/s (0 = unlimited)",
+    )
     p.add_argument(
         "--qos",
         metavar="JSON",
@@ -133,7 +138,9 @@ def main(argv: list[str]) -> int:
         given = {"min_replicas": a.min_replicas, "replica_timeout": a.replica_timeout}
         given |= {"tls_dir": a.tls_dir, "plaintext": a.plaintext or None}
         if a.rebuild_bandwidth:
-            given["rebuild_bandwidth"] = parse_size(a.rebuild_bandwidth, "--rebuild-bandwidth")
+            given["rebuild_bandwidth"] = parse_bandwidth(
+                a.rebuild_bandwidth, "--rebuild-bandwidth: "
+            )
         settings = EngineSettings(**{k: v for k, v in given.items() if v is not None})
         host, port = (
             split_addr(a.listen, DEFAULT_NBD_PORT) if a.listen else ("127.0.0.1", DEFAULT_NBD_PORT)

@@ -46,7 +46,7 @@ from cargohold.cli.output import (
     wide,
 )
 from cargohold.cli.units import positive_size
-from cargohold.cli.volume_qos import QOS_OPTIONS, qos_from_options, qos_text
+from cargohold.cli.volume_qos import qos_options, qos_text
 from cargohold.control.client import ManagerClient, volume_detached
 from cargohold.errors import ConfigError
 
@@ -233,6 +233,7 @@ def _state_text(v: dict[str, Any]) -> str:
 
 @volume_app.command("create")
 @handle_errors
+@qos_options  # --max-iops ... --min-iops (cli/volume_qos.py), as ``qos``
 def create(
     name: str,
     size: str = typer.Option(..., "--size", help="e.g. 10GiB (a multiple of 4 KiB)"),
@@ -258,15 +259,7 @@ def create(
         help="KEY=VALUE (repeatable): recurring jobs select volumes by label; "
         "recurring-job.cargohold.io/JOB=enabled attaches job JOB",
     ),
-    max_iops: str | None = QOS_OPTIONS["max_iops"],
-    max_read_iops: str | None = QOS_OPTIONS["max_read_iops"],
-    max_write_iops: str | None = QOS_OPTIONS["max_write_iops"],
-    max_bandwidth: str | None = QOS_OPTIONS["max_bandwidth"],
-    max_read_bandwidth: str | None = QOS_OPTIONS["max_read_bandwidth"],
-    max_write_bandwidth: str | None = QOS_OPTIONS["max_write_bandwidth"],
-    burst: str | None = QOS_OPTIONS["burst_seconds"],
-    weight: str | None = QOS_OPTIONS["weight"],
-    min_iops: str | None = QOS_OPTIONS["min_iops"],
+    qos: dict[str, Any] | None = None,  # --max-iops ... (cli/volume_qos.py: qos_options)
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
@@ -276,9 +269,7 @@ def create(
     can be changed later with ``volume update``."""
     from cargohold.cli.snapshot_cmd import parse_labels
 
-    given = [max_iops, max_read_iops, max_write_iops, max_bandwidth]
-    given += [max_read_bandwidth, max_write_bandwidth, burst, weight, min_iops]
-    qos = {k: v for k, v in qos_from_options(*given).items() if v is not None}
+    qos = {k: v for k, v in (qos or {}).items() if v is not None}
     size_bytes = positive_size(size, "--size")
     with ManagerClient.discover(api, dir) as c:
         vol = c.create_volume(

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from cargohold.cli.output import API, DIR, OUTPUT, Format, handle_errors, render, say
 from cargohold.cli.volume_cmd import volume_app
-from cargohold.cli.volume_qos import QOS_OPTIONS, qos_from_options, qos_text
+from cargohold.cli.volume_qos import qos_options, qos_text
 from cargohold.control.client import ManagerClient
 from cargohold.errors import ConfigError
 
@@ -25,26 +25,18 @@ __all__ = ["update"]
 
 @volume_app.command("update")
 @handle_errors
+@qos_options  # --max-iops ... --min-iops (cli/volume_qos.py), as ``qos``
 def update(
     name: str,
-    max_iops: str | None = QOS_OPTIONS["max_iops"],
-    max_read_iops: str | None = QOS_OPTIONS["max_read_iops"],
-    max_write_iops: str | None = QOS_OPTIONS["max_write_iops"],
-    max_bandwidth: str | None = QOS_OPTIONS["max_bandwidth"],
-    max_read_bandwidth: str | None = QOS_OPTIONS["max_read_bandwidth"],
-    max_write_bandwidth: str | None = QOS_OPTIONS["max_write_bandwidth"],
-    burst: str | None = QOS_OPTIONS["burst_seconds"],
-    weight: str | None = QOS_OPTIONS["weight"],
-    min_iops: str | None = QOS_OPTIONS["min_iops"],
+    qos: dict[str, Any] | None = None,
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
     """Change a volume's QoS limits, attached or not (a running engine applies them
-    within a second). A limit not given stays; 0 or none removes it."""
-    given = [max_iops, max_read_iops, max_write_iops, max_bandwidth]
-    given += [max_read_bandwidth, max_write_bandwidth, burst, weight, min_iops]
-    change = qos_from_options(*given)
+    within a second). A limit not given stays; 0 or none removes it. Bandwidths are
+    Kubernetes quantities: 100Mi = 100 MiB/s, 200M = 200 MB/s."""
+    change = qos or {}
     if not change:
         raise ConfigError("nothing to change: give at least one of the QoS options (--help)")
     with ManagerClient.discover(api, dir) as c:

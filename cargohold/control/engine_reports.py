@@ -283,4 +283,5 @@ def qos_report(qos: object) -> dict[str, Any]:
         "throttled_seconds_total": round(float(qos.get("throttled_seconds_total") or 0.0), 1),
         # its share of a busy node's IOPS, set by the node's agent (weights; docs/qos.md)
         **({"fair_iops": fair} if isinstance(fair := qos.get("fair_iops"), int) else {}),
+        **({"fair_bandwidth": bw} if isinstance(bw := qos.get("fair_bandwidth"), int) else {}),
     }

@@ -72,6 +72,11 @@ class QosView(Record):
         description="the IOPS its node's agent holds it to while the node is busy (its "
         "weight's share; null: none)",
     )
+    fair_bandwidth: int | None = Field(
+        None,
+        description="the bytes per second its node's agent holds it to while the node's "
+        "bandwidth is busy (its weight's share; null: none)",
+    )
 
 
 class StandbyLag(Record):
@@ -267,6 +272,7 @@ def qos_view(vol: Volume, st: EngineStatus | None) -> dict[str, Any]:
         "throttled_requests_total": int(rep.get("throttled_requests_total", 0)),
         "throttled_seconds_total": float(rep.get("throttled_seconds_total", 0.0)),
         "fair_iops": rep.get("fair_iops"),  # held to its share of a busy node; null: not
+        "fair_bandwidth": rep.get("fair_bandwidth"),
     }
 
 

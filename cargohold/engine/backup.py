@@ -415,7 +415,7 @@ async def _copy(
     rate = vol.settings.backup_rate_mb * 1_000_000
     t0 = time.monotonic()
     read = 0
-    courtesy = ForegroundYield(vol.counters)  # the consumer's I/O first
+    courtesy = ForegroundYield(vol.counters, most=vol.settings.background_yield_max)
 
     def export(pos: int) -> asyncio.Task[memoryview]:
         call = client.export(

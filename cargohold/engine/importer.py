@@ -5,6 +5,10 @@ at the epoch it already has, so the engine that owns it, if one runs, is not fen
 snapshot is read as extent streams (EXPORT) and written through the volume's ordinary
 replicated write path, in the background; the job's progress is ``Volume.import_job``,
 which the volume shows as ``status()["import"]``.
+
+The copy is background work (engine/background.py): it keeps to ``import_bandwidth`` and,
+while the volume's consumer does I/O, yields to it between chunks (and does not export
+the next chunk ahead); the job shows ``yields`` and ``yielded_seconds``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from typing import Any
 
 from cargohold.constants import BLOCK_SIZE
+from cargohold.engine.background import Pace
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.volume import Volume, describe
 from cargohold.errors import Busy, CargoholdError, Fenced, InvalidArgument, NotFound, ReplicaIOError
@@ -131,6 +136,7 @@ async def _run_import(
     fresh = vol.gen == 0  # nothing was ever written: skip holes and zeros
     prefetch: asyncio.Task[Any] | None = None
     t0 = time.monotonic()
+    pace = Pace(vol.counters, vol.settings.import_bandwidth, vol.settings.background_yield_max)
     try:
         pos = 0
         while pos < total:
@@ -142,13 +148,16 @@ async def _run_import(
                     f"asked from {pos}"
                 )
             prefetch = None
-            if header.end < total:  # fetch the next chunk while this one is written
+            if header.end < total and not pace.busy():  # the next chunk meanwhile
                 loop = asyncio.get_running_loop()
                 prefetch = loop.create_task(
                     _export(vol, client, source, name, header.end, total, grant)
                 )
-            job["data_bytes"] += await _import_chunk(vol, pos, header.end, extents, fresh)
+            data, ops = await _import_chunk(vol, pos, header.end, extents, fresh)
+            job["data_bytes"] += data
             pos = job["bytes_copied"] = header.end
+            await pace.chunk(data, ops)  # its cap, then the consumer first
+            job.update(pace.status())
         await vol.flush()  # durable on every replica before it is "succeeded"
     except asyncio.CancelledError:
         job.update(state="failed", error="cancelled: the engine stopped")
@@ -196,9 +205,10 @@ async def _export(
 
 async def _import_chunk(
     vol: Volume, start: int, end: int, extents: list[xs.Extent], fresh: bool
-) -> int:
+) -> tuple[int, int]:
     """Write one chunk's data through the replicated write path; unless the volume is
-    fresh (reads zeros everywhere), zero what the snapshot does not hold."""
+    fresh (reads zeros everywhere), zero what the snapshot does not hold. -> (bytes of
+    data, requests sent)."""
     writes = []
     data = 0
     pos = start
@@ -220,4 +230,4 @@ async def _import_chunk(
         if isinstance(r, BaseException):
             raise r
     vol.counters["imported_bytes"] += data
-    return data
+    return data, len(writes)

@@ -134,10 +134,17 @@ async def _copy(
     being imported to the end of the range being exported). Either way the window over a
     range is taken before its EXPORT is sent and given back after its IMPORT is answered,
     so no write reaches either replica in between (module doc). Throttled, chunks go one at
-    a time and the sleep happens outside any window."""
+    a time and the sleep happens outside any window.
+
+    Either way the copy yields to the consumer (engine/background.py): throttled, after
+    every chunk; pipelined, whenever the consumer did I/O since the last chunk — then the
+    next chunk is not exported ahead, the window is given back, and the copy waits while
+    the consumer keeps going (up to ``background_yield_max``) before it takes the next
+    window. An idle volume's rebuild stays pipelined at full speed."""
     step = vol.settings.rebuild_window
     pipelined = not vol.settings.rebuild_bandwidth
-    courtesy = ForegroundYield(vol.counters)  # throttled: no window held between chunks
+    courtesy = ForegroundYield(vol.counters, most=vol.settings.background_yield_max)
+    link.rebuild.update(yields=0, yielded_seconds=0.0)
     pos = 0  # the start of the chunk in hand
     vol.window(pos, min(vol.size, pos + step))
     try:
@@ -152,7 +159,7 @@ async def _copy(
             )
             nxt = None
             try:
-                if pipelined and end < vol.size:  # export the next chunk meanwhile
+                if pipelined and end < vol.size and not courtesy.busy():  # next one meanwhile
                     vol.window(pos, min(vol.size, end + step))
                     nxt = asyncio.ensure_future(_export(vol, end, since, timeout))
                 if importing is not None:
@@ -171,7 +178,11 @@ async def _copy(
             vol.window_done()  # the chunk in hand is in: writes to it may go
             if not pipelined:  # throttled: sleep with no window held (the last chunk too,
                 await _throttle(vol, link, t0)  # so the whole copy keeps to the rate)
-                await courtesy.pause()  # the consumer's I/O first (engine/background.py)
+            if following is None and pos < vol.size:  # no window held: the consumer first
+                await courtesy.pause()  # (engine/background.py)
+                link.rebuild.update(
+                    yields=courtesy.yields, yielded_seconds=round(courtesy.waited, 3)
+                )
             if pos >= vol.size:
                 return
             if following is None:

@@ -17,6 +17,10 @@ backup ``base`` already: the two backups' chunk maps are compared (``chunk_map.d
 data read) and only the blocks that differ are fetched and written (or zeroed), then checked
 the same way. Writing the absolute content of every differing block makes a re-run after an
 interrupted apply correct too (whatever part of the apply landed is overwritten).
+
+Both are background work (engine/background.py): they keep to ``restore_bandwidth`` and,
+while the volume's consumer does I/O (a standby's readers), yield to it after each batch;
+the job shows ``yields`` and ``yielded_seconds``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 from cargohold.backup.chunk_map import delta
 from cargohold.backup.reader import BackupReader
 from cargohold.constants import BLOCK_SIZE
+from cargohold.engine.background import Pace
 from cargohold.engine.backup import new_job, open_repository
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.engine.volume import Volume, describe
@@ -96,6 +101,7 @@ async def restore(
             )
         job["bytes_total"] = size
         fresh = vol.gen == 0  # nothing written yet: zeros need no writes
+        pace = Pace(vol.counters, vol.settings.restore_bandwidth, vol.settings.background_yield_max)
         pieces = reader.read_all(max_bytes=PIECE)
         data_bytes = 0
         pos = 0  # everything before it is written and checked
@@ -108,18 +114,20 @@ async def restore(
                 or held + len(item[1]) > BATCH
                 or item[0] + len(item[1]) - bstart > SPAN
             ):
-                pos = await _write_batch(vol, bstart, batch, fresh)
+                pos, ops = await _write_batch(vol, bstart, batch, fresh)
                 data_bytes += held
                 job["bytes_done"] = pos
+                await pace.chunk(held, ops)  # its cap, then the consumer first
+                job.update(pace.status())
                 batch, held = [], 0
             if item is None:
                 break
             if not batch:
-                await _zero_range(vol, pos, item[0], fresh)
+                await pace.chunk(0, await _zero_range(vol, pos, item[0], fresh))
                 bstart = item[0]
             batch.append(item)
             held += len(item[1])
-        await _zero_range(vol, pos, size, fresh)
+        await pace.chunk(0, await _zero_range(vol, pos, size, fresh))
         job["bytes_done"] = size
         await vol.flush()  # durable on every replica before it is "succeeded"
     finally:
@@ -153,6 +161,7 @@ async def apply_delta(
         done = 0
         batch: list[tuple[int, bytes]] = []
         held = 0
+        pace = Pace(vol.counters, vol.settings.restore_bandwidth, vol.settings.background_yield_max)
         pieces = reader.read_all(max_bytes=PIECE)
         while True:
             item = await asyncio.to_thread(_next, pieces)
@@ -164,13 +173,15 @@ async def apply_delta(
                 await _write_pieces(vol, batch)
                 done += held
                 job["bytes_done"] = done
+                await pace.chunk(held, len(batch))  # its cap, then the consumer first
+                job.update(pace.status())
                 batch, held = [], 0
             if item is None:
                 break
             batch.append(item)
             held += len(item[1])
         for off, length in d.zeros:
-            await _zero_range(vol, off, off + length, False)
+            await pace.chunk(0, await _zero_range(vol, off, off + length, False))
         job["bytes_done"] = d.changed_bytes
         await vol.flush()
         fetched = reader.bytes_fetched
@@ -192,9 +203,12 @@ def _next(it: Iterator[tuple[int, bytes]]) -> tuple[int, bytes] | None:
     return next(it, None)
 
 
-async def _write_batch(vol: Volume, start: int, batch: list[tuple[int, bytes]], fresh: bool) -> int:
+async def _write_batch(
+    vol: Volume, start: int, batch: list[tuple[int, bytes]], fresh: bool
+) -> tuple[int, int]:
     """Write the batch's data, zeros between (unless fresh); then compare every current
-    replica's checksum map of the range with the data's CRC32C. -> the range's end."""
+    replica's checksum map of the range with the data's CRC32C. -> (the range's end,
+    requests sent)."""
     end = batch[-1][0] + len(batch[-1][1])
     writes = []
     want = np.full((end - start) // BLOCK_SIZE, ZERO_CRC, dtype="<u4")
@@ -211,7 +225,7 @@ async def _write_batch(vol: Volume, start: int, batch: list[tuple[int, bytes]], 
         if isinstance(r, BaseException):
             raise r
     await _check(vol, start, end, want)
-    return end
+    return end, len(writes)
 
 
 async def _write_pieces(vol: Volume, batch: list[tuple[int, bytes]]) -> None:
@@ -226,14 +240,16 @@ async def _write_pieces(vol: Volume, batch: list[tuple[int, bytes]]) -> None:
         await _check(vol, off, off + len(data), block_crcs(data))
 
 
-async def _zero_range(vol: Volume, start: int, end: int, fresh: bool) -> None:
+async def _zero_range(vol: Volume, start: int, end: int, fresh: bool) -> int:
     """What the backup holds as zeros: zeroed (unless fresh), then checked by window
-    digests (a long run of zeros costs a few bytes per 16 MiB to check)."""
+    digests (a long run of zeros costs a few bytes per 16 MiB to check). -> requests sent."""
     step = wire.MAX_CHECKSUM_BLOCKS * BLOCK_SIZE
+    ops = 0
     for lo in range(start, end, step):
         hi = min(end, lo + step)
         if not fresh:
             await vol.write_zeroes(lo, hi - lo, False)
+            ops += 1
         n = (hi - lo) // BLOCK_SIZE
         want = window_digests(np.full(n, ZERO_CRC, dtype="<u4"), DIGEST_BLOCKS)
         for link, got in await _maps(vol, lo, hi, DIGEST_BLOCKS):
@@ -244,6 +260,7 @@ async def _zero_range(vol: Volume, start: int, end: int, fresh: bool) -> None:
                     f"restore check: replica {link.spec.id} holds data where the backup has "
                     f"zeros, in the 16 MiB from offset {first}"
                 )
+    return ops
 
 
 async def _maps(

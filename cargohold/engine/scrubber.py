@@ -221,7 +221,7 @@ class Scrubber:
         skip: set[str] = set()  # replicas whose SCRUB failed in this pass
         read = 0  # bytes read from disk by the busiest replica, for the throttle
         t0 = time.monotonic()
-        courtesy = ForegroundYield(vol.counters)  # the consumer's I/O first
+        courtesy = ForegroundYield(vol.counters, most=vol.settings.background_yield_max)
         off = 0
         while off < vol.size:
             vol.check_usable()

@@ -242,6 +242,7 @@ class Volume:
         self.check_usable()
         await self._running.wait()
         while self._window is not None and _overlap(self._window, offset, length):
+            self.counters["window_waits"] += 1  # the consumer is busy (engine/background.py)
             await self._window_free.wait()
         self.check_usable()
         targets = self.write_set()

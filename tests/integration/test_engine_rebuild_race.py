@@ -57,7 +57,12 @@ async def test_rebuild_under_concurrent_writes_ends_identical(
             await c.create(f"r{i}", SIZE)
             await c.close()
         specs = [ReplicaSpec(f"r{i}", "127.0.0.1", s.port) for i, s in enumerate(servers)]
-        settings = EngineSettings(rebuild_window=1 * MIB, rebuild_bandwidth=bandwidth)
+        # pipelined: the consumer here never pauses, so yielding (engine/background.py) would
+        # turn every chunk into a one-at-a-time copy; this test is about the pipelined races
+        yielding = 0.05 if bandwidth else 0.0
+        settings = EngineSettings(
+            rebuild_window=1 * MIB, rebuild_bandwidth=bandwidth, background_yield_max=yielding
+        )
         vol = Volume("v", specs[:1], epoch=1, settings=settings)
         await vol.start()
         rnd = random.Random(seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cargohold.protocol import nbd_client
@@ -41,7 +42,9 @@ async def run_load(
     span: int = 64 << 20,
     timeout: float = 5.0,
     host: str = "127.0.0.1",
+    until: Callable[[], bool] | None = None,
 ) -> Load:
+    """``until``: stop early once it returns True (checked before each request)."""
     reader, writer = await asyncio.open_connection(host, port)
     c = nbd_client.ClientConnection(name)
     while c.ready is None:
@@ -70,7 +73,7 @@ async def run_load(
 
     async def worker() -> None:
         loop = asyncio.get_running_loop()
-        while time.monotonic() < out.started + seconds:
+        while time.monotonic() < out.started + seconds and not (until and until()):
             off = rng.randrange(span // size) * size
             handle, bufs = c.write(off, payload) if write else c.read(off, size)
             fut: asyncio.Future[int] = loop.create_future()

@@ -88,3 +88,21 @@ async def test_a_fair_share_lowers_max_iops_and_is_reported(monkeypatch) -> None
     await eng.push_qos()
     assert link.calls[-1]["limits"] == {"weight": 300, "max_iops": 1000}
     assert "fair_iops" not in eng.report().status["qos"]
+
+
+async def test_a_bandwidth_share_lowers_max_bandwidth_and_is_reported(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    eng = engine({"max_bandwidth": 200 << 20})
+    running(eng, monkeypatch, {"max_bandwidth": 200 << 20})
+    eng.fair_bandwidth = 50 << 20  # the node's bandwidth is busy: NodeShare gave it 50 MiB/s
+    assert eng.qos_due()
+    link = Link()
+    eng.link = link  # type: ignore[assignment]
+    await eng.push_qos()
+    assert link.calls[-1]["limits"] == {"max_bandwidth": 50 << 20}
+    assert eng.report().status["qos"]["fair_bandwidth"] == 50 << 20
+    eng.fair_bandwidth = 500 << 20  # above its own limit: its own limit holds
+    assert eng.wanted_qos()["max_bandwidth"] == 200 << 20
+    eng.fair_bandwidth = None
+    await eng.push_qos()
+    assert link.calls[-1]["limits"] == {"max_bandwidth": 200 << 20}
+    assert "fair_bandwidth" not in eng.report().status["qos"]

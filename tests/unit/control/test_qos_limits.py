@@ -118,3 +118,31 @@ async def test_a_volume_being_deleted_takes_no_change(monkeypatch) -> None:
         await sim.service.update_volume(
             "data", VolumeUpdate.model_validate({"qos": {"max_iops": 100}})
         )
+
+
+def test_one_unit_rule_for_rates_and_another_for_sizes(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Rates (limits, --node-bandwidth, the engine's bandwidth settings) are Kubernetes
+    quantities: M = 10^6, Mi = 2^20; sizes refuse the ambiguous M (docs/qos.md, "Units")."""
+    from cargohold.errors import ConfigError, InvalidArgument
+    from cargohold.qos_limits import parse_bandwidth, parse_text
+    from cargohold.settings import EngineSettings, parse_size
+
+    assert parse_text("max_bandwidth", "200M") == 200_000_000
+    assert parse_text("max_bandwidth", "200MB/s") == 200_000_000
+    assert parse_text("max_bandwidth", "100Mi") == 100 << 20
+    assert parse_text("max_bandwidth", "100MiB/s") == 100 << 20
+    assert parse_bandwidth("400Mi") == 400 << 20 and parse_bandwidth("1G") == 10**9
+    assert parse_bandwidth("0") == 0
+    with pytest.raises(InvalidArgument, match="Kubernetes quantity: 100Mi = 100 x 2"):
+        parse_bandwidth("fast")
+    with pytest.raises(ConfigError, match="ambiguous"):
+        parse_size("200M", "--size")
+    assert parse_size("200Mi") == 200 << 20
+    monkeypatch.setenv("CARGOHOLD_ENGINE_REBUILD_BANDWIDTH", "200M")
+    monkeypatch.setenv("CARGOHOLD_ENGINE_IMPORT_BANDWIDTH", "64Mi")
+    s = EngineSettings()
+    assert s.rebuild_bandwidth == 200_000_000 and s.import_bandwidth == 64 << 20
+    assert EngineSettings(restore_bandwidth=5).restore_bandwidth == 5  # numbers as they are
+    monkeypatch.setenv("CARGOHOLD_ENGINE_RESTORE_BANDWIDTH", "lots")
+    with pytest.raises(ConfigError, match=r"CARGOHOLD_ENGINE_RESTORE_BANDWIDTH.*not a bandwidth"):
+        EngineSettings()

@@ -7,7 +7,7 @@ import asyncio
 import collections
 import time
 
-from cargohold.engine.background import ForegroundYield
+from cargohold.engine.background import ForegroundYield, Pace, RateCap
 
 
 async def test_an_idle_consumer_costs_no_wait() -> None:
@@ -46,3 +46,48 @@ async def test_a_consumer_that_stops_ends_the_wait_early() -> None:
     c["read"] += 1  # one request since the last chunk, then quiet
     waited = await fy.pause()
     assert waited <= 0.02
+
+
+async def test_a_jobs_own_requests_do_not_make_the_consumer_look_busy() -> None:
+    c: collections.Counter[str] = collections.Counter()
+    fy = ForegroundYield(c, step=0.01, most=0.5)
+    c["write"] += 7  # the import's own seven writes
+    fy.mine(7)
+    assert not fy.busy()
+    assert await fy.pause() == 0.0 and fy.yields == 0
+    c["read"] += 1  # one of the consumer's
+    assert fy.busy()
+    assert 0 < await fy.pause() <= 0.02
+    assert fy.yields == 1 and c["background_yields"] == 1 and c["background_yield_ms"] >= 10
+
+
+async def test_yielding_off_never_waits() -> None:
+    c: collections.Counter[str] = collections.Counter()
+    fy = ForegroundYield(c, step=0.01, most=0.0)
+    c["read"] += 100
+    assert not fy.busy()
+    assert await fy.pause() == 0.0 and c["background_yields"] == 0
+
+
+async def test_the_rate_cap_holds_a_job_to_its_rate() -> None:
+    cap = RateCap(10_000_000)  # 10 MB/s
+    t0 = time.monotonic()
+    for _ in range(5):
+        await cap.spent(400_000)  # 2 MB in all: >= 0.2 s
+    assert time.monotonic() - t0 >= 0.19
+    free = RateCap(0)
+    t0 = time.monotonic()
+    for _ in range(100):
+        assert await free.spent(1 << 30) == 0.0
+    assert time.monotonic() - t0 < 0.1
+
+
+async def test_pace_caps_then_yields_and_reports() -> None:
+    c: collections.Counter[str] = collections.Counter()
+    pace = Pace(c, 0, most=0.02)
+    c["write"] += 3
+    await pace.chunk(1 << 20, 3)  # only its own writes: no wait
+    assert pace.status() == {"yields": 0, "yielded_seconds": 0.0}
+    c["read"] += 1
+    await pace.chunk(1 << 20, 0)
+    assert pace.status()["yields"] == 1 and pace.status()["yielded_seconds"] > 0
