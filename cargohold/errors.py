@@ -241,6 +241,7 @@ STATUS_TO_ERROR: dict[int, type[RequestError]] = {
         Unschedulable,
         Unauthenticated,
         PermissionDenied,
+        WrongDataKey,
     )
 }
 
