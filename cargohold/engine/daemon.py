@@ -161,6 +161,7 @@ async def serve_engine(config: EngineRun) -> None:
             vol.counters,
             copies=vol,
             cache_blocks=config.settings.tag_cache_blocks,
+            layout_version=lambda: vol.local.layout,  # a revert: the tag cache is dropped
         )
         await enc.check_key()  # a wrong key: writes refused, reads fail (logged)
         vol.status_extras["encryption"] = enc.status

@@ -110,7 +110,11 @@ class EncryptedDevice:
         counters: collections.Counter[str] | None = None,
         copies: Copies | None = None,
         cache_blocks: int = CACHE_BLOCKS,
+        layout_version: Callable[[], int] | None = None,
     ) -> None:
+        """``layout_version``: a number that changes when the volume's content changed
+        under this device (a snapshot revert; ``Volume.local.layout``): the tag cache is
+        dropped then."""
         version_of(epoch, 1)  # the epoch fits in 32 bits
         self.inner = inner
         self.cipher = cipher
@@ -125,6 +129,8 @@ class EncryptedDevice:
         self._loading: dict[int, asyncio.Future[_Tags]] = {}
         self._claimed: dict[int, asyncio.Future[None]] = {}  # logical blocks being written
         self.wrong_key: str | None = None
+        self._layout_version = layout_version
+        self._layout = layout_version() if layout_version is not None else 0
 
     # --- BlockDevice ---------------------------------------------------------------------
     @property
@@ -158,6 +164,17 @@ class EncryptedDevice:
         return version_of(self.epoch, self._counter)  # InvalidArgument past 2**32 - 1
 
     # --- the tag cache ------------------------------------------------------------------
+    def _check_layout(self) -> None:
+        """Drop the cached tag blocks (but those with writes pending) when the volume's
+        content changed underneath (a snapshot revert)."""
+        if self._layout_version is None:
+            return
+        now = self._layout_version()
+        if now != self._layout:
+            self._layout = now
+            for g in [g for g, t in self._cache.items() if not t.busy]:
+                del self._cache[g]
+
     async def _tags(self, g: int) -> _Tags:
         t = self._cache.get(g)
         if t is not None:
@@ -255,6 +272,7 @@ class EncryptedDevice:
     def _check_writable(self) -> None:
         if self.wrong_key:
             raise WrongDataKey(self.wrong_key)
+        self._check_layout()
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
         self._check_writable()
@@ -373,6 +391,7 @@ class EncryptedDevice:
         read_now: Callable[[int, int], Any] | None = getattr(self.inner, "read_now", None)
         if read_now is None or self.wrong_key:
             return None
+        self._check_layout()
         lo, hi = offset // BLOCK, (offset + length) // BLOCK
         groups = range(lo // GROUP, (hi - 1) // GROUP + 1)
         if any(g not in self._cache for g in groups):
@@ -390,6 +409,7 @@ class EncryptedDevice:
         return out
 
     async def read(self, offset: int, length: int) -> bytearray:
+        self._check_layout()
         lo, hi = offset // BLOCK, (offset + length) // BLOCK
         groups = range(lo // GROUP, (hi - 1) // GROUP + 1)
         start = layout.data_block(lo)

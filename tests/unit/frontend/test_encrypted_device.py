@@ -303,3 +303,22 @@ def test_the_volume_grows_by_whole_groups():
     for c in vol.copies:
         c.extend(bytes(layout.PHYSICAL_GROUP_BYTES + BLOCK))  # a group and a stray block
     assert d.size == LOGICAL + layout.GROUP_BYTES
+
+
+def test_the_tag_cache_is_dropped_when_the_content_changes_underneath():
+    vol = MemoryVolume(layout.physical_size(LOGICAL))
+    version = [0]
+
+    async def go() -> None:
+        d = device(vol, layout_version=lambda: version[0])
+        await d.write(0, memoryview(pattern(1)), False)
+        saved = [bytes(c) for c in vol.copies]  # a snapshot
+        await d.write(0, memoryview(pattern(2)), False)
+        await d.write(BLOCK, memoryview(pattern(3)), False)  # retires block 0's old slot
+        vol.copies[:] = [bytearray(c) for c in saved]  # reverted underneath
+        version[0] += 1
+        assert await d.read(0, 2 * BLOCK) == pattern(1) + bytes(BLOCK)
+        await d.write(BLOCK, memoryview(pattern(4)), False)
+        assert await device(vol, epoch=2).read(0, 2 * BLOCK) == pattern(1) + pattern(4)
+
+    run(go())
