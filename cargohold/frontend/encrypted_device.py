@@ -289,15 +289,23 @@ class EncryptedDevice:
         ct = bytearray(len(data))
         tags = self.cipher.seal_run(lo, version, data, ct)
         # the tags first: every tag block updated in memory, then written (merged)
-        loaded = await asyncio.gather(*(self._tags(g) for g in groups))
+        if len(groups) == 1:  # the common case: no task per step
+            loaded = [await self._tags(groups[0])]
+        else:
+            loaded = await asyncio.gather(*(self._tags(g) for g in groups))
         for g, t in zip(groups, loaded, strict=True):
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
             for i in range(a, b):
                 t.acked.discard(i - g * GROUP)
                 put_slot(t.data, i - g * GROUP, Slot(version, tags[i - lo]))
             t.applied += 1
-        await asyncio.gather(*(self._commit(g, t) for g, t in zip(groups, loaded, strict=True)))
+        if len(groups) == 1:
+            await self._commit(groups[0], loaded[0])
+        else:
+            await asyncio.gather(*(self._commit(g, t) for g, t in zip(groups, loaded, strict=True)))
         self.counters["tag_block_writes"] += len(loaded)
+        if fua:  # durable data needs durable tags: else a power loss keeps data it cannot read
+            await self.inner.flush()
         # then the ciphertext: the partial first group alone, the rest as one extent
         head = min(hi, -(-lo // GROUP) * GROUP) if lo % GROUP else lo
         writes: list[Awaitable[None]] = []
@@ -305,7 +313,10 @@ class EncryptedDevice:
             writes.append(self._put_data(lo, head, memoryview(ct)[: (head - lo) * BLOCK], fua))
         if hi > head:
             writes.append(self._put_extent(head, hi, memoryview(ct)[(head - lo) * BLOCK :], fua))
-        await asyncio.gather(*writes)
+        if len(writes) == 1:
+            await writes[0]
+        else:
+            await asyncio.gather(*writes)
         for g, t in zip(groups, loaded, strict=True):
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
             t.acked.update(i - g * GROUP for i in range(a, b))

@@ -322,3 +322,17 @@ def test_the_tag_cache_is_dropped_when_the_content_changes_underneath():
         assert await device(vol, epoch=2).read(0, 2 * BLOCK) == pattern(1) + pattern(4)
 
     run(go())
+
+
+def test_a_fua_write_makes_its_tags_durable_before_its_data():
+    vol = MemoryVolume(layout.physical_size(LOGICAL))
+
+    async def go() -> None:
+        d = device(vol)
+        await d.write(0, memoryview(pattern(1)), False)
+        assert vol.flushes == 0
+        await d.write(BLOCK, memoryview(pattern(2)), True)
+        assert vol.flushes == 1  # between the tag write and the (FUA) data write
+        assert [op for op, _, _ in vol.log[-2:]] == ["write", "write"]
+
+    run(go())
