@@ -169,7 +169,19 @@ def main() -> None:
         "--json", default=os.path.join(ROOT, "benchmarks", "results", "encryption.json")
     )
     ap.add_argument("--workdir", default=None, help="where the replicas live (default: a tmp dir)")
+    ap.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help="comma-separated subset of: " + ", ".join(WORKLOADS),
+    )
     args = ap.parse_args()
+    chosen = [w for w in args.workloads.split(",") if w]
+    unknown = set(chosen) - set(WORKLOADS)
+    if unknown:
+        ap.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    for w in list(WORKLOADS):
+        if w not in chosen:
+            del WORKLOADS[w]
     size = layout.logical_size_for(parse_size(args.size))
 
     def on_signal(signum: int, frame: Any) -> None:  # stop what we started, by PID
