@@ -1,7 +1,8 @@
 """An encrypted volume end to end with real processes: ``cargohold engine --data-key-fd``
 over three real replica servers, qemu-io and qemu-img as the NBD clients.
 
-(a) after a known plaintext is written, no file under any replica directory contains it;
+(a) after a known plaintext is written, no file under any replica directory contains it,
+nor a replica rebuilt from them;
 (b) it reads back; (c) an engine started with the wrong key answers reads with I/O errors
 and writes nothing (no generation moves, no byte changes); (d) a block flipped in a
 replica's file (its checksum fails) and a block replaced together with its checksum (it
@@ -99,7 +100,12 @@ def test_replicas_hold_ciphertext_only_and_a_wrong_key_writes_nothing(cluster, e
     want[12 * MIB : 13 * MIB] = b"\x5a" * MIB
     assert read_all(e1.uri, tmp_path / "back1.raw") == want  # (b)
     qemu_io(e1.uri, "read -P 0x5a 12M 1M", "read -P 0 13M 1M")
+    # a fourth replica, rebuilt online in full from a current one: what a rebuild streams
+    cluster.create_replica(1, "r3", layout.physical_size(LOGICAL))
+    assert e1.ctl(op="add-replica", replica=f"r3@127.0.0.1:{cluster.servers[1].port}")["ok"]
+    e1.wait_for(lambda s: s["robustness"] == "healthy", 60, "the rebuild of r3")
     e1.stop()
+    assert cluster.digest(1, "r3", 1) == cluster.digest(1, "r1", 1)  # a full copy
 
     # (a) no replica file holds the plaintext, nor a run of the 0x5a pattern
     files = replica_files(cluster)
