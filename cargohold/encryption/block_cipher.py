@@ -39,6 +39,7 @@ ID_BYTES = 16  # the volume's encryption id
 TAG_BYTES = 16
 SLOT = 32  # two slots per ENTRY
 SLOT_STRUCT = struct.Struct("<Q16sB7x")  # version, tag, flags, reserved
+ENTRY_STRUCT = struct.Struct("<Q16sB7xQ16sB7x")  # both slots
 NONCE = struct.Struct(">QI")  # version, block index mod 2**32
 AD_TAIL = struct.Struct(">QQ")  # block index, version (after the 16-byte id)
 ZERO = 0x01  # the slot authenticates "zeros at this version"; the ciphertext is ignored
@@ -221,12 +222,30 @@ class BlockCipher:
           the tag and the data (a crash): zeros, its old content;
         - otherwise None (tampered, moved, replayed, another volume's, or a wrong key).
         """
-        slots = decode_entry(entry)
-        for slot in newest_first(slots):
-            got = self.try_open(index, slot, ciphertext)
-            if got is not None:
-                return ZERO_BLOCK if not got else got
-        if (slots[0] is None or slots[1] is None) and ciphertext == ZERO_BLOCK:
+        # the read path's hot loop: the same rules as ``newest_first`` and ``try_open``,
+        # without a Slot object per slot
+        va, ta, fa, vb, tb, fb = ENTRY_STRUCT.unpack(entry)
+        use_a = va != 0 and not fa & RETIRED
+        use_b = vb != 0 and not fb & RETIRED
+        if use_a and use_b:
+            order = ((va, ta, fa), (vb, tb, fb)) if va > vb else ((vb, tb, fb), (va, ta, fa))
+        elif use_a:
+            order = ((va, ta, fa),)
+        elif use_b:
+            order = ((vb, tb, fb),)
+        else:
+            order = ()
+        aead, vid, low = self._aead, self.volume_id, index & 0xFFFFFFFF
+        for version, tag, flags in order:
+            nonce, ad = NONCE.pack(version, low), vid + AD_TAIL.pack(index, version)
+            try:
+                if flags & ZERO:
+                    aead.decrypt(nonce, tag, ad)
+                    return ZERO_BLOCK
+                return aead.decrypt(nonce, b"".join((ciphertext, tag)), ad)
+            except InvalidTag:
+                continue
+        if (va == 0 or vb == 0) and ciphertext == ZERO_BLOCK:
             return ZERO_BLOCK
         self.auth_failures += 1
         return None
