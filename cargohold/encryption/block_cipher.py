@@ -227,6 +227,7 @@ class BlockCipher:
         va, ta, fa, vb, tb, fb = ENTRY_STRUCT.unpack(entry)
         use_a = va != 0 and not fa & RETIRED
         use_b = vb != 0 and not fb & RETIRED
+        order: tuple[tuple[int, bytes, int], ...]
         if use_a and use_b:
             order = ((va, ta, fa), (vb, tb, fb)) if va > vb else ((vb, tb, fb), (va, ta, fa))
         elif use_a:
