@@ -28,6 +28,7 @@ from cargohold import memtune
 from cargohold.constants import DEFAULT_NBD_PORT
 from cargohold.encryption.block_cipher import MAX_EPOCH, BlockCipher
 from cargohold.engine.control import serve_control
+from cargohold.engine.copies import ReplicaCopies
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
@@ -159,12 +160,12 @@ async def serve_engine(config: EngineRun) -> None:
             cipher,
             config.epoch,
             vol.counters,
-            copies=vol,
+            copies=ReplicaCopies(vol),
             cache_blocks=config.settings.tag_cache_blocks,
             layout_version=lambda: vol.local.layout,  # a revert: the tag cache is dropped
         )
         await enc.check_key()  # a wrong key: writes refused, reads fail (logged)
-        vol.status_extras["encryption"] = enc.status
+        vol.io.sections["encryption"] = enc.status
         device = enc
     memtune.freeze_gc()
 

@@ -88,8 +88,6 @@ class Volume:
         self.epoch_jump = epoch_jump  # after `volume recover-epoch`: OPEN may jump epochs
         self.endpoint = ""  # nbd://HOST:PORT/NAME, once the NBD server listens
         self.nbd_clients: Callable[[], list[dict[str, str]]] = list  # set by engine/daemon.py
-        # more sections of the status, by name (engine/daemon.py: ``encryption``)
-        self.status_extras: dict[str, Callable[[], dict[str, Any]]] = {}
         # mutual TLS to the replica servers with this volume's engine certificate (None:
         # plain TCP; the engine's daemon refuses that unless --plaintext was given)
         if tls is None and settings.tls_dir:
@@ -429,28 +427,6 @@ class Volume:
             self.counters["repaired_blocks"] += fixed
             log.info("volume %s: block %d repaired on %s", self.name, b, link.spec)
 
-    async def read_copies(self, offset: int, length: int) -> list[tuple[str, bytes]]:
-        """The range as each current replica holds it: (replica id, bytes), for a layer
-        above that found the bytes wrong although their checksums hold (the encrypting
-        device: a block that fails authentication). A replica that fails the read is left
-        out (its checksum errors are the read path's business)."""
-        self.check_usable()
-        out: list[tuple[str, bytes]] = []
-        for link in self.readers():
-            client = link.client
-            if client is None:
-                continue
-            try:
-                fut = client.send(Op.READ, offset, length)
-                await answers([fut], self.settings.replica_timeout)
-                out.append((link.spec.id, bytes(client.check(fut.result()).payload)))
-            except Fenced as e:
-                self.fenced = f"a newer engine owns replica {link.spec}: {e}"
-                raise
-            except (TimeoutError, CargoholdError, OSError):
-                continue
-        return out
-
     async def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         self.check_usable()
         for link in self.readers():
@@ -609,7 +585,6 @@ class Volume:
             "import": dict(self.import_job) if self.import_job is not None else None,
             "jobs": {k: dict(v) for k, v in self.jobs.items()},
             **self.io.status(self._inflight),
-            **{name: section() for name, section in self.status_extras.items()},
         }
 
 

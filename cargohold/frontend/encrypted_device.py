@@ -26,7 +26,7 @@ ciphertext and tags only. docs/encryption.md argues the construction; here:
 - **TRIM and WRITE_ZEROES** record a ZERO slot for each block (whole groups get a fresh
   tag block, nothing read), then release the ciphertext (TRIM of the data blocks).
 - **A block that authenticates under no slot** is read again from every other current
-  replica (``copies``: ``Volume.read_copies``); a copy that authenticates is returned and
+  replica (``copies``: ``engine/copies.py``); a copy that authenticates is returned and
   written back (data block and tag entry), and the failure is counted
   (``authentication_errors``, ``authentication_repaired``). Authenticating nowhere: a
   ``ChecksumError`` (EIO), as for rot found on every replica.
@@ -49,12 +49,9 @@ from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import (
     ENTRY,
     RETIRED_SLOT,
-    ZERO_BLOCK,
     BlockCipher,
     Slot,
-    decode_entry,
     encode_slot,
-    newest_first,
     put_slot,
     retire_older,
     version_of,
@@ -62,18 +59,18 @@ from cargohold.encryption.block_cipher import (
 from cargohold.encryption.layout import BLOCK, GROUP
 from cargohold.errors import ChecksumError, RequestError, WrongDataKey
 from cargohold.frontend.device import BlockDevice
+from cargohold.frontend.key_check import first_group_refusing
 
 log = logging.getLogger("cargohold.engine")
 
 CACHE_BLOCKS = 1024  # tag blocks cached: 4 MiB, covering 256 MiB of data
 BULK_GROUPS = 32  # groups of one TRIM / WRITE_ZEROES handled at once
 STATUS_GROUPS = 64  # groups one BLOCK_STATUS reply covers at most (16 MiB)
-KEY_CHECK_GROUPS = 64  # written groups the key check looks at before giving up
 
 
 class Copies(Protocol):
     """What the device needs of the volume below to repair: each current replica's copy
-    of a range (``Volume.read_copies``)."""
+    of a range (``engine/copies.py``)."""
 
     async def read_copies(self, offset: int, length: int) -> list[tuple[str, bytes]]: ...
 
@@ -558,55 +555,16 @@ class EncryptedDevice:
 
     # --- the key check -----------------------------------------------------------------
     async def check_key(self) -> bool:
-        """At start: does the key authenticate the volume's first written group (a block
-        of it, or a ZERO slot)? A blank volume passes. False: ``wrong_key`` is set, every
-        write is refused from now on."""
-        phys = layout.physical_size(self.size) if self.size else 0
-        seen = 0
-        off = 0
-        while off < phys and seen < KEY_CHECK_GROUPS:
-            runs = await self.inner.block_status(off, phys - off)
-            checked_to = off
-            for n, flags in runs:
-                if flags == 0:  # allocated: look at the groups it touches
-                    g = checked_to // (BLOCK * (GROUP + 1))
-                    g_end = (checked_to + n - 1) // (BLOCK * (GROUP + 1))
-                    while g <= g_end and seen < KEY_CHECK_GROUPS:
-                        verdict = await self._check_group(g)
-                        seen += 1
-                        if verdict is not None:
-                            return self._key_verdict(verdict, g)
-                        g += 1
-                checked_to += n
-            if checked_to <= off:
-                break
-            off = checked_to
-        return True
-
-    async def _check_group(self, g: int) -> bool | None:
-        """True: a block of group ``g`` authenticates; False: some have tags, none does;
-        None: nothing to check in it."""
-        raw = await self.inner.read(g * (GROUP + 1) * BLOCK, (GROUP + 1) * BLOCK)
-        mv = memoryview(raw).cast("B")
-        tags = mv[GROUP * BLOCK :]
-        tried = False
-        for j in range(GROUP):
-            entry = decode_entry(tags[j * ENTRY : (j + 1) * ENTRY])
-            ct = mv[j * BLOCK : (j + 1) * BLOCK]
-            if None in entry and ct == ZERO_BLOCK:
-                continue  # never written, or a first write cut short: proves nothing
-            for slot in newest_first(entry):
-                tried = True
-                if self.cipher.try_open(g * GROUP + j, slot, ct) is not None:
-                    return True
-        return False if tried else None
-
-    def _key_verdict(self, ok: bool, g: int) -> bool:
-        if not ok:
-            self.wrong_key = (
-                f"the data key does not authenticate this volume (no block of group {g}, "
-                "its first written one, authenticates under it): it is another volume's key "
-                "or a wrong one; writes are refused so that nothing is written with it"
-            )
-            log.error("encrypted volume: %s", self.wrong_key)
-        return ok
+        """At start (``key_check.py``): False when the key does not authenticate the
+        volume's first written group; then ``wrong_key`` says so and every write is
+        refused from now on. A blank volume passes."""
+        g = await first_group_refusing(self.inner, self.cipher)
+        if g is None:
+            return True
+        self.wrong_key = (
+            f"the data key does not authenticate this volume (no block of group {g}, "
+            "its first written one, authenticates under it): it is another volume's key "
+            "or a wrong one; writes are refused so that nothing is written with it"
+        )
+        log.error("encrypted volume: %s", self.wrong_key)
+        return False
