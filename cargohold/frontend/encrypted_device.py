@@ -309,7 +309,10 @@ class EncryptedDevice:
         if head > lo:
             writes.append(self._put_data(lo, head, memoryview(ct)[: (head - lo) * BLOCK], fua))
         if hi > head:
-            writes.append(self._put_extent(head, hi, memoryview(ct)[(head - lo) * BLOCK :], fua))
+            tail = memoryview(ct)[(head - lo) * BLOCK :]
+            writes.append(
+                self._put_extent(head, hi, tail, fua, dict(zip(groups, loaded, strict=True)))
+            )
         if len(writes) == 1:
             await writes[0]
         else:
@@ -323,7 +326,9 @@ class EncryptedDevice:
         """Ciphertext of blocks [lo, hi) of one group."""
         await self.inner.write(layout.data_block(lo) * BLOCK, ct, fua)
 
-    async def _put_extent(self, lo: int, hi: int, ct: memoryview, fua: bool) -> None:
+    async def _put_extent(
+        self, lo: int, hi: int, ct: memoryview, fua: bool, tag_blocks: Mapping[int, _Tags]
+    ) -> None:
         """Ciphertext of blocks [lo, hi), ``lo`` at a group's start: one physical extent,
         with the (already written, unchanged since: every block of them is claimed) tag
         blocks of the whole groups in it."""
@@ -341,7 +346,7 @@ class EncryptedDevice:
             buf[p : p + (b - a) * BLOCK] = ct[(a - lo) * BLOCK : (b - lo) * BLOCK]
             if b == (g + 1) * GROUP:
                 q = (layout.tag_block(a) - start) * BLOCK
-                buf[q : q + BLOCK] = self._cache[g].data
+                buf[q : q + BLOCK] = tag_blocks[g].data
         await self.inner.write(start * BLOCK, memoryview(buf), fua)
 
     async def trim(self, offset: int, length: int) -> None:
@@ -465,11 +470,17 @@ class EncryptedDevice:
         return bad
 
     async def _recover(self, bad: list[int], lo: int, out: bytearray) -> None:
-        """Blocks that failed authentication: each from another replica's copy that
-        authenticates (then written back), else ChecksumError."""
-        self.counters["authentication_errors"] += len(bad)
+        """Blocks that failed authentication: each read again (a read that raced a write
+        and the retirement of the slot it needed is no error), else from another
+        replica's copy that authenticates (then written back), else ChecksumError."""
         lost = []
         for i in bad:
+            plain = await self._again(i)
+            if plain is not None:
+                self.counters["authentication_retries"] += 1
+                out[(i - lo) * BLOCK : (i - lo + 1) * BLOCK] = plain
+                continue
+            self.counters["authentication_errors"] += 1
             plain = await self._from_copies(i)
             if plain is None:
                 lost.append(i)
@@ -483,6 +494,13 @@ class EncryptedDevice:
                 f" ({self.wrong_key})" if self.wrong_key else "",
             )
             raise self.cipher.check_error(lost, "encrypted volume")
+
+    async def _again(self, i: int) -> bytes | None:
+        """Block ``i`` read again, under its tag entry as cached now."""
+        ct = await self.inner.read(layout.data_block(i) * BLOCK, BLOCK)
+        t = await self._tags(i // GROUP)
+        j = i % GROUP
+        return self.cipher.open_block(i, ct, t.data[j * ENTRY : (j + 1) * ENTRY])
 
     async def _from_copies(self, i: int) -> bytes | None:
         if self.copies is None or self.wrong_key:

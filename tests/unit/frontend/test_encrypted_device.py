@@ -371,3 +371,32 @@ def test_concurrent_writes_then_a_crash_never_read_as_an_error(writes, data):
             assert bytes(got[b * BLOCK : (b + 1) * BLOCK]) in seen[b], b
 
     run(check())
+
+
+def test_a_read_that_raced_a_retirement_is_read_again_not_counted_as_an_error():
+    vol = MemoryVolume(layout.physical_size(LOGICAL), n=2)
+
+    async def go() -> None:
+        d = device(vol)
+        at = layout.data_block(0) * BLOCK
+        await d.write(0, memoryview(pattern(1)), False)
+        old = bytes(vol.copies[0][at : at + BLOCK])
+        await d.write(0, memoryview(pattern(2)), False)
+        await d.write(BLOCK, memoryview(pattern(3)), False)  # retires version 1's slot
+        real = vol.read
+        served = []
+
+        async def stale_once(offset: int, length: int) -> bytes:  # read before the write
+            data = await real(offset, length)
+            if not served and offset == at:
+                served.append(1)
+                return old + data[BLOCK:]
+            return data
+
+        vol.read = stale_once  # type: ignore[method-assign]
+        vol.read_now = lambda offset, length: None  # type: ignore[method-assign]
+        assert await d.read(0, 2 * BLOCK) == pattern(2) + pattern(3)
+        assert d.counters["authentication_retries"] == 1
+        assert d.counters["authentication_errors"] == 0
+
+    run(go())
