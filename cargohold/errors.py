@@ -141,6 +141,15 @@ class VersionSkew(WrongState):
     (HTTP 409) until one of them is upgraded (docs/upgrades.md)."""
 
 
+class WrongDataKey(RequestError):
+    """An encrypted volume's engine holds a data key that does not authenticate the
+    volume's blocks (another volume's key, or a wrong one): it refuses every write, so
+    nothing is ever written with it (docs/encryption.md, "The key check")."""
+
+    status = 1006
+    errno = _errno.EACCES
+
+
 class Unauthenticated(RequestError):
     """The request carries no credential the cluster accepts: no certificate or token, one
     from another cluster's CA, expired or revoked (HTTP 401)."""
@@ -232,6 +241,7 @@ STATUS_TO_ERROR: dict[int, type[RequestError]] = {
         Unschedulable,
         Unauthenticated,
         PermissionDenied,
+        WrongDataKey,
     )
 }
 

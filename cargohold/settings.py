@@ -392,6 +392,12 @@ class EngineSettings(Settings):
         None, "credentials directory of this volume's engine certificate: TLS to replicas"
     )
     plaintext: bool = setting(False, "talk to replica servers without TLS (benchmarks only)")
+    tag_cache_blocks: int = setting(
+        1024,
+        "an encrypted volume's tag blocks the engine caches (4 KiB each; 1024 = 4 MiB, "
+        "covering 256 MiB of data)",
+        ge=4,
+    )
 
 
 @dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)

@@ -18,6 +18,7 @@ of serving a volume that lacks acknowledged writes (invariant 4).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -111,7 +112,61 @@ def parser() -> argparse.ArgumentParser:
         help="when the volume's last scrub pass ended: the next periodic pass counts from it "
         "(default: from the engine's start)",
     )
+    p.add_argument(
+        "--data-key-fd",
+        type=int,
+        metavar="N",
+        help="an encrypted volume: read its 32-byte AES-256 data key (raw bytes) from file "
+        "descriptor N, then close it (the key never goes to argv, the environment or a file; "
+        "docs/encryption.md)",
+    )
+    p.add_argument(
+        "--encryption-key-id",
+        metavar="HEX32",
+        help="an encrypted volume's 16-byte encryption id, in hex (with --data-key-fd)",
+    )
     return p
+
+
+def read_data_key(fd: int) -> bytes:
+    """Exactly 32 bytes from file descriptor ``fd`` (then closed): the data key."""
+    key = bytearray()
+    try:
+        while len(key) < 32:
+            chunk = os.read(fd, 32 - len(key))
+            if not chunk:
+                break
+            key += chunk
+    except OSError as e:
+        raise ConfigError(f"--data-key-fd {fd}: cannot read the data key: {e.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if len(key) != 32:
+        raise ConfigError(
+            f"--data-key-fd {fd}: expected exactly 32 bytes of data key, got {len(key)}"
+        )
+    out = bytes(key)
+    key[:] = bytes(32)
+    return out
+
+
+def parse_encryption(a: argparse.Namespace) -> tuple[bytes | None, bytes | None]:
+    """(data key, encryption id) from --data-key-fd and --encryption-key-id, or (None,
+    None) for a plain volume; ConfigError unless both or neither are given."""
+    if a.data_key_fd is None and a.encryption_key_id is None:
+        return None, None
+    if a.data_key_fd is None or a.encryption_key_id is None:
+        raise ConfigError("--data-key-fd and --encryption-key-id go together")
+    try:
+        vid = bytes.fromhex(a.encryption_key_id)
+    except ValueError:
+        vid = b""
+    if len(vid) != 16:
+        raise ConfigError(
+            f"--encryption-key-id {a.encryption_key_id!r}: expected 32 hex digits (16 bytes)"
+        )
+    return read_data_key(a.data_key_fd), vid
 
 
 def parse_qos(text: str) -> dict:
@@ -145,6 +200,7 @@ def main(argv: list[str]) -> int:
         host, port = (
             split_addr(a.listen, DEFAULT_NBD_PORT) if a.listen else ("127.0.0.1", DEFAULT_NBD_PORT)
         )
+        data_key, encryption_id = parse_encryption(a)
         config = daemon.EngineRun(
             volume=a.volume,
             replicas=specs,
@@ -164,6 +220,8 @@ def main(argv: list[str]) -> int:
             plaintext=a.plaintext,
             qos=parse_qos(a.qos) if a.qos else {},
             read_only=a.read_only,
+            data_key=data_key,
+            encryption_id=encryption_id,
         )
     except CargoholdError as e:
         return _fail(str(e), 2)

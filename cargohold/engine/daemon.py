@@ -22,14 +22,18 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 from cargohold import memtune
 from cargohold.constants import DEFAULT_NBD_PORT
+from cargohold.encryption.block_cipher import MAX_EPOCH, BlockCipher
 from cargohold.engine.control import serve_control
+from cargohold.engine.copies import ReplicaCopies
 from cargohold.engine.replica_link import ReplicaSpec
 from cargohold.engine.scrubber import Scrubber
 from cargohold.engine.volume import Volume
 from cargohold.errors import ConfigError
+from cargohold.frontend.encrypted_device import EncryptedDevice
 from cargohold.frontend.nbd_server import serve
 from cargohold.frontend.qos_gate import QosGate
 from cargohold.security.policy import nbd_authorizer
@@ -64,6 +68,11 @@ class EngineRun:
     plaintext: bool = False  # a network NBD endpoint without TLS (benchmarks; loud)
     qos: dict = field(default_factory=dict)  # QoS limits to start with (cargohold.qos_limits)
     read_only: bool = False  # NBD clients may only read (a read-only attach: EngineSpec)
+    # an encrypted volume (docs/encryption.md): its AES-256 data key (read from
+    # --data-key-fd; never in argv, the environment, a log or a file) and its 16-byte
+    # encryption id (--encryption-key-id). None: a plain volume.
+    data_key: bytes | None = field(default=None, repr=False)
+    encryption_id: bytes | None = None
 
 
 def nbd_credentials(config: EngineRun) -> Credentials | None:
@@ -126,6 +135,13 @@ async def serve_engine(config: EngineRun) -> None:
     """The engine in the running event loop, until SIGTERM/SIGINT."""
     tls = nbd_credentials(config)  # before anything starts: a bad setup fails at once
     creds = replica_credentials(config, tls)
+    cipher = None
+    if config.data_key is not None:
+        if config.encryption_id is None:
+            raise ConfigError("an encrypted volume needs its encryption id (--encryption-key-id)")
+        if config.epoch > MAX_EPOCH:
+            raise ConfigError(f"epoch {config.epoch}: an encrypted volume's epoch fits 32 bits")
+        cipher = BlockCipher(config.data_key, config.encryption_id)
     vol = Volume(
         config.volume,
         config.replicas,
@@ -137,6 +153,20 @@ async def serve_engine(config: EngineRun) -> None:
     )
     vol.read_only = config.read_only  # the NBD export's flag: writes answered EPERM
     await vol.start()
+    device: Any = vol
+    if cipher is not None:  # encrypted: the NBD server serves the logical volume
+        enc = EncryptedDevice(
+            vol,
+            cipher,
+            config.epoch,
+            vol.counters,
+            copies=ReplicaCopies(vol),
+            cache_blocks=config.settings.tag_cache_blocks,
+            layout_version=lambda: vol.local.layout,  # a revert: the tag cache is dropped
+        )
+        await enc.check_key()  # a wrong key: writes refused, reads fail (logged)
+        vol.io.sections["encryption"] = enc.status
+        device = enc
     memtune.freeze_gc()
 
     def listening(addresses: list[str]) -> None:
@@ -154,7 +184,7 @@ async def serve_engine(config: EngineRun) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await serve(
-            vol,
+            device,
             config.host,
             config.port,
             unix=config.unix,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -22,6 +23,8 @@ class IoStats:
         )
         self.latency_sum_us: collections.Counter[str] = collections.Counter()
         self.reading = 0  # reads waiting on a replica now
+        # more sections of the engine's status, by name (engine/daemon.py: ``encryption``)
+        self.sections: dict[str, Callable[[], dict[str, Any]]] = {}
 
     def observe(self, what: str, t0: float) -> None:
         """One ``what`` request done that began at ``time.perf_counter()`` ``t0``."""
@@ -37,4 +40,5 @@ class IoStats:
             "latency_log2_us": {k: dict(v) for k, v in self.latency.items()},
             "latency_sum_us": dict(self.latency_sum_us),
             "inflight": inflight + self.reading,
+            **{name: section() for name, section in self.sections.items()},
         }

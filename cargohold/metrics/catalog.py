@@ -59,6 +59,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("cargohold_volume_replica_errors_total", "counter", V, "Replica requests that failed or timed out (the replica is dropped)", "engine"),
     Spec("cargohold_volume_checksum_errors_total", "counter", V, "Reads a replica answered with a checksum error (read again elsewhere)", "engine"),
     Spec("cargohold_volume_repaired_blocks_total", "counter", V, "Blocks repaired in place after a checksum error on read", "engine"),
+    Spec("cargohold_volume_authentication_errors_total", "counter", V, "Blocks of an encrypted volume that failed authentication on the copy read first (read again elsewhere)", "engine"),
+    Spec("cargohold_volume_authentication_repaired_blocks_total", "counter", V, "Blocks of an encrypted volume written back from a replica's copy that authenticates", "engine"),
     Spec("cargohold_volume_scrub_passes_total", "counter", V, "Scrub passes finished", "engine"),
     Spec("cargohold_volume_scrub_bad_blocks_total", "counter", V, "Bad blocks scrub found", "engine"),
     Spec("cargohold_volume_scrub_repaired_blocks_total", "counter", V, "Blocks scrub repaired (bad or diverged)", "engine"),

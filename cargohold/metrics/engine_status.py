@@ -30,6 +30,8 @@ COUNTERS = {
     "replica_errors": "cargohold_volume_replica_errors_total",
     "checksum_errors": "cargohold_volume_checksum_errors_total",
     "repaired_blocks": "cargohold_volume_repaired_blocks_total",
+    "authentication_errors": "cargohold_volume_authentication_errors_total",
+    "authentication_repaired": "cargohold_volume_authentication_repaired_blocks_total",
     "scrub_passes": "cargohold_volume_scrub_passes_total",
     "scrub_bad_blocks": "cargohold_volume_scrub_bad_blocks_total",
 }

@@ -25,6 +25,7 @@ class EngineProc(Launched):
     proc: subprocess.Popen | None = None
     log_path: str = ""
     tls_dir: str | None = None  # the engine's credentials (tests/support/tls.py); None: --plaintext
+    pass_fds: tuple[int, ...] = ()  # descriptors the engine inherits (e.g. --data-key-fd)
 
     @property
     def control(self) -> str:
@@ -58,7 +59,13 @@ class EngineProc(Launched):
             cmd += ["--tls-dir", self.tls_dir] if self.tls_dir else ["--plaintext"]
         log = os.path.join(self.workdir, f"engine-{time.monotonic_ns()}.log")
         self.port = self._launch(
-            cmd, log, r"nbd server listening on 127\.0\.0\.1:(\d+)", timeout, "engine", "INFO"
+            cmd,
+            log,
+            r"nbd server listening on 127\.0\.0\.1:(\d+)",
+            timeout,
+            "engine",
+            "INFO",
+            pass_fds=self.pass_fds,
         )
         return self
 

@@ -41,13 +41,16 @@ class Launched:
         timeout: float,
         what: str,
         log_level: str = "WARNING",
+        pass_fds: tuple[int, ...] = (),
     ) -> int:
         env = dict(
             os.environ, PYTHONPATH=ROOT, CARGOHOLD_LOG=os.environ.get("CARGOHOLD_LOG", log_level)
         )
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             m = re.search(pattern, self.output())

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Benchmark: what encryption at rest costs on the data path (issue #19, "Tests and figures").
+
+One engine with three replica servers on loopback, started fresh for every run, serving a
+plain volume and an encrypted one (``--data-key-fd``: AES-256-GCM-SIV per 4 KiB block, a
+tag block per 64 blocks; docs/encryption.md), interleaved: every repetition runs both, in
+alternating order, so the two see the same machine within a minute of each other. The
+replica links are in clear (``--plaintext``) in both, so the difference is encryption's
+alone. Workloads (fio, ``--ioengine=nbd``): 4 KiB random write and read at QD16, 1 MiB
+sequential write and read at QD4, over a region written in full first (reads of written
+blocks, so the reads decrypt). Reported per mode: median and spread (min-max) of IOPS and
+MB/s over the repetitions, encryption's cost as the ratio of the medians, and the CPU an
+operation costs (µs of CPU of the engine and the three replica servers together per
+operation, from /proc/PID/stat; robust on a shared machine where throughput is not), with
+the host's load. Writeback is settled before every measured run. Last, the cipher alone in
+this process (µs per 4 KiB block sealed and opened).
+
+    .venv/bin/python benchmarks/encryption.py [--repeats 3] [--seconds 10] [--size 256MiB] \\
+        [--json benchmarks/results/encryption.json]
+
+Every process started here is stopped by its PID, on errors and Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import method  # noqa: E402  (benchmarks/method.py)
+
+from cargohold.cli.units import parse_size  # noqa: E402
+from cargohold.encryption import layout  # noqa: E402
+from cargohold.encryption.block_cipher import BlockCipher, Slot, encode_slot  # noqa: E402
+from cargohold.replica.client import ReplicaClient  # noqa: E402
+from tests.support.engine import EngineProc  # noqa: E402
+from tests.support.processes import ServerProc  # noqa: E402
+
+WORKLOADS = {
+    "randwrite-4k-qd16": ("randwrite", "4k", 16),
+    "randread-4k-qd16": ("randread", "4k", 16),
+    "seqwrite-1m-qd4": ("write", "1M", 4),
+    "seqread-1m-qd4": ("read", "1M", 4),
+}
+KEYS = ("iops", "mb_per_s", "cpu_us_per_op", "cpu_us_per_op_engine")
+KEY = os.urandom(32)
+VID = os.urandom(16)
+
+
+def fio(uri: str, rw: str, bs: str, qd: int, size: int, seconds: float) -> dict[str, float]:
+    cmd = ["fio", "--name=enc", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", f"--size={size}"]
+    cmd += ["--ioengine=nbd", f"--uri={uri}", "--output-format=json", "--randrepeat=0"]
+    cmd += ["--norandommap"]
+    if seconds:
+        cmd += ["--time_based", f"--runtime={seconds}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=(seconds or 600) + 120)
+    if p.returncode != 0 or "{" not in p.stdout:
+        raise RuntimeError(f"fio failed: {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
+    job = json.loads(p.stdout[p.stdout.index("{") :])["jobs"][0]
+    side = job["read"] if "read" in rw else job["write"]
+    return {"iops": side["iops"], "mb_per_s": side["bw_bytes"] / 1e6, "ios": side["total_ios"]}
+
+
+class System:
+    """Three replica servers and one engine, its volume encrypted or plain."""
+
+    def __init__(self, work: str, encrypted: bool, size: int, run: int) -> None:
+        self.encrypted, self.size = encrypted, size
+        self.root = os.path.join(work, f"run-{run}-{'enc' if encrypted else 'plain'}")
+        os.makedirs(self.root)
+        self.servers: list[ServerProc] = []
+        self.engine: EngineProc | None = None
+
+    def start(self) -> None:
+        for i in range(3):
+            disk = os.path.join(self.root, f"node-{i}")
+            os.makedirs(disk)
+            s = ServerProc([disk], log_dir=self.root)
+            self.servers.append(s)
+            s.start()
+        physical = layout.physical_size(self.size) if self.encrypted else self.size
+
+        async def create() -> None:
+            for i, s in enumerate(self.servers):
+                c = await ReplicaClient.connect("127.0.0.1", s.port, replica=f"b-r{i}")
+                await c.create(f"b-r{i}", physical, volume="b")
+                await c.close()
+
+        asyncio.run(create())
+        specs = [f"b-r{i}@127.0.0.1:{s.port}" for i, s in enumerate(self.servers)]
+        if not self.encrypted:
+            self.engine = EngineProc("b", specs, 1, self.root, local="b-r0").start()
+            return
+        r, w = os.pipe()
+        os.write(w, KEY)
+        os.close(w)
+        extra = ["--data-key-fd", str(r), "--encryption-key-id", VID.hex()]
+        self.engine = EngineProc("b", specs, 1, self.root, local="b-r0", extra=extra)
+        self.engine.pass_fds = (r,)
+        try:
+            self.engine.start()
+        finally:
+            os.close(r)
+
+    @property
+    def pids(self) -> list[int]:
+        procs = [self.engine, *self.servers]
+        return [p.proc.pid for p in procs if p is not None and p.proc is not None]
+
+    def fill(self) -> None:
+        assert self.engine is not None
+        fio(self.engine.uri, "write", "1M", 8, self.size, 0)
+
+    def measure(self, rw: str, bs: str, qd: int, seconds: float) -> dict[str, float]:
+        assert self.engine is not None
+        method.settle_writeback()
+        cpu0 = method.cpu_ticks(self.pids)
+        r = fio(self.engine.uri, rw, bs, qd, self.size, seconds)
+        cpu1 = method.cpu_ticks(self.pids)
+        r["cpu_us_per_op"] = method.cpu_us_per_op(cpu0, cpu1, r["ios"])
+        r["cpu_us_per_op_engine"] = method.cpu_us_per_op(
+            {self.pids[0]: cpu0[self.pids[0]]}, cpu1, r["ios"]
+        )
+        return r
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+        for s in self.servers:
+            s.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def cipher_alone(n: int = 20000) -> dict[str, float]:
+    """µs per 4 KiB block sealed and opened by the block cipher, in this process."""
+    c = BlockCipher(KEY, VID)
+    plain = os.urandom(4096)
+    t0 = time.perf_counter()
+    for i in range(n):
+        ct, tag = c.seal(i, 1 << 32 | 1, plain)
+    t1 = time.perf_counter()
+    entry = encode_slot(Slot(1 << 32 | 1, tag)) + bytes(32)
+    for _ in range(n):
+        c.open_block(n - 1, ct, entry)
+    t2 = time.perf_counter()
+    return {"seal_us": 1e6 * (t1 - t0) / n, "open_us": 1e6 * (t2 - t1) / n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--size", default="256MiB")
+    ap.add_argument(
+        "--json", default=os.path.join(ROOT, "benchmarks", "results", "encryption.json")
+    )
+    ap.add_argument("--workdir", default=None, help="where the replicas live (default: a tmp dir)")
+    ap.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help="comma-separated subset of: " + ", ".join(WORKLOADS),
+    )
+    args = ap.parse_args()
+    chosen = [w for w in args.workloads.split(",") if w]
+    unknown = set(chosen) - set(WORKLOADS)
+    if unknown:
+        ap.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    for w in list(WORKLOADS):
+        if w not in chosen:
+            del WORKLOADS[w]
+    size = layout.logical_size_for(parse_size(args.size))
+
+    def on_signal(signum: int, frame: Any) -> None:  # stop what we started, by PID
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    load_before = os.getloadavg()
+    work = tempfile.mkdtemp(prefix="cargohold-enc-bench-", dir=args.workdir)
+    runs: dict[str, dict[str, list[float]]] = {
+        m: {f"{w}:{k}": [] for w in WORKLOADS for k in KEYS} for m in ("plain", "encrypted")
+    }
+    loads: list[float] = []
+    try:
+        for rep in range(args.repeats):
+            for enc in (False, True) if rep % 2 == 0 else (True, False):
+                mode = "encrypted" if enc else "plain"
+                sys_ = System(work, enc, size, rep)
+                try:
+                    sys_.start()
+                    sys_.fill()
+                    for w, (rw, bs, qd) in WORKLOADS.items():
+                        r = sys_.measure(rw, bs, qd, args.seconds)
+                        for k in KEYS:
+                            runs[mode][f"{w}:{k}"].append(r[k])
+                        loads.append(os.getloadavg()[0])
+                        print(
+                            f"repeat {rep + 1} {mode:9} {w:18} {r['iops']:9.0f} IOPS "
+                            f"{r['mb_per_s']:8.1f} MB/s {r['cpu_us_per_op']:7.0f} CPU µs/op "
+                            f"(engine {r['cpu_us_per_op_engine']:.0f}) load {loads[-1]:.1f}",
+                            flush=True,
+                        )
+                finally:
+                    sys_.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "load_before": load_before,
+        "load_during": method.spread(loads),
+        "commit": subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "args": vars(args),
+        "modes": {m: {k: method.spread(v) for k, v in d.items()} for m, d in runs.items()},
+        "raw": runs,
+        "cipher_alone": cipher_alone(),
+    }
+    cost = {}
+    for w in WORKLOADS:
+        for k in KEYS:
+            p = result["modes"]["plain"][f"{w}:{k}"]["median"]
+            e = result["modes"]["encrypted"][f"{w}:{k}"]["median"]
+            if k.startswith("cpu"):  # what encryption adds to the CPU an operation costs
+                cost[f"{w}:{k}"] = 100 * (e / p - 1) if p else 0.0
+            else:  # what encryption takes off the throughput
+                cost[f"{w}:{k}"] = 100 * (1 - e / p) if p else 0.0
+    result["encryption_cost_pct"] = cost
+    result["load_after"] = os.getloadavg()
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print()
+    for w in WORKLOADS:
+        for k in KEYS:
+            p, e = (result["modes"][m][f"{w}:{k}"] for m in ("plain", "encrypted"))
+            print(
+                f"{w:18} {k:20} plain {p['median']:9.1f} ({p['min']:.1f}-{p['max']:.1f})  "
+                f"encrypted {e['median']:9.1f} ({e['min']:.1f}-{e['max']:.1f})  "
+                f"cost {cost[f'{w}:{k}']:5.1f}%"
+            )
+    ca = result["cipher_alone"]
+    print(f"cipher alone: seal {ca['seal_us']:.1f} µs, open {ca['open_us']:.1f} µs per 4 KiB")
+    print(f"load during: {result['load_during']}")
+    print(f"written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

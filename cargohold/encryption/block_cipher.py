@@ -1,0 +1,285 @@
+"""The block cipher of an encrypted volume: AES-256-GCM-SIV per 4 KiB block, and the codec
+of the tag entries that authenticate each block's newest versions.
+
+Sans-I/O: bytes in, bytes out. The engine's encrypting device
+(``frontend/encrypted_device.py``) calls it on every read and write; tests and the format
+sample (``docs/formats/encrypted-volume.md``) decode with it. docs/encryption.md argues the
+construction; in short:
+
+- block *i* written at version *v* is ``AESGCMSIV(key).encrypt(nonce(i, v), plaintext,
+  ad(id, i, v))``: 4096 bytes of ciphertext (stored in the block) and a 16-byte tag (stored
+  in the block's tag entry). ``nonce = v (u64 BE) ‖ i mod 2**32 (u32 BE)``; ``ad = id (16
+  bytes) ‖ i (u64 BE) ‖ v (u64 BE)``. A block moved (other index), from another volume (other
+  id) or replayed from another version fails authentication.
+- a version never repeats for a key: ``epoch << 32 | counter``, the engine's epoch (it
+  grows on every engine start) and a counter of the engine's tag updates. GCM-SIV keeps even
+  a repeated nonce harmless (it only reveals that the same plaintext was written to the same
+  block at the same version), which covers clones that keep their parent's key and id.
+- a tag entry (``ENTRY`` = 64 bytes) has two slots of ``SLOT`` = 32 bytes: version (u64 LE,
+  0 = empty), tag (16), flags (u8: ``ZERO``), 7 reserved zero bytes. A write puts its tag into
+  the slot that does not hold the newest version; a read accepts the newest slot that
+  authenticates the stored ciphertext (``open_block``). A ``ZERO`` slot authenticates "zeros
+  at version v" (the tag of the empty plaintext under the same nonce and ad), whatever the
+  stored ciphertext.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+
+from cargohold.encryption.layout import BLOCK, ENTRY, GROUP
+from cargohold.errors import ChecksumError, InvalidArgument
+
+KEY_BYTES = 32  # AES-256
+ID_BYTES = 16  # the volume's encryption id
+TAG_BYTES = 16
+SLOT = 32  # two slots per ENTRY
+SLOT_STRUCT = struct.Struct("<Q16sB7x")  # version, tag, flags, reserved
+ENTRY_STRUCT = struct.Struct("<Q16sB7xQ16sB7x")  # both slots
+NONCE = struct.Struct(">QI")  # version, block index mod 2**32
+AD_TAIL = struct.Struct(">QQ")  # block index, version (after the 16-byte id)
+ZERO = 0x01  # the slot authenticates "zeros at this version"; the ciphertext is ignored
+RETIRED = 0x02  # an older slot given up after a newer version was written: never accepted
+RETIRED_VERSION = 1  # below every real version (the epoch is at least 1)
+EMPTY_SLOT = bytes(SLOT)
+ZERO_BLOCK = bytes(BLOCK)
+MAX_EPOCH = (1 << 32) - 1
+MAX_COUNTER = (1 << 32) - 1
+
+assert SLOT_STRUCT.size == SLOT and 2 * SLOT == ENTRY
+
+
+@dataclass(frozen=True)
+class Slot:
+    version: int
+    tag: bytes
+    flags: int = 0
+
+    @property
+    def zero(self) -> bool:
+        return bool(self.flags & ZERO)
+
+    @property
+    def retired(self) -> bool:
+        return bool(self.flags & RETIRED)
+
+
+RETIRED_SLOT = Slot(RETIRED_VERSION, bytes(TAG_BYTES), RETIRED)
+
+
+def version_of(epoch: int, counter: int) -> int:
+    """The version ``epoch ‖ counter`` (both u32)."""
+    if not 0 < epoch <= MAX_EPOCH or not 0 < counter <= MAX_COUNTER:
+        raise InvalidArgument(f"version ({epoch}, {counter}): both must be in 1..2**32-1")
+    return epoch << 32 | counter
+
+
+def decode_slot(buf: bytes | bytearray | memoryview) -> Slot | None:
+    """One slot's 32 bytes -> the Slot, or None when it is empty (version 0)."""
+    version, tag, flags = SLOT_STRUCT.unpack(buf)
+    if version == 0:
+        return None
+    return Slot(version, bytes(tag), flags)
+
+
+def encode_slot(slot: Slot | None) -> bytes:
+    if slot is None:
+        return EMPTY_SLOT
+    return SLOT_STRUCT.pack(slot.version, slot.tag, slot.flags)
+
+
+def decode_entry(buf: bytes | bytearray | memoryview) -> tuple[Slot | None, Slot | None]:
+    """A tag entry's 64 bytes -> its two slots (None: empty)."""
+    return decode_slot(buf[:SLOT]), decode_slot(buf[SLOT:ENTRY])
+
+
+def newest_first(entry: tuple[Slot | None, Slot | None]) -> list[Slot]:
+    """The slots that may authenticate, newest first (not empty, not retired)."""
+    return sorted((s for s in entry if s is not None and not s.retired), key=lambda s: -s.version)
+
+
+def put_slot(tags: bytearray | memoryview, j: int, slot: Slot) -> None:
+    """Record ``slot`` as block ``j``'s newest (``j`` < GROUP) in a tag block: into the slot
+    that does not hold the newest version, so the newest one survives until the new
+    block is written."""
+    base = j * ENTRY
+    a, b = decode_entry(tags[base : base + ENTRY])
+    newest = newest_first((a, b))
+    at = base + SLOT if newest and a is newest[0] else base
+    tags[at : at + SLOT] = encode_slot(slot)
+
+
+def retire_older(tags: bytearray | memoryview, j: int) -> bool:
+    """Retire the older slot of block ``j`` (after its newest version's data is written):
+    a replay of the previous version stops authenticating, and the block is marked
+    written (an empty slot beside a zeroed ciphertext would read as never written).
+    -> True if the entry changed."""
+    base = j * ENTRY
+    a, b = decode_entry(tags[base : base + ENTRY])
+    newest = newest_first((a, b))
+    if not newest:
+        return False
+    at = base if b is newest[0] else base + SLOT
+    if decode_slot(tags[at : at + SLOT]) == RETIRED_SLOT:
+        return False
+    tags[at : at + SLOT] = encode_slot(RETIRED_SLOT)
+    return True
+
+
+def entry_versions(tags: bytes | bytearray | memoryview) -> list[int]:
+    """The newest version recorded in each of a tag block's entries (0: never written)."""
+    out = []
+    for j in range(GROUP):
+        slots = newest_first(decode_entry(tags[j * ENTRY : (j + 1) * ENTRY]))
+        out.append(slots[0].version if slots else 0)
+    return out
+
+
+class BlockCipher:
+    """The AEAD of one volume: its data key and its encryption id."""
+
+    def __init__(self, key: bytes, volume_id: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise InvalidArgument(f"a data key is {KEY_BYTES} bytes, not {len(key)}")
+        if len(volume_id) != ID_BYTES:
+            raise InvalidArgument(f"an encryption id is {ID_BYTES} bytes, not {len(volume_id)}")
+        self._aead = AESGCMSIV(bytes(key))
+        self.volume_id = bytes(volume_id)
+        self.auth_failures = 0  # blocks that authenticated under no slot (open_block)
+
+    def _nonce_ad(self, index: int, version: int) -> tuple[bytes, bytes]:
+        return (
+            NONCE.pack(version, index & 0xFFFFFFFF),
+            self.volume_id + AD_TAIL.pack(index, version),
+        )
+
+    # --- writes ------------------------------------------------------------------------
+    def seal(
+        self, index: int, version: int, plaintext: bytes | bytearray | memoryview
+    ) -> tuple[bytes, bytes]:
+        """One block -> (ciphertext, tag)."""
+        nonce, ad = self._nonce_ad(index, version)
+        out = self._aead.encrypt(nonce, bytes(plaintext), ad)
+        return out[:BLOCK], out[BLOCK:]
+
+    def seal_run(
+        self, first: int, version: int, plaintext: bytes | bytearray | memoryview, out: bytearray
+    ) -> list[bytes]:
+        """Blocks ``first, first + 1, ...`` of ``plaintext`` (a multiple of BLOCK) at one
+        version: their ciphertext into ``out`` (same length), -> their tags."""
+        mv = memoryview(plaintext).cast("B")
+        dst = memoryview(out)
+        enc = self._aead.encrypt
+        vid = self.volume_id
+        tags = []
+        for k in range(len(mv) // BLOCK):
+            i = first + k
+            sealed = enc(
+                NONCE.pack(version, i & 0xFFFFFFFF),
+                mv[k * BLOCK : (k + 1) * BLOCK],
+                vid + AD_TAIL.pack(i, version),
+            )
+            dst[k * BLOCK : (k + 1) * BLOCK] = memoryview(sealed)[:BLOCK]
+            tags.append(sealed[BLOCK:])
+        return tags
+
+    def zero_tag(self, index: int, version: int) -> bytes:
+        """The tag that says "block ``index`` is zeros at ``version``"."""
+        nonce, ad = self._nonce_ad(index, version)
+        return self._aead.encrypt(nonce, b"", ad)
+
+    # --- reads -------------------------------------------------------------------------
+    def try_open(
+        self, index: int, slot: Slot, ciphertext: bytes | bytearray | memoryview
+    ) -> bytes | None:
+        """The plaintext if ``slot`` authenticates ``ciphertext`` as block ``index``
+        (b"" for a ZERO slot: the block is zeros), else None."""
+        nonce, ad = self._nonce_ad(index, slot.version)
+        try:
+            if slot.zero:
+                self._aead.decrypt(nonce, slot.tag, ad)
+                return b""
+            return self._aead.decrypt(nonce, bytes(ciphertext) + slot.tag, ad)
+        except InvalidTag:
+            return None
+
+    def open_block(
+        self,
+        index: int,
+        ciphertext: bytes | bytearray | memoryview,
+        entry: bytes | bytearray | memoryview,
+    ) -> bytes | None:
+        """Block ``index``'s plaintext from its stored ciphertext and tag entry, or None
+        when it does not authenticate (counted in ``auth_failures``):
+
+        - the newest slot that authenticates wins (a ZERO slot: zeros);
+        - no slot authenticates, but one is empty (not retired) and the stored ciphertext
+          is all zeros: the block was never written, or its first write stopped between
+          the tag and the data (a crash): zeros, its old content;
+        - otherwise None (tampered, moved, replayed, another volume's, or a wrong key).
+        """
+        # the read path's hot loop: the same rules as ``newest_first`` and ``try_open``,
+        # without a Slot object per slot
+        va, ta, fa, vb, tb, fb = ENTRY_STRUCT.unpack(entry)
+        use_a = va != 0 and not fa & RETIRED
+        use_b = vb != 0 and not fb & RETIRED
+        order: tuple[tuple[int, bytes, int], ...]
+        if use_a and use_b:
+            order = ((va, ta, fa), (vb, tb, fb)) if va > vb else ((vb, tb, fb), (va, ta, fa))
+        elif use_a:
+            order = ((va, ta, fa),)
+        elif use_b:
+            order = ((vb, tb, fb),)
+        else:
+            order = ()
+        aead, vid, low = self._aead, self.volume_id, index & 0xFFFFFFFF
+        for version, tag, flags in order:
+            nonce, ad = NONCE.pack(version, low), vid + AD_TAIL.pack(index, version)
+            try:
+                if flags & ZERO:
+                    aead.decrypt(nonce, tag, ad)
+                    return ZERO_BLOCK
+                return aead.decrypt(nonce, b"".join((ciphertext, tag)), ad)
+            except InvalidTag:
+                continue
+        if (va == 0 or vb == 0) and ciphertext == ZERO_BLOCK:
+            return ZERO_BLOCK
+        self.auth_failures += 1
+        return None
+
+    def open_run(
+        self,
+        first: int,
+        ciphertext: bytes | bytearray | memoryview,
+        tags: bytes | bytearray | memoryview,
+        out: bytearray,
+    ) -> list[int]:
+        """Blocks ``first, ...`` of ``ciphertext`` whose tag entries are ``tags`` (one
+        ENTRY per block, in order): their plaintext into ``out``. -> the indexes of the
+        blocks that failed authentication (their part of ``out`` is left as it was)."""
+        mv = memoryview(ciphertext).cast("B")
+        tv = memoryview(tags).cast("B")
+        dst = memoryview(out)
+        bad = []
+        for k in range(len(mv) // BLOCK):
+            got = self.open_block(
+                first + k, mv[k * BLOCK : (k + 1) * BLOCK], tv[k * ENTRY : (k + 1) * ENTRY]
+            )
+            if got is None:
+                bad.append(first + k)
+            else:
+                dst[k * BLOCK : (k + 1) * BLOCK] = got
+        return bad
+
+    def check_error(self, blocks: list[int], what: str) -> ChecksumError:
+        """The error a read answers when blocks fail authentication on every copy."""
+        more = f" (and {len(blocks) - 1} more)" if len(blocks) > 1 else ""
+        return ChecksumError(
+            f"{what}: block {blocks[0]}{more} fails authentication: tampered, moved, "
+            "replayed, another volume's, or the wrong data key",
+            blocks=blocks,
+        )

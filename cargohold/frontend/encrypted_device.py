@@ -1,0 +1,588 @@
+"""An encrypted volume as a BlockDevice: the engine's NBD server serves this in front of
+the replicated volume when the volume is encrypted (``engine/daemon.py``, ``--data-key-fd``).
+
+The volume below (the *physical* device: the engine's ``Volume``) holds groups of 64
+ciphertext blocks and one tag block (``encryption/layout.py``); this device serves the
+*logical* blocks: it encrypts before the fan-out and authenticates and decrypts after the
+read (``encryption/block_cipher.py``). Replicas, rebuilds, snapshots, scrub and backups see
+ciphertext and tags only. docs/encryption.md argues the construction; here:
+
+- **Tag blocks** are cached (``TagCache``: an LRU of at most ``cache_blocks`` tag blocks of
+  4 KiB, 4 MiB by default, which covers 256 MiB of the volume's data). The cached copy is
+  authoritative while the engine runs: every change to a tag block is made here, in memory,
+  and then written (``_commit``). A tag block with changes pending is never evicted.
+- **A write** waits for earlier writes of the same blocks (``_claim``), takes the next
+  version, encrypts, puts each block's new tag into the slot that does not hold its newest
+  version, writes the tag block, and only once the replicas acknowledged it writes the
+  ciphertext. Concurrent writes to neighbours share one tag block: their updates are merged
+  into the next write of that block (one tag write in flight per tag block, the changes
+  made meanwhile go together in the one after it). A crash between the tag and the data
+  leaves the old slot authenticating the old data: each block reads old or new.
+- Whole groups of a write go as one physical extent (ciphertext and their tag blocks, the
+  tags written once before it as well), the partial group before them on its own.
+- **After the data of a write is acknowledged**, the block's older slot is *retired* at
+  the next write of its tag block (lazily): a replay of the previous version stops
+  authenticating then.
+- **TRIM and WRITE_ZEROES** record a ZERO slot for each block (whole groups get a fresh
+  tag block, nothing read), then release the ciphertext (TRIM of the data blocks).
+- **A block that authenticates under no slot** is read again from every other current
+  replica (``copies``: ``engine/copies.py``); a copy that authenticates is returned and
+  written back (data block and tag entry), and the failure is counted
+  (``authentication_errors``, ``authentication_repaired``). Authenticating nowhere: a
+  ``ChecksumError`` (EIO), as for rot found on every replica.
+- **The key check** (``check_key``, at start): the first written group is read and at
+  least one of its blocks must authenticate; otherwise the key is not this volume's and
+  every write is refused (``WrongDataKey``) while reads fail authentication: nothing is
+  ever written with a wrong key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from cargohold.encryption import layout
+from cargohold.encryption.block_cipher import (
+    ENTRY,
+    RETIRED_SLOT,
+    BlockCipher,
+    Slot,
+    encode_slot,
+    put_slot,
+    retire_older,
+    version_of,
+)
+from cargohold.encryption.layout import BLOCK, GROUP
+from cargohold.errors import ChecksumError, RequestError, WrongDataKey
+from cargohold.frontend.device import BlockDevice
+from cargohold.frontend.key_check import first_group_refusing
+
+log = logging.getLogger("cargohold.engine")
+
+CACHE_BLOCKS = 1024  # tag blocks cached: 4 MiB, covering 256 MiB of data
+BULK_GROUPS = 32  # groups of one TRIM / WRITE_ZEROES handled at once
+STATUS_GROUPS = 64  # groups one BLOCK_STATUS reply covers at most (16 MiB)
+
+
+class Copies(Protocol):
+    """What the device needs of the volume below to repair: each current replica's copy
+    of a range (``engine/copies.py``)."""
+
+    async def read_copies(self, offset: int, length: int) -> list[tuple[str, bytes]]: ...
+
+
+class _Tags:
+    """One cached tag block and its writes."""
+
+    __slots__ = ("acked", "applied", "data", "done", "error", "writing", "written")
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = bytearray(data)
+        self.applied = 0  # changes made in memory
+        self.written = 0  # changes the replicas acknowledged
+        self.writing = False
+        self.done = asyncio.Event()  # set after each tag write (then cleared)
+        self.acked: set[int] = set()  # blocks (0..63) whose newest slot's data is written
+        self.error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.writing or self.applied != self.written
+
+
+class EncryptedDevice:
+    """``inner`` (the physical volume) served through ``cipher``; versions ``epoch ‖ n``."""
+
+    block_size = BLOCK
+
+    def __init__(
+        self,
+        inner: BlockDevice,
+        cipher: BlockCipher,
+        epoch: int,
+        counters: collections.Counter[str] | None = None,
+        copies: Copies | None = None,
+        cache_blocks: int = CACHE_BLOCKS,
+        layout_version: Callable[[], int] | None = None,
+    ) -> None:
+        """``layout_version``: a number that changes when the volume's content changed
+        under this device (a snapshot revert; ``Volume.local.layout``): the tag cache is
+        dropped then."""
+        version_of(epoch, 1)  # the epoch fits in 32 bits
+        self.inner = inner
+        self.cipher = cipher
+        self.epoch = epoch
+        self.counters: collections.Counter[str] = (
+            counters if counters is not None else collections.Counter()
+        )
+        self.copies = copies
+        self.cache_blocks = max(cache_blocks, 4)
+        self._counter = 0
+        self._cache: OrderedDict[int, _Tags] = OrderedDict()  # by group
+        self._loading: dict[int, asyncio.Future[_Tags]] = {}
+        self._claimed: dict[int, asyncio.Future[None]] = {}  # logical blocks being written
+        self.wrong_key: str | None = None
+        self._layout_version = layout_version
+        self._layout = layout_version() if layout_version is not None else 0
+
+    # --- BlockDevice ---------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return layout.logical_size(self.inner.size)
+
+    @property
+    def read_only(self) -> bool:
+        return self.inner.read_only
+
+    @property
+    def can_multi_conn(self) -> bool:
+        return self.inner.can_multi_conn
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    def status(self) -> dict[str, Any]:
+        """The engine status's ``encryption``."""
+        return {
+            "cipher": "AES-256-GCM-SIV",
+            "key_check": "failed" if self.wrong_key else "ok",
+            "version_epoch": self.epoch,
+            "version_counter": self._counter,
+            "cached_tag_blocks": len(self._cache),
+            "cache_limit_blocks": self.cache_blocks,
+        }
+
+    def _next_version(self) -> int:
+        self._counter += 1
+        return version_of(self.epoch, self._counter)  # InvalidArgument past 2**32 - 1
+
+    # --- the tag cache ------------------------------------------------------------------
+    def _check_layout(self) -> None:
+        """Drop the cached tag blocks (but those with writes pending) when the volume's
+        content changed underneath (a snapshot revert)."""
+        if self._layout_version is None:
+            return
+        now = self._layout_version()
+        if now != self._layout:
+            self._layout = now
+            for g in [g for g, t in self._cache.items() if not t.busy]:
+                del self._cache[g]
+
+    async def _tags(self, g: int) -> _Tags:
+        t = self._cache.get(g)
+        if t is not None:
+            self._cache.move_to_end(g)
+            return t
+        fut = self._loading.get(g)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._loading[g] = fut
+        try:
+            data = await self.inner.read(layout.tag_block(g * GROUP) * BLOCK, BLOCK)
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: the waiters get it
+            raise
+        finally:
+            del self._loading[g]
+        t = self._adopt(g, data)
+        fut.set_result(t)
+        return t
+
+    def _adopt(self, g: int, data: bytes | bytearray | memoryview) -> _Tags:
+        """Cache tag block ``g`` as read (unless it is cached already: that copy wins)."""
+        t = self._cache.get(g)
+        if t is None:
+            t = self._cache[g] = _Tags(bytes(data))
+            self._evict()
+        return t
+
+    def _evict(self) -> None:
+        over = len(self._cache) - self.cache_blocks
+        if over <= 0:
+            return
+        for g in list(self._cache):
+            if over <= 0:
+                break
+            t = self._cache[g]
+            if t.busy or any(b in self._claimed for b in range(g * GROUP, (g + 1) * GROUP)):
+                continue
+            del self._cache[g]
+            over -= 1
+
+    async def _commit(self, g: int, t: _Tags) -> None:
+        """Return once every change made to tag block ``g`` so far is acknowledged by the
+        replicas. Changes made while a write of it is in flight go in the next one."""
+        want = t.applied
+        while t.written < want:
+            if t.writing:
+                await t.done.wait()
+                if t.error is not None and t.written < want:
+                    raise t.error
+                continue
+            t.writing = True
+            t.error = None
+            for j in list(t.acked):  # lazily: the previous versions stop authenticating
+                retire_older(t.data, j)
+            t.acked.clear()
+            upto = t.applied
+            snap = bytes(t.data)
+            try:
+                await self.inner.write(layout.tag_block(g * GROUP) * BLOCK, memoryview(snap), False)
+            except BaseException as e:
+                t.error = e
+                # the replicas may hold either version: read it again next time
+                if self._cache.get(g) is t:
+                    del self._cache[g]
+                raise
+            finally:
+                t.writing = False
+                t.done.set()
+                t.done = asyncio.Event()
+            t.written = max(t.written, upto)
+
+    # --- claiming blocks for a write -----------------------------------------------------
+    async def _claim(self, lo: int, hi: int) -> None:
+        """Wait until no write of blocks [lo, hi) is in flight, then own them."""
+        while True:
+            busy = next((self._claimed[b] for b in range(lo, hi) if b in self._claimed), None)
+            if busy is None:
+                break
+            await asyncio.shield(busy)
+        fut = asyncio.get_running_loop().create_future()
+        for b in range(lo, hi):
+            self._claimed[b] = fut
+
+    def _release(self, lo: int, hi: int) -> None:
+        fut = self._claimed.get(lo)
+        for b in range(lo, hi):
+            self._claimed.pop(b, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # --- writes --------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.wrong_key:
+            raise WrongDataKey(self.wrong_key)
+        self._check_layout()
+
+    async def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        self._check_writable()
+        lo, hi = offset // BLOCK, (offset + len(data)) // BLOCK
+        await self._claim(lo, hi)
+        try:
+            await self._write(lo, hi, memoryview(data).cast("B"), fua)
+        finally:
+            self._release(lo, hi)
+
+    async def _write(self, lo: int, hi: int, data: memoryview, fua: bool) -> None:
+        version = self._next_version()
+        groups = range(lo // GROUP, (hi - 1) // GROUP + 1)
+        ct = bytearray(len(data))
+        tags = self.cipher.seal_run(lo, version, data, ct)
+        # the tags first: every tag block updated in memory, then written (merged)
+        if len(groups) == 1:  # the common case: no task per step
+            loaded = [await self._tags(groups[0])]
+        else:
+            loaded = await asyncio.gather(*(self._tags(g) for g in groups))
+        for g, t in zip(groups, loaded, strict=True):
+            a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
+            for i in range(a, b):
+                t.acked.discard(i - g * GROUP)
+                put_slot(t.data, i - g * GROUP, Slot(version, tags[i - lo]))
+            t.applied += 1
+        if len(groups) == 1:
+            await self._commit(groups[0], loaded[0])
+        else:
+            await asyncio.gather(*(self._commit(g, t) for g, t in zip(groups, loaded, strict=True)))
+        self.counters["tag_block_writes"] += len(loaded)
+        if fua:  # durable data needs durable tags: else a power loss keeps data it cannot read
+            await self.inner.flush()
+        # then the ciphertext: the partial first group alone, the rest as one extent
+        head = min(hi, -(-lo // GROUP) * GROUP) if lo % GROUP else lo
+        writes: list[Awaitable[None]] = []
+        if head > lo:
+            writes.append(self._put_data(lo, head, memoryview(ct)[: (head - lo) * BLOCK], fua))
+        if hi > head:
+            tail = memoryview(ct)[(head - lo) * BLOCK :]
+            writes.append(
+                self._put_extent(head, hi, tail, fua, dict(zip(groups, loaded, strict=True)))
+            )
+        if len(writes) == 1:
+            await writes[0]
+        else:
+            await asyncio.gather(*writes)
+        for g, t in zip(groups, loaded, strict=True):
+            a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
+            t.acked.update(i - g * GROUP for i in range(a, b))
+        self.counters["encrypted_blocks"] += hi - lo
+
+    async def _put_data(self, lo: int, hi: int, ct: memoryview, fua: bool) -> None:
+        """Ciphertext of blocks [lo, hi) of one group."""
+        await self.inner.write(layout.data_block(lo) * BLOCK, ct, fua)
+
+    async def _put_extent(
+        self, lo: int, hi: int, ct: memoryview, fua: bool, tag_blocks: Mapping[int, _Tags]
+    ) -> None:
+        """Ciphertext of blocks [lo, hi), ``lo`` at a group's start: one physical extent,
+        with the (already written, unchanged since: every block of them is claimed) tag
+        blocks of the whole groups in it."""
+        start = layout.data_block(lo)
+        end = layout.data_block(hi - 1) + 1
+        if hi % GROUP == 0:  # the last group is whole: its tag block too
+            end += 1
+        if end - start == hi - lo:  # part of one group, no tag block inside
+            await self.inner.write(start * BLOCK, ct, fua)
+            return
+        buf = bytearray((end - start) * BLOCK)
+        for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
+            a, b = g * GROUP, min(hi, (g + 1) * GROUP)
+            p = (layout.data_block(a) - start) * BLOCK
+            buf[p : p + (b - a) * BLOCK] = ct[(a - lo) * BLOCK : (b - lo) * BLOCK]
+            if b == (g + 1) * GROUP:
+                q = (layout.tag_block(a) - start) * BLOCK
+                buf[q : q + BLOCK] = tag_blocks[g].data
+        await self.inner.write(start * BLOCK, memoryview(buf), fua)
+
+    async def trim(self, offset: int, length: int) -> None:
+        await self._zero(offset, length, False)
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        await self._zero(offset, length, fua)
+
+    async def _zero(self, offset: int, length: int, fua: bool) -> None:
+        """ZERO slots for the blocks, then their ciphertext released."""
+        self._check_writable()
+        lo, hi = offset // BLOCK, (offset + length) // BLOCK
+        first, last = lo // GROUP, (hi - 1) // GROUP
+        for g0 in range(first, last + 1, BULK_GROUPS):
+            gs = range(g0, min(last + 1, g0 + BULK_GROUPS))
+            a, b = max(lo, gs[0] * GROUP), min(hi, (gs[-1] + 1) * GROUP)
+            await self._claim(a, b)
+            try:
+                version = self._next_version()
+                await asyncio.gather(*(self._zero_group(g, lo, hi, version) for g in gs))
+            finally:
+                self._release(a, b)
+        if fua:
+            await self.inner.flush()
+        self.counters["zeroed_blocks"] += hi - lo
+
+    async def _zero_group(self, g: int, lo: int, hi: int, version: int) -> None:
+        a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
+        if b - a == GROUP and g not in self._cache:  # a fresh tag block: nothing to read
+            t = self._adopt(g, bytes(BLOCK))
+        else:
+            t = await self._tags(g)
+        zero = self.cipher.zero_tag
+        whole = b - a == GROUP
+        for i in range(a, b):
+            j = i - g * GROUP
+            t.acked.discard(j)
+            if whole:  # the ZERO slot is enough: zeros whatever the ciphertext
+                base = j * ENTRY
+                t.data[base : base + ENTRY] = encode_slot(
+                    Slot(version, zero(i, version), 1)
+                ) + encode_slot(RETIRED_SLOT)
+            else:
+                put_slot(t.data, j, Slot(version, zero(i, version), 1))
+        t.applied += 1
+        await self._commit(g, t)
+        self.counters["tag_block_writes"] += 1
+        await self.inner.trim(layout.data_block(a) * BLOCK, (b - a) * BLOCK)
+        t.acked.update(i - g * GROUP for i in range(a, b))
+
+    # --- reads ---------------------------------------------------------------------------
+    def read_now(self, offset: int, length: int) -> bytearray | None:
+        """A read answered at once: every tag block cached and the data read at once by the
+        volume (its local replica). Else None (then ``read``)."""
+        read_now: Callable[[int, int], Any] | None = getattr(self.inner, "read_now", None)
+        if read_now is None or self.wrong_key:
+            return None
+        self._check_layout()
+        lo, hi = offset // BLOCK, (offset + length) // BLOCK
+        groups = range(lo // GROUP, (hi - 1) // GROUP + 1)
+        if any(g not in self._cache for g in groups):
+            return None
+        start = layout.data_block(lo)
+        try:
+            ct = read_now(start * BLOCK, (layout.data_block(hi - 1) + 1 - start) * BLOCK)
+        except Exception:
+            return None
+        if ct is None:
+            return None
+        out = bytearray(length)
+        if self._decrypt(lo, hi, start, ct, out, self._cache):
+            return None  # a block failed: ``read`` tries the other replicas
+        return out
+
+    async def read(self, offset: int, length: int) -> bytearray:
+        self._check_layout()
+        lo, hi = offset // BLOCK, (offset + length) // BLOCK
+        groups = range(lo // GROUP, (hi - 1) // GROUP + 1)
+        start = layout.data_block(lo)
+        span = (layout.data_block(hi - 1) + 1 - start) * BLOCK
+        have = {g: t for g in groups if (t := self._cache.get(g)) is not None}
+        need = [g for g in groups if g not in have]
+        if need:
+            ct, loaded = await asyncio.gather(
+                self.inner.read(start * BLOCK, span), asyncio.gather(*map(self._tags, need))
+            )
+            have.update(zip(need, loaded, strict=True))
+        else:
+            ct = await self.inner.read(start * BLOCK, span)
+        out = bytearray(length)
+        bad = self._decrypt(lo, hi, start, ct, out, have)
+        if bad:
+            await self._recover(bad, lo, out)
+        self.counters["decrypted_blocks"] += hi - lo
+        return out
+
+    def _decrypt(
+        self,
+        lo: int,
+        hi: int,
+        start: int,
+        ct: bytes | bytearray | memoryview,
+        out: bytearray,
+        tag_blocks: Mapping[int, _Tags],
+    ) -> list[int]:
+        """Blocks [lo, hi) from the physical span read from block ``start`` into ``out``.
+        -> the blocks that failed authentication."""
+        mv = memoryview(ct).cast("B")
+        dst = memoryview(out)
+        bad: list[int] = []
+        for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
+            a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
+            p = (layout.data_block(a) - start) * BLOCK
+            tags = tag_blocks[g].data
+            bad += self.cipher.open_run(
+                a,
+                mv[p : p + (b - a) * BLOCK],
+                memoryview(tags)[(a - g * GROUP) * ENTRY : (b - g * GROUP) * ENTRY],
+                dst[(a - lo) * BLOCK : (b - lo) * BLOCK],  # type: ignore[arg-type]
+            )
+        return bad
+
+    async def _recover(self, bad: list[int], lo: int, out: bytearray) -> None:
+        """Blocks that failed authentication: each read again (a read that raced a write
+        and the retirement of the slot it needed is no error), else from another
+        replica's copy that authenticates (then written back), else ChecksumError."""
+        lost = []
+        for i in bad:
+            plain = await self._again(i)
+            if plain is not None:
+                self.counters["authentication_retries"] += 1
+                out[(i - lo) * BLOCK : (i - lo + 1) * BLOCK] = plain
+                continue
+            self.counters["authentication_errors"] += 1
+            plain = await self._from_copies(i)
+            if plain is None:
+                lost.append(i)
+            else:
+                out[(i - lo) * BLOCK : (i - lo + 1) * BLOCK] = plain
+        if lost:
+            log.error(
+                "encrypted volume: %d block(s) fail authentication on every replica, first %d%s",
+                len(lost),
+                lost[0],
+                f" ({self.wrong_key})" if self.wrong_key else "",
+            )
+            raise self.cipher.check_error(lost, "encrypted volume")
+
+    async def _again(self, i: int) -> bytes | None:
+        """Block ``i`` read again, under its tag entry as cached now."""
+        ct = await self.inner.read(layout.data_block(i) * BLOCK, BLOCK)
+        t = await self._tags(i // GROUP)
+        j = i % GROUP
+        return self.cipher.open_block(i, ct, t.data[j * ENTRY : (j + 1) * ENTRY])
+
+    async def _from_copies(self, i: int) -> bytes | None:
+        if self.copies is None or self.wrong_key:
+            return None
+        g = i // GROUP
+        j = i - g * GROUP
+        try:
+            datas, tagss = await asyncio.gather(
+                self.copies.read_copies(layout.data_block(i) * BLOCK, BLOCK),
+                self.copies.read_copies(layout.tag_block(i) * BLOCK, BLOCK),
+            )
+        except RequestError:
+            return None
+        tag_of = {rid: bytes(x) for rid, x in tagss}
+        for rid, ct in datas:
+            tags = tag_of.get(rid)
+            if tags is None:
+                continue
+            entry = tags[j * ENTRY : (j + 1) * ENTRY]
+            plain = self.cipher.open_block(i, ct, entry)
+            if plain is None:
+                continue
+            await self._write_back(i, bytes(ct), entry)
+            return plain
+        return None
+
+    async def _write_back(self, i: int, ct: bytes, entry: bytes) -> None:
+        """Repair block ``i`` everywhere with a copy that authenticates: its tag entry (when
+        the cached one differs) then its ciphertext, as a write would."""
+        await self._claim(i, i + 1)
+        try:
+            g, j = i // GROUP, i % GROUP
+            t = await self._tags(g)
+            if t.data[j * ENTRY : (j + 1) * ENTRY] != entry:
+                t.data[j * ENTRY : (j + 1) * ENTRY] = entry
+                t.applied += 1
+                await self._commit(g, t)
+            await self.inner.write(layout.data_block(i) * BLOCK, memoryview(ct), False)
+            self.counters["authentication_repaired"] += 1
+            log.warning("encrypted volume: block %d repaired from another replica", i)
+        except RequestError as e:
+            log.warning("encrypted volume: repairing block %d failed: %s", i, e)
+        finally:
+            self._release(i, i + 1)
+
+    # --- block status ------------------------------------------------------------------
+    async def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """The physical extents of the data blocks, mapped to logical blocks (at most
+        ``STATUS_GROUPS`` groups per reply)."""
+        lo = offset // BLOCK
+        hi = min((offset + length) // BLOCK, (lo // GROUP + STATUS_GROUPS) * GROUP)
+        start = layout.data_block(lo)
+        end = layout.data_block(hi - 1) + 1
+        runs = await self.inner.block_status(start * BLOCK, (end - start) * BLOCK)
+        out: list[tuple[int, int]] = []
+        p = start
+        for n, flags in runs:
+            q = p + n // BLOCK
+            for phys in range(p, q):
+                if phys % (GROUP + 1) == GROUP:  # a tag block
+                    continue
+                if out and out[-1][1] == flags:
+                    out[-1] = (out[-1][0] + BLOCK, flags)
+                else:
+                    out.append((BLOCK, flags))
+            p = q
+        if not out:
+            raise ChecksumError("block status: nothing reported")  # pragma: no cover
+        return out
+
+    # --- the key check -----------------------------------------------------------------
+    async def check_key(self) -> bool:
+        """At start (``key_check.py``): False when the key does not authenticate the
+        volume's first written group; then ``wrong_key`` says so and every write is
+        refused from now on. A blank volume passes."""
+        g = await first_group_refusing(self.inner, self.cipher)
+        if g is None:
+            return True
+        self.wrong_key = (
+            f"the data key does not authenticate this volume (no block of group {g}, "
+            "its first written one, authenticates under it): it is another volume's key "
+            "or a wrong one; writes are refused so that nothing is written with it"
+        )
+        log.error("encrypted volume: %s", self.wrong_key)
+        return False

@@ -1,0 +1,84 @@
+"""An in-memory twin of the engine's ``Volume`` as the encrypting device sees it (unit
+tests only): a plain BlockDevice over ``n`` replica copies in memory, every mutation to
+all of them, reads from ``reader`` (``read_copies`` gives each copy), and a log of the
+mutations in the order they were made (to replay a prefix of them: a crash)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from cargohold.frontend.device import STATE_HOLE, STATE_ZERO
+
+BLOCK = 4096
+
+
+class MemoryVolume:
+    block_size = BLOCK
+    read_only = False
+    can_multi_conn = True
+
+    def __init__(self, size: int, n: int = 1, delay: float = 0.0) -> None:
+        self.copies = [bytearray(size) for _ in range(n)]
+        self.reader = 0
+        self.delay = delay  # seconds each mutation takes (lets requests overlap)
+        self.log: list[tuple[str, int, bytes]] = []  # ("write" | "trim", offset, data)
+        self.writes = 0
+        self.flushes = 0
+        self.fail_after: int | None = None  # mutations before every next one raises
+
+    @property
+    def size(self) -> int:
+        return len(self.copies[0])
+
+    async def _mutate(self, op: str, offset: int, data: bytes) -> None:
+        if self.fail_after is not None and len(self.log) >= self.fail_after:
+            from cargohold.errors import ReplicaIOError
+
+            raise ReplicaIOError("memory volume: crashed")
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.log.append((op, offset, data))
+        for c in self.copies:
+            c[offset : offset + len(data)] = data
+
+    async def write(self, offset: int, data: Any, fua: bool) -> None:
+        self.writes += 1
+        await self._mutate("write", offset, bytes(data))
+
+    async def trim(self, offset: int, length: int) -> None:
+        await self._mutate("trim", offset, bytes(length))
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        await self._mutate("trim", offset, bytes(length))
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+    def read_now(self, offset: int, length: int) -> bytes | None:
+        return bytes(self.copies[self.reader][offset : offset + length])
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.copies[self.reader][offset : offset + length])
+
+    async def read_copies(self, offset: int, length: int) -> list[tuple[str, bytes]]:
+        return [(f"r{k}", bytes(c[offset : offset + length])) for k, c in enumerate(self.copies)]
+
+    async def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        c = self.copies[self.reader]
+        for p in range(offset, offset + length, BLOCK):
+            flags = 0 if any(c[p : p + BLOCK]) else STATE_HOLE | STATE_ZERO
+            if out and out[-1][1] == flags:
+                out[-1] = (out[-1][0] + BLOCK, flags)
+            else:
+                out.append((BLOCK, flags))
+        return out
+
+    def replay(self, upto: int) -> MemoryVolume:
+        """A new volume holding only the first ``upto`` mutations (a crash after them)."""
+        v = MemoryVolume(self.size, len(self.copies))
+        for _, offset, data in self.log[:upto]:
+            for c in v.copies:
+                c[offset : offset + len(data)] = data
+        return v
