@@ -149,6 +149,9 @@ class Startup:
         if self._etcd_tls:
             argv += ["--etcd-tls-dir", etcd_certs.client_dir(self.dir)]
         argv += ["--tls-dir", str(credentials.manager_tls_dir(self.dir, m.id))]
+        keys = os.path.join(self.dir, "keys")  # key-encryption keys (docs/keys.md)
+        os.makedirs(keys, mode=0o700, exist_ok=True)
+        argv += ["--key-dir", keys]
         if init:  # the first admin token, for the CLI
             argv += ["--admin-token-file", str(credentials.token_file(self.dir))]
         return [*argv, *(["--cluster-id", cluster_id] if cluster_id else [])]
