@@ -41,14 +41,14 @@ def list_keys(output: Format = OUTPUT, api: str | None = API, dir: str | None = 
     for v in vols:
         out.setdefault(_ref(v), []).append(str(v["name"]))
     rows = [{"key": k, "volumes": sorted(n)} for k, n in sorted(out.items())]
-    render(
-        rows,
-        output,
-        lambda rs: (
-            [say(f"{escape(r['key'])}: {escape(', '.join(r['volumes']))}") for r in rs]
-            or say("no encrypted volumes")
-        ),
-    )
+
+    def show(rs: list[dict[str, Any]]) -> None:
+        for r in rs:
+            say(f"{escape(r['key'])}: {escape(', '.join(r['volumes']))}")
+        if not rs:
+            say("no encrypted volumes")
+
+    render(rows, output, show)
 
 
 @key_app.command("rotate")
