@@ -141,17 +141,6 @@ class VersionSkew(WrongState):
     (HTTP 409) until one of them is upgraded (docs/upgrades.md)."""
 
 
-class KeyUnavailable(WrongState):
-    """A volume's key-encryption key cannot be used now: its key file is missing or not a
-    key, the KMS does not answer or does not know the key id, or the volume's data key was
-    destroyed (``volume delete --shred``). Nothing was written (HTTP 409; docs/keys.md)."""
-
-
-class KeyRefused(WrongState):
-    """A wrapped data key does not unwrap under the key-encryption key it names: another
-    key under that name, or a tampered record. Nothing was written (HTTP 409)."""
-
-
 class Unauthenticated(RequestError):
     """The request carries no credential the cluster accepts: no certificate or token, one
     from another cluster's CA, expired or revoked (HTTP 401)."""
@@ -165,6 +154,17 @@ class PermissionDenied(RequestError):
 
     status = 13
     errno = _errno.EACCES
+
+
+class KeyUnavailable(WrongState):
+    """A volume's key-encryption key cannot be used now: its key file is missing or not a
+    key, the KMS does not answer or does not know the key id, or the volume's data key was
+    destroyed (``volume delete --shred``). Nothing was written (HTTP 409; docs/keys.md)."""
+
+
+class KeyRefused(WrongState):
+    """A wrapped data key does not unwrap under the key-encryption key it names: another
+    key under that name, or a tampered record. Nothing was written (HTTP 409)."""
 
 
 class Unschedulable(NoSpace):

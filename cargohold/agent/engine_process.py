@@ -246,7 +246,7 @@ class EngineProcess:
             qos=s.qos,
             read_only=s.read_only,
             data_key_fd=data_key_fd,
-            encryption_id=s.encryption_id,
+            encryption_key_id=s.encryption_id,
         )
 
     def _start_child(self) -> None:

@@ -276,8 +276,11 @@ def engine_argv(
     qos: dict | None = None,
     read_only: bool = False,
     data_key_fd: int | None = None,
-    encryption_id: str = "",
+    encryption_key_id: str | None = None,
 ) -> list[str]:
+    """``data_key_fd``/``encryption_key_id``: an encrypted volume; the caller starts the
+    engine with that descriptor passed (``pass_fds``), holding the 32-byte data key, and
+    closes its copy: the key never goes to argv (docs/encryption.md)."""
     argv = cargohold_argv("engine", "--volume", volume, "--epoch", str(epoch))
     if read_only:  # a read-only attach: NBD clients may only read
         argv.append("--read-only")
@@ -296,8 +299,8 @@ def engine_argv(
         argv += ["--node", node]
     if qos:  # the volume's QoS limits to start with (changed online with the op qos)
         argv += ["--qos", json.dumps(qos, sort_keys=True)]
-    if data_key_fd is not None:  # encrypted at rest: the key comes through this pipe
-        argv += ["--data-key-fd", str(data_key_fd), "--encryption-key-id", encryption_id]
+    if data_key_fd is not None and encryption_key_id:  # an encrypted volume
+        argv += ["--data-key-fd", str(data_key_fd), "--encryption-key-id", encryption_key_id]
     return argv + tls_argv(tls_dir)
 
 

@@ -48,12 +48,12 @@ async def test_the_child_reads_the_key_from_the_pipe(tmp_path: Path, monkeypatch
     out = tmp_path / "seen"
     seen_argv: list[list[str]] = []
 
-    def fake_argv(*a: Any, data_key_fd: int | None = None, encryption_id: str = "", **kw: Any):  # type: ignore[no-untyped-def]
+    def fake_argv(*a: Any, data_key_fd: int | None = None, encryption_key_id: str = "", **kw: Any):  # type: ignore[no-untyped-def]
         code = (
             "import os, sys; fd = int(sys.argv[2]); k = os.read(fd, 64); rest = os.read(fd, 8); "
             "open(sys.argv[1], 'w').write(f'{k.hex()} {len(rest)} {sys.argv[4]}')"
         )
-        argv = [sys.executable, "-c", code, str(out), str(data_key_fd), "id", encryption_id]
+        argv = [sys.executable, "-c", code, str(out), str(data_key_fd), "id", encryption_key_id]
         seen_argv.append(argv)
         return argv
 
