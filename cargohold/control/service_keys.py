@@ -194,16 +194,16 @@ class KeyCalls(ServiceBase):
             raise WrongState(f"volume {name} is not encrypted: there is no key to rewrap")
         if vol.deleting:
             raise WrongState(f"volume {name} is being deleted")
-        new = await self.rewrap(name, vol.encryption, req.key, req.kms_key)
+        old = vol.encryption
+        new = await self.rewrap(name, old, req.key, req.kms_key)
 
-        def change(v: Volume) -> Volume | None:
-            if v.encryption is None or v.encryption.wrapped_key != vol.encryption.wrapped_key:  # type: ignore[union-attr]
+        def change(v: Volume) -> Volume | None:  # only over the record the rewrap read
+            if v.encryption is None or v.encryption.wrapped_key != old.wrapped_key:
                 raise WrongState(f"volume {name}'s key changed meanwhile; try again")
             v.encryption = new
             return v
 
         vol2 = await self.repo.update_volume(name, change)
-        old = vol.encryption
         await self.repo.add_event(
             EventKind.VOLUME_REKEYED,
             f"data key rewrapped: {old.provider}:{old.key_ref} -> {new.provider}:{new.key_ref}",
