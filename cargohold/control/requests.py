@@ -28,7 +28,16 @@ KEY_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$"
 
 
 class VolumeCreate(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = {
+        "extra": "forbid",
+        # the schema says what _one_key checks: not both a key file and a KMS key
+        "json_schema_extra": {
+            "not": {
+                "required": ["key", "kms_key"],
+                "properties": {"key": {"type": "string"}, "kms_key": {"type": "string"}},
+            }
+        },
+    }
 
     name: str = name_field()
     size_bytes: StrictInt = Field(gt=0, le=256 << 40, multiple_of=4096)
@@ -90,7 +99,16 @@ class KeyChoice(BaseModel):
     """POST /api/v1/volumes/{volume}/rekey: the key-encryption key to rewrap the data key
     with (exactly one of ``key`` and ``kms_key``)."""
 
-    model_config = {"extra": "forbid"}
+    # the schema says what _one_key checks: exactly one of them is a string
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "oneOf": [
+                {"required": ["key"], "properties": {"key": {"type": "string"}}},
+                {"required": ["kms_key"], "properties": {"kms_key": {"type": "string"}}},
+            ]
+        },
+    }
 
     key: str | None = Field(default=None, pattern=KEY_NAME_PATTERN, max_length=253)
     kms_key: str | None = Field(default=None, min_length=1, max_length=2048, pattern=r"^\S+$")
