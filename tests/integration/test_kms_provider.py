@@ -12,10 +12,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from cargohold.control.model import keys
+from cargohold.control.requests import DataKeyRequest, KeyChoice, VolumeCreate
+from cargohold.control.service import AttachRequest
 from cargohold.errors import InvalidArgument, KeyRefused, KeyUnavailable
 from cargohold.keys.data_keys import WrappedKey, new_data_key, new_encryption_id
 from cargohold.keys.kms import KmsProvider
+from cargohold.keys.providers import Keyring
+from cargohold.security.identity import Identity, Role
 from tests.support.kms_server import KmsServer
+from tests.unit.control.sim import Sim
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +91,38 @@ def test_an_unreachable_kms_is_a_clear_error_within_seconds() -> None:
     with pytest.raises(KeyUnavailable, match="cannot be used"):
         p.wrap(new_data_key(), "alias/x", new_encryption_id())
     assert time.monotonic() - t < 15
+
+
+async def test_the_manager_wraps_volume_keys_with_a_kms_key(
+    kms: KmsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manager's key calls (control/service_keys.py) with the real KMS: a volume
+    created with kms_key, its key delivered, rewrapped under another KMS key; a KMS key
+    that does not exist refuses the create and stores nothing."""
+
+    sim = Sim(monkeypatch, nodes=3)
+    await sim.start()
+    sim.service.keyring = Keyring([KmsProvider(kms.endpoint, kms.region)])
+    kms.create_key(alias="alias/team-a")
+    k2 = kms.create_key()
+    v = await sim.service.create_volume(
+        VolumeCreate(name="vault", size_bytes=1 << 20, encrypted=True, kms_key="alias/team-a")
+    )
+    assert (v["encryption"]["provider"], v["encryption"]["key_ref"]) == ("kms", "alias/team-a")
+    await sim.step(rounds=2)
+    node = (await sim.repo.replicas("vault"))[0].node
+    await sim.service.attach("vault", AttachRequest(node=node))
+    await sim.step(rounds=3)
+    eng = (await sim.repo.volume("vault")).engine
+    assert eng is not None
+    who = Identity("c-" + "3" * 32, Role.AGENT, node)
+    first = await sim.service.data_key("vault", DataKeyRequest(node=node, epoch=eng.epoch), who)
+    await sim.service.rekey("vault", KeyChoice(kms_key=k2))
+    again = await sim.service.data_key("vault", DataKeyRequest(node=node, epoch=eng.epoch), who)
+    assert again["data_key"] == first["data_key"]  # the same data key, another KEK
+    assert (await sim.repo.volume("vault")).encryption.key_ref == k2  # type: ignore[union-attr]
+    with pytest.raises(KeyUnavailable, match="NotFoundException"):
+        await sim.service.create_volume(
+            VolumeCreate(name="other", size_bytes=1 << 20, encrypted=True, kms_key="alias/nope")
+        )
+    assert await sim.repo.store.get(keys.volume("other")) is None
