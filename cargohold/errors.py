@@ -165,6 +165,17 @@ class PermissionDenied(RequestError):
     errno = _errno.EACCES
 
 
+class KeyUnavailable(WrongState):
+    """A volume's key-encryption key cannot be used now: its key file is missing or not a
+    key, the KMS does not answer or does not know the key id, or the volume's data key was
+    destroyed (``volume delete --shred``). Nothing was written (HTTP 409; docs/keys.md)."""
+
+
+class KeyRefused(WrongState):
+    """A wrapped data key does not unwrap under the key-encryption key it names: another
+    key under that name, or a tampered record. Nothing was written (HTTP 409)."""
+
+
 class Unschedulable(NoSpace):
     """Placement is impossible; the message says why (nodes, zones, capacity, tags)."""
 

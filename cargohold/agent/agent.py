@@ -19,6 +19,8 @@ again. Anything the agent does not understand in an answer is logged and skipped
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import os
@@ -42,7 +44,7 @@ from cargohold.control.model import (
     Registration,
 )
 from cargohold.control.version_skew import running_version
-from cargohold.errors import CargoholdError, ConfigError, NotFound
+from cargohold.errors import CargoholdError, ConfigError, KeyRefused, NotFound
 from cargohold.metrics.engine_status import volume_families
 from cargohold.metrics.exposition import render_families
 from cargohold.metrics.node_stats import node_families
@@ -131,7 +133,21 @@ class Agent:
         )
         self.replicas.creds = self.creds
         self.engines.credentials = lambda volume: engine_credentials(self.creds, volume)
+        self.engines.key_source = self._data_key
         self.metrics: MetricsListener | None = None  # start(): with --metrics-port
+
+    async def _data_key(self, volume: str, epoch: int) -> tuple[bytes, str]:
+        """An encrypted volume's data key for its engine of ``epoch`` on this node, from the
+        manager over mutual TLS (only this node's agent gets it; docs/keys.md)."""
+        body = {"node": self.config.node, "epoch": epoch}
+        got = await self.manager.post(f"/api/v1/volumes/{volume}/data-key", body)
+        try:
+            key = base64.b64decode(str(got["data_key"]), validate=True)
+            return key, str(got["encryption_id"])
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise KeyRefused(
+                f"the manager's answer for volume {volume}'s key is malformed"
+            ) from None
 
     # what the heartbeat reports and registration tells, kept where they are managed
     @property

@@ -43,8 +43,9 @@ import asyncio
 import enum
 import logging
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cargohold.agent.engine_link import EngineLink
@@ -61,7 +62,8 @@ from cargohold.agent.processes import (
     runs_argv,
 )
 from cargohold.control.model import EngineAssignment, EngineReport
-from cargohold.errors import CargoholdError, WrongState
+from cargohold.errors import CargoholdError, KeyRefused, KeyUnavailable, WrongState
+from cargohold.keys.data_keys import DATA_KEY_BYTES
 from cargohold.security.tls import is_loopback
 
 log = logging.getLogger("cargohold.agent")
@@ -144,6 +146,12 @@ class EngineProcess:
         # volume -> its engine's credentials directory (None: --plaintext); the agent's
         # agent/credentials.py engine_credentials, set by Engines
         self.credentials: Callable[[str], str | None] = lambda volume: None
+        # an encrypted volume (spec.encrypted): (volume, epoch) -> (data key, encryption id)
+        # from the manager (Engines.key_source); the key is held from its fetch to the
+        # child's start only, and written into a pipe the child reads (never argv or a file)
+        self.key_source: Callable[[str, int], Awaitable[tuple[bytes, str]]] | None = None
+        self._data_key: bytes | None = None
+        self.key_fetch: asyncio.Task[None] | None = None
 
     @property
     def volume(self) -> str:
@@ -196,7 +204,28 @@ class EngineProcess:
             raise
         self.move("spawn")
 
-    def argv(self) -> list[str]:
+    @property
+    def needs_key(self) -> bool:
+        """An encrypted volume's engine whose data key has not been fetched for its start."""
+        return self.spec.encrypted and self._data_key is None
+
+    async def fetch_key(self) -> None:
+        """Fetch the data key for the next start (KeyUnavailable, PermissionDenied,
+        ManagerUnavailable... raised as the manager says)."""
+        if self.key_source is None:
+            raise KeyUnavailable(f"volume {self.volume} is encrypted: no key source here")
+        key, eid = await self.key_source(self.volume, self.epoch)
+        if eid != self.spec.encryption_id or len(key) != DATA_KEY_BYTES:
+            raise KeyRefused(
+                f"the manager's data key for volume {self.volume} is not for encryption id "
+                f"{self.spec.encryption_id} (got {eid}, {len(key)} bytes)"
+            )
+        self._data_key = key
+
+    def drop_key(self) -> None:
+        self._data_key = None
+
+    def argv(self, data_key_fd: int | None = None) -> list[str]:
         """The engine's command line for the current assignment and port."""
         s = self.spec
         return engine_argv(
@@ -217,15 +246,40 @@ class EngineProcess:
             or (self.tls_dir if not is_loopback(self.host) else None),
             qos=s.qos,
             read_only=s.read_only,
+            data_key_fd=data_key_fd,
+            encryption_key_id=s.encryption_id,
         )
 
     def _start_child(self) -> None:
         if not self.port or not port_is_free(self.host, self.port):
             self.port = free_port(self.host)
         s = self.spec
-        argv = self.argv()
-        self.child = Child(f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path)
-        self.child.start()
+        if not s.encrypted:
+            argv = self.argv()
+            self.child = Child(
+                f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path
+            )
+            self.child.start()
+        else:  # the key into a pipe (32 bytes: never blocks), its read end to the child
+            key, self._data_key = self._data_key, None
+            if key is None:
+                raise KeyUnavailable(
+                    f"volume {s.volume} is encrypted: its data key was not fetched"
+                )
+            r, w = os.pipe()
+            try:
+                try:
+                    os.write(w, key)
+                finally:
+                    os.close(w)
+                del key
+                argv = self.argv(data_key_fd=r)
+                self.child = Child(
+                    f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path
+                )
+                self.child.start(pass_fds=(r,))
+            finally:
+                os.close(r)
         self.ready, self.status, self._exit_noted = False, {}, False  # error: until ready
         self.status_every = 0.0
         self.tried.clear()

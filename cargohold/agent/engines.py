@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cargohold.agent.engine_process import EngineProcess, EngineState, readd_wait
@@ -65,6 +65,9 @@ class Engines:
         self._spawned = asyncio.Event()  # an engine was started: the watcher looks closely
         # volume -> its engine's credentials directory (None: plaintext): set by the agent
         self.credentials: Callable[[str], str | None] = lambda volume: None
+        # (volume, epoch) -> (data key, encryption id): an encrypted volume's key, from the
+        # manager (POST /api/v1/volumes/{volume}/data-key); set by the agent
+        self.key_source: Callable[[str, int], Awaitable[tuple[bytes, str]]] | None = None
 
     def _process(self, spec: EngineAssignment, port: int = 0) -> EngineProcess:
         """The one place an engine of this node is built (assigned or adopted)."""
@@ -78,6 +81,7 @@ class Engines:
             tls_dir=self.tls_dir,
         )
         proc.credentials = self.credentials
+        proc.key_source = self.key_source
         return proc
 
     async def adopt(self, engines: Any) -> set[int]:
@@ -132,6 +136,10 @@ class Engines:
         return [e.report() for e in self.procs.values()]
 
     def _spawn(self, eng: EngineProcess) -> None:
+        if eng.needs_key:  # fetch the data key first (async), then start it
+            if eng.key_fetch is None or eng.key_fetch.done():
+                eng.key_fetch = asyncio.create_task(self._fetch_key_then_spawn(eng))
+            return
         try:
             eng.spawn()
         except (OSError, CargoholdError) as e:  # e.g. its certificate has not come yet
@@ -147,6 +155,25 @@ class Engines:
             eng.pid,
         )
         self._save()
+
+    async def _fetch_key_then_spawn(self, eng: EngineProcess) -> None:
+        spec = eng.spec
+        try:
+            await eng.fetch_key()
+        except CargoholdError as e:  # the manager refuses, no KEK, no manager: try later
+            eng.error = f"cannot start the engine of volume {eng.volume}: {e}"
+            log.error("%s (next try in %.1f s)", eng.error, eng.backoff.failed())
+            if eng.state is EngineState.REPLACING:
+                eng.move("spawn_failed")
+            return
+        if (
+            eng.spec.epoch != spec.epoch
+            or self.procs.get(eng.volume) is not eng
+            or eng.state not in (EngineState.DOWN, EngineState.REPLACING)
+        ):
+            eng.drop_key()  # assigned otherwise meanwhile: fetched again for that one
+            return
+        self._spawn(eng)
 
     def converge(self, assigned: list[EngineAssignment]) -> None:
         wanted: dict[str, EngineAssignment] = {}

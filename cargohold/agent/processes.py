@@ -84,7 +84,9 @@ class Child:
         self.started_at = 0.0
         self.log_offset = 0
 
-    def start(self) -> None:
+    def start(self, pass_fds: tuple[int, ...] = ()) -> None:
+        """Start it; ``pass_fds``: descriptors the child inherits (an encrypted volume's
+        engine reads its data key from one: never argv, the environment or a file)."""
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # the agent's own certificate is not its children's: each gets --tls-dir or
@@ -103,6 +105,7 @@ class Child:
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 env=env,
+                pass_fds=pass_fds,
             )
         self.started_at = time.monotonic()
 
@@ -198,7 +201,7 @@ class AdoptedChild(Child):
         except OSError:
             self.log_offset = 0
 
-    def start(self) -> None:
+    def start(self, pass_fds: tuple[int, ...] = ()) -> None:
         raise RuntimeError(f"{self.name} (pid {self._pid}) was adopted: it is not started again")
 
     @property

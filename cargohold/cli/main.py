@@ -101,6 +101,8 @@ _COMMANDS = (
     "volume_cmd",
     "volume_import_cmd",
     "volume_qos_cmd",
+    "volume_key_cmd",
+    "key_cmd",
     "adopt_cmd",
     "audit_cmd",
     "ca_cmd",

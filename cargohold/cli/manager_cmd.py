@@ -77,6 +77,13 @@ def manager(
         help="credentials directory (tls.crt, tls.key, ca.crt, ca.crl) of the manager's "
         "certificate: the API is served over HTTPS",
     ),
+    key_dir: str = typer.Option(
+        None,
+        "--key-dir",
+        envvar="CARGOHOLD_MANAGER_KEY_DIR",
+        help="directory of key-encryption keys for encrypted volumes (a mounted Secret in "
+        "Kubernetes; docs/keys.md)",
+    ),
     plaintext: bool = typer.Option(
         False, "--plaintext", help="serve plain HTTP and authenticate nobody (benchmarks only)"
     ),
@@ -111,7 +118,8 @@ def manager(
         admin_token_file = os.path.join(os.path.dirname(os.path.abspath(base)), "admin-token")
     try:
         tls = None if plaintext else Credentials.load(tls_dir, client_cert_optional=True)
-        settings = ManagerSettings(**({"etcd_tls_dir": etcd_tls_dir} if etcd_tls_dir else {}))
+        given = {"etcd_tls_dir": etcd_tls_dir, "key_dir": key_dir}
+        settings = ManagerSettings(**{k: v for k, v in given.items() if v})
         addr = split_addr(listen, DEFAULT_MANAGER_PORT) if listen else None
         mgr = Manager(
             state,

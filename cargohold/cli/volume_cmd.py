@@ -73,6 +73,7 @@ VOLUME_FIELDS = (
     "created_at",
     "last_scrub",
     "qos",
+    "encryption",
     "error",
 )
 GOOD_REPLICA_STATES = ("running", "stopped")
@@ -194,6 +195,14 @@ def diverged_text(s: dict[str, Any]) -> str:
     return text
 
 
+def encryption_text(enc: Any) -> str:
+    """``encryption`` for people: 'file:default, id 3f2a…' ('' for a plain volume)."""
+    if not isinstance(enc, dict):
+        return ""
+    text = f"{enc.get('provider')}:{enc.get('key_ref')}, id {enc.get('id')}"
+    return f"{text} [red](key destroyed)[/red]" if enc.get("shredded") else text
+
+
 def clients_text(clients: Any) -> str:
     """``nbd_clients`` for people: '2: unix, 10.0.0.9' ('' when none)."""
     if not isinstance(clients, list) or not clients:
@@ -204,6 +213,7 @@ def clients_text(clients: Any) -> str:
 
 def print_volume(v: dict[str, Any]) -> None:
     shown = {**v, "last_scrub": scrub_text(v.get("last_scrub")), "qos": qos_text(v.get("qos"))}
+    shown["encryption"] = encryption_text(v.get("encryption"))
     if "nbd_clients" in v:
         shown["nbd_clients"] = clients_text(v["nbd_clients"])
     fields(shown, VOLUME_FIELDS)
@@ -260,13 +270,23 @@ def create(
         "recurring-job.cargohold.io/JOB=enabled attaches job JOB",
     ),
     qos: dict[str, Any] | None = None,  # --max-iops ... (cli/volume_qos.py: qos_options)
+    encrypted: bool = typer.Option(
+        False, "--encrypted", help="encrypt at rest with a new data key (docs/keys.md)"
+    ),
+    key: str | None = typer.Option(
+        None, "--key", help="with --encrypted: the key-encryption key's name (default: default)"
+    ),
+    kms_key: str | None = typer.Option(
+        None, "--kms-key", help="with --encrypted: wrap the data key with this KMS key id"
+    ),
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
     api: str | None = API,
     dir: str | None = DIR,
 ) -> None:
     """Create a volume; its replicas are placed by the manager. QoS limits (docs/qos.md)
-    can be changed later with ``volume update``."""
+    can be changed later with ``volume update``. ``--encrypted``: encrypted at rest, its
+    size rounded up to whole 256 KiB groups (docs/keys.md)."""
     from cargohold.cli.snapshot_cmd import parse_labels
 
     qos = {k: v for k, v in (qos or {}).items() if v is not None}
@@ -284,6 +304,9 @@ def create(
             tenant=tenant,
             labels=parse_labels(label) or None,
             qos=qos or None,
+            encrypted=encrypted or None,
+            key=key,
+            kms_key=kms_key,
         )
         if wait:
             with progress(f"creating {name}") as update:
@@ -524,6 +547,12 @@ def print_scrub(name: str, op: dict[str, Any]) -> None:
 def delete(
     name: str,
     purge: bool = typer.Option(False, "--purge", help="also remove a Retain volume's data"),
+    shred: bool = typer.Option(
+        False,
+        "--shred",
+        help="encrypted volumes: destroy the data key first (its data, snapshots and backups "
+        "become unreadable, for good), then delete it",
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until it is gone"),
     timeout: float = TIMEOUT,
     output: Format = OUTPUT,
@@ -531,9 +560,9 @@ def delete(
     dir: str | None = DIR,
 ) -> None:
     """Delete a detached volume. With reclaim policy Retain, its data stays (state
-    released) until ``delete --purge``."""
+    released) until ``delete --purge``. ``--shred``: crypto-shredding (docs/keys.md)."""
     with ManagerClient.discover(api, dir) as c:
-        vol = c.delete_volume(name, purge=purge)
+        vol = c.delete_volume(name, purge=purge, shred=shred)
         released = vol.get("state") == "released"
         if wait and not released:
             with progress(f"deleting {name}") as update:
@@ -543,6 +572,7 @@ def delete(
         msg = "released: its data is kept (reclaim policy Retain); `delete --purge` removes it"
     else:
         msg = "deleted" if wait else "being deleted"
+        msg = f"shredded (its data key destroyed) and {msg}" if shred else msg
     render(vol, output, lambda v: say(f"volume [bold]{escape(name)}[/bold] {msg}"))
 
 

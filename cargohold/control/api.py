@@ -27,6 +27,7 @@ from cargohold.control import (
     api_enrollment,
     api_groups,
     api_jobs,
+    api_keys,
     api_manager,
     api_nodes,
     api_orphans,
@@ -62,6 +63,7 @@ def build(service: Service, auth: Auth | None = None) -> FastAPI:
     api_manager.add_health_routes(app, service)
     api_nodes.add_routes(app, service)
     api_volumes.add_routes(app, service)
+    api_keys.add_routes(app, service)
     api_snapshots.add_routes(app, service)
     api_groups.add_routes(app, service)
     api_volumes.add_attachment_routes(app, service)

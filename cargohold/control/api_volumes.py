@@ -73,8 +73,13 @@ def add_routes(app: FastAPI, s: Service) -> None:
         response_model=VolumeView,
         responses=errors(404, 409, 422),
     )
-    async def delete_volume(who: Write, volume: Name, purge: bool = False) -> JSON:
-        return await s.delete_volume(volume, purge, who)
+    async def delete_volume(
+        who: Write, volume: Name, purge: bool = False, shred: bool = False
+    ) -> JSON:
+        """Delete the volume (``purge``: also one released with reclaim policy Retain).
+        ``shred``: destroy an encrypted volume's data key first, then delete it; its
+        replicas, snapshots and backups can never be read again (docs/keys.md)."""
+        return await s.delete_volume(volume, purge, who, shred)
 
     @app.post(
         "/api/v1/volumes/{volume}/attach",

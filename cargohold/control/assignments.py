@@ -56,7 +56,7 @@ async def assignments(
         if r.node != name:
             continue
         vol = volumes.get(r.volume)
-        size = max(r.size_bytes, vol.size_bytes if vol else 0)
+        size = max(r.size_bytes, vol.stored_bytes if vol else 0)
         out.replicas.append(
             ReplicaAssignment(
                 id=r.id, volume=r.volume, size_bytes=size, disk_path=r.disk_path, delete=r.deleting
@@ -98,7 +98,7 @@ async def assignments(
             EngineAssignment(
                 volume=vol.name,
                 epoch=eng.epoch,
-                size_bytes=vol.size_bytes,
+                size_bytes=vol.stored_bytes,
                 replicas=specs,
                 local=local,
                 require_epoch=eng.require_epoch,
@@ -108,6 +108,8 @@ async def assignments(
                 epoch_jump=eng.epoch_jump,
                 read_only=eng.read_only,
                 qos=vol.qos.limits(),
+                encrypted=eng.encrypted,
+                encryption_id=vol.encryption.id if vol.encryption and eng.encrypted else "",
             )
         )
         er = running_here.get(vol.name)

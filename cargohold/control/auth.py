@@ -159,6 +159,31 @@ def requires_node_agent(param: str = "node") -> Dependency:
     return dependency
 
 
+AGENT_OF_ENGINE = "data-key (agent of the engine's node only)"
+
+
+def requires_engine_agent() -> Dependency:
+    """Only a node agent (``agent/<node>``), and the service checks it is the agent of the
+    node the volume's engine is assigned to (``KeyCalls.data_key``): a volume's data key.
+    No other role, not even an admin; on a ``--plaintext`` manager, the anonymous caller."""
+
+    async def dependency(request: Request) -> Identity:
+        ident = await caller(request)
+        if _anonymous_admin(request, ident):
+            return ident
+        if ident.role is not Role.AGENT or not allowed(ident, Permission.HEARTBEAT):
+            raise PermissionDenied(f"{ident} may not fetch data keys (only node agents)")
+        return ident
+
+    dependency.permission = AGENT_OF_ENGINE  # type: ignore[attr-defined]
+    return dependency
+
+
+def plaintext_caller(request: Request, ident: Identity) -> bool:
+    """The caller is the anonymous admin of a ``--plaintext`` manager (no authentication)."""
+    return _anonymous_admin(request, ident)
+
+
 def public() -> Dependency:
     """No credential needed (health and liveness probes)."""
 

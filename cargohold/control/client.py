@@ -302,9 +302,13 @@ class ManagerClient:
         tenant: str | None = None,
         labels: dict[str, str] | None = None,
         qos: JSON | None = None,
+        encrypted: bool | None = None,
+        key: str | None = None,
+        kms_key: str | None = None,
     ) -> JSON:
         """POST a ``VolumeCreate``; fields left None take the manager's defaults. ``source``
-        is ``{"volume": ..., "snapshot": ...}`` to clone; ``qos`` the QoS limits."""
+        is ``{"volume": ..., "snapshot": ...}`` to clone; ``qos`` the QoS limits;
+        ``encrypted`` with ``key`` (a KEK name) or ``kms_key`` (docs/keys.md)."""
         body: JSON = {"name": name, "size_bytes": size_bytes}
         given: JSON = {
             "replicas": replicas,
@@ -318,6 +322,9 @@ class ManagerClient:
             "tenant": tenant,
             "labels": labels or None,
             "qos": qos or None,
+            "encrypted": encrypted or None,
+            "key": key,
+            "kms_key": kms_key,
         }
         body.update({k: v for k, v in given.items() if v is not None})
         return self._post("/api/v1/volumes", body)
@@ -327,9 +334,17 @@ class ManagerClient:
         out: JSON = self.request("PATCH", f"/api/v1/volumes/{_seg(name)}", body={"qos": qos})
         return out
 
-    def delete_volume(self, name: str, purge: bool = False) -> JSON:
-        params = {"purge": "true"} if purge else None
-        return self._delete(f"/api/v1/volumes/{_seg(name)}", params)
+    def delete_volume(self, name: str, purge: bool = False, shred: bool = False) -> JSON:
+        """``shred``: destroy an encrypted volume's data key first (docs/keys.md)."""
+        params = {"purge": "true"} if purge else {}
+        if shred:
+            params["shred"] = "true"
+        return self._delete(f"/api/v1/volumes/{_seg(name)}", params or None)
+
+    def rekey(self, name: str, key: str | None = None, kms_key: str | None = None) -> JSON:
+        """Rewrap the volume's data key under another key-encryption key."""
+        body = {"key": key} if kms_key is None else {"kms_key": kms_key}
+        return self._post(f"/api/v1/volumes/{_seg(name)}/rekey", body)
 
     def attach(self, name: str, node: str, force: bool = False, read_only: bool = False) -> JSON:
         body: JSON = {"node": node}

@@ -46,6 +46,7 @@ from pydantic import (
 )
 
 from cargohold import qos_limits
+from cargohold.encryption import layout
 from cargohold.errors import InvalidArgument
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")  # a DNS-1123 label (dots ok)
@@ -285,6 +286,20 @@ class EngineSpec(Record):
     encrypted: bool = False  # the engine serves the volume through its block cipher (issue 19)
 
 
+class VolumeEncryption(Record):
+    """An encrypted volume's key record (issue 19, docs/keys.md): its data key wrapped by a
+    key-encryption key (never the clear key), and the encryption id bound into its blocks.
+    ``wrapped_key`` is "" once the key was destroyed (``volume delete --shred``)."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{32}$")  # 16 random bytes, hex; a clone keeps it
+    provider: str  # file | kms (memory: unit tests)
+    key_ref: str  # the KEK: a key name (file) or a KMS key id
+    wrapped_key: str = Field(default="", repr=False)  # base64 of the provider's blob
+    created: float = 0.0
+    rekeyed_at: float | None = None  # the last rewrap under another KEK
+    shredded_at: float | None = None  # the wrapped key destroyed then
+
+
 class ScrubSummary(Record):
     """The last scrub pass of a volume that ended (succeeded), as its engine reported it:
     kept on the volume so that the next engine (another node, a restart) knows when the
@@ -357,11 +372,22 @@ class Volume(Record):
     labels: dict[str, str] = Field(default_factory=dict)  # e.g. recurring-job.cargohold.io/J
     qos: QosLimits = Field(default_factory=QosLimits)  # changed online (PATCH)
     standby: Standby | None = None  # a disaster-recovery standby (docs/disaster-recovery.md)
+    # encrypted at rest (issue 19): ``size_bytes`` is the logical size users see; replicas
+    # and the engine's volume have ``stored_bytes`` (encryption/layout.py)
+    encryption: VolumeEncryption | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "volume name")
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the plain volume its replicas and engine hold: ``size_bytes``, or for an
+        encrypted volume its physical size (ciphertext and tag blocks)."""
+        if self.encryption is None:
+            return self.size_bytes
+        return layout.physical_size(self.size_bytes)
 
     @property
     def engine_runs(self) -> bool:
@@ -638,6 +664,10 @@ class EngineAssignment(Message):
     epoch_jump: bool = False  # after `volume recover-epoch`: OPEN may jump epochs
     read_only: bool = False  # NBD clients may only read (a read-only attach)
     qos: dict[str, int | float] = Field(default_factory=dict)  # QoS limits (docs/qos.md)
+    # encrypted at rest (docs/keys.md): the agent fetches the data key (POST
+    # /api/v1/volumes/{volume}/data-key) and hands it to the engine through a pipe
+    encrypted: bool = False
+    encryption_id: str = ""
 
 
 class OperationAssignment(Message):
@@ -737,6 +767,10 @@ class EventKind(StrEnum):
     SNAPSHOT_CREATED = "snapshot-created"
     BACKUP_DONE = "backup-done"
     BACKUP_FAILED = "backup-failed"
+    # keys of encrypted volumes (issue 19: docs/keys.md); never the key itself
+    DATA_KEY_ISSUED = "data-key-issued"  # an agent was given the data key for an engine
+    VOLUME_REKEYED = "volume-rekeyed"  # the data key rewrapped under another KEK
+    VOLUME_SHREDDED = "volume-shredded"  # the wrapped data key destroyed
 
 
 class Event(Record):

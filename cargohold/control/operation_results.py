@@ -109,10 +109,11 @@ async def apply_result(repo: Repository, op: Operation) -> None:
 
                 await repo.update_snapshot(op.volume, name, back)
         elif op.kind is OperationKind.EXPAND and ok:
-            size = int(op.args["size_bytes"])
+            size = int(op.args["size_bytes"])  # the replicas' (physical, when encrypted)
+            logical = int(op.args.get("logical_size_bytes", size))
 
             def grow(v: Volume) -> Volume:
-                v.size_bytes = max(v.size_bytes, size)
+                v.size_bytes = max(v.size_bytes, logical)
                 return v
 
             await repo.update_volume(op.volume, grow)

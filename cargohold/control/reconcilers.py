@@ -210,7 +210,7 @@ class ReplicaReconciler:
             try:
                 reps = await self.repo.plan_replicas(
                     vol.name,
-                    vol.size_bytes,
+                    vol.stored_bytes,
                     n,
                     zone_spread=vol.zone_spread,
                     node_tags=vol.node_tags,
@@ -363,6 +363,7 @@ class EngineReconciler:
                     v.recovered_epoch and v.epoch - v.recovered_epoch <= EPOCH_JUMP_ENGINES
                 ),
                 read_only=ro,
+                encrypted=v.encryption is not None,
             )
             v.engine_status = None
             return v

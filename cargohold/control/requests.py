@@ -17,14 +17,27 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     field_validator,
+    model_validator,
 )
 
 from cargohold.control.disk_roots import system_dir
 from cargohold.control.model import QosLimits, VolumeSource, check_name, name_field
 
+# a key-encryption key's name (keys/providers.py KEY_NAME_RE; '..' refused there too)
+KEY_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$"
+
 
 class VolumeCreate(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = {
+        "extra": "forbid",
+        # the schema says what _one_key checks: not both a key file and a KMS key
+        "json_schema_extra": {
+            "not": {
+                "required": ["key", "kms_key"],
+                "properties": {"key": {"type": "string"}, "kms_key": {"type": "string"}},
+            }
+        },
+    }
 
     name: str = name_field()
     size_bytes: StrictInt = Field(gt=0, le=256 << 40, multiple_of=4096)
@@ -49,11 +62,72 @@ class VolumeCreate(BaseModel):
         "enabled attaches job JOB (which must exist; docs/jobs.md)",
     )
     qos: QosLimits | None = Field(default=None, description="QoS limits (docs/qos.md)")
+    # encryption at rest (docs/keys.md): the size is rounded up to whole 256 KiB groups
+    encrypted: StrictBool = Field(
+        default=False,
+        description="encrypt at rest with a new data key (a clone or restore of an "
+        "encrypted volume is encrypted with its source's key whatever this says)",
+    )
+    key: str | None = Field(
+        default=None,
+        pattern=KEY_NAME_PATTERN,
+        max_length=253,
+        description="the key-encryption key's name in the manager's key directory "
+        "(provider file; default: 'default' when kms_key is not given either)",
+    )
+    kms_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^\S+$",
+        description="a KMS key id, ARN or alias to wrap the data key with (provider kms)",
+    )
 
     @field_validator("name", mode="before")
     @classmethod
     def _name(cls, v: object) -> object:
         return check_name(v, "volume name") if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_key(self) -> VolumeCreate:
+        if self.key is not None and self.kms_key is not None:
+            raise ValueError("give key (a key file) or kms_key (a KMS key), not both")
+        return self
+
+
+class KeyChoice(BaseModel):
+    """POST /api/v1/volumes/{volume}/rekey: the key-encryption key to rewrap the data key
+    with (exactly one of ``key`` and ``kms_key``)."""
+
+    # the schema says what _one_key checks: exactly one of them is a string
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "oneOf": [
+                {"required": ["key"], "properties": {"key": {"type": "string"}}},
+                {"required": ["kms_key"], "properties": {"kms_key": {"type": "string"}}},
+            ]
+        },
+    }
+
+    key: str | None = Field(default=None, pattern=KEY_NAME_PATTERN, max_length=253)
+    kms_key: str | None = Field(default=None, min_length=1, max_length=2048, pattern=r"^\S+$")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> KeyChoice:
+        if (self.key is None) == (self.kms_key is None):
+            raise ValueError("give exactly one of key (a key file) and kms_key (a KMS key)")
+        return self
+
+
+class DataKeyRequest(BaseModel):
+    """POST /api/v1/volumes/{volume}/data-key: an agent asks for the data key of a volume
+    whose engine it is to start on its node."""
+
+    model_config = {"extra": "forbid"}
+
+    node: str = name_field(description="the asking agent's node (the engine's, per the volume)")
+    epoch: StrictInt = Field(ge=1, description="the epoch of the engine it starts")
 
 
 class VolumeUpdate(BaseModel):

@@ -37,13 +37,20 @@ from cargohold.control.model import (
     OperationKind,
     SnapshotState,
     Volume,
+    VolumeEncryption,
     keys,
 )
 from cargohold.control.repository import new_id, now
 from cargohold.control.requests import BackupCreate, BackupTargetCreate
 from cargohold.control.service_base import ServiceBase
+from cargohold.control.service_keys import (
+    ENCRYPTION_LABEL,
+    SHREDDED,
+    encryption_label,
+    encryption_of_label,
+)
 from cargohold.control.state.base import Put
-from cargohold.errors import AlreadyExists, InvalidArgument, NotFound, WrongState
+from cargohold.errors import AlreadyExists, InvalidArgument, KeyUnavailable, NotFound, WrongState
 from cargohold.security.identity import Identity
 from cargohold.security.policy import sees
 
@@ -53,7 +60,7 @@ BACKUP_SNAPSHOT_LABEL = "cargohold.io/backup"  # on the snapshots the manager ta
 # the engine's labels on a backup in the repository (engine/backup.py): the manager's id of
 # it, and the replica history it was read at; not the user's labels
 RECORD_LABEL = "cargohold.io/record"
-ENGINE_LABELS = (RECORD_LABEL, "cargohold.io/history")
+ENGINE_LABELS = (RECORD_LABEL, "cargohold.io/history", ENCRYPTION_LABEL)
 UNFINISHED = (BackupState.PENDING, BackupState.RUNNING, BackupState.DELETING)
 
 
@@ -256,6 +263,31 @@ class BackupCalls(ServiceBase):
             and (target is None or b.target == target)
         ]
 
+    async def _backup_encryption(self, bid: str, who: Identity | None) -> VolumeEncryption | None:
+        """The key record a restore of backup ``bid`` needs (None: a plain volume's): its
+        ENCRYPTION_LABEL in the repository (any cluster's), else its volume's record here.
+        KeyUnavailable when that key was destroyed (``volume delete --shred``)."""
+        b = await self._backup(bid, who)
+        label = (b.info.get("labels") or {}).get(ENCRYPTION_LABEL)
+        if label is not None:
+            enc: VolumeEncryption | None = encryption_of_label(str(label))
+        else:
+            try:
+                vol = await self.repo.volume(b.volume)
+            except NotFound:
+                return None
+            same = volume_uid(self.repo.cluster_id, vol) == b.volume_id
+            enc = vol.encryption if same else None
+        if enc is None:
+            return None
+        gone = await self.repo.store.get(SHREDDED + enc.id)
+        if gone is not None or not enc.wrapped_key:
+            raise KeyUnavailable(
+                f"backup {bid} cannot be restored: the data key of volume {b.volume} was "
+                "destroyed (volume delete --shred); its backups are unreadable by design"
+            )
+        return enc
+
     async def _backup(self, bid: str, who: Identity | None) -> Backup:
         b = await self.repo.backup(bid)
         if not backup_visible(who, b):
@@ -296,6 +328,8 @@ class BackupCalls(ServiceBase):
             "parent_generation": parent.info["generation"] if parent else None,
             "labels": dict(req.labels),
         }
+        if vol.encryption is not None:  # the wrapped key travels with the backup (DR)
+            args["labels"][ENCRYPTION_LABEL] = encryption_label(vol.encryption)
         op = Operation(
             id=new_id("op-"), kind=OperationKind.BACKUP, volume=volume, args=args, created_at=t
         )

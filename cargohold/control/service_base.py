@@ -69,6 +69,10 @@ class ServiceBase:
         """The backup a new volume restores, checked (service_backups.py)."""
         raise NotImplementedError
 
+    async def _backup_encryption(self, bid: str, who: Identity | None) -> Any:
+        """The key record a restore of backup ``bid`` needs (service_backups.py)."""
+        raise NotImplementedError
+
     def _usable(self, vol: Volume) -> None:
         if vol.deleting or vol.released:
             raise WrongState(f"volume {vol.name} is being deleted")

@@ -20,6 +20,7 @@ from cargohold.control.model import (
 from cargohold.control.repository import now
 from cargohold.control.requests import StandbyCreate, VolumeCreate
 from cargohold.control.service_backups import BackupCalls, volume_uid
+from cargohold.control.service_keys import ENCRYPTION_LABEL
 from cargohold.control.service_volumes import VolumeCalls
 from cargohold.control.standby import activatable, source_backups
 from cargohold.errors import CargoholdError, InvalidArgument, NotFound, WrongState
@@ -50,6 +51,12 @@ class StandbyCalls(VolumeCalls, BackupCalls):
                 + (f" (uid {req.source_volume_id})" if req.source_volume_id else "")
             )
         newest = mine[-1]
+        labels = next((i.get("labels") or {} for i in infos if i.get("id") == newest.id), {})
+        if ENCRYPTION_LABEL in labels:  # docs/disaster-recovery.md, "Limits"
+            raise InvalidArgument(
+                f"{req.source_volume} is an encrypted volume: standbys of encrypted volumes are "
+                "not supported yet; restore its backup into a new volume (docs/keys.md)"
+            )
         if req.size_bytes is not None and req.size_bytes < newest.size:
             raise InvalidArgument(
                 f"a standby must be at least as large as its source's backups: "

@@ -19,11 +19,12 @@ from cargohold.control.model import (
     Standby,
     StandbyState,
     Volume,
+    VolumeEncryption,
     VolumeSource,
 )
 from cargohold.control.repository import MAX_RETRIES, TenantChanged, new_id, now, tenant_guard
 from cargohold.control.requests import AttachRequest, ExpandRequest, VolumeCreate, VolumeUpdate
-from cargohold.control.service_base import ServiceBase
+from cargohold.control.service_keys import KeyCalls
 from cargohold.control.tenancy import (
     check_quota,
     clone_source_allowed,
@@ -33,10 +34,12 @@ from cargohold.control.tenancy import (
     usage,
 )
 from cargohold.control.views import volume_view
+from cargohold.encryption import layout
 from cargohold.errors import (
     AlreadyExists,
     Busy,
     InvalidArgument,
+    KeyUnavailable,
     NotFound,
     Unschedulable,
     WrongState,
@@ -48,7 +51,7 @@ from cargohold.security.identity import Identity
 log = logging.getLogger("cargohold.manager")
 
 
-class VolumeCalls(ServiceBase):
+class VolumeCalls(KeyCalls):
     """``who`` on every call: the caller (control/auth.py), whose tenant confines what it
     sees and changes (control/tenancy.py); None: the manager itself, unconfined."""
 
@@ -70,12 +73,34 @@ class VolumeCalls(ServiceBase):
             await self.repo.tenant(owner)  # NotFound: the tenant must exist first
         snapshot_name = None
         source, restore = req.source, None
+        enc: VolumeEncryption | None = None
+        size = req.size_bytes
+        if (req.key is not None or req.kms_key is not None) and not req.encrypted:
+            if source is None:
+                raise InvalidArgument("key and kms_key choose the key of an encrypted volume")
         if source is not None and source.backup is not None:  # a restore
-            restore = await self._restore_source(source.backup, owner, req.size_bytes, who)
+            enc = await self._backup_encryption(source.backup, who)
+            if enc is None and req.encrypted:
+                raise InvalidArgument(
+                    f"backup {source.backup} is of a plain volume: its restore cannot be "
+                    "encrypted (restore it, then copy it into an encrypted volume)"
+                )
+            if enc is not None:
+                size = layout.logical_size_for(size)
+            stored = layout.physical_size(size) if enc is not None else size
+            restore = await self._restore_source(source.backup, owner, stored, who)
             source = VolumeSource(backup=restore.id, target=restore.target)
         elif source is not None and source.volume is not None:  # a clone
             src = await self._volume(source.volume, who)
             clone_source_allowed(owner, src)
+            enc = src.encryption  # a clone keeps its source's key and id
+            if enc is None and req.encrypted:
+                raise InvalidArgument(
+                    f"volume {src.name} is not encrypted: a clone of it cannot be (its blocks "
+                    "are copied as they are)"
+                )
+            if enc is not None:
+                size = layout.logical_size_for(size)
             if src.deleting or src.released:
                 raise WrongState(f"source volume {src.name} is being deleted")
             if source.snapshot is not None:
@@ -88,11 +113,25 @@ class VolumeCalls(ServiceBase):
                     f"a clone must be at least as large as its source: {req.size_bytes} < "
                     f"{src.size_bytes} bytes"
                 )
+        elif req.encrypted:  # a new data key, wrapped (KeyUnavailable: nothing stored)
+            size = layout.logical_size_for(size)
         await self._name_free(req.name)
+        if enc is not None:
+            if not enc.wrapped_key:
+                raise KeyUnavailable(
+                    "the source's data key was destroyed (volume delete --shred): it cannot be "
+                    "read, cloned or restored"
+                )
+            if req.key is not None or req.kms_key is not None:  # the same key, another KEK
+                enc = await self.rewrap(req.name, enc, req.key, req.kms_key)
+            enc = enc.model_copy(update={"created": now(), "shredded_at": None})
+        elif req.encrypted:
+            enc = await self.new_encryption(req.key, req.kms_key)
+        stored = layout.physical_size(size) if enc is not None else size
         try:
             reps = await self.repo.plan_replicas(
                 req.name,
-                req.size_bytes,
+                stored,
                 count,
                 zone_spread=req.zone_spread,
                 node_tags=req.node_tags,
@@ -109,7 +148,7 @@ class VolumeCalls(ServiceBase):
         t = now()
         vol = Volume(
             name=req.name,
-            size_bytes=req.size_bytes,
+            size_bytes=size,
             replicas_wanted=count,
             zone_spread=req.zone_spread,
             node_tags=req.node_tags,
@@ -122,6 +161,7 @@ class VolumeCalls(ServiceBase):
             tenant=owner,
             labels=req.labels,
             qos=req.qos or QosLimits(),
+            encryption=enc,
         )
         await check_job_labels(JobStore(self.repo.store), req.labels, owner)
         await self._admit(vol, reps)
@@ -141,14 +181,15 @@ class VolumeCalls(ServiceBase):
                 {"source_volume": source.volume, "snapshot": snapshot_name},
             )
         log.info(
-            "volume %s created: %d bytes, replicas on %s",
+            "volume %s created: %d bytes%s, replicas on %s",
             req.name,
-            req.size_bytes,
+            size,
+            f" (encrypted, key {enc.provider}:{enc.key_ref})" if enc else "",
             ", ".join(f"{r.node}/{r.disk}" for r in reps),
         )
         await self.repo.add_event(
             EventKind.VOLUME_CREATED,
-            f"created: {req.size_bytes} bytes, replicas on "
+            f"created: {size} bytes{' encrypted' if enc else ''}, replicas on "
             + ", ".join(f"{r.node}/{r.disk}" for r in reps),
             volume=req.name,
         )
@@ -272,9 +313,15 @@ class VolumeCalls(ServiceBase):
         return await self.view(vol)
 
     async def delete_volume(
-        self, name: str, purge: bool = False, who: Identity | None = None
+        self, name: str, purge: bool = False, who: Identity | None = None, shred: bool = False
     ) -> dict[str, Any]:
+        """Delete (or release, with reclaim policy Retain). ``shred``: destroy the data key
+        of an encrypted volume first (its record stored before anything else), then delete
+        it as with ``purge``: nothing of it can be read again (docs/keys.md)."""
         await self._volume(name, who)
+        if shred:
+            await self.shred(name)
+            purge = True
 
         def change(v: Volume) -> Volume | None:
             if v.attach_node is not None:
@@ -308,6 +355,9 @@ class VolumeCalls(ServiceBase):
             )
         self._usable(vol)
         args = {"size_bytes": req.size_bytes}
+        if vol.encryption is not None:  # whole groups: the replicas grow by ciphertext + tags
+            logical = layout.logical_size_for(req.size_bytes)
+            args = {"size_bytes": layout.physical_size(logical), "logical_size_bytes": logical}
         if vol.tenant is None:
             op = await self._operation(OperationKind.EXPAND, name, args)
             return op.model_dump()
@@ -316,7 +366,8 @@ class VolumeCalls(ServiceBase):
             ops = await self.repo.operations()
             now_size = max(vol.size_bytes, pending_expansions(ops).get(name, 0))
             used = usage(tenant.name, await self.repo.volumes(), ops)
-            check_quota(tenant, used, req.size_bytes - now_size, f"expanding volume {name}")
+            grow = args.get("logical_size_bytes", req.size_bytes) - now_size
+            check_quota(tenant, used, grow, f"expanding volume {name}")
             try:
                 op = await self._operation(
                     OperationKind.EXPAND, name, args, guard=tenant_guard(tenant, rev)

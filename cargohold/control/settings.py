@@ -92,6 +92,19 @@ class ManagerSettings(Settings):
         description="directories under which a disk added through the API may lie (after "
         "symlinks and '..' are resolved; never a system directory such as /etc or /proc)",
     )
+    key_dir: str | None = setting(
+        None,
+        "directory of key-encryption keys (provider `file`): a file per key, 32 raw bytes or "
+        "64 hex digits; in Kubernetes a Secret mounted there (docs/keys.md)",
+    )
+    kms_endpoint: str | None = setting(
+        None,
+        "URL of a KMS API (provider `kms`; default: AWS KMS of kms_region); credentials "
+        "from boto3's usual chain (docs/keys.md)",
+    )
+    kms_region: str | None = setting(
+        None, "region of the KMS (provider `kms`); set this or kms_endpoint to enable it"
+    )
 
     @property
     def heartbeat_every(self) -> float:

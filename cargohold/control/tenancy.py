@@ -77,7 +77,7 @@ def pending_expansions(ops: Iterable[Operation]) -> dict[str, int]:
     out: dict[str, int] = {}
     for op in ops:
         if op.kind is OperationKind.EXPAND and not op.done:
-            size = op.args.get("size_bytes")
+            size = op.args.get("logical_size_bytes", op.args.get("size_bytes"))
             if isinstance(size, int):
                 out[op.volume] = max(out.get(op.volume, 0), size)
     return out

@@ -98,6 +98,19 @@ class StandbyView(Standby):
     lag: StandbyLag
 
 
+class EncryptionView(Record):
+    """An encrypted volume's key record as the API shows it: never the key, clear or
+    wrapped (docs/keys.md)."""
+
+    id: str = Field(description="the encryption id bound into every block (hex)")
+    provider: str = Field(description="file | kms: who holds the key-encryption key")
+    key_ref: str = Field(description="the key-encryption key: a key name or a KMS key id")
+    created: float
+    rekeyed_at: float | None = None
+    shredded: bool = Field(description="the data key was destroyed (volume delete --shred)")
+    stored_bytes: int = Field(description="bytes each replica holds (ciphertext and tags)")
+
+
 class VolumeView(Record):
     """``GET /api/v1/volumes/{volume}``: the fields scripts rely on."""
 
@@ -138,6 +151,9 @@ class VolumeView(Record):
     qos: QosView | None = Field(None, description="QoS limits and throttling (docs/qos.md)")
     standby: StandbyView | None = Field(
         None, description="a disaster-recovery standby's state and lag (null: a normal volume)"
+    )
+    encryption: EncryptionView | None = Field(
+        None, description="encrypted at rest: its key record, never the key (docs/keys.md)"
     )
 
 
@@ -322,9 +338,25 @@ def volume_view(vol: Volume, replicas: list[Replica], nodes: dict[str, Node]) ->
         "labels": vol.labels,
         "nbd_clients": [c.model_dump() for c in st.nbd_clients] if st and running else [],
         "qos": qos_view(vol, st if running else None),
+        "encryption": encryption_view(vol),
         "standby": (
             {**vol.standby.model_dump(), "lag": lag(vol.standby, time.time())}
             if vol.standby
             else None
         ),
+    }
+
+
+def encryption_view(vol: Volume) -> dict[str, Any] | None:
+    enc = vol.encryption
+    if enc is None:
+        return None
+    return {
+        "id": enc.id,
+        "provider": enc.provider,
+        "key_ref": enc.key_ref,
+        "created": enc.created,
+        "rekeyed_at": enc.rekeyed_at,
+        "shredded": not enc.wrapped_key,
+        "stored_bytes": vol.stored_bytes,
     }

@@ -91,6 +91,9 @@ class VolumeRpcs(BackupSnapshots):
                     preferred_nodes=self._preferred_nodes(req),
                     labels=params.labels or None,
                     qos=qos or None,
+                    encrypted=params.encrypted or None,
+                    key=params.key,
+                    kms_key=params.kms_key,
                 )
                 log.info("created volume %s (%d bytes) for %r", name, size, req.name)
             if vol.get("state") == "creating":
@@ -155,6 +158,8 @@ class VolumeRpcs(BackupSnapshots):
             diffs.append(f"its node tags are {vol.get('node_tags')}")
         if sorted(vol.get("disk_tags") or []) != list(params.disk_tags):
             diffs.append(f"its disk tags are {vol.get('disk_tags')}")
+        if params.encrypted and not vol.get("encryption"):
+            diffs.append("it is not encrypted")
         have = vol.get("source") or None
         if (have or {}).get("backup") != (source or {}).get("backup"):
             diffs.append(f"its content source is {have or 'none'}, not {what or 'none'}")

@@ -46,6 +46,8 @@ PVC_NAMESPACE_LABEL = "pvc.cargohold.io/namespace"
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")  # keys/providers.py
+_KMS_ID = re.compile(r"^\S{1,2048}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -90,6 +92,16 @@ PARAMETERS = (
         "the source volume's name in the other cluster (with standbyTarget)",
         "none",
     ),
+    # encryption at rest (docs/keys.md): the key-encryption key is the manager's (a key
+    # file, a Secret mounted into its pod, or a KMS key); the StorageClass names it
+    Param("encrypted", "true or false", "false"),
+    Param(
+        "encryptionKey",
+        "with encrypted: the name of a key-encryption key in the manager's key directory "
+        "(a key of the Secret mounted there): letters, digits, '.', '_', '-'",
+        "default",
+    ),
+    Param("kmsKeyId", "with encrypted: a KMS key id, ARN or alias (no spaces)", "none"),
 )
 _KNOWN = {p.name: p for p in PARAMETERS}
 
@@ -133,6 +145,9 @@ class VolumeParameters:
     standby_target: str = ""  # with standby_source: a standby volume (docs/disaster-recovery.md)
     standby_source: str = ""
     pvc: tuple[str, str] | None = None  # (namespace, name) with --extra-create-metadata
+    encrypted: bool = False  # with key (a KEK name) or kms_key (docs/keys.md)
+    key: str | None = None
+    kms_key: str | None = None
     given: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -206,7 +221,28 @@ class VolumeParameters:
         pvc_ns, pvc_name = params.get(PVC_NAMESPACE_PARAM, ""), params.get(PVC_NAME_PARAM, "")
         if pvc_ns and pvc_name:
             out["pvc"] = (pvc_ns, pvc_name)
+        out.update(_encryption(params))
         return cls(**out, given={k: v for k, v in params.items() if k in _KNOWN})
+
+
+def _encryption(params: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "encrypted" in params:
+        v = params["encrypted"].strip().lower()
+        if v not in ("true", "false"):
+            raise _bad("encrypted", params["encrypted"])
+        out["encrypted"] = v == "true"
+    if "encryptionKey" in params and "kmsKeyId" in params:
+        raise _bad("kmsKeyId", params["kmsKeyId"], "give encryptionKey or kmsKeyId, not both")
+    for key, attr, rx in (("encryptionKey", "key", _KEY_NAME), ("kmsKeyId", "kms_key", _KMS_ID)):
+        if key in params:
+            v = params[key].strip()
+            if not out.get("encrypted"):
+                raise _bad(key, params[key], 'only with encrypted: "true"')
+            if not rx.match(v) or (key == "encryptionKey" and ".." in v):
+                raise _bad(key, params[key])
+            out[attr] = v
+    return out
 
 
 def parse_duration(value: str) -> float:

@@ -10,6 +10,7 @@ once, with the tail of its log, when a process exits while starting.
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import subprocess
 import time
@@ -149,6 +150,16 @@ class Startup:
         if self._etcd_tls:
             argv += ["--etcd-tls-dir", etcd_certs.client_dir(self.dir)]
         argv += ["--tls-dir", str(credentials.manager_tls_dir(self.dir, m.id))]
+        keys = os.path.join(self.dir, "keys")  # key-encryption keys (docs/keys.md)
+        os.makedirs(keys, mode=0o700, exist_ok=True)
+        default_kek = os.path.join(keys, "default")  # a local cluster's KEK: made once
+        if not os.path.exists(default_kek):
+            fd = os.open(default_kek, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, secrets.token_bytes(32))
+            finally:
+                os.close(fd)
+        argv += ["--key-dir", keys]
         if init:  # the first admin token, for the CLI
             argv += ["--admin-token-file", str(credentials.token_file(self.dir))]
         return [*argv, *(["--cluster-id", cluster_id] if cluster_id else [])]

@@ -39,6 +39,8 @@ from tests.support.tls_manager import ROOT, TlsManager
 
 PUBLIC = {("get", "/healthz"), ("get", "/livez")}  # open on purpose: probes
 AGENT_ROUTE = "heartbeat (agent/<node> only)"
+# an encrypted volume's data key: agents only, and the service checks it is the engine's node
+DATA_KEY_ROUTE = "data-key (agent of the engine's node only)"
 # the join route: a joining agent has no certificate yet, its join token is the credential
 JOIN = {("post", "/api/v1/join")}
 PARAMS = {
@@ -86,7 +88,7 @@ def call(c: httpx.Client, method: str, path: str, op: dict[str, Any]) -> httpx.R
 
 
 def holder(perm: str) -> tuple[str, str]:
-    if perm in (AGENT_ROUTE, Permission.HEARTBEAT.value):  # an agent, for its own node
+    if perm in (AGENT_ROUTE, DATA_KEY_ROUTE, Permission.HEARTBEAT.value):  # an agent, its node
         return ("agent", PARAMS["node"])
     for role, name in PEOPLE:
         if Permission(perm) in ROLE_PERMISSIONS[Role(role)]:
@@ -110,7 +112,9 @@ def test_every_route_declares_a_permission_and_the_schema_shows_it(mgr: TlsManag
         elif (method, path) in JOIN:
             assert perm == "join token" and op["security"] == []
         else:
-            assert perm == AGENT_ROUTE or perm in {p.value for p in Permission}, perm
+            assert perm in (AGENT_ROUTE, DATA_KEY_ROUTE) or perm in {p.value for p in Permission}, (
+                perm
+            )
             assert op["security"] == [{"bearerAuth": []}, {"mutualTLS": []}]
             assert {"401", "403"} <= set(op["responses"]), f"{method} {path}"
 

@@ -56,6 +56,8 @@ BODIES: dict[str, Any] = {
     "VolumeCreate": {"name": "b-clone", "size_bytes": GiB},
     "VolumeUpdate": {"qos": {"max_iops": 1000}},
     "SnapshotMetadataRequest": {"max_results": 16},
+    "KeyChoice": {"key": "default"},
+    "DataKeyRequest": {"node": "node-1", "epoch": 1},
 }
 
 

@@ -18,6 +18,7 @@ import pytest
 from cargohold.control.api import build
 from cargohold.control.model import Heartbeat
 from cargohold.control.service import SnapshotCreate
+from cargohold.keys.providers import Keyring, MemoryProvider
 from tests.unit.control.sim import Sim
 
 GiB = 1 << 30
@@ -143,6 +144,34 @@ async def test_every_answer_fits_the_published_schema(world, monkeypatch) -> Non
     await call("PATCH", V, 422, {"qos": {"max_iops": 5}}, volume="data")
     await call("PATCH", V, 404, qos, volume="nope")
     await call("POST", V + "/expand", 400, {"size_bytes": GiB // 2}, volume="data")
+    # an encrypted volume: its engine's agent fetches the data key; a rewrap (docs/keys.md)
+    keks = {"default": b"k" * 32, "k2": b"j" * 32}
+    sim.service.keyring = Keyring([MemoryProvider(keks, name="file")])
+    sealed = {"name": "sealed", "size_bytes": GiB, "encrypted": True, "replicas": 1}
+    ev = await call("POST", "/api/v1/volumes", 201, sealed)
+    assert ev["encryption"]["provider"] == "file" and "wrapped_key" not in ev["encryption"]
+    await call("POST", "/api/v1/volumes", 409, {**sealed, "name": "sealed-2", "key": "nope"})
+    await call("POST", "/api/v1/volumes", 422, {**sealed, "key": "a", "kms_key": "b"})
+    await sim.step(rounds=2)
+    await call("POST", V + "/attach", 202, {"node": ev["replicas"][0]["node"]}, volume="sealed")
+    await sim.step(rounds=3)
+    eng = (await call("GET", V, 200, volume="sealed"))["engine"]
+    DK = V + "/data-key"
+    ask = {"node": eng["node"], "epoch": eng["epoch"]}
+    got = await call("POST", DK, 200, ask, volume="sealed")
+    assert got["encryption_id"] == ev["encryption"]["id"] and len(got["data_key"]) == 44
+    other = next(n for n in sim.nodes if n != eng["node"])
+    await call("POST", DK, 403, {**ask, "node": other}, volume="sealed")
+    await call("POST", DK, 409, {**ask, "epoch": eng["epoch"] + 1}, volume="sealed")
+    await call("POST", DK, 409, ask, volume="data")  # not encrypted
+    await call("POST", DK, 404, ask, volume="nope")
+    await call("POST", DK, 422, {"node": "Bad"}, volume="sealed")
+    ev = await call("POST", V + "/rekey", 200, {"key": "k2"}, volume="sealed")
+    assert ev["encryption"]["key_ref"] == "k2" and ev["encryption"]["rekeyed_at"]
+    await call("POST", V + "/rekey", 422, {}, volume="sealed")
+    await call("POST", V + "/rekey", 409, {"key": "k2"}, volume="data")
+    await call("POST", V + "/rekey", 404, {"key": "k2"}, volume="nope")
+    await call("POST", V + "/detach", 202, volume="sealed")
     await call("POST", V + "/expand", 404, {"size_bytes": GiB}, volume="nope")
     await call("DELETE", S, 202, volume="data", snapshot="s1")
     await call("DELETE", S, 404, volume="data", snapshot="s1-nope")
