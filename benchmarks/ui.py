@@ -109,7 +109,7 @@ def run(volumes: int, loads: int) -> dict[str, object]:
             "--listen",
             f"127.0.0.1:{port}",
         ],
-        stdout=open(d / "manager.log", "wb"),  # noqa: SIM115
+        stdout=open(d / "manager.log", "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )

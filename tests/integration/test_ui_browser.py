@@ -71,7 +71,7 @@ def manager(tmp_path: Path) -> Iterator[str]:
     """A real manager on a new SQLite store, plaintext, three nodes registered (they send
     no heartbeats: node_down_after is an hour)."""
     port = free_port()
-    log = open(tmp_path / "manager.log", "wb")  # noqa: SIM115
+    log = open(tmp_path / "manager.log", "wb")
     proc = subprocess.Popen(
         [
             sys.executable,
