@@ -11,6 +11,7 @@ The routes are not in the OpenAPI schema (``include_in_schema=False``): they are
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 
 from cargohold.control.api_errors import http_status
 from cargohold.control.auth import Auth, public
-from cargohold.control.model import NAME_PATTERN
+from cargohold.control.model import NodeState
 from cargohold.control.requests import AttachRequest, ExpandRequest, SnapshotCreate, VolumeCreate
 from cargohold.control.service import Service
 from cargohold.control.tenancy import human, only_visible
@@ -41,7 +42,6 @@ from cargohold.ui.tree import snapshot_tree
 
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 16 << 10  # a console form is a few fields
-VOLUME_PATH = NAME_PATTERN
 
 Status = Annotated[Viewer, Depends(viewer(Permission.STATUS_READ))]
 Read = Annotated[Viewer, Depends(viewer(Permission.VOLUMES_READ))]
@@ -142,19 +142,40 @@ class Console:
 
     # --- overview -------------------------------------------------------------------------
     async def overview_data(self, v: Viewer) -> dict[str, Any]:
+        """The overview's figures, from one read of each kind of record: the counts as
+        ``ClusterCalls.status`` makes them (a tenant's of its own volumes; nodes and
+        capacity are the cluster's), and the conditions. Provisioned is each volume's size
+        times the replicas it wants (not read from the replica records: 3 per volume, the
+        page's largest read by far; the nodes page sums them per disk)."""
         s, who = self.s, v.ident
-        status = await s.status(who)
         vols = only_visible(who, await s.repo.volumes())
+        nodes = await s.repo.nodes()
+        disks = await s.repo.disks()
+        allocated = sum(x.size_bytes * x.replicas_wanted for x in vols if not x.deleting)
+        counts = {"total": len(vols), "healthy": 0, "degraded": 0, "faulted": 0, "attached": 0}
+        for x in vols:
+            if x.robustness.value in counts:
+                counts[x.robustness.value] += 1
+            counts["attached"] += x.attach_node is not None
+        node_counts = {st.value: 0 for st in NodeState}
+        for n in nodes:
+            node_counts[n.state.value] += 1
+        status = {
+            "backend": s.backend,
+            "manager": s.manager_id,
+            "leader": await s.repo.store.leader("manager"),
+            "nodes": node_counts,
+            "volumes": counts,
+            "capacity_bytes": sum(d.capacity_bytes for d in disks),
+            "allocated_bytes": allocated,
+        }
         see_nodes = v.may(Permission.NODES_READ)
-        nodes = await s.repo.nodes() if see_nodes else []
-        disks = await s.repo.disks() if see_nodes else []
         events = await s.events(who)
-        now = time.time()
-        hourly = per_bucket((e["at"] for e in events), now, 3600, 24)
+        hourly = per_bucket((e["at"] for e in events), time.time(), 3600, 24)
         return {
             "status": status,
-            "conditions": conditions(vols, nodes, disks),
-            "nodes": [n.view() for n in sorted(nodes, key=lambda n: n.name)],
+            "conditions": conditions(vols, nodes if see_nodes else [], disks if see_nodes else []),
+            "nodes": [n.view() for n in sorted(nodes, key=lambda n: n.name)] if see_nodes else [],
             "events": list(reversed(events[-10:])),
             "spark": svg(hourly, f"events per hour, last 24 hours: {sum(hourly)} in all"),
             "see_nodes": see_nodes,
@@ -167,7 +188,8 @@ class Console:
         s = self.s
         page = listing.select(only_visible(v.ident, await s.repo.volumes()), q)
         nodes = {n.name: n for n in await s.repo.nodes()}
-        rows = [volume_view(vol, await s.repo.replicas(vol.name), nodes) for vol in page.items]
+        reps = await asyncio.gather(*(s.repo.replicas(vol.name) for vol in page.items))
+        rows = [volume_view(vol, r, nodes) for vol, r in zip(page.items, reps, strict=True)]
         return {"q": q, "page": page, "rows": rows}
 
     async def volume_data(self, v: Viewer, name: str) -> dict[str, Any]:
