@@ -221,3 +221,37 @@ async def test_pages_and_live_fragments(console: Console) -> None:
 async def test_the_console_is_not_in_the_api_schema(console: Console) -> None:
     paths = console.app.openapi()["paths"]
     assert not [p for p in paths if p.startswith("/ui") or p == "/"]
+
+
+async def test_bad_input_gets_a_clear_refusal(console: Console) -> None:
+    async with console.client("admin") as c:
+        token = csrf_of((await c.get("/ui/volumes/new")).text)
+        for size, unit in (
+            ("nan", "GiB"),
+            ("inf", "GiB"),
+            ("-1", "GiB"),
+            ("1", "PiB"),
+            ("x", "MiB"),
+        ):
+            r = await c.post(
+                "/ui/volumes", data={"name": "bad", "size": size, "unit": unit, "csrf": token}
+            )
+            assert r.status_code == 400 and "size" in r.text, (size, unit, r.text[-300:])
+        r = await c.post(
+            "/ui/volumes", data={"name": "bad", "size": "1", "replicas": "two", "csrf": token}
+        )
+        assert r.status_code == 400
+        r = await c.post(
+            "/ui/volumes",
+            content=b"name=" + b"x" * (64 << 10),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 413
+        r = await c.post("/ui/volumes", content=b"\xff\xfe=\x00", headers={"x-csrf-token": token})
+        assert r.status_code == 400
+        assert (await c.get("/ui/volumes/%2e%2e")).status_code == 404
+        assert (await c.get("/ui/volumes?page=99999999999&per_page=-1&sort=%00")).status_code == 200
+        assert (await c.get("/ui/volumes/pv-admin/confirm/format")).status_code == 404
+        r = await c.post("/ui/nodes/node-1/explode", data={"csrf": token})
+        assert r.status_code == 404
+    assert "bad" not in {v["name"] for v in await console.service.volumes()}
