@@ -247,6 +247,42 @@ def login_page(request: Request, why: str = "", status: int = 200) -> Response:
     )
 
 
+# Every console answer: scripts, styles and forms of this origin only, never in a frame
+# (clickjacking), no MIME sniffing, no referrer to other sites.
+HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cache-control", b"no-store"),
+]
+
+
+class ConsoleHeaders:
+    """ASGI middleware: ``HEADERS`` on every answer under /ui (static files keep their
+    caching: they change only with the manager's version)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope.get("type") == "http" else ""
+        if not path.startswith("/ui") or path.startswith("/ui/static/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Any) -> None:
+            if message.get("type") == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
 def _redirect(url: str) -> Response:
     return RedirectResponse(url, status_code=303)
 
@@ -545,6 +581,7 @@ def mount(app: FastAPI, s: Service) -> None:
         return c.page(request, v, "events.html", nav="events", page=page, volume=volume or "")
 
     app.include_router(r)
+    app.add_middleware(ConsoleHeaders)
     app.mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="ui-static")
 
 

@@ -125,6 +125,9 @@ def test_the_console_in_a_browser(manager: str, browser: Any, tmp_path: Path) ->
 
     shots = artifacts(tmp_path, "ui-manager")
     page = browser.new_page(viewport={"width": 1200, "height": 800})
+    complaints: list[str] = []  # the browser's errors: a CSP refusal, a script failing
+    page.on("console", lambda m: complaints.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: complaints.append(str(e)))
     page.goto(manager + "/")  # / -> /ui/
     assert page.url.endswith("/ui/")
     expect(page.locator("h1")).to_have_text("Overview")
@@ -134,10 +137,12 @@ def test_the_console_in_a_browser(manager: str, browser: Any, tmp_path: Path) ->
     # create a volume with the form, reached by keyboard from the volumes page
     page.get_by_role("link", name="Volumes", exact=True).click()
     page.get_by_role("link", name="Create a volume").click()
+    expect(page.locator("h1")).to_have_text("Create a volume")
     page.get_by_label("Name").fill("web-data")
     page.get_by_label("Size").fill("256")
     page.get_by_label("Unit").select_option("MiB")
     page.get_by_label("Replicas").fill("2")
+    expect(page.get_by_label("Replicas")).to_have_value("2")
     page.get_by_role("button", name="Create").click()
     expect(page.locator("h1")).to_have_text("Volume web-data")
     expect(page.locator("#done")).to_contain_text("created")
@@ -178,6 +183,7 @@ def test_the_console_in_a_browser(manager: str, browser: Any, tmp_path: Path) ->
     assert state.status_code == 404 or state.json()["state"] == "deleting"
     page.goto(manager + "/ui/")
     page.screenshot(path=str(shots / "overview-light.png"), full_page=True)
+    assert complaints == [], complaints
     dark = browser.new_page(color_scheme="dark", viewport={"width": 1200, "height": 800})
     dark.goto(manager + "/ui/nodes")
     expect(dark.locator("h1")).to_have_text("Nodes and disks")
@@ -221,6 +227,7 @@ def test_sign_in_attach_degrade_recover_snapshot(
     page.screenshot(path=str(shots / "overview.png"), full_page=True)
     # create and attach from the console
     page.goto(url + "/ui/volumes/new")
+    expect(page.locator("h1")).to_have_text("Create a volume")
     page.get_by_label("Name").fill("orders")
     page.get_by_label("Size").fill("64")
     page.get_by_label("Unit").select_option("MiB")

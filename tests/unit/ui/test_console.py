@@ -255,3 +255,16 @@ async def test_bad_input_gets_a_clear_refusal(console: Console) -> None:
         r = await c.post("/ui/nodes/node-1/explode", data={"csrf": token})
         assert r.status_code == 404
     assert "bad" not in {v["name"] for v in await console.service.volumes()}
+
+
+async def test_console_answers_forbid_frames_and_foreign_scripts(console: Console) -> None:
+    async with console.client("reader") as c:
+        for path in ("/ui/", "/ui/login", "/ui/live/overview"):
+            r = await c.get(path)
+            csp = r.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, path
+            assert (
+                r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
+            )
+        r = await c.get("/api/v1/volumes")  # the API's answers are left as they were
+        assert r.status_code == 401 and "content-security-policy" not in r.headers
