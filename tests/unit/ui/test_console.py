@@ -268,3 +268,27 @@ async def test_console_answers_forbid_frames_and_foreign_scripts(console: Consol
             )
         r = await c.get("/api/v1/volumes")  # the API's answers are left as they were
         assert r.status_code == 401 and "content-security-policy" not in r.headers
+
+
+async def test_cordon_and_drain_from_the_nodes_page(console: Console) -> None:
+    async with console.client("admin") as c:
+        page = (await c.get("/ui/nodes")).text
+        assert "Cordon node-2" in page and "Drain node-2…" in page
+        token = csrf_of(page)
+        r = await c.post("/ui/nodes/node-2/cordon", data={"csrf": token})
+        assert r.status_code == 303 and (await console.service.node("node-2"))["cordoned"]
+        assert "Uncordon node-2" in (await c.get("/ui/nodes")).text
+        assert "Drain node node-2?" in (await c.get("/ui/nodes/node-2/confirm/drain")).text
+        r = await c.post("/ui/nodes/node-2/drain", data={"csrf": token})
+        assert r.status_code == 303 and (await console.service.node("node-2"))["draining"]
+        r = await c.post("/ui/nodes/node-2/uncordon", data={"csrf": token})
+        node = await console.service.node("node-2")
+        assert r.status_code == 303 and not node["cordoned"] and not node["draining"]
+        r = await c.post("/ui/nodes/node-9/cordon", data={"csrf": token})
+        assert r.status_code == 404
+    async with console.client("reader") as c:
+        page = (await c.get("/ui/nodes")).text
+        assert "node-1" in page and "Cordon" not in page and "Drain" not in page
+        r = await c.post("/ui/nodes/node-1/cordon", data={"csrf": csrf_of(page)})
+        assert r.status_code == 403
+    assert not (await console.service.node("node-1"))["cordoned"]
