@@ -180,6 +180,7 @@ def run(volumes: int, loads: int, reuse: Path | None = None) -> dict[str, object
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+    shutil.rmtree(d)  # kept when the run failed: its manager.log says why
     return {
         "volumes": volumes,
         "loads": loads,
