@@ -2,7 +2,7 @@
 
 .PHONY: test-long upgrade-test k8s-e2e install uninstall
 .PHONY: setup demo test lint unit integration probe soak bench bench-engine bench-all bench-control \
-	bench-rebuild clean soak-faults bench-backup
+	bench-rebuild clean soak-faults bench-backup bench-ui
 
 VENV := .venv/bin
 
@@ -92,6 +92,10 @@ bench-rebuild: setup
 # after 1% changed, objects per GiB, dedup of 10 clones (its own SeaweedFS on loopback)
 bench-backup: setup
 	$(VENV)/python benchmarks/backup.py --json benchmarks/results/backup.json
+
+# issue 20: the web console's pages with 2,000 volumes in the state store (docs/benchmarks.md)
+bench-ui: setup
+	$(VENV)/python benchmarks/ui.py --json benchmarks/results/ui.json
 
 # issue 7: the fault matrix on a randomized schedule (SOAK_SECONDS, default 600; SOAK_BACKEND
 # sqlite or etcd); prints the SoakSummary table. docs/reliability.md

@@ -18,6 +18,8 @@ APT_PACKAGES=(
   fuse3              # nbdfuse: an NBD export as a file, then a loop device
   etcd-server        # the manager's HA state store (tests start their own etcd)
   prometheus         # promtool checks deploy/monitoring/; tests start their own Prometheus (issue 20)
+  chromium           # the web console's browser tests (Playwright drives /usr/bin/chromium; issue 20)
+  chromium-driver    # the same browser for Selenium users (docs/ui.md)
 )
 
 missing=()

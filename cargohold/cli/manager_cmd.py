@@ -97,6 +97,7 @@ def manager(
     """Serve the manager's REST API and, when elected leader, run the reconcilers."""
     from cargohold.control.manager import Manager
     from cargohold.control.settings import ManagerSettings
+    from cargohold.ui.app import mount
 
     setup_logging(quiet=["httpx"])  # one line per etcd request otherwise
     if cluster_id and not init:
@@ -130,6 +131,7 @@ def manager(
             tls=tls,
             admin_token_file=admin_token_file if init else None,
             ca_dir=ca_dir or settings.ca_dir or None,
+            extend=mount,  # the web console at /ui (docs/ui.md)
         )
     except CargoholdError as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line in the log

@@ -19,6 +19,8 @@ declares the permission it needs (``auth.requires``; docs/security.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 
 from cargohold import __version__
@@ -46,10 +48,15 @@ from cargohold.control.service import Service
 __all__ = ["build", "http_status", "parse_json", "safe_input"]
 
 
-def build(service: Service, auth: Auth | None = None) -> FastAPI:
+def build(
+    service: Service,
+    auth: Auth | None = None,
+    extend: Callable[[FastAPI, Service], None] | None = None,
+) -> FastAPI:
     """The API of ``service``. ``auth``: how callers are authenticated (control/auth.py);
     None authenticates nobody and lets everyone do everything (unit tests, the schema;
-    the manager always passes its own)."""
+    the manager always passes its own). ``extend``: adds routes of a layer above this one
+    (the web console, cargohold/ui), before every route's permission is checked."""
     app = FastAPI(
         title="cargohold manager",
         version=__version__,
@@ -77,5 +84,7 @@ def build(service: Service, auth: Auth | None = None) -> FastAPI:
     api_manager.add_metrics_route(app, service)
     app.add_middleware(ApiTimer, metrics=service.metrics)  # /metrics: latency by route
     api_standby.add_routes(app, service)
+    if extend is not None:
+        extend(app, service)
     add_security(app)  # every route declares a permission (ValueError if one does not)
     return app

@@ -20,8 +20,10 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import uvicorn
+from fastapi import FastAPI
 
 from cargohold.control.api import build
 from cargohold.control.auth import Auth, make_protocol
@@ -57,6 +59,7 @@ class Manager:
         tls: Credentials | None = None,
         admin_token_file: str | None = None,
         ca_dir: str | None = None,
+        extend: Callable[[FastAPI, Service], None] | None = None,
     ) -> None:
         # without --init nothing is created: a missing or empty store is refused (identity.py)
         self.store = open_store(state_url, create=init, etcd_tls=settings.etcd_tls_dir)
@@ -75,6 +78,7 @@ class Manager:
         self.follower = StandbyFollower(self.service)
         self.tls = tls  # None: --plaintext
         self.admin_token_file = admin_token_file
+        self.extend = extend  # routes served beside the API: the web console (cargohold/ui)
         self.ca_dir = ca_dir  # the cluster CA: signs joining agents' and engines' certificates
         self.service.plaintext = tls is None
         self.service.tls_dir = tls.directory if tls is not None else None
@@ -203,7 +207,7 @@ class Manager:
             u = socket.socket(socket.AF_UNIX)
             u.bind(unix)
             os.chmod(unix, 0o600)  # and a bearer token is still required (auth.py)
-        app = build(self.service, Auth(self.repo, plaintext=self.tls is None))
+        app = build(self.service, Auth(self.repo, plaintext=self.tls is None), self.extend)
         servers = []
         for sockets, tls in ((socks, self.tls), ([u] if unix is not None else [], None)):
             if not sockets:
