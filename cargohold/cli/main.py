@@ -102,6 +102,7 @@ _COMMANDS = (
     "volume_import_cmd",
     "volume_qos_cmd",
     "volume_key_cmd",
+    "volume_scrub_cmd",
     "key_cmd",
     "adopt_cmd",
     "audit_cmd",
