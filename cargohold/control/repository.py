@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import inspect
 import itertools
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -218,6 +219,19 @@ class Repository(BackupRecords):
 
     async def volumes(self) -> list[Volume]:
         return await self._list(keys.VOLUMES, Volume)
+
+    async def clones_of(self, volume: str) -> list[Volume]:
+        """The volumes made from ``volume`` (clones of it or of its snapshots). Only records
+        that mention the name are parsed — the console's volume page asks this with
+        thousands of volumes in the store; the check after parsing is the exact one."""
+        needle = json.dumps(volume, ensure_ascii=False).encode()
+        out = []
+        for e in await self.store.range(keys.VOLUMES):
+            if needle in e.value:
+                v = self._parse(e.key, e.value, e.mod_revision, Volume)
+                if v.source is not None and v.source.volume == volume:
+                    out.append(v)
+        return out
 
     async def create_volume(
         self, vol: Volume, replicas: list[Replica], guard: Guard | None = None

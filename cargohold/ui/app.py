@@ -196,11 +196,7 @@ class Console:
         s, who = self.s, v.ident
         vol = await s.volume(name, who)
         snaps = await s.snapshots(name, who)
-        clones = [
-            x.model_dump()
-            for x in only_visible(who, await s.repo.volumes())
-            if x.source is not None and x.source.volume == name
-        ]
+        clones = [x.model_dump() for x in only_visible(who, await s.repo.clones_of(name))]
         backups = await s.backups(who, volume=name) if v.may(Permission.BACKUPS_READ) else None
         events = await s.events(who, volume=name)
         ops = sorted(await s.operations(name, who), key=lambda o: o["created_at"])[-8:]
