@@ -308,6 +308,12 @@ class ReplicaServerSettings(Settings):
         None, "credentials directory (tls.crt, tls.key, ca.crt, ca.crl): TLS on the TCP socket"
     )
     plaintext: bool = setting(False, "no TLS, no authentication (benchmarks only; loud)")
+    wire_version: int = setting(
+        2,
+        "newest replica wire protocol version served (1: no batched writes, as before 2)",
+        ge=1,
+        le=2,
+    )
 
 
 @dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
@@ -351,6 +357,9 @@ class EngineSettings(Settings):
         None, "credentials directory of this volume's engine certificate: TLS to replicas"
     )
     plaintext: bool = setting(False, "talk to replica servers without TLS (benchmarks only)")
+    batch_writes: bool = setting(
+        True, "send the writes of one event-loop pass to a replica as one WRITE_BATCH frame"
+    )
 
 
 @dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
