@@ -82,18 +82,18 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self, fut: asyncio.Future[Reply], offset: int, data: Any, flags: int, gen: int
     ) -> bool:
         """Batch a WRITE (the server speaks version 2): the writes queued in this pass of
-        the event loop go out as one WRITE_BATCH frame, answered by one reply. False when
-        nothing else is in flight or queued: the caller sends it alone, at once."""
+        the event loop go out at its end as one WRITE_BATCH frame, answered by one reply
+        (a write alone in its pass goes as a WRITE). Even a write with nothing else in
+        flight waits for the end of the pass: the other requests an NBD client sent with it
+        are started in the same pass, and one frame for all of them costs one system call
+        where sending the first at once cost two (the wait is one turn of the event loop,
+        microseconds, at queue depth 1). -> True (queued)."""
         batch = self._batch
         if not batch:
-            if not self.pending and not self._out:
-                return False
             if not self._out:
                 self._loop.call_soon(self.flush)
         elif len(batch) >= wire.MAX_BATCH_WRITES or self._batch_bytes + len(data) > BATCH_BYTES:
             self._seal()
-            if not self._out:
-                self._loop.call_soon(self.flush)
         self._batch.append((offset, data, flags, gen))
         self._batch_futs.append(fut)
         self._batch_bytes += len(data)
