@@ -63,6 +63,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self._batch: list[tuple[int, Any, int, int]] = []
         self._batch_futs: list[asyncio.Future[Reply]] = []
         self._batch_bytes = 0
+        self._concurrent = False  # the last batch held several writes (queue_write)
 
     def queue(self, frames: list[Any]) -> None:
         """Send a request's ``frames``. The only request in flight goes out at once (no
@@ -83,13 +84,15 @@ class _ClientProtocol(asyncio.BufferedProtocol):
     ) -> bool:
         """Batch a WRITE (the server speaks version 2): the writes queued in this pass of
         the event loop go out at its end as one WRITE_BATCH frame, answered by one reply
-        (a write alone in its pass goes as a WRITE). Even a write with nothing else in
-        flight waits for the end of the pass: the other requests an NBD client sent with it
-        are started in the same pass, and one frame for all of them costs one system call
-        where sending the first at once cost two (the wait is one turn of the event loop,
-        microseconds, at queue depth 1). -> True (queued)."""
+        (a write alone in its pass goes as a WRITE). A write with nothing else in flight or
+        queued goes out at once (False: the caller sends it; no added latency at queue
+        depth 1) unless the last batch held several writes: then the other requests an NBD
+        client sent with it are most likely started in this same pass, and one frame for
+        all of them costs one system call where sending the first at once cost two."""
         batch = self._batch
         if not batch:
+            if not self.pending and not self._out and not self._concurrent:
+                return False
             if not self._out:
                 self._loop.call_soon(self.flush)
         elif len(batch) >= wire.MAX_BATCH_WRITES or self._batch_bytes + len(data) > BATCH_BYTES:
@@ -103,6 +106,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         """The writes batched so far become one frame in ``_out`` (one write: a WRITE)."""
         batch, futs = self._batch, self._batch_futs
         self._batch, self._batch_futs, self._batch_bytes = [], [], 0
+        self._concurrent = len(batch) > 1
         rid = next(self.ids)
         if len(batch) == 1:
             offset, data, flags, gen = batch[0]

@@ -32,13 +32,33 @@ class RecordingTransport:
         pass
 
 
-def _client() -> tuple[ReplicaClient, RecordingTransport]:
+def _client(concurrent: bool = True) -> tuple[ReplicaClient, RecordingTransport]:
+    """A batching client; ``concurrent``: as after a batch of several writes (the next
+    pass's first write waits for the others)."""
     proto = _ClientProtocol()
     t = RecordingTransport()
     proto.connection_made(t)  # type: ignore[arg-type]
+    proto._concurrent = concurrent
     c = ReplicaClient(proto, "test")
     c.batching = True
     return c, t
+
+
+async def test_a_write_alone_goes_out_at_once_and_a_busy_pass_waits_for_its_end():
+    c, t = _client(concurrent=False)
+    c.send(Op.WRITE, 0, 4096, bytes(4096), generation=1)
+    assert len(t.calls) == 1  # queue depth 1: no added latency
+    for g in (2, 3):  # something in flight: these wait for the end of the pass
+        c.send(Op.WRITE, 0, 4096, bytes(4096), generation=g)
+    assert len(t.calls) == 1
+    await asyncio.sleep(0)
+    assert [r.op for r in _requests(t)] == [Op.WRITE, Op.WRITE_BATCH]
+    # after a batch of several, even the first write of a pass waits for the others
+    c._p.pending.clear()
+    c.send(Op.WRITE, 0, 4096, bytes(4096), generation=4)
+    assert len(t.calls) == 2
+    await asyncio.sleep(0)
+    assert len(t.calls) == 3
 
 
 def _requests(t: RecordingTransport) -> list[wire.Request]:
