@@ -16,7 +16,7 @@ import pytest
 from cargohold.constants import BLOCK_SIZE, MIB
 from cargohold.engine.replica_link import Mode, ReplicaSpec
 from cargohold.engine.volume import Volume
-from cargohold.errors import Fenced, InvalidArgument
+from cargohold.errors import Fenced, InvalidArgument, NotOpen
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
 from cargohold.replica.client import ReplicaClient
@@ -205,3 +205,41 @@ async def test_an_engine_writing_through_old_and_new_servers_keeps_replicas_equa
     finally:
         await vol.close()
     assert (await _counters(server))["batched_writes"] > 0
+
+
+async def test_batches_over_mutual_tls_need_an_open_replica(tmp_path, pki):
+    """Over TLS the engine of the replica's volume batches like any client; the batch is
+    authorized as the connection's OPEN was (a peer that opened nothing gets NotOpen)."""
+    (tmp_path / "t").mkdir()
+    s = ServerProc([str(tmp_path / "t")], tls_dir=pki.dir("replica", "node-1")).start()
+    try:
+        agent = await ReplicaClient.connect(
+            "127.0.0.1", s.port, tls=pki.creds("agent", "node-1"), replica="vol-t-r1"
+        )
+        await agent.create("vol-t-r1", 16 * MIB, volume="vol-t")
+        await agent.close()
+        eng = await ReplicaClient.connect(
+            "127.0.0.1", s.port, tls=pki.creds("engine", "vol-t"), replica="vol-t-r1"
+        )
+        assert await eng.negotiate() == 2 and eng.batching
+        with pytest.raises(NotOpen):
+            body = wire.encode_write_batch(1, [(0, bytes(BLOCK_SIZE), 0, 1)] * 2)
+            await eng.call(Op.WRITE_BATCH, payload=b"".join(bytes(b) for b in body[1:]))
+        await eng.open("vol-t-r1", 1)
+        data = os.urandom(64 * BLOCK_SIZE)
+        futs = [
+            eng.send(
+                Op.WRITE,
+                i * BLOCK_SIZE,
+                BLOCK_SIZE,
+                data[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE],
+                generation=i + 1,
+            )
+            for i in range(64)
+        ]
+        assert [eng.check(r).generation for r in await asyncio.gather(*futs)] == list(range(1, 65))
+        assert bytes(await eng.read(0, len(data))) == data
+        await eng.close()
+    finally:
+        s.stop()
+    assert "Traceback" not in s.output()
