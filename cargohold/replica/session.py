@@ -501,6 +501,9 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
         fua = False
         self.server.counters["write_batches"] += 1
         self.server.counters["batched_writes"] += len(writes)
+        # the node's request and disk-op metrics count writes, batched or not
+        self.server.counters["requests"] += len(writes) - 1
+        rep.disk.ops += len(writes) - 1
         for w in writes:
             try:
                 self._numbered(rep, Op.WRITE, w.generation)

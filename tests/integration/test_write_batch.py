@@ -68,6 +68,8 @@ async def test_writes_of_one_pass_go_as_one_batch_each_with_its_generation(serve
         assert bytes(await c.read(3 * i * BLOCK_SIZE, BLOCK_SIZE)) == b
     got = await _counters(server)
     assert got["write_batches"] >= 1 and got["batched_writes"] == 32
+    # HELLO, CREATE, OPEN, 33 writes, 32 reads, and this LIST: writes counted one by one
+    assert got["requests"] == 3 + 33 + 32 + 1
     # FUA in a batch: one flush, every write answered after it
     fl = [
         c.send(
