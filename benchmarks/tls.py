@@ -125,7 +125,7 @@ class System:
         w0, cpu0 = self.written(), method.cpu_ticks(self.pids)
         r = fio(self.engine.uri, rw, bs, qd, self.size, seconds)
         cpu1, w1 = method.cpu_ticks(self.pids), self.written()
-        ops = (w1 - w0) / parse_size(bs)
+        ops = (w1 - w0) / parse_size(bs.replace("k", "Ki").replace("M", "Mi"))  # fio: powers of two
         r["cpu_us_per_op"] = method.cpu_us_per_op(cpu0, cpu1, ops)
         r["cpu_us_per_op_engine"] = method.cpu_us_per_op(
             {self.pids[0]: cpu0[self.pids[0]]}, cpu1, ops

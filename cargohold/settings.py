@@ -322,6 +322,12 @@ class ReplicaServerSettings(Settings):
         None, "credentials directory (tls.crt, tls.key, ca.crt, ca.crl): TLS on the TCP socket"
     )
     plaintext: bool = setting(False, "no TLS, no authentication (benchmarks only; loud)")
+    wire_version: int = setting(
+        2,
+        "newest replica wire protocol version served (1: no batched writes, as before 2)",
+        ge=1,
+        le=2,
+    )
 
 
 @dataclasses.dataclass(init=False, repr=False, eq=False, frozen=True)
@@ -397,6 +403,9 @@ class EngineSettings(Settings):
         "an encrypted volume's tag blocks the engine caches (4 KiB each; 1024 = 4 MiB, "
         "covering 256 MiB of data)",
         ge=4,
+    )
+    batch_writes: bool = setting(
+        True, "send the writes of one event-loop pass to a replica as one WRITE_BATCH frame"
     )
 
 

@@ -183,6 +183,10 @@ class Volume:
                 tls=self.tls,
                 replica=link.spec.id,
             )
+            # version 2 servers take the writes of one loop pass as one WRITE_BATCH frame
+            await asyncio.wait_for(
+                client.negotiate(self.settings.batch_writes), self.settings.replica_timeout
+            )
             info = await asyncio.wait_for(
                 client.open(link.spec.id, self.epoch, self.epoch_jump),
                 self.settings.replica_timeout,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,10 @@ from cargohold.constants import MAX_IO_BYTES
 from cargohold.errors import InvalidArgument, RemoteProtocolError
 from cargohold.protocol.framing import StreamBuffer
 
-VERSION = 1
-VERSIONS_SUPPORTED = frozenset({1})
+VERSION = 2
+VERSIONS_SUPPORTED = frozenset({1, 2})
+"""Version 2 adds WRITE_BATCH (op 21); a client uses it only with a server whose HELLO says
+version 2 or more. The frame layouts of version 1 do not change."""
 
 REQUEST_MAGIC = b"CHRQ"
 REPLY_MAGIC = b"CHRP"
@@ -46,6 +49,7 @@ class Op(enum.IntEnum):
     FLUSH = 18
     TRIM = 19
     WRITE_ZEROES = 20
+    WRITE_BATCH = 21  # version 2: several WRITEs in one frame, one reply (below)
     SNAPSHOT_CREATE = 32
     SNAPSHOT_LIST = 33
     SNAPSHOT_DELETE = 34
@@ -214,6 +218,152 @@ def decode_checksums(payload: bytes | bytearray | memoryview) -> Checksums:
     if len(mv) != want:
         raise RemoteProtocolError(f"checksum map: {len(mv)} bytes, expected {want}")
     return Checksums(lba, count, window, bytes(mv[CHECKSUMS_HEADER.size :]))
+
+
+# --- WRITE_BATCH (version 2) --------------------------------------------------------------
+# request payload: magic, version, flags, count, reserved; then per write offset, length,
+# flags, reserved, generation; then the writes' data, back to back in the same order
+BATCH_MAGIC = b"CHWB"
+BATCH_VERSION = 1
+BATCH_VERSIONS_READ = frozenset({1})
+BATCH_HEADER = struct.Struct("<4sHHII")  # 16 bytes
+BATCH_ENTRY = struct.Struct("<QIHHQ")  # 24 bytes
+# reply payload: magic, version, flags, count, reserved; then per write status, error
+# length, generation; then the error bodies (JSON) of the writes that failed, in order
+BATCH_REPLY_MAGIC = b"CHWR"
+BATCH_RESULT = struct.Struct("<IIQ")  # 16 bytes
+MAX_BATCH_WRITES = 1024
+"""Writes one WRITE_BATCH carries at most (its payload is bounded by MAX_PAYLOAD too)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWrite:
+    """One write of a WRITE_BATCH: what a WRITE's header and payload would carry."""
+
+    offset: int
+    flags: int
+    generation: int
+    data: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One write's answer in a WRITE_BATCH reply: as a WRITE's reply would say it."""
+
+    status: int
+    generation: int
+    payload: memoryview | bytes  # the error body, empty when status is OK
+
+
+def encode_write_batch(
+    req_id: int, writes: list[tuple[int, Any, int, int]]
+) -> list[bytes | bytearray | memoryview]:
+    """A WRITE_BATCH frame of ``writes`` = [(offset, data, flags, generation), ...]: the
+    header and table in one buffer, then every write's data as it was given (not copied)."""
+    count = len(writes)
+    if not 0 < count <= MAX_BATCH_WRITES:
+        raise InvalidArgument(f"a write batch holds 1 to {MAX_BATCH_WRITES} writes, not {count}")
+    table = bytearray(BATCH_HEADER.size + BATCH_ENTRY.size * count)
+    BATCH_HEADER.pack_into(table, 0, BATCH_MAGIC, BATCH_VERSION, 0, count, 0)
+    pos = BATCH_HEADER.size
+    total = 0
+    pack = BATCH_ENTRY.pack_into
+    for offset, data, flags, gen in writes:
+        n = len(data)
+        pack(table, pos, offset, n, flags, 0, gen)
+        pos += BATCH_ENTRY.size
+        total += n
+    n = len(table) + total
+    if n > MAX_PAYLOAD:
+        raise InvalidArgument(f"write batch of {n} bytes exceeds the limit of {MAX_PAYLOAD}")
+    hdr = REQUEST.pack(REQUEST_MAGIC, Op.WRITE_BATCH, 0, req_id, 0, total, n, 0)
+    return [hdr, table, *(w[1] for w in writes)]
+
+
+def decode_write_batch(payload: bytes | bytearray | memoryview) -> list[BatchWrite]:
+    """The writes of a WRITE_BATCH payload (their data: slices of it, not copies). A
+    malformed batch is a bad request (InvalidArgument, saying what is wrong): the server
+    answers it with an error and goes on."""
+    mv = memoryview(payload).cast("B")
+    size = len(mv)
+    if size < BATCH_HEADER.size:
+        raise InvalidArgument(f"write batch of {size} bytes: shorter than its header")
+    magic, version, flags, count, _ = BATCH_HEADER.unpack_from(mv, 0)
+    if magic != BATCH_MAGIC:
+        raise InvalidArgument(f"write batch: bad magic {bytes(magic)!r} (expected {BATCH_MAGIC!r})")
+    if version not in BATCH_VERSIONS_READ:
+        raise InvalidArgument(
+            f"write batch: version {version} not readable (read: {sorted(BATCH_VERSIONS_READ)})"
+        )
+    if flags:
+        raise InvalidArgument(f"write batch: unknown flags {flags:#x}")
+    if not 0 < count <= MAX_BATCH_WRITES:
+        raise InvalidArgument(f"write batch of {count} writes (1 to {MAX_BATCH_WRITES})")
+    pos = BATCH_HEADER.size + BATCH_ENTRY.size * count
+    if size < pos:
+        raise InvalidArgument(f"write batch: {size} bytes, its table of {count} needs {pos}")
+    out: list[BatchWrite] = []
+    table = mv[BATCH_HEADER.size : pos]
+    for offset, length, wflags, _, gen in BATCH_ENTRY.iter_unpack(table):
+        end = pos + length
+        if end > size:
+            raise InvalidArgument(
+                f"write batch: write {len(out)} of {length} bytes runs past the payload "
+                f"({size} bytes)"
+            )
+        if wflags & ~FLAG_FUA:
+            raise InvalidArgument(f"write batch: write {len(out)} has unknown flags {wflags:#x}")
+        out.append(BatchWrite(offset, wflags, gen, mv[pos:end]))
+        pos = end
+    if pos != size:
+        raise InvalidArgument(f"write batch: {size - pos} bytes after the last write's data")
+    return out
+
+
+def encode_batch_results(
+    results: Sequence[tuple[int, int, bytes | bytearray | memoryview]],
+) -> list[bytes | bytearray | memoryview]:
+    """A WRITE_BATCH reply's payload from ``results`` = [(status, generation, error body)]."""
+    count = len(results)
+    table = bytearray(BATCH_HEADER.size + BATCH_RESULT.size * count)
+    BATCH_HEADER.pack_into(table, 0, BATCH_REPLY_MAGIC, BATCH_VERSION, 0, count, 0)
+    pos = BATCH_HEADER.size
+    errors = []
+    for status, gen, body in results:
+        BATCH_RESULT.pack_into(table, pos, status, len(body), gen)
+        pos += BATCH_RESULT.size
+        if body:
+            errors.append(body)
+    return [table, *errors]
+
+
+def decode_batch_results(payload: bytes | bytearray | memoryview, count: int) -> list[BatchResult]:
+    """A WRITE_BATCH reply's payload, which must answer ``count`` writes (RemoteProtocolError
+    saying what is wrong: the server broke the protocol)."""
+    mv = memoryview(payload).cast("B")
+    size = len(mv)
+    if size < BATCH_HEADER.size:
+        raise RemoteProtocolError(f"write batch reply of {size} bytes: shorter than its header")
+    magic, version, flags, n, _ = BATCH_HEADER.unpack_from(mv, 0)
+    if magic != BATCH_REPLY_MAGIC:
+        raise RemoteProtocolError(f"write batch reply: bad magic {bytes(magic)!r}")
+    if version not in BATCH_VERSIONS_READ or flags:
+        raise RemoteProtocolError(f"write batch reply: version {version}, flags {flags}")
+    if n != count:
+        raise RemoteProtocolError(f"write batch reply answers {n} writes, {count} were sent")
+    pos = BATCH_HEADER.size + BATCH_RESULT.size * n
+    if size < pos:
+        raise RemoteProtocolError(f"write batch reply: {size} bytes, its table needs {pos}")
+    out: list[BatchResult] = []
+    for status, elen, gen in BATCH_RESULT.iter_unpack(mv[BATCH_HEADER.size : pos]):
+        if status == STATUS_OK and elen:
+            raise RemoteProtocolError("write batch reply: an error body for a write that succeeded")
+        body = mv[pos : pos + elen] if elen else b""
+        pos += elen
+        out.append(BatchResult(status, gen, body))
+    if pos != size:
+        raise RemoteProtocolError(f"write batch reply: {size} bytes, expected {pos}")
+    return out
 
 
 class _FrameDecoder:

@@ -20,7 +20,13 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
-from cargohold.errors import InvalidArgument, ProtocolError, ReplicaIOError, error_for_status
+from cargohold.errors import (
+    InvalidArgument,
+    ProtocolError,
+    ReplicaIOError,
+    Unsupported,
+    error_for_status,
+)
 from cargohold.protocol import extent_stream as xs
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.framing import coalesce
@@ -30,6 +36,8 @@ from cargohold.security.identity import Role
 from cargohold.security.tls import Credentials, peer_identity, require
 
 _REPLICA_SERVER = frozenset({Role.REPLICA})
+BATCH_BYTES = 8 << 20
+"""Data one WRITE_BATCH carries at most: a larger write goes in a frame of its own."""
 
 # ReplicaClient has a method named ``list``: inside the class, annotations use these names
 Records = list[dict[str, Any]]  # LIST's replicas, SNAPSHOT_LIST's snapshots
@@ -40,7 +48,8 @@ History = list[list[int]]  # [[epoch, first generation], ...]
 class _ClientProtocol(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self.decoder = wire.ReplyDecoder()
-        self.pending: dict[int, asyncio.Future[Reply]] = {}
+        # request id -> its future; a WRITE_BATCH's id -> the futures of its writes
+        self.pending: dict[int, asyncio.Future[Reply] | list[asyncio.Future[Reply]]] = {}
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
         self._drained = asyncio.Event()
@@ -49,12 +58,20 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self._out: list[Any] = []
         self._loop = asyncio.get_running_loop()
         self._tls = False  # over TLS small frames are joined into records (framing.coalesce)
+        self.ids = itertools.count(1)  # request ids
+        # WRITEs batched in this pass of the event loop (queue_write), and their futures
+        self._batch: list[tuple[int, Any, int, int]] = []
+        self._batch_futs: list[asyncio.Future[Reply]] = []
+        self._batch_bytes = 0
+        self._concurrent = False  # the last batch held several writes (queue_write)
 
     def queue(self, frames: list[Any]) -> None:
         """Send a request's ``frames``. The only request in flight goes out at once (no
         added latency at queue depth 1); with others in flight, at the end of this pass of
         the event loop, together with every request queued in it: one system call for
         many requests, in order."""
+        if self._batch:
+            self._seal()  # the writes batched so far go before this request
         if not self._out:
             if len(self.pending) <= 1 and self.transport is not None:
                 self.transport.writelines(coalesce(frames) if self._tls else frames)
@@ -62,7 +79,46 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             self._loop.call_soon(self.flush)
         self._out += frames
 
+    def queue_write(
+        self, fut: asyncio.Future[Reply], offset: int, data: Any, flags: int, gen: int
+    ) -> bool:
+        """Batch a WRITE (the server speaks version 2): the writes queued in this pass of
+        the event loop go out at its end as one WRITE_BATCH frame, answered by one reply
+        (a write alone in its pass goes as a WRITE). A write with nothing else in flight or
+        queued goes out at once (False: the caller sends it; no added latency at queue
+        depth 1) unless the last batch held several writes: then the other requests an NBD
+        client sent with it are most likely started in this same pass, and one frame for
+        all of them costs one system call where sending the first at once cost two."""
+        batch = self._batch
+        if not batch:
+            if not self.pending and not self._out and not self._concurrent:
+                return False
+            if not self._out:
+                self._loop.call_soon(self.flush)
+        elif len(batch) >= wire.MAX_BATCH_WRITES or self._batch_bytes + len(data) > BATCH_BYTES:
+            self._seal()
+        self._batch.append((offset, data, flags, gen))
+        self._batch_futs.append(fut)
+        self._batch_bytes += len(data)
+        return True
+
+    def _seal(self) -> None:
+        """The writes batched so far become one frame in ``_out`` (one write: a WRITE)."""
+        batch, futs = self._batch, self._batch_futs
+        self._batch, self._batch_futs, self._batch_bytes = [], [], 0
+        self._concurrent = len(batch) > 1
+        rid = next(self.ids)
+        if len(batch) == 1:
+            offset, data, flags, gen = batch[0]
+            self.pending[rid] = futs[0]
+            self._out += wire.encode_request(Op.WRITE, rid, offset, len(data), data, flags, gen)
+            return
+        self.pending[rid] = futs
+        self._out += wire.encode_write_batch(rid, batch)
+
     def flush(self) -> None:
+        if self._batch:
+            self._seal()
         out, self._out = self._out, []
         t = self.transport
         if out and t is not None and not t.is_closing():
@@ -96,8 +152,34 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             return
         for r in replies:
             fut = self.pending.pop(r.id, None)
-            if fut is not None and not fut.done():
+            if fut is None:
+                continue
+            if isinstance(fut, list):
+                self._batch_answered(r, fut)
+            elif not fut.done():
                 fut.set_result(r)
+
+    def _batch_answered(self, r: Reply, futs: list[asyncio.Future[Reply]]) -> None:
+        """A WRITE_BATCH's reply: each write's answer, as a WRITE's reply would say it (a
+        frame-level error, e.g. Fenced: the same for every write of the batch)."""
+        if r.status != wire.STATUS_OK:
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(r)
+            return
+        try:
+            results = wire.decode_batch_results(r.payload, len(futs))
+        except ProtocolError as e:
+            self._fail(ReplicaIOError(f"replica server broke the protocol: {e}"))
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(ReplicaIOError(f"replica server broke the protocol: {e}"))
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        for fut, res in zip(futs, results, strict=True):
+            if not fut.done():
+                fut.set_result(Reply(res.status, r.id, res.generation, res.payload))
 
     def pause_writing(self) -> None:
         self._drained.clear()
@@ -112,16 +194,21 @@ class _ClientProtocol(asyncio.BufferedProtocol):
     def _fail(self, err: Exception) -> None:
         self.lost = err
         pending, self.pending = self.pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(err)
+        futs = self._batch_futs
+        self._batch, self._batch_futs, self._batch_bytes = [], [], 0
+        for one in [*pending.values(), futs]:
+            for fut in one if isinstance(one, list) else [one]:
+                if not fut.done():
+                    fut.set_exception(err)
 
 
 class ReplicaClient:
     def __init__(self, proto: _ClientProtocol, where: str) -> None:
         self._p = proto
-        self._ids = itertools.count(1)
+        self._ids = proto.ids
         self.where = where
+        self.version = 1  # the server's protocol version, once ``negotiate`` asked
+        self.batching = False  # WRITEs go in WRITE_BATCH frames (``negotiate``)
         self.generation = 0
         self.seen = 0  # the newest generation the replica reported (OPEN, INFO) or we sent
 
@@ -189,7 +276,11 @@ class ReplicaClient:
 
     @property
     def in_flight(self) -> int:
-        return len(self._p.pending)
+        """Requests sent or queued and not answered yet (each write of a batch counts)."""
+        p = self._p
+        return len(p._batch_futs) + sum(
+            len(f) if isinstance(f, list) else 1 for f in p.pending.values()
+        )
 
     def send(
         self,
@@ -206,8 +297,16 @@ class ReplicaClient:
             raise self._p.lost
         if args is not None:
             payload = wire.dump_json(args)
+        fut: asyncio.Future[Reply] = self._p._loop.create_future()
+        if (
+            op == Op.WRITE
+            and self.batching
+            and not isinstance(payload, list)
+            and len(payload) <= BATCH_BYTES
+            and self._p.queue_write(fut, offset, payload, flags, generation)
+        ):
+            return fut
         rid = next(self._ids)
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._p.pending[rid] = fut
         assert self._p.transport is not None
         if isinstance(payload, list):
@@ -253,10 +352,24 @@ class ReplicaClient:
         return reply
 
     # --- node-level -----------------------------------------------------------------
-    async def hello(self) -> dict[str, Any]:
+    async def hello(self, version: int = 1) -> dict[str, Any]:
+        """HELLO, offering protocol ``version`` (1: what every server speaks)."""
         return (
-            await self.call(Op.HELLO, args={"version": wire.VERSION, "client": "cargohold"})
+            await self.call(Op.HELLO, args={"version": version, "client": "cargohold"})
         ).result()
+
+    async def negotiate(self, batch: bool = True) -> int:
+        """HELLO with our newest version: -> the server's (``version``). A server that
+        speaks version 2 gets WRITEs batched (``batching``, when ``batch``); an older one,
+        which refuses our version, gets version 1's frames."""
+        try:
+            got = await self.hello(wire.VERSION)
+        except Unsupported:
+            got = {}
+        version = got.get("version", 1)
+        self.version = version if isinstance(version, int) and version > 0 else 1
+        self.batching = batch and self.version >= 2
+        return self.version
 
     async def create(
         self,

@@ -258,13 +258,23 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
     async def _finish(self, req: Request, coro: Any) -> None:
         try:
             gen, payload = await coro
-            msg = wire.encode_reply(req.id, wire.STATUS_OK, gen, payload)
+            if isinstance(payload, list):
+                msg = wire.encode_reply_parts(req.id, gen, payload)
+            else:
+                msg = wire.encode_reply(req.id, wire.STATUS_OK, gen, payload)
         except Exception as e:
             msg = self._error_reply(req, e)
         if not self._closed and self.transport is not None:
-            self.transport.writelines(msg)
+            self.transport.writelines(coalesce(msg) if self.guarded else msg)
 
     def _error_reply(self, req: Request, e: Exception) -> list[Any]:
+        status, payload = self._error(req, e)
+        gen = self.rep.store.generation if self.rep is not None and not self.rep.deleted else 0
+        return wire.encode_reply(req.id, status, gen, payload)
+
+    def _error(self, req: Request, e: Exception) -> tuple[int, bytes]:
+        """An exception as the status and error body of a reply (counted; logged when it
+        is not a request error)."""
         err: CargoholdError
         status: int
         if isinstance(e, NoSpace) and self.rep is not None:
@@ -286,8 +296,7 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
         self.server.counters["errors"] += 1
         if self.rep is not None:
             self.rep.disk.errors += 1
-        gen = self.rep.store.generation if self.rep is not None and not self.rep.deleted else 0
-        return wire.encode_reply(req.id, status, gen, error_payload(err))
+        return status, error_payload(err)
 
     def _authorize(self, op: str, volume: str | None) -> Identity | None:
         """Over TLS: may the peer run ``op`` on a replica of ``volume``? Raises the refusal
@@ -311,7 +320,12 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
         advance the replica's generation and make it look current (the store also refuses
         numbers not above the newest it has seen)."""
         rep = self._replica()
-        if req.generation == 0:
+        self._numbered(rep, req.op, req.generation)
+        return rep
+
+    def _numbered(self, rep: OpenReplica, op: int, generation: int) -> None:
+        """Refuse a mutation without the engine's generation (``_mutation``)."""
+        if generation == 0:
             self.server.counters["unnumbered_mutations"] += 1
             if not self._warned_unnumbered:
                 self._warned_unnumbered = True
@@ -319,15 +333,14 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
                     "replica %s: refusing %s without a generation from %s (epoch %d): "
                     "something writes around the volume's engine",
                     rep.id,
-                    Op(req.op).name,
+                    Op(op).name,
                     self.peer,
                     self.epoch,
                 )
             raise InvalidArgument(
-                f"replica {rep.id}: {Op(req.op).name} without a generation refused: mutations "
+                f"replica {rep.id}: {Op(op).name} without a generation refused: mutations "
                 f"must carry the engine's generation, above {rep.store.seen}"
             )
-        return rep
 
     def _replica(self) -> OpenReplica:
         rep = self.rep
@@ -348,15 +361,14 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
     def op_hello(self, req: Request) -> Result:
         self._authorize("HELLO", None)
         args = req.args()
-        version = args.get("version", wire.VERSION)
-        if not isinstance(version, int) or version not in wire.VERSIONS_SUPPORTED:
-            raise Unsupported(
-                f"protocol version {version} not supported (supported: "
-                f"{sorted(wire.VERSIONS_SUPPORTED)})"
-            )
+        newest = self.server.settings.wire_version
+        supported = sorted(v for v in wire.VERSIONS_SUPPORTED if v <= newest)
+        version = args.get("version", 1)
+        if not isinstance(version, int) or version not in supported:
+            raise Unsupported(f"protocol version {version} not supported (supported: {supported})")
         return 0, wire.dump_json(
             {
-                "version": wire.VERSION,
+                "version": newest,
                 "server": f"cargohold/{__version__}",
                 "node": self.server.settings.node,
                 "workers": self.server.settings.workers,
@@ -476,6 +488,39 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
             return self._flush(rep, gen)
         return gen, b""
 
+    def op_write_batch(self, req: Request) -> Result | Any:
+        """Several WRITEs in one frame (protocol version 2): each applied as a WRITE would
+        be, in order, with its own generation and its own answer (a failed write fails
+        alone); one flush when any of them asked for FUA, then one reply for all."""
+        if self.server.settings.wire_version < 2:
+            raise Unsupported("WRITE_BATCH is protocol version 2; this server speaks 1")
+        writes = wire.decode_write_batch(req.payload)
+        rep = self._replica()  # fenced, closed, deleted: the whole batch fails alike
+        store = rep.store
+        results: list[tuple[int, int, bytes]] = []
+        fua = False
+        self.server.counters["write_batches"] += 1
+        self.server.counters["batched_writes"] += len(writes)
+        # the node's request and disk-op metrics count writes, batched or not
+        self.server.counters["requests"] += len(writes) - 1
+        rep.disk.ops += len(writes) - 1
+        for w in writes:
+            try:
+                self._numbered(rep, Op.WRITE, w.generation)
+                gen = store.write(w.offset, w.data, generation=w.generation)
+                results.append((wire.STATUS_OK, gen, b""))
+                fua = fua or bool(w.flags & wire.FLAG_FUA)
+            except Exception as e:
+                status, body = self._error(req, e)
+                results.append((status, store.generation, body))
+        if fua:
+            return self._flush_batch(rep, results)
+        return store.generation, wire.encode_batch_results(results)
+
+    async def _flush_batch(self, rep: OpenReplica, results: list[tuple[int, int, bytes]]) -> Result:
+        await self._flush(rep, 0)
+        return rep.store.generation, wire.encode_batch_results(results)
+
     def op_flush(self, req: Request) -> Any:
         rep = self._replica()
         return self._flush(rep, rep.store.generation)
@@ -561,6 +606,7 @@ _HANDLERS: dict[int, Callable[[Session, Request], Any]] = {
     Op.FLUSH: Session.op_flush,
     Op.TRIM: Session.op_trim,
     Op.WRITE_ZEROES: Session.op_write_zeroes,
+    Op.WRITE_BATCH: Session.op_write_batch,
     Op.SNAPSHOT_CREATE: Session.op_snapshot_create,
     Op.SNAPSHOT_LIST: Session.op_snapshot_list,
     Op.SNAPSHOT_DELETE: Session.op_snapshot_delete,

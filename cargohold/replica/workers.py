@@ -325,7 +325,7 @@ class Dispatcher:
             from cargohold import __version__
 
             body = {
-                "version": wire.VERSION,
+                "version": self.settings.wire_version,
                 "server": f"cargohold/{__version__}",
                 "node": self.settings.node,
                 "workers": self.settings.workers,

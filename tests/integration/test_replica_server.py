@@ -29,7 +29,7 @@ async def connect(server) -> ReplicaClient:
 
 async def test_lifecycle_io_and_snapshots_over_tcp_and_unix(server):
     c = await connect(server)
-    assert (await c.hello())["version"] == 1
+    assert (await c.hello())["version"] == wire.VERSION
     await c.create("vol-a", 64 * MIB)
     with pytest.raises(AlreadyExists):
         await c.create("vol-a", 64 * MIB)
