@@ -102,3 +102,24 @@ class ReplicaLink:
         if self.rebuild:
             out["rebuild"] = dict(self.rebuild)
         return out
+
+
+def stale_start(
+    volume: str, require: tuple[int, int], links: list[ReplicaLink], top: tuple[int, int]
+) -> str:
+    """Why an engine refuses to start when the manager recorded newer data (``require``:
+    epoch, generation) than the newest reachable replica holds (``top``)."""
+    epoch, gen = require
+    have = "; ".join(
+        f"{link.spec}: epoch {link.last_epoch}, generation {link.generation}"
+        if not link.error
+        else f"{link.spec}: unreachable ({link.error})"
+        for link in links
+    )
+    recorded = f"epoch {epoch}, generation {gen}" if epoch else f"generation {gen}"
+    return (
+        f"volume {volume}: refusing to start: newer data exists ({recorded} was "
+        f"recorded) but the newest reachable replica is at epoch "
+        f"{top[0]}, generation {top[1]}; starting would lose acknowledged writes. Replicas: "
+        f"{have}. Bring back a replica that holds the newer data."
+    )

@@ -43,7 +43,7 @@ from cargohold.engine.fanout import FanOut, answers
 from cargohold.engine.io_stats import IoStats
 from cargohold.engine.local_reads import LocalReads
 from cargohold.engine.rebuild import rebuild
-from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec
+from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec, stale_start
 from cargohold.errors import (
     AlreadyExists,
     Busy,
@@ -136,7 +136,7 @@ class Volume:
             stale = top[1] < need_gen
         if stale:  # newer data exists elsewhere: starting would lose acknowledged writes
             await self.close()
-            raise ReplicaIOError(self._stale_start(top))
+            raise ReplicaIOError(stale_start(self.name, self.require, self.links, top))
         self._top = top
         self.gen = max(link.seen for link in reachable)
         for link in reachable:
@@ -156,22 +156,6 @@ class Volume:
         for link in reachable:
             if link.mode is Mode.WO:
                 self.spawn(self._rebuild(link))
-
-    def _stale_start(self, top: tuple[int, int]) -> str:
-        epoch, gen = self.require
-        have = "; ".join(
-            f"{link.spec}: epoch {link.last_epoch}, generation {link.generation}"
-            if not link.error
-            else f"{link.spec}: unreachable ({link.error})"
-            for link in self.links
-        )
-        recorded = f"epoch {epoch}, generation {gen}" if epoch else f"generation {gen}"
-        return (
-            f"volume {self.name}: refusing to start: newer data exists ({recorded} was "
-            f"recorded) but the newest reachable replica is at epoch "
-            f"{top[0]}, generation {top[1]}; starting would lose acknowledged writes. Replicas: "
-            f"{have}. Bring back a replica that holds the newer data."
-        )
 
     async def _open(self, link: ReplicaLink) -> None:
         client = None

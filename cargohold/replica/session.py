@@ -45,6 +45,7 @@ from cargohold.protocol.framing import coalesce
 from cargohold.protocol.replica_wire import Op, Request
 from cargohold.replica.grant_checks import GrantChecks
 from cargohold.replica.maintenance import MaintenanceOps, str_arg
+from cargohold.replica.snapshot_ops import SnapshotOps
 from cargohold.security.identity import Identity, Role
 from cargohold.security.policy import lists_replica, replica_op_allowed
 from cargohold.security.tls import Credentials, peer_identity, require
@@ -108,7 +109,7 @@ def replica_volume(replica_id: str, labels: dict[str, str]) -> str | None:
     return m.group(1) if m else None
 
 
-class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
+class Session(MaintenanceOps, SnapshotOps, GrantChecks, asyncio.BufferedProtocol):
     def __init__(self, server: Host) -> None:
         self.server = server
         self.decoder = wire.RequestDecoder()
@@ -540,58 +541,12 @@ class Session(MaintenanceOps, GrantChecks, asyncio.BufferedProtocol):
         rep = self._mutation(req)
         return rep.store.write_zeroes(req.offset, req.length, req.generation), b""
 
-    # --- snapshots and maintenance -------------------------------------------------------
-    async def op_snapshot_create(self, req: Request) -> Result:
-        rep = self._replica()
-        args = req.args()
-        async with rep.lock:
-            self._replica()
-            await self._drain_flushes(rep)
-            name: Any = args.get("name")  # any JSON value: the store checks it is a name
-            info = rep.store.snapshot_create(name, _labels(args.get("labels")))
-        return rep.store.generation, wire.dump_json(info.to_dict())
-
-    def op_snapshot_list(self, req: Request) -> Result:
-        rep = self._replica()
-        return rep.store.generation, wire.dump_json(
-            {"snapshots": [s.to_dict() for s in rep.store.snapshot_list()]}
-        )
-
-    async def op_snapshot_delete(self, req: Request) -> Result:
-        rep = self._replica()
-        name: Any = req.args().get("name")  # any JSON value: the store checks it is a name
-        async with rep.lock:
-            self._replica()
-            await self._drain_flushes(rep)
-            for _ in rep.store.snapshot_delete_steps(name):
-                await asyncio.sleep(0)  # let I/O through between chunks: online deletion
-        return rep.store.generation, b""
-
-    async def op_snapshot_revert(self, req: Request) -> Result:
-        rep = self._mutation(req)
-        name: Any = req.args().get("name")  # any JSON value: the store checks it is a name
-        async with rep.lock:
-            self._replica()
-            await self._drain_flushes(rep)
-            rep.store.snapshot_revert(name, req.generation)
-        return rep.store.generation, b""
-
     async def _drain_flushes(self, rep: OpenReplica) -> None:
         await rep.flushes.drain()
 
     def op_info(self, req: Request) -> Result:
         rep = self._replica()
         return rep.store.generation, wire.dump_json(self._info(rep))
-
-
-def _labels(v: Any) -> dict[str, str]:
-    if v is None:
-        return {}
-    if not isinstance(v, dict) or not all(
-        isinstance(k, str) and isinstance(x, str) for k, x in v.items()
-    ):
-        raise InvalidArgument("labels must be an object of string keys and string values")
-    return v
 
 
 _HANDLERS: dict[int, Callable[[Session, Request], Any]] = {
