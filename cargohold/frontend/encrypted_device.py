@@ -49,12 +49,10 @@ from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import (
     ENTRY,
     RETIRED_SLOT,
-    SLOT,
     BlockCipher,
     Slot,
-    decode_entry,
     encode_slot,
-    newest_first,
+    may_be_unwritten,
     put_slot,
     retire_older,
     version_of,
@@ -294,9 +292,8 @@ class EncryptedDevice:
         else:
             loaded = await asyncio.gather(*(self._tags(g) for g in groups))
         for g, t in zip(groups, loaded, strict=True):
-            await self._settle(g, t, max(lo, g * GROUP), min(hi, (g + 1) * GROUP))
-        for g, t in zip(groups, loaded, strict=True):
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
+            await self._settle(g, t, a, b)  # before any slot of this write is put
             for i in range(a, b):
                 t.acked.discard(i - g * GROUP)
                 put_slot(t.data, i - g * GROUP, Slot(version, tags[i - lo]))
@@ -328,40 +325,13 @@ class EncryptedDevice:
         self.counters["encrypted_blocks"] += hi - lo
 
     async def _settle(self, g: int, t: _Tags, a: int, b: int) -> None:
-        """Before blocks [a, b) of group ``g`` (claimed by the caller) get new slots: the
-        newest slot of a block this engine has not seen written may hold a version whose
-        data never landed (a crash, or a failed data write, between its tag write and its
-        data write). ``put_slot`` would put the new slot over the *other* slot, the one
-        that says what the data really is (the previous version, or "never written": an
-        empty slot beside zeros); one more write cut short the same way then leaves no
-        slot that authenticates the block: acknowledged data (or zeros) reading as an
-        error on every replica, and the key check failing. So such a block's ciphertext is
-        read once; if the newest slot does not authenticate it and the other one does (or
-        is empty, and the ciphertext is zeros), the newest slot is emptied in the cached
-        tag block (the write's tag write persists it) and the new slot goes there."""
+        """Empty the slots of unwritten versions before new slots (block_cipher.py)."""
         for i in range(a, b):
             j = i - g * GROUP
-            if j in t.acked:
-                continue  # this engine wrote its newest version's data
-            base = j * ENTRY
-            entry = decode_entry(t.data[base : base + ENTRY])
-            live = newest_first(entry)
-            if not live or live[0].zero:  # never written; a ZERO slot always holds
-                continue
-            other = entry[1] if entry[0] == live[0] else entry[0]
-            if other is not None and other.retired:
-                continue  # the newest version's data was written (retirement comes after)
-            ct = await self.inner.read(layout.data_block(i) * BLOCK, BLOCK)
-            if self.cipher.try_open(i, live[0], ct) is not None:
-                continue  # its data landed: the usual case (retirement is lazy)
-            if other is None:
-                if any(ct):
-                    continue  # neither: not a cut-short write (rot, tampering)
-            elif self.cipher.try_open(i, other, ct) is None:
-                continue  # neither: not a cut-short write (rot, tampering), reads repair
-            at = base + (0 if entry[0] == live[0] else SLOT)
-            t.data[at : at + SLOT] = encode_slot(None)
-            self.counters["unwritten_slots_cleared"] += 1
+            if j not in t.acked and may_be_unwritten(t.data, j):
+                ct = await self.inner.read(layout.data_block(i) * BLOCK, BLOCK)
+                if self.cipher.clear_unwritten(i, t.data, j, ct):
+                    self.counters["unwritten_slots_cleared"] += 1
 
     async def _put_data(self, lo: int, hi: int, ct: memoryview, fua: bool) -> None:
         """Ciphertext of blocks [lo, hi) of one group."""
