@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from cargohold.control.backup_records import Backup, BackupState, BackupTarget, TargetSecrets
 from cargohold.control.backup_repos import BackupRepository, Opener, open_repository
+from cargohold.control.backup_results import backup_size
 from cargohold.control.model import (
     BACKUP_ID_PATTERN,
     Operation,
@@ -437,7 +438,7 @@ def _imported(info: dict[str, Any], target: str, vols: dict[str, Volume], cluste
         parent=info.get("parent") if isinstance(info.get("parent"), str) else None,
         state=BackupState.SUCCEEDED,
         progress=1.0,
-        size_bytes=int(info.get("size") or 0),
+        size_bytes=backup_size(info, 0),
         labels={
             str(k): str(v)
             for k, v in dict(info.get("labels") or {}).items()

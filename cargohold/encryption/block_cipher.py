@@ -130,6 +130,19 @@ def retire_older(tags: bytearray | memoryview, j: int) -> bool:
     return True
 
 
+def may_be_unwritten(tags: bytes | bytearray | memoryview, j: int) -> bool:
+    """Whether block ``j``'s newest slot in a tag block may hold a version whose data never
+    landed (``BlockCipher.clear_unwritten`` tells, from the ciphertext): a live data slot
+    whose other slot is not retired (retirement comes only after the newest data was
+    written). The engine asks before the first write of a block it has not written."""
+    a, b = decode_entry(tags[j * ENTRY : (j + 1) * ENTRY])
+    live = newest_first((a, b))
+    if not live or live[0].zero:  # never written; a ZERO slot holds whatever the data
+        return False
+    other = b if a == live[0] else a
+    return other is None or not other.retired
+
+
 def entry_versions(tags: bytes | bytearray | memoryview) -> list[int]:
     """The newest version recorded in each of a tag block's entries (0: never written)."""
     out = []
@@ -274,6 +287,36 @@ class BlockCipher:
             else:
                 dst[k * BLOCK : (k + 1) * BLOCK] = got
         return bad
+
+    def clear_unwritten(
+        self,
+        index: int,
+        tags: bytearray | memoryview,
+        j: int,
+        ciphertext: bytes | bytearray | memoryview,
+    ) -> bool:
+        """Empty block ``j``'s newest slot in a tag block if its data never landed (a
+        crash, or a failed data write, between its tag write and its data write): the
+        newest slot does not authenticate the stored ciphertext and the other one does
+        (or is empty, and the ciphertext is zeros). -> True if it was emptied. Without
+        this, ``put_slot`` would put the block's next slot over the *other* one, the one
+        that says what the data really is, and one more write cut short the same way
+        would leave no slot that authenticates the block: acknowledged data reading as
+        an error on every replica (docs/encryption.md, "Crashes")."""
+        base = j * ENTRY
+        a, b = decode_entry(tags[base : base + ENTRY])
+        live = newest_first((a, b))
+        if not live or live[0].zero or self.try_open(index, live[0], ciphertext) is not None:
+            return False
+        other = b if a == live[0] else a
+        if other is None:
+            if any(ciphertext):
+                return False  # neither: not a cut-short write (rot, tampering)
+        elif other.retired or self.try_open(index, other, ciphertext) is None:
+            return False  # neither: reads find a copy that authenticates, or fail
+        at = base if a == live[0] else base + SLOT
+        tags[at : at + SLOT] = encode_slot(None)
+        return True
 
     def check_error(self, blocks: list[int], what: str) -> ChecksumError:
         """The error a read answers when blocks fail authentication on every copy."""

@@ -52,6 +52,7 @@ from cargohold.encryption.block_cipher import (
     BlockCipher,
     Slot,
     encode_slot,
+    may_be_unwritten,
     put_slot,
     retire_older,
     version_of,
@@ -292,6 +293,7 @@ class EncryptedDevice:
             loaded = await asyncio.gather(*(self._tags(g) for g in groups))
         for g, t in zip(groups, loaded, strict=True):
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
+            await self._settle(g, t, a, b)  # before any slot of this write is put
             for i in range(a, b):
                 t.acked.discard(i - g * GROUP)
                 put_slot(t.data, i - g * GROUP, Slot(version, tags[i - lo]))
@@ -321,6 +323,15 @@ class EncryptedDevice:
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
             t.acked.update(i - g * GROUP for i in range(a, b))
         self.counters["encrypted_blocks"] += hi - lo
+
+    async def _settle(self, g: int, t: _Tags, a: int, b: int) -> None:
+        """Empty the slots of unwritten versions before new slots (block_cipher.py)."""
+        for i in range(a, b):
+            j = i - g * GROUP
+            if j not in t.acked and may_be_unwritten(t.data, j):
+                ct = await self.inner.read(layout.data_block(i) * BLOCK, BLOCK)
+                if self.cipher.clear_unwritten(i, t.data, j, ct):
+                    self.counters["unwritten_slots_cleared"] += 1
 
     async def _put_data(self, lo: int, hi: int, ct: memoryview, fua: bool) -> None:
         """Ciphertext of blocks [lo, hi) of one group."""
@@ -419,6 +430,7 @@ class EncryptedDevice:
         out = bytearray(length)
         if self._decrypt(lo, hi, start, ct, out, self._cache):
             return None  # a block failed: ``read`` tries the other replicas
+        self.counters["decrypted_blocks"] += hi - lo
         return out
 
     async def read(self, offset: int, length: int) -> bytearray:

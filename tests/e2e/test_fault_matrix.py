@@ -106,6 +106,8 @@ def run(env: fm.Env, name: str) -> fm.Outcome:
     t = time.monotonic()
     out = fm.SCENARIOS[name](env)
     took = time.monotonic() - t
+    if env.encrypted:
+        out.name += " [encrypted]"
     if out.result is not None:
         SUMMARY.add(out.name, out.summary_result(), out.converge_seconds, out.detail)
     print(
@@ -122,6 +124,25 @@ def test_fault_scenario(env, name):
     out = run(env, name)
     if out.skipped:
         pytest.skip(out.skipped)
+    bad = fm.problems(out)
+    assert not bad, (bad, out.notes)
+
+
+# issue 19: the matrix on encrypted volumes, the three scenarios that cover writes in
+# flight at a crash (a replica server, then the engine, SIGKILLed under load), a rebuild
+# (delta, of the killed server's replica; full, of the forked one) and a failover (the
+# engine's node cut off, the volume taken over elsewhere, the old engine fenced)
+ENCRYPTED = ("replica-server-kill", "engine-kill-reattach", "engine-node-failover")
+
+
+@pytest.mark.long  # ~1 min a scenario here
+@pytest.mark.parametrize("name", ENCRYPTED)
+def test_fault_scenario_encrypted(env, name):
+    env.encrypted = True
+    try:
+        out = run(env, name)
+    finally:
+        env.encrypted = False
     bad = fm.problems(out)
     assert not bad, (bad, out.notes)
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from cargohold.control.backup_records import BackupTarget, TargetSecrets
 from cargohold.control.model import OperationAssignment, OperationKind
+from cargohold.control.service_keys import ENCRYPTION_LABEL
+from cargohold.encryption.layout import physical_size
 from cargohold.errors import Busy, InvalidArgument, NotFound
 
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -126,6 +128,13 @@ class TwinTargets:
                 parent=parent,
                 labels=oa.args.get("labels", {}),
                 mode="incremental" if parent else "full",
+                # the engine backs up what its replicas hold: an encrypted volume's plain
+                # (stored) volume, 65/64 of its size (the twin's volumes are 1 GiB)
+                **(
+                    {"size": physical_size(1 << 30)}
+                    if ENCRYPTION_LABEL in oa.args.get("labels", {})
+                    else {}
+                ),
             )
             return {**info, "reason": "" if parent else "no parent"}
         if oa.kind is OperationKind.RESTORE:

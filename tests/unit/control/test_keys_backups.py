@@ -34,6 +34,9 @@ async def test_backups_carry_the_wrapped_key_and_shredding_ends_restores(sim: Si
     label = json.loads(op["args"]["labels"][ENCRYPTION_LABEL])
     assert label["wrapped_key"] == src.encryption.wrapped_key and label["id"] == src.encryption.id
     assert ENCRYPTION_LABEL not in b["labels"]  # the user's labels stay the user's
+    # the repository holds the stored volume; the record says the size users see, which
+    # is what a restore gets by default (it used to grow by 1/64 with each restore)
+    assert b["info"]["size"] == layout.physical_size(GiB) and b["size_bytes"] == GiB, b
 
     v = await sim.service.create_volume(
         VolumeCreate(name="back", size_bytes=GiB, source={"backup": b["id"]})

@@ -400,3 +400,19 @@ def test_a_read_that_raced_a_retirement_is_read_again_not_counted_as_an_error():
         assert d.counters["authentication_errors"] == 0
 
     run(go())
+
+
+def test_reads_answered_at_once_are_counted_too():
+    """``decrypted_blocks`` counts the local-read path's blocks as well (it counted only
+    the blocks of reads that took a task: the fault matrix saw 19 for a whole volume)."""
+    vol = MemoryVolume(layout.physical_size(LOGICAL))
+
+    async def go() -> None:
+        d = device(vol)
+        await d.write(0, memoryview(pattern(0, 4)), False)
+        assert await d.read(0, 2 * BLOCK) == pattern(0, 2)
+        assert d.counters["decrypted_blocks"] == 2
+        assert d.read_now(0, 4 * BLOCK) == pattern(0, 4)
+        assert d.counters["decrypted_blocks"] == 6
+
+    run(go())
