@@ -24,7 +24,6 @@ Every process started here is stopped by its PID, on errors and Ctrl-C too.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -42,13 +41,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import method  # noqa: E402  (benchmarks/method.py)
+from engine_lab import EngineLab  # noqa: E402  (benchmarks/engine_lab.py)
 
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.encryption import layout  # noqa: E402
 from cargohold.encryption.block_cipher import BlockCipher, Slot, encode_slot  # noqa: E402
-from cargohold.replica.client import ReplicaClient  # noqa: E402
-from tests.support.engine import EngineProc  # noqa: E402
-from tests.support.processes import ServerProc  # noqa: E402
 
 WORKLOADS = {
     "randwrite-4k-qd16": ("randwrite", "4k", 16),
@@ -59,90 +56,6 @@ WORKLOADS = {
 KEYS = ("iops", "mb_per_s", "cpu_us_per_op", "cpu_us_per_op_engine")
 KEY = os.urandom(32)
 VID = os.urandom(16)
-
-
-def fio(uri: str, rw: str, bs: str, qd: int, size: int, seconds: float) -> dict[str, float]:
-    cmd = ["fio", "--name=enc", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", f"--size={size}"]
-    cmd += ["--ioengine=nbd", f"--uri={uri}", "--output-format=json", "--randrepeat=0"]
-    cmd += ["--norandommap"]
-    if seconds:
-        cmd += ["--time_based", f"--runtime={seconds}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=(seconds or 600) + 120)
-    if p.returncode != 0 or "{" not in p.stdout:
-        raise RuntimeError(f"fio failed: {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
-    job = json.loads(p.stdout[p.stdout.index("{") :])["jobs"][0]
-    side = job["read"] if "read" in rw else job["write"]
-    return {"iops": side["iops"], "mb_per_s": side["bw_bytes"] / 1e6, "ios": side["total_ios"]}
-
-
-class System:
-    """Three replica servers and one engine, its volume encrypted or plain."""
-
-    def __init__(self, work: str, encrypted: bool, size: int, run: int) -> None:
-        self.encrypted, self.size = encrypted, size
-        self.root = os.path.join(work, f"run-{run}-{'enc' if encrypted else 'plain'}")
-        os.makedirs(self.root)
-        self.servers: list[ServerProc] = []
-        self.engine: EngineProc | None = None
-
-    def start(self) -> None:
-        for i in range(3):
-            disk = os.path.join(self.root, f"node-{i}")
-            os.makedirs(disk)
-            s = ServerProc([disk], log_dir=self.root)
-            self.servers.append(s)
-            s.start()
-        physical = layout.physical_size(self.size) if self.encrypted else self.size
-
-        async def create() -> None:
-            for i, s in enumerate(self.servers):
-                c = await ReplicaClient.connect("127.0.0.1", s.port, replica=f"b-r{i}")
-                await c.create(f"b-r{i}", physical, volume="b")
-                await c.close()
-
-        asyncio.run(create())
-        specs = [f"b-r{i}@127.0.0.1:{s.port}" for i, s in enumerate(self.servers)]
-        if not self.encrypted:
-            self.engine = EngineProc("b", specs, 1, self.root, local="b-r0").start()
-            return
-        r, w = os.pipe()
-        os.write(w, KEY)
-        os.close(w)
-        extra = ["--data-key-fd", str(r), "--encryption-key-id", VID.hex()]
-        self.engine = EngineProc("b", specs, 1, self.root, local="b-r0", extra=extra)
-        self.engine.pass_fds = (r,)
-        try:
-            self.engine.start()
-        finally:
-            os.close(r)
-
-    @property
-    def pids(self) -> list[int]:
-        procs = [self.engine, *self.servers]
-        return [p.proc.pid for p in procs if p is not None and p.proc is not None]
-
-    def fill(self) -> None:
-        assert self.engine is not None
-        fio(self.engine.uri, "write", "1M", 8, self.size, 0)
-
-    def measure(self, rw: str, bs: str, qd: int, seconds: float) -> dict[str, float]:
-        assert self.engine is not None
-        method.settle_writeback()
-        cpu0 = method.cpu_ticks(self.pids)
-        r = fio(self.engine.uri, rw, bs, qd, self.size, seconds)
-        cpu1 = method.cpu_ticks(self.pids)
-        r["cpu_us_per_op"] = method.cpu_us_per_op(cpu0, cpu1, r["ios"])
-        r["cpu_us_per_op_engine"] = method.cpu_us_per_op(
-            {self.pids[0]: cpu0[self.pids[0]]}, cpu1, r["ios"]
-        )
-        return r
-
-    def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-        for s in self.servers:
-            s.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def cipher_alone(n: int = 20000) -> dict[str, float]:
@@ -199,7 +112,13 @@ def main() -> None:
         for rep in range(args.repeats):
             for enc in (False, True) if rep % 2 == 0 else (True, False):
                 mode = "encrypted" if enc else "plain"
-                sys_ = System(work, enc, size, rep)
+                sys_ = EngineLab(
+                    work,
+                    size,
+                    f"run-{rep}-{'enc' if enc else 'plain'}",
+                    key=KEY if enc else None,
+                    vid=VID,
+                )
                 try:
                     sys_.start()
                     sys_.fill()

@@ -44,100 +44,15 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import method  # noqa: E402  (benchmarks/method.py)
+from engine_lab import EngineLab  # noqa: E402  (benchmarks/engine_lab.py)
 
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
-from tests.support.engine import EngineProc  # noqa: E402
 from tests.support.processes import ServerProc  # noqa: E402
 from tests.support.tls import PKI  # noqa: E402
 
 WORKLOADS = {"randwrite-4k-qd16": ("randwrite", "4k", 16), "seqwrite-1m-qd4": ("write", "1M", 4)}
 KEYS = ("iops", "mb_per_s", "cpu_us_per_op", "cpu_us_per_op_engine")
-
-
-def fio(uri: str, rw: str, bs: str, qd: int, size: int, seconds: float) -> dict[str, float]:
-    cmd = ["fio", "--name=tls", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", f"--size={size}"]
-    cmd += ["--ioengine=nbd", f"--uri={uri}", "--output-format=json", "--randrepeat=0"]
-    cmd += ["--norandommap", "--time_based", f"--runtime={seconds}", "--ramp_time=2"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
-    if p.returncode != 0 or "{" not in p.stdout:
-        raise RuntimeError(f"fio failed: {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
-    job = json.loads(p.stdout[p.stdout.index("{") :])["jobs"][0]
-    side = job["write"]
-    return {"iops": side["iops"], "mb_per_s": side["bw_bytes"] / 1e6}
-
-
-class System:
-    """Three replica servers and one engine, TLS or plain."""
-
-    def __init__(self, work: str, pki: PKI, tls: bool, size: int, run: int) -> None:
-        self.work, self.pki, self.tls, self.size = work, pki, tls, size
-        self.root = os.path.join(work, f"run-{run}-{'tls' if tls else 'plain'}")
-        os.makedirs(self.root)
-        self.servers: list[ServerProc] = []
-        self.engine: EngineProc | None = None
-        self.start_seconds = 0.0
-        self.settled: dict[str, float] = {}
-
-    def start(self) -> None:
-        for i in range(3):
-            disk = os.path.join(self.root, f"node-{i}")
-            os.makedirs(disk)
-            tls_dir = self.pki.dir("replica", f"node-{i}") if self.tls else None
-            s = ServerProc([disk], tls_dir=tls_dir, log_dir=self.root)
-            self.servers.append(s)
-            s.start()
-
-        async def create() -> None:
-            agent = self.pki.creds("agent", "bench") if self.tls else None
-            for i, s in enumerate(self.servers):
-                c = await ReplicaClient.connect("127.0.0.1", s.port, tls=agent, replica=f"b-r{i}")
-                await c.create(f"b-r{i}", self.size, volume="b")
-                await c.close()
-
-        asyncio.run(create())
-        specs = [f"b-r{i}@127.0.0.1:{s.port}" for i, s in enumerate(self.servers)]
-        tls_dir = self.pki.dir("engine", "b") if self.tls else None
-        self.engine = EngineProc("b", specs, 1, self.root, local="b-r0", tls_dir=tls_dir)
-        t0 = time.perf_counter()
-        self.engine.start()
-        self.start_seconds = time.perf_counter() - t0
-        st = self.engine.ctl(op="status")
-        assert [r["mode"] for r in st["replicas"]] == ["RW"] * 3, st
-
-    @property
-    def pids(self) -> list[int]:
-        """The engine's and the replica servers' processes: whose CPU an operation costs."""
-        procs = [self.engine, *self.servers]
-        return [p.proc.pid for p in procs if p is not None and p.proc is not None]
-
-    def written(self) -> int:
-        """Bytes the engine has written since it started (its counters)."""
-        assert self.engine is not None
-        return int(self.engine.ctl(op="status").get("counters", {}).get("written_bytes", 0))
-
-    def measure(self, rw: str, bs: str, qd: int, seconds: float) -> dict[str, float]:
-        """One fio run, and the CPU it cost: µs of CPU of the engine and the three replica
-        servers together per write (ramp included on both sides: the engine's own count of
-        bytes written, over the CPU of the same interval)."""
-        assert self.engine is not None
-        self.settled = method.settle_writeback()
-        w0, cpu0 = self.written(), method.cpu_ticks(self.pids)
-        r = fio(self.engine.uri, rw, bs, qd, self.size, seconds)
-        cpu1, w1 = method.cpu_ticks(self.pids), self.written()
-        ops = (w1 - w0) / parse_size(bs.replace("k", "Ki").replace("M", "Mi"))  # fio: powers of two
-        r["cpu_us_per_op"] = method.cpu_us_per_op(cpu0, cpu1, ops)
-        r["cpu_us_per_op_engine"] = method.cpu_us_per_op(
-            {self.pids[0]: cpu0[self.pids[0]]}, cpu1, ops
-        )
-        return r
-
-    def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-        for s in self.servers:
-            s.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 async def handshake_ms(pki: PKI, work: str, n: int = 50) -> dict[str, float]:
@@ -244,13 +159,13 @@ def main() -> None:
             order = (False, True) if rep % 2 == 0 else (True, False)
             for tls in order:
                 mode = "tls" if tls else "plain"
-                sys_ = System(work, pki, tls, size, rep)
+                sys_ = EngineLab(work, size, f"run-{rep}-{mode}", pki=pki if tls else None)
                 try:
                     sys_.start()
                     runs[mode]["start_s"].append(sys_.start_seconds)
                     assert sys_.engine is not None
                     for w, (rw, bs, qd) in WORKLOADS.items():
-                        r = sys_.measure(rw, bs, qd, args.seconds)
+                        r = sys_.measure(rw, bs, qd, args.seconds, ramp=2)
                         for k in KEYS:
                             runs[mode][f"{w}:{k}"].append(r[k])
                         runs[mode]["dirty_kib_after_sync"].append(sys_.settled["dirty_kib_after"])
