@@ -17,11 +17,11 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
 from cargohold.launcher.cluster import LocalCluster
+from tests.integration.test_qos_weights import endpoint
 from tests.support.cli import cli, js
 from tests.support.nbd_load import run_load
 from tests.support.polling import wait_until
@@ -43,13 +43,6 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         yield d
     finally:
         c.down(purge=True)
-
-
-def endpoint(d: Path, name: str) -> tuple[int, str]:
-    uri = cli(d, "volume", "attach", name, "--node", "node-1").stdout.strip()
-    u = urlparse(uri)
-    assert u.scheme == "nbd" and u.port, uri
-    return u.port, u.path.lstrip("/")
 
 
 def test_two_volumes_share_a_nodes_bandwidth_by_weight(cluster: Path) -> None:
