@@ -201,7 +201,6 @@ def cluster(request) -> Iterator[Path]:  # type: ignore[no-untyped-def]
         yield d
 
 
-@pytest.mark.long
 def test_sign_in_attach_degrade_recover_snapshot(
     cluster: Path, browser: Any, tmp_path: Path
 ) -> None:
