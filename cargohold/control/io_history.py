@@ -113,14 +113,18 @@ class IoHistory:
     def forget(self, volume: str) -> None:
         self.rings.pop(volume, None)
 
-    def rates(self, volume: str) -> list[Rate | None]:
+    def rates(self, volume: str, now: float | None = None) -> list[Rate | None]:
         """One entry per interval between consecutive samples, oldest first: its rates, or
-        None for a gap (see the module's docstring)."""
+        None for a gap (see the module's docstring); with ``now``, one more gap when the
+        last sample is over ``GAP`` seconds old (no reports since: detached, node silent)."""
         ring = self.rings.get(volume)
         if ring is None:
             return []
         s = ring.samples()
-        return [interval(a, b, self.gap_after) for a, b in pairwise(s)]
+        out = [interval(a, b, self.gap_after) for a, b in pairwise(s)]
+        if out and now is not None and now - s[-1][0] > self.gap_after and out[-1] is not None:
+            out.append(None)
+        return out
 
 
 def interval(a: tuple[float, ...], b: tuple[float, ...], gap: float = GAP) -> Rate | None:

@@ -214,7 +214,7 @@ class Console:
             "backups": backups,
             "events": list(reversed(events[-15:])),
             "ops": list(reversed(ops)),
-            "io": io_sparks(name, s.io_history.rates(name)),
+            "io": io_sparks(name, s.io_history.rates(name, time.time())),
             "spark": svg(hourly, f"events of {name} per hour, last 24 hours: {sum(hourly)}"),
             "node_names": node_names,
         }
@@ -425,7 +425,7 @@ def mount(app: FastAPI, s: Service) -> None:
             vol = await s.volume(volume, v.ident)
         except CargoholdError:
             return Response(status_code=286)  # gone: stop polling
-        io = io_sparks(volume, s.io_history.rates(volume))
+        io = io_sparks(volume, s.io_history.rates(volume, time.time()))
         return c.fragment(request, v, "volume_live.html", vol=vol, io=io)
 
     @r.get("/ui/volumes/{volume}/confirm/{action}", response_class=HTMLResponse)

@@ -40,7 +40,7 @@ def io_sparks(volume: str, rates: Sequence[Rate | None]) -> list[Spark]:
         ("write MB/s", lambda r: r.write_bps / MB),
     ):
         values = [pick(r) if r is not None else 0.0 for r in rates]
-        last = next((pick(r) for r in reversed(rates) if r is not None), 0.0)
+        last = pick(rates[-1]) if rates[-1] is not None else 0.0  # a gap: nothing now
         text = f"{what}: now {_fmt(last)}, peak {_fmt(max(values))}"
         label = f"{what} of {volume}, last {len(values)} samples; {text}"
         out.append(Spark(what, svg(values, label), text))

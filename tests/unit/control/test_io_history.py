@@ -49,6 +49,9 @@ def test_a_new_epoch_a_detach_a_silence_or_a_clock_step_back_are_gaps() -> None:
     rates = h.rates("v")
     assert rates == [None, Rate(2.0, 10.0, 10.0, 10.0, 10.0), None, None, None, None]
     assert h.rates("unknown") == []
+    h.add("v", 101.0, 2, c(60, 60, 60, 60))
+    assert h.rates("v", now=110.0)[-1] == Rate(101.0, 5.0, 5.0, 5.0, 5.0)
+    assert h.rates("v", now=140.0)[-1] is None  # no report for 39 s: nothing "now"
 
 
 def test_the_ring_keeps_the_last_samples_only() -> None:

@@ -184,3 +184,5 @@ def test_io_sparks_say_the_last_value_and_the_peak_and_draw_gaps_at_zero() -> No
         sparks[0].svg
     )
     assert 'points="0,23 60,23 120,1"' in sparks[1].svg  # the gap drawn at 0
+    ended = io_sparks("pv-a", [*rates, None])  # detached since: nothing now
+    assert ended[0].text == "read IOPS: now 0.0, peak 40"
