@@ -172,6 +172,17 @@ def test_the_console_in_a_browser(manager: str, browser: Any, tmp_path: Path) ->
         manager + "/api/v1/volumes/logs-1/attach", json={"node": "node-2"}
     ).raise_for_status()
     expect(page.locator("#vol-node")).to_contain_text("node-2", timeout=10_000)
+    # its engine's I/O counters in node-2's heartbeats become the I/O sparklines, live
+    expect(page.locator("#io-none")).to_be_visible()
+    for reads in (0, 50, 150):
+        io = {"read": reads, "write": 0, "read_bytes": reads * 4096, "written_bytes": 0}
+        engine = {"volume": "logs-1", "epoch": 1, "running": True, "status": {"io": io}}
+        httpx.post(
+            manager + "/api/v1/nodes/node-2/heartbeat", json={"engines": [engine]}
+        ).raise_for_status()
+    expect(page.locator("table.io-sparks svg.sparkline")).to_have_count(4, timeout=10_000)
+    expect(page.locator("table.io-sparks")).to_contain_text("write MB/s: now 0.0, peak 0.0")
+    assert "read IOPS: now 0.0" not in page.locator("table.io-sparks").inner_text()
     # a destructive action asks first, and wants the name typed
     page.goto(manager + "/ui/volumes/logs-0")
     page.get_by_role("link", name="Delete…").click()
