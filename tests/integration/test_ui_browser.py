@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -256,6 +257,10 @@ def test_sign_in_attach_degrade_recover_snapshot(
     cli(d, "node", "kill", "node-3")
     qemu_io(endpoint, "write -P 0x61 0 1M")
     expect(page.locator("#vol-robustness")).to_contain_text("degraded", timeout=60_000)
+    # the write's megabyte, through the agent's heartbeat, on the write MB/s line
+    expect(page.locator("table.io-sparks")).to_contain_text(
+        re.compile(r"write MB/s: now [0-9.]+, peak (0\.[1-9]|[1-9])"), timeout=30_000
+    )
     page.screenshot(path=str(shots / "degraded.png"), full_page=True)
     page.goto(url + "/ui/")
     expect(page.locator("#alerts-h")).not_to_contain_text("(0)")
