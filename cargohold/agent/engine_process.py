@@ -74,6 +74,7 @@ UNREPORTED = (
     "latency_sum_us",
     "inflight",
 )  # kept from the manager (metrics only)
+IO_TOTALS = ("read", "write", "read_bytes", "written_bytes")  # but these go (``io``)
 READD_MAX = 300.0  # seconds: the longest wait between two re-adds of a dropped replica
 STATUS_IDLE_EVERY = 5.0  # seconds between status calls to an engine whose status stays put
 
@@ -486,8 +487,14 @@ def readd_wait(readds: int, every: float) -> float:
 
 def _reported(status: dict[str, Any]) -> dict[str, Any]:
     """The manager's part of an engine's status: not the counters and latency histograms,
-    which it never reads and which would make every heartbeat several times larger."""
-    return {k: v for k, v in status.items() if k not in UNREPORTED}
+    which would make every heartbeat several times larger; only four I/O totals (``io``,
+    for the console's sparklines: control/io_history.py). As they move while the volume
+    is busy, a busy engine is asked for its status every heartbeat."""
+    out = {k: v for k, v in status.items() if k not in UNREPORTED}
+    counters = status.get("counters")
+    if isinstance(counters, dict):
+        out["io"] = {k: counters.get(k, 0) for k in IO_TOTALS}
+    return out
 
 
 def _settled(status: dict[str, Any]) -> bool:

@@ -7,11 +7,13 @@ the last whole one kept.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from cargohold.control import heartbeat as hb_mod
 from cargohold.control.assignments import assignments
 from cargohold.control.grant_signer import GrantSigner
+from cargohold.control.io_history import io_counters
 from cargohold.control.model import Assignments, Heartbeat
 from cargohold.control.service_base import ServiceBase
 
@@ -41,6 +43,7 @@ class HeartbeatCalls(ServiceBase):
         a = await hb_mod.handle(
             self.repo, name, hb, self.settings, self.kick.set, self.grant_signer
         )
+        self._io_samples(hb)
         hold = min(hb.hold, self.settings.heartbeat_every)
         if hold <= 0 or a.revision != hb.assignments_revision:
             return a
@@ -57,3 +60,14 @@ class HeartbeatCalls(ServiceBase):
         return Assignments(
             revision=a.revision, heartbeat_interval=a.heartbeat_interval, unchanged=True
         )
+
+    def _io_samples(self, hb: Heartbeat) -> None:
+        """Each engine's I/O counters into the in-memory history (control/io_history.py);
+        an engine that is not running leaves a gap."""
+        t = time.time()
+        for er in hb.engines:
+            counters = io_counters(er.status) if er.running else None
+            if counters is None:
+                self.io_history.gap(er.volume, t)
+            else:
+                self.io_history.add(er.volume, t, er.epoch, counters)

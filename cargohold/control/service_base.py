@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from cargohold.control.backup_records import Backup
+from cargohold.control.io_history import IoHistory
 from cargohold.control.metrics import ManagerMetrics
 from cargohold.control.model import Heartbeat, Operation, OperationKind, Snapshot, Volume, keys
 from cargohold.control.repository import Guard, Repository, new_id, now
@@ -39,6 +40,7 @@ class ServiceBase:
         self.reports: dict[str, tuple[str, Heartbeat]] = {}  # node -> (digest, last report)
         self.agent_versions: dict[str, str] = {}  # node -> the version its agent reported
         self.metrics = ManagerMetrics()  # /metrics: API latency, reconciler passes
+        self.io_history = IoHistory()  # the console's I/O sparklines (memory only)
         repo.observers.append(self.watch.changed)
 
     async def view(self, vol: Volume) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from cargohold.security.identity import Identity
 from cargohold.security.policy import Permission
 from cargohold.ui import csrf, listing, session
 from cargohold.ui.conditions import conditions
+from cargohold.ui.io_sparks import io_sparks
 from cargohold.ui.session import COOKIE, MAX_AGE, PATH, Viewer, viewer
 from cargohold.ui.sparkline import per_bucket, svg
 from cargohold.ui.tree import snapshot_tree
@@ -213,6 +214,7 @@ class Console:
             "backups": backups,
             "events": list(reversed(events[-15:])),
             "ops": list(reversed(ops)),
+            "io": io_sparks(name, s.io_history.rates(name, time.time())),
             "spark": svg(hourly, f"events of {name} per hour, last 24 hours: {sum(hourly)}"),
             "node_names": node_names,
         }
@@ -423,7 +425,8 @@ def mount(app: FastAPI, s: Service) -> None:
             vol = await s.volume(volume, v.ident)
         except CargoholdError:
             return Response(status_code=286)  # gone: stop polling
-        return c.fragment(request, v, "volume_live.html", vol=vol)
+        io = io_sparks(volume, s.io_history.rates(volume, time.time()))
+        return c.fragment(request, v, "volume_live.html", vol=vol, io=io)
 
     @r.get("/ui/volumes/{volume}/confirm/{action}", response_class=HTMLResponse)
     async def confirm(request: Request, volume: str, action: str, v: Read) -> Response:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -172,6 +173,17 @@ def test_the_console_in_a_browser(manager: str, browser: Any, tmp_path: Path) ->
         manager + "/api/v1/volumes/logs-1/attach", json={"node": "node-2"}
     ).raise_for_status()
     expect(page.locator("#vol-node")).to_contain_text("node-2", timeout=10_000)
+    # its engine's I/O counters in node-2's heartbeats become the I/O sparklines, live
+    expect(page.locator("#io-none")).to_be_visible()
+    for reads in (0, 50, 150):
+        io = {"read": reads, "write": 0, "read_bytes": reads * 4096, "written_bytes": 0}
+        engine = {"volume": "logs-1", "epoch": 1, "running": True, "status": {"io": io}}
+        httpx.post(
+            manager + "/api/v1/nodes/node-2/heartbeat", json={"engines": [engine]}
+        ).raise_for_status()
+    expect(page.locator("table.io-sparks svg.sparkline")).to_have_count(4, timeout=10_000)
+    expect(page.locator("table.io-sparks")).to_contain_text("write MB/s: now 0.0, peak 0.0")
+    assert "read IOPS: now 0.0" not in page.locator("table.io-sparks").inner_text()
     # a destructive action asks first, and wants the name typed
     page.goto(manager + "/ui/volumes/logs-0")
     page.get_by_role("link", name="Delete…").click()
@@ -244,6 +256,10 @@ def test_sign_in_attach_degrade_recover_snapshot(
     cli(d, "node", "kill", "node-3")
     qemu_io(endpoint, "write -P 0x61 0 1M")
     expect(page.locator("#vol-robustness")).to_contain_text("degraded", timeout=60_000)
+    # the write's megabyte, through the agent's heartbeat, on the write MB/s line
+    expect(page.locator("table.io-sparks")).to_contain_text(
+        re.compile(r"write MB/s: now [0-9.]+, peak (0\.[1-9]|[1-9])"), timeout=30_000
+    )
     page.screenshot(path=str(shots / "degraded.png"), full_page=True)
     page.goto(url + "/ui/")
     expect(page.locator("#alerts-h")).not_to_contain_text("(0)")

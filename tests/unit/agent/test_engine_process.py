@@ -95,3 +95,22 @@ def test_an_unreachable_replica_is_tried_every_5_s(monkeypatch) -> None:
     times = readd_times(eng, clock, 60, taken=False)
     assert [b - a for a, b in itertools.pairwise(times)] == [5.0] * (len(times) - 1)
     assert len(times) == 12
+
+
+def test_the_manager_gets_four_io_totals_not_the_histograms() -> None:
+    """The heartbeat stays small: of the engine's counters only the I/O totals the console
+    draws (control/io_history.py); they moving makes a busy engine's status 'changed'."""
+    status = {
+        "generation": 3,
+        "counters": {"read": 7, "write": 2, "read_bytes": 7 * 4096, "rebuilds": 1},
+        "latency_log2_us": {"read": {"10": 7}},
+        "inflight": 1,
+    }
+    out = engine_process._reported(status)
+    assert out == {
+        "generation": 3,
+        "io": {"read": 7, "write": 2, "read_bytes": 7 * 4096, "written_bytes": 0},
+    }
+    busier = dict(status, counters={**status["counters"], "read": 8})  # type: ignore[dict-item]
+    assert engine_process._reported(busier) != out
+    assert "io" not in engine_process._reported({"generation": 3})

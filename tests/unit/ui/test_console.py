@@ -12,7 +12,7 @@ import pytest
 
 from cargohold.control.api import build
 from cargohold.control.auth import Auth
-from cargohold.control.model import DiskReport, Registration
+from cargohold.control.model import DiskReport, EngineReport, Heartbeat, Registration
 from cargohold.control.repository import Repository
 from cargohold.control.requests import TenantCreate, VolumeCreate
 from cargohold.control.service import Service
@@ -292,3 +292,28 @@ async def test_cordon_and_drain_from_the_nodes_page(console: Console) -> None:
         r = await c.post("/ui/nodes/node-1/cordon", data={"csrf": csrf_of(page)})
         assert r.status_code == 403
     assert not (await console.service.node("node-1"))["cordoned"]
+
+
+async def test_the_volume_fragment_draws_io_sparklines_from_heartbeats(console: Console) -> None:
+    """The engine's counters in the heartbeats become the fragment's four sparklines, with
+    their text alternative (the last value and the peak)."""
+    async with console.client("admin") as c:
+        r = await c.get("/ui/live/volumes/pv-blue")
+        assert 'id="io-none"' in r.text and "io-sparks" not in r.text
+        svc = console.service
+        for reads in (0, 100, 300):
+            io = {"read": reads, "write": 0, "read_bytes": reads * 4096, "written_bytes": 0}
+            hb = Heartbeat(
+                engines=[EngineReport(volume="pv-blue", epoch=1, running=True, status={"io": io})]
+            )
+            await svc.heartbeat("node-1", hb)
+        rates = svc.io_history.rates("pv-blue")
+        assert len(rates) == 2 and all(r is not None and r.read_iops > 0 for r in rates)
+        assert rates[-1] is not None and rates[-1].write_iops == 0
+        r = await c.get("/ui/live/volumes/pv-blue")
+        assert r.status_code == 200 and 'class="io-sparks"' in r.text
+        assert r.text.count('class="sparkline"') == 4
+        assert re.search(r"read IOPS: now [0-9.]+, peak [0-9.]+", r.text)
+        assert "write MB/s: now 0.0, peak 0.0" in r.text
+        page = await c.get("/ui/volumes/pv-blue")
+        assert page.text.count('class="sparkline"') == 5  # and the events per hour

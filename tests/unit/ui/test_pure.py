@@ -9,9 +9,11 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from cargohold.control.io_history import Rate
 from cargohold.control.model import Disk, Node, Robustness, Volume
 from cargohold.ui import csrf
 from cargohold.ui.conditions import conditions
+from cargohold.ui.io_sparks import io_sparks
 from cargohold.ui.listing import VolumeQuery, paginate, select
 from cargohold.ui.sparkline import per_bucket, points, svg
 from cargohold.ui.tree import snapshot_tree
@@ -161,3 +163,26 @@ def test_the_vendored_htmx_is_the_one_its_readme_names() -> None:
     assert hashlib.sha256((static / "htmx.min.js").read_bytes()).hexdigest() == want.group(1)
     assert "htmx 2.0.11" in readme and '"2.0.11"' in (static / "htmx.min.js").read_text()
     assert (static / "LICENSE.htmx").exists()
+
+
+def test_io_sparks_say_the_last_value_and_the_peak_and_draw_gaps_at_zero() -> None:
+    assert io_sparks("v", []) == [] and io_sparks("v", [None, None]) == []
+    rates = [
+        Rate(1.0, 40.0, 0.0, 4e6, 0.0),
+        None,  # detached
+        Rate(3.0, 10.0, 2.5, 1e6, 2.5e5),
+    ]
+    sparks = io_sparks("pv-a", rates)
+    assert [s.what for s in sparks] == ["read IOPS", "write IOPS", "read MB/s", "write MB/s"]
+    assert [s.text for s in sparks] == [
+        "read IOPS: now 10, peak 40",
+        "write IOPS: now 2.5, peak 2.5",
+        "read MB/s: now 1.0, peak 4.0",
+        "write MB/s: now 0.2, peak 0.2",
+    ]
+    assert 'aria-label="read IOPS of pv-a, last 3 samples; read IOPS: now 10, peak 40"' in (
+        sparks[0].svg
+    )
+    assert 'points="0,23 60,23 120,1"' in sparks[1].svg  # the gap drawn at 0
+    ended = io_sparks("pv-a", [*rates, None])  # detached since: nothing now
+    assert ended[0].text == "read IOPS: now 0.0, peak 40"
