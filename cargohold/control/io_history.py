@@ -13,7 +13,8 @@ per-second rates. Pure (no I/O, the clock is passed in).
   engine epoch, a sample older than the last, or more than ``GAP`` seconds between two
   samples (the volume was detached, the node silent): no rate for that interval (a gap,
   None), never a negative or made-up one.
-- ``gap`` marks a volume detached; ``forget`` drops a deleted one.
+- ``gap`` marks a volume detached; a ring without a sample for ``STALE`` seconds (a deleted
+  volume) is dropped when the next new ring is made (``sweep``).
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class Ring:
         return tuple(self.buf[i : i + _W])
 
 
+STALE = 600.0  # seconds without a sample after which a volume's ring is dropped
+
+
 class IoHistory:
     """The rings of all volumes (``ServiceBase.io_history``)."""
 
@@ -101,8 +105,16 @@ class IoHistory:
     def add(self, volume: str, at: float, epoch: int, counters: tuple[float, ...]) -> None:
         ring = self.rings.get(volume)
         if ring is None:
+            self.sweep(at)
             ring = self.rings[volume] = Ring(self.size)
         ring.push((at, float(epoch), *counters))
+
+    def sweep(self, now: float, stale: float = STALE) -> None:
+        """Drop the rings with no sample for ``stale`` seconds (deleted volumes, volumes
+        detached long ago): run when a ring is created, so the rings kept are those of
+        the volumes reported on in the last ``stale`` seconds."""
+        for name in [n for n, r in self.rings.items() if (x := r.last()) and now - x[0] > stale]:
+            del self.rings[name]
 
     def gap(self, volume: str, at: float) -> None:
         """The volume has no running engine now (detached): the next interval is a gap."""

@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from cargohold.control.io_history import SAMPLES, IoHistory, Rate, interval, io_counters
+from cargohold.control.io_history import SAMPLES, STALE, IoHistory, Rate, interval, io_counters
 
 
 def c(r: float, w: float, rb: float, wb: float) -> tuple[float, ...]:
@@ -109,3 +109,11 @@ def test_memory_for_2000_volumes_is_bounded() -> None:
     assert len(h.rates("pvc-0000")) == SAMPLES - 1
     print(f"io history: {used / n:.0f} bytes a volume, {used / n * 2000 / 1e6:.1f} MB for 2000")
     assert used / n < 4000
+
+
+def test_rings_of_volumes_not_heard_of_for_ten_minutes_are_dropped():
+    h = IoHistory()
+    h.add("gone", 1000.0, 1, (0, 0, 0, 0))
+    h.add("kept", 1500.0, 1, (0, 0, 0, 0))
+    h.add("new", 1000.0 + STALE + 1, 1, (0, 0, 0, 0))  # a new ring sweeps the stale ones
+    assert sorted(h.rings) == ["kept", "new"]
