@@ -39,7 +39,7 @@ comes from when our processes are mostly idle.
 the aggressor's engines and the replica servers (with their worker processes) to
 DIR/NAME.txt (collapsed stacks, one line a stack with its sample count).
 
-    .venv/bin/python benchmarks/qos.py [--seconds 10] [--repeats 3] [--limit 200]
+    .venv/bin/python benchmarks/qos.py [--seconds 10] [--repeats 3] [--limit 200] [--no-cpu-priority]
         [--json FILE] [--profile DIR]
 
 Every process started here (replica servers, engines, fio, py-spy) is stopped by its PID.
@@ -243,6 +243,11 @@ def main() -> None:
         help="run the aggressor's engine and fio at this nice value (0-19): how much of the "
         "victim's tail is CPU scheduling",
     )
+    ap.add_argument(
+        "--no-cpu-priority",
+        action="store_true",
+        help="weighted: leave the engines at nice 0 (the A/B of the agent's CPU priority)",
+    )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--profile", help="py-spy the first limited phase into this directory")
     args = ap.parse_args()
@@ -300,9 +305,13 @@ def main() -> None:
                 victim.ctl(op="qos", limits={"max_iops": lim["victim"]})
                 aggressor.ctl(op="qos", limits={"max_iops": lim["aggressor"]})
                 before = aggressor.ctl(op="status")["qos"]
+                cpu = not args.no_cpu_priority
                 engine_nice = {  # the CPU priority the agent gives each weight
-                    "victim": renice(victim.proc.pid, nice_for(args.victim_weight)),  # type: ignore[union-attr]
-                    "aggressor": renice(aggressor.proc.pid, nice_for(args.aggressor_weight)),  # type: ignore[union-attr]
+                    "victim": renice(victim.proc.pid, nice_for(args.victim_weight) if cpu else 0),  # type: ignore[union-attr]
+                    "aggressor": renice(
+                        aggressor.proc.pid,  # type: ignore[union-attr]
+                        nice_for(args.aggressor_weight) if cpu else args.aggressor_nice,
+                    ),
                 }
                 rd["weighted"] = phase(victim, aggressor, args.seconds, pids, nice=nice)
                 renice(victim.proc.pid, 0)  # type: ignore[union-attr]
@@ -326,6 +335,7 @@ def main() -> None:
         "limit_iops": args.limit,
         "weights": {"victim": args.victim_weight, "aggressor": args.aggressor_weight},
         "aggressor_nice": args.aggressor_nice,
+        "cpu_priority": not args.no_cpu_priority,
         "cpus": os.cpu_count(),
         "rounds": rounds,
         "summary": summary(rounds),
