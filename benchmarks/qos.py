@@ -17,7 +17,10 @@ aggressor runs:
                 computes for a node budget of --budget-fraction (0.9) x what the node did
                 in this round's unlimited phase (victim + aggressor), weights --victim-weight and
                 --aggressor-weight, the victim counted as wanting 1.5 x its solo rate +
-                50 (NodeShare's headroom for a volume that is not held back)
+                50 (NodeShare's headroom for a volume that is not held back); and each
+                engine (all its threads) reniced to its weight's nice value, as the node's
+                agent does (agent/cpu_priority.py nice_for: weight 25 -> nice 6), and
+                put back after the phase
     solo-again  no aggressor again: how far the host itself drifted within the round
 
 ``--repeats N`` runs N rounds, the phases interleaved in that order every round, so slow
@@ -36,7 +39,7 @@ comes from when our processes are mostly idle.
 the aggressor's engines and the replica servers (with their worker processes) to
 DIR/NAME.txt (collapsed stacks, one line a stack with its sample count).
 
-    .venv/bin/python benchmarks/qos.py [--seconds 10] [--repeats 3] [--limit 200]
+    .venv/bin/python benchmarks/qos.py [--seconds 10] [--repeats 3] [--limit 200] [--no-cpu-priority]
         [--json FILE] [--profile DIR]
 
 Every process started here (replica servers, engines, fio, py-spy) is stopped by its PID.
@@ -67,6 +70,7 @@ from benchmarks.method import (  # noqa: E402
     settle_writeback,
     spread,
 )
+from cargohold.agent.cpu_priority import nice_for, renice  # noqa: E402
 from cargohold.agent.fair_share import GROW, HEADROOM, Claim, shares  # noqa: E402
 from cargohold.cli import fio  # noqa: E402
 from tests.support.engine import EngineProc  # noqa: E402
@@ -222,8 +226,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the five phases")
     ap.add_argument("--limit", type=int, default=200, help="the aggressor's max_iops (limited)")
-    ap.add_argument("--victim-weight", type=int, default=400)
-    ap.add_argument("--aggressor-weight", type=int, default=100)
+    # 4:1 as before, with the victim at the default weight: the aggressor's weight is the
+    # low one, so the agent lowers its engine's CPU priority (nice_for(25) = 6)
+    ap.add_argument("--victim-weight", type=int, default=100)
+    ap.add_argument("--aggressor-weight", type=int, default=25)
     ap.add_argument(
         "--budget-fraction",
         type=float,
@@ -236,6 +242,11 @@ def main() -> None:
         default=0,
         help="run the aggressor's engine and fio at this nice value (0-19): how much of the "
         "victim's tail is CPU scheduling",
+    )
+    ap.add_argument(
+        "--no-cpu-priority",
+        action="store_true",
+        help="weighted: leave the engines at nice 0 (the A/B of the agent's CPU priority)",
     )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--profile", help="py-spy the first limited phase into this directory")
@@ -267,7 +278,7 @@ def main() -> None:
             for i, s in enumerate(servers.servers):
                 pids[f"replica-server-{i}"] = s.proc.pid  # type: ignore[union-attr]
             if args.aggressor_nice:
-                os.setpriority(os.PRIO_PROCESS, aggressor.proc.pid, args.aggressor_nice)  # type: ignore[union-attr]
+                renice(aggressor.proc.pid, args.aggressor_nice)  # type: ignore[union-attr]
             nice = args.aggressor_nice
             for n in range(args.repeats):
                 rd: dict[str, Any] = {}
@@ -294,8 +305,20 @@ def main() -> None:
                 victim.ctl(op="qos", limits={"max_iops": lim["victim"]})
                 aggressor.ctl(op="qos", limits={"max_iops": lim["aggressor"]})
                 before = aggressor.ctl(op="status")["qos"]
+                cpu = not args.no_cpu_priority
+                engine_nice = {  # the CPU priority the agent gives each weight
+                    "victim": renice(victim.proc.pid, nice_for(args.victim_weight) if cpu else 0),  # type: ignore[union-attr]
+                    "aggressor": renice(
+                        aggressor.proc.pid,  # type: ignore[union-attr]
+                        nice_for(args.aggressor_weight) if cpu else args.aggressor_nice,
+                    ),
+                }
                 rd["weighted"] = phase(victim, aggressor, args.seconds, pids, nice=nice)
-                rd["weighted"].update(budget_iops=round(budget), limits=lim)
+                renice(victim.proc.pid, 0)  # type: ignore[union-attr]
+                renice(aggressor.proc.pid, args.aggressor_nice)  # type: ignore[union-attr]
+                rd["weighted"].update(
+                    budget_iops=round(budget), limits=lim, engine_nice=engine_nice
+                )
                 rd["weighted"]["throttled"] = _throttled(before, aggressor.ctl(op="status")["qos"])
                 for e in engines:
                     e.ctl(op="qos", limits={})
@@ -312,6 +335,7 @@ def main() -> None:
         "limit_iops": args.limit,
         "weights": {"victim": args.victim_weight, "aggressor": args.aggressor_weight},
         "aggressor_nice": args.aggressor_nice,
+        "cpu_priority": not args.no_cpu_priority,
         "cpus": os.cpu_count(),
         "rounds": rounds,
         "summary": summary(rounds),

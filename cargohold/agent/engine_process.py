@@ -48,6 +48,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cargohold.agent import cpu_priority
 from cargohold.agent.engine_link import EngineLink
 from cargohold.agent.processes import (
     STABLE_AFTER,
@@ -138,6 +139,8 @@ class EngineProcess:
         self.qos_push: asyncio.Task[None] | None = None  # new QoS limits being applied
         self.fair_iops: int | None = None  # its share of a contended node (fair_share.py)
         self.fair_bandwidth: int | None = None  # the same in bytes/s (--node-bandwidth)
+        self.nice: int | None = None  # its CPU priority from its weight (cpu_priority.py)
+        self._nice_refused: int | None = None  # a nice value the kernel refused (EPERM)
         self.tried: dict[str, float] = {}  # replica id -> last add/remove attempt (monotonic)
         self.readds: dict[str, int] = {}  # replica id -> re-adds since it was last RW
         self._readding: set[str] = set()  # re-adds planned, not yet taken by the engine
@@ -282,6 +285,8 @@ class EngineProcess:
             finally:
                 os.close(r)
         self.ready, self.status, self._exit_noted = False, {}, False  # error: until ready
+        self.nice = self._nice_refused = None
+        self.apply_nice()  # before it starts its threads: they inherit it
         self.status_every = 0.0
         self.tried.clear()
         self.readds.clear()
@@ -305,6 +310,8 @@ class EngineProcess:
         )
         self.ready, self.status, self._exit_noted, self.error = True, status, False, ""
         self.move("adopt")
+        self.nice = self._nice_refused = None
+        self.apply_nice()
         return True
 
     def poll(self) -> str | None:
@@ -375,6 +382,36 @@ class EngineProcess:
         if self.qos_push is not None and not self.qos_push.done():
             return False
         return (self.status.get("qos") or {}).get("limits") != self.wanted_qos()
+
+    def apply_nice(self) -> None:
+        """Give the engine the CPU priority of its volume's weight (cpu_priority.py) when
+        it has another; cheap when it has it. A value the kernel refuses (a weight raised
+        without CAP_SYS_NICE) is logged once and left until the engine's next start."""
+        pid = self.pid
+        want = cpu_priority.nice_for(self.spec.qos.get("weight"))
+        if pid is None or want == self.nice or want == self._nice_refused:
+            return
+        try:
+            self.nice = cpu_priority.renice(pid, want)
+        except ProcessLookupError:
+            return  # it exited: poll notices
+        except OSError as e:
+            self._nice_refused = want
+            try:
+                self.nice = os.getpriority(os.PRIO_PROCESS, pid)
+            except OSError:
+                pass
+            log.warning(
+                "volume %s: cannot give its engine (pid %d) nice %d for its weight, it keeps "
+                "%s until its next start: %s (lowering a nice value needs CAP_SYS_NICE)",
+                self.volume,
+                pid,
+                want,
+                self.nice,
+                e,
+            )
+            return
+        log.info("volume %s: engine (pid %d) runs at nice %d", self.volume, pid, self.nice)
 
     def wanted_qos(self) -> dict[str, Any]:
         """The assignment's QoS limits, with ``max_iops`` (``max_bandwidth``) lowered to the
@@ -474,6 +511,8 @@ class EngineProcess:
             status["qos"] = {**(status.get("qos") or {}), "fair_iops": self.fair_iops}
         if self.fair_bandwidth is not None:
             status["qos"] = {**(status.get("qos") or {}), "fair_bandwidth": self.fair_bandwidth}
+        if self.nice is not None:  # its CPU priority from its weight (cpu_priority.py)
+            status["qos"] = {**(status.get("qos") or {}), "nice": self.nice}
         return status
 
 

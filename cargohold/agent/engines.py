@@ -213,6 +213,7 @@ class Engines:
                         eng.changing = asyncio.create_task(self._change_replicas(eng, plan))
                 if eng.qos_due():  # new QoS limits: to the running engine, now
                     eng.qos_push = asyncio.create_task(eng.push_qos())
+                eng.apply_nice()  # a new weight: its CPU priority too
 
     async def _retire(self, eng: EngineProcess) -> None:
         await eng.stop()

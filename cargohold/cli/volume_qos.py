@@ -113,6 +113,9 @@ def qos_text(q: dict[str, Any] | None) -> str:
     if isinstance(fair_bw, int):  # the same for the node's bandwidth
         shared["max_bandwidth"] = min(int(limits.get("max_bandwidth") or fair_bw), fair_bw)
         text += f" (node bandwidth busy: its fair share is {bandwidth_text(fair_bw)})"
+    nice = q.get("nice")
+    if isinstance(nice, int) and nice > 0:  # its weight lowers its engine's CPU priority
+        text += f" (engine CPU priority: nice {nice})"
     if applied is not None and applied != shared:
         text += f" (engine applies {describe(applied)}: changing)"
     if applied is not None:

@@ -284,4 +284,6 @@ def qos_report(qos: object) -> dict[str, Any]:
         # its share of a busy node's IOPS, set by the node's agent (weights; docs/qos.md)
         **({"fair_iops": fair} if isinstance(fair := qos.get("fair_iops"), int) else {}),
         **({"fair_bandwidth": bw} if isinstance(bw := qos.get("fair_bandwidth"), int) else {}),
+        # its engine's CPU priority from its weight, set by the node's agent
+        **({"nice": n} if isinstance(n := qos.get("nice"), int) else {}),
     }

@@ -77,6 +77,11 @@ class QosView(Record):
         description="the bytes per second its node's agent holds it to while the node's "
         "bandwidth is busy (its weight's share; null: none)",
     )
+    nice: int | None = Field(
+        None,
+        description="the CPU priority (nice value, 0-19) its node's agent gives its running "
+        "engine from its weight (null: not running)",
+    )
 
 
 class StandbyLag(Record):
@@ -289,6 +294,7 @@ def qos_view(vol: Volume, st: EngineStatus | None) -> dict[str, Any]:
         "throttled_seconds_total": float(rep.get("throttled_seconds_total", 0.0)),
         "fair_iops": rep.get("fair_iops"),  # held to its share of a busy node; null: not
         "fair_bandwidth": rep.get("fair_bandwidth"),
+        "nice": rep.get("nice") if st is not None else None,
     }
 
 

@@ -140,3 +140,9 @@ def test_the_agent_takes_a_node_bandwidth_as_a_quantity() -> None:
     assert r.exit_code == 0 and "--node-bandwidth" in r.output and "--node " in r.output, r.output
     r = CliRunner().invoke(app, ["agent", "--node", "n1", "--node-bandwidth", "fast"])
     assert r.exit_code == 2 and "not a bandwidth" in r.output, r.output
+
+
+def test_the_qos_line_shows_the_engines_cpu_priority_only_when_lowered() -> None:
+    q = {"limits": {"weight": 10}, "applied": {}, "nice": 10}
+    assert "engine CPU priority: nice 10" in qos_text(q)
+    assert "nice" not in qos_text({"limits": {}, "applied": {}, "nice": 0})
