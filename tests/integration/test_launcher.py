@@ -38,7 +38,7 @@ DOWN_AFTER = 1.5
 def manager(argv):
     p = argparse.ArgumentParser()
     for flag in ("--state", "--listen", "--unix", "--id", "--tls-dir", "--admin-token-file",
-                 "--etcd-tls-dir", "--cluster-id"):
+                 "--etcd-tls-dir", "--cluster-id", "--key-dir"):
         p.add_argument(flag)
     p.add_argument("--init", action="store_true")
     a = p.parse_args(argv)
