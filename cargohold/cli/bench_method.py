@@ -55,20 +55,23 @@ def parse_stat(text: str) -> tuple[int, int, int]:
     return pid, int(fields[1]), int(fields[11]) + int(fields[12])
 
 
-def tree_ticks(stats: dict[int, tuple[int, int]], roots: Iterable[int]) -> int:
-    """CPU ticks of ``roots`` and their live descendants. ``stats``: pid -> (ppid, ticks)."""
+def descendants(stats: dict[int, tuple[int, int]], roots: Iterable[int]) -> set[int]:
+    """``roots`` and their live descendants. ``stats``: pid -> (ppid, ticks)."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo, seen = 0, list(roots), set()
+    todo, seen = list(roots), set()
     while todo:
         p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        total += stats.get(p, (0, 0))[1]
-        todo += children.get(p, [])
-    return total
+        if p not in seen:
+            seen.add(p)
+            todo += children.get(p, [])
+    return seen
+
+
+def tree_ticks(stats: dict[int, tuple[int, int]], roots: Iterable[int]) -> int:
+    """CPU ticks of ``roots`` and their live descendants. ``stats``: pid -> (ppid, ticks)."""
+    return sum(stats.get(p, (0, 0))[1] for p in descendants(stats, roots))
 
 
 def read_stats() -> dict[int, tuple[int, int]]:
@@ -97,30 +100,23 @@ def run_queue_wait_ns(pids: Sequence[int]) -> dict[int, int]:
     runnable but waiting for a CPU (``/proc/PID/task/TID/schedstat``, second field): on a
     shared machine, how much of a latency is the scheduler's rather than the process's."""
     stats = read_stats()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    out = {}
-    for root in pids:
-        total, todo, seen = 0, [root], set()
-        while todo:
-            p = todo.pop()
-            if p in seen:
-                continue
-            seen.add(p)
-            todo += children.get(p, [])
-            try:
-                tasks = os.listdir(f"/proc/{p}/task")
-            except OSError:
-                continue
-            for t in tasks:
-                try:
-                    with open(f"/proc/{p}/task/{t}/schedstat") as f:
-                        total += int(f.read().split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-        out[root] = total
-    return out
+    return {root: sum(_schedstat_wait(p) for p in descendants(stats, [root])) for root in pids}
+
+
+def _schedstat_wait(pid: int) -> int:
+    """Nanoseconds the threads of ``pid`` have waited for a CPU (0 for a process gone)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    total = 0
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def cpu_us_per_op(before: dict[int, int], after: dict[int, int], ops: float) -> float:
