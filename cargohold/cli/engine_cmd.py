@@ -117,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="an encrypted volume: read its 32-byte AES-256 data key (raw bytes) from file "
-        "descriptor N, then close it (the key never goes to argv, the environment or a file; "
+        "descriptor N to its end, then close it; during a data-key rotation more keys follow, "
+        "32 bytes each, newest first (the key never goes to argv, the environment or a file; "
         "docs/encryption.md)",
     )
     p.add_argument(
@@ -128,31 +129,41 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_data_key(fd: int) -> bytes:
-    """Exactly 32 bytes from file descriptor ``fd`` (then closed): the data key."""
-    key = bytearray()
+def read_data_key(fd: int) -> tuple[bytes, ...]:
+    """The data keys from file descriptor ``fd`` (read to its end, then closed): 32 bytes
+    each, 1 to MAX_KEYS of them, the newest first (the one that seals writes; the others
+    are older keys a data-key rotation still needs, docs/keys.md)."""
+    from cargohold.encryption.block_cipher import KEY_BYTES, MAX_KEYS
+
+    buf = bytearray()
     try:
-        while len(key) < 32:
-            chunk = os.read(fd, 32 - len(key))
+        while len(buf) <= KEY_BYTES * MAX_KEYS:
+            chunk = os.read(fd, KEY_BYTES * MAX_KEYS + 1 - len(buf))
             if not chunk:
                 break
-            key += chunk
+            buf += chunk
     except OSError as e:
         raise ConfigError(f"--data-key-fd {fd}: cannot read the data key: {e.strerror}") from None
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
-    if len(key) != 32:
+    n = len(buf)
+    if n == 0 or n % KEY_BYTES or n > KEY_BYTES * MAX_KEYS:
+        buf[:] = bytes(n)
         raise ConfigError(
-            f"--data-key-fd {fd}: expected exactly 32 bytes of data key, got {len(key)}"
+            f"--data-key-fd {fd}: expected exactly {KEY_BYTES} bytes of data key per key "
+            f"(1 to {MAX_KEYS} keys), got "
+            + (f"more than {KEY_BYTES * MAX_KEYS}" if n > KEY_BYTES * MAX_KEYS else str(n))
         )
-    out = bytes(key)
-    key[:] = bytes(32)
+    out = tuple(bytes(buf[i : i + KEY_BYTES]) for i in range(0, n, KEY_BYTES))
+    buf[:] = bytes(n)
     return out
 
 
-def parse_encryption(a: argparse.Namespace) -> tuple[bytes | None, bytes | None]:
-    """(data key, encryption id) from --data-key-fd and --encryption-key-id, or (None,
+def parse_encryption(
+    a: argparse.Namespace,
+) -> tuple[tuple[bytes, ...] | None, bytes | None]:
+    """(data keys, encryption id) from --data-key-fd and --encryption-key-id, or (None,
     None) for a plain volume; ConfigError unless both or neither are given."""
     if a.data_key_fd is None and a.encryption_key_id is None:
         return None, None

@@ -26,6 +26,7 @@ construction; in short:
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -49,6 +50,7 @@ EMPTY_SLOT = bytes(SLOT)
 ZERO_BLOCK = bytes(BLOCK)
 MAX_EPOCH = (1 << 32) - 1
 MAX_COUNTER = (1 << 32) - 1
+MAX_KEYS = 8  # data keys one volume may need at once (the current one and older ones)
 
 assert SLOT_STRUCT.size == SLOT and 2 * SLOT == ENTRY
 
@@ -153,14 +155,23 @@ def entry_versions(tags: bytes | bytearray | memoryview) -> list[int]:
 
 
 class BlockCipher:
-    """The AEAD of one volume: its data key and its encryption id."""
+    """The AEAD of one volume: its data keys and its encryption id.
 
-    def __init__(self, key: bytes, volume_id: bytes) -> None:
-        if len(key) != KEY_BYTES:
-            raise InvalidArgument(f"a data key is {KEY_BYTES} bytes, not {len(key)}")
+    ``keys`` is one data key or several, newest first: the first seals every write; a read
+    tries each in turn (the older ones are those a data-key rotation has not yet rewritten
+    away, docs/keys.md). ``key_index`` tells which key a block is sealed under."""
+
+    def __init__(self, keys: bytes | Sequence[bytes], volume_id: bytes) -> None:
+        keys = [keys] if isinstance(keys, bytes | bytearray) else list(keys)
+        if not 1 <= len(keys) <= MAX_KEYS:
+            raise InvalidArgument(f"a volume has 1 to {MAX_KEYS} data keys, not {len(keys)}")
+        for key in keys:
+            if len(key) != KEY_BYTES:
+                raise InvalidArgument(f"a data key is {KEY_BYTES} bytes, not {len(key)}")
         if len(volume_id) != ID_BYTES:
             raise InvalidArgument(f"an encryption id is {ID_BYTES} bytes, not {len(volume_id)}")
-        self._aead = AESGCMSIV(bytes(key))
+        self._aeads = [AESGCMSIV(bytes(key)) for key in keys]
+        self._aead = self._aeads[0]  # seals
         self.volume_id = bytes(volume_id)
         self.auth_failures = 0  # blocks that authenticated under no slot (open_block)
 
@@ -211,14 +222,37 @@ class BlockCipher:
     ) -> bytes | None:
         """The plaintext if ``slot`` authenticates ``ciphertext`` as block ``index``
         (b"" for a ZERO slot: the block is zeros), else None."""
+        got = self._open_slot(index, slot, ciphertext)
+        return None if got is None else got[0]
+
+    def _open_slot(
+        self, index: int, slot: Slot, ciphertext: bytes | bytearray | memoryview
+    ) -> tuple[bytes, int] | None:
+        """(plaintext, the index of the key that authenticated it) or None."""
         nonce, ad = self._nonce_ad(index, slot.version)
-        try:
-            if slot.zero:
-                self._aead.decrypt(nonce, slot.tag, ad)
-                return b""
-            return self._aead.decrypt(nonce, bytes(ciphertext) + slot.tag, ad)
-        except InvalidTag:
-            return None
+        sealed = slot.tag if slot.zero else bytes(ciphertext) + slot.tag
+        for k, aead in enumerate(self._aeads):
+            try:
+                plain = aead.decrypt(nonce, sealed, ad)
+            except InvalidTag:
+                continue
+            return (b"" if slot.zero else plain), k
+        return None
+
+    def key_index(
+        self,
+        index: int,
+        ciphertext: bytes | bytearray | memoryview,
+        entry: bytes | bytearray | memoryview,
+    ) -> int | None:
+        """Which of the keys block ``index`` is sealed under (its newest slot that
+        authenticates the stored ciphertext; a ZERO slot counts too): 0 for the newest key.
+        None: no slot authenticates, or the block was never written (nothing to rewrite)."""
+        for slot in newest_first(decode_entry(entry)):
+            got = self._open_slot(index, slot, ciphertext)
+            if got is not None:
+                return got[1]
+        return None
 
     def open_block(
         self,
@@ -249,16 +283,16 @@ class BlockCipher:
             order = ((vb, tb, fb),)
         else:
             order = ()
-        aead, vid, low = self._aead, self.volume_id, index & 0xFFFFFFFF
+        aeads, vid, low = self._aeads, self.volume_id, index & 0xFFFFFFFF
         for version, tag, flags in order:
             nonce, ad = NONCE.pack(version, low), vid + AD_TAIL.pack(index, version)
-            try:
-                if flags & ZERO:
-                    aead.decrypt(nonce, tag, ad)
-                    return ZERO_BLOCK
-                return aead.decrypt(nonce, b"".join((ciphertext, tag)), ad)
-            except InvalidTag:
-                continue
+            sealed = tag if flags & ZERO else b"".join((ciphertext, tag))
+            for aead in aeads:  # the newest key first: one try but during a rotation
+                try:
+                    plain = aead.decrypt(nonce, sealed, ad)
+                except InvalidTag:
+                    continue
+                return ZERO_BLOCK if flags & ZERO else plain
         if (va == 0 or vb == 0) and ciphertext == ZERO_BLOCK:
             return ZERO_BLOCK
         self.auth_failures += 1

@@ -68,10 +68,11 @@ class EngineRun:
     plaintext: bool = False  # a network NBD endpoint without TLS (benchmarks; loud)
     qos: dict = field(default_factory=dict)  # QoS limits to start with (cargohold.qos_limits)
     read_only: bool = False  # NBD clients may only read (a read-only attach: EngineSpec)
-    # an encrypted volume (docs/encryption.md): its AES-256 data key (read from
-    # --data-key-fd; never in argv, the environment, a log or a file) and its 16-byte
-    # encryption id (--encryption-key-id). None: a plain volume.
-    data_key: bytes | None = field(default=None, repr=False)
+    # an encrypted volume (docs/encryption.md): its AES-256 data keys, newest first (read
+    # from --data-key-fd; never in argv, the environment, a log or a file; more than one
+    # during a data-key rotation) and its 16-byte encryption id (--encryption-key-id).
+    # None: a plain volume.
+    data_key: tuple[bytes, ...] | None = field(default=None, repr=False)
     encryption_id: bytes | None = None
 
 

@@ -40,7 +40,16 @@ def args(*extra: str):  # type: ignore[no-untyped-def]
 def test_the_key_is_read_from_the_descriptor_which_is_closed():
     r = pipe_with(KEY)
     key, vid = parse_encryption(args("--data-key-fd", str(r), "--encryption-key-id", VID))
-    assert key == KEY and vid == bytes.fromhex(VID) and closed(r)
+    assert key == (KEY,) and vid == bytes.fromhex(VID) and closed(r)
+
+
+def test_several_keys_newest_first_during_a_rotation():
+    older = bytes(range(32))
+    r = pipe_with(KEY + older)
+    assert read_data_key(r) == (KEY, older) and closed(r)
+    r = pipe_with(KEY * 9)  # more than MAX_KEYS
+    with pytest.raises(ConfigError, match=r"1 to 8 keys\), got more than 256"):
+        read_data_key(r)
 
 
 def test_a_short_or_missing_key_is_refused():

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cargohold.encryption import block_cipher as bc
-from cargohold.encryption.block_cipher import BlockCipher, Slot
+from cargohold.encryption.block_cipher import BlockCipher, Slot, encode_slot, version_of
 from cargohold.encryption.layout import BLOCK, ENTRY
 from cargohold.errors import InvalidArgument
 
@@ -180,3 +180,20 @@ def test_bad_keys_ids_and_versions_are_refused():
         bc.version_of(1 << 32, 1)
     with pytest.raises(InvalidArgument):
         bc.version_of(1, 1 << 32)
+
+
+def test_older_keys_open_what_they_sealed_and_key_index_names_the_key():
+    older = BlockCipher(bytes(range(100, 132)), VID)
+    ct, tag = older.seal(5, version_of(1, 1), b"a" * BLOCK)
+    entry = encode_slot(Slot(version_of(1, 1), tag)) + encode_slot(None)
+    both = BlockCipher([KEY, bytes(range(100, 132))], VID)  # the newest first
+    assert both.open_block(5, ct, entry) == b"a" * BLOCK
+    assert both.key_index(5, ct, entry) == 1
+    ct2, tag2 = both.seal(5, version_of(1, 2), b"b" * BLOCK)  # the newest key seals
+    entry2 = encode_slot(Slot(version_of(1, 2), tag2)) + encode_slot(None)
+    assert both.key_index(5, ct2, entry2) == 0
+    assert BlockCipher(KEY, VID).open_block(5, ct2, entry2) == b"b" * BLOCK
+    assert older.open_block(5, ct2, entry2) is None
+    assert both.key_index(5, bytes(BLOCK), bytes(64)) is None  # never written
+    with pytest.raises(InvalidArgument, match="1 to 8 data keys"):
+        BlockCipher([KEY] * 9, VID)
