@@ -19,8 +19,6 @@ again. Anything the agent does not understand in an answer is logged and skipped
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import os
@@ -30,6 +28,7 @@ from typing import Any
 from cargohold.agent import enrollment, node_state
 from cargohold.agent.credentials import NodeCredentials, engine_credentials
 from cargohold.agent.engines import Engines
+from cargohold.agent.key_rotation import FetchedKeys, parse_answer
 from cargohold.agent.manager_link import ManagerLink
 from cargohold.agent.metrics_http import STATUS_TIMEOUT, MetricsListener, disk_usage
 from cargohold.agent.operations import Operations
@@ -44,7 +43,7 @@ from cargohold.control.model import (
     Registration,
 )
 from cargohold.control.version_skew import running_version
-from cargohold.errors import CargoholdError, ConfigError, KeyRefused, NotFound
+from cargohold.errors import CargoholdError, ConfigError, NotFound
 from cargohold.metrics.engine_status import volume_families
 from cargohold.metrics.exposition import render_families
 from cargohold.metrics.node_stats import node_families
@@ -136,18 +135,13 @@ class Agent:
         self.engines.key_source = self._data_key
         self.metrics: MetricsListener | None = None  # start(): with --metrics-port
 
-    async def _data_key(self, volume: str, epoch: int) -> tuple[bytes, str]:
-        """An encrypted volume's data key for its engine of ``epoch`` on this node, from the
-        manager over mutual TLS (only this node's agent gets it; docs/keys.md)."""
+    async def _data_key(self, volume: str, epoch: int) -> FetchedKeys:
+        """An encrypted volume's data keys (every generation its engine needs, newest
+        first) for its engine of ``epoch`` on this node, from the manager over mutual TLS
+        (only this node's agent gets them; docs/keys.md)."""
         body = {"node": self.config.node, "epoch": epoch}
         got = await self.manager.post(f"/api/v1/volumes/{volume}/data-key", body)
-        try:
-            key = base64.b64decode(str(got["data_key"]), validate=True)
-            return key, str(got["encryption_id"])
-        except (KeyError, TypeError, ValueError, binascii.Error):
-            raise KeyRefused(
-                f"the manager's answer for volume {volume}'s key is malformed"
-            ) from None
+        return parse_answer(volume, got)
 
     # what the heartbeat reports and registration tells, kept where they are managed
     @property

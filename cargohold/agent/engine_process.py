@@ -48,8 +48,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cargohold.agent import cpu_priority
+from cargohold.agent import cpu_priority, key_rotation
 from cargohold.agent.engine_link import EngineLink
+from cargohold.agent.key_rotation import EngineKeys, FetchedKeys
 from cargohold.agent.processes import (
     STABLE_AFTER,
     AdoptedChild,
@@ -153,9 +154,10 @@ class EngineProcess:
         # an encrypted volume (spec.encrypted): (volume, epoch) -> (data key, encryption id)
         # from the manager (Engines.key_source); the key is held from its fetch to the
         # child's start only, and written into a pipe the child reads (never argv or a file)
-        self.key_source: Callable[[str, int], Awaitable[tuple[bytes, str]]] | None = None
-        self._data_key: bytes | None = None
+        self.key_source: Callable[[str, int], Awaitable[FetchedKeys]] | None = None
+        self._data_key: FetchedKeys | None = None
         self.key_fetch: asyncio.Task[None] | None = None
+        self.keys = EngineKeys()  # the generations it was given (agent/key_rotation.py)
 
     @property
     def volume(self) -> str:
@@ -218,13 +220,14 @@ class EngineProcess:
         ManagerUnavailable... raised as the manager says)."""
         if self.key_source is None:
             raise KeyUnavailable(f"volume {self.volume} is encrypted: no key source here")
-        key, eid = await self.key_source(self.volume, self.epoch)
-        if eid != self.spec.encryption_id or len(key) != DATA_KEY_BYTES:
+        got = await self.key_source(self.volume, self.epoch)
+        eid = got.encryption_id
+        if eid != self.spec.encryption_id or any(len(k) != DATA_KEY_BYTES for k in got.keys):
             raise KeyRefused(
                 f"the manager's data key for volume {self.volume} is not for encryption id "
-                f"{self.spec.encryption_id} (got {eid}, {len(key)} bytes)"
+                f"{self.spec.encryption_id} (got {eid})"
             )
-        self._data_key = key
+        self._data_key = got
 
     def drop_key(self) -> None:
         self._data_key = None
@@ -264,19 +267,21 @@ class EngineProcess:
                 f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path
             )
             self.child.start()
-        else:  # the key into a pipe (32 bytes: never blocks), its read end to the child
-            key, self._data_key = self._data_key, None
-            if key is None:
+        else:  # the keys into a pipe (32 bytes each, newest first, at most 256: never
+            # blocks), its read end to the child
+            got, self._data_key = self._data_key, None
+            if got is None:
                 raise KeyUnavailable(
                     f"volume {s.volume} is encrypted: its data key was not fetched"
                 )
             r, w = os.pipe()
             try:
                 try:
-                    os.write(w, key)
+                    os.write(w, b"".join(got.keys))
                 finally:
                     os.close(w)
-                del key
+                self.keys.started(got.generation)
+                del got
                 argv = self.argv(data_key_fd=r)
                 self.child = Child(
                     f"engine of volume {s.volume} (epoch {s.epoch})", argv, self.log_path
@@ -506,7 +511,7 @@ class EngineProcess:
         )
 
     def _reported(self) -> dict[str, Any]:
-        status = _reported(self.status)
+        status = key_rotation.tagged(self, _reported(self.status))
         if self.fair_iops is not None:  # held to its share of a busy node (docs/qos.md)
             status["qos"] = {**(status.get("qos") or {}), "fair_iops": self.fair_iops}
         if self.fair_bandwidth is not None:
@@ -540,6 +545,8 @@ def _settled(status: dict[str, Any]) -> bool:
     """Nothing under way that the manager follows: every replica RW, no import running."""
     reps = status.get("replicas") or []
     imp = status.get("import")
+    rekey = status.get("rekey")  # a data-key sweep is followed every heartbeat too
     return all(isinstance(r, dict) and r.get("mode") == "RW" for r in reps) and not (
-        isinstance(imp, dict) and imp.get("state") == "running"
+        (isinstance(imp, dict) and imp.get("state") == "running")
+        or (isinstance(rekey, dict) and rekey.get("state") == "running")
     )

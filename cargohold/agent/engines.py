@@ -22,8 +22,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cargohold.agent import key_rotation
 from cargohold.agent.engine_process import EngineProcess, EngineState, readd_wait
 from cargohold.agent.fair_share import NodeShare
+from cargohold.agent.key_rotation import FetchedKeys
 from cargohold.agent.processes import check_engine, hostport, nbd_listening
 from cargohold.control.model import EngineAssignment, EngineReport
 from cargohold.errors import CargoholdError
@@ -67,7 +69,7 @@ class Engines:
         self.credentials: Callable[[str], str | None] = lambda volume: None
         # (volume, epoch) -> (data key, encryption id): an encrypted volume's key, from the
         # manager (POST /api/v1/volumes/{volume}/data-key); set by the agent
-        self.key_source: Callable[[str, int], Awaitable[tuple[bytes, str]]] | None = None
+        self.key_source: Callable[[str, int], Awaitable[FetchedKeys]] | None = None
 
     def _process(self, spec: EngineAssignment, port: int = 0) -> EngineProcess:
         """The one place an engine of this node is built (assigned or adopted)."""
@@ -214,6 +216,8 @@ class Engines:
                 if eng.qos_due():  # new QoS limits: to the running engine, now
                     eng.qos_push = asyncio.create_task(eng.push_qos())
                 eng.apply_nice()  # a new weight: its CPU priority too
+                if key_rotation.push_due(eng):  # newer data keys: to the running engine
+                    eng.keys.push = asyncio.create_task(key_rotation.push(eng))
 
     async def _retire(self, eng: EngineProcess) -> None:
         await eng.stop()
@@ -347,7 +351,7 @@ class Engines:
         return [
             t
             for e in self.procs.values()
-            for t in (e.transition, e.changing, e.qos_push)
+            for t in (e.transition, e.changing, e.qos_push, e.keys.push)
             if t is not None
         ]
 

@@ -22,13 +22,24 @@ Write = Annotated[Identity, Depends(requires(Permission.VOLUMES_WRITE))]
 EngineAgent = Annotated[Identity, Depends(requires_engine_agent())]
 
 
+class DataKeyGeneration(BaseModel):
+    generation: int
+    data_key: str = Field(description="32 bytes, base64: for the engine only")
+
+
 class DataKeyView(BaseModel):
     """The answer of POST /api/v1/volumes/{volume}/data-key (to the engine's agent only)."""
 
     volume: str
     epoch: int
     encryption_id: str = Field(description="the volume's encryption id (32 hex digits)")
-    data_key: str = Field(description="the 32-byte data key, base64: for the engine only")
+    data_key: str = Field(description="the newest 32-byte data key, base64: for the engine only")
+    generation: int = Field(default=1, description="the newest data key's generation")
+    keys: list[DataKeyGeneration] = Field(
+        default_factory=list,
+        description="every data-key generation the engine needs, newest first (the first is "
+        "data_key): it seals with the first, opens with any",
+    )
 
 
 def add_routes(app: FastAPI, s: Service) -> None:
@@ -53,6 +64,10 @@ def add_routes(app: FastAPI, s: Service) -> None:
         responses=errors(400, 404, 409, 422, body=True),
     )
     async def rekey(volume: Name, body: KeyChoice, who: Write) -> JSON:
-        """Rewrap the volume's data key under another key-encryption key (the old one must
-        still unwrap it). No data is rewritten: the data key stays."""
+        """Rewrap the volume's data keys under another key-encryption key (``key`` or
+        ``kms_key``; the old one must still unwrap them: no data is rewritten), and/or with
+        ``data_key: true`` rotate the data key: a new generation, wrapped by the volume's
+        KEK, put first; the engine rewrites every block under it in the background, online
+        (at the next attach when detached). 409 while a rotation runs, with 8 keys kept, or
+        on a plain volume."""
         return await s.rekey(volume, body, who)

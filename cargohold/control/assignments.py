@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cargohold.control import key_generations
 from cargohold.control.backup_repos import secrets_for_engine
 from cargohold.control.deletion import Verdict, decide
 from cargohold.control.digests import revision
@@ -110,6 +111,14 @@ async def assignments(
                 qos=vol.qos.limits(),
                 encrypted=eng.encrypted,
                 encryption_id=vol.encryption.id if vol.encryption and eng.encrypted else "",
+                data_key_generation=(
+                    key_generations.newest(vol.encryption) if vol.encryption else 0
+                ),
+                rekey=bool(
+                    vol.encryption
+                    and vol.encryption.rotation
+                    and vol.encryption.rotation.state == "running"
+                ),
             )
         )
         er = running_here.get(vol.name)

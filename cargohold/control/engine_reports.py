@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cargohold.control import key_retention
 from cargohold.control.model import (
     EngineReport,
     EngineStatus,
@@ -170,6 +171,8 @@ async def ingest_engine(
         await _volume_events(repo, vol, seen, name)
     if not (er.running and st):
         return
+    if vol.encryption is not None and vol.encryption.rotation is not None:
+        await key_retention.engine_rekey(repo, vol, st.get("rekey"))  # a data-key rotation
     for rep in replicas:
         link = links.get(rep.id)
         mode = (

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from cargohold.control.key_generations import snapshot_generations
 from cargohold.control.model import (
     GroupSnapshot,
     GroupSnapshotState,
@@ -156,6 +157,7 @@ async def _holding(repo: Repository, g: GroupSnapshot) -> GroupSnapshot:
         labels = {GROUP_LABEL: g.name}
         rec = Snapshot(volume=vol, name=g.name, labels=labels, created_at=now())
         try:
+            rec.key_generations = snapshot_generations((await repo.volume(vol)).encryption)
             op = await _operation(
                 repo,
                 OperationKind.SNAPSHOT_CREATE,

@@ -286,10 +286,32 @@ class EngineSpec(Record):
     encrypted: bool = False  # the engine serves the volume through its block cipher (issue 19)
 
 
+class WrappedDataKey(Record):
+    """One generation of a volume's data key, wrapped by the volume's KEK (never clear)."""
+
+    generation: int = Field(ge=1)  # 1 at creation, +1 per data-key rotation
+    wrapped_key: str = Field(repr=False)  # base64 of the provider's blob
+    created: float = 0.0
+    kept_for: str = ""  # an older generation: why it is still kept (snapshots, a sweep)
+
+
+class KeyRotation(Record):
+    """A volume's last data-key rotation (``volume rekey --data-key``): its engine rewrites
+    every block under generation ``generation`` (docs/keys.md)."""
+
+    state: Literal["running", "finished"] = "running"
+    generation: int = Field(ge=1)  # the new data key's
+    started: float = 0.0
+    finished: float | None = None
+    progress: dict[str, Any] = Field(default_factory=dict)  # the engine's last ``rekey`` status
+
+
 class VolumeEncryption(Record):
-    """An encrypted volume's key record (issue 19, docs/keys.md): its data key wrapped by a
-    key-encryption key (never the clear key), and the encryption id bound into its blocks.
-    ``wrapped_key`` is "" once the key was destroyed (``volume delete --shred``)."""
+    """An encrypted volume's key record (issue 19, docs/keys.md): its data keys wrapped by a
+    key-encryption key (never a clear key), and the encryption id bound into its blocks.
+    ``keys``: every generation still kept, newest first (control/key_generations.py);
+    ``wrapped_key`` mirrors the newest one's (what records before data-key rotation had,
+    read as generation 1). Both are empty once destroyed (``volume delete --shred``)."""
 
     id: str = Field(pattern=r"^[0-9a-f]{32}$")  # 16 random bytes, hex; a clone keeps it
     provider: str  # file | kms (memory: unit tests)
@@ -298,6 +320,19 @@ class VolumeEncryption(Record):
     created: float = 0.0
     rekeyed_at: float | None = None  # the last rewrap under another KEK
     shredded_at: float | None = None  # the wrapped key destroyed then
+    keys: list[WrappedDataKey] = Field(default_factory=list, max_length=8)
+    # the generations the volume's own blocks may be under ([]: every kept one)
+    head_generations: list[int] = Field(default_factory=list)
+    rotation: KeyRotation | None = None
+
+    @model_validator(mode="after")
+    def _generations(self) -> VolumeEncryption:
+        if not self.keys and self.wrapped_key:  # a record from before data-key rotation
+            self.keys = [WrappedDataKey(generation=1, wrapped_key=self.wrapped_key)]
+            self.keys[0].created = self.created
+        elif self.keys:
+            self.wrapped_key = self.keys[0].wrapped_key
+        return self
 
 
 class ScrubSummary(Record):
@@ -484,6 +519,9 @@ class Snapshot(Record):
     created_at: float = 0.0
     size_bytes: int = 0
     error: str = ""
+    # an encrypted volume's: the data-key generations its blocks may be under ([]: every
+    # generation its volume keeps; docs/keys.md)
+    key_generations: list[int] = Field(default_factory=list)
 
 
 class OperationKind(StrEnum):
@@ -668,6 +706,11 @@ class EngineAssignment(Message):
     # /api/v1/volumes/{volume}/data-key) and hands it to the engine through a pipe
     encrypted: bool = False
     encryption_id: str = ""
+    # the newest data-key generation (0: not told): a running engine given an older one
+    # gets the newer keys (engine op ``data-keys``); ``rekey``: a rotation runs, the
+    # engine should sweep its blocks under it
+    data_key_generation: int = 0
+    rekey: bool = False
 
 
 class OperationAssignment(Message):
@@ -771,6 +814,9 @@ class EventKind(StrEnum):
     DATA_KEY_ISSUED = "data-key-issued"  # an agent was given the data key for an engine
     VOLUME_REKEYED = "volume-rekeyed"  # the data key rewrapped under another KEK
     VOLUME_SHREDDED = "volume-shredded"  # the wrapped data key destroyed
+    DATA_KEY_ROTATION_STARTED = "data-key-rotation-started"  # a new data key, a sweep
+    DATA_KEY_ROTATION_FINISHED = "data-key-rotation-finished"  # every block under it
+    DATA_KEY_DROPPED = "data-key-dropped"  # an older data key nothing needs was destroyed
 
 
 class Event(Record):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cargohold.control import key_retention
 from cargohold.control.backup_results import (
     fail_backups_of_snapshot,
     finish_restore,
@@ -96,11 +97,13 @@ async def apply_result(repo: Repository, op: Operation) -> None:
                 await repo.add_event(
                     EventKind.SNAPSHOT_CREATED, f"snapshot {name} taken", volume=op.volume
                 )
+                await key_retention.snapshot_taken(repo, op.volume, name)
             if not ok:
                 await fail_backups_of_snapshot(repo, op.volume, name, op.error)
         elif op.kind is OperationKind.SNAPSHOT_DELETE:
             if ok:
                 await repo.delete_snapshot_record(op.volume, name)
+                await key_retention.drop_unneeded(repo, op.volume)  # the keys it kept
             else:
 
                 def back(s: Snapshot) -> Snapshot:
@@ -134,5 +137,7 @@ async def apply_result(repo: Repository, op: Operation) -> None:
             await repo.update_volume(op.volume, cloned)
         elif op.kind is OperationKind.RESTORE:
             await finish_restore(repo, op)
+        elif op.kind is OperationKind.SNAPSHOT_REVERT and ok:
+            await key_retention.snapshot_reverted(repo, op.volume, name)
     except NotFound:
         pass

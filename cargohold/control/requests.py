@@ -96,27 +96,44 @@ class VolumeCreate(BaseModel):
 
 
 class KeyChoice(BaseModel):
-    """POST /api/v1/volumes/{volume}/rekey: the key-encryption key to rewrap the data key
-    with (exactly one of ``key`` and ``kms_key``)."""
+    """POST /api/v1/volumes/{volume}/rekey: the key-encryption key to rewrap the data keys
+    with (at most one of ``key`` and ``kms_key``), and/or ``data_key: true``: rotate the
+    data key itself (a new one; the engine rewrites every block under it in the
+    background). At least one of the three."""
 
-    # the schema says what _one_key checks: exactly one of them is a string
+    # the schema says what _one_key checks: exactly one of key and kms_key is a string,
+    # or neither and data_key is true
     model_config = {
         "extra": "forbid",
         "json_schema_extra": {
             "oneOf": [
                 {"required": ["key"], "properties": {"key": {"type": "string"}}},
                 {"required": ["kms_key"], "properties": {"kms_key": {"type": "string"}}},
+                {
+                    "required": ["data_key"],
+                    "properties": {"data_key": {"const": True}},
+                    "not": {"anyOf": [{"required": ["key"]}, {"required": ["kms_key"]}]},
+                },
             ]
         },
     }
 
     key: str | None = Field(default=None, pattern=KEY_NAME_PATTERN, max_length=253)
     kms_key: str | None = Field(default=None, min_length=1, max_length=2048, pattern=r"^\S+$")
+    data_key: StrictBool = Field(
+        default=False,
+        description="rotate the data key: a new one, every block rewritten under it online",
+    )
 
     @model_validator(mode="after")
     def _one_key(self) -> KeyChoice:
-        if (self.key is None) == (self.kms_key is None):
-            raise ValueError("give exactly one of key (a key file) and kms_key (a KMS key)")
+        if self.key is not None and self.kms_key is not None:
+            raise ValueError("give at most one of key (a key file) and kms_key (a KMS key)")
+        if self.key is None and self.kms_key is None and not self.data_key:
+            raise ValueError(
+                "give key (a key file) or kms_key (a KMS key) to rewrap, and/or data_key: "
+                "true to rotate the data key"
+            )
         return self
 
 

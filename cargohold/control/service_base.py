@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from cargohold.control import key_generations
 from cargohold.control.backup_records import Backup
 from cargohold.control.io_history import IoHistory
 from cargohold.control.metrics import ManagerMetrics
@@ -83,7 +84,11 @@ class ServiceBase:
             raise WrongState(f"volume {vol.name} is still being {what} ({vol.state.value})")
 
     async def _snapshot_op(self, volume: str, snap: str, labels: dict[str, str]) -> Operation:
-        rec = Snapshot(volume=volume, name=snap, labels=labels, created_at=now())
+        vol = await self.repo.volume(volume)  # an encrypted one's: the key generations
+        kept = key_generations.snapshot_generations(vol.encryption)
+        rec = Snapshot(
+            volume=volume, name=snap, labels=labels, created_at=now(), key_generations=kept
+        )
         op = await self._operation(
             OperationKind.SNAPSHOT_CREATE,
             volume,

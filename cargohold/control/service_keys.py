@@ -17,7 +17,14 @@ import json
 import logging
 from typing import Any
 
-from cargohold.control.model import EventKind, Volume, VolumeEncryption
+from cargohold.control import key_generations as gens
+from cargohold.control.model import (
+    EventKind,
+    KeyRotation,
+    Volume,
+    VolumeEncryption,
+    WrappedDataKey,
+)
 from cargohold.control.repository import now
 from cargohold.control.requests import DataKeyRequest, KeyChoice
 from cargohold.control.service_base import ServiceBase
@@ -55,12 +62,18 @@ def choice(key: str | None, kms_key: str | None) -> tuple[str, str]:
 
 
 def encryption_label(enc: VolumeEncryption) -> str:
+    """A backup's ENCRYPTION_LABEL: the key record with every kept generation wrapped
+    (``wrapped_key``: the newest, what readers before data-key rotation take)."""
     return json.dumps(
         {
             "id": enc.id,
             "provider": enc.provider,
             "key_ref": enc.key_ref,
             "wrapped_key": enc.wrapped_key,
+            "keys": [
+                {"generation": k.generation, "wrapped_key": k.wrapped_key, "created": k.created}
+                for k in enc.keys
+            ],
         },
         sort_keys=True,
     )
@@ -70,14 +83,23 @@ def encryption_of_label(text: str) -> VolumeEncryption:
     """The key record a backup's ENCRYPTION_LABEL carries (InvalidArgument if broken)."""
     try:
         d = json.loads(text)
+        keys = [
+            WrappedDataKey(
+                generation=int(k["generation"]),
+                wrapped_key=str(k["wrapped_key"]),
+                created=float(k.get("created") or 0.0),
+            )
+            for k in d.get("keys") or []
+        ]
         return VolumeEncryption(
             id=d["id"],
             provider=d["provider"],
             key_ref=d["key_ref"],
             wrapped_key=d["wrapped_key"],
             created=now(),
+            keys=keys,
         )
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise InvalidArgument(f"the backup's encryption label is broken: {e}") from None
 
 
@@ -112,42 +134,53 @@ class KeyCalls(ServiceBase):
             return wrapped
 
         wrapped = await asyncio.to_thread(work)
-        return VolumeEncryption(
-            id=eid, provider=provider, key_ref=ref, wrapped_key=wrapped.b64, created=now()
-        )
+        t = now()
+        first = WrappedDataKey(generation=1, wrapped_key=wrapped.b64, created=t)
+        return VolumeEncryption(id=eid, provider=provider, key_ref=ref, created=t, keys=[first])
 
     async def unwrap(self, name: str, enc: VolumeEncryption) -> DataKey:
-        if not enc.wrapped_key:
+        """The newest data key of ``enc`` in clear (KeyUnavailable once shredded)."""
+        return (await self.unwrap_all(name, enc))[0][1]
+
+    async def unwrap_all(self, name: str, enc: VolumeEncryption) -> list[tuple[int, DataKey]]:
+        """Every kept generation's data key in clear, newest first: (generation, key)."""
+        if not enc.keys:
             raise KeyUnavailable(
                 f"the data key of volume {name} was destroyed (volume delete --shred): its "
                 "data, snapshots and backups cannot be read"
             )
         p = self.keyring.get(enc.provider)
-        wrapped = WrappedKey.from_b64(enc.provider, enc.key_ref, enc.wrapped_key)
-        return await asyncio.to_thread(p.unwrap, wrapped, enc.id)
+
+        def work() -> list[tuple[int, DataKey]]:
+            return [
+                (
+                    k.generation,
+                    p.unwrap(WrappedKey.from_b64(enc.provider, enc.key_ref, k.wrapped_key), enc.id),
+                )
+                for k in enc.keys
+            ]
+
+        return await asyncio.to_thread(work)
 
     async def rewrap(
         self, name: str, enc: VolumeEncryption, key: str | None, kms_key: str | None
     ) -> VolumeEncryption:
-        """``enc`` with its data key (same key, same id) wrapped under another KEK: the old
-        KEK must still unwrap it. No data is rewritten."""
-        dek = await self.unwrap(name, enc)
+        """``enc`` with its data keys (same keys, same id, every generation) wrapped under
+        another KEK: the old KEK must still unwrap them. No data is rewritten."""
+        deks = await self.unwrap_all(name, enc)
         provider, ref = choice(key, kms_key)
         p = self.keyring.get(provider)
 
-        def work() -> WrappedKey:
+        def work() -> list[WrappedKey]:
             p.check(ref)
-            return p.wrap(dek, ref, enc.id)
+            return [p.wrap(dek, ref, enc.id) for _, dek in deks]
 
         wrapped = await asyncio.to_thread(work)
-        return enc.model_copy(
-            update={
-                "provider": provider,
-                "key_ref": ref,
-                "wrapped_key": wrapped.b64,
-                "rekeyed_at": now(),
-            }
-        )
+        keys = [
+            k.model_copy(update={"wrapped_key": w.b64})
+            for k, w in zip(enc.keys, wrapped, strict=True)
+        ]
+        return gens.with_keys(enc, keys, provider=provider, key_ref=ref, rekeyed_at=now())
 
     async def data_key(
         self, name: str, req: DataKeyRequest, who: Identity, plaintext: bool = False
@@ -171,11 +204,12 @@ class KeyCalls(ServiceBase):
                 f"volume {name}'s engine is at epoch {eng.epoch}, not {req.epoch}: ask again "
                 "with the current assignment"
             )
-        dek = await self.unwrap(name, vol.encryption)
+        deks = await self.unwrap_all(name, vol.encryption)
         await self.repo.add_event(
             EventKind.DATA_KEY_ISSUED,
             f"data key given to agent/{req.node} for the engine of epoch {req.epoch} "
-            f"(key {vol.encryption.provider}:{vol.encryption.key_ref})",
+            f"(key {vol.encryption.provider}:{vol.encryption.key_ref}, generations "
+            f"{', '.join(str(g) for g, _ in deks)})",
             volume=name,
             node=req.node,
         )
@@ -184,33 +218,93 @@ class KeyCalls(ServiceBase):
             "volume": name,
             "epoch": req.epoch,
             "encryption_id": vol.encryption.id,
-            "data_key": base64.b64encode(dek.key).decode(),
+            "data_key": base64.b64encode(deks[0][1].key).decode(),
+            "generation": deks[0][0],
+            # every generation the engine needs, newest first (docs/keys.md)
+            "keys": [
+                {"generation": g, "data_key": base64.b64encode(k.key).decode()} for g, k in deks
+            ],
         }
 
     async def rekey(self, name: str, req: KeyChoice, who: Identity | None = None) -> dict[str, Any]:
-        """Rewrap the volume's data key under the KEK ``req`` names (KEK rotation)."""
+        """Rewrap the volume's data keys under the KEK ``req`` names (KEK rotation), and/or
+        with ``req.data_key`` start a data-key rotation (``rotate``)."""
         vol = await self._volume(name, who)
         if vol.encryption is None:
-            raise WrongState(f"volume {name} is not encrypted: there is no key to rewrap")
+            what = "data key to rotate" if req.data_key else "key to rewrap"
+            raise WrongState(f"volume {name} is not encrypted: there is no {what}")
         if vol.deleting:
             raise WrongState(f"volume {name} is being deleted")
         old = vol.encryption
-        new = await self.rewrap(name, old, req.key, req.kms_key)
+        if req.data_key:
+            gens.check_can_rotate(name, old)
+        if req.key is not None or req.kms_key is not None:
+            new = await self.rewrap(name, old, req.key, req.kms_key)
+        else:
+            new = old
+        if req.data_key:
+            new = await self._rotated(new)
 
         def change(v: Volume) -> Volume | None:  # only over the record the rewrap read
-            if v.encryption is None or v.encryption.wrapped_key != old.wrapped_key:
+            if v.encryption is None or v.encryption.keys != old.keys:
                 raise WrongState(f"volume {name}'s key changed meanwhile; try again")
+            if v.encryption.rotation != old.rotation:
+                raise WrongState(f"volume {name}'s key rotation changed meanwhile; try again")
             v.encryption = new
             return v
 
         vol2 = await self.repo.update_volume(name, change)
-        await self.repo.add_event(
-            EventKind.VOLUME_REKEYED,
-            f"data key rewrapped: {old.provider}:{old.key_ref} -> {new.provider}:{new.key_ref}",
-            volume=name,
-        )
-        log.info("volume %s: data key rewrapped under %s:%s", name, new.provider, new.key_ref)
+        if req.key is not None or req.kms_key is not None:
+            await self.repo.add_event(
+                EventKind.VOLUME_REKEYED,
+                f"data keys rewrapped: {old.provider}:{old.key_ref} -> "
+                f"{new.provider}:{new.key_ref}",
+                volume=name,
+            )
+            log.info("volume %s: data keys rewrapped under %s:%s", name, new.provider, new.key_ref)
+        if req.data_key:
+            g = gens.newest(new)
+            where = (
+                "its engine rewrites every block now"
+                if vol2.engine is not None
+                else "its engine rewrites every block at the next attach"
+            )
+            await self.repo.add_event(
+                EventKind.DATA_KEY_ROTATION_STARTED,
+                f"data key rotation to generation {g} started: {where}",
+                volume=name,
+            )
+            log.info("volume %s: data key rotation to generation %d started", name, g)
+            self.kick.set()
         return await self.view(vol2)
+
+    async def _rotated(self, enc: VolumeEncryption) -> VolumeEncryption:
+        """``enc`` with a new data key first (the next generation, wrapped under its KEK
+        and unwrapped once), a running rotation to it, and every older generation kept
+        (the volume's blocks are under them until the sweep finished)."""
+        p = self.keyring.get(enc.provider)
+        dek = new_data_key()
+
+        def work() -> WrappedKey:
+            p.check(enc.key_ref)
+            wrapped = p.wrap(dek, enc.key_ref, enc.id)
+            if p.unwrap(wrapped, enc.id).key != dek.key:  # pragma: no cover - broken provider
+                raise KeyUnavailable(f"key {enc.key_ref!r} does not give back the key it wrapped")
+            return wrapped
+
+        wrapped = await asyncio.to_thread(work)
+        t, g = now(), gens.newest(enc) + 1
+        first = WrappedDataKey(generation=g, wrapped_key=wrapped.b64, created=t)
+        keys = [first] + [
+            k.model_copy(update={"kept_for": "the volume's blocks (the rotation runs)"})
+            for k in enc.keys
+        ]
+        return gens.with_keys(
+            enc,
+            keys,
+            head_generations=sorted(gens.head(enc) | {g}, reverse=True),
+            rotation=KeyRotation(state="running", generation=g, started=t),
+        )
 
     async def shred(self, name: str) -> Volume:
         """Destroy the volume's wrapped data key (record updated and stored first), and
@@ -223,9 +317,9 @@ class KeyCalls(ServiceBase):
                 raise WrongState(
                     f"volume {name} is attached to node {v.attach_node}; detach it first"
                 )
-            if not v.encryption.wrapped_key:
+            if not v.encryption.keys:
                 return None
-            v.encryption = v.encryption.model_copy(update={"wrapped_key": "", "shredded_at": now()})
+            v.encryption = gens.with_keys(v.encryption, [], shredded_at=now())
             return v
 
         vol = await self.repo.update_volume(name, change)

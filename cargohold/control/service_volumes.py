@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from cargohold.constants import MAX_EPOCH
+from cargohold.control import key_generations as gens
 from cargohold.control.jobs import JobStore, check_job_labels
 from cargohold.control.model import (
     EventKind,
@@ -74,6 +75,7 @@ class VolumeCalls(KeyCalls):
         snapshot_name = None
         source, restore = req.source, None
         enc: VolumeEncryption | None = None
+        needed: list[int] | None = None  # a clone's: the key generations its blocks need
         size = req.size_bytes
         if (req.key is not None or req.kms_key is not None) and not req.encrypted:
             if source is None:
@@ -108,6 +110,9 @@ class VolumeCalls(KeyCalls):
                 if snap.state is not SnapshotState.READY:
                     raise WrongState(f"snapshot {snap.name} of {src.name} is {snap.state.value}")
                 snapshot_name = snap.name
+                needed = snap.key_generations
+            elif enc is not None:
+                needed = sorted(gens.head(enc))
             if req.size_bytes < src.size_bytes:
                 raise InvalidArgument(
                     f"a clone must be at least as large as its source: {req.size_bytes} < "
@@ -122,6 +127,7 @@ class VolumeCalls(KeyCalls):
                     "the source's data key was destroyed (volume delete --shred): it cannot be "
                     "read, cloned or restored"
                 )
+            enc = gens.for_copy(enc, needed)
             if req.key is not None or req.kms_key is not None:  # the same key, another KEK
                 enc = await self.rewrap(req.name, enc, req.key, req.kms_key)
             enc = enc.model_copy(update={"created": now(), "shredded_at": None})

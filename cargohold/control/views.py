@@ -103,6 +103,29 @@ class StandbyView(Standby):
     lag: StandbyLag
 
 
+class DataKeyGenerationView(Record):
+    """One kept generation of a volume's data key (never the key)."""
+
+    generation: int
+    created: float
+    kept_for: str = Field(description="an older generation: what still needs it")
+
+
+class RotationView(Record):
+    """A volume's last data-key rotation and its engine's sweep (docs/keys.md)."""
+
+    state: str = Field(description="running | waiting (for an engine: the next attach) | finished")
+    generation: int = Field(description="the new data key's generation")
+    started: float
+    finished: float | None = None
+    engine_state: str | None = Field(default=None, description="the engine's sweep state")
+    groups_done: int | None = None
+    groups_total: int | None = None
+    blocks_rewritten: int | None = None
+    progress: float | None = Field(default=None, description="0..1, groups swept")
+    error: str = ""
+
+
 class EncryptionView(Record):
     """An encrypted volume's key record as the API shows it: never the key, clear or
     wrapped (docs/keys.md)."""
@@ -114,6 +137,13 @@ class EncryptionView(Record):
     rekeyed_at: float | None = None
     shredded: bool = Field(description="the data key was destroyed (volume delete --shred)")
     stored_bytes: int = Field(description="bytes each replica holds (ciphertext and tags)")
+    generation: int = Field(default=0, description="the newest data key's generation")
+    generations: list[DataKeyGenerationView] = Field(
+        default_factory=list, description="the data-key generations kept, newest first"
+    )
+    rotation: RotationView | None = Field(
+        default=None, description="the last data-key rotation (volume rekey --data-key)"
+    )
 
 
 class VolumeView(Record):
@@ -365,4 +395,41 @@ def encryption_view(vol: Volume) -> dict[str, Any] | None:
         "rekeyed_at": enc.rekeyed_at,
         "shredded": not enc.wrapped_key,
         "stored_bytes": vol.stored_bytes,
+        # the data-key generations kept, newest first (never a key, wrapped or clear)
+        "generation": enc.keys[0].generation if enc.keys else 0,
+        "generations": [
+            {"generation": k.generation, "created": k.created, "kept_for": k.kept_for}
+            for k in enc.keys
+        ],
+        "rotation": rotation_view(vol),
+    }
+
+
+def rotation_view(vol: Volume) -> dict[str, Any] | None:
+    """The volume's last data-key rotation: its state (``waiting``: running, but no engine
+    runs the volume: it runs at the next attach), the engine's progress of its sweep."""
+    enc = vol.encryption
+    rot = enc.rotation if enc is not None else None
+    if rot is None:
+        return None
+    state: str = rot.state
+    if state == "running" and not vol.engine_runs:
+        state = "waiting"
+    p = rot.progress
+    total = p.get("groups_total")
+    return {
+        "state": state,
+        "generation": rot.generation,
+        "started": rot.started,
+        "finished": rot.finished,
+        "engine_state": p.get("state"),
+        "groups_done": p.get("groups_done"),
+        "groups_total": total,
+        "blocks_rewritten": p.get("blocks_rewritten"),
+        "progress": (
+            min(1.0, int(p.get("groups_done") or 0) / total)
+            if isinstance(total, int) and total > 0
+            else (1.0 if rot.state == "finished" else None)
+        ),
+        "error": p.get("error") or "",
     }

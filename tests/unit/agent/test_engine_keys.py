@@ -17,6 +17,7 @@ import pytest
 from cargohold.agent import engine_process
 from cargohold.agent.engine_process import EngineProcess, EngineState
 from cargohold.agent.engines import Engines
+from cargohold.agent.key_rotation import FetchedKeys
 from cargohold.control.model import EngineAssignment
 from cargohold.errors import KeyRefused, PermissionDenied
 
@@ -60,9 +61,9 @@ async def test_the_child_reads_the_key_from_the_pipe(tmp_path: Path, monkeypatch
     monkeypatch.setattr(engine_process, "engine_argv", fake_argv)
     monkeypatch.setenv("CARGOHOLD_SPAWN_PREFIX", "")
 
-    async def source(volume: str, epoch: int) -> tuple[bytes, str]:
+    async def source(volume: str, epoch: int) -> FetchedKeys:
         assert (volume, epoch) == ("v", 3)
-        return KEY, EID
+        return FetchedKeys((KEY,), EID, 1)
 
     eng = EngineProcess(spec(), "127.0.0.1", "/nonexistent.sock", str(tmp_path / "e.log"))
     eng.key_source = source
@@ -79,11 +80,37 @@ async def test_the_child_reads_the_key_from_the_pipe(tmp_path: Path, monkeypatch
     assert KEY.hex() not in (tmp_path / "e.log").read_text()
 
 
-async def test_a_wrong_or_refused_key_starts_nothing() -> None:
-    async def wrong(volume: str, epoch: int) -> tuple[bytes, str]:
-        return KEY, "cd" * 16
+async def test_every_generation_goes_through_the_pipe_newest_first(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "seen"
 
-    async def refused(volume: str, epoch: int) -> tuple[bytes, str]:
+    def fake_argv(*a: Any, data_key_fd: int | None = None, **kw: Any):  # type: ignore[no-untyped-def]
+        code = "import os, sys; open(sys.argv[1], 'w').write(os.read(int(sys.argv[2]), 512).hex())"
+        return [sys.executable, "-c", code, str(out), str(data_key_fd)]
+
+    monkeypatch.setattr(engine_process, "engine_argv", fake_argv)
+    monkeypatch.setenv("CARGOHOLD_SPAWN_PREFIX", "")
+    new, old = bytes([7]) * 32, bytes([9]) * 32
+
+    async def source(volume: str, epoch: int) -> FetchedKeys:
+        return FetchedKeys((new, old), EID, 2)
+
+    eng = EngineProcess(spec(), "127.0.0.1", "/nonexistent.sock", str(tmp_path / "e.log"))
+    eng.key_source = source
+    await eng.fetch_key()
+    eng._start_child()
+    assert eng.child is not None and eng.child.proc is not None
+    assert eng.child.proc.wait(timeout=20) == 0
+    assert out.read_text() == (new + old).hex()
+    assert eng.keys.generation == 2 and eng.keys.swept == 0  # a sweep: asked for by op
+
+
+async def test_a_wrong_or_refused_key_starts_nothing() -> None:
+    async def wrong(volume: str, epoch: int) -> FetchedKeys:
+        return FetchedKeys((KEY,), "cd" * 16, 1)
+
+    async def refused(volume: str, epoch: int) -> FetchedKeys:
         raise PermissionDenied("agent/node-2 may not fetch data keys for node node-1")
 
     eng = EngineProcess(spec(), "127.0.0.1", "/nonexistent.sock", "/dev/null")
