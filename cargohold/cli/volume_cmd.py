@@ -200,7 +200,31 @@ def encryption_text(enc: Any) -> str:
     if not isinstance(enc, dict):
         return ""
     text = f"{enc.get('provider')}:{enc.get('key_ref')}, id {enc.get('id')}"
-    return f"{text} [red](key destroyed)[/red]" if enc.get("shredded") else text
+    if enc.get("shredded"):
+        return f"{text} [red](key destroyed)[/red]"
+    gens = [g for g in enc.get("generations") or [] if isinstance(g, dict)]
+    if len(gens) > 1 or (gens and gens[0].get("generation") != 1):
+        kept = "; ".join(
+            f"{g.get('generation')}" + (f" for {g['kept_for']}" if g.get("kept_for") else "")
+            for g in gens
+        )
+        text += f", data key generations {kept}"
+    return text + rotation_text(enc.get("rotation"))
+
+
+def rotation_text(rot: Any) -> str:
+    """A data-key rotation for people: ', rotation to generation 2: 40% (running)'."""
+    if not isinstance(rot, dict):
+        return ""
+    state, g = rot.get("state"), rot.get("generation")
+    if state == "finished":
+        return f", rotated to generation {g}"
+    if state == "waiting":
+        return f", rotation to generation {g} waiting (runs at the next attach)"
+    p = rot.get("progress")
+    done = f"{100 * p:.0f}%" if isinstance(p, float | int) else "starting"
+    err = f" [red]{rot['error']}[/red]" if rot.get("error") else ""
+    return f", rotation to generation {g}: {done} ({rot.get('engine_state') or state}){err}"
 
 
 def clients_text(clients: Any) -> str:

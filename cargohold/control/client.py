@@ -341,9 +341,22 @@ class ManagerClient:
             params["shred"] = "true"
         return self._delete(f"/api/v1/volumes/{_seg(name)}", params or None)
 
-    def rekey(self, name: str, key: str | None = None, kms_key: str | None = None) -> JSON:
-        """Rewrap the volume's data key under another key-encryption key."""
-        body = {"key": key} if kms_key is None else {"kms_key": kms_key}
+    def rekey(
+        self,
+        name: str,
+        key: str | None = None,
+        kms_key: str | None = None,
+        data_key: bool = False,
+    ) -> JSON:
+        """Rewrap the volume's data keys under another key-encryption key, and/or rotate
+        the data key (``data_key``: a new one, every block rewritten in the background)."""
+        body: JSON = {}
+        if key is not None:
+            body["key"] = key
+        if kms_key is not None:
+            body["kms_key"] = kms_key
+        if data_key:
+            body["data_key"] = True
         return self._post(f"/api/v1/volumes/{_seg(name)}/rekey", body)
 
     def attach(self, name: str, node: str, force: bool = False, read_only: bool = False) -> JSON:

@@ -61,6 +61,7 @@ class SimEngine:
     last_scrub_at: float = 0.0  # what its assignment said when it started
     epoch_jump: bool = False  # its assignment allowed it to jump replica epochs
     nbd_clients: list = field(default_factory=list)  # type: ignore[type-arg]  # its status's
+    rekey: dict | None = None  # type: ignore[type-arg]  # its status's data-key sweep (tagged)
 
 
 @dataclass
@@ -136,6 +137,7 @@ class Sim:
             "replicas": links,
             "scrub": {"last": e.scrub_last},
             "nbd_clients": e.nbd_clients,
+            **({"rekey": e.rekey} if e.rekey is not None else {}),
         }
 
     async def beat(self, n: SimNode) -> Assignments:
