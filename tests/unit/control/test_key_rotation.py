@@ -279,3 +279,24 @@ async def test_backups_carry_every_generation_and_restores_get_them(backup_sim: 
         (k.generation, k.wrapped_key) for k in src.keys
     ]
     assert got.rotation is None and got.id == src.id
+
+
+async def test_a_revert_to_an_older_snapshot_brings_its_generations_back(sim: Sim) -> None:
+    node = await attached(sim)
+    await sim.service.create_snapshot("vault", SnapshotCreate(name="before"))
+    await sim.step(rounds=2)
+    await sim.service.rekey("vault", ROTATE)
+    await report(sim, node, "vault", state="done", keys=2, generation=2)
+    rec = (await sim.repo.volume("vault")).encryption
+    assert rec is not None and rec.head_generations == [2] and gens.generations(rec) == [2, 1]
+    await sim.service.detach("vault")
+    await sim.step(rounds=3)
+    await sim.service.revert("vault", "before")
+    await sim.step(rounds=6)
+    rec = (await sim.repo.volume("vault")).encryption
+    assert rec is not None and rec.head_generations == [2, 1]  # the volume's blocks again
+    await sim.service.delete_snapshot("vault", "before")
+    await sim.step(rounds=6)
+    rec = (await sim.repo.volume("vault")).encryption
+    assert rec is not None and gens.generations(rec) == [2, 1]  # still the volume's
+    assert rec.keys[1].kept_for == "the volume's blocks"
