@@ -245,12 +245,28 @@ class KeyCalls(ServiceBase):
         if req.data_key:
             new = await self._rotated(new)
 
-        def change(v: Volume) -> Volume | None:  # only over the record the rewrap read
-            if v.encryption is None or v.encryption.keys != old.keys:
+        def wrapped(e: VolumeEncryption) -> list[tuple[int, str]]:
+            return [(k.generation, k.wrapped_key) for k in e.keys]
+
+        def state(e: VolumeEncryption) -> tuple[str, int] | None:
+            return (e.rotation.state, e.rotation.generation) if e.rotation else None
+
+        def change(v: Volume) -> Volume | None:  # only over the keys the rewrap read
+            cur = v.encryption
+            if cur is None or wrapped(cur) != wrapped(old):
                 raise WrongState(f"volume {name}'s key changed meanwhile; try again")
-            if v.encryption.rotation != old.rotation:
+            if state(cur) != state(old):
                 raise WrongState(f"volume {name}'s key rotation changed meanwhile; try again")
-            v.encryption = new
+            if req.data_key:
+                v.encryption = new
+            else:  # the rewrap only: what the heartbeat changed meanwhile (progress) stays
+                keys = [
+                    k.model_copy(update={"wrapped_key": n.wrapped_key})
+                    for k, n in zip(cur.keys, new.keys, strict=True)
+                ]
+                v.encryption = gens.with_keys(
+                    cur, keys, provider=new.provider, key_ref=new.key_ref, rekeyed_at=new.rekeyed_at
+                )
             return v
 
         vol2 = await self.repo.update_volume(name, change)

@@ -300,3 +300,24 @@ async def test_a_revert_to_an_older_snapshot_brings_its_generations_back(sim: Si
     rec = (await sim.repo.volume("vault")).encryption
     assert rec is not None and gens.generations(rec) == [2, 1]  # still the volume's
     assert rec.keys[1].kept_for == "the volume's blocks"
+
+
+async def test_a_kek_rewrap_during_a_rotation_rewraps_every_generation(sim: Sim) -> None:
+    k2 = b"2" * 32
+    sim.service.keyring = Keyring([MemoryProvider({"default": KEK, "k2": k2}, name="file")])
+    node = await attached(sim)
+    await sim.service.rekey("vault", ROTATE)
+    rec = (await sim.repo.volume("vault")).encryption
+    assert rec is not None
+    before = [clear(rec, k) for k in rec.keys]
+    await report(sim, node, "vault", state="running", keys=2, generation=2, groups_done=1,
+                 groups_total=4)  # fmt: skip
+    v = await sim.service.rekey("vault", KeyChoice(key="k2"))
+    assert v["encryption"]["key_ref"] == "k2" and v["encryption"]["rotation"]["progress"] == 0.25
+    rec = (await sim.repo.volume("vault")).encryption
+    assert rec is not None and rec.rotation is not None and rec.rotation.state == "running"
+    after = [
+        open_sealed(k2, WrappedKey.from_b64("file", "k2", k.wrapped_key).blob, rec.id, "k2").key
+        for k in rec.keys
+    ]
+    assert after == before and rec.wrapped_key == rec.keys[0].wrapped_key
