@@ -315,6 +315,8 @@ class EngineProcess:
         )
         self.ready, self.status, self._exit_noted, self.error = True, status, False, ""
         self.move("adopt")
+        # its keys are those of its assignment (a rotation running: given again, swept)
+        self.keys.started(self.spec.data_key_generation)
         self.nice = self._nice_refused = None
         self.apply_nice()
         return True

@@ -167,3 +167,11 @@ def test_the_managers_answer_is_parsed_old_and_new() -> None:
     ):
         with pytest.raises(KeyRefused):
             parse_answer("v", bad)
+
+
+def test_an_adopted_engine_is_not_swept_again_without_a_rotation(tmp_path: Path) -> None:
+    eng = running_engine(str(tmp_path / "c.sock"), generation=2, rekey=False)
+    eng.keys.started(eng.spec.data_key_generation)  # what adopt() does
+    assert not key_rotation.push_due(eng)
+    eng.spec = eng.spec.model_copy(update={"rekey": True})  # a rotation runs: swept again
+    assert key_rotation.push_due(eng)
