@@ -59,9 +59,8 @@ async def engine_rekey(repo: Repository, vol: Volume, status: object) -> None:
         r = e.rotation.model_copy(update={"progress": progress})
         if done:
             r.state, r.finished = "finished", now()
-            v.encryption = e.model_copy(
-                update={"rotation": r, "head_generations": [rot.generation]}
-            )
+            head = sorted({rot.generation, *e.rotation.reverted}, reverse=True)
+            v.encryption = e.model_copy(update={"rotation": r, "head_generations": head})
         else:
             v.encryption = e.model_copy(update={"rotation": r})
         return v
@@ -151,11 +150,14 @@ async def snapshot_reverted(repo: Repository, volume: str, name: str) -> None:
         if e is None or not e.keys:
             return None
         kept = set(gens.generations(e))
-        extra = set(snap.key_generations or kept) if snap is not None else kept
-        head = sorted(gens.head(e) | (extra & kept), reverse=True)
-        if head == sorted(gens.head(e), reverse=True) and e.head_generations:
-            return None
-        v.encryption = e.model_copy(update={"head_generations": head})
+        extra = (set(snap.key_generations or kept) if snap is not None else kept) & kept
+        head = sorted(gens.head(e) | extra, reverse=True)
+        update: dict[str, object] = {"head_generations": head}
+        rot = e.rotation
+        if rot is not None and rot.state == "running":  # its "done" may be from before
+            reverted = sorted(set(rot.reverted) | extra, reverse=True)
+            update["rotation"] = rot.model_copy(update={"reverted": reverted})
+        v.encryption = e.model_copy(update=update)
         return v
 
     try:

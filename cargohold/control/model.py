@@ -304,6 +304,9 @@ class KeyRotation(Record):
     started: float = 0.0
     finished: float | None = None
     progress: dict[str, Any] = Field(default_factory=dict)  # the engine's last ``rekey`` status
+    # generations a snapshot revert brought back while it ran: its "done" may predate the
+    # revert, so the volume keeps them past its end (until the next rotation finishes)
+    reverted: list[int] = Field(default_factory=list)
 
 
 class VolumeEncryption(Record):

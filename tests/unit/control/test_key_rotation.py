@@ -321,3 +321,26 @@ async def test_a_kek_rewrap_during_a_rotation_rewraps_every_generation(sim: Sim)
         for k in rec.keys
     ]
     assert after == before and rec.wrapped_key == rec.keys[0].wrapped_key
+
+
+async def test_a_revert_during_a_rotation_outlives_a_done_from_before_it(sim: Sim) -> None:
+    node = await attached(sim)
+    await sim.service.create_snapshot("vault", SnapshotCreate(name="before"))
+    await sim.step(rounds=2)
+    await sim.service.rekey("vault", ROTATE)
+    await sim.service.detach("vault")
+    await sim.step(rounds=3)
+    await sim.service.revert("vault", "before")
+    await sim.step(rounds=6)
+    rot = (await sim.repo.volume("vault")).encryption.rotation  # type: ignore[union-attr]
+    assert rot is not None and rot.state == "running" and rot.reverted == [1]
+    # a "done" that may have been seen before the revert: generation 1 stays the volume's
+    await sim.service.attach("vault", AttachRequest(node=node))
+    await sim.step(rounds=3)
+    await report(sim, node, "vault", state="done", keys=2, generation=2)
+    rec = (await sim.repo.volume("vault")).encryption
+    assert rec is not None and rec.rotation is not None and rec.rotation.state == "finished"
+    assert rec.head_generations == [2, 1]
+    await sim.service.delete_snapshot("vault", "before")
+    await sim.step(rounds=6)
+    assert gens.generations((await sim.repo.volume("vault")).encryption) == [2, 1]  # type: ignore[arg-type]
