@@ -114,7 +114,8 @@ def push_due(eng: EngineProcess) -> bool:
     if s.rekey and s.data_key_generation and k.swept != s.data_key_generation:
         return True
     rekey = eng.status.get("rekey")
-    return bool(s.rekey and isinstance(rekey, dict) and rekey.get("state") == "failed")
+    failed = isinstance(rekey, dict) and rekey.get("state") == "failed"
+    return bool(s.rekey and failed and not s.read_only)  # read-only: it may not rewrite
 
 
 async def push(eng: EngineProcess) -> None:
