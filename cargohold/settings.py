@@ -387,6 +387,14 @@ class EngineSettings(Settings):
         parse=parse_rate,
         shown=RATE,
     )
+    rekey_bandwidth: int = setting(
+        0,
+        "bytes per second an encrypted volume's data-key rotation may read and rewrite "
+        "(0 = unlimited; it still yields to the consumer)",
+        ge=0,
+        parse=parse_rate,
+        shown=RATE,
+    )
     background_yield_max: float = setting(
         0.05,
         "seconds background work (rebuild, scrub, backup, import, restore) waits per chunk "
