@@ -397,7 +397,7 @@ class EngineSettings(Settings):
     )
     background_yield_max: float = setting(
         0.05,
-        "seconds background work (rebuild, scrub, backup, import, restore) waits per chunk "
+        "seconds background work (rebuild, scrub, backup, import, restore, rekey) waits per chunk "
         "while the volume's consumer is busy (0 = never yields)",
         ge=0,
         le=1,

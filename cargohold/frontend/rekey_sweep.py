@@ -89,6 +89,7 @@ class Rekey:
         self.error: str | None = None
         self._run = 0  # bumped when the sweep must start over (new keys, a revert)
         self._task: asyncio.Task[None] | None = None
+        self._split: tuple[tuple[bytes, ...], BlockCipher, BlockCipher | None] | None = None
 
     def __repr__(self) -> str:  # never the keys
         return f"Rekey(keys={len(self._keys)}, state={self.state})"
@@ -274,6 +275,14 @@ class Rekey:
         if bad:
             raise self.dev.cipher.check_error(bad, "rekey sweep")
 
+    def _ciphers(self) -> tuple[BlockCipher, BlockCipher | None]:
+        """The newest key alone, and the older ones (None: there are none)."""
+        if self._split is None or self._split[0] != self._keys:
+            vid = self.dev.cipher.volume_id
+            older = BlockCipher(self._keys[1:], vid) if len(self._keys) > 1 else None
+            self._split = (self._keys, BlockCipher(self._keys[0], vid), older)
+        return self._split[1], self._split[2]
+
     async def _rewrite_group(self, g: int) -> list[int]:
         """-> the blocks that authenticate under no key (left as they are)."""
         dev = self.dev
@@ -283,25 +292,28 @@ class Rekey:
         try:
             t = await dev._tags(g)
             ct = await dev.inner.read(layout.data_block(lo) * BLOCK, (hi - lo) * BLOCK)
-            cipher = dev.cipher
+            newest, older = self._ciphers()
             todo: list[tuple[int, bytes | None]] = []  # (block, plaintext; None: zeros)
             bad: list[int] = []
             for i in range(lo, hi):
                 j = i - lo
                 entry = t.data[j * ENTRY : (j + 1) * ENTRY]
                 data = ct[j * BLOCK : (j + 1) * BLOCK]
-                k = cipher.key_index(i, data, entry)
-                if k == 0:
-                    continue
-                if k is None:
-                    if cipher.open_block(i, data, entry) is None:
-                        bad.append(i)  # else never written (or its first write cut short)
-                    continue
+                # the newest slot that authenticates, as ``BlockCipher.key_index`` finds it,
+                # with one AEAD call per key tried: under the newest key (nothing to do), or
+                # under an older one (its plaintext, to seal again)
+                found = False
                 for slot in newest_first(decode_entry(entry)):
-                    plain = cipher.try_open(i, slot, data)
+                    if newest.try_open(i, slot, data) is not None:
+                        found = True
+                        break
+                    plain = older.try_open(i, slot, data) if older is not None else None
                     if plain is not None:
                         todo.append((i, None if slot.zero else plain))
+                        found = True
                         break
+                if not found and dev.cipher.open_block(i, data, entry) is None:
+                    bad.append(i)  # else never written (or its first write cut short)
             # runs of neighbours of one kind: one write (or one zeroing) each
             runs: list[tuple[int, int, list[bytes | None]]] = []
             for i, plain in todo:
