@@ -89,6 +89,7 @@ class Rekey:
         self.error: str | None = None
         self._run = 0  # bumped when the sweep must start over (new keys, a revert)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._split: tuple[tuple[bytes, ...], BlockCipher, BlockCipher | None] | None = None
 
     def __repr__(self) -> str:  # never the keys
@@ -177,9 +178,16 @@ class Rekey:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._sweep_runs())
 
-    async def close(self) -> None:
-        """Stop the sweep (the engine is stopping; a new one sweeps again)."""
-        if self._task is not None:
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop the sweep (the engine is stopping; a new one sweeps again): after the group
+        it is rewriting, or cancelled after ``grace`` seconds."""
+        self._stopping = True
+        self._run += 1
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
@@ -190,22 +198,28 @@ class Rekey:
         return self.status()
 
     async def _sweep_runs(self) -> None:
-        while True:  # once more whenever new keys (or a revert) asked to start over
+        while not self._stopping:  # once more whenever new keys (or a revert) ask for it
             run = self._run
             try:
                 if await self.sweep(run):
                     return
-            except CargoholdError as e:
+            except Exception as e:
                 if run != self._run:
                     continue
-                self.state, self.error = "failed", str(e)
-                log.error("encrypted volume: the rekey sweep failed: %s", e)
+                why = str(e) if isinstance(e, CargoholdError) else f"{type(e).__name__}: {e}"
+                self.state, self.error = "failed", why
+                log.error("encrypted volume: the rekey sweep failed: %s", why)
                 return
 
     async def sweep(self, run: int) -> bool:
         """One pass over the volume. -> False when it must start over (``_run`` moved)."""
         dev = self.dev
         self.groups_done = self.groups_total = self.blocks_rewritten = 0
+        if dev.read_only:  # a read-only attach (a standby inspected): nothing may change
+            raise WrongState(
+                "the volume is attached read-only: its blocks are rewritten under the newest "
+                "key once an engine serves it read-write"
+            )
         self._layout_changed()  # what is swept from here on is the content now
         # writes sealed before the keys changed: finished, their tag blocks on the replicas
         pending = {id(f): f for f in dev._claimed.values()}

@@ -365,3 +365,42 @@ def test_the_control_op_decodes_keys_and_never_echoes_them(caplog):
             assert base64.b64encode(k).decode() not in text and k.hex() not in text
 
     run(go())
+
+
+def test_a_read_only_attach_rewrites_nothing():
+    vol = MemoryVolume(layout.physical_size(LOGICAL))
+
+    async def go() -> None:
+        await populate(vol)
+        n = len(vol.log)
+        vol.read_only = True  # type: ignore[misc]
+        rekey = Rekey(device(vol, [OLD], epoch=2), [OLD])
+        rekey.install([NEW, OLD])
+        got = await rekey.wait()
+        assert got["state"] == "failed" and "read-only" in got["error"]
+        assert len(vol.log) == n
+
+    run(go())
+
+
+def test_closing_stops_the_sweep_between_groups_and_a_new_engine_finishes_it():
+    vol = MemoryVolume(layout.physical_size(LOGICAL))
+
+    async def go() -> None:
+        model = await populate(vol)
+        vol.delay = 0.002
+        rekey = Rekey(device(vol, [OLD], epoch=2), [OLD])
+        rekey.install([NEW, OLD])
+        while rekey.groups_done == 0:
+            await asyncio.sleep(0.001)
+        await rekey.close()
+        assert rekey._task is not None and rekey._task.done()
+        assert not rekey._task.cancelled()  # it stopped by itself, between two groups
+        assert rekey.groups_done < GROUPS
+        vol.delay = 0
+        again = Rekey(device(vol, [NEW, OLD], epoch=3), [NEW, OLD])
+        again.start()
+        assert (await again.wait())["state"] == "done"
+        assert await read_all(device(vol, [NEW], epoch=4)) == model
+
+    run(go())
