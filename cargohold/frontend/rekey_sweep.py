@@ -317,13 +317,15 @@ class Rekey:
                 # with one AEAD call per key tried: under the newest key (nothing to do), or
                 # under an older one (its plaintext, to seal again)
                 found = False
-                for slot in newest_first(decode_entry(entry)):
+                for n, slot in enumerate(newest_first(decode_entry(entry))):
                     if newest.try_open(i, slot, data) is not None:
                         found = True
                         break
                     plain = older.try_open(i, slot, data) if older is not None else None
                     if plain is not None:
                         todo.append((i, None if slot.zero else plain))
+                        if n == 0:  # its newest version's data is there: the write
+                            t.acked.add(j)  # need not read it again (``_settle``)
                         found = True
                         break
                 if not found and dev.cipher.open_block(i, data, entry) is None:
