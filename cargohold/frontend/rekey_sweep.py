@@ -101,8 +101,7 @@ class Rekey:
 
     def status(self) -> dict[str, Any]:
         """The engine status's ``rekey`` (no key material)."""
-        if self._layout_changed() and self.state == "done" and len(self._keys) > 1:
-            self._start()  # a revert brought back content that may be under an older key
+        self._check_revert()
         return {
             "state": self.state,
             "keys": len(self._keys),
@@ -111,6 +110,12 @@ class Rekey:
             "blocks_rewritten": self.blocks_rewritten,
             "error": self.error,
         }
+
+    def _check_revert(self) -> None:
+        """A revert after ``done`` may have brought back content under an older key: sweep
+        again (a sweep running notices it itself, at its end)."""
+        if self.state == "done" and len(self._keys) > 1 and self._layout_changed():
+            self._start()
 
     def _layout_changed(self) -> bool:
         if self._layout_version is None:
@@ -148,6 +153,7 @@ class Rekey:
                 "the list leaves out the newest key the engine holds: the volume's blocks are "
                 "sealed under it (list it, after the new one)"
             )
+        self._check_revert()
         dropped = [k for k in old if k not in new]
         if dropped and self.state != "done":
             raise WrongState(

@@ -404,3 +404,25 @@ def test_closing_stops_the_sweep_between_groups_and_a_new_engine_finishes_it():
         assert await read_all(device(vol, [NEW], epoch=4)) == model
 
     run(go())
+
+
+def test_a_revert_after_done_refuses_dropping_the_old_key_until_swept_again():
+    vol = MemoryVolume(layout.physical_size(LOGICAL))
+    layout_version = [0]
+
+    async def go() -> None:
+        model = await populate(vol)
+        saved = [bytearray(c) for c in vol.copies]
+        d = device(vol, [OLD], epoch=2, layout_version=lambda: layout_version[0])
+        rekey = Rekey(d, [OLD], layout_version=lambda: layout_version[0])
+        rekey.install([NEW, OLD])
+        assert (await rekey.wait())["state"] == "done"
+        vol.copies = saved
+        layout_version[0] += 1  # nobody asked the status since
+        with pytest.raises(WrongState, match="running"):
+            rekey.install([NEW])
+        assert (await rekey.wait())["state"] == "done"
+        assert rekey.install([NEW])["keys"] == 1
+        assert await read_all(d) == model
+
+    run(go())
