@@ -15,15 +15,19 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import rule
 
 from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import BlockCipher
 from cargohold.encryption.layout import BLOCK, ENTRY, GROUP
 from cargohold.engine import control
-from cargohold.errors import InvalidArgument, WrongState
+from cargohold.errors import CargoholdError, InvalidArgument, WrongState
 from cargohold.frontend.encrypted_device import EncryptedDevice
 from cargohold.frontend.rekey_sweep import Rekey
 from tests.support.memory_volume import MemoryVolume
+from tests.unit.frontend.test_encrypted_device_crashes import KEY as CRASH_KEY
+from tests.unit.frontend.test_encrypted_device_crashes import NBLOCKS as CRASH_NBLOCKS
+from tests.unit.frontend.test_encrypted_device_crashes import CrashMachine
 
 OLD = bytes(range(32))
 NEW = bytes(range(100, 132))
@@ -424,5 +428,100 @@ def test_a_revert_after_done_refuses_dropping_the_old_key_until_swept_again():
         assert (await rekey.wait())["state"] == "done"
         assert rekey.install([NEW])["keys"] == 1
         assert await read_all(d) == model
+
+    run(go())
+
+
+class RekeyCrashMachine(CrashMachine):
+    """The encrypting device's crash state machine (test_encrypted_device_crashes.py) with
+    rotations among its steps: a new key and a sweep, which may be cut short after any
+    number of its mutations (then the engine crashes, and a new one gets every key, or it
+    goes on), and once a sweep is done the older keys dropped. The machine's reads check
+    that every block still reads its acknowledged content (or a cut-short write's)."""
+
+    def __init__(self) -> None:
+        self.keys = [CRASH_KEY]
+        self.fresh = 0
+        super().__init__()
+
+    def _device(self) -> EncryptedDevice:
+        return EncryptedDevice(self.vol, BlockCipher(self.keys, VID), self.epoch, copies=self.vol)
+
+    @rule(after=st.one_of(st.none(), st.integers(0, 12)), crash=st.booleans())
+    def rotate(self, after: int | None, crash: bool) -> None:
+        if len(self.keys) < 8:
+            self.fresh += 1
+            new = [bytes([self.fresh]) * 32, *self.keys]
+        else:
+            new = self.keys  # as many as may be: sweep toward the newest again
+
+        async def go() -> dict:
+            rekey = Rekey(self.dev, self.keys)
+            self.vol.fail_after = None if after is None else len(self.vol.log) + after
+            try:
+                rekey.install(new)
+                if new == self.keys:
+                    rekey.start()
+                return await rekey.wait()
+            finally:
+                self.vol.fail_after = None
+
+        got = run(go())
+        self.keys = new
+        if got["state"] == "done":
+            cipher = BlockCipher(self.keys, VID)
+            assert all(k in (None, 0) for k in crash_key_indexes(self.vol, cipher)), got
+            self.keys = self.keys[:1]  # the older keys may go
+            self.dev.cipher = BlockCipher(self.keys, VID)
+        else:
+            assert got["state"] == "failed", got
+            if crash:
+                self.restart()
+
+
+def crash_key_indexes(vol: MemoryVolume, cipher: BlockCipher) -> list[int | None]:
+    c = vol.copies[0]
+    out = []
+    for i in range(CRASH_NBLOCKS):
+        d = layout.data_block(i) * BLOCK
+        t = layout.tag_block(i) * BLOCK + layout.tag_offset(i)
+        out.append(cipher.key_index(i, c[d : d + BLOCK], c[t : t + ENTRY]))
+    return out
+
+
+RekeyCrashMachine.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_rotations_among_crashes_lose_nothing = RekeyCrashMachine.TestCase
+
+
+def test_a_sweep_cut_short_over_a_write_cut_short_keeps_the_acknowledged_content():
+    """Block 0: A acknowledged under OLD; B cut short after its tag write (crash); then the
+    sweep's rewrite of A cut short after its tag write (crash). The newest slot (B's)
+    never authenticated: the sweep's new slot must not go over A's, the only one that does."""
+    vol = MemoryVolume(layout.physical_size(LOGICAL))
+    a = b"A" * BLOCK
+
+    async def go() -> None:
+        await device(vol, [OLD]).write(0, memoryview(a), False)
+        vol.fail_after = len(vol.log) + 1  # B's tag block lands, its data does not
+        with pytest.raises(CargoholdError):
+            await device(vol, [OLD], epoch=2).write(0, memoryview(b"B" * BLOCK), False)
+        d = device(vol, [NEW, OLD], epoch=3)
+        assert await d.read(0, BLOCK) == a
+        rekey = Rekey(d, [NEW, OLD])
+        vol.fail_after = len(vol.log) + 1  # the sweep's tag block lands, its data does not
+        rekey.start()
+        assert (await rekey.wait())["state"] == "failed"
+        vol.fail_after = None
+        again = device(vol, [NEW, OLD], epoch=4)
+        assert await again.read(0, BLOCK) == a
+        rekey = Rekey(again, [NEW, OLD])
+        rekey.start()
+        assert (await rekey.wait())["state"] == "done"
+        assert await device(vol, [NEW], epoch=5).read(0, BLOCK) == a
 
     run(go())
