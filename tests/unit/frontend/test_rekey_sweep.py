@@ -490,7 +490,7 @@ def crash_key_indexes(vol: MemoryVolume, cipher: BlockCipher) -> list[int | None
 
 
 RekeyCrashMachine.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=30,
     stateful_step_count=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
