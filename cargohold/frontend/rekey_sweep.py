@@ -90,6 +90,7 @@ class Rekey:
         self._run = 0  # bumped when the sweep must start over (new keys, a revert)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._in_group = False  # rewriting a group (close waits for it)
         self._split: tuple[tuple[bytes, ...], BlockCipher, BlockCipher | None] | None = None
 
     def __repr__(self) -> str:  # never the keys
@@ -185,17 +186,18 @@ class Rekey:
             self._task = asyncio.get_running_loop().create_task(self._sweep_runs())
 
     async def close(self, grace: float = 5.0) -> None:
-        """Stop the sweep (the engine is stopping; a new one sweeps again): after the group
-        it is rewriting, or cancelled after ``grace`` seconds."""
+        """Stop the sweep (the engine is stopping; a new one sweeps again): once the group
+        it is rewriting is done (at most ``grace`` seconds), at once when it is between
+        groups (waiting for its cap or for the consumer)."""
         self._stopping = True
         self._run += 1
         if self._task is None:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), grace)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._in_group and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
     async def wait(self) -> dict[str, Any]:
         """Until the sweep stopped (tests). -> the status."""
@@ -244,10 +246,16 @@ class Rekey:
                 dev._check_layout()  # a revert: the cached tag blocks are dropped
                 if g in written or g in dev._cache:
                     ops = self._own_ops() if self._own_ops is not None else 0
-                    await self._sweep_group(g)
-                    if self._pace is not None:
+                    before = self.blocks_rewritten
+                    self._in_group = True
+                    try:
+                        await self._sweep_group(g)
+                    finally:
+                        self._in_group = False
+                    if self._pace is not None:  # the group read, the blocks written
                         done = self._own_ops() - ops if self._own_ops is not None else 0
-                        await self._pace(2 * layout.PHYSICAL_GROUP_BYTES, done)
+                        spent = (self.blocks_rewritten - before) * BLOCK
+                        await self._pace(layout.PHYSICAL_GROUP_BYTES + spent, done)
                 self.groups_done += 1
             await asyncio.sleep(0)
         await dev.flush()

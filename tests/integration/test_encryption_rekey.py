@@ -39,8 +39,9 @@ def cluster(tmp_path):
 
 @pytest.fixture
 def engines(cluster, tmp_path, monkeypatch):
-    # a written group costs the sweep ~0.5 MiB of its cap (read and write): ~4 s here
-    monkeypatch.setenv("CARGOHOLD_ENGINE_REKEY_BANDWIDTH", "4Mi")
+    # a group costs the sweep 260 KiB of its cap (read) and 4 KiB per block it rewrote:
+    # ~8 s here, much longer than the write workload below takes
+    monkeypatch.setenv("CARGOHOLD_ENGINE_REKEY_BANDWIDTH", "3Mi")
     started: list[EngineProc] = []
 
     def start(epoch: int, keys: list[bytes]) -> EngineProc:
