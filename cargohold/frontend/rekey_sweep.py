@@ -317,6 +317,7 @@ class Rekey:
         lo = g * GROUP
         hi = min(lo + GROUP, dev.size // BLOCK)
         await dev._claim(lo, hi)
+        cached = g in dev._cache  # else dropped again after: the consumer's stay cached
         try:
             t = await dev._tags(g)
             ct = await dev.inner.read(layout.data_block(lo) * BLOCK, (hi - lo) * BLOCK)
@@ -363,6 +364,9 @@ class Rekey:
             return bad
         finally:
             dev._release(lo, hi)
+            mine = dev._cache.get(g)
+            if not cached and mine is not None and not mine.busy:
+                del dev._cache[g]
 
 
 def check_keys(keys: Sequence[bytes]) -> None:

@@ -526,3 +526,19 @@ def test_a_sweep_cut_short_over_a_write_cut_short_keeps_the_acknowledged_content
         assert await device(vol, [NEW], epoch=5).read(0, BLOCK) == a
 
     run(go())
+
+
+def test_the_sweep_leaves_the_tag_cache_to_the_consumer():
+    vol = MemoryVolume(layout.physical_size(LOGICAL))
+
+    async def go() -> None:
+        model = await populate(vol)
+        d = device(vol, [OLD], epoch=2)
+        await d.read(2 * GROUP * BLOCK, BLOCK)  # the consumer's group
+        rekey = Rekey(d, [OLD])
+        rekey.install([NEW, OLD])
+        assert (await rekey.wait())["state"] == "done"
+        assert list(d._cache) == [2]
+        assert await read_all(d) == model
+
+    run(go())
