@@ -387,9 +387,17 @@ class EngineSettings(Settings):
         parse=parse_rate,
         shown=RATE,
     )
+    rekey_bandwidth: int = setting(
+        0,
+        "bytes per second an encrypted volume's data-key rotation may read and rewrite "
+        "(0 = unlimited; it still yields to the consumer)",
+        ge=0,
+        parse=parse_rate,
+        shown=RATE,
+    )
     background_yield_max: float = setting(
         0.05,
-        "seconds background work (rebuild, scrub, backup, import, restore) waits per chunk "
+        "seconds background work (rebuild, scrub, backup, import, restore, rekey) waits per chunk "
         "while the volume's consumer is busy (0 = never yields)",
         ge=0,
         le=1,

@@ -25,7 +25,10 @@ itself after ``seconds`` (``engine/holds.py``; ``snapshot`` with ``hold``: taken
 blocks changed since ``base``; engine/snapshot_metadata.py), ``qos`` (``limits``: the
 volume's QoS limits, all of them, ``{}`` for none (``cargohold.qos_limits``); they apply at
 once; answers ``{"qos": ...}``, as ``status`` shows it: limits, queued, and the counters
-``throttled_requests_total`` and ``throttled_seconds_total``). ``status`` also lists under ``busy`` the
+``throttled_requests_total`` and ``throttled_seconds_total``), ``data-keys`` (``keys``: an
+encrypted volume's data keys in base64, newest first: installed at once, and a sweep
+rewrites the blocks still under an older key in the background, ``frontend/rekey_sweep.py``;
+answers ``{"rekey": ...}`` as ``status`` shows it under ``rekey``). ``status`` also lists under ``busy`` the
 control requests being carried out (op, name, since when): a test can kill the engine
 while a snapshot is being taken (with ``cargohold.engine.faults`` holding it there).
 """
@@ -33,6 +36,8 @@ while a snapshot is being taken (with ``cargohold.engine.faults`` holding it the
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import itertools
 import json
 import logging
@@ -56,6 +61,7 @@ async def handle(
     scrubber: Scrubber | None = None,
     busy: dict[int, dict[str, Any]] | None = None,
     qos: Any = None,
+    rekey: Any = None,
 ) -> dict[str, Any]:
     op = request.get("op")
     if op == "status":
@@ -142,6 +148,10 @@ async def handle(
             raise InvalidArgument("this engine has no QoS gate")
         qos.configure(request.get("limits") or {})  # InvalidArgument names a bad limit
         return {"qos": qos.status()}
+    if op == "data-keys":
+        if rekey is None:  # frontend/rekey_sweep.py's Rekey
+            raise InvalidArgument("data-keys: this engine's volume is not encrypted")
+        return {"rekey": rekey.install(_keys(request.get("keys")))}
     if op in ("backup", "restore"):
         op_id = request.get("id")
         if not isinstance(op_id, str) or not op_id:
@@ -155,8 +165,23 @@ async def handle(
         return {"job": job}
     raise InvalidArgument(
         f"unknown op {op!r} (status, snapshot, snapshots, snapshot-delete, snapshot-revert, "
-        "expand, add-replica, remove-replica, import, scrub, backup, restore, hold, release, snapshot-metadata, qos)"
+        "expand, add-replica, remove-replica, import, scrub, backup, restore, hold, release, snapshot-metadata, qos, data-keys)"
     )
+
+
+def _keys(keys: Any) -> list[bytes]:
+    """``data-keys``' list of base64 keys -> the keys (never in an error message)."""
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise InvalidArgument(
+            "data-keys: keys (a list of base64 strings, newest first) is required"
+        )
+    out = []
+    for n, key in enumerate(keys):
+        try:
+            out.append(base64.b64decode(key, validate=True))
+        except (binascii.Error, ValueError):
+            raise InvalidArgument(f"data-keys: key #{n} is not base64") from None
+    return out
 
 
 def _name(request: dict[str, Any]) -> str:
@@ -167,7 +192,7 @@ def _name(request: dict[str, Any]) -> str:
 
 
 async def serve_control(
-    vol: Volume, path: str, scrubber: Scrubber | None = None, qos: Any = None
+    vol: Volume, path: str, scrubber: Scrubber | None = None, qos: Any = None, rekey: Any = None
 ) -> asyncio.AbstractServer:
     busy: dict[int, dict[str, Any]] = {}
     ids = itertools.count()
@@ -186,7 +211,7 @@ async def serve_control(
                         busy[key] = {"op": str(req.get("op")), "since": time.time()}
                         if isinstance(req.get("name"), str):
                             busy[key]["name"] = req["name"]
-                    out = {"ok": True, **await handle(vol, req, scrubber, busy, qos)}
+                    out = {"ok": True, **await handle(vol, req, scrubber, busy, qos, rekey)}
                 except CargoholdError as e:
                     out = {"ok": False, "error": str(e), "type": type(e).__name__}
                 except ValueError as e:

@@ -27,6 +27,7 @@ from typing import Any
 from cargohold import memtune
 from cargohold.constants import DEFAULT_NBD_PORT
 from cargohold.encryption.block_cipher import MAX_EPOCH, BlockCipher
+from cargohold.engine.background import Pace, foreground_ops
 from cargohold.engine.control import serve_control
 from cargohold.engine.copies import ReplicaCopies
 from cargohold.engine.replica_link import ReplicaSpec
@@ -36,6 +37,7 @@ from cargohold.errors import ConfigError
 from cargohold.frontend.encrypted_device import EncryptedDevice
 from cargohold.frontend.nbd_server import serve
 from cargohold.frontend.qos_gate import QosGate
+from cargohold.frontend.rekey_sweep import Rekey
 from cargohold.security.policy import nbd_authorizer
 from cargohold.security.tls import (
     Credentials,
@@ -155,6 +157,8 @@ async def serve_engine(config: EngineRun) -> None:
     vol.read_only = config.read_only  # the NBD export's flag: writes answered EPERM
     await vol.start()
     device: Any = vol
+    rekey: Rekey | None = None
+    s = config.settings
     if cipher is not None:  # encrypted: the NBD server serves the logical volume
         enc = EncryptedDevice(
             vol,
@@ -168,6 +172,17 @@ async def serve_engine(config: EngineRun) -> None:
         await enc.check_key()  # a wrong key: writes refused, reads fail (logged)
         vol.io.sections["encryption"] = enc.status
         device = enc
+        # data-key rotation: the ``data-keys`` op, and a sweep while there are older keys
+        pace = Pace(vol.counters, s.rekey_bandwidth, most=s.background_yield_max)
+        rekey = Rekey(
+            enc,
+            config.data_key or (),
+            pace=pace.chunk,
+            own_ops=lambda: foreground_ops(vol.counters),
+            layout_version=lambda: vol.local.layout,
+        )
+        vol.io.sections["rekey"] = rekey.status
+        rekey.start()
     memtune.freeze_gc()
 
     def listening(addresses: list[str]) -> None:
@@ -178,7 +193,7 @@ async def serve_engine(config: EngineRun) -> None:
     scrubber = Scrubber(vol, last_scrub_at=config.last_scrub_at)
     scrubbing = asyncio.get_running_loop().create_task(scrubber.run())  # periodic and asked
     qos = QosGate(config.qos)  # the control op ``qos`` changes its limits online
-    ctl = await serve_control(vol, config.control, scrubber, qos) if config.control else None
+    ctl = await serve_control(vol, config.control, scrubber, qos, rekey) if config.control else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -204,6 +219,8 @@ async def serve_engine(config: EngineRun) -> None:
             ctl.close()
         scrubbing.cancel()
         await asyncio.gather(scrubbing, return_exceptions=True)
+        if rekey is not None:
+            await rekey.close()
         await vol.close()
 
 
