@@ -1,36 +1,44 @@
-"""The block cipher of an encrypted volume: AES-256-GCM-SIV per 4 KiB block, and the codec
-of the tag entries that authenticate each block's newest versions.
+"""The block cipher of an encrypted volume: AES-256-GCM per 4 KiB block under a key derived
+for each engine incarnation (version-2 slots; version-1 slots, AES-256-GCM-SIV under the
+data key itself, keep opening), and the codec of the tag entries that authenticate each
+block's newest versions.
 
 Sans-I/O: bytes in, bytes out. The engine's encrypting device
 (``frontend/encrypted_device.py``) calls it on every read and write; tests and the format
 sample (``docs/formats/encrypted-volume.md``) decode with it. docs/encryption.md argues the
 construction; in short:
 
-- block *i* written at version *v* is ``AESGCMSIV(key).encrypt(nonce(i, v), plaintext,
-  ad(id, i, v))``: 4096 bytes of ciphertext (stored in the block) and a 16-byte tag (stored
-  in the block's tag entry). ``nonce = v (u64 BE) ‖ i mod 2**32 (u32 BE)``; ``ad = id (16
-  bytes) ‖ i (u64 BE) ‖ v (u64 BE)``. A block moved (other index), from another volume (other
-  id) or replayed from another version fails authentication.
-- a version never repeats for a key: ``epoch << 32 | counter``, the engine's epoch (it
-  grows on every engine start) and a counter of the engine's tag updates. GCM-SIV keeps even
-  a repeated nonce harmless (it only reveals that the same plaintext was written to the same
-  block at the same version), which covers clones that keep their parent's key and id.
+- each ``BlockCipher`` (one engine incarnation) picks a random 48-bit *salt*. Block *i*
+  written at version *v* is ``AESGCM(K).encrypt(nonce(i, v), plaintext, ad(id, i, v))``
+  with ``K = HKDF-SHA256(data key, info = "cargohold block key v2" ‖ id ‖ salt ‖ v >> 32
+  (u32 BE))``: 4096 bytes of ciphertext (stored in the block) and a 16-byte tag (stored in
+  the block's tag entry, with the salt and the ``GCM`` flag). ``nonce = v (u64 BE) ‖ i mod
+  2**32 (u32 BE)``; ``ad = id (16 bytes) ‖ i (u64 BE) ‖ v (u64 BE)``. A block moved (other
+  index), from another volume (other id) or replayed from another version fails
+  authentication.
+- a nonce never repeats under one derived key: ``v = epoch << 32 | counter``, the counter
+  strictly increasing within the incarnation and each write sealing each of its blocks
+  once; another incarnation has another salt (or epoch), hence another key.
 - a tag entry (``ENTRY`` = 64 bytes) has two slots of ``SLOT`` = 32 bytes: version (u64 LE,
-  0 = empty), tag (16), flags (u8: ``ZERO``), 7 reserved zero bytes. A write puts its tag into
-  the slot that does not hold the newest version; a read accepts the newest slot that
-  authenticates the stored ciphertext (``open_block``). A ``ZERO`` slot authenticates "zeros
-  at version v" (the tag of the empty plaintext under the same nonce and ad), whatever the
-  stored ciphertext.
+  0 = empty), tag (16), flags (u8: ``ZERO``, ``RETIRED``, ``GCM``), salt (6; zero in a
+  version-1 slot), 1 reserved zero byte. A write puts its tag into the slot that does not
+  hold the newest version; a read accepts the newest slot that authenticates the stored
+  ciphertext (``open_block``). A ``ZERO`` slot authenticates "zeros at version v" (the tag
+  of the empty plaintext under the same nonce and ad), whatever the stored ciphertext.
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cargohold.encryption.layout import BLOCK, ENTRY, GROUP
 from cargohold.errors import ChecksumError, InvalidArgument
@@ -39,14 +47,20 @@ KEY_BYTES = 32  # AES-256
 ID_BYTES = 16  # the volume's encryption id
 TAG_BYTES = 16
 SLOT = 32  # two slots per ENTRY
-SLOT_STRUCT = struct.Struct("<Q16sB7x")  # version, tag, flags, reserved
-ENTRY_STRUCT = struct.Struct("<Q16sB7xQ16sB7x")  # both slots
+SALT_BYTES = 6  # a version-2 slot's salt: its incarnation's derived key
+SLOT_STRUCT = struct.Struct("<Q16sB6sx")  # version, tag, flags, salt, reserved
+ENTRY_STRUCT = struct.Struct("<Q16sB6sxQ16sB6sx")  # both slots
 NONCE = struct.Struct(">QI")  # version, block index mod 2**32
 AD_TAIL = struct.Struct(">QQ")  # block index, version (after the 16-byte id)
 ZERO = 0x01  # the slot authenticates "zeros at this version"; the ciphertext is ignored
 RETIRED = 0x02  # an older slot given up after a newer version was written: never accepted
+GCM = 0x04  # a version-2 slot: AES-256-GCM under the key its salt and epoch derive
 RETIRED_VERSION = 1  # below every real version (the epoch is at least 1)
 EMPTY_SLOT = bytes(SLOT)
+NO_SALT = bytes(SALT_BYTES)
+HKDF_INFO = b"cargohold block key v2"
+EPOCH_STRUCT = struct.Struct(">I")
+DERIVED_CACHE = 64  # derived AES-GCM keys kept per cipher (by key index, salt, epoch)
 ZERO_BLOCK = bytes(BLOCK)
 MAX_EPOCH = (1 << 32) - 1
 MAX_COUNTER = (1 << 32) - 1
@@ -60,6 +74,11 @@ class Slot:
     version: int
     tag: bytes
     flags: int = 0
+    salt: bytes = NO_SALT  # version-2 (GCM) slots: the sealing incarnation's
+
+    @property
+    def gcm(self) -> bool:
+        return bool(self.flags & GCM)
 
     @property
     def zero(self) -> bool:
@@ -82,16 +101,16 @@ def version_of(epoch: int, counter: int) -> int:
 
 def decode_slot(buf: bytes | bytearray | memoryview) -> Slot | None:
     """One slot's 32 bytes -> the Slot, or None when it is empty (version 0)."""
-    version, tag, flags = SLOT_STRUCT.unpack(buf)
+    version, tag, flags, salt = SLOT_STRUCT.unpack(buf)
     if version == 0:
         return None
-    return Slot(version, bytes(tag), flags)
+    return Slot(version, bytes(tag), flags, bytes(salt))
 
 
 def encode_slot(slot: Slot | None) -> bytes:
     if slot is None:
         return EMPTY_SLOT
-    return SLOT_STRUCT.pack(slot.version, slot.tag, slot.flags)
+    return SLOT_STRUCT.pack(slot.version, slot.tag, slot.flags, slot.salt)
 
 
 def decode_entry(buf: bytes | bytearray | memoryview) -> tuple[Slot | None, Slot | None]:
@@ -154,14 +173,29 @@ def entry_versions(tags: bytes | bytearray | memoryview) -> list[int]:
     return out
 
 
+def derive_block_key(data_key: bytes, volume_id: bytes, salt: bytes, epoch: int) -> bytes:
+    """The AES-256-GCM key of version-2 slots sealed by the incarnation of ``salt`` in
+    ``epoch``: HKDF-SHA256 (RFC 5869, no HKDF salt) of the data key, ``info`` =
+    ``"cargohold block key v2" ‖ encryption id ‖ salt ‖ epoch (u32 BE)``."""
+    info = HKDF_INFO + volume_id + salt + EPOCH_STRUCT.pack(epoch)
+    return HKDF(hashes.SHA256(), KEY_BYTES, None, info).derive(data_key)
+
+
 class BlockCipher:
-    """The AEAD of one volume: its data keys and its encryption id.
+    """The AEAD of one volume for one engine incarnation: its data keys, its encryption id
+    and the incarnation's random salt.
 
     ``keys`` is one data key or several, newest first: the first seals every write; a read
     tries each in turn (the older ones are those a data-key rotation has not yet rewritten
-    away, docs/keys.md). ``key_index`` tells which key a block is sealed under."""
+    away, docs/keys.md). ``key_index`` tells which key a block is sealed under. Writes seal
+    version-2 slots (AES-256-GCM under the key derived from the data key, ``salt`` and the
+    version's epoch: ``derive_block_key``); reads open version-2 slots under the key their
+    salt and epoch derive and version-1 slots (no ``GCM`` flag) with AES-256-GCM-SIV under
+    the data key itself. ``salt``: 6 random bytes unless given (tests)."""
 
-    def __init__(self, keys: bytes | Sequence[bytes], volume_id: bytes) -> None:
+    def __init__(
+        self, keys: bytes | Sequence[bytes], volume_id: bytes, salt: bytes | None = None
+    ) -> None:
         keys = [keys] if isinstance(keys, bytes | bytearray) else list(keys)
         if not 1 <= len(keys) <= MAX_KEYS:
             raise InvalidArgument(f"a volume has 1 to {MAX_KEYS} data keys, not {len(keys)}")
@@ -170,10 +204,37 @@ class BlockCipher:
                 raise InvalidArgument(f"a data key is {KEY_BYTES} bytes, not {len(key)}")
         if len(volume_id) != ID_BYTES:
             raise InvalidArgument(f"an encryption id is {ID_BYTES} bytes, not {len(volume_id)}")
-        self._aeads = [AESGCMSIV(bytes(key)) for key in keys]
-        self._aead = self._aeads[0]  # seals
+        salt = secrets.token_bytes(SALT_BYTES) if salt is None else bytes(salt)
+        if len(salt) != SALT_BYTES:
+            raise InvalidArgument(f"a block key salt is {SALT_BYTES} bytes, not {len(salt)}")
+        self._keys = [bytes(key) for key in keys]
+        self._aeads = [AESGCMSIV(key) for key in self._keys]  # version-1 slots
+        self._derived: OrderedDict[tuple[int, bytes, int], AESGCM] = OrderedDict()
+        self._seal_epoch = -1
+        self._seal_gcm: AESGCM | None = None
+        self.salt = salt
         self.volume_id = bytes(volume_id)
         self.auth_failures = 0  # blocks that authenticated under no slot (open_block)
+
+    def _gcm(self, k: int, salt: bytes, epoch: int) -> AESGCM:
+        """The AES-GCM of key ``k`` for the incarnation of ``salt`` in ``epoch`` (cached)."""
+        at = (k, salt, epoch)
+        aead = self._derived.get(at)
+        if aead is None:
+            aead = AESGCM(derive_block_key(self._keys[k], self.volume_id, salt, epoch))
+            self._derived[at] = aead
+            if len(self._derived) > DERIVED_CACHE:
+                self._derived.popitem(last=False)
+        else:
+            self._derived.move_to_end(at)
+        return aead
+
+    def _sealer(self, version: int) -> AESGCM:
+        epoch = version >> 32
+        if epoch != self._seal_epoch or self._seal_gcm is None:
+            self._seal_gcm = self._gcm(0, self.salt, epoch)
+            self._seal_epoch = epoch
+        return self._seal_gcm
 
     def _nonce_ad(self, index: int, version: int) -> tuple[bytes, bytes]:
         return (
@@ -182,12 +243,16 @@ class BlockCipher:
         )
 
     # --- writes ------------------------------------------------------------------------
+    def slot(self, version: int, tag: bytes, zero: bool = False) -> Slot:
+        """The slot of a tag this cipher sealed (``seal``, ``seal_run``, ``zero_tag``)."""
+        return Slot(version, tag, GCM | ZERO if zero else GCM, self.salt)
+
     def seal(
         self, index: int, version: int, plaintext: bytes | bytearray | memoryview
     ) -> tuple[bytes, bytes]:
-        """One block -> (ciphertext, tag)."""
+        """One block -> (ciphertext, tag); its slot is ``slot(version, tag)``."""
         nonce, ad = self._nonce_ad(index, version)
-        out = self._aead.encrypt(nonce, bytes(plaintext), ad)
+        out = self._sealer(version).encrypt(nonce, bytes(plaintext), ad)
         return out[:BLOCK], out[BLOCK:]
 
     def seal_run(
@@ -197,7 +262,7 @@ class BlockCipher:
         version: their ciphertext into ``out`` (same length), -> their tags."""
         mv = memoryview(plaintext).cast("B")
         dst = memoryview(out)
-        enc = self._aead.encrypt
+        enc = self._sealer(version).encrypt
         vid = self.volume_id
         tags = []
         for k in range(len(mv) // BLOCK):
@@ -212,9 +277,10 @@ class BlockCipher:
         return tags
 
     def zero_tag(self, index: int, version: int) -> bytes:
-        """The tag that says "block ``index`` is zeros at ``version``"."""
+        """The tag that says "block ``index`` is zeros at ``version``" (its slot:
+        ``slot(version, tag, zero=True)``)."""
         nonce, ad = self._nonce_ad(index, version)
-        return self._aead.encrypt(nonce, b"", ad)
+        return self._sealer(version).encrypt(nonce, b"", ad)
 
     # --- reads -------------------------------------------------------------------------
     def try_open(
@@ -231,7 +297,11 @@ class BlockCipher:
         """(plaintext, the index of the key that authenticated it) or None."""
         nonce, ad = self._nonce_ad(index, slot.version)
         sealed = slot.tag if slot.zero else bytes(ciphertext) + slot.tag
-        for k, aead in enumerate(self._aeads):
+        for k in range(len(self._keys)):
+            if slot.flags & GCM:
+                aead: AESGCM | AESGCMSIV = self._gcm(k, slot.salt, slot.version >> 32)
+            else:
+                aead = self._aeads[k]
             try:
                 plain = aead.decrypt(nonce, sealed, ad)
             except InvalidTag:
@@ -271,23 +341,31 @@ class BlockCipher:
         """
         # the read path's hot loop: the same rules as ``newest_first`` and ``try_open``,
         # without a Slot object per slot
-        va, ta, fa, vb, tb, fb = ENTRY_STRUCT.unpack(entry)
+        va, ta, fa, sa, vb, tb, fb, sb = ENTRY_STRUCT.unpack(entry)
         use_a = va != 0 and not fa & RETIRED
         use_b = vb != 0 and not fb & RETIRED
-        order: tuple[tuple[int, bytes, int], ...]
+        order: tuple[tuple[int, bytes, int, bytes], ...]
         if use_a and use_b:
-            order = ((va, ta, fa), (vb, tb, fb)) if va > vb else ((vb, tb, fb), (va, ta, fa))
+            order = (
+                ((va, ta, fa, sa), (vb, tb, fb, sb))
+                if va > vb
+                else ((vb, tb, fb, sb), (va, ta, fa, sa))
+            )
         elif use_a:
-            order = ((va, ta, fa),)
+            order = ((va, ta, fa, sa),)
         elif use_b:
-            order = ((vb, tb, fb),)
+            order = ((vb, tb, fb, sb),)
         else:
             order = ()
-        aeads, vid, low = self._aeads, self.volume_id, index & 0xFFFFFFFF
-        for version, tag, flags in order:
+        vid, low = self.volume_id, index & 0xFFFFFFFF
+        for version, tag, flags, salt in order:
             nonce, ad = NONCE.pack(version, low), vid + AD_TAIL.pack(index, version)
             sealed = tag if flags & ZERO else b"".join((ciphertext, tag))
-            for aead in aeads:  # the newest key first: one try but during a rotation
+            for k in range(len(self._keys)):  # the newest key first: one try but in a rotation
+                if flags & GCM:
+                    aead: AESGCM | AESGCMSIV = self._gcm(k, salt, version >> 32)
+                else:
+                    aead = self._aeads[k]
                 try:
                     plain = aead.decrypt(nonce, sealed, ad)
                 except InvalidTag:

@@ -50,7 +50,6 @@ from cargohold.encryption.block_cipher import (
     ENTRY,
     RETIRED_SLOT,
     BlockCipher,
-    Slot,
     encode_slot,
     may_be_unwritten,
     put_slot,
@@ -149,7 +148,7 @@ class EncryptedDevice:
     def status(self) -> dict[str, Any]:
         """The engine status's ``encryption``."""
         return {
-            "cipher": "AES-256-GCM-SIV",
+            "cipher": "AES-256-GCM",  # version-1 blocks: AES-256-GCM-SIV
             "key_check": "failed" if self.wrong_key else "ok",
             "version_epoch": self.epoch,
             "version_counter": self._counter,
@@ -296,7 +295,7 @@ class EncryptedDevice:
             await self._settle(g, t, a, b)  # before any slot of this write is put
             for i in range(a, b):
                 t.acked.discard(i - g * GROUP)
-                put_slot(t.data, i - g * GROUP, Slot(version, tags[i - lo]))
+                put_slot(t.data, i - g * GROUP, self.cipher.slot(version, tags[i - lo]))
             t.applied += 1
         if len(groups) == 1:
             await self._commit(groups[0], loaded[0])
@@ -398,10 +397,10 @@ class EncryptedDevice:
             if whole:  # the ZERO slot is enough: zeros whatever the ciphertext
                 base = j * ENTRY
                 t.data[base : base + ENTRY] = encode_slot(
-                    Slot(version, zero(i, version), 1)
+                    self.cipher.slot(version, zero(i, version), zero=True)
                 ) + encode_slot(RETIRED_SLOT)
             else:
-                put_slot(t.data, j, Slot(version, zero(i, version), 1))
+                put_slot(t.data, j, self.cipher.slot(version, zero(i, version), zero=True))
         t.applied += 1
         await self._commit(g, t)
         self.counters["tag_block_writes"] += 1
