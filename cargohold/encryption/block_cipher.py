@@ -50,6 +50,7 @@ SLOT = 32  # two slots per ENTRY
 SALT_BYTES = 6  # a version-2 slot's salt: its incarnation's derived key
 SLOT_STRUCT = struct.Struct("<Q16sB6sx")  # version, tag, flags, salt, reserved
 ENTRY_STRUCT = struct.Struct("<Q16sB6sxQ16sB6sx")  # both slots
+ENTRY_VF = struct.Struct("<Q16xB7xQ16xB7x")  # both slots' versions and flags only
 NONCE = struct.Struct(">QI")  # version, block index mod 2**32
 AD_TAIL = struct.Struct(">QQ")  # block index, version (after the 16-byte id)
 ZERO = 0x01  # the slot authenticates "zeros at this version"; the ciphertext is ignored
@@ -123,15 +124,47 @@ def newest_first(entry: tuple[Slot | None, Slot | None]) -> list[Slot]:
     return sorted((s for s in entry if s is not None and not s.retired), key=lambda s: -s.version)
 
 
+def _newest_is_a(va: int, fa: int, vb: int, fb: int) -> bool | None:
+    """Of a tag entry's two slots (versions, flags), whether the newest live one (neither
+    empty nor retired) is the first; None when neither is live. Equal versions: the first,
+    as ``newest_first``'s stable sort has it."""
+    a_live = va != 0 and not fa & RETIRED
+    b_live = vb != 0 and not fb & RETIRED
+    if a_live:
+        return not b_live or va >= vb
+    return False if b_live else None
+
+
 def put_slot(tags: bytearray | memoryview, j: int, slot: Slot) -> None:
     """Record ``slot`` as block ``j``'s newest (``j`` < GROUP) in a tag block: into the slot
     that does not hold the newest version, so the newest one survives until the new
     block is written."""
     base = j * ENTRY
-    a, b = decode_entry(tags[base : base + ENTRY])
-    newest = newest_first((a, b))
-    at = base + SLOT if newest and a is newest[0] else base
-    tags[at : at + SLOT] = encode_slot(slot)
+    at = base + SLOT if _newest_is_a(*ENTRY_VF.unpack_from(tags, base)) else base
+    SLOT_STRUCT.pack_into(tags, at, slot.version, slot.tag, slot.flags, slot.salt)
+
+
+def put_slots(
+    tags: bytearray | memoryview,
+    j: int,
+    version: int,
+    seals: Sequence[bytes],
+    flags: int = 0,
+    salt: bytes = NO_SALT,
+) -> None:
+    """``put_slot`` of ``Slot(version, seals[k], flags, salt)`` for blocks ``j + k``: the
+    slots of one write's blocks of one tag block, without a Slot object each."""
+    unpack, pack = ENTRY_VF.unpack_from, SLOT_STRUCT.pack_into
+    base = j * ENTRY
+    for tag in seals:
+        va, fa, vb, fb = unpack(tags, base)
+        a_live = va != 0 and not fa & RETIRED
+        into_b = a_live and (vb == 0 or fb & RETIRED or va >= vb)
+        pack(tags, base + SLOT if into_b else base, version, tag, flags, salt)
+        base += ENTRY
+
+
+RETIRED_HEAD = SLOT_STRUCT.pack(RETIRED_VERSION, bytes(TAG_BYTES), RETIRED, NO_SALT)[:-1]
 
 
 def retire_older(tags: bytearray | memoryview, j: int) -> bool:
@@ -140,14 +173,13 @@ def retire_older(tags: bytearray | memoryview, j: int) -> bool:
     written (an empty slot beside a zeroed ciphertext would read as never written).
     -> True if the entry changed."""
     base = j * ENTRY
-    a, b = decode_entry(tags[base : base + ENTRY])
-    newest = newest_first((a, b))
-    if not newest:
+    a_newest = _newest_is_a(*ENTRY_VF.unpack_from(tags, base))
+    if a_newest is None:
         return False
-    at = base if b is newest[0] else base + SLOT
-    if decode_slot(tags[at : at + SLOT]) == RETIRED_SLOT:
+    at = base + SLOT if a_newest else base
+    if tags[at : at + SLOT - 1] == RETIRED_HEAD:  # the reserved last byte is not read
         return False
-    tags[at : at + SLOT] = encode_slot(RETIRED_SLOT)
+    tags[at : at + SLOT] = RETIRED_HEAD + b"\0"
     return True
 
 
@@ -156,12 +188,14 @@ def may_be_unwritten(tags: bytes | bytearray | memoryview, j: int) -> bool:
     landed (``BlockCipher.clear_unwritten`` tells, from the ciphertext): a live data slot
     whose other slot is not retired (retirement comes only after the newest data was
     written). The engine asks before the first write of a block it has not written."""
-    a, b = decode_entry(tags[j * ENTRY : (j + 1) * ENTRY])
-    live = newest_first((a, b))
-    if not live or live[0].zero:  # never written; a ZERO slot holds whatever the data
+    va, fa, vb, fb = ENTRY_VF.unpack_from(tags, j * ENTRY)
+    a_newest = _newest_is_a(va, fa, vb, fb)
+    if a_newest is None:  # never written
         return False
-    other = b if a == live[0] else a
-    return other is None or not other.retired
+    newest_flags, other_version, other_flags = (fa, vb, fb) if a_newest else (fb, va, fa)
+    if newest_flags & ZERO:  # a ZERO slot holds whatever the data
+        return False
+    return other_version == 0 or not other_flags & RETIRED
 
 
 def entry_versions(tags: bytes | bytearray | memoryview) -> list[int]:
@@ -256,25 +290,47 @@ class BlockCipher:
         return out[:BLOCK], out[BLOCK:]
 
     def seal_run(
-        self, first: int, version: int, plaintext: bytes | bytearray | memoryview, out: bytearray
+        self,
+        first: int,
+        version: int,
+        plaintext: bytes | bytearray | memoryview,
+        out: bytearray | memoryview,
     ) -> list[bytes]:
         """Blocks ``first, first + 1, ...`` of ``plaintext`` (a multiple of BLOCK) at one
-        version: their ciphertext into ``out`` (same length), -> their tags."""
+        version: their ciphertext into ``out`` (same length, not ``plaintext``), -> their
+        tags."""
         mv = memoryview(plaintext).cast("B")
-        dst = memoryview(out)
-        enc = self._sealer(version).encrypt
-        vid = self.volume_id
+        dst = memoryview(out).cast("B")
+        enc = self._sealer(version).encrypt_into
+        nonce, ad = NONCE.pack, self.volume_id
+        tail = AD_TAIL.pack
+        n = len(mv) // BLOCK
         tags = []
-        for k in range(len(mv) // BLOCK):
-            i = first + k
-            sealed = enc(
-                NONCE.pack(version, i & 0xFFFFFFFF),
-                mv[k * BLOCK : (k + 1) * BLOCK],
-                vid + AD_TAIL.pack(i, version),
+        # each block sealed in place: its tag lands on the next block's first 16 bytes
+        # (read before that block is sealed over them); the last one into a spare buffer
+        for k in range(n - 1):
+            i, p = first + k, k * BLOCK
+            enc(
+                nonce(version, i & 0xFFFFFFFF),
+                mv[p : p + BLOCK],
+                ad + tail(i, version),
+                dst[p : p + BLOCK + TAG_BYTES],
             )
-            dst[k * BLOCK : (k + 1) * BLOCK] = memoryview(sealed)[:BLOCK]
-            tags.append(sealed[BLOCK:])
+            tags.append(bytes(dst[p + BLOCK : p + BLOCK + TAG_BYTES]))
+        if n:
+            i, p = first + n - 1, (n - 1) * BLOCK
+            last = bytearray(BLOCK + TAG_BYTES)
+            enc(nonce(version, i & 0xFFFFFFFF), mv[p : p + BLOCK], ad + tail(i, version), last)
+            dst[p : p + BLOCK] = memoryview(last)[:BLOCK]
+            tags.append(bytes(last[BLOCK:]))
         return tags
+
+    def put_sealed(
+        self, tags: bytearray | memoryview, j: int, version: int, seals: Sequence[bytes]
+    ) -> None:
+        """``put_slot`` of ``slot(version, seals[k])`` for blocks ``j + k`` of a tag block
+        (``seal_run``'s tags)."""
+        put_slots(tags, j, version, seals, GCM, self.salt)
 
     def zero_tag(self, index: int, version: int) -> bytes:
         """The tag that says "block ``index`` is zeros at ``version``" (its slot:
@@ -331,73 +387,96 @@ class BlockCipher:
         entry: bytes | bytearray | memoryview,
     ) -> bytes | None:
         """Block ``index``'s plaintext from its stored ciphertext and tag entry, or None
-        when it does not authenticate (counted in ``auth_failures``):
-
-        - the newest slot that authenticates wins (a ZERO slot: zeros);
-        - no slot authenticates, but one is empty (not retired) and the stored ciphertext
-          is all zeros: the block was never written, or its first write stopped between
-          the tag and the data (a crash): zeros, its old content;
-        - otherwise None (tampered, moved, replayed, another volume's, or a wrong key).
-        """
-        # the read path's hot loop: the same rules as ``newest_first`` and ``try_open``,
-        # without a Slot object per slot
-        va, ta, fa, sa, vb, tb, fb, sb = ENTRY_STRUCT.unpack(entry)
-        use_a = va != 0 and not fa & RETIRED
-        use_b = vb != 0 and not fb & RETIRED
-        order: tuple[tuple[int, bytes, int, bytes], ...]
-        if use_a and use_b:
-            order = (
-                ((va, ta, fa, sa), (vb, tb, fb, sb))
-                if va > vb
-                else ((vb, tb, fb, sb), (va, ta, fa, sa))
-            )
-        elif use_a:
-            order = ((va, ta, fa, sa),)
-        elif use_b:
-            order = ((vb, tb, fb, sb),)
-        else:
-            order = ()
-        vid, low = self.volume_id, index & 0xFFFFFFFF
-        for version, tag, flags, salt in order:
-            nonce, ad = NONCE.pack(version, low), vid + AD_TAIL.pack(index, version)
-            sealed = tag if flags & ZERO else b"".join((ciphertext, tag))
-            for k in range(len(self._keys)):  # the newest key first: one try but in a rotation
-                if flags & GCM:
-                    aead: AESGCM | AESGCMSIV = self._gcm(k, salt, version >> 32)
-                else:
-                    aead = self._aeads[k]
-                try:
-                    plain = aead.decrypt(nonce, sealed, ad)
-                except InvalidTag:
-                    continue
-                return ZERO_BLOCK if flags & ZERO else plain
-        if (va == 0 or vb == 0) and ciphertext == ZERO_BLOCK:
-            return ZERO_BLOCK
-        self.auth_failures += 1
-        return None
+        when it does not authenticate (counted in ``auth_failures``): ``open_run`` of one
+        block."""
+        out = bytearray(BLOCK)
+        if len(ciphertext) != BLOCK or len(entry) != ENTRY:
+            self.auth_failures += 1
+            return None
+        return None if self.open_run(index, ciphertext, entry, out) else bytes(out)
 
     def open_run(
         self,
         first: int,
         ciphertext: bytes | bytearray | memoryview,
         tags: bytes | bytearray | memoryview,
-        out: bytearray,
+        out: bytearray | memoryview,
     ) -> list[int]:
         """Blocks ``first, ...`` of ``ciphertext`` whose tag entries are ``tags`` (one
         ENTRY per block, in order): their plaintext into ``out``. -> the indexes of the
-        blocks that failed authentication (their part of ``out`` is left as it was)."""
+        blocks that failed authentication (counted in ``auth_failures``; their part of
+        ``out`` is zeroed). Per block:
+
+        - the newest slot (neither empty nor retired) that authenticates wins (a ZERO
+          slot: zeros);
+        - no slot authenticates, but one is empty (not retired) and the stored ciphertext
+          is all zeros: the block was never written, or its first write stopped between
+          the tag and the data (a crash): zeros, its old content;
+        - otherwise it fails (tampered, moved, replayed, another volume's, or a wrong key).
+        """
+        # the read path's hot loop: the rules of ``newest_first`` and ``try_open`` without
+        # a Slot object per slot, decrypting into ``out``
         mv = memoryview(ciphertext).cast("B")
         tv = memoryview(tags).cast("B")
-        dst = memoryview(out)
+        dst = memoryview(out).cast("B")
+        unpack, nonce_of, tail = ENTRY_STRUCT.unpack_from, NONCE.pack, AD_TAIL.pack
+        vid, sivs, nkeys = self.volume_id, self._aeads, len(self._keys)
+        last: tuple[bytes, int] | None = None  # the salt and epoch of ``last_aead`` (key 0)
+        last_aead: AESGCM | None = None
         bad = []
         for k in range(len(mv) // BLOCK):
-            got = self.open_block(
-                first + k, mv[k * BLOCK : (k + 1) * BLOCK], tv[k * ENTRY : (k + 1) * ENTRY]
-            )
-            if got is None:
-                bad.append(first + k)
+            i, p = first + k, k * BLOCK
+            va, ta, fa, sa, vb, tb, fb, sb = unpack(tv, k * ENTRY)
+            use_a = va != 0 and not fa & RETIRED
+            use_b = vb != 0 and not fb & RETIRED
+            order: tuple[tuple[int, bytes, int, bytes], ...]
+            if use_a and use_b:
+                order = (
+                    ((va, ta, fa, sa), (vb, tb, fb, sb))
+                    if va >= vb
+                    else ((vb, tb, fb, sb), (va, ta, fa, sa))
+                )
+            elif use_a:
+                order = ((va, ta, fa, sa),)
+            elif use_b:
+                order = ((vb, tb, fb, sb),)
             else:
-                dst[k * BLOCK : (k + 1) * BLOCK] = got
+                order = ()
+            ct = mv[p : p + BLOCK]
+            low = i & 0xFFFFFFFF
+            opened = False
+            for version, tag, flags, salt in order:
+                nonce, ad = nonce_of(version, low), vid + tail(i, version)
+                sealed = tag if flags & ZERO else b"".join((ct, tag))
+                for key in range(nkeys):  # the newest key first: one try but in a rotation
+                    aead: AESGCM | AESGCMSIV
+                    if not flags & GCM:
+                        aead = sivs[key]
+                    elif key == 0 and last == (salt, version >> 32) and last_aead is not None:
+                        aead = last_aead
+                    else:
+                        aead = self._gcm(key, salt, version >> 32)
+                        if key == 0:
+                            last, last_aead = (salt, version >> 32), aead
+                    try:
+                        if flags & ZERO:
+                            aead.decrypt(nonce, sealed, ad)
+                            dst[p : p + BLOCK] = ZERO_BLOCK
+                        else:
+                            aead.decrypt_into(nonce, sealed, ad, dst[p : p + BLOCK])
+                    except InvalidTag:
+                        continue
+                    opened = True
+                    break
+                if opened:
+                    break
+            if opened:
+                continue
+            dst[p : p + BLOCK] = ZERO_BLOCK
+            if (va == 0 or vb == 0) and ct == ZERO_BLOCK:
+                continue
+            self.auth_failures += 1
+            bad.append(i)
         return bad
 
     def clear_unwritten(
