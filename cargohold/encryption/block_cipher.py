@@ -246,6 +246,10 @@ class BlockCipher:
         self._derived: OrderedDict[tuple[int, bytes, int], AESGCM] = OrderedDict()
         self._seal_epoch = -1
         self._seal_gcm: AESGCM | None = None
+        self._last_open: tuple[tuple[bytes, int], AESGCM] = (
+            (b"", -1),
+            AESGCM(bytes(KEY_BYTES)),  # matches no slot (no salt is empty)
+        )
         self.salt = salt
         self.volume_id = bytes(volume_id)
         self.auth_failures = 0  # blocks that authenticated under no slot (open_block)
@@ -421,8 +425,7 @@ class BlockCipher:
         dst = memoryview(out).cast("B")
         unpack, nonce_of, tail = ENTRY_STRUCT.unpack_from, NONCE.pack, AD_TAIL.pack
         vid, sivs, nkeys = self.volume_id, self._aeads, len(self._keys)
-        last: tuple[bytes, int] | None = None  # the salt and epoch of ``last_aead`` (key 0)
-        last_aead: AESGCM | None = None
+        last, last_aead = self._last_open  # key 0's AES-GCM last used, by salt and epoch
         bad = []
         for k in range(len(mv) // BLOCK):
             i, p = first + k, k * BLOCK
@@ -452,12 +455,13 @@ class BlockCipher:
                     aead: AESGCM | AESGCMSIV
                     if not flags & GCM:
                         aead = sivs[key]
-                    elif key == 0 and last == (salt, version >> 32) and last_aead is not None:
+                    elif key == 0 and last == (salt, version >> 32):
                         aead = last_aead
                     else:
                         aead = self._gcm(key, salt, version >> 32)
                         if key == 0:
                             last, last_aead = (salt, version >> 32), aead
+                            self._last_open = last, aead
                     try:
                         if flags & ZERO:
                             aead.decrypt(nonce, sealed, ad)
