@@ -62,3 +62,30 @@ def tag_block(i: int) -> int:
 def tag_offset(i: int) -> int:
     """Where logical block ``i``'s tag entry starts within its tag block."""
     return i % GROUP * ENTRY
+
+
+def extent_blocks(lo: int, hi: int) -> int:
+    """Physical blocks of the extent holding logical blocks [lo, hi), ``lo`` at a group's
+    start: their ciphertext and the tag blocks of the whole groups among them."""
+    if hi <= lo:
+        return 0
+    end = data_block(hi - 1) + 1 + (1 if hi % GROUP == 0 else 0)
+    return end - data_block(lo)
+
+
+def logical_runs(start: int, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Block status of physical blocks from ``start`` (``(bytes, flags)`` runs) as runs of
+    the logical blocks they hold: tag blocks left out, neighbours of equal flags merged."""
+    out: list[tuple[int, int]] = []
+    p = start
+    for n, flags in runs:
+        q = p + n // BLOCK
+        for phys in range(p, q):
+            if phys % (GROUP + 1) == GROUP:  # a tag block
+                continue
+            if out and out[-1][1] == flags:
+                out[-1] = (out[-1][0] + BLOCK, flags)
+            else:
+                out.append((BLOCK, flags))
+        p = q
+    return out

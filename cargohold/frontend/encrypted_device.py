@@ -50,7 +50,6 @@ from cargohold.encryption.block_cipher import (
     ENTRY,
     RETIRED_SLOT,
     BlockCipher,
-    Slot,
     encode_slot,
     may_be_unwritten,
     put_slot,
@@ -149,7 +148,7 @@ class EncryptedDevice:
     def status(self) -> dict[str, Any]:
         """The engine status's ``encryption``."""
         return {
-            "cipher": "AES-256-GCM-SIV",
+            "cipher": "AES-256-GCM",  # version-1 blocks: AES-256-GCM-SIV
             "key_check": "failed" if self.wrong_key else "ok",
             "version_epoch": self.epoch,
             "version_counter": self._counter,
@@ -284,8 +283,22 @@ class EncryptedDevice:
     async def _write(self, lo: int, hi: int, data: memoryview, fua: bool) -> None:
         version = self._next_version()
         groups = range(lo // GROUP, (hi - 1) // GROUP + 1)
-        ct = bytearray(len(data))
-        tags = self.cipher.seal_run(lo, version, data, ct)
+        # sealed where it will be written: the partial first group alone, the rest in
+        # the layout of its physical extent (with room for the tag blocks in it)
+        head = min(hi, -(-lo // GROUP) * GROUP) if lo % GROUP else lo
+        tags: list[bytes] = []
+        first = bytearray((head - lo) * BLOCK)
+        if head > lo:
+            tags += self.cipher.seal_run(lo, version, data[: len(first)], first)
+        start = layout.data_block(head)
+        extent = bytearray(layout.extent_blocks(head, hi) * BLOCK)
+        for g in range(head // GROUP, (hi - 1) // GROUP + 1) if hi > head else ():
+            a, b = g * GROUP, min(hi, (g + 1) * GROUP)
+            p = (layout.data_block(a) - start) * BLOCK
+            part = memoryview(extent)[p : p + (b - a) * BLOCK]
+            tags += self.cipher.seal_run(
+                a, version, data[(a - lo) * BLOCK : (b - lo) * BLOCK], part
+            )
         # the tags first: every tag block updated in memory, then written (merged)
         if len(groups) == 1:  # the common case: no task per step
             loaded = [await self._tags(groups[0])]
@@ -294,9 +307,8 @@ class EncryptedDevice:
         for g, t in zip(groups, loaded, strict=True):
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
             await self._settle(g, t, a, b)  # before any slot of this write is put
-            for i in range(a, b):
-                t.acked.discard(i - g * GROUP)
-                put_slot(t.data, i - g * GROUP, Slot(version, tags[i - lo]))
+            t.acked.difference_update(range(a - g * GROUP, b - g * GROUP))
+            self.cipher.put_sealed(t.data, a - g * GROUP, version, tags[a - lo : b - lo])
             t.applied += 1
         if len(groups) == 1:
             await self._commit(groups[0], loaded[0])
@@ -306,14 +318,12 @@ class EncryptedDevice:
         if fua:  # durable data needs durable tags: else a power loss keeps data it cannot read
             await self.inner.flush()
         # then the ciphertext: the partial first group alone, the rest as one extent
-        head = min(hi, -(-lo // GROUP) * GROUP) if lo % GROUP else lo
         writes: list[Awaitable[None]] = []
         if head > lo:
-            writes.append(self._put_data(lo, head, memoryview(ct)[: (head - lo) * BLOCK], fua))
+            writes.append(self._put_data(lo, head, memoryview(first), fua))
         if hi > head:
-            tail = memoryview(ct)[(head - lo) * BLOCK :]
             writes.append(
-                self._put_extent(head, hi, tail, fua, dict(zip(groups, loaded, strict=True)))
+                self._put_extent(head, hi, extent, fua, dict(zip(groups, loaded, strict=True)))
             )
         if len(writes) == 1:
             await writes[0]
@@ -321,14 +331,15 @@ class EncryptedDevice:
             await asyncio.gather(*writes)
         for g, t in zip(groups, loaded, strict=True):
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
-            t.acked.update(i - g * GROUP for i in range(a, b))
+            t.acked.update(range(a - g * GROUP, b - g * GROUP))
         self.counters["encrypted_blocks"] += hi - lo
 
     async def _settle(self, g: int, t: _Tags, a: int, b: int) -> None:
         """Empty the slots of unwritten versions before new slots (block_cipher.py)."""
+        acked, data, base = t.acked, t.data, g * GROUP
         for i in range(a, b):
-            j = i - g * GROUP
-            if j not in t.acked and may_be_unwritten(t.data, j):
+            j = i - base
+            if j not in acked and may_be_unwritten(data, j):
                 ct = await self.inner.read(layout.data_block(i) * BLOCK, BLOCK)
                 if self.cipher.clear_unwritten(i, t.data, j, ct):
                     self.counters["unwritten_slots_cleared"] += 1
@@ -338,27 +349,17 @@ class EncryptedDevice:
         await self.inner.write(layout.data_block(lo) * BLOCK, ct, fua)
 
     async def _put_extent(
-        self, lo: int, hi: int, ct: memoryview, fua: bool, tag_blocks: Mapping[int, _Tags]
+        self, lo: int, hi: int, extent: bytearray, fua: bool, tag_blocks: Mapping[int, _Tags]
     ) -> None:
-        """Ciphertext of blocks [lo, hi), ``lo`` at a group's start: one physical extent,
-        with the (already written, unchanged since: every block of them is claimed) tag
-        blocks of the whole groups in it."""
+        """The physical extent of blocks [lo, hi), ``lo`` at a group's start, sealed in
+        place (``_write``): with the (already written, unchanged since: every block of them
+        is claimed) tag blocks of its whole groups copied in, as one write."""
         start = layout.data_block(lo)
-        end = layout.data_block(hi - 1) + 1
-        if hi % GROUP == 0:  # the last group is whole: its tag block too
-            end += 1
-        if end - start == hi - lo:  # part of one group, no tag block inside
-            await self.inner.write(start * BLOCK, ct, fua)
-            return
-        buf = bytearray((end - start) * BLOCK)
         for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
-            a, b = g * GROUP, min(hi, (g + 1) * GROUP)
-            p = (layout.data_block(a) - start) * BLOCK
-            buf[p : p + (b - a) * BLOCK] = ct[(a - lo) * BLOCK : (b - lo) * BLOCK]
-            if b == (g + 1) * GROUP:
-                q = (layout.tag_block(a) - start) * BLOCK
-                buf[q : q + BLOCK] = tag_blocks[g].data
-        await self.inner.write(start * BLOCK, memoryview(buf), fua)
+            if min(hi, (g + 1) * GROUP) == (g + 1) * GROUP:
+                q = (layout.tag_block(g * GROUP) - start) * BLOCK
+                extent[q : q + BLOCK] = tag_blocks[g].data
+        await self.inner.write(start * BLOCK, memoryview(extent), fua)
 
     async def trim(self, offset: int, length: int) -> None:
         await self._zero(offset, length, False)
@@ -398,10 +399,10 @@ class EncryptedDevice:
             if whole:  # the ZERO slot is enough: zeros whatever the ciphertext
                 base = j * ENTRY
                 t.data[base : base + ENTRY] = encode_slot(
-                    Slot(version, zero(i, version), 1)
+                    self.cipher.slot(version, zero(i, version), zero=True)
                 ) + encode_slot(RETIRED_SLOT)
             else:
-                put_slot(t.data, j, Slot(version, zero(i, version), 1))
+                put_slot(t.data, j, self.cipher.slot(version, zero(i, version), zero=True))
         t.applied += 1
         await self._commit(g, t)
         self.counters["tag_block_writes"] += 1
@@ -477,7 +478,7 @@ class EncryptedDevice:
                 a,
                 mv[p : p + (b - a) * BLOCK],
                 memoryview(tags)[(a - g * GROUP) * ENTRY : (b - g * GROUP) * ENTRY],
-                dst[(a - lo) * BLOCK : (b - lo) * BLOCK],  # type: ignore[arg-type]
+                dst[(a - lo) * BLOCK : (b - lo) * BLOCK],
             )
         return bad
 
@@ -567,18 +568,7 @@ class EncryptedDevice:
         start = layout.data_block(lo)
         end = layout.data_block(hi - 1) + 1
         runs = await self.inner.block_status(start * BLOCK, (end - start) * BLOCK)
-        out: list[tuple[int, int]] = []
-        p = start
-        for n, flags in runs:
-            q = p + n // BLOCK
-            for phys in range(p, q):
-                if phys % (GROUP + 1) == GROUP:  # a tag block
-                    continue
-                if out and out[-1][1] == flags:
-                    out[-1] = (out[-1][0] + BLOCK, flags)
-                else:
-                    out.append((BLOCK, flags))
-            p = q
+        out = layout.logical_runs(start, runs)
         if not out:
             raise ChecksumError("block status: nothing reported")  # pragma: no cover
         return out

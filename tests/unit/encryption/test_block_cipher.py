@@ -12,6 +12,7 @@ from cargohold.encryption import block_cipher as bc
 from cargohold.encryption.block_cipher import BlockCipher, Slot, encode_slot, version_of
 from cargohold.encryption.layout import BLOCK, ENTRY
 from cargohold.errors import InvalidArgument
+from tests.support.encryption_v1 import V1Cipher
 
 KEY = bytes(range(32))
 VID = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -60,8 +61,8 @@ def test_round_trip(plain, index, epoch, counter):
     v = bc.version_of(epoch, counter)
     ct, tag = c.seal(index, v, plain)
     assert len(ct) == BLOCK and ct != plain
-    assert c.open_block(index, ct, entry(Slot(v, tag))) == plain
-    assert c.open_block(index, ct, entry(None, Slot(v, tag))) == plain
+    assert c.open_block(index, ct, entry(c.slot(v, tag))) == plain
+    assert c.open_block(index, ct, entry(None, c.slot(v, tag))) == plain
 
 
 def test_runs_are_blocks_sealed_one_by_one():
@@ -76,15 +77,18 @@ def test_runs_are_blocks_sealed_one_by_one():
             tags[k],
         )
     back = bytearray(len(plain))
-    entries = b"".join(entry(Slot(v, t)) for t in tags)
+    entries = b"".join(entry(c.slot(v, t)) for t in tags)
     assert c.open_run(10, out, entries, back) == [] and back == plain
 
 
 class TestTampering:
-    """Each class of tampering fails authentication (``open_block`` -> None, counted)."""
+    """Each class of tampering fails authentication (``open_block`` -> None, counted):
+    version-2 slots (AES-256-GCM, derived key), and version-1 slots below."""
+
+    make = BlockCipher
 
     def setup_method(self):
-        self.c = BlockCipher(KEY, VID)
+        self.c = self.make(KEY, VID)
         self.v1, self.v2 = bc.version_of(1, 1), bc.version_of(2, 1)
         self.p0, self.p1 = b"\x11" * BLOCK, b"\x22" * BLOCK
         self.ct0, self.tag0 = self.c.seal(0, self.v1, self.p0)
@@ -99,37 +103,37 @@ class TestTampering:
         for pos in (0, 1234, BLOCK - 1):
             ct = bytearray(self.ct0)
             ct[pos] ^= 0x10
-            self.bad(0, ct, entry(Slot(self.v1, self.tag0)))
+            self.bad(0, ct, entry(self.c.slot(self.v1, self.tag0)))
 
     def test_a_bit_flipped_in_the_tag_or_the_version(self):
         tag = bytearray(self.tag0)
         tag[5] ^= 1
-        self.bad(0, self.ct0, entry(Slot(self.v1, bytes(tag))))
-        self.bad(0, self.ct0, entry(Slot(self.v1 + 1, self.tag0)))
+        self.bad(0, self.ct0, entry(self.c.slot(self.v1, bytes(tag))))
+        self.bad(0, self.ct0, entry(self.c.slot(self.v1 + 1, self.tag0)))
 
     def test_blocks_swapped_within_the_volume(self):
-        self.bad(1, self.ct0, entry(Slot(self.v1, self.tag0)))  # block and entry moved
-        self.bad(0, self.ct1, entry(Slot(self.v1, self.tag0)))  # the ciphertext only
+        self.bad(1, self.ct0, entry(self.c.slot(self.v1, self.tag0)))  # block and entry moved
+        self.bad(0, self.ct1, entry(self.c.slot(self.v1, self.tag0)))  # the ciphertext only
 
     def test_a_block_of_another_volume(self):
-        other = BlockCipher(KEY, bytes(16))  # same key, another encryption id
+        other = self.make(KEY, bytes(16))  # same key, another encryption id
         ct, tag = other.seal(0, self.v1, self.p0)
-        self.bad(0, ct, entry(Slot(self.v1, tag)))
+        self.bad(0, ct, entry(other.slot(self.v1, tag)))
 
     def test_a_wrong_key(self):
-        wrong = BlockCipher(bytes(32), VID)
-        assert wrong.open_block(0, self.ct0, entry(Slot(self.v1, self.tag0))) is None
+        wrong = self.make(bytes(32), VID)
+        assert wrong.open_block(0, self.ct0, entry(self.c.slot(self.v1, self.tag0))) is None
 
     def test_an_older_version_replayed(self):
         _, tag2 = self.c.seal(0, self.v2, self.p1)
         # the entry now holds v2 (newest) and v1 retired: v1's ciphertext is refused
-        self.bad(0, self.ct0, entry(bc.RETIRED_SLOT, Slot(self.v2, tag2)))
+        self.bad(0, self.ct0, entry(bc.RETIRED_SLOT, self.c.slot(self.v2, tag2)))
         # ... and with v1's tag replayed under v2's version
-        self.bad(0, self.ct0, entry(Slot(self.v2, self.tag0)))
+        self.bad(0, self.ct0, entry(self.c.slot(self.v2, self.tag0)))
 
     def test_the_previous_version_authenticates_until_its_slot_is_retired(self):
         ct2, tag2 = self.c.seal(0, self.v2, self.p1)
-        both = bytearray(entry(Slot(self.v1, self.tag0), Slot(self.v2, tag2)))
+        both = bytearray(entry(self.c.slot(self.v1, self.tag0), self.c.slot(self.v2, tag2)))
         assert self.c.open_block(0, ct2, both) == self.p1
         assert self.c.open_block(0, self.ct0, both) == self.p0  # the crash window
         assert bc.retire_older(both, 0)
@@ -141,9 +145,29 @@ class TestTampering:
 
     def test_a_zero_slot_cannot_authenticate_data(self):
         ztag = self.c.zero_tag(0, self.v1)
-        self.bad(0, self.ct0, entry(Slot(self.v1, self.tag0, bc.ZERO)))  # a data tag as ZERO
-        self.bad(0, self.ct0, entry(Slot(self.v1, ztag)))  # a ZERO tag as data
-        assert self.c.open_block(0, self.ct0, entry(Slot(self.v1, ztag, bc.ZERO))) == bytes(BLOCK)
+        self.bad(
+            0, self.ct0, entry(self.c.slot(self.v1, self.tag0, zero=True))
+        )  # a data tag as ZERO
+        self.bad(0, self.ct0, entry(self.c.slot(self.v1, ztag)))  # a ZERO tag as data
+        assert self.c.open_block(
+            0, self.ct0, entry(self.c.slot(self.v1, ztag, zero=True))
+        ) == bytes(BLOCK)
+
+
+class TestTamperingV1(TestTampering):
+    """The same for version-1 slots (AES-256-GCM-SIV under the data key: older volumes)."""
+
+    make = V1Cipher
+
+    def test_flags_and_salt_name_the_format(self):
+        # a version-1 slot read as version 2 (GCM flag set) and a version-2 one as 1
+        self.bad(0, self.ct0, entry(Slot(self.v1, self.tag0, bc.GCM)))
+        c2 = BlockCipher(KEY, VID)
+        ct, tag = c2.seal(0, self.v1, self.p0)
+        self.bad(0, ct, entry(Slot(self.v1, tag, 0, c2.salt)))
+        salt = bytes([c2.salt[0] ^ 1]) + c2.salt[1:]  # another incarnation's salt
+        self.bad(0, ct, entry(Slot(self.v1, tag, bc.GCM, salt)))
+        assert self.c.open_block(0, ct, entry(c2.slot(self.v1, tag))) == self.p0
 
 
 def test_never_written_and_torn_first_writes_read_as_zeros():
@@ -152,9 +176,9 @@ def test_never_written_and_torn_first_writes_read_as_zeros():
     assert c.open_block(5, bytes(BLOCK), bytes(ENTRY)) == bytes(BLOCK)
     _, tag = c.seal(5, v, b"\x01" * BLOCK)
     # the tag reached the disk, the data did not: the block's old content, zeros
-    assert c.open_block(5, bytes(BLOCK), entry(Slot(v, tag))) == bytes(BLOCK)
+    assert c.open_block(5, bytes(BLOCK), entry(c.slot(v, tag))) == bytes(BLOCK)
     # once retired (the data was written), a zeroed ciphertext no longer passes
-    assert c.open_block(5, bytes(BLOCK), entry(Slot(v, tag), bc.RETIRED_SLOT)) is None
+    assert c.open_block(5, bytes(BLOCK), entry(c.slot(v, tag), bc.RETIRED_SLOT)) is None
 
 
 def test_slots_alternate_and_keep_the_newest():
@@ -185,12 +209,12 @@ def test_bad_keys_ids_and_versions_are_refused():
 def test_older_keys_open_what_they_sealed_and_key_index_names_the_key():
     older = BlockCipher(bytes(range(100, 132)), VID)
     ct, tag = older.seal(5, version_of(1, 1), b"a" * BLOCK)
-    entry = encode_slot(Slot(version_of(1, 1), tag)) + encode_slot(None)
+    entry = encode_slot(older.slot(version_of(1, 1), tag)) + encode_slot(None)
     both = BlockCipher([KEY, bytes(range(100, 132))], VID)  # the newest first
     assert both.open_block(5, ct, entry) == b"a" * BLOCK
     assert both.key_index(5, ct, entry) == 1
     ct2, tag2 = both.seal(5, version_of(1, 2), b"b" * BLOCK)  # the newest key seals
-    entry2 = encode_slot(Slot(version_of(1, 2), tag2)) + encode_slot(None)
+    entry2 = encode_slot(both.slot(version_of(1, 2), tag2)) + encode_slot(None)
     assert both.key_index(5, ct2, entry2) == 0
     assert BlockCipher(KEY, VID).open_block(5, ct2, entry2) == b"b" * BLOCK
     assert older.open_block(5, ct2, entry2) is None

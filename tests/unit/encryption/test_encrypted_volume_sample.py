@@ -1,7 +1,8 @@
-"""The checked-in sample of an encrypted volume's format (docs/formats/encrypted-volume.md):
-three blocks of group 0 as stored, then group 0's tag block, under the test key below.
+"""The checked-in sample of an encrypted volume's version-1 slots (docs/formats/
+encrypted-volume.md): three blocks of group 0 as stored, then group 0's tag block, under
+the test key below, as engines before version 2 wrote them (they must keep opening).
 Decoded here field by field as the document says, decrypted, and rebuilt byte for byte
-(AES-GCM-SIV with a derived nonce is deterministic).
+(AES-GCM-SIV with a derived nonce is deterministic). Version 2: the ``_v2`` test.
 
 Rebuild it after a deliberate format change:
 ``CARGOHOLD_REGENERATE=1 .venv/bin/pytest tests/unit/encryption/test_encrypted_volume_sample.py``
@@ -16,6 +17,7 @@ import struct
 from cargohold.encryption import block_cipher as bc
 from cargohold.encryption.block_cipher import BlockCipher, Slot
 from cargohold.encryption.layout import BLOCK, ENTRY, GROUP
+from tests.support.encryption_v1 import V1Cipher
 
 SAMPLE = pathlib.Path(__file__).parents[2] / "data" / "encrypted-volume-sample.bin"
 KEY = bytes(range(32))  # 000102...1f
@@ -28,7 +30,7 @@ def text(block: int, version: int) -> bytes:
 
 
 def build() -> bytes:
-    c = BlockCipher(KEY, VID)
+    c = V1Cipher(KEY, VID)
     v = [bc.version_of(1, n) for n in range(1, 5)]
     tags = bytearray(BLOCK)
     # block 0: written at v1, then at v2 (both slots held: the v2 data is the stored one)

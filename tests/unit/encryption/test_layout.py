@@ -36,3 +36,13 @@ def test_blocks_never_collide(i):
     assert len(blocks) == 3
     assert layout.data_block(i) % (layout.GROUP + 1) != layout.GROUP
     assert layout.tag_block(i) % (layout.GROUP + 1) == layout.GROUP
+
+
+def test_extents_and_logical_runs():
+    assert layout.extent_blocks(0, 0) == 0
+    assert layout.extent_blocks(0, 10) == 10  # part of one group: no tag block
+    assert layout.extent_blocks(0, 64) == 65  # a whole group: its tag block too
+    assert layout.extent_blocks(64, 200) == 65 + 65 + 8
+    # physical blocks 60..70 of which 64 is a tag block: 10 data blocks; flags split at 66
+    runs = layout.logical_runs(60, [(6 * 4096, 0), (5 * 4096, 1)])
+    assert runs == [(5 * 4096, 0), (5 * 4096, 1)]
