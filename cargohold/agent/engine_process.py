@@ -156,6 +156,8 @@ class EngineProcess:
         self.key_source: Callable[[str, int], Awaitable[tuple[bytes, str]]] | None = None
         self._data_key: bytes | None = None
         self.key_fetch: asyncio.Task[None] | None = None
+        # the node's replica server's unix socket: the local replica's link (Engines sets it)
+        self.local_unix: str | None = None
 
     @property
     def volume(self) -> str:
@@ -252,6 +254,7 @@ class EngineProcess:
             read_only=s.read_only,
             data_key_fd=data_key_fd,
             encryption_key_id=s.encryption_id,
+            local_unix=self.local_unix,
         )
 
     def _start_child(self) -> None:

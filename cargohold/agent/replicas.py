@@ -107,6 +107,8 @@ class Replicas:
         self._broken_stamps: dict[str, str] = {}  # disk path -> why its stamp is unreadable
         self._swept_at = 0.0  # monotonic time of the last trash sweep
         self.creds: NodeCredentials | None = None  # set by the agent; None: plaintext
+        # the server's unix socket, for this node's engines (set by the agent; None: none)
+        self.unix: str | None = None
 
     # --- the replica server --------------------------------------------------------------
     def _process(self, port: int) -> ReplicaServerProcess:
@@ -121,6 +123,7 @@ class Replicas:
             os.path.join(self.dir, "logs", "replica-server.log"),
             creds.replica_server_dir() if creds else None,
             creds.client() if creds else None,
+            self.unix,
         )
 
     async def _serve(self) -> None:
