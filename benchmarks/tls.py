@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark: what mutual TLS costs on the data path (issue #16, "Figures").
 
-One engine with three replica servers on loopback, started fresh for every run, with TLS
-(a test CA's certificates: replica servers role ``replica``, the engine role ``engine``)
-and without (``--plaintext``), interleaved: every repetition runs both, in alternating
-order, so the two modes see the same machine within a minute of each other. Workloads
+One engine with three replica servers on loopback, started fresh for every run, in three
+modes: ``tls``, as cargohold runs (a test CA's certificates: replica servers role
+``replica``, the engine role ``engine``; the engine's local replica over its server's unix
+socket in clear, the other two over mutual TLS), ``tls-tcp`` (all three links mutual TLS
+over TCP, as before the local link), and ``plain`` (``--plaintext``, all TCP), interleaved:
+every repetition runs all three, in rotating order, so the modes see the same machine
+within a minute or two of each other. Workloads
 (fio, ``--ioengine=nbd``): 4 KiB random write at QD16 and 1 MiB sequential write at QD4.
 Reported per mode: median and spread (min-max) of IOPS and MB/s over the repetitions, and
 TLS's cost as the ratio of the medians; and the CPU an operation costs (µs of CPU of the
@@ -53,6 +56,7 @@ from tests.support.tls import PKI  # noqa: E402
 
 WORKLOADS = {"randwrite-4k-qd16": ("randwrite", "4k", 16), "seqwrite-1m-qd4": ("write", "1M", 4)}
 KEYS = ("iops", "mb_per_s", "cpu_us_per_op", "cpu_us_per_op_engine")
+MODES = ("plain", "tls", "tls-tcp")  # tls: the local replica over its unix socket
 
 
 async def handshake_ms(pki: PKI, work: str, n: int = 50) -> dict[str, float]:
@@ -152,14 +156,20 @@ def main() -> None:
             "start_s": [],
             "dirty_kib_after_sync": [],
         }
-        for m in ("plain", "tls")
+        for m in MODES
     }
     try:
         for rep in range(args.repeats):
-            order = (False, True) if rep % 2 == 0 else (True, False)
-            for tls in order:
-                mode = "tls" if tls else "plain"
-                sys_ = EngineLab(work, size, f"run-{rep}-{mode}", pki=pki if tls else None)
+            order = MODES[rep % len(MODES) :] + MODES[: rep % len(MODES)]
+            for mode in order:
+                tls = mode != "plain"
+                sys_ = EngineLab(
+                    work,
+                    size,
+                    f"run-{rep}-{mode}",
+                    pki=pki if tls else None,
+                    local_unix=mode == "tls",
+                )
                 try:
                     sys_.start()
                     runs[mode]["start_s"].append(sys_.start_seconds)
@@ -195,22 +205,24 @@ def main() -> None:
         "connection_ms": hs,
         "wire_only": wire_only,
     }
-    cost = {}
-    for w in WORKLOADS:
-        for k in KEYS:
-            p = result["modes"]["plain"][f"{w}:{k}"]["median"]
-            t = result["modes"]["tls"][f"{w}:{k}"]["median"]
-            if k.startswith("cpu"):  # what TLS adds to the CPU an operation costs
-                cost[f"{w}:{k}"] = 100 * (t / p - 1) if p else 0.0
-            else:  # what TLS takes off the throughput
-                cost[f"{w}:{k}"] = 100 * (1 - t / p) if p else 0.0
-    result["tls_cost_pct"] = cost
+    costs: dict[str, dict[str, float]] = {"tls": {}, "tls-tcp": {}}
+    for m, cost in costs.items():
+        for w in WORKLOADS:
+            for k in KEYS:
+                p = result["modes"]["plain"][f"{w}:{k}"]["median"]
+                t = result["modes"][m][f"{w}:{k}"]["median"]
+                if k.startswith("cpu"):  # what TLS adds to the CPU an operation costs
+                    cost[f"{w}:{k}"] = 100 * (t / p - 1) if p else 0.0
+                else:  # what TLS takes off the throughput
+                    cost[f"{w}:{k}"] = 100 * (1 - t / p) if p else 0.0
+    result["tls_cost_pct"] = costs["tls"]
+    result["tls_tcp_cost_pct"] = costs["tls-tcp"]
     ps, ts = (result["modes"][m]["start_s"]["median"] for m in ("plain", "tls"))
     result["engine_start_extra_ms"] = 1000 * (ts - ps)
     result["load_after"] = os.getloadavg()
     result["cpu_us_per_op"] = {
         f"{m}:{w}": result["modes"][m][f"{w}:cpu_us_per_op"]["median"]
-        for m in ("plain", "tls")
+        for m in MODES
         for w in WORKLOADS
     }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
@@ -219,11 +231,13 @@ def main() -> None:
     print()
     for w in WORKLOADS:
         for k in KEYS:
-            p, t = (result["modes"][m][f"{w}:{k}"] for m in ("plain", "tls"))
+            p, t, a = (result["modes"][m][f"{w}:{k}"] for m in MODES)
             print(
                 f"{w:18} {k:20} plain {p['median']:9.1f} ({p['min']:.1f}-{p['max']:.1f})  "
-                f"tls {t['median']:9.1f} ({t['min']:.1f}-{t['max']:.1f})  "
-                f"cost {cost[f'{w}:{k}']:5.1f}%"
+                f"tls {t['median']:9.1f} ({t['min']:.1f}-{t['max']:.1f}) "
+                f"cost {costs['tls'][f'{w}:{k}']:5.1f}%  "
+                f"tls-tcp {a['median']:9.1f} ({a['min']:.1f}-{a['max']:.1f}) "
+                f"cost {costs['tls-tcp'][f'{w}:{k}']:5.1f}%"
             )
     print(
         f"engine start: plain {ps:.2f} s, tls {ts:.2f} s (+{result['engine_start_extra_ms']:.0f} "
