@@ -135,7 +135,7 @@ async def connect(
         client = None
         try:
             client = await ReplicaClient.connect(unix=spec.unix, timeout=timeout)
-            await asyncio.wait_for(client.negotiate(batch, engine=volume), timeout)
+            await asyncio.wait_for(client.negotiate(batch, volume, spec.id), timeout)
             link.transport = "unix"
             return client
         except (CargoholdError, OSError, TimeoutError) as e:

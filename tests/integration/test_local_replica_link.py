@@ -24,6 +24,7 @@ from cargohold.errors import InvalidArgument, PermissionDenied
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
 from cargohold.replica.client import ReplicaClient
+from cargohold.replica.workers import owner
 from tests.support.engine import EngineProc
 from tests.support.processes import ServerProc
 
@@ -234,34 +235,50 @@ def test_a_user_other_than_root_is_refused(tmp_path, pki):
             s.stop()
 
 
-async def test_an_engine_on_the_socket_is_held_to_its_volume(tmp_path, pki):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_an_engine_on_the_socket_is_held_to_its_volume(tmp_path, pki, workers):
+    """With worker processes too: the parent hands an engine's HELLO on, unread, to the
+    worker that owns the replica it names (replicas here are on worker 1, not the one a
+    connection without a replica goes to first)."""
     (tmp_path / "d").mkdir()
     unix = _root_dir(tmp_path)
     s = ServerProc(
-        [str(tmp_path / "d")], unix=unix, tls_dir=pki.dir("replica", "n0"), log_dir=str(tmp_path)
+        [str(tmp_path / "d")],
+        unix=unix,
+        workers=workers,
+        tls_dir=pki.dir("replica", "n0"),
+        log_dir=str(tmp_path),
     ).start()
+    mine, theirs = (
+        next(f"{v}-r{i:x}" for i in range(64) if owner(f"{v}-r{i:x}", 2) == workers - 1)
+        for v in ("va", "vb")
+    )
     try:
-        agent = await ReplicaClient.connect(unix=unix)  # declares nothing: the agent's rights
-        for rid, volume in (("va-r1", "va"), ("vb-r1", "vb")):
+        for rid, volume in ((mine, "va"), (theirs, "vb")):
+            agent = await ReplicaClient.connect(unix=unix)  # declares nothing: the agent's
             await agent.create(rid, SIZE, volume=volume)
+            await agent.close()
         c = await ReplicaClient.connect(unix=unix)
-        await c.negotiate(engine="va")
-        assert [x["id"] for x in await c.list()] == ["va-r1"]
+        await c.negotiate(engine="va", replica=mine)
+        assert [x["id"] for x in await c.list()] == [mine]
         with pytest.raises(PermissionDenied):
-            await c.open("vb-r1", 5)  # another volume's replica: not fenced by it
+            await c.open(theirs, 5)  # another volume's replica: not fenced by it
         with pytest.raises(PermissionDenied):
             await c.create("va-r2", SIZE, volume="va")
         with pytest.raises(PermissionDenied):
-            await c.delete("vb-r1")
+            await c.delete(theirs)
         with pytest.raises(PermissionDenied):
             await c.hello(2, engine="vb")  # a scope never widens
-        with pytest.raises(InvalidArgument):
-            await (await ReplicaClient.connect(unix=unix)).hello(2, engine="../x")
-        info = await c.open("va-r1", 1)
-        assert info["epoch"] == 1
+        info = await c.open(mine, 1)
+        assert info["epoch"] == 1 and (workers == 1 or info["pid"] != s.proc.pid)
         await c.close()
+        bad = await ReplicaClient.connect(unix=unix)
+        with pytest.raises(InvalidArgument):
+            await bad.hello(2, engine="../x", replica=mine)
+        await bad.close()
         # vb's replica was never opened at epoch 5: its epoch is still 0
-        await agent.open("vb-r1", 0)
+        agent = await ReplicaClient.connect(unix=unix, replica=theirs)
+        await agent.open(theirs, 0)
         assert (await agent.info())["epoch"] == 0
         await agent.close()
     finally:
