@@ -55,3 +55,28 @@ def test_the_children_get_the_socket():
     assert "--local-unix" not in engine_argv(
         "v", 1, ["r1@g:1"], None, "127.0.0.1", 0, "/c", local_unix="/s"
     )
+
+
+async def test_an_upgrade_adopts_the_server_an_older_agent_started_without_a_socket(
+    tmp_path, monkeypatch
+):
+    """Handover across the upgrade that brought the socket: the running server's command
+    line has no --unix; it is adopted as it runs (not stopped as a leftover: its replicas
+    keep serving), and the next start of it gets the socket."""
+    import asyncio
+
+    from cargohold.agent.processes import ReplicaServerProcess
+    from cargohold.agent.replicas import Replicas
+    from cargohold.control.model import DiskReport
+
+    async def adopt(self, pid):  # type: ignore[no-untyped-def]
+        return "--unix" not in self.argv  # the old server runs exactly this
+
+    monkeypatch.setattr(ReplicaServerProcess, "adopt", adopt)
+    r = Replicas("n1", "127.0.0.1", str(tmp_path), 60.0, asyncio.Event(), lambda: None)
+    r.disks = [DiskReport(name="d", path=str(tmp_path / "d"), capacity_bytes=1 << 30)]
+    r.unix = replica_socket(str(tmp_path))
+    state = {"replica_port": 9500, "children": {"replica_server": {"pid": 4321}}}
+    assert await r.adopt(state, None) == 4321
+    assert r.server is not None and "--unix" not in r.server.argv
+    assert "--unix" in r._process(9500).argv  # what the next start runs
