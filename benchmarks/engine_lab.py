@@ -151,6 +151,10 @@ class EngineLab:
         r["cpu_us_per_op_engine"] = method.cpu_us_per_op(
             {self.pids[0]: cpu0[self.pids[0]]}, cpu1, ops
         )
+        # the replica server of the engine's local replica (the first) alone
+        r["cpu_us_per_op_local"] = method.cpu_us_per_op(
+            {self.pids[1]: cpu0[self.pids[1]]}, cpu1, ops
+        )
         return r
 
     def stop(self) -> None:

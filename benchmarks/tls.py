@@ -55,7 +55,7 @@ from tests.support.processes import ServerProc  # noqa: E402
 from tests.support.tls import PKI  # noqa: E402
 
 WORKLOADS = {"randwrite-4k-qd16": ("randwrite", "4k", 16), "seqwrite-1m-qd4": ("write", "1M", 4)}
-KEYS = ("iops", "mb_per_s", "cpu_us_per_op", "cpu_us_per_op_engine")
+KEYS = ("iops", "mb_per_s", "cpu_us_per_op", "cpu_us_per_op_engine", "cpu_us_per_op_local")
 MODES = ("plain", "tls", "tls-tcp")  # tls: the local replica over its unix socket
 
 
@@ -82,9 +82,15 @@ async def handshake_ms(pki: PKI, work: str, n: int = 50) -> dict[str, float]:
     return out
 
 
-async def wire_rate(port: int, creds: Any, bs: int, qd: int, seconds: float) -> float:
-    """Writes per second of ``bs`` bytes at queue depth ``qd`` over one connection."""
-    c = await ReplicaClient.connect("127.0.0.1", port, tls=creds, replica="w-r1")
+async def wire_rate(
+    port: int, creds: Any, bs: int, qd: int, seconds: float, unix: str | None = None
+) -> float:
+    """Writes per second of ``bs`` bytes at queue depth ``qd`` over one connection (over
+    the server's unix socket ``unix`` when given)."""
+    if unix:
+        c = await ReplicaClient.connect(unix=unix)
+    else:
+        c = await ReplicaClient.connect("127.0.0.1", port, tls=creds, replica="w-r1")
     await c.open("w-r1", 1)
     data, done = os.urandom(bs), 0
     end = time.perf_counter() + seconds
@@ -102,15 +108,19 @@ async def wire_rate(port: int, creds: Any, bs: int, qd: int, seconds: float) -> 
 
 
 async def wire(pki: PKI, work: str, seconds: float, repeats: int) -> dict[str, Any]:
-    """The replica wire alone (no engine, one replica server, one connection), TLS vs plain,
-    interleaved: MB/s of 4 KiB writes at QD16 and 1 MiB writes at QD4."""
+    """The replica wire alone (no engine, one replica server, one connection), TLS vs plain
+    TCP vs the unix socket of a TLS server (``unix``: the engine's local link), interleaved:
+    MB/s of 4 KiB writes at QD16 and 1 MiB writes at QD4."""
     rates: dict[str, list[float]] = {}
+    kinds = ("plain", "tls", "unix")
     for rep in range(repeats):
-        for tls in (False, True) if rep % 2 == 0 else (True, False):
-            disk = os.path.join(work, f"wire-{rep}-{tls}")
+        for kind in kinds[rep % 3 :] + kinds[: rep % 3]:
+            tls = kind != "plain"
+            disk = os.path.join(work, f"wire-{rep}-{kind}")
             os.makedirs(disk)
             tls_dir = pki.dir("replica", "wire") if tls else None
-            s = ServerProc([disk], tls_dir=tls_dir, log_dir=work)
+            unix = os.path.join(work, f"wire-{rep}.sock") if kind == "unix" else None
+            s = ServerProc([disk], unix=unix, tls_dir=tls_dir, log_dir=work)
             s.start()
             try:
                 agent = pki.creds("agent", "wire") if tls else None
@@ -119,8 +129,8 @@ async def wire(pki: PKI, work: str, seconds: float, repeats: int) -> dict[str, A
                 await c.close()
                 creds = pki.creds("engine", "w") if tls else None
                 for name, bs, qd in (("write-4k-qd16", 4096, 16), ("write-1m-qd4", 1 << 20, 4)):
-                    r = await wire_rate(s.port, creds, bs, qd, seconds)
-                    key = f"{'tls' if tls else 'plain'}:{name}:mb_per_s"
+                    r = await wire_rate(s.port, creds, bs, qd, seconds, unix)
+                    key = f"{kind}:{name}:mb_per_s"
                     rates.setdefault(key, []).append(r * bs / 1e6)
             finally:
                 s.stop()
@@ -182,7 +192,8 @@ def main() -> None:
                         print(
                             f"repeat {rep + 1} {mode:5} {w:18} {r['iops']:9.0f} IOPS "
                             f"{r['mb_per_s']:8.1f} MB/s {r['cpu_us_per_op']:7.0f} CPU µs/op "
-                            f"(engine {r['cpu_us_per_op_engine']:.0f}) "
+                            f"(engine {r['cpu_us_per_op_engine']:.0f}, local server "
+                            f"{r['cpu_us_per_op_local']:.0f}) "
                             f"load {os.getloadavg()[0]:.1f}",
                             flush=True,
                         )
@@ -245,10 +256,10 @@ def main() -> None:
         f"{hs['tls']:.2f} ms"
     )
     for name in ("write-4k-qd16", "write-1m-qd4"):
-        p, t = (wire_only[f"{m}:{name}:mb_per_s"]["median"] for m in ("plain", "tls"))
+        p, t, u = (wire_only[f"{m}:{name}:mb_per_s"]["median"] for m in ("plain", "tls", "unix"))
         print(
             f"replica wire alone, {name}: plain {p:.1f} MB/s, tls {t:.1f} MB/s "
-            f"(cost {100 * (1 - t / p):.1f}%)"
+            f"(cost {100 * (1 - t / p):.1f}%), unix {u:.1f} MB/s"
         )
     print(f"written to {args.json}")
 
