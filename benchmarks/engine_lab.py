@@ -44,7 +44,9 @@ def fio(
 
 class EngineLab:
     """Three replica servers and one engine: over mutual TLS with ``pki`` (plain without),
-    serving an encrypted volume with ``key`` and ``vid`` (a plain one without)."""
+    serving an encrypted volume with ``key`` and ``vid`` (a plain one without). With
+    ``local_unix`` the first server (the engine's local replica) also listens on a unix
+    socket and the engine reaches it there (``--local-unix``), as the node agent runs them."""
 
     def __init__(
         self,
@@ -54,8 +56,10 @@ class EngineLab:
         pki: PKI | None = None,
         key: bytes | None = None,
         vid: bytes | None = None,
+        local_unix: bool = False,
     ) -> None:
         self.size, self.pki, self.key, self.vid = size, pki, key, vid
+        self.local_unix = local_unix
         self.root = os.path.join(work, name)
         os.makedirs(self.root)
         self.servers: list[ServerProc] = []
@@ -69,7 +73,8 @@ class EngineLab:
             disk = os.path.join(self.root, f"node-{i}")
             os.makedirs(disk)
             tls_dir = pki.dir("replica", f"node-{i}") if pki else None
-            s = ServerProc([disk], tls_dir=tls_dir, log_dir=self.root)
+            unix = os.path.join(self.root, "rs.sock") if self.local_unix and i == 0 else None
+            s = ServerProc([disk], unix=unix, tls_dir=tls_dir, log_dir=self.root)
             self.servers.append(s)
             s.start()
         stored = layout.physical_size(self.size) if self.key else self.size
@@ -92,6 +97,8 @@ class EngineLab:
             os.write(w, self.key)
             os.close(w)
             extra = ["--data-key-fd", str(r), "--encryption-key-id", self.vid.hex()]
+        if self.local_unix:
+            extra += ["--local-unix", os.path.join(self.root, "rs.sock")]
         self.engine = EngineProc(
             "b", specs, 1, self.root, local="b-r0", tls_dir=tls_dir, extra=extra
         )
@@ -106,6 +113,8 @@ class EngineLab:
         self.start_seconds = time.perf_counter() - t0
         st = self.engine.ctl(op="status")
         assert [x["mode"] for x in st["replicas"]] == ["RW"] * 3, st
+        if self.local_unix:
+            assert st["replicas"][0].get("transport") == "unix", st
 
     @property
     def pids(self) -> list[int]:
@@ -141,6 +150,10 @@ class EngineLab:
         r["cpu_us_per_op"] = method.cpu_us_per_op(cpu0, cpu1, ops)
         r["cpu_us_per_op_engine"] = method.cpu_us_per_op(
             {self.pids[0]: cpu0[self.pids[0]]}, cpu1, ops
+        )
+        # the replica server of the engine's local replica (the first) alone
+        r["cpu_us_per_op_local"] = method.cpu_us_per_op(
+            {self.pids[1]: cpu0[self.pids[1]]}, cpu1, ops
         )
         return r
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark: what mutual TLS costs on the data path (issue #16, "Figures").
 
-One engine with three replica servers on loopback, started fresh for every run, with TLS
-(a test CA's certificates: replica servers role ``replica``, the engine role ``engine``)
-and without (``--plaintext``), interleaved: every repetition runs both, in alternating
-order, so the two modes see the same machine within a minute of each other. Workloads
+One engine with three replica servers on loopback, started fresh for every run, in three
+modes: ``tls``, as cargohold runs (a test CA's certificates: replica servers role
+``replica``, the engine role ``engine``; the engine's local replica over its server's unix
+socket in clear, the other two over mutual TLS), ``tls-tcp`` (all three links mutual TLS
+over TCP, as before the local link), and ``plain`` (``--plaintext``, all TCP), interleaved:
+every repetition runs all three, in rotating order, so the modes see the same machine
+within a minute or two of each other. Workloads
 (fio, ``--ioengine=nbd``): 4 KiB random write at QD16 and 1 MiB sequential write at QD4.
 Reported per mode: median and spread (min-max) of IOPS and MB/s over the repetitions, and
 TLS's cost as the ratio of the medians; and the CPU an operation costs (µs of CPU of the
@@ -52,7 +55,8 @@ from tests.support.processes import ServerProc  # noqa: E402
 from tests.support.tls import PKI  # noqa: E402
 
 WORKLOADS = {"randwrite-4k-qd16": ("randwrite", "4k", 16), "seqwrite-1m-qd4": ("write", "1M", 4)}
-KEYS = ("iops", "mb_per_s", "cpu_us_per_op", "cpu_us_per_op_engine")
+KEYS = ("iops", "mb_per_s", "cpu_us_per_op", "cpu_us_per_op_engine", "cpu_us_per_op_local")
+MODES = ("plain", "tls", "tls-tcp")  # tls: the local replica over its unix socket
 
 
 async def handshake_ms(pki: PKI, work: str, n: int = 50) -> dict[str, float]:
@@ -78,9 +82,15 @@ async def handshake_ms(pki: PKI, work: str, n: int = 50) -> dict[str, float]:
     return out
 
 
-async def wire_rate(port: int, creds: Any, bs: int, qd: int, seconds: float) -> float:
-    """Writes per second of ``bs`` bytes at queue depth ``qd`` over one connection."""
-    c = await ReplicaClient.connect("127.0.0.1", port, tls=creds, replica="w-r1")
+async def wire_rate(
+    port: int, creds: Any, bs: int, qd: int, seconds: float, unix: str | None = None
+) -> float:
+    """Writes per second of ``bs`` bytes at queue depth ``qd`` over one connection (over
+    the server's unix socket ``unix`` when given)."""
+    if unix:
+        c = await ReplicaClient.connect(unix=unix)
+    else:
+        c = await ReplicaClient.connect("127.0.0.1", port, tls=creds, replica="w-r1")
     await c.open("w-r1", 1)
     data, done = os.urandom(bs), 0
     end = time.perf_counter() + seconds
@@ -98,15 +108,19 @@ async def wire_rate(port: int, creds: Any, bs: int, qd: int, seconds: float) -> 
 
 
 async def wire(pki: PKI, work: str, seconds: float, repeats: int) -> dict[str, Any]:
-    """The replica wire alone (no engine, one replica server, one connection), TLS vs plain,
-    interleaved: MB/s of 4 KiB writes at QD16 and 1 MiB writes at QD4."""
+    """The replica wire alone (no engine, one replica server, one connection), TLS vs plain
+    TCP vs the unix socket of a TLS server (``unix``: the engine's local link), interleaved:
+    MB/s of 4 KiB writes at QD16 and 1 MiB writes at QD4."""
     rates: dict[str, list[float]] = {}
+    kinds = ("plain", "tls", "unix")
     for rep in range(repeats):
-        for tls in (False, True) if rep % 2 == 0 else (True, False):
-            disk = os.path.join(work, f"wire-{rep}-{tls}")
+        for kind in kinds[rep % 3 :] + kinds[: rep % 3]:
+            tls = kind != "plain"
+            disk = os.path.join(work, f"wire-{rep}-{kind}")
             os.makedirs(disk)
             tls_dir = pki.dir("replica", "wire") if tls else None
-            s = ServerProc([disk], tls_dir=tls_dir, log_dir=work)
+            unix = os.path.join(work, f"wire-{rep}.sock") if kind == "unix" else None
+            s = ServerProc([disk], unix=unix, tls_dir=tls_dir, log_dir=work)
             s.start()
             try:
                 agent = pki.creds("agent", "wire") if tls else None
@@ -115,8 +129,8 @@ async def wire(pki: PKI, work: str, seconds: float, repeats: int) -> dict[str, A
                 await c.close()
                 creds = pki.creds("engine", "w") if tls else None
                 for name, bs, qd in (("write-4k-qd16", 4096, 16), ("write-1m-qd4", 1 << 20, 4)):
-                    r = await wire_rate(s.port, creds, bs, qd, seconds)
-                    key = f"{'tls' if tls else 'plain'}:{name}:mb_per_s"
+                    r = await wire_rate(s.port, creds, bs, qd, seconds, unix)
+                    key = f"{kind}:{name}:mb_per_s"
                     rates.setdefault(key, []).append(r * bs / 1e6)
             finally:
                 s.stop()
@@ -152,14 +166,20 @@ def main() -> None:
             "start_s": [],
             "dirty_kib_after_sync": [],
         }
-        for m in ("plain", "tls")
+        for m in MODES
     }
     try:
         for rep in range(args.repeats):
-            order = (False, True) if rep % 2 == 0 else (True, False)
-            for tls in order:
-                mode = "tls" if tls else "plain"
-                sys_ = EngineLab(work, size, f"run-{rep}-{mode}", pki=pki if tls else None)
+            order = MODES[rep % len(MODES) :] + MODES[: rep % len(MODES)]
+            for mode in order:
+                tls = mode != "plain"
+                sys_ = EngineLab(
+                    work,
+                    size,
+                    f"run-{rep}-{mode}",
+                    pki=pki if tls else None,
+                    local_unix=mode == "tls",
+                )
                 try:
                     sys_.start()
                     runs[mode]["start_s"].append(sys_.start_seconds)
@@ -172,7 +192,8 @@ def main() -> None:
                         print(
                             f"repeat {rep + 1} {mode:5} {w:18} {r['iops']:9.0f} IOPS "
                             f"{r['mb_per_s']:8.1f} MB/s {r['cpu_us_per_op']:7.0f} CPU µs/op "
-                            f"(engine {r['cpu_us_per_op_engine']:.0f}) "
+                            f"(engine {r['cpu_us_per_op_engine']:.0f}, local server "
+                            f"{r['cpu_us_per_op_local']:.0f}) "
                             f"load {os.getloadavg()[0]:.1f}",
                             flush=True,
                         )
@@ -195,22 +216,24 @@ def main() -> None:
         "connection_ms": hs,
         "wire_only": wire_only,
     }
-    cost = {}
-    for w in WORKLOADS:
-        for k in KEYS:
-            p = result["modes"]["plain"][f"{w}:{k}"]["median"]
-            t = result["modes"]["tls"][f"{w}:{k}"]["median"]
-            if k.startswith("cpu"):  # what TLS adds to the CPU an operation costs
-                cost[f"{w}:{k}"] = 100 * (t / p - 1) if p else 0.0
-            else:  # what TLS takes off the throughput
-                cost[f"{w}:{k}"] = 100 * (1 - t / p) if p else 0.0
-    result["tls_cost_pct"] = cost
+    costs: dict[str, dict[str, float]] = {"tls": {}, "tls-tcp": {}}
+    for m, cost in costs.items():
+        for w in WORKLOADS:
+            for k in KEYS:
+                p = result["modes"]["plain"][f"{w}:{k}"]["median"]
+                t = result["modes"][m][f"{w}:{k}"]["median"]
+                if k.startswith("cpu"):  # what TLS adds to the CPU an operation costs
+                    cost[f"{w}:{k}"] = 100 * (t / p - 1) if p else 0.0
+                else:  # what TLS takes off the throughput
+                    cost[f"{w}:{k}"] = 100 * (1 - t / p) if p else 0.0
+    result["tls_cost_pct"] = costs["tls"]
+    result["tls_tcp_cost_pct"] = costs["tls-tcp"]
     ps, ts = (result["modes"][m]["start_s"]["median"] for m in ("plain", "tls"))
     result["engine_start_extra_ms"] = 1000 * (ts - ps)
     result["load_after"] = os.getloadavg()
     result["cpu_us_per_op"] = {
         f"{m}:{w}": result["modes"][m][f"{w}:cpu_us_per_op"]["median"]
-        for m in ("plain", "tls")
+        for m in MODES
         for w in WORKLOADS
     }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
@@ -219,11 +242,13 @@ def main() -> None:
     print()
     for w in WORKLOADS:
         for k in KEYS:
-            p, t = (result["modes"][m][f"{w}:{k}"] for m in ("plain", "tls"))
+            p, t, a = (result["modes"][m][f"{w}:{k}"] for m in MODES)
             print(
                 f"{w:18} {k:20} plain {p['median']:9.1f} ({p['min']:.1f}-{p['max']:.1f})  "
-                f"tls {t['median']:9.1f} ({t['min']:.1f}-{t['max']:.1f})  "
-                f"cost {cost[f'{w}:{k}']:5.1f}%"
+                f"tls {t['median']:9.1f} ({t['min']:.1f}-{t['max']:.1f}) "
+                f"cost {costs['tls'][f'{w}:{k}']:5.1f}%  "
+                f"tls-tcp {a['median']:9.1f} ({a['min']:.1f}-{a['max']:.1f}) "
+                f"cost {costs['tls-tcp'][f'{w}:{k}']:5.1f}%"
             )
     print(
         f"engine start: plain {ps:.2f} s, tls {ts:.2f} s (+{result['engine_start_extra_ms']:.0f} "
@@ -231,10 +256,10 @@ def main() -> None:
         f"{hs['tls']:.2f} ms"
     )
     for name in ("write-4k-qd16", "write-1m-qd4"):
-        p, t = (wire_only[f"{m}:{name}:mb_per_s"]["median"] for m in ("plain", "tls"))
+        p, t, u = (wire_only[f"{m}:{name}:mb_per_s"]["median"] for m in ("plain", "tls", "unix"))
         print(
             f"replica wire alone, {name}: plain {p:.1f} MB/s, tls {t:.1f} MB/s "
-            f"(cost {100 * (1 - t / p):.1f}%)"
+            f"(cost {100 * (1 - t / p):.1f}%), unix {u:.1f} MB/s"
         )
     print(f"written to {args.json}")
 

@@ -168,6 +168,8 @@ class Agent:
         answers. Registration happens in the first ``run_once()`` (and is retried)."""
         for sub in ("logs", "run"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        # engines reach their local replica through it, in clear (docs/security.md)
+        self.replicas.unix = self.engines.local_unix = node_state.replica_socket(self.dir)
         if self.config.join_token_file and not enrollment.enrolled(self.dir):
             c = self.config
             await enrollment.join(

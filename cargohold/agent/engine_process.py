@@ -158,6 +158,8 @@ class EngineProcess:
         self._data_key: FetchedKeys | None = None
         self.key_fetch: asyncio.Task[None] | None = None
         self.keys = EngineKeys()  # the generations it was given (agent/key_rotation.py)
+        # the node's replica server's unix socket: the local replica's link (Engines sets it)
+        self.local_unix: str | None = None
 
     @property
     def volume(self) -> str:
@@ -255,6 +257,7 @@ class EngineProcess:
             read_only=s.read_only,
             data_key_fd=data_key_fd,
             encryption_key_id=s.encryption_id,
+            local_unix=self.local_unix,
         )
 
     def _start_child(self) -> None:

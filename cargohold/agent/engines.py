@@ -70,6 +70,9 @@ class Engines:
         # (volume, epoch) -> (data key, encryption id): an encrypted volume's key, from the
         # manager (POST /api/v1/volumes/{volume}/data-key); set by the agent
         self.key_source: Callable[[str, int], Awaitable[FetchedKeys]] | None = None
+        # the replica server's unix socket: engines reach their local replica through it,
+        # in clear (docs/security.md, "The local replica link"); set by the agent
+        self.local_unix: str | None = None
 
     def _process(self, spec: EngineAssignment, port: int = 0) -> EngineProcess:
         """The one place an engine of this node is built (assigned or adopted)."""
@@ -84,6 +87,7 @@ class Engines:
         )
         proc.credentials = self.credentials
         proc.key_source = self.key_source
+        proc.local_unix = self.local_unix
         return proc
 
     async def adopt(self, engines: Any) -> set[int]:

@@ -138,3 +138,25 @@ def control_path(dir: str, volume: str) -> str:
     where = os.path.join(tempfile.gettempdir(), f"cargohold-{short}")
     os.makedirs(where, mode=0o700, exist_ok=True)
     return os.path.join(where, f"{volume}.sock")
+
+
+def replica_socket(dir: str) -> str | None:
+    """The replica server's unix socket, through which this node's engines reach their local
+    replica in clear: NODEDIR/run/replica-server/replica.sock (a temporary directory's
+    ``cargohold-<hash>-rs/`` when that is too long for a unix socket). Its directory is made
+    mode 0700 and must be the agent's own (root's on a node); one that is not (someone
+    else made it first) is never used: None, and the engines use TLS over TCP instead."""
+    where = os.path.join(dir, "run", "replica-server")
+    if len(os.path.join(where, "replica.sock").encode()) >= 100:  # sun_path holds 108 bytes
+        short = hashlib.sha256(dir.encode()).hexdigest()[:12]
+        where = os.path.join(tempfile.gettempdir(), f"cargohold-{short}-rs")
+    try:
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        st = os.lstat(where)
+        if st.st_uid != os.geteuid() or not os.path.isdir(where) or os.path.islink(where):
+            raise PermissionError(f"{where} is not a directory of uid {os.geteuid()}")
+        os.chmod(where, 0o700)
+    except OSError as e:
+        log.warning("no unix socket for the replica server (engines use TLS over TCP): %s", e)
+        return None
+    return os.path.join(where, "replica.sock")

@@ -252,11 +252,20 @@ def tls_argv(tls_dir: str | None) -> list[str]:
 
 
 def replica_server_argv(
-    node: str, host: str, port: int, disks: list[str], tls_dir: str | None = None
+    node: str,
+    host: str,
+    port: int,
+    disks: list[str],
+    tls_dir: str | None = None,
+    unix: str | None = None,
 ) -> list[str]:
+    """``unix``: also on this socket (mode 0600 in the agent's 0700 directory), which the
+    engines of this node reach their local replica through (docs/security.md)."""
     argv = cargohold_argv("replica-server", "--listen", hostport(host, port), "--node", node)
     for d in disks:
         argv += ["--disk", d]
+    if unix:
+        argv += ["--unix", unix]
     return argv + tls_argv(tls_dir)
 
 
@@ -277,6 +286,7 @@ def engine_argv(
     read_only: bool = False,
     data_key_fd: int | None = None,
     encryption_key_id: str | None = None,
+    local_unix: str | None = None,
 ) -> list[str]:
     """``data_key_fd``/``encryption_key_id``: an encrypted volume; the caller starts the
     engine with that descriptor passed (``pass_fds``), holding the 32-byte data key, and
@@ -290,6 +300,8 @@ def engine_argv(
         argv += ["--replica", spec]
     if local:
         argv += ["--local", local]
+        if local_unix:  # the local replica through its server's unix socket, in clear
+            argv += ["--local-unix", local_unix]
     argv += ["--listen", hostport(host, port), "--control", control]
     if require != (0, 0):
         argv += ["--require", f"{require[0]}:{require[1]}"]
@@ -404,9 +416,11 @@ class ReplicaServerProcess:
         log_path: str,
         tls_dir: str | None = None,
         tls: Credentials | None = None,
+        unix: str | None = None,
     ) -> None:
         self.host, self.port = host, port
-        self.argv = replica_server_argv(node, host, port, disks, tls_dir)
+        self.unix = unix  # its unix socket, for this node's engines (None: TCP only)
+        self.argv = replica_server_argv(node, host, port, disks, tls_dir, unix)
         self.tls = tls  # what the agent connects to it with (None: plain TCP)
         self.log_path = log_path
         self.child: Child | None = None

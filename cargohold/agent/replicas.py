@@ -107,11 +107,14 @@ class Replicas:
         self._broken_stamps: dict[str, str] = {}  # disk path -> why its stamp is unreadable
         self._swept_at = 0.0  # monotonic time of the last trash sweep
         self.creds: NodeCredentials | None = None  # set by the agent; None: plaintext
+        # the server's unix socket, for this node's engines (set by the agent; None: none)
+        self.unix: str | None = None
 
     # --- the replica server --------------------------------------------------------------
-    def _process(self, port: int) -> ReplicaServerProcess:
+    def _process(self, port: int, unix: bool = True) -> ReplicaServerProcess:
         """The one place the node's replica server is built: this node, its address,
-        ``port``, every disk it serves now."""
+        ``port``, every disk it serves now, and its unix socket (``unix``: when it has one;
+        False: as a version before the local replica link ran it, to adopt that one)."""
         creds = self.creds
         return ReplicaServerProcess(
             self.node,
@@ -121,6 +124,7 @@ class Replicas:
             os.path.join(self.dir, "logs", "replica-server.log"),
             creds.replica_server_dir() if creds else None,
             creds.client() if creds else None,
+            self.unix if unix else None,
         )
 
     async def _serve(self) -> None:
@@ -146,6 +150,13 @@ class Replicas:
         pid = rec.get("pid") if isinstance(rec, dict) else None
         if isinstance(pid, int) and await rs.adopt(pid):
             self.server, self.port = rs, port
+            return pid
+        # an upgrade: the server an agent before the local replica link started has no
+        # unix socket; it keeps serving (engines use TLS to it) until it is next restarted
+        old = self._process(port, unix=False)
+        if isinstance(pid, int) and self.unix and await old.adopt(pid):
+            log.info("adopted a replica server without a unix socket: engines use TLS to it")
+            self.server, self.port = old, port
             return pid
         return None
 

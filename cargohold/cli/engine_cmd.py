@@ -3,8 +3,8 @@ over NBD — until SIGTERM/SIGINT. Normally started by the node agent; by hand f
 
     cargohold engine --volume pvc-1 --epoch 3 \\
         --replica r0@10.0.0.1:9500 --replica r1@10.0.0.2:9500 --replica r2@10.0.0.3:9500 \\
-        --local r0 --listen 127.0.0.1:10809 --control /run/cargohold/pvc-1.sock \\
-        --require 2:1288
+        --local r0 --local-unix /var/lib/cargohold/run/replica-server/replica.sock \\
+        --listen 127.0.0.1:10809 --control /run/cargohold/pvc-1.sock --require 2:1288
 
 The NBD endpoint is local by default (``--listen`` on loopback, ``--unix``). On another
 address it requires TLS: ``--tls-dir DIR`` (env CARGOHOLD_TLS_DIR; the engine's
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -60,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
         help="NBD clients may only read: writes, trims and zeroes are refused (EPERM)",
     )
     p.add_argument("--local", help="id of the replica on this node (read first)")
+    p.add_argument(
+        "--local-unix",
+        metavar="PATH",
+        help="the unix socket of this node's replica server (with --local): the local "
+        "replica is reached through it, in clear, and over TCP (TLS) only when it fails",
+    )
     p.add_argument("--listen", help=f"NBD on HOST:PORT (default 127.0.0.1:{DEFAULT_NBD_PORT})")
     p.add_argument("--unix", help="NBD also on this unix socket (mode 0600, in clear)")
     p.add_argument(
@@ -201,6 +208,10 @@ def main(argv: list[str]) -> int:
     setup_logging()
     try:
         specs = [ReplicaSpec.parse(r, local=r.split("@", 1)[0] == a.local) for r in a.replica]
+        if a.local_unix:  # the local replica's server socket: tried before its TCP address
+            if not any(s.local for s in specs):
+                raise ConfigError("--local-unix needs --local, the id of one of the replicas")
+            specs = [dataclasses.replace(s, unix=a.local_unix) if s.local else s for s in specs]
         given = {"min_replicas": a.min_replicas, "replica_timeout": a.replica_timeout}
         given |= {"tls_dir": a.tls_dir, "plaintext": a.plaintext or None}
         if a.rebuild_bandwidth:

@@ -4,19 +4,31 @@ Modes: RW (in the write set and serving reads), WO (in the write set, being rebu
 live writes, serves no reads — invariant 2), ERR (dropped after an error, a timeout or a
 lost connection; it gets no more I/O until it is rebuilt). Called by ``volume`` and
 ``rebuild``.
+
+The connection to a replica (``connect``): mutual TLS over TCP, except to the replica on
+the engine's own node when its server also listens on a unix socket (``ReplicaSpec.unix``,
+the engine's ``--local-unix``): that traffic never leaves the host, so it goes over the
+socket in clear, without the cipher's cost. When the socket is missing or refuses, the
+engine falls back to TLS over TCP (logged once per replica). docs/security.md, "The local
+replica link".
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold import lineage
-from cargohold.errors import ConfigError
+from cargohold.errors import CargoholdError, ConfigError
 from cargohold.replica.client import ReplicaClient
+from cargohold.security.tls import Credentials
 from cargohold.store.reader import ReplicaReader
+
+log = logging.getLogger("cargohold.engine")
 
 
 class Mode(enum.StrEnum):
@@ -32,12 +44,15 @@ _SPEC = re.compile(
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    """``ID@HOST:PORT``: replica ``ID`` on the replica server at ``HOST:PORT``."""
+    """``ID@HOST:PORT``: replica ``ID`` on the replica server at ``HOST:PORT``. ``unix``:
+    that server's unix socket on this node (the local replica only; not in the text form,
+    given apart as ``--local-unix``): tried first, in clear, the TCP address the fallback."""
 
     id: str
     host: str
     port: int
     local: bool = False  # on this engine's node: preferred for reads
+    unix: str | None = None  # the local replica's server socket (``connect``)
 
     @classmethod
     def parse(cls, text: str, local: bool = False) -> ReplicaSpec:
@@ -67,6 +82,8 @@ class ReplicaLink:
     reader: ReplicaReader | None = None
     reader_layout: int = -1
     reader_retry: float = 0.0
+    transport: str = ""  # how its connection goes: "unix", "tls" or "tcp" (``connect``)
+    unix_failed: bool = False  # the unix socket failed once (logged): later ones at debug
 
     def drop(self, why: str) -> None:
         """Out of the write set (ERR); its connection is closed so nothing more reaches it,
@@ -97,11 +114,56 @@ class ReplicaLink:
             "generation": self.generation,
             "local": self.spec.local,
         }
+        if self.transport:
+            out["transport"] = self.transport
         if self.error:
             out["error"] = self.error
         if self.rebuild:
             out["rebuild"] = dict(self.rebuild)
         return out
+
+
+async def connect(
+    link: ReplicaLink, volume: str, timeout: float, tls: Credentials | None, batch: bool
+) -> ReplicaClient:
+    """A negotiated connection (HELLO done) to ``link``'s replica server: over its unix
+    socket when the spec names one and it answers (the session then declares itself the
+    engine of ``volume``: the server holds it to that volume's replicas), else over TCP
+    with ``tls`` (mutual TLS; None: ``--plaintext``). Sets ``link.transport``."""
+    spec = link.spec
+    if spec.unix:
+        client = None
+        try:
+            client = await ReplicaClient.connect(unix=spec.unix, timeout=timeout)
+            await asyncio.wait_for(client.negotiate(batch, volume, spec.id), timeout)
+            link.transport = "unix"
+            return client
+        except (CargoholdError, OSError, TimeoutError) as e:
+            if client is not None:
+                client.close_nowait()
+            fallback = "TLS over TCP" if tls is not None else "TCP"
+            (log.debug if link.unix_failed else log.warning)(
+                "volume %s: replica %s: its server's unix socket %s failed (%s): %s to %s:%d",
+                volume,
+                spec.id,
+                spec.unix,
+                e,
+                fallback,
+                spec.host,
+                spec.port,
+            )
+            link.unix_failed = True
+    client = await ReplicaClient.connect(
+        spec.host, spec.port, timeout=timeout, tls=tls, replica=spec.id
+    )
+    try:
+        # version 2 servers take the writes of one loop pass as one WRITE_BATCH frame
+        await asyncio.wait_for(client.negotiate(batch), timeout)
+    except BaseException:
+        client.close_nowait()
+        raise
+    link.transport = "tls" if tls is not None else "tcp"
+    return client
 
 
 def stale_start(

@@ -43,7 +43,13 @@ from cargohold.engine.fanout import FanOut, answers
 from cargohold.engine.io_stats import IoStats
 from cargohold.engine.local_reads import LocalReads
 from cargohold.engine.rebuild import rebuild
-from cargohold.engine.replica_link import Mode, ReplicaLink, ReplicaSpec, stale_start
+from cargohold.engine.replica_link import (
+    Mode,
+    ReplicaLink,
+    ReplicaSpec,
+    connect,
+    stale_start,
+)
 from cargohold.errors import (
     AlreadyExists,
     Busy,
@@ -160,16 +166,9 @@ class Volume:
     async def _open(self, link: ReplicaLink) -> None:
         client = None
         try:
-            client = await ReplicaClient.connect(
-                link.spec.host,
-                link.spec.port,
-                timeout=self.settings.replica_timeout,
-                tls=self.tls,
-                replica=link.spec.id,
-            )
-            # version 2 servers take the writes of one loop pass as one WRITE_BATCH frame
-            await asyncio.wait_for(
-                client.negotiate(self.settings.batch_writes), self.settings.replica_timeout
+            # the local replica over its server's unix socket when it has one, else TLS
+            client = await connect(
+                link, self.name, self.settings.replica_timeout, self.tls, self.settings.batch_writes
             )
             info = await asyncio.wait_for(
                 client.open(link.spec.id, self.epoch, self.epoch_jump),
@@ -530,7 +529,9 @@ class Volume:
         elif link.mode is not Mode.ERR:
             raise InvalidArgument(f"replica {spec.id} is already in the write set")
         else:  # a returning replica: new address, same place (local or not)
-            link.spec = dataclasses.replace(spec, local=spec.local or link.spec.local)
+            link.spec = dataclasses.replace(
+                spec, local=spec.local or link.spec.local, unix=spec.unix or link.spec.unix
+            )
         await self._open(link)
         if link.client is None:
             raise ReplicaIOError(f"replica {spec}: {link.error}")

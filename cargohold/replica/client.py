@@ -352,18 +352,29 @@ class ReplicaClient:
         return reply
 
     # --- node-level -----------------------------------------------------------------
-    async def hello(self, version: int = 1) -> dict[str, Any]:
-        """HELLO, offering protocol ``version`` (1: what every server speaks)."""
-        return (
-            await self.call(Op.HELLO, args={"version": version, "client": "cargohold"})
-        ).result()
+    async def hello(
+        self, version: int = 1, engine: str | None = None, replica: str | None = None
+    ) -> dict[str, Any]:
+        """HELLO, offering protocol ``version`` (1: what every server speaks). ``engine``:
+        on a unix socket, this connection is the engine of that volume (the server holds
+        it to that volume's replicas from then on; ignored over TLS, where the
+        certificate says who we are), about to OPEN ``replica`` (a server with worker
+        processes hands the connection to that replica's worker)."""
+        args: dict[str, Any] = {"version": version, "client": "cargohold"}
+        if engine:
+            args["engine"] = engine
+            if replica:
+                args["replica"] = replica
+        return (await self.call(Op.HELLO, args=args)).result()
 
-    async def negotiate(self, batch: bool = True) -> int:
+    async def negotiate(
+        self, batch: bool = True, engine: str | None = None, replica: str | None = None
+    ) -> int:
         """HELLO with our newest version: -> the server's (``version``). A server that
         speaks version 2 gets WRITEs batched (``batching``, when ``batch``); an older one,
         which refuses our version, gets version 1's frames."""
         try:
-            got = await self.hello(wire.VERSION)
+            got = await self.hello(wire.VERSION, engine, replica)
         except Unsupported:
             got = {}
         version = got.get("version", 1)

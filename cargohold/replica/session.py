@@ -10,8 +10,10 @@ Over TLS every request that names what it acts on is authorized by the identity 
 peer's certificate (``security.policy``): HELLO and LIST (filtered to what the peer may
 see), CREATE and DELETE, OPEN (an engine only of its own volume's replicas); the data ops
 act on the replica the authorized OPEN opened. A refusal is an error reply (Unauthenticated,
-status 1005; PermissionDenied, 13) and the connection stays usable. Plain connections (the
-unix socket, or ``--plaintext``) are not checked.
+status 1005; PermissionDenied, 13) and the connection stays usable. On the unix socket the
+peer must run as the server's user or root (SO_PEERCRED), and an engine's HELLO scopes the
+session to its volume (``local_peer``); otherwise plain connections (the unix socket,
+``--plaintext``) are not checked.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.framing import coalesce
 from cargohold.protocol.replica_wire import Op, Request
 from cargohold.replica.grant_checks import GrantChecks
+from cargohold.replica.local_peer import declared_engine, unix_peer
 from cargohold.replica.maintenance import MaintenanceOps, str_arg
 from cargohold.replica.snapshot_ops import SnapshotOps
 from cargohold.security.identity import Identity, Role
@@ -140,6 +143,18 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, asyncio.BufferedProtocol
         peer = transport.get_extra_info("peername")
         self.peer = str(peer or "unix")
         self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
+        sock = transport.get_extra_info("socket")
+        kind = "tls" if transport.get_extra_info("ssl_object") is not None else "tcp"
+        if sock is not None and sock.family == socket.AF_UNIX:
+            kind = "unix"
+            try:  # the kernel's word on who connected (local_peer.py)
+                self.peer = unix_peer(sock)
+            except PermissionDenied as e:
+                self.server.counters["unix_refused"] += 1
+                log.warning("refused a connection on the unix socket: %s", e)
+                self._closed = True
+                transport.abort()
+                return
         admission = self.server.admission
         self.trusted = admission.is_trusted(self.address)
         self.started = self.last_active = time.monotonic()
@@ -147,10 +162,10 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, asyncio.BufferedProtocol
             self._closed = True
             transport.abort()
             return
-        sock = transport.get_extra_info("socket")
+        self.server.counters[f"connections_{kind}"] += 1
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if transport.get_extra_info("ssl_object") is not None:
+        if kind == "tls":
             self.guarded = True
             self.ident = peer_identity(transport)
         self.server.sessions.add(self)
@@ -301,8 +316,9 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, asyncio.BufferedProtocol
 
     def _authorize(self, op: str, volume: str | None) -> Identity | None:
         """Over TLS: may the peer run ``op`` on a replica of ``volume``? Raises the refusal
-        (counted, logged); -> the peer's identity (None on a plain connection)."""
-        if not self.guarded:
+        (counted, logged); -> the peer's identity (None on a plain connection that declared
+        no scope)."""
+        if not self.guarded and self.ident is None:
             return None
         try:
             ident = require(self.ident, _ANY_ROLE, self.server.cluster)
@@ -360,8 +376,10 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, asyncio.BufferedProtocol
 
     # --- node-level ops ---------------------------------------------------------------
     def op_hello(self, req: Request) -> Result:
-        self._authorize("HELLO", None)
         args = req.args()
+        if "engine" in args and not self.guarded and self.address == "unix":
+            self.ident = declared_engine(args, self.ident, self.server.cluster)
+        self._authorize("HELLO", None)
         newest = self.server.settings.wire_version
         supported = sorted(v for v in wire.VERSIONS_SUPPORTED if v <= newest)
         version = args.get("version", 1)
@@ -426,7 +444,7 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, asyncio.BufferedProtocol
         jump = args.get("jump", False)
         if not isinstance(jump, bool):
             raise InvalidArgument(f"jump must be true or false, got {jump!r}")
-        if self.guarded:  # a peer without a role that may OPEN does not get a replica opened
+        if self.guarded or self.ident is not None:  # no replica for a role that may not OPEN
             self._authorize("OPEN", self.ident.name if self.ident is not None else None)
         rep = self.server.registry.get(args.get("replica"))
         volume = replica_volume(rep.id, rep.store.labels)

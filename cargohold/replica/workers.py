@@ -299,7 +299,15 @@ class Dispatcher:
             self._later(conn)  # payload not all here yet
             return
         payload = frame[wire.REQUEST.size :]
-        if op in _LOCAL:
+        try:
+            args = json.loads(payload) if payload else {}
+        except ValueError:
+            args = None
+        if not isinstance(args, dict):
+            args = {}
+        # an engine's HELLO on the unix socket scopes its connection (local_peer.py): the
+        # worker that owns the replica it names must see it, so it is handed on unread
+        if op in _LOCAL and not (op == Op.HELLO and "engine" in args):
             conn.recv(total)  # consume it: this process answers
             reply = self.answer_locally(op, rid)
             try:
@@ -313,10 +321,7 @@ class Dispatcher:
             now = time.monotonic()
             self.deadlines[conn.fileno()] = now + self.settings.first_request_timeout
             return
-        try:
-            replica = json.loads(payload).get("replica")
-        except (ValueError, AttributeError):
-            replica = None
+        replica = args.get("replica")
         index = owner(replica, self.settings.workers) if isinstance(replica, str) else 0
         self.hand_over(conn, index)
 

@@ -363,6 +363,14 @@ def test_an_agent_with_a_ca_runs_its_replica_server_and_engines_over_tls(tmp_pat
         engine_cmd = next(c for c in kids if " engine " in c)
         assert f"--tls-dir {agent.dir}/tls/replica-server" in server_cmd
         assert f"--tls-dir {agent.dir}/tls/engines/tv" in engine_cmd
+        # the local replica over the server's unix socket (0600 in a 0700 directory), the
+        # two others over TLS (docs/security.md, "The local replica link")
+        sock = next(c for c in server_cmd.split(" --") if c.startswith("unix ")).split()[1]
+        assert f"--local-unix {sock}" in engine_cmd
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode) == 0o700
+        transports = [r.get("transport") for r in eng["status"]["replicas"]]
+        assert transports == ["unix", "tls", "tls"], eng["status"]
         assert asyncio.run(hello_over(agent.replica_port, None)) == b""  # no plain TCP
 
         # the replica the agent created records its volume: only tv's engine may open it
