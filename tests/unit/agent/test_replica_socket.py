@@ -5,7 +5,11 @@ agent's own, the engines' ``--local-unix``, and the replica server's ``--unix``
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +17,19 @@ from cargohold.agent.node_state import replica_socket
 from cargohold.agent.processes import engine_argv, replica_server_argv
 
 
-def test_the_socket_lives_in_a_0700_directory_of_the_agent(tmp_path):
+@pytest.fixture
+def short_path() -> Iterator[Path]:
+    """A node directory short enough for a unix socket's path (pytest's own tmp_path under
+    xdist is not: the socket would move to the temporary directory)."""
+    d = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_socket_lives_in_a_0700_directory_of_the_agent(short_path):
+    tmp_path = short_path
     path = replica_socket(str(tmp_path))
     assert path == str(tmp_path / "run" / "replica-server" / "replica.sock")
     st = os.stat(os.path.dirname(path))
@@ -33,7 +49,8 @@ def test_a_path_too_long_for_a_unix_socket_moves_to_the_temporary_directory(tmp_
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_a_directory_someone_else_made_is_never_used(tmp_path, caplog):
+def test_a_directory_someone_else_made_is_never_used(short_path, caplog):
+    tmp_path = short_path
     where = tmp_path / "run" / "replica-server"
     where.mkdir(parents=True)
     os.chown(where, 65534, 65534)
