@@ -122,6 +122,9 @@ class _Commands(TyperGroup):
 
 
 class _App(typer.Typer):
+    """``app()``, as the ``cargohold`` script and ``python -m cargohold`` call it, builds the
+    root group to load commands on demand."""
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with _loading_on_demand():
             return super().__call__(*args, **kwargs)
