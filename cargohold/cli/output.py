@@ -29,17 +29,8 @@ from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from cargohold.control.client import WaitTimeout
@@ -163,6 +154,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def dump(data: Any, output: Format) -> None:
     """Print the API's JSON as json or yaml, unchanged."""
     if output is Format.YAML:
+        import yaml  # here: every command imports this module, few print yaml
+
         typer.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), nl=False)
     else:
         typer.echo(json.dumps(data, indent=2))
@@ -298,6 +291,15 @@ def progress(description: str) -> Iterator[Update]:
     if not err_console.is_terminal:
         yield _no_update
         return
+    from rich.progress import (  # here: only a terminal shows one
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     bar = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),

@@ -5,7 +5,6 @@ those may create, delete and open any replica), else plain TCP."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -73,6 +72,7 @@ def replica_server(
 
 
 def _run(server: str, fn: Callable[[Any], Awaitable[Any]], replica: str | None = None) -> Any:
+    import asyncio  # here: ``cargohold events`` loads this module too
     import os
 
     from cargohold.replica.client import ReplicaClient

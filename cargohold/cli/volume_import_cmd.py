@@ -16,7 +16,6 @@ and says so: delete it, or import again under another name.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +49,8 @@ async def write_all(
     uri: str, fd: int, size: int, on_progress: Callable[[int, int], None]
 ) -> dict[str, int]:
     """Write ``fd``'s data into the NBD export ``uri``; -> byte counts."""
+    import asyncio  # here, as the NBD client: ``cargohold volume list`` needs neither
+
     from cargohold.verify.client import Connection
 
     conn = await Connection.connect(uri)
@@ -100,6 +101,8 @@ def import_(
     dir: str | None = DIR,
 ) -> None:
     """Create a volume NAME from a raw image or a block device (holes stay holes)."""
+    import asyncio  # here: the other volume commands load this module too
+
     try:
         fd = os.open(source, os.O_RDONLY)
     except OSError as e:

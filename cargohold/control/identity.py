@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from cargohold.control.model import Cluster, EventKind, keys
-from cargohold.control.repository import Repository, now
-from cargohold.control.state import EtcdStateStore, SQLiteStateStore, StateStore
-from cargohold.control.state.base import Compare, Put
 from cargohold.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cargohold.control.model import Cluster
+    from cargohold.control.repository import Repository
+    from cargohold.control.state import StateStore
+
+# The manager's checks below import the models and the store when they run: the launcher
+# imports this module for new_cluster_id alone, and every ``cargohold up``, ``status`` and
+# ``down`` would otherwise load pydantic and the models (docs/benchmarks.md, CLI start-up).
 
 log = logging.getLogger("cargohold.manager")
 
@@ -40,6 +44,8 @@ def new_cluster_id() -> str:
 
 def describe(store: StateStore) -> str:
     """The store in words, for errors: which file, or which endpoints and prefix."""
+    from cargohold.control.state import EtcdStateStore, SQLiteStateStore
+
     if isinstance(store, SQLiteStateStore):
         return f"SQLite state store {store.path!r}"
     if isinstance(store, EtcdStateStore):
@@ -56,6 +62,11 @@ async def open_cluster(
     store, which is always empty at start). ``cluster_id`` (with ``init``): the new store
     takes a lost cluster's id instead of a new one, so its agents act for it again and its
     replicas can be adopted (recovery from a lost state store)."""
+    from pydantic import ValidationError
+
+    from cargohold.control.model import Cluster, EventKind, keys
+    from cargohold.control.repository import now
+
     if cluster_id is not None:
         try:
             Cluster(id=cluster_id)
@@ -128,6 +139,9 @@ async def open_cluster(
 
 
 async def _create(repo: Repository, cluster: Cluster, where: str) -> None:
+    from cargohold.control.model import keys
+    from cargohold.control.state.base import Compare, Put
+
     body = cluster.model_dump_json().encode()
     if not await repo.store.txn([Compare(keys.CLUSTER, 0)], [Put(keys.CLUSTER, body)]):
         # another manager made it meanwhile (several managers of one etcd started at once)

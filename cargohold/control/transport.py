@@ -273,7 +273,10 @@ def _options(
         headers["Authorization"] = f"Bearer {token}"
     tls = ep.base_url.startswith("https://")
     if transport is None and ep.uds is not None:
-        transport = kind(uds=ep.uds)
+        # plain HTTP over the socket: a TLS context that trusts nothing, because httpx's
+        # default loads certifi's CA bundle (~30 ms of every CLI command) for TLS it never
+        # speaks here
+        transport = kind(uds=ep.uds, verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     elif transport is None and tls:
         ctx = creds.ssl_context()
         transport = kind(verify=ctx) if ctx is not None else None
