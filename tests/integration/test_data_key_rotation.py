@@ -23,6 +23,7 @@ import pytest
 
 from cargohold.launcher.cluster import LocalCluster
 from tests.support.cli import cli, js
+from tests.support.encrypted_engines import files_holding
 from tests.support.nbd_clients import need, qemu_io
 from tests.support.polling import wait_until
 
@@ -40,14 +41,6 @@ def cluster() -> Iterator[Path]:
         yield d
     finally:
         c.down(purge=True)
-
-
-def files_holding(root: Path, glob: str, needle: bytes) -> list[str]:
-    return [
-        str(p.relative_to(root))
-        for p in sorted(root.glob(glob))
-        if p.is_file() and needle in p.read_bytes()
-    ]
 
 
 def encryption(d: Path, name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 
 from cargohold.constants import MIB
 from cargohold.encryption import layout
-from tests.support.engine import EngineProc
+from tests.support.encrypted_engines import engines_of
 from tests.support.nbd_clients import need, qemu_io
 from tests.support.processes import rot
 from tests.support.replica_cluster import ReplicaCluster
@@ -39,30 +39,7 @@ def cluster(tmp_path):
 
 @pytest.fixture
 def engines(cluster, tmp_path):
-    started: list[EngineProc] = []
-
-    def start(epoch: int, key: bytes = KEY) -> EngineProc:
-        r, w = os.pipe()
-        os.write(w, key)
-        os.close(w)
-        extra = ["--data-key-fd", str(r), "--encryption-key-id", VID.hex()]
-        e = EngineProc(
-            "vol", cluster.specs(), epoch, str(tmp_path), local="r0", extra=extra, pass_fds=(r,)
-        )
-        try:
-            e.start()
-        finally:
-            os.close(r)
-        started.append(e)
-        return e
-
-    yield start
-    for e in started:
-        e.stop()
-    for e in started:
-        out = e.output()
-        assert "Traceback" not in out and "Logging error" not in out, out
-        assert KEY.hex() not in out and "100, 101, 102" not in out  # the key is never logged
+    yield from engines_of(cluster, tmp_path, VID, (KEY,))
 
 
 def replica_files(cluster: ReplicaCluster) -> list[Path]:
@@ -83,7 +60,7 @@ def test_replicas_hold_ciphertext_only_and_a_wrong_key_writes_nothing(cluster, e
     need("qemu-io", "qemu-img")
     src = tmp_path / "secret.bin"
     src.write_bytes(SECRET)
-    e1 = engines(1)
+    e1 = engines(1, KEY)
     st = e1.ctl(op="status")
     assert st["size_bytes"] == layout.physical_size(LOGICAL)
     assert st["encryption"]["key_check"] == "ok"
@@ -118,7 +95,7 @@ def test_replicas_hold_ciphertext_only_and_a_wrong_key_writes_nothing(cluster, e
     digests = cluster.digests(1)
 
     # (c) the wrong key: reads fail, writes are refused, nothing changes on the replicas
-    e2 = engines(2, key=bytes(32))
+    e2 = engines(2, bytes(32))
     assert e2.ctl(op="status")["encryption"]["key_check"] == "failed"
     bad = qemu_io(e2.uri, "read 0 4k", check=False)
     assert "Input/output error" in bad.stdout + bad.stderr, bad
@@ -133,7 +110,7 @@ def test_replicas_hold_ciphertext_only_and_a_wrong_key_writes_nothing(cluster, e
     assert "does not authenticate" in e2.output()
 
     # the right key again: everything is there
-    e3 = engines(3)
+    e3 = engines(3, KEY)
     assert read_all(e3.uri, tmp_path / "back3.raw") == want
     e3.stop()
 
@@ -145,7 +122,7 @@ def test_replicas_hold_ciphertext_only_and_a_wrong_key_writes_nothing(cluster, e
     rot(os.path.join(replica, "layer-000001.data"), [layout.data_block(first + 3)])
     replace_block(replica, layout.data_block(first + 70), layout.data_block(first + 71))
     cluster.servers[0] = cluster.servers[0].__class__(cluster.servers[0].disks).start()
-    e4 = engines(4)
+    e4 = engines(4, KEY)
     # one read each (a read that meets rot is served whole by another replica)
     qemu_io(e4.uri, "read -P 0x5a 12M 256k", "read -P 0x5a 12544k 256k")
     st = e4.wait_for(

@@ -27,6 +27,7 @@ from cargohold.encryption import layout
 from cargohold.keys.data_keys import WrappedKey, open_sealed, parse_kek
 from cargohold.launcher.cluster import LocalCluster
 from tests.support.cli import cli, js
+from tests.support.encrypted_engines import files_holding
 from tests.support.nbd_clients import need, qemu_io
 from tests.support.polling import wait_until
 
@@ -44,15 +45,6 @@ def cluster() -> Iterator[Path]:
         yield d
     finally:
         c.down(purge=True)
-
-
-def files_holding(root: Path, glob: str, needle: bytes) -> list[str]:
-    """Every file under ``root`` matching ``glob`` whose bytes contain ``needle``."""
-    out = []
-    for p in sorted(root.glob(glob)):
-        if p.is_file() and needle in p.read_bytes():
-            out.append(str(p.relative_to(root)))
-    return out
 
 
 def volume_record(d: Path, name: str) -> Volume:

@@ -11,7 +11,6 @@ with both keys (the sweep starts over and finds the done groups under the new ke
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from cargohold.constants import MIB
 from cargohold.encryption import layout
-from tests.support.engine import EngineProc
+from tests.support.encrypted_engines import engines_of
 from tests.support.nbd_clients import need, qemu_io
 from tests.support.replica_cluster import ReplicaCluster
 
@@ -42,31 +41,7 @@ def engines(cluster, tmp_path, monkeypatch):
     # a group costs the sweep 260 KiB of its cap (read) and 4 KiB per block it rewrote:
     # ~8 s here, much longer than the write workload below takes
     monkeypatch.setenv("CARGOHOLD_ENGINE_REKEY_BANDWIDTH", "3Mi")
-    started: list[EngineProc] = []
-
-    def start(epoch: int, keys: list[bytes]) -> EngineProc:
-        r, w = os.pipe()
-        os.write(w, b"".join(keys))
-        os.close(w)
-        extra = ["--data-key-fd", str(r), "--encryption-key-id", VID.hex()]
-        e = EngineProc(
-            "vol", cluster.specs(), epoch, str(tmp_path), local="r0", extra=extra, pass_fds=(r,)
-        )
-        try:
-            e.start()
-        finally:
-            os.close(r)
-        started.append(e)
-        return e
-
-    yield start
-    for e in started:
-        e.stop()
-    for e in started:
-        out = e.output()
-        assert "Traceback" not in out and "Logging error" not in out, out
-        for k in (OLD, NEW):  # no key in any log
-            assert k.hex() not in out and base64.b64encode(k).decode() not in out
+    yield from engines_of(cluster, tmp_path, VID, (OLD, NEW))
 
 
 def read_all(uri: str, dest: Path) -> bytes:
