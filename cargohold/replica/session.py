@@ -505,15 +505,31 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, asyncio.BufferedProtocol
         # the node's request and disk-op metrics count writes, batched or not
         self.server.counters["requests"] += len(writes) - 1
         rep.disk.ops += len(writes) - 1
+        # numbered ones to the store in one call (adjacent ones: one pwritev), in order
+        refused: list[Exception | None] = []
         for w in writes:
             try:
                 self._numbered(rep, Op.WRITE, w.generation)
-                gen = store.write(w.offset, w.data, generation=w.generation)
-                results.append((wire.STATUS_OK, gen, b""))
-                fua = fua or bool(w.flags & wire.FLAG_FUA)
+                refused.append(None)
             except Exception as e:
-                status, body = self._error(req, e)
+                refused.append(e)
+        done = iter(
+            store.write_many(
+                [
+                    (w.offset, w.data, w.generation)
+                    for w, no in zip(writes, refused, strict=True)
+                    if no is None
+                ]
+            )
+        )
+        for w, no in zip(writes, refused, strict=True):
+            got = no if no is not None else next(done)
+            if isinstance(got, Exception):
+                status, body = self._error(req, got)
                 results.append((status, store.generation, body))
+            else:
+                results.append((wire.STATUS_OK, got, b""))
+                fua = fua or bool(w.flags & wire.FLAG_FUA)
         if fua:
             return self._flush_batch(rep, results)
         return store.generation, wire.encode_batch_results(results)
