@@ -213,7 +213,7 @@ class BlockIO(LayerTree):
     def _write_run(self, run: list[tuple[int, Any, int]]) -> list[int | Exception]:
         head = self._chain[0]
         state = np.uint64(fmt.STATE_MASK)
-        staged = []
+        staged: list[tuple[int, int, memoryview, int, bool, Any, Any]] = []
         for offset, data, generation in run:  # 1 and 2 for every write, in order
             mv = memoryview(data)
             if mv.format != "B" or mv.ndim != 1:
