@@ -145,10 +145,13 @@ class FanOut:
 
 
 class _Collect:
-    """The answers of one ``FanOut.start``: counted down by a callback on each; the last
-    one (or the timeout, which fails those still missing) judges them and calls ``done``."""
+    """The answers of one ``FanOut.start``. Like ``answers`` it waits for one missing
+    answer at a time (a callback on it), then looks at the rest: the replies of several
+    replicas usually arrive in one pass, so a write costs one callback, not one per
+    replica. When all are in (or the timeout failed those still missing) it judges them
+    and calls ``done``."""
 
-    __slots__ = ("done", "fanout", "gen", "left", "sent", "started", "timer")
+    __slots__ = ("done", "fanout", "gen", "sent", "started", "timer")
 
     def __init__(
         self,
@@ -159,20 +162,21 @@ class _Collect:
         started: float,
     ) -> None:
         self.fanout, self.sent, self.gen, self.done, self.started = fanout, sent, gen, done, started
-        self.left = len(sent)
-        loop = asyncio.get_running_loop()
         self.timer: asyncio.TimerHandle | None = None
-        if not sent:  # every target was lost before anything was sent
-            loop.call_soon(self._finish)
-            return
-        self.timer = loop.call_later(fanout.settings.replica_timeout, self._expire)
+        loop = asyncio.get_running_loop()
         for _, fut in sent:
-            fut.add_done_callback(self._answered)
+            if not fut.done():
+                self.timer = loop.call_later(fanout.settings.replica_timeout, self._expire)
+                fut.add_done_callback(self._answered)
+                return
+        loop.call_soon(self._finish)  # nothing to wait for (or nothing sent)
 
     def _answered(self, _: asyncio.Future[Reply]) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self._finish()
+        for _link, fut in self.sent:
+            if not fut.done():
+                fut.add_done_callback(self._answered)
+                return
+        self._finish()
 
     def _expire(self) -> None:
         self.timer = None
