@@ -14,8 +14,8 @@ NBD_REP_ERR_POLICY for every option, a failed handshake loses its connection).
 Transmission phase: each request runs as a task of its own (``nbd_transmission.py`` says
 what each command does to the device); aligned reads the device can answer at once are
 answered inline, and aligned writes the device can start at once (``write_nowait``) are
-answered from its callback, without a task. The replies finished in one pass of the event loop go out together, with
-one ``writelines`` (read data is never copied). Reading pauses while the connection's
+answered from its callback, without a task. The replies finished in one pass of the event
+loop go out together, with one ``writelines`` (read data is never copied). Reading pauses while the connection's
 write buffer is high or ``MAX_INFLIGHT`` requests are in flight.
 
 QoS (``qos_gate.py``): when the volume has limits, each request is offered to the
