@@ -7,7 +7,10 @@ the model).
   an ``await`` in between, so every replica gets the mutations in the same order; a target
   whose connection is already lost is dropped at once.
 - **Collect**: one timer for all the answers (``answers``: no Task per replica); an answer
-  still missing after ``replica_timeout`` seconds is a TimeoutError.
+  still missing after ``replica_timeout`` seconds is a TimeoutError. ``FanOut.start`` does
+  the same without a task at all: a callback on each answer counts them down, and the last
+  one (or the timer) judges them all and calls the caller back (the NBD frontend's aligned
+  writes: no Task, no coroutine chain per request).
 - **Judge** each answer: a replica that errs, times out or answers with a generation other
   than the one the engine handed out (it missed a mutation: a gap) is dropped (ERR) and
   counted (``replica_errors``); one that says a newer engine owns it (Fenced) is dropped
@@ -86,8 +89,27 @@ class FanOut:
         await answers([f for _, f in sent], self.settings.replica_timeout)
         stored = 0
         for link, fut in sent:
-            stored += self._stored(link, fut, gen)
+            stored += self.judge(link, fut, gen)
         return stored, started
+
+    def start(
+        self,
+        targets: list[ReplicaLink],
+        send: Send,
+        gen: int,
+        done: Callable[[int, float], None],
+    ) -> None:
+        """``send`` without a task: the request is queued on every target as ``send`` does,
+        and ``done(stored, started)`` is called from the event loop once every answer is in
+        (or timed out) and judged. ``done`` never runs before this returns."""
+        sent = []
+        for link in targets:  # no await in this loop: every replica gets the same order
+            assert link.client is not None
+            try:
+                sent.append((link, send(link.client)))
+            except CargoholdError as e:
+                link.drop(str(e))
+        _Collect(self, sent, gen, done, time.perf_counter())
 
     def require(self, stored: int, what: str) -> None:
         """Raise ReplicaIOError unless at least ``min_replicas`` replicas stored it."""
@@ -97,7 +119,7 @@ class FanOut:
                 f"{self.settings.min_replicas} needed"
             )
 
-    def _stored(self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int) -> bool:
+    def judge(self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int) -> bool:
         """One replica's answer (``fut`` is done): True if it stored it, else it is
         dropped."""
         try:
@@ -120,6 +142,58 @@ class FanOut:
         # a FLUSH reply can overtake later writes' replies: never go backwards
         link.generation = max(link.generation, reply.generation)
         return True
+
+
+class _Collect:
+    """The answers of one ``FanOut.start``. Like ``answers`` it waits for one missing
+    answer at a time (a callback on it), then looks at the rest: the replies of several
+    replicas usually arrive in one pass, so a write costs one callback, not one per
+    replica. When all are in (or the timeout failed those still missing) it judges them
+    and calls ``done``."""
+
+    __slots__ = ("done", "fanout", "gen", "sent", "started", "timer")
+
+    def __init__(
+        self,
+        fanout: FanOut,
+        sent: list[tuple[ReplicaLink, asyncio.Future[Reply]]],
+        gen: int,
+        done: Callable[[int, float], None],
+        started: float,
+    ) -> None:
+        self.fanout, self.sent, self.gen, self.done, self.started = fanout, sent, gen, done, started
+        self.timer: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
+        for _, fut in sent:
+            if not fut.done():
+                self.timer = loop.call_later(fanout.settings.replica_timeout, self._expire)
+                fut.add_done_callback(self._answered)
+                return
+        loop.call_soon(self._finish)  # nothing to wait for (or nothing sent)
+
+    def _answered(self, _: asyncio.Future[Reply]) -> None:
+        for _link, fut in self.sent:
+            if not fut.done():
+                fut.add_done_callback(self._answered)
+                return
+        self._finish()
+
+    def _expire(self) -> None:
+        self.timer = None
+        for _, fut in self.sent:
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+
+    def _finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        stored = 0
+        for link, fut in self.sent:
+            stored += self.fanout.judge(link, fut, self.gen)
+        try:
+            self.done(stored, self.started)
+        except Exception:  # a bug in the caller's callback must not take the loop's caller down
+            log.exception("volume %s: a mutation's completion failed", self.fanout.volume)
 
 
 async def answers(futs: list[asyncio.Future[Reply]], timeout: float) -> None:

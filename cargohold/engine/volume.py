@@ -12,7 +12,8 @@ engine sent it.
   older refuses to start rather than serve without acknowledged writes.
 - **Mutations** (write, trim, write-zeroes) get the engine's next generation and go to every
   replica of the write set (RW and WO) at once (``fanout``); the reply comes when all have
-  answered. A replica that errs, times out or reports a gap in its generations is dropped
+  answered. Aligned NBD writes take the same path without a task (``write_nowait``,
+  ``write_callbacks``). A replica that errs, times out or reports a gap in its generations is dropped
   (ERR), and the request succeeds if at least ``min_replicas`` stored it, else fails with
   EIO: the engine never acknowledges what it did not store (invariant 1).
 - **Reads** go to an RW replica, the local one first, else in turn. A checksum error is
@@ -50,6 +51,7 @@ from cargohold.engine.replica_link import (
     connect,
     stale_start,
 )
+from cargohold.engine.write_callbacks import CallbackWrites
 from cargohold.errors import (
     AlreadyExists,
     Busy,
@@ -68,7 +70,7 @@ from cargohold.settings import EngineSettings
 log = logging.getLogger("cargohold.engine")
 
 
-class Volume:
+class Volume(CallbackWrites):
     block_size = BLOCK_SIZE
     can_multi_conn = True  # every connection goes through this one engine
     read_only = False

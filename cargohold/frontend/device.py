@@ -37,6 +37,10 @@ class BlockDevice(Protocol):
     # Optional: ``read_now(offset, length) -> bytes | bytearray | memoryview | None``, a
     # read answered at once without awaiting anything, or None (then ``read`` is awaited).
     # It never raises. The NBD server calls it for aligned reads, without a task each.
+    # Optional: ``write_nowait(offset, data, fua, done) -> bool``, a write started without
+    # awaiting anything: ``done(None)`` or ``done(error)`` is called from the event loop when
+    # it is over, never before it returns; False: nothing was started (then ``write`` is
+    # awaited). The NBD server calls it for aligned writes, without a task each.
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None: ...
 

@@ -13,8 +13,9 @@ NBD_REP_ERR_POLICY for every option, a failed handshake loses its connection).
 
 Transmission phase: each request runs as a task of its own (``nbd_transmission.py`` says
 what each command does to the device); aligned reads the device can answer at once are
-answered inline. The replies finished in one pass of the event loop go out together, with
-one ``writelines`` (read data is never copied). Reading pauses while the connection's
+answered inline, and aligned writes the device can start at once (``write_nowait``) are
+answered from its callback, without a task. The replies finished in one pass of the event
+loop go out together, with one ``writelines`` (read data is never copied). Reading pauses while the connection's
 write buffer is high or ``MAX_INFLIGHT`` requests are in flight.
 
 QoS (``qos_gate.py``): when the volume has limits, each request is offered to the
@@ -77,6 +78,14 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         self._read_now: Callable[[int, int], Buffer | None] | None = getattr(
             self.device, "read_now", None
         )
+        # aligned writes the device can start without a task (BlockDevice.write_nowait)
+        self._write_nowait: Callable[..., bool] | None = getattr(self.device, "write_nowait", None)
+        self.now_writes = 0  # of those, in flight
+
+    @property
+    def in_flight(self) -> int:
+        """Requests taken up and not answered yet (tasks and writes without one)."""
+        return len(self.tasks) + self.now_writes
 
     # --- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,6 +138,7 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
                 self.transport.write(out)
         now: list = []  # replies made in this call
         read_now = self._read_now if self.ready is not None else None
+        write_nowait = self._write_nowait if self.ready is not None else None
         bs = self.device.block_size
         gate = self.server.qos
         limited = gate.limited
@@ -146,6 +156,16 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
                         self.server.requests += 1
                         now += self.codec.reply_read(ev.handle, ev.offset, data)
                         continue
+                elif (
+                    write_nowait is not None
+                    and ev.cmd == nbd.CMD_WRITE
+                    and not (ev.offset | ev.length) % bs
+                    and self._write_now(ev, write_nowait)
+                ):
+                    self.server.requests += 1
+                    if self.in_flight >= MAX_INFLIGHT:
+                        self._update_reading()
+                    continue
                 self._spawn(ev)
             elif type(ev) is nbd.Invalid:
                 self._send(self.codec.reply_error(ev.handle, ev.errno, ev.message))
@@ -230,7 +250,7 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         want_pause = (
             self._stopped
             or self._write_paused
-            or len(self.tasks) >= MAX_INFLIGHT
+            or self.in_flight >= MAX_INFLIGHT
             or self.queued >= QUEUE_PER_CONNECTION
         )
         if want_pause and not self._reading_paused:
@@ -265,7 +285,7 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
 
     def _close_when_idle(self) -> None:
         self._closing_after_drain = True
-        if not self.tasks and not self.queued:
+        if not self.in_flight and not self.queued:
             self.close()
 
     def close(self) -> None:
@@ -283,7 +303,7 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         at queue depth 1); with others in flight, every reply of this pass of the event
         loop goes out with one ``writelines`` (one system call) at its end."""
         if not self._out:
-            if len(self.tasks) <= 1:
+            if self.in_flight <= 1:
                 t = self.transport
                 if t is not None and not t.is_closing():
                     t.writelines(buffers)
@@ -313,14 +333,22 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         task = asyncio.get_running_loop().create_task(self._run(req))
         self.tasks.add(task)
         task.add_done_callback(self._done)
-        if len(self.tasks) >= MAX_INFLIGHT:
+        if self.in_flight >= MAX_INFLIGHT:
             self._update_reading()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        if not self.tasks:
+        self._finished()
+
+    def _finished_now(self) -> None:
+        """A write without a task was answered (``Transmission._write_now``)."""
+        self.now_writes -= 1
+        self._finished()
+
+    def _finished(self) -> None:
+        if not self.in_flight:
             self.last_active = asyncio.get_running_loop().time()
         if self._reading_paused:
             self._update_reading()
-        if self._closing_after_drain and not self.tasks and not self.queued:
+        if self._closing_after_drain and not self.in_flight and not self.queued:
             self.close()

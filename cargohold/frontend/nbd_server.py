@@ -201,7 +201,7 @@ class NBDServer:
         for c in among:
             if (
                 c.address != "unix"
-                and not c.tasks
+                and not c.in_flight
                 and now - c.last_active >= FAIR_IDLE_AFTER
                 and len(self.per_address.get(c.address, ())) > mine + 1
                 and (best is None or c.last_active < best.last_active)
@@ -225,7 +225,7 @@ class NBDServer:
                     oldest = c
             elif (
                 evict_after > 0
-                and not c.tasks
+                and not c.in_flight
                 and now - c.last_active >= evict_after
                 and (idlest is None or c.last_active < idlest.last_active)
             ):
@@ -260,7 +260,7 @@ class NBDServer:
         now = asyncio.get_running_loop().time()
         limit = self.settings.idle_timeout
         for c in list(self.connections):
-            if c.ready is not None and not c.tasks and now - c.last_active >= limit:
+            if c.ready is not None and not c.in_flight and now - c.last_active >= limit:
                 c.evict(f"idle for {now - c.last_active:.0f} s (idle_timeout {limit:g} s)")
         if self.connections:
             self._schedule_sweep()
@@ -300,8 +300,13 @@ class NBDServer:
         for c in conns:
             c.stop_reading()
         pending = [t for c in conns for t in c.tasks]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+        # writes in flight without a task (write_nowait): answered from callbacks
+        while any(c.now_writes for c in conns) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         for c in conns:
             c.close()
         for srv in self._servers:

@@ -3,7 +3,10 @@
 ``Transmission`` is the half of ``NBDConnection`` (``nbd_connection.py``) that runs once
 the option phase is over: READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, BLOCK_STATUS and CACHE
 against the connection's BlockDevice, each request in a task of its own, its reply (or
-its error: ``RequestError`` → the NBD errno) handed back to the connection to send.
+its error: ``RequestError`` → the NBD errno) handed back to the connection to send. An
+aligned WRITE to a device that can start one without waiting (``write_nowait``: the
+engine's volume) takes no task: its reply is sent from the device's callback
+(``_write_now``).
 
 Unaligned requests: a client that negotiated block sizes (NBD_INFO_BLOCK_SIZE in NBD_OPT_GO)
 was told the minimum is 4 KiB, and the codec answers its unaligned requests with EINVAL.
@@ -61,6 +64,16 @@ class SpanLocks:
         self._exclusive += exclusive
         return token
 
+    def try_acquire(self, lo: int, hi: int) -> int | None:
+        """A shared hold without waiting (a write started without a task), or None when
+        an exclusive one is held anywhere: then ``acquire`` it."""
+        if self._exclusive:
+            return None
+        token = self._next
+        self._next += 1
+        self._held[token] = (lo, hi, False)
+        return token
+
     def release(self, token: int) -> None:
         _, _, exclusive = self._held.pop(token)
         self._exclusive -= exclusive
@@ -83,6 +96,8 @@ class Transmission:
     codec: nbd.ServerConnection
     server: NBDServer
     _send: Callable[[list], None]
+    _finished_now: Callable[[], None]
+    now_writes: int  # writes in flight without a task (``_write_now``)
 
     async def _run(self, req: nbd.Request) -> None:
         codec = self.codec
@@ -94,6 +109,37 @@ class Transmission:
             log.exception("NBD %s failed", nbd.command_name(req.cmd))
             out = codec.reply_error(req.handle, 5, f"internal error: {e}")
         self._send(out)
+
+    def _write_now(self, req: nbd.Request, write_nowait: Callable[..., bool]) -> bool:
+        """An aligned WRITE started without a task (``BlockDevice.write_nowait``): its span
+        held shared, its reply sent from the device's callback. False: nothing started
+        (a read-modify-write holds a span, or the device cannot start it now): spawn it."""
+        locks = self.server.locks
+        off, payload = req.offset, req.data
+        assert payload is not None
+        token = locks.try_acquire(off, off + req.length)
+        if token is None:
+            return False
+        handle = req.handle
+
+        def done(err: Exception | None) -> None:
+            locks.release(token)
+            codec = self.codec
+            if err is None:
+                out = codec.reply_ok(handle)
+            elif isinstance(err, RequestError):
+                out = codec.reply_error(handle, err.errno, str(err))
+            else:
+                out = codec.reply_error(handle, 5, f"internal error: {err}")
+            self._send(out)
+            self._finished_now()
+
+        self.now_writes += 1
+        if not write_nowait(off, payload, bool(req.flags & nbd.CMD_FLAG_FUA), done):
+            self.now_writes -= 1
+            locks.release(token)
+            return False
+        return True
 
     async def _handle(self, req: nbd.Request) -> list:
         cmd, off, n = req.cmd, req.offset, req.length

@@ -49,6 +49,7 @@ from cargohold.replica.grant_checks import GrantChecks
 from cargohold.replica.local_peer import declared_engine, unix_peer
 from cargohold.replica.maintenance import MaintenanceOps, str_arg
 from cargohold.replica.snapshot_ops import SnapshotOps
+from cargohold.replica.write_ops import WriteOps
 from cargohold.security.identity import Identity, Role
 from cargohold.security.policy import lists_replica, replica_op_allowed
 from cargohold.security.tls import Credentials, peer_identity, require
@@ -112,7 +113,7 @@ def replica_volume(replica_id: str, labels: dict[str, str]) -> str | None:
     return m.group(1) if m else None
 
 
-class Session(MaintenanceOps, SnapshotOps, GrantChecks, asyncio.BufferedProtocol):
+class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.BufferedProtocol):
     def __init__(self, server: Host) -> None:
         self.server = server
         self.decoder = wire.RequestDecoder()
@@ -494,73 +495,6 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, asyncio.BufferedProtocol
         snapshot = str_arg(req.args(), "snapshot") if req.payload else None
         data = rep.store.read(req.offset, req.length, snapshot)
         return rep.store.generation, data
-
-    def op_write(self, req: Request) -> Result | Any:
-        rep = self._replica()
-        if len(req.payload) != req.length:
-            raise InvalidArgument(
-                f"write length {req.length} but {len(req.payload)} bytes of payload"
-            )
-        self._mutation(req)
-        gen = rep.store.write(req.offset, req.payload, generation=req.generation)
-        if req.flags & wire.FLAG_FUA:
-            return self._flush(rep, gen)
-        return gen, b""
-
-    def op_write_batch(self, req: Request) -> Result | Any:
-        """Several WRITEs in one frame (protocol version 2): each applied as a WRITE would
-        be, in order, with its own generation and its own answer (a failed write fails
-        alone); one flush when any of them asked for FUA, then one reply for all."""
-        if self.server.settings.wire_version < 2:
-            raise Unsupported("WRITE_BATCH is protocol version 2; this server speaks 1")
-        writes = wire.decode_write_batch(req.payload)
-        rep = self._replica()  # fenced, closed, deleted: the whole batch fails alike
-        store = rep.store
-        results: list[tuple[int, int, bytes]] = []
-        fua = False
-        self.server.counters["write_batches"] += 1
-        self.server.counters["batched_writes"] += len(writes)
-        # the node's request and disk-op metrics count writes, batched or not
-        self.server.counters["requests"] += len(writes) - 1
-        rep.disk.ops += len(writes) - 1
-        for w in writes:
-            try:
-                self._numbered(rep, Op.WRITE, w.generation)
-                gen = store.write(w.offset, w.data, generation=w.generation)
-                results.append((wire.STATUS_OK, gen, b""))
-                fua = fua or bool(w.flags & wire.FLAG_FUA)
-            except Exception as e:
-                status, body = self._error(req, e)
-                results.append((status, store.generation, body))
-        if fua:
-            return self._flush_batch(rep, results)
-        return store.generation, wire.encode_batch_results(results)
-
-    async def _flush_batch(self, rep: OpenReplica, results: list[tuple[int, int, bytes]]) -> Result:
-        await self._flush(rep, 0)
-        return rep.store.generation, wire.encode_batch_results(results)
-
-    def op_flush(self, req: Request) -> Any:
-        rep = self._replica()
-        return self._flush(rep, rep.store.generation)
-
-    async def _flush(self, rep: OpenReplica, gen: int) -> Result:
-        """fdatasync in a thread; answered when earlier flushes are done too (FlushGate)."""
-        t0 = time.perf_counter()
-        await rep.flushes.flush(rep.store)
-        rep.disk.flushed(int((time.perf_counter() - t0) * 1e6))
-        return gen, b""
-
-    def op_trim(self, req: Request) -> Result:
-        rep = self._mutation(req)
-        return rep.store.trim(req.offset, req.length, req.generation), b""
-
-    def op_write_zeroes(self, req: Request) -> Result:
-        rep = self._mutation(req)
-        return rep.store.write_zeroes(req.offset, req.length, req.generation), b""
-
-    async def _drain_flushes(self, rep: OpenReplica) -> None:
-        await rep.flushes.drain()
 
     def op_info(self, req: Request) -> Result:
         rep = self._replica()

@@ -239,6 +239,19 @@ class ReplicaStore(ABC):
         all its replicas agree); it must be above ``seen``. Default: ``seen + 1``.
         -> the generation the replica is complete through afterwards."""
 
+    def write_many(self, writes: list[tuple[int, Any, int]]) -> list[int | Exception]:
+        """``write`` each (offset, data, generation) in order, each with its own outcome:
+        the generation the replica is complete through after it, or the exception that
+        failed it alone (the replica server's WRITE_BATCH). The file store writes adjacent
+        ones (offset + length = the next offset) with one system call."""
+        out: list[int | Exception] = []
+        for offset, data, generation in writes:
+            try:
+                out.append(self.write(offset, data, generation=generation))
+            except Exception as e:  # this write fails alone; the caller answers it
+                out.append(e)
+        return out
+
     @abstractmethod
     def flush(self) -> None:
         """Make every completed write durable."""

@@ -38,6 +38,7 @@ if sys.byteorder != "little":  # pragma: no cover - the scalar map views assume 
 SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _MERGE_CHUNK = 1 << 16  # blocks per step of a merge (256 MiB of volume)
 SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+MAX_IOV = 512  # buffers per pwritev (Linux allows IOV_MAX = 1024)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
@@ -381,6 +382,33 @@ class Layer:
             done = 0
             while done < length:
                 done += os.pwrite(fd, data[pos + done : pos + length], off + done)
+
+    def pwritev(self, lba: int, bufs: list[memoryview]) -> None:
+        """``pwrite`` of adjacent buffers (whole blocks each) from ``lba``: one system call
+        when they lie in one segment file (at most ``MAX_IOV`` of them)."""
+        n = sum(len(b) for b in bufs) // BLOCK_SIZE
+        k, rel = divmod(lba, fmt.SEGMENT_BLOCKS)
+        if rel + n > fmt.SEGMENT_BLOCKS or len(bufs) > MAX_IOV:
+            for b in bufs:
+                self.pwrite(lba, b)
+                lba += len(b) // BLOCK_SIZE
+            return
+        off = fmt.HEADER_SIZE + rel * BLOCK_SIZE
+        done = os.pwritev(self.data_fds[k], bufs, off)
+        if done == n * BLOCK_SIZE:
+            return
+        for b in bufs:  # a short write (rare): the rest one buffer at a time
+            if done >= len(b):
+                done -= len(b)
+            else:
+                self.pwrite_bytes(k, off, b, done)
+                done = 0
+            off += len(b)
+
+    def pwrite_bytes(self, k: int, off: int, b: memoryview, start: int) -> None:
+        """The bytes of ``b`` from ``start`` at ``off`` (+ ``start``) of segment ``k``."""
+        while start < len(b):
+            start += os.pwrite(self.data_fds[k], b[start:], off + start)
 
     def pread_into(self, lba: int, out: memoryview) -> None:
         for fd, off, pos, length in self._spans(lba, len(out) // BLOCK_SIZE):

@@ -1,0 +1,112 @@
+"""A replica-server session's mutations of its open replica: WRITE, WRITE_BATCH (adjacent
+writes of a batch go to the store in one call, one ``pwritev``), FLUSH, TRIM and
+WRITE_ZEROES, each fenced by the epoch and numbered by its generation. A mixin of
+``Session`` (``replica/session.py``), whose dispatch table names these methods.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from cargohold.errors import InvalidArgument, Unsupported
+from cargohold.protocol import replica_wire as wire
+from cargohold.protocol.replica_wire import Op, Request
+
+if TYPE_CHECKING:
+    from cargohold.replica.registry import OpenReplica
+
+Result = tuple[int, Any]  # (generation, payload bytes | list of buffers)
+
+
+class WriteOps:
+    if TYPE_CHECKING:
+        server: Any  # session.Host
+
+        def _replica(self) -> OpenReplica: ...
+        def _mutation(self, req: Request) -> OpenReplica: ...
+        def _numbered(self, rep: OpenReplica, op: int, generation: int) -> None: ...
+        def _error(self, req: Request, e: Exception) -> tuple[int, bytes]: ...
+
+    def op_write(self, req: Request) -> Result | Any:
+        rep = self._replica()
+        if len(req.payload) != req.length:
+            raise InvalidArgument(
+                f"write length {req.length} but {len(req.payload)} bytes of payload"
+            )
+        self._mutation(req)
+        gen = rep.store.write(req.offset, req.payload, generation=req.generation)
+        if req.flags & wire.FLAG_FUA:
+            return self._flush(rep, gen)
+        return gen, b""
+
+    def op_write_batch(self, req: Request) -> Result | Any:
+        """Several WRITEs in one frame (protocol version 2): each applied as a WRITE would
+        be, in order, with its own generation and its own answer (a failed write fails
+        alone); one flush when any of them asked for FUA, then one reply for all."""
+        if self.server.settings.wire_version < 2:
+            raise Unsupported("WRITE_BATCH is protocol version 2; this server speaks 1")
+        writes = wire.decode_write_batch(req.payload)
+        rep = self._replica()  # fenced, closed, deleted: the whole batch fails alike
+        store = rep.store
+        results: list[tuple[int, int, bytes]] = []
+        fua = False
+        self.server.counters["write_batches"] += 1
+        self.server.counters["batched_writes"] += len(writes)
+        # the node's request and disk-op metrics count writes, batched or not
+        self.server.counters["requests"] += len(writes) - 1
+        rep.disk.ops += len(writes) - 1
+        # numbered ones to the store in one call (adjacent ones: one pwritev), in order
+        refused: list[Exception | None] = []
+        for w in writes:
+            try:
+                self._numbered(rep, Op.WRITE, w.generation)
+                refused.append(None)
+            except Exception as e:
+                refused.append(e)
+        done = iter(
+            store.write_many(
+                [
+                    (w.offset, w.data, w.generation)
+                    for w, no in zip(writes, refused, strict=True)
+                    if no is None
+                ]
+            )
+        )
+        for w, no in zip(writes, refused, strict=True):
+            got = no if no is not None else next(done)
+            if isinstance(got, Exception):
+                status, body = self._error(req, got)
+                results.append((status, store.generation, body))
+            else:
+                results.append((wire.STATUS_OK, got, b""))
+                fua = fua or bool(w.flags & wire.FLAG_FUA)
+        if fua:
+            return self._flush_batch(rep, results)
+        return store.generation, wire.encode_batch_results(results)
+
+    async def _flush_batch(self, rep: OpenReplica, results: list[tuple[int, int, bytes]]) -> Result:
+        await self._flush(rep, 0)
+        return rep.store.generation, wire.encode_batch_results(results)
+
+    def op_flush(self, req: Request) -> Any:
+        rep = self._replica()
+        return self._flush(rep, rep.store.generation)
+
+    async def _flush(self, rep: OpenReplica, gen: int) -> Result:
+        """fdatasync in a thread; answered when earlier flushes are done too (FlushGate)."""
+        t0 = time.perf_counter()
+        await rep.flushes.flush(rep.store)
+        rep.disk.flushed(int((time.perf_counter() - t0) * 1e6))
+        return gen, b""
+
+    def op_trim(self, req: Request) -> Result:
+        rep = self._mutation(req)
+        return rep.store.trim(req.offset, req.length, req.generation), b""
+
+    def op_write_zeroes(self, req: Request) -> Result:
+        rep = self._mutation(req)
+        return rep.store.write_zeroes(req.offset, req.length, req.generation), b""
+
+    async def _drain_flushes(self, rep: OpenReplica) -> None:
+        await rep.flushes.drain()

@@ -1,0 +1,147 @@
+"""Writes without a task (``engine/write_callbacks.py``, ``FanOut.start``): the same rules
+as ``Volume.write`` with in-memory replicas — a write is answered only when every replica
+of the write set answered and ``min_replicas`` stored it, a failing, silent, lagging or
+fenced replica is dropped as the awaited path drops it, ``hold`` waits for these writes,
+and what cannot start at once (held, a rebuild window over it, fenced) starts nothing.
+The same path against real replica servers and NBD clients: tests/integration/test_engine.py,
+tests/e2e/test_fault_matrix.py."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import pytest
+
+from cargohold.engine.replica_link import Mode
+from cargohold.errors import Fenced, NoSpace, ReplicaIOError
+from cargohold.protocol.replica_wire import STATUS_OK, Op, Reply
+from tests.unit.engine.test_fanout import FENCES, MemReplica, fanout, links, write
+from tests.unit.engine.test_interface import _until, volume
+
+BLOCK = memoryview(b"w" * 4096)
+
+
+class Done:
+    """The callback: records what it was called with, and when."""
+
+    def __init__(self) -> None:
+        self.calls: list[Exception | None] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, err: Exception | None) -> None:
+        self.calls.append(err)
+        self.event.set()
+
+    async def wait(self) -> Exception | None:
+        await asyncio.wait_for(self.event.wait(), 5)
+        assert len(self.calls) == 1
+        return self.calls[0]
+
+
+async def start(fo: Any, targets: Any, send: Any, gen: int) -> tuple[int, float]:
+    got: list[tuple[int, float]] = []
+    fo.start(targets, send, gen, lambda stored, t0: got.append((stored, t0)))
+    assert got == []  # never called before start returns
+    await _until(lambda: got)
+    return got[0]
+
+
+async def test_start_judges_every_answer_like_send() -> None:
+    bad = MemReplica(status=NoSpace.status)
+    targets, fo = links(MemReplica(), bad, MemReplica(lag=1), MemReplica()), fanout()
+    stored, _ = await start(fo, targets, write(3), 3)
+    assert stored == 2
+    assert [lk.mode for lk in targets] == [Mode.RW, Mode.ERR, Mode.ERR, Mode.RW]
+    assert "NoSpace" in targets[1].error and "missed a mutation" in targets[2].error
+    assert [lk.generation for lk in targets if lk.mode is Mode.RW] == [3, 3]
+
+
+async def test_start_times_out_a_silent_replica_with_one_timer() -> None:
+    silent = MemReplica(silent=True)
+    targets, fo = links(MemReplica(), silent), fanout(timeout=0.2)
+    t0 = time.monotonic()
+    stored, _ = await start(fo, targets, write(1), 1)
+    assert 0.15 < time.monotonic() - t0 < 2.0
+    assert stored == 1 and targets[1].error == "TimeoutError"
+
+
+async def test_start_with_every_connection_lost_still_calls_back() -> None:
+    lost = MemReplica()
+    lost.lost = ReplicaIOError("connection lost")
+    targets, fo = links(lost), fanout()
+    assert (await start(fo, targets, write(1), 1))[0] == 0
+    assert targets[0].mode is Mode.ERR and FENCES == []
+
+
+async def test_write_nowait_is_answered_when_every_replica_stored_it() -> None:
+    reps = [MemReplica(silent=True) for _ in range(3)]
+    vol = volume(*reps)
+    done = Done()
+    assert vol.write_nowait(8192, BLOCK, False, done)
+    assert all(r.got == [(Op.WRITE, 8192, 1)] for r in reps)
+    for r in reps[:2]:
+        r.pending[0].set_result(Reply(STATUS_OK, 1, 1, b""))
+    await asyncio.sleep(0.05)
+    assert done.calls == []  # one replica has not answered: not acknowledged (invariant 1)
+    reps[2].pending[0].set_result(Reply(STATUS_OK, 1, 1, b""))
+    assert await done.wait() is None
+    assert vol.counters["written_bytes"] == 4096 and vol.current() == (1, 1)
+
+
+async def test_write_nowait_below_min_replicas_fails_with_eio() -> None:
+    vol = volume(MemReplica(), MemReplica(status=NoSpace.status))
+    vol.settings = vol.fanout.settings = dataclasses.replace(vol.settings, min_replicas=2)
+    done = Done()
+    assert vol.write_nowait(0, BLOCK, False, done)
+    err = await done.wait()
+    assert isinstance(err, ReplicaIOError) and "write done on 1 replicas, 2 needed" in str(err)
+    assert vol.counters["written_bytes"] == 0
+    # the write set is now too small: nothing starts; the awaited path raises
+    assert not vol.write_nowait(0, BLOCK, False, Done())
+    with pytest.raises(ReplicaIOError):
+        await vol.write(0, BLOCK, False)
+
+
+async def test_write_nowait_fenced_fails_and_then_starts_nothing() -> None:
+    vol = volume(MemReplica(), MemReplica(status=Fenced.status))
+    done = Done()
+    assert vol.write_nowait(0, BLOCK, False, done)
+    assert isinstance(await done.wait(), Fenced)
+    assert vol.fenced and not vol.write_nowait(0, BLOCK, False, Done())
+
+
+async def test_write_nowait_starts_nothing_while_held_or_in_a_rebuild_window() -> None:
+    r = MemReplica()
+    vol = volume(r)
+    vol.window(0, 8192)
+    assert not vol.write_nowait(4096, BLOCK, False, Done())
+    done = Done()
+    assert vol.write_nowait(8192, BLOCK, False, done)  # outside the window
+    assert await done.wait() is None
+    vol.window_done()
+    async with vol.hold():
+        assert not vol.write_nowait(0, BLOCK, False, Done())
+    assert [g for _, _, g in r.got] == [1]
+
+
+async def test_hold_waits_for_a_write_without_a_task() -> None:
+    r = MemReplica(silent=True)
+    vol = volume(r)
+    done = Done()
+    assert vol.write_nowait(0, BLOCK, True, done)
+    inside = asyncio.Event()
+
+    async def holder() -> None:
+        async with vol.hold():
+            inside.set()
+
+    held = asyncio.get_running_loop().create_task(holder())
+    await asyncio.sleep(0.05)
+    assert not inside.is_set()
+    r.generation = 1
+    r.pending[0].set_result(Reply(STATUS_OK, 1, 1, b""))
+    await done.wait()
+    await asyncio.wait_for(held, 5)

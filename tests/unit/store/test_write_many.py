@@ -1,0 +1,88 @@
+"""``write_many`` (the replica server's WRITE_BATCH): adjacent writes of a batch reach the
+file store's data file as one ``pwritev``, yet every write keeps what ``write`` gives it —
+its own generation, its own outcome, the block map's checksums and generations — and the
+file store and its in-memory twin end in the same state. A write that cannot be claimed
+fails alone; a failed ``pwritev`` fails its run and leaves the replica's generation before
+it (a gap, as a failed ``write`` does)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from cargohold.constants import BLOCK_SIZE, GIB
+from cargohold.errors import InvalidArgument, ReplicaIOError
+from cargohold.store.file_store import FileStore
+from cargohold.store.memory_store import MemoryStore
+
+
+def blocks(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n * BLOCK_SIZE, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = FileStore.create(str(tmp_path / "r"), 1 * GIB)
+    yield s
+    s.close()
+
+
+def batch() -> list[tuple[int, bytes, int]]:
+    """Three adjacent writes (1, 2 and 1 blocks), one apart, two adjacent again."""
+    return [
+        (0, blocks(1, 1), 1),
+        (BLOCK_SIZE, blocks(2, 2), 2),
+        (3 * BLOCK_SIZE, blocks(1, 3), 3),
+        (10 * BLOCK_SIZE, blocks(1, 4), 4),
+        (20 * BLOCK_SIZE, blocks(4, 5), 5),
+        (24 * BLOCK_SIZE, blocks(1, 6), 6),
+    ]
+
+
+def test_adjacent_writes_go_as_one_pwritev_and_read_back_like_single_writes(
+    store, tmp_path, monkeypatch
+):
+    calls: list[int] = []
+    real = os.pwritev
+    monkeypatch.setattr(
+        os, "pwritev", lambda fd, bufs, off: calls.append(len(bufs)) or real(fd, bufs, off)
+    )
+    assert store.write_many(batch()) == [1, 2, 3, 4, 5, 6]
+    assert calls == [3, 2]  # the two runs; the lone write went by pwrite
+    twin = MemoryStore(1 * GIB)
+    assert twin.write_many(batch()) == [1, 2, 3, 4, 5, 6]
+    one = FileStore.create(str(tmp_path / "one"), 1 * GIB)
+    for offset, data, g in batch():
+        one.write(offset, data, generation=g)
+    for s in (twin, one):
+        assert bytes(store.read(0, 32 * BLOCK_SIZE)) == bytes(s.read(0, 32 * BLOCK_SIZE))
+        assert (store.checksums(0, 32 * BLOCK_SIZE) == s.checksums(0, 32 * BLOCK_SIZE)).all()
+        assert store.changed_since(3) == s.changed_since(3)  # generations per block
+    assert store.generation == one.generation == 6
+    assert not store.scrub().bad
+    one.close()
+
+
+def test_a_write_that_cannot_be_claimed_fails_alone(store):
+    store.write(0, blocks(1, 0), generation=1)
+    got = store.write_many([(BLOCK_SIZE, blocks(1, 1), 1), (2 * BLOCK_SIZE, blocks(1, 2), 2)])
+    assert isinstance(got[0], InvalidArgument) and "not above" in str(got[0])
+    assert got[1] == 2
+    assert bytes(store.read(BLOCK_SIZE, BLOCK_SIZE)) == bytes(BLOCK_SIZE)  # not written
+    assert bytes(store.read(2 * BLOCK_SIZE, BLOCK_SIZE)) == blocks(1, 2)
+
+
+def test_a_failed_pwritev_fails_its_run_and_leaves_a_gap(store, monkeypatch):
+    store.write(0, blocks(1, 0), generation=1)
+
+    def broken(fd, bufs, off):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "pwritev", broken)
+    got = store.write_many([(BLOCK_SIZE, blocks(1, 1), 2), (2 * BLOCK_SIZE, blocks(1, 2), 3)])
+    assert all(isinstance(e, ReplicaIOError) for e in got), got
+    assert store.generation == 1  # complete through 1 only: the engine drops this replica
+    assert bytes(store.read(BLOCK_SIZE, 2 * BLOCK_SIZE)) == bytes(2 * BLOCK_SIZE)
+    assert not store.scrub().bad  # the old content still verifies
