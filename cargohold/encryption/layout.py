@@ -89,3 +89,21 @@ def logical_runs(start: int, runs: list[tuple[int, int]]) -> list[tuple[int, int
                 out.append((BLOCK, flags))
         p = q
     return out
+
+
+def logical_block(phys: int) -> int:
+    """The logical block a physical *data* block holds (the inverse of ``data_block``)."""
+    return phys // (GROUP + 1) * GROUP + phys % (GROUP + 1)
+
+
+def first_logical_at(phys: int) -> int:
+    """The first logical block whose data block is at or after physical block ``phys``."""
+    return logical_block(phys + 1 if phys % (GROUP + 1) == GROUP else phys)
+
+
+def logical_extent(first: int, end: int) -> tuple[int, int] | None:
+    """The logical blocks ``[lo, hi)`` whose data blocks lie in the physical blocks
+    ``[first, end)``: one range, since tag blocks only sit between logically adjacent
+    blocks. None when the span holds no data block (a lone tag block)."""
+    lo, hi = first_logical_at(first), first_logical_at(end)
+    return (lo, hi) if hi > lo else None

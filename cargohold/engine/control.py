@@ -101,6 +101,7 @@ async def handle(
             request.get("base"),
             request.get("offset", 0),
             request.get("max_results"),
+            encrypted=rekey is not None,  # an encrypted volume: answered in logical offsets
         )
     if op == "hold":
         return {

@@ -12,6 +12,11 @@ with the same bytes is in it) and never reports a block neither snapshot changed
 
 Answers are pages: runs of whole blocks from ``offset`` on, at most ``max_results`` of them;
 ``next_offset`` is where the next page starts (the volume's size when there is no more).
+
+An encrypted volume (``encrypted``) is answered in its own, logical offsets: the replicas
+track the physical volume (encryption/layout.py: ciphertext blocks with a tag block after
+every 64), so the page is scanned there and its runs mapped back, tag blocks left out (a
+write changes its block's tag block too; the data block says which logical block it was).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from cargohold.constants import BLOCK_SIZE
+from cargohold.encryption import layout
 from cargohold.engine.volume import Volume
 from cargohold.errors import InvalidArgument, NotFound, ReplicaIOError
 from cargohold.protocol import extent_stream as xs
@@ -57,9 +63,13 @@ async def page(
     base: Any = None,
     offset: Any = 0,
     max_results: Any = None,
+    encrypted: bool = False,
 ) -> dict[str, Any]:
     """One page of ``snapshot``'s allocated blocks, or (with ``base``) of the blocks that
-    changed from snapshot ``base`` to ``snapshot``."""
+    changed from snapshot ``base`` to ``snapshot``; of the logical volume when
+    ``encrypted`` (module doc)."""
+    if encrypted:
+        return await _logical_page(vol, snapshot, base, offset, max_results)
     vol.check_usable()
     if not isinstance(snapshot, str) or not snapshot:
         raise InvalidArgument("snapshot (a snapshot's name) is required")
@@ -102,4 +112,32 @@ async def page(
         "block_size": BLOCK_SIZE,
         "runs": [[off, n] for off, n in runs],
         "next_offset": min(pos, size),
+    }
+
+
+async def _logical_page(
+    vol: Volume, snapshot: Any, base: Any, offset: Any, max_results: Any
+) -> dict[str, Any]:
+    """``page`` of an encrypted volume: the physical page from the data block of logical
+    ``offset`` on, its runs and its end mapped to logical blocks."""
+    size = layout.logical_size(vol.size)
+    pos, limit = _page_args(offset, max_results, size)
+    phys = layout.data_block(pos // BLOCK_SIZE) * BLOCK_SIZE if pos < size else vol.size
+    got = await page(vol, snapshot, base, phys, limit)
+    runs: list[list[int]] = []
+    for off, n in got["runs"]:
+        span = layout.logical_extent(off // BLOCK_SIZE, (off + n) // BLOCK_SIZE)
+        if span is None:
+            continue  # a tag block alone
+        lo, hi = span[0] * BLOCK_SIZE, span[1] * BLOCK_SIZE
+        if runs and runs[-1][0] + runs[-1][1] == lo:
+            runs[-1][1] += hi - lo
+        else:
+            runs.append([lo, hi - lo])
+    nxt = got["next_offset"]
+    return {
+        "volume_capacity_bytes": size,
+        "block_size": BLOCK_SIZE,
+        "runs": runs,
+        "next_offset": min(size, layout.first_logical_at(nxt // BLOCK_SIZE) * BLOCK_SIZE),
     }

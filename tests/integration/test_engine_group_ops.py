@@ -5,7 +5,9 @@ over three real replica servers (loopback), with qemu-io as the NBD client:
   Busy for another; a snapshot taken inside the hold (``snapshot`` with ``hold``) works, one
   after the hold expired (its deadline passed) is refused, and writes resume by themselves;
 - ``snapshot-metadata`` answers a snapshot's allocated blocks and the blocks changed between
-  two snapshots, paged by ``offset`` and ``max_results``, equal to what was written.
+  two snapshots, paged by ``offset`` and ``max_results``, equal to what was written — of an
+  encrypted volume too, in its logical offsets (its replicas hold ciphertext and tag blocks
+  at other, physical offsets).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 
 import pytest
 
+from cargohold.encryption import layout
+from tests.support.encrypted_engines import engines_of
 from tests.support.engine import EngineProc
 from tests.support.nbd_clients import need, qemu_io
 from tests.support.replica_cluster import ReplicaCluster
@@ -84,8 +88,29 @@ def pages(e: EngineProc, **req: object) -> list[list[int]]:
         offset = r["next_offset"]
 
 
+@pytest.fixture
+def encrypted_engine(tmp_path):  # type: ignore[no-untyped-def]
+    need("qemu-io")
+    c = ReplicaCluster(tmp_path, layout.physical_size(SIZE))
+    try:
+        key = bytes(range(40, 72))
+        for engines in engines_of(c, tmp_path, bytes.fromhex("ab" * 16), (key,)):
+            yield engines(1, key)
+    finally:
+        c.stop()
+
+
 def test_snapshot_metadata_allocated_and_delta(engine: EngineProc) -> None:
-    e = engine
+    check_snapshot_metadata(engine)
+
+
+def test_snapshot_metadata_of_an_encrypted_volume_is_in_its_logical_offsets(
+    encrypted_engine: EngineProc,
+) -> None:
+    check_snapshot_metadata(encrypted_engine)
+
+
+def check_snapshot_metadata(e: EngineProc) -> None:
     qemu_io(e.uri, "write -P 0x01 0 1M", "write -P 0x02 8M 64k", "write -P 0x03 40M 4k")
     assert e.ctl(op="snapshot", name="s1")["ok"]
     qemu_io(e.uri, "write -P 0x04 512k 8k", "discard 8M 64k", "write -P 0x05 20M 12k")

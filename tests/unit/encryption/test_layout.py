@@ -46,3 +46,26 @@ def test_extents_and_logical_runs():
     # physical blocks 60..70 of which 64 is a tag block: 10 data blocks; flags split at 66
     runs = layout.logical_runs(60, [(6 * 4096, 0), (5 * 4096, 1)])
     assert runs == [(5 * 4096, 0), (5 * 4096, 1)]
+
+
+@given(st.integers(min_value=0, max_value=1 << 40))
+def test_logical_block_inverts_data_block(i):
+    assert layout.logical_block(layout.data_block(i)) == i
+    assert layout.first_logical_at(layout.data_block(i)) == i
+    assert layout.first_logical_at(layout.tag_block(i)) == (i // layout.GROUP + 1) * layout.GROUP
+
+
+@given(st.integers(min_value=0, max_value=700), st.integers(min_value=0, max_value=300))
+def test_a_physical_span_holds_one_logical_range(first, n):
+    """Snapshot metadata of an encrypted volume (engine/snapshot_metadata.py): the data
+    blocks of any physical span are one logical range, found without a per-block loop."""
+    want = [
+        layout.logical_block(p)
+        for p in range(first, first + n)
+        if p % (layout.GROUP + 1) != layout.GROUP
+    ]
+    got = layout.logical_extent(first, first + n)
+    if not want:
+        assert got is None
+    else:
+        assert got == (want[0], want[-1] + 1) and want == list(range(*got))
