@@ -65,6 +65,8 @@ from cargohold.cli.volume_cmd import default_node
 from cargohold.control.client import ManagerClient, volume_attached
 from cargohold.errors import ConfigError
 
+INVALID_EXIT = 9  # a baseline was out of band: the run is no result (docs/benchmarks.md)
+
 DEFAULT_REGION = 1 << 30  # a volume's first GiB (or all of it, if smaller)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -341,14 +343,17 @@ def bench(
     }
     if as_json or output is BenchFormat.JSON:
         typer.echo(json.dumps(report, indent=2))
-        return
-    print_results(report)
-    for n in notes:
-        say(f"note: {escape(n)}")
-    if we_attached:
-        say(
-            f"volume [bold]{escape(str(volume))}[/bold] was attached for the run and detached again"
-        )
+    else:
+        print_results(report)
+        for n in notes:
+            say(f"note: {escape(n)}")
+        if we_attached:
+            say(
+                f"volume [bold]{escape(str(volume))}[/bold] was attached for the run and "
+                "detached again"
+            )
+    if report["valid"] is False:  # printed in full, but no script may take it as a result
+        raise typer.Exit(INVALID_EXIT)
 
 
 def _ios(rows: dict[str, list[dict[str, Any]]]) -> int:

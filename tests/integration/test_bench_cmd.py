@@ -47,8 +47,8 @@ def test_bench_local_engine_json_smoke(tmp_path: Path) -> None:
     cmd += ["--profile", "quick", "--seconds", "1", "--repeats", "1", "--size", "64MiB"]
     cmd += ["--workloads", "randwrite-4k-qd16", "--work-dir", str(tmp_path), "--json"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
+    assert p.returncode == (9 if report["valid"] is False else 0), p.stderr  # 9: INVALID
     assert report["label"] == "local engine, 3 replicas (TLS)" and report["replicas"] == 3
     assert report["repeats"] == 1 and report["region_bytes"] == 64 << 20
     w = report["summary"]["randwrite-4k-qd16"]
@@ -143,7 +143,9 @@ def test_bench_quick_profile_table_and_json(cluster: Path) -> None:
     vol = json.loads(cli(cluster, "volume", "get", "bench", "-o", "json").stdout)
     assert vol["state"] == "detached"
 
-    report = json.loads(cli(cluster, *args, "--seconds", "1", "-o", "json", timeout=300).stdout)
+    p = cli(cluster, *args, "--seconds", "1", "-o", "json", check=False, timeout=300)
+    report = json.loads(p.stdout)
+    assert p.returncode == (9 if report["valid"] is False else 0), p.stderr  # 9: INVALID
     assert report["profile"] == "quick" and report["seconds"] == 1
     assert report["region_bytes"] == 256 << 20 and report["attached_for_the_run"]
     assert [r["workload"] for r in report["results"]] == [w.key for w in WORKLOADS]
