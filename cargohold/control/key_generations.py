@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cargohold.control.model import Snapshot, VolumeEncryption, WrappedDataKey
-from cargohold.errors import KeyUnavailable, WrongState
+from cargohold.errors import InvalidArgument, KeyUnavailable, WrongState
 
 MAX_KEYS = 8  # the engine takes 1..8 data keys (encryption/block_cipher.py MAX_KEYS)
 
@@ -138,3 +138,51 @@ def for_copy(enc: VolumeEncryption, needed: Iterable[int] | None) -> VolumeEncry
         head_generations=[k.generation for k in keys] if len(keys) > 1 else [],
         rotation=None,
     )
+
+
+def merge_for_standby(
+    current: VolumeEncryption, incoming: VolumeEncryption
+) -> tuple[VolumeEncryption, list[int]]:
+    """A standby's key record (``current``) holding every generation a newer backup's
+    label carries (``incoming``) as well as its own (its applied state, the one a failed
+    apply is reverted to, may be under them): -> (the record, the generations added).
+    Newest first, no duplicates, the standby's id kept. The standby needs no clear key to
+    write the backup's ciphertext; its engine needs them all to serve it
+    (docs/disaster-recovery.md, "Encrypted volumes"). InvalidArgument when the backup is
+    of another data key (another id), when its keys are wrapped under another KEK than
+    the standby's while the standby holds generations the backup no longer carries (one
+    record names one KEK: rewrap the standby first, ``volume rekey``), or when the union
+    is more than an engine takes."""
+    if incoming.id != current.id:
+        raise InvalidArgument(
+            f"the backup is of encryption id {incoming.id}, the standby's is {current.id}: "
+            "it is a backup of another volume's data"
+        )
+    mine = {k.generation: k for k in current.keys}
+    theirs = {k.generation: k for k in incoming.keys}
+    added = sorted(set(theirs) - set(mine), reverse=True)
+    same_kek = (incoming.provider, incoming.key_ref) == (current.provider, current.key_ref)
+    if not same_kek:
+        if not added and all(mine[g].wrapped_key == theirs[g].wrapped_key for g in mine):
+            return current, []
+        if set(mine) - set(theirs):
+            raise InvalidArgument(
+                f"the backup's data keys are wrapped under {incoming.provider} key "
+                f"{incoming.key_ref}, the standby's under {current.provider} key "
+                f"{current.key_ref}, and the standby holds generation(s) "
+                f"{sorted(set(mine) - set(theirs))} the backup does not carry"
+            )
+        keys = [theirs[g] for g in sorted(theirs, reverse=True)]
+        merged = with_keys(current, keys, provider=incoming.provider, key_ref=incoming.key_ref)
+        return merged, added
+    if not added:
+        return current, []
+    union = {**theirs, **mine}  # the standby's own wrapping wins for a generation both hold
+    if len(union) > MAX_KEYS:
+        raise InvalidArgument(
+            f"the standby would hold {len(union)} data key generations "
+            f"({sorted(union, reverse=True)}), more than an engine takes ({MAX_KEYS})"
+        )
+    keys = [union[g].model_copy(update={"kept_for": ""}) for g in sorted(union, reverse=True)]
+    head_gens = sorted(head(current) | set(added), reverse=True)
+    return with_keys(current, keys, head_generations=head_gens if len(keys) > 1 else []), added

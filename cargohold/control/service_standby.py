@@ -23,6 +23,7 @@ from cargohold.control.service_backups import BackupCalls, volume_uid
 from cargohold.control.service_keys import ENCRYPTION_LABEL
 from cargohold.control.service_volumes import VolumeCalls
 from cargohold.control.standby import activatable, source_backups
+from cargohold.encryption import layout
 from cargohold.errors import CargoholdError, InvalidArgument, NotFound, WrongState
 from cargohold.security.identity import Identity
 
@@ -52,15 +53,16 @@ class StandbyCalls(VolumeCalls, BackupCalls):
             )
         newest = mine[-1]
         labels = next((i.get("labels") or {} for i in infos if i.get("id") == newest.id), {})
-        if ENCRYPTION_LABEL in labels:  # docs/disaster-recovery.md, "Limits"
-            raise InvalidArgument(
-                f"{req.source_volume} is an encrypted volume: standbys of encrypted volumes are "
-                "not supported yet; restore its backup into a new volume (docs/keys.md)"
-            )
-        if req.size_bytes is not None and req.size_bytes < newest.size:
+        # an encrypted source's backups hold ciphertext (physical blocks) and its key record
+        # (ENCRYPTION_LABEL): the restore below copies the record, every generation, into the
+        # standby's (docs/disaster-recovery.md, "Encrypted volumes"); sizes here are logical
+        encrypted = ENCRYPTION_LABEL in labels
+        size = req.size_bytes or (layout.logical_size(newest.size) if encrypted else newest.size)
+        stored = layout.physical_size(layout.logical_size_for(size)) if encrypted else size
+        if stored < newest.size:
             raise InvalidArgument(
                 f"a standby must be at least as large as its source's backups: "
-                f"{req.size_bytes} < {newest.size} bytes"
+                f"{size} bytes ({stored} stored) < {newest.size} bytes"
             )
         await self._sync(target, repo)  # the newest backup gets its record here
         rec = next(
@@ -76,7 +78,7 @@ class StandbyCalls(VolumeCalls, BackupCalls):
         await self.create_volume(
             VolumeCreate(
                 name=req.name,
-                size_bytes=req.size_bytes or newest.size,
+                size_bytes=size,
                 replicas=req.replicas,
                 node_tags=req.node_tags,
                 disk_tags=req.disk_tags,

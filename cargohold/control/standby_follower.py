@@ -21,6 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from cargohold.control import key_generations as gens
 from cargohold.control.model import (
     OperationKind,
     OperationState,
@@ -31,6 +32,7 @@ from cargohold.control.model import (
     Volume,
 )
 from cargohold.control.service_backups import volume_uid
+from cargohold.control.service_keys import ENCRYPTION_LABEL, encryption_of_label
 from cargohold.control.standby import (
     OpState,
     SourceBackup,
@@ -40,13 +42,14 @@ from cargohold.control.standby import (
     next_step,
     source_backups,
 )
-from cargohold.errors import CargoholdError, NotFound
+from cargohold.errors import CargoholdError, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from cargohold.control.service import Service
 
 log = logging.getLogger("cargohold.manager")
 
+KEY_ERROR = "standby apply stopped: "  # the volume's error while a key is missing
 FOLLOW_TICK = 1.0  # seconds between passes (cheap: records only, targets when due)
 
 
@@ -57,6 +60,7 @@ class StandbyFollower:
         self._pins: dict[str, tuple[tuple[str, ...], float]] = {}  # volume -> (pinned, when)
         self._tried: dict[str, float] = {}  # volume -> when its target was last asked
         self.polls = 0  # catalog reads (tests and the benchmark count them)
+        self._labels: dict[str, dict[str, str]] = {}  # volume -> backup id -> its key label
 
     async def run_once(self, now: float | None = None) -> None:
         for vol in await self.repo.volumes():
@@ -115,6 +119,7 @@ class StandbyFollower:
             out.poll_error = str(e)
             return out
         mine = source_backups(infos, out)
+        self._labels[vol.name] = key_labels(infos, {b.id for b in mine})
         out.poll_error, out.last_poll = "", now
         if mine:
             out.newest, out.newest_created = mine[-1].id, mine[-1].created
@@ -141,6 +146,7 @@ class StandbyFollower:
             # pin the backup before its apply reads it (the source's retention skips it)
             repo = await self.s._open(await self.repo.backup_target(sb.target))
             await self._pin(vol, repo, out, now, force=True)
+            await self._keys_for(vol, repo, step.backup)  # before its engine starts
             op = await self.s._operation(
                 OperationKind.RESTORE,
                 vol.name,
@@ -176,6 +182,54 @@ class StandbyFollower:
             self._pins.pop(vol.name, None)
             log.info("standby %s: active (holds backup %s)", vol.name, out.applied)
         return out
+
+    async def _keys_for(self, vol: Volume, repo: Any, backup: str) -> None:
+        """Merge the key generations backup ``backup``'s label carries into the standby's
+        record (the source may have rotated its data key since), each new one unwrapped once
+        here to prove this cluster holds its KEK. Raises (the apply does not start; the
+        volume's ``error`` says why) when one cannot be: never a silent skip."""
+        if vol.encryption is None:
+            return
+        labels = self._labels.get(vol.name, {})
+        if backup not in labels:  # e.g. a manager restarted: read the catalog once more
+            infos = [i.to_dict() for i in await asyncio.to_thread(repo.backups)]
+            labels = self._labels[vol.name] = key_labels(infos, {backup})
+        text = labels.get(backup)
+        if text is None:
+            err = f"backup {backup} carries no key record (it is not of an encrypted volume)"
+            await self._key_error(vol.name, backup, InvalidArgument(err))
+        try:
+            merged, added = gens.merge_for_standby(vol.encryption, encryption_of_label(text or ""))
+            if added:
+                probe = gens.with_keys(merged, [k for k in merged.keys if k.generation in added])
+                await self.s.unwrap_all(vol.name, probe)
+        except CargoholdError as e:
+            await self._key_error(vol.name, backup, e)
+            raise
+        if merged == vol.encryption:
+            return
+
+        def change(v: Volume) -> Volume:
+            v.encryption = merged
+            if v.error.startswith(KEY_ERROR):
+                v.error = ""
+            return v
+
+        await self.repo.update_volume(vol.name, change)
+        vol.encryption = merged
+        log.info("standby %s: holds data key generation(s) %s of its source now", vol.name, added)
+
+    async def _key_error(self, name: str, backup: str, e: CargoholdError) -> None:
+        msg = f"{KEY_ERROR}backup {backup} needs a data key this cluster cannot use: {e}"
+
+        def change(v: Volume) -> Volume | None:
+            if v.error == msg:
+                return None
+            v.error = msg
+            return v
+
+        await self.repo.update_volume(name, change)
+        raise type(e)(msg) from None
 
     async def _reserve(self, name: str) -> bool:
         """Mark the standby ``dirty`` before an apply starts, unless it is attached (read-only,
@@ -226,6 +280,16 @@ class StandbyFollower:
             return v
 
         await self.repo.update_volume(name, change)
+
+
+def key_labels(infos: list[dict[str, Any]], ids: set[str]) -> dict[str, str]:
+    """Backup id -> its ENCRYPTION_LABEL, of the backups ``ids`` that carry one."""
+    out: dict[str, str] = {}
+    for i in infos:
+        label = (i.get("labels") or {}).get(ENCRYPTION_LABEL)
+        if i.get("id") in ids and label is not None:
+            out[str(i["id"])] = str(label)
+    return out
 
 
 def _newest(sb: Standby) -> SourceBackup | None:
