@@ -20,7 +20,7 @@ from cargohold.control.model import (
 from cargohold.control.repository import now
 from cargohold.control.requests import StandbyCreate, VolumeCreate
 from cargohold.control.service_backups import BackupCalls, volume_uid
-from cargohold.control.service_keys import ENCRYPTION_LABEL
+from cargohold.control.service_keys import ENCRYPTION_LABEL, encryption_of_label
 from cargohold.control.service_volumes import VolumeCalls
 from cargohold.control.standby import activatable, source_backups
 from cargohold.encryption import layout
@@ -57,6 +57,8 @@ class StandbyCalls(VolumeCalls, BackupCalls):
         # (ENCRYPTION_LABEL): the restore below copies the record, every generation, into the
         # standby's (docs/disaster-recovery.md, "Encrypted volumes"); sizes here are logical
         encrypted = ENCRYPTION_LABEL in labels
+        if encrypted:  # this cluster must hold the KEK: unwrap every generation once now
+            await self.unwrap_all(req.name, encryption_of_label(str(labels[ENCRYPTION_LABEL])))
         size = req.size_bytes or (layout.logical_size(newest.size) if encrypted else newest.size)
         stored = layout.physical_size(layout.logical_size_for(size)) if encrypted else size
         if stored < newest.size:

@@ -16,7 +16,7 @@ from cargohold.control.requests import StandbyCreate
 from cargohold.control.service_keys import ENCRYPTION_LABEL, encryption_label
 from cargohold.control.standby_follower import StandbyFollower
 from cargohold.encryption import layout
-from cargohold.errors import InvalidArgument
+from cargohold.errors import CargoholdError, InvalidArgument, NotFound
 from cargohold.keys.data_keys import new_data_key
 from cargohold.keys.providers import Keyring, MemoryProvider
 from tests.unit.control.sim import Sim
@@ -113,3 +113,20 @@ async def test_an_encrypted_standby_merges_each_backups_generations(standby_sim:
     assert vol.standby is not None and vol.standby.applied == b2["id"]
     after = [o for o in await sim.repo.operations("db-dr") if o.kind is OperationKind.RESTORE]
     assert len(after) == restores
+
+
+async def test_create_refuses_without_the_kek(standby_sim: Sim) -> None:
+    sim = standby_sim
+    theirs = MemoryProvider({"default": b"q" * 32}, name="file")
+    sim.service.keyring = Keyring([theirs])
+    src = await sim.service.new_encryption("default", None)
+    sim.service.keyring = Keyring([MemoryProvider({"default": b"k" * 32}, name="file")])
+    twin = sim.twins.repos["s3://a/x"]  # type: ignore[attr-defined]
+    labels = {ENCRYPTION_LABEL: encryption_label(src)}
+    twin.add(volume="db", volume_id="u", size=layout.physical_size(GiB), labels=labels)
+    with pytest.raises(CargoholdError):
+        await sim.service.create_standby(
+            StandbyCreate(name="db-dr", target="site-a", source_volume="db")
+        )
+    with pytest.raises(NotFound):
+        await sim.repo.volume("db-dr")
