@@ -61,6 +61,7 @@ class StandbyFollower:
         self._tried: dict[str, float] = {}  # volume -> when its target was last asked
         self.polls = 0  # catalog reads (tests and the benchmark count them)
         self._labels: dict[str, dict[str, str]] = {}  # volume -> backup id -> its key label
+        self._key_failed: dict[str, float] = {}  # volume -> when its keys last failed
 
     async def run_once(self, now: float | None = None) -> None:
         for vol in await self.repo.volumes():
@@ -85,6 +86,8 @@ class StandbyFollower:
         ):
             new = await self._poll(vol, new, now)
         step = next_step(new, _newest(new), op)
+        if step.kind == "apply" and not await self._keys_ready(vol, sb, step, now):
+            step = Step("wait")  # a key this cluster cannot use: the volume's error says which
         if step.kind == "apply" and not await self._reserve(vol.name):
             step = Step("wait")  # attached read-only: it serves the last complete backup
         if step.kind != "wait":
@@ -146,7 +149,6 @@ class StandbyFollower:
             # pin the backup before its apply reads it (the source's retention skips it)
             repo = await self.s._open(await self.repo.backup_target(sb.target))
             await self._pin(vol, repo, out, now, force=True)
-            await self._keys_for(vol, repo, step.backup)  # before its engine starts
             op = await self.s._operation(
                 OperationKind.RESTORE,
                 vol.name,
@@ -183,7 +185,25 @@ class StandbyFollower:
             log.info("standby %s: active (holds backup %s)", vol.name, out.applied)
         return out
 
-    async def _keys_for(self, vol: Volume, repo: Any, backup: str) -> None:
+    async def _keys_ready(self, vol: Volume, sb: Standby, step: Step, now: float) -> bool:
+        """The standby's record holds every key generation ``step``'s backup needs (merged
+        in now if not), before the apply reserves the standby and its engine starts. A
+        failure is retried once per poll interval (a KMS is not asked every pass)."""
+        if vol.encryption is None or not step.backup:
+            return True
+        failed = self._key_failed.get(vol.name)
+        if failed and now - failed < self.s.settings.standby_poll_interval:
+            return False
+        try:
+            await self._keys_for(vol, sb, step.backup)
+        except CargoholdError as e:
+            self._key_failed[vol.name] = now
+            log.warning("standby %s: %s", vol.name, e)
+            return False
+        self._key_failed.pop(vol.name, None)
+        return True
+
+    async def _keys_for(self, vol: Volume, sb: Standby, backup: str) -> None:
         """Merge the key generations backup ``backup``'s label carries into the standby's
         record (the source may have rotated its data key since), each new one unwrapped once
         here to prove this cluster holds its KEK. Raises (the apply does not start; the
@@ -192,6 +212,7 @@ class StandbyFollower:
             return
         labels = self._labels.get(vol.name, {})
         if backup not in labels:  # e.g. a manager restarted: read the catalog once more
+            repo = await self.s._open(await self.repo.backup_target(sb.target))
             infos = [i.to_dict() for i in await asyncio.to_thread(repo.backups)]
             labels = self._labels[vol.name] = key_labels(infos, {backup})
         text = labels.get(backup)

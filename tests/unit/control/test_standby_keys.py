@@ -111,8 +111,15 @@ async def test_an_encrypted_standby_merges_each_backups_generations(standby_sim:
     assert vol.error.startswith("standby apply stopped: backup " + b3["id"]), vol.error
     assert vol.encryption is not None and gens.generations(vol.encryption) == [2, 1]
     assert vol.standby is not None and vol.standby.applied == b2["id"]
-    after = [o for o in await sim.repo.operations("db-dr") if o.kind is OperationKind.RESTORE]
+    sim.clock.t += 11
+    await run(sim, f)  # tried again, still refused; the standby is left as it was
+    ops = await sim.repo.operations("db-dr")
+    after = [o for o in ops if o.kind is OperationKind.RESTORE]
     assert len(after) == restores
+    assert not any(o.kind is OperationKind.SNAPSHOT_REVERT for o in ops)
+    vol = await sim.repo.volume("db-dr")
+    assert vol.standby is not None and not vol.standby.dirty and vol.standby.behind == 1
+    assert vol.error.startswith("standby apply stopped: "), vol.error
 
 
 async def test_create_refuses_without_the_kek(standby_sim: Sim) -> None:
