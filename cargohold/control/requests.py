@@ -27,6 +27,11 @@ from cargohold.control.model import QosLimits, VolumeSource, check_name, name_fi
 KEY_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$"
 
 
+# a KMS key id, ARN or alias: no whitespace. \x1c-\x1f spelled out: Python's \s counts them as
+# whitespace, pydantic's (Rust) regex does not, and the schema must mean one thing to both
+KMS_KEY_PATTERN = r"^[^\s\x1c-\x1f]+$"
+
+
 class VolumeCreate(BaseModel):
     model_config = {
         "extra": "forbid",
@@ -79,7 +84,7 @@ class VolumeCreate(BaseModel):
         default=None,
         min_length=1,
         max_length=2048,
-        pattern=r"^\S+$",
+        pattern=KMS_KEY_PATTERN,
         description="a KMS key id, ARN or alias to wrap the data key with (provider kms)",
     )
 
@@ -119,7 +124,9 @@ class KeyChoice(BaseModel):
     }
 
     key: str | None = Field(default=None, pattern=KEY_NAME_PATTERN, max_length=253)
-    kms_key: str | None = Field(default=None, min_length=1, max_length=2048, pattern=r"^\S+$")
+    kms_key: str | None = Field(
+        default=None, min_length=1, max_length=2048, pattern=KMS_KEY_PATTERN
+    )
     data_key: StrictBool = Field(
         default=False,
         description="rotate the data key: a new one, every block rewritten under it online",
