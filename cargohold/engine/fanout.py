@@ -78,13 +78,7 @@ class FanOut:
         each one (module doc). ``gen``: the generation the request carries (0: none, a
         FLUSH). -> (how many replicas stored it, ``time.perf_counter()`` once every request
         was queued). Never raises for a replica's failure: ``require`` judges the count."""
-        sent = []
-        for link in targets:  # no await in this loop: every replica gets the same order
-            assert link.client is not None
-            try:
-                sent.append((link, send(link.client)))
-            except CargoholdError as e:
-                link.drop(str(e))
+        sent = self._queue(targets, send)
         started = time.perf_counter()
         await answers([f for _, f in sent], self.settings.replica_timeout)
         stored = 0
@@ -102,14 +96,22 @@ class FanOut:
         """``send`` without a task: the request is queued on every target as ``send`` does,
         and ``done(stored, started)`` is called from the event loop once every answer is in
         (or timed out) and judged. ``done`` never runs before this returns."""
+        _Collect(self, self._queue(targets, send), gen, done, time.perf_counter())
+
+    @staticmethod
+    def _queue(
+        targets: list[ReplicaLink], send: Send
+    ) -> list[tuple[ReplicaLink, asyncio.Future[Reply]]]:
+        """The request queued on every target (a target that refuses it at once is
+        dropped): no await in here, so every replica gets the requests in the same order."""
         sent = []
-        for link in targets:  # no await in this loop: every replica gets the same order
+        for link in targets:
             assert link.client is not None
             try:
                 sent.append((link, send(link.client)))
             except CargoholdError as e:
                 link.drop(str(e))
-        _Collect(self, sent, gen, done, time.perf_counter())
+        return sent
 
     def require(self, stored: int, what: str) -> None:
         """Raise ReplicaIOError unless at least ``min_replicas`` replicas stored it."""
