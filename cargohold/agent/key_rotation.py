@@ -21,15 +21,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cargohold.encryption.block_cipher import MAX_KEYS
 from cargohold.errors import CargoholdError, KeyRefused
+from cargohold.keys.data_keys import DATA_KEY_BYTES
 
 if TYPE_CHECKING:
     from cargohold.agent.engine_process import EngineProcess
 
 log = logging.getLogger("cargohold.agent")
 
-DATA_KEY_BYTES = 32
-MAX_KEYS = 8
 RETRY_UNKNOWN_OP = 60.0  # seconds before an engine that did not know the op is asked again
 RETRY_FAILED = 10.0  # ... after another failure (the manager, the engine's refusal)
 RETRY_SWEEP = 60.0  # ... after the engine reported its sweep failed

@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cargohold.control.model import Snapshot, VolumeEncryption, WrappedDataKey
+from cargohold.encryption.block_cipher import MAX_KEYS  # the engine takes 1..MAX_KEYS
 from cargohold.errors import InvalidArgument, KeyUnavailable, WrongState
-
-MAX_KEYS = 8  # the engine takes 1..8 data keys (encryption/block_cipher.py MAX_KEYS)
 
 
 def generations(enc: VolumeEncryption) -> list[int]:
