@@ -80,13 +80,13 @@ def logical_runs(start: int, runs: list[tuple[int, int]]) -> list[tuple[int, int
     p = start
     for n, flags in runs:
         q = p + n // BLOCK
-        for phys in range(p, q):
-            if phys % (GROUP + 1) == GROUP:  # a tag block
-                continue
+        span = logical_extent(p, q)  # one range per run: no loop over its blocks
+        if span is not None:
+            size = (span[1] - span[0]) * BLOCK
             if out and out[-1][1] == flags:
-                out[-1] = (out[-1][0] + BLOCK, flags)
+                out[-1] = (out[-1][0] + size, flags)
             else:
-                out.append((BLOCK, flags))
+                out.append((size, flags))
         p = q
     return out
 

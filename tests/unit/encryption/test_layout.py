@@ -69,3 +69,25 @@ def test_a_physical_span_holds_one_logical_range(first, n):
         assert got is None
     else:
         assert got == (want[0], want[-1] + 1) and want == list(range(*got))
+
+
+@given(
+    st.integers(min_value=0, max_value=300),
+    st.lists(st.tuples(st.integers(min_value=0, max_value=150), st.integers(0, 2)), max_size=8),
+)
+def test_logical_runs_are_the_data_blocks_of_the_physical_ones(start, runs):
+    """Block status of an encrypted volume: every data block of the physical runs, tag
+    blocks left out, neighbours of equal flags merged (the same as block by block)."""
+    want: list[tuple[int, int]] = []
+    p = start
+    for n, flags in runs:
+        for phys in range(p, p + n):
+            if phys % (layout.GROUP + 1) == layout.GROUP:
+                continue
+            if want and want[-1][1] == flags:
+                want[-1] = (want[-1][0] + layout.BLOCK, flags)
+            else:
+                want.append((layout.BLOCK, flags))
+        p += n
+    got = layout.logical_runs(start, [(n * layout.BLOCK, f) for n, f in runs])
+    assert got == want
