@@ -66,6 +66,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("cargohold_volume_scrub_repaired_blocks_total", "counter", V, "Blocks scrub repaired (bad or diverged)", "engine"),
     Spec("cargohold_volume_scrub_progress_ratio", "gauge", V, "How far the running scrub pass got (0..1; 0 when none runs)", "engine"),
     Spec("cargohold_volume_scrub_last_timestamp_seconds", "gauge", V, "When the volume's last scrub pass ended (Unix time; absent before the first)", "engine"),
+    Spec("cargohold_volume_data_keys", "gauge", V, "Data keys an encrypted volume's engine holds (more than 1 while a data-key rotation runs or older generations are kept)", "engine"),
+    Spec("cargohold_volume_rekey_progress_ratio", "gauge", V, "How far an encrypted volume's data-key rotation sweep got (0..1; 1 once done, 0 before the first)", "engine"),
+    Spec("cargohold_volume_rekey_rewritten_blocks_total", "counter", V, "Blocks the data-key rotation sweeps rewrote under the newest key", "engine"),
     Spec("cargohold_volume_qos_throttled_requests_total", "counter", V, "Requests QoS held back", "engine"),
     Spec("cargohold_volume_qos_throttled_seconds_total", "counter", V, "Seconds QoS held requests back", "engine"),
     # --- the node: its disks, its replica server, its agent ------------------------------

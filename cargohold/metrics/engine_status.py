@@ -34,6 +34,7 @@ COUNTERS = {
     "authentication_repaired": "cargohold_volume_authentication_repaired_blocks_total",
     "scrub_passes": "cargohold_volume_scrub_passes_total",
     "scrub_bad_blocks": "cargohold_volume_scrub_bad_blocks_total",
+    "rekey_rewritten_blocks": "cargohold_volume_rekey_rewritten_blocks_total",
 }
 SCRUB_REPAIRED = ("scrub_repaired_blocks", "scrub_diverged_repaired_blocks")
 QOS = {
@@ -68,6 +69,8 @@ def volume_families(
         "cargohold_volume_scrub_repaired_blocks_total",
         "cargohold_volume_scrub_progress_ratio",
         "cargohold_volume_scrub_last_timestamp_seconds",
+        "cargohold_volume_data_keys",
+        "cargohold_volume_rekey_progress_ratio",
         *COUNTERS.values(),
         *QOS.values(),
     ]
@@ -143,9 +146,26 @@ def _engine(fam: dict[str, Any], v: list[str], st: Mapping[str, Any]) -> None:
     last = _num(scrub.get("last_scrub_at")) if isinstance(scrub, Mapping) else None
     if last:
         fam["cargohold_volume_scrub_last_timestamp_seconds"].add_metric(v, last)
+    _rekey(fam, v, st.get("rekey"))
     qos = st.get("qos")
     if isinstance(qos, Mapping):
         for key, name in QOS.items():
             q = _num(qos.get(key))
             if q is not None:
                 fam[name].add_metric(v, q)
+
+
+def _rekey(fam: dict[str, Any], v: list[str], rekey: Any) -> None:
+    """An encrypted volume's data-key rotation (the engine status's ``rekey``, absent for a
+    plain volume): the keys its engine holds and how far its sweep got."""
+    if not isinstance(rekey, Mapping):
+        return
+    keys = _num(rekey.get("keys"))
+    if keys is not None:
+        fam["cargohold_volume_data_keys"].add_metric(v, keys)
+    state = rekey.get("state")
+    ratio = 1.0 if state == "done" else 0.0
+    if state in ("running", "failed"):
+        done, total = _num(rekey.get("groups_done")), _num(rekey.get("groups_total"))
+        ratio = min(1.0, done / total) if done is not None and total else 0.0
+    fam["cargohold_volume_rekey_progress_ratio"].add_metric(v, ratio)

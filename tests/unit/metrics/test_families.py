@@ -53,6 +53,7 @@ def engine_status(volume: str = "v1", replicas: int = 3) -> dict[str, Any]:
             "repaired_blocks": 1,
             "scrub_repaired_blocks": 2,
             "scrub_diverged_repaired_blocks": 1,
+            "rekey_rewritten_blocks": 77,
         },
         # writes: 900 at 64..127 µs (bucket 6), 100 at 2^20 µs (~1 s, bucket 20)
         "latency_log2_us": {"write": {"6": 900, "20": 100}, "read": {"3": 500}, "flush": {"9": 2}},
@@ -62,6 +63,7 @@ def engine_status(volume: str = "v1", replicas: int = 3) -> dict[str, Any]:
             "last_scrub_at": 1.7e9,
         },
         "qos": {"throttled_requests_total": 5, "throttled_seconds_total": 0.25},
+        "rekey": {"state": "running", "keys": 2, "groups_done": 3, "groups_total": 12},
     }
 
 
@@ -110,6 +112,9 @@ def test_engine_status_as_series() -> None:
     assert get("cargohold_volume_scrub_last_timestamp_seconds") == 1.7e9
     assert get("cargohold_volume_qos_throttled_requests_total") == 5.0
     assert get("cargohold_volume_qos_throttled_seconds_total") == 0.25
+    assert get("cargohold_volume_data_keys") == 2.0
+    assert get("cargohold_volume_rekey_progress_ratio") == 0.25
+    assert get("cargohold_volume_rekey_rewritten_blocks_total") == 77.0
     # every series is of a metric in the catalogue
     known = catalog.known_series()
     assert {name for name, _ in s} <= known
@@ -126,6 +131,34 @@ def test_an_engine_down_or_with_a_broken_status_exports_what_it_can() -> None:
     assert s[("cargohold_volume_up", (("node", "n"), ("volume", "down")))] == 0.0
     assert s[("cargohold_volume_up", (("node", "n"), ("volume", "odd")))] == 1.0
     assert not any(name == "cargohold_volume_ops_total" for name, _ in s)
+
+
+def test_a_data_key_rotation_as_series() -> None:
+    """Done: 1; never ran (one key, idle): 0; a plain volume (no ``rekey``): no series."""
+
+    def progress(rekey: Any) -> dict[str, float]:
+        st = engine_status()
+        if rekey is None:
+            del st["rekey"]
+        else:
+            st["rekey"] = rekey
+        s = samples(render_families(volume_families("n", [("v", True, st)])))
+        return {
+            name: value
+            for (name, _), value in s.items()
+            if name in ("cargohold_volume_data_keys", "cargohold_volume_rekey_progress_ratio")
+        }
+
+    done = progress({"state": "done", "keys": 2, "groups_done": 12, "groups_total": 12})
+    assert done == {"cargohold_volume_data_keys": 2.0, "cargohold_volume_rekey_progress_ratio": 1.0}
+    idle = progress({"state": "idle", "keys": 1, "groups_done": 0, "groups_total": 0})
+    assert idle == {"cargohold_volume_data_keys": 1.0, "cargohold_volume_rekey_progress_ratio": 0.0}
+    failed = progress({"state": "failed", "keys": 2, "groups_done": 6, "groups_total": 12})
+    assert failed["cargohold_volume_rekey_progress_ratio"] == 0.5
+    assert progress({"state": "running", "keys": "x", "groups_total": 0}) == {
+        "cargohold_volume_rekey_progress_ratio": 0.0
+    }
+    assert progress(None) == {}
 
 
 def test_node_series() -> None:
