@@ -5,7 +5,9 @@ RUNNING engine through its control socket (engine op ``data-keys``: the engine i
 them and rewrites every block under the newest in the background, its "sweep").
 
 The manager's engine assignment says the volume's newest generation
-(``data_key_generation``) and whether a rotation runs (``rekey``); ``Engines.converge``
+(``data_key_generation``), whether a rotation runs (``rekey``) and how many generations
+it keeps (``data_keys``: an engine holding more, its sweep done, gets the shorter list);
+``Engines.converge``
 asks ``push_due`` every heartbeat and runs ``push`` when it says so. An engine that does
 not know the op yet (an older engine: "unknown op") is told again later, with one warning;
 nothing here stops an engine or the agent.
@@ -77,13 +79,14 @@ class EngineKeys:
     before: int = 0  # ... and the one it had before the last data-keys op
     given_at: float = 0.0  # when that op answered (monotonic): statuses asked later show it
     swept: int = 0  # the generation a sweep was asked for (data-keys op) in this process
-    not_before: float = 0.0  # no push before then (monotonic)
+    not_before: float = 0.0  # no push before then (monotonic): after a failure
+    sweep_retry_at: float = 0.0  # a failed sweep is asked again from then (monotonic)
     warned: bool = False  # "unknown op" said once
     push: asyncio.Task[None] | None = None
 
     def started(self, generation: int) -> None:
         self.generation, self.before, self.given_at, self.swept = generation, generation, 0.0, 0
-        self.not_before, self.warned = 0.0, False
+        self.not_before, self.sweep_retry_at, self.warned = 0.0, 0.0, False
 
 
 def tagged(eng: EngineProcess, status: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +117,27 @@ def push_due(eng: EngineProcess) -> bool:
     if s.rekey and s.data_key_generation and k.swept != s.data_key_generation:
         return True
     rekey = eng.status.get("rekey")
+    if dropped_keys(eng):
+        return True
     failed = isinstance(rekey, dict) and rekey.get("state") == "failed"
-    return bool(s.rekey and failed and not s.read_only)  # read-only: it may not rewrite
+    retry = time.monotonic() >= k.sweep_retry_at
+    return bool(s.rekey and failed and retry and not s.read_only)  # read-only: no rewrites
+
+
+def dropped_keys(eng: EngineProcess) -> bool:
+    """The volume keeps fewer generations than the running engine holds, and its sweep is
+    done (every block under the newest key): the engine should get the shorter list, so
+    the keys the manager destroyed leave its memory too, not only at its next start."""
+    s, rekey = eng.spec, eng.status.get("rekey")
+    if s.rekey or not s.data_keys or not isinstance(rekey, dict):
+        return False
+    held = rekey.get("keys")
+    return (
+        rekey.get("state") == "done"
+        and isinstance(held, int)
+        and not isinstance(held, bool)
+        and held > s.data_keys
+    )
 
 
 async def push(eng: EngineProcess) -> None:
@@ -154,12 +176,20 @@ async def push(eng: EngineProcess) -> None:
         k.not_before = time.monotonic() + RETRY_FAILED
         log.exception("volume %s: giving its engine the data keys failed", eng.volume)
         return
+    fewer = got.generation == k.generation and not eng.spec.rekey
     k.before, k.generation = k.generation, got.generation
     k.swept, k.given_at = got.generation, time.monotonic()
-    k.not_before = time.monotonic() + RETRY_SWEEP  # a failed sweep: asked again after this
+    k.sweep_retry_at = time.monotonic() + RETRY_SWEEP  # a failed sweep: asked again then
     if isinstance(answer.get("rekey"), dict):
         eng.status = dict(eng.status, rekey=answer["rekey"])
         eng.status_at = time.monotonic()
+    if fewer:
+        log.info(
+            "volume %s: engine given %d data key(s): the older generations were dropped",
+            eng.volume,
+            len(got.keys),
+        )
+        return
     eng.status_every = 0.0  # follow the sweep every heartbeat
     log.info(
         "volume %s: engine given %d data keys (newest generation %d): it rewrites every block",

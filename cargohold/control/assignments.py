@@ -119,6 +119,7 @@ async def assignments(
                     and vol.encryption.rotation
                     and vol.encryption.rotation.state == "running"
                 ),
+                data_keys=len(vol.encryption.keys) if vol.encryption else 0,
             )
         )
         er = running_here.get(vol.name)

@@ -714,6 +714,9 @@ class EngineAssignment(Message):
     # engine should sweep its blocks under it
     data_key_generation: int = 0
     rekey: bool = False
+    # how many generations the volume keeps (0: not told): a running engine that holds
+    # more, its sweep done, is given the shorter list (the dropped keys leave its memory)
+    data_keys: int = 0
 
 
 class OperationAssignment(Message):

@@ -2,8 +2,8 @@
 "Rotating the data key"): an encrypted volume written with qemu-io through its engine's
 NBD export, ``volume rekey NAME --data-key`` while attached (the agent gives the running
 engine the new key with the op ``data-keys`` and the engine rewrites every block under it),
-the rotation followed through ``volume get`` to "finished" (the old generation dropped),
-then detach and attach: the new engine gets only the new key (the event log says which
+the rotation followed through ``volume get`` to "finished" (the old generation dropped,
+and the running engine given the shorter list), then detach and attach: the new engine gets only the new key (the event log says which
 generations its agent was given), the data reads back equal, and no replica file holds
 the plaintext.
 
@@ -78,6 +78,22 @@ def test_rotating_the_data_key_online_rewrites_every_block(cluster: Path) -> Non
     kinds = [e["kind"] for e in js(d, "events", "vault")]  # type: ignore[union-attr,index]
     assert "data-key-rotation-finished" in kinds and "data-key-dropped" in kinds
 
+    def issued() -> list[str]:
+        return [
+            e["message"]
+            for e in js(d, "events", "vault")  # type: ignore[union-attr]
+            if e["kind"] == "data-key-issued"  # type: ignore[index]
+        ]
+
+    # the running engine is given the one key left: its agent fetches the keys once more
+    wait_until(
+        lambda: issued()[-1].endswith("generations 2)"),
+        30,
+        "the running engine is given the shorter key list",
+        0.5,
+    )
+    before = len(issued())
+
     # a new engine gets only the new key, and reads what was written under both
     cli(d, "volume", "detach", "vault")
     wait_until(
@@ -94,12 +110,8 @@ def test_rotating_the_data_key_online_rewrites_every_block(cluster: Path) -> Non
         "read -P 0x6b 9M 512k",
         "read -P 0 2M 2M",
     )
-    issued = [
-        e["message"]
-        for e in js(d, "events", "vault")  # type: ignore[union-attr]
-        if e["kind"] == "data-key-issued"  # type: ignore[index]
-    ]
-    assert issued and issued[-1].endswith("generations 2)"), issued
+    now = issued()
+    assert len(now) > before and now[-1].endswith("generations 2)"), now
     cli(d, "volume", "detach", "vault")
     wait_until(
         lambda: js(d, "volume", "get", "vault")["state"] == "detached",  # type: ignore[index]

@@ -175,3 +175,41 @@ def test_an_adopted_engine_is_not_swept_again_without_a_rotation(tmp_path: Path)
     assert not key_rotation.push_due(eng)
     eng.spec = eng.spec.model_copy(update={"rekey": True})  # a rotation runs: swept again
     assert key_rotation.push_due(eng)
+
+
+async def test_a_running_engine_is_given_the_shorter_list_once_its_sweep_is_done(
+    tmp_path: Path,
+) -> None:
+    """After a rotation the manager drops the older generation (the assignment keeps
+    ``data_keys`` = 1): the engine still holding 2 keys, its sweep done, gets the one key
+    left; while its sweep runs, or while the rotation runs, it does not."""
+    sock = str(tmp_path / "c.sock")
+    engine = StandInEngine()
+    server = await engine.serve(sock)
+    try:
+        eng = running_engine(sock, generation=2, rekey=False)
+        eng.keys.started(2)  # it has generation 2 (and 1) and was asked to sweep under 2
+        eng.keys.swept = 2
+        eng.spec = eng.spec.model_copy(update={"data_keys": 1})
+        eng.status = {"volume": "v", "rekey": {"state": "running", "keys": 2}}
+        assert not key_rotation.push_due(eng)  # blocks may still be under generation 1
+        eng.status = {"volume": "v", "rekey": {"state": "done", "keys": 2}}
+        eng.spec = eng.spec.model_copy(update={"rekey": True})
+        assert not key_rotation.push_due(eng)  # the manager still counts a rotation
+        eng.spec = eng.spec.model_copy(update={"rekey": False, "data_keys": 2})
+        assert not key_rotation.push_due(eng)  # both kept (e.g. a snapshot needs 1)
+        eng.spec = eng.spec.model_copy(update={"data_keys": 1})
+        assert key_rotation.push_due(eng)
+
+        async def source(volume: str, epoch: int) -> FetchedKeys:
+            return FetchedKeys((NEW,), EID, 2)
+
+        eng.key_source = source
+        await key_rotation.push(eng)
+        ops = [g for g in engine.got if g["op"] == "data-keys"]
+        assert [[base64.b64decode(k) for k in op["keys"]] for op in ops] == [[NEW]]
+        assert eng.status["rekey"]["keys"] == 1 and eng.keys.generation == 2
+        assert not key_rotation.push_due(eng)
+    finally:
+        server.close()
+        await server.wait_closed()
