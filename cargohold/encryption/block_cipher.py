@@ -69,6 +69,7 @@ MAX_COUNTER = (1 << 32) - 1
 MAX_KEYS = 8  # data keys one volume may need at once (the current one and older ones)
 
 NATIVE_GROUPS = 4  # (salt, epoch) groups of a run opened natively; the rest in Python
+NATIVE_OPEN_MIN = 2  # blocks: one block opens as fast in Python (the C call keys a context)
 
 assert SLOT_STRUCT.size == SLOT and 2 * SLOT == ENTRY
 
@@ -444,17 +445,23 @@ class BlockCipher:
           the tag and the data (a crash): zeros, its old content;
         - otherwise it fails (tampered, moved, replayed, another volume's, or a wrong key).
 
-        Natively (``native.runs``): the blocks whose newest live slot is a version-2 one
-        that is not ZERO open in C, grouped by the key their slot's salt and epoch derive
-        (``NATIVE_GROUPS`` groups at most); the others, and those that fail there, by these
-        rules in Python: the same answers.
+        Natively (``native.runs``, runs of ``NATIVE_OPEN_MIN`` blocks or more): blocks whose
+        newest live slot is a version-2, non-ZERO one open in C, grouped by the key of its
+        salt and epoch (``NATIVE_GROUPS`` at most); the others, and those that fail there,
+        by these rules in Python: the same answers.
         """
         mv = memoryview(ciphertext).cast("B")
         tv = memoryview(tags).cast("B")
         dst = memoryview(out).cast("B")
         n = len(mv) // BLOCK
         runs = native.runs
-        if runs is None or len(mv) != n * BLOCK or len(tv) < n * ENTRY or len(dst) < n * BLOCK:
+        if (
+            runs is None
+            or n < NATIVE_OPEN_MIN
+            or len(mv) != n * BLOCK
+            or len(tv) < n * ENTRY
+            or len(dst) < n * BLOCK
+        ):
             return self._open_run_py(first, mv, tv, dst)
         entries, into = tv[: n * ENTRY], dst[: n * BLOCK]
         todo: Sequence[int] = range(n)  # blocks no group has taken yet, in order
