@@ -14,10 +14,12 @@ MB/s over the repetitions, encryption's cost as the ratio of the medians, and th
 operation costs (µs of CPU of the engine and the three replica servers together per
 operation, from /proc/PID/stat; robust on a shared machine where throughput is not), with
 the host's load. Writeback is settled before every measured run. Last, the cipher alone in
-this process (µs per 4 KiB block sealed and opened).
+this process (µs per 4 KiB block sealed and opened), and ``seal_run``/``open_run`` over
+256 blocks on the native path (the C extension) and the pure-Python one; ``--cipher-only``
+measures just that, without engines.
 
     .venv/bin/python benchmarks/encryption.py [--repeats 3] [--seconds 10] [--size 256MiB] \\
-        [--json benchmarks/results/encryption.json]
+        [--json benchmarks/results/encryption.json] [--cipher-only]
 
 Every process started here is stopped by its PID, on errors and Ctrl-C too.
 """
