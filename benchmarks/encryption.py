@@ -14,10 +14,12 @@ MB/s over the repetitions, encryption's cost as the ratio of the medians, and th
 operation costs (µs of CPU of the engine and the three replica servers together per
 operation, from /proc/PID/stat; robust on a shared machine where throughput is not), with
 the host's load. Writeback is settled before every measured run. Last, the cipher alone in
-this process (µs per 4 KiB block sealed and opened).
+this process (µs per 4 KiB block sealed and opened), and ``seal_run``/``open_run`` over
+256 blocks on the native path (the C extension) and the pure-Python one; ``--cipher-only``
+measures just that, without engines.
 
     .venv/bin/python benchmarks/encryption.py [--repeats 3] [--seconds 10] [--size 256MiB] \\
-        [--json benchmarks/results/encryption.json]
+        [--json benchmarks/results/encryption.json] [--cipher-only]
 
 Every process started here is stopped by its PID, on errors and Ctrl-C too.
 """
@@ -45,7 +47,7 @@ import method  # noqa: E402  (benchmarks/method.py)
 from engine_lab import EngineLab  # noqa: E402  (benchmarks/engine_lab.py)
 
 from cargohold.cli.units import parse_size  # noqa: E402
-from cargohold.encryption import layout  # noqa: E402
+from cargohold.encryption import layout, native  # noqa: E402
 from cargohold.encryption.block_cipher import BlockCipher, encode_slot  # noqa: E402
 
 WORKLOADS = {
@@ -75,6 +77,71 @@ def cipher_alone(n: int = 20000) -> dict[str, float]:
     return {"seal_us": 1e6 * (t1 - t0) / n, "open_us": 1e6 * (t2 - t1) / n}
 
 
+def cipher_runs(blocks: int = 256, rounds: int = 30) -> dict[str, float]:
+    """µs per 4 KiB block of ``seal_run`` and ``open_run`` over runs of ``blocks`` blocks
+    (one GROUP of tag entries per 64 blocks, as the engine calls them), on the native path
+    and the Python one (docs/encryption.md, "Cost"): the median of ``rounds`` of CPU time
+    of this process (the machine's load moves it less than wall time)."""
+    c = BlockCipher(KEY, VID)
+    v = 1 << 32 | 1
+    plain = os.urandom(blocks * layout.BLOCK)
+    ct = bytearray(len(plain))
+    tags = bytearray(blocks * layout.ENTRY)
+    out = bytearray(len(plain))
+    step = min(blocks, layout.GROUP)
+    result: dict[str, float] = {}
+    before = native.runs, native.why
+    paths = ("native", "python") if native.built is not None else ("python",)
+    try:
+        for path in paths:
+            native.use(path == "native")
+            seal, opn = [], []
+            for _ in range(rounds):
+                t0 = time.process_time()
+                sealed = [
+                    c.seal_run(
+                        a,
+                        v,
+                        plain[a * layout.BLOCK : (a + step) * layout.BLOCK],
+                        memoryview(ct)[a * layout.BLOCK : (a + step) * layout.BLOCK],
+                    )
+                    for a in range(0, blocks, step)
+                ]
+                t1 = time.process_time()
+                for a, seals in zip(range(0, blocks, step), sealed, strict=True):
+                    c.put_sealed(tags, a, v, seals)  # the tag entries (not timed)
+                t1b = time.process_time()
+                for a in range(0, blocks, step):
+                    p, e = a * layout.BLOCK, a * layout.ENTRY
+                    bad = c.open_run(
+                        a,
+                        memoryview(ct)[p : p + step * layout.BLOCK],
+                        memoryview(tags)[e : e + step * layout.ENTRY],
+                        memoryview(out)[p : p + step * layout.BLOCK],
+                    )
+                    if bad:
+                        raise RuntimeError(f"cipher_runs: blocks {bad} do not open")
+                t2 = time.process_time()
+                seal.append(1e6 * (t1 - t0) / blocks)
+                opn.append(1e6 * (t2 - t1b) / blocks)
+            if out != plain:
+                raise RuntimeError("cipher_runs: the runs do not read back")
+            result[f"{path}_seal_us"] = method.spread(seal)["median"]
+            result[f"{path}_open_us"] = method.spread(opn)["median"]
+    finally:
+        native.runs, native.why = before
+    return result
+
+
+def print_cipher_runs(r: dict[str, float], blocks: int) -> None:
+    for path in ("native", "python"):
+        if f"{path}_seal_us" in r:
+            print(
+                f"cipher runs of {blocks} blocks, {path:6}: seal_run {r[f'{path}_seal_us']:.2f} µs, "
+                f"open_run {r[f'{path}_open_us']:.2f} µs per 4 KiB block"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -89,7 +156,17 @@ def main() -> None:
         default=",".join(WORKLOADS),
         help="comma-separated subset of: " + ", ".join(WORKLOADS),
     )
+    ap.add_argument(
+        "--cipher-only",
+        action="store_true",
+        help="only the cipher in this process: seal_run/open_run of 256 blocks, native and Python",
+    )
     args = ap.parse_args()
+    print(native.status(), flush=True)
+    if args.cipher_only:
+        print(f"load {os.getloadavg()[0]:.1f}")
+        print_cipher_runs(cipher_runs(), 256)
+        return
     chosen = [w for w in args.workloads.split(",") if w]
     unknown = set(chosen) - set(WORKLOADS)
     if unknown:
@@ -151,6 +228,8 @@ def main() -> None:
         "modes": {m: {k: method.spread(v) for k, v in d.items()} for m, d in runs.items()},
         "raw": runs,
         "cipher_alone": cipher_alone(),
+        "cipher_runs": cipher_runs(),
+        "encryption_native": native.status(),
     }
     cost = {}
     for w in WORKLOADS:
@@ -177,6 +256,7 @@ def main() -> None:
             )
     ca = result["cipher_alone"]
     print(f"cipher alone: seal {ca['seal_us']:.1f} µs, open {ca['open_us']:.1f} µs per 4 KiB")
+    print_cipher_runs(result["cipher_runs"], 256)
     print(f"load during: {result['load_during']}")
     print(f"written to {args.json}")
 

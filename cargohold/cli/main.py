@@ -194,8 +194,12 @@ def _defaults(cmd: Any, wanted: dict[str, str]) -> dict[str, Any]:
 
 @app.command("version")
 def version() -> None:
-    """Print the cargohold version."""
+    """Print the cargohold version, and whether the block cipher's C extension is in use
+    (``encryption_native: true``; docs/encryption.md, "Cost")."""
+    from cargohold.encryption import native
+
     typer.echo(__version__)
+    typer.echo(native.status())
 
 
 @app.command(

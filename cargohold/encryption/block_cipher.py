@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cargohold.encryption import native
 from cargohold.encryption.layout import BLOCK, ENTRY, GROUP
 from cargohold.errors import ChecksumError, InvalidArgument
 
@@ -66,6 +67,9 @@ ZERO_BLOCK = bytes(BLOCK)
 MAX_EPOCH = (1 << 32) - 1
 MAX_COUNTER = (1 << 32) - 1
 MAX_KEYS = 8  # data keys one volume may need at once (the current one and older ones)
+
+NATIVE_GROUPS = 4  # (salt, epoch) groups of a run opened natively; the rest in Python
+NATIVE_OPEN_MIN = 2  # blocks: one block opens as fast in Python (the C call keys a context)
 
 assert SLOT_STRUCT.size == SLOT and 2 * SLOT == ENTRY
 
@@ -133,6 +137,17 @@ def _newest_is_a(va: int, fa: int, vb: int, fb: int) -> bool | None:
     if a_live:
         return not b_live or va >= vb
     return False if b_live else None
+
+
+def _native_group(tags: bytes | bytearray | memoryview, j: int) -> tuple[bytes, int] | None:
+    """(salt, epoch) of entry ``j``'s newest live slot if it is a version-2 slot that is
+    not ZERO (the native path opens it), else None."""
+    va, _, fa, sa, vb, _, fb, sb = ENTRY_STRUCT.unpack_from(tags, j * ENTRY)
+    a = _newest_is_a(va, fa, vb, fb)
+    if a is None:
+        return None
+    version, flags, salt = (va, fa, sa) if a else (vb, fb, sb)
+    return (salt, version >> 32) if flags & (GCM | ZERO) == GCM else None
 
 
 def put_slot(tags: bytearray | memoryview, j: int, slot: Slot) -> None:
@@ -243,9 +258,11 @@ class BlockCipher:
             raise InvalidArgument(f"a block key salt is {SALT_BYTES} bytes, not {len(salt)}")
         self._keys = [bytes(key) for key in keys]
         self._aeads = [AESGCMSIV(key) for key in self._keys]  # version-1 slots
-        self._derived: OrderedDict[tuple[int, bytes, int], AESGCM] = OrderedDict()
+        # derived keys: the bytes (the native path's) and their AES-GCM (the Python path's)
+        self._derived: OrderedDict[tuple[int, bytes, int], tuple[bytes, AESGCM]] = OrderedDict()
         self._seal_epoch = -1
         self._seal_gcm: AESGCM | None = None
+        self._seal_key = b""
         self._last_open: tuple[tuple[bytes, int], AESGCM] = (
             (b"", -1),
             AESGCM(bytes(KEY_BYTES)),  # matches no slot (no salt is empty)
@@ -254,23 +271,28 @@ class BlockCipher:
         self.volume_id = bytes(volume_id)
         self.auth_failures = 0  # blocks that authenticated under no slot (open_block)
 
-    def _gcm(self, k: int, salt: bytes, epoch: int) -> AESGCM:
-        """The AES-GCM of key ``k`` for the incarnation of ``salt`` in ``epoch`` (cached)."""
+    def _derived_key(self, k: int, salt: bytes, epoch: int) -> tuple[bytes, AESGCM]:
+        """The block key of data key ``k`` for the incarnation of ``salt`` in ``epoch`` and
+        its AES-GCM (cached)."""
         at = (k, salt, epoch)
-        aead = self._derived.get(at)
-        if aead is None:
-            aead = AESGCM(derive_block_key(self._keys[k], self.volume_id, salt, epoch))
-            self._derived[at] = aead
+        got = self._derived.get(at)
+        if got is None:
+            key = derive_block_key(self._keys[k], self.volume_id, salt, epoch)
+            got = self._derived[at] = key, AESGCM(key)
             if len(self._derived) > DERIVED_CACHE:
                 self._derived.popitem(last=False)
         else:
             self._derived.move_to_end(at)
-        return aead
+        return got
+
+    def _gcm(self, k: int, salt: bytes, epoch: int) -> AESGCM:
+        """The AES-GCM of key ``k`` for the incarnation of ``salt`` in ``epoch`` (cached)."""
+        return self._derived_key(k, salt, epoch)[1]
 
     def _sealer(self, version: int) -> AESGCM:
         epoch = version >> 32
         if epoch != self._seal_epoch or self._seal_gcm is None:
-            self._seal_gcm = self._gcm(0, self.salt, epoch)
+            self._seal_key, self._seal_gcm = self._derived_key(0, self.salt, epoch)
             self._seal_epoch = epoch
         return self._seal_gcm
 
@@ -302,9 +324,14 @@ class BlockCipher:
     ) -> list[bytes]:
         """Blocks ``first, first + 1, ...`` of ``plaintext`` (a multiple of BLOCK) at one
         version: their ciphertext into ``out`` (same length, not ``plaintext``), -> their
-        tags."""
+        tags. Natively (``native.runs``) when the lengths are whole: the same bytes."""
         mv = memoryview(plaintext).cast("B")
         dst = memoryview(out).cast("B")
+        runs = native.runs
+        if runs is not None and len(mv) % BLOCK == 0 and len(dst) == len(mv):
+            self._sealer(version)
+            t = runs.seal_run(self._seal_key, self.volume_id, first, version, mv, dst)
+            return [t[p : p + TAG_BYTES] for p in range(0, len(t), TAG_BYTES)]
         enc = self._sealer(version).encrypt_into
         nonce, ad = NONCE.pack, self.volume_id
         tail = AD_TAIL.pack
@@ -417,12 +444,55 @@ class BlockCipher:
           is all zeros: the block was never written, or its first write stopped between
           the tag and the data (a crash): zeros, its old content;
         - otherwise it fails (tampered, moved, replayed, another volume's, or a wrong key).
+
+        Natively (``native.runs``, runs of ``NATIVE_OPEN_MIN`` blocks or more): blocks whose
+        newest live slot is a version-2, non-ZERO one open in C, grouped by the key of its
+        salt and epoch (``NATIVE_GROUPS`` at most); the others, and those that fail there,
+        by these rules in Python: the same answers.
         """
-        # the read path's hot loop: the rules of ``newest_first`` and ``try_open`` without
-        # a Slot object per slot, decrypting into ``out``
         mv = memoryview(ciphertext).cast("B")
         tv = memoryview(tags).cast("B")
         dst = memoryview(out).cast("B")
+        n = len(mv) // BLOCK
+        runs = native.runs
+        if (
+            runs is None
+            or n < NATIVE_OPEN_MIN
+            or len(mv) != n * BLOCK
+            or len(tv) < n * ENTRY
+            or len(dst) < n * BLOCK
+        ):
+            return self._open_run_py(first, mv, tv, dst)
+        entries, into = tv[: n * ENTRY], dst[: n * BLOCK]
+        todo: Sequence[int] = range(n)  # blocks no group has taken yet, in order
+        failed: list[int] = []
+        for _ in range(NATIVE_GROUPS):
+            group = None
+            for k in todo:  # the next group: the first untaken block's that goes native
+                group = _native_group(entries, k)
+                if group is not None:
+                    break
+            if group is None:
+                break
+            versions, tagb, others = runs.newest(entries, *group)
+            key = self._derived_key(0, *group)[0]
+            failed += runs.open_run(key, self.volume_id, first, versions, tagb, mv, into)
+            left = set(todo)
+            todo = [k for k in others if k in left]
+        bad = []
+        for k in sorted({*todo, *failed}) if failed else todo:
+            p, e = k * BLOCK, k * ENTRY
+            bad += self._open_run_py(
+                first + k, mv[p : p + BLOCK], tv[e : e + ENTRY], dst[p : p + BLOCK]
+            )
+        return bad
+
+    def _open_run_py(
+        self, first: int, mv: memoryview, tv: memoryview, dst: memoryview
+    ) -> list[int]:
+        """``open_run`` in Python, block by block."""
+        # the read path's hot loop: the rules of ``newest_first`` and ``try_open`` without
+        # a Slot object per slot, decrypting into ``out``
         unpack, nonce_of, tail = ENTRY_STRUCT.unpack_from, NONCE.pack, AD_TAIL.pack
         vid, sivs, nkeys = self.volume_id, self._aeads, len(self._keys)
         last, last_aead = self._last_open  # key 0's AES-GCM last used, by salt and epoch
