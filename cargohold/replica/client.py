@@ -209,6 +209,8 @@ class ReplicaClient:
         self.where = where
         self.version = 1  # the server's protocol version, once ``negotiate`` asked
         self.batching = False  # WRITEs go in WRITE_BATCH frames (``negotiate``)
+        # the server refuses a session's mutations after a failed one (``negotiate``)
+        self.stop_on_failure = False
         self.generation = 0
         self.seen = 0  # the newest generation the replica reported (OPEN, INFO) or we sent
 
@@ -380,6 +382,7 @@ class ReplicaClient:
         version = got.get("version", 1)
         self.version = version if isinstance(version, int) and version > 0 else 1
         self.batching = batch and self.version >= 2
+        self.stop_on_failure = got.get("stop_on_failure") is True
         return self.version
 
     async def create(
