@@ -284,6 +284,12 @@ class ReplicaClient:
             len(f) if isinstance(f, list) else 1 for f in p.pending.values()
         )
 
+    def hold_writes(self) -> None:
+        """The WRITEs queued next in this pass of the event loop go out together at its end
+        (one WRITE_BATCH frame), the first not sent alone at once: for a caller about to
+        queue several back to back (``Volume.write_ordered``)."""
+        self._p._concurrent = True
+
     def send(
         self,
         op: int,
