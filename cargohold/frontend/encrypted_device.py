@@ -7,17 +7,22 @@ ciphertext blocks and one tag block (``encryption/layout.py``); this device serv
 read (``encryption/block_cipher.py``). Replicas, rebuilds, snapshots, scrub and backups see
 ciphertext and tags only. docs/encryption.md argues the construction; here:
 
-- **Tag blocks** are cached (``TagCache``: an LRU of at most ``cache_blocks`` tag blocks of
-  4 KiB, 4 MiB by default, which covers 256 MiB of the volume's data). The cached copy is
-  authoritative while the engine runs: every change to a tag block is made here, in memory,
-  and then written (``_commit``). A tag block with changes pending is never evicted.
+- **Tag blocks** are cached (``TagBlock``, ``tag_block.py``: an LRU of at most
+  ``cache_blocks`` tag blocks of 4 KiB, 4 MiB by default, which covers 256 MiB of the
+  volume's data). The cached copy is authoritative while the engine runs: every change to
+  a tag block is made here, in memory, and then written. A tag block with changes pending
+  is never evicted.
 - **A write** waits for earlier writes of the same blocks (``_claim``), takes the next
   version, encrypts, puts each block's new tag into the slot that does not hold its newest
-  version, writes the tag block, and only once the replicas acknowledged it writes the
-  ciphertext. Concurrent writes to neighbours share one tag block: their updates are merged
-  into the next write of that block (one tag write in flight per tag block, the changes
-  made meanwhile go together in the one after it). A crash between the tag and the data
-  leaves the old slot authenticating the old data: each block reads old or new.
+  version, and queues the tag block and then the ciphertext back to back on every replica
+  (``Volume.write_ordered``: one round trip; each replica applies them in order and
+  refuses the data if the tag write failed). The tag block's snapshot is taken when it is
+  queued, so one queued later holds every earlier change; a write whose change a snapshot
+  queued before it already holds queues only its data. A FUA write (and TRIM, zeroes, a
+  repair) writes the tag block and waits for it first (``_commit``: one write of it in
+  flight, the changes made meanwhile in the next). A crash between the tag and the data
+  leaves the old slot authenticating the old data: each block reads old or new
+  (docs/encryption.md, "Crashes").
 - Whole groups of a write go as one physical extent (ciphertext and their tag blocks, the
   tags written once before it as well), the partial group before them on its own.
 - **After the data of a write is acknowledged**, the block's older slot is *retired* at
@@ -29,7 +34,7 @@ ciphertext and tags only. docs/encryption.md argues the construction; here:
   replica (``copies``: ``engine/copies.py``); a copy that authenticates is returned and
   written back (data block and tag entry), and the failure is counted
   (``authentication_errors``, ``authentication_repaired``). Authenticating nowhere: a
-  ``ChecksumError`` (EIO), as for rot found on every replica.
+  ``ChecksumError`` (EIO), as for rot found on every replica (``encrypted_repair.py``).
 - **The key check** (``check_key``, at start): the first written group is read and at
   least one of its blocks must authenticate; otherwise the key is not this volume's and
   every write is refused (``WrongDataKey``) while reads fail authentication: nothing is
