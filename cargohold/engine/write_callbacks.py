@@ -16,19 +16,29 @@ What ``write_nowait`` does not do is wait: when mutations are held, a rebuild st
 the range, the engine is fenced or the write set is too small, it starts nothing and
 returns False, and the caller takes the task path (``await write(...)``), which waits or
 raises as it always did.
+
+``write_ordered`` (the encrypting device's tag block and data: ``frontend/
+encrypted_device.py``) queues several writes back to back on every replica of the write set,
+in order, with consecutive generations and no await between them, then awaits all the
+answers: one round trip for all. A replica's server applies a connection's mutations in
+order and refuses every one after a failed one (docs/formats/replica-wire.md, "Rules"),
+so a later write never lands on a replica where an earlier one failed. Only when every
+replica's server said so at HELLO (``stop_on_failure``); else the writes go one at a time,
+each answered before the next is sent, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from typing import Any
 
-from cargohold.engine.fanout import FanOut
+from cargohold.engine.fanout import FanOut, answers
 from cargohold.engine.replica_link import ReplicaLink
 from cargohold.errors import CargoholdError
-from cargohold.protocol.replica_wire import FLAG_FUA, Op
+from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
 from cargohold.settings import EngineSettings
 
 
@@ -45,12 +55,107 @@ class CallbackWrites:
     _window: tuple[int, int] | None
     _inflight: int
     _idle: asyncio.Event
+    _window_free: asyncio.Event
 
     def write_set(self) -> list[ReplicaLink]:
         raise NotImplementedError
 
     def check_usable(self) -> None:
         raise NotImplementedError
+
+    async def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        raise NotImplementedError
+
+    async def write_ordered(
+        self,
+        writes: list[tuple[int, Any]],
+        ready: Callable[[bool], list[tuple[int, Any]]] | None = None,
+    ) -> None:
+        """Write each (offset, data) of ``writes`` (no FUA), on each replica in this order
+        and never one where an earlier one failed (module doc); return once every replica
+        answered them all and at least ``min_replicas`` stored them all, else raise
+        ReplicaIOError (nothing is acknowledged that is not on enough replicas). A replica
+        that failed any of them is dropped. Waits, as a write does, while mutations are
+        held or a rebuild step covers any of the ranges: then for all of them.
+        ``ready(back_to_back)`` is called right before the first is queued, with no await
+        between, and returns the writes to send (``writes`` or some of them, in order):
+        the caller fills the buffers then, so that what it queues later holds what it
+        changed before; ``back_to_back`` says whether they go back to back (every
+        replica's server stops a session at a failed mutation) or one at a time."""
+        self.check_usable()
+        while True:
+            await self._running.wait()
+            window = self._window
+            if window is not None and any(
+                off < window[1] and window[0] < off + len(d) for off, d in writes
+            ):
+                self.counters["window_waits"] += 1
+                await self._window_free.wait()
+                continue
+            if self._running.is_set():
+                break
+        self.check_usable()
+        targets = self.write_set()
+        self.fanout.enough(targets)
+        back_to_back = all(getattr(link.client, "stop_on_failure", False) for link in targets)
+        if ready is not None:
+            writes = ready(back_to_back)
+        if not back_to_back:
+            # an older server: one at a time, as before (the first queued at once: the
+            # checks above just passed, and nothing awaits in between)
+            for offset, data in writes:
+                await self.write(offset, memoryview(data), False)
+            return
+        first = self.gen + 1
+        self.gen += len(writes)
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            stored, t0 = await self._ordered(targets, writes, first)
+            for _ in writes:
+                self.io.observe("write", t0)
+            self.check_usable()
+            self.fanout.require(stored, "write")
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        self.counters["written_bytes"] += sum(len(d) for _, d in writes)
+
+    async def _ordered(
+        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int
+    ) -> tuple[int, float]:
+        """Queue ``writes`` (generations from ``first``) on every target, back to back;
+        -> (the replicas that stored them all, when they were queued)."""
+        sent: list[tuple[ReplicaLink, list[asyncio.Future[Reply]], bool]] = []
+        for link in targets:
+            futs: list[asyncio.Future[Reply]] = []
+            client = link.client
+            assert client is not None
+            if len(writes) > 1 and getattr(client, "batching", False):
+                client.hold_writes()  # one WRITE_BATCH frame for them all
+            try:
+                for k, (offset, data) in enumerate(writes):
+                    futs.append(
+                        client.send(Op.WRITE, offset, len(data), data, 0, generation=first + k)
+                    )
+            except CargoholdError as e:  # lost: what was queued fails with the connection
+                link.drop(str(e))
+                sent.append((link, futs, False))
+                continue
+            sent.append((link, futs, True))
+        started = time.perf_counter()
+        await answers([f for _, futs, _ in sent for f in futs], self.settings.replica_timeout)
+        stored = 0
+        for link, futs, queued in sent:
+            # in order: the first failure drops the replica, and it stored no later one
+            ok = queued
+            for k, fut in enumerate(futs if queued else ()):
+                if not self.fanout.judge(link, fut, first + k):
+                    ok = False
+                    break
+            stored += ok
+        return stored, started
 
     def write_nowait(
         self, offset: int, data: memoryview, fua: bool, done: Callable[[Exception | None], None]

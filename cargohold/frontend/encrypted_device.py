@@ -7,17 +7,22 @@ ciphertext blocks and one tag block (``encryption/layout.py``); this device serv
 read (``encryption/block_cipher.py``). Replicas, rebuilds, snapshots, scrub and backups see
 ciphertext and tags only. docs/encryption.md argues the construction; here:
 
-- **Tag blocks** are cached (``TagCache``: an LRU of at most ``cache_blocks`` tag blocks of
-  4 KiB, 4 MiB by default, which covers 256 MiB of the volume's data). The cached copy is
-  authoritative while the engine runs: every change to a tag block is made here, in memory,
-  and then written (``_commit``). A tag block with changes pending is never evicted.
+- **Tag blocks** are cached (``TagBlock``, ``tag_block.py``: an LRU of at most
+  ``cache_blocks`` tag blocks of 4 KiB, 4 MiB by default, which covers 256 MiB of the
+  volume's data). The cached copy is authoritative while the engine runs: every change to
+  a tag block is made here, in memory, and then written. A tag block with changes pending
+  is never evicted.
 - **A write** waits for earlier writes of the same blocks (``_claim``), takes the next
   version, encrypts, puts each block's new tag into the slot that does not hold its newest
-  version, writes the tag block, and only once the replicas acknowledged it writes the
-  ciphertext. Concurrent writes to neighbours share one tag block: their updates are merged
-  into the next write of that block (one tag write in flight per tag block, the changes
-  made meanwhile go together in the one after it). A crash between the tag and the data
-  leaves the old slot authenticating the old data: each block reads old or new.
+  version, and queues the tag block and then the ciphertext back to back on every replica
+  (``Volume.write_ordered``: one round trip; each replica applies them in order and
+  refuses the data if the tag write failed). The tag block's snapshot is taken when it is
+  queued, so one queued later holds every earlier change; a write whose change a snapshot
+  queued before it already holds queues only its data. A FUA write (and TRIM, zeroes, a
+  repair) writes the tag block and waits for it first (``_commit``: one write of it in
+  flight, the changes made meanwhile in the next). A crash between the tag and the data
+  leaves the old slot authenticating the old data: each block reads old or new
+  (docs/encryption.md, "Crashes").
 - Whole groups of a write go as one physical extent (ciphertext and their tag blocks, the
   tags written once before it as well), the partial group before them on its own.
 - **After the data of a write is acknowledged**, the block's older slot is *retired* at
@@ -29,7 +34,7 @@ ciphertext and tags only. docs/encryption.md argues the construction; here:
   replica (``copies``: ``engine/copies.py``); a copy that authenticates is returned and
   written back (data block and tag entry), and the failure is counted
   (``authentication_errors``, ``authentication_repaired``). Authenticating nowhere: a
-  ``ChecksumError`` (EIO), as for rot found on every replica.
+  ``ChecksumError`` (EIO), as for rot found on every replica (``encrypted_repair.py``).
 - **The key check** (``check_key``, at start): the first written group is read and at
   least one of its blocks must authenticate; otherwise the key is not this volume's and
   every write is refused (``WrongDataKey``) while reads fail authentication: nothing is
@@ -43,7 +48,7 @@ import collections
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import (
@@ -53,48 +58,27 @@ from cargohold.encryption.block_cipher import (
     encode_slot,
     may_be_unwritten,
     put_slot,
-    retire_older,
     version_of,
 )
 from cargohold.encryption.layout import BLOCK, GROUP
-from cargohold.errors import ChecksumError, RequestError, WrongDataKey
+from cargohold.errors import ChecksumError, WrongDataKey
 from cargohold.frontend.device import BlockDevice
+from cargohold.frontend.encrypted_repair import Copies, Repair
 from cargohold.frontend.key_check import first_group_refusing
+from cargohold.frontend.tag_block import TagBlock
 
 log = logging.getLogger("cargohold.engine")
 
 CACHE_BLOCKS = 1024  # tag blocks cached: 4 MiB, covering 256 MiB of data
 BULK_GROUPS = 32  # groups of one TRIM / WRITE_ZEROES handled at once
 STATUS_GROUPS = 64  # groups one BLOCK_STATUS reply covers at most (16 MiB)
+# the volume below's ``write_ordered(writes, ready)`` (``engine/write_callbacks.py``)
+Ordered = Callable[
+    [list[tuple[int, Any]], Callable[[bool], list[tuple[int, Any]]]], Awaitable[None]
+]
 
 
-class Copies(Protocol):
-    """What the device needs of the volume below to repair: each current replica's copy
-    of a range (``engine/copies.py``)."""
-
-    async def read_copies(self, offset: int, length: int) -> list[tuple[str, bytes]]: ...
-
-
-class _Tags:
-    """One cached tag block and its writes."""
-
-    __slots__ = ("acked", "applied", "data", "done", "error", "writing", "written")
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.data = bytearray(data)
-        self.applied = 0  # changes made in memory
-        self.written = 0  # changes the replicas acknowledged
-        self.writing = False
-        self.done = asyncio.Event()  # set after each tag write (then cleared)
-        self.acked: set[int] = set()  # blocks (0..63) whose newest slot's data is written
-        self.error: BaseException | None = None
-
-    @property
-    def busy(self) -> bool:
-        return self.writing or self.applied != self.written
-
-
-class EncryptedDevice:
+class EncryptedDevice(Repair):
     """``inner`` (the physical volume) served through ``cipher``; versions ``epoch ‖ n``."""
 
     block_size = BLOCK
@@ -122,8 +106,8 @@ class EncryptedDevice:
         self.copies = copies
         self.cache_blocks = max(cache_blocks, 4)
         self._counter = 0
-        self._cache: OrderedDict[int, _Tags] = OrderedDict()  # by group
-        self._loading: dict[int, asyncio.Future[_Tags]] = {}
+        self._cache: OrderedDict[int, TagBlock] = OrderedDict()  # by group
+        self._loading: dict[int, asyncio.Future[TagBlock]] = {}
         self._claimed: dict[int, asyncio.Future[None]] = {}  # logical blocks being written
         self.wrong_key: str | None = None
         self._layout_version = layout_version
@@ -172,7 +156,7 @@ class EncryptedDevice:
             for g in [g for g, t in self._cache.items() if not t.busy]:
                 del self._cache[g]
 
-    async def _tags(self, g: int) -> _Tags:
+    async def _tags(self, g: int) -> TagBlock:
         t = self._cache.get(g)
         if t is not None:
             self._cache.move_to_end(g)
@@ -194,11 +178,11 @@ class EncryptedDevice:
         fut.set_result(t)
         return t
 
-    def _adopt(self, g: int, data: bytes | bytearray | memoryview) -> _Tags:
+    def _adopt(self, g: int, data: bytes | bytearray | memoryview) -> TagBlock:
         """Cache tag block ``g`` as read (unless it is cached already: that copy wins)."""
         t = self._cache.get(g)
         if t is None:
-            t = self._cache[g] = _Tags(bytes(data))
+            t = self._cache[g] = TagBlock(bytes(data))
             self._evict()
         return t
 
@@ -215,7 +199,7 @@ class EncryptedDevice:
             del self._cache[g]
             over -= 1
 
-    async def _commit(self, g: int, t: _Tags) -> None:
+    async def _commit(self, g: int, t: TagBlock) -> None:
         """Return once every change made to tag block ``g`` so far is acknowledged by the
         replicas. Changes made while a write of it is in flight go in the next one."""
         want = t.applied
@@ -225,26 +209,43 @@ class EncryptedDevice:
                 if t.error is not None and t.written < want:
                     raise t.error
                 continue
-            t.writing = True
-            t.error = None
-            for j in list(t.acked):  # lazily: the previous versions stop authenticating
-                retire_older(t.data, j)
-            t.acked.clear()
-            upto = t.applied
-            snap = bytes(t.data)
-            try:
-                await self.inner.write(layout.tag_block(g * GROUP) * BLOCK, memoryview(snap), False)
-            except BaseException as e:
-                t.error = e
-                # the replicas may hold either version: read it again next time
-                if self._cache.get(g) is t:
-                    del self._cache[g]
-                raise
-            finally:
-                t.writing = False
-                t.done.set()
-                t.done = asyncio.Event()
-            t.written = max(t.written, upto)
+            await self._write_tag_block(g, t)
+
+    async def _write_tag_block(self, g: int, t: TagBlock) -> None:
+        """One write of tag block ``g``: its snapshot taken when it is queued (with
+        ``write_ordered``: the volume may wait first, and another write of the block may
+        be queued meanwhile) so that one queued later holds every earlier change."""
+        started: list[int] = []
+        buf = bytearray(BLOCK)
+
+        write = [(layout.tag_block(g * GROUP) * BLOCK, buf)]
+
+        def ready(back_to_back: bool = False) -> list[tuple[int, Any]]:
+            upto, snap = t.snapshot()
+            started.append(upto)
+            buf[:] = snap
+            return write
+
+        error: BaseException | None = None
+        try:
+            ordered: Ordered | None = getattr(self.inner, "write_ordered", None)
+            if ordered is not None:
+                await ordered(write, ready)
+            else:  # no other write of it is in flight (``_commit``)
+                ready()
+                await self.inner.write(layout.tag_block(g * GROUP) * BLOCK, memoryview(buf), False)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            if started:
+                self._ended(g, t, started[0], error)
+
+    def _ended(self, g: int, t: TagBlock, upto: int, error: BaseException | None) -> None:
+        """A write of tag block ``g`` ended; after a failure the cached copy is dropped once
+        none is in flight (the replicas may hold either version: read it again)."""
+        if t.ended(upto, error) and self._cache.get(g) is t:
+            del self._cache[g]
 
     # --- claiming blocks for a write -----------------------------------------------------
     async def _claim(self, lo: int, hi: int) -> None:
@@ -310,31 +311,111 @@ class EncryptedDevice:
             t.acked.difference_update(range(a - g * GROUP, b - g * GROUP))
             self.cipher.put_sealed(t.data, a - g * GROUP, version, tags[a - lo : b - lo])
             t.applied += 1
-        if len(groups) == 1:
-            await self._commit(groups[0], loaded[0])
+        tag_blocks = dict(zip(groups, loaded, strict=True))
+        ordered = None if fua else getattr(self.inner, "write_ordered", None)
+        if ordered is not None:  # tags and ciphertext queued back to back: one round trip
+            mine = {g: t.applied for g, t in tag_blocks.items()}
+            await self._write_ordered(ordered, tag_blocks, mine, lo, head, hi, first, extent)
         else:
-            await asyncio.gather(*(self._commit(g, t) for g, t in zip(groups, loaded, strict=True)))
-        self.counters["tag_block_writes"] += len(loaded)
+            await self._write_tags_first(tag_blocks, lo, head, hi, first, extent, fua)
+        for g, t in tag_blocks.items():
+            a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
+            t.acked.update(range(a - g * GROUP, b - g * GROUP))
+        self.counters["encrypted_blocks"] += hi - lo
+
+    async def _write_ordered(
+        self,
+        ordered: Ordered,
+        tag_blocks: Mapping[int, TagBlock],
+        mine: Mapping[int, int],
+        lo: int,
+        head: int,
+        hi: int,
+        first: bytearray,
+        extent: bytearray,
+    ) -> None:
+        """Each tag block, then the ciphertext (the partial first group, the extent of
+        whole groups with their tag blocks in it), queued on every replica in this order
+        and awaited together (``Volume.write_ordered``): each replica applies the tags
+        before the data, and the data never where the tags failed (docs/encryption.md,
+        "Crashes"). The tag blocks' snapshots are taken when they are queued (``ready``),
+        so one queued later holds every change made before it; a partial group's tag
+        block whose newest queued snapshot already holds this write's change (``mine``:
+        its count of changes after it) is not queued again — that one is ahead of this
+        data on every replica (merged, as concurrent writes of neighbours are when the
+        volume makes them wait)."""
+        bufs = {g: bytearray(BLOCK) for g in tag_blocks}
+        tag_writes = [(g, layout.tag_block(g * GROUP) * BLOCK) for g in tag_blocks]
+        data: list[tuple[int, Any]] = []
+        if head > lo:
+            data.append((layout.data_block(lo) * BLOCK, first))
+        if hi > head:
+            data.append((layout.data_block(head) * BLOCK, extent))
+        started: list[tuple[int, TagBlock, int]] = []
+
+        def ready(back_to_back: bool) -> list[tuple[int, Any]]:
+            out: list[tuple[int, Any]] = []
+            for g, off in tag_writes:
+                t = tag_blocks[g]
+                whole = head <= g * GROUP and (g + 1) * GROUP <= hi
+                if back_to_back and not whole and t.queued >= mine[g]:
+                    self.counters["tag_block_writes_merged"] += 1
+                    continue
+                upto, snap = t.snapshot()
+                started.append((g, t, upto))
+                bufs[g][:] = snap
+                out.append((off, bufs[g]))
+            if hi > head:
+                self._fill_extent(head, hi, extent, bufs)
+            return out + data
+
+        error: BaseException | None = None
+        try:
+            await ordered([(off, bufs[g]) for g, off in tag_writes] + data, ready)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            for g, t, upto in started:
+                self._ended(g, t, upto, error)
+        self.counters["tag_block_writes"] += len(started)
+
+    async def _write_tags_first(
+        self,
+        tag_blocks: Mapping[int, TagBlock],
+        lo: int,
+        head: int,
+        hi: int,
+        first: bytearray,
+        extent: bytearray,
+        fua: bool,
+    ) -> None:
+        """The tag blocks written and acknowledged, then (after a flush, for FUA) the
+        ciphertext: FUA writes, and a volume below without ``write_ordered``."""
+        if len(tag_blocks) == 1:
+            await self._commit(*next(iter(tag_blocks.items())))
+        else:
+            await asyncio.gather(*(self._commit(g, t) for g, t in tag_blocks.items()))
+        self.counters["tag_block_writes"] += len(tag_blocks)
         if fua:  # durable data needs durable tags: else a power loss keeps data it cannot read
             await self.inner.flush()
         # then the ciphertext: the partial first group alone, the rest as one extent
         writes: list[Awaitable[None]] = []
         if head > lo:
-            writes.append(self._put_data(lo, head, memoryview(first), fua))
+            writes.append(self.inner.write(layout.data_block(lo) * BLOCK, memoryview(first), fua))
         if hi > head:
+            # the (already written, unchanged since: every block of them is claimed) tag
+            # blocks of its whole groups copied in, as one write
+            self._fill_extent(head, hi, extent, {g: t.data for g, t in tag_blocks.items()})
             writes.append(
-                self._put_extent(head, hi, extent, fua, dict(zip(groups, loaded, strict=True)))
+                self.inner.write(layout.data_block(head) * BLOCK, memoryview(extent), fua)
             )
         if len(writes) == 1:
             await writes[0]
         else:
             await asyncio.gather(*writes)
-        for g, t in zip(groups, loaded, strict=True):
-            a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
-            t.acked.update(range(a - g * GROUP, b - g * GROUP))
-        self.counters["encrypted_blocks"] += hi - lo
 
-    async def _settle(self, g: int, t: _Tags, a: int, b: int) -> None:
+    async def _settle(self, g: int, t: TagBlock, a: int, b: int) -> None:
         """Empty the slots of unwritten versions before new slots (block_cipher.py)."""
         acked, data, base = t.acked, t.data, g * GROUP
         for i in range(a, b):
@@ -344,22 +425,17 @@ class EncryptedDevice:
                 if self.cipher.clear_unwritten(i, t.data, j, ct):
                     self.counters["unwritten_slots_cleared"] += 1
 
-    async def _put_data(self, lo: int, hi: int, ct: memoryview, fua: bool) -> None:
-        """Ciphertext of blocks [lo, hi) of one group."""
-        await self.inner.write(layout.data_block(lo) * BLOCK, ct, fua)
-
-    async def _put_extent(
-        self, lo: int, hi: int, extent: bytearray, fua: bool, tag_blocks: Mapping[int, _Tags]
+    @staticmethod
+    def _fill_extent(
+        lo: int, hi: int, extent: bytearray, tags: Mapping[int, bytes | bytearray]
     ) -> None:
-        """The physical extent of blocks [lo, hi), ``lo`` at a group's start, sealed in
-        place (``_write``): with the (already written, unchanged since: every block of them
-        is claimed) tag blocks of its whole groups copied in, as one write."""
+        """Copy the tag blocks of the whole groups of the physical extent of blocks
+        [lo, hi) (``lo`` at a group's start, sealed in place by ``_write``) into it."""
         start = layout.data_block(lo)
         for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
             if min(hi, (g + 1) * GROUP) == (g + 1) * GROUP:
                 q = (layout.tag_block(g * GROUP) - start) * BLOCK
-                extent[q : q + BLOCK] = tag_blocks[g].data
-        await self.inner.write(start * BLOCK, memoryview(extent), fua)
+                extent[q : q + BLOCK] = tags[g]
 
     async def trim(self, offset: int, length: int) -> None:
         await self._zero(offset, length, False)
@@ -463,7 +539,7 @@ class EncryptedDevice:
         start: int,
         ct: bytes | bytearray | memoryview,
         out: bytearray,
-        tag_blocks: Mapping[int, _Tags],
+        tag_blocks: Mapping[int, TagBlock],
     ) -> list[int]:
         """Blocks [lo, hi) from the physical span read from block ``start`` into ``out``.
         -> the blocks that failed authentication."""
@@ -481,83 +557,6 @@ class EncryptedDevice:
                 dst[(a - lo) * BLOCK : (b - lo) * BLOCK],
             )
         return bad
-
-    async def _recover(self, bad: list[int], lo: int, out: bytearray) -> None:
-        """Blocks that failed authentication: each read again (a read that raced a write
-        and the retirement of the slot it needed is no error), else from another
-        replica's copy that authenticates (then written back), else ChecksumError."""
-        lost = []
-        for i in bad:
-            plain = await self._again(i)
-            if plain is not None:
-                self.counters["authentication_retries"] += 1
-                out[(i - lo) * BLOCK : (i - lo + 1) * BLOCK] = plain
-                continue
-            self.counters["authentication_errors"] += 1
-            plain = await self._from_copies(i)
-            if plain is None:
-                lost.append(i)
-            else:
-                out[(i - lo) * BLOCK : (i - lo + 1) * BLOCK] = plain
-        if lost:
-            log.error(
-                "encrypted volume: %d block(s) fail authentication on every replica, first %d%s",
-                len(lost),
-                lost[0],
-                f" ({self.wrong_key})" if self.wrong_key else "",
-            )
-            raise self.cipher.check_error(lost, "encrypted volume")
-
-    async def _again(self, i: int) -> bytes | None:
-        """Block ``i`` read again, under its tag entry as cached now."""
-        ct = await self.inner.read(layout.data_block(i) * BLOCK, BLOCK)
-        t = await self._tags(i // GROUP)
-        j = i % GROUP
-        return self.cipher.open_block(i, ct, t.data[j * ENTRY : (j + 1) * ENTRY])
-
-    async def _from_copies(self, i: int) -> bytes | None:
-        if self.copies is None or self.wrong_key:
-            return None
-        g = i // GROUP
-        j = i - g * GROUP
-        try:
-            datas, tagss = await asyncio.gather(
-                self.copies.read_copies(layout.data_block(i) * BLOCK, BLOCK),
-                self.copies.read_copies(layout.tag_block(i) * BLOCK, BLOCK),
-            )
-        except RequestError:
-            return None
-        tag_of = {rid: bytes(x) for rid, x in tagss}
-        for rid, ct in datas:
-            tags = tag_of.get(rid)
-            if tags is None:
-                continue
-            entry = tags[j * ENTRY : (j + 1) * ENTRY]
-            plain = self.cipher.open_block(i, ct, entry)
-            if plain is None:
-                continue
-            await self._write_back(i, bytes(ct), entry)
-            return plain
-        return None
-
-    async def _write_back(self, i: int, ct: bytes, entry: bytes) -> None:
-        """Repair block ``i`` everywhere with a copy that authenticates: its tag entry (when
-        the cached one differs) then its ciphertext, as a write would."""
-        await self._claim(i, i + 1)
-        try:
-            g, j = i // GROUP, i % GROUP
-            t = await self._tags(g)
-            if t.data[j * ENTRY : (j + 1) * ENTRY] != entry:
-                t.data[j * ENTRY : (j + 1) * ENTRY] = entry
-                t.applied += 1
-                await self._commit(g, t)
-            await self.inner.write(layout.data_block(i) * BLOCK, memoryview(ct), False)
-            self.counters["authentication_repaired"] += 1
-            log.warning("encrypted volume: block %d repaired from another replica", i)
-        except RequestError as e:
-            log.warning("encrypted volume: repairing block %d failed: %s", i, e)
-        finally:
-            self._release(i, i + 1)
 
     # --- block status ------------------------------------------------------------------
     async def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:

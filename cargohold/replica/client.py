@@ -209,6 +209,8 @@ class ReplicaClient:
         self.where = where
         self.version = 1  # the server's protocol version, once ``negotiate`` asked
         self.batching = False  # WRITEs go in WRITE_BATCH frames (``negotiate``)
+        # the server refuses a session's mutations after a failed one (``negotiate``)
+        self.stop_on_failure = False
         self.generation = 0
         self.seen = 0  # the newest generation the replica reported (OPEN, INFO) or we sent
 
@@ -281,6 +283,12 @@ class ReplicaClient:
         return len(p._batch_futs) + sum(
             len(f) if isinstance(f, list) else 1 for f in p.pending.values()
         )
+
+    def hold_writes(self) -> None:
+        """The WRITEs queued next in this pass of the event loop go out together at its end
+        (one WRITE_BATCH frame), the first not sent alone at once: for a caller about to
+        queue several back to back (``Volume.write_ordered``)."""
+        self._p._concurrent = True
 
     def send(
         self,
@@ -380,6 +388,7 @@ class ReplicaClient:
         version = got.get("version", 1)
         self.version = version if isinstance(version, int) and version > 0 else 1
         self.batching = batch and self.version >= 2
+        self.stop_on_failure = got.get("stop_on_failure") is True
         return self.version
 
     async def create(

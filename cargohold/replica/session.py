@@ -124,6 +124,9 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.Buffer
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._warned_unnumbered = False  # logged once per connection, not per request
+        # the first mutation of this session that failed: every later one is refused
+        # until the next OPEN (write_ops.py, "A failed mutation stops the session's")
+        self.failed: str | None = None
         # what admission (replica/admission.py) looks at
         self.address = "?"  # the peer's address without its port; "unix"
         self.trusted = False  # the node's own address or the unix socket
@@ -270,6 +273,7 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.Buffer
             else:
                 out += wire.encode_reply(req.id, wire.STATUS_OK, gen, payload)
         except Exception as e:
+            self._mutation_failed(req, e)
             out += self._error_reply(req, e)
 
     async def _finish(self, req: Request, coro: Any) -> None:
@@ -280,6 +284,7 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.Buffer
             else:
                 msg = wire.encode_reply(req.id, wire.STATUS_OK, gen, payload)
         except Exception as e:
+            self._mutation_failed(req, e)
             msg = self._error_reply(req, e)
         if not self._closed and self.transport is not None:
             self.transport.writelines(coalesce(msg) if self.guarded else msg)
@@ -338,6 +343,7 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.Buffer
         advance the replica's generation and make it look current (the store also refuses
         numbers not above the newest it has seen)."""
         rep = self._replica()
+        self._refuse_after_failure(rep)
         self._numbered(rep, req.op, req.generation)
         return rep
 
@@ -392,6 +398,9 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.Buffer
                 "server": f"cargohold/{__version__}",
                 "node": self.server.settings.node,
                 "workers": self.server.settings.workers,
+                # a failed mutation stops the session's (write_ops.py): what a writer may
+                # send back to back without waiting (replica-wire.md, "Rules")
+                "stop_on_failure": True,
             }
         )
 
@@ -464,6 +473,7 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.Buffer
         if self.rep is not None:
             self.rep.sessions -= 1
         self.rep, self.epoch = rep, epoch
+        self.failed = None  # opened again: mutations are served again
         rep.sessions += 1
         return rep.store.generation, wire.dump_json(self._info(rep))
 
@@ -471,6 +481,7 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.Buffer
         if self.rep is not None:
             self.rep.sessions -= 1
             self.rep = None
+        self.failed = None
         return 0, b""
 
     def _info(self, rep: OpenReplica) -> dict[str, Any]:

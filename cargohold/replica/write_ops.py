@@ -2,6 +2,16 @@
 writes of a batch go to the store in one call, one ``pwritev``), FLUSH, TRIM and
 WRITE_ZEROES, each fenced by the epoch and numbered by its generation. A mixin of
 ``Session`` (``replica/session.py``), whose dispatch table names these methods.
+
+**A failed mutation stops the session's.** Once a WRITE, an item of a WRITE_BATCH, a
+TRIM or a WRITE_ZEROES of a session failed (refused or not stored), every later one of
+that session is refused, not applied, until the replica is OPENed again, with an error
+naming the first failure: the items of a batch after a failed one too. So what a replica
+applied of a session's mutations is always a prefix of what was sent: a writer may send a
+mutation and one that depends on it back to back (the encrypting engine's tag block and
+then the data it authenticates) without waiting for the first answer, and the second never
+lands where the first did not (docs/formats/replica-wire.md). FLUSH, READ and the other
+requests are served as before.
 """
 
 from __future__ import annotations
@@ -9,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from cargohold.errors import InvalidArgument, Unsupported
+from cargohold.errors import InvalidArgument, ReplicaIOError, Unsupported
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op, Request
 
@@ -17,6 +27,8 @@ if TYPE_CHECKING:
     from cargohold.replica.registry import OpenReplica
 
 Result = tuple[int, Any]  # (generation, payload bytes | list of buffers)
+# the requests whose failure stops the session's mutations
+_STOPPING = frozenset({Op.WRITE, Op.WRITE_BATCH, Op.TRIM, Op.WRITE_ZEROES})
 
 
 class WriteOps:
@@ -27,6 +39,8 @@ class WriteOps:
         def _mutation(self, req: Request) -> OpenReplica: ...
         def _numbered(self, rep: OpenReplica, op: int, generation: int) -> None: ...
         def _error(self, req: Request, e: Exception) -> tuple[int, bytes]: ...
+
+        failed: str | None
 
     def op_write(self, req: Request) -> Result | Any:
         rep = self._replica()
@@ -42,8 +56,9 @@ class WriteOps:
 
     def op_write_batch(self, req: Request) -> Result | Any:
         """Several WRITEs in one frame (protocol version 2): each applied as a WRITE would
-        be, in order, with its own generation and its own answer (a failed write fails
-        alone); one flush when any of them asked for FUA, then one reply for all."""
+        be, in order, with its own generation and its own answer (the ones after a failed
+        write are refused, not applied: module doc); one flush when any of them asked for
+        FUA, then one reply for all."""
         if self.server.settings.wire_version < 2:
             raise Unsupported("WRITE_BATCH is protocol version 2; this server speaks 1")
         writes = wire.decode_write_batch(req.payload)
@@ -56,26 +71,26 @@ class WriteOps:
         # the node's request and disk-op metrics count writes, batched or not
         self.server.counters["requests"] += len(writes) - 1
         rep.disk.ops += len(writes) - 1
-        # numbered ones to the store in one call (adjacent ones: one pwritev), in order
+        # numbered ones to the store in one call (adjacent ones: one pwritev), in order;
+        # none after the first that fails (this batch's or an earlier request's)
         refused: list[Exception | None] = []
         for w in writes:
             try:
+                self._refuse_after_failure(rep)
                 self._numbered(rep, Op.WRITE, w.generation)
                 refused.append(None)
             except Exception as e:
                 refused.append(e)
-        done = iter(
-            store.write_many(
-                [
-                    (w.offset, w.data, w.generation)
-                    for w, no in zip(writes, refused, strict=True)
-                    if no is None
-                ]
-            )
-        )
-        for w, no in zip(writes, refused, strict=True):
-            got = no if no is not None else next(done)
+        take = next((k for k, no in enumerate(refused) if no is not None), len(writes))
+        got_all = store.write_many([(w.offset, w.data, w.generation) for w in writes[:take]])
+        stop = False  # a write of this batch failed: the rest are not applied
+        for k, w in enumerate(writes):
+            got: int | Exception | None = got_all[k] if k < take else refused[k]
+            if stop or got is None:
+                got = self._stopped(rep)
             if isinstance(got, Exception):
+                self._failed_write(w.offset, w.generation, got)
+                stop = True
                 status, body = self._error(req, got)
                 results.append((status, store.generation, body))
             else:
@@ -84,6 +99,31 @@ class WriteOps:
         if fua:
             return self._flush_batch(rep, results)
         return store.generation, wire.encode_batch_results(results)
+
+    def _mutation_failed(self, req: Request, e: Exception) -> None:
+        """A request failed (``Session._handle``): a mutation's failure stops the session's
+        mutations (module doc). A WRITE_BATCH's own failure (fenced, malformed) too."""
+        if req.op in _STOPPING and self.failed is None:
+            what = (
+                "a WRITE_BATCH"
+                if req.op == Op.WRITE_BATCH
+                else f"{Op(req.op).name} at offset {req.offset} (generation {req.generation})"
+            )
+            self.failed = f"{what} failed: {e}"
+
+    def _failed_write(self, offset: int, generation: int, e: Exception) -> None:
+        if self.failed is None:
+            self.failed = f"WRITE at offset {offset} (generation {generation}) failed: {e}"
+
+    def _stopped(self, rep: OpenReplica) -> ReplicaIOError:
+        return ReplicaIOError(
+            f"replica {rep.id}: mutation refused, not applied: an earlier one of this "
+            f"connection did not complete ({self.failed}); OPEN the replica again"
+        )
+
+    def _refuse_after_failure(self, rep: OpenReplica) -> None:
+        if self.failed is not None:
+            raise self._stopped(rep)
 
     async def _flush_batch(self, rep: OpenReplica, results: list[tuple[int, int, bytes]]) -> Result:
         await self._flush(rep, 0)

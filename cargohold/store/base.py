@@ -22,7 +22,7 @@ import crc32c
 import numpy as np
 
 from cargohold.constants import BLOCK_SIZE, MAX_EPOCH, MAX_EPOCH_STEP, MAX_VOLUME_SIZE, MIB
-from cargohold.errors import ChecksumError, Fenced, InvalidArgument
+from cargohold.errors import ChecksumError, Fenced, InvalidArgument, ReplicaIOError
 from cargohold.protocol import extent_stream as xs
 
 # What a block resolves to through the layer chain.
@@ -146,6 +146,11 @@ def window_digests(crcs: np.ndarray, blocks: int) -> np.ndarray:
     )
 
 
+def not_applied(first: Exception) -> ReplicaIOError:
+    """The outcome of a ``write_many`` write after a failed one: not applied."""
+    return ReplicaIOError(f"not applied: an earlier write of the batch failed ({first})")
+
+
 def runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
     """(start, stop) index pairs of the True runs in a boolean array."""
     if not mask.any():
@@ -242,13 +247,17 @@ class ReplicaStore(ABC):
     def write_many(self, writes: list[tuple[int, Any, int]]) -> list[int | Exception]:
         """``write`` each (offset, data, generation) in order, each with its own outcome:
         the generation the replica is complete through after it, or the exception that
-        failed it alone (the replica server's WRITE_BATCH). The file store writes adjacent
-        ones (offset + length = the next offset) with one system call."""
+        failed it (the replica server's WRITE_BATCH). The writes after a failed one are not
+        applied (``not_applied``): what a batch applied is a prefix of it. The file store
+        writes adjacent ones (offset + length = the next offset) with one system call."""
         out: list[int | Exception] = []
         for offset, data, generation in writes:
+            if out and isinstance(out[-1], Exception):
+                out.append(not_applied(out[-1]))
+                continue
             try:
                 out.append(self.write(offset, data, generation=generation))
-            except Exception as e:  # this write fails alone; the caller answers it
+            except Exception as e:  # the caller answers it; the rest are not applied
                 out.append(e)
         return out
 

@@ -27,6 +27,7 @@ from cargohold.store.base import (
     block_crcs,
     check_range,
     check_size,
+    not_applied,
     runs,
 )
 from cargohold.store.layer import MAX_IOV, Layer, io_error, sync_fds
@@ -173,10 +174,13 @@ class BlockIO(LayerTree):
         next offset) whose generations can all be claimed goes to the head's data file
         with one ``pwritev``, in ``_put``'s crash-safe order for every block of the run
         (all marked and announced, the data, then all committed), each write with its own
-        generation, claimed and completed in order; anything else goes one by one."""
+        generation, claimed and completed in order; anything else goes one by one. Nothing
+        after a failed write is applied (``ReplicaStore.write_many``)."""
         out: list[int | Exception] = []
         i, k = 0, len(writes)
         while i < k:
+            if out and isinstance(out[-1], Exception):  # the rest are not applied
+                return out + [not_applied(out[-1])] * (k - i)
             offset, data, _ = writes[i]
             end, j = offset + len(data), i + 1
             while j < k and writes[j][0] == end and j - i < MAX_IOV:
@@ -206,7 +210,7 @@ class BlockIO(LayerTree):
             return False
         try:
             self._chain[0].ensure_map_space(offset // BLOCK_SIZE, (end - offset) // BLOCK_SIZE)
-        except Exception:  # ENOSPC: each write then fails alone, saying so
+        except Exception:  # ENOSPC: the first write then fails, saying so
             return False
         return True
 

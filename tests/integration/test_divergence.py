@@ -98,6 +98,7 @@ async def _write_around_the_engine(port: int, replica: str, epoch: int) -> None:
         info = await c.open(replica, epoch)
         with pytest.raises(InvalidArgument, match="without a generation"):
             c.check(await c.send(Op.WRITE, 0, len(FOREIGN), FOREIGN, generation=0))
+        info = await c.open(replica, epoch)  # a refused mutation stops the session's
         await c.write(0, FOREIGN, generation=info["seen"] + 1)
         await c.flush()
     finally:

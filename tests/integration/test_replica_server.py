@@ -15,6 +15,7 @@ from cargohold.errors import (
     InvalidArgument,
     NotFound,
     NotOpen,
+    ReplicaIOError,
     Unsupported,
 )
 from cargohold.protocol import replica_wire as wire
@@ -290,6 +291,9 @@ async def test_engine_numbered_generations_gap_rebuild_and_mark_current(server):
     assert (info["generation"], info["seen"]) == (3, 5)
     with pytest.raises(InvalidArgument, match="not above the newest"):
         await b.write(0, bytes(BLOCK_SIZE), generation=5)  # replayed or stale: refused
+    with pytest.raises(ReplicaIOError, match="not applied"):  # and the session's mutations
+        await b.write(0, bytes(BLOCK_SIZE), generation=6)  # stop until it is opened again
+    await b.open("gb", 1)
     # rebuild: what changed on the complete replica after b's generation, then mark current
     assert await a.changed_since(3) == [[10 * BLOCK_SIZE, 2 * BLOCK_SIZE]]
     await a.copy_to(b, since=3)
@@ -316,6 +320,7 @@ async def test_mutations_without_the_engines_generation_are_refused(server):
     ):
         with pytest.raises(InvalidArgument, match="without a generation"):  # send: no numbering
             c.check(await c.send(op, off, ln, payload, args=args, generation=0))
+        await c.open("g0", 1)  # a failed mutation stops the session's: opened again
     info = await c.info()
     assert (info["generation"], info["seen"]) == (1, 1)
     assert bytes(await c.read(0, BLOCK_SIZE)) == b"a" * BLOCK_SIZE

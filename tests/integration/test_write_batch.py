@@ -1,5 +1,6 @@
 """WRITE_BATCH (replica wire version 2) against real replica server processes: batched
-writes land with their own generations and answers, a failed write fails alone, a fenced
+writes land with their own generations and answers, a failed write stops the session's
+mutations (the rest of its batch too) until the replica is opened again, a fenced
 connection fails the whole batch, a malformed batch is refused and the connection goes on;
 and the versions mix: a version-1 server serves a batching client as before, a client that
 does not batch still works with a version-2 server, and an engine writing through both
@@ -16,7 +17,7 @@ import pytest
 from cargohold.constants import BLOCK_SIZE, MIB
 from cargohold.engine.replica_link import Mode, ReplicaSpec
 from cargohold.engine.volume import Volume
-from cargohold.errors import Fenced, InvalidArgument, NotOpen
+from cargohold.errors import Fenced, InvalidArgument, NotOpen, ReplicaIOError
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
 from cargohold.replica.client import ReplicaClient
@@ -86,7 +87,9 @@ async def test_writes_of_one_pass_go_as_one_batch_each_with_its_generation(serve
     await c.close()
 
 
-async def test_a_failed_write_in_a_batch_fails_alone(server):
+async def test_after_a_failed_write_the_session_refuses_every_mutation_until_opened_again(
+    server,
+):
     c = await _client(server)
     await c.create("vol-b", 16 * MIB)
     await c.open("vol-b", 1)
@@ -95,21 +98,53 @@ async def test_a_failed_write_in_a_batch_fails_alone(server):
     futs = [
         c.send(Op.WRITE, 0, BLOCK_SIZE, data[0], generation=2),
         c.send(Op.WRITE, 4096 + 1, BLOCK_SIZE, data[1], generation=3),  # misaligned
-        c.send(Op.WRITE, 2 * BLOCK_SIZE, BLOCK_SIZE, data[2], generation=0),  # unnumbered
-        c.send(Op.WRITE, 3 * BLOCK_SIZE, BLOCK_SIZE, data[3], generation=4),
+        c.send(Op.WRITE, 2 * BLOCK_SIZE, BLOCK_SIZE, data[2], generation=4),
+        c.send(Op.WRITE, 3 * BLOCK_SIZE, BLOCK_SIZE, data[3], generation=5),
     ]
     r = await asyncio.gather(*futs)
     assert c.check(r[0]).generation == 2
     with pytest.raises(InvalidArgument, match="multiples of"):
         c.check(r[1])
-    with pytest.raises(InvalidArgument, match="without a generation"):
-        c.check(r[2])
-    # stored, but generation 3 never was: the replica stays complete through 2 (a gap)
-    assert c.check(r[3]).generation == 2
-    assert bytes(await c.read(0, BLOCK_SIZE)) == data[0]
+    for later in r[2:]:  # the rest of the batch: refused, naming the first failure
+        with pytest.raises(ReplicaIOError, match=r"not applied.*offset 4097.*generation 3"):
+            c.check(later)
+    # and every later mutation of the session, alone or batched, until OPEN
+    with pytest.raises(ReplicaIOError, match="OPEN the replica again"):
+        await c.write(4 * BLOCK_SIZE, data[0], generation=6)
+    with pytest.raises(ReplicaIOError, match="not applied"):
+        await c.trim(0, BLOCK_SIZE, generation=7)
+    with pytest.raises(ReplicaIOError, match="not applied"):
+        await c.write_zeroes(0, BLOCK_SIZE, generation=8)
+    assert bytes(await c.read(0, BLOCK_SIZE)) == data[0]  # reads are served
+    assert bytes(await c.read(BLOCK_SIZE, 4 * BLOCK_SIZE)) == bytes(4 * BLOCK_SIZE)
+    info = await c.info()
+    assert info["seen"] == 2 and info["generation"] == 2  # nothing after the failure
+    await c.open("vol-b", 1)  # opened again: served again
+    assert await c.write(3 * BLOCK_SIZE, data[3], generation=9) == 2  # a gap: 3..8 missing
     assert bytes(await c.read(3 * BLOCK_SIZE, BLOCK_SIZE)) == data[3]
-    assert bytes(await c.read(BLOCK_SIZE, 2 * BLOCK_SIZE)) == bytes(2 * BLOCK_SIZE)
-    assert (await c.info())["seen"] == 4
+    await c.close()
+
+
+async def test_a_batch_whose_first_write_fails_does_not_apply_the_second(server):
+    """The encrypting engine's tag block then data, back to back: when the first fails
+    (here: a generation the replica has seen), the second never lands."""
+    c = await _client(server)
+    await c.create("vol-e", 16 * MIB)
+    await c.open("vol-e", 1)
+    await c.write(0, bytes(BLOCK_SIZE), generation=5)
+    c._p._concurrent = True  # both in one WRITE_BATCH frame, as under load
+    tag, blk = os.urandom(BLOCK_SIZE), os.urandom(BLOCK_SIZE)
+    first = c.send(Op.WRITE, 64 * BLOCK_SIZE, BLOCK_SIZE, tag, generation=5)  # seen: refused
+    second = c.send(Op.WRITE, 3 * BLOCK_SIZE, BLOCK_SIZE, blk, generation=6)
+    r1, r2 = await asyncio.gather(first, second)
+    assert (await _counters(server))["write_batches"] >= 1
+    with pytest.raises(InvalidArgument, match="not above"):
+        c.check(r1)
+    with pytest.raises(ReplicaIOError, match="not applied"):
+        c.check(r2)
+    assert bytes(await c.read(3 * BLOCK_SIZE, BLOCK_SIZE)) == bytes(BLOCK_SIZE)
+    assert bytes(await c.read(64 * BLOCK_SIZE, BLOCK_SIZE)) == bytes(BLOCK_SIZE)
+    assert (await c.info())["seen"] == 5
     await c.close()
 
 
@@ -140,6 +175,9 @@ async def test_a_malformed_batch_is_refused_and_the_connection_goes_on(server):
     with pytest.raises(InvalidArgument, match=r"runs past the payload|bytes after"):
         await c.call(Op.WRITE_BATCH, payload=bytes(body))
     assert (await c.info())["generation"] == 0  # nothing of it was applied
+    with pytest.raises(ReplicaIOError, match="a WRITE_BATCH failed"):  # what came after it
+        await c.write(0, b"y" * 4096, generation=1)
+    await c.open("vol-d", 1)  # the connection goes on: opened again, writes are served
     assert await c.write(0, b"y" * 4096, generation=1) == 1
 
 

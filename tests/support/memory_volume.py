@@ -1,7 +1,16 @@
 """An in-memory twin of the engine's ``Volume`` as the encrypting device sees it (unit
 tests only): a plain BlockDevice over ``n`` replica copies in memory, every mutation to
 all of them, reads from ``reader`` (``read_copies`` gives each copy), and a log of the
-mutations in the order they were made (to replay a prefix of them: a crash)."""
+mutations in the order they were made (to replay a prefix of them: a crash).
+
+``write_ordered`` models ``Volume.write_ordered`` over replicas whose sessions stop at a
+failed mutation: the writes are applied in order, each logged, and the first that fails
+(``fail_after``) fails the call with none after it applied: every prefix of them is a
+state a replica may be left in. ``cut_copy`` (copy index, writes) cuts one copy alone
+short: that copy gets only the first ``writes`` of the next ordered call (its tag block,
+not its data), the others all of it, and the call fails as the engine fails a write that
+fewer than ``min_replicas`` stored (``ordered = False``: no such method, as a volume
+below that cannot order its writes)."""
 
 from __future__ import annotations
 
@@ -26,6 +35,8 @@ class MemoryVolume:
         self.writes = 0
         self.flushes = 0
         self.fail_after: int | None = None  # mutations before every next one raises
+        self.cut_copy: tuple[int, int] | None = None  # (copy, writes) for the next ordered
+        self.ordered_calls = 0
 
     @property
     def size(self) -> int:
@@ -45,6 +56,28 @@ class MemoryVolume:
     async def write(self, offset: int, data: Any, fua: bool) -> None:
         self.writes += 1
         await self._mutate("write", offset, bytes(data))
+
+    async def write_ordered(self, writes: list[tuple[int, Any]], ready: Any = None) -> None:
+        self.ordered_calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if ready is not None:  # the buffers are filled when they are queued
+            writes = ready(True)
+        cut, self.cut_copy = self.cut_copy, None
+        for n, (offset, data) in enumerate(writes):
+            if self.fail_after is not None and len(self.log) >= self.fail_after:
+                from cargohold.errors import ReplicaIOError
+
+                raise ReplicaIOError("memory volume: crashed")  # none after it applied
+            self.writes += 1
+            self.log.append(("write", offset, bytes(data)))
+            for k, c in enumerate(self.copies):
+                if cut is None or cut[0] != k or n < cut[1]:
+                    c[offset : offset + len(data)] = data
+        if cut is not None:
+            from cargohold.errors import ReplicaIOError
+
+            raise ReplicaIOError(f"memory volume: copy {cut[0]} cut short after {cut[1]}")
 
     async def trim(self, offset: int, length: int) -> None:
         await self._mutate("trim", offset, bytes(length))

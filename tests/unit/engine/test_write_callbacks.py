@@ -145,3 +145,65 @@ async def test_hold_waits_for_a_write_without_a_task() -> None:
     r.pending[0].set_result(Reply(STATUS_OK, 1, 1, b""))
     await done.wait()
     await asyncio.wait_for(held, 5)
+
+
+def ordered(*reps: MemReplica) -> list[MemReplica]:
+    for r in reps:
+        r.stop_on_failure = True  # type: ignore[attr-defined]  # as a server of this release says
+    return list(reps)
+
+
+async def test_write_ordered_queues_every_write_back_to_back_and_judges_them_all() -> None:
+    reps = ordered(MemReplica(), MemReplica(status=NoSpace.status), MemReplica())
+    vol = volume(*reps)
+    calls: list[int] = []
+
+    def ready(back_to_back: bool) -> list[tuple[int, Any]]:
+        assert back_to_back
+        calls.append(sum(len(r.got) for r in reps))  # before anything was queued
+        return [(65 * 4096, BLOCK), (4096, BLOCK)]
+
+    await vol.write_ordered([(65 * 4096, BLOCK), (4096, BLOCK)], ready)
+    assert calls == [0]
+    for r in reps:  # each replica: the two in order, consecutive generations
+        assert r.got == [(Op.WRITE, 65 * 4096, 1), (Op.WRITE, 4096, 2)]
+    assert [lk.mode for lk in vol.links] == [Mode.RW, Mode.ERR, Mode.RW]
+    assert vol.gen == 2 and vol.counters["written_bytes"] == 2 * 4096
+    # fewer than min_replicas stored them all: an error
+    vol2 = volume(*ordered(MemReplica(), MemReplica(status=NoSpace.status)))
+    vol2.settings = dataclasses.replace(vol2.settings, min_replicas=2)
+    vol2.fanout.settings = vol2.settings
+    with pytest.raises(ReplicaIOError, match="done on 1 replicas"):
+        await vol2.write_ordered([(0, BLOCK), (4096, BLOCK)])
+
+
+async def test_write_ordered_waits_for_a_window_over_any_of_them_then_queues_all() -> None:
+    reps = ordered(MemReplica(), MemReplica())
+    vol = volume(*reps)
+    vol.window(8192, 12288)  # covers the second write only
+    task = asyncio.ensure_future(vol.write_ordered([(0, BLOCK), (8192, BLOCK)]))
+    await asyncio.sleep(0.01)
+    assert not task.done() and all(r.got == [] for r in reps)  # neither went
+    vol.window_done()
+    await asyncio.wait_for(task, 5)
+    assert all(r.got == [(Op.WRITE, 0, 1), (Op.WRITE, 8192, 2)] for r in reps)
+    assert vol.counters["window_waits"] == 1
+
+
+async def test_write_ordered_goes_one_at_a_time_to_a_server_that_does_not_stop() -> None:
+    old = MemReplica(silent=True)  # a server of an older release: no stop_on_failure
+    vol = volume(*ordered(MemReplica()), old)
+    seen: list[bool] = []
+
+    def ready(back_to_back: bool) -> list[tuple[int, Any]]:
+        seen.append(back_to_back)
+        return [(0, BLOCK), (4096, BLOCK)]
+
+    task = asyncio.ensure_future(vol.write_ordered([(0, BLOCK), (4096, BLOCK)], ready))
+    await _until(lambda: old.got)
+    await asyncio.sleep(0.01)
+    assert seen == [False] and old.got == [(Op.WRITE, 0, 1)]  # the second waits for it
+    old.silent = False
+    old.pending[0].set_result(Reply(STATUS_OK, 1, 1, b""))
+    await asyncio.wait_for(task, 5)
+    assert old.got == [(Op.WRITE, 0, 1), (Op.WRITE, 4096, 2)]

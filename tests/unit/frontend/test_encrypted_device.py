@@ -26,6 +26,12 @@ GROUPS = 6
 LOGICAL = GROUPS * layout.GROUP_BYTES
 
 
+class UnorderedVolume(MemoryVolume):
+    """The twin without ``write_ordered``: a volume below that cannot order writes."""
+
+    write_ordered = None  # type: ignore[assignment]
+
+
 def device(vol: MemoryVolume, epoch: int = 1, key: bytes = KEY, **kw) -> EncryptedDevice:  # type: ignore[no-untyped-def]
     return EncryptedDevice(vol, BlockCipher(key, VID), epoch, copies=vol, **kw)
 
@@ -87,6 +93,9 @@ def test_whole_groups_go_as_one_extent_after_their_tags():
 
 
 def test_concurrent_writes_to_neighbours_share_tag_writes():
+    """Writes of neighbours that wait together below (here: the twin's delay; in the
+    engine: a hold or a rebuild window) queue one tag block snapshot holding all their
+    changes, the first of them; the others queue their data behind it."""
     vol = MemoryVolume(layout.physical_size(LOGICAL), delay=0.002)
 
     async def go() -> EncryptedDevice:
@@ -99,9 +108,56 @@ def test_concurrent_writes_to_neighbours_share_tag_writes():
         return d
 
     d = run(go())
-    tag_writes = sum(1 for _, off, _ in vol.log if off == layout.tag_block(0) * BLOCK)
-    assert tag_writes < GROUP // 4, tag_writes  # merged, not one per write
+    tag_writes = [k for k, (_, off, _) in enumerate(vol.log) if off == layout.tag_block(0) * BLOCK]
+    assert len(tag_writes) < GROUP // 4, tag_writes  # merged, not one per write
+    assert tag_writes[0] == 0  # ahead of every data write
     assert d.counters["encrypted_blocks"] == GROUP
+    assert d.counters["tag_block_writes_merged"] >= GROUP - len(tag_writes)
+    assert vol.ordered_calls == GROUP  # each write: one round trip
+
+
+def test_tag_writes_of_a_volume_without_ordered_writes_are_merged_while_one_is_in_flight():
+    """The volume below cannot order writes: the tag block is written and acknowledged
+    before the data, one write of it in flight, the changes made meanwhile in the next."""
+    vol = UnorderedVolume(layout.physical_size(LOGICAL), delay=0.002)
+
+    async def go() -> None:
+        d = device(vol)
+        await asyncio.gather(
+            *(d.write(i * BLOCK, memoryview(pattern(i)), False) for i in range(GROUP))
+        )
+        for i in range(GROUP):
+            assert await d.read(i * BLOCK, BLOCK) == pattern(i)
+
+    run(go())
+    tag_writes = sum(1 for _, off, _ in vol.log if off == layout.tag_block(0) * BLOCK)
+    assert tag_writes < GROUP // 4, tag_writes
+    assert vol.ordered_calls == 0
+
+
+@pytest.mark.parametrize("after", [0, 1])
+def test_a_replica_whose_tag_write_fails_never_gets_the_data_and_reads_old(after):
+    """Tag block and data queued back to back; on one replica the tag write fails (it
+    gets nothing: ``after`` 0) or the data does (``after`` 1: the tag block only). That
+    replica still holds the old content, and reads it; the other reads the new."""
+    vol = MemoryVolume(layout.physical_size(LOGICAL), n=2)
+
+    async def go() -> None:
+        d = device(vol)
+        await d.write(3 * BLOCK, memoryview(pattern(1)), False)
+        before = bytes(vol.copies[1])
+        vol.cut_copy = (1, after)
+        with pytest.raises(Exception, match="cut short"):
+            await d.write(3 * BLOCK, memoryview(pattern(2)), False)
+        data = layout.data_block(3) * BLOCK
+        assert vol.copies[1][data : data + BLOCK] == before[data : data + BLOCK]
+        tags = layout.tag_block(3) * BLOCK
+        assert (vol.copies[1][tags : tags + BLOCK] == before[tags : tags + BLOCK]) == (after == 0)
+        for reader, want in ((1, pattern(1)), (0, pattern(2))):
+            vol.reader = reader
+            assert await device(vol, epoch=2).read(3 * BLOCK, BLOCK) == want
+
+    run(go())
 
 
 def test_overlapping_writes_of_one_block_are_ordered():

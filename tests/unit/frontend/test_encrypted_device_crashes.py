@@ -2,7 +2,9 @@
 twin of the replicated volume (tests/support/memory_volume.py): writes, trims and
 write-zeroes, reads, writes whose mutations below stop after any prefix (the engine then
 crashes: a new engine, next epoch, over what reached the volume; or it goes on, the
-request failed), interleaved at random, several crashes in a row included.
+request failed), writes whose tag block and data (queued back to back) reach one of the
+two replicas only in part, per replica (then a crash, and the new engine's current
+replica either one), interleaved at random, several crashes in a row included.
 
 The model keeps, for every block, the set of contents a read may return: exactly the last
 acknowledged content, or for a block of a write that did not complete, that content or the
@@ -44,7 +46,7 @@ class CrashMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.logical = layout.logical_size_for(NBLOCKS * BLOCK)
-        self.vol = MemoryVolume(layout.physical_size(self.logical))
+        self.vol = MemoryVolume(layout.physical_size(self.logical), n=2)  # two replicas
         self.epoch = 1
         self.dev = self._device()
         self.may: list[set[bytes]] = [{ZERO} for _ in range(NBLOCKS)]
@@ -102,6 +104,30 @@ class CrashMachine(RuleBasedStateMachine):
             self.may[i] = {new[i - lo]} if done else self.may[i] | {new[i - lo]}
         if crash:
             self.restart()
+
+    @rule(lo=blocks, count=counts, copy=st.integers(0, 1), after=st.integers(0, 3),
+          read_from=st.integers(0, 1))  # fmt: skip
+    def cut_on_one_replica(
+        self, lo: int, count: int, copy: int, after: int, read_from: int
+    ) -> None:
+        """A write whose tag block and data, queued back to back, reach one replica only
+        in part (its first ``after`` writes: the tag block and not the data, or nothing),
+        the other in full; the engine crashes, and the new one's current replica is
+        ``read_from`` (the other rebuilt from it)."""
+        lo, hi = self._span(lo, count)
+        new = self._content(lo, hi)
+        self.vol.cut_copy = (copy, after)
+        try:
+            run(self.dev.write(lo * BLOCK, memoryview(b"".join(new)), False))
+        except CargoholdError:
+            pass
+        self.vol.cut_copy = None
+        for i in range(lo, hi):
+            self.may[i] = self.may[i] | {new[i - lo]}
+        for c in self.vol.copies:  # the rebuild from the current replica
+            c[:] = self.vol.copies[read_from]
+        self.vol.reader = 0
+        self.restart()
 
     @rule()
     def restart(self) -> None:

@@ -2,8 +2,9 @@
 file store's data file as one ``pwritev``, yet every write keeps what ``write`` gives it —
 its own generation, its own outcome, the block map's checksums and generations — and the
 file store and its in-memory twin end in the same state. A write that cannot be claimed
-fails alone; a failed ``pwritev`` fails its run and leaves the replica's generation before
-it (a gap, as a failed ``write`` does)."""
+fails, and the writes after it are not applied; a failed ``pwritev`` fails its run (and
+the rest) and leaves the replica's generation before it (a gap, as a failed ``write``
+does)."""
 
 from __future__ import annotations
 
@@ -65,13 +66,20 @@ def test_adjacent_writes_go_as_one_pwritev_and_read_back_like_single_writes(
     one.close()
 
 
-def test_a_write_that_cannot_be_claimed_fails_alone(store):
+def test_a_write_that_cannot_be_claimed_fails_and_the_rest_are_not_applied(store):
     store.write(0, blocks(1, 0), generation=1)
-    got = store.write_many([(BLOCK_SIZE, blocks(1, 1), 1), (2 * BLOCK_SIZE, blocks(1, 2), 2)])
+    got = store.write_many(
+        [(BLOCK_SIZE, blocks(1, 1), 1), (2 * BLOCK_SIZE, blocks(1, 2), 2), (0, blocks(1, 3), 3)]
+    )
     assert isinstance(got[0], InvalidArgument) and "not above" in str(got[0])
-    assert got[1] == 2
-    assert bytes(store.read(BLOCK_SIZE, BLOCK_SIZE)) == bytes(BLOCK_SIZE)  # not written
-    assert bytes(store.read(2 * BLOCK_SIZE, BLOCK_SIZE)) == blocks(1, 2)
+    assert all(isinstance(e, ReplicaIOError) and "not applied" in str(e) for e in got[1:]), got
+    assert bytes(store.read(0, 3 * BLOCK_SIZE)) == blocks(1, 0) + bytes(2 * BLOCK_SIZE)
+    assert store.generation == 1 and store.seen == 1
+    twin = MemoryStore(1 * GIB)  # the base class's loop: the same rule
+    twin.write(0, blocks(1, 0), generation=1)
+    got = twin.write_many([(BLOCK_SIZE, blocks(1, 1), 1), (2 * BLOCK_SIZE, blocks(1, 2), 2)])
+    assert isinstance(got[0], InvalidArgument) and isinstance(got[1], ReplicaIOError)
+    assert bytes(twin.read(BLOCK_SIZE, 2 * BLOCK_SIZE)) == bytes(2 * BLOCK_SIZE)
 
 
 def test_a_failed_pwritev_fails_its_run_and_leaves_a_gap(store, monkeypatch):
@@ -81,8 +89,15 @@ def test_a_failed_pwritev_fails_its_run_and_leaves_a_gap(store, monkeypatch):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "pwritev", broken)
-    got = store.write_many([(BLOCK_SIZE, blocks(1, 1), 2), (2 * BLOCK_SIZE, blocks(1, 2), 3)])
+    got = store.write_many(
+        [
+            (BLOCK_SIZE, blocks(1, 1), 2),
+            (2 * BLOCK_SIZE, blocks(1, 2), 3),
+            (9 * BLOCK_SIZE, blocks(1, 3), 4),
+        ]
+    )
     assert all(isinstance(e, ReplicaIOError) for e in got), got
+    assert "not applied" in str(got[2])  # the lone write after the failed run: refused
     assert store.generation == 1  # complete through 1 only: the engine drops this replica
     assert bytes(store.read(BLOCK_SIZE, 2 * BLOCK_SIZE)) == bytes(2 * BLOCK_SIZE)
     assert not store.scrub().bad  # the old content still verifies
