@@ -155,9 +155,11 @@ class NodeShare:
         for gone in set(self.seen) - set(engines):
             del self.seen[gone]
         busy = [v for v, r in rates.items() if r >= BUSY or held[v]]
-        if self.target is not None:
+        if self.target is not None:  # alone, a volume is never shared: the target lets go
             floor = floor_for([_num(engines[v][0].get("min_iops")) for v in busy])
-            self.target.step(mean_latency(served, took), sum(rates.values()), floor)
+            latency = mean_latency(served, took)
+            shared, wants = len(busy) >= 2, any(held[v] for v in busy)
+            self.target.step(latency, sum(rates.values()), floor, shared=shared, held=wants)
         iops = self._iops(engines, busy, rates, held)
         bandwidth = self._bandwidth(engines, busy, rates, byte_rates, held)
         return {v: Fair(iops.get(v), bandwidth.get(v)) for v in engines}

@@ -10,9 +10,14 @@ given the node's mean service latency over the last window and the IOPS its volu
 
 - above the target, the budget becomes ``DOWN`` x what the node did (or x the budget,
   if lower): contention starts at once, even with no configured ``node_iops``;
-- at or below it, the budget grows ``UP`` x + ``STEP``, and once it is far above what
-  the volumes do (``RELEASE``) it is lifted (``inf``): sharing stops as without a target;
-- never below ``floor``: every busy volume's guaranteed minimum, or ``FLOOR_PER_VOLUME``.
+- at or below it, while a volume is held back (it wants more than its share), the
+  budget grows ``UP`` x + ``STEP``, but to no more than ``USED`` x what the node did: a
+  budget the volumes do not use teaches nothing, and NodeShare would stop sharing below
+  ``OFF`` of it (the held volume freed at once, the latency back over the target a second
+  later); once nobody is held back, the budget is lifted (``inf``): sharing stops, as
+  without a target;
+- never below ``floor``: every busy volume's guaranteed minimum, or ``FLOOR_PER_VOLUME``;
+- with fewer than two busy volumes (nothing to share) it is lifted too.
 
 ``NodeShare`` (fair_share.py) feeds it once a second and divides the lower of its budget
 and ``node_iops`` by weight, exactly as it divides ``node_iops`` alone.
@@ -29,7 +34,7 @@ KINDS = ("read", "write", "trim", "write_zeroes")  # not FLUSH: an fdatasync, no
 DOWN = 0.8  # above the target: the budget becomes this x what the node did
 UP = 1.1  # at or below it: the budget grows this x ...
 STEP = 50.0  # ... + this many IOPS a window
-RELEASE = 0.5  # lifted when RELEASE x the grown budget exceeds what the node did
+USED = 1.4  # it grows to at most this x what the node did (< 1 / fair_share.OFF)
 FLOOR_PER_VOLUME = 100.0  # IOPS every busy volume keeps whatever the latency
 
 
@@ -72,18 +77,31 @@ class LatencyTarget:
     latency_us: float | None = None
     did: float = 0.0
 
-    def step(self, latency_us: float | None, did: float, floor: float) -> float:
+    def step(
+        self,
+        latency_us: float | None,
+        did: float,
+        floor: float,
+        shared: bool = True,
+        held: bool = True,
+    ) -> float:
         """One window: its mean service latency (None: no request was served, nothing is
-        learned and the budget stays), the IOPS the node did, the floor. -> the budget."""
+        learned and the budget stays), the IOPS the node did, the floor; ``shared``
+        False (fewer than two busy volumes: nobody to share with) lifts the budget, so
+        a lone volume's latency does not leave a low budget for when a second one comes;
+        ``held``: a volume was held back in the window (it wants more). -> the budget."""
         self.did = max(0.0, did)
         if latency_us is None:
             return self.budget
         self.latency_us = latency_us
+        if not shared:
+            self.budget = math.inf
+            return self.budget
         if latency_us > self.target_us:
             self.budget = max(floor, DOWN * min(self.budget, self.did))
         elif math.isfinite(self.budget):
-            grown = self.budget * UP + STEP
-            self.budget = math.inf if grown * RELEASE > self.did else max(floor, grown)
+            grown = min(self.budget * UP + STEP, max(self.budget, USED * self.did))
+            self.budget = max(floor, grown) if held else math.inf
         return self.budget
 
 

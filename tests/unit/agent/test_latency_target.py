@@ -18,6 +18,7 @@ from cargohold.agent.fair_share import NodeShare, latency_view
 from cargohold.agent.latency_target import (
     DOWN,
     FLOOR_PER_VOLUME,
+    USED,
     LatencyTarget,
     floor_for,
     mean_latency,
@@ -62,10 +63,23 @@ def test_latency_under_target_lifts_the_budget(target, demand, floor, under, sta
     c = LatencyTarget(target, budget=max(floor, start))
     for _ in range(200):
         did = min(c.budget, demand)  # held volumes take what they are given
-        c.step(target * under, did, floor)
+        before = c.budget
+        c.step(target * under, did, floor, held=did < demand)
+        if math.isfinite(c.budget):  # it grows, but never far past what the node used
+            assert c.budget >= before
+            assert c.budget <= max(floor, before, USED * did) * (1 + 1e-9)
     assert c.budget == math.inf  # it grew past what the volumes want: sharing stops
-    c.step(target * under, demand, floor)
+    c.step(target * under, demand, floor, held=False)
     assert c.budget == math.inf  # and stays lifted while the latency is met
+
+
+def test_an_unused_budget_does_not_grow():
+    c = LatencyTarget(1000, budget=3000)
+    assert c.step(500, 2500, 200) == pytest.approx(3350)  # used: x 1.1 + 50
+    # the held volume uses its share, the others keep headroom: the node did 2,000 of it
+    assert c.step(500, 2000, 200) == pytest.approx(3350)  # stays (not 3,735), never shrinks
+    assert c.step(500, 2600, 200) == pytest.approx(3640)  # at most 1.4 x what it did
+    assert c.step(500, 1000, 200, held=False) == math.inf  # nobody wants more: lifted
 
 
 def test_no_requests_teach_nothing_and_the_floor_counts_minimums():
@@ -253,3 +267,15 @@ async def test_the_agent_loop_holds_the_node_to_its_latency_target(monkeypatch) 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_a_lone_busy_volume_lifts_the_budget():
+    ns = NodeShare(math.inf, target=LatencyTarget(1000))
+    heavy, light = {"weight": 100}, {"weight": 25}
+    ns.divide(0.0, {"v": (heavy, status(0, 0)), "a": (light, status(0, 0))})
+    ns.divide(1.0, {"v": (heavy, status(500, 1.5e6)), "a": (light, status(9500, 28.5e6))})
+    assert ns.target is not None and ns.target.budget == pytest.approx(8000)
+    # the victim goes idle: the aggressor alone is slow, but there is nobody to share with
+    got = ns.step(2.0, {"v": (heavy, status(500, 1.5e6)), "a": (light, status(19500, 58.5e6))})
+    assert ns.target.budget == math.inf and got == {"v": None, "a": None}
+    assert ns.target.latency_us == 3000  # still shown
