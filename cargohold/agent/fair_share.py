@@ -3,9 +3,10 @@ minimums"). Pure policy, no I/O: ``shares`` divides a budget — IOPS, or bytes 
 by weight with guaranteed minimums and redistributes what a volume does not use;
 ``NodeShare`` turns the engines' statuses, one look a second, into per-volume IOPS and
 bandwidth limits (``Fair``) — or none at all when the node is not contended. The two
-budgets are divided independently, each only while the node is contended for it. The
-agent's engines loop (``engines.py``) feeds it and pushes the limits through the engine's
-``qos`` op.
+budgets are divided independently, each only while the node is contended for it. With a
+node latency target (``latency_target.py``) the IOPS budget divided is the lower of
+``node_iops`` and the one its controller keeps. The agent's engines loop (``engines.py``)
+feeds it and pushes the limits through the engine's ``qos`` op.
 """
 
 from __future__ import annotations
