@@ -279,3 +279,15 @@ def test_a_lone_busy_volume_lifts_the_budget():
     got = ns.step(2.0, {"v": (heavy, status(500, 1.5e6)), "a": (light, status(19500, 58.5e6))})
     assert ns.target.budget == math.inf and got == {"v": None, "a": None}
     assert ns.target.latency_us == 3000  # still shown
+
+
+def test_the_agent_command_takes_the_target_and_refuses_a_bad_one() -> None:
+    from typer.testing import CliRunner
+
+    from cargohold.cli.main import app
+
+    r = CliRunner().invoke(app, ["agent", "--help"])
+    assert r.exit_code == 0 and "--node-latency-target" in r.output, r.output
+    r = CliRunner().invoke(app, ["agent", "--node", "n1", "--node-latency-target", "fast"])
+    assert r.exit_code == 2 and "node_latency_target" in r.output, r.output
+    assert "50us to 10s" in " ".join(r.output.split()), r.output
