@@ -181,7 +181,11 @@ class NodeShare:
     ) -> dict[str, int]:
         total = sum(rates.values())
         budget = self.iops_budget
-        if len(busy) < 2 or total < (OFF if self.contended else ON) * budget:
+        # a latency target holding a budget ends sharing itself (latency_target.py: it
+        # lifts the budget once nobody is held back), not by the ON/OFF thresholds: with
+        # the headroom kept for the volumes not held, the node may do well under it
+        targeted = self.target is not None and budget < self.budget
+        if len(busy) < 2 or (not targeted and total < (OFF if self.contended else ON) * budget):
             self.contended = False
             return {}
         self.contended = True

@@ -11,11 +11,12 @@ given the node's mean service latency over the last window and the IOPS its volu
 - above the target, the budget becomes ``DOWN`` x what the node did (or x the budget,
   if lower): contention starts at once, even with no configured ``node_iops``;
 - at or below it, while a volume is held back (it wants more than its share), the
-  budget grows ``UP`` x + ``STEP``, but to no more than ``USED`` x what the node did: a
-  budget the volumes do not use teaches nothing, and NodeShare would stop sharing below
-  ``OFF`` of it (the held volume freed at once, the latency back over the target a second
-  later); once nobody is held back, the budget is lifted (``inf``): sharing stops, as
-  without a target;
+  budget grows ``UP`` x + ``STEP``, but to no more than ``USED`` x what the node did (a
+  budget the volumes do not use teaches nothing); once nobody is held back, the budget
+  is lifted (``inf``): sharing stops, as without a target. While it holds a budget,
+  NodeShare keeps the node shared whatever its ON/OFF thresholds say (the volumes not
+  held keep headroom, so the node may do well under the budget: freeing the held one
+  then put the latency back over the target a second later);
 - never below ``floor``: every busy volume's guaranteed minimum, or ``FLOOR_PER_VOLUME``;
 - with fewer than two busy volumes (nothing to share) it is lifted too.
 

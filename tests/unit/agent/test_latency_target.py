@@ -291,3 +291,23 @@ def test_the_agent_command_takes_the_target_and_refuses_a_bad_one() -> None:
     r = CliRunner().invoke(app, ["agent", "--node", "n1", "--node-latency-target", "fast"])
     assert r.exit_code == 2 and "node_latency_target" in r.output, r.output
     assert "50us to 10s" in " ".join(r.output.split()), r.output
+
+
+def test_a_held_budget_keeps_the_node_shared_below_the_hysteresis():
+    ns = NodeShare(math.inf, target=LatencyTarget(1000, budget=4000))
+    heavy, light = {"weight": 100}, {"weight": 25}
+    ns.divide(0.0, {"v": (heavy, status(0, 0)), "a": (light, status(0, 0, 0))})
+    # under the target, the aggressor held back, the node did 2,000 (< 60% of 4,000):
+    # without a target that would end sharing; the target keeps it until nobody is held
+    got = ns.step(1.0, {"v": (heavy, status(1000, 3e5)), "a": (light, status(1000, 3e5, 5))})
+    assert ns.target is not None and ns.target.budget == 4000
+    assert got["a"] is not None and got["v"] is not None
+    got = ns.step(2.0, {"v": (heavy, status(2000, 6e5)), "a": (light, status(1100, 3.3e5, 5))})
+    assert ns.target.budget == math.inf and got == {"v": None, "a": None}
+    # a node_iops budget alone keeps its hysteresis
+    plain = NodeShare(4000)
+    plain.divide(0.0, {"v": (heavy, status(0, 0)), "a": (light, status(0, 0, 0))})
+    assert plain.step(1.0, {"v": (heavy, status(1000, 0)), "a": (light, status(1000, 0, 5))}) == {
+        "v": None,
+        "a": None,
+    }
