@@ -160,7 +160,10 @@ class NodeShare:
             floor = floor_for([_num(engines[v][0].get("min_iops")) for v in busy])
             latency = mean_latency(served, took)
             shared, wants = len(busy) >= 2, any(held[v] for v in busy)
-            self.target.step(latency, sum(rates.values()), floor, shared=shared, held=wants)
+            held_did = sum(rates[v] for v in busy if held[v])
+            self.target.step(
+                latency, sum(rates.values()), floor, shared=shared, held=wants, held_did=held_did
+            )
         iops = self._iops(engines, busy, rates, held)
         bandwidth = self._bandwidth(engines, busy, rates, byte_rates, held)
         return {v: Fair(iops.get(v), bandwidth.get(v)) for v in engines}

@@ -8,8 +8,12 @@ answer (engine/io_stats.py: the gate's wait is not in them, so a throttled volum
 queue does not look like node latency). ``LatencyTarget.step`` is an AIMD controller:
 given the node's mean service latency over the last window and the IOPS its volumes did,
 
-- above the target, the budget becomes ``DOWN`` x what the node did (or x the budget,
-  if lower): contention starts at once, even with no configured ``node_iops``;
+- above the target, the budget becomes what the node did (or the budget, if lower) less
+  ``1 - DOWN`` of what the volumes held back did: contention starts at once, even with no
+  configured ``node_iops``, and the cut falls on the volumes that want more than their
+  share, not on a QD1 victim whose own rate fell because the node was slow (cutting it
+  too would throttle it in turn — under constant violation the held volumes' part still
+  goes down geometrically, and with every volume held the whole budget does);
 - at or below it, while a volume is held back (it wants more than its share), the
   budget grows ``UP`` x + ``STEP``, but to no more than ``USED`` x what the node did (a
   budget the volumes do not use teaches nothing); once nobody is held back, the budget
@@ -85,12 +89,14 @@ class LatencyTarget:
         floor: float,
         shared: bool = True,
         held: bool = True,
+        held_did: float | None = None,
     ) -> float:
         """One window: its mean service latency (None: no request was served, nothing is
         learned and the budget stays), the IOPS the node did, the floor; ``shared``
         False (fewer than two busy volumes: nobody to share with) lifts the budget, so
         a lone volume's latency does not leave a low budget for when a second one comes;
-        ``held``: a volume was held back in the window (it wants more). -> the budget."""
+        ``held``: a volume was held back in the window (it wants more); ``held_did``: the
+        IOPS those did (None: all of ``did``). -> the budget."""
         self.did = max(0.0, did)
         if latency_us is None:
             return self.budget
@@ -99,7 +105,8 @@ class LatencyTarget:
             self.budget = math.inf
             return self.budget
         if latency_us > self.target_us:
-            self.budget = max(floor, DOWN * min(self.budget, self.did))
+            cut = (1 - DOWN) * (self.did if held_did is None else min(held_did, self.did))
+            self.budget = max(floor, min(self.budget, self.did) - cut)
         elif math.isfinite(self.budget):
             grown = min(self.budget * UP + STEP, max(self.budget, USED * self.did))
             self.budget = max(floor, grown) if held else math.inf

@@ -73,6 +73,18 @@ def test_latency_under_target_lifts_the_budget(target, demand, floor, under, sta
     assert c.budget == math.inf  # and stays lifted while the latency is met
 
 
+@given(targets, st.floats(1, 1e6), st.floats(0, 1), floors, st.floats(1.01, 100))
+def test_a_violation_cuts_the_held_volumes_part(target, did, held_part, floor, over):
+    c = LatencyTarget(target)
+    held_did = did * held_part
+    b = c.step(target * over, did, floor, held_did=held_did)
+    assert b == pytest.approx(max(floor, did - (1 - DOWN) * held_did))
+    # every volume held, the violation going on: down to the floor
+    for _ in range(200):
+        b = c.step(target * over, min(b, did), floor, held_did=min(b, did))
+    assert b == floor
+
+
 def test_an_unused_budget_does_not_grow():
     c = LatencyTarget(1000, budget=3000)
     assert c.step(500, 2500, 200) == pytest.approx(3350)  # used: x 1.1 + 50
@@ -114,13 +126,19 @@ def test_node_share_divides_the_target_s_budget_by_weight():
     ns = NodeShare(math.inf, target=LatencyTarget(1000))
     heavy, light = {"weight": 100}, {"weight": 25}
     ns.divide(0.0, {"v": (heavy, status(0, 0)), "a": (light, status(0, 0))})
-    # 1 s: the victim did 500, the aggressor 9,500, at 3 ms each: too slow
+    # 1 s: the victim did 500, the aggressor 9,500, at 3 ms each: too slow. Nobody was
+    # held back yet: the budget becomes what the node did, and the division starts
     got = ns.step(1.0, {"v": (heavy, status(500, 1.5e6)), "a": (light, status(9500, 28.5e6))})
-    assert ns.target is not None and ns.target.budget == pytest.approx(8000)
-    assert ns.iops_budget == pytest.approx(8000)
+    assert ns.target is not None and ns.target.budget == pytest.approx(10_000)
     # the victim is not held: it keeps 1.5 x its rate + 50, the aggressor the rest
-    assert got == {"v": 800, "a": 7200}
-    assert latency_view(ns) == {"target_us": 1000, "latency_us": 3000, "budget": 8000}
+    assert got == {"v": 800, "a": 9200}
+    # still too slow, the aggressor held back (it did its 9,200): 20% of that is cut
+    got = ns.step(2.0, {"v": (heavy, status(1000, 3e6)), "a": (light, status(18700, 56e6, 9))})
+    assert ns.target.budget == pytest.approx(9700 - 0.2 * 9200)
+    assert ns.iops_budget == pytest.approx(7860)
+    assert got == {"v": 800, "a": 7060}  # the victim untouched
+    view = latency_view(ns)
+    assert view is not None and view["target_us"] == 1000 and view["budget"] == 7860
     # node_iops set too: the lower of the two is divided
     ns2 = NodeShare(4000, target=LatencyTarget(1000))
     ns2.divide(0.0, {"v": (heavy, status(0, 0)), "a": (light, status(0, 0))})
@@ -274,7 +292,7 @@ def test_a_lone_busy_volume_lifts_the_budget():
     heavy, light = {"weight": 100}, {"weight": 25}
     ns.divide(0.0, {"v": (heavy, status(0, 0)), "a": (light, status(0, 0))})
     ns.divide(1.0, {"v": (heavy, status(500, 1.5e6)), "a": (light, status(9500, 28.5e6))})
-    assert ns.target is not None and ns.target.budget == pytest.approx(8000)
+    assert ns.target is not None and ns.target.budget == pytest.approx(10_000)
     # the victim goes idle: the aggressor alone is slow, but there is nobody to share with
     got = ns.step(2.0, {"v": (heavy, status(500, 1.5e6)), "a": (light, status(19500, 58.5e6))})
     assert ns.target.budget == math.inf and got == {"v": None, "a": None}
