@@ -11,7 +11,9 @@ drops. The aggressor's own wait in its QoS gate is not in its service latency (e
 throttled volume's queue would look like node latency and the controller would hold it
 ever tighter).
 
-About 30 s of load on a shared host: ``long``.
+About 30 s of load on a shared host: ``long``. Measured (two runs, load 6-7): the victim's
+mean write service time 1,452 -> 569 µs and 1,872 -> 608 µs, the node's 2,682 -> 1,056
+and 2,344 -> 706 µs.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def served(e: EngineProc) -> tuple[float, float]:
     return service(e.ctl(op="status"))
 
 
+def writes(e: EngineProc) -> tuple[float, float]:
+    """The engine's writes: (served, µs summed). Its reads come from its local replica's
+    files without a replica server, and dilute what the aggressor does to it."""
+    st = e.ctl(op="status")
+    n = sum(st.get("latency_log2_us", {}).get("write", {}).values())
+    return n, st.get("latency_sum_us", {}).get("write", 0)
+
+
 def mean_us(before: tuple[float, float], after: tuple[float, float]) -> float:
     n = after[0] - before[0]
     assert n > 0, "no requests served"
@@ -69,11 +79,12 @@ def engines(tmp_path: Path) -> Iterator[tuple[EngineProc, EngineProc]]:
 
 
 def measure_victim(victim: EngineProc, seconds: float) -> float:
-    before = served(victim)
+    """The victim's mean write service time (µs) while it runs ``seconds`` at QD1."""
+    before = writes(victim)
     p = fio(victim.uri, 1, seconds)
     _, err = p.communicate(timeout=seconds + 60)
     assert p.returncode == 0, err
-    return mean_us(before, served(victim))
+    return mean_us(before, writes(victim))
 
 
 def test_a_latency_target_holds_the_aggressor_and_the_victim_is_served_faster(
@@ -88,10 +99,10 @@ def test_a_latency_target_holds_the_aggressor_and_the_victim_is_served_faster(
             if share is not None:
                 share.start()
             measure_victim(victim, 4.0)  # warm-up: both busy, the controller settles
-            q0, a0 = aggressor.ctl(op="status")["qos"], served(aggressor)
+            q0, a0, v0 = aggressor.ctl(op="status")["qos"], served(aggressor), served(victim)
             start = time.monotonic()
             got = measure_victim(victim, 5.0)
-            q1, a1 = aggressor.ctl(op="status")["qos"], served(aggressor)
+            q1, a1, v1 = aggressor.ctl(op="status")["qos"], served(aggressor), served(victim)
         finally:
             if share is not None:
                 share.stop()
@@ -100,6 +111,7 @@ def test_a_latency_target_holds_the_aggressor_and_the_victim_is_served_faster(
         return {
             "victim_us": got,
             "aggressor_us": mean_us(a0, a1),
+            "node_us": mean_us((a0[0] + v0[0], a0[1] + v0[1]), (a1[0] + v1[0], a1[1] + v1[1])),
             "throttled": waited,
             "gate_wait_us": (q1["throttled_seconds_total"] - q0["throttled_seconds_total"])
             * 1e6
@@ -108,7 +120,7 @@ def test_a_latency_target_holds_the_aggressor_and_the_victim_is_served_faster(
         }
 
     free = contended(None)
-    target = max(4 * solo, 500.0)  # an operator's setting: a few times the solo latency
+    target = max(3 * solo, 500.0)  # an operator's setting: a few times the solo latency
     share = LiveShare(
         {"victim": (victim, {"weight": 100}), "aggressor": (aggressor, {"weight": 25})},
         target,
@@ -119,6 +131,7 @@ def test_a_latency_target_holds_the_aggressor_and_the_victim_is_served_faster(
     assert free["throttled"] == 0, report
     assert held["throttled"] > 0 and not share.errors, report
     assert any(h["budget"] is not None for h in held["looks"]), report
-    assert held["victim_us"] < 0.75 * free["victim_us"], report
+    assert held["node_us"] < 0.5 * free["node_us"], report  # the node is held ...
+    assert held["victim_us"] < 0.8 * free["victim_us"], report  # ... and the victim served faster
     # the gate's wait is not service: a held aggressor waited far longer there
     assert held["aggressor_us"] < held["gate_wait_us"], report
