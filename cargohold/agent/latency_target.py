@@ -25,7 +25,8 @@ given the node's mean service latency over the last window and the IOPS its volu
 - with fewer than two busy volumes (nothing to share) it is lifted too.
 
 ``NodeShare`` (fair_share.py) feeds it once a second and divides the lower of its budget
-and ``node_iops`` by weight, exactly as it divides ``node_iops`` alone.
+and ``node_iops`` by weight, with the same weights, minimums and headroom as ``node_iops``
+alone.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 KINDS = ("read", "write", "trim", "write_zeroes")  # not FLUSH: an fdatasync, not a queue
-DOWN = 0.8  # above the target: the budget becomes this x what the node did
+DOWN = 0.8  # above the target: 1 - DOWN of what the held-back volumes did is cut
 UP = 1.1  # at or below it: the budget grows this x ...
 STEP = 50.0  # ... + this many IOPS a window
 USED = 1.4  # it grows to at most this x what the node did (< 1 / fair_share.OFF)
