@@ -7,7 +7,7 @@ with the aggressor absent, unlimited, held to a QoS limit, and held to its weigh
     victim     4 KiB random read/write (50/50) at QD1, fio's nbd engine
     aggressor  4 KiB random read/write (50/50) at QD32, fio's nbd engine
 
-One round is five phases, each ``--seconds`` long, the victim measured while the
+One round is six phases, each ``--seconds`` long, the victim measured while the
 aggressor runs:
 
     solo        no aggressor
@@ -21,6 +21,15 @@ aggressor runs:
                 engine (all its threads) reniced to its weight's nice value, as the node's
                 agent does (agent/cpu_priority.py nice_for: weight 25 -> nice 6), and
                 put back after the phase
+    protected   a node latency target (docs/qos.md, "A latency target"): the agent's own
+                NodeShare with a LatencyTarget of --latency-target runs live once a second
+                against the two engines' statuses (tests/support/live_share.py), weights
+                --victim-weight and --aggressor-weight, no node_iops, and pushes its limits
+                through the engines' op qos; the engines reniced as in weighted. The
+                aggressor runs --warmup seconds before the victim is measured, so the
+                controller has settled (the victim at QD1 too, not measured: alone, a
+                volume is never shared); the budget it held and the aggressor's IOPS are
+                recorded. Skipped without --latency-target.
     solo-again  no aggressor again: how far the host itself drifted within the round
 
 ``--repeats N`` runs N rounds, the phases interleaved in that order every round, so slow
@@ -40,7 +49,11 @@ the aggressor's engines and the replica servers (with their worker processes) to
 DIR/NAME.txt (collapsed stacks, one line a stack with its sample count).
 
     .venv/bin/python benchmarks/qos.py [--seconds 10] [--repeats 3] [--limit 200] [--no-cpu-priority]
-        [--json FILE] [--profile DIR]
+        [--latency-target 1500us] [--warmup 5] [--json FILE] [--profile DIR]
+
+Every phase also records the victim engine's mean service latency (engine status:
+past the QoS gate to the replicas' answer; agent/latency_target.py ``service``) and, with
+an aggressor, the node's (both engines'): the figure to choose a latency target from.
 
 Every process started here (replica servers, engines, fio, py-spy) is stopped by its PID.
 """
@@ -72,13 +85,16 @@ from benchmarks.method import (  # noqa: E402
 )
 from cargohold.agent.cpu_priority import nice_for, renice  # noqa: E402
 from cargohold.agent.fair_share import GROW, HEADROOM, Claim, shares  # noqa: E402
+from cargohold.agent.latency_target import service  # noqa: E402
+from cargohold.agent.settings import parse_latency_target  # noqa: E402
 from cargohold.cli import fio  # noqa: E402
 from tests.support.engine import EngineProc  # noqa: E402
+from tests.support.live_share import LiveShare  # noqa: E402
 from tests.support.replica_cluster import ReplicaServers  # noqa: E402
 
 MIB = 1 << 20
 SIZE = 256 * MIB
-PHASES = ("solo", "unlimited", "limited", "weighted", "solo-again")
+PHASES = ("solo", "unlimited", "limited", "weighted", "protected", "solo-again")
 
 
 def fio_cmd(uri: str, qd: int, seconds: float, name: str) -> list[str]:
@@ -123,6 +139,8 @@ def phase(
     spy: bool = False,
     spy_dir: Path | None = None,
     nice: int = 0,
+    warmup: float = 1.0,
+    victim_warmup: bool = False,
 ) -> dict[str, Any]:
     """One phase; with the page cache's dirty data written back first (the aggressor's
     writes would otherwise be flushed during the next phase), and the CPU seconds each of
@@ -132,17 +150,29 @@ def phase(
     spies: list[subprocess.Popen[bytes]] = []
     if aggressor is not None:  # starts first and runs past the victim's window
         agg = subprocess.Popen(
-            ["nice", "-n", str(nice), *fio_cmd(aggressor.uri, 32, seconds + 2, "aggressor")],
+            [
+                "nice",
+                "-n",
+                str(nice),
+                *fio_cmd(aggressor.uri, 32, seconds + warmup + 1, "aggressor"),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.0)
+        if victim_warmup:  # both busy while a controller settles; not measured
+            subprocess.run(
+                fio_cmd(victim.uri, 1, warmup, "victim-warmup"), capture_output=True, check=True
+            )
+        else:
+            time.sleep(warmup)
     try:
         if spy and spy_dir is not None:
             spies = profile(pids, seconds, spy_dir)
         before = cpu_ticks(list(pids.values()))
         waited = run_queue_wait_ns(list(pids.values()))
+        engines = [e for e in (victim, aggressor) if e is not None]
+        served = [service(e.ctl(op="status")) for e in engines]
         t0 = time.monotonic()
         v = subprocess.run(
             fio_cmd(victim.uri, 1, seconds, "victim"), capture_output=True, text=True, check=True
@@ -151,6 +181,16 @@ def phase(
         after = cpu_ticks(list(pids.values()))
         waited = {p: n - waited[p] for p, n in run_queue_wait_ns(list(pids.values())).items()}
         out: dict[str, Any] = {"victim": sides(v.stdout)}
+        served = [
+            (n1 - n0, us1 - us0)
+            for (n0, us0), (n1, us1) in zip(
+                served, [service(e.ctl(op="status")) for e in engines], strict=True
+            )
+        ]
+        out["service_mean_us"] = {  # past the QoS gate to the replicas' answer
+            "victim": round(served[0][1] / max(1.0, served[0][0])),
+            "node": round(sum(u for _, u in served) / max(1.0, sum(n for n, _ in served))),
+        }
         ops = max(1, out["victim"]["iops"] * took)
         out["run_queue_us_per_victim_op"] = {  # waited for a CPU, per victim request
             name: round(waited[p] / 1000 / ops, 1) for name, p in pids.items()
@@ -217,6 +257,10 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         }
         if all("aggressor" in r for r in rows):
             s["aggressor_iops"] = spread([r["aggressor"]["iops"] for r in rows])
+        s["node_service_mean_us"] = spread([r["service_mean_us"]["node"] for r in rows])
+        held = [r["controller"]["budget_iops"] for r in rows if "controller" in r]
+        if held and all(held):
+            s["budget_iops"] = spread([b["median"] for b in held])
         out[name] = s
     return out
 
@@ -250,7 +294,19 @@ def main() -> None:
     )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--profile", help="py-spy the first limited phase into this directory")
+    ap.add_argument(
+        "--latency-target",
+        help="protected: the node latency target (2ms, 1500us; a plain number is µs), the "
+        "agent setting node_latency_target; none: no protected phase",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        help="protected: seconds the aggressor runs under the controller before the victim",
+    )
     args = ap.parse_args()
+    target_us = parse_latency_target(args.latency_target) if args.latency_target else 0
     fio.check_fio()
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="qos-bench-") as tmp:
@@ -322,6 +378,8 @@ def main() -> None:
                 rd["weighted"]["throttled"] = _throttled(before, aggressor.ctl(op="status")["qos"])
                 for e in engines:
                     e.ctl(op="qos", limits={})
+                if target_us:
+                    rd["protected"] = _protected(victim, aggressor, args, target_us, pids, nice)
                 rd["solo-again"] = phase(victim, None, args.seconds, pids)
                 rounds.append(rd)
                 _print_round(n, rd)
@@ -336,6 +394,7 @@ def main() -> None:
         "weights": {"victim": args.victim_weight, "aggressor": args.aggressor_weight},
         "aggressor_nice": args.aggressor_nice,
         "cpu_priority": not args.no_cpu_priority,
+        "latency_target_us": target_us,
         "cpus": os.cpu_count(),
         "rounds": rounds,
         "summary": summary(rounds),
@@ -355,8 +414,63 @@ def main() -> None:
             f"{agg:>9} {s['load_1min']['median']:>5.1f} "
             f"{s['run_queue_us_per_victim_op']['median']:>8.0f}"
         )
+    for name, s in out["summary"].items():
+        b = s.get("budget_iops")
+        print(
+            f"{name:<11} node service latency (mean) {s['node_service_mean_us']['median']:.0f} us"
+            + (f"; budget held {b['median']:.0f} IOPS ({b['min']:.0f}-{b['max']:.0f})" if b else "")
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _protected(
+    victim: EngineProc,
+    aggressor: EngineProc,
+    args: argparse.Namespace,
+    target_us: int,
+    pids: dict[str, int],
+    nice: int,
+) -> dict[str, Any]:
+    """The protected phase: NodeShare with the latency target live against both engines
+    (tests/support/live_share.py), the engines reniced by weight as in weighted."""
+    cpu = not args.no_cpu_priority
+    vpid, apid = victim.proc.pid, aggressor.proc.pid  # type: ignore[union-attr]
+    renice(vpid, nice_for(args.victim_weight) if cpu else 0)
+    renice(apid, nice_for(args.aggressor_weight) if cpu else args.aggressor_nice)
+    share = LiveShare(
+        {
+            "victim": (victim, {"weight": args.victim_weight}),
+            "aggressor": (aggressor, {"weight": args.aggressor_weight}),
+        },
+        target_us,
+    ).start()
+    before = aggressor.ctl(op="status")["qos"]
+    try:
+        start = time.monotonic() + args.warmup
+        out = phase(
+            victim, aggressor, args.seconds, pids, nice=nice, warmup=args.warmup, victim_warmup=True
+        )
+    finally:
+        share.stop()
+        renice(vpid, 0)
+        renice(apid, args.aggressor_nice)
+    out["throttled"] = _throttled(before, aggressor.ctl(op="status")["qos"])
+    during = [h for h in share.history if start <= h["at"] <= start + args.seconds]
+    budgets = [h["budget"] for h in during if h["budget"] is not None]
+    out["controller"] = {
+        "latency_target_us": target_us,
+        "budget_iops": spread(budgets) if budgets else None,  # while the victim ran
+        "held_budget_looks": f"{len(budgets)}/{len(during)}",
+        "aggressor_limit": spread(
+            [h["limits"]["aggressor"] for h in during if h["limits"].get("aggressor")]
+        )
+        if any(h["limits"].get("aggressor") for h in during)
+        else None,
+        "history": share.history,
+        "errors": share.errors[:5],
+    }
+    return out
 
 
 def _throttled(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:

@@ -28,6 +28,7 @@ from typing import Any
 from cargohold.agent import enrollment, node_state
 from cargohold.agent.credentials import NodeCredentials, engine_credentials
 from cargohold.agent.engines import Engines
+from cargohold.agent.fair_share import latency_view
 from cargohold.agent.key_rotation import FetchedKeys, parse_answer
 from cargohold.agent.manager_link import ManagerLink
 from cargohold.agent.metrics_http import STATUS_TIMEOUT, MetricsListener, disk_usage
@@ -247,6 +248,7 @@ class Agent:
                 self.replicas.server_stats,
                 sum(1 for e in procs if e.running),
                 self._manager_down_since is None and self.registered,
+                latency_view(self.engines.sharing),
             ),
         ]
         return render_families(families)
@@ -281,11 +283,14 @@ class Agent:
         heartbeat short and is reported at once."""
         loop = asyncio.get_running_loop()
         watcher = asyncio.create_task(self._watch_starting())
+        c = self.config
         sharing = (  # weights and guaranteed minimums on a busy node (docs/qos.md)
             asyncio.create_task(
-                self.engines.share_node(self.config.node_iops, self.config.node_bandwidth)
+                self.engines.share_node(
+                    c.node_iops, c.node_bandwidth, latency_target_us=c.node_latency_target
+                )
             )
-            if self.config.node_iops or self.config.node_bandwidth
+            if c.node_iops or c.node_bandwidth or c.node_latency_target
             else None
         )
         try:

@@ -26,6 +26,7 @@ from cargohold.agent import key_rotation
 from cargohold.agent.engine_process import EngineProcess, EngineState, readd_wait
 from cargohold.agent.fair_share import NodeShare
 from cargohold.agent.key_rotation import FetchedKeys
+from cargohold.agent.latency_target import LatencyTarget
 from cargohold.agent.processes import check_engine, hostport, nbd_listening
 from cargohold.control.model import EngineAssignment, EngineReport
 from cargohold.errors import CargoholdError
@@ -59,6 +60,7 @@ class Engines:
         self.tls_dir = tls_dir  # NBD over TLS with these credentials (a network address)
         self.dir = dir
         self.procs: dict[str, EngineProcess] = {}
+        self.sharing: NodeShare | None = None  # the node's fair share, while share_node runs
         self._state = state
         self._save = save
         self._news = news
@@ -311,14 +313,23 @@ class Engines:
                     news.set()
 
     async def share_node(
-        self, budget: int, bandwidth: int = 0, every: float = FAIR_SHARE_EVERY
+        self,
+        budget: int,
+        bandwidth: int = 0,
+        every: float = FAIR_SHARE_EVERY,
+        latency_target_us: int = 0,
     ) -> None:
         """Divide the node's IOPS ``budget`` and bytes/s ``bandwidth`` (0: either not
         shared) among its busy volumes by weight while they contend for it (agent settings
         ``node_iops``, ``node_bandwidth``; docs/qos.md): each ``every`` seconds, ask the
         running engines for their counters, and give each its fair IOPS and bandwidth
-        limits (or take them away) through the engine op ``qos``."""
-        policy = NodeShare(float(budget) if budget else math.inf, float(bandwidth))
+        limits (or take them away) through the engine op ``qos``. ``latency_target_us``
+        (``node_latency_target``, 0: none): the IOPS budget is also held to what keeps the
+        engines' mean service latency at it (latency_target.py); ``self.sharing`` is the
+        policy, for the node's metrics."""
+        target = LatencyTarget(float(latency_target_us)) if latency_target_us else None
+        policy = NodeShare(float(budget) if budget else math.inf, float(bandwidth), target=target)
+        self.sharing = policy
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(every)

@@ -3,9 +3,10 @@ minimums"). Pure policy, no I/O: ``shares`` divides a budget — IOPS, or bytes 
 by weight with guaranteed minimums and redistributes what a volume does not use;
 ``NodeShare`` turns the engines' statuses, one look a second, into per-volume IOPS and
 bandwidth limits (``Fair``) — or none at all when the node is not contended. The two
-budgets are divided independently, each only while the node is contended for it. The
-agent's engines loop (``engines.py``) feeds it and pushes the limits through the engine's
-``qos`` op.
+budgets are divided independently, each only while the node is contended for it. With a
+node latency target (``latency_target.py``) the IOPS budget divided is the lower of
+``node_iops`` and the one its controller keeps. The agent's engines loop (``engines.py``)
+feeds it and pushes the limits through the engine's ``qos`` op.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold.agent.latency_target import LatencyTarget, floor_for, mean_latency, service
 from cargohold.qos_limits import DEFAULT_WEIGHT, MIN_BANDWIDTH, MIN_IOPS
 
 ON = 0.9  # the node counts as contended when its volumes do >= ON x budget ...
@@ -82,6 +84,8 @@ class _Seen:
     ops: float
     throttled: float
     nbytes: float = 0.0
+    served: float = 0.0  # requests served, and their service time in µs (latency_target.py)
+    service_us: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,15 @@ class NodeShare:
     budget is divided only while the node is contended for it — at least two busy volumes,
     their total at ``ON`` x that budget (``OFF`` once contended); otherwise nobody gets a
     limit of that kind. ``min_iops`` guarantees bandwidth too: that many of the volume's
-    own requests (at its average size) a second. ``step``: only the IOPS."""
+    own requests (at its average size) a second. ``step``: only the IOPS.
+
+    ``target`` (a node latency target, latency_target.py): each step also feeds it the
+    node's mean service latency and IOPS over the window, and the IOPS budget divided is
+    the lower of ``budget`` and the controller's (``iops_budget``)."""
 
     budget: float
     bandwidth: float = 0.0
+    target: LatencyTarget | None = None
     contended: bool = False
     contended_bw: bool = False
     seen: dict[str, _Seen] = field(default_factory=dict)
@@ -126,25 +135,45 @@ class NodeShare:
         rates: dict[str, float] = {}
         byte_rates: dict[str, float] = {}
         held: dict[str, bool] = {}
+        served = took = 0.0  # the window's requests and service time, node-wide
         for volume, (_qos, status) in engines.items():
             counters = status.get("counters") or {}
             q = status.get("qos") or {}
             ops = _num(counters.get("read")) + _num(counters.get("write"))
             nbytes = _num(counters.get("read_bytes")) + _num(counters.get("written_bytes"))
             throttled = _num(q.get("throttled_requests_total"))
+            n, us = service(status)
             before = self.seen.get(volume)
-            self.seen[volume] = _Seen(now, ops, throttled, nbytes)
+            self.seen[volume] = _Seen(now, ops, throttled, nbytes, n, us)
             if before is None or now <= before.at or ops < before.ops or nbytes < before.nbytes:
                 continue  # first look, or a restarted engine: no rate yet
+            if n >= before.served and us >= before.service_us:
+                served += n - before.served
+                took += us - before.service_us
             rates[volume] = (ops - before.ops) / (now - before.at)
             byte_rates[volume] = (nbytes - before.nbytes) / (now - before.at)
             held[volume] = throttled > before.throttled or _num(q.get("queued")) > 0
         for gone in set(self.seen) - set(engines):
             del self.seen[gone]
         busy = [v for v, r in rates.items() if r >= BUSY or held[v]]
+        if self.target is not None:  # alone, a volume is never shared: the target lets go
+            floor = floor_for([_num(engines[v][0].get("min_iops")) for v in busy])
+            latency = mean_latency(served, took)
+            shared, wants = len(busy) >= 2, any(held[v] for v in busy)
+            held_did = sum(rates[v] for v in busy if held[v])
+            self.target.step(
+                latency, sum(rates.values()), floor, shared=shared, held=wants, held_did=held_did
+            )
         iops = self._iops(engines, busy, rates, held)
         bandwidth = self._bandwidth(engines, busy, rates, byte_rates, held)
         return {v: Fair(iops.get(v), bandwidth.get(v)) for v in engines}
+
+    @property
+    def iops_budget(self) -> float:
+        """The IOPS budget divided now: ``budget``, or the latency target's if lower."""
+        if self.target is None:
+            return self.budget
+        return min(self.budget, self.target.budget)
 
     def _iops(
         self,
@@ -154,7 +183,12 @@ class NodeShare:
         held: Mapping[str, bool],
     ) -> dict[str, int]:
         total = sum(rates.values())
-        if len(busy) < 2 or total < (OFF if self.contended else ON) * self.budget:
+        budget = self.iops_budget
+        # a latency target holding a budget ends sharing itself (latency_target.py: it
+        # lifts the budget once nobody is held back), not by the ON/OFF thresholds: with
+        # the headroom kept for the volumes not held, the node may do well under it
+        targeted = self.target is not None and budget < self.budget
+        if len(busy) < 2 or (not targeted and total < (OFF if self.contended else ON) * budget):
             self.contended = False
             return {}
         self.contended = True
@@ -170,7 +204,7 @@ class NodeShare:
                 minimum=_num(qos.get("min_iops")),
                 demand=demand,
             )
-        return {v: max(MIN_IOPS, round(x)) for v, x in shares(self.budget, claims).items()}
+        return {v: max(MIN_IOPS, round(x)) for v, x in shares(budget, claims).items()}
 
     def _bandwidth(
         self,
@@ -209,3 +243,13 @@ class NodeShare:
         given = shares(self.bandwidth, claims)
         self.given_bw = {v: max(MIN_BANDWIDTH, round(x)) for v, x in given.items()}
         return dict(self.given_bw)
+
+
+def latency_view(share: NodeShare | None) -> dict[str, float | None] | None:
+    """The node latency target as the node's metrics show it (metrics/node_stats.py):
+    ``target_us``, ``latency_us`` (the last window's mean service latency) and ``budget``
+    (IOPS; inf: none held). None without a target."""
+    if share is None or share.target is None:
+        return None
+    t = share.target
+    return {"target_us": t.target_us, "latency_us": t.latency_us, "budget": t.budget}

@@ -5,6 +5,7 @@ as arguments (they win over the environment); ``agent.Agent`` takes the result."
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import ClassVar
 
 from cargohold.errors import ConfigError
@@ -24,6 +25,28 @@ def parse_disk(text: str) -> tuple[str, int | None]:
     if not text:
         raise ConfigError("--disk needs a path")
     return text, None
+
+
+LATENCY = "duration (e.g. 2ms, 1500us; a plain number is µs; 0: off)"
+MAX_LATENCY_TARGET_US = 10_000_000  # 10 s: beyond it no client waits
+_UNITS_US = {"": 1.0, "us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}
+_DURATION = re.compile(r"([0-9]*\.?[0-9]+)\s*(us|µs|ms|s)?")
+
+
+def parse_latency_target(text: str) -> int:
+    """A node latency target's text -> microseconds: ``2ms``, ``1500us`` (or ``µs``),
+    ``0.002s``, or a plain number of µs; 0 turns it off. ValueError says what is allowed."""
+    allowed = (
+        "use a duration from 50us to 10s such as 2ms, 1500us or 0.5ms (a plain number is "
+        "microseconds), or 0 for no latency target"
+    )
+    m = _DURATION.fullmatch(text.strip().lower())
+    if m is None:
+        raise ValueError(f"cannot read it as a duration: {allowed}")
+    us = round(float(m.group(1)) * _UNITS_US[m.group(2) or ""])
+    if us != 0 and not 50 <= us <= MAX_LATENCY_TARGET_US:
+        raise ValueError(f"{us} µs is out of range: {allowed}")
+    return us
 
 
 def parse_disks(text: str) -> list[tuple[str, int | None]]:
@@ -128,6 +151,16 @@ class AgentSettings(Settings):
         ge=0,
         parse=parse_rate,
         shown=RATE,
+    )
+    node_latency_target: int = setting(
+        0,
+        "mean service latency the node's engines should see from their replicas, in µs: "
+        "above it, the busy volumes share a budget that shrinks until it is met, by their "
+        'QoS weight (--node-latency-target 2ms; docs/qos.md, "A latency target"); 0: off',
+        ge=0,
+        le=MAX_LATENCY_TARGET_US,
+        parse=parse_latency_target,
+        shown=LATENCY,
     )
     trash_grace: float = setting(
         86400.0,

@@ -89,6 +89,11 @@ def agent(
         "500M = 500 MB/s; busy volumes share it by their QoS weight (docs/qos.md; default "
         "0: no sharing)",
     ),
+    node_latency_target: str = typer.Option(
+        None,
+        help="a latency target for the node's engines, e.g. 2ms or 1500us: above it, busy "
+        "volumes share a shrinking IOPS budget by their QoS weight (docs/qos.md; default 0: off)",
+    ),
     ca_dir: str = typer.Option(
         None,
         "--ca-dir",
@@ -126,6 +131,7 @@ def agent(
             "metrics_address": metrics_address,
             "node_iops": node_iops,
             "node_bandwidth": _node_bandwidth(node_bandwidth),
+            "node_latency_target": node_latency_target,
             "nbd_address": nbd_address,
             "nbd_tls_dir": nbd_tls_dir,
             "ca_dir": ca_dir,

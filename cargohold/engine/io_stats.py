@@ -2,6 +2,12 @@
 op (``counters``, shared with the rest of the volume's counters), latency in power-of-two
 buckets of microseconds with their sums, and reads waiting on a replica (queue depth).
 
+The latencies are service times: a request is timed from when the device (``Volume``) is
+called — after the frontend's QoS gate let it through — to the replicas' answer, so a
+throttled volume's wait in its gate is not in them (that is the gate's
+``throttled_seconds_total``); the agent's node latency target reads them
+(agent/latency_target.py).
+
 Cumulative and cheap: ``observe`` is one ``bit_length`` and three dictionary increments per
 request. The node's agent turns them into Prometheus series (cargohold/metrics/
 engine_status.py). Used by ``volume.Volume`` only.

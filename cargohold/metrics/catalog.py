@@ -86,6 +86,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("cargohold_replica_server_up", "gauge", ("node",), "1 when the node's replica server answered its agent's last LIST", "node"),
     Spec("cargohold_agent_engines", "gauge", ("node",), "Engines the agent runs", "node"),
     Spec("cargohold_agent_manager_reachable", "gauge", ("node",), "1 when the manager answered the agent's last heartbeat", "node"),
+    Spec("cargohold_node_qos_budget_iops", "gauge", ("node",), "IOPS budget the node latency target holds the busy volumes to, divided by weight (absent while it holds none)", "node"),
+    Spec("cargohold_node_service_latency_seconds", "gauge", ("node",), "Mean service latency of the node's engines over the last second (past the QoS gate to the replicas' answer; with a node latency target)", "node"),
+    Spec("cargohold_node_latency_target_seconds", "gauge", ("node",), "The node latency target (agent setting node_latency_target; absent when off)", "node"),
     # --- the manager -----------------------------------------------------------------------
     Spec("cargohold_api_request_duration_seconds", "histogram", ("method", "route", "code"), "API requests by route template, method and status class (2xx, 4xx, 5xx)", "manager"),
     Spec("cargohold_reconciler_run_duration_seconds", "histogram", ("reconciler",), "Duration of one pass of a reconciler (the leader's)", "manager"),

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,10 +30,12 @@ def node_families(
     server: Mapping[str, Any] | None,
     engines: int,
     manager_reachable: bool,
+    latency: Mapping[str, float | None] | None = None,
 ) -> list[Metric]:
     """``disks``: (name, path, capacity) of each disk; ``usage``: path -> (filesystem size,
     free); ``replicas``: path -> replicas on it; ``server``: the replica server's numbers,
-    None when it did not answer."""
+    None when it did not answer; ``latency``: the node latency target's ``target_us``,
+    ``latency_us`` and ``budget`` (IOPS; inf or None: none held), None when it is off."""
     cap = family("cargohold_disk_capacity_bytes")
     fs_size = family("cargohold_disk_filesystem_size_bytes")
     used = family("cargohold_disk_allocated_bytes")
@@ -80,4 +83,16 @@ def node_families(
     eng.add_metric([node], float(engines))
     reach = family("cargohold_agent_manager_reachable")
     reach.add_metric([node], 1.0 if manager_reachable else 0.0)
-    return [*out, eng, reach]
+    out += [eng, reach]
+    if latency is not None:
+        for key, metric, scale in (
+            ("target_us", "cargohold_node_latency_target_seconds", 1e-6),
+            ("latency_us", "cargohold_node_service_latency_seconds", 1e-6),
+            ("budget", "cargohold_node_qos_budget_iops", 1.0),
+        ):
+            f = family(metric)
+            x = latency.get(key)
+            if isinstance(x, int | float) and math.isfinite(x):
+                f.add_metric([node], float(x) * scale)
+            out.append(f)
+    return out
