@@ -225,6 +225,7 @@ async def _fill_and_recover(servers: Servers, data_disk: Path, spare: Path) -> N
         except NoSpace as e:
             # which disk of which node: what the engine, then the volume's error, shows
             assert f"no space left on disk {data_disk} of node local" in str(e), e
+            await c.open(VOL, 1)  # a failed mutation stops the session's: opened again
             break
         except CargoholdError as e:
             raise AssertionError(
@@ -246,11 +247,14 @@ async def _fill_and_recover(servers: Servers, data_disk: Path, spare: Path) -> N
             in_a_row = 0
         except NoSpace:
             in_a_row += 1
+            await c.open(VOL, 1)
         k += 1
     await _must_nospace(vol.write(c, FAR, 1), "write to a fresh map page", servers)
+    await c.open(VOL, 1)
     print(f"full after {frontier * BLOCK >> 20} MiB, free {free_bytes(data_disk)} bytes")
 
-    # 2. the same connection, the server and everyone else go on
+    # 2. the same connection (opened again after each refusal), the server and everyone
+    # else go on
     assert servers.alive(), "the server died on a full disk"
     await c.flush()  # acknowledged data is made durable on a full disk too
     info = await c.info()
@@ -275,6 +279,7 @@ async def _fill_and_recover(servers: Servers, data_disk: Path, spare: Path) -> N
     await _must_nospace(
         vol.write(c, FAR + 1, 1), "write after the restart, disk still full", servers
     )
+    await c.open(VOL, 1)
 
     # 4. punch holes in the replica itself: the space comes back, writes succeed again
     before_fs = free_bytes(data_disk)
