@@ -15,7 +15,7 @@ NO_NATIVE_ENV = "CARGOHOLD_NO_NATIVE"
 
 
 def _load() -> tuple[ModuleType | None, str]:
-    if os.environ.get("CARGOHOLD_NO_NATIVE", "0") == "1":
+    if os.environ.get(NO_NATIVE_ENV, "0") == "1":
         return None, f"switched off by {NO_NATIVE_ENV}=1"
     try:
         from cargohold.encryption import _gcm_runs  # type: ignore[attr-defined]
