@@ -10,7 +10,11 @@ the model).
   still missing after ``replica_timeout`` seconds is a TimeoutError. ``FanOut.start`` does
   the same without a task at all: a callback on each answer counts them down, and the last
   one (or the timer) judges them all and calls the caller back (the NBD frontend's aligned
-  writes: no Task, no coroutine chain per request).
+  writes: no Task, no coroutine chain per request). Those share their timers: the
+  mutations started within one slice of ``replica_timeout`` / 64 have one timer for all
+  (``_Deadlines``), so a missing answer fails between ``replica_timeout`` and 1/64 more
+  after its request was queued (uvloop's ``call_later`` and ``cancel`` per write cost more
+  than the rest of the bookkeeping of its answers).
 - **Judge** each answer: a replica that errs, times out or answers with a generation other
   than the one the engine handed out (it missed a mutation: a gap) is dropped (ERR) and
   counted (``replica_errors``); one that says a newer engine owns it (Fenced) is dropped
@@ -64,6 +68,7 @@ class FanOut:
         self.settings = settings
         self.counters = counters
         self.fenced = fenced
+        self.deadlines = _Deadlines()
 
     def enough(self, targets: list[ReplicaLink]) -> None:
         """Raise ReplicaIOError if the write set is too small to store anything."""
@@ -164,11 +169,12 @@ class _Collect:
         started: float,
     ) -> None:
         self.fanout, self.sent, self.gen, self.done, self.started = fanout, sent, gen, done, started
-        self.timer: asyncio.TimerHandle | None = None
-        loop = asyncio.get_running_loop()
+        self.timer: set[_Collect] | None = None  # the cohort whose timer expires it
+        # the answers' loop, not ``get_running_loop()``: that costs a getpid() system call
+        loop = sent[0][1].get_loop() if sent else asyncio.get_running_loop()
         for _, fut in sent:
             if not fut.done():
-                self.timer = loop.call_later(fanout.settings.replica_timeout, self._expire)
+                self.timer = fanout.deadlines.watch(self, loop, fanout.settings.replica_timeout)
                 fut.add_done_callback(self._answered)
                 return
         loop.call_soon(self._finish)  # nothing to wait for (or nothing sent)
@@ -180,15 +186,18 @@ class _Collect:
                 return
         self._finish()
 
-    def _expire(self) -> None:
-        self.timer = None
+    def expire(self) -> None:
+        if self.timer is not None:
+            self.timer.discard(self)
+            self.timer = None
         for _, fut in self.sent:
             if not fut.done():
                 fut.set_exception(TimeoutError())
 
     def _finish(self) -> None:
         if self.timer is not None:
-            self.timer.cancel()
+            self.timer.discard(self)
+            self.timer = None
         stored = 0
         for link, fut in self.sent:
             stored += self.fanout.judge(link, fut, self.gen)
@@ -196,6 +205,35 @@ class _Collect:
             self.done(stored, self.started)
         except Exception:  # a bug in the caller's callback must not take the loop's caller down
             log.exception("volume %s: a mutation's completion failed", self.fanout.volume)
+
+
+class _Deadlines:
+    """The timers of ``FanOut.start``'s collections: those started within one slice of
+    time (``timeout`` / 64) form a cohort with one timer, set when the slice opens to
+    fire ``timeout`` after the slice ends; it expires the members still waiting. A
+    collection leaves its cohort when it finishes, so the cohort holds only the waiting
+    ones (nothing of a finished write is kept until the timer fires)."""
+
+    __slots__ = ("cohort", "ends")
+
+    def __init__(self) -> None:
+        self.cohort: set[_Collect] = set()
+        self.ends = 0.0  # loop time: the current cohort takes no member from then on
+
+    def watch(self, c: _Collect, loop: asyncio.AbstractEventLoop, timeout: float) -> set[_Collect]:
+        """Put ``c`` in the current cohort (a new one if its slice is over): -> the cohort."""
+        now = loop.time()
+        if now >= self.ends:
+            self.cohort = set()
+            self.ends = now + timeout / 64
+            loop.call_at(self.ends + timeout, _expire_cohort, self.cohort)
+        self.cohort.add(c)
+        return self.cohort
+
+
+def _expire_cohort(cohort: set[_Collect]) -> None:
+    for c in list(cohort):
+        c.expire()
 
 
 async def answers(futs: list[asyncio.Future[Reply]], timeout: float) -> None:

@@ -81,6 +81,8 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         # aligned writes the device can start without a task (BlockDevice.write_nowait)
         self._write_nowait: Callable[..., bool] | None = getattr(self.device, "write_nowait", None)
         self.now_writes = 0  # of those, in flight
+        # set in connection_made: asyncio.get_running_loop() costs a getpid() system call
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_flight(self) -> int:
@@ -94,7 +96,7 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer or "unix")
         self.address = str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.started = self.last_active = loop.time()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -125,7 +127,8 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
         self._received(lambda: self.codec.feed(data))
 
     def _received(self, decode: Callable[[], list]) -> None:
-        self.last_active = asyncio.get_running_loop().time()
+        assert self._loop is not None
+        self.last_active = self._loop.time()
         try:
             events = decode()
         except ProtocolError as e:
@@ -308,7 +311,8 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
                 if t is not None and not t.is_closing():
                     t.writelines(buffers)
                 return
-            asyncio.get_running_loop().call_soon(self._flush)
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
         self._out += buffers
 
     def _flush(self) -> None:
@@ -347,7 +351,8 @@ class NBDConnection(Transmission, asyncio.BufferedProtocol):
 
     def _finished(self) -> None:
         if not self.in_flight:
-            self.last_active = asyncio.get_running_loop().time()
+            assert self._loop is not None
+            self.last_active = self._loop.time()
         if self._reading_paused:
             self._update_reading()
         if self._closing_after_drain and not self.in_flight and not self.queued:

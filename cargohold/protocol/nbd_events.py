@@ -32,9 +32,11 @@ class StartTLS:
     the transport to TLS, then call ``tls_started``. Nothing is read meanwhile."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
-    """A valid transmission request. ``data`` is the payload of a WRITE (else None)."""
+    """A valid transmission request. ``data`` is the payload of a WRITE (else None). Not
+    frozen: one is made per request, and a frozen dataclass's ``__init__`` costs three
+    times a plain one's (``object.__setattr__`` per field); nothing changes it."""
 
     cmd: int
     flags: int

@@ -97,8 +97,11 @@ class Request:
         return parse_json(self.payload)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
+    """One reply. Not frozen: the engine makes one per write per replica, and a frozen
+    dataclass's ``__init__`` costs three times a plain one's; nothing changes it."""
+
     status: int
     id: int
     generation: int
@@ -246,7 +249,7 @@ class BatchWrite:
     data: memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per write of a batch (Reply)
 class BatchResult:
     """One write's answer in a WRITE_BATCH reply: as a WRITE's reply would say it."""
 
