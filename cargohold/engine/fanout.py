@@ -47,6 +47,7 @@ from cargohold.replica.client import ReplicaClient
 from cargohold.settings import EngineSettings
 
 log = logging.getLogger("cargohold.engine")
+_RW = Mode.RW  # judged per write per replica: an enum member's lookup costs 5x a global's
 
 Send = Callable[[ReplicaClient], "asyncio.Future[Reply]"]
 
@@ -142,7 +143,7 @@ class FanOut:
             self.counters["replica_errors"] += 1
             log.warning("volume %s: replica %s dropped: %s", self.volume, link.spec, link.error)
             return False
-        if gen and link.mode is Mode.RW and reply.generation != gen:
+        if gen and link.mode is _RW and reply.generation != gen:
             link.drop(f"missed a mutation: generation {reply.generation}, expected {gen}")
             log.warning("volume %s: replica %s dropped: %s", self.volume, link.spec, link.error)
             return False

@@ -212,7 +212,8 @@ class Volume(CallbackWrites):
         return self._size
 
     def write_set(self) -> list[ReplicaLink]:
-        return [link for link in self.links if link.mode is not Mode.ERR]
+        err = Mode.ERR  # per write: looked up once, not per link
+        return [link for link in self.links if link.mode is not err]
 
     def robustness(self) -> str:
         rw = sum(1 for link in self.links if link.mode is Mode.RW)

@@ -41,6 +41,8 @@ from cargohold.errors import CargoholdError
 from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
 from cargohold.settings import EngineSettings
 
+_WRITE = Op.WRITE  # per write per replica: an enum member's lookup costs 5x a global's
+
 
 class CallbackWrites:
     """``write_nowait`` for ``Volume`` (a mixin: the volume supplies the state below)."""
@@ -196,7 +198,7 @@ class CallbackWrites:
 
         self.fanout.start(
             targets,
-            lambda c: c.send(Op.WRITE, offset, n, data, flags, generation=gen),
+            lambda c: c.send(_WRITE, offset, n, data, flags, generation=gen),
             gen,
             finished,
         )

@@ -249,15 +249,6 @@ class BatchWrite:
     data: memoryview
 
 
-@dataclass(slots=True)  # not frozen: one per write of a batch (Reply)
-class BatchResult:
-    """One write's answer in a WRITE_BATCH reply: as a WRITE's reply would say it."""
-
-    status: int
-    generation: int
-    payload: memoryview | bytes  # the error body, empty when status is OK
-
-
 def encode_write_batch(
     req_id: int, writes: list[tuple[int, Any, int, int]]
 ) -> list[bytes | bytearray | memoryview]:
@@ -340,9 +331,13 @@ def encode_batch_results(
     return [table, *errors]
 
 
-def decode_batch_results(payload: bytes | bytearray | memoryview, count: int) -> list[BatchResult]:
+def decode_batch_results(
+    payload: bytes | bytearray | memoryview, count: int, req_id: int = 0
+) -> list[Reply]:
     """A WRITE_BATCH reply's payload, which must answer ``count`` writes (RemoteProtocolError
-    saying what is wrong: the server broke the protocol)."""
+    saying what is wrong: the server broke the protocol): each write's answer as a WRITE's
+    reply would say it (its status, generation and error body; ``req_id``: the batch's),
+    made once here, as the client hands it on (one object per write per replica)."""
     mv = memoryview(payload).cast("B")
     size = len(mv)
     if size < BATCH_HEADER.size:
@@ -357,13 +352,13 @@ def decode_batch_results(payload: bytes | bytearray | memoryview, count: int) ->
     pos = BATCH_HEADER.size + BATCH_RESULT.size * n
     if size < pos:
         raise RemoteProtocolError(f"write batch reply: {size} bytes, its table needs {pos}")
-    out: list[BatchResult] = []
+    out: list[Reply] = []
     for status, elen, gen in BATCH_RESULT.iter_unpack(mv[BATCH_HEADER.size : pos]):
         if status == STATUS_OK and elen:
             raise RemoteProtocolError("write batch reply: an error body for a write that succeeded")
         body = mv[pos : pos + elen] if elen else b""
         pos += elen
-        out.append(BatchResult(status, gen, body))
+        out.append(Reply(status, req_id, gen, body))
     if pos != size:
         raise RemoteProtocolError(f"write batch reply: {size} bytes, expected {pos}")
     return out

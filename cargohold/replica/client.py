@@ -36,6 +36,7 @@ from cargohold.security.identity import Role
 from cargohold.security.tls import Credentials, peer_identity, require
 
 _REPLICA_SERVER = frozenset({Role.REPLICA})
+_WRITE = int(Op.WRITE)  # on the write path: an enum member's lookup costs 5 times a global's
 BATCH_BYTES = 8 << 20
 """Data one WRITE_BATCH carries at most: a larger write goes in a frame of its own."""
 
@@ -168,7 +169,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                     fut.set_result(r)
             return
         try:
-            results = wire.decode_batch_results(r.payload, len(futs))
+            results = wire.decode_batch_results(r.payload, len(futs), r.id)
         except ProtocolError as e:
             self._fail(ReplicaIOError(f"replica server broke the protocol: {e}"))
             for fut in futs:
@@ -179,7 +180,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             return
         for fut, res in zip(futs, results, strict=True):
             if not fut.done():
-                fut.set_result(Reply(res.status, r.id, res.generation, res.payload))
+                fut.set_result(res)
 
     def pause_writing(self) -> None:
         self._drained.clear()
@@ -307,7 +308,7 @@ class ReplicaClient:
             payload = wire.dump_json(args)
         fut: asyncio.Future[Reply] = self._p._loop.create_future()
         if (
-            op == Op.WRITE
+            op == _WRITE
             and self.batching
             and not isinstance(payload, list)
             and len(payload) <= BATCH_BYTES
