@@ -159,7 +159,7 @@ class _Collect:
     replica. When all are in (or the timeout failed those still missing) it judges them
     and calls ``done``."""
 
-    __slots__ = ("done", "fanout", "gen", "sent", "started", "timer")
+    __slots__ = ("cohort", "done", "fanout", "gen", "sent", "started")
 
     def __init__(
         self,
@@ -170,12 +170,12 @@ class _Collect:
         started: float,
     ) -> None:
         self.fanout, self.sent, self.gen, self.done, self.started = fanout, sent, gen, done, started
-        self.timer: set[_Collect] | None = None  # the cohort whose timer expires it
+        self.cohort: set[_Collect] | None = None  # the cohort whose timer expires it
         # the answers' loop, not ``get_running_loop()``: that costs a getpid() system call
         loop = sent[0][1].get_loop() if sent else asyncio.get_running_loop()
         for _, fut in sent:
             if not fut.done():
-                self.timer = fanout.deadlines.watch(self, loop, fanout.settings.replica_timeout)
+                self.cohort = fanout.deadlines.watch(self, loop, fanout.settings.replica_timeout)
                 fut.add_done_callback(self._answered)
                 return
         loop.call_soon(self._finish)  # nothing to wait for (or nothing sent)
@@ -188,17 +188,17 @@ class _Collect:
         self._finish()
 
     def expire(self) -> None:
-        if self.timer is not None:
-            self.timer.discard(self)
-            self.timer = None
+        if self.cohort is not None:
+            self.cohort.discard(self)
+            self.cohort = None
         for _, fut in self.sent:
             if not fut.done():
                 fut.set_exception(TimeoutError())
 
     def _finish(self) -> None:
-        if self.timer is not None:
-            self.timer.discard(self)
-            self.timer = None
+        if self.cohort is not None:
+            self.cohort.discard(self)
+            self.cohort = None
         stored = 0
         for link, fut in self.sent:
             stored += self.fanout.judge(link, fut, self.gen)

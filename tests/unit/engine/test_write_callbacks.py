@@ -68,6 +68,32 @@ async def test_start_times_out_a_silent_replica_with_one_timer() -> None:
     assert stored == 1 and targets[1].error == "TimeoutError"
 
 
+async def test_writes_started_together_share_one_timer_and_an_answered_one_leaves_it() -> None:
+    """The timers of ``FanOut.start`` (``_Deadlines``): the writes of one slice of time
+    (timeout / 64) share one timer; a silent replica is still dropped after the timeout
+    (and before the timeout and its slice), and a write answered in time leaves its
+    cohort at once, so the cohort keeps nothing of it until the timer fires."""
+    silent = MemReplica(silent=True)
+    targets, fo = links(MemReplica(), silent), fanout(timeout=0.64)
+    loop = asyncio.get_running_loop()
+    got: list[tuple[int, float]] = []
+    t0 = loop.time()
+    for gen in (1, 2, 3):
+        fo.start(targets, write(gen), gen, lambda stored, t: got.append((stored, t)))
+    cohort = fo.deadlines.cohort
+    assert len(cohort) == 3  # one cohort, one timer for the three
+    await _until(lambda: len(got) == 3)
+    elapsed = loop.time() - t0
+    assert 0.64 <= elapsed < 0.64 + 0.01 + 0.5, elapsed
+    assert [stored for stored, _ in got] == [1, 1, 1]
+    assert targets[1].mode is Mode.ERR and targets[1].error == "TimeoutError"
+    assert not cohort  # the expired ones left it too
+    # a write every replica answers leaves its cohort when it is judged
+    ok = links(MemReplica(), MemReplica())
+    stored, _ = await start(fo, ok, write(1), 1)
+    assert stored == 2 and not fo.deadlines.cohort
+
+
 async def test_start_with_every_connection_lost_still_calls_back() -> None:
     lost = MemReplica()
     lost.lost = ReplicaIOError("connection lost")
