@@ -24,7 +24,9 @@ answers: one round trip for all. A replica's server applies a connection's mutat
 order and refuses every one after a failed one (docs/formats/replica-wire.md, "Rules"),
 so a later write never lands on a replica where an earlier one failed. Only when every
 replica's server said so at HELLO (``stop_on_failure``); else the writes go one at a time,
-each answered before the next is sent, as before.
+each answered before the next is sent, as before. ``write_ordered_nowait`` is the same
+without a task, for the encrypting device's writes without one: it starts what
+``write_ordered`` would start at once, or nothing (False), and calls back.
 """
 
 from __future__ import annotations

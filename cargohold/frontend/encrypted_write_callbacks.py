@@ -67,8 +67,8 @@ class CallbackWrites:
         self._check_layout()
         lo, hi = offset // BLOCK, (offset + len(data)) // BLOCK
         claimed = self._claimed
-        if claimed and any(b in claimed for b in range(lo, hi)):
-            return False
+        if hi <= lo or (claimed and any(b in claimed for b in range(lo, hi))):
+            return False  # nothing to write, or another write owns a block: it waits
         cache = self._cache
         tag_blocks: dict[int, TagBlock] = {}
         for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
