@@ -14,7 +14,7 @@ adds per replica server, without the engine's and fio's noise. Workloads are int
 and repeated (``--repeats``); medians and min-max are printed.
 
     .venv/bin/python benchmarks/replica_cpu.py [--seconds 8] [--size 256MiB] [--repeats 3]
-        [--workloads randwrite-4k-qd16,randwrite-4k-qd1] [--json out.json]
+        [--workloads randwrite-4k-qd16,randwrite-4k-qd1] [--fill-bs 1MiB] [--json out.json]
 """
 
 from __future__ import annotations
@@ -87,6 +87,26 @@ async def run(c: ReplicaClient, pid: int, bs: int, qd: int, seconds: float, size
     }
 
 
+async def fill(c: ReplicaClient, size: int, bs: int) -> None:
+    """Write the replica whole once, so random writes overwrite data: in ``bs`` writes, one
+    after the other (1 MiB: as ``benchmarks/engine.py`` fills), or for 4 KiB in a random
+    order at queue depth 16 (no two of a batch adjacent: one ``pwrite`` each)."""
+    chunk = os.urandom(bs)
+    if bs >= 1 << 20:
+        for off in range(0, size, bs):
+            await c.write(off, chunk)
+    else:
+        order = list(range(0, size, bs))
+        random.Random(3).shuffle(order)
+
+        async def worker(k: int) -> None:
+            for off in order[k::16]:
+                await c.write(off, chunk)
+
+        await asyncio.gather(*(worker(k) for k in range(16)))
+    await c.flush()
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, list[dict]]:
     size = parse_size(args.size)
     names = args.workloads.split(",")
@@ -99,10 +119,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict]]:
             await c.negotiate()
             await c.create("bench", size)
             await c.open("bench", 1)
-            chunk = os.urandom(1 << 20)
-            for off in range(0, size, 1 << 20):  # filled: random writes overwrite data
-                await c.write(off, chunk)
-            await c.flush()
+            await fill(c, size, parse_size(args.fill_bs))
             for rep in range(args.repeats):
                 for name in names:
                     bs, qd = WORKLOADS[name]
@@ -130,6 +147,12 @@ def main() -> None:
     ap.add_argument("--size", default="256MiB")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument(
+        "--fill-bs",
+        default="1MiB",
+        help="the fill's write size: 1MiB as engine.py fills; 4KiB leaves the page cache in "
+        "small folios (docs/benchmarks.md, 'Replica server: CPU per write')",
+    )
     ap.add_argument("--dir", default=None, help="where the replica lives (default: a temp dir)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
