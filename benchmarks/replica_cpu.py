@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: the CPU one replica server spends per replicated write (issue #22).
+"""Benchmark: the CPU one replica server spends per replicated write.
 
 Drives one real replica server (a process of its own, on loopback, plain TCP) the way a
 volume's engine does: a client that spoke HELLO version 2, so the writes it has in flight
