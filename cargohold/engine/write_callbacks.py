@@ -24,13 +24,16 @@ answers: one round trip for all. A replica's server applies a connection's mutat
 order and refuses every one after a failed one (docs/formats/replica-wire.md, "Rules"),
 so a later write never lands on a replica where an earlier one failed. Only when every
 replica's server said so at HELLO (``stop_on_failure``); else the writes go one at a time,
-each answered before the next is sent, as before.
+each answered before the next is sent, as before. ``write_ordered_nowait`` is the same
+without a task, for the encrypting device's writes without one: it starts what
+``write_ordered`` would start at once, or nothing (False), and calls back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +44,7 @@ from cargohold.errors import CargoholdError
 from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
 from cargohold.settings import EngineSettings
 
+log = logging.getLogger("cargohold.engine")
 _WRITE = Op.WRITE  # per write per replica: an enum member's lookup costs 5x a global's
 
 
@@ -129,6 +133,17 @@ class CallbackWrites:
     ) -> tuple[int, float]:
         """Queue ``writes`` (generations from ``first``) on every target, back to back;
         -> (the replicas that stored them all, when they were queued)."""
+        sent = self._queue_ordered(targets, writes, first)
+        started = time.perf_counter()
+        await answers([f for _, futs, _ in sent for f in futs], self.settings.replica_timeout)
+        return self._judge_ordered(sent, first), started
+
+    @staticmethod
+    def _queue_ordered(
+        targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int
+    ) -> list[tuple[ReplicaLink, list[asyncio.Future[Reply]], bool]]:
+        """``writes`` queued on every target back to back, no await in here: -> per
+        target its answers' futures and whether all were queued."""
         sent: list[tuple[ReplicaLink, list[asyncio.Future[Reply]], bool]] = []
         for link in targets:
             futs: list[asyncio.Future[Reply]] = []
@@ -146,8 +161,12 @@ class CallbackWrites:
                 sent.append((link, futs, False))
                 continue
             sent.append((link, futs, True))
-        started = time.perf_counter()
-        await answers([f for _, futs, _ in sent for f in futs], self.settings.replica_timeout)
+        return sent
+
+    def _judge_ordered(
+        self, sent: list[tuple[ReplicaLink, list[asyncio.Future[Reply]], bool]], first: int
+    ) -> int:
+        """-> how many replicas stored every write (their answers are all in)."""
         stored = 0
         for link, futs, queued in sent:
             # in order: the first failure drops the replica, and it stored no later one
@@ -157,7 +176,64 @@ class CallbackWrites:
                     ok = False
                     break
             stored += ok
-        return stored, started
+        return stored
+
+    def write_ordered_nowait(
+        self,
+        writes: list[tuple[int, Any]],
+        ready: Callable[[bool], list[tuple[int, Any]]],
+        done: Callable[[Exception | None], None],
+    ) -> bool:
+        """``write_ordered`` without a task (the encrypting device's writes without one):
+        if it can start at once, ``ready(True)`` is called before this returns and what it
+        gives is queued back to back on every replica of the write set; ``done(None)`` once
+        at least ``min_replicas`` stored them all, else ``done(error)``, from the event
+        loop, never before this returns. False: nothing was started, ``ready`` was not
+        called (held, a rebuild step over any of ``writes``' ranges, fenced, the write set
+        too small, or a replica's server does not stop a session at a failed mutation)."""
+        window = self._window
+        if (
+            self.fenced
+            or not self._running.is_set()
+            or (
+                window is not None
+                and any(off < window[1] and window[0] < off + len(d) for off, d in writes)
+            )
+        ):
+            return False
+        targets = self.write_set()
+        if len(targets) < self.settings.min_replicas or not all(
+            getattr(link.client, "stop_on_failure", False) for link in targets
+        ):
+            return False
+        writes = ready(True)
+        first = self.gen + 1
+        self.gen += len(writes)
+        self._inflight += 1
+        self._idle.clear()
+        sent = self._queue_ordered(targets, writes, first)
+        t0 = time.perf_counter()
+
+        def finished() -> None:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+            stored = self._judge_ordered(sent, first)
+            for _ in writes:
+                self.io.observe("write", t0)
+            try:
+                self.check_usable()
+                self.fanout.require(stored, "write")
+            except CargoholdError as e:
+                done(e)
+                return
+            self.counters["written_bytes"] += sum(len(d) for _, d in writes)
+            done(None)
+
+        _AllAnswered(
+            [f for _, futs, _ in sent for f in futs], self.settings.replica_timeout, finished
+        )
+        return True
 
     def write_nowait(
         self, offset: int, data: memoryview, fua: bool, done: Callable[[Exception | None], None]
@@ -203,3 +279,48 @@ class CallbackWrites:
             finished,
         )
         return True
+
+
+class _AllAnswered:
+    """Calls ``then()`` from the event loop once every future is done (those still pending
+    after ``timeout`` seconds failed with TimeoutError), never before it is made: a
+    callback on one missing answer at a time, as ``FanOut.start`` waits (``fanout.py``)."""
+
+    __slots__ = ("futs", "then", "timer")
+
+    def __init__(
+        self, futs: list[asyncio.Future[Reply]], timeout: float, then: Callable[[], None]
+    ) -> None:
+        self.futs, self.then = futs, then
+        self.timer: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
+        for fut in futs:
+            if not fut.done():
+                self.timer = loop.call_later(timeout, self._expire)
+                fut.add_done_callback(self._answered)
+                return
+        loop.call_soon(self._finish)  # nothing to wait for (or nothing sent)
+
+    def _answered(self, _: asyncio.Future[Reply]) -> None:
+        for fut in self.futs:
+            if not fut.done():
+                fut.add_done_callback(self._answered)
+                return
+        self._finish()
+
+    def _expire(self) -> None:
+        self.timer = None
+        for fut in self.futs:
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+
+    def _finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        for fut in self.futs:  # retrieved: those after a replica's first failure are not judged
+            if not fut.cancelled():
+                fut.exception()
+        try:
+            self.then()
+        except Exception:  # a bug in the caller's callback must not take the loop's caller down
+            log.exception("a write's completion failed")

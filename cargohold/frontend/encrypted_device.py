@@ -22,7 +22,9 @@ ciphertext and tags only. docs/encryption.md argues the construction; here:
   repair) writes the tag block and waits for it first (``_commit``: one write of it in
   flight, the changes made meanwhile in the next). A crash between the tag and the data
   leaves the old slot authenticating the old data: each block reads old or new
-  (docs/encryption.md, "Crashes").
+  (docs/encryption.md, "Crashes"). The common write (aligned, no FUA, its tag blocks
+  cached, nothing claimed, nothing held) does the same without a task, from callbacks
+  (``write_nowait``, ``encrypted_write_callbacks.py``).
 - Whole groups of a write go as one physical extent (ciphertext and their tag blocks, the
   tags written once before it as well), the partial group before them on its own.
 - **After the data of a write is acknowledged**, the block's older slot is *retired* at
@@ -64,6 +66,7 @@ from cargohold.encryption.layout import BLOCK, GROUP
 from cargohold.errors import ChecksumError, WrongDataKey
 from cargohold.frontend.device import BlockDevice
 from cargohold.frontend.encrypted_repair import Copies, Repair
+from cargohold.frontend.encrypted_write_callbacks import CallbackWrites
 from cargohold.frontend.key_check import first_group_refusing
 from cargohold.frontend.tag_block import TagBlock
 
@@ -78,7 +81,7 @@ Ordered = Callable[
 ]
 
 
-class EncryptedDevice(Repair):
+class EncryptedDevice(CallbackWrites, Repair):
     """``inner`` (the physical volume) served through ``cipher``; versions ``epoch ‖ n``."""
 
     block_size = BLOCK
@@ -284,22 +287,8 @@ class EncryptedDevice(Repair):
     async def _write(self, lo: int, hi: int, data: memoryview, fua: bool) -> None:
         version = self._next_version()
         groups = range(lo // GROUP, (hi - 1) // GROUP + 1)
-        # sealed where it will be written: the partial first group alone, the rest in
-        # the layout of its physical extent (with room for the tag blocks in it)
-        head = min(hi, -(-lo // GROUP) * GROUP) if lo % GROUP else lo
-        tags: list[bytes] = []
-        first = bytearray((head - lo) * BLOCK)
-        if head > lo:
-            tags += self.cipher.seal_run(lo, version, data[: len(first)], first)
-        start = layout.data_block(head)
-        extent = bytearray(layout.extent_blocks(head, hi) * BLOCK)
-        for g in range(head // GROUP, (hi - 1) // GROUP + 1) if hi > head else ():
-            a, b = g * GROUP, min(hi, (g + 1) * GROUP)
-            p = (layout.data_block(a) - start) * BLOCK
-            part = memoryview(extent)[p : p + (b - a) * BLOCK]
-            tags += self.cipher.seal_run(
-                a, version, data[(a - lo) * BLOCK : (b - lo) * BLOCK], part
-            )
+        # sealed where it will be written (``_seal``)
+        head, first, extent, tags = self._seal(lo, hi, data, version)
         # the tags first: every tag block updated in memory, then written (merged)
         if len(groups) == 1:  # the common case: no task per step
             loaded = [await self._tags(groups[0])]
@@ -424,18 +413,6 @@ class EncryptedDevice(Repair):
                 ct = await self.inner.read(layout.data_block(i) * BLOCK, BLOCK)
                 if self.cipher.clear_unwritten(i, t.data, j, ct):
                     self.counters["unwritten_slots_cleared"] += 1
-
-    @staticmethod
-    def _fill_extent(
-        lo: int, hi: int, extent: bytearray, tags: Mapping[int, bytes | bytearray]
-    ) -> None:
-        """Copy the tag blocks of the whole groups of the physical extent of blocks
-        [lo, hi) (``lo`` at a group's start, sealed in place by ``_write``) into it."""
-        start = layout.data_block(lo)
-        for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
-            if min(hi, (g + 1) * GROUP) == (g + 1) * GROUP:
-                q = (layout.tag_block(g * GROUP) - start) * BLOCK
-                extent[q : q + BLOCK] = tags[g]
 
     async def trim(self, offset: int, length: int) -> None:
         await self._zero(offset, length, False)

@@ -64,8 +64,6 @@ class WriteOps:
         writes = wire.decode_write_batch(req.payload)
         rep = self._replica()  # fenced, closed, deleted: the whole batch fails alike
         store = rep.store
-        results: list[tuple[int, int, bytes]] = []
-        fua = False
         self.server.counters["write_batches"] += 1
         self.server.counters["batched_writes"] += len(writes)
         # the node's request and disk-op metrics count writes, batched or not
@@ -74,16 +72,45 @@ class WriteOps:
         # numbered ones to the store in one call (adjacent ones: one pwritev), in order;
         # none after the first that fails (this batch's or an earlier request's)
         refused: list[Exception | None] = []
-        for w in writes:
-            try:
-                self._refuse_after_failure(rep)
-                self._numbered(rep, Op.WRITE, w.generation)
-                refused.append(None)
-            except Exception as e:
-                refused.append(e)
-        take = next((k for k, no in enumerate(refused) if no is not None), len(writes))
+        take = len(writes)
+        if self.failed is not None or not all(w.generation for w in writes):
+            refused = [self._refusal(rep, w.generation) for w in writes]
+            take = next((k for k, no in enumerate(refused) if no is not None), take)
         got_all = store.write_many([(w.offset, w.data, w.generation) for w in writes[:take]])
+        results = [(wire.STATUS_OK, g, b"") for g in got_all if not isinstance(g, Exception)]
+        if len(results) == len(writes):  # every write stored: the usual batch
+            fua = any(w.flags & wire.FLAG_FUA for w in writes)
+        else:
+            results, fua = self._batch_failed(req, rep, writes, got_all, refused)
+        if fua:
+            return self._flush_batch(rep, results)
+        return store.generation, wire.encode_batch_results(results)
+
+    def _refusal(self, rep: OpenReplica, generation: int) -> Exception | None:
+        """Why a write of a batch is refused before the store sees it, if it is."""
+        try:
+            self._refuse_after_failure(rep)
+            self._numbered(rep, Op.WRITE, generation)
+        except Exception as e:
+            return e
+        return None
+
+    def _batch_failed(
+        self,
+        req: Request,
+        rep: OpenReplica,
+        writes: list[wire.BatchWrite],
+        got_all: list[int | Exception],
+        refused: list[Exception | None],
+    ) -> tuple[list[tuple[int, int, bytes]], bool]:
+        """The answers of a batch of which a write was refused or failed: the ones before it
+        stored, it failed, the ones after it not applied (module doc). -> (results, whether
+        a stored one asked for FUA)."""
+        store = rep.store
+        results: list[tuple[int, int, bytes]] = []
+        fua = False
         stop = False  # a write of this batch failed: the rest are not applied
+        take = len(got_all)
         for k, w in enumerate(writes):
             got: int | Exception | None = got_all[k] if k < take else refused[k]
             if stop or got is None:
@@ -96,9 +123,7 @@ class WriteOps:
             else:
                 results.append((wire.STATUS_OK, got, b""))
                 fua = fua or bool(w.flags & wire.FLAG_FUA)
-        if fua:
-            return self._flush_batch(rep, results)
-        return store.generation, wire.encode_batch_results(results)
+        return results, fua
 
     def _mutation_failed(self, req: Request, e: Exception) -> None:
         """A request failed (``Session._handle``): a mutation's failure stops the session's

@@ -10,7 +10,7 @@ always verifies. A FLUSH syncs the layers written since the last one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from crc32c import crc32c
@@ -156,15 +156,27 @@ class BlockIO(LayerTree):
         mv = memoryview(data)
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
-        lba, n = check_range(offset, len(mv), self.size)
-        if n == 0:
-            return self._gen
-        self._chain[0].ensure_map_space(lba, n)
-        g, contiguous = self._claim(generation)
+        if (
+            len(mv) == BLOCK_SIZE
+            and not offset % BLOCK_SIZE
+            and 0 <= offset < self.size
+            and self._claimable(generation)
+        ):  # one whole block, numbered as it may be: what follows, without the checks
+            lba = offset // BLOCK_SIZE
+            self._chain[0].ensure_map_space(lba, 1)
+            g = cast(int, generation)
+            contiguous = self._claim_next(g)
+        else:
+            lba, n = check_range(offset, len(mv), self.size)
+            if n == 0:
+                return self._gen
+            self._chain[0].ensure_map_space(lba, n)
+            g, contiguous = self._claim(generation)
         self._put(lba, mv, g)
         self._complete(g, contiguous)
-        self.counters["writes"] += 1
-        self.counters["written_bytes"] += len(mv)
+        counters = self.counters
+        counters["writes"] += 1
+        counters["written_bytes"] += len(mv)
         if fua:
             self.flush()
         return self._gen
@@ -191,6 +203,11 @@ class BlockIO(LayerTree):
                     out += self._write_run(writes[i:j])
                 except Exception as e:  # a claim's metadata commit failed: none completed
                     out += [e] * (j - i)
+            elif j - i == 1:  # alone (random writes): no slice, no second loop
+                try:
+                    out.append(self.write(offset, data, generation=writes[i][2]))
+                except Exception as e:  # the rest are not applied (above)
+                    out.append(e)
             else:
                 out += super().write_many(writes[i:j])
             i = j

@@ -378,6 +378,13 @@ class Layer:
             done += take
 
     def pwrite(self, lba: int, data: memoryview) -> None:
+        if len(data) == BLOCK_SIZE:  # one block, in one segment: no span walk
+            k, rel = divmod(lba, fmt.SEGMENT_BLOCKS)
+            off = fmt.HEADER_SIZE + rel * BLOCK_SIZE
+            done = os.pwrite(self.data_fds[k], data, off)
+            if done < BLOCK_SIZE:
+                self.pwrite_bytes(k, off, data, done)
+            return
         for fd, off, pos, length in self._spans(lba, len(data) // BLOCK_SIZE):
             done = 0
             while done < length:

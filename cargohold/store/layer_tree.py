@@ -162,7 +162,6 @@ class LayerTree(ReplicaStore):
             raise InvalidArgument(
                 f"generation {g!r} is not above the newest this replica has seen, {self._seen}"
             )
-        contiguous = self._gen == self._seen and g == self._gen + 1
         history = self._meta.get("history", [])
         if not history or history[-1][0] != self.epoch:
             # the first mutation of a new epoch: where this epoch's part of history begins,
@@ -170,9 +169,24 @@ class LayerTree(ReplicaStore):
             meta = self._draft()
             meta["history"] = [*history, [self.epoch, g]]
             self._commit(meta)
+        return g, self._claim_next(g)
+
+    def _claimable(self, generation: object) -> bool:
+        """Whether ``_claim(generation)`` takes it as it is, with nothing to record first: a
+        caller's number above every one seen, in an epoch the history already has (the
+        one-block write's short way, ``BlockIO.write``)."""
+        if type(generation) is not int or generation <= self._seen:
+            return False
+        history = self._meta.get("history")
+        return history is not None and len(history) > 0 and history[-1][0] == self.epoch
+
+    def _claim_next(self, g: int) -> bool:
+        """``_claim`` of a number ``_claimable`` admitted. -> whether it continues the
+        sequence."""
+        contiguous = self._gen == self._seen and g == self._gen + 1
         self._seen = g
         self._chain[0].seen = g
-        return g, contiguous
+        return contiguous
 
     @property
     def history(self) -> list[list[int]]:

@@ -23,6 +23,7 @@ BOTH_PATHS = {
     "test_encrypted_volume_sample_v2",
     "test_encrypted_device",
     "test_encrypted_device_crashes",
+    "test_encrypted_write_callbacks",
 }
 
 

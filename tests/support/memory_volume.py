@@ -10,7 +10,8 @@ state a replica may be left in. ``cut_copy`` (copy index, writes) cuts one copy 
 short: that copy gets only the first ``writes`` of the next ordered call (its tag block,
 not its data), the others all of it, and the call fails as the engine fails a write that
 fewer than ``min_replicas`` stored (``ordered = False``: no such method, as a volume
-below that cannot order its writes)."""
+below that cannot order its writes). ``write_ordered_nowait`` is the same without a task
+(``Volume.write_ordered_nowait``): applied when queued, answered by a callback."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class MemoryVolume:
         self.fail_after: int | None = None  # mutations before every next one raises
         self.cut_copy: tuple[int, int] | None = None  # (copy, writes) for the next ordered
         self.ordered_calls = 0
+        self.nowait_calls = 0  # ``write_ordered_nowait`` calls that started
+        self.held = False  # ``write_ordered_nowait`` starts nothing
 
     @property
     def size(self) -> int:
@@ -63,6 +66,25 @@ class MemoryVolume:
             await asyncio.sleep(self.delay)
         if ready is not None:  # the buffers are filled when they are queued
             writes = ready(True)
+        self._apply_ordered(writes)
+
+    def write_ordered_nowait(self, writes: list[tuple[int, Any]], ready: Any, done: Any) -> bool:
+        """``Volume.write_ordered_nowait``: False while ``held`` (a hold, a rebuild step),
+        else ``ready(True)`` and the writes applied as ``write_ordered`` applies them, at
+        once (in the order they were queued), ``done`` called ``delay`` seconds later."""
+        if self.held:
+            return False
+        self.nowait_calls += 1
+        writes = ready(True)
+        error: Exception | None = None
+        try:
+            self._apply_ordered(writes)
+        except Exception as e:
+            error = e
+        asyncio.get_running_loop().call_later(self.delay, done, error)
+        return True
+
+    def _apply_ordered(self, writes: list[tuple[int, Any]]) -> None:
         cut, self.cut_copy = self.cut_copy, None
         for n, (offset, data) in enumerate(writes):
             if self.fail_after is not None and len(self.log) >= self.fail_after:

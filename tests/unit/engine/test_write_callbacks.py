@@ -233,3 +233,65 @@ async def test_write_ordered_goes_one_at_a_time_to_a_server_that_does_not_stop()
     old.pending[0].set_result(Reply(STATUS_OK, 1, 1, b""))
     await asyncio.wait_for(task, 5)
     assert old.got == [(Op.WRITE, 0, 1), (Op.WRITE, 4096, 2)]
+
+
+async def test_write_ordered_nowait_queues_back_to_back_and_calls_back_once_all_answered() -> None:
+    reps = ordered(MemReplica(silent=True), MemReplica(silent=True), MemReplica(silent=True))
+    vol = volume(*reps)
+    vol.settings = vol.fanout.settings = dataclasses.replace(vol.settings, min_replicas=2)
+    done = Done()
+    calls: list[bool] = []
+
+    def ready(back_to_back: bool) -> list[tuple[int, Any]]:
+        assert all(r.got == [] for r in reps)  # called right before they are queued
+        calls.append(back_to_back)
+        return [(65 * 4096, BLOCK), (4096, BLOCK)]
+
+    assert vol.write_ordered_nowait([(65 * 4096, BLOCK), (4096, BLOCK)], ready, done)
+    assert calls == [True] and done.calls == []
+    for r in reps:  # each replica: the two in order, consecutive generations
+        assert r.got == [(Op.WRITE, 65 * 4096, 1), (Op.WRITE, 4096, 2)]
+    assert vol.gen == 2
+    # replica 1 fails the first: it is dropped and did not store the second
+    reps[1].pending[0].set_result(Reply(NoSpace.status, 1, 0, b"full"))
+    reps[1].pending[1].set_exception(ReplicaIOError("stopped after a failed mutation"))
+    for r in (reps[0], reps[2]):
+        r.pending[0].set_result(Reply(STATUS_OK, 1, 1, b""))
+    await asyncio.sleep(0.02)
+    assert done.calls == []  # answers missing: not acknowledged (invariant 1)
+    for r in (reps[0], reps[2]):
+        r.pending[1].set_result(Reply(STATUS_OK, 2, 2, b""))
+    assert await done.wait() is None
+    assert [lk.mode for lk in vol.links] == [Mode.RW, Mode.ERR, Mode.RW]
+    assert vol.counters["written_bytes"] == 2 * 4096
+    # now two replicas: one more failure is below min_replicas, an error
+    reps[2].silent = False
+    reps[2].status = NoSpace.status
+    reps[0].silent = False
+    failed = Done()
+    assert vol.write_ordered_nowait([(0, BLOCK)], lambda _: [(0, BLOCK)], failed)
+    err = await failed.wait()
+    assert isinstance(err, ReplicaIOError) and "done on 1 replicas, 2 needed" in str(err)
+
+
+async def test_write_ordered_nowait_starts_nothing_it_cannot_start_at_once() -> None:
+    def never(_: bool) -> list[tuple[int, Any]]:
+        raise AssertionError("ready called although nothing starts")
+
+    reps = ordered(MemReplica(), MemReplica())
+    vol = volume(*reps)
+    vol.window(8192, 12288)  # a rebuild step over the second write
+    assert not vol.write_ordered_nowait([(0, BLOCK), (8192, BLOCK)], never, Done())
+    vol.window_done()
+    async with vol.hold():
+        assert not vol.write_ordered_nowait([(0, BLOCK)], never, Done())
+    old = volume(*ordered(MemReplica()), MemReplica())  # a server without stop_on_failure
+    assert not old.write_ordered_nowait([(0, BLOCK)], never, Done())
+    assert all(r.got == [] for r in reps) and vol.gen == 0
+    silent = ordered(MemReplica(silent=True))
+    slow = volume(*silent)
+    slow.settings = slow.fanout.settings = dataclasses.replace(slow.settings, replica_timeout=0.1)
+    timed_out = Done()
+    assert slow.write_ordered_nowait([(0, BLOCK)], lambda _: [(0, BLOCK)], timed_out)
+    assert isinstance(await timed_out.wait(), ReplicaIOError)
+    assert slow.links[0].error == "TimeoutError"

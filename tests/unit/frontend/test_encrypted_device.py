@@ -30,6 +30,7 @@ class UnorderedVolume(MemoryVolume):
     """The twin without ``write_ordered``: a volume below that cannot order writes."""
 
     write_ordered = None  # type: ignore[assignment]
+    write_ordered_nowait = None  # type: ignore[assignment]
 
 
 def device(vol: MemoryVolume, epoch: int = 1, key: bytes = KEY, **kw) -> EncryptedDevice:  # type: ignore[no-untyped-def]

@@ -101,3 +101,31 @@ def test_a_failed_pwritev_fails_its_run_and_leaves_a_gap(store, monkeypatch):
     assert store.generation == 1  # complete through 1 only: the engine drops this replica
     assert bytes(store.read(BLOCK_SIZE, 2 * BLOCK_SIZE)) == bytes(2 * BLOCK_SIZE)
     assert not store.scrub().bad  # the old content still verifies
+
+
+def test_one_block_writes_take_the_short_way_only_when_their_claim_is_plain(store, tmp_path):
+    """``BlockIO.write``'s short way for one numbered block ends exactly where the general
+    way does (the in-memory twin), and whatever it does not admit is still checked: the
+    first write of an epoch records the history, a stale number, an unaligned or
+    out-of-range block and an unnumbered write are refused, none of them changing
+    anything."""
+    twin = MemoryStore(1 * GIB)
+    for s in (store, twin):
+        s.accept_epoch(1)
+        assert s.write(5 * BLOCK_SIZE, blocks(1, 1), generation=1) == 1  # records epoch 1
+        s.accept_epoch(2)
+        assert s.write(6 * BLOCK_SIZE, blocks(1, 2), generation=2) == 2  # records epoch 2
+        assert s.write(7 * BLOCK_SIZE, blocks(1, 3), generation=3) == 3  # the short way
+        assert s.write(9 * BLOCK_SIZE, blocks(1, 4), generation=5) == 3  # a gap at 4
+        assert s.history == [[1, 1], [2, 2]]
+        for offset, g in ((8 * BLOCK_SIZE, 5), (100, 6), (1 * GIB, 6), (0, 0)):
+            with pytest.raises(InvalidArgument):
+                s.write(offset, blocks(1, 9), generation=g)
+        assert s.generation == 3 and s.seen == 5
+    assert bytes(store.read(0, 16 * BLOCK_SIZE)) == bytes(twin.read(0, 16 * BLOCK_SIZE))
+    assert (store.checksums(0, 16 * BLOCK_SIZE) == twin.checksums(0, 16 * BLOCK_SIZE)).all()
+    assert store.changed_since(2) == twin.changed_since(2)
+    assert not store.scrub().bad
+    again = FileStore.open(str(tmp_path / "r"))  # what the map and its header persisted
+    assert (again.generation, again.seen, again.history) == (3, 5, [[1, 1], [2, 2]])
+    again.close()

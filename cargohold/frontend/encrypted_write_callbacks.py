@@ -1,0 +1,170 @@
+"""The encrypting device's writes without a task (a mixin of ``EncryptedDevice``,
+``encrypted_device.py``): ``write_nowait``, which the NBD frontend calls for aligned writes
+(``BlockDevice.write_nowait``, ``frontend/device.py``), and the sealing both write paths
+share (``_seal``, ``_fill_extent``).
+
+``EncryptedDevice.write`` is a coroutine: per NBD write the frontend made a task, and the
+claim, the tag cache, the ordered write and its futures were coroutines under it.
+``write_nowait`` does the common case with plain calls and callbacks: an aligned write
+without FUA whose groups' tag blocks are cached, whose blocks no other write claims and
+need no settling (no slot of a version that may not have landed: ``_settle``), on a volume
+below that can start an ordered write at once (``Volume.write_ordered_nowait``: nothing
+held, no rebuild step over it, every replica's server stopping a session at a failed
+mutation). It seals, and when the volume starts the write (``ready``, no await between)
+claims the blocks, puts the new tags into the cached tag blocks and snapshots them: each
+tag block and then the ciphertext are queued back to back on every replica in one round
+trip, exactly as ``_write_ordered`` queues them, and ``done`` is called once they are on the
+write quorum (or with the error). Everything else returns False, and the frontend awaits
+``write`` (the task path), which waits, settles, loads and commits as it always did. The
+ordering, crash, failure and repair rules are the task path's (docs/encryption.md,
+"Crashes"): a failed write of a tag block makes the cached copy stale (``_ended``), the
+blocks' older slots are retired only after their data was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from cargohold.encryption import layout
+from cargohold.encryption.block_cipher import may_be_unwritten
+from cargohold.encryption.layout import BLOCK, GROUP
+from cargohold.errors import CargoholdError
+
+if TYPE_CHECKING:
+    import collections
+    from collections import OrderedDict
+
+    from cargohold.encryption.block_cipher import BlockCipher
+    from cargohold.frontend.device import BlockDevice
+    from cargohold.frontend.tag_block import TagBlock
+
+Done = Callable[[Exception | None], None]
+
+
+class CallbackWrites:
+    if TYPE_CHECKING:
+        inner: BlockDevice
+        cipher: BlockCipher
+        counters: collections.Counter[str]
+        wrong_key: str | None
+        _cache: OrderedDict[int, TagBlock]
+        _claimed: dict[int, asyncio.Future[None]]
+
+        def _check_layout(self) -> None: ...
+        def _next_version(self) -> int: ...
+        def _release(self, lo: int, hi: int) -> None: ...
+        def _ended(self, g: int, t: TagBlock, upto: int, error: BaseException | None) -> None: ...
+
+    def write_nowait(self, offset: int, data: memoryview, fua: bool, done: Done) -> bool:
+        """Start the write of ``data`` at ``offset`` without a task: ``done(None)`` once its
+        tag blocks and ciphertext are on the write quorum, else ``done(error)``; never
+        before this returns. False: nothing was started (module doc)."""
+        start: Callable[..., bool] | None = getattr(self.inner, "write_ordered_nowait", None)
+        if fua or self.wrong_key or start is None:
+            return False
+        self._check_layout()
+        lo, hi = offset // BLOCK, (offset + len(data)) // BLOCK
+        claimed = self._claimed
+        if hi <= lo or (claimed and any(b in claimed for b in range(lo, hi))):
+            return False  # nothing to write, or another write owns a block: it waits
+        cache = self._cache
+        tag_blocks: dict[int, TagBlock] = {}
+        for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
+            t = cache.get(g)
+            if t is None:
+                return False
+            base = g * GROUP
+            acked, tags = t.acked, t.data
+            for j in range(max(lo, base) - base, min(hi, base + GROUP) - base):
+                if j not in acked and may_be_unwritten(tags, j):
+                    return False  # ``_settle`` reads its ciphertext first: the task path
+            tag_blocks[g] = t
+        try:
+            version = self._next_version()
+        except CargoholdError:
+            return False  # the task path raises it
+        head, first, extent, seals = self._seal(lo, hi, memoryview(data).cast("B"), version)
+        bufs = {g: bytearray(BLOCK) for g in tag_blocks}
+        writes: list[tuple[int, Any]] = [
+            (layout.tag_block(g * GROUP) * BLOCK, bufs[g]) for g in tag_blocks
+        ]
+        if head > lo:
+            writes.append((layout.data_block(lo) * BLOCK, first))
+        if hi > head:
+            writes.append((layout.data_block(head) * BLOCK, extent))
+        started: list[tuple[int, TagBlock, int]] = []
+
+        def ready(back_to_back: bool) -> list[tuple[int, Any]]:
+            # the volume queues them right after this, with no await between
+            fut = asyncio.get_running_loop().create_future()
+            for b in range(lo, hi):
+                claimed[b] = fut
+            put = self.cipher.put_sealed
+            for g, t in tag_blocks.items():
+                base = g * GROUP
+                a, b = max(lo, base), min(hi, base + GROUP)
+                t.acked.difference_update(range(a - base, b - base))
+                put(t.data, a - base, version, seals[a - lo : b - lo])
+                t.applied += 1
+                upto, snap = t.snapshot()
+                started.append((g, t, upto))
+                bufs[g][:] = snap
+            if hi > head:
+                self._fill_extent(head, hi, extent, bufs)
+            return writes
+
+        def finished(error: Exception | None) -> None:
+            try:
+                for g, t, upto in started:
+                    self._ended(g, t, upto, error)
+                if error is None:
+                    for g, t in tag_blocks.items():
+                        base = g * GROUP
+                        t.acked.update(range(max(lo, base) - base, min(hi, base + GROUP) - base))
+                    self.counters["tag_block_writes"] += len(started)
+                    self.counters["encrypted_blocks"] += hi - lo
+            finally:
+                self._release(lo, hi)
+            done(error)
+
+        if not start(writes, ready, finished):
+            return False
+        self.counters["encrypted_writes_nowait"] += 1
+        return True
+
+    def _seal(
+        self, lo: int, hi: int, data: memoryview, version: int
+    ) -> tuple[int, bytearray, bytearray, list[bytes]]:
+        """Blocks [lo, hi) of ``data`` sealed at ``version`` where they will be written: the
+        partial first group alone (``first``), the rest in the layout of its physical
+        extent, with room for the tag blocks in it (``extent``, from block ``head``).
+        -> (head, first, extent, the blocks' tags)."""
+        head = min(hi, -(-lo // GROUP) * GROUP) if lo % GROUP else lo
+        tags: list[bytes] = []
+        first = bytearray((head - lo) * BLOCK)
+        if head > lo:
+            tags += self.cipher.seal_run(lo, version, data[: len(first)], first)
+        start = layout.data_block(head)
+        extent = bytearray(layout.extent_blocks(head, hi) * BLOCK)
+        for g in range(head // GROUP, (hi - 1) // GROUP + 1) if hi > head else ():
+            a, b = g * GROUP, min(hi, (g + 1) * GROUP)
+            p = (layout.data_block(a) - start) * BLOCK
+            part = memoryview(extent)[p : p + (b - a) * BLOCK]
+            tags += self.cipher.seal_run(
+                a, version, data[(a - lo) * BLOCK : (b - lo) * BLOCK], part
+            )
+        return head, first, extent, tags
+
+    @staticmethod
+    def _fill_extent(
+        lo: int, hi: int, extent: bytearray, tags: Mapping[int, bytes | bytearray]
+    ) -> None:
+        """Copy the tag blocks of the whole groups of the physical extent of blocks
+        [lo, hi) (``lo`` at a group's start, sealed in place by ``_seal``) into it."""
+        start = layout.data_block(lo)
+        for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
+            if min(hi, (g + 1) * GROUP) == (g + 1) * GROUP:
+                q = (layout.tag_block(g * GROUP) - start) * BLOCK
+                extent[q : q + BLOCK] = tags[g]
