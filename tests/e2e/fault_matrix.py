@@ -1085,9 +1085,14 @@ def disk_full(env: Env) -> Outcome:
         load.wait_acked(200, 60)
         finish(env, out, v, [load])
         # NoSpace, or the gap it leaves: a later write to an allocated block can succeed on
-        # that replica and be answered first ("missed a mutation": dropped all the same)
+        # that replica and be answered first ("missed a mutation": dropped all the same), or
+        # be refused because of it (the server stops a connection's mutations after a failed
+        # one: "an earlier one of this connection did not complete", its reason cut off in
+        # the engine's status) and that refusal answered first
         out.expect(
-            "NoSpace" in err or "missed a mutation" in err,
+            "NoSpace" in err
+            or "missed a mutation" in err
+            or "an earlier one of this connection did not complete" in err,
             f"dropped for NoSpace or the generation gap it left (error: {err[:120]!r})",
         )
         out.expect(rid in rw_running(v), f"the same replica {rid} is back RW (not replaced)")
