@@ -83,7 +83,7 @@ from benchmarks.method import (  # noqa: E402
     settle_writeback,
     spread,
 )
-from cargohold.agent.cpu_priority import nice_for, renice, set_slice, slice_for  # noqa: E402
+from cargohold.agent.cpu_priority import nice_for, renice  # noqa: E402
 from cargohold.agent.fair_share import GROW, HEADROOM, Claim, shares  # noqa: E402
 from cargohold.agent.latency_target import service  # noqa: E402
 from cargohold.agent.settings import parse_latency_target  # noqa: E402
@@ -292,15 +292,6 @@ def main() -> None:
         action="store_true",
         help="weighted: leave the engines at nice 0 (the A/B of the agent's CPU priority)",
     )
-    ap.add_argument(
-        "--slice-us",
-        type=int,
-        default=0,
-        help="the agent setting data_path_slice: the replica servers (and their workers) and "
-        "every engine whose weight is the default or above ask the scheduler for this slice "
-        "(agent/cpu_priority.py slice_for; the aggressor's engine at its weight in weighted "
-        "and protected keeps the default); 0: the kernel's default for all",
-    )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--profile", help="py-spy the first limited phase into this directory")
     ap.add_argument(
@@ -344,11 +335,6 @@ def main() -> None:
                 pids[f"replica-server-{i}"] = s.proc.pid  # type: ignore[union-attr]
             if args.aggressor_nice:
                 renice(aggressor.proc.pid, args.aggressor_nice)  # type: ignore[union-attr]
-            if args.slice_us:  # as the agent does: replica servers, engines by weight
-                for i in range(3):
-                    set_slice(pids[f"replica-server-{i}"], args.slice_us)
-                for e in engines:
-                    set_slice(e.proc.pid, slice_for(None, args.slice_us))  # type: ignore[union-attr]
             nice = args.aggressor_nice
             for n in range(args.repeats):
                 rd: dict[str, Any] = {}
@@ -383,11 +369,9 @@ def main() -> None:
                         nice_for(args.aggressor_weight) if cpu else args.aggressor_nice,
                     ),
                 }
-                _slices(victim, aggressor, args, weighted=True)
                 rd["weighted"] = phase(victim, aggressor, args.seconds, pids, nice=nice)
                 renice(victim.proc.pid, 0)  # type: ignore[union-attr]
                 renice(aggressor.proc.pid, args.aggressor_nice)  # type: ignore[union-attr]
-                _slices(victim, aggressor, args, weighted=False)
                 rd["weighted"].update(
                     budget_iops=round(budget), limits=lim, engine_nice=engine_nice
                 )
@@ -410,7 +394,6 @@ def main() -> None:
         "weights": {"victim": args.victim_weight, "aggressor": args.aggressor_weight},
         "aggressor_nice": args.aggressor_nice,
         "cpu_priority": not args.no_cpu_priority,
-        "slice_us": args.slice_us,
         "latency_target_us": target_us,
         "cpus": os.cpu_count(),
         "rounds": rounds,
@@ -455,7 +438,6 @@ def _protected(
     vpid, apid = victim.proc.pid, aggressor.proc.pid  # type: ignore[union-attr]
     renice(vpid, nice_for(args.victim_weight) if cpu else 0)
     renice(apid, nice_for(args.aggressor_weight) if cpu else args.aggressor_nice)
-    _slices(victim, aggressor, args, weighted=True)
     share = LiveShare(
         {
             "victim": (victim, {"weight": args.victim_weight}),
@@ -473,7 +455,6 @@ def _protected(
         share.stop()
         renice(vpid, 0)
         renice(apid, args.aggressor_nice)
-        _slices(victim, aggressor, args, weighted=False)
     out["throttled"] = _throttled(before, aggressor.ctl(op="status")["qos"])
     during = [h for h in share.history if start <= h["at"] <= start + args.seconds]
     budgets = [h["budget"] for h in during if h["budget"] is not None]
@@ -490,17 +471,6 @@ def _protected(
         "errors": share.errors[:5],
     }
     return out
-
-
-def _slices(
-    victim: EngineProc, aggressor: EngineProc, args: argparse.Namespace, weighted: bool
-) -> None:
-    """--slice-us: each engine's slice for its weight (weighted: the weights given; else the
-    default weight, as both volumes have outside the weighted phases)."""
-    if not args.slice_us:
-        return
-    for e, w in ((victim, args.victim_weight), (aggressor, args.aggressor_weight)):
-        set_slice(e.proc.pid, slice_for(w if weighted else None, args.slice_us))  # type: ignore[union-attr]
 
 
 def _throttled(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:

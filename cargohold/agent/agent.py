@@ -111,7 +111,6 @@ class Agent:
         # disks added through the API only under these (and the node directory), checked
         # here again before anything is created: the manager's check sees its own disks
         self.replicas.disk_roots = [*config.disk_roots, *(p for p, _ in config.disks)]
-        self.replicas.data_path_slice = config.data_path_slice
         self.engines = Engines(
             config.nbd_address,
             self.dir,
@@ -123,7 +122,6 @@ class Agent:
             node=config.node,
             tls_dir=nbd_tls_dir(config),
         )
-        self.engines.data_path_slice = config.data_path_slice
         self.operations = Operations(self.engines.procs, self._news)
         self.creds = NodeCredentials(
             config.node,

@@ -20,10 +20,8 @@ online) needs CAP_SYS_NICE; without it the engine keeps its value until its next
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import struct
 
 from cargohold.qos_limits import DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT
 
@@ -62,76 +60,3 @@ def renice(pid: int, nice: int) -> int:
     if failed is not None:
         raise failed
     return os.getpriority(os.PRIO_PROCESS, pid)
-
-
-# A short scheduler slice for the data path (docs/qos.md, "Weights and CPU"). Linux 6.12's
-# EEVDF scheduler lets a SCHED_OTHER task ask for its own slice (sched_attr.sched_runtime,
-# 0.1-100 ms): a task woken with a shorter slice gets an earlier virtual deadline, so it is
-# picked (and may preempt the running task) sooner. Engines and replica servers run in
-# bursts of tens of µs per request and their wake-up delay is their volume's latency; a
-# batch client or a low-weight engine keeps the kernel's default slice (~0.75-3 ms).
-SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}
-SCHED_OTHER = 0
-_ATTR = struct.Struct("IIQiIQQQII")  # struct sched_attr (VER1: 56 bytes)
-MIN_SLICE_US = 100  # the kernel clamps a custom slice to 0.1-100 ms
-MAX_SLICE_US = 100_000
-
-
-def slice_for(weight: float | None, data_path_slice_us: int) -> int:
-    """The slice, in µs, an engine whose volume has ``weight`` asks for (0: the kernel's
-    default): ``data_path_slice_us`` at the default weight and above, none below it (a
-    low-weight volume should not jump the queue)."""
-    w = DEFAULT_WEIGHT if weight is None else float(weight)
-    return data_path_slice_us if data_path_slice_us and w >= DEFAULT_WEIGHT else 0
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the kernel's ``/proc/PID/task/TID/children``)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for tid in threads(p):
-            try:
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                continue
-    return out
-
-
-def set_slice(pid: int, slice_us: int) -> bool:
-    """Ask for a ``slice_us`` scheduler slice (0: the default) for ``pid``, all its threads
-    and its child processes, keeping each thread's nice value. -> False where the kernel
-    cannot (not Linux x86_64/aarch64, or sched_setattr refused). Threads and processes
-    started later inherit it."""
-    nr = SYS_SCHED_SETATTR.get(os.uname().machine)
-    if nr is None:
-        return False
-    runtime_ns = 0 if slice_us <= 0 else min(MAX_SLICE_US, max(MIN_SLICE_US, slice_us)) * 1000
-    libc = ctypes.CDLL(None, use_errno=True)
-    ok = True
-    for tid in (t for p in tree(pid) for t in threads(p)):
-        try:
-            nice = os.getpriority(os.PRIO_PROCESS, tid)
-        except OSError:
-            continue  # a thread that ended meanwhile
-        attr = ctypes.create_string_buffer(
-            _ATTR.pack(_ATTR.size, SCHED_OTHER, 0, nice, 0, runtime_ns, 0, 0, 0, 0), _ATTR.size
-        )
-        if libc.syscall(nr, tid, attr, 0) != 0 and ctypes.get_errno() != 3:  # 3: ESRCH
-            ok = False
-    return ok
-
-
-def get_slice(tid: int) -> int:
-    """The slice ``tid`` asked for, in µs (the kernel's default when it asked for none);
-    -1 where it cannot be read."""
-    nr = SYS_SCHED_SETATTR.get(os.uname().machine)
-    if nr is None:
-        return -1
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(_ATTR.size)
-    if libc.syscall(nr + 1, tid, buf, _ATTR.size, 0) != 0:  # sched_getattr follows setattr
-        return -1
-    return int(_ATTR.unpack(buf.raw)[5] // 1000)

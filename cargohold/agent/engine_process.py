@@ -142,8 +142,6 @@ class EngineProcess:
         self.fair_bandwidth: int | None = None  # the same in bytes/s (--node-bandwidth)
         self.nice: int | None = None  # its CPU priority from its weight (cpu_priority.py)
         self._nice_refused: int | None = None  # a nice value the kernel refused (EPERM)
-        self.data_path_slice = 0  # µs, the agent setting: the slice at the default weight
-        self.slice_us: int | None = None  # the scheduler slice it was given (0: the default)
         self.tried: dict[str, float] = {}  # replica id -> last add/remove attempt (monotonic)
         self.readds: dict[str, int] = {}  # replica id -> re-adds since it was last RW
         self._readding: set[str] = set()  # re-adds planned, not yet taken by the engine
@@ -295,7 +293,7 @@ class EngineProcess:
             finally:
                 os.close(r)
         self.ready, self.status, self._exit_noted = False, {}, False  # error: until ready
-        self.nice = self._nice_refused = self.slice_us = None
+        self.nice = self._nice_refused = None
         self.apply_nice()  # before it starts its threads: they inherit it
         self.status_every = 0.0
         self.tried.clear()
@@ -322,7 +320,7 @@ class EngineProcess:
         self.move("adopt")
         # its keys are those of its assignment (a rotation running: given again, swept)
         self.keys.started(self.spec.data_key_generation)
-        self.nice = self._nice_refused = self.slice_us = None
+        self.nice = self._nice_refused = None
         self.apply_nice()
         return True
 
@@ -400,12 +398,7 @@ class EngineProcess:
         it has another; cheap when it has it. A value the kernel refuses (a weight raised
         without CAP_SYS_NICE) is logged once and left until the engine's next start."""
         pid = self.pid
-        weight = self.spec.qos.get("weight")
-        slice_us = cpu_priority.slice_for(weight, self.data_path_slice)
-        if pid is not None and slice_us != self.slice_us:  # a short slice at a high weight
-            if cpu_priority.set_slice(pid, slice_us) or slice_us == 0:
-                self.slice_us = slice_us
-        want = cpu_priority.nice_for(weight)
+        want = cpu_priority.nice_for(self.spec.qos.get("weight"))
         if pid is None or want == self.nice or want == self._nice_refused:
             return
         try:
@@ -530,8 +523,6 @@ class EngineProcess:
             status["qos"] = {**(status.get("qos") or {}), "fair_bandwidth": self.fair_bandwidth}
         if self.nice is not None:  # its CPU priority from its weight (cpu_priority.py)
             status["qos"] = {**(status.get("qos") or {}), "nice": self.nice}
-        if self.slice_us:  # its scheduler slice (cpu_priority.py slice_for)
-            status["qos"] = {**(status.get("qos") or {}), "slice_us": self.slice_us}
         return status
 
 

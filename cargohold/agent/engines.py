@@ -61,7 +61,6 @@ class Engines:
         self.dir = dir
         self.procs: dict[str, EngineProcess] = {}
         self.sharing: NodeShare | None = None  # the node's fair share, while share_node runs
-        self.data_path_slice = 0  # µs, the agent setting (cpu_priority.py slice_for)
         self._state = state
         self._save = save
         self._news = news
@@ -89,7 +88,6 @@ class Engines:
             tls_dir=self.tls_dir,
         )
         proc.credentials = self.credentials
-        proc.data_path_slice = self.data_path_slice
         proc.key_source = self.key_source
         proc.local_unix = self.local_unix
         return proc

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cargohold.agent import cpu_priority, disk_stamp
+from cargohold.agent import disk_stamp
 from cargohold.agent.credentials import NodeCredentials
 from cargohold.agent.identity import judge
 from cargohold.agent.processes import (
@@ -98,7 +98,6 @@ class Replicas:
         self._news = news
         self._save = save
         self.disk_roots: list[str] = []  # where API-added disks may be (the agent sets it)
-        self.data_path_slice = 0  # µs, the agent setting (cpu_priority.py set_slice)
         self._refused_disks: set[str] = set()  # logged once
         self.disk_checks: dict[str, DiskCheck] = {}  # disk path -> what was found (reported)
         self._probed: set[str] = set()  # replicas opened once to learn generation and epoch
@@ -137,7 +136,6 @@ class Replicas:
         if rs is None or rs.argv != self._process(self.port).argv:  # first, or new disks
             rs = self.server = self._process(self.port)
         await rs.start()
-        self._give_slice(rs.pid)
         self._save()
 
     async def adopt(self, state: dict[str, Any], wanted_port: int | None) -> int | None:
@@ -152,7 +150,6 @@ class Replicas:
         pid = rec.get("pid") if isinstance(rec, dict) else None
         if isinstance(pid, int) and await rs.adopt(pid):
             self.server, self.port = rs, port
-            self._give_slice(pid)
             return pid
         # an upgrade: the server an agent before the local replica link started has no
         # unix socket; it keeps serving (engines use TLS to it) until it is next restarted
@@ -162,12 +159,6 @@ class Replicas:
             self.server, self.port = old, port
             return pid
         return None
-
-    def _give_slice(self, pid: int | None) -> None:
-        """The replica server (and its workers: they inherit it) asks the scheduler for the
-        data path's short slice (cpu_priority.py): it serves every volume of the node."""
-        if pid is not None and self.data_path_slice:
-            cpu_priority.set_slice(pid, self.data_path_slice)
 
     async def start(self, wanted_port: int | None, last_port: int) -> None:
         """Start the replica server on ``wanted_port`` (--replica-port), else the port of the

@@ -152,15 +152,6 @@ class AgentSettings(Settings):
         parse=parse_rate,
         shown=RATE,
     )
-    data_path_slice: int = setting(
-        100,
-        "scheduler slice, in µs, the replica server and the engines of volumes at the default "
-        "QoS weight or above ask for (Linux 6.12+ EEVDF; 100-100000): woken by a request they "
-        'are run sooner than batch work (--data-path-slice; docs/qos.md, "Weights and CPU"); '
-        "0: the kernel's default",
-        ge=0,
-        le=100_000,
-    )
     node_latency_target: int = setting(
         0,
         "mean service latency the node's engines should see from their replicas, in µs: "

@@ -94,14 +94,6 @@ def agent(
         help="a latency target for the node's engines, e.g. 2ms or 1500us: above it, busy "
         "volumes share a shrinking IOPS budget by their QoS weight (docs/qos.md; default 0: off)",
     ),
-    data_path_slice: int = typer.Option(
-        None,
-        min=0,
-        max=100_000,
-        help="scheduler slice in µs the replica server and the engines at the default QoS "
-        "weight or above ask for, so a request wakes them sooner (docs/qos.md; default 100; "
-        "0: the kernel's default)",
-    ),
     ca_dir: str = typer.Option(
         None,
         "--ca-dir",
@@ -140,7 +132,6 @@ def agent(
             "node_iops": node_iops,
             "node_bandwidth": _node_bandwidth(node_bandwidth),
             "node_latency_target": node_latency_target,
-            "data_path_slice": data_path_slice,
             "nbd_address": nbd_address,
             "nbd_tls_dir": nbd_tls_dir,
             "ca_dir": ca_dir,

@@ -3,10 +3,7 @@ end: a local cluster of real processes (manager, one agent, its replica server a
 engines), two volumes with weights 10 and 100 attached on that node. Each engine process
 (every thread of it) runs at the nice value ``nice_for`` gives its weight, ``volume get``
 shows it, and ``volume update --weight`` changes it on the running engine within seconds
-(the same engine: not restarted). The scheduler slice follows the weight the same way: the
-replica server and the default-weight engine ask for the agent's ``data_path_slice``
-(100 µs by default), the low-weight engine keeps the kernel's; raising or lowering a weight
-gives or takes it online. A cluster start: ``long``."""
+(the same engine: not restarted). A cluster start: ``long``."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.agent.cpu_priority import get_slice, nice_for, threads, tree
+from cargohold.agent.cpu_priority import nice_for, threads
 from cargohold.launcher.cluster import LocalCluster
 from tests.support.cli import cli, js
 from tests.support.polling import wait_until
@@ -45,11 +42,6 @@ def engine_pid(c: LocalCluster, volume: str) -> int | None:
     return None
 
 
-def slices(pid: int) -> set[int]:
-    """The scheduler slices (µs) of every thread of ``pid`` and of its child processes."""
-    return {s for p in tree(pid) for t in threads(p) if (s := get_slice(t)) >= 0}
-
-
 def nices(pid: int) -> set[int]:
     """The nice values of all the threads of ``pid``."""
     out = set()
@@ -75,16 +67,6 @@ def test_engines_run_at_their_weights_nice_and_a_new_weight_renices_online(
     wait_until(lambda: nices(low) == {10}, 10.0, "low's engine at nice 10", 0.1)
     assert len(threads(low)) > 1  # a threaded process: every thread was reniced
     assert nices(dflt) == {0}
-    default = get_slice(os.getpid())  # this test runs at the kernel's default slice
-    assert default not in (-1, 100), default  # Linux 6.12+: sched_getattr reports slices
-    wait_until(lambda: slices(dflt) == {100}, 10.0, "dflt's engine asking for 100 µs", 0.1)
-    assert slices(low) == {default}  # a low weight keeps the kernel's slice
-    server = next(
-        p
-        for p in c.node_processes("node-1")
-        if b"replica-server" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-    )
-    assert slices(server) == {100}  # the replica server serves every volume: short
     qos = wait_until(
         lambda: (q := js(d, "volume", "get", "low")["qos"]) and q.get("nice") is not None and q,  # type: ignore[index]
         15.0,
@@ -98,8 +80,6 @@ def test_engines_run_at_their_weights_nice_and_a_new_weight_renices_online(
     wait_until(lambda: nices(dflt) == {nice_for(25)}, 10.0, "dflt's engine at nice 6", 0.1)
     cli(d, "volume", "update", "low", "--weight", "500")  # raised: back to nice 0
     wait_until(lambda: nices(low) == {0}, 10.0, "low's engine back at nice 0", 0.1)
-    wait_until(lambda: slices(low) == {100}, 10.0, "low's engine given the short slice", 0.1)
-    assert slices(dflt) == {default}  # lowered to 25: the kernel's slice again
     assert (engine_pid(c, "low"), engine_pid(c, "dflt")) == (low, dflt)  # not restarted
     wait_until(
         lambda: js(d, "volume", "get", "dflt")["qos"].get("nice") == 6,  # type: ignore[index]

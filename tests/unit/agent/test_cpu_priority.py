@@ -11,17 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cargohold.agent.cpu_priority import (
-    MAX_NICE,
-    MIN_SLICE_US,
-    get_slice,
-    nice_for,
-    renice,
-    set_slice,
-    slice_for,
-    threads,
-    tree,
-)
+from cargohold.agent.cpu_priority import MAX_NICE, nice_for, renice, threads
 from cargohold.qos_limits import DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT
 
 weights = st.integers(MIN_WEIGHT, MAX_WEIGHT)
@@ -70,41 +60,3 @@ def test_renice_of_a_process_that_is_gone_raises() -> None:
     p.wait()
     with pytest.raises(ProcessLookupError):
         renice(p.pid, 5)
-
-
-def test_the_short_slice_goes_to_the_default_weight_and_above_only() -> None:
-    assert slice_for(None, 100) == slice_for(DEFAULT_WEIGHT, 100) == slice_for(MAX_WEIGHT, 100)
-    assert slice_for(None, 100) == 100
-    assert slice_for(DEFAULT_WEIGHT - 1, 100) == slice_for(MIN_WEIGHT, 100) == 0
-    assert slice_for(None, 0) == slice_for(MAX_WEIGHT, 0) == 0  # the setting off
-
-
-def test_set_slice_reaches_every_thread_and_child_and_keeps_their_nice() -> None:
-    code = (
-        "import os, subprocess, sys, threading, time\n"
-        "[threading.Thread(target=time.sleep, args=(30,), daemon=True).start() for _ in range(2)]\n"
-        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
-        "print(c.pid, flush=True); time.sleep(30)\n"
-    )
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    try:
-        assert p.stdout is not None
-        child = int(p.stdout.readline())
-        assert child in tree(p.pid)
-        default = get_slice(p.pid)
-        assert default > 0, "sched_getattr: Linux 6.12+ reports a SCHED_OTHER task's slice"
-        renice(p.pid, 5)
-        assert set_slice(p.pid, 100)
-        tids = [t for q in tree(p.pid) for t in threads(q)]
-        assert len(tids) >= 4
-        assert {get_slice(t) for t in tids} == {100}
-        assert {os.getpriority(os.PRIO_PROCESS, t) for t in threads(p.pid)} == {5}  # kept
-        assert set_slice(p.pid, 0)  # back to the kernel's default
-        assert {get_slice(t) for t in tids} == {default}
-        assert set_slice(p.pid, 5)  # below the kernel's minimum: clamped to 100 µs
-        assert get_slice(p.pid) == MIN_SLICE_US
-    finally:
-        for q in tree(p.pid)[1:]:
-            os.kill(q, 9)
-        p.kill()
-        p.wait()
