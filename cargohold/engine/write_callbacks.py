@@ -215,20 +215,10 @@ class CallbackWrites:
         t0 = time.perf_counter()
 
         def finished() -> None:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
             stored = self._judge_ordered(sent, first)
             for _ in writes:
                 self.io.observe("write", t0)
-            try:
-                self.check_usable()
-                self.fanout.require(stored, "write")
-            except CargoholdError as e:
-                done(e)
-                return
-            self.counters["written_bytes"] += sum(len(d) for _, d in writes)
-            done(None)
+            self._write_ended(stored, sum(len(d) for _, d in writes), done)
 
         _AllAnswered(
             [f for _, futs, _ in sent for f in futs], self.settings.replica_timeout, finished
@@ -259,18 +249,8 @@ class CallbackWrites:
         flags = FLAG_FUA if fua else 0
 
         def finished(stored: int, t0: float) -> None:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
             self.io.observe("write", t0)
-            try:
-                self.check_usable()
-                self.fanout.require(stored, "write")
-            except CargoholdError as e:
-                done(e)
-                return
-            self.counters["written_bytes"] += n
-            done(None)
+            self._write_ended(stored, n, done)
 
         self.fanout.start(
             targets,
@@ -279,6 +259,23 @@ class CallbackWrites:
             finished,
         )
         return True
+
+    def _write_ended(
+        self, stored: int, nbytes: int, done: Callable[[Exception | None], None]
+    ) -> None:
+        """The end of a write started without a task (either kind above): no longer in
+        flight, and ``done`` told whether ``stored`` replicas are enough."""
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+        try:
+            self.check_usable()
+            self.fanout.require(stored, "write")
+        except CargoholdError as e:
+            done(e)
+            return
+        self.counters["written_bytes"] += nbytes
+        done(None)
 
 
 class _AllAnswered:
