@@ -12,7 +12,7 @@ the model).
   one (or the timer) judges them all and calls the caller back (the NBD frontend's aligned
   writes: no Task, no coroutine chain per request). Those share their timers: the
   mutations started within one slice of ``replica_timeout`` / 64 have one timer for all
-  (``_Deadlines``), so a missing answer fails between ``replica_timeout`` and 1/64 more
+  (``Deadlines``), so a missing answer fails between ``replica_timeout`` and 1/64 more
   after its request was queued (uvloop's ``call_later`` and ``cancel`` per write cost more
   than the rest of the bookkeeping of its answers).
 - **Judge** each answer: a replica that errs, times out or answers with a generation other
@@ -39,6 +39,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from cargohold.engine.replica_link import Mode, ReplicaLink
 from cargohold.errors import CargoholdError, Fenced, ReplicaIOError
@@ -69,7 +70,7 @@ class FanOut:
         self.settings = settings
         self.counters = counters
         self.fenced = fenced
-        self.deadlines = _Deadlines()
+        self.deadlines = Deadlines()  # the answers' timers (also write_callbacks.py's)
 
     def enough(self, targets: list[ReplicaLink]) -> None:
         """Raise ReplicaIOError if the write set is too small to store anything."""
@@ -170,7 +171,7 @@ class _Collect:
         started: float,
     ) -> None:
         self.fanout, self.sent, self.gen, self.done, self.started = fanout, sent, gen, done, started
-        self.cohort: set[_Collect] | None = None  # the cohort whose timer expires it
+        self.cohort: set[Expiring] | None = None  # the cohort whose timer expires it
         # the answers' loop, not ``get_running_loop()``: that costs a getpid() system call
         loop = sent[0][1].get_loop() if sent else asyncio.get_running_loop()
         for _, fut in sent:
@@ -208,20 +209,28 @@ class _Collect:
             log.exception("volume %s: a mutation's completion failed", self.fanout.volume)
 
 
-class _Deadlines:
-    """The timers of ``FanOut.start``'s collections: those started within one slice of
-    time (``timeout`` / 64) form a cohort with one timer, set when the slice opens to
-    fire ``timeout`` after the slice ends; it expires the members still waiting. A
-    collection leaves its cohort when it finishes, so the cohort holds only the waiting
-    ones (nothing of a finished write is kept until the timer fires)."""
+class Expiring(Protocol):
+    """What ``Deadlines`` watches: a wait for answers that fails those still missing when
+    told to (``expire``), and leaves its cohort itself when it ends first."""
+
+    def expire(self) -> None: ...
+
+
+class Deadlines:
+    """The timers of the writes started without a task (``FanOut.start``'s collections,
+    ``write_callbacks.py``'s ordered writes): those started within one slice of time
+    (``timeout`` / 64) form a cohort with one timer, set when the slice opens to fire
+    ``timeout`` after the slice ends; it expires the members still waiting. A wait leaves
+    its cohort when it finishes, so the cohort holds only the waiting ones (nothing of a
+    finished write is kept until the timer fires)."""
 
     __slots__ = ("cohort", "ends")
 
     def __init__(self) -> None:
-        self.cohort: set[_Collect] = set()
+        self.cohort: set[Expiring] = set()
         self.ends = 0.0  # loop time: the current cohort takes no member from then on
 
-    def watch(self, c: _Collect, loop: asyncio.AbstractEventLoop, timeout: float) -> set[_Collect]:
+    def watch(self, c: Expiring, loop: asyncio.AbstractEventLoop, timeout: float) -> set[Expiring]:
         """Put ``c`` in the current cohort (a new one if its slice is over): -> the cohort."""
         now = loop.time()
         if now >= self.ends:
@@ -232,7 +241,7 @@ class _Deadlines:
         return self.cohort
 
 
-def _expire_cohort(cohort: set[_Collect]) -> None:
+def _expire_cohort(cohort: set[Expiring]) -> None:
     for c in list(cohort):
         c.expire()
 

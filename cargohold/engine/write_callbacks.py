@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cargohold.engine.fanout import FanOut, answers
+from cargohold.engine.fanout import Deadlines, Expiring, FanOut, answers
 from cargohold.engine.replica_link import ReplicaLink
 from cargohold.errors import CargoholdError
 from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
@@ -221,7 +221,10 @@ class CallbackWrites:
             self._write_ended(stored, sum(len(d) for _, d in writes), done)
 
         _AllAnswered(
-            [f for _, futs, _ in sent for f in futs], self.settings.replica_timeout, finished
+            [f for _, futs, _ in sent for f in futs],
+            self.fanout.deadlines,
+            self.settings.replica_timeout,
+            finished,
         )
         return True
 
@@ -280,20 +283,26 @@ class CallbackWrites:
 
 class _AllAnswered:
     """Calls ``then()`` from the event loop once every future is done (those still pending
-    after ``timeout`` seconds failed with TimeoutError), never before it is made: a
-    callback on one missing answer at a time, as ``FanOut.start`` waits (``fanout.py``)."""
+    after ``timeout`` seconds, at most 1/64 more, failed with TimeoutError: the timer is
+    its cohort's, ``fanout.Deadlines``), never before it is made: a callback on one missing
+    answer at a time, as ``FanOut.start`` waits (``fanout.py``)."""
 
-    __slots__ = ("futs", "then", "timer")
+    __slots__ = ("cohort", "futs", "then")
 
     def __init__(
-        self, futs: list[asyncio.Future[Reply]], timeout: float, then: Callable[[], None]
+        self,
+        futs: list[asyncio.Future[Reply]],
+        deadlines: Deadlines,
+        timeout: float,
+        then: Callable[[], None],
     ) -> None:
         self.futs, self.then = futs, then
-        self.timer: asyncio.TimerHandle | None = None
-        loop = asyncio.get_running_loop()
+        self.cohort: set[Expiring] | None = None  # its timer's cohort (fanout.Deadlines)
+        # the answers' loop, not ``get_running_loop()``: that costs a getpid() system call
+        loop = futs[0].get_loop() if futs else asyncio.get_running_loop()
         for fut in futs:
             if not fut.done():
-                self.timer = loop.call_later(timeout, self._expire)
+                self.cohort = deadlines.watch(self, loop, timeout)
                 fut.add_done_callback(self._answered)
                 return
         loop.call_soon(self._finish)  # nothing to wait for (or nothing sent)
@@ -305,15 +314,18 @@ class _AllAnswered:
                 return
         self._finish()
 
-    def _expire(self) -> None:
-        self.timer = None
+    def expire(self) -> None:
+        if self.cohort is not None:
+            self.cohort.discard(self)
+            self.cohort = None
         for fut in self.futs:
             if not fut.done():
                 fut.set_exception(TimeoutError())
 
     def _finish(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        if self.cohort is not None:
+            self.cohort.discard(self)
+            self.cohort = None
         for fut in self.futs:  # retrieved: those after a replica's first failure are not judged
             if not fut.cancelled():
                 fut.exception()
