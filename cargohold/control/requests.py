@@ -27,9 +27,12 @@ from cargohold.control.model import QosLimits, VolumeSource, check_name, name_fi
 KEY_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$"
 
 
-# a KMS key id, ARN or alias: no whitespace. \x1c-\x1f spelled out: Python's \s counts them as
-# whitespace, pydantic's (Rust) regex does not, and the schema must mean one thing to both
-KMS_KEY_PATTERN = r"^[^\s\x1c-\x1f]+$"
+# a KMS key id, ARN or alias: no whitespace, every whitespace character spelled out (no \s):
+# Python's re, pydantic's Rust regex and the ECMA-262 regexes a schema's clients use each
+# read \s differently (\x1c-\x1f, \x85), and the schema must mean one thing to all of them
+KMS_KEY_PATTERN = (
+    r"^[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$"
+)
 
 
 class VolumeCreate(BaseModel):

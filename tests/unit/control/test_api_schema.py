@@ -493,7 +493,8 @@ def _patterns(node: object) -> set[str]:
 def test_every_string_pattern_means_the_same_to_python_and_to_pydantic():
     """The schema's regexes are read by Python's ``re`` (schemathesis, hypothesis) and by
     pydantic's Rust engine (the manager): the two differ on ``\\s`` for U+001C..U+001F,
-    which once made a schema-valid KMS key id a 422. Every pattern of the API's schema
+    which once made a schema-valid KMS key id a 422 (and schemathesis once sent one with
+    U+0085, which ECMA-262's ``\\s`` does not count: the KMS pattern spells them out). Every pattern of the API's schema
     must accept and refuse the same characters under both."""
     import re
 
@@ -502,7 +503,9 @@ def test_every_string_pattern_means_the_same_to_python_and_to_pydantic():
     from cargohold.control.openapi import schema
 
     patterns = _patterns(schema())
-    assert r"^[^\s\x1c-\x1f]+$" in patterns  # the KMS key id's (requests.KMS_KEY_PATTERN)
+    from cargohold.control.requests import KMS_KEY_PATTERN
+
+    assert KMS_KEY_PATTERN in patterns
     for pattern in sorted(patterns):
         rust: TypeAdapter[str] = TypeAdapter(Annotated[str, Field(pattern=pattern)])
         for c in range(0x3100):
