@@ -18,27 +18,11 @@ import pytest
 from cargohold.engine.replica_link import Mode
 from cargohold.errors import Fenced, NoSpace, ReplicaIOError
 from cargohold.protocol.replica_wire import STATUS_OK, Op, Reply
+from tests.support.done_recorder import Done
 from tests.unit.engine.test_fanout import FENCES, MemReplica, fanout, links, write
 from tests.unit.engine.test_interface import _until, volume
 
 BLOCK = memoryview(b"w" * 4096)
-
-
-class Done:
-    """The callback: records what it was called with, and when."""
-
-    def __init__(self) -> None:
-        self.calls: list[Exception | None] = []
-        self.event = asyncio.Event()
-
-    def __call__(self, err: Exception | None) -> None:
-        self.calls.append(err)
-        self.event.set()
-
-    async def wait(self) -> Exception | None:
-        await asyncio.wait_for(self.event.wait(), 5)
-        assert len(self.calls) == 1
-        return self.calls[0]
 
 
 async def start(fo: Any, targets: Any, send: Any, gen: int) -> tuple[int, float]:

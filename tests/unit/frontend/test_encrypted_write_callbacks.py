@@ -19,6 +19,7 @@ from cargohold.encryption.layout import BLOCK, GROUP
 from cargohold.errors import ReplicaIOError
 from cargohold.frontend.encrypted_device import EncryptedDevice
 from cargohold.frontend.rekey_sweep import Rekey
+from tests.support.done_recorder import Done
 from tests.support.memory_volume import MemoryVolume
 
 KEY = bytes(range(32))
@@ -40,29 +41,9 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-class Done:
-    """``done``: what it was called with; called once, never before ``write_nowait``
-    returned."""
-
-    def __init__(self) -> None:
-        self.returned = False
-        self.calls: list[Exception | None] = []
-        self.event = asyncio.Event()
-
-    def __call__(self, err: Exception | None) -> None:
-        assert self.returned, "called before write_nowait returned"
-        self.calls.append(err)
-        self.event.set()
-
-    async def wait(self) -> Exception | None:
-        await asyncio.wait_for(self.event.wait(), 5)
-        assert len(self.calls) == 1
-        return self.calls[0]
-
-
 def start(d: EncryptedDevice, offset: int, data: bytes, fua: bool = False) -> Done | None:
     """``write_nowait``: its Done, or None when it started nothing."""
-    done = Done()
+    done = Done(started=False)
     ok = d.write_nowait(offset, memoryview(data), fua, done)
     done.returned = True
     return done if ok else None
