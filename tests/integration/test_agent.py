@@ -394,7 +394,11 @@ def test_deletes_only_the_replicas_it_is_told_to(env: Env) -> None:
 
 
 def test_sigterm_stops_every_child_and_the_replica_port_survives(env: Env) -> None:
-    env.serve()
+    """SIGTERM stops the agent's children; the next agent keeps its replica port, and the
+    engine it starts from the same replicas serves what was written before the stop (its
+    own pattern: under ``-n 2`` the module's other tests may run on another worker)."""
+    eng = env.serve()
+    qemu_io(eng["endpoint"], "write -P 0x6e 3M 1M", "flush")
     children = descendants(env.agent.pid)
     assert any(" engine " in c for c in children.values()), children
     assert any(" replica-server " in c for c in children.values()), children
@@ -407,7 +411,7 @@ def test_sigterm_stops_every_child_and_the_replica_port_survives(env: Env) -> No
     env.agent = AgentProc(env.agent.dir, [env.fake.url]).start(env.fake)
     assert env.agent.replica_port == port  # from NODEDIR/agent.json
     eng = env.serve()  # same replica addresses: the engine starts from the same replicas
-    qemu_io(eng["endpoint"], "read -P 0x7c 2M 1M")
+    qemu_io(eng["endpoint"], "read -P 0x6e 3M 1M")
 
 
 def test_a_restarted_agent_adopts_what_the_last_one_left_running(env: Env) -> None:
