@@ -299,13 +299,16 @@ def test_re_adds_a_replica_that_comes_back(env: Env) -> None:
 
 
 def test_replaces_the_engine_when_the_epoch_changes(env: Env) -> None:
-    env.serve()
+    """A new epoch replaces the engine; the new one serves what the old one stored (written
+    here: under ``-n 2`` the module's other tests may run on another worker)."""
+    first = env.serve()
+    qemu_io(first["endpoint"], "write -P 0x4b 5M 1M", "flush")
     old = env.agent.engine_pid()
     eng = env.serve(env.epoch + 1)
     assert eng["status"]["epoch"] == env.epoch
     wait_until(lambda: env.agent.engine_pid() not in (None, old), 30.0, "the new engine", 0.05)
     assert not os.path.exists(f"/proc/{old}/cmdline") or old not in descendants(env.agent.pid)
-    qemu_io(eng["endpoint"], "read -P 0x5a 0 1M")
+    qemu_io(eng["endpoint"], "read -P 0x4b 5M 1M")
 
 
 def test_runs_operations_and_reports_them(env: Env) -> None:
