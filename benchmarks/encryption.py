@@ -16,10 +16,13 @@ operation, from /proc/PID/stat; robust on a shared machine where throughput is n
 the host's load. Writeback is settled before every measured run. Last, the cipher alone in
 this process (µs per 4 KiB block sealed and opened), and ``seal_run``/``open_run`` over
 256 blocks on the native path (the C extension) and the pure-Python one; ``--cipher-only``
-measures just that, without engines.
+measures just that, without engines. ``--profile DIR``: py-spy (``--native``) records
+the engine during the first repetition's measured runs, one raw (collapsed-stack) file per
+mode and workload in DIR; the sampling slows the engine, so those runs' figures are not
+comparable with unprofiled ones.
 
     .venv/bin/python benchmarks/encryption.py [--repeats 3] [--seconds 10] [--size 256MiB] \\
-        [--json benchmarks/results/encryption.json] [--cipher-only]
+        [--json benchmarks/results/encryption.json] [--cipher-only] [--profile DIR]
 
 Every process started here is stopped by its PID, on errors and Ctrl-C too.
 """
@@ -102,7 +105,7 @@ def cipher_runs(blocks: int = 256, rounds: int = 30) -> dict[str, float]:
             for _ in range(rounds):
                 t0 = time.process_time()
                 sealed = [
-                    c.seal_run(
+                    c.seal_into(
                         a,
                         v,
                         plain[a * layout.BLOCK : (a + step) * layout.BLOCK],
@@ -136,6 +139,14 @@ def cipher_runs(blocks: int = 256, rounds: int = 30) -> dict[str, float]:
     return result
 
 
+def spy(pid: int, seconds: float, out: str) -> subprocess.Popen[bytes]:
+    """py-spy record process ``pid`` for ``seconds`` (native frames, 499 Hz) into ``out``."""
+    exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds)))]
+    cmd += ["--rate", "499", "--native", "--format", "raw", "--output", out]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def print_cipher_runs(r: dict[str, float], blocks: int) -> None:
     for path in ("native", "python"):
         if f"{path}_seal_us" in r:
@@ -164,6 +175,7 @@ def main() -> None:
         action="store_true",
         help="only the cipher in this process: seal_run/open_run of 256 blocks, native and Python",
     )
+    ap.add_argument("--profile", help="py-spy the engine in the first repetition into this dir")
     args = ap.parse_args()
     print(native.status(), flush=True)
     if args.cipher_only:
@@ -205,7 +217,20 @@ def main() -> None:
                     sys_.start()
                     sys_.fill()
                     for w, (rw, bs, qd) in WORKLOADS.items():
-                        r = sys_.measure(rw, bs, qd, args.seconds)
+                        spying = None
+                        if args.profile and rep == 0:
+                            os.makedirs(args.profile, exist_ok=True)
+                            out = os.path.join(args.profile, f"{mode}-{w}.txt")
+                            spying = spy(sys_.pids[0], args.seconds, out)
+                        try:
+                            r = sys_.measure(rw, bs, qd, args.seconds)
+                        finally:
+                            if spying is not None:
+                                try:
+                                    spying.wait(timeout=args.seconds + 60)
+                                except subprocess.TimeoutExpired:
+                                    spying.kill()  # ours, by its handle
+                                    spying.wait()
                         for k in KEYS:
                             runs[mode][f"{w}:{k}"].append(r[k])
                         loads.append(os.getloadavg()[0])

@@ -1,14 +1,18 @@
 /* cargohold.encryption._gcm_runs: the innermost loop of version-2 slots in C.
  *
  * Seals and opens whole runs of 4 KiB blocks with AES-256-GCM through OpenSSL's EVP API
- * (one EVP_CIPHER_CTX per call, keyed once, re-initialised with each block's IV): no
- * cipher code of its own. The construction is block_cipher.py's (docs/encryption.md):
+ * (an EVP_CIPHER_CTX keyed once, re-initialised with each block's IV): no cipher code of
+ * its own. A Key object keeps one context per direction for a derived key, keyed once for
+ * its lifetime (the key schedule is not paid per call); a call that finds its Key's
+ * context in use by another thread (the GIL is released while sealing) keys a context of
+ * its own for that call. A 32-byte key given as bytes is keyed per call. The construction is block_cipher.py's (docs/encryption.md):
  *
  *   nonce = version (u64 BE) || index mod 2**32 (u32 BE)
  *   ad    = volume id (16 bytes) || index (u64 BE) || version (u64 BE)
  *
- * The key is the derived block key (block_cipher.derive_block_key); the caller derives
- * and caches it. The block loop runs without the GIL, over buffers held by the buffer
+ * The key is the derived block key (block_cipher.derive_block_key), as a Key or 32 bytes;
+ * the caller derives and caches it. put_slots writes the tag entries of a sealed run
+ * (block_cipher.put_slots' rules), uninitialized() makes an output buffer seal_run fills. The block loop runs without the GIL, over buffers held by the buffer
  * protocol for the whole call. Bad lengths and out-of-range numbers raise ValueError.
  * block_cipher.py falls back to its pure-Python loop when this module is absent.
  */
@@ -20,6 +24,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <pythread.h>
 
 #define BLOCK 4096
 #define TAG_BYTES 16
@@ -73,14 +78,10 @@ static int as_u64(PyObject *obj, const char *what, uint64_t *out) {
     return 0;
 }
 
-/* the checks every call shares: key and id lengths, a whole number of blocks, and the
+/* the checks every call shares: the id's length, a whole number of blocks, and the
  * block indexes first .. first + n - 1 within u64 */
-static int check_common(const Py_buffer *key, const Py_buffer *vid, uint64_t first,
-                        Py_ssize_t len, const char *what, Py_ssize_t *n) {
-    if (key->len != KEY_BYTES) {
-        PyErr_Format(PyExc_ValueError, "the key is %d bytes, not %zd", KEY_BYTES, key->len);
-        return -1;
-    }
+static int check_common(const Py_buffer *vid, uint64_t first, Py_ssize_t len,
+                        const char *what, Py_ssize_t *n) {
     if (vid->len != ID_BYTES) {
         PyErr_Format(PyExc_ValueError, "the volume id is %d bytes, not %zd", ID_BYTES,
                      vid->len);
@@ -112,27 +113,161 @@ static EVP_CIPHER_CTX *keyed(const unsigned char *key, int enc) {
     return ctx;
 }
 
-PyDoc_STRVAR(seal_run_doc,
-             "seal_run(key, volume_id, first, version, plaintext, out) -> bytes\n\n"
-             "Blocks first, first + 1, ... of plaintext (n * 4096 bytes) sealed at one "
-             "version under the derived block key (32 bytes): their ciphertext into out "
-             "(n * 4096 bytes, writable; the same buffer as plaintext or apart from it), "
-             "-> their n tags, 16 bytes each, in one bytes object.");
+/* --- Key: a derived key and its cipher contexts, keyed once ---------------------------- */
 
-static PyObject *seal_run(PyObject *self, PyObject *args) {
-    Py_buffer key = {0}, vid = {0}, plain = {0}, out = {0};
-    PyObject *first_obj, *version_obj, *tags = NULL;
-    uint64_t first, version;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "y*y*OOy*w*:seal_run", &key, &vid, &first_obj, &version_obj,
-                          &plain, &out))
+typedef struct {
+    PyObject_HEAD
+    unsigned char key[KEY_BYTES];
+    EVP_CIPHER_CTX *ctx[2]; /* [0] opens, [1] seals; NULL until first used */
+    PyThread_type_lock lock; /* held (without the GIL) by the call using ctx */
+} KeyObject;
+
+static PyTypeObject KeyType;
+
+static PyObject *Key_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Py_buffer key = {0};
+    static char *kwlist[] = {"key", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*:Key", kwlist, &key))
         return NULL;
+    if (key.len != KEY_BYTES) {
+        PyErr_Format(PyExc_ValueError, "the key is %d bytes, not %zd", KEY_BYTES, key.len);
+        PyBuffer_Release(&key);
+        return NULL;
+    }
+    KeyObject *self = (KeyObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        memcpy(self->key, key.buf, KEY_BYTES);
+        self->lock = PyThread_allocate_lock();
+        if (self->lock == NULL) {
+            Py_DECREF(self);
+            self = NULL;
+            PyErr_NoMemory();
+        }
+    }
+    PyBuffer_Release(&key);
+    return (PyObject *)self;
+}
+
+static void Key_dealloc(KeyObject *self) {
+    for (int k = 0; k < 2; k++)
+        if (self->ctx[k] != NULL)
+            EVP_CIPHER_CTX_free(self->ctx[k]);
+    if (self->lock != NULL)
+        PyThread_free_lock(self->lock);
+    OPENSSL_cleanse(self->key, KEY_BYTES);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject KeyType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "cargohold.encryption._gcm_runs.Key",
+    .tp_basicsize = sizeof(KeyObject),
+    .tp_dealloc = (destructor)Key_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Key(key): a derived block key (32 bytes) and its AES-256-GCM contexts, "
+              "keyed once; pass it to seal_run and open_run as their key.",
+    .tp_new = Key_new,
+};
+
+/* The key argument of seal_run/open_run: a Key or 32 bytes. With the GIL held. */
+typedef struct {
+    KeyObject *obj; /* NULL: bytes, in buf */
+    Py_buffer buf;
+    int locked;
+} KeyArg;
+
+static int key_arg(PyObject *o, KeyArg *k) {
+    memset(k, 0, sizeof(*k));
+    if (PyObject_TypeCheck(o, &KeyType)) {
+        k->obj = (KeyObject *)o;
+        k->locked = PyThread_acquire_lock(k->obj->lock, NOWAIT_LOCK) == PY_LOCK_ACQUIRED;
+        return 0;
+    }
+    if (PyObject_GetBuffer(o, &k->buf, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (k->buf.len != KEY_BYTES) {
+        PyErr_Format(PyExc_ValueError, "the key is %d bytes, not %zd", KEY_BYTES, k->buf.len);
+        PyBuffer_Release(&k->buf);
+        return -1;
+    }
+    return 0;
+}
+
+/* Without the GIL: the context to use (the Key's when it is ours for this call, keyed on
+ * first use; else a new one, freed by key_done), or NULL when OpenSSL fails. */
+static EVP_CIPHER_CTX *key_ctx(KeyArg *k, int enc) {
+    if (k->obj == NULL)
+        return keyed(k->buf.buf, enc);
+    if (!k->locked)
+        return keyed(k->obj->key, enc);
+    if (k->obj->ctx[enc] == NULL)
+        k->obj->ctx[enc] = keyed(k->obj->key, enc);
+    return k->obj->ctx[enc];
+}
+
+/* Without the GIL: the call is over; ok = 0 after an OpenSSL failure (the Key's context is
+ * dropped then: its state is unknown). */
+static void key_done(KeyArg *k, EVP_CIPHER_CTX *ctx, int enc, int ok) {
+    if (k->obj != NULL && k->locked && ctx == k->obj->ctx[enc]) {
+        if (!ok && ctx != NULL) {
+            EVP_CIPHER_CTX_free(ctx);
+            k->obj->ctx[enc] = NULL;
+        }
+    } else if (ctx != NULL) {
+        EVP_CIPHER_CTX_free(ctx);
+    }
+}
+
+/* With the GIL: the key argument released. */
+static void key_release(KeyArg *k) {
+    if (k->obj != NULL) {
+        if (k->locked)
+            PyThread_release_lock(k->obj->lock);
+        k->locked = 0;
+    } else {
+        PyBuffer_Release(&k->buf);
+    }
+}
+
+PyDoc_STRVAR(seal_run_doc,
+             "seal_run(key, volume_id, first, version, plaintext, out, group=0) -> bytes\n\n"
+             "Blocks first, first + 1, ... of plaintext (n * 4096 bytes) sealed at one "
+             "version under the derived block key (a Key, or 32 bytes): their ciphertext into "
+             "out (writable; the same buffer as plaintext or apart from it), -> their n tags, "
+             "16 bytes each, in one bytes object. out is n * 4096 bytes; with group > 0 it "
+             "also holds a 4096-byte gap, zeroed, after each block i with (i + 1) % group == 0 "
+             "(the tag blocks of a physical extent: encryption/layout.py).");
+
+static PyObject *seal_run(PyObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"key", "volume_id", "first", "version", "plaintext", "out",
+                             "group", NULL};
+    Py_buffer vid = {0}, plain = {0}, out = {0};
+    PyObject *key_obj, *first_obj, *version_obj, *tags = NULL;
+    KeyArg key;
+    uint64_t first, version;
+    Py_ssize_t n, group = 0, gaps = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy*OOy*w*|n:seal_run", kwlist, &key_obj,
+                                     &vid, &first_obj, &version_obj, &plain, &out, &group))
+        return NULL;
+    if (key_arg(key_obj, &key) < 0) {
+        PyBuffer_Release(&vid);
+        PyBuffer_Release(&plain);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
     if (as_u64(first_obj, "first", &first) || as_u64(version_obj, "version", &version) ||
-        check_common(&key, &vid, first, plain.len, "plaintext", &n))
+        check_common(&vid, first, plain.len, "plaintext", &n))
         goto done;
-    if (out.len != plain.len) {
-        PyErr_Format(PyExc_ValueError, "out is %zd bytes, the plaintext %zd", out.len,
-                     plain.len);
+    if (group < 0) {
+        PyErr_SetString(PyExc_ValueError, "group must be 0 or more");
+        goto done;
+    }
+    if (group > 0 && n > 0) { /* i in [first, last] with i % group == group - 1 */
+        uint64_t g = (uint64_t)group, last = first + (uint64_t)(n - 1);
+        gaps = (Py_ssize_t)(last / g - first / g + (last % g == g - 1));
+    }
+    if (out.len != plain.len + gaps * BLOCK) {
+        PyErr_Format(PyExc_ValueError, "out is %zd bytes, not %zd (the plaintext %zd, %zd gaps)",
+                     out.len, plain.len + gaps * BLOCK, plain.len, gaps);
         goto done;
     }
     tags = PyBytes_FromStringAndSize(NULL, n * TAG_BYTES);
@@ -144,21 +279,28 @@ static PyObject *seal_run(PyObject *self, PyObject *args) {
         unsigned char *dst = out.buf;
         unsigned char iv[IV_BYTES], ad[AD_BYTES], scratch[16];
         int ok = 1, len;
+        uint64_t g = (uint64_t)group;
         memcpy(ad, vid.buf, ID_BYTES);
         Py_BEGIN_ALLOW_THREADS
-        EVP_CIPHER_CTX *ctx = keyed(key.buf, 1);
+        EVP_CIPHER_CTX *ctx = key_ctx(&key, 1);
         if (ctx == NULL)
             ok = 0;
         for (Py_ssize_t k = 0; ok && k < n; k++) {
-            nonce_ad(iv, ad, first + (uint64_t)k, version);
+            uint64_t i = first + (uint64_t)k;
+            nonce_ad(iv, ad, i, version);
             ok = EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv) == 1 &&
                  EVP_EncryptUpdate(ctx, NULL, &len, ad, AD_BYTES) == 1 &&
-                 EVP_EncryptUpdate(ctx, dst + k * BLOCK, &len, src + k * BLOCK, BLOCK) == 1 &&
+                 EVP_EncryptUpdate(ctx, dst, &len, src + k * BLOCK, BLOCK) == 1 &&
                  len == BLOCK && EVP_EncryptFinal_ex(ctx, scratch, &len) == 1 &&
                  EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES,
                                      tp + k * TAG_BYTES) == 1;
+            dst += BLOCK;
+            if (g && i % g == g - 1) {
+                memset(dst, 0, BLOCK);
+                dst += BLOCK;
+            }
         }
-        EVP_CIPHER_CTX_free(ctx);
+        key_done(&key, ctx, 1, ok);
         Py_END_ALLOW_THREADS
         if (!ok) {
             Py_CLEAR(tags);
@@ -166,7 +308,7 @@ static PyObject *seal_run(PyObject *self, PyObject *args) {
         }
     }
 done:
-    PyBuffer_Release(&key);
+    key_release(&key);
     PyBuffer_Release(&vid);
     PyBuffer_Release(&plain);
     PyBuffer_Release(&out);
@@ -176,23 +318,32 @@ done:
 PyDoc_STRVAR(open_run_doc,
              "open_run(key, volume_id, first, versions, tags, ciphertext, out) -> list\n\n"
              "Blocks first, first + 1, ... of ciphertext (n * 4096 bytes) opened under the "
-             "derived block key (32 bytes), block k at versions[k] (n u64, little-endian: "
-             "8 * n bytes) with tag tags[16k:16k + 16] (16 * n bytes): their plaintext into "
-             "out (n * 4096 bytes, writable). -> the positions k (0-based) of the blocks "
-             "that failed authentication, their part of out zeroed. A version of 0 skips "
-             "its block: out left as it is, not reported.");
+             "derived block key (a Key, or 32 bytes), block k at versions[k] (n u64, "
+             "little-endian: 8 * n bytes) with tag tags[16k:16k + 16] (16 * n bytes): their "
+             "plaintext into out (n * 4096 bytes, writable). -> the positions k (0-based) of "
+             "the blocks that failed authentication, their part of out zeroed. A version of 0 "
+             "skips its block: out left as it is, not reported.");
 
 static PyObject *open_run(PyObject *self, PyObject *args) {
-    Py_buffer key = {0}, vid = {0}, vers = {0}, tagb = {0}, ct = {0}, out = {0};
-    PyObject *first_obj, *result = NULL;
+    Py_buffer vid = {0}, vers = {0}, tagb = {0}, ct = {0}, out = {0};
+    PyObject *key_obj, *first_obj, *result = NULL;
+    KeyArg key;
     uint64_t first;
     Py_ssize_t n;
     unsigned char *failed = NULL;
-    if (!PyArg_ParseTuple(args, "y*y*Oy*y*y*w*:open_run", &key, &vid, &first_obj, &vers, &tagb,
-                          &ct, &out))
+    if (!PyArg_ParseTuple(args, "Oy*Oy*y*y*w*:open_run", &key_obj, &vid, &first_obj, &vers,
+                          &tagb, &ct, &out))
         return NULL;
+    if (key_arg(key_obj, &key) < 0) {
+        PyBuffer_Release(&vid);
+        PyBuffer_Release(&vers);
+        PyBuffer_Release(&tagb);
+        PyBuffer_Release(&ct);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
     if (as_u64(first_obj, "first", &first) ||
-        check_common(&key, &vid, first, ct.len, "ciphertext", &n))
+        check_common(&vid, first, ct.len, "ciphertext", &n))
         goto done;
     if (out.len != ct.len) {
         PyErr_Format(PyExc_ValueError, "out is %zd bytes, the ciphertext %zd", out.len, ct.len);
@@ -220,7 +371,7 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
         int ok = 1, len;
         memcpy(ad, vid.buf, ID_BYTES);
         Py_BEGIN_ALLOW_THREADS
-        EVP_CIPHER_CTX *ctx = keyed(key.buf, 0);
+        EVP_CIPHER_CTX *ctx = key_ctx(&key, 0);
         if (ctx == NULL)
             ok = 0;
         for (Py_ssize_t k = 0; ok && k < n; k++) {
@@ -238,7 +389,7 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
                 failed[k] = 1;
             }
         }
-        EVP_CIPHER_CTX_free(ctx);
+        key_done(&key, ctx, 0, ok);
         Py_END_ALLOW_THREADS
         if (!ok) {
             PyErr_SetString(PyExc_RuntimeError, "OpenSSL's AES-256-GCM failed to open");
@@ -256,7 +407,7 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
     }
 done:
     PyMem_Free(failed);
-    PyBuffer_Release(&key);
+    key_release(&key);
     PyBuffer_Release(&vid);
     PyBuffer_Release(&vers);
     PyBuffer_Release(&tagb);
@@ -340,10 +491,88 @@ done:
     return result;
 }
 
+static void put_le64(unsigned char *p, uint64_t v) {
+    for (int k = 0; k < 8; k++, v >>= 8)
+        p[k] = (unsigned char)(v & 0xff);
+}
+
+PyDoc_STRVAR(put_slots_doc,
+             "put_slots(entries, j, version, tags, flags, salt) -> None\n\n"
+             "block_cipher.put_slots: for each of the n tags (16 * n bytes), the slot "
+             "(version, tag, flags, salt (6 bytes)) written into entry j + k of entries "
+             "(writable, 64 bytes per entry): into the slot that does not hold the newest live "
+             "version (the second when the first is live and the second empty, retired or "
+             "not newer; else the first).");
+
+static PyObject *put_slots(PyObject *self, PyObject *args) {
+    Py_buffer ent = {0}, tagb = {0}, salt = {0};
+    Py_ssize_t j;
+    PyObject *version_obj, *result = NULL;
+    int flags;
+    uint64_t version;
+    if (!PyArg_ParseTuple(args, "w*nOy*iy*:put_slots", &ent, &j, &version_obj, &tagb, &flags,
+                          &salt))
+        return NULL;
+    if (as_u64(version_obj, "version", &version))
+        goto done;
+    if (tagb.len % TAG_BYTES || salt.len != 6 || flags < 0 || flags > 255) {
+        PyErr_Format(PyExc_ValueError,
+                     "tags (%zd bytes) must be 16 per block, the salt (%zd) 6 bytes, the "
+                     "flags (%d) one byte",
+                     tagb.len, salt.len, flags);
+        goto done;
+    }
+    Py_ssize_t n = tagb.len / TAG_BYTES;
+    if (j < 0 || j > ent.len / ENTRY || n > ent.len / ENTRY - j) {
+        PyErr_Format(PyExc_ValueError, "entries %zd..%zd are not in %zd bytes of entries", j,
+                     j + n - 1, ent.len);
+        goto done;
+    }
+    unsigned char *e = (unsigned char *)ent.buf + j * ENTRY;
+    const unsigned char *tp = tagb.buf;
+    for (Py_ssize_t k = 0; k < n; k++, e += ENTRY, tp += TAG_BYTES) {
+        uint64_t va = get_le64(e), vb = get_le64(e + SLOT);
+        int a_live = va != 0 && !(e[24] & RETIRED);
+        int into_b = a_live && (vb == 0 || (e[SLOT + 24] & RETIRED) || va >= vb);
+        unsigned char *s = into_b ? e + SLOT : e;
+        put_le64(s, version);
+        memcpy(s + 8, tp, TAG_BYTES);
+        s[24] = (unsigned char)flags;
+        memcpy(s + 25, salt.buf, 6);
+        s[31] = 0;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&ent);
+    PyBuffer_Release(&tagb);
+    PyBuffer_Release(&salt);
+    return result;
+}
+
+PyDoc_STRVAR(uninitialized_doc,
+             "uninitialized(size) -> bytearray\n\n"
+             "A bytearray of size bytes, not zeroed (what it holds is whatever the allocator "
+             "gives): only for an output that seal_run then fills entirely (its length "
+             "checked there), to spare a memset of a whole request's extent.");
+
+static PyObject *uninitialized(PyObject *self, PyObject *arg) {
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must be 0 or more");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, size);
+}
+
 static PyMethodDef methods[] = {
-    {"seal_run", seal_run, METH_VARARGS, seal_run_doc},
+    {"seal_run", (PyCFunction)(void (*)(void))seal_run, METH_VARARGS | METH_KEYWORDS,
+     seal_run_doc},
     {"open_run", open_run, METH_VARARGS, open_run_doc},
     {"newest", newest, METH_VARARGS, newest_doc},
+    {"put_slots", put_slots, METH_VARARGS, put_slots_doc},
+    {"uninitialized", uninitialized, METH_O, uninitialized_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -361,9 +590,15 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__gcm_runs(void) {
+    if (PyType_Ready(&KeyType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    if (PyModule_AddObjectRef(m, "Key", (PyObject *)&KeyType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -19,9 +19,10 @@ construction; in short:
 - a nonce never repeats under one derived key: ``v = epoch << 32 | counter``, the counter
   strictly increasing within the incarnation and each write sealing each of its blocks
   once; another incarnation has another salt (or epoch), hence another key.
-- a tag entry (``ENTRY`` = 64 bytes) has two slots of ``SLOT`` = 32 bytes: version (u64 LE,
-  0 = empty), tag (16), flags (u8: ``ZERO``, ``RETIRED``, ``GCM``), salt (6; zero in a
-  version-1 slot), 1 reserved zero byte. A write puts its tag into the slot that does not
+- a tag entry (``ENTRY`` = 64 bytes; its codec is ``tag_entries.py``, re-exported here)
+  has two slots of ``SLOT`` = 32 bytes: version (u64 LE, 0 = empty), tag (16), flags
+  (u8: ``ZERO``, ``RETIRED``, ``GCM``), salt (6; zero in a version-1 slot), 1 reserved
+  zero byte. A write puts its tag into the slot that does not
   hold the newest version; a read accepts the newest slot that authenticates the stored
   ciphertext (``open_block``). A ``ZERO`` slot authenticates "zeros at version v" (the tag
   of the empty plaintext under the same nonce and ad), whatever the stored ciphertext.
@@ -33,7 +34,6 @@ import secrets
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -41,25 +41,74 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cargohold.encryption import native
-from cargohold.encryption.layout import BLOCK, ENTRY, GROUP
+from cargohold.encryption.layout import BLOCK, ENTRY
+from cargohold.encryption.tag_entries import (
+    EMPTY_SLOT,
+    ENTRY_STRUCT,
+    ENTRY_VF,
+    GCM,
+    NO_SALT,
+    RETIRED,
+    RETIRED_HEAD,
+    RETIRED_SLOT,
+    RETIRED_VERSION,
+    SALT_BYTES,
+    SLOT,
+    SLOT_STRUCT,
+    TAG_BYTES,
+    ZERO,
+    Slot,
+    _native_group,
+    _newest_is_a,
+    decode_entry,
+    decode_slot,
+    encode_slot,
+    entry_versions,
+    may_be_unwritten,
+    newest_first,
+    put_slot,
+    put_slots,
+    retire_older,
+)
 from cargohold.errors import ChecksumError, InvalidArgument
+
+__all__ = [  # the tag entries' codec (tag_entries.py) is re-exported
+    "EMPTY_SLOT",
+    "ENTRY_STRUCT",
+    "ENTRY_VF",
+    "GCM",
+    "NO_SALT",
+    "RETIRED",
+    "RETIRED_HEAD",
+    "RETIRED_SLOT",
+    "RETIRED_VERSION",
+    "SALT_BYTES",
+    "SLOT",
+    "SLOT_STRUCT",
+    "TAG_BYTES",
+    "ZERO",
+    "BlockCipher",
+    "Slot",
+    "_native_group",
+    "_newest_is_a",
+    "decode_entry",
+    "decode_slot",
+    "derive_block_key",
+    "encode_slot",
+    "entry_versions",
+    "may_be_unwritten",
+    "newest_first",
+    "put_slot",
+    "put_slots",
+    "retire_older",
+    "sealing_buffer",
+    "version_of",
+]
 
 KEY_BYTES = 32  # AES-256
 ID_BYTES = 16  # the volume's encryption id
-TAG_BYTES = 16
-SLOT = 32  # two slots per ENTRY
-SALT_BYTES = 6  # a version-2 slot's salt: its incarnation's derived key
-SLOT_STRUCT = struct.Struct("<Q16sB6sx")  # version, tag, flags, salt, reserved
-ENTRY_STRUCT = struct.Struct("<Q16sB6sxQ16sB6sx")  # both slots
-ENTRY_VF = struct.Struct("<Q16xB7xQ16xB7x")  # both slots' versions and flags only
 NONCE = struct.Struct(">QI")  # version, block index mod 2**32
 AD_TAIL = struct.Struct(">QQ")  # block index, version (after the 16-byte id)
-ZERO = 0x01  # the slot authenticates "zeros at this version"; the ciphertext is ignored
-RETIRED = 0x02  # an older slot given up after a newer version was written: never accepted
-GCM = 0x04  # a version-2 slot: AES-256-GCM under the key its salt and epoch derive
-RETIRED_VERSION = 1  # below every real version (the epoch is at least 1)
-EMPTY_SLOT = bytes(SLOT)
-NO_SALT = bytes(SALT_BYTES)
 HKDF_INFO = b"cargohold block key v2"
 EPOCH_STRUCT = struct.Struct(">I")
 DERIVED_CACHE = 64  # derived AES-GCM keys kept per cipher (by key index, salt, epoch)
@@ -71,31 +120,6 @@ MAX_KEYS = 8  # data keys one volume may need at once (the current one and older
 NATIVE_GROUPS = 4  # (salt, epoch) groups of a run opened natively; the rest in Python
 NATIVE_OPEN_MIN = 2  # blocks: one block opens as fast in Python (the C call keys a context)
 
-assert SLOT_STRUCT.size == SLOT and 2 * SLOT == ENTRY
-
-
-@dataclass(frozen=True)
-class Slot:
-    version: int
-    tag: bytes
-    flags: int = 0
-    salt: bytes = NO_SALT  # version-2 (GCM) slots: the sealing incarnation's
-
-    @property
-    def gcm(self) -> bool:
-        return bool(self.flags & GCM)
-
-    @property
-    def zero(self) -> bool:
-        return bool(self.flags & ZERO)
-
-    @property
-    def retired(self) -> bool:
-        return bool(self.flags & RETIRED)
-
-
-RETIRED_SLOT = Slot(RETIRED_VERSION, bytes(TAG_BYTES), RETIRED)
-
 
 def version_of(epoch: int, counter: int) -> int:
     """The version ``epoch ‖ counter`` (both u32)."""
@@ -104,122 +128,12 @@ def version_of(epoch: int, counter: int) -> int:
     return epoch << 32 | counter
 
 
-def decode_slot(buf: bytes | bytearray | memoryview) -> Slot | None:
-    """One slot's 32 bytes -> the Slot, or None when it is empty (version 0)."""
-    version, tag, flags, salt = SLOT_STRUCT.unpack(buf)
-    if version == 0:
-        return None
-    return Slot(version, bytes(tag), flags, bytes(salt))
-
-
-def encode_slot(slot: Slot | None) -> bytes:
-    if slot is None:
-        return EMPTY_SLOT
-    return SLOT_STRUCT.pack(slot.version, slot.tag, slot.flags, slot.salt)
-
-
-def decode_entry(buf: bytes | bytearray | memoryview) -> tuple[Slot | None, Slot | None]:
-    """A tag entry's 64 bytes -> its two slots (None: empty)."""
-    return decode_slot(buf[:SLOT]), decode_slot(buf[SLOT:ENTRY])
-
-
-def newest_first(entry: tuple[Slot | None, Slot | None]) -> list[Slot]:
-    """The slots that may authenticate, newest first (not empty, not retired)."""
-    return sorted((s for s in entry if s is not None and not s.retired), key=lambda s: -s.version)
-
-
-def _newest_is_a(va: int, fa: int, vb: int, fb: int) -> bool | None:
-    """Of a tag entry's two slots (versions, flags), whether the newest live one (neither
-    empty nor retired) is the first; None when neither is live. Equal versions: the first,
-    as ``newest_first``'s stable sort has it."""
-    a_live = va != 0 and not fa & RETIRED
-    b_live = vb != 0 and not fb & RETIRED
-    if a_live:
-        return not b_live or va >= vb
-    return False if b_live else None
-
-
-def _native_group(tags: bytes | bytearray | memoryview, j: int) -> tuple[bytes, int] | None:
-    """(salt, epoch) of entry ``j``'s newest live slot if it is a version-2 slot that is
-    not ZERO (the native path opens it), else None."""
-    va, _, fa, sa, vb, _, fb, sb = ENTRY_STRUCT.unpack_from(tags, j * ENTRY)
-    a = _newest_is_a(va, fa, vb, fb)
-    if a is None:
-        return None
-    version, flags, salt = (va, fa, sa) if a else (vb, fb, sb)
-    return (salt, version >> 32) if flags & (GCM | ZERO) == GCM else None
-
-
-def put_slot(tags: bytearray | memoryview, j: int, slot: Slot) -> None:
-    """Record ``slot`` as block ``j``'s newest (``j`` < GROUP) in a tag block: into the slot
-    that does not hold the newest version, so the newest one survives until the new
-    block is written."""
-    base = j * ENTRY
-    at = base + SLOT if _newest_is_a(*ENTRY_VF.unpack_from(tags, base)) else base
-    SLOT_STRUCT.pack_into(tags, at, slot.version, slot.tag, slot.flags, slot.salt)
-
-
-def put_slots(
-    tags: bytearray | memoryview,
-    j: int,
-    version: int,
-    seals: Sequence[bytes],
-    flags: int = 0,
-    salt: bytes = NO_SALT,
-) -> None:
-    """``put_slot`` of ``Slot(version, seals[k], flags, salt)`` for blocks ``j + k``: the
-    slots of one write's blocks of one tag block, without a Slot object each."""
-    unpack, pack = ENTRY_VF.unpack_from, SLOT_STRUCT.pack_into
-    base = j * ENTRY
-    for tag in seals:
-        va, fa, vb, fb = unpack(tags, base)
-        a_live = va != 0 and not fa & RETIRED
-        into_b = a_live and (vb == 0 or fb & RETIRED or va >= vb)
-        pack(tags, base + SLOT if into_b else base, version, tag, flags, salt)
-        base += ENTRY
-
-
-RETIRED_HEAD = SLOT_STRUCT.pack(RETIRED_VERSION, bytes(TAG_BYTES), RETIRED, NO_SALT)[:-1]
-
-
-def retire_older(tags: bytearray | memoryview, j: int) -> bool:
-    """Retire the older slot of block ``j`` (after its newest version's data is written):
-    a replay of the previous version stops authenticating, and the block is marked
-    written (an empty slot beside a zeroed ciphertext would read as never written).
-    -> True if the entry changed."""
-    base = j * ENTRY
-    a_newest = _newest_is_a(*ENTRY_VF.unpack_from(tags, base))
-    if a_newest is None:
-        return False
-    at = base + SLOT if a_newest else base
-    if tags[at : at + SLOT - 1] == RETIRED_HEAD:  # the reserved last byte is not read
-        return False
-    tags[at : at + SLOT] = RETIRED_HEAD + b"\0"
-    return True
-
-
-def may_be_unwritten(tags: bytes | bytearray | memoryview, j: int) -> bool:
-    """Whether block ``j``'s newest slot in a tag block may hold a version whose data never
-    landed (``BlockCipher.clear_unwritten`` tells, from the ciphertext): a live data slot
-    whose other slot is not retired (retirement comes only after the newest data was
-    written). The engine asks before the first write of a block it has not written."""
-    va, fa, vb, fb = ENTRY_VF.unpack_from(tags, j * ENTRY)
-    a_newest = _newest_is_a(va, fa, vb, fb)
-    if a_newest is None:  # never written
-        return False
-    newest_flags, other_version, other_flags = (fa, vb, fb) if a_newest else (fb, va, fa)
-    if newest_flags & ZERO:  # a ZERO slot holds whatever the data
-        return False
-    return other_version == 0 or not other_flags & RETIRED
-
-
-def entry_versions(tags: bytes | bytearray | memoryview) -> list[int]:
-    """The newest version recorded in each of a tag block's entries (0: never written)."""
-    out = []
-    for j in range(GROUP):
-        slots = newest_first(decode_entry(tags[j * ENTRY : (j + 1) * ENTRY]))
-        out.append(slots[0].version if slots else 0)
-    return out
+def sealing_buffer(size: int) -> bytearray:
+    """A bytearray of ``size`` bytes for ``BlockCipher.seal_into`` to fill entirely (it
+    checks the length): natively not zeroed first (a memset of a whole request's extent
+    spared), else zeros."""
+    runs = native.runs
+    return runs.uninitialized(size) if runs is not None else bytearray(size)
 
 
 def derive_block_key(data_key: bytes, volume_id: bytes, salt: bytes, epoch: int) -> bytes:
@@ -258,11 +172,12 @@ class BlockCipher:
             raise InvalidArgument(f"a block key salt is {SALT_BYTES} bytes, not {len(salt)}")
         self._keys = [bytes(key) for key in keys]
         self._aeads = [AESGCMSIV(key) for key in self._keys]  # version-1 slots
-        # derived keys: the bytes (the native path's) and their AES-GCM (the Python path's)
-        self._derived: OrderedDict[tuple[int, bytes, int], tuple[bytes, AESGCM]] = OrderedDict()
+        # derived keys: the native path's (a ``_gcm_runs.Key``: its cipher contexts keyed
+        # once; the 32 bytes where the extension is not built) and the Python path's AES-GCM
+        self._derived: OrderedDict[tuple[int, bytes, int], tuple[object, AESGCM]] = OrderedDict()
         self._seal_epoch = -1
         self._seal_gcm: AESGCM | None = None
-        self._seal_key = b""
+        self._seal_key: object = b""
         self._last_open: tuple[tuple[bytes, int], AESGCM] = (
             (b"", -1),
             AESGCM(bytes(KEY_BYTES)),  # matches no slot (no salt is empty)
@@ -271,14 +186,15 @@ class BlockCipher:
         self.volume_id = bytes(volume_id)
         self.auth_failures = 0  # blocks that authenticated under no slot (open_block)
 
-    def _derived_key(self, k: int, salt: bytes, epoch: int) -> tuple[bytes, AESGCM]:
-        """The block key of data key ``k`` for the incarnation of ``salt`` in ``epoch`` and
-        its AES-GCM (cached)."""
+    def _derived_key(self, k: int, salt: bytes, epoch: int) -> tuple[object, AESGCM]:
+        """The block key of data key ``k`` for the incarnation of ``salt`` in ``epoch``, as
+        the native path takes it and as its AES-GCM (cached)."""
         at = (k, salt, epoch)
         got = self._derived.get(at)
         if got is None:
             key = derive_block_key(self._keys[k], self.volume_id, salt, epoch)
-            got = self._derived[at] = key, AESGCM(key)
+            built = native.built
+            got = self._derived[at] = (key if built is None else built.Key(key)), AESGCM(key)
             if len(self._derived) > DERIVED_CACHE:
                 self._derived.popitem(last=False)
         else:
@@ -324,43 +240,61 @@ class BlockCipher:
     ) -> list[bytes]:
         """Blocks ``first, first + 1, ...`` of ``plaintext`` (a multiple of BLOCK) at one
         version: their ciphertext into ``out`` (same length, not ``plaintext``), -> their
-        tags. Natively (``native.runs``) when the lengths are whole: the same bytes."""
+        tags (``seal_into``'s, one by one)."""
+        t = self.seal_into(first, version, plaintext, out)
+        return [t[p : p + TAG_BYTES] for p in range(0, len(t), TAG_BYTES)]
+
+    def seal_into(
+        self,
+        first: int,
+        version: int,
+        plaintext: bytes | bytearray | memoryview,
+        out: bytearray | memoryview,
+        group: int = 0,
+    ) -> bytes:
+        """Blocks ``first, first + 1, ...`` of ``plaintext`` (a multiple of BLOCK) at one
+        version: their ciphertext into ``out`` (not ``plaintext``), -> their tags, 16 bytes
+        each, joined (as ``put_sealed`` takes them). ``out`` is as long as ``plaintext``;
+        with ``group`` (layout.GROUP) it also holds a BLOCK-sized gap, zeroed, after each
+        block ``i`` with ``(i + 1) % group == 0``: the whole groups of a physical extent
+        and room for their tag blocks, sealed in one call. Natively (``native.runs``) when
+        the lengths are whole: the same bytes."""
         mv = memoryview(plaintext).cast("B")
         dst = memoryview(out).cast("B")
         runs = native.runs
-        if runs is not None and len(mv) % BLOCK == 0 and len(dst) == len(mv):
+        if runs is not None and len(mv) % BLOCK == 0:
             self._sealer(version)
-            t = runs.seal_run(self._seal_key, self.volume_id, first, version, mv, dst)
-            return [t[p : p + TAG_BYTES] for p in range(0, len(t), TAG_BYTES)]
-        enc = self._sealer(version).encrypt_into
-        nonce, ad = NONCE.pack, self.volume_id
-        tail = AD_TAIL.pack
+            return runs.seal_run(self._seal_key, self.volume_id, first, version, mv, dst, group)
+        enc, nonce, tail = self._sealer(version).encrypt_into, NONCE.pack, AD_TAIL.pack
         n = len(mv) // BLOCK
-        tags = []
-        # each block sealed in place: its tag lands on the next block's first 16 bytes
-        # (read before that block is sealed over them); the last one into a spare buffer
-        for k in range(n - 1):
-            i, p = first + k, k * BLOCK
-            enc(
-                nonce(version, i & 0xFFFFFFFF),
-                mv[p : p + BLOCK],
-                ad + tail(i, version),
-                dst[p : p + BLOCK + TAG_BYTES],
-            )
-            tags.append(bytes(dst[p + BLOCK : p + BLOCK + TAG_BYTES]))
-        if n:
-            i, p = first + n - 1, (n - 1) * BLOCK
-            last = bytearray(BLOCK + TAG_BYTES)
-            enc(nonce(version, i & 0xFFFFFFFF), mv[p : p + BLOCK], ad + tail(i, version), last)
-            dst[p : p + BLOCK] = memoryview(last)[:BLOCK]
-            tags.append(bytes(last[BLOCK:]))
-        return tags
+        gaps = (first + n) // group - first // group if group else 0
+        if len(dst) != (n + gaps) * BLOCK:
+            raise ValueError(f"out is {len(dst)} bytes, not {(n + gaps) * BLOCK}")
+        tags, spare = bytearray(n * TAG_BYTES), bytearray(BLOCK + TAG_BYTES)
+        q = 0  # where block k goes in ``out``
+        # each block sealed in place: its tag lands on the next block's (or gap's) first 16
+        # bytes, read before they are sealed over; the last one into a spare buffer
+        for k in range(n):
+            i, p, t = first + k, k * BLOCK, k * TAG_BYTES
+            nc, ad = nonce(version, i & 0xFFFFFFFF), self.volume_id + tail(i, version)
+            if q + BLOCK + TAG_BYTES <= len(dst):
+                enc(nc, mv[p : p + BLOCK], ad, dst[q : q + BLOCK + TAG_BYTES])
+                tags[t : t + TAG_BYTES] = dst[q + BLOCK : q + BLOCK + TAG_BYTES]
+            else:
+                enc(nc, mv[p : p + BLOCK], ad, spare)
+                dst[q : q + BLOCK] = memoryview(spare)[:BLOCK]
+                tags[t : t + TAG_BYTES] = spare[BLOCK:]
+            q += BLOCK
+            if group and i % group == group - 1:
+                dst[q : q + BLOCK] = ZERO_BLOCK
+                q += BLOCK
+        return bytes(tags)
 
     def put_sealed(
-        self, tags: bytearray | memoryview, j: int, version: int, seals: Sequence[bytes]
+        self, tags: bytearray | memoryview, j: int, version: int, seals: bytes | memoryview
     ) -> None:
-        """``put_slot`` of ``slot(version, seals[k])`` for blocks ``j + k`` of a tag block
-        (``seal_run``'s tags)."""
+        """``put_slot`` of ``slot(version, seal)`` for blocks ``j + k`` of a tag block,
+        ``seals`` their tags joined (``seal_into``'s)."""
         put_slots(tags, j, version, seals, GCM, self.salt)
 
     def zero_tag(self, index: int, version: int) -> bytes:

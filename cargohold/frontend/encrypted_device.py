@@ -56,6 +56,7 @@ from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import (
     ENTRY,
     RETIRED_SLOT,
+    TAG_BYTES,
     BlockCipher,
     encode_slot,
     may_be_unwritten,
@@ -298,7 +299,8 @@ class EncryptedDevice(CallbackWrites, Repair):
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
             await self._settle(g, t, a, b)  # before any slot of this write is put
             t.acked.difference_update(range(a - g * GROUP, b - g * GROUP))
-            self.cipher.put_sealed(t.data, a - g * GROUP, version, tags[a - lo : b - lo])
+            seals = tags[(a - lo) * TAG_BYTES : (b - lo) * TAG_BYTES]
+            self.cipher.put_sealed(t.data, a - g * GROUP, version, seals)
             t.applied += 1
         tag_blocks = dict(zip(groups, loaded, strict=True))
         ordered = None if fua else getattr(self.inner, "write_ordered", None)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cargohold.encryption import layout
-from cargohold.encryption.block_cipher import may_be_unwritten
+from cargohold.encryption.block_cipher import TAG_BYTES, may_be_unwritten, sealing_buffer
 from cargohold.encryption.layout import BLOCK, GROUP
 from cargohold.errors import CargoholdError
 
@@ -106,7 +106,7 @@ class CallbackWrites:
                 base = g * GROUP
                 a, b = max(lo, base), min(hi, base + GROUP)
                 t.acked.difference_update(range(a - base, b - base))
-                put(t.data, a - base, version, seals[a - lo : b - lo])
+                put(t.data, a - base, version, seals[(a - lo) * TAG_BYTES : (b - lo) * TAG_BYTES])
                 t.applied += 1
                 upto, snap = t.snapshot()
                 started.append((g, t, upto))
@@ -136,25 +136,20 @@ class CallbackWrites:
 
     def _seal(
         self, lo: int, hi: int, data: memoryview, version: int
-    ) -> tuple[int, bytearray, bytearray, list[bytes]]:
+    ) -> tuple[int, bytearray, bytearray, bytes]:
         """Blocks [lo, hi) of ``data`` sealed at ``version`` where they will be written: the
         partial first group alone (``first``), the rest in the layout of its physical
-        extent, with room for the tag blocks in it (``extent``, from block ``head``).
-        -> (head, first, extent, the blocks' tags)."""
+        extent, with room for the tag blocks in it (``extent``, from block ``head``), in
+        one call of the cipher each (``seal_into``; the buffers not zeroed first: it fills
+        them). -> (head, first, extent, the blocks' tags joined, 16 bytes each)."""
         head = min(hi, -(-lo // GROUP) * GROUP) if lo % GROUP else lo
-        tags: list[bytes] = []
-        first = bytearray((head - lo) * BLOCK)
+        first = sealing_buffer((head - lo) * BLOCK)
+        tags = b""
         if head > lo:
-            tags += self.cipher.seal_run(lo, version, data[: len(first)], first)
-        start = layout.data_block(head)
-        extent = bytearray(layout.extent_blocks(head, hi) * BLOCK)
-        for g in range(head // GROUP, (hi - 1) // GROUP + 1) if hi > head else ():
-            a, b = g * GROUP, min(hi, (g + 1) * GROUP)
-            p = (layout.data_block(a) - start) * BLOCK
-            part = memoryview(extent)[p : p + (b - a) * BLOCK]
-            tags += self.cipher.seal_run(
-                a, version, data[(a - lo) * BLOCK : (b - lo) * BLOCK], part
-            )
+            tags = self.cipher.seal_into(lo, version, data[: len(first)], first)
+        extent = sealing_buffer(layout.extent_blocks(head, hi) * BLOCK)
+        if hi > head:
+            tags += self.cipher.seal_into(head, version, data[(head - lo) * BLOCK :], extent, GROUP)
         return head, first, extent, tags
 
     @staticmethod

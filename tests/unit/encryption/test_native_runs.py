@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -128,7 +129,7 @@ def history(writes, tampers):  # type: ignore[no-untyped-def]
                     ct[j * BLOCK : (j + 1) * BLOCK] = bytes(BLOCK)
         else:
             plain = bytes([counter]) * (length * BLOCK)
-            seals = c.seal_run(
+            seals = c.seal_into(
                 100 + start, v, plain, memoryview(ct)[start * BLOCK : (start + length) * BLOCK]
             )
             c.put_sealed(tags, start, v, seals)
@@ -181,7 +182,7 @@ def test_a_tampered_block_fails_on_the_native_path_alone(path):
     plain = os.urandom(8 * BLOCK)
     ct = bytearray(len(plain))
     tags = bytearray(8 * ENTRY)
-    c.put_sealed(tags, 0, v, c.seal_run(64, v, plain, ct))
+    c.put_sealed(tags, 0, v, c.seal_into(64, v, plain, ct))
     ct[3 * BLOCK + 17] ^= 4  # block 67: a bit flip
     ct[5 * BLOCK : 6 * BLOCK], ct[6 * BLOCK : 7 * BLOCK] = (
         ct[6 * BLOCK : 7 * BLOCK],
@@ -370,3 +371,125 @@ def test_the_crash_machine_on_the_python_path(path):
     run_state_machine_as_test(
         CrashMachine, settings=settings(max_examples=25, stateful_step_count=25, deadline=None)
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.one_of(st.integers(0, 200), st.integers(U64 - 200, U64 - 140)),
+    st.integers(0, 140),
+    st.sampled_from([0, 1, 3, 64]),
+    st.integers(0, 2**32),
+)
+def test_sealing_into_an_extent_with_gaps_is_the_same_on_both_paths(first, n, group, seed):
+    """``seal_into`` with ``group``: the blocks where a physical extent holds them, a zeroed
+    gap after each block ending a group (a tag block's place), whatever ``out`` held
+    before (the engine's buffer is not zeroed); byte-identical on both paths, and the
+    blocks those of ``seal_run`` without gaps."""
+    c = BlockCipher(KEY, VID, salt=b"\x05" * 6)
+    v = version_of(3, 9)
+    plain = random.Random(seed).randbytes(n * BLOCK)
+    gaps = sum(1 for i in range(first, first + n) if group and i % group == group - 1)
+
+    def place(out: bytearray) -> bytes:
+        return c.seal_into(first, v, plain, out, group)
+
+    (native_out, native_tags), (py_out, py_tags) = both(_sealed, place, n + gaps)
+    assert native_out == py_out and native_tags == py_tags
+    flat, flat_tags = seal(c, first, v, plain)
+    assert native_tags == b"".join(flat_tags)
+    q = 0
+    for k in range(n):
+        assert native_out[q : q + BLOCK] == flat[k * BLOCK : (k + 1) * BLOCK]
+        q += BLOCK
+        if group and (first + k) % group == group - 1:
+            assert native_out[q : q + BLOCK] == bytes(BLOCK)
+            q += BLOCK
+    assert q == len(native_out)
+    for wrong in (n + gaps + 1, n + gaps - 1) if n + gaps else (1,):
+        for use in (True, False):
+            before = native.runs, native.why
+            native.use(use)
+            try:
+                with pytest.raises(ValueError, match="out is"):
+                    c.seal_into(first, v, plain, bytearray(wrong * BLOCK), group)
+            finally:
+                native.runs, native.why = before
+
+
+def _sealed(place, blocks):  # type: ignore[no-untyped-def]
+    out = bytearray(b"\xa5" * (blocks * BLOCK))  # garbage where the gaps go
+    tags = place(out)
+    return bytes(out), tags
+
+
+def test_a_key_object_seals_and_opens_as_its_bytes_and_keeps_its_contexts():
+    key = runs.Key(KEY)
+    v = version_of(1, 1)
+    plain = os.urandom(8 * BLOCK)
+    a, b = bytearray(len(plain)), bytearray(len(plain))
+    tags = runs.seal_run(key, VID, 7, v, plain, a)
+    assert tags == runs.seal_run(KEY, VID, 7, v, plain, b) and a == b
+    vers = v.to_bytes(8, "little") * 8
+    for _ in range(3):  # the same contexts, call after call, also after a failed block
+        back = bytearray(len(plain))
+        assert runs.open_run(key, VID, 7, vers, tags, a, back) == []
+        assert back == plain
+        assert runs.open_run(key, VID, 8, vers, tags, a, back) == list(range(8))  # moved
+        assert runs.seal_run(key, VID, 7, v, plain, b) == tags and a == b
+    with pytest.raises(ValueError, match="key"):
+        runs.Key(KEY[:31])
+    with pytest.raises(ValueError, match="key"):
+        runs.seal_run(KEY[:31], VID, 0, v, plain, b)
+
+
+def test_one_key_sealing_in_several_threads_at_once_gives_every_thread_its_own_bytes():
+    """The GIL is released while sealing: a call that finds its Key's context in use keys
+    one of its own, so threads sharing a Key never share a context."""
+    import threading
+
+    key = runs.Key(KEY)
+    v = version_of(2, 5)
+    plains = [os.urandom(64 * BLOCK) for _ in range(4)]
+    want = []
+    for k, p in enumerate(plains):
+        out = bytearray(len(p))
+        want.append((runs.seal_run(KEY, VID, 64 * k, v, p, out), bytes(out)))
+    got: list[list[tuple[bytes, bytes]]] = [[] for _ in plains]
+
+    def seal_many(k: int) -> None:
+        for _ in range(30):
+            out = bytearray(len(plains[k]))
+            got[k].append((runs.seal_run(key, VID, 64 * k, v, plains[k], out), bytes(out)))
+
+    threads = [threading.Thread(target=seal_many, args=(k,)) for k in range(len(plains))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for k in range(len(plains)):
+        assert got[k] == [want[k]] * 30
+
+
+def test_put_slots_and_uninitialized_check_their_arguments():
+    entries = bytearray(4 * ENTRY)
+    tag = bytes(range(16))
+    runs.put_slots(entries, 2, version_of(1, 1), tag * 2, bc.GCM, b"\x01" * 6)
+    assert bc.decode_entry(entries[2 * ENTRY : 3 * ENTRY])[0] == bc.Slot(
+        version_of(1, 1), tag, bc.GCM, b"\x01" * 6
+    )
+    for args, what in [
+        ((entries, 3, 1, tag * 2, 0, bytes(6)), "not in"),
+        ((entries, -1, 1, tag, 0, bytes(6)), "not in"),
+        ((entries, 0, 1, tag[:15], 0, bytes(6)), "16 per block"),
+        ((entries, 0, 1, tag, 0, bytes(5)), "6 bytes"),
+        ((entries, 0, 1, tag, 256, bytes(6)), "one byte"),
+        ((entries, 0, -1, tag, 0, bytes(6)), "version"),
+    ]:
+        with pytest.raises(ValueError, match=what):
+            runs.put_slots(*args)
+    with pytest.raises(TypeError):
+        runs.put_slots(bytes(ENTRY), 0, 1, tag, 0, bytes(6))  # read-only
+    buf = runs.uninitialized(3 * BLOCK)
+    assert type(buf) is bytearray and len(buf) == 3 * BLOCK
+    with pytest.raises(ValueError):
+        runs.uninitialized(-1)

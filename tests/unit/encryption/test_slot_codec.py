@@ -71,7 +71,7 @@ def test_the_fast_codec_follows_the_plain_rules(entry, new):
     bc.put_slot(got, 0, new)
     assert got == want
     batch = raw(entry) + raw(entry)
-    bc.put_slots(batch, 0, new.version, [new.tag, new.tag], new.flags, new.salt)
+    bc.put_slots(batch, 0, new.version, new.tag + new.tag, new.flags, new.salt)
     assert batch == want + want
 
 
