@@ -12,8 +12,8 @@
  *
  * The key is the derived block key (block_cipher.derive_block_key), as a Key or 32 bytes;
  * the caller derives and caches it. put_slots writes the tag entries of a sealed run
- * (block_cipher.put_slots' rules), uninitialized() makes an output buffer seal_run fills. The block loop runs without the GIL, over buffers held by the buffer
- * protocol for the whole call. Bad lengths and out-of-range numbers raise ValueError.
+ * (block_cipher.put_slots' rules). The block loop runs without the GIL, over buffers held
+ * by the buffer protocol for the whole call. Bad lengths and out-of-range numbers raise ValueError.
  * block_cipher.py falls back to its pure-Python loop when this module is absent.
  */
 #define PY_SSIZE_T_CLEAN
@@ -549,30 +549,12 @@ done:
     return result;
 }
 
-PyDoc_STRVAR(uninitialized_doc,
-             "uninitialized(size) -> bytearray\n\n"
-             "A bytearray of size bytes, not zeroed (what it holds is whatever the allocator "
-             "gives): only for an output that seal_run then fills entirely (its length "
-             "checked there), to spare a memset of a whole request's extent.");
-
-static PyObject *uninitialized(PyObject *self, PyObject *arg) {
-    Py_ssize_t size = PyLong_AsSsize_t(arg);
-    if (size == -1 && PyErr_Occurred())
-        return NULL;
-    if (size < 0) {
-        PyErr_SetString(PyExc_ValueError, "size must be 0 or more");
-        return NULL;
-    }
-    return PyByteArray_FromStringAndSize(NULL, size);
-}
-
 static PyMethodDef methods[] = {
     {"seal_run", (PyCFunction)(void (*)(void))seal_run, METH_VARARGS | METH_KEYWORDS,
      seal_run_doc},
     {"open_run", open_run, METH_VARARGS, open_run_doc},
     {"newest", newest, METH_VARARGS, newest_doc},
     {"put_slots", put_slots, METH_VARARGS, put_slots_doc},
-    {"uninitialized", uninitialized, METH_O, uninitialized_doc},
     {NULL, NULL, 0, NULL},
 };
 

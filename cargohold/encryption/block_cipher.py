@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cargohold.buffers import uninitialized
 from cargohold.encryption import native
 from cargohold.encryption.layout import BLOCK, ENTRY
 from cargohold.encryption.tag_entries import (
@@ -130,10 +131,9 @@ def version_of(epoch: int, counter: int) -> int:
 
 def sealing_buffer(size: int) -> bytearray:
     """A bytearray of ``size`` bytes for ``BlockCipher.seal_into`` to fill entirely (it
-    checks the length): natively not zeroed first (a memset of a whole request's extent
-    spared), else zeros."""
-    runs = native.runs
-    return runs.uninitialized(size) if runs is not None else bytearray(size)
+    checks the length), not zeroed first (a memset of a whole request's extent
+    spared: ``buffers.uninitialized``)."""
+    return uninitialized(size)
 
 
 def derive_block_key(data_key: bytes, volume_id: bytes, salt: bytes, epoch: int) -> bytes:

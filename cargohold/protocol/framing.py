@@ -25,9 +25,9 @@ connection cost 64 KiB each: 20,000 idle connections to a replica server took 1.
 
 from __future__ import annotations
 
-import ctypes
 import threading
-from collections.abc import Callable
+
+from cargohold.buffers import uninitialized
 
 SCRATCH = 64 * 1024  # bytes received at once outside a large frame
 # ... or up to this many when the transport says that many are waiting (``sizehint``: over
@@ -46,27 +46,6 @@ def _shared_scratch() -> bytearray:
 
 
 DIRECT_MIN = 64 * 1024  # frames at least this big are received in place
-
-
-def _uninitialized_allocator() -> Callable[[int], bytearray]:
-    """``bytearray`` of n bytes whose contents are left as malloc gave them (CPython's
-    ``PyByteArray_FromStringAndSize(NULL, n)``, ~1 µs), or zeroed ones where that C API
-    is not there. Only for buffers every byte of which is written before anything reads."""
-    try:
-        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
-    except (AttributeError, OSError):  # not CPython
-        return bytearray
-    make.restype = ctypes.py_object
-    make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-
-    def uninitialized(n: int) -> bytearray:
-        buf: bytearray = make(None, n)
-        return buf
-
-    return uninitialized
-
-
-uninitialized = _uninitialized_allocator()
 
 
 class StreamBuffer:

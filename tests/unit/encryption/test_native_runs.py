@@ -470,7 +470,7 @@ def test_one_key_sealing_in_several_threads_at_once_gives_every_thread_its_own_b
         assert got[k] == [want[k]] * 30
 
 
-def test_put_slots_and_uninitialized_check_their_arguments():
+def test_put_slots_checks_its_arguments():
     entries = bytearray(4 * ENTRY)
     tag = bytes(range(16))
     runs.put_slots(entries, 2, version_of(1, 1), tag * 2, bc.GCM, b"\x01" * 6)
@@ -489,7 +489,3 @@ def test_put_slots_and_uninitialized_check_their_arguments():
             runs.put_slots(*args)
     with pytest.raises(TypeError):
         runs.put_slots(bytes(ENTRY), 0, 1, tag, 0, bytes(6))  # read-only
-    buf = runs.uninitialized(3 * BLOCK)
-    assert type(buf) is bytearray and len(buf) == 3 * BLOCK
-    with pytest.raises(ValueError):
-        runs.uninitialized(-1)

@@ -9,16 +9,19 @@ import struct
 
 import pytest
 
+from cargohold.buffers import uninitialized
 from cargohold.protocol import framing, nbd
 from cargohold.protocol import replica_wire as wire
 
 
 def test_uninitialized_is_a_writable_bytearray_of_the_size() -> None:
-    for n in (1, 4096, (1 << 20) + 28):
-        buf = framing.uninitialized(n)
+    for n in (0, 1, 4096, (1 << 20) + 28):
+        buf = uninitialized(n)
         assert type(buf) is bytearray and len(buf) == n
         memoryview(buf)[:] = b"\x5a" * n
         assert buf == b"\x5a" * n
+    with pytest.raises(ValueError):
+        uninitialized(-1)
 
 
 @pytest.fixture
