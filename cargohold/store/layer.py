@@ -54,7 +54,7 @@ def pieces(lba: int, bufs: list[memoryview], cap: int) -> Iterator[tuple[int, li
     The store's large writes go to the page cache in pieces because the kernel sizes the
     folios a buffered write creates by the write's length: a 1 MiB ``pwrite`` leaves a
     1 MiB folio, and every later 4 KiB write into it walks all its buffer heads (ext4 on
-    Linux 6.18: 15-33 µs of system time against 3-6 µs in 64-128 KiB folios;
+    Linux 6.18: 12-33 µs of system time against 4-8 µs in 64-128 KiB folios;
     docs/benchmarks.md, "Replica server: large folios")."""
     total = sum(len(b) for b in bufs)
     if not cap or total <= cap:
