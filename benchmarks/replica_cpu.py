@@ -6,7 +6,8 @@ volume's engine does: a client that spoke HELLO version 2, so the writes it has 
 together go out as WRITE_BATCH frames (``ReplicaClient``'s batching, the engine's own
 code), each with the engine's generation. Workloads: 4 KiB random writes at queue depth 16
 (``randwrite-4k-qd16``: batches of several writes) and 1 (``randwrite-4k-qd1``: one WRITE
-per frame), on a replica filled first. Reported per run: writes/s, and the replica server
+per frame), 1 MiB sequential writes at queue depth 4 (``seqwrite-1m-qd4``), on a replica
+filled first. Reported per run: writes/s, and the replica server
 process's CPU per write (user, system and both, from /proc/PID/stat over the measured
 seconds), writes per frame (its ``batched_writes / write_batches`` counters). Only the
 server's CPU is counted, not this client's: the figure is what ``benchmarks/engine.py``
@@ -14,7 +15,8 @@ adds per replica server, without the engine's and fio's noise. Workloads are int
 and repeated (``--repeats``); medians and min-max are printed.
 
     .venv/bin/python benchmarks/replica_cpu.py [--seconds 8] [--size 256MiB] [--repeats 3]
-        [--workloads randwrite-4k-qd16,randwrite-4k-qd1] [--fill-bs 1MiB] [--json out.json]
+        [--workloads randwrite-4k-qd16,randwrite-4k-qd1,seqwrite-1m-qd4] [--fill-bs 1MiB]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
 from tests.support.processes import ServerProc  # noqa: E402
 
-WORKLOADS = {"randwrite-4k-qd16": (4096, 16), "randwrite-4k-qd1": (4096, 1)}
+WORKLOADS = {  # name: (block size, queue depth, sequential)
+    "randwrite-4k-qd16": (4096, 16, False),
+    "randwrite-4k-qd1": (4096, 1, False),
+    "seqwrite-1m-qd4": (1 << 20, 4, True),
+}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -51,17 +57,20 @@ async def counters(c: ReplicaClient) -> dict[str, int]:
     return (await c.listing()).get("server", {}).get("counters", {})
 
 
-async def run(c: ReplicaClient, pid: int, bs: int, qd: int, seconds: float, size: int) -> dict:
+async def run(
+    c: ReplicaClient, pid: int, bs: int, qd: int, seq: bool, seconds: float, size: int
+) -> dict:
     payload = os.urandom(bs)
     nblk = size // bs
     rnd = random.Random(7)
-    writes = 0
+    writes = pos = 0
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
-        nonlocal writes
+        nonlocal writes, pos
         while time.perf_counter() < deadline:
-            await c.write(rnd.randrange(nblk) * bs, payload)
+            pos += 1
+            await c.write(((pos % nblk) if seq else rnd.randrange(nblk)) * bs, payload)
             writes += 1
 
     k0 = await counters(c)
@@ -79,6 +88,7 @@ async def run(c: ReplicaClient, pid: int, bs: int, qd: int, seconds: float, size
     )  # the LIST itself
     return {
         "writes_per_s": writes / el,
+        "mb_per_s": writes * bs / el / 1e6,
         "cpu_us_per_write": 1e6 * ((u1 - u0) + (s1 - s0)) / writes,
         "user_us_per_write": 1e6 * (u1 - u0) / writes,
         "sys_us_per_write": 1e6 * (s1 - s0) / writes,
@@ -122,8 +132,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict]]:
             await fill(c, size, parse_size(args.fill_bs))
             for rep in range(args.repeats):
                 for name in names:
-                    bs, qd = WORKLOADS[name]
-                    r = await run(c, srv.proc.pid, bs, qd, args.seconds, size)
+                    bs, qd, seq = WORKLOADS[name]
+                    r = await run(c, srv.proc.pid, bs, qd, seq, args.seconds, size)
                     out[name].append(r)
                     print(
                         f"run {rep + 1} {name:18} {r['writes_per_s']:8.0f} writes/s "
@@ -162,7 +172,8 @@ def main() -> None:
     print("median (min-max) of the runs:")
     for name, runs in res.items():
         line = [name]
-        for key in ("writes_per_s", "cpu_us_per_write", "user_us_per_write", "sys_us_per_write"):
+        keys = ("writes_per_s", "mb_per_s", "cpu_us_per_write", "user_us_per_write")
+        for key in (*keys, "sys_us_per_write"):
             v = [r[key] for r in runs]
             line.append(f"{key} {statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})")
         print("  " + "; ".join(line))

@@ -2,10 +2,12 @@
 """Benchmark: drive a real replica server over loopback with pipelined requests.
 
 Workloads: 4 KiB random writes and reads at queue depth 16, 1 MiB sequential writes and
-reads at queue depth 4. Prints a table (ops/s, MB/s, latency percentiles), writes JSON.
-Checksums are always on (they cannot be turned off). Usage:
+reads at queue depth 4, 4 KiB random writes at queue depth 1. Prints a table (ops/s, MB/s,
+latency percentiles, and the server process's user and system CPU per request, from
+/proc/PID/stat), writes JSON. Checksums are always on (they cannot be turned off). Usage:
 
-    .venv/bin/python benchmarks/replica_server.py [--seconds 10] [--size 4GiB] [--json out.json]
+    .venv/bin/python benchmarks/replica_server.py [--seconds 10] [--size 4GiB] [--no-fio]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from benchmarks.replica_cpu import cpu_of  # noqa: E402
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.protocol.replica_wire import FLAG_FUA, Op  # noqa: E402
 from cargohold.replica.client import ReplicaClient  # noqa: E402
@@ -65,6 +68,7 @@ async def run_load(
     el = time.perf_counter() - t0
     a = np.array(lat) * 1e6
     return {
+        "elapsed_s": el,
         "ops_per_s": ops / el,
         "mb_per_s": ops * bs / el / 1e6,
         "lat_mean_us": float(a.mean()),
@@ -123,13 +127,17 @@ def fio_local(directory: str, seconds: float, size: int) -> dict[str, dict]:
 
 
 HEAD = f"{'workload':24} {'ops/s':>10} {'MB/s':>9} {'mean us':>9} {'p50 us':>9} {'p99 us':>9} {'p99.9 us':>9}"
+CPU_HEAD = f" {'srv user us/op':>14} {'srv sys us/op':>13}"
 
 
 def row(name: str, r: dict) -> str:
-    return (
+    line = (
         f"{name:24} {r['ops_per_s']:10.0f} {r['mb_per_s']:9.1f} {r['lat_mean_us']:9.0f} "
         f"{r['lat_p50_us']:9.0f} {r['lat_p99_us']:9.0f} {r['lat_p999_us']:9.0f}"
     )
+    if "server_user_us_per_op" in r:
+        line += f" {r['server_user_us_per_op']:14.1f} {r['server_sys_us_per_op']:13.1f}"
+    return line
 
 
 async def main_async(args: argparse.Namespace) -> list[dict]:
@@ -153,15 +161,22 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                 ("1MiB seqread QD4", "read", 1 << 20, 4, True),
                 ("4KiB randwrite QD1", "write", 4096, 1, False),
             ]
+            assert srv.proc is not None
             for name, kind, bs, qd, seq in plan:
+                u0, s0 = cpu_of(srv.proc.pid)
                 r = await run_load(c, kind, bs, qd, args.seconds, size, seq)
+                u1, s1 = cpu_of(srv.proc.pid)
+                ops = r["ops_per_s"] * r["elapsed_s"]
+                r["server_user_us_per_op"] = 1e6 * (u1 - u0) / ops
+                r["server_sys_us_per_op"] = 1e6 * (s1 - s0) / ops
+                r["load1"] = os.getloadavg()[0]
                 r["workload"] = name
                 results.append(r)
             await c.call(Op.FLUSH, flags=FLAG_FUA)
             await c.close()
         finally:
             srv.stop()
-        peers = fio_local(d, args.seconds, size)
+        peers = {} if args.no_fio else fio_local(d, args.seconds, size)
         for r in results:
             p = peers.get(r["workload"])
             if p:
@@ -177,13 +192,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--size", default="2GiB")
     ap.add_argument("--dir", default=None, help="where the replica lives (default: a temp dir)")
+    ap.add_argument("--no-fio", action="store_true", help="skip the physical limit (fio)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import uvloop
 
     results = uvloop.run(main_async(args))
     print("cargohold replica server (loopback, pipelined, CRC32C on every block):")
-    print(HEAD)
+    print(HEAD + CPU_HEAD)
     for r in results:
         print(row(r["workload"], r))
     if any("local_fio" in r for r in results):

@@ -14,6 +14,10 @@ MAX_VOLUME_SIZE = 256 * 1024**4
 MAX_IO_BYTES = 32 * 1024 * 1024
 """The largest single read or write on the replica wire."""
 
+STORE_WRITE_CHUNK = 128 * 1024
+"""Bytes per ``pwrite`` of a replica store's large writes (``store.layer.pieces``): the
+kernel sizes page-cache folios by the write, and small writes into large folios are dear."""
+
 DEFAULT_REPLICA_PORT = 9500
 DEFAULT_NBD_PORT = 10809  # NBD's IANA port
 

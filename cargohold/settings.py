@@ -25,7 +25,7 @@ import os
 import re
 from typing import Any, ClassVar
 
-from cargohold.constants import DEFAULT_REPLICA_PORT
+from cargohold.constants import DEFAULT_REPLICA_PORT, STORE_WRITE_CHUNK
 from cargohold.errors import ConfigError, InvalidArgument
 from cargohold.qos_limits import parse_bandwidth
 
@@ -327,6 +327,14 @@ class ReplicaServerSettings(Settings):
         "newest replica wire protocol version served (1: no batched writes, as before 2)",
         ge=1,
         le=2,
+    )
+    store_write_chunk: int = setting(
+        STORE_WRITE_CHUNK,
+        "bytes per pwrite of a replica's large writes (0: each write in one). The kernel "
+        "sizes page-cache folios by the write; 4 KiB writes into large folios cost several "
+        "times more system time (docs/benchmarks.md, Replica server: large folios)",
+        ge=0,
+        multiple_of=4096,
     )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold.constants import STORE_WRITE_CHUNK
 from cargohold.errors import AlreadyExists, Busy, CargoholdError, InvalidArgument, NotFound
 from cargohold.replica.trash import move_to_trash
 from cargohold.store import format as fmt
@@ -71,7 +72,12 @@ class DiskStats:
 
 
 class Registry:
-    def __init__(self, disks: list[str], owns: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        disks: list[str],
+        owns: Callable[[str], bool] | None = None,
+        write_chunk: int = STORE_WRITE_CHUNK,
+    ) -> None:
         if not disks:
             raise InvalidArgument("a replica server needs at least one disk directory")
         self.disks = [os.path.abspath(d) for d in disks]
@@ -80,6 +86,7 @@ class Registry:
         self.open: dict[str, OpenReplica] = {}
         self._owns = owns  # with worker processes: does this one own a replica id?
         self.stats: dict[str, DiskStats] = {d: DiskStats() for d in self.disks}
+        self.write_chunk = write_chunk  # the replicas' stores' (settings.store_write_chunk)
 
     def disk_stats(self, replica_path: str) -> DiskStats:
         """The numbers of the disk a replica directory (<disk>/replicas/<id>) is on."""
@@ -128,7 +135,7 @@ class Registry:
             raise InvalidArgument(f"disk {disk!r} is not one of this server's disks {self.disks}")
         path = os.path.join(os.path.abspath(str(disk)), "replicas", rid)
         try:
-            store = FileStore.create(path, size, **labels)
+            store = FileStore.create(path, size, write_chunk=self.write_chunk, **labels)
         except Exception:
             shutil.rmtree(path, ignore_errors=True)
             raise
@@ -145,7 +152,9 @@ class Registry:
         path = self.locate(rid)
         if path is None:
             raise NotFound(f"no replica {rid} on this node")
-        rep = OpenReplica(rid, path, FileStore.open(path), disk=self.disk_stats(path))
+        rep = OpenReplica(
+            rid, path, FileStore.open(path, self.write_chunk), disk=self.disk_stats(path)
+        )
         self.open[rid] = rep
         return rep
 

@@ -32,7 +32,7 @@ class ReplicaServer:
         self, settings: ReplicaServerSettings, owns: Callable[[str], bool] | None = None
     ) -> None:
         self.settings = settings
-        self.registry = Registry(settings.disks, owns)
+        self.registry = Registry(settings.disks, owns, settings.store_write_chunk)
         self.sessions: set[Session] = set()
         self.admission = Admission(settings)
         self.counters: collections.Counter[str] = collections.Counter()

@@ -87,7 +87,7 @@ class Dispatcher:
     ) -> None:
         self.settings = settings
         self.run_worker = run_worker
-        self.registry = Registry(settings.disks)
+        self.registry = Registry(settings.disks, write_chunk=settings.store_write_chunk)
         self.channels: list[socket.socket] = []
         self.pids: list[int] = []
         self.loop = asyncio.get_running_loop()

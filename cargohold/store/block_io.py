@@ -15,7 +15,7 @@ from typing import Any, cast
 import numpy as np
 from crc32c import crc32c
 
-from cargohold.constants import BLOCK_SIZE
+from cargohold.constants import BLOCK_SIZE, STORE_WRITE_CHUNK
 from cargohold.errors import ChecksumError, Unsupported
 from cargohold.protocol.extent_stream import KIND_DATA
 from cargohold.store import format as fmt
@@ -30,7 +30,7 @@ from cargohold.store.base import (
     not_applied,
     runs,
 )
-from cargohold.store.layer import MAX_IOV, Layer, io_error, sync_fds
+from cargohold.store.layer import MAX_IOV, Layer, io_error, pieces, sync_fds
 from cargohold.store.layer_tree import LayerTree
 
 _SRC_HOLE = -1
@@ -39,6 +39,8 @@ _SRC_ZERO = -2
 
 class BlockIO(LayerTree):
     """The reads and writes of a ``FileStore``."""
+
+    write_chunk: int = STORE_WRITE_CHUNK  # bytes per pwrite of a large write (layer.pieces)
 
     # --- reads ------------------------------------------------------------------------
     def _chain_of(self, snapshot: str | None) -> list[Layer]:
@@ -250,7 +252,7 @@ class BlockIO(LayerTree):
             head.pend[lba : lba + n] = crcs  # 2. the new checksum announced
             staged.append((lba, n, mv, g, contiguous, crcs, tag))
         try:  # 3. the data of the whole run
-            head.pwritev(run[0][0] // BLOCK_SIZE, [s[2] for s in staged])
+            self._write_data(head, run[0][0] // BLOCK_SIZE, [s[2] for s in staged])
         except OSError as e:  # every write of the run failed: claimed, never completed
             err = io_error(e, f"write at {run[0][0]}")
             return [err] * len(run)
@@ -292,7 +294,7 @@ class BlockIO(LayerTree):
         head.pend[lba : lba + n] = crcs
         # 3. the data itself
         try:
-            head.pwrite(lba, mv)
+            self._write_data(head, lba, [mv])
         except OSError as e:
             del meta  # a traceback holding a view of the map would keep it from closing
             raise io_error(e, f"write at {lba * BLOCK_SIZE}") from None
@@ -300,6 +302,12 @@ class BlockIO(LayerTree):
         head.cur[lba : lba + n] = crcs
         meta[:] = tag | np.uint64(fmt.DATA)
         self._dirty.add(head.id)
+
+    def _write_data(self, head: Layer, lba: int, bufs: list[memoryview]) -> None:
+        """Adjacent buffers into ``head`` from block ``lba``, in pieces of ``write_chunk``
+        bytes at most (``layer.pieces``: why)."""
+        for at, piece in pieces(lba, bufs, self.write_chunk):
+            head.pwritev(at, piece)
 
     def _read_one(self, lba: int, chain: list[Layer]) -> bytearray:
         """``read`` for one block: walk the chain with scalar loads."""

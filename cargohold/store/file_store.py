@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from cargohold.constants import BLOCK_SIZE
+from cargohold.constants import BLOCK_SIZE, STORE_WRITE_CHUNK
 from cargohold.errors import AlreadyExists, Busy, NotFound
 from cargohold.store import format as fmt
 from cargohold.store.base import ScrubReport, SnapshotInfo, check_range, check_size, scrub_range
 from cargohold.store.block_io import BlockIO
 from cargohold.store.integrity import recover_head, repair_layers, scrub_layers
-from cargohold.store.layer import Layer, file_names, io_error
+from cargohold.store.layer import Layer, check_write_chunk, file_names, io_error
 from cargohold.store.layer_tree import META_FILE, write_atomic
 
 __all__ = ["META_FILE", "FileStore"]
@@ -42,8 +42,13 @@ class FileStore(BlockIO):
 
     # --- create / open / close --------------------------------------------------------
     @classmethod
-    def create(cls, directory: str, size: int, **labels: Any) -> FileStore:
+    def create(
+        cls, directory: str, size: int, *, write_chunk: int = STORE_WRITE_CHUNK, **labels: Any
+    ) -> FileStore:
+        """A new replica of ``size`` bytes in ``directory``; ``write_chunk``: bytes per
+        ``pwrite`` of its large writes (``layer.pieces``; 0: each write in one)."""
         check_size(size)
+        check_write_chunk(write_chunk)
         if os.path.exists(os.path.join(directory, META_FILE)):
             raise AlreadyExists(f"a replica already exists in {directory}")
         try:
@@ -68,11 +73,13 @@ class FileStore(BlockIO):
             layer.unlink()
             raise
         store = cls(directory, meta, {1: layer})
+        store.write_chunk = write_chunk
         store._mark_open()
         return store
 
     @classmethod
-    def open(cls, directory: str) -> FileStore:
+    def open(cls, directory: str, write_chunk: int = STORE_WRITE_CHUNK) -> FileStore:
+        check_write_chunk(write_chunk)
         path = os.path.join(directory, META_FILE)
         try:
             with open(path, "rb") as f:
@@ -92,6 +99,7 @@ class FileStore(BlockIO):
             if (name.startswith("layer-") and name not in known) or name.endswith(".tmp"):
                 os.unlink(os.path.join(directory, name))
         store = cls(directory, meta, layers)
+        store.write_chunk = write_chunk
         head = store._chain[0]
         if not head.clean:
             seen, store.counters["recovered_blocks"] = recover_head(head, store._seen)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from cargohold.constants import BLOCK_SIZE
-from cargohold.errors import FormatError, NoSpace, ReplicaIOError
+from cargohold.errors import FormatError, InvalidArgument, NoSpace, ReplicaIOError
 from cargohold.store import format as fmt
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -39,6 +39,42 @@ SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _MERGE_CHUNK = 1 << 16  # blocks per step of a merge (256 MiB of volume)
 SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 MAX_IOV = 512  # buffers per pwritev (Linux allows IOV_MAX = 1024)
+
+
+def check_write_chunk(cap: int) -> None:
+    """A cap for ``pieces``: 0 or a positive multiple of the block."""
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0 or cap % BLOCK_SIZE:
+        raise InvalidArgument(f"write chunk {cap!r}: 0 or a multiple of {BLOCK_SIZE} bytes")
+
+
+def pieces(lba: int, bufs: list[memoryview], cap: int) -> Iterator[tuple[int, list[memoryview]]]:
+    """Adjacent whole-block buffers from block ``lba`` cut into pieces of at most ``cap``
+    bytes (a multiple of the block; 0: no cap) -> (first block, buffers) per piece.
+
+    The store's large writes go to the page cache in pieces because the kernel sizes the
+    folios a buffered write creates by the write's length: a 1 MiB ``pwrite`` leaves a
+    1 MiB folio, and every later 4 KiB write into it walks all its buffer heads (ext4 on
+    Linux 6.18: 12-33 µs of system time against 4-8 µs in 64-128 KiB folios;
+    docs/benchmarks.md, "Replica server: large folios")."""
+    total = sum(len(b) for b in bufs)
+    if not cap or total <= cap:
+        yield lba, bufs
+        return
+    piece: list[memoryview] = []
+    room = cap
+    for b in bufs:
+        pos = 0
+        while pos < len(b):
+            take = min(room, len(b) - pos)
+            piece.append(b if take == len(b) else b[pos : pos + take])
+            pos += take
+            room -= take
+            if not room:
+                yield lba, piece
+                lba += cap // BLOCK_SIZE
+                piece, room = [], cap
+    if piece:
+        yield lba, piece
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
