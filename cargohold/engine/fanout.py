@@ -105,9 +105,8 @@ class FanOut:
         (or timed out) and judged. ``done`` never runs before this returns."""
         _Collect(self, self._queue(targets, send), gen, done, time.perf_counter())
 
-    @staticmethod
     def _queue(
-        targets: list[ReplicaLink], send: Send
+        self, targets: list[ReplicaLink], send: Send
     ) -> list[tuple[ReplicaLink, asyncio.Future[Reply]]]:
         """The request queued on every target (a target that refuses it at once is
         dropped): no await in here, so every replica gets the requests in the same order."""
@@ -117,8 +116,16 @@ class FanOut:
             try:
                 sent.append((link, send(link.client)))
             except CargoholdError as e:
-                link.drop(str(e))
+                self.refused(link, e)
         return sent
+
+    def refused(self, link: ReplicaLink, e: CargoholdError) -> None:
+        """A replica whose connection refused a request at once (it was lost while no
+        request was in flight to fail with it) is dropped and counted like one whose
+        answer failed: one ``replica_errors`` per replica lost, either way."""
+        link.drop(str(e))
+        self.counters["replica_errors"] += 1
+        log.warning("volume %s: replica %s dropped: %s", self.volume, link.spec, link.error)
 
     def require(self, stored: int, what: str) -> None:
         """Raise ReplicaIOError unless at least ``min_replicas`` replicas stored it."""
@@ -153,14 +160,62 @@ class FanOut:
         return True
 
 
-class _Collect:
-    """The answers of one ``FanOut.start``. Like ``answers`` it waits for one missing
+class AllAnswered:
+    """A wait for the answers of one mutation without a task: ``finish()`` is called from
+    the event loop once every future in ``futs`` is done (those still pending after
+    ``timeout`` seconds, at most 1/64 more, failed with TimeoutError by their cohort's timer:
+    ``Deadlines``), never before the wait is made. Like ``answers`` it waits for one missing
     answer at a time (a callback on it), then looks at the rest: the replies of several
-    replicas usually arrive in one pass, so a write costs one callback, not one per
-    replica. When all are in (or the timeout failed those still missing) it judges them
-    and calls ``done``."""
+    replicas usually arrive in one pass, so a mutation costs one callback, not one per
+    answer. Subclasses say what ``finish`` does."""
 
-    __slots__ = ("cohort", "done", "fanout", "gen", "sent", "started")
+    __slots__ = ("cohort", "futs")
+
+    def __init__(
+        self, futs: list[asyncio.Future[Reply]], deadlines: Deadlines, timeout: float
+    ) -> None:
+        self.futs = futs
+        self.cohort: set[Expiring] | None = None  # the cohort whose timer expires it
+        # the answers' loop, not ``get_running_loop()``: that costs a getpid() system call
+        loop = futs[0].get_loop() if futs else asyncio.get_running_loop()
+        for fut in futs:
+            if not fut.done():
+                self.cohort = deadlines.watch(self, loop, timeout)
+                fut.add_done_callback(self._answered)
+                return
+        loop.call_soon(self._ended)  # nothing to wait for (or nothing sent)
+
+    def _answered(self, _: asyncio.Future[Reply]) -> None:
+        for fut in self.futs:
+            if not fut.done():
+                fut.add_done_callback(self._answered)
+                return
+        self._ended()
+
+    def expire(self) -> None:
+        self._leave()
+        for fut in self.futs:
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+
+    def _leave(self) -> None:
+        if self.cohort is not None:
+            self.cohort.discard(self)
+            self.cohort = None
+
+    def _ended(self) -> None:
+        self._leave()
+        self.finish()
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+
+class _Collect(AllAnswered):
+    """The answers of one ``FanOut.start``: when all are in (or the timeout failed those
+    still missing) it judges them and calls ``done``."""
+
+    __slots__ = ("done", "fanout", "gen", "sent", "started")
 
     def __init__(
         self,
@@ -171,35 +226,11 @@ class _Collect:
         started: float,
     ) -> None:
         self.fanout, self.sent, self.gen, self.done, self.started = fanout, sent, gen, done, started
-        self.cohort: set[Expiring] | None = None  # the cohort whose timer expires it
-        # the answers' loop, not ``get_running_loop()``: that costs a getpid() system call
-        loop = sent[0][1].get_loop() if sent else asyncio.get_running_loop()
-        for _, fut in sent:
-            if not fut.done():
-                self.cohort = fanout.deadlines.watch(self, loop, fanout.settings.replica_timeout)
-                fut.add_done_callback(self._answered)
-                return
-        loop.call_soon(self._finish)  # nothing to wait for (or nothing sent)
+        super().__init__(
+            [fut for _, fut in sent], fanout.deadlines, fanout.settings.replica_timeout
+        )
 
-    def _answered(self, _: asyncio.Future[Reply]) -> None:
-        for _link, fut in self.sent:
-            if not fut.done():
-                fut.add_done_callback(self._answered)
-                return
-        self._finish()
-
-    def expire(self) -> None:
-        if self.cohort is not None:
-            self.cohort.discard(self)
-            self.cohort = None
-        for _, fut in self.sent:
-            if not fut.done():
-                fut.set_exception(TimeoutError())
-
-    def _finish(self) -> None:
-        if self.cohort is not None:
-            self.cohort.discard(self)
-            self.cohort = None
+    def finish(self) -> None:
         stored = 0
         for link, fut in self.sent:
             stored += self.fanout.judge(link, fut, self.gen)

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cargohold.engine.fanout import Deadlines, Expiring, FanOut, answers
+from cargohold.engine.fanout import AllAnswered, Deadlines, FanOut, answers
 from cargohold.engine.replica_link import ReplicaLink
 from cargohold.errors import CargoholdError
 from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
@@ -138,9 +138,8 @@ class CallbackWrites:
         await answers([f for _, futs, _ in sent for f in futs], self.settings.replica_timeout)
         return self._judge_ordered(sent, first), started
 
-    @staticmethod
     def _queue_ordered(
-        targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int
+        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int
     ) -> list[tuple[ReplicaLink, list[asyncio.Future[Reply]], bool]]:
         """``writes`` queued on every target back to back, no await in here: -> per
         target its answers' futures and whether all were queued."""
@@ -157,7 +156,7 @@ class CallbackWrites:
                         client.send(Op.WRITE, offset, len(data), data, 0, generation=first + k)
                     )
             except CargoholdError as e:  # lost: what was queued fails with the connection
-                link.drop(str(e))
+                self.fanout.refused(link, e)
                 sent.append((link, futs, False))
                 continue
             sent.append((link, futs, True))
@@ -281,13 +280,11 @@ class CallbackWrites:
         done(None)
 
 
-class _AllAnswered:
-    """Calls ``then()`` from the event loop once every future is done (those still pending
-    after ``timeout`` seconds, at most 1/64 more, failed with TimeoutError: the timer is
-    its cohort's, ``fanout.Deadlines``), never before it is made: a callback on one missing
-    answer at a time, as ``FanOut.start`` waits (``fanout.py``)."""
+class _AllAnswered(AllAnswered):
+    """Calls ``then()`` once every answer of an ordered write is in (``fanout.AllAnswered``);
+    the answers themselves are judged by ``then``."""
 
-    __slots__ = ("cohort", "futs", "then")
+    __slots__ = ("then",)
 
     def __init__(
         self,
@@ -296,36 +293,10 @@ class _AllAnswered:
         timeout: float,
         then: Callable[[], None],
     ) -> None:
-        self.futs, self.then = futs, then
-        self.cohort: set[Expiring] | None = None  # its timer's cohort (fanout.Deadlines)
-        # the answers' loop, not ``get_running_loop()``: that costs a getpid() system call
-        loop = futs[0].get_loop() if futs else asyncio.get_running_loop()
-        for fut in futs:
-            if not fut.done():
-                self.cohort = deadlines.watch(self, loop, timeout)
-                fut.add_done_callback(self._answered)
-                return
-        loop.call_soon(self._finish)  # nothing to wait for (or nothing sent)
+        self.then = then
+        super().__init__(futs, deadlines, timeout)
 
-    def _answered(self, _: asyncio.Future[Reply]) -> None:
-        for fut in self.futs:
-            if not fut.done():
-                fut.add_done_callback(self._answered)
-                return
-        self._finish()
-
-    def expire(self) -> None:
-        if self.cohort is not None:
-            self.cohort.discard(self)
-            self.cohort = None
-        for fut in self.futs:
-            if not fut.done():
-                fut.set_exception(TimeoutError())
-
-    def _finish(self) -> None:
-        if self.cohort is not None:
-            self.cohort.discard(self)
-            self.cohort = None
+    def finish(self) -> None:
         for fut in self.futs:  # retrieved: those after a replica's first failure are not judged
             if not fut.cancelled():
                 fut.exception()

@@ -157,6 +157,8 @@ async def test_a_lost_connection_drops_the_replica_before_anything_is_sent() -> 
     stored, _ = await fo.send(targets, write(1), 1)
     assert stored == 1 and lost.got == []
     assert targets[1].mode is Mode.ERR and targets[1].error == "connection lost"
+    # counted like a failed answer: one replica lost is one replica error, however it showed
+    assert fo.counters["replica_errors"] == 1
 
 
 async def test_a_flush_answer_never_moves_a_generation_back() -> None:

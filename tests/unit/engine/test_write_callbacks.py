@@ -84,6 +84,7 @@ async def test_start_with_every_connection_lost_still_calls_back() -> None:
     targets, fo = links(lost), fanout()
     assert (await start(fo, targets, write(1), 1))[0] == 0
     assert targets[0].mode is Mode.ERR and FENCES == []
+    assert fo.counters["replica_errors"] == 1
 
 
 async def test_write_nowait_is_answered_when_every_replica_stored_it() -> None:
