@@ -84,7 +84,7 @@ def cipher_alone(n: int = 20000) -> dict[str, float]:
 
 
 def cipher_runs(blocks: int = 256, rounds: int = 30) -> dict[str, float]:
-    """µs per 4 KiB block of ``seal_run`` and ``open_run`` over runs of ``blocks`` blocks
+    """µs per 4 KiB block of ``seal_into`` and ``open_run`` over runs of ``blocks`` blocks
     (one GROUP of tag entries per 64 blocks, as the engine calls them), on the native path
     and the Python one (docs/encryption.md, "Cost"): the median of ``rounds`` of CPU time
     of this process (the machine's load moves it less than wall time)."""

@@ -40,7 +40,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cargohold.buffers import uninitialized
 from cargohold.encryption import native
 from cargohold.encryption.layout import BLOCK, ENTRY
 from cargohold.encryption.tag_entries import (
@@ -60,7 +59,6 @@ from cargohold.encryption.tag_entries import (
     ZERO,
     Slot,
     _native_group,
-    _newest_is_a,
     decode_entry,
     decode_slot,
     encode_slot,
@@ -91,7 +89,6 @@ __all__ = [  # the tag entries' codec (tag_entries.py) is re-exported
     "BlockCipher",
     "Slot",
     "_native_group",
-    "_newest_is_a",
     "decode_entry",
     "decode_slot",
     "derive_block_key",
@@ -102,7 +99,6 @@ __all__ = [  # the tag entries' codec (tag_entries.py) is re-exported
     "put_slot",
     "put_slots",
     "retire_older",
-    "sealing_buffer",
     "version_of",
 ]
 
@@ -127,13 +123,6 @@ def version_of(epoch: int, counter: int) -> int:
     if not 0 < epoch <= MAX_EPOCH or not 0 < counter <= MAX_COUNTER:
         raise InvalidArgument(f"version ({epoch}, {counter}): both must be in 1..2**32-1")
     return epoch << 32 | counter
-
-
-def sealing_buffer(size: int) -> bytearray:
-    """A bytearray of ``size`` bytes for ``BlockCipher.seal_into`` to fill entirely (it
-    checks the length), not zeroed first (a memset of a whole request's extent
-    spared: ``buffers.uninitialized``)."""
-    return uninitialized(size)
 
 
 def derive_block_key(data_key: bytes, volume_id: bytes, salt: bytes, epoch: int) -> bytes:
@@ -220,7 +209,7 @@ class BlockCipher:
 
     # --- writes ------------------------------------------------------------------------
     def slot(self, version: int, tag: bytes, zero: bool = False) -> Slot:
-        """The slot of a tag this cipher sealed (``seal``, ``seal_run``, ``zero_tag``)."""
+        """The slot of a tag this cipher sealed (``seal``, ``seal_into``, ``zero_tag``)."""
         return Slot(version, tag, GCM | ZERO if zero else GCM, self.salt)
 
     def seal(
@@ -230,19 +219,6 @@ class BlockCipher:
         nonce, ad = self._nonce_ad(index, version)
         out = self._sealer(version).encrypt(nonce, bytes(plaintext), ad)
         return out[:BLOCK], out[BLOCK:]
-
-    def seal_run(
-        self,
-        first: int,
-        version: int,
-        plaintext: bytes | bytearray | memoryview,
-        out: bytearray | memoryview,
-    ) -> list[bytes]:
-        """Blocks ``first, first + 1, ...`` of ``plaintext`` (a multiple of BLOCK) at one
-        version: their ciphertext into ``out`` (same length, not ``plaintext``), -> their
-        tags (``seal_into``'s, one by one)."""
-        t = self.seal_into(first, version, plaintext, out)
-        return [t[p : p + TAG_BYTES] for p in range(0, len(t), TAG_BYTES)]
 
     def seal_into(
         self,

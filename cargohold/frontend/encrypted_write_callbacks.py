@@ -27,8 +27,9 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from cargohold.buffers import uninitialized
 from cargohold.encryption import layout
-from cargohold.encryption.block_cipher import TAG_BYTES, may_be_unwritten, sealing_buffer
+from cargohold.encryption.block_cipher import TAG_BYTES, may_be_unwritten
 from cargohold.encryption.layout import BLOCK, GROUP
 from cargohold.errors import CargoholdError
 
@@ -143,11 +144,11 @@ class CallbackWrites:
         one call of the cipher each (``seal_into``; the buffers not zeroed first: it fills
         them). -> (head, first, extent, the blocks' tags joined, 16 bytes each)."""
         head = min(hi, -(-lo // GROUP) * GROUP) if lo % GROUP else lo
-        first = sealing_buffer((head - lo) * BLOCK)
+        first = uninitialized((head - lo) * BLOCK)
         tags = b""
         if head > lo:
             tags = self.cipher.seal_into(lo, version, data[: len(first)], first)
-        extent = sealing_buffer(layout.extent_blocks(head, hi) * BLOCK)
+        extent = uninitialized(layout.extent_blocks(head, hi) * BLOCK)
         if hi > head:
             tags += self.cipher.seal_into(head, version, data[(head - lo) * BLOCK :], extent, GROUP)
         return head, first, extent, tags
