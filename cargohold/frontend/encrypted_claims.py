@@ -37,7 +37,15 @@ class Claims:
         groups = self._groups
         if not groups:
             return None
-        for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
+        g0, g1 = lo // GROUP, (hi - 1) // GROUP
+        if g0 == g1:  # the common case: no range to walk
+            held = groups.get(g0)
+            if held is not None:
+                for a, b, fut in held:
+                    if a < hi and lo < b:
+                        return fut
+            return None
+        for g in range(g0, g1 + 1):
             for a, b, fut in groups.get(g, ()):
                 if a < hi and lo < b:
                     return fut
@@ -51,7 +59,15 @@ class Claims:
         """Claim blocks [lo, hi) (none of them claimed: the caller checked ``owner``)."""
         claim = (lo, hi, fut)
         groups = self._groups
-        for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
+        g0, g1 = lo // GROUP, (hi - 1) // GROUP
+        if g0 == g1:
+            held = groups.get(g0)
+            if held is None:
+                groups[g0] = [claim]
+            else:
+                held.append(claim)
+            return
+        for g in range(g0, g1 + 1):
             held = groups.get(g)
             if held is None:
                 groups[g] = [claim]
@@ -62,17 +78,21 @@ class Claims:
         """Drop the claim of exactly blocks [lo, hi); -> its future (None: there was none)."""
         groups = self._groups
         found = None
-        for g in range(lo // GROUP, (hi - 1) // GROUP + 1):
+        g0, g1 = lo // GROUP, (hi - 1) // GROUP
+        for g in range(g0, g1 + 1) if g0 != g1 else (g0,):
             held = groups.get(g)
             if held is None:
+                continue
+            if len(held) == 1:  # the common case: its claim alone in the group
+                claim = held[0]
+                if claim[0] == lo and claim[1] == hi:
+                    found = claim[2]
+                    del groups[g]
                 continue
             for k, claim in enumerate(held):
                 if claim[0] == lo and claim[1] == hi:
                     found = claim[2]
-                    if len(held) == 1:
-                        del groups[g]
-                    else:
-                        del held[k]
+                    del held[k]
                     break
         return found
 

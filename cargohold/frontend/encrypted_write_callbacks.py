@@ -79,7 +79,7 @@ class CallbackWrites:
         self._check_layout()
         lo, hi = offset // BLOCK, (offset + len(data)) // BLOCK
         claimed = self._claimed
-        if hi <= lo or (claimed and claimed.owner(lo, hi) is not None):
+        if hi <= lo or claimed.owner(lo, hi) is not None:
             return False  # nothing to write, or another write owns a block: it waits
         cache = self._cache
         tag_blocks: dict[int, TagBlock] = {}
