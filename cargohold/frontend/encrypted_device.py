@@ -66,6 +66,7 @@ from cargohold.encryption.block_cipher import (
 from cargohold.encryption.layout import BLOCK, GROUP
 from cargohold.errors import ChecksumError, WrongDataKey
 from cargohold.frontend.device import BlockDevice
+from cargohold.frontend.encrypted_claims import Claims
 from cargohold.frontend.encrypted_repair import Copies, Repair
 from cargohold.frontend.encrypted_write_callbacks import CallbackWrites
 from cargohold.frontend.key_check import first_group_refusing
@@ -112,7 +113,7 @@ class EncryptedDevice(CallbackWrites, Repair):
         self._counter = 0
         self._cache: OrderedDict[int, TagBlock] = OrderedDict()  # by group
         self._loading: dict[int, asyncio.Future[TagBlock]] = {}
-        self._claimed: dict[int, asyncio.Future[None]] = {}  # logical blocks being written
+        self._claimed = Claims()  # logical blocks being written
         self.wrong_key: str | None = None
         self._layout_version = layout_version
         self._layout = layout_version() if layout_version is not None else 0
@@ -198,7 +199,7 @@ class EncryptedDevice(CallbackWrites, Repair):
             if over <= 0:
                 break
             t = self._cache[g]
-            if t.busy or any(b in self._claimed for b in range(g * GROUP, (g + 1) * GROUP)):
+            if t.busy or self._claimed.group_claimed(g):
                 continue
             del self._cache[g]
             over -= 1
@@ -255,18 +256,15 @@ class EncryptedDevice(CallbackWrites, Repair):
     async def _claim(self, lo: int, hi: int) -> None:
         """Wait until no write of blocks [lo, hi) is in flight, then own them."""
         while True:
-            busy = next((self._claimed[b] for b in range(lo, hi) if b in self._claimed), None)
+            busy = self._claimed.owner(lo, hi)
             if busy is None:
                 break
             await asyncio.shield(busy)
-        fut = asyncio.get_running_loop().create_future()
-        for b in range(lo, hi):
-            self._claimed[b] = fut
+        if hi > lo:
+            self._claimed.take(lo, hi, asyncio.get_running_loop().create_future())
 
     def _release(self, lo: int, hi: int) -> None:
-        fut = self._claimed.get(lo)
-        for b in range(lo, hi):
-            self._claimed.pop(b, None)
+        fut = self._claimed.release(lo, hi)
         if fut is not None and not fut.done():
             fut.set_result(None)
 

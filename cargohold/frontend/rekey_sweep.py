@@ -230,9 +230,9 @@ class Rekey:
             )
         self._layout_changed()  # what is swept from here on is the content now
         # writes sealed before the keys changed: finished, their tag blocks on the replicas
-        pending = {id(f): f for f in dev._claimed.values()}
+        pending = dev._claimed.futures()
         if pending:
-            await asyncio.gather(*(asyncio.shield(f) for f in pending.values()))
+            await asyncio.gather(*(asyncio.shield(f) for f in pending))
         total = -(-dev.size // layout.GROUP_BYTES)
         self.groups_total = total
         for g0 in range(0, total, STATUS_BATCH):

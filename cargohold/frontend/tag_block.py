@@ -27,7 +27,7 @@ class TagBlock:
     """One cached tag block and its writes."""
 
     __slots__ = (
-        "acked", "applied", "data", "done", "error", "queued", "stale", "writing", "written",
+        "_done", "acked", "applied", "data", "error", "queued", "stale", "writing", "written",
     )  # fmt: skip
 
     def __init__(self, data: bytes | bytearray) -> None:
@@ -36,10 +36,19 @@ class TagBlock:
         self.written = 0  # changes the replicas acknowledged
         self.queued = 0  # changes the newest snapshot queued holds
         self.writing = 0  # writes of it in flight
-        self.done = asyncio.Event()  # set after each write of it (then replaced)
+        self._done: asyncio.Event | None = None  # ``done``'s, made when first waited for
         self.acked: set[int] = set()  # blocks (0..63) whose newest slot's data is written
         self.error: BaseException | None = None  # the last failed write's
         self.stale = False  # a write of it failed: the replicas may hold either version
+
+    @property
+    def done(self) -> asyncio.Event:
+        """Set after the next write of it ends (then replaced). Made only when asked for:
+        most writes end with nobody waiting, and an Event per write cost more than the
+        rest of ``ended``."""
+        if self._done is None:
+            self._done = asyncio.Event()
+        return self._done
 
     @property
     def busy(self) -> bool:
@@ -66,6 +75,7 @@ class TagBlock:
         else:
             self.error = error
             self.stale = True
-        self.done.set()
-        self.done = asyncio.Event()
+        done, self._done = self._done, None
+        if done is not None:
+            done.set()
         return self.stale and not self.writing

@@ -72,7 +72,7 @@ def test_a_write_without_a_task_goes_in_one_ordered_call_and_reads_back() -> Non
         assert ops == [(layout.tag_block(3), 1), (layout.data_block(3), 1)]
         assert 3 in d._claimed  # claimed until answered
         assert await done.wait() is None
-        assert d._claimed == {}
+        assert not d._claimed
         # a write over two whole groups and part of a third: tag blocks, partial, extent
         span = pattern(GROUP - 6, 2 * GROUP + 6)
         multi = start(d, (GROUP - 6) * BLOCK, span)
@@ -140,7 +140,7 @@ def test_a_replica_failing_mid_write_fails_it_and_keeps_old_or_new_on_every_copy
         assert done is not None
         err = await done.wait()
         assert isinstance(err, ReplicaIOError) and "cut short" in str(err)
-        assert d._claimed == {} and 0 not in d._cache  # stale: read again
+        assert not d._claimed and 0 not in d._cache  # stale: read again
         assert d.counters["encrypted_blocks"] == 1  # the warm-up write only
         for reader, want in ((1, pattern(3, tag=b"w")), (0, pattern(3))):
             vol.reader = reader
@@ -168,7 +168,7 @@ def test_a_failed_tag_block_write_writes_no_data_and_the_block_reads_old() -> No
         done = start(d, 5 * BLOCK, pattern(5))
         assert done is not None
         assert "crashed" in str(await done.wait())
-        assert d._claimed == {} and 0 not in d._cache
+        assert not d._claimed and 0 not in d._cache
         vol.fail_after = None
         assert await d.read(5 * BLOCK, BLOCK) == pattern(5, tag=b"w")
         assert await device(vol, epoch=2).read(5 * BLOCK, BLOCK) == pattern(5, tag=b"w")
