@@ -11,6 +11,9 @@ local file. Systems:
     nbd-serve  cargohold nbd-serve: one in-process replica, no replication (the NBD layer)
     engine-1   cargohold engine, 1 replica (a replica server on loopback)
     engine-3   cargohold engine, 3 replicas (three replica servers on loopback)
+               In both the local replica (r0) is reached over its server's unix socket,
+               as the node agent runs engines (``--local-unix``); ``--local-link tcp``
+               puts it on loopback TCP like the others (the figures before 2026-12-07 13:00)
     engine-3-tls    the same with mutual TLS on every replica link, as users run it
     engine-3-netns  3 nodes: the three replica servers in three network namespaces, the
                engine (and fio, its consumer) in a fourth, joined by veth pairs and a bridge
@@ -369,13 +372,15 @@ class Bench:
         for i in range(n):
             disk = os.path.join(self.work, key, f"node-{i}")
             os.makedirs(disk)
-            servers.append(self.started.add(ServerProc([disk], log_dir=self.logs)))
+            # the local replica's server (r0) also on a unix socket, as the agent runs it
+            sock = os.path.join(self.work, f"{key}-r{i}.sock") if i == 0 else None
+            servers.append(self.started.add(ServerProc([disk], unix=sock, log_dir=self.logs)))
             servers[-1].start()
 
         async def create() -> None:
             for i, s in enumerate(servers):
                 c = await ReplicaClient.connect("127.0.0.1", s.port)
-                await c.create(f"r{i}", self.size)
+                await c.create(f"r{i}", self.size, volume="bench")  # the engine's own
                 await c.close()
 
         asyncio.run(create())
@@ -384,6 +389,8 @@ class Bench:
         control = os.path.join(self.work, f"{key}.ctl")
         cmd = [*py, "engine", "--volume", "bench", "--epoch", "1", "--listen", "127.0.0.1:0"]
         cmd += ["--control", control, "--local", "r0", "--plaintext"]  # benchmarks/tls.py: TLS
+        if self.args.local_link == "unix":  # the agent's way: its server's unix socket
+            cmd += ["--local-unix", str(servers[0].unix)]
         for i, s in enumerate(servers):
             cmd += ["--replica", f"r{i}@127.0.0.1:{s.port}"]
         cmd += ["--unix", unix] if unix else []
@@ -393,6 +400,9 @@ class Bench:
         st = engine_status(control)
         if st.get("robustness") != "healthy":
             raise RuntimeError(f"{key} is not healthy after start: {st}")
+        links = [r.get("transport") for r in st.get("replicas", []) if r.get("local")]
+        if links != [self.args.local_link]:  # a unix socket that failed falls back to TCP
+            raise RuntimeError(f"{key}: local replica over {links}, not {self.args.local_link}")
         uri = self._uri(e.port, unix, "bench")
         return System(key, uri=uri, procs=[e, *servers], control=control, profile=prof)
 
@@ -705,6 +715,7 @@ def run(args: argparse.Namespace, started: Started) -> dict[str, Any]:
         "ramp": args.ramp,
         "size": parse_size(args.size),
         "transport": args.transport,
+        "local_link": args.local_link,
         "fsync": args.fsync,
         "systems": {},
         "skipped": [s for s in chosen if s not in systems],
@@ -822,6 +833,13 @@ def main() -> None:
     ap.add_argument("--systems", default=None, help=f"comma-separated subset of {SYSTEMS}")
     ap.add_argument("--workloads", default=None, help="comma-separated subset of the keys")
     ap.add_argument("--transport", choices=["tcp", "unix"], default="tcp", help="NBD over (tcp)")
+    ap.add_argument(
+        "--local-link",
+        choices=["unix", "tcp"],
+        default="unix",
+        help="engine-1/engine-3: the local replica over its server's unix socket, as the "
+        "agent runs engines (unix), or over loopback TCP like the others (tcp)",
+    )
     ap.add_argument("--fsync", type=int, default=0, help="writes: FLUSH every N writes (0: none)")
     ap.add_argument(
         "--repeats", type=int, default=3, help="interleaved runs of every workload (3): medians"

@@ -123,6 +123,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         systems=args.systems,
         workloads=None,
         transport="tcp",
+        local_link="unix",  # the engines' local replica as the agent runs it
         fsync=0,
         repeats=args.repeats,
         profile=None,
