@@ -358,6 +358,7 @@ class Agent:
             await self.metrics.stop()
         await self.engines.stop_all()
         await self.replicas.stop()
+        node_state.remove_socket_dirs(self.dir)
         self._save_state()
         await self.manager.close()
 

@@ -11,11 +11,13 @@ spec}), ``added_disks`` (DiskReport objects).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from typing import Any
 
@@ -134,10 +136,36 @@ def control_path(dir: str, volume: str) -> str:
     path = os.path.join(dir, "run", f"{volume}.sock")
     if len(path.encode()) < 100:  # sun_path holds 108 bytes
         return path
-    short = hashlib.sha256(dir.encode()).hexdigest()[:12]
-    where = os.path.join(tempfile.gettempdir(), f"cargohold-{short}")
+    where = _short_dirs(dir)[0]
     os.makedirs(where, mode=0o700, exist_ok=True)
     return os.path.join(where, f"{volume}.sock")
+
+
+def _short_dirs(dir: str) -> list[str]:
+    """The temporary directories ``control_path`` and ``replica_socket`` use for a node
+    directory whose sockets' paths would be too long for a unix socket."""
+    short = hashlib.sha256(dir.encode()).hexdigest()[:12]
+    base = tempfile.gettempdir()
+    return [os.path.join(base, f"cargohold-{short}"), os.path.join(base, f"cargohold-{short}-rs")]
+
+
+def remove_socket_dirs(dir: str) -> None:
+    """Remove this node's temporary socket directories, and the sockets left in them, once
+    everything the agent ran has stopped (its shutdown): a node directory with a long path
+    otherwise leaves them behind in the temporary directory. Anything in them but a socket
+    keeps its directory."""
+    for where in _short_dirs(dir):
+        try:
+            names = os.listdir(where)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(where, name)
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(where)
 
 
 def replica_socket(dir: str) -> str | None:
@@ -148,8 +176,7 @@ def replica_socket(dir: str) -> str | None:
     else made it first) is never used: None, and the engines use TLS over TCP instead."""
     where = os.path.join(dir, "run", "replica-server")
     if len(os.path.join(where, "replica.sock").encode()) >= 100:  # sun_path holds 108 bytes
-        short = hashlib.sha256(dir.encode()).hexdigest()[:12]
-        where = os.path.join(tempfile.gettempdir(), f"cargohold-{short}-rs")
+        where = _short_dirs(dir)[1]
     try:
         os.makedirs(where, mode=0o700, exist_ok=True)
         st = os.lstat(where)

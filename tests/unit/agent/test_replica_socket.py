@@ -97,3 +97,27 @@ async def test_an_upgrade_adopts_the_server_an_older_agent_started_without_a_soc
     assert await r.adopt(state, None) == 4321
     assert r.server is not None and "--unix" not in r.server.argv
     assert "--unix" in r._process(9500).argv  # what the next start runs
+
+
+def test_the_agent_removes_its_temporary_socket_directories_at_shutdown(tmp_path):
+    """A node directory too long for unix sockets has them under the temporary directory;
+    once everything stopped, its sockets and directories go, but not what is not a socket."""
+    import socket
+
+    from cargohold.agent.node_state import control_path, remove_socket_dirs
+
+    deep = str(tmp_path / ("x" * 90))
+    rs, ctl = replica_socket(deep), control_path(deep, "vol-a")
+    assert rs is not None and not rs.startswith(deep) and not ctl.startswith(deep)
+    for path in (rs, ctl):  # sockets their servers left bound
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.close()
+    remove_socket_dirs(deep)
+    assert not os.path.exists(os.path.dirname(rs)) and not os.path.exists(os.path.dirname(ctl))
+    remove_socket_dirs(deep)  # nothing left: nothing to do
+    ctl = control_path(deep, "vol-a")
+    Path(os.path.dirname(ctl), "notes").write_text("kept")
+    remove_socket_dirs(deep)
+    assert os.path.exists(os.path.join(os.path.dirname(ctl), "notes"))
+    shutil.rmtree(os.path.dirname(ctl))
