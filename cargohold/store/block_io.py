@@ -184,18 +184,17 @@ class BlockIO(LayerTree):
     ) -> int:
         """The short way of ``write`` and ``write_many`` for lone one-block writes (random
         4 KiB writes: what a replica server is sent most), from ``writes[i]`` on, in one
-        loop: each whole block inside the replica, numbered as ``_claimable`` admits (above
-        every one seen, in an epoch the history already records), not adjacent to the next
+        loop: each whole block inside the replica, numbered above every one seen, in an epoch
+        the history already records (``_epoch_recorded``), not adjacent to the next
         (a run: one ``pwritev``, ``_write_run``). Each is claimed (``_claim_next``), stored
         by ``_put`` (its crash-safe order: mark, announce the checksum, the data, commit) and
         completed in order, as ``write`` would: no per-write checks beyond these, counters
-        once per call; its outcome appended to ``out``. Stops at
-        the first write that does not qualify, and after the first that fails (its
-        exception in ``out``; claimed, never completed). -> the index it stopped at."""
-        head = self._chain[0]
-        history = self._meta.get("history")
-        if not history or history[-1][0] != self.epoch:  # a new epoch: recorded by _claim
+        once per call; its outcome appended to ``out``. Stops at the first write that does
+        not qualify, and after the first that fails (its exception in ``out``; claimed,
+        never completed). -> the index it stopped at."""
+        if not self._epoch_recorded():  # a new epoch's first mutation: _claim records it
             return i
+        head = self._chain[0]
         k, size, seen = len(writes), self.size, self._seen
         j, failed = i, False
         while j < k:
