@@ -82,8 +82,12 @@ MAX_CHECKSUM_BLOCKS = 1 << 19
 """Blocks one CHECKSUMS call covers at most (2 GiB of volume; a 2 MiB per-block map)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
+    """One request. Not frozen, as ``Reply``: a replica server makes one per frame it is
+    sent, and a frozen dataclass's ``__init__`` costs three times a plain one's; nothing
+    changes it."""
+
     op: int
     flags: int
     id: int

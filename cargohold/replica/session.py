@@ -262,7 +262,7 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.Buffer
                 rep = self.rep
                 self._check_grant(req, replica_volume(rep.id, rep.store.labels) if rep else None)
             res = handler(self, req)
-            if asyncio.iscoroutine(res):
+            if type(res) is not tuple and asyncio.iscoroutine(res):  # most answer at once
                 task = asyncio.get_running_loop().create_task(self._finish(req, res))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

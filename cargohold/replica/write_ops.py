@@ -48,7 +48,8 @@ class WriteOps:
             raise InvalidArgument(
                 f"write length {req.length} but {len(req.payload)} bytes of payload"
             )
-        self._mutation(req)
+        self._refuse_after_failure(rep)  # _mutation's checks, the replica's already done
+        self._numbered(rep, req.op, req.generation)
         gen = rep.store.write(req.offset, req.payload, generation=req.generation)
         if req.flags & wire.FLAG_FUA:
             return self._flush(rep, gen)
@@ -64,21 +65,26 @@ class WriteOps:
         writes = wire.decode_write_batch(req.payload)
         rep = self._replica()  # fenced, closed, deleted: the whole batch fails alike
         store = rep.store
-        self.server.counters["write_batches"] += 1
-        self.server.counters["batched_writes"] += len(writes)
+        n = len(writes)
+        counters = self.server.counters
+        counters["write_batches"] += 1
+        counters["batched_writes"] += n
         # the node's request and disk-op metrics count writes, batched or not
-        self.server.counters["requests"] += len(writes) - 1
-        rep.disk.ops += len(writes) - 1
+        counters["requests"] += n - 1
+        rep.disk.ops += n - 1
         # numbered ones to the store in one call (adjacent ones: one pwritev), in order;
         # none after the first that fails (this batch's or an earlier request's)
         refused: list[Exception | None] = []
-        take = len(writes)
+        take = n
         if self.failed is not None or not all(w.generation for w in writes):
             refused = [self._refusal(rep, w.generation) for w in writes]
             take = next((k for k, no in enumerate(refused) if no is not None), take)
-        got_all = store.write_many([(w.offset, w.data, w.generation) for w in writes[:take]])
-        results = [(wire.STATUS_OK, g, b"") for g in got_all if not isinstance(g, Exception)]
-        if len(results) == len(writes):  # every write stored: the usual batch
+        got_all = store.write_many(
+            [(w.offset, w.data, w.generation) for w in (writes if take == n else writes[:take])]
+        )
+        ok = wire.STATUS_OK
+        results = [(ok, g, b"") for g in got_all if type(g) is int]
+        if len(results) == n:  # every write stored: the usual batch
             fua = any(w.flags & wire.FLAG_FUA for w in writes)
         else:
             results, fua = self._batch_failed(req, rep, writes, got_all, refused)

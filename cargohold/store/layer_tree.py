@@ -171,18 +171,16 @@ class LayerTree(ReplicaStore):
             self._commit(meta)
         return g, self._claim_next(g)
 
-    def _claimable(self, generation: object) -> bool:
-        """Whether ``_claim(generation)`` takes it as it is, with nothing to record first: a
-        caller's number above every one seen, in an epoch the history already has (the
-        one-block write's short way, ``BlockIO.write``)."""
-        if type(generation) is not int or generation <= self._seen:
-            return False
+    def _epoch_recorded(self) -> bool:
+        """Whether the history already records the current epoch: then ``_claim`` of a
+        caller's number above every one seen records nothing first and is ``_claim_next``
+        (the short way of one-block writes, ``BlockIO._write_blocks``)."""
         history = self._meta.get("history")
         return history is not None and len(history) > 0 and history[-1][0] == self.epoch
 
     def _claim_next(self, g: int) -> bool:
-        """``_claim`` of a number ``_claimable`` admitted. -> whether it continues the
-        sequence."""
+        """``_claim`` of a number above every one seen, in an epoch the history records
+        (``_epoch_recorded``). -> whether it continues the sequence."""
         contiguous = self._gen == self._seen and g == self._gen + 1
         self._seen = g
         self._chain[0].seen = g

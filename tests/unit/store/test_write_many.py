@@ -129,3 +129,45 @@ def test_one_block_writes_take_the_short_way_only_when_their_claim_is_plain(stor
     again = FileStore.open(str(tmp_path / "r"))  # what the map and its header persisted
     assert (again.generation, again.seen, again.history) == (3, 5, [[1, 1], [2, 2]])
     again.close()
+
+
+def test_lone_writes_of_a_batch_end_as_one_by_one_and_a_failed_one_stops_the_rest(
+    store, monkeypatch
+):
+    """Lone one-block writes of a batch (random 4 KiB writes) go through one loop
+    (``BlockIO._write_blocks``): they end where ``write`` one by one ends (the in-memory
+    twin), counted once each; when one's ``pwrite`` fails, the ones before it are stored
+    and complete, it fails leaving a gap (claimed, never complete), the rest are not
+    applied, and every block still verifies."""
+    lone = [(k * 3 * BLOCK_SIZE, blocks(1, k), k + 1) for k in range(6)]
+    twin = MemoryStore(1 * GIB)
+    assert store.write_many(lone) == [1, 2, 3, 4, 5, 6]
+    for offset, data, g in lone:
+        twin.write(offset, data, generation=g)
+    assert bytes(store.read(0, 18 * BLOCK_SIZE)) == bytes(twin.read(0, 18 * BLOCK_SIZE))
+    assert (store.checksums(0, 18 * BLOCK_SIZE) == twin.checksums(0, 18 * BLOCK_SIZE)).all()
+    assert store.changed_since(0) == twin.changed_since(0)
+    assert store.counters["writes"] == 6 and store.counters["written_bytes"] == 6 * BLOCK_SIZE
+
+    real, calls = os.pwrite, []
+
+    def third_fails(fd, data, off):
+        calls.append(off)
+        if len(calls) == 3:
+            raise OSError(5, "Input/output error")
+        return real(fd, data, off)
+
+    monkeypatch.setattr(os, "pwrite", third_fails)
+    again = [(k * 3 * BLOCK_SIZE, blocks(1, 10 + k), 7 + k) for k in range(5)]
+    got = store.write_many(again)
+    assert got[:2] == [7, 8], got
+    assert isinstance(got[2], ReplicaIOError) and "not applied" not in str(got[2])
+    assert all(isinstance(e, ReplicaIOError) and "not applied" in str(e) for e in got[3:])
+    assert len(calls) == 3  # nothing after the failed one reached the file
+    assert store.generation == 8 and store.seen == 9  # a gap at 9: the engine drops us
+    assert store.counters["writes"] == 8
+    monkeypatch.undo()
+    assert bytes(store.read(0, BLOCK_SIZE)) == blocks(1, 10)
+    assert bytes(store.read(6 * BLOCK_SIZE, BLOCK_SIZE)) == blocks(1, 2)  # its old content
+    assert bytes(store.read(9 * BLOCK_SIZE, BLOCK_SIZE)) == blocks(1, 3)  # not applied
+    assert not store.scrub().bad
