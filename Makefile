@@ -37,9 +37,11 @@ lint: setup
 # is not a pass, so it stays an error here.
 # two workers (pytest-xdist): most of a test's time is waiting on real processes, so two
 # run side by side on 2 cores in about half the time; each test keeps its own cluster,
-# ports, directories and namespaces
+# ports, directories and namespaces. --dist worksteal: a worker that runs out of tests
+# takes half of the other's queue, instead of idling while the other works through a
+# batch of long cluster tests handed out in advance
 test: lint
-	$(VENV)/pytest -q -n 2
+	$(VENV)/pytest -q -n 2 --dist worksteal
 
 unit: setup
 	$(VENV)/pytest -q tests/unit
