@@ -494,6 +494,8 @@ class EncryptedDevice(CallbackWrites, Repair):
         start = layout.data_block(lo)
         span = (layout.data_block(hi - 1) + 1 - start) * BLOCK
         have = {g: t for g in groups if (t := self._cache.get(g)) is not None}
+        for g in have:  # used: the least recently used tag blocks go first
+            self._cache.move_to_end(g)
         need = [g for g in groups if g not in have]
         if need:
             ct, loaded = await asyncio.gather(

@@ -87,6 +87,7 @@ class CallbackWrites:
             t = cache.get(g)
             if t is None:
                 return False
+            cache.move_to_end(g)  # used: the least recently used tag blocks go first
             base = g * GROUP
             acked, tags = t.acked, t.data
             for j in range(max(lo, base) - base, min(hi, base + GROUP) - base):

@@ -230,3 +230,24 @@ def test_a_rekey_sweep_waits_for_a_write_without_a_task_and_sweeps_its_data() ->
         assert await new_only.read((GROUP + 2) * BLOCK, BLOCK) == pattern(GROUP + 2)
 
     run(go())
+
+
+def test_reads_and_writes_without_a_task_keep_their_tag_blocks_cached_longest() -> None:
+    """The tag cache evicts the least recently used tag block: a read that finds its tag
+    block cached and a write without a task use it too (they once left it where it was
+    loaded, so a busy group's tag block was evicted as if unused and read again)."""
+    vol = MemoryVolume(layout.physical_size(LOGICAL), n=3)
+
+    async def go() -> None:
+        d = EncryptedDevice(vol, BlockCipher(KEY, VID), 1, copies=vol, cache_blocks=4)
+        await warm(d, *(g * GROUP for g in range(4)))  # groups 0-3 cached, 0 the oldest
+        assert list(d._cache) == [0, 1, 2, 3]
+        assert await d.read(0, BLOCK) == pattern(0, tag=b"w")
+        assert list(d._cache)[-1] == 0  # the read used group 0's
+        recorder = start(d, 1 * GROUP * BLOCK, pattern(7))
+        assert recorder is not None
+        await recorder.wait()
+        assert list(d._cache)[-1] == 1  # the write without a task used group 1's
+        assert list(d._cache) == [2, 3, 0, 1]
+
+    run(go())
