@@ -45,14 +45,6 @@ if TYPE_CHECKING:
 Done = Callable[[Exception | None], None]
 _EMPTY = bytearray()  # never written to: ``_seal``'s part with no blocks
 _TAG_BLOCK_SIZED = memoryview(bytes(BLOCK))  # a tag block's length, before its snapshot
-_SMALL = 16 * BLOCK  # below this a zeroed buffer costs less than ``uninitialized``'s call
-
-
-def _buffer(n: int) -> bytearray:
-    """A buffer of ``n`` bytes, every one of which the caller writes: not zeroed first
-    when large (``buffers.uninitialized``, a ctypes call of ~1.5 µs), zeroed when small
-    (``bytearray(n)`` for a 4 KiB block costs a fraction of that call)."""
-    return bytearray(n) if n < _SMALL else uninitialized(n)
 
 
 class CallbackWrites:
@@ -160,10 +152,10 @@ class CallbackWrites:
         first = extent = _EMPTY
         tags = b""
         if head > lo:
-            first = _buffer((head - lo) * BLOCK)
+            first = uninitialized((head - lo) * BLOCK)
             tags = self.cipher.seal_into(lo, version, data[: len(first)], first)
         if hi > head:
-            extent = _buffer(layout.extent_blocks(head, hi) * BLOCK)
+            extent = uninitialized(layout.extent_blocks(head, hi) * BLOCK)
             tags += self.cipher.seal_into(head, version, data[(head - lo) * BLOCK :], extent, GROUP)
         return head, first, extent, tags
 
