@@ -153,9 +153,13 @@ def remove_socket_dirs(dir: str) -> None:
     """Remove this node's temporary socket directories, and the sockets left in them, once
     everything the agent ran has stopped (its shutdown): a node directory with a long path
     otherwise leaves them behind in the temporary directory. Anything in them but a socket
-    keeps its directory."""
+    keeps its directory, and one that is not a directory of the agent's own (a symlink, or
+    someone else's, as ``replica_socket`` refuses too) is never looked into."""
     for where in _short_dirs(dir):
         try:
+            st = os.lstat(where)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                continue
             names = os.listdir(where)
         except OSError:
             continue

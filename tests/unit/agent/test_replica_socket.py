@@ -121,3 +121,15 @@ def test_the_agent_removes_its_temporary_socket_directories_at_shutdown(tmp_path
     remove_socket_dirs(deep)
     assert os.path.exists(os.path.join(os.path.dirname(ctl), "notes"))
     shutil.rmtree(os.path.dirname(ctl))
+    # a symlink planted where its directory goes is never followed: the sockets it points at stay
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(elsewhere / "other.sock"))
+    s.close()
+    os.symlink(elsewhere, os.path.dirname(ctl))
+    try:
+        remove_socket_dirs(deep)
+        assert (elsewhere / "other.sock").exists()
+    finally:
+        os.unlink(os.path.dirname(ctl))
