@@ -71,6 +71,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import method  # noqa: E402  (benchmarks/method.py: the measuring method)
+import proc_tree  # noqa: E402  (benchmarks/proc_tree.py)
 
 # the CLI package first: importing cargohold.cli.replica_cmd alone hits an import cycle
 from cargohold.cli.units import parse_size  # noqa: E402
@@ -229,30 +230,15 @@ def free_port() -> int:
 
 def cpu_seconds(pids: list[int]) -> list[float]:
     """utime + stime of each process (all its threads) and its descendants."""
-    children: dict[int, list[int]] = {}
-    stats: dict[int, float] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(d))
-        stats[int(d)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    out = []
-    for pid in pids:
-        total, todo, seen = 0.0, [pid], set()
-        while todo:
-            p = todo.pop()
-            if p in seen:
-                continue
-            seen.add(p)
-            total += stats.get(p, 0.0)
-            todo += children.get(p, [])
-        out.append(total)
-    return out
+    stats = proc_tree.scan()
+    return [
+        sum(
+            (int(stats[p][11]) + int(stats[p][12])) / CLK_TCK
+            for p in proc_tree.descendants(pid, stats)
+            if p in stats
+        )
+        for pid in pids
+    ]
 
 
 def host_cpu() -> tuple[float, float]:

@@ -32,6 +32,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import proc_tree  # noqa: E402  (benchmarks/proc_tree.py)
+
 NR_WRITE, NR_POLL, NR_PWRITE64, NR_WRITEV, NR_SENDTO, NR_EPOLL_PWAIT = 1, 7, 18, 20, 44, 281
 PHASES = [  # (from, to, what)
     ("f_send", "e_wake1", "fio send -> engine wakes"),
@@ -48,25 +51,13 @@ _LINE = re.compile(r"\s*(\S+)\s+(\d+)\s+\[\d+\]\s+([\d.]+):\s+(\S+):\s+(.*)")
 
 def tree(root: int) -> dict[int, str]:
     """pid -> command line of ``root``'s descendants."""
-    kids: dict[int, list[int]] = {}
-    cmd: dict[int, str] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd[int(d)] = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
     out: dict[int, str] = {}
-    todo = [root]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out[k] = cmd.get(k, "")
-            todo.append(k)
+    for pid in proc_tree.descendants(root, proc_tree.scan())[1:]:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            out[pid] = ""
     return out
 
 
