@@ -1058,6 +1058,7 @@ def disk_full(env: Env) -> Outcome:
     with scenario(env, "s7", replicas=len(env.cluster.nodes)) as v:
         name = v["name"]
         rid = replica_on(v, node)
+        settle_disk(disk, rid)
         st = os.statvfs(disk)
         filler = os.path.join(disk, "filler")
         room = st.f_bavail * st.f_frsize - 256 * 1024
@@ -1100,6 +1101,24 @@ def disk_full(env: Env) -> Outcome:
         no_client_errors(out, load.history, "while one disk was full")  # type: ignore[arg-type]
         out.notes.append(f"dropped: {err[:60]}")
     return out
+
+
+def settle_disk(disk: str, keep: str, timeout: float = 60.0) -> None:
+    """Wait until ``disk`` holds no replica but ``keep`` and its trash is empty. The
+    replicas of an earlier scenario's volume are deleted by their agents after the volume
+    is gone, and their space returns when the trash is emptied: a filler sized before that
+    would leave room for the whole volume (a soak saw it: the previous volume's replica
+    left the trash a second after the filler was made, and no write ever failed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        others = [d for d in os.listdir(os.path.join(disk, "replicas")) if d != keep]
+        trash = os.path.join(disk, "trash")
+        left = os.listdir(trash) if os.path.isdir(trash) else []
+        if not others and not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{disk}: other replicas {others} and trash {left} still there")
+        time.sleep(0.2)
 
 
 # --- 8: bit rot ----------------------------------------------------------------------------
