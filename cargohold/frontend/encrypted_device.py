@@ -114,6 +114,7 @@ class EncryptedDevice(CallbackWrites, Repair):
         self._cache: OrderedDict[int, TagBlock] = OrderedDict()  # by group
         self._loading: dict[int, asyncio.Future[TagBlock]] = {}
         self._claimed = Claims()  # logical blocks being written
+        self._stale: set[int] = set()  # groups whose cached tag block goes once unclaimed
         self.wrong_key: str | None = None
         self._layout_version = layout_version
         self._layout = layout_version() if layout_version is not None else 0
@@ -248,9 +249,22 @@ class EncryptedDevice(CallbackWrites, Repair):
 
     def _ended(self, g: int, t: TagBlock, upto: int, error: BaseException | None) -> None:
         """A write of tag block ``g`` ended; after a failure the cached copy is dropped once
-        none is in flight (the replicas may hold either version: read it again)."""
+        none is in flight (the replicas may hold either version: read it again) and no
+        write claims a block of its group (``_drop_stale``)."""
         if t.ended(upto, error) and self._cache.get(g) is t:
-            del self._cache[g]
+            self._stale.add(g)
+            self._drop_stale()
+
+    def _drop_stale(self) -> None:
+        """Drop the stale cached tag blocks of groups no write claims any more. Not before:
+        a write holding one (its tag put, its snapshot not yet queued: a hold) would
+        queue it after another write had loaded the group's older copy from the replicas,
+        and whichever landed last would lose the other's acknowledged tags."""
+        for g in [g for g in self._stale if not self._claimed.group_claimed(g)]:
+            self._stale.discard(g)
+            t = self._cache.get(g)
+            if t is not None and t.stale and not t.writing:
+                del self._cache[g]
 
     # --- claiming blocks for a write -----------------------------------------------------
     async def _claim(self, lo: int, hi: int) -> None:
@@ -267,6 +281,8 @@ class EncryptedDevice(CallbackWrites, Repair):
         fut = self._claimed.release(lo, hi)
         if fut is not None and not fut.done():
             fut.set_result(None)
+        if self._stale:
+            self._drop_stale()
 
     # --- writes --------------------------------------------------------------------------
     def _check_writable(self) -> None:
