@@ -25,6 +25,7 @@ BOTH_PATHS = {
     "test_encrypted_device_crashes",
     "test_encrypted_write_callbacks",
     "test_encrypted_write_races",
+    "test_encrypted_write_machine",
 }
 
 

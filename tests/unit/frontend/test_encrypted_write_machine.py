@@ -1,0 +1,386 @@
+"""The encrypting device's writes in flight together, as a state machine (hypothesis):
+writes without a task (``write_nowait``, falling back to the task path as the NBD server
+does), awaited writes, FUA writes, trims and write-zeroes, 1 block to 2 MiB, unaligned to
+groups, overlapping, adjacent and group-straddling, started while earlier ones are still
+queued; the volume below holds writes (a hold) and answers the queued writes one by one
+in the order they were queued, as a replica's connection applies them, a chosen one
+failing after any prefix of its writes (then every later one queued on the session fails
+too, until the session is empty: a server that stops a session at a failed mutation);
+the tag cache is 4 blocks (8 groups written); engine restarts between.
+
+Checked at every step, not only at the end:
+
+- **claims**: a block is never owned by two writes at once, and every claim is released
+  exactly once (``CheckedClaims``, against a dict per block);
+- **the tag cache**: no tag block leaves the cache while a write of it is in flight or
+  queued, a write has put a change into it, or a write claims a block of its group
+  (``CheckedCache``);
+- **nonces**: no (salt, version, block) is sealed twice, data or ZERO tag (``record``);
+- **snapshots**: the bytes a queued write holds do not change before the volume applies
+  them (a later write's tags put into the same tag block);
+- **answers**: each write without a task is answered exactly once, never before the call
+  that started it returned;
+- **content**: once everything is answered, every block reads (on this engine and on a
+  new one) its last acknowledged content, or for a block of a write that failed, that or
+  the failed write's (whichever a read then sees stays).
+
+Both cipher paths (tests/support/cipher_paths.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from cargohold.encryption import layout
+from cargohold.encryption.block_cipher import BlockCipher
+from cargohold.encryption.layout import BLOCK, GROUP
+from cargohold.errors import CargoholdError, ReplicaIOError
+from cargohold.frontend.encrypted_claims import Claims
+from cargohold.frontend.encrypted_device import EncryptedDevice
+from tests.support.memory_volume import MemoryVolume
+
+KEY = bytes(range(32))
+VID = bytes(range(16))
+GROUPS = 8 + 1  # 8 full groups and the start of a ninth: a 2 MiB write straddles 9
+NBLOCKS = GROUPS * GROUP
+ZERO = bytes(BLOCK)
+CACHE = 4  # tag blocks cached: fewer than the groups written
+
+starts = st.one_of(
+    st.integers(GROUP - 3, GROUP + 2),  # around a group's boundary
+    st.integers(0, NBLOCKS - 1),
+)
+counts = st.one_of(st.integers(1, 3), st.integers(1, 2 * GROUP + 2), st.just(512))
+
+
+class CheckedClaims(Claims):
+    """``Claims`` held to a dict per block: never two owners, each release once."""
+
+    __slots__ = ("owners",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owners: dict[int, int] = {}  # block -> id of its claim's future
+
+    def take(self, lo: int, hi: int, fut: asyncio.Future[None]) -> None:
+        for b in range(lo, hi):
+            assert b not in self.owners, f"block {b} claimed by two writes at once"
+            self.owners[b] = id(fut)
+        super().take(lo, hi, fut)
+
+    def release(self, lo: int, hi: int) -> asyncio.Future[None] | None:
+        fut = super().release(lo, hi)
+        assert fut is not None, f"blocks [{lo}, {hi}) released but not claimed (twice?)"
+        assert not fut.done(), "a claim's future set twice"
+        for b in range(lo, hi):
+            assert self.owners.pop(b) == id(fut)
+        return fut
+
+
+class CheckedCache(collections.OrderedDict):  # type: ignore[type-arg]
+    """The device's tag cache: a tag block leaves it only when nothing of it is pending."""
+
+    claims: CheckedClaims
+
+    def __delitem__(self, g: int) -> None:
+        t = self[g]
+        assert not t.writing, f"tag block {g} dropped with a write of it in flight"
+        assert not self.claims.group_claimed(g), f"tag block {g} dropped while claimed"
+        assert t.stale or t.applied == t.written, f"tag block {g} dropped with changes"
+        super().__delitem__(g)
+
+
+class Session(MemoryVolume):
+    """One replica behind one ordered connection: every mutation is queued and applied,
+    in order, when the test delivers it (``deliver``); reads see what was applied."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.queue: collections.deque[Any] = collections.deque()
+        self.held = False
+        self.unheld = asyncio.Event()
+        self.unheld.set()
+        self.fail_next: int | None = None  # the next delivery fails after this many writes
+        self.stopped = False  # a delivery failed: the rest queued fail too
+
+    def hold(self, on: bool) -> None:
+        self.held = on
+        (self.unheld.clear if on else self.unheld.set)()
+
+    def _queue(self, writes: list[tuple[int, Any]], done: Any) -> None:
+        snap = [bytes(d) for _, d in writes]  # what was queued, to compare when applied
+        self.queue.append((writes, snap, done))
+
+    def deliver(self) -> None:
+        """The oldest queued mutation applied (all of it, a prefix, or nothing: a session
+        stopped) and answered."""
+        writes, snap, done = self.queue.popleft()
+        fail, self.fail_next = self.fail_next, None
+        if self.stopped:
+            fail = 0
+        error = None
+        for n, (offset, data) in enumerate(writes):
+            assert bytes(data) == snap[n], "a queued write's bytes changed before it was sent"
+            if fail is not None and n >= fail:
+                self.stopped = True
+                error = ReplicaIOError(f"session: refused after {fail}")
+                break
+            self.log.append(("write", offset, bytes(data)))
+            self.copies[0][offset : offset + len(data)] = data
+        if error is None and fail is not None:
+            self.stopped = True
+            error = ReplicaIOError(f"session: lost after {fail}")
+        if not self.queue:
+            self.stopped = False  # reopened
+        done(error)
+
+    async def _wait(self, writes: list[tuple[int, Any]]) -> None:
+        fut = asyncio.get_running_loop().create_future()
+
+        def done(error: Exception | None) -> None:
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+        self._queue(writes, done)
+        await fut
+
+    async def write_ordered(self, writes: list[tuple[int, Any]], ready: Any = None) -> None:
+        self.ordered_calls += 1
+        await self.unheld.wait()
+        if ready is not None:
+            writes = ready(True)
+        await self._wait(writes)
+
+    def write_ordered_nowait(self, writes: list[tuple[int, Any]], ready: Any, done: Any) -> bool:
+        if self.held:
+            return False
+        self.nowait_calls += 1
+        loop = asyncio.get_running_loop()
+        self._queue(ready(True), lambda error: loop.call_soon(done, error))
+        return True
+
+    async def write(self, offset: int, data: Any, fua: bool) -> None:
+        await self._wait([(offset, data)])
+
+    async def trim(self, offset: int, length: int) -> None:
+        await self._wait([(offset, bytes(length))])
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        await self.trim(offset, length)
+
+
+def record(cipher: BlockCipher, sealed: set[tuple[bytes, int, int]]) -> None:
+    """Every (salt, version, block) ``cipher`` seals (data or ZERO tag) into ``sealed``,
+    failing on a repeat."""
+    seal_into, zero_tag = cipher.seal_into, cipher.zero_tag
+
+    def note(first: int, n: int, version: int) -> None:
+        for i in range(first, first + n):
+            at = (cipher.salt, version, i)
+            assert at not in sealed, f"nonce reused: block {i} at version {version:#x}"
+            sealed.add(at)
+
+    def checked_seal_into(first: int, version: int, plaintext: Any, *args: Any) -> bytes:
+        note(first, len(memoryview(plaintext).cast("B")) // BLOCK, version)
+        return seal_into(first, version, plaintext, *args)
+
+    def checked_zero_tag(index: int, version: int) -> bytes:
+        note(index, 1, version)
+        return zero_tag(index, version)
+
+    cipher.seal_into = checked_seal_into  # type: ignore[method-assign]
+    cipher.zero_tag = checked_zero_tag  # type: ignore[method-assign]
+
+
+class WritesInFlight(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.vol = Session(layout.physical_size(layout.logical_size_for(NBLOCKS * BLOCK)))
+        self.vol.unheld = asyncio.Event()  # of this loop (3.10+: bound when first used)
+        self.vol.unheld.set()
+        self.epoch = 0
+        self.sealed: set[tuple[bytes, int, int]] = set()
+        self.may: list[set[bytes]] = [{ZERO} for _ in range(NBLOCKS)]
+        self.jobs: list[tuple[Any, int, int, list[bytes]]] = []  # (task or answers, lo, hi, new)
+        self.n = 0
+        self.restart_engine()
+
+    def teardown(self) -> None:
+        self.loop.close()
+
+    def restart_engine(self) -> None:
+        self.epoch += 1
+        d = EncryptedDevice(self.vol, BlockCipher(KEY, VID), self.epoch, cache_blocks=CACHE)
+        d._claimed = claims = CheckedClaims()
+        cache = CheckedCache()
+        cache.claims = claims
+        d._cache = cache
+        record(d.cipher, self.sealed)
+        self.dev = d
+
+    def turn(self, n: int = 3) -> None:
+        for _ in range(n):
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+    def _span(self, lo: int, count: int) -> tuple[int, int]:
+        return lo, min(NBLOCKS, lo + count)
+
+    @rule(lo=starts, count=counts, how=st.sampled_from(["nowait", "task", "fua"]))
+    def write(self, lo: int, count: int, how: str) -> None:
+        lo, hi = self._span(lo, count)
+        self.n += 1
+        new = [bytes([self.n % 251 + 1]) * 8 + os.urandom(8) * 511 for _ in range(lo, hi)]
+        data = memoryview(b"".join(new))
+        if how == "nowait":
+            answers: list[Exception | None] = []
+            returned = [False]
+
+            def done(err: Exception | None) -> None:
+                assert returned[0], "answered before write_nowait returned"
+                answers.append(err)
+
+            async def start() -> bool:  # as the NBD server calls it: on the loop
+                started = self.dev.write_nowait(lo * BLOCK, data, False, done)
+                returned[0] = True
+                return started
+
+            started = self.loop.run_until_complete(start())
+            if started:
+                self.jobs.append((answers, lo, hi, new))
+                return
+            assert not answers
+        job = self.loop.create_task(self.dev.write(lo * BLOCK, data, how == "fua"))
+        self.jobs.append((job, lo, hi, new))
+
+    @rule(lo=starts, count=counts, trim=st.booleans())
+    def zero(self, lo: int, count: int, trim: bool) -> None:
+        lo, hi = self._span(lo, count)
+        d = self.dev
+        coro = (
+            d.trim(lo * BLOCK, (hi - lo) * BLOCK)
+            if trim
+            else d.write_zeroes(lo * BLOCK, (hi - lo) * BLOCK, False)
+        )
+        self.jobs.append((self.loop.create_task(coro), lo, hi, [ZERO] * (hi - lo)))
+
+    @rule(on=st.booleans())
+    def hold(self, on: bool) -> None:
+        self.vol.hold(on)
+        self.turn()
+
+    @rule(after=st.integers(0, 2))
+    def fail_next(self, after: int) -> None:
+        self.vol.fail_next = after
+
+    @precondition(lambda self: self.vol.queue)
+    @rule(n=st.integers(1, 4))
+    def deliver(self, n: int) -> None:
+        for _ in range(n):
+            if self.vol.queue:
+                self.vol.deliver()
+            self.turn()
+        self._reap()
+
+    @rule()
+    def let_run(self) -> None:
+        self.turn(5)
+        self._reap()
+
+    def _reap(self) -> None:
+        """The model of the writes that ended: acknowledged, their content; failed, the
+        old or theirs."""
+        left = []
+        for job, lo, hi, new in self.jobs:
+            if isinstance(job, list):
+                if not job:
+                    left.append((job, lo, hi, new))
+                    continue
+                assert len(job) == 1, "a write without a task answered twice"
+                error = job[0]
+            else:
+                if not job.done():
+                    left.append((job, lo, hi, new))
+                    continue
+                error = job.exception()
+                assert error is None or isinstance(error, CargoholdError), repr(error)
+            for i in range(lo, hi):
+                self.may[i] = {new[i - lo]} if error is None else self.may[i] | {new[i - lo]}
+        self.jobs = left
+
+    def _settle(self) -> None:
+        """Everything queued delivered and every write answered."""
+        self.vol.hold(False)
+        idle = 0  # loop turns with nothing queued
+        while (self.jobs or self.vol.queue) and idle < 100:
+            self.turn()
+            if self.vol.queue:
+                idle = 0
+                self.vol.deliver()
+            else:
+                idle += 1
+            self._reap()
+        assert not self.jobs, "a write never answered"
+        assert not self.dev._claimed and not self.dev._claimed.owners, "claims left over"
+
+    def _read_all(self, dev: EncryptedDevice) -> None:
+        got = self.loop.run_until_complete(dev.read(0, NBLOCKS * BLOCK))
+        for i in range(NBLOCKS):
+            block = bytes(got[i * BLOCK : (i + 1) * BLOCK])
+            assert block in self.may[i], f"block {i}: neither acknowledged nor a failed write's"
+            self.may[i] = {block}  # what a read saw stays
+
+    @rule()
+    def settle_and_read(self) -> None:
+        self._settle()
+        self._read_all(self.dev)
+
+    @rule()
+    def restart(self) -> None:
+        """Between requests, the engine restarts (next epoch, a new salt)."""
+        self._settle()
+        self.restart_engine()
+        assert self.loop.run_until_complete(self.dev.check_key())
+        self._read_all(self.dev)
+
+    @invariant()
+    def nothing_refused(self) -> None:
+        assert not self.dev.wrong_key, self.dev.wrong_key
+
+    def check_end(self) -> None:
+        self._settle()
+        self._read_all(self.dev)
+
+
+class WritesInFlightTest(WritesInFlight):
+    def teardown(self) -> None:
+        try:
+            self.check_end()
+        finally:
+            self.loop.close()
+
+
+def test_writes_in_flight_together(cipher_path: str) -> None:
+    run_state_machine_as_test(
+        WritesInFlightTest,
+        settings=settings(
+            max_examples=int(os.environ.get("CARGOHOLD_MACHINE_EXAMPLES", "40")),
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
