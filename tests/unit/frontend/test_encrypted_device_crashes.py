@@ -42,6 +42,29 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+async def write_through(dev: EncryptedDevice, lo: int, data: bytes, nowait: bool) -> None:
+    """A write as the NBD server starts it: without a task when the device can
+    (``write_nowait``, answered by a callback: once, after it returned), else awaited."""
+    if nowait:
+        answers: list[Exception | None] = []
+        answered = asyncio.Event()
+        returned = False
+
+        def done(err: Exception | None) -> None:
+            assert returned and not answers, "answered twice, or before it returned"
+            answers.append(err)
+            answered.set()
+
+        started = dev.write_nowait(lo * BLOCK, memoryview(data), False, done)
+        returned = True
+        if started:
+            await asyncio.wait_for(answered.wait(), 5)
+            if answers[0] is not None:
+                raise answers[0]
+            return
+    await dev.write(lo * BLOCK, memoryview(data), False)
+
+
 class CrashMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -62,11 +85,11 @@ class CrashMachine(RuleBasedStateMachine):
         self.n += 1
         return [bytes([self.n % 251 + 1]) * 8 + os.urandom(8) * 511 for _ in range(lo, hi)]
 
-    @rule(lo=blocks, count=counts)
-    def write(self, lo: int, count: int) -> None:
+    @rule(lo=blocks, count=counts, nowait=st.booleans())
+    def write(self, lo: int, count: int, nowait: bool) -> None:
         lo, hi = self._span(lo, count)
         new = self._content(lo, hi)
-        run(self.dev.write(lo * BLOCK, memoryview(b"".join(new)), False))
+        run(write_through(self.dev, lo, b"".join(new), nowait))
         for i in range(lo, hi):
             self.may[i] = {new[i - lo]}
 
@@ -81,8 +104,10 @@ class CrashMachine(RuleBasedStateMachine):
             self.may[i] = {ZERO}
 
     @rule(lo=blocks, count=counts, after=st.integers(0, 4), crash=st.booleans(),
-          zeroes=st.booleans())  # fmt: skip
-    def cut_short(self, lo: int, count: int, after: int, crash: bool, zeroes: bool) -> None:
+          zeroes=st.booleans(), nowait=st.booleans())  # fmt: skip
+    def cut_short(
+        self, lo: int, count: int, after: int, crash: bool, zeroes: bool, nowait: bool
+    ) -> None:
         """A write (or write-zeroes) whose mutations below stop after ``after`` of them
         (its tag write, or some of its data). ``crash``: the engine dies there, and a new
         one (next epoch) takes over what reached the volume; else the request failed and
@@ -95,7 +120,7 @@ class CrashMachine(RuleBasedStateMachine):
             if zeroes:
                 run(self.dev.write_zeroes(lo * BLOCK, (hi - lo) * BLOCK, False))
             else:
-                run(self.dev.write(lo * BLOCK, memoryview(b"".join(new)), False))
+                run(write_through(self.dev, lo, b"".join(new), nowait))
         except CargoholdError:
             done = False
         finally:
@@ -106,9 +131,9 @@ class CrashMachine(RuleBasedStateMachine):
             self.restart()
 
     @rule(lo=blocks, count=counts, copy=st.integers(0, 1), after=st.integers(0, 3),
-          read_from=st.integers(0, 1))  # fmt: skip
+          read_from=st.integers(0, 1), nowait=st.booleans())  # fmt: skip
     def cut_on_one_replica(
-        self, lo: int, count: int, copy: int, after: int, read_from: int
+        self, lo: int, count: int, copy: int, after: int, read_from: int, nowait: bool
     ) -> None:
         """A write whose tag block and data, queued back to back, reach one replica only
         in part (its first ``after`` writes: the tag block and not the data, or nothing),
@@ -118,7 +143,7 @@ class CrashMachine(RuleBasedStateMachine):
         new = self._content(lo, hi)
         self.vol.cut_copy = (copy, after)
         try:
-            run(self.dev.write(lo * BLOCK, memoryview(b"".join(new)), False))
+            run(write_through(self.dev, lo, b"".join(new), nowait))
         except CargoholdError:
             pass
         self.vol.cut_copy = None

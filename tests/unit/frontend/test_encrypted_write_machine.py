@@ -6,7 +6,8 @@ queued; the volume below holds writes (a hold) and answers the queued writes one
 in the order they were queued, as a replica's connection applies them, a chosen one
 failing after any prefix of its writes (then every later one queued on the session fails
 too, until the session is empty: a server that stops a session at a failed mutation);
-the tag cache is 4 blocks (8 groups written); engine restarts between.
+the tag cache is 4 blocks (8 groups written); engine restarts between, and crashes
+with writes held, queued and partly delivered (merged tag-block writes among them).
 
 Checked at every step, not only at the end:
 
@@ -353,6 +354,25 @@ class WritesInFlight(RuleBasedStateMachine):
     def restart(self) -> None:
         """Between requests, the engine restarts (next epoch, a new salt)."""
         self._settle()
+        self.restart_engine()
+        assert self.loop.run_until_complete(self.dev.check_key())
+        self._read_all(self.dev)
+
+    @rule()
+    def crash(self) -> None:
+        """The engine dies with writes in flight (held, queued, some delivered): what was
+        not delivered never reaches the replica; a new engine (next epoch) reads each
+        block of those writes old or new."""
+        self.vol.queue.clear()
+        self.vol.stopped = False
+        for job, lo, hi, new in self.jobs:
+            if not isinstance(job, list):
+                job.cancel()
+            for i in range(lo, hi):
+                self.may[i] = self.may[i] | {new[i - lo]}
+        self.jobs = []
+        self.turn()  # the old engine's tasks end
+        self.vol.hold(False)
         self.restart_engine()
         assert self.loop.run_until_complete(self.dev.check_key())
         self._read_all(self.dev)

@@ -123,3 +123,86 @@ def test_a_failed_tag_write_never_drops_a_tag_block_another_write_has_changed(fa
         assert not d._claimed
 
     asyncio.run(go())
+
+
+def test_no_nonce_is_sealed_twice_on_any_write_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every (data key, salt, version, block) sealed, data or ZERO tag, by every cipher an
+    engine uses (a data-key rotation installs a new one) is recorded over a random
+    workload of every write path together: without a task (and falling back), awaited,
+    FUA, TRIM, WRITE_ZEROES, a repair's write-back, a rekey sweep, restarts; none may
+    repeat (docs/encryption.md, "the nonce argument")."""
+    from random import Random
+
+    from cargohold.frontend.rekey_sweep import Rekey
+    from tests.support.done_recorder import Done
+
+    sealed: set[tuple[bytes, bytes, int, int]] = set()
+    seal_into, zero_tag = BlockCipher.seal_into, BlockCipher.zero_tag
+
+    def note(c: BlockCipher, first: int, n: int, version: int) -> None:
+        for i in range(first, first + n):
+            at = (c._keys[0], c.salt, version, i)
+            assert at not in sealed, f"nonce reused: block {i} at version {version:#x}"
+            sealed.add(at)
+
+    def checked_seal_into(c: BlockCipher, first: int, version: int, plain: Any, *a: Any) -> bytes:
+        note(c, first, len(memoryview(plain).cast("B")) // BLOCK, version)
+        return seal_into(c, first, version, plain, *a)
+
+    def checked_zero_tag(c: BlockCipher, index: int, version: int) -> bytes:
+        note(c, index, 1, version)
+        return zero_tag(c, index, version)
+
+    monkeypatch.setattr(BlockCipher, "seal_into", checked_seal_into)
+    monkeypatch.setattr(BlockCipher, "zero_tag", checked_zero_tag)
+    new_key = bytes(range(100, 132))
+    vol = MemoryVolume(layout.physical_size(LOGICAL), n=2, delay=0.0005)
+    nblocks = LOGICAL // BLOCK
+    rnd = Random(1234)
+
+    async def workload(d: EncryptedDevice, steps: int) -> None:
+        jobs: list[Any] = []
+        for _ in range(steps):
+            lo = rnd.choice([rnd.randrange(nblocks), 63, 64, 127, 128])
+            hi = min(nblocks, lo + rnd.choice([1, 2, 3, 64, 65, 130]))
+            data = memoryview(bytes([rnd.randrange(1, 256)]) * ((hi - lo) * BLOCK))
+            kind = rnd.choice(["nowait", "nowait", "task", "fua", "trim", "zeroes"])
+            if kind == "nowait":
+                done = Done()
+                if d.write_nowait(lo * BLOCK, data, False, done):
+                    jobs.append(done.wait())
+                    continue
+                kind = "task"
+            if kind in ("task", "fua"):
+                jobs.append(d.write(lo * BLOCK, data, kind == "fua"))
+            elif kind == "trim":
+                jobs.append(d.trim(lo * BLOCK, (hi - lo) * BLOCK))
+            else:
+                jobs.append(d.write_zeroes(lo * BLOCK, (hi - lo) * BLOCK, False))
+            if rnd.random() < 0.3:
+                await asyncio.sleep(0.001)
+        for r in await asyncio.gather(*jobs, return_exceptions=True):
+            assert r is None, r
+
+    async def go() -> None:
+        d = EncryptedDevice(vol, BlockCipher(KEY, VID), 1, copies=vol)
+        await workload(d, 60)
+        before = len(sealed)
+        # a block bad on one copy: read from the other and written back (no sealing)
+        p = layout.data_block(5) * BLOCK
+        vol.copies[0][p] ^= 1
+        await d.read(0, 8 * BLOCK)
+        assert d.counters["authentication_repaired"] == 1
+        assert len(sealed) == before
+        rekey = Rekey(d, [KEY])  # a rotation, swept while the workload goes on
+        rekey.install([new_key, KEY])
+        await workload(d, 60)
+        assert (await asyncio.wait_for(rekey.wait(), 30))["state"] == "done"
+        assert d.counters["rekey_rewritten_blocks"] > 0
+        for epoch in (2, 3):  # restarts: a new salt each
+            d = EncryptedDevice(vol, BlockCipher([new_key], VID), epoch, copies=vol)
+            assert await d.check_key()
+            await workload(d, 40)
+
+    asyncio.run(go())
+    assert len(sealed) > 1000
