@@ -21,7 +21,8 @@ Checked at every step, not only at the end:
   them (a later write's tags put into the same tag block);
 - **answers**: each write without a task is answered exactly once, never before the call
   that started it returned;
-- **content**: once everything is answered, every block reads (on this engine and on a
+- **content**: a read during the writes returns, for each block, its content or that of
+  a write in flight over it; once everything is answered, every block reads (on this engine and on a
   new one) its last acknowledged content, or for a block of a write that failed, that or
   the failed write's (whichever a read then sees stays).
 
@@ -357,6 +358,23 @@ class WritesInFlight(RuleBasedStateMachine):
         self.restart_engine()
         assert self.loop.run_until_complete(self.dev.check_key())
         self._read_all(self.dev)
+
+    @rule(lo=starts, count=counts)
+    def read(self, lo: int, count: int) -> None:
+        """A read while writes are in flight (tag blocks loaded, others evicted): a block
+        no write in flight covers reads its content; one that a write covers, that or the
+        write's (never an error)."""
+        lo, hi = self._span(lo, count)
+        flying: dict[int, set[bytes]] = collections.defaultdict(set)
+        for _, a, b, new in self.jobs:
+            for i in range(max(a, lo), min(b, hi)):
+                flying[i].add(new[i - a])
+        got = self.loop.run_until_complete(self.dev.read(lo * BLOCK, (hi - lo) * BLOCK))
+        for i in range(lo, hi):
+            block = bytes(got[(i - lo) * BLOCK : (i - lo + 1) * BLOCK])
+            assert block in self.may[i] | flying[i], f"block {i} read during writes"
+            if i not in flying:
+                self.may[i] = {block}
 
     @rule()
     def crash(self) -> None:
