@@ -15,9 +15,9 @@ Two roles, one process each, started by write_floor.py:
 
 No block map, no generations, no batching, no asyncio: only the copies and system calls no
 implementation of the engine's shape can avoid (fio -> router, router -> N stores, store ->
-page cache, the CRC). Threads: the router's main thread reads fio's requests and fans them
-out; one thread per store reads its acknowledgements and answers fio; the GIL is released in
-every system call.
+page cache, the CRC). The router is one thread: an epoll loop over fio's socket (a request
+is read whole, with MSG_WAITALL, and sent on at once) and the stores' (their
+acknowledgements, read many at a time); a store is one thread, one request at a time.
 
 The store wire: request ``>BQQI`` (command 0 write / 1 flush, handle, offset, length) then
 ``length`` bytes; acknowledgement ``>QI`` (handle, CRC32C or 0).
@@ -32,10 +32,10 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import select
 import socket
 import struct
 import sys
-import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -109,31 +109,19 @@ def serve_store(listener: socket.socket, path: str) -> None:
 
 # --- router ---------------------------------------------------------------------------------
 class Router:
-    """fio's connection in, N store connections out (module docstring)."""
+    """fio's connection in, N store connections out (module docstring). One thread: an
+    epoll loop over fio's socket and the stores'; no locks, no hand-offs of the GIL."""
 
     def __init__(self, stores: list[socket.socket], size: int) -> None:
         self.stores = stores
         self.size = size
-        self.lock = threading.Lock()  # pending counts and the replies to fio
-        self.pending: dict[int, int] = {}
-        self.client: socket.socket | None = None
+        self.pending: dict[int, int] = {}  # NBD handle -> acknowledgements still due
+        self.by_fd = {s.fileno(): s for s in stores}
+        self.poll = select.epoll()
         for s in stores:
-            threading.Thread(target=self._acks, args=(s,), daemon=True).start()
-
-    def _acks(self, store: socket.socket) -> None:
-        ack = bytearray(STORE_ACK.size)
-        amv = memoryview(ack)
-        while recv_exact(store, amv):
-            handle, _crc = STORE_ACK.unpack(ack)
-            with self.lock:
-                left = self.pending[handle] - 1
-                if left:
-                    self.pending[handle] = left
-                    continue
-                del self.pending[handle]
-                assert self.client is not None
-                self.client.sendall(NBD_REPLY.pack(NBD_REPLY_MAGIC, 0, handle))
-        os._exit(1)  # a store went away: the run is over
+            self.poll.register(s.fileno(), select.EPOLLIN)
+        self.acks = bytearray(STORE_ACK.size * 64)  # acknowledgements read in one recv
+        self.partial = {s.fileno(): b"" for s in stores}  # a frame cut by a short read
 
     def handshake(self, conn: socket.socket) -> bool:
         nbd = ServerConnection(Export(name="", multi_conn=False), lambda: self.size)
@@ -148,38 +136,67 @@ class Router:
                 conn.sendall(out)
         return True
 
+    def _read_acks(self, fd: int, conn: socket.socket) -> None:
+        k = self.by_fd[fd].recv_into(self.acks, len(self.acks), socket.MSG_DONTWAIT)
+        if k == 0:
+            os._exit(1)  # a store went away: the run is over
+        data = self.partial[fd] + self.acks[:k] if self.partial[fd] else memoryview(self.acks)[:k]
+        whole = len(data) - len(data) % STORE_ACK.size
+        self.partial[fd] = bytes(data[whole:])
+        for handle, _crc in STORE_ACK.iter_unpack(data[:whole]):
+            left = self.pending[handle] - 1
+            if left:
+                self.pending[handle] = left
+            else:
+                del self.pending[handle]
+                conn.sendall(NBD_REPLY.pack(NBD_REPLY_MAGIC, 0, handle))
+
     def serve(self, conn: socket.socket) -> None:
         hdr = bytearray(NBD_REQ.size)
         hmv = memoryview(hdr)
         buf = bytearray(MAX_PAYLOAD)
         mv = memoryview(buf)
         n = len(self.stores)
-        self.client = conn
-        while recv_exact(conn, hmv):
-            magic, _flags, cmd, handle, offset, length = NBD_REQ.unpack(hdr)
-            if magic != NBD_REQUEST_MAGIC:
-                return
-            if cmd == CMD_WRITE:
-                if length > MAX_PAYLOAD:
-                    return
-                data = mv[:length]
-                if not recv_exact(conn, data):
-                    return
-                frame = STORE_REQ.pack(S_WRITE, handle, offset, length)
-                with self.lock:
-                    self.pending[handle] = n
-                for s in self.stores:
-                    sendmsg_all(s, [frame, data])  # the buffer is free once every send returned
-            elif cmd == CMD_FLUSH:
-                with self.lock:
-                    self.pending[handle] = n
-                for s in self.stores:
-                    s.sendall(STORE_REQ.pack(S_FLUSH, handle, 0, 0))
-            elif cmd == CMD_DISC:
-                return
-            else:
-                with self.lock:
-                    conn.sendall(NBD_REPLY.pack(NBD_REPLY_MAGIC, errno.EINVAL, handle))
+        client = conn.fileno()
+        self.poll.register(client, select.EPOLLIN)
+        try:
+            while True:
+                for fd, _ev in self.poll.poll():
+                    if fd != client:
+                        self._read_acks(fd, conn)
+                    elif not self._request(conn, hmv, hdr, mv, n):
+                        return
+        finally:
+            self.poll.unregister(client)
+
+    def _request(
+        self, conn: socket.socket, hmv: memoryview, hdr: bytearray, mv: memoryview, n: int
+    ) -> bool:
+        """One request from fio, fanned out; False: the connection ends."""
+        if not recv_exact(conn, hmv):
+            return False
+        magic, _flags, cmd, handle, offset, length = NBD_REQ.unpack(hdr)
+        if magic != NBD_REQUEST_MAGIC:
+            return False
+        if cmd == CMD_WRITE:
+            if length > MAX_PAYLOAD:
+                return False
+            data = mv[:length]
+            if not recv_exact(conn, data):
+                return False
+            frame = STORE_REQ.pack(S_WRITE, handle, offset, length)
+            self.pending[handle] = n
+            for s in self.stores:
+                sendmsg_all(s, [frame, data])  # the buffer is free once every send returned
+        elif cmd == CMD_FLUSH:
+            self.pending[handle] = n
+            for s in self.stores:
+                s.sendall(STORE_REQ.pack(S_FLUSH, handle, 0, 0))
+        elif cmd == CMD_DISC:
+            return False
+        else:
+            conn.sendall(NBD_REPLY.pack(NBD_REPLY_MAGIC, errno.EINVAL, handle))
+        return True
 
 
 def connect(spec: str) -> socket.socket:
