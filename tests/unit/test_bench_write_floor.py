@@ -76,8 +76,13 @@ def test_summary_judges_floor_and_engine_against_the_targets() -> None:
     assert three["engine_vs_nbdkit"] == pytest.approx(0.1) and not three["engine_meets_target"]
     assert three["engine_vs_floor_ops"] == pytest.approx(0.25)
     assert three["engine_vs_floor_cpu"] == pytest.approx(1.2)
+    # writes per CPU second, fio included: (400 + 300) / (3000 + 300)
+    assert three["floor_per_cpu_vs_nbdkit"] == pytest.approx(700 / 3300)
     words = write_floor.verdict(s)
-    assert words[0].startswith("1 replica(s): the floor is 0.50x nbdkit, BELOW the target 0.60")
+    assert words[0].startswith(
+        "1 replica(s): the floor is 0.50x nbdkit, BELOW the target 0.60 "
+        "(writes per CPU second: 0.88x nbdkit's)"
+    )
     assert "above the target 0.30" in words[1] and "0.25x the floor's writes/s" in words[1]
 
 
@@ -97,12 +102,11 @@ def test_markdown_is_made_from_the_json() -> None:
         "titles": {"seqwrite-1m-qd4": "1 MiB seqwrite QD4"},
         "repeats": 3,
         "validity": {"seqwrite-1m-qd4": {"valid": False, "reasons": ["nbdkit: a run at 1"]}},
-        "conclusion": {"seqwrite-1m-qd4": ["3 replica(s): the floor is 0.40x nbdkit"]},
     }
     md = write_floor.markdown(out)
     assert "| floor-3 | 240 | 252 | 0.40 | 40,000 | 3,000 | 3,300 | ±10% | 4.2 |" in md
     assert "**INVALID** (nbdkit out of band): nbdkit: a run at 1" in md
-    assert "3 replica(s): the floor is 0.40x nbdkit." in md
+    assert "3 replica(s): the floor is 0.40x nbdkit, above the target 0.30" in md
 
 
 def test_pipeline_frames_cross_a_socket_whole() -> None:
