@@ -210,3 +210,48 @@ async def test_the_kth_write_fails_nothing_after_it_lands_and_a_delta_rebuild_he
         assert r.status == 0, bytes(r.payload)
         gen += 1
     assert conn.read(0, 64) == bytes(source.read(0, 64 * BLOCK_SIZE))
+
+
+async def test_no_newer_open_lands_between_a_batchs_epoch_check_and_its_writes(conn):
+    """Epoch fencing is checked once per batch (replica-wire.md): that is safe only because
+    nothing runs between the check and the writes. ``op_write_batch`` answers at once (no
+    await before the store has every write; only a FUA flush is awaited, after them), so a
+    newer engine's OPEN lands before the batch — which then fails whole, ``Fenced`` — or
+    after it, and then its OPEN reports the batch's writes in ``seen``. Here the newer
+    OPEN comes while the old engine's FUA batch waits for its flush: the batch is answered
+    (it was applied before the OPEN), the OPEN saw it, and the old engine's next batch is
+    fenced whole."""
+    import asyncio
+    import inspect
+
+    from cargohold.replica.write_ops import WriteOps
+
+    assert not inspect.iscoroutinefunction(WriteOps.op_write_batch)
+    server = conn.session.server
+    new = _Conn(server)
+    blk = data(9, 1)
+    conn.ids += 1
+    conn.session.data_received(
+        b"".join(
+            bytes(p)
+            for p in wire.encode_write_batch(
+                conn.ids, [(40 * BLOCK_SIZE, blk, wire.FLAG_FUA, 2), (41 * BLOCK_SIZE, blk, 0, 3)]
+            )
+        )
+    )
+    assert not conn.t.sent  # waiting for its flush
+    r = new.op(Op.OPEN, {"replica": "vol-r1", "epoch": 2})
+    assert r.status == 0 and json.loads(bytes(r.payload))["seen"] == 3  # it sees the batch
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not conn.t.sent and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    (reply,) = conn.decoder.feed(bytes(conn.t.sent))
+    conn.t.sent.clear()
+    got = wire.decode_batch_results(reply.payload, 2, conn.ids)
+    assert [(x.status, x.generation) for x in got] == [(0, 2), (0, 3)]
+    conn.ids += 1
+    r = conn.ask(wire.encode_write_batch(conn.ids, [(50 * BLOCK_SIZE, blk, 0, 4)]))
+    assert r.status != 0 and _error(r)["type"] == "Fenced"  # the whole batch
+    assert new.read(50, 1) == bytes(BLOCK_SIZE)
+    assert new.read(40, 2) == blk * 2
