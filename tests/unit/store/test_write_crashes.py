@@ -39,23 +39,19 @@ from cargohold.store.file_store import FileStore
 
 CHUNK = 2 * BLOCK_SIZE  # pieces of two blocks: a 5-block write is three pwritev
 _WATCHED = {m.__file__ for m in (block_io, layer, layer_tree)}
-# the functions of those modules that change a file or the block map (or the memory
-# whose next store does): a kill between two lines elsewhere leaves what a kill at the
-# next of these lines leaves, so these lines are every step there is
+# the functions of those modules that change a file, the block map or its header: a kill
+# between two lines elsewhere leaves what a kill at the next of these lines leaves (the
+# header's setters and the map's fallocate run inside them, between two of their lines),
+# so these lines are every step there is
 _EFFECTS = {
     "_put",
     "_write_run",
-    "_write_data",
     "pwritev",
     "pwrite",
-    "ensure_map_space",
-    "_claim",
     "_claim_next",
     "_complete",
     "_commit",
     "write_atomic",
-    "generation",
-    "seen",
 }
 _CRASHED, _DONE, _BROKEN = 17, 0, 3
 
