@@ -224,6 +224,25 @@ class ReplicaStore(ABC):
         if epoch > self.epoch:
             self._persist_epoch(epoch)
 
+    @abstractmethod
+    def _claim(self, generation: int | None) -> tuple[int, bool]:
+        """Take a mutation's generation: the caller's (refused unless above ``seen``) or
+        the next. -> (it, whether it continues the sequence)."""
+
+    @abstractmethod
+    def _complete(self, g: int, contiguous: bool) -> None:
+        """The mutation claimed as ``g`` is fully applied."""
+
+    def _empty(self, generation: int | None) -> int:
+        """A mutation of no bytes (a WRITE, TRIM or WRITE_ZEROES of length 0): with the
+        engine's number it is a mutation that completed and takes the number, or the
+        next mutation would leave a gap holding the generation back for ever although
+        nothing is missing. -> generation."""
+        if generation is not None:
+            g, contiguous = self._claim(generation)
+            self._complete(g, contiguous)
+        return self.generation
+
     # --- I/O ---------------------------------------------------------------------
     @abstractmethod
     def read(self, offset: int, length: int, snapshot: str | None = None) -> bytearray:

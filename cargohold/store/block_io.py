@@ -166,8 +166,8 @@ class BlockIO(LayerTree):
             if mv.format != "B" or mv.ndim != 1:
                 mv = mv.cast("B")
             lba, n = check_range(offset, len(mv), self.size)
-            if n == 0:
-                return self._gen
+            if n == 0:  # takes its number (ReplicaStore._empty)
+                return self._empty(generation)
             self._chain[0].ensure_map_space(lba, n)
             g, contiguous = self._claim(generation)
             self._put(lba, mv, g)
@@ -391,8 +391,8 @@ class BlockIO(LayerTree):
 
     def write_zeroes(self, offset: int, length: int, generation: int | None = None) -> int:
         lba, n = check_range(offset, length, self.size)
-        if n == 0:
-            return self._gen
+        if n == 0:  # takes its number (ReplicaStore._empty)
+            return self._empty(generation)
         self._chain[0].ensure_map_space(lba, n)
         g, contiguous = self._claim(generation)
         self._zero(lba, n, g)

@@ -203,8 +203,8 @@ class MemoryStore(ReplicaStore):
     ) -> int:
         mv = memoryview(data).cast("B")
         lba, n = check_range(offset, len(mv), self._size)
-        if n == 0:
-            return self._gen
+        if n == 0:  # takes its number (ReplicaStore._empty)
+            return self._empty(generation)
         g, contiguous = self._claim(generation)
         head = self._layers[self._head]
         for i in range(n):
@@ -216,8 +216,8 @@ class MemoryStore(ReplicaStore):
 
     def write_zeroes(self, offset: int, length: int, generation: int | None = None) -> int:
         lba, n = check_range(offset, length, self._size)
-        if n == 0:
-            return self._gen
+        if n == 0:  # takes its number (ReplicaStore._empty)
+            return self._empty(generation)
         g, contiguous = self._claim(generation)
         head = self._layers[self._head]
         for i in range(n):

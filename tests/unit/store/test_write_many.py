@@ -171,3 +171,26 @@ def test_lone_writes_of_a_batch_end_as_one_by_one_and_a_failed_one_stops_the_res
     assert bytes(store.read(6 * BLOCK_SIZE, BLOCK_SIZE)) == blocks(1, 2)  # its old content
     assert bytes(store.read(9 * BLOCK_SIZE, BLOCK_SIZE)) == blocks(1, 3)  # not applied
     assert not store.scrub().bad
+
+
+@pytest.mark.parametrize("how", ["write", "write_zeroes", "trim", "write_many"])
+def test_an_empty_numbered_mutation_takes_its_number(store, how):
+    """A mutation of no bytes that carries the engine's number (the wire lets a WRITE, TRIM
+    or WRITE_ZEROES of length 0 through) is a mutation that completed: it takes its
+    number, so the ones after it continue the sequence; acknowledged without its number,
+    it left a gap that kept the replica's generation (complete through) behind for ever
+    although it missed nothing. A stale number is refused as for any mutation."""
+    twin = MemoryStore(1 * GIB)
+    for s in (store, twin):
+        s.write(0, blocks(1, 1), generation=1)
+        if how == "write":
+            assert s.write(BLOCK_SIZE, b"", generation=2) == 2
+        elif how == "write_many":
+            assert s.write_many([(BLOCK_SIZE, b"", 2)]) == [2]
+        else:
+            assert getattr(s, how)(BLOCK_SIZE, 0, generation=2) == 2
+        assert s.write(BLOCK_SIZE, blocks(1, 2), generation=3) == 3
+        assert (s.generation, s.seen) == (3, 3)
+        with pytest.raises(InvalidArgument):
+            s.write(0, b"", generation=3)
+        assert s.write(0, b"") == 3  # unnumbered (the store's own callers): nothing to take
