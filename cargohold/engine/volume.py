@@ -230,8 +230,14 @@ class Volume(CallbackWrites):
     ) -> None:
         """A mutation: next generation, to every replica of the write set, all answers."""
         self.check_usable()
-        await self._running.wait()
-        while self._window is not None and _overlap(self._window, offset, length):
+        # both looked at again after every wait: a hold may begin while this waits for a
+        # window, or take over from the hold whose end woke this
+        while not self._running.is_set() or (
+            self._window is not None and _overlap(self._window, offset, length)
+        ):
+            if not self._running.is_set():
+                await self._running.wait()
+                continue
             self.counters["window_waits"] += 1  # the consumer is busy (engine/background.py)
             await self._window_free.wait()
         self.check_usable()

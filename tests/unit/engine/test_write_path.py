@@ -11,6 +11,8 @@ drives the batching, the fan-out's judging and the NBD frontend's callbacks toge
 - a FLUSH, TRIM or WRITE_ZEROES started while writes are batched goes after them on every
   replica, and a FLUSH is answered only when every replica of the write set flushed;
 - Fenced in the middle: nothing after it is acknowledged;
+- a mutation released by one hold never runs inside the next one (snapshots, the end of a
+  rebuild, scrub's settling: every replica at one point);
 - an answer that cannot be judged (a malformed error body) drops its replica and the write
   is still answered: no NBD request hangs, no hold waits for ever.
 
@@ -266,6 +268,63 @@ async def test_fenced_mid_batch_acknowledges_nothing_after_it() -> None:
     with pytest.raises(Fenced):
         await vol.flush()
     assert vol.counters["replica_errors"] == 0  # not a replica's fault
+
+
+# --- holds: a mutation released by one hold waits for the next -------------------------------
+async def test_a_mutation_woken_by_the_end_of_a_hold_waits_for_the_next_hold() -> None:
+    r = MemReplica()
+    vol = volume(r)
+    loop = asyncio.get_running_loop()
+    leave1, inside2, leave2 = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with vol.hold():
+            await leave1.wait()
+
+    async def second() -> None:
+        async with vol.hold():
+            inside2.set()
+            await leave2.wait()
+
+    h1 = loop.create_task(first())
+    await asyncio.sleep(0)
+    h2 = loop.create_task(second())  # waits for the first hold to end
+    await asyncio.sleep(0)
+    trim = loop.create_task(vol.trim(0, 4096))  # waits too, behind it
+    await asyncio.sleep(0)
+    leave1.set()  # wakes both: the second hold takes over first
+    await asyncio.wait_for(inside2.wait(), 5)
+    await asyncio.sleep(0.02)
+    assert r.got == []  # not inside the second hold (a snapshot at one point everywhere)
+    leave2.set()
+    await asyncio.wait_for(asyncio.gather(h1, h2, trim), 5)
+    assert r.got == [(Op.TRIM, 0, 1)]
+
+
+async def test_a_mutation_that_waited_for_a_rebuild_window_waits_for_a_hold_begun_meanwhile() -> (
+    None
+):
+    r = MemReplica()
+    vol = volume(r)
+    loop = asyncio.get_running_loop()
+    vol.window(0, 8192)  # a rebuild step copies this range
+    trim = loop.create_task(vol.trim(0, 4096))
+    await asyncio.sleep(0)
+    inside, leave = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with vol.hold():  # scrub settling a window, say: nothing in flight
+            inside.set()
+            await leave.wait()
+
+    held = loop.create_task(holder())
+    await asyncio.wait_for(inside.wait(), 5)
+    vol.window_done()
+    await asyncio.sleep(0.02)
+    assert r.got == []  # held
+    leave.set()
+    await asyncio.wait_for(asyncio.gather(held, trim), 5)
+    assert r.got == [(Op.TRIM, 0, 1)] and vol.counters["window_waits"] == 1
 
 
 # --- 8. an answer that cannot be judged --------------------------------------------------------
