@@ -27,12 +27,14 @@ from typing import Any
 
 import pytest
 
-from cargohold.engine.replica_link import Mode
+from cargohold.engine.replica_link import Mode, ReplicaSpec
 from cargohold.engine.volume import Volume
-from cargohold.errors import Fenced, NoSpace, ReplicaIOError, RequestError
+from cargohold.errors import Fenced, NoSpace, ReplicaIOError, RequestError, error_for_status
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import STATUS_OK, Op, Reply
 from cargohold.replica.client import ReplicaClient, _ClientProtocol
+from cargohold.settings import EngineSettings
+from cargohold.store.memory_store import MemoryStore
 from tests.support.done_recorder import Done
 from tests.unit.engine.test_fanout import MemReplica
 from tests.unit.engine.test_interface import _until, volume
@@ -419,3 +421,115 @@ async def test_a_local_replica_that_failed_a_write_is_never_read_from_its_files_
     assert link.mode is Mode.ERR and reader.closed  # ... and the local one is out
     assert vol.read_now(0, 4096) is None  # every read goes to a server that has it
     assert vol.readers() == [vol.links[1]]
+
+
+# --- 1/4. what counts as stored: never replicas being rebuilt alone -------------------------------
+async def test_a_write_stored_only_on_replicas_being_rebuilt_is_not_acknowledged() -> None:
+    """r0 is current, r1 being rebuilt (WO). r0 fails a write that r1 stores: the volume
+    has no current replica left, and the next engine would take r0's older content as
+    current (r1's generations have a gap), so the write must not be acknowledged."""
+    current, rebuilding = MemReplica(status=NoSpace.status), MemReplica()
+    vol = volume(current, rebuilding)
+    vol.links[1].mode = Mode.WO
+    done = Done()
+    assert vol.write_nowait(0, BLOCK, False, done)
+    err = await done.wait()
+    assert isinstance(err, ReplicaIOError) and "no current one" in str(err), err
+    assert [lk.mode for lk in vol.links] == [Mode.ERR, Mode.WO] and rebuilding.got
+    assert vol.robustness() == "faulted" and vol.counters["written_bytes"] == 0
+    with pytest.raises(ReplicaIOError, match="no current one"):  # the awaited path too
+        await vol.write(4096, BLOCK, False)
+    with pytest.raises(ReplicaIOError, match="no current one"):
+        await vol.flush()
+    ordered = volume(MemReplica(status=NoSpace.status), MemReplica())
+    ordered.links[1].mode = Mode.WO
+    for lk in ordered.links:
+        lk.client.stop_on_failure = True  # type: ignore[union-attr]
+    with pytest.raises(ReplicaIOError, match="no current one"):
+        await ordered.write_ordered([(0, BLOCK), (4096, BLOCK)])
+
+
+class StoreReplica:
+    """A replica server over the in-memory twin of the store (``store.memory_store``): each
+    WRITE applied with the engine's generation and answered with the generation the replica
+    is complete through, errors answered as the server answers them."""
+
+    stop_on_failure = True
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def send(
+        self, op: int, offset: int = 0, length: int = 0, payload: Any = b"", flags: int = 0,
+        args: dict[str, Any] | None = None, generation: int = 0,
+    ) -> asyncio.Future[Reply]:  # fmt: skip
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        try:
+            assert op in (Op.WRITE, Op.FLUSH), op
+            g = self.store.generation
+            if op == Op.WRITE:
+                g = self.store.write(offset, payload, generation=generation)
+            fut.set_result(Reply(STATUS_OK, 1, g, b""))
+        except RequestError as e:
+            body = wire.dump_json({"error": str(e), "type": type(e).__name__})
+            fut.set_result(Reply(e.status, 1, self.store.generation, body))
+        return fut
+
+    def check(self, reply: Reply) -> Reply:
+        if reply.status != STATUS_OK:
+            raise error_for_status(reply.status, wire.parse_json(reply.payload)["error"])
+        return reply
+
+    def close_nowait(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def history_of(*epochs: tuple[int, range]) -> MemoryStore:
+    """A replica that took the writes numbered ``gens`` from the engine of each epoch."""
+    store = MemoryStore(1 << 20)
+    for epoch, gens in epochs:
+        store.accept_epoch(epoch)
+        for g in gens:
+            store.write(0, bytes([epoch]) * 4096, generation=g)
+    return store
+
+
+async def test_a_reachable_forked_replica_does_not_make_the_current_ones_miss_a_generation() -> (
+    None
+):
+    """r0 and r1 hold epoch 2's acknowledged writes 3-5; r2 stayed with a cut-off engine of
+    epoch 1 that went on writing 3-10 on it alone (a fork). All three are reachable when the
+    engine of epoch 3 starts: r0, r1 are current, r2 stale. Numbered past r2's 10, the first
+    write reached r0 and r1 as a gap and dropped both, was acknowledged on r2 alone, and
+    r2's history then said epoch 3: the next engine would have rebuilt r0 and r1 from it,
+    losing epoch 2's writes."""
+    stores = [history_of((1, range(1, 3)), (2, range(3, 6))) for _ in range(2)]
+    stores.append(history_of((1, range(1, 11))))
+    specs = [ReplicaSpec(f"r{i}", "127.0.0.1", 9000 + i) for i in range(3)]
+    vol = Volume("v", specs, epoch=3, settings=EngineSettings())
+
+    async def opened(link: Any) -> None:  # what OPEN answers (``Volume._open``)
+        store = stores[int(link.spec.id[1])]
+        store.accept_epoch(3)
+        link.client = StoreReplica(store)
+        link.generation, link.seen, link.size = store.generation, store.seen, store.size
+        link.history = store.history
+
+    async def rebuilding(
+        link: Any,
+    ) -> None:  # the rebuild itself: tests/unit/engine/test_rebuild.py
+        await asyncio.sleep(3600)
+
+    vol._open = opened  # type: ignore[method-assign]
+    vol._rebuild = rebuilding  # type: ignore[method-assign]
+    await vol.start()
+    assert [lk.mode for lk in vol.links] == [Mode.RW, Mode.RW, Mode.WO]
+    await vol.write(8192, BLOCK, False)
+    assert [lk.mode for lk in vol.links] == [Mode.RW, Mode.RW, Mode.ERR]
+    assert [(s.generation, s.seen) for s in stores[:2]] == [(6, 6), (6, 6)]
+    assert stores[2].history == [[1, 1]]  # the fork refused it: it never says epoch 3
+    assert vol.robustness() == "degraded" and vol.current() == (3, 6)
+    await vol.close()
