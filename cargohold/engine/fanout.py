@@ -17,7 +17,9 @@ the model).
   than the rest of the bookkeeping of its answers).
 - **Judge** each answer: a replica that errs, times out or answers with a generation other
   than the one the engine handed out (it missed a mutation: a gap) is dropped (ERR) and
-  counted (``replica_errors``); one that says a newer engine owns it (Fenced) is dropped
+  counted (``replica_errors``, once per replica lost: ``lost``); an answer that cannot be
+  judged is a failed one (``judge`` never raises, so every caller is answered); one
+  that says a newer engine owns it (Fenced) is dropped
   and the reason handed to ``fenced`` (the volume makes it its own). A replica
   that stored it has its generation moved forward, never back (a FLUSH answer can overtake
   later writes' answers).
@@ -49,6 +51,7 @@ from cargohold.settings import EngineSettings
 
 log = logging.getLogger("cargohold.engine")
 _RW = Mode.RW  # judged per write per replica: an enum member's lookup costs 5x a global's
+_FENCED = Fenced.status
 
 Send = Callable[[ReplicaClient], "asyncio.Future[Reply]"]
 
@@ -123,7 +126,15 @@ class FanOut:
         """A replica whose connection refused a request at once (it was lost while no
         request was in flight to fail with it) is dropped and counted like one whose
         answer failed: one ``replica_errors`` per replica lost, either way."""
-        link.drop(str(e))
+        self.lost(link, str(e))
+
+    def lost(self, link: ReplicaLink, why: str) -> None:
+        """Drop a replica that failed, timed out or missed a mutation, and count it: once
+        per replica lost, however many of its answers show it (every write of a batch a
+        failure cut short, every write in flight on a lost connection)."""
+        if link.client is None:  # dropped already, and counted then
+            return
+        link.drop(why)
         self.counters["replica_errors"] += 1
         log.warning("volume %s: replica %s dropped: %s", self.volume, link.spec, link.error)
 
@@ -137,23 +148,25 @@ class FanOut:
 
     def judge(self, link: ReplicaLink, fut: asyncio.Future[Reply], gen: int) -> bool:
         """One replica's answer (``fut`` is done): True if it stored it, else it is
-        dropped."""
+        dropped. Never raises: an answer that cannot be judged is a failed one (a
+        write's caller is answered whatever a replica sent)."""
+        client = link.client
         try:
             reply = fut.result()
-            assert link.client is not None
-            link.client.check(reply)
+            if client is None:  # dropped since it was sent: out of the write set
+                if reply.status == _FENCED:  # still the news that a newer engine owns it
+                    self.fenced(f"a newer engine owns replica {link.spec}")
+                return False
+            client.check(reply)
         except Fenced as e:
             self.fenced(f"a newer engine owns replica {link.spec}: {e}")
             link.drop(str(e))
             return False
-        except (TimeoutError, CargoholdError, OSError, AssertionError) as e:
-            link.drop(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
-            self.counters["replica_errors"] += 1
-            log.warning("volume %s: replica %s dropped: %s", self.volume, link.spec, link.error)
+        except (Exception, asyncio.CancelledError) as e:  # an error, no answer, a bad one
+            self.lost(link, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
             return False
         if gen and link.mode is _RW and reply.generation != gen:
-            link.drop(f"missed a mutation: generation {reply.generation}, expected {gen}")
-            log.warning("volume %s: replica %s dropped: %s", self.volume, link.spec, link.error)
+            self.lost(link, f"missed a mutation: generation {reply.generation}, expected {gen}")
             return False
         # a FLUSH reply can overtake later writes' replies: never go backwards
         link.generation = max(link.generation, reply.generation)

@@ -146,10 +146,12 @@ class Volume(CallbackWrites):
             await self.close()
             raise ReplicaIOError(stale_start(self.name, self.require, self.links, top))
         self._top = top
-        self.gen = max(link.seen for link in reachable)
         for link in reachable:
             link.mode = Mode.RW if (link.last_epoch, link.generation) == top else Mode.WO
         current = [link for link in reachable if link.mode is Mode.RW]
+        # numbered on from the current ones: past a stale one's numbers (a fork's), every
+        # current replica would see a gap at the first write (that stale one is dropped)
+        self.gen = max(link.seen for link in current)
         self._size = max(link.size for link in current)
         log.info(
             "volume %s: epoch %d; current at generation %d (last written by epoch %d): %s; "
@@ -230,8 +232,14 @@ class Volume(CallbackWrites):
     ) -> None:
         """A mutation: next generation, to every replica of the write set, all answers."""
         self.check_usable()
-        await self._running.wait()
-        while self._window is not None and _overlap(self._window, offset, length):
+        # both looked at again after every wait: a hold may begin while this waits for a
+        # window, or take over from the hold whose end woke this
+        while not self._running.is_set() or (
+            self._window is not None and _overlap(self._window, offset, length)
+        ):
+            if not self._running.is_set():
+                await self._running.wait()
+                continue
             self.counters["window_waits"] += 1  # the consumer is busy (engine/background.py)
             await self._window_free.wait()
         self.check_usable()
@@ -244,8 +252,7 @@ class Volume(CallbackWrites):
         try:
             stored, t0 = await self.fanout.send(targets, lambda c: send(c, gen), gen)
             self.io.observe(what, t0)
-            self.check_usable()
-            self.fanout.require(stored, what)
+            self.verdict(stored, what)
         finally:
             self._inflight -= 1
             if self._inflight == 0:
@@ -285,8 +292,7 @@ class Volume(CallbackWrites):
         self.check_usable()
         stored, t0 = await self.fanout.send(self.write_set(), lambda c: c.send(Op.FLUSH), 0)
         self.io.observe("flush", t0)
-        self.check_usable()
-        self.fanout.require(stored, "flush")
+        self.verdict(stored, "flush")
 
     def readers(self) -> list[ReplicaLink]:
         rw = [link for link in self.links if link.mode is Mode.RW]

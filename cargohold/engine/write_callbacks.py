@@ -39,18 +39,21 @@ from collections.abc import Callable
 from typing import Any
 
 from cargohold.engine.fanout import AllAnswered, Deadlines, FanOut, answers
-from cargohold.engine.replica_link import ReplicaLink
-from cargohold.errors import CargoholdError
+from cargohold.engine.replica_link import Mode, ReplicaLink
+from cargohold.errors import CargoholdError, ReplicaIOError
 from cargohold.protocol.replica_wire import FLAG_FUA, Op, Reply
 from cargohold.settings import EngineSettings
 
 log = logging.getLogger("cargohold.engine")
 _WRITE = Op.WRITE  # per write per replica: an enum member's lookup costs 5x a global's
+_RW = Mode.RW
 
 
 class CallbackWrites:
     """``write_nowait`` for ``Volume`` (a mixin: the volume supplies the state below)."""
 
+    name: str
+    links: list[ReplicaLink]
     gen: int
     settings: EngineSettings
     fanout: FanOut
@@ -65,6 +68,23 @@ class CallbackWrites:
 
     def write_set(self) -> list[ReplicaLink]:
         raise NotImplementedError
+
+    def verdict(self, stored: int, what: str) -> None:
+        """A mutation (or FLUSH) ``stored`` on that many replicas: raise unless the engine
+        is not fenced, at least ``min_replicas`` stored it and a current (RW) replica is
+        left. Replicas being rebuilt (WO) count, but never alone: with none current the
+        volume is faulted, a WO replica can never become current (nothing to rebuild it
+        from), and the next engine would take an RW one's older content as current — a
+        write acknowledged on WO replicas only would be lost (invariant 1)."""
+        self.check_usable()
+        self.fanout.require(stored, what)
+        for link in self.links:  # per write: a plain loop, no generator
+            if link.mode is _RW:
+                return
+        raise ReplicaIOError(
+            f"volume {self.name}: {what} stored on {stored} replicas being rebuilt and "
+            "no current one: not acknowledged"
+        )
 
     def check_usable(self) -> None:
         raise NotImplementedError
@@ -120,8 +140,7 @@ class CallbackWrites:
             stored, t0 = await self._ordered(targets, writes, first)
             for _ in writes:
                 self.io.observe("write", t0)
-            self.check_usable()
-            self.fanout.require(stored, "write")
+            self.verdict(stored, "write")
         finally:
             self._inflight -= 1
             if self._inflight == 0:
@@ -271,8 +290,7 @@ class CallbackWrites:
         if self._inflight == 0:
             self._idle.set()
         try:
-            self.check_usable()
-            self.fanout.require(stored, "write")
+            self.verdict(stored, "write")
         except CargoholdError as e:
             done(e)
             return

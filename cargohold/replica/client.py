@@ -356,8 +356,10 @@ class ReplicaClient:
                 body = wire.parse_json(reply.payload)
             except Exception:
                 body = {"error": bytes(reply.payload).decode(errors="replace")}
-            detail = body.get("detail") or {}
-            raise error_for_status(reply.status, body.get("error", "error"), **detail)
+            detail = body.get("detail")
+            if not isinstance(detail, dict) or "message" in detail:  # not as the wire says
+                detail = {}
+            raise error_for_status(reply.status, str(body.get("error", "error")), **detail)
         return reply
 
     # --- node-level -----------------------------------------------------------------

@@ -135,6 +135,7 @@ async def test_a_replica_that_missed_a_generation_is_dropped() -> None:
     assert stored == 1
     assert targets[1].mode is Mode.ERR
     assert targets[1].error == "missed a mutation: generation 4, expected 5"
+    assert fo.counters["replica_errors"] == 1  # a replica lost, like one that failed
     # a WO replica (being rebuilt) is not judged by its generation: it has gaps by design
     wo = links(MemReplica(lag=3))
     wo[0].mode = Mode.WO
