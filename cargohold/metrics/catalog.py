@@ -56,7 +56,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("cargohold_volume_rebuild_remaining_bytes", "gauge", R, "Bytes of the volume a running rebuild has still to cover", "engine"),
     Spec("cargohold_volume_rebuilds_total", "counter", V, "Rebuilds the engine finished", "engine"),
     Spec("cargohold_volume_rebuilt_bytes_total", "counter", V, "Bytes the engine's finished rebuilds copied", "engine"),
-    Spec("cargohold_volume_replica_errors_total", "counter", V, "Replica requests that failed or timed out (the replica is dropped)", "engine"),
+    Spec("cargohold_volume_replica_errors_total", "counter", V, "Replicas dropped from the write set because a request failed, timed out or missed a mutation (one per replica lost)", "engine"),
     Spec("cargohold_volume_checksum_errors_total", "counter", V, "Reads a replica answered with a checksum error (read again elsewhere)", "engine"),
     Spec("cargohold_volume_repaired_blocks_total", "counter", V, "Blocks repaired in place after a checksum error on read", "engine"),
     Spec("cargohold_volume_authentication_errors_total", "counter", V, "Blocks of an encrypted volume that failed authentication on the copy read first (read again elsewhere)", "engine"),
