@@ -12,6 +12,7 @@ import pytest
 from cargohold.buffers import uninitialized
 from cargohold.protocol import framing, nbd
 from cargohold.protocol import replica_wire as wire
+from tests.support.nbd_session import ready_server
 
 
 def test_uninitialized_is_a_writable_bytearray_of_the_size() -> None:
@@ -55,13 +56,7 @@ def test_nbd_writes_received_in_place_hold_exactly_what_was_sent(dirty, step: in
     stream = b""
     for h, p in enumerate(payloads):
         stream += struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_WRITE, h, 0, len(p)) + p
-    c = nbd.ServerConnection(nbd.Export(name="vol"), lambda: 64 << 20)
-    c.greeting()
-    c.feed(struct.pack(">I", 3))
-    body = struct.pack(">I", 3) + b"vol" + struct.pack(">H", 0)
-    events = c.feed(struct.pack(">QII", nbd.IHAVEOPT, nbd.OPT_GO, len(body)) + body)
-    assert isinstance(events[-1], nbd.Ready)
-    c.data_to_send()
+    c = ready_server(64 << 20)
     got = _receive(c, stream, step)
     assert [bytes(e.data) for e in got] == payloads
     assert dirty, "no frame was received in place"

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from cargohold.errors import ProtocolError
 from cargohold.protocol import framing, nbd
 from cargohold.protocol import replica_wire as wire
+from tests.support.nbd_session import ready_server
 
 FILL = 0xA5
 SIZES = st.sampled_from([0, 1, 4096, 65535, 65536, 65537, 100_000, 200_000])
@@ -130,14 +131,7 @@ def test_replica_replies_handed_on_are_exactly_what_the_stream_carried(case):
 
 
 def _nbd_server() -> nbd.ServerConnection:
-    c = nbd.ServerConnection(nbd.Export(name="vol"), lambda: 64 << 20)
-    c.greeting()
-    c.feed(struct.pack(">I", 3))
-    body = struct.pack(">I", 3) + b"vol" + struct.pack(">H", 0)
-    events = c.feed(struct.pack(">QII", nbd.IHAVEOPT, nbd.OPT_GO, len(body)) + body)
-    assert isinstance(events[-1], nbd.Ready)
-    c.data_to_send()
-    return c
+    return ready_server(64 << 20)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
