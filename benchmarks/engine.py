@@ -71,7 +71,6 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import method  # noqa: E402  (benchmarks/method.py: the measuring method)
-import proc_tree  # noqa: E402  (benchmarks/proc_tree.py)
 
 # the CLI package first: importing cargohold.cli.replica_cmd alone hits an import cycle
 from cargohold.cli.units import parse_size  # noqa: E402
@@ -230,15 +229,8 @@ def free_port() -> int:
 
 def cpu_seconds(pids: list[int]) -> list[float]:
     """utime + stime of each process (all its threads) and its descendants."""
-    stats = proc_tree.scan()
-    return [
-        sum(
-            (int(stats[p][11]) + int(stats[p][12])) / CLK_TCK
-            for p in proc_tree.descendants(pid, stats)
-            if p in stats
-        )
-        for pid in pids
-    ]
+    ticks = method.cpu_ticks(pids)
+    return [ticks[p] / CLK_TCK for p in pids]
 
 
 def host_cpu() -> tuple[float, float]:

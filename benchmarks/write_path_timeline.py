@@ -31,9 +31,9 @@ import sys
 import tempfile
 import time
 
+from cargohold.cli.bench_method import descendants, read_stats
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import proc_tree  # noqa: E402  (benchmarks/proc_tree.py)
 
 NR_WRITE, NR_POLL, NR_PWRITE64, NR_WRITEV, NR_SENDTO, NR_EPOLL_PWAIT = 1, 7, 18, 20, 44, 281
 PHASES = [  # (from, to, what)
@@ -52,7 +52,7 @@ _LINE = re.compile(r"\s*(\S+)\s+(\d+)\s+\[\d+\]\s+([\d.]+):\s+(\S+):\s+(.*)")
 def tree(root: int) -> dict[int, str]:
     """pid -> command line of ``root``'s descendants."""
     out: dict[int, str] = {}
-    for pid in proc_tree.descendants(root, proc_tree.scan())[1:]:
+    for pid in sorted(descendants(read_stats(), [root]) - {root}):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 out[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")

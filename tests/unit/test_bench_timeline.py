@@ -38,15 +38,3 @@ def test_a_write_is_followed_hop_by_hop() -> None:
     phases = {what: round(rows[0][b] - rows[0][a]) for a, b, what in timeline.PHASES}
     assert list(phases.values()) == [27, 40, 32, 49, 18, 21, 41, 34]
     assert round(rows[0]["f_wake"] - rows[0]["f_send"]) == 262
-
-
-def test_proc_tree_descendants_walks_below_the_root_only():
-    import proc_tree
-
-    # pid -> stat fields after the name: [state, ppid, ...]
-    stats = {1: ["S", "0"], 5: ["S", "1"], 6: ["S", "5"], 7: ["S", "6"], 8: ["S", "1"]}
-    assert sorted(proc_tree.descendants(5, stats)) == [5, 6, 7]
-    assert proc_tree.descendants(5, stats)[0] == 5
-    assert proc_tree.descendants(99, stats) == [99]
-    here = proc_tree.scan()
-    assert os.getpid() in here and int(here[os.getpid()][1]) == os.getppid()
