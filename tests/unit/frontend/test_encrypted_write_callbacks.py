@@ -209,7 +209,7 @@ def test_a_rekey_sweep_waits_for_a_write_without_a_task_and_sweeps_its_data() ->
     async def go() -> None:
         d = device(vol, keys=[KEY])
         await warm(d, 0, GROUP + 2)
-        vol.delay = 0.05
+        vol.delay = 0.5  # still in flight after the sleep below, even on a loaded machine
         done = start(d, 0, pattern(0))  # sealed under the old key
         assert done is not None
         rekey = Rekey(d, [KEY])
