@@ -34,7 +34,6 @@ Issue 6's targets: create p50 < 1 s; 100 idle attached volumes < 5% of one core 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -47,6 +46,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.method import save_json  # noqa: E402
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.control.client import ManagerClient  # noqa: E402
 from cargohold.errors import NotFound  # noqa: E402
@@ -337,9 +337,7 @@ def main() -> None:
     print_report(out)
     print(f"\ntotal {out['elapsed_s']:.0f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        save_json(args.json, out)
         print(f"wrote {args.json}")
 
 

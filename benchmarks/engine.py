@@ -868,9 +868,7 @@ def main() -> None:
         print("\n" + markdown(out))
     print(f"\ntotal {out['elapsed_s']:.0f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        method.save_json(args.json, out)
         print(f"wrote {args.json}")
 
 

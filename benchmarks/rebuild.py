@@ -38,6 +38,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.method import save_json  # noqa: E402
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.control.client import ManagerClient  # noqa: E402
 from cargohold.launcher.cluster import LocalCluster  # noqa: E402
@@ -265,9 +266,7 @@ def main() -> None:
     print_report(out)
     print(f"\ntotal {out['elapsed_s']:.0f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        save_json(args.json, out)
         print(f"wrote {args.json}")
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from benchmarks.method import save_json  # noqa: E402
 from benchmarks.replica_cpu import cpu_of  # noqa: E402
 from cargohold.cli.units import parse_size  # noqa: E402
 from cargohold.protocol.replica_wire import FLAG_FUA, Op  # noqa: E402
@@ -219,9 +220,7 @@ def main() -> None:
         "results": results,
     }
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        save_json(args.json, out)
 
 
 if __name__ == "__main__":

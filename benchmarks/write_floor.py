@@ -367,9 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{statistics.median(r['load1'] for per in out['results'].values() for x in per.values() for r in x['runs']):.1f}"
     )
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        method.save_json(args.json, out)
         print(f"wrote {args.json}")
 
 

@@ -19,6 +19,7 @@ need:
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -220,3 +221,10 @@ def settle_writeback(limit_kib: int = 32 * 1024, timeout: float = 10.0) -> dict[
 
 def host_load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def save_json(path: str, out: Mapping[str, Any]) -> None:
+    """A run's results to ``path`` (JSON), its directory made when missing."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)

@@ -145,3 +145,11 @@ def test_benchmarks_use_the_packages_method():
     """One place for each fact: benchmarks/method.py re-exports the package's functions."""
     for name in benchmarks_method.__all__:
         assert getattr(benchmarks_method, name) is getattr(method, name), name
+
+
+def test_save_json_makes_the_directory_and_round_trips(tmp_path):
+    import json
+
+    path = tmp_path / "results" / "run.json"
+    method.save_json(str(path), {"results": {"w": {"engine-1": {"iops": 1.5}}}})
+    assert json.loads(path.read_text()) == {"results": {"w": {"engine-1": {"iops": 1.5}}}}
