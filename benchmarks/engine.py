@@ -62,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +226,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def machine() -> dict[str, Any]:
+    """What a run's figures were measured on: CPUs, platform, Python and fio."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "fio": subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip(),
+    }
 
 
 def cpu_seconds(pids: list[int]) -> list[float]:
@@ -678,14 +689,7 @@ def run(args: argparse.Namespace, started: Started) -> dict[str, Any]:
         flush=True,
     )
     out: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "fio": subprocess.run(
-                ["fio", "--version"], capture_output=True, text=True
-            ).stdout.strip(),
-        },
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "loadavg_at_start": list(os.getloadavg()),
         "command": " ".join(sys.argv),
@@ -799,6 +803,28 @@ def vs_ceph(workload: str, results: dict[str, dict[str, Any]]) -> None:
         r["ops_vs_ceph"] = r["ops_per_s"] / method.CEPH_ANCHOR["iops"]
 
 
+def run_stopping(
+    run: Callable[[argparse.Namespace, Started], dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """``run(args, started)``, then every process it started stopped, also on SIGTERM,
+    SIGINT or SIGHUP."""
+    started = Started()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        print(f"\n{signal.Signals(signum).name}: stopping every process started", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    # SIGINT too, explicitly: a shell starts background jobs with SIGINT ignored
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        return run(args, started)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        started.stop_all()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -832,21 +858,7 @@ def main() -> None:
             print(markdown(json.load(f)))
         return
 
-    started = Started()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        print(f"\n{signal.Signals(signum).name}: stopping every process started", file=sys.stderr)
-        raise SystemExit(128 + signum)
-
-    # SIGINT too, explicitly: a shell starts background jobs with SIGINT ignored
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    try:
-        out = run(args, started)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        started.stop_all()
+    out = run_stopping(run, args)
     if out["targets"]:
         print("\nissue 6 targets (ratios to nbdkit, same run):")
         for t in out["targets"]:

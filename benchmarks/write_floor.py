@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -264,12 +262,7 @@ def run(args: argparse.Namespace, started: engine.Started) -> dict[str, Any]:
     workloads = [WORKLOADS[k] for k in args.workloads]
     out: dict[str, Any] = {
         "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "fio": subprocess.run(
-                ["fio", "--version"], capture_output=True, text=True
-            ).stdout.strip(),
+            **engine.machine(),
             "nbdkit": subprocess.run(
                 ["nbdkit", "--version"], capture_output=True, text=True
             ).stdout.strip(),
@@ -341,19 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.render) as f:
             print(markdown(json.load(f)))
         return
-    started = engine.Started()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    try:
-        out = run(args, started)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        started.stop_all()
+    out = engine.run_stopping(run, args)
     for wk, per in out["results"].items():
         print_table(f"{out['titles'][wk]}: medians of {out['repeats']} interleaved runs", per)
         v = out["validity"].get(wk, {})
