@@ -16,6 +16,13 @@ if ROOT not in sys.path:
 
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# The properties are what the tests check, not how fast hypothesis makes examples: on this
+# shared 2-core machine a loaded moment made "too_slow" health checks and per-example
+# deadlines fail tests whose properties held. Seeds still print on a real failure.
+settings.register_profile("cargohold", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("cargohold")
 
 
 @pytest.fixture(scope="session")
