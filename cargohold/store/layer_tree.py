@@ -57,6 +57,7 @@ class LayerTree(ReplicaStore):
         self._seen = max(head.seen, self._gen)  # the newest mutation recorded at all
         self._dirty: set[int] = set()
         self._era = 0  # bumped by mark_current: a FLUSH begun before it makes nothing durable
+        self._durable = head.durable  # the head header's, kept here too (FLUSH compares)
         self._busy = False
         self.counters = dict.fromkeys(
             (
@@ -82,7 +83,7 @@ class LayerTree(ReplicaStore):
         head.durable = min(head.durable, self._gen)
         head.boot_id = this_boot()
         head.sync()
-        head.durable = self._gen
+        head.durable = self._durable = self._gen
 
     def _power_lost(self) -> bool:
         """Whether the unclean shutdown an open finds was a machine crash (the page cache
@@ -105,7 +106,7 @@ class LayerTree(ReplicaStore):
 
     @property
     def durable(self) -> int:
-        return min(self._chain[0].durable, self._gen) if self._chain else self._gen
+        return min(self._durable, self._gen)
 
     @property
     def power_loss(self) -> bool:
@@ -116,8 +117,9 @@ class LayerTree(ReplicaStore):
 
     def flushed(self, mark: Any) -> None:
         era, g = mark
-        if era == self._era and self._chain and g > self._chain[0].durable:
-            self._chain[0].durable = min(g, self._gen)
+        if era == self._era and g > self._durable and self._chain:
+            self._durable = g = min(g, self._gen)
+            self._chain[0].durable = g
 
     def _carried(self) -> dict[str, Any]:
         """The header fields a new head takes over from the head (snapshot, revert)."""
@@ -282,7 +284,7 @@ class LayerTree(ReplicaStore):
             meta = self._draft()
             meta["history"] = check_history(history)
             self._commit(meta)
-        self._gen = self._seen = g
+        self._gen = self._seen = self._durable = g
         self._era += 1
         head = self._chain[0]
         head.generation = head.seen = head.durable = g
