@@ -5,7 +5,8 @@ A FLUSH must cover every write completed before it. ``flush_handles`` hands over
 clears) the store's dirty files, so a FLUSH that finds nothing new to sync may still
 depend on an earlier one that is syncing its writes: it waits for it, and fails if it
 failed. When it returns, the store's ``durable`` is the generation it was complete
-through when the FLUSH began (``ReplicaStore.flushed``). Used by the replica server's sessions and by the NBD frontend's local device.
+through when the FLUSH began (``ReplicaStore.flushed``). Used by the replica server's
+sessions and by the NBD frontend's local device.
 """
 
 from __future__ import annotations
