@@ -432,7 +432,8 @@ class ReplicaClient:
     ) -> dict[str, Any]:
         """OPEN at ``epoch``; ``jump``: more than MAX_EPOCH_STEP above the replica's epoch
         is allowed (only after ``volume recover-epoch``); ``grant``: a read grant for
-        another volume's replica (read-only, its snapshot only: security/grants.py)."""
+        another volume's replica (read-only, its snapshot only: security/grants.py).
+        -> the replica's info (as ``info``: ``generation``, ``seen``, ``power_loss`` ...)."""
         args: dict[str, Any] = {"replica": replica, "epoch": epoch}
         if jump:
             args["jump"] = True
@@ -494,6 +495,9 @@ class ReplicaClient:
         await self.call(Op.SNAPSHOT_REVERT, args={"name": name}, generation=generation)
 
     async def info(self) -> dict[str, Any]:
+        """INFO: ``generation``, ``seen``, ``power_loss`` (the replica recovered from a
+        machine crash and was not marked current since: docs/formats/replica-store.md),
+        ``epoch``, ``history`` ... (docs/formats/replica-wire.md)."""
         info = (await self.call(Op.INFO)).result()
         self._saw(info)
         return info

@@ -491,6 +491,7 @@ class Session(MaintenanceOps, SnapshotOps, GrantChecks, WriteOps, asyncio.Buffer
             "size": s.size,
             "generation": s.generation,
             "seen": s.seen,
+            "power_loss": s.power_loss,  # recovered from a machine crash, not marked current
             "epoch": s.epoch,
             "history": s.history,
             "snapshots": [x.name for x in s.snapshot_list()],

@@ -185,6 +185,19 @@ class ReplicaStore(ABC):
 
     @property
     @abstractmethod
+    def durable(self) -> int:
+        """The generation the replica was complete through at its last completed FLUSH
+        (or MARK_CURRENT): what survives a machine crash. Never above ``generation``."""
+
+    @property
+    @abstractmethod
+    def power_loss(self) -> bool:
+        """The replica recovered from a machine crash (its generation fell back to
+        ``durable``) and has not been marked current since: it may differ from the other
+        replicas above its generation (persisted; cleared only by ``mark_current``)."""
+
+    @property
+    @abstractmethod
     def history(self) -> list[list[int]]:
         """[[epoch, first generation], ...]: which engine epoch made which mutations."""
 
@@ -288,6 +301,16 @@ class ReplicaStore(ABC):
         """Descriptors to fdatasync (and close) for a FLUSH done in another thread."""
         self.flush()
         return []
+
+    def durable_mark(self) -> Any:
+        """Taken before a FLUSH's ``flush_handles``; given to ``flushed`` after its syncs
+        (and every earlier FLUSH's) returned: what it made durable."""
+        return None
+
+    def flushed(self, mark: Any) -> None:
+        """A FLUSH that began at ``mark`` (``durable_mark``) completed: ``durable`` follows.
+        Here nothing: ``flush_handles`` flushed already (a store without descriptors)."""
+        return None
 
     @abstractmethod
     def write_zeroes(self, offset: int, length: int, generation: int | None = None) -> int:

@@ -433,7 +433,9 @@ class BlockIO(LayerTree):
         return fds
 
     def flush(self) -> None:
+        mark = self.durable_mark()  # complete through read before the syncs, stored after
         sync_fds(self.flush_handles())
+        self.flushed(mark)
 
     def expand(self, new_size: int) -> None:
         check_size(new_size)

@@ -30,7 +30,7 @@ from cargohold.store.base import ScrubReport, SnapshotInfo, check_range, check_s
 from cargohold.store.block_io import BlockIO
 from cargohold.store.integrity import recover_head, repair_layers, scrub_layers
 from cargohold.store.layer import Layer, check_write_chunk, file_names, io_error
-from cargohold.store.layer_tree import META_FILE, write_atomic
+from cargohold.store.layer_tree import META_FILE, this_boot, write_atomic
 
 __all__ = ["META_FILE", "FileStore"]
 
@@ -55,7 +55,7 @@ class FileStore(BlockIO):
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
             raise io_error(e, "create replica") from None
-        layer = Layer.create(directory, 1, size // BLOCK_SIZE, generation=0)
+        layer = Layer.create(directory, 1, size // BLOCK_SIZE, generation=0, boot_id=this_boot())
         meta: dict[str, Any] = {
             "format": fmt.META_VERSION,
             "size": size,
@@ -101,9 +101,11 @@ class FileStore(BlockIO):
         store = cls(directory, meta, layers)
         store.write_chunk = write_chunk
         head = store._chain[0]
-        if not head.clean:
-            seen, store.counters["recovered_blocks"] = recover_head(head, store._seen)
+        if not head.clean:  # a crash: of the machine (power lost), or of the process
+            lost_above = store._settle_power_loss() if store._power_lost() else None
+            seen, recovered, lost = recover_head(head, store._seen, lost_above)
             store._seen = head.seen = seen
+            store.counters["recovered_blocks"], store.counters["lost_blocks"] = recovered, lost
         store._mark_open()
         for _ in store._purge():  # finish a snapshot deletion that a crash or stop cut short
             pass
@@ -130,7 +132,9 @@ class FileStore(BlockIO):
             old = self._chain[0]
             old.sync()
             lid = int(self._meta["next_layer"])
-            new = Layer.create(self.directory, lid, old.nblocks, self._gen, self._seen)
+            new = Layer.create(
+                self.directory, lid, old.nblocks, self._gen, self._seen, **self._carried()
+            )
             meta = self._draft()
             meta["layers"][str(old.id)]["snapshot"] = {
                 "name": name,
@@ -225,7 +229,12 @@ class FileStore(BlockIO):
             old_head = self._chain[0]
             nid = int(self._meta["next_layer"])
             new = Layer.create(
-                self.directory, nid, old_head.nblocks, gen if contiguous else self._gen, gen
+                self.directory,
+                nid,
+                old_head.nblocks,
+                gen if contiguous else self._gen,
+                gen,
+                **self._carried(),
             )
             tag = np.uint64(gen << fmt.GEN_SHIFT)
             # blocks that may read differently now are marked changed (for delta queries)
@@ -305,6 +314,8 @@ class FileStore(BlockIO):
             "size": self.size,
             "generation": self._gen,
             "seen": self._seen,
+            "durable": self.durable,
+            "power_loss": self.power_loss,
             "epoch": self.epoch,
             "history": self.history,
             "layers": len(self._layers),

@@ -4,7 +4,9 @@ meanwhile, answered only when every flush already under way has finished too.
 A FLUSH must cover every write completed before it. ``flush_handles`` hands over (and
 clears) the store's dirty files, so a FLUSH that finds nothing new to sync may still
 depend on an earlier one that is syncing its writes: it waits for it, and fails if it
-failed. Used by the replica server's sessions and by the NBD frontend's local device.
+failed. When it returns, the store's ``durable`` is the generation it was complete
+through when the FLUSH began (``ReplicaStore.flushed``). Used by the replica server's
+sessions and by the NBD frontend's local device.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class FlushGate:
         self._running: set[asyncio.Future[None]] = set()
 
     async def flush(self, store: ReplicaStore) -> None:
+        mark = store.durable_mark()
         earlier = list(self._running)
         fds = store.flush_handles()
         mine: asyncio.Future[None] | None = None
@@ -30,6 +33,7 @@ class FlushGate:
             mine.add_done_callback(self._running.discard)
         for fut in [*earlier, *([mine] if mine else [])]:
             await asyncio.shield(fut)
+        store.flushed(mark)  # everything complete at the start is on disk
 
     async def drain(self) -> None:
         """Wait until no flush is under way (their errors went to their own requesters)."""

@@ -58,9 +58,17 @@ MAP_VERSIONS_READ = frozenset({1})
 _MAP_STATIC = struct.Struct("<8sHHIQ16s")  # 40 bytes
 _MAP_STATIC_CRC = struct.Struct("<I")  # at offset 40
 MAP_GEN_OFFSET = 64  # u64: generation the replica is complete through (the head's counts)
-MAP_FLAGS_OFFSET = 72  # u32: bit 0 = closed cleanly
+MAP_FLAGS_OFFSET = 72  # u32: the MAP_FLAG_* bits
 MAP_SEEN_OFFSET = 80  # u64: the newest generation recorded in this layer
-MAP_FLAG_CLEAN = 1
+MAP_DURABLE_OFFSET = 88  # u64: complete through at the last completed FLUSH
+MAP_BOOT_OFFSET = 96  # 16 bytes: the boot id of the kernel that last opened the store
+MAP_FLAG_CLEAN = 1  # closed cleanly
+MAP_FLAG_FIELDS = 2  # durable and boot id are kept (code that knows them wrote the header)
+MAP_FLAG_POWER_LOSS = 4  # recovered from a machine crash, not yet marked current
+# Bytes 88-111 and flag bits 1-2 were zero in every file written before them, so version 1
+# stays: older code reads these files and ignores the fields, and its stores of the flags
+# word (the clean bit alone) clear MAP_FLAG_FIELDS, so values it did not keep are never
+# trusted (docs/formats/replica-store.md, "Version").
 
 # --- data file header --------------------------------------------------------------
 DATA_MAGIC = b"CHDATA\x00\x00"
@@ -89,6 +97,17 @@ class MapHeader:
     version: int = MAP_VERSION
     seen: int = 0
     block_size: int = BLOCK_SIZE
+    durable: int = 0
+    boot_id: bytes | None = None  # None: the durable and boot id fields are not kept
+    power_loss: bool = False
+
+    @property
+    def flags(self) -> int:
+        return (
+            (MAP_FLAG_CLEAN if self.clean else 0)
+            | (MAP_FLAG_FIELDS if self.boot_id is not None else 0)
+            | (MAP_FLAG_POWER_LOSS if self.power_loss else 0)
+        )
 
 
 def encode_map_header(h: MapHeader) -> bytes:
@@ -98,13 +117,16 @@ def encode_map_header(h: MapHeader) -> bytes:
     )
     _MAP_STATIC_CRC.pack_into(buf, 40, crc32c.crc32c(bytes(buf[:40])))
     struct.pack_into("<Q", buf, MAP_GEN_OFFSET, h.generation)
-    struct.pack_into("<I", buf, MAP_FLAGS_OFFSET, MAP_FLAG_CLEAN if h.clean else 0)
+    struct.pack_into("<I", buf, MAP_FLAGS_OFFSET, h.flags)
     struct.pack_into("<Q", buf, MAP_SEEN_OFFSET, max(h.seen, h.generation))
+    if h.boot_id is not None:
+        struct.pack_into("<Q", buf, MAP_DURABLE_OFFSET, min(h.durable, h.generation))
+        buf[MAP_BOOT_OFFSET : MAP_BOOT_OFFSET + 16] = h.boot_id
     return bytes(buf)
 
 
 def decode_map_header(buf: bytes | memoryview, where: str = "map file") -> MapHeader:
-    if len(buf) < 80:
+    if len(buf) < MAP_BOOT_OFFSET + 16:
         raise FormatError(f"{where}: header truncated ({len(buf)} bytes, expected 4096)")
     magic, version, hsize, bsize, nblocks, luuid = _MAP_STATIC.unpack_from(buf, 0)
     if magic != MAP_MAGIC:
@@ -124,7 +146,20 @@ def decode_map_header(buf: bytes | memoryview, where: str = "map file") -> MapHe
     (gen,) = struct.unpack_from("<Q", buf, MAP_GEN_OFFSET)
     (flags,) = struct.unpack_from("<I", buf, MAP_FLAGS_OFFSET)
     (seen,) = struct.unpack_from("<Q", buf, MAP_SEEN_OFFSET)
-    return MapHeader(nblocks, luuid, gen, bool(flags & MAP_FLAG_CLEAN), version, bsize, seen)
+    (durable,) = struct.unpack_from("<Q", buf, MAP_DURABLE_OFFSET)
+    fields = bool(flags & MAP_FLAG_FIELDS)
+    return MapHeader(
+        nblocks,
+        luuid,
+        gen,
+        clean=bool(flags & MAP_FLAG_CLEAN),
+        version=version,
+        seen=seen,
+        block_size=bsize,
+        durable=durable if fields else 0,
+        boot_id=bytes(buf[MAP_BOOT_OFFSET : MAP_BOOT_OFFSET + 16]) if fields else None,
+        power_loss=bool(flags & MAP_FLAG_POWER_LOSS),
+    )
 
 
 def encode_data_header(layer_uuid: bytes, segment: int = 0) -> bytes:

@@ -2,7 +2,9 @@
 
 - ``recover_head`` after an unclean shutdown: writes that were in flight end as their old
   or their new content (whichever the block holds), and the newest generation recorded in
-  the block map is found (the complete-through generation in the header stays).
+  the block map is found (the complete-through generation in the header stays); after a
+  machine crash, the blocks recorded after the last FLUSH whose data did not survive are
+  counted.
 - ``scrub_layers`` verifies every data block of every layer (or of a block range of each)
   against its CRC32C.
 - ``repair_layers`` rewrites bad blocks with good content, but only content whose
@@ -24,11 +26,18 @@ CHUNK = 1 << 16  # blocks per step (256 MiB of volume)
 SCRUB_STEP = 256  # blocks per scrub read (1 MiB)
 
 
-def recover_head(head: Layer, seen: int) -> tuple[int, int]:
+def recover_head(head: Layer, seen: int, lost_above: int | None = None) -> tuple[int, int, int]:
     """-> (the newest generation recorded in the map, how many in-flight blocks were
-    settled). The complete-through generation in the header is left as it is."""
+    settled, how many blocks a machine crash lost). The complete-through generation in the
+    header is left as it is.
+
+    ``lost_above`` (after a machine crash: the generation the store is complete through
+    now): every DATA block recorded above it is read too, not only those with a write in
+    flight (``cur != pend``), since the kernel may have written its record back and not its
+    data; one that matches neither checksum is lost: left as it is (it fails its checksum:
+    reported, never returned, repaired from a healthy replica) and counted."""
     top = seen
-    fixed = 0
+    fixed = lost = 0
     buf = bytearray(BLOCK_SIZE)
     for a, b in head.record_ranges(0, head.nblocks):
         for lo in range(a, b, CHUNK):
@@ -36,22 +45,27 @@ def recover_head(head: Layer, seen: int) -> tuple[int, int]:
             meta = head.meta[lo:hi]
             if meta.size:
                 top = max(top, int((meta >> fmt.GEN_SHIFT).max()))
-            torn = np.flatnonzero(
-                ((meta & fmt.STATE_MASK) == fmt.DATA) & (head.cur[lo:hi] != head.pend[lo:hi])
-            )
+            check = head.cur[lo:hi] != head.pend[lo:hi]
+            if lost_above is not None:
+                check |= (meta >> fmt.GEN_SHIFT) > lost_above
+            check = np.flatnonzero(((meta & fmt.STATE_MASK) == fmt.DATA) & check)
             del meta
-            for i in (lo + torn).tolist():
+            for i in (lo + check).tolist():
                 head.pread_into(i, memoryview(buf))
                 c = int(block_crcs(buf)[0])
+                if c == head.pend[i] == head.cur[i]:
+                    continue
                 if c == head.pend[i]:
                     head.cur[i] = c
                 elif c == head.cur[i]:
                     head.pend[i] = c
-                else:
-                    continue  # really bad: scrub and reads report it
+                else:  # really bad: scrub and reads report it
+                    if lost_above is not None and int(head.meta[i]) >> fmt.GEN_SHIFT > lost_above:
+                        lost += 1
+                    continue
                 fixed += 1
     head.sync()
-    return top, fixed
+    return top, fixed, lost
 
 
 def scrub_layers(

@@ -20,6 +20,7 @@ import os
 import struct
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -171,8 +172,19 @@ class Layer:
 
     @classmethod
     def create(
-        cls, directory: str, layer_id: int, nblocks: int, generation: int, seen: int = 0
+        cls,
+        directory: str,
+        layer_id: int,
+        nblocks: int,
+        generation: int,
+        seen: int = 0,
+        *,
+        durable: int = 0,
+        boot_id: bytes | None = None,
+        power_loss: bool = False,
     ) -> Layer:
+        """A new layer, its files synced; ``durable``, ``boot_id`` and ``power_loss`` go in
+        its header (a new head carries them from the old one: ``fmt.MapHeader``)."""
         luuid = fmt.new_uuid()
         mpath = map_path(directory, layer_id)
         fds: list[int] = []
@@ -181,7 +193,16 @@ class Layer:
             for k in range(_segment_count(nblocks)):
                 fds.append(cls._new_segment(directory, layer_id, luuid, k, nblocks))
             mfd = os.open(mpath, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            hdr = fmt.MapHeader(nblocks, luuid, generation, clean=False, seen=seen)
+            hdr = fmt.MapHeader(
+                nblocks,
+                luuid,
+                generation,
+                clean=False,
+                seen=seen,
+                durable=durable,
+                boot_id=boot_id,
+                power_loss=power_loss,
+            )
             os.pwrite(mfd, fmt.encode_map_header(hdr), 0)
             os.ftruncate(mfd, fmt.HEADER_SIZE + nblocks * fmt.RECORD_SIZE)
             os.fsync(mfd)
@@ -280,9 +301,9 @@ class Layer:
                     os.unlink(data_path(self.directory, self.id, k))
             del self.data_fds[had:]
             raise io_error(e, "expand") from None
-        gen, seen = self.generation, self.seen
+        old = fmt.decode_map_header(self.mm[: fmt.HEADER_SIZE])
         self._unmap()
-        new = fmt.encode_map_header(fmt.MapHeader(nblocks, self.uuid, gen, False, seen=seen))
+        new = fmt.encode_map_header(replace(old, nblocks=nblocks, clean=False))
         os.pwrite(self.map_fd, new, 0)
         os.fsync(self.map_fd)
         self._page_alloc = None
@@ -319,12 +340,52 @@ class Layer:
         self.hq[fmt.MAP_SEEN_OFFSET // 8] = gen
 
     @property
+    def durable(self) -> int:
+        """Complete through at the last completed FLUSH (0 where ``boot_id`` is None)."""
+        return self.hq[fmt.MAP_DURABLE_OFFSET // 8] if self._flag(fmt.MAP_FLAG_FIELDS) else 0
+
+    @durable.setter
+    def durable(self, gen: int) -> None:
+        self.hq[fmt.MAP_DURABLE_OFFSET // 8] = gen
+
+    @property
+    def boot_id(self) -> bytes | None:
+        """The boot id of the kernel that last opened the store; None in a header whose
+        writer did not keep it (older code: docs/formats/replica-store.md, "Version")."""
+        if not self._flag(fmt.MAP_FLAG_FIELDS):
+            return None
+        return bytes(self.mm[fmt.MAP_BOOT_OFFSET : fmt.MAP_BOOT_OFFSET + 16])
+
+    @boot_id.setter
+    def boot_id(self, value: bytes) -> None:
+        """Store the boot id and mark the header's durable and boot id as kept (the caller
+        has stored ``durable`` first)."""
+        self.mm[fmt.MAP_BOOT_OFFSET : fmt.MAP_BOOT_OFFSET + 16] = value
+        self._set_flag(fmt.MAP_FLAG_FIELDS, True)
+
+    @property
     def clean(self) -> bool:
-        return bool(struct.unpack_from("<I", self.mm, fmt.MAP_FLAGS_OFFSET)[0] & fmt.MAP_FLAG_CLEAN)
+        return self._flag(fmt.MAP_FLAG_CLEAN)
 
     @clean.setter
     def clean(self, value: bool) -> None:
-        struct.pack_into("<I", self.mm, fmt.MAP_FLAGS_OFFSET, fmt.MAP_FLAG_CLEAN if value else 0)
+        self._set_flag(fmt.MAP_FLAG_CLEAN, value)
+
+    @property
+    def power_loss(self) -> bool:
+        return self._flag(fmt.MAP_FLAG_POWER_LOSS)
+
+    @power_loss.setter
+    def power_loss(self, value: bool) -> None:
+        self._set_flag(fmt.MAP_FLAG_POWER_LOSS, value)
+
+    def _flag(self, bit: int) -> bool:
+        return bool(struct.unpack_from("<I", self.mm, fmt.MAP_FLAGS_OFFSET)[0] & bit)
+
+    def _set_flag(self, bit: int, value: bool) -> None:
+        (flags,) = struct.unpack_from("<I", self.mm, fmt.MAP_FLAGS_OFFSET)
+        flags = flags | bit if value else flags & ~bit
+        struct.pack_into("<I", self.mm, fmt.MAP_FLAGS_OFFSET, flags)
 
     # --- space ---------------------------------------------------------------------
     def ensure_map_space(self, lba: int, n: int) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import copy
 import os
+import uuid
 from typing import Any
 
-from cargohold import durable
+from cargohold.durable import write_atomic as durable_write
 from cargohold.errors import InvalidArgument, NotFound
 from cargohold.store import format as fmt
+from cargohold.store import reader
 from cargohold.store.base import ReplicaStore, check_history
 from cargohold.store.layer import Layer, io_error
 
@@ -28,9 +30,17 @@ def write_atomic(directory: str, name: str, blob: bytes) -> None:
     """Replace ``name`` with ``blob`` atomically (tmp + fsync + rename + fsync of the dir).
     A failure (a full disk, say) leaves the old file in place and raises NoSpace/IOError."""
     try:
-        durable.write_atomic(os.path.join(directory, name), blob)
+        durable_write(os.path.join(directory, name), blob)
     except OSError as e:
         raise io_error(e, f"write {name}") from None
+
+
+def this_boot() -> bytes:
+    """The running kernel's boot id (``reader.boot_id``) as 16 bytes; zeros if unknown."""
+    try:
+        return uuid.UUID(reader.boot_id()).bytes
+    except ValueError:
+        return bytes(16)
 
 
 class LayerTree(ReplicaStore):
@@ -46,6 +56,8 @@ class LayerTree(ReplicaStore):
         self._gen = head.generation  # complete through: every mutation up to it is here
         self._seen = max(head.seen, self._gen)  # the newest mutation recorded at all
         self._dirty: set[int] = set()
+        self._era = 0  # bumped by mark_current: a FLUSH begun before it makes nothing durable
+        self._durable = head.durable  # the head header's, kept here too (FLUSH compares)
         self._busy = False
         self.counters = dict.fromkeys(
             (
@@ -58,14 +70,61 @@ class LayerTree(ReplicaStore):
                 "checksum_errors",
                 "repaired_blocks",
                 "recovered_blocks",
+                "lost_blocks",
             ),
             0,
         )
 
     def _mark_open(self) -> None:
+        """Opened: not clean, this kernel's boot id, synced; then everything is on disk, so
+        the store is durable through its generation."""
         head = self._chain[0]
         head.clean = False
+        head.durable = min(head.durable, self._gen)
+        head.boot_id = this_boot()
         head.sync()
+        head.durable = self._durable = self._gen
+
+    def _power_lost(self) -> bool:
+        """Whether the unclean shutdown an open finds was a machine crash (the page cache
+        lost): the header keeps a boot id and it is not this kernel's, or either is unknown.
+        A header without one (older code wrote it) is taken for a killed process."""
+        stored = self._chain[0].boot_id
+        if stored is None:
+            return False
+        now = this_boot()
+        return stored != now or not any(now)
+
+    def _settle_power_loss(self) -> int:
+        """After a machine crash: complete through no more than the last completed FLUSH
+        made durable, and the power-loss flag set until ``mark_current``. -> the generation.
+        Durable with the recovery's sync (``integrity.recover_head``)."""
+        head = self._chain[0]
+        self._gen = head.generation = min(self._gen, head.durable)
+        head.power_loss = True
+        return self._gen
+
+    @property
+    def durable(self) -> int:
+        return min(self._durable, self._gen)
+
+    @property
+    def power_loss(self) -> bool:
+        return bool(self._chain) and self._chain[0].power_loss
+
+    def durable_mark(self) -> tuple[int, int]:
+        return self._era, self._gen
+
+    def flushed(self, mark: Any) -> None:
+        era, g = mark
+        if era == self._era and g > self._durable and self._chain:
+            self._durable = g = min(g, self._gen)
+            self._chain[0].durable = g
+
+    def _carried(self) -> dict[str, Any]:
+        """The header fields a new head takes over from the head (snapshot, revert)."""
+        head = self._chain[0]
+        return {"durable": head.durable, "boot_id": head.boot_id, "power_loss": head.power_loss}
 
     def close(self) -> None:
         if not self._layers:
@@ -211,7 +270,8 @@ class LayerTree(ReplicaStore):
     ) -> None:
         """After a rebuild: this replica now holds every mutation up to ``generation``
         (default: the newest it has seen), and the history of the replica it was rebuilt
-        from (``history``: [[epoch, first generation], ...]). Durable before returning.
+        from (``history``: [[epoch, first generation], ...]). Durable before returning
+        (``durable`` is ``generation``; the power-loss flag is cleared).
         ``reset``: after a full rebuild (everything cleared, then copied) the generations
         this replica saw on a fork are void, so ``generation`` may be below them."""
         g = self._seen if generation is None else generation
@@ -224,9 +284,11 @@ class LayerTree(ReplicaStore):
             meta = self._draft()
             meta["history"] = check_history(history)
             self._commit(meta)
-        self._gen = self._seen = g
+        self._gen = self._seen = self._durable = g
+        self._era += 1
         head = self._chain[0]
-        head.generation = head.seen = g
+        head.generation = head.seen = head.durable = g
+        head.power_loss = False
         try:
             head.sync()
         except OSError as e:

@@ -59,6 +59,7 @@ class MemoryStore(ReplicaStore):
         self._size = size
         self._gen = 0
         self._seen = 0
+        self._durable = 0  # the generation at the last flush (memory has no power to lose)
         self._epoch = 0
         self._history: list[list[int]] = []
         self._layers = {1: _Layer(1, None, size // BLOCK_SIZE, 0)}
@@ -86,6 +87,14 @@ class MemoryStore(ReplicaStore):
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    @property
+    def durable(self) -> int:
+        return min(self._durable, self._gen)
+
+    @property
+    def power_loss(self) -> bool:
+        return False
 
     def _claim(self, generation: int | None) -> tuple[int, bool]:
         g = self._seen + 1 if generation is None else generation
@@ -120,7 +129,7 @@ class MemoryStore(ReplicaStore):
             )
         if history is not None:
             self._history = check_history(history)
-        self._gen = self._seen = g
+        self._gen = self._seen = self._durable = g
 
     def _import_extents(self, extents: list[Any], generation: int) -> None:
         head = self._layers[self._head]
@@ -227,7 +236,7 @@ class MemoryStore(ReplicaStore):
         return self._gen
 
     def flush(self) -> None:
-        return None
+        self._durable = self._gen
 
     def expand(self, new_size: int) -> None:
         check_size(new_size)
@@ -395,6 +404,8 @@ class MemoryStore(ReplicaStore):
             "size": self._size,
             "generation": self._gen,
             "seen": self._seen,
+            "durable": self.durable,
+            "power_loss": False,
             "epoch": self._epoch,
             "layers": len(self._layers),
             "snapshots": sum(1 for x in self._layers.values() if x.snapshot),

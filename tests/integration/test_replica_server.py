@@ -21,6 +21,7 @@ from cargohold.errors import (
 from cargohold.protocol import replica_wire as wire
 from cargohold.protocol.replica_wire import Op
 from cargohold.replica.client import ReplicaClient
+from cargohold.store import format as fmt
 from tests.support.processes import ServerProc
 
 
@@ -160,6 +161,44 @@ async def test_epoch_survives_a_restart(tmp_path):
         with pytest.raises(Fenced):
             await c.open("e", 4)
         assert (await c.open("e", 5))["epoch"] == 5
+        await c.close()
+    finally:
+        s.stop()
+
+
+async def test_a_machine_crash_is_reported_until_mark_current(tmp_path):
+    """After a machine crash (another boot id in the head's header, the clean flag unset)
+    OPEN and INFO report ``power_loss`` and the generation of the last completed FLUSH;
+    MARK_CURRENT clears it, durably (docs/formats/replica-store.md, "Machine crashes")."""
+    (tmp_path / "d").mkdir()
+    s = ServerProc([str(tmp_path / "d")]).start()
+    try:
+        c = await ReplicaClient.connect("127.0.0.1", s.port)
+        await c.create("p", 16 * MIB)
+        assert (await c.open("p", 1))["power_loss"] is False
+        await c.write(0, b"1" * BLOCK_SIZE, generation=1)
+        await c.flush()
+        await c.write(BLOCK_SIZE, b"2" * BLOCK_SIZE, generation=2)  # never flushed
+        assert (await c.info())["generation"] == 2
+        s.kill()
+        head = tmp_path / "d" / "replicas" / "p" / "layer-000001.map"
+        with open(head, "r+b") as f:  # the machine rebooted: another kernel's boot id
+            f.seek(fmt.MAP_BOOT_OFFSET)
+            f.write(b"\xee" * 16)
+        s = ServerProc([str(tmp_path / "d")]).start()
+        c = await ReplicaClient.connect("127.0.0.1", s.port)
+        info = await c.open("p", 1)
+        assert (info["power_loss"], info["generation"], info["seen"]) == (True, 1, 2)
+        assert (await c.info())["power_loss"] is True
+        assert await c.mark_current(2) == 2
+        assert (await c.info())["power_loss"] is False
+        await c.close()
+        s.kill()  # a killed process now: nothing to report
+        s = ServerProc([str(tmp_path / "d")]).start()
+        c = await ReplicaClient.connect("127.0.0.1", s.port)
+        info = await c.open("p", 1)
+        assert (info["power_loss"], info["generation"]) == (False, 2)
+        assert bytes(await c.read(BLOCK_SIZE, BLOCK_SIZE)) == b"2" * BLOCK_SIZE
         await c.close()
     finally:
         s.stop()
