@@ -110,6 +110,7 @@ async def rebuild(vol: VolumeCore, link: ReplicaLink) -> None:
         link.generation = gen
         link.seen = gen
         link.history = history
+        link.power_loss = False  # MARK_CURRENT cleared the replica's flag
         link.mode = Mode.RW
     took = time.monotonic() - t0
     link.rebuild.update(finished=time.time(), seconds=round(took, 3))

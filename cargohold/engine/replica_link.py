@@ -72,6 +72,9 @@ class ReplicaLink:
     mode: Mode = Mode.ERR
     generation: int = 0  # complete through, as the replica last reported
     seen: int = 0
+    # its store found at open that the machine crashed: complete only through its last
+    # FLUSH, maybe more above (start_policy); cleared when it is marked current
+    power_loss: bool = False
     size: int = 0  # bytes, as the replica reported at OPEN
     history: list[list[int]] = field(default_factory=list)  # [[epoch, first generation]]
     error: str = ""
@@ -84,6 +87,17 @@ class ReplicaLink:
     reader_retry: float = 0.0
     transport: str = ""  # how its connection goes: "unix", "tls" or "tcp" (``connect``)
     unix_failed: bool = False  # the unix socket failed once (logged): later ones at debug
+
+    def opened(self, client: ReplicaClient, info: dict[str, Any]) -> None:
+        """Connected and OPEN answered with ``info`` (a replica server's OPEN reply)."""
+        self.client = client
+        self.generation = info["generation"]
+        self.seen = info.get("seen", info["generation"])
+        self.power_loss = bool(info.get("power_loss", False))  # not sent by older servers
+        self.history = info.get("history", [])
+        self.size = info["size"]
+        self.disk = info.get("disk") if isinstance(info.get("disk"), dict) else None
+        self.error = ""
 
     def drop(self, why: str) -> None:
         """Out of the write set (ERR); its connection is closed so nothing more reaches it,
@@ -116,6 +130,8 @@ class ReplicaLink:
         }
         if self.transport:
             out["transport"] = self.transport
+        if self.power_loss:
+            out["power_loss"] = True
         if self.error:
             out["error"] = self.error
         if self.rebuild:

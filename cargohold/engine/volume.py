@@ -4,12 +4,17 @@ Called by ``cargohold engine``. One instance per attached volume; one connection
 replica, shared by I/O and rebuild so that each replica applies everything in the order the
 engine sent it.
 
-- **Start** (``start``): connect to every replica and OPEN it with this engine's epoch,
-  which fences out every older engine (invariant 3). The replicas whose persisted
-  generation is highest are current (RW); the others are stale (WO) and are rebuilt from a
-  current one before they serve reads (invariants 2 and 4). With ``require`` (the newest
-  (epoch, generation) the manager recorded), an engine whose reachable replicas are all
-  older refuses to start rather than serve without acknowledged writes.
+- **Start** (``start``; the rules are ``start_policy``'s): connect to every replica and
+  OPEN it with this engine's epoch, which fences out every older engine (invariant 3). The
+  replicas whose persisted (last epoch, generation) is highest are current (RW); the others
+  are stale (WO) and are rebuilt from a current one before they serve reads (invariants 2
+  and 4). If a current one is in doubt (its machine lost power, or it saw a mutation above
+  its generation) they may differ above their generation: one source is marked current
+  (``doubt``) before any I/O and stays RW, the others are WO and rebuilt from it. With
+  ``require`` (the newest (epoch, generation) the manager recorded), an engine whose
+  reachable replicas are all older refuses to start rather than serve without acknowledged
+  writes — unless every replica answered and every current one lost power (counted:
+  ``power_loss_starts``).
 - **Mutations** (write, trim, write-zeroes) get the engine's next generation and go to every
   replica of the write set (RW and WO) at once (``fanout``); the reply comes when all have
   answered. Aligned NBD writes take the same path without a task (``write_nowait``,
@@ -40,6 +45,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from cargohold.constants import BLOCK_SIZE
+from cargohold.engine import start_policy as policy
+from cargohold.engine.doubt import mark_source
 from cargohold.engine.fanout import FanOut, answers
 from cargohold.engine.io_stats import IoStats
 from cargohold.engine.local_reads import LocalReads
@@ -125,7 +132,8 @@ class Volume(CallbackWrites):
 
     # --- start and stop --------------------------------------------------------------
     async def start(self) -> None:
-        """Connect, fence older engines, decide which replicas are current, start rebuilds."""
+        """Connect, fence older engines, decide which replicas are current, settle a doubt
+        about their content (``start_policy``), start rebuilds."""
         await asyncio.gather(*(self._open(link) for link in self.links))
         reachable = [link for link in self.links if link.client is not None]
         if len(reachable) < self.settings.min_replicas:
@@ -134,34 +142,32 @@ class Volume(CallbackWrites):
                 f"volume {self.name}: {len(reachable)} of {len(self.links)} replicas reachable, "
                 f"{self.settings.min_replicas} needed ({why})"
             )
-        # current = the newest history, compared like Raft's (term, index): the epoch that
-        # made the last mutation first, then the generation; never timestamps or sizes
-        top = max((link.last_epoch, link.generation) for link in reachable)
-        need_epoch, need_gen = self.require
-        if need_epoch:
-            stale = top < (need_epoch, need_gen)
-        else:  # epoch 0: the manager knows only the generation; compare that alone
-            stale = top[1] < need_gen
-        if stale:  # newer data exists elsewhere: starting would lose acknowledged writes
-            await self.close()
+        top, current = policy.current(reachable)
+        short = not policy.meets(self.require, top)
+        if short and not policy.shortfall_accepted(self.links, current):
+            await self.close()  # newer data exists elsewhere: starting would lose it
             raise ReplicaIOError(stale_start(self.name, self.require, self.links, top))
-        self._top = top
         for link in reachable:
-            link.mode = Mode.RW if (link.last_epoch, link.generation) == top else Mode.WO
-        current = [link for link in reachable if link.mode is Mode.RW]
-        # numbered on from the current ones: past a stale one's numbers (a fork's), every
-        # current replica would see a gap at the first write (that stale one is dropped)
-        self.gen = max(link.seen for link in current)
+            link.mode = Mode.RW if any(link is x for x in current) else Mode.WO
+        self.gen = policy.starting_generation(current, self.require[1] if short else 0)
         self._size = max(link.size for link in current)
+        self._top = top
+        if short:
+            self.counters["power_loss_starts"] += 1
+            log.warning("%s", policy.accepted_loss(self.name, self.require, top, self.gen))
+        if policy.doubt(current):  # they may differ above their generation: keep one
+            timeout = self.settings.replica_timeout * 4
+            try:
+                source = await mark_source(self.name, current, self.gen, timeout)
+            except ReplicaIOError:
+                await self.close()
+                raise
+            self._top = (top[0], source.generation)  # what it holds now (``current``)
+        rw, wo = ([str(x.spec) for x in reachable if x.mode is m] for m in (Mode.RW, Mode.WO))
         log.info(
             "volume %s: epoch %d; current at generation %d (last written by epoch %d): %s; "
             "stale: %s",
-            self.name,
-            self.epoch,
-            top[1],
-            top[0],
-            [str(x.spec) for x in current],
-            [str(x.spec) for x in reachable if x.mode is Mode.WO],
+            *(self.name, self.epoch, self._top[1], top[0], rw, wo),
         )
         for link in reachable:
             if link.mode is Mode.WO:
@@ -184,13 +190,7 @@ class Volume(CallbackWrites):
             link.drop("")
             link.error = f"open failed: {describe(e)}"  # also when it was ERR already
             return
-        link.client = client
-        link.generation = info["generation"]
-        link.seen = info.get("seen", info["generation"])
-        link.history = info.get("history", [])
-        link.size = info["size"]
-        link.disk = info.get("disk") if isinstance(info.get("disk"), dict) else None
-        link.error = ""
+        link.opened(client, info)
 
     async def close(self) -> None:
         for t in list(self._tasks):
