@@ -11,7 +11,8 @@ ciphertext and tags only. docs/encryption.md argues the construction; here:
   ``cache_blocks`` tag blocks of 4 KiB, 4 MiB by default, which covers 256 MiB of the
   volume's data). The cached copy is authoritative while the engine runs: every change to
   a tag block is made here, in memory, and then written. A tag block with changes pending
-  is never evicted.
+  is never evicted. A snapshot revert empties it; a write that put its tags into a copy
+  from before the revert starts over on the reverted tag blocks (``_check_layout``).
 - **A write** waits for earlier writes of the same blocks (``_claim``), takes the next
   version, encrypts, puts each block's new tag into the slot that does not hold its newest
   version, and queues the tag block and then the ciphertext back to back on every replica
@@ -31,7 +32,8 @@ ciphertext and tags only. docs/encryption.md argues the construction; here:
   the next write of its tag block (lazily): a replay of the previous version stops
   authenticating then.
 - **TRIM and WRITE_ZEROES** record a ZERO slot for each block (whole groups get a fresh
-  tag block, nothing read), then release the ciphertext (TRIM of the data blocks).
+  tag block, nothing read), then release the ciphertext (TRIM of the data blocks;
+  ``encrypted_zeroes.py``).
 - **A block that authenticates under no slot** is read again from every other current
   replica (``copies``: ``engine/copies.py``); a copy that authenticates is returned and
   written back (data block and tag entry), and the failure is counted
@@ -55,12 +57,9 @@ from typing import Any
 from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import (
     ENTRY,
-    RETIRED_SLOT,
     TAG_BYTES,
     BlockCipher,
-    encode_slot,
     may_be_unwritten,
-    put_slot,
     version_of,
 )
 from cargohold.encryption.layout import BLOCK, GROUP
@@ -68,14 +67,14 @@ from cargohold.errors import ChecksumError, WrongDataKey
 from cargohold.frontend.device import BlockDevice
 from cargohold.frontend.encrypted_claims import Claims
 from cargohold.frontend.encrypted_repair import Copies, Repair
-from cargohold.frontend.encrypted_write_callbacks import CallbackWrites
+from cargohold.frontend.encrypted_write_callbacks import CallbackWrites, Reverted
+from cargohold.frontend.encrypted_zeroes import ZeroWrites
 from cargohold.frontend.key_check import first_group_refusing
 from cargohold.frontend.tag_block import TagBlock
 
 log = logging.getLogger("cargohold.engine")
 
 CACHE_BLOCKS = 1024  # tag blocks cached: 4 MiB, covering 256 MiB of data
-BULK_GROUPS = 32  # groups of one TRIM / WRITE_ZEROES handled at once
 STATUS_GROUPS = 64  # groups one BLOCK_STATUS reply covers at most (16 MiB)
 # the volume below's ``write_ordered(writes, ready)`` (``engine/write_callbacks.py``)
 Ordered = Callable[
@@ -83,7 +82,7 @@ Ordered = Callable[
 ]
 
 
-class EncryptedDevice(CallbackWrites, Repair):
+class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
     """``inner`` (the physical volume) served through ``cipher``; versions ``epoch ‖ n``."""
 
     block_size = BLOCK
@@ -152,15 +151,41 @@ class EncryptedDevice(CallbackWrites, Repair):
 
     # --- the tag cache ------------------------------------------------------------------
     def _check_layout(self) -> None:
-        """Drop the cached tag blocks (but those with writes pending) when the volume's
-        content changed underneath (a snapshot revert)."""
+        """Drop every cached tag block when the volume's content changed underneath (a
+        snapshot revert): those with writes pending too. The engine runs a revert inside
+        a hold (``engine/snapshots.py``: no mutation in flight, new ones wait), so no
+        write of a copy from before it is in flight then; a write that put its tags
+        into one and waits (the hold, its tag load, its settling read) must not queue it
+        afterwards: it holds the pre-revert tags of its group's other blocks, whose data
+        went back to the snapshot's (they would fail authentication everywhere), and a
+        second copy loaded meanwhile would race it. Such a write finds its copy gone
+        when it is queued (``_current``) and starts over on the reverted tag blocks."""
         if self._layout_version is None:
             return
         now = self._layout_version()
         if now != self._layout:
             self._layout = now
-            for g in [g for g, t in self._cache.items() if not t.busy]:
-                del self._cache[g]
+            self._cache.clear()
+            self._stale.clear()
+
+    def _layout_now(self) -> int:
+        return self._layout_version() if self._layout_version is not None else 0
+
+    def _current(self, tag_blocks: Mapping[int, TagBlock]) -> None:
+        """Right before a write queues these tag blocks (``ready``, nothing awaited until
+        they are queued): raise ``Reverted`` if a revert dropped any of them."""
+        self._check_layout()
+        cache = self._cache
+        for g, t in tag_blocks.items():
+            if cache.get(g) is not t:
+                raise Reverted(f"tag block {g}: the volume was reverted under a write")
+
+    def _reverted_since(self, seen: int) -> bool:
+        """Whether a revert came since ``seen`` (``_layout`` then): a write whose tag
+        blocks and data went as separate requests (FUA, TRIM and WRITE_ZEROES, an older
+        replica server) may have had them land on either side of it."""
+        self._check_layout()
+        return self._layout != seen
 
     async def _tags(self, g: int) -> TagBlock:
         t = self._cache.get(g)
@@ -173,13 +198,18 @@ class EncryptedDevice(CallbackWrites, Repair):
         fut = asyncio.get_running_loop().create_future()
         self._loading[g] = fut
         try:
-            data = await self.inner.read(layout.tag_block(g * GROUP) * BLOCK, BLOCK)
+            while True:  # read again if a revert came during the read: it may be older
+                seen = self._layout_now()
+                data = await self.inner.read(layout.tag_block(g * GROUP) * BLOCK, BLOCK)
+                if self._layout_now() == seen:
+                    break
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()  # retrieved: the waiters get it
             raise
         finally:
             del self._loading[g]
+        self._check_layout()
         t = self._adopt(g, data)
         fut.set_result(t)
         return t
@@ -227,6 +257,7 @@ class EncryptedDevice(CallbackWrites, Repair):
         write = [(layout.tag_block(g * GROUP) * BLOCK, buf)]
 
         def ready(back_to_back: bool = False) -> list[tuple[int, Any]]:
+            self._current({g: t})  # not a copy from before a revert
             upto, snap = t.snapshot()
             started.append(upto)
             buf[:] = snap
@@ -302,9 +333,40 @@ class EncryptedDevice(CallbackWrites, Repair):
     async def _write(self, lo: int, hi: int, data: memoryview, fua: bool) -> None:
         version = self._next_version()
         groups = range(lo // GROUP, (hi - 1) // GROUP + 1)
-        # sealed where it will be written (``_seal``)
+        # sealed where it will be written (``_seal``), once: a start over after a revert
+        # sends the same version and ciphertext again (no nonce is sealed twice)
         head, first, extent, tags = self._seal(lo, hi, data, version)
-        # the tags first: every tag block updated in memory, then written (merged)
+        while True:
+            self._check_layout()
+            seen = self._layout
+            tag_blocks = await self._put_tags(groups, lo, hi, version, tags)
+            ordered = None if fua else getattr(self.inner, "write_ordered", None)
+            try:
+                if ordered is not None:  # tags and ciphertext back to back: one round trip
+                    mine = {g: t.applied for g, t in tag_blocks.items()}
+                    await self._write_ordered(
+                        ordered, tag_blocks, mine, lo, head, hi, first, extent
+                    )
+                else:
+                    await self._write_tags_first(tag_blocks, lo, head, hi, first, extent, fua)
+            except Reverted:  # its tag blocks were from before a revert: nothing was queued
+                self.counters["writes_restarted_by_revert"] += 1
+                continue
+            if not self._reverted_since(seen):
+                break
+            # its tag blocks went before a revert and its data maybe after: again, into the
+            # reverted tag blocks (the read that settles a slot finds its data either way)
+            self.counters["writes_restarted_by_revert"] += 1
+        for g, t in tag_blocks.items():
+            a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
+            t.acked.update(range(a - g * GROUP, b - g * GROUP))
+        self.counters["encrypted_blocks"] += hi - lo
+
+    async def _put_tags(
+        self, groups: range, lo: int, hi: int, version: int, tags: bytes
+    ) -> dict[int, TagBlock]:
+        """The write's new slots (``tags``: 16 bytes per block) put into the cached tag
+        blocks of ``groups``, each settled first. -> the tag blocks by group."""
         if len(groups) == 1:  # the common case: no task per step
             loaded = [await self._tags(groups[0])]
         else:
@@ -316,17 +378,7 @@ class EncryptedDevice(CallbackWrites, Repair):
             seals = tags[(a - lo) * TAG_BYTES : (b - lo) * TAG_BYTES]
             self.cipher.put_sealed(t.data, a - g * GROUP, version, seals)
             t.applied += 1
-        tag_blocks = dict(zip(groups, loaded, strict=True))
-        ordered = None if fua else getattr(self.inner, "write_ordered", None)
-        if ordered is not None:  # tags and ciphertext queued back to back: one round trip
-            mine = {g: t.applied for g, t in tag_blocks.items()}
-            await self._write_ordered(ordered, tag_blocks, mine, lo, head, hi, first, extent)
-        else:
-            await self._write_tags_first(tag_blocks, lo, head, hi, first, extent, fua)
-        for g, t in tag_blocks.items():
-            a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
-            t.acked.update(range(a - g * GROUP, b - g * GROUP))
-        self.counters["encrypted_blocks"] += hi - lo
+        return dict(zip(groups, loaded, strict=True))
 
     async def _write_ordered(
         self,
@@ -359,6 +411,7 @@ class EncryptedDevice(CallbackWrites, Repair):
         started: list[tuple[int, TagBlock, int]] = []
 
         def ready(back_to_back: bool) -> list[tuple[int, Any]]:
+            self._current(tag_blocks)  # not copies from before a revert
             out: list[tuple[int, Any]] = []
             for g, off in tag_writes:
                 t = tag_blocks[g]
@@ -429,54 +482,6 @@ class EncryptedDevice(CallbackWrites, Repair):
                 ct = await self.inner.read(layout.data_block(i) * BLOCK, BLOCK)
                 if self.cipher.clear_unwritten(i, t.data, j, ct):
                     self.counters["unwritten_slots_cleared"] += 1
-
-    async def trim(self, offset: int, length: int) -> None:
-        await self._zero(offset, length, False)
-
-    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
-        await self._zero(offset, length, fua)
-
-    async def _zero(self, offset: int, length: int, fua: bool) -> None:
-        """ZERO slots for the blocks, then their ciphertext released."""
-        self._check_writable()
-        lo, hi = offset // BLOCK, (offset + length) // BLOCK
-        first, last = lo // GROUP, (hi - 1) // GROUP
-        for g0 in range(first, last + 1, BULK_GROUPS):
-            gs = range(g0, min(last + 1, g0 + BULK_GROUPS))
-            a, b = max(lo, gs[0] * GROUP), min(hi, (gs[-1] + 1) * GROUP)
-            await self._claim(a, b)
-            try:
-                version = self._next_version()
-                await asyncio.gather(*(self._zero_group(g, lo, hi, version) for g in gs))
-            finally:
-                self._release(a, b)
-        if fua:
-            await self.inner.flush()
-        self.counters["zeroed_blocks"] += hi - lo
-
-    async def _zero_group(self, g: int, lo: int, hi: int, version: int) -> None:
-        a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
-        if b - a == GROUP and g not in self._cache:  # a fresh tag block: nothing to read
-            t = self._adopt(g, bytes(BLOCK))
-        else:
-            t = await self._tags(g)
-        zero = self.cipher.zero_tag
-        whole = b - a == GROUP
-        for i in range(a, b):
-            j = i - g * GROUP
-            t.acked.discard(j)
-            if whole:  # the ZERO slot is enough: zeros whatever the ciphertext
-                base = j * ENTRY
-                t.data[base : base + ENTRY] = encode_slot(
-                    self.cipher.slot(version, zero(i, version), zero=True)
-                ) + encode_slot(RETIRED_SLOT)
-            else:
-                put_slot(t.data, j, self.cipher.slot(version, zero(i, version), zero=True))
-        t.applied += 1
-        await self._commit(g, t)
-        self.counters["tag_block_writes"] += 1
-        await self.inner.trim(layout.data_block(a) * BLOCK, (b - a) * BLOCK)
-        t.acked.update(i - g * GROUP for i in range(a, b))
 
     # --- reads ---------------------------------------------------------------------------
     def read_now(self, offset: int, length: int) -> bytearray | None:

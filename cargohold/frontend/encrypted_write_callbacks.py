@@ -31,7 +31,7 @@ from cargohold.buffers import uninitialized
 from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import TAG_BYTES, may_be_unwritten
 from cargohold.encryption.layout import BLOCK, GROUP
-from cargohold.errors import CargoholdError
+from cargohold.errors import CargoholdError, ReplicaIOError
 
 if TYPE_CHECKING:
     import collections
@@ -45,6 +45,14 @@ if TYPE_CHECKING:
 Done = Callable[[Exception | None], None]
 _EMPTY = bytearray()  # never written to: ``_seal``'s part with no blocks
 _TAG_BLOCK_SIZED = memoryview(bytes(BLOCK))  # a tag block's length, before its snapshot
+
+
+class Reverted(ReplicaIOError):
+    """A write's tag blocks were cached before a snapshot revert and are about to be
+    queued after it (``EncryptedDevice._current``, from the ``ready`` of a write that
+    waited): nothing was queued; the write starts over on the reverted tag blocks. A
+    write without a task never raises it: it looks at the layout and queues with no
+    await between, and the volume starts nothing while a revert's hold is in place."""
 
 
 class CallbackWrites:

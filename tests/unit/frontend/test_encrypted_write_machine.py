@@ -7,7 +7,9 @@ in the order they were queued, as a replica's connection applies them, a chosen 
 failing after any prefix of its writes (then every later one queued on the session fails
 too, until the session is empty: a server that stops a session at a failed mutation);
 the tag cache is 4 blocks (8 groups written); engine restarts between, and crashes
-with writes held, queued and partly delivered (merged tag-block writes among them).
+with writes held, queued and partly delivered (merged tag-block writes among them);
+snapshots and reverts to them with writes in flight, as the engine runs them (a hold:
+what is queued is delivered first, new mutations wait; then the layout version bumps).
 
 Checked at every step, not only at the end:
 
@@ -24,7 +26,8 @@ Checked at every step, not only at the end:
 - **content**: a read during the writes returns, for each block, its content or that of
   a write in flight over it; once everything is answered, every block reads (on this engine and on a
   new one) its last acknowledged content, or for a block of a write that failed, that or
-  the failed write's (whichever a read then sees stays).
+  the failed write's (whichever a read then sees stays); after a revert, the snapshot's
+  content or that of a write acknowledged after the revert, never an error.
 
 Both cipher paths (tests/support/cipher_paths.py)."""
 
@@ -103,6 +106,14 @@ class CheckedCache(collections.OrderedDict):  # type: ignore[type-arg]
         assert t.stale or t.applied == t.written, f"tag block {g} dropped with changes"
         super().__delitem__(g)
 
+    def clear(self) -> None:
+        """A revert drops every copy, those with changes pending too (their writes start
+        over), never one with a write of it in flight (the engine's hold answered those
+        before it reverted)."""
+        for g, t in self.items():
+            assert not t.writing, f"tag block {g} dropped by a revert with a write in flight"
+        super().clear()
+
 
 class Session(MemoryVolume):
     """One replica behind one ordered connection: every mutation is queued and applied,
@@ -116,6 +127,7 @@ class Session(MemoryVolume):
         self.unheld.set()
         self.fail_next: int | None = None  # the next delivery fails after this many writes
         self.stopped = False  # a delivery failed: the rest queued fail too
+        self.layout = 0  # bumped by a revert (``Volume.local.layout``)
 
     def hold(self, on: bool) -> None:
         self.held = on
@@ -176,9 +188,11 @@ class Session(MemoryVolume):
         return True
 
     async def write(self, offset: int, data: Any, fua: bool) -> None:
+        await self.unheld.wait()  # a hold holds every mutation
         await self._wait([(offset, data)])
 
     async def trim(self, offset: int, length: int) -> None:
+        await self.unheld.wait()
         await self._wait([(offset, bytes(length))])
 
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
@@ -220,6 +234,8 @@ class WritesInFlight(RuleBasedStateMachine):
         self.may: list[set[bytes]] = [{ZERO} for _ in range(NBLOCKS)]
         self.jobs: list[tuple[Any, int, int, list[bytes]]] = []  # (task or answers, lo, hi, new)
         self.n = 0
+        self.snap: bytes | None = None  # the snapshot's copy, and what each block may read
+        self.snap_may: list[set[bytes]] = []
         self.restart_engine()
 
     def teardown(self) -> None:
@@ -227,7 +243,14 @@ class WritesInFlight(RuleBasedStateMachine):
 
     def restart_engine(self) -> None:
         self.epoch += 1
-        d = EncryptedDevice(self.vol, BlockCipher(KEY, VID), self.epoch, cache_blocks=CACHE)
+        vol = self.vol
+        d = EncryptedDevice(
+            vol,
+            BlockCipher(KEY, VID),
+            self.epoch,
+            cache_blocks=CACHE,
+            layout_version=lambda: vol.layout,
+        )
         d._claimed = claims = CheckedClaims()
         cache = CheckedCache()
         cache.claims = claims
@@ -350,6 +373,54 @@ class WritesInFlight(RuleBasedStateMachine):
     def settle_and_read(self) -> None:
         self._settle()
         self._read_all(self.dev)
+
+    def _flying(self) -> dict[int, set[bytes]]:
+        """For each block, the content of the writes in flight over it."""
+        flying: dict[int, set[bytes]] = collections.defaultdict(set)
+        for _, a, b, new in self.jobs:
+            for i in range(a, b):
+                flying[i].add(new[i - a])
+        return flying
+
+    def _drain(self) -> None:
+        """The engine's hold: new mutations wait, those queued are answered."""
+        self.vol.hold(True)
+        idle = 0
+        while idle < 5:
+            self.turn()
+            if self.vol.queue:
+                idle = 0
+                self.vol.deliver()
+            else:
+                idle += 1
+            self._reap()
+
+    @rule()
+    def snapshot(self) -> None:
+        """A snapshot (inside a hold): each block holds its content or that of a write in
+        flight over it (a FUA write's tag block may be in it, its data not)."""
+        held = self.vol.held
+        self._drain()
+        self.snap = bytes(self.vol.copies[0])
+        flying = self._flying()
+        self.snap_may = [self.may[i] | flying[i] for i in range(NBLOCKS)]
+        self.vol.hold(held)
+
+    @precondition(lambda self: self.snap is not None)
+    @rule()
+    def revert(self) -> None:
+        """A revert to the snapshot (inside a hold), with writes in flight (held, or
+        between their tag block and their data): every block then reads the snapshot's
+        content, or, under a write in flight, that or the write's (once acknowledged:
+        the write's)."""
+        assert self.snap is not None
+        held = self.vol.held
+        self._drain()
+        self.vol.copies[0][:] = self.snap
+        self.vol.layout += 1
+        flying = self._flying()
+        self.may = [self.snap_may[i] | flying[i] for i in range(NBLOCKS)]
+        self.vol.hold(held)
 
     @rule()
     def restart(self) -> None:
