@@ -12,8 +12,8 @@ which does the I/O. docs/engine.md ("What the engine guarantees") and docs/relia
   took its number, on every replica alike when the write failed everywhere). Then the
   current replicas may differ above their generation, in blocks only one of them changed,
   and all of them serving reads would return different data for ever. So one of them, the
-  **source** (``sources``: one not in doubt first, else the local replica, else the one
-  that saw the most), is marked current at the starting generation and stays RW; the
+  **source** (``sources``: the one that saw the newest mutation, then one not in doubt,
+  then the local replica), is marked current at the starting generation and stays RW; the
   others are rebuilt from it (the rebuild's verify copies again every block that differs,
   whoever changed it).
 - **The starting generation** (``starting_generation``): the newest the current replicas
@@ -49,9 +49,13 @@ def doubt(current: list[ReplicaLink]) -> bool:
 
 
 def sources(current: list[ReplicaLink]) -> list[ReplicaLink]:
-    """The current replicas in the order to try them as the one source: not in doubt
-    first, then the local one, then by the newest mutation seen (ties: the given order)."""
-    return sorted(current, key=lambda x: (not in_doubt(x), x.spec.local, x.seen), reverse=True)
+    """The current replicas in the order to try them as the one source: the one that saw
+    the newest mutation first, then one not in doubt, then the local one (ties: the given
+    order). Seen first: an acknowledged write above the current generation was answered by
+    every replica left in the write set, so a replica that lacks it either never saw it (its
+    ``seen`` is below it) or was dropped for it; one not in doubt at a lower ``seen`` may be
+    exactly the replica that failed it, and choosing it would lose the write."""
+    return sorted(current, key=lambda x: (x.seen, not in_doubt(x), x.spec.local), reverse=True)
 
 
 def starting_generation(current: list[ReplicaLink], floor: int = 0) -> int:
