@@ -60,6 +60,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def serve(settings: ReplicaServerSettings, ready_fd: int | None = None) -> None:
     server = ReplicaServer(settings)
+    server.registry.recover_crashed()  # before it listens: an engine's OPEN would time out
     await server.start()
     stop = _stop_on_signals()
     where = f"{settings.host}:{server.port}"
@@ -94,6 +95,7 @@ async def serve(settings: ReplicaServerSettings, ready_fd: int | None = None) ->
 async def _worker_main(settings: ReplicaServerSettings, index: int, channel: socket.socket) -> None:
     n = settings.workers
     server = ReplicaServer(settings, owns=lambda rid: owner(rid, n) == index)
+    server.registry.recover_crashed()  # before it takes connections (see ``serve``)
     loop = asyncio.get_running_loop()
     stop = _stop_on_signals()
     channel.setblocking(False)

@@ -30,7 +30,13 @@ from cargohold.store.base import ScrubReport, SnapshotInfo, check_range, check_s
 from cargohold.store.block_io import BlockIO
 from cargohold.store.integrity import recover_head, repair_layers, scrub_layers
 from cargohold.store.layer import Layer, check_write_chunk, file_names, io_error
-from cargohold.store.layer_tree import META_FILE, this_boot, write_atomic
+from cargohold.store.layer_tree import (
+    META_FILE,
+    head_header,
+    machine_crashed,
+    this_boot,
+    write_atomic,
+)
 
 __all__ = ["META_FILE", "FileStore"]
 
@@ -102,14 +108,24 @@ class FileStore(BlockIO):
         store.write_chunk = write_chunk
         head = store._chain[0]
         if not head.clean:  # a crash: of the machine (power lost), or of the process
-            lost_above = store._settle_power_loss() if store._power_lost() else None
-            seen, recovered, lost = recover_head(head, store._seen, lost_above)
-            store._seen = head.seen = seen
-            store.counters["recovered_blocks"], store.counters["lost_blocks"] = recovered, lost
+            power = store._power_lost()
+            if power:
+                store._settle_power_loss()
+            r = recover_head(head, store._seen, power, has_parent=len(store._chain) > 1)
+            store._seen = head.seen = r.top
+            store.counters["recovered_blocks"] = r.settled
+            store.counters["adopted_blocks"], store.counters["lost_blocks"] = r.adopted, r.lost
         store._mark_open()
         for _ in store._purge():  # finish a snapshot deletion that a crash or stop cut short
             pass
         return store
+
+    @staticmethod
+    def crashed_machine(directory: str) -> bool:
+        """Whether opening this replica would recover from a machine crash (its head was
+        not closed cleanly, under another boot): one header read, the store stays shut."""
+        h = head_header(directory)
+        return not h.clean and machine_crashed(h.boot_id)
 
     # --- snapshots --------------------------------------------------------------------
     def _start(self) -> None:

@@ -21,7 +21,7 @@ from cargohold.errors import InvalidArgument, NotFound
 from cargohold.store import format as fmt
 from cargohold.store import reader
 from cargohold.store.base import ReplicaStore, check_history
-from cargohold.store.layer import Layer, io_error
+from cargohold.store.layer import Layer, io_error, map_path
 
 META_FILE = "replica.meta"
 
@@ -41,6 +41,26 @@ def this_boot() -> bytes:
         return uuid.UUID(reader.boot_id()).bytes
     except ValueError:
         return bytes(16)
+
+
+def machine_crashed(stored: bytes | None) -> bool:
+    """Whether the unclean shutdown an open finds was a machine crash (the page cache
+    lost), from the head header's boot id: kept and not this kernel's, or either unknown.
+    A header without one (older code wrote it) is taken for a killed process."""
+    if stored is None:
+        return False
+    now = this_boot()
+    return stored != now or not any(now)
+
+
+def head_header(directory: str) -> fmt.MapHeader:
+    """The head layer's map header, read without opening the store (a cheap look)."""
+    path = os.path.join(directory, META_FILE)
+    with open(path, "rb") as f:
+        meta = fmt.decode_meta(f.read(), path)
+    mpath = map_path(directory, int(meta["head"]))
+    with open(mpath, "rb") as f:
+        return fmt.decode_map_header(f.read(fmt.HEADER_SIZE), mpath)
 
 
 class LayerTree(ReplicaStore):
@@ -70,6 +90,7 @@ class LayerTree(ReplicaStore):
                 "checksum_errors",
                 "repaired_blocks",
                 "recovered_blocks",
+                "adopted_blocks",
                 "lost_blocks",
             ),
             0,
@@ -86,14 +107,7 @@ class LayerTree(ReplicaStore):
         head.durable = self._durable = self._gen
 
     def _power_lost(self) -> bool:
-        """Whether the unclean shutdown an open finds was a machine crash (the page cache
-        lost): the header keeps a boot id and it is not this kernel's, or either is unknown.
-        A header without one (older code wrote it) is taken for a killed process."""
-        stored = self._chain[0].boot_id
-        if stored is None:
-            return False
-        now = this_boot()
-        return stored != now or not any(now)
+        return machine_crashed(self._chain[0].boot_id)
 
     def _settle_power_loss(self) -> int:
         """After a machine crash: complete through no more than the last completed FLUSH

@@ -204,6 +204,44 @@ async def test_a_machine_crash_is_reported_until_mark_current(tmp_path):
         s.stop()
 
 
+async def test_a_machine_crash_is_recovered_before_the_server_listens(tmp_path):
+    """A torn block (its record after the last FLUSH, its data page another value) on a
+    replica whose machine crashed: the server's start opens that replica, adopts the data
+    page's value and logs it before it listens; the block then reads and verifies
+    (docs/formats/replica-store.md, "Machine crashes")."""
+    (tmp_path / "d").mkdir()
+    s = ServerProc([str(tmp_path / "d")]).start()
+    try:
+        c = await ReplicaClient.connect("127.0.0.1", s.port)
+        await c.create("t", 16 * MIB)
+        await c.create("u", 16 * MIB)  # not crashed: stays lazy
+        await c.open("t", 1)
+        await c.write(0, b"1" * BLOCK_SIZE, generation=1)
+        await c.flush()
+        await c.write(0, b"2" * BLOCK_SIZE, generation=2)  # never flushed
+        await c.close()
+        s.kill()
+        rdir = tmp_path / "d" / "replicas" / "t"
+        with open(rdir / "layer-000001.data", "r+b") as f:  # the data page of the flush
+            f.seek(fmt.HEADER_SIZE)
+            f.write(b"1" * BLOCK_SIZE)
+        with open(rdir / "layer-000001.map", "r+b") as f:  # another kernel's boot id
+            f.seek(fmt.MAP_BOOT_OFFSET)
+            f.write(b"\xee" * 16)
+        s = ServerProc([str(tmp_path / "d")]).start()
+        out = s.output()
+        assert "replica t: recovered from a machine crash" in out, out
+        assert "1 torn blocks adopted, 0 lost" in out and "replica u" not in out, out
+        c = await ReplicaClient.connect("127.0.0.1", s.port)
+        info = await c.open("t", 1)
+        assert (info["power_loss"], info["generation"], info["seen"]) == (True, 1, 2)
+        assert bytes(await c.read(0, BLOCK_SIZE)) == b"1" * BLOCK_SIZE
+        assert (await c.scrub())["bad"] == []
+        await c.close()
+    finally:
+        s.stop()
+
+
 async def test_bad_requests_get_errors_and_the_connection_goes_on(server):
     c = await connect(server)
     with pytest.raises(NotOpen):
