@@ -8,8 +8,9 @@ directly. The simulation (tests/support/power_loss.py): the durable image D of a
 directory is copied while its processes are stopped right after a FLUSH's reply; more is
 written without a FLUSH and acknowledged; the processes are SIGKILLed; every 4 KiB page
 that differs between D and the live files is taken from one of the two at random (seeded,
-different per replica); the servers come back in a new boot (another boot id, in a mount
-namespace of their own).
+different per replica; or, "coherent", each data page with its block-map record's page,
+so that no block fails its checksum); the servers come back in a new boot (another boot
+id, in a mount namespace of their own).
 
 - ``test_every_replica_loses_power``: the whole volume's nodes lose power. A new engine
   (a higher epoch, ``--require`` what the manager recorded from the old one) must start;
@@ -22,9 +23,11 @@ namespace of their own).
 
 Block values: block ``b`` written by write ``seq`` holds ``pattern(b, seq)``
 (tests/probe/support.py), so every value read back names the write that put it there.
-The seeds are fixed; each draws the head map's header page (complete-through) from the
-live file on some replicas and from D on others, the case that version 1 of the store
-does not survive (docs/formats/replica-store.md "Writes, reads and crashes").
+The seeds are fixed and chosen by where the head map's header page (complete-through)
+comes from: L on some replicas, on all, on none (a header from L names mutations whose
+pages may have stayed in D: what version 1 of the store did not survive,
+docs/formats/replica-store.md "Writes, reads and crashes"). A crash that tears blocks on
+the replica the engine keeps as its source meets a known gap (``KNOWN_GAP``).
 """
 
 from __future__ import annotations
@@ -178,11 +181,11 @@ class Machines:
             for i in which:
                 durable_copy(self.replica_dir(i), self.durable(i))
 
-    def lose_power(self, i: int, seed: str) -> tuple[Crash, set[int]]:
+    def lose_power(self, i: int, seed: str, coherent: bool = False) -> tuple[Crash, set[int]]:
         """Server ``i`` (already SIGKILLed): its directory becomes a crashed image; -> the
         choices made and the blocks that now fail their checksum on that replica."""
         assert not self.cluster.servers[i].alive()
-        got = crash(self.durable(i), self.replica_dir(i), f"{seed}/r{i}")
+        got = crash(self.durable(i), self.replica_dir(i), f"{seed}/r{i}", coherent)
         return got, failing_blocks(self.replica_dir(i), self.head(i))
 
     def boot(self, i: int) -> ServerProc:
@@ -270,8 +273,32 @@ def _new_write_everywhere(e: EngineProc, cluster: ReplicaCluster, epoch: int) ->
 
 
 # --- every node loses power --------------------------------------------------------------
-@pytest.mark.parametrize("seed", [4, 5, 13])  # head map header from live on r0+r2, all, none
-def test_every_replica_loses_power(machines, engines, seed):
+KNOWN_GAP = (
+    "known, not fixed: a start in doubt keeps one replica as the source, and the blocks "
+    "that fail their checksum on it after the power loss (written after the last FLUSH; "
+    "intact, old or new, on other replicas) cannot be exported: the rebuild of every other "
+    "replica fails and they stay out (docs/reliability.md 'Power loss, simulated')"
+)
+
+
+@pytest.mark.parametrize(
+    ("seed", "pages"),
+    [
+        # the head map's header page from L on r0 and r2, on all three, on none
+        (4, "coherent"),
+        (5, "coherent"),
+        (13, "coherent"),
+        (4, "torn"),
+        (5, "torn"),
+        (13, "torn"),
+    ],
+)
+def test_every_replica_loses_power(machines, engines, seed, pages):
+    """``pages``: "torn", every differing page drawn on its own (so hundreds of blocks per
+    replica fail their checksum); "coherent", each data page goes with its record's page
+    (none fails), which still leaves the replicas different from one another. A torn
+    crash is marked xfail at the one check it does not pass yet (``KNOWN_GAP``), and only
+    when it fails there for that reason; everything before that is checked as usual."""
     m = machines()
     c = m.cluster
     e1 = engines(c.specs(), 1)
@@ -283,14 +310,18 @@ def test_every_replica_loses_power(machines, engines, seed):
     e1.kill()
     for i in range(3):
         c.kill(i)
-    crashes = [m.lose_power(i, str(seed)) for i in range(3)]
+    crashes = [m.lose_power(i, str(seed), pages == "coherent") for i in range(3)]
     headers = {f"r{i}": x.header_from(m.head(i)) for i, (x, _) in enumerate(crashes)}
     failing = {f"r{i}": sorted(bad) for i, (_, bad) in enumerate(crashes)}
     story = (
-        f"seed {seed}: header pages from {headers}; blocks failing their checksum: "
+        f"seed {seed}, {pages}: header pages from {headers}; blocks failing their checksum: "
         f"{ {r: len(b) for r, b in failing.items()} }; require {require}; "
         f"pages chosen {[x.summary() for x, _ in crashes]}"
     )
+    if pages == "coherent":
+        assert not any(failing.values()), story
+    else:
+        assert all(failing.values()), story
     for i in range(3):
         m.boot(i)
 
@@ -311,19 +342,23 @@ def test_every_replica_loses_power(machines, engines, seed):
     bad = {b: v for b, v in wrong.items() if not (b in hopeless and str(v).startswith("EIO"))}
     assert not bad, f"{len(bad)} block(s) read wrong ({story}), e.g. {sorted(bad.items())[:5]}"
 
-    # the replicas converge, and to what the engine serves
+    # the replicas converge (a replica out of the write set stays out: no manager here)
     last: list[str] = []
 
     def same() -> list[str] | None:
         nonlocal last
+        out = [r for r in e2.ctl(op="status")["replicas"] if r["mode"] == "ERR"]
+        if out and pages == "torn" and all("ChecksumError" in r["error"] for r in out):
+            pytest.xfail(f"{KNOWN_GAP}; {story}; dropped: {out}")  # only that, else fail
+        assert not out, f"replica(s) dropped, the replicas cannot converge ({story}): {out}"
         last = digests(c, 2)
         return last if len(set(last)) == 1 and not last[0].startswith("error") else None
 
     try:
         wait_until(same, DEADLINE, "the replicas to converge", 0.5)
-    except AssertionError:
+    except AssertionError as err:
         pytest.fail(
-            f"the replicas did not converge in {DEADLINE:.0f} s ({story}): {last}; "
+            f"the replicas did not converge ({err}; {story}): {last}; "
             f"engine: {e2.ctl(op='status')['replicas']}"
         )
     again = read_blocks(e2.uri)

@@ -90,11 +90,17 @@ class Crash:
         }
 
 
-def crash(durable_dir: str, live_dir: str, seed: str) -> Crash:
+def crash(durable_dir: str, live_dir: str, seed: str, coherent: bool = False) -> Crash:
     """Rewrite ``live_dir`` (whose processes are dead) into the image a power loss could
-    have left: see the module's docstring. Deterministic for a given ``seed``."""
+    have left: see the module's docstring. Deterministic for a given ``seed``.
+
+    ``coherent``: a kinder kernel, for the cases a store must survive even without torn
+    blocks: each data page of a layer comes from the image its block-map record's page
+    came from (first data segment), so no block fails its checksum; the map pages, the
+    header among them, are drawn as always."""
     out = Crash()
-    for name in sorted(os.listdir(live_dir)):
+    # the maps first: a coherent data page follows its record's page
+    for name in sorted(os.listdir(live_dir), key=lambda n: (not n.endswith(".map"), n)):
         live_path = os.path.join(live_dir, name)
         durable_path = os.path.join(durable_dir, name)
         if not os.path.isfile(live_path):
@@ -116,11 +122,22 @@ def crash(durable_dir: str, live_dir: str, seed: str) -> Crash:
             if lp == dp:
                 pages.append(lp)
                 continue
-            picked[i] = LIVE if rng.random() < 0.5 else DURABLE
+            drawn = LIVE if rng.random() < 0.5 else DURABLE
+            follow = _record_page_choice(out, name, i) if coherent else None
+            picked[i] = follow or drawn
             pages.append(lp if picked[i] == LIVE else dp)
         out.choices[name] = picked
         _write_sparse(live_path, pages, size)
     return out
+
+
+def _record_page_choice(made: Crash, name: str, page: int) -> str | None:
+    """For data page ``page`` of ``name`` (a ``layer-NNNNNN.data`` file), the image the
+    page of its block's map record came from, if that page differed; else None."""
+    if not name.endswith(".data") or page == 0:
+        return None
+    block = page - HEADER // PAGE
+    return made.page(name[: -len(".data")] + ".map", (HEADER + block * RECORD) // PAGE)
 
 
 def _write_sparse(path: str, pages: list[bytes], size: int) -> None:
