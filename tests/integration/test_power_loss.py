@@ -33,7 +33,6 @@ the replica the engine keeps as its source meets a known gap (``KNOWN_GAP``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import random
 
@@ -127,25 +126,13 @@ def read_blocks(uri: str) -> dict[int, int | str]:
 
 
 # --- the replicas, read directly ---------------------------------------------------------
-async def _digest(port: int, replica: str, epoch: int) -> str:
-    c = await ReplicaClient.connect("127.0.0.1", port)
-    try:
-        await c.open(replica, epoch)
-        h = hashlib.sha256()
-        for off in range(0, SIZE, 4 * MIB):
-            h.update(bytes(await c.read(off, 4 * MIB)))
-        return h.hexdigest()
-    finally:
-        await c.close()
-
-
 def digests(cluster: ReplicaCluster, epoch: int) -> list[str]:
     """SHA-256 of each replica read from its server (every block checksum-verified), or
     "error: ..." for a replica that could not be read whole."""
     out = []
-    for i, s in enumerate(cluster.servers):
+    for i in range(len(cluster.servers)):
         try:
-            out.append(asyncio.run(_digest(s.port, f"r{i}", epoch)))
+            out.append(cluster.digest(i, f"r{i}", epoch, SIZE))
         except (CargoholdError, OSError) as e:
             out.append(f"error: {type(e).__name__}: {e}")
     return out

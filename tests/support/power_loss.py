@@ -16,10 +16,11 @@ no set order. So the simulation needs two images of each replica directory:
 ``crash`` then rewrites the live directory into the crashed image: every 4 KiB page that
 differs between D and L comes from one of the two, drawn at random from a seeded generator
 per file (so the header page's draw does not depend on how many data pages differ); a file
-new since D is kept as it is. ``Crash`` records every choice. ``failing_blocks`` names the
-blocks of a crashed image whose record and data came from different images so that the
-block fails its own checksum, as after a real power loss (docs/formats/replica-store.md
-"Writes, reads and crashes").
+new since D is kept as it is; with ``coherent``, a layer's data page follows the page of its
+block's map record instead. ``Crash`` records every choice. ``failing_blocks`` names the
+blocks of a crashed layer that fail their own checksum (record and data from different
+images), as after a real power loss (docs/formats/replica-store.md "Writes, reads and
+crashes").
 
 ``new_boot``: the prefix that starts a process "in a new boot": in a mount namespace of its
 own where /proc/sys/kernel/random/boot_id is bind-mounted over by a file with another UUID
