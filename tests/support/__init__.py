@@ -9,6 +9,8 @@ Modules by role:
 - ``nbd_clients``: the qemu-io / NBD client helpers, and ``need`` to skip when a tool is missing.
 - ``polling``: ``wait_until(predicate, timeout, what)``: poll with a deadline, fail clearly.
 - ``replica_cluster``: ``Cluster``, n real replica servers with one replica of one volume each.
+- ``power_loss``: a machine crash simulated on replica directories (durable image, pages drawn
+  per seed, a new boot id in a mount namespace).
 - ``floods``: the connection floods (NBD and replica wire) tests and benchmarks/floods.py share.
 
 Benchmarks import from here too (never from test files): ``from tests.support.processes import
