@@ -36,3 +36,10 @@ recover-epoch``) may go further."""
 
 MAX_EPOCH = (1 << 63) - 1
 """Epochs are persisted and compared as signed 64-bit integers everywhere (SQLite, etcd)."""
+
+# What a replica server logs around the recovery of a replica after a machine crash, which
+# reads the head's written data and can take minutes (replica/registry.py): the node agent
+# waits for the server's LIST as long as a RECOVERING line has no RECOVERED line after it
+# (agent/processes.py)
+RECOVERING = "machine-crash recovery of replica"
+RECOVERED = "machine-crash recovery done for replica"

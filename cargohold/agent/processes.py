@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from cargohold.constants import RECOVERED, RECOVERING
 from cargohold.control.model import EngineAssignment, check_name
 from cargohold.errors import CargoholdError
 from cargohold.logs import start_line
@@ -436,13 +437,16 @@ class ReplicaServerProcess:
         return self.child.pid if self.alive and self.child else None
 
     async def start(self, timeout: float = 30.0) -> None:
-        """Start it and return once it answers LIST; raise with its last words if it does not."""
+        """Start it and return once it answers LIST; raise with its last words if it does not.
+        While it recovers replicas after a machine crash (it reads their written data before
+        it listens: docs/formats/replica-store.md, "Machine crashes") the wait has no end
+        but its exit: stopped and started again, it would begin that recovery again."""
         self.child = Child("replica server", self.argv, self.log_path)
         self.child.start()
         self._exit_noted = False
         deadline = time.monotonic() + timeout
         why = ""
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or self.recovering():
             if not self.child.alive:
                 self._exit_noted = True
                 raise CargoholdError(
@@ -463,6 +467,14 @@ class ReplicaServerProcess:
             f"the replica server did not answer on {hostport(self.host, self.port)} within "
             f"{timeout:g} s ({why}); its log: {self.log_path}"
         )
+
+    def recovering(self) -> bool:
+        """Whether the server is recovering a replica after a machine crash now: its log has
+        a RECOVERING line with no RECOVERED line after it."""
+        if self.child is None:
+            return False
+        out = self.child.output()
+        return out.count(RECOVERING.encode()) > out.count(RECOVERED.encode())
 
     async def adopt(self, pid: int) -> bool:
         """Take over a replica server an earlier agent left running with these very

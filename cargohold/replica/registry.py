@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.constants import STORE_WRITE_CHUNK
+from cargohold.constants import RECOVERED, RECOVERING, STORE_WRITE_CHUNK
 from cargohold.errors import AlreadyExists, Busy, CargoholdError, InvalidArgument, NotFound
 from cargohold.replica.trash import move_to_trash
 from cargohold.store import format as fmt
@@ -176,11 +176,15 @@ class Registry:
                 try:
                     if not FileStore.crashed_machine(path):
                         continue
+                    # the agent waits as long as this line has no answer below (RECOVERING)
+                    log.warning("%s %s: verifying its head before serving", RECOVERING, rid)
                     t0 = time.monotonic()
                     c = self.get(rid).store.counters
                 except (OSError, CargoholdError) as e:  # its OPEN will report it; go on
                     log.error("replica %s: recovery after a machine crash failed: %s", rid, e)
+                    log.warning("%s %s: ended", RECOVERED, rid)
                     continue
+                log.warning("%s %s: ended", RECOVERED, rid)
                 log.warning(
                     "replica %s: recovered from a machine crash in %.1f s: %d blocks settled, "
                     "%d torn blocks adopted, %d lost (fail their check until repaired)",
