@@ -362,15 +362,7 @@ class WritesInFlight(RuleBasedStateMachine):
     def _settle(self) -> None:
         """Everything queued delivered and every write answered."""
         self.vol.hold(False)
-        idle = 0  # loop turns with nothing queued
-        while (self.jobs or self.vol.queue) and idle < 100:
-            self.turn()
-            if self.vol.queue:
-                idle = 0
-                self.vol.deliver()
-            else:
-                idle += 1
-            self._reap()
+        self._deliver_until_idle(100, done=lambda: not (self.jobs or self.vol.queue))
         assert not self.jobs, "a write never answered"
         assert not self.dev._claimed and not self.dev._claimed.owners, "claims left over"
 
@@ -397,8 +389,13 @@ class WritesInFlight(RuleBasedStateMachine):
     def _drain(self) -> None:
         """The engine's hold: new mutations wait, those queued are answered."""
         self.vol.hold(True)
-        idle = 0
-        while idle < 5:
+        self._deliver_until_idle(5)
+
+    def _deliver_until_idle(self, turns: int, done: Any = lambda: False) -> None:
+        """Deliver what is queued, a loop turn at a time, until ``done()`` or ``turns``
+        turns in a row found nothing queued."""
+        idle = 0  # loop turns with nothing queued
+        while idle < turns and not done():
             self.turn()
             if self.vol.queue:
                 idle = 0
