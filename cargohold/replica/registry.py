@@ -173,18 +173,22 @@ class Registry:
                     continue
                 if self._owns is not None and not self._owns(rid):
                     continue
+                started = False
                 try:
                     if not FileStore.crashed_machine(path):
                         continue
                     # the agent waits as long as this line has no answer below (RECOVERING)
                     log.warning("%s %s: verifying its head before serving", RECOVERING, rid)
+                    started = True
                     t0 = time.monotonic()
                     c = self.get(rid).store.counters
-                except (OSError, CargoholdError) as e:  # its OPEN will report it; go on
-                    log.error("replica %s: recovery after a machine crash failed: %s", rid, e)
-                    log.warning("%s %s: ended", RECOVERED, rid)
+                except Exception as e:  # one replica's bad files never stop the
+                    # server's start (nor the other replicas'); its OPEN will report it
+                    log.error("replica %s: recovery after a machine crash failed: %r", rid, e)
                     continue
-                log.warning("%s %s: ended", RECOVERED, rid)
+                finally:
+                    if started:
+                        log.warning("%s %s: ended", RECOVERED, rid)
                 log.warning(
                     "replica %s: recovered from a machine crash in %.1f s: %d blocks settled, "
                     "%d torn blocks adopted, %d lost (fail their check until repaired)",
