@@ -111,7 +111,11 @@ class FileStore(BlockIO):
             power = store._power_lost()
             if power:
                 store._settle_power_loss()
-            r = recover_head(head, store._seen, power, has_parent=len(store._chain) > 1)
+            # torn blocks are adopted only on proof of another boot (both ids known): with
+            # this kernel's unknown, the page cache may have survived, and a block failing
+            # its check may be rot, so it stays reported (the generation still falls back)
+            adopt = power and any(this_boot())
+            r = recover_head(head, store._seen, adopt, has_parent=len(store._chain) > 1)
             store._seen = head.seen = r.top
             store.counters["recovered_blocks"] = r.settled
             store.counters["adopted_blocks"], store.counters["lost_blocks"] = r.adopted, r.lost

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from cargohold.constants import BLOCK_SIZE, MIB
+from cargohold.errors import ChecksumError
 from cargohold.store import format as fmt
 from cargohold.store import reader
 from cargohold.store.file_store import FileStore
@@ -172,6 +173,25 @@ def test_an_unknown_boot_id_is_taken_for_a_machine_crash(tmp_path, boot):
     boot[0] = ""  # no /proc: the same kernel cannot be proven
     s = FileStore.open(d)
     assert (s.generation, s.seen, s.power_loss) == (0, 1, True)
+    s.close()
+
+
+def test_an_unknown_boot_id_adopts_no_torn_block(tmp_path, boot):
+    """Without this kernel's boot id a machine crash is not proven: the generation falls
+    back (the safe side), but a block failing its check may be rot, not a torn write, so it
+    is not adopted: it stays reported."""
+    d = str(tmp_path / "r")
+    s = FileStore.create(d, MIB)
+    s.write(0, block(1), generation=1)
+    crash(s)
+    with open(tmp_path / "r" / "layer-000001.data", "r+b") as f:
+        f.seek(fmt.HEADER_SIZE)
+        f.write(block(7))  # neither checksum
+    boot[0] = ""
+    s = FileStore.open(d)
+    assert s.power_loss and s.counters["adopted_blocks"] == 0
+    with pytest.raises(ChecksumError):
+        s.read(0, BLOCK_SIZE)
     s.close()
 
 
