@@ -511,6 +511,19 @@ class ReplicaClient:
             args["snapshot"] = snapshot
         return (await self.call(Op.CHANGED, offset, length, args=args)).result()["extents"]
 
+    async def changed_generations(
+        self, since: int, offset: int = 0, length: int = 0
+    ) -> wire.GenerationRuns:
+        """(offset, length, generation, pending) runs of the head's blocks recorded after
+        ``since`` (CHANGED with ``generations``: docs/formats/replica-wire.md). An older
+        server ignores the option: its two-number extents raise ``Unsupported``."""
+        args = {"since": since, "generations": True}
+        reply = await self.call(Op.CHANGED, offset, length, args=args)
+        try:
+            return wire.generation_runs(reply.result().get("extents"))
+        except ProtocolError as e:
+            raise ReplicaIOError(f"replica server {self.where}: {e}") from None
+
     async def extents(self, offset: int, length: int, snapshot: str | None = None) -> Extents:
         args = {"snapshot": snapshot} if snapshot else {}
         return (await self.call(Op.EXTENTS, offset, length, args=args)).result()["extents"]
