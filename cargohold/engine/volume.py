@@ -158,7 +158,7 @@ class Volume(CallbackWrites):
         if policy.doubt(current):  # they may differ above their generation: keep one
             timeout = self.settings.replica_timeout * 4
             try:
-                source = await mark_source(self.name, current, self.gen, timeout)
+                source = await mark_source(self.name, current, self.gen, timeout, self.counters)
             except ReplicaIOError:
                 await self.close()
                 raise
