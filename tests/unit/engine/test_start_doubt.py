@@ -19,6 +19,7 @@ leaves it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -80,6 +81,13 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(tmp_path) -> AsyncIterator[Cluster]:  # type: ignore[no-untyped-def]
+    async with three_replicas(tmp_path) as cl:
+        yield cl
+
+
+@contextlib.asynccontextmanager
+async def three_replicas(tmp_path) -> AsyncIterator[Cluster]:  # type: ignore[no-untyped-def]
+    """Three replica servers under ``tmp_path`` (``n0``..``n2``), one replica each."""
     servers = [await replica_server_in_process(tmp_path / f"n{i}") for i in range(3)]
     try:
         for i, s in enumerate(servers):

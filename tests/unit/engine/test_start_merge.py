@@ -12,6 +12,7 @@ is a real failure of the store's data write (ENOSPC) on that replica alone."""
 from __future__ import annotations
 
 import errno
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,17 +23,23 @@ from cargohold.engine.replica_link import Mode, ReplicaSpec
 from cargohold.errors import CargoholdError
 from cargohold.replica.client import ReplicaClient
 from cargohold.store.layer import Layer
-from tests.unit.engine.test_start_doubt import (  # noqa: F401  (cluster: a fixture)
+from tests.unit.engine.test_start_doubt import (
     SIZE,
     A,
     Cluster,
     _until,
-    cluster,
     count_marks,
+    three_replicas,
     written,
 )
 
 W = b"W" * BLOCK_SIZE
+
+
+@pytest.fixture
+async def cluster(tmp_path) -> AsyncIterator[Cluster]:  # type: ignore[no-untyped-def]
+    async with three_replicas(tmp_path) as cl:
+        yield cl
 
 
 async def claimed(
