@@ -511,14 +511,10 @@ class ReplicaClient:
             args["snapshot"] = snapshot
         return (await self.call(Op.CHANGED, offset, length, args=args)).result()["extents"]
 
-    async def changed_generations(
-        self, since: int, offset: int = 0, length: int = 0
-    ) -> wire.GenerationRuns:
-        """(offset, length, generation, pending) runs of the head's blocks recorded after
-        ``since`` (CHANGED with ``generations``: docs/formats/replica-wire.md). An older
-        server ignores the option: its two-number extents raise ``Unsupported``."""
-        args = {"since": since, "generations": True}
-        reply = await self.call(Op.CHANGED, offset, length, args=args)
+    async def changed_generations(self, since: int) -> wire.GenerationRuns:
+        """Per run of the head's blocks recorded after ``since``: (offset, length, newest
+        generation, pending) (CHANGED with ``generations``; an older server: Unsupported)."""
+        reply = await self.call(Op.CHANGED, args={"since": since, "generations": True})
         try:
             return wire.generation_runs(reply.result().get("extents"))
         except ProtocolError as e:
