@@ -26,11 +26,14 @@ from cargohold.protocol.replica_wire import GenerationRun
 log = logging.getLogger("cargohold.engine")
 
 CHUNK = 8 << 20  # bytes of data per EXPORT / IMPORT, as a rebuild's
+WINDOW = 1 << 30  # bytes of volume per CHANGED: at most 131,072 runs (~4 MB of JSON) each
 
 
-async def _runs(link: ReplicaLink, since: int, timeout: float) -> list[GenerationRun]:
+async def _runs(
+    link: ReplicaLink, since: int, window: tuple[int, int], timeout: float
+) -> list[GenerationRun]:
     assert link.client is not None
-    return await asyncio.wait_for(link.client.changed_generations(since), timeout)
+    return await asyncio.wait_for(link.client.changed_generations(since, *window), timeout)
 
 
 async def merge_into(
@@ -41,27 +44,50 @@ async def merge_into(
     The source's own errors propagate (it cannot be the source); another replica that
     cannot answer or export is left out with a warning (its blocks are not merged)."""
     assert source.client is not None
-    try:
-        mine = await _runs(source, since, timeout)
-    except Unsupported as e:  # an older replica server: take the source whole, as before
-        log.warning("volume %s: %s: no merge: %s", volume, source.spec, e)
-        return 0
-    peers: list[ReplicaLink] = []
-    runs = [mine]
-    for link, got in zip(
-        others,
-        await asyncio.gather(*(_runs(x, since, timeout) for x in others), return_exceptions=True),
-        strict=True,
-    ):
-        if isinstance(got, BaseException):
-            if not isinstance(got, CargoholdError | OSError | TimeoutError):
-                raise got
-            log.warning("volume %s: %s left out of the merge: %s", volume, link.spec, got)
-            continue
-        peers.append(link)
-        runs.append(got)
+    peers = list(others)
     merged = 0
-    for copy in merge_plan.plan(runs, 0):
+    for off in range(0, source.size, WINDOW):
+        window = (off, min(WINDOW, source.size - off))
+        try:
+            mine = await _runs(source, since, window, timeout)
+        except Unsupported as e:  # an older replica server: take the source whole, as before
+            log.warning("volume %s: %s: no merge: %s", volume, source.spec, e)
+            return 0
+        asked = await asyncio.gather(
+            *(_runs(x, since, window, timeout) for x in peers), return_exceptions=True
+        )
+        runs, answered = [mine], []
+        for link, got in zip(peers, asked, strict=True):
+            if isinstance(got, BaseException):
+                if not isinstance(got, CargoholdError | OSError | TimeoutError):
+                    raise got
+                log.warning("volume %s: %s left out of the merge: %s", volume, link.spec, got)
+                continue
+            answered.append(link)
+            runs.append(got)
+        peers = answered  # one left out stays out (its connection may be broken)
+        merged += await _apply(volume, source, answered, merge_plan.plan(runs, 0), since, timeout)
+    if merged:
+        log.warning(
+            "volume %s: merge: %d blocks changed above generation %d taken into %s from the "
+            "replicas whose record of them is newest",
+            *(volume, merged, since, source.spec),
+        )
+    return merged
+
+
+async def _apply(
+    volume: str,
+    source: ReplicaLink,
+    peers: list[ReplicaLink],
+    copies: list[merge_plan.Copy],
+    since: int,
+    timeout: float,
+) -> int:
+    """Make the copies into ``source`` (``peers[i - 1]`` is the plan's replica i). -> blocks.
+    A peer that cannot export a range is passed over (warned); the source's failure raises."""
+    merged = 0
+    for copy in copies:
         peer = peers[copy.source - 1]
         try:
             await _copy(peer, source, copy, since, timeout)
@@ -74,12 +100,6 @@ async def merge_into(
             )
             continue
         merged += copy.length // BLOCK_SIZE
-    if merged:
-        log.warning(
-            "volume %s: merge: %d blocks changed above generation %d taken into %s from the "
-            "replicas whose record of them is newest",
-            *(volume, merged, since, source.spec),
-        )
     return merged
 
 

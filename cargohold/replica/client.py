@@ -511,10 +511,10 @@ class ReplicaClient:
             args["snapshot"] = snapshot
         return (await self.call(Op.CHANGED, offset, length, args=args)).result()["extents"]
 
-    async def changed_generations(self, since: int) -> wire.GenerationRuns:
-        """Per run of the head's blocks recorded after ``since``: (offset, length, newest
-        generation, pending) (CHANGED with ``generations``; an older server: Unsupported)."""
-        reply = await self.call(Op.CHANGED, args={"since": since, "generations": True})
+    async def changed_generations(self, since: int, off: int, n: int) -> wire.GenerationRuns:
+        """(offset, length, newest generation, pending) runs of [off, off + n) recorded after
+        ``since`` (CHANGED with ``generations``; an older server: Unsupported)."""
+        reply = await self.call(Op.CHANGED, off, n, args={"since": since, "generations": True})
         try:
             return wire.generation_runs(reply.result().get("extents"))
         except ProtocolError as e:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from cargohold.constants import BLOCK_SIZE
+from cargohold.engine import merge
 from cargohold.engine import start_policy as policy
 from cargohold.engine.replica_link import Mode, ReplicaSpec
 from cargohold.errors import CargoholdError
@@ -112,30 +113,35 @@ async def test_the_acknowledged_write_survives_when_the_replica_that_failed_it_i
         assert info["generation"] == info["seen"] == gen + 2, (i, info)
 
 
+@pytest.mark.parametrize("window", [merge.WINDOW, 3 * BLOCK_SIZE])  # CHANGED per window
 async def test_a_newer_trim_elsewhere_is_merged_as_zeros_and_the_source_keeps_its_newer(
-    cluster, monkeypatch
+    cluster, monkeypatch, window
 ):
-    """r0 saw the most (its gen + 4 on block 2) and is the source; r2's trim of block 6 at
-    gen + 3 is newer than r0's write of it at gen + 2: block 6 reads zeros. r1 recorded
-    nothing above gen: nothing comes from it. (Every number above gen + 1 leaves a gap:
+    """r0 saw the most (its gen + 5 on block 2) and is the source; r2's trim of block 6 at
+    gen + 4 is newer than r0's write of it at gen + 2: block 6 reads zeros. r1's write of
+    blocks 2-3 at gen + 3 is older than r0's block 2 and newer than anything of block 3:
+    block 3 comes from r1, block 2 stays r0's. (Every number above gen + 1 leaves a gap:
     every replica stays complete through gen, all current.)"""
+    monkeypatch.setattr(merge, "WINDOW", window)
     gen = await written(cluster)
     await stored(cluster, 0, 6, b"o" * BLOCK_SIZE, gen + 2)
-    await stored(cluster, 0, 2, b"q" * BLOCK_SIZE, gen + 4)
+    await stored(cluster, 1, 2, b"r" * 2 * BLOCK_SIZE, gen + 3)  # blocks 2-3, a window edge
+    await stored(cluster, 0, 2, b"q" * BLOCK_SIZE, gen + 5)
     c = await ReplicaClient.connect("127.0.0.1", cluster.servers[2].port)
     try:
         await c.open("r2", 1)
-        await c.trim(6 * BLOCK_SIZE, BLOCK_SIZE, generation=gen + 3)
+        await c.trim(6 * BLOCK_SIZE, BLOCK_SIZE, generation=gen + 4)
     finally:
         await c.close()
     marks = count_marks(monkeypatch)
     vol = cluster.volume(2)
     await vol.start()
-    assert marks == [cluster.servers[0].port] and vol.counters["merged_blocks"] == 1
+    assert marks == [cluster.servers[0].port] and vol.counters["merged_blocks"] == 2
     await _until(lambda: all(lk.mode is Mode.RW for lk in vol.links))
     await vol.close()
     want = bytearray(A * 8 + bytes(SIZE - 8 * BLOCK_SIZE))
     want[2 * BLOCK_SIZE : 3 * BLOCK_SIZE] = b"q" * BLOCK_SIZE
+    want[3 * BLOCK_SIZE : 4 * BLOCK_SIZE] = b"r" * BLOCK_SIZE
     want[6 * BLOCK_SIZE : 7 * BLOCK_SIZE] = bytes(BLOCK_SIZE)
     for i in range(3):
         _, data = await cluster.state(i, 3)
