@@ -450,18 +450,27 @@ class ReplicaStore(ABC):
                 continue
             ranks = self.generation_map(since, lo, cnt)
             cut = np.flatnonzero(np.diff(ranks)) + 1
-            starts = np.concatenate(([0], cut)).tolist()
-            stops = np.concatenate((cut, [cnt])).tolist()
-            for a, b in zip(starts, stops, strict=True):
-                rank = int(ranks[a])
-                if not rank:
-                    continue
-                run = ((lo + a) * BLOCK_SIZE, (b - a) * BLOCK_SIZE, rank >> 1, 1 - (rank & 1))
-                last = out[-1] if out else None
-                if last and last[0] + last[1] == run[0] and last[2:] == run[2:]:
-                    out[-1] = (last[0], last[1] + run[1], *run[2:])  # across chunk edges
-                else:
-                    out.append(run)
+            starts = np.concatenate(([0], cut))
+            stops = np.concatenate((cut, [cnt]))
+            rank = ranks[starts]
+            keep = rank != 0
+            starts, stops, rank = starts[keep], stops[keep], rank[keep]
+            one = np.uint64(1)
+            runs = list(
+                zip(
+                    ((lo + starts) * BLOCK_SIZE).tolist(),
+                    ((stops - starts) * BLOCK_SIZE).tolist(),
+                    (rank >> one).tolist(),
+                    (one - (rank & one)).tolist(),
+                    strict=True,
+                )
+            )
+            if runs and out:  # join across chunk edges
+                last, first = out[-1], runs[0]
+                if last[0] + last[1] == first[0] and last[2:] == first[2:]:
+                    out[-1] = (last[0], last[1] + first[1], *last[2:])
+                    runs = runs[1:]
+            out += runs
         return out
 
     def may_have_records(self, lba: int, n: int) -> bool:

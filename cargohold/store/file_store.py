@@ -312,10 +312,14 @@ class FileStore(BlockIO):
                 continue
             for a, b in layer.record_ranges(lba, min(lba + n, layer.nblocks)):
                 gens = layer.meta[a:b] >> np.uint64(fmt.GEN_SHIFT)
-                settled = layer.cur[a:b] == layer.pend[a:b] if layer is head else True
-                rank = np.where(gens > limit, (gens << one) | np.where(settled, one, 0), 0)
+                rank = gens << one
+                if layer is head:  # a write claimed and not completed: pend != cur
+                    rank |= (layer.cur[a:b] == layer.pend[a:b]).astype(np.uint64)
+                else:
+                    rank |= one
+                rank[gens <= limit] = 0
                 seg = out[a - lba : b - lba]
-                np.maximum(seg, rank.astype(np.uint64), out=seg)
+                np.maximum(seg, rank, out=seg)
         return out
 
     def scrub(self, offset: int = 0, length: int = 0) -> ScrubReport:
