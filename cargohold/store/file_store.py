@@ -312,14 +312,16 @@ class FileStore(BlockIO):
                 continue
             for a, b in layer.record_ranges(lba, min(lba + n, layer.nblocks)):
                 gens = layer.meta[a:b] >> np.uint64(fmt.GEN_SHIFT)
-                rank = gens << one
+                hit = np.flatnonzero(gens > limit)  # few, usually: the rest costs one pass
+                if not hit.size:
+                    continue
+                rank = gens[hit] << one
                 if layer is head:  # a write claimed and not completed: pend != cur
-                    rank |= (layer.cur[a:b] == layer.pend[a:b]).astype(np.uint64)
+                    rank |= (layer.cur[a:b][hit] == layer.pend[a:b][hit]).astype(np.uint64)
                 else:
                     rank |= one
-                rank[gens <= limit] = 0
-                seg = out[a - lba : b - lba]
-                np.maximum(seg, rank, out=seg)
+                at = hit + (a - lba)
+                out[at] = np.maximum(out[at], rank)
         return out
 
     def scrub(self, offset: int = 0, length: int = 0) -> ScrubReport:
