@@ -13,9 +13,10 @@ which does the I/O. docs/engine.md ("What the engine guarantees") and docs/relia
   current replicas may differ above their generation, in blocks only one of them changed,
   and all of them serving reads would return different data for ever. So one of them, the
   **source** (``sources``: the one that saw the newest mutation, then one not in doubt,
-  then the local replica), is marked current at the starting generation and stays RW; the
-  others are rebuilt from it (the rebuild's verify copies again every block that differs,
-  whoever changed it).
+  then the local replica), first merged (``merge``: each block changed above the
+  generation from the replica whose record of it is newest), is marked current at the
+  starting generation and stays RW; the others are rebuilt from it (the rebuild's verify
+  copies again every block that differs, whoever changed it).
 - **The starting generation** (``starting_generation``): the newest the current replicas
   saw, so that none of them refuses the engine's numbers.
 - **The manager's record** (``meets``): the newest (epoch, generation) the manager saw an

@@ -9,8 +9,8 @@ engine sent it.
   replicas whose persisted (last epoch, generation) is highest are current (RW); the others
   are stale (WO) and are rebuilt from a current one before they serve reads (invariants 2
   and 4). If a current one is in doubt (its machine lost power, or it saw a mutation above
-  its generation) they may differ above their generation: one source is marked current
-  (``doubt``) before any I/O and stays RW, the others are WO and rebuilt from it. With
+  its generation) they may differ above their generation: one source, merged block by
+  block, is marked current (``doubt``) before any I/O and stays RW; the others are WO. With
   ``require`` (the newest (epoch, generation) the manager recorded), an engine whose
   reachable replicas are all older refuses to start rather than serve without acknowledged
   writes — unless every replica answered and every current one lost power (counted:
@@ -158,7 +158,7 @@ class Volume(CallbackWrites):
         if policy.doubt(current):  # they may differ above their generation: keep one
             timeout = self.settings.replica_timeout * 4
             try:
-                source = await mark_source(self.name, current, self.gen, timeout)
+                source = await mark_source(self.name, current, self.gen, timeout, self.counters)
             except ReplicaIOError:
                 await self.close()
                 raise

@@ -58,6 +58,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("cargohold_volume_rebuilt_bytes_total", "counter", V, "Bytes the engine's finished rebuilds copied", "engine"),
     Spec("cargohold_volume_replica_errors_total", "counter", V, "Replicas dropped from the write set because a request failed, timed out or missed a mutation (one per replica lost)", "engine"),
     Spec("cargohold_volume_power_loss_starts_total", "counter", V, "Engine starts that accepted being below the manager's record because every replica answered and every current one had lost power (the writes after their last FLUSH are gone)", "engine"),
+    Spec("cargohold_volume_merged_blocks_total", "counter", V, "Blocks the source of a start in doubt took from another current replica whose record of them was newer (the merge, before it was marked current)", "engine"),
     Spec("cargohold_volume_checksum_errors_total", "counter", V, "Reads a replica answered with a checksum error (read again elsewhere)", "engine"),
     Spec("cargohold_volume_repaired_blocks_total", "counter", V, "Blocks repaired in place after a checksum error on read", "engine"),
     Spec("cargohold_volume_authentication_errors_total", "counter", V, "Blocks of an encrypted volume that failed authentication on the copy read first (read again elsewhere)", "engine"),

@@ -36,6 +36,7 @@ COUNTERS = {
     "scrub_bad_blocks": "cargohold_volume_scrub_bad_blocks_total",
     "rekey_rewritten_blocks": "cargohold_volume_rekey_rewritten_blocks_total",
     "power_loss_starts": "cargohold_volume_power_loss_starts_total",
+    "merged_blocks": "cargohold_volume_merged_blocks_total",
 }
 SCRUB_REPAIRED = ("scrub_repaired_blocks", "scrub_diverged_repaired_blocks")
 QOS = {

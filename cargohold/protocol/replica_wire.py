@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from cargohold.constants import MAX_IO_BYTES
-from cargohold.errors import InvalidArgument, RemoteProtocolError
+from cargohold.errors import InvalidArgument, RemoteProtocolError, Unsupported
 from cargohold.protocol.framing import StreamBuffer
 
 VERSION = 2
@@ -225,6 +225,47 @@ def decode_checksums(payload: bytes | bytearray | memoryview) -> Checksums:
     if len(mv) != want:
         raise RemoteProtocolError(f"checksum map: {len(mv)} bytes, expected {want}")
     return Checksums(lba, count, window, bytes(mv[CHECKSUMS_HEADER.size :]))
+
+
+# --- CHANGED with "generations" -----------------------------------------------------------
+BLOCK = 4096  # offsets and lengths of the runs are whole blocks
+MAX_GENERATION = (1 << 62) - 1  # what a block map's ``meta`` holds above its 2 state bits
+GenerationRun = tuple[int, int, int, int]  # offset, length, generation, pending (0/1)
+GenerationRuns = list[GenerationRun]
+
+
+def generation_runs(extents: Any) -> list[GenerationRun]:
+    """Check and decode the ``extents`` of a CHANGED reply asked with ``"generations":
+    true``: ``[[offset, length, generation, pending], ...]``, whole blocks, lengths above 0,
+    generations 1 to 2^62 - 1, pending 0 or 1, in order and not overlapping (adjacent runs
+    differ in generation or pending). RemoteProtocolError saying what is wrong; Unsupported
+    for the ``[offset, length]`` pairs of a server that does not know the option."""
+    if not isinstance(extents, list):
+        raise RemoteProtocolError(f"generation runs: a list expected, got {type(extents).__name__}")
+    out: list[GenerationRun] = []
+    end = 0
+    for item in extents:
+        if isinstance(item, list) and len(item) == 2:
+            raise Unsupported("the replica server does not report generations in CHANGED")
+        if not isinstance(item, list) or len(item) != 4 or not all(type(x) is int for x in item):
+            raise RemoteProtocolError(f"generation run {item!r}: four integers expected")
+        offset, length, generation, pending = item
+        if offset % BLOCK or length % BLOCK or length <= 0 or offset < end:
+            raise RemoteProtocolError(
+                f"generation run {item!r}: whole blocks, in order, not overlapping (from {end})"
+            )
+        if not 0 < generation <= MAX_GENERATION or pending not in (0, 1):
+            raise RemoteProtocolError(f"generation run {item!r}: bad generation or pending")
+        if out and offset == end and out[-1][2:] == (generation, pending):
+            raise RemoteProtocolError(f"generation run {item!r}: not joined with the one before")
+        out.append((offset, length, generation, pending))
+        end = offset + length
+    return out
+
+
+def encode_generation_runs(since: int, runs: Sequence[GenerationRun]) -> bytes:
+    """The payload of a CHANGED reply with generations (what the server sends)."""
+    return dump_json({"since": since, "extents": [list(r) for r in runs]})
 
 
 # --- WRITE_BATCH (version 2) --------------------------------------------------------------

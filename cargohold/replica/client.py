@@ -511,6 +511,15 @@ class ReplicaClient:
             args["snapshot"] = snapshot
         return (await self.call(Op.CHANGED, offset, length, args=args)).result()["extents"]
 
+    async def changed_generations(self, since: int, off: int, n: int) -> wire.GenerationRuns:
+        """(offset, length, newest generation, pending) runs of [off, off + n) recorded after
+        ``since`` (CHANGED with ``generations``; an older server: Unsupported)."""
+        reply = await self.call(Op.CHANGED, off, n, args={"since": since, "generations": True})
+        try:
+            return wire.generation_runs(reply.result().get("extents"))
+        except ProtocolError as e:
+            raise ReplicaIOError(f"replica server {self.where}: {e}") from None
+
     async def extents(self, offset: int, length: int, snapshot: str | None = None) -> Extents:
         args = {"snapshot": snapshot} if snapshot else {}
         return (await self.call(Op.EXTENTS, offset, length, args=args)).result()["extents"]

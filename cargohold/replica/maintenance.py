@@ -33,6 +33,11 @@ class MaintenanceOps:
         since = int_arg(req.args(), "since", 0)
         length = req.length or rep.store.size - req.offset
         snapshot = str_arg(req.args(), "snapshot")  # None: the head
+        if req.args().get("generations") is True:  # the merge of a start in doubt
+            if snapshot is not None:
+                raise InvalidArgument("generations: of the head only, not with a snapshot")
+            runs = rep.store.changed_generations(since, req.offset, length)
+            return rep.store.generation, wire.encode_generation_runs(since, runs)
         extents = rep.store.changed_since(since, req.offset, length, snapshot)
         return rep.store.generation, wire.dump_json({"since": since, "extents": extents})
 

@@ -361,6 +361,15 @@ class ReplicaStore(ABC):
         the head, or of ``snapshot``'s content (its own layer chain, not the head's)."""
 
     @abstractmethod
+    def generation_map(self, since: int, lba: int, n: int) -> np.ndarray:
+        """Per block of the head's chain, the newest generation recorded for it above
+        ``since``, as ``generation << 1 | settled`` (uint64; 0: nothing recorded above
+        ``since``). ``settled`` is 0 for a record of the head whose write was claimed and
+        not completed (``pend != cur``: the block holds its value from before that
+        generation), 1 otherwise. From the block maps alone, no data read (the merge of
+        a start in doubt: ``changed_generations``)."""
+
+    @abstractmethod
     def scrub(self, offset: int = 0, length: int = 0) -> ScrubReport:
         """Verify every allocated block of every layer against its checksum, in the byte
         range [offset, offset + length) (``length`` 0: to the end)."""
@@ -423,6 +432,45 @@ class ReplicaStore(ABC):
                     out[-1] = (out[-1][0], out[-1][1] + length_)
                 else:
                     out.append((start, length_))
+        return out
+
+    def changed_generations(
+        self, since: int, offset: int = 0, length: int | None = None
+    ) -> list[tuple[int, int, int, int]]:
+        """(offset, length, generation, pending) runs of the head's blocks recorded after
+        ``since``: each block's newest generation (``generation_map``), ``pending`` 1 where
+        that record's write was claimed and not completed. Runs of equal values, joined."""
+        if length is None:
+            length = self.size - offset
+        lba, n = check_range(offset, length, self.size)
+        out: list[tuple[int, int, int, int]] = []
+        for lo in range(lba, lba + n, SCAN_BLOCKS):
+            cnt = min(SCAN_BLOCKS, lba + n - lo)
+            if not self.may_have_records(lo, cnt):
+                continue
+            ranks = self.generation_map(since, lo, cnt)
+            cut = np.flatnonzero(np.diff(ranks)) + 1
+            starts = np.concatenate(([0], cut))
+            stops = np.concatenate((cut, [cnt]))
+            rank = ranks[starts]
+            keep = rank != 0
+            starts, stops, rank = starts[keep], stops[keep], rank[keep]
+            one = np.uint64(1)
+            runs = list(
+                zip(
+                    ((lo + starts) * BLOCK_SIZE).tolist(),
+                    ((stops - starts) * BLOCK_SIZE).tolist(),
+                    (rank >> one).tolist(),
+                    (one - (rank & one)).tolist(),
+                    strict=True,
+                )
+            )
+            if runs and out:  # join across chunk edges
+                last, first = out[-1], runs[0]
+                if last[0] + last[1] == first[0] and last[2:] == first[2:]:
+                    out[-1] = (last[0], last[1] + first[1], *last[2:])
+                    runs = runs[1:]
+            out += runs
         return out
 
     def may_have_records(self, lba: int, n: int) -> bool:

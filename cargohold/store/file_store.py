@@ -302,6 +302,28 @@ class FileStore(BlockIO):
                 mask[a - lba : b - lba] |= (layer.meta[a:b] >> np.uint64(fmt.GEN_SHIFT)) > limit
         return mask
 
+    def generation_map(self, since: int, lba: int, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=np.uint64)
+        limit, one = np.uint64(since), np.uint64(1)
+        head = self._chain[0]
+        for layer in self._chain:
+            top = self._seen if layer is head else max(layer.generation, layer.seen)
+            if top <= since:
+                continue
+            for a, b in layer.record_ranges(lba, min(lba + n, layer.nblocks)):
+                gens = layer.meta[a:b] >> np.uint64(fmt.GEN_SHIFT)
+                hit = np.flatnonzero(gens > limit)  # few, usually: the rest costs one pass
+                if not hit.size:
+                    continue
+                rank = gens[hit] << one
+                if layer is head:  # a write claimed and not completed: pend != cur
+                    rank |= (layer.cur[a:b][hit] == layer.pend[a:b][hit]).astype(np.uint64)
+                else:
+                    rank |= one
+                at = hit + (a - lba)
+                out[at] = np.maximum(out[at], rank)
+        return out
+
     def scrub(self, offset: int = 0, length: int = 0) -> ScrubReport:
         steps = self.scrub_steps(offset, length)
         while True:

@@ -353,6 +353,14 @@ class MemoryStore(ReplicaStore):
                     mask[b - lba] = True
         return mask
 
+    def generation_map(self, since: int, lba: int, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=np.uint64)  # no write is ever left half done here
+        for layer in self._chain():
+            for b, e in layer.blocks.items():
+                if lba <= b < lba + n and e[1] > since:
+                    out[b - lba] = max(int(out[b - lba]), e[1] << 1 | 1)
+        return out
+
     def scrub(self, offset: int = 0, length: int = 0) -> ScrubReport:
         lba, n = scrub_range(offset, length, self._size)
         bad = []
