@@ -29,8 +29,11 @@ on the source are looked at one by one, against the target's copy: one that veri
 the target and matches the source's own record of the block (its checksum) repairs the
 source (REPAIR, which takes nothing else); one that fails on the target too is left failing
 on both, skipped by the copy and the verify, and reported. A target copy that verifies but
-is another value than the source's record names is not taken (which of the two is right
-cannot be told): the rebuild fails naming the block. No value is ever made up.
+is another value is taken into the source (IMPORT) only when both replicas lost power, the
+target was as complete as the source was at its OPEN, and nothing changed the block on the
+source since (both values are then leftovers of the crash, either one a value the volume
+may hold); otherwise which is right cannot be told and the rebuild fails naming the block.
+No value is ever made up.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ async def rebuild(vol: VolumeCore, link: ReplicaLink) -> None:
         " (full: its history is not the source's)" if full else "",
     )
     timeout = vol.settings.replica_timeout * 4
-    lost = LostBlocks()
+    lost = LostBlocks(leftovers=_leftovers(vol, source, link, full))
     link.rebuild.update(source_repaired_blocks=0, unreadable_blocks=0)
     await _copy(vol, link, target, since, timeout, t0, lost)
     await _verify(vol, link, target, timeout, lost)
@@ -309,7 +312,12 @@ class LostBlocks:
     """What one rebuild found about blocks that fail their check on its source (module
     doc): those repaired on the source from the target, those failing on both."""
 
+    # when both lost power and the target is as complete as the source was at its OPEN:
+    # the source's seen then (blocks it did not change since are crash leftovers, and the
+    # target's copy of one is a value the volume may hold); None otherwise
+    leftovers: int | None = None
     taken: int = 0
+    taken_other: int = 0  # of those, another value than the source's record named
     unreadable: set[int] = field(default_factory=set)
 
     def next_unreadable(self, lo: int, hi: int) -> int | None:
@@ -365,7 +373,20 @@ class LostBlocks:
                     b,
                     source.where,
                 )
-            elif not await _reads(source, b, timeout):  # not repaired by another rebuild
+            elif await _reads(source, b, timeout):  # repaired by another rebuild meanwhile
+                pass
+            elif await self._leftover(source, b, timeout):
+                await asyncio.wait_for(source.import_stream(_one_block(b, data)), timeout)
+                self.taken += 1
+                self.taken_other += 1
+                log.warning(
+                    "block %d failed its check on the rebuild's source %s after a power loss "
+                    "of both: the target's copy (it verifies there; another value than the "
+                    "source's record, both crash leftovers) was taken into the source",
+                    b,
+                    source.where,
+                )
+            else:
                 raise ReplicaIOError(
                     f"block {b} fails its check on the rebuild's source {source.where}, and "
                     f"the target's copy (it verifies there) is not the value the source's "
@@ -373,15 +394,50 @@ class LostBlocks:
                 )
         return progress
 
+    async def _leftover(self, source: ReplicaClient, block: int, timeout: float) -> bool:
+        """Whether the source's ``block`` is a crash leftover whose value the target's copy
+        may replace: both lost power, the target was as complete as the source at its OPEN
+        (``leftovers``), and nothing changed the block on the source since."""
+        if self.leftovers is None:
+            return False
+        changed = await asyncio.wait_for(
+            source.changed_since(self.leftovers, block * BLOCK_SIZE, BLOCK_SIZE), timeout
+        )
+        return not changed
+
     def report(self, vol: VolumeCore, link: ReplicaLink) -> None:
         """Into the replica's rebuild status and the volume's counters (docs/engine.md)."""
         link.rebuild.update(
             source_repaired_blocks=self.taken, unreadable_blocks=len(self.unreadable)
         )
         vol.counters["rebuild_source_repaired_blocks"] += self.taken
+        link.rebuild["source_taken_other_blocks"] = self.taken_other
         vol.counters["rebuild_unreadable_blocks"] += len(self.unreadable)
         if self.unreadable:
             link.rebuild["unreadable"] = sorted(self.unreadable)[:16]
+
+
+def _leftovers(vol: VolumeCore, source: ReplicaClient, link: ReplicaLink, full: bool) -> int | None:
+    """``LostBlocks.leftovers`` for a rebuild of ``link`` from ``source``: the source's seen
+    at its OPEN when the source and the target both lost power and the target was complete
+    through at least what the source was at its OPEN (a replica current when a start in
+    doubt chose the source; not one that was behind, nor a full copy); else None."""
+    src = next((x for x in vol.readers() if x.client is source), None)
+    if full or src is None or not (src.opened_power_loss and link.power_loss):
+        return None
+    return src.opened_seen if link.generation >= src.opened_generation else None
+
+
+def _one_block(lba: int, data: bytes) -> bytes:
+    """An extent stream of one DATA block (IMPORTed: history, not a mutation)."""
+    import struct
+
+    import crc32c
+
+    crc = struct.pack("<I", crc32c.crc32c(data))
+    header = xs.StreamHeader(lba * BLOCK_SIZE, (lba + 1) * BLOCK_SIZE, 0, 0)
+    ext = xs.Extent(xs.KIND_DATA, lba, 1, memoryview(data), memoryview(crc))
+    return b"".join(bytes(b) for b in xs.encode(header, [ext]))
 
 
 async def _reads(client: ReplicaClient, block: int, timeout: float) -> bool:
