@@ -543,12 +543,9 @@ class Layer:
     def absorb(self, parent: Layer) -> Iterator[None]:
         """Copy into this layer what ``parent`` has and this layer lacks, so ``parent`` can
         go (snapshot deletion). Reads see the same content before, during and after: data
-        is copied before the records that point at it, and is on disk before them (each
-        step syncs what it copied before it stores a record): a power loss in the middle of
-        a fold finds no record whose data page was never written back. Nothing else would
-        catch that in a layer below the head (the open after a machine crash verifies the
-        head only), and in the head it would count the block lost while the layer being
-        folded still holds it. Yields between chunks."""
+        is copied before the records that point at it, and synced before them: a power
+        loss mid-fold finds no record without its data (in a layer below the head nothing
+        would catch that: docs/formats/replica-store.md). Yields between chunks."""
         st_mask = np.uint64(fmt.STATE_MASK)
         for a, b in list(parent.record_ranges(0, parent.nblocks)):
             for lo in range(a, b, _MERGE_CHUNK):
