@@ -440,13 +440,17 @@ class ReplicaServerProcess:
         """Start it and return once it answers LIST; raise with its last words if it does not.
         While it recovers replicas after a machine crash (it reads their written data before
         it listens: docs/formats/replica-store.md, "Machine crashes") the wait has no end
-        but its exit: stopped and started again, it would begin that recovery again."""
+        but its exit: stopped and started again, it would begin that recovery again. Once
+        the recovery ended, the server has ``timeout`` again to listen (with worker
+        processes, the parent listens only after the last worker's recovery)."""
         self.child = Child("replica server", self.argv, self.log_path)
         self.child.start()
         self._exit_noted = False
         deadline = time.monotonic() + timeout
         why = ""
-        while time.monotonic() < deadline or self.recovering():
+        while time.monotonic() < deadline:
+            if self.recovering():
+                deadline = time.monotonic() + timeout
             if not self.child.alive:
                 self._exit_noted = True
                 raise CargoholdError(

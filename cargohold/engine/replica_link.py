@@ -87,6 +87,11 @@ class ReplicaLink:
     reader_retry: float = 0.0
     transport: str = ""  # how its connection goes: "unix", "tls" or "tcp" (``connect``)
     unix_failed: bool = False  # the unix socket failed once (logged): later ones at debug
+    # what its OPEN to this engine said, kept when a start in doubt marks it current (the
+    # rebuild's handling of a block failing on its source: engine/rebuild.py ``LostBlocks``)
+    opened_generation: int = 0
+    opened_seen: int = 0
+    opened_power_loss: bool = False
 
     def opened(self, client: ReplicaClient, info: dict[str, Any]) -> None:
         """Connected and OPEN answered with ``info`` (a replica server's OPEN reply)."""
@@ -94,6 +99,8 @@ class ReplicaLink:
         self.generation = info["generation"]
         self.seen = info.get("seen", info["generation"])
         self.power_loss = bool(info.get("power_loss", False))  # not sent by older servers
+        self.opened_generation, self.opened_seen = self.generation, self.seen
+        self.opened_power_loss = self.power_loss
         self.history = info.get("history", [])
         self.size = info["size"]
         self.disk = info.get("disk") if isinstance(info.get("disk"), dict) else None

@@ -23,7 +23,7 @@ import time
 from cargohold import memtune
 from cargohold.replica.server import ReplicaServer
 from cargohold.replica.session import Session
-from cargohold.replica.workers import Dispatcher, owner
+from cargohold.replica.workers import READY, Dispatcher, owner
 from cargohold.security.tls import credentials_or_plaintext
 from cargohold.settings import ReplicaServerSettings
 
@@ -98,6 +98,8 @@ async def _worker_main(settings: ReplicaServerSettings, index: int, channel: soc
     server.registry.recover_crashed()  # before it takes connections (see ``serve``)
     loop = asyncio.get_running_loop()
     stop = _stop_on_signals()
+    with contextlib.suppress(OSError):  # the parent listens once every worker said so
+        channel.send(READY)
     channel.setblocking(False)
     adopting: set[asyncio.Task] = set()
 
@@ -152,15 +154,11 @@ def _run_worker(settings: ReplicaServerSettings, index: int, channel: socket.soc
 # --- the parent of the workers -------------------------------------------------------------
 
 
-async def _parent_main(settings: ReplicaServerSettings) -> None:
-    # the credentials load (or --plaintext is announced) before any worker is forked
-    credentials_or_plaintext(settings.tls_dir, settings.plaintext, "the replica server")
-    parent = Dispatcher(settings, lambda index, channel: _run_worker(settings, index, channel))
-    loop = asyncio.get_running_loop()
-    listeners = []
+def _listen(settings: ReplicaServerSettings) -> list[socket.socket]:
+    """The parent's listening sockets: TCP, and the unix socket if asked (mode 0600)."""
     tcp = socket.create_server((settings.host, settings.port), backlog=1024, reuse_port=False)
     tcp.setblocking(False)
-    listeners.append(tcp)
+    listeners = [tcp]
     if settings.unix_socket:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(settings.unix_socket)
@@ -174,11 +172,28 @@ async def _parent_main(settings: ReplicaServerSettings) -> None:
         us.listen(1024)
         us.setblocking(False)
         listeners.append(us)
+    return listeners
+
+
+async def _parent_main(settings: ReplicaServerSettings) -> None:
+    # the credentials load (or --plaintext is announced) before any worker is forked
+    credentials_or_plaintext(settings.tls_dir, settings.plaintext, "the replica server")
+    parent = Dispatcher(settings, lambda index, channel: _run_worker(settings, index, channel))
+    loop = asyncio.get_running_loop()
+    stop = _stop_on_signals()
     for i in range(settings.workers):
         parent.spawn(i)
+    # the workers recover their replicas after a machine crash first; the parent listens
+    # only then, as a single process does (``serve``): no connection waits unserved, an
+    # engine's OPEN finds nothing listening and the agent waits on the recovery's log lines
+    while not parent.all_ready() and not stop.is_set():
+        parent.reap()
+        await asyncio.sleep(0.05)
+    listeners = []
+    if not stop.is_set():
+        listeners = _listen(settings)
     for ls in listeners:
         loop.add_reader(ls.fileno(), parent.accept, ls)
-    stop = _stop_on_signals()
 
     async def supervise() -> None:  # uvloop keeps SIGCHLD for itself: poll instead
         while not stop.is_set():
@@ -187,15 +202,16 @@ async def _parent_main(settings: ReplicaServerSettings) -> None:
             await asyncio.sleep(0.2)
 
     supervisor = loop.create_task(supervise())
-    port = tcp.getsockname()[1]
+    port = listeners[0].getsockname()[1] if listeners else settings.port
     where = f"{settings.host}:{port}" + (
         f" and {settings.unix_socket}" if settings.unix_socket else ""
     )
-    print(
-        f"replica server listening on {where} (node {settings.node}, {settings.workers} "
-        f"workers, disks {', '.join(parent.registry.disks)})",
-        flush=True,
-    )
+    if listeners:
+        print(
+            f"replica server listening on {where} (node {settings.node}, {settings.workers} "
+            f"workers, disks {', '.join(parent.registry.disks)})",
+            flush=True,
+        )
     await stop.wait()
     supervisor.cancel()
     for ls in listeners:

@@ -57,6 +57,7 @@ log = logging.getLogger("cargohold.replica")
 _ROUTED = {Op.OPEN, Op.CREATE, Op.DELETE}
 _LOCAL = {Op.HELLO, Op.LIST}
 _MAX_PEEK = 64 * 1024
+READY = b"ready"  # a worker to the parent, on its channel: its start-up recovery is done
 
 
 def _waiting(conn: socket.socket) -> bool:
@@ -106,6 +107,8 @@ class Dispatcher:
         self.tls = bool(settings.tls_dir)  # TCP connections speak TLS: route by SNI
         self._turn = 0  # the worker the next connection without a routing name goes to
         self._no_room: tuple[float, int] = (0.0, 0)  # no victim till then, from that share
+        # per worker: has it said its start-up recovery is done (READY on its channel)?
+        self.ready: list[bool] = []
 
     def spawn(self, index: int) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -122,9 +125,11 @@ class Dispatcher:
         if index < len(self.channels):
             self.channels[index].close()
             self.channels[index], self.pids[index] = parent_end, pid
+            self.ready[index] = False
         else:
             self.channels.append(parent_end)
             self.pids.append(pid)
+            self.ready.append(False)
         log.info("worker %d started (pid %d)", index, pid)
 
     def reap(self) -> None:
@@ -137,6 +142,23 @@ class Dispatcher:
             if done:
                 log.warning("worker %d (pid %d) exited with status %d; restarting", i, pid, status)
                 self.spawn(i)
+
+    def all_ready(self) -> bool:
+        """Whether every worker has said (READY on its channel) that it recovered its
+        replicas after a machine crash: till then the parent does not listen, as a single
+        process does not (``replica/daemon.py``). A worker that dies first is restarted by
+        ``reap`` and recovers again; its new channel is heard instead."""
+        for i, ch in enumerate(self.channels):
+            if self.ready[i]:
+                continue
+            try:
+                msg = ch.recv(len(READY), socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                msg = b""
+            self.ready[i] = msg == READY
+        return all(self.ready)
 
     # peeking at a new connection --------------------------------------------------------
     def accept(self, listener: socket.socket) -> None:
@@ -351,4 +373,4 @@ class Dispatcher:
         conn.close()
 
 
-__all__ = ["Dispatcher", "owner"]
+__all__ = ["READY", "Dispatcher", "owner"]

@@ -3,6 +3,7 @@ over without losing a byte, a killed worker restarted, fencing unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -121,3 +122,53 @@ async def test_a_slow_first_frame_neither_spins_the_parent_nor_gets_lost(wserver
     (reply,) = wire.ReplyDecoder().feed(s.recv(4096))
     assert reply.id == 7 and reply.status == 0
     s.close()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+async def test_after_a_machine_crash_nothing_listens_till_every_worker_recovered(tmp_path):
+    """As a single process (``replica/daemon.py`` ``serve``), a parent of workers listens
+    only once every worker has recovered its replicas after a machine crash: an engine's
+    OPEN finds nothing listening instead of waiting, unserved, past its timeout; the agent
+    waits on the recovery's log lines (docs/formats/replica-store.md, "Machine crashes").
+    A replica of 96 MiB written is crashed (every process SIGKILLed, workers first) and its
+    server started again in a new boot: when it says it listens, the recovery has ended."""
+    from cargohold.constants import RECOVERED, RECOVERING
+    from tests.support.power_loss import new_boot, new_boot_unavailable
+
+    why = new_boot_unavailable()
+    if why:
+        pytest.skip(why)
+    disk = tmp_path / "d"
+    disk.mkdir()
+    s = ServerProc([str(disk)], workers=2).start()
+    a, b = _ids_per_worker()
+    try:
+        for rid in (a, b):
+            c = await ReplicaClient.connect("127.0.0.1", s.port, replica=rid)
+            await c.create(rid, 128 * MIB)
+            await c.open(rid, 1)
+            chunk = MIB
+            for off in range(0, 96 * MIB, chunk):
+                await c.write(off, bytes([off // chunk + 1]) * chunk)
+            await c.flush()
+            await c.close()
+        for pid in _children(s.pid):  # the workers first: a parent's death stops them cleanly
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        s.kill()
+    again = ServerProc([str(disk)], workers=2, prefix=new_boot(str(tmp_path))).start(timeout=120)
+    try:
+        out = again.output()  # read when it says it listens
+        assert out.count(RECOVERING) == 2, out
+        assert out.count(RECOVERED) == 2, f"it listens before the workers recovered:\n{out}"
+        for rid in (a, b):
+            c = await ReplicaClient.connect("127.0.0.1", again.port, replica=rid)
+            await asyncio.wait_for(c.open(rid, 2), 5.0)
+            assert bytes(await c.read(95 * MIB, BLOCK_SIZE)) == bytes([96]) * BLOCK_SIZE
+            await c.close()
+    finally:
+        again.stop()
