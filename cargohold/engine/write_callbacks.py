@@ -96,13 +96,15 @@ class CallbackWrites:
         self,
         writes: list[tuple[int, Any]],
         ready: Callable[[bool], list[tuple[int, Any]]] | None = None,
+        fua: bool = False,
     ) -> None:
-        """Write each (offset, data) of ``writes`` (no FUA), on each replica in this order
-        and never one where an earlier one failed (module doc); return once every replica
-        answered them all and at least ``min_replicas`` stored them all, else raise
-        ReplicaIOError (nothing is acknowledged that is not on enough replicas). A replica
-        that failed any of them is dropped. Waits, as a write does, while mutations are
-        held or a rebuild step covers any of the ranges: then for all of them.
+        """Write each (offset, data) of ``writes`` (with FUA if ``fua``), on each replica
+        in this order and never one where an earlier one failed (module doc); return once
+        every replica answered them all and at least ``min_replicas`` stored them all,
+        else raise ReplicaIOError (nothing is acknowledged that is not on enough replicas).
+        A replica that failed any of them is dropped. Waits, as a write does, while
+        mutations are held or a rebuild step covers any of the ranges: then for all of
+        them.
         ``ready(back_to_back)`` is called right before the first is queued, with no await
         between, and returns the writes to send (``writes`` or some of them, in order):
         the caller fills the buffers then, so that what it queues later holds what it
@@ -130,14 +132,14 @@ class CallbackWrites:
             # an older server: one at a time, as before (the first queued at once: the
             # checks above just passed, and nothing awaits in between)
             for offset, data in writes:
-                await self.write(offset, memoryview(data), False)
+                await self.write(offset, memoryview(data), fua)
             return
         first = self.gen + 1
         self.gen += len(writes)
         self._inflight += 1
         self._idle.clear()
         try:
-            stored, t0 = await self._ordered(targets, writes, first)
+            stored, t0 = await self._ordered(targets, writes, first, FLAG_FUA if fua else 0)
             for _ in writes:
                 self.io.observe("write", t0)
             self.verdict(stored, "write")
@@ -148,17 +150,17 @@ class CallbackWrites:
         self.counters["written_bytes"] += sum(len(d) for _, d in writes)
 
     async def _ordered(
-        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int
+        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int, flags: int
     ) -> tuple[int, float]:
         """Queue ``writes`` (generations from ``first``) on every target, back to back;
         -> (the replicas that stored them all, when they were queued)."""
-        sent = self._queue_ordered(targets, writes, first)
+        sent = self._queue_ordered(targets, writes, first, flags)
         started = time.perf_counter()
         await answers([f for _, futs, _ in sent for f in futs], self.settings.replica_timeout)
         return self._judge_ordered(sent, first), started
 
     def _queue_ordered(
-        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int
+        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int, flags: int = 0
     ) -> list[tuple[ReplicaLink, list[asyncio.Future[Reply]], bool]]:
         """``writes`` queued on every target back to back, no await in here: -> per
         target its answers' futures and whether all were queued."""
@@ -172,7 +174,7 @@ class CallbackWrites:
             try:
                 for k, (offset, data) in enumerate(writes):
                     futs.append(
-                        client.send(Op.WRITE, offset, len(data), data, 0, generation=first + k)
+                        client.send(Op.WRITE, offset, len(data), data, flags, generation=first + k)
                     )
             except CargoholdError as e:  # lost: what was queued fails with the connection
                 self.fanout.refused(link, e)

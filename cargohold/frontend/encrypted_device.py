@@ -52,7 +52,7 @@ import collections
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import (
@@ -76,10 +76,17 @@ log = logging.getLogger("cargohold.engine")
 
 CACHE_BLOCKS = 1024  # tag blocks cached: 4 MiB, covering 256 MiB of data
 STATUS_GROUPS = 64  # groups one BLOCK_STATUS reply covers at most (16 MiB)
-# the volume below's ``write_ordered(writes, ready)`` (``engine/write_callbacks.py``)
-Ordered = Callable[
-    [list[tuple[int, Any]], Callable[[bool], list[tuple[int, Any]]]], Awaitable[None]
-]
+
+
+class Ordered(Protocol):
+    """The volume below's ``write_ordered`` (``engine/write_callbacks.py``)."""
+
+    def __call__(
+        self,
+        writes: list[tuple[int, Any]],
+        ready: Callable[[bool], list[tuple[int, Any]]],
+        fua: bool = False,
+    ) -> Awaitable[None]: ...
 
 
 class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
@@ -152,14 +159,12 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
     # --- the tag cache ------------------------------------------------------------------
     def _check_layout(self) -> None:
         """Drop every cached tag block when the volume's content changed underneath (a
-        snapshot revert): those with writes pending too. The engine runs a revert inside
-        a hold (``engine/snapshots.py``: no mutation in flight, new ones wait), so no
-        write of a copy from before it is in flight then; a write that put its tags
-        into one and waits (the hold, its tag load, its settling read) must not queue it
-        afterwards: it holds the pre-revert tags of its group's other blocks, whose data
-        went back to the snapshot's (they would fail authentication everywhere), and a
-        second copy loaded meanwhile would race it. Such a write finds its copy gone
-        when it is queued (``_current``) and starts over on the reverted tag blocks."""
+        snapshot revert, run inside a hold: ``engine/snapshots.py``), those with writes
+        pending too: a write that put its tags into one and waits (the hold, its tag
+        load, its settling read, its data after its acknowledged tags) must not queue
+        it, or its data, afterwards (the pre-revert tags of its group's other blocks; its
+        own, rolled back). It finds its copy gone when it queues (``_current``) and
+        starts over on the reverted tag blocks."""
         if self._layout_version is None:
             return
         now = self._layout_version()
@@ -457,21 +462,28 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
         self.counters["tag_block_writes"] += len(tag_blocks)
         if fua:  # durable data needs durable tags: else a power loss keeps data it cannot read
             await self.inner.flush()
-        # then the ciphertext: the partial first group alone, the rest as one extent
-        writes: list[Awaitable[None]] = []
+        # then the ciphertext: the partial first group, the rest as one extent with the
+        # (written, unchanged since: every block of them is claimed) tag blocks in it
+        writes: list[tuple[int, Any]] = []
         if head > lo:
-            writes.append(self.inner.write(layout.data_block(lo) * BLOCK, memoryview(first), fua))
+            writes.append((layout.data_block(lo) * BLOCK, first))
         if hi > head:
-            # the (already written, unchanged since: every block of them is claimed) tag
-            # blocks of its whole groups copied in, as one write
-            self._fill_extent(head, hi, extent, {g: t.data for g, t in tag_blocks.items()})
-            writes.append(
-                self.inner.write(layout.data_block(head) * BLOCK, memoryview(extent), fua)
-            )
-        if len(writes) == 1:
-            await writes[0]
-        else:
-            await asyncio.gather(*writes)
+            writes.append((layout.data_block(head) * BLOCK, extent))
+
+        def ready(back_to_back: bool = False) -> list[tuple[int, Any]]:
+            # queued only onto the tag blocks acknowledged above: a revert since rolled
+            # them back, and data landing after it would authenticate under no slot
+            self._current(tag_blocks)  # else Reverted: nothing queued, start over
+            if hi > head:
+                self._fill_extent(head, hi, extent, {g: t.data for g, t in tag_blocks.items()})
+            return writes
+
+        ordered: Ordered | None = getattr(self.inner, "write_ordered", None)
+        if ordered is not None:
+            await ordered(writes, ready, fua)
+            return
+        for off, buf in ready():  # (a volume below that queues as it is called)
+            await self.inner.write(off, memoryview(buf), fua)
 
     async def _settle(self, g: int, t: TagBlock, a: int, b: int) -> None:
         """Empty the slots of unwritten versions before new slots (block_cipher.py)."""

@@ -60,7 +60,9 @@ class MemoryVolume:
         self.writes += 1
         await self._mutate("write", offset, bytes(data))
 
-    async def write_ordered(self, writes: list[tuple[int, Any]], ready: Any = None) -> None:
+    async def write_ordered(
+        self, writes: list[tuple[int, Any]], ready: Any = None, fua: bool = False
+    ) -> None:
         self.ordered_calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)

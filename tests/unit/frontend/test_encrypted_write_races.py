@@ -44,7 +44,9 @@ class GatedVolume(MemoryVolume):
     def open(self, n: int) -> None:
         self._gate(n).set()
 
-    async def write_ordered(self, writes: list[tuple[int, Any]], ready: Any = None) -> None:
+    async def write_ordered(
+        self, writes: list[tuple[int, Any]], ready: Any = None, fua: bool = False
+    ) -> None:
         n = self.calls
         self.calls += 1
         if self.gated:
@@ -52,7 +54,7 @@ class GatedVolume(MemoryVolume):
         if n in self.failing:
             ready(True)
             raise ReplicaIOError(f"gated volume: ordered write {n} refused")
-        await super().write_ordered(writes, ready)
+        await super().write_ordered(writes, ready, fua)
 
 
 def device(vol: MemoryVolume, epoch: int = 1) -> EncryptedDevice:
