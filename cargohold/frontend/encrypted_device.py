@@ -21,9 +21,11 @@ ciphertext and tags only. docs/encryption.md argues the construction; here:
   queued, so one queued later holds every earlier change; a write whose change a snapshot
   queued before it already holds queues only its data. A FUA write (and TRIM, zeroes, a
   repair) writes the tag block and waits for it first (``_commit``: one write of it in
-  flight, the changes made meanwhile in the next). A crash between the tag and the data
-  leaves the old slot authenticating the old data: each block reads old or new
-  (docs/encryption.md, "Crashes"). The common write (aligned, no FUA, its tag blocks
+  flight, the changes made meanwhile in the next); its data is queued only onto the tag
+  blocks it acknowledged, never after a revert rolled them back
+  (``encrypted_tags_first.py``). A crash between the tag and the data leaves the old
+  slot authenticating the old data: each block reads old or new (docs/encryption.md,
+  "Crashes"). The common write (aligned, no FUA, its tag blocks
   cached, nothing claimed, nothing held) does the same without a task, from callbacks
   (``write_nowait``, ``encrypted_write_callbacks.py``).
 - Whole groups of a write go as one physical extent (ciphertext and their tag blocks, the
@@ -51,8 +53,8 @@ import asyncio
 import collections
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import (
@@ -67,6 +69,7 @@ from cargohold.errors import ChecksumError, WrongDataKey
 from cargohold.frontend.device import BlockDevice
 from cargohold.frontend.encrypted_claims import Claims
 from cargohold.frontend.encrypted_repair import Copies, Repair
+from cargohold.frontend.encrypted_tags_first import Ordered, TagsFirst
 from cargohold.frontend.encrypted_write_callbacks import CallbackWrites, Reverted
 from cargohold.frontend.encrypted_zeroes import ZeroWrites
 from cargohold.frontend.key_check import first_group_refusing
@@ -78,18 +81,7 @@ CACHE_BLOCKS = 1024  # tag blocks cached: 4 MiB, covering 256 MiB of data
 STATUS_GROUPS = 64  # groups one BLOCK_STATUS reply covers at most (16 MiB)
 
 
-class Ordered(Protocol):
-    """The volume below's ``write_ordered`` (``engine/write_callbacks.py``)."""
-
-    def __call__(
-        self,
-        writes: list[tuple[int, Any]],
-        ready: Callable[[bool], list[tuple[int, Any]]],
-        fua: bool = False,
-    ) -> Awaitable[None]: ...
-
-
-class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
+class EncryptedDevice(CallbackWrites, ZeroWrites, Repair, TagsFirst):
     """``inner`` (the physical volume) served through ``cipher``; versions ``epoch ‖ n``."""
 
     block_size = BLOCK
@@ -442,48 +434,6 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
             for g, t, upto in started:
                 self._ended(g, t, upto, error)
         self.counters["tag_block_writes"] += len(started)
-
-    async def _write_tags_first(
-        self,
-        tag_blocks: Mapping[int, TagBlock],
-        lo: int,
-        head: int,
-        hi: int,
-        first: bytearray,
-        extent: bytearray,
-        fua: bool,
-    ) -> None:
-        """The tag blocks written and acknowledged, then (after a flush, for FUA) the
-        ciphertext: FUA writes, and a volume below without ``write_ordered``."""
-        if len(tag_blocks) == 1:
-            await self._commit(*next(iter(tag_blocks.items())))
-        else:
-            await asyncio.gather(*(self._commit(g, t) for g, t in tag_blocks.items()))
-        self.counters["tag_block_writes"] += len(tag_blocks)
-        if fua:  # durable data needs durable tags: else a power loss keeps data it cannot read
-            await self.inner.flush()
-        # then the ciphertext: the partial first group, the rest as one extent with the
-        # (written, unchanged since: every block of them is claimed) tag blocks in it
-        writes: list[tuple[int, Any]] = []
-        if head > lo:
-            writes.append((layout.data_block(lo) * BLOCK, first))
-        if hi > head:
-            writes.append((layout.data_block(head) * BLOCK, extent))
-
-        def ready(back_to_back: bool = False) -> list[tuple[int, Any]]:
-            # queued only onto the tag blocks acknowledged above: a revert since rolled
-            # them back, and data landing after it would authenticate under no slot
-            self._current(tag_blocks)  # else Reverted: nothing queued, start over
-            if hi > head:
-                self._fill_extent(head, hi, extent, {g: t.data for g, t in tag_blocks.items()})
-            return writes
-
-        ordered: Ordered | None = getattr(self.inner, "write_ordered", None)
-        if ordered is not None:
-            await ordered(writes, ready, fua)
-            return
-        for off, buf in ready():  # (a volume below that queues as it is called)
-            await self.inner.write(off, memoryview(buf), fua)
 
     async def _settle(self, g: int, t: TagBlock, a: int, b: int) -> None:
         """Empty the slots of unwritten versions before new slots (block_cipher.py)."""

@@ -287,3 +287,67 @@ def test_a_fua_write_queues_no_data_onto_tag_blocks_a_revert_rolled_back():
         await check(vol, d, {A: content(A, b"o"), B: content(B, b"W")})
 
     asyncio.run(go())
+
+
+class RepairVolume(RevertVolume):
+    """Two copies; gates ``copies`` (``read_copies`` answered, its answer held) and
+    ``data A`` (a write of A's ciphertext, on either path, before it is applied)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.copies.append(bytearray(size))
+
+    async def read_copies(self, offset: int, length: int) -> list[tuple[str, bytes]]:
+        got = await super().read_copies(offset, length)
+        if offset == layout.data_block(A) * BLOCK:
+            await self._at("copies")
+        return got
+
+    async def write_ordered(
+        self, writes: list[tuple[int, Any]], ready: Any = None, fua: bool = False
+    ) -> None:
+        if writes[0][0] == layout.data_block(A) * BLOCK:
+            await self._at("data A")
+        await super().write_ordered(writes, ready, fua)
+
+    async def write(self, offset: int, data: Any, fua: bool) -> None:
+        if offset == layout.data_block(A) * BLOCK:
+            await self._at("data A")
+        await super().write(offset, data, fua)
+
+
+@pytest.mark.parametrize("revert_after", ["copies read", "tag entry written"])
+def test_a_repair_never_writes_a_copy_from_before_a_revert_back_after_it(revert_after):
+    """A is bad on the copy the device reads (its ciphertext, or its tag entry), good on
+    the other: a read repairs it from the other copy (tag entry if it differs, then
+    ciphertext). A revert comes after the copies were read, or after the repaired tag
+    entry was written and before the ciphertext: the pre-revert ciphertext written back
+    after it would land under the snapshot's slots and fail authentication. The repair
+    is given up instead (its read, which raced the revert, returns the copy); A reads
+    the snapshot's content."""
+    vol = RepairVolume(layout.physical_size(LOGICAL))
+
+    async def go() -> None:
+        d = await prepared(vol)
+        if revert_after == "copies read":  # A's ciphertext damaged on copy 0
+            bad = layout.data_block(A) * BLOCK
+        else:  # A's tag entry erased on copy 0: the repair writes it, then the ciphertext
+            bad = layout.tag_block(0) * BLOCK + A * 64
+        vol.copies[0][bad : bad + 64] = bytes(64)
+        # nothing cached: it reads copy 0's tag block; repairs from the copies
+        d = EncryptedDevice(
+            vol, BlockCipher(KEY, VID), 2, copies=vol, layout_version=lambda: vol.layout
+        )
+        gate = "copies" if revert_after == "copies read" else "data A"
+        vol.gate(gate)
+        r = asyncio.ensure_future(d.read(A * BLOCK, BLOCK))
+        await asyncio.wait_for(vol.stopped[gate].wait(), 5)
+        vol.hold(True)
+        vol.revert()
+        vol.hold(False)
+        vol.open(gate)
+        assert bytes(await r) == content(A, b"2")  # the read raced the revert
+        await check(vol, d, {A: content(A, b"o"), B: content(B, b"o")})
+        assert d.counters["authentication_repaired"] == 0
+
+    asyncio.run(go())
