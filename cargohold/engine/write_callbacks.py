@@ -111,17 +111,7 @@ class CallbackWrites:
         changed before; ``back_to_back`` says whether they go back to back (every
         replica's server stops a session at a failed mutation) or one at a time."""
         self.check_usable()
-        while True:
-            await self._running.wait()
-            window = self._window
-            if window is not None and any(
-                off < window[1] and window[0] < off + len(d) for off, d in writes
-            ):
-                self.counters["window_waits"] += 1
-                await self._window_free.wait()
-                continue
-            if self._running.is_set():
-                break
+        await self._until_free([(off, len(d)) for off, d in writes])
         self.check_usable()
         targets = self.write_set()
         self.fanout.enough(targets)
@@ -148,6 +138,34 @@ class CallbackWrites:
             if self._inflight == 0:
                 self._idle.set()
         self.counters["written_bytes"] += sum(len(d) for _, d in writes)
+
+    async def _until_free(self, spans: list[tuple[int, int]]) -> None:
+        """Return when mutations are not held and no rebuild step covers any of ``spans``
+        ((offset, length)); whoever returns from here queues with no await first."""
+        while True:
+            await self._running.wait()
+            window = self._window
+            if window is not None and any(
+                off < window[1] and window[0] < off + n for off, n in spans
+            ):
+                self.counters["window_waits"] += 1
+                await self._window_free.wait()
+                continue
+            if self._running.is_set():
+                break
+
+    async def trim_ordered(self, offset: int, length: int, ready: Callable[[], None]) -> None:
+        """A TRIM, ``ready()`` called right before it is queued, with no await between (if
+        it raises, nothing is queued): the encrypting device's check that the ZERO tags the
+        TRIM follows were not rolled back by a snapshot revert since they were acknowledged
+        (``frontend/encrypted_zeroes.py``)."""
+        self.check_usable()
+        await self._until_free([(offset, length)])
+        ready()
+        await self.trim(offset, length)  # queued at once: free just now, nothing awaited
+
+    async def trim(self, offset: int, length: int) -> None:
+        raise NotImplementedError
 
     async def _ordered(
         self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int, flags: int

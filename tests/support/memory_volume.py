@@ -106,6 +106,12 @@ class MemoryVolume:
     async def trim(self, offset: int, length: int) -> None:
         await self._mutate("trim", offset, bytes(length))
 
+    async def trim_ordered(self, offset: int, length: int, ready: Any) -> None:
+        """``Volume.trim_ordered``: ``ready()`` (it may raise: nothing applied), then the
+        trim."""
+        ready()
+        await self.trim(offset, length)
+
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
         await self._mutate("trim", offset, bytes(length))
 

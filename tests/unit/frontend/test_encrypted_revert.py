@@ -93,6 +93,12 @@ class RevertVolume(MemoryVolume):
         await self.unheld.wait()
         await super().trim(offset, length)
 
+    async def trim_ordered(self, offset: int, length: int, ready: Any) -> None:
+        await self._at("trim")
+        await self.unheld.wait()
+        ready()  # may raise: nothing queued
+        await MemoryVolume.trim(self, offset, length)
+
     async def flush(self) -> None:
         await self._at("flush")
         await super().flush()
@@ -249,28 +255,40 @@ def test_a_write_without_a_task_after_a_revert_never_uses_a_tag_block_from_befor
     asyncio.run(go())
 
 
-def test_a_fua_write_queues_no_data_onto_tag_blocks_a_revert_rolled_back():
+@pytest.mark.parametrize("kind", ["fua", "trim", "zeroes"])
+def test_no_data_is_queued_onto_tag_blocks_a_revert_rolled_back(kind):
     """Found by the write machine (``test_a_crash_after_a_revert_that_followed_a_fua_
     write``): a FUA write's tag block is acknowledged, a revert's hold comes before its
     data is queued and rolls that tag block back. Its data then used to land after the
     revert, on the reverted tag block, and the device wrote its tags again only after
     that data was acknowledged: a crash in between left B (new data, the snapshot's
-    slots) failing authentication. Now the data is queued only while the tag blocks
-    acknowledged are still the cached ones (checked where it is queued, with no await
-    between): after the revert, nothing of it lands before its tags again. A crash after
-    every prefix of the mutations after the revert: B reads old or new."""
+    slots) failing authentication. A TRIM or WRITE_ZEROES (its ZERO tags, then the trim:
+    zeros under the snapshot's data slots) likewise. Now the data (the trim) is queued
+    only while the tag blocks acknowledged are still the cached ones (checked where it
+    is queued, with no await between): after the revert, nothing of it lands before its
+    tags again. A crash after every prefix of the mutations after the revert: B reads
+    old or new."""
     vol = RevertVolume(layout.physical_size(LOGICAL))
 
     async def go() -> None:
         d = await prepared(vol)
-        vol.gate("flush")  # its tag block acknowledged, its data not queued yet
-        w = asyncio.ensure_future(write(d, B, b"W", fua=True))
-        await asyncio.wait_for(vol.stopped["flush"].wait(), 5)
+        gate = {"fua": "flush", "trim": "trim", "zeroes": "trim"}[kind]
+        vol.gate(gate)  # its tag block acknowledged, its data not queued yet
+        if kind == "fua":
+            w = asyncio.ensure_future(write(d, B, b"W", fua=True))
+            new = content(B, b"W")
+        elif kind == "trim":
+            w = asyncio.ensure_future(d.trim(B * BLOCK, BLOCK))
+            new = bytes(BLOCK)
+        else:
+            w = asyncio.ensure_future(d.write_zeroes(B * BLOCK, BLOCK, False))
+            new = bytes(BLOCK)
+        await asyncio.wait_for(vol.stopped[gate].wait(), 5)
         vol.hold(True)
         vol.revert()
         mark = len(vol.log)
         vol.hold(False)
-        vol.open("flush")
+        vol.open(gate)
         await w
         assert d.counters["writes_restarted_by_revert"] == 1
         after = vol.log[mark:]
@@ -283,8 +301,8 @@ def test_a_fua_write_queues_no_data_onto_tag_blocks_a_revert_rolled_back():
             reader = device(crashed, epoch=9)
             assert bytes(await reader.read(A * BLOCK, BLOCK)) == content(A, b"o")
             got = bytes(await reader.read(B * BLOCK, BLOCK))
-            assert got in (content(B, b"o"), content(B, b"W")), f"B after {k} mutations"
-        await check(vol, d, {A: content(A, b"o"), B: content(B, b"W")})
+            assert got in (content(B, b"o"), new), f"B after {k} mutations"
+        await check(vol, d, {A: content(A, b"o"), B: new})
 
     asyncio.run(go())
 
