@@ -96,22 +96,21 @@ class CallbackWrites:
         self,
         writes: list[tuple[int, Any]],
         ready: Callable[[bool], list[tuple[int, Any]]] | None = None,
-        fua: bool = False,
     ) -> None:
-        """Write each (offset, data) of ``writes`` (with FUA if ``fua``), on each replica
-        in this order and never one where an earlier one failed (module doc); return once
-        every replica answered them all and at least ``min_replicas`` stored them all,
-        else raise ReplicaIOError (nothing is acknowledged that is not on enough replicas).
-        A replica that failed any of them is dropped. Waits, as a write does, while
-        mutations are held or a rebuild step covers any of the ranges: then for all of
-        them.
+        """Write each (offset, data) of ``writes`` (no FUA), on each replica in this order
+        and never one where an earlier one failed (module doc); return once every replica
+        answered them all and at least ``min_replicas`` stored them all, else raise
+        ReplicaIOError (nothing is acknowledged that is not on enough replicas). A replica
+        that failed any of them is dropped. Waits, as a write does, while mutations are
+        held or a rebuild step covers any of the ranges: then for all of them.
         ``ready(back_to_back)`` is called right before the first is queued, with no await
         between, and returns the writes to send (``writes`` or some of them, in order):
         the caller fills the buffers then, so that what it queues later holds what it
         changed before; ``back_to_back`` says whether they go back to back (every
         replica's server stops a session at a failed mutation) or one at a time."""
         self.check_usable()
-        await self._until_free([(off, len(d)) for off, d in writes])
+        if self._window is not None or not self._running.is_set():
+            await self._until_free([(off, len(d)) for off, d in writes])
         self.check_usable()
         targets = self.write_set()
         self.fanout.enough(targets)
@@ -122,14 +121,14 @@ class CallbackWrites:
             # an older server: one at a time, as before (the first queued at once: the
             # checks above just passed, and nothing awaits in between)
             for offset, data in writes:
-                await self.write(offset, memoryview(data), fua)
+                await self.write(offset, memoryview(data), False)
             return
         first = self.gen + 1
         self.gen += len(writes)
         self._inflight += 1
         self._idle.clear()
         try:
-            stored, t0 = await self._ordered(targets, writes, first, FLAG_FUA if fua else 0)
+            stored, t0 = await self._ordered(targets, writes, first)
             for _ in writes:
                 self.io.observe("write", t0)
             self.verdict(stored, "write")
@@ -141,7 +140,8 @@ class CallbackWrites:
 
     async def _until_free(self, spans: list[tuple[int, int]]) -> None:
         """Return when mutations are not held and no rebuild step covers any of ``spans``
-        ((offset, length)); whoever returns from here queues with no await first."""
+        ((offset, length)); whoever returns from here queues with no await first. Called
+        only when either may be so (a write's path: nothing awaited when neither is)."""
         while True:
             await self._running.wait()
             window = self._window
@@ -154,31 +154,45 @@ class CallbackWrites:
             if self._running.is_set():
                 break
 
-    async def trim_ordered(self, offset: int, length: int, ready: Callable[[], None]) -> None:
-        """A TRIM, ``ready()`` called right before it is queued, with no await between (if
-        it raises, nothing is queued): the encrypting device's check that the ZERO tags the
-        TRIM follows were not rolled back by a snapshot revert since they were acknowledged
-        (``frontend/encrypted_zeroes.py``)."""
+    async def write_checked(
+        self, offset: int, data: memoryview, fua: bool, ready: Callable[[], None]
+    ) -> None:
+        """``write``, with ``ready()`` called right before it is queued, after any wait for
+        a hold or a rebuild step and with no await between; if it raises, nothing is
+        queued. The encrypting device's ciphertext after its acknowledged tag blocks
+        (a FUA write, a repair's write-back: ``frontend/encrypted_tags_first.py``): it
+        checks there that no snapshot revert rolled them back meanwhile."""
         self.check_usable()
-        await self._until_free([(offset, length)])
+        if self._window is not None or not self._running.is_set():
+            await self._until_free([(offset, len(data))])
         ready()
-        await self.trim(offset, length)  # queued at once: free just now, nothing awaited
+        await self.write(offset, data, fua)  # queued at once: free just now, nothing awaited
+
+    async def trim_checked(self, offset: int, length: int, ready: Callable[[], None]) -> None:
+        """``trim`` with ``ready()`` as in ``write_checked``: the encrypting device's
+        release of ciphertext after its acknowledged ZERO tags (``frontend/encrypted_
+        zeroes.py``)."""
+        self.check_usable()
+        if self._window is not None or not self._running.is_set():
+            await self._until_free([(offset, length)])
+        ready()
+        await self.trim(offset, length)
 
     async def trim(self, offset: int, length: int) -> None:
         raise NotImplementedError
 
     async def _ordered(
-        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int, flags: int
+        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int
     ) -> tuple[int, float]:
         """Queue ``writes`` (generations from ``first``) on every target, back to back;
         -> (the replicas that stored them all, when they were queued)."""
-        sent = self._queue_ordered(targets, writes, first, flags)
+        sent = self._queue_ordered(targets, writes, first)
         started = time.perf_counter()
         await answers([f for _, futs, _ in sent for f in futs], self.settings.replica_timeout)
         return self._judge_ordered(sent, first), started
 
     def _queue_ordered(
-        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int, flags: int = 0
+        self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int
     ) -> list[tuple[ReplicaLink, list[asyncio.Future[Reply]], bool]]:
         """``writes`` queued on every target back to back, no await in here: -> per
         target its answers' futures and whether all were queued."""
@@ -192,7 +206,7 @@ class CallbackWrites:
             try:
                 for k, (offset, data) in enumerate(writes):
                     futs.append(
-                        client.send(Op.WRITE, offset, len(data), data, flags, generation=first + k)
+                        client.send(Op.WRITE, offset, len(data), data, 0, generation=first + k)
                     )
             except CargoholdError as e:  # lost: what was queued fails with the connection
                 self.fanout.refused(link, e)

@@ -20,7 +20,7 @@ from cargohold.frontend.encrypted_write_callbacks import Reverted
 
 if TYPE_CHECKING:
     import collections
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from cargohold.encryption.block_cipher import BlockCipher
     from cargohold.frontend.device import BlockDevice
@@ -51,11 +51,7 @@ class Repair:
         def _check_layout(self) -> None: ...
         def _reverted_since(self, seen: int) -> bool: ...
         async def _after_tags(
-            self,
-            tag_blocks: Mapping[int, TagBlock],
-            writes: list[tuple[int, Any]],
-            fua: bool,
-            fill: Callable[[], None] | None = None,
+            self, tag_blocks: Mapping[int, TagBlock], writes: list[tuple[int, Any]], fua: bool
         ) -> None: ...
 
         _layout: int

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from cargohold.encryption import layout
 from cargohold.encryption.layout import BLOCK
@@ -29,15 +29,10 @@ if TYPE_CHECKING:
     from cargohold.frontend.tag_block import TagBlock
 
 
-class Ordered(Protocol):
-    """The volume below's ``write_ordered`` (``engine/write_callbacks.py``)."""
-
-    def __call__(
-        self,
-        writes: list[tuple[int, Any]],
-        ready: Callable[[bool], list[tuple[int, Any]]],
-        fua: bool = False,
-    ) -> Awaitable[None]: ...
+# the volume below's ``write_ordered(writes, ready)`` (``engine/write_callbacks.py``)
+Ordered = Callable[
+    [list[tuple[int, Any]], Callable[[bool], list[tuple[int, Any]]]], Awaitable[None]
+]
 
 
 class TagsFirst:
@@ -78,34 +73,31 @@ class TagsFirst:
         if head > lo:
             writes.append((layout.data_block(lo) * BLOCK, first))
         if hi > head:
+            self._fill_extent(head, hi, extent, {g: t.data for g, t in tag_blocks.items()})
             writes.append((layout.data_block(head) * BLOCK, extent))
-
-        def fill() -> None:
-            if hi > head:
-                self._fill_extent(head, hi, extent, {g: t.data for g, t in tag_blocks.items()})
-
-        await self._after_tags(tag_blocks, writes, fua, fill)
+        await self._after_tags(tag_blocks, writes, fua)
 
     async def _after_tags(
-        self,
-        tag_blocks: Mapping[int, TagBlock],
-        writes: list[tuple[int, Any]],
-        fua: bool,
-        fill: Callable[[], None] | None = None,
+        self, tag_blocks: Mapping[int, TagBlock], writes: list[tuple[int, Any]], fua: bool
     ) -> None:
-        """``writes`` (ciphertext) after ``tag_blocks`` were acknowledged: queued only if
-        they are still the cached ones when the volume queues them (``_current``, in its
-        ``ready``; then ``fill``), else ``Reverted``, nothing queued (module doc)."""
+        """``writes`` (ciphertext) after ``tag_blocks`` were acknowledged, each queued only
+        if they are still the cached ones when the volume queues it (``_current``, from
+        ``Volume.write_checked``), else ``Reverted``, that one not queued (module doc).
+        Several go together: one queued before a revert landed before it (the revert's
+        hold waits for it) and was rolled back with the tags, as the write starts over."""
 
-        def ready(back_to_back: bool = False) -> list[tuple[int, Any]]:
+        def ready() -> None:
             self._current(tag_blocks)
-            if fill is not None:
-                fill()
-            return writes
 
-        ordered: Ordered | None = getattr(self.inner, "write_ordered", None)
-        if ordered is not None:
-            await ordered(writes, ready, fua)
-            return
-        for off, buf in ready():  # a volume below that queues a write when it is called
-            await self.inner.write(off, memoryview(buf), fua)
+        checked = getattr(self.inner, "write_checked", None)
+
+        def one(offset: int, buf: Any) -> Awaitable[None]:
+            if checked is not None:
+                return checked(offset, memoryview(buf), fua, ready)
+            ready()  # a volume below that queues a write when it is called
+            return self.inner.write(offset, memoryview(buf), fua)
+
+        if len(writes) == 1:
+            await one(*writes[0])
+        else:
+            await asyncio.gather(*(one(offset, buf) for offset, buf in writes))

@@ -121,13 +121,13 @@ class ZeroWrites:
     async def _release_data(self, g: int, t: TagBlock, a: int, b: int) -> None:
         """The ciphertext of blocks [a, b) trimmed once their ZERO tags (in ``t``) are
         acknowledged: queued only while ``t`` is still the cached tag block (the volume's
-        ``trim_ordered`` calls ``_current`` right before it queues the TRIM), else
+        ``trim_checked`` calls ``_current`` right before it queues the TRIM), else
         ``Reverted``, nothing queued: a revert since rolled the tags back, and zeros landing
         after it would authenticate under no slot (module doc)."""
         offset, length = layout.data_block(a) * BLOCK, (b - a) * BLOCK
-        trim_ordered = getattr(self.inner, "trim_ordered", None)
-        if trim_ordered is None:  # a volume below that queues a TRIM when it is called
+        checked = getattr(self.inner, "trim_checked", None)
+        if checked is None:  # a volume below that queues a TRIM when it is called
             self._current({g: t})
             await self.inner.trim(offset, length)
         else:
-            await trim_ordered(offset, length, lambda: self._current({g: t}))
+            await checked(offset, length, lambda: self._current({g: t}))

@@ -60,9 +60,7 @@ class MemoryVolume:
         self.writes += 1
         await self._mutate("write", offset, bytes(data))
 
-    async def write_ordered(
-        self, writes: list[tuple[int, Any]], ready: Any = None, fua: bool = False
-    ) -> None:
+    async def write_ordered(self, writes: list[tuple[int, Any]], ready: Any = None) -> None:
         self.ordered_calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -106,8 +104,14 @@ class MemoryVolume:
     async def trim(self, offset: int, length: int) -> None:
         await self._mutate("trim", offset, bytes(length))
 
-    async def trim_ordered(self, offset: int, length: int, ready: Any) -> None:
-        """``Volume.trim_ordered``: ``ready()`` (it may raise: nothing applied), then the
+    async def write_checked(self, offset: int, data: Any, fua: bool, ready: Any) -> None:
+        """``Volume.write_checked``: ``ready()`` (it may raise: nothing applied), then the
+        write."""
+        ready()
+        await self.write(offset, data, fua)
+
+    async def trim_checked(self, offset: int, length: int, ready: Any) -> None:
+        """``Volume.trim_checked``: ``ready()`` (it may raise: nothing applied), then the
         trim."""
         ready()
         await self.trim(offset, length)

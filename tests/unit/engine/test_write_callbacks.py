@@ -17,7 +17,7 @@ import pytest
 
 from cargohold.engine.replica_link import Mode
 from cargohold.errors import Fenced, NoSpace, ReplicaIOError
-from cargohold.protocol.replica_wire import FLAG_FUA, STATUS_OK, Op, Reply
+from cargohold.protocol.replica_wire import STATUS_OK, Op, Reply
 from tests.support.done_recorder import Done
 from tests.unit.engine.test_fanout import FENCES, MemReplica, fanout, links, write
 from tests.unit.engine.test_interface import _until, volume
@@ -282,44 +282,41 @@ async def test_write_ordered_nowait_starts_nothing_it_cannot_start_at_once() -> 
     assert slow.links[0].error == "TimeoutError"
 
 
-async def test_write_ordered_with_fua_sends_each_write_with_fua() -> None:
-    """The encrypting device's FUA write sends its ciphertext through ``write_ordered``
-    (its check where it is queued: frontend/encrypted_tags_first.py), with FUA."""
-    rep = ordered(MemReplica())[0]
-    flags: list[int] = []
-    send = rep.send
-
-    def recording(op: int, *args: Any, **kwargs: Any) -> Any:
-        flags.append(kwargs.get("flags", args[3] if len(args) > 3 else 0))
-        return send(op, *args, **kwargs)
-
-    rep.send = recording  # type: ignore[method-assign]
-    vol = volume(rep)
-    await vol.write_ordered([(0, BLOCK), (4096, BLOCK)], None, True)
-    await vol.write_ordered([(8192, BLOCK)])
-    assert flags == [FLAG_FUA, FLAG_FUA, 0]
-
-
-async def test_trim_ordered_calls_ready_right_before_it_queues_and_nothing_if_it_raises() -> None:
-    """``trim_ordered`` (the encrypting device's release of ciphertext after its ZERO tags,
-    frontend/encrypted_zeroes.py): ``ready`` runs once the TRIM can go (after a hold or a
+@pytest.mark.parametrize("op", ["write", "trim"])
+async def test_a_checked_mutation_calls_ready_right_before_it_queues_and_nothing_if_it_raises(
+    op: str,
+) -> None:
+    """``write_checked`` and ``trim_checked`` (the encrypting device's ciphertext and
+    trims after their acknowledged tag blocks, frontend/encrypted_tags_first.py and
+    encrypted_zeroes.py): ``ready`` runs once the mutation can go (after a hold or a
     rebuild window over it), right before it is queued; raising there queues nothing."""
     reps = [MemReplica(), MemReplica()]
     vol = volume(*reps)
+    kind = Op.WRITE if op == "write" else Op.TRIM
+
+    def checked(offset: int, ready: Any) -> Any:
+        if op == "write":
+            return vol.write_checked(offset, BLOCK, False, ready)
+        return vol.trim_checked(offset, 4096, ready)
+
     vol.window(8192, 12288)
     calls: list[int] = []
-    task = asyncio.ensure_future(
-        vol.trim_ordered(8192, 4096, lambda: calls.append(sum(len(r.got) for r in reps)))
-    )
+    task = asyncio.ensure_future(checked(8192, lambda: calls.append(sum(len(r.got) for r in reps))))
     await asyncio.sleep(0.01)
     assert not task.done() and calls == []  # waits for the window, ready not called yet
     vol.window_done()
     await asyncio.wait_for(task, 5)
-    assert calls == [0] and all(r.got == [(Op.TRIM, 8192, 1)] for r in reps)
+    assert calls == [0] and all(r.got == [(kind, 8192, 1)] for r in reps)
+    async with vol.hold():  # held: it waits, and looks again once the hold ends
+        task = asyncio.ensure_future(checked(0, lambda: calls.append(-1)))
+        await asyncio.sleep(0.01)
+        assert not task.done() and calls == [0]
+    await asyncio.wait_for(task, 5)
+    assert calls == [0, -1] and all(r.got[-1] == (kind, 0, 2) for r in reps)
 
     def refuse() -> None:
         raise ReplicaIOError("reverted")
 
     with pytest.raises(ReplicaIOError, match="reverted"):
-        await vol.trim_ordered(0, 4096, refuse)
-    assert vol.gen == 1 and all(len(r.got) == 1 for r in reps)  # nothing queued
+        await checked(0, refuse)
+    assert vol.gen == 2 and all(len(r.got) == 2 for r in reps)  # nothing queued

@@ -77,11 +77,9 @@ class RevertVolume(MemoryVolume):
         await self._at(f"read {offset // BLOCK}")  # the physical block
         return data
 
-    async def write_ordered(
-        self, writes: list[tuple[int, Any]], ready: Any = None, fua: bool = False
-    ) -> None:
+    async def write_ordered(self, writes: list[tuple[int, Any]], ready: Any = None) -> None:
         await self.unheld.wait()
-        await super().write_ordered(writes, ready, fua)
+        await super().write_ordered(writes, ready)
 
     async def write(self, offset: int, data: Any, fua: bool) -> None:
         await self._at("write")
@@ -93,7 +91,13 @@ class RevertVolume(MemoryVolume):
         await self.unheld.wait()
         await super().trim(offset, length)
 
-    async def trim_ordered(self, offset: int, length: int, ready: Any) -> None:
+    async def write_checked(self, offset: int, data: Any, fua: bool, ready: Any) -> None:
+        await self._at("write")
+        await self.unheld.wait()
+        ready()  # may raise: nothing queued
+        await MemoryVolume.write(self, offset, data, fua)
+
+    async def trim_checked(self, offset: int, length: int, ready: Any) -> None:
         await self._at("trim")
         await self.unheld.wait()
         ready()  # may raise: nothing queued
@@ -321,12 +325,10 @@ class RepairVolume(RevertVolume):
             await self._at("copies")
         return got
 
-    async def write_ordered(
-        self, writes: list[tuple[int, Any]], ready: Any = None, fua: bool = False
-    ) -> None:
-        if writes[0][0] == layout.data_block(A) * BLOCK:
+    async def write_checked(self, offset: int, data: Any, fua: bool, ready: Any) -> None:
+        if offset == layout.data_block(A) * BLOCK:
             await self._at("data A")
-        await super().write_ordered(writes, ready, fua)
+        await super().write_checked(offset, data, fua, ready)
 
     async def write(self, offset: int, data: Any, fua: bool) -> None:
         if offset == layout.data_block(A) * BLOCK:

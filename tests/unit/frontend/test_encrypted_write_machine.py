@@ -172,9 +172,7 @@ class Session(MemoryVolume):
         self._queue(writes, done)
         await fut
 
-    async def write_ordered(
-        self, writes: list[tuple[int, Any]], ready: Any = None, fua: bool = False
-    ) -> None:
+    async def write_ordered(self, writes: list[tuple[int, Any]], ready: Any = None) -> None:
         self.ordered_calls += 1
         await self.unheld.wait()
         if ready is not None:
@@ -197,7 +195,12 @@ class Session(MemoryVolume):
         await self.unheld.wait()
         await self._wait([(offset, bytes(length))])
 
-    async def trim_ordered(self, offset: int, length: int, ready: Any) -> None:
+    async def write_checked(self, offset: int, data: Any, fua: bool, ready: Any) -> None:
+        await self.unheld.wait()
+        ready()  # may raise: nothing queued
+        await self._wait([(offset, data)])
+
+    async def trim_checked(self, offset: int, length: int, ready: Any) -> None:
         await self.unheld.wait()
         ready()  # may raise: nothing queued
         await self._wait([(offset, bytes(length))])

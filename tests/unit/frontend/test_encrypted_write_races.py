@@ -44,9 +44,7 @@ class GatedVolume(MemoryVolume):
     def open(self, n: int) -> None:
         self._gate(n).set()
 
-    async def write_ordered(
-        self, writes: list[tuple[int, Any]], ready: Any = None, fua: bool = False
-    ) -> None:
+    async def write_ordered(self, writes: list[tuple[int, Any]], ready: Any = None) -> None:
         n = self.calls
         self.calls += 1
         if self.gated:
@@ -54,7 +52,7 @@ class GatedVolume(MemoryVolume):
         if n in self.failing:
             ready(True)
             raise ReplicaIOError(f"gated volume: ordered write {n} refused")
-        await super().write_ordered(writes, ready, fua)
+        await super().write_ordered(writes, ready)
 
 
 def device(vol: MemoryVolume, epoch: int = 1) -> EncryptedDevice:
