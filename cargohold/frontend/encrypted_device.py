@@ -169,8 +169,9 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair, TagsFirst):
         return self._layout_version() if self._layout_version is not None else 0
 
     def _current(self, tag_blocks: Mapping[int, TagBlock]) -> None:
-        """Right before a write queues these tag blocks (``ready``, nothing awaited until
-        they are queued): raise ``Reverted`` if a revert dropped any of them."""
+        """Right before a write queues these tag blocks, or the data that follows them
+        acknowledged (``ready``, nothing awaited until they are queued): raise
+        ``Reverted`` if a revert dropped any of them."""
         self._check_layout()
         cache = self._cache
         for g, t in tag_blocks.items():
@@ -180,7 +181,8 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair, TagsFirst):
     def _reverted_since(self, seen: int) -> bool:
         """Whether a revert came since ``seen`` (``_layout`` then): a write whose tag
         blocks and data went as separate requests (FUA, TRIM and WRITE_ZEROES, an older
-        replica server) may have had them land on either side of it."""
+        replica server) may have had both rolled back by it (the data is queued only
+        onto tag blocks still cached: ``_current``; an older server's, maybe not)."""
         self._check_layout()
         return self._layout != seen
 
@@ -351,8 +353,9 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair, TagsFirst):
                 continue
             if not self._reverted_since(seen):
                 break
-            # its tag blocks went before a revert and its data maybe after: again, into the
-            # reverted tag blocks (the read that settles a slot finds its data either way)
+            # its tag blocks went before a revert and its data too (or, with an older
+            # replica server, maybe after: docs/encryption.md): again, into the reverted
+            # tag blocks (the read that settles a slot finds its data either way)
             self.counters["writes_restarted_by_revert"] += 1
         for g, t in tag_blocks.items():
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)

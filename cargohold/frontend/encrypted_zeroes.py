@@ -114,7 +114,7 @@ class ZeroWrites:
                 continue
             if not self._reverted_since(seen):
                 break
-            # the tag block went before a revert and the trim maybe after: again
+            # the tag block and the trim went before a revert, rolled back with it: again
             self.counters["writes_restarted_by_revert"] += 1
         t.acked.update(i - g * GROUP for i in range(a, b))
 
