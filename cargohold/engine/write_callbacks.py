@@ -109,17 +109,8 @@ class CallbackWrites:
         changed before; ``back_to_back`` says whether they go back to back (every
         replica's server stops a session at a failed mutation) or one at a time."""
         self.check_usable()
-        while True:
-            await self._running.wait()
-            window = self._window
-            if window is not None and any(
-                off < window[1] and window[0] < off + len(d) for off, d in writes
-            ):
-                self.counters["window_waits"] += 1
-                await self._window_free.wait()
-                continue
-            if self._running.is_set():
-                break
+        if self._window is not None or not self._running.is_set():
+            await self._until_free([(off, len(d)) for off, d in writes])
         self.check_usable()
         targets = self.write_set()
         self.fanout.enough(targets)
@@ -146,6 +137,49 @@ class CallbackWrites:
             if self._inflight == 0:
                 self._idle.set()
         self.counters["written_bytes"] += sum(len(d) for _, d in writes)
+
+    async def _until_free(self, spans: list[tuple[int, int]]) -> None:
+        """Return when mutations are not held and no rebuild step covers any of ``spans``
+        ((offset, length)); whoever returns from here queues with no await first. Called
+        only when either may be so (a write's path: nothing awaited when neither is)."""
+        while True:
+            await self._running.wait()
+            window = self._window
+            if window is not None and any(
+                off < window[1] and window[0] < off + n for off, n in spans
+            ):
+                self.counters["window_waits"] += 1
+                await self._window_free.wait()
+                continue
+            if self._running.is_set():
+                break
+
+    async def write_checked(
+        self, offset: int, data: memoryview, fua: bool, ready: Callable[[], None]
+    ) -> None:
+        """``write``, with ``ready()`` called right before it is queued, after any wait for
+        a hold or a rebuild step and with no await between; if it raises, nothing is
+        queued. The encrypting device's ciphertext after its acknowledged tag blocks
+        (a FUA write, a repair's write-back: ``frontend/encrypted_tags_first.py``): it
+        checks there that no snapshot revert rolled them back meanwhile."""
+        self.check_usable()
+        if self._window is not None or not self._running.is_set():
+            await self._until_free([(offset, len(data))])
+        ready()
+        await self.write(offset, data, fua)  # queued at once: free just now, nothing awaited
+
+    async def trim_checked(self, offset: int, length: int, ready: Callable[[], None]) -> None:
+        """``trim`` with ``ready()`` as in ``write_checked``: the encrypting device's
+        release of ciphertext after its acknowledged ZERO tags (``frontend/encrypted_
+        zeroes.py``)."""
+        self.check_usable()
+        if self._window is not None or not self._running.is_set():
+            await self._until_free([(offset, length)])
+        ready()
+        await self.trim(offset, length)
+
+    async def trim(self, offset: int, length: int) -> None:
+        raise NotImplementedError
 
     async def _ordered(
         self, targets: list[ReplicaLink], writes: list[tuple[int, Any]], first: int

@@ -21,9 +21,11 @@ ciphertext and tags only. docs/encryption.md argues the construction; here:
   queued, so one queued later holds every earlier change; a write whose change a snapshot
   queued before it already holds queues only its data. A FUA write (and TRIM, zeroes, a
   repair) writes the tag block and waits for it first (``_commit``: one write of it in
-  flight, the changes made meanwhile in the next). A crash between the tag and the data
-  leaves the old slot authenticating the old data: each block reads old or new
-  (docs/encryption.md, "Crashes"). The common write (aligned, no FUA, its tag blocks
+  flight, the changes made meanwhile in the next); its data is queued only onto the tag
+  blocks it acknowledged, never after a revert rolled them back
+  (``encrypted_tags_first.py``). A crash between the tag and the data leaves the old
+  slot authenticating the old data: each block reads old or new (docs/encryption.md,
+  "Crashes"). The common write (aligned, no FUA, its tag blocks
   cached, nothing claimed, nothing held) does the same without a task, from callbacks
   (``write_nowait``, ``encrypted_write_callbacks.py``).
 - Whole groups of a write go as one physical extent (ciphertext and their tag blocks, the
@@ -51,7 +53,7 @@ import asyncio
 import collections
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cargohold.encryption import layout
@@ -67,6 +69,7 @@ from cargohold.errors import ChecksumError, WrongDataKey
 from cargohold.frontend.device import BlockDevice
 from cargohold.frontend.encrypted_claims import Claims
 from cargohold.frontend.encrypted_repair import Copies, Repair
+from cargohold.frontend.encrypted_tags_first import Ordered, TagsFirst
 from cargohold.frontend.encrypted_write_callbacks import CallbackWrites, Reverted
 from cargohold.frontend.encrypted_zeroes import ZeroWrites
 from cargohold.frontend.key_check import first_group_refusing
@@ -76,13 +79,9 @@ log = logging.getLogger("cargohold.engine")
 
 CACHE_BLOCKS = 1024  # tag blocks cached: 4 MiB, covering 256 MiB of data
 STATUS_GROUPS = 64  # groups one BLOCK_STATUS reply covers at most (16 MiB)
-# the volume below's ``write_ordered(writes, ready)`` (``engine/write_callbacks.py``)
-Ordered = Callable[
-    [list[tuple[int, Any]], Callable[[bool], list[tuple[int, Any]]]], Awaitable[None]
-]
 
 
-class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
+class EncryptedDevice(CallbackWrites, ZeroWrites, Repair, TagsFirst):
     """``inner`` (the physical volume) served through ``cipher``; versions ``epoch ‖ n``."""
 
     block_size = BLOCK
@@ -152,14 +151,12 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
     # --- the tag cache ------------------------------------------------------------------
     def _check_layout(self) -> None:
         """Drop every cached tag block when the volume's content changed underneath (a
-        snapshot revert): those with writes pending too. The engine runs a revert inside
-        a hold (``engine/snapshots.py``: no mutation in flight, new ones wait), so no
-        write of a copy from before it is in flight then; a write that put its tags
-        into one and waits (the hold, its tag load, its settling read) must not queue it
-        afterwards: it holds the pre-revert tags of its group's other blocks, whose data
-        went back to the snapshot's (they would fail authentication everywhere), and a
-        second copy loaded meanwhile would race it. Such a write finds its copy gone
-        when it is queued (``_current``) and starts over on the reverted tag blocks."""
+        snapshot revert, run inside a hold: ``engine/snapshots.py``), those with writes
+        pending too: a write that put its tags into one and waits (the hold, its tag
+        load, its settling read, its data after its acknowledged tags) must not queue
+        it, or its data, afterwards (the pre-revert tags of its group's other blocks; its
+        own, rolled back). It finds its copy gone when it queues (``_current``) and
+        starts over on the reverted tag blocks."""
         if self._layout_version is None:
             return
         now = self._layout_version()
@@ -172,8 +169,9 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
         return self._layout_version() if self._layout_version is not None else 0
 
     def _current(self, tag_blocks: Mapping[int, TagBlock]) -> None:
-        """Right before a write queues these tag blocks (``ready``, nothing awaited until
-        they are queued): raise ``Reverted`` if a revert dropped any of them."""
+        """Right before a write queues these tag blocks, or the data that follows them
+        acknowledged (``ready``, nothing awaited until they are queued): raise
+        ``Reverted`` if a revert dropped any of them."""
         self._check_layout()
         cache = self._cache
         for g, t in tag_blocks.items():
@@ -183,7 +181,8 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
     def _reverted_since(self, seen: int) -> bool:
         """Whether a revert came since ``seen`` (``_layout`` then): a write whose tag
         blocks and data went as separate requests (FUA, TRIM and WRITE_ZEROES, an older
-        replica server) may have had them land on either side of it."""
+        replica server) may have had both rolled back by it (the data is queued only
+        onto tag blocks still cached: ``_current``; an older server's, maybe not)."""
         self._check_layout()
         return self._layout != seen
 
@@ -354,8 +353,9 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
                 continue
             if not self._reverted_since(seen):
                 break
-            # its tag blocks went before a revert and its data maybe after: again, into the
-            # reverted tag blocks (the read that settles a slot finds its data either way)
+            # its tag blocks went before a revert and its data too (or, with an older
+            # replica server, maybe after: docs/encryption.md): again, into the reverted
+            # tag blocks (the read that settles a slot finds its data either way)
             self.counters["writes_restarted_by_revert"] += 1
         for g, t in tag_blocks.items():
             a, b = max(lo, g * GROUP), min(hi, (g + 1) * GROUP)
@@ -437,41 +437,6 @@ class EncryptedDevice(CallbackWrites, ZeroWrites, Repair):
             for g, t, upto in started:
                 self._ended(g, t, upto, error)
         self.counters["tag_block_writes"] += len(started)
-
-    async def _write_tags_first(
-        self,
-        tag_blocks: Mapping[int, TagBlock],
-        lo: int,
-        head: int,
-        hi: int,
-        first: bytearray,
-        extent: bytearray,
-        fua: bool,
-    ) -> None:
-        """The tag blocks written and acknowledged, then (after a flush, for FUA) the
-        ciphertext: FUA writes, and a volume below without ``write_ordered``."""
-        if len(tag_blocks) == 1:
-            await self._commit(*next(iter(tag_blocks.items())))
-        else:
-            await asyncio.gather(*(self._commit(g, t) for g, t in tag_blocks.items()))
-        self.counters["tag_block_writes"] += len(tag_blocks)
-        if fua:  # durable data needs durable tags: else a power loss keeps data it cannot read
-            await self.inner.flush()
-        # then the ciphertext: the partial first group alone, the rest as one extent
-        writes: list[Awaitable[None]] = []
-        if head > lo:
-            writes.append(self.inner.write(layout.data_block(lo) * BLOCK, memoryview(first), fua))
-        if hi > head:
-            # the (already written, unchanged since: every block of them is claimed) tag
-            # blocks of its whole groups copied in, as one write
-            self._fill_extent(head, hi, extent, {g: t.data for g, t in tag_blocks.items()})
-            writes.append(
-                self.inner.write(layout.data_block(head) * BLOCK, memoryview(extent), fua)
-            )
-        if len(writes) == 1:
-            await writes[0]
-        else:
-            await asyncio.gather(*writes)
 
     async def _settle(self, g: int, t: TagBlock, a: int, b: int) -> None:
         """Empty the slots of unwritten versions before new slots (block_cipher.py)."""

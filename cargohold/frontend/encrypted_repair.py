@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cargohold.encryption import layout
 from cargohold.encryption.block_cipher import ENTRY
 from cargohold.encryption.layout import BLOCK, GROUP
 from cargohold.errors import RequestError
+from cargohold.frontend.encrypted_write_callbacks import Reverted
 
 if TYPE_CHECKING:
     import collections
+    from collections.abc import Mapping
 
     from cargohold.encryption.block_cipher import BlockCipher
     from cargohold.frontend.device import BlockDevice
@@ -46,6 +48,13 @@ class Repair:
         async def _claim(self, lo: int, hi: int) -> None: ...
         def _release(self, lo: int, hi: int) -> None: ...
         async def _commit(self, g: int, t: TagBlock) -> None: ...
+        def _check_layout(self) -> None: ...
+        def _reverted_since(self, seen: int) -> bool: ...
+        async def _after_tags(
+            self, tag_blocks: Mapping[int, TagBlock], writes: list[tuple[int, Any]], fua: bool
+        ) -> None: ...
+
+        _layout: int
 
     async def _recover(self, bad: list[int], lo: int, out: bytearray) -> None:
         """Blocks that failed authentication: each read again (a read that raced a write
@@ -85,6 +94,8 @@ class Repair:
             return None
         g = i // GROUP
         j = i - g * GROUP
+        self._check_layout()
+        seen = self._layout  # copies read before a revert are not written back after it
         try:
             datas, tagss = await asyncio.gather(
                 self.copies.read_copies(layout.data_block(i) * BLOCK, BLOCK),
@@ -101,25 +112,29 @@ class Repair:
             plain = self.cipher.open_block(i, ct, entry)
             if plain is None:
                 continue
-            await self._write_back(i, bytes(ct), entry)
+            await self._write_back(i, bytes(ct), entry, seen)
             return plain
         return None
 
-    async def _write_back(self, i: int, ct: bytes, entry: bytes) -> None:
+    async def _write_back(self, i: int, ct: bytes, entry: bytes, seen: int) -> None:
         """Repair block ``i`` everywhere with a copy that authenticates: its tag entry (when
-        the cached one differs) then its ciphertext, as a write would."""
+        the cached one differs) then its ciphertext, as a write would; not if a snapshot
+        revert came since the copy was read (``seen``: it is the older content), nor its
+        ciphertext after one rolled back the tag entry written (``_after_tags``)."""
         await self._claim(i, i + 1)
         try:
+            if self._reverted_since(seen):
+                raise Reverted("the copy was read before a snapshot revert")
             g, j = i // GROUP, i % GROUP
             t = await self._tags(g)
             if t.data[j * ENTRY : (j + 1) * ENTRY] != entry:
                 t.data[j * ENTRY : (j + 1) * ENTRY] = entry
                 t.applied += 1
                 await self._commit(g, t)
-            await self.inner.write(layout.data_block(i) * BLOCK, memoryview(ct), False)
+            await self._after_tags({g: t}, [(layout.data_block(i) * BLOCK, ct)], False)
             self.counters["authentication_repaired"] += 1
             log.warning("encrypted volume: block %d repaired from another replica", i)
-        except RequestError as e:
+        except RequestError as e:  # Reverted among them: not written back
             log.warning("encrypted volume: repairing block %d failed: %s", i, e)
         finally:
             self._release(i, i + 1)

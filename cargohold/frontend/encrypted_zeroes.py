@@ -6,7 +6,10 @@ whole group gets a fresh tag block, nothing read. At most ``BULK_GROUPS`` groups
 one version each batch (docs/encryption.md, "TRIM and WRITE_ZEROES").
 
 The tag block and the trim are two requests, so a snapshot revert's hold can come between
-them: then both go again, into the reverted tag block (``EncryptedDevice._reverted_since``).
+them and roll the tag block back: the trim is then not queued (``_release_data``: checked
+where the volume queues it) and both go again, into the reverted tag block; a revert after
+the trim was queued (both land before it, both rolled back) sends both again too
+(``EncryptedDevice._reverted_since``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cargohold.frontend.encrypted_write_callbacks import Reverted
 if TYPE_CHECKING:
     import collections
     from collections import OrderedDict
+    from collections.abc import Mapping
 
     from cargohold.encryption.block_cipher import BlockCipher
     from cargohold.frontend.device import BlockDevice
@@ -40,6 +44,7 @@ class ZeroWrites:
 
         def _check_writable(self) -> None: ...
         def _check_layout(self) -> None: ...
+        def _current(self, tag_blocks: Mapping[int, TagBlock]) -> None: ...
         def _reverted_since(self, seen: int) -> bool: ...
         def _next_version(self) -> int: ...
         async def _claim(self, lo: int, hi: int) -> None: ...
@@ -103,12 +108,26 @@ class ZeroWrites:
             try:
                 await self._commit(g, t)
                 self.counters["tag_block_writes"] += 1
-                await self.inner.trim(layout.data_block(a) * BLOCK, (b - a) * BLOCK)
+                await self._release_data(g, t, a, b)
             except Reverted:  # its tag block was from before a revert: not queued
                 self.counters["writes_restarted_by_revert"] += 1
                 continue
             if not self._reverted_since(seen):
                 break
-            # the tag block went before a revert and the trim maybe after: again
+            # the tag block and the trim went before a revert, rolled back with it: again
             self.counters["writes_restarted_by_revert"] += 1
         t.acked.update(i - g * GROUP for i in range(a, b))
+
+    async def _release_data(self, g: int, t: TagBlock, a: int, b: int) -> None:
+        """The ciphertext of blocks [a, b) trimmed once their ZERO tags (in ``t``) are
+        acknowledged: queued only while ``t`` is still the cached tag block (the volume's
+        ``trim_checked`` calls ``_current`` right before it queues the TRIM), else
+        ``Reverted``, nothing queued: a revert since rolled the tags back, and zeros landing
+        after it would authenticate under no slot (module doc)."""
+        offset, length = layout.data_block(a) * BLOCK, (b - a) * BLOCK
+        checked = getattr(self.inner, "trim_checked", None)
+        if checked is None:  # a volume below that queues a TRIM when it is called
+            self._current({g: t})
+            await self.inner.trim(offset, length)
+        else:
+            await checked(offset, length, lambda: self._current({g: t}))

@@ -104,6 +104,18 @@ class MemoryVolume:
     async def trim(self, offset: int, length: int) -> None:
         await self._mutate("trim", offset, bytes(length))
 
+    async def write_checked(self, offset: int, data: Any, fua: bool, ready: Any) -> None:
+        """``Volume.write_checked``: ``ready()`` (it may raise: nothing applied), then the
+        write."""
+        ready()
+        await self.write(offset, data, fua)
+
+    async def trim_checked(self, offset: int, length: int, ready: Any) -> None:
+        """``Volume.trim_checked``: ``ready()`` (it may raise: nothing applied), then the
+        trim."""
+        ready()
+        await self.trim(offset, length)
+
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
         await self._mutate("trim", offset, bytes(length))
 

@@ -280,3 +280,43 @@ async def test_write_ordered_nowait_starts_nothing_it_cannot_start_at_once() -> 
     assert slow.write_ordered_nowait([(0, BLOCK)], lambda _: [(0, BLOCK)], timed_out)
     assert isinstance(await timed_out.wait(), ReplicaIOError)
     assert slow.links[0].error == "TimeoutError"
+
+
+@pytest.mark.parametrize("op", ["write", "trim"])
+async def test_a_checked_mutation_calls_ready_right_before_it_queues_and_nothing_if_it_raises(
+    op: str,
+) -> None:
+    """``write_checked`` and ``trim_checked`` (the encrypting device's ciphertext and
+    trims after their acknowledged tag blocks, frontend/encrypted_tags_first.py and
+    encrypted_zeroes.py): ``ready`` runs once the mutation can go (after a hold or a
+    rebuild window over it), right before it is queued; raising there queues nothing."""
+    reps = [MemReplica(), MemReplica()]
+    vol = volume(*reps)
+    kind = Op.WRITE if op == "write" else Op.TRIM
+
+    def checked(offset: int, ready: Any) -> Any:
+        if op == "write":
+            return vol.write_checked(offset, BLOCK, False, ready)
+        return vol.trim_checked(offset, 4096, ready)
+
+    vol.window(8192, 12288)
+    calls: list[int] = []
+    task = asyncio.ensure_future(checked(8192, lambda: calls.append(sum(len(r.got) for r in reps))))
+    await asyncio.sleep(0.01)
+    assert not task.done() and calls == []  # waits for the window, ready not called yet
+    vol.window_done()
+    await asyncio.wait_for(task, 5)
+    assert calls == [0] and all(r.got == [(kind, 8192, 1)] for r in reps)
+    async with vol.hold():  # held: it waits, and looks again once the hold ends
+        task = asyncio.ensure_future(checked(0, lambda: calls.append(-1)))
+        await asyncio.sleep(0.01)
+        assert not task.done() and calls == [0]
+    await asyncio.wait_for(task, 5)
+    assert calls == [0, -1] and all(r.got[-1] == (kind, 0, 2) for r in reps)
+
+    def refuse() -> None:
+        raise ReplicaIOError("reverted")
+
+    with pytest.raises(ReplicaIOError, match="reverted"):
+        await checked(0, refuse)
+    assert vol.gen == 2 and all(len(r.got) == 2 for r in reps)  # nothing queued

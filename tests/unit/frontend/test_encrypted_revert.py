@@ -91,6 +91,18 @@ class RevertVolume(MemoryVolume):
         await self.unheld.wait()
         await super().trim(offset, length)
 
+    async def write_checked(self, offset: int, data: Any, fua: bool, ready: Any) -> None:
+        await self._at("write")
+        await self.unheld.wait()
+        ready()  # may raise: nothing queued
+        await MemoryVolume.write(self, offset, data, fua)
+
+    async def trim_checked(self, offset: int, length: int, ready: Any) -> None:
+        await self._at("trim")
+        await self.unheld.wait()
+        ready()  # may raise: nothing queued
+        await MemoryVolume.trim(self, offset, length)
+
     async def flush(self) -> None:
         await self._at("flush")
         await super().flush()
@@ -243,5 +255,119 @@ def test_a_write_without_a_task_after_a_revert_never_uses_a_tag_block_from_befor
         done.returned = True
         assert await done.wait() is None
         await check(vol, d, {A: content(A, b"o"), B: content(B, b"X")})
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", ["fua", "trim", "zeroes"])
+def test_no_data_is_queued_onto_tag_blocks_a_revert_rolled_back(kind):
+    """Found by the write machine (``test_a_crash_after_a_revert_that_followed_a_fua_
+    write``): a FUA write's tag block is acknowledged, a revert's hold comes before its
+    data is queued and rolls that tag block back. Its data then used to land after the
+    revert, on the reverted tag block, and the device wrote its tags again only after
+    that data was acknowledged: a crash in between left B (new data, the snapshot's
+    slots) failing authentication. A TRIM or WRITE_ZEROES (its ZERO tags, then the trim:
+    zeros under the snapshot's data slots) likewise. Now the data (the trim) is queued
+    only while the tag blocks acknowledged are still the cached ones (checked where it
+    is queued, with no await between): after the revert, nothing of it lands before its
+    tags again. A crash after every prefix of the mutations after the revert: B reads
+    old or new."""
+    vol = RevertVolume(layout.physical_size(LOGICAL))
+
+    async def go() -> None:
+        d = await prepared(vol)
+        gate = {"fua": "flush", "trim": "trim", "zeroes": "trim"}[kind]
+        vol.gate(gate)  # its tag block acknowledged, its data not queued yet
+        if kind == "fua":
+            w = asyncio.ensure_future(write(d, B, b"W", fua=True))
+            new = content(B, b"W")
+        elif kind == "trim":
+            w = asyncio.ensure_future(d.trim(B * BLOCK, BLOCK))
+            new = bytes(BLOCK)
+        else:
+            w = asyncio.ensure_future(d.write_zeroes(B * BLOCK, BLOCK, False))
+            new = bytes(BLOCK)
+        await asyncio.wait_for(vol.stopped[gate].wait(), 5)
+        vol.hold(True)
+        vol.revert()
+        mark = len(vol.log)
+        vol.hold(False)
+        vol.open(gate)
+        await w
+        assert d.counters["writes_restarted_by_revert"] == 1
+        after = vol.log[mark:]
+        assert after[0][1] == layout.tag_block(0) * BLOCK, "data before its tags again"
+        for k in range(len(after) + 1):
+            crashed = RevertVolume(vol.size)
+            crashed.copies = [bytearray(s) for s in vol.snap]
+            for _, offset, data in after[:k]:
+                crashed.copies[0][offset : offset + len(data)] = data
+            reader = device(crashed, epoch=9)
+            assert bytes(await reader.read(A * BLOCK, BLOCK)) == content(A, b"o")
+            got = bytes(await reader.read(B * BLOCK, BLOCK))
+            assert got in (content(B, b"o"), new), f"B after {k} mutations"
+        await check(vol, d, {A: content(A, b"o"), B: new})
+
+    asyncio.run(go())
+
+
+class RepairVolume(RevertVolume):
+    """Two copies; gates ``copies`` (``read_copies`` answered, its answer held) and
+    ``data A`` (a write of A's ciphertext, on either path, before it is applied)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.copies.append(bytearray(size))
+
+    async def read_copies(self, offset: int, length: int) -> list[tuple[str, bytes]]:
+        got = await super().read_copies(offset, length)
+        if offset == layout.data_block(A) * BLOCK:
+            await self._at("copies")
+        return got
+
+    async def write_checked(self, offset: int, data: Any, fua: bool, ready: Any) -> None:
+        if offset == layout.data_block(A) * BLOCK:
+            await self._at("data A")
+        await super().write_checked(offset, data, fua, ready)
+
+    async def write(self, offset: int, data: Any, fua: bool) -> None:
+        if offset == layout.data_block(A) * BLOCK:
+            await self._at("data A")
+        await super().write(offset, data, fua)
+
+
+@pytest.mark.parametrize("revert_after", ["copies read", "tag entry written"])
+def test_a_repair_never_writes_a_copy_from_before_a_revert_back_after_it(revert_after):
+    """A is bad on the copy the device reads (its ciphertext, or its tag entry), good on
+    the other: a read repairs it from the other copy (tag entry if it differs, then
+    ciphertext). A revert comes after the copies were read, or after the repaired tag
+    entry was written and before the ciphertext: the pre-revert ciphertext written back
+    after it would land under the snapshot's slots and fail authentication. The repair
+    is given up instead (its read, which raced the revert, returns the copy); A reads
+    the snapshot's content."""
+    vol = RepairVolume(layout.physical_size(LOGICAL))
+
+    async def go() -> None:
+        d = await prepared(vol)
+        if revert_after == "copies read":  # A's ciphertext damaged on copy 0
+            bad = layout.data_block(A) * BLOCK
+        else:  # A's tag entry erased on copy 0: the repair writes it, then the ciphertext
+            bad = layout.tag_block(0) * BLOCK + A * 64
+        vol.copies[0][bad : bad + 64] = bytes(64)
+        # nothing cached: it reads copy 0's tag block; repairs from the copies
+        d = EncryptedDevice(
+            vol, BlockCipher(KEY, VID), 2, copies=vol, layout_version=lambda: vol.layout
+        )
+        gate = "copies" if revert_after == "copies read" else "data A"
+        vol.gate(gate)
+        r = asyncio.ensure_future(d.read(A * BLOCK, BLOCK))
+        await asyncio.wait_for(vol.stopped[gate].wait(), 5)
+        vol.hold(True)
+        vol.revert()
+        vol.hold(False)
+        vol.open(gate)
+        assert bytes(await r) == content(A, b"2")  # the read raced the revert
+        await check(vol, d, {A: content(A, b"o"), B: content(B, b"o")})
+        assert d.counters["authentication_repaired"] == 0
 
     asyncio.run(go())
