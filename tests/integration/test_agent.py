@@ -267,6 +267,9 @@ def test_runs_an_engine_reachable_over_nbd(env: Env) -> None:
 
 def test_restarts_a_crashed_engine_on_the_same_endpoint(env: Env) -> None:
     before = env.serve()
+    # written here (no flush: an acknowledged write survives the engine's crash), not by an
+    # earlier test: under -n 2 --dist worksteal this test may run on another worker
+    qemu_io(before["endpoint"], "write -P 0x5a 0 1M")
     pid = env.agent.engine_pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
