@@ -201,6 +201,18 @@ def test_a_write_that_loaded_its_tag_block_before_a_revert_does_not_write_it_aft
     asyncio.run(go())
 
 
+GATE = {"fua": "flush", "trim": "trim", "zeroes": "trim"}  # where each stops between its two
+
+
+def two_requests(d: Any, kind: str) -> tuple[asyncio.Future[Any], bytes]:
+    """A FUA write, TRIM or WRITE_ZEROES of block B started. -> (it, B's content after it)."""
+    if kind == "fua":
+        return asyncio.ensure_future(write(d, B, b"W", fua=True)), content(B, b"W")
+    if kind == "trim":
+        return asyncio.ensure_future(d.trim(B * BLOCK, BLOCK)), bytes(BLOCK)
+    return asyncio.ensure_future(d.write_zeroes(B * BLOCK, BLOCK, False)), bytes(BLOCK)
+
+
 @pytest.mark.parametrize("kind", ["fua", "trim", "zeroes"])
 def test_a_tag_block_before_a_revert_and_the_data_after_it_is_written_again(kind):
     """A FUA write (its tag block acknowledged, the volume flushed, then its data), a
@@ -213,17 +225,9 @@ def test_a_tag_block_before_a_revert_and_the_data_after_it_is_written_again(kind
 
     async def go() -> None:
         d = await prepared(vol)
-        gate = {"fua": "flush", "trim": "trim", "zeroes": "trim"}[kind]
+        gate = GATE[kind]
         vol.gate(gate)
-        if kind == "fua":
-            w = asyncio.ensure_future(write(d, B, b"W", fua=True))
-            want = content(B, b"W")
-        elif kind == "trim":
-            w = asyncio.ensure_future(d.trim(B * BLOCK, BLOCK))
-            want = bytes(BLOCK)
-        else:
-            w = asyncio.ensure_future(d.write_zeroes(B * BLOCK, BLOCK, False))
-            want = bytes(BLOCK)
+        w, want = two_requests(d, kind)
         await asyncio.wait_for(vol.stopped[gate].wait(), 5)
         vol.hold(True)
         vol.revert()
@@ -276,17 +280,9 @@ def test_no_data_is_queued_onto_tag_blocks_a_revert_rolled_back(kind):
 
     async def go() -> None:
         d = await prepared(vol)
-        gate = {"fua": "flush", "trim": "trim", "zeroes": "trim"}[kind]
+        gate = GATE[kind]
         vol.gate(gate)  # its tag block acknowledged, its data not queued yet
-        if kind == "fua":
-            w = asyncio.ensure_future(write(d, B, b"W", fua=True))
-            new = content(B, b"W")
-        elif kind == "trim":
-            w = asyncio.ensure_future(d.trim(B * BLOCK, BLOCK))
-            new = bytes(BLOCK)
-        else:
-            w = asyncio.ensure_future(d.write_zeroes(B * BLOCK, BLOCK, False))
-            new = bytes(BLOCK)
+        w, new = two_requests(d, kind)
         await asyncio.wait_for(vol.stopped[gate].wait(), 5)
         vol.hold(True)
         vol.revert()

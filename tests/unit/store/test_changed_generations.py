@@ -88,9 +88,10 @@ def test_a_fixed_history_gives_the_newest_generation_of_each_block(kind: str, tm
     s.close()
 
 
-def test_a_write_that_took_its_number_and_failed_is_pending(tmp_path, monkeypatch) -> None:
-    s = FileStore.create(str(tmp_path / "r"), 16 * B)
-    s.write(3 * B, b"a" * 2 * B, generation=1)
+def fail_a_write(
+    monkeypatch: pytest.MonkeyPatch, s: FileStore, offset: int, data: bytes, generation: int
+) -> None:
+    """The write takes its number, then its data write fails (ENOSPC)."""
 
     def full(self: Layer, lba: int, buf: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -99,7 +100,14 @@ def test_a_write_that_took_its_number_and_failed_is_pending(tmp_path, monkeypatc
         for name in ("pwrite", "pwritev"):
             m.setattr(Layer, name, full)
         with pytest.raises(CargoholdError):
-            s.write(4 * B, b"b" * 2 * B, generation=2)
+            s.write(offset, data, generation=generation)
+
+
+def test_a_write_that_took_its_number_and_failed_is_pending(tmp_path, monkeypatch) -> None:
+    s = FileStore.create(str(tmp_path / "r"), 16 * B)
+    s.write(3 * B, b"a" * 2 * B, generation=1)
+
+    fail_a_write(monkeypatch, s, 4 * B, b"b" * 2 * B, generation=2)
     assert (s.generation, s.seen) == (1, 2)
     assert bytes(s.read(3 * B, 3 * B)) == b"a" * 2 * B + bytes(B)  # nothing of it stored
     # blocks 4-5 are recorded at 2 but hold their value from before it
@@ -118,14 +126,7 @@ def test_the_pending_mark_survives_a_killed_process(tmp_path, monkeypatch) -> No
     s = FileStore.create(str(tmp_path / "r"), 16 * B)
     s.write(3 * B, b"a" * B, generation=1)
 
-    def full(self: Layer, lba: int, buf: Any) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with monkeypatch.context() as m:
-        for name in ("pwrite", "pwritev"):
-            m.setattr(Layer, name, full)
-        with pytest.raises(CargoholdError):
-            s.write(3 * B, b"b" * B, generation=2)
+    fail_a_write(monkeypatch, s, 3 * B, b"b" * B, generation=2)
     shutil.copytree(tmp_path / "r", tmp_path / "killed")  # what a SIGKILL leaves
     s.close()
     t = FileStore.open(str(tmp_path / "killed"))
